@@ -1,0 +1,171 @@
+"""Configuration: durations, development secrets, production refusals."""
+
+from __future__ import annotations
+
+import json
+import stat
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from weflux.cli import main
+from weflux.config import (
+    ConfigError,
+    generate_encryption_key_entry,
+    load_settings,
+    parse_duration,
+    parse_encryption_keys,
+)
+
+STRONG = "s" * 48
+
+
+def _settings(tmp_path: Path, **overrides: Any) -> Any:
+    return load_settings(_env_file=None, var_dir=tmp_path / "var", **overrides)
+
+
+def _production(tmp_path: Path, **overrides: Any) -> Any:
+    values: dict[str, Any] = {
+        "env": "production",
+        "jwt_secret": STRONG,
+        "encryption_keys": generate_encryption_key_entry("p1"),
+    }
+    return _settings(tmp_path, **(values | overrides))
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("7d", timedelta(days=7)),
+        ("30d", timedelta(days=30)),
+        ("15m", timedelta(minutes=15)),
+        ("12h", timedelta(hours=12)),
+        ("90", timedelta(seconds=90)),
+        ("2w", timedelta(weeks=2)),
+    ],
+)
+def test_durations(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "7x", "-1d", "0", "d7", "1.5d"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_token_lifetimes_default_to_7_and_30_days(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    assert settings.access_token_ttl == timedelta(days=7)
+    assert settings.refresh_token_ttl == timedelta(days=30)
+
+
+def test_environment_variables_use_the_weflux_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WEFLUX_ACCESS_TOKEN_TTL", "15m")
+    monkeypatch.setenv("WEFLUX_ALLOWED_ORIGINS", "https://app.example, https://admin.example")
+    settings = _settings(tmp_path)
+    assert settings.access_token_ttl == timedelta(minutes=15)
+    assert settings.origins == ["https://app.example", "https://admin.example"]
+
+
+def test_development_secrets_are_generated_once_with_mode_0600(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = _settings(tmp_path)
+    path = tmp_path / "var" / "dev-secrets.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "generated development secrets" in caplog.text
+    second = _settings(tmp_path)
+    assert first.jwt_secret is not None
+    assert second.jwt_secret is not None
+    assert first.jwt_secret.get_secret_value() == second.jwt_secret.get_secret_value()
+    assert first.encryption_key_ring == second.encryption_key_ring
+    assert first.jwt_secret.get_secret_value() not in caplog.text
+    assert set(json.loads(path.read_text())) == {"jwt_secret", "encryption_keys"}
+
+
+def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
+    settings = _production(tmp_path)
+    assert STRONG not in repr(settings)
+    assert STRONG not in str(settings.model_dump())
+
+
+def test_production_accepts_a_complete_configuration(tmp_path: Path) -> None:
+    settings = _production(tmp_path, allowed_origins="https://app.example")
+    assert settings.is_production
+    assert not settings.ide_enabled
+    assert settings.origins == ["https://app.example"]
+
+
+@pytest.mark.parametrize("missing", ["jwt_secret", "encryption_keys"])
+def test_production_refuses_missing_secrets(tmp_path: Path, missing: str) -> None:
+    with pytest.raises(ConfigError, match=f"WEFLUX_{missing.upper()} must be set"):
+        _production(tmp_path, **{missing: None})
+
+
+def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
+    _settings(tmp_path)  # development writes var/dev-secrets.json
+    generated = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())
+    with pytest.raises(ConfigError, match="WEFLUX_JWT_SECRET holds a generated"):
+        _production(tmp_path, jwt_secret=generated["jwt_secret"])
+    with pytest.raises(ConfigError, match="WEFLUX_ENCRYPTION_KEYS holds a generated"):
+        _production(tmp_path, encryption_keys=generated["encryption_keys"])
+
+
+@pytest.mark.parametrize("origins", ["*", "https://app.example,*", "null", "https://*.example"])
+def test_wildcard_origins_are_refused(tmp_path: Path, origins: str) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_ALLOWED_ORIGINS"):
+        _production(tmp_path, allowed_origins=origins)
+    with pytest.raises(ConfigError, match="WEFLUX_ALLOWED_ORIGINS"):
+        _settings(tmp_path, allowed_origins=origins)
+
+
+def test_production_refuses_the_ide(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_GRAPHQL_IDE"):
+        _production(tmp_path, graphql_ide=True)
+
+
+def test_short_jwt_secret_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_JWT_SECRET"):
+        _settings(tmp_path, jwt_secret="short")
+
+
+def test_encryption_keys_parse_and_the_first_is_primary() -> None:
+    first, second = generate_encryption_key_entry("a"), generate_encryption_key_entry("b")
+    ring = parse_encryption_keys(f"{first}, {second}")
+    assert [kid for kid, _ in ring] == ["a", "b"]
+    assert all(len(key) == 32 for _, key in ring)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "nokid", "a:notbase64!", "a:" + "QUJD", "bad kid:" + "A" * 44]
+)
+def test_bad_encryption_keys_are_refused_without_echoing_them(value: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        parse_encryption_keys(value)
+    assert "WEFLUX_ENCRYPTION_KEYS" in str(error.value)
+    if ":" in value:
+        assert value.split(":", 1)[1] not in str(error.value)
+
+
+def test_the_command_names_the_setting_and_exits_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFLUX_ENV", "production")
+    monkeypatch.delenv("WEFLUX_JWT_SECRET", raising=False)
+    assert main(["migrate"]) == 2
+    assert "WEFLUX_JWT_SECRET" in capsys.readouterr().err
+
+
+def test_the_command_reports_malformed_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFLUX_ACCESS_TOKEN_TTL", "forever")
+    assert main(["migrate"]) == 2
+    assert "WEFLUX_ACCESS_TOKEN_TTL" in capsys.readouterr().err

@@ -1,0 +1,80 @@
+"""Migrations: every revision upgrades and downgrades cleanly, and matches the models."""
+
+from __future__ import annotations
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from tests.fixtures.databases import DatabaseUrls
+from weflux.db import Database
+from weflux.migrate import alembic_config, downgrade, migrate
+
+
+def _revisions() -> list[str]:
+    script = ScriptDirectory.from_config(alembic_config())
+    return [rev.revision for rev in reversed(list(script.walk_revisions()))]
+
+
+def _tables(connection: Connection) -> set[str]:
+    return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+async def test_every_migration_downgrades_and_upgrades_again(
+    database_urls: DatabaseUrls,
+) -> None:
+    owner = Database(database_urls.owner)
+    try:
+        async with owner.engine.connect() as conn:
+            full = await conn.run_sync(_tables)
+        assert {"organizations", "users", "memberships", "sessions", "audit_events"} <= full
+
+        revisions = _revisions()
+        for previous in reversed(["base", *revisions[:-1]]):
+            await downgrade(database_urls.owner, previous)
+        async with owner.engine.connect() as conn:
+            assert await conn.run_sync(_tables) == set()
+
+        for revision in revisions:
+            await migrate(database_urls.owner, app_url=database_urls.app, revision=revision)
+        async with owner.engine.connect() as conn:
+            assert await conn.run_sync(_tables) == full
+    finally:
+        await owner.dispose()
+
+
+def _diff(connection: Connection) -> list[object]:
+    context = MigrationContext.configure(connection, opts={"compare_type": True})
+    return list(compare_metadata(context, SQLModel.metadata))
+
+
+@pytest.mark.filterwarnings("ignore:.*expression-based index:UserWarning")
+@pytest.mark.filterwarnings("ignore:.*expression-based index")
+async def test_migrated_schema_matches_the_models(database_urls: DatabaseUrls) -> None:
+    owner = Database(database_urls.owner)
+    try:
+        async with owner.engine.connect() as conn:
+            diff = await conn.run_sync(_diff)
+    finally:
+        await owner.dispose()
+    assert diff == []
+
+
+def test_migration_files_are_date_prefixed() -> None:
+    import re
+
+    from weflux.migrate import migrations_dir
+
+    names = [p.name for p in (migrations_dir() / "versions").glob("*.py")]
+    assert names
+    for name in names:
+        assert re.match(r"^\d{4}-\d{2}-\d{2}-\d{4}_[a-z0-9_]+\.py$", name), name
+
+
+def test_one_head() -> None:
+    script = ScriptDirectory.from_config(alembic_config())
+    assert len(script.get_heads()) == 1

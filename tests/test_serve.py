@@ -1,0 +1,126 @@
+"""`weflux serve` and `weflux migrate` as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fixtures.databases import DatabaseUrls
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WEFLUX_")}
+    return env | extra
+
+
+def _wait_ready(port: int, path: str, process: subprocess.Popen[bytes], seconds: float) -> int:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}")
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError("the server did not answer in time")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> bytes:
+    process.send_signal(signal.SIGINT)
+    try:
+        out, _ = process.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, _ = process.communicate()
+    return out
+
+
+def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
+    """What `make run` does on a fresh checkout: no database or Redis configured."""
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_ready(port, "/healthz", process, 60) == 200
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        output = _stop(process)
+    assert (tmp_path / "var" / "weflux.db").is_file()
+    assert (tmp_path / "var" / "dev-secrets.json").stat().st_mode & 0o077 == 0
+    secrets = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())
+    assert "generated development secrets" in output.decode()
+    for value in secrets.values():
+        assert value.split(":")[-1] not in output.decode()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Path) -> None:
+    env = _env(
+        WEFLUX_ENV="test",
+        WEFLUX_DATABASE_URL=database_urls.app,
+        WEFLUX_DATABASE_MIGRATION_URL=database_urls.owner,
+        WEFLUX_JWT_SECRET="x" * 40,
+        WEFLUX_ENCRYPTION_KEYS="k1:" + "A" * 43 + "=",
+    )
+    migrated = subprocess.run(
+        [sys.executable, "-m", "weflux", "migrate"], cwd=tmp_path, env=env, capture_output=True
+    )
+    assert migrated.returncode == 0, migrated.stderr.decode()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_ready(port, "/readyz", process, 60) == 200
+    finally:
+        _stop(process)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+def test_production_refuses_a_superuser_database_role(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    env = _env(
+        WEFLUX_ENV="production",
+        WEFLUX_DATABASE_URL=database_urls.owner,
+        WEFLUX_JWT_SECRET="x" * 40,
+        WEFLUX_ENCRYPTION_KEYS="k1:" + "A" * 43 + "=",
+    )
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        process.wait(timeout=60)
+    finally:
+        output = _stop(process)
+    assert process.returncode != 0
+    assert b"row-level security does not apply" in output

@@ -1,0 +1,3 @@
+from weflux.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Starlette routes that are not GraphQL, and the middleware."""

@@ -1,0 +1,218 @@
+"""Tenant scoping: the one place that confines ORM statements to a workspace.
+
+Every session carries a scope in `session.info`: one workspace (`org_id`), or,
+for the rare code that must cross workspaces, `all_workspaces` with a reason.
+`grep -rn all_workspaces weflux/` lists every such place.
+
+- Reads, updates and deletes of workspace-owned models get `org_id = <workspace>`
+  added by `with_loader_criteria`, registered per mapped class (the mixin form of
+  the SQLAlchemy docs does not reach SQLModel classes).
+- Writes are checked before flush: `org_id` is filled from the scope, and a row of
+  another workspace is refused.
+- With no scope, any ORM statement touching a workspace-owned table raises.
+- On PostgreSQL the same scope is handed to row-level security at the start of each
+  transaction with `set_config(..., true)`, which ends with the transaction.
+"""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Table, event, inspect, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
+from sqlalchemy.sql import visitors
+from sqlmodel import Session as SQLModelSession
+
+from weflux.models import Organization, OrgScoped, workspace_models
+
+WORKSPACE_KEY = "weflux.org_id"
+ALL_WORKSPACES_KEY = "weflux.all_workspaces"
+
+_APPLY_SCOPE_SQL = text(
+    "SELECT set_config('app.org_id', :org_id, true), "
+    "set_config('app.all_workspaces', :all_workspaces, true)"
+)
+
+
+class TenantScopeError(RuntimeError):
+    """A statement or write would escape the session's workspace (or has none)."""
+
+
+class ScopedSession(SQLModelSession):
+    """The synchronous session behind every `AsyncSession` of the app."""
+
+
+def _info(session: Session | AsyncSession) -> dict[Any, Any]:
+    return session.sync_session.info if isinstance(session, AsyncSession) else session.info
+
+
+def current_workspace(session: Session | AsyncSession) -> uuid.UUID | None:
+    """The workspace the session is confined to, if any."""
+    value = _info(session).get(WORKSPACE_KEY)
+    return value if isinstance(value, uuid.UUID) else None
+
+
+def crosses_workspaces(session: Session | AsyncSession) -> bool:
+    return bool(_info(session).get(ALL_WORKSPACES_KEY))
+
+
+def set_scope(
+    session: Session | AsyncSession,
+    org_id: uuid.UUID | None = None,
+    *,
+    all_workspaces: str | None = None,
+) -> None:
+    """Set the scope of a session before its transaction starts."""
+    if org_id is not None and all_workspaces:
+        raise ValueError("a session is scoped to one workspace or to all, not both")
+    info = _info(session)
+    info.pop(WORKSPACE_KEY, None)
+    info.pop(ALL_WORKSPACES_KEY, None)
+    if org_id is not None:
+        info[WORKSPACE_KEY] = org_id
+    if all_workspaces:
+        info[ALL_WORKSPACES_KEY] = all_workspaces
+
+
+async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
+    """Narrow a session to one workspace, also inside a transaction already begun."""
+    set_scope(session, org_id)
+    sync = session.sync_session
+    if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
+        connection = await session.connection()
+        await connection.execute(_APPLY_SCOPE_SQL, _scope_params(sync))
+
+
+def _scope_params(session: Session) -> dict[str, str]:
+    org_id = current_workspace(session)
+    return {
+        "org_id": str(org_id) if org_id else "",
+        "all_workspaces": "on" if crosses_workspaces(session) else "",
+    }
+
+
+@functools.cache
+def _workspace_tables() -> dict[str, str]:
+    """Table name -> the column holding its workspace."""
+    tables = {Organization.__tablename__: "id"}
+    for model in workspace_models():
+        tables[str(model.__tablename__)] = "org_id"
+    return tables
+
+
+def _tables_in(statement: Any) -> Iterable[str]:
+    # ORM statements hold annotated copies of the tables: compare by name.
+    for element in visitors.iterate(statement):
+        if isinstance(element, Table):
+            yield element.name
+
+
+def _criteria(org_id: uuid.UUID) -> list[Any]:
+    options: list[Any] = [
+        with_loader_criteria(Organization, lambda cls: cls.id == org_id, include_aliases=True)
+    ]
+    for model in workspace_models():
+        options.append(
+            with_loader_criteria(model, lambda cls: cls.org_id == org_id, include_aliases=True)
+        )
+    return options
+
+
+@event.listens_for(ScopedSession, "do_orm_execute")
+def _scope_statement(state: ORMExecuteState) -> Any:
+    if state.is_column_load or state.is_relationship_load:
+        return None  # the criteria of the parent statement propagate to these
+    session = state.session
+    if crosses_workspaces(session):
+        return None
+    org_id = current_workspace(session)
+    workspace_tables = _workspace_tables()
+    touched = [name for name in _tables_in(state.statement) if name in workspace_tables]
+    if not touched:
+        return None
+    if org_id is None:
+        names = ", ".join(sorted(set(touched)))
+        raise TenantScopeError(f"no workspace set for a statement on {names}")
+    if state.is_insert:
+        return _checked_insert(state, org_id, workspace_tables)
+    if state.is_select or state.is_update or state.is_delete:
+        state.statement = state.statement.options(*_criteria(org_id))
+    return None
+
+
+def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
+    table = state.statement.table  # type: ignore[attr-defined]
+    column = tables.get(table.name)
+    if column is None:
+        return None
+    params: Any = state.parameters
+    rows: list[dict[str, Any]] = (
+        list(params) if isinstance(params, list) else [dict(params)] if params else []
+    )
+    if not rows:
+        raise TenantScopeError(
+            f"insert into {table.name}: pass rows as parameters so their workspace is checked"
+        )
+    checked: list[dict[str, Any]] = []
+    for row in rows:
+        value = row.get(column)
+        if value is None and column == "org_id":
+            row = {**row, column: org_id}
+        elif value != org_id:
+            raise TenantScopeError(f"insert into {table.name} of another workspace refused")
+        checked.append(row)
+    return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
+
+
+@event.listens_for(ScopedSession, "before_flush")
+def _guard_writes(session: Session, flush_context: Any, instances: Any) -> None:
+    if crosses_workspaces(session):
+        for obj in session.new:
+            if isinstance(obj, OrgScoped) and obj.org_id is None:
+                raise TenantScopeError(f"{type(obj).__name__} written without org_id")
+        return
+    org_id = current_workspace(session)
+    for obj in list(session.new) + list(session.dirty) + list(session.deleted):
+        owner = _owner(obj)
+        if owner is _NOT_SCOPED:
+            continue
+        if org_id is None:
+            raise TenantScopeError(f"no workspace set for a write of {type(obj).__name__}")
+        if owner is None and isinstance(obj, OrgScoped) and obj in session.new:
+            obj.org_id = org_id
+            continue
+        if owner != org_id:
+            raise TenantScopeError(f"write of {type(obj).__name__} into another workspace refused")
+        if isinstance(obj, OrgScoped) and obj in session.dirty:
+            history = _org_history(obj)
+            if history:
+                raise TenantScopeError(f"moving {type(obj).__name__} between workspaces refused")
+
+
+_NOT_SCOPED = object()
+
+
+def _owner(obj: Any) -> Any:
+    if isinstance(obj, OrgScoped):
+        return obj.org_id
+    if isinstance(obj, Organization):
+        return obj.id
+    return _NOT_SCOPED
+
+
+def _org_history(obj: OrgScoped) -> bool:
+    history = inspect(obj).attrs.org_id.history
+    return bool(history.deleted) and history.deleted[0] is not None
+
+
+@event.listens_for(ScopedSession, "after_begin")
+def _apply_database_scope(
+    session: Session, transaction: SessionTransaction, connection: Connection
+) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))

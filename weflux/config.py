@@ -1,0 +1,256 @@
+"""Configuration: environment variables prefixed `WEFLUX_` (and a `.env` file)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import secrets
+from datetime import timedelta
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+log = logging.getLogger(__name__)
+
+Environment = Literal["development", "test", "production"]
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+DEV_SECRETS_FILE = "dev-secrets.json"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or unsafe; the message names the variable to fix."""
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse `7d`, `12h`, `15m`, `30s` or a number of seconds."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return timedelta(seconds=value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError("expected a duration such as 7d, 12h, 15m, 30s or a number of seconds")
+    seconds = int(match.group(1)) * _UNITS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError("the duration must be positive")
+    return timedelta(seconds=seconds)
+
+
+def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
+    """Parse `kid:base64(32 bytes)` entries; the first is the primary key."""
+    keys: list[tuple[str, bytes]] = []
+    for entry in (part.strip() for part in value.split(",")):
+        if not entry:
+            continue
+        kid, sep, encoded = entry.partition(":")
+        if not sep or not _KEY_ID.match(kid):
+            raise ConfigError(
+                "WEFLUX_ENCRYPTION_KEYS: each entry must be `kid:base64key` "
+                "with a key id of letters, digits, `_`, `.` or `-`"
+            )
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key `{kid}` is not valid base64") from None
+        if len(key) != 32:
+            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key `{kid}` must decode to 32 bytes")
+        if any(existing == kid for existing, _ in keys):
+            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key id `{kid}` appears twice")
+        keys.append((kid, key))
+    if not keys:
+        raise ConfigError("WEFLUX_ENCRYPTION_KEYS: no key given")
+    return keys
+
+
+def generate_encryption_key_entry(kid: str | None = None) -> str:
+    """A new `kid:base64key` entry for `WEFLUX_ENCRYPTION_KEYS`."""
+    kid = kid or f"k{secrets.token_hex(4)}"
+    return f"{kid}:{base64.b64encode(secrets.token_bytes(32)).decode()}"
+
+
+def _split_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return [str(item).strip() for item in value if str(item).strip()]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="WEFLUX_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    env: Environment = "development"
+    database_url: str = "sqlite+aiosqlite:///var/weflux.db"
+    database_migration_url: str | None = None
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_connect_timeout: float = Field(default=5.0, gt=0)
+    redis_url: str | None = None
+    jwt_secret: SecretStr | None = None
+    encryption_keys: SecretStr | None = None
+    access_token_ttl: timedelta = timedelta(days=7)
+    refresh_token_ttl: timedelta = timedelta(days=30)
+    allowed_origins: Annotated[list[str] | None, NoDecode] = None
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    meta_graph_url: str = "https://graph.facebook.com"
+    meta_graph_version: str = "v25.0"
+    meta_app_secret: SecretStr | None = None
+    meta_verify_token: SecretStr | None = None
+    graphql_introspection: bool = True
+    graphql_ide: bool | None = None
+    var_dir: Path = Path("var")
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    # Names of the secrets that were generated for development rather than configured.
+    generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
+
+    @field_validator("access_token_ttl", "refresh_token_ttl", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> list[str] | None:
+        return None if value is None else _split_list(value)
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _proxies(cls, value: Any) -> list[str]:
+        return _split_list(value)
+
+    @field_validator("database_url", "database_migration_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        driver = make_url(value).drivername
+        if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+            raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+        return value
+
+    @property
+    def is_production(self) -> bool:
+        return self.env == "production"
+
+    @property
+    def origins(self) -> list[str]:
+        """The CORS and WebSocket `Origin` allow-list."""
+        if self.allowed_origins is not None:
+            return self.allowed_origins
+        if self.env == "production":
+            return []
+        return ["http://localhost:5173", "http://127.0.0.1:5173"]
+
+    @property
+    def ide_enabled(self) -> bool:
+        return self.graphql_ide if self.graphql_ide is not None else self.env == "development"
+
+    @property
+    def migration_url(self) -> str:
+        """Migrations may run as the schema owner; the app connects as a restricted role."""
+        return self.database_migration_url or self.database_url
+
+    @cached_property
+    def encryption_key_ring(self) -> list[tuple[str, bytes]]:
+        if self.encryption_keys is None:
+            raise ConfigError("WEFLUX_ENCRYPTION_KEYS is not set")
+        return parse_encryption_keys(self.encryption_keys.get_secret_value())
+
+    def check(self) -> None:
+        """Refuse unsafe settings; production is strict, naming the setting to fix."""
+        for origin in self.origins:
+            if origin in ("*", "null") or "*" in origin:
+                raise ConfigError(
+                    f"WEFLUX_ALLOWED_ORIGINS: `{origin}` is not allowed; list exact origins"
+                )
+        if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ConfigError("WEFLUX_JWT_SECRET must be at least 32 characters of random data")
+        if self.encryption_keys is not None:
+            _ = self.encryption_key_ring
+        if not self.is_production:
+            return
+        for name in ("jwt_secret", "encryption_keys"):
+            variable = f"WEFLUX_{name.upper()}"
+            if getattr(self, name) is None:
+                raise ConfigError(f"{variable} must be set in production")
+            if name in self.generated_secrets or _is_dev_secret(self, name):
+                raise ConfigError(
+                    f"{variable} holds a generated development secret; set a real one in production"
+                )
+        if self.ide_enabled:
+            raise ConfigError("WEFLUX_GRAPHQL_IDE must be false in production")
+
+
+def _dev_secrets_path(settings: Settings) -> Path:
+    return settings.var_dir / DEV_SECRETS_FILE
+
+
+def _is_dev_secret(settings: Settings, name: str) -> bool:
+    path = _dev_secrets_path(settings)
+    value = getattr(settings, name)
+    if value is None or not path.is_file():
+        return False
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(stored.get(name) == value.get_secret_value())
+
+
+def _load_or_create_dev_secrets(path: Path) -> dict[str, str]:
+    try:
+        stored: dict[str, str] = json.loads(path.read_text())
+    except FileNotFoundError:
+        stored = {}
+    changed = False
+    if not stored.get("jwt_secret"):
+        stored["jwt_secret"] = secrets.token_urlsafe(48)
+        changed = True
+    if not stored.get("encryption_keys"):
+        stored["encryption_keys"] = generate_encryption_key_entry("dev1")
+        changed = True
+    if changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(stored, handle, indent=2)
+    os.chmod(path, 0o600)
+    return stored
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, filling development secrets from `var/dev-secrets.json`."""
+    settings = Settings(**overrides)
+    missing = [
+        name for name in ("jwt_secret", "encryption_keys") if getattr(settings, name) is None
+    ]
+    if missing and not settings.is_production:
+        path = _dev_secrets_path(settings)
+        stored = _load_or_create_dev_secrets(path)
+        log.warning(
+            "using generated development secrets from %s for %s; never use them in production",
+            path,
+            ", ".join(f"WEFLUX_{name.upper()}" for name in missing),
+        )
+        settings = settings.model_copy(
+            update={name: SecretStr(stored[name]) for name in missing}
+            | {"generated_secrets": frozenset(missing)}
+        )
+    settings.check()
+    return settings

@@ -1,0 +1,148 @@
+"""Engines and units of work: one session per request or event, committed once at its end."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.scoping import ScopedSession, set_scope
+
+log = logging.getLogger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 5000
+
+
+@dataclass(frozen=True)
+class RoleCheck:
+    """What PostgreSQL says of the role the app connects as."""
+
+    name: str
+    superuser: bool
+    bypass_rls: bool
+
+    @property
+    def subject_to_rls(self) -> bool:
+        return not (self.superuser or self.bypass_rls)
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_async_engine(url, **kwargs)
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy emit BEGIN itself, so SAVEPOINT and transactions behave.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
+    return engine
+
+
+def _postgres_engine(
+    url: URL, *, pool_size: int, connect_timeout: float, **kwargs: Any
+) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": connect_timeout,
+            "server_settings": {
+                "application_name": "weflux",
+                "statement_timeout": "30s",
+                "idle_in_transaction_session_timeout": "60s",
+            },
+        },
+        **kwargs,
+    )
+
+
+def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _sqlite_engine(parsed)
+    return _postgres_engine(parsed, pool_size=pool_size, connect_timeout=connect_timeout)
+
+
+class Database:
+    """The app's engine and its session factory."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+        self.url = make_url(url)
+        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
+        self.sessionmaker = async_sessionmaker(
+            self.engine,
+            class_=AsyncSession,
+            sync_session_class=ScopedSession,
+            expire_on_commit=False,
+        )
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @asynccontextmanager
+    async def session(
+        self, org_id: uuid.UUID | None = None, *, all_workspaces: str | None = None
+    ) -> AsyncIterator[AsyncSession]:
+        """One unit of work, committed at its end and rolled back on error.
+
+        `org_id` confines it to one workspace. `all_workspaces="<why>"` lets it cross
+        workspaces; use it only where that is the point (webhook routing, maintenance).
+        """
+        async with self.sessionmaker() as session:
+            set_scope(session, org_id, all_workspaces=all_workspaces)
+            if all_workspaces:
+                log.debug("cross-workspace session", extra={"reason": all_workspaces})
+            try:
+                yield session
+                await session.commit()
+            except BaseException:
+                await session.rollback()
+                raise
+
+    async def ping(self, within: float = 3.0) -> None:
+        """Raise unless the database answers within `within` seconds."""
+        async with asyncio.timeout(within), self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def role_check(self) -> RoleCheck | None:
+        """On PostgreSQL: whether the app's role is subject to row-level security."""
+        if self.dialect != "postgresql":
+            return None
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    text(
+                        "SELECT current_user, rolsuper, rolbypassrls "
+                        "FROM pg_roles WHERE rolname = current_user"
+                    )
+                )
+            ).one()
+        return RoleCheck(name=row[0], superuser=row[1], bypass_rls=row[2])
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,100 @@
+"""Schema migrations (Alembic) and the grants that let the app's role use the tables."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def migrations_dir() -> Path:
+    """The Alembic scripts: shipped inside the wheel, or at the root of a checkout."""
+    for candidate in (_PACKAGE / "_migrations", _PACKAGE.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError("the migrations directory is missing from this installation")
+
+
+def alembic_config(url: str | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if url is not None:
+        config.attributes["url"] = url
+    return config
+
+
+class MigrationError(RuntimeError):
+    """Migrations cannot proceed; the message says what to fix."""
+
+
+def _grant_app_role(connection: Connection, role: str) -> None:
+    exists = connection.execute(
+        text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
+    ).first()
+    if exists is None:
+        raise MigrationError(
+            f"the role `{role}` of WEFLUX_DATABASE_URL does not exist; create it with "
+            f"CREATE ROLE {role} LOGIN PASSWORD '...' NOSUPERUSER NOBYPASSRLS"
+        )
+    quoted = connection.dialect.identifier_preparer.quote(role)
+    connection.execute(text(f"GRANT USAGE ON SCHEMA public TO {quoted}"))
+    connection.execute(
+        text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}")
+    )
+    connection.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {quoted}"))
+    connection.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+
+
+async def migrate(
+    migration_url: str, *, app_url: str | None = None, revision: str = "head"
+) -> None:
+    """Upgrade to `revision` as the schema owner, then grant the app's role its rights.
+
+    The grant runs when the app connects as another PostgreSQL role than the owner
+    (WEFLUX_DATABASE_URL vs WEFLUX_DATABASE_MIGRATION_URL).
+    """
+    owner = make_url(migration_url)
+    app_role = make_url(app_url).username if app_url else None
+    engine = create_async_engine(owner, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_upgrade, revision)
+            await connection.commit()
+            if owner.get_backend_name() == "postgresql" and app_role and app_role != owner.username:
+                await connection.run_sync(_grant_app_role, app_role)
+                await connection.commit()
+    finally:
+        await engine.dispose()
+    log.info("database migrated", extra={"revision": revision})
+
+
+async def downgrade(migration_url: str, revision: str) -> None:
+    engine = create_async_engine(migration_url, poolclass=NullPool)
+    try:
+        async with engine.connect() as connection:
+            await connection.run_sync(_downgrade, revision)
+            await connection.commit()
+    finally:
+        await engine.dispose()
+
+
+def _upgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.upgrade(config, revision)
+
+
+def _downgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)

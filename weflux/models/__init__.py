@@ -1,0 +1,21 @@
+"""Every table, imported here so that metadata and the scoping registry are complete."""
+
+from weflux.models.audit import AuditEvent
+from weflux.models.auth_session import AuthSession
+from weflux.models.base import OrgScoped, new_id, utcnow, workspace_models
+from weflux.models.membership import Membership, Role
+from weflux.models.organization import Organization
+from weflux.models.user import User
+
+__all__ = [
+    "AuditEvent",
+    "AuthSession",
+    "Membership",
+    "OrgScoped",
+    "Organization",
+    "Role",
+    "User",
+    "new_id",
+    "utcnow",
+    "workspace_models",
+]

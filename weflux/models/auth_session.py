@@ -1,0 +1,36 @@
+"""Login sessions: what access and refresh tokens point at, so they can be revoked."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Index
+from sqlmodel import Field
+
+from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
+
+
+class AuthSession(OrgScoped, table=True):
+    """One login of one member; revoking it ends every token issued under it."""
+
+    __tablename__ = "sessions"
+    __table_args__ = (
+        Index(None, "org_id", "membership_id", "created_at"),
+        Index(None, "refresh_token_hash", unique=True),
+        Index(None, "user_id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", nullable=False, ondelete="CASCADE")
+    membership_id: uuid.UUID = Field(
+        foreign_key="memberships.id", nullable=False, ondelete="CASCADE"
+    )
+    refresh_token_hash: str = Field(max_length=64, nullable=False, repr=False)
+    created_at: datetime = created_at_field()
+    last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    revoked_reason: str | None = Field(default=None, max_length=64)
+    ip_address: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)

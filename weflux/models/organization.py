@@ -1,0 +1,24 @@
+"""Workspaces."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from weflux.models.base import created_at_field, new_id
+
+
+class Organization(SQLModel, table=True):
+    """A workspace: a company with its members, channels and conversations.
+
+    Not `OrgScoped` (it is the scope itself), but row-level security on PostgreSQL
+    still limits it to the current workspace.
+    """
+
+    __tablename__ = "organizations"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(max_length=200, nullable=False)
+    created_at: datetime = created_at_field()
