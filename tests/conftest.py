@@ -20,6 +20,7 @@ from tests.fixtures.databases import (
 )
 from tests.fixtures.factories import Actor, create_actor, create_org
 from tests.fixtures.services import postgres_problem, redis_problem, require
+from weflux.auth import passwords
 from weflux.config import Settings, generate_encryption_key_entry, load_settings
 from weflux.db import Database
 from weflux.models import Organization, Role
@@ -42,6 +43,13 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("WEFLUX_") and not name.startswith("WEFLUX_TEST_"):
             monkeypatch.delenv(name)
+
+
+@pytest.fixture(autouse=True)
+def _fast_bcrypt(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bcrypt at cost 4 in tests (production is 12; a dedicated test checks that)."""
+    if "real_bcrypt_cost" not in request.fixturenames:
+        monkeypatch.setattr(passwords, "BCRYPT_ROUNDS", 4)
 
 
 @pytest.fixture(params=DIALECTS)

@@ -47,4 +47,4 @@ def test_workspace_tables_have_a_non_null_org_id_leading_an_index(model: type) -
 
 def test_the_core_tables_are_workspace_owned() -> None:
     names = {m.__tablename__ for m in workspace_models()}
-    assert {"memberships", "sessions", "audit_events"} <= names
+    assert {"memberships", "sessions", "audit_events", "invitations"} <= names

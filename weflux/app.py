@@ -5,19 +5,29 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp
 
+from weflux.api import auth as auth_routes
+from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
 from weflux.api.middleware import RequestContextMiddleware
+from weflux.api.ratelimit import RateLimiter
+from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
+from weflux.auth import passwords
+from weflux.auth.principal import Authenticator
+from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
-from weflux.gql.view import GraphQLApp, deny_all
+from weflux.gql.schema import build_schema
+from weflux.gql.view import GraphQLApp
+from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +55,29 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
     log.warning(problem + "; fine for local development, never in production")
 
 
+class WefluxApp(Starlette):
+    """Starlette with request ids and security headers outermost, so that even the
+    500 answers of Starlette's error middleware carry them."""
+
+    def __init__(self, *args: Any, hsts: bool, **kwargs: Any) -> None:
+        self.hsts = hsts
+        super().__init__(*args, **kwargs)
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
+
+
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it."""
     settings = settings or load_settings()
+    assert settings.jwt_secret is not None  # load_settings guarantees it
+    codec = TokenCodec(
+        settings.jwt_secret.get_secret_value(),
+        access_ttl=settings.access_token_ttl,
+        refresh_ttl=settings.refresh_token_ttl,
+    )
+    trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -57,27 +87,42 @@ def create_app(settings: Settings | None = None) -> Starlette:
             connect_timeout=settings.database_connect_timeout,
         )
         redis = create_redis(settings.redis_url) if settings.redis_url else None
-        app.state.settings = settings
-        app.state.db = db
-        app.state.redis = redis
+        broker: Broker = RedisBroker(redis) if redis is not None else InProcessBroker()
+        authenticator = Authenticator(codec, db, broker)
+        limiter = RateLimiter(settings)
+        state = app.state
+        state.settings, state.db, state.redis, state.broker = settings, db, redis, broker
+        state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
+        state.trusted_proxies = trusted_proxies
         try:
             await _check_database_role(settings, db)
+            await passwords.warm_up()
+            await broker.start()
+            await authenticator.start()
             yield
         finally:
+            await authenticator.stop()
+            await broker.stop()
+            await limiter.close()
             if redis is not None:
                 await redis.aclose()
             await db.dispose()
 
     graphql = GraphQLApp(
-        authenticator=deny_all, ide=settings.ide_enabled, allowed_origins=settings.origins
+        build_schema(introspection=settings.graphql_introspection),
+        ide=settings.ide_enabled,
+        allowed_origins=settings.origins,
     )
     routes = [
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        *auth_routes.routes,
         Route("/graphql", graphql, methods=["GET", "POST"]),
+        WebSocketRoute("/graphql", graphql),
     ]
-    return Starlette(
+    return WefluxApp(
         routes=routes,
-        middleware=[Middleware(RequestContextMiddleware)],
+        middleware=[cors_middleware(settings.origins)],
         lifespan=lifespan,
+        hsts=settings.is_production,
     )

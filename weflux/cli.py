@@ -31,6 +31,35 @@ def _migrate(settings: Settings) -> None:
     asyncio.run(migrate(settings.migration_url, app_url=settings.database_url))
 
 
+async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
+    from weflux.db import Database
+    from weflux.services import demo
+
+    db = Database(settings.database_url)
+    try:
+        if only_if_empty and not await demo.database_is_empty(db):
+            return 0
+        logins = await demo.create_demo(db)
+    finally:
+        await db.dispose()
+    if logins is None:
+        path = settings.var_dir / demo.LOGINS_FILE
+        where = f"; its logins are in {path}" if path.is_file() else ""
+        print(f"The demo workspace exists already{where}.")
+        return 0
+    path = demo.write_logins(settings.var_dir, logins)
+    # Printed for the person at the terminal, never logged.
+    print(demo.format_logins(logins))
+    print(f"(kept in {path}, mode 0600)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Create a demo workspace with an Admin, a Manager and an Agent; print their logins."""
+    settings = _settings()
+    return asyncio.run(_demo(settings, only_if_empty=False))
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the API under uvicorn."""
     import uvicorn
@@ -39,6 +68,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = _settings()
     if settings.env == "development":
         _migrate(settings)
+        asyncio.run(_demo(settings, only_if_empty=True))
     if args.no_worker:
         log.info("serving without the in-process worker (--no-worker)")
     uvicorn.run(
@@ -100,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     migrate = commands.add_parser("migrate", help=cmd_migrate.__doc__)
     migrate.set_defaults(func=cmd_migrate)
+
+    demo = commands.add_parser("demo", help=cmd_demo.__doc__)
+    demo.set_defaults(func=cmd_demo)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
     meta_app_secret: SecretStr | None = None
     meta_verify_token: SecretStr | None = None
     graphql_introspection: bool = True
+    # Rate limits, in the `limits` notation ("10/minute", "100/hour;1000/day").
+    rate_limit_login_ip: str = "20/minute;200/hour"
+    rate_limit_login_account: str = "5/minute;30/hour"
+    rate_limit_signup_ip: str = "5/hour"
+    rate_limit_invitation_ip: str = "10/hour"
+    rate_limit_refresh_ip: str = "60/minute"
+    rate_limit_graphql_ip: str = "600/minute"
+    rate_limit_graphql_workspace: str = "3000/minute"
+    max_auth_body_bytes: int = Field(default=16_384, ge=1024)
+    graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None
     var_dir: Path = Path("var")
     log_level: str = "INFO"

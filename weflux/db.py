@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,67 @@ from weflux.auth.scoping import ScopedSession, set_scope
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 5000
+_AFTER_COMMIT = "weflux.after_commit"
+
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once the session's transaction has committed (never on rollback).
+
+    Events are published this way, so nobody hears of a change that did not happen.
+    """
+    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+
+
+async def run_after_commit(session: AsyncSession) -> None:
+    """Run and clear the callbacks queued by `after_commit` (after a commit)."""
+    callbacks: list[AfterCommit] = session.sync_session.info.pop(_AFTER_COMMIT, [])
+    for callback in callbacks:
+        try:
+            await callback()
+        except Exception:
+            log.exception("after-commit callback failed")
+
+
+def discard_after_commit(session: AsyncSession) -> None:
+    session.sync_session.info.pop(_AFTER_COMMIT, None)
+
+
+def _serialized(name: str) -> Any:
+    method = getattr(AsyncSession, name)
+
+    @functools.wraps(method)
+    async def call(self: SerializedSession, *args: Any, **kwargs: Any) -> Any:
+        async with self._operation_lock:
+            return await method(self, *args, **kwargs)
+
+    return call
+
+
+class SerializedSession(AsyncSession):
+    """An AsyncSession whose operations wait their turn.
+
+    GraphQL resolves sibling fields concurrently; a session (one connection) cannot
+    run two statements at once, so concurrent resolvers of one request queue here.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._operation_lock = asyncio.Lock()
+
+    exec = _serialized("exec")
+    execute = _serialized("execute")
+    scalar = _serialized("scalar")
+    scalars = _serialized("scalars")
+    get = _serialized("get")
+    flush = _serialized("flush")
+    refresh = _serialized("refresh")
+    delete = _serialized("delete")
+    merge = _serialized("merge")
+    commit = _serialized("commit")
+    rollback = _serialized("rollback")
+    connection = _serialized("connection")
 
 
 @dataclass(frozen=True)
@@ -95,7 +157,7 @@ class Database:
         self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
         self.sessionmaker = async_sessionmaker(
             self.engine,
-            class_=AsyncSession,
+            class_=SerializedSession,
             sync_session_class=ScopedSession,
             expire_on_commit=False,
         )
@@ -121,8 +183,10 @@ class Database:
                 yield session
                 await session.commit()
             except BaseException:
+                discard_after_commit(session)
                 await session.rollback()
                 raise
+            await run_after_commit(session)
 
     async def ping(self, within: float = 3.0) -> None:
         """Raise unless the database answers within `within` seconds."""

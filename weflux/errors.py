@@ -47,3 +47,88 @@ def graphql_unauthenticated() -> JSONResponse:
         status_code=401,
         headers={"WWW-Authenticate": "Bearer", "Cache-Control": "no-store"},
     )
+
+
+class WefluxError(Exception):
+    """An expected failure with a code clients can act on; its message is safe to show."""
+
+    code = ErrorCode.BAD_REQUEST
+    graphql_code = "BAD_USER_INPUT"
+    status = 400
+
+    def __init__(self, message: str, *, details: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+
+class BadUserInput(WefluxError):
+    code = ErrorCode.VALIDATION_FAILED
+    graphql_code = "BAD_USER_INPUT"
+    status = 422
+
+
+class Unauthenticated(WefluxError):
+    code = ErrorCode.UNAUTHENTICATED
+    graphql_code = ErrorCode.UNAUTHENTICATED
+    status = 401
+
+
+class InvalidCredentials(Unauthenticated):
+    code = "INVALID_CREDENTIALS"
+
+
+class TokenReused(Unauthenticated):
+    code = "TOKEN_REUSED"
+
+
+class Forbidden(WefluxError):
+    code = ErrorCode.FORBIDDEN
+    graphql_code = ErrorCode.FORBIDDEN
+    status = 403
+
+
+class NotFound(WefluxError):
+    code = ErrorCode.NOT_FOUND
+    graphql_code = ErrorCode.NOT_FOUND
+    status = 404
+
+
+class Conflict(WefluxError):
+    code = ErrorCode.CONFLICT
+    graphql_code = ErrorCode.CONFLICT
+    status = 409
+
+
+class RateLimited(WefluxError):
+    code = ErrorCode.RATE_LIMITED
+    graphql_code = ErrorCode.RATE_LIMITED
+    status = 429
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class PayloadTooLarge(WefluxError):
+    code = "PAYLOAD_TOO_LARGE"
+    graphql_code = "BAD_USER_INPUT"
+    status = 413
+
+
+class UnsupportedMediaType(WefluxError):
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    graphql_code = "BAD_USER_INPUT"
+    status = 415
+
+
+def wefluxerror_response(error: WefluxError) -> JSONResponse:
+    """The HTTP answer for a coded error outside GraphQL."""
+    headers = {"Cache-Control": "no-store"}
+    if isinstance(error, RateLimited):
+        headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, Unauthenticated):
+        headers["WWW-Authenticate"] = "Bearer"
+    return error_response(
+        error.status, error.code, error.message, details=error.details, headers=headers
+    )

@@ -1,19 +1,66 @@
-"""The GraphQL schema."""
+"""The GraphQL schema and its guard rails."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable
 
 import strawberry
+from strawberry.extensions import (
+    DisableIntrospection,
+    MaxAliasesLimiter,
+    MaxTokensLimiter,
+    QueryDepthLimiter,
+    SchemaExtension,
+)
+from strawberry.schema.config import StrawberryConfig
+from strawberry.types import Info
 
-from weflux.models import utcnow
+from weflux.auth.permissions import Permission
+from weflux.gql.errors import CodedErrors
+from weflux.gql.identity.mutations import IdentityMutation
+from weflux.gql.identity.queries import IdentityQuery
+from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
+from weflux.gql.node import resolve_node
+from weflux.gql.permissions import requires
+from weflux.gql.types import Node
+
+MAX_DEPTH = 10
+MAX_ALIASES = 15
+MAX_TOKENS = 2000
 
 
-@strawberry.type(description="The root of every read.")
-class Query:
-    @strawberry.field(description="The server's current time (UTC).")
-    def server_time(self) -> datetime:
-        return utcnow()
+@strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
+class Query(IdentityQuery):
+    @strawberry.field(
+        description="Any object by its global id; NOT_FOUND outside the caller's reach.",
+        permission_classes=[requires(Permission.READ_WORKSPACE)],
+    )
+    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+        return await resolve_node(info, id)
 
 
-schema = strawberry.Schema(query=Query)
+@strawberry.type(description="Every write.")
+class Mutation(IdentityMutation):
+    pass
+
+
+def build_schema(*, introspection: bool = True) -> strawberry.Schema:
+    """The schema with its limits; extensions are passed as factories (one per request)."""
+    extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
+        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
+        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        CodedErrors,
+    ]
+    if not introspection:
+        extensions.append(DisableIntrospection)
+    return strawberry.Schema(
+        query=Query,
+        mutation=Mutation,
+        types=[Member, Organization, Session, Invitation, AuditEvent],
+        extensions=extensions,
+        config=StrawberryConfig(disable_field_suggestions=True),
+    )
+
+
+schema = build_schema()

@@ -1,34 +1,70 @@
-"""`/graphql`: authentication at the edge, then Strawberry."""
+"""`/graphql`: authentication and limits at the edge, then Strawberry.
+
+Over HTTP, before anything is parsed: no valid access token -> 401; not POST -> 405;
+not `application/json` -> 415; too large -> 413; a batch -> 400; over the rate
+limits -> 429. Then one database session, scoped to the caller's workspace, serves
+the whole operation and is committed once, before the response is sent (rolled back
+when the operation has errors).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+import logging
+from typing import Any
 
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
-from starlette.types import Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
+from starlette.types import Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLHTTPResponse
+from strawberry.schema import BaseSchema
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
+from strawberry.types.execution import ExecutionResult
+from strawberry.types.unset import UnsetType
 
-from weflux.errors import graphql_unauthenticated
-from weflux.gql.schema import schema
+from weflux.api.client_ip import client_ip
+from weflux.api.ratelimit import graphql_rate_limited_response
+from weflux.api.security import IDE_CSP
+from weflux.api.validation import is_json, read_body
+from weflux.auth.principal import Principal
+from weflux.auth.scoping import set_scope
+from weflux.auth.tokens import bearer_token
+from weflux.db import discard_after_commit, run_after_commit
+from weflux.errors import PayloadTooLarge, WefluxError, graphql_unauthenticated
+from weflux.gql.context import Context
+from weflux.services.audit import RequestMeta
+
+log = logging.getLogger(__name__)
+
+_SESSION = "weflux.graphql_session"
 
 
-class Authenticator(Protocol):
-    async def __call__(self, request: Request) -> Any | None:
-        """The caller's principal, or None when the request carries no valid credential."""
+def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(
+        {"errors": [{"message": message, "extensions": {"code": code}}]},
+        status_code=status,
+        headers={"Cache-Control": "no-store"},
+    )
 
 
-async def deny_all(request: Request) -> None:
-    """No credential can be verified yet: every request is unauthenticated."""
-    return None
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
 
 
-class GraphQLApp(GraphQL[Any, None]):
-    """Strawberry behind an edge check: no valid access token, HTTP 401, nothing parsed."""
-
-    def __init__(
-        self, *, authenticator: Authenticator, ide: bool, allowed_origins: list[str]
-    ) -> None:
+class GraphQLApp(GraphQL[Context, None]):
+    def __init__(self, schema: BaseSchema, *, ide: bool, allowed_origins: list[str]) -> None:
         super().__init__(
             schema,
             graphql_ide="graphiql" if ide else None,
@@ -37,22 +73,124 @@ class GraphQLApp(GraphQL[Any, None]):
             multipart_uploads_enabled=False,
             allowed_origins=allowed_origins,
         )
-        self.authenticator = authenticator
         self.ide = ide
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            request = Request(scope, receive)
-            if (
-                self.ide
-                and request.method == "GET"
-                and "text/html" in request.headers.get("accept", "")
-            ):
-                await super().__call__(scope, receive, send)  # the IDE page carries no data
-                return
-            principal = await self.authenticator(request)
-            if principal is None:
-                await graphql_unauthenticated()(scope, receive, send)
-                return
-            scope.setdefault("state", {})["principal"] = principal
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        if (
+            self.ide
+            and request.method == "GET"
+            and "text/html" in request.headers.get("accept", "")
+        ):
+            await super().__call__(scope, receive, send)  # the IDE page itself carries no data
+            return
+        state = request.app.state
+        principal: Principal | None = await state.authenticator.authenticate(
+            bearer_token(request.headers.get("authorization"))
+        )
+        if principal is None:
+            await graphql_unauthenticated()(scope, receive, send)
+            return
+        refusal, body = await self._screen(request, principal)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        async with state.db.sessionmaker() as session:
+            set_scope(session, principal.org_id)
+            scope["state"][_SESSION] = session
+
+            async def send_no_store(message: Message) -> None:
+                if message["type"] == "http.response.start":
+                    MutableHeaders(scope=message)["Cache-Control"] = "no-store"
+                await send(message)
+
+            await super().__call__(scope, _replay(body), send_no_store)
+
+    async def _screen(
+        self, request: Request, principal: Principal
+    ) -> tuple[Response | None, bytes]:
+        if request.method != "POST":
+            return _graphql_error(405, "Use POST", "BAD_REQUEST"), b""
+        if not is_json(request.headers.get("content-type")):
+            return _graphql_error(415, "Send application/json", "BAD_REQUEST"), b""
+        state = request.app.state
+        limiter = state.limiter
+        ip = client_ip(request, state.trusted_proxies)
+        for name, key in (("graphql_ip", ip), ("graphql_workspace", str(principal.org_id))):
+            if key is None:
+                continue
+            decision = await limiter.hit(name, key)
+            if not decision.allowed:
+                return graphql_rate_limited_response(decision.retry_after), b""
+        try:
+            body = await read_body(request, state.settings.graphql_max_body_bytes)
+        except PayloadTooLarge as error:
+            return _graphql_error(413, error.message, "BAD_REQUEST"), b""
+        except WefluxError as error:
+            return _graphql_error(400, error.message, "BAD_REQUEST"), b""
+        if body.lstrip()[:1] == b"[":
+            return _graphql_error(400, "Batched operations are not supported", "BAD_REQUEST"), b""
+        return None, body
+
+    async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
+        state = request.app.state
+        return Context(
+            request=request,
+            settings=state.settings,
+            db=state.db,
+            authenticator=state.authenticator,
+            meta=RequestMeta(
+                ip=client_ip(request, state.trusted_proxies),
+                user_agent=request.headers.get("user-agent"),
+            ),
+            principal=request.scope.get("state", {}).get("principal"),
+            session=request.scope.get("state", {}).get(_SESSION),
+        )
+
+    async def process_result(
+        self, request: Request, result: ExecutionResult
+    ) -> GraphQLHTTPResponse:
+        session = request.scope.get("state", {}).get(_SESSION)
+        if session is not None:
+            if result.errors:
+                discard_after_commit(session)
+                await session.rollback()
+            else:
+                try:
+                    await session.commit()
+                except Exception:
+                    log.exception("commit failed")
+                    discard_after_commit(session)
+                    await session.rollback()
+                    return {
+                        "data": None,
+                        "errors": [
+                            {
+                                "message": "Internal server error",
+                                "extensions": {"code": "INTERNAL_SERVER_ERROR"},
+                            }
+                        ],
+                    }
+                await run_after_commit(session)
+        return await super().process_result(request, result)
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        response = await super().render_graphql_ide(request)
+        response.headers["Content-Security-Policy"] = IDE_CSP
+        return response
+
+    async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
+        """Authenticate the socket in `connection_init`; close 4403 otherwise."""
+        payload = context.connection_params if isinstance(context.connection_params, dict) else {}
+        header = payload.get("authorization") or payload.get("Authorization")
+        principal = await context.authenticator.authenticate(
+            bearer_token(header if isinstance(header, str) else None)
+        )
+        if principal is None:
+            raise ConnectionRejectionError({"message": "Authentication required"})
+        context.principal = principal
+        return None

@@ -3,6 +3,7 @@
 from weflux.models.audit import AuditEvent
 from weflux.models.auth_session import AuthSession
 from weflux.models.base import OrgScoped, new_id, utcnow, workspace_models
+from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.user import User
@@ -10,6 +11,7 @@ from weflux.models.user import User
 __all__ = [
     "AuditEvent",
     "AuthSession",
+    "Invitation",
     "Membership",
     "OrgScoped",
     "Organization",

@@ -64,7 +64,10 @@ class OrgScoped(SQLModel):
     Each table declares an index led by `org_id` for its access paths.
     """
 
-    org_id: uuid.UUID = Field(foreign_key="organizations.id", nullable=False, ondelete="CASCADE")
+    # Filled from the session's workspace before flush when left unset.
+    org_id: uuid.UUID = Field(  # type: ignore[assignment]
+        default=None, foreign_key="organizations.id", nullable=False, ondelete="CASCADE"
+    )
 
 
 def workspace_models() -> list[type[OrgScoped]]:

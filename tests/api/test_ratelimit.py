@@ -1,0 +1,346 @@
+"""Rate limits: per key and per name, several windows, emails hashed, 429s, failing open."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from limits.aio.storage import RedisStorage
+from limits.aio.storage.redis.redispy import RedispyBridge
+from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
+from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.api.client_ip import client_ip
+from weflux.api.ratelimit import (
+    LIMIT_NAMES,
+    RateLimitDecision,
+    RateLimiter,
+    graphql_rate_limited_response,
+    rate_limited_response,
+    storage_key,
+)
+from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
+
+UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
+
+
+def build_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    return load_settings(
+        _env_file=None,
+        env="test",
+        var_dir=tmp_path / "var",
+        jwt_secret="x" * 40,
+        encryption_keys=generate_encryption_key_entry("t1"),
+        **overrides,
+    )
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """Keys unique to this test, so parallel runs on one Redis never collide."""
+    return f"weflux-test-{uuid.uuid4().hex}"
+
+
+@pytest.fixture
+async def redis_client(key_prefix: str) -> AsyncIterator[Redis]:
+    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
+    client = Redis.from_url(TEST_REDIS_URL)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000)]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+LimiterFactory = Callable[..., RateLimiter]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Run the test on the in-process store and on Redis."""
+    if request.param == "redis":
+        request.getfixturevalue("redis_client")
+    return str(request.param)
+
+
+@pytest.fixture
+async def make_limiter(
+    backend: str, tmp_path: Path, key_prefix: str
+) -> AsyncIterator[LimiterFactory]:
+    limiters: list[RateLimiter] = []
+
+    def factory(**overrides: Any) -> RateLimiter:
+        if backend == "redis":
+            overrides.setdefault("redis_url", TEST_REDIS_URL)
+        limiter = RateLimiter(build_settings(tmp_path, **overrides), key_prefix=key_prefix)
+        limiters.append(limiter)
+        return limiter
+
+    yield factory
+    for limiter in limiters:
+        await limiter.close()
+
+
+async def hit_times(limiter: RateLimiter, name: str, key: str, times: int) -> list[bool]:
+    return [(await limiter.hit(name, key)).allowed for _ in range(times)]
+
+
+async def test_exhausting_one_workspace_leaves_another_untouched(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(rate_limit_graphql_workspace="3/minute")
+    assert await hit_times(limiter, "graphql_workspace", "ws-a", 3) == [True, True, True]
+
+    denied = await limiter.hit("graphql_workspace", "ws-a")
+    assert denied.allowed is False
+    assert 1 <= denied.retry_after <= 60
+
+    assert await limiter.hit("graphql_workspace", "ws-b") == RateLimitDecision(allowed=True)
+    assert (await limiter.hit("graphql_workspace", "ws-a")).allowed is False
+
+
+async def test_exhausting_one_ip_leaves_another_untouched(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(rate_limit_login_ip="2/minute")
+    assert await hit_times(limiter, "login_ip", "203.0.113.9", 3) == [True, True, False]
+    assert (await limiter.hit("login_ip", "2001:db8::1")).allowed is True
+    assert (await limiter.hit("login_ip", "203.0.113.10")).allowed is True
+
+
+async def test_limit_names_are_separate_namespaces(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(rate_limit_graphql_ip="1/minute", rate_limit_login_ip="1/minute")
+    assert await hit_times(limiter, "graphql_ip", "203.0.113.9", 2) == [True, False]
+    assert (await limiter.hit("login_ip", "203.0.113.9")).allowed is True
+    assert (await limiter.hit("refresh_ip", "203.0.113.9")).allowed is True
+
+
+async def test_every_window_of_a_multi_window_limit_counts(
+    make_limiter: LimiterFactory,
+) -> None:
+    limiter = make_limiter(rate_limit_login_ip="3/minute;5/hour")
+    assert len(limiter.limits["login_ip"]) == 2
+
+    assert await hit_times(limiter, "login_ip", "ip-1", 4) == [True, True, True, False]
+    # The requests denied by the minute window did not use up the hour window.
+    await hit_times(limiter, "login_ip", "ip-1", 3)
+    minute, hour = await limiter.stats("login_ip", "ip-1")
+    assert minute.remaining == 0
+    assert hour.remaining == 2
+
+    # The hour window denies on its own once it is used up.
+    limiter = make_limiter(rate_limit_login_ip="10/minute;2/hour")
+    assert await hit_times(limiter, "login_ip", "ip-2", 3) == [True, True, False]
+    denied = await limiter.hit("login_ip", "ip-2")
+    assert denied.allowed is False
+    assert denied.retry_after >= 1
+    minute, hour = await limiter.stats("login_ip", "ip-2")
+    assert minute.remaining == 8
+
+
+async def test_account_keys_are_normalised_and_hashed(
+    make_limiter: LimiterFactory, backend: str, key_prefix: str, request: pytest.FixtureRequest
+) -> None:
+    limiter = make_limiter(rate_limit_login_account="2/minute")
+    assert (await limiter.hit("login_account", "alice@example.com")).allowed is True
+    assert (await limiter.hit("login_account", "  Alice@EXAMPLE.com\n")).allowed is True
+    assert (await limiter.hit("login_account", "ALICE@example.COM")).allowed is False
+    assert (await limiter.hit("login_account", "bob@example.com")).allowed is True
+
+    digest = hashlib.sha256(b"alice@example.com").hexdigest()
+    assert storage_key("login_account", " Alice@Example.com ") == "#" + digest
+    if backend == "redis":
+        client: Redis = request.getfixturevalue("redis_client")
+        keys = [key.decode() async for key in client.scan_iter(match=f"{key_prefix}:*")]
+        assert keys
+        assert not [key for key in keys if "example.com" in key.lower()]
+        assert [key for key in keys if digest in key]
+
+
+def test_keys_that_could_break_the_key_layout_are_hashed() -> None:
+    assert storage_key("graphql_workspace", "0191d7e2-ws") == "0191d7e2-ws"
+    assert storage_key("login_ip", "2001:db8::1") == "2001:db8::1"
+    odd = storage_key("graphql_workspace", "a/5/1/minute")
+    assert odd.startswith("#")
+    assert "/" not in odd
+    assert storage_key("login_ip", "").startswith("#")
+
+
+@pytest.mark.parametrize("name", LIMIT_NAMES)
+async def test_every_named_limit_is_enforced(make_limiter: LimiterFactory, name: str) -> None:
+    limiter = make_limiter(**{f"rate_limit_{name}": "1/hour"})
+    assert await hit_times(limiter, name, "key", 2) == [True, False]
+
+
+async def test_an_unknown_limit_name_is_an_error(tmp_path: Path) -> None:
+    limiter = RateLimiter(build_settings(tmp_path))
+    with pytest.raises(ValueError, match="unknown rate limit `login`"):
+        await limiter.hit("login", "203.0.113.9")
+    await limiter.close()
+
+
+def test_default_settings_parse(tmp_path: Path) -> None:
+    limiter = RateLimiter(build_settings(tmp_path))
+    assert set(limiter.limits) == set(LIMIT_NAMES)
+    assert [str(item) for item in limiter.limits["login_account"]] == [
+        "5 per 1 minute",
+        "30 per 1 hour",
+    ]
+
+
+@pytest.mark.parametrize("value", ["lots", "", "5/fortnight", "5 minutes", "0/minute"])
+def test_an_invalid_limit_names_the_variable(tmp_path: Path, value: str) -> None:
+    settings = build_settings(tmp_path, rate_limit_signup_ip=value)
+    with pytest.raises(ConfigError, match="WEFLUX_RATE_LIMIT_SIGNUP_IP"):
+        RateLimiter(settings)
+
+
+def test_an_invalid_key_prefix_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="key_prefix"):
+        RateLimiter(build_settings(tmp_path), key_prefix="has space")
+
+
+async def test_the_redis_store_uses_redis_py(tmp_path: Path) -> None:
+    limiter = RateLimiter(build_settings(tmp_path, redis_url=UNREACHABLE_REDIS_URL))
+    storage = limiter._storage
+    assert isinstance(storage, RedisStorage)
+    assert isinstance(storage.bridge, RedispyBridge)
+    await limiter.close()
+
+
+def test_rate_limited_response() -> None:
+    response = rate_limited_response(17)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "17"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.body == (
+        b'{"error":{"code":"RATE_LIMITED","message":"Too many requests; try again later"}}'
+    )
+    assert rate_limited_response(0).headers["Retry-After"] == "1"
+
+
+def test_graphql_rate_limited_response() -> None:
+    response = graphql_rate_limited_response(42)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "42"
+    assert response.body == (
+        b'{"errors":[{"message":"Too many requests","extensions":{"code":"RATE_LIMITED"}}]}'
+    )
+
+
+def limited_app(limiter: RateLimiter) -> Starlette:
+    async def login(request: Request) -> Response:
+        decision = await limiter.hit("login_ip", client_ip(request, ()) or "")
+        if not decision.allowed:
+            return rate_limited_response(decision.retry_after)
+        return JSONResponse({"ok": True})
+
+    async def graphql(request: Request) -> Response:
+        decision = await limiter.hit("graphql_workspace", request.headers["x-workspace"])
+        if not decision.allowed:
+            return graphql_rate_limited_response(decision.retry_after)
+        return JSONResponse({"data": {}})
+
+    return Starlette(
+        routes=[
+            Route("/login", login, methods=["POST"]),
+            Route("/graphql", graphql, methods=["POST"]),
+        ]
+    )
+
+
+async def test_429_over_http(make_limiter: LimiterFactory) -> None:
+    limiter = make_limiter(rate_limit_login_ip="2/minute", rate_limit_graphql_workspace="1/minute")
+    app = limited_app(limiter)
+
+    def client(ip: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(ip, 1234))
+        return httpx.AsyncClient(transport=transport, base_url="http://testserver")
+
+    async with client("10.0.0.1") as first, client("10.0.0.2") as second:
+        assert [(await first.post("/login")).status_code for _ in range(2)] == [200, 200]
+        response = await first.post("/login")
+        assert response.status_code == 429
+        assert 1 <= int(response.headers["Retry-After"]) <= 60
+        assert response.json() == {
+            "error": {"code": "RATE_LIMITED", "message": "Too many requests; try again later"}
+        }
+        assert (await second.post("/login")).status_code == 200
+
+        ws_a = {"X-Workspace": "ws-a"}
+        assert (await first.post("/graphql", headers=ws_a)).status_code == 200
+        response = await second.post("/graphql", headers=ws_a)
+        assert response.status_code == 429
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.json()["errors"][0]["extensions"]["code"] == "RATE_LIMITED"
+        assert (await second.post("/graphql", headers={"X-Workspace": "ws-b"})).status_code == 200
+
+
+async def test_an_unreachable_redis_fails_open_and_warns_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = build_settings(
+        tmp_path, redis_url=UNREACHABLE_REDIS_URL, rate_limit_login_ip="1/minute;2/hour"
+    )
+    limiter = RateLimiter(settings)
+    with caplog.at_level(logging.WARNING, logger="weflux.api.ratelimit"):
+        decisions = [await limiter.hit("login_ip", "203.0.113.9") for _ in range(5)]
+    await limiter.close()
+    assert decisions == [RateLimitDecision(allowed=True)] * 5
+    warnings = [r for r in caplog.records if r.name == "weflux.api.ratelimit"]
+    assert len(warnings) == 1
+    assert "allowing requests" in warnings[0].getMessage()
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[TcpProxy]:
+    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+async def test_redis_going_away_fails_open_and_limits_resume(
+    tmp_path: Path,
+    redis_proxy: TcpProxy,
+    redis_client: Redis,
+    key_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    database = make_url(TEST_REDIS_URL).database or "0"
+    settings = build_settings(
+        tmp_path,
+        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/{database}",
+        rate_limit_login_account="2/minute",
+    )
+    limiter = RateLimiter(settings, key_prefix=key_prefix)
+    try:
+        assert await hit_times(limiter, "login_account", "a@example.com", 3) == [
+            True,
+            True,
+            False,
+        ]
+        await redis_proxy.cut()
+        with caplog.at_level(logging.WARNING, logger="weflux.api.ratelimit"):
+            assert await hit_times(limiter, "login_account", "a@example.com", 3) == [True] * 3
+        assert len([r for r in caplog.records if r.name == "weflux.api.ratelimit"]) == 1
+
+        await redis_proxy.restore()
+        # The counters survived in Redis: the account is still over its limit.
+        denied = await limiter.hit("login_account", "a@example.com")
+        assert denied.allowed is False
+        assert denied.retry_after >= 1
+    finally:
+        await limiter.close()

@@ -1,0 +1,203 @@
+"""`/auth/*`: sign-up, login, refresh, logout, invitation acceptance."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from weflux.api.client_ip import client_ip
+from weflux.api.validation import check_email, parse, read_json
+from weflux.auth.tokens import bearer_token
+from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
+from weflux.ids import decode_global_id, encode_global_id
+from weflux.services import auth as auth_service
+from weflux.services import members as member_service
+from weflux.services.audit import RequestMeta
+from weflux.services.sessions import TokenPair
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Long enough for any passphrase; the policy (12..72 bytes) answers with a clear reason.
+Password = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+Email = Annotated[str, StringConstraints(min_length=3, max_length=320)]
+Token = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=False)
+
+
+class SignupBody(_Body):
+    organization_name: Name = Field(alias="organizationName")
+    name: Name
+    email: Email
+    password: Password
+
+
+class LoginBody(_Body):
+    email: Email
+    password: Password
+    organization_id: Token | None = Field(default=None, alias="organizationId")
+
+
+class RefreshBody(_Body):
+    refresh_token: Token = Field(alias="refreshToken")
+
+
+class AcceptInvitationBody(_Body):
+    token: Token
+    name: Name
+    password: Password
+
+
+def _timestamp(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def token_pair_body(pair: TokenPair) -> dict[str, Any]:
+    return {
+        "tokenType": "Bearer",
+        "accessToken": pair.access.token,
+        "accessTokenExpiresAt": _timestamp(pair.access.expires_at),
+        "refreshToken": pair.refresh.token,
+        "refreshTokenExpiresAt": _timestamp(pair.refresh.expires_at),
+        "organization": {
+            "id": encode_global_id("Organization", pair.organization.id),
+            "name": pair.organization.name,
+        },
+        "member": {
+            "id": encode_global_id("Member", pair.membership.id),
+            "role": pair.membership.role.value,
+        },
+        "organizations": [
+            {"id": encode_global_id("Organization", org.id), "name": org.name}
+            for org in pair.organizations
+        ],
+    }
+
+
+def _meta(request: Request) -> RequestMeta:
+    return RequestMeta(
+        ip=client_ip(request, request.app.state.trusted_proxies),
+        user_agent=request.headers.get("user-agent"),
+    )
+
+
+async def _limit(request: Request, name: str, key: str | None) -> None:
+    if key is None:
+        return
+    decision = await request.app.state.limiter.hit(name, key)
+    if not decision.allowed:
+        raise RateLimited("Too many attempts; try again later", retry_after=decision.retry_after)
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def _endpoint(handler: Endpoint) -> Endpoint:
+    """Coded errors become `{"error": …}` answers; every answer is `no-store`."""
+
+    @functools.wraps(handler)
+    async def wrapper(request: Request) -> Response:
+        try:
+            response = await handler(request)
+        except WefluxError as error:
+            return wefluxerror_response(error)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    return wrapper
+
+
+async def _body(request: Request) -> Any:
+    return await read_json(request, request.app.state.settings.max_auth_body_bytes)
+
+
+@_endpoint
+async def signup(request: Request) -> Response:
+    meta = _meta(request)
+    await _limit(request, "signup_ip", meta.ip)
+    body = parse(SignupBody, await _body(request))
+    state = request.app.state
+    pair = await auth_service.signup(
+        state.db,
+        state.codec,
+        meta,
+        organization_name=body.organization_name,
+        name=body.name,
+        email=check_email(body.email),
+        password=body.password,
+    )
+    return JSONResponse(token_pair_body(pair), status_code=201)
+
+
+@_endpoint
+async def login(request: Request) -> Response:
+    meta = _meta(request)
+    await _limit(request, "login_ip", meta.ip)
+    body = parse(LoginBody, await _body(request))
+    await _limit(request, "login_account", body.email)
+    organization_id = (
+        decode_global_id(body.organization_id, "Organization") if body.organization_id else None
+    )
+    state = request.app.state
+    pair = await auth_service.login(
+        state.db,
+        state.codec,
+        meta,
+        email=body.email,
+        password=body.password,
+        organization_id=organization_id,
+    )
+    return JSONResponse(token_pair_body(pair))
+
+
+@_endpoint
+async def refresh(request: Request) -> Response:
+    meta = _meta(request)
+    await _limit(request, "refresh_ip", meta.ip)
+    body = parse(RefreshBody, await _body(request))
+    state = request.app.state
+    pair = await auth_service.refresh(
+        state.db, state.codec, state.authenticator, meta, body.refresh_token
+    )
+    return JSONResponse(token_pair_body(pair))
+
+
+@_endpoint
+async def logout(request: Request) -> Response:
+    state = request.app.state
+    principal = await state.authenticator.authenticate(
+        bearer_token(request.headers.get("authorization"))
+    )
+    if principal is None:
+        raise Unauthenticated("Authentication required")
+    await auth_service.logout(state.db, state.authenticator, principal)
+    return Response(status_code=204)
+
+
+@_endpoint
+async def accept_invitation(request: Request) -> Response:
+    meta = _meta(request)
+    await _limit(request, "invitation_ip", meta.ip)
+    body = parse(AcceptInvitationBody, await _body(request))
+    state = request.app.state
+    pair = await member_service.accept_invitation(
+        state.db, state.codec, meta, token=body.token, name=body.name, password=body.password
+    )
+    return JSONResponse(token_pair_body(pair))
+
+
+routes = [
+    Route("/auth/signup", signup, methods=["POST"]),
+    Route("/auth/login", login, methods=["POST"]),
+    Route("/auth/refresh", refresh, methods=["POST"]),
+    Route("/auth/logout", logout, methods=["POST"]),
+    Route("/auth/invitations/accept", accept_invitation, methods=["POST"]),
+]

@@ -1,0 +1,97 @@
+"""The client's IP address, trusting `X-Forwarded-For` only from configured proxies."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from weflux.config import ConfigError
+
+ProxyNetwork = IPv4Network | IPv6Network
+IPAddress = IPv4Address | IPv6Address
+
+# `[2001:db8::1]` or `[2001:db8::1]:443`, and `192.0.2.1:443`: ports some proxies append.
+_BRACKETED_V6 = re.compile(r"^\[([^\]]+)\](?::\d{1,5})?$")
+_V4_WITH_PORT = re.compile(r"^(\d{1,3}(?:\.\d{1,3}){3}):\d{1,5}$")
+
+
+def parse_trusted_proxies(entries: Sequence[str]) -> tuple[ProxyNetwork, ...]:
+    """Parse `WEFLUX_TRUSTED_PROXIES` entries (IPs or CIDRs) into networks, once at startup."""
+    networks: list[ProxyNetwork] = []
+    for raw in entries:
+        entry = raw.strip()
+        if not entry:
+            continue
+        try:
+            network = ipaddress.ip_network(entry, strict=True)
+        except ValueError as exc:
+            raise ConfigError(
+                f"WEFLUX_TRUSTED_PROXIES: `{entry}` is not an IP address or CIDR network ({exc})"
+            ) from None
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
+
+
+def parse_ip(value: str) -> IPAddress | None:
+    """An address from a socket peer or a forwarded hop; None when it is not an IP address."""
+    text = value.strip()
+    if (match := _BRACKETED_V6.match(text)) or (match := _V4_WITH_PORT.match(text)):
+        text = match.group(1)
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped  # a dual-stack socket's view of an IPv4 client
+    return address
+
+
+def is_trusted(address: IPAddress, trusted_proxies: Sequence[ProxyNetwork]) -> bool:
+    """Whether the address lies in one of the trusted proxy networks."""
+    return any(address in network for network in trusted_proxies)
+
+
+def resolve_client_ip(
+    peer: str | None, forwarded_for: Sequence[str], trusted_proxies: Sequence[ProxyNetwork]
+) -> str | None:
+    """The client address given the socket peer and the raw `X-Forwarded-For` header values."""
+    if peer is None:
+        return None
+    peer_address = parse_ip(peer)
+    if peer_address is None:
+        return peer  # not an IP (a Unix socket, a test client): never a trusted proxy
+    if not is_trusted(peer_address, trusted_proxies):
+        return str(peer_address)
+    best = peer_address
+    hops = ",".join(forwarded_for).split(",") if forwarded_for else []
+    for hop in reversed(hops):
+        address = parse_ip(hop)
+        if address is None:
+            break  # a malformed hop: nothing to its left can be vouched for
+        best = address
+        if not is_trusted(address, trusted_proxies):
+            break
+    return str(best)
+
+
+def scope_client_ip(scope: Scope, trusted_proxies: Sequence[ProxyNetwork]) -> str | None:
+    """The client address of an ASGI HTTP or WebSocket scope."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else None
+    forwarded_for = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", ())
+        if name.lower() == b"x-forwarded-for"
+    ]
+    return resolve_client_ip(peer, forwarded_for, trusted_proxies)
+
+
+def client_ip(connection: HTTPConnection, trusted_proxies: Sequence[ProxyNetwork]) -> str | None:
+    """The client address of a Starlette request or WebSocket."""
+    return scope_client_ip(connection.scope, trusted_proxies)

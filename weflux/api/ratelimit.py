@@ -1,0 +1,250 @@
+"""Rate limits per client IP, account and workspace, kept in Redis (or memory without it)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from limits import RateLimitItem, parse_many
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
+from limits.aio.storage.redis.redispy import RedispyBridge
+from limits.aio.strategies import SlidingWindowCounterRateLimiter
+from limits.errors import StorageError
+from limits.util import WindowStats
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from starlette.responses import JSONResponse, Response
+
+from weflux.config import ConfigError, Settings
+from weflux.errors import ErrorCode, error_response
+
+log = logging.getLogger(__name__)
+
+LIMIT_NAMES = (
+    "login_ip",
+    "login_account",
+    "signup_ip",
+    "invitation_ip",
+    "refresh_ip",
+    "graphql_ip",
+    "graphql_workspace",
+)
+# Limits keyed by an account identifier (an email): normalised and hashed before storage.
+ACCOUNT_LIMITS = frozenset({"login_account"})
+
+# Socket timeouts for the limiter's Redis client, and a bound on one whole decision, so
+# a Redis that hangs costs a request at most this long before the limiter fails open.
+REDIS_SOCKET_TIMEOUT = 0.5
+DECISION_TIMEOUT = 1.0
+STORAGE_WARNING_INTERVAL = 60.0
+
+# OSError covers TimeoutError, raised by the `DECISION_TIMEOUT` bound.
+_STORAGE_ERRORS = (StorageError, RedisError, OSError)
+_PREFIX = re.compile(r"^[A-Za-z0-9:._-]{1,64}$")
+_PLAIN_KEY = re.compile(r"^[A-Za-z0-9:._-]{1,128}$")
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitDecision:
+    """Whether a request may proceed and, when not, the whole seconds to wait."""
+
+    allowed: bool
+    retry_after: int = 0
+
+
+ALLOWED = RateLimitDecision(allowed=True)
+
+
+def _variable(name: str) -> str:
+    return f"WEFLUX_RATE_LIMIT_{name.upper()}"
+
+
+def parse_limit(name: str, value: str) -> tuple[RateLimitItem, ...]:
+    """Parse one `rate_limit_<name>` setting ("5/minute;30/hour"), naming the variable on error."""
+    try:
+        items = tuple(parse_many(value))
+    except ValueError:
+        items = ()
+    if not items:
+        raise ConfigError(
+            f"{_variable(name)}: `{value}` is not a rate limit; "
+            "use the form `10/minute` or `5/minute;30/hour`"
+        )
+    for item in items:
+        if item.amount < 1:
+            raise ConfigError(f"{_variable(name)}: `{value}` must allow at least one request")
+    return items
+
+
+def storage_key(name: str, key: str) -> str:
+    """The stored identifier of `key` under limit `name`: account keys are hashed."""
+    if name in ACCOUNT_LIMITS:
+        return "#" + hashlib.sha256(key.strip().casefold().encode()).hexdigest()
+    if _PLAIN_KEY.match(key):
+        return key
+    # Anything that might break the `/`-separated key layout is hashed; `#` never
+    # appears in a plain key, so a hashed key cannot collide with one.
+    return "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class RateLimiter:
+    """Named rate limits over the `limits` library's sliding window counter.
+
+    With `WEFLUX_REDIS_URL` the counters live in Redis (through redis-py) and are shared
+    by every process; without it they live in this process's memory.
+
+    When Redis fails (down, unreachable, timing out), `hit` fails open: the request is
+    allowed and a warning is logged at most once a minute. This is a deliberate trade-off
+    of strict limiting for availability: users can still sign in while the limiter's store
+    is down, and the window in which limits are not enforced is the Redis outage, which
+    the readiness probe and the warnings make visible.
+    """
+
+    def __init__(self, settings: Settings, *, key_prefix: str = "weflux") -> None:
+        if not _PREFIX.match(key_prefix):
+            raise ValueError(f"key_prefix `{key_prefix}` must be 1-64 of [A-Za-z0-9:._-]")
+        self._limits: Mapping[str, tuple[RateLimitItem, ...]] = MappingProxyType(
+            {
+                name: parse_limit(name, getattr(settings, f"rate_limit_{name}"))
+                for name in LIMIT_NAMES
+            }
+        )
+        self._storage: Storage = self._create_storage(settings.redis_url, key_prefix)
+        # The sliding window counter keeps two counters per key and window (constant
+        # space, one atomic Lua script per check in Redis), where the moving window keeps
+        # one entry per request (3000 entries for `3000/minute`); its weighted estimate
+        # smooths the burst at window edges that a fixed window allows.
+        self._strategy = SlidingWindowCounterRateLimiter(self._storage)
+        self._last_warning: float | None = None
+
+    @staticmethod
+    def _create_storage(redis_url: str | None, key_prefix: str) -> Storage:
+        if redis_url is None:
+            return MemoryStorage()
+        uri = redis_url
+        if uri.startswith("unix://"):
+            uri = "redis+unix://" + uri.removeprefix("unix://")
+        return RedisStorage(
+            "async+" + uri,
+            implementation="redispy",
+            key_prefix=key_prefix,
+            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+        )
+
+    @property
+    def limits(self) -> Mapping[str, tuple[RateLimitItem, ...]]:
+        """The parsed windows of every named limit."""
+        return self._limits
+
+    async def hit(self, name: str, key: str) -> RateLimitDecision:
+        """Count one request against every window of limit `name` for `key`."""
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return await self._decide(items, name, identifier)
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+            return ALLOWED
+
+    async def stats(self, name: str, key: str) -> tuple[WindowStats, ...]:
+        """Each window's reset time and remaining requests for `key`, consuming nothing."""
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        return tuple(
+            [await self._strategy.get_window_stats(item, name, identifier) for item in items]
+        )
+
+    def _items(self, name: str) -> tuple[RateLimitItem, ...]:
+        items = self._limits.get(name)
+        if items is None:
+            raise ValueError(f"unknown rate limit `{name}`; known: {', '.join(LIMIT_NAMES)}")
+        return items
+
+    async def _decide(
+        self, items: tuple[RateLimitItem, ...], name: str, identifier: str
+    ) -> RateLimitDecision:
+        # One window: the atomic hit checks and consumes at once (a denied hit consumes
+        # nothing). Several windows: test them all first so a request denied by one does
+        # not use up the others. Between the test and the hits a concurrent request can
+        # take the last slot of a later window; then the earlier windows have counted a
+        # request that is denied. That over-count is bounded by the concurrency and errs
+        # on the strict side, which is preferable to a lock around every decision.
+        if len(items) > 1:
+            for item in items:
+                if not await self._strategy.test(item, name, identifier):
+                    return await self._denied(items, name, identifier)
+        for item in items:
+            if not await self._strategy.hit(item, name, identifier):
+                return await self._denied(items, name, identifier)
+        return ALLOWED
+
+    async def _denied(
+        self, items: tuple[RateLimitItem, ...], name: str, identifier: str
+    ) -> RateLimitDecision:
+        now = time.time()
+        wait = 0.0
+        for item in items:
+            stats = await self._strategy.get_window_stats(item, name, identifier)
+            if stats.remaining < 1:
+                wait = max(wait, stats.reset_time - now)
+        return RateLimitDecision(allowed=False, retry_after=max(1, math.ceil(wait)))
+
+    def _warn_storage_failure(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._last_warning is not None and now - self._last_warning < STORAGE_WARNING_INTERVAL:
+            return
+        self._last_warning = now
+        log.warning(
+            "rate limiter storage unavailable; allowing requests without limits",
+            extra={"error": type(exc).__name__, "detail": str(exc)},
+        )
+
+    async def close(self) -> None:
+        """Release the Redis connections, or stop the memory store's expiry task."""
+        storage = self._storage
+        if isinstance(storage, RedisStorage):
+            bridge = storage.bridge
+            if isinstance(bridge, RedispyBridge):
+                client = bridge.get_connection()
+                if isinstance(client, Redis):
+                    await client.aclose()
+        elif isinstance(storage, MemoryStorage):
+            timer = storage.timer
+            if timer is not None and not timer.done():
+                timer.cancel()
+
+
+def rate_limited_response(retry_after: int) -> Response:
+    """HTTP 429 in the `{"error": {...}}` shape, with `Retry-After`."""
+    return error_response(
+        429,
+        ErrorCode.RATE_LIMITED,
+        "Too many requests; try again later",
+        headers=_headers(retry_after),
+    )
+
+
+def graphql_rate_limited_response(retry_after: int) -> Response:
+    """HTTP 429 in the GraphQL `errors` shape, with `Retry-After`."""
+    return JSONResponse(
+        {
+            "errors": [
+                {"message": "Too many requests", "extensions": {"code": ErrorCode.RATE_LIMITED}}
+            ]
+        },
+        status_code=429,
+        headers=_headers(retry_after),
+    )
+
+
+def _headers(retry_after: int) -> dict[str, str]:
+    return {"Retry-After": str(max(1, int(retry_after))), "Cache-Control": "no-store"}

@@ -1,0 +1,123 @@
+# ruff: noqa: RUF001  (the matrix uses the en dash of the contract)
+"""Role -> permissions: the one table that says who may do what.
+
+GraphQL permission classes (`weflux.gql.permissions`) and services read it; the
+README's role matrix is rendered from it and a test holds the two together.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+from weflux.models import Role
+
+
+class Permission(enum.StrEnum):
+    READ_WORKSPACE = "read_workspace"  # workspace, members, WhatsApp accounts
+    INVITE_AGENTS = "invite_agents"
+    INVITE_ANY_ROLE = "invite_any_role"
+    MANAGE_MEMBERS = "manage_members"  # change roles, remove members, others' sessions
+    MANAGE_OWN_ACCOUNT = "manage_own_account"  # own sessions and password
+    MANAGE_CHANNELS = "manage_channels"  # WhatsApp accounts and SMTP settings
+    REFRESH_CHANNEL_HEALTH = "refresh_channel_health"
+    SEE_ALL_CONVERSATIONS = "see_all_conversations"  # otherwise: own and unassigned
+    REPLY = "reply"  # reply, change status, mark read (on visible conversations)
+    ASSIGN_ANYONE = "assign_anyone"
+    ASSIGN_SELF = "assign_self"  # self-assign an unassigned one, unassign self
+    MANAGE_CONTACTS = "manage_contacts"  # otherwise: read through visible conversations
+    READ_AUDIT = "read_audit"  # audit and security events, data deletion and export
+
+
+_EVERYONE = frozenset(
+    {
+        Permission.READ_WORKSPACE,
+        Permission.MANAGE_OWN_ACCOUNT,
+        Permission.REPLY,
+        Permission.ASSIGN_SELF,
+    }
+)
+_MANAGER = _EVERYONE | {
+    Permission.INVITE_AGENTS,
+    Permission.REFRESH_CHANNEL_HEALTH,
+    Permission.SEE_ALL_CONVERSATIONS,
+    Permission.ASSIGN_ANYONE,
+    Permission.MANAGE_CONTACTS,
+}
+
+ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
+    Role.ADMIN: frozenset(Permission),
+    Role.MANAGER: frozenset(_MANAGER),
+    Role.AGENT: _EVERYONE,
+}
+
+
+def has_permission(role: Role, permission: Permission) -> bool:
+    return permission in ROLE_PERMISSIONS[role]
+
+
+def may_invite(inviter: Role, invitee: Role) -> bool:
+    """Admins invite any role; Managers invite Agents only."""
+    if has_permission(inviter, Permission.INVITE_ANY_ROLE):
+        return True
+    return invitee == Role.AGENT and has_permission(inviter, Permission.INVITE_AGENTS)
+
+
+def _yes(permission: Permission) -> Callable[[Role], str]:
+    return lambda role: "✓" if has_permission(role, permission) else "–"
+
+
+def _either(permission: Permission, yes: str, otherwise: str) -> Callable[[Role], str]:
+    return lambda role: yes if has_permission(role, permission) else otherwise
+
+
+def _invite(role: Role) -> str:
+    if has_permission(role, Permission.INVITE_ANY_ROLE):
+        return "any role"
+    return "AGENT only" if has_permission(role, Permission.INVITE_AGENTS) else "–"
+
+
+def _assign(role: Role) -> str:
+    if has_permission(role, Permission.ASSIGN_ANYONE):
+        return "anyone"
+    if has_permission(role, Permission.ASSIGN_SELF):
+        return "self-assign an unassigned one, unassign self"
+    return "–"
+
+
+MATRIX: list[tuple[str, Callable[[Role], str]]] = [
+    (
+        "read workspace, members, WhatsApp accounts (health, limits)",
+        _yes(Permission.READ_WORKSPACE),
+    ),
+    ("invite members", _invite),
+    ("change roles, remove members, read/revoke others' sessions", _yes(Permission.MANAGE_MEMBERS)),
+    ("read/revoke own sessions, change own password", _yes(Permission.MANAGE_OWN_ACCOUNT)),
+    (
+        "connect/update/disconnect WhatsApp accounts, SMTP settings",
+        _yes(Permission.MANAGE_CHANNELS),
+    ),
+    (
+        "see conversations",
+        _either(Permission.SEE_ALL_CONVERSATIONS, "all", "assigned to self, or unassigned"),
+    ),
+    ("reply, change status, mark read", _either(Permission.REPLY, "visible ones", "–")),
+    ("assign", _assign),
+    (
+        "contacts list/create/update",
+        _either(Permission.MANAGE_CONTACTS, "✓", "only via visible conversations (read)"),
+    ),
+    ("audit and security events, data deletion and export", _yes(Permission.READ_AUDIT)),
+]
+
+
+def render_matrix() -> str:
+    """The role matrix as a Markdown table (the README carries it verbatim)."""
+    roles = [Role.ADMIN, Role.MANAGER, Role.AGENT]
+    lines = [
+        "| capability | " + " | ".join(role.value for role in roles) + " |",
+        "|---|" + "---|" * len(roles),
+    ]
+    for label, cell in MATRIX:
+        lines.append(f"| {label} | " + " | ".join(cell(role) for role in roles) + " |")
+    return "\n".join(lines)

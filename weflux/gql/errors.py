@@ -1,0 +1,71 @@
+"""Errors in GraphQL responses: coded errors pass, everything else is masked."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from graphql import GraphQLError
+from strawberry.extensions import MaskErrors
+
+from weflux.errors import WefluxError
+
+log = logging.getLogger(__name__)
+
+MASKED_MESSAGE = "Internal server error"
+
+
+def _coded(error: GraphQLError) -> dict[str, Any] | None:
+    """The extensions of an error that may be shown, or None to mask it."""
+    original = error.original_error
+    if isinstance(original, WefluxError):
+        extensions: dict[str, Any] = {"code": original.graphql_code}
+        if original.details is not None:
+            extensions["details"] = original.details
+        return extensions
+    if original is None:
+        # Raised by graphql-core itself or by a permission class: no internals inside.
+        code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
+        return {"code": code}
+    return None
+
+
+def should_mask_error(error: GraphQLError) -> bool:
+    return _coded(error) is None
+
+
+class CodedErrors(MaskErrors):
+    """MaskErrors that keeps coded errors (with `extensions.code`) and masks the rest."""
+
+    def __init__(self) -> None:
+        super().__init__(should_mask_error=should_mask_error, error_message=MASKED_MESSAGE)
+
+    def anonymise_error(self, error: GraphQLError) -> GraphQLError:
+        log.error(
+            "unexpected error in a resolver",
+            exc_info=error.original_error,
+            extra={"path": error.path},
+        )
+        masked = super().anonymise_error(error)
+        masked.extensions = {"code": "INTERNAL_SERVER_ERROR"}
+        return masked
+
+    def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
+        processed: list[GraphQLError] = []
+        for error in errors:
+            extensions = _coded(error)
+            if extensions is None:
+                processed.append(self.anonymise_error(error))
+                continue
+            processed.append(
+                GraphQLError(
+                    message=error.message,
+                    nodes=error.nodes,
+                    source=error.source,
+                    positions=error.positions,
+                    path=error.path,
+                    original_error=None,
+                    extensions=extensions,
+                )
+            )
+        return processed

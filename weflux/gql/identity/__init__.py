@@ -1,0 +1,1 @@
+"""Identity and access: viewer, workspace, members, sessions, audit."""

@@ -1,0 +1,89 @@
+"""Reads: viewer, organization, members, sessions, audit events."""
+
+from __future__ import annotations
+
+import strawberry
+from sqlmodel import col, select
+from strawberry.types import Info
+
+from weflux.auth.permissions import Permission
+from weflux.errors import NotFound
+from weflux.gql.identity.types import (
+    AuditEvent,
+    Member,
+    Organization,
+    Session,
+    to_audit_event,
+    to_member,
+    to_organization,
+    to_session,
+)
+from weflux.gql.permissions import requires
+from weflux.gql.types import Connection, Edge, PageInfo, decode_cursor, encode_cursor, page_size
+from weflux.ids import decode_global_id
+from weflux.models import AuditEvent as AuditEventRow
+from weflux.models import Membership
+from weflux.models import Organization as OrganizationRow
+from weflux.services import members as member_service
+from weflux.services import sessions as session_service
+
+READ = [requires(Permission.READ_WORKSPACE)]
+
+
+@strawberry.type
+class IdentityQuery:
+    @strawberry.field(description="The caller's own membership.", permission_classes=READ)
+    async def viewer(self, info: Info) -> Member:
+        row = await info.context.unit.get(Membership, info.context.actor.membership_id)
+        if row is None:
+            raise NotFound("Member not found")
+        return to_member(row)
+
+    @strawberry.field(description="The caller's workspace.", permission_classes=READ)
+    async def organization(self, info: Info) -> Organization:
+        row = await info.context.unit.get(OrganizationRow, info.context.actor.org_id)
+        if row is None:
+            raise NotFound("Workspace not found")
+        return to_organization(row)
+
+    @strawberry.field(description="Every member of the workspace.", permission_classes=READ)
+    async def members(self, info: Info) -> list[Member]:
+        rows = await member_service.members(info.context.unit)
+        for _, user in rows:
+            info.context.loaders.user.prime(user.id, user)
+        return [to_member(membership) for membership, _ in rows]
+
+    @strawberry.field(
+        description="Unexpired sessions: the caller's own, or (ADMIN) a member's.",
+        permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
+    )
+    async def sessions(self, info: Info, member_id: strawberry.ID | None = None) -> list[Session]:
+        actor = info.context.actor
+        target = decode_global_id(member_id, "Member") if member_id else None
+        rows = await session_service.sessions_of(info.context.unit, actor, target)
+        return [to_session(row, actor.session_id) for row in rows]
+
+    @strawberry.field(
+        description="The audit trail, newest first (ADMIN).",
+        permission_classes=[requires(Permission.READ_AUDIT)],
+    )
+    async def audit_events(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[AuditEvent]:
+        size = page_size(first)
+        query = select(AuditEventRow).order_by(col(AuditEventRow.id).desc()).limit(size + 1)
+        if after:
+            query = query.where(col(AuditEventRow.id) < decode_cursor(after))
+        rows = list((await info.context.unit.exec(query)).all())
+        has_next = len(rows) > size
+        rows = rows[:size]
+        edges = [Edge(node=to_audit_event(row), cursor=encode_cursor(row.id)) for row in rows]
+        return Connection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=has_next,
+                has_previous_page=after is not None,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )

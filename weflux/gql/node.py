@@ -1,0 +1,76 @@
+"""`node(id:)`: any object by its global id, through the same scoping and permissions."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+
+from strawberry.types import Info
+
+from weflux.auth.permissions import Permission
+from weflux.errors import NotFound
+from weflux.gql.identity.types import (
+    to_audit_event,
+    to_invitation,
+    to_member,
+    to_organization,
+    to_session,
+)
+from weflux.gql.types import Node
+from weflux.ids import parse_global_id
+from weflux.models import AuditEvent, AuthSession, Invitation, Membership, Organization
+
+Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
+
+
+async def _member(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Membership, row_id)
+    return to_member(row) if row else None
+
+
+async def _organization(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Organization, row_id)
+    return to_organization(row) if row else None
+
+
+async def _session(info: Info, row_id: uuid.UUID) -> Node | None:
+    actor = info.context.actor
+    row = await info.context.unit.get(AuthSession, row_id)
+    if row is None:
+        return None
+    if row.membership_id != actor.membership_id and not actor.can(Permission.MANAGE_MEMBERS):
+        return None
+    return to_session(row, actor.session_id)
+
+
+async def _invitation(info: Info, row_id: uuid.UUID) -> Node | None:
+    if not info.context.actor.can(Permission.INVITE_AGENTS):
+        return None
+    row = await info.context.unit.get(Invitation, row_id)
+    return to_invitation(row) if row and row.accepted_at is None else None
+
+
+async def _audit_event(info: Info, row_id: uuid.UUID) -> Node | None:
+    if not info.context.actor.can(Permission.READ_AUDIT):
+        return None
+    row = await info.context.unit.get(AuditEvent, row_id)
+    return to_audit_event(row) if row else None
+
+
+RESOLVERS: dict[str, Resolver] = {
+    "Member": _member,
+    "Organization": _organization,
+    "Session": _session,
+    "Invitation": _invitation,
+    "AuditEvent": _audit_event,
+}
+
+
+async def resolve_node(info: Info, global_id: str) -> Node:
+    """The object, or NOT_FOUND exactly as for one that does not exist."""
+    type_name, row_id = parse_global_id(global_id)
+    resolver = RESOLVERS.get(type_name)
+    found = await resolver(info, row_id) if resolver else None
+    if found is None:
+        raise NotFound("Not found")
+    return found

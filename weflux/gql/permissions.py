@@ -1,0 +1,30 @@
+"""Strawberry permission classes, read from the Role -> Permission table.
+
+They sit on root fields and mutations only (never on leaf fields of list items).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from strawberry.permission import BasePermission
+from strawberry.types import Info
+
+from weflux.auth.permissions import Permission
+
+
+@functools.cache
+def requires(permission: Permission) -> type[BasePermission]:
+    """A permission class admitting callers whose role grants `permission`."""
+
+    class _Requires(BasePermission):
+        message = "Your role does not allow this"
+        error_extensions = {"code": "FORBIDDEN"}
+
+        def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+            principal = info.context.principal
+            return principal is not None and principal.can(permission)
+
+    _Requires.__name__ = f"Requires{permission.name.title().replace('_', '')}"
+    return _Requires

@@ -1,0 +1,1 @@
+"""Realtime: the broker (in-process or Redis) and what listens on it."""

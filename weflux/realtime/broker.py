@@ -1,0 +1,212 @@
+"""The broker: publish/subscribe by exact channel, in-process or over Redis.
+
+One interface, two implementations. The Redis one holds a single pub/sub connection
+per process (not per socket), subscribes to exact channels only while something in
+the process listens (no pattern subscriptions: each taxes every PUBLISH), reconnects
+with backoff, resubscribes, and then tells its listeners that messages may have been
+missed (`on_reconnect`) so they can catch up from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+Message = dict[str, Any]
+Handler = Callable[[Message], Awaitable[None]]
+Unsubscribe = Callable[[], Awaitable[None]]
+ReconnectListener = Callable[[], Awaitable[None]]
+
+
+class Broker(ABC):
+    """Publish/subscribe by exact channel name."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, set[Handler]] = {}
+        self._reconnect_listeners: set[ReconnectListener] = set()
+
+    @property
+    def connected(self) -> bool:
+        """Whether messages published now will reach this process."""
+        return True
+
+    async def start(self) -> None:  # noqa: B027  (optional hook)
+        """Open connections."""
+
+    async def stop(self) -> None:  # noqa: B027
+        """Close connections."""
+
+    @abstractmethod
+    async def publish(self, channel: str, message: Message) -> None:
+        """Deliver `message` to every subscriber of `channel` in every process."""
+
+    async def subscribe(self, channel: str, handler: Handler) -> Unsubscribe:
+        """Call `handler` for each message on `channel` until the returned function is awaited."""
+        handlers = self._handlers.setdefault(channel, set())
+        first = not handlers
+        handlers.add(handler)
+        if first:
+            await self._channel_opened(channel)
+
+        async def unsubscribe() -> None:
+            current = self._handlers.get(channel)
+            if current is None or handler not in current:
+                return
+            current.discard(handler)
+            if not current:
+                del self._handlers[channel]
+                await self._channel_closed(channel)
+
+        return unsubscribe
+
+    def on_reconnect(self, listener: ReconnectListener) -> Callable[[], None]:
+        """Be told after a reconnection (messages may have been missed meanwhile)."""
+        self._reconnect_listeners.add(listener)
+        return lambda: self._reconnect_listeners.discard(listener)
+
+    async def _channel_opened(self, channel: str) -> None:  # noqa: B027
+        """The first local subscriber of `channel` arrived."""
+
+    async def _channel_closed(self, channel: str) -> None:  # noqa: B027
+        """The last local subscriber of `channel` left."""
+
+    async def _dispatch(self, channel: str, message: Message) -> None:
+        for handler in list(self._handlers.get(channel, ())):
+            try:
+                await handler(message)
+            except Exception:
+                log.exception("broker handler failed", extra={"channel": channel})
+
+    async def _notify_reconnected(self) -> None:
+        for listener in list(self._reconnect_listeners):
+            try:
+                await listener()
+            except Exception:
+                log.exception("broker reconnect listener failed")
+
+
+class InProcessBroker(Broker):
+    """One process only: publish calls the subscribers directly."""
+
+    async def publish(self, channel: str, message: Message) -> None:
+        # Round-trip through JSON so both implementations hand over the same shapes.
+        await self._dispatch(channel, json.loads(json.dumps(message, default=str)))
+
+
+class RedisBroker(Broker):
+    """Redis pub/sub with one connection per process."""
+
+    def __init__(
+        self, redis: Redis, *, backoff_base: float = 0.1, backoff_cap: float = 5.0
+    ) -> None:
+        super().__init__()
+        self._redis = redis
+        self._pubsub: PubSub | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._stopping = False
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        self._stopping = False
+        self._reader = asyncio.create_task(self._run(), name="weflux-broker-reader")
+
+    async def wait_connected(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+            self._reader = None
+        await self._close_pubsub()
+
+    async def publish(self, channel: str, message: Message) -> None:
+        await self._redis.publish(channel, json.dumps(message, default=str))
+
+    async def _channel_opened(self, channel: str) -> None:
+        async with self._lock:
+            if self._pubsub is not None and self.connected:
+                try:
+                    await self._pubsub.subscribe(channel)
+                except (RedisError, OSError):
+                    log.warning("subscribe failed; the reader will resubscribe on reconnect")
+
+    async def _channel_closed(self, channel: str) -> None:
+        async with self._lock:
+            if self._pubsub is not None and self.connected:
+                with contextlib.suppress(RedisError, OSError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        self._connected.clear()
+        if pubsub is not None:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    async def _connect(self) -> None:
+        async with self._lock:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            # A sentinel channel keeps the connection subscribed even with no listeners.
+            await pubsub.subscribe("weflux:broker", *self._handlers)
+            self._pubsub = pubsub
+            self._connected.set()
+
+    async def _run(self) -> None:
+        attempt = 0
+        first = True
+        while not self._stopping:
+            try:
+                await self._connect()
+                if not first:
+                    log.info("broker reconnected")
+                    await self._notify_reconnected()
+                first = False
+                attempt = 0
+                await self._read()
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                log.warning("broker connection lost", extra={"error": type(exc).__name__})
+            await self._close_pubsub()
+            if self._stopping:
+                break
+            attempt += 1
+            delay = min(self._backoff_cap, self._backoff_base * 2**attempt)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+
+    async def _read(self) -> None:
+        assert self._pubsub is not None
+        while True:
+            message = await self._pubsub.get_message(timeout=1.0)
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else str(channel)
+            try:
+                payload = json.loads(message["data"])
+            except (TypeError, ValueError):
+                log.warning("broker dropped a malformed message", extra={"channel": channel})
+                continue
+            await self._dispatch(channel, payload)

@@ -1,0 +1,64 @@
+"""The audit trail: record and read security-relevant actions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.principal import Principal
+from weflux.models import AuditEvent
+
+
+class Action:
+    WORKSPACE_CREATED = "workspace.created"
+    LOGIN_SUCCEEDED = "auth.login.succeeded"
+    LOGIN_FAILED = "auth.login.failed"
+    REFRESH_REUSED = "auth.refresh.reused"
+    SESSION_REVOKED = "session.revoked"
+    PASSWORD_CHANGED = "user.password_changed"  # noqa: S105
+    MEMBER_INVITED = "member.invited"
+    MEMBER_JOINED = "member.joined"
+    ROLE_CHANGED = "member.role_changed"
+    MEMBER_REMOVED = "member.removed"
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Where a request came from, as far as the edge can tell."""
+
+    ip: str | None = None
+    user_agent: str | None = None
+
+
+async def record(
+    session: AsyncSession,
+    action: str,
+    *,
+    actor: Principal | None = None,
+    actor_user_id: uuid.UUID | None = None,
+    actor_membership_id: uuid.UUID | None = None,
+    org_id: uuid.UUID | None = None,
+    target_type: str | None = None,
+    target_id: uuid.UUID | str | None = None,
+    meta: RequestMeta | None = None,
+    severity: str = "info",
+    details: dict[str, Any] | None = None,
+) -> AuditEvent:
+    """Add an audit event (never pass a secret in `details`)."""
+    event = AuditEvent(
+        action=action,
+        severity=severity,
+        actor_user_id=actor.user_id if actor else actor_user_id,
+        actor_membership_id=actor.membership_id if actor else actor_membership_id,
+        target_type=target_type,
+        target_id=str(target_id) if target_id is not None else None,
+        ip_address=meta.ip if meta else None,
+        details=details or {},
+    )
+    if org_id is not None:
+        event.org_id = org_id
+    session.add(event)
+    return event

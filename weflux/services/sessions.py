@@ -1,0 +1,143 @@
+"""Login sessions: open, rotate, list and revoke."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
+from weflux.db import after_commit
+from weflux.errors import Forbidden, NotFound
+from weflux.models import AuthSession, Membership, Organization, utcnow
+from weflux.services.audit import Action, RequestMeta, record
+
+
+@dataclass(frozen=True)
+class TokenPair:
+    """What signup, login, refresh and invitation acceptance answer."""
+
+    access: IssuedToken
+    refresh: IssuedToken
+    organization: Organization
+    membership: Membership
+    organizations: Sequence[Organization] = ()
+    session_id: uuid.UUID | None = None
+
+
+async def open_session(
+    session: AsyncSession,
+    codec: TokenCodec,
+    *,
+    membership: Membership,
+    organization: Organization,
+    meta: RequestMeta,
+) -> TokenPair:
+    """A new session for `membership`, with its first token pair."""
+    auth_session = AuthSession(
+        user_id=membership.user_id,
+        membership_id=membership.id,
+        refresh_token_hash="",
+        expires_at=utcnow() + codec.refresh_ttl,
+        ip_address=meta.ip,
+        user_agent=(meta.user_agent or "")[:512] or None,
+    )
+    ids = {
+        "user_id": membership.user_id,
+        "org_id": membership.org_id,
+        "session_id": auth_session.id,
+    }
+    refresh = codec.issue("refresh", **ids)
+    access = codec.issue("access", **ids)
+    auth_session.refresh_token_hash = token_hash(refresh.token)
+    auth_session.expires_at = refresh.expires_at
+    session.add(auth_session)
+    await session.flush()
+    return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
+
+
+async def revoke(
+    session: AsyncSession,
+    authenticator: Authenticator,
+    session_ids: Sequence[uuid.UUID],
+    *,
+    reason: str,
+) -> list[uuid.UUID]:
+    """Revoke live sessions; every process forgets them once the transaction commits."""
+    if not session_ids:
+        return []
+    now = utcnow()
+    revoked = (
+        (
+            await session.exec(  # type: ignore[call-overload]
+                update(AuthSession)
+                .where(col(AuthSession.id).in_(session_ids), col(AuthSession.revoked_at).is_(None))
+                .values(revoked_at=now, revoked_reason=reason)
+                .returning(col(AuthSession.id))
+            )
+        )
+        .scalars()
+        .all()
+    )
+    ids = list(revoked)
+
+    async def announce() -> None:
+        await authenticator.publish_revocation(session_ids=session_ids)
+
+    after_commit(session, announce)
+    return ids
+
+
+async def sessions_of(
+    session: AsyncSession, principal: Principal, membership_id: uuid.UUID | None
+) -> Sequence[AuthSession]:
+    """Unexpired sessions of a member (own by default; others' need MANAGE_MEMBERS)."""
+    from weflux.auth.permissions import Permission
+
+    target = membership_id or principal.membership_id
+    if target != principal.membership_id and not principal.can(Permission.MANAGE_MEMBERS):
+        raise Forbidden("Only an Admin can read other members' sessions")
+    if await session.get(Membership, target) is None:
+        raise NotFound("Member not found")
+    return (
+        await session.exec(
+            select(AuthSession)
+            .where(AuthSession.membership_id == target, col(AuthSession.expires_at) > utcnow())
+            .order_by(col(AuthSession.created_at).desc())
+            .limit(100)
+        )
+    ).all()
+
+
+async def revoke_one(
+    session: AsyncSession,
+    authenticator: Authenticator,
+    principal: Principal,
+    session_id: uuid.UUID,
+    meta: RequestMeta,
+) -> AuthSession:
+    """Revoke a session: one's own, or (Admin) anyone's in the workspace."""
+    from weflux.auth.permissions import Permission
+
+    target = await session.get(AuthSession, session_id)
+    if target is None or (
+        target.membership_id != principal.membership_id
+        and not principal.can(Permission.MANAGE_MEMBERS)
+    ):
+        raise NotFound("Session not found")
+    await revoke(session, authenticator, [target.id], reason="revoked")
+    await record(
+        session,
+        Action.SESSION_REVOKED,
+        actor=principal,
+        target_type="Session",
+        target_id=target.id,
+        meta=meta,
+    )
+    await session.refresh(target)
+    return target
