@@ -66,6 +66,8 @@ def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
     finally:
         output = _stop(process)
     assert (tmp_path / "var" / "weflux.db").is_file()
+    assert b"admin@demo.weflux.test" in output
+    assert (tmp_path / "var" / "demo-logins.txt").is_file()
     assert (tmp_path / "var" / "dev-secrets.json").stat().st_mode & 0o077 == 0
     secrets = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())
     assert "generated development secrets" in output.decode()

@@ -1,0 +1,183 @@
+"""Revocation bites at once: on this process, on another process, and with the broker down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import update
+from sqlmodel import col
+
+from tests.conftest import make_settings, postgres_only
+from tests.fixtures.api import gql, token_for
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import Actor
+from tests.fixtures.services import TEST_REDIS_URL
+from weflux.app import create_app
+from weflux.auth.principal import Authenticator
+from weflux.auth.tokens import TokenCodec
+from weflux.db import Database
+from weflux.models import AuthSession, utcnow
+from weflux.realtime.broker import InProcessBroker
+
+VIEWER = "{ viewer { id role } }"
+
+
+@contextlib.asynccontextmanager
+async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[httpx.AsyncClient]:
+    """One app instance with its own cache and broker connection: a stand-in for a process."""
+    settings = make_settings(
+        settings_path,
+        database_url=urls.app,
+        database_migration_url=urls.owner,
+        redis_url=TEST_REDIS_URL,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        await app.state.broker.wait_connected()
+        transport = httpx.ASGITransport(app=manager.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            yield client
+
+
+async def _status_within(client: httpx.AsyncClient, token: str, expected: int) -> float:
+    """Seconds until `token` gets `expected` on /graphql (fails after one second)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        response = await gql(client, token, VIEWER)
+        if response.status_code == expected:
+            return loop.time() - started
+        if loop.time() - started > 1.0:
+            raise AssertionError(f"still {response.status_code} after a second")
+        await asyncio.sleep(0.02)
+
+
+@postgres_only
+async def test_logout_on_one_process_closes_the_session_on_another(
+    database_urls: DatabaseUrls, tmp_path: Path, require_redis: None, agent: Actor
+) -> None:
+    async with (
+        _process(tmp_path / "a", database_urls) as a,
+        _process(tmp_path / "b", database_urls) as b,
+    ):
+        token = await token_for(a, agent)
+        assert (await gql(b, token, VIEWER)).status_code == 200  # B has cached the session
+
+        response = await a.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+        assert response.status_code == 204
+
+        await _status_within(b, token, 401)
+
+
+@postgres_only
+async def test_role_change_on_one_process_applies_on_another(
+    database_urls: DatabaseUrls, tmp_path: Path, require_redis: None, admin: Actor, manager: Actor
+) -> None:
+    async with (
+        _process(tmp_path / "a", database_urls) as a,
+        _process(tmp_path / "b", database_urls) as b,
+    ):
+        admin_token = await token_for(a, admin)
+        manager_token = await token_for(b, manager)
+        assert (await gql(b, manager_token, VIEWER)).json()["data"]["viewer"]["role"] == "MANAGER"
+
+        demote = await gql(
+            a,
+            admin_token,
+            "mutation($id: ID!) { updateMemberRole(input: {memberId: $id, role: AGENT}) { role } }",
+            {"id": (await gql(b, manager_token, VIEWER)).json()["data"]["viewer"]["id"]},
+        )
+        assert demote.json()["data"]["updateMemberRole"]["role"] == "AGENT"
+
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while (await gql(b, manager_token, VIEWER)).json()["data"]["viewer"]["role"] != "AGENT":
+            assert loop.time() - started < 1.0, "the role change did not reach process B"
+            await asyncio.sleep(0.02)
+
+
+class _DisconnectedBroker(InProcessBroker):
+    @property
+    def connected(self) -> bool:
+        return False
+
+
+async def test_with_the_broker_down_every_request_checks_the_database(
+    db: Database, agent: Actor
+) -> None:
+    """A revocation this process was never told about still bites: no stale cache."""
+    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    authenticator = Authenticator(codec, db, _DisconnectedBroker())
+    async with db.session(agent.org_id) as session:
+        auth_session = AuthSession(
+            user_id=agent.user.id,
+            membership_id=agent.membership.id,
+            refresh_token_hash="x" * 64,
+            expires_at=utcnow() + codec.refresh_ttl,
+        )
+        session.add(auth_session)
+    token = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
+    ).token
+    assert await authenticator.authenticate(token) is not None
+
+    async with db.session(agent.org_id) as session:  # revoked behind the broker's back
+        await session.exec(  # type: ignore[call-overload]
+            update(AuthSession)
+            .where(col(AuthSession.id) == auth_session.id)
+            .values(revoked_at=utcnow())
+        )
+    assert await authenticator.authenticate(token) is None
+
+
+async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> None:
+    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    broker = InProcessBroker()
+    authenticator = Authenticator(codec, db, broker)
+    await authenticator.start()
+    async with db.session(agent.org_id) as session:
+        auth_session = AuthSession(
+            user_id=agent.user.id,
+            membership_id=agent.membership.id,
+            refresh_token_hash="y" * 64,
+            expires_at=utcnow() + codec.refresh_ttl,
+        )
+        session.add(auth_session)
+    token = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
+    ).token
+    assert await authenticator.authenticate(token) is not None
+    async with db.session(agent.org_id) as session:
+        await session.exec(  # type: ignore[call-overload]
+            update(AuthSession)
+            .where(col(AuthSession.id) == auth_session.id)
+            .values(revoked_at=utcnow())
+        )
+    assert await authenticator.authenticate(token) is not None  # cached, as designed
+    await broker._notify_reconnected()  # messages may have been missed meanwhile
+    assert await authenticator.authenticate(token) is None
+    await authenticator.stop()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_revoking_a_session_bites_on_the_very_next_request(
+    client: httpx.AsyncClient, agent: Actor
+) -> None:
+    token = await token_for(client, agent)
+    sessions = await gql(client, token, "{ sessions { id current } }")
+    current = next(s for s in sessions.json()["data"]["sessions"] if s["current"])
+    revoked = await gql(
+        client,
+        token,
+        "mutation($id: ID!) { revokeSession(id: $id) { revokedAt } }",
+        {"id": current["id"]},
+    )
+    assert revoked.json()["data"]["revokeSession"]["revokedAt"] is not None
+    assert (await gql(client, token, VIEWER)).status_code == 401

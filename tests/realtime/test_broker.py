@@ -1,0 +1,179 @@
+"""The broker, in-process and on Redis: exact channels, fan-out, reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.app import create_redis
+from weflux.realtime.broker import Broker, InProcessBroker, Message, RedisBroker
+
+
+async def _eventually(condition, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    if request.param == "memory":
+        yield InProcessBroker()
+        return
+    request.getfixturevalue("require_redis")
+    redis = create_redis(TEST_REDIS_URL)
+    instance = RedisBroker(redis)
+    await instance.start()
+    await instance.wait_connected()
+    yield instance
+    await instance.stop()
+    await redis.aclose()
+
+
+def _channel() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+async def test_messages_reach_every_subscriber_of_the_channel(broker: Broker) -> None:
+    channel, other = _channel(), _channel()
+    first: list[Message] = []
+    second: list[Message] = []
+    elsewhere: list[Message] = []
+
+    async def to(target: list[Message]):  # type: ignore[no-untyped-def]
+        async def handler(message: Message) -> None:
+            target.append(message)
+
+        return handler
+
+    await broker.subscribe(channel, await to(first))
+    await broker.subscribe(channel, await to(second))
+    await broker.subscribe(other, await to(elsewhere))
+    await broker.publish(channel, {"n": 1, "text": "héllo"})
+    await _eventually(lambda: len(first) == 1 and len(second) == 1)
+    assert first == second == [{"n": 1, "text": "héllo"}]
+    await asyncio.sleep(0.05)
+    assert elsewhere == []
+
+
+async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
+    channel = _channel()
+    received: list[Message] = []
+
+    async def handler(message: Message) -> None:
+        received.append(message)
+
+    unsubscribe = await broker.subscribe(channel, handler)
+    await broker.publish(channel, {"n": 1})
+    await _eventually(lambda: len(received) == 1)
+    await unsubscribe()
+    await unsubscribe()  # idempotent
+    await broker.publish(channel, {"n": 2})
+    await asyncio.sleep(0.1)
+    assert received == [{"n": 1}]
+
+
+async def test_a_failing_handler_does_not_starve_the_others(broker: Broker) -> None:
+    channel = _channel()
+    received: list[Message] = []
+
+    async def broken(message: Message) -> None:
+        raise RuntimeError("boom")
+
+    async def healthy(message: Message) -> None:
+        received.append(message)
+
+    await broker.subscribe(channel, broken)
+    await broker.subscribe(channel, healthy)
+    await broker.publish(channel, {"n": 1})
+    await _eventually(lambda: received == [{"n": 1}])
+
+
+async def test_redis_broker_delivers_across_connections(require_redis: None) -> None:
+    """Two brokers stand for two processes: a message published by one reaches the other."""
+    redis_a, redis_b = create_redis(TEST_REDIS_URL), create_redis(TEST_REDIS_URL)
+    a, b = RedisBroker(redis_a), RedisBroker(redis_b)
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_connected()
+        await b.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await b.subscribe(channel, handler)
+        await a.publish(channel, {"from": "a"})
+        await _eventually(lambda: received == [{"from": "a"}])
+    finally:
+        for broker, redis in ((a, redis_a), (b, redis_b)):
+            await broker.stop()
+            await redis.aclose()
+
+
+async def test_redis_broker_reconnects_resubscribes_and_reports_it(require_redis: None) -> None:
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher = create_redis(TEST_REDIS_URL)
+    broker = RedisBroker(redis, backoff_base=0.02, backoff_cap=0.2)
+    await broker.start()
+    try:
+        await broker.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+        reconnections: list[int] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        async def on_reconnect() -> None:
+            reconnections.append(1)
+
+        await broker.subscribe(channel, handler)
+        broker.on_reconnect(on_reconnect)
+
+        await proxy.cut()
+        await _eventually(lambda: not broker.connected)
+        await proxy.restore()
+        await _eventually(lambda: broker.connected and reconnections == [1], seconds=10)
+
+        await publisher.publish(channel, '{"after": "reconnect"}')
+        await _eventually(lambda: received == [{"after": "reconnect"}])
+    finally:
+        await broker.stop()
+        await redis.aclose()
+        await publisher.aclose()
+        await proxy.close()
+
+
+async def test_malformed_messages_are_dropped(require_redis: None) -> None:
+    redis = create_redis(TEST_REDIS_URL)
+    broker = RedisBroker(redis)
+    await broker.start()
+    try:
+        await broker.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await broker.subscribe(channel, handler)
+        await redis.publish(channel, "{not json")
+        await broker.publish(channel, {"ok": True})
+        await _eventually(lambda: received == [{"ok": True}])
+    finally:
+        await broker.stop()
+        await redis.aclose()
