@@ -19,6 +19,7 @@ from tests.fixtures.databases import (
     run_blocking,
 )
 from tests.fixtures.factories import Actor, create_actor, create_org
+from tests.fixtures.meta import fake_meta, meta_url  # noqa: F401  (shared fixtures)
 from tests.fixtures.services import postgres_problem, redis_problem, require
 from weflux.auth import passwords
 from weflux.config import Settings, generate_encryption_key_entry, load_settings
@@ -117,6 +118,9 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "jwt_secret": "test-jwt-secret-" + "x" * 32,
         "encryption_keys": generate_encryption_key_entry("test1"),
         "log_format": "console",
+        "in_process_worker": False,
+        # Nothing in the tests may reach the real Graph API: a closed local port by default.
+        "meta_graph_url": "http://127.0.0.1:9",
     }
     return load_settings(**(values | overrides))
 

@@ -7,9 +7,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from redis.asyncio import Redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
@@ -27,19 +24,9 @@ from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
-from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
+from weflux.runtime import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def create_redis(url: str) -> Redis:
-    return Redis.from_url(
-        url,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
-        socket_connect_timeout=2.0,
-        socket_timeout=5.0,
-        health_check_interval=30,
-    )
 
 
 async def _check_database_role(settings: Settings, db: Database) -> None:
@@ -81,32 +68,25 @@ def create_app(settings: Settings | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = Database(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            connect_timeout=settings.database_connect_timeout,
-        )
-        redis = create_redis(settings.redis_url) if settings.redis_url else None
-        broker: Broker = RedisBroker(redis) if redis is not None else InProcessBroker()
-        authenticator = Authenticator(codec, db, broker)
+        runtime = Runtime(settings)
+        authenticator = Authenticator(codec, runtime.db, runtime.broker)
         limiter = RateLimiter(settings)
         state = app.state
-        state.settings, state.db, state.redis, state.broker = settings, db, redis, broker
+        state.runtime, state.settings, state.db = runtime, settings, runtime.db
+        state.redis, state.broker = runtime.redis, runtime.broker
+        state.keyring, state.cloud_api = runtime.keyring, runtime.cloud_api
         state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
         state.trusted_proxies = trusted_proxies
         try:
-            await _check_database_role(settings, db)
+            await _check_database_role(settings, runtime.db)
             await passwords.warm_up()
-            await broker.start()
+            await runtime.start(worker=settings.in_process_worker)
             await authenticator.start()
             yield
         finally:
             await authenticator.stop()
-            await broker.stop()
             await limiter.close()
-            if redis is not None:
-                await redis.aclose()
-            await db.dispose()
+            await runtime.stop()
 
     graphql = GraphQLApp(
         build_schema(introspection=settings.graphql_introspection),

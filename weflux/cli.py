@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from weflux.config import ConfigError, Settings, load_settings
+from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
 from weflux.logs import configure_logging
 
 log = logging.getLogger("weflux.cli")
@@ -69,7 +70,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.env == "development":
         _migrate(settings)
         asyncio.run(_demo(settings, only_if_empty=True))
+    if args.workers > 1 and not settings.redis_url:
+        raise ConfigError(
+            "--workers above 1 needs WEFLUX_REDIS_URL: revocations and events must reach "
+            "every process"
+        )
     if args.no_worker:
+        # The app factory runs in uvicorn's process(es): tell it through the environment.
+        os.environ["WEFLUX_IN_PROCESS_WORKER"] = "false"
         log.info("serving without the in-process worker (--no-worker)")
     uvicorn.run(
         "weflux.app:create_app",
@@ -85,6 +93,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Run the delivery and maintenance worker as its own process."""
+    settings = _settings()
+    return asyncio.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> int:
+    import signal
+
+    from weflux.runtime import Runtime
+
+    runtime = Runtime(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await runtime.start(worker=True)
+    log.info("worker started")
+    try:
+        await stop.wait()
+    finally:
+        await runtime.stop()
+        log.info("worker stopped")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the Alembic migrations."""
     configure_logging()
@@ -92,6 +126,61 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     _migrate(settings)
     log.info("migrations applied")
     return 0
+
+
+def _key_id(value: str) -> str:
+    from weflux.crypto.keyring import KEY_ID_PATTERN
+
+    if not KEY_ID_PATTERN.match(value):
+        raise argparse.ArgumentTypeError("use 1 to 32 letters, digits, `_`, `.` or `-`")
+    return value
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Print a new `kid:base64key` entry for WEFLUX_ENCRYPTION_KEYS."""
+    # Only the entry on stdout, so that `$(weflux keys generate)` captures it; never logged.
+    print(generate_encryption_key_entry(args.kid))
+    print(
+        "Put it first in WEFLUX_ENCRYPTION_KEYS (keep the old keys after it), "
+        "deploy, then run `weflux keys rotate`.",
+        file=sys.stderr,
+    )
+    return 0
+
+
+async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
+    from weflux.crypto.keyring import KeyRing
+    from weflux.crypto.rotation import rotate_keys
+    from weflux.db import Database
+
+    keyring = KeyRing.from_settings(settings)
+    db = Database(settings.database_url)
+    try:
+        report = await rotate_keys(db, keyring, batch_size=batch_size)
+    finally:
+        await db.dispose()
+    print(report.summary())
+    if report.failed:
+        print(
+            f"{report.failed} stored secret(s) could not be decrypted and were left unchanged; "
+            "the log names their rows. Keep every old key until this reports none.",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Re-encrypt every stored secret under the primary key (idempotent, resumable)."""
+    settings = _settings()
+    return asyncio.run(_rotate_keys(settings, batch_size=args.batch_size))
+
+
+def _positive(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return number
 
 
 def export_schema_sdl() -> str:
@@ -128,11 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-worker", action="store_true", help="no in-process delivery worker")
     serve.set_defaults(func=cmd_serve)
 
+    worker = commands.add_parser("worker", help=cmd_worker.__doc__)
+    worker.set_defaults(func=cmd_worker)
+
     migrate = commands.add_parser("migrate", help=cmd_migrate.__doc__)
     migrate.set_defaults(func=cmd_migrate)
 
     demo = commands.add_parser("demo", help=cmd_demo.__doc__)
     demo.set_defaults(func=cmd_demo)
+
+    keys = commands.add_parser("keys", help="manage the keys that encrypt stored secrets")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    generate = key_commands.add_parser("generate", help=cmd_keys_generate.__doc__)
+    generate.add_argument("--kid", type=_key_id, help="the key id (default: a random one)")
+    generate.set_defaults(func=cmd_keys_generate)
+    rotate = key_commands.add_parser("rotate", help=cmd_keys_rotate.__doc__)
+    rotate.add_argument(
+        "--batch-size", type=_positive, default=100, help="rows per transaction (default 100)"
+    )
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None
     encryption_keys: SecretStr | None = None
+    in_process_worker: bool = True
+    health_refresh_interval: timedelta = timedelta(hours=1)
     access_token_ttl: timedelta = timedelta(days=7)
     refresh_token_ttl: timedelta = timedelta(days=30)
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
@@ -129,7 +131,9 @@ class Settings(BaseSettings):
     # Names of the secrets that were generated for development rather than configured.
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
 
-    @field_validator("access_token_ttl", "refresh_token_ttl", mode="before")
+    @field_validator(
+        "access_token_ttl", "refresh_token_ttl", "health_refresh_interval", mode="before"
+    )
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return parse_duration(value)

@@ -21,7 +21,7 @@ from weflux.auth.scoping import ScopedSession, set_scope
 
 log = logging.getLogger(__name__)
 
-SQLITE_BUSY_TIMEOUT_MS = 5000
+SQLITE_BUSY_TIMEOUT_MS = 15000
 _AFTER_COMMIT = "weflux.after_commit"
 
 AfterCommit = Callable[[], Awaitable[None]]
@@ -116,7 +116,10 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN")
+        # IMMEDIATE: take the write lock at the start. A deferred transaction that read
+        # first cannot upgrade once another has written (SQLITE_BUSY_SNAPSHOT, no retry),
+        # so concurrent read-then-write units of work would fail instead of waiting.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

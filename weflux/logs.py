@@ -71,3 +71,10 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
         logging.getLogger(name).propagate = True
     # Our middleware writes the access log, with the request id.
     logging.getLogger("uvicorn.access").disabled = True
+    # httpcore's debug traces print raw headers; httpx logs every outgoing request.
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # Second line of defence: known secret values never reach a handler's output.
+    from weflux.crypto.secret import install_redaction
+
+    install_redaction()

@@ -11,8 +11,8 @@ from sqlalchemy.engine import make_url
 
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.tcp_proxy import TcpProxy
-from weflux.app import create_redis
 from weflux.realtime.broker import Broker, InProcessBroker, Message, RedisBroker
+from weflux.runtime import create_redis
 
 
 async def _eventually(condition, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]

@@ -53,6 +53,9 @@ class Principal:
 @dataclass
 class _Entry:
     live: bool
+    # The workspace the session was looked up in: an entry answers only for tokens
+    # naming that workspace (a session id is not a key on its own).
+    org_id: uuid.UUID | None = None
     membership_id: uuid.UUID | None = None
     user_id: uuid.UUID | None = None
     role: Role | None = None
@@ -132,12 +135,15 @@ class Authenticator:
         except InvalidTokenError:
             return None
         entry = self.cache.get(claims.session_id) if self.broker.connected else None
+        if entry is not None and entry.org_id != claims.org_id:
+            entry = None  # looked up for another workspace: ask the database for this one
         if entry is None:
             entry = await self._load(claims)
             self.cache.put(claims.session_id, entry)
         now = utcnow()
         if (
             not entry.live
+            or entry.org_id != claims.org_id
             or entry.user_id != claims.user_id
             or entry.session_expires_at is None
             or entry.session_expires_at <= now
@@ -167,10 +173,11 @@ class Authenticator:
                 )
             ).first()
         if row is None:
-            return _Entry(live=False)
+            return _Entry(live=False, org_id=claims.org_id)
         auth_session, membership = row
         return _Entry(
             live=auth_session.revoked_at is None,
+            org_id=membership.org_id,
             membership_id=membership.id,
             user_id=membership.user_id,
             role=membership.role,

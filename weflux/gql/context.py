@@ -15,6 +15,7 @@ from weflux.services.audit import RequestMeta
 
 if TYPE_CHECKING:
     from weflux.gql.loaders import Loaders
+    from weflux.services.channels import Services as ChannelServices
 
 
 @dataclass
@@ -35,6 +36,13 @@ class Context:
         from weflux.gql.loaders import Loaders
 
         self.loaders = Loaders(self)
+
+    @property
+    def channel_services(self) -> ChannelServices:
+        from weflux.services.channels import Services as ChannelServices
+
+        state = self.request.app.state
+        return ChannelServices(keyring=state.keyring, cloud=state.cloud_api, broker=state.broker)
 
     @property
     def actor(self) -> Principal:

@@ -23,6 +23,10 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         if original.details is not None:
             extensions["details"] = original.details
         return extensions
+    if isinstance(original, GraphQLError):
+        # A permission class's refusal: strawberry raises it as a GraphQLError with a code.
+        code = (original.extensions or {}).get("code")
+        return {"code": code} if code else None
     if original is None:
         # Raised by graphql-core itself or by a permission class: no internals inside.
         code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")

@@ -9,6 +9,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.errors import NotFound
+from weflux.gql.channels.types import to_whatsapp_account
 from weflux.gql.identity.types import (
     to_audit_event,
     to_invitation,
@@ -19,6 +20,7 @@ from weflux.gql.identity.types import (
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
 from weflux.models import AuditEvent, AuthSession, Invitation, Membership, Organization
+from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 
 Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
 
@@ -57,7 +59,13 @@ async def _audit_event(info: Info, row_id: uuid.UUID) -> Node | None:
     return to_audit_event(row) if row else None
 
 
+async def _whatsapp_account(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(WhatsAppAccountRow, row_id)
+    return to_whatsapp_account(row) if row and row.disconnected_at is None else None
+
+
 RESOLVERS: dict[str, Resolver] = {
+    "WhatsAppAccount": _whatsapp_account,
     "Member": _member,
     "Organization": _organization,
     "Session": _session,

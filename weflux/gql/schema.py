@@ -16,6 +16,9 @@ from strawberry.schema.config import StrawberryConfig
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
+from weflux.gql.channels.mutations import ChannelMutation
+from weflux.gql.channels.queries import ChannelQuery
+from weflux.gql.channels.types import WhatsAppAccount
 from weflux.gql.errors import CodedErrors
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
@@ -30,7 +33,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery):
+class Query(IdentityQuery, ChannelQuery):
     @strawberry.field(
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
@@ -40,7 +43,7 @@ class Query(IdentityQuery):
 
 
 @strawberry.type(description="Every write.")
-class Mutation(IdentityMutation):
+class Mutation(IdentityMutation, ChannelMutation):
     pass
 
 
@@ -57,7 +60,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
-        types=[Member, Organization, Session, Invitation, AuditEvent],
+        types=[Member, Organization, Session, Invitation, AuditEvent, WhatsAppAccount],
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )

@@ -98,7 +98,10 @@ class GraphQLApp(GraphQL[Context, None]):
         if refusal is not None:
             await refusal(scope, receive, send)
             return
-        scope.setdefault("state", {})["principal"] = principal
+        # This request's own copy of the lifespan state: the ASGI spec asks servers for
+        # a copy per request, but not every server or wrapper makes one (asgi-lifespan
+        # shares one dict), and the principal and session must never leak between requests.
+        scope["state"] = {**scope.get("state", {}), "principal": principal}
         async with state.db.sessionmaker() as session:
             set_scope(session, principal.org_id)
             scope["state"][_SESSION] = session

@@ -7,8 +7,10 @@ from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.user import User
+from weflux.models.whatsapp import AccountStatus, SmtpSettings, WhatsAppAccount
 
 __all__ = [
+    "AccountStatus",
     "AuditEvent",
     "AuthSession",
     "Invitation",
@@ -16,7 +18,9 @@ __all__ = [
     "OrgScoped",
     "Organization",
     "Role",
+    "SmtpSettings",
     "User",
+    "WhatsAppAccount",
     "new_id",
     "utcnow",
     "workspace_models",

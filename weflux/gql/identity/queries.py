@@ -59,7 +59,7 @@ class IdentityQuery:
     )
     async def sessions(self, info: Info, member_id: strawberry.ID | None = None) -> list[Session]:
         actor = info.context.actor
-        target = decode_global_id(member_id, "Member") if member_id else None
+        target = decode_global_id(member_id, "Member") if member_id is not None else None
         rows = await session_service.sessions_of(info.context.unit, actor, target)
         return [to_session(row, actor.session_id) for row in rows]
 

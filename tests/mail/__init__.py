@@ -1,0 +1,1 @@
+"""SMTP settings and the test email."""

@@ -1,0 +1,698 @@
+"""SMTP: input checks, the SSRF guard, and real test emails against a local aiosmtpd."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from email import message_from_bytes
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP as SmtpServer
+from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from weflux.errors import BadUserInput
+from weflux.mail import smtp as smtp_module
+from weflux.mail.smtp import (
+    SmtpConfig,
+    SmtpError,
+    SmtpSecurity,
+    resolve_public_addresses,
+    send_test_email,
+    validate_smtp_input,
+)
+
+USERNAME = "mailer@example.com"
+PASSWORD = "correct-horse-battery-staple-73"
+WRONG_PASSWORD = "wrong-password-hunter2-secret"
+SENDER = "no-reply@example.com"
+RECIPIENT = "alice@example.com"
+REFUSED_RECIPIENT = "nobody@example.com"
+PUBLIC_V4 = "93.184.215.14"
+PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
+
+
+# --- A real local SMTP server -------------------------------------------------------------
+
+
+@dataclass
+class Delivered:
+    mail_from: str
+    rcpt_tos: list[str]
+    content: bytes
+
+    @property
+    def subject(self) -> str:
+        return str(message_from_bytes(self.content)["Subject"])
+
+
+class RecordingHandler:
+    """Records every accepted message; refuses `REFUSED_RECIPIENT`."""
+
+    def __init__(self) -> None:
+        self.delivered: list[Delivered] = []
+        self.logins: list[str] = []
+
+    async def handle_RCPT(
+        self,
+        server: SmtpServer,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if address == REFUSED_RECIPIENT:
+            return "550 5.1.1 no such user"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
+        content = envelope.original_content or b""
+        self.delivered.append(
+            Delivered(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
+        )
+        if isinstance(session.auth_data, LoginPassword):
+            self.logins.append(session.auth_data.login.decode())
+        return "250 Message accepted"
+
+
+def authenticator(
+    server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+) -> AuthResult:
+    """Accepts one username and password; echoes a wrong password back, as some servers do."""
+    assert isinstance(auth_data, LoginPassword)
+    if auth_data.login.decode() == USERNAME and auth_data.password.decode() == PASSWORD:
+        return AuthResult(success=True, auth_data=auth_data)
+    echoed = f"535 5.7.8 credentials {auth_data.password.decode()} rejected"
+    return AuthResult(success=False, handled=False, message=echoed)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def running_server(**smtp_parameters: Any) -> Iterator[tuple[RecordingHandler, int]]:
+    handler = RecordingHandler()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_parameters)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[RecordingHandler, int]]:
+    with running_server() as running:
+        yield running
+
+
+@pytest.fixture
+def auth_server() -> Iterator[tuple[RecordingHandler, int]]:
+    with running_server(authenticator=authenticator, auth_require_tls=False) as running:
+        yield running
+
+
+def config(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    security: SmtpSecurity = SmtpSecurity.NONE,
+    username: str | None = None,
+    password: str | None = None,
+) -> SmtpConfig:
+    return SmtpConfig(
+        host=host,
+        port=port,
+        username=username,
+        password=password,
+        from_address=SENDER,
+        security=security,
+    )
+
+
+def assert_secret_free(error: BaseException, caplog: pytest.LogCaptureFixture) -> None:
+    """Neither password shows in the error, what it carries, or any log record."""
+    assert isinstance(error, SmtpError)
+    texts = [str(error), repr(error), error.message, repr(error.details), repr(error.args)]
+    # `mail.log` is the test server's own logger, which does see the password.
+    texts += [repr(r.__dict__) for r in caplog.records if not r.name.startswith("mail.log")]
+    for secret in (PASSWORD, WRONG_PASSWORD):
+        assert all(secret not in text for text in texts)
+    # No server reply rides along for a traceback printer or error reporter to show.
+    assert error.__cause__ is None
+    assert error.__context__ is None
+
+
+# --- Sending ------------------------------------------------------------------------------
+
+
+async def test_test_email_is_delivered(server: tuple[RecordingHandler, int]) -> None:
+    handler, port = server
+    await send_test_email(config(port), RECIPIENT, allow_private=True)
+    [delivered] = handler.delivered
+    assert delivered.mail_from == SENDER
+    assert delivered.rcpt_tos == [RECIPIENT]
+    assert delivered.subject == "Weflux test email"
+    message = message_from_bytes(delivered.content)
+    assert message["From"] == SENDER
+    assert message["To"] == RECIPIENT
+    assert message.get_content_type() == "text/plain"
+
+
+async def test_login_with_the_right_password(auth_server: tuple[RecordingHandler, int]) -> None:
+    handler, port = auth_server
+    await send_test_email(
+        config(port, username=USERNAME, password=PASSWORD), RECIPIENT, allow_private=True
+    )
+    assert [d.rcpt_tos for d in handler.delivered] == [[RECIPIENT]]
+    assert handler.logins == [USERNAME]
+
+
+async def test_a_wrong_password_fails_without_revealing_it(
+    auth_server: tuple[RecordingHandler, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    handler, port = auth_server
+    caplog.set_level(logging.DEBUG, logger="weflux")
+    with pytest.raises(SmtpError) as caught:
+        await send_test_email(
+            config(port, username=USERNAME, password=WRONG_PASSWORD),
+            RECIPIENT,
+            allow_private=True,
+        )
+    error = caught.value
+    assert "authentication failed" in error.message
+    assert USERNAME in error.message
+    assert (error.code, error.graphql_code, error.status) == ("SMTP_ERROR", "BAD_USER_INPUT", 400)
+    assert_secret_free(error, caplog)
+    assert handler.delivered == []
+
+
+async def test_the_password_is_not_in_the_repr() -> None:
+    settings = config(587, username=USERNAME, password=PASSWORD)
+    assert PASSWORD not in repr(settings)
+    assert PASSWORD not in str(settings)
+    assert USERNAME in repr(settings)
+
+
+async def test_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(SmtpError) as caught:
+        await send_test_email(config(free_port()), RECIPIENT, allow_private=True)
+    assert "Connection refused" in caught.value.message
+    assert_secret_free(caught.value, caplog)
+
+
+async def test_a_refused_recipient(server: tuple[RecordingHandler, int]) -> None:
+    handler, port = server
+    with pytest.raises(SmtpError, match=re.escape("refused the recipient nobody@example.com")):
+        await send_test_email(config(port), REFUSED_RECIPIENT, allow_private=True)
+    assert handler.delivered == []
+
+
+async def test_a_silent_server_times_out() -> None:
+    connections: list[asyncio.StreamWriter] = []
+
+    async def never_greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+
+    silent = await asyncio.start_server(never_greet, "127.0.0.1", 0)
+    port = silent.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(SmtpError, match=re.escape("Timed out after 0.5 seconds")):
+            await send_test_email(config(port), RECIPIENT, allow_private=True, timeout=0.5)
+    finally:
+        for writer in connections:
+            writer.close()
+        silent.close()
+        await silent.wait_closed()
+    assert len(connections) == 1
+
+
+async def test_the_recipient_is_checked() -> None:
+    with pytest.raises(BadUserInput) as caught:
+        await send_test_email(config(25), "bob@example.com\r\nBcc: x@evil.test", allow_private=True)
+    assert [d["field"] for d in caught.value.details] == ["to"]
+
+
+async def test_the_checked_address_is_used_without_resolving_again(
+    server: tuple[RecordingHandler, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rebinding DNS server gets one question: the connection reuses the checked answer."""
+    handler, port = server
+    calls: list[str] = []
+
+    async def rebinding(host: str, port: int, **kwargs: Any) -> list[Any]:
+        calls.append(host)
+        address = "127.0.0.1" if len(calls) == 1 else "203.0.113.7"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", rebinding)
+    await send_test_email(config(port, host="mail.example.com"), RECIPIENT, allow_private=True)
+    assert calls == ["mail.example.com"]
+    assert len(handler.delivered) == 1
+
+
+async def test_production_refuses_a_local_server_before_connecting(
+    server: tuple[RecordingHandler, int],
+) -> None:
+    handler, port = server
+    with pytest.raises(BadUserInput) as caught:
+        await send_test_email(config(port), RECIPIENT, allow_private=False)
+    assert [d["field"] for d in caught.value.details] == ["host"]
+    assert handler.delivered == []
+
+
+# --- TLS ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Certificates:
+    ca_pem: str
+    server_context: ssl.SSLContext
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A private CA and a certificate it issued for `localhost` only (no IP address)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(_name("Weflux test CA"))
+        .issuer_name(_name("Weflux test CA"))
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(_name("localhost"))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory: Path = tmp_path_factory.mktemp("tls")
+    cert_file = directory / "server.pem"
+    key_file = directory / "server.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_file, key_file)
+    return Certificates(ca.public_bytes(serialization.Encoding.PEM).decode(), server_context)
+
+
+@pytest.fixture
+def trust_test_ca(certificates: Certificates, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client trusts the test CA on top of the system trust store, nothing else changes."""
+    system_context: Callable[[], ssl.SSLContext] = smtp_module._tls_context
+
+    def with_test_ca() -> ssl.SSLContext:
+        context = system_context()
+        context.load_verify_locations(cadata=certificates.ca_pem)
+        return context
+
+    monkeypatch.setattr(smtp_module, "_tls_context", with_test_ca)
+
+
+@pytest.fixture
+def tls_server(certificates: Certificates) -> Iterator[tuple[RecordingHandler, int]]:
+    """Implicit TLS (as on port 465), with authentication."""
+    with running_server(
+        ssl_context=certificates.server_context, authenticator=authenticator
+    ) as running:
+        yield running
+
+
+@pytest.fixture(params=[SmtpSecurity.TLS, SmtpSecurity.STARTTLS], ids=str)
+def secure_server(
+    request: pytest.FixtureRequest, certificates: Certificates
+) -> Iterator[tuple[SmtpSecurity, RecordingHandler, int]]:
+    """Implicit TLS, or STARTTLS required before anything else; both with authentication."""
+    security: SmtpSecurity = request.param
+    if security is SmtpSecurity.TLS:
+        # aiosmtpd only counts STARTTLS as TLS, so it would hide AUTH on implicit TLS.
+        parameters: dict[str, Any] = {
+            "ssl_context": certificates.server_context,
+            "auth_require_tls": False,
+        }
+    else:
+        parameters = {"tls_context": certificates.server_context, "require_starttls": True}
+    with running_server(authenticator=authenticator, **parameters) as (handler, port):
+        yield security, handler, port
+
+
+async def test_an_untrusted_certificate_fails_closed(
+    secure_server: tuple[SmtpSecurity, RecordingHandler, int],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    security, handler, port = secure_server
+    settings = config(
+        port, host="localhost", security=security, username=USERNAME, password=PASSWORD
+    )
+    with pytest.raises(SmtpError) as caught:
+        await send_test_email(settings, RECIPIENT, allow_private=True)
+    assert caught.value.message.startswith("TLS failure: the certificate of localhost")
+    assert_secret_free(caught.value, caplog)
+    assert handler.delivered == []
+    assert handler.logins == []
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+async def test_a_trusted_certificate_for_the_host_name_works(
+    secure_server: tuple[SmtpSecurity, RecordingHandler, int],
+) -> None:
+    """Connected to 127.0.0.1, the certificate is checked against the name `localhost`."""
+    security, handler, port = secure_server
+    settings = config(
+        port, host="localhost", security=security, username=USERNAME, password=PASSWORD
+    )
+    await send_test_email(settings, RECIPIENT, allow_private=True)
+    assert [d.rcpt_tos for d in handler.delivered] == [[RECIPIENT]]
+    assert handler.logins == [USERNAME]
+
+
+@pytest.mark.usefixtures("trust_test_ca")
+async def test_a_certificate_for_another_name_is_refused(
+    tls_server: tuple[RecordingHandler, int],
+) -> None:
+    handler, port = tls_server
+    # The certificate names `localhost`, not the address 127.0.0.1.
+    with pytest.raises(SmtpError, match=re.escape("TLS failure: the certificate of 127.0.0.1")):
+        await send_test_email(
+            config(port, security=SmtpSecurity.TLS), RECIPIENT, allow_private=True
+        )
+    assert handler.delivered == []
+
+
+async def test_starttls_missing_on_the_server_is_a_tls_failure(
+    server: tuple[RecordingHandler, int],
+) -> None:
+    handler, port = server
+    with pytest.raises(SmtpError, match="does not offer STARTTLS"):
+        await send_test_email(
+            config(port, security=SmtpSecurity.STARTTLS), RECIPIENT, allow_private=True
+        )
+    assert handler.delivered == []
+
+
+async def test_implicit_tls_to_a_plain_server_is_a_tls_failure(
+    server: tuple[RecordingHandler, int],
+) -> None:
+    _handler, port = server
+    with pytest.raises(SmtpError, match="TLS failure"):
+        await send_test_email(
+            config(port, security=SmtpSecurity.TLS), RECIPIENT, allow_private=True, timeout=5
+        )
+
+
+# --- Validation ---------------------------------------------------------------------------
+
+
+def fields_of(error: BadUserInput) -> list[str]:
+    return [detail["field"] for detail in error.details]
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "smtp.example.com",
+        "smtp.example.com.",
+        "SMTP.Example.COM",
+        "localhost",
+        "192.0.2.1",
+        "2001:db8::1",
+        "bücher.example",
+        "xn--bcher-kva.example",
+        "a" * 63 + ".example.com",
+    ],
+)
+def test_valid_hosts(host: str) -> None:
+    validate_smtp_input(host, 587, SENDER, "STARTTLS", USERNAME)
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "",
+        "smtp://mail.example.com",
+        "mail.example.com/path",
+        "mail example.com",
+        " mail.example.com",
+        "mail.example.com:587",
+        "user@mail.example.com",
+        "[2001:db8::1]",
+        "-mail.example.com",
+        "mail..example.com",
+        "a" * 64 + ".example.com",
+        ("a" * 62 + ".") * 4 + "com",
+        "127.1",
+        "2130706433",
+        "mail_server.example.com",
+        "mail.example.com\r\nRCPT TO:<x@y.z>",
+    ],
+)
+def test_invalid_hosts(host: str) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input(host, 587, SENDER, "STARTTLS", None)
+    assert fields_of(caught.value) == ["host"]
+    assert caught.value.details[0]["message"]
+
+
+@pytest.mark.parametrize("port", [0, -1, 65536, 100_000, True])
+def test_invalid_ports(port: int) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input("smtp.example.com", port, SENDER, "TLS", None)
+    assert fields_of(caught.value) == ["port"]
+
+
+@pytest.mark.parametrize("port", [1, 25, 465, 587, 2525, 65535])
+def test_valid_ports(port: int) -> None:
+    validate_smtp_input("smtp.example.com", port, SENDER, "TLS", None)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "",
+        "no-at-sign.example.com",
+        "name@localhost",
+        "name@",
+        "@example.com",
+        "first last@example.com",
+        "<name@example.com>",
+        "Weflux <name@example.com>",
+        "name@example.com\r\nBcc: victim@example.com",
+        "name..dots@example.com",
+        "name@exa mple.com",
+        "x" * 65 + "@example.com",
+    ],
+)
+def test_invalid_from_addresses(address: str) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input("smtp.example.com", 587, address, "STARTTLS", None)
+    assert fields_of(caught.value) == ["fromAddress"]
+
+
+@pytest.mark.parametrize(
+    "address", ["no-reply@example.com", "first.last+tag@mail.example.co.uk", "ops@bücher.example"]
+)
+def test_valid_from_addresses(address: str) -> None:
+    validate_smtp_input("smtp.example.com", 587, address, "STARTTLS", None)
+
+
+@pytest.mark.parametrize("security", ["", "SSL", "starttls", "tls ", "none"])
+def test_invalid_security(security: str) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input("smtp.example.com", 587, SENDER, security, None)
+    assert fields_of(caught.value) == ["security"]
+
+
+@pytest.mark.parametrize("security", [*SmtpSecurity, "STARTTLS", "TLS", "NONE"])
+def test_valid_security(security: str) -> None:
+    validate_smtp_input("smtp.example.com", 587, SENDER, security, None)
+
+
+@pytest.mark.parametrize("username", ["x" * 321, "user\r\nAUTH", "user\x00"])
+def test_invalid_usernames(username: str) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input("smtp.example.com", 587, SENDER, "STARTTLS", username)
+    assert fields_of(caught.value) == ["username"]
+
+
+def test_every_bad_field_is_reported_at_once() -> None:
+    with pytest.raises(BadUserInput) as caught:
+        validate_smtp_input("https://x", 0, "nope", "SSL", "a\nb")
+    assert fields_of(caught.value) == ["host", "port", "fromAddress", "security", "username"]
+    assert all(set(detail) == {"field", "message"} for detail in caught.value.details)
+    assert caught.value.code == "VALIDATION_FAILED"
+
+
+# --- The SSRF guard -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "10.0.0.5",
+        "172.16.0.1",
+        "192.168.1.1",
+        "169.254.169.254",
+        "100.64.0.1",
+        "0.0.0.0",  # noqa: S104
+        "224.0.0.1",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::1",
+        "::",
+        "::ffff:127.0.0.1",
+        "::ffff:169.254.169.254",
+        "fe80::1",
+        "fc00::1",
+        "fec0::1",
+        "ff02::1",
+        "2002:7f00:1::",  # 6to4 around 127.0.0.1
+        "2002:a9fe:a9fe::",  # 6to4 around 169.254.169.254
+        "2001:0:4136:e378:8000:63bf:3fff:fdd2",  # Teredo
+        "64:ff9b::a00:5",  # NAT64 around 10.0.0.5
+        "2001:db8::1",  # documentation
+    ],
+)
+async def test_the_guard_refuses_non_public_addresses(host: str) -> None:
+    with pytest.raises(BadUserInput) as caught:
+        await resolve_public_addresses(host, 587)
+    assert fields_of(caught.value) == ["host"]
+    assert "private, local or reserved" in caught.value.message
+
+
+async def test_the_guard_allows_them_outside_production() -> None:
+    assert await resolve_public_addresses("127.0.0.1", 25, allow_private=True) == ["127.0.0.1"]
+    assert "127.0.0.1" in await resolve_public_addresses("localhost", 25, allow_private=True)
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Callable[[list[str]], list[str]]:
+    """Answers every name with the given addresses; the hosts asked for are returned."""
+    asked: list[str] = []
+
+    def answer(addresses: list[str]) -> list[str]:
+        async def getaddrinfo(host: str, port: int, **kwargs: Any) -> list[Any]:
+            asked.append(host)
+            if not addresses:
+                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+            infos: list[Any] = []
+            for address in addresses:
+                if ipaddress.ip_address(address).version == 4:
+                    infos.append((socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)))
+                else:
+                    infos.append(
+                        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", (address, port, 0, 0))
+                    )
+            return infos
+
+        monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", getaddrinfo)
+        return asked
+
+    return answer
+
+
+async def test_a_public_address_is_accepted(fake_dns: Callable[[list[str]], list[str]]) -> None:
+    asked = fake_dns([PUBLIC_V4, PUBLIC_V6])
+    addresses = await resolve_public_addresses("smtp.example.com", 587)
+    assert addresses == [PUBLIC_V4, PUBLIC_V6]
+    assert asked == ["smtp.example.com"]
+
+
+async def test_nat64_of_a_public_address_is_accepted(
+    fake_dns: Callable[[list[str]], list[str]],
+) -> None:
+    fake_dns(["64:ff9b::5db8:d70e"])  # 93.184.215.14 through NAT64
+    assert await resolve_public_addresses("smtp.example.com", 587) == ["64:ff9b::5db8:d70e"]
+
+
+async def test_one_private_address_among_public_ones_is_refused(
+    fake_dns: Callable[[list[str]], list[str]], caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_dns([PUBLIC_V4, "10.1.2.3"])
+    with pytest.raises(BadUserInput) as caught:
+        await resolve_public_addresses("smtp.example.com", 587)
+    assert fields_of(caught.value) == ["host"]
+    # The internal address is logged for the operator, never told to the user.
+    assert "10.1.2.3" not in caught.value.message
+    assert any("10.1.2.3" in repr(record.__dict__) for record in caplog.records)
+
+
+async def test_a_name_that_does_not_resolve_is_refused(
+    fake_dns: Callable[[list[str]], list[str]],
+) -> None:
+    asked = fake_dns([])
+    for allow_private in (False, True):
+        with pytest.raises(BadUserInput, match="does not resolve") as caught:
+            await resolve_public_addresses("nonexistent.invalid", 587, allow_private=allow_private)
+        assert fields_of(caught.value) == ["host"]
+    assert asked == ["nonexistent.invalid", "nonexistent.invalid"]
+
+
+async def test_an_internationalized_name_is_resolved_in_punycode(
+    fake_dns: Callable[[list[str]], list[str]],
+) -> None:
+    asked = fake_dns([PUBLIC_V4])
+    await resolve_public_addresses("bücher.example", 587)
+    assert asked == ["xn--bcher-kva.example"]

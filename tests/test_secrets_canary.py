@@ -1,0 +1,298 @@
+"""Secrets stay secret: a whole flow with canary values, then a search for them everywhere.
+
+Every HTTP response, every WebSocket frame, every log record of our code and every
+non-secret column of every table is searched for the plaintext of each canary secret
+(passwords, access tokens, app secrets, verify tokens, the SMTP password): zero hits.
+The secret columns hold envelopes only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import websockets
+from sqlalchemy import inspect, text
+
+from tests.conftest import make_settings
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.live import live_server
+from tests.mail.test_smtp import USERNAME, running_server
+from weflux.app import create_app
+from weflux.config import generate_encryption_key_entry, parse_encryption_keys
+from weflux.crypto.keyring import KeyRing
+from weflux.crypto.rotation import rotate_keys
+from weflux.crypto.secret import SecretRedactingFilter
+from weflux.db import Database
+from weflux.logs import JsonFormatter
+from weflux.whatsapp.fake_cloud_api import FakeCloudApi, running
+
+PHONE_NUMBER_ID = "106540352242922"
+SECRET_COLUMNS = {"access_token_enc", "app_secret_enc", "webhook_verify_token_enc", "password_enc"}
+
+
+def canary(kind: str) -> str:
+    return f"Canary{kind}{uuid.uuid4().hex}"
+
+
+class _Capture(logging.Handler):
+    """Every record of our code, formatted with extras and tracebacks, before any redaction."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.setFormatter(JsonFormatter())
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("mail.log"):  # the test SMTP server's own log, not ours
+            return
+        self.lines.append(self.format(record))
+
+
+@pytest.fixture
+def captured_logs() -> Iterator[_Capture]:
+    capture = _Capture()
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(capture)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield capture
+    finally:
+        root.removeHandler(capture)
+        root.setLevel(previous)
+
+
+async def _graphql(client: httpx.AsyncClient, token: str, query: str, **variables: object) -> dict:  # type: ignore[type-arg]
+    response = await client.post(
+        "/graphql",
+        json={"query": query, "variables": variables},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    return response.json()  # type: ignore[no-any-return]
+
+
+async def _dump_database(owner_url: str) -> tuple[str, str]:
+    """(every non-secret value, every secret-column value) of every table, as text."""
+    owner = Database(owner_url)
+    plain: list[str] = []
+    sealed: list[str] = []
+    try:
+        async with owner.engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: inspect(sync).get_table_names())
+            for table in tables:
+                result = await conn.execute(text(f'SELECT * FROM "{table}"'))  # noqa: S608
+                for row in result.mappings():
+                    for column, value in row.items():
+                        (sealed if column in SECRET_COLUMNS else plain).append(f"{value!s}")
+    finally:
+        await owner.dispose()
+    return "\n".join(plain), "\n".join(sealed)
+
+
+async def test_no_secret_escapes_anywhere(
+    database_urls: DatabaseUrls, tmp_path: Path, captured_logs: _Capture
+) -> None:
+    secrets = {
+        "password": canary("Pass-Word-"),
+        "access_token": "EAAG" + canary("Token"),
+        "rotated_token": "EAAG" + canary("Rotated"),
+        "rejected_token": "EAAG" + canary("Rejected"),
+        "app_secret": canary("AppSecret"),
+        "verify_token": canary("Verify"),
+        "smtp_password": canary("Smtp"),
+        "wrong_smtp_password": canary("WrongSmtp"),
+    }
+    fake = FakeCloudApi()
+    fake.add_number(PHONE_NUMBER_ID, access_token=secrets["access_token"])
+    responses: list[str] = []
+    frames: list[str] = []
+
+    async def keep(response: httpx.Response) -> None:
+        await response.aread()
+        responses.append(json.dumps(dict(response.headers)) + response.text)
+
+    old_key = generate_encryption_key_entry("old")
+    async with running(fake) as meta_url:
+        settings = make_settings(
+            tmp_path,
+            database_url=database_urls.app,
+            database_migration_url=database_urls.owner,
+            meta_graph_url=meta_url,
+            encryption_keys=old_key,
+        )
+        smtp_accounts = {USERNAME: secrets["smtp_password"]}
+
+        def smtp_auth(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+            from aiosmtpd.smtp import AuthResult
+
+            ok = smtp_accounts.get(auth_data.login.decode()) == auth_data.password.decode()
+            return AuthResult(success=ok, handled=ok)
+
+        with running_server(authenticator=smtp_auth, auth_require_tls=False) as (_, smtp_port):
+            async with (
+                live_server(create_app(settings)) as base_url,
+                httpx.AsyncClient(base_url=base_url, event_hooks={"response": [keep]}) as client,
+            ):
+                signup = await client.post(
+                    "/auth/signup",
+                    json={
+                        "organizationName": "Canary Co",
+                        "name": "Ada",
+                        "email": "ada@canary.example",
+                        "password": secrets["password"],
+                    },
+                )
+                token = signup.json()["accessToken"]
+                await client.post(
+                    "/auth/login",
+                    json={"email": "ada@canary.example", "password": secrets["password"] + "x"},
+                )
+                connected = await _graphql(
+                    client,
+                    token,
+                    """mutation($input: ConnectWhatsAppAccountInput!) {
+                          connectWhatsAppAccount(input: $input) { id hasAppSecret } }""",
+                    input={
+                        "displayPhoneNumber": "+1 555 0100",
+                        "phoneNumberId": PHONE_NUMBER_ID,
+                        "businessAccountId": "102290129340398",
+                        "accessToken": secrets["access_token"],
+                        "appSecret": secrets["app_secret"],
+                        "webhookVerifyToken": secrets["verify_token"],
+                    },
+                )
+                account_id = connected["data"]["connectWhatsAppAccount"]["id"]
+                update = """mutation($input: UpdateWhatsAppCredentialsInput!) {
+                      updateWhatsAppCredentials(input: $input) { id } }"""
+                rejected = await _graphql(
+                    client,
+                    token,
+                    update,
+                    input={"id": account_id, "accessToken": secrets["rejected_token"]},
+                )
+                assert rejected["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+                fake.set_access_token(PHONE_NUMBER_ID, secrets["rotated_token"])
+                await _graphql(
+                    client,
+                    token,
+                    update,
+                    input={"id": account_id, "accessToken": secrets["rotated_token"]},
+                )
+                fake.fail_next(code=131000, http_status=500, message="Something went wrong")
+                refresh = "mutation($id: ID!) { refreshWhatsAppAccountHealth(id: $id) { status } }"
+                await _graphql(client, token, refresh, id=account_id)
+                await _graphql(client, token, refresh, id=account_id)
+                smtp = """mutation($input: SmtpSettingsInput!) {
+                      updateSmtpSettings(input: $input) { hasPassword } }"""
+                smtp_input = {
+                    "host": "127.0.0.1",
+                    "port": smtp_port,
+                    "username": USERNAME,
+                    "password": secrets["smtp_password"],
+                    "fromAddress": "noreply@canary.example",
+                    "security": "NONE",
+                }
+                await _graphql(client, token, smtp, input=smtp_input)
+                sent = await _graphql(
+                    client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
+                )
+                assert sent == {"data": {"sendTestEmail": True}}
+                await _graphql(
+                    client,
+                    token,
+                    smtp,
+                    input=smtp_input | {"password": secrets["wrong_smtp_password"]},
+                )
+                failed = await _graphql(
+                    client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
+                )
+                assert failed["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+                await _graphql(
+                    client,
+                    token,
+                    """{ whatsAppAccounts { id status hasAppSecret hasWebhookVerifyToken
+                              webhookPath credentialsUpdatedAt }
+                            smtpSettings { host hasPassword }
+                            auditEvents { edges { node { action targetId actor { id } } } } }""",
+                )
+                await _graphql(
+                    client, token, "query($id: ID!) { node(id: $id) { id } }", id=account_id
+                )
+
+                ws_url = base_url.replace("http", "ws") + "/graphql"
+                async with websockets.connect(
+                    ws_url, subprotocols=["graphql-transport-ws"]
+                ) as socket:
+                    await socket.send(
+                        json.dumps(
+                            {
+                                "type": "connection_init",
+                                "payload": {"authorization": f"Bearer {token}"},
+                            }
+                        )
+                    )
+                    frames.append(str(await socket.recv()))
+                    await socket.send(
+                        json.dumps(
+                            {
+                                "id": "1",
+                                "type": "subscribe",
+                                "payload": {"query": "{ whatsAppAccounts { id } }"},
+                            }
+                        )
+                    )
+                    try:
+                        while True:
+                            frame = str(await socket.recv())
+                            frames.append(frame)
+                            if json.loads(frame).get("type") in ("complete", "error"):
+                                break
+                    except websockets.ConnectionClosed as closed:
+                        frames.append(str(closed))
+
+        database = Database(database_urls.app)
+        try:
+            new_ring = KeyRing(
+                parse_encryption_keys(f"{generate_encryption_key_entry('new')},{old_key}")
+            )
+            rotated = await rotate_keys(database, new_ring)
+        finally:
+            await database.dispose()
+        assert rotated.rotated >= 3
+
+    assert any(r.authorization == f"Bearer {secrets['access_token']}" for r in fake.requests)
+    plain_columns, sealed_columns = await _dump_database(database_urls.owner)
+    haystacks = {
+        "HTTP responses": "\n".join(responses),
+        "WebSocket frames": "\n".join(frames),
+        "log records": "\n".join(captured_logs.lines),
+        "non-secret columns": plain_columns,
+        "secret columns": sealed_columns,
+    }
+    assert responses
+    assert frames
+    assert captured_logs.lines
+    leaks = [
+        f"{name} in {where}"
+        for name, value in secrets.items()
+        for where, haystack in haystacks.items()
+        if value in haystack
+    ]
+    assert leaks == []
+    assert sealed_columns.count("v1.new.") >= 3  # every stored secret is an envelope
+
+
+def test_the_redaction_filter_is_a_second_line(caplog: pytest.LogCaptureFixture) -> None:
+    from weflux.crypto.secret import Secret
+
+    value = canary("Redacted")
+    Secret(value)  # known to the process now
+    record = logging.LogRecord("weflux.test", logging.ERROR, __file__, 1, "oops %s", (value,), None)
+    SecretRedactingFilter().filter(record)
+    assert value not in record.getMessage()

@@ -1,0 +1,1 @@
+"""WhatsApp accounts and SMTP settings."""

@@ -1,0 +1,36 @@
+"""Reads of channels."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.types import Info
+
+from weflux.auth.permissions import Permission
+from weflux.gql.channels.types import (
+    SmtpSettings,
+    WhatsAppAccount,
+    to_smtp_settings,
+    to_whatsapp_account,
+)
+from weflux.gql.permissions import requires
+from weflux.services import channels as channel_service
+from weflux.services import smtp as smtp_service
+
+
+@strawberry.type
+class ChannelQuery:
+    @strawberry.field(
+        description="The workspace's connected WhatsApp numbers, with health and limits.",
+        permission_classes=[requires(Permission.READ_WORKSPACE)],
+    )
+    async def whats_app_accounts(self, info: Info) -> list[WhatsAppAccount]:
+        rows = await channel_service.live_accounts(info.context.unit)
+        return [to_whatsapp_account(row) for row in rows]
+
+    @strawberry.field(
+        description="The SMTP settings (ADMIN); null until saved.",
+        permission_classes=[requires(Permission.MANAGE_CHANNELS)],
+    )
+    async def smtp_settings(self, info: Info) -> SmtpSettings | None:
+        row = await smtp_service.current(info.context.unit, info.context.actor)
+        return to_smtp_settings(row) if row is not None else None

@@ -1,0 +1,94 @@
+"""GraphQL types of channels: never a secret, masked or not."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+import strawberry
+
+from weflux import models
+from weflux.gql.types import Node
+from weflux.ids import encode_global_id
+from weflux.services.channels import webhook_path
+
+
+@strawberry.enum(description="Meta's quality rating of a phone number.")
+class QualityRating(enum.Enum):
+    GREEN = "GREEN"
+    YELLOW = "YELLOW"
+    RED = "RED"
+    UNKNOWN = "UNKNOWN"
+
+
+@strawberry.type(description="A connected WhatsApp Business phone number, with its health.")
+class WhatsAppAccount(Node):
+    id: strawberry.ID
+    display_phone_number: str
+    phone_number_id: str
+    business_account_id: str
+    webhook_path: str = strawberry.field(
+        description="The channel's own webhook URL path (its app secret verifies it)."
+    )
+    quality_rating: QualityRating
+    messaging_limit_tier: str | None = strawberry.field(
+        description="TIER_250, TIER_2K, TIER_10K, TIER_100K or TIER_UNLIMITED."
+    )
+    throughput_level: str | None
+    verified_name: str | None
+    status: str = strawberry.field(
+        description="CONNECTED, FLAGGED, RESTRICTED, BANNED, TOKEN_INVALID or UNKNOWN."
+    )
+    status_detail: str | None
+    health_checked_at: datetime | None
+    credentials_updated_at: datetime
+    has_app_secret: bool
+    has_webhook_verify_token: bool
+
+
+@strawberry.type(description="The workspace's outgoing mail server (the password is write-only).")
+class SmtpSettings:
+    host: str
+    port: int
+    username: str | None
+    from_address: str
+    security: str = strawberry.field(description="STARTTLS, TLS or NONE.")
+    has_password: bool
+
+
+def _quality(value: str) -> QualityRating:
+    try:
+        return QualityRating(value)
+    except ValueError:
+        return QualityRating.UNKNOWN
+
+
+def to_whatsapp_account(row: models.WhatsAppAccount) -> WhatsAppAccount:
+    return WhatsAppAccount(
+        id=strawberry.ID(encode_global_id("WhatsAppAccount", row.id)),
+        display_phone_number=row.display_phone_number,
+        phone_number_id=row.phone_number_id,
+        business_account_id=row.business_account_id,
+        webhook_path=webhook_path(row),
+        quality_rating=_quality(row.quality_rating),
+        messaging_limit_tier=row.messaging_limit_tier,
+        throughput_level=row.throughput_level,
+        verified_name=row.verified_name,
+        status=row.status,
+        status_detail=row.status_detail,
+        health_checked_at=row.health_checked_at,
+        credentials_updated_at=row.credentials_updated_at,
+        has_app_secret=row.app_secret_enc is not None,
+        has_webhook_verify_token=row.webhook_verify_token_enc is not None,
+    )
+
+
+def to_smtp_settings(row: models.SmtpSettings) -> SmtpSettings:
+    return SmtpSettings(
+        host=row.host,
+        port=row.port,
+        username=row.username,
+        from_address=row.from_address,
+        security=row.security,
+        has_password=row.password_enc is not None,
+    )

@@ -1,0 +1,81 @@
+"""WhatsApp Business numbers connected to a workspace."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Index, Text, text
+from sqlmodel import Field
+
+from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
+
+
+class AccountStatus:
+    """What `WhatsAppAccount.status` may say."""
+
+    CONNECTED = "CONNECTED"
+    FLAGGED = "FLAGGED"
+    RESTRICTED = "RESTRICTED"
+    BANNED = "BANNED"
+    TOKEN_INVALID = "TOKEN_INVALID"  # noqa: S105
+    DISCONNECTED = "DISCONNECTED"
+    UNKNOWN = "UNKNOWN"
+
+
+class WhatsAppAccount(OrgScoped, table=True):
+    """A phone number of the WhatsApp Cloud API, with its encrypted credentials.
+
+    The `*_enc` columns hold AES-256-GCM envelopes (`weflux.crypto`), bound to this
+    workspace, table, column and row; nothing else here is secret.
+    """
+
+    __tablename__ = "whatsapp_accounts"
+    __table_args__ = (
+        Index(None, "org_id", "created_at"),
+        # One live connection of a number platform-wide; disconnected rows keep history.
+        Index(
+            "uq_whatsapp_accounts_live_phone_number_id",
+            "phone_number_id",
+            unique=True,
+            postgresql_where=text("disconnected_at IS NULL"),
+            sqlite_where=text("disconnected_at IS NULL"),
+        ),
+        Index(None, "webhook_key", unique=True),
+        Index(None, "business_account_id"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    display_phone_number: str = Field(max_length=32, nullable=False)
+    phone_number_id: str = Field(max_length=64, nullable=False)
+    business_account_id: str = Field(max_length=64, nullable=False)
+    webhook_key: str = Field(max_length=64, nullable=False)
+    access_token_enc: str | None = Field(default=None, sa_type=Text, repr=False)
+    app_secret_enc: str | None = Field(default=None, sa_type=Text, repr=False)
+    webhook_verify_token_enc: str | None = Field(default=None, sa_type=Text, repr=False)
+    credentials_updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
+    quality_rating: str = Field(default="UNKNOWN", max_length=16, nullable=False)
+    messaging_limit_tier: str | None = Field(default=None, max_length=32)
+    throughput_level: str | None = Field(default=None, max_length=32)
+    verified_name: str | None = Field(default=None, max_length=200)
+    status: str = Field(default=AccountStatus.UNKNOWN, max_length=32, nullable=False)
+    status_detail: str | None = Field(default=None, max_length=500)
+    health_checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = created_at_field()
+    disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class SmtpSettings(OrgScoped, table=True):
+    """A workspace's outgoing mail server; the password is an encrypted envelope."""
+
+    __tablename__ = "smtp_settings"
+    __table_args__ = (Index(None, "org_id", unique=True),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    host: str = Field(max_length=253, nullable=False)
+    port: int = Field(nullable=False)
+    username: str | None = Field(default=None, max_length=320)
+    password_enc: str | None = Field(default=None, sa_type=Text, repr=False)
+    from_address: str = Field(max_length=320, nullable=False)
+    security: str = Field(max_length=16, nullable=False)
+    updated_at: datetime = created_at_field()

@@ -1,0 +1,331 @@
+"""WhatsApp channels: connect, rotate credentials, disconnect, health and limits.
+
+Credentials are write-only: they arrive in plaintext, are sealed at once (AES-256-GCM,
+bound to workspace, table, column and row) and are opened again only to call Meta.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.crypto.fields import open_secret, seal
+from weflux.crypto.keyring import DecryptionError, KeyRing
+from weflux.errors import BadUserInput, Conflict, Forbidden, NotFound, WefluxError
+from weflux.models import AccountStatus, WhatsAppAccount, utcnow
+from weflux.realtime.broker import Broker
+from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.services.audit import RequestMeta, record
+from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth
+from weflux.whatsapp.errors import ErrorKind, MetaApiError
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PREFIX = "/webhooks/whatsapp/"
+_GRAPH_ID = re.compile(r"^\d{1,32}$")
+_STATUS = {
+    "CONNECTED": AccountStatus.CONNECTED,
+    "FLAGGED": AccountStatus.FLAGGED,
+    "RESTRICTED": AccountStatus.RESTRICTED,
+    "RATE_LIMITED": AccountStatus.RESTRICTED,
+    "BANNED": AccountStatus.BANNED,
+    "DELETED": AccountStatus.BANNED,
+    "DISABLED": AccountStatus.BANNED,
+}
+
+
+class UpstreamUnavailable(WefluxError):
+    """Meta could not be reached or asked us to slow down; nothing was changed."""
+
+    code = "UPSTREAM_UNAVAILABLE"
+    graphql_code = "UPSTREAM_UNAVAILABLE"
+    status = 503
+
+
+@dataclass(frozen=True)
+class Services:
+    """What channel operations need besides the session."""
+
+    keyring: KeyRing
+    cloud: CloudApiClient
+    broker: Broker
+
+
+def webhook_path(account: WhatsAppAccount) -> str:
+    return WEBHOOK_PREFIX + account.webhook_key
+
+
+def _require(principal: Principal, permission: Permission) -> None:
+    if not principal.can(permission):
+        raise Forbidden("Your role does not allow this")
+
+
+def _field_error(field: str, message: str) -> BadUserInput:
+    return BadUserInput(message, details=[{"field": field, "message": message}])
+
+
+def _graph_id(value: str, field: str) -> str:
+    value = value.strip()
+    if not _GRAPH_ID.match(value):
+        raise _field_error(field, f"`{field}` must be the numeric id Meta shows")
+    return value
+
+
+def _secret_input(value: str | None, field: str, *, required: bool = False) -> str | None:
+    if value is None or not value.strip():
+        if required:
+            raise _field_error(field, f"`{field}` is required")
+        return None
+    value = value.strip()
+    if len(value) > 4096 or any(ord(c) < 32 for c in value):
+        raise _field_error(field, f"`{field}` is not a valid credential")
+    return value
+
+
+def _meta_failure(error: MetaApiError) -> WefluxError:
+    """What a user is told when Meta refuses a credential check (never the token)."""
+    if error.kind == ErrorKind.TOKEN_INVALID:
+        return _field_error("accessToken", "Meta rejected the access token (access token rejected)")
+    if error.kind in (ErrorKind.RETRYABLE, ErrorKind.RATE_LIMITED):
+        return UpstreamUnavailable("Meta could not be reached; try again in a moment")
+    return _field_error(
+        "phoneNumberId",
+        f"Meta refused the request for this phone number ({error.code}: {error.title})",
+    )
+
+
+def apply_health(account: WhatsAppAccount, health: PhoneNumberHealth) -> None:
+    account.quality_rating = health.quality_rating
+    account.messaging_limit_tier = health.messaging_limit_tier
+    account.throughput_level = health.throughput_level
+    account.verified_name = health.verified_name or account.verified_name
+    account.status = _STATUS.get((health.status or "CONNECTED").upper(), AccountStatus.UNKNOWN)
+    account.status_detail = None
+    account.health_checked_at = utcnow()
+
+
+def apply_health_error(account: WhatsAppAccount, error: MetaApiError) -> None:
+    """Record what a failed health check says about the account."""
+    account.health_checked_at = utcnow()
+    if error.kind == ErrorKind.TOKEN_INVALID:
+        account.status = AccountStatus.TOKEN_INVALID
+        account.status_detail = "Meta rejected the access token; update the credentials"
+
+
+async def live_accounts(session: AsyncSession) -> Sequence[WhatsAppAccount]:
+    return (
+        await session.exec(
+            select(WhatsAppAccount)
+            .where(col(WhatsAppAccount.disconnected_at).is_(None))
+            .order_by(col(WhatsAppAccount.created_at), col(WhatsAppAccount.id))
+        )
+    ).all()
+
+
+async def get_live_account(session: AsyncSession, account_id: uuid.UUID) -> WhatsAppAccount:
+    account = await session.get(WhatsAppAccount, account_id)
+    if account is None or account.disconnected_at is not None:
+        raise NotFound("WhatsApp account not found")
+    return account
+
+
+async def _check_with_meta(
+    services: Services, phone_number_id: str, access_token: str
+) -> PhoneNumberHealth:
+    try:
+        return await services.cloud.phone_number_health(phone_number_id, access_token)
+    except MetaApiError as error:
+        raise _meta_failure(error) from None
+
+
+async def connect(
+    session: AsyncSession,
+    services: Services,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    display_phone_number: str,
+    phone_number_id: str,
+    business_account_id: str,
+    access_token: str,
+    app_secret: str | None,
+    webhook_verify_token: str | None,
+) -> WhatsAppAccount:
+    """Check the token against the Cloud API, then store the number and sealed secrets."""
+    _require(principal, Permission.MANAGE_CHANNELS)
+    phone_number_id = _graph_id(phone_number_id, "phoneNumberId")
+    business_account_id = _graph_id(business_account_id, "businessAccountId")
+    display = display_phone_number.strip()
+    if not display or len(display) > 32:
+        raise _field_error("displayPhoneNumber", "`displayPhoneNumber` must be 1 to 32 characters")
+    token = _secret_input(access_token, "accessToken", required=True)
+    assert token is not None
+    app_secret = _secret_input(app_secret, "appSecret")
+    verify_token = _secret_input(webhook_verify_token, "webhookVerifyToken")
+    health = await _check_with_meta(services, phone_number_id, token)
+
+    now = utcnow()
+    account = WhatsAppAccount(
+        org_id=principal.org_id,
+        display_phone_number=display,
+        phone_number_id=phone_number_id,
+        business_account_id=business_account_id,
+        webhook_key=secrets.token_urlsafe(24),
+        credentials_updated_at=now,
+    )
+    seal(services.keyring, account, "access_token_enc", token)
+    seal(services.keyring, account, "app_secret_enc", app_secret)
+    seal(services.keyring, account, "webhook_verify_token_enc", verify_token)
+    apply_health(account, health)
+    session.add(account)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise Conflict("This phone number is connected to a workspace already") from None
+    await record(
+        session,
+        "whatsapp_account.connected",
+        actor=principal,
+        target_type="WhatsAppAccount",
+        target_id=account.id,
+        meta=meta,
+        details={"phone_number_id": phone_number_id},
+    )
+    publish_after_commit(
+        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+    )
+    return account
+
+
+async def update_credentials(
+    session: AsyncSession,
+    services: Services,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    account_id: uuid.UUID,
+    access_token: str | None,
+    app_secret: str | None,
+    webhook_verify_token: str | None,
+) -> WhatsAppAccount:
+    """Replace any of the credentials; a new access token is checked with Meta first."""
+    _require(principal, Permission.MANAGE_CHANNELS)
+    account = await get_live_account(session, account_id)
+    token = _secret_input(access_token, "accessToken")
+    app_secret = _secret_input(app_secret, "appSecret")
+    verify_token = _secret_input(webhook_verify_token, "webhookVerifyToken")
+    changed = {
+        name: value
+        for name, value in (
+            ("access_token_enc", token),
+            ("app_secret_enc", app_secret),
+            ("webhook_verify_token_enc", verify_token),
+        )
+        if value is not None
+    }
+    if not changed:
+        raise BadUserInput("Give at least one credential to update")
+    if token is not None:
+        apply_health(account, await _check_with_meta(services, account.phone_number_id, token))
+    for column, value in changed.items():
+        seal(services.keyring, account, column, value)
+    account.credentials_updated_at = utcnow()
+    await session.flush()
+    await record(
+        session,
+        "whatsapp_account.credentials_updated",
+        actor=principal,
+        target_type="WhatsAppAccount",
+        target_id=account.id,
+        meta=meta,
+        details={"updated": sorted(column.removesuffix("_enc") for column in changed)},
+    )
+    publish_after_commit(
+        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+    )
+    return account
+
+
+async def disconnect(
+    session: AsyncSession,
+    services: Services,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    account_id: uuid.UUID,
+) -> None:
+    """Keep the number's history, destroy its credentials."""
+    _require(principal, Permission.MANAGE_CHANNELS)
+    account = await get_live_account(session, account_id)
+    account.access_token_enc = None
+    account.app_secret_enc = None
+    account.webhook_verify_token_enc = None
+    account.disconnected_at = utcnow()
+    account.status = AccountStatus.DISCONNECTED
+    await session.flush()
+    await record(
+        session,
+        "whatsapp_account.disconnected",
+        actor=principal,
+        target_type="WhatsAppAccount",
+        target_id=account.id,
+        meta=meta,
+    )
+    publish_after_commit(
+        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+    )
+
+
+async def refresh_health(
+    session: AsyncSession,
+    services: Services,
+    account: WhatsAppAccount,
+) -> WhatsAppAccount:
+    """Re-read quality rating, limit tier and status from Meta (worker and on demand)."""
+    try:
+        token = open_secret(services.keyring, account, "access_token_enc")
+    except DecryptionError as error:
+        log.error(
+            "stored access token unusable", extra={"account": str(account.id), "why": str(error)}
+        )
+        raise Conflict(
+            "The stored access token cannot be decrypted; update the credentials"
+        ) from None
+    if token is None:
+        raise Conflict("This account has no access token; update its credentials")
+    try:
+        health = await services.cloud.phone_number_health(account.phone_number_id, token.reveal())
+    except MetaApiError as error:
+        apply_health_error(account, error)
+        await session.flush()
+        publish_after_commit(
+            session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        )
+        if error.kind == ErrorKind.TOKEN_INVALID:
+            return account
+        raise UpstreamUnavailable("Meta could not be reached; try again in a moment") from None
+    apply_health(account, health)
+    await session.flush()
+    publish_after_commit(
+        session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+    )
+    return account
+
+
+async def refresh_health_on_demand(
+    session: AsyncSession, services: Services, principal: Principal, account_id: uuid.UUID
+) -> WhatsAppAccount:
+    _require(principal, Permission.REFRESH_CHANNEL_HEALTH)
+    account = await get_live_account(session, account_id)
+    return await refresh_health(session, services, account)

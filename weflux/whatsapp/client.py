@@ -1,0 +1,351 @@
+"""The WhatsApp Cloud API client: one shared connection pool, tokens only in headers."""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
+
+import httpx
+
+from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify, scrub
+
+if TYPE_CHECKING:
+    from weflux.config import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=15.0, write=15.0, pool=5.0)
+DEFAULT_LIMITS = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+HEALTH_FIELDS = (
+    "quality_rating",
+    "throughput",
+    "whatsapp_business_manager_messaging_limit",
+    "display_phone_number",
+    "verified_name",
+    "status",
+    "name_status",
+)
+
+_PATH_ID = re.compile(r"[0-9]{1,32}")
+_VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
+# An access token goes into a header: visible ASCII only, so no header can be injected
+# and no HTTP library echoes it back in an "illegal header value" message.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
+_MESSAGE_PREFIX = re.compile(r"^\(#\d+\)\s*")
+_MAX_TEXT = 1000
+
+
+class QualityRating(StrEnum):
+    """A phone number's quality colour; anything Meta sends beyond these reads UNKNOWN."""
+
+    GREEN = "GREEN"
+    YELLOW = "YELLOW"
+    RED = "RED"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneNumberHealth:
+    """Quality, limits and status of a business phone number, as Meta reports them."""
+
+    quality_rating: QualityRating
+    messaging_limit_tier: str | None
+    throughput_level: str | None
+    display_phone_number: str | None
+    verified_name: str | None
+    status: str | None
+    name_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class SentMessage:
+    """Meta's acknowledgement of an accepted outbound message."""
+
+    wa_message_id: str
+    wa_id: str | None
+    message_status: str | None
+
+
+def _check_path_id(value: str, what: str) -> str:
+    """Refuse anything but an ASCII-digit id of at most 32 characters."""
+    if not isinstance(value, str) or not _PATH_ID.fullmatch(value):
+        raise ValueError(f"{what} must be 1 to 32 ASCII digits")
+    return value
+
+
+def _check_token(access_token: str) -> str:
+    """Refuse an empty token or one that cannot travel in a header, without echoing it."""
+    if not isinstance(access_token, str) or not _HEADER_TOKEN.fullmatch(access_token):
+        raise ValueError("the access token is empty or holds characters not allowed in a header")
+    return access_token
+
+
+def _text(value: Any) -> str | None:
+    """A non-empty string, or None."""
+    return value if isinstance(value, str) and value else None
+
+
+def _integer(value: Any) -> int | None:
+    """An integer (Meta sometimes sends codes as strings), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        return int(value)
+    return None
+
+
+def _clip(text: str) -> str:
+    """Bound text kept from a response."""
+    return text if len(text) <= _MAX_TEXT else text[: _MAX_TEXT - 1] + "…"
+
+
+def _quality(value: Any) -> QualityRating:
+    """Map Meta's quality_rating to GREEN/YELLOW/RED, anything else to UNKNOWN."""
+    if isinstance(value, str):
+        try:
+            return QualityRating(value.strip().upper())
+        except ValueError:
+            pass
+    return QualityRating.UNKNOWN
+
+
+class CloudApiClient:
+    """Calls the WhatsApp Cloud API over one shared, pooled `httpx.AsyncClient`."""
+
+    def __init__(
+        self,
+        graph_url: str,
+        version: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        limits: httpx.Limits = DEFAULT_LIMITS,
+    ) -> None:
+        """Build the shared client for `{graph_url}/{version}/`."""
+        parts = urlsplit(graph_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("the Graph API URL must be an absolute http(s) URL")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ValueError("the Graph API URL must not carry a query, fragment or credentials")
+        if not _VERSION.fullmatch(version):
+            raise ValueError("the Graph API version must look like v25.0")
+        self.base_url = f"{graph_url.rstrip('/')}/{version}/"
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout,
+            limits=limits,
+            follow_redirects=False,
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "weflux"},
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Self:
+        """The client for `WEFLUX_META_GRAPH_URL` and `WEFLUX_META_GRAPH_VERSION`."""
+        return cls(settings.meta_graph_url, settings.meta_graph_version, transport=transport)
+
+    async def aclose(self) -> None:
+        """Close the shared connection pool."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        """Use the client as an async context manager that closes it on exit."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the shared connection pool."""
+        await self.aclose()
+
+    async def phone_number_health(
+        self, phone_number_id: str, access_token: str
+    ) -> PhoneNumberHealth:
+        """Read a number's quality rating, messaging limit, throughput and status."""
+        _check_path_id(phone_number_id, "phone_number_id")
+        body = await self._call(
+            "phone_number_health",
+            phone_number_id,
+            access_token,
+            "GET",
+            phone_number_id,
+            params={"fields": ",".join(HEALTH_FIELDS)},
+        )
+        throughput = body.get("throughput")
+        limit = body.get("whatsapp_business_manager_messaging_limit")
+        if isinstance(limit, dict):
+            # Tolerate an object form of the limit field, e.g. {"current_limit": "TIER_2K"}.
+            limit = limit.get("current_limit") or limit.get("tier")
+        return PhoneNumberHealth(
+            quality_rating=_quality(body.get("quality_rating")),
+            messaging_limit_tier=_text(limit),
+            throughput_level=_text(throughput.get("level"))
+            if isinstance(throughput, dict)
+            else None,
+            display_phone_number=_text(body.get("display_phone_number")),
+            verified_name=_text(body.get("verified_name")),
+            status=_text(body.get("status")),
+            name_status=_text(body.get("name_status")),
+        )
+
+    async def send_message(
+        self, phone_number_id: str, access_token: str, payload: dict[str, Any]
+    ) -> SentMessage:
+        """Send one message (`POST /{phone-number-id}/messages`); returns Meta's wamid."""
+        _check_path_id(phone_number_id, "phone_number_id")
+        product = payload.get("messaging_product", "whatsapp")
+        if product != "whatsapp":
+            raise ValueError('the payload\'s messaging_product must be "whatsapp"')
+        body = await self._call(
+            "send_message",
+            phone_number_id,
+            access_token,
+            "POST",
+            f"{phone_number_id}/messages",
+            json={**payload, "messaging_product": "whatsapp"},
+        )
+        messages = body.get("messages")
+        first = messages[0] if isinstance(messages, list) and messages else None
+        if not isinstance(first, dict):
+            first = {}
+        message_id = _text(first.get("id"))
+        if message_id is None:
+            error = MetaApiError(
+                code=None,
+                subcode=None,
+                title="Unexpected response",
+                message="the send was answered without a message id; it may have been sent",
+                fbtrace_id=None,
+                http_status=200,
+                kind=ErrorKind.PERMANENT,
+            )
+            self._log_failure("send_message", phone_number_id, error)
+            raise error
+        contacts = body.get("contacts")
+        contact = contacts[0] if isinstance(contacts, list) and contacts else None
+        return SentMessage(
+            wa_message_id=message_id,
+            wa_id=_text(contact.get("wa_id")) if isinstance(contact, dict) else None,
+            message_status=_text(first.get("message_status")),
+        )
+
+    async def _call(
+        self,
+        operation: str,
+        phone_number_id: str,
+        access_token: str,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, str] | None = None,
+        json: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Make one request; answer its JSON object or raise (and log once) a MetaApiError."""
+        headers = {"Authorization": f"Bearer {_check_token(access_token)}"}
+        error: MetaApiError
+        try:
+            response = await self._http.request(
+                method, path, params=params, json=json, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            error = MetaUnavailable(
+                title="Cloud API timed out",
+                message=scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), access_token),
+            )
+        except httpx.RequestError as exc:
+            error = MetaUnavailable(
+                title="Cloud API unreachable",
+                message=scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), access_token),
+            )
+        else:
+            if response.is_success:
+                try:
+                    body = response.json()
+                except ValueError:
+                    body = None
+                if isinstance(body, dict):
+                    return body
+                error = MetaApiError(
+                    code=None,
+                    subcode=None,
+                    title="Unexpected response",
+                    message="the Cloud API answered with a body that is not a JSON object",
+                    fbtrace_id=_text(response.headers.get("x-fb-trace-id")),
+                    http_status=response.status_code,
+                    kind=ErrorKind.PERMANENT,
+                )
+            else:
+                error = _error_from_response(response, access_token)
+        # Raised outside the except blocks, so no httpx exception (which holds the
+        # request and its Authorization header) rides along as __context__.
+        self._log_failure(operation, phone_number_id, error)
+        raise error
+
+    def _log_failure(self, operation: str, phone_number_id: str, error: MetaApiError) -> None:
+        """Log a failed call once, at WARNING, with Meta's identifiers as extras."""
+        log.warning(
+            "WhatsApp Cloud API %s failed: %s",
+            operation,
+            error,
+            extra={
+                "operation": operation,
+                "phone_number_id": phone_number_id,
+                "code": error.code,
+                "subcode": error.subcode,
+                "fbtrace_id": error.fbtrace_id,
+                "http_status": error.http_status,
+                "kind": error.kind.value,
+            },
+        )
+
+
+def _error_from_response(response: httpx.Response, access_token: str) -> MetaApiError:
+    """Turn a non-2xx answer into a MetaApiError, with or without Meta's error body."""
+    status = response.status_code
+    header_trace = _text(response.headers.get("x-fb-trace-id"))
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    details = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(details, dict):
+        return MetaApiError(
+            code=None,
+            subcode=None,
+            title=f"HTTP {status}",
+            message=f"the Cloud API answered HTTP {status} without a Graph API error body",
+            fbtrace_id=header_trace,
+            http_status=status,
+            kind=classify(None, status),
+        )
+    code = _integer(details.get("code"))
+    raw_message = _text(details.get("message")) or ""
+    error_data = details.get("error_data")
+    data_details = _text(error_data.get("details")) if isinstance(error_data, dict) else None
+    title = (
+        _text(details.get("error_user_title"))
+        or _MESSAGE_PREFIX.sub("", raw_message)
+        or f"HTTP {status}"
+    )
+    message = data_details or _text(details.get("error_user_msg")) or raw_message or title
+    return MetaApiError(
+        code=code,
+        subcode=_integer(details.get("error_subcode")),
+        title=_clip(scrub(title, access_token)),
+        message=_clip(scrub(message, access_token)),
+        fbtrace_id=_text(details.get("fbtrace_id")) or header_trace,
+        http_status=status,
+        kind=classify(code, status),
+    )

@@ -1,0 +1,1 @@
+"""Background work: delivery and maintenance loops, in-process or as `weflux worker`."""
