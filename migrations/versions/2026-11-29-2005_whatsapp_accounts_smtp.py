@@ -2,7 +2,7 @@
 
 Revision ID: 0003_channels
 Revises: 0002_invitations
-Create Date: 2026-11-29 21:00:00 UTC
+Create Date: 2026-11-29 20:05:00 UTC
 """
 
 from collections.abc import Sequence
