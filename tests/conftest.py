@@ -137,8 +137,9 @@ async def app(settings: Settings) -> AsyncIterator[Starlette]:
     from weflux.app import create_app
 
     application = create_app(settings)
-    async with LifespanManager(application) as manager:
-        yield manager.app  # type: ignore[misc]
+    async with LifespanManager(application):
+        # The app itself (its `state` holds the runtime); it needs no lifespan state in scope.
+        yield application
 
 
 @pytest.fixture

@@ -61,11 +61,16 @@ def captured_logs() -> Iterator[_Capture]:
     previous = root.level
     root.addHandler(capture)
     root.setLevel(logging.DEBUG)
+    # aiosqlite's threads log every operation at DEBUG, even after the test is over.
+    chatty = logging.getLogger("aiosqlite")
+    chatty_level = chatty.level
+    chatty.setLevel(logging.INFO)
     try:
         yield capture
     finally:
         root.removeHandler(capture)
         root.setLevel(previous)
+        chatty.setLevel(chatty_level)
 
 
 async def _graphql(client: httpx.AsyncClient, token: str, query: str, **variables: object) -> dict:  # type: ignore[type-arg]

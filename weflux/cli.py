@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -119,6 +120,68 @@ async def _run_worker(settings: Settings) -> int:
     return 0
 
 
+def cmd_webhooks_replay(args: argparse.Namespace) -> int:
+    """Reprocess stored webhook events (idempotent), all or those received since a time."""
+    from weflux.config import parse_duration
+    from weflux.models import utcnow
+
+    since = None
+    if args.since:
+        try:
+            since = datetime.fromisoformat(args.since)
+            if since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+        except ValueError:
+            since = utcnow() - parse_duration(args.since)
+    settings = _settings()
+    return asyncio.run(_replay(settings, since))
+
+
+async def _replay(settings: Settings, since: datetime | None) -> int:
+    from weflux.runtime import Runtime
+    from weflux.services.ingest import replay
+
+    runtime = Runtime(settings)
+    await runtime.start(worker=False)
+    try:
+        processed, failed = await replay(runtime, since=since)
+    finally:
+        await runtime.stop()
+    print(f"replayed {processed} event(s), {failed} failed")
+    return 1 if failed else 0
+
+
+def cmd_webhooks_failed(args: argparse.Namespace) -> int:
+    """List stored webhook events whose processing failed (they are retried by the worker)."""
+    settings = _settings()
+    return asyncio.run(_failed(settings))
+
+
+async def _failed(settings: Settings) -> int:
+    from sqlmodel import col, select
+
+    from weflux.db import Database
+    from weflux.models import WebhookEvent, WebhookEventStatus
+    from weflux.services.ingest import failed_events_summary
+
+    db = Database(settings.database_url)
+    try:
+        async with db.session(all_workspaces="list failed webhook events") as session:
+            events = (
+                await session.exec(
+                    select(WebhookEvent)
+                    .where(WebhookEvent.status == WebhookEventStatus.FAILED)
+                    .order_by(col(WebhookEvent.received_at))
+                    .limit(500)
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    lines = failed_events_summary(events)
+    print("\n".join(lines) if lines else "no failed webhook events")
+    return 0
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     """Apply the Alembic migrations."""
     configure_logging()
@@ -219,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help=cmd_worker.__doc__)
     worker.set_defaults(func=cmd_worker)
+
+    webhooks = commands.add_parser("webhooks", help="stored WhatsApp webhook events")
+    webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
+    replay = webhook_commands.add_parser("replay", help=cmd_webhooks_replay.__doc__)
+    replay.add_argument("--since", help="an ISO time, or a duration back from now (e.g. 2h)")
+    replay.set_defaults(func=cmd_webhooks_replay)
+    failed = webhook_commands.add_parser("failed", help=cmd_webhooks_failed.__doc__)
+    failed.set_defaults(func=cmd_webhooks_failed)
 
     migrate = commands.add_parser("migrate", help=cmd_migrate.__doc__)
     migrate.set_defaults(func=cmd_migrate)

@@ -127,6 +127,21 @@ class Settings(BaseSettings):
     var_dir: Path = Path("var")
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
+    # Inbox: whole-message keywords (trimmed, case-insensitive) that opt a contact out / in.
+    opt_out_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["STOP", "UNSUBSCRIBE"]
+    )
+    opt_in_keywords: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["START", "SUBSCRIBE"]
+    )
+    # Outbound delivery (the worker's `delivery` job; see weflux/worker/delivery.py).
+    delivery_interval: float = Field(default=0.5, gt=0, le=60)  # seconds between sweeps
+    delivery_batch_size: int = Field(default=50, ge=1, le=1000)
+    delivery_concurrency: int = Field(default=8, ge=1, le=100)  # conversations sent at once
+    delivery_lease: timedelta = timedelta(seconds=60)  # a claimed message's SENDING lease
+    delivery_max_attempts: int = Field(default=10, ge=1, le=100)
+    delivery_backoff_base: float = Field(default=2.0, gt=0, le=3600)  # seconds
+    delivery_backoff_cap: timedelta = timedelta(minutes=10)
 
     # Names of the secrets that were generated for development rather than configured.
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
@@ -147,6 +162,26 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies(cls, value: Any) -> list[str]:
         return _split_list(value)
+
+    @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
+    @classmethod
+    def _keywords(cls, value: Any) -> list[str]:
+        return _split_list(value)
+
+    @field_validator("delivery_lease", "delivery_backoff_cap", mode="before")
+    @classmethod
+    def _delivery_duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("delivery_lease")
+    @classmethod
+    def _lease(cls, value: timedelta) -> timedelta:
+        # A lease must outlast one Cloud API call (its timeouts add up to about 40 s) and
+        # the few seconds of retrying to store its outcome, or a second worker would take
+        # over a message whose send is still in flight.
+        if value < timedelta(seconds=50):
+            raise ValueError("the delivery lease must be at least 50 seconds")
+        return value
 
     @field_validator("database_url", "database_migration_url")
     @classmethod

@@ -110,6 +110,22 @@ class RateLimited(WefluxError):
         self.retry_after = retry_after
 
 
+class OutsideServiceWindow(WefluxError):
+    """More than 24 hours since the contact last wrote: only a template may be sent."""
+
+    code = "OUTSIDE_SERVICE_WINDOW"
+    graphql_code = "OUTSIDE_SERVICE_WINDOW"
+    status = 409
+
+
+class ContactOptedOut(WefluxError):
+    """The contact asked not to be messaged (STOP); they can opt in again (START)."""
+
+    code = "CONTACT_OPTED_OUT"
+    graphql_code = "CONTACT_OPTED_OUT"
+    status = 409
+
+
 class PayloadTooLarge(WefluxError):
     code = "PAYLOAD_TOO_LARGE"
     graphql_code = "BAD_USER_INPUT"

@@ -74,6 +74,7 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # httpcore's debug traces print raw headers; httpx logs every outgoing request.
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)
     # Second line of defence: known secret values never reach a handler's output.
     from weflux.crypto.secret import install_redaction
 

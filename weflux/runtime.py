@@ -15,12 +15,16 @@ from weflux.db import Database
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.services.channels import Services as ChannelServices
 from weflux.whatsapp.client import CloudApiClient
+from weflux.worker.delivery import build_throttle, deliver_due_messages
 from weflux.worker.health import refresh_due_accounts
 from weflux.worker.runner import Job, Worker
 
 log = logging.getLogger(__name__)
 
 HEALTH_SWEEP_SECONDS = 60.0
+WEBHOOK_SWEEP_SECONDS = 10.0
+# A delivery sweep that claims a full batch goes again at once, up to this many rounds.
+DELIVERY_MAX_ROUNDS = 20
 
 
 def create_redis(url: str) -> Redis:
@@ -60,7 +64,36 @@ class Runtime:
         async def health() -> int:
             return await refresh_due_accounts(self.db, self.channel_services, interval=interval)
 
-        return Worker([Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health)])
+        async def webhooks() -> int:
+            from weflux.services.ingest import retry_due_events
+
+            return await retry_due_events(self)
+
+        throttle = build_throttle(self.redis)
+        batch_size = self.settings.delivery_batch_size
+
+        async def delivery() -> int:
+            total = 0
+            for _ in range(DELIVERY_MAX_ROUNDS):
+                claimed = await deliver_due_messages(
+                    self.db,
+                    self.channel_services,
+                    self.settings,
+                    batch_size=batch_size,
+                    throttle=throttle,
+                )
+                total += claimed
+                if claimed < batch_size:
+                    break
+            return total
+
+        return Worker(
+            [
+                Job("delivery", every=self.settings.delivery_interval, run=delivery),
+                Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
+                Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
+            ]
+        )
 
     async def start(self, *, worker: bool) -> None:
         await self.broker.start()

@@ -27,11 +27,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
+from sqlmodel import col
 
 from weflux.models import Organization, OrgScoped, workspace_models
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
+AGENT_KEY = "weflux.agent_membership_id"
 
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
@@ -77,6 +79,25 @@ def set_scope(
         info[WORKSPACE_KEY] = org_id
     if all_workspaces:
         info[ALL_WORKSPACES_KEY] = all_workspaces
+
+
+def same_workspace(a: OrgScoped, b: OrgScoped) -> bool:
+    """Whether two loaded rows belong to one workspace (routing code across workspaces)."""
+    return a.org_id == b.org_id
+
+
+def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID) -> None:
+    """Confine the session further to what an Agent may see (CONTRACT §3).
+
+    Conversations assigned to them or to nobody; the messages of those; the contacts
+    of those. Every ORM read, update and delete obeys it, nested fields included.
+    """
+    _info(session)[AGENT_KEY] = membership_id
+
+
+def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
+    value = _info(session).get(AGENT_KEY)
+    return value if isinstance(value, uuid.UUID) else None
 
 
 async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
@@ -141,8 +162,39 @@ def _scope_statement(state: ORMExecuteState) -> Any:
     if state.is_insert:
         return _checked_insert(state, org_id, workspace_tables)
     if state.is_select or state.is_update or state.is_delete:
-        state.statement = state.statement.options(*_criteria(org_id))
+        options = _criteria(org_id)
+        agent = agent_restriction(session)
+        if agent is not None:
+            options += _agent_criteria(agent)
+        state.statement = state.statement.options(*options)
     return None
+
+
+def _agent_criteria(agent: uuid.UUID) -> list[Any]:
+    from sqlalchemy import or_, select
+
+    from weflux.models import Contact, Conversation, Message
+
+    def visible_conversation(cls: Any) -> Any:
+        return or_(cls.assignee_membership_id == agent, cls.assignee_membership_id.is_(None))
+
+    def in_visible_conversation(cls: Any) -> Any:
+        assignee = col(Conversation.assignee_membership_id)
+        visible = select(col(Conversation.id)).where(or_(assignee == agent, assignee.is_(None)))
+        return cls.conversation_id.in_(visible)
+
+    def with_visible_conversation(cls: Any) -> Any:
+        assignee = col(Conversation.assignee_membership_id)
+        visible = select(col(Conversation.contact_id)).where(
+            or_(assignee == agent, assignee.is_(None))
+        )
+        return cls.id.in_(visible)
+
+    return [
+        with_loader_criteria(Conversation, visible_conversation, include_aliases=True),
+        with_loader_criteria(Message, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(Contact, with_visible_conversation, include_aliases=True),
+    ]
 
 
 def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:

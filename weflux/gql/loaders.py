@@ -9,7 +9,15 @@ from typing import TYPE_CHECKING, Any
 from sqlmodel import SQLModel, col, select
 from strawberry.dataloader import DataLoader
 
-from weflux.models import Membership, Organization, User
+from weflux.models import (
+    Contact,
+    Conversation,
+    Membership,
+    Message,
+    Organization,
+    User,
+    WhatsAppAccount,
+)
 
 if TYPE_CHECKING:
     from weflux.gql.context import Context
@@ -21,6 +29,13 @@ class Loaders:
         self.user = DataLoader[uuid.UUID, User | None](load_fn=self._users)
         self.organization = DataLoader[uuid.UUID, Organization | None](load_fn=self._orgs)
         self.membership = DataLoader[uuid.UUID, Membership | None](load_fn=self._memberships)
+        # The inbox: rows of invisible conversations (Agents) load as None.
+        self.contact = DataLoader[uuid.UUID, Contact | None](load_fn=self._contacts)
+        self.conversation = DataLoader[uuid.UUID, Conversation | None](load_fn=self._conversations)
+        self.message = DataLoader[uuid.UUID, Message | None](load_fn=self._messages)
+        self.whatsapp_account = DataLoader[uuid.UUID, WhatsAppAccount | None](
+            load_fn=self._whatsapp_accounts
+        )
 
     async def _by_id(self, model: type[Any], ids: Sequence[uuid.UUID]) -> list[Any]:
         rows: Sequence[SQLModel] = (
@@ -37,3 +52,15 @@ class Loaders:
 
     async def _memberships(self, ids: Sequence[uuid.UUID]) -> list[Membership | None]:
         return await self._by_id(Membership, ids)
+
+    async def _contacts(self, ids: Sequence[uuid.UUID]) -> list[Contact | None]:
+        return await self._by_id(Contact, ids)
+
+    async def _conversations(self, ids: Sequence[uuid.UUID]) -> list[Conversation | None]:
+        return await self._by_id(Conversation, ids)
+
+    async def _messages(self, ids: Sequence[uuid.UUID]) -> list[Message | None]:
+        return await self._by_id(Message, ids)
+
+    async def _whatsapp_accounts(self, ids: Sequence[uuid.UUID]) -> list[WhatsAppAccount | None]:
+        return await self._by_id(WhatsAppAccount, ids)

@@ -17,9 +17,19 @@ from weflux.gql.identity.types import (
     to_organization,
     to_session,
 )
+from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
-from weflux.models import AuditEvent, AuthSession, Invitation, Membership, Organization
+from weflux.models import (
+    AuditEvent,
+    AuthSession,
+    Contact,
+    Conversation,
+    Invitation,
+    Membership,
+    Message,
+    Organization,
+)
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 
 Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
@@ -64,6 +74,23 @@ async def _whatsapp_account(info: Info, row_id: uuid.UUID) -> Node | None:
     return to_whatsapp_account(row) if row and row.disconnected_at is None else None
 
 
+# The inbox: the scoped session hides another workspace's rows and, from an Agent,
+# conversations assigned to someone else with their messages and contacts.
+async def _contact(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Contact, row_id)
+    return to_contact(row) if row else None
+
+
+async def _conversation(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Conversation, row_id)
+    return to_conversation(row) if row else None
+
+
+async def _message(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Message, row_id)
+    return to_message(row) if row else None
+
+
 RESOLVERS: dict[str, Resolver] = {
     "WhatsAppAccount": _whatsapp_account,
     "Member": _member,
@@ -71,6 +98,9 @@ RESOLVERS: dict[str, Resolver] = {
     "Session": _session,
     "Invitation": _invitation,
     "AuditEvent": _audit_event,
+    "Contact": _contact,
+    "Conversation": _conversation,
+    "Message": _message,
 }
 
 

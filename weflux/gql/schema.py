@@ -23,6 +23,10 @@ from weflux.gql.errors import CodedErrors
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
+from weflux.gql.inbox.mutations import InboxMutation
+from weflux.gql.inbox.queries import InboxQuery
+from weflux.gql.inbox.sending import SendingMutation
+from weflux.gql.inbox.types import Contact, Conversation, Message
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires
 from weflux.gql.types import Node
@@ -33,7 +37,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery):
+class Query(IdentityQuery, ChannelQuery, InboxQuery):
     @strawberry.field(
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
@@ -43,7 +47,7 @@ class Query(IdentityQuery, ChannelQuery):
 
 
 @strawberry.type(description="Every write.")
-class Mutation(IdentityMutation, ChannelMutation):
+class Mutation(IdentityMutation, ChannelMutation, InboxMutation, SendingMutation):
     pass
 
 
@@ -60,7 +64,17 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     return strawberry.Schema(
         query=Query,
         mutation=Mutation,
-        types=[Member, Organization, Session, Invitation, AuditEvent, WhatsAppAccount],
+        types=[
+            Member,
+            Organization,
+            Session,
+            Invitation,
+            AuditEvent,
+            WhatsAppAccount,
+            Contact,
+            Conversation,
+            Message,
+        ],
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )

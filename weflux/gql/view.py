@@ -29,8 +29,9 @@ from weflux.api.client_ip import client_ip
 from weflux.api.ratelimit import graphql_rate_limited_response
 from weflux.api.security import IDE_CSP
 from weflux.api.validation import is_json, read_body
+from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import set_scope
+from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.auth.tokens import bearer_token
 from weflux.db import discard_after_commit, run_after_commit
 from weflux.errors import PayloadTooLarge, WefluxError, graphql_unauthenticated
@@ -104,6 +105,8 @@ class GraphQLApp(GraphQL[Context, None]):
         scope["state"] = {**scope.get("state", {}), "principal": principal}
         async with state.db.sessionmaker() as session:
             set_scope(session, principal.org_id)
+            if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
+                restrict_to_agent(session, principal.membership_id)
             scope["state"][_SESSION] = session
 
             async def send_no_store(message: Message) -> None:

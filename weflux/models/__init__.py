@@ -3,6 +3,19 @@
 from weflux.models.audit import AuditEvent
 from weflux.models.auth_session import AuthSession
 from weflux.models.base import OrgScoped, new_id, utcnow, workspace_models
+from weflux.models.inbox import (
+    STATUS_RANK,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    TemplateStatusEvent,
+    WebhookEvent,
+    WebhookEventStatus,
+    moves_forward,
+)
 from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
@@ -10,17 +23,28 @@ from weflux.models.user import User
 from weflux.models.whatsapp import AccountStatus, SmtpSettings, WhatsAppAccount
 
 __all__ = [
+    "STATUS_RANK",
     "AccountStatus",
     "AuditEvent",
     "AuthSession",
+    "Contact",
+    "Conversation",
+    "ConversationStatus",
     "Invitation",
     "Membership",
+    "Message",
+    "MessageDirection",
+    "MessageStatus",
     "OrgScoped",
     "Organization",
     "Role",
     "SmtpSettings",
+    "TemplateStatusEvent",
     "User",
+    "WebhookEvent",
+    "WebhookEventStatus",
     "WhatsAppAccount",
+    "moves_forward",
     "new_id",
     "utcnow",
     "workspace_models",

@@ -1,0 +1,580 @@
+"""`/graphql` under attack: limits, transport rules, masking, headers, CORS, IDE, sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Origin, Subprotocol
+
+from tests.fixtures.api import error_codes, gql, tokens_for
+from tests.fixtures.factories import Actor
+from tests.gql.conftest import ClientFactory
+from weflux.api.security import IDE_CSP
+from weflux.config import Settings
+from weflux.services import members as member_service
+
+# Transport and limit checks do not depend on the database: SQLite is enough. Tests
+# that authenticate over a real socket run on both dialects.
+sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])
+
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+HSTS = "max-age=31536000; includeSubDomains"
+NOT_EXECUTED_MARKERS = ('"viewer"', '"data"')
+
+
+@pytest.fixture
+async def token(client: httpx.AsyncClient, admin: Actor) -> str:
+    return str((await tokens_for(client, admin))["accessToken"])
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def messages(response: httpx.Response) -> list[str]:
+    return [e["message"] for e in response.json().get("errors", [])]
+
+
+def refused(response: httpx.Response) -> None:
+    """The operation was not executed: errors, no data."""
+    body = response.json()
+    assert body.get("errors"), body
+    assert body.get("data") is None, body
+
+
+# --- query limits --------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    """`{ viewer { user { a { a { ... } } } } }` reaching `depth` levels."""
+    inner = "id"
+    for _ in range(depth - 2):
+        inner = f"a {{ {inner} }}"
+    return f"{{ viewer {{ user {{ {inner} }} }} }}"
+
+
+@sqlite_only
+async def test_a_query_deeper_than_10_is_rejected(client: httpx.AsyncClient, token: str) -> None:
+    # Given the deepest query the schema allows, it runs
+    deepest = "{ auditEvents { edges { node { actor { organization { id } } } } } }"
+    assert "errors" not in (await gql(client, token, deepest)).json()
+    # When a query nests deeper than 10
+    response = await gql(client, token, nested(12))
+    # Then it is rejected by the depth limit, unexecuted
+    refused(response)
+    assert any("exceeds maximum operation depth of 10" in m for m in messages(response))
+
+
+@sqlite_only
+async def test_a_deep_introspection_query_is_rejected(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    # Given introspection, exempt from the depth limit, and its fan-out
+    inner = "name"
+    for _ in range(6):
+        inner = f"fields {{ type {{ ofType {{ ofType {{ {inner} }} }} }} }}"
+    # When an authenticated caller nests `fields` to amplify the answer
+    response = await gql(client, token, f"{{ __schema {{ types {{ {inner} }} }} }}")
+    # Then the introspection depth rule refuses it
+    refused(response)
+    assert error_codes(response) == ["GRAPHQL_VALIDATION_FAILED"]
+
+
+@sqlite_only
+async def test_more_than_15_aliases_are_rejected(client: httpx.AsyncClient, token: str) -> None:
+    def aliased(count: int) -> str:
+        return "{ " + " ".join(f"a{i}: viewer {{ id }}" for i in range(count)) + " }"
+
+    # Given 15 aliases are fine
+    assert "errors" not in (await gql(client, token, aliased(15))).json()
+    # When a query has 16
+    response = await gql(client, token, aliased(16))
+    # Then it is rejected, unexecuted
+    refused(response)
+    assert any("aliases" in m for m in messages(response))
+
+
+@sqlite_only
+async def test_more_than_2000_tokens_are_rejected(client: httpx.AsyncClient, token: str) -> None:
+    # Given a document of more than 2,000 tokens (6 + 2,100)
+    query = "{ viewer { " + " ".join(["id"] * 2100) + " } }"
+    # When it is sent
+    response = await gql(client, token, query)
+    # Then parsing stops at the limit, nothing runs
+    refused(response)
+    assert error_codes(response) == ["GRAPHQL_VALIDATION_FAILED"]
+    assert any("2000 tokens" in m for m in messages(response))
+
+
+@sqlite_only
+@pytest.mark.parametrize("first", [101, 1000, 0, -1])
+async def test_audit_page_size_out_of_range_is_bad_user_input(
+    client: httpx.AsyncClient, token: str, first: int
+) -> None:
+    query = "query ($first: Int) { auditEvents(first: $first) { edges { cursor } } }"
+    response = await gql(client, token, query, {"first": first})
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    assert response.json()["data"] is None
+    ok = await gql(client, token, query, {"first": 100})
+    assert "errors" not in ok.json()
+
+
+@sqlite_only
+async def test_field_suggestions_are_not_given(client: httpx.AsyncClient, token: str) -> None:
+    for query in ("{ viewr { id } }", "{ viewer { rol } }", "{ sesions { id } }"):
+        response = await gql(client, token, query)
+        refused(response)
+        assert error_codes(response) == ["GRAPHQL_VALIDATION_FAILED"]
+        assert "Did you mean" not in response.text
+
+
+# --- transport ---------------------------------------------------------------------------
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"query": "{ viewer { id } }"}]',
+        b'  \n [{"query": "{ viewer { id } }"}, {"query": "{ members { id } }"}]',
+        b"[]",
+        b'\xef\xbb\xbf[{"query": "{ viewer { id } }"}]',  # behind a UTF-8 BOM
+    ],
+)
+async def test_a_batch_is_refused_with_400(
+    client: httpx.AsyncClient, token: str, body: bytes
+) -> None:
+    headers = {**auth(token), "Content-Type": "application/json"}
+    response = await client.post("/graphql", content=body, headers=headers)
+    assert response.status_code == 400
+    assert '"viewer"' not in response.text
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@sqlite_only
+async def test_get_with_a_query_is_never_executed(client: httpx.AsyncClient, token: str) -> None:
+    params = {"query": "{ viewer { id user { email } } }"}
+    # Without a token: 401
+    anonymous = await client.get("/graphql", params=params)
+    assert anonymous.status_code == 401
+    # With a token: refused too, no data
+    authenticated = await client.get("/graphql", params=params, headers=auth(token))
+    assert authenticated.status_code != 200
+    assert authenticated.status_code == 405
+    assert "admin@acme.example" not in authenticated.text
+    assert '"data"' not in authenticated.text
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",  # a "simple" CORS request: the classic CSRF vector
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/graphql",
+        "application/jsonp",
+        "application/json-seq",
+        None,
+    ],
+)
+async def test_a_body_that_is_not_json_gets_415(
+    client: httpx.AsyncClient, token: str, content_type: str | None
+) -> None:
+    headers = auth(token)
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    body = json.dumps({"query": "{ viewer { id } }"}).encode()
+    response = await client.post("/graphql", content=body, headers=headers)
+    assert response.status_code == 415
+    assert '"viewer"' not in response.text
+
+
+@sqlite_only
+async def test_application_json_with_a_charset_is_fine(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    headers = {**auth(token), "Content-Type": "application/json; charset=utf-8"}
+    body = json.dumps({"query": "{ viewer { role } }"}).encode()
+    response = await client.post("/graphql", content=body, headers=headers)
+    assert response.json() == {"data": {"viewer": {"role": "ADMIN"}}}
+
+
+@sqlite_only
+async def test_a_body_over_the_limit_gets_413(
+    client: httpx.AsyncClient, token: str, settings: Settings
+) -> None:
+    limit = settings.graphql_max_body_bytes
+    payload = json.dumps({"query": "{ viewer { id } }", "variables": {"pad": "x" * limit}})
+    headers = {**auth(token), "Content-Type": "application/json"}
+    # Declared up front
+    declared = await client.post("/graphql", content=payload.encode(), headers=headers)
+    assert declared.status_code == 413
+    assert declared.headers["Cache-Control"] == "no-store"
+
+    # Streamed without a Content-Length (chunked): cut off all the same
+    async def chunks() -> AsyncIterator[bytes]:
+        data = payload.encode()
+        for start in range(0, len(data), 16_384):
+            yield data[start : start + 16_384]
+
+    streamed = await client.post("/graphql", content=chunks(), headers=headers)
+    assert streamed.status_code == 413
+
+
+# --- introspection -------------------------------------------------------------------------
+
+INTROSPECTION = "{ __schema { queryType { name } } }"
+
+
+@sqlite_only
+async def test_introspection_works_for_an_authenticated_caller(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    response = await gql(client, token, INTROSPECTION)
+    assert response.json() == {"data": {"__schema": {"queryType": {"name": "Query"}}}}
+
+
+@sqlite_only
+async def test_introspection_is_impossible_unauthenticated(client: httpx.AsyncClient) -> None:
+    response = await gql(client, None, INTROSPECTION)
+    assert response.status_code == 401
+    assert "__schema" not in response.text
+    assert "Query" not in response.text
+
+
+@sqlite_only
+async def test_introspection_can_be_turned_off_entirely(
+    make_client: ClientFactory, admin: Actor
+) -> None:
+    async with make_client(graphql_introspection=False) as client:
+        token = (await tokens_for(client, admin))["accessToken"]
+        for query in (INTROSPECTION, '{ __type(name: "Member") { fields { name } } }'):
+            response = await gql(client, token, query)
+            refused(response)
+            assert set(error_codes(response)) == {"GRAPHQL_VALIDATION_FAILED"}
+            assert any("introspection has been disabled" in m for m in messages(response))
+        # The API itself still works
+        assert "errors" not in (await gql(client, token, "{ viewer { id } }")).json()
+
+
+# --- errors ------------------------------------------------------------------------------
+
+LEAKS = ("secret", "/etc/passwd", "SELECT", "Traceback", "RuntimeError", "members.py")
+
+
+@sqlite_only
+async def test_an_unexpected_exception_is_masked(
+    client: httpx.AsyncClient, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a resolver that blows up with internals in its message
+    async def boom(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret /etc/passwd SELECT * FROM users")
+
+    monkeypatch.setattr(member_service, "members", boom)
+    # When it is queried
+    response = await gql(client, token, "{ members { id } }")
+    # Then the client learns nothing but that it failed
+    assert response.status_code == 200
+    [error] = response.json()["errors"]
+    assert error["message"] == "Internal server error"
+    assert error["extensions"] == {"code": "INTERNAL_SERVER_ERROR"}
+    for leak in LEAKS:
+        assert leak not in response.text
+
+
+@sqlite_only
+async def test_coded_errors_pass_through(
+    client: httpx.AsyncClient, token: str, agent: Actor
+) -> None:
+    # NOT_FOUND from a service
+    missing = await gql(client, token, 'query { node(id: "bm9wZQ") { id } }')
+    [error] = missing.json()["errors"]
+    assert error["extensions"] == {"code": "NOT_FOUND"}
+    assert error["message"] == "Not found"
+    # FORBIDDEN from a permission class
+    agent_token = (await tokens_for(client, agent))["accessToken"]
+    forbidden = await gql(client, agent_token, "{ auditEvents { edges { cursor } } }")
+    [error] = forbidden.json()["errors"]
+    assert error["extensions"] == {"code": "FORBIDDEN"}
+    assert error["message"] != "Internal server error"
+    # FORBIDDEN from a service
+    invite = """mutation { inviteMember(input: {email: "m@acme.example", name: "M",
+                role: ADMIN}) { token } }"""
+    manager_refusal = await gql(client, agent_token, invite)
+    assert error_codes(manager_refusal) == ["FORBIDDEN"]
+
+
+# --- headers -------------------------------------------------------------------------------
+
+
+def assert_graphql_headers(response: httpx.Response) -> None:
+    headers = response.headers
+    assert headers.get("cache-control") == "no-store", response.status_code
+    assert headers.get_list("content-security-policy") == [API_CSP]
+    assert headers.get("x-content-type-options") == "nosniff"
+    assert headers.get("referrer-policy") == "no-referrer"
+    assert "camera=()" in headers.get("permissions-policy", "")
+    assert "strict-transport-security" not in headers  # plain http, test env
+
+
+@sqlite_only
+async def test_every_graphql_response_carries_no_store_and_security_headers(
+    client: httpx.AsyncClient, token: str, agent: Actor
+) -> None:
+    json_headers = {**auth(token), "Content-Type": "application/json"}
+    agent_token = (await tokens_for(client, agent))["accessToken"]
+    responses = {
+        "ok": await gql(client, token, "{ viewer { id } }"),
+        "graphql error": await gql(client, agent_token, "{ auditEvents { edges { cursor } } }"),
+        "validation error": await gql(client, token, "{ viewr { id } }"),
+        "401": await gql(client, None, "{ viewer { id } }"),
+        "401 bad token": await gql(client, "nope", "{ viewer { id } }"),
+        "400 batch": await client.post("/graphql", content=b"[]", headers=json_headers),
+        "400 not json": await client.post("/graphql", content=b"{", headers=json_headers),
+        "405 get": await client.get("/graphql", headers=auth(token)),
+        "413": await client.post("/graphql", content=b" " * 300_000 + b"{}", headers=json_headers),
+        "415": await client.post("/graphql", content=b"{}", headers=auth(token)),
+    }
+    expected_status = {"401": 401, "401 bad token": 401, "405 get": 405, "413": 413, "415": 415}
+    for name, response in responses.items():
+        assert response.status_code == expected_status.get(name, response.status_code), name
+        assert response.status_code < 500, (name, response.text)
+        try:
+            assert_graphql_headers(response)
+        except AssertionError as error:
+            raise AssertionError(f"{name}: {dict(response.headers)}") from error
+
+
+@sqlite_only
+async def test_hsts_only_over_https(make_client: ClientFactory, admin: Actor) -> None:
+    async with make_client(base_url="http://testserver") as client:
+        token = (await tokens_for(client, admin))["accessToken"]
+        plain = await gql(client, token, "{ viewer { id } }")
+        assert "strict-transport-security" not in plain.headers
+    async with make_client(base_url="https://testserver") as client:
+        token = (await tokens_for(client, admin))["accessToken"]
+        secure = await gql(client, token, "{ viewer { id } }")
+        assert secure.headers["strict-transport-security"] == HSTS
+        assert (await gql(client, None, "{ viewer { id } }")).headers[
+            "strict-transport-security"
+        ] == HSTS
+
+
+# --- CORS ----------------------------------------------------------------------------------
+
+FRONTEND = "http://localhost:5173"
+
+
+@sqlite_only
+async def test_cors_preflight_from_the_configured_origin_only(
+    make_client: ClientFactory, admin: Actor
+) -> None:
+    async with make_client(allowed_origins=[FRONTEND]) as client:
+        preflight = {
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        }
+        # From the frontend: allowed, without credentials
+        ok = await client.options("/graphql", headers={"Origin": FRONTEND, **preflight})
+        assert ok.status_code == 200
+        assert ok.headers["access-control-allow-origin"] == FRONTEND
+        assert "access-control-allow-credentials" not in ok.headers
+        # From anywhere else: not allowed
+        for origin in ("https://evil.example", "http://localhost:5173.evil.example", "null"):
+            evil = await client.options("/graphql", headers={"Origin": origin, **preflight})
+            assert evil.status_code == 400
+            assert "access-control-allow-origin" not in evil.headers
+        # And an actual cross-origin POST from evil is answered without CORS consent
+        token = (await tokens_for(client, admin))["accessToken"]
+        response = await client.post(
+            "/graphql",
+            json={"query": "{ viewer { id } }"},
+            headers={**auth(token), "Origin": "https://evil.example"},
+        )
+        assert "access-control-allow-origin" not in response.headers
+
+
+# --- GraphiQL --------------------------------------------------------------------------------
+
+
+@sqlite_only
+async def test_graphiql_is_served_with_its_own_policy_only_when_enabled(
+    make_client: ClientFactory, client: httpx.AsyncClient
+) -> None:
+    html = {"Accept": "text/html"}
+    # Default test settings: no IDE
+    off = await client.get("/graphql", headers=html)
+    assert off.status_code == 401
+    assert "graphiql" not in off.text.lower()
+    # Enabled: the page, with its own CSP (and no data)
+    async with make_client(graphql_ide=True) as ide_client:
+        page = await ide_client.get("/graphql", headers=html)
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "graphiql" in page.text.lower()
+        assert page.headers.get_list("content-security-policy") == [IDE_CSP]
+        assert page.headers["x-content-type-options"] == "nosniff"
+        # The IDE changes nothing for queries: still no token, no answer
+        anonymous = await gql(ide_client, None, "{ viewer { id } }")
+        assert anonymous.status_code == 401
+        sneaky = await ide_client.get(
+            "/graphql", params={"query": "{ viewer { id } }"}, headers=html
+        )
+        assert '"data"' not in sneaky.text
+
+
+# --- WebSocket: connection_init -------------------------------------------------------------
+
+
+@dataclass
+class LiveServer:
+    http: httpx.AsyncClient
+    ws_url: str
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+async def live(settings: Settings) -> AsyncIterator[LiveServer]:
+    """The app under a real uvicorn on a free port."""
+    from weflux.app import create_app
+
+    app: Starlette = create_app(settings)
+    port = _free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                if task.done():
+                    task.result()  # raise why it could not start
+                await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            yield LiveServer(http=http, ws_url=f"ws://127.0.0.1:{port}/graphql")
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, timeout=10)
+
+
+TRANSPORT_WS = Subprotocol("graphql-transport-ws")
+
+
+async def _init(ws: ClientConnection, payload: Any) -> dict[str, Any] | int:
+    """Send connection_init; the server's reply, or the close code."""
+    message: dict[str, Any] = {"type": "connection_init"}
+    if payload is not None:
+        message["payload"] = payload
+    try:
+        await ws.send(json.dumps(message))
+        async with asyncio.timeout(5):
+            reply: dict[str, Any] = json.loads(await ws.recv())
+            return reply
+    except ConnectionClosed as closed:
+        return closed.rcvd.code if closed.rcvd is not None else -1
+
+
+async def test_connection_init_with_a_valid_token_is_acknowledged(
+    live: LiveServer, admin: Actor
+) -> None:
+    # Given an access token
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    # When a socket speaks graphql-transport-ws and sends it in connection_init
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        assert ws.subprotocol == "graphql-transport-ws"
+        reply = await _init(ws, {"authorization": f"Bearer {token}"})
+        # Then the connection is acknowledged
+        assert isinstance(reply, dict)
+        assert reply["type"] == "connection_ack"
+        assert not reply.get("payload")
+
+
+@pytest.mark.parametrize(
+    ("dialect", "case"),
+    [
+        ("postgresql", "revoked"),
+        *[
+            ("sqlite", case)
+            for case in (
+                "no payload",
+                "empty payload",
+                "no token",
+                "bad token",
+                "refresh token",
+                "revoked",
+            )
+        ],
+    ],
+)
+async def test_connection_init_without_a_valid_token_closes_4403(
+    live: LiveServer, admin: Actor, case: str
+) -> None:
+    pair = await tokens_for(live.http, admin)
+    if case == "revoked":
+        logout = await live.http.post("/auth/logout", headers=auth(pair["accessToken"]))
+        assert logout.status_code == 204
+    payload: Any = {
+        "no payload": None,
+        "empty payload": {},
+        "no token": {"authorization": "Bearer "},
+        "bad token": {"authorization": "Bearer not.a.token"},
+        "refresh token": {"authorization": f"Bearer {pair['refreshToken']}"},
+        "revoked": {"authorization": f"Bearer {pair['accessToken']}"},
+    }[case]
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        assert await _init(ws, payload) == 4403
+
+
+@sqlite_only
+async def test_subscribing_before_connection_init_is_refused(live: LiveServer) -> None:
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        await ws.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": "subscription { x }"}})
+        )
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4401
+
+
+@sqlite_only
+async def test_the_legacy_graphql_ws_subprotocol_is_not_accepted(
+    live: LiveServer, admin: Actor
+) -> None:
+    # Given a valid token
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    # When a client asks for the legacy `graphql-ws` subprotocol only
+    async with connect(live.ws_url, subprotocols=[Subprotocol("graphql-ws")]) as ws:
+        # Then it is not negotiated, and the socket closes (4406) without an ack
+        assert ws.subprotocol is None
+        reply = await _init(ws, {"authorization": f"Bearer {token}"})
+        assert reply == 4406
+
+
+@sqlite_only
+async def test_a_socket_from_a_foreign_origin_is_refused(live: LiveServer, admin: Actor) -> None:
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    # A page on evil.example cannot open a socket with the user's token
+    with pytest.raises(InvalidStatus) as refused_handshake:
+        async with connect(
+            live.ws_url, subprotocols=[TRANSPORT_WS], origin=Origin("https://evil.example")
+        ) as ws:
+            await _init(ws, {"authorization": f"Bearer {token}"})
+    assert refused_handshake.value.response.status_code == 403

@@ -1,0 +1,155 @@
+"""`/webhooks/whatsapp[/{webhookKey}]`: Meta's handshake and notifications.
+
+A POST is verified (HMAC-SHA256 of the raw bytes, constant time) before anything is
+parsed or stored, then written durably as it came, then answered 200; if the write
+fails the answer is 503 so that Meta retries. Processing happens right after the
+answer, and again from the worker for anything that did not finish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+
+from sqlmodel import col, select
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from weflux.api.validation import read_body
+from weflux.crypto.fields import open_secret
+from weflux.crypto.keyring import DecryptionError
+from weflux.errors import PayloadTooLarge, WefluxError
+from weflux.models import WebhookEvent, WhatsAppAccount
+from weflux.services import ingest
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 3 * 1024 * 1024
+_SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+_CHALLENGE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
+
+
+def _text(status: int, body: str) -> PlainTextResponse:
+    return PlainTextResponse(body, status_code=status, headers={"Cache-Control": "no-store"})
+
+
+class _Channel:
+    """What the URL says about whose secrets verify the request."""
+
+    def __init__(
+        self, account: WhatsAppAccount | None, app_secret: str | None, verify_token: str | None
+    ):
+        self.account = account
+        self.app_secret = app_secret
+        self.verify_token = verify_token
+
+
+async def _channel(request: Request) -> _Channel | Response:
+    settings = request.app.state.settings
+    platform_secret = (
+        settings.meta_app_secret.get_secret_value() if settings.meta_app_secret else None
+    )
+    platform_token = (
+        settings.meta_verify_token.get_secret_value() if settings.meta_verify_token else None
+    )
+    key = request.path_params.get("webhook_key")
+    if key is None:
+        return _Channel(None, platform_secret, platform_token)
+    if len(key) > 64:
+        return _text(404, "Not found")
+    db = request.app.state.db
+    async with db.session(all_workspaces="webhook routing: the keyed URL names its channel") as s:
+        account = (
+            await s.exec(
+                select(WhatsAppAccount).where(
+                    WhatsAppAccount.webhook_key == key,
+                    col(WhatsAppAccount.disconnected_at).is_(None),
+                )
+            )
+        ).first()
+    if account is None:
+        return _text(404, "Not found")
+    keyring = request.app.state.keyring
+    try:
+        app_secret = open_secret(keyring, account, "app_secret_enc")
+        verify_token = open_secret(keyring, account, "webhook_verify_token_enc")
+    except DecryptionError as error:
+        log.error("channel secrets unusable", extra={"account": str(account.id), "why": str(error)})
+        return _text(503, "Unavailable")
+    # A channel without its own app secret is served by the platform's Meta app.
+    return _Channel(
+        account,
+        app_secret.reveal() if app_secret else platform_secret,
+        verify_token.reveal() if verify_token else None,
+    )
+
+
+async def handshake(request: Request) -> Response:
+    """Meta's subscription check: echo `hub.challenge` for the right verify token."""
+    channel = await _channel(request)
+    if isinstance(channel, Response):
+        return channel
+    params = request.query_params
+    token = params.get("hub.verify_token", "")
+    challenge = params.get("hub.challenge", "")
+    expected = channel.verify_token
+    if (
+        params.get("hub.mode") != "subscribe"
+        or expected is None
+        or not hmac.compare_digest(token.encode(), expected.encode())
+        or not _CHALLENGE.match(challenge)
+    ):
+        return _text(403, "Forbidden")
+    return _text(200, challenge)
+
+
+def signature_valid(body: bytes, header: str | None, app_secret: str) -> bool:
+    """`X-Hub-Signature-256` equals HMAC-SHA256(app secret, raw body), in constant time."""
+    match = _SIGNATURE.match(header or "")
+    if match is None:
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, match.group(1).lower())
+
+
+async def notify(request: Request) -> Response:
+    """Verify, store durably, answer; then process."""
+    try:
+        body = await read_body(request, MAX_BODY_BYTES)
+    except PayloadTooLarge:
+        return _text(413, "Payload too large")
+    except WefluxError:
+        return _text(400, "Bad request")
+    channel = await _channel(request)
+    if isinstance(channel, Response):
+        return channel
+    if channel.app_secret is None or not signature_valid(
+        body, request.headers.get("x-hub-signature-256"), channel.app_secret
+    ):
+        return _text(401, "Invalid signature")
+    state = request.app.state
+    event = WebhookEvent(
+        account_id=channel.account.id if channel.account else None,
+        body=body,
+        body_sha256=hashlib.sha256(body).hexdigest(),
+    )
+    try:
+        async with state.db.session(all_workspaces="webhook intake: routed when processed") as s:
+            s.add(event)
+    except Exception:
+        log.exception("could not store a verified webhook; Meta will retry")
+        return _text(503, "Unavailable")
+    task = BackgroundTask(ingest.process_event_safely, state.runtime, event.id)
+    return PlainTextResponse("OK", headers={"Cache-Control": "no-store"}, background=task)
+
+
+routes = [
+    Route("/webhooks/whatsapp", handshake, methods=["GET"]),
+    Route("/webhooks/whatsapp", notify, methods=["POST"]),
+    Route("/webhooks/whatsapp/{webhook_key}", handshake, methods=["GET"]),
+    Route("/webhooks/whatsapp/{webhook_key}", notify, methods=["POST"]),
+]

@@ -1,0 +1,1 @@
+"""The shared inbox in GraphQL: contacts, conversations, messages."""

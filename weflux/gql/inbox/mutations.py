@@ -1,0 +1,133 @@
+"""Inbox mutations: contacts, assignment, status and read state."""
+
+from __future__ import annotations
+
+import strawberry
+from strawberry.types import Info
+
+from weflux import models
+from weflux.auth.permissions import Permission
+from weflux.gql.inbox.types import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    to_contact,
+    to_conversation,
+)
+from weflux.gql.permissions import requires
+from weflux.ids import decode_global_id
+from weflux.realtime.broker import Broker
+from weflux.services import contacts as contact_service
+from weflux.services import conversations as conversation_service
+
+
+@strawberry.input(description="A new contact.")
+class CreateContactInput:
+    phone_number: str = strawberry.field(
+        description="International format; spaces, dashes, dots and parentheses are ignored."
+    )
+    name: str | None = None
+
+
+@strawberry.input(description="A contact's new name; null or blank clears it.")
+class UpdateContactInput:
+    id: strawberry.ID
+    name: str | None = strawberry.field(
+        default=strawberry.UNSET, description="Omitted: unchanged. Null or blank: cleared."
+    )
+
+
+@strawberry.input(description="Who handles a conversation.")
+class AssignConversationInput:
+    conversation_id: strawberry.ID
+    assignee_id: strawberry.ID | None = strawberry.field(
+        default=None, description="A Member's id; null unassigns."
+    )
+
+
+@strawberry.input(description="A conversation's new status.")
+class UpdateConversationStatusInput:
+    conversation_id: strawberry.ID
+    status: ConversationStatus
+
+
+def _broker(info: Info) -> Broker:
+    broker: Broker = info.context.request.app.state.broker
+    return broker
+
+
+@strawberry.type
+class InboxMutation:
+    @strawberry.mutation(
+        description="Add a contact (ADMIN, MANAGER); CONFLICT when the number exists already.",
+        permission_classes=[requires(Permission.MANAGE_CONTACTS)],
+    )
+    async def create_contact(self, info: Info, input: CreateContactInput) -> Contact:
+        row = await contact_service.create_contact(
+            info.context.unit, info.context.actor, input.phone_number, input.name
+        )
+        return to_contact(row)
+
+    @strawberry.mutation(
+        description="Rename a contact (ADMIN, MANAGER).",
+        permission_classes=[requires(Permission.MANAGE_CONTACTS)],
+    )
+    async def update_contact(self, info: Info, input: UpdateContactInput) -> Contact:
+        context = info.context
+        contact_id = decode_global_id(input.id, "Contact")
+        if input.name is strawberry.UNSET:
+            row = await contact_service.get_contact(context.unit, contact_id)
+        else:
+            row = await contact_service.update_contact(
+                context.unit, context.actor, contact_id, name=input.name
+            )
+        return to_contact(row)
+
+    @strawberry.mutation(
+        description="Assign a conversation (null: unassign). ADMIN and MANAGER: to any member. "
+        "AGENT: take an unassigned one, or give up their own.",
+        permission_classes=[requires(Permission.ASSIGN_SELF)],
+    )
+    async def assign_conversation(self, info: Info, input: AssignConversationInput) -> Conversation:
+        context = info.context
+        row = await conversation_service.assign(
+            context.unit,
+            context.actor,
+            decode_global_id(input.conversation_id, "Conversation"),
+            decode_global_id(input.assignee_id, "Member") if input.assignee_id else None,
+            broker=_broker(info),
+        )
+        return to_conversation(row)
+
+    @strawberry.mutation(
+        description="Open, park (PENDING) or resolve a visible conversation.",
+        permission_classes=[requires(Permission.REPLY)],
+    )
+    async def update_conversation_status(
+        self, info: Info, input: UpdateConversationStatusInput
+    ) -> Conversation:
+        context = info.context
+        row = await conversation_service.update_status(
+            context.unit,
+            context.actor,
+            decode_global_id(input.conversation_id, "Conversation"),
+            models.ConversationStatus(input.status.value),
+            broker=_broker(info),
+        )
+        return to_conversation(row)
+
+    @strawberry.mutation(
+        description="Mark a visible conversation read (its unread count becomes 0).",
+        permission_classes=[requires(Permission.REPLY)],
+    )
+    async def mark_conversation_read(
+        self, info: Info, conversation_id: strawberry.ID
+    ) -> Conversation:
+        context = info.context
+        row = await conversation_service.mark_read(
+            context.unit,
+            context.actor,
+            decode_global_id(conversation_id, "Conversation"),
+            broker=_broker(info),
+        )
+        return to_conversation(row)

@@ -1,0 +1,100 @@
+"""Reads of the inbox: conversation and contact lists, one conversation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import strawberry
+from strawberry.types import Info
+
+from weflux import models
+from weflux.auth.permissions import Permission
+from weflux.gql.inbox.types import (
+    AssigneeFilter,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    to_contact,
+    to_conversation,
+)
+from weflux.gql.permissions import requires
+from weflux.gql.types import Connection, Edge, PageInfo
+from weflux.ids import decode_global_id
+from weflux.services import contacts as contact_service
+from weflux.services import conversations as conversation_service
+from weflux.services.conversations import Page
+
+READ = [requires(Permission.READ_WORKSPACE)]
+
+Row = TypeVar("Row")
+Item = TypeVar("Item")
+
+
+def to_connection(page: Page[Row], convert: Callable[[Row], Item]) -> Connection[Item]:
+    edges = [Edge(node=convert(row), cursor=cursor) for row, cursor in page.items]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+    )
+
+
+@strawberry.type
+class InboxQuery:
+    @strawberry.field(
+        description="Conversations the caller may see (Agents: their own and unassigned ones), "
+        "newest activity first. `search` matches the contact's name, phone number or "
+        "WhatsApp id. At most 100 a page.",
+        permission_classes=READ,
+    )
+    async def conversations(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        status: ConversationStatus | None = None,
+        assignee: AssigneeFilter | None = AssigneeFilter.ANY,
+        search: str | None = None,
+    ) -> Connection[Conversation]:
+        page = await conversation_service.list_conversations(
+            info.context.unit,
+            info.context.actor,
+            first=first,
+            after=after,
+            status=models.ConversationStatus(status.value) if status is not None else None,
+            assignee=conversation_service.AssigneeFilter((assignee or AssigneeFilter.ANY).name),
+            search=search,
+        )
+        return to_connection(page, to_conversation)
+
+    @strawberry.field(
+        description="One conversation; NOT_FOUND when it is outside the caller's reach.",
+        permission_classes=READ,
+    )
+    async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
+        row = await conversation_service.get_conversation(
+            info.context.unit, decode_global_id(id, "Conversation")
+        )
+        return to_conversation(row)
+
+    @strawberry.field(
+        description="Contacts by name (Agents: those of conversations they may see). "
+        "`search` matches name, phone number or WhatsApp id. At most 100 a page.",
+        permission_classes=READ,
+    )
+    async def contacts(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        search: str | None = None,
+    ) -> Connection[Contact]:
+        page = await contact_service.list_contacts(
+            info.context.unit, info.context.actor, first=first, after=after, search=search
+        )
+        return to_connection(page, to_contact)

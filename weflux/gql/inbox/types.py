@@ -1,0 +1,229 @@
+"""GraphQL types of the shared inbox: contacts, conversations, messages.
+
+They are kept apart from the ORM rows (`to_x(row)` converters); related objects are
+loaded through the request's DataLoaders, so a page costs a constant number of queries.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime, timedelta
+
+import strawberry
+from strawberry.types import Info
+
+from weflux import models
+from weflux.errors import NotFound
+from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
+from weflux.gql.identity.types import Member, to_member
+from weflux.gql.types import Connection, Edge, Node, PageInfo, decode_cursor, encode_cursor
+from weflux.ids import encode_global_id
+from weflux.services import conversations as conversation_service
+
+SERVICE_WINDOW = timedelta(hours=24)
+
+
+@strawberry.enum(description="Where a conversation stands.")
+class ConversationStatus(enum.Enum):
+    OPEN = "OPEN"
+    PENDING = "PENDING"
+    RESOLVED = "RESOLVED"
+
+
+@strawberry.enum(description="Who wrote a message: the contact (INBOUND) or the team.")
+class MessageDirection(enum.Enum):
+    INBOUND = "INBOUND"
+    OUTBOUND = "OUTBOUND"
+
+
+@strawberry.enum(
+    description="Delivery state: inbound messages are RECEIVED; outbound ones move forward "
+    "QUEUED, SENDING, SENT, DELIVERED, READ, or end FAILED."
+)
+class MessageStatus(enum.Enum):
+    RECEIVED = "RECEIVED"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    FAILED = "FAILED"
+
+
+@strawberry.enum(description="Whose conversations to list.")
+class AssigneeFilter(enum.Enum):
+    ME = strawberry.enum_value("ME", description="Assigned to the caller.")
+    UNASSIGNED = strawberry.enum_value("UNASSIGNED", description="Assigned to nobody.")
+    ANY = strawberry.enum_value("ANY", description="Every conversation the caller may see.")
+
+
+@strawberry.type(description="A customer who writes to the workspace on WhatsApp.")
+class Contact(Node):
+    id: strawberry.ID
+    name: str | None = strawberry.field(description="The name the team or the contact gave.")
+    phone_number: str | None = strawberry.field(description="E.164, with the leading `+`.")
+    wa_id: str | None = strawberry.field(description="The WhatsApp id: the number's digits.")
+    user_id: str | None = strawberry.field(
+        description="Meta's business-scoped user id, when WhatsApp shares it."
+    )
+    opted_out: bool = strawberry.field(description="Whether the contact asked not to be messaged.")
+
+
+@strawberry.type(description="The thread between one contact and one of the workspace's numbers.")
+class Conversation(Node):
+    id: strawberry.ID
+    status: ConversationStatus = strawberry.field(description="Open, pending or resolved.")
+    last_message_at: datetime | None = strawberry.field(description="When the latest message was.")
+    unread_count: int = strawberry.field(description="Inbound messages nobody has read yet.")
+    service_window_expires_at: datetime | None = strawberry.field(
+        description="Until when free-form replies are allowed (24 h after the contact last "
+        "wrote); after it, only templates. Null when the contact never wrote."
+    )
+    row_id: strawberry.Private[uuid.UUID]
+    contact_id: strawberry.Private[uuid.UUID]
+    account_id: strawberry.Private[uuid.UUID]
+    assignee_membership_id: strawberry.Private[uuid.UUID | None]
+    last_message_id: strawberry.Private[uuid.UUID | None]
+
+    @strawberry.field(description="Who the conversation is with.")
+    async def contact(self, info: Info) -> Contact:
+        row = await info.context.loaders.contact.load(self.contact_id)
+        if row is None:
+            raise NotFound("Contact not found")
+        return to_contact(row)
+
+    @strawberry.field(description="The workspace's number the conversation runs on.")
+    async def whats_app_account(self, info: Info) -> WhatsAppAccount:
+        row = await info.context.loaders.whatsapp_account.load(self.account_id)
+        if row is None:
+            raise NotFound("WhatsApp account not found")
+        return to_whatsapp_account(row)
+
+    @strawberry.field(description="The member handling it; null when unassigned.")
+    async def assignee(self, info: Info) -> Member | None:
+        if self.assignee_membership_id is None:
+            return None
+        row = await info.context.loaders.membership.load(self.assignee_membership_id)
+        return to_member(row) if row is not None else None
+
+    @strawberry.field(description="The latest message, in or out.")
+    async def last_message(self, info: Info) -> Message | None:
+        if self.last_message_id is None:
+            return None
+        row = await info.context.loaders.message.load(self.last_message_id)
+        return to_message(row) if row is not None else None
+
+    @strawberry.field(
+        description="The history, oldest first and newest LAST: `last`/`before` scroll back, "
+        "`first`/`after` read forwards. Without arguments: the latest 50. At most 100 a page."
+    )
+    async def messages(
+        self,
+        info: Info,
+        first: int | None = None,
+        after: str | None = None,
+        last: int | None = None,
+        before: str | None = None,
+    ) -> Connection[Message]:
+        window = await conversation_service.list_messages(
+            info.context.unit,
+            self.row_id,
+            first=first,
+            after=decode_cursor(after) if after else None,
+            last=last,
+            before=decode_cursor(before) if before else None,
+        )
+        edges = [Edge(node=to_message(row), cursor=encode_cursor(row.id)) for row in window.rows]
+        return Connection(
+            edges=edges,
+            page_info=PageInfo(
+                has_next_page=window.has_next_page,
+                has_previous_page=window.has_previous_page,
+                start_cursor=edges[0].cursor if edges else None,
+                end_cursor=edges[-1].cursor if edges else None,
+            ),
+        )
+
+
+@strawberry.type(description="One WhatsApp message, inbound or outbound.")
+class Message(Node):
+    id: strawberry.ID
+    cursor: str = strawberry.field(
+        description="This message's place in its history: `after`/`before` of "
+        "`Conversation.messages`, and `after` of `messageAdded` to resume from it."
+    )
+    direction: MessageDirection = strawberry.field(description="Inbound or outbound.")
+    type: str = strawberry.field(description="text, image, template, … as WhatsApp names it.")
+    text: str | None = strawberry.field(description="The text or caption, if any.")
+    status: MessageStatus = strawberry.field(description="Where delivery stands.")
+    error_code: int | None = strawberry.field(description="Meta's error code when FAILED.")
+    error_title: str | None = strawberry.field(description="Meta's error title when FAILED.")
+    created_at: datetime = strawberry.field(description="When it was received or queued.")
+    wa_message_id: str | None = strawberry.field(description="WhatsApp's id (wamid) of it.")
+    conversation_id: strawberry.Private[uuid.UUID]
+    sent_by_membership_id: strawberry.Private[uuid.UUID | None]
+
+    @strawberry.field(description="The conversation it belongs to.")
+    async def conversation(self, info: Info) -> Conversation:
+        row = await info.context.loaders.conversation.load(self.conversation_id)
+        if row is None:
+            raise NotFound("Conversation not found")
+        return to_conversation(row)
+
+    @strawberry.field(description="The member who sent it (outbound); null otherwise.")
+    async def sent_by(self, info: Info) -> Member | None:
+        if self.sent_by_membership_id is None:
+            return None
+        row = await info.context.loaders.membership.load(self.sent_by_membership_id)
+        return to_member(row) if row is not None else None
+
+
+ContactConnection = Connection[Contact]
+ConversationConnection = Connection[Conversation]
+MessageConnection = Connection[Message]
+
+
+def to_contact(row: models.Contact) -> Contact:
+    return Contact(
+        id=strawberry.ID(encode_global_id("Contact", row.id)),
+        name=row.name,
+        phone_number=row.phone_number,
+        wa_id=row.wa_id,
+        user_id=row.user_id,
+        opted_out=row.opted_out,
+    )
+
+
+def to_conversation(row: models.Conversation) -> Conversation:
+    return Conversation(
+        id=strawberry.ID(encode_global_id("Conversation", row.id)),
+        status=ConversationStatus(row.status.value),
+        last_message_at=row.last_message_at,
+        unread_count=row.unread_count,
+        service_window_expires_at=(
+            row.last_inbound_at + SERVICE_WINDOW if row.last_inbound_at is not None else None
+        ),
+        row_id=row.id,
+        contact_id=row.contact_id,
+        account_id=row.account_id,
+        assignee_membership_id=row.assignee_membership_id,
+        last_message_id=row.last_message_id,
+    )
+
+
+def to_message(row: models.Message) -> Message:
+    return Message(
+        id=strawberry.ID(encode_global_id("Message", row.id)),
+        cursor=encode_cursor(row.id),
+        direction=MessageDirection(row.direction.value),
+        type=row.type,
+        text=row.text,
+        status=MessageStatus(row.status.value),
+        error_code=row.error_code,
+        error_title=row.error_title,
+        created_at=row.created_at,
+        wa_message_id=row.wa_message_id,
+        conversation_id=row.conversation_id,
+        sent_by_membership_id=row.sent_by_membership_id,
+    )

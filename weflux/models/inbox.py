@@ -1,0 +1,240 @@
+"""The shared inbox: contacts, conversations, messages, and the raw webhook log."""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Enum, Index, LargeBinary, Text, text
+from sqlmodel import Field, SQLModel
+
+from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
+
+
+class ConversationStatus(enum.StrEnum):
+    OPEN = "OPEN"
+    PENDING = "PENDING"
+    RESOLVED = "RESOLVED"
+
+
+class MessageDirection(enum.StrEnum):
+    INBOUND = "INBOUND"
+    OUTBOUND = "OUTBOUND"
+
+
+class MessageStatus(enum.StrEnum):
+    """Outbound statuses only move forward; FAILED is final."""
+
+    RECEIVED = "RECEIVED"
+    QUEUED = "QUEUED"
+    SENDING = "SENDING"
+    SENT = "SENT"
+    DELIVERED = "DELIVERED"
+    READ = "READ"
+    FAILED = "FAILED"
+
+
+STATUS_RANK = {
+    MessageStatus.QUEUED: 0,
+    MessageStatus.SENDING: 1,
+    MessageStatus.SENT: 2,
+    MessageStatus.DELIVERED: 3,
+    MessageStatus.READ: 4,
+}
+
+
+def moves_forward(current: MessageStatus, new: MessageStatus) -> bool:
+    """Whether `new` may replace `current` (never backwards, nothing after FAILED)."""
+    if current in (MessageStatus.FAILED, MessageStatus.RECEIVED) or current == new:
+        return False
+    if new == MessageStatus.FAILED:
+        return current in (MessageStatus.QUEUED, MessageStatus.SENDING, MessageStatus.SENT)
+    return STATUS_RANK.get(new, -1) > STATUS_RANK.get(current, -1)
+
+
+def _enum(kind: type[enum.Enum], name: str) -> Any:
+    return Enum(kind, name=name, native_enum=False, create_constraint=True, length=16)
+
+
+class Contact(OrgScoped, table=True):
+    """A customer: keyed by the business-scoped `user_id` when known, else by `wa_id`."""
+
+    __tablename__ = "contacts"
+    __table_args__ = (
+        Index(
+            "uq_contacts_org_id_user_id",
+            "org_id",
+            "user_id",
+            unique=True,
+            postgresql_where=text("user_id IS NOT NULL"),
+            sqlite_where=text("user_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_contacts_org_id_wa_id",
+            "org_id",
+            "wa_id",
+            unique=True,
+            postgresql_where=text("wa_id IS NOT NULL"),
+            sqlite_where=text("wa_id IS NOT NULL"),
+        ),
+        Index(None, "org_id", "name"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    wa_id: str | None = Field(default=None, max_length=32)
+    user_id: str | None = Field(default=None, max_length=128)
+    username: str | None = Field(default=None, max_length=128)
+    name: str | None = Field(default=None, max_length=256)
+    phone_number: str | None = Field(default=None, max_length=32)
+    opted_out: bool = Field(default=False, nullable=False)
+    opted_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = created_at_field()
+    updated_at: datetime = created_at_field()
+
+
+class Conversation(OrgScoped, table=True):
+    """The thread between one contact and one of the workspace's numbers."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        Index(
+            "uq_conversations_org_id_contact_id_account_id",
+            "org_id",
+            "contact_id",
+            "account_id",
+            unique=True,
+        ),
+        Index(None, "org_id", "last_message_at", "id"),
+        Index(None, "org_id", "assignee_membership_id", "last_message_at"),
+        Index(None, "org_id", "status", "last_message_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    contact_id: uuid.UUID = Field(foreign_key="contacts.id", nullable=False, ondelete="CASCADE")
+    account_id: uuid.UUID = Field(
+        foreign_key="whatsapp_accounts.id", nullable=False, ondelete="CASCADE"
+    )
+    status: ConversationStatus = Field(
+        default=ConversationStatus.OPEN, sa_type=_enum(ConversationStatus, "conversation_status")
+    )
+    assignee_membership_id: uuid.UUID | None = Field(
+        default=None, foreign_key="memberships.id", ondelete="SET NULL"
+    )
+    unread_count: int = Field(default=0, nullable=False)
+    last_message_id: uuid.UUID | None = Field(default=None)
+    last_message_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_inbound_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = created_at_field()
+    updated_at: datetime = created_at_field()
+
+
+class Message(OrgScoped, table=True):
+    """One message, inbound or outbound. An outbound row is also the delivery outbox."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index(None, "org_id", "conversation_id", "id"),
+        Index(
+            "uq_messages_org_id_wa_message_id",
+            "org_id",
+            "wa_message_id",
+            unique=True,
+            postgresql_where=text("wa_message_id IS NOT NULL"),
+            sqlite_where=text("wa_message_id IS NOT NULL"),
+        ),
+        Index(
+            "uq_messages_org_id_client_message_id",
+            "org_id",
+            "client_message_id",
+            unique=True,
+            postgresql_where=text("client_message_id IS NOT NULL"),
+            sqlite_where=text("client_message_id IS NOT NULL"),
+        ),
+        # The delivery worker's path, across workspaces: due outbound work.
+        Index(
+            "ix_messages_outbox",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('QUEUED', 'SENDING')"),
+            sqlite_where=text("status IN ('QUEUED', 'SENDING')"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    conversation_id: uuid.UUID = Field(
+        foreign_key="conversations.id", nullable=False, ondelete="CASCADE"
+    )
+    direction: MessageDirection = Field(sa_type=_enum(MessageDirection, "message_direction"))
+    type: str = Field(max_length=32, nullable=False)
+    text: str | None = Field(default=None, sa_type=Text)
+    media: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    payload: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    status: MessageStatus = Field(sa_type=_enum(MessageStatus, "message_status"))
+    error_code: int | None = Field(default=None)
+    error_title: str | None = Field(default=None, max_length=500)
+    wa_message_id: str | None = Field(default=None, max_length=128)
+    client_message_id: str | None = Field(default=None, max_length=128)
+    reply_to_wa_message_id: str | None = Field(default=None, max_length=128)
+    sent_by_membership_id: uuid.UUID | None = Field(
+        default=None, foreign_key="memberships.id", ondelete="SET NULL"
+    )
+    attempts: int = Field(default=0, nullable=False)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = created_at_field()
+    status_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class TemplateStatusEvent(OrgScoped, table=True):
+    """A template's review outcome as Meta reported it."""
+
+    __tablename__ = "template_status_events"
+    __table_args__ = (Index(None, "org_id", "created_at"),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    business_account_id: str = Field(max_length=64, nullable=False)
+    template_id: str | None = Field(default=None, max_length=64)
+    template_name: str | None = Field(default=None, max_length=512)
+    language: str | None = Field(default=None, max_length=16)
+    event: str = Field(max_length=64, nullable=False)
+    reason: str | None = Field(default=None, max_length=500)
+    created_at: datetime = created_at_field()
+
+
+class WebhookEventStatus(enum.StrEnum):
+    PENDING = "PENDING"
+    PROCESSED = "PROCESSED"
+    FAILED = "FAILED"
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A verified webhook body exactly as received, written before Meta gets its 200.
+
+    Platform-level, not workspace-owned: one body may concern several workspaces, and
+    which ones is only known once it is parsed. Only code that says `all_workspaces`
+    (ingest, replay) reads it.
+    """
+
+    __tablename__ = "webhook_events"
+    __table_args__ = (
+        Index(None, "received_at"),
+        Index(
+            "ix_webhook_events_due",
+            "next_attempt_at",
+            postgresql_where=text("status != 'PROCESSED'"),
+            sqlite_where=text("status != 'PROCESSED'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    received_at: datetime = created_at_field()
+    account_id: uuid.UUID | None = Field(default=None)  # set for the keyed (per-channel) URL
+    body: bytes = Field(sa_type=LargeBinary, nullable=False)
+    body_sha256: str = Field(max_length=64, nullable=False)
+    status: WebhookEventStatus = Field(
+        default=WebhookEventStatus.PENDING, sa_type=_enum(WebhookEventStatus, "webhook_status")
+    )
+    attempts: int = Field(default=0, nullable=False)
+    last_error: str | None = Field(default=None, max_length=1000)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    processed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

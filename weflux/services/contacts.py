@@ -1,0 +1,163 @@
+"""Contacts: the workspace's customers, listed, searched, created and renamed.
+
+Reads go through the caller's scoped session: an Agent sees only the contacts of
+conversations visible to them, without anything here asking.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any
+
+from sqlalchemy import and_, or_
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.errors import BadUserInput, Conflict, Forbidden, NotFound
+from weflux.models import Contact, utcnow
+from weflux.services.conversations import (
+    Page,
+    contact_matches,
+    decode_keyset,
+    encode_keyset,
+    page_limit,
+    search_term,
+)
+
+MAX_NAME = 256
+_PHONE_SEPARATORS = re.compile(r"[\s\-().]")
+_E164_DIGITS = re.compile(r"^[1-9]\d{6,14}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _field_error(field: str, message: str) -> BadUserInput:
+    return BadUserInput(message, details=[{"field": field, "message": message}])
+
+
+def normalize_phone_number(value: str) -> str:
+    """The E.164 digits of a phone number typed by a person ("+1 (555) 010-2030").
+
+    Spaces, dashes, dots and parentheses are dropped, one leading `+` is optional;
+    what remains must be 7 to 15 digits, not starting with 0.
+    """
+    stripped = _PHONE_SEPARATORS.sub("", value)
+    digits = stripped.removeprefix("+")
+    if not _E164_DIGITS.match(digits):
+        raise _field_error(
+            "phoneNumber",
+            "Enter the number in international format: country code and 7 to 15 digits",
+        )
+    return digits
+
+
+def _clean_name(value: str | None) -> str | None:
+    if value is None:
+        return None
+    name = value.strip()
+    if len(name) > MAX_NAME:
+        raise _field_error("name", f"The name is at most {MAX_NAME} characters")
+    if _CONTROL.search(name):
+        raise _field_error("name", "The name contains control characters")
+    return name or None
+
+
+def _require(principal: Principal) -> None:
+    if not principal.can(Permission.MANAGE_CONTACTS):
+        raise Forbidden("Your role cannot change contacts")
+
+
+def _contact_cursor(row: Contact) -> str:
+    return encode_keyset("contact", row.name, row.id)
+
+
+def _after_contact(cursor: str) -> Any:
+    name, row_id = decode_keyset("contact", cursor)
+    name_column = col(Contact.name)
+    id_column = col(Contact.id)
+    if name is None:  # already among the unnamed contacts (sorted last)
+        return and_(name_column.is_(None), id_column > row_id)
+    return or_(
+        name_column > name,
+        and_(name_column == name, id_column > row_id),
+        name_column.is_(None),
+    )
+
+
+async def list_contacts(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    search: str | None = None,
+) -> Page[Contact]:
+    """Visible contacts by name (unnamed last), keyset-paginated on (name, id).
+
+    `search` matches name, phone number or WhatsApp id, case-insensitively.
+    """
+    size = page_limit(first)
+    term = search_term(search)
+    query = select(Contact)
+    if term is not None:
+        query = query.where(contact_matches(term))
+    if after:
+        query = query.where(_after_contact(after))
+    query = query.order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(size + 1)
+    rows = list((await session.exec(query)).all())
+    return Page(
+        items=[(row, _contact_cursor(row)) for row in rows[:size]],
+        has_next_page=len(rows) > size,
+        has_previous_page=bool(after),
+    )
+
+
+async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> Contact:
+    """A visible contact, or NOT_FOUND."""
+    row = await session.get(Contact, contact_id)
+    if row is None:
+        raise NotFound("Contact not found")
+    return row
+
+
+async def create_contact(
+    session: AsyncSession, principal: Principal, phone_number: str, name: str | None
+) -> Contact:
+    """A contact keyed by its WhatsApp id (the E.164 digits); one per number (CONFLICT)."""
+    _require(principal)
+    digits = normalize_phone_number(phone_number)
+    contact = Contact(wa_id=digits, phone_number=f"+{digits}", name=_clean_name(name))
+    existing = (await session.exec(select(Contact.id).where(col(Contact.wa_id) == digits))).first()
+    if existing is not None:
+        raise _conflict()
+    session.add(contact)
+    try:
+        # A concurrent twin is caught by the unique index, not only by the look-up above.
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        raise _conflict() from None
+    return contact
+
+
+def _conflict() -> Conflict:
+    message = "A contact with this phone number exists already"
+    return Conflict(message, details=[{"field": "phoneNumber", "message": message}])
+
+
+async def update_contact(
+    session: AsyncSession, principal: Principal, contact_id: uuid.UUID, *, name: str | None
+) -> Contact:
+    """Rename a contact (None or blank clears the name)."""
+    _require(principal)
+    contact = await get_contact(session, contact_id)
+    cleaned = _clean_name(name)
+    if contact.name != cleaned:
+        contact.name = cleaned
+        contact.updated_at = utcnow()
+        session.add(contact)
+        await session.flush()
+    return contact

@@ -1,0 +1,350 @@
+"""The shared inbox: conversation lists, message history, assignment, status, read state.
+
+Every read goes through the caller's scoped session. Another workspace's rows, and
+for an Agent the conversations assigned to someone else (with their messages and
+contacts), are invisible there, so they surface here as NOT_FOUND exactly like rows
+that do not exist. Nothing in this module filters by workspace or visibility by hand.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, TypeVar
+
+from sqlalchemy import and_, or_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.errors import BadUserInput, Forbidden, NotFound
+from weflux.models import (
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Membership,
+    Message,
+    utcnow,
+)
+from weflux.realtime.broker import Broker
+from weflux.realtime.events import publish_after_commit
+
+CONVERSATION_UPDATED = "conversationUpdated"
+DEFAULT_PAGE = 50
+MAX_PAGE = 100
+MAX_SEARCH = 100
+_MAX_CURSOR = 1024
+_PHONE_PUNCTUATION = str.maketrans("", "", " -().+")
+
+T = TypeVar("T")
+
+
+class AssigneeFilter(enum.StrEnum):
+    ME = "ME"
+    UNASSIGNED = "UNASSIGNED"
+    ANY = "ANY"
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a keyset-paginated list: rows in order, each with its cursor."""
+
+    items: list[tuple[T, str]]
+    has_next_page: bool
+    has_previous_page: bool
+
+
+def page_limit(value: int | None, name: str = "first") -> int:
+    """A page size checked against the cap (default 50, at most 100)."""
+    if value is None:
+        return DEFAULT_PAGE
+    if value < 1 or value > MAX_PAGE:
+        message = f"`{name}` must be between 1 and {MAX_PAGE}"
+        raise BadUserInput(message, details=[{"field": name, "message": message}])
+    return value
+
+
+def encode_keyset(kind: str, key: str | None, row_id: uuid.UUID) -> str:
+    """An opaque cursor naming a row by its sort key and id (never an offset)."""
+    raw = json.dumps([kind, key, str(row_id)], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_keyset(kind: str, cursor: str) -> tuple[str | None, uuid.UUID]:
+    """(sort key, row id) of a cursor made by `encode_keyset` for `kind`."""
+    invalid = BadUserInput("Invalid cursor", details=[{"field": "after", "message": "Invalid"}])
+    if not cursor or len(cursor) > _MAX_CURSOR:
+        raise invalid
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        decoded: Any = json.loads(raw)
+        found_kind, key, row_id = decoded
+        if found_kind != kind or not (key is None or isinstance(key, str)):
+            raise invalid
+        return key, uuid.UUID(row_id)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):
+        raise invalid from None
+
+
+def search_term(search: str | None) -> str | None:
+    """The trimmed search text, or None to match everything."""
+    if search is None:
+        return None
+    term = search.strip()
+    if len(term) > MAX_SEARCH:
+        message = f"`search` is at most {MAX_SEARCH} characters"
+        raise BadUserInput(message, details=[{"field": "search", "message": message}])
+    return term or None
+
+
+def contact_matches(term: str) -> Any:
+    """Name, phone number or WhatsApp id containing `term`, case-insensitively.
+
+    `%` and `_` in the term match themselves (LIKE with an escape character). A term
+    that is a phone number once punctuation is dropped also matches the bare digits.
+    """
+    conditions = [
+        col(Contact.name).icontains(term, autoescape=True),
+        col(Contact.phone_number).icontains(term, autoescape=True),
+        col(Contact.wa_id).icontains(term, autoescape=True),
+    ]
+    digits = term.translate(_PHONE_PUNCTUATION)
+    if digits.isdigit() and digits != term:
+        conditions.append(col(Contact.wa_id).contains(digits, autoescape=True))
+    return or_(*conditions)
+
+
+# --- conversations -----------------------------------------------------------------
+
+
+def _conversation_cursor(row: Conversation) -> str:
+    at = row.last_message_at.isoformat() if row.last_message_at is not None else None
+    return encode_keyset("conversation", at, row.id)
+
+
+def _after_conversation(cursor: str) -> Any:
+    key, row_id = decode_keyset("conversation", cursor)
+    at_column = col(Conversation.last_message_at)
+    id_column = col(Conversation.id)
+    if key is None:  # already among the conversations without messages (sorted last)
+        return and_(at_column.is_(None), id_column < row_id)
+    try:
+        at = datetime.fromisoformat(key)
+    except ValueError:
+        raise BadUserInput("Invalid cursor") from None
+    if at.tzinfo is None:
+        raise BadUserInput("Invalid cursor")
+    return or_(
+        at_column < at,
+        and_(at_column == at, id_column < row_id),
+        at_column.is_(None),
+    )
+
+
+async def list_conversations(
+    session: AsyncSession,
+    principal: Principal,
+    *,
+    first: int | None = None,
+    after: str | None = None,
+    status: ConversationStatus | None = None,
+    assignee: AssigneeFilter = AssigneeFilter.ANY,
+    search: str | None = None,
+) -> Page[Conversation]:
+    """Visible conversations, newest activity first, keyset-paginated on (last_message_at, id).
+
+    New conversations arriving between two pages land before the first one and never
+    shift the pages already read: no duplicates, no gaps.
+    """
+    size = page_limit(first)
+    term = search_term(search)
+    query = select(Conversation)
+    if term is not None:
+        query = query.join(Contact, col(Contact.id) == col(Conversation.contact_id)).where(
+            contact_matches(term)
+        )
+    if status is not None:
+        query = query.where(col(Conversation.status) == status)
+    if assignee == AssigneeFilter.ME:
+        query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
+    elif assignee == AssigneeFilter.UNASSIGNED:
+        query = query.where(col(Conversation.assignee_membership_id).is_(None))
+    if after:
+        query = query.where(_after_conversation(after))
+    query = query.order_by(
+        col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc()
+    ).limit(size + 1)
+    rows = list((await session.exec(query)).all())
+    return Page(
+        items=[(row, _conversation_cursor(row)) for row in rows[:size]],
+        has_next_page=len(rows) > size,
+        has_previous_page=bool(after),
+    )
+
+
+async def get_conversation(session: AsyncSession, conversation_id: uuid.UUID) -> Conversation:
+    """A visible conversation, or NOT_FOUND."""
+    row = await session.get(Conversation, conversation_id)
+    if row is None:
+        raise NotFound("Conversation not found")
+    return row
+
+
+async def _locked(session: AsyncSession, conversation_id: uuid.UUID) -> Conversation:
+    """The conversation, freshly read and row-locked (PostgreSQL) for a change.
+
+    The lock serialises concurrent assignments: the second of two Agents grabbing the
+    same unassigned conversation re-reads it assigned to the first, no longer visible.
+    """
+    row = (
+        await session.exec(
+            select(Conversation)
+            .where(col(Conversation.id) == conversation_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if row is None:
+        raise NotFound("Conversation not found")
+    return row
+
+
+def _changed(session: AsyncSession, broker: Broker, conversation: Conversation) -> None:
+    conversation.updated_at = utcnow()
+    session.add(conversation)
+    publish_after_commit(
+        session, broker, conversation.org_id, CONVERSATION_UPDATED, id=conversation.id
+    )
+
+
+async def assign(
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    assignee_membership_id: uuid.UUID | None,
+    *,
+    broker: Broker,
+) -> Conversation:
+    """Assign a conversation (None: unassign), by the rules of CONTRACT §3.
+
+    ADMIN and MANAGER assign to any member of the workspace (another workspace's
+    member is NOT_FOUND). An AGENT may take an unassigned conversation and give up
+    their own; anything else is FORBIDDEN.
+    """
+    if not principal.can(Permission.ASSIGN_SELF) and not principal.can(Permission.ASSIGN_ANYONE):
+        raise Forbidden("Your role cannot assign conversations")
+    conversation = await _locked(session, conversation_id)
+    current = conversation.assignee_membership_id
+    if principal.can(Permission.ASSIGN_ANYONE):
+        if assignee_membership_id is not None:
+            member = await session.get(Membership, assignee_membership_id)
+            if member is None:
+                raise NotFound("Member not found")
+    else:
+        if current not in (None, principal.membership_id):
+            # Someone else's: an Agent's session never shows it, whatever the caller.
+            raise NotFound("Conversation not found")
+        if assignee_membership_id not in (None, principal.membership_id):
+            raise Forbidden("Agents can assign conversations to themselves only")
+    if current != assignee_membership_id:
+        conversation.assignee_membership_id = assignee_membership_id
+        _changed(session, broker, conversation)
+        await session.flush()
+    return conversation
+
+
+async def update_status(
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    status: ConversationStatus,
+    *,
+    broker: Broker,
+) -> Conversation:
+    """Open, park (PENDING) or resolve a visible conversation."""
+    if not principal.can(Permission.REPLY):
+        raise Forbidden("Your role cannot change conversations")
+    conversation = await _locked(session, conversation_id)
+    if conversation.status != status:
+        conversation.status = status
+        _changed(session, broker, conversation)
+        await session.flush()
+    return conversation
+
+
+async def mark_read(
+    session: AsyncSession,
+    principal: Principal,
+    conversation_id: uuid.UUID,
+    *,
+    broker: Broker,
+) -> Conversation:
+    """Set a visible conversation's unread count to zero."""
+    if not principal.can(Permission.REPLY):
+        raise Forbidden("Your role cannot change conversations")
+    conversation = await _locked(session, conversation_id)
+    if conversation.unread_count != 0:
+        conversation.unread_count = 0
+        _changed(session, broker, conversation)
+        await session.flush()
+    return conversation
+
+
+# --- messages ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MessageWindow:
+    """A slice of a conversation's history, oldest first."""
+
+    rows: Sequence[Message]
+    has_next_page: bool
+    has_previous_page: bool
+
+
+async def list_messages(
+    session: AsyncSession,
+    conversation_id: uuid.UUID,
+    *,
+    first: int | None = None,
+    after: uuid.UUID | None = None,
+    last: int | None = None,
+    before: uuid.UUID | None = None,
+) -> MessageWindow:
+    """A window of the history, keyset on the time-ordered message id, newest last.
+
+    `first`/`after` read forwards (oldest first); `last`/`before` scroll back. With
+    neither `first`, `last` nor `after`, the latest messages are returned (a chat's
+    opening view).
+    """
+    if first is not None and last is not None:
+        message = "Pass `first` or `last`, not both"
+        raise BadUserInput(message, details=[{"field": "last", "message": message}])
+    id_column = col(Message.id)
+    query = select(Message).where(col(Message.conversation_id) == conversation_id)
+    if after is not None:
+        query = query.where(id_column > after)
+    if before is not None:
+        query = query.where(id_column < before)
+    if last is not None or (first is None and after is None):
+        size = page_limit(last, "last")
+        rows = list((await session.exec(query.order_by(id_column.desc()).limit(size + 1))).all())
+        return MessageWindow(
+            rows=rows[:size][::-1],
+            has_next_page=before is not None,
+            has_previous_page=len(rows) > size,
+        )
+    size = page_limit(first)
+    rows = list((await session.exec(query.order_by(id_column).limit(size + 1))).all())
+    return MessageWindow(
+        rows=rows[:size],
+        has_next_page=len(rows) > size,
+        has_previous_page=after is not None,
+    )

@@ -1,0 +1,590 @@
+"""Processing stored webhook events: contacts, conversations, messages, statuses, health.
+
+One transaction per event whatever its size. Routing by `phone_number_id` (messages,
+statuses) or WABA id (management fields) is the one thing here that crosses
+workspaces, and says so; each workspace's share of the event is then written with the
+session narrowed to that workspace (`use_workspace`), so the scoping layer and row-level
+security apply as everywhere else. Reads and writes are batched: the number of SQL
+statements does not grow with the number of messages in the event.
+
+Idempotent: a redelivered message (same wamid) or status is a no-op; statuses only
+move forward. Anything the parser does not understand stays in `webhook_events`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, or_
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.scoping import same_workspace, use_workspace
+from weflux.db import Database
+from weflux.models import (
+    AccountStatus,
+    Contact,
+    Conversation,
+    ConversationStatus,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    TemplateStatusEvent,
+    WebhookEvent,
+    WebhookEventStatus,
+    WhatsAppAccount,
+    moves_forward,
+    utcnow,
+)
+from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.whatsapp.webhook import (
+    AccountUpdate,
+    InboundMessage,
+    ParsedWebhook,
+    QualityUpdate,
+    StatusUpdate,
+    TemplateStatusUpdate,
+    parse_webhook,
+)
+
+if TYPE_CHECKING:
+    from weflux.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ADDED = "messageAdded"
+MESSAGE_UPDATED = "messageUpdated"
+CONVERSATION_UPDATED = "conversationUpdated"
+MAX_ATTEMPTS_BACKOFF = timedelta(hours=1)
+
+_STATUS = {
+    "sent": MessageStatus.SENT,
+    "delivered": MessageStatus.DELIVERED,
+    "read": MessageStatus.READ,
+    "played": MessageStatus.READ,
+    "failed": MessageStatus.FAILED,
+}
+_ACCOUNT_EVENTS = {
+    "ACCOUNT_RESTRICTION": AccountStatus.RESTRICTED,
+    "ACCOUNT_VIOLATION": AccountStatus.FLAGGED,
+    "DISABLED_UPDATE": AccountStatus.BANNED,
+    "ACCOUNT_DELETED": AccountStatus.BANNED,
+    "ACCOUNT_OFFBOARDED": AccountStatus.BANNED,
+    "ACCOUNT_RECONNECTED": AccountStatus.CONNECTED,
+}
+
+
+@dataclass
+class _Share:
+    """The part of one event that concerns one workspace."""
+
+    messages: list[tuple[InboundMessage, WhatsAppAccount]] = field(default_factory=list)
+    statuses: list[StatusUpdate] = field(default_factory=list)
+    templates: list[TemplateStatusUpdate] = field(default_factory=list)
+    quality: list[tuple[QualityUpdate, list[WhatsAppAccount]]] = field(default_factory=list)
+    account: list[tuple[AccountUpdate, list[WhatsAppAccount]]] = field(default_factory=list)
+
+
+def _digits(value: str | None) -> str:
+    return "".join(ch for ch in value or "" if ch.isdigit())
+
+
+async def _route(
+    session: AsyncSession, parsed: ParsedWebhook, keyed: WhatsAppAccount | None
+) -> dict[uuid.UUID, _Share]:
+    """Which workspace each part belongs to (never one the keyed channel does not own)."""
+    phone_ids, waba_ids = parsed.phone_number_ids, parsed.waba_ids
+    if not phone_ids and not waba_ids:
+        return {}
+    accounts = (
+        await session.exec(
+            select(WhatsAppAccount).where(
+                col(WhatsAppAccount.disconnected_at).is_(None),
+                or_(
+                    col(WhatsAppAccount.phone_number_id).in_(phone_ids),
+                    col(WhatsAppAccount.business_account_id).in_(waba_ids),
+                ),
+            )
+        )
+    ).all()
+    if keyed is not None:
+        accounts = [a for a in accounts if same_workspace(a, keyed)]
+    by_phone = {a.phone_number_id: a for a in accounts}
+    by_waba: dict[str, list[WhatsAppAccount]] = defaultdict(list)
+    for account in accounts:
+        by_waba[account.business_account_id].append(account)
+    shares: dict[uuid.UUID, _Share] = defaultdict(_Share)
+    for message in parsed.messages:
+        owner = by_phone.get(message.phone_number_id)
+        if owner is None:
+            log.warning("message for an unknown number", extra={"phone": message.phone_number_id})
+            continue
+        shares[owner.org_id].messages.append((message, owner))
+    for status in parsed.statuses:
+        owner = by_phone.get(status.phone_number_id)
+        if owner is not None:
+            shares[owner.org_id].statuses.append(status)
+    for template in parsed.template_updates:
+        for org_id in {a.org_id for a in by_waba.get(template.waba_id, [])}:
+            shares[org_id].templates.append(template)
+    for quality in parsed.quality_updates:
+        targets = [
+            a
+            for a in by_waba.get(quality.waba_id, [])
+            if not quality.display_phone_number
+            or _digits(a.display_phone_number) == _digits(quality.display_phone_number)
+        ]
+        for group in _by_workspace(targets):
+            shares[group[0].org_id].quality.append((quality, group))
+    for update in parsed.account_updates:
+        targets = by_waba.get(update.waba_id, [])
+        for group in _by_workspace(targets):
+            shares[group[0].org_id].account.append((update, group))
+    return shares
+
+
+def _by_workspace(accounts: Iterable[WhatsAppAccount]) -> list[list[WhatsAppAccount]]:
+    groups: dict[uuid.UUID, list[WhatsAppAccount]] = defaultdict(list)
+    for account in accounts:
+        groups[account.org_id].append(account)
+    return list(groups.values())
+
+
+def _contact_key(message: InboundMessage) -> tuple[str | None, str | None]:
+    profile = message.contact
+    user_id = message.from_user_id or (profile.user_id if profile else None)
+    wa_id = message.from_wa_id or (profile.wa_id if profile else None)
+    return user_id, wa_id
+
+
+async def _contacts(
+    session: AsyncSession, org_id: uuid.UUID, messages: Sequence[InboundMessage]
+) -> dict[tuple[str | None, str | None], Contact]:
+    """Find or create the senders, in bulk: by `user_id` when known, else by `wa_id`."""
+    keys = {_contact_key(m) for m in messages}
+    user_ids = {u for u, _ in keys if u}
+    wa_ids = {w for _, w in keys if w}
+    existing = (
+        await session.exec(
+            select(Contact).where(
+                or_(col(Contact.user_id).in_(user_ids), col(Contact.wa_id).in_(wa_ids))
+            )
+        )
+    ).all()
+    by_user = {c.user_id: c for c in existing if c.user_id}
+    by_wa = {c.wa_id: c for c in existing if c.wa_id}
+    found: dict[tuple[str | None, str | None], Contact] = {}
+    now = utcnow()
+    for message in messages:
+        key = _contact_key(message)
+        if key in found:
+            contact = found[key]
+        else:
+            user_id, wa_id = key
+            contact_or_none = (by_user.get(user_id) if user_id else None) or (
+                by_wa.get(wa_id) if wa_id else None
+            )
+            if contact_or_none is None:
+                contact_or_none = Contact(
+                    org_id=org_id,
+                    user_id=user_id,
+                    wa_id=wa_id,
+                    phone_number=f"+{wa_id}" if wa_id else None,
+                )
+                session.add(contact_or_none)
+                if user_id:
+                    by_user[user_id] = contact_or_none
+                if wa_id:
+                    by_wa[wa_id] = contact_or_none
+            contact = contact_or_none
+            found[key] = contact
+        profile = message.contact
+        name = profile.name if profile else None
+        username = message.from_username or (profile.username if profile else None)
+        for attribute, value in (
+            ("name", name),
+            ("username", username),
+            ("user_id", key[0]),
+            ("wa_id", key[1]),
+        ):
+            if value and getattr(contact, attribute) != value:
+                setattr(contact, attribute, value)
+                contact.updated_at = now
+        if contact.wa_id and not contact.phone_number:
+            contact.phone_number = f"+{contact.wa_id}"
+    return found
+
+
+async def _conversations(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    pairs: set[tuple[uuid.UUID, uuid.UUID]],
+) -> dict[tuple[uuid.UUID, uuid.UUID], Conversation]:
+    """One conversation per contact x number; found or created in bulk."""
+    contact_ids = {contact_id for contact_id, _ in pairs}
+    existing = (
+        await session.exec(
+            select(Conversation).where(col(Conversation.contact_id).in_(contact_ids))
+        )
+    ).all()
+    found = {(c.contact_id, c.account_id): c for c in existing}
+    for contact_id, account_id in pairs:
+        if (contact_id, account_id) not in found:
+            conversation = Conversation(org_id=org_id, contact_id=contact_id, account_id=account_id)
+            session.add(conversation)
+            found[(contact_id, account_id)] = conversation
+    return found
+
+
+def _media(message: InboundMessage) -> dict[str, Any] | None:
+    media = message.media
+    if media is None:
+        return None
+    values = {
+        "id": media.id,
+        "mime_type": media.mime_type,
+        "sha256": media.sha256,
+        "caption": media.caption,
+        "filename": media.filename,
+        "voice": media.voice,
+        "animated": media.animated,
+    }
+    return {k: v for k, v in values.items() if v not in (None, False)}
+
+
+def _payload(message: InboundMessage) -> dict[str, Any]:
+    payload: dict[str, Any] = {"raw": message.raw}
+    if message.forwarded or message.frequently_forwarded:
+        payload["forwarded"] = True
+        payload["frequently_forwarded"] = message.frequently_forwarded
+    if message.referral:
+        payload["referral"] = message.referral
+    if message.reaction_to_wa_message_id:
+        payload["reaction"] = {
+            "to": message.reaction_to_wa_message_id,
+            "emoji": message.reaction_emoji or None,
+        }
+    if message.errors:
+        payload["errors"] = [
+            {"code": e.code, "title": e.title, "details": e.details} for e in message.errors
+        ]
+    return payload
+
+
+async def _ingest_messages(
+    session: AsyncSession,
+    runtime: Runtime,
+    org_id: uuid.UUID,
+    items: Sequence[tuple[InboundMessage, WhatsAppAccount]],
+) -> None:
+    unique: dict[str, tuple[InboundMessage, WhatsAppAccount]] = {}
+    for message, account in items:
+        unique.setdefault(message.wa_message_id, (message, account))
+    known = set(
+        (
+            await session.exec(
+                select(Message.wa_message_id).where(col(Message.wa_message_id).in_(list(unique)))
+            )
+        ).all()
+    )
+    fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
+    if not fresh:
+        return
+    contacts = await _contacts(session, org_id, [m for m, _ in fresh])
+    pairs = {(contacts[_contact_key(m)].id, a.id) for m, a in fresh}
+    conversations = await _conversations(session, org_id, pairs)
+    settings = runtime.settings
+    from weflux.services.outbound import opt_change
+
+    touched: dict[uuid.UUID, Conversation] = {}
+    added: list[Message] = []
+    for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
+        contact = contacts[_contact_key(message)]
+        conversation = conversations[(contact.id, account.id)]
+        row = Message(
+            org_id=org_id,
+            conversation_id=conversation.id,
+            direction=MessageDirection.INBOUND,
+            type=message.type,
+            text=message.text,
+            media=_media(message),
+            payload=_payload(message),
+            status=MessageStatus.RECEIVED,
+            wa_message_id=message.wa_message_id,
+            reply_to_wa_message_id=message.reply_to_wa_message_id,
+            created_at=message.timestamp,
+        )
+        added.append(row)
+        if (
+            conversation.last_message_at is None
+            or message.timestamp >= conversation.last_message_at
+        ):
+            conversation.last_message_id = row.id
+            conversation.last_message_at = message.timestamp
+        if conversation.last_inbound_at is None or message.timestamp > conversation.last_inbound_at:
+            conversation.last_inbound_at = message.timestamp
+        conversation.unread_count += 1
+        if conversation.status == ConversationStatus.RESOLVED:
+            conversation.status = ConversationStatus.OPEN
+        conversation.updated_at = utcnow()
+        touched[conversation.id] = conversation
+        if message.type == "text":
+            change = opt_change(message.text, settings)
+            if change is not None and contact.opted_out != change:
+                contact.opted_out = change
+                contact.opted_out_at = utcnow() if change else None
+    session.add_all(added)
+    await session.flush()
+    broker = runtime.broker
+    for row in added:
+        publish_after_commit(
+            session, broker, org_id, MESSAGE_ADDED, id=row.id, conversation_id=row.conversation_id
+        )
+    for conversation in touched.values():
+        publish_after_commit(session, broker, org_id, CONVERSATION_UPDATED, id=conversation.id)
+
+
+def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(status.biz_opaque_callback_data or "")
+    except ValueError:
+        return None
+
+
+async def _apply_statuses(
+    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, statuses: Sequence[StatusUpdate]
+) -> None:
+    """Move outbound messages forward (never back), matched by wamid or callback data."""
+    wamids = {s.wa_message_id for s in statuses}
+    callback_ids = {cid for s in statuses if (cid := _callback_id(s)) is not None}
+    rows = (
+        await session.exec(
+            select(Message).where(
+                Message.direction == MessageDirection.OUTBOUND,
+                or_(col(Message.wa_message_id).in_(wamids), col(Message.id).in_(callback_ids)),
+            )
+        )
+    ).all()
+    by_wamid = {m.wa_message_id: m for m in rows if m.wa_message_id}
+    by_id = {m.id: m for m in rows}
+    changed: dict[uuid.UUID, Message] = {}
+    for status in sorted(statuses, key=lambda s: s.timestamp):
+        new = _STATUS.get(status.status)
+        callback = _callback_id(status)
+        message = by_wamid.get(status.wa_message_id) or (by_id.get(callback) if callback else None)
+        if message is None or new is None:
+            continue
+        if message.wa_message_id is None:
+            message.wa_message_id = status.wa_message_id  # the send response was lost
+            by_wamid[status.wa_message_id] = message
+            changed[message.id] = message
+        if not moves_forward(message.status, new):
+            continue
+        message.status = new
+        message.status_updated_at = status.timestamp
+        if new == MessageStatus.FAILED and status.errors:
+            error = status.errors[0]
+            message.error_code = error.code
+            message.error_title = (error.title or error.message or "")[:500] or None
+        changed[message.id] = message
+    if not changed:
+        return
+    await session.flush()
+    for message in changed.values():
+        publish_after_commit(
+            session,
+            runtime.broker,
+            org_id,
+            MESSAGE_UPDATED,
+            id=message.id,
+            conversation_id=message.conversation_id,
+        )
+
+
+def _account_changes(
+    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, share: _Share
+) -> None:
+    for quality, accounts in share.quality:
+        for account in accounts:
+            if quality.current_limit:
+                account.messaging_limit_tier = quality.current_limit
+            account.health_checked_at = None  # the colour is not in the webhook: re-read soon
+            publish_after_commit(
+                session, runtime.broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+            )
+    for update, accounts in share.account:
+        status = _ACCOUNT_EVENTS.get(update.event or "")
+        if status is None:
+            continue
+        for account in accounts:
+            account.status = status
+            detail = ", ".join(update.restriction_types) or update.violation_type
+            account.status_detail = (
+                (f"{update.event}: {detail}" if detail else update.event)[:500]
+                if update.event
+                else None
+            )
+            publish_after_commit(
+                session, runtime.broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+            )
+
+
+async def _process_share(
+    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, share: _Share
+) -> None:
+    await use_workspace(session, org_id)
+    if share.messages:
+        await _ingest_messages(session, runtime, org_id, share.messages)
+    if share.statuses:
+        await _apply_statuses(session, runtime, org_id, share.statuses)
+    for template in share.templates:
+        session.add(
+            TemplateStatusEvent(
+                org_id=org_id,
+                business_account_id=template.waba_id,
+                template_id=template.template_id,
+                template_name=template.template_name,
+                language=template.language,
+                event=template.event,
+                reason=template.reason,
+            )
+        )
+    _account_changes(session, runtime, org_id, share)
+    await session.flush()
+
+
+async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = False) -> bool:
+    """Process one stored event in one transaction; whether it was processed now."""
+    db: Database = runtime.db
+    async with db.session(all_workspaces="webhook processing: routing by phone number") as session:
+        event = (
+            await session.exec(
+                select(WebhookEvent)
+                .where(WebhookEvent.id == event_id)
+                .with_for_update(skip_locked=True)
+            )
+        ).first()
+        if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
+            return False
+        try:
+            body = json.loads(event.body)
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        parsed = parse_webhook(body)
+        if body is None or parsed.unknown:
+            note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
+            event.last_error = note
+        keyed = await session.get(WhatsAppAccount, event.account_id) if event.account_id else None
+        shares = await _route(session, parsed, keyed)
+        for org_id, share in shares.items():
+            await _process_share(session, runtime, org_id, share)
+        event.status = WebhookEventStatus.PROCESSED
+        event.attempts += 1
+        event.processed_at = utcnow()
+        event.next_attempt_at = None
+    return True
+
+
+async def _record_failure(db: Database, event_id: uuid.UUID, error: BaseException) -> None:
+    async with db.session(all_workspaces="webhook processing: record a failure") as session:
+        event = await session.get(WebhookEvent, event_id)
+        if event is None:
+            return
+        event.attempts += 1
+        event.status = WebhookEventStatus.FAILED
+        event.last_error = f"{type(error).__name__}: {str(error)[:300]}"
+        delay = min(MAX_ATTEMPTS_BACKOFF.total_seconds(), 5.0 * 2 ** min(event.attempts, 12))
+        event.next_attempt_at = utcnow() + timedelta(seconds=random.uniform(delay / 2, delay))  # noqa: S311
+
+
+async def process_event_safely(runtime: Runtime, event_id: uuid.UUID) -> None:
+    """Process an event; a failure is recorded on it for the worker to retry."""
+    try:
+        await process_event(runtime, event_id)
+    except Exception as error:
+        log.exception("webhook processing failed", extra={"event": str(event_id)})
+        try:
+            await _record_failure(runtime.db, event_id, error)
+        except Exception:
+            log.exception("could not record the failure; the worker will retry the event")
+
+
+async def retry_due_events(
+    runtime: Runtime, *, batch_size: int = 50, settle: timedelta = timedelta(seconds=30)
+) -> int:
+    """The worker's sweep: events never processed (a crash after the 200) or failed and due."""
+    now = utcnow()
+    async with runtime.db.session(all_workspaces="webhook retry: find due events") as session:
+        due = (
+            await session.exec(
+                select(WebhookEvent.id)
+                .where(
+                    WebhookEvent.status != WebhookEventStatus.PROCESSED,
+                    or_(
+                        and_(
+                            col(WebhookEvent.status) == WebhookEventStatus.PENDING,
+                            col(WebhookEvent.received_at) < now - settle,
+                        ),
+                        and_(
+                            col(WebhookEvent.status) == WebhookEventStatus.FAILED,
+                            col(WebhookEvent.next_attempt_at) <= now,
+                        ),
+                    ),
+                )
+                .order_by(col(WebhookEvent.received_at))
+                .limit(batch_size)
+            )
+        ).all()
+    for event_id in due:
+        await process_event_safely(runtime, event_id)
+    return len(due)
+
+
+async def replay(runtime: Runtime, *, since: Any = None) -> tuple[int, int]:
+    """Reprocess stored events (all, or received since `since`): (processed, failed)."""
+    processed = failed = 0
+    last: tuple[Any, uuid.UUID] | None = None
+    while True:
+        async with runtime.db.session(all_workspaces="webhook replay") as session:
+            query = select(WebhookEvent.received_at, WebhookEvent.id).order_by(
+                col(WebhookEvent.received_at), col(WebhookEvent.id)
+            )
+            if since is not None:
+                query = query.where(col(WebhookEvent.received_at) >= since)
+            if last is not None:
+                query = query.where(
+                    or_(
+                        col(WebhookEvent.received_at) > last[0],
+                        and_(
+                            col(WebhookEvent.received_at) == last[0],
+                            col(WebhookEvent.id) > last[1],
+                        ),
+                    )
+                )
+            batch = list((await session.exec(query.limit(200))).all())
+        if not batch:
+            return processed, failed
+        for received_at, event_id in batch:
+            try:
+                await process_event(runtime, event_id, force=True)
+                processed += 1
+            except Exception as error:
+                failed += 1
+                log.exception("replay failed", extra={"event": str(event_id)})
+                await _record_failure(runtime.db, event_id, error)
+            last = (received_at, event_id)
+
+
+def failed_events_summary(events: Iterable[WebhookEvent]) -> list[str]:
+    return [
+        f"{e.id}  {e.received_at:%Y-%m-%d %H:%M:%S}  attempts={e.attempts}  {e.last_error or ''}"
+        for e in events
+    ]

@@ -1,0 +1,372 @@
+"""Outbound messages: an agent's reply or template is queued, in the request's transaction.
+
+The `messages` row *is* the outbox. `send_message` and `send_template_message` insert it
+as QUEUED (with `next_attempt_at = now`) in the caller's session and nothing else, so a
+request that rolls back leaves no message behind and one that commits is sure to be
+picked up by the delivery worker (`weflux.worker.delivery`), which calls Meta.
+
+A `client_message_id` makes a send idempotent within the workspace: the client picks it
+(say, a UUID) once per message and re-sends the same id after a timeout; the second call
+answers the message of the first instead of queueing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.config import Settings
+from weflux.errors import (
+    BadUserInput,
+    Conflict,
+    ContactOptedOut,
+    Forbidden,
+    NotFound,
+    OutsideServiceWindow,
+)
+from weflux.models import (
+    Contact,
+    Conversation,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    WhatsAppAccount,
+    utcnow,
+)
+from weflux.realtime.broker import Broker
+from weflux.realtime.events import publish_after_commit
+
+log = logging.getLogger(__name__)
+
+MESSAGE_ADDED = "messageAdded"
+MESSAGE_UPDATED = "messageUpdated"
+CONVERSATION_UPDATED = "conversationUpdated"
+
+SERVICE_WINDOW = timedelta(hours=24)
+MAX_TEXT_LENGTH = 4096  # Meta's limit for a text message body
+MAX_CLIENT_MESSAGE_ID_LENGTH = 128
+MAX_TEMPLATE_NAME_LENGTH = 512
+MAX_TEMPLATE_PARAMETERS = 100
+MAX_TEMPLATE_PARAMETER_LENGTH = 1024
+
+# Meta: template names are lowercase letters, digits and underscores.
+_TEMPLATE_NAME = re.compile(r"^[a-z0-9_]+$")
+# Meta's language codes: `en`, `en_US`, `pt_BR`, `zh_HK`, `fil`...
+_LANGUAGE_CODE = re.compile(r"^[A-Za-z]{2,3}(?:_[A-Za-z0-9]{2,4})?$")
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Meta refuses template parameters holding new lines, tabs or more than 4 spaces in a row.
+_PARAMETER_FORBIDDEN = re.compile(r"[\n\r\t]| {5,}")
+
+
+def _field_error(field: str, message: str) -> BadUserInput:
+    return BadUserInput(message, details=[{"field": field, "message": message}])
+
+
+def opt_change(text: str | None, settings: Settings) -> bool | None:
+    """What an inbound text says about consent.
+
+    True: the contact opted out (`STOP`, `UNSUBSCRIBE`...); False: opted in again
+    (`START`, `SUBSCRIBE`...); None: neither. The whole message, trimmed, must equal a
+    keyword of `WEFLUX_OPT_OUT_KEYWORDS` / `WEFLUX_OPT_IN_KEYWORDS`, ignoring case, so
+    "please stop by tomorrow" changes nothing. A keyword in both lists opts out.
+    """
+    if text is None:
+        return None
+    word = text.strip().casefold()
+    if not word:
+        return None
+    if word in {keyword.strip().casefold() for keyword in settings.opt_out_keywords}:
+        return True
+    if word in {keyword.strip().casefold() for keyword in settings.opt_in_keywords}:
+        return False
+    return None
+
+
+def service_window_open(conversation: Conversation, now: datetime | None = None) -> bool:
+    """Whether the contact wrote within the last 24 hours (free-form replies allowed)."""
+    if conversation.last_inbound_at is None:
+        return False
+    return (now or utcnow()) - conversation.last_inbound_at < SERVICE_WINDOW
+
+
+def _check_client_message_id(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value or len(value) > MAX_CLIENT_MESSAGE_ID_LENGTH:
+        raise _field_error(
+            "clientMessageId",
+            f"`clientMessageId` must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters",
+        )
+    if not value.isprintable() or value != value.strip():
+        raise _field_error(
+            "clientMessageId",
+            "`clientMessageId` must be printable, without surrounding spaces",
+        )
+    return value
+
+
+def _check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise _field_error("text", "`text` must not be empty")
+    if len(text) > MAX_TEXT_LENGTH:
+        raise _field_error("text", f"`text` must be at most {MAX_TEXT_LENGTH} characters")
+    if _CONTROL.search(text):
+        raise _field_error("text", "`text` must not contain control characters")
+    return text
+
+
+def _check_template(
+    template_name: str, language_code: str, body_parameters: list[str]
+) -> tuple[str, str, list[str]]:
+    name = template_name.strip() if isinstance(template_name, str) else ""
+    if not name or len(name) > MAX_TEMPLATE_NAME_LENGTH or not _TEMPLATE_NAME.match(name):
+        raise _field_error(
+            "templateName",
+            "`templateName` must be the template's name: lowercase letters, digits and "
+            f"underscores, at most {MAX_TEMPLATE_NAME_LENGTH} characters",
+        )
+    language = language_code.strip() if isinstance(language_code, str) else ""
+    if not _LANGUAGE_CODE.match(language):
+        raise _field_error(
+            "languageCode", "`languageCode` must be a template language code such as en_US"
+        )
+    if len(body_parameters) > MAX_TEMPLATE_PARAMETERS:
+        raise _field_error(
+            "bodyParameters", f"at most {MAX_TEMPLATE_PARAMETERS} body parameters are allowed"
+        )
+    for index, parameter in enumerate(body_parameters):
+        if not isinstance(parameter, str) or not parameter.strip():
+            raise _field_error("bodyParameters", f"body parameter {index + 1} must not be empty")
+        if len(parameter) > MAX_TEMPLATE_PARAMETER_LENGTH:
+            raise _field_error(
+                "bodyParameters",
+                f"body parameter {index + 1} must be at most "
+                f"{MAX_TEMPLATE_PARAMETER_LENGTH} characters",
+            )
+        if _PARAMETER_FORBIDDEN.search(parameter) or _CONTROL.search(parameter):
+            raise _field_error(
+                "bodyParameters",
+                f"body parameter {index + 1} must not contain new lines, tabs, control "
+                "characters or more than four spaces in a row (Meta refuses them)",
+            )
+    return name, language, list(body_parameters)
+
+
+def template_payload(name: str, language: str, body_parameters: list[str]) -> dict[str, Any]:
+    """The `template` object of a Cloud API send, as stored in `Message.payload`."""
+    payload: dict[str, Any] = {"name": name, "language": {"code": language}}
+    payload["components"] = [
+        {
+            "type": "body",
+            "parameters": [{"type": "text", "text": value} for value in body_parameters],
+        }
+    ]
+    return payload
+
+
+def template_summary(name: str, language: str, body_parameters: list[str]) -> str:
+    """A readable line standing for a template message in the inbox."""
+    summary = f"Template {name} ({language})"
+    if body_parameters:
+        summary += ": " + ", ".join(body_parameters)
+    return summary
+
+
+async def _visible_conversation(
+    session: AsyncSession, principal: Principal, conversation_id: uuid.UUID
+) -> Conversation:
+    if not principal.can(Permission.REPLY):
+        raise Forbidden("Your role does not allow sending messages")
+    # The session is scoped to the workspace and, for agents, to their visible
+    # conversations: anything else reads as absent.
+    conversation = await session.get(Conversation, conversation_id)
+    if conversation is None:
+        raise NotFound("Conversation not found")
+    return conversation
+
+
+async def _existing(
+    session: AsyncSession, conversation: Conversation, client_message_id: str | None
+) -> Message | None:
+    """The message a previous call with this `client_message_id` queued, if any."""
+    if client_message_id is None:
+        return None
+    found = (
+        await session.exec(select(Message).where(Message.client_message_id == client_message_id))
+    ).first()
+    if found is None:
+        return None
+    if found.conversation_id != conversation.id or found.direction != MessageDirection.OUTBOUND:
+        raise Conflict("This clientMessageId was already used for another message")
+    return found
+
+
+async def _check_recipient(session: AsyncSession, conversation: Conversation) -> None:
+    contact = await session.get(Contact, conversation.contact_id)
+    if contact is None:
+        raise NotFound("Conversation not found")
+    if contact.opted_out:
+        raise ContactOptedOut(
+            "This contact has opted out of messages (they sent STOP); nothing can be sent "
+            "until they opt in again by sending START"
+        )
+    account = await session.get(WhatsAppAccount, conversation.account_id)
+    if account is None or account.disconnected_at is not None:
+        raise Conflict(
+            "The WhatsApp number of this conversation is disconnected; reconnect it to reply"
+        )
+
+
+async def _queue(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    conversation: Conversation,
+    message: Message,
+) -> Message:
+    """Insert the QUEUED row and bump the conversation, in the caller's transaction."""
+    session.add(message)
+    try:
+        async with session.begin_nested():
+            await session.flush()
+    except IntegrityError:
+        # A concurrent call with the same clientMessageId committed first.
+        again = await _existing(session, conversation, message.client_message_id)
+        if again is not None:
+            return again
+        raise Conflict("The message could not be queued; try again") from None
+    now = message.created_at
+    if conversation.last_message_at is None or now >= conversation.last_message_at:
+        conversation.last_message_id = message.id
+        conversation.last_message_at = now
+    conversation.updated_at = now
+    session.add(conversation)
+    await session.flush()
+    log.info(
+        "message queued",
+        extra={
+            "message_id": str(message.id),
+            "conversation": str(conversation.id),
+            "type": message.type,
+        },
+    )
+    publish_after_commit(
+        session,
+        broker,
+        principal.org_id,
+        MESSAGE_ADDED,
+        id=message.id,
+        conversation_id=conversation.id,
+    )
+    publish_after_commit(
+        session, broker, principal.org_id, CONVERSATION_UPDATED, id=conversation.id
+    )
+    return message
+
+
+def _new_outbound(
+    principal: Principal,
+    conversation: Conversation,
+    *,
+    type: str,
+    text: str,
+    payload: dict[str, Any] | None,
+    client_message_id: str | None,
+) -> Message:
+    now = utcnow()
+    return Message(
+        org_id=principal.org_id,
+        conversation_id=conversation.id,
+        direction=MessageDirection.OUTBOUND,
+        type=type,
+        text=text,
+        payload=payload,
+        status=MessageStatus.QUEUED,
+        client_message_id=client_message_id,
+        sent_by_membership_id=principal.membership_id,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+        status_updated_at=now,
+    )
+
+
+async def send_message(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    *,
+    conversation_id: uuid.UUID,
+    text: str,
+    client_message_id: str | None,
+) -> Message:
+    """Queue a free-form text reply; the worker sends it.
+
+    NOT_FOUND unless the conversation is visible to the caller; BAD_USER_INPUT for an
+    empty or over-long text; CONTACT_OPTED_OUT when the contact sent STOP;
+    OUTSIDE_SERVICE_WINDOW when the contact has not written in the last 24 hours (only a
+    template may be sent then). A repeated `client_message_id` answers the message it
+    queued before (CONFLICT if that one belongs to another conversation).
+    """
+    client_message_id = _check_client_message_id(client_message_id)
+    text = _check_text(text)
+    conversation = await _visible_conversation(session, principal, conversation_id)
+    existing = await _existing(session, conversation, client_message_id)
+    if existing is not None:
+        return existing
+    await _check_recipient(session, conversation)
+    if not service_window_open(conversation):
+        raise OutsideServiceWindow(
+            "The customer has not written in the last 24 hours, so WhatsApp only allows a "
+            "template message now; send an approved template instead"
+        )
+    message = _new_outbound(
+        principal,
+        conversation,
+        type="text",
+        text=text,
+        payload=None,
+        client_message_id=client_message_id,
+    )
+    return await _queue(session, principal, broker, conversation, message)
+
+
+async def send_template_message(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    *,
+    conversation_id: uuid.UUID,
+    template_name: str,
+    language_code: str,
+    body_parameters: list[str],
+    client_message_id: str | None = None,
+) -> Message:
+    """Queue an approved template; allowed outside the 24-hour window, never to an opted-out
+    contact. Meta checks the template itself when the worker sends it (a wrong name or
+    parameter count ends FAILED with Meta's code and title)."""
+    client_message_id = _check_client_message_id(client_message_id)
+    name, language, parameters = _check_template(template_name, language_code, body_parameters)
+    conversation = await _visible_conversation(session, principal, conversation_id)
+    existing = await _existing(session, conversation, client_message_id)
+    if existing is not None:
+        return existing
+    await _check_recipient(session, conversation)
+    message = _new_outbound(
+        principal,
+        conversation,
+        type="template",
+        text=template_summary(name, language, parameters),
+        payload=template_payload(name, language, parameters),
+        client_message_id=client_message_id,
+    )
+    return await _queue(session, principal, broker, conversation, message)

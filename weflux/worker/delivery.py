@@ -1,0 +1,668 @@
+"""Deliver queued outbound messages to the WhatsApp Cloud API.
+
+The `messages` table is the outbox: a send request only inserts a QUEUED row
+(`weflux.services.outbound`). This job, run by every worker process every half second,
+
+1. **claims** due rows across workspaces in one short transaction: QUEUED ones whose
+   `next_attempt_at` has come, and SENDING ones whose lease ran out (their worker died
+   or lost the database mid-send). On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several
+   workers claim disjoint rows at once; SQLite serializes transactions anyway. Each
+   claimed row becomes SENDING with a lease (`next_attempt_at = now + lease`) and
+   `attempts + 1`, and the claim commits;
+2. **sends** each message outside any transaction (no row lock or connection is held
+   while Meta answers), within the number's throughput (a token bucket per number:
+   80 messages/s, 1,000/s for a HIGH throughput number; across processes too when Redis
+   is configured), messages of one conversation one after another in queue order;
+3. **records** the outcome in a second short transaction, per workspace: SENT with the
+   wamid (never moving a status backwards: a status webhook may have been faster);
+   QUEUED again with exponential backoff and full jitter for rate limits and transient
+   failures, FAILED after `WEFLUX_DELIVERY_MAX_ATTEMPTS`; FAILED with Meta's code and
+   title for permanent refusals and a closed service window; for an invalid token (190)
+   FAILED *and* the number flagged TOKEN_INVALID, after which its messages fail at once
+   without calling Meta until an admin updates the credentials.
+
+Delivery is **at least once**. A worker that dies (or loses the database) after Meta
+accepted a message but before the wamid is stored leaves the row SENDING; once the lease
+expires another run sends it again, and the customer may get it twice. The alternative,
+marking a message sent before calling Meta, would lose messages instead; for a shared
+inbox a rare duplicate is the lesser harm. To keep the window small, storing an outcome
+is retried for a few seconds before giving up. Every send carries
+`biz_opaque_callback_data` = our message id, which Meta echoes in status webhooks, so a
+status still finds its message (and fills in the wamid) when the send response was lost.
+A call that timed out is retried the same way, since Meta may or may not have sent it.
+
+Nothing here logs an access token or a message's text: ids, error codes and Meta's
+fbtrace ids only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import exists, text
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.config import Settings
+from weflux.crypto.fields import open_secret
+from weflux.crypto.keyring import DecryptionError
+from weflux.crypto.secret import Secret
+from weflux.db import Database
+from weflux.models import (
+    AccountStatus,
+    Contact,
+    Conversation,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    WhatsAppAccount,
+    moves_forward,
+    utcnow,
+)
+from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.services.channels import Services, apply_health_error
+from weflux.services.outbound import MESSAGE_UPDATED
+from weflux.whatsapp.client import SentMessage
+from weflux.whatsapp.errors import ErrorKind, MetaApiError
+
+log = logging.getLogger(__name__)
+
+STANDARD_THROUGHPUT = 80  # messages a second per number (Meta's default)
+HIGH_THROUGHPUT = 1000  # a number whose throughput level is HIGH
+MIN_RETRY_DELAY = 1.0  # seconds: full jitter may draw ~0; never retry in a hot loop
+# Pauses before re-trying to record an outcome when the database is unreachable; the
+# sum must stay well inside the lease, or another worker may send the message again.
+STORE_RETRY_DELAYS: tuple[float, ...] = (0.2, 0.5, 1.0, 2.0, 4.0)
+_DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, OSError)
+_MAX_TITLE = 500
+# How many messages of one conversation a run sends back to back (then others get a turn).
+FOLLOW_UPS_PER_RUN = 20
+
+
+# -- throughput ---------------------------------------------------------------------------
+
+
+class Throttle(Protocol):
+    """Paces sends per phone number."""
+
+    async def acquire(self, key: str, rate: int) -> None:
+        """Wait until one more message may go out under `rate` per second for `key`."""
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class LocalThrottle:
+    """A token bucket per number in this process: `rate` a second, bursts of up to `rate`.
+
+    Each caller takes its token at once and sleeps off any deficit, so concurrent
+    callers queue fairly without polling.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, _Bucket] = {}
+
+    def reserve(self, key: str, rate: int, now: float | None = None) -> float:
+        """Take a token; the seconds to wait before using it."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(tokens=float(rate), updated=now)
+        bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.updated) * rate)
+        bucket.updated = now
+        bucket.tokens -= 1
+        return -bucket.tokens / rate if bucket.tokens < 0 else 0.0
+
+    async def acquire(self, key: str, rate: int) -> None:
+        wait = self.reserve(key, rate)
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+
+class RedisThrottle:
+    """The local bucket, then a per-second counter in Redis shared by every process.
+
+    When Redis fails the local bucket alone applies (logged at most once a minute): Meta
+    answers an excess with 130429, which is retried with backoff anyway.
+    """
+
+    def __init__(self, redis: Redis, *, prefix: str = "weflux:wa-throughput") -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.local = LocalThrottle()
+        self._warned_at: float | None = None
+
+    async def acquire(self, key: str, rate: int) -> None:
+        await self.local.acquire(key, rate)
+        for _ in range(50):
+            now = time.time()
+            second = int(now)
+            counter = f"{self.prefix}:{key}:{second}"
+            try:
+                async with asyncio.timeout(1.0):
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        pipe.incr(counter)
+                        pipe.expire(counter, 5)
+                        count, _ = await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self._warn(exc)
+                return
+            if int(count) <= rate:
+                return
+            await asyncio.sleep(max(0.001, second + 1 - time.time()))
+
+    def _warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at > 60:
+            self._warned_at = now
+            log.warning(
+                "shared send throttle unavailable; pacing per process only",
+                extra={"error": type(exc).__name__},
+            )
+
+
+def build_throttle(redis: Redis | None) -> Throttle:
+    return RedisThrottle(redis) if redis is not None else LocalThrottle()
+
+
+_DEFAULT_THROTTLE = LocalThrottle()
+
+
+def throughput_of(account: WhatsAppAccount) -> int:
+    level = (account.throughput_level or "").upper()
+    return HIGH_THROUGHPUT if level == "HIGH" else STANDARD_THROUGHPUT
+
+
+# -- claiming -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClaimedMessage:
+    """A message this worker holds the lease of, as claimed."""
+
+    id: uuid.UUID
+    org_id: uuid.UUID
+    conversation_id: uuid.UUID
+    attempts: int
+    lease_until: datetime
+
+
+def backoff_delay(attempts: int, settings: Settings) -> float:
+    """Exponential backoff with full jitter, in seconds, after `attempts` attempts."""
+    cap = settings.delivery_backoff_cap.total_seconds()
+    ceiling = min(cap, settings.delivery_backoff_base * 2 ** min(attempts, 32))
+    return max(MIN_RETRY_DELAY, random.uniform(0, ceiling))  # noqa: S311 (jitter, not secrecy)
+
+
+def _owned(message: Message, claimed: ClaimedMessage) -> bool:
+    """Whether the row is still in the state this worker's claim left it in."""
+    return message.status == MessageStatus.SENDING and message.attempts == claimed.attempts
+
+
+def _publish_update(session: AsyncSession, services: Services, message: Message) -> None:
+    publish_after_commit(
+        session,
+        services.broker,
+        message.org_id,
+        MESSAGE_UPDATED,
+        id=message.id,
+        conversation_id=message.conversation_id,
+    )
+
+
+def _fail(message: Message, code: int | None, title: str, now: datetime) -> None:
+    message.status = MessageStatus.FAILED
+    message.error_code = code
+    message.error_title = title[:_MAX_TITLE]
+    message.next_attempt_at = None
+    message.status_updated_at = now
+
+
+async def claim_due_messages(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    *,
+    batch_size: int = 50,
+    conversation_id: uuid.UUID | None = None,
+) -> list[ClaimedMessage]:
+    """Take the lease of up to `batch_size` due messages (committed before returning).
+
+    Only the oldest pending (QUEUED or SENDING) outbound message of a conversation is
+    claimable, so a conversation's messages go out one at a time and in order, whichever
+    worker sends them: a later message waits while an earlier one is in flight or
+    waiting to be retried (a rate limit for that customer would refuse it anyway).
+    """
+    now = utcnow()
+    lease_until = now + settings.delivery_lease
+    claimed: list[ClaimedMessage] = []
+    earlier = aliased(Message)
+    waits_behind_earlier = exists().where(
+        col(earlier.org_id) == col(Message.org_id),
+        col(earlier.conversation_id) == col(Message.conversation_id),
+        col(earlier.id) < col(Message.id),
+        col(earlier.direction) == MessageDirection.OUTBOUND,
+        col(earlier.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
+    )
+    statement = select(Message).where(
+        # Literal, so PostgreSQL matches the partial index `ix_messages_outbox`.
+        text("messages.status IN ('QUEUED', 'SENDING')"),
+        col(Message.next_attempt_at) <= now,
+        Message.direction == MessageDirection.OUTBOUND,
+        ~waits_behind_earlier,
+    )
+    if conversation_id is not None:
+        statement = statement.where(Message.conversation_id == conversation_id)
+    async with db.session(all_workspaces="delivery: claim due outbound messages") as session:
+        rows = (
+            await session.exec(
+                statement.order_by(col(Message.next_attempt_at), col(Message.id))
+                .limit(batch_size)
+                .with_for_update(skip_locked=True, of=Message)  # type: ignore[arg-type]
+            )
+        ).all()
+        for message in rows:
+            expired_lease = message.status == MessageStatus.SENDING
+            if expired_lease and message.wa_message_id is not None:
+                # A status webhook filled in the wamid of a send whose answer was lost.
+                message.status = MessageStatus.SENT
+                message.next_attempt_at = None
+                message.status_updated_at = now
+                _publish_update(session, services, message)
+                continue
+            if message.attempts >= settings.delivery_max_attempts:
+                # Only a lease that keeps expiring gets here: the worker died each time.
+                log.warning(
+                    "delivery abandoned",
+                    extra={"message_id": str(message.id), "attempts": message.attempts},
+                )
+                _fail(
+                    message,
+                    message.error_code,
+                    f"Delivery abandoned after {message.attempts} attempts; whether the "
+                    "last one reached WhatsApp is unknown",
+                    now,
+                )
+                _publish_update(session, services, message)
+                continue
+            if expired_lease:
+                log.warning(
+                    "re-sending a message whose delivery lease expired",
+                    extra={"message_id": str(message.id), "attempts": message.attempts},
+                )
+            message.status = MessageStatus.SENDING
+            message.attempts += 1
+            message.next_attempt_at = lease_until
+            _publish_update(session, services, message)
+            claimed.append(
+                ClaimedMessage(
+                    id=message.id,
+                    org_id=message.org_id,
+                    conversation_id=message.conversation_id,
+                    attempts=message.attempts,
+                    lease_until=lease_until,
+                )
+            )
+    return claimed
+
+
+# -- sending ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Send:
+    """Everything one Cloud API call needs, read in a short transaction."""
+
+    phone_number_id: str
+    account_id: uuid.UUID
+    credentials_updated_at: datetime
+    rate: int
+    token: Secret = field(repr=False)  # revealed only at the call
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    kind: str  # "sent", "retry", "fail", "token_invalid"
+    sent: SentMessage | None = None
+    code: int | None = None
+    title: str = ""
+    account_id: uuid.UUID | None = None
+    credentials_updated_at: datetime | None = None
+    error: MetaApiError | None = None
+
+
+class NoRecipient(ValueError):
+    """The contact has neither a phone number id nor a business-scoped user id."""
+
+
+def build_payload(message: Message, contact: Contact) -> dict[str, Any]:
+    """The Cloud API body for `message` (the client adds `messaging_product`).
+
+    Addressed by `to` (the contact's wa_id) when known; else by `recipient` (the
+    business-scoped user id, for username-only contacts). Meta gives `to` precedence
+    when both are sent, so only one is.
+    """
+    payload: dict[str, Any] = {}
+    if contact.wa_id:
+        payload["to"] = contact.wa_id
+    elif contact.user_id:
+        payload["recipient"] = contact.user_id
+    else:
+        raise NoRecipient("the contact has neither a WhatsApp number nor a user id")
+    if message.type == "text":
+        if not message.text:
+            raise ValueError("a text message without text")
+        payload["type"] = "text"
+        payload["text"] = {"body": message.text}
+    elif message.type == "template":
+        if not isinstance(message.payload, dict):
+            raise ValueError("a template message without its template")
+        payload["type"] = "template"
+        payload["template"] = message.payload
+    else:
+        raise ValueError(f"outbound messages of type {message.type!r} are not supported")
+    if message.reply_to_wa_message_id:
+        payload["context"] = {"message_id": message.reply_to_wa_message_id}
+    payload["biz_opaque_callback_data"] = str(message.id)
+    return payload
+
+
+async def _prepare(
+    db: Database, settings: Settings, services: Services, claimed: ClaimedMessage
+) -> _Send | _Outcome | None:
+    """Read what the send needs; an outcome instead when it must not (or cannot) be sent."""
+    async with db.session(claimed.org_id) as session:
+        message = await session.get(Message, claimed.id)
+        if message is None or not _owned(message, claimed):
+            return None  # deleted, or moved on since the claim (a webhook, another worker)
+        conversation = await session.get(Conversation, message.conversation_id)
+        if conversation is None:
+            return None
+        contact = await session.get(Contact, conversation.contact_id)
+        account = await session.get(WhatsAppAccount, conversation.account_id)
+        if contact is None or account is None:
+            return None
+        if account.disconnected_at is not None or account.status == AccountStatus.DISCONNECTED:
+            return _Outcome("fail", title="Not sent: the WhatsApp number was disconnected")
+        if account.status == AccountStatus.TOKEN_INVALID:
+            return _Outcome(
+                "fail",
+                code=190,
+                title="Not sent: Meta rejected this number's access token; an admin must "
+                "update the WhatsApp credentials",
+            )
+        if contact.opted_out:
+            return _Outcome("fail", title="Not sent: the contact opted out (STOP)")
+        try:
+            token = open_secret(services.keyring, account, "access_token_enc")
+        except DecryptionError:
+            log.error(
+                "stored access token cannot be decrypted",
+                extra={"message_id": str(message.id), "account": str(account.id)},
+            )
+            # Perhaps this process lacks a key the others have (a rotation in progress).
+            return _Outcome(
+                "retry", title="The stored access token cannot be decrypted; update credentials"
+            )
+        if token is None:
+            return _Outcome(
+                "fail", title="Not sent: the WhatsApp number has no access token; update it"
+            )
+        try:
+            payload = build_payload(message, contact)
+        except NoRecipient:
+            return _Outcome(
+                "fail", title="Not sent: the contact has no WhatsApp number or user id to send to"
+            )
+        except ValueError as error:
+            return _Outcome("fail", title=f"Not sent: {error}")
+        return _Send(
+            phone_number_id=account.phone_number_id,
+            account_id=account.id,
+            credentials_updated_at=account.credentials_updated_at,
+            rate=throughput_of(account),
+            token=token,
+            payload=payload,
+        )
+
+
+async def _call_meta(
+    services: Services, throttle: Throttle, claimed: ClaimedMessage, send: _Send
+) -> _Outcome:
+    await throttle.acquire(send.phone_number_id, send.rate)
+    try:
+        sent = await services.cloud.send_message(
+            send.phone_number_id, send.token.reveal(), send.payload
+        )
+    except MetaApiError as error:
+        log.warning(
+            "message send failed",
+            extra={
+                "message_id": str(claimed.id),
+                "attempt": claimed.attempts,
+                "code": error.code,
+                "subcode": error.subcode,
+                "kind": error.kind.value,
+                "fbtrace_id": error.fbtrace_id,
+            },
+        )
+        title = error.title or "Cloud API error"
+        if error.kind == ErrorKind.TOKEN_INVALID:
+            return _Outcome(
+                "token_invalid",
+                code=error.code,
+                title=title,
+                account_id=send.account_id,
+                credentials_updated_at=send.credentials_updated_at,
+                error=error,
+            )
+        if error.kind in (ErrorKind.RATE_LIMITED, ErrorKind.RETRYABLE):
+            return _Outcome("retry", code=error.code, title=title)
+        return _Outcome("fail", code=error.code, title=title)
+    except ValueError:
+        # The client refused the stored token before sending (not a header-safe value).
+        return _Outcome("fail", title="Not sent: the stored access token is not usable")
+    log.info(
+        "message sent",
+        extra={
+            "message_id": str(claimed.id),
+            "attempt": claimed.attempts,
+            "wa_message_id": sent.wa_message_id,
+        },
+    )
+    return _Outcome("sent", sent=sent)
+
+
+async def _apply(
+    session: AsyncSession,
+    services: Services,
+    settings: Settings,
+    claimed: ClaimedMessage,
+    outcome: _Outcome,
+) -> None:
+    message = (
+        await session.exec(select(Message).where(Message.id == claimed.id).with_for_update())
+    ).first()
+    if message is None:
+        return
+    now = utcnow()
+    changed = False
+    if outcome.kind == "sent":
+        assert outcome.sent is not None
+        wamid = outcome.sent.wa_message_id
+        if message.wa_message_id is None:
+            message.wa_message_id = wamid
+            changed = True
+        elif message.wa_message_id != wamid:
+            log.warning(
+                "message was sent more than once",
+                extra={"message_id": str(message.id), "wa_message_id": wamid},
+            )
+        if moves_forward(message.status, MessageStatus.SENT):
+            message.status = MessageStatus.SENT
+            message.status_updated_at = now
+            message.error_code = None
+            message.error_title = None
+            changed = True
+        if message.status not in (MessageStatus.QUEUED, MessageStatus.SENDING):
+            message.next_attempt_at = None
+    elif not _owned(message, claimed):
+        # A status webhook or another worker moved it on: their word stands.
+        log.info(
+            "delivery outcome ignored: the message moved on",
+            extra={"message_id": str(message.id), "status": message.status.value},
+        )
+        return
+    elif outcome.kind == "retry" and message.attempts < settings.delivery_max_attempts:
+        delay = backoff_delay(message.attempts, settings)
+        message.status = MessageStatus.QUEUED
+        message.next_attempt_at = now + timedelta(seconds=delay)
+        message.status_updated_at = now
+        message.error_code = outcome.code
+        message.error_title = outcome.title[:_MAX_TITLE] or None
+        changed = True
+    else:
+        title = outcome.title
+        if outcome.kind == "retry":
+            title = f"{title} (gave up after {message.attempts} attempts)"
+        _fail(message, outcome.code, title, now)
+        changed = True
+        if outcome.kind == "token_invalid":
+            await _flag_account(session, services, outcome)
+    if changed:
+        await session.flush()
+        _publish_update(session, services, message)
+
+
+async def _flag_account(session: AsyncSession, services: Services, outcome: _Outcome) -> None:
+    """Mark the number TOKEN_INVALID, unless its credentials changed since the send."""
+    assert outcome.account_id is not None
+    assert outcome.error is not None
+    account = await session.get(WhatsAppAccount, outcome.account_id)
+    if (
+        account is None
+        or account.disconnected_at is not None
+        or account.credentials_updated_at != outcome.credentials_updated_at
+        or account.status == AccountStatus.TOKEN_INVALID
+    ):
+        return
+    apply_health_error(account, outcome.error)
+    log.warning("access token rejected; account flagged", extra={"account": str(account.id)})
+    publish_after_commit(
+        session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+    )
+
+
+async def _record(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    claimed: ClaimedMessage,
+    outcome: _Outcome,
+) -> None:
+    """Store an outcome, retrying for a few seconds while the database is unreachable."""
+    delays = (0.0, *STORE_RETRY_DELAYS)
+    for index, delay in enumerate(delays):
+        if delay:
+            await asyncio.sleep(delay)
+        try:
+            async with db.session(claimed.org_id) as session:
+                await _apply(session, services, settings, claimed, outcome)
+            return
+        except _DB_ERRORS as error:
+            if index == len(delays) - 1:
+                raise
+            log.warning(
+                "could not record a delivery outcome; retrying",
+                extra={
+                    "message_id": str(claimed.id),
+                    "outcome": outcome.kind,
+                    "error": type(error).__name__,
+                },
+            )
+
+
+async def deliver_one(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    claimed: ClaimedMessage,
+    *,
+    throttle: Throttle | None = None,
+) -> str | None:
+    """Send one claimed message and record the outcome; its kind, or None if skipped."""
+    prepared = await _prepare(db, settings, services, claimed)
+    if prepared is None:
+        return None
+    if isinstance(prepared, _Send):
+        outcome = await _call_meta(services, throttle or _DEFAULT_THROTTLE, claimed, prepared)
+    else:
+        outcome = prepared
+        log.warning(
+            "message not sent",
+            extra={"message_id": str(claimed.id), "outcome": outcome.kind, "code": outcome.code},
+        )
+    await _record(db, services, settings, claimed, outcome)
+    return outcome.kind
+
+
+async def deliver_due_messages(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    *,
+    batch_size: int = 50,
+    throttle: Throttle | None = None,
+) -> int:
+    """Claim up to `batch_size` due messages and deliver them; how many were claimed.
+
+    Each claimed message ends SENT, QUEUED again for a later attempt, or FAILED; one
+    whose outcome could not be stored (the database went away) stays SENDING until its
+    lease expires and is then claimed again. Returns at once when nothing is due.
+    """
+    claimed = await claim_due_messages(db, services, settings, batch_size=batch_size)
+    if not claimed:
+        return 0
+    count = len(claimed)
+    gate = asyncio.Semaphore(settings.delivery_concurrency)
+
+    async def conversation_in_order(first: ClaimedMessage) -> None:
+        nonlocal count
+        async with gate:
+            item: ClaimedMessage | None = first
+            for _ in range(FOLLOW_UPS_PER_RUN):
+                assert item is not None
+                try:
+                    await deliver_one(db, services, settings, item, throttle=throttle)
+                except Exception:
+                    log.exception(
+                        "delivery failed; the message is retried when its lease expires",
+                        extra={"message_id": str(item.id)},
+                    )
+                    return
+                # The conversation's next message, if it is due (and no one else has it).
+                following = await claim_due_messages(
+                    db, services, settings, batch_size=1, conversation_id=item.conversation_id
+                )
+                if not following:
+                    return
+                item = following[0]
+                count += 1
+
+    await asyncio.gather(*(conversation_in_order(item) for item in claimed))
+    return count
