@@ -25,6 +25,8 @@ from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
+from weflux.realtime.hub import Hub
+from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -78,13 +80,17 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.keyring, state.cloud_api = runtime.keyring, runtime.cloud_api
         state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
         state.trusted_proxies = trusted_proxies
+        state.hub = Hub(runtime.broker)
+        state.sockets = SocketRegistry(authenticator)
         try:
             await _check_database_role(settings, runtime.db)
             await passwords.warm_up()
             await runtime.start(worker=settings.in_process_worker)
             await authenticator.start()
+            await state.hub.start()
             yield
         finally:
+            await state.hub.stop()
             await authenticator.stop()
             await limiter.close()
             await runtime.stop()

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -19,6 +20,14 @@ from weflux.logs import configure_logging
 log = logging.getLogger("weflux.cli")
 
 SCHEMA_FILE = Path("schema.graphql")
+WS_MAX_MESSAGE_BYTES = 64 * 1024  # a client frame larger than this closes the socket
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_config": None,
+    "server_header": False,
+    "proxy_headers": False,  # X-Forwarded-For is believed only from WEFLUX_TRUSTED_PROXIES
+    "ws_per_message_deflate": False,  # CPU and memory per socket; off unless measured worthwhile
+    "ws_max_size": WS_MAX_MESSAGE_BYTES,
+}
 
 
 def _settings() -> Settings:
@@ -86,10 +95,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        log_config=None,
-        server_header=False,
-        proxy_headers=False,  # the app trusts X-Forwarded-For only from WEFLUX_TRUSTED_PROXIES
-        ws_per_message_deflate=False,
+        **UVICORN_OPTIONS,
     )
     return 0
 

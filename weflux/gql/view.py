@@ -10,6 +10,7 @@ when the operation has errors).
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -41,6 +42,9 @@ from weflux.services.audit import RequestMeta
 log = logging.getLogger(__name__)
 
 _SESSION = "weflux.graphql_session"
+_WS_CONTEXT = "weflux.ws_context"
+CONNECTION_INIT_TIMEOUT = 10  # seconds to send connection_init before the socket closes (4408)
+MAX_SUBSCRIPTIONS = 20  # per connection
 
 
 def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
@@ -73,10 +77,20 @@ class GraphQLApp(GraphQL[Context, None]):
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
             multipart_uploads_enabled=False,
             allowed_origins=allowed_origins,
+            connection_init_wait_timeout=timedelta(seconds=CONNECTION_INIT_TIMEOUT),
+            max_subscriptions_per_connection=MAX_SUBSCRIPTIONS,
         )
         self.ide = ide
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                context = scope.get(_WS_CONTEXT)
+                if context is not None:
+                    scope["app"].state.sockets.unregister(context)
+            return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return
@@ -199,4 +213,6 @@ class GraphQLApp(GraphQL[Context, None]):
         if principal is None:
             raise ConnectionRejectionError({"message": "Authentication required"})
         context.principal = principal
+        context.request.scope[_WS_CONTEXT] = context
+        context.request.app.state.sockets.register(context)
         return None

@@ -1,0 +1,243 @@
+"""Subscriptions: live inbox events over graphql-transport-ws.
+
+Events on the broker carry ids only. Each subscriber loads what an event names through
+its own scoped unit of work (workspace, and for an Agent the visibility rule), so an
+Agent never receives a conversation they cannot see, and a reassignment away stops the
+flow at once. `messageAdded(after:)` replays from the database, then continues live
+without a gap or a duplicate: live events are buffered during the replay and
+de-duplicated by id, and after a broker reconnection the subscription catches up from
+the database.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import OrderedDict
+from collections.abc import AsyncGenerator
+from datetime import timedelta
+
+import strawberry
+from sqlmodel import col, select
+from strawberry.types import Info
+
+from weflux.auth.permissions import Permission
+from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
+from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
+from weflux.gql.permissions import requires
+from weflux.gql.types import decode_cursor
+from weflux.ids import decode_global_id
+from weflux.models import Conversation as ConversationRow
+from weflux.models import Message as MessageRow
+from weflux.models import WhatsAppAccount as WhatsAppAccountRow
+from weflux.models import utcnow
+from weflux.realtime.hub import RESYNC, Hub, SlowConsumer, next_event
+
+READ = [requires(Permission.READ_WORKSPACE)]
+REPLAY_PAGE = 100
+# How far back a catch-up looks before the newest message seen: messages committed late
+# (a transaction that began earlier and ended later) still carry an older id.
+LATE_COMMIT_WINDOW = timedelta(seconds=60)
+SEEN_LIMIT = 10_000
+SLOW_CONSUMER_CLOSE = 4008
+
+
+def uuid_floor(moment_ms: int) -> uuid.UUID:
+    """The smallest UUIDv7 of a millisecond: every message id made then or later is above."""
+    return uuid.UUID(int=moment_ms << 80)
+
+
+def _moment_ms(row_id: uuid.UUID) -> int:
+    return row_id.int >> 80
+
+
+class _Seen:
+    """The ids already delivered, bounded."""
+
+    def __init__(self) -> None:
+        self._ids: OrderedDict[uuid.UUID, None] = OrderedDict()
+        self.newest_ms = 0
+
+    def __contains__(self, row_id: uuid.UUID) -> bool:
+        return row_id in self._ids
+
+    def add(self, row_id: uuid.UUID) -> None:
+        self._ids[row_id] = None
+        self.newest_ms = max(self.newest_ms, _moment_ms(row_id))
+        while len(self._ids) > SEEN_LIMIT:
+            self._ids.popitem(last=False)
+
+
+def _hub(info: Info) -> Hub:
+    hub: Hub = info.context.request.app.state.hub
+    return hub
+
+
+async def _close_slow(info: Info) -> None:
+    await info.context.request.close(code=SLOW_CONSUMER_CLOSE, reason="Too slow: resume with after")
+
+
+async def _replay(
+    info: Info, floor: uuid.UUID, conversation_id: uuid.UUID | None, seen: _Seen
+) -> AsyncGenerator[Message, None]:
+    """Every visible message above `floor`, oldest first, not yet delivered."""
+    while True:
+        async with info.context.event_unit() as session:
+            query = (
+                select(MessageRow)
+                .where(col(MessageRow.id) > floor)
+                .order_by(col(MessageRow.id))
+                .limit(REPLAY_PAGE)
+            )
+            if conversation_id is not None:
+                query = query.where(MessageRow.conversation_id == conversation_id)
+            rows = list((await session.exec(query)).all())
+            for row in rows:
+                if row.id not in seen:
+                    seen.add(row.id)
+                    yield to_message(row)
+        if len(rows) < REPLAY_PAGE:
+            return
+        floor = rows[-1].id
+
+
+@strawberry.type(description="Live events. Authenticate in `connection_init`.")
+class Subscription:
+    @strawberry.subscription(
+        description=(
+            "New messages, inbound and outbound, visible to the caller. With `after` (a "
+            "Message cursor) every visible message after it is replayed first, then the "
+            "stream goes on live with no gap and no duplicate."
+        ),
+        permission_classes=READ,
+    )
+    async def message_added(
+        self,
+        info: Info,
+        conversation_id: strawberry.ID | None = None,
+        after: str | None = None,
+    ) -> AsyncGenerator[Message, None]:
+        context = info.context
+        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        floor = decode_cursor(after) if after else None
+        started_ms = int(utcnow().timestamp() * 1000)
+        seen = _Seen()
+        async with _hub(info).listen(context.actor.org_id) as listener:
+            listener.on_overflow = lambda: _close_slow(info)
+            if floor is not None:
+                async for message in _replay(info, floor, only, seen):
+                    yield message
+            while True:
+                try:
+                    event = await next_event(listener)
+                except SlowConsumer:
+                    await _close_slow(info)
+                    return
+                if event is None:
+                    continue
+                if event is RESYNC or event.get("event") == RESYNC["event"]:
+                    since_ms = max(seen.newest_ms, started_ms) - int(
+                        LATE_COMMIT_WINDOW.total_seconds() * 1000
+                    )
+                    catch_up = uuid_floor(since_ms)
+                    if floor is not None and floor > catch_up:
+                        catch_up = floor
+                    async for message in _replay(info, catch_up, only, seen):
+                        yield message
+                    continue
+                if event.get("event") != "messageAdded":
+                    continue
+                try:
+                    message_id = uuid.UUID(event["id"])
+                    in_conversation = uuid.UUID(event["conversation_id"])
+                except (KeyError, ValueError):
+                    continue
+                if message_id in seen or (only is not None and in_conversation != only):
+                    continue
+                async with context.event_unit() as session:
+                    row = await session.get(MessageRow, message_id)
+                    if row is None:  # not visible to this caller (or gone)
+                        continue
+                    seen.add(row.id)
+                    yield to_message(row)
+
+    @strawberry.subscription(
+        description="Status changes of visible messages (sent, delivered, read, failed).",
+        permission_classes=READ,
+    )
+    async def message_updated(
+        self, info: Info, conversation_id: strawberry.ID | None = None
+    ) -> AsyncGenerator[Message, None]:
+        context = info.context
+        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        async with _hub(info).listen(context.actor.org_id) as listener:
+            listener.on_overflow = lambda: _close_slow(info)
+            while True:
+                try:
+                    event = await next_event(listener)
+                except SlowConsumer:
+                    await _close_slow(info)
+                    return
+                if event is None or event.get("event") != "messageUpdated":
+                    continue
+                try:
+                    message_id = uuid.UUID(event["id"])
+                    in_conversation = uuid.UUID(event["conversation_id"])
+                except (KeyError, ValueError):
+                    continue
+                if only is not None and in_conversation != only:
+                    continue
+                async with context.event_unit() as session:
+                    row = await session.get(MessageRow, message_id)
+                    if row is not None:
+                        yield to_message(row)
+
+    @strawberry.subscription(
+        description="Visible conversations that are new, assigned, or changed status, "
+        "unread count or last message.",
+        permission_classes=READ,
+    )
+    async def conversation_updated(self, info: Info) -> AsyncGenerator[Conversation, None]:
+        context = info.context
+        async with _hub(info).listen(context.actor.org_id) as listener:
+            listener.on_overflow = lambda: _close_slow(info)
+            while True:
+                try:
+                    event = await next_event(listener)
+                except SlowConsumer:
+                    await _close_slow(info)
+                    return
+                if event is None or event.get("event") != "conversationUpdated":
+                    continue
+                try:
+                    conversation_id = uuid.UUID(event["id"])
+                except (KeyError, ValueError):
+                    continue
+                async with context.event_unit() as session:
+                    row = await session.get(ConversationRow, conversation_id)
+                    if row is not None:
+                        yield to_conversation(row)
+
+    @strawberry.subscription(
+        description="Quality rating, limit tier and status changes of the workspace's numbers.",
+        permission_classes=READ,
+    )
+    async def whats_app_account_updated(self, info: Info) -> AsyncGenerator[WhatsAppAccount, None]:
+        context = info.context
+        async with _hub(info).listen(context.actor.org_id) as listener:
+            listener.on_overflow = lambda: _close_slow(info)
+            while True:
+                try:
+                    event = await next_event(listener)
+                except SlowConsumer:
+                    await _close_slow(info)
+                    return
+                if event is None or event.get("event") != "whatsAppAccountUpdated":
+                    continue
+                try:
+                    account_id = uuid.UUID(event["id"])
+                except (KeyError, ValueError):
+                    continue
+                async with context.event_unit() as session:
+                    row = await session.get(WhatsAppAccountRow, account_id)
+                    if row is not None:
+                        yield to_whatsapp_account(row)
