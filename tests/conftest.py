@@ -27,6 +27,15 @@ from weflux.db import Database
 from weflux.models import Organization, Role
 
 DIALECTS = ["sqlite", "postgresql"]
+GENEROUS_LIMITS = (
+    "login_ip",
+    "login_account",
+    "signup_ip",
+    "invitation_ip",
+    "refresh_ip",
+    "graphql_ip",
+    "graphql_workspace",
+)
 
 postgres_only = pytest.mark.parametrize("dialect", ["postgresql"])
 
@@ -119,6 +128,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "encryption_keys": generate_encryption_key_entry("test1"),
         "log_format": "console",
         "in_process_worker": False,
+        # Generous limits: counters in Redis outlive a test run; rate-limit tests set their own.
+        **{f"rate_limit_{name}": "10000/minute" for name in GENEROUS_LIMITS},
         # Nothing in the tests may reach the real Graph API: a closed local port by default.
         "meta_graph_url": "http://127.0.0.1:9",
     }

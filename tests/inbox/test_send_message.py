@@ -104,7 +104,7 @@ async def record_events(services: Services, org_id: uuid.UUID) -> list[Event]:
     received: list[Event] = []
 
     async def listen(message: Event) -> None:
-        received.append(message)
+        received.append({k: v for k, v in message.items() if k != "eid"})
 
     await services.broker.subscribe(workspace_channel(org_id), listen)
     return received

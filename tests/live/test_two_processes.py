@@ -15,7 +15,7 @@ import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.conftest import postgres_only
+from tests.conftest import GENEROUS_LIMITS, postgres_only
 from tests.fixtures.api import token_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
@@ -80,6 +80,7 @@ def server_env(
         "WEFLUX_ENCRYPTION_KEYS": settings.encryption_keys.get_secret_value(),
         "WEFLUX_META_APP_SECRET": SECRET,
         "WEFLUX_LOG_LEVEL": "WARNING",
+        **{f"WEFLUX_RATE_LIMIT_{name.upper()}": "10000/minute" for name in GENEROUS_LIMITS},
     }
 
 

@@ -177,3 +177,36 @@ async def test_malformed_messages_are_dropped(require_redis: None) -> None:
     finally:
         await broker.stop()
         await redis.aclose()
+
+
+async def test_events_published_while_redis_is_away_go_out_on_reconnection(
+    require_redis: None,
+) -> None:
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher = RedisBroker(publisher_redis, backoff_base=0.02, backoff_cap=0.2)
+    listener_redis = create_redis(TEST_REDIS_URL)
+    listener = RedisBroker(listener_redis)
+    await publisher.start()
+    await listener.start()
+    try:
+        await publisher.wait_connected()
+        await listener.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await listener.subscribe(channel, handler)
+        await proxy.cut()
+        await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
+        await proxy.restore()
+        await _eventually(lambda: received == [{"n": 1}], seconds=10)
+    finally:
+        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
+            await broker.stop()
+            await redis.aclose()
+        await proxy.close()

@@ -51,7 +51,7 @@ class Context:
         return _event_loaders.get() or self._loaders
 
     @contextlib.asynccontextmanager
-    async def event_unit(self) -> AsyncIterator[AsyncSession]:
+    async def event_unit(self, loaders: Loaders | None = None) -> AsyncIterator[AsyncSession]:
         """A unit of work for one live event, scoped as the caller's queries are."""
         from weflux.auth.permissions import Permission
         from weflux.auth.scoping import restrict_to_agent
@@ -62,7 +62,7 @@ class Context:
             if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
                 restrict_to_agent(session, principal.membership_id)
             session_token = _event_session.set(session)
-            loaders_token = _event_loaders.set(Loaders(self))
+            loaders_token = _event_loaders.set(loaders or Loaders(self))
             try:
                 yield session
             finally:

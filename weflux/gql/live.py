@@ -11,18 +11,23 @@ the database.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from datetime import timedelta
+from typing import Any
 
 import strawberry
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
+from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
+from weflux.gql.loaders import Loaders
 from weflux.gql.permissions import requires
 from weflux.gql.types import decode_cursor
 from weflux.ids import decode_global_id
@@ -65,6 +70,74 @@ class _Seen:
         self.newest_ms = max(self.newest_ms, _moment_ms(row_id))
         while len(self._ids) > SEEN_LIMIT:
             self._ids.popitem(last=False)
+
+
+class _Shared:
+    """One event as one visibility class sees it: loaded once, shared by its subscribers."""
+
+    def __init__(self, context: Context) -> None:
+        self.row: asyncio.Future[Any] | None = None
+        self.loaders = Loaders(context)
+
+    async def load(self, session: AsyncSession, model: type[Any], row_id: uuid.UUID) -> Any:
+        if self.row is None:
+            self.row = asyncio.ensure_future(session.get(model, row_id))
+        try:
+            return await asyncio.shield(self.row)
+        except Exception:
+            # The subscriber that started the load went away mid-way: load for ourselves.
+            return await session.get(model, row_id)
+
+
+class EventMemo:
+    """Recent events by (event, visibility class); bounded, oldest dropped first."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, str, str], _Shared] = OrderedDict()
+        self.loads = 0  # how many distinct loads were started (for tests and the benchmark)
+
+    def get(self, occurrence: str, row_id: uuid.UUID, context: Context) -> _Shared:
+        principal = context.actor
+        visibility = (
+            "all"
+            if principal.can(Permission.SEE_ALL_CONVERSATIONS)
+            else f"agent:{principal.membership_id}"
+        )
+        key = (occurrence, str(row_id), visibility)
+        shared = self._entries.get(key)
+        if shared is None:
+            shared = self._entries[key] = _Shared(context)
+            self.loads += 1
+            while len(self._entries) > self.limit:
+                self._entries.popitem(last=False)
+        return shared
+
+
+def event_key(event: dict[str, Any]) -> str:
+    """The occurrence an event names (a fresh key when it carries none: nothing shared)."""
+    eid = event.get("eid")
+    return eid if isinstance(eid, str) and eid else uuid.uuid4().hex
+
+
+def _memo(info: Info) -> EventMemo:
+    state = info.context.request.app.state
+    memo: EventMemo | None = getattr(state, "event_memo", None)
+    if memo is None:
+        memo = state.event_memo = EventMemo()
+    return memo
+
+
+async def _deliver(
+    info: Info, occurrence: str, model: type[Any], row_id: uuid.UUID
+) -> AsyncGenerator[Any, None]:
+    """The row an event names, as this caller may see it (nothing when they may not)."""
+    context = info.context
+    shared = _memo(info).get(occurrence, row_id, context)
+    async with context.event_unit(shared.loaders) as session:
+        row = await shared.load(session, model, row_id)
+        if row is not None:
+            yield row
 
 
 def _hub(info: Info) -> Hub:
@@ -153,10 +226,7 @@ class Subscription:
                     continue
                 if message_id in seen or (only is not None and in_conversation != only):
                     continue
-                async with context.event_unit() as session:
-                    row = await session.get(MessageRow, message_id)
-                    if row is None:  # not visible to this caller (or gone)
-                        continue
+                async for row in _deliver(info, event_key(event), MessageRow, message_id):
                     seen.add(row.id)
                     yield to_message(row)
 
@@ -186,10 +256,8 @@ class Subscription:
                     continue
                 if only is not None and in_conversation != only:
                     continue
-                async with context.event_unit() as session:
-                    row = await session.get(MessageRow, message_id)
-                    if row is not None:
-                        yield to_message(row)
+                async for row in _deliver(info, event_key(event), MessageRow, message_id):
+                    yield to_message(row)
 
     @strawberry.subscription(
         description="Visible conversations that are new, assigned, or changed status, "
@@ -212,10 +280,8 @@ class Subscription:
                     conversation_id = uuid.UUID(event["id"])
                 except (KeyError, ValueError):
                     continue
-                async with context.event_unit() as session:
-                    row = await session.get(ConversationRow, conversation_id)
-                    if row is not None:
-                        yield to_conversation(row)
+                async for row in _deliver(info, event_key(event), ConversationRow, conversation_id):
+                    yield to_conversation(row)
 
     @strawberry.subscription(
         description="Quality rating, limit tier and status changes of the workspace's numbers.",
@@ -237,7 +303,5 @@ class Subscription:
                     account_id = uuid.UUID(event["id"])
                 except (KeyError, ValueError):
                     continue
-                async with context.event_unit() as session:
-                    row = await session.get(WhatsAppAccountRow, account_id)
-                    if row is not None:
-                        yield to_whatsapp_account(row)
+                async for row in _deliver(info, event_key(event), WhatsAppAccountRow, account_id):
+                    yield to_whatsapp_account(row)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
+UNSENT_LIMIT = 10_000
 Handler = Callable[[Message], Awaitable[None]]
 Unsubscribe = Callable[[], Awaitable[None]]
 ReconnectListener = Callable[[], Awaitable[None]]
@@ -120,6 +121,7 @@ class RedisBroker(Broker):
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._stopping = False
+        self._unsent: list[tuple[str, str]] = []
 
     @property
     def connected(self) -> bool:
@@ -142,7 +144,26 @@ class RedisBroker(Broker):
         await self._close_pubsub()
 
     async def publish(self, channel: str, message: Message) -> None:
-        await self._redis.publish(channel, json.dumps(message, default=str))
+        """Publish now; while Redis is unreachable, keep it and publish on reconnection.
+
+        Subscribers de-duplicate by id, so a late copy is harmless, while a lost one would
+        leave a live view behind until its next catch-up.
+        """
+        payload = json.dumps(message, default=str)
+        try:
+            await self._flush_unsent()  # earlier events first
+            await self._redis.publish(channel, payload)
+        except (RedisError, OSError):
+            if len(self._unsent) >= UNSENT_LIMIT:
+                self._unsent.pop(0)
+            self._unsent.append((channel, payload))
+            log.warning("broker unreachable: the event will be published on reconnection")
+
+    async def _flush_unsent(self) -> None:
+        while self._unsent:
+            channel, payload = self._unsent[0]
+            await self._redis.publish(channel, payload)
+            self._unsent.pop(0)
 
     async def _channel_opened(self, channel: str) -> None:
         async with self._lock:
@@ -179,6 +200,7 @@ class RedisBroker(Broker):
         while not self._stopping:
             try:
                 await self._connect()
+                await self._flush_unsent()
                 if not first:
                     log.info("broker reconnected")
                     await self._notify_reconnected()

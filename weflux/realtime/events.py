@@ -28,7 +28,12 @@ def publish_after_commit(
     session: AsyncSession, broker: Broker, org_id: uuid.UUID, event: str, **ids: Any
 ) -> None:
     """Queue `event` for the workspace's channel once `session` commits."""
-    message = {"event": event, **{key: str(value) for key, value in ids.items()}}
+    # `eid` names this occurrence: subscribers of one visibility class share its load.
+    message = {
+        "event": event,
+        "eid": uuid.uuid4().hex,
+        **{key: str(value) for key, value in ids.items()},
+    }
 
     async def publish() -> None:
         try:
