@@ -196,3 +196,67 @@ async def test_a_reply_outside_the_window_needs_a_template(
         "status": "QUEUED",
         "type": "template",
     }
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_flushing_redis_loses_nothing(
+    database_urls: DatabaseUrls,
+    tmp_path: Path,
+    meta_url: str,
+    fake_meta: FakeCloudApi,
+    org: Organization,
+    admin: Actor,
+    db: Database,
+    require_redis: None,
+) -> None:
+    """Redis holds no state of record: pub/sub and counters only."""
+    from asgi_lifespan import LifespanManager
+    from redis.asyncio import Redis
+
+    from tests.fixtures.services import TEST_REDIS_URL
+    from weflux.app import create_app
+
+    settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        meta_graph_url=meta_url,
+        meta_app_secret=SECRET,
+        redis_url=TEST_REDIS_URL,
+    )
+    async with db.session(org.id) as session:
+        account = WhatsAppAccount(
+            org_id=org.id,
+            display_phone_number=wh.DISPLAY_PHONE_NUMBER,
+            phone_number_id=wh.PHONE_NUMBER_ID,
+            business_account_id=wh.WABA_ID,
+            webhook_key="flush-key-00000000000000000001",
+            credentials_updated_at=utcnow(),
+            status="CONNECTED",
+        )
+        seal(KeyRing.from_settings(settings), account, "access_token_enc", ACCESS_TOKEN)
+        session.add(account)
+    redis = Redis.from_url(TEST_REDIS_URL)
+    app = create_app(settings)
+    try:
+        async with LifespanManager(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                await webhook(
+                    client,
+                    wh.webhook_body(
+                        wh.messages_change(messages=[wh.text_message()], contacts=[wh.contact()])
+                    ),
+                )
+                token = await token_for(client, admin)
+                await redis.flushdb()
+                edges = (await gql(client, token, INBOX)).json()["data"]["conversations"]["edges"]
+                reply = {"conversationId": edges[0]["node"]["id"], "text": "still here"}
+                queued = await gql(client, token, SEND, {"input": reply})
+                assert queued.json()["data"]["sendMessage"]["status"] == "QUEUED"
+                await redis.flushdb()
+                runtime = app.state.runtime
+                await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings)
+                assert [s.payload["text"] for s in fake_meta.sent] == [{"body": "still here"}]
+    finally:
+        await redis.aclose()
