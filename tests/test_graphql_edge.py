@@ -52,3 +52,17 @@ async def test_get_queries_are_refused(client: httpx.AsyncClient) -> None:
 async def test_other_methods_are_not_allowed(client: httpx.AsyncClient) -> None:
     response = await client.put("/graphql", json={"query": "{ viewer { id } }"})
     assert response.status_code == 405
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_unknown_routes_and_methods_answer_our_error_format(
+    client: httpx.AsyncClient,
+) -> None:
+    for response, status, code in (
+        (await client.get("/auth/login"), 405, "METHOD_NOT_ALLOWED"),
+        (await client.delete("/graphql"), 405, "METHOD_NOT_ALLOWED"),
+        (await client.get("/nowhere"), 404, "NOT_FOUND"),
+    ):
+        assert response.status_code == status
+        assert response.json()["error"]["code"] == code
+        assert response.headers["Cache-Control"] == "no-store"

@@ -8,6 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
@@ -23,6 +26,7 @@ from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
+from weflux.errors import error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.realtime.hub import Hub
@@ -56,6 +60,17 @@ class WefluxApp(Starlette):
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
         return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
+
+
+_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 answers in our error format, never cached."""
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    headers = dict(exc.headers or {}) | {"Cache-Control": "no-store"}
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -110,6 +125,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     ]
     return WefluxApp(
         routes=routes,
+        exception_handlers={HTTPException: _http_error},
         middleware=[cors_middleware(settings.origins)],
         lifespan=lifespan,
         hsts=settings.is_production,

@@ -154,6 +154,11 @@ class GraphQLApp(GraphQL[Context, None]):
             return _graphql_error(400, error.message, "BAD_REQUEST"), b""
         if body.lstrip()[:1] == b"[":
             return _graphql_error(400, "Batched operations are not supported", "BAD_REQUEST"), b""
+        # Media types are case-insensitive; Strawberry compares them exactly.
+        request.scope["headers"] = [
+            (name, b"application/json") if name == b"content-type" else (name, value)
+            for name, value in request.scope["headers"]
+        ]
         return None, body
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:

@@ -1,0 +1,563 @@
+"""Live fan-out: server CPU per delivered event per subscriber, memory per idle socket.
+
+    .venv/bin/python -m bench.fanout [--subscribers 200] [--events 50] [--database-url URL]
+
+One run measures two servers side by side, each a subprocess on a free loopback port:
+
+- weflux: a real `weflux serve --no-worker` on a fresh migrated database (SQLite unless
+  `--database-url`), with a workspace, an Admin and a WhatsApp number. Every socket
+  logs in as that Admin and subscribes to `messageAdded`; each event is one signed
+  webhook POST carrying one text message from a new sender.
+- raw: `bench.raw_ws_app` under uvicorn (same WebSocket options), a Starlette WebSocket
+  that sends one pre-serialised `next` frame (the payload weflux sent) per `POST /publish`.
+
+For each: VmRSS before and after opening N idle subscribed sockets (KiB per socket), and
+utime+stime of the server process while E events reach all N sockets (us of CPU per
+event per subscriber). The weflux figure includes, once per event, webhook verification,
+durable storage and processing; the same webhooks with no subscriber are measured
+separately so the reader can subtract (as is `POST /publish` with no subscriber).
+The clients live in this process (asyncio + `websockets`, one reader task per socket).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import websockets
+from sqlmodel import func, select
+from websockets.asyncio.client import ClientConnection
+
+from tests.fixtures import webhooks as wh
+from tests.fixtures.api import login
+from tests.fixtures.factories import PASSWORD, create_actor, create_org, create_whatsapp_account
+from tests.fixtures.live import free_port
+from tests.fixtures.ws import GraphQLSocket
+from weflux.auth import passwords
+from weflux.cli import WS_MAX_MESSAGE_BYTES
+from weflux.config import Settings, generate_encryption_key_entry
+from weflux.db import Database
+from weflux.migrate import migrate
+from weflux.models import Message, Role
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "bench-fanout-app-secret-0123456789"  # noqa: S105  (a benchmark's throwaway)
+QUERY = "subscription { messageAdded { id text direction conversation { id } } }"
+SUBPROTOCOL = "graphql-transport-ws"
+PONG = json.dumps({"type": "pong"})
+SETTLE = 1.0  # seconds for subscriptions to be listening and memory to settle
+EVENT_TIMEOUT = 30.0  # seconds for one event to reach every socket
+# Client sockets: no compression and no keepalive pings (browsers send none either).
+# (GraphQLSocket.connect passes compression=None itself.)
+CLIENT_OPTIONS: dict[str, Any] = {"ping_interval": None, "max_queue": None}
+
+
+# --- the server processes -----------------------------------------------------------
+
+
+@dataclass
+class Server:
+    name: str
+    process: subprocess.Popen[bytes]
+    base: str
+    log: Path
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def cpu_seconds(self) -> float:
+        """utime + stime of the whole process (every thread)."""
+        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+def spawn(name: str, argv: list[str], env: dict[str, str], workdir: Path, port: int) -> Server:
+    log = workdir / f"{name}.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(  # noqa: S603  (our own interpreter and arguments)
+            argv, cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    return Server(name, process, f"http://127.0.0.1:{port}", log)
+
+
+async def wait_ready(server: Server, probe: Callable[[httpx.AsyncClient], Awaitable[bool]]) -> None:
+    async with httpx.AsyncClient(base_url=server.base, timeout=2) as client:
+        for _ in range(300):
+            if server.process.poll() is not None:
+                break
+            with contextlib.suppress(httpx.TransportError):
+                if await probe(client):
+                    return
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"{server.name} did not come up:\n{server.log_tail()}")
+
+
+# --- the clients ----------------------------------------------------------------------
+
+
+@dataclass
+class Tally:
+    """`next` frames received, per socket and in all; wakes whoever waits for a total."""
+
+    counts: list[int] = field(default_factory=list)
+    total: int = 0
+    target: int = 0
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    problems: list[str] = field(default_factory=list)
+    last_payload: Any = None
+
+    def add_socket(self) -> int:
+        self.counts.append(0)
+        return len(self.counts) - 1
+
+    def got(self, index: int, payload: Any) -> None:
+        self.counts[index] += 1
+        self.total += 1
+        self.last_payload = payload
+        if self.total >= self.target:
+            self.reached.set()
+
+    async def wait_total(self, target: int, timeout: float) -> None:  # noqa: ASYNC109
+        self.target = target
+        if self.total >= target:
+            return
+        self.reached.clear()
+        try:
+            await asyncio.wait_for(self.reached.wait(), timeout)
+        except TimeoutError:
+            missing = sum(1 for c in self.counts if c < target // max(len(self.counts), 1))
+            raise RuntimeError(
+                f"{self.total}/{target} frames after {timeout:.0f}s ({missing} sockets behind); "
+                f"problems: {self.problems[:3]}"
+            ) from None
+
+
+async def read_frames(connection: ClientConnection, index: int, tally: Tally) -> None:
+    """The reader of one socket: count `next` frames, answer pings, note anything else."""
+    try:
+        async for raw in connection:
+            frame = json.loads(raw)
+            kind = frame.get("type")
+            if kind == "next" and not frame.get("payload", {}).get("errors"):
+                tally.got(index, frame["payload"])
+            elif kind == "ping":
+                await connection.send(PONG)
+            else:
+                tally.problems.append(f"socket {index}: {str(frame)[:300]}")
+    except websockets.ConnectionClosed as closed:
+        tally.problems.append(f"socket {index} closed: {closed}")
+
+
+@dataclass
+class Clients:
+    tally: Tally = field(default_factory=Tally)
+    connections: list[ClientConnection] = field(default_factory=list)
+    readers: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def open(self, count: int, batch: int, opener: Callable[[], Awaitable[Any]]) -> None:
+        """Open `count` subscribed sockets, `batch` at a time, each with its reader."""
+        for start in range(0, count, batch):
+            opened = await asyncio.gather(*(opener() for _ in range(min(batch, count - start))))
+            for connection in opened:
+                self.connections.append(connection)
+                index = self.tally.add_socket()
+                self.readers.append(asyncio.create_task(read_frames(connection, index, self.tally)))
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                asyncio.gather(*(c.close() for c in self.connections), return_exceptions=True), 10
+            )
+        for reader in self.readers:
+            reader.cancel()
+        await asyncio.gather(*self.readers, return_exceptions=True)
+        self.connections.clear()
+        self.readers.clear()
+
+
+def weflux_opener(base: str, token: str) -> Callable[[], Awaitable[ClientConnection]]:
+    async def open_one() -> ClientConnection:
+        socket = await GraphQLSocket.connect(base, token, **CLIENT_OPTIONS)
+        await socket.subscribe(QUERY)
+        return socket.connection
+
+    return open_one
+
+
+def raw_opener(base: str) -> Callable[[], Awaitable[ClientConnection]]:
+    async def open_one() -> ClientConnection:
+        url = base.replace("http://", "ws://") + "/ws"
+        connection = await websockets.connect(
+            url, subprotocols=[SUBPROTOCOL], compression=None, **CLIENT_OPTIONS
+        )
+        await connection.send(json.dumps({"type": "connection_init", "payload": {}}))
+        ack = json.loads(await asyncio.wait_for(connection.recv(), 5))
+        assert ack["type"] == "connection_ack", ack
+        await connection.send(
+            json.dumps({"id": "1", "type": "subscribe", "payload": {"query": QUERY}})
+        )
+        return connection
+
+    return open_one
+
+
+# --- one side of the comparison ------------------------------------------------------
+
+
+@dataclass
+class Result:
+    kib_per_socket: float
+    us_per_delivery: float
+    us_per_event_alone: float
+    median_ms_to_last: float
+
+
+async def measure(
+    server: Server,
+    opener: Callable[[], Awaitable[ClientConnection]],
+    send_event: Callable[[str, int], Awaitable[None]],
+    alone_done: Callable[[int], Awaitable[None]],
+    subscribers: int,
+    events: int,
+    batch: int,
+) -> tuple[Result, Any]:
+    """Warm up, then: CPU of the events with no subscriber; RSS of N idle sockets; CPU
+    of E events reaching all N. `send_event(phase, k)` emits event k of a phase;
+    `alone_done(k)` returns once k events of the no-subscriber phase were processed."""
+    warm = Clients()
+    await warm.open(1, 1, opener)
+    await asyncio.sleep(SETTLE / 2)
+    await send_event("warm", 1)
+    await warm.tally.wait_total(1, EVENT_TIMEOUT)
+    sample = warm.tally.last_payload
+    await warm.close()
+
+    cpu = server.cpu_seconds()
+    for k in range(1, events + 1):
+        await send_event("alone", k)
+        await alone_done(k)
+    await asyncio.sleep(0.2)
+    alone = server.cpu_seconds() - cpu
+
+    await asyncio.sleep(SETTLE / 2)
+    rss = server.rss_kib()
+    clients = Clients()
+    try:
+        await clients.open(subscribers, batch, opener)
+        await asyncio.sleep(SETTLE)
+        grown = server.rss_kib() - rss
+
+        latencies = []
+        cpu = server.cpu_seconds()
+        for k in range(1, events + 1):
+            started = time.perf_counter()
+            await send_event("fan", k)
+            await clients.tally.wait_total(subscribers * k, EVENT_TIMEOUT)
+            latencies.append(time.perf_counter() - started)
+        await asyncio.sleep(0.2)
+        spent = server.cpu_seconds() - cpu
+        behind = [c for c in clients.tally.counts if c != events]
+        if behind or clients.tally.problems:
+            raise RuntimeError(
+                f"{server.name}: {len(behind)} sockets with a wrong count; "
+                f"problems: {clients.tally.problems[:3]}"
+            )
+    finally:
+        await clients.close()
+    return (
+        Result(
+            kib_per_socket=grown / subscribers,
+            us_per_delivery=spent / (events * subscribers) * 1e6,
+            us_per_event_alone=alone / events * 1e6,
+            median_ms_to_last=statistics.median(latencies) * 1000,
+        ),
+        sample,
+    )
+
+
+# --- set-up ---------------------------------------------------------------------------
+
+
+@dataclass
+class Workspace:
+    org_id: Any
+    email: str
+    phone_number_id: str
+    waba_id: str
+    display_phone_number: str
+
+
+async def prepare(url: str) -> Workspace:
+    """Migrate, then a workspace, an Admin and a WhatsApp number (ids unique per run)."""
+    await migrate(url)
+    passwords.BCRYPT_ROUNDS = 4  # the stored hash's cost: a fast login
+    tag = secrets.token_hex(4)
+    digits = lambda: f"9{secrets.randbelow(10**14):014d}"  # noqa: E731
+    db = Database(url)
+    try:
+        async with db.session() as session:
+            org = await create_org(session, name=f"Fanout {tag}")
+        async with db.session(org.id) as session:
+            actor = await create_actor(session, Role.ADMIN, email=f"fanout-{tag}@example.com")
+            account = await create_whatsapp_account(
+                session,
+                phone_number_id=digits(),
+                business_account_id=digits(),
+                display_phone_number=f"1555{secrets.randbelow(10**7):07d}",
+                webhook_key=f"fanout-{tag}-{secrets.token_hex(8)}",
+            )
+    finally:
+        await db.dispose()
+    return Workspace(
+        org.id,
+        actor.user.email,
+        account.phone_number_id,
+        account.business_account_id,
+        account.display_phone_number,
+    )
+
+
+def server_env(url: str, workdir: Path) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("WEFLUX_")} | {
+        "WEFLUX_ENV": "test",
+        "WEFLUX_DATABASE_URL": url,
+        "WEFLUX_VAR_DIR": str(workdir / "var"),
+        "WEFLUX_JWT_SECRET": secrets.token_urlsafe(40),
+        "WEFLUX_ENCRYPTION_KEYS": generate_encryption_key_entry("bench"),
+        "WEFLUX_META_APP_SECRET": SECRET,
+        "WEFLUX_META_GRAPH_URL": "http://127.0.0.1:9",  # nothing may reach Meta
+        "WEFLUX_LOG_LEVEL": "WARNING",
+        # generous rate limits, as the live tests set them (one login, many sockets)
+        **{
+            f"WEFLUX_{name.upper()}": "10000/minute"
+            for name in Settings.model_fields
+            if name.startswith("rate_limit_")
+        },
+    }
+
+
+def webhook(space: Workspace, sender: str, text: str) -> tuple[bytes, dict[str, str]]:
+    body = wh.encode(
+        wh.webhook_body(
+            wh.messages_change(
+                space.phone_number_id,
+                display_phone_number=space.display_phone_number,
+                waba_id=space.waba_id,
+                messages=[wh.text_message(from_wa_id=sender, body=text)],
+                contacts=[wh.contact(wa_id=sender, name=f"Customer {sender[-4:]}")],
+            )
+        )
+    )
+    return body, {
+        "X-Hub-Signature-256": wh.sign(body, SECRET),
+        "Content-Type": "application/json",
+    }
+
+
+def loopback(port: int) -> list[str]:
+    return ["--host", "127.0.0.1", "--port", str(port)]
+
+
+# The uvicorn options of `weflux serve` (weflux.cli.UVICORN_OPTIONS), on the command line.
+RAW_APP = "bench.raw_ws_app:app"
+RAW_OPTIONS = [
+    *("--app-dir", str(ROOT), "--lifespan", "off", "--log-level", "warning"),
+    *("--no-access-log", "--no-server-header", "--no-proxy-headers"),
+    *("--ws-per-message-deflate", "false", "--ws-max-size", str(WS_MAX_MESSAGE_BYTES)),
+]
+SENDER_PHASES = {"warm": 1, "alone": 2, "fan": 3}
+
+
+async def run(args: argparse.Namespace, workdir: Path) -> None:
+    url = args.database_url or f"sqlite+aiosqlite:///{workdir}/fanout.db"
+    space = await prepare(url)
+    env = server_env(url, workdir)
+    weflux_port, raw_port = free_port(), free_port()
+    servers: list[Server] = []
+    try:
+        servers.append(
+            spawn(
+                "weflux",
+                [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(weflux_port)],
+                env,
+                workdir,
+                weflux_port,
+            )
+        )
+        servers.append(
+            spawn(
+                "raw",
+                [sys.executable, "-m", "uvicorn", RAW_APP, *RAW_OPTIONS, *loopback(raw_port)],
+                env,
+                workdir,
+                raw_port,
+            )
+        )
+        weflux, raw = servers
+
+        async def weflux_up(client: httpx.AsyncClient) -> bool:
+            return (await client.get("/readyz")).status_code == 200
+
+        async def raw_up(client: httpx.AsyncClient) -> bool:
+            return (await client.post("/publish", json={})).status_code == 200
+
+        await asyncio.gather(wait_ready(weflux, weflux_up), wait_ready(raw, raw_up))
+        try:
+            results = await compare(args, space, url, weflux, raw)
+        except BaseException:
+            for server in servers:
+                print(f"--- {server.name} log (tail)\n{server.log_tail()}", file=sys.stderr)
+            raise
+    finally:
+        for server in servers:
+            server.stop()
+    report(args, url, *results)
+
+
+async def compare(
+    args: argparse.Namespace, space: Workspace, url: str, weflux: Server, raw: Server
+) -> tuple[Result, Result]:
+    n, e, batch = args.subscribers, args.events, args.batch
+    timeout = httpx.Timeout(30)
+    async with (
+        httpx.AsyncClient(base_url=weflux.base, timeout=timeout) as to_weflux,
+        httpx.AsyncClient(base_url=raw.base, timeout=timeout) as to_raw,
+    ):
+        response = await login(to_weflux, space.email, PASSWORD)
+        assert response.status_code == 200, response.text
+        token = response.json()["accessToken"]
+
+        async def post_webhook(phase: str, k: int) -> None:
+            sender = f"1{SENDER_PHASES[phase]}{k:08d}"
+            body, headers = webhook(space, sender, f"{phase} {k}")
+            response = await to_weflux.post("/webhooks/whatsapp", content=body, headers=headers)
+            assert response.status_code == 200, response.text
+
+        db = Database(url)
+        warm_messages = 1
+
+        async def stored(k: int) -> None:
+            """Wait until the k-th webhook of the no-subscriber phase was processed."""
+            deadline = time.monotonic() + EVENT_TIMEOUT
+            while time.monotonic() < deadline:
+                async with db.session(space.org_id) as session:
+                    count = (await session.exec(select(func.count()).select_from(Message))).one()
+                if count >= warm_messages + k:
+                    return
+                await asyncio.sleep(0.005)
+            raise RuntimeError(f"webhook {k} was not processed in {EVENT_TIMEOUT:.0f}s")
+
+        try:
+            on_weflux, sample = await measure(
+                weflux, weflux_opener(weflux.base, token), post_webhook, stored, n, e, batch
+            )
+        finally:
+            await db.dispose()
+
+        # The raw server sends the very payload weflux sent (the same bytes on the wire).
+        async def publish(phase: str, k: int) -> None:
+            sample["data"]["messageAdded"]["text"] = f"{phase} {k}"
+            response = await to_raw.post("/publish", json=sample)
+            assert response.status_code == 200, response.text
+
+        async def published(k: int) -> None:
+            return None  # the answer comes once the (zero) sends are done
+
+        on_raw, _ = await measure(raw, raw_opener(raw.base), publish, published, n, e, batch)
+    return on_weflux, on_raw
+
+
+def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> None:
+    n, e = args.subscribers, args.events
+    print(f"fan-out: {n} subscribers, {e} events, {url.split(':')[0]}, {os.cpu_count()} CPUs")
+    header = f"{'server':<12}{'KiB/idle socket':>17}{'us CPU/event/subscriber':>26}"
+    print(header + f"{'median ms to last socket':>27}")
+    print("-" * (len(header) + 27))
+    for name, result in (("weflux", weflux), ("raw", raw)):
+        print(
+            f"{name:<12}{result.kib_per_socket:>17.1f}{result.us_per_delivery:>26.1f}"
+            f"{result.median_ms_to_last:>27.1f}"
+        )
+    ratio = lambda a, b: f"{a / b:.1f}x" if b > 0 else "n/a"  # noqa: E731
+    print(
+        f"{'weflux/raw':<12}{ratio(weflux.kib_per_socket, raw.kib_per_socket):>17}"
+        f"{ratio(weflux.us_per_delivery, raw.us_per_delivery):>26}"
+        f"{ratio(weflux.median_ms_to_last, raw.median_ms_to_last):>27}"
+    )
+    print(
+        f"weflux webhook alone (0 subscribers): {weflux.us_per_event_alone:,.0f} us CPU per "
+        f"event = {weflux.us_per_event_alone / n:.1f} us per event per subscriber at N={n} "
+        f"(included in the weflux row above)"
+    )
+    print(
+        f"raw POST /publish alone (0 subscribers): {raw.us_per_event_alone:,.0f} us CPU per "
+        f"event = {raw.us_per_event_alone / n:.1f} us per event per subscriber at N={n}"
+    )
+    print(
+        "(CPU: utime+stime of the server process, clock ticks of "
+        f"{1e6 / os.sysconf('SC_CLK_TCK'):,.0f} us; memory: VmRSS growth over N sockets)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--events", type=int, default=50)
+    parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--batch", type=int, default=25, help="sockets opened at once")
+    parser.add_argument("--timeout", type=float, default=300, help="the whole run, seconds")
+    args = parser.parse_args()
+    if args.subscribers < 1 or args.events < 1:
+        parser.error("--subscribers and --events must be at least 1")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = min(hard, max(soft, 2 * args.subscribers + 256))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # inherited by the servers
+    workdir = Path(tempfile.mkdtemp(prefix="weflux-fanout-"))
+
+    async def bounded() -> None:
+        async with asyncio.timeout(args.timeout):
+            await run(args, workdir)
+
+    try:
+        asyncio.run(bounded())
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
