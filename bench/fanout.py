@@ -243,8 +243,9 @@ def raw_opener(base: str) -> Callable[[], Awaitable[ClientConnection]]:
 class Result:
     kib_per_socket: float
     us_per_delivery: float
-    us_per_event_alone: float
     median_ms_to_last: float
+    cpu_seconds: float  # the whole delivery phase
+    alone_seconds: float  # the same events with no subscriber
 
 
 async def measure(
@@ -303,8 +304,9 @@ async def measure(
         Result(
             kib_per_socket=grown / subscribers,
             us_per_delivery=spent / (events * subscribers) * 1e6,
-            us_per_event_alone=alone / events * 1e6,
             median_ms_to_last=statistics.median(latencies) * 1000,
+            cpu_seconds=spent,
+            alone_seconds=alone,
         ),
         sample,
     )
@@ -504,33 +506,47 @@ async def compare(
 
 def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> None:
     n, e = args.subscribers, args.events
+    tick = 1 / os.sysconf("SC_CLK_TCK")
     print(f"fan-out: {n} subscribers, {e} events, {url.split(':')[0]}, {os.cpu_count()} CPUs")
-    header = f"{'server':<12}{'KiB/idle socket':>17}{'us CPU/event/subscriber':>26}"
-    print(header + f"{'median ms to last socket':>27}")
-    print("-" * (len(header) + 27))
-    for name, result in (("weflux", weflux), ("raw", raw)):
-        print(
-            f"{name:<12}{result.kib_per_socket:>17.1f}{result.us_per_delivery:>26.1f}"
-            f"{result.median_ms_to_last:>27.1f}"
+    columns = ("KiB/idle socket", "us CPU/event/subscriber", "server CPU s", "ms to last (med)")
+    header = f"{'server':<11}" + "".join(f"{c:>{len(c) + 3}}" for c in columns)
+    widths = [len(c) + 3 for c in columns]
+    print(header)
+    print("-" * len(header))
+
+    def row(name: str, *cells: str) -> None:
+        print(f"{name:<11}" + "".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+
+    for name, r in (("weflux", weflux), ("raw", raw)):
+        row(
+            name,
+            f"{r.kib_per_socket:.1f}",
+            f"{r.us_per_delivery:.1f}",
+            f"{r.cpu_seconds:.2f}",
+            f"{r.median_ms_to_last:.1f}",
         )
-    ratio = lambda a, b: f"{a / b:.1f}x" if b > 0 else "n/a"  # noqa: E731
-    print(
-        f"{'weflux/raw':<12}{ratio(weflux.kib_per_socket, raw.kib_per_socket):>17}"
-        f"{ratio(weflux.us_per_delivery, raw.us_per_delivery):>26}"
-        f"{ratio(weflux.median_ms_to_last, raw.median_ms_to_last):>27}"
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:.1f}x" if b > 0 else "n/a"
+
+    row(
+        "weflux/raw",
+        ratio(weflux.kib_per_socket, raw.kib_per_socket),
+        ratio(weflux.us_per_delivery, raw.us_per_delivery),
+        ratio(weflux.cpu_seconds, raw.cpu_seconds),
+        ratio(weflux.median_ms_to_last, raw.median_ms_to_last),
     )
+    for what, r in (("weflux webhooks", weflux), ("raw POST /publish", raw)):
+        print(
+            f"{what} alone (0 subscribers): {r.alone_seconds:.2f} s CPU for {e} events = "
+            f"{r.alone_seconds / e * 1e6:,.0f} us per event = "
+            f"{r.alone_seconds / (e * n) * 1e6:.1f} us per event per subscriber at N={n}"
+        )
     print(
-        f"weflux webhook alone (0 subscribers): {weflux.us_per_event_alone:,.0f} us CPU per "
-        f"event = {weflux.us_per_event_alone / n:.1f} us per event per subscriber at N={n} "
-        f"(included in the weflux row above)"
-    )
-    print(
-        f"raw POST /publish alone (0 subscribers): {raw.us_per_event_alone:,.0f} us CPU per "
-        f"event = {raw.us_per_event_alone / n:.1f} us per event per subscriber at N={n}"
-    )
-    print(
-        "(CPU: utime+stime of the server process, clock ticks of "
-        f"{1e6 / os.sysconf('SC_CLK_TCK'):,.0f} us; memory: VmRSS growth over N sockets)"
+        f"(weflux row minus its webhooks alone: "
+        f"{(weflux.cpu_seconds - weflux.alone_seconds) / (e * n) * 1e6:.1f} us per event per "
+        f"subscriber. CPU = utime+stime of the server process, counted in {tick * 1e3:.0f} ms "
+        f"ticks; memory = VmRSS growth over the N sockets.)"
     )
 
 
@@ -541,6 +557,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--batch", type=int, default=25, help="sockets opened at once")
     parser.add_argument("--timeout", type=float, default=300, help="the whole run, seconds")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, DB)")
     args = parser.parse_args()
     if args.subscribers < 1 or args.events < 1:
         parser.error("--subscribers and --events must be at least 1")
@@ -556,7 +573,10 @@ def main() -> None:
     try:
         asyncio.run(bounded())
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 if __name__ == "__main__":
