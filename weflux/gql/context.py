@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 # A subscription runs in its own task: the unit of work of the event being delivered,
 # and its fresh DataLoaders, live in the task's context, never shared between operations.
-_event_session: ContextVar[AsyncSession | None] = ContextVar("weflux_event_session", default=None)
+_event_session: ContextVar[Any] = ContextVar("weflux_event_session", default=None)
 _event_loaders: ContextVar[Loaders | None] = ContextVar("weflux_event_loaders", default=None)
 
 
@@ -51,24 +51,24 @@ class Context:
         return _event_loaders.get() or self._loaders
 
     @contextlib.asynccontextmanager
-    async def event_unit(self, loaders: Loaders | None = None) -> AsyncIterator[AsyncSession]:
-        """A unit of work for one live event, scoped as the caller's queries are."""
-        from weflux.auth.permissions import Permission
-        from weflux.auth.scoping import restrict_to_agent
+    async def event_unit(self, loaders: Loaders | None = None) -> AsyncIterator[None]:
+        """A unit of work for one live event, scoped as the caller's queries are.
+
+        Lazy: most deliveries find the event already loaded for their visibility class,
+        and then no session is opened at all.
+        """
         from weflux.gql.loaders import Loaders
 
-        principal = self.actor
-        async with self.db.session(principal.org_id) as session:
-            if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
-                restrict_to_agent(session, principal.membership_id)
-            session_token = _event_session.set(session)
-            loaders_token = _event_loaders.set(loaders or Loaders(self))
-            try:
-                yield session
-            finally:
-                with contextlib.suppress(ValueError):  # closed from another context
-                    _event_session.reset(session_token)
-                    _event_loaders.reset(loaders_token)
+        unit = _LazyUnit(self)
+        session_token = _event_session.set(unit)  # type: ignore[arg-type]
+        loaders_token = _event_loaders.set(loaders or Loaders(self))
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context
+                _event_session.reset(session_token)
+                _event_loaders.reset(loaders_token)
+            await unit.close()
 
     @property
     def channel_services(self) -> ChannelServices:
@@ -89,7 +89,39 @@ class Context:
     @property
     def unit(self) -> AsyncSession:
         """The request's (or the live event's) session, scoped to the caller's workspace."""
-        session = _event_session.get() or self.session
+        event = _event_session.get()
+        if isinstance(event, _LazyUnit):
+            return event.session()
+        session = event or self.session
         if session is None:
             raise RuntimeError("no database session in this context")
         return session
+
+
+class _LazyUnit:
+    """A live event's session, opened on first use and committed (read-only) at the end."""
+
+    def __init__(self, context: Context) -> None:
+        self._context = context
+        self._session: AsyncSession | None = None
+
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            from weflux.auth.permissions import Permission
+            from weflux.auth.scoping import restrict_to_agent, set_scope
+
+            principal = self._context.actor
+            session = self._context.db.sessionmaker()
+            set_scope(session, principal.org_id)
+            if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
+                restrict_to_agent(session, principal.membership_id)
+            self._session = session
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            try:
+                await session.rollback()  # nothing to keep: live events only read
+            finally:
+                await session.close()

@@ -20,7 +20,6 @@ from typing import Any
 
 import strawberry
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
@@ -79,14 +78,14 @@ class _Shared:
         self.row: asyncio.Future[Any] | None = None
         self.loaders = Loaders(context)
 
-    async def load(self, session: AsyncSession, model: type[Any], row_id: uuid.UUID) -> Any:
+    async def load(self, context: Context, model: type[Any], row_id: uuid.UUID) -> Any:
         if self.row is None:
-            self.row = asyncio.ensure_future(session.get(model, row_id))
+            self.row = asyncio.ensure_future(context.unit.get(model, row_id))
         try:
             return await asyncio.shield(self.row)
         except Exception:
             # The subscriber that started the load went away mid-way: load for ourselves.
-            return await session.get(model, row_id)
+            return await context.unit.get(model, row_id)
 
 
 class EventMemo:
@@ -134,8 +133,8 @@ async def _deliver(
     """The row an event names, as this caller may see it (nothing when they may not)."""
     context = info.context
     shared = _memo(info).get(occurrence, row_id, context)
-    async with context.event_unit(shared.loaders) as session:
-        row = await shared.load(session, model, row_id)
+    async with context.event_unit(shared.loaders):
+        row = await shared.load(context, model, row_id)
         if row is not None:
             yield row
 
@@ -154,7 +153,8 @@ async def _replay(
 ) -> AsyncGenerator[Message, None]:
     """Every visible message above `floor`, oldest first, not yet delivered."""
     while True:
-        async with info.context.event_unit() as session:
+        async with info.context.event_unit():
+            session = info.context.unit
             query = (
                 select(MessageRow)
                 .where(col(MessageRow.id) > floor)
