@@ -146,10 +146,14 @@ def _postgres_engine(
 
 
 def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
+    # hide_parameters: SQL errors and logs never carry the values (message texts,
+    # sealed credentials, emails), only the statements.
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
-        return _sqlite_engine(parsed)
-    return _postgres_engine(parsed, pool_size=pool_size, connect_timeout=connect_timeout)
+        return _sqlite_engine(parsed, hide_parameters=True)
+    return _postgres_engine(
+        parsed, pool_size=pool_size, connect_timeout=connect_timeout, hide_parameters=True
+    )
 
 
 class Database:
