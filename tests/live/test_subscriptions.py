@@ -274,3 +274,59 @@ async def test_a_subscriber_that_cannot_keep_up_is_disconnected(
     assert response.status_code == 200
     # the client reads nothing; the server cuts it off rather than queue without bound
     assert await _closed_with(socket, within=5) == 4008
+
+
+async def test_status_and_account_changes_are_live(
+    live: str,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+) -> None:
+    from weflux.models import Message, MessageDirection, MessageStatus
+
+    await inbound(http, "hello")
+    conversation_id = await _conversation_id(db, org)
+    from weflux.ids import decode_global_id
+
+    wamid = wh.new_wamid()
+    async with db.session(org.id) as session:
+        session.add(
+            Message(
+                org_id=org.id,
+                conversation_id=decode_global_id(conversation_id, "Conversation"),
+                direction=MessageDirection.OUTBOUND,
+                type="text",
+                text="reply",
+                status=MessageStatus.SENT,
+                wa_message_id=wamid,
+            )
+        )
+    socket = await GraphQLSocket.connect(live, await token_for(http, admin))
+    statuses = await socket.subscribe(
+        "subscription($c: ID) { messageUpdated(conversationId: $c) { status waMessageId } }",
+        {"c": conversation_id},
+    )
+    accounts = await socket.subscribe(
+        "subscription { whatsAppAccountUpdated { messagingLimitTier } }"
+    )
+    await asyncio.sleep(0.2)
+    for body in (
+        wh.webhook_body(wh.messages_change(statuses=[wh.status(wamid, "delivered")])),
+        wh.webhook_body(wh.quality_change(current_limit="TIER_100K")),
+    ):
+        raw = wh.encode(body)
+        await http.post(
+            "/webhooks/whatsapp",
+            content=raw,
+            headers={
+                "X-Hub-Signature-256": wh.sign(raw, SECRET),
+                "Content-Type": "application/json",
+            },
+        )
+    status = (await socket.next(statuses))["payload"]["data"]["messageUpdated"]
+    assert status == {"status": "DELIVERED", "waMessageId": wamid}
+    account = (await socket.next(accounts))["payload"]["data"]["whatsAppAccountUpdated"]
+    assert account == {"messagingLimitTier": "TIER_100K"}
+    await socket.close()

@@ -237,27 +237,9 @@ class Subscription:
     async def message_updated(
         self, info: Info, conversation_id: strawberry.ID | None = None
     ) -> AsyncGenerator[Message, None]:
-        context = info.context
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
-        async with _hub(info).listen(context.actor.org_id) as listener:
-            listener.on_overflow = lambda: _close_slow(info)
-            while True:
-                try:
-                    event = await next_event(listener)
-                except SlowConsumer:
-                    await _close_slow(info)
-                    return
-                if event is None or event.get("event") != "messageUpdated":
-                    continue
-                try:
-                    message_id = uuid.UUID(event["id"])
-                    in_conversation = uuid.UUID(event["conversation_id"])
-                except (KeyError, ValueError):
-                    continue
-                if only is not None and in_conversation != only:
-                    continue
-                async for row in _deliver(info, event_key(event), MessageRow, message_id):
-                    yield to_message(row)
+        async for row in _follow(info, "messageUpdated", MessageRow, conversation=only):
+            yield to_message(row)
 
     @strawberry.subscription(
         description="Visible conversations that are new, assigned, or changed status, "
@@ -265,43 +247,40 @@ class Subscription:
         permission_classes=READ,
     )
     async def conversation_updated(self, info: Info) -> AsyncGenerator[Conversation, None]:
-        context = info.context
-        async with _hub(info).listen(context.actor.org_id) as listener:
-            listener.on_overflow = lambda: _close_slow(info)
-            while True:
-                try:
-                    event = await next_event(listener)
-                except SlowConsumer:
-                    await _close_slow(info)
-                    return
-                if event is None or event.get("event") != "conversationUpdated":
-                    continue
-                try:
-                    conversation_id = uuid.UUID(event["id"])
-                except (KeyError, ValueError):
-                    continue
-                async for row in _deliver(info, event_key(event), ConversationRow, conversation_id):
-                    yield to_conversation(row)
+        async for row in _follow(info, "conversationUpdated", ConversationRow):
+            yield to_conversation(row)
 
     @strawberry.subscription(
         description="Quality rating, limit tier and status changes of the workspace's numbers.",
         permission_classes=READ,
     )
     async def whats_app_account_updated(self, info: Info) -> AsyncGenerator[WhatsAppAccount, None]:
-        context = info.context
-        async with _hub(info).listen(context.actor.org_id) as listener:
-            listener.on_overflow = lambda: _close_slow(info)
-            while True:
-                try:
-                    event = await next_event(listener)
-                except SlowConsumer:
-                    await _close_slow(info)
-                    return
-                if event is None or event.get("event") != "whatsAppAccountUpdated":
-                    continue
-                try:
-                    account_id = uuid.UUID(event["id"])
-                except (KeyError, ValueError):
-                    continue
-                async for row in _deliver(info, event_key(event), WhatsAppAccountRow, account_id):
-                    yield to_whatsapp_account(row)
+        async for row in _follow(info, "whatsAppAccountUpdated", WhatsAppAccountRow):
+            yield to_whatsapp_account(row)
+
+
+async def _follow(
+    info: Info, name: str, model: type[Any], *, conversation: uuid.UUID | None = None
+) -> AsyncGenerator[Any, None]:
+    """The rows that the workspace's `name` events point at, as this caller may see them."""
+    async with _hub(info).listen(info.context.actor.org_id) as listener:
+        listener.on_overflow = lambda: _close_slow(info)
+        while True:
+            try:
+                event = await next_event(listener)
+            except SlowConsumer:
+                await _close_slow(info)
+                return
+            if event is None or event.get("event") != name:
+                continue
+            try:
+                row_id = uuid.UUID(event["id"])
+                in_conversation = (
+                    uuid.UUID(event["conversation_id"]) if conversation is not None else None
+                )
+            except (KeyError, ValueError):
+                continue
+            if conversation is not None and in_conversation != conversation:
+                continue
+            async for row in _deliver(info, event_key(event), model, row_id):
+                yield row
