@@ -32,11 +32,16 @@ async def test_demo_prints_three_logins_that_work(
     kept = tmp_path / "var" / "demo-logins.txt"
     assert stat.S_IMODE(kept.stat().st_mode) == 0o600
 
+    inbox = """{ viewer { role } whatsAppAccounts { status }
+      conversations { edges { node { id } } } }"""
     for role, email, password in logins:
         response = await login(client, email, password)
         assert response.status_code == 200, response.text
-        viewer = await gql(client, response.json()["accessToken"], "{ viewer { role } }")
-        assert viewer.json()["data"]["viewer"]["role"] == role
+        data = (await gql(client, response.json()["accessToken"], inbox)).json()["data"]
+        assert data["viewer"]["role"] == role
+        assert data["whatsAppAccounts"] == [{"status": "CONNECTED"}]
+        # the Agent sees the unassigned conversation and the one assigned to them
+        assert len(data["conversations"]["edges"]) == 2
 
     assert await asyncio.to_thread(main, ["demo"]) == 0
     again = capsys.readouterr().out

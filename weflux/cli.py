@@ -50,7 +50,9 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
     try:
         if only_if_empty and not await demo.database_is_empty(db):
             return 0
-        logins = await demo.create_demo(db)
+        from weflux.crypto.keyring import KeyRing
+
+        logins = await demo.create_demo(db, KeyRing.from_settings(settings))
     finally:
         await db.dispose()
     if logins is None:

@@ -5,15 +5,31 @@ from __future__ import annotations
 import os
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.passwords import hash_password
 from weflux.auth.scoping import use_workspace
+from weflux.crypto.fields import seal
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import Membership, Organization, Role, User
+from weflux.models import (
+    Contact,
+    Conversation,
+    Membership,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    Organization,
+    Role,
+    User,
+    WhatsAppAccount,
+    utcnow,
+)
 
 DEMO_WORKSPACE = "Demo Workspace"
 DEMO_DOMAIN = "demo.weflux.test"
@@ -38,8 +54,8 @@ async def database_is_empty(db: Database) -> bool:
     return int(count) == 0
 
 
-async def create_demo(db: Database) -> list[DemoLogin] | None:
-    """Create the demo workspace; None when it exists already."""
+async def create_demo(db: Database, keyring: KeyRing) -> list[DemoLogin] | None:
+    """Create the demo workspace, its channel and two conversations; None when it exists."""
     admin_email = f"admin@{DEMO_DOMAIN}"
     async with db.session() as session:
         exists = (await session.exec(select(User.id).where(User.email == admin_email))).first()
@@ -50,6 +66,7 @@ async def create_demo(db: Database) -> list[DemoLogin] | None:
         session.add(organization)
         await session.flush()
         logins: list[DemoLogin] = []
+        members: dict[Role, Membership] = {}
         for role in (Role.ADMIN, Role.MANAGER, Role.AGENT):
             login = DemoLogin(role, f"{role.value.lower()}@{DEMO_DOMAIN}", _password())
             user = User(
@@ -59,9 +76,70 @@ async def create_demo(db: Database) -> list[DemoLogin] | None:
             )
             session.add(user)
             await session.flush()
-            session.add(Membership(user_id=user.id, role=role))
+            membership = Membership(user_id=user.id, role=role)
+            session.add(membership)
+            await session.flush()
+            members[role] = membership
             logins.append(login)
+        await _demo_inbox(session, keyring, organization, members[Role.AGENT])
     return logins
+
+
+async def _demo_inbox(
+    session: AsyncSession, keyring: KeyRing, organization: Organization, agent: Membership
+) -> None:
+    """A demo number (its secrets are random: it reaches nobody) and two conversations."""
+    account = WhatsAppAccount(
+        org_id=organization.id,
+        display_phone_number="+1 555 0100",
+        phone_number_id=f"9{secrets.randbelow(10**14):014d}",
+        business_account_id=f"8{secrets.randbelow(10**14):014d}",
+        webhook_key=secrets.token_urlsafe(24),
+        credentials_updated_at=utcnow(),
+        verified_name="Weflux Demo",
+        quality_rating="GREEN",
+        messaging_limit_tier="TIER_250",
+        status="CONNECTED",
+        status_detail="demo number: it is not connected to Meta",
+    )
+    for column in ("access_token_enc", "app_secret_enc", "webhook_verify_token_enc"):
+        seal(keyring, account, column, secrets.token_urlsafe(32))
+    session.add(account)
+    now = utcnow()
+    for n, (name, wa_id, text, assignee) in enumerate(
+        (
+            ("Ada Lovelace", "15550000001", "Hi! Where is my order #1042?", None),
+            ("Grace Hopper", "15550000002", "Can I change my delivery address?", agent.id),
+        )
+    ):
+        contact = Contact(org_id=organization.id, name=name, wa_id=wa_id, phone_number=f"+{wa_id}")
+        session.add(contact)
+        await session.flush()
+        sent_at = now - timedelta(minutes=10 * (n + 1))
+        conversation = Conversation(
+            org_id=organization.id,
+            contact_id=contact.id,
+            account_id=account.id,
+            assignee_membership_id=assignee,
+            unread_count=1,
+            last_message_at=sent_at,
+            last_inbound_at=sent_at,
+        )
+        session.add(conversation)
+        await session.flush()
+        message = Message(
+            org_id=organization.id,
+            conversation_id=conversation.id,
+            direction=MessageDirection.INBOUND,
+            type="text",
+            text=text,
+            status=MessageStatus.RECEIVED,
+            wa_message_id=f"wamid.demo{secrets.token_hex(12)}",
+            created_at=sent_at,
+        )
+        session.add(message)
+        await session.flush()
+        conversation.last_message_id = message.id
 
 
 def write_logins(var_dir: Path, logins: list[DemoLogin]) -> Path:
