@@ -330,3 +330,44 @@ async def test_status_and_account_changes_are_live(
     account = (await socket.next(accounts))["payload"]["data"]["whatsAppAccountUpdated"]
     assert account == {"messagingLimitTier": "TIER_100K"}
     await socket.close()
+
+
+async def test_an_event_is_executed_once_per_visibility_class_and_document(
+    live: str,
+    http: httpx.AsyncClient,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+    executed: list[str] = []
+    original = StrawberryGraphQLCoreExecutionContext.execute_operation
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.operation.operation.value == "subscription":
+            executed.append(self.operation.loc.source.body if self.operation.loc else "")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
+    short = "subscription { messageAdded { text } }"
+    sockets = []
+    for actor, query in (
+        (admin, ADDED),
+        (admin, ADDED),
+        (manager, ADDED),  # the same class as the Admin: shares the execution
+        (agent, ADDED),  # an Agent's own class
+        (admin, short),  # another document
+    ):
+        socket = await GraphQLSocket.connect(live, await token_for(http, actor))
+        sockets.append((socket, await socket.subscribe(query), query))
+    await asyncio.sleep(0.2)
+    await inbound(http, "shared")
+    for socket, operation, query in sockets:
+        data = (await socket.next(operation))["payload"]["data"]["messageAdded"]
+        assert data["text"] == "shared"
+        assert ("direction" in data) == (query == ADDED)
+        await socket.close()
+    assert sorted(executed) == sorted([ADDED, ADDED, short])  # all, agent, short

@@ -12,6 +12,7 @@ the database.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
@@ -19,7 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 import strawberry
+from graphql import ExecutionResult
 from sqlmodel import col, select
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
@@ -77,6 +80,14 @@ class _Shared:
     def __init__(self, context: Context) -> None:
         self.row: asyncio.Future[Any] | None = None
         self.loaders = Loaders(context)
+        self.converted: Any = None
+
+    def convert(self, row: Any, to_type: Any) -> Any:
+        """The GraphQL object of the row, one for the whole class (see SharedResults)."""
+        if self.converted is None:
+            self.converted = to_type(row)
+            share_results(self.converted)
+        return self.converted
 
     async def load(self, context: Context, model: type[Any], row_id: uuid.UUID) -> Any:
         if self.row is None:
@@ -113,6 +124,51 @@ class EventMemo:
         return shared
 
 
+_RESULTS = "_weflux_shared_results"
+
+
+def share_results(root: Any) -> None:
+    """Let every subscriber of one visibility class reuse the execution of `root`."""
+    object.__setattr__(root, _RESULTS, {})
+
+
+class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Executes a live event's selection set once per visibility class and document.
+
+    Subscribers of one class receive the same root object (see `_Shared.convert`); the
+    result of executing one document with one set of variables on it is the same for
+    all of them, so it is computed once and each subscriber gets its own copy of the
+    result's envelope (extensions such as error masking replace `errors` on it).
+    """
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        results = getattr(self.root_value, _RESULTS, None)
+        location = self.operation.loc
+        if results is None or location is None:
+            return super().execute_operation(serially)
+        try:
+            variables = json.dumps(self.variable_values.coerced, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            return super().execute_operation(serially)
+        key = (location.source.body, location.start, location.end, variables)
+        shared = results.get(key)
+        if shared is None:
+            outcome = super().execute_operation(serially)
+            if not self.is_awaitable(outcome):
+                return outcome
+            shared = results[key] = asyncio.ensure_future(outcome)
+        return _own_copy(shared)
+
+
+async def _own_copy(shared: asyncio.Future[Any]) -> ExecutionResult:
+    result = await asyncio.shield(shared)
+    return ExecutionResult(
+        data=result.data,
+        errors=list(result.errors) if result.errors else None,
+        extensions=result.extensions,
+    )
+
+
 def event_key(event: dict[str, Any]) -> str:
     """The occurrence an event names (a fresh key when it carries none: nothing shared)."""
     eid = event.get("eid")
@@ -128,15 +184,15 @@ def _memo(info: Info) -> EventMemo:
 
 
 async def _deliver(
-    info: Info, occurrence: str, model: type[Any], row_id: uuid.UUID
-) -> AsyncGenerator[Any, None]:
-    """The row an event names, as this caller may see it (nothing when they may not)."""
+    info: Info, occurrence: str, model: type[Any], row_id: uuid.UUID, to_type: Any
+) -> AsyncGenerator[tuple[Any, Any], None]:
+    """The row an event names and its GraphQL object, as this caller may see them."""
     context = info.context
     shared = _memo(info).get(occurrence, row_id, context)
     async with context.event_unit(shared.loaders):
         row = await shared.load(context, model, row_id)
         if row is not None:
-            yield row
+            yield row, shared.convert(row, to_type)
 
 
 def _hub(info: Info) -> Hub:
@@ -226,9 +282,11 @@ class Subscription:
                     continue
                 if message_id in seen or (only is not None and in_conversation != only):
                     continue
-                async for row in _deliver(info, event_key(event), MessageRow, message_id):
+                async for row, message in _deliver(
+                    info, event_key(event), MessageRow, message_id, to_message
+                ):
                     seen.add(row.id)
-                    yield to_message(row)
+                    yield message
 
     @strawberry.subscription(
         description="Status changes of visible messages (sent, delivered, read, failed).",
@@ -238,8 +296,10 @@ class Subscription:
         self, info: Info, conversation_id: strawberry.ID | None = None
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
-        async for row in _follow(info, "messageUpdated", MessageRow, conversation=only):
-            yield to_message(row)
+        async for message in _follow(
+            info, "messageUpdated", MessageRow, to_message, conversation=only
+        ):
+            yield message
 
     @strawberry.subscription(
         description="Visible conversations that are new, assigned, or changed status, "
@@ -247,20 +307,29 @@ class Subscription:
         permission_classes=READ,
     )
     async def conversation_updated(self, info: Info) -> AsyncGenerator[Conversation, None]:
-        async for row in _follow(info, "conversationUpdated", ConversationRow):
-            yield to_conversation(row)
+        async for conversation in _follow(
+            info, "conversationUpdated", ConversationRow, to_conversation
+        ):
+            yield conversation
 
     @strawberry.subscription(
         description="Quality rating, limit tier and status changes of the workspace's numbers.",
         permission_classes=READ,
     )
     async def whats_app_account_updated(self, info: Info) -> AsyncGenerator[WhatsAppAccount, None]:
-        async for row in _follow(info, "whatsAppAccountUpdated", WhatsAppAccountRow):
-            yield to_whatsapp_account(row)
+        async for account in _follow(
+            info, "whatsAppAccountUpdated", WhatsAppAccountRow, to_whatsapp_account
+        ):
+            yield account
 
 
 async def _follow(
-    info: Info, name: str, model: type[Any], *, conversation: uuid.UUID | None = None
+    info: Info,
+    name: str,
+    model: type[Any],
+    to_type: Any,
+    *,
+    conversation: uuid.UUID | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The rows that the workspace's `name` events point at, as this caller may see them."""
     async with _hub(info).listen(info.context.actor.org_id) as listener:
@@ -282,5 +351,5 @@ async def _follow(
                 continue
             if conversation is not None and in_conversation != conversation:
                 continue
-            async for row in _deliver(info, event_key(event), model, row_id):
-                yield row
+            async for _, converted in _deliver(info, event_key(event), model, row_id, to_type):
+                yield converted

@@ -27,7 +27,7 @@ from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
 from weflux.gql.inbox.types import Contact, Conversation, Message
-from weflux.gql.live import Subscription
+from weflux.gql.live import SharedEventExecutionContext, Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires
 from weflux.gql.types import Node
@@ -66,6 +66,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
+        execution_context_class=SharedEventExecutionContext,
         types=[
             Member,
             Organization,

@@ -9,7 +9,9 @@ when the operation has errors).
 
 from __future__ import annotations
 
+import json
 import logging
+from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
 
@@ -45,6 +47,7 @@ _SESSION = "weflux.graphql_session"
 _WS_CONTEXT = "weflux.ws_context"
 CONNECTION_INIT_TIMEOUT = 10  # seconds to send connection_init before the socket closes (4408)
 MAX_SUBSCRIPTIONS = 20  # per connection
+FRAME_CACHE = 256  # recent live-event payloads kept serialised
 
 
 def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
@@ -81,6 +84,27 @@ class GraphQLApp(GraphQL[Context, None]):
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS,
         )
         self.ide = ide
+        self._frames: OrderedDict[int, tuple[object, str]] = OrderedDict()
+
+    def encode_json(self, data: object) -> str:
+        """JSON; a live event's shared result is serialised once for all its subscribers.
+
+        Subscribers of one visibility class get the very same `data` object (see
+        `weflux.gql.live.SharedEventExecutionContext`); only the operation id differs.
+        """
+        if isinstance(data, dict) and data.get("type") == "next":
+            payload = data.get("payload")
+            if isinstance(payload, dict) and set(payload) == {"data"}:
+                shared = payload["data"]
+                cached = self._frames.get(id(shared))
+                if cached is None or cached[0] is not shared:
+                    cached = (shared, json.dumps(payload, separators=(",", ":")))
+                    self._frames[id(shared)] = cached  # holds `shared`: its id stays unique
+                    while len(self._frames) > FRAME_CACHE:
+                        self._frames.popitem(last=False)
+                operation = json.dumps(data.get("id"))
+                return f'{{"id":{operation},"type":"next","payload":{cached[1]}}}'
+        return json.dumps(data, separators=(",", ":"))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
