@@ -139,6 +139,10 @@ class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
     result of executing one document with one set of variables on it is the same for
     all of them, so it is computed once and each subscriber gets its own copy of the
     result's envelope (extensions such as error masking replace `errors` on it).
+
+    Invariant: no field reachable from a subscription payload may depend on the caller
+    beyond the visibility class (today none reads `info.context.actor`); a field that
+    does must not be shared this way.
     """
 
     def execute_operation(self, serially: bool | None = None) -> Any:
