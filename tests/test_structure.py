@@ -28,3 +28,20 @@ def test_no_top_level_package_shadows_a_library() -> None:
     for name in ("graphql", "strawberry", "jwt", "redis", "sqlmodel", "alembic"):
         assert not (ROOT / name).exists(), f"a top-level `{name}` would shadow the library"
         assert not (ROOT / f"{name}.py").exists()
+
+
+def test_live_payload_types_do_not_depend_on_the_caller() -> None:
+    """Live results are shared within a visibility class (weflux.gql.live): the types a
+    subscription can reach must not read who is asking."""
+    types = [
+        PACKAGE / "gql" / "inbox" / "types.py",
+        PACKAGE / "gql" / "channels" / "types.py",
+        PACKAGE / "gql" / "identity" / "types.py",
+    ]
+    readers = [
+        f"{path.relative_to(ROOT)}:{number}"
+        for path in types
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if "context.actor" in line or "context.principal" in line
+    ]
+    assert readers == []
