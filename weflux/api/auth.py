@@ -12,14 +12,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from weflux.api.client_ip import client_ip
+from weflux.api.client_ip import request_meta
 from weflux.api.validation import check_email, parse, read_json
 from weflux.auth.tokens import bearer_token
 from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
-from weflux.services.audit import RequestMeta
 from weflux.services.sessions import TokenPair
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -82,13 +81,6 @@ def token_pair_body(pair: TokenPair) -> dict[str, Any]:
     }
 
 
-def _meta(request: Request) -> RequestMeta:
-    return RequestMeta(
-        ip=client_ip(request, request.app.state.trusted_proxies),
-        user_agent=request.headers.get("user-agent"),
-    )
-
-
 async def _limit(request: Request, name: str, key: str | None) -> None:
     if key is None:
         return
@@ -121,7 +113,7 @@ async def _body(request: Request) -> Any:
 
 @_endpoint
 async def signup(request: Request) -> Response:
-    meta = _meta(request)
+    meta = request_meta(request)
     await _limit(request, "signup_ip", meta.ip)
     body = parse(SignupBody, await _body(request))
     state = request.app.state
@@ -139,7 +131,7 @@ async def signup(request: Request) -> Response:
 
 @_endpoint
 async def login(request: Request) -> Response:
-    meta = _meta(request)
+    meta = request_meta(request)
     await _limit(request, "login_ip", meta.ip)
     body = parse(LoginBody, await _body(request))
     await _limit(request, "login_account", body.email)
@@ -160,7 +152,7 @@ async def login(request: Request) -> Response:
 
 @_endpoint
 async def refresh(request: Request) -> Response:
-    meta = _meta(request)
+    meta = request_meta(request)
     await _limit(request, "refresh_ip", meta.ip)
     body = parse(RefreshBody, await _body(request))
     state = request.app.state
@@ -184,7 +176,7 @@ async def logout(request: Request) -> Response:
 
 @_endpoint
 async def accept_invitation(request: Request) -> Response:
-    meta = _meta(request)
+    meta = request_meta(request)
     await _limit(request, "invitation_ip", meta.ip)
     body = parse(AcceptInvitationBody, await _body(request))
     state = request.app.state

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from weflux.config import ConfigError
+from weflux.services.audit import RequestMeta
 
 ProxyNetwork = IPv4Network | IPv6Network
 IPAddress = IPv4Address | IPv6Address
@@ -90,6 +91,14 @@ def scope_client_ip(scope: Scope, trusted_proxies: Sequence[ProxyNetwork]) -> st
         if name.lower() == b"x-forwarded-for"
     ]
     return resolve_client_ip(peer, forwarded_for, trusted_proxies)
+
+
+def request_meta(connection: HTTPConnection) -> RequestMeta:
+    """Where a request comes from, for audit events and sessions."""
+    return RequestMeta(
+        ip=client_ip(connection, connection.app.state.trusted_proxies),
+        user_agent=connection.headers.get("user-agent"),
+    )
 
 
 def client_ip(connection: HTTPConnection, trusted_proxies: Sequence[ProxyNetwork]) -> str | None:

@@ -49,6 +49,15 @@ class Principal:
     def can(self, permission: Permission) -> bool:
         return has_permission(self.role, permission)
 
+    def require(
+        self, permission: Permission, message: str = "Your role does not allow this"
+    ) -> None:
+        """FORBIDDEN unless the caller's role grants `permission`."""
+        if not self.can(permission):
+            from weflux.errors import Forbidden
+
+            raise Forbidden(message)
+
 
 @dataclass
 class _Entry:
@@ -112,11 +121,12 @@ class Authenticator:
         self.db = db
         self.broker = broker
         self.cache = SessionCache()
+        self._origin = uuid.uuid4().hex  # this process, to recognise its own broadcasts
         self._listeners: list[RevocationListener] = []
         self._unsubscribe: Callable[[], Awaitable[None]] | None = None
 
     async def start(self) -> None:
-        self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_message)
+        self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
         self.broker.on_reconnect(self._on_reconnect)
 
     async def stop(self) -> None:
@@ -203,6 +213,7 @@ class Authenticator:
         message: Message = {
             "sessions": [str(s) for s in session_ids],
             "memberships": [str(m) for m in membership_ids],
+            "origin": self._origin,
         }
         # Evict here first: this process must not wait for the round trip.
         await self._on_message(message)
@@ -210,6 +221,10 @@ class Authenticator:
             await self.broker.publish(AUTH_CHANNEL, message)
         except Exception:
             log.exception("could not publish a revocation; other processes rely on cache expiry")
+
+    async def _on_broadcast(self, message: Message) -> None:
+        if message.get("origin") != self._origin:  # our own was handled when published
+            await self._on_message(message)
 
     async def _on_message(self, message: Message) -> None:
         try:

@@ -18,6 +18,7 @@ from weflux.services.audit import RequestMeta
 
 if TYPE_CHECKING:
     from weflux.gql.loaders import Loaders
+    from weflux.realtime.broker import Broker
     from weflux.services.channels import Services as ChannelServices
 
 
@@ -69,6 +70,11 @@ class Context:
                 _event_session.reset(session_token)
                 _event_loaders.reset(loaders_token)
             await unit.close()
+
+    @property
+    def broker(self) -> Broker:
+        broker: Broker = self.request.app.state.broker
+        return broker
 
     @property
     def channel_services(self) -> ChannelServices:

@@ -105,7 +105,6 @@ class EventMemo:
     def __init__(self, limit: int = 1024) -> None:
         self.limit = limit
         self._entries: OrderedDict[tuple[str, str, str], _Shared] = OrderedDict()
-        self.loads = 0  # how many distinct loads were started (for tests and the benchmark)
 
     def get(self, occurrence: str, row_id: uuid.UUID, context: Context) -> _Shared:
         principal = context.actor
@@ -118,7 +117,6 @@ class EventMemo:
         shared = self._entries.get(key)
         if shared is None:
             shared = self._entries[key] = _Shared(context)
-            self.loads += 1
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
         return shared

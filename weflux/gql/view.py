@@ -28,7 +28,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UnsetType
 
-from weflux.api.client_ip import client_ip
+from weflux.api.client_ip import client_ip, request_meta
 from weflux.api.ratelimit import graphql_rate_limited_response
 from weflux.api.security import IDE_CSP
 from weflux.api.validation import is_json, read_body
@@ -39,7 +39,6 @@ from weflux.auth.tokens import bearer_token
 from weflux.db import discard_after_commit, run_after_commit
 from weflux.errors import PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
-from weflux.services.audit import RequestMeta
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +191,7 @@ class GraphQLApp(GraphQL[Context, None]):
             settings=state.settings,
             db=state.db,
             authenticator=state.authenticator,
-            meta=RequestMeta(
-                ip=client_ip(request, state.trusted_proxies),
-                user_agent=request.headers.get("user-agent"),
-            ),
+            meta=request_meta(request),
             principal=request.scope.get("state", {}).get("principal"),
             session=request.scope.get("state", {}).get(_SESSION),
         )

@@ -21,7 +21,7 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing
-from weflux.errors import BadUserInput, Conflict, Forbidden, NotFound, WefluxError
+from weflux.errors import BadUserInput, Conflict, NotFound, WefluxError
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
@@ -63,11 +63,6 @@ class Services:
 
 def webhook_path(account: WhatsAppAccount) -> str:
     return WEBHOOK_PREFIX + account.webhook_key
-
-
-def _require(principal: Principal, permission: Permission) -> None:
-    if not principal.can(permission):
-        raise Forbidden("Your role does not allow this")
 
 
 def _field_error(field: str, message: str) -> BadUserInput:
@@ -162,7 +157,7 @@ async def connect(
     webhook_verify_token: str | None,
 ) -> WhatsAppAccount:
     """Check the token against the Cloud API, then store the number and sealed secrets."""
-    _require(principal, Permission.MANAGE_CHANNELS)
+    principal.require(Permission.MANAGE_CHANNELS)
     phone_number_id = _graph_id(phone_number_id, "phoneNumberId")
     business_account_id = _graph_id(business_account_id, "businessAccountId")
     display = display_phone_number.strip()
@@ -220,7 +215,7 @@ async def update_credentials(
     webhook_verify_token: str | None,
 ) -> WhatsAppAccount:
     """Replace any of the credentials; a new access token is checked with Meta first."""
-    _require(principal, Permission.MANAGE_CHANNELS)
+    principal.require(Permission.MANAGE_CHANNELS)
     account = await get_live_account(session, account_id)
     token = _secret_input(access_token, "accessToken")
     app_secret = _secret_input(app_secret, "appSecret")
@@ -266,7 +261,7 @@ async def disconnect(
     account_id: uuid.UUID,
 ) -> None:
     """Keep the number's history, destroy its credentials."""
-    _require(principal, Permission.MANAGE_CHANNELS)
+    principal.require(Permission.MANAGE_CHANNELS)
     account = await get_live_account(session, account_id)
     account.access_token_enc = None
     account.app_secret_enc = None
@@ -326,6 +321,6 @@ async def refresh_health(
 async def refresh_health_on_demand(
     session: AsyncSession, services: Services, principal: Principal, account_id: uuid.UUID
 ) -> WhatsAppAccount:
-    _require(principal, Permission.REFRESH_CHANNEL_HEALTH)
+    principal.require(Permission.REFRESH_CHANNEL_HEALTH)
     account = await get_live_account(session, account_id)
     return await refresh_health(session, services, account)

@@ -17,7 +17,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.errors import BadUserInput, Conflict, Forbidden, NotFound
+from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import Contact, utcnow
 from weflux.services.conversations import (
     Page,
@@ -63,11 +63,6 @@ def _clean_name(value: str | None) -> str | None:
     if _CONTROL.search(name):
         raise _field_error("name", "The name contains control characters")
     return name or None
-
-
-def _require(principal: Principal) -> None:
-    if not principal.can(Permission.MANAGE_CONTACTS):
-        raise Forbidden("Your role cannot change contacts")
 
 
 def _contact_cursor(row: Contact) -> str:
@@ -127,7 +122,7 @@ async def create_contact(
     session: AsyncSession, principal: Principal, phone_number: str, name: str | None
 ) -> Contact:
     """A contact keyed by its WhatsApp id (the E.164 digits); one per number (CONFLICT)."""
-    _require(principal)
+    principal.require(Permission.MANAGE_CONTACTS, "Your role cannot change contacts")
     digits = normalize_phone_number(phone_number)
     contact = Contact(wa_id=digits, phone_number=f"+{digits}", name=_clean_name(name))
     existing = (await session.exec(select(Contact.id).where(col(Contact.wa_id) == digits))).first()
@@ -152,7 +147,7 @@ async def update_contact(
     session: AsyncSession, principal: Principal, contact_id: uuid.UUID, *, name: str | None
 ) -> Contact:
     """Rename a contact (None or blank clears the name)."""
-    _require(principal)
+    principal.require(Permission.MANAGE_CONTACTS, "Your role cannot change contacts")
     contact = await get_contact(session, contact_id)
     cleaned = _clean_name(name)
     if contact.name != cleaned:

@@ -27,11 +27,6 @@ from weflux.services.sessions import TokenPair
 INVITATION_TTL = timedelta(days=7)
 
 
-def require(principal: Principal, permission: Permission, message: str) -> None:
-    if not principal.can(permission):
-        raise Forbidden(message)
-
-
 async def members(session: AsyncSession) -> Sequence[tuple[Membership, User]]:
     """Every member of the workspace, oldest first."""
     rows = await session.exec(
@@ -193,7 +188,7 @@ async def update_role(
     membership_id: uuid.UUID,
     role: Role,
 ) -> Membership:
-    require(principal, Permission.MANAGE_MEMBERS, "Only an Admin can change roles")
+    principal.require(Permission.MANAGE_MEMBERS, "Only an Admin can change roles")
     target = await _target(session, membership_id)
     if target.role == role:
         return target
@@ -230,7 +225,7 @@ async def remove(
     membership_id: uuid.UUID,
 ) -> None:
     """Remove a member; every session of theirs ends with the membership."""
-    require(principal, Permission.MANAGE_MEMBERS, "Only an Admin can remove members")
+    principal.require(Permission.MANAGE_MEMBERS, "Only an Admin can remove members")
     target = await _target(session, membership_id)
     if target.role == Role.ADMIN:
         admins = await _admins_locked(session)

@@ -10,7 +10,7 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
-from weflux.errors import BadUserInput, Conflict, Forbidden
+from weflux.errors import BadUserInput, Conflict
 from weflux.mail.smtp import (
     SmtpConfig,
     SmtpSecurity,
@@ -22,13 +22,8 @@ from weflux.models import SmtpSettings, utcnow
 from weflux.services.audit import RequestMeta, record
 
 
-def _require(principal: Principal) -> None:
-    if not principal.can(Permission.MANAGE_CHANNELS):
-        raise Forbidden("Only an Admin can manage SMTP settings")
-
-
 async def current(session: AsyncSession, principal: Principal) -> SmtpSettings | None:
-    _require(principal)
+    principal.require(Permission.MANAGE_CHANNELS, "Only an Admin can manage SMTP settings")
     return (await session.exec(select(SmtpSettings))).first()
 
 
@@ -47,7 +42,7 @@ async def update(
     allow_private: bool,
 ) -> SmtpSettings:
     """Create or replace the settings; omitting the password keeps the stored one."""
-    _require(principal)
+    principal.require(Permission.MANAGE_CHANNELS, "Only an Admin can manage SMTP settings")
     host = host.strip()
     username = username.strip() if username and username.strip() else None
     validate_smtp_input(host, port, from_address, security, username)

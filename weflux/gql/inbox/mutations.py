@@ -16,7 +16,6 @@ from weflux.gql.inbox.types import (
 )
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
-from weflux.realtime.broker import Broker
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
 
@@ -49,11 +48,6 @@ class AssignConversationInput:
 class UpdateConversationStatusInput:
     conversation_id: strawberry.ID
     status: ConversationStatus
-
-
-def _broker(info: Info) -> Broker:
-    broker: Broker = info.context.request.app.state.broker
-    return broker
 
 
 @strawberry.type
@@ -95,7 +89,7 @@ class InboxMutation:
             context.actor,
             decode_global_id(input.conversation_id, "Conversation"),
             decode_global_id(input.assignee_id, "Member") if input.assignee_id else None,
-            broker=_broker(info),
+            broker=info.context.broker,
         )
         return to_conversation(row)
 
@@ -112,7 +106,7 @@ class InboxMutation:
             context.actor,
             decode_global_id(input.conversation_id, "Conversation"),
             models.ConversationStatus(input.status.value),
-            broker=_broker(info),
+            broker=info.context.broker,
         )
         return to_conversation(row)
 
@@ -128,6 +122,6 @@ class InboxMutation:
             context.unit,
             context.actor,
             decode_global_id(conversation_id, "Conversation"),
-            broker=_broker(info),
+            broker=info.context.broker,
         )
         return to_conversation(row)

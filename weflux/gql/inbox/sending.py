@@ -9,7 +9,6 @@ from weflux.auth.permissions import Permission
 from weflux.gql.inbox.types import Message, to_message
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
-from weflux.realtime.broker import Broker
 from weflux.services import outbound
 
 REPLY = [requires(Permission.REPLY)]
@@ -34,11 +33,6 @@ class SendTemplateMessageInput:
     client_message_id: str | None = None
 
 
-def _broker(info: Info) -> Broker:
-    broker: Broker = info.context.request.app.state.broker
-    return broker
-
-
 @strawberry.type
 class SendingMutation:
     @strawberry.mutation(
@@ -54,7 +48,7 @@ class SendingMutation:
         row = await outbound.send_message(
             context.unit,
             context.actor,
-            _broker(info),
+            info.context.broker,
             conversation_id=decode_global_id(input.conversation_id, "Conversation"),
             text=input.text,
             client_message_id=input.client_message_id,
@@ -70,7 +64,7 @@ class SendingMutation:
         row = await outbound.send_template_message(
             context.unit,
             context.actor,
-            _broker(info),
+            info.context.broker,
             conversation_id=decode_global_id(input.conversation_id, "Conversation"),
             template_name=input.template_name,
             language_code=input.language_code,
