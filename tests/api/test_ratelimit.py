@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import uuid
@@ -344,3 +345,28 @@ async def test_redis_going_away_fails_open_and_limits_resume(
         assert denied.retry_after >= 1
     finally:
         await limiter.close()
+
+
+async def test_retry_after_never_exceeds_the_window_after_a_slow_round_trip(
+    make_limiter: LimiterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a per-minute limit just used up, when the store answers the window's state
+    slowly (the library reads its clock once the answer is in), then Retry-After is
+    still at most the 60 s of the window (it was 61 on Redis: our clock was read first)."""
+    limiter = make_limiter(rate_limit_graphql_workspace="1/minute")
+    assert (await limiter.hit("graphql_workspace", "ws-slow")).allowed is True
+    storage = limiter._storage
+    read_window = storage.get_sliding_window  # type: ignore[attr-defined]
+
+    async def slow_read(key: str, expiry: int) -> tuple[int, float, int, float]:
+        await asyncio.sleep(0.01)  # the window is no longer exactly at its start
+        window: tuple[int, float, int, float] = await read_window(key, expiry)
+        await asyncio.sleep(0.3)  # the answer travels back slowly
+        return window
+
+    monkeypatch.setattr(storage, "get_sliding_window", slow_read)
+
+    denied = await limiter.hit("graphql_workspace", "ws-slow")
+
+    assert denied.allowed is False
+    assert 1 <= denied.retry_after <= 60

@@ -94,6 +94,16 @@ def storage_key(name: str, key: str) -> str:
     return "#" + hashlib.sha256(key.encode()).hexdigest()
 
 
+def _seconds_until(reset_time: float, item: RateLimitItem) -> float:
+    """Seconds from now to a window's reset, at most the window's length.
+
+    The library stamps `reset_time` with its clock read after the store answered; our
+    clock is read after that, never before, or a slow round trip would push the wait
+    past the window (61 s for a per-minute limit). A slot always frees within one window.
+    """
+    return min(float(item.get_expiry()), max(0.0, reset_time - time.time()))
+
+
 class RateLimiter:
     """Named rate limits over the `limits` library's sliding window counter.
 
@@ -190,12 +200,11 @@ class RateLimiter:
     async def _denied(
         self, items: tuple[RateLimitItem, ...], name: str, identifier: str
     ) -> RateLimitDecision:
-        now = time.time()
         wait = 0.0
         for item in items:
             stats = await self._strategy.get_window_stats(item, name, identifier)
             if stats.remaining < 1:
-                wait = max(wait, stats.reset_time - now)
+                wait = max(wait, _seconds_until(stats.reset_time, item))
         return RateLimitDecision(allowed=False, retry_after=max(1, math.ceil(wait)))
 
     def _warn_storage_failure(self, exc: BaseException) -> None:
