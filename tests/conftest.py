@@ -30,7 +30,10 @@ DIALECTS = ["sqlite", "postgresql"]
 GENEROUS_LIMITS = (
     "login_ip",
     "login_account",
+    "login_account_ip",
     "signup_ip",
+    "signup_email",
+    "signup_confirm_ip",
     "invitation_ip",
     "refresh_ip",
     "graphql_ip",

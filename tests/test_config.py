@@ -31,6 +31,9 @@ def _production(tmp_path: Path, **overrides: Any) -> Any:
         "env": "production",
         "jwt_secret": STRONG,
         "encryption_keys": generate_encryption_key_entry("p1"),
+        "smtp_url": "smtps://mailer:secret@smtp.example.com",
+        "smtp_from": "no-reply@example.com",
+        "app_url": "https://app.example",
     }
     return _settings(tmp_path, **(values | overrides))
 

@@ -193,10 +193,9 @@ async def test_an_unknown_limit_name_is_an_error(tmp_path: Path) -> None:
 def test_default_settings_parse(tmp_path: Path) -> None:
     limiter = RateLimiter(build_settings(tmp_path))
     assert set(limiter.limits) == set(LIMIT_NAMES)
-    assert [str(item) for item in limiter.limits["login_account"]] == [
-        "5 per 1 minute",
-        "30 per 1 hour",
-    ]
+    # Failed password checks (issue 9): 10 per account and IP, 100 per account.
+    assert [str(item) for item in limiter.limits["login_account_ip"]] == ["10 per 1 hour"]
+    assert [str(item) for item in limiter.limits["login_account"]] == ["100 per 1 hour"]
 
 
 @pytest.mark.parametrize("value", ["lots", "", "5/fortnight", "5 minutes", "0/minute"])
