@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fixtures.limiter import LimiterFactory, build_settings
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.api.client_ip import client_ip
@@ -32,66 +31,9 @@ from weflux.api.ratelimit import (
     rate_limited_response,
     storage_key,
 )
-from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
+from weflux.config import ConfigError
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
-
-
-def build_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return load_settings(
-        _env_file=None,
-        env="test",
-        var_dir=tmp_path / "var",
-        jwt_secret="x" * 40,
-        encryption_keys=generate_encryption_key_entry("t1"),
-        **overrides,
-    )
-
-
-@pytest.fixture
-def key_prefix() -> str:
-    """Keys unique to this test, so parallel runs on one Redis never collide."""
-    return f"weflux-test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-async def redis_client(key_prefix: str) -> AsyncIterator[Redis]:
-    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    keys = [key async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-LimiterFactory = Callable[..., RateLimiter]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Run the test on the in-process store and on Redis."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_client")
-    return str(request.param)
-
-
-@pytest.fixture
-async def make_limiter(
-    backend: str, tmp_path: Path, key_prefix: str
-) -> AsyncIterator[LimiterFactory]:
-    limiters: list[RateLimiter] = []
-
-    def factory(**overrides: Any) -> RateLimiter:
-        if backend == "redis":
-            overrides.setdefault("redis_url", TEST_REDIS_URL)
-        limiter = RateLimiter(build_settings(tmp_path, **overrides), key_prefix=key_prefix)
-        limiters.append(limiter)
-        return limiter
-
-    yield factory
-    for limiter in limiters:
-        await limiter.close()
 
 
 async def hit_times(limiter: RateLimiter, name: str, key: str, times: int) -> list[bool]:
