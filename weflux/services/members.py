@@ -145,9 +145,9 @@ async def accept_invitation(
         else:
             assert new_hash is not None
             user = User(email=invitation.email, name=name, password_hash=new_hash)
-            session.add(user)
             try:
                 async with session.begin_nested():
+                    session.add(user)
                     await session.flush()
             except IntegrityError:  # the email got an account meanwhile
                 raise Conflict("This email got an account meanwhile: accept again") from None

@@ -149,9 +149,9 @@ async def confirm_signup(
         if spent == 0:  # confirmed concurrently
             raise invalid
         user = User(email=pending.email, name=pending.name, password_hash=pending.password_hash)
-        session.add(user)
         try:
             async with session.begin_nested():
+                session.add(user)
                 await session.flush()
         except IntegrityError:
             pass  # the address got an account meanwhile: the spent rows stay deleted
