@@ -220,3 +220,10 @@ def test_a_bad_smtp_url_names_the_variable_without_echoing_the_password(tmp_path
         )
     assert "WEFLUX_SMTP_URL" in str(refused.value)
     assert "Hunter2-secret" not in str(refused.value)
+
+
+def test_empty_mail_and_app_variables_count_as_unset(tmp_path: Path) -> None:
+    """Compose passes `${WEFLUX_APP_URL:-}` as an empty string."""
+    settings = _settings(tmp_path, smtp_url="", smtp_from=" ", app_url="")
+    assert (settings.smtp_url, settings.smtp_from, settings.app_url) == (None, None, None)
+    assert settings.platform_smtp is None

@@ -196,6 +196,12 @@ class Settings(BaseSettings):
             raise ValueError("at most 5 minutes: a spent token must not stay usable for long")
         return interval
 
+    @field_validator("smtp_url", "smtp_from", "app_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Compose and shells pass unset optional variables as empty strings.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("app_url")
     @classmethod
     def _app_url(cls, value: str | None) -> str | None:

@@ -375,3 +375,32 @@ async def test_with_an_smtp_url_the_mail_goes_through_that_server(
     assert str(message["To"]) == NEWCOMER
     assert f"{APP_URL}/signup/confirm#token=" in raw.decode()
     assert outbox(settings) == []
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_a_mail_server_that_is_down_changes_nothing_in_the_answer(
+    database_urls: DatabaseUrls, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given WEFLUX_SMTP_URL pointing at a closed port, when someone signs up, then the
+    answer is still the same 202 (the mail is sent after it) and the failure is logged
+    without the message or its link."""
+    settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        smtp_url=f"smtp://127.0.0.1:{free_port()}",
+        smtp_from="signup@weflux.example",
+    )
+    with caplog.at_level(logging.INFO):
+        async with LifespanManager(create_app(settings)) as manager:
+            transport = httpx.ASGITransport(app=manager.app, client=("198.51.100.1", 1))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                response = await client.post("/auth/signup", json=signup_body())
+
+    assert response.status_code == 202
+    assert response.content == b'{"status":"CONFIRMATION_SENT"}'
+    failures = [r for r in caplog.records if r.getMessage() == "email not delivered"]
+    assert len(failures) == 1
+    logged = "\n".join(f"{r.getMessage()} {r.__dict__}" for r in caplog.records)
+    assert "#token=" not in logged
+    assert STRONG not in logged

@@ -56,11 +56,14 @@ def compose(mailer: Mailer, *, to: str, subject: str, body: str) -> EmailMessage
 
 
 async def send_quietly(mailer: Mailer, message: EmailMessage) -> None:
-    """Send, logging a failure (without the message) instead of raising it."""
+    """Send, logging a failure (never the message, which may hold a link) instead of
+    raising it: for mail sent after the answer, where nobody could be told."""
     try:
         await mailer.send(message)
     except SmtpError as error:
         log.warning("email not delivered", extra={"reason": error.message})
+    except Exception as error:  # an outbox that cannot be written, a timeout
+        log.warning("email not delivered", extra={"error": type(error).__name__})
 
 
 class SmtpMailer:
