@@ -19,6 +19,12 @@ from tests.fixtures.databases import (
     run_blocking,
 )
 from tests.fixtures.factories import Actor, create_actor, create_org
+from tests.fixtures.limiter import (  # noqa: F401  (shared fixtures)
+    backend,
+    key_prefix,
+    make_limiter,
+    redis_client,
+)
 from tests.fixtures.meta import fake_meta, meta_url  # noqa: F401  (shared fixtures)
 from tests.fixtures.services import postgres_problem, redis_problem, require
 from weflux.auth import passwords
@@ -30,7 +36,10 @@ DIALECTS = ["sqlite", "postgresql"]
 GENEROUS_LIMITS = (
     "login_ip",
     "login_account",
+    "login_account_ip",
     "signup_ip",
+    "signup_email",
+    "signup_confirm_ip",
     "invitation_ip",
     "refresh_ip",
     "graphql_ip",

@@ -31,6 +31,9 @@ def _production(tmp_path: Path, **overrides: Any) -> Any:
         "env": "production",
         "jwt_secret": STRONG,
         "encryption_keys": generate_encryption_key_entry("p1"),
+        "smtp_url": "smtps://mailer:secret@smtp.example.com",
+        "smtp_from": "no-reply@example.com",
+        "app_url": "https://app.example",
     }
     return _settings(tmp_path, **(values | overrides))
 
@@ -169,3 +172,58 @@ def test_the_command_reports_malformed_values(
     monkeypatch.setenv("WEFLUX_ACCESS_TOKEN_TTL", "forever")
     assert main(["migrate"]) == 2
     assert "WEFLUX_ACCESS_TOKEN_TTL" in capsys.readouterr().err
+
+
+def test_sessions_last_90_days_and_a_rotated_token_has_10_seconds_of_grace(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path)
+    assert settings.session_max_age == timedelta(days=90)
+    assert settings.refresh_reuse_interval == timedelta(seconds=10)
+    assert _settings(tmp_path, refresh_reuse_interval="0").refresh_reuse_interval == timedelta(0)
+    assert _settings(tmp_path, session_max_age="30d").session_max_age == timedelta(days=30)
+
+
+def test_a_long_refresh_reuse_interval_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFLUX_REFRESH_REUSE_INTERVAL", "10m")
+    assert main(["migrate"]) == 2
+    assert "WEFLUX_REFRESH_REUSE_INTERVAL" in capsys.readouterr().err
+
+
+def test_production_refuses_to_start_without_the_platform_smtp_server(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_SMTP_URL must be set in production"):
+        _production(tmp_path, smtp_url=None)
+
+
+def test_production_needs_an_app_url_or_an_origin_for_links(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_APP_URL"):
+        _production(tmp_path, app_url=None)
+    settings = _production(tmp_path, app_url=None, allowed_origins="https://inbox.example")
+    assert settings.app_base_url == "https://inbox.example"
+    assert _production(tmp_path).app_base_url == "https://app.example"
+
+
+def test_an_smtp_url_needs_a_sender(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_SMTP_FROM"):
+        _settings(tmp_path, smtp_url="smtps://mailer:secret@smtp.example.com")
+
+
+def test_a_bad_smtp_url_names_the_variable_without_echoing_the_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as refused:
+        _settings(
+            tmp_path,
+            smtp_url="http://mailer:Hunter2-secret@smtp.example.com",
+            smtp_from="a@b.example",
+        )
+    assert "WEFLUX_SMTP_URL" in str(refused.value)
+    assert "Hunter2-secret" not in str(refused.value)
+
+
+def test_empty_mail_and_app_variables_count_as_unset(tmp_path: Path) -> None:
+    """Compose passes `${WEFLUX_APP_URL:-}` as an empty string."""
+    settings = _settings(tmp_path, smtp_url="", smtp_from=" ", app_url="")
+    assert (settings.smtp_url, settings.smtp_from, settings.app_url) == (None, None, None)
+    assert settings.platform_smtp is None

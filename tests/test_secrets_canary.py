@@ -22,6 +22,7 @@ from sqlalchemy import inspect, text
 from tests.conftest import make_settings
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
+from tests.fixtures.mail import confirmation_token, wait_for_mails
 from tests.mail.test_smtp import USERNAME, running_server
 from weflux.app import create_app
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
@@ -144,7 +145,7 @@ async def test_no_secret_escapes_anywhere(
                 live_server(create_app(settings)) as base_url,
                 httpx.AsyncClient(base_url=base_url, event_hooks={"response": [keep]}) as client,
             ):
-                signup = await client.post(
+                requested = await client.post(
                     "/auth/signup",
                     json={
                         "organizationName": "Canary Co",
@@ -152,6 +153,12 @@ async def test_no_secret_escapes_anywhere(
                         "email": "ada@canary.example",
                         "password": secrets["password"],
                     },
+                )
+                assert requested.status_code == 202
+                [mail] = await wait_for_mails(settings, "ada@canary.example")
+                secrets["confirmation_token"] = confirmation_token(mail)
+                signup = await client.post(
+                    "/auth/signup/confirm", json={"token": secrets["confirmation_token"]}
                 )
                 token = signup.json()["accessToken"]
                 await client.post(

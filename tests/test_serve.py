@@ -111,6 +111,9 @@ def test_production_refuses_a_superuser_database_role(
         WEFLUX_DATABASE_URL=database_urls.owner,
         WEFLUX_JWT_SECRET="x" * 40,
         WEFLUX_ENCRYPTION_KEYS="k1:" + "A" * 43 + "=",
+        WEFLUX_SMTP_URL="smtps://mailer:secret@smtp.example.com",
+        WEFLUX_SMTP_FROM="no-reply@example.com",
+        WEFLUX_APP_URL="https://app.example",
     )
     port = _free_port()
     process = subprocess.Popen(

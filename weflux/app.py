@@ -22,6 +22,7 @@ from weflux.api.middleware import RequestContextMiddleware
 from weflux.api.ratelimit import RateLimiter
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
+from weflux.auth.guard import PasswordGuard
 from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
@@ -29,6 +30,7 @@ from weflux.db import Database
 from weflux.errors import error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
+from weflux.mail.mailer import build_mailer
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         settings.jwt_secret.get_secret_value(),
         access_ttl=settings.access_token_ttl,
         refresh_ttl=settings.refresh_token_ttl,
+        session_max_age=settings.session_max_age,
     )
     trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
 
@@ -94,6 +97,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.redis, state.broker = runtime.redis, runtime.broker
         state.keyring, state.cloud_api = runtime.keyring, runtime.cloud_api
         state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
+        state.password_guard = PasswordGuard(limiter)
+        state.mailer = build_mailer(settings)
+        passwords.configure_pool(settings.password_hashing_workers, settings.password_hashing_queue)
         state.trusted_proxies = trusted_proxies
         state.hub = Hub(runtime.broker)
         state.sockets = SocketRegistry(authenticator)

@@ -13,10 +13,14 @@ from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
+
+from weflux.mail.smtp import SmtpConfig
+from weflux.mail.url import parse_smtp_url
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,11 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 DEV_SECRETS_FILE = "dev-secrets.json"
+MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
+# bcrypt's pool (weflux.auth.passwords.BcryptPool): two threads keep two cores busy at
+# most; 32 waiting calls are about 4 s of work at cost 12.
+PASSWORD_HASHING_WORKERS = 2
+PASSWORD_HASHING_QUEUE = 32
 
 
 class ConfigError(ValueError):
@@ -106,6 +115,21 @@ class Settings(BaseSettings):
     health_refresh_interval: timedelta = timedelta(hours=1)
     access_token_ttl: timedelta = timedelta(days=7)
     refresh_token_ttl: timedelta = timedelta(days=30)
+    # A session's absolute lifetime from its login; no refresh reaches past it.
+    session_max_age: timedelta = timedelta(days=90)
+    # A just-rotated refresh token presented again within this answers the same successor
+    # pair (several browser tabs refreshing at once); 0 turns the grace off.
+    refresh_reuse_interval: timedelta = timedelta(seconds=10)
+    # bcrypt's own thread pool: threads, and calls that may wait for one (429 beyond).
+    password_hashing_workers: int = Field(default=PASSWORD_HASHING_WORKERS, ge=1, le=64)
+    password_hashing_queue: int = Field(default=PASSWORD_HASHING_QUEUE, ge=0, le=10_000)
+    # The platform's own mail (sign-up confirmations): smtp://user:pass@host:587 (STARTTLS),
+    # smtps://… (implicit TLS), plain smtp:// to a loopback host only. Unset outside
+    # production: messages are written to var/outbox/ instead.
+    smtp_url: SecretStr | None = None
+    smtp_from: str | None = None
+    # The single-page app, for links in emails (`<app>/signup/confirm#token=…`).
+    app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
     meta_graph_url: str = "https://graph.facebook.com"
@@ -115,8 +139,13 @@ class Settings(BaseSettings):
     graphql_introspection: bool = True
     # Rate limits, in the `limits` notation ("10/minute", "100/hour;1000/day").
     rate_limit_login_ip: str = "20/minute;200/hour"
-    rate_limit_login_account: str = "5/minute;30/hour"
+    # Failed password checks (login and every other one; see weflux/auth/guard.py):
+    # per account and IP, and per account across IPs (the cap of a distributed attack).
+    rate_limit_login_account_ip: str = "10/hour"
+    rate_limit_login_account: str = "100/hour"
     rate_limit_signup_ip: str = "5/hour"
+    rate_limit_signup_email: str = "3/hour;10/day"
+    rate_limit_signup_confirm_ip: str = "20/hour"
     rate_limit_invitation_ip: str = "10/hour"
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_graphql_ip: str = "600/minute"
@@ -147,11 +176,41 @@ class Settings(BaseSettings):
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
 
     @field_validator(
-        "access_token_ttl", "refresh_token_ttl", "health_refresh_interval", mode="before"
+        "access_token_ttl",
+        "refresh_token_ttl",
+        "health_refresh_interval",
+        "session_max_age",
+        mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return parse_duration(value)
+
+    @field_validator("refresh_reuse_interval", mode="before")
+    @classmethod
+    def _reuse_interval(cls, value: Any) -> timedelta:
+        if str(value).strip() in ("0", "0s"):
+            return timedelta(0)
+        interval = parse_duration(value)
+        if interval > MAX_REFRESH_REUSE_INTERVAL:
+            raise ValueError("at most 5 minutes: a spent token must not stay usable for long")
+        return interval
+
+    @field_validator("smtp_url", "smtp_from", "app_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # Compose and shells pass unset optional variables as empty strings.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("app_url")
+    @classmethod
+    def _app_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query:
+            raise ValueError("expected the app's base URL, such as https://app.example.com")
+        return value.strip().rstrip("/")
 
     @field_validator("allowed_origins", mode="before")
     @classmethod
@@ -207,6 +266,13 @@ class Settings(BaseSettings):
         return ["http://localhost:5173", "http://127.0.0.1:5173"]
 
     @property
+    def app_base_url(self) -> str:
+        """Where links in emails point: `WEFLUX_APP_URL`, else the first allowed origin."""
+        if self.app_url is not None:
+            return self.app_url
+        return (self.origins or ["http://localhost:5173"])[0]
+
+    @property
     def ide_enabled(self) -> bool:
         return self.graphql_ide if self.graphql_ide is not None else self.env == "development"
 
@@ -214,6 +280,18 @@ class Settings(BaseSettings):
     def migration_url(self) -> str:
         """Migrations may run as the schema owner; the app connects as a restricted role."""
         return self.database_migration_url or self.database_url
+
+    @cached_property
+    def platform_smtp(self) -> SmtpConfig | None:
+        """The platform's own SMTP server (`WEFLUX_SMTP_URL`), or None without one."""
+        if self.smtp_url is None:
+            return None
+        if not self.smtp_from:
+            raise ConfigError("WEFLUX_SMTP_FROM must be set with WEFLUX_SMTP_URL")
+        try:
+            return parse_smtp_url(self.smtp_url.get_secret_value(), from_address=self.smtp_from)
+        except ValueError as exc:
+            raise ConfigError(f"WEFLUX_SMTP_URL: {exc}") from None
 
     @cached_property
     def encryption_key_ring(self) -> list[tuple[str, bytes]]:
@@ -232,6 +310,8 @@ class Settings(BaseSettings):
             raise ConfigError("WEFLUX_JWT_SECRET must be at least 32 characters of random data")
         if self.encryption_keys is not None:
             _ = self.encryption_key_ring
+        if self.smtp_url is not None:
+            _ = self.platform_smtp
         if not self.is_production:
             return
         for name in ("jwt_secret", "encryption_keys"):
@@ -244,6 +324,16 @@ class Settings(BaseSettings):
                 )
         if self.ide_enabled:
             raise ConfigError("WEFLUX_GRAPHQL_IDE must be false in production")
+        if self.smtp_url is None:
+            raise ConfigError(
+                "WEFLUX_SMTP_URL must be set in production: sign-up confirmations are "
+                "emailed through the platform's own SMTP server"
+            )
+        if self.app_url is None and not self.origins:
+            raise ConfigError(
+                "WEFLUX_APP_URL must be set in production (or WEFLUX_ALLOWED_ORIGINS, whose "
+                "first entry it defaults to): emailed links point at the app"
+            )
 
 
 def _dev_secrets_path(settings: Settings) -> Path:

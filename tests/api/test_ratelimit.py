@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.fixtures.limiter import LimiterFactory, build_settings
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.api.client_ip import client_ip
@@ -31,66 +31,9 @@ from weflux.api.ratelimit import (
     rate_limited_response,
     storage_key,
 )
-from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
+from weflux.config import ConfigError
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
-
-
-def build_settings(tmp_path: Path, **overrides: Any) -> Settings:
-    return load_settings(
-        _env_file=None,
-        env="test",
-        var_dir=tmp_path / "var",
-        jwt_secret="x" * 40,
-        encryption_keys=generate_encryption_key_entry("t1"),
-        **overrides,
-    )
-
-
-@pytest.fixture
-def key_prefix() -> str:
-    """Keys unique to this test, so parallel runs on one Redis never collide."""
-    return f"weflux-test-{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-async def redis_client(key_prefix: str) -> AsyncIterator[Redis]:
-    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
-    client = Redis.from_url(TEST_REDIS_URL)
-    yield client
-    keys = [key async for key in client.scan_iter(match=f"{key_prefix}:*", count=1000)]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
-
-
-LimiterFactory = Callable[..., RateLimiter]
-
-
-@pytest.fixture(params=["memory", "redis"])
-def backend(request: pytest.FixtureRequest) -> str:
-    """Run the test on the in-process store and on Redis."""
-    if request.param == "redis":
-        request.getfixturevalue("redis_client")
-    return str(request.param)
-
-
-@pytest.fixture
-async def make_limiter(
-    backend: str, tmp_path: Path, key_prefix: str
-) -> AsyncIterator[LimiterFactory]:
-    limiters: list[RateLimiter] = []
-
-    def factory(**overrides: Any) -> RateLimiter:
-        if backend == "redis":
-            overrides.setdefault("redis_url", TEST_REDIS_URL)
-        limiter = RateLimiter(build_settings(tmp_path, **overrides), key_prefix=key_prefix)
-        limiters.append(limiter)
-        return limiter
-
-    yield factory
-    for limiter in limiters:
-        await limiter.close()
 
 
 async def hit_times(limiter: RateLimiter, name: str, key: str, times: int) -> list[bool]:
@@ -192,10 +135,9 @@ async def test_an_unknown_limit_name_is_an_error(tmp_path: Path) -> None:
 def test_default_settings_parse(tmp_path: Path) -> None:
     limiter = RateLimiter(build_settings(tmp_path))
     assert set(limiter.limits) == set(LIMIT_NAMES)
-    assert [str(item) for item in limiter.limits["login_account"]] == [
-        "5 per 1 minute",
-        "30 per 1 hour",
-    ]
+    # Failed password checks (issue 9): 10 per account and IP, 100 per account.
+    assert [str(item) for item in limiter.limits["login_account_ip"]] == ["10 per 1 hour"]
+    assert [str(item) for item in limiter.limits["login_account"]] == ["100 per 1 hour"]
 
 
 @pytest.mark.parametrize("value", ["lots", "", "5/fortnight", "5 minutes", "0/minute"])
@@ -344,3 +286,28 @@ async def test_redis_going_away_fails_open_and_limits_resume(
         assert denied.retry_after >= 1
     finally:
         await limiter.close()
+
+
+async def test_retry_after_never_exceeds_the_window_after_a_slow_round_trip(
+    make_limiter: LimiterFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a per-minute limit just used up, when the store answers the window's state
+    slowly (the library reads its clock once the answer is in), then Retry-After is
+    still at most the 60 s of the window (it was 61 on Redis: our clock was read first)."""
+    limiter = make_limiter(rate_limit_graphql_workspace="1/minute")
+    assert (await limiter.hit("graphql_workspace", "ws-slow")).allowed is True
+    storage = limiter._storage
+    read_window = storage.get_sliding_window  # type: ignore[attr-defined]
+
+    async def slow_read(key: str, expiry: int) -> tuple[int, float, int, float]:
+        await asyncio.sleep(0.01)  # the window is no longer exactly at its start
+        window: tuple[int, float, int, float] = await read_window(key, expiry)
+        await asyncio.sleep(0.3)  # the answer travels back slowly
+        return window
+
+    monkeypatch.setattr(storage, "get_sliding_window", slow_read)
+
+    denied = await limiter.hit("graphql_workspace", "ws-slow")
+
+    assert denied.allowed is False
+    assert 1 <= denied.retry_after <= 60

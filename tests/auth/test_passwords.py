@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from weflux.auth.passwords import (
     verify_password,
     warm_up,
 )
+from weflux.config import PASSWORD_HASHING_QUEUE, PASSWORD_HASHING_WORKERS
 
 EMAIL = "alice.smith+news@example.com"
 STRONG = "glacier-velvet-orbit-42"
@@ -263,7 +265,10 @@ async def test_hashing_and_verifying_run_off_the_event_loop_thread(
     assert loop_thread not in bcrypt_calls.threads
 
 
-async def test_hashing_goes_through_asyncio_to_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_hashing_runs_in_the_dedicated_bcrypt_pool_not_the_shared_executor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given asyncio's shared default executor, watched
     offloaded: list[str] = []
     real_to_thread = asyncio.to_thread
 
@@ -272,11 +277,118 @@ async def test_hashing_goes_through_asyncio_to_thread(monkeypatch: pytest.Monkey
         return await real_to_thread(func, *args)
 
     monkeypatch.setattr(asyncio, "to_thread", recording_to_thread)
+    threads: list[str] = []
+    real_checkpw = bcrypt.checkpw
 
+    def naming_checkpw(password: bytes, hashed: bytes) -> bool:
+        threads.append(threading.current_thread().name)
+        return bool(real_checkpw(password, hashed))
+
+    monkeypatch.setattr(bcrypt, "checkpw", naming_checkpw)
+
+    # When a password is hashed and checked
     hashed = await hash_password(STRONG)
-    await verify_password(STRONG, hashed)
+    assert await verify_password(STRONG, hashed) is True
 
-    assert offloaded == ["_hash", "_verify"]
+    # Then bcrypt ran in the pool's own threads, never through asyncio.to_thread
+    assert offloaded == []
+    assert threads
+    assert all(name.startswith("bcrypt") for name in threads), threads
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    """Block (in a thread) until `condition` holds; False if it never did."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class BlockingCheck:
+    """A `bcrypt.checkpw` that holds its thread until released, counting calls at once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.started = 0
+        self.release = threading.Event()
+        self.two_running = threading.Event()
+
+    def __call__(self, password: bytes, hashed: bytes) -> bool:
+        with self.lock:
+            self.running += 1
+            self.started += 1
+            self.most = max(self.most, self.running)
+            if self.running >= 2:
+                self.two_running.set()
+        self.release.wait(10)
+        with self.lock:
+            self.running -= 1
+        return False
+
+
+async def test_the_bcrypt_pool_runs_at_most_its_workers_and_refuses_beyond_its_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a pool of 2 threads and a queue of 3, when 8 password checks arrive at once
+    while bcrypt is held, then 2 run, 3 wait, the other 3 are refused at once with
+    RATE_LIMITED (no bcrypt for them), and once released the 5 admitted complete."""
+    passwords.configure_pool(2, 3)
+    check = BlockingCheck()
+    monkeypatch.setattr(bcrypt, "checkpw", check)
+    try:
+        tasks = [asyncio.create_task(verify_password(STRONG, None)) for _ in range(8)]
+        assert await asyncio.to_thread(check.two_running.wait, 10)
+        await asyncio.sleep(0)  # every task has had its turn to be admitted or refused
+
+        refused = [task for task in tasks if task.done()]
+        assert len(refused) == 3
+        for task in refused:
+            error = task.exception()
+            assert isinstance(error, passwords.PasswordHashingBusy)
+            assert error.code == "RATE_LIMITED"
+            assert error.retry_after == 1
+        assert passwords.pool().admitted == 5
+        assert check.running == 2
+
+        check.release.set()
+        admitted = [task for task in tasks if task not in refused]
+        assert await asyncio.gather(*admitted) == [False] * 5
+        assert check.most == 2
+        assert check.started == 5
+        assert passwords.pool().admitted == 0
+    finally:
+        check.release.set()
+        passwords.configure_pool(PASSWORD_HASHING_WORKERS, PASSWORD_HASHING_QUEUE)
+
+
+async def test_a_cancelled_check_keeps_its_slot_until_its_thread_is_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a pool of 1 thread and no queue, busy with a check whose caller gave up,
+    then the next check is still refused: the bound counts threads, not callers."""
+    passwords.configure_pool(1, 0)
+    check = BlockingCheck()
+    monkeypatch.setattr(bcrypt, "checkpw", check)
+    try:
+        first = asyncio.create_task(verify_password(STRONG, None))
+        assert await asyncio.to_thread(wait_until, lambda: check.started == 1)
+        first.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await first
+
+        with pytest.raises(passwords.PasswordHashingBusy):
+            await verify_password(STRONG, None)
+
+        check.release.set()
+        assert await asyncio.to_thread(wait_until, lambda: passwords.pool().admitted == 0)
+        assert await verify_password(STRONG, None) is False
+    finally:
+        check.release.set()
+        passwords.configure_pool(PASSWORD_HASHING_WORKERS, PASSWORD_HASHING_QUEUE)
 
 
 # Rehash

@@ -136,6 +136,9 @@ async def test_production_refuses_private_smtp_hosts(
         Path(str(tmp_path)),
         env="production",
         database_url=database_urls.app,  # type: ignore[attr-defined]
+        smtp_url="smtps://mailer:secret@smtp.example.com",
+        smtp_from="no-reply@example.com",
+        app_url="https://app.example",
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:

@@ -1,4 +1,4 @@
-"""`/auth/*`: sign-up, login, refresh, logout, invitation acceptance."""
+"""`/auth/*`: sign-up and its confirmation, login, refresh, logout, invitation acceptance."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -17,8 +18,10 @@ from weflux.api.validation import check_email, parse, read_json
 from weflux.auth.tokens import bearer_token
 from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id, encode_global_id
+from weflux.mail.mailer import send_quietly
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
+from weflux.services import signup as signup_service
 from weflux.services.sessions import TokenPair
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
@@ -39,6 +42,10 @@ class SignupBody(_Body):
     password: Password
 
 
+class SignupConfirmBody(_Body):
+    token: Token
+
+
 class LoginBody(_Body):
     email: Email
     password: Password
@@ -53,6 +60,9 @@ class AcceptInvitationBody(_Body):
     token: Token
     name: Name
     password: Password
+
+
+SIGNUP_ACCEPTED = {"status": "CONFIRMATION_SENT"}
 
 
 def _timestamp(moment: datetime) -> str:
@@ -113,19 +123,36 @@ async def _body(request: Request) -> Any:
 
 @_endpoint
 async def signup(request: Request) -> Response:
+    """202 with the same body whether or not the email has an account; the email follows."""
     meta = request_meta(request)
     await _limit(request, "signup_ip", meta.ip)
     body = parse(SignupBody, await _body(request))
-    state = request.app.state
-    pair = await auth_service.signup(
-        state.db,
-        state.codec,
-        meta,
+    signup_request = signup_service.signup_request(
         organization_name=body.organization_name,
         name=body.name,
         email=check_email(body.email),
         password=body.password,
     )
+    await _limit(request, "signup_email", signup_request.email)
+    state = request.app.state
+    message = await signup_service.request_signup(
+        state.db, state.mailer, state.settings.app_base_url, meta, signup_request
+    )
+    # Sent after the answer, so its duration cannot tell which email it was.
+    return JSONResponse(
+        SIGNUP_ACCEPTED,
+        status_code=202,
+        background=BackgroundTask(send_quietly, state.mailer, message),
+    )
+
+
+@_endpoint
+async def confirm_signup(request: Request) -> Response:
+    meta = request_meta(request)
+    await _limit(request, "signup_confirm_ip", meta.ip)
+    body = parse(SignupConfirmBody, await _body(request))
+    state = request.app.state
+    pair = await signup_service.confirm_signup(state.db, state.codec, meta, token=body.token)
     return JSONResponse(token_pair_body(pair), status_code=201)
 
 
@@ -134,7 +161,6 @@ async def login(request: Request) -> Response:
     meta = request_meta(request)
     await _limit(request, "login_ip", meta.ip)
     body = parse(LoginBody, await _body(request))
-    await _limit(request, "login_account", body.email)
     organization_id = (
         decode_global_id(body.organization_id, "Organization") if body.organization_id else None
     )
@@ -142,6 +168,7 @@ async def login(request: Request) -> Response:
     pair = await auth_service.login(
         state.db,
         state.codec,
+        state.password_guard,
         meta,
         email=body.email,
         password=body.password,
@@ -157,7 +184,12 @@ async def refresh(request: Request) -> Response:
     body = parse(RefreshBody, await _body(request))
     state = request.app.state
     pair = await auth_service.refresh(
-        state.db, state.codec, state.authenticator, meta, body.refresh_token
+        state.db,
+        state.codec,
+        state.authenticator,
+        meta,
+        body.refresh_token,
+        reuse_interval=state.settings.refresh_reuse_interval,
     )
     return JSONResponse(token_pair_body(pair))
 
@@ -181,13 +213,20 @@ async def accept_invitation(request: Request) -> Response:
     body = parse(AcceptInvitationBody, await _body(request))
     state = request.app.state
     pair = await member_service.accept_invitation(
-        state.db, state.codec, meta, token=body.token, name=body.name, password=body.password
+        state.db,
+        state.codec,
+        state.password_guard,
+        meta,
+        token=body.token,
+        name=body.name,
+        password=body.password,
     )
     return JSONResponse(token_pair_body(pair))
 
 
 routes = [
     Route("/auth/signup", signup, methods=["POST"]),
+    Route("/auth/signup/confirm", confirm_signup, methods=["POST"]),
     Route("/auth/login", login, methods=["POST"]),
     Route("/auth/refresh", refresh, methods=["POST"]),
     Route("/auth/logout", logout, methods=["POST"]),

@@ -30,14 +30,18 @@ log = logging.getLogger(__name__)
 LIMIT_NAMES = (
     "login_ip",
     "login_account",
+    "login_account_ip",
     "signup_ip",
+    "signup_email",
+    "signup_confirm_ip",
     "invitation_ip",
     "refresh_ip",
     "graphql_ip",
     "graphql_workspace",
 )
-# Limits keyed by an account identifier (an email): normalised and hashed before storage.
-ACCOUNT_LIMITS = frozenset({"login_account"})
+# Limits keyed by an account identifier (an email, alone or with an IP): normalised and
+# hashed before storage, so no email address is ever a key in Redis.
+ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"})
 
 # Socket timeouts for the limiter's Redis client, and a bound on one whole decision, so
 # a Redis that hangs costs a request at most this long before the limiter fails open.
@@ -92,6 +96,16 @@ def storage_key(name: str, key: str) -> str:
     # Anything that might break the `/`-separated key layout is hashed; `#` never
     # appears in a plain key, so a hashed key cannot collide with one.
     return "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _seconds_until(reset_time: float, item: RateLimitItem) -> float:
+    """Seconds from now to a window's reset, at most the window's length.
+
+    The library stamps `reset_time` with its clock read after the store answered; our
+    clock is read after that, never before, or a slow round trip would push the wait
+    past the window (61 s for a per-minute limit). A slot always frees within one window.
+    """
+    return min(float(item.get_expiry()), max(0.0, reset_time - time.time()))
 
 
 class RateLimiter:
@@ -155,6 +169,71 @@ class RateLimiter:
             self._warn_storage_failure(exc)
             return ALLOWED
 
+    async def test(self, name: str, key: str) -> RateLimitDecision:
+        """Whether one more request would be allowed now, consuming nothing."""
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                for item in items:
+                    if not await self._strategy.test(item, name, identifier):
+                        return await self._denied(items, name, identifier)
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+        return ALLOWED
+
+    async def used(self, name: str, key: str) -> int:
+        """How many requests `key` has counted in the fullest window of limit `name`."""
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return max(
+                    [
+                        item.amount
+                        - (await self._strategy.get_window_stats(item, name, identifier)).remaining
+                        for item in items
+                    ]
+                )
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+            return 0
+
+    async def clear(self, name: str, key: str) -> None:
+        """Forget what `key` has counted under limit `name`."""
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                for item in items:
+                    await self._strategy.clear(item, name, identifier)
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+
+    async def remember(self, name: str, key: str, *, seconds: int) -> None:
+        """Keep a hashed mark of `key` under `name` for `seconds` (`remembers` asks)."""
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                await self._storage.clear(self._mark(name, key))
+                await self._storage.incr(self._mark(name, key), seconds)
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+
+    async def remembers(self, name: str, key: str) -> bool:
+        """Whether a mark of `key` under `name` is kept (False while the store is down)."""
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return await self._storage.get(self._mark(name, key)) > 0
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+            return False
+
+    @staticmethod
+    def _mark(name: str, key: str) -> str:
+        if not _PLAIN_KEY.match(name):
+            raise ValueError(f"mark name `{name}` must be 1-128 of [A-Za-z0-9:._-]")
+        return f"mark/{name}/#{hashlib.sha256(key.encode()).hexdigest()}"
+
     async def stats(self, name: str, key: str) -> tuple[WindowStats, ...]:
         """Each window's reset time and remaining requests for `key`, consuming nothing."""
         items = self._items(name)
@@ -190,12 +269,11 @@ class RateLimiter:
     async def _denied(
         self, items: tuple[RateLimitItem, ...], name: str, identifier: str
     ) -> RateLimitDecision:
-        now = time.time()
         wait = 0.0
         for item in items:
             stats = await self._strategy.get_window_stats(item, name, identifier)
             if stats.remaining < 1:
-                wait = max(wait, stats.reset_time - now)
+                wait = max(wait, _seconds_until(stats.reset_time, item))
         return RateLimitDecision(allowed=False, retry_after=max(1, math.ceil(wait)))
 
     def _warn_storage_failure(self, exc: BaseException) -> None:

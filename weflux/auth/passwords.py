@@ -1,7 +1,10 @@
 """Password hashing with bcrypt, and the password policy for new passwords.
 
-- Hashes are bcrypt (`$2b$`) at cost `BCRYPT_ROUNDS`, made and checked in a worker
-  thread so the event loop keeps serving while bcrypt burns CPU.
+- Hashes are bcrypt (`$2b$`) at cost `BCRYPT_ROUNDS`, made and checked in a dedicated,
+  bounded pool (`BcryptPool`: a few threads and a bounded queue, never asyncio's shared
+  default executor), so the event loop keeps serving while bcrypt burns CPU, and a flood
+  of guesses is refused at once (`PasswordHashingBusy`, a 429) instead of queueing
+  without end in front of everybody's logins.
 - `verify_password` costs one full bcrypt check whatever happens: an unknown email
   (no stored hash), a malformed stored hash or an over-long password are checked
   against a dummy hash of the same cost, so response time does not tell whether an
@@ -21,10 +24,15 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import bcrypt
 from zxcvbn import zxcvbn
+
+from weflux.config import PASSWORD_HASHING_QUEUE, PASSWORD_HASHING_WORKERS
+from weflux.errors import RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,8 @@ MIN_ZXCVBN_SCORE = 3
 _MIN_EMAIL_PART_CHARACTERS = 4
 
 _BCRYPT_HASH = re.compile(r"\$2[abxy]\$(?P<cost>[0-9]{2})\$[./A-Za-z0-9]{53}")
+
+T = TypeVar("T")
 
 # zxcvbn keeps the user inputs of the current call in a module-level dictionary.
 _zxcvbn_lock = threading.Lock()
@@ -61,14 +71,82 @@ class PasswordPolicyError(ValueError):
     """A password refused by the policy; the message is a sentence for the end user."""
 
 
+class PasswordHashingBusy(RateLimited):
+    """Every thread and queue slot of the bcrypt pool is taken: try again in a second."""
+
+    def __init__(self) -> None:
+        super().__init__("Too many password checks at once; try again shortly", retry_after=1)
+
+
+class BcryptPool:
+    """bcrypt's own threads: `workers` run at once, at most `queue` more wait.
+
+    A call that finds every slot taken is refused at once with `PasswordHashingBusy`.
+    A slot is held until the thread has finished (not until the caller stops waiting),
+    so cancelled callers cannot let more bcrypt run than the bound.
+    """
+
+    def __init__(self, workers: int, queue: int) -> None:
+        if workers < 1 or queue < 0:
+            raise ValueError("a bcrypt pool needs at least one worker and a queue of 0 or more")
+        self.workers = workers
+        self.queue = queue
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bcrypt")
+        self._lock = threading.Lock()
+        self._admitted = 0
+
+    @property
+    def admitted(self) -> int:
+        """Calls running or waiting now."""
+        return self._admitted
+
+    async def run(self, func: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            if self._admitted >= self.workers + self.queue:
+                raise PasswordHashingBusy()
+            self._admitted += 1
+        try:
+            future = self._executor.submit(func, *args)
+        except BaseException:
+            self._release()
+            raise
+        future.add_done_callback(lambda _: self._release())
+        return await asyncio.wrap_future(future)
+
+    def _release(self) -> None:
+        with self._lock:
+            self._admitted -= 1
+
+    def shutdown(self) -> None:
+        """Let running and queued calls finish; accept no new ones on this pool."""
+        self._executor.shutdown(wait=False)
+
+
+_pool = BcryptPool(PASSWORD_HASHING_WORKERS, PASSWORD_HASHING_QUEUE)
+
+
+def configure_pool(workers: int, queue: int) -> BcryptPool:
+    """Size the process's bcrypt pool (at start-up, from the settings)."""
+    global _pool
+    if (_pool.workers, _pool.queue) != (workers, queue):
+        previous, _pool = _pool, BcryptPool(workers, queue)
+        previous.shutdown()
+    return _pool
+
+
+def pool() -> BcryptPool:
+    """The process's bcrypt pool."""
+    return _pool
+
+
 async def hash_password(password: str) -> str:
-    """Hash a password with bcrypt at cost `BCRYPT_ROUNDS`, in a worker thread."""
+    """Hash a password with bcrypt at cost `BCRYPT_ROUNDS`, in the bcrypt pool."""
     secret = _encode(password)
     if len(secret) > MAX_PASSWORD_BYTES:
         # bcrypt would truncate (bcrypt 4) or fail (bcrypt 5); never store a partial secret.
         raise PasswordPolicyError(TOO_LONG_MESSAGE)
     rounds = BCRYPT_ROUNDS
-    hashed = await asyncio.to_thread(_hash, secret, rounds)
+    hashed = await _pool.run(_hash, secret, rounds)
     return hashed.decode("ascii")
 
 
@@ -78,12 +156,12 @@ async def verify_password(password: str, password_hash: str | None) -> bool:
     # Lone surrogates (possible in JSON) become bytes no stored hash was made from.
     secret = password.encode("utf-8", "surrogatepass")
     stored = None if password_hash is None else password_hash.encode("utf-8", "replace")
-    return await asyncio.to_thread(_verify, secret, stored, rounds)
+    return await _pool.run(_verify, secret, stored, rounds)
 
 
 async def warm_up() -> None:
     """Compute the dummy hash for the current cost off the event loop, at start-up."""
-    await asyncio.to_thread(_dummy_hash, BCRYPT_ROUNDS)
+    await _pool.run(_dummy_hash, BCRYPT_ROUNDS)
 
 
 def needs_rehash(password_hash: str) -> bool:

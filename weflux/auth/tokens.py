@@ -5,6 +5,10 @@ Both kinds carry `iss`, `aud`, `sub` (user), `org` (workspace), `sid` (session),
 checked for both, so a refresh token is never accepted as an access token, nor the
 reverse. Tokens are only a pointer at a session: every use checks that the session is
 live (see `weflux.auth.principal`).
+
+HS256 is deterministic: the same claims under the same secret give the same token, byte
+for byte. So a token's `TokenStamp` (`jti`, `iat`, `exp`), which is no secret, is enough
+to issue that very token again (the refresh reuse interval relies on it).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import hashlib
 import secrets
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 import jwt
 
@@ -46,20 +51,45 @@ class TokenClaims:
 
 
 @dataclass(frozen=True)
+class TokenStamp:
+    """What sets one token apart from another of the same session; no secret."""
+
+    jti: str
+    issued_at: int
+    expires_at: int
+
+    def as_json(self) -> dict[str, str | int]:
+        return {"jti": self.jti, "iat": self.issued_at, "exp": self.expires_at}
+
+    @classmethod
+    def from_json(cls, value: Mapping[str, Any]) -> TokenStamp:
+        return cls(jti=str(value["jti"]), issued_at=int(value["iat"]), expires_at=int(value["exp"]))
+
+
+@dataclass(frozen=True)
 class IssuedToken:
     token: str
     expires_at: datetime
+    stamp: TokenStamp
 
 
 class TokenCodec:
     """Signs and verifies tokens with the configured secret and lifetimes."""
 
-    def __init__(self, secret: str, *, access_ttl: timedelta, refresh_ttl: timedelta) -> None:
+    def __init__(
+        self,
+        secret: str,
+        *,
+        access_ttl: timedelta,
+        refresh_ttl: timedelta,
+        session_max_age: timedelta = timedelta(days=90),
+    ) -> None:
         if len(secret) < 32:
             raise ValueError("the JWT secret must be at least 32 characters")
         self._secret = secret
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
+        self.session_max_age = session_max_age
 
     def __repr__(self) -> str:
         return "TokenCodec(secret=<hidden>)"
@@ -71,24 +101,45 @@ class TokenCodec:
         user_id: uuid.UUID,
         org_id: uuid.UUID,
         session_id: uuid.UUID,
+        not_after: datetime | None = None,
     ) -> IssuedToken:
+        """A new token of `kind`, expiring after its lifetime or at `not_after`, if sooner."""
         now = utcnow()
         expires_at = now + (self.access_ttl if kind == "access" else self.refresh_ttl)
-        issued = int(now.timestamp())
+        if not_after is not None:
+            expires_at = min(expires_at, not_after)
+        stamp = TokenStamp(
+            jti=secrets.token_urlsafe(16),
+            issued_at=int(now.timestamp()),
+            expires_at=int(expires_at.timestamp()),
+        )
+        return self.reissue(kind, stamp, user_id=user_id, org_id=org_id, session_id=session_id)
+
+    def reissue(
+        self,
+        kind: TokenType,
+        stamp: TokenStamp,
+        *,
+        user_id: uuid.UUID,
+        org_id: uuid.UUID,
+        session_id: uuid.UUID,
+    ) -> IssuedToken:
+        """The token of `kind` with exactly this stamp: the same bytes every time."""
         payload = {
             "iss": ISSUER,
             "aud": _AUDIENCE[kind],
             "sub": str(user_id),
             "org": str(org_id),
             "sid": str(session_id),
-            "jti": secrets.token_urlsafe(16),
-            "iat": issued,
-            "nbf": issued,
-            "exp": int(expires_at.timestamp()),
+            "jti": stamp.jti,
+            "iat": stamp.issued_at,
+            "nbf": stamp.issued_at,
+            "exp": stamp.expires_at,
             "typ": kind,
         }
         token = jwt.encode(payload, self._secret, algorithm=ALGORITHM, headers={"typ": "JWT"})
-        return IssuedToken(token=token, expires_at=expires_at.replace(microsecond=0))
+        expires_at = datetime.fromtimestamp(stamp.expires_at, tz=UTC)
+        return IssuedToken(token=token, expires_at=expires_at, stamp=stamp)
 
     def verify(self, token: str, kind: TokenType) -> TokenClaims:
         """The claims of a valid token of `kind`; InvalidTokenError otherwise."""

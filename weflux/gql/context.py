@@ -17,6 +17,7 @@ from weflux.db import Database
 from weflux.services.audit import RequestMeta
 
 if TYPE_CHECKING:
+    from weflux.auth.guard import PasswordGuard
     from weflux.gql.loaders import Loaders
     from weflux.realtime.broker import Broker
     from weflux.services.channels import Services as ChannelServices
@@ -75,6 +76,11 @@ class Context:
     def broker(self) -> Broker:
         broker: Broker = self.request.app.state.broker
         return broker
+
+    @property
+    def password_guard(self) -> PasswordGuard:
+        guard: PasswordGuard = self.request.app.state.password_guard
+        return guard
 
     @property
     def channel_services(self) -> ChannelServices:

@@ -8,7 +8,7 @@ from typing import Any
 from graphql import GraphQLError
 from strawberry.extensions import MaskErrors
 
-from weflux.errors import WefluxError
+from weflux.errors import RateLimited, WefluxError
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,8 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         extensions: dict[str, Any] = {"code": original.graphql_code}
         if original.details is not None:
             extensions["details"] = original.details
+        if isinstance(original, RateLimited):
+            extensions["retryAfter"] = original.retry_after  # seconds, as HTTP's Retry-After
         return extensions
     if isinstance(original, GraphQLError):
         # A permission class's refusal: strawberry raises it as a GraphQLError with a code.

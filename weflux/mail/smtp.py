@@ -6,9 +6,10 @@
   (development and tests), refuses a host any of whose addresses is loopback, private,
   link-local, multicast, reserved or unspecified, including IPv6 forms that embed such
   an IPv4 address (IPv4-mapped, 6to4, Teredo, NAT64).
-- `send_test_email` connects to the address that was checked, never re-resolving the
-  name, while TLS still verifies the certificate against the host name (SNI included):
-  the socket is opened here and handed to aiosmtplib together with the host name.
+- `send_email` (and `send_test_email`, which uses it) connects to the address that was
+  checked, never re-resolving the name, while TLS still verifies the certificate against
+  the host name (SNI included): the socket is opened here and handed to aiosmtplib
+  together with the host name.
   This leaves no window for DNS rebinding between the check and the connection.
 
 No function here puts the SMTP password in an exception message, a log line or a repr,
@@ -320,7 +321,12 @@ def _test_message(config: SmtpConfig, to: str) -> EmailMessage:
 
 
 async def _deliver(
-    config: SmtpConfig, to: str, *, allow_private: bool, reply_seconds: float, phase: list[str]
+    config: SmtpConfig,
+    message: EmailMessage,
+    *,
+    allow_private: bool,
+    reply_seconds: float,
+    phase: list[str],
 ) -> None:
     """Resolve, connect, secure, log in, send and quit; `phase` records the current step."""
     phase.append("resolve")
@@ -375,7 +381,7 @@ async def _deliver(
                 )
             await smtp.login(config.username, config.password or "")
         phase.append("send")
-        await smtp.send_message(_test_message(config, to))
+        await smtp.send_message(message)
         phase.append("quit")
         # The message was accepted; a server hanging up on QUIT changes nothing.
         with contextlib.suppress(aiosmtplib.SMTPException):
@@ -452,6 +458,23 @@ async def send_test_email(
     )
     if (problem := _email_problem(to)) is not None:
         raise BadUserInput(problem, details=[{"field": "to", "message": problem}])
+    await send_email(
+        config, _test_message(config, to), allow_private=allow_private, timeout=timeout
+    )
+
+
+async def send_email(
+    config: SmtpConfig,
+    message: EmailMessage,
+    *,
+    allow_private: bool,
+    timeout: float = 15.0,  # noqa: ASYNC109
+) -> None:
+    """Send `message` through `config`; `SmtpError` with a safe message when it fails.
+
+    Neither the message (it may hold a link with a token) nor a server reply is logged.
+    """
+    to = str(message["To"])
     phase: list[str] = []
     failure: str | None = None
     error_type: str | None = None
@@ -459,21 +482,21 @@ async def send_test_email(
     try:
         async with asyncio.timeout(timeout):
             await _deliver(
-                config, to, allow_private=allow_private, reply_seconds=timeout, phase=phase
+                config, message, allow_private=allow_private, reply_seconds=timeout, phase=phase
             )
     except _Refusal as refusal:
         failure, error_type = str(refusal), "refused"
     except (aiosmtplib.SMTPException, OSError) as error:
         if phase and phase[-1] == "quit":
             # The server had accepted the message; the deadline ran out saying goodbye.
-            log.info("SMTP test email sent", extra={"smtp_host": config.host})
+            log.info("email sent", extra={"smtp_host": config.host})
             return
         failure = _describe(error, config, to, phase[-1] if phase else "resolve", timeout)
         error_type, reply_code = type(error).__name__, getattr(error, "code", None)
     if failure is not None:
         # The exception's text may quote server replies; log only its type and code.
         log.warning(
-            "SMTP test email failed",
+            "email not sent",
             extra={
                 "smtp_host": config.host,
                 "smtp_port": config.port,
@@ -484,4 +507,4 @@ async def send_test_email(
         )
         # Raised outside the `except` block so no server reply rides along as __context__.
         raise SmtpError(failure)
-    log.info("SMTP test email sent", extra={"smtp_host": config.host, "smtp_port": config.port})
+    log.info("email sent", extra={"smtp_host": config.host, "smtp_port": config.port})

@@ -19,6 +19,7 @@ from weflux.models.inbox import (
 from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
+from weflux.models.pending_signup import PendingSignup
 from weflux.models.user import User
 from weflux.models.whatsapp import AccountStatus, SmtpSettings, WhatsAppAccount
 
@@ -37,6 +38,7 @@ __all__ = [
     "MessageStatus",
     "OrgScoped",
     "Organization",
+    "PendingSignup",
     "Role",
     "SmtpSettings",
     "TemplateStatusEvent",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Index
+from sqlalchemy import JSON, Index
 from sqlmodel import Field
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -27,6 +28,12 @@ class AuthSession(OrgScoped, table=True):
         foreign_key="memberships.id", nullable=False, ondelete="CASCADE"
     )
     refresh_token_hash: str = Field(max_length=64, nullable=False, repr=False)
+    # The refresh token rotated last, when, and the stamps (jti, iat, exp; no secret) of
+    # the pair it was swapped for: presented again within the reuse interval, it is
+    # answered with that same pair, re-issued from the stamps (weflux.services.auth).
+    previous_refresh_token_hash: str | None = Field(default=None, max_length=64, repr=False)
+    rotated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    successor_stamps: dict[str, Any] | None = Field(default=None, sa_type=JSON, repr=False)
     created_at: datetime = created_at_field()
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)

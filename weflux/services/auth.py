@@ -1,32 +1,28 @@
-"""Sign-up, login, refresh rotation with reuse detection, logout, password changes."""
+"""Login, refresh rotation with reuse detection, logout, password changes."""
 
 from __future__ import annotations
 
 import logging
 import uuid
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.passwords import (
-    PasswordPolicyError,
-    check_password_policy,
-    hash_password,
-    verify_password,
-)
+from weflux.auth.guard import PasswordGuard
+from weflux.auth.passwords import PasswordPolicyError, check_password_policy, hash_password
 from weflux.auth.principal import Authenticator, Principal
-from weflux.auth.scoping import use_workspace
-from weflux.auth.tokens import InvalidTokenError, TokenCodec, token_hash
+from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
 from weflux.db import Database
 from weflux.errors import (
     BadUserInput,
-    Conflict,
     Forbidden,
     InvalidCredentials,
     TokenReused,
     Unauthenticated,
 )
-from weflux.models import AuthSession, Membership, Organization, Role, User, utcnow
+from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.sessions import TokenPair
@@ -48,50 +44,10 @@ def check_new_password(password: str, *, email: str, user_inputs: list[str]) -> 
         ) from None
 
 
-async def signup(
-    db: Database,
-    codec: TokenCodec,
-    meta: RequestMeta,
-    *,
-    organization_name: str,
-    name: str,
-    email: str,
-    password: str,
-) -> TokenPair:
-    """Create a workspace and its first Admin; answer with a token pair."""
-    email = normalize_email(email)
-    check_new_password(password, email=email, user_inputs=[name, organization_name])
-    password_hash = await hash_password(password)
-    async with db.session() as session:
-        taken = (await session.exec(select(User.id).where(func.lower(User.email) == email))).first()
-        if taken is not None:
-            raise Conflict("An account with this email exists: log in instead")
-        organization = Organization(name=organization_name)
-        await use_workspace(session, organization.id)
-        user = User(email=email, name=name, password_hash=password_hash)
-        session.add_all([organization, user])
-        await session.flush()
-        membership = Membership(user_id=user.id, role=Role.ADMIN)
-        session.add(membership)
-        await session.flush()
-        pair = await session_service.open_session(
-            session, codec, membership=membership, organization=organization, meta=meta
-        )
-        await record(
-            session,
-            Action.WORKSPACE_CREATED,
-            actor_user_id=user.id,
-            actor_membership_id=membership.id,
-            target_type="Organization",
-            target_id=organization.id,
-            meta=meta,
-        )
-    return TokenPair(pair.access, pair.refresh, organization, membership, [organization])
-
-
 async def login(
     db: Database,
     codec: TokenCodec,
+    guard: PasswordGuard,
     meta: RequestMeta,
     *,
     email: str,
@@ -100,12 +56,13 @@ async def login(
 ) -> TokenPair:
     """Check the password and open a session in one of the user's workspaces.
 
-    Unknown emails and wrong passwords get the same answer at the same cost.
+    Unknown emails and wrong passwords get the same answer at the same cost, and count
+    alike against the password guard's limits. No database connection is held while
+    bcrypt runs: the look-up and the writes are two short units of work.
     """
     email = normalize_email(email)
     async with db.session(all_workspaces="login: the user's workspaces") as session:
         user = (await session.exec(select(User).where(func.lower(User.email) == email))).first()
-        valid = await verify_password(password, user.password_hash if user else None)
         rows = []
         if user is not None:
             rows = list(
@@ -118,42 +75,46 @@ async def login(
                     )
                 ).all()
             )
-        if not valid or user is None or not rows:
-            for membership, _ in rows:
-                await record(
-                    session,
-                    Action.LOGIN_FAILED,
-                    org_id=membership.org_id,
-                    actor_user_id=membership.user_id,
-                    target_type="User",
-                    target_id=membership.user_id,
-                    meta=meta,
-                    severity="warning",
-                )
-            failed = True
-        else:
-            failed = False
-            by_workspace = {org.id: (member, org) for member, org in reversed(rows)}
-            chosen = by_workspace.get(organization_id or rows[0][1].id)
-            if chosen is None:
-                raise Forbidden("You are not a member of that workspace")
-            membership, organization = chosen
-            await use_workspace(session, organization.id)
-            pair = await session_service.open_session(
-                session, codec, membership=membership, organization=organization, meta=meta
-            )
-            await record(
-                session,
-                Action.LOGIN_SUCCEEDED,
-                actor_user_id=user.id,
-                actor_membership_id=membership.id,
-                target_type="Session",
-                target_id=pair.session_id,
-                meta=meta,
-            )
-    if failed:
+    valid = await guard.check(
+        email=email,
+        ip=meta.ip,
+        password=password,
+        password_hash=user.password_hash if user else None,
+    )
+    if not valid or user is None or not rows:
+        if rows:
+            async with db.session(all_workspaces="login: audit the failure") as session:
+                for membership, _ in rows:
+                    await record(
+                        session,
+                        Action.LOGIN_FAILED,
+                        org_id=membership.org_id,
+                        actor_user_id=membership.user_id,
+                        target_type="User",
+                        target_id=membership.user_id,
+                        meta=meta,
+                        severity="warning",
+                    )
         log.info("login failed", extra={"client": meta.ip})
         raise InvalidCredentials("Invalid email or password")
+    by_workspace = {org.id: (member, org) for member, org in reversed(rows)}
+    chosen = by_workspace.get(organization_id or rows[0][1].id)
+    if chosen is None:
+        raise Forbidden("You are not a member of that workspace")
+    membership, organization = chosen
+    async with db.session(organization.id) as session:
+        pair = await session_service.open_session(
+            session, codec, membership=membership, organization=organization, meta=meta
+        )
+        await record(
+            session,
+            Action.LOGIN_SUCCEEDED,
+            actor_user_id=user.id,
+            actor_membership_id=membership.id,
+            target_type="Session",
+            target_id=pair.session_id,
+            meta=meta,
+        )
     return TokenPair(pair.access, pair.refresh, organization, membership, [org for _, org in rows])
 
 
@@ -163,56 +124,85 @@ async def refresh(
     authenticator: Authenticator,
     meta: RequestMeta,
     refresh_token: str,
+    *,
+    reuse_interval: timedelta,
 ) -> TokenPair:
-    """Rotate a refresh token. A spent one revokes the whole session (RFC 9700 reuse
-    detection); of two concurrent refreshes with one token at most one succeeds."""
+    """Rotate a refresh token, within the session's absolute lifetime.
+
+    A spent token revokes the whole session (RFC 9700 reuse detection), except the one
+    rotated last, presented again within `reuse_interval` of its rotation: that answers
+    the very pair it was swapped for (Auth0's reuse interval, for browser tabs refreshing
+    at once). Of two concurrent refreshes with one token, one rotates and the other gets
+    the same successor pair: never two live pairs.
+    """
     try:
         claims = codec.verify(refresh_token, "refresh")
     except InvalidTokenError:
         raise Unauthenticated("Invalid refresh token") from None
     presented = token_hash(refresh_token)
+    ids = {"user_id": claims.user_id, "org_id": claims.org_id, "session_id": claims.session_id}
     reused = False
     async with db.session(claims.org_id) as session:
-        ids = {"user_id": claims.user_id, "org_id": claims.org_id, "session_id": claims.session_id}
-        new_refresh = codec.issue("refresh", **ids)
+        current = await session.get(AuthSession, claims.session_id)
         now = utcnow()
-        rotated = (
-            await session.exec(  # type: ignore[call-overload]
-                update(AuthSession)
-                .where(
-                    col(AuthSession.id) == claims.session_id,
-                    col(AuthSession.refresh_token_hash) == presented,
-                    col(AuthSession.revoked_at).is_(None),
-                    col(AuthSession.expires_at) > now,
+        if current is None or current.revoked_at is not None or current.expires_at <= now:
+            raise Unauthenticated("Invalid refresh token")
+        ends = session_service.session_end(codec, current)
+        if ends <= now:
+            raise Unauthenticated("This session has reached its maximum age; log in again")
+        if current.refresh_token_hash == presented:
+            new_refresh = codec.issue("refresh", **ids, not_after=ends)
+            access = codec.issue("access", **ids, not_after=ends)
+            rotated = (
+                await session.exec(  # type: ignore[call-overload]
+                    update(AuthSession)
+                    .where(
+                        col(AuthSession.id) == claims.session_id,
+                        col(AuthSession.refresh_token_hash) == presented,
+                        col(AuthSession.revoked_at).is_(None),
+                    )
+                    .values(
+                        refresh_token_hash=token_hash(new_refresh.token),
+                        previous_refresh_token_hash=presented,
+                        rotated_at=now,
+                        successor_stamps={
+                            "refresh": new_refresh.stamp.as_json(),
+                            "access": access.stamp.as_json(),
+                        },
+                        expires_at=new_refresh.expires_at,
+                        last_used_at=now,
+                    )
+                    .returning(col(AuthSession.membership_id))
                 )
-                .values(
-                    refresh_token_hash=token_hash(new_refresh.token),
-                    expires_at=new_refresh.expires_at,
-                    last_used_at=now,
+            ).first()
+            if rotated is not None:
+                return await _pair_of(session, rotated[0], claims.org_id, access, new_refresh)
+            # A concurrent refresh rotated this token first: read what it stored.
+            current = (
+                await session.exec(
+                    select(AuthSession)
+                    .where(AuthSession.id == claims.session_id)
+                    .execution_options(populate_existing=True)
                 )
-                .returning(col(AuthSession.membership_id))
+            ).one()
+        successor = _successor(codec, current, presented, now, reuse_interval, ids)
+        if successor is not None:
+            access, new_refresh = successor
+            return await _pair_of(
+                session, current.membership_id, claims.org_id, access, new_refresh
             )
-        ).first()
-        if rotated is not None:
-            membership = await session.get(Membership, rotated[0])
-            organization = await session.get(Organization, claims.org_id)
-            if membership is None or organization is None:  # removed meanwhile
-                raise Unauthenticated("Invalid refresh token")
-            access = codec.issue("access", **ids)
-            return TokenPair(access, new_refresh, organization, membership, [organization])
-        existing = await session.get(AuthSession, claims.session_id)
-        if existing is not None and existing.revoked_at is None and existing.expires_at > now:
+        if current.revoked_at is None:
             reused = True
             await session_service.revoke(
-                session, authenticator, [existing.id], reason="refresh_token_reused"
+                session, authenticator, [current.id], reason="refresh_token_reused"
             )
             await record(
                 session,
                 Action.REFRESH_REUSED,
-                actor_user_id=existing.user_id,
-                actor_membership_id=existing.membership_id,
+                actor_user_id=current.user_id,
+                actor_membership_id=current.membership_id,
                 target_type="Session",
-                target_id=existing.id,
+                target_id=current.id,
                 meta=meta,
                 severity="high",
             )
@@ -220,6 +210,47 @@ async def refresh(
         log.warning("refresh token reuse: session revoked", extra={"client": meta.ip})
         raise TokenReused("This refresh token was already used; the session is revoked")
     raise Unauthenticated("Invalid refresh token")
+
+
+def _successor(
+    codec: TokenCodec,
+    current: AuthSession,
+    presented: str,
+    now: datetime,
+    reuse_interval: timedelta,
+    ids: dict[str, uuid.UUID],
+) -> tuple[IssuedToken, IssuedToken] | None:
+    """The (access, refresh) pair the presented token was just swapped for, if it may be
+    answered again: it is the token rotated last, within the interval, and its successor
+    is still the session's current refresh token."""
+    if (
+        current.revoked_at is not None
+        or current.previous_refresh_token_hash != presented
+        or current.rotated_at is None
+        or now - current.rotated_at > reuse_interval
+        or not current.successor_stamps
+    ):
+        return None
+    stamps = current.successor_stamps
+    new_refresh = codec.reissue("refresh", TokenStamp.from_json(stamps["refresh"]), **ids)
+    if token_hash(new_refresh.token) != current.refresh_token_hash:
+        return None  # the secret changed meanwhile
+    access = codec.reissue("access", TokenStamp.from_json(stamps["access"]), **ids)
+    return access, new_refresh
+
+
+async def _pair_of(
+    session: AsyncSession,
+    membership_id: uuid.UUID,
+    org_id: uuid.UUID,
+    access: IssuedToken,
+    new_refresh: IssuedToken,
+) -> TokenPair:
+    membership = await session.get(Membership, membership_id)
+    organization = await session.get(Organization, org_id)
+    if membership is None or organization is None:  # removed meanwhile
+        raise Unauthenticated("Invalid refresh token")
+    return TokenPair(access, new_refresh, organization, membership, [organization])
 
 
 async def logout(db: Database, authenticator: Authenticator, principal: Principal) -> None:
@@ -232,16 +263,25 @@ async def logout(db: Database, authenticator: Authenticator, principal: Principa
 async def change_password(
     db: Database,
     authenticator: Authenticator,
+    guard: PasswordGuard,
     principal: Principal,
     meta: RequestMeta,
     *,
     current_password: str,
     new_password: str,
 ) -> None:
-    """Change one's password and end every other session of the user, in every workspace."""
+    """Change one's password and end every other session of the user, in every workspace.
+
+    The current password is checked by the password guard, like a login: wrong guesses
+    count against the same per-account limits, over HTTP and WebSocket alike.
+    """
     async with db.session(principal.org_id) as session:
         user = await session.get(User, principal.user_id)
-    if user is None or not await verify_password(current_password, user.password_hash):
+    if user is None:
+        raise Unauthenticated("Authentication required")
+    if not await guard.check(
+        email=user.email, ip=meta.ip, password=current_password, password_hash=user.password_hash
+    ):
         raise BadUserInput(
             "The current password is wrong",
             details=[{"field": "currentPassword", "message": "The current password is wrong"}],

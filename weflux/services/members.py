@@ -8,10 +8,12 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from sqlalchemy import delete, func, update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.passwords import hash_password, verify_password
+from weflux.auth.guard import PasswordGuard
+from weflux.auth.passwords import hash_password
 from weflux.auth.permissions import Permission, may_invite
 from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.scoping import use_workspace
@@ -95,13 +97,19 @@ async def invite(
 async def accept_invitation(
     db: Database,
     codec: TokenCodec,
+    guard: PasswordGuard,
     meta: RequestMeta,
     *,
     token: str,
     name: str,
     password: str,
 ) -> TokenPair:
-    """Join the inviting workspace: as a new user, or (with their password) an existing one."""
+    """Join the inviting workspace: as a new user, or (with their password) an existing one.
+
+    An existing account's password is checked by the password guard, like a login. No
+    database connection is held while bcrypt runs: the invitation is read first, and
+    claimed (single use) in a second unit of work.
+    """
     invalid = NotFound("This invitation is invalid, used or expired")
     digest = token_hash(token)
     async with db.session(all_workspaces="invitation acceptance: the token is the key") as session:
@@ -112,27 +120,37 @@ async def accept_invitation(
             raise invalid
         if invitation.expires_at <= utcnow():
             raise invalid
-        await use_workspace(session, invitation.org_id)
         user = (
             await session.exec(select(User).where(func.lower(User.email) == invitation.email))
         ).first()
+    new_hash: str | None = None
+    if user is not None:
+        if not await guard.check(
+            email=invitation.email, ip=meta.ip, password=password, password_hash=user.password_hash
+        ):
+            raise InvalidCredentials(
+                "This email has an account: give its password to join the workspace"
+            )
+    else:
+        check_new_password(password, email=invitation.email, user_inputs=[name])
+        new_hash = await hash_password(password)
+    async with db.session(all_workspaces="invitation acceptance: the token is the key") as session:
+        await use_workspace(session, invitation.org_id)
         if user is not None:
-            if not await verify_password(password, user.password_hash):
-                raise InvalidCredentials(
-                    "This email has an account: give its password to join the workspace"
-                )
             member = (
                 await session.exec(select(Membership).where(Membership.user_id == user.id))
             ).first()
             if member is not None:
                 raise Conflict("You are already a member of this workspace")
         else:
-            check_new_password(password, email=invitation.email, user_inputs=[name])
-            user = User(
-                email=invitation.email, name=name, password_hash=await hash_password(password)
-            )
-            session.add(user)
-            await session.flush()
+            assert new_hash is not None
+            user = User(email=invitation.email, name=name, password_hash=new_hash)
+            try:
+                async with session.begin_nested():
+                    session.add(user)
+                    await session.flush()
+            except IntegrityError:  # the email got an account meanwhile
+                raise Conflict("This email got an account meanwhile: accept again") from None
         membership = Membership(user_id=user.id, role=invitation.role)
         session.add(membership)
         await session.flush()

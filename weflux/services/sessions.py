@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -38,12 +39,17 @@ async def open_session(
     organization: Organization,
     meta: RequestMeta,
 ) -> TokenPair:
-    """A new session for `membership`, with its first token pair."""
+    """A new session for `membership`, with its first token pair.
+
+    No token of the session outlives `codec.session_max_age` from now.
+    """
+    started = utcnow()
     auth_session = AuthSession(
         user_id=membership.user_id,
         membership_id=membership.id,
         refresh_token_hash="",
-        expires_at=utcnow() + codec.refresh_ttl,
+        created_at=started,
+        expires_at=started + codec.refresh_ttl,
         ip_address=meta.ip,
         user_agent=(meta.user_agent or "")[:512] or None,
     )
@@ -52,13 +58,19 @@ async def open_session(
         "org_id": membership.org_id,
         "session_id": auth_session.id,
     }
-    refresh = codec.issue("refresh", **ids)
-    access = codec.issue("access", **ids)
+    ends = session_end(codec, auth_session)
+    refresh = codec.issue("refresh", **ids, not_after=ends)
+    access = codec.issue("access", **ids, not_after=ends)
     auth_session.refresh_token_hash = token_hash(refresh.token)
     auth_session.expires_at = refresh.expires_at
     session.add(auth_session)
     await session.flush()
     return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
+
+
+def session_end(codec: TokenCodec, auth_session: AuthSession) -> datetime:
+    """When the session ends whatever its refreshes: its start plus the maximum age."""
+    return auth_session.created_at + codec.session_max_age
 
 
 async def revoke(

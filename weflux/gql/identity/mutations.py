@@ -123,7 +123,10 @@ class IdentityMutation:
         return to_session(row, context.actor.session_id)
 
     @strawberry.mutation(
-        description="Change one's own password; every other session of the user ends.",
+        description=(
+            "Change one's own password; every other session of the user ends. Wrong current "
+            "passwords count against the same per-account limit as logins (RATE_LIMITED)."
+        ),
         permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
     )
     async def change_password(self, info: Info, input: ChangePasswordInput) -> bool:
@@ -131,6 +134,7 @@ class IdentityMutation:
         await auth_service.change_password(
             context.db,
             context.authenticator,
+            context.password_guard,
             context.actor,
             context.meta,
             current_password=input.current_password,
