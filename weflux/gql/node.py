@@ -70,8 +70,8 @@ async def _audit_event(info: Info, row_id: uuid.UUID) -> Node | None:
 
 
 async def _whatsapp_account(info: Info, row_id: uuid.UUID) -> Node | None:
-    row = await info.context.unit.get(WhatsAppAccountRow, row_id)
-    return to_whatsapp_account(row) if row and row.disconnected_at is None else None
+    row = await info.context.unit.get(WhatsAppAccountRow, row_id)  # disconnected ones too
+    return to_whatsapp_account(row) if row else None
 
 
 # The inbox: the scoped session hides another workspace's rows and, from an Agent,
