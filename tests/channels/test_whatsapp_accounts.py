@@ -28,7 +28,7 @@ ACCOUNTS = """{ whatsAppAccounts { id phoneNumberId qualityRating messagingLimit
   hasAppSecret hasWebhookVerifyToken credentialsUpdatedAt } }"""
 UPDATE = """mutation($input: UpdateWhatsAppCredentialsInput!) {
   updateWhatsAppCredentials(input: $input) { id credentialsUpdatedAt status hasAppSecret } }"""
-DISCONNECT = "mutation($id: ID!) { disconnectWhatsAppAccount(id: $id) }"
+DISCONNECT = "mutation($id: ID!) { disconnectWhatsAppAccount(id: $id) { id status } }"
 REFRESH = """mutation($id: ID!) { refreshWhatsAppAccountHealth(id: $id) {
   qualityRating messagingLimitTier status } }"""
 
@@ -147,7 +147,7 @@ async def test_a_number_belongs_to_one_workspace_platform_wide(
     account_id = first.json()["data"]["connectWhatsAppAccount"]["id"]
     token = await token_for(client, admin)
     assert (await gql(client, token, DISCONNECT, {"id": account_id})).json()["data"] == {
-        "disconnectWhatsAppAccount": True
+        "disconnectWhatsAppAccount": {"id": account_id, "status": "DISCONNECTED"}
     }
     again = await connect(other_admin)
     assert again.json()["data"]["connectWhatsAppAccount"]["phoneNumberId"] == PHONE_NUMBER_ID

@@ -14,7 +14,7 @@ import pytest
 from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, login, tokens_for
-from tests.fixtures.factories import Actor, create_membership
+from tests.fixtures.factories import Actor, create_membership, create_user
 from weflux.db import Database
 from weflux.gql.types import encode_cursor
 from weflux.gql.view import GraphQLApp
@@ -82,6 +82,7 @@ class Victim:
             "Session": gid("Session", self.session_id),
             "Invitation": gid("Invitation", self.invitation_id),
             "AuditEvent": gid("AuditEvent", self.audit_event_id),
+            "User": gid("User", self.admin.user.id),  # a member of Globex only
         }
 
     def secrets(self) -> list[str]:
@@ -149,7 +150,7 @@ def assert_not_found(response: httpx.Response, field: str, victim: Victim | None
 # --- another workspace's ids -------------------------------------------------------------
 
 
-FOREIGN_TYPES = ["Member", "Organization", "Session", "Invitation", "AuditEvent"]
+FOREIGN_TYPES = ["Member", "Organization", "Session", "Invitation", "AuditEvent", "User"]
 
 
 @pytest.mark.parametrize(("name", "query", "field"), ID_TAKERS, ids=[t[0] for t in ID_TAKERS])
@@ -196,21 +197,23 @@ MALFORMED = {
     "huge": "A" * 5000,
     "padding only": "====",
     "unknown type": gid("Nope", uuid.uuid4()),
-    "user (not a node)": "",  # filled in per test: a real user's id
+    "user (no member)": "",  # filled in per test: a user of no workspace
     "nonexistent member": gid("Member", uuid.uuid4()),
 }
 
 
 async def test_malformed_ids_are_not_found_never_500(
-    client: httpx.AsyncClient, admin: Actor, agent: Actor
+    client: httpx.AsyncClient, db: Database, admin: Actor, agent: Actor
 ) -> None:
-    # Given an Admin, and an Agent logged in
+    # Given an Admin, an Agent logged in, and a user who belongs to no workspace
+    async with db.session() as session:
+        loner = await create_user(session)
     token = (await tokens_for(client, admin))["accessToken"]
     agent_token = (await tokens_for(client, agent))["accessToken"]
     for name, query, field in ID_TAKERS:
         for kind, value in MALFORMED.items():
-            if kind == "user (not a node)":
-                value = gid("User", agent.user.id)
+            if kind == "user (no member)":
+                value = gid("User", loner.id)
             # When the Admin passes a malformed id wherever an id is taken
             response = await gql(client, token, query, {"id": value})
             # Then NOT_FOUND with HTTP 200, not a masked 500
@@ -235,7 +238,6 @@ WRONG_TYPES = [
     (SESSIONS, "sessions", "User", "agent_user"),
     (NODE, "node", "Member", "agent_session"),
     (NODE, "node", "Session", "agent_member"),
-    (NODE, "node", "User", "agent_user"),
 ]
 
 

@@ -16,6 +16,7 @@ from weflux.gql.identity.types import (
     to_member,
     to_organization,
     to_session,
+    to_user,
 )
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.types import Node
@@ -31,6 +32,7 @@ from weflux.models import (
     Organization,
 )
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
+from weflux.services import members as member_service
 
 Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
 
@@ -38,6 +40,11 @@ Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
 async def _member(info: Info, row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Membership, row_id)
     return to_member(row) if row else None
+
+
+async def _user(info: Info, row_id: uuid.UUID) -> Node | None:
+    row = await member_service.member_user(info.context.unit, row_id)
+    return to_user(row) if row else None
 
 
 async def _organization(info: Info, row_id: uuid.UUID) -> Node | None:
@@ -70,8 +77,8 @@ async def _audit_event(info: Info, row_id: uuid.UUID) -> Node | None:
 
 
 async def _whatsapp_account(info: Info, row_id: uuid.UUID) -> Node | None:
-    row = await info.context.unit.get(WhatsAppAccountRow, row_id)
-    return to_whatsapp_account(row) if row and row.disconnected_at is None else None
+    row = await info.context.unit.get(WhatsAppAccountRow, row_id)  # disconnected ones too
+    return to_whatsapp_account(row) if row else None
 
 
 # The inbox: the scoped session hides another workspace's rows and, from an Agent,
@@ -94,6 +101,7 @@ async def _message(info: Info, row_id: uuid.UUID) -> Node | None:
 RESOLVERS: dict[str, Resolver] = {
     "WhatsAppAccount": _whatsapp_account,
     "Member": _member,
+    "User": _user,
     "Organization": _organization,
     "Session": _session,
     "Invitation": _invitation,

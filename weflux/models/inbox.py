@@ -59,7 +59,12 @@ def _enum(kind: type[enum.Enum], name: str) -> Any:
 
 
 class Contact(OrgScoped, table=True):
-    """A customer: keyed by the business-scoped `user_id` when known, else by `wa_id`."""
+    """A customer: keyed by the business-scoped `user_id` when known, else by `wa_id`.
+
+    Two names: `profile_name` is the latest WhatsApp profile name (the contact's own);
+    `name` is the one to show: the team's when `name_set_by_team`, else the profile name.
+    Only `weflux.services.contacts` writes them, so that rule holds.
+    """
 
     __tablename__ = "contacts"
     __table_args__ = (
@@ -87,6 +92,8 @@ class Contact(OrgScoped, table=True):
     user_id: str | None = Field(default=None, max_length=128)
     username: str | None = Field(default=None, max_length=128)
     name: str | None = Field(default=None, max_length=256)
+    profile_name: str | None = Field(default=None, max_length=256)
+    name_set_by_team: bool = Field(default=False, nullable=False)
     phone_number: str | None = Field(default=None, max_length=32)
     opted_out: bool = Field(default=False, nullable=False)
     opted_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -117,14 +117,18 @@ def apply_health_error(account: WhatsAppAccount, error: MetaApiError) -> None:
         account.status_detail = "Meta rejected the access token; update the credentials"
 
 
-async def live_accounts(session: AsyncSession) -> Sequence[WhatsAppAccount]:
-    return (
-        await session.exec(
-            select(WhatsAppAccount)
-            .where(col(WhatsAppAccount.disconnected_at).is_(None))
-            .order_by(col(WhatsAppAccount.created_at), col(WhatsAppAccount.id))
-        )
-    ).all()
+async def list_accounts(
+    session: AsyncSession, *, disconnected: bool | None = False
+) -> Sequence[WhatsAppAccount]:
+    """The workspace's numbers, oldest first: live ones (`disconnected=False`), the
+    disconnected ones (True), or both (None)."""
+    query = select(WhatsAppAccount).order_by(
+        col(WhatsAppAccount.created_at), col(WhatsAppAccount.id)
+    )
+    if disconnected is not None:
+        since = col(WhatsAppAccount.disconnected_at)
+        query = query.where(since.is_not(None) if disconnected else since.is_(None))
+    return (await session.exec(query)).all()
 
 
 async def get_live_account(session: AsyncSession, account_id: uuid.UUID) -> WhatsAppAccount:
@@ -259,8 +263,8 @@ async def disconnect(
     meta: RequestMeta,
     *,
     account_id: uuid.UUID,
-) -> None:
-    """Keep the number's history, destroy its credentials."""
+) -> WhatsAppAccount:
+    """Keep the number's history, destroy its credentials; the account, DISCONNECTED."""
     principal.require(Permission.MANAGE_CHANNELS)
     account = await get_live_account(session, account_id)
     account.access_token_enc = None
@@ -280,6 +284,7 @@ async def disconnect(
     publish_after_commit(
         session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
     )
+    return account
 
 
 async def refresh_health(

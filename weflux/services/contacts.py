@@ -65,6 +65,23 @@ def _clean_name(value: str | None) -> str | None:
     return name or None
 
 
+def name_by_team(contact: Contact, name: str | None) -> None:
+    """Set (or, with None, remove) the team's name; without one `name` is the profile's."""
+    contact.name_set_by_team = name is not None
+    contact.name = name if name is not None else contact.profile_name
+
+
+def record_profile_name(contact: Contact, profile_name: str) -> bool:
+    """Keep the latest WhatsApp profile name (never over the team's); whether it changed."""
+    latest = profile_name[:MAX_NAME]
+    if contact.profile_name == latest:
+        return False
+    contact.profile_name = latest
+    if not contact.name_set_by_team:
+        contact.name = latest
+    return True
+
+
 def _contact_cursor(row: Contact) -> str:
     return encode_keyset("contact", row.name, row.id)
 
@@ -92,7 +109,7 @@ async def list_contacts(
 ) -> Page[Contact]:
     """Visible contacts by name (unnamed last), keyset-paginated on (name, id).
 
-    `search` matches name, phone number or WhatsApp id, case-insensitively.
+    `search` matches name, profile name, phone number or WhatsApp id, case-insensitively.
     """
     size = page_limit(first)
     term = search_term(search)
@@ -124,7 +141,8 @@ async def create_contact(
     """A contact keyed by its WhatsApp id (the E.164 digits); one per number (CONFLICT)."""
     principal.require(Permission.MANAGE_CONTACTS, "Your role cannot change contacts")
     digits = normalize_phone_number(phone_number)
-    contact = Contact(wa_id=digits, phone_number=f"+{digits}", name=_clean_name(name))
+    contact = Contact(wa_id=digits, phone_number=f"+{digits}")
+    name_by_team(contact, _clean_name(name))
     existing = (await session.exec(select(Contact.id).where(col(Contact.wa_id) == digits))).first()
     if existing is not None:
         raise _conflict()
@@ -146,12 +164,12 @@ def _conflict() -> Conflict:
 async def update_contact(
     session: AsyncSession, principal: Principal, contact_id: uuid.UUID, *, name: str | None
 ) -> Contact:
-    """Rename a contact (None or blank clears the name)."""
+    """Give a contact the team's name; None or blank removes it (the profile name shows)."""
     principal.require(Permission.MANAGE_CONTACTS, "Your role cannot change contacts")
     contact = await get_contact(session, contact_id)
-    cleaned = _clean_name(name)
-    if contact.name != cleaned:
-        contact.name = cleaned
+    before = (contact.name, contact.name_set_by_team)
+    name_by_team(contact, _clean_name(name))
+    if (contact.name, contact.name_set_by_team) != before:
         contact.updated_at = utcnow()
         session.add(contact)
         await session.flush()

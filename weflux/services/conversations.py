@@ -105,13 +105,15 @@ def search_term(search: str | None) -> str | None:
 
 
 def contact_matches(term: str) -> Any:
-    """Name, phone number or WhatsApp id containing `term`, case-insensitively.
+    """Name, WhatsApp profile name, phone number or WhatsApp id containing `term`,
+    case-insensitively.
 
     `%` and `_` in the term match themselves (LIKE with an escape character). A term
     that is a phone number once punctuation is dropped also matches the bare digits.
     """
     conditions = [
         col(Contact.name).icontains(term, autoescape=True),
+        col(Contact.profile_name).icontains(term, autoescape=True),
         col(Contact.phone_number).icontains(term, autoescape=True),
         col(Contact.wa_id).icontains(term, autoescape=True),
     ]

@@ -112,7 +112,13 @@ async def _demo_inbox(
             ("Grace Hopper", "15550000002", "Can I change my delivery address?", agent.id),
         )
     ):
-        contact = Contact(org_id=organization.id, name=name, wa_id=wa_id, phone_number=f"+{wa_id}")
+        contact = Contact(
+            org_id=organization.id,
+            name=name,
+            profile_name=name,  # as if from the customer's WhatsApp profile
+            wa_id=wa_id,
+            phone_number=f"+{wa_id}",
+        )
         session.add(contact)
         await session.flush()
         sent_at = now - timedelta(minutes=10 * (n + 1))

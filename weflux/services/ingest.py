@@ -45,6 +45,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.services.contacts import record_profile_name
 from weflux.whatsapp.webhook import (
     AccountUpdate,
     InboundMessage,
@@ -207,10 +208,11 @@ async def _contacts(
             contact = contact_or_none
             found[key] = contact
         profile = message.contact
-        name = profile.name if profile else None
+        profile_name = profile.name if profile else None
+        if profile_name and record_profile_name(contact, profile_name):
+            contact.updated_at = now
         username = message.from_username or (profile.username if profile else None)
         for attribute, value in (
-            ("name", name),
             ("username", username),
             ("user_id", key[0]),
             ("wa_id", key[1]),

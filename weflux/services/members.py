@@ -39,6 +39,16 @@ async def members(session: AsyncSession) -> Sequence[tuple[Membership, User]]:
     return rows.all()
 
 
+async def member_user(session: AsyncSession, user_id: uuid.UUID) -> User | None:
+    """The user, if a member of the session's workspace; None for anyone else."""
+    found = await session.exec(
+        select(User)
+        .join(Membership, col(Membership.user_id) == col(User.id))
+        .where(col(User.id) == user_id)
+    )
+    return found.first()
+
+
 async def invite(
     session: AsyncSession,
     principal: Principal,

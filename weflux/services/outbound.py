@@ -7,7 +7,8 @@ picked up by the delivery worker (`weflux.worker.delivery`), which calls Meta.
 
 A `client_message_id` makes a send idempotent within the workspace: the client picks it
 (say, a UUID) once per message and re-sends the same id after a timeout; the second call
-answers the message of the first instead of queueing it twice.
+answers the message of the first instead of queueing it twice. The same id with another
+conversation, kind or content is CONFLICT (a client bug, never a silent answer).
 """
 
 from __future__ import annotations
@@ -194,19 +195,31 @@ async def _visible_conversation(
     return conversation
 
 
-async def _existing(
-    session: AsyncSession, conversation: Conversation, client_message_id: str | None
-) -> Message | None:
-    """The message a previous call with this `client_message_id` queued, if any."""
-    if client_message_id is None:
+async def _existing(session: AsyncSession, wanted: Message) -> Message | None:
+    """The message an earlier send with `wanted`'s `client_message_id` queued, if any.
+
+    A retry must ask for the same thing: the same conversation, kind (text, template),
+    text and template. Anything else under a used id is CONFLICT, never the first message.
+    """
+    if wanted.client_message_id is None:
         return None
     found = (
-        await session.exec(select(Message).where(Message.client_message_id == client_message_id))
+        await session.exec(
+            select(Message).where(Message.client_message_id == wanted.client_message_id)
+        )
     ).first()
     if found is None:
         return None
-    if found.conversation_id != conversation.id or found.direction != MessageDirection.OUTBOUND:
-        raise Conflict("This clientMessageId was already used for another message")
+    same = (
+        found.direction == MessageDirection.OUTBOUND
+        and found.conversation_id == wanted.conversation_id
+        and found.type == wanted.type
+        and found.text == wanted.text
+        and found.payload == wanted.payload
+    )
+    if not same:
+        message = "This clientMessageId was already used for another message"
+        raise Conflict(message, details=[{"field": "clientMessageId", "message": message}])
     return found
 
 
@@ -234,13 +247,15 @@ async def _queue(
     message: Message,
 ) -> Message:
     """Insert the QUEUED row and bump the conversation, in the caller's transaction."""
-    session.add(message)
     try:
+        # Added inside the savepoint: `begin_nested` flushes what is pending before it
+        # starts, and a duplicate there would fail the whole transaction, not the savepoint.
         async with session.begin_nested():
+            session.add(message)
             await session.flush()
     except IntegrityError:
         # A concurrent call with the same clientMessageId committed first.
-        again = await _existing(session, conversation, message.client_message_id)
+        again = await _existing(session, message)
         if again is not None:
             return again
         raise Conflict("The message could not be queued; try again") from None
@@ -315,20 +330,11 @@ async def send_message(
     empty or over-long text; CONTACT_OPTED_OUT when the contact sent STOP;
     OUTSIDE_SERVICE_WINDOW when the contact has not written in the last 24 hours (only a
     template may be sent then). A repeated `client_message_id` answers the message it
-    queued before (CONFLICT if that one belongs to another conversation).
+    queued before; CONFLICT if that one differs (conversation, kind or text).
     """
     client_message_id = _check_client_message_id(client_message_id)
     text = _check_text(text)
     conversation = await _visible_conversation(session, principal, conversation_id)
-    existing = await _existing(session, conversation, client_message_id)
-    if existing is not None:
-        return existing
-    await _check_recipient(session, conversation)
-    if not service_window_open(conversation):
-        raise OutsideServiceWindow(
-            "The customer has not written in the last 24 hours, so WhatsApp only allows a "
-            "template message now; send an approved template instead"
-        )
     message = _new_outbound(
         principal,
         conversation,
@@ -337,6 +343,15 @@ async def send_message(
         payload=None,
         client_message_id=client_message_id,
     )
+    existing = await _existing(session, message)
+    if existing is not None:
+        return existing
+    await _check_recipient(session, conversation)
+    if not service_window_open(conversation):
+        raise OutsideServiceWindow(
+            "The customer has not written in the last 24 hours, so WhatsApp only allows a "
+            "template message now; send an approved template instead"
+        )
     return await _queue(session, principal, broker, conversation, message)
 
 
@@ -353,14 +368,11 @@ async def send_template_message(
 ) -> Message:
     """Queue an approved template; allowed outside the 24-hour window, never to an opted-out
     contact. Meta checks the template itself when the worker sends it (a wrong name or
-    parameter count ends FAILED with Meta's code and title)."""
+    parameter count ends FAILED with Meta's code and title). `client_message_id` works as
+    for `send_message`: the same template again answers the first message."""
     client_message_id = _check_client_message_id(client_message_id)
     name, language, parameters = _check_template(template_name, language_code, body_parameters)
     conversation = await _visible_conversation(session, principal, conversation_id)
-    existing = await _existing(session, conversation, client_message_id)
-    if existing is not None:
-        return existing
-    await _check_recipient(session, conversation)
     message = _new_outbound(
         principal,
         conversation,
@@ -369,4 +381,8 @@ async def send_template_message(
         payload=template_payload(name, language, parameters),
         client_message_id=client_message_id,
     )
+    existing = await _existing(session, message)
+    if existing is not None:
+        return existing
+    await _check_recipient(session, conversation)
     return await _queue(session, principal, broker, conversation, message)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
@@ -90,19 +92,27 @@ class ChannelMutation:
         return to_whatsapp_account(row)
 
     @strawberry.mutation(
-        description="Disconnect a number (ADMIN): history stays, credentials are destroyed.",
+        description="Disconnect a number (ADMIN): its credentials are destroyed, its "
+        "conversations and messages stay. Answers the account, status DISCONNECTED; it "
+        "stays readable (`node`, `Conversation.whatsAppAccount`, `whatsAppAccounts"
+        "(disconnected: INCLUDE)`) but no longer changes: NOT_FOUND for a number that is "
+        "disconnected already. Connecting the number again makes a new account.",
         permission_classes=ADMIN,
     )
-    async def disconnect_whats_app_account(self, info: Info, id: strawberry.ID) -> bool:
+    async def disconnect_whats_app_account(
+        self,
+        info: Info,
+        id: Annotated[strawberry.ID, strawberry.argument(description="The account's id.")],
+    ) -> WhatsAppAccount:
         context = info.context
-        await channel_service.disconnect(
+        row = await channel_service.disconnect(
             context.unit,
             context.channel_services,
             context.actor,
             context.meta,
             account_id=decode_global_id(id, "WhatsAppAccount"),
         )
-        return True
+        return to_whatsapp_account(row)
 
     @strawberry.mutation(
         description="Re-read quality rating, limit tier and status from Meta (ADMIN, MANAGER).",

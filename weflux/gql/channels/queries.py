@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import (
+    DisconnectedFilter,
     SmtpSettings,
     WhatsAppAccount,
     to_smtp_settings,
@@ -20,11 +23,24 @@ from weflux.services import smtp as smtp_service
 @strawberry.type
 class ChannelQuery:
     @strawberry.field(
-        description="The workspace's connected WhatsApp numbers, with health and limits.",
+        description="The workspace's WhatsApp numbers, with health and limits, oldest "
+        "first. By default only those still connected (any status but DISCONNECTED).",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
     )
-    async def whats_app_accounts(self, info: Info) -> list[WhatsAppAccount]:
-        rows = await channel_service.live_accounts(info.context.unit)
+    async def whats_app_accounts(
+        self,
+        info: Info,
+        disconnected: Annotated[
+            DisconnectedFilter,
+            strawberry.argument(
+                description="Whether disconnected numbers are listed: EXCLUDE (the "
+                "default, as before this argument), INCLUDE or ONLY."
+            ),
+        ] = DisconnectedFilter.EXCLUDE,
+    ) -> list[WhatsAppAccount]:
+        rows = await channel_service.list_accounts(
+            info.context.unit, disconnected=disconnected.only_disconnected
+        )
         return [to_whatsapp_account(row) for row in rows]
 
     @strawberry.field(

@@ -21,7 +21,47 @@ class QualityRating(enum.Enum):
     UNKNOWN = "UNKNOWN"
 
 
-@strawberry.type(description="A connected WhatsApp Business phone number, with its health.")
+@strawberry.enum(description="Where a WhatsApp number stands with Meta and with the workspace.")
+class WhatsAppAccountStatus(enum.Enum):
+    CONNECTED = strawberry.enum_value("CONNECTED", description="Sends and receives.")
+    FLAGGED = strawberry.enum_value(
+        "FLAGGED", description="Meta flagged it (low quality); limits may drop."
+    )
+    RESTRICTED = strawberry.enum_value(
+        "RESTRICTED", description="Meta restricts what it may send for now."
+    )
+    BANNED = strawberry.enum_value("BANNED", description="Meta banned, disabled or deleted it.")
+    TOKEN_INVALID = strawberry.enum_value(
+        "TOKEN_INVALID", description="Meta rejects the access token: update the credentials."
+    )
+    DISCONNECTED = strawberry.enum_value(
+        "DISCONNECTED",
+        description="The workspace disconnected it: no credentials, no sending; its "
+        "conversations and messages are kept and it stays readable.",
+    )
+    UNKNOWN = strawberry.enum_value(
+        "UNKNOWN", description="Meta reported a status this API does not know."
+    )
+
+
+@strawberry.enum(description="Which numbers `whatsAppAccounts` lists, by disconnection.")
+class DisconnectedFilter(enum.Enum):
+    EXCLUDE = strawberry.enum_value("EXCLUDE", description="Connected numbers only.")
+    INCLUDE = strawberry.enum_value("INCLUDE", description="Connected and disconnected ones.")
+    ONLY = strawberry.enum_value("ONLY", description="Disconnected numbers only.")
+
+    @property
+    def only_disconnected(self) -> bool | None:
+        """The service's filter: False = connected, True = disconnected, None = both."""
+        if self is DisconnectedFilter.INCLUDE:
+            return None
+        return self is DisconnectedFilter.ONLY
+
+
+@strawberry.type(
+    description="A WhatsApp Business phone number of the workspace, with its health; "
+    "a disconnected one (status DISCONNECTED) is kept with its history."
+)
 class WhatsAppAccount(Node):
     id: strawberry.ID
     display_phone_number: str
@@ -36,8 +76,9 @@ class WhatsAppAccount(Node):
     )
     throughput_level: str | None
     verified_name: str | None
-    status: str = strawberry.field(
-        description="CONNECTED, FLAGGED, RESTRICTED, BANNED, TOKEN_INVALID or UNKNOWN."
+    status: WhatsAppAccountStatus = strawberry.field(
+        description="CONNECTED, FLAGGED, RESTRICTED, BANNED, TOKEN_INVALID, DISCONNECTED "
+        "(the workspace disconnected it) or UNKNOWN."
     )
     status_detail: str | None
     health_checked_at: datetime | None
@@ -63,6 +104,15 @@ def _quality(value: str) -> QualityRating:
         return QualityRating.UNKNOWN
 
 
+def _status(row: models.WhatsAppAccount) -> WhatsAppAccountStatus:
+    if row.disconnected_at is not None:
+        return WhatsAppAccountStatus.DISCONNECTED
+    try:
+        return WhatsAppAccountStatus(row.status)
+    except ValueError:
+        return WhatsAppAccountStatus.UNKNOWN
+
+
 def to_whatsapp_account(row: models.WhatsAppAccount) -> WhatsAppAccount:
     return WhatsAppAccount(
         id=strawberry.ID(encode_global_id("WhatsAppAccount", row.id)),
@@ -74,7 +124,7 @@ def to_whatsapp_account(row: models.WhatsAppAccount) -> WhatsAppAccount:
         messaging_limit_tier=row.messaging_limit_tier,
         throughput_level=row.throughput_level,
         verified_name=row.verified_name,
-        status=row.status,
+        status=_status(row),
         status_detail=row.status_detail,
         health_checked_at=row.health_checked_at,
         credentials_updated_at=row.credentials_updated_at,

@@ -22,8 +22,11 @@ class Role(enum.Enum):
     AGENT = "AGENT"
 
 
-@strawberry.type(description="A person who can log in.")
-class User:
+@strawberry.type(
+    description="A person who can log in. `node(id:)` finds the users who are members of "
+    "the caller's workspace; any other is NOT_FOUND."
+)
+class User(Node):
     id: strawberry.ID
     email: str
     name: str

@@ -25,14 +25,21 @@ class CreateContactInput:
     phone_number: str = strawberry.field(
         description="International format; spaces, dashes, dots and parentheses are ignored."
     )
-    name: str | None = None
+    name: str | None = strawberry.field(
+        default=None,
+        description="The team's name for the contact, kept whatever their WhatsApp profile "
+        "name becomes. Null or blank: none (the profile name shows once they write).",
+    )
 
 
-@strawberry.input(description="A contact's new name; null or blank clears it.")
+@strawberry.input(description="A contact's new name; null or blank clears the team's name.")
 class UpdateContactInput:
     id: strawberry.ID
     name: str | None = strawberry.field(
-        default=strawberry.UNSET, description="Omitted: unchanged. Null or blank: cleared."
+        default=strawberry.UNSET,
+        description="Omitted: unchanged. A name: the team's name, which WhatsApp profile "
+        "names never replace. Null or blank: the team's name is removed and `name` is the "
+        "WhatsApp profile name again.",
     )
 
 
@@ -63,7 +70,7 @@ class InboxMutation:
         return to_contact(row)
 
     @strawberry.mutation(
-        description="Rename a contact (ADMIN, MANAGER).",
+        description="Rename a contact (ADMIN, MANAGER): set or remove the team's name.",
         permission_classes=[requires(Permission.MANAGE_CONTACTS)],
     )
     async def update_contact(self, info: Info, input: UpdateContactInput) -> Contact:

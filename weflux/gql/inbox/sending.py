@@ -20,7 +20,9 @@ class SendMessageInput:
     text: str
     client_message_id: str | None = strawberry.field(
         default=None,
-        description="Your own id for this send: retrying with it never sends twice.",
+        description="Your own id for this send (unique in the workspace, 1 to 128 "
+        "characters): a retry with it and the same text answers the first message and "
+        "never sends twice; reusing it for another conversation, kind or text is CONFLICT.",
     )
 
 
@@ -30,7 +32,11 @@ class SendTemplateMessageInput:
     template_name: str
     language_code: str
     body_parameters: list[str] = strawberry.field(default_factory=list)
-    client_message_id: str | None = None
+    client_message_id: str | None = strawberry.field(
+        default=None,
+        description="As in SendMessageInput: a retry with the same template, language and "
+        "parameters answers the first message; anything else under a used id is CONFLICT.",
+    )
 
 
 @strawberry.type

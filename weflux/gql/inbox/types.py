@@ -61,7 +61,19 @@ class AssigneeFilter(enum.Enum):
 @strawberry.type(description="A customer who writes to the workspace on WhatsApp.")
 class Contact(Node):
     id: strawberry.ID
-    name: str | None = strawberry.field(description="The name the team or the contact gave.")
+    name: str | None = strawberry.field(
+        description="The name to show: the team's name for the contact when it set one "
+        "(`nameSetByTeam`), else the contact's WhatsApp profile name; null when neither "
+        "is known. A profile name never replaces the team's name."
+    )
+    profile_name: str | None = strawberry.field(
+        description="The contact's latest WhatsApp profile name, updated by each inbound "
+        "message that carries one; null until then. The contact chooses it, not the team."
+    )
+    name_set_by_team: bool = strawberry.field(
+        description="Whether `name` is the team's (createContact, updateContact); false "
+        "when it is the WhatsApp profile name."
+    )
     phone_number: str | None = strawberry.field(description="E.164, with the leading `+`.")
     wa_id: str | None = strawberry.field(description="The WhatsApp id: the number's digits.")
     user_id: str | None = strawberry.field(
@@ -188,6 +200,8 @@ def to_contact(row: models.Contact) -> Contact:
     return Contact(
         id=strawberry.ID(encode_global_id("Contact", row.id)),
         name=row.name,
+        profile_name=row.profile_name,
+        name_set_by_team=row.name_set_by_team,
         phone_number=row.phone_number,
         wa_id=row.wa_id,
         user_id=row.user_id,
