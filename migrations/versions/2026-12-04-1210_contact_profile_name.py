@@ -1,8 +1,8 @@
 """contact profile name
 
-Revision ID: 0005_contact_profile_name
-Revises: 0004_inbox
-Create Date: 2026-12-04 12:00:00 UTC
+Revision ID: 0006_contact_profile_name
+Revises: 0005_credentials
+Create Date: 2026-12-04 12:10:00 UTC
 
 `contacts.profile_name` keeps the latest WhatsApp profile name beside `name`, and
 `name_set_by_team` says whether `name` is the team's (then no profile name replaces it).
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_contact_profile_name"
-down_revision: str | None = "0004_inbox"
+revision: str = "0006_contact_profile_name"
+down_revision: str | None = "0005_credentials"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
