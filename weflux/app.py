@@ -29,6 +29,7 @@ from weflux.db import Database
 from weflux.errors import error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
+from weflux.logs import guard_library_logs
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
@@ -77,6 +78,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it."""
     settings = settings or load_settings()
     assert settings.jwt_secret is not None  # load_settings guarantees it
+    # However the app is served (`weflux serve`, `uvicorn --factory`, a test server),
+    # uvicorn's lines never carry a query string or a WebSocket frame.
+    guard_library_logs()
     codec = TokenCodec(
         settings.jwt_secret.get_secret_value(),
         access_ttl=settings.access_token_ttl,
