@@ -130,7 +130,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return WefluxApp(
         routes=routes,
         exception_handlers={HTTPException: _http_error},
-        middleware=[cors_middleware(settings.origins)],
+        middleware=[cors_middleware(settings.origins, settings.cors_allow_headers)],
         lifespan=lifespan,
         hsts=settings.is_production,
     )

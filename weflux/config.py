@@ -25,6 +25,7 @@ Environment = Literal["development", "test", "production"]
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 DEV_SECRETS_FILE = "dev-secrets.json"
 
 
@@ -108,6 +109,18 @@ class Settings(BaseSettings):
     refresh_token_ttl: timedelta = timedelta(days=30)
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Request headers browsers may send cross-origin, beside Authorization, Content-Type
+    # and X-Request-ID (always allowed): Apollo Client's and tracing headers by default.
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "apollographql-client-name",
+            "apollographql-client-version",
+            "sentry-trace",
+            "baggage",
+            "traceparent",
+            "tracestate",
+        ]
+    )
     meta_graph_url: str = "https://graph.facebook.com"
     meta_graph_version: str = "v25.0"
     meta_app_secret: SecretStr | None = None
@@ -162,6 +175,15 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies(cls, value: Any) -> list[str]:
         return _split_list(value)
+
+    @field_validator("cors_allow_headers", mode="before")
+    @classmethod
+    def _header_names(cls, value: Any) -> list[str]:
+        names = _split_list(value)
+        for name in names:
+            if name == "*" or not _HEADER_NAME.match(name):
+                raise ValueError(f"`{name}` is not a header name; list header names, no wildcard")
+        return names
 
     @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
     @classmethod
