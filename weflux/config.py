@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -27,6 +27,7 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 DEV_SECRETS_FILE = "dev-secrets.json"
+DATABASE_FILE = "weflux.db"  # the default SQLite database, under WEFLUX_VAR_DIR
 
 
 class ConfigError(ValueError):
@@ -96,7 +97,8 @@ class Settings(BaseSettings):
     )
 
     env: Environment = "development"
-    database_url: str = "sqlite+aiosqlite:///var/weflux.db"
+    # Empty: the SQLite file `DATABASE_FILE` under `var_dir` (see `_default_database`).
+    database_url: str = ""
     database_migration_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_connect_timeout: float = Field(default=5.0, gt=0)
@@ -137,7 +139,7 @@ class Settings(BaseSettings):
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None
-    var_dir: Path = Path("var")
+    var_dir: Path = Path("var")  # made absolute against the working directory
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Inbox: whole-message keywords (trimmed, case-insensitive) that opt a contact out / in.
@@ -205,15 +207,26 @@ class Settings(BaseSettings):
             raise ValueError("the delivery lease must be at least 50 seconds")
         return value
 
+    @field_validator("var_dir")
+    @classmethod
+    def _absolute_var_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
     @field_validator("database_url", "database_migration_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        if not value:
+            return value
         driver = make_url(value).drivername
         if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
         return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.var_dir / DATABASE_FILE}"
+        return self
 
     @property
     def is_production(self) -> bool:

@@ -12,6 +12,8 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
+from weflux.db import make_sqlite_directory
+
 log = logging.getLogger(__name__)
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -65,6 +67,7 @@ async def migrate(
     """
     owner = make_url(migration_url)
     app_role = make_url(app_url).username if app_url else None
+    make_sqlite_directory(owner)
     engine = create_async_engine(owner, poolclass=NullPool)
     try:
         async with engine.connect() as connection:

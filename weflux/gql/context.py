@@ -125,9 +125,12 @@ class _LazyUnit:
         return self._session
 
     async def close(self) -> None:
+        """End the unit: its transaction is rolled back (live events only read).
+
+        `close()` alone, not `rollback()` first: a rollback expires every row the unit
+        loaded, and those rows outlive it (a replay page, DataLoaders shared by the
+        subscribers of one event); `close()` detaches them with their values intact.
+        """
         if self._session is not None:
             session, self._session = self._session, None
-            try:
-                await session.rollback()  # nothing to keep: live events only read
-            finally:
-                await session.close()
+            await session.close()

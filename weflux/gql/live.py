@@ -209,10 +209,14 @@ async def _close_slow(info: Info) -> None:
 async def _replay(
     info: Info, floor: uuid.UUID, conversation_id: uuid.UUID | None, seen: _Seen
 ) -> AsyncGenerator[Message, None]:
-    """Every visible message above `floor`, oldest first, not yet delivered."""
+    """Every visible message above `floor`, oldest first, not yet delivered.
+
+    Each page is read in a unit of its own that ends before its first message is sent,
+    so no transaction stays open while a client drains its socket; each message is then
+    delivered in an event unit of its own, with DataLoaders shared across the page.
+    """
     while True:
         async with info.context.event_unit():
-            session = info.context.unit
             query = (
                 select(MessageRow)
                 .where(col(MessageRow.id) > floor)
@@ -221,11 +225,14 @@ async def _replay(
             )
             if conversation_id is not None:
                 query = query.where(MessageRow.conversation_id == conversation_id)
-            rows = list((await session.exec(query)).all())
-            for row in rows:
-                if row.id not in seen:
-                    seen.add(row.id)
-                    yield to_message(row)
+            rows = list((await info.context.unit.exec(query)).all())
+        loaders = Loaders(info.context)
+        for row in rows:
+            if row.id in seen:
+                continue
+            seen.add(row.id)
+            async with info.context.event_unit(loaders):
+                yield to_message(row)
         if len(rows) < REPLAY_PAGE:
             return
         floor = rows[-1].id
