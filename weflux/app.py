@@ -30,6 +30,7 @@ from weflux.errors import error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs
+from weflux.migrate import ensure_current_schema
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
@@ -103,6 +104,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.sockets = SocketRegistry(authenticator)
         try:
             await _check_database_role(settings, runtime.db)
+            await ensure_current_schema(runtime.db.engine, strict=settings.is_production)
             await passwords.warm_up()
             await runtime.start(worker=settings.in_process_worker)
             await authenticator.start()
