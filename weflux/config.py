@@ -136,6 +136,12 @@ class Settings(BaseSettings):
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
+    # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP
+    # and per webhook URL; successes never count (see weflux/api/webhooks.py).
+    rate_limit_webhook_verify_ip: str = "10/minute;60/hour"
+    rate_limit_webhook_verify_key: str = "20/minute;120/hour"
+    rate_limit_webhook_signature_ip: str = "30/minute;300/hour"
+    rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None

@@ -35,6 +35,10 @@ LIMIT_NAMES = (
     "refresh_ip",
     "graphql_ip",
     "graphql_workspace",
+    "webhook_verify_ip",
+    "webhook_verify_key",
+    "webhook_signature_ip",
+    "webhook_signature_key",
 )
 # Limits keyed by an account identifier (an email): normalised and hashed before storage.
 ACCOUNT_LIMITS = frozenset({"login_account"})
@@ -154,6 +158,23 @@ class RateLimiter:
         except _STORAGE_ERRORS as exc:
             self._warn_storage_failure(exc)
             return ALLOWED
+
+    async def check(self, name: str, key: str) -> RateLimitDecision:
+        """Whether `key` has a request left under every window of `name`, consuming nothing.
+
+        With `hit` on failure only, this makes a brute-force limiter: test before the
+        secret is compared, count the attempt when it was wrong. Fails open like `hit`.
+        """
+        items = self._items(name)
+        identifier = storage_key(name, key)
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                for item in items:
+                    if not await self._strategy.test(item, name, identifier):
+                        return await self._denied(items, name, identifier)
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+        return ALLOWED
 
     async def stats(self, name: str, key: str) -> tuple[WindowStats, ...]:
         """Each window's reset time and remaining requests for `key`, consuming nothing."""
