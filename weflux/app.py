@@ -18,7 +18,7 @@ from weflux.api import auth as auth_routes
 from weflux.api import webhooks as webhook_routes
 from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
-from weflux.api.middleware import RequestContextMiddleware
+from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
 from weflux.api.ratelimit import RateLimiter
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
@@ -53,14 +53,15 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
 
 class WefluxApp(Starlette):
     """Starlette with request ids and security headers outermost, so that even the
-    500 answers of Starlette's error middleware carry them."""
+    500 answers of Starlette's error middleware (and the 408 of a late body) carry them."""
 
-    def __init__(self, *args: Any, hsts: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hsts: bool, body_timeout: float, **kwargs: Any) -> None:
         self.hsts = hsts
+        self.body_timeout = body_timeout
         super().__init__(*args, **kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
+        stack = BodyTimeoutMiddleware(super().build_middleware_stack(), timeout=self.body_timeout)
         return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
 
 
@@ -135,4 +136,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
         middleware=[cors_middleware(settings.origins, settings.cors_allow_headers)],
         lifespan=lifespan,
         hsts=settings.is_production,
+        body_timeout=settings.request_body_timeout.total_seconds(),
     )

@@ -142,6 +142,8 @@ class Settings(BaseSettings):
     rate_limit_webhook_verify_key: str = "20/minute;120/hour"
     rate_limit_webhook_signature_ip: str = "30/minute;300/hour"
     rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
+    # The whole request body must arrive within this time of the app's first read (408).
+    request_body_timeout: timedelta = timedelta(seconds=30)
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None
@@ -172,6 +174,11 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("request_body_timeout", mode="before")
+    @classmethod
+    def _body_timeout(cls, value: Any) -> timedelta:
         return parse_duration(value)
 
     @field_validator("allowed_origins", mode="before")
