@@ -86,6 +86,8 @@ class BodyTimeoutMiddleware:
         body_done = headers.get("content-length", "0") == "0" and (
             "transfer-encoding" not in headers
         )
+        # HTTP/2 forbids the header (a stream ends on its own); HTTP/1.x needs it.
+        close = {"Connection": "close"} if scope.get("http_version", "1.1") < "2" else {}
         deadline: float | None = None
         responded = timed_out = False
 
@@ -103,7 +105,7 @@ class BodyTimeoutMiddleware:
             except TimeoutError:
                 timed_out = True
                 if not responded:
-                    await _request_timeout()(scope, receive, send)
+                    await _request_timeout(close)(scope, receive, send)
                 return {"type": "http.disconnect"}
             body_done = message["type"] != "http.request" or not message.get("more_body")
             return message
@@ -115,7 +117,7 @@ class BodyTimeoutMiddleware:
             if message["type"] == "http.response.start":
                 responded = True
                 if not body_done:
-                    MutableHeaders(scope=message)["Connection"] = "close"
+                    MutableHeaders(scope=message).update(close)
             await send(message)
 
         try:
@@ -127,10 +129,10 @@ class BodyTimeoutMiddleware:
             # the client has its 408 and nothing is left to report.
 
 
-def _request_timeout() -> Response:
+def _request_timeout(headers: dict[str, str]) -> Response:
     return error_response(
         408,
         ErrorCode.TIMEOUT,
         "The request body did not arrive in time",
-        headers={"Connection": "close", "Cache-Control": "no-store"},
+        headers=headers | {"Cache-Control": "no-store"},
     )
