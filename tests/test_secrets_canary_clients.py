@@ -283,4 +283,8 @@ async def test_nothing_a_client_sends_reaches_a_log(
     assert any('"logger": "uvicorn.error"' in line for line in logs.lines)
     assert any('"logger": "weflux.access"' in line for line in logs.lines)
     leaks = sorted(name for name, value in sent.items() if value in logs.text)
-    assert leaks == [], ", ".join(leaks)
+    assert leaks == [], (
+        ", ".join(leaks)
+        + "\n"
+        + "\n".join(line[:300] for line in logs.lines if any(sent[name] in line for name in leaks))
+    )

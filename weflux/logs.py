@@ -146,6 +146,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     logging.getLogger("httpcore").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("aiosqlite").setLevel(logging.INFO)
+    # SQLAlchemy's DEBUG lines are result rows (message texts, emails, user agents).
+    logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     # Second line of defence: known secret values never reach a handler's output.
     from weflux.crypto.secret import install_redaction
 
