@@ -69,15 +69,15 @@ class _FailureLimits:
         self.ip = client_ip(request, state.trusted_proxies)
         self.proof = proof
 
-    def _keys(self, channel: _Channel | None) -> list[tuple[str, str]]:
-        keys = [(f"webhook_{self.proof}_ip", self.ip)] if self.ip else []
-        if channel is not None:
-            keys.append((f"webhook_{self.proof}_key", channel.limit_key))
-        return keys
+    def _per_ip(self) -> list[tuple[str, str]]:
+        return [(f"webhook_{self.proof}_ip", self.ip)] if self.ip else []
+
+    def _per_url(self, channel: _Channel) -> list[tuple[str, str]]:
+        return [(f"webhook_{self.proof}_key", channel.limit_key)]
 
     async def refusal(self, channel: _Channel | None = None) -> Response | None:
-        """429 when the client IP (or, given, the channel's URL) has no failure left."""
-        for name, key in self._keys(channel):
+        """429 when the client IP (or, given a channel, its URL) has no failure left."""
+        for name, key in self._per_url(channel) if channel else self._per_ip():
             decision = await self.limiter.check(name, key)
             if not decision.allowed:
                 response = _text(429, "Too many failed attempts")
@@ -86,7 +86,7 @@ class _FailureLimits:
         return None
 
     async def failed(self, channel: _Channel) -> None:
-        for name, key in self._keys(channel):
+        for name, key in self._per_ip() + self._per_url(channel):
             await self.limiter.hit(name, key)
 
 
