@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
+from sqlalchemy import text
 
 from tests.conftest import make_settings
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
 from weflux.app import create_app
 from weflux.config import Settings, generate_encryption_key_entry
+from weflux.db import Database
 from weflux.migrate import SchemaOutOfDate, alembic_config, downgrade
 
 STATES = ["un-migrated", "half-migrated"]
@@ -111,3 +113,18 @@ async def test_weflux_serve_refuses_a_stale_schema_in_production(
     assert process.returncode == 2
     assert b"run `weflux migrate`" in stderr
     assert b"Uvicorn running" not in stderr
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_an_app_role_that_cannot_read_the_revision_is_told_to_migrate(
+    database_urls: DatabaseUrls, owner_db: Database, tmp_path: Path
+) -> None:
+    """Given a database migrated by a release that did not let the app's role read
+    `alembic_version`, when the app starts in production, then it refuses, naming
+    `weflux migrate` (which grants that read), instead of failing on a permission error."""
+    async with owner_db.engine.begin() as connection:
+        await connection.execute(text(f"REVOKE SELECT ON alembic_version FROM {APP_ROLE}"))  # noqa: S608
+    application = create_app(_production(tmp_path, database_urls))
+    with pytest.raises(SchemaOutOfDate, match="run `weflux migrate`"):
+        async with LifespanManager(application):
+            pass

@@ -12,6 +12,7 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -140,8 +141,18 @@ async def ensure_current_schema(engine: AsyncEngine, *, strict: bool) -> None:
     A schema at a revision this release does not know (a newer release migrated it, and
     this one is a rollback) is only a warning. The check reads `alembic_version` only.
     """
-    async with engine.connect() as connection:
-        refusal, warning = await connection.run_sync(_schema_problem)
+    try:
+        async with engine.connect() as connection:
+            refusal, warning = await connection.run_sync(_schema_problem)
+    except ProgrammingError:
+        # The app role got its grants from a release that did not let it read the revision.
+        refusal, warning = (
+            (
+                "the database role of WEFLUX_DATABASE_URL may not read alembic_version: "
+                "run `weflux migrate` (it grants that read) before starting the server"
+            ),
+            None,
+        )
     if refusal is not None and strict:
         raise SchemaOutOfDate(refusal)
     if refusal or warning:
