@@ -27,24 +27,14 @@ from tests.fixtures.limiter import (  # noqa: F401  (shared fixtures)
 )
 from tests.fixtures.meta import fake_meta, meta_url  # noqa: F401  (shared fixtures)
 from tests.fixtures.services import postgres_problem, redis_problem, require
+from weflux.api.ratelimit import LIMIT_NAMES
 from weflux.auth import passwords
 from weflux.config import Settings, generate_encryption_key_entry, load_settings
 from weflux.db import Database
 from weflux.models import Organization, Role
 
 DIALECTS = ["sqlite", "postgresql"]
-GENEROUS_LIMITS = (
-    "login_ip",
-    "login_account",
-    "login_account_ip",
-    "signup_ip",
-    "signup_email",
-    "signup_confirm_ip",
-    "invitation_ip",
-    "refresh_ip",
-    "graphql_ip",
-    "graphql_workspace",
-)
+GENEROUS_LIMITS = LIMIT_NAMES
 
 postgres_only = pytest.mark.parametrize("dialect", ["postgresql"])
 

@@ -227,3 +227,29 @@ def test_empty_mail_and_app_variables_count_as_unset(tmp_path: Path) -> None:
     settings = _settings(tmp_path, smtp_url="", smtp_from=" ", app_url="")
     assert (settings.smtp_url, settings.smtp_from, settings.app_url) == (None, None, None)
     assert settings.platform_smtp is None
+
+
+def test_the_var_dir_holds_the_default_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given WEFLUX_VAR_DIR and no WEFLUX_DATABASE_URL,
+    when the settings are read from another working directory,
+    then the SQLite file lies in that var dir, by an absolute path."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("WEFLUX_VAR_DIR", str(tmp_path / "state"))
+    settings = load_settings(_env_file=None)
+    assert settings.var_dir == tmp_path / "state"
+    assert settings.database_url == f"sqlite+aiosqlite:///{tmp_path / 'state' / 'weflux.db'}"
+
+    monkeypatch.setenv("WEFLUX_VAR_DIR", "relative/state")
+    relative = load_settings(_env_file=None)
+    assert relative.var_dir == elsewhere / "relative" / "state"
+    assert relative.database_url.endswith(f"{elsewhere}/relative/state/weflux.db")
+
+
+def test_an_explicit_database_url_wins_over_the_var_dir(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'mine.db'}"
+    settings = _settings(tmp_path, database_url=url)
+    assert settings.database_url == url

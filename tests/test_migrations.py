@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -78,3 +80,11 @@ def test_migration_files_are_date_prefixed() -> None:
 def test_one_head() -> None:
     script = ScriptDirectory.from_config(alembic_config())
     assert len(script.get_heads()) == 1
+
+
+async def test_migrate_creates_the_directory_of_a_new_sqlite_file(tmp_path: Path) -> None:
+    """Given a SQLite URL in a directory that does not exist yet (a fresh WEFLUX_VAR_DIR),
+    when migrations run, then the directory and the database are created."""
+    path = tmp_path / "fresh" / "state" / "weflux.db"
+    await migrate(f"sqlite+aiosqlite:///{path}")
+    assert path.is_file()

@@ -22,6 +22,7 @@ from sqlalchemy import inspect, text
 from tests.conftest import make_settings
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
+from tests.fixtures.logs import LogCapture, capture_logs
 from tests.fixtures.mail import confirmation_token, wait_for_mails
 from tests.mail.test_smtp import USERNAME, running_server
 from weflux.app import create_app
@@ -30,7 +31,6 @@ from weflux.crypto.keyring import KeyRing
 from weflux.crypto.rotation import rotate_keys
 from weflux.crypto.secret import SecretRedactingFilter
 from weflux.db import Database
-from weflux.logs import JsonFormatter
 from weflux.whatsapp.fake_cloud_api import FakeCloudApi, running
 
 PHONE_NUMBER_ID = "106540352242922"
@@ -41,37 +41,10 @@ def canary(kind: str) -> str:
     return f"Canary{kind}{uuid.uuid4().hex}"
 
 
-class _Capture(logging.Handler):
-    """Every record of our code, formatted with extras and tracebacks, before any redaction."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.setFormatter(JsonFormatter())
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.name.startswith("mail.log"):  # the test SMTP server's own log, not ours
-            return
-        self.lines.append(self.format(record))
-
-
 @pytest.fixture
-def captured_logs() -> Iterator[_Capture]:
-    capture = _Capture()
-    root = logging.getLogger()
-    previous = root.level
-    root.addHandler(capture)
-    root.setLevel(logging.DEBUG)
-    # aiosqlite's threads log every operation at DEBUG, even after the test is over.
-    chatty = logging.getLogger("aiosqlite")
-    chatty_level = chatty.level
-    chatty.setLevel(logging.INFO)
-    try:
+def captured_logs() -> Iterator[LogCapture]:
+    with capture_logs() as capture:
         yield capture
-    finally:
-        root.removeHandler(capture)
-        root.setLevel(previous)
-        chatty.setLevel(chatty_level)
 
 
 async def _graphql(client: httpx.AsyncClient, token: str, query: str, **variables: object) -> dict:  # type: ignore[type-arg]
@@ -102,7 +75,7 @@ async def _dump_database(owner_url: str) -> tuple[str, str]:
 
 
 async def test_no_secret_escapes_anywhere(
-    database_urls: DatabaseUrls, tmp_path: Path, captured_logs: _Capture
+    database_urls: DatabaseUrls, tmp_path: Path, captured_logs: LogCapture
 ) -> None:
     secrets = {
         "password": canary("Pass-Word-"),

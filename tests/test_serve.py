@@ -129,3 +129,39 @@ def test_production_refuses_a_superuser_database_role(
         output = _stop(process)
     assert process.returncode != 0
     assert b"row-level security does not apply" in output
+
+
+def test_serve_from_another_directory_keeps_its_state_in_the_var_dir(tmp_path: Path) -> None:
+    """Given WEFLUX_VAR_DIR pointing away from the working directory and no database URL,
+    when `weflux serve` starts (development: it migrates and creates the demo),
+    then it answers, and the database, secrets and demo logins are all in the var dir,
+    nothing in the working directory."""
+    elsewhere, state = tmp_path / "elsewhere", tmp_path / "state"
+    elsewhere.mkdir()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
+        cwd=elsewhere,
+        env=_env(WEFLUX_VAR_DIR=str(state)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        assert _wait_ready(port, "/readyz", process, 60) == 200
+        login = httpx.post(
+            f"http://127.0.0.1:{port}/auth/login",
+            json={"email": "admin@demo.weflux.test", "password": _demo_password(state)},
+        )
+        assert login.status_code == 200, login.text
+    finally:
+        _stop(process)
+    assert sorted(p.name for p in state.iterdir()) >= ["demo-logins.txt", "dev-secrets.json"]
+    assert (state / "weflux.db").is_file()
+    assert list(elsewhere.iterdir()) == []
+
+
+def _demo_password(var_dir: Path) -> str:
+    for line in (var_dir / "demo-logins.txt").read_text().splitlines():
+        if "admin@demo.weflux.test" in line:
+            return line.split()[-1]
+    raise AssertionError("no demo admin login")

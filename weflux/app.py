@@ -18,7 +18,7 @@ from weflux.api import auth as auth_routes
 from weflux.api import webhooks as webhook_routes
 from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
-from weflux.api.middleware import RequestContextMiddleware
+from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
 from weflux.api.ratelimit import RateLimiter
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
@@ -30,7 +30,9 @@ from weflux.db import Database
 from weflux.errors import error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
+from weflux.logs import guard_library_logs
 from weflux.mail.mailer import build_mailer
+from weflux.migrate import ensure_current_schema
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
@@ -53,14 +55,15 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
 
 class WefluxApp(Starlette):
     """Starlette with request ids and security headers outermost, so that even the
-    500 answers of Starlette's error middleware carry them."""
+    500 answers of Starlette's error middleware (and the 408 of a late body) carry them."""
 
-    def __init__(self, *args: Any, hsts: bool, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, hsts: bool, body_timeout: float, **kwargs: Any) -> None:
         self.hsts = hsts
+        self.body_timeout = body_timeout
         super().__init__(*args, **kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
-        stack = super().build_middleware_stack()
+        stack = BodyTimeoutMiddleware(super().build_middleware_stack(), timeout=self.body_timeout)
         return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
 
 
@@ -79,6 +82,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it."""
     settings = settings or load_settings()
     assert settings.jwt_secret is not None  # load_settings guarantees it
+    # However the app is served (`weflux serve`, `uvicorn --factory`, a test server),
+    # uvicorn's lines never carry a query string or a WebSocket frame.
+    guard_library_logs()
     codec = TokenCodec(
         settings.jwt_secret.get_secret_value(),
         access_ttl=settings.access_token_ttl,
@@ -105,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.sockets = SocketRegistry(authenticator)
         try:
             await _check_database_role(settings, runtime.db)
+            await ensure_current_schema(runtime.db.engine, strict=settings.is_production)
             await passwords.warm_up()
             await runtime.start(worker=settings.in_process_worker)
             await authenticator.start()
@@ -132,7 +139,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return WefluxApp(
         routes=routes,
         exception_handlers={HTTPException: _http_error},
-        middleware=[cors_middleware(settings.origins)],
+        middleware=[cors_middleware(settings.origins, settings.cors_allow_headers)],
         lifespan=lifespan,
         hsts=settings.is_production,
+        body_timeout=settings.request_body_timeout.total_seconds(),
     )

@@ -15,7 +15,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
+from weflux.db import Database
 from weflux.logs import configure_logging
+from weflux.migrate import SchemaOutOfDate, ensure_current_schema
 
 log = logging.getLogger("weflux.cli")
 
@@ -73,6 +75,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(_demo(settings, only_if_empty=False))
 
 
+async def _require_current_schema(settings: Settings) -> None:
+    db = Database(settings.database_url)
+    try:
+        await ensure_current_schema(db.engine, strict=True)
+    finally:
+        await db.dispose()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the API under uvicorn."""
     import uvicorn
@@ -82,6 +92,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.env == "development":
         _migrate(settings)
         asyncio.run(_demo(settings, only_if_empty=True))
+    elif settings.is_production:
+        # Here too, not only in the app's lifespan: uvicorn would restart failing workers.
+        asyncio.run(_require_current_schema(settings))
     if args.workers > 1 and not settings.redis_url:
         raise ConfigError(
             "--workers above 1 needs WEFLUX_REDIS_URL: revocations and events must reach "
@@ -335,6 +348,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for error in exc.errors():
             name = "WEFLUX_" + "_".join(str(part) for part in error["loc"]).upper()
             print(f"configuration error: {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except SchemaOutOfDate as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
@@ -29,12 +29,14 @@ Environment = Literal["development", "test", "production"]
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
 # bcrypt's pool (weflux.auth.passwords.BcryptPool): two threads keep two cores busy at
 # most; 32 waiting calls are about 4 s of work at cost 12.
 PASSWORD_HASHING_WORKERS = 2
 PASSWORD_HASHING_QUEUE = 32
+DATABASE_FILE = "weflux.db"  # the default SQLite database, under WEFLUX_VAR_DIR
 
 
 class ConfigError(ValueError):
@@ -104,7 +106,8 @@ class Settings(BaseSettings):
     )
 
     env: Environment = "development"
-    database_url: str = "sqlite+aiosqlite:///var/weflux.db"
+    # Empty: the SQLite file `DATABASE_FILE` under `var_dir` (see `_default_database`).
+    database_url: str = ""
     database_migration_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_connect_timeout: float = Field(default=5.0, gt=0)
@@ -132,6 +135,18 @@ class Settings(BaseSettings):
     app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # Request headers browsers may send cross-origin, beside Authorization, Content-Type
+    # and X-Request-ID (always allowed): Apollo Client's and tracing headers by default.
+    cors_allow_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [
+            "apollographql-client-name",
+            "apollographql-client-version",
+            "sentry-trace",
+            "baggage",
+            "traceparent",
+            "tracestate",
+        ]
+    )
     meta_graph_url: str = "https://graph.facebook.com"
     meta_graph_version: str = "v25.0"
     meta_app_secret: SecretStr | None = None
@@ -150,10 +165,18 @@ class Settings(BaseSettings):
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
+    # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP
+    # and per webhook URL; successes never count (see weflux/api/webhooks.py).
+    rate_limit_webhook_verify_ip: str = "10/minute;60/hour"
+    rate_limit_webhook_verify_key: str = "20/minute;120/hour"
+    rate_limit_webhook_signature_ip: str = "30/minute;300/hour"
+    rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
+    # The whole request body must arrive within this time of the app's first read (408).
+    request_body_timeout: timedelta = timedelta(seconds=30)
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None
-    var_dir: Path = Path("var")
+    var_dir: Path = Path("var")  # made absolute against the working directory
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
     # Inbox: whole-message keywords (trimmed, case-insensitive) that opt a contact out / in.
@@ -212,6 +235,11 @@ class Settings(BaseSettings):
             raise ValueError("expected the app's base URL, such as https://app.example.com")
         return value.strip().rstrip("/")
 
+    @field_validator("request_body_timeout", mode="before")
+    @classmethod
+    def _body_timeout(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
     @field_validator("allowed_origins", mode="before")
     @classmethod
     def _origins(cls, value: Any) -> list[str] | None:
@@ -221,6 +249,15 @@ class Settings(BaseSettings):
     @classmethod
     def _proxies(cls, value: Any) -> list[str]:
         return _split_list(value)
+
+    @field_validator("cors_allow_headers", mode="before")
+    @classmethod
+    def _header_names(cls, value: Any) -> list[str]:
+        names = _split_list(value)
+        for name in names:
+            if name == "*" or not _HEADER_NAME.match(name):
+                raise ValueError(f"`{name}` is not a header name; list header names, no wildcard")
+        return names
 
     @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
     @classmethod
@@ -242,15 +279,26 @@ class Settings(BaseSettings):
             raise ValueError("the delivery lease must be at least 50 seconds")
         return value
 
+    @field_validator("var_dir")
+    @classmethod
+    def _absolute_var_dir(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
     @field_validator("database_url", "database_migration_url")
     @classmethod
     def _database_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        if not value:
+            return value
         driver = make_url(value).drivername
         if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
         return value
+
+    @model_validator(mode="after")
+    def _default_database(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite+aiosqlite:///{self.var_dir / DATABASE_FILE}"
+        return self
 
     @property
     def is_production(self) -> bool:

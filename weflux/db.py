@@ -98,9 +98,14 @@ class RoleCheck:
         return not (self.superuser or self.bypass_rls)
 
 
-def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
-    if url.database and url.database != ":memory:":
+def make_sqlite_directory(url: URL) -> None:
+    """Create the directory of a SQLite file (a fresh WEFLUX_VAR_DIR, say); SQLite won't."""
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
+    make_sqlite_directory(url)
     engine = create_async_engine(url, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")

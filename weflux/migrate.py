@@ -7,10 +7,16 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.exc import ProgrammingError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+
+from weflux.db import make_sqlite_directory
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +43,10 @@ class MigrationError(RuntimeError):
     """Migrations cannot proceed; the message says what to fix."""
 
 
+class SchemaOutOfDate(RuntimeError):
+    """The database's schema is behind this release's migrations; `weflux migrate` fixes it."""
+
+
 def _grant_app_role(connection: Connection, role: str) -> None:
     exists = connection.execute(
         text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
@@ -52,6 +62,8 @@ def _grant_app_role(connection: Connection, role: str) -> None:
         text(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {quoted}")
     )
     connection.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {quoted}"))
+    # Read only: the app checks at start that the schema is current (`schema_problem`).
+    connection.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {quoted}"))
     connection.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
 
 
@@ -65,6 +77,7 @@ async def migrate(
     """
     owner = make_url(migration_url)
     app_role = make_url(app_url).username if app_url else None
+    make_sqlite_directory(owner)
     engine = create_async_engine(owner, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
@@ -98,3 +111,49 @@ def _downgrade(connection: Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
     command.downgrade(config, revision)
+
+
+def _schema_problem(connection: Connection) -> tuple[str | None, str | None]:
+    """(why this schema must not be served, or else a reason to warn), or (None, None)."""
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    script = ScriptDirectory.from_config(alembic_config())
+    heads = set(script.get_heads())
+    if current == heads:
+        return None, None
+    at = ", ".join(sorted(current)) or "no migration"
+    try:
+        script.get_revisions(tuple(current))
+    except CommandError:
+        return None, (
+            f"the database schema is at {at}, which this release does not know "
+            "(a newer release migrated it); it may not work"
+        )
+    needed = ", ".join(sorted(heads))
+    return (
+        f"the database schema is at {at}, this release needs {needed}: "
+        "run `weflux migrate` before starting the server"
+    ), None
+
+
+async def ensure_current_schema(engine: AsyncEngine, *, strict: bool) -> None:
+    """Refuse (`strict`: raise `SchemaOutOfDate`) or warn when migrations are pending.
+
+    A schema at a revision this release does not know (a newer release migrated it, and
+    this one is a rollback) is only a warning. The check reads `alembic_version` only.
+    """
+    try:
+        async with engine.connect() as connection:
+            refusal, warning = await connection.run_sync(_schema_problem)
+    except ProgrammingError:
+        # The app role got its grants from a release that did not let it read the revision.
+        refusal, warning = (
+            (
+                "the database role of WEFLUX_DATABASE_URL may not read alembic_version: "
+                "run `weflux migrate` (it grants that read) before starting the server"
+            ),
+            None,
+        )
+    if refusal is not None and strict:
+        raise SchemaOutOfDate(refusal)
+    if refusal or warning:
+        log.warning(refusal or warning)

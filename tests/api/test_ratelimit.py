@@ -91,6 +91,25 @@ async def test_every_window_of_a_multi_window_limit_counts(
     assert minute.remaining == 8
 
 
+async def test_check_consumes_nothing_and_denies_once_failures_are_spent(
+    make_limiter: LimiterFactory,
+) -> None:
+    """Given a brute-force limit of 2 per minute (test before, hit on failure only),
+    when the key is checked many times, then nothing is consumed; once two failures are
+    counted, a check is denied with a Retry-After, and another key is still allowed."""
+    limiter = make_limiter(rate_limit_webhook_verify_ip="2/minute;10/hour")
+    for _ in range(5):
+        assert await limiter.test("webhook_verify_ip", "203.0.113.9") == RateLimitDecision(True)
+    minute, hour = await limiter.stats("webhook_verify_ip", "203.0.113.9")
+    assert (minute.remaining, hour.remaining) == (2, 10)
+
+    await hit_times(limiter, "webhook_verify_ip", "203.0.113.9", 2)
+    denied = await limiter.test("webhook_verify_ip", "203.0.113.9")
+    assert denied.allowed is False
+    assert 1 <= denied.retry_after <= 60
+    assert (await limiter.test("webhook_verify_ip", "203.0.113.10")).allowed is True
+
+
 async def test_account_keys_are_normalised_and_hashed(
     make_limiter: LimiterFactory, backend: str, key_prefix: str, request: pytest.FixtureRequest
 ) -> None:

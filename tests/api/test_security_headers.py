@@ -5,10 +5,13 @@ from __future__ import annotations
 import base64
 import hashlib
 from html.parser import HTMLParser
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,12 +20,15 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
+from tests.conftest import make_settings
 from weflux.api.security import (
     API_CSP,
     IDE_CSP,
     SecurityHeadersMiddleware,
     cors_middleware,
 )
+from weflux.app import create_app
+from weflux.config import Settings
 
 ALLOWED_ORIGIN = "https://app.example.com"
 
@@ -295,3 +301,63 @@ def test_cors_middleware_configuration() -> None:
     assert options["allow_credentials"] is False
     assert options["max_age"] == 600
     assert cors_middleware([]).kwargs["allow_origins"] == []
+
+
+APOLLO_AND_TRACING = (
+    "apollographql-client-name",
+    "apollographql-client-version",
+    "sentry-trace",
+    "baggage",
+    "traceparent",
+    "tracestate",
+)
+
+
+async def _preflight(settings: Settings, requested: str) -> httpx.Response:
+    application = create_app(settings)
+    async with LifespanManager(application):
+        transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 50000))
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            return await client.options(
+                "/graphql",
+                headers={
+                    "Origin": ALLOWED_ORIGIN,
+                    "Access-Control-Request-Method": "POST",
+                    "Access-Control-Request-Headers": requested,
+                },
+            )
+
+
+async def test_apollo_and_tracing_headers_pass_the_preflight(tmp_path: Path) -> None:
+    """Given the app with its default CORS settings,
+    when Apollo Client with Sentry or OpenTelemetry tracing sends its preflight,
+    then every header it asks for is allowed."""
+    settings = make_settings(tmp_path, allowed_origins=ALLOWED_ORIGIN)
+    response = await _preflight(
+        settings, ", ".join(("authorization", "content-type", *APOLLO_AND_TRACING))
+    )
+    assert response.status_code == 200
+    allowed = {
+        h.strip().lower() for h in response.headers["access-control-allow-headers"].split(",")
+    }
+    assert allowed >= {"authorization", "content-type", "x-request-id", *APOLLO_AND_TRACING}
+
+
+async def test_allowed_request_headers_are_configurable(tmp_path: Path) -> None:
+    """Given WEFLUX_CORS_ALLOW_HEADERS naming one custom header,
+    when a preflight asks for it, then it is allowed, and what the API needs still is;
+    when it asks for a header no longer listed, then the preflight is refused."""
+    settings = make_settings(
+        tmp_path, allowed_origins=ALLOWED_ORIGIN, cors_allow_headers="X-Tenant-Hint"
+    )
+    assert settings.cors_allow_headers == ["X-Tenant-Hint"]
+    ok = await _preflight(settings, "authorization, content-type, x-request-id, x-tenant-hint")
+    assert ok.status_code == 200
+    refused = await _preflight(settings, "sentry-trace")
+    assert refused.status_code == 400
+
+
+@pytest.mark.parametrize("value", ["*", "x custom", "x-ok,bad:header"])
+def test_a_malformed_allowed_header_names_the_variable(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ValidationError, match="cors_allow_headers"):
+        make_settings(tmp_path, cors_allow_headers=value)

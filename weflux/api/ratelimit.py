@@ -38,6 +38,10 @@ LIMIT_NAMES = (
     "refresh_ip",
     "graphql_ip",
     "graphql_workspace",
+    "webhook_verify_ip",
+    "webhook_verify_key",
+    "webhook_signature_ip",
+    "webhook_signature_key",
 )
 # Limits keyed by an account identifier (an email, alone or with an IP): normalised and
 # hashed before storage, so no email address is ever a key in Redis.
@@ -170,7 +174,11 @@ class RateLimiter:
             return ALLOWED
 
     async def test(self, name: str, key: str) -> RateLimitDecision:
-        """Whether one more request would be allowed now, consuming nothing."""
+        """Whether `key` has a request left under every window of `name`, consuming nothing.
+
+        With `hit` on failure only, this makes a brute-force limiter: test before the
+        secret is compared, count the attempt when it was wrong. Fails open like `hit`.
+        """
         items = self._items(name)
         identifier = storage_key(name, key)
         try:

@@ -151,15 +151,23 @@ def _check_origin(origin: str) -> None:
         )
 
 
-def cors_middleware(origins: Sequence[str]) -> Middleware:
-    """CORS for exactly these origins: bearer tokens, no cookies, preflight cached 10 minutes."""
+# What the API itself needs from a browser; `WEFLUX_CORS_ALLOW_HEADERS` adds to it.
+REQUIRED_CORS_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
+
+
+def cors_middleware(origins: Sequence[str], allow_headers: Sequence[str] = ()) -> Middleware:
+    """CORS for exactly these origins: bearer tokens, no cookies, preflight cached 10 minutes.
+
+    Browsers may send `REQUIRED_CORS_HEADERS` and `allow_headers` (compared without case).
+    """
     for origin in origins:
         _check_origin(origin)
+    headers = {name.lower(): name for name in (*REQUIRED_CORS_HEADERS, *allow_headers)}
     return Middleware(
         CORSMiddleware,
         allow_origins=list(origins),
         allow_methods=["GET", "POST", "OPTIONS"],
-        allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        allow_headers=list(headers.values()),
         allow_credentials=False,
         expose_headers=["X-Request-ID", "Retry-After"],
         max_age=600,

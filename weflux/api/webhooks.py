@@ -4,6 +4,11 @@ A POST is verified (HMAC-SHA256 of the raw bytes, constant time) before anything
 parsed or stored, then written durably as it came, then answered 200; if the write
 fails the answer is 503 so that Meta retries. Processing happens right after the
 answer, and again from the worker for anything that did not finish.
+
+Failed proofs (a wrong verify token, a bad signature) are counted per client IP and
+per webhook URL; once either has spent its limit the answer is 429 before any secret
+is compared. Successes never count, so Meta's deliveries are never throttled by their
+own volume.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
+from weflux.api.client_ip import client_ip
+from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import read_body
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
@@ -29,6 +36,7 @@ from weflux.services import ingest
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 3 * 1024 * 1024
+PLATFORM_KEY = "platform"  # the bare URL's key in the failure limits
 _SIGNATURE = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_.-]{1,256}$")
 
@@ -46,6 +54,40 @@ class _Channel:
         self.account = account
         self.app_secret = app_secret
         self.verify_token = verify_token
+
+    @property
+    def limit_key(self) -> str:
+        return str(self.account.id) if self.account else PLATFORM_KEY
+
+
+class _FailureLimits:
+    """Failed proofs of one kind ("verify" or "signature") per client IP and webhook URL."""
+
+    def __init__(self, request: Request, proof: str) -> None:
+        state = request.app.state
+        self.limiter: RateLimiter = state.limiter
+        self.ip = client_ip(request, state.trusted_proxies)
+        self.proof = proof
+
+    def _per_ip(self) -> list[tuple[str, str]]:
+        return [(f"webhook_{self.proof}_ip", self.ip)] if self.ip else []
+
+    def _per_url(self, channel: _Channel) -> list[tuple[str, str]]:
+        return [(f"webhook_{self.proof}_key", channel.limit_key)]
+
+    async def refusal(self, channel: _Channel | None = None) -> Response | None:
+        """429 when the client IP (or, given a channel, its URL) has no failure left."""
+        for name, key in self._per_url(channel) if channel else self._per_ip():
+            decision = await self.limiter.test(name, key)
+            if not decision.allowed:
+                response = _text(429, "Too many failed attempts")
+                response.headers["Retry-After"] = str(decision.retry_after)
+                return response
+        return None
+
+    async def failed(self, channel: _Channel) -> None:
+        for name, key in self._per_ip() + self._per_url(channel):
+            await self.limiter.hit(name, key)
 
 
 async def _channel(request: Request) -> _Channel | Response:
@@ -90,9 +132,14 @@ async def _channel(request: Request) -> _Channel | Response:
 
 async def handshake(request: Request) -> Response:
     """Meta's subscription check: echo `hub.challenge` for the right verify token."""
+    limits = _FailureLimits(request, "verify")
+    if refusal := await limits.refusal():
+        return refusal
     channel = await _channel(request)
     if isinstance(channel, Response):
         return channel
+    if refusal := await limits.refusal(channel):
+        return refusal
     params = request.query_params
     token = params.get("hub.verify_token", "")
     challenge = params.get("hub.challenge", "")
@@ -103,6 +150,7 @@ async def handshake(request: Request) -> Response:
         or not hmac.compare_digest(token.encode(), expected.encode())
         or not _CHALLENGE.match(challenge)
     ):
+        await limits.failed(channel)
         return _text(403, "Forbidden")
     return _text(200, challenge)
 
@@ -130,6 +178,13 @@ async def notify(request: Request) -> Response:
     if channel.app_secret is None or not signature_valid(
         body, request.headers.get("x-hub-signature-256"), channel.app_secret
     ):
+        # Limits are consulted only once a signature failed: an HMAC cannot be guessed,
+        # and a correctly signed delivery is never throttled, whatever an attacker spent
+        # of its IP's or its URL's failures (Meta's retries must always get through).
+        limits = _FailureLimits(request, "signature")
+        if refusal := await limits.refusal() or await limits.refusal(channel):
+            return refusal
+        await limits.failed(channel)
         return _text(401, "Invalid signature")
     state = request.app.state
     event = WebhookEvent(

@@ -1,14 +1,19 @@
-"""Errors in GraphQL responses: coded errors pass, everything else is masked."""
+"""Errors in GraphQL responses: coded errors pass, everything else is masked.
+
+And in logs: one line per error naming the operation and the error, never a value.
+"""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from graphql import GraphQLError
+from graphql import GraphQLError, get_operation_ast
 from strawberry.extensions import MaskErrors
+from strawberry.types import ExecutionContext
 
 from weflux.errors import RateLimited, WefluxError
+from weflux.logs import describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +52,7 @@ class CodedErrors(MaskErrors):
         super().__init__(should_mask_error=should_mask_error, error_message=MASKED_MESSAGE)
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
-        log.error(
-            "unexpected error in a resolver",
-            exc_info=error.original_error,
-            extra={"path": error.path},
-        )
-        masked = super().anonymise_error(error)
+        masked = super().anonymise_error(error)  # logged by `log_errors`
         masked.extensions = {"code": "INTERNAL_SERVER_ERROR"}
         return masked
 
@@ -75,3 +75,39 @@ class CodedErrors(MaskErrors):
                 )
             )
         return processed
+
+
+def _operation(context: ExecutionContext | None) -> tuple[str | None, str | None]:
+    """The operation's name (as its document defines it) and type, once parsed."""
+    document = context.graphql_document if context is not None else None
+    if context is None or document is None:
+        return None, None
+    operation = get_operation_ast(document, context.operation_name)
+    if operation is None:
+        return None, None
+    return (operation.name.value if operation.name else None), operation.operation.value
+
+
+def log_errors(errors: list[GraphQLError], context: ExecutionContext | None) -> None:
+    """Log each error of an operation: its operation, code, class and path, nothing else.
+
+    An error's message (and an exception's) can quote what the client sent: a password
+    literal, a variable's value, a document. Those never reach a log line; an unexpected
+    error is logged with its stack of frames and classes, without messages.
+    """
+    name, kind = _operation(context)
+    for error in errors:
+        original = error.original_error
+        coded = _coded(error)
+        fields: dict[str, Any] = {
+            "operation": name,
+            "operation_type": kind,
+            "code": coded["code"] if coded else "INTERNAL_SERVER_ERROR",
+            "error": type(original or error).__name__,
+            "path": ".".join(str(part) for part in error.path) if error.path else None,
+        }
+        if coded is None:
+            stack = describe_exception(original) if original is not None else None
+            log.error("unexpected error in a GraphQL operation", extra=fields | {"stack": stack})
+        else:
+            log.info("GraphQL operation error", extra=fields)

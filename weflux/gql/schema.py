@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import strawberry
+from graphql import GraphQLError
 from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
@@ -13,13 +14,13 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import Info
+from strawberry.types import ExecutionContext, Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.mutations import ChannelMutation
 from weflux.gql.channels.queries import ChannelQuery
 from weflux.gql.channels.types import WhatsAppAccount
-from weflux.gql.errors import CodedErrors
+from weflux.gql.errors import CodedErrors, log_errors
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
@@ -52,6 +53,15 @@ class Mutation(IdentityMutation, ChannelMutation, InboxMutation, SendingMutation
     pass
 
 
+class WefluxSchema(strawberry.Schema):
+    """Strawberry's schema, whose error log never quotes a document or a variable."""
+
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        log_errors(errors, execution_context)
+
+
 def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     """The schema with its limits; extensions are passed as factories (one per request)."""
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
@@ -62,7 +72,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
-    return strawberry.Schema(
+    return WefluxSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
