@@ -53,6 +53,8 @@ def _grant_app_role(connection: Connection, role: str) -> None:
     )
     connection.execute(text(f"REVOKE ALL ON TABLE alembic_version FROM {quoted}"))
     connection.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+    # The cross-workspace functions (weflux.auth.crossings), revoked from PUBLIC.
+    connection.execute(text(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {quoted}"))
 
 
 async def migrate(

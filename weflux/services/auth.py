@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 import uuid
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import col, select
 
+from weflux.auth import crossings
 from weflux.auth.passwords import (
     PasswordPolicyError,
     check_password_policy,
@@ -63,8 +64,7 @@ async def signup(
     check_new_password(password, email=email, user_inputs=[name, organization_name])
     password_hash = await hash_password(password)
     async with db.session() as session:
-        taken = (await session.exec(select(User.id).where(func.lower(User.email) == email))).first()
-        if taken is not None:
+        if await crossings.account_by_email(session, email) is not None:
             raise Conflict("An account with this email exists: log in instead")
         organization = Organization(name=organization_name)
         await use_workspace(session, organization.id)
@@ -103,49 +103,44 @@ async def login(
     Unknown emails and wrong passwords get the same answer at the same cost.
     """
     email = normalize_email(email)
-    async with db.session(all_workspaces="login: the user's workspaces") as session:
-        user = (await session.exec(select(User).where(func.lower(User.email) == email))).first()
-        valid = await verify_password(password, user.password_hash if user else None)
-        rows = []
-        if user is not None:
-            rows = list(
-                (
-                    await session.exec(
-                        select(Membership, Organization)
-                        .join(Organization, col(Organization.id) == col(Membership.org_id))
-                        .where(Membership.user_id == user.id)
-                        .order_by(col(Membership.created_at))
-                    )
-                ).all()
-            )
-        if not valid or user is None or not rows:
-            for membership, _ in rows:
+    async with db.session() as session:
+        account = await crossings.account_by_email(session, email)
+        valid = await verify_password(password, account.password_hash if account else None)
+        user_id = account.user_id if account else None
+        workspaces = await crossings.user_workspaces(session, user_id) if user_id else []
+        if not valid or user_id is None or not workspaces:
+            for workspace in workspaces:
+                await use_workspace(session, workspace.org_id)
                 await record(
                     session,
                     Action.LOGIN_FAILED,
-                    org_id=membership.org_id,
-                    actor_user_id=membership.user_id,
+                    actor_user_id=user_id,
                     target_type="User",
-                    target_id=membership.user_id,
+                    target_id=user_id,
                     meta=meta,
                     severity="warning",
                 )
+                await session.flush()
             failed = True
         else:
             failed = False
-            by_workspace = {org.id: (member, org) for member, org in reversed(rows)}
-            chosen = by_workspace.get(organization_id or rows[0][1].id)
-            if chosen is None:
+            chosen = organization_id or workspaces[0].org_id
+            if chosen not in {w.org_id for w in workspaces}:
                 raise Forbidden("You are not a member of that workspace")
-            membership, organization = chosen
-            await use_workspace(session, organization.id)
+            await use_workspace(session, chosen)
+            membership = (
+                await session.exec(select(Membership).where(Membership.user_id == user_id))
+            ).one()
+            found = await session.get(Organization, chosen)
+            assert found is not None  # the user's membership holds it
+            organization = found
             pair = await session_service.open_session(
                 session, codec, membership=membership, organization=organization, meta=meta
             )
             await record(
                 session,
                 Action.LOGIN_SUCCEEDED,
-                actor_user_id=user.id,
+                actor_user_id=user_id,
                 actor_membership_id=membership.id,
                 target_type="Session",
                 target_id=pair.session_id,
@@ -154,7 +149,10 @@ async def login(
     if failed:
         log.info("login failed", extra={"client": meta.ip})
         raise InvalidCredentials("Invalid email or password")
-    return TokenPair(pair.access, pair.refresh, organization, membership, [org for _, org in rows])
+    # The answer lists every workspace of the user (id and name only).
+    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
+    listed[organization.id] = organization
+    return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
 
 
 async def refresh(
@@ -248,29 +246,27 @@ async def change_password(
         )
     check_new_password(new_password, email=user.email, user_inputs=[user.name])
     new_hash = await hash_password(new_password)
-    async with db.session(all_workspaces="password change ends the user's sessions") as session:
+    async with db.session(principal.org_id) as session:
         await session.exec(  # type: ignore[call-overload]
             update(User)
             .where(col(User.id) == user.id)
             .values(password_hash=new_hash, password_changed_at=utcnow())
         )
-        others = (
-            await session.exec(
-                select(AuthSession.id).where(
-                    AuthSession.user_id == user.id,
-                    AuthSession.id != principal.session_id,
-                    col(AuthSession.revoked_at).is_(None),
-                )
+        others = [
+            s
+            for s in await crossings.user_sessions(session, user.id)
+            if s.id != principal.session_id
+        ]
+        for org_id, session_ids in crossings.by_workspace(others).items():
+            await use_workspace(session, org_id)
+            await session_service.revoke(
+                session, authenticator, session_ids, reason="password_changed"
             )
-        ).all()
-        await session_service.revoke(
-            session, authenticator, list(others), reason="password_changed"
-        )
+        await use_workspace(session, principal.org_id)
         await record(
             session,
             Action.PASSWORD_CHANGED,
             actor=principal,
-            org_id=principal.org_id,
             target_type="User",
             target_id=user.id,
             meta=meta,

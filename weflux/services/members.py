@@ -11,6 +11,7 @@ from sqlalchemy import delete, func, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
 from weflux.auth.passwords import hash_password, verify_password
 from weflux.auth.permissions import Permission, may_invite
 from weflux.auth.principal import Authenticator, Principal
@@ -104,28 +105,28 @@ async def accept_invitation(
     """Join the inviting workspace: as a new user, or (with their password) an existing one."""
     invalid = NotFound("This invitation is invalid, used or expired")
     digest = token_hash(token)
-    async with db.session(all_workspaces="invitation acceptance: the token is the key") as session:
-        invitation = (
-            await session.exec(select(Invitation).where(Invitation.token_hash == digest))
-        ).first()
+    async with db.session() as session:
+        found = await crossings.invitation_by_token(session, digest)
+        if found is None:
+            raise invalid
+        await use_workspace(session, found.org_id)
+        invitation = await session.get(Invitation, found.id)
         if invitation is None or invitation.accepted_at is not None:
             raise invalid
         if invitation.expires_at <= utcnow():
             raise invalid
-        await use_workspace(session, invitation.org_id)
-        user = (
-            await session.exec(select(User).where(func.lower(User.email) == invitation.email))
-        ).first()
-        if user is not None:
-            if not await verify_password(password, user.password_hash):
+        account = await crossings.account_by_email(session, invitation.email)
+        if account is not None:
+            if not await verify_password(password, account.password_hash):
                 raise InvalidCredentials(
                     "This email has an account: give its password to join the workspace"
                 )
             member = (
-                await session.exec(select(Membership).where(Membership.user_id == user.id))
+                await session.exec(select(Membership).where(Membership.user_id == account.user_id))
             ).first()
             if member is not None:
                 raise Conflict("You are already a member of this workspace")
+            user_id = account.user_id
         else:
             check_new_password(password, email=invitation.email, user_inputs=[name])
             user = User(
@@ -133,7 +134,8 @@ async def accept_invitation(
             )
             session.add(user)
             await session.flush()
-        membership = Membership(user_id=user.id, role=invitation.role)
+            user_id = user.id
+        membership = Membership(user_id=user_id, role=invitation.role)
         session.add(membership)
         await session.flush()
         claimed = (
@@ -153,7 +155,7 @@ async def accept_invitation(
         await record(
             session,
             Action.MEMBER_JOINED,
-            actor_user_id=user.id,
+            actor_user_id=user_id,
             actor_membership_id=membership.id,
             target_type="Member",
             target_id=membership.id,
