@@ -16,8 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from tests.conftest import postgres_only
+from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from weflux.db import Database
+from weflux.config import ConfigError
+from weflux.db import Database, maintenance_database
 from weflux.models import (
     AuthSession,
     Invitation,
@@ -447,3 +449,19 @@ async def test_calling_the_functions_directly_reveals_only_their_answer(
     assert answers["weflux_due_webhook_events"][1] == [(theirs.event_id,)]
     assert [r[0] for r in answers["weflux_due_outbound_messages"][1]] == [org]
     assert answers["weflux_due_health_checks"][1] == [(org, account.id)]
+
+
+async def test_maintenance_refuses_a_role_held_by_row_level_security(
+    database_urls: DatabaseUrls, owner_db: Database
+) -> None:
+    """Given the app's URL where the schema owner's is needed,
+    when a maintenance handle is opened on it (say, `weflux keys rotate`),
+    then it is refused with the variable to set, instead of silently seeing nothing;
+    the owner's URL is accepted, its role being the tables' owner."""
+    with pytest.raises(ConfigError, match="WEFLUX_DATABASE_MIGRATION_URL"):
+        await maintenance_database(database_urls.app)
+    role = await owner_db.role_check()
+    assert role is not None
+    assert (role.superuser, role.owns_tables, role.subject_to_rls) == (False, True, False)
+    handle = await maintenance_database(database_urls.owner)
+    await handle.dispose()
