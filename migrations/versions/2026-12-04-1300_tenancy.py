@@ -16,13 +16,7 @@ from collections.abc import Sequence
 
 from alembic import op
 
-from weflux.models.rls import (
-    OWNER_POLICY,
-    POLICY,
-    WORKSPACE,
-    create_owner_policy,
-    create_tenant_policy,
-)
+from weflux.models.rls import OWNER_POLICY, POLICY, create_owner_policy, create_tenant_policy
 
 revision: str = "0005_tenancy"
 down_revision: str | None = "0004_inbox"
@@ -48,7 +42,9 @@ LEGACY_PREDICATE = (
     "{column} = NULLIF(current_setting('app.org_id', true), '')::uuid "
     "OR current_setting('app.all_workspaces', true) = 'on'"
 )
-# The webhook event a transaction names (weflux.auth.scoping): its id is the capability.
+# The transaction's workspace, and the webhook event it names (weflux.auth.scoping):
+# the event's id is the capability.
+WORKSPACE = "NULLIF(current_setting('app.org_id', true), '')::uuid"
 NAMED_EVENT = "NULLIF(current_setting('app.webhook_event_id', true), '')::uuid"
 MEMBER_OF_WORKSPACE = (  # constants only
     f"EXISTS (SELECT 1 FROM memberships m WHERE m.user_id = users.id AND m.org_id = {WORKSPACE})"  # noqa: S608
