@@ -112,8 +112,8 @@ async def db(database_urls: DatabaseUrls) -> AsyncIterator[Database]:
 
 @pytest.fixture
 async def owner_db(database_urls: DatabaseUrls) -> AsyncIterator[Database]:
-    """The schema owner's handle, for inspecting what the app cannot see."""
-    database = Database(database_urls.owner)
+    """The schema owner's maintenance handle, for inspecting what the app cannot see."""
+    database = Database(database_urls.owner, maintenance=True)
     yield database
     await database.dispose()
 

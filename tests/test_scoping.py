@@ -68,7 +68,12 @@ async def test_query_without_workspace_fails_closed(db: Database, admin: Actor) 
 
 
 async def test_global_tables_need_no_workspace(db: Database, admin: Actor) -> None:
+    """The ORM layer lets statements on global tables run without a workspace. (On
+    PostgreSQL the `users` policy then shows the members of the transaction's workspace
+    only, issue 9 item 13: the user is read in its workspace.)"""
     async with db.session() as session:
+        await session.exec(select(User).where(User.id == admin.user.id))
+    async with db.session(admin.org_id) as session:
         user = (await session.exec(select(User).where(User.id == admin.user.id))).one()
     assert user.email == admin.user.email
 
@@ -132,11 +137,21 @@ async def test_bulk_insert_is_checked_and_filled(
 
 
 async def test_all_workspaces_is_explicit_and_sees_everything(
-    db: Database, admin: Actor, other_admin: Actor
+    owner_db: Database, admin: Actor, other_admin: Actor
 ) -> None:
-    async with db.session(all_workspaces="test: count every membership") as session:
+    """On the maintenance (schema owner's) handle; issue 9 item 13 keeps it off the app's."""
+    async with owner_db.session(all_workspaces="test: count every membership") as session:
         memberships = (await session.exec(select(Membership))).all()
     assert {m.org_id for m in memberships} == {admin.org_id, other_admin.org_id}
+
+
+async def test_the_apps_handle_cannot_cross_workspaces(db: Database) -> None:
+    """Given the app's database handle (not maintenance),
+    when a session asks for all workspaces,
+    then it is refused before anything runs: the app crosses through weflux.auth.crossings."""
+    with pytest.raises(TenantScopeError, match="maintenance"):
+        async with db.session(all_workspaces="test: the app may not"):
+            pass
 
 
 async def test_use_workspace_narrows_an_open_transaction(

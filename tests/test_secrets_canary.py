@@ -241,7 +241,7 @@ async def test_no_secret_escapes_anywhere(
                     except websockets.ConnectionClosed as closed:
                         frames.append(str(closed))
 
-        database = Database(database_urls.app)
+        database = Database(database_urls.owner, maintenance=True)  # rotation: maintenance
         try:
             new_ring = KeyRing(
                 parse_encryption_keys(f"{generate_encryption_key_entry('new')},{old_key}")

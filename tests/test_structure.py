@@ -8,8 +8,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "weflux"
 
-# Only the scoping layer may filter by workspace; everything else goes through it.
-ALLOWED_ORG_FILTERS = {PACKAGE / "auth" / "scoping.py"}
+# Only the scoping layer may filter by workspace; everything else goes through it. The
+# explicit cross-workspace paths (their SQLite statements) are the one other place.
+ALLOWED_ORG_FILTERS = {PACKAGE / "auth" / "scoping.py", PACKAGE / "auth" / "crossings.py"}
 HAND_WRITTEN_FILTER = re.compile(r"\.org_id\s*==|org_id\s*=\s*:|WHERE[^\n]*org_id", re.IGNORECASE)
 
 

@@ -45,8 +45,8 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
     if role is None or role.subject_to_rls:
         return
     problem = (
-        f"WEFLUX_DATABASE_URL connects as `{role.name}`, a superuser or BYPASSRLS role: "
-        "row-level security does not apply to it"
+        f"WEFLUX_DATABASE_URL connects as `{role.name}`, a superuser, BYPASSRLS role or "
+        "the owner of the tables: row-level security does not apply to it"
     )
     if settings.is_production:
         raise ConfigError(problem + "; connect as the restricted application role")

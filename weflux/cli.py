@@ -45,13 +45,18 @@ def _migrate(settings: Settings) -> None:
 
 
 async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
-    from weflux.db import Database
+    from weflux.db import Database, maintenance_database
     from weflux.services import demo
 
+    if only_if_empty:
+        maintenance = await maintenance_database(settings.migration_url)
+        try:
+            if not await demo.database_is_empty(maintenance):
+                return 0
+        finally:
+            await maintenance.dispose()
     db = Database(settings.database_url)
     try:
-        if only_if_empty and not await demo.database_is_empty(db):
-            return 0
         from weflux.crypto.keyring import KeyRing
 
         logins = await demo.create_demo(db, KeyRing.from_settings(settings))
@@ -159,15 +164,18 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
 
 
 async def _replay(settings: Settings, since: datetime | None) -> int:
+    from weflux.db import maintenance_database
     from weflux.runtime import Runtime
     from weflux.services.ingest import replay
 
+    events = await maintenance_database(settings.migration_url)
     runtime = Runtime(settings)
     await runtime.start(worker=False)
     try:
-        processed, failed = await replay(runtime, since=since)
+        processed, failed = await replay(runtime, events, since=since)
     finally:
         await runtime.stop()
+        await events.dispose()
     print(f"replayed {processed} event(s), {failed} failed")
     return 1 if failed else 0
 
@@ -181,11 +189,11 @@ def cmd_webhooks_failed(args: argparse.Namespace) -> int:
 async def _failed(settings: Settings) -> int:
     from sqlmodel import col, select
 
-    from weflux.db import Database
+    from weflux.db import maintenance_database
     from weflux.models import WebhookEvent, WebhookEventStatus
     from weflux.services.ingest import failed_events_summary
 
-    db = Database(settings.database_url)
+    db = await maintenance_database(settings.migration_url)
     try:
         async with db.session(all_workspaces="list failed webhook events") as session:
             events = (
@@ -235,10 +243,10 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
     from weflux.crypto.keyring import KeyRing
     from weflux.crypto.rotation import rotate_keys
-    from weflux.db import Database
+    from weflux.db import maintenance_database
 
     keyring = KeyRing.from_settings(settings)
-    db = Database(settings.database_url)
+    db = await maintenance_database(settings.migration_url)
     try:
         report = await rotate_keys(db, keyring, batch_size=batch_size)
     finally:

@@ -17,7 +17,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.scoping import ScopedSession, set_scope
+from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
+from weflux.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,13 @@ class RoleCheck:
     name: str
     superuser: bool
     bypass_rls: bool
+    # The role owns the tables (or may act as their owner): it has its own policy, and
+    # could switch row-level security off anyway.
+    owns_tables: bool = False
 
     @property
     def subject_to_rls(self) -> bool:
-        return not (self.superuser or self.bypass_rls)
+        return not (self.superuser or self.bypass_rls or self.owns_tables)
 
 
 def make_sqlite_directory(url: URL) -> None:
@@ -162,10 +166,23 @@ def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0
 
 
 class Database:
-    """The app's engine and its session factory."""
+    """The app's engine and its session factory.
 
-    def __init__(self, url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> None:
+    `maintenance=True` marks a handle on the schema owner's URL
+    (WEFLUX_DATABASE_MIGRATION_URL), the only one that may open `all_workspaces`
+    sessions: on PostgreSQL the app's own role sees one workspace per transaction.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        connect_timeout: float = 5.0,
+        maintenance: bool = False,
+    ) -> None:
         self.url = make_url(url)
+        self.maintenance = maintenance
         self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
         self.sessionmaker = async_sessionmaker(
             self.engine,
@@ -180,15 +197,27 @@ class Database:
 
     @asynccontextmanager
     async def session(
-        self, org_id: uuid.UUID | None = None, *, all_workspaces: str | None = None
+        self,
+        org_id: uuid.UUID | None = None,
+        *,
+        all_workspaces: str | None = None,
+        webhook_event: uuid.UUID | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """One unit of work, committed at its end and rolled back on error.
 
-        `org_id` confines it to one workspace. `all_workspaces="<why>"` lets it cross
-        workspaces; use it only where that is the point (webhook routing, maintenance).
+        `org_id` confines it to one workspace. `webhook_event` names the one stored
+        webhook event it may read and write. `all_workspaces="<why>"` lets it cross
+        workspaces: maintenance only, on a `maintenance` handle (the app crosses
+        workspaces through weflux.auth.crossings).
         """
+        if all_workspaces and not self.maintenance:
+            raise TenantScopeError(
+                "all_workspaces is for maintenance, on the schema owner's URL "
+                "(WEFLUX_DATABASE_MIGRATION_URL); the app crosses workspaces through "
+                "weflux.auth.crossings"
+            )
         async with self.sessionmaker() as session:
-            set_scope(session, org_id, all_workspaces=all_workspaces)
+            set_scope(session, org_id, all_workspaces=all_workspaces, webhook_event=webhook_event)
             if all_workspaces:
                 log.debug("cross-workspace session", extra={"reason": all_workspaces})
             try:
@@ -213,12 +242,31 @@ class Database:
             row = (
                 await conn.execute(
                     text(
-                        "SELECT current_user, rolsuper, rolbypassrls "
-                        "FROM pg_roles WHERE rolname = current_user"
+                        "SELECT current_user, rolsuper, rolbypassrls, "
+                        "coalesce((SELECT pg_has_role(current_user, c.relowner, 'MEMBER') "
+                        "FROM pg_class c WHERE c.oid = to_regclass('public.organizations')), "
+                        "false) FROM pg_roles WHERE rolname = current_user"
                     )
                 )
             ).one()
-        return RoleCheck(name=row[0], superuser=row[1], bypass_rls=row[2])
+        return RoleCheck(name=row[0], superuser=row[1], bypass_rls=row[2], owns_tables=row[3])
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+async def maintenance_database(url: str) -> Database:
+    """A maintenance handle (`all_workspaces` sessions) on the schema owner's URL.
+
+    Refused on PostgreSQL when that URL's role is held to one workspace by row-level
+    security: maintenance would silently see nothing.
+    """
+    db = Database(url, pool_size=2, maintenance=True)
+    role = await db.role_check()
+    if role is not None and role.subject_to_rls:
+        await db.dispose()
+        raise ConfigError(
+            f"maintenance connects as `{role.name}`, which row-level security holds to one "
+            "workspace: set WEFLUX_DATABASE_MIGRATION_URL to the schema owner's URL"
+        )
+    return db

@@ -65,6 +65,8 @@ def _grant_app_role(connection: Connection, role: str) -> None:
     # Read only: the app checks at start that the schema is current (`schema_problem`).
     connection.execute(text(f"GRANT SELECT ON TABLE alembic_version TO {quoted}"))
     connection.execute(text(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {quoted}"))
+    # The cross-workspace functions (weflux.auth.crossings), revoked from PUBLIC.
+    connection.execute(text(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {quoted}"))
 
 
 async def migrate(

@@ -55,8 +55,10 @@ async def test_an_admin_connects_a_number_checked_with_meta(
     assert ACCESS_TOKEN not in response.text
 
     checks = [r for r in fake_meta.requests if r.method == "GET"]
-    assert [r.authorization for r in checks] == [f"Bearer {ACCESS_TOKEN}"]
-    assert ACCESS_TOKEN not in checks[0].path + str(checks[0].query)
+    # The business account's numbers, then the number's health (issue 9, item 12).
+    assert [r.path.rsplit("/", 1)[-1] for r in checks] == ["phone_numbers", PHONE_NUMBER_ID]
+    assert [r.authorization for r in checks] == [f"Bearer {ACCESS_TOKEN}"] * 2
+    assert all(ACCESS_TOKEN not in r.path + str(r.query) for r in checks)
 
     (row,) = await _stored(db, admin)
     assert row.access_token_enc is not None

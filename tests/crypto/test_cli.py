@@ -91,6 +91,8 @@ async def test_rotate_reports_counts_and_fails_on_undecryptable_values(
     env = {k: v for k, v in os.environ.items() if not k.startswith("WEFLUX_")} | {
         "WEFLUX_ENV": "test",
         "WEFLUX_DATABASE_URL": database_urls.app,
+        # Rotation crosses workspaces: maintenance, as the schema owner (issue 9, item 13).
+        "WEFLUX_DATABASE_MIGRATION_URL": database_urls.owner,
         "WEFLUX_ENCRYPTION_KEYS": f"{new_entry},{old_entry}",
         "WEFLUX_JWT_SECRET": "cli-test-jwt-secret-" + "x" * 32,
         "WEFLUX_VAR_DIR": str(tmp_path / "var"),

@@ -87,10 +87,12 @@ async def _seed(
     return Stored(stored), owners
 
 
-async def _envelopes(db: Database) -> dict[tuple[str, uuid.UUID, str], tuple[str, SecretContext]]:
-    """Every stored envelope with its context, read back workspace by workspace."""
+async def _envelopes(
+    owner_db: Database,
+) -> dict[tuple[str, uuid.UUID, str], tuple[str, SecretContext]]:
+    """Every stored envelope with its context, read back as the schema owner."""
     found: dict[tuple[str, uuid.UUID, str], tuple[str, SecretContext]] = {}
-    async with db.session(all_workspaces="test: read back") as session:
+    async with owner_db.session(all_workspaces="test: read back") as session:
         accounts = (await session.exec(select(WhatsAppAccount))).all()
         smtps = (await session.exec(select(SmtpSettings))).all()
     for account in accounts:
@@ -113,13 +115,13 @@ async def _audit_events(db: Database, org_id: uuid.UUID) -> list[AuditEvent]:
 
 
 async def test_rotation_re_encrypts_every_workspace_under_the_new_primary(
-    db: Database, org: Organization, other_org: Organization
+    db: Database, owner_db: Database, org: Organization, other_org: Organization
 ) -> None:
     stored, owners = await _seed(db, [org, other_org], accounts_per_org=3, ring=OLD_RING)
     total = len(stored.plaintexts)  # 2 workspaces x (3 accounts x 3 + 1 smtp) = 20
 
     # A small batch size, so that the run spans several committed batches.
-    report = await rotate_keys(db, NEW_RING, batch_size=2)
+    report = await rotate_keys(owner_db, NEW_RING, batch_size=2)
 
     assert (report.scanned, report.rotated, report.already_current, report.failed) == (
         total,
@@ -128,7 +130,7 @@ async def test_rotation_re_encrypts_every_workspace_under_the_new_primary(
         0,
     )
     assert report.summary() == f"scanned {total}, rotated {total}, already current 0, failed 0"
-    envelopes = await _envelopes(db)
+    envelopes = await _envelopes(owner_db)
     assert envelopes.keys() == stored.plaintexts.keys()
     for key, (envelope, context) in envelopes.items():
         assert envelope.startswith("v1.new.")
@@ -145,19 +147,23 @@ async def test_rotation_re_encrypts_every_workspace_under_the_new_primary(
         for plaintext in stored.of_org(owners, workspace.id):
             assert plaintext not in details
 
-    again = await rotate_keys(db, NEW_RING, batch_size=2)
+    again = await rotate_keys(owner_db, NEW_RING, batch_size=2)
     assert (again.scanned, again.rotated, again.already_current, again.failed) == (
         total,
         0,
         total,
         0,
     )
-    assert await _envelopes(db) == envelopes  # untouched: not even re-encrypted
+    assert await _envelopes(owner_db) == envelopes  # untouched: not even re-encrypted
     assert len(await _audit_events(db, org.id)) == 1  # nothing rotated, nothing audited
 
 
 async def test_an_undecryptable_value_is_counted_logged_without_it_and_left_alone(
-    db: Database, org: Organization, other_org: Organization, caplog: pytest.LogCaptureFixture
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    other_org: Organization,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     stored, _ = await _seed(db, [org, other_org], accounts_per_org=2, ring=OLD_RING)
     gone = KeyRing([("gone", os.urandom(32))])
@@ -181,11 +187,11 @@ async def test_an_undecryptable_value_is_counted_logged_without_it_and_left_alon
     }
 
     caplog.set_level(logging.WARNING, logger="weflux.crypto.rotation")
-    report = await rotate_keys(db, NEW_RING, batch_size=3)
+    report = await rotate_keys(owner_db, NEW_RING, batch_size=3)
 
     good = len(stored.plaintexts) + 1  # and the broken row's access token
     assert (report.scanned, report.rotated, report.failed) == (good + 3, good, 3)
-    envelopes = await _envelopes(db)
+    envelopes = await _envelopes(owner_db)
     for (row_id, column), value in broken_envelopes.items():
         assert envelopes[("whatsapp_accounts", row_id, column)][0] == value
     fine, context = envelopes[("whatsapp_accounts", broken.id, "access_token_enc")]
@@ -208,12 +214,12 @@ async def test_an_undecryptable_value_is_counted_logged_without_it_and_left_alon
         "the stored value is not a well-formed envelope",
     }
 
-    again = await rotate_keys(db, NEW_RING)
+    again = await rotate_keys(owner_db, NEW_RING)
     assert (again.rotated, again.failed) == (0, 3)
 
 
 async def test_an_interrupted_rotation_resumes_where_it_stopped(
-    db: Database, org: Organization
+    db: Database, owner_db: Database, org: Organization
 ) -> None:
     stored, _ = await _seed(db, [org], accounts_per_org=4, ring=OLD_RING)
     total = len(stored.plaintexts)  # 4 x 3 + 1 = 13
@@ -231,26 +237,26 @@ async def test_an_interrupted_rotation_resumes_where_it_stopped(
 
     crashing = CrashingKeyRing([("new", NEW_KEY), ("old", OLD_KEY)])
     with pytest.raises(RuntimeError, match="died"):
-        await rotate_keys(db, crashing, batch_size=2)
+        await rotate_keys(owner_db, crashing, batch_size=2)
     # The first batch of two accounts (6 values) committed; the second rolled back.
-    assert sum(e.startswith("v1.new.") for e, _ in (await _envelopes(db)).values()) == 6
+    assert sum(e.startswith("v1.new.") for e, _ in (await _envelopes(owner_db)).values()) == 6
     assert await _audit_events(db, org.id) == []
 
-    report = await rotate_keys(db, NEW_RING, batch_size=2)
+    report = await rotate_keys(owner_db, NEW_RING, batch_size=2)
     assert (report.scanned, report.rotated, report.already_current) == (total, total - 6, 6)
-    for key, (envelope, context) in (await _envelopes(db)).items():
+    for key, (envelope, context) in (await _envelopes(owner_db)).items():
         assert NEW_RING.decrypt(envelope, context).reveal() == stored.plaintexts[key]
 
 
-async def test_rotation_with_nothing_stored(db: Database) -> None:
-    report = await rotate_keys(db, NEW_RING)
+async def test_rotation_with_nothing_stored(owner_db: Database) -> None:
+    report = await rotate_keys(owner_db, NEW_RING)
     assert report.summary() == "scanned 0, rotated 0, already current 0, failed 0"
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
-async def test_batch_size_must_be_positive(db: Database) -> None:
+async def test_batch_size_must_be_positive(owner_db: Database) -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        await rotate_keys(db, NEW_RING, batch_size=0)
+        await rotate_keys(owner_db, NEW_RING, batch_size=0)
 
 
 # --- sealing helpers --------------------------------------------------------------------

@@ -102,8 +102,8 @@ async def post(
     return await client.post(path, content=content, headers=headers)
 
 
-async def _count(db: Database, model: Any) -> int:
-    async with db.session(all_workspaces="test: count rows") as session:
+async def _count(owner_db: Database, model: Any) -> int:
+    async with owner_db.session(all_workspaces="test: count rows") as session:
         return int((await session.exec(select(func.count()).select_from(model))).one())
 
 
@@ -165,12 +165,16 @@ async def test_handshake_echoes_the_challenge_for_the_right_token(
     ["", "sha256=" + "0" * 64, "sha1=" + "a" * 40, "sha256=zz", "garbage", "SHA256=" + "0" * 64],
 )
 async def test_a_missing_or_wrong_signature_is_401_with_no_side_effect(
-    client: httpx.AsyncClient, db: Database, channel: WhatsAppAccount, signature: str
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    channel: WhatsAppAccount,
+    signature: str,
 ) -> None:
     response = await post(client, _one_text(), signature=signature)
     assert response.status_code == 401
-    assert await _count(db, WebhookEvent) == 0
-    assert await _count(db, Message) == 0
+    assert await _count(owner_db, WebhookEvent) == 0
+    assert await _count(owner_db, Message) == 0
 
 
 async def test_the_platform_secret_does_not_sign_for_a_channel(
@@ -184,18 +188,24 @@ async def test_the_platform_secret_does_not_sign_for_a_channel(
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
-async def test_a_body_over_3_mb_is_413(client: httpx.AsyncClient, db: Database) -> None:
+async def test_a_body_over_3_mb_is_413(
+    client: httpx.AsyncClient, db: Database, owner_db: Database
+) -> None:
     raw = b'{"object":"whatsapp_business_account","pad":"' + b"x" * (3 * 1024 * 1024) + b'"}'
     response = await post(client, None, raw=raw)
     assert response.status_code == 413
-    assert await _count(db, WebhookEvent) == 0
+    assert await _count(owner_db, WebhookEvent) == 0
 
 
 # --- stored, then processed ---
 
 
 async def test_a_text_message_becomes_contact_conversation_and_message(
-    client: httpx.AsyncClient, db: Database, org: Organization, channel: WhatsAppAccount
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
 ) -> None:
     raw = wh.encode(_one_text("Hi there"))
     response = await post(client, None, raw=raw)
@@ -210,6 +220,8 @@ async def test_a_text_message_becomes_contact_conversation_and_message(
     async with db.session(org.id) as session:
         contact = (await session.exec(select(Contact))).one()
         conversation = (await session.exec(select(Conversation))).one()
+    # Webhook events are the platform's: the app's role sees only the one a session names.
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
         stored = (await session.exec(select(WebhookEvent))).one()
     assert (contact.wa_id, contact.name, contact.phone_number) == (
         wh.CUSTOMER_WA_ID,
@@ -225,7 +237,11 @@ async def test_a_text_message_becomes_contact_conversation_and_message(
 
 
 async def test_redelivery_is_a_no_op(
-    client: httpx.AsyncClient, db: Database, org: Organization, channel: WhatsAppAccount
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
 ) -> None:
     body = _one_text()
     for _ in range(3):
@@ -234,18 +250,18 @@ async def test_redelivery_is_a_no_op(
     async with db.session(org.id) as session:
         conversation = (await session.exec(select(Conversation))).one()
     assert conversation.unread_count == 1
-    assert await _count(db, WebhookEvent) == 3  # every delivery is kept as received
+    assert await _count(owner_db, WebhookEvent) == 3  # every delivery is kept as received
 
 
 async def test_an_unknown_number_is_stored_and_touches_nothing(
-    client: httpx.AsyncClient, db: Database, channel: WhatsAppAccount
+    client: httpx.AsyncClient, db: Database, owner_db: Database, channel: WhatsAppAccount
 ) -> None:
     body = wh.webhook_body(
         wh.messages_change("999999999999999", messages=[wh.text_message()], contacts=[wh.contact()])
     )
     assert (await post(client, body)).status_code == 200
-    assert await _count(db, Message) == 0
-    assert await _count(db, WebhookEvent) == 1
+    assert await _count(owner_db, Message) == 0
+    assert await _count(owner_db, WebhookEvent) == 1
 
 
 async def test_a_channel_url_never_writes_into_another_workspace(
@@ -276,11 +292,11 @@ async def test_a_channel_url_never_writes_into_another_workspace(
 
 
 async def test_a_body_that_cannot_be_understood_is_kept_and_answered_200(
-    client: httpx.AsyncClient, db: Database
+    client: httpx.AsyncClient, owner_db: Database
 ) -> None:
     for raw in (b"not json", b'{"object":"page","entry":[]}', b"[1,2,3]"):
         assert (await post(client, None, raw=raw)).status_code == 200
-    async with db.session(all_workspaces="test: read events") as session:
+    async with owner_db.session(all_workspaces="test: read events") as session:
         events = (await session.exec(select(WebhookEvent))).all()
     assert len(events) == 3
     assert all(e.status == WebhookEventStatus.PROCESSED for e in events)
@@ -540,6 +556,7 @@ async def test_a_processing_failure_is_recorded_and_retried(
     client: httpx.AsyncClient,
     app: Any,
     db: Database,
+    owner_db: Database,
     org: Organization,
     channel: WhatsAppAccount,
     monkeypatch: pytest.MonkeyPatch,
@@ -553,14 +570,14 @@ async def test_a_processing_failure_is_recorded_and_retried(
 
     monkeypatch.setattr(ingest, "_process_share", broken)
     assert (await post(client, _one_text())).status_code == 200
-    async with db.session(all_workspaces="test") as session:
+    async with owner_db.session(all_workspaces="test") as session:
         stored = (await session.exec(select(WebhookEvent))).one()
     assert stored.status == WebhookEventStatus.FAILED
     assert "hiccup" in (stored.last_error or "")
     assert await _messages(db, org.id) == []
 
     monkeypatch.setattr(ingest, "_process_share", original)
-    async with db.session(all_workspaces="test") as session:
+    async with owner_db.session(all_workspaces="test") as session:
         due = await session.get(WebhookEvent, stored.id)
         assert due is not None
         due.next_attempt_at = utcnow()
@@ -569,13 +586,18 @@ async def test_a_processing_failure_is_recorded_and_retried(
 
 
 async def test_replay_reprocesses_without_duplicates(
-    client: httpx.AsyncClient, app: Any, db: Database, org: Organization, channel: WhatsAppAccount
+    client: httpx.AsyncClient,
+    app: Any,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
 ) -> None:
     from weflux.services import ingest
 
     await post(client, _one_text("a"))
     await post(client, _one_text("b"))
-    assert await ingest.replay(app.state.runtime) == (2, 0)
+    assert await ingest.replay(app.state.runtime, owner_db) == (2, 0)
     assert len(await _messages(db, org.id)) == 2
 
 

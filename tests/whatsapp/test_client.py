@@ -21,7 +21,7 @@ from weflux.whatsapp.client import (
     SentMessage,
 )
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.whatsapp.fake_cloud_api import DEFAULT_BUSINESS_ACCOUNT_ID, FakeCloudApi
 
 LOGGER = "weflux.whatsapp.client"
 TEXT = {"to": "+1 650-555-1234", "type": "text", "text": {"body": "Hello"}}
@@ -167,6 +167,48 @@ async def test_each_call_uses_the_token_it_is_given(
         f"Bearer {OTHER_TOKEN}x",
         f"Bearer {ACCESS_TOKEN}",
     ]
+
+
+# -- a business account's phone numbers ---------------------------------------------------
+
+
+async def test_a_listed_number_is_found_across_metas_pages(
+    cloud: CloudApiClient, fake: FakeCloudApi
+) -> None:
+    """Given a business account whose numbers come two to a page, the wanted one last,
+    when the client asks whether the account lists it,
+    then it follows the `after` cursors on the configured host, token in the header only."""
+    for n in range(5):
+        fake.add_number(f"7000000000{n}", access_token=ACCESS_TOKEN)
+    fake.max_page_size = 2
+    assert await cloud.lists_phone_number(DEFAULT_BUSINESS_ACCOUNT_ID, "70000000004", ACCESS_TOKEN)
+    pages = [r for r in fake.requests if r.path.endswith("/phone_numbers")]
+    assert len(pages) == 4
+    assert "after" not in pages[0].query
+    assert all(p.query.get("after") for p in pages[1:])
+    for request in pages:
+        assert request.path == f"/{VERSION}/{DEFAULT_BUSINESS_ACCOUNT_ID}/phone_numbers"
+        assert request.authorization == f"Bearer {ACCESS_TOKEN}"
+        assert all(ACCESS_TOKEN not in value for value in request.query.values())
+
+
+async def test_a_number_the_account_does_not_list_is_not_found(
+    cloud: CloudApiClient, fake: FakeCloudApi
+) -> None:
+    """Given a number of another business account that the same token holds,
+    when the client asks whether the first account lists it,
+    then the answer is no after the last page, and an account the token cannot see is an error."""
+    fake.add_number("70000000009", access_token=ACCESS_TOKEN, business_account_id="4242")
+    fake.max_page_size = 1
+    listed = await cloud.lists_phone_number(
+        DEFAULT_BUSINESS_ACCOUNT_ID, "70000000009", ACCESS_TOKEN
+    )
+    assert listed is False
+    with pytest.raises(MetaApiError) as error:
+        await cloud.lists_phone_number("4242", PHONE_NUMBER_ID, OTHER_TOKEN)
+    assert (error.value.code, error.value.subcode) == (100, 33)
+    with pytest.raises(ValueError, match="business_account_id"):
+        await cloud.lists_phone_number("../me", PHONE_NUMBER_ID, ACCESS_TOKEN)
 
 
 async def test_template_send_reports_message_status(cloud: CloudApiClient) -> None:

@@ -16,7 +16,12 @@ from tests.whatsapp.conftest import (
     PHONE_NUMBER_ID,
     VERSION,
 )
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi, main, running
+from weflux.whatsapp.fake_cloud_api import (
+    DEFAULT_BUSINESS_ACCOUNT_ID,
+    FakeCloudApi,
+    main,
+    running,
+)
 
 TRACE = re.compile(r"A[A-Za-z0-9]{22}")
 AUTH = {"Authorization": f"Bearer {ACCESS_TOKEN}"}
@@ -377,3 +382,49 @@ async def test_running_serves_on_a_free_loopback_port_and_stops() -> None:
 def test_main_rejects_a_malformed_number() -> None:
     with pytest.raises(SystemExit):
         main(["--number", "no-token-here"])
+
+
+# -- a business account's phone numbers ---------------------------------------------------
+
+
+async def test_phone_numbers_answer_metas_page_shape(
+    http: httpx.AsyncClient, fake: FakeCloudApi
+) -> None:
+    """Given a business account with three numbers and pages of two,
+    when its phone_numbers edge is read page by page,
+    then each page is Meta's {data, paging: {cursors, next}} and the last has no next."""
+    fake.add_number("106540352242944", access_token=ACCESS_TOKEN)
+    fake.max_page_size = 2
+    path = f"{DEFAULT_BUSINESS_ACCOUNT_ID}/phone_numbers"
+    first = await http.get(path, params={"fields": "id,display_phone_number"}, headers=AUTH)
+    assert first.status_code == 200
+    page = first.json()
+    assert [n["id"] for n in page["data"]] == [PHONE_NUMBER_ID, OTHER_NUMBER_ID]
+    assert page["data"][0] == {"id": PHONE_NUMBER_ID, "display_phone_number": "+1 555 0100"}
+    assert set(page["paging"]["cursors"]) == {"before", "after"}
+    assert page["paging"]["next"].startswith("http")
+    assert ACCESS_TOKEN not in page["paging"]["next"]
+
+    after = page["paging"]["cursors"]["after"]
+    second = (await http.get(path, params={"fields": "id", "after": after}, headers=AUTH)).json()
+    assert second["data"] == [{"id": "106540352242944"}]
+    assert "next" not in second["paging"]
+
+
+async def test_phone_numbers_of_an_account_the_token_has_no_number_in_are_refused(
+    http: httpx.AsyncClient, fake: FakeCloudApi
+) -> None:
+    """Given a token that holds no number of another business account,
+    when it lists that account's numbers (or a bad token lists any),
+    then Meta's 100/33 (or 190) error answers and no number is shown."""
+    fake.add_number("106540352242955", access_token="EAAGother", business_account_id="7777")
+    refused = await http.get(f"{7777}/phone_numbers", headers=AUTH)
+    assert refused.status_code == 400
+    error = _error(refused)
+    assert (error["code"], error["error_subcode"]) == (100, 33)
+    assert "106540352242955" not in refused.text
+    bad = await http.get(
+        f"{DEFAULT_BUSINESS_ACCOUNT_ID}/phone_numbers", headers={"Authorization": "Bearer nope"}
+    )
+    assert bad.status_code == 401
+    assert _error(bad)["code"] == 190

@@ -18,7 +18,6 @@ import hmac
 import logging
 import re
 
-from sqlmodel import col, select
 from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -27,6 +26,8 @@ from starlette.routing import Route
 from weflux.api.client_ip import client_ip
 from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import read_body
+from weflux.auth import crossings
+from weflux.auth.scoping import use_workspace
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
@@ -104,15 +105,12 @@ async def _channel(request: Request) -> _Channel | Response:
     if len(key) > 64:
         return _text(404, "Not found")
     db = request.app.state.db
-    async with db.session(all_workspaces="webhook routing: the keyed URL names its channel") as s:
-        account = (
-            await s.exec(
-                select(WhatsAppAccount).where(
-                    WhatsAppAccount.webhook_key == key,
-                    col(WhatsAppAccount.disconnected_at).is_(None),
-                )
-            )
-        ).first()
+    async with db.session() as s:
+        named = await crossings.webhook_channel(s, key)
+        account = None
+        if named is not None:
+            await use_workspace(s, named.org_id)
+            account = await s.get(WhatsAppAccount, named.id)
     if account is None:
         return _text(404, "Not found")
     keyring = request.app.state.keyring
@@ -193,7 +191,8 @@ async def notify(request: Request) -> Response:
         body_sha256=hashlib.sha256(body).hexdigest(),
     )
     try:
-        async with state.db.session(all_workspaces="webhook intake: routed when processed") as s:
+        # Not routed yet: the session names the one event it writes.
+        async with state.db.session(webhook_event=event.id) as s:
             s.add(event)
     except Exception:
         log.exception("could not store a verified webhook; Meta will retry")

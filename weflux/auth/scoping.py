@@ -1,8 +1,10 @@
 """Tenant scoping: the one place that confines ORM statements to a workspace.
 
-Every session carries a scope in `session.info`: one workspace (`org_id`), or,
-for the rare code that must cross workspaces, `all_workspaces` with a reason.
-`grep -rn all_workspaces weflux/` lists every such place.
+Every session carries a scope in `session.info`: one workspace (`org_id`), or none.
+Work that must cross workspaces does so only through the explicit paths of
+weflux.auth.crossings (on PostgreSQL, SECURITY DEFINER functions that each answer one
+question with ids), or, for maintenance run as the schema owner, a session opened with
+`all_workspaces="why"` on a maintenance Database (`grep -rn all_workspaces weflux/`).
 
 - Reads, updates and deletes of workspace-owned models get `org_id = <workspace>`
   added by `with_loader_criteria`, registered per mapped class (the mixin form of
@@ -11,7 +13,9 @@ for the rare code that must cross workspaces, `all_workspaces` with a reason.
   another workspace is refused.
 - With no scope, any ORM statement touching a workspace-owned table raises.
 - On PostgreSQL the same scope is handed to row-level security at the start of each
-  transaction with `set_config(..., true)`, which ends with the transaction.
+  transaction with `set_config(..., true)`, which ends with the transaction: the
+  workspace (`app.org_id`) and the webhook event the session names, if any
+  (`app.webhook_event_id`; see weflux.services.ingest).
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from weflux.models import Organization, OrgScoped, workspace_models
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
+WEBHOOK_EVENT_KEY = "weflux.webhook_event_id"
 AGENT_KEY = "weflux.agent_membership_id"
 
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
-    "set_config('app.all_workspaces', :all_workspaces, true)"
+    "set_config('app.webhook_event_id', :webhook_event_id, true)"
 )
 
 
@@ -68,22 +73,24 @@ def set_scope(
     org_id: uuid.UUID | None = None,
     *,
     all_workspaces: str | None = None,
+    webhook_event: uuid.UUID | None = None,
 ) -> None:
-    """Set the scope of a session before its transaction starts."""
+    """Set the scope of a session before its transaction starts.
+
+    `all_workspaces` only lifts the ORM layer: on PostgreSQL a maintenance session sees
+    every workspace because it connects as the schema owner (weflux.db.Database).
+    """
     if org_id is not None and all_workspaces:
         raise ValueError("a session is scoped to one workspace or to all, not both")
     info = _info(session)
-    info.pop(WORKSPACE_KEY, None)
-    info.pop(ALL_WORKSPACES_KEY, None)
+    for key in (WORKSPACE_KEY, ALL_WORKSPACES_KEY, WEBHOOK_EVENT_KEY):
+        info.pop(key, None)
     if org_id is not None:
         info[WORKSPACE_KEY] = org_id
     if all_workspaces:
         info[ALL_WORKSPACES_KEY] = all_workspaces
-
-
-def same_workspace(a: OrgScoped, b: OrgScoped) -> bool:
-    """Whether two loaded rows belong to one workspace (routing code across workspaces)."""
-    return a.org_id == b.org_id
+    if webhook_event is not None:
+        info[WEBHOOK_EVENT_KEY] = webhook_event
 
 
 def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID) -> None:
@@ -101,8 +108,14 @@ def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
 
 
 async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
-    """Narrow a session to one workspace, also inside a transaction already begun."""
-    set_scope(session, org_id)
+    """Narrow a session to one workspace, also inside a transaction already begun.
+
+    A webhook event the session names stays named (ingest writes each workspace's
+    share of an event, then marks the event processed).
+    """
+    info = _info(session)
+    info.pop(ALL_WORKSPACES_KEY, None)
+    info[WORKSPACE_KEY] = org_id
     sync = session.sync_session
     if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
@@ -111,9 +124,10 @@ async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
 
 def _scope_params(session: Session) -> dict[str, str]:
     org_id = current_workspace(session)
+    event = _info(session).get(WEBHOOK_EVENT_KEY)
     return {
         "org_id": str(org_id) if org_id else "",
-        "all_workspaces": "on" if crosses_workspaces(session) else "",
+        "webhook_event_id": str(event) if event else "",
     }
 
 

@@ -6,6 +6,9 @@ work and a new run simply carries on (values already under the primary key are
 skipped). Rows of a batch are locked (`FOR UPDATE` on PostgreSQL) so that a
 credential changed meanwhile by the app is never overwritten with its old value.
 
+It crosses every workspace, so it runs on a maintenance handle: the schema owner's
+URL (WEFLUX_DATABASE_MIGRATION_URL), whose role alone sees every row on PostgreSQL.
+
 Deploy the new `WEFLUX_ENCRYPTION_KEYS` (new primary first, old keys after it) to
 every process before rotating, and drop an old key only once a rotation reports no
 failures: an envelope whose key is gone can no longer be opened.

@@ -218,8 +218,8 @@ class WebhookEvent(SQLModel, table=True):
     """A verified webhook body exactly as received, written before Meta gets its 200.
 
     Platform-level, not workspace-owned: one body may concern several workspaces, and
-    which ones is only known once it is parsed. Only code that says `all_workspaces`
-    (ingest, replay) reads it.
+    which ones is only known once it is parsed. On PostgreSQL the app's role sees only
+    the event a transaction names (`db.session(webhook_event=…)`, docs/tenancy.md).
     """
 
     __tablename__ = "webhook_events"

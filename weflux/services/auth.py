@@ -6,13 +6,15 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, update
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.passwords import PasswordPolicyError, check_password_policy, hash_password
 from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
 from weflux.db import Database
 from weflux.errors import (
@@ -61,61 +63,58 @@ async def login(
     bcrypt runs: the look-up and the writes are two short units of work.
     """
     email = normalize_email(email)
-    async with db.session(all_workspaces="login: the user's workspaces") as session:
-        user = (await session.exec(select(User).where(func.lower(User.email) == email))).first()
-        rows = []
-        if user is not None:
-            rows = list(
-                (
-                    await session.exec(
-                        select(Membership, Organization)
-                        .join(Organization, col(Organization.id) == col(Membership.org_id))
-                        .where(Membership.user_id == user.id)
-                        .order_by(col(Membership.created_at))
-                    )
-                ).all()
-            )
+    async with db.session() as session:
+        account = await crossings.account_by_email(session, email)
+        workspaces = await crossings.user_workspaces(session, account.user_id) if account else []
     valid = await guard.check(
         email=email,
         ip=meta.ip,
         password=password,
-        password_hash=user.password_hash if user else None,
+        password_hash=account.password_hash if account else None,
     )
-    if not valid or user is None or not rows:
-        if rows:
-            async with db.session(all_workspaces="login: audit the failure") as session:
-                for membership, _ in rows:
+    if not valid or account is None or not workspaces:
+        if account is not None and workspaces:
+            async with db.session() as session:
+                for workspace in workspaces:
+                    await use_workspace(session, workspace.org_id)
                     await record(
                         session,
                         Action.LOGIN_FAILED,
-                        org_id=membership.org_id,
-                        actor_user_id=membership.user_id,
+                        actor_user_id=account.user_id,
                         target_type="User",
-                        target_id=membership.user_id,
+                        target_id=account.user_id,
                         meta=meta,
                         severity="warning",
                     )
+                    await session.flush()
         log.info("login failed", extra={"client": meta.ip})
         raise InvalidCredentials("Invalid email or password")
-    by_workspace = {org.id: (member, org) for member, org in reversed(rows)}
-    chosen = by_workspace.get(organization_id or rows[0][1].id)
-    if chosen is None:
+    chosen = organization_id or workspaces[0].org_id
+    if chosen not in {w.org_id for w in workspaces}:
         raise Forbidden("You are not a member of that workspace")
-    membership, organization = chosen
-    async with db.session(organization.id) as session:
+    async with db.session(chosen) as session:
+        membership = (
+            await session.exec(select(Membership).where(Membership.user_id == account.user_id))
+        ).one()
+        found = await session.get(Organization, chosen)
+        assert found is not None  # the user's membership holds it
+        organization = found
         pair = await session_service.open_session(
             session, codec, membership=membership, organization=organization, meta=meta
         )
         await record(
             session,
             Action.LOGIN_SUCCEEDED,
-            actor_user_id=user.id,
+            actor_user_id=account.user_id,
             actor_membership_id=membership.id,
             target_type="Session",
             target_id=pair.session_id,
             meta=meta,
         )
-    return TokenPair(pair.access, pair.refresh, organization, membership, [org for _, org in rows])
+    # The answer lists every workspace of the user (id and name only).
+    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
+    listed[organization.id] = organization
+    return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
 
 
 async def refresh(
@@ -288,29 +287,27 @@ async def change_password(
         )
     check_new_password(new_password, email=user.email, user_inputs=[user.name])
     new_hash = await hash_password(new_password)
-    async with db.session(all_workspaces="password change ends the user's sessions") as session:
+    async with db.session(principal.org_id) as session:
         await session.exec(  # type: ignore[call-overload]
             update(User)
             .where(col(User.id) == user.id)
             .values(password_hash=new_hash, password_changed_at=utcnow())
         )
-        others = (
-            await session.exec(
-                select(AuthSession.id).where(
-                    AuthSession.user_id == user.id,
-                    AuthSession.id != principal.session_id,
-                    col(AuthSession.revoked_at).is_(None),
-                )
+        others = [
+            s
+            for s in await crossings.user_sessions(session, user.id)
+            if s.id != principal.session_id
+        ]
+        for org_id, session_ids in crossings.by_workspace(others).items():
+            await use_workspace(session, org_id)
+            await session_service.revoke(
+                session, authenticator, session_ids, reason="password_changed"
             )
-        ).all()
-        await session_service.revoke(
-            session, authenticator, list(others), reason="password_changed"
-        )
+        await use_workspace(session, principal.org_id)
         await record(
             session,
             Action.PASSWORD_CHANGED,
             actor=principal,
-            org_id=principal.org_id,
             target_type="User",
             target_id=user.id,
             meta=meta,

@@ -87,16 +87,13 @@ def _secret_input(value: str | None, field: str, *, required: bool = False) -> s
     return value
 
 
-def _meta_failure(error: MetaApiError) -> WefluxError:
+def _meta_failure(error: MetaApiError, field: str, what: str) -> WefluxError:
     """What a user is told when Meta refuses a credential check (never the token)."""
     if error.kind == ErrorKind.TOKEN_INVALID:
         return _field_error("accessToken", "Meta rejected the access token (access token rejected)")
     if error.kind in (ErrorKind.RETRYABLE, ErrorKind.RATE_LIMITED):
         return UpstreamUnavailable("Meta could not be reached; try again in a moment")
-    return _field_error(
-        "phoneNumberId",
-        f"Meta refused the request for this phone number ({error.code}: {error.title})",
-    )
+    return _field_error(field, f"Meta refused the request for {what} ({error.code}: {error.title})")
 
 
 def apply_health(account: WhatsAppAccount, health: PhoneNumberHealth) -> None:
@@ -139,12 +136,31 @@ async def get_live_account(session: AsyncSession, account_id: uuid.UUID) -> What
 
 
 async def _check_with_meta(
-    services: Services, phone_number_id: str, access_token: str
+    services: Services, business_account_id: str, phone_number_id: str, access_token: str
 ) -> PhoneNumberHealth:
+    """The number's health, once Meta shows that the token sees it in the business account.
+
+    The business account routes its account and quality webhooks (ingest), so a number
+    is stored only under a business account that lists it for this token.
+    """
+    try:
+        listed = await services.cloud.lists_phone_number(
+            business_account_id, phone_number_id, access_token
+        )
+    except MetaApiError as error:
+        raise _meta_failure(
+            error, "businessAccountId", "this WhatsApp Business Account's phone numbers"
+        ) from None
+    if not listed:
+        raise _field_error(
+            "phoneNumberId",
+            "Meta does not list this phone number under that WhatsApp Business Account "
+            "for this access token",
+        )
     try:
         return await services.cloud.phone_number_health(phone_number_id, access_token)
     except MetaApiError as error:
-        raise _meta_failure(error) from None
+        raise _meta_failure(error, "phoneNumberId", "this phone number") from None
 
 
 async def connect(
@@ -160,7 +176,7 @@ async def connect(
     app_secret: str | None,
     webhook_verify_token: str | None,
 ) -> WhatsAppAccount:
-    """Check the token against the Cloud API, then store the number and sealed secrets."""
+    """Store a number and its sealed secrets once Meta lists it in the business account."""
     principal.require(Permission.MANAGE_CHANNELS)
     phone_number_id = _graph_id(phone_number_id, "phoneNumberId")
     business_account_id = _graph_id(business_account_id, "businessAccountId")
@@ -171,7 +187,7 @@ async def connect(
     assert token is not None
     app_secret = _secret_input(app_secret, "appSecret")
     verify_token = _secret_input(webhook_verify_token, "webhookVerifyToken")
-    health = await _check_with_meta(services, phone_number_id, token)
+    health = await _check_with_meta(services, business_account_id, phone_number_id, token)
 
     now = utcnow()
     account = WhatsAppAccount(
@@ -218,7 +234,7 @@ async def update_credentials(
     app_secret: str | None,
     webhook_verify_token: str | None,
 ) -> WhatsAppAccount:
-    """Replace any of the credentials; a new access token is checked with Meta first."""
+    """Replace credentials; a new access token must see the number in its business account."""
     principal.require(Permission.MANAGE_CHANNELS)
     account = await get_live_account(session, account_id)
     token = _secret_input(access_token, "accessToken")
@@ -236,7 +252,10 @@ async def update_credentials(
     if not changed:
         raise BadUserInput("Give at least one credential to update")
     if token is not None:
-        apply_health(account, await _check_with_meta(services, account.phone_number_id, token))
+        health = await _check_with_meta(
+            services, account.business_account_id, account.phone_number_id, token
+        )
+        apply_health(account, health)
     for column, value in changed.items():
         seal(services.keyring, account, column, value)
     account.credentials_updated_at = utcnow()

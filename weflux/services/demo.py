@@ -12,6 +12,7 @@ from sqlalchemy import func
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
 from weflux.auth.passwords import hash_password
 from weflux.auth.scoping import use_workspace
 from weflux.crypto.fields import seal
@@ -49,6 +50,7 @@ def _password() -> str:
 
 
 async def database_is_empty(db: Database) -> bool:
+    """Whether no workspace exists yet (`db`: a maintenance handle, as it looks at all)."""
     async with db.session(all_workspaces="demo: is this a fresh database?") as session:
         count = (await session.exec(select(func.count()).select_from(Organization))).one()
     return int(count) == 0
@@ -58,8 +60,7 @@ async def create_demo(db: Database, keyring: KeyRing) -> list[DemoLogin] | None:
     """Create the demo workspace, its channel and two conversations; None when it exists."""
     admin_email = f"admin@{DEMO_DOMAIN}"
     async with db.session() as session:
-        exists = (await session.exec(select(User.id).where(User.email == admin_email))).first()
-        if exists is not None:
+        if await crossings.account_by_email(session, admin_email) is not None:
             return None
         organization = Organization(name=DEMO_WORKSPACE)
         await use_workspace(session, organization.id)

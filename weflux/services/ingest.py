@@ -1,11 +1,14 @@
 """Processing stored webhook events: contacts, conversations, messages, statuses, health.
 
-One transaction per event whatever its size. Routing by `phone_number_id` (messages,
-statuses) or WABA id (management fields) is the one thing here that crosses
-workspaces, and says so; each workspace's share of the event is then written with the
-session narrowed to that workspace (`use_workspace`), so the scoping layer and row-level
-security apply as everywhere else. Reads and writes are batched: the number of SQL
-statements does not grow with the number of messages in the event.
+One transaction per event whatever its size, in a session that names the event
+(`db.session(webhook_event=…)`: on PostgreSQL a transaction sees only the webhook event
+it names). Routing by `phone_number_id` (messages, statuses) or WABA id (management
+fields) is the one thing here that crosses workspaces: it asks
+`crossings.webhook_routes` for the live numbers concerned, ids only. Each workspace's
+share of the event is then written with the session narrowed to that workspace
+(`use_workspace`), so the scoping layer and row-level security apply as everywhere
+else. Reads and writes are batched: the number of SQL statements does not grow with
+the number of messages in the event.
 
 Idempotent: a redelivered message (same wamid) or status is a no-op; statuses only
 move forward. Anything the parser does not understand stays in `webhook_events`.
@@ -27,7 +30,9 @@ from sqlalchemy import and_, or_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.scoping import same_workspace, use_workspace
+from weflux.auth import crossings
+from weflux.auth.crossings import Route
+from weflux.auth.scoping import use_workspace
 from weflux.db import Database
 from weflux.models import (
     AccountStatus,
@@ -87,41 +92,30 @@ _ACCOUNT_EVENTS = {
 class _Share:
     """The part of one event that concerns one workspace."""
 
-    messages: list[tuple[InboundMessage, WhatsAppAccount]] = field(default_factory=list)
+    messages: list[tuple[InboundMessage, Route]] = field(default_factory=list)
     statuses: list[StatusUpdate] = field(default_factory=list)
     templates: list[TemplateStatusUpdate] = field(default_factory=list)
-    quality: list[tuple[QualityUpdate, list[WhatsAppAccount]]] = field(default_factory=list)
-    account: list[tuple[AccountUpdate, list[WhatsAppAccount]]] = field(default_factory=list)
+    quality: list[tuple[QualityUpdate, list[Route]]] = field(default_factory=list)
+    account: list[tuple[AccountUpdate, list[Route]]] = field(default_factory=list)
 
 
 def _digits(value: str | None) -> str:
     return "".join(ch for ch in value or "" if ch.isdigit())
 
 
-async def _route(
-    session: AsyncSession, parsed: ParsedWebhook, keyed: WhatsAppAccount | None
-) -> dict[uuid.UUID, _Share]:
-    """Which workspace each part belongs to (never one the keyed channel does not own)."""
-    phone_ids, waba_ids = parsed.phone_number_ids, parsed.waba_ids
-    if not phone_ids and not waba_ids:
-        return {}
-    accounts = (
-        await session.exec(
-            select(WhatsAppAccount).where(
-                col(WhatsAppAccount.disconnected_at).is_(None),
-                or_(
-                    col(WhatsAppAccount.phone_number_id).in_(phone_ids),
-                    col(WhatsAppAccount.business_account_id).in_(waba_ids),
-                ),
-            )
-        )
-    ).all()
-    if keyed is not None:
-        accounts = [a for a in accounts if same_workspace(a, keyed)]
-    by_phone = {a.phone_number_id: a for a in accounts}
-    by_waba: dict[str, list[WhatsAppAccount]] = defaultdict(list)
-    for account in accounts:
-        by_waba[account.business_account_id].append(account)
+def _route(parsed: ParsedWebhook, routes: Iterable[Route]) -> dict[uuid.UUID, _Share]:
+    """Which workspace each part belongs to.
+
+    A number is live in one workspace at most (a unique index), so messages and statuses
+    go to its owner. A business account may be shared by several workspaces, each
+    having shown Meta lists its number there (weflux.services.channels): its template
+    and account updates reach all of them, a quality update the number it names.
+    """
+    by_phone: dict[str, Route] = {}
+    by_waba: dict[str, list[Route]] = defaultdict(list)
+    for route in routes:
+        by_phone[route.phone_number_id] = route
+        by_waba[route.business_account_id].append(route)
     shares: dict[uuid.UUID, _Share] = defaultdict(_Share)
     for message in parsed.messages:
         owner = by_phone.get(message.phone_number_id)
@@ -152,10 +146,10 @@ async def _route(
     return shares
 
 
-def _by_workspace(accounts: Iterable[WhatsAppAccount]) -> list[list[WhatsAppAccount]]:
-    groups: dict[uuid.UUID, list[WhatsAppAccount]] = defaultdict(list)
-    for account in accounts:
-        groups[account.org_id].append(account)
+def _by_workspace(routes: Iterable[Route]) -> list[list[Route]]:
+    groups: dict[uuid.UUID, list[Route]] = defaultdict(list)
+    for route in routes:
+        groups[route.org_id].append(route)
     return list(groups.values())
 
 
@@ -285,9 +279,9 @@ async def _ingest_messages(
     session: AsyncSession,
     runtime: Runtime,
     org_id: uuid.UUID,
-    items: Sequence[tuple[InboundMessage, WhatsAppAccount]],
+    items: Sequence[tuple[InboundMessage, Route]],
 ) -> None:
-    unique: dict[str, tuple[InboundMessage, WhatsAppAccount]] = {}
+    unique: dict[str, tuple[InboundMessage, Route]] = {}
     for message, account in items:
         unique.setdefault(message.wa_message_id, (message, account))
     known = set(
@@ -301,7 +295,7 @@ async def _ingest_messages(
     if not fresh:
         return
     contacts = await _contacts(session, org_id, [m for m, _ in fresh])
-    pairs = {(contacts[_contact_key(m)].id, a.id) for m, a in fresh}
+    pairs = {(contacts[_contact_key(m)].id, a.account_id) for m, a in fresh}
     conversations = await _conversations(session, org_id, pairs)
     settings = runtime.settings
     from weflux.services.outbound import opt_change
@@ -310,7 +304,7 @@ async def _ingest_messages(
     added: list[Message] = []
     for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
         contact = contacts[_contact_key(message)]
-        conversation = conversations[(contact.id, account.id)]
+        conversation = conversations[(contact.id, account.account_id)]
         row = Message(
             org_id=org_id,
             conversation_id=conversation.id,
@@ -411,22 +405,31 @@ async def _apply_statuses(
         )
 
 
-def _account_changes(
+async def _account_changes(
     session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, share: _Share
 ) -> None:
-    for quality, accounts in share.quality:
-        for account in accounts:
+    if not share.quality and not share.account:
+        return
+    ids = {r.account_id for _, group in (*share.quality, *share.account) for r in group}
+    loaded = {
+        a.id: a
+        for a in (
+            await session.exec(select(WhatsAppAccount).where(col(WhatsAppAccount.id).in_(ids)))
+        ).all()
+    }
+    for quality, routes in share.quality:
+        for account in (loaded[r.account_id] for r in routes if r.account_id in loaded):
             if quality.current_limit:
                 account.messaging_limit_tier = quality.current_limit
             account.health_checked_at = None  # the colour is not in the webhook: re-read soon
             publish_after_commit(
                 session, runtime.broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
             )
-    for update, accounts in share.account:
+    for update, routes in share.account:
         status = _ACCOUNT_EVENTS.get(update.event or "")
         if status is None:
             continue
-        for account in accounts:
+        for account in (loaded[r.account_id] for r in routes if r.account_id in loaded):
             account.status = status
             detail = ", ".join(update.restriction_types) or update.violation_type
             account.status_detail = (
@@ -459,14 +462,14 @@ async def _process_share(
                 reason=template.reason,
             )
         )
-    _account_changes(session, runtime, org_id, share)
+    await _account_changes(session, runtime, org_id, share)
     await session.flush()
 
 
 async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = False) -> bool:
     """Process one stored event in one transaction; whether it was processed now."""
     db: Database = runtime.db
-    async with db.session(all_workspaces="webhook processing: routing by phone number") as session:
+    async with db.session(webhook_event=event_id) as session:
         event = (
             await session.exec(
                 select(WebhookEvent)
@@ -484,8 +487,12 @@ async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = 
         if body is None or parsed.unknown:
             note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
             event.last_error = note
-        keyed = await session.get(WhatsAppAccount, event.account_id) if event.account_id else None
-        shares = await _route(session, parsed, keyed)
+        routes: list[Route] = []
+        if parsed.phone_number_ids or parsed.waba_ids:
+            routes = await crossings.webhook_routes(
+                session, parsed.phone_number_ids, parsed.waba_ids, event.account_id
+            )
+        shares = _route(parsed, routes)
         for org_id, share in shares.items():
             await _process_share(session, runtime, org_id, share)
         event.status = WebhookEventStatus.PROCESSED
@@ -496,7 +503,7 @@ async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = 
 
 
 async def _record_failure(db: Database, event_id: uuid.UUID, error: BaseException) -> None:
-    async with db.session(all_workspaces="webhook processing: record a failure") as session:
+    async with db.session(webhook_event=event_id) as session:
         event = await session.get(WebhookEvent, event_id)
         if event is None:
             return
@@ -524,38 +531,25 @@ async def retry_due_events(
 ) -> int:
     """The worker's sweep: events never processed (a crash after the 200) or failed and due."""
     now = utcnow()
-    async with runtime.db.session(all_workspaces="webhook retry: find due events") as session:
-        due = (
-            await session.exec(
-                select(WebhookEvent.id)
-                .where(
-                    WebhookEvent.status != WebhookEventStatus.PROCESSED,
-                    or_(
-                        and_(
-                            col(WebhookEvent.status) == WebhookEventStatus.PENDING,
-                            col(WebhookEvent.received_at) < now - settle,
-                        ),
-                        and_(
-                            col(WebhookEvent.status) == WebhookEventStatus.FAILED,
-                            col(WebhookEvent.next_attempt_at) <= now,
-                        ),
-                    ),
-                )
-                .order_by(col(WebhookEvent.received_at))
-                .limit(batch_size)
-            )
-        ).all()
+    async with runtime.db.session() as session:
+        due = await crossings.due_webhook_events(
+            session, now=now, settled_before=now - settle, batch=batch_size
+        )
     for event_id in due:
         await process_event_safely(runtime, event_id)
     return len(due)
 
 
-async def replay(runtime: Runtime, *, since: Any = None) -> tuple[int, int]:
-    """Reprocess stored events (all, or received since `since`): (processed, failed)."""
+async def replay(runtime: Runtime, events: Database, *, since: Any = None) -> tuple[int, int]:
+    """Reprocess stored events (all, or received since `since`): (processed, failed).
+
+    `events` lists them: the schema owner's maintenance handle (only it sees every stored
+    event); each is then processed by the runtime as any other.
+    """
     processed = failed = 0
     last: tuple[Any, uuid.UUID] | None = None
     while True:
-        async with runtime.db.session(all_workspaces="webhook replay") as session:
+        async with events.session(all_workspaces="webhook replay: list stored events") as session:
             query = select(WebhookEvent.received_at, WebhookEvent.id).order_by(
                 col(WebhookEvent.received_at), col(WebhookEvent.id)
             )

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.passwords import hash_password
 from weflux.auth.permissions import Permission, may_invite
@@ -122,21 +123,24 @@ async def accept_invitation(
     """
     invalid = NotFound("This invitation is invalid, used or expired")
     digest = token_hash(token)
-    async with db.session(all_workspaces="invitation acceptance: the token is the key") as session:
-        invitation = (
-            await session.exec(select(Invitation).where(Invitation.token_hash == digest))
-        ).first()
+    async with db.session() as session:
+        found = await crossings.invitation_by_token(session, digest)
+        if found is None:
+            raise invalid
+        await use_workspace(session, found.org_id)
+        invitation = await session.get(Invitation, found.id)
         if invitation is None or invitation.accepted_at is not None:
             raise invalid
         if invitation.expires_at <= utcnow():
             raise invalid
-        user = (
-            await session.exec(select(User).where(func.lower(User.email) == invitation.email))
-        ).first()
+        account = await crossings.account_by_email(session, invitation.email)
     new_hash: str | None = None
-    if user is not None:
+    if account is not None:
         if not await guard.check(
-            email=invitation.email, ip=meta.ip, password=password, password_hash=user.password_hash
+            email=invitation.email,
+            ip=meta.ip,
+            password=password,
+            password_hash=account.password_hash,
         ):
             raise InvalidCredentials(
                 "This email has an account: give its password to join the workspace"
@@ -144,14 +148,14 @@ async def accept_invitation(
     else:
         check_new_password(password, email=invitation.email, user_inputs=[name])
         new_hash = await hash_password(password)
-    async with db.session(all_workspaces="invitation acceptance: the token is the key") as session:
-        await use_workspace(session, invitation.org_id)
-        if user is not None:
+    async with db.session(invitation.org_id) as session:
+        if account is not None:
             member = (
-                await session.exec(select(Membership).where(Membership.user_id == user.id))
+                await session.exec(select(Membership).where(Membership.user_id == account.user_id))
             ).first()
             if member is not None:
                 raise Conflict("You are already a member of this workspace")
+            user_id = account.user_id
         else:
             assert new_hash is not None
             user = User(email=invitation.email, name=name, password_hash=new_hash)
@@ -161,7 +165,8 @@ async def accept_invitation(
                     await session.flush()
             except IntegrityError:  # the email got an account meanwhile
                 raise Conflict("This email got an account meanwhile: accept again") from None
-        membership = Membership(user_id=user.id, role=invitation.role)
+            user_id = user.id
+        membership = Membership(user_id=user_id, role=invitation.role)
         session.add(membership)
         await session.flush()
         claimed = (
@@ -181,7 +186,7 @@ async def accept_invitation(
         await record(
             session,
             Action.MEMBER_JOINED,
-            actor_user_id=user.id,
+            actor_user_id=user_id,
             actor_membership_id=membership.id,
             target_type="Member",
             target_id=membership.id,

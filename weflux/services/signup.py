@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from email.message import EmailMessage
 
-from sqlalchemy import delete, func
+from sqlalchemy import delete, text
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
 from weflux.auth.passwords import hash_password
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
@@ -103,10 +104,7 @@ async def request_signup(
         await session.exec(  # type: ignore[call-overload]
             delete(PendingSignup).where(col(PendingSignup.expires_at) <= now)
         )
-        taken = (
-            await session.exec(select(User.id).where(func.lower(User.email) == request.email))
-        ).first()
-        if taken is not None:
+        if await crossings.account_by_email(session, request.email) is not None:
             return _already_registered(mailer, app_url, request.email)
         token = secrets.token_urlsafe(32)
         session.add(
@@ -129,21 +127,24 @@ async def confirm_signup(
     """Spend a confirmation token: create the workspace and its first Admin, logged in."""
     invalid = NotFound("This confirmation link is invalid, used or expired")
     pair: TokenPair | None = None
+    digest = token_hash(token)
     async with db.session() as session:
+        await _hold_token(session, digest)
         pending = (
             await session.exec(
                 select(PendingSignup).where(
-                    PendingSignup.token_hash == token_hash(token),
+                    PendingSignup.token_hash == digest,
                     col(PendingSignup.expires_at) > utcnow(),
                 )
             )
         ).first()
         if pending is None:
             raise invalid
-        # Single use, and the address's other pending sign-ups are moot from now on.
+        # Single use. The address's other pending sign-ups (if any) expire on their own;
+        # confirming one of them later answers CONFLICT, the address having an account.
         spent = (
             await session.exec(  # type: ignore[call-overload]
-                delete(PendingSignup).where(col(PendingSignup.email) == pending.email)
+                delete(PendingSignup).where(col(PendingSignup.token_hash) == digest)
             )
         ).rowcount
         if spent == 0:  # confirmed concurrently
@@ -160,6 +161,17 @@ async def confirm_signup(
     if pair is None:
         raise Conflict("An account with this email exists: log in instead")
     return pair
+
+
+async def _hold_token(session: AsyncSession, digest: str) -> None:
+    """On PostgreSQL, row-level security lets a transaction see the pending sign-up whose
+    token it holds, and no other (docs/tenancy.md)."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            text("SELECT set_config('app.signup_token_hash', :digest, true)"),
+            {"digest": digest},
+        )
 
 
 async def _create_workspace(

@@ -31,6 +31,10 @@ HEALTH_FIELDS = (
     "name_status",
 )
 
+# `GET /{waba-id}/phone_numbers`: numbers per page asked for, and pages read at most.
+PHONE_NUMBERS_PAGE_SIZE = 100
+PHONE_NUMBERS_MAX_PAGES = 50
+
 _PATH_ID = re.compile(r"[0-9]{1,32}")
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 # An access token goes into a header: visible ASCII only, so no header can be injected
@@ -200,6 +204,45 @@ class CloudApiClient:
             name_status=_text(body.get("name_status")),
         )
 
+    async def lists_phone_number(
+        self, business_account_id: str, phone_number_id: str, access_token: str
+    ) -> bool:
+        """Whether `GET /{waba-id}/phone_numbers` lists the number (Meta's cursors followed).
+
+        The `after` cursor is sent back to the same endpoint; `paging.next` is only read
+        as "there is more" and never followed as a URL, so the host stays the configured
+        one and the token stays in the header. At most PHONE_NUMBERS_MAX_PAGES pages.
+        """
+        _check_path_id(business_account_id, "business_account_id")
+        _check_path_id(phone_number_id, "phone_number_id")
+        params = {"fields": "id", "limit": str(PHONE_NUMBERS_PAGE_SIZE)}
+        seen: set[str] = set()
+        for _ in range(PHONE_NUMBERS_MAX_PAGES):
+            body = await self._call(
+                "list_phone_numbers",
+                business_account_id,
+                access_token,
+                "GET",
+                f"{business_account_id}/phone_numbers",
+                params=params,
+            )
+            data = body.get("data")
+            if isinstance(data, list) and any(
+                isinstance(entry, dict) and entry.get("id") == phone_number_id for entry in data
+            ):
+                return True
+            after = _next_cursor(body.get("paging"))
+            if after is None or after in seen:
+                return False
+            seen.add(after)
+            params = {**params, "after": after}
+        log.warning(
+            "stopped reading a business account's phone numbers after %d pages",
+            PHONE_NUMBERS_MAX_PAGES,
+            extra={"business_account_id": business_account_id},
+        )
+        return False
+
     async def send_message(
         self, phone_number_id: str, access_token: str, payload: dict[str, Any]
     ) -> SentMessage:
@@ -244,7 +287,7 @@ class CloudApiClient:
     async def _call(
         self,
         operation: str,
-        phone_number_id: str,
+        node_id: str,
         access_token: str,
         method: str,
         path: str,
@@ -290,10 +333,10 @@ class CloudApiClient:
                 error = _error_from_response(response, access_token)
         # Raised outside the except blocks, so no httpx exception (which holds the
         # request and its Authorization header) rides along as __context__.
-        self._log_failure(operation, phone_number_id, error)
+        self._log_failure(operation, node_id, error)
         raise error
 
-    def _log_failure(self, operation: str, phone_number_id: str, error: MetaApiError) -> None:
+    def _log_failure(self, operation: str, node_id: str, error: MetaApiError) -> None:
         """Log a failed call once, at WARNING, with Meta's identifiers as extras."""
         log.warning(
             "WhatsApp Cloud API %s failed: %s",
@@ -301,7 +344,7 @@ class CloudApiClient:
             error,
             extra={
                 "operation": operation,
-                "phone_number_id": phone_number_id,
+                "node_id": node_id,  # the phone number or business account called
                 "code": error.code,
                 "subcode": error.subcode,
                 "fbtrace_id": error.fbtrace_id,
@@ -309,6 +352,15 @@ class CloudApiClient:
                 "kind": error.kind.value,
             },
         )
+
+
+def _next_cursor(paging: Any) -> str | None:
+    """The `after` cursor of a Graph API page that says there is a next one."""
+    if not isinstance(paging, dict) or not paging.get("next"):
+        return None
+    cursors = paging.get("cursors")
+    after = cursors.get("after") if isinstance(cursors, dict) else None
+    return after if isinstance(after, str) and 0 < len(after) <= 1024 else None
 
 
 def _error_from_response(response: httpx.Response, access_token: str) -> MetaApiError:

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlencode
 
 import uvicorn
 from starlette.applications import Starlette
@@ -32,6 +33,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 __all__ = [
+    "DEFAULT_BUSINESS_ACCOUNT_ID",
     "FakeCloudApi",
     "RecordedRequest",
     "SentRecord",
@@ -82,6 +84,11 @@ _HEALTH_FIELDS = {
     "platform_type": "platform_type",
 }
 _KNOWN_FIELDS = frozenset({"id", *_HEALTH_FIELDS.values()})
+# The WhatsApp Business Account a number belongs to unless `add_number` says otherwise.
+DEFAULT_BUSINESS_ACCOUNT_ID = "102290129340398"
+# Meta's default page size of an edge, and the largest `limit` this fake honours.
+_DEFAULT_PAGE_SIZE = 25
+_MAX_PAGE_SIZE = 100
 # Meta's short titles for the send errors worth simulating.
 _TITLES = {
     1: "API Unknown",
@@ -157,6 +164,7 @@ class SentRecord:
 class _Number:
     access_token: str = field(repr=False)
     fields: dict[str, Any]
+    business_account_id: str = DEFAULT_BUSINESS_ACCOUNT_ID
 
 
 @dataclass(frozen=True)
@@ -178,6 +186,8 @@ class FakeCloudApi:
         self.sent: list[SentRecord] = []
         self._failures: deque[_Failure] = deque()
         self._delays: deque[float] = deque()
+        # Lower it to make `GET /{waba-id}/phone_numbers` answer in several pages.
+        self.max_page_size = _MAX_PAGE_SIZE
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -186,6 +196,7 @@ class FakeCloudApi:
         phone_number_id: str,
         *,
         access_token: str,
+        business_account_id: str = DEFAULT_BUSINESS_ACCOUNT_ID,
         display_phone_number: str = "+1 555 0100",
         verified_name: str | None = "Weflux Test",
         quality_rating: str | None = "GREEN",
@@ -194,10 +205,16 @@ class FakeCloudApi:
         status: str | None = "CONNECTED",
         name_status: str | None = "APPROVED",
     ) -> None:
-        """Register a number and the token that may use it; None leaves a field absent."""
-        if not _NODE_ID.fullmatch(phone_number_id):
-            raise ValueError("phone_number_id must be 1 to 32 digits")
-        self.numbers[phone_number_id] = _Number(access_token=access_token, fields={})
+        """Register a number of a WhatsApp Business Account and the token that may use it.
+
+        A token may list the numbers of every business account it holds a number of.
+        None leaves a field absent.
+        """
+        if not _NODE_ID.fullmatch(phone_number_id) or not _NODE_ID.fullmatch(business_account_id):
+            raise ValueError("phone_number_id and business_account_id must be 1 to 32 digits")
+        self.numbers[phone_number_id] = _Number(
+            access_token=access_token, fields={}, business_account_id=business_account_id
+        )
         self.set_health(
             phone_number_id,
             display_phone_number=display_phone_number,
@@ -228,6 +245,10 @@ class FakeCloudApi:
     def set_access_token(self, phone_number_id: str, access_token: str) -> None:
         """Rotate (or revoke, by changing) the token that may use a number."""
         self.numbers[phone_number_id].access_token = access_token
+
+    def set_business_account(self, phone_number_id: str, business_account_id: str) -> None:
+        """Move a number to another WhatsApp Business Account."""
+        self.numbers[phone_number_id].business_account_id = business_account_id
 
     def fail_next(
         self,
@@ -287,6 +308,7 @@ class FakeCloudApi:
         self.sent.clear()
         self._failures.clear()
         self._delays.clear()
+        self.max_page_size = _MAX_PAGE_SIZE
 
     # -- HTTP ---------------------------------------------------------------------------
 
@@ -295,6 +317,9 @@ class FakeCloudApi:
         return Starlette(
             routes=[
                 Route("/{version}/{node_id}", self._get_node, methods=["GET"]),
+                Route(
+                    "/{version}/{node_id}/phone_numbers", self._list_phone_numbers, methods=["GET"]
+                ),
                 Route("/{version}/{node_id}/messages", self._post_message, methods=["POST"]),
                 Route("/{path:path}", self._unknown_path, methods=_ALL_METHODS),
             ]
@@ -310,22 +335,46 @@ class FakeCloudApi:
         number = self._authorize(request, node_id, "get")
         if isinstance(number, Response):
             return self._finish(record, number)
-        requested = request.query_params.get("fields")
-        names = [n.strip() for n in requested.split(",")] if requested else list(_DEFAULT_FIELDS)
-        names = [n for n in names if n]
-        for name in names:
-            if name not in _KNOWN_FIELDS:
-                return self._finish(
-                    record,
-                    _error(
-                        400,
-                        code=100,
-                        message=f"(#100) Tried accessing nonexisting field ({name}) on node "
-                        "type (WhatsAppBusinessPhoneNumber)",
-                    ),
-                )
-        answer = {name: number.fields[name] for name in names if name in number.fields}
-        answer["id"] = node_id
+        names = _requested_fields(request)
+        if isinstance(names, Response):
+            return self._finish(record, names)
+        return self._finish(record, _json(200, _node(node_id, number, names)))
+
+    async def _list_phone_numbers(self, request: Request) -> Response:
+        """`GET /{waba-id}/phone_numbers`: Meta's cursor-paginated edge of a business account."""
+        record, early = await self._begin(request)
+        if early is not None:
+            return self._finish(record, early)
+        version, waba_id = request.path_params["version"], request.path_params["node_id"]
+        if not _VERSION.fullmatch(version):
+            return self._finish(record, _unknown_components(request.url.path))
+        token = _token_of(request)
+        if token is None or not any(n.access_token == token for n in self.numbers.values()):
+            return self._finish(record, _invalid_token())
+        listed = [
+            (phone_id, number)
+            for phone_id, number in self.numbers.items()
+            if number.business_account_id == waba_id
+        ]
+        if not any(number.access_token == token for _, number in listed):
+            return self._finish(record, _unsupported(waba_id, "get"))
+        names = _requested_fields(request, default=("id", *_DEFAULT_FIELDS))
+        if isinstance(names, Response):
+            return self._finish(record, names)
+        start = _cursor_position(request.query_params.get("after"))
+        size = _page_size(request.query_params.get("limit"), self.max_page_size)
+        if start is None or size is None:
+            return self._finish(record, _error(400, code=100, message="(#100) Invalid parameter"))
+        page = listed[start : start + size]
+        answer: dict[str, Any] = {"data": [_node(pid, number, names) for pid, number in page]}
+        if page:
+            paging: dict[str, Any] = {
+                "cursors": {"before": _cursor(start), "after": _cursor(start + len(page) - 1)}
+            }
+            if start + len(page) < len(listed):
+                query = urlencode({"limit": size, "after": _cursor(start + len(page) - 1)})
+                paging["next"] = f"{request.base_url}{version}/{waba_id}/phone_numbers?{query}"
+            answer["paging"] = paging
         return self._finish(record, _json(200, answer))
 
     async def _post_message(self, request: Request) -> Response:
@@ -408,30 +457,91 @@ class FakeCloudApi:
         """The number, when the token is known and may use it; else Meta's error."""
         token = _token_of(request)
         if token is None or not any(n.access_token == token for n in self.numbers.values()):
-            return _error(
-                401,
-                code=190,
-                message=_INVALID_TOKEN_MESSAGE,
-                www_authenticate=f'OAuth "Facebook Platform" "invalid_token" '
-                f'"{_INVALID_TOKEN_MESSAGE}"',
-            )
+            return _invalid_token()
         number = self.numbers.get(node_id)
         if number is None or number.access_token != token:
-            message = (
-                f"Unsupported {verb} request. Object with ID '{node_id}' does not exist, "
-                "cannot be loaded due to missing permissions, or does not support this "
-                "operation. Please read the Graph API documentation at "
-                "https://developers.facebook.com/docs/graph-api"
-            )
+            return _unsupported(node_id, verb)
+        return number
+
+
+def _invalid_token() -> Response:
+    """Meta's answer to an unknown or revoked access token."""
+    return _error(
+        401,
+        code=190,
+        message=_INVALID_TOKEN_MESSAGE,
+        www_authenticate=f'OAuth "Facebook Platform" "invalid_token" "{_INVALID_TOKEN_MESSAGE}"',
+    )
+
+
+def _unsupported(node_id: str, verb: str) -> Response:
+    """Meta's answer for a node that does not exist or that the token may not use."""
+    message = (
+        f"Unsupported {verb} request. Object with ID '{node_id}' does not exist, "
+        "cannot be loaded due to missing permissions, or does not support this "
+        "operation. Please read the Graph API documentation at "
+        "https://developers.facebook.com/docs/graph-api"
+    )
+    return _error(
+        400,
+        code=100,
+        subcode=33,
+        message=message,
+        error_type="GraphMethodException",
+        www_authenticate=f'OAuth "Facebook Platform" "invalid_request" "{message}"',
+    )
+
+
+def _requested_fields(
+    request: Request, default: tuple[str, ...] = _DEFAULT_FIELDS
+) -> list[str] | Response:
+    """The `fields=` of a request (or the defaults), or Meta's error for an unknown one."""
+    requested = request.query_params.get("fields")
+    names = [n.strip() for n in requested.split(",")] if requested else list(default)
+    names = [n for n in names if n]
+    for name in names:
+        if name not in _KNOWN_FIELDS:
             return _error(
                 400,
                 code=100,
-                subcode=33,
-                message=message,
-                error_type="GraphMethodException",
-                www_authenticate=f'OAuth "Facebook Platform" "invalid_request" "{message}"',
+                message=f"(#100) Tried accessing nonexisting field ({name}) on node "
+                "type (WhatsAppBusinessPhoneNumber)",
             )
-        return number
+    return names
+
+
+def _node(node_id: str, number: _Number, names: list[str]) -> dict[str, Any]:
+    """A phone number node with the requested fields it has, and always its id."""
+    answer = {name: number.fields[name] for name in names if name in number.fields}
+    answer["id"] = node_id
+    return answer
+
+
+def _cursor(position: int) -> str:
+    """An opaque cursor, like Meta's base64 ones."""
+    return base64.urlsafe_b64encode(f"weflux-fake:{position}".encode()).decode()
+
+
+def _cursor_position(cursor: str | None) -> int | None:
+    """Where the page after `cursor` starts (0 without one); None for a cursor not ours."""
+    if cursor is None:
+        return 0
+    try:
+        prefix, _, position = base64.urlsafe_b64decode(cursor.encode()).decode().partition(":")
+    except ValueError:
+        return None
+    if prefix != "weflux-fake" or not position.isdigit():
+        return None
+    return int(position) + 1
+
+
+def _page_size(limit: str | None, cap: int) -> int | None:
+    """The page size a `limit=` asks for, at most `cap`; None when it is not a number."""
+    if limit is None:
+        return min(_DEFAULT_PAGE_SIZE, cap)
+    if not limit.isdigit() or int(limit) < 1:
+        return None
+    return min(int(limit), cap)
 
 
 def _error(

@@ -49,11 +49,12 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import exists, text
-from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth import crossings
+from weflux.auth.crossings import Owned, due_outbound
+from weflux.auth.scoping import use_workspace
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
@@ -64,7 +65,6 @@ from weflux.models import (
     Contact,
     Conversation,
     Message,
-    MessageDirection,
     MessageStatus,
     WhatsAppAccount,
     moves_forward,
@@ -238,7 +238,7 @@ async def claim_due_messages(
     settings: Settings,
     *,
     batch_size: int = 50,
-    conversation_id: uuid.UUID | None = None,
+    after: ClaimedMessage | None = None,
 ) -> list[ClaimedMessage]:
     """Take the lease of up to `batch_size` due messages (committed before returning).
 
@@ -246,78 +246,79 @@ async def claim_due_messages(
     claimable, so a conversation's messages go out one at a time and in order, whichever
     worker sends them: a later message waits while an earlier one is in flight or
     waiting to be retried (a rate limit for that customer would refuse it anyway).
+    Across workspaces the due rows come from `crossings.due_outbound_messages` (ids,
+    locked); `after` claims the next of that message's conversation, in its workspace.
     """
     now = utcnow()
     lease_until = now + settings.delivery_lease
     claimed: list[ClaimedMessage] = []
-    earlier = aliased(Message)
-    waits_behind_earlier = exists().where(
-        col(earlier.org_id) == col(Message.org_id),
-        col(earlier.conversation_id) == col(Message.conversation_id),
-        col(earlier.id) < col(Message.id),
-        col(earlier.direction) == MessageDirection.OUTBOUND,
-        col(earlier.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
-    )
-    statement = select(Message).where(
-        # Literal, so PostgreSQL matches the partial index `ix_messages_outbox`.
-        text("messages.status IN ('QUEUED', 'SENDING')"),
-        col(Message.next_attempt_at) <= now,
-        Message.direction == MessageDirection.OUTBOUND,
-        ~waits_behind_earlier,
-    )
-    if conversation_id is not None:
-        statement = statement.where(Message.conversation_id == conversation_id)
-    async with db.session(all_workspaces="delivery: claim due outbound messages") as session:
-        rows = (
-            await session.exec(
-                statement.order_by(col(Message.next_attempt_at), col(Message.id))
-                .limit(batch_size)
-                .with_for_update(skip_locked=True, of=Message)  # type: ignore[arg-type]
-            )
-        ).all()
-        for message in rows:
-            expired_lease = message.status == MessageStatus.SENDING
-            if expired_lease and message.wa_message_id is not None:
-                # A status webhook filled in the wamid of a send whose answer was lost.
-                message.status = MessageStatus.SENT
-                message.next_attempt_at = None
-                message.status_updated_at = now
-                _publish_update(session, services, message)
-                continue
-            if message.attempts >= settings.delivery_max_attempts:
-                # Only a lease that keeps expiring gets here: the worker died each time.
-                log.warning(
-                    "delivery abandoned",
-                    extra={"message_id": str(message.id), "attempts": message.attempts},
-                )
-                _fail(
-                    message,
-                    message.error_code,
-                    f"Delivery abandoned after {message.attempts} attempts; whether the "
-                    "last one reached WhatsApp is unknown",
-                    now,
-                )
-                _publish_update(session, services, message)
-                continue
-            if expired_lease:
-                log.warning(
-                    "re-sending a message whose delivery lease expired",
-                    extra={"message_id": str(message.id), "attempts": message.attempts},
-                )
-            message.status = MessageStatus.SENDING
-            message.attempts += 1
-            message.next_attempt_at = lease_until
-            _publish_update(session, services, message)
-            claimed.append(
-                ClaimedMessage(
-                    id=message.id,
-                    org_id=message.org_id,
-                    conversation_id=message.conversation_id,
-                    attempts=message.attempts,
-                    lease_until=lease_until,
-                )
-            )
+    async with db.session(after.org_id if after else None) as session:
+        if after is None:
+            due = await crossings.due_outbound_messages(session, now=now, batch=batch_size)
+        else:
+            statement = due_outbound(now).where(Message.conversation_id == after.conversation_id)
+            due = [Owned(*row) for row in (await session.exec(statement.limit(batch_size))).all()]
+        for org_id, ids in crossings.by_workspace(due).items():
+            # One workspace at a time: its rows are read, leased and flushed in its scope.
+            await use_workspace(session, org_id)
+            rows = (await session.exec(select(Message).where(col(Message.id).in_(ids)))).all()
+            order = {message_id: position for position, message_id in enumerate(ids)}
+            for message in sorted(rows, key=lambda m: order[m.id]):
+                lease = _lease(session, services, settings, message, now, lease_until)
+                if lease is not None:
+                    claimed.append(lease)
+            await session.flush()
     return claimed
+
+
+def _lease(
+    session: AsyncSession,
+    services: Services,
+    settings: Settings,
+    message: Message,
+    now: datetime,
+    lease_until: datetime,
+) -> ClaimedMessage | None:
+    """Lease one due message to this worker; None when it is settled here instead."""
+    expired_lease = message.status == MessageStatus.SENDING
+    if expired_lease and message.wa_message_id is not None:
+        # A status webhook filled in the wamid of a send whose answer was lost.
+        message.status = MessageStatus.SENT
+        message.next_attempt_at = None
+        message.status_updated_at = now
+        _publish_update(session, services, message)
+        return None
+    if message.attempts >= settings.delivery_max_attempts:
+        # Only a lease that keeps expiring gets here: the worker died each time.
+        log.warning(
+            "delivery abandoned",
+            extra={"message_id": str(message.id), "attempts": message.attempts},
+        )
+        _fail(
+            message,
+            message.error_code,
+            f"Delivery abandoned after {message.attempts} attempts; whether the "
+            "last one reached WhatsApp is unknown",
+            now,
+        )
+        _publish_update(session, services, message)
+        return None
+    if expired_lease:
+        log.warning(
+            "re-sending a message whose delivery lease expired",
+            extra={"message_id": str(message.id), "attempts": message.attempts},
+        )
+    message.status = MessageStatus.SENDING
+    message.attempts += 1
+    message.next_attempt_at = lease_until
+    _publish_update(session, services, message)
+    return ClaimedMessage(
+        id=message.id,
+        org_id=message.org_id,
+        conversation_id=message.conversation_id,
+        attempts=message.attempts,
+        lease_until=lease_until,
+    )
 
 
 # -- sending ------------------------------------------------------------------------------
@@ -657,7 +658,7 @@ async def deliver_due_messages(
                     return
                 # The conversation's next message, if it is due (and no one else has it).
                 following = await claim_due_messages(
-                    db, services, settings, batch_size=1, conversation_id=item.conversation_id
+                    db, services, settings, batch_size=1, after=item
                 )
                 if not following:
                     return

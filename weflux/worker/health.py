@@ -1,8 +1,9 @@
 """Refresh the quality rating and messaging limits of every connected number on an interval.
 
 Several workers may run at once: on PostgreSQL each claims due accounts with
-`FOR UPDATE SKIP LOCKED` and stamps them before calling Meta, so no two workers
-check the same number in the same round.
+`FOR UPDATE SKIP LOCKED` (`crossings.due_health_checks`, across workspaces) and stamps
+them, in each one's workspace, before calling Meta, so no two workers check the same
+number in the same round.
 """
 
 from __future__ import annotations
@@ -10,8 +11,11 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from sqlmodel import col, or_, select
+from sqlalchemy import update
+from sqlmodel import col
 
+from weflux.auth import crossings
+from weflux.auth.scoping import use_workspace
 from weflux.db import Database
 from weflux.errors import WefluxError
 from weflux.models import WhatsAppAccount, utcnow
@@ -26,32 +30,22 @@ async def refresh_due_accounts(
 ) -> int:
     """Refresh up to `batch_size` accounts not checked within `interval`; how many were."""
     due_before = utcnow() - interval
-    async with db.session(all_workspaces="health refresh: claim due accounts") as session:
-        claimed = list(
-            (
-                await session.exec(
-                    select(WhatsAppAccount)
-                    .where(
-                        col(WhatsAppAccount.disconnected_at).is_(None),
-                        col(WhatsAppAccount.access_token_enc).is_not(None),
-                        or_(
-                            col(WhatsAppAccount.health_checked_at).is_(None),
-                            col(WhatsAppAccount.health_checked_at) < due_before,
-                        ),
-                    )
-                    .order_by(col(WhatsAppAccount.health_checked_at).asc().nulls_first())
-                    .limit(batch_size)
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+    async with db.session() as session:
+        claimed = await crossings.due_health_checks(
+            session, due_before=due_before, batch=batch_size
         )
         now = utcnow()
-        for due in claimed:
-            due.health_checked_at = now
+        for org_id, ids in crossings.by_workspace(claimed).items():
+            await use_workspace(session, org_id)
+            await session.exec(  # type: ignore[call-overload]
+                update(WhatsAppAccount)
+                .where(col(WhatsAppAccount.id).in_(ids))
+                .values(health_checked_at=now)
+            )
     refreshed = 0
-    for claimed_account in claimed:
-        async with db.session(claimed_account.org_id) as session:
-            account = await session.get(WhatsAppAccount, claimed_account.id)
+    for due in claimed:
+        async with db.session(due.org_id) as session:
+            account = await session.get(WhatsAppAccount, due.id)
             if account is None or account.disconnected_at is not None:
                 continue
             try:

@@ -1,0 +1,324 @@
+"""The app's only ways across workspaces: each answers one question, with ids.
+
+Webhook routing, the worker's sweeps, login, invitation acceptance and password changes
+must find rows before they know (or while they span) the workspace. Each such question
+is one function here. On PostgreSQL it calls a SECURITY DEFINER function of the schema
+owner (migration 0007_tenancy) that answers only ids (and, for an email, the account's
+password hash): the app's role itself sees one workspace per transaction, with no switch
+to see more. On SQLite the same question is a Core statement on the session's
+connection, out of the ORM scoping layer's way. Either way the work then continues in a
+session narrowed to the workspace (`use_workspace`, `db.session(org_id)`), under the
+scoping layer and row-level security as everywhere else. docs/tenancy.md says why each
+exists and what an injected call of one could learn.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Executable, exists, func, or_, text
+from sqlalchemy.orm import aliased
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.models import (
+    AuthSession,
+    Invitation,
+    Membership,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    Organization,
+    User,
+    WebhookEvent,
+    WebhookEventStatus,
+    WhatsAppAccount,
+)
+
+_MAX_BATCH = 500  # as the PostgreSQL functions cap it
+
+
+@dataclass(frozen=True)
+class Owned:
+    """A row and the workspace it belongs to."""
+
+    org_id: uuid.UUID
+    id: uuid.UUID
+
+
+@dataclass(frozen=True)
+class Route:
+    """A connected number, as webhook routing needs it."""
+
+    org_id: uuid.UUID
+    account_id: uuid.UUID
+    phone_number_id: str
+    business_account_id: str
+    display_phone_number: str
+
+
+@dataclass(frozen=True)
+class Account:
+    """A login account, as a password check needs it."""
+
+    user_id: uuid.UUID
+    password_hash: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """A workspace a user belongs to."""
+
+    org_id: uuid.UUID
+    name: str
+
+
+def by_workspace(rows: Iterable[Owned]) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Ids grouped by workspace, each group in the order given."""
+    groups: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    for row in rows:
+        groups[row.org_id].append(row.id)
+    return dict(groups)
+
+
+async def _answer(
+    session: AsyncSession,
+    function: str,
+    params: dict[str, Any],
+    sqlite: Callable[[], Executable],
+) -> Sequence[Any]:
+    """Rows of `function(params…)` on PostgreSQL, of the `sqlite` statement elsewhere."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        # Names are this module's constants; values travel as bound parameters.
+        arguments = ", ".join(f":{name}" for name in params)
+        call = text(f"SELECT * FROM {function}({arguments})")  # noqa: S608
+        result = await connection.execute(call, params)
+    else:
+        result = await connection.execute(sqlite())
+    return result.all()
+
+
+def _batch(size: int) -> int:
+    return max(0, min(size, _MAX_BATCH))
+
+
+def _live(account: Any) -> Any:
+    return col(account.disconnected_at).is_(None)
+
+
+# -- webhooks -----------------------------------------------------------------------------
+
+
+async def webhook_channel(session: AsyncSession, webhook_key: str) -> Owned | None:
+    """The live number a keyed webhook URL names."""
+    rows = await _answer(
+        session,
+        "weflux_webhook_channel",
+        {"webhook_key": webhook_key},
+        lambda: select(WhatsAppAccount.org_id, WhatsAppAccount.id).where(
+            WhatsAppAccount.webhook_key == webhook_key, _live(WhatsAppAccount)
+        ),
+    )
+    return Owned(rows[0][0], rows[0][1]) if rows else None
+
+
+async def webhook_routes(
+    session: AsyncSession,
+    phone_number_ids: Collection[str],
+    business_account_ids: Collection[str],
+    keyed_account_id: uuid.UUID | None,
+) -> list[Route]:
+    """Live numbers with these phone number or business account ids; for an event that
+    came to a keyed URL, only those of that URL's workspace (none if its number is gone)."""
+    phones, wabas = sorted(phone_number_ids), sorted(business_account_ids)
+
+    def sqlite() -> Executable:
+        statement = sa.select(
+            col(WhatsAppAccount.org_id),
+            col(WhatsAppAccount.id),
+            col(WhatsAppAccount.phone_number_id),
+            col(WhatsAppAccount.business_account_id),
+            col(WhatsAppAccount.display_phone_number),
+        ).where(
+            _live(WhatsAppAccount),
+            or_(
+                col(WhatsAppAccount.phone_number_id).in_(phones),
+                col(WhatsAppAccount.business_account_id).in_(wabas),
+            ),
+        )
+        if keyed_account_id is not None:
+            keyed = aliased(WhatsAppAccount)
+            owner = select(keyed.org_id).where(keyed.id == keyed_account_id).scalar_subquery()
+            statement = statement.where(col(WhatsAppAccount.org_id) == owner)
+        return statement
+
+    rows = await _answer(
+        session,
+        "weflux_webhook_routes",
+        {
+            "phone_number_ids": phones,
+            "business_account_ids": wabas,
+            "keyed_account_id": keyed_account_id,
+        },
+        sqlite,
+    )
+    return [Route(row[0], row[1], row[2], row[3], row[4]) for row in rows]
+
+
+async def due_webhook_events(
+    session: AsyncSession, *, now: datetime, settled_before: datetime, batch: int
+) -> list[uuid.UUID]:
+    """Stored events to process again: never processed and older than `settled_before`,
+    or failed and due. Ids only: a session then names each (`db.session(webhook_event=)`)."""
+    rows = await _answer(
+        session,
+        "weflux_due_webhook_events",
+        {"at_time": now, "settled_before": settled_before, "batch": batch},
+        lambda: (
+            select(WebhookEvent.id)
+            .where(
+                WebhookEvent.status != WebhookEventStatus.PROCESSED,
+                or_(
+                    (col(WebhookEvent.status) == WebhookEventStatus.PENDING)
+                    & (col(WebhookEvent.received_at) < settled_before),
+                    (col(WebhookEvent.status) == WebhookEventStatus.FAILED)
+                    & (col(WebhookEvent.next_attempt_at) <= now),
+                ),
+            )
+            .order_by(col(WebhookEvent.received_at))
+            .limit(_batch(batch))
+        ),
+    )
+    return [row[0] for row in rows]
+
+
+# -- the worker ---------------------------------------------------------------------------
+
+
+def due_outbound(now: datetime) -> Any:
+    """(org_id, id) of outbound messages due for a send attempt, oldest due first.
+
+    Only the oldest pending (QUEUED or SENDING) outbound message of a conversation is
+    due, so a conversation's messages go out one at a time and in order. Locked with
+    SKIP LOCKED on PostgreSQL, so workers claim disjoint rows.
+    """
+    earlier = aliased(Message)
+    waits_behind_earlier = exists().where(
+        col(earlier.org_id) == col(Message.org_id),
+        col(earlier.conversation_id) == col(Message.conversation_id),
+        col(earlier.id) < col(Message.id),
+        col(earlier.direction) == MessageDirection.OUTBOUND,
+        col(earlier.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
+    )
+    return (
+        select(Message.org_id, Message.id)
+        .where(
+            # Literal, so PostgreSQL matches the partial index `ix_messages_outbox`.
+            text("messages.status IN ('QUEUED', 'SENDING')"),
+            col(Message.next_attempt_at) <= now,
+            Message.direction == MessageDirection.OUTBOUND,
+            ~waits_behind_earlier,
+        )
+        .order_by(col(Message.next_attempt_at), col(Message.id))
+        .with_for_update(skip_locked=True, of=Message)  # type: ignore[arg-type]
+    )
+
+
+async def due_outbound_messages(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
+    """Outbound messages due across workspaces, row-locked for this transaction."""
+    rows = await _answer(
+        session,
+        "weflux_due_outbound_messages",
+        {"at_time": now, "batch": batch},
+        lambda: due_outbound(now).limit(_batch(batch)),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+async def due_health_checks(
+    session: AsyncSession, *, due_before: datetime, batch: int
+) -> list[Owned]:
+    """Connected numbers not checked since `due_before`, row-locked for this transaction."""
+    rows = await _answer(
+        session,
+        "weflux_due_health_checks",
+        {"due_before": due_before, "batch": batch},
+        lambda: (
+            select(WhatsAppAccount.org_id, WhatsAppAccount.id)
+            .where(
+                _live(WhatsAppAccount),
+                col(WhatsAppAccount.access_token_enc).is_not(None),
+                or_(
+                    col(WhatsAppAccount.health_checked_at).is_(None),
+                    col(WhatsAppAccount.health_checked_at) < due_before,
+                ),
+            )
+            .order_by(col(WhatsAppAccount.health_checked_at).asc().nulls_first())
+            .limit(_batch(batch))
+            .with_for_update(skip_locked=True)
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+# -- people -------------------------------------------------------------------------------
+
+
+async def account_by_email(session: AsyncSession, email: str) -> Account | None:
+    """The login account of an email (any case), for a password check."""
+    rows = await _answer(
+        session,
+        "weflux_account_by_email",
+        {"email": email},
+        lambda: select(User.id, User.password_hash).where(
+            func.lower(User.email) == func.lower(email)
+        ),
+    )
+    return Account(rows[0][0], rows[0][1]) if rows else None
+
+
+async def user_workspaces(session: AsyncSession, user_id: uuid.UUID) -> list[Workspace]:
+    """The workspaces a user belongs to, in the order they joined."""
+    rows = await _answer(
+        session,
+        "weflux_user_workspaces",
+        {"user_id": user_id},
+        lambda: (
+            select(Organization.id, Organization.name)
+            .join(Membership, col(Membership.org_id) == col(Organization.id))
+            .where(Membership.user_id == user_id)
+            .order_by(col(Membership.created_at), col(Membership.id))
+        ),
+    )
+    return [Workspace(row[0], row[1]) for row in rows]
+
+
+async def invitation_by_token(session: AsyncSession, token_hash: str) -> Owned | None:
+    """The invitation whose token hashes to `token_hash`."""
+    rows = await _answer(
+        session,
+        "weflux_invitation_by_token",
+        {"token_hash": token_hash},
+        lambda: select(Invitation.org_id, Invitation.id).where(Invitation.token_hash == token_hash),
+    )
+    return Owned(rows[0][0], rows[0][1]) if rows else None
+
+
+async def user_sessions(session: AsyncSession, user_id: uuid.UUID) -> list[Owned]:
+    """A user's sessions not revoked, in every workspace."""
+    rows = await _answer(
+        session,
+        "weflux_user_sessions",
+        {"user_id": user_id},
+        lambda: select(AuthSession.org_id, AuthSession.id).where(
+            AuthSession.user_id == user_id, col(AuthSession.revoked_at).is_(None)
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
