@@ -118,6 +118,14 @@ async def owner_db(database_urls: DatabaseUrls) -> AsyncIterator[Database]:
     await database.dispose()
 
 
+# What production needs beyond secrets: the platform's mail server and the app's URL.
+PRODUCTION_MAIL = {
+    "smtp_url": "smtps://mailer:secret@smtp.example.com",
+    "smtp_from": "no-reply@example.com",
+    "app_url": "https://app.example",
+}
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "_env_file": None,

@@ -13,7 +13,7 @@ from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from tests.conftest import make_settings
+from tests.conftest import PRODUCTION_MAIL, make_settings
 from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
 from weflux.app import create_app
@@ -41,7 +41,7 @@ def _production(tmp_path: Path, urls: DatabaseUrls, **overrides: Any) -> Setting
         env="production",
         database_url=urls.app,
         database_migration_url=urls.owner,
-        **overrides,
+        **(PRODUCTION_MAIL | overrides),
     )
 
 
@@ -96,6 +96,7 @@ async def test_weflux_serve_refuses_a_stale_schema_in_production(
         "WEFLUX_JWT_SECRET": "x" * 40,
         "WEFLUX_ENCRYPTION_KEYS": generate_encryption_key_entry("p1"),
         "WEFLUX_VAR_DIR": str(tmp_path / "var"),
+        **{f"WEFLUX_{name.upper()}": value for name, value in PRODUCTION_MAIL.items()},
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,

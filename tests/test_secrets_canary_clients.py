@@ -23,6 +23,7 @@ from tests.conftest import make_settings
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import capture_logs
+from tests.fixtures.mail import sign_up
 from weflux.app import create_app
 
 CHANGE_PASSWORD = "mutation($input: ChangePasswordInput!) { changePassword(input: $input) }"
@@ -143,9 +144,10 @@ async def test_nothing_a_client_sends_reaches_a_log(
         ):
             client = Client(http, base_url)
             # Auth routes: bodies, right and wrong.
-            signup = await http.post(
-                "/auth/signup",
-                json={
+            signup = await sign_up(
+                http,
+                settings,
+                {
                     "organizationName": "Canary Co",
                     "name": "Ada",
                     "email": "ada@canary.example",
@@ -172,8 +174,12 @@ async def test_nothing_a_client_sends_reaches_a_log(
             ).json()
             sent["SecondRefreshToken"] = second["refreshToken"]
             spent = {"refreshToken": second["refreshToken"]}
-            assert (await http.post("/auth/refresh", json=spent)).status_code == 200
-            assert (await http.post("/auth/refresh", json=spent)).status_code == 401  # reused
+            rotated = await http.post("/auth/refresh", json=spent)
+            assert rotated.status_code == 200
+            successor = {"refreshToken": rotated.json()["refreshToken"]}
+            assert (await http.post("/auth/refresh", json=successor)).status_code == 200
+            # Reused after its successor was rotated too: outside the reuse interval's grace.
+            assert (await http.post("/auth/refresh", json=spent)).status_code == 401
             invited = await client.graphql(
                 token,
                 """mutation { inviteMember(input: {email: "bo@canary.example", name: "Bo",

@@ -184,6 +184,10 @@ async def test_the_migration_counts_existing_names_as_the_teams(
     owner = Database(database_urls.owner)
     try:
         async with owner.engine.begin() as conn:
+            if owner.dialect == "postgresql":  # the revision's own row-level security
+                await conn.execute(
+                    sa.text("SELECT set_config('app.org_id', :org, true)"), {"org": str(org.id)}
+                )
             for row_id, wa_id, name in ((named, "4930111", "Chosen"), (unnamed, "4930222", None)):
                 await conn.execute(
                     sa.insert(contacts).values(

@@ -125,8 +125,8 @@ async def notify(
     return await client.post(path, content=body, headers=headers)
 
 
-async def stored_events(db: Database) -> int:
-    async with db.session(all_workspaces="test: count webhook events") as session:
+async def stored_events(owner: Database) -> int:
+    async with owner.session(all_workspaces="test: count webhook events") as session:
         return int((await session.exec(select(func.count()).select_from(WebhookEvent))).one())
 
 
@@ -173,7 +173,7 @@ async def test_verify_token_guesses_are_throttled_per_webhook_url(
 
 @limited(rate_limit_webhook_signature_ip="3/minute")
 async def test_bad_signatures_are_throttled_per_client_ip(
-    web: Starlette, db: Database, channel: WhatsAppAccount
+    web: Starlette, owner_db: Database, channel: WhatsAppAccount
 ) -> None:
     """Given one client IP that sent three badly signed notifications,
     when it sends a fourth, then it gets 429 and nothing is stored; a correctly signed
@@ -183,15 +183,15 @@ async def test_bad_signatures_are_throttled_per_client_ip(
             bad = await notify(attacker, path_of(channel), CHANNEL_SECRET, valid=False)
             assert bad.status_code == 401
         assert_throttled(await notify(attacker, path_of(channel), CHANNEL_SECRET, valid=False))
-        assert await stored_events(db) == 0
+        assert await stored_events(owner_db) == 0
         assert (await notify(attacker, path_of(channel), CHANNEL_SECRET)).status_code == 200
         assert (await notify(meta, path_of(channel), CHANNEL_SECRET)).status_code == 200
-    assert await stored_events(db) == 2
+    assert await stored_events(owner_db) == 2
 
 
 @limited(rate_limit_webhook_signature_key="3/minute")
 async def test_bad_signatures_are_throttled_per_webhook_url(
-    web: Starlette, db: Database, channel: WhatsAppAccount
+    web: Starlette, owner_db: Database, channel: WhatsAppAccount
 ) -> None:
     """Given three badly signed notifications to one channel's URL from three IPs,
     when a fourth IP posts a badly signed one there, then it gets 429; Meta's correctly
@@ -204,7 +204,7 @@ async def test_bad_signatures_are_throttled_per_webhook_url(
         assert_throttled(await notify(late, path_of(channel), CHANNEL_SECRET, valid=False))
         assert (await notify(meta, path_of(channel), CHANNEL_SECRET)).status_code == 200
         assert (await notify(late, "/webhooks/whatsapp", PLATFORM_SECRET)).status_code == 200
-    assert await stored_events(db) == 2
+    assert await stored_events(owner_db) == 2
 
 
 @limited(
@@ -214,7 +214,7 @@ async def test_bad_signatures_are_throttled_per_webhook_url(
     rate_limit_webhook_signature_key="2/minute",
 )
 async def test_a_storm_of_valid_signed_deliveries_is_never_throttled(
-    web: Starlette, db: Database, channel: WhatsAppAccount
+    web: Starlette, owner_db: Database, channel: WhatsAppAccount
 ) -> None:
     """Given limits of two failures a minute, spent on the channel's URL by an attacker,
     when Meta retries a backlog (60 correctly signed notifications from one IP to one URL)
@@ -230,7 +230,7 @@ async def test_a_storm_of_valid_signed_deliveries_is_never_throttled(
             (await handshake(meta, path_of(channel), CHANNEL_VERIFY)).status_code for _ in range(10)
         ]
     assert answers == [200] * 70
-    assert await stored_events(db) == 60
+    assert await stored_events(owner_db) == 60
 
 
 @limited(rate_limit_webhook_verify_ip="2/minute")
