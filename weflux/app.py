@@ -27,6 +27,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.errors import error_response
+from weflux.gql.guard import CostBudgets
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.realtime.hub import Hub
@@ -89,11 +90,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime = Runtime(settings)
         authenticator = Authenticator(codec, runtime.db, runtime.broker)
         limiter = RateLimiter(settings)
+        cost_budgets = CostBudgets(settings)
         state = app.state
         state.runtime, state.settings, state.db = runtime, settings, runtime.db
         state.redis, state.broker = runtime.redis, runtime.broker
         state.keyring, state.cloud_api = runtime.keyring, runtime.cloud_api
         state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
+        state.cost_budgets = cost_budgets
         state.trusted_proxies = trusted_proxies
         state.hub = Hub(runtime.broker)
         state.sockets = SocketRegistry(authenticator)
@@ -108,6 +111,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.hub.stop()
             await authenticator.stop()
             await limiter.close()
+            await cost_budgets.close()
             await runtime.stop()
 
     graphql = GraphQLApp(
