@@ -107,7 +107,16 @@ async def test_other_malformed_requests_are_400_in_the_graphql_shape(
     client: httpx.AsyncClient, admin: Actor, caplog: pytest.LogCaptureFixture
 ) -> None:
     token = await token_for(client, admin)
-    for body in (b"{", b"{}", b'{"query": 1}', b'{"query": "{ viewer { id } }", "variables": 1}'):
+    # Nested deeper than the JSON parser's stack (but within the 256 KiB cap)
+    nested = b'{"query": "{ viewer { id } }", "variables": ' + b'{"a": ' * 20_000 + b"1"
+    nested += b"}" * 20_001
+    for body in (
+        b"{",
+        b"{}",
+        b'{"query": 1}',
+        b'{"query": "{ viewer { id } }", "variables": 1}',
+        nested,
+    ):
         with no_error_logs(caplog):
             response = await post(client, token, body)
         assert response.status_code == 400, body

@@ -73,12 +73,12 @@ def _body_problem(body: bytes) -> str | None:
         text = body.decode("utf-8-sig")
     except UnicodeDecodeError:
         return "The body must be JSON in UTF-8"
+    if text.lstrip()[:1] == "[":
+        return "Batched operations are not supported"
     try:
         document = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
         return "The body is not valid JSON"
-    if isinstance(document, list):
-        return "Batched operations are not supported"
     if not isinstance(document, dict):
         return 'The body must be a JSON object: {"query": ..., "variables": {...}}'
     return None
