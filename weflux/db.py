@@ -100,8 +100,8 @@ async def interrupt(session: AsyncSession) -> None:
     driver = session.sync_session.info.get(_SQLITE_DRIVER)
     if driver is None:
         return
-    await driver.interrupt()  # sqlite3's interrupt(): immediate, from any thread
     with contextlib.suppress(sqlite3.Error, ValueError):  # closed meanwhile: nothing to undo
+        await driver.interrupt()  # sqlite3's interrupt(): immediate, from any thread
         await driver.rollback()
 
 
