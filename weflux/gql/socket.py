@@ -39,7 +39,10 @@ from weflux.gql.guard import (
     timeout_error,
 )
 
-_INTERNAL = {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+_INTERNAL = {
+    "message": "Internal server error",
+    "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
+}
 
 
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
