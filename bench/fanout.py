@@ -50,9 +50,10 @@ from tests.fixtures.api import login
 from tests.fixtures.factories import PASSWORD, create_actor, create_org, create_whatsapp_account
 from tests.fixtures.live import free_port
 from tests.fixtures.ws import GraphQLSocket
+from weflux.api.ratelimit import LIMIT_NAMES
 from weflux.auth import passwords
 from weflux.cli import WS_MAX_MESSAGE_BYTES
-from weflux.config import Settings, generate_encryption_key_entry
+from weflux.config import generate_encryption_key_entry
 from weflux.db import Database
 from weflux.migrate import migrate
 from weflux.models import Message, Role
@@ -365,11 +366,7 @@ def server_env(url: str, workdir: Path) -> dict[str, str]:
         "WEFLUX_META_GRAPH_URL": "http://127.0.0.1:9",  # nothing may reach Meta
         "WEFLUX_LOG_LEVEL": "WARNING",
         # generous rate limits, as the live tests set them (one login, many sockets)
-        **{
-            f"WEFLUX_{name.upper()}": "10000/minute"
-            for name in Settings.model_fields
-            if name.startswith("rate_limit_")
-        },
+        **{f"WEFLUX_RATE_LIMIT_{name.upper()}": "10000/minute" for name in LIMIT_NAMES},
     }
 
 

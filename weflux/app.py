@@ -28,6 +28,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.errors import error_response
+from weflux.gql.guard import CostBudgets
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         runtime = Runtime(settings)
         authenticator = Authenticator(codec, runtime.db, runtime.broker)
         limiter = RateLimiter(settings)
+        cost_budgets = CostBudgets(settings)
         state = app.state
         state.runtime, state.settings, state.db = runtime, settings, runtime.db
         state.redis, state.broker = runtime.redis, runtime.broker
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         state.password_guard = PasswordGuard(limiter)
         state.mailer = build_mailer(settings)
         passwords.configure_pool(settings.password_hashing_workers, settings.password_hashing_queue)
+        state.cost_budgets = cost_budgets
         state.trusted_proxies = trusted_proxies
         state.hub = Hub(runtime.broker)
         state.sockets = SocketRegistry(authenticator)
@@ -121,6 +124,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await state.hub.stop()
             await authenticator.stop()
             await limiter.close()
+            await cost_budgets.close()
             await runtime.stop()
 
     graphql = GraphQLApp(

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
     meta_app_secret: SecretStr | None = None
     meta_verify_token: SecretStr | None = None
     graphql_introspection: bool = True
+    # Query cost (see docs/graphql-limits.md): the nodes one operation may return, the
+    # deadline of one operation, and the leaky buckets its cost is charged to.
+    graphql_max_nodes: int = Field(default=10_000, ge=1)
+    graphql_timeout: timedelta = timedelta(seconds=10)
+    database_statement_timeout: timedelta = timedelta(seconds=30)
     # Rate limits, in the `limits` notation ("10/minute", "100/hour;1000/day").
     rate_limit_login_ip: str = "20/minute;200/hour"
     # Failed password checks (login and every other one; see weflux/auth/guard.py):
@@ -173,6 +178,9 @@ class Settings(BaseSettings):
     rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
     # The whole request body must arrive within this time of the app's first read (408).
     request_body_timeout: timedelta = timedelta(seconds=30)
+    # Cost budgets, `CAPACITY:RESTORE/UNIT` (points; see weflux/api/leaky_bucket.py).
+    rate_limit_graphql_cost_workspace: str = "100000:1000/second"
+    rate_limit_graphql_cost_member: str = "20000:200/second"
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
     graphql_ide: bool | None = None
@@ -203,6 +211,8 @@ class Settings(BaseSettings):
         "refresh_token_ttl",
         "health_refresh_interval",
         "session_max_age",
+        "graphql_timeout",
+        "database_statement_timeout",
         mode="before",
     )
     @classmethod

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +26,12 @@ from weflux.config import ConfigError
 log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
+DEFAULT_STATEMENT_TIMEOUT = timedelta(seconds=30)
 _AFTER_COMMIT = "weflux.after_commit"
+# A connection's execution option, set by `begin_read_only`: see `_sqlite_engine`.
+_READ_ONLY = "weflux_read_only"
+# The aiosqlite connection a session's transaction runs on, for `interrupt`.
+_SQLITE_DRIVER = "weflux.sqlite_driver"
 
 AfterCommit = Callable[[], Awaitable[None]]
 
@@ -48,6 +56,54 @@ async def run_after_commit(session: AsyncSession) -> None:
 
 def discard_after_commit(session: AsyncSession) -> None:
     session.sync_session.info.pop(_AFTER_COMMIT, None)
+
+
+async def settle(session: AsyncSession, *, commit: bool) -> bool:
+    """End a unit of work: commit and run its after-commit callbacks, or roll back.
+
+    False when the commit failed (the unit is then rolled back and the failure logged).
+    """
+    if not commit:
+        discard_after_commit(session)
+        await session.rollback()
+        return True
+    try:
+        await session.commit()
+    except Exception:
+        log.exception("commit failed")
+        discard_after_commit(session)
+        await session.rollback()
+        return False
+    await run_after_commit(session)
+    return True
+
+
+async def begin_read_only(session: AsyncSession) -> None:
+    """Begin the session's transaction as a reader, before its first statement.
+
+    On SQLite a reader's transaction is deferred: it takes no lock, and in WAL mode it
+    reads its snapshot while writers go on, so a long read never blocks a write. (Units
+    that may write begin IMMEDIATE: see `_sqlite_engine`.) On PostgreSQL nothing changes.
+    """
+    if session.bind is not None and session.bind.dialect.name == "sqlite":
+        await session.connection(execution_options={_READ_ONLY: True})
+
+
+async def interrupt(session: AsyncSession) -> None:
+    """Abort the statement a SQLite session is running, if any, and roll back its transaction.
+
+    aiosqlite runs statements in a thread of its own: cancelling the task that awaits one
+    leaves the statement running (and the connection busy) until it ends by itself. And a
+    statement abandoned mid-way is not finalised at once: its connection, even closed,
+    keeps its transaction (and SQLite's write lock) until it is. So the rollback is queued
+    right behind the aborted statement, before anything the cancellation queues.
+    """
+    driver = session.sync_session.info.get(_SQLITE_DRIVER)
+    if driver is None:
+        return
+    with contextlib.suppress(sqlite3.Error, ValueError):  # closed meanwhile: nothing to undo
+        await driver.interrupt()  # sqlite3's interrupt(): immediate, from any thread
+        await driver.rollback()
 
 
 def _serialized(name: str) -> Any:
@@ -128,13 +184,28 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         # IMMEDIATE: take the write lock at the start. A deferred transaction that read
         # first cannot upgrade once another has written (SQLITE_BUSY_SNAPSHOT, no retry),
         # so concurrent read-then-write units of work would fail instead of waiting.
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Read-only units (`begin_read_only`) never upgrade: they begin deferred.
+        if conn.get_execution_options().get(_READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 
 
+@event.listens_for(ScopedSession, "after_begin")
+def _remember_sqlite_driver(session: Any, _transaction: Any, connection: Any) -> None:
+    if connection.dialect.name == "sqlite":
+        session.info[_SQLITE_DRIVER] = connection.connection.driver_connection
+
+
 def _postgres_engine(
-    url: URL, *, pool_size: int, connect_timeout: float, **kwargs: Any
+    url: URL,
+    *,
+    pool_size: int,
+    connect_timeout: float,
+    statement_timeout: timedelta,
+    **kwargs: Any,
 ) -> AsyncEngine:
     return create_async_engine(
         url,
@@ -146,7 +217,7 @@ def _postgres_engine(
             "timeout": connect_timeout,
             "server_settings": {
                 "application_name": "weflux",
-                "statement_timeout": "30s",
+                "statement_timeout": f"{int(statement_timeout.total_seconds() * 1000)}ms",
                 "idle_in_transaction_session_timeout": "60s",
             },
         },
@@ -154,14 +225,24 @@ def _postgres_engine(
     )
 
 
-def create_engine(url: str, *, pool_size: int = 10, connect_timeout: float = 5.0) -> AsyncEngine:
+def create_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    connect_timeout: float = 5.0,
+    statement_timeout: timedelta = DEFAULT_STATEMENT_TIMEOUT,
+) -> AsyncEngine:
     # hide_parameters: SQL errors and logs never carry the values (message texts,
     # sealed credentials, emails), only the statements.
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(parsed, hide_parameters=True)
     return _postgres_engine(
-        parsed, pool_size=pool_size, connect_timeout=connect_timeout, hide_parameters=True
+        parsed,
+        pool_size=pool_size,
+        connect_timeout=connect_timeout,
+        statement_timeout=statement_timeout,
+        hide_parameters=True,
     )
 
 
@@ -180,10 +261,16 @@ class Database:
         pool_size: int = 10,
         connect_timeout: float = 5.0,
         maintenance: bool = False,
+        statement_timeout: timedelta = DEFAULT_STATEMENT_TIMEOUT,
     ) -> None:
         self.url = make_url(url)
         self.maintenance = maintenance
-        self.engine = create_engine(url, pool_size=pool_size, connect_timeout=connect_timeout)
+        self.engine = create_engine(
+            url,
+            pool_size=pool_size,
+            connect_timeout=connect_timeout,
+            statement_timeout=statement_timeout,
+        )
         self.sessionmaker = async_sessionmaker(
             self.engine,
             class_=SerializedSession,

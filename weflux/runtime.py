@@ -46,6 +46,7 @@ class Runtime:
             settings.database_url,
             pool_size=settings.database_pool_size,
             connect_timeout=settings.database_connect_timeout,
+            statement_timeout=settings.database_statement_timeout,
         )
         self.redis = create_redis(settings.redis_url) if settings.redis_url else None
         self.broker: Broker = (

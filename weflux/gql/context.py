@@ -72,6 +72,26 @@ class Context:
                 _event_loaders.reset(loaders_token)
             await unit.close()
 
+    @contextlib.asynccontextmanager
+    async def operation_unit(self) -> AsyncIterator[AsyncSession]:
+        """A unit of work for one operation sent over the socket, with fresh DataLoaders.
+
+        Scoped as the caller's queries are. Whoever answers the operation settles it
+        (`weflux.gql.socket`); closing it rolls back whatever was not committed.
+        """
+        from weflux.gql.loaders import Loaders
+
+        session = _scoped_session(self)
+        session_token = _event_session.set(session)
+        loaders_token = _event_loaders.set(Loaders(self))
+        try:
+            yield session
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context
+                _event_session.reset(session_token)
+                _event_loaders.reset(loaders_token)
+            await session.close()
+
     @property
     def broker(self) -> Broker:
         broker: Broker = self.request.app.state.broker
@@ -110,6 +130,19 @@ class Context:
         return session
 
 
+def _scoped_session(context: Context) -> AsyncSession:
+    """A new session of the caller's workspace (and, for an Agent, visibility)."""
+    from weflux.auth.permissions import Permission
+    from weflux.auth.scoping import restrict_to_agent, set_scope
+
+    principal = context.actor
+    session = context.db.sessionmaker()
+    set_scope(session, principal.org_id)
+    if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
+        restrict_to_agent(session, principal.membership_id)
+    return session
+
+
 class _LazyUnit:
     """A live event's session, opened on first use and committed (read-only) at the end."""
 
@@ -119,15 +152,7 @@ class _LazyUnit:
 
     def session(self) -> AsyncSession:
         if self._session is None:
-            from weflux.auth.permissions import Permission
-            from weflux.auth.scoping import restrict_to_agent, set_scope
-
-            principal = self._context.actor
-            session = self._context.db.sessionmaker()
-            set_scope(session, principal.org_id)
-            if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
-                restrict_to_agent(session, principal.membership_id)
-            self._session = session
+            self._session = _scoped_session(self._context)
         return self._session
 
     async def close(self) -> None:

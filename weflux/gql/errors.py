@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from graphql import GraphQLError, get_operation_ast
+from graphql import GraphQLError, VariableDefinitionNode, get_operation_ast
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
-from weflux.errors import RateLimited, WefluxError
+from weflux.errors import ErrorCode, RateLimited, WefluxError
 from weflux.logs import describe_exception
 
 log = logging.getLogger(__name__)
@@ -20,9 +20,18 @@ log = logging.getLogger(__name__)
 MASKED_MESSAGE = "Internal server error"
 
 
+def _is_variable_error(error: GraphQLError) -> bool:
+    """A variable's value that cannot be coerced to its type: the client's fault."""
+    return bool(error.nodes) and all(
+        isinstance(node, VariableDefinitionNode) for node in error.nodes or ()
+    )
+
+
 def _coded(error: GraphQLError) -> dict[str, Any] | None:
     """The extensions of an error that may be shown, or None to mask it."""
     original = error.original_error
+    if _is_variable_error(error):
+        return {"code": "BAD_USER_INPUT"}
     if isinstance(original, WefluxError):
         extensions: dict[str, Any] = {"code": original.graphql_code}
         if original.details is not None:
@@ -35,9 +44,13 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         code = (original.extensions or {}).get("code")
         return {"code": code} if code else None
     if original is None:
-        # Raised by graphql-core itself or by a permission class: no internals inside.
-        code = (error.extensions or {}).get("code", "GRAPHQL_VALIDATION_FAILED")
-        return {"code": code}
+        # Raised by graphql-core itself, a permission class or the operation guard: no
+        # internals inside. A refusal for rate gives the seconds to wait.
+        given = error.extensions or {}
+        coded: dict[str, Any] = {"code": given.get("code", "GRAPHQL_VALIDATION_FAILED")}
+        if coded["code"] == ErrorCode.RATE_LIMITED and "retryAfter" in given:
+            coded["retryAfter"] = given["retryAfter"]
+        return coded
     return None
 
 

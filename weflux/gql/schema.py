@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import strawberry
 from graphql import GraphQLError
@@ -14,13 +15,15 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 from strawberry.schema.config import StrawberryConfig
-from strawberry.types import ExecutionContext, Info
+from strawberry.types import ExecutionContext, ExecutionResult, Info
+from strawberry.types.graphql import OperationType
 
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.mutations import ChannelMutation
 from weflux.gql.channels.queries import ChannelQuery
 from weflux.gql.channels.types import WhatsAppAccount
 from weflux.gql.errors import CodedErrors, log_errors
+from weflux.gql.guard import OperationGuard
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
@@ -53,8 +56,40 @@ class Mutation(IdentityMutation, ChannelMutation, InboxMutation, SendingMutation
     pass
 
 
+class QuietExecutionContext(SharedEventExecutionContext):
+    """Execution errors (variable values) never suggest a name either."""
+
+    @classmethod
+    def build(cls, *args: Any, **kwargs: Any) -> Any:
+        kwargs["hide_suggestions"] = True
+        return super().build(*args, **kwargs)
+
+
 class WefluxSchema(strawberry.Schema):
-    """Strawberry's schema, whose error log never quotes a document or a variable."""
+    """Strawberry's schema: one result per execution (never a subscription, which needs
+    the socket), and an error log that never quotes a document or a variable."""
+
+    async def execute(
+        self,
+        query: str | None,
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        allowed_operation_types: Iterable[OperationType] | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionResult:
+        """One result: never a subscription, which needs a stream (the WebSocket)."""
+        allowed = set(allowed_operation_types or OperationType) - {OperationType.SUBSCRIPTION}
+        return await super().execute(
+            query,
+            variable_values,
+            context_value,
+            root_value,
+            operation_name,
+            allowed,
+            operation_extensions,
+        )
 
     def process_errors(
         self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
@@ -68,15 +103,15 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
         lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        CodedErrors,
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
+    extensions += [CodedErrors, OperationGuard]  # the guard validates: after the rule adders
     return WefluxSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
-        execution_context_class=SharedEventExecutionContext,
+        execution_context_class=QuietExecutionContext,
         types=[
             Member,
             Organization,

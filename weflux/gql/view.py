@@ -1,10 +1,12 @@
 """`/graphql`: authentication and limits at the edge, then Strawberry.
 
 Over HTTP, before anything is parsed: no valid access token -> 401; not POST -> 405;
-not `application/json` -> 415; too large -> 413; a batch -> 400; over the rate
-limits -> 429. Then one database session, scoped to the caller's workspace, serves
-the whole operation and is committed once, before the response is sent (rolled back
-when the operation has errors).
+not `application/json` -> 415; too large -> 413; over the rate limits -> 429; a body
+that is not UTF-8 JSON, a batch, or not an object -> 400. Then one database session,
+scoped to the caller's workspace, serves the whole operation under its deadline and
+is committed once, before the response is sent (rolled back when the operation has
+errors). Operations over the WebSocket: `weflux.gql.socket`; the cost and deadline of
+every operation: `weflux.gql.guard`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections import OrderedDict
 from datetime import timedelta
 from typing import Any
 
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -22,13 +25,14 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
-from strawberry.http import GraphQLHTTPResponse
+from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.schema import BaseSchema
+from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.execution import ExecutionResult
-from strawberry.types.unset import UnsetType
+from strawberry.types.unset import UNSET, UnsetType
 
-from weflux.api.client_ip import client_ip, request_meta
+from weflux.api.client_ip import request_meta
 from weflux.api.ratelimit import graphql_rate_limited_response
 from weflux.api.security import IDE_CSP
 from weflux.api.validation import is_json, read_body
@@ -36,17 +40,23 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.auth.tokens import bearer_token
-from weflux.db import discard_after_commit, run_after_commit
-from weflux.errors import PayloadTooLarge, WefluxError, graphql_unauthenticated
+from weflux.db import settle
+from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
+from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
+from weflux.gql.socket import OperationHandler
 
 log = logging.getLogger(__name__)
 
 _SESSION = "weflux.graphql_session"
+_RETRY_AFTER = "weflux.graphql_retry_after"
 _WS_CONTEXT = "weflux.ws_context"
 CONNECTION_INIT_TIMEOUT = 10  # seconds to send connection_init before the socket closes (4408)
 MAX_SUBSCRIPTIONS = 20  # per connection
 FRAME_CACHE = 256  # recent live-event payloads kept serialised
+SUBSCRIPTION_OVER_HTTP = (
+    "Subscriptions run over the WebSocket at /graphql (graphql-transport-ws), not over HTTP"
+)
 
 
 def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
@@ -55,6 +65,23 @@ def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
         status_code=status,
         headers={"Cache-Control": "no-store"},
     )
+
+
+def _body_problem(body: bytes) -> str | None:
+    """Why a body is not one GraphQL request (a JSON object in UTF-8), or None."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return "The body must be JSON in UTF-8"
+    if text.lstrip()[:1] == "[":
+        return "Batched operations are not supported"
+    try:
+        document = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
+        return "The body is not valid JSON"
+    if not isinstance(document, dict):
+        return 'The body must be a JSON object: {"query": ..., "variables": {...}}'
+    return None
 
 
 def _replay(body: bytes) -> Receive:
@@ -70,7 +97,22 @@ def _replay(body: bytes) -> Receive:
     return receive
 
 
+def _retry_after(result: ExecutionResult) -> int | None:
+    """The seconds to wait when the whole operation was refused for rate, else None."""
+    if result.data is not None:
+        return None
+    waits = [
+        wait
+        for error in result.errors or ()
+        if (error.extensions or {}).get("code") == ErrorCode.RATE_LIMITED
+        and isinstance(wait := (error.extensions or {}).get("retryAfter"), int)
+    ]
+    return max(waits) if waits else None
+
+
 class GraphQLApp(GraphQL[Context, None]):
+    graphql_transport_ws_handler_class = OperationHandler
+
     def __init__(self, schema: BaseSchema, *, ide: bool, allowed_origins: list[str]) -> None:
         super().__init__(
             schema,
@@ -148,7 +190,12 @@ class GraphQLApp(GraphQL[Context, None]):
 
             async def send_no_store(message: Message) -> None:
                 if message["type"] == "http.response.start":
-                    MutableHeaders(scope=message)["Cache-Control"] = "no-store"
+                    headers = MutableHeaders(scope=message)
+                    headers["Cache-Control"] = "no-store"
+                    retry_after = scope["state"].get(_RETRY_AFTER)
+                    if retry_after is not None:
+                        message["status"] = 429
+                        headers["Retry-After"] = str(retry_after)
                 await send(message)
 
             await super().__call__(scope, _replay(body), send_no_store)
@@ -160,29 +207,69 @@ class GraphQLApp(GraphQL[Context, None]):
             return _graphql_error(405, "Use POST", "BAD_REQUEST"), b""
         if not is_json(request.headers.get("content-type")):
             return _graphql_error(415, "Send application/json", "BAD_REQUEST"), b""
-        state = request.app.state
-        limiter = state.limiter
-        ip = client_ip(request, state.trusted_proxies)
-        for name, key in (("graphql_ip", ip), ("graphql_workspace", str(principal.org_id))):
-            if key is None:
-                continue
-            decision = await limiter.hit(name, key)
-            if not decision.allowed:
-                return graphql_rate_limited_response(decision.retry_after), b""
+        decision = await hit_request_limits(request, principal)
+        if not decision.allowed:
+            return graphql_rate_limited_response(decision.retry_after), b""
         try:
-            body = await read_body(request, state.settings.graphql_max_body_bytes)
+            body = await read_body(request, request.app.state.settings.graphql_max_body_bytes)
         except PayloadTooLarge as error:
             return _graphql_error(413, error.message, "BAD_REQUEST"), b""
         except WefluxError as error:
             return _graphql_error(400, error.message, "BAD_REQUEST"), b""
-        if body.lstrip()[:1] == b"[":
-            return _graphql_error(400, "Batched operations are not supported", "BAD_REQUEST"), b""
+        problem = _body_problem(body)
+        if problem is not None:
+            return _graphql_error(400, problem, "BAD_REQUEST"), b""
         # Media types are case-insensitive; Strawberry compares them exactly.
         request.scope["headers"] = [
             (name, b"application/json") if name == b"content-type" else (name, value)
             for name, value in request.scope["headers"]
         ]
         return None, body
+
+    async def run(  # type: ignore[override]
+        self,
+        request: Request | WebSocket,
+        context: Context = UNSET,
+        root_value: None = UNSET,
+    ) -> Response | WebSocket:
+        """Strawberry's refusals of a request, in the GraphQL error shape (not plain text)."""
+        try:
+            return await super().run(request, context, root_value)  # type: ignore[arg-type]
+        except HTTPException as error:
+            message = error.reason
+            if isinstance(error.__cause__, InvalidOperationTypeError):
+                message = SUBSCRIPTION_OVER_HTTP
+            return _graphql_error(error.status_code, message, "BAD_REQUEST")
+
+    async def execute_single(
+        self,
+        request: Request,
+        request_adapter: AsyncHTTPRequestAdapter,
+        sub_response: Response,
+        context: Context,
+        root_value: None,
+        request_data: GraphQLRequestData,
+    ) -> ExecutionResult:
+        """The operation under its deadline: cancelled past it and answered `TIMEOUT`."""
+        seconds = context.settings.graphql_timeout.total_seconds()
+        scope = None
+        try:
+            async with operation_scope(context.session, seconds) as scope:
+                return await super().execute_single(
+                    request=request,
+                    request_adapter=request_adapter,
+                    sub_response=sub_response,
+                    context=context,
+                    root_value=root_value,
+                    request_data=request_data,
+                )
+        except DeadlineExceeded:
+            report = scope.report if scope is not None else None
+            return ExecutionResult(
+                data=None,
+                errors=[timeout_error()],
+                extensions={"cost": report} if report is not None else None,
+            )
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         state = request.app.state
@@ -199,28 +286,21 @@ class GraphQLApp(GraphQL[Context, None]):
     async def process_result(
         self, request: Request, result: ExecutionResult
     ) -> GraphQLHTTPResponse:
-        session = request.scope.get("state", {}).get(_SESSION)
-        if session is not None:
-            if result.errors:
-                discard_after_commit(session)
-                await session.rollback()
-            else:
-                try:
-                    await session.commit()
-                except Exception:
-                    log.exception("commit failed")
-                    discard_after_commit(session)
-                    await session.rollback()
-                    return {
-                        "data": None,
-                        "errors": [
-                            {
-                                "message": "Internal server error",
-                                "extensions": {"code": "INTERNAL_SERVER_ERROR"},
-                            }
-                        ],
+        state = request.scope.get("state", {})
+        session = state.get(_SESSION)
+        if session is not None and not await settle(session, commit=not result.errors):
+            return {
+                "data": None,
+                "errors": [
+                    {
+                        "message": "Internal server error",
+                        "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
                     }
-                await run_after_commit(session)
+                ],
+            }
+        retry_after = _retry_after(result)
+        if retry_after is not None:
+            state[_RETRY_AFTER] = retry_after  # 429 with Retry-After, as the request limits
         return await super().process_result(request, result)
 
     async def render_graphql_ide(self, request: Request) -> Response:

@@ -1,0 +1,156 @@
+"""Deadlines: an operation past `WEFLUX_GRAPHQL_TIMEOUT` is cancelled, rolled back, `TIMEOUT`.
+
+The slow part is a real statement that never ends by itself (a recursive CTE without a
+bound on SQLite, `pg_sleep` on PostgreSQL), run by a service after it has written.
+`asyncio.timeout` around a request only keeps a broken build from hanging the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from asgi_lifespan import LifespanManager
+from sqlalchemy import text
+
+from tests.conftest import make_settings, postgres_only
+from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
+from tests.gql.conftest import ClientFactory
+from weflux.app import create_app
+from weflux.db import Database
+from weflux.ids import encode_global_id
+from weflux.models import Conversation, ConversationStatus, Organization
+from weflux.services import conversations as conversation_service
+
+ENDLESS = {
+    "sqlite": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
+    "SELECT count(*) FROM n",
+    "postgresql": "SELECT pg_sleep(3600)",
+}
+SET_STATUS = """mutation($id: ID!, $status: ConversationStatus!) {
+  updateConversationStatus(input: {conversationId: $id, status: $status}) { status } }"""
+LIST = "{ conversations(first: 10) { edges { node { id status } } } }"
+HANG_GUARD = 60  # seconds; far above every deadline here
+
+
+@pytest.fixture
+async def conversation(db: Database, org: Organization) -> Conversation:
+    async with db.session(org.id) as session:
+        account = await create_whatsapp_account(session)
+        return await create_conversation(session, account=account)
+
+
+async def status_of(db: Database, conversation: Conversation) -> ConversationStatus:
+    async with db.session(conversation.org_id) as session:
+        row = await session.get(Conversation, conversation.id)
+        assert row is not None
+        return row.status
+
+
+def variables(conversation: Conversation, status: str) -> dict[str, Any]:
+    return {"id": encode_global_id("Conversation", conversation.id), "status": status}
+
+
+async def test_an_operation_past_its_deadline_is_cancelled_and_rolled_back(
+    dialect: str,
+    make_client: ClientFactory,
+    admin: Actor,
+    db: Database,
+    conversation: Conversation,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a status change that, once written, runs a statement that never ends
+    real = conversation_service.update_status
+
+    async def endless(session: Any, *args: Any, **kwargs: Any) -> Any:
+        row = await real(session, *args, **kwargs)
+        await (await session.connection()).execute(text(ENDLESS[dialect]))
+        return row
+
+    monkeypatch.setattr(conversation_service, "update_status", endless)
+    async with make_client(graphql_timeout=1) as client:
+        token = await token_for(client, admin)
+        # When it is sent
+        async with asyncio.timeout(HANG_GUARD):
+            response = await gql(client, token, SET_STATUS, variables(conversation, "RESOLVED"))
+        # Then it is answered TIMEOUT at its deadline, with its cost
+        assert response.status_code == 200
+        assert response.json()["data"] is None
+        assert error_codes(response) == ["TIMEOUT"]
+        assert response.json()["extensions"]["cost"]["requested"] == 10
+        # And nothing of it was kept
+        assert await status_of(db, conversation) is ConversationStatus.OPEN
+        # And the database is free: the same change, without the endless statement, passes
+        monkeypatch.setattr(conversation_service, "update_status", real)
+        async with asyncio.timeout(HANG_GUARD):
+            again = await gql(client, token, SET_STATUS, variables(conversation, "RESOLVED"))
+        assert again.json()["data"] == {"updateConversationStatus": {"status": "RESOLVED"}}
+        assert await status_of(db, conversation) is ConversationStatus.RESOLVED
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_a_long_read_never_blocks_a_write_on_sqlite(
+    client: httpx.AsyncClient,
+    admin: Actor,
+    manager: Actor,
+    db: Database,
+    conversation: Conversation,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a query that has read, and holds its transaction open until told to finish
+    reading, finish = asyncio.Event(), asyncio.Event()
+    real = conversation_service.list_conversations
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        page = await real(*args, **kwargs)
+        reading.set()
+        await finish.wait()
+        return page
+
+    monkeypatch.setattr(conversation_service, "list_conversations", held)
+    admin_token, manager_token = await token_for(client, admin), await token_for(client, manager)
+    read = asyncio.create_task(gql(client, admin_token, LIST))
+    try:
+        async with asyncio.timeout(HANG_GUARD):
+            await reading.wait()
+        # When a write is sent meanwhile
+        async with asyncio.timeout(HANG_GUARD / 6):  # SQLite's busy wait would take 15 s
+            written = await gql(
+                client, manager_token, SET_STATUS, variables(conversation, "PENDING")
+            )
+        # Then it completes while the read is still open
+        assert written.json()["data"] == {"updateConversationStatus": {"status": "PENDING"}}
+        assert not read.done()
+        assert await status_of(db, conversation) is ConversationStatus.PENDING
+    finally:
+        finish.set()
+    # And the read answers what it saw
+    response = await read
+    assert response.json()["data"]["conversations"]["edges"][0]["node"]["status"] == "OPEN"
+
+
+@postgres_only
+async def test_postgres_connections_take_the_configured_statement_timeout(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    async def statement_timeout(**overrides: Any) -> str:
+        settings = make_settings(
+            tmp_path,
+            database_url=database_urls.app,
+            database_migration_url=database_urls.owner,
+            **overrides,
+        )
+        app = create_app(settings)
+        async with LifespanManager(app):
+            engine = app.state.db.engine
+            async with engine.connect() as connection:
+                return str((await connection.execute(text("SHOW statement_timeout"))).scalar())
+
+    assert await statement_timeout() == "30s"
+    assert await statement_timeout(database_statement_timeout="45s") == "45s"
+    assert await statement_timeout(database_statement_timeout="2m") == "2min"

@@ -1,0 +1,293 @@
+"""What every GraphQL operation goes through, over HTTP and over the WebSocket alike.
+
+1. The request limits (`graphql_ip`, `graphql_workspace`): `hit_request_limits`.
+2. Validation, whose errors never suggest a name ("Did you mean ...").
+3. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
+   `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
+   buckets (`RATE_LIMITED` when either is spent), and reported in `extensions.cost`.
+4. A deadline (`WEFLUX_GRAPHQL_TIMEOUT`) for queries and mutations: past it the
+   operation's SQLite statement is interrupted, its task cancelled, its unit of work
+   rolled back, and the answer is `TIMEOUT`. Subscriptions live on past it.
+
+All of it happens before execution: a refused operation never touches the database.
+The transports (`weflux.gql.view`, `weflux.gql.socket`) run each operation inside an
+`operation_scope`; the schema extension `OperationGuard` does the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack
+from contextvars import ContextVar
+from typing import Any
+
+from graphql import GraphQLError, OperationType, validate
+from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.requests import HTTPConnection
+from strawberry.extensions import SchemaExtension
+from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
+from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
+
+from weflux.api.client_ip import client_ip
+from weflux.api.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
+from weflux.api.ratelimit import ALLOWED, RateLimitDecision
+from weflux.auth.principal import Principal
+from weflux.config import ConfigError, Settings
+from weflux.db import begin_read_only, interrupt
+from weflux.errors import ErrorCode
+from weflux.gql.cost import MUTATION_POINTS, OperationCost, operation_cost
+
+# Strawberry validates with these two besides graphql-core's rules.
+_STRAWBERRY_RULES = (MaybeNullValidationRule, OneOfInputValidationRule)
+
+TIMEOUT_MESSAGE = "The operation ran past its deadline and was cancelled; nothing was changed"
+
+
+class DeadlineExceeded(Exception):
+    """The operation ran past `WEFLUX_GRAPHQL_TIMEOUT`; it was cancelled."""
+
+
+# --- the request limits ------------------------------------------------------------
+
+
+async def hit_request_limits(connection: HTTPConnection, principal: Principal) -> RateLimitDecision:
+    """Count one operation against the per-IP and per-workspace request limits."""
+    state = connection.app.state
+    ip = client_ip(connection, state.trusted_proxies)
+    for name, key in (("graphql_ip", ip), ("graphql_workspace", str(principal.org_id))):
+        if key is None:
+            continue
+        decision: RateLimitDecision = await state.limiter.hit(name, key)
+        if not decision.allowed:
+            return decision
+    return ALLOWED
+
+
+# --- the cost budgets --------------------------------------------------------------
+
+WORKSPACE_BUDGET = "WEFLUX_RATE_LIMIT_GRAPHQL_COST_WORKSPACE"
+MEMBER_BUDGET = "WEFLUX_RATE_LIMIT_GRAPHQL_COST_MEMBER"
+
+
+class CostBudgets:
+    """Each operation's points come out of its workspace's bucket and its member's."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.workspace = parse_bucket(WORKSPACE_BUDGET, settings.rate_limit_graphql_cost_workspace)
+        self.member = parse_bucket(MEMBER_BUDGET, settings.rate_limit_graphql_cost_member)
+        most = settings.graphql_max_nodes + MUTATION_POINTS
+        for variable, spec in ((WORKSPACE_BUDGET, self.workspace), (MEMBER_BUDGET, self.member)):
+            if spec.capacity < most:
+                raise ConfigError(
+                    f"{variable}: a capacity of {spec.capacity} is less than the most one "
+                    f"operation may cost ({most}: WEFLUX_GRAPHQL_MAX_NODES + {MUTATION_POINTS})"
+                )
+        self.buckets = LeakyBuckets(settings.redis_url)
+
+    async def charge(self, principal: Principal, points: int) -> Charge:
+        """Take `points` from both buckets, or from neither (0 points: just look)."""
+        return await self.buckets.charge(
+            [
+                Bucket(f"workspace:{principal.org_id}", self.workspace),
+                Bucket(f"member:{principal.membership_id}", self.member),
+            ],
+            points,
+        )
+
+    async def close(self) -> None:
+        await self.buckets.close()
+
+
+def cost_report(cost: OperationCost | None, charge: Charge) -> dict[str, Any]:
+    """`extensions.cost`: what was asked, and the tighter of the two buckets after it."""
+    tightest = charge.tightest
+    return {
+        "requested": cost.points if cost is not None else 0,
+        "nodes": cost.nodes if cost is not None else 0,
+        "remaining": math.floor(tightest.remaining) if tightest is not None else None,
+        "maximum": tightest.spec.capacity if tightest is not None else None,
+        "restoreRate": tightest.spec.restore_rate if tightest is not None else None,
+    }
+
+
+# --- one operation in flight -------------------------------------------------------
+
+
+class OperationScope:
+    """One operation: its unit of work, its deadline, and what it was charged."""
+
+    def __init__(
+        self, unit: AsyncSession | None, open_unit: OpenUnit | None, stack: AsyncExitStack
+    ) -> None:
+        self.unit = unit
+        self.operation: OperationType | None = None  # known once validated
+        self.report: dict[str, Any] | None = None
+        self.answered = False  # its result was sent (the socket's first `next`)
+        self.expired = False
+        self._open_unit = open_unit
+        self._stack = stack
+        self._timeout: asyncio.Timeout | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._interrupting: asyncio.Task[None] | None = None
+
+    async def ensure_unit(self) -> AsyncSession | None:
+        """The operation's unit of work, opened now if the transport left that to us."""
+        if self.unit is None and self._open_unit is not None:
+            self.unit = await self._stack.enter_async_context(self._open_unit())
+        return self.unit
+
+    def disarm(self) -> None:
+        """No deadline for this operation (a subscription)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+
+    def _arm(self, timeout: asyncio.Timeout, seconds: float) -> None:
+        self._timeout = timeout
+        self._expiry = asyncio.get_running_loop().call_later(seconds, self._expire)
+
+    def _expire(self) -> None:
+        self._expiry = None
+        self.expired = True
+        if self.unit is not None:
+            # Scheduled first, so it runs before the cancellation below: a statement that
+            # runs in aiosqlite's thread must stop before its connection can roll back.
+            self._interrupting = asyncio.ensure_future(self._interrupt(self.unit))
+        assert self._timeout is not None
+        self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def _interrupt(self, unit: AsyncSession) -> None:
+        if self._timeout is not None:  # still running (see `operation_scope`)
+            await interrupt(unit)
+
+
+OpenUnit = Callable[[], AbstractAsyncContextManager[AsyncSession]]
+_current: ContextVar[OperationScope | None] = ContextVar("weflux_operation", default=None)
+
+
+@contextlib.asynccontextmanager
+async def operation_scope(
+    unit: AsyncSession | None, seconds: float, *, open_unit: OpenUnit | None = None
+) -> AsyncIterator[OperationScope]:
+    """Run one operation under its deadline; `DeadlineExceeded` when it expires.
+
+    `unit` is the operation's unit of work; or, with `open_unit`, one is opened once the
+    operation is known to be a query or a mutation (and closed, rolling back whatever was
+    not committed, when the scope ends). The operation (in the caller's task) is cancelled
+    at the deadline; the caller answers `TIMEOUT`, its unit rolled back.
+    """
+    token = None
+    try:
+        async with AsyncExitStack() as stack:
+            scope = OperationScope(unit, open_unit, stack)
+            token = _current.set(scope)
+            try:
+                async with asyncio.timeout(None) as timeout:
+                    scope._arm(timeout, seconds)
+                    yield scope
+            except TimeoutError:
+                if scope.expired:
+                    raise DeadlineExceeded from None
+                raise
+            finally:
+                scope.disarm()
+                scope._timeout = None
+    finally:
+        if token is not None:
+            _current.reset(token)
+
+
+def current_operation() -> OperationScope | None:
+    """The operation this task runs, inside `operation_scope`."""
+    return _current.get()
+
+
+def timeout_error() -> GraphQLError:
+    return GraphQLError(TIMEOUT_MESSAGE, extensions={"code": ErrorCode.TIMEOUT})
+
+
+# --- the schema extension ----------------------------------------------------------
+
+
+class OperationGuard(SchemaExtension):
+    """Validation without suggestions, then the operation's cost: limit, charge, report."""
+
+    def __init__(self) -> None:
+        self._operation: OperationType | None = None
+        self._report: dict[str, Any] | None = None
+
+    async def on_validate(self) -> AsyncIterator[None]:
+        execution = self.execution_context
+        document = execution.graphql_document
+        if execution.pre_execution_errors is None and document is not None:
+            # Strawberry's own validation, but with `hide_suggestions`: no "Did you mean"
+            # for fields, arguments, types, input fields or enum values.
+            execution.pre_execution_errors = validate(
+                execution.schema._schema,
+                document,
+                (*execution.validation_rules, *_STRAWBERRY_RULES),
+                hide_suggestions=True,
+            )
+        if not execution.pre_execution_errors:
+            refusal = await self._admit()
+            if refusal is not None:
+                execution.pre_execution_errors = [refusal]
+        yield
+
+    async def _admit(self) -> GraphQLError | None:
+        """The refusal of the operation, or None once it is charged and may run."""
+        execution = self.execution_context
+        context = execution.context
+        scope = _current.get()
+        assert execution.graphql_document is not None
+        cost = operation_cost(
+            execution.schema._schema,
+            execution.graphql_document,
+            execution.operation_name,
+            execution.variables,
+        )
+        if cost is None:
+            return None  # no such operation: Strawberry answers that
+        self._operation = cost.operation
+        budgets: CostBudgets = context.request.app.state.cost_budgets
+        limit = context.settings.graphql_max_nodes
+        too_complex = cost.nodes > limit
+        charge = await budgets.charge(context.actor, 0 if too_complex else cost.points)
+        self._report = cost_report(cost, charge)
+        if scope is not None:
+            scope.operation, scope.report = cost.operation, self._report
+        if too_complex:
+            return GraphQLError(
+                f"This operation could return up to {cost.nodes:,} nodes; the limit is "
+                f"{limit:,}. Ask for smaller pages (first/last) or fewer nested connections.",
+                extensions={"code": ErrorCode.QUERY_TOO_COMPLEX},
+            )
+        if not charge.allowed:
+            return GraphQLError(
+                f"The cost budget is spent; it holds enough for this operation again in "
+                f"{charge.retry_after} s",
+                extensions={"code": ErrorCode.RATE_LIMITED, "retryAfter": charge.retry_after},
+            )
+        if scope is not None:
+            if cost.operation is OperationType.SUBSCRIPTION:
+                scope.disarm()  # a subscription lives on; each event has its own unit
+            else:
+                unit = await scope.ensure_unit()
+                if cost.operation is OperationType.QUERY and unit is not None:
+                    await begin_read_only(unit)
+        return None
+
+    async def get_results(self) -> dict[str, Any]:
+        if self._operation is OperationType.SUBSCRIPTION:
+            return {}  # charged when it started; its events carry no report
+        if self._report is None:  # refused before its cost was known (invalid)
+            context = self.execution_context.context
+            principal = getattr(context, "principal", None)
+            if principal is None:
+                return {}
+            budgets: CostBudgets = context.request.app.state.cost_budgets
+            self._report = cost_report(None, await budgets.charge(principal, 0))
+        return {"cost": self._report}

@@ -1,0 +1,116 @@
+"""Operations over the WebSocket (graphql-transport-ws), limited and charged as over HTTP.
+
+Every `subscribe` message counts against the request limits of `/graphql` (per IP and
+per workspace) before it runs; over them it is answered with an `error` frame coded
+`RATE_LIMITED` (with `retryAfter`, in seconds). Then `weflux.gql.guard.OperationGuard`
+validates, costs and charges it like any other operation.
+
+Queries and mutations work as over HTTP: each runs in its own unit of work (a session
+scoped to the caller, fresh DataLoaders) under the deadline. Before its result is sent
+the unit is committed, and its after-commit events published, or rolled back when the
+result has errors; past the deadline the operation is cancelled, rolled back and
+answered `TIMEOUT`. Subscriptions load each event in a unit of their own (`weflux.gql.live`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from graphql import OperationType
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    Message,
+    NextMessage,
+    SubscribeMessage,
+)
+from strawberry.types.execution import ExecutionResult
+
+from weflux.db import settle
+from weflux.errors import ErrorCode
+from weflux.gql.context import Context
+from weflux.gql.guard import (
+    DeadlineExceeded,
+    current_operation,
+    hit_request_limits,
+    operation_scope,
+    timeout_error,
+)
+
+_INTERNAL = {
+    "message": "Internal server error",
+    "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
+}
+
+
+class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
+    """Strawberry's graphql-transport-ws handler, with limits and a unit per operation."""
+
+    async def handle_subscribe(self, message: SubscribeMessage) -> None:
+        operation_id = message.get("id")
+        principal = self.context.principal
+        if (
+            self.connection_acknowledged
+            and principal is not None
+            and isinstance(operation_id, str)
+            and operation_id not in self.operations
+        ):
+            decision = await hit_request_limits(self.context.request, principal)
+            if not decision.allowed:
+                await self.send_message(
+                    {
+                        "id": operation_id,
+                        "type": "error",
+                        "payload": [
+                            {
+                                "message": "Too many requests",
+                                "extensions": {
+                                    "code": ErrorCode.RATE_LIMITED,
+                                    "retryAfter": decision.retry_after,
+                                },
+                            }
+                        ],
+                    }
+                )
+                return
+        await super().handle_subscribe(message)
+
+    async def run_operation(self, operation: Operation[Context, None]) -> None:
+        context = self.context
+        seconds = context.settings.graphql_timeout.total_seconds()
+        scope = None
+        try:
+            async with operation_scope(None, seconds, open_unit=context.operation_unit) as scope:
+                await super().run_operation(operation)
+        except DeadlineExceeded:
+            # Its unit is rolled back (closed); answer unless the result went out already.
+            if scope is not None and not scope.answered:
+                report = scope.report
+                await operation.send_next(
+                    ExecutionResult(
+                        data=None,
+                        errors=[timeout_error()],
+                        extensions={"cost": report} if report is not None else None,
+                    )
+                )
+            await operation.send_operation_message({"id": operation.id, "type": "complete"})
+
+    async def send_message(self, message: Message) -> None:
+        """The first result of a query or mutation goes out once its unit is settled."""
+        scope = current_operation()
+        if (
+            scope is not None
+            and not scope.answered
+            and message["type"] == "next"
+            and scope.operation in (OperationType.QUERY, OperationType.MUTATION)
+        ):
+            scope.answered = True
+            payload: dict[str, Any] = dict(message["payload"])
+            if scope.unit is not None and not await settle(
+                scope.unit, commit=not payload.get("errors")
+            ):
+                payload = {"data": None, "errors": [_INTERNAL]}
+            message = cast("NextMessage", {**message, "payload": payload})
+        await super().send_message(message)
