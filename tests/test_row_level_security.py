@@ -74,7 +74,7 @@ async def test_every_table_has_forced_row_level_security(owner_db: Database) -> 
     when its tables are listed,
     then each (but Alembic's own) has row-level security enabled and forced: a table
     without it would show every workspace's rows to the app's role. A new global table
-    needs a deliberate policy, as `users` and `webhook_events` have (docs/tenancy.md)."""
+    needs a deliberate policy, as `users` and `webhook_events` have (docs/security/tenancy.md)."""
     async with owner_db.engine.connect() as conn:
         rows = (
             await conn.execute(

@@ -5,7 +5,7 @@ role could set it); the migrating role, which owns the tables, gets a policy of 
 `users`, `webhook_events` and `pending_signups` get row-level security; and the cross-workspace work of
 the app (webhook routing, the worker's sweeps, login, invitations, password changes)
 goes through SECURITY DEFINER functions that each answer one question with ids.
-See docs/tenancy.md. Nothing to do on SQLite.
+See docs/security/tenancy.md. Nothing to do on SQLite.
 
 Revision ID: 0007_tenancy
 Revises: 0006_contact_profile_name

@@ -676,5 +676,7 @@ def test_render_matrix_is_the_contracts_role_table() -> None:
 
 
 def test_the_readme_carries_the_rendered_matrix_verbatim() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert render_matrix() in readme, "README.md must carry weflux.auth.permissions.render_matrix()"
+    readme = (ROOT / "docs" / "security" / "README.md").read_text(encoding="utf-8")
+    assert render_matrix() in readme, (
+        "docs/security/README.md must carry weflux.auth.permissions.render_matrix()"
+    )

@@ -1,0 +1,132 @@
+"""The docs tree: every setting documented once, every relative link alive, the layout true."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from weflux.config import Settings
+
+ROOT = Path(__file__).parents[1]
+DOCS = ROOT / "docs"
+CONFIGURATION = DOCS / "operations" / "configuration.md"
+DEVELOPMENT = DOCS / "development.md"
+PACKAGE = ROOT / "weflux"
+
+_VARIABLE = re.compile(r"\bWEFLUX_[A-Z0-9_]*[A-Z0-9]\b")
+_TABLE_ROW = re.compile(r"^\| `(WEFLUX_[A-Z0-9_]+)` \|")
+_FENCE = re.compile(r"^```.*?^```", re.DOTALL | re.MULTILINE)
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
+_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*:", re.IGNORECASE)
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.MULTILINE)
+
+
+def _pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def _settings_variables() -> set[str]:
+    return {
+        f"WEFLUX_{name.upper()}"
+        for name, field in Settings.model_fields.items()
+        if not field.exclude  # `generated_secrets` is bookkeeping, not a variable
+    }
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    text = heading.replace("`", "").strip().lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def _anchors(page: Path) -> set[str]:
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    for heading in _HEADING.findall(_FENCE.sub("", page.read_text(encoding="utf-8"))):
+        slug = _slug(heading)
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def _links(page: Path) -> list[str]:
+    text = _CODE_SPAN.sub("", _FENCE.sub("", page.read_text(encoding="utf-8")))
+    return _LINK.findall(text)
+
+
+def test_every_setting_is_one_row_of_the_configuration_page_and_nothing_else_is() -> None:
+    """Given the settings of weflux/config.py and the configuration page
+    When its table rows and every WEFLUX_ name it mentions are read
+    Then each setting has exactly one row, and the page names no variable that is not one."""
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    rows = [m.group(1) for line in text.splitlines() if (m := _TABLE_ROW.match(line))]
+    settings = _settings_variables()
+    assert sorted(settings - set(rows)) == [], "settings without a row"
+    assert sorted({row for row in rows if rows.count(row) > 1}) == [], "settings with two rows"
+    assert sorted(set(_VARIABLE.findall(text)) - settings) == [], "variables that do not exist"
+
+
+def test_every_relative_link_points_at_a_file_and_heading_that_exist() -> None:
+    """Given README.md and every page under docs/
+    When each relative link (path and #anchor) is resolved from its page
+    Then it names a file inside the repository and, for a page, one of its headings."""
+    broken: list[str] = []
+    for page in _pages():
+        for target in _links(page):
+            if _SCHEME.match(target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (page.parent / path).resolve() if path else page
+            where = f"{page.relative_to(ROOT)}: {target}"
+            if not resolved.is_relative_to(ROOT) or not resolved.exists():
+                broken.append(f"{where} (no such file in the repository)")
+            elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
+                broken.append(f"{where} (no such heading)")
+    assert broken == []
+
+
+def _layout_block() -> list[str]:
+    text = DEVELOPMENT.read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1]
+    block = re.search(r"^```\n(weflux/[^\n]*\n.*?)^```", section, re.DOTALL | re.MULTILINE)
+    assert block is not None, "docs/development.md: the Layout section starts with a weflux/ block"
+    return block.group(1).splitlines()
+
+
+def _documented_layout() -> set[str]:
+    """The paths the layout block names: one entry a line, two spaces per level."""
+    paths: set[str] = set()
+    parents: list[str] = []
+    for line in _layout_block()[1:]:  # the first line is weflux/ itself
+        if not line.strip():
+            continue
+        depth = (len(line) - len(line.lstrip(" "))) // 2 - 1
+        entry = line.split()[0]
+        del parents[depth:]
+        path = "/".join([*parents, entry.rstrip("/")])
+        paths.add(path)
+        if entry.endswith("/"):
+            parents.append(entry.rstrip("/"))
+    return paths
+
+
+def _package_layout() -> set[str]:
+    paths: set[str] = set()
+    for path in PACKAGE.rglob("*"):
+        relative = path.relative_to(PACKAGE)
+        if "__pycache__" in relative.parts or path.name == "__init__.py":
+            continue
+        if path.is_dir() or path.suffix == ".py":
+            paths.add(relative.as_posix())
+    return paths
+
+
+def test_the_layout_in_the_development_page_names_every_module_of_the_package() -> None:
+    """Given the layout block of docs/development.md
+    When it is compared with the modules and packages under weflux/
+    Then it names each of them, and nothing that is not there."""
+    documented, actual = _documented_layout(), _package_layout()
+    assert sorted(actual - documented) == [], "modules the layout omits"
+    assert sorted(documented - actual) == [], "layout entries that do not exist"
