@@ -99,7 +99,7 @@ def _split_list(value: Any) -> list[str]:
 
 
 class Settings(BaseSettings):
-    """Every setting of the service; see the README's configuration table."""
+    """Every setting of the service; see docs/operations/configuration.md."""
 
     model_config = SettingsConfigDict(
         env_prefix="WEFLUX_", env_file=".env", extra="ignore", validate_default=True
@@ -152,7 +152,7 @@ class Settings(BaseSettings):
     meta_app_secret: SecretStr | None = None
     meta_verify_token: SecretStr | None = None
     graphql_introspection: bool = True
-    # Query cost (see docs/graphql-limits.md): the nodes one operation may return, the
+    # Query cost (see docs/api/limits.md): the nodes one operation may return, the
     # deadline of one operation, and the leaky buckets its cost is charged to.
     graphql_max_nodes: int = Field(default=10_000, ge=1)
     graphql_timeout: timedelta = timedelta(seconds=10)

@@ -8,7 +8,7 @@ password hash): the app's role itself sees one workspace per transaction, with n
 to see more. On SQLite the same question is a Core statement on the session's
 connection, out of the ORM scoping layer's way. Either way the work then continues in a
 session narrowed to the workspace (`use_workspace`, `db.session(org_id)`), under the
-scoping layer and row-level security as everywhere else. docs/tenancy.md says why each
+scoping layer and row-level security as everywhere else. docs/security/tenancy.md says why each
 exists and what an injected call of one could learn.
 """
 

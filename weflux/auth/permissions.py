@@ -2,7 +2,7 @@
 """Role -> permissions: the one table that says who may do what.
 
 GraphQL permission classes (`weflux.gql.permissions`) and services read it; the
-README's role matrix is rendered from it and a test holds the two together.
+role matrix in docs/security/README.md is rendered from it and a test holds the two together.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ MATRIX: list[tuple[str, Callable[[Role], str]]] = [
 
 
 def render_matrix() -> str:
-    """The role matrix as a Markdown table (the README carries it verbatim)."""
+    """The role matrix as a Markdown table (docs/security/README.md carries it verbatim)."""
     roles = [Role.ADMIN, Role.MANAGER, Role.AGENT]
     lines = [
         "| capability | " + " | ".join(role.value for role in roles) + " |",

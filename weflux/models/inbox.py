@@ -219,7 +219,7 @@ class WebhookEvent(SQLModel, table=True):
 
     Platform-level, not workspace-owned: one body may concern several workspaces, and
     which ones is only known once it is parsed. On PostgreSQL the app's role sees only
-    the event a transaction names (`db.session(webhook_event=…)`, docs/tenancy.md).
+    the event a transaction names (`db.session(webhook_event=…)`, docs/security/tenancy.md).
     """
 
     __tablename__ = "webhook_events"

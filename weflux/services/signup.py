@@ -165,7 +165,7 @@ async def confirm_signup(
 
 async def _hold_token(session: AsyncSession, digest: str) -> None:
     """On PostgreSQL, row-level security lets a transaction see the pending sign-up whose
-    token it holds, and no other (docs/tenancy.md)."""
+    token it holds, and no other (docs/security/tenancy.md)."""
     connection = await session.connection()
     if connection.dialect.name == "postgresql":
         await connection.execute(
