@@ -32,7 +32,7 @@ def test_no_top_level_package_shadows_a_library() -> None:
 
 
 def test_live_payload_types_do_not_depend_on_the_caller() -> None:
-    """Live results are shared within a visibility class (weflux.gql.live): the types a
+    """Live results are shared within a visibility class (weflux.gql.event_memo): the types a
     subscription can reach must not read who is asking."""
     types = [
         PACKAGE / "gql" / "inbox" / "types.py",

@@ -19,23 +19,15 @@ from weflux.api import webhooks as webhook_routes
 from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
 from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
-from weflux.api.ratelimit import RateLimiter
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
-from weflux.auth.guard import PasswordGuard
-from weflux.auth.principal import Authenticator
-from weflux.auth.tokens import TokenCodec
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.errors import error_response
-from weflux.gql.guard import CostBudgets
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs
-from weflux.mail.mailer import build_mailer
 from weflux.migrate import ensure_current_schema
-from weflux.realtime.hub import Hub
-from weflux.realtime.sockets import SocketRegistry
 from weflux.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -82,49 +74,25 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 def create_app(settings: Settings | None = None) -> Starlette:
     """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it."""
     settings = settings or load_settings()
-    assert settings.jwt_secret is not None  # load_settings guarantees it
     # However the app is served (`weflux serve`, `uvicorn --factory`, a test server),
     # uvicorn's lines never carry a query string or a WebSocket frame.
     guard_library_logs()
-    codec = TokenCodec(
-        settings.jwt_secret.get_secret_value(),
-        access_ttl=settings.access_token_ttl,
-        refresh_ttl=settings.refresh_token_ttl,
-        session_max_age=settings.session_max_age,
-    )
-    trusted_proxies = parse_trusted_proxies(settings.trusted_proxies)
+    # Checked here as well as by the runtime: a wrong WEFLUX_TRUSTED_PROXIES stops
+    # `weflux serve` as a configuration error before uvicorn starts the lifespan.
+    parse_trusted_proxies(settings.trusted_proxies)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        runtime = Runtime(settings)
-        authenticator = Authenticator(codec, runtime.db, runtime.broker)
-        limiter = RateLimiter(settings)
-        cost_budgets = CostBudgets(settings)
-        state = app.state
-        state.runtime, state.settings, state.db = runtime, settings, runtime.db
-        state.redis, state.broker = runtime.redis, runtime.broker
-        state.keyring, state.cloud_api = runtime.keyring, runtime.cloud_api
-        state.codec, state.authenticator, state.limiter = codec, authenticator, limiter
-        state.password_guard = PasswordGuard(limiter)
-        state.mailer = build_mailer(settings)
+        runtime = Runtime.build(settings)
+        app.state.runtime = runtime  # the one thing on the app's state: `runtime_of`
         passwords.configure_pool(settings.password_hashing_workers, settings.password_hashing_queue)
-        state.cost_budgets = cost_budgets
-        state.trusted_proxies = trusted_proxies
-        state.hub = Hub(runtime.broker)
-        state.sockets = SocketRegistry(authenticator)
         try:
             await _check_database_role(settings, runtime.db)
             await ensure_current_schema(runtime.db.engine, strict=settings.is_production)
             await passwords.warm_up()
-            await runtime.start(worker=settings.in_process_worker)
-            await authenticator.start()
-            await state.hub.start()
+            await runtime.start(serve=True, worker=settings.in_process_worker)
             yield
         finally:
-            await state.hub.stop()
-            await authenticator.stop()
-            await limiter.close()
-            await cost_budgets.close()
             await runtime.stop()
 
     graphql = GraphQLApp(

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -14,10 +15,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from weflux.config import ConfigError, Settings, generate_encryption_key_entry, load_settings
-from weflux.db import Database
+from weflux.config import (
+    ConfigError,
+    Settings,
+    generate_encryption_key_entry,
+    load_settings,
+    parse_duration,
+)
 from weflux.logs import configure_logging
-from weflux.migrate import SchemaOutOfDate, ensure_current_schema
+
+# Each command imports what it needs inside its function, not here: `weflux --help` and
+# the light commands must not pay for SQLAlchemy, Alembic, Strawberry, uvicorn or the
+# crypto libraries (start-up cost). Such imports say "deferred: start-up cost".
 
 log = logging.getLogger("weflux.cli")
 
@@ -39,12 +48,14 @@ def _settings() -> Settings:
 
 
 def _migrate(settings: Settings) -> None:
-    from weflux.migrate import migrate
+    from weflux.migrate import migrate  # deferred: start-up cost
 
     asyncio.run(migrate(settings.migration_url, app_url=settings.database_url))
 
 
 async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
+    # deferred: start-up cost
+    from weflux.crypto.keyring import KeyRing
     from weflux.db import Database, maintenance_database
     from weflux.services import demo
 
@@ -57,8 +68,6 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
             await maintenance.dispose()
     db = Database(settings.database_url)
     try:
-        from weflux.crypto.keyring import KeyRing
-
         logins = await demo.create_demo(db, KeyRing.from_settings(settings))
     finally:
         await db.dispose()
@@ -81,6 +90,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _require_current_schema(settings: Settings) -> None:
+    # deferred: start-up cost
+    from weflux.db import Database
+    from weflux.migrate import ensure_current_schema
+
     db = Database(settings.database_url)
     try:
         await ensure_current_schema(db.engine, strict=True)
@@ -90,7 +103,9 @@ async def _require_current_schema(settings: Settings) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the API under uvicorn."""
-    import uvicorn
+    import uvicorn  # deferred: start-up cost
+
+    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
 
     configure_logging()
     settings = _settings()
@@ -99,7 +114,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         asyncio.run(_demo(settings, only_if_empty=True))
     elif settings.is_production:
         # Here too, not only in the app's lifespan: uvicorn would restart failing workers.
-        asyncio.run(_require_current_schema(settings))
+        try:
+            asyncio.run(_require_current_schema(settings))
+        except SchemaOutOfDate as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     if args.workers > 1 and not settings.redis_url:
         raise ConfigError(
             "--workers above 1 needs WEFLUX_REDIS_URL: revocations and events must reach "
@@ -127,16 +146,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 async def _run_worker(settings: Settings) -> int:
-    import signal
+    from weflux.runtime import Runtime  # deferred: start-up cost
 
-    from weflux.runtime import Runtime
-
-    runtime = Runtime(settings)
+    runtime = Runtime.build(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await runtime.start(worker=True)
+    await runtime.start(serve=False, worker=True)
     log.info("worker started")
     try:
         await stop.wait()
@@ -148,8 +165,7 @@ async def _run_worker(settings: Settings) -> int:
 
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
     """Reprocess stored webhook events (idempotent), all or those received since a time."""
-    from weflux.config import parse_duration
-    from weflux.models import utcnow
+    from weflux.models import utcnow  # deferred: start-up cost
 
     since = None
     if args.since:
@@ -164,15 +180,18 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
 
 
 async def _replay(settings: Settings, since: datetime | None) -> int:
+    # deferred: start-up cost
     from weflux.db import maintenance_database
     from weflux.runtime import Runtime
     from weflux.services.ingest import replay
 
     events = await maintenance_database(settings.migration_url)
-    runtime = Runtime(settings)
-    await runtime.start(worker=False)
+    runtime = Runtime.build(settings)
+    await runtime.start(serve=False, worker=False)
     try:
-        processed, failed = await replay(runtime, events, since=since)
+        processed, failed = await replay(
+            runtime.db, runtime.broker, runtime.settings, events, since=since
+        )
     finally:
         await runtime.stop()
         await events.dispose()
@@ -187,6 +206,7 @@ def cmd_webhooks_failed(args: argparse.Namespace) -> int:
 
 
 async def _failed(settings: Settings) -> int:
+    # deferred: start-up cost
     from sqlmodel import col, select
 
     from weflux.db import maintenance_database
@@ -221,7 +241,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _key_id(value: str) -> str:
-    from weflux.crypto.keyring import KEY_ID_PATTERN
+    from weflux.crypto.keyring import KEY_ID_PATTERN  # deferred: start-up cost
 
     if not KEY_ID_PATTERN.match(value):
         raise argparse.ArgumentTypeError("use 1 to 32 letters, digits, `_`, `.` or `-`")
@@ -241,6 +261,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
 
 async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
+    # deferred: start-up cost
     from weflux.crypto.keyring import KeyRing
     from weflux.crypto.rotation import rotate_keys
     from weflux.db import maintenance_database
@@ -276,6 +297,7 @@ def _positive(value: str) -> int:
 
 
 def export_schema_sdl() -> str:
+    # deferred: start-up cost
     from strawberry.printer import print_schema
 
     from weflux.gql.schema import schema
@@ -356,9 +378,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         for error in exc.errors():
             name = "WEFLUX_" + "_".join(str(part) for part in error["loc"]).upper()
             print(f"configuration error: {name}: {error['msg']}", file=sys.stderr)
-        return 2
-    except SchemaOutOfDate as exc:
-        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

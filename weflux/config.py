@@ -17,7 +17,6 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from sqlalchemy.engine import make_url
 
 from weflux.mail.smtp import SmtpConfig
 from weflux.mail.url import parse_smtp_url
@@ -299,6 +298,10 @@ class Settings(BaseSettings):
     def _database_url(cls, value: str | None) -> str | None:
         if not value:
             return value
+        # deferred: start-up cost (the CLI imports this module; `weflux --help` and the
+        # light commands must not load SQLAlchemy)
+        from sqlalchemy.engine import make_url
+
         driver = make_url(value).drivername
         if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")

@@ -149,6 +149,8 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # SQLAlchemy's DEBUG lines are result rows (message texts, emails, user agents).
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     # Second line of defence: known secret values never reach a handler's output.
+    # deferred: start-up cost (the CLI imports this module, and `weflux.crypto`'s package
+    # brings the models, hence SQLAlchemy, which `weflux --help` must not load)
     from weflux.crypto.secret import install_redaction
 
     install_redaction()

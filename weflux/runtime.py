@@ -1,30 +1,39 @@
-"""The long-lived objects of a process: database, Redis, broker, key ring, Cloud API, worker."""
+"""The long-lived objects of a process, built once and reached in one typed way.
+
+`Runtime.build(settings)` makes them (nothing connects yet), `start()` opens what listens,
+`stop()` closes everything. The app's lifespan keeps the one runtime on `app.state.runtime`;
+`runtime_of(request)` reads it back, typed. Everything below the app (services, the
+GraphQL context, the worker's jobs) receives the parts it needs, never the runtime.
+"""
 
 from __future__ import annotations
 
-import logging
-from datetime import timedelta
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from starlette.applications import Starlette
+from starlette.requests import HTTPConnection
 
+from weflux.api.client_ip import ProxyNetwork, parse_trusted_proxies
+from weflux.api.ratelimit import RateLimiter
+from weflux.auth.guard import PasswordGuard
+from weflux.auth.principal import Authenticator
+from weflux.auth.tokens import TokenCodec
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
+from weflux.gql.event_memo import EventMemo
+from weflux.gql.guard import CostBudgets
+from weflux.mail.mailer import Mailer, build_mailer
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
+from weflux.realtime.hub import Hub
+from weflux.realtime.sockets import SocketRegistry
 from weflux.services.channels import Services as ChannelServices
 from weflux.whatsapp.client import CloudApiClient
-from weflux.worker.delivery import build_throttle, deliver_due_messages
-from weflux.worker.health import refresh_due_accounts
-from weflux.worker.runner import Job, Worker
-
-log = logging.getLogger(__name__)
-
-HEALTH_SWEEP_SECONDS = 60.0
-WEBHOOK_SWEEP_SECONDS = 10.0
-# A delivery sweep that claims a full batch goes again at once, up to this many rounds.
-DELIVERY_MAX_ROUNDS = 20
+from weflux.worker import jobs
+from weflux.worker.runner import Worker
 
 
 def create_redis(url: str) -> Redis:
@@ -37,72 +46,98 @@ def create_redis(url: str) -> Redis:
     )
 
 
+@dataclass(eq=False)
 class Runtime:
-    """Built once per process; `start()` opens connections, `stop()` closes them."""
+    """What one process shares: connections, keys, limits, live fan-out, the worker."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.db = Database(
+    settings: Settings
+    db: Database
+    redis: Redis | None
+    broker: Broker
+    keyring: KeyRing
+    cloud_api: CloudApiClient
+    channel_services: ChannelServices
+    codec: TokenCodec
+    authenticator: Authenticator
+    limiter: RateLimiter
+    password_guard: PasswordGuard
+    mailer: Mailer
+    cost_budgets: CostBudgets
+    trusted_proxies: tuple[ProxyNetwork, ...]
+    hub: Hub
+    sockets: SocketRegistry
+    event_memo: EventMemo
+    worker: Worker | None = None
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        """Every part, wired; nothing is connected until `start()`."""
+        assert settings.jwt_secret is not None  # load_settings guarantees it
+        db = Database(
             settings.database_url,
             pool_size=settings.database_pool_size,
             connect_timeout=settings.database_connect_timeout,
             statement_timeout=settings.database_statement_timeout,
         )
-        self.redis = create_redis(settings.redis_url) if settings.redis_url else None
-        self.broker: Broker = (
-            RedisBroker(self.redis) if self.redis is not None else InProcessBroker()
+        redis = create_redis(settings.redis_url) if settings.redis_url else None
+        broker: Broker = RedisBroker(redis) if redis is not None else InProcessBroker()
+        keyring = KeyRing.from_settings(settings)
+        cloud_api = CloudApiClient.from_settings(settings)
+        codec = TokenCodec(
+            settings.jwt_secret.get_secret_value(),
+            access_ttl=settings.access_token_ttl,
+            refresh_ttl=settings.refresh_token_ttl,
+            session_max_age=settings.session_max_age,
         )
-        self.keyring = KeyRing.from_settings(settings)
-        self.cloud_api = CloudApiClient.from_settings(settings)
-        self.channel_services = ChannelServices(
-            keyring=self.keyring, cloud=self.cloud_api, broker=self.broker
+        authenticator = Authenticator(codec, db, broker)
+        limiter = RateLimiter(settings)
+        return cls(
+            settings=settings,
+            db=db,
+            redis=redis,
+            broker=broker,
+            keyring=keyring,
+            cloud_api=cloud_api,
+            channel_services=ChannelServices(keyring=keyring, cloud=cloud_api, broker=broker),
+            codec=codec,
+            authenticator=authenticator,
+            limiter=limiter,
+            password_guard=PasswordGuard(limiter),
+            mailer=build_mailer(settings),
+            cost_budgets=CostBudgets(settings),
+            trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
+            hub=Hub(broker),
+            sockets=SocketRegistry(authenticator),
+            event_memo=EventMemo(),
         )
-        self.worker: Worker | None = None
 
     def build_worker(self) -> Worker:
-        interval: timedelta = self.settings.health_refresh_interval
-
-        async def health() -> int:
-            return await refresh_due_accounts(self.db, self.channel_services, interval=interval)
-
-        async def webhooks() -> int:
-            from weflux.services.ingest import retry_due_events
-
-            return await retry_due_events(self)
-
-        throttle = build_throttle(self.redis)
-        batch_size = self.settings.delivery_batch_size
-
-        async def delivery() -> int:
-            total = 0
-            for _ in range(DELIVERY_MAX_ROUNDS):
-                claimed = await deliver_due_messages(
-                    self.db,
-                    self.channel_services,
-                    self.settings,
-                    batch_size=batch_size,
-                    throttle=throttle,
-                )
-                total += claimed
-                if claimed < batch_size:
-                    break
-            return total
-
-        return Worker(
-            [
-                Job("delivery", every=self.settings.delivery_interval, run=delivery),
-                Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
-                Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
-            ]
+        """The delivery and maintenance jobs over this runtime's parts."""
+        return jobs.build_worker(
+            settings=self.settings,
+            db=self.db,
+            broker=self.broker,
+            channel_services=self.channel_services,
+            redis=self.redis,
         )
 
-    async def start(self, *, worker: bool) -> None:
+    async def start(self, *, serve: bool, worker: bool) -> None:
+        """Connect the broker; with `worker`, run the jobs in this process; with `serve`,
+        listen for revocations and workspace events (what a process serving the API needs)."""
         await self.broker.start()
         if worker:
             self.worker = self.build_worker()
             await self.worker.start()
+        if serve:
+            await self.authenticator.start()
+            await self.hub.start()
 
     async def stop(self) -> None:
+        """Close everything, whatever `start()` reached."""
+        await self.hub.stop()
+        await self.authenticator.stop()
+        await self.limiter.close()
+        await self.cost_budgets.close()
         if self.worker is not None:
             await self.worker.stop()
         await self.broker.stop()
@@ -110,3 +145,12 @@ class Runtime:
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()
+
+
+def runtime_of(where: HTTPConnection | Starlette) -> Runtime:
+    """The runtime of the app serving a request or socket (or of the app itself)."""
+    app = where.app if isinstance(where, HTTPConnection) else where
+    runtime = getattr(app.state, "runtime", None)
+    if not isinstance(runtime, Runtime):
+        raise RuntimeError("the app's lifespan has not started: no runtime")
+    return runtime

@@ -25,6 +25,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.db import Database
 from weflux.models import AuthSession, utcnow
 from weflux.realtime.broker import InProcessBroker
+from weflux.runtime import runtime_of
 
 VIEWER = "{ viewer { id role } }"
 
@@ -40,7 +41,7 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
-        await app.state.broker.wait_connected()
+        await runtime_of(app).broker.wait_connected()
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

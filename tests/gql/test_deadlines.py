@@ -25,6 +25,7 @@ from weflux.app import create_app
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Conversation, ConversationStatus, Organization
+from weflux.runtime import runtime_of
 from weflux.services import conversations as conversation_service
 
 ENDLESS = {
@@ -147,7 +148,7 @@ async def test_postgres_connections_take_the_configured_statement_timeout(
         )
         app = create_app(settings)
         async with LifespanManager(app):
-            engine = app.state.db.engine
+            engine = runtime_of(app).db.engine
             async with engine.connect() as connection:
                 return str((await connection.execute(text("SHOW statement_timeout"))).scalar())
 

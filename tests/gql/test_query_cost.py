@@ -20,6 +20,7 @@ from tests.fixtures.factories import Actor, create_conversation, create_whatsapp
 from tests.gql.conftest import ClientFactory
 from weflux.db import Database
 from weflux.models import Organization
+from weflux.runtime import runtime_of
 
 ATTACK = (
     "{ conversations(first:50){edges{node{messages(last:50){edges{node{conversation"
@@ -35,7 +36,7 @@ COST_KEYS = {"requested", "nodes", "remaining", "maximum", "restoreRate"}
 def counting(app: Starlette) -> Iterator[list[str]]:
     """The SQL statements the app's engine sends inside the block."""
     statements: list[str] = []
-    engine = app.state.db.engine.sync_engine
+    engine = runtime_of(app).db.engine.sync_engine
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)

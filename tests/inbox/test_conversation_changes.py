@@ -11,6 +11,7 @@ from tests.inbox.helpers import ASSIGN, MARK_READ, UPDATE_STATUS, Api, codes, gi
 from weflux.db import Database
 from weflux.models import Conversation, ConversationStatus, Organization, WhatsAppAccount
 from weflux.realtime.events import workspace_channel
+from weflux.runtime import runtime_of
 
 
 async def test_status_and_read_state_change_and_are_announced(
@@ -29,7 +30,7 @@ async def test_status_and_read_state_change_and_are_announced(
     async def listen(message: dict[str, Any]) -> None:
         heard.append({k: v for k, v in message.items() if k != "eid"})
 
-    unsubscribe = await web.state.broker.subscribe(workspace_channel(org.id), listen)
+    unsubscribe = await runtime_of(web).broker.subscribe(workspace_channel(org.id), listen)
     conversation_id = gid("Conversation", conversation.id)
     try:
         # when an agent resolves it and reads it
@@ -79,7 +80,7 @@ async def test_a_refused_change_is_not_announced(
     async def listen(message: dict[str, Any]) -> None:
         heard.append({k: v for k, v in message.items() if k != "eid"})
 
-    unsubscribe = await web.state.broker.subscribe(workspace_channel(org.id), listen)
+    unsubscribe = await runtime_of(web).broker.subscribe(workspace_channel(org.id), listen)
     try:
         body = await api(
             agent,

@@ -791,7 +791,7 @@ def test_the_lease_must_outlast_a_cloud_api_call(tmp_path: Path) -> None:
 
 
 def test_the_worker_runs_delivery_every_half_second(tmp_path: Path) -> None:
-    runtime = Runtime(make_settings(tmp_path))
+    runtime = Runtime.build(make_settings(tmp_path))
     jobs = {job.name: job for job in runtime.build_worker().jobs}
     assert jobs["delivery"].every == 0.5
 

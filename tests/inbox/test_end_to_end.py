@@ -20,6 +20,7 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Organization, WhatsAppAccount, utcnow
+from weflux.runtime import runtime_of
 from weflux.whatsapp.fake_cloud_api import FakeCloudApi
 from weflux.worker.delivery import deliver_due_messages
 
@@ -122,7 +123,7 @@ async def test_a_customer_writes_an_agent_replies_and_meta_reports(
     assert first["status"] == "QUEUED"
 
     # Then the worker delivers it once, through the Cloud API
-    runtime = app.state.runtime
+    runtime = runtime_of(app)
     await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings)
     (sent,) = fake_meta.sent
     assert sent.payload["text"] == {"body": "Yes, tomorrow!"}
@@ -255,7 +256,7 @@ async def test_flushing_redis_loses_nothing(
                 queued = await gql(client, token, SEND, {"input": reply})
                 assert queued.json()["data"]["sendMessage"]["status"] == "QUEUED"
                 await redis.flushdb()
-                runtime = app.state.runtime
+                runtime = runtime_of(app)
                 await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings)
                 assert [s.payload["text"] for s in fake_meta.sent] == [{"body": "still here"}]
     finally:

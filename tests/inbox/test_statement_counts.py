@@ -25,6 +25,7 @@ from tests.fixtures.factories import (
 from tests.inbox.helpers import Api, workspace
 from weflux.db import Database
 from weflux.models import MessageDirection, Organization
+from weflux.runtime import runtime_of
 
 PAGE = """query($first: Int!) { conversations(first: $first) { edges { node {
   id contact { name } assignee { role } lastMessage { text } } } } }"""
@@ -46,7 +47,7 @@ ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
 def counting(web: Starlette) -> Iterator[list[str]]:
     """The SQL statements the app's engine sends inside the block."""
     statements: list[str] = []
-    engine = web.state.db.engine.sync_engine
+    engine = runtime_of(web).db.engine.sync_engine
 
     def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         statements.append(statement)

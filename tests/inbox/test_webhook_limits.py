@@ -32,6 +32,7 @@ from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import Organization, WebhookEvent, WhatsAppAccount
+from weflux.runtime import runtime_of
 
 PLATFORM_SECRET = "platform-app-secret-0123456789"
 PLATFORM_VERIFY = "platform-verify-token-0123"
@@ -87,7 +88,7 @@ async def web(
 
 @pytest.fixture
 async def channel(db: Database, web: Starlette, org: Organization) -> WhatsAppAccount:
-    keyring: KeyRing = web.state.keyring
+    keyring: KeyRing = runtime_of(web).keyring
     async with db.session(org.id) as session:
         account = await create_whatsapp_account(session, org_id=org.id)
         seal(keyring, account, "app_secret_enc", CHANNEL_SECRET)

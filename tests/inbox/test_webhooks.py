@@ -37,6 +37,7 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
+from weflux.runtime import runtime_of
 
 PLATFORM_SECRET = "platform-app-secret-0123456789"
 PLATFORM_VERIFY = "platform-verify-token-0123"
@@ -518,7 +519,7 @@ async def test_statements_per_webhook_do_not_grow_with_its_messages(
     org: Organization,
     channel: WhatsAppAccount,
 ) -> None:
-    engine = app.state.db.engine.sync_engine
+    engine = runtime_of(app).db.engine.sync_engine
     counts = []
     for prefix, size in (("1650555", 10), ("1650777", 1000)):
         body = wh.webhook_body(
@@ -581,7 +582,8 @@ async def test_a_processing_failure_is_recorded_and_retried(
         due = await session.get(WebhookEvent, stored.id)
         assert due is not None
         due.next_attempt_at = utcnow()
-    assert await ingest.retry_due_events(app.state.runtime) == 1
+    runtime = runtime_of(app)
+    assert await ingest.retry_due_events(runtime.db, runtime.broker, runtime.settings) == 1
     assert len(await _messages(db, org.id)) == 1
 
 
@@ -597,7 +599,8 @@ async def test_replay_reprocesses_without_duplicates(
 
     await post(client, _one_text("a"))
     await post(client, _one_text("b"))
-    assert await ingest.replay(app.state.runtime, owner_db) == (2, 0)
+    runtime = runtime_of(app)
+    assert await ingest.replay(runtime.db, runtime.broker, runtime.settings, owner_db) == (2, 0)
     assert len(await _messages(db, org.id)) == 2
 
 

@@ -14,11 +14,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from weflux.api.client_ip import request_meta
+from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import check_email, parse, read_json
 from weflux.auth.tokens import bearer_token
 from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.mail.mailer import send_quietly
+from weflux.runtime import Runtime, runtime_of
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import signup as signup_service
@@ -91,10 +93,10 @@ def token_pair_body(pair: TokenPair) -> dict[str, Any]:
     }
 
 
-async def _limit(request: Request, name: str, key: str | None) -> None:
+async def _limit(limiter: RateLimiter, name: str, key: str | None) -> None:
     if key is None:
         return
-    decision = await request.app.state.limiter.hit(name, key)
+    decision = await limiter.hit(name, key)
     if not decision.allowed:
         raise RateLimited("Too many attempts; try again later", retry_after=decision.retry_after)
 
@@ -117,58 +119,58 @@ def _endpoint(handler: Endpoint) -> Endpoint:
     return wrapper
 
 
-async def _body(request: Request) -> Any:
-    return await read_json(request, request.app.state.settings.max_auth_body_bytes)
+async def _body(request: Request, runtime: Runtime) -> Any:
+    return await read_json(request, runtime.settings.max_auth_body_bytes)
 
 
 @_endpoint
 async def signup(request: Request) -> Response:
     """202 with the same body whether or not the email has an account; the email follows."""
-    meta = request_meta(request)
-    await _limit(request, "signup_ip", meta.ip)
-    body = parse(SignupBody, await _body(request))
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "signup_ip", meta.ip)
+    body = parse(SignupBody, await _body(request, runtime))
     signup_request = signup_service.signup_request(
         organization_name=body.organization_name,
         name=body.name,
         email=check_email(body.email),
         password=body.password,
     )
-    await _limit(request, "signup_email", signup_request.email)
-    state = request.app.state
+    await _limit(runtime.limiter, "signup_email", signup_request.email)
     message = await signup_service.request_signup(
-        state.db, state.mailer, state.settings.app_base_url, meta, signup_request
+        runtime.db, runtime.mailer, runtime.settings.app_base_url, meta, signup_request
     )
     # Sent after the answer, so its duration cannot tell which email it was.
     return JSONResponse(
         SIGNUP_ACCEPTED,
         status_code=202,
-        background=BackgroundTask(send_quietly, state.mailer, message),
+        background=BackgroundTask(send_quietly, runtime.mailer, message),
     )
 
 
 @_endpoint
 async def confirm_signup(request: Request) -> Response:
-    meta = request_meta(request)
-    await _limit(request, "signup_confirm_ip", meta.ip)
-    body = parse(SignupConfirmBody, await _body(request))
-    state = request.app.state
-    pair = await signup_service.confirm_signup(state.db, state.codec, meta, token=body.token)
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "signup_confirm_ip", meta.ip)
+    body = parse(SignupConfirmBody, await _body(request, runtime))
+    pair = await signup_service.confirm_signup(runtime.db, runtime.codec, meta, token=body.token)
     return JSONResponse(token_pair_body(pair), status_code=201)
 
 
 @_endpoint
 async def login(request: Request) -> Response:
-    meta = request_meta(request)
-    await _limit(request, "login_ip", meta.ip)
-    body = parse(LoginBody, await _body(request))
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "login_ip", meta.ip)
+    body = parse(LoginBody, await _body(request, runtime))
     organization_id = (
         decode_global_id(body.organization_id, "Organization") if body.organization_id else None
     )
-    state = request.app.state
     pair = await auth_service.login(
-        state.db,
-        state.codec,
-        state.password_guard,
+        runtime.db,
+        runtime.codec,
+        runtime.password_guard,
         meta,
         email=body.email,
         password=body.password,
@@ -179,43 +181,43 @@ async def login(request: Request) -> Response:
 
 @_endpoint
 async def refresh(request: Request) -> Response:
-    meta = request_meta(request)
-    await _limit(request, "refresh_ip", meta.ip)
-    body = parse(RefreshBody, await _body(request))
-    state = request.app.state
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "refresh_ip", meta.ip)
+    body = parse(RefreshBody, await _body(request, runtime))
     pair = await auth_service.refresh(
-        state.db,
-        state.codec,
-        state.authenticator,
+        runtime.db,
+        runtime.codec,
+        runtime.authenticator,
         meta,
         body.refresh_token,
-        reuse_interval=state.settings.refresh_reuse_interval,
+        reuse_interval=runtime.settings.refresh_reuse_interval,
     )
     return JSONResponse(token_pair_body(pair))
 
 
 @_endpoint
 async def logout(request: Request) -> Response:
-    state = request.app.state
-    principal = await state.authenticator.authenticate(
+    runtime = runtime_of(request)
+    principal = await runtime.authenticator.authenticate(
         bearer_token(request.headers.get("authorization"))
     )
     if principal is None:
         raise Unauthenticated("Authentication required")
-    await auth_service.logout(state.db, state.authenticator, principal)
+    await auth_service.logout(runtime.db, runtime.authenticator, principal)
     return Response(status_code=204)
 
 
 @_endpoint
 async def accept_invitation(request: Request) -> Response:
-    meta = request_meta(request)
-    await _limit(request, "invitation_ip", meta.ip)
-    body = parse(AcceptInvitationBody, await _body(request))
-    state = request.app.state
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "invitation_ip", meta.ip)
+    body = parse(AcceptInvitationBody, await _body(request, runtime))
     pair = await member_service.accept_invitation(
-        state.db,
-        state.codec,
-        state.password_guard,
+        runtime.db,
+        runtime.codec,
+        runtime.password_guard,
         meta,
         token=body.token,
         name=body.name,

@@ -93,10 +93,12 @@ def scope_client_ip(scope: Scope, trusted_proxies: Sequence[ProxyNetwork]) -> st
     return resolve_client_ip(peer, forwarded_for, trusted_proxies)
 
 
-def request_meta(connection: HTTPConnection) -> RequestMeta:
+def request_meta(
+    connection: HTTPConnection, trusted_proxies: Sequence[ProxyNetwork]
+) -> RequestMeta:
     """Where a request comes from, for audit events and sessions."""
     return RequestMeta(
-        ip=client_ip(connection, connection.app.state.trusted_proxies),
+        ip=client_ip(connection, trusted_proxies),
         user_agent=connection.headers.get("user-agent"),
     )
 

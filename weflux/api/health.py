@@ -8,6 +8,8 @@ import logging
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from weflux.runtime import runtime_of
+
 log = logging.getLogger(__name__)
 
 READINESS_TIMEOUT = 3.0
@@ -20,18 +22,19 @@ async def healthz(request: Request) -> JSONResponse:
 
 async def readyz(request: Request) -> JSONResponse:
     """The database (and Redis, when configured) answer; 503 otherwise."""
-    state = request.app.state
+    runtime = runtime_of(request)
     checks: dict[str, str] = {}
     try:
-        await state.db.ping(within=READINESS_TIMEOUT)
+        await runtime.db.ping(within=READINESS_TIMEOUT)
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready
         log.warning("database not ready", extra={"error": type(exc).__name__})
         checks["database"] = "unavailable"
-    if state.redis is not None:
+    redis = runtime.redis
+    if redis is not None:
         try:
             async with asyncio.timeout(READINESS_TIMEOUT):
-                await state.redis.ping()
+                await redis.ping()
             checks["redis"] = "ok"
         except Exception as exc:
             log.warning("redis not ready", extra={"error": type(exc).__name__})

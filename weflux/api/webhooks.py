@@ -32,6 +32,7 @@ from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
+from weflux.runtime import Runtime, runtime_of
 from weflux.services import ingest
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,9 @@ class _Channel:
 class _FailureLimits:
     """Failed proofs of one kind ("verify" or "signature") per client IP and webhook URL."""
 
-    def __init__(self, request: Request, proof: str) -> None:
-        state = request.app.state
-        self.limiter: RateLimiter = state.limiter
-        self.ip = client_ip(request, state.trusted_proxies)
+    def __init__(self, request: Request, runtime: Runtime, proof: str) -> None:
+        self.limiter: RateLimiter = runtime.limiter
+        self.ip = client_ip(request, runtime.trusted_proxies)
         self.proof = proof
 
     def _per_ip(self) -> list[tuple[str, str]]:
@@ -91,8 +91,8 @@ class _FailureLimits:
             await self.limiter.hit(name, key)
 
 
-async def _channel(request: Request) -> _Channel | Response:
-    settings = request.app.state.settings
+async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
+    settings = runtime.settings
     platform_secret = (
         settings.meta_app_secret.get_secret_value() if settings.meta_app_secret else None
     )
@@ -104,8 +104,7 @@ async def _channel(request: Request) -> _Channel | Response:
         return _Channel(None, platform_secret, platform_token)
     if len(key) > 64:
         return _text(404, "Not found")
-    db = request.app.state.db
-    async with db.session() as s:
+    async with runtime.db.session() as s:
         named = await crossings.webhook_channel(s, key)
         account = None
         if named is not None:
@@ -113,7 +112,7 @@ async def _channel(request: Request) -> _Channel | Response:
             account = await s.get(WhatsAppAccount, named.id)
     if account is None:
         return _text(404, "Not found")
-    keyring = request.app.state.keyring
+    keyring = runtime.keyring
     try:
         app_secret = open_secret(keyring, account, "app_secret_enc")
         verify_token = open_secret(keyring, account, "webhook_verify_token_enc")
@@ -130,10 +129,11 @@ async def _channel(request: Request) -> _Channel | Response:
 
 async def handshake(request: Request) -> Response:
     """Meta's subscription check: echo `hub.challenge` for the right verify token."""
-    limits = _FailureLimits(request, "verify")
+    runtime = runtime_of(request)
+    limits = _FailureLimits(request, runtime, "verify")
     if refusal := await limits.refusal():
         return refusal
-    channel = await _channel(request)
+    channel = await _channel(request, runtime)
     if isinstance(channel, Response):
         return channel
     if refusal := await limits.refusal(channel):
@@ -164,13 +164,14 @@ def signature_valid(body: bytes, header: str | None, app_secret: str) -> bool:
 
 async def notify(request: Request) -> Response:
     """Verify, store durably, answer; then process."""
+    runtime = runtime_of(request)
     try:
         body = await read_body(request, MAX_BODY_BYTES)
     except PayloadTooLarge:
         return _text(413, "Payload too large")
     except WefluxError:
         return _text(400, "Bad request")
-    channel = await _channel(request)
+    channel = await _channel(request, runtime)
     if isinstance(channel, Response):
         return channel
     if channel.app_secret is None or not signature_valid(
@@ -179,12 +180,11 @@ async def notify(request: Request) -> Response:
         # Limits are consulted only once a signature failed: an HMAC cannot be guessed,
         # and a correctly signed delivery is never throttled, whatever an attacker spent
         # of its IP's or its URL's failures (Meta's retries must always get through).
-        limits = _FailureLimits(request, "signature")
+        limits = _FailureLimits(request, runtime, "signature")
         if refusal := await limits.refusal() or await limits.refusal(channel):
             return refusal
         await limits.failed(channel)
         return _text(401, "Invalid signature")
-    state = request.app.state
     event = WebhookEvent(
         account_id=channel.account.id if channel.account else None,
         body=body,
@@ -192,12 +192,14 @@ async def notify(request: Request) -> Response:
     )
     try:
         # Not routed yet: the session names the one event it writes.
-        async with state.db.session(webhook_event=event.id) as s:
+        async with runtime.db.session(webhook_event=event.id) as s:
             s.add(event)
     except Exception:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")
-    task = BackgroundTask(ingest.process_event_safely, state.runtime, event.id)
+    task = BackgroundTask(
+        ingest.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
+    )
     return PlainTextResponse("OK", headers={"Cache-Control": "no-store"}, background=task)
 
 

@@ -24,6 +24,7 @@ from sqlmodel import col, select
 from weflux.auth.permissions import Permission, has_permission
 from weflux.auth.tokens import InvalidTokenError, TokenClaims, TokenCodec
 from weflux.db import Database
+from weflux.errors import Forbidden
 from weflux.models import AuthSession, Membership, Role, utcnow
 from weflux.realtime.broker import Broker, Message
 
@@ -54,8 +55,6 @@ class Principal:
     ) -> None:
         """FORBIDDEN unless the caller's role grants `permission`."""
         if not self.can(permission):
-            from weflux.errors import Forbidden
-
             raise Forbidden(message)
 
 

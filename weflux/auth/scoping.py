@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, text
+from sqlalchemy import Table, event, inspect, or_, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
@@ -33,7 +33,7 @@ from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
-from weflux.models import Organization, OrgScoped, workspace_models
+from weflux.models import Contact, Conversation, Message, Organization, OrgScoped, workspace_models
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
@@ -185,10 +185,6 @@ def _scope_statement(state: ORMExecuteState) -> Any:
 
 
 def _agent_criteria(agent: uuid.UUID) -> list[Any]:
-    from sqlalchemy import or_, select
-
-    from weflux.models import Contact, Conversation, Message
-
     def visible_conversation(cls: Any) -> Any:
         return or_(cls.assignee_membership_id == agent, cls.assignee_membership_id.is_(None))
 

@@ -15,15 +15,13 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from weflux.config import Settings
 from weflux.crypto.secret import Secret, register_secret
-
-if TYPE_CHECKING:
-    from weflux.config import Settings
 
 ENVELOPE_VERSION = "v1"
 # The key ids `weflux.config.parse_encryption_keys` accepts; they never contain `|` or `:`.

@@ -6,26 +6,32 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
+from starlette.websockets import WebSocket
 
+from weflux.api.ratelimit import RateLimiter
+from weflux.auth.guard import PasswordGuard
+from weflux.auth.permissions import Permission
 from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.config import Settings
 from weflux.db import Database
+from weflux.errors import Unauthenticated
+from weflux.gql.event_memo import EventMemo
+from weflux.gql.guard import CostBudgets
+from weflux.gql.loaders import Loaders
+from weflux.realtime.broker import Broker
+from weflux.realtime.hub import Hub
 from weflux.services.audit import RequestMeta
-
-if TYPE_CHECKING:
-    from weflux.auth.guard import PasswordGuard
-    from weflux.gql.loaders import Loaders
-    from weflux.realtime.broker import Broker
-    from weflux.services.channels import Services as ChannelServices
-
+from weflux.services.channels import Services as ChannelServices
 
 # A subscription runs in its own task: the unit of work of the event being delivered,
 # and its fresh DataLoaders, live in the task's context, never shared between operations.
-_event_session: ContextVar[Any] = ContextVar("weflux_event_session", default=None)
+_event_session: ContextVar[_LazyUnit | AsyncSession | None] = ContextVar(
+    "weflux_event_session", default=None
+)
 _event_loaders: ContextVar[Loaders | None] = ContextVar("weflux_event_loaders", default=None)
 
 
@@ -37,6 +43,13 @@ class Context:
     settings: Settings
     db: Database
     authenticator: Authenticator
+    broker: Broker
+    password_guard: PasswordGuard
+    channel_services: ChannelServices
+    limiter: RateLimiter
+    cost_budgets: CostBudgets
+    hub: Hub
+    event_memo: EventMemo
     meta: RequestMeta
     principal: Principal | None = None
     session: AsyncSession | None = None
@@ -44,9 +57,11 @@ class Context:
     _loaders: Loaders = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        from weflux.gql.loaders import Loaders
+        self._loaders = self.new_loaders()
 
-        self._loaders = Loaders(self)
+    def new_loaders(self) -> Loaders:
+        """Fresh DataLoaders that read through whichever unit of work is current (`unit`)."""
+        return Loaders(lambda: self.unit)
 
     @property
     def loaders(self) -> Loaders:
@@ -59,11 +74,9 @@ class Context:
         Lazy: most deliveries find the event already loaded for their visibility class,
         and then no session is opened at all.
         """
-        from weflux.gql.loaders import Loaders
-
         unit = _LazyUnit(self)
-        session_token = _event_session.set(unit)  # type: ignore[arg-type]
-        loaders_token = _event_loaders.set(loaders or Loaders(self))
+        session_token = _event_session.set(unit)
+        loaders_token = _event_loaders.set(loaders or self.new_loaders())
         try:
             yield
         finally:
@@ -79,11 +92,9 @@ class Context:
         Scoped as the caller's queries are. Whoever answers the operation settles it
         (`weflux.gql.socket`); closing it rolls back whatever was not committed.
         """
-        from weflux.gql.loaders import Loaders
-
         session = _scoped_session(self)
         session_token = _event_session.set(session)
-        loaders_token = _event_loaders.set(Loaders(self))
+        loaders_token = _event_loaders.set(self.new_loaders())
         try:
             yield session
         finally:
@@ -93,30 +104,17 @@ class Context:
             await session.close()
 
     @property
-    def broker(self) -> Broker:
-        broker: Broker = self.request.app.state.broker
-        return broker
-
-    @property
-    def password_guard(self) -> PasswordGuard:
-        guard: PasswordGuard = self.request.app.state.password_guard
-        return guard
-
-    @property
-    def channel_services(self) -> ChannelServices:
-        from weflux.services.channels import Services as ChannelServices
-
-        state = self.request.app.state
-        return ChannelServices(keyring=state.keyring, cloud=state.cloud_api, broker=state.broker)
-
-    @property
     def actor(self) -> Principal:
         """The authenticated caller (the edge guarantees one on every operation)."""
         if self.principal is None:
-            from weflux.errors import Unauthenticated
-
             raise Unauthenticated("Authentication required")
         return self.principal
+
+    async def close_socket(self, code: int, reason: str) -> None:
+        """Close the WebSocket this context serves (live operations only)."""
+        if not isinstance(self.request, WebSocket):
+            raise TypeError("not a WebSocket context")
+        await self.request.close(code=code, reason=reason)
 
     @property
     def unit(self) -> AsyncSession:
@@ -132,9 +130,6 @@ class Context:
 
 def _scoped_session(context: Context) -> AsyncSession:
     """A new session of the caller's workspace (and, for an Agent, visibility)."""
-    from weflux.auth.permissions import Permission
-    from weflux.auth.scoping import restrict_to_agent, set_scope
-
     principal = context.actor
     session = context.db.sessionmaker()
     set_scope(session, principal.org_id)

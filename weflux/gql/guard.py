@@ -26,14 +26,12 @@ from typing import Any
 
 from graphql import GraphQLError, OperationType, validate
 from sqlmodel.ext.asyncio.session import AsyncSession
-from starlette.requests import HTTPConnection
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
-from weflux.api.client_ip import client_ip
 from weflux.api.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
-from weflux.api.ratelimit import ALLOWED, RateLimitDecision
+from weflux.api.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
 from weflux.auth.principal import Principal
 from weflux.config import ConfigError, Settings
 from weflux.db import begin_read_only, interrupt
@@ -53,14 +51,14 @@ class DeadlineExceeded(Exception):
 # --- the request limits ------------------------------------------------------------
 
 
-async def hit_request_limits(connection: HTTPConnection, principal: Principal) -> RateLimitDecision:
-    """Count one operation against the per-IP and per-workspace request limits."""
-    state = connection.app.state
-    ip = client_ip(connection, state.trusted_proxies)
+async def hit_request_limits(
+    limiter: RateLimiter, ip: str | None, principal: Principal
+) -> RateLimitDecision:
+    """Count one operation from `ip` against the per-IP and per-workspace request limits."""
     for name, key in (("graphql_ip", ip), ("graphql_workspace", str(principal.org_id))):
         if key is None:
             continue
-        decision: RateLimitDecision = await state.limiter.hit(name, key)
+        decision = await limiter.hit(name, key)
         if not decision.allowed:
             return decision
     return ALLOWED
@@ -252,7 +250,7 @@ class OperationGuard(SchemaExtension):
         if cost is None:
             return None  # no such operation: Strawberry answers that
         self._operation = cost.operation
-        budgets: CostBudgets = context.request.app.state.cost_budgets
+        budgets: CostBudgets = context.cost_budgets
         limit = context.settings.graphql_max_nodes
         too_complex = cost.nodes > limit
         charge = await budgets.charge(context.actor, 0 if too_complex else cost.points)
@@ -288,6 +286,6 @@ class OperationGuard(SchemaExtension):
             principal = getattr(context, "principal", None)
             if principal is None:
                 return {}
-            budgets: CostBudgets = context.request.app.state.cost_budgets
+            budgets: CostBudgets = context.cost_budgets
             self._report = cost_report(None, await budgets.charge(principal, 0))
         return {"cost": self._report}

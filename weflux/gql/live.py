@@ -6,13 +6,12 @@ Agent never receives a conversation they cannot see, and a reassignment away sto
 flow at once. `messageAdded(after:)` replays from the database, then continues live
 without a gap or a duplicate: live events are buffered during the replay and
 de-duplicated by id, and after a broker reconnection the subscription catches up from
-the database.
+the database. Subscribers who see alike share one load and one execution of each event
+(`weflux.gql.event_memo`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
@@ -20,16 +19,13 @@ from datetime import timedelta
 from typing import Any
 
 import strawberry
-from graphql import ExecutionResult
 from sqlmodel import col, select
-from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.loaders import Loaders
 from weflux.gql.permissions import requires
 from weflux.gql.types import decode_cursor
 from weflux.ids import decode_global_id
@@ -37,7 +33,7 @@ from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import utcnow
-from weflux.realtime.hub import RESYNC, Hub, SlowConsumer, next_event
+from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
 
 READ = [requires(Permission.READ_WORKSPACE)]
 REPLAY_PAGE = 100
@@ -74,140 +70,30 @@ class _Seen:
             self._ids.popitem(last=False)
 
 
-class _Shared:
-    """One event as one visibility class sees it: loaded once, shared by its subscribers."""
-
-    def __init__(self, context: Context) -> None:
-        self.row: asyncio.Future[Any] | None = None
-        self.loaders = Loaders(context)
-        self.converted: Any = None
-
-    def convert(self, row: Any, to_type: Any) -> Any:
-        """The GraphQL object of the row, one for the whole class (see SharedResults)."""
-        if self.converted is None:
-            self.converted = to_type(row)
-            share_results(self.converted)
-        return self.converted
-
-    async def load(self, context: Context, model: type[Any], row_id: uuid.UUID) -> Any:
-        if self.row is None:
-            self.row = asyncio.ensure_future(context.unit.get(model, row_id))
-        try:
-            return await asyncio.shield(self.row)
-        except Exception:
-            # The subscriber that started the load went away mid-way: load for ourselves.
-            return await context.unit.get(model, row_id)
-
-
-class EventMemo:
-    """Recent events by (event, visibility class); bounded, oldest dropped first."""
-
-    def __init__(self, limit: int = 1024) -> None:
-        self.limit = limit
-        self._entries: OrderedDict[tuple[str, str, str], _Shared] = OrderedDict()
-
-    def get(self, occurrence: str, row_id: uuid.UUID, context: Context) -> _Shared:
-        principal = context.actor
-        visibility = (
-            "all"
-            if principal.can(Permission.SEE_ALL_CONVERSATIONS)
-            else f"agent:{principal.membership_id}"
-        )
-        key = (occurrence, str(row_id), visibility)
-        shared = self._entries.get(key)
-        if shared is None:
-            shared = self._entries[key] = _Shared(context)
-            while len(self._entries) > self.limit:
-                self._entries.popitem(last=False)
-        return shared
-
-
-_RESULTS = "_weflux_shared_results"
-
-
-def share_results(root: Any) -> None:
-    """Let every subscriber of one visibility class reuse the execution of `root`."""
-    object.__setattr__(root, _RESULTS, {})
-
-
-class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
-    """Executes a live event's selection set once per visibility class and document.
-
-    Subscribers of one class receive the same root object (see `_Shared.convert`); the
-    result of executing one document with one set of variables on it is the same for
-    all of them, so it is computed once and each subscriber gets its own copy of the
-    result's envelope (extensions such as error masking replace `errors` on it).
-
-    Invariant: no field reachable from a subscription payload may depend on the caller
-    beyond the visibility class (today none reads `info.context.actor`); a field that
-    does must not be shared this way.
-    """
-
-    def execute_operation(self, serially: bool | None = None) -> Any:
-        results = getattr(self.root_value, _RESULTS, None)
-        location = self.operation.loc
-        if results is None or location is None:
-            return super().execute_operation(serially)
-        try:
-            variables = json.dumps(self.variable_values.coerced, sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            return super().execute_operation(serially)
-        key = (location.source.body, location.start, location.end, variables)
-        shared = results.get(key)
-        if shared is None:
-            outcome = super().execute_operation(serially)
-            if not self.is_awaitable(outcome):
-                return outcome
-            shared = results[key] = asyncio.ensure_future(outcome)
-        return _own_copy(shared)
-
-
-async def _own_copy(shared: asyncio.Future[Any]) -> ExecutionResult:
-    result = await asyncio.shield(shared)
-    return ExecutionResult(
-        data=result.data,
-        errors=list(result.errors) if result.errors else None,
-        extensions=result.extensions,
-    )
-
-
 def event_key(event: dict[str, Any]) -> str:
     """The occurrence an event names (a fresh key when it carries none: nothing shared)."""
     eid = event.get("eid")
     return eid if isinstance(eid, str) and eid else uuid.uuid4().hex
 
 
-def _memo(info: Info) -> EventMemo:
-    state = info.context.request.app.state
-    memo: EventMemo | None = getattr(state, "event_memo", None)
-    if memo is None:
-        memo = state.event_memo = EventMemo()
-    return memo
-
-
 async def _deliver(
-    info: Info, occurrence: str, model: type[Any], row_id: uuid.UUID, to_type: Any
+    info: Info[Context, None], occurrence: str, model: type[Any], row_id: uuid.UUID, to_type: Any
 ) -> AsyncGenerator[tuple[Any, Any], None]:
     """The row an event names and its GraphQL object, as this caller may see them."""
     context = info.context
-    shared = _memo(info).get(occurrence, row_id, context)
+    shared = context.event_memo.get(occurrence, row_id, context.actor, context.new_loaders)
     async with context.event_unit(shared.loaders):
-        row = await shared.load(context, model, row_id)
+        row = await shared.load(lambda: context.unit, model, row_id)
         if row is not None:
             yield row, shared.convert(row, to_type)
 
 
-def _hub(info: Info) -> Hub:
-    hub: Hub = info.context.request.app.state.hub
-    return hub
-
-
-async def _close_slow(info: Info) -> None:
-    await info.context.request.close(code=SLOW_CONSUMER_CLOSE, reason="Too slow: resume with after")
+async def _close_slow(info: Info[Context, None]) -> None:
+    await info.context.close_socket(SLOW_CONSUMER_CLOSE, "Too slow: resume with after")
 
 
 async def _replay(
-    info: Info, floor: uuid.UUID, conversation_id: uuid.UUID | None, seen: _Seen
+    info: Info[Context, None], floor: uuid.UUID, conversation_id: uuid.UUID | None, seen: _Seen
 ) -> AsyncGenerator[Message, None]:
     """Every visible message above `floor`, oldest first, not yet delivered.
 
@@ -226,7 +112,7 @@ async def _replay(
             if conversation_id is not None:
                 query = query.where(MessageRow.conversation_id == conversation_id)
             rows = list((await info.context.unit.exec(query)).all())
-        loaders = Loaders(info.context)
+        loaders = info.context.new_loaders()
         for row in rows:
             if row.id in seen:
                 continue
@@ -250,7 +136,7 @@ class Subscription:
     )
     async def message_added(
         self,
-        info: Info,
+        info: Info[Context, None],
         conversation_id: strawberry.ID | None = None,
         after: str | None = None,
     ) -> AsyncGenerator[Message, None]:
@@ -259,7 +145,7 @@ class Subscription:
         floor = decode_cursor(after) if after else None
         started_ms = int(utcnow().timestamp() * 1000)
         seen = _Seen()
-        async with _hub(info).listen(context.actor.org_id) as listener:
+        async with info.context.hub.listen(context.actor.org_id) as listener:
             listener.on_overflow = lambda: _close_slow(info)
             if floor is not None:
                 async for message in _replay(info, floor, only, seen):
@@ -302,7 +188,7 @@ class Subscription:
         permission_classes=READ,
     )
     async def message_updated(
-        self, info: Info, conversation_id: strawberry.ID | None = None
+        self, info: Info[Context, None], conversation_id: strawberry.ID | None = None
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
         async for message in _follow(
@@ -315,7 +201,9 @@ class Subscription:
         "unread count or last message.",
         permission_classes=READ,
     )
-    async def conversation_updated(self, info: Info) -> AsyncGenerator[Conversation, None]:
+    async def conversation_updated(
+        self, info: Info[Context, None]
+    ) -> AsyncGenerator[Conversation, None]:
         async for conversation in _follow(
             info, "conversationUpdated", ConversationRow, to_conversation
         ):
@@ -325,7 +213,9 @@ class Subscription:
         description="Quality rating, limit tier and status changes of the workspace's numbers.",
         permission_classes=READ,
     )
-    async def whats_app_account_updated(self, info: Info) -> AsyncGenerator[WhatsAppAccount, None]:
+    async def whats_app_account_updated(
+        self, info: Info[Context, None]
+    ) -> AsyncGenerator[WhatsAppAccount, None]:
         async for account in _follow(
             info, "whatsAppAccountUpdated", WhatsAppAccountRow, to_whatsapp_account
         ):
@@ -333,7 +223,7 @@ class Subscription:
 
 
 async def _follow(
-    info: Info,
+    info: Info[Context, None],
     name: str,
     model: type[Any],
     to_type: Any,
@@ -341,7 +231,7 @@ async def _follow(
     conversation: uuid.UUID | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The rows that the workspace's `name` events point at, as this caller may see them."""
-    async with _hub(info).listen(info.context.actor.org_id) as listener:
+    async with info.context.hub.listen(info.context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         while True:
             try:

@@ -1,12 +1,17 @@
-"""DataLoaders, fresh per request: related rows in one query per batch."""
+"""DataLoaders, fresh per request: related rows in one query per batch.
+
+They read through a session getter, not a context: whichever unit of work is current
+when a batch runs (the request's, or a live event's) answers it.
+"""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.dataloader import DataLoader
 
 from weflux.models import (
@@ -19,13 +24,10 @@ from weflux.models import (
     WhatsAppAccount,
 )
 
-if TYPE_CHECKING:
-    from weflux.gql.context import Context
-
 
 class Loaders:
-    def __init__(self, context: Context) -> None:
-        self._context = context
+    def __init__(self, unit: Callable[[], AsyncSession]) -> None:
+        self._unit = unit
         self.user = DataLoader[uuid.UUID, User | None](load_fn=self._users)
         self.organization = DataLoader[uuid.UUID, Organization | None](load_fn=self._orgs)
         self.membership = DataLoader[uuid.UUID, Membership | None](load_fn=self._memberships)
@@ -39,7 +41,7 @@ class Loaders:
 
     async def _by_id(self, model: type[Any], ids: Sequence[uuid.UUID]) -> list[Any]:
         rows: Sequence[SQLModel] = (
-            await self._context.unit.exec(select(model).where(col(model.id).in_(ids)))
+            await self._unit().exec(select(model).where(col(model.id).in_(ids)))
         ).all()
         found = {row.id: row for row in rows}  # type: ignore[attr-defined]
         return [found.get(i) for i in ids]

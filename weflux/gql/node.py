@@ -10,6 +10,7 @@ from strawberry.types import Info
 from weflux.auth.permissions import Permission
 from weflux.errors import NotFound
 from weflux.gql.channels.types import to_whatsapp_account
+from weflux.gql.context import Context
 from weflux.gql.identity.types import (
     to_audit_event,
     to_invitation,
@@ -34,25 +35,25 @@ from weflux.models import (
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.services import members as member_service
 
-Resolver = Callable[[Info, uuid.UUID], Awaitable[Node | None]]
+Resolver = Callable[[Info[Context, None], uuid.UUID], Awaitable[Node | None]]
 
 
-async def _member(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _member(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Membership, row_id)
     return to_member(row) if row else None
 
 
-async def _user(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _user(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await member_service.member_user(info.context.unit, row_id)
     return to_user(row) if row else None
 
 
-async def _organization(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _organization(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Organization, row_id)
     return to_organization(row) if row else None
 
 
-async def _session(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _session(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     actor = info.context.actor
     row = await info.context.unit.get(AuthSession, row_id)
     if row is None:
@@ -62,38 +63,38 @@ async def _session(info: Info, row_id: uuid.UUID) -> Node | None:
     return to_session(row, actor.session_id)
 
 
-async def _invitation(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _invitation(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     if not info.context.actor.can(Permission.INVITE_AGENTS):
         return None
     row = await info.context.unit.get(Invitation, row_id)
     return to_invitation(row) if row and row.accepted_at is None else None
 
 
-async def _audit_event(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _audit_event(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     if not info.context.actor.can(Permission.READ_AUDIT):
         return None
     row = await info.context.unit.get(AuditEvent, row_id)
     return to_audit_event(row) if row else None
 
 
-async def _whatsapp_account(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _whatsapp_account(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(WhatsAppAccountRow, row_id)  # disconnected ones too
     return to_whatsapp_account(row) if row else None
 
 
 # The inbox: the scoped session hides another workspace's rows and, from an Agent,
 # conversations assigned to someone else with their messages and contacts.
-async def _contact(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _contact(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Contact, row_id)
     return to_contact(row) if row else None
 
 
-async def _conversation(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _conversation(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Conversation, row_id)
     return to_conversation(row) if row else None
 
 
-async def _message(info: Info, row_id: uuid.UUID) -> Node | None:
+async def _message(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(Message, row_id)
     return to_message(row) if row else None
 
@@ -112,7 +113,7 @@ RESOLVERS: dict[str, Resolver] = {
 }
 
 
-async def resolve_node(info: Info, global_id: str) -> Node:
+async def resolve_node(info: Info[Context, None], global_id: str) -> Node:
     """The object, or NOT_FOUND exactly as for one that does not exist."""
     type_name, row_id = parse_global_id(global_id)
     resolver = RESOLVERS.get(type_name)

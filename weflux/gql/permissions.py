@@ -12,6 +12,7 @@ from strawberry.permission import BasePermission
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
+from weflux.gql.context import Context
 
 
 @functools.cache
@@ -22,7 +23,7 @@ def requires(permission: Permission) -> type[BasePermission]:
         message = "Your role does not allow this"
         error_extensions = {"code": "FORBIDDEN"}
 
-        def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
+        def has_permission(self, source: Any, info: Info[Context, None], **kwargs: Any) -> bool:
             principal = info.context.principal
             return principal is not None and principal.can(permission)
 

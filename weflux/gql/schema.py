@@ -22,7 +22,9 @@ from weflux.auth.permissions import Permission
 from weflux.gql.channels.mutations import ChannelMutation
 from weflux.gql.channels.queries import ChannelQuery
 from weflux.gql.channels.types import WhatsAppAccount
+from weflux.gql.context import Context
 from weflux.gql.errors import CodedErrors, log_errors
+from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
@@ -31,7 +33,7 @@ from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
 from weflux.gql.inbox.types import Contact, Conversation, Message
-from weflux.gql.live import SharedEventExecutionContext, Subscription
+from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires
 from weflux.gql.types import Node
@@ -47,7 +49,7 @@ class Query(IdentityQuery, ChannelQuery, InboxQuery):
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
     )
-    async def node(self, info: Info, id: strawberry.ID) -> Node | None:
+    async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
         return await resolve_node(info, id)
 
 

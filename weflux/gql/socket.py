@@ -57,7 +57,9 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             and isinstance(operation_id, str)
             and operation_id not in self.operations
         ):
-            decision = await hit_request_limits(self.context.request, principal)
+            decision = await hit_request_limits(
+                self.context.limiter, self.context.meta.ip, principal
+            )
             if not decision.allowed:
                 await self.send_message(
                     {

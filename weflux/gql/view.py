@@ -32,7 +32,7 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from weflux.api.client_ip import request_meta
+from weflux.api.client_ip import client_ip, request_meta
 from weflux.api.ratelimit import graphql_rate_limited_response
 from weflux.api.security import IDE_CSP
 from weflux.api.validation import is_json, read_body
@@ -45,6 +45,7 @@ from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unaut
 from weflux.gql.context import Context
 from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
 from weflux.gql.socket import OperationHandler
+from weflux.runtime import Runtime, runtime_of
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ class GraphQLApp(GraphQL[Context, None]):
         """JSON; a live event's shared result is serialised once for all its subscribers.
 
         Subscribers of one visibility class get the very same `data` object (see
-        `weflux.gql.live.SharedEventExecutionContext`); only the operation id differs.
+        `weflux.gql.event_memo.SharedEventExecutionContext`); only the operation id differs.
         """
         if isinstance(data, dict) and data.get("type") == "next":
             payload = data.get("payload")
@@ -154,7 +155,7 @@ class GraphQLApp(GraphQL[Context, None]):
             finally:
                 context = scope.get(_WS_CONTEXT)
                 if context is not None:
-                    scope["app"].state.sockets.unregister(context)
+                    runtime_of(scope["app"]).sockets.unregister(context)
             return
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
@@ -167,14 +168,14 @@ class GraphQLApp(GraphQL[Context, None]):
         ):
             await super().__call__(scope, receive, send)  # the IDE page itself carries no data
             return
-        state = request.app.state
-        principal: Principal | None = await state.authenticator.authenticate(
+        runtime = runtime_of(request)
+        principal: Principal | None = await runtime.authenticator.authenticate(
             bearer_token(request.headers.get("authorization"))
         )
         if principal is None:
             await graphql_unauthenticated()(scope, receive, send)
             return
-        refusal, body = await self._screen(request, principal)
+        refusal, body = await self._screen(request, runtime, principal)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -182,7 +183,7 @@ class GraphQLApp(GraphQL[Context, None]):
         # a copy per request, but not every server or wrapper makes one (asgi-lifespan
         # shares one dict), and the principal and session must never leak between requests.
         scope["state"] = {**scope.get("state", {}), "principal": principal}
-        async with state.db.sessionmaker() as session:
+        async with runtime.db.sessionmaker() as session:
             set_scope(session, principal.org_id)
             if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
                 restrict_to_agent(session, principal.membership_id)
@@ -201,17 +202,19 @@ class GraphQLApp(GraphQL[Context, None]):
             await super().__call__(scope, _replay(body), send_no_store)
 
     async def _screen(
-        self, request: Request, principal: Principal
+        self, request: Request, runtime: Runtime, principal: Principal
     ) -> tuple[Response | None, bytes]:
         if request.method != "POST":
             return _graphql_error(405, "Use POST", "BAD_REQUEST"), b""
         if not is_json(request.headers.get("content-type")):
             return _graphql_error(415, "Send application/json", "BAD_REQUEST"), b""
-        decision = await hit_request_limits(request, principal)
+        decision = await hit_request_limits(
+            runtime.limiter, client_ip(request, runtime.trusted_proxies), principal
+        )
         if not decision.allowed:
             return graphql_rate_limited_response(decision.retry_after), b""
         try:
-            body = await read_body(request, request.app.state.settings.graphql_max_body_bytes)
+            body = await read_body(request, runtime.settings.graphql_max_body_bytes)
         except PayloadTooLarge as error:
             return _graphql_error(413, error.message, "BAD_REQUEST"), b""
         except WefluxError as error:
@@ -272,15 +275,23 @@ class GraphQLApp(GraphQL[Context, None]):
             )
 
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
-        state = request.app.state
+        runtime = runtime_of(request)
+        state = request.scope.get("state", {})
         return Context(
             request=request,
-            settings=state.settings,
-            db=state.db,
-            authenticator=state.authenticator,
-            meta=request_meta(request),
-            principal=request.scope.get("state", {}).get("principal"),
-            session=request.scope.get("state", {}).get(_SESSION),
+            settings=runtime.settings,
+            db=runtime.db,
+            authenticator=runtime.authenticator,
+            broker=runtime.broker,
+            password_guard=runtime.password_guard,
+            channel_services=runtime.channel_services,
+            limiter=runtime.limiter,
+            cost_budgets=runtime.cost_budgets,
+            hub=runtime.hub,
+            event_memo=runtime.event_memo,
+            meta=request_meta(request, runtime.trusted_proxies),
+            principal=state.get("principal"),
+            session=state.get(_SESSION),
         )
 
     async def process_result(
@@ -319,5 +330,5 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": "Authentication required"})
         context.principal = principal
         context.request.scope[_WS_CONTEXT] = context
-        context.request.app.state.sockets.register(context)
+        runtime_of(context.request).sockets.register(context)
         return None

@@ -14,21 +14,30 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-from weflux.auth.principal import Authenticator
+from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.tokens import bearer_token
 from weflux.models import utcnow
-
-if TYPE_CHECKING:
-    from weflux.gql.context import Context
 
 log = logging.getLogger(__name__)
 
 REVOKED_CLOSE = 4401
 
 
-def _token(context: Context) -> str | None:
+class LiveSocket(Protocol):
+    """What the registry needs of an authenticated socket (its GraphQL context)."""
+
+    principal: Principal | None
+    connection_params: dict[str, object] | None
+
+    @property
+    def actor(self) -> Principal: ...
+
+    async def close_socket(self, code: int, reason: str) -> None: ...
+
+
+def _token(context: LiveSocket) -> str | None:
     params = context.connection_params or {}
     header = params.get("authorization") or params.get("Authorization")
     return bearer_token(header if isinstance(header, str) else None)
@@ -39,14 +48,14 @@ class SocketRegistry:
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
-        self._sockets: dict[uuid.UUID, set[Context]] = {}
+        self._sockets: dict[uuid.UUID, set[LiveSocket]] = {}
         self._expiry: dict[int, asyncio.TimerHandle] = {}
         authenticator.add_revocation_listener(self.on_revocation)
 
     def __len__(self) -> int:
         return sum(len(group) for group in self._sockets.values())
 
-    def register(self, context: Context) -> None:
+    def register(self, context: LiveSocket) -> None:
         principal = context.actor
         self._sockets.setdefault(principal.session_id, set()).add(context)
         delay = (principal.token_expires_at - utcnow()).total_seconds()
@@ -55,7 +64,7 @@ class SocketRegistry:
             max(delay, 0.0), lambda: asyncio.ensure_future(self.close(context, "Token expired"))
         )
 
-    def unregister(self, context: Context) -> None:
+    def unregister(self, context: LiveSocket) -> None:
         timer = self._expiry.pop(id(context), None)
         if timer is not None:
             timer.cancel()
@@ -68,10 +77,10 @@ class SocketRegistry:
             if not group:
                 del self._sockets[principal.session_id]
 
-    async def close(self, context: Context, reason: str) -> None:
+    async def close(self, context: LiveSocket, reason: str) -> None:
         self.unregister(context)
         with contextlib.suppress(Exception):  # already closed
-            await context.request.close(code=REVOKED_CLOSE, reason=reason)  # type: ignore[attr-defined]
+            await context.close_socket(REVOKED_CLOSE, reason)
 
     async def on_revocation(self, sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
         """Close revoked sessions' sockets; re-check changed members (or everyone)."""
@@ -87,7 +96,7 @@ class SocketRegistry:
                 if recheck_all or principal.membership_id in memberships:
                     await self._recheck(context)
 
-    async def _recheck(self, context: Context) -> None:
+    async def _recheck(self, context: LiveSocket) -> None:
         fresh = await self.authenticator.authenticate(_token(context))
         if fresh is None:
             await self.close(context, "Session revoked")

@@ -24,7 +24,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlmodel import col, select
@@ -33,6 +33,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.crossings import Route
 from weflux.auth.scoping import use_workspace
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     AccountStatus,
@@ -49,8 +50,10 @@ from weflux.models import (
     moves_forward,
     utcnow,
 )
+from weflux.realtime.broker import Broker
 from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
 from weflux.services.contacts import record_profile_name
+from weflux.services.outbound import opt_change
 from weflux.whatsapp.webhook import (
     AccountUpdate,
     InboundMessage,
@@ -60,9 +63,6 @@ from weflux.whatsapp.webhook import (
     TemplateStatusUpdate,
     parse_webhook,
 )
-
-if TYPE_CHECKING:
-    from weflux.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,8 @@ def _payload(message: InboundMessage) -> dict[str, Any]:
 
 async def _ingest_messages(
     session: AsyncSession,
-    runtime: Runtime,
+    broker: Broker,
+    settings: Settings,
     org_id: uuid.UUID,
     items: Sequence[tuple[InboundMessage, Route]],
 ) -> None:
@@ -297,9 +298,6 @@ async def _ingest_messages(
     contacts = await _contacts(session, org_id, [m for m, _ in fresh])
     pairs = {(contacts[_contact_key(m)].id, a.account_id) for m, a in fresh}
     conversations = await _conversations(session, org_id, pairs)
-    settings = runtime.settings
-    from weflux.services.outbound import opt_change
-
     touched: dict[uuid.UUID, Conversation] = {}
     added: list[Message] = []
     for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
@@ -339,7 +337,6 @@ async def _ingest_messages(
                 contact.opted_out_at = utcnow() if change else None
     session.add_all(added)
     await session.flush()
-    broker = runtime.broker
     for row in added:
         publish_after_commit(
             session, broker, org_id, MESSAGE_ADDED, id=row.id, conversation_id=row.conversation_id
@@ -356,7 +353,7 @@ def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
 
 
 async def _apply_statuses(
-    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, statuses: Sequence[StatusUpdate]
+    session: AsyncSession, broker: Broker, org_id: uuid.UUID, statuses: Sequence[StatusUpdate]
 ) -> None:
     """Move outbound messages forward (never back), matched by wamid or callback data."""
     wamids = {s.wa_message_id for s in statuses}
@@ -397,7 +394,7 @@ async def _apply_statuses(
     for message in changed.values():
         publish_after_commit(
             session,
-            runtime.broker,
+            broker,
             org_id,
             MESSAGE_UPDATED,
             id=message.id,
@@ -406,7 +403,7 @@ async def _apply_statuses(
 
 
 async def _account_changes(
-    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, share: _Share
+    session: AsyncSession, broker: Broker, org_id: uuid.UUID, share: _Share
 ) -> None:
     if not share.quality and not share.account:
         return
@@ -422,9 +419,7 @@ async def _account_changes(
             if quality.current_limit:
                 account.messaging_limit_tier = quality.current_limit
             account.health_checked_at = None  # the colour is not in the webhook: re-read soon
-            publish_after_commit(
-                session, runtime.broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
-            )
+            publish_after_commit(session, broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id)
     for update, routes in share.account:
         status = _ACCOUNT_EVENTS.get(update.event or "")
         if status is None:
@@ -437,19 +432,17 @@ async def _account_changes(
                 if update.event
                 else None
             )
-            publish_after_commit(
-                session, runtime.broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
-            )
+            publish_after_commit(session, broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id)
 
 
 async def _process_share(
-    session: AsyncSession, runtime: Runtime, org_id: uuid.UUID, share: _Share
+    session: AsyncSession, broker: Broker, settings: Settings, org_id: uuid.UUID, share: _Share
 ) -> None:
     await use_workspace(session, org_id)
     if share.messages:
-        await _ingest_messages(session, runtime, org_id, share.messages)
+        await _ingest_messages(session, broker, settings, org_id, share.messages)
     if share.statuses:
-        await _apply_statuses(session, runtime, org_id, share.statuses)
+        await _apply_statuses(session, broker, org_id, share.statuses)
     for template in share.templates:
         session.add(
             TemplateStatusEvent(
@@ -462,13 +455,14 @@ async def _process_share(
                 reason=template.reason,
             )
         )
-    await _account_changes(session, runtime, org_id, share)
+    await _account_changes(session, broker, org_id, share)
     await session.flush()
 
 
-async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = False) -> bool:
+async def process_event(
+    db: Database, broker: Broker, settings: Settings, event_id: uuid.UUID, *, force: bool = False
+) -> bool:
     """Process one stored event in one transaction; whether it was processed now."""
-    db: Database = runtime.db
     async with db.session(webhook_event=event_id) as session:
         event = (
             await session.exec(
@@ -494,7 +488,7 @@ async def process_event(runtime: Runtime, event_id: uuid.UUID, *, force: bool = 
             )
         shares = _route(parsed, routes)
         for org_id, share in shares.items():
-            await _process_share(session, runtime, org_id, share)
+            await _process_share(session, broker, settings, org_id, share)
         event.status = WebhookEventStatus.PROCESSED
         event.attempts += 1
         event.processed_at = utcnow()
@@ -514,37 +508,46 @@ async def _record_failure(db: Database, event_id: uuid.UUID, error: BaseExceptio
         event.next_attempt_at = utcnow() + timedelta(seconds=random.uniform(delay / 2, delay))  # noqa: S311
 
 
-async def process_event_safely(runtime: Runtime, event_id: uuid.UUID) -> None:
+async def process_event_safely(
+    db: Database, broker: Broker, settings: Settings, event_id: uuid.UUID
+) -> None:
     """Process an event; a failure is recorded on it for the worker to retry."""
     try:
-        await process_event(runtime, event_id)
+        await process_event(db, broker, settings, event_id)
     except Exception as error:
         log.exception("webhook processing failed", extra={"event": str(event_id)})
         try:
-            await _record_failure(runtime.db, event_id, error)
+            await _record_failure(db, event_id, error)
         except Exception:
             log.exception("could not record the failure; the worker will retry the event")
 
 
 async def retry_due_events(
-    runtime: Runtime, *, batch_size: int = 50, settle: timedelta = timedelta(seconds=30)
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    *,
+    batch_size: int = 50,
+    settle: timedelta = timedelta(seconds=30),
 ) -> int:
     """The worker's sweep: events never processed (a crash after the 200) or failed and due."""
     now = utcnow()
-    async with runtime.db.session() as session:
+    async with db.session() as session:
         due = await crossings.due_webhook_events(
             session, now=now, settled_before=now - settle, batch=batch_size
         )
     for event_id in due:
-        await process_event_safely(runtime, event_id)
+        await process_event_safely(db, broker, settings, event_id)
     return len(due)
 
 
-async def replay(runtime: Runtime, events: Database, *, since: Any = None) -> tuple[int, int]:
+async def replay(
+    db: Database, broker: Broker, settings: Settings, events: Database, *, since: Any = None
+) -> tuple[int, int]:
     """Reprocess stored events (all, or received since `since`): (processed, failed).
 
     `events` lists them: the schema owner's maintenance handle (only it sees every stored
-    event); each is then processed by the runtime as any other.
+    event); each is then processed through `db`, the app's handle, as any other.
     """
     processed = failed = 0
     last: tuple[Any, uuid.UUID] | None = None
@@ -570,12 +573,12 @@ async def replay(runtime: Runtime, events: Database, *, since: Any = None) -> tu
             return processed, failed
         for received_at, event_id in batch:
             try:
-                await process_event(runtime, event_id, force=True)
+                await process_event(db, broker, settings, event_id, force=True)
                 processed += 1
             except Exception as error:
                 failed += 1
                 log.exception("replay failed", extra={"event": str(event_id)})
-                await _record_failure(runtime.db, event_id, error)
+                await _record_failure(db, event_id, error)
             last = (received_at, event_id)
 
 

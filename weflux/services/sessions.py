@@ -11,6 +11,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth.permissions import Permission
 from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
 from weflux.db import after_commit
@@ -109,8 +110,6 @@ async def sessions_of(
     session: AsyncSession, principal: Principal, membership_id: uuid.UUID | None
 ) -> Sequence[AuthSession]:
     """Unexpired sessions of a member (own by default; others' need MANAGE_MEMBERS)."""
-    from weflux.auth.permissions import Permission
-
     target = membership_id or principal.membership_id
     if target != principal.membership_id and not principal.can(Permission.MANAGE_MEMBERS):
         raise Forbidden("Only an Admin can read other members' sessions")
@@ -134,8 +133,6 @@ async def revoke_one(
     meta: RequestMeta,
 ) -> AuthSession:
     """Revoke a session: one's own, or (Admin) anyone's in the workspace."""
-    from weflux.auth.permissions import Permission
-
     target = await session.get(AuthSession, session_id)
     if target is None or (
         target.membership_id != principal.membership_id

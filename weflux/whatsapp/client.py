@@ -7,15 +7,13 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import httpx
 
+from weflux.config import Settings
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify, scrub
-
-if TYPE_CHECKING:
-    from weflux.config import Settings
 
 log = logging.getLogger(__name__)
 

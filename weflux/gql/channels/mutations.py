@@ -14,6 +14,7 @@ from weflux.gql.channels.types import (
     to_smtp_settings,
     to_whatsapp_account,
 )
+from weflux.gql.context import Context
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
 from weflux.services import channels as channel_service
@@ -57,7 +58,7 @@ class ChannelMutation:
         permission_classes=ADMIN,
     )
     async def connect_whats_app_account(
-        self, info: Info, input: ConnectWhatsAppAccountInput
+        self, info: Info[Context, None], input: ConnectWhatsAppAccountInput
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.connect(
@@ -76,7 +77,7 @@ class ChannelMutation:
 
     @strawberry.mutation(description="Replace credentials (ADMIN).", permission_classes=ADMIN)
     async def update_whats_app_credentials(
-        self, info: Info, input: UpdateWhatsAppCredentialsInput
+        self, info: Info[Context, None], input: UpdateWhatsAppCredentialsInput
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.update_credentials(
@@ -101,7 +102,7 @@ class ChannelMutation:
     )
     async def disconnect_whats_app_account(
         self,
-        info: Info,
+        info: Info[Context, None],
         id: Annotated[strawberry.ID, strawberry.argument(description="The account's id.")],
     ) -> WhatsAppAccount:
         context = info.context
@@ -119,7 +120,7 @@ class ChannelMutation:
         permission_classes=[requires(Permission.REFRESH_CHANNEL_HEALTH)],
     )
     async def refresh_whats_app_account_health(
-        self, info: Info, id: strawberry.ID
+        self, info: Info[Context, None], id: strawberry.ID
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.refresh_health_on_demand(
@@ -131,7 +132,9 @@ class ChannelMutation:
         return to_whatsapp_account(row)
 
     @strawberry.mutation(description="Save the SMTP settings (ADMIN).", permission_classes=ADMIN)
-    async def update_smtp_settings(self, info: Info, input: SmtpSettingsInput) -> SmtpSettings:
+    async def update_smtp_settings(
+        self, info: Info[Context, None], input: SmtpSettingsInput
+    ) -> SmtpSettings:
         context = info.context
         row = await smtp_service.update(
             context.unit,
@@ -152,7 +155,7 @@ class ChannelMutation:
         description="Send a test email with the stored settings (ADMIN): really connects.",
         permission_classes=ADMIN,
     )
-    async def send_test_email(self, info: Info, to: str) -> bool:
+    async def send_test_email(self, info: Info[Context, None], to: str) -> bool:
         context = info.context
         await smtp_service.test_email(
             context.unit,

@@ -15,6 +15,7 @@ from weflux.gql.channels.types import (
     to_smtp_settings,
     to_whatsapp_account,
 )
+from weflux.gql.context import Context
 from weflux.gql.permissions import requires
 from weflux.services import channels as channel_service
 from weflux.services import smtp as smtp_service
@@ -29,7 +30,7 @@ class ChannelQuery:
     )
     async def whats_app_accounts(
         self,
-        info: Info,
+        info: Info[Context, None],
         disconnected: Annotated[
             DisconnectedFilter,
             strawberry.argument(
@@ -47,6 +48,6 @@ class ChannelQuery:
         description="The SMTP settings (ADMIN); null until saved.",
         permission_classes=[requires(Permission.MANAGE_CHANNELS)],
     )
-    async def smtp_settings(self, info: Info) -> SmtpSettings | None:
+    async def smtp_settings(self, info: Info[Context, None]) -> SmtpSettings | None:
         row = await smtp_service.current(info.context.unit, info.context.actor)
         return to_smtp_settings(row) if row is not None else None

@@ -5,7 +5,10 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
+from weflux.api.validation import check_email
 from weflux.auth.permissions import Permission
+from weflux.errors import BadUserInput
+from weflux.gql.context import Context
 from weflux.gql.identity.types import (
     InviteMemberPayload,
     Member,
@@ -43,8 +46,6 @@ class ChangePasswordInput:
 
 
 def _text(value: str, field: str, limit: int) -> str:
-    from weflux.errors import BadUserInput
-
     value = value.strip()
     if not value or len(value) > limit:
         raise BadUserInput(
@@ -62,9 +63,9 @@ class IdentityMutation:
         ),
         permission_classes=[requires(Permission.INVITE_AGENTS)],
     )
-    async def invite_member(self, info: Info, input: InviteMemberInput) -> InviteMemberPayload:
-        from weflux.api.validation import check_email
-
+    async def invite_member(
+        self, info: Info[Context, None], input: InviteMemberInput
+    ) -> InviteMemberPayload:
         context = info.context
         invitation, token = await member_service.invite(
             context.unit,
@@ -80,7 +81,9 @@ class IdentityMutation:
         description="Change a member's role (ADMIN). The last ADMIN cannot be demoted.",
         permission_classes=[requires(Permission.MANAGE_MEMBERS)],
     )
-    async def update_member_role(self, info: Info, input: UpdateMemberRoleInput) -> Member:
+    async def update_member_role(
+        self, info: Info[Context, None], input: UpdateMemberRoleInput
+    ) -> Member:
         context = info.context
         row = await member_service.update_role(
             context.unit,
@@ -96,7 +99,7 @@ class IdentityMutation:
         description="Remove a member and end all their sessions (ADMIN). Not the last ADMIN.",
         permission_classes=[requires(Permission.MANAGE_MEMBERS)],
     )
-    async def remove_member(self, info: Info, member_id: strawberry.ID) -> bool:
+    async def remove_member(self, info: Info[Context, None], member_id: strawberry.ID) -> bool:
         context = info.context
         await member_service.remove(
             context.unit,
@@ -111,7 +114,7 @@ class IdentityMutation:
         description="Revoke a session: one's own, or (ADMIN) anyone's in the workspace.",
         permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
     )
-    async def revoke_session(self, info: Info, id: strawberry.ID) -> Session:
+    async def revoke_session(self, info: Info[Context, None], id: strawberry.ID) -> Session:
         context = info.context
         row = await session_service.revoke_one(
             context.unit,
@@ -129,7 +132,7 @@ class IdentityMutation:
         ),
         permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
     )
-    async def change_password(self, info: Info, input: ChangePasswordInput) -> bool:
+    async def change_password(self, info: Info[Context, None], input: ChangePasswordInput) -> bool:
         context = info.context
         await auth_service.change_password(
             context.db,

@@ -8,6 +8,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.errors import NotFound
+from weflux.gql.context import Context
 from weflux.gql.identity.types import (
     AuditEvent,
     Member,
@@ -33,21 +34,21 @@ READ = [requires(Permission.READ_WORKSPACE)]
 @strawberry.type
 class IdentityQuery:
     @strawberry.field(description="The caller's own membership.", permission_classes=READ)
-    async def viewer(self, info: Info) -> Member:
+    async def viewer(self, info: Info[Context, None]) -> Member:
         row = await info.context.unit.get(Membership, info.context.actor.membership_id)
         if row is None:
             raise NotFound("Member not found")
         return to_member(row)
 
     @strawberry.field(description="The caller's workspace.", permission_classes=READ)
-    async def organization(self, info: Info) -> Organization:
+    async def organization(self, info: Info[Context, None]) -> Organization:
         row = await info.context.unit.get(OrganizationRow, info.context.actor.org_id)
         if row is None:
             raise NotFound("Workspace not found")
         return to_organization(row)
 
     @strawberry.field(description="Every member of the workspace.", permission_classes=READ)
-    async def members(self, info: Info) -> list[Member]:
+    async def members(self, info: Info[Context, None]) -> list[Member]:
         rows = await member_service.members(info.context.unit)
         for _, user in rows:
             info.context.loaders.user.prime(user.id, user)
@@ -57,7 +58,9 @@ class IdentityQuery:
         description="Unexpired sessions: the caller's own, or (ADMIN) a member's.",
         permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
     )
-    async def sessions(self, info: Info, member_id: strawberry.ID | None = None) -> list[Session]:
+    async def sessions(
+        self, info: Info[Context, None], member_id: strawberry.ID | None = None
+    ) -> list[Session]:
         actor = info.context.actor
         target = decode_global_id(member_id, "Member") if member_id is not None else None
         rows = await session_service.sessions_of(info.context.unit, actor, target)
@@ -68,7 +71,7 @@ class IdentityQuery:
         permission_classes=[requires(Permission.READ_AUDIT)],
     )
     async def audit_events(
-        self, info: Info, first: int | None = None, after: str | None = None
+        self, info: Info[Context, None], first: int | None = None, after: str | None = None
     ) -> Connection[AuditEvent]:
         size = page_size(first)
         query = select(AuditEventRow).order_by(col(AuditEventRow.id).desc()).limit(size + 1)

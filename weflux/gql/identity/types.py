@@ -11,6 +11,7 @@ from strawberry.types import Info
 
 from weflux import models
 from weflux.errors import NotFound
+from weflux.gql.context import Context
 from weflux.gql.types import Connection, Node
 from weflux.ids import encode_global_id
 
@@ -48,14 +49,14 @@ class Member(Node):
     org_id: strawberry.Private[uuid.UUID]
 
     @strawberry.field(description="The person.")
-    async def user(self, info: Info) -> User:
+    async def user(self, info: Info[Context, None]) -> User:
         row = await info.context.loaders.user.load(self.user_id)
         if row is None:
             raise NotFound("User not found")
         return to_user(row)
 
     @strawberry.field(description="The workspace.")
-    async def organization(self, info: Info) -> Organization:
+    async def organization(self, info: Info[Context, None]) -> Organization:
         row = await info.context.loaders.organization.load(self.org_id)
         if row is None:
             raise NotFound("Workspace not found")
@@ -103,7 +104,7 @@ class AuditEvent(Node):
     actor_membership_id: strawberry.Private[uuid.UUID | None]
 
     @strawberry.field(description="Who did it (null when the member is gone or unknown).")
-    async def actor(self, info: Info) -> Member | None:
+    async def actor(self, info: Info[Context, None]) -> Member | None:
         if self.actor_membership_id is None:
             return None
         row = await info.context.loaders.membership.load(self.actor_membership_id)

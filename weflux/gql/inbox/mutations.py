@@ -7,6 +7,7 @@ from strawberry.types import Info
 
 from weflux import models
 from weflux.auth.permissions import Permission
+from weflux.gql.context import Context
 from weflux.gql.inbox.types import (
     Contact,
     Conversation,
@@ -63,7 +64,7 @@ class InboxMutation:
         description="Add a contact (ADMIN, MANAGER); CONFLICT when the number exists already.",
         permission_classes=[requires(Permission.MANAGE_CONTACTS)],
     )
-    async def create_contact(self, info: Info, input: CreateContactInput) -> Contact:
+    async def create_contact(self, info: Info[Context, None], input: CreateContactInput) -> Contact:
         row = await contact_service.create_contact(
             info.context.unit, info.context.actor, input.phone_number, input.name
         )
@@ -73,7 +74,7 @@ class InboxMutation:
         description="Rename a contact (ADMIN, MANAGER): set or remove the team's name.",
         permission_classes=[requires(Permission.MANAGE_CONTACTS)],
     )
-    async def update_contact(self, info: Info, input: UpdateContactInput) -> Contact:
+    async def update_contact(self, info: Info[Context, None], input: UpdateContactInput) -> Contact:
         context = info.context
         contact_id = decode_global_id(input.id, "Contact")
         if input.name is strawberry.UNSET:
@@ -89,7 +90,9 @@ class InboxMutation:
         "AGENT: take an unassigned one, or give up their own.",
         permission_classes=[requires(Permission.ASSIGN_SELF)],
     )
-    async def assign_conversation(self, info: Info, input: AssignConversationInput) -> Conversation:
+    async def assign_conversation(
+        self, info: Info[Context, None], input: AssignConversationInput
+    ) -> Conversation:
         context = info.context
         row = await conversation_service.assign(
             context.unit,
@@ -105,7 +108,7 @@ class InboxMutation:
         permission_classes=[requires(Permission.REPLY)],
     )
     async def update_conversation_status(
-        self, info: Info, input: UpdateConversationStatusInput
+        self, info: Info[Context, None], input: UpdateConversationStatusInput
     ) -> Conversation:
         context = info.context
         row = await conversation_service.update_status(
@@ -122,7 +125,7 @@ class InboxMutation:
         permission_classes=[requires(Permission.REPLY)],
     )
     async def mark_conversation_read(
-        self, info: Info, conversation_id: strawberry.ID
+        self, info: Info[Context, None], conversation_id: strawberry.ID
     ) -> Conversation:
         context = info.context
         row = await conversation_service.mark_read(

@@ -10,6 +10,7 @@ from strawberry.types import Info
 
 from weflux import models
 from weflux.auth.permissions import Permission
+from weflux.gql.context import Context
 from weflux.gql.inbox.types import (
     AssigneeFilter,
     Contact,
@@ -54,7 +55,7 @@ class InboxQuery:
     )
     async def conversations(
         self,
-        info: Info,
+        info: Info[Context, None],
         first: int | None = None,
         after: str | None = None,
         status: ConversationStatus | None = None,
@@ -76,7 +77,9 @@ class InboxQuery:
         description="One conversation; NOT_FOUND when it is outside the caller's reach.",
         permission_classes=READ,
     )
-    async def conversation(self, info: Info, id: strawberry.ID) -> Conversation | None:
+    async def conversation(
+        self, info: Info[Context, None], id: strawberry.ID
+    ) -> Conversation | None:
         row = await conversation_service.get_conversation(
             info.context.unit, decode_global_id(id, "Conversation")
         )
@@ -89,7 +92,7 @@ class InboxQuery:
     )
     async def contacts(
         self,
-        info: Info,
+        info: Info[Context, None],
         first: int | None = None,
         after: str | None = None,
         search: str | None = None,

@@ -6,6 +6,7 @@ import strawberry
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
+from weflux.gql.context import Context
 from weflux.gql.inbox.types import Message, to_message
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
@@ -49,7 +50,7 @@ class SendingMutation:
         ),
         permission_classes=REPLY,
     )
-    async def send_message(self, info: Info, input: SendMessageInput) -> Message:
+    async def send_message(self, info: Info[Context, None], input: SendMessageInput) -> Message:
         context = info.context
         row = await outbound.send_message(
             context.unit,
@@ -65,7 +66,9 @@ class SendingMutation:
         description="Send an approved template in a visible conversation, any time.",
         permission_classes=REPLY,
     )
-    async def send_template_message(self, info: Info, input: SendTemplateMessageInput) -> Message:
+    async def send_template_message(
+        self, info: Info[Context, None], input: SendTemplateMessageInput
+    ) -> Message:
         context = info.context
         row = await outbound.send_template_message(
             context.unit,

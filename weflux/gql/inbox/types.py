@@ -16,6 +16,7 @@ from strawberry.types import Info
 from weflux import models
 from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
+from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, to_member
 from weflux.gql.types import Connection, Edge, Node, PageInfo, decode_cursor, encode_cursor
 from weflux.ids import encode_global_id
@@ -99,28 +100,28 @@ class Conversation(Node):
     last_message_id: strawberry.Private[uuid.UUID | None]
 
     @strawberry.field(description="Who the conversation is with.")
-    async def contact(self, info: Info) -> Contact:
+    async def contact(self, info: Info[Context, None]) -> Contact:
         row = await info.context.loaders.contact.load(self.contact_id)
         if row is None:
             raise NotFound("Contact not found")
         return to_contact(row)
 
     @strawberry.field(description="The workspace's number the conversation runs on.")
-    async def whats_app_account(self, info: Info) -> WhatsAppAccount:
+    async def whats_app_account(self, info: Info[Context, None]) -> WhatsAppAccount:
         row = await info.context.loaders.whatsapp_account.load(self.account_id)
         if row is None:
             raise NotFound("WhatsApp account not found")
         return to_whatsapp_account(row)
 
     @strawberry.field(description="The member handling it; null when unassigned.")
-    async def assignee(self, info: Info) -> Member | None:
+    async def assignee(self, info: Info[Context, None]) -> Member | None:
         if self.assignee_membership_id is None:
             return None
         row = await info.context.loaders.membership.load(self.assignee_membership_id)
         return to_member(row) if row is not None else None
 
     @strawberry.field(description="The latest message, in or out.")
-    async def last_message(self, info: Info) -> Message | None:
+    async def last_message(self, info: Info[Context, None]) -> Message | None:
         if self.last_message_id is None:
             return None
         row = await info.context.loaders.message.load(self.last_message_id)
@@ -132,7 +133,7 @@ class Conversation(Node):
     )
     async def messages(
         self,
-        info: Info,
+        info: Info[Context, None],
         first: int | None = None,
         after: str | None = None,
         last: int | None = None,
@@ -177,14 +178,14 @@ class Message(Node):
     sent_by_membership_id: strawberry.Private[uuid.UUID | None]
 
     @strawberry.field(description="The conversation it belongs to.")
-    async def conversation(self, info: Info) -> Conversation:
+    async def conversation(self, info: Info[Context, None]) -> Conversation:
         row = await info.context.loaders.conversation.load(self.conversation_id)
         if row is None:
             raise NotFound("Conversation not found")
         return to_conversation(row)
 
     @strawberry.field(description="The member who sent it (outbound); null otherwise.")
-    async def sent_by(self, info: Info) -> Member | None:
+    async def sent_by(self, info: Info[Context, None]) -> Member | None:
         if self.sent_by_membership_id is None:
             return None
         row = await info.context.loaders.membership.load(self.sent_by_membership_id)

@@ -1,0 +1,130 @@
+"""One live event, loaded and executed once per visibility class for all its subscribers.
+
+Subscribers who see alike (every ADMIN and MANAGER; each Agent alone) share the row an
+event names, its GraphQL object and the result of executing one document on it: the
+memo keeps recent events by (event, visibility class), and the execution context below
+reuses a result computed for the same object, document and variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from graphql import ExecutionResult
+from sqlmodel.ext.asyncio.session import AsyncSession
+from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.gql.loaders import Loaders
+
+
+class SharedEvent:
+    """One event as one visibility class sees it: loaded once, shared by its subscribers."""
+
+    def __init__(self, loaders: Loaders) -> None:
+        self.row: asyncio.Future[Any] | None = None
+        self.loaders = loaders
+        self.converted: Any = None
+
+    def convert(self, row: Any, to_type: Any) -> Any:
+        """The GraphQL object of the row, one for the whole class (see SharedResults)."""
+        if self.converted is None:
+            self.converted = to_type(row)
+            share_results(self.converted)
+        return self.converted
+
+    async def load(
+        self, unit: Callable[[], AsyncSession], model: type[Any], row_id: uuid.UUID
+    ) -> Any:
+        """The row, read once through the first subscriber's unit of work."""
+        if self.row is None:
+            self.row = asyncio.ensure_future(unit().get(model, row_id))
+        try:
+            return await asyncio.shield(self.row)
+        except Exception:
+            # The subscriber that started the load went away mid-way: load for ourselves.
+            return await unit().get(model, row_id)
+
+
+class EventMemo:
+    """Recent events by (event, visibility class); bounded, oldest dropped first."""
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._entries: OrderedDict[tuple[str, str, str], SharedEvent] = OrderedDict()
+
+    def get(
+        self,
+        occurrence: str,
+        row_id: uuid.UUID,
+        principal: Principal,
+        new_loaders: Callable[[], Loaders],
+    ) -> SharedEvent:
+        """The event as `principal`'s class sees it (new, with `new_loaders()`, if unseen)."""
+        visibility = (
+            "all"
+            if principal.can(Permission.SEE_ALL_CONVERSATIONS)
+            else f"agent:{principal.membership_id}"
+        )
+        key = (occurrence, str(row_id), visibility)
+        shared = self._entries.get(key)
+        if shared is None:
+            shared = self._entries[key] = SharedEvent(new_loaders())
+            while len(self._entries) > self.limit:
+                self._entries.popitem(last=False)
+        return shared
+
+
+_RESULTS = "_weflux_shared_results"
+
+
+def share_results(root: Any) -> None:
+    """Let every subscriber of one visibility class reuse the execution of `root`."""
+    object.__setattr__(root, _RESULTS, {})
+
+
+class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
+    """Executes a live event's selection set once per visibility class and document.
+
+    Subscribers of one class receive the same root object (see `SharedEvent.convert`);
+    the result of executing one document with one set of variables on it is the same for
+    all of them, so it is computed once and each subscriber gets its own copy of the
+    result's envelope (extensions such as error masking replace `errors` on it).
+
+    Invariant: no field reachable from a subscription payload may depend on the caller
+    beyond the visibility class (today none reads `info.context.actor`); a field that
+    does must not be shared this way.
+    """
+
+    def execute_operation(self, serially: bool | None = None) -> Any:
+        results = getattr(self.root_value, _RESULTS, None)
+        location = self.operation.loc
+        if results is None or location is None:
+            return super().execute_operation(serially)
+        try:
+            variables = json.dumps(self.variable_values.coerced, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            return super().execute_operation(serially)
+        key = (location.source.body, location.start, location.end, variables)
+        shared = results.get(key)
+        if shared is None:
+            outcome = super().execute_operation(serially)
+            if not self.is_awaitable(outcome):
+                return outcome
+            shared = results[key] = asyncio.ensure_future(outcome)
+        return _own_copy(shared)
+
+
+async def _own_copy(shared: asyncio.Future[Any]) -> ExecutionResult:
+    result = await asyncio.shield(shared)
+    return ExecutionResult(
+        data=result.data,
+        errors=list(result.errors) if result.errors else None,
+        extensions=result.extensions,
+    )

@@ -1,0 +1,58 @@
+"""The worker's jobs, wired from the parts of the runtime: delivery, health, webhook retry."""
+
+from __future__ import annotations
+
+from redis.asyncio import Redis
+
+from weflux.config import Settings
+from weflux.db import Database
+from weflux.realtime.broker import Broker
+from weflux.services.channels import Services as ChannelServices
+from weflux.services.ingest import retry_due_events
+from weflux.worker.delivery import build_throttle, deliver_due_messages
+from weflux.worker.health import refresh_due_accounts
+from weflux.worker.runner import Job, Worker
+
+HEALTH_SWEEP_SECONDS = 60.0
+WEBHOOK_SWEEP_SECONDS = 10.0
+# A delivery sweep that claims a full batch goes again at once, up to this many rounds.
+DELIVERY_MAX_ROUNDS = 20
+
+
+def build_worker(
+    *,
+    settings: Settings,
+    db: Database,
+    broker: Broker,
+    channel_services: ChannelServices,
+    redis: Redis | None,
+) -> Worker:
+    """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh and webhook retry sweeps."""
+    interval = settings.health_refresh_interval
+    throttle = build_throttle(redis)
+    batch_size = settings.delivery_batch_size
+
+    async def health() -> int:
+        return await refresh_due_accounts(db, channel_services, interval=interval)
+
+    async def webhooks() -> int:
+        return await retry_due_events(db, broker, settings)
+
+    async def delivery() -> int:
+        total = 0
+        for _ in range(DELIVERY_MAX_ROUNDS):
+            claimed = await deliver_due_messages(
+                db, channel_services, settings, batch_size=batch_size, throttle=throttle
+            )
+            total += claimed
+            if claimed < batch_size:
+                break
+        return total
+
+    return Worker(
+        [
+            Job("delivery", every=settings.delivery_interval, run=delivery),
+            Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
+            Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
+        ]
+    )
