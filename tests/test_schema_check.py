@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from tests.conftest import PRODUCTION_MAIL, make_settings
 from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
+from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings, generate_encryption_key_entry
 from weflux.db import Database

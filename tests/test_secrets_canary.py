@@ -19,13 +19,13 @@ import pytest
 import websockets
 from sqlalchemy import inspect, text
 
-from tests.conftest import make_settings
 from tests.fixtures.api import without_cost
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import LogCapture, capture_logs
 from tests.fixtures.mail import confirmation_token, wait_for_mails
-from tests.mail.test_smtp import USERNAME, running_server
+from tests.fixtures.settings import make_settings
+from tests.fixtures.smtp import USERNAME, running_server
 from weflux.app import create_app
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto.keyring import KeyRing

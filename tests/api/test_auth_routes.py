@@ -30,11 +30,11 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
-from tests.conftest import make_settings
 from tests.fixtures.api import error_codes, gql, login, token_for, tokens_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor, create_membership, create_user
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, sign_up
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database

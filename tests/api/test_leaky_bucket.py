@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import make_settings
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
+from tests.fixtures.settings import make_settings
 from weflux.api.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
 from weflux.config import ConfigError
 from weflux.gql.guard import CostBudgets

@@ -21,11 +21,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
-from tests.conftest import make_settings
 from tests.fixtures.api import error_codes, gql, login, token_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import live_server
+from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
 

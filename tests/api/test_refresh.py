@@ -15,10 +15,10 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from tests.conftest import make_settings
 from tests.fixtures.api import gql, tokens_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.db import Database
 from weflux.models import AuditEvent, AuthSession, utcnow

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
-from tests.conftest import make_settings
+from tests.fixtures.settings import make_settings
 from weflux.api.security import (
     API_CSP,
     IDE_CSP,

@@ -27,12 +27,12 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import select
 
-from tests.conftest import make_settings
 from tests.fixtures.api import login
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_user
 from tests.fixtures.live import free_port
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, outbox
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database

@@ -14,11 +14,11 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col
 
-from tests.conftest import make_settings, postgres_only
 from tests.fixtures.api import gql, token_for
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec

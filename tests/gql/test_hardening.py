@@ -18,8 +18,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
 from tests.fixtures.api import error_codes, gql, tokens_for, without_cost
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor
-from tests.gql.conftest import ClientFactory
 from weflux.api.security import IDE_CSP
 from weflux.config import Settings
 from weflux.services import members as member_service

@@ -1,7 +1,7 @@
 """Calculated query cost over HTTP: refused above the node limit, charged, reported.
 
 `tests/gql/test_cost_analysis.py` checks the count itself; the WebSocket side is in
-`tests/live/test_socket_operations.py`.
+`tests/gql/test_socket_operations.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from sqlalchemy import event
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
-from tests.gql.conftest import ClientFactory
 from weflux.db import Database
 from weflux.models import Organization
 
