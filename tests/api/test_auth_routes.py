@@ -31,6 +31,7 @@ from sqlmodel import col, select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, login, token_for, tokens_for
+from tests.fixtures.app import client_of
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor, create_membership, create_user
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, sign_up
@@ -92,13 +93,6 @@ async def running_app(
     )
     async with LifespanManager(application) as manager:
         yield manager.app  # type: ignore[misc]
-
-
-@asynccontextmanager
-async def client_of(app: Starlette, ip: str = CLIENT_IP) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 def signup_body(**overrides: Any) -> dict[str, Any]:

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, token_for, without_cost
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
+from tests.fixtures.settings import make_settings
 from tests.fixtures.smtp import PASSWORD, USERNAME, RecordingHandler, authenticator, running_server
 from weflux.db import Database
 from weflux.models import SmtpSettings
@@ -123,38 +127,28 @@ async def test_a_test_email_needs_saved_settings(client: httpx.AsyncClient, admi
 @pytest.mark.parametrize("dialect", ["sqlite"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"])
 async def test_production_refuses_private_smtp_hosts(
-    database_urls: object, tmp_path: object, admin: Actor, host: str
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, host: str
 ) -> None:
-    from pathlib import Path
-
-    from asgi_lifespan import LifespanManager
-
-    from tests.fixtures.settings import make_settings
-    from weflux.app import create_app
-
     settings = make_settings(
-        Path(str(tmp_path)),
+        tmp_path,
         env="production",
-        database_url=database_urls.app,  # type: ignore[attr-defined]
+        database_url=database_urls.app,
         smtp_url="smtps://mailer:secret@smtp.example.com",
         smtp_from="no-reply@example.com",
         app_url="https://app.example",
     )
-    app = create_app(settings)
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app)
-        async with httpx.AsyncClient(transport=transport, base_url="https://api.test") as client:
-            token = await token_for(client, admin)
-            response = await gql(
-                client,
-                token,
-                UPDATE,
-                {"input": settings_input(587, host=host, security="STARTTLS")},
-            )
-            assert error_codes(response) == ["BAD_USER_INPUT"]
-            assert response.json()["errors"][0]["extensions"]["details"][0]["field"] == "host"
-            plain = await gql(
-                client, token, UPDATE, {"input": settings_input(25, host="smtp.example.com")}
-            )
-            assert error_codes(plain) == ["BAD_USER_INPUT"]
-            assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"
+    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
+        token = await token_for(client, admin)
+        response = await gql(
+            client,
+            token,
+            UPDATE,
+            {"input": settings_input(587, host=host, security="STARTTLS")},
+        )
+        assert error_codes(response) == ["BAD_USER_INPUT"]
+        assert response.json()["errors"][0]["extensions"]["details"][0]["field"] == "host"
+        plain = await gql(
+            client, token, UPDATE, {"input": settings_input(25, host="smtp.example.com")}
+        )
+        assert error_codes(plain) == ["BAD_USER_INPUT"]
+        assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"

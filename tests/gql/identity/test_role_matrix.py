@@ -132,15 +132,14 @@ async def team(
     admin: Actor,
     manager: Actor,
     agent: Actor,
+    other_agent: Actor,
 ) -> Team:
-    async with db.session(org.id) as session:
-        target = await create_actor(session, Role.AGENT, email="target@acme.example")
     return Team(
         client=client,
         db=db,
         org=org,
         actors={Role.ADMIN: admin, Role.MANAGER: manager, Role.AGENT: agent},
-        target=target,
+        target=other_agent,
     )
 
 
