@@ -28,7 +28,9 @@ def _previous_revision(state: str) -> str:
     if state == "un-migrated":
         return "base"
     script = ScriptDirectory.from_config(alembic_config())
-    head = script.get_revision(script.get_current_head())
+    current = script.get_current_head()
+    assert current is not None
+    head = script.get_revision(current)
     assert head is not None
     down = head.down_revision
     assert isinstance(down, str)

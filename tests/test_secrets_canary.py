@@ -18,6 +18,7 @@ import httpx
 import pytest
 import websockets
 from sqlalchemy import inspect, text
+from websockets.typing import Subprotocol
 
 from tests.fixtures.api import without_cost
 from tests.fixtures.databases import DatabaseUrls
@@ -213,7 +214,7 @@ async def test_no_secret_escapes_anywhere(
 
                 ws_url = base_url.replace("http", "ws") + "/graphql"
                 async with websockets.connect(
-                    ws_url, subprotocols=["graphql-transport-ws"]
+                    ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]
                 ) as socket:
                     await socket.send(
                         json.dumps(

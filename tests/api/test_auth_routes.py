@@ -805,9 +805,7 @@ async def test_an_expired_invitation_is_refused_like_an_unknown_one(
     admin_token = await token_for(client, admin)
     token = await invite(client, admin_token, "late@example.com")
     async with db.session(admin.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
-            update(Invitation).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        await session.exec(update(Invitation).values(expires_at=utcnow() - timedelta(seconds=1)))
 
     expired = await accept(client, token)
     unknown = await accept(client, "x" * 43)

@@ -43,7 +43,7 @@ async def alive(client: httpx.AsyncClient, pair: dict[str, Any]) -> bool:
 
 async def set_session(db: Database, admin: Actor, session_id: uuid.UUID, **values: Any) -> None:
     async with db.session(admin.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession).where(col(AuthSession.id) == session_id).values(**values)
         )
 

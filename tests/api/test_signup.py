@@ -207,9 +207,7 @@ async def test_an_expired_link_is_refused_like_an_unknown_one(
     assert (await client.post("/auth/signup", json=signup_body())).status_code == 202
     token = confirmation_token(mails_to(settings, NEWCOMER)[0])
     async with owner_db.session(all_workspaces="test: expire the link") as session:
-        await session.exec(  # type: ignore[call-overload]
-            update(PendingSignup).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        await session.exec(update(PendingSignup).values(expires_at=utcnow() - timedelta(seconds=1)))
 
     expired = await confirm(client, token)
     unknown = await confirm(client, "x" * 43)

@@ -129,7 +129,7 @@ async def test_with_the_broker_down_every_request_checks_the_database(
     assert await authenticator.authenticate(token) is not None
 
     async with db.session(agent.org_id) as session:  # revoked behind the broker's back
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession)
             .where(col(AuthSession.id) == auth_session.id)
             .values(revoked_at=utcnow())
@@ -155,7 +155,7 @@ async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> Non
     ).token
     assert await authenticator.authenticate(token) is not None
     async with db.session(agent.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession)
             .where(col(AuthSession.id) == auth_session.id)
             .values(revoked_at=utcnow())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import delete, insert, update
-from sqlmodel import select
+from sqlmodel import col, select
 
 from tests.fixtures.factories import Actor, create_membership, create_user
 from weflux.auth.scoping import TenantScopeError, use_workspace
@@ -27,7 +27,7 @@ async def test_lists_and_joins_see_only_the_current_workspace(
     async with db.session(admin.org_id) as session:
         memberships = (await session.exec(select(Membership))).all()
         users = (
-            await session.exec(select(User).join(Membership, Membership.user_id == User.id))
+            await session.exec(select(User).join(Membership, col(Membership.user_id) == User.id))
         ).all()
         organizations = (await session.exec(select(Organization))).all()
     assert {m.id for m in memberships} == {admin.membership.id, agent.membership.id}
@@ -38,7 +38,7 @@ async def test_lists_and_joins_see_only_the_current_workspace(
 async def test_subqueries_are_scoped_too(db: Database, admin: Actor, other_admin: Actor) -> None:
     async with db.session(admin.org_id) as session:
         inner = select(Membership.user_id).scalar_subquery()
-        users = (await session.exec(select(User).where(User.id.in_(inner)))).all()  # type: ignore[attr-defined]
+        users = (await session.exec(select(User).where(col(User.id).in_(inner)))).all()
     assert [u.id for u in users] == [admin.user.id]
 
 
@@ -46,9 +46,11 @@ async def test_bulk_update_and_delete_stay_in_the_workspace(
     db: Database, admin: Actor, agent: Actor, other_admin: Actor
 ) -> None:
     async with db.session(admin.org_id) as session:
-        await session.exec(update(Membership).values(role=Role.MANAGER))  # type: ignore[call-overload]
-        await session.exec(delete(Membership).where(Membership.id == agent.membership.id))  # type: ignore[call-overload]
-        await session.exec(delete(Membership).where(Membership.id == other_admin.membership.id))  # type: ignore[call-overload]
+        await session.exec(update(Membership).values(role=Role.MANAGER))
+        await session.exec(delete(Membership).where(col(Membership.id) == agent.membership.id))
+        await session.exec(
+            delete(Membership).where(col(Membership.id) == other_admin.membership.id)
+        )
     async with db.session(other_admin.org_id) as session:
         theirs = (await session.exec(select(Membership))).one()
     assert theirs.id == other_admin.membership.id
@@ -62,9 +64,9 @@ async def test_query_without_workspace_fails_closed(db: Database, admin: Actor) 
         with pytest.raises(TenantScopeError):
             await session.get(Membership, admin.membership.id)
         with pytest.raises(TenantScopeError):
-            await session.exec(update(Membership).values(role=Role.AGENT))  # type: ignore[call-overload]
+            await session.exec(update(Membership).values(role=Role.AGENT))
         with pytest.raises(TenantScopeError):
-            await session.exec(select(User).join(Membership, Membership.user_id == User.id))
+            await session.exec(select(User).join(Membership, col(Membership.user_id) == User.id))
 
 
 async def test_global_tables_need_no_workspace(db: Database, admin: Actor) -> None:
@@ -123,17 +125,17 @@ async def test_bulk_insert_is_checked_and_filled(
     db: Database, admin: Actor, other_admin: Actor
 ) -> None:
     async with db.session(admin.org_id) as session:
-        await session.exec(insert(AuditEvent), params=[{"action": "bulk", "details": {}}])  # type: ignore[call-overload]
+        await session.exec(insert(AuditEvent), params=[{"action": "bulk", "details": {}}])
         assert len((await session.exec(select(AuditEvent))).all()) == 1
     with pytest.raises(TenantScopeError):
         async with db.session(admin.org_id) as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 insert(AuditEvent),
                 params=[{"action": "bulk", "details": {}, "org_id": other_admin.org_id}],
             )
     with pytest.raises(TenantScopeError, match="parameters"):
         async with db.session(admin.org_id) as session:
-            await session.exec(insert(AuditEvent).values(action="inline", details={}))  # type: ignore[call-overload]
+            await session.exec(insert(AuditEvent).values(action="inline", details={}))
 
 
 async def test_all_workspaces_is_explicit_and_sees_everything(

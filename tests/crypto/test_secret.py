@@ -105,7 +105,7 @@ def test_pydantic_accepts_it_and_serialises_it_masked() -> None:
         token: Secret
 
     value = _token()
-    model = Credentials(token=value)  # type: ignore[arg-type]
+    model = Credentials(token=value)
     assert isinstance(model.token, Secret)
     assert model.token.reveal() == value
     assert model.model_dump() == {"token": MASK}
@@ -115,7 +115,7 @@ def test_pydantic_accepts_it_and_serialises_it_masked() -> None:
     assert value not in str(model)
     assert Credentials.model_json_schema()["properties"]["token"]["writeOnly"] is True
     with pytest.raises(pydantic.ValidationError):
-        Credentials(token=123)  # type: ignore[arg-type]
+        Credentials(token=123)
 
 
 def test_pydantic_without_a_declared_type_does_not_leak_it() -> None:

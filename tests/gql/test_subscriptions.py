@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, token_for
@@ -188,7 +189,8 @@ async def test_connection_limits(live: str, http: httpx.AsyncClient, admin: Acto
     assert await closed_with(big, within=2) is not None
 
     raw = await websockets.connect(
-        live.replace("http://", "ws://") + "/graphql", subprotocols=["graphql-transport-ws"]
+        live.replace("http://", "ws://") + "/graphql",
+        subprotocols=[Subprotocol("graphql-transport-ws")],
     )
     raw.close_timeout = 1
     await raw.send('{"type": "connection_init", "payload": {"authorization": "Bearer nope"}}')

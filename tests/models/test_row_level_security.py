@@ -7,13 +7,15 @@ that PostgreSQL itself refuses to show or write another workspace's rows.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import CursorResult, text
 from sqlalchemy.exc import DBAPIError
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor, create_conversation, create_message
@@ -103,7 +105,7 @@ async def test_raw_sql_in_a_workspace_sees_only_that_workspace(
     db: Database, admin: Actor, other_admin: Actor
 ) -> None:
     async with db.session(admin.org_id) as session:
-        rows = (await session.exec(text("SELECT id FROM memberships"))).all()  # type: ignore[call-overload]
+        rows = (await sql(session, "SELECT id FROM memberships")).all()
     assert [row[0] for row in rows] == [admin.membership.id]
 
 
@@ -112,12 +114,11 @@ async def test_raw_insert_into_another_workspace_is_refused(
 ) -> None:
     with pytest.raises(DBAPIError, match="row-level security"):
         async with db.session(admin.org_id) as session:
-            await session.exec(  # type: ignore[call-overload]
-                text(
-                    "INSERT INTO audit_events (id, org_id, action, severity, details, created_at) "
-                    "VALUES (:id, :org, 'x', 'info', '{}', now())"
-                ),
-                params={"id": uuid.uuid4(), "org": other_admin.org_id},
+            await sql(
+                session,
+                "INSERT INTO audit_events (id, org_id, action, severity, details, created_at) "
+                "VALUES (:id, :org, 'x', 'info', '{}', now())",
+                {"id": uuid.uuid4(), "org": other_admin.org_id},
             )
 
 
@@ -125,9 +126,10 @@ async def test_raw_update_of_another_workspace_changes_nothing(
     db: Database, owner_db: Database, admin: Actor, other_admin: Actor
 ) -> None:
     async with db.session(admin.org_id) as session:
-        result = await session.exec(  # type: ignore[call-overload]
-            text("UPDATE memberships SET role = 'AGENT' WHERE id = :id"),
-            params={"id": other_admin.membership.id},
+        result = await sql(
+            session,
+            "UPDATE memberships SET role = 'AGENT' WHERE id = :id",
+            {"id": other_admin.membership.id},
         )
         assert result.rowcount == 0
     async with owner_db.engine.connect() as conn:
@@ -148,7 +150,7 @@ async def test_workspace_setting_ends_with_the_transaction(
     single = Database(str(db.url.render_as_string(hide_password=False)), pool_size=1)
     try:
         async with single.session(admin.org_id) as session:
-            await session.exec(text("SELECT 1"))  # type: ignore[call-overload]
+            await sql(session, "SELECT 1")
         async with single.engine.connect() as conn:
             setting = (
                 await conn.execute(text("SELECT current_setting('app.org_id', true)"))
@@ -233,32 +235,38 @@ _TENANT_TABLES = (
 )
 
 
-async def _visible_elsewhere(session: Any, mine: uuid.UUID) -> dict[str, int]:
+async def sql(
+    session: AsyncSession, statement: str, params: Mapping[str, Any] | None = None
+) -> CursorResult[Any]:
+    """Raw SQL in the session's transaction: around the ORM's filter, on purpose."""
+    connection = await session.connection()
+    return await connection.execute(text(statement), params or {})
+
+
+async def _visible_elsewhere(session: AsyncSession, mine: uuid.UUID) -> dict[str, int]:
     """Rows the transaction sees that are not of workspace `mine` (users: not its members)."""
     seen: dict[str, int] = {}
     for table in _TENANT_TABLES:
         seen[table] = (
-            await session.exec(
-                text(f"SELECT count(*) FROM {table} WHERE org_id <> :mine"),  # noqa: S608
-                params={"mine": mine},
+            await sql(
+                session,
+                f"SELECT count(*) FROM {table} WHERE org_id <> :mine",  # noqa: S608
+                {"mine": mine},
             )
         ).scalar_one()
     seen["organizations"] = (
-        await session.exec(
-            text("SELECT count(*) FROM organizations WHERE id <> :mine"), params={"mine": mine}
-        )
+        await sql(session, "SELECT count(*) FROM organizations WHERE id <> :mine", {"mine": mine})
     ).scalar_one()
     seen["users"] = (
-        await session.exec(
-            text(
-                "SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM memberships m "
-                "WHERE m.user_id = u.id AND m.org_id = :mine)"
-            ),
-            params={"mine": mine},
+        await sql(
+            session,
+            "SELECT count(*) FROM users u WHERE NOT EXISTS (SELECT 1 FROM memberships m "
+            "WHERE m.user_id = u.id AND m.org_id = :mine)",
+            {"mine": mine},
         )
     ).scalar_one()
     seen["webhook_events"] = (
-        await session.exec(text("SELECT count(*) FROM webhook_events"))
+        await sql(session, "SELECT count(*) FROM webhook_events")
     ).scalar_one()
     return {table: count for table, count in seen.items() if count}
 
@@ -272,9 +280,9 @@ async def test_an_injected_all_workspaces_switch_shows_no_other_workspace(
     then no table shows a row of the other workspace, users and webhook events included."""
     async with db.session(admin.org_id) as session:
         assert await _visible_elsewhere(session, admin.org_id) == {}
-        await session.exec(text("SELECT set_config('app.all_workspaces', 'on', true)"))
+        await sql(session, "SELECT set_config('app.all_workspaces', 'on', true)")
         assert await _visible_elsewhere(session, admin.org_id) == {}
-        await session.exec(text("SELECT set_config('app.all_workspaces', 'on', false)"))
+        await sql(session, "SELECT set_config('app.all_workspaces', 'on', false)")
     async with db.session(admin.org_id) as session:
         assert await _visible_elsewhere(session, admin.org_id) == {}
 
@@ -302,11 +310,11 @@ async def test_the_app_role_can_neither_become_the_owner_nor_change_the_policies
     owner = owner_db.url.username
     with pytest.raises(DBAPIError, match=r"permission denied|must be owner"):
         async with db.session(admin.org_id) as session:
-            await session.exec(text(statement.format(owner=owner)))
+            await sql(session, statement.format(owner=owner))
     async with db.session(admin.org_id) as session:
         for reset in ("RESET ROLE", "SET ROLE NONE", "RESET SESSION AUTHORIZATION"):
-            await session.exec(text(reset))
-        assert (await session.exec(text("SELECT current_user"))).scalar_one() == db.url.username
+            await sql(session, reset)
+        assert (await sql(session, "SELECT current_user")).scalar_one() == db.url.username
         assert await _visible_elsewhere(session, admin.org_id) == {}
 
 
@@ -317,10 +325,11 @@ async def test_users_are_seen_and_changed_only_as_members_of_the_workspace(
     when a request reads or updates `users` directly,
     then it sees and changes only members of its workspace; with no workspace, nobody."""
     async with db.session(admin.org_id) as session:
-        emails = (await session.exec(text("SELECT email FROM users"))).scalars().all()
-        changed = await session.exec(
-            text("UPDATE users SET password_hash = 'x' WHERE id = :id"),
-            params={"id": theirs.actor.user.id},
+        emails = (await sql(session, "SELECT email FROM users")).scalars().all()
+        changed = await sql(
+            session,
+            "UPDATE users SET password_hash = 'x' WHERE id = :id",
+            {"id": theirs.actor.user.id},
         )
     assert emails == [admin.user.email]
     assert changed.rowcount == 0
@@ -335,18 +344,17 @@ async def test_a_webhook_event_is_seen_only_by_the_transaction_that_names_it(
     when the app role reads webhook_events without naming the event's id,
     then it sees nothing; naming it (the id is the capability) shows that one only."""
     async with db.session(admin.org_id) as session:
-        assert (await session.exec(text("SELECT count(*) FROM webhook_events"))).scalar_one() == 0
+        assert (await sql(session, "SELECT count(*) FROM webhook_events")).scalar_one() == 0
     async with db.session(webhook_event=theirs.event_id) as session:
-        ids = (await session.exec(text("SELECT id FROM webhook_events"))).scalars().all()
+        ids = (await sql(session, "SELECT id FROM webhook_events")).scalars().all()
     assert ids == [theirs.event_id]
     with pytest.raises(DBAPIError, match="row-level security"):
         async with db.session(admin.org_id) as session:
-            await session.exec(
-                text(
-                    "INSERT INTO webhook_events (id, received_at, body, body_sha256, status, "
-                    "attempts) VALUES (:id, now(), 'x', 'x', 'PENDING', 0)"
-                ),
-                params={"id": uuid.uuid4()},
+            await sql(
+                session,
+                "INSERT INTO webhook_events (id, received_at, body, body_sha256, status, "
+                "attempts) VALUES (:id, now(), 'x', 'x', 'PENDING', 0)",
+                {"id": uuid.uuid4()},
             )
 
 
@@ -396,7 +404,7 @@ async def test_calling_the_functions_directly_reveals_only_their_answer(
     transaction still sees no row of the other workspace."""
     other, account = theirs.actor, theirs.account
     now = utcnow()
-    calls = {
+    calls: dict[str, dict[str, Any]] = {
         "SELECT * FROM weflux_webhook_channel(:key)": {"key": account.webhook_key},
         "SELECT * FROM weflux_webhook_routes(ARRAY[:phone], ARRAY[]::text[], NULL)": {
             "phone": account.phone_number_id
@@ -413,14 +421,14 @@ async def test_calling_the_functions_directly_reveals_only_their_answer(
     async with db.session(admin.org_id) as session:
         # A temporary table cannot stand in for a real one: the functions' search_path
         # puts pg_temp last.
-        await session.exec(text("CREATE TEMPORARY TABLE whatsapp_accounts (x int)"))
-        for sql, params in calls.items():
-            result = await session.exec(text(sql), params=params)
-            answers[sql.split("(")[0].removeprefix("SELECT * FROM ")] = (
+        await sql(session, "CREATE TEMPORARY TABLE whatsapp_accounts (x int)")
+        for statement, params in calls.items():
+            result = await sql(session, statement, params)
+            answers[statement.split("(")[0].removeprefix("SELECT * FROM ")] = (
                 list(result.keys()),
                 [tuple(row) for row in result.all()],
             )
-        await session.exec(text("DROP TABLE pg_temp.whatsapp_accounts"))
+        await sql(session, "DROP TABLE pg_temp.whatsapp_accounts")
         assert await _visible_elsewhere(session, admin.org_id) == {}
     org = other.org_id
     assert answers["weflux_webhook_channel"] == (["org_id", "account_id"], [(org, account.id)])

@@ -539,7 +539,7 @@ async def test_aclose_closes_the_pool(meta_url: str) -> None:
 
 
 def test_from_settings(meta_url: str) -> None:
-    settings = Settings(_env_file=None, meta_graph_url=meta_url + "/", meta_graph_version="v25.0")  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, meta_graph_url=meta_url + "/", meta_graph_version="v25.0")
     client = CloudApiClient.from_settings(settings)
     assert client.base_url == f"{meta_url}/v25.0/"
     assert str(client._http.base_url) == f"{meta_url}/v25.0/"
@@ -548,7 +548,7 @@ def test_from_settings(meta_url: str) -> None:
 
 
 def test_defaults_point_at_meta() -> None:
-    client = CloudApiClient.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    client = CloudApiClient.from_settings(Settings(_env_file=None))
     assert client.base_url == "https://graph.facebook.com/v25.0/"
 
 

@@ -62,7 +62,7 @@ class Context:
         from weflux.gql.loaders import Loaders
 
         unit = _LazyUnit(self)
-        session_token = _event_session.set(unit)  # type: ignore[arg-type]
+        session_token = _event_session.set(unit)
         loaders_token = _event_loaders.set(loaders or Loaders(self))
         try:
             yield

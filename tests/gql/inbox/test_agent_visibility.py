@@ -7,6 +7,7 @@ mutations. What an Agent may not see is NOT_FOUND, exactly like what does not ex
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -219,7 +220,7 @@ async def test_an_agent_cannot_change_someone_elses_conversation(
     api: Api, inbox: Inbox, agent: Actor
 ) -> None:
     theirs = gid("Conversation", inbox.theirs.id)
-    attempts = [
+    attempts: list[tuple[str, dict[str, Any]]] = [
         (UPDATE_STATUS, {"input": {"conversationId": theirs, "status": "RESOLVED"}}),
         (MARK_READ, {"id": theirs}),
         (ASSIGN, {"input": {"conversationId": theirs, "assigneeId": None}}),

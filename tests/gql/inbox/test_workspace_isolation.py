@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -62,7 +63,7 @@ async def test_lists_never_show_another_workspace(
 async def test_every_id_taking_field_answers_not_found(
     api: Api, theirs: Theirs, admin: Actor, agent: Actor
 ) -> None:
-    attempts = [
+    attempts: list[tuple[str, dict[str, Any]]] = [
         (CONVERSATION, {"id": theirs.conversation}),
         (MESSAGES, {"id": theirs.conversation}),
         (NODE, {"id": theirs.conversation}),
