@@ -84,12 +84,10 @@ def test_a_body_shorter_than_declared_is_answered_408_and_closed(server: int) ->
         stalled.sendall(STALLED)
         for _ in range(3):
             assert httpx.get(f"http://127.0.0.1:{server}/healthz", timeout=5).status_code == 200
-        started = time.monotonic()
-        answer = _answer_then_close(stalled)
+        answer = _answer_then_close(stalled)  # within GENEROUS: the socket's own timeout
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"connection: close" in answer.lower()
     assert b'"code":"TIMEOUT"' in answer
-    assert time.monotonic() - started < GENEROUS
 
 
 def test_a_body_dripped_a_byte_at_a_time_is_cut_at_the_timeout(server: int) -> None:

@@ -46,17 +46,16 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
             yield client
 
 
-async def _status_within(client: httpx.AsyncClient, token: str, expected: int) -> float:
-    """Seconds until `token` gets `expected` on /graphql (fails after one second)."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while True:
-        response = await gql(client, token, VIEWER)
-        if response.status_code == expected:
-            return loop.time() - started
-        if loop.time() - started > 1.0:
-            raise AssertionError(f"still {response.status_code} after a second")
-        await asyncio.sleep(0.02)
+async def _until_status(client: httpx.AsyncClient, token: str, expected: int) -> None:
+    """Wait until `token` gets `expected` on /graphql: the revocation has reached that
+    process (a safety timeout only: how fast is for bench/, not for a test)."""
+    async with asyncio.timeout(10):
+        while (await gql(client, token, VIEWER)).status_code != expected:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # (another process's state)
+
+
+async def _role(client: httpx.AsyncClient, token: str) -> str:
+    return str((await gql(client, token, VIEWER)).json()["data"]["viewer"]["role"])
 
 
 @postgres_only
@@ -73,7 +72,7 @@ async def test_logout_on_one_process_closes_the_session_on_another(
         response = await a.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 204
 
-        await _status_within(b, token, 401)
+        await _until_status(b, token, 401)
 
 
 @postgres_only
@@ -96,11 +95,9 @@ async def test_role_change_on_one_process_applies_on_another(
         )
         assert demote.json()["data"]["updateMemberRole"]["role"] == "AGENT"
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while (await gql(b, manager_token, VIEWER)).json()["data"]["viewer"]["role"] != "AGENT":
-            assert loop.time() - started < 1.0, "the role change did not reach process B"
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):  # the role change reaches process B
+            while await _role(b, manager_token) != "AGENT":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # (another process's state)
 
 
 class _DisconnectedBroker(InProcessBroker):

@@ -6,7 +6,6 @@ graphql-transport-ws to it, as a frontend sending every operation over the socke
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -15,11 +14,12 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
-from tests.fixtures.live import live_server
+from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
@@ -102,35 +102,40 @@ def codes_of(frame: dict[str, Any]) -> list[str]:
 
 
 async def test_queries_and_mutations_over_the_socket_commit_and_publish(
-    serve: Serve, admin: Actor, manager: Actor, db: Database, conversation: Conversation
+    live: str,
+    live_app: Starlette,
+    admin: Actor,
+    manager: Actor,
+    db: Database,
+    conversation: Conversation,
 ) -> None:
-    async with serve() as base_url:
-        watcher, socket = await connect(base_url, manager), await connect(base_url, admin)
-        try:
-            watching = await watcher.subscribe(UPDATED)
-            await asyncio.sleep(0.1)  # the subscription is listening
-            # Given a frontend that sends everything over the socket: a query works
-            viewer = await result(socket, await socket.subscribe("{ viewer { role } }"))
-            assert viewer["data"] == {"viewer": {"role": "ADMIN"}}
-            assert viewer["extensions"]["cost"]["requested"] == 1
-            # When it sends a mutation
-            changed = await result(
-                socket,
-                await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED")),
-            )
-            # Then it answers, is committed, and its event reaches other sockets
-            assert changed["data"]["updateConversationStatus"]["status"] == "RESOLVED"
-            assert changed["extensions"]["cost"]["requested"] == 10
-            assert await status_of(db, conversation) is ConversationStatus.RESOLVED
-            event = await watcher.next(watching)
-            assert event["payload"]["data"]["conversationUpdated"]["status"] == "RESOLVED"
-        finally:
-            await socket.close()
-            await watcher.close()
+    watcher, socket = await connect(live, manager), await connect(live, admin)
+    try:
+        watching = await watcher.subscribe(UPDATED)
+        await until_listening(live_app, 1)
+        # Given a frontend that sends everything over the socket: a query works
+        viewer = await result(socket, await socket.subscribe("{ viewer { role } }"))
+        assert viewer["data"] == {"viewer": {"role": "ADMIN"}}
+        assert viewer["extensions"]["cost"]["requested"] == 1
+        # When it sends a mutation
+        changed = await result(
+            socket,
+            await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED")),
+        )
+        # Then it answers, is committed, and its event reaches other sockets
+        assert changed["data"]["updateConversationStatus"]["status"] == "RESOLVED"
+        assert changed["extensions"]["cost"]["requested"] == 10
+        assert await status_of(db, conversation) is ConversationStatus.RESOLVED
+        event = await watcher.next(watching)
+        assert event["payload"]["data"]["conversationUpdated"]["status"] == "RESOLVED"
+    finally:
+        await socket.close()
+        await watcher.close()
 
 
 async def test_a_failing_mutation_over_the_socket_is_rolled_back_and_publishes_nothing(
-    serve: Serve,
+    live: str,
+    live_app: Starlette,
     admin: Actor,
     manager: Actor,
     db: Database,
@@ -144,29 +149,28 @@ async def test_a_failing_mutation_over_the_socket_is_rolled_back_and_publishes_n
         await real(*args, **kwargs)
         raise Conflict("Changed meanwhile")
 
-    async with serve() as base_url:
-        watcher, socket = await connect(base_url, manager), await connect(base_url, admin)
-        try:
-            watching = await watcher.subscribe(UPDATED)
-            await asyncio.sleep(0.1)  # the subscription is listening
-            monkeypatch.setattr(conversation_service, "update_status", conflicting)
-            failed = await result(
-                socket, await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED"))
-            )
-            assert failed["data"] is None
-            assert [e["extensions"]["code"] for e in failed["errors"]] == ["CONFLICT"]
-            # Then nothing of it was kept
-            assert await status_of(db, conversation) is ConversationStatus.OPEN
-            # And the first event the watcher hears is of the next change, not of this one
-            monkeypatch.setattr(conversation_service, "update_status", real)
-            await result(
-                socket, await socket.subscribe(SET_STATUS, set_status(conversation, "PENDING"))
-            )
-            event = await watcher.next(watching)
-            assert event["payload"]["data"]["conversationUpdated"]["status"] == "PENDING"
-        finally:
-            await socket.close()
-            await watcher.close()
+    watcher, socket = await connect(live, manager), await connect(live, admin)
+    try:
+        watching = await watcher.subscribe(UPDATED)
+        await until_listening(live_app, 1)
+        monkeypatch.setattr(conversation_service, "update_status", conflicting)
+        failed = await result(
+            socket, await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED"))
+        )
+        assert failed["data"] is None
+        assert [e["extensions"]["code"] for e in failed["errors"]] == ["CONFLICT"]
+        # Then nothing of it was kept
+        assert await status_of(db, conversation) is ConversationStatus.OPEN
+        # And the first event the watcher hears is of the next change, not of this one
+        monkeypatch.setattr(conversation_service, "update_status", real)
+        await result(
+            socket, await socket.subscribe(SET_STATUS, set_status(conversation, "PENDING"))
+        )
+        event = await watcher.next(watching)
+        assert event["payload"]["data"]["conversationUpdated"]["status"] == "PENDING"
+    finally:
+        await socket.close()
+        await watcher.close()
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])

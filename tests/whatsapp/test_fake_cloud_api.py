@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from starlette.requests import Request
 
 from tests.fixtures.meta import (
     ACCESS_TOKEN,
@@ -16,6 +17,7 @@ from tests.fixtures.meta import (
     PHONE_NUMBER_ID,
     VERSION,
 )
+from weflux.whatsapp import fake_cloud_api
 from weflux.whatsapp.fake_cloud_api import (
     DEFAULT_BUSINESS_ACCOUNT_ID,
     FakeCloudApi,
@@ -321,14 +323,36 @@ async def test_failures_happen_even_without_a_valid_token(
     assert (response.status_code, _error(response)["code"]) == (500, 131000)
 
 
-async def test_delay_next(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+@dataclass
+class Stalls:
+    """The fake's stalls (`delay_next`), as they happen: their planned seconds, and their ends."""
+
+    planned: list[float] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@pytest.fixture
+def stalls(monkeypatch: pytest.MonkeyPatch) -> Stalls:
+    record = Stalls()
+    real = fake_cloud_api._stall
+
+    async def watched(request: Request, seconds: float) -> None:
+        record.planned.append(seconds)
+        try:
+            await real(request, seconds)
+        finally:
+            record.ended.set()
+
+    monkeypatch.setattr(fake_cloud_api, "_stall", watched)
+    return record
+
+
+async def test_delay_next(http: httpx.AsyncClient, fake_meta: FakeCloudApi, stalls: Stalls) -> None:
     fake_meta.delay_next(0.3)
-    started = time.monotonic()
     assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
+    assert stalls.planned == [0.3]  # the first call was held for 0.3 s before its answer
     assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started < 0.3
+    assert stalls.planned == [0.3]  # the next one was not held
 
 
 async def test_delay_then_fail(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
@@ -339,14 +363,15 @@ async def test_delay_then_fail(http: httpx.AsyncClient, fake_meta: FakeCloudApi)
 
 
 async def test_a_stalled_call_ends_when_its_client_leaves(
-    meta_url: str, fake_meta: FakeCloudApi
+    meta_url: str, fake_meta: FakeCloudApi, stalls: Stalls
 ) -> None:
     fake_meta.delay_next(30)
     async with httpx.AsyncClient(base_url=meta_url, timeout=0.2) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get(f"/{VERSION}/{PHONE_NUMBER_ID}", headers=AUTH)
-    # The handler noticed the disconnect; the server can stop promptly (fixture teardown).
-    await asyncio.sleep(0.1)
+    # The handler notices the disconnect and ends its 30 s stall (the server can then stop)
+    async with asyncio.timeout(10):
+        await stalls.ended.wait()
 
 
 async def test_set_health_rejects_unknown_fields(fake_meta: FakeCloudApi) -> None:
@@ -354,16 +379,15 @@ async def test_set_health_rejects_unknown_fields(fake_meta: FakeCloudApi) -> Non
         fake_meta.set_health(PHONE_NUMBER_ID, colour="GREEN")
 
 
-async def test_reset(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+async def test_reset(http: httpx.AsyncClient, fake_meta: FakeCloudApi, stalls: Stalls) -> None:
     await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
     fake_meta.fail_next(code=1)
     fake_meta.delay_next(5)
     fake_meta.reset()
     assert (fake_meta.requests, fake_meta.sent, fake_meta.numbers) == ([], [], {})
     fake_meta.add_number(PHONE_NUMBER_ID, access_token=ACCESS_TOKEN)
-    started = time.monotonic()
     assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started < 1
+    assert stalls.planned == []  # the planned delay was forgotten too
 
 
 async def test_running_serves_on_a_free_loopback_port_and_stops() -> None:

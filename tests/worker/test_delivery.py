@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -26,6 +28,7 @@ from tests.fixtures.outbound import (
     update_message,
 )
 from tests.fixtures.principals import principal_of
+from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.config import Settings
@@ -41,7 +44,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Message as Event
-from weflux.runtime import Runtime
+from weflux.runtime import Runtime, create_redis
 from weflux.services.channels import Services
 from weflux.services.outbound import send_template_message
 from weflux.whatsapp.fake_cloud_api import FakeCloudApi, SentRecord
@@ -57,6 +60,8 @@ from weflux.worker.delivery import (
     deliver_due_messages,
     throughput_of,
 )
+
+RETRYING = "could not record a delivery outcome; retrying"  # the worker's warning
 
 
 def sends_of(fake: FakeCloudApi, message: Message) -> list[SentRecord]:
@@ -605,7 +610,9 @@ async def test_a_database_blip_while_sending_is_ridden_out(
     fake_meta: FakeCloudApi,
     admin: Actor,
     scene: Scene,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="weflux.worker.delivery")
     worker_db, proxy = proxied_db
     message = await queue_text(db, services, admin, scene)
     fake_meta.delay_next(0.3)
@@ -613,7 +620,8 @@ async def test_a_database_blip_while_sending_is_ridden_out(
     await until(lambda: len(fake_meta.requests) == 1)
     await proxy.cut()
     await until(lambda: fake_meta.requests[0].status is not None)
-    await asyncio.sleep(0.5)  # the worker fails to record the outcome at least once
+    # the worker fails to record the outcome at least once
+    await until(lambda: any(RETRYING in record.getMessage() for record in caplog.records))
     await proxy.restore()
     assert await run == 1
 
@@ -677,6 +685,23 @@ def test_the_token_bucket_allows_the_numbers_throughput() -> None:
     assert high[1000] == pytest.approx(1 / HIGH_THROUGHPUT)
 
 
+class FrozenThrottle(LocalThrottle):
+    """The local throttle with its clock stopped at the first send: the waits it hands out
+    are exact, whatever the machine's speed (they are still slept)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+        self._now: float | None = None
+
+    def reserve(self, key: str, rate: int, now: float | None = None) -> float:
+        if self._now is None:
+            self._now = time.monotonic()
+        wait = super().reserve(key, rate, self._now)
+        self.waits.append(wait)
+        return wait
+
+
 def test_throughput_follows_the_numbers_level() -> None:
     account = WhatsAppAccount(
         display_phone_number="+1",
@@ -705,27 +730,30 @@ async def test_the_throttle_paces_sends(
     scenes = [await make_conversation(db, account) for _ in range(8)]
     for each in scenes:
         await queue_text(db, services, admin, each)
-    started = asyncio.get_running_loop().time()
-    await deliver_due_messages(db, services, inbox_settings, throttle=LocalThrottle())
-    elapsed = asyncio.get_running_loop().time() - started
+    throttle = FrozenThrottle()
+    await deliver_due_messages(db, services, inbox_settings, throttle=throttle)
     assert len(fake_meta.sent) == 8
-    assert elapsed >= 0.5  # 5 at once, then 3 more at 5 a second
+    # 5 at once, then 3 more at 5 a second: each waits its turn
+    assert sorted(throttle.waits) == pytest.approx([0, 0, 0, 0, 0, 0.2, 0.4, 0.6])
+    assert max(throttle.waits) >= 0.5
 
 
-@pytest.mark.redis
 async def test_the_shared_throttle_counts_in_redis(require_redis: None) -> None:
-    from tests.fixtures.services import TEST_REDIS_URL
-    from weflux.runtime import create_redis
-
     redis = create_redis(TEST_REDIS_URL)
+    prefix = f"weflux-test:{uuid.uuid4().hex}"
     try:
-        throttle = RedisThrottle(redis, prefix=f"weflux-test:{uuid.uuid4().hex}")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        throttle = RedisThrottle(redis, prefix=prefix)
+        throttle.local = local = FrozenThrottle()
         for _ in range(4):
             await throttle.acquire("106540352242922", 3)
-        # The fourth had to wait for the next second (the local bucket allows a burst of 3).
-        assert loop.time() - started >= 0.3
+        # The fourth had to wait (the local bucket allows a burst of 3, then 3 a second)
+        assert local.waits == pytest.approx([0, 0, 0, 1 / 3])
+        assert max(local.waits) >= 0.3
+        # and every send was counted in Redis, per second
+        counted = 0
+        async for key in redis.scan_iter(match=f"{prefix}:*"):
+            counted += int(await redis.get(key) or 0)
+        assert counted >= 4
     finally:
         await redis.aclose()
 

@@ -6,8 +6,10 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
+from sqlalchemy import event, text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.factories import Actor, create_conversation
@@ -174,8 +176,29 @@ async def _agent_unit(db: Database, actor: Actor) -> AsyncIterator[AsyncSession]
         yield session
 
 
+async def _waiting_for_the_lock(db: Database, dialect: str, asked: asyncio.Event) -> None:
+    """Wait for the event that shows the second unit blocked on the first one's lock.
+
+    PostgreSQL shows a backend waiting for a row lock; SQLite, one writer at a time, makes
+    the second unit's `BEGIN IMMEDIATE` wait inside SQLite, where it cannot be watched: the
+    event there is that unit asking for the write lock.
+    """
+    async with asyncio.timeout(10):
+        await asked.wait()
+        if dialect != "postgresql":
+            return
+        waiting = text(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        async with db.engine.connect() as watcher:
+            while (await watcher.execute(waiting)).scalar_one() == 0:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)  # (the state of another connection)
+
+
 async def test_two_agents_grabbing_one_conversation_at_once_get_it_once(
     db: Database,
+    dialect: str,
     org: Organization,
     account: WhatsAppAccount,
     agent: Actor,
@@ -184,12 +207,18 @@ async def test_two_agents_grabbing_one_conversation_at_once_get_it_once(
     # given an unassigned conversation both agents see
     conversation = await _conversation(db, org, account)
     broker = InProcessBroker()
+    asked = asyncio.Event()
+
+    def asking_for_the_lock(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if statement.startswith("BEGIN IMMEDIATE") or "FOR UPDATE" in statement:
+            asked.set()
 
     async with _agent_unit(db, agent) as first, _agent_unit(db, other_agent) as second:
         # when the first takes it and, before that commits, the second tries too
         await assign(
             first, principal_of(agent), conversation.id, agent.membership.id, broker=broker
         )
+        event.listen(db.engine.sync_engine, "before_cursor_execute", asking_for_the_lock)
         grab = asyncio.create_task(
             assign(
                 second,
@@ -199,8 +228,9 @@ async def test_two_agents_grabbing_one_conversation_at_once_get_it_once(
                 broker=broker,
             )
         )
-        await asyncio.sleep(0.3)
+        await _waiting_for_the_lock(db, dialect, asked)
         assert not grab.done()  # waiting on the first one's lock
+        event.remove(db.engine.sync_engine, "before_cursor_execute", asking_for_the_lock)
         await first.commit()
 
         # then the second finds it someone else's: NOT_FOUND
