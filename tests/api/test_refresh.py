@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
@@ -29,7 +30,6 @@ def expiry(value: str) -> datetime:
 
 
 def session_id_of(pair: dict[str, Any]) -> uuid.UUID:
-    import jwt
 
     claims = jwt.decode(pair["refreshToken"], options={"verify_signature": False})
     return uuid.UUID(claims["sid"])

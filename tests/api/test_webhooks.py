@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
+from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.settings import make_settings
@@ -37,6 +38,7 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
+from weflux.services import ingest
 
 PLATFORM_SECRET = "platform-app-secret-0123456789"
 PLATFORM_VERIFY = "platform-verify-token-0123"
@@ -561,7 +563,6 @@ async def test_a_processing_failure_is_recorded_and_retried(
     channel: WhatsAppAccount,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from weflux.services import ingest
 
     original = ingest._process_share
 
@@ -593,7 +594,6 @@ async def test_replay_reprocesses_without_duplicates(
     org: Organization,
     channel: WhatsAppAccount,
 ) -> None:
-    from weflux.services import ingest
 
     await post(client, _one_text("a"))
     await post(client, _one_text("b"))
@@ -629,7 +629,6 @@ async def test_503_when_the_event_cannot_be_stored_and_200_after(
 async def test_agents_never_see_webhook_events_through_graphql(
     client: httpx.AsyncClient, agent: Actor, channel: WhatsAppAccount
 ) -> None:
-    from tests.fixtures.api import gql, token_for
 
     await post(client, _one_text())
     token = await token_for(client, agent)

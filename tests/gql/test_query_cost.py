@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
+from tests.fixtures.services import TEST_REDIS_URL
 from weflux.db import Database
 from weflux.models import Organization
 
@@ -182,7 +183,6 @@ async def test_a_workspace_budget_is_shared_by_its_members(
 async def test_processes_sharing_redis_share_the_budget(
     make_client: ClientFactory, admin: Actor, require_redis: None
 ) -> None:
-    from tests.fixtures.services import TEST_REDIS_URL
 
     budgets = {
         "redis_url": TEST_REDIS_URL,

@@ -12,6 +12,7 @@ from sqlmodel import select
 from tests.fixtures.factories import (
     Actor,
 )
+from tests.fixtures.meta import OTHER_ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID
 from tests.fixtures.outbound import (
     Scene,
     all_messages,
@@ -196,7 +197,6 @@ async def test_a_client_message_id_of_another_conversation_conflicts(
 async def test_the_same_client_message_id_may_be_used_in_another_workspace(
     db: Database, services: Services, admin: Actor, other_admin: Actor, scene: Scene
 ) -> None:
-    from tests.fixtures.meta import OTHER_ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID
 
     theirs = await make_conversation(
         db,
@@ -336,7 +336,6 @@ async def test_conversations_the_caller_cannot_see_are_not_found(
     other_admin: Actor,
     scene: Scene,
 ) -> None:
-    from tests.fixtures.meta import OTHER_ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID
 
     theirs = await make_conversation(
         db,

@@ -17,7 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.meta import ACCESS_TOKEN, PHONE_NUMBER_ID
+from tests.fixtures.meta import ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID, PHONE_NUMBER_ID
 from tests.fixtures.outbound import (
     CUSTOMER_WA_ID,
     Scene,
@@ -31,6 +31,7 @@ from tests.fixtures.principals import principal_of
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
@@ -359,7 +360,6 @@ async def test_undeliverable_messages_fail_without_calling_meta(
     fake_meta: FakeCloudApi,
     admin: Actor,
 ) -> None:
-    from tests.fixtures.meta import OTHER_PHONE_NUMBER_ID
 
     account = await make_account(db, services.keyring, admin.org_id)
     no_token = await make_account(
@@ -808,7 +808,6 @@ async def test_the_in_process_worker_delivers_queued_messages(
     admin: Actor,
     scene: Scene,
 ) -> None:
-    from weflux.app import create_app
 
     message = await queue_text(db, services, admin, scene)
     app = create_app(inbox_settings.model_copy(update={"in_process_worker": True}))

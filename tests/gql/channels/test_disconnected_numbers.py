@@ -10,6 +10,7 @@ import pytest
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from weflux.db import Database
+from weflux.gql.channels.types import WhatsAppAccountStatus
 from weflux.ids import encode_global_id
 from weflux.models import AccountStatus, Organization, WhatsAppAccount
 
@@ -150,7 +151,6 @@ async def test_another_workspaces_disconnected_number_is_not_found(
 
 def test_the_schema_lists_every_status_the_model_stores() -> None:
     """Given the model's account statuses, then the GraphQL enum lists each of them."""
-    from weflux.gql.channels.types import WhatsAppAccountStatus
 
     stored = {value for name, value in vars(AccountStatus).items() if name.isupper()}
     assert stored == {member.value for member in WhatsAppAccountStatus}

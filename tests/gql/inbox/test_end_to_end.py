@@ -7,13 +7,17 @@ from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
+from redis.asyncio import Redis
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import ACCESS_TOKEN
+from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
+from weflux.app import create_app
 from weflux.config import Settings
 from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
@@ -210,11 +214,6 @@ async def test_flushing_redis_loses_nothing(
     require_redis: None,
 ) -> None:
     """Redis holds no state of record: pub/sub and counters only."""
-    from asgi_lifespan import LifespanManager
-    from redis.asyncio import Redis
-
-    from tests.fixtures.services import TEST_REDIS_URL
-    from weflux.app import create_app
 
     settings = make_settings(
         tmp_path,
