@@ -22,6 +22,7 @@ from tests.fixtures.live import (
     SECRET,
     closed_with,
     inbound,
+    listeners,
     live_server,
     until_listening,
 )
@@ -64,12 +65,8 @@ async def _witness(live: str, live_app: Starlette, http: httpx.AsyncClient, admi
     """An Admin's socket on `messageAdded`, listening: it sees every message once published."""
     socket = await GraphQLSocket.connect(live, await token_for(http, admin))
     operation = await socket.subscribe(ADDED)
-    await until_listening(live_app, hub_listeners(live_app) + 1)
+    await until_listening(live_app, listeners(live_app) + 1)
     return socket, operation
-
-
-def hub_listeners(app: Starlette) -> int:
-    return int(app.state.hub.listener_count)
 
 
 async def _text(socket: GraphQLSocket, operation: str) -> str:
