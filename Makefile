@@ -1,10 +1,24 @@
 # Weflux backend. `make help` lists the targets.
+#
+# Everything installs from uv.lock into .venv with uv, which this Makefile bootstraps
+# (pinned, in .tools/) with the system's python3: a fresh machine needs Python 3.11+ and
+# make, nothing else. uv never downloads a Python of its own here.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+TOOLS := .tools
+UV_VERSION := 0.13.9
+UV := $(TOOLS)/bin/uv
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The fast loop: SQLite and the in-process store/broker, no PostgreSQL or Redis needed.
+FAST := not postgres and not redis
+
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON := $(PYTHON)
+export UV_PYTHON_DOWNLOADS := never
+export UV_PYTHON_PREFERENCE := only-system
 
 .DEFAULT_GOAL := help
 
@@ -12,21 +26,34 @@ PORT ?= 8000
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-$(BIN)/python:
+$(UV):
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed")'
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+# The app's own dependencies; --inexact keeps the test tools of an earlier `make test`.
+$(VENV)/.installed: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --inexact
 	@touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
-	$(BIN)/python -m pip install --quiet -e '.[test]'
-	@touch $@
+# The app and its test, lint and type-check tools, exactly as locked.
+$(VENV)/.installed-test: $(UV) uv.lock pyproject.toml
+	$(UV) sync --frozen --extra test
+	@touch $@ $(VENV)/.installed
 
 .PHONY: install
-install: $(VENV)/.installed ## Create .venv and install the project
+install: $(VENV)/.installed ## Create .venv and install the project from uv.lock
+
+.PHONY: install-test
+install-test: $(VENV)/.installed-test ## Create .venv with the test tools, from uv.lock
+
+.PHONY: lock
+lock: $(UV) ## Re-resolve uv.lock after a change of pyproject.toml's dependencies
+	$(UV) lock
+
+.PHONY: lock-check
+lock-check: $(UV) ## Fail when uv.lock does not match pyproject.toml
+	$(UV) lock --check
 
 .PHONY: run
 run: $(VENV)/.installed ## Migrate and serve the API on http://127.0.0.1:8000 (embedded defaults)
@@ -36,16 +63,22 @@ run: $(VENV)/.installed ## Migrate and serve the API on http://127.0.0.1:8000 (e
 test: $(VENV)/.installed-test ## Run the whole test suite (PostgreSQL/Redis tests skip when absent, fail under CI=true)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+.PHONY: test-fast
+test-fast: $(VENV)/.installed-test ## Run the tests that need neither PostgreSQL nor Redis (-m "not postgres and not redis")
+	$(BIN)/pytest -m "$(FAST)" $(PYTEST_ARGS)
+
 .PHONY: lint
-lint: $(VENV)/.installed-test ## ruff format --check, ruff check, mypy
-	$(BIN)/ruff format --check .
-	$(BIN)/ruff check .
-	$(BIN)/mypy weflux
+lint: $(VENV)/.installed-test ## What pre-commit and CI check: format, lint, types, schema drift, structure
+	$(BIN)/pre-commit run --all-files
 
 .PHONY: fmt
 fmt: $(VENV)/.installed-test ## Format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+.PHONY: hooks
+hooks: $(VENV)/.installed-test ## Install the git pre-commit hook (the checks of `make lint`)
+	$(BIN)/pre-commit install
 
 .PHONY: schema
 schema: $(VENV)/.installed ## Regenerate schema.graphql
@@ -60,5 +93,5 @@ ci: ## What CI runs, in a fresh virtual environment
 	bash .ci/run
 
 .PHONY: clean
-clean: ## Remove the virtual environment and local data under var/
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+clean: ## Remove the virtual environments and local data under var/
+	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache

@@ -44,6 +44,7 @@ import httpx
 import websockets
 from sqlmodel import func, select
 from websockets.asyncio.client import ClientConnection
+from websockets.typing import Subprotocol
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import login
@@ -61,7 +62,7 @@ from weflux.models import Message, Role
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-fanout-app-secret-0123456789"  # noqa: S105  (a benchmark's throwaway)
 QUERY = "subscription { messageAdded { id text direction conversation { id } } }"
-SUBPROTOCOL = "graphql-transport-ws"
+SUBPROTOCOL = Subprotocol("graphql-transport-ws")
 PONG = json.dumps({"type": "pong"})
 SETTLE = 1.0  # seconds for subscriptions to be listening and memory to settle
 EVENT_TIMEOUT = 30.0  # seconds for one event to reach every socket
@@ -330,7 +331,10 @@ async def prepare(url: str) -> Workspace:
     await migrate(url)
     passwords.BCRYPT_ROUNDS = 4  # the stored hash's cost: a fast login
     tag = secrets.token_hex(4)
-    digits = lambda: f"9{secrets.randbelow(10**14):014d}"  # noqa: E731
+
+    def digits() -> str:
+        return f"9{secrets.randbelow(10**14):014d}"
+
     db = Database(url)
     try:
         async with db.session() as session:

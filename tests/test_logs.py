@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+import websockets
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
@@ -80,7 +81,6 @@ def test_uvicorn_lines_lose_the_query_string() -> None:
 def test_websocket_frame_traces_and_origins_are_not_logged() -> None:
     """Given the websockets library's DEBUG trace of a frame and Strawberry's refused-origin
     warning, when they pass the filter, then the trace is dropped and the origin unquoted."""
-    import websockets
 
     guard = ClientDataFilter()
     frame = _record(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from sqlmodel import SQLModel
 
 from tests.fixtures.databases import DatabaseUrls
 from weflux.db import Database
-from weflux.migrate import alembic_config, downgrade, migrate
+from weflux.migrate import alembic_config, downgrade, migrate, migrations_dir
 
 
 def _revisions() -> list[str]:
@@ -67,9 +68,6 @@ async def test_migrated_schema_matches_the_models(database_urls: DatabaseUrls) -
 
 
 def test_migration_files_are_date_prefixed() -> None:
-    import re
-
-    from weflux.migrate import migrations_dir
 
     names = [p.name for p in (migrations_dir() / "versions").glob("*.py")]
     assert names

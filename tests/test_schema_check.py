@@ -13,9 +13,9 @@ from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from tests.conftest import PRODUCTION_MAIL, make_settings
 from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
+from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings, generate_encryption_key_entry
 from weflux.db import Database
@@ -28,7 +28,9 @@ def _previous_revision(state: str) -> str:
     if state == "un-migrated":
         return "base"
     script = ScriptDirectory.from_config(alembic_config())
-    head = script.get_revision(script.get_current_head())
+    current = script.get_current_head()
+    assert current is not None
+    head = script.get_revision(current)
     assert head is not None
     down = head.down_revision
     assert isinstance(down, str)

@@ -17,24 +17,26 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy import inspect, text
+from websockets.typing import Subprotocol
 
-from tests.conftest import make_settings
 from tests.fixtures.api import without_cost
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import LogCapture, capture_logs
 from tests.fixtures.mail import confirmation_token, wait_for_mails
-from tests.mail.test_smtp import USERNAME, running_server
+from tests.fixtures.meta import PHONE_NUMBER_ID
+from tests.fixtures.settings import make_settings
+from tests.fixtures.smtp import USERNAME, running_server
 from weflux.app import create_app
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto.keyring import KeyRing
 from weflux.crypto.rotation import rotate_keys
-from weflux.crypto.secret import SecretRedactingFilter
+from weflux.crypto.secret import Secret, SecretRedactingFilter
 from weflux.db import Database
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi, running
+from weflux.whatsapp.fake_cloud_api import FakeCloudApi
 
-PHONE_NUMBER_ID = "106540352242922"
 SECRET_COLUMNS = {"access_token_enc", "app_secret_enc", "webhook_verify_token_enc", "password_enc"}
 
 
@@ -76,7 +78,11 @@ async def _dump_database(owner_url: str) -> tuple[str, str]:
 
 
 async def test_no_secret_escapes_anywhere(
-    database_urls: DatabaseUrls, tmp_path: Path, captured_logs: LogCapture
+    database_urls: DatabaseUrls,
+    tmp_path: Path,
+    captured_logs: LogCapture,
+    fake_meta: FakeCloudApi,
+    meta_url: str,
 ) -> None:
     secrets = {
         "password": canary("Pass-Word-"),
@@ -88,8 +94,7 @@ async def test_no_secret_escapes_anywhere(
         "smtp_password": canary("Smtp"),
         "wrong_smtp_password": canary("WrongSmtp"),
     }
-    fake = FakeCloudApi()
-    fake.add_number(PHONE_NUMBER_ID, access_token=secrets["access_token"])
+    fake_meta.set_access_token(PHONE_NUMBER_ID, secrets["access_token"])
     responses: list[str] = []
     frames: list[str] = []
 
@@ -98,161 +103,157 @@ async def test_no_secret_escapes_anywhere(
         responses.append(json.dumps(dict(response.headers)) + response.text)
 
     old_key = generate_encryption_key_entry("old")
-    async with running(fake) as meta_url:
-        settings = make_settings(
-            tmp_path,
-            database_url=database_urls.app,
-            database_migration_url=database_urls.owner,
-            meta_graph_url=meta_url,
-            encryption_keys=old_key,
-        )
-        smtp_accounts = {USERNAME: secrets["smtp_password"]}
+    settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        meta_graph_url=meta_url,
+        encryption_keys=old_key,
+    )
+    smtp_accounts = {USERNAME: secrets["smtp_password"]}
 
-        def smtp_auth(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
-            from aiosmtpd.smtp import AuthResult
+    def smtp_auth(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
 
-            ok = smtp_accounts.get(auth_data.login.decode()) == auth_data.password.decode()
-            return AuthResult(success=ok, handled=ok)
+        ok = smtp_accounts.get(auth_data.login.decode()) == auth_data.password.decode()
+        return AuthResult(success=ok, handled=ok)
 
-        with running_server(authenticator=smtp_auth, auth_require_tls=False) as (_, smtp_port):
-            async with (
-                live_server(create_app(settings)) as base_url,
-                httpx.AsyncClient(base_url=base_url, event_hooks={"response": [keep]}) as client,
-            ):
-                requested = await client.post(
-                    "/auth/signup",
-                    json={
-                        "organizationName": "Canary Co",
-                        "name": "Ada",
-                        "email": "ada@canary.example",
-                        "password": secrets["password"],
-                    },
-                )
-                assert requested.status_code == 202
-                [mail] = await wait_for_mails(settings, "ada@canary.example")
-                secrets["confirmation_token"] = confirmation_token(mail)
-                signup = await client.post(
-                    "/auth/signup/confirm", json={"token": secrets["confirmation_token"]}
-                )
-                token = signup.json()["accessToken"]
-                await client.post(
-                    "/auth/login",
-                    json={"email": "ada@canary.example", "password": secrets["password"] + "x"},
-                )
-                connected = await _graphql(
-                    client,
-                    token,
-                    """mutation($input: ConnectWhatsAppAccountInput!) {
-                          connectWhatsAppAccount(input: $input) { id hasAppSecret } }""",
-                    input={
-                        "displayPhoneNumber": "+1 555 0100",
-                        "phoneNumberId": PHONE_NUMBER_ID,
-                        "businessAccountId": "102290129340398",
-                        "accessToken": secrets["access_token"],
-                        "appSecret": secrets["app_secret"],
-                        "webhookVerifyToken": secrets["verify_token"],
-                    },
-                )
-                account_id = connected["data"]["connectWhatsAppAccount"]["id"]
-                update = """mutation($input: UpdateWhatsAppCredentialsInput!) {
-                      updateWhatsAppCredentials(input: $input) { id } }"""
-                rejected = await _graphql(
-                    client,
-                    token,
-                    update,
-                    input={"id": account_id, "accessToken": secrets["rejected_token"]},
-                )
-                assert rejected["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-                fake.set_access_token(PHONE_NUMBER_ID, secrets["rotated_token"])
-                await _graphql(
-                    client,
-                    token,
-                    update,
-                    input={"id": account_id, "accessToken": secrets["rotated_token"]},
-                )
-                fake.fail_next(code=131000, http_status=500, message="Something went wrong")
-                refresh = "mutation($id: ID!) { refreshWhatsAppAccountHealth(id: $id) { status } }"
-                await _graphql(client, token, refresh, id=account_id)
-                await _graphql(client, token, refresh, id=account_id)
-                smtp = """mutation($input: SmtpSettingsInput!) {
-                      updateSmtpSettings(input: $input) { hasPassword } }"""
-                smtp_input = {
-                    "host": "127.0.0.1",
-                    "port": smtp_port,
-                    "username": USERNAME,
-                    "password": secrets["smtp_password"],
-                    "fromAddress": "noreply@canary.example",
-                    "security": "NONE",
-                }
-                await _graphql(client, token, smtp, input=smtp_input)
-                sent = await _graphql(
-                    client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
-                )
-                assert without_cost(sent) == {"data": {"sendTestEmail": True}}
-                await _graphql(
-                    client,
-                    token,
-                    smtp,
-                    input=smtp_input | {"password": secrets["wrong_smtp_password"]},
-                )
-                failed = await _graphql(
-                    client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
-                )
-                assert failed["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
-                await _graphql(
-                    client,
-                    token,
-                    """{ whatsAppAccounts { id status hasAppSecret hasWebhookVerifyToken
-                              webhookPath credentialsUpdatedAt }
-                            smtpSettings { host hasPassword }
-                            auditEvents { edges { node { action targetId actor { id } } } } }""",
-                )
-                await _graphql(
-                    client, token, "query($id: ID!) { node(id: $id) { id } }", id=account_id
-                )
-
-                ws_url = base_url.replace("http", "ws") + "/graphql"
-                async with websockets.connect(
-                    ws_url, subprotocols=["graphql-transport-ws"]
-                ) as socket:
-                    await socket.send(
-                        json.dumps(
-                            {
-                                "type": "connection_init",
-                                "payload": {"authorization": f"Bearer {token}"},
-                            }
-                        )
-                    )
-                    frames.append(str(await socket.recv()))
-                    await socket.send(
-                        json.dumps(
-                            {
-                                "id": "1",
-                                "type": "subscribe",
-                                "payload": {"query": "{ whatsAppAccounts { id } }"},
-                            }
-                        )
-                    )
-                    try:
-                        while True:
-                            frame = str(await socket.recv())
-                            frames.append(frame)
-                            if json.loads(frame).get("type") in ("complete", "error"):
-                                break
-                    except websockets.ConnectionClosed as closed:
-                        frames.append(str(closed))
-
-        database = Database(database_urls.owner, maintenance=True)  # rotation: maintenance
-        try:
-            new_ring = KeyRing(
-                parse_encryption_keys(f"{generate_encryption_key_entry('new')},{old_key}")
+    with running_server(authenticator=smtp_auth, auth_require_tls=False) as (_, smtp_port):
+        async with (
+            live_server(create_app(settings)) as base_url,
+            httpx.AsyncClient(base_url=base_url, event_hooks={"response": [keep]}) as client,
+        ):
+            requested = await client.post(
+                "/auth/signup",
+                json={
+                    "organizationName": "Canary Co",
+                    "name": "Ada",
+                    "email": "ada@canary.example",
+                    "password": secrets["password"],
+                },
             )
-            rotated = await rotate_keys(database, new_ring)
-        finally:
-            await database.dispose()
-        assert rotated.rotated >= 3
+            assert requested.status_code == 202
+            [mail] = await wait_for_mails(settings, "ada@canary.example")
+            secrets["confirmation_token"] = confirmation_token(mail)
+            signup = await client.post(
+                "/auth/signup/confirm", json={"token": secrets["confirmation_token"]}
+            )
+            token = signup.json()["accessToken"]
+            await client.post(
+                "/auth/login",
+                json={"email": "ada@canary.example", "password": secrets["password"] + "x"},
+            )
+            connected = await _graphql(
+                client,
+                token,
+                """mutation($input: ConnectWhatsAppAccountInput!) {
+                      connectWhatsAppAccount(input: $input) { id hasAppSecret } }""",
+                input={
+                    "displayPhoneNumber": "+1 555 0100",
+                    "phoneNumberId": PHONE_NUMBER_ID,
+                    "businessAccountId": "102290129340398",
+                    "accessToken": secrets["access_token"],
+                    "appSecret": secrets["app_secret"],
+                    "webhookVerifyToken": secrets["verify_token"],
+                },
+            )
+            account_id = connected["data"]["connectWhatsAppAccount"]["id"]
+            update = """mutation($input: UpdateWhatsAppCredentialsInput!) {
+                  updateWhatsAppCredentials(input: $input) { id } }"""
+            rejected = await _graphql(
+                client,
+                token,
+                update,
+                input={"id": account_id, "accessToken": secrets["rejected_token"]},
+            )
+            assert rejected["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+            fake_meta.set_access_token(PHONE_NUMBER_ID, secrets["rotated_token"])
+            await _graphql(
+                client,
+                token,
+                update,
+                input={"id": account_id, "accessToken": secrets["rotated_token"]},
+            )
+            fake_meta.fail_next(code=131000, http_status=500, message="Something went wrong")
+            refresh = "mutation($id: ID!) { refreshWhatsAppAccountHealth(id: $id) { status } }"
+            await _graphql(client, token, refresh, id=account_id)
+            await _graphql(client, token, refresh, id=account_id)
+            smtp = """mutation($input: SmtpSettingsInput!) {
+                  updateSmtpSettings(input: $input) { hasPassword } }"""
+            smtp_input = {
+                "host": "127.0.0.1",
+                "port": smtp_port,
+                "username": USERNAME,
+                "password": secrets["smtp_password"],
+                "fromAddress": "noreply@canary.example",
+                "security": "NONE",
+            }
+            await _graphql(client, token, smtp, input=smtp_input)
+            sent = await _graphql(
+                client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
+            )
+            assert without_cost(sent) == {"data": {"sendTestEmail": True}}
+            await _graphql(
+                client,
+                token,
+                smtp,
+                input=smtp_input | {"password": secrets["wrong_smtp_password"]},
+            )
+            failed = await _graphql(
+                client, token, 'mutation { sendTestEmail(to: "ops@canary.example") }'
+            )
+            assert failed["errors"][0]["extensions"]["code"] == "BAD_USER_INPUT"
+            await _graphql(
+                client,
+                token,
+                """{ whatsAppAccounts { id status hasAppSecret hasWebhookVerifyToken
+                          webhookPath credentialsUpdatedAt }
+                        smtpSettings { host hasPassword }
+                        auditEvents { edges { node { action targetId actor { id } } } } }""",
+            )
+            await _graphql(client, token, "query($id: ID!) { node(id: $id) { id } }", id=account_id)
 
-    assert any(r.authorization == f"Bearer {secrets['access_token']}" for r in fake.requests)
+            ws_url = base_url.replace("http", "ws") + "/graphql"
+            async with websockets.connect(
+                ws_url, subprotocols=[Subprotocol("graphql-transport-ws")]
+            ) as socket:
+                await socket.send(
+                    json.dumps(
+                        {
+                            "type": "connection_init",
+                            "payload": {"authorization": f"Bearer {token}"},
+                        }
+                    )
+                )
+                frames.append(str(await socket.recv()))
+                await socket.send(
+                    json.dumps(
+                        {
+                            "id": "1",
+                            "type": "subscribe",
+                            "payload": {"query": "{ whatsAppAccounts { id } }"},
+                        }
+                    )
+                )
+                try:
+                    while True:
+                        frame = str(await socket.recv())
+                        frames.append(frame)
+                        if json.loads(frame).get("type") in ("complete", "error"):
+                            break
+                except websockets.ConnectionClosed as closed:
+                    frames.append(str(closed))
+
+    database = Database(database_urls.owner, maintenance=True)  # rotation: maintenance
+    try:
+        new_ring = KeyRing(
+            parse_encryption_keys(f"{generate_encryption_key_entry('new')},{old_key}")
+        )
+        rotated = await rotate_keys(database, new_ring)
+    finally:
+        await database.dispose()
+    assert rotated.rotated >= 3
+
+    assert any(r.authorization == f"Bearer {secrets['access_token']}" for r in fake_meta.requests)
     plain_columns, sealed_columns = await _dump_database(database_urls.owner)
     haystacks = {
         "HTTP responses": "\n".join(responses),
@@ -275,7 +276,6 @@ async def test_no_secret_escapes_anywhere(
 
 
 def test_the_redaction_filter_is_a_second_line(caplog: pytest.LogCaptureFixture) -> None:
-    from weflux.crypto.secret import Secret
 
     value = canary("Redacted")
     Secret(value)  # known to the process now

@@ -19,11 +19,11 @@ import httpx
 import websockets
 from websockets.typing import Subprotocol
 
-from tests.conftest import make_settings
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.mail import sign_up
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 
 CHANGE_PASSWORD = "mutation($input: ChangePasswordInput!) { changePassword(input: $input) }"

@@ -30,11 +30,12 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
-from tests.conftest import make_settings
 from tests.fixtures.api import error_codes, gql, login, token_for, tokens_for
+from tests.fixtures.app import client_of
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor, create_membership, create_user
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, sign_up
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
@@ -92,13 +93,6 @@ async def running_app(
     )
     async with LifespanManager(application) as manager:
         yield manager.app  # type: ignore[misc]
-
-
-@asynccontextmanager
-async def client_of(app: Starlette, ip: str = CLIENT_IP) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 def signup_body(**overrides: Any) -> dict[str, Any]:
@@ -811,9 +805,7 @@ async def test_an_expired_invitation_is_refused_like_an_unknown_one(
     admin_token = await token_for(client, admin)
     token = await invite(client, admin_token, "late@example.com")
     async with db.session(admin.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
-            update(Invitation).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        await session.exec(update(Invitation).values(expires_at=utcnow() - timedelta(seconds=1)))
 
     expired = await accept(client, token)
     unknown = await accept(client, "x" * 43)

@@ -10,10 +10,10 @@ import httpx
 import pytest
 from asgi_lifespan import LifespanManager
 
-from tests.conftest import make_settings
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 
 VIEWER = "{ viewer { id } }"

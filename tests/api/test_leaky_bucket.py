@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import make_settings
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
+from tests.fixtures.settings import make_settings
 from weflux.api.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
 from weflux.config import ConfigError
 from weflux.gql.guard import CostBudgets
@@ -125,8 +125,9 @@ async def test_several_buckets_are_charged_all_or_nothing(
     assert refused.tightest.spec.capacity == 100
 
 
-async def test_processes_sharing_redis_share_the_buckets(clock: Clock, key_prefix: str) -> None:
-    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
+async def test_processes_sharing_redis_share_the_buckets(
+    clock: Clock, key_prefix: str, require_redis: None
+) -> None:
     one = LeakyBuckets(TEST_REDIS_URL, key_prefix=key_prefix, clock=clock)
     other = LeakyBuckets(TEST_REDIS_URL, key_prefix=key_prefix, clock=clock)
     bucket = [Bucket("member:a", TEN_A_SECOND)]

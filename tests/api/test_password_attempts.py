@@ -21,11 +21,12 @@ import pytest
 from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
-from tests.conftest import make_settings
 from tests.fixtures.api import error_codes, gql, login, token_for
+from tests.fixtures.app import client_of
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import live_server
+from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
 
@@ -76,13 +77,6 @@ async def running_app(
     )
     async with LifespanManager(application) as manager:
         yield manager.app  # type: ignore[misc]
-
-
-@asynccontextmanager
-async def client_of(app: Starlette, ip: str) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app, client=(ip, 50000))
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
-        yield c
 
 
 def assert_throttled(response: httpx.Response) -> None:

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from tests.fixtures.limiter import LimiterFactory, build_settings
-from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
+from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.api.client_ip import client_ip
 from weflux.api.ratelimit import (
@@ -264,8 +264,7 @@ async def test_an_unreachable_redis_fails_open_and_warns_once(
 
 
 @pytest.fixture
-async def redis_proxy() -> AsyncIterator[TcpProxy]:
-    require(redis_problem(), "WEFLUX_TEST_REDIS_URL")
+async def redis_proxy(require_redis: None) -> AsyncIterator[TcpProxy]:
     url = make_url(TEST_REDIS_URL)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
     await proxy.start()

@@ -6,20 +6,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from tests.conftest import make_settings
 from tests.fixtures.api import gql, tokens_for
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor
-from weflux.app import create_app
 from weflux.db import Database
 from weflux.models import AuditEvent, AuthSession, utcnow
 
@@ -33,7 +30,6 @@ def expiry(value: str) -> datetime:
 
 
 def session_id_of(pair: dict[str, Any]) -> uuid.UUID:
-    import jwt
 
     claims = jwt.decode(pair["refreshToken"], options={"verify_signature": False})
     return uuid.UUID(claims["sid"])
@@ -47,7 +43,7 @@ async def alive(client: httpx.AsyncClient, pair: dict[str, Any]) -> bool:
 
 async def set_session(db: Database, admin: Actor, session_id: uuid.UUID, **values: Any) -> None:
     async with db.session(admin.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession).where(col(AuthSession.id) == session_id).values(**values)
         )
 
@@ -100,21 +96,11 @@ async def test_no_token_of_a_refresh_reaches_past_the_maximum_age(
 
 
 async def test_a_maximum_age_shorter_than_the_refresh_lifetime_caps_the_first_pair(
-    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+    make_client: ClientFactory, admin: Actor
 ) -> None:
     """Given WEFLUX_SESSION_MAX_AGE=1d, then a login's refresh token expires in a day."""
-    app = create_app(
-        make_settings(
-            tmp_path,
-            database_url=database_urls.app,
-            database_migration_url=database_urls.owner,
-            session_max_age="1d",
-        )
-    )
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            pair = await tokens_for(client, admin)
+    async with make_client(session_max_age="1d") as client:
+        pair = await tokens_for(client, admin)
 
     in_a_day = datetime.now(UTC) + timedelta(days=1)
     assert abs(expiry(pair["refreshTokenExpiresAt"]) - in_a_day) < timedelta(minutes=1)
@@ -221,19 +207,9 @@ async def test_the_successor_pair_is_never_stored_usable(
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_an_interval_of_zero_turns_the_grace_off(
-    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+    make_client: ClientFactory, admin: Actor
 ) -> None:
-    app = create_app(
-        make_settings(
-            tmp_path,
-            database_url=database_urls.app,
-            database_migration_url=database_urls.owner,
-            refresh_reuse_interval="0",
-        )
-    )
-    async with LifespanManager(app) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            first = await tokens_for(client, admin)
-            assert (await refresh(client, first["refreshToken"])).status_code == 200
-            assert_error(await refresh(client, first["refreshToken"]), "TOKEN_REUSED")
+    async with make_client(refresh_reuse_interval="0") as client:
+        first = await tokens_for(client, admin)
+        assert (await refresh(client, first["refreshToken"])).status_code == 200
+        assert_error(await refresh(client, first["refreshToken"]), "TOKEN_REUSED")

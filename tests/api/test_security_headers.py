@@ -10,7 +10,6 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -20,14 +19,14 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
-from tests.conftest import make_settings
+from tests.fixtures.app import app_client
+from tests.fixtures.settings import make_settings
 from weflux.api.security import (
     API_CSP,
     IDE_CSP,
     SecurityHeadersMiddleware,
     cors_middleware,
 )
-from weflux.app import create_app
 from weflux.config import Settings
 
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -314,18 +313,15 @@ APOLLO_AND_TRACING = (
 
 
 async def _preflight(settings: Settings, requested: str) -> httpx.Response:
-    application = create_app(settings)
-    async with LifespanManager(application):
-        transport = httpx.ASGITransport(app=application, client=("203.0.113.7", 50000))
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            return await client.options(
-                "/graphql",
-                headers={
-                    "Origin": ALLOWED_ORIGIN,
-                    "Access-Control-Request-Method": "POST",
-                    "Access-Control-Request-Headers": requested,
-                },
-            )
+    async with app_client(settings) as client:
+        return await client.options(
+            "/graphql",
+            headers={
+                "Origin": ALLOWED_ORIGIN,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": requested,
+            },
+        )
 
 
 async def test_apollo_and_tracing_headers_pass_the_preflight(tmp_path: Path) -> None:

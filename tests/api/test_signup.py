@@ -27,12 +27,13 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import select
 
-from tests.conftest import make_settings
 from tests.fixtures.api import login
+from tests.fixtures.app import app_client, client_of
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_user
 from tests.fixtures.live import free_port
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, outbox
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
@@ -206,9 +207,7 @@ async def test_an_expired_link_is_refused_like_an_unknown_one(
     assert (await client.post("/auth/signup", json=signup_body())).status_code == 202
     token = confirmation_token(mails_to(settings, NEWCOMER)[0])
     async with owner_db.session(all_workspaces="test: expire the link") as session:
-        await session.exec(  # type: ignore[call-overload]
-            update(PendingSignup).values(expires_at=utcnow() - timedelta(seconds=1))
-        )
+        await session.exec(update(PendingSignup).values(expires_at=utcnow() - timedelta(seconds=1)))
 
     expired = await confirm(client, token)
     unknown = await confirm(client, "x" * 43)
@@ -269,8 +268,7 @@ async def test_signups_per_address_are_limited_so_nobody_floods_a_mailbox(
         for address in (NEWCOMER, admin.user.email):
             statuses[address] = []
             for n in range(5):
-                transport = httpx.ASGITransport(app=manager.app, client=(f"198.51.100.{n}", 1))
-                async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                async with client_of(manager.app, f"198.51.100.{n}", "http://t") as client:
                     response = await client.post("/auth/signup", json=signup_body(email=address))
                 statuses[address].append(response.status_code)
                 if response.status_code == 429:
@@ -292,11 +290,9 @@ async def test_a_weak_password_is_refused_before_the_address_is_counted(
         database_migration_url=database_urls.owner,
         rate_limit_signup_email="1/hour",
     )
-    async with LifespanManager(create_app(settings)) as manager:
-        transport = httpx.ASGITransport(app=manager.app, client=("198.51.100.1", 1))
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            weak = await client.post("/auth/signup", json=signup_body(password="password1234"))
-            strong = await client.post("/auth/signup", json=signup_body())
+    async with app_client(settings, "198.51.100.1", "http://t") as client:
+        weak = await client.post("/auth/signup", json=signup_body(password="password1234"))
+        strong = await client.post("/auth/signup", json=signup_body())
 
     assert weak.status_code == 422
     assert strong.status_code == 202
@@ -367,10 +363,8 @@ async def test_with_an_smtp_url_the_mail_goes_through_that_server(
             smtp_from="signup@weflux.example",
             app_url=APP_URL,
         )
-        async with LifespanManager(create_app(settings)) as manager:
-            transport = httpx.ASGITransport(app=manager.app, client=("198.51.100.1", 1))
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                response = await client.post("/auth/signup", json=signup_body())
+        async with app_client(settings, "198.51.100.1", "http://t") as client:
+            response = await client.post("/auth/signup", json=signup_body())
             assert response.status_code == 202
             assert inbox.arrived.wait(10)
 
@@ -397,10 +391,8 @@ async def test_a_mail_server_that_is_down_changes_nothing_in_the_answer(
         smtp_from="signup@weflux.example",
     )
     with caplog.at_level(logging.INFO):
-        async with LifespanManager(create_app(settings)) as manager:
-            transport = httpx.ASGITransport(app=manager.app, client=("198.51.100.1", 1))
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                response = await client.post("/auth/signup", json=signup_body())
+        async with app_client(settings, "198.51.100.1", "http://t") as client:
+            response = await client.post("/auth/signup", json=signup_body())
 
     assert response.status_code == 202
     assert response.content == b'{"status":"CONFIRMATION_SENT"}'

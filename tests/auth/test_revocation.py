@@ -14,17 +14,17 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col
 
-from tests.conftest import make_settings, postgres_only
 from tests.fixtures.api import gql, token_for
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec
 from weflux.db import Database
 from weflux.models import AuthSession, utcnow
-from weflux.realtime.broker import InProcessBroker
+from weflux.realtime.broker import InProcessBroker, RedisBroker
 from weflux.runtime import runtime_of
 
 VIEWER = "{ viewer { id role } }"
@@ -41,23 +41,24 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
     )
     app = create_app(settings)
     async with LifespanManager(app) as manager:
-        await runtime_of(app).broker.wait_connected()
+        broker = runtime_of(app).broker
+        assert isinstance(broker, RedisBroker)
+        await broker.wait_connected()
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client
 
 
-async def _status_within(client: httpx.AsyncClient, token: str, expected: int) -> float:
-    """Seconds until `token` gets `expected` on /graphql (fails after one second)."""
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    while True:
-        response = await gql(client, token, VIEWER)
-        if response.status_code == expected:
-            return loop.time() - started
-        if loop.time() - started > 1.0:
-            raise AssertionError(f"still {response.status_code} after a second")
-        await asyncio.sleep(0.02)
+async def _until_status(client: httpx.AsyncClient, token: str, expected: int) -> None:
+    """Wait until `token` gets `expected` on /graphql: the revocation has reached that
+    process (a safety timeout only: how fast is for bench/, not for a test)."""
+    async with asyncio.timeout(10):
+        while (await gql(client, token, VIEWER)).status_code != expected:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)  # (another process's state)
+
+
+async def _role(client: httpx.AsyncClient, token: str) -> str:
+    return str((await gql(client, token, VIEWER)).json()["data"]["viewer"]["role"])
 
 
 @postgres_only
@@ -74,7 +75,7 @@ async def test_logout_on_one_process_closes_the_session_on_another(
         response = await a.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
         assert response.status_code == 204
 
-        await _status_within(b, token, 401)
+        await _until_status(b, token, 401)
 
 
 @postgres_only
@@ -97,11 +98,9 @@ async def test_role_change_on_one_process_applies_on_another(
         )
         assert demote.json()["data"]["updateMemberRole"]["role"] == "AGENT"
 
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        while (await gql(b, manager_token, VIEWER)).json()["data"]["viewer"]["role"] != "AGENT":
-            assert loop.time() - started < 1.0, "the role change did not reach process B"
-            await asyncio.sleep(0.02)
+        async with asyncio.timeout(10):  # the role change reaches process B
+            while await _role(b, manager_token) != "AGENT":  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # (another process's state)
 
 
 class _DisconnectedBroker(InProcessBroker):
@@ -130,7 +129,7 @@ async def test_with_the_broker_down_every_request_checks_the_database(
     assert await authenticator.authenticate(token) is not None
 
     async with db.session(agent.org_id) as session:  # revoked behind the broker's back
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession)
             .where(col(AuthSession.id) == auth_session.id)
             .values(revoked_at=utcnow())
@@ -156,7 +155,7 @@ async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> Non
     ).token
     assert await authenticator.authenticate(token) is not None
     async with db.session(agent.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(AuthSession)
             .where(col(AuthSession.id) == auth_session.id)
             .values(revoked_at=utcnow())

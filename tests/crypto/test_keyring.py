@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.fixtures.settings import make_settings
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto import DecryptionError, KeyRing, Secret, SecretContext
 

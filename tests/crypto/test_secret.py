@@ -105,7 +105,7 @@ def test_pydantic_accepts_it_and_serialises_it_masked() -> None:
         token: Secret
 
     value = _token()
-    model = Credentials(token=value)  # type: ignore[arg-type]
+    model = Credentials(token=value)
     assert isinstance(model.token, Secret)
     assert model.token.reveal() == value
     assert model.model_dump() == {"token": MASK}
@@ -115,7 +115,7 @@ def test_pydantic_accepts_it_and_serialises_it_masked() -> None:
     assert value not in str(model)
     assert Credentials.model_json_schema()["properties"]["token"]["writeOnly"] is True
     with pytest.raises(pydantic.ValidationError):
-        Credentials(token=123)  # type: ignore[arg-type]
+        Credentials(token=123)
 
 
 def test_pydantic_without_a_declared_type_does_not_leak_it() -> None:
@@ -205,20 +205,17 @@ def test_every_secret_is_registered_process_wide() -> None:
     assert redact(other) == REDACTED
 
 
-def test_redaction_of_large_text_with_a_full_registry_is_fast() -> None:
-    import time
-
+def test_redaction_of_large_text_with_a_full_registry() -> None:
+    """A full registry still finds the one secret in a long line (its speed: bench.micro)."""
     registry = RedactionRegistry()
     for _ in range(10_000):
         registry.register(secrets.token_hex(20))
     value = _token()
     registry.register(value)
     text = ("an ordinary log line with ids 0123456789 and words " * 40) + value
-    started = time.perf_counter()
-    for _ in range(10):
-        redacted = registry.redact(text)
+    redacted = registry.redact(text)
     assert redacted.endswith(REDACTED)
-    assert (time.perf_counter() - started) / 10 < 0.05
+    assert value not in redacted
 
 
 # --- the logging filter -----------------------------------------------------------------

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor
-from tests.gql.conftest import ClientFactory
 
 sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])
 

@@ -16,11 +16,11 @@ import pytest
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
-from tests.conftest import make_settings, postgres_only
 from tests.fixtures.api import error_codes, gql, token_for
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.app import ClientFactory
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
-from tests.gql.conftest import ClientFactory
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.db import Database
 from weflux.ids import encode_global_id

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from starlette.applications import Starlette
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.typing import Origin, Subprotocol
 
 from tests.fixtures.api import error_codes, gql, tokens_for, without_cost
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor
-from tests.gql.conftest import ClientFactory
 from weflux.api.security import IDE_CSP
 from weflux.config import Settings
 from weflux.services import members as member_service
@@ -444,33 +441,10 @@ class LiveServer:
     ws_url: str
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-async def live(settings: Settings) -> AsyncIterator[LiveServer]:
-    """The app under a real uvicorn on a free port."""
-    from weflux.app import create_app
-
-    app: Starlette = create_app(settings)
-    port = _free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="on", log_level="warning")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                if task.done():
-                    task.result()  # raise why it could not start
-                await asyncio.sleep(0.02)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
-            yield LiveServer(http=http, ws_url=f"ws://127.0.0.1:{port}/graphql")
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, timeout=10)
+def live(live: str, http: httpx.AsyncClient) -> LiveServer:
+    """The app under a real uvicorn (tests.fixtures.live): its client and its socket's URL."""
+    return LiveServer(http=http, ws_url=live.replace("http://", "ws://") + "/graphql")
 
 
 TRANSPORT_WS = Subprotocol("graphql-transport-ws")

@@ -1,7 +1,7 @@
 """Calculated query cost over HTTP: refused above the node limit, charged, reported.
 
 `tests/gql/test_cost_analysis.py` checks the count itself; the WebSocket side is in
-`tests/live/test_socket_operations.py`.
+`tests/gql/test_socket_operations.py`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from sqlalchemy import event
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
-from tests.gql.conftest import ClientFactory
+from tests.fixtures.services import TEST_REDIS_URL
 from weflux.db import Database
 from weflux.models import Organization
 from weflux.runtime import runtime_of
@@ -183,7 +184,6 @@ async def test_a_workspace_budget_is_shared_by_its_members(
 async def test_processes_sharing_redis_share_the_budget(
     make_client: ClientFactory, admin: Actor, require_redis: None
 ) -> None:
-    from tests.fixtures.services import TEST_REDIS_URL
 
     budgets = {
         "redis_url": TEST_REDIS_URL,

@@ -378,14 +378,16 @@ async def test_concurrent_requests_never_borrow_each_others_identity(
     # Given requests of two workspaces in flight at once, each pausing before its
     # context is built (so that all of them have been authenticated by then)
     original = GraphQLApp.get_context
+    acme = (await tokens_for(client, admin))["accessToken"]
+    tokens = [acme, victim.token] * 5
+    all_in_flight = asyncio.Barrier(len(tokens))
 
     async def slow_context(self: GraphQLApp, request: Any, response: Any = None) -> Any:
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(10):
+            await all_in_flight.wait()
         return await original(self, request, response)
 
     monkeypatch.setattr(GraphQLApp, "get_context", slow_context)
-    acme = (await tokens_for(client, admin))["accessToken"]
-    tokens = [acme, victim.token] * 5
     # When they run concurrently
     responses = await asyncio.gather(
         *(gql(client, token, "{ viewer { id } organization { name } }") for token in tokens)

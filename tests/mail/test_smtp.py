@@ -10,21 +10,26 @@ import re
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from email import message_from_bytes
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP as SmtpServer
-from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.fixtures.live import free_port
+from tests.fixtures.smtp import (
+    PASSWORD,
+    REFUSED_RECIPIENT,
+    USERNAME,
+    RecordingHandler,
+    authenticator,
+    running_server,
+)
 from weflux.errors import BadUserInput
 from weflux.mail import smtp as smtp_module
 from weflux.mail.smtp import (
@@ -36,87 +41,14 @@ from weflux.mail.smtp import (
     validate_smtp_input,
 )
 
-USERNAME = "mailer@example.com"
-PASSWORD = "correct-horse-battery-staple-73"
 WRONG_PASSWORD = "wrong-password-hunter2-secret"
 SENDER = "no-reply@example.com"
 RECIPIENT = "alice@example.com"
-REFUSED_RECIPIENT = "nobody@example.com"
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:2800:21f:cb07:6820:80da:af6b:8b2c"
 
 
-# --- A real local SMTP server -------------------------------------------------------------
-
-
-@dataclass
-class Delivered:
-    mail_from: str
-    rcpt_tos: list[str]
-    content: bytes
-
-    @property
-    def subject(self) -> str:
-        return str(message_from_bytes(self.content)["Subject"])
-
-
-class RecordingHandler:
-    """Records every accepted message; refuses `REFUSED_RECIPIENT`."""
-
-    def __init__(self) -> None:
-        self.delivered: list[Delivered] = []
-        self.logins: list[str] = []
-
-    async def handle_RCPT(
-        self,
-        server: SmtpServer,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        rcpt_options: list[str],
-    ) -> str:
-        if address == REFUSED_RECIPIENT:
-            return "550 5.1.1 no such user"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server: SmtpServer, session: Session, envelope: Envelope) -> str:
-        content = envelope.original_content or b""
-        self.delivered.append(
-            Delivered(str(envelope.mail_from), list(envelope.rcpt_tos), bytes(content))
-        )
-        if isinstance(session.auth_data, LoginPassword):
-            self.logins.append(session.auth_data.login.decode())
-        return "250 Message accepted"
-
-
-def authenticator(
-    server: SmtpServer, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
-) -> AuthResult:
-    """Accepts one username and password; echoes a wrong password back, as some servers do."""
-    assert isinstance(auth_data, LoginPassword)
-    if auth_data.login.decode() == USERNAME and auth_data.password.decode() == PASSWORD:
-        return AuthResult(success=True, auth_data=auth_data)
-    echoed = f"535 5.7.8 credentials {auth_data.password.decode()} rejected"
-    return AuthResult(success=False, handled=False, message=echoed)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def running_server(**smtp_parameters: Any) -> Iterator[tuple[RecordingHandler, int]]:
-    handler = RecordingHandler()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port, **smtp_parameters)
-    controller.start()
-    try:
-        yield handler, port
-    finally:
-        controller.stop()
+# --- A real local SMTP server (tests.fixtures.smtp) ----------------------------------------
 
 
 @pytest.fixture

@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from sqlalchemy.engine import make_url
 
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.tcp_proxy import TcpProxy
-from weflux.realtime.broker import Broker, InProcessBroker, Message, RedisBroker
+from weflux.realtime.broker import Broker, Handler, InProcessBroker, Message, RedisBroker
 from weflux.runtime import create_redis
 
 
-async def _eventually(condition, seconds: float = 3.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+async def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
+    """Wait for what another task (the broker's reader) changes."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110  (state of the broker's reader task)
+            await asyncio.sleep(0.01)
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -48,7 +47,7 @@ async def test_messages_reach_every_subscriber_of_the_channel(broker: Broker) ->
     second: list[Message] = []
     elsewhere: list[Message] = []
 
-    async def to(target: list[Message]):  # type: ignore[no-untyped-def]
+    async def to(target: list[Message]) -> Handler:
         async def handler(message: Message) -> None:
             target.append(message)
 
@@ -60,8 +59,10 @@ async def test_messages_reach_every_subscriber_of_the_channel(broker: Broker) ->
     await broker.publish(channel, {"n": 1, "text": "héllo"})
     await _eventually(lambda: len(first) == 1 and len(second) == 1)
     assert first == second == [{"n": 1, "text": "héllo"}]
-    await asyncio.sleep(0.05)
-    assert elsewhere == []
+    # a later message on the other channel arrives there first: nothing strayed before it
+    await broker.publish(other, {"n": 2})
+    await _eventually(lambda: len(elsewhere) == 1)
+    assert elsewhere == [{"n": 2}]
 
 
 async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
@@ -76,8 +77,15 @@ async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
     await _eventually(lambda: len(received) == 1)
     await unsubscribe()
     await unsubscribe()  # idempotent
+    # a handler still subscribed gets the next message: the removed one got nothing then
+    still: list[Message] = []
+
+    async def witness(message: Message) -> None:
+        still.append(message)
+
+    await broker.subscribe(channel, witness)
     await broker.publish(channel, {"n": 2})
-    await asyncio.sleep(0.1)
+    await _eventually(lambda: still == [{"n": 2}])
     assert received == [{"n": 1}]
 
 

@@ -1,4 +1,4 @@
-"""The Cloud API client against the fake Cloud API, served over real HTTP."""
+"""The Cloud API client against the fake_meta Cloud API, served over real HTTP."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.whatsapp.conftest import ACCESS_TOKEN, OTHER_TOKEN, PHONE_NUMBER_ID, VERSION
+from tests.fixtures.meta import ACCESS_TOKEN, OTHER_ACCESS_TOKEN, PHONE_NUMBER_ID, VERSION
 from weflux.config import Settings
 from weflux.logs import ConsoleFormatter, JsonFormatter
 from weflux.whatsapp.client import (
@@ -46,8 +46,8 @@ def _records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- health -------------------------------------------------------------------------------
 
 
-async def test_health_reads_every_field(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
-    fake.set_health(
+async def test_health_reads_every_field(cloud: CloudApiClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.set_health(
         PHONE_NUMBER_ID,
         display_phone_number="+1 555-078-3881",
         verified_name="Acme",
@@ -64,7 +64,7 @@ async def test_health_reads_every_field(cloud: CloudApiClient, fake: FakeCloudAp
         status="CONNECTED",
         name_status="APPROVED",
     )
-    request = fake.requests[-1]
+    request = fake_meta.requests[-1]
     assert request.method == "GET"
     assert request.path == f"/{VERSION}/{PHONE_NUMBER_ID}"
     assert request.query == {"fields": ",".join(HEALTH_FIELDS)}
@@ -83,9 +83,9 @@ async def test_health_reads_every_field(cloud: CloudApiClient, fake: FakeCloudAp
     ],
 )
 async def test_quality_rating(
-    cloud: CloudApiClient, fake: FakeCloudApi, reported: str | None, expected: QualityRating
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, reported: str | None, expected: QualityRating
 ) -> None:
-    fake.set_health(PHONE_NUMBER_ID, quality_rating=reported)
+    fake_meta.set_health(PHONE_NUMBER_ID, quality_rating=reported)
     health = await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     assert health.quality_rating is expected
     assert health.quality_rating == expected.value
@@ -95,15 +95,15 @@ async def test_quality_rating(
     "tier", ["TIER_250", "TIER_2K", "TIER_10K", "TIER_100K", "TIER_UNLIMITED", None]
 )
 async def test_messaging_limit_tier(
-    cloud: CloudApiClient, fake: FakeCloudApi, tier: str | None
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, tier: str | None
 ) -> None:
-    fake.set_health(PHONE_NUMBER_ID, messaging_limit_tier=tier)
+    fake_meta.set_health(PHONE_NUMBER_ID, messaging_limit_tier=tier)
     health = await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     assert health.messaging_limit_tier == tier
 
 
-async def test_absent_fields_read_as_none(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
-    fake.set_health(
+async def test_absent_fields_read_as_none(cloud: CloudApiClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.set_health(
         PHONE_NUMBER_ID,
         throughput_level=None,
         status=None,
@@ -125,7 +125,7 @@ async def test_absent_fields_read_as_none(cloud: CloudApiClient, fake: FakeCloud
 # -- send ---------------------------------------------------------------------------------
 
 
-async def test_send_message(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
+async def test_send_message(cloud: CloudApiClient, fake_meta: FakeCloudApi) -> None:
     payload = dict(TEXT)
     sent = await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, payload)
     assert isinstance(sent, SentMessage)
@@ -134,20 +134,20 @@ async def test_send_message(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
     assert sent.message_status is None
     assert payload == TEXT, "the caller's payload is not modified"
 
-    request = fake.requests[-1]
+    request = fake_meta.requests[-1]
     assert request.method == "POST"
     assert request.path == f"/{VERSION}/{PHONE_NUMBER_ID}/messages"
     assert request.json == {"messaging_product": "whatsapp", **TEXT}
     assert request.headers["content-type"] == "application/json"
-    assert fake.sent[-1].wa_message_id == sent.wa_message_id
+    assert fake_meta.sent[-1].wa_message_id == sent.wa_message_id
 
 
 async def test_token_travels_only_in_the_authorization_header(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
     await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
     await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
-    for request in fake.requests:
+    for request in fake_meta.requests:
         assert request.headers["authorization"] == f"Bearer {ACCESS_TOKEN}"
         assert ACCESS_TOKEN not in request.path
         assert "access_token" not in request.query
@@ -158,13 +158,13 @@ async def test_token_travels_only_in_the_authorization_header(
 
 
 async def test_each_call_uses_the_token_it_is_given(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
-    fake.add_number("555000111", access_token=OTHER_TOKEN + "x")
-    await cloud.phone_number_health("555000111", OTHER_TOKEN + "x")
+    fake_meta.add_number("555000111", access_token=OTHER_ACCESS_TOKEN + "x")
+    await cloud.phone_number_health("555000111", OTHER_ACCESS_TOKEN + "x")
     await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
-    assert [r.authorization for r in fake.requests] == [
-        f"Bearer {OTHER_TOKEN}x",
+    assert [r.authorization for r in fake_meta.requests] == [
+        f"Bearer {OTHER_ACCESS_TOKEN}x",
         f"Bearer {ACCESS_TOKEN}",
     ]
 
@@ -173,16 +173,16 @@ async def test_each_call_uses_the_token_it_is_given(
 
 
 async def test_a_listed_number_is_found_across_metas_pages(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
     """Given a business account whose numbers come two to a page, the wanted one last,
     when the client asks whether the account lists it,
     then it follows the `after` cursors on the configured host, token in the header only."""
     for n in range(5):
-        fake.add_number(f"7000000000{n}", access_token=ACCESS_TOKEN)
-    fake.max_page_size = 2
+        fake_meta.add_number(f"7000000000{n}", access_token=ACCESS_TOKEN)
+    fake_meta.max_page_size = 2
     assert await cloud.lists_phone_number(DEFAULT_BUSINESS_ACCOUNT_ID, "70000000004", ACCESS_TOKEN)
-    pages = [r for r in fake.requests if r.path.endswith("/phone_numbers")]
+    pages = [r for r in fake_meta.requests if r.path.endswith("/phone_numbers")]
     assert len(pages) == 4
     assert "after" not in pages[0].query
     assert all(p.query.get("after") for p in pages[1:])
@@ -193,19 +193,19 @@ async def test_a_listed_number_is_found_across_metas_pages(
 
 
 async def test_a_number_the_account_does_not_list_is_not_found(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
     """Given a number of another business account that the same token holds,
     when the client asks whether the first account lists it,
     then the answer is no after the last page, and an account the token cannot see is an error."""
-    fake.add_number("70000000009", access_token=ACCESS_TOKEN, business_account_id="4242")
-    fake.max_page_size = 1
+    fake_meta.add_number("70000000009", access_token=ACCESS_TOKEN, business_account_id="4242")
+    fake_meta.max_page_size = 1
     listed = await cloud.lists_phone_number(
         DEFAULT_BUSINESS_ACCOUNT_ID, "70000000009", ACCESS_TOKEN
     )
     assert listed is False
     with pytest.raises(MetaApiError) as error:
-        await cloud.lists_phone_number("4242", PHONE_NUMBER_ID, OTHER_TOKEN)
+        await cloud.lists_phone_number("4242", PHONE_NUMBER_ID, OTHER_ACCESS_TOKEN)
     assert (error.value.code, error.value.subcode) == (100, 33)
     with pytest.raises(ValueError, match="business_account_id"):
         await cloud.lists_phone_number("../me", PHONE_NUMBER_ID, ACCESS_TOKEN)
@@ -231,13 +231,13 @@ async def test_every_send_gets_a_fresh_wamid(cloud: CloudApiClient) -> None:
 
 
 async def test_foreign_messaging_product_is_refused(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
     with pytest.raises(ValueError, match="messaging_product"):
         await cloud.send_message(
             PHONE_NUMBER_ID, ACCESS_TOKEN, {**TEXT, "messaging_product": "sms"}
         )
-    assert fake.requests == []
+    assert fake_meta.requests == []
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -266,7 +266,7 @@ async def test_foreign_messaging_product_is_refused(
 )
 async def test_error_families_are_classified(
     cloud: CloudApiClient,
-    fake: FakeCloudApi,
+    fake_meta: FakeCloudApi,
     caplog: pytest.LogCaptureFixture,
     code: int,
     subcode: int | None,
@@ -274,7 +274,7 @@ async def test_error_families_are_classified(
     kind: ErrorKind,
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    fake.fail_next(code=code, subcode=subcode, http_status=http_status)
+    fake_meta.fail_next(code=code, subcode=subcode, http_status=http_status)
     with pytest.raises(MetaApiError) as caught:
         await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
     error = caught.value
@@ -286,10 +286,10 @@ async def test_error_families_are_classified(
         kind,
     )
     assert error.fbtrace_id is not None
-    assert error.fbtrace_id == fake.requests[-1].fbtrace_id
+    assert error.fbtrace_id == fake_meta.requests[-1].fbtrace_id
     assert error.title
     assert error.message
-    assert fake.sent == []
+    assert fake_meta.sent == []
 
     [record] = _records(caplog)
     assert record.levelno == logging.WARNING
@@ -306,10 +306,10 @@ async def test_error_families_are_classified(
 
 
 async def test_whatsapp_error_details_become_the_message(
-    cloud: CloudApiClient, fake: FakeCloudApi
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
 ) -> None:
     details = "Message failed to send because more than 24 hours have passed"
-    fake.fail_next(code=131047, details=details)
+    fake_meta.fail_next(code=131047, details=details)
     with pytest.raises(MetaApiError) as caught:
         await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
     assert caught.value.title == "Re-engagement message"
@@ -339,15 +339,15 @@ async def test_unknown_number_is_permanent(cloud: CloudApiClient) -> None:
 
 async def test_token_of_another_number_is_refused(cloud: CloudApiClient) -> None:
     with pytest.raises(MetaApiError) as caught:
-        await cloud.send_message(PHONE_NUMBER_ID, OTHER_TOKEN, dict(TEXT))
+        await cloud.send_message(PHONE_NUMBER_ID, OTHER_ACCESS_TOKEN, dict(TEXT))
     assert (caught.value.code, caught.value.subcode) == (100, 33)
 
 
 async def test_html_500_is_retryable(
-    cloud: CloudApiClient, fake: FakeCloudApi, caplog: pytest.LogCaptureFixture
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
-    fake.fail_next_raw(http_status=500)
+    fake_meta.fail_next_raw(http_status=500)
     with pytest.raises(MetaApiError) as caught:
         await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     error = caught.value
@@ -360,8 +360,8 @@ async def test_html_500_is_retryable(
     assert record.__dict__["fbtrace_id"] == error.fbtrace_id
 
 
-async def test_unparseable_4xx_is_permanent(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
-    fake.fail_next_raw(http_status=403, body="Forbidden", content_type="text/plain")
+async def test_unparseable_4xx_is_permanent(cloud: CloudApiClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.fail_next_raw(http_status=403, body="Forbidden", content_type="text/plain")
     with pytest.raises(MetaApiError) as caught:
         await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     assert (caught.value.code, caught.value.http_status) == (None, 403)
@@ -369,13 +369,13 @@ async def test_unparseable_4xx_is_permanent(cloud: CloudApiClient, fake: FakeClo
 
 
 async def test_timeout_is_meta_unavailable(
-    base_url: str, fake: FakeCloudApi, caplog: pytest.LogCaptureFixture
+    meta_url: str, fake_meta: FakeCloudApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger=LOGGER)
     impatient = CloudApiClient(
-        base_url, VERSION, timeout=httpx.Timeout(connect=5, read=0.2, write=5, pool=5)
+        meta_url, VERSION, timeout=httpx.Timeout(connect=5, read=0.2, write=5, pool=5)
     )
-    fake.delay_next(3)
+    fake_meta.delay_next(3)
     try:
         with pytest.raises(MetaUnavailable) as caught:
             await impatient.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
@@ -407,7 +407,7 @@ async def test_connection_refused_is_meta_unavailable(caplog: pytest.LogCaptureF
 
 
 async def test_token_never_reaches_logs_or_errors(
-    cloud: CloudApiClient, fake: FakeCloudApi, caplog: pytest.LogCaptureFixture
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Even when Meta's message echoes the token back, it is scrubbed.
 
@@ -415,7 +415,7 @@ async def test_token_never_reaches_logs_or_errors(
     """
     caplog.set_level(logging.INFO)
     caplog.set_level(logging.DEBUG, logger="weflux")
-    fake.fail_next(
+    fake_meta.fail_next(
         code=190,
         http_status=401,
         message=f"Error validating access token: {ACCESS_TOKEN} has expired",
@@ -425,7 +425,7 @@ async def test_token_never_reaches_logs_or_errors(
     with pytest.raises(MetaApiError) as caught:
         await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     errors.append(caught.value)
-    fake.fail_next(code=131047, details=f"a stranger's token EAAB{'x' * 40} leaked")
+    fake_meta.fail_next(code=131047, details=f"a stranger's token EAAB{'x' * 40} leaked")
     with pytest.raises(MetaApiError) as caught:
         await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
     errors.append(caught.value)
@@ -446,10 +446,10 @@ async def test_token_never_reaches_logs_or_errors(
 
 
 async def test_each_failure_is_logged_once(
-    cloud: CloudApiClient, fake: FakeCloudApi, caplog: pytest.LogCaptureFixture
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=LOGGER)
-    fake.fail_next(3, code=130429)
+    fake_meta.fail_next(3, code=130429)
     for _ in range(3):
         with pytest.raises(MetaApiError):
             await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
@@ -479,24 +479,24 @@ async def test_each_failure_is_logged_once(
     ],
 )
 async def test_invalid_path_ids_are_refused(
-    cloud: CloudApiClient, fake: FakeCloudApi, bad_id: str
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, bad_id: str
 ) -> None:
     with pytest.raises(ValueError, match="phone_number_id"):
         await cloud.phone_number_health(bad_id, ACCESS_TOKEN)
     with pytest.raises(ValueError, match="phone_number_id"):
         await cloud.send_message(bad_id, ACCESS_TOKEN, dict(TEXT))
-    assert fake.requests == []
+    assert fake_meta.requests == []
 
 
 @pytest.mark.parametrize("bad_token", ["", "tok en", "token\r\nX-Injected: 1", "tök"])
 async def test_unusable_tokens_are_refused_without_echo(
-    cloud: CloudApiClient, fake: FakeCloudApi, bad_token: str
+    cloud: CloudApiClient, fake_meta: FakeCloudApi, bad_token: str
 ) -> None:
     with pytest.raises(ValueError, match="access token") as caught:
         await cloud.phone_number_health(PHONE_NUMBER_ID, bad_token)
     if bad_token:
         assert bad_token not in str(caught.value)
-    assert fake.requests == []
+    assert fake_meta.requests == []
 
 
 @pytest.mark.parametrize(
@@ -518,35 +518,37 @@ def test_bad_configuration_is_refused(graph_url: str, version: str) -> None:
 # -- the shared client --------------------------------------------------------------------
 
 
-async def test_one_shared_client_and_connection(cloud: CloudApiClient, fake: FakeCloudApi) -> None:
+async def test_one_shared_client_and_connection(
+    cloud: CloudApiClient, fake_meta: FakeCloudApi
+) -> None:
     shared = cloud._http
     await cloud.phone_number_health(PHONE_NUMBER_ID, ACCESS_TOKEN)
     await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
-    fake.fail_next(code=131047)
+    fake_meta.fail_next(code=131047)
     with pytest.raises(MetaApiError):
         await cloud.send_message(PHONE_NUMBER_ID, ACCESS_TOKEN, dict(TEXT))
     assert cloud._http is shared
     # Keep-alive: every call went over the same pooled connection (same client port).
-    assert len({request.client for request in fake.requests}) == 1
+    assert len({request.client for request in fake_meta.requests}) == 1
 
 
-async def test_aclose_closes_the_pool(base_url: str) -> None:
-    client = CloudApiClient(base_url, VERSION)
+async def test_aclose_closes_the_pool(meta_url: str) -> None:
+    client = CloudApiClient(meta_url, VERSION)
     await client.aclose()
     assert client._http.is_closed
 
 
-def test_from_settings(base_url: str) -> None:
-    settings = Settings(_env_file=None, meta_graph_url=base_url + "/", meta_graph_version="v25.0")  # type: ignore[call-arg]
+def test_from_settings(meta_url: str) -> None:
+    settings = Settings(_env_file=None, meta_graph_url=meta_url + "/", meta_graph_version="v25.0")
     client = CloudApiClient.from_settings(settings)
-    assert client.base_url == f"{base_url}/v25.0/"
-    assert str(client._http.base_url) == f"{base_url}/v25.0/"
+    assert client.base_url == f"{meta_url}/v25.0/"
+    assert str(client._http.base_url) == f"{meta_url}/v25.0/"
     assert client._http.timeout == httpx.Timeout(connect=5, read=15, write=15, pool=5)
     assert client._http.follow_redirects is False
 
 
 def test_defaults_point_at_meta() -> None:
-    client = CloudApiClient.from_settings(Settings(_env_file=None))  # type: ignore[call-arg]
+    client = CloudApiClient.from_settings(Settings(_env_file=None))
     assert client.base_url == "https://graph.facebook.com/v25.0/"
 
 

@@ -1,21 +1,23 @@
-"""The fake Cloud API answers like Meta's Graph API, over real HTTP."""
+"""The fake_meta Cloud API answers like Meta's Graph API, over real HTTP."""
 
 from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 import pytest
+from starlette.requests import Request
 
-from tests.whatsapp.conftest import (
+from tests.fixtures.meta import (
     ACCESS_TOKEN,
-    OTHER_NUMBER_ID,
+    OTHER_PHONE_NUMBER_ID,
     PHONE_NUMBER_ID,
     VERSION,
 )
+from weflux.whatsapp import fake_cloud_api
 from weflux.whatsapp.fake_cloud_api import (
     DEFAULT_BUSINESS_ACCOUNT_ID,
     FakeCloudApi,
@@ -34,8 +36,8 @@ TEXT = {
 
 
 @pytest.fixture
-async def http(base_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"{base_url}/{VERSION}/") as client:
+async def http(meta_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=f"{meta_url}/{VERSION}/") as client:
         yield client
 
 
@@ -83,8 +85,8 @@ async def test_get_without_fields_returns_the_defaults(http: httpx.AsyncClient) 
     }
 
 
-async def test_absent_fields_are_left_out(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
-    fake.set_health(PHONE_NUMBER_ID, messaging_limit_tier=None, quality_rating="YELLOW")
+async def test_absent_fields_are_left_out(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.set_health(PHONE_NUMBER_ID, messaging_limit_tier=None, quality_rating="YELLOW")
     body = (
         await http.get(
             PHONE_NUMBER_ID,
@@ -128,14 +130,14 @@ async def test_wrong_or_missing_token_is_401_code_190(
 
 
 async def test_token_in_the_query_works_like_meta(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
     response = await http.get(PHONE_NUMBER_ID, params={"access_token": ACCESS_TOKEN})
     assert response.status_code == 200
-    assert fake.requests[-1].query["access_token"] == ACCESS_TOKEN
+    assert fake_meta.requests[-1].query["access_token"] == ACCESS_TOKEN
 
 
-@pytest.mark.parametrize("node", ["999", OTHER_NUMBER_ID])
+@pytest.mark.parametrize("node", ["999", OTHER_PHONE_NUMBER_ID])
 async def test_unknown_or_foreign_number_is_code_100_subcode_33(
     http: httpx.AsyncClient, node: str
 ) -> None:
@@ -173,7 +175,7 @@ async def test_unknown_path_is_meta_error(http: httpx.AsyncClient) -> None:
 
 
 async def test_send_answers_like_meta_and_records(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
     response = await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
     assert response.status_code == 200
@@ -185,14 +187,14 @@ async def test_send_answers_like_meta_and_records(
         "messages": [{"id": message["id"]}],
     }
     assert message["id"].startswith("wamid.HBgL")
-    [sent] = fake.sent
+    [sent] = fake_meta.sent
     assert (sent.phone_number_id, sent.wa_message_id, sent.to) == (
         PHONE_NUMBER_ID,
         message["id"],
         "+16505551234",
     )
     assert sent.payload == TEXT
-    [request] = fake.requests
+    [request] = fake_meta.requests
     assert request.method == "POST"
     assert request.path == f"/{VERSION}/{PHONE_NUMBER_ID}/messages"
     assert request.json == TEXT
@@ -212,10 +214,10 @@ async def test_template_send_is_accepted(http: httpx.AsyncClient) -> None:
     assert body["messages"][0]["message_status"] == "accepted"
 
 
-async def test_wamids_are_unique(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
+async def test_wamids_are_unique(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
     for _ in range(20):
         await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
-    assert len({sent.wa_message_id for sent in fake.sent}) == 20
+    assert len({sent.wa_message_id for sent in fake_meta.sent}) == 20
 
 
 @pytest.mark.parametrize(
@@ -232,14 +234,14 @@ async def test_wamids_are_unique(http: httpx.AsyncClient, fake: FakeCloudApi) ->
     ],
 )
 async def test_send_validation_errors(
-    http: httpx.AsyncClient, fake: FakeCloudApi, payload: object, complaint: str
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi, payload: object, complaint: str
 ) -> None:
     response = await http.post(f"{PHONE_NUMBER_ID}/messages", json=payload, headers=AUTH)
     assert response.status_code == 400
     error = _error(response)
     assert error["code"] == 100
     assert complaint in str(error["message"])
-    assert fake.sent == []
+    assert fake_meta.sent == []
 
 
 async def test_type_defaults_to_text_like_meta(http: httpx.AsyncClient) -> None:
@@ -261,9 +263,9 @@ async def test_send_with_bad_token_or_unknown_number(http: httpx.AsyncClient) ->
 
 
 async def test_fail_next_answers_the_next_n_calls(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
-    fake.fail_next(2, code=131047, http_status=400, details="24 hours have passed")
+    fake_meta.fail_next(2, code=131047, http_status=400, details="24 hours have passed")
     traces = []
     for _ in range(2):
         response = await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
@@ -278,14 +280,14 @@ async def test_fail_next_answers_the_next_n_calls(
         }
         traces.append(error["fbtrace_id"])
     assert traces[0] != traces[1]
-    assert [r.fbtrace_id for r in fake.requests] == traces
+    assert [r.fbtrace_id for r in fake_meta.requests] == traces
     ok = await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
     assert ok.status_code == 200
-    assert len(fake.sent) == 1
+    assert len(fake_meta.sent) == 1
 
 
-async def test_fail_next_shapes(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
-    fake.fail_next(code=190, subcode=463, http_status=401, message="Session has expired")
+async def test_fail_next_shapes(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.fail_next(code=190, subcode=463, http_status=401, message="Session has expired")
     response = await http.get(PHONE_NUMBER_ID, headers=AUTH)
     error = _error(response)
     assert response.status_code == 401
@@ -297,78 +299,100 @@ async def test_fail_next_shapes(http: httpx.AsyncClient, fake: FakeCloudApi) -> 
     assert "error_data" not in error
     assert "invalid_token" in response.headers["www-authenticate"]
 
-    fake.fail_next(code=4, title="Application request limit reached", details="slow down")
+    fake_meta.fail_next(code=4, title="Application request limit reached", details="slow down")
     error = _error(await http.get(PHONE_NUMBER_ID, headers=AUTH))
     assert error["message"] == "(#4) Application request limit reached"
     assert error["error_user_msg"] == "slow down"
 
 
-async def test_fail_next_raw(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
-    fake.fail_next_raw(http_status=502, body="<html>Bad gateway</html>")
+async def test_fail_next_raw(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.fail_next_raw(http_status=502, body="<html>Bad gateway</html>")
     response = await http.get(PHONE_NUMBER_ID, headers=AUTH)
     assert response.status_code == 502
     assert response.headers["content-type"].startswith("text/html")
     assert response.text == "<html>Bad gateway</html>"
     assert TRACE.fullmatch(response.headers["x-fb-trace-id"])
-    assert fake.requests[-1].response == "<html>Bad gateway</html>"
+    assert fake_meta.requests[-1].response == "<html>Bad gateway</html>"
 
 
 async def test_failures_happen_even_without_a_valid_token(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
-    fake.fail_next(code=131000, http_status=500)
+    fake_meta.fail_next(code=131000, http_status=500)
     response = await http.get(PHONE_NUMBER_ID)
     assert (response.status_code, _error(response)["code"]) == (500, 131000)
 
 
-async def test_delay_next(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
-    fake.delay_next(0.3)
-    started = time.monotonic()
-    assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started >= 0.3
-    started = time.monotonic()
-    assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started < 0.3
+@dataclass
+class Stalls:
+    """The fake's stalls (`delay_next`), as they happen: their planned seconds, and their ends."""
+
+    planned: list[float] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def test_delay_then_fail(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
-    fake.delay_next(0.1)
-    fake.fail_next(code=2, http_status=503)
+@pytest.fixture
+def stalls(monkeypatch: pytest.MonkeyPatch) -> Stalls:
+    record = Stalls()
+    real = fake_cloud_api._stall
+
+    async def watched(request: Request, seconds: float) -> None:
+        record.planned.append(seconds)
+        try:
+            await real(request, seconds)
+        finally:
+            record.ended.set()
+
+    monkeypatch.setattr(fake_cloud_api, "_stall", watched)
+    return record
+
+
+async def test_delay_next(http: httpx.AsyncClient, fake_meta: FakeCloudApi, stalls: Stalls) -> None:
+    fake_meta.delay_next(0.3)
+    assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
+    assert stalls.planned == [0.3]  # the first call was held for 0.3 s before its answer
+    assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
+    assert stalls.planned == [0.3]  # the next one was not held
+
+
+async def test_delay_then_fail(http: httpx.AsyncClient, fake_meta: FakeCloudApi) -> None:
+    fake_meta.delay_next(0.1)
+    fake_meta.fail_next(code=2, http_status=503)
     response = await http.get(PHONE_NUMBER_ID, headers=AUTH)
     assert (response.status_code, _error(response)["code"]) == (503, 2)
 
 
 async def test_a_stalled_call_ends_when_its_client_leaves(
-    base_url: str, fake: FakeCloudApi
+    meta_url: str, fake_meta: FakeCloudApi, stalls: Stalls
 ) -> None:
-    fake.delay_next(30)
-    async with httpx.AsyncClient(base_url=base_url, timeout=0.2) as client:
+    fake_meta.delay_next(30)
+    async with httpx.AsyncClient(base_url=meta_url, timeout=0.2) as client:
         with pytest.raises(httpx.ReadTimeout):
             await client.get(f"/{VERSION}/{PHONE_NUMBER_ID}", headers=AUTH)
-    # The handler noticed the disconnect; the server can stop promptly (fixture teardown).
-    await asyncio.sleep(0.1)
+    # The handler notices the disconnect and ends its 30 s stall (the server can then stop)
+    async with asyncio.timeout(10):
+        await stalls.ended.wait()
 
 
-async def test_set_health_rejects_unknown_fields(fake: FakeCloudApi) -> None:
+async def test_set_health_rejects_unknown_fields(fake_meta: FakeCloudApi) -> None:
     with pytest.raises(TypeError, match="colour"):
-        fake.set_health(PHONE_NUMBER_ID, colour="GREEN")
+        fake_meta.set_health(PHONE_NUMBER_ID, colour="GREEN")
 
 
-async def test_reset(http: httpx.AsyncClient, fake: FakeCloudApi) -> None:
+async def test_reset(http: httpx.AsyncClient, fake_meta: FakeCloudApi, stalls: Stalls) -> None:
     await http.post(f"{PHONE_NUMBER_ID}/messages", json=TEXT, headers=AUTH)
-    fake.fail_next(code=1)
-    fake.delay_next(5)
-    fake.reset()
-    assert (fake.requests, fake.sent, fake.numbers) == ([], [], {})
-    fake.add_number(PHONE_NUMBER_ID, access_token=ACCESS_TOKEN)
-    started = time.monotonic()
+    fake_meta.fail_next(code=1)
+    fake_meta.delay_next(5)
+    fake_meta.reset()
+    assert (fake_meta.requests, fake_meta.sent, fake_meta.numbers) == ([], [], {})
+    fake_meta.add_number(PHONE_NUMBER_ID, access_token=ACCESS_TOKEN)
     assert (await http.get(PHONE_NUMBER_ID, headers=AUTH)).status_code == 200
-    assert time.monotonic() - started < 1
+    assert stalls.planned == []  # the planned delay was forgotten too
 
 
 async def test_running_serves_on_a_free_loopback_port_and_stops() -> None:
-    fake = FakeCloudApi()
-    async with running(fake) as first, running(fake) as second:
+    fake_meta = FakeCloudApi()
+    async with running(fake_meta) as first, running(fake_meta) as second:
         assert first != second
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", first)
         async with httpx.AsyncClient() as client:
@@ -388,18 +412,18 @@ def test_main_rejects_a_malformed_number() -> None:
 
 
 async def test_phone_numbers_answer_metas_page_shape(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
     """Given a business account with three numbers and pages of two,
     when its phone_numbers edge is read page by page,
     then each page is Meta's {data, paging: {cursors, next}} and the last has no next."""
-    fake.add_number("106540352242944", access_token=ACCESS_TOKEN)
-    fake.max_page_size = 2
+    fake_meta.add_number("106540352242944", access_token=ACCESS_TOKEN)
+    fake_meta.max_page_size = 2
     path = f"{DEFAULT_BUSINESS_ACCOUNT_ID}/phone_numbers"
     first = await http.get(path, params={"fields": "id,display_phone_number"}, headers=AUTH)
     assert first.status_code == 200
     page = first.json()
-    assert [n["id"] for n in page["data"]] == [PHONE_NUMBER_ID, OTHER_NUMBER_ID]
+    assert [n["id"] for n in page["data"]] == [PHONE_NUMBER_ID, OTHER_PHONE_NUMBER_ID]
     assert page["data"][0] == {"id": PHONE_NUMBER_ID, "display_phone_number": "+1 555 0100"}
     assert set(page["paging"]["cursors"]) == {"before", "after"}
     assert page["paging"]["next"].startswith("http")
@@ -412,12 +436,12 @@ async def test_phone_numbers_answer_metas_page_shape(
 
 
 async def test_phone_numbers_of_an_account_the_token_has_no_number_in_are_refused(
-    http: httpx.AsyncClient, fake: FakeCloudApi
+    http: httpx.AsyncClient, fake_meta: FakeCloudApi
 ) -> None:
     """Given a token that holds no number of another business account,
     when it lists that account's numbers (or a bad token lists any),
     then Meta's 100/33 (or 190) error answers and no number is shown."""
-    fake.add_number("106540352242955", access_token="EAAGother", business_account_id="7777")
+    fake_meta.add_number("106540352242955", access_token="EAAGother", business_account_id="7777")
     refused = await http.get(f"{7777}/phone_numbers", headers=AUTH)
     assert refused.status_code == 400
     error = _error(refused)

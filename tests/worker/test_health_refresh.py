@@ -15,7 +15,6 @@ import pytest
 from asgi_lifespan import LifespanManager
 from sqlmodel import select
 
-from tests.conftest import make_settings
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import (
@@ -24,6 +23,7 @@ from tests.fixtures.meta import (
     OTHER_PHONE_NUMBER_ID,
     PHONE_NUMBER_ID,
 )
+from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.crypto.fields import seal

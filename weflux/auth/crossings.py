@@ -227,7 +227,7 @@ def due_outbound(now: datetime) -> Any:
             ~waits_behind_earlier,
         )
         .order_by(col(Message.next_attempt_at), col(Message.id))
-        .with_for_update(skip_locked=True, of=Message)  # type: ignore[arg-type]
+        .with_for_update(skip_locked=True, of=Message)
     )
 
 

@@ -196,7 +196,7 @@ class Authenticator:
 
     async def _touch(self, claims: TokenClaims, now: datetime) -> None:
         async with self.db.session(claims.org_id) as session:
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(AuthSession)
                 .where(col(AuthSession.id) == claims.session_id)
                 .values(last_used_at=now)

@@ -237,7 +237,7 @@ class GraphQLApp(GraphQL[Context, None]):
     ) -> Response | WebSocket:
         """Strawberry's refusals of a request, in the GraphQL error shape (not plain text)."""
         try:
-            return await super().run(request, context, root_value)  # type: ignore[arg-type]
+            return await super().run(request, context, root_value)
         except HTTPException as error:
             message = error.reason
             if isinstance(error.__cause__, InvalidOperationTypeError):

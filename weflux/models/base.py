@@ -65,7 +65,7 @@ class OrgScoped(SQLModel):
     """
 
     # Filled from the session's workspace before flush when left unset.
-    org_id: uuid.UUID = Field(  # type: ignore[assignment]
+    org_id: uuid.UUID = Field(
         default=None, foreign_key="organizations.id", nullable=False, ondelete="CASCADE"
     )
 

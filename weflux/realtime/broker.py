@@ -184,7 +184,7 @@ class RedisBroker(Broker):
         self._connected.clear()
         if pubsub is not None:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
+                await pubsub.aclose()
 
     async def _connect(self) -> None:
         async with self._lock:

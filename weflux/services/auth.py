@@ -153,7 +153,7 @@ async def refresh(
             new_refresh = codec.issue("refresh", **ids, not_after=ends)
             access = codec.issue("access", **ids, not_after=ends)
             rotated = (
-                await session.exec(  # type: ignore[call-overload]
+                await session.exec(
                     update(AuthSession)
                     .where(
                         col(AuthSession.id) == claims.session_id,
@@ -288,7 +288,7 @@ async def change_password(
     check_new_password(new_password, email=user.email, user_inputs=[user.name])
     new_hash = await hash_password(new_password)
     async with db.session(principal.org_id) as session:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(User)
             .where(col(User.id) == user.id)
             .values(password_hash=new_hash, password_changed_at=utcnow())

@@ -77,7 +77,7 @@ async def invite(
     if already is not None:
         raise Conflict("This person is already a member of the workspace")
     # A new invitation for the same email replaces any pending one.
-    await session.exec(  # type: ignore[call-overload]
+    await session.exec(
         delete(Invitation).where(
             func.lower(Invitation.email) == email, col(Invitation.accepted_at).is_(None)
         )
@@ -170,7 +170,7 @@ async def accept_invitation(
         session.add(membership)
         await session.flush()
         claimed = (
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(Invitation)
                 .where(col(Invitation.id) == invitation.id, col(Invitation.accepted_at).is_(None))
                 .values(accepted_at=utcnow(), accepted_membership_id=membership.id)

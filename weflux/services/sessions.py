@@ -87,7 +87,7 @@ async def revoke(
     now = utcnow()
     revoked = (
         (
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(AuthSession)
                 .where(col(AuthSession.id).in_(session_ids), col(AuthSession.revoked_at).is_(None))
                 .values(revoked_at=now, revoked_reason=reason)

@@ -101,9 +101,7 @@ async def request_signup(
     password_hash = await hash_password(request.password)  # spent either way: same timing
     now = utcnow()
     async with db.session() as session:
-        await session.exec(  # type: ignore[call-overload]
-            delete(PendingSignup).where(col(PendingSignup.expires_at) <= now)
-        )
+        await session.exec(delete(PendingSignup).where(col(PendingSignup.expires_at) <= now))
         if await crossings.account_by_email(session, request.email) is not None:
             return _already_registered(mailer, app_url, request.email)
         token = secrets.token_urlsafe(32)
@@ -143,9 +141,7 @@ async def confirm_signup(
         # Single use. The address's other pending sign-ups (if any) expire on their own;
         # confirming one of them later answers CONFLICT, the address having an account.
         spent = (
-            await session.exec(  # type: ignore[call-overload]
-                delete(PendingSignup).where(col(PendingSignup.token_hash) == digest)
-            )
+            await session.exec(delete(PendingSignup).where(col(PendingSignup.token_hash) == digest))
         ).rowcount
         if spent == 0:  # confirmed concurrently
             raise invalid

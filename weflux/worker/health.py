@@ -37,7 +37,7 @@ async def refresh_due_accounts(
         now = utcnow()
         for org_id, ids in crossings.by_workspace(claimed).items():
             await use_workspace(session, org_id)
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(WhatsAppAccount)
                 .where(col(WhatsAppAccount.id).in_(ids))
                 .values(health_checked_at=now)

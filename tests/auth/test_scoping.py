@@ -1,0 +1,168 @@
+"""Tenant isolation at the ORM layer, on both dialects."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import delete, insert, update
+from sqlmodel import col, select
+
+from tests.fixtures.factories import Actor, create_membership, create_user
+from weflux.auth.scoping import TenantScopeError, use_workspace
+from weflux.db import Database
+from weflux.models import AuditEvent, Membership, Organization, Role, User
+
+
+async def test_get_by_primary_key_of_another_workspace_returns_nothing(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    async with db.session(admin.org_id) as session:
+        assert await session.get(Membership, other_admin.membership.id) is None
+        assert await session.get(Organization, other_admin.org_id) is None
+        assert await session.get(Membership, admin.membership.id) is not None
+
+
+async def test_lists_and_joins_see_only_the_current_workspace(
+    db: Database, admin: Actor, agent: Actor, other_admin: Actor
+) -> None:
+    async with db.session(admin.org_id) as session:
+        memberships = (await session.exec(select(Membership))).all()
+        users = (
+            await session.exec(select(User).join(Membership, col(Membership.user_id) == User.id))
+        ).all()
+        organizations = (await session.exec(select(Organization))).all()
+    assert {m.id for m in memberships} == {admin.membership.id, agent.membership.id}
+    assert {u.id for u in users} == {admin.user.id, agent.user.id}
+    assert [o.id for o in organizations] == [admin.org_id]
+
+
+async def test_subqueries_are_scoped_too(db: Database, admin: Actor, other_admin: Actor) -> None:
+    async with db.session(admin.org_id) as session:
+        inner = select(Membership.user_id).scalar_subquery()
+        users = (await session.exec(select(User).where(col(User.id).in_(inner)))).all()
+    assert [u.id for u in users] == [admin.user.id]
+
+
+async def test_bulk_update_and_delete_stay_in_the_workspace(
+    db: Database, admin: Actor, agent: Actor, other_admin: Actor
+) -> None:
+    async with db.session(admin.org_id) as session:
+        await session.exec(update(Membership).values(role=Role.MANAGER))
+        await session.exec(delete(Membership).where(col(Membership.id) == agent.membership.id))
+        await session.exec(
+            delete(Membership).where(col(Membership.id) == other_admin.membership.id)
+        )
+    async with db.session(other_admin.org_id) as session:
+        theirs = (await session.exec(select(Membership))).one()
+    assert theirs.id == other_admin.membership.id
+    assert theirs.role == Role.ADMIN
+
+
+async def test_query_without_workspace_fails_closed(db: Database, admin: Actor) -> None:
+    async with db.session() as session:
+        with pytest.raises(TenantScopeError, match="no workspace set"):
+            await session.exec(select(Membership))
+        with pytest.raises(TenantScopeError):
+            await session.get(Membership, admin.membership.id)
+        with pytest.raises(TenantScopeError):
+            await session.exec(update(Membership).values(role=Role.AGENT))
+        with pytest.raises(TenantScopeError):
+            await session.exec(select(User).join(Membership, col(Membership.user_id) == User.id))
+
+
+async def test_global_tables_need_no_workspace(db: Database, admin: Actor) -> None:
+    """The ORM layer lets statements on global tables run without a workspace. (On
+    PostgreSQL the `users` policy then shows the members of the transaction's workspace
+    only, issue 9 item 13: the user is read in its workspace.)"""
+    async with db.session() as session:
+        await session.exec(select(User).where(User.id == admin.user.id))
+    async with db.session(admin.org_id) as session:
+        user = (await session.exec(select(User).where(User.id == admin.user.id))).one()
+    assert user.email == admin.user.email
+
+
+async def test_new_rows_get_the_workspace_filled_in(db: Database, admin: Actor) -> None:
+    async with db.session(admin.org_id) as session:
+        event = AuditEvent(action="test.filled")
+        session.add(event)
+        await session.flush()
+        assert event.org_id == admin.org_id
+
+
+async def test_write_into_another_workspace_is_refused(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    with pytest.raises(TenantScopeError, match="another workspace"):
+        async with db.session(admin.org_id) as session:
+            session.add(AuditEvent(action="test.cross", org_id=other_admin.org_id))
+    with pytest.raises(TenantScopeError, match="another workspace"):
+        async with db.session(admin.org_id) as session:
+            session.add(Organization(name="Sneaky"))
+    async with db.session(other_admin.org_id) as session:
+        assert (await session.exec(select(AuditEvent))).all() == []
+
+
+async def test_moving_a_row_between_workspaces_is_refused(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    async with db.session(admin.org_id) as session:
+        mine = await session.get(Membership, admin.membership.id)
+        assert mine is not None
+        mine.org_id = other_admin.org_id
+        with pytest.raises(TenantScopeError):
+            await session.flush()
+        await session.rollback()
+    async with db.session(admin.org_id) as session:
+        assert await session.get(Membership, admin.membership.id) is not None
+
+
+async def test_writes_without_workspace_are_refused(db: Database, admin: Actor) -> None:
+    with pytest.raises(TenantScopeError, match="no workspace set"):
+        async with db.session() as session:
+            session.add(AuditEvent(action="test.orphan", org_id=admin.org_id))
+
+
+async def test_bulk_insert_is_checked_and_filled(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    async with db.session(admin.org_id) as session:
+        await session.exec(insert(AuditEvent), params=[{"action": "bulk", "details": {}}])
+        assert len((await session.exec(select(AuditEvent))).all()) == 1
+    with pytest.raises(TenantScopeError):
+        async with db.session(admin.org_id) as session:
+            await session.exec(
+                insert(AuditEvent),
+                params=[{"action": "bulk", "details": {}, "org_id": other_admin.org_id}],
+            )
+    with pytest.raises(TenantScopeError, match="parameters"):
+        async with db.session(admin.org_id) as session:
+            await session.exec(insert(AuditEvent).values(action="inline", details={}))
+
+
+async def test_all_workspaces_is_explicit_and_sees_everything(
+    owner_db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    """On the maintenance (schema owner's) handle; issue 9 item 13 keeps it off the app's."""
+    async with owner_db.session(all_workspaces="test: count every membership") as session:
+        memberships = (await session.exec(select(Membership))).all()
+    assert {m.org_id for m in memberships} == {admin.org_id, other_admin.org_id}
+
+
+async def test_the_apps_handle_cannot_cross_workspaces(db: Database) -> None:
+    """Given the app's database handle (not maintenance),
+    when a session asks for all workspaces,
+    then it is refused before anything runs: the app crosses through weflux.auth.crossings."""
+    with pytest.raises(TenantScopeError, match="maintenance"):
+        async with db.session(all_workspaces="test: the app may not"):
+            pass
+
+
+async def test_use_workspace_narrows_an_open_transaction(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    async with db.session() as session:
+        user = await create_user(session)
+        await use_workspace(session, other_admin.org_id)
+        membership = await create_membership(session, user=user)
+        assert membership.org_id == other_admin.org_id
+        visible = {m.id for m in (await session.exec(select(Membership))).all()}
+    assert visible == {other_admin.membership.id, membership.id}

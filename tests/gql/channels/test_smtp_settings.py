@@ -1,0 +1,154 @@
+"""SMTP settings over GraphQL: Admin only, write-only password, a real test email."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from tests.fixtures.api import error_codes, gql, token_for, without_cost
+from tests.fixtures.app import app_client
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import Actor
+from tests.fixtures.settings import make_settings
+from tests.fixtures.smtp import PASSWORD, USERNAME, RecordingHandler, authenticator, running_server
+from weflux.db import Database
+from weflux.models import SmtpSettings
+
+UPDATE = """mutation($input: SmtpSettingsInput!) { updateSmtpSettings(input: $input) {
+  host port username fromAddress security hasPassword } }"""
+READ = "{ smtpSettings { host port username hasPassword } }"
+SEND = "mutation($to: String!) { sendTestEmail(to: $to) }"
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[tuple[RecordingHandler, int]]:
+    with running_server(authenticator=authenticator, auth_require_tls=False) as running:
+        yield running
+
+
+def settings_input(port: int, **overrides: object) -> dict[str, object]:
+    values: dict[str, object] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": USERNAME,
+        "password": PASSWORD,
+        "fromAddress": "noreply@acme.example",
+        "security": "NONE",
+    }
+    return values | overrides
+
+
+async def test_admin_saves_settings_and_sends_a_real_test_email(
+    client: httpx.AsyncClient,
+    admin: Actor,
+    smtp_server: tuple[RecordingHandler, int],
+    db: Database,
+) -> None:
+    handler, port = smtp_server
+    token = await token_for(client, admin)
+    saved = await gql(client, token, UPDATE, {"input": settings_input(port)})
+    assert saved.json()["data"]["updateSmtpSettings"]["hasPassword"] is True
+    assert PASSWORD not in saved.text
+
+    sent = await gql(client, token, SEND, {"to": "ops@acme.example"})
+    assert without_cost(sent.json()) == {"data": {"sendTestEmail": True}}
+    (delivered,) = handler.delivered
+    assert delivered.rcpt_tos == ["ops@acme.example"]
+    assert handler.logins == [USERNAME]
+
+    async with db.session(admin.org_id) as session:
+        row = (await session.exec(select(SmtpSettings))).one()
+    assert row.password_enc is not None
+    assert PASSWORD not in row.password_enc
+
+
+async def test_omitting_the_password_keeps_the_stored_one(
+    client: httpx.AsyncClient, admin: Actor, smtp_server: tuple[RecordingHandler, int]
+) -> None:
+    handler, port = smtp_server
+    token = await token_for(client, admin)
+    await gql(client, token, UPDATE, {"input": settings_input(port)})
+    changed = await gql(
+        client,
+        token,
+        UPDATE,
+        {"input": settings_input(port, password=None, fromAddress="a@b.example")},
+    )
+    assert changed.json()["data"]["updateSmtpSettings"]["hasPassword"] is True
+    assert (await gql(client, token, SEND, {"to": "ops@acme.example"})).json()["data"] == {
+        "sendTestEmail": True
+    }
+    assert handler.logins == [USERNAME]
+
+
+async def test_a_wrong_password_fails_without_echoing_it(
+    client: httpx.AsyncClient, admin: Actor, smtp_server: tuple[RecordingHandler, int]
+) -> None:
+    _, port = smtp_server
+    token = await token_for(client, admin)
+    await gql(client, token, UPDATE, {"input": settings_input(port, password="wrong-pass-123456")})
+    response = await gql(client, token, SEND, {"to": "ops@acme.example"})
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    assert "wrong-pass-123456" not in response.text
+
+
+async def test_only_an_admin_reads_or_changes_smtp(
+    client: httpx.AsyncClient, manager: Actor, agent: Actor
+) -> None:
+    for actor in (manager, agent):
+        token = await token_for(client, actor)
+        assert error_codes(await gql(client, token, READ)) == ["FORBIDDEN"]
+        assert error_codes(await gql(client, token, UPDATE, {"input": settings_input(25)})) == [
+            "FORBIDDEN"
+        ]
+        assert error_codes(await gql(client, token, SEND, {"to": "x@y.example"})) == ["FORBIDDEN"]
+
+
+async def test_bad_settings_are_refused_per_field(client: httpx.AsyncClient, admin: Actor) -> None:
+    token = await token_for(client, admin)
+    response = await gql(
+        client, token, UPDATE, {"input": settings_input(0, host="http://x/", security="SSL")}
+    )
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    fields = {d["field"] for d in response.json()["errors"][0]["extensions"]["details"]}
+    assert {"host", "port", "security"} <= fields
+    assert without_cost((await gql(client, token, READ)).json()) == {"data": {"smtpSettings": None}}
+
+
+async def test_a_test_email_needs_saved_settings(client: httpx.AsyncClient, admin: Actor) -> None:
+    token = await token_for(client, admin)
+    assert error_codes(await gql(client, token, SEND, {"to": "ops@acme.example"})) == ["CONFLICT"]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"])
+async def test_production_refuses_private_smtp_hosts(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, host: str
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        env="production",
+        database_url=database_urls.app,
+        smtp_url="smtps://mailer:secret@smtp.example.com",
+        smtp_from="no-reply@example.com",
+        app_url="https://app.example",
+    )
+    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
+        token = await token_for(client, admin)
+        response = await gql(
+            client,
+            token,
+            UPDATE,
+            {"input": settings_input(587, host=host, security="STARTTLS")},
+        )
+        assert error_codes(response) == ["BAD_USER_INPUT"]
+        assert response.json()["errors"][0]["extensions"]["details"][0]["field"] == "host"
+        plain = await gql(
+            client, token, UPDATE, {"input": settings_input(25, host="smtp.example.com")}
+        )
+        assert error_codes(plain) == ["BAD_USER_INPUT"]
+        assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"

@@ -1,0 +1,118 @@
+"""An inbox page costs a constant number of SQL statements, whatever its size (no N+1).
+
+Every statement the app's engine sends during the request is counted, including the
+one that opens the transaction: `SELECT set_config(...)` handing the workspace to
+row-level security on PostgreSQL, `BEGIN IMMEDIATE` on SQLite. Authentication is
+warmed up first (its cache then answers without the database).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from starlette.applications import Starlette
+
+from tests.fixtures.factories import (
+    Actor,
+    create_conversation,
+    create_message,
+    create_whatsapp_account,
+)
+from tests.fixtures.inbox import Api, workspace
+from weflux.db import Database
+from weflux.models import MessageDirection, Organization
+from weflux.runtime import runtime_of
+
+PAGE = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id contact { name } assignee { role } lastMessage { text } } } } }"""
+PAGE_WITH_USERS = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id contact { name } assignee { role user { name } } lastMessage { text } } } } }"""
+PAGE_WITH_EVERYTHING = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id status unreadCount serviceWindowExpiresAt
+  contact { name phoneNumber } whatsAppAccount { phoneNumberId }
+  assignee { role user { name } } lastMessage { text type createdAt } } } } }"""
+
+# The statement opening the transaction (see the module docstring), then one each:
+# the page, contacts, memberships (assignees), last messages.
+PAGE_STATEMENTS = 1 + 4
+USER_STATEMENTS = 1  # the assignees' users
+ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
+
+
+@contextmanager
+def counting(app: Starlette) -> Iterator[list[str]]:
+    """The SQL statements the app's engine sends inside the block."""
+    statements: list[str] = []
+    engine = runtime_of(app).db.engine.sync_engine
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+
+
+async def _seed(
+    db: Database, org: Organization, count: int, members: list[Actor], agent: Actor
+) -> None:
+    """`count` conversations visible to `agent`, each with a last message, and as many hidden."""
+    async with workspace(db, org.id) as session:
+        accounts = [await create_whatsapp_account(session) for _ in range(3)]
+        for i in range(count * 2):
+            visible = i % 2 == 0
+            assignee = (
+                (agent.membership.id if i % 4 == 0 else None)
+                if visible
+                else members[i % len(members)].membership.id
+            )
+            conversation = await create_conversation(
+                session, account=accounts[i % 3], assignee_membership_id=assignee
+            )
+            await create_message(
+                session,
+                conversation,
+                direction=MessageDirection.OUTBOUND,
+                sent_by_membership_id=members[i % len(members)].membership.id,
+            )
+
+
+@pytest.mark.parametrize("size", [10, 50])
+async def test_an_inbox_page_costs_a_constant_number_of_statements(
+    api: Api,
+    app: Starlette,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    size: int,
+) -> None:
+    # given twice `size` conversations with contacts, assignees and last messages
+    await _seed(db, org, size, [admin, manager, agent], agent)
+
+    for actor in (admin, agent):
+        await api(actor, "{ viewer { id } }")  # authentication warm: no statement of its own
+        for query, expected in (
+            (PAGE, PAGE_STATEMENTS),
+            (PAGE_WITH_USERS, PAGE_STATEMENTS + USER_STATEMENTS),
+            (PAGE_WITH_EVERYTHING, PAGE_STATEMENTS + USER_STATEMENTS + ACCOUNT_STATEMENTS),
+        ):
+            # when the actor reads a page
+            with counting(app) as statements:
+                body = await api(actor, query, {"first": size})
+
+            # then it is full, and cost the same whatever its size
+            assert "errors" not in body, body
+            edges = body["data"]["conversations"]["edges"]
+            assert len(edges) == size
+            assert all(edge["node"]["contact"]["name"] for edge in edges)
+            assert all(edge["node"]["lastMessage"]["text"] for edge in edges)
+            assert any(edge["node"]["assignee"] for edge in edges)
+            assert len(statements) == expected, "\n".join(statements)
