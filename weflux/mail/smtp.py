@@ -34,7 +34,7 @@ from typing import Any
 
 import aiosmtplib
 
-from weflux.errors import BadUserInput, WefluxError
+from weflux.errors import BadUserInput, ErrorCode, WefluxError
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +81,8 @@ class SmtpConfig:
 class SmtpError(WefluxError):
     """The mail server could not be reached or refused the test email; the message is safe."""
 
-    code = "SMTP_ERROR"
-    graphql_code = "BAD_USER_INPUT"
+    code = ErrorCode.SMTP_ERROR
+    graphql_code = ErrorCode.BAD_USER_INPUT
     status = 400
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -12,7 +13,9 @@ from weflux.auth.principal import Principal
 from weflux.models import AuditEvent
 
 
-class Action:
+class Action(StrEnum):
+    """What an audit event records (its `action`, as stored and shown)."""
+
     WORKSPACE_CREATED = "workspace.created"
     LOGIN_SUCCEEDED = "auth.login.succeeded"
     LOGIN_FAILED = "auth.login.failed"
@@ -23,6 +26,19 @@ class Action:
     MEMBER_JOINED = "member.joined"
     ROLE_CHANGED = "member.role_changed"
     MEMBER_REMOVED = "member.removed"
+    WHATSAPP_ACCOUNT_CONNECTED = "whatsapp_account.connected"
+    WHATSAPP_ACCOUNT_CREDENTIALS_UPDATED = "whatsapp_account.credentials_updated"
+    WHATSAPP_ACCOUNT_DISCONNECTED = "whatsapp_account.disconnected"
+    SMTP_SETTINGS_UPDATED = "smtp_settings.updated"
+    KEYS_ROTATED = "keys.rotated"
+
+
+class Severity(StrEnum):
+    """How much an audit event matters to whoever reviews the trail."""
+
+    INFO = "info"
+    WARNING = "warning"
+    HIGH = "high"
 
 
 @dataclass(frozen=True)
@@ -35,7 +51,7 @@ class RequestMeta:
 
 async def record(
     session: AsyncSession,
-    action: str,
+    action: Action,
     *,
     actor: Principal | None = None,
     actor_user_id: uuid.UUID | None = None,
@@ -44,7 +60,7 @@ async def record(
     target_type: str | None = None,
     target_id: uuid.UUID | str | None = None,
     meta: RequestMeta | None = None,
-    severity: str = "info",
+    severity: Severity = Severity.INFO,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Add an audit event (never pass a secret in `details`)."""

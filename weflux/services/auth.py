@@ -26,7 +26,7 @@ from weflux.errors import (
 )
 from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.services import sessions as session_service
-from weflux.services.audit import Action, RequestMeta, record
+from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ async def login(
                         target_type="User",
                         target_id=account.user_id,
                         meta=meta,
-                        severity="warning",
+                        severity=Severity.WARNING,
                     )
                     await session.flush()
         log.info("login failed", extra={"client": meta.ip})
@@ -203,7 +203,7 @@ async def refresh(
                 target_type="Session",
                 target_id=current.id,
                 meta=meta,
-                severity="high",
+                severity=Severity.HIGH,
             )
     if reused:
         log.warning("refresh token reuse: session revoked", extra={"client": meta.ip})

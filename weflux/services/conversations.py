@@ -34,9 +34,8 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 
-CONVERSATION_UPDATED = "conversationUpdated"
 DEFAULT_PAGE = 50
 MAX_PAGE = 100
 MAX_SEARCH = 100
@@ -222,7 +221,7 @@ def _changed(session: AsyncSession, broker: Broker, conversation: Conversation) 
     conversation.updated_at = utcnow()
     session.add(conversation)
     publish_after_commit(
-        session, broker, conversation.org_id, CONVERSATION_UPDATED, id=conversation.id
+        session, broker, conversation.org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
     )
 
 

@@ -44,13 +44,9 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 
 log = logging.getLogger(__name__)
-
-MESSAGE_ADDED = "messageAdded"
-MESSAGE_UPDATED = "messageUpdated"
-CONVERSATION_UPDATED = "conversationUpdated"
 
 SERVICE_WINDOW = timedelta(hours=24)
 MAX_TEXT_LENGTH = 4096  # Meta's limit for a text message body
@@ -278,12 +274,12 @@ async def _queue(
         session,
         broker,
         principal.org_id,
-        MESSAGE_ADDED,
+        EventName.MESSAGE_ADDED,
         id=message.id,
         conversation_id=conversation.id,
     )
     publish_after_commit(
-        session, broker, principal.org_id, CONVERSATION_UPDATED, id=conversation.id
+        session, broker, principal.org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
     )
     return message
 

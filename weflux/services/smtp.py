@@ -19,7 +19,7 @@ from weflux.mail.smtp import (
     validate_smtp_input,
 )
 from weflux.models import SmtpSettings, utcnow
-from weflux.services.audit import RequestMeta, record
+from weflux.services.audit import Action, RequestMeta, record
 
 
 async def current(session: AsyncSession, principal: Principal) -> SmtpSettings | None:
@@ -74,7 +74,7 @@ async def update(
     await session.flush()
     await record(
         session,
-        "smtp_settings.updated",
+        Action.SMTP_SETTINGS_UPDATED,
         actor=principal,
         target_type="SmtpSettings",
         target_id=settings.id,
