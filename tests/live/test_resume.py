@@ -15,8 +15,8 @@ from tests.fixtures.factories import Actor, create_message
 from tests.fixtures.ws import GraphQLSocket
 from tests.live.conftest import SECRET
 from weflux.db import Database
-from weflux.gql.types import encode_cursor
 from weflux.models import Conversation, Message, Organization, WhatsAppAccount
+from weflux.pagination import encode_cursor
 
 MISSED = 1_000
 RESUME = """subscription($after: String) { messageAdded(after: $after) {

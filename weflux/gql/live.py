@@ -22,21 +22,19 @@ import strawberry
 from sqlmodel import col, select
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.permissions import requires
-from weflux.gql.types import decode_cursor
+from weflux.gql.permissions import READ
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import utcnow
+from weflux.pagination import decode_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
 
-READ = [requires(Permission.READ_WORKSPACE)]
 REPLAY_PAGE = 100
 # How far back a catch-up looks before the newest message seen: messages committed late
 # (a transaction that began earlier and ended later) still carry an older id.

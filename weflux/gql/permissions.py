@@ -30,3 +30,7 @@ def requires(permission: Permission) -> type[BasePermission]:
 
     _Requires.__name__ = f"Requires{permission.name.title().replace('_', '')}"
     return _Requires
+
+
+# Every member may read the workspace: the guard of most reads and the subscriptions.
+READ = [requires(Permission.READ_WORKSPACE)]

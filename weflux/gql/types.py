@@ -1,20 +1,16 @@
-"""Shared GraphQL types: the Node interface, pages and cursors."""
+"""Shared GraphQL types: the Node interface, and connections built from pages."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
+from collections.abc import Callable
 from typing import Generic, TypeVar
 
 import strawberry
 
-from weflux.errors import BadUserInput
-
-MAX_PAGE = 100
-DEFAULT_PAGE = 50
+from weflux.pagination import Page
 
 T = TypeVar("T")
+Row = TypeVar("Row")
 
 
 @strawberry.interface(description="An object with a global id, resolvable by `node(id:)`.")
@@ -42,22 +38,15 @@ class Connection(Generic[T]):
     page_info: PageInfo
 
 
-def page_size(first: int | None) -> int:
-    """`first` checked against the page cap (100)."""
-    if first is None:
-        return DEFAULT_PAGE
-    if first < 1 or first > MAX_PAGE:
-        raise BadUserInput(f"`first` must be between 1 and {MAX_PAGE}")
-    return first
-
-
-def encode_cursor(row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(row_id.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise BadUserInput("Invalid cursor") from None
+def to_connection(page: Page[Row], convert: Callable[[Row], T]) -> Connection[T]:
+    """The GraphQL connection of a page, each row converted to its GraphQL type."""
+    edges = [Edge(node=convert(row), cursor=cursor) for row, cursor in page.items]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+    )

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.principal import Principal
 from weflux.models import AuditEvent
+from weflux.pagination import Page, decode_cursor, encode_cursor, page_of, page_size
 
 
 class Action(StrEnum):
@@ -78,3 +80,19 @@ async def record(
         event.org_id = org_id
     session.add(event)
     return event
+
+
+def _cursor(event: AuditEvent) -> str:
+    return encode_cursor(event.id)
+
+
+async def list_events(
+    session: AsyncSession, *, first: int | None = None, after: str | None = None
+) -> Page[AuditEvent]:
+    """The workspace's audit trail, newest first, keyset on the time-ordered id."""
+    size = page_size(first)
+    query = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(size + 1)
+    if after:
+        query = query.where(col(AuditEvent.id) < decode_cursor(after))
+    rows = (await session.exec(query)).all()
+    return page_of(rows, size, _cursor, has_previous_page=after is not None)

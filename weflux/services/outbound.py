@@ -88,11 +88,17 @@ def opt_change(text: str | None, settings: Settings) -> bool | None:
     return None
 
 
+def service_window_expires_at(conversation: Conversation) -> datetime | None:
+    """When free-form replies stop being allowed: 24 hours after the contact last wrote."""
+    if conversation.last_inbound_at is None:
+        return None
+    return conversation.last_inbound_at + SERVICE_WINDOW
+
+
 def service_window_open(conversation: Conversation, now: datetime | None = None) -> bool:
     """Whether the contact wrote within the last 24 hours (free-form replies allowed)."""
-    if conversation.last_inbound_at is None:
-        return False
-    return (now or utcnow()) - conversation.last_inbound_at < SERVICE_WINDOW
+    expires_at = service_window_expires_at(conversation)
+    return expires_at is not None and (now or utcnow()) < expires_at
 
 
 def _check_client_message_id(value: str | None) -> str | None:

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import strawberry
 from strawberry.types import Info
 
 from weflux import models
-from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import (
     AssigneeFilter,
@@ -19,30 +15,11 @@ from weflux.gql.inbox.types import (
     to_contact,
     to_conversation,
 )
-from weflux.gql.permissions import requires
-from weflux.gql.types import Connection, Edge, PageInfo
+from weflux.gql.permissions import READ
+from weflux.gql.types import Connection, to_connection
 from weflux.ids import decode_global_id
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
-from weflux.services.conversations import Page
-
-READ = [requires(Permission.READ_WORKSPACE)]
-
-Row = TypeVar("Row")
-Item = TypeVar("Item")
-
-
-def to_connection(page: Page[Row], convert: Callable[[Row], Item]) -> Connection[Item]:
-    edges = [Edge(node=convert(row), cursor=cursor) for row, cursor in page.items]
-    return Connection(
-        edges=edges,
-        page_info=PageInfo(
-            has_next_page=page.has_next_page,
-            has_previous_page=page.has_previous_page,
-            start_cursor=edges[0].cursor if edges else None,
-            end_cursor=edges[-1].cursor if edges else None,
-        ),
-    )
 
 
 @strawberry.type

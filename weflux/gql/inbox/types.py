@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import strawberry
 from strawberry.types import Info
@@ -18,11 +18,11 @@ from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, to_member
-from weflux.gql.types import Connection, Edge, Node, PageInfo, decode_cursor, encode_cursor
+from weflux.gql.types import Connection, Node, to_connection
 from weflux.ids import encode_global_id
+from weflux.pagination import decode_cursor, encode_cursor
 from weflux.services import conversations as conversation_service
-
-SERVICE_WINDOW = timedelta(hours=24)
+from weflux.services.outbound import service_window_expires_at
 
 
 @strawberry.enum(description="Where a conversation stands.")
@@ -139,24 +139,15 @@ class Conversation(Node):
         last: int | None = None,
         before: str | None = None,
     ) -> Connection[Message]:
-        window = await conversation_service.list_messages(
+        page = await conversation_service.list_messages(
             info.context.unit,
             self.row_id,
             first=first,
             after=decode_cursor(after) if after else None,
             last=last,
-            before=decode_cursor(before) if before else None,
+            before=decode_cursor(before, "before") if before else None,
         )
-        edges = [Edge(node=to_message(row), cursor=encode_cursor(row.id)) for row in window.rows]
-        return Connection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=window.has_next_page,
-                has_previous_page=window.has_previous_page,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-        )
+        return to_connection(page, to_message)
 
 
 @strawberry.type(description="One WhatsApp message, inbound or outbound.")
@@ -216,9 +207,7 @@ def to_conversation(row: models.Conversation) -> Conversation:
         status=ConversationStatus(row.status.value),
         last_message_at=row.last_message_at,
         unread_count=row.unread_count,
-        service_window_expires_at=(
-            row.last_inbound_at + SERVICE_WINDOW if row.last_inbound_at is not None else None
-        ),
+        service_window_expires_at=service_window_expires_at(row),
         row_id=row.id,
         contact_id=row.contact_id,
         account_id=row.account_id,
