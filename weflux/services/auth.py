@@ -17,6 +17,7 @@ from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
 from weflux.db import Database
+from weflux.emails import normalize_email
 from weflux.errors import (
     BadUserInput,
     Forbidden,
@@ -30,10 +31,6 @@ from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
 log = logging.getLogger(__name__)
-
-
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
 
 
 def check_new_password(password: str, *, email: str, user_inputs: list[str]) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.api.validation import check_email
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
+from weflux.emails import check_email
 from weflux.errors import BadUserInput, Conflict
 from weflux.mail.smtp import (
     SmtpConfig,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from weflux.api.validation import check_email
 from weflux.auth.permissions import Permission
+from weflux.emails import check_email
 from weflux.errors import BadUserInput
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
