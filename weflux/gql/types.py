@@ -1,16 +1,47 @@
-"""Shared GraphQL types: the Node interface, and connections built from pages."""
+"""Shared GraphQL types: the Node interface, connections built from pages, enums from the
+model enums."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import enum
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 import strawberry
+from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 
 from weflux.pagination import Page
 
 T = TypeVar("T")
 Row = TypeVar("Row")
+E = TypeVar("E", bound=enum.Enum)
+
+
+def graphql_enum(
+    model_enum: type[E],
+    *,
+    description: str,
+    name: str | None = None,
+    values: Mapping[E, str] | None = None,
+) -> type[E]:
+    """Put a model enum itself in the schema, with descriptions for it and its `values`.
+
+    Resolvers and inputs then deal in the model's own members, and a member added to the
+    model is in the schema at once (`tests/gql/test_enums.py` holds them equal). Each
+    model enum is exposed once, under one name.
+    """
+    if has_enum_definition(model_enum):
+        raise TypeError(f"{model_enum.__name__} is already a GraphQL enum")
+    exposed = strawberry.enum(model_enum, name=name, description=description)
+    described = values or {}
+    for value in _enum_definition(exposed).values:
+        value.description = described.get(model_enum[value.name])
+    return exposed
+
+
+def _enum_definition(cls: object) -> StrawberryEnumDefinition:
+    assert has_enum_definition(cls)
+    return cls.__strawberry_definition__
 
 
 @strawberry.interface(description="An object with a global id, resolvable by `node(id:)`.")

@@ -5,21 +5,15 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from weflux import models
 from weflux.gql.context import Context
-from weflux.gql.inbox.types import (
-    AssigneeFilter,
-    Contact,
-    Conversation,
-    ConversationStatus,
-    to_contact,
-    to_conversation,
-)
+from weflux.gql.inbox.types import Contact, Conversation, to_contact, to_conversation
 from weflux.gql.permissions import READ
 from weflux.gql.types import Connection, to_connection
 from weflux.ids import decode_global_id
+from weflux.models import ConversationStatus
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
+from weflux.services.conversations import AssigneeFilter
 
 
 @strawberry.type
@@ -44,8 +38,8 @@ class InboxQuery:
             info.context.actor,
             first=first,
             after=after,
-            status=models.ConversationStatus(status.value) if status is not None else None,
-            assignee=conversation_service.AssigneeFilter((assignee or AssigneeFilter.ANY).name),
+            status=status,
+            assignee=assignee or AssigneeFilter.ANY,
             search=search,
         )
         return to_connection(page, to_conversation)
