@@ -11,6 +11,7 @@ from weflux.gql.permissions import READ
 from weflux.gql.types import Connection, to_connection
 from weflux.ids import decode_global_id
 from weflux.models import ConversationStatus
+from weflux.pagination import MAX_PAGE
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
 from weflux.services.conversations import AssigneeFilter
@@ -21,7 +22,7 @@ class InboxQuery:
     @strawberry.field(
         description="Conversations the caller may see (Agents: their own and unassigned ones), "
         "newest activity first. `search` matches the contact's name, phone number or "
-        "WhatsApp id. At most 100 a page.",
+        f"WhatsApp id. At most {MAX_PAGE} a page.",
         permission_classes=READ,
     )
     async def conversations(
@@ -58,7 +59,7 @@ class InboxQuery:
 
     @strawberry.field(
         description="Contacts by name (Agents: those of conversations they may see). "
-        "`search` matches name, phone number or WhatsApp id. At most 100 a page.",
+        f"`search` matches name, phone number or WhatsApp id. At most {MAX_PAGE} a page.",
         permission_classes=READ,
     )
     async def contacts(

@@ -20,7 +20,7 @@ from weflux.gql.identity.types import Member, to_member
 from weflux.gql.types import Connection, Node, graphql_enum, to_connection
 from weflux.ids import encode_global_id
 from weflux.models import ConversationStatus, MessageDirection, MessageStatus
-from weflux.pagination import decode_cursor, encode_cursor
+from weflux.pagination import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
 from weflux.services import conversations as conversation_service
 from weflux.services.conversations import AssigneeFilter
 from weflux.services.outbound import service_window_expires_at
@@ -115,7 +115,8 @@ class Conversation(Node):
 
     @strawberry.field(
         description="The history, oldest first and newest LAST: `last`/`before` scroll back, "
-        "`first`/`after` read forwards. Without arguments: the latest 50. At most 100 a page."
+        f"`first`/`after` read forwards. Without arguments: the latest {DEFAULT_PAGE}. "
+        f"At most {MAX_PAGE} a page."
     )
     async def messages(
         self,
