@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from email_validator import EmailNotValidError, validate_email
-
 from weflux.errors import BadUserInput
 
 
@@ -19,6 +17,9 @@ def is_email(value: str) -> bool:
     IP literals, display names and reserved domains (`localhost`, `.local`, `.invalid`…)
     are refused; `.test` is accepted, as the demo workspace's addresses use it.
     """
+    # deferred: its syntax tables cost the CLI 40 ms at start-up (config imports mail)
+    from email_validator import EmailNotValidError, validate_email
+
     try:
         validate_email(value, check_deliverability=False, test_environment=True, strict=True)
     except EmailNotValidError:
