@@ -23,7 +23,7 @@ from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
-from weflux.errors import error_response
+from weflux.errors import ErrorCode, error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs
@@ -60,13 +60,13 @@ class WefluxApp(Starlette):
         return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
 
 
-_HTTP_CODES = {404: "NOT_FOUND", 405: "METHOD_NOT_ALLOWED"}
+_HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 answers in our error format, never cached."""
     assert isinstance(exc, HTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "BAD_REQUEST")
+    code = _HTTP_CODES.get(exc.status_code, ErrorCode.BAD_REQUEST)
     headers = dict(exc.headers or {}) | {"Cache-Control": "no-store"}
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
 

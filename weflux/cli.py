@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from weflux.config import (
+    KEY_ID_PATTERN,
     ConfigError,
     Settings,
     generate_encryption_key_entry,
@@ -241,8 +242,6 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def _key_id(value: str) -> str:
-    from weflux.crypto.keyring import KEY_ID_PATTERN  # deferred: start-up cost
-
     if not KEY_ID_PATTERN.match(value):
         raise argparse.ArgumentTypeError("use 1 to 32 letters, digits, `_`, `.` or `-`")
     return value

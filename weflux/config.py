@@ -27,7 +27,8 @@ Environment = Literal["development", "test", "production"]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_KEY_ID = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
+# A key id, written into every envelope (`weflux.crypto.keyring`): never `|` or `:`.
+KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
@@ -64,7 +65,7 @@ def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
         if not entry:
             continue
         kid, sep, encoded = entry.partition(":")
-        if not sep or not _KEY_ID.match(kid):
+        if not sep or not KEY_ID_PATTERN.match(kid):
             raise ConfigError(
                 "WEFLUX_ENCRYPTION_KEYS: each entry must be `kid:base64key` "
                 "with a key id of letters, digits, `_`, `.` or `-`"

@@ -2,27 +2,41 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 from starlette.responses import JSONResponse
 
 
-class ErrorCode:
+class ErrorCode(StrEnum):
+    """Every code a client may see, over HTTP or in GraphQL (docs/api/README.md#error-codes)."""
+
     BAD_REQUEST = "BAD_REQUEST"
-    UNAUTHENTICATED = "UNAUTHENTICATED"
-    FORBIDDEN = "FORBIDDEN"
-    NOT_FOUND = "NOT_FOUND"
+    BAD_USER_INPUT = "BAD_USER_INPUT"
     CONFLICT = "CONFLICT"
-    VALIDATION_FAILED = "VALIDATION_FAILED"
-    RATE_LIMITED = "RATE_LIMITED"
-    QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
-    TIMEOUT = "TIMEOUT"
+    CONTACT_OPTED_OUT = "CONTACT_OPTED_OUT"
+    FORBIDDEN = "FORBIDDEN"
+    GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
+    INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    NOT_FOUND = "NOT_FOUND"
+    OUTSIDE_SERVICE_WINDOW = "OUTSIDE_SERVICE_WINDOW"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
+    RATE_LIMITED = "RATE_LIMITED"
+    SMTP_ERROR = "SMTP_ERROR"
+    TIMEOUT = "TIMEOUT"
+    TOKEN_REUSED = "TOKEN_REUSED"  # noqa: S105 (a code, not a secret)
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
+    VALIDATION_FAILED = "VALIDATION_FAILED"
 
 
 def error_response(
     status: int,
-    code: str,
+    code: ErrorCode,
     message: str,
     *,
     details: Any = None,
@@ -54,8 +68,8 @@ def graphql_unauthenticated() -> JSONResponse:
 class WefluxError(Exception):
     """An expected failure with a code clients can act on; its message is safe to show."""
 
-    code = ErrorCode.BAD_REQUEST
-    graphql_code = "BAD_USER_INPUT"
+    code: ErrorCode = ErrorCode.BAD_REQUEST
+    graphql_code: ErrorCode = ErrorCode.BAD_USER_INPUT
     status = 400
 
     def __init__(self, message: str, *, details: Any = None) -> None:
@@ -66,7 +80,7 @@ class WefluxError(Exception):
 
 class BadUserInput(WefluxError):
     code = ErrorCode.VALIDATION_FAILED
-    graphql_code = "BAD_USER_INPUT"
+    graphql_code = ErrorCode.BAD_USER_INPUT
     status = 422
 
 
@@ -77,11 +91,11 @@ class Unauthenticated(WefluxError):
 
 
 class InvalidCredentials(Unauthenticated):
-    code = "INVALID_CREDENTIALS"
+    code = ErrorCode.INVALID_CREDENTIALS
 
 
 class TokenReused(Unauthenticated):
-    code = "TOKEN_REUSED"
+    code = ErrorCode.TOKEN_REUSED
 
 
 class Forbidden(WefluxError):
@@ -115,28 +129,28 @@ class RateLimited(WefluxError):
 class OutsideServiceWindow(WefluxError):
     """More than 24 hours since the contact last wrote: only a template may be sent."""
 
-    code = "OUTSIDE_SERVICE_WINDOW"
-    graphql_code = "OUTSIDE_SERVICE_WINDOW"
+    code = ErrorCode.OUTSIDE_SERVICE_WINDOW
+    graphql_code = ErrorCode.OUTSIDE_SERVICE_WINDOW
     status = 409
 
 
 class ContactOptedOut(WefluxError):
     """The contact asked not to be messaged (STOP); they can opt in again (START)."""
 
-    code = "CONTACT_OPTED_OUT"
-    graphql_code = "CONTACT_OPTED_OUT"
+    code = ErrorCode.CONTACT_OPTED_OUT
+    graphql_code = ErrorCode.CONTACT_OPTED_OUT
     status = 409
 
 
 class PayloadTooLarge(WefluxError):
-    code = "PAYLOAD_TOO_LARGE"
-    graphql_code = "BAD_USER_INPUT"
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    graphql_code = ErrorCode.BAD_USER_INPUT
     status = 413
 
 
 class UnsupportedMediaType(WefluxError):
-    code = "UNSUPPORTED_MEDIA_TYPE"
-    graphql_code = "BAD_USER_INPUT"
+    code = ErrorCode.UNSUPPORTED_MEDIA_TYPE
+    graphql_code = ErrorCode.BAD_USER_INPUT
     status = 415
 
 

@@ -23,9 +23,10 @@ from weflux.crypto import (
     open_secret,
     seal,
 )
-from weflux.crypto.rotation import KEYS_ROTATED, rotate_keys
+from weflux.crypto.rotation import rotate_keys
 from weflux.db import Database
 from weflux.models import AuditEvent, Organization, SmtpSettings, WhatsAppAccount, utcnow
+from weflux.services.audit import Action
 
 OLD_KEY = os.urandom(32)
 NEW_KEY = os.urandom(32)
@@ -110,7 +111,7 @@ async def _envelopes(
 
 async def _audit_events(db: Database, org_id: uuid.UUID) -> list[AuditEvent]:
     async with db.session(org_id) as session:
-        statement = select(AuditEvent).where(AuditEvent.action == KEYS_ROTATED)
+        statement = select(AuditEvent).where(AuditEvent.action == Action.KEYS_ROTATED)
         return list((await session.exec(statement)).all())
 
 

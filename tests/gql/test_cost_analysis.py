@@ -9,7 +9,7 @@ from graphql import OperationType, parse
 
 from weflux.gql.cost import DEFAULT_LIST_NODES, MUTATION_POINTS, OperationCost, operation_cost
 from weflux.gql.schema import schema
-from weflux.gql.types import DEFAULT_PAGE
+from weflux.pagination import DEFAULT_PAGE
 
 # The 200-byte query: 50 + 50 x 50 + 50 x 50 x 50 nodes.
 ATTACK = (

@@ -14,8 +14,8 @@ from tests.fixtures.factories import Actor, create_message
 from tests.fixtures.live import SECRET
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
-from weflux.gql.types import encode_cursor
 from weflux.models import Conversation, Message, Organization, WhatsAppAccount
+from weflux.pagination import encode_cursor
 
 MISSED = 1_000
 RESUME = """subscription($after: String) { messageAdded(after: $after) {

@@ -16,7 +16,6 @@ from sqlmodel import select
 from tests.fixtures.api import error_codes, gql, login, tokens_for, without_cost
 from tests.fixtures.factories import Actor, create_membership, create_user
 from weflux.db import Database
-from weflux.gql.types import encode_cursor
 from weflux.gql.view import GraphQLApp
 from weflux.ids import encode_global_id
 from weflux.models import (
@@ -28,6 +27,7 @@ from weflux.models import (
     Role,
     utcnow,
 )
+from weflux.pagination import encode_cursor
 
 UPDATE_ROLE = """mutation ($id: ID!) {
   updateMemberRole(input: {memberId: $id, role: AGENT}) { id role user { email } } }"""

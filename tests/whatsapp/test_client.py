@@ -13,13 +13,8 @@ import pytest
 from tests.fixtures.meta import ACCESS_TOKEN, OTHER_ACCESS_TOKEN, PHONE_NUMBER_ID, VERSION
 from weflux.config import Settings
 from weflux.logs import ConsoleFormatter, JsonFormatter
-from weflux.whatsapp.client import (
-    HEALTH_FIELDS,
-    CloudApiClient,
-    PhoneNumberHealth,
-    QualityRating,
-    SentMessage,
-)
+from weflux.models import QualityRating
+from weflux.whatsapp.client import HEALTH_FIELDS, CloudApiClient, PhoneNumberHealth, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify
 from weflux.whatsapp.fake_cloud_api import DEFAULT_BUSINESS_ACCOUNT_ID, FakeCloudApi
 

@@ -15,8 +15,9 @@ from starlette.routing import Route
 
 from weflux.api.client_ip import request_meta
 from weflux.api.ratelimit import RateLimiter
-from weflux.api.validation import check_email, parse, read_json
+from weflux.api.validation import parse, read_json
 from weflux.auth.tokens import bearer_token
+from weflux.emails import check_email
 from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.mail.mailer import send_quietly

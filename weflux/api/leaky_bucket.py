@@ -13,7 +13,6 @@ are unknown (None), and a warning is logged at most once a minute.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import math
 import re
@@ -24,19 +23,21 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from weflux.api.ratelimit import (
+    DECISION_TIMEOUT,
+    REDIS_SOCKET_TIMEOUT,
+    StorageWarning,
+    plain_key,
+)
 from weflux.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-REDIS_SOCKET_TIMEOUT = 0.5
-DECISION_TIMEOUT = 1.0
-STORAGE_WARNING_INTERVAL = 60.0
 MEMORY_BUCKETS = 100_000  # past this many, buckets that are full again are forgotten
 
 _SPEC = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour|s|m|h)\s*$")
 _UNITS = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600}
 _STORAGE_ERRORS = (RedisError, OSError)  # OSError covers TimeoutError
-_PLAIN_KEY = re.compile(r"^[A-Za-z0-9:._-]{1,128}$")
 
 # KEYS: the buckets. ARGV: now (seconds), points, then capacity and rate of each bucket.
 # Answers {allowed (0/1), wait (seconds, as text), then each bucket's level after it}.
@@ -159,7 +160,9 @@ class LeakyBuckets:
         )
         self._script = self._redis.register_script(_CHARGE) if self._redis is not None else None
         self._memory: dict[str, tuple[float, float, float]] = {}  # level, at, full at
-        self._last_warning: float | None = None
+        self._warn_storage_failure = StorageWarning(
+            log, "cost budget storage unavailable; allowing operations without a budget"
+        )
 
     async def charge(self, buckets: Sequence[Bucket], points: int) -> Charge:
         """Take `points` from every bucket, or from none of them."""
@@ -216,19 +219,7 @@ class LeakyBuckets:
                 del self._memory[key]
 
     def _key(self, key: str) -> str:
-        if not _PLAIN_KEY.match(key):
-            key = "#" + hashlib.sha256(key.encode()).hexdigest()
-        return f"{self._prefix}:{key}"
-
-    def _warn_storage_failure(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self._last_warning is not None and now - self._last_warning < STORAGE_WARNING_INTERVAL:
-            return
-        self._last_warning = now
-        log.warning(
-            "cost budget storage unavailable; allowing operations without a budget",
-            extra={"error": type(exc).__name__, "detail": str(exc)},
-        )
+        return f"{self._prefix}:{plain_key(key)}"
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -95,11 +95,34 @@ def storage_key(name: str, key: str) -> str:
     """The stored identifier of `key` under limit `name`: account keys are hashed."""
     if name in ACCOUNT_LIMITS:
         return "#" + hashlib.sha256(key.strip().casefold().encode()).hexdigest()
+    return plain_key(key)
+
+
+def plain_key(key: str) -> str:
+    """`key` as it is when it is plain, else its hash, for a key in a store.
+
+    Anything that might break a `/`- or `:`-separated key layout is hashed; `#` never
+    appears in a plain key, so a hashed key cannot collide with one.
+    """
     if _PLAIN_KEY.match(key):
         return key
-    # Anything that might break the `/`-separated key layout is hashed; `#` never
-    # appears in a plain key, so a hashed key cannot collide with one.
     return "#" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class StorageWarning:
+    """Says that a limit store failed and the limits fail open, at most once a minute."""
+
+    def __init__(self, logger: logging.Logger, message: str) -> None:
+        self._logger = logger
+        self._message = message
+        self._last: float | None = None
+
+    def __call__(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < STORAGE_WARNING_INTERVAL:
+            return
+        self._last = now
+        self._logger.warning(self._message, extra={"error": type(exc).__name__, "detail": str(exc)})
 
 
 def _seconds_until(reset_time: float, item: RateLimitItem) -> float:
@@ -140,7 +163,9 @@ class RateLimiter:
         # one entry per request (3000 entries for `3000/minute`); its weighted estimate
         # smooths the burst at window edges that a fixed window allows.
         self._strategy = SlidingWindowCounterRateLimiter(self._storage)
-        self._last_warning: float | None = None
+        self._warn_storage_failure = StorageWarning(
+            log, "rate limiter storage unavailable; allowing requests without limits"
+        )
 
     @staticmethod
     def _create_storage(redis_url: str | None, key_prefix: str) -> Storage:
@@ -283,16 +308,6 @@ class RateLimiter:
             if stats.remaining < 1:
                 wait = max(wait, _seconds_until(stats.reset_time, item))
         return RateLimitDecision(allowed=False, retry_after=max(1, math.ceil(wait)))
-
-    def _warn_storage_failure(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self._last_warning is not None and now - self._last_warning < STORAGE_WARNING_INTERVAL:
-            return
-        self._last_warning = now
-        log.warning(
-            "rate limiter storage unavailable; allowing requests without limits",
-            extra={"error": type(exc).__name__, "detail": str(exc)},
-        )
 
     async def close(self) -> None:
         """Release the Redis connections, or stop the memory store's expiry task."""

@@ -14,6 +14,8 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from strawberry.http.ides import get_graphql_ide_html
 
+from weflux.api.middleware import REQUEST_ID_HEADER
+
 # The API serves JSON only: nothing may load, run or frame it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
@@ -152,7 +154,7 @@ def _check_origin(origin: str) -> None:
 
 
 # What the API itself needs from a browser; `WEFLUX_CORS_ALLOW_HEADERS` adds to it.
-REQUIRED_CORS_HEADERS = ("Authorization", "Content-Type", "X-Request-ID")
+REQUIRED_CORS_HEADERS = ("Authorization", "Content-Type", REQUEST_ID_HEADER)
 
 
 def cors_middleware(origins: Sequence[str], allow_headers: Sequence[str] = ()) -> Middleware:
@@ -169,6 +171,6 @@ def cors_middleware(origins: Sequence[str], allow_headers: Sequence[str] = ()) -
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=list(headers.values()),
         allow_credentials=False,
-        expose_headers=["X-Request-ID", "Retry-After"],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         max_age=600,
     )

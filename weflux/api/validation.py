@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -12,10 +11,6 @@ from starlette.requests import Request
 from weflux.errors import BadUserInput, PayloadTooLarge, UnsupportedMediaType, WefluxError
 
 M = TypeVar("M", bound=BaseModel)
-
-_EMAIL = re.compile(
-    r"^[^@\s\x00-\x1f]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)+$"
-)
 
 
 def is_json(content_type: str | None) -> bool:
@@ -63,13 +58,3 @@ def parse(model: type[M], data: Any) -> M:
             for error in exc.errors(include_input=False, include_url=False)
         ]
         raise BadUserInput("The request is not valid", details=details) from None
-
-
-def check_email(value: str, field: str = "email") -> str:
-    """A plausible email address, normalised (trimmed, lower case)."""
-    email = value.strip().lower()
-    if len(email) > 320 or not _EMAIL.match(email):
-        raise BadUserInput(
-            "Invalid email address", details=[{"field": field, "message": "not an email address"}]
-        )
-    return email

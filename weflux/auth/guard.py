@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from weflux.api.ratelimit import RateLimiter
 from weflux.auth.passwords import verify_password
+from weflux.emails import normalize_email
 from weflux.errors import RateLimited
 
 KNOWN_IP_SECONDS = 30 * 86400
@@ -36,10 +37,6 @@ ACCOUNT_IP = "login_account_ip"
 ACCOUNT = "login_account"
 KNOWN_IP = "login_known_ip"
 THROTTLED_MESSAGE = "Too many attempts; try again later"
-
-
-def _account(email: str) -> str:
-    return email.strip().lower()
 
 
 def _pair(account: str, ip: str | None) -> str:
@@ -60,7 +57,7 @@ class PasswordGuard:
         Raises `RateLimited` (before any bcrypt) when this account may not be tried
         from this IP now, and `PasswordHashingBusy` when the bcrypt pool is full.
         """
-        account = _account(email)
+        account = normalize_email(email)
         pair = _pair(account, ip)
         await self._admit(account, pair)
         valid = await verify_password(password, password_hash)

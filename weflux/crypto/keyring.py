@@ -20,12 +20,10 @@ from typing import NoReturn
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from weflux.config import Settings
+from weflux.config import KEY_ID_PATTERN, Settings
 from weflux.crypto.secret import Secret, register_secret
 
 ENVELOPE_VERSION = "v1"
-# The key ids `weflux.config.parse_encryption_keys` accepts; they never contain `|` or `:`.
-KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16

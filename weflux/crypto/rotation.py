@@ -29,11 +29,10 @@ import weflux.models  # noqa: F401  (every table must be in the metadata)
 from weflux.crypto.fields import SECRET_COLUMNS
 from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
 from weflux.db import Database
-from weflux.services.audit import record
+from weflux.services.audit import Action, record
 
 log = logging.getLogger(__name__)
 
-KEYS_ROTATED = "keys.rotated"
 SCOPE_REASON = "key rotation"
 
 
@@ -79,7 +78,7 @@ async def rotate_keys(db: Database, keyring: KeyRing, *, batch_size: int = 100) 
             for org_id, rotated in sorted(report.rotated_by_workspace.items()):
                 await record(
                     session,
-                    KEYS_ROTATED,
+                    Action.KEYS_ROTATED,
                     org_id=org_id,
                     details={"rotated": rotated, "primary": keyring.primary_kid},
                 )

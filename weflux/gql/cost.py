@@ -54,7 +54,7 @@ from graphql import (
     is_composite_type,
 )
 
-from weflux.gql.types import DEFAULT_PAGE, MAX_PAGE
+from weflux.pagination import DEFAULT_PAGE, MAX_PAGE
 
 DEFAULT_LIST_NODES = 100
 LIST_NODES = "weflux_list_nodes"  # strawberry field metadata: a plain list's bound

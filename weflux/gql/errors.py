@@ -31,7 +31,7 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
     """The extensions of an error that may be shown, or None to mask it."""
     original = error.original_error
     if _is_variable_error(error):
-        return {"code": "BAD_USER_INPUT"}
+        return {"code": ErrorCode.BAD_USER_INPUT}
     if isinstance(original, WefluxError):
         extensions: dict[str, Any] = {"code": original.graphql_code}
         if original.details is not None:
@@ -47,7 +47,7 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         # Raised by graphql-core itself, a permission class or the operation guard: no
         # internals inside. A refusal for rate gives the seconds to wait.
         given = error.extensions or {}
-        coded: dict[str, Any] = {"code": given.get("code", "GRAPHQL_VALIDATION_FAILED")}
+        coded: dict[str, Any] = {"code": given.get("code", ErrorCode.GRAPHQL_VALIDATION_FAILED)}
         if coded["code"] == ErrorCode.RATE_LIMITED and "retryAfter" in given:
             coded["retryAfter"] = given["retryAfter"]
         return coded
@@ -66,7 +66,7 @@ class CodedErrors(MaskErrors):
 
     def anonymise_error(self, error: GraphQLError) -> GraphQLError:
         masked = super().anonymise_error(error)  # logged by `log_errors`
-        masked.extensions = {"code": "INTERNAL_SERVER_ERROR"}
+        masked.extensions = {"code": ErrorCode.INTERNAL_SERVER_ERROR}
         return masked
 
     def _process_errors(self, errors: list[GraphQLError]) -> list[GraphQLError]:
@@ -115,7 +115,7 @@ def log_errors(errors: list[GraphQLError], context: ExecutionContext | None) -> 
         fields: dict[str, Any] = {
             "operation": name,
             "operation_type": kind,
-            "code": coded["code"] if coded else "INTERNAL_SERVER_ERROR",
+            "code": coded["code"] if coded else ErrorCode.INTERNAL_SERVER_ERROR,
             "error": type(original or error).__name__,
             "path": ".".join(str(part) for part in error.path) if error.path else None,
         }

@@ -22,20 +22,19 @@ import strawberry
 from sqlmodel import col, select
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.permissions import requires
-from weflux.gql.types import decode_cursor
+from weflux.gql.permissions import READ
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import utcnow
+from weflux.pagination import decode_cursor
+from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
 
-READ = [requires(Permission.READ_WORKSPACE)]
 REPLAY_PAGE = 100
 # How far back a catch-up looks before the newest message seen: messages committed late
 # (a transaction that began earlier and ended later) still carry an older id.
@@ -158,7 +157,7 @@ class Subscription:
                     return
                 if event is None:
                     continue
-                if event is RESYNC or event.get("event") == RESYNC["event"]:
+                if event is RESYNC or event.get("event") == EventName.RESYNC:
                     since_ms = max(seen.newest_ms, started_ms) - int(
                         LATE_COMMIT_WINDOW.total_seconds() * 1000
                     )
@@ -168,7 +167,7 @@ class Subscription:
                     async for message in _replay(info, catch_up, only, seen):
                         yield message
                     continue
-                if event.get("event") != "messageAdded":
+                if event.get("event") != EventName.MESSAGE_ADDED:
                     continue
                 try:
                     message_id = uuid.UUID(event["id"])
@@ -192,7 +191,7 @@ class Subscription:
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
         async for message in _follow(
-            info, "messageUpdated", MessageRow, to_message, conversation=only
+            info, EventName.MESSAGE_UPDATED, MessageRow, to_message, conversation=only
         ):
             yield message
 
@@ -205,7 +204,7 @@ class Subscription:
         self, info: Info[Context, None]
     ) -> AsyncGenerator[Conversation, None]:
         async for conversation in _follow(
-            info, "conversationUpdated", ConversationRow, to_conversation
+            info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation
         ):
             yield conversation
 
@@ -217,14 +216,14 @@ class Subscription:
         self, info: Info[Context, None]
     ) -> AsyncGenerator[WhatsAppAccount, None]:
         async for account in _follow(
-            info, "whatsAppAccountUpdated", WhatsAppAccountRow, to_whatsapp_account
+            info, EventName.WHATSAPP_ACCOUNT_UPDATED, WhatsAppAccountRow, to_whatsapp_account
         ):
             yield account
 
 
 async def _follow(
     info: Info[Context, None],
-    name: str,
+    name: EventName,
     model: type[Any],
     to_type: Any,
     *,

@@ -12,6 +12,7 @@ from strawberry.permission import BasePermission
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
+from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 
 
@@ -21,7 +22,7 @@ def requires(permission: Permission) -> type[BasePermission]:
 
     class _Requires(BasePermission):
         message = "Your role does not allow this"
-        error_extensions = {"code": "FORBIDDEN"}
+        error_extensions = {"code": ErrorCode.FORBIDDEN}
 
         def has_permission(self, source: Any, info: Info[Context, None], **kwargs: Any) -> bool:
             principal = info.context.principal
@@ -29,3 +30,7 @@ def requires(permission: Permission) -> type[BasePermission]:
 
     _Requires.__name__ = f"Requires{permission.name.title().replace('_', '')}"
     return _Requires
+
+
+# Every member may read the workspace: the guard of most reads and the subscriptions.
+READ = [requires(Permission.READ_WORKSPACE)]

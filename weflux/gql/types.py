@@ -1,20 +1,47 @@
-"""Shared GraphQL types: the Node interface, pages and cursors."""
+"""Shared GraphQL types: the Node interface, connections built from pages, enums from the
+model enums."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import uuid
+import enum
+from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
 import strawberry
+from strawberry.types.enum import StrawberryEnumDefinition, has_enum_definition
 
-from weflux.errors import BadUserInput
-
-MAX_PAGE = 100
-DEFAULT_PAGE = 50
+from weflux.pagination import Page
 
 T = TypeVar("T")
+Row = TypeVar("Row")
+E = TypeVar("E", bound=enum.Enum)
+
+
+def graphql_enum(
+    model_enum: type[E],
+    *,
+    description: str,
+    name: str | None = None,
+    values: Mapping[E, str] | None = None,
+) -> type[E]:
+    """Put a model enum itself in the schema, with descriptions for it and its `values`.
+
+    Resolvers and inputs then deal in the model's own members, and a member added to the
+    model is in the schema at once (`tests/gql/test_enums.py` holds them equal). Each
+    model enum is exposed once, under one name.
+    """
+    if has_enum_definition(model_enum):
+        raise TypeError(f"{model_enum.__name__} is already a GraphQL enum")
+    exposed = strawberry.enum(model_enum, name=name, description=description)
+    described = values or {}
+    for value in _enum_definition(exposed).values:
+        value.description = described.get(model_enum[value.name])
+    return exposed
+
+
+def _enum_definition(cls: object) -> StrawberryEnumDefinition:
+    assert has_enum_definition(cls)
+    return cls.__strawberry_definition__
 
 
 @strawberry.interface(description="An object with a global id, resolvable by `node(id:)`.")
@@ -42,22 +69,15 @@ class Connection(Generic[T]):
     page_info: PageInfo
 
 
-def page_size(first: int | None) -> int:
-    """`first` checked against the page cap (100)."""
-    if first is None:
-        return DEFAULT_PAGE
-    if first < 1 or first > MAX_PAGE:
-        raise BadUserInput(f"`first` must be between 1 and {MAX_PAGE}")
-    return first
-
-
-def encode_cursor(row_id: uuid.UUID) -> str:
-    return base64.urlsafe_b64encode(row_id.bytes).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> uuid.UUID:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        return uuid.UUID(bytes=raw)
-    except (binascii.Error, ValueError):
-        raise BadUserInput("Invalid cursor") from None
+def to_connection(page: Page[Row], convert: Callable[[Row], T]) -> Connection[T]:
+    """The GraphQL connection of a page, each row converted to its GraphQL type."""
+    edges = [Edge(node=convert(row), cursor=cursor) for row, cursor in page.items]
+    return Connection(
+        edges=edges,
+        page_info=PageInfo(
+            has_next_page=page.has_next_page,
+            has_previous_page=page.has_previous_page,
+            start_cursor=edges[0].cursor if edges else None,
+            end_cursor=edges[-1].cursor if edges else None,
+        ),
+    )

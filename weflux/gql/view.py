@@ -60,7 +60,7 @@ SUBSCRIPTION_OVER_HTTP = (
 )
 
 
-def _graphql_error(status: int, message: str, code: str) -> JSONResponse:
+def _graphql_error(status: int, message: str, code: ErrorCode) -> JSONResponse:
     return JSONResponse(
         {"errors": [{"message": message, "extensions": {"code": code}}]},
         status_code=status,
@@ -205,9 +205,9 @@ class GraphQLApp(GraphQL[Context, None]):
         self, request: Request, runtime: Runtime, principal: Principal
     ) -> tuple[Response | None, bytes]:
         if request.method != "POST":
-            return _graphql_error(405, "Use POST", "BAD_REQUEST"), b""
+            return _graphql_error(405, "Use POST", ErrorCode.BAD_REQUEST), b""
         if not is_json(request.headers.get("content-type")):
-            return _graphql_error(415, "Send application/json", "BAD_REQUEST"), b""
+            return _graphql_error(415, "Send application/json", ErrorCode.BAD_REQUEST), b""
         decision = await hit_request_limits(
             runtime.limiter, client_ip(request, runtime.trusted_proxies), principal
         )
@@ -216,12 +216,12 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             body = await read_body(request, runtime.settings.graphql_max_body_bytes)
         except PayloadTooLarge as error:
-            return _graphql_error(413, error.message, "BAD_REQUEST"), b""
+            return _graphql_error(413, error.message, ErrorCode.BAD_REQUEST), b""
         except WefluxError as error:
-            return _graphql_error(400, error.message, "BAD_REQUEST"), b""
+            return _graphql_error(400, error.message, ErrorCode.BAD_REQUEST), b""
         problem = _body_problem(body)
         if problem is not None:
-            return _graphql_error(400, problem, "BAD_REQUEST"), b""
+            return _graphql_error(400, problem, ErrorCode.BAD_REQUEST), b""
         # Media types are case-insensitive; Strawberry compares them exactly.
         request.scope["headers"] = [
             (name, b"application/json") if name == b"content-type" else (name, value)
@@ -242,7 +242,7 @@ class GraphQLApp(GraphQL[Context, None]):
             message = error.reason
             if isinstance(error.__cause__, InvalidOperationTypeError):
                 message = SUBSCRIPTION_OVER_HTTP
-            return _graphql_error(error.status_code, message, "BAD_REQUEST")
+            return _graphql_error(error.status_code, message, ErrorCode.BAD_REQUEST)
 
     async def execute_single(
         self,

@@ -34,13 +34,12 @@ from typing import Any
 
 import aiosmtplib
 
-from weflux.errors import BadUserInput, WefluxError
+from weflux.emails import is_email
+from weflux.errors import BadUserInput, ErrorCode, WefluxError
 
 log = logging.getLogger(__name__)
 
 MAX_HOST_LENGTH = 253
-MAX_EMAIL_LENGTH = 254
-MAX_LOCAL_PART_LENGTH = 64
 # The `smtp_settings.username` column holds up to 320 characters.
 MAX_USERNAME_LENGTH = 320
 TEST_SUBJECT = "Weflux test email"
@@ -50,8 +49,6 @@ TEST_BODY = (
 )
 
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
-# Characters that cannot appear unquoted in the local part; quoted forms are not accepted.
-_LOCAL_PART_FORBIDDEN = set('<>()[]\\,;:"@')
 # RFC 6052 well-known NAT64 prefix: the last 32 bits are the IPv4 address reached.
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 
@@ -81,8 +78,8 @@ class SmtpConfig:
 class SmtpError(WefluxError):
     """The mail server could not be reached or refused the test email; the message is safe."""
 
-    code = "SMTP_ERROR"
-    graphql_code = "BAD_USER_INPUT"
+    code = ErrorCode.SMTP_ERROR
+    graphql_code = ErrorCode.BAD_USER_INPUT
     status = 400
 
 
@@ -134,20 +131,7 @@ def _host_problem(host: str) -> str | None:
 
 
 def _email_problem(address: str) -> str | None:
-    example = "Enter an email address such as name@example.com."
-    if not address or len(address) > MAX_EMAIL_LENGTH or _has_control_or_space(address):
-        return example
-    local, sep, domain = address.rpartition("@")
-    if not sep or not local or len(local) > MAX_LOCAL_PART_LENGTH:
-        return example
-    if any(ch in _LOCAL_PART_FORBIDDEN for ch in local) or local.startswith("."):
-        return example
-    if local.endswith(".") or ".." in local:
-        return example
-    ascii_domain = _ascii_hostname(domain)
-    if ascii_domain is None or "." not in ascii_domain.removesuffix("."):
-        return example
-    return None
+    return None if is_email(address) else "Enter an email address such as name@example.com."
 
 
 def validate_smtp_input(

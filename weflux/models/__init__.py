@@ -21,7 +21,7 @@ from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
 from weflux.models.user import User
-from weflux.models.whatsapp import AccountStatus, SmtpSettings, WhatsAppAccount
+from weflux.models.whatsapp import AccountStatus, QualityRating, SmtpSettings, WhatsAppAccount
 
 __all__ = [
     "STATUS_RANK",
@@ -39,6 +39,7 @@ __all__ = [
     "OrgScoped",
     "Organization",
     "PendingSignup",
+    "QualityRating",
     "Role",
     "SmtpSettings",
     "TemplateStatusEvent",

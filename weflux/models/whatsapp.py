@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 
 from sqlalchemy import Index, Text, text
 from sqlmodel import Field
@@ -11,7 +12,7 @@ from sqlmodel import Field
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
 
 
-class AccountStatus:
+class AccountStatus(StrEnum):
     """What `WhatsAppAccount.status` may say."""
 
     CONNECTED = "CONNECTED"
@@ -20,6 +21,15 @@ class AccountStatus:
     BANNED = "BANNED"
     TOKEN_INVALID = "TOKEN_INVALID"  # noqa: S105
     DISCONNECTED = "DISCONNECTED"
+    UNKNOWN = "UNKNOWN"
+
+
+class QualityRating(StrEnum):
+    """A phone number's quality colour; anything Meta sends beyond these reads UNKNOWN."""
+
+    GREEN = "GREEN"
+    YELLOW = "YELLOW"
+    RED = "RED"
     UNKNOWN = "UNKNOWN"
 
 
@@ -54,7 +64,7 @@ class WhatsAppAccount(OrgScoped, table=True):
     app_secret_enc: str | None = Field(default=None, sa_type=Text, repr=False)
     webhook_verify_token_enc: str | None = Field(default=None, sa_type=Text, repr=False)
     credentials_updated_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
-    quality_rating: str = Field(default="UNKNOWN", max_length=16, nullable=False)
+    quality_rating: str = Field(default=QualityRating.UNKNOWN, max_length=16, nullable=False)
     messaging_limit_tier: str | None = Field(default=None, max_length=32)
     throughput_level: str | None = Field(default=None, max_length=32)
     verified_name: str | None = Field(default=None, max_length=200)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -21,6 +20,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
+
+from weflux.backoff import exponential_backoff
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +216,14 @@ class RedisBroker(Broker):
             if self._stopping:
                 break
             attempt += 1
-            delay = min(self._backoff_cap, self._backoff_base * 2**attempt)
-            await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+            await asyncio.sleep(
+                exponential_backoff(
+                    attempt,
+                    base=self._backoff_base,
+                    cap=self._backoff_cap,
+                    floor=self._backoff_base,
+                )
+            )
 
     async def _read(self) -> None:
         assert self._pubsub is not None

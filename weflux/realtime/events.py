@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from enum import StrEnum
 from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -17,7 +18,19 @@ from weflux.realtime.broker import Broker
 
 log = logging.getLogger(__name__)
 
-WHATSAPP_ACCOUNT_UPDATED = "whatsAppAccountUpdated"
+
+class EventName(StrEnum):
+    """The `event` of a broker message: the wire names, shared by publishers and subscribers.
+
+    Each published one is named after the subscription that delivers it.
+    """
+
+    MESSAGE_ADDED = "messageAdded"
+    MESSAGE_UPDATED = "messageUpdated"
+    CONVERSATION_UPDATED = "conversationUpdated"
+    WHATSAPP_ACCOUNT_UPDATED = "whatsAppAccountUpdated"
+    # Never published: the hub's marker to its listeners after a broker reconnection.
+    RESYNC = "__resync__"
 
 
 def workspace_channel(org_id: uuid.UUID) -> str:
@@ -25,7 +38,7 @@ def workspace_channel(org_id: uuid.UUID) -> str:
 
 
 def publish_after_commit(
-    session: AsyncSession, broker: Broker, org_id: uuid.UUID, event: str, **ids: Any
+    session: AsyncSession, broker: Broker, org_id: uuid.UUID, event: EventName, **ids: Any
 ) -> None:
     """Queue `event` for the workspace's channel once `session` commits."""
     # `eid` names this occurrence: subscribers of one visibility class share its load.

@@ -16,13 +16,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from weflux.realtime.broker import Broker, Message, Unsubscribe
-from weflux.realtime.events import workspace_channel
+from weflux.realtime.events import EventName, workspace_channel
 
 log = logging.getLogger(__name__)
 
 QUEUE_LIMIT = 1_000
 _background: set[asyncio.Future[None]] = set()
-RESYNC: Message = {"event": "__resync__"}
+RESYNC: Message = {"event": EventName.RESYNC}
 
 
 class SlowConsumer(Exception):

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.principal import Principal
 from weflux.models import AuditEvent
+from weflux.pagination import Page, decode_cursor, encode_cursor, page_of, page_size
 
 
-class Action:
+class Action(StrEnum):
+    """What an audit event records (its `action`, as stored and shown)."""
+
     WORKSPACE_CREATED = "workspace.created"
     LOGIN_SUCCEEDED = "auth.login.succeeded"
     LOGIN_FAILED = "auth.login.failed"
@@ -23,6 +28,19 @@ class Action:
     MEMBER_JOINED = "member.joined"
     ROLE_CHANGED = "member.role_changed"
     MEMBER_REMOVED = "member.removed"
+    WHATSAPP_ACCOUNT_CONNECTED = "whatsapp_account.connected"
+    WHATSAPP_ACCOUNT_CREDENTIALS_UPDATED = "whatsapp_account.credentials_updated"
+    WHATSAPP_ACCOUNT_DISCONNECTED = "whatsapp_account.disconnected"
+    SMTP_SETTINGS_UPDATED = "smtp_settings.updated"
+    KEYS_ROTATED = "keys.rotated"
+
+
+class Severity(StrEnum):
+    """How much an audit event matters to whoever reviews the trail."""
+
+    INFO = "info"
+    WARNING = "warning"
+    HIGH = "high"
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,7 @@ class RequestMeta:
 
 async def record(
     session: AsyncSession,
-    action: str,
+    action: Action,
     *,
     actor: Principal | None = None,
     actor_user_id: uuid.UUID | None = None,
@@ -44,7 +62,7 @@ async def record(
     target_type: str | None = None,
     target_id: uuid.UUID | str | None = None,
     meta: RequestMeta | None = None,
-    severity: str = "info",
+    severity: Severity = Severity.INFO,
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     """Add an audit event (never pass a secret in `details`)."""
@@ -62,3 +80,19 @@ async def record(
         event.org_id = org_id
     session.add(event)
     return event
+
+
+def _cursor(event: AuditEvent) -> str:
+    return encode_cursor(event.id)
+
+
+async def list_events(
+    session: AsyncSession, *, first: int | None = None, after: str | None = None
+) -> Page[AuditEvent]:
+    """The workspace's audit trail, newest first, keyset on the time-ordered id."""
+    size = page_size(first)
+    query = select(AuditEvent).order_by(col(AuditEvent.id).desc()).limit(size + 1)
+    if after:
+        query = query.where(col(AuditEvent.id) < decode_cursor(after))
+    rows = (await session.exec(query)).all()
+    return page_of(rows, size, _cursor, has_previous_page=after is not None)

@@ -17,6 +17,7 @@ from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
 from weflux.db import Database
+from weflux.emails import normalize_email
 from weflux.errors import (
     BadUserInput,
     Forbidden,
@@ -26,14 +27,10 @@ from weflux.errors import (
 )
 from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.services import sessions as session_service
-from weflux.services.audit import Action, RequestMeta, record
+from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
 log = logging.getLogger(__name__)
-
-
-def normalize_email(email: str) -> str:
-    return email.strip().lower()
 
 
 def check_new_password(password: str, *, email: str, user_inputs: list[str]) -> None:
@@ -84,7 +81,7 @@ async def login(
                         target_type="User",
                         target_id=account.user_id,
                         meta=meta,
-                        severity="warning",
+                        severity=Severity.WARNING,
                     )
                     await session.flush()
         log.info("login failed", extra={"client": meta.ip})
@@ -203,7 +200,7 @@ async def refresh(
                 target_type="Session",
                 target_id=current.id,
                 meta=meta,
-                severity="high",
+                severity=Severity.HIGH,
             )
     if reused:
         log.warning("refresh token reuse: session revoked", extra={"client": meta.ip})

@@ -21,11 +21,11 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing
-from weflux.errors import BadUserInput, Conflict, NotFound, WefluxError
+from weflux.errors import BadUserInput, Conflict, ErrorCode, NotFound, WefluxError
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
-from weflux.services.audit import RequestMeta, record
+from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services.audit import Action, RequestMeta, record
 from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
@@ -47,8 +47,8 @@ _STATUS = {
 class UpstreamUnavailable(WefluxError):
     """Meta could not be reached or asked us to slow down; nothing was changed."""
 
-    code = "UPSTREAM_UNAVAILABLE"
-    graphql_code = "UPSTREAM_UNAVAILABLE"
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+    graphql_code = ErrorCode.UPSTREAM_UNAVAILABLE
     status = 503
 
 
@@ -210,7 +210,7 @@ async def connect(
         raise Conflict("This phone number is connected to a workspace already") from None
     await record(
         session,
-        "whatsapp_account.connected",
+        Action.WHATSAPP_ACCOUNT_CONNECTED,
         actor=principal,
         target_type="WhatsAppAccount",
         target_id=account.id,
@@ -218,7 +218,11 @@ async def connect(
         details={"phone_number_id": phone_number_id},
     )
     publish_after_commit(
-        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        session,
+        services.broker,
+        principal.org_id,
+        EventName.WHATSAPP_ACCOUNT_UPDATED,
+        id=account.id,
     )
     return account
 
@@ -262,7 +266,7 @@ async def update_credentials(
     await session.flush()
     await record(
         session,
-        "whatsapp_account.credentials_updated",
+        Action.WHATSAPP_ACCOUNT_CREDENTIALS_UPDATED,
         actor=principal,
         target_type="WhatsAppAccount",
         target_id=account.id,
@@ -270,7 +274,11 @@ async def update_credentials(
         details={"updated": sorted(column.removesuffix("_enc") for column in changed)},
     )
     publish_after_commit(
-        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        session,
+        services.broker,
+        principal.org_id,
+        EventName.WHATSAPP_ACCOUNT_UPDATED,
+        id=account.id,
     )
     return account
 
@@ -294,14 +302,18 @@ async def disconnect(
     await session.flush()
     await record(
         session,
-        "whatsapp_account.disconnected",
+        Action.WHATSAPP_ACCOUNT_DISCONNECTED,
         actor=principal,
         target_type="WhatsAppAccount",
         target_id=account.id,
         meta=meta,
     )
     publish_after_commit(
-        session, services.broker, principal.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        session,
+        services.broker,
+        principal.org_id,
+        EventName.WHATSAPP_ACCOUNT_UPDATED,
+        id=account.id,
     )
     return account
 
@@ -329,7 +341,11 @@ async def refresh_health(
         apply_health_error(account, error)
         await session.flush()
         publish_after_commit(
-            session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+            session,
+            services.broker,
+            account.org_id,
+            EventName.WHATSAPP_ACCOUNT_UPDATED,
+            id=account.id,
         )
         if error.kind == ErrorKind.TOKEN_INVALID:
             return account
@@ -337,7 +353,7 @@ async def refresh_health(
     apply_health(account, health)
     await session.flush()
     publish_after_commit(
-        session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        session, services.broker, account.org_id, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id
     )
     return account
 

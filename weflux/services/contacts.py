@@ -19,14 +19,8 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import Contact, utcnow
-from weflux.services.conversations import (
-    Page,
-    contact_matches,
-    decode_keyset,
-    encode_keyset,
-    page_limit,
-    search_term,
-)
+from weflux.pagination import Page, decode_keyset, encode_keyset, page_of, page_size
+from weflux.services.conversations import contact_matches, search_term
 
 MAX_NAME = 256
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
@@ -111,7 +105,7 @@ async def list_contacts(
 
     `search` matches name, profile name, phone number or WhatsApp id, case-insensitively.
     """
-    size = page_limit(first)
+    size = page_size(first)
     term = search_term(search)
     query = select(Contact)
     if term is not None:
@@ -119,12 +113,8 @@ async def list_contacts(
     if after:
         query = query.where(_after_contact(after))
     query = query.order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(size + 1)
-    rows = list((await session.exec(query)).all())
-    return Page(
-        items=[(row, _contact_cursor(row)) for row in rows[:size]],
-        has_next_page=len(rows) > size,
-        has_previous_page=bool(after),
-    )
+    rows = (await session.exec(query)).all()
+    return page_of(rows, size, _contact_cursor, has_previous_page=bool(after))
 
 
 async def get_contact(session: AsyncSession, contact_id: uuid.UUID) -> Contact:

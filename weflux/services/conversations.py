@@ -8,15 +8,10 @@ that do not exist. Nothing in this module filters by workspace or visibility by 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
-import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from sqlalchemy import and_, or_
 from sqlmodel import col, select
@@ -33,64 +28,26 @@ from weflux.models import (
     Message,
     utcnow,
 )
+from weflux.pagination import (
+    Page,
+    decode_keyset,
+    encode_cursor,
+    encode_keyset,
+    invalid_cursor,
+    page_of,
+    page_size,
+)
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 
-CONVERSATION_UPDATED = "conversationUpdated"
-DEFAULT_PAGE = 50
-MAX_PAGE = 100
 MAX_SEARCH = 100
-_MAX_CURSOR = 1024
 _PHONE_PUNCTUATION = str.maketrans("", "", " -().+")
-
-T = TypeVar("T")
 
 
 class AssigneeFilter(enum.StrEnum):
     ME = "ME"
     UNASSIGNED = "UNASSIGNED"
     ANY = "ANY"
-
-
-@dataclass(frozen=True)
-class Page(Generic[T]):
-    """One page of a keyset-paginated list: rows in order, each with its cursor."""
-
-    items: list[tuple[T, str]]
-    has_next_page: bool
-    has_previous_page: bool
-
-
-def page_limit(value: int | None, name: str = "first") -> int:
-    """A page size checked against the cap (default 50, at most 100)."""
-    if value is None:
-        return DEFAULT_PAGE
-    if value < 1 or value > MAX_PAGE:
-        message = f"`{name}` must be between 1 and {MAX_PAGE}"
-        raise BadUserInput(message, details=[{"field": name, "message": message}])
-    return value
-
-
-def encode_keyset(kind: str, key: str | None, row_id: uuid.UUID) -> str:
-    """An opaque cursor naming a row by its sort key and id (never an offset)."""
-    raw = json.dumps([kind, key, str(row_id)], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_keyset(kind: str, cursor: str) -> tuple[str | None, uuid.UUID]:
-    """(sort key, row id) of a cursor made by `encode_keyset` for `kind`."""
-    invalid = BadUserInput("Invalid cursor", details=[{"field": "after", "message": "Invalid"}])
-    if not cursor or len(cursor) > _MAX_CURSOR:
-        raise invalid
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        decoded: Any = json.loads(raw)
-        found_kind, key, row_id = decoded
-        if found_kind != kind or not (key is None or isinstance(key, str)):
-            raise invalid
-        return key, uuid.UUID(row_id)
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError, AttributeError):
-        raise invalid from None
 
 
 def search_term(search: str | None) -> str | None:
@@ -140,9 +97,9 @@ def _after_conversation(cursor: str) -> Any:
     try:
         at = datetime.fromisoformat(key)
     except ValueError:
-        raise BadUserInput("Invalid cursor") from None
+        raise invalid_cursor() from None
     if at.tzinfo is None:
-        raise BadUserInput("Invalid cursor")
+        raise invalid_cursor()
     return or_(
         at_column < at,
         and_(at_column == at, id_column < row_id),
@@ -165,7 +122,7 @@ async def list_conversations(
     New conversations arriving between two pages land before the first one and never
     shift the pages already read: no duplicates, no gaps.
     """
-    size = page_limit(first)
+    size = page_size(first)
     term = search_term(search)
     query = select(Conversation)
     if term is not None:
@@ -183,12 +140,8 @@ async def list_conversations(
     query = query.order_by(
         col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc()
     ).limit(size + 1)
-    rows = list((await session.exec(query)).all())
-    return Page(
-        items=[(row, _conversation_cursor(row)) for row in rows[:size]],
-        has_next_page=len(rows) > size,
-        has_previous_page=bool(after),
-    )
+    rows = (await session.exec(query)).all()
+    return page_of(rows, size, _conversation_cursor, has_previous_page=bool(after))
 
 
 async def get_conversation(session: AsyncSession, conversation_id: uuid.UUID) -> Conversation:
@@ -222,7 +175,7 @@ def _changed(session: AsyncSession, broker: Broker, conversation: Conversation) 
     conversation.updated_at = utcnow()
     session.add(conversation)
     publish_after_commit(
-        session, broker, conversation.org_id, CONVERSATION_UPDATED, id=conversation.id
+        session, broker, conversation.org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
     )
 
 
@@ -302,13 +255,8 @@ async def mark_read(
 # --- messages ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MessageWindow:
-    """A slice of a conversation's history, oldest first."""
-
-    rows: Sequence[Message]
-    has_next_page: bool
-    has_previous_page: bool
+def _message_cursor(row: Message) -> str:
+    return encode_cursor(row.id)
 
 
 async def list_messages(
@@ -319,7 +267,7 @@ async def list_messages(
     after: uuid.UUID | None = None,
     last: int | None = None,
     before: uuid.UUID | None = None,
-) -> MessageWindow:
+) -> Page[Message]:
     """A window of the history, keyset on the time-ordered message id, newest last.
 
     `first`/`after` read forwards (oldest first); `last`/`before` scroll back. With
@@ -336,17 +284,13 @@ async def list_messages(
     if before is not None:
         query = query.where(id_column < before)
     if last is not None or (first is None and after is None):
-        size = page_limit(last, "last")
-        rows = list((await session.exec(query.order_by(id_column.desc()).limit(size + 1))).all())
-        return MessageWindow(
-            rows=rows[:size][::-1],
+        size = page_size(last, "last")
+        rows = (await session.exec(query.order_by(id_column.desc()).limit(size + 1))).all()
+        return Page(
+            items=[(row, _message_cursor(row)) for row in rows[:size][::-1]],
             has_next_page=before is not None,
             has_previous_page=len(rows) > size,
         )
-    size = page_limit(first)
-    rows = list((await session.exec(query.order_by(id_column).limit(size + 1))).all())
-    return MessageWindow(
-        rows=rows[:size],
-        has_next_page=len(rows) > size,
-        has_previous_page=after is not None,
-    )
+    size = page_size(first)
+    rows = (await session.exec(query.order_by(id_column).limit(size + 1))).all()
+    return page_of(rows, size, _message_cursor, has_previous_page=after is not None)

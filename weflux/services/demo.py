@@ -19,6 +19,7 @@ from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import (
+    AccountStatus,
     Contact,
     Conversation,
     Membership,
@@ -26,6 +27,7 @@ from weflux.models import (
     MessageDirection,
     MessageStatus,
     Organization,
+    QualityRating,
     Role,
     User,
     WhatsAppAccount,
@@ -98,9 +100,9 @@ async def _demo_inbox(
         webhook_key=secrets.token_urlsafe(24),
         credentials_updated_at=utcnow(),
         verified_name="Weflux Demo",
-        quality_rating="GREEN",
+        quality_rating=QualityRating.GREEN,
         messaging_limit_tier="TIER_250",
-        status="CONNECTED",
+        status=AccountStatus.CONNECTED,
         status_detail="demo number: it is not connected to Meta",
     )
     for column in ("access_token_enc", "app_secret_enc", "webhook_verify_token_enc"):

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import random
 import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.crossings import Route
 from weflux.auth.scoping import use_workspace
+from weflux.backoff import exponential_backoff
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
@@ -51,7 +51,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.webhook import (
@@ -66,9 +66,7 @@ from weflux.whatsapp.webhook import (
 
 log = logging.getLogger(__name__)
 
-MESSAGE_ADDED = "messageAdded"
-MESSAGE_UPDATED = "messageUpdated"
-CONVERSATION_UPDATED = "conversationUpdated"
+RETRY_BACKOFF_BASE = 5.0  # seconds: a failed event is retried after 5 s to 10 s first
 MAX_ATTEMPTS_BACKOFF = timedelta(hours=1)
 
 _STATUS = {
@@ -339,10 +337,17 @@ async def _ingest_messages(
     await session.flush()
     for row in added:
         publish_after_commit(
-            session, broker, org_id, MESSAGE_ADDED, id=row.id, conversation_id=row.conversation_id
+            session,
+            broker,
+            org_id,
+            EventName.MESSAGE_ADDED,
+            id=row.id,
+            conversation_id=row.conversation_id,
         )
     for conversation in touched.values():
-        publish_after_commit(session, broker, org_id, CONVERSATION_UPDATED, id=conversation.id)
+        publish_after_commit(
+            session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
+        )
 
 
 def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
@@ -396,7 +401,7 @@ async def _apply_statuses(
             session,
             broker,
             org_id,
-            MESSAGE_UPDATED,
+            EventName.MESSAGE_UPDATED,
             id=message.id,
             conversation_id=message.conversation_id,
         )
@@ -419,7 +424,9 @@ async def _account_changes(
             if quality.current_limit:
                 account.messaging_limit_tier = quality.current_limit
             account.health_checked_at = None  # the colour is not in the webhook: re-read soon
-            publish_after_commit(session, broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id)
+            publish_after_commit(
+                session, broker, org_id, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id
+            )
     for update, routes in share.account:
         status = _ACCOUNT_EVENTS.get(update.event or "")
         if status is None:
@@ -432,7 +439,9 @@ async def _account_changes(
                 if update.event
                 else None
             )
-            publish_after_commit(session, broker, org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id)
+            publish_after_commit(
+                session, broker, org_id, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id
+            )
 
 
 async def _process_share(
@@ -504,8 +513,13 @@ async def _record_failure(db: Database, event_id: uuid.UUID, error: BaseExceptio
         event.attempts += 1
         event.status = WebhookEventStatus.FAILED
         event.last_error = f"{type(error).__name__}: {str(error)[:300]}"
-        delay = min(MAX_ATTEMPTS_BACKOFF.total_seconds(), 5.0 * 2 ** min(event.attempts, 12))
-        event.next_attempt_at = utcnow() + timedelta(seconds=random.uniform(delay / 2, delay))  # noqa: S311
+        delay = exponential_backoff(
+            event.attempts,
+            base=RETRY_BACKOFF_BASE,
+            cap=MAX_ATTEMPTS_BACKOFF.total_seconds(),
+            floor=RETRY_BACKOFF_BASE,
+        )
+        event.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
 
 async def process_event_safely(

@@ -20,11 +20,12 @@ from weflux.auth.principal import Authenticator, Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
 from weflux.db import Database, after_commit
+from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
-from weflux.services.auth import check_new_password, normalize_email
+from weflux.services.auth import check_new_password
 from weflux.services.sessions import TokenPair
 
 INVITATION_TTL = timedelta(days=7)

@@ -44,13 +44,9 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 
 log = logging.getLogger(__name__)
-
-MESSAGE_ADDED = "messageAdded"
-MESSAGE_UPDATED = "messageUpdated"
-CONVERSATION_UPDATED = "conversationUpdated"
 
 SERVICE_WINDOW = timedelta(hours=24)
 MAX_TEXT_LENGTH = 4096  # Meta's limit for a text message body
@@ -92,11 +88,17 @@ def opt_change(text: str | None, settings: Settings) -> bool | None:
     return None
 
 
+def service_window_expires_at(conversation: Conversation) -> datetime | None:
+    """When free-form replies stop being allowed: 24 hours after the contact last wrote."""
+    if conversation.last_inbound_at is None:
+        return None
+    return conversation.last_inbound_at + SERVICE_WINDOW
+
+
 def service_window_open(conversation: Conversation, now: datetime | None = None) -> bool:
     """Whether the contact wrote within the last 24 hours (free-form replies allowed)."""
-    if conversation.last_inbound_at is None:
-        return False
-    return (now or utcnow()) - conversation.last_inbound_at < SERVICE_WINDOW
+    expires_at = service_window_expires_at(conversation)
+    return expires_at is not None and (now or utcnow()) < expires_at
 
 
 def _check_client_message_id(value: str | None) -> str | None:
@@ -278,12 +280,12 @@ async def _queue(
         session,
         broker,
         principal.org_id,
-        MESSAGE_ADDED,
+        EventName.MESSAGE_ADDED,
         id=message.id,
         conversation_id=conversation.id,
     )
     publish_after_commit(
-        session, broker, principal.org_id, CONVERSATION_UPDATED, id=conversation.id
+        session, broker, principal.org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
     )
     return message
 

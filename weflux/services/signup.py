@@ -32,12 +32,13 @@ from weflux.auth.passwords import hash_password
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
 from weflux.db import Database
+from weflux.emails import normalize_email
 from weflux.errors import Conflict, NotFound
 from weflux.mail.mailer import Mailer, compose
 from weflux.models import Membership, Organization, PendingSignup, Role, User, utcnow
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
-from weflux.services.auth import check_new_password, normalize_email
+from weflux.services.auth import check_new_password
 from weflux.services.sessions import TokenPair
 
 CONFIRMATION_TTL = timedelta(hours=24)

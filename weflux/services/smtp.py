@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.api.validation import check_email
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
+from weflux.emails import check_email
 from weflux.errors import BadUserInput, Conflict
 from weflux.mail.smtp import (
     SmtpConfig,
@@ -19,7 +19,7 @@ from weflux.mail.smtp import (
     validate_smtp_input,
 )
 from weflux.models import SmtpSettings, utcnow
-from weflux.services.audit import RequestMeta, record
+from weflux.services.audit import Action, RequestMeta, record
 
 
 async def current(session: AsyncSession, principal: Principal) -> SmtpSettings | None:
@@ -74,7 +74,7 @@ async def update(
     await session.flush()
     await record(
         session,
-        "smtp_settings.updated",
+        Action.SMTP_SETTINGS_UPDATED,
         actor=principal,
         target_type="SmtpSettings",
         target_id=settings.id,

@@ -1,6 +1,6 @@
 """The WhatsApp Cloud API: a pooled client, its classified errors, and a fake for tests."""
 
-from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth, QualityRating, SentMessage
+from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify
 
 __all__ = [
@@ -9,7 +9,6 @@ __all__ = [
     "MetaApiError",
     "MetaUnavailable",
     "PhoneNumberHealth",
-    "QualityRating",
     "SentMessage",
     "classify",
 ]

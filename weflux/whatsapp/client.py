@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from enum import StrEnum
 from types import TracebackType
 from typing import Any, Self
 from urllib.parse import urlsplit
@@ -13,6 +12,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from weflux.config import Settings
+from weflux.models.whatsapp import QualityRating
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify, scrub
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,6 @@ _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]{1,4096}")
 _MESSAGE_PREFIX = re.compile(r"^\(#\d+\)\s*")
 _MAX_TEXT = 1000
-
-
-class QualityRating(StrEnum):
-    """A phone number's quality colour; anything Meta sends beyond these reads UNKNOWN."""
-
-    GREEN = "GREEN"
-    YELLOW = "YELLOW"
-    RED = "RED"
-    UNKNOWN = "UNKNOWN"
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.crossings import Owned, due_outbound
 from weflux.auth.scoping import use_workspace
+from weflux.backoff import exponential_backoff
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
@@ -70,9 +70,8 @@ from weflux.models import (
     moves_forward,
     utcnow,
 )
-from weflux.realtime.events import WHATSAPP_ACCOUNT_UPDATED, publish_after_commit
+from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.channels import Services, apply_health_error
-from weflux.services.outbound import MESSAGE_UPDATED
 from weflux.whatsapp.client import SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
@@ -202,10 +201,13 @@ class ClaimedMessage:
 
 
 def backoff_delay(attempts: int, settings: Settings) -> float:
-    """Exponential backoff with full jitter, in seconds, after `attempts` attempts."""
-    cap = settings.delivery_backoff_cap.total_seconds()
-    ceiling = min(cap, settings.delivery_backoff_base * 2 ** min(attempts, 32))
-    return max(MIN_RETRY_DELAY, random.uniform(0, ceiling))  # noqa: S311 (jitter, not secrecy)
+    """Seconds before the next attempt at a message, after `attempts` attempts."""
+    return exponential_backoff(
+        attempts,
+        base=settings.delivery_backoff_base,
+        cap=settings.delivery_backoff_cap.total_seconds(),
+        floor=MIN_RETRY_DELAY,
+    )
 
 
 def _owned(message: Message, claimed: ClaimedMessage) -> bool:
@@ -218,7 +220,7 @@ def _publish_update(session: AsyncSession, services: Services, message: Message)
         session,
         services.broker,
         message.org_id,
-        MESSAGE_UPDATED,
+        EventName.MESSAGE_UPDATED,
         id=message.id,
         conversation_id=message.conversation_id,
     )
@@ -565,7 +567,7 @@ async def _flag_account(session: AsyncSession, services: Services, outcome: _Out
     apply_health_error(account, outcome.error)
     log.warning("access token rejected; account flagged", extra={"account": str(account.id)})
     publish_after_commit(
-        session, services.broker, account.org_id, WHATSAPP_ACCOUNT_UPDATED, id=account.id
+        session, services.broker, account.org_id, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id
     )
 
 

@@ -8,40 +8,29 @@ from datetime import datetime
 import strawberry
 
 from weflux import models
-from weflux.gql.types import Node
+from weflux.gql.types import Node, graphql_enum
 from weflux.ids import encode_global_id
+from weflux.mail import SmtpSecurity
+from weflux.models import AccountStatus, QualityRating
 from weflux.services.channels import webhook_path
 
-
-@strawberry.enum(description="Meta's quality rating of a phone number.")
-class QualityRating(enum.Enum):
-    GREEN = "GREEN"
-    YELLOW = "YELLOW"
-    RED = "RED"
-    UNKNOWN = "UNKNOWN"
-
-
-@strawberry.enum(description="Where a WhatsApp number stands with Meta and with the workspace.")
-class WhatsAppAccountStatus(enum.Enum):
-    CONNECTED = strawberry.enum_value("CONNECTED", description="Sends and receives.")
-    FLAGGED = strawberry.enum_value(
-        "FLAGGED", description="Meta flagged it (low quality); limits may drop."
-    )
-    RESTRICTED = strawberry.enum_value(
-        "RESTRICTED", description="Meta restricts what it may send for now."
-    )
-    BANNED = strawberry.enum_value("BANNED", description="Meta banned, disabled or deleted it.")
-    TOKEN_INVALID = strawberry.enum_value(
-        "TOKEN_INVALID", description="Meta rejects the access token: update the credentials."
-    )
-    DISCONNECTED = strawberry.enum_value(
-        "DISCONNECTED",
-        description="The workspace disconnected it: no credentials, no sending; its "
-        "conversations and messages are kept and it stays readable.",
-    )
-    UNKNOWN = strawberry.enum_value(
-        "UNKNOWN", description="Meta reported a status this API does not know."
-    )
+graphql_enum(QualityRating, description="Meta's quality rating of a phone number.")
+# Bound under its GraphQL name: the model calls it AccountStatus.
+WhatsAppAccountStatus = graphql_enum(
+    AccountStatus,
+    name="WhatsAppAccountStatus",
+    description="Where a WhatsApp number stands with Meta and with the workspace.",
+    values={
+        AccountStatus.CONNECTED: "Sends and receives.",
+        AccountStatus.FLAGGED: "Meta flagged it (low quality); limits may drop.",
+        AccountStatus.RESTRICTED: "Meta restricts what it may send for now.",
+        AccountStatus.BANNED: "Meta banned, disabled or deleted it.",
+        AccountStatus.TOKEN_INVALID: "Meta rejects the access token: update the credentials.",
+        AccountStatus.DISCONNECTED: "The workspace disconnected it: no credentials, no "
+        "sending; its conversations and messages are kept and it stays readable.",
+        AccountStatus.UNKNOWN: "Meta reported a status this API does not know.",
+    },
+)
 
 
 @strawberry.enum(description="Which numbers `whatsAppAccounts` lists, by disconnection.")
@@ -76,9 +65,9 @@ class WhatsAppAccount(Node):
     )
     throughput_level: str | None
     verified_name: str | None
-    status: WhatsAppAccountStatus = strawberry.field(
-        description="CONNECTED, FLAGGED, RESTRICTED, BANNED, TOKEN_INVALID, DISCONNECTED "
-        "(the workspace disconnected it) or UNKNOWN."
+    status: AccountStatus = strawberry.field(
+        description="Where the number stands: one of the values of WhatsAppAccountStatus, "
+        "each described there."
     )
     status_detail: str | None
     health_checked_at: datetime | None
@@ -93,7 +82,7 @@ class SmtpSettings:
     port: int
     username: str | None
     from_address: str
-    security: str = strawberry.field(description="STARTTLS, TLS or NONE.")
+    security: str = strawberry.field(description=f"One of {', '.join(SmtpSecurity)}.")
     has_password: bool
 
 
@@ -104,13 +93,13 @@ def _quality(value: str) -> QualityRating:
         return QualityRating.UNKNOWN
 
 
-def _status(row: models.WhatsAppAccount) -> WhatsAppAccountStatus:
+def _status(row: models.WhatsAppAccount) -> AccountStatus:
     if row.disconnected_at is not None:
-        return WhatsAppAccountStatus.DISCONNECTED
+        return AccountStatus.DISCONNECTED
     try:
-        return WhatsAppAccountStatus(row.status)
+        return AccountStatus(row.status)
     except ValueError:
-        return WhatsAppAccountStatus.UNKNOWN
+        return AccountStatus.UNKNOWN
 
 
 def to_whatsapp_account(row: models.WhatsAppAccount) -> WhatsAppAccount:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from weflux.api.validation import check_email
 from weflux.auth.permissions import Permission
+from weflux.emails import check_email
 from weflux.errors import BadUserInput
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
     InviteMemberPayload,
     Member,
-    Role,
     Session,
     to_invitation,
     to_member,
@@ -20,7 +19,7 @@ from weflux.gql.identity.types import (
 )
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
-from weflux.models import Role as RoleValue
+from weflux.models import Role
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import sessions as session_service
@@ -73,7 +72,7 @@ class IdentityMutation:
             context.meta,
             email=check_email(input.email, "email"),
             name=_text(input.name, "name", 200),
-            role=RoleValue(input.role.value),
+            role=input.role,
         )
         return InviteMemberPayload(invitation=to_invitation(invitation), token=token)
 
@@ -91,7 +90,7 @@ class IdentityMutation:
             context.actor,
             context.meta,
             membership_id=decode_global_id(input.member_id, "Member"),
-            role=RoleValue(input.role.value),
+            role=input.role,
         )
         return to_member(row)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import strawberry
-from sqlmodel import col, select
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
@@ -19,16 +18,14 @@ from weflux.gql.identity.types import (
     to_organization,
     to_session,
 )
-from weflux.gql.permissions import requires
-from weflux.gql.types import Connection, Edge, PageInfo, decode_cursor, encode_cursor, page_size
+from weflux.gql.permissions import READ, requires
+from weflux.gql.types import Connection, to_connection
 from weflux.ids import decode_global_id
-from weflux.models import AuditEvent as AuditEventRow
 from weflux.models import Membership
 from weflux.models import Organization as OrganizationRow
+from weflux.services import audit as audit_service
 from weflux.services import members as member_service
 from weflux.services import sessions as session_service
-
-READ = [requires(Permission.READ_WORKSPACE)]
 
 
 @strawberry.type
@@ -73,20 +70,5 @@ class IdentityQuery:
     async def audit_events(
         self, info: Info[Context, None], first: int | None = None, after: str | None = None
     ) -> Connection[AuditEvent]:
-        size = page_size(first)
-        query = select(AuditEventRow).order_by(col(AuditEventRow.id).desc()).limit(size + 1)
-        if after:
-            query = query.where(col(AuditEventRow.id) < decode_cursor(after))
-        rows = list((await info.context.unit.exec(query)).all())
-        has_next = len(rows) > size
-        rows = rows[:size]
-        edges = [Edge(node=to_audit_event(row), cursor=encode_cursor(row.id)) for row in rows]
-        return Connection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=has_next,
-                has_previous_page=after is not None,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-        )
+        page = await audit_service.list_events(info.context.unit, first=first, after=after)
+        return to_connection(page, to_audit_event)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 import uuid
 from datetime import datetime
 
@@ -12,15 +11,11 @@ from strawberry.types import Info
 from weflux import models
 from weflux.errors import NotFound
 from weflux.gql.context import Context
-from weflux.gql.types import Connection, Node
+from weflux.gql.types import Connection, Node, graphql_enum
 from weflux.ids import encode_global_id
+from weflux.models import Role
 
-
-@strawberry.enum(description="Roles, strongest first.")
-class Role(enum.Enum):
-    ADMIN = "ADMIN"
-    MANAGER = "MANAGER"
-    AGENT = "AGENT"
+graphql_enum(Role, description="Roles, strongest first.")
 
 
 @strawberry.type(
@@ -129,7 +124,7 @@ def to_organization(row: models.Organization) -> Organization:
 def to_member(row: models.Membership) -> Member:
     return Member(
         id=strawberry.ID(encode_global_id("Member", row.id)),
-        role=Role(row.role.value),
+        role=row.role,
         created_at=row.created_at,
         user_id=row.user_id,
         org_id=row.org_id,
@@ -154,7 +149,7 @@ def to_invitation(row: models.Invitation) -> Invitation:
         id=strawberry.ID(encode_global_id("Invitation", row.id)),
         email=row.email,
         name=row.name,
-        role=Role(row.role.value),
+        role=row.role,
         created_at=row.created_at,
         expires_at=row.expires_at,
     )

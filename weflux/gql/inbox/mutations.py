@@ -5,18 +5,17 @@ from __future__ import annotations
 import strawberry
 from strawberry.types import Info
 
-from weflux import models
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import (
     Contact,
     Conversation,
-    ConversationStatus,
     to_contact,
     to_conversation,
 )
 from weflux.gql.permissions import requires
 from weflux.ids import decode_global_id
+from weflux.models import ConversationStatus
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
 
@@ -115,7 +114,7 @@ class InboxMutation:
             context.unit,
             context.actor,
             decode_global_id(input.conversation_id, "Conversation"),
-            models.ConversationStatus(input.status.value),
+            input.status,
             broker=info.context.broker,
         )
         return to_conversation(row)

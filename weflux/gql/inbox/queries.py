@@ -2,47 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
-
 import strawberry
 from strawberry.types import Info
 
-from weflux import models
-from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
-from weflux.gql.inbox.types import (
-    AssigneeFilter,
-    Contact,
-    Conversation,
-    ConversationStatus,
-    to_contact,
-    to_conversation,
-)
-from weflux.gql.permissions import requires
-from weflux.gql.types import Connection, Edge, PageInfo
+from weflux.gql.inbox.types import Contact, Conversation, to_contact, to_conversation
+from weflux.gql.permissions import READ
+from weflux.gql.types import Connection, to_connection
 from weflux.ids import decode_global_id
+from weflux.models import ConversationStatus
+from weflux.pagination import MAX_PAGE
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
-from weflux.services.conversations import Page
-
-READ = [requires(Permission.READ_WORKSPACE)]
-
-Row = TypeVar("Row")
-Item = TypeVar("Item")
-
-
-def to_connection(page: Page[Row], convert: Callable[[Row], Item]) -> Connection[Item]:
-    edges = [Edge(node=convert(row), cursor=cursor) for row, cursor in page.items]
-    return Connection(
-        edges=edges,
-        page_info=PageInfo(
-            has_next_page=page.has_next_page,
-            has_previous_page=page.has_previous_page,
-            start_cursor=edges[0].cursor if edges else None,
-            end_cursor=edges[-1].cursor if edges else None,
-        ),
-    )
+from weflux.services.conversations import AssigneeFilter
 
 
 @strawberry.type
@@ -50,7 +22,7 @@ class InboxQuery:
     @strawberry.field(
         description="Conversations the caller may see (Agents: their own and unassigned ones), "
         "newest activity first. `search` matches the contact's name, phone number or "
-        "WhatsApp id. At most 100 a page.",
+        f"WhatsApp id. At most {MAX_PAGE} a page.",
         permission_classes=READ,
     )
     async def conversations(
@@ -67,8 +39,8 @@ class InboxQuery:
             info.context.actor,
             first=first,
             after=after,
-            status=models.ConversationStatus(status.value) if status is not None else None,
-            assignee=conversation_service.AssigneeFilter((assignee or AssigneeFilter.ANY).name),
+            status=status,
+            assignee=assignee or AssigneeFilter.ANY,
             search=search,
         )
         return to_connection(page, to_conversation)
@@ -87,7 +59,7 @@ class InboxQuery:
 
     @strawberry.field(
         description="Contacts by name (Agents: those of conversations they may see). "
-        "`search` matches name, phone number or WhatsApp id. At most 100 a page.",
+        f"`search` matches name, phone number or WhatsApp id. At most {MAX_PAGE} a page.",
         permission_classes=READ,
     )
     async def contacts(

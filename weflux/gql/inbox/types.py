@@ -6,9 +6,8 @@ loaded through the request's DataLoaders, so a page costs a constant number of q
 
 from __future__ import annotations
 
-import enum
 import uuid
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import strawberry
 from strawberry.types import Info
@@ -18,45 +17,32 @@ from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, to_member
-from weflux.gql.types import Connection, Edge, Node, PageInfo, decode_cursor, encode_cursor
+from weflux.gql.types import Connection, Node, graphql_enum, to_connection
 from weflux.ids import encode_global_id
+from weflux.models import ConversationStatus, MessageDirection, MessageStatus
+from weflux.pagination import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
 from weflux.services import conversations as conversation_service
+from weflux.services.conversations import AssigneeFilter
+from weflux.services.outbound import service_window_expires_at
 
-SERVICE_WINDOW = timedelta(hours=24)
-
-
-@strawberry.enum(description="Where a conversation stands.")
-class ConversationStatus(enum.Enum):
-    OPEN = "OPEN"
-    PENDING = "PENDING"
-    RESOLVED = "RESOLVED"
-
-
-@strawberry.enum(description="Who wrote a message: the contact (INBOUND) or the team.")
-class MessageDirection(enum.Enum):
-    INBOUND = "INBOUND"
-    OUTBOUND = "OUTBOUND"
-
-
-@strawberry.enum(
-    description="Delivery state: inbound messages are RECEIVED; outbound ones move forward "
-    "QUEUED, SENDING, SENT, DELIVERED, READ, or end FAILED."
+graphql_enum(ConversationStatus, description="Where a conversation stands.")
+graphql_enum(
+    MessageDirection, description="Who wrote a message: the contact (INBOUND) or the team."
 )
-class MessageStatus(enum.Enum):
-    RECEIVED = "RECEIVED"
-    QUEUED = "QUEUED"
-    SENDING = "SENDING"
-    SENT = "SENT"
-    DELIVERED = "DELIVERED"
-    READ = "READ"
-    FAILED = "FAILED"
-
-
-@strawberry.enum(description="Whose conversations to list.")
-class AssigneeFilter(enum.Enum):
-    ME = strawberry.enum_value("ME", description="Assigned to the caller.")
-    UNASSIGNED = strawberry.enum_value("UNASSIGNED", description="Assigned to nobody.")
-    ANY = strawberry.enum_value("ANY", description="Every conversation the caller may see.")
+graphql_enum(
+    MessageStatus,
+    description="Delivery state: inbound messages are RECEIVED; outbound ones move forward "
+    "QUEUED, SENDING, SENT, DELIVERED, READ, or end FAILED.",
+)
+graphql_enum(
+    AssigneeFilter,
+    description="Whose conversations to list.",
+    values={
+        AssigneeFilter.ME: "Assigned to the caller.",
+        AssigneeFilter.UNASSIGNED: "Assigned to nobody.",
+        AssigneeFilter.ANY: "Every conversation the caller may see.",
+    },
+)
 
 
 @strawberry.type(description="A customer who writes to the workspace on WhatsApp.")
@@ -129,7 +115,8 @@ class Conversation(Node):
 
     @strawberry.field(
         description="The history, oldest first and newest LAST: `last`/`before` scroll back, "
-        "`first`/`after` read forwards. Without arguments: the latest 50. At most 100 a page."
+        f"`first`/`after` read forwards. Without arguments: the latest {DEFAULT_PAGE}. "
+        f"At most {MAX_PAGE} a page."
     )
     async def messages(
         self,
@@ -139,24 +126,15 @@ class Conversation(Node):
         last: int | None = None,
         before: str | None = None,
     ) -> Connection[Message]:
-        window = await conversation_service.list_messages(
+        page = await conversation_service.list_messages(
             info.context.unit,
             self.row_id,
             first=first,
             after=decode_cursor(after) if after else None,
             last=last,
-            before=decode_cursor(before) if before else None,
+            before=decode_cursor(before, "before") if before else None,
         )
-        edges = [Edge(node=to_message(row), cursor=encode_cursor(row.id)) for row in window.rows]
-        return Connection(
-            edges=edges,
-            page_info=PageInfo(
-                has_next_page=window.has_next_page,
-                has_previous_page=window.has_previous_page,
-                start_cursor=edges[0].cursor if edges else None,
-                end_cursor=edges[-1].cursor if edges else None,
-            ),
-        )
+        return to_connection(page, to_message)
 
 
 @strawberry.type(description="One WhatsApp message, inbound or outbound.")
@@ -213,12 +191,10 @@ def to_contact(row: models.Contact) -> Contact:
 def to_conversation(row: models.Conversation) -> Conversation:
     return Conversation(
         id=strawberry.ID(encode_global_id("Conversation", row.id)),
-        status=ConversationStatus(row.status.value),
+        status=row.status,
         last_message_at=row.last_message_at,
         unread_count=row.unread_count,
-        service_window_expires_at=(
-            row.last_inbound_at + SERVICE_WINDOW if row.last_inbound_at is not None else None
-        ),
+        service_window_expires_at=service_window_expires_at(row),
         row_id=row.id,
         contact_id=row.contact_id,
         account_id=row.account_id,
@@ -231,10 +207,10 @@ def to_message(row: models.Message) -> Message:
     return Message(
         id=strawberry.ID(encode_global_id("Message", row.id)),
         cursor=encode_cursor(row.id),
-        direction=MessageDirection(row.direction.value),
+        direction=row.direction,
         type=row.type,
         text=row.text,
-        status=MessageStatus(row.status.value),
+        status=row.status,
         error_code=row.error_code,
         error_title=row.error_title,
         created_at=row.created_at,
