@@ -34,7 +34,7 @@ from weflux.models import (
     utcnow,
     workspace_models,
 )
-from weflux.services.audit import record
+from weflux.services.audit import Action, record
 
 pytestmark = postgres_only
 
@@ -209,7 +209,7 @@ async def theirs(db: Database, owner_db: Database, other_admin: Actor) -> Theirs
                 expires_at=utcnow() + timedelta(days=1),
             )
         )
-        await record(session, "test.event", details={})
+        await record(session, Action.MEMBER_INVITED, details={})
     event = WebhookEvent(
         body=b'{"secret": "their customer wrote this"}',
         body_sha256="0" * 64,
