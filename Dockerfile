@@ -1,14 +1,23 @@
 # The Weflux API and worker image (see docker-compose.yml).
+# Dependencies install exactly as locked in uv.lock, with the uv version the Makefile pins.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md alembic.ini ./
+RUN pip install --no-cache-dir uv==0.13.9
+ENV UV_PROJECT_ENVIRONMENT=/venv UV_PYTHON_DOWNLOADS=never UV_PYTHON_PREFERENCE=only-system \
+    UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy
+# The dependencies first (a layer that changes only with the lock), then the project itself,
+# installed as a wheel (not editable) so the Alembic scripts ship inside it.
+COPY pyproject.toml uv.lock README.md ./
+RUN uv sync --frozen --no-install-project --no-cache
+COPY alembic.ini ./
 COPY weflux ./weflux
 COPY migrations ./migrations
-RUN pip install --no-cache-dir --prefix=/install .
+RUN uv sync --frozen --no-editable --no-cache
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --home /app weflux
-COPY --from=build /install /usr/local
+COPY --from=build /venv /venv
+ENV PATH=/venv/bin:$PATH
 WORKDIR /app
 USER weflux
 ENV WEFLUX_ENV=production WEFLUX_VAR_DIR=/app/var PYTHONUNBUFFERED=1
