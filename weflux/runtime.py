@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 

@@ -218,3 +218,45 @@ async def test_events_published_while_redis_is_away_go_out_on_reconnection(
             await broker.stop()
             await redis.aclose()
         await proxy.close()
+
+
+async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
+    require_redis: None,
+) -> None:
+    """Given a subscribed broker, when the connection drops and comes back at once (redis-py's
+    own retry reconnects and resubscribes without raising), then the broker still reports the
+    reconnection: messages published in the gap were missed and views must catch up."""
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher = create_redis(TEST_REDIS_URL)
+    broker = RedisBroker(redis, backoff_base=0.02, backoff_cap=0.2)
+    await broker.start()
+    try:
+        await broker.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+        reconnections: list[int] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        async def on_reconnect() -> None:
+            reconnections.append(1)
+
+        await broker.subscribe(channel, handler)
+        broker.on_reconnect(on_reconnect)
+
+        await proxy.cut()
+        await proxy.restore()
+        await _eventually(lambda: reconnections == [1], seconds=10)
+
+        await publisher.publish(channel, '{"after": "blip"}')
+        await _eventually(lambda: received == [{"after": "blip"}])
+        assert reconnections == [1]
+    finally:
+        await broker.stop()
+        await redis.aclose()
+        await publisher.aclose()
+        await proxy.close()

@@ -123,6 +123,9 @@ class RedisBroker(Broker):
         self._backoff_cap = backoff_cap
         self._stopping = False
         self._unsent: list[tuple[str, str]] = []
+        # Set by redis-py when it reconnects the subscription by itself (its own retry
+        # resubscribes without raising): the reader then reports it like any reconnection.
+        self._reconnected_silently = False
 
     @property
     def connected(self) -> bool:
@@ -184,6 +187,8 @@ class RedisBroker(Broker):
         pubsub, self._pubsub = self._pubsub, None
         self._connected.clear()
         if pubsub is not None:
+            if pubsub.connection is not None:
+                pubsub.connection.deregister_connect_callback(self._on_silent_reconnect)
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
 
@@ -192,8 +197,16 @@ class RedisBroker(Broker):
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             # A sentinel channel keeps the connection subscribed even with no listeners.
             await pubsub.subscribe("weflux:broker", *self._handlers)
+            # Registered after the first connection, so it runs only on a reconnection
+            # (after redis-py's own callback has resubscribed).
+            assert pubsub.connection is not None
+            pubsub.connection.register_connect_callback(self._on_silent_reconnect)
+            self._reconnected_silently = False
             self._pubsub = pubsub
             self._connected.set()
+
+    async def _on_silent_reconnect(self, _connection: object) -> None:
+        self._reconnected_silently = True
 
     async def _run(self) -> None:
         attempt = 0
@@ -229,6 +242,12 @@ class RedisBroker(Broker):
         assert self._pubsub is not None
         while True:
             message = await self._pubsub.get_message(timeout=1.0)
+            if self._reconnected_silently:
+                # Messages published while the connection was down were missed.
+                self._reconnected_silently = False
+                log.info("broker reconnected")
+                await self._flush_unsent()
+                await self._notify_reconnected()
             if message is None or message.get("type") != "message":
                 continue
             channel = message["channel"]
