@@ -24,6 +24,7 @@ from weflux.config import (
     parse_duration,
 )
 from weflux.logs import configure_logging
+from weflux.secops.incident_cli import add_incident_commands
 
 # Each command imports what it needs inside its function, not here: `weflux --help` and
 # the light commands must not pay for SQLAlchemy, Alembic, Strawberry, uvicorn or the
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, default=100, help="rows per transaction (default 100)"
     )
     rotate.set_defaults(func=cmd_keys_rotate)
+
+    add_incident_commands(commands)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

@@ -27,6 +27,7 @@ from weflux.gql.errors import CodedErrors, log_errors
 from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
 from weflux.gql.identity.mutations import IdentityMutation
+from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
 from weflux.gql.inbox.mutations import InboxMutation
@@ -44,7 +45,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery, InboxQuery):
+class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery):
     @strawberry.field(
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
