@@ -49,7 +49,9 @@ def mailer_on(port: int) -> SmtpMailer:
     )
 
 
-async def open_for(owner_db: Database, *orgs: Organization, discovered_at: datetime = T0) -> Incident:
+async def open_for(
+    owner_db: Database, *orgs: Organization, discovered_at: datetime = T0
+) -> Incident:
     async with owner_db.session(all_workspaces="test: open an incident") as session:
         return await incidents.open_incident(
             session,
@@ -223,9 +225,7 @@ async def test_rls_shows_the_app_role_only_incidents_of_its_workspace(
     async with db.session(org.id) as session:
         seen = (await session.execute(text("SELECT id FROM incidents"))).scalars().all()
         assert seen == [mine.id]
-        updated = await session.execute(
-            text("UPDATE incident_workspaces SET notified_at = now()")
-        )
+        updated = await session.execute(text("UPDATE incident_workspaces SET notified_at = now()"))
         assert updated.rowcount == 0  # type: ignore[attr-defined]
     with pytest.raises(DBAPIError, match="row-level security"):
         async with db.session(org.id) as session:
