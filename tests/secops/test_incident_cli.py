@@ -68,16 +68,20 @@ async def test_an_incident_from_discovery_to_notice_to_post_mortem(
     assert parse_global_id(incident_id)[0] == "Incident"
 
     code, out, _ = await weflux(capsys, "incident", "list")
-    assert code == 0 and "Token leak" in out and "OVERDUE" not in out
+    assert code == 0
+    assert "Token leak" in out
+    assert "OVERDUE" not in out
 
     with running_server() as (handler, port):
         monkeypatch.setenv("WEFLUX_SMTP_URL", f"smtp://127.0.0.1:{port}")
         monkeypatch.setenv("WEFLUX_SMTP_FROM", "security@weflux.example")
         notify = ("incident", "notify", incident_id, "--message-file", message_file(tmp_path))
         code, out, _ = await weflux(capsys, *notify)
-        assert code == 0 and "notified 1 Admin(s); 0 told before" in out
+        assert code == 0
+        assert "notified 1 Admin(s); 0 told before" in out
         code, out, _ = await weflux(capsys, *notify)  # re-run: nobody twice
-        assert code == 0 and "notified 0 Admin(s); 1 told before" in out
+        assert code == 0
+        assert "notified 0 Admin(s); 1 told before" in out
     assert [mail.rcpt_tos for mail in handler.delivered] == [[admin.user.email]]
     assert b"we found an intrusion" in handler.delivered[0].content
 
@@ -85,7 +89,9 @@ async def test_an_incident_from_discovery_to_notice_to_post_mortem(
     code, out, _ = await weflux(capsys, "incident", "close", incident_id, "--post-mortem-url", url)
     assert code == 0
     code, out, _ = await weflux(capsys, "incident", "list")
-    assert code == 0 and "CLOSED" in out and url in out
+    assert code == 0
+    assert "CLOSED" in out
+    assert url in out
 
 
 @pytest.mark.usefixtures("operator_env")
@@ -114,7 +120,9 @@ async def test_list_exits_1_while_a_notice_or_post_mortem_is_overdue(
         notify = ("incident", "notify", incident_id, "--message-file", message_file(tmp_path))
         assert (await weflux(capsys, *notify))[0] == 0
     code, out, _ = await weflux(capsys, "incident", "list")
-    assert code == 1 and "NOTICE OVERDUE" not in out and "POST-MORTEM OVERDUE" in out
+    assert code == 1
+    assert "NOTICE OVERDUE" not in out
+    assert "POST-MORTEM OVERDUE" in out
 
     close = ("incident", "close", incident_id, "--post-mortem-url", "https://status.example/pm")
     assert (await weflux(capsys, *close))[0] == 0
@@ -130,8 +138,10 @@ async def test_open_refuses_what_is_not_a_workspace_id(
         capsys, "incident", "open", "--title", "x", "--discovered-at", "2026-12-01T00:00:00Z",
         "--workspace", member_id,
     )  # fmt: skip
-    assert code == 2 and "not the id of an Organization" in err
+    assert code == 2
+    assert "not the id of an Organization" in err
     with pytest.raises(SystemExit) as exited:  # argparse's own refusal
         main(["incident", "open", "--title", "x", "--discovered-at", "2026-12-01T00:00:00",
               "--workspace", str(org.id)])  # fmt: skip
-    assert exited.value.code == 2 and "time zone" in capsys.readouterr().err
+    assert exited.value.code == 2
+    assert "time zone" in capsys.readouterr().err

@@ -27,13 +27,13 @@ from weflux.gql.errors import CodedErrors, log_errors
 from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
 from weflux.gql.identity.mutations import IdentityMutation
-from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
 from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
 from weflux.gql.inbox.types import Contact, Conversation, Message
+from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires

@@ -3,7 +3,7 @@ sees them, and no other workspace's Admin learns of them."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import httpx
 import pytest

@@ -15,8 +15,7 @@ from weflux.secops import incidents as incident_service
 @strawberry.type
 class IncidentQuery:
     @strawberry.field(
-        description="Security incidents that affect the workspace, newest discovery first "
-        "(ADMIN).",
+        description="Security incidents that affect the workspace, newest discovery first (ADMIN).",
         permission_classes=[requires(Permission.READ_AUDIT)],
     )
     async def incidents(self, info: Info[Context, None]) -> list[Incident]:
