@@ -3,8 +3,10 @@ refuses plain-text URLs to the database, Redis and Meta on other hosts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -17,12 +19,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import free_port
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from tests.fixtures.tls import CertificatePair, make_certificate
 from weflux.config import ConfigError
+from weflux.db import Database
+from weflux.realtime.broker import Message, RedisBroker
+from weflux.runtime import create_redis
 from weflux.tls import harden, plaintext_database_url, plaintext_redis_url
 
 # --- a real handshake against `weflux serve` ------------------------------------------
@@ -306,3 +313,129 @@ def test_production_accepts_tls_urls(tmp_path: Path) -> None:
 def test_sslmode_is_refused_with_asyncpgs_name(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="ssl=require"):
         make_settings(tmp_path, database_url="postgresql+asyncpg://app@db/weflux?sslmode=require")
+
+
+# --- Redis over TLS ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_redis(certificate: CertificatePair, tmp_path: Path) -> Iterator[int]:
+    """A private redis-server speaking only TLS on a free port (skipped where the
+    machine's redis-server has no `--tls-port`: then only the refusal logic is tested)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on this machine: only the refusal logic is tested")
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--tls-cert-file",
+            str(certificate.certfile),
+            "--tls-key-file",
+            str(certificate.keyfile),
+            "--tls-ca-cert-file",
+            str(certificate.certfile),
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            if process.poll() is not None:
+                output = process.communicate()[0].decode(errors="replace")
+                if "tls" in output.lower():
+                    pytest.skip("redis-server lacks TLS support: only the refusal logic is tested")
+                raise AssertionError(f"redis-server exited: {output[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise AssertionError("redis-server did not listen in time") from None
+                time.sleep(0.05)
+        yield port
+    finally:
+        process.terminate()
+        try:
+            process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+
+
+@pytest.mark.redis
+async def test_rediss_urls_work_end_to_end_and_verify_the_server(
+    tls_redis: int, certificate: CertificatePair
+) -> None:
+    """Given a redis-server that speaks only TLS,
+    when the app's Redis client (and its broker) connect with `rediss://`,
+    then commands and pub/sub work; without the CA the certificate is refused, and plain
+    `redis://` to the TLS port gets nowhere."""
+    url = f"rediss://127.0.0.1:{tls_redis}/0?ssl_ca_certs={certificate.certfile}"
+    client = create_redis(url)
+    try:
+        assert await client.ping()
+        await client.set("weflux:tls", "yes")
+        assert await client.get("weflux:tls") == b"yes"
+        broker = RedisBroker(client)
+        await broker.start()
+        try:
+            await broker.wait_connected()
+            received: asyncio.Queue[Message] = asyncio.Queue()
+            await broker.subscribe("tls-test", received.put)
+            await broker.publish("tls-test", {"over": "tls"})
+            assert await asyncio.wait_for(received.get(), 5) == {"over": "tls"}
+        finally:
+            await broker.stop()
+    finally:
+        await client.aclose()
+
+    unverified = create_redis(f"rediss://127.0.0.1:{tls_redis}/0")  # system CAs only
+    try:
+        with pytest.raises(RedisConnectionError, match="certificate verify failed"):
+            await unverified.ping()
+    finally:
+        await unverified.aclose()
+    plain = create_redis(f"redis://127.0.0.1:{tls_redis}/0")
+    try:
+        with pytest.raises(RedisError):
+            await plain.ping()
+    finally:
+        await plain.aclose()
+
+
+# --- PostgreSQL's ssl option ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_the_postgresql_ssl_option_reaches_the_driver(database_urls: DatabaseUrls) -> None:
+    """This machine's PostgreSQL has TLS off, so `ssl=require` must fail to connect (the
+    option is honoured, never silently dropped) while the same URL without it connects.
+    The encrypted path itself is asyncpg's: see docs/operations/tls.md."""
+    separator = "&" if "?" in database_urls.app else "?"
+    required = Database(f"{database_urls.app}{separator}ssl=require")
+    try:
+        with pytest.raises(ConnectionError, match="SSL"):
+            await required.ping()
+    finally:
+        await required.dispose()
+    plain = Database(database_urls.app)
+    try:
+        await plain.ping()
+    finally:
+        await plain.dispose()
