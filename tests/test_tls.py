@@ -30,7 +30,13 @@ from weflux.config import ConfigError
 from weflux.db import Database
 from weflux.realtime.broker import Message, RedisBroker
 from weflux.runtime import create_redis
-from weflux.tls import harden, plaintext_database_url, plaintext_redis_url
+from weflux.tls import (
+    client_context,
+    harden,
+    plaintext_database_url,
+    plaintext_redis_url,
+    server_context,
+)
 
 # --- a real handshake against `weflux serve` ------------------------------------------
 
@@ -209,6 +215,26 @@ def test_serve_refuses_half_a_certificate_pair(
     )
     assert result.returncode == 2
     assert b"--ssl-keyfile" in result.stderr
+
+
+@old_protocols
+def test_outbound_context_verifies_and_needs_tls_1_2(
+    certificate: CertificatePair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The context of calls to Meta (and the rule SMTP follows): an unknown CA fails; the
+    same server with its CA trusted succeeds; a server stuck at TLS 1.1 fails."""
+    server = server_context(str(certificate.certfile), str(certificate.keyfile))
+    with one_shot_server(server) as port:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            _handshake(port, client_context())
+        monkeypatch.setenv("SSL_CERT_FILE", str(certificate.certfile))
+        assert _handshake(port, client_context())[0] in ("TLSv1.2", "TLSv1.3")
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    old.load_cert_chain(certificate.certfile, certificate.keyfile)
+    old.minimum_version = old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with one_shot_server(old) as port, pytest.raises(ssl.SSLError):
+        _handshake(port, client_context())
 
 
 # --- plain text refused in production ---------------------------------------------------

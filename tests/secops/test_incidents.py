@@ -181,6 +181,7 @@ async def test_a_refused_recipient_is_retried_and_keeps_the_notice_open(
     ("title", "discovered_at", "problem"),
     [
         ("", T0, "title"),
+        ("Breach\nBcc: everyone@example.com", T0, "one line"),
         ("Breach", T0.replace(tzinfo=None), "time zone"),
         ("Breach", datetime.now(UTC) + timedelta(days=1), "future"),
     ],

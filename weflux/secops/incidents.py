@@ -104,6 +104,8 @@ async def open_incident(
     title = title.strip()
     if not title or len(title) > MAX_TITLE_LENGTH:
         raise BadUserInput(f"The title must be 1 to {MAX_TITLE_LENGTH} characters.")
+    if not title.isprintable():  # it becomes an email subject: no line breaks
+        raise BadUserInput("The title must be one line of printable characters.")
     if discovered_at.tzinfo is None:
         raise BadUserInput("The discovery time needs a time zone (e.g. 2026-12-05T10:00:00Z).")
     if discovered_at > now + CLOCK_SKEW:
