@@ -37,6 +37,7 @@ async def test_security_txt_names_contact_expiry_policy_and_language(
     now = datetime.now(UTC)
     assert now + timedelta(days=150) < expiry < now + timedelta(days=365)
     assert found["Policy"] == ["http://testserver/.well-known/security-policy"]
+    assert response.headers["cache-control"] == "no-cache"  # named after the Host header
 
     policy = await client.get("/.well-known/security-policy")
     assert policy.status_code == 200
@@ -51,7 +52,9 @@ async def test_security_txt_uses_the_configured_contact_and_policy(
         security_contact="https://example.com/report",
         security_policy_url="https://example.com/security-policy",
     ) as client:
-        found = fields((await client.get("/.well-known/security.txt")).text)
+        response = await client.get("/.well-known/security.txt")
+    found = fields(response.text)
+    assert response.headers["cache-control"] == "public, max-age=86400"
     assert found["Contact"] == ["https://example.com/report"]
     assert found["Policy"] == ["https://example.com/security-policy"]
 

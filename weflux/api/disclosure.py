@@ -60,9 +60,13 @@ def render_security_txt(contact: str, policy_url: str, now: datetime) -> str:
 async def security_txt(request: Request) -> PlainTextResponse:
     """RFC 9116's security contact."""
     settings = runtime_of(request).settings
-    policy_url = settings.security_policy_url or str(request.url_for("security_policy"))
+    if settings.security_policy_url is not None:
+        policy_url, cache = settings.security_policy_url, CACHE_CONTROL
+    else:
+        # Built from the request's Host: a shared cache must not keep it for other hosts.
+        policy_url, cache = str(request.url_for("security_policy")), "no-cache"
     body = render_security_txt(settings.security_contact, policy_url, datetime.now(UTC))
-    return PlainTextResponse(body, headers={"Cache-Control": CACHE_CONTROL})
+    return PlainTextResponse(body, headers={"Cache-Control": cache})
 
 
 async def security_policy(request: Request) -> PlainTextResponse:
