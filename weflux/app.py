@@ -15,6 +15,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import ASGIApp
 
 from weflux.api import auth as auth_routes
+from weflux.api import disclosure
 from weflux.api import webhooks as webhook_routes
 from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
@@ -105,6 +106,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/readyz", readyz, methods=["GET"]),
         *auth_routes.routes,
         *webhook_routes.routes,
+        *disclosure.routes,
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]

@@ -24,6 +24,8 @@ from weflux.config import (
     parse_duration,
 )
 from weflux.logs import configure_logging
+from weflux.secops.incident_cli import add_incident_commands
+from weflux.tls import uvicorn_ssl_context
 
 # Each command imports what it needs inside its function, not here: `weflux --help` and
 # the light commands must not pay for SQLAlchemy, Alembic, Strawberry, uvicorn or the
@@ -136,8 +138,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         **UVICORN_OPTIONS,
+        **_tls_options(args, settings),
     )
     return 0
+
+
+def _tls_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """uvicorn's TLS options: the flags, else WEFLUX_SSL_CERTFILE/KEYFILE; none without."""
+    certfile = args.ssl_certfile or settings.ssl_certfile
+    keyfile = args.ssl_keyfile or settings.ssl_keyfile
+    if certfile is None and keyfile is None:
+        return {}
+    if certfile is None or keyfile is None:
+        raise ConfigError("--ssl-certfile and --ssl-keyfile go together: give both")
+    for flag, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if not Path(path).is_file():
+            raise ConfigError(f"{flag}: no file at {path}")
+    return {
+        "ssl_certfile": str(certfile),
+        "ssl_keyfile": str(keyfile),
+        "ssl_context_factory": uvicorn_ssl_context,
+    }
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -328,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--no-worker", action="store_true", help="no in-process delivery worker")
+    serve.add_argument("--ssl-certfile", type=Path, help="serve HTTPS: the certificate chain (PEM)")
+    serve.add_argument("--ssl-keyfile", type=Path, help="serve HTTPS: its private key (PEM)")
     serve.set_defaults(func=cmd_serve)
 
     worker = commands.add_parser("worker", help=cmd_worker.__doc__)
@@ -357,6 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=_positive, default=100, help="rows per transaction (default 100)"
     )
     rotate.set_defaults(func=cmd_keys_rotate)
+
+    add_incident_commands(commands)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

@@ -19,7 +19,8 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from weflux.mail.smtp import SmtpConfig
-from weflux.mail.url import parse_smtp_url
+from weflux.mail.url import is_loopback, parse_smtp_url
+from weflux.tls import plaintext_database_url, plaintext_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,15 @@ class Settings(BaseSettings):
     meta_app_secret: SecretStr | None = None
     meta_verify_token: SecretStr | None = None
     graphql_introspection: bool = True
+    # Vulnerability disclosure (/.well-known/security.txt, RFC 9116): where researchers
+    # write, and the policy page (unset: the app's own /.well-known/security-policy).
+    security_contact: str = "mailto:security@serves.in"
+    security_policy_url: str | None = None
+    # TLS in `weflux serve` (both or neither); see docs/operations/tls.md.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    # Production refuses plain-text Redis and PostgreSQL URLs to other hosts unless true.
+    allow_insecure_transport: bool = False
     # Query cost (see docs/api/limits.md): the nodes one operation may return, the
     # deadline of one operation, and the leaky buckets its cost is charged to.
     graphql_max_nodes: int = Field(default=10_000, ge=1)
@@ -229,7 +239,15 @@ class Settings(BaseSettings):
             raise ValueError("at most 5 minutes: a spent token must not stay usable for long")
         return interval
 
-    @field_validator("smtp_url", "smtp_from", "app_url", mode="before")
+    @field_validator(
+        "smtp_url",
+        "smtp_from",
+        "app_url",
+        "security_policy_url",
+        "ssl_certfile",
+        "ssl_keyfile",
+        mode="before",
+    )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
         # Compose and shells pass unset optional variables as empty strings.
@@ -244,6 +262,27 @@ class Settings(BaseSettings):
         if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.query:
             raise ValueError("expected the app's base URL, such as https://app.example.com")
         return value.strip().rstrip("/")
+
+    @field_validator("security_contact")
+    @classmethod
+    def _security_contact(cls, value: str) -> str:
+        value = value.strip()
+        scheme = value.partition(":")[0].lower()
+        if scheme not in ("mailto", "https", "tel") or len(value) <= len(scheme) + 1:
+            raise ValueError("expected a mailto:, https: or tel: URI (RFC 9116 Contact)")
+        if any(char.isspace() for char in value):
+            raise ValueError("a URI has no spaces")
+        return value
+
+    @field_validator("security_policy_url")
+    @classmethod
+    def _security_policy_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme != "https" or not parsed.netloc:
+            raise ValueError("expected an https:// URL (RFC 9116 Policy)")
+        return value.strip()
 
     @field_validator("request_body_timeout", mode="before")
     @classmethod
@@ -303,9 +342,12 @@ class Settings(BaseSettings):
         # light commands must not load SQLAlchemy)
         from sqlalchemy.engine import make_url
 
-        driver = make_url(value).drivername
-        if driver not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
+        url = make_url(value)
+        if url.drivername not in ("sqlite+aiosqlite", "postgresql+asyncpg"):
             raise ValueError("use sqlite+aiosqlite:///path or postgresql+asyncpg://user@host/db")
+        if "sslmode" in url.query:
+            # SQLAlchemy hands query options to asyncpg.connect, which knows only `ssl`.
+            raise ValueError("write ssl=require (or verify-ca, verify-full): asyncpg's sslmode")
         return value
 
     @model_validator(mode="after")
@@ -361,6 +403,23 @@ class Settings(BaseSettings):
             raise ConfigError("WEFLUX_ENCRYPTION_KEYS is not set")
         return parse_encryption_keys(self.encryption_keys.get_secret_value())
 
+    def _check_transport(self) -> None:
+        """Production: TLS to Meta always; to Redis and PostgreSQL on other hosts unless
+        WEFLUX_ALLOW_INSECURE_TRANSPORT says the network is trusted."""
+        graph = urlsplit(self.meta_graph_url)
+        if graph.scheme != "https" and not is_loopback(graph.hostname or ""):
+            raise ConfigError("WEFLUX_META_GRAPH_URL must be an https:// URL in production")
+        if self.allow_insecure_transport:
+            return
+        if self.redis_url and plaintext_redis_url(self.redis_url):
+            raise _plaintext_refusal("WEFLUX_REDIS_URL", "use rediss://")
+        for variable, url in (
+            ("WEFLUX_DATABASE_URL", self.database_url),
+            ("WEFLUX_DATABASE_MIGRATION_URL", self.database_migration_url),
+        ):
+            if url and plaintext_database_url(url):
+                raise _plaintext_refusal(variable, "add ?ssl=require (or verify-full)")
+
     def check(self) -> None:
         """Refuse unsafe settings; production is strict, naming the setting to fix."""
         for origin in self.origins:
@@ -374,8 +433,11 @@ class Settings(BaseSettings):
             _ = self.encryption_key_ring
         if self.smtp_url is not None:
             _ = self.platform_smtp
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ConfigError("WEFLUX_SSL_CERTFILE and WEFLUX_SSL_KEYFILE go together: set both")
         if not self.is_production:
             return
+        self._check_transport()
         for name in ("jwt_secret", "encryption_keys"):
             variable = f"WEFLUX_{name.upper()}"
             if getattr(self, name) is None:
@@ -396,6 +458,13 @@ class Settings(BaseSettings):
                 "WEFLUX_APP_URL must be set in production (or WEFLUX_ALLOWED_ORIGINS, whose "
                 "first entry it defaults to): emailed links point at the app"
             )
+
+
+def _plaintext_refusal(variable: str, fix: str) -> ConfigError:
+    return ConfigError(
+        f"{variable} would speak plain text to another host in production: {fix}, or set "
+        "WEFLUX_ALLOW_INSECURE_TRANSPORT=true if the network between them is trusted"
+    )
 
 
 def _dev_secrets_path(settings: Settings) -> Path:

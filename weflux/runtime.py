@@ -9,6 +9,8 @@ GraphQL context, the worker's jobs) receives the parts it needs, never the runti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
 
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
@@ -31,18 +33,25 @@ from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.services.channels import Services as ChannelServices
+from weflux.tls import TLS_MINIMUM
 from weflux.whatsapp.client import CloudApiClient
 from weflux.worker import jobs
 from weflux.worker.runner import Worker
 
 
 def create_redis(url: str) -> Redis:
+    """A client of `WEFLUX_REDIS_URL`; `rediss://` verifies the server and needs TLS 1.2+
+    (its CA from the system, or `?ssl_ca_certs=/path/ca.pem` in the URL)."""
+    tls: dict[str, Any] = {}
+    if urlsplit(url).scheme == "rediss":
+        tls["ssl_min_version"] = TLS_MINIMUM
     return Redis.from_url(
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         socket_connect_timeout=2.0,
         socket_timeout=5.0,
         health_check_interval=30,
+        **tls,
     )
 
 

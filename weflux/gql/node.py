@@ -20,6 +20,7 @@ from weflux.gql.identity.types import (
     to_user,
 )
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
+from weflux.gql.incidents.types import to_incident
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
 from weflux.models import (
@@ -33,6 +34,7 @@ from weflux.models import (
     Organization,
 )
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
+from weflux.secops import incidents as incident_service
 from weflux.services import members as member_service
 
 Resolver = Callable[[Info[Context, None], uuid.UUID], Awaitable[Node | None]]
@@ -99,6 +101,13 @@ async def _message(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     return to_message(row) if row else None
 
 
+async def _incident(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    if not info.context.actor.can(Permission.READ_AUDIT):
+        return None
+    found = await incident_service.workspace_incident(info.context.unit, row_id)
+    return to_incident(*found) if found else None
+
+
 RESOLVERS: dict[str, Resolver] = {
     "WhatsAppAccount": _whatsapp_account,
     "Member": _member,
@@ -110,6 +119,7 @@ RESOLVERS: dict[str, Resolver] = {
     "Contact": _contact,
     "Conversation": _conversation,
     "Message": _message,
+    "Incident": _incident,
 }
 
 

@@ -33,6 +33,7 @@ from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
 from weflux.gql.inbox.types import Contact, Conversation, Message
+from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires
@@ -44,7 +45,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery, InboxQuery):
+class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery):
     @strawberry.field(
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],

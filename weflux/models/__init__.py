@@ -16,6 +16,7 @@ from weflux.models.inbox import (
     WebhookEventStatus,
     moves_forward,
 )
+from weflux.models.incident import Incident, IncidentNotice, IncidentStatus, IncidentWorkspace
 from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
@@ -31,6 +32,10 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationStatus",
+    "Incident",
+    "IncidentNotice",
+    "IncidentStatus",
+    "IncidentWorkspace",
     "Invitation",
     "Membership",
     "Message",

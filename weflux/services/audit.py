@@ -33,6 +33,9 @@ class Action(StrEnum):
     WHATSAPP_ACCOUNT_DISCONNECTED = "whatsapp_account.disconnected"
     SMTP_SETTINGS_UPDATED = "smtp_settings.updated"
     KEYS_ROTATED = "keys.rotated"
+    INCIDENT_OPENED = "incident.opened"
+    INCIDENT_NOTIFIED = "incident.notified"
+    INCIDENT_CLOSED = "incident.closed"
 
 
 class Severity(StrEnum):

@@ -13,6 +13,7 @@ import httpx
 
 from weflux.config import Settings
 from weflux.models.whatsapp import QualityRating
+from weflux.tls import client_context
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify, scrub
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,8 @@ class CloudApiClient:
             timeout=timeout,
             limits=limits,
             follow_redirects=False,
+            # TLS 1.2+, the certificate and host name verified (weflux.tls).
+            verify=client_context(),
             transport=transport,
             headers={"Accept": "application/json", "User-Agent": "weflux"},
         )

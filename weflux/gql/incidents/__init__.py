@@ -1,0 +1,1 @@
+"""The incident register as the affected workspaces' Admins see it."""

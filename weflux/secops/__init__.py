@@ -1,0 +1,1 @@
+"""Security operations: the incident register (and, beside it, detectors and alerts)."""
