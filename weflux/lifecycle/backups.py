@@ -1,0 +1,396 @@
+"""`weflux backup`: consistent, encrypted, streamed snapshots of the whole database.
+
+`create` reads every table in one snapshot transaction as the schema owner (the app's
+role sees one workspace per transaction) and seals JSON Lines per table, in foreign-key
+order, through `weflux.lifecycle.backup_file`. `restore` opens and checks the whole file
+before writing anything, then, in one transaction on an empty database, creates the
+schema at the backup's revision, loads the rows and replays the erasure ledger; only
+then does it commit, migrate to this release's head and grant the app's role its rights.
+Stored secrets are copied as they are: sealed under the application's key ring.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, TextIO
+
+from sqlalchemy import Column, MetaData, Table, insert, inspect, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import NullType
+from sqlmodel import SQLModel
+
+import weflux.models  # noqa: F401  (fills the metadata)
+from weflux.config import Settings
+from weflux.db import begin_snapshot, maintenance_database
+from weflux.lifecycle.backup_file import (
+    SUFFIX,
+    BackupError,
+    BackupHeader,
+    BackupReader,
+    BackupWriter,
+    KeyRing,
+    read_header,
+)
+from weflux.lifecycle.backup_rows import TableEnd, TableLayout, TableStart, end_line, records
+from weflux.migrate import head_revision, is_known_revision, migrate, upgrade_in_transaction
+from weflux.models import utcnow
+
+log = logging.getLogger(__name__)
+
+ROWS_PER_FETCH = 1000
+ROWS_PER_INSERT = 1000
+# The erasure ledger (issue 12): its rows survive in every backup; a restore replays
+# those of newer backups so that nothing erased after the backup comes back.
+ERASURE_LEDGER_TABLE = "erasure_ledger"
+
+
+class Progress:
+    """Progress lines on the terminal (stderr) for long runs, at most one every `every` s."""
+
+    def __init__(self, action: str, stream: TextIO | None = None, every: float = 2.0) -> None:
+        self.action = action
+        self.stream = stream if stream is not None else sys.stderr
+        self.every = every
+        self.started = time.monotonic()
+        self._last = self.started
+        self.rows = 0
+
+    def advance(self, table: str, rows: int) -> None:
+        self.rows += rows
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            rate = self.rows / max(now - self.started, 1e-9)
+            print(
+                f"{self.action}: {self.rows:,} rows ({table}), {rate:,.0f} rows/s",
+                file=self.stream,
+                flush=True,
+            )
+
+
+@dataclass
+class BackupSummary:
+    """What a backup holds (or a restore loaded)."""
+
+    path: Path
+    kid: str
+    revision: str
+    created_at: datetime
+    tables: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.tables.values())
+
+    def describe(self) -> str:
+        return (
+            f"{self.path}: key `{self.kid}`, schema {self.revision}, taken "
+            f"{self.created_at.isoformat()}, {self.rows:,} rows in {len(self.tables)} tables"
+        )
+
+
+def backup_name(created_at: datetime) -> str:
+    return f"weflux-{created_at:%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}{SUFFIX}"
+
+
+# --- create ---------------------------------------------------------------------------------
+
+
+async def create_backup(
+    settings: Settings, *, out: Path | None = None, progress: Progress | None = None
+) -> BackupSummary:
+    """Write a backup of the whole database (WEFLUX_DATABASE_MIGRATION_URL)."""
+    kid, key = settings.backup_key_ring[0]
+    db = await maintenance_database(settings.migration_url)
+    try:
+        async with db.engine.connect() as connection:
+            await begin_snapshot(connection)
+            revision = await _snapshot_revision(connection)
+            header = BackupHeader.new(
+                kid=kid, revision=revision, created_at=utcnow(), dialect=db.dialect
+            )
+            path = (
+                out if out is not None else settings.backups_path / backup_name(header.created_at)
+            )
+            writer = BackupWriter(path, header, key)
+            try:
+                tables = await _dump(connection, writer, progress)
+                writer.finish({"tables": tables})
+            except BaseException:
+                writer.abort()
+                raise
+            await connection.rollback()
+    finally:
+        await db.dispose()
+    return BackupSummary(path, kid, revision, header.created_at, tables)
+
+
+async def _snapshot_revision(connection: AsyncConnection) -> str:
+    if not await connection.run_sync(lambda sync: inspect(sync).has_table("alembic_version")):
+        raise BackupError("the database has no schema: nothing to back up")
+    revisions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    head = head_revision()
+    if [row[0] for row in revisions] != [head]:
+        at = ", ".join(sorted(row[0] for row in revisions)) or "no migration"
+        raise BackupError(
+            f"the database schema is at {at}, this release backs up {head}: "
+            "run `weflux migrate` first (or back up with the release that migrated it)"
+        )
+    return head
+
+
+async def _dump(
+    connection: AsyncConnection, writer: BackupWriter, progress: Progress | None
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for model in SQLModel.metadata.sorted_tables:
+        layout = TableLayout.of(model)
+        encoders = layout.encoders()
+        writer.write(layout.start_line())
+        order = [layout.table.c[column.name] for column in model.primary_key.columns]
+        statement = select(layout.table).order_by(*order)
+        result = await connection.stream(statement.execution_options(yield_per=ROWS_PER_FETCH))
+        rows = 0
+        async for partition in result.partitions(ROWS_PER_FETCH):
+            writer.write(b"".join(layout.row_line(row, encoders) for row in partition))
+            rows += len(partition)
+            if progress is not None:
+                progress.advance(model.name, len(partition))
+        writer.write(end_line(model.name, rows))
+        counts[model.name] = rows
+    return counts
+
+
+# --- verify ---------------------------------------------------------------------------------
+
+
+def verify_backup(path: Path, keys: KeyRing, progress: Progress | None = None) -> BackupSummary:
+    """Open and check the whole file without restoring it; BackupError when it fails."""
+    reader = BackupReader(path, keys)
+    tables: dict[str, int] = {}
+    for record in records(reader.chunks()):
+        if isinstance(record, TableStart):
+            if record.name in tables:
+                raise BackupError(f"table `{record.name}` appears twice")
+            tables[record.name] = 0
+        elif isinstance(record, TableEnd):
+            tables[record.name] = record.rows
+        elif progress is not None:
+            progress.advance("verify", 1)
+    assert reader.trailer is not None  # chunks() ended without an error: the trailer checked
+    if reader.trailer.get("tables") != tables:
+        raise BackupError("the trailer's row counts do not match the data: the file was altered")
+    header = reader.header
+    return BackupSummary(path, header.kid, header.revision, header.created_at, tables)
+
+
+# --- restore --------------------------------------------------------------------------------
+
+
+async def restore_backup(
+    settings: Settings, path: Path, *, progress: Progress | None = None
+) -> BackupSummary:
+    """Restore `path` into the empty database of WEFLUX_DATABASE_MIGRATION_URL.
+
+    Nothing is written unless the whole file verifies, the target is empty, and the
+    load and the erasure replay succeed: they run in one transaction with the schema.
+    """
+    keys = settings.backup_key_ring
+    summary = verify_backup(path, keys)
+    if not is_known_revision(summary.revision):
+        raise BackupError(
+            f"the backup's schema revision {summary.revision} is unknown to this release: "
+            "restore it with the release that made it (or a newer one)"
+        )
+    newer = newer_ledger_entries(settings.backups_path, path, summary.created_at, keys)
+    db = await maintenance_database(settings.migration_url)
+    try:
+        async with db.engine.connect() as connection:
+            await connection.begin()
+            await _refuse_non_empty(connection)
+            if db.dialect == "postgresql":
+                await connection.execute(text("SET LOCAL statement_timeout = 0"))
+            await connection.run_sync(upgrade_in_transaction, summary.revision)
+            target = await connection.run_sync(_reflect)
+            loaded = await _load(connection, BackupReader(path, keys), target, progress)
+            if loaded != summary.tables:
+                raise BackupError("the file changed while it was being restored")
+            await replay_erasures(connection, newer)
+            await connection.commit()
+    finally:
+        await db.dispose()
+    # To this release's head, and the app's role's grants (a separate role on PostgreSQL).
+    await migrate(settings.migration_url, app_url=settings.database_url)
+    return summary
+
+
+async def _refuse_non_empty(connection: AsyncConnection) -> None:
+    names = await connection.run_sync(lambda sync: inspect(sync).get_table_names())
+    if names:
+        raise BackupError(
+            f"the target database is not empty ({len(names)} tables, e.g. `{sorted(names)[0]}`): "
+            "restore writes only into an empty database"
+        )
+
+
+def _reflect(connection: Connection) -> MetaData:
+    metadata = MetaData()
+    metadata.reflect(connection)
+    return metadata
+
+
+async def _load(
+    connection: AsyncConnection,
+    reader: BackupReader,
+    target: MetaData,
+    progress: Progress | None,
+) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    layout: TableLayout | None = None
+    batch: list[dict[str, Any]] = []
+    for record in records(reader.chunks()):
+        if isinstance(record, TableStart):
+            if record.name not in target.tables:
+                raise BackupError(
+                    f"table `{record.name}` does not exist at the backup's schema revision"
+                )
+            model = SQLModel.metadata.tables.get(record.name)
+            layout = TableLayout.for_restore(
+                record.name, record.columns, model, target.tables[record.name]
+            )
+            counts[record.name] = 0
+        elif isinstance(record, TableEnd):
+            assert layout is not None
+            await _insert(connection, layout.table, batch, progress)
+            counts[record.name] = record.rows
+            layout = None
+        else:
+            assert layout is not None
+            batch.append(layout.decode(record))
+            if len(batch) >= ROWS_PER_INSERT:
+                await _insert(connection, layout.table, batch, progress)
+    # `records` ended: the whole file authenticated again, trailer included.
+    return counts
+
+
+async def _insert(
+    connection: AsyncConnection,
+    table: Table,
+    batch: list[dict[str, Any]],
+    progress: Progress | None,
+) -> None:
+    if not batch:
+        return
+    await connection.execute(insert(table), batch)
+    if progress is not None:
+        progress.advance(table.name, len(batch))
+    batch.clear()
+
+
+# --- the erasure ledger ---------------------------------------------------------------------
+
+
+def newer_ledger_entries(
+    directory: Path, restored: Path, taken_at: datetime, keys: KeyRing
+) -> list[dict[str, Any]]:
+    """The erasure ledger rows of every backup in `directory` taken after `taken_at`.
+
+    Each newer backup is opened and checked whole; one that cannot be read stops the
+    restore (its erasures could not be replayed): move it away to restore without it.
+    """
+    entries: list[dict[str, Any]] = []
+    if not directory.is_dir():
+        return entries
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        if path.resolve() == restored.resolve():
+            continue
+        try:
+            header, _ = read_header(path)
+            if header.created_at <= taken_at:
+                continue
+            entries.extend(_ledger_rows(path, keys))
+        except BackupError as exc:
+            raise BackupError(
+                f"the newer backup {path} cannot be read for its erasure ledger ({exc}); "
+                "move it out of WEFLUX_BACKUP_DIR to restore without it"
+            ) from None
+    return entries
+
+
+def _ledger_rows(path: Path, keys: KeyRing) -> Iterable[dict[str, Any]]:
+    reader = BackupReader(path, keys)
+    layout: TableLayout | None = None
+    rows: list[dict[str, Any]] = []
+    for record in records(reader.chunks()):
+        if isinstance(record, TableStart):
+            layout = None
+            if record.name == ERASURE_LEDGER_TABLE:
+                layout = TableLayout.for_restore(
+                    record.name, record.columns, None, _plain_table(record.name, record.columns)
+                )
+        elif isinstance(record, list) and layout is not None:
+            rows.append(layout.decode(record))
+    return rows
+
+
+def _plain_table(name: str, columns: list[tuple[str, str]]) -> Table:
+    return Table(name, MetaData(), *(Column(column, NullType()) for column, _ in columns))
+
+
+async def replay_erasures(connection: AsyncConnection, newer_entries: list[dict[str, Any]]) -> int:
+    """The restore's last step, in its transaction: erase again what the ledger names.
+
+    `newer_entries` are the ledger rows of backups taken after the restored one (from
+    `newer_ledger_entries`); the restored ledger's own rows are in the database already.
+    Wiring this to `weflux.lifecycle.ledger` must: insert the newer entries not present
+    yet, then apply every ledger entry (erase the contacts, delete the workspaces) with
+    the connection given. Until then, a release that has a ledger table refuses to
+    restore rather than bring erased data back.
+    """
+    if ERASURE_LEDGER_TABLE not in SQLModel.metadata.tables:
+        return 0  # no ledger in this release: nothing erased that a restore could revive
+    raise BackupError(
+        "this release keeps an erasure ledger that restore does not replay yet; "
+        "refusing, so that no erased data comes back"
+    )
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+
+def prune_backups(
+    directory: Path, retention: timedelta, *, now: datetime | None = None
+) -> list[Path]:
+    """Delete the backups in `directory` taken more than `retention` ago; keep the newest.
+
+    Age is the time in each file's header; files that are not backups are left alone, as
+    are unfinished ones (`.partial`) younger than `retention` by their modification time.
+    """
+    now = now if now is not None else utcnow()
+    cutoff = now - retention
+    dated: list[tuple[datetime, Path]] = []
+    if not directory.is_dir():
+        return []
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        try:
+            header, _ = read_header(path)
+        except (BackupError, OSError) as exc:
+            log.warning("not a backup, left alone: %s (%s)", path, exc)
+            continue
+        dated.append((header.created_at, path))
+    newest = max(dated)[1] if dated else None
+    doomed = [path for taken, path in dated if taken < cutoff and path != newest]
+    for partial in directory.glob(f"*{SUFFIX}.partial"):
+        if partial.stat().st_mtime < cutoff.timestamp():
+            doomed.append(partial)
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed
