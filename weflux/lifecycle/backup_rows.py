@@ -24,8 +24,20 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import JSON, Column, Enum, MetaData, String, Table, Text
-from sqlalchemy.types import TypeEngine
+from sqlalchemy import (
+    JSON,
+    Column,
+    Dialect,
+    Enum,
+    MetaData,
+    Select,
+    String,
+    Table,
+    Text,
+    cast,
+    select,
+)
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from weflux.lifecycle.backup_file import BackupError
 
@@ -62,17 +74,34 @@ _KINDS: list[tuple[type, str]] = [
 ]
 
 
+class RawJSON(TypeDecorator[str]):
+    """A JSON column as its stored text: written as is, read through `CAST(... AS TEXT)`."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+    def result_processor(self, dialect: Dialect, coltype: object) -> None:
+        return None
+
+
 def storage_type(column: Column[Any]) -> TypeEngine[Any]:
     """The type a column is copied through (see the module's docstring)."""
     kind = column.type
-    if isinstance(kind, JSON):
-        return Text()
+    if isinstance(kind, JSON | RawJSON):
+        return RawJSON()
     if isinstance(kind, Enum):
         return String()
     return kind
 
 
 def kind_of(storage: TypeEngine[Any]) -> str:
+    if isinstance(storage, RawJSON):
+        return "plain"
+    if isinstance(storage, TypeDecorator):
+        storage = storage.impl_instance
     try:
         python_type = storage.python_type
     except NotImplementedError:
@@ -123,6 +152,17 @@ class TableLayout:
                     f"table `{name}` has no column `{column}` at the backup's schema revision"
                 )
         return cls._build(name, columns, storage)
+
+    def select(self) -> Select[Any]:
+        """Every column, JSON ones as their stored text."""
+        return select(
+            *(
+                cast(column, Text).label(column.name)
+                if isinstance(column.type, RawJSON)
+                else column
+                for column in self.table.columns
+            )
+        ).select_from(self.table)
 
     def start_line(self) -> bytes:
         return _line({"table": self.name, "columns": [list(pair) for pair in self.columns]})

@@ -15,14 +15,16 @@ import logging
 import secrets
 import sys
 import time
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TextIO
 
-from sqlalchemy import Column, MetaData, Table, insert, inspect, select, text
+from sqlalchemy import Column, MetaData, Table, insert, inspect, text
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SAWarning
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import NullType
 from sqlmodel import SQLModel
@@ -156,7 +158,7 @@ async def _dump(
         encoders = layout.encoders()
         writer.write(layout.start_line())
         order = [layout.table.c[column.name] for column in model.primary_key.columns]
-        statement = select(layout.table).order_by(*order)
+        statement = layout.select().order_by(*order)
         result = await connection.stream(statement.execution_options(yield_per=ROWS_PER_FETCH))
         rows = 0
         async for partition in result.partitions(ROWS_PER_FETCH):
@@ -243,7 +245,10 @@ async def _refuse_non_empty(connection: AsyncConnection) -> None:
 
 def _reflect(connection: Connection) -> MetaData:
     metadata = MetaData()
-    metadata.reflect(connection)
+    with warnings.catch_warnings():
+        # Expression indexes are not reflected; only the columns matter here.
+        warnings.simplefilter("ignore", SAWarning)
+        metadata.reflect(connection)
     return metadata
 
 
