@@ -1,0 +1,158 @@
+"""`weflux backup`: round trips on each engine and across them, refusals, prune."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.backups import (
+    backup_settings,
+    populate,
+    table_contents,
+    table_names,
+)
+from tests.fixtures.databases import DatabaseUrls, SqliteTemplate, postgres_only
+from weflux.crypto.fields import open_secret
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database
+from weflux.lifecycle.backup_file import BackupError
+from weflux.lifecycle.backups import (
+    create_backup,
+    prune_backups,
+    replay_erasures,
+    restore_backup,
+    verify_backup,
+)
+from weflux.models import WhatsAppAccount
+from weflux.models.base import utcnow
+
+
+async def test_a_backup_restores_every_row_on_the_same_engine(
+    database_urls: DatabaseUrls, empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a populated database, when it is backed up and restored into an empty one of
+    the same engine, then every table holds the same rows, and the app's role reads them."""
+    source = backup_settings(tmp_path, database_urls)
+    await populate(source)
+    summary = await create_backup(source)
+    assert summary.path.parent == tmp_path / "backups"
+    assert summary.tables["messages"] >= 5
+
+    target = backup_settings(tmp_path, empty_database_urls)
+    restored = await restore_backup(target, summary.path)
+
+    assert restored.tables == summary.tables
+    assert await table_contents(empty_database_urls.owner) == await table_contents(
+        database_urls.owner
+    )
+    await _secrets_still_open(target, empty_database_urls)
+
+
+async def _secrets_still_open(settings: object, urls: DatabaseUrls) -> None:
+    """The app (its own role on PostgreSQL) reads the restored rows; secrets still open."""
+    from weflux.config import Settings
+
+    assert isinstance(settings, Settings)
+    db = Database(urls.app)
+    owner = Database(urls.owner, maintenance=True)
+    try:
+        async with owner.session(all_workspaces="test: find the demo number") as session:
+            account = (await session.exec(_select_accounts())).first()
+        assert account is not None
+        async with db.session(account.org_id) as session:
+            mine = await session.get(WhatsAppAccount, account.id)
+            assert mine is not None
+            token = open_secret(KeyRing.from_settings(settings), mine, "access_token_enc")
+            assert token is not None and token.reveal()
+    finally:
+        await db.dispose()
+        await owner.dispose()
+
+
+def _select_accounts():  # type: ignore[no-untyped-def]
+    from sqlmodel import select
+
+    return select(WhatsAppAccount)
+
+
+@postgres_only
+async def test_a_sqlite_backup_restores_into_postgresql(
+    sqlite_template: SqliteTemplate, empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a demo on SQLite, when its backup is restored into an empty PostgreSQL, then
+    every row is there, spelled alike, and the app's restricted role can use them."""
+    (tmp_path / "source").mkdir()
+    sqlite = sqlite_template.clone(tmp_path / "source")
+    source = backup_settings(tmp_path, sqlite)
+    await populate(source)
+    summary = await create_backup(source)
+
+    target = backup_settings(tmp_path, empty_database_urls)
+    await restore_backup(target, summary.path)
+
+    assert await table_contents(empty_database_urls.owner) == await table_contents(sqlite.owner)
+    await _secrets_still_open(target, empty_database_urls)
+
+
+async def test_restore_refuses_a_database_that_is_not_empty(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a backup, when it is restored over a database with tables, then it is refused
+    and the database keeps its rows."""
+    settings = backup_settings(tmp_path, database_urls)
+    await populate(settings)
+    summary = await create_backup(settings)
+    before = await table_contents(database_urls.owner)
+
+    with pytest.raises(BackupError, match="not empty"):
+        await restore_backup(settings, summary.path)
+
+    assert await table_contents(database_urls.owner) == before
+
+
+async def test_a_backup_verifies_and_names_its_key_revision_and_time(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    settings = backup_settings(tmp_path, database_urls)
+    await populate(settings)
+    out = tmp_path / "elsewhere" / "b.wfxbak"
+
+    summary = await create_backup(settings, out=out)
+
+    verified = verify_backup(out, settings.backup_key_ring)
+    assert summary.path == out and out.stat().st_mode & 0o777 == 0o600
+    assert (verified.kid, verified.revision, verified.tables) == ("bk1", summary.revision, summary.tables)
+    assert abs(verified.created_at - utcnow()) < timedelta(minutes=1)
+
+
+async def test_restore_without_a_ledger_replays_nothing(
+    empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """This release has no erasure ledger table: the replay step is a no-op, not a refusal."""
+    db = Database(empty_database_urls.owner, maintenance=True)
+    try:
+        async with db.engine.connect() as connection:
+            assert await replay_erasures(connection, []) == 0
+    finally:
+        await db.dispose()
+
+
+async def test_prune_deletes_backups_past_retention_but_keeps_the_newest(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    settings = backup_settings(tmp_path, database_urls)
+    first = (await create_backup(settings)).path
+    second = (await create_backup(settings)).path
+    stray = settings.backups_path / "notes.wfxbak"
+    stray.write_text("not a backup")
+
+    assert prune_backups(settings.backups_path, timedelta(days=30)) == []
+    later = utcnow() + timedelta(days=31)
+    deleted = prune_backups(settings.backups_path, timedelta(days=30), now=later)
+
+    assert deleted == [first]
+    assert not first.exists() and second.exists() and stray.exists()
+    assert prune_backups(settings.backups_path, timedelta(days=30), now=later) == []
+    assert await table_names(database_urls.owner)  # the database itself untouched
