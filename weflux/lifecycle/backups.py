@@ -31,7 +31,7 @@ from sqlmodel import SQLModel
 
 import weflux.models  # noqa: F401  (fills the metadata)
 from weflux.config import Settings
-from weflux.db import begin_snapshot, maintenance_database
+from weflux.db import Database, begin_snapshot, maintenance_database
 from weflux.lifecycle.backup_file import (
     SUFFIX,
     BackupError,
@@ -213,7 +213,9 @@ async def restore_backup(
             "restore it with the release that made it (or a newer one)"
         )
     newer = newer_ledger_entries(settings.backups_path, path, summary.created_at, keys)
-    db = await maintenance_database(settings.migration_url)
+    # Not `maintenance_database`: its role check asks who owns the tables, and there are
+    # none yet. The role that creates them here owns them, as `weflux migrate` would.
+    db = Database(settings.migration_url, pool_size=1, maintenance=True)
     try:
         async with db.engine.connect() as connection:
             await connection.begin()
