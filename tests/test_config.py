@@ -127,7 +127,9 @@ def test_production_refuses_a_backup_key_that_is_also_an_application_key(
     shared = "b1:" + application.split(":", 1)[1]
     own = generate_encryption_key_entry("b2")
 
-    with pytest.raises(ConfigError, match="WEFLUX_BACKUP_KEYS: key `b1` is also in WEFLUX_ENCRYPTION_KEYS"):
+    with pytest.raises(
+        ConfigError, match="WEFLUX_BACKUP_KEYS: key `b1` is also in WEFLUX_ENCRYPTION_KEYS"
+    ):
         _production(tmp_path, encryption_keys=application, backup_keys=f"{own},{shared}")
     settings = _production(tmp_path, encryption_keys=application, backup_keys=own)
     assert [kid for kid, _ in settings.backup_key_ring] == ["b2"]

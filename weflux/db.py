@@ -105,9 +105,7 @@ async def begin_snapshot(connection: AsyncConnection) -> None:
         await connection.execution_options(**{_READ_ONLY: True})
         await connection.begin()
         return
-    await connection.execution_options(
-        isolation_level="REPEATABLE READ", postgresql_readonly=True
-    )
+    await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     await connection.begin()
     await connection.execute(text("SET LOCAL statement_timeout = 0"))
 

@@ -80,6 +80,10 @@ TAMPERINGS: dict[str, tuple[Callable[[bytes], bytes], str]] = {
 }
 
 
+def _rewrite(path: Path, alter: Callable[[bytes], bytes]) -> None:
+    path.write_bytes(alter(path.read_bytes()))
+
+
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunks of 512 bytes, so that a small database makes many."""
@@ -102,7 +106,7 @@ async def test_a_tampered_file_is_refused_and_restore_writes_nothing(
     """Given a backup altered on disk, when it is verified or restored, then each is
     refused with a clear error and the target database stays without a table."""
     alter, reason = TAMPERINGS[tampering]
-    backup.write_bytes(alter(backup.read_bytes()))
+    _rewrite(backup, alter)
     target = backup_settings(tmp_path, empty_database_urls)
 
     with pytest.raises(BackupError, match=reason):
@@ -120,7 +124,9 @@ async def test_a_key_of_another_id_is_refused_naming_the_missing_key(
         tmp_path, empty_database_urls, keys=generate_encryption_key_entry("other")
     )
 
-    with pytest.raises(BackupError, match="sealed with key `bk1`, which WEFLUX_BACKUP_KEYS does not hold"):
+    with pytest.raises(
+        BackupError, match="sealed with key `bk1`, which WEFLUX_BACKUP_KEYS does not hold"
+    ):
         await restore_backup(target, backup)
 
     assert await table_names(empty_database_urls.owner) == []

@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
 
 from tests.fixtures.backups import (
     backup_settings,
@@ -14,6 +15,7 @@ from tests.fixtures.backups import (
     table_names,
 )
 from tests.fixtures.databases import DatabaseUrls, SqliteTemplate, postgres_only
+from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
@@ -50,31 +52,23 @@ async def test_a_backup_restores_every_row_on_the_same_engine(
     await _secrets_still_open(target, empty_database_urls)
 
 
-async def _secrets_still_open(settings: object, urls: DatabaseUrls) -> None:
+async def _secrets_still_open(settings: Settings, urls: DatabaseUrls) -> None:
     """The app (its own role on PostgreSQL) reads the restored rows; secrets still open."""
-    from weflux.config import Settings
-
-    assert isinstance(settings, Settings)
     db = Database(urls.app)
     owner = Database(urls.owner, maintenance=True)
     try:
         async with owner.session(all_workspaces="test: find the demo number") as session:
-            account = (await session.exec(_select_accounts())).first()
+            account = (await session.exec(select(WhatsAppAccount))).first()
         assert account is not None
         async with db.session(account.org_id) as session:
             mine = await session.get(WhatsAppAccount, account.id)
             assert mine is not None
             token = open_secret(KeyRing.from_settings(settings), mine, "access_token_enc")
-            assert token is not None and token.reveal()
+            assert token is not None
+            assert token.reveal()
     finally:
         await db.dispose()
         await owner.dispose()
-
-
-def _select_accounts():  # type: ignore[no-untyped-def]
-    from sqlmodel import select
-
-    return select(WhatsAppAccount)
 
 
 @postgres_only
@@ -122,8 +116,13 @@ async def test_a_backup_verifies_and_names_its_key_revision_and_time(
     summary = await create_backup(settings, out=out)
 
     verified = verify_backup(out, settings.backup_key_ring)
-    assert summary.path == out and out.stat().st_mode & 0o777 == 0o600
-    assert (verified.kid, verified.revision, verified.tables) == ("bk1", summary.revision, summary.tables)
+    assert summary.path == out
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert (verified.kid, verified.revision, verified.tables) == (
+        "bk1",
+        summary.revision,
+        summary.tables,
+    )
     assert abs(verified.created_at - utcnow()) < timedelta(minutes=1)
 
 
@@ -153,6 +152,8 @@ async def test_prune_deletes_backups_past_retention_but_keeps_the_newest(
     deleted = prune_backups(settings.backups_path, timedelta(days=30), now=later)
 
     assert deleted == [first]
-    assert not first.exists() and second.exists() and stray.exists()
+    assert not first.exists()
+    assert second.exists()
+    assert stray.exists()
     assert prune_backups(settings.backups_path, timedelta(days=30), now=later) == []
     assert await table_names(database_urls.owner)  # the database itself untouched
