@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
+import uuid
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import insert
 from sqlmodel import select
 
 from tests.fixtures.backups import (
@@ -14,21 +17,22 @@ from tests.fixtures.backups import (
     table_contents,
     table_names,
 )
-from tests.fixtures.databases import DatabaseUrls, SqliteTemplate, postgres_only
+from tests.fixtures.databases import DatabaseUrls, SqliteTemplate, postgres_only, run_blocking
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle.backup_file import BackupError
 from weflux.lifecycle.backups import (
+    Progress,
     create_backup,
     prune_backups,
     replay_erasures,
     restore_backup,
     verify_backup,
 )
-from weflux.models import WhatsAppAccount
-from weflux.models.base import utcnow
+from weflux.models import User, WhatsAppAccount
+from weflux.models.base import new_id, utcnow
 
 
 async def test_a_backup_restores_every_row_on_the_same_engine(
@@ -157,3 +161,77 @@ async def test_prune_deletes_backups_past_retention_but_keeps_the_newest(
     assert stray.exists()
     assert prune_backups(settings.backups_path, timedelta(days=30), now=later) == []
     assert await table_names(database_urls.owner)  # the database itself untouched
+
+
+class _WriteDuringTheDump(Progress):
+    """Progress that, once the first table is read, commits a new account elsewhere."""
+
+    def __init__(self, owner_url: str) -> None:
+        super().__init__("test", stream=io.StringIO())
+        self.owner_url = owner_url
+        self.written: uuid.UUID | None = None
+
+    def advance(self, table: str, rows: int) -> None:
+        super().advance(table, rows)
+        if self.written is None:
+            self.written = new_id()
+            run_blocking(_insert_user(self.owner_url, self.written))
+
+
+async def _insert_user(url: str, user_id: uuid.UUID) -> None:
+    db = Database(url, maintenance=True)
+    try:
+        async with db.engine.begin() as connection:
+            await connection.execute(
+                insert(User.__table__),  # type: ignore[attr-defined]
+                [
+                    {
+                        "id": user_id,
+                        "email": f"{user_id}@example.com",
+                        "name": "Late",
+                        "password_hash": "x",
+                        "created_at": utcnow(),
+                    }
+                ],
+            )
+    finally:
+        await db.dispose()
+
+
+async def test_a_backup_is_one_snapshot_and_misses_what_is_committed_meanwhile(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a backup under way, when another connection commits a new user after the
+    first table was read, then the backup does not hold it (the database does)."""
+    settings = backup_settings(tmp_path, database_urls)
+    await populate(settings)
+    progress = _WriteDuringTheDump(database_urls.owner)
+
+    summary = await create_backup(settings, progress=progress)
+
+    users_now = (await table_contents(database_urls.owner))["users"]
+    assert progress.written is not None
+    assert any(str(progress.written).encode() in row for row in users_now)
+    assert summary.tables["users"] == len(users_now) - 1
+
+
+async def test_restore_stops_when_a_newer_backup_cannot_be_read_for_its_ledger(
+    database_urls: DatabaseUrls, empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """A newer backup in WEFLUX_BACKUP_DIR holds erasures to replay: if it cannot be
+    opened, the restore is refused (nothing written) and names it."""
+    source = backup_settings(tmp_path, database_urls)
+    await populate(source)
+    older = (await create_backup(source)).path
+    newer = (await create_backup(source)).path
+    target = backup_settings(tmp_path, empty_database_urls)
+    _truncate(newer)
+
+    with pytest.raises(BackupError, match=f"the newer backup {newer} cannot be read"):
+        await restore_backup(target, older)
+
+    assert await table_names(empty_database_urls.owner) == []
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:-10])
