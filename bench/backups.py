@@ -60,8 +60,9 @@ async def _populate(url: str, messages: int) -> None:
     now = utcnow()
     async with db.engine.begin() as connection:
         await connection.execute(
-            insert(Organization.__table__), [{"id": org_id, "name": "Bench", "created_at": now}]
-        )  # type: ignore[attr-defined]
+            insert(Organization.__table__),  # type: ignore[attr-defined]
+            [{"id": org_id, "name": "Bench", "created_at": now}],
+        )
         await connection.execute(
             insert(WhatsAppAccount.__table__),  # type: ignore[attr-defined]
             [
