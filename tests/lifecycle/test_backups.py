@@ -235,3 +235,17 @@ async def test_restore_stops_when_a_newer_backup_cannot_be_read_for_its_ledger(
 
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
+
+
+def test_progress_lines_name_rows_table_and_rate_at_most_every_interval() -> None:
+    stream = io.StringIO()
+    progress = Progress("backup", stream=stream, every=0)
+    progress.advance("messages", 1000)
+    progress.advance("messages", 500)
+    quiet = Progress("backup", stream=io.StringIO(), every=3600)
+    quiet.advance("messages", 1000)
+
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("backup: 1,000 rows (messages), ")
+    assert lines[1].startswith("backup: 1,500 rows (messages), ")
+    assert quiet.stream.getvalue() == ""
