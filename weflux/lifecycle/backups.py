@@ -4,8 +4,8 @@
 role sees one workspace per transaction) and seals JSON Lines per table, in foreign-key
 order, through `weflux.lifecycle.backup_file`. `restore` opens and checks the whole file
 before writing anything, then, in one transaction on an empty database, creates the
-schema at the backup's revision, loads the rows and replays the erasure ledger; only
-then does it commit, migrate to this release's head and grant the app's role its rights.
+schema at the backup's revision, loads the rows, migrates to this release's head and
+replays the erasure ledger; only then does it commit and grant the app's role its rights.
 Stored secrets are copied as they are: sealed under the application's key ring.
 """
 
@@ -227,11 +227,13 @@ async def restore_backup(
             loaded = await _load(connection, BackupReader(path, keys), target, progress)
             if loaded != summary.tables:
                 raise BackupError("the file changed while it was being restored")
+            # This release's schema, still in the transaction: the replay runs on it.
+            await connection.run_sync(upgrade_in_transaction, "head")
             await replay_erasures(connection, newer)
             await connection.commit()
     finally:
         await db.dispose()
-    # To this release's head, and the app's role's grants (a separate role on PostgreSQL).
+    # The app's role's grants (a separate role on PostgreSQL); the upgrade is done already.
     await migrate(settings.migration_url, app_url=settings.database_url)
     return summary
 
@@ -355,8 +357,12 @@ def _plain_table(name: str, columns: list[tuple[str, str]]) -> Table:
 async def replay_erasures(connection: AsyncConnection, newer_entries: list[dict[str, Any]]) -> int:
     """The restore's last step, in its transaction: erase again what the ledger names.
 
-    `newer_entries` are the ledger rows of backups taken after the restored one (from
-    `newer_ledger_entries`); the restored ledger's own rows are in the database already.
+    `connection` is the schema owner's (it sees every row), inside the restore's open
+    transaction, on this release's schema (head) with every row of the backup loaded; a
+    failure here rolls the whole restore back. `newer_entries` are the ledger rows of
+    backups taken after the restored one (`newer_ledger_entries`: one dict per row,
+    column name to value, typed as the backup spells them: UUIDs, aware datetimes); the
+    restored ledger's own rows are in the database already.
     Wiring this to `weflux.lifecycle.ledger` must: insert the newer entries not present
     yet, then apply every ledger entry (erase the contacts, delete the workspaces) with
     the connection given. Until then, a release that has a ledger table refuses to
