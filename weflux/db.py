@@ -108,6 +108,9 @@ async def begin_snapshot(connection: AsyncConnection) -> None:
     await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     await connection.begin()
     await connection.execute(text("SET LOCAL statement_timeout = 0"))
+    # Schemas before the tenancy migration (0007) let the owner see every workspace
+    # only with this setting; later ones have a policy of the owner's own and ignore it.
+    await connection.execute(text("SELECT set_config('app.all_workspaces', 'on', true)"))
 
 
 async def interrupt(session: AsyncSession) -> None:

@@ -31,6 +31,7 @@ from weflux.lifecycle.backups import (
     restore_backup,
     verify_backup,
 )
+from weflux.migrate import downgrade, head_revision, migrate
 from weflux.models import User, WhatsAppAccount
 from weflux.models.base import new_id, utcnow
 
@@ -249,3 +250,23 @@ def test_progress_lines_name_rows_table_and_rate_at_most_every_interval() -> Non
     assert lines[0].startswith("backup: 1,000 rows (messages), ")
     assert lines[1].startswith("backup: 1,500 rows (messages), ")
     assert quiet.stream.getvalue() == ""
+
+
+async def test_a_database_behind_the_latest_migration_is_backed_up_and_restored_at_head(
+    database_urls: DatabaseUrls, empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a database one migration behind (a backup before `weflux migrate`), when it is
+    backed up and restored, then the file names that revision, and the restore lands on
+    this release's schema with the same rows as the source once migrated."""
+    source = backup_settings(tmp_path, database_urls)
+    await populate(source)
+    await downgrade(database_urls.owner, "-1")
+
+    summary = await create_backup(source)
+    await restore_backup(backup_settings(tmp_path, empty_database_urls), summary.path)
+
+    assert summary.revision != head_revision()
+    await migrate(database_urls.owner, app_url=database_urls.app)
+    assert await table_contents(empty_database_urls.owner) == await table_contents(
+        database_urls.owner
+    )

@@ -121,11 +121,20 @@ class TableLayout:
     table: Table  # a stand-alone Table of the storage types, to select from or insert into
 
     @classmethod
-    def of(cls, table: Table) -> TableLayout:
-        storage = {column.name: storage_type(column) for column in table.columns}
-        return cls._build(
-            table.name, [(name, kind_of(kind)) for name, kind in storage.items()], storage
-        )
+    def of(cls, table: Table, model: Table | None = None) -> TableLayout:
+        """The layout of `table`, each column typed by the model's column of its name if any.
+
+        A database at an older schema revision is reflected (`table`); its columns keep
+        the models' types (a UUID stays a UUID on SQLite) wherever the models have them.
+        """
+        storage = {
+            column.name: storage_type(
+                model.c[column.name] if model is not None and column.name in model.c else column
+            )
+            for column in table.columns
+        }
+        columns = [(name, kind_of(kind)) for name, kind in storage.items()]
+        return cls._build(table.name, columns, storage)
 
     @classmethod
     def _build(

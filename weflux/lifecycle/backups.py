@@ -124,7 +124,7 @@ async def create_backup(
             )
             writer = BackupWriter(path, header, key)
             try:
-                tables = await _dump(connection, writer, progress)
+                tables = await _dump(connection, writer, revision, progress)
                 writer.finish({"tables": tables})
             except BaseException:
                 writer.abort()
@@ -138,26 +138,34 @@ async def create_backup(
 async def _snapshot_revision(connection: AsyncConnection) -> str:
     if not await connection.run_sync(lambda sync: inspect(sync).has_table("alembic_version")):
         raise BackupError("the database has no schema: nothing to back up")
-    revisions = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
-    head = head_revision()
-    if [row[0] for row in revisions] != [head]:
-        at = ", ".join(sorted(row[0] for row in revisions)) or "no migration"
+    revisions = [
+        str(row[0])
+        for row in (await connection.execute(text("SELECT version_num FROM alembic_version")))
+    ]
+    if len(revisions) != 1 or not is_known_revision(revisions[0]):
+        at = ", ".join(sorted(revisions)) or "no migration"
         raise BackupError(
-            f"the database schema is at {at}, this release backs up {head}: "
-            "run `weflux migrate` first (or back up with the release that migrated it)"
+            f"the database schema is at {at}, which this release does not know: "
+            "back it up with the release that migrated it"
         )
-    return head
+    return revisions[0]
 
 
 async def _dump(
-    connection: AsyncConnection, writer: BackupWriter, progress: Progress | None
+    connection: AsyncConnection, writer: BackupWriter, revision: str, progress: Progress | None
 ) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for model in SQLModel.metadata.sorted_tables:
-        layout = TableLayout.of(model)
+    if revision == head_revision():
+        tables = list(SQLModel.metadata.sorted_tables)
+    else:  # an older schema (a backup before `weflux migrate`): what the database holds
+        reflected = await connection.run_sync(_reflect)
+        tables = [table for table in reflected.sorted_tables if table.name != "alembic_version"]
+    for source in tables:
+        model = SQLModel.metadata.tables.get(source.name)
+        layout = TableLayout.of(source, model)
         encoders = layout.encoders()
         writer.write(layout.start_line())
-        order = [layout.table.c[column.name] for column in model.primary_key.columns]
+        order = [layout.table.c[column.name] for column in source.primary_key.columns]
         statement = layout.select().order_by(*order)
         result = await connection.stream(statement.execution_options(yield_per=ROWS_PER_FETCH))
         rows = 0
@@ -165,9 +173,9 @@ async def _dump(
             writer.write(b"".join(layout.row_line(row, encoders) for row in partition))
             rows += len(partition)
             if progress is not None:
-                progress.advance(model.name, len(partition))
-        writer.write(end_line(model.name, rows))
-        counts[model.name] = rows
+                progress.advance(source.name, len(partition))
+        writer.write(end_line(source.name, rows))
+        counts[source.name] = rows
     return counts
 
 
@@ -222,6 +230,10 @@ async def restore_backup(
             await _refuse_non_empty(connection)
             if db.dialect == "postgresql":
                 await connection.execute(text("SET LOCAL statement_timeout = 0"))
+                # Schemas before 0007 admit the owner's writes to every workspace only so.
+                await connection.execute(
+                    text("SELECT set_config('app.all_workspaces', 'on', true)")
+                )
             await connection.run_sync(upgrade_in_transaction, summary.revision)
             target = await connection.run_sync(_reflect)
             loaded = await _load(connection, BackupReader(path, keys), target, progress)
