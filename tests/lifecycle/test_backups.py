@@ -243,13 +243,14 @@ def test_progress_lines_name_rows_table_and_rate_at_most_every_interval() -> Non
     progress = Progress("backup", stream=stream, every=0)
     progress.advance("messages", 1000)
     progress.advance("messages", 500)
-    quiet = Progress("backup", stream=io.StringIO(), every=3600)
+    silent = io.StringIO()
+    quiet = Progress("backup", stream=silent, every=3600)
     quiet.advance("messages", 1000)
 
     lines = stream.getvalue().splitlines()
     assert lines[0].startswith("backup: 1,000 rows (messages), ")
     assert lines[1].startswith("backup: 1,500 rows (messages), ")
-    assert quiet.stream.getvalue() == ""
+    assert silent.getvalue() == ""
 
 
 async def test_a_database_behind_the_latest_migration_is_backed_up_and_restored_at_head(
