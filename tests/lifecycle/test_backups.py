@@ -27,7 +27,6 @@ from weflux.lifecycle.backups import (
     Progress,
     create_backup,
     prune_backups,
-    replay_erasures,
     restore_backup,
     verify_backup,
 )
@@ -131,18 +130,6 @@ async def test_a_backup_verifies_and_names_its_key_revision_and_time(
     assert abs(verified.created_at - utcnow()) < timedelta(minutes=1)
 
 
-async def test_restore_without_a_ledger_replays_nothing(
-    empty_database_urls: DatabaseUrls, tmp_path: Path
-) -> None:
-    """This release has no erasure ledger table: the replay step is a no-op, not a refusal."""
-    db = Database(empty_database_urls.owner, maintenance=True)
-    try:
-        async with db.engine.connect() as connection:
-            assert await replay_erasures(connection, []) == 0
-    finally:
-        await db.dispose()
-
-
 async def test_prune_deletes_backups_past_retention_but_keeps_the_newest(
     database_urls: DatabaseUrls, tmp_path: Path
 ) -> None:
@@ -214,28 +201,6 @@ async def test_a_backup_is_one_snapshot_and_misses_what_is_committed_meanwhile(
     assert progress.written is not None
     assert any(str(progress.written).encode() in row for row in users_now)
     assert summary.tables["users"] == len(users_now) - 1
-
-
-async def test_restore_stops_when_a_newer_backup_cannot_be_read_for_its_ledger(
-    database_urls: DatabaseUrls, empty_database_urls: DatabaseUrls, tmp_path: Path
-) -> None:
-    """A newer backup in WEFLUX_BACKUP_DIR holds erasures to replay: if it cannot be
-    opened, the restore is refused (nothing written) and names it."""
-    source = backup_settings(tmp_path, database_urls)
-    await populate(source)
-    older = (await create_backup(source)).path
-    newer = (await create_backup(source)).path
-    target = backup_settings(tmp_path, empty_database_urls)
-    _truncate(newer)
-
-    with pytest.raises(BackupError, match=f"the newer backup {newer} cannot be read"):
-        await restore_backup(target, older)
-
-    assert await table_names(empty_database_urls.owner) == []
-
-
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[:-10])
 
 
 def test_progress_lines_name_rows_table_and_rate_at_most_every_interval() -> None:
