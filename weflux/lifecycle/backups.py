@@ -182,15 +182,17 @@ def verify_backup(path: Path, keys: KeyRing, progress: Progress | None = None) -
     """Open and check the whole file without restoring it; BackupError when it fails."""
     reader = BackupReader(path, keys)
     tables: dict[str, int] = {}
+    current = ""
     for record in records(reader.chunks()):
         if isinstance(record, TableStart):
             if record.name in tables:
                 raise BackupError(f"table `{record.name}` appears twice")
             tables[record.name] = 0
+            current = record.name
         elif isinstance(record, TableEnd):
             tables[record.name] = record.rows
         elif progress is not None:
-            progress.advance("verify", 1)
+            progress.advance(current, 1)
     assert reader.trailer is not None  # chunks() ended without an error: the trailer checked
     if reader.trailer.get("tables") != tables:
         raise BackupError("the trailer's row counts do not match the data: the file was altered")
@@ -210,7 +212,12 @@ async def restore_backup(
     load and the erasure replay succeed: they run in one transaction with the schema.
     """
     keys = settings.backup_key_ring
-    summary = verify_backup(path, keys)
+    checking = None
+    if progress is not None:
+        checking = Progress(
+            f"{progress.action} (checking the file)", progress.stream, progress.every
+        )
+    summary = verify_backup(path, keys, checking)
     if not is_known_revision(summary.revision):
         raise BackupError(
             f"the backup's schema revision {summary.revision} is unknown to this release: "
