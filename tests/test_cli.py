@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import DatabaseUrls, SqliteTemplate
 
 
 def _free_port() -> int:
@@ -165,3 +165,39 @@ def _demo_password(var_dir: Path) -> str:
         if "admin@demo.weflux.test" in line:
             return line.split()[-1]
     raise AssertionError("no demo admin login")
+
+
+def test_backup_commands_create_verify_and_prune_and_exit_1_on_a_bad_file(
+    sqlite_template: SqliteTemplate,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`weflux backup create` writes into WEFLUX_BACKUP_DIR; `verify` exits 1 on a file
+    it cannot open, with the reason on stderr; `prune` keeps what is young."""
+    from weflux.cli import main
+    from weflux.config import generate_encryption_key_entry
+
+    urls = sqlite_template.clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "WEFLUX_ENV": "test",
+        "WEFLUX_DATABASE_URL": urls.app,
+        "WEFLUX_BACKUP_KEYS": generate_encryption_key_entry("cli1"),
+        "WEFLUX_BACKUP_DIR": str(tmp_path / "backups"),
+        "WEFLUX_LOG_FORMAT": "console",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["backup", "create"]) == 0
+    (path,) = (tmp_path / "backups").glob("*.wfxbak")
+    assert f"wrote {path}" in capsys.readouterr().out
+    assert main(["backup", "verify", str(path)]) == 0
+    assert "key `cli1`" in capsys.readouterr().out
+
+    monkeypatch.setenv("WEFLUX_BACKUP_KEYS", generate_encryption_key_entry("cli2"))
+    assert main(["backup", "verify", str(path)]) == 1
+    assert "error: the backup was sealed with key `cli1`" in capsys.readouterr().err
+    assert main(["backup", "prune"]) == 0
+    assert "0 backup file(s) deleted" in capsys.readouterr().out
+    assert path.exists()

@@ -119,6 +119,38 @@ def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
         _production(tmp_path, encryption_keys=generated["encryption_keys"])
 
 
+def test_production_refuses_a_backup_key_that_is_also_an_application_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same 32 bytes under another id count: one stolen key must not open both."""
+    application = generate_encryption_key_entry("p1")
+    shared = "b1:" + application.split(":", 1)[1]
+    own = generate_encryption_key_entry("b2")
+
+    with pytest.raises(
+        ConfigError, match="WEFLUX_BACKUP_KEYS: key `b1` is also in WEFLUX_ENCRYPTION_KEYS"
+    ):
+        _production(tmp_path, encryption_keys=application, backup_keys=f"{own},{shared}")
+    settings = _production(tmp_path, encryption_keys=application, backup_keys=own)
+    assert [kid for kid, _ in settings.backup_key_ring] == ["b2"]
+    assert settings.backups_path == tmp_path / "var" / "backups"
+    assert settings.backup_retention == timedelta(days=30)
+    # Development warns, without the key.
+    _settings(tmp_path, encryption_keys=application, backup_keys=shared)
+    assert "shares a key with WEFLUX_ENCRYPTION_KEYS" in caplog.text
+    assert application.split(":", 1)[1] not in caplog.text
+
+
+def test_backup_settings_name_their_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_BACKUP_KEYS: key `b1` must decode to 32 bytes"):
+        _settings(tmp_path, backup_keys="b1:c2hvcnQ=")
+    with pytest.raises(ConfigError, match="WEFLUX_BACKUP_KEYS is not set"):
+        _ = _settings(tmp_path).backup_key_ring
+    settings = _settings(tmp_path, backup_dir="~/b", backup_retention="7d")
+    assert settings.backups_path == Path("~/b").expanduser()
+    assert settings.backup_retention == timedelta(days=7)
+
+
 @pytest.mark.parametrize("origins", ["*", "https://app.example,*", "null", "https://*.example"])
 def test_wildcard_origins_are_refused(tmp_path: Path, origins: str) -> None:
     with pytest.raises(ConfigError, match="WEFLUX_ALLOWED_ORIGINS"):

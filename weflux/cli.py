@@ -309,6 +309,71 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     return asyncio.run(_rotate_keys(settings, batch_size=args.batch_size))
 
 
+def _backup_command(run: Callable[[Settings], Any]) -> int:
+    from weflux.lifecycle.backup_file import BackupError  # deferred: start-up cost
+
+    settings = _settings()
+    try:
+        message = run(settings)
+    except BackupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(message)
+    return 0
+
+
+def cmd_backup_create(args: argparse.Namespace) -> int:
+    """Write an encrypted backup of the whole database (to WEFLUX_BACKUP_DIR unless --out)."""
+    # deferred: start-up cost
+    from weflux.lifecycle.backups import Progress, create_backup
+
+    out = Path(args.out) if args.out else None
+    return _backup_command(
+        lambda settings: (
+            "wrote "
+            + asyncio.run(create_backup(settings, out=out, progress=Progress("backup"))).describe()
+        )
+    )
+
+
+def cmd_backup_restore(args: argparse.Namespace) -> int:
+    """Restore a backup into an empty database, then replay the erasure ledger."""
+    from weflux.lifecycle.backups import Progress, restore_backup  # deferred: start-up cost
+
+    path = Path(args.file)
+    return _backup_command(
+        lambda settings: (
+            "restored "
+            + asyncio.run(restore_backup(settings, path, progress=Progress("restore"))).describe()
+        )
+    )
+
+
+def cmd_backup_verify(args: argparse.Namespace) -> int:
+    """Check a backup whole without restoring it (exit 1 when it does not verify)."""
+    from weflux.lifecycle.backups import Progress, verify_backup  # deferred: start-up cost
+
+    path = Path(args.file)
+    return _backup_command(
+        lambda settings: (
+            "verified "
+            + verify_backup(path, settings.backup_key_ring, Progress("verify")).describe()
+        )
+    )
+
+
+def cmd_backup_prune(args: argparse.Namespace) -> int:
+    """Delete backups older than WEFLUX_BACKUP_RETENTION in WEFLUX_BACKUP_DIR (keeps the newest)."""
+    from weflux.lifecycle.backups import prune_backups  # deferred: start-up cost
+
+    def run(settings: Settings) -> str:
+        deleted = prune_backups(settings.backups_path, settings.backup_retention)
+        lines = [f"deleted {path}" for path in deleted]
+        return "\n".join([*lines, f"{len(deleted)} backup file(s) deleted"])
+
+    return _backup_command(run)
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -382,6 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
 
     add_incident_commands(commands)
+    backup = commands.add_parser("backup", help="encrypted backups under WEFLUX_BACKUP_KEYS")
+    backup_commands = backup.add_subparsers(dest="backup_command", required=True)
+    create = backup_commands.add_parser("create", help=cmd_backup_create.__doc__)
+    create.add_argument(
+        "--out", help="the file to write (default: a new file in WEFLUX_BACKUP_DIR)"
+    )
+    create.set_defaults(func=cmd_backup_create)
+    restore = backup_commands.add_parser("restore", help=cmd_backup_restore.__doc__)
+    restore.add_argument("file")
+    restore.set_defaults(func=cmd_backup_restore)
+    verify = backup_commands.add_parser("verify", help=cmd_backup_verify.__doc__)
+    verify.add_argument("file")
+    verify.set_defaults(func=cmd_backup_verify)
+    prune = backup_commands.add_parser("prune", help=cmd_backup_prune.__doc__)
+    prune.set_defaults(func=cmd_backup_prune)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

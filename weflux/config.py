@@ -59,7 +59,9 @@ def parse_duration(value: Any) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
+def parse_encryption_keys(
+    value: str, *, variable: str = "WEFLUX_ENCRYPTION_KEYS"
+) -> list[tuple[str, bytes]]:
     """Parse `kid:base64(32 bytes)` entries; the first is the primary key."""
     keys: list[tuple[str, bytes]] = []
     for entry in (part.strip() for part in value.split(",")):
@@ -68,20 +70,20 @@ def parse_encryption_keys(value: str) -> list[tuple[str, bytes]]:
         kid, sep, encoded = entry.partition(":")
         if not sep or not KEY_ID_PATTERN.match(kid):
             raise ConfigError(
-                "WEFLUX_ENCRYPTION_KEYS: each entry must be `kid:base64key` "
+                f"{variable}: each entry must be `kid:base64key` "
                 "with a key id of letters, digits, `_`, `.` or `-`"
             )
         try:
             key = base64.b64decode(encoded, validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key `{kid}` is not valid base64") from None
+            raise ConfigError(f"{variable}: key `{kid}` is not valid base64") from None
         if len(key) != 32:
-            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key `{kid}` must decode to 32 bytes")
+            raise ConfigError(f"{variable}: key `{kid}` must decode to 32 bytes")
         if any(existing == kid for existing, _ in keys):
-            raise ConfigError(f"WEFLUX_ENCRYPTION_KEYS: key id `{kid}` appears twice")
+            raise ConfigError(f"{variable}: key id `{kid}` appears twice")
         keys.append((kid, key))
     if not keys:
-        raise ConfigError("WEFLUX_ENCRYPTION_KEYS: no key given")
+        raise ConfigError(f"{variable}: no key given")
     return keys
 
 
@@ -212,6 +214,11 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=10, ge=1, le=100)
     delivery_backoff_base: float = Field(default=2.0, gt=0, le=3600)  # seconds
     delivery_backoff_cap: timedelta = timedelta(minutes=10)
+    # Backups (`weflux backup`; see docs/operations/backups.md): their own key ring, never
+    # a key of WEFLUX_ENCRYPTION_KEYS; where they are written; how long `prune` keeps them.
+    backup_keys: SecretStr | None = None
+    backup_dir: Path | None = None  # unset: `<var_dir>/backups`
+    backup_retention: timedelta = timedelta(days=30)
 
     # Names of the secrets that were generated for development rather than configured.
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
@@ -313,7 +320,7 @@ class Settings(BaseSettings):
     def _keywords(cls, value: Any) -> list[str]:
         return _split_list(value)
 
-    @field_validator("delivery_lease", "delivery_backoff_cap", mode="before")
+    @field_validator("delivery_lease", "delivery_backoff_cap", "backup_retention", mode="before")
     @classmethod
     def _delivery_duration(cls, value: Any) -> timedelta:
         return parse_duration(value)
@@ -332,6 +339,16 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute_var_dir(cls, value: Path) -> Path:
         return value.expanduser().absolute()
+
+    @field_validator("backup_keys", "backup_dir", mode="before")
+    @classmethod
+    def _empty_backup_setting(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("backup_dir")
+    @classmethod
+    def _absolute_backup_dir(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().absolute()
 
     @field_validator("database_url", "database_migration_url")
     @classmethod
@@ -397,6 +414,30 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ConfigError(f"WEFLUX_SMTP_URL: {exc}") from None
 
+    @property
+    def backups_path(self) -> Path:
+        """Where `weflux backup create` writes and `prune` deletes: WEFLUX_BACKUP_DIR."""
+        return self.backup_dir if self.backup_dir is not None else self.var_dir / "backups"
+
+    @cached_property
+    def backup_key_ring(self) -> list[tuple[str, bytes]]:
+        """WEFLUX_BACKUP_KEYS: the first seals new backups, every one opens them."""
+        if self.backup_keys is None:
+            raise ConfigError(
+                "WEFLUX_BACKUP_KEYS is not set: give backups keys of their own "
+                "(`weflux keys generate --kid backup1` prints one)"
+            )
+        return parse_encryption_keys(
+            self.backup_keys.get_secret_value(), variable="WEFLUX_BACKUP_KEYS"
+        )
+
+    def shared_backup_keys(self) -> list[str]:
+        """Ids of backup keys whose bytes are also a key of WEFLUX_ENCRYPTION_KEYS."""
+        if self.backup_keys is None or self.encryption_keys is None:
+            return []
+        application = {key for _, key in self.encryption_key_ring}
+        return [kid for kid, key in self.backup_key_ring if key in application]
+
     @cached_property
     def encryption_key_ring(self) -> list[tuple[str, bytes]]:
         if self.encryption_keys is None:
@@ -435,6 +476,20 @@ class Settings(BaseSettings):
             _ = self.platform_smtp
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ConfigError("WEFLUX_SSL_CERTFILE and WEFLUX_SSL_KEYFILE go together: set both")
+        if self.backup_keys is not None:
+            _ = self.backup_key_ring
+        shared = self.shared_backup_keys()
+        if shared and self.is_production:
+            raise ConfigError(
+                f"WEFLUX_BACKUP_KEYS: key `{shared[0]}` is also in WEFLUX_ENCRYPTION_KEYS; "
+                "backups need keys of their own, or one stolen key opens both"
+            )
+        if shared:
+            log.warning(
+                "WEFLUX_BACKUP_KEYS shares a key with WEFLUX_ENCRYPTION_KEYS (`%s`); "
+                "production refuses this",
+                shared[0],
+            )
         if not self.is_production:
             return
         self._check_transport()

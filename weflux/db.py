@@ -17,7 +17,12 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    async_sessionmaker,
+    create_async_engine,
+)
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
@@ -87,6 +92,25 @@ async def begin_read_only(session: AsyncSession) -> None:
     """
     if session.bind is not None and session.bind.dialect.name == "sqlite":
         await session.connection(execution_options={_READ_ONLY: True})
+
+
+async def begin_snapshot(connection: AsyncConnection) -> None:
+    """Begin a read-only transaction that sees one consistent state of the whole database.
+
+    PostgreSQL: REPEATABLE READ, READ ONLY, without a statement timeout (a long backup
+    is one transaction). SQLite: a deferred reader, whose WAL snapshot is fixed at its
+    first read, while writers go on.
+    """
+    if connection.dialect.name == "sqlite":
+        await connection.execution_options(**{_READ_ONLY: True})
+        await connection.begin()
+        return
+    await connection.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+    await connection.begin()
+    await connection.execute(text("SET LOCAL statement_timeout = 0"))
+    # Schemas before the tenancy migration (0007) let the owner see every workspace
+    # only with this setting; later ones have a policy of the owner's own and ignore it.
+    await connection.execute(text("SELECT set_config('app.all_workspaces', 'on', true)"))
 
 
 async def interrupt(session: AsyncSession) -> None:

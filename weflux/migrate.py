@@ -103,6 +103,27 @@ async def downgrade(migration_url: str, revision: str) -> None:
         await engine.dispose()
 
 
+def upgrade_in_transaction(connection: Connection, revision: str) -> None:
+    """Upgrade to `revision` inside the connection's open transaction (it commits nothing)."""
+    _upgrade(connection, revision)
+
+
+def head_revision() -> str:
+    """This release's latest migration."""
+    heads = ScriptDirectory.from_config(alembic_config()).get_heads()
+    if len(heads) != 1:
+        raise MigrationError(f"the migrations have {len(heads)} heads; merge them")
+    return str(heads[0])
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether this release's migrations hold `revision`."""
+    try:
+        return ScriptDirectory.from_config(alembic_config()).get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
 def _upgrade(connection: Connection, revision: str) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection

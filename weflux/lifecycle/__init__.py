@@ -1,0 +1,1 @@
+"""The data lifecycle: erasure, exports, retention and backups."""
