@@ -21,7 +21,7 @@ import time
 
 from tests.fixtures import webhooks as wh
 from weflux.crypto.secret import RedactionRegistry
-from weflux.whatsapp.webhook import parse_webhook
+from weflux.whatsapp.parser import parse_webhook
 
 PARSE_BUDGET = 0.5
 REDACT_BUDGET = 0.05

@@ -54,7 +54,7 @@ from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
-from weflux.whatsapp.webhook import (
+from weflux.whatsapp.parser import (
     AccountUpdate,
     InboundMessage,
     ParsedWebhook,
