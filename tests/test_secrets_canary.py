@@ -35,7 +35,7 @@ from weflux.crypto.keyring import KeyRing
 from weflux.crypto.rotation import rotate_keys
 from weflux.crypto.secret import Secret, SecretRedactingFilter
 from weflux.db import Database
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.sandbox.cloud_api import FakeCloudApi
 
 SECRET_COLUMNS = {"access_token_enc", "app_secret_enc", "webhook_verify_token_enc", "password_enc"}
 

@@ -46,9 +46,9 @@ from weflux.models import (
 )
 from weflux.realtime.broker import Message as Event
 from weflux.runtime import Runtime, create_redis
+from weflux.sandbox.cloud_api import FakeCloudApi, SentRecord
 from weflux.services.channels import Services
 from weflux.services.outbound import send_template_message
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi, SentRecord
 from weflux.worker import delivery
 from weflux.worker.delivery import (
     HIGH_THROUGHPUT,
