@@ -20,7 +20,7 @@ import sys
 import time
 
 from tests.fixtures import webhooks as wh
-from weflux.crypto.secret import RedactionRegistry
+from weflux.crypto.redaction import RedactionRegistry
 from weflux.whatsapp.parser import parse_webhook
 
 PARSE_BUDGET = 0.5
