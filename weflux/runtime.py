@@ -20,8 +20,8 @@ from starlette.requests import HTTPConnection
 
 from weflux.api.client_ip import ProxyNetwork, parse_trusted_proxies
 from weflux.api.ratelimit import RateLimiter
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
-from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing

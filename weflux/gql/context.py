@@ -12,9 +12,10 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from weflux.api.ratelimit import RateLimiter
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.permissions import Permission
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.config import Settings
 from weflux.db import Database
