@@ -33,7 +33,7 @@ from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
-from weflux.services import ingest
+from weflux.services import webhook_queue
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ async def notify(request: Request) -> Response:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")
     task = BackgroundTask(
-        ingest.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
+        webhook_queue.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
     )
     return PlainTextResponse("OK", headers={"Cache-Control": "no-store"}, background=task)
 
