@@ -23,17 +23,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from weflux.api.client_ip import client_ip
-from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import read_body
 from weflux.auth import crossings
 from weflux.auth.scoping import use_workspace
+from weflux.client_ip import client_ip
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import webhook_queue
+from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
