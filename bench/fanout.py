@@ -51,13 +51,13 @@ from tests.fixtures.api import login
 from tests.fixtures.factories import PASSWORD, create_actor, create_org, create_whatsapp_account
 from tests.fixtures.live import free_port
 from tests.fixtures.ws import GraphQLSocket
-from weflux.api.ratelimit import LIMIT_NAMES
 from weflux.auth import passwords
 from weflux.cli import WS_MAX_MESSAGE_BYTES
 from weflux.config import generate_encryption_key_entry
 from weflux.db import Database
 from weflux.migrate import migrate
 from weflux.models import Message, Role
+from weflux.throttle.ratelimit import LIMIT_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "bench-fanout-app-secret-0123456789"  # noqa: S105  (a benchmark's throwaway)

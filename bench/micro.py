@@ -20,8 +20,8 @@ import sys
 import time
 
 from tests.fixtures import webhooks as wh
-from weflux.crypto.secret import RedactionRegistry
-from weflux.whatsapp.webhook import parse_webhook
+from weflux.crypto.redaction import RedactionRegistry
+from weflux.whatsapp.parser import parse_webhook
 
 PARSE_BUDGET = 0.5
 REDACT_BUDGET = 0.05

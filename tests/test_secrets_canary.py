@@ -33,9 +33,10 @@ from weflux.app import create_app
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto.keyring import KeyRing
 from weflux.crypto.rotation import rotate_keys
-from weflux.crypto.secret import Secret, SecretRedactingFilter
+from weflux.crypto.secret import Secret
 from weflux.db import Database
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.logs import SecretRedactingFilter
+from weflux.sandbox.cloud_api import FakeCloudApi
 
 SECRET_COLUMNS = {"access_token_enc", "app_secret_enc", "webhook_verify_token_enc", "password_enc"}
 

@@ -17,11 +17,11 @@ from starlette.types import ASGIApp
 from weflux.api import auth as auth_routes
 from weflux.api import disclosure
 from weflux.api import webhooks as webhook_routes
-from weflux.api.client_ip import parse_trusted_proxies
 from weflux.api.health import healthz, readyz
 from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
+from weflux.client_ip import parse_trusted_proxies
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.errors import ErrorCode, error_response

@@ -205,7 +205,7 @@ async def _replay(settings: Settings, since: datetime | None) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
     from weflux.runtime import Runtime
-    from weflux.services.ingest import replay
+    from weflux.services.webhook_queue import replay
 
     events = await maintenance_database(settings.migration_url)
     runtime = Runtime.build(settings)
@@ -233,7 +233,7 @@ async def _failed(settings: Settings) -> int:
 
     from weflux.db import maintenance_database
     from weflux.models import WebhookEvent, WebhookEventStatus
-    from weflux.services.ingest import failed_events_summary
+    from weflux.services.webhook_queue import failed_events_summary
 
     db = await maintenance_database(settings.migration_url)
     try:

@@ -190,7 +190,7 @@ class Settings(BaseSettings):
     rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
     # The whole request body must arrive within this time of the app's first read (408).
     request_body_timeout: timedelta = timedelta(seconds=30)
-    # Cost budgets, `CAPACITY:RESTORE/UNIT` (points; see weflux/api/leaky_bucket.py).
+    # Cost budgets, `CAPACITY:RESTORE/UNIT` (points; see weflux/throttle/leaky_bucket.py).
     rate_limit_graphql_cost_workspace: str = "100000:1000/second"
     rate_limit_graphql_cost_member: str = "20000:200/second"
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)

@@ -2,7 +2,9 @@
 
 Nothing a client sends is logged: not a query string, a header value, a GraphQL
 document or variable, nor a password or token in a body. Our own lines name what
-happened; the libraries' lines that would quote a client are guarded here.
+happened; the libraries' lines that would quote a client are guarded here, and known
+secret values (`weflux.crypto.redaction`) are scrubbed from every record as a second
+line of defence.
 """
 
 from __future__ import annotations
@@ -14,8 +16,12 @@ import logging
 import os
 import sys
 import traceback
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
+
+from weflux.crypto.redaction import RedactionRegistry, registry
+from weflux.crypto.secret import Secret
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "weflux_request_id", default=None
@@ -23,6 +29,8 @@ request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# How deep the secret filter looks into containers passed as `extra=`; deeper ones are stringified.
+_MAX_DEPTH = 6
 
 
 class RequestIdFilter(logging.Filter):
@@ -103,6 +111,125 @@ def guard_library_logs() -> None:
             logger.addFilter(ClientDataFilter())
 
 
+_exception_formatter = logging.Formatter()
+
+
+class RedactedTraceback(Exception):
+    """Stands in for a logged exception whose traceback held a secret; carries the redacted text."""
+
+
+def _redact_value(value: Any, scrub: Callable[[str], str], depth: int = 0) -> Any:
+    """`value` with secrets scrubbed from its strings; the same object when it held none."""
+    if value is None or isinstance(value, bool | Secret):
+        return value
+    if isinstance(value, str):
+        return scrub(value)
+    if depth < _MAX_DEPTH:
+        if isinstance(value, Mapping):
+            items = [
+                (_redact_value(k, scrub, depth + 1), _redact_value(v, scrub, depth + 1))
+                for k, v in value.items()
+            ]
+            changed = any(
+                new_k is not k or new_v is not v
+                for (new_k, new_v), (k, v) in zip(items, value.items(), strict=True)
+            )
+            return dict(items) if changed else value
+        if isinstance(value, list | tuple | set | frozenset):
+            members = [_redact_value(member, scrub, depth + 1) for member in value]
+            if all(new is old for new, old in zip(members, value, strict=True)):
+                return value
+            if isinstance(value, list):
+                return members
+            if isinstance(value, tuple):
+                return tuple(members)  # a plain tuple: named tuples take other arguments
+            return set(members) if isinstance(value, set) else frozenset(members)
+    # Anything else is rendered with str() by our formatters: check that rendering.
+    try:
+        text = str(value)
+    except Exception:
+        return "<unprintable value>"
+    redacted = scrub(text)
+    return value if redacted == text else redacted
+
+
+class SecretRedactingFilter(logging.Filter):
+    """Replace registered secrets in a log record by `[REDACTED]`, for every handler after it."""
+
+    # It checks the formatted message and its args, the exception and stack text, and
+    # every `extra=` attribute, and rewrites the record itself (`msg` = the redacted
+    # message, `args` = ()), so that every formatter downstream sees redacted text only.
+    # Records without secrets keep their msg and args: log grouping relies on them.
+
+    def __init__(self, redaction_registry: RedactionRegistry | None = None) -> None:
+        super().__init__()
+        self.registry = redaction_registry or registry
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not len(self.registry):
+            return True
+        try:
+            self._redact(record)
+        except Exception:
+            # Fail closed: a record we could not check must not reach a handler as it is.
+            record.msg = "log message withheld: redaction failed"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+            record.stack_info = None
+        return True
+
+    def _redact(self, record: logging.LogRecord) -> None:
+        scrub = self.registry.redact
+        try:
+            message = record.getMessage()
+        except Exception:
+            # A malformed call: keep msg and args (handleError reports them) but scrubbed.
+            record.msg = _redact_value(record.msg, scrub)
+            if record.args:
+                record.args = _redact_value(record.args, scrub)
+        else:
+            redacted = scrub(message)
+            if redacted != message or (
+                record.args and _redact_value(record.args, scrub) is not record.args
+            ):
+                record.msg = redacted
+                record.args = ()
+        self._redact_exception(record, scrub)
+        if record.stack_info:
+            record.stack_info = scrub(record.stack_info)
+        for key, value in list(record.__dict__.items()):
+            if key in _STANDARD or key.startswith("_"):
+                continue
+            redacted_value = _redact_value(value, scrub)
+            if redacted_value is not value:
+                setattr(record, key, redacted_value)
+
+    def _redact_exception(self, record: logging.LogRecord, scrub: Callable[[str], str]) -> None:
+        text = record.exc_text
+        if record.exc_info and record.exc_info[0] is not None and not text:
+            text = _exception_formatter.formatException(record.exc_info)
+        if not text:
+            return
+        redacted = scrub(text)
+        record.exc_text = redacted
+        if redacted != text and record.exc_info:
+            # Formatters that re-format `exc_info` (ours do) must not see the original;
+            # a stand-in prints exactly the redacted traceback.
+            standin = RedactedTraceback(redacted)
+            record.exc_info = (RedactedTraceback, standin, None)
+
+
+def install_redaction(logger: logging.Logger | None = None) -> None:
+    """Add a `SecretRedactingFilter` to every handler of `logger` (default: the root's), once."""
+    # On the handlers: a filter on the logger itself would miss propagated records.
+    # Handlers added later are not covered; call it again after adding one.
+    target = logger or logging.getLogger()
+    for handler in target.handlers:
+        if not any(isinstance(existing, SecretRedactingFilter) for existing in handler.filters):
+            handler.addFilter(SecretRedactingFilter())
+
+
 def describe_exception(error: BaseException) -> str:
     """Where an exception (and each one it was raised from) came from, and its class.
 
@@ -149,8 +276,4 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # SQLAlchemy's DEBUG lines are result rows (message texts, emails, user agents).
     logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
     # Second line of defence: known secret values never reach a handler's output.
-    # deferred: start-up cost (the CLI imports this module, and `weflux.crypto`'s package
-    # brings the models, hence SQLAlchemy, which `weflux --help` must not load)
-    from weflux.crypto.secret import install_redaction
-
     install_redaction()

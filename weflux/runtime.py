@@ -18,11 +18,10 @@ from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
-from weflux.api.client_ip import ProxyNetwork, parse_trusted_proxies
-from weflux.api.ratelimit import RateLimiter
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
-from weflux.auth.principal import Authenticator
 from weflux.auth.tokens import TokenCodec
+from weflux.client_ip import ProxyNetwork, parse_trusted_proxies
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
@@ -33,6 +32,7 @@ from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.services.channels import Services as ChannelServices
+from weflux.throttle.ratelimit import RateLimiter
 from weflux.tls import TLS_MINIMUM
 from weflux.whatsapp.client import CloudApiClient
 from weflux.worker import jobs

@@ -39,7 +39,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.runtime import runtime_of
-from weflux.services import ingest
+from weflux.services import ingest, webhook_queue
 
 PLATFORM_SECRET = "platform-app-secret-0123456789"
 PLATFORM_VERIFY = "platform-verify-token-0123"
@@ -584,7 +584,7 @@ async def test_a_processing_failure_is_recorded_and_retried(
         assert due is not None
         due.next_attempt_at = utcnow()
     runtime = runtime_of(app)
-    assert await ingest.retry_due_events(runtime.db, runtime.broker, runtime.settings) == 1
+    assert await webhook_queue.retry_due_events(runtime.db, runtime.broker, runtime.settings) == 1
     assert len(await _messages(db, org.id)) == 1
 
 
@@ -600,7 +600,10 @@ async def test_replay_reprocesses_without_duplicates(
     await post(client, _one_text("a"))
     await post(client, _one_text("b"))
     runtime = runtime_of(app)
-    assert await ingest.replay(runtime.db, runtime.broker, runtime.settings, owner_db) == (2, 0)
+    assert await webhook_queue.replay(runtime.db, runtime.broker, runtime.settings, owner_db) == (
+        2,
+        0,
+    )
     assert len(await _messages(db, org.id)) == 2
 
 

@@ -20,7 +20,7 @@ from tests.fixtures.factories import Actor
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
-from weflux.auth.principal import Authenticator
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.tokens import TokenCodec
 from weflux.db import Database
 from weflux.models import AuthSession, utcnow

@@ -12,7 +12,8 @@ import pytest
 from tests.fixtures.databases import DatabaseUrls
 from weflux.cli import main
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
-from weflux.crypto import KeyRing, seal
+from weflux.crypto.fields import seal
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import Organization, WhatsAppAccount, utcnow
 

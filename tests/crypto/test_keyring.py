@@ -14,7 +14,8 @@ import pytest
 
 from tests.fixtures.settings import make_settings
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
-from weflux.crypto import DecryptionError, KeyRing, Secret, SecretContext
+from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
+from weflux.crypto.secret import Secret
 
 PLAINTEXT = "EAAGm0PX4ZCpsBAsecret-access-token"
 

@@ -13,17 +13,10 @@ import pytest
 from sqlmodel import select
 
 from tests.fixtures.factories import create_org
-from weflux.crypto import (
-    SECRET_COLUMNS,
-    DecryptionError,
-    KeyRing,
-    Secret,
-    SecretContext,
-    context_for,
-    open_secret,
-    seal,
-)
+from weflux.crypto.fields import SECRET_COLUMNS, context_for, open_secret, seal
+from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
 from weflux.crypto.rotation import rotate_keys
+from weflux.crypto.secret import Secret
 from weflux.db import Database
 from weflux.models import AuditEvent, Organization, SmtpSettings, WhatsAppAccount, utcnow
 from weflux.services.audit import Action

@@ -41,6 +41,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Message as Event
+from weflux.sandbox.cloud_api import FakeCloudApi
 from weflux.services.channels import Services
 from weflux.services.outbound import (
     opt_change,
@@ -48,7 +49,6 @@ from weflux.services.outbound import (
     send_template_message,
     template_payload,
 )
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
 from weflux.worker.delivery import deliver_due_messages
 
 # -- sending ----------------------------------------------------------------------------------

@@ -14,9 +14,9 @@ from tests.fixtures.meta import ACCESS_TOKEN, OTHER_ACCESS_TOKEN, PHONE_NUMBER_I
 from weflux.config import Settings
 from weflux.logs import ConsoleFormatter, JsonFormatter
 from weflux.models import QualityRating
+from weflux.sandbox.cloud_api import DEFAULT_BUSINESS_ACCOUNT_ID, FakeCloudApi
 from weflux.whatsapp.client import HEALTH_FIELDS, CloudApiClient, PhoneNumberHealth, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify
-from weflux.whatsapp.fake_cloud_api import DEFAULT_BUSINESS_ACCOUNT_ID, FakeCloudApi
 
 LOGGER = "weflux.whatsapp.client"
 TEXT = {"to": "+1 650-555-1234", "type": "text", "text": {"body": "Hello"}}

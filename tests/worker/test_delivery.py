@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
@@ -28,9 +26,9 @@ from tests.fixtures.outbound import (
     update_message,
 )
 from tests.fixtures.principals import principal_of
-from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
+from tests.fixtures.throttle import FrozenThrottle
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
@@ -38,25 +36,21 @@ from weflux.models import (
     AccountStatus,
     Contact,
     Message,
-    MessageDirection,
     MessageStatus,
     WhatsAppAccount,
     moves_forward,
     utcnow,
 )
 from weflux.realtime.broker import Message as Event
-from weflux.runtime import Runtime, create_redis
+from weflux.runtime import Runtime
+from weflux.sandbox.cloud_api import FakeCloudApi, SentRecord
 from weflux.services.channels import Services
 from weflux.services.outbound import send_template_message
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi, SentRecord
 from weflux.worker import delivery
 from weflux.worker.delivery import (
     HIGH_THROUGHPUT,
     STANDARD_THROUGHPUT,
-    LocalThrottle,
-    RedisThrottle,
     backoff_delay,
-    build_payload,
     claim_due_messages,
     deliver_due_messages,
     throughput_of,
@@ -673,35 +667,6 @@ async def test_a_database_outage_while_sending_never_leaves_a_message_stuck(
 # -- throughput, payloads, backoff --------------------------------------------------------
 
 
-def test_the_token_bucket_allows_the_numbers_throughput() -> None:
-    throttle = LocalThrottle()
-    waits = [throttle.reserve("standard", STANDARD_THROUGHPUT, now=100.0) for _ in range(81)]
-    assert waits[:80] == [0.0] * 80
-    assert waits[80] == pytest.approx(1 / STANDARD_THROUGHPUT)
-    # A second later the bucket is full again.
-    assert throttle.reserve("standard", STANDARD_THROUGHPUT, now=101.1) == 0.0
-    high = [throttle.reserve("high", HIGH_THROUGHPUT, now=100.0) for _ in range(1001)]
-    assert high[999] == 0.0
-    assert high[1000] == pytest.approx(1 / HIGH_THROUGHPUT)
-
-
-class FrozenThrottle(LocalThrottle):
-    """The local throttle with its clock stopped at the first send: the waits it hands out
-    are exact, whatever the machine's speed (they are still slept)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.waits: list[float] = []
-        self._now: float | None = None
-
-    def reserve(self, key: str, rate: int, now: float | None = None) -> float:
-        if self._now is None:
-            self._now = time.monotonic()
-        wait = super().reserve(key, rate, self._now)
-        self.waits.append(wait)
-        return wait
-
-
 def test_throughput_follows_the_numbers_level() -> None:
     account = WhatsAppAccount(
         display_phone_number="+1",
@@ -736,43 +701,6 @@ async def test_the_throttle_paces_sends(
     # 5 at once, then 3 more at 5 a second: each waits its turn
     assert sorted(throttle.waits) == pytest.approx([0, 0, 0, 0, 0, 0.2, 0.4, 0.6])
     assert max(throttle.waits) >= 0.5
-
-
-async def test_the_shared_throttle_counts_in_redis(require_redis: None) -> None:
-    redis = create_redis(TEST_REDIS_URL)
-    prefix = f"weflux-test:{uuid.uuid4().hex}"
-    try:
-        throttle = RedisThrottle(redis, prefix=prefix)
-        throttle.local = local = FrozenThrottle()
-        for _ in range(4):
-            await throttle.acquire("106540352242922", 3)
-        # The fourth had to wait (the local bucket allows a burst of 3, then 3 a second)
-        assert local.waits == pytest.approx([0, 0, 0, 1 / 3])
-        assert max(local.waits) >= 0.3
-        # and every send was counted in Redis, per second
-        counted = 0
-        async for key in redis.scan_iter(match=f"{prefix}:*"):
-            counted += int(await redis.get(key) or 0)
-        assert counted >= 4
-    finally:
-        await redis.aclose()
-
-
-def test_a_username_only_contact_is_addressed_by_user_id() -> None:
-    message = Message(
-        id=uuid.uuid4(),
-        conversation_id=uuid.uuid4(),
-        direction=MessageDirection.OUTBOUND,
-        type="text",
-        text="hi",
-        status=MessageStatus.SENDING,
-    )
-    payload = build_payload(message, Contact(user_id="US.13491208655302741918"))
-    assert payload["recipient"] == "US.13491208655302741918"
-    assert "to" not in payload
-    both = build_payload(message, Contact(wa_id="16505551234", user_id="US.1"))
-    assert both["to"] == "16505551234"
-    assert "recipient" not in both
 
 
 def test_backoff_is_exponential_with_full_jitter(tmp_path: Path) -> None:

@@ -32,9 +32,9 @@ from weflux.db import Database
 from weflux.models import WhatsAppAccount, utcnow
 from weflux.realtime.broker import InProcessBroker, Message
 from weflux.realtime.events import workspace_channel
+from weflux.sandbox.cloud_api import FakeCloudApi
 from weflux.services.channels import Services
 from weflux.whatsapp.client import CloudApiClient
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
 from weflux.worker.health import refresh_due_accounts
 
 HOUR = timedelta(hours=1)

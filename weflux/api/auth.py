@@ -13,10 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from weflux.api.client_ip import request_meta
-from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import parse, read_json
 from weflux.auth.tokens import bearer_token
+from weflux.client_ip import request_meta
 from weflux.emails import check_email
 from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id, encode_global_id
@@ -26,6 +25,7 @@ from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import signup as signup_service
 from weflux.services.sessions import TokenPair
+from weflux.throttle.ratelimit import RateLimiter
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # Long enough for any passphrase; the policy (12..72 bytes) answers with a clear reason.

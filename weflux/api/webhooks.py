@@ -23,17 +23,17 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from weflux.api.client_ip import client_ip
-from weflux.api.ratelimit import RateLimiter
 from weflux.api.validation import read_body
 from weflux.auth import crossings
 from weflux.auth.scoping import use_workspace
+from weflux.client_ip import client_ip
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
-from weflux.services import ingest
+from weflux.services import webhook_queue
+from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,7 @@ async def notify(request: Request) -> Response:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")
     task = BackgroundTask(
-        ingest.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
+        webhook_queue.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
     )
     return PlainTextResponse("OK", headers={"Cache-Control": "no-store"}, background=task)
 

@@ -27,10 +27,10 @@ attack can lock the owner out of a network they have not mistyped their password
 
 from __future__ import annotations
 
-from weflux.api.ratelimit import RateLimiter
 from weflux.auth.passwords import verify_password
 from weflux.emails import normalize_email
 from weflux.errors import RateLimited
+from weflux.throttle.ratelimit import RateLimiter
 
 KNOWN_IP_SECONDS = 30 * 86400
 ACCOUNT_IP = "login_account_ip"

@@ -4,7 +4,7 @@ Both kinds carry `iss`, `aud`, `sub` (user), `org` (workspace), `sid` (session),
 `iat`, `nbf`, `exp` and `typ`. The two kinds differ in `typ` *and* in `aud`, and are
 checked for both, so a refresh token is never accepted as an access token, nor the
 reverse. Tokens are only a pointer at a session: every use checks that the session is
-live (see `weflux.auth.principal`).
+live (see `weflux.auth.authenticator`).
 
 HS256 is deterministic: the same claims under the same secret give the same token, byte
 for byte. So a token's `TokenStamp` (`jti`, `iat`, `exp`), which is no secret, is enough

@@ -21,7 +21,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from weflux.config import KEY_ID_PATTERN, Settings
-from weflux.crypto.secret import Secret, register_secret
+from weflux.crypto.redaction import register_secret
+from weflux.crypto.secret import Secret
 
 ENVELOPE_VERSION = "v1"
 KEY_BYTES = 32

@@ -11,10 +11,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
-from weflux.api.ratelimit import RateLimiter
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.permissions import Permission
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.config import Settings
 from weflux.db import Database
@@ -26,6 +26,7 @@ from weflux.realtime.broker import Broker
 from weflux.realtime.hub import Hub
 from weflux.services.audit import RequestMeta
 from weflux.services.channels import Services as ChannelServices
+from weflux.throttle.ratelimit import RateLimiter
 
 # A subscription runs in its own task: the unit of work of the event being delivered,
 # and its fresh DataLoaders, live in the task's context, never shared between operations.

@@ -30,13 +30,13 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
-from weflux.api.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
-from weflux.api.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
 from weflux.auth.principal import Principal
 from weflux.config import ConfigError, Settings
 from weflux.db import begin_read_only, interrupt
 from weflux.errors import ErrorCode
 from weflux.gql.cost import MUTATION_POINTS, OperationCost, operation_cost
+from weflux.throttle.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
+from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
 
 # Strawberry validates with these two besides graphql-core's rules.
 _STRAWBERRY_RULES = (MaybeNullValidationRule, OneOfInputValidationRule)

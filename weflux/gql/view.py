@@ -32,20 +32,20 @@ from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
 from strawberry.types.execution import ExecutionResult
 from strawberry.types.unset import UNSET, UnsetType
 
-from weflux.api.client_ip import client_ip, request_meta
-from weflux.api.ratelimit import graphql_rate_limited_response
 from weflux.api.security import IDE_CSP
 from weflux.api.validation import is_json, read_body
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.auth.tokens import bearer_token
+from weflux.client_ip import client_ip, request_meta
 from weflux.db import settle
 from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
 from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
 from weflux.gql.socket import OperationHandler
 from weflux.runtime import Runtime, runtime_of
+from weflux.throttle.ratelimit import graphql_rate_limited_response
 
 log = logging.getLogger(__name__)
 

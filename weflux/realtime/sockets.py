@@ -1,7 +1,7 @@
 """Live sockets by session, so that revocation closes them at once (4401).
 
 Revocations, removals and role changes travel on the broker to every process (see
-`weflux.auth.principal`). Here a revoked session's sockets are closed; a member whose
+`weflux.auth.authenticator`). Here a revoked session's sockets are closed; a member whose
 role changed is re-authenticated and their sockets see with the new role from the next
 event on (or are closed when nothing valid is left); when the broker reconnects, every
 socket is re-checked because messages may have been missed; and each socket is closed
@@ -16,7 +16,8 @@ import logging
 import uuid
 from typing import Protocol
 
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.authenticator import Authenticator
+from weflux.auth.principal import Principal
 from weflux.auth.tokens import bearer_token
 from weflux.models import utcnow
 

@@ -15,10 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from weflux.config import ConfigError, Settings, load_settings
+from weflux.errors import NotFound, WefluxError
+from weflux.ids import decode_global_id, encode_global_id
 from weflux.logs import configure_logging
 
-# Each command imports what it needs inside its function ("deferred: start-up cost"):
-# `weflux --help` must not load SQLAlchemy (see weflux/cli.py).
+# Each command imports the database and the register inside its function ("deferred:
+# start-up cost"): `weflux --help` must not load SQLAlchemy (see weflux/cli.py).
 
 
 def _settings() -> Settings:
@@ -39,9 +41,6 @@ def _aware_time(value: str) -> datetime:
 
 def _row_id(value: str, type_name: str) -> uuid.UUID:
     """A row id from a global id of `type_name` (or a bare UUID)."""
-    from weflux.errors import NotFound  # deferred: start-up cost
-    from weflux.ids import decode_global_id  # deferred: start-up cost
-
     try:
         return uuid.UUID(value)
     except ValueError:
@@ -64,8 +63,6 @@ async def _incident_open(
 ) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
-    from weflux.errors import WefluxError
-    from weflux.ids import encode_global_id
     from weflux.secops import incidents
 
     db = await maintenance_database(settings.migration_url)
@@ -99,7 +96,6 @@ def cmd_incident_notify(args: argparse.Namespace) -> int:
 async def _incident_notify(settings: Settings, incident_id: uuid.UUID, message: str) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
-    from weflux.errors import WefluxError
     from weflux.mail.mailer import build_mailer
     from weflux.secops import incidents
 
@@ -134,7 +130,6 @@ def cmd_incident_list(args: argparse.Namespace) -> int:
 async def _incident_list(settings: Settings) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
-    from weflux.ids import encode_global_id
     from weflux.secops import incidents
 
     db = await maintenance_database(settings.migration_url)
@@ -178,7 +173,6 @@ def cmd_incident_close(args: argparse.Namespace) -> int:
 async def _incident_close(settings: Settings, incident_id: uuid.UUID, url: str) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
-    from weflux.errors import WefluxError
     from weflux.secops import incidents
 
     db = await maintenance_database(settings.migration_url)

@@ -11,9 +11,10 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.passwords import PasswordPolicyError, check_password_policy, hash_password
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
 from weflux.db import Database

@@ -13,10 +13,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.passwords import hash_password
 from weflux.auth.permissions import Permission, may_invite
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
 from weflux.db import Database, after_commit

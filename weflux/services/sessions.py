@@ -11,8 +11,9 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
 from weflux.db import after_commit
 from weflux.errors import Forbidden, NotFound

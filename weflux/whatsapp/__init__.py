@@ -1,4 +1,4 @@
-"""The WhatsApp Cloud API: a pooled client, its classified errors, and a fake for tests."""
+"""The WhatsApp Cloud API: a pooled client, its classified errors, the webhook parser."""
 
 from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError, MetaUnavailable, classify

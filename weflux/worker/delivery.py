@@ -10,9 +10,10 @@ The `messages` table is the outbox: a send request only inserts a QUEUED row
    claimed row becomes SENDING with a lease (`next_attempt_at = now + lease`) and
    `attempts + 1`, and the claim commits;
 2. **sends** each message outside any transaction (no row lock or connection is held
-   while Meta answers), within the number's throughput (a token bucket per number:
-   80 messages/s, 1,000/s for a HIGH throughput number; across processes too when Redis
-   is configured), messages of one conversation one after another in queue order;
+   while Meta answers), within the number's throughput (a token bucket per number,
+   `weflux.throttle.sends`: 80 messages/s, 1,000/s for a HIGH throughput number; across
+   processes too when Redis is configured), messages of one conversation one after
+   another in queue order;
 3. **records** the outcome in a second short transaction, per workspace: SENT with the
    wamid (never moving a status backwards: a status webhook may have been faster);
    QUEUED again with exponential backoff and full jitter for rate limits and transient
@@ -39,14 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -72,8 +70,10 @@ from weflux.models import (
 )
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.channels import Services, apply_health_error
+from weflux.throttle.sends import LocalThrottle, Throttle
 from weflux.whatsapp.client import SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
+from weflux.whatsapp.payloads import NoRecipient, build_payload
 
 log = logging.getLogger(__name__)
 
@@ -90,92 +90,6 @@ FOLLOW_UPS_PER_RUN = 20
 
 
 # -- throughput ---------------------------------------------------------------------------
-
-
-class Throttle(Protocol):
-    """Paces sends per phone number."""
-
-    async def acquire(self, key: str, rate: int) -> None:
-        """Wait until one more message may go out under `rate` per second for `key`."""
-
-
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-class LocalThrottle:
-    """A token bucket per number in this process: `rate` a second, bursts of up to `rate`.
-
-    Each caller takes its token at once and sleeps off any deficit, so concurrent
-    callers queue fairly without polling.
-    """
-
-    def __init__(self) -> None:
-        self._buckets: dict[str, _Bucket] = {}
-
-    def reserve(self, key: str, rate: int, now: float | None = None) -> float:
-        """Take a token; the seconds to wait before using it."""
-        now = time.monotonic() if now is None else now
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            bucket = self._buckets[key] = _Bucket(tokens=float(rate), updated=now)
-        bucket.tokens = min(float(rate), bucket.tokens + (now - bucket.updated) * rate)
-        bucket.updated = now
-        bucket.tokens -= 1
-        return -bucket.tokens / rate if bucket.tokens < 0 else 0.0
-
-    async def acquire(self, key: str, rate: int) -> None:
-        wait = self.reserve(key, rate)
-        if wait > 0:
-            await asyncio.sleep(wait)
-
-
-class RedisThrottle:
-    """The local bucket, then a per-second counter in Redis shared by every process.
-
-    When Redis fails the local bucket alone applies (logged at most once a minute): Meta
-    answers an excess with 130429, which is retried with backoff anyway.
-    """
-
-    def __init__(self, redis: Redis, *, prefix: str = "weflux:wa-throughput") -> None:
-        self.redis = redis
-        self.prefix = prefix
-        self.local = LocalThrottle()
-        self._warned_at: float | None = None
-
-    async def acquire(self, key: str, rate: int) -> None:
-        await self.local.acquire(key, rate)
-        for _ in range(50):
-            now = time.time()
-            second = int(now)
-            counter = f"{self.prefix}:{key}:{second}"
-            try:
-                async with asyncio.timeout(1.0):
-                    async with self.redis.pipeline(transaction=True) as pipe:
-                        pipe.incr(counter)
-                        pipe.expire(counter, 5)
-                        count, _ = await pipe.execute()
-            except (RedisError, OSError) as exc:
-                self._warn(exc)
-                return
-            if int(count) <= rate:
-                return
-            await asyncio.sleep(max(0.001, second + 1 - time.time()))
-
-    def _warn(self, exc: BaseException) -> None:
-        now = time.monotonic()
-        if self._warned_at is None or now - self._warned_at > 60:
-            self._warned_at = now
-            log.warning(
-                "shared send throttle unavailable; pacing per process only",
-                extra={"error": type(exc).__name__},
-            )
-
-
-def build_throttle(redis: Redis | None) -> Throttle:
-    return RedisThrottle(redis) if redis is not None else LocalThrottle()
 
 
 _DEFAULT_THROTTLE = LocalThrottle()
@@ -347,42 +261,6 @@ class _Outcome:
     account_id: uuid.UUID | None = None
     credentials_updated_at: datetime | None = None
     error: MetaApiError | None = None
-
-
-class NoRecipient(ValueError):
-    """The contact has neither a phone number id nor a business-scoped user id."""
-
-
-def build_payload(message: Message, contact: Contact) -> dict[str, Any]:
-    """The Cloud API body for `message` (the client adds `messaging_product`).
-
-    Addressed by `to` (the contact's wa_id) when known; else by `recipient` (the
-    business-scoped user id, for username-only contacts). Meta gives `to` precedence
-    when both are sent, so only one is.
-    """
-    payload: dict[str, Any] = {}
-    if contact.wa_id:
-        payload["to"] = contact.wa_id
-    elif contact.user_id:
-        payload["recipient"] = contact.user_id
-    else:
-        raise NoRecipient("the contact has neither a WhatsApp number nor a user id")
-    if message.type == "text":
-        if not message.text:
-            raise ValueError("a text message without text")
-        payload["type"] = "text"
-        payload["text"] = {"body": message.text}
-    elif message.type == "template":
-        if not isinstance(message.payload, dict):
-            raise ValueError("a template message without its template")
-        payload["type"] = "template"
-        payload["template"] = message.payload
-    else:
-        raise ValueError(f"outbound messages of type {message.type!r} are not supported")
-    if message.reply_to_wa_message_id:
-        payload["context"] = {"message_id": message.reply_to_wa_message_id}
-    payload["biz_opaque_callback_data"] = str(message.id)
-    return payload
 
 
 async def _prepare(

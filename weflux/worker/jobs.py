@@ -8,8 +8,9 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.realtime.broker import Broker
 from weflux.services.channels import Services as ChannelServices
-from weflux.services.ingest import retry_due_events
-from weflux.worker.delivery import build_throttle, deliver_due_messages
+from weflux.services.webhook_queue import retry_due_events
+from weflux.throttle.sends import build_throttle
+from weflux.worker.delivery import deliver_due_messages
 from weflux.worker.health import refresh_due_accounts
 from weflux.worker.runner import Job, Worker
 

@@ -18,7 +18,7 @@ from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import WhatsAppAccount
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.sandbox.cloud_api import FakeCloudApi
 
 UPDATE = """mutation($input: UpdateWhatsAppCredentialsInput!) {
   updateWhatsAppCredentials(input: $input) { id } }"""

@@ -22,7 +22,7 @@ from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError, KeyRing
 from weflux.db import Database
 from weflux.models import AuditEvent, WhatsAppAccount
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.sandbox.cloud_api import FakeCloudApi
 
 ACCOUNTS = """{ whatsAppAccounts { id phoneNumberId qualityRating messagingLimitTier status
   hasAppSecret hasWebhookVerifyToken credentialsUpdatedAt } }"""

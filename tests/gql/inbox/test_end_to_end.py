@@ -25,7 +25,7 @@ from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Organization, WhatsAppAccount, utcnow
 from weflux.runtime import runtime_of
-from weflux.whatsapp.fake_cloud_api import FakeCloudApi
+from weflux.sandbox.cloud_api import FakeCloudApi
 from weflux.worker.delivery import deliver_due_messages
 
 SECRET = "platform-app-secret-end-to-end"

@@ -16,9 +16,9 @@ from redis.asyncio import Redis
 
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
 from tests.fixtures.settings import make_settings
-from weflux.api.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
 from weflux.config import ConfigError
 from weflux.gql.guard import CostBudgets
+from weflux.throttle.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 TEN_A_SECOND = BucketSpec(capacity=100, restore_rate=10.0)
@@ -145,14 +145,14 @@ async def test_an_unreachable_redis_fails_open_and_warns_once(
 ) -> None:
     buckets = LeakyBuckets(UNREACHABLE_REDIS_URL)
     try:
-        with caplog.at_level(logging.WARNING, logger="weflux.api.leaky_bucket"):
+        with caplog.at_level(logging.WARNING, logger="weflux.throttle.leaky_bucket"):
             charges = [await buckets.charge([Bucket("member:a", TEN_A_SECOND)], 500)]
             charges.append(await buckets.charge([Bucket("member:a", TEN_A_SECOND)], 500))
     finally:
         await buckets.close()
     assert all(charge.allowed for charge in charges)
     assert all(charge.tightest is None for charge in charges)  # remaining: unknown
-    warnings = [r for r in caplog.records if r.name == "weflux.api.leaky_bucket"]
+    warnings = [r for r in caplog.records if r.name == "weflux.throttle.leaky_bucket"]
     assert len(warnings) == 1
     assert "without a budget" in warnings[0].getMessage()
 

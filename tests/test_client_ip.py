@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from weflux.api.client_ip import (
+from weflux.client_ip import (
     ProxyNetwork,
     client_ip,
     parse_trusted_proxies,

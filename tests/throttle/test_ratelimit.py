@@ -22,8 +22,9 @@ from starlette.routing import Route
 from tests.fixtures.limiter import LimiterFactory, build_settings
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.tcp_proxy import TcpProxy
-from weflux.api.client_ip import client_ip
-from weflux.api.ratelimit import (
+from weflux.client_ip import client_ip
+from weflux.config import ConfigError
+from weflux.throttle.ratelimit import (
     LIMIT_NAMES,
     RateLimitDecision,
     RateLimiter,
@@ -31,7 +32,6 @@ from weflux.api.ratelimit import (
     rate_limited_response,
     storage_key,
 )
-from weflux.config import ConfigError
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 
@@ -254,11 +254,11 @@ async def test_an_unreachable_redis_fails_open_and_warns_once(
         tmp_path, redis_url=UNREACHABLE_REDIS_URL, rate_limit_login_ip="1/minute;2/hour"
     )
     limiter = RateLimiter(settings)
-    with caplog.at_level(logging.WARNING, logger="weflux.api.ratelimit"):
+    with caplog.at_level(logging.WARNING, logger="weflux.throttle.ratelimit"):
         decisions = [await limiter.hit("login_ip", "203.0.113.9") for _ in range(5)]
     await limiter.close()
     assert decisions == [RateLimitDecision(allowed=True)] * 5
-    warnings = [r for r in caplog.records if r.name == "weflux.api.ratelimit"]
+    warnings = [r for r in caplog.records if r.name == "weflux.throttle.ratelimit"]
     assert len(warnings) == 1
     assert "allowing requests" in warnings[0].getMessage()
 
@@ -293,9 +293,9 @@ async def test_redis_going_away_fails_open_and_limits_resume(
             False,
         ]
         await redis_proxy.cut()
-        with caplog.at_level(logging.WARNING, logger="weflux.api.ratelimit"):
+        with caplog.at_level(logging.WARNING, logger="weflux.throttle.ratelimit"):
             assert await hit_times(limiter, "login_account", "a@example.com", 3) == [True] * 3
-        assert len([r for r in caplog.records if r.name == "weflux.api.ratelimit"]) == 1
+        assert len([r for r in caplog.records if r.name == "weflux.throttle.ratelimit"]) == 1
 
         await redis_proxy.restore()
         # The counters survived in Redis: the account is still over its limit.

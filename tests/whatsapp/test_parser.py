@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.fixtures import webhooks as wh
-from weflux.whatsapp.webhook import (
+from weflux.whatsapp.parser import (
     EPOCH,
     AccountUpdate,
     ContactProfile,

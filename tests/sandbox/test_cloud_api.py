@@ -17,8 +17,8 @@ from tests.fixtures.meta import (
     PHONE_NUMBER_ID,
     VERSION,
 )
-from weflux.whatsapp import fake_cloud_api
-from weflux.whatsapp.fake_cloud_api import (
+from weflux.sandbox import cloud_api
+from weflux.sandbox.cloud_api import (
     DEFAULT_BUSINESS_ACCOUNT_ID,
     FakeCloudApi,
     main,
@@ -334,7 +334,7 @@ class Stalls:
 @pytest.fixture
 def stalls(monkeypatch: pytest.MonkeyPatch) -> Stalls:
     record = Stalls()
-    real = fake_cloud_api._stall
+    real = cloud_api._stall
 
     async def watched(request: Request, seconds: float) -> None:
         record.planned.append(seconds)
@@ -343,7 +343,7 @@ def stalls(monkeypatch: pytest.MonkeyPatch) -> Stalls:
         finally:
             record.ended.set()
 
-    monkeypatch.setattr(fake_cloud_api, "_stall", watched)
+    monkeypatch.setattr(cloud_api, "_stall", watched)
     return record
 
 

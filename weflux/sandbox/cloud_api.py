@@ -4,7 +4,7 @@ A real Starlette app that answers like Meta's Graph API, errors included, switch
 run time: register numbers, change their health, make the next calls fail or stall, and
 read back every request it received. Run it on its own with
 
-    python -m weflux.whatsapp.fake_cloud_api --port 8088 --number 106540352242922:TOKEN
+    python -m weflux.sandbox.cloud_api --port 8088 --number 106540352242922:TOKEN
 
 and point `WEFLUX_META_GRAPH_URL` at it.
 """

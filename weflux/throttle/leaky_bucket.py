@@ -5,7 +5,7 @@ A bucket holds up to `capacity` points and refills at `restore_rate` points a se
 once, all or nothing: when any of them holds too few, none is charged and the answer
 says how long until all of them hold enough.
 
-Like the request limiter (`weflux.api.ratelimit`), a Redis that fails costs a charge at
+Like the request limiter (`weflux.throttle.ratelimit`), a Redis that fails costs a charge at
 most `DECISION_TIMEOUT` and then fails open: the charge is allowed, its remaining points
 are unknown (None), and a warning is logged at most once a minute.
 """
@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from weflux.api.ratelimit import (
+from weflux.config import ConfigError
+from weflux.throttle.ratelimit import (
     DECISION_TIMEOUT,
     REDIS_SOCKET_TIMEOUT,
     StorageWarning,
     plain_key,
 )
-from weflux.config import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,226 @@
+"""Access token -> live session -> membership -> role: the `Principal`, cached and revocable.
+
+Tokens are stateless to carry but every request checks that the session is live and
+the membership still exists, and takes the role from the database. A small
+in-process cache keeps that cheap; revocations, removals and role changes travel on
+the broker (`AUTH_CHANNEL`) and evict the cache on every process at once. While the
+broker is disconnected the cache is bypassed, and it is emptied on reconnection, so
+a missed message never leaves a revoked session usable.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import update
+from sqlmodel import col, select
+
+from weflux.auth.principal import Principal
+from weflux.auth.tokens import InvalidTokenError, TokenClaims, TokenCodec
+from weflux.db import Database
+from weflux.models import AuthSession, Membership, Role, utcnow
+from weflux.realtime.broker import Broker, Message
+
+log = logging.getLogger(__name__)
+
+AUTH_CHANNEL = "weflux:auth"
+CACHE_TTL_SECONDS = 30.0
+CACHE_MAX_ENTRIES = 10_000
+TOUCH_INTERVAL = timedelta(minutes=1)
+
+
+@dataclass
+class _Entry:
+    live: bool
+    # The workspace the session was looked up in: an entry answers only for tokens
+    # naming that workspace (a session id is not a key on its own).
+    org_id: uuid.UUID | None = None
+    membership_id: uuid.UUID | None = None
+    user_id: uuid.UUID | None = None
+    role: Role | None = None
+    session_expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    stored_at: float = field(default_factory=time.monotonic)
+
+
+class SessionCache:
+    """Session id -> what the database said of it, for a few seconds."""
+
+    def __init__(self, ttl: float = CACHE_TTL_SECONDS, max_entries: int = CACHE_MAX_ENTRIES):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: OrderedDict[uuid.UUID, _Entry] = OrderedDict()
+
+    def get(self, session_id: uuid.UUID) -> _Entry | None:
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return None
+        if time.monotonic() - entry.stored_at > self.ttl:
+            del self._entries[session_id]
+            return None
+        self._entries.move_to_end(session_id)
+        return entry
+
+    def put(self, session_id: uuid.UUID, entry: _Entry) -> None:
+        self._entries[session_id] = entry
+        self._entries.move_to_end(session_id)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+
+    def evict_sessions(self, session_ids: Iterable[uuid.UUID]) -> None:
+        for session_id in session_ids:
+            self._entries.pop(session_id, None)
+
+    def evict_memberships(self, membership_ids: Iterable[uuid.UUID]) -> None:
+        targets = set(membership_ids)
+        for session_id in [s for s, e in self._entries.items() if e.membership_id in targets]:
+            del self._entries[session_id]
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+RevocationListener = Callable[[set[uuid.UUID], set[uuid.UUID]], Awaitable[None]]
+
+
+class Authenticator:
+    """Turns an access token into a Principal, or None."""
+
+    def __init__(self, codec: TokenCodec, db: Database, broker: Broker) -> None:
+        self.codec = codec
+        self.db = db
+        self.broker = broker
+        self.cache = SessionCache()
+        self._origin = uuid.uuid4().hex  # this process, to recognise its own broadcasts
+        self._listeners: list[RevocationListener] = []
+        self._unsubscribe: Callable[[], Awaitable[None]] | None = None
+
+    async def start(self) -> None:
+        self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
+        self.broker.on_reconnect(self._on_reconnect)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            await self._unsubscribe()
+
+    def add_revocation_listener(self, listener: RevocationListener) -> None:
+        """Be told of revoked sessions and changed memberships (open sockets use it)."""
+        self._listeners.append(listener)
+
+    async def authenticate(self, token: str | None) -> Principal | None:
+        if not token:
+            return None
+        try:
+            claims = self.codec.verify(token, "access")
+        except InvalidTokenError:
+            return None
+        entry = self.cache.get(claims.session_id) if self.broker.connected else None
+        if entry is not None and entry.org_id != claims.org_id:
+            entry = None  # looked up for another workspace: ask the database for this one
+        if entry is None:
+            entry = await self._load(claims)
+            self.cache.put(claims.session_id, entry)
+        now = utcnow()
+        if (
+            not entry.live
+            or entry.org_id != claims.org_id
+            or entry.user_id != claims.user_id
+            or entry.session_expires_at is None
+            or entry.session_expires_at <= now
+            or entry.role is None
+            or entry.membership_id is None
+        ):
+            return None
+        if entry.last_used_at is None or now - entry.last_used_at > TOUCH_INTERVAL:
+            entry.last_used_at = now
+            await self._touch(claims, now)
+        return Principal(
+            user_id=claims.user_id,
+            org_id=claims.org_id,
+            session_id=claims.session_id,
+            membership_id=entry.membership_id,
+            role=entry.role,
+            token_expires_at=claims.expires_at,
+        )
+
+    async def _load(self, claims: TokenClaims) -> _Entry:
+        async with self.db.session(claims.org_id) as session:
+            row = (
+                await session.exec(
+                    select(AuthSession, Membership)
+                    .join(Membership, col(Membership.id) == col(AuthSession.membership_id))
+                    .where(AuthSession.id == claims.session_id)
+                )
+            ).first()
+        if row is None:
+            return _Entry(live=False, org_id=claims.org_id)
+        auth_session, membership = row
+        return _Entry(
+            live=auth_session.revoked_at is None,
+            org_id=membership.org_id,
+            membership_id=membership.id,
+            user_id=membership.user_id,
+            role=membership.role,
+            session_expires_at=auth_session.expires_at,
+            last_used_at=auth_session.last_used_at,
+        )
+
+    async def _touch(self, claims: TokenClaims, now: datetime) -> None:
+        async with self.db.session(claims.org_id) as session:
+            await session.exec(
+                update(AuthSession)
+                .where(col(AuthSession.id) == claims.session_id)
+                .values(last_used_at=now)
+            )
+
+    async def publish_revocation(
+        self,
+        *,
+        session_ids: Iterable[uuid.UUID] = (),
+        membership_ids: Iterable[uuid.UUID] = (),
+    ) -> None:
+        """Tell every process (this one included) to forget these sessions and memberships."""
+        message: Message = {
+            "sessions": [str(s) for s in session_ids],
+            "memberships": [str(m) for m in membership_ids],
+            "origin": self._origin,
+        }
+        # Evict here first: this process must not wait for the round trip.
+        await self._on_message(message)
+        try:
+            await self.broker.publish(AUTH_CHANNEL, message)
+        except Exception:
+            log.exception("could not publish a revocation; other processes rely on cache expiry")
+
+    async def _on_broadcast(self, message: Message) -> None:
+        if message.get("origin") != self._origin:  # our own was handled when published
+            await self._on_message(message)
+
+    async def _on_message(self, message: Message) -> None:
+        try:
+            sessions = {uuid.UUID(s) for s in message.get("sessions", [])}
+            memberships = {uuid.UUID(m) for m in message.get("memberships", [])}
+        except (TypeError, ValueError, AttributeError):
+            log.warning("ignored a malformed revocation message")
+            return
+        self.cache.evict_sessions(sessions)
+        self.cache.evict_memberships(memberships)
+        for listener in self._listeners:
+            try:
+                await listener(sessions, memberships)
+            except Exception:
+                log.exception("revocation listener failed")
+
+    async def _on_reconnect(self) -> None:
+        self.cache.clear()
+        for listener in self._listeners:
+            try:
+                await listener(set(), set())
+            except Exception:
+                log.exception("revocation listener failed")

@@ -1,0 +1,1 @@
+"""Rate limits and pacing: named request limits, GraphQL cost budgets, sends per number."""
