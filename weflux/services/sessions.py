@@ -50,6 +50,7 @@ async def open_session(
         membership_id=membership.id,
         refresh_token_hash="",
         created_at=started,
+        authenticated_at=started,  # a login is an authentication; a refresh is not
         expires_at=started + codec.refresh_ttl,
         ip_address=meta.ip,
         user_agent=(meta.user_agent or "")[:512] or None,
