@@ -34,9 +34,7 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("mfa_challenge_hash", sa.String(length=64), nullable=True))
     with op.batch_alter_table("organizations", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "require_two_factor", sa.Boolean(), nullable=False, server_default=sa.false()
-            )
+            sa.Column("require_two_factor", sa.Boolean(), nullable=False, server_default=sa.false())
         )
     with op.batch_alter_table("sessions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("authenticated_at", UTCDateTime(), nullable=True))

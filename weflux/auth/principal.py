@@ -181,16 +181,17 @@ class Authenticator:
         async with self.db.session(claims.org_id) as session:
             row = (
                 await session.exec(
-                    select(AuthSession, Membership, Organization.require_two_factor, User)
+                    select(AuthSession, Membership, User)
                     .join(Membership, col(Membership.id) == col(AuthSession.membership_id))
-                    .join(Organization, col(Organization.id) == col(Membership.org_id))
                     .join(User, col(User.id) == col(Membership.user_id))
                     .where(AuthSession.id == claims.session_id)
                 )
             ).first()
+            organization = await session.get(Organization, claims.org_id) if row else None
         if row is None:
             return _Entry(live=False, org_id=claims.org_id)
-        auth_session, membership, require_two_factor, user = row
+        auth_session, membership, user = row
+        require_two_factor = organization is not None and organization.require_two_factor
         return _Entry(
             live=auth_session.revoked_at is None,
             org_id=membership.org_id,

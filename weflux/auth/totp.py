@@ -66,9 +66,7 @@ def matching_step(secret: str, code: str, now: datetime, last_step: int | None) 
 def new_recovery_codes() -> list[str]:
     """Ten codes like `k7dq2-mx9ft`, each 50 random bits."""
     return [
-        "-".join(
-            "".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(5)) for _ in range(2)
-        )
+        "-".join("".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(5)) for _ in range(2))
         for _ in range(RECOVERY_CODE_COUNT)
     ]
 

@@ -75,9 +75,7 @@ async def screen(
         return None
     fields = root_fields(document, operation_name)
     if principal.must_enroll and fields - ENROLLMENT_OPERATIONS - INTROSPECTION:
-        return GraphQLError(
-            MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED}
-        )
+        return GraphQLError(MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED})
     if kind is OperationType.MUTATION and fields & SENSITIVE_OPERATIONS:
         async with context.db.session(principal.org_id) as session:
             try:

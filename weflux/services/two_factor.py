@@ -41,7 +41,7 @@ from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
 WRONG_CODE = "The code is wrong, expired or already used"
-INVALID_MFA_TOKEN = "The mfaToken is invalid, expired or already used; log in again"
+INVALID_MFA_TOKEN = "The mfaToken is invalid, expired or already used; log in again"  # noqa: S105
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,7 @@ async def _user(session: AsyncSession, user_id: uuid.UUID) -> User:
     return user
 
 
-async def _consume_totp(
-    session: AsyncSession, keyring: KeyRing, user: User, code: str
-) -> bool:
+async def _consume_totp(session: AsyncSession, keyring: KeyRing, user: User, code: str) -> bool:
     """Whether `code` is the user's current TOTP code, never accepted before (then consumed)."""
     secret = open_secret(keyring, user, "totp_secret_enc")
     if secret is None:
@@ -110,7 +108,11 @@ def _new_recovery_codes(user: User) -> list[str]:
 
 
 async def _check_totp(
-    session: AsyncSession, guard: PasswordGuard, keyring: KeyRing, user: User, ip: str | None,
+    session: AsyncSession,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    user: User,
+    ip: str | None,
     code: str,
 ) -> None:
     """InvalidMfaCode unless `code` is a fresh TOTP code; counted by the guard."""
@@ -122,7 +124,9 @@ async def _check_totp(
         raise InvalidMfaCode(WRONG_CODE)
 
 
-def _announce_membership(session: AsyncSession, authenticator: Authenticator, ids: list[uuid.UUID]) -> None:
+def _announce_membership(
+    session: AsyncSession, authenticator: Authenticator, ids: list[uuid.UUID]
+) -> None:
     """Once committed, every process re-reads these members (their `must_enroll`)."""
 
     async def announce() -> None:
@@ -174,8 +178,12 @@ async def confirm_enrollment(
     user.two_factor_enabled_at = utcnow()
     await session.flush()
     await record(
-        session, Action.TWO_FACTOR_ENABLED, actor=principal, target_type="User",
-        target_id=user.id, meta=meta,
+        session,
+        Action.TWO_FACTOR_ENABLED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
     )
     _announce_membership(session, authenticator, [principal.membership_id])
     return codes
@@ -199,8 +207,12 @@ async def regenerate_recovery_codes(
     codes = _new_recovery_codes(user)
     await session.flush()
     await record(
-        session, Action.RECOVERY_CODES_REGENERATED, actor=principal, target_type="User",
-        target_id=user.id, meta=meta,
+        session,
+        Action.RECOVERY_CODES_REGENERATED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
     )
     return codes
 
@@ -241,8 +253,13 @@ async def disable(
     await session.flush()
     # A security event (auth.mfa_disabled) joins this record once security events exist.
     await record(
-        session, Action.TWO_FACTOR_DISABLED, actor=principal, target_type="User",
-        target_id=user.id, meta=meta, severity=Severity.WARNING,
+        session,
+        Action.TWO_FACTOR_DISABLED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
+        severity=Severity.WARNING,
     )
     _announce_membership(session, authenticator, [principal.membership_id])
 
@@ -290,8 +307,13 @@ async def reset_member(
     )
     # A security event joins this record once security events exist.
     await record(
-        session, Action.TWO_FACTOR_RESET, actor=principal, target_type="Member",
-        target_id=target.id, meta=meta, severity=Severity.HIGH,
+        session,
+        Action.TWO_FACTOR_RESET,
+        actor=principal,
+        target_type="Member",
+        target_id=target.id,
+        meta=meta,
+        severity=Severity.HIGH,
         details={"user": str(user.id), "sessions_ended": ended},
     )
     return target
@@ -314,9 +336,14 @@ async def update_security(
         organization.require_two_factor = require_two_factor
         await session.flush()
         await record(
-            session, Action.ORGANIZATION_SECURITY_UPDATED, actor=principal,
-            target_type="Organization", target_id=organization.id, meta=meta,
-            severity=Severity.WARNING, details={"require_two_factor": require_two_factor},
+            session,
+            Action.ORGANIZATION_SECURITY_UPDATED,
+            actor=principal,
+            target_type="Organization",
+            target_id=organization.id,
+            meta=meta,
+            severity=Severity.WARNING,
+            details={"require_two_factor": require_two_factor},
         )
         members = list((await session.exec(select(Membership.id))).all())
         _announce_membership(session, authenticator, members)
@@ -383,8 +410,13 @@ async def complete_login(
     if not await guard.check_code(email=user.email, ip=meta.ip, verify=verify):
         async with db.session(claims.org_id) as session:
             await record(
-                session, Action.MFA_FAILED, actor_user_id=user.id, target_type="User",
-                target_id=user.id, meta=meta, severity=Severity.WARNING,
+                session,
+                Action.MFA_FAILED,
+                actor_user_id=user.id,
+                target_type="User",
+                target_id=user.id,
+                meta=meta,
+                severity=Severity.WARNING,
             )
         raise InvalidMfaCode(WRONG_CODE)
     return opened[0]
@@ -409,16 +441,27 @@ async def _open(
     )
     factor = "recovery_code" if with_recovery_code else "totp"
     await record(
-        session, Action.LOGIN_SUCCEEDED, actor_user_id=user.id,
-        actor_membership_id=membership.id, target_type="Session", target_id=pair.session_id,
-        meta=meta, details={"second_factor": factor},
+        session,
+        Action.LOGIN_SUCCEEDED,
+        actor_user_id=user.id,
+        actor_membership_id=membership.id,
+        target_type="Session",
+        target_id=pair.session_id,
+        meta=meta,
+        details={"second_factor": factor},
     )
     if with_recovery_code:
         left = len((user.recovery_code_hashes or "").split()) - 1
         await record(
-            session, Action.RECOVERY_CODE_USED, actor_user_id=user.id,
-            actor_membership_id=membership.id, target_type="User", target_id=user.id,
-            meta=meta, severity=Severity.WARNING, details={"remaining": max(left, 0)},
+            session,
+            Action.RECOVERY_CODE_USED,
+            actor_user_id=user.id,
+            actor_membership_id=membership.id,
+            target_type="User",
+            target_id=user.id,
+            meta=meta,
+            severity=Severity.WARNING,
+            details={"remaining": max(left, 0)},
         )
     workspaces = await crossings.user_workspaces(session, user.id)
     listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
@@ -460,8 +503,12 @@ async def reauthenticate(
             .values(authenticated_at=utcnow())
         )
         await record(
-            session, Action.REAUTHENTICATED, actor=principal, target_type="Session",
-            target_id=principal.session_id, meta=meta,
+            session,
+            Action.REAUTHENTICATED,
+            actor=principal,
+            target_type="Session",
+            target_id=principal.session_id,
+            meta=meta,
         )
 
 
@@ -476,3 +523,61 @@ async def require_recent_authentication(
             "This operation needs a recent authentication: POST /auth/reauthenticate"
         )
 
+
+# --- the operator's reset ------------------------------------------------------------
+
+OPERATOR_SCOPE = "two-factor reset by the operator"
+
+
+@dataclass(frozen=True)
+class OperatorReset:
+    user_id: uuid.UUID
+    workspaces: int
+    sessions_ended: int
+
+
+async def operator_reset(db: Database, *, email: str, reason: str) -> OperatorReset | None:
+    """`weflux two-factor reset`: the last Admin's lost phone, without a database edit.
+
+    On a maintenance handle (it crosses workspaces): clears the user's two factors, ends
+    every session of theirs (the servers' caches forget them within 30 s) and records
+    the reset, with the reason, in every workspace of theirs. None: no such user.
+    """
+    async with db.session(all_workspaces=OPERATOR_SCOPE) as session:
+        user = (
+            await session.exec(
+                select(User).where(col(User.email).ilike(email.strip())).with_for_update()
+            )
+        ).first()
+        if user is None:
+            return None
+        _clear(user)
+        now = utcnow()
+        ended = (
+            await session.exec(
+                update(AuthSession)
+                .where(col(AuthSession.user_id) == user.id, col(AuthSession.revoked_at).is_(None))
+                .values(revoked_at=now, revoked_reason="two_factor_reset")
+                .returning(col(AuthSession.id))
+            )
+        ).all()
+        memberships = (
+            await session.exec(select(Membership).where(Membership.user_id == user.id))
+        ).all()
+        for membership in memberships:
+            # A security event joins this record once security events exist.
+            await record(
+                session,
+                Action.TWO_FACTOR_RESET,
+                org_id=membership.org_id,
+                target_type="Member",
+                target_id=membership.id,
+                severity=Severity.HIGH,
+                details={
+                    "user": str(user.id),
+                    "by": "operator",
+                    "reason": reason[:500],
+                    "sessions_ended": len(ended),
+                },
+            )
+    return OperatorReset(user.id, len(memberships), len(ended))
