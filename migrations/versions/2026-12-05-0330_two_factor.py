@@ -25,13 +25,20 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# Plain ALTER TABLE on `users` (SQLite 3.35+ drops columns itself): a batch copy of the
+# table would lose its expression index `uq_users_email_lower` on SQLite.
+USER_COLUMNS = (
+    ("totp_secret_enc", sa.Text()),
+    ("two_factor_enabled_at", UTCDateTime()),
+    ("totp_last_step", sa.BigInteger()),
+    ("recovery_code_hashes", sa.Text()),
+    ("mfa_challenge_hash", sa.String(length=64)),
+)
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("totp_secret_enc", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("two_factor_enabled_at", UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("totp_last_step", sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column("recovery_code_hashes", sa.Text(), nullable=True))
-        batch_op.add_column(sa.Column("mfa_challenge_hash", sa.String(length=64), nullable=True))
+    for name, type_ in USER_COLUMNS:
+        op.add_column("users", sa.Column(name, type_, nullable=True))
     with op.batch_alter_table("organizations", schema=None) as batch_op:
         batch_op.add_column(
             sa.Column("require_two_factor", sa.Boolean(), nullable=False, server_default=sa.false())
@@ -45,9 +52,5 @@ def downgrade() -> None:
         batch_op.drop_column("authenticated_at")
     with op.batch_alter_table("organizations", schema=None) as batch_op:
         batch_op.drop_column("require_two_factor")
-    with op.batch_alter_table("users", schema=None) as batch_op:
-        batch_op.drop_column("mfa_challenge_hash")
-        batch_op.drop_column("recovery_code_hashes")
-        batch_op.drop_column("totp_last_step")
-        batch_op.drop_column("two_factor_enabled_at")
-        batch_op.drop_column("totp_secret_enc")
+    for name, _ in reversed(USER_COLUMNS):
+        op.drop_column("users", name)
