@@ -451,7 +451,8 @@ async def _open(
         details={"second_factor": factor},
     )
     if with_recovery_code:
-        left = len((user.recovery_code_hashes or "").split()) - 1
+        # The consuming UPDATE synchronised `user`: what it holds is what is left.
+        left = len((user.recovery_code_hashes or "").split())
         await record(
             session,
             Action.RECOVERY_CODE_USED,
@@ -461,7 +462,7 @@ async def _open(
             target_id=user.id,
             meta=meta,
             severity=Severity.WARNING,
-            details={"remaining": max(left, 0)},
+            details={"remaining": left},
         )
     workspaces = await crossings.user_workspaces(session, user.id)
     listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
