@@ -58,7 +58,8 @@ async def test_a_login_with_two_factors_asks_for_a_code_and_then_opens_a_session
     assert answer.status_code == 200, answer.text
     assert answer.headers["cache-control"] == "no-store"
     pair = answer.json()
-    assert pair["member"]["id"] and pair["tokenType"] == "Bearer"
+    assert pair["member"]["id"]
+    assert pair["tokenType"] == "Bearer"
     viewer = await gql(client, pair["accessToken"], VIEWER)
     assert viewer.json()["data"]["viewer"]["user"] == {
         "email": agent.user.email,
@@ -75,7 +76,8 @@ async def test_a_recovery_code_logs_in_once(
     again = await mfa_login(client, agent.user.email, PASSWORD, recoveryCode=code)
 
     assert first.status_code == 200, first.text
-    assert again.status_code == 401 and again.json()["error"]["code"] == "INVALID_MFA_CODE"
+    assert again.status_code == 401
+    assert again.json()["error"]["code"] == "INVALID_MFA_CODE"
     other = await mfa_login(
         client, agent.user.email, PASSWORD, recoveryCode=phone.recovery_codes[4]
     )
@@ -112,7 +114,8 @@ async def test_the_mfa_token_is_single_use_and_only_the_latest_counts(
     ok = await client.post("/auth/mfa", json={"mfaToken": spent, "code": phone.code()})
     assert ok.status_code == 200
     reused = await client.post("/auth/mfa", json={"mfaToken": spent, "code": phone.peek()})
-    assert reused.status_code == 401 and reused.json()["error"]["code"] == "UNAUTHENTICATED"
+    assert reused.status_code == 401
+    assert reused.json()["error"]["code"] == "UNAUTHENTICATED"
 
     older = await password_step(client, agent)
     newer = await password_step(client, agent)
@@ -234,7 +237,8 @@ async def test_reauthentication_checks_the_password_and_renews_only_this_session
         json={"password": "Not-the-password-42"},
         headers={"Authorization": f"Bearer {first}"},
     )
-    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "INVALID_CREDENTIALS"
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "INVALID_CREDENTIALS"
     assert await authenticated_at(db, admin) == before
     right = await client.post(
         "/auth/reauthenticate",
@@ -244,7 +248,8 @@ async def test_reauthentication_checks_the_password_and_renews_only_this_session
 
     assert right.status_code == 204
     after = await authenticated_at(db, admin)
-    assert after[0] != before[0] and after[1] == before[1]
+    assert after[0] != before[0]
+    assert after[1] == before[1]
     anonymous = await client.post("/auth/reauthenticate", json={"password": PASSWORD})
     assert anonymous.status_code == 401
 
@@ -271,8 +276,10 @@ async def test_reauthentication_with_two_factors_wants_a_fresh_code(
     )
 
     assert missing.status_code == 422
-    assert replay.status_code == 401 and replay.json()["error"]["code"] == "INVALID_MFA_CODE"
+    assert replay.status_code == 401
+    assert replay.json()["error"]["code"] == "INVALID_MFA_CODE"
     assert fresh.status_code == 204
     async with db.session(agent.org_id) as session:
         user = await session.get(User, agent.user.id)
-        assert user is not None and user.totp_last_step == phone.last_step
+        assert user is not None
+        assert user.totp_last_step == phone.last_step
