@@ -60,7 +60,7 @@ def _literal(type_: GraphQLInputType) -> str:
         ]
         return "{" + ", ".join(required) + "}"
     if isinstance(type_, GraphQLEnumType):
-        return next(iter(type_.values))
+        return str(next(iter(type_.values)))
     return {"Int": "1", "Float": "1.0", "Boolean": "false"}.get(type_.name, '"x"')
 
 
