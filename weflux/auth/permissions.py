@@ -72,7 +72,9 @@ SENSITIVE_OPERATIONS: frozenset[str] = frozenset(
         "requestWorkspaceExport",
         "eraseContact",
         "requestWorkspaceDeletion",
-        # two factors: one's own off, a member's reset, the workspace's policy
+        # two factors: one's own off, a member's reset, the workspace's policy; and
+        # enrolling, so that a stolen session cannot bind its own authenticator app
+        "beginTwoFactorEnrollment",
         "disableTwoFactor",
         "resetMemberTwoFactor",
         "updateOrganizationSecurity",

@@ -43,8 +43,9 @@ SECURITY = [requires(Permission.MANAGE_SECURITY)]
 @strawberry.type
 class TwoFactorMutation:
     @strawberry.mutation(
-        description="Start enrolling the caller in two factors: a new secret, shown once. "
-        "Nothing changes until confirmTwoFactorEnrollment; CONFLICT when already on.",
+        description="Start enrolling the caller in two factors (sensitive: needs a recent "
+        "authentication): a new secret, shown once. Nothing changes until "
+        "confirmTwoFactorEnrollment; CONFLICT when already on.",
         permission_classes=OWN,
     )
     async def begin_two_factor_enrollment(self, info: Info[Context, None]) -> TwoFactorEnrollment:
