@@ -26,7 +26,7 @@ from graphql import (
 )
 
 from weflux.auth.permissions import ENROLLMENT_OPERATIONS, SENSITIVE_OPERATIONS
-from weflux.errors import ErrorCode, ReauthenticationRequired
+from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
 from weflux.services.two_factor import require_recent_authentication
 
 if TYPE_CHECKING:  # the context imports the guard, which imports this
@@ -82,9 +82,6 @@ async def screen(
                 await require_recent_authentication(
                     session, principal, context.settings.reauthentication_window
                 )
-            except ReauthenticationRequired as refusal:
-                return GraphQLError(
-                    refusal.message,
-                    extensions={"code": ErrorCode.REAUTHENTICATION_REQUIRED},
-                )
+            except (ReauthenticationRequired, Unauthenticated) as refusal:
+                return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
     return None

@@ -516,9 +516,12 @@ async def reauthenticate(
 async def require_recent_authentication(
     session: AsyncSession, principal: Principal, window: timedelta
 ) -> None:
-    """REAUTHENTICATION_REQUIRED unless the session authenticated within `window`."""
+    """REAUTHENTICATION_REQUIRED unless the session authenticated within `window`
+    (UNAUTHENTICATED when it ended meanwhile, e.g. its member was just removed)."""
     row = await session.get(AuthSession, principal.session_id)
-    moment = row.authenticated_at if row is not None else None
+    if row is None or row.revoked_at is not None:
+        raise Unauthenticated("Authentication required")
+    moment = row.authenticated_at
     if moment is None or utcnow() - moment > window:
         raise ReauthenticationRequired(
             "This operation needs a recent authentication: POST /auth/reauthenticate"
