@@ -1,8 +1,8 @@
 """two factor
 
-Revision ID: 0008_two_factor
-Revises: 0007_tenancy
-Create Date: 2026-12-05 03:30:00 UTC
+Revision ID: 0009_two_factor
+Revises: 0008_incidents
+Create Date: 2026-12-05 03:40:00 UTC
 
 Two-factor authentication and re-authentication (docs/security/two-factor.md):
 the user's sealed TOTP secret, its last accepted time step, the hashes of the unused
@@ -19,8 +19,8 @@ from alembic import op
 
 from weflux.models.base import UTCDateTime
 
-revision: str = "0008_two_factor"
-down_revision: str | None = "0007_tenancy"
+revision: str = "0009_two_factor"
+down_revision: str | None = "0008_incidents"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
