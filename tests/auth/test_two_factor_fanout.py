@@ -62,9 +62,9 @@ async def test_requiring_two_factors_on_one_process_holds_members_on_another(
         assert error_codes(await gql(a, admin_token, REQUIRE, {"on": True})) == []
 
         async with asyncio.timeout(10):
-            while error_codes(await gql(b, agent_token, VIEWER)) != ["TWO_FACTOR_REQUIRED"]:
+            while error_codes(await gql(b, agent_token, VIEWER)) != ["TWO_FACTOR_REQUIRED"]:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)  # (another process's state)
         await enroll(b, agent_token)
         async with asyncio.timeout(10):
-            while error_codes(await gql(a, agent_token, VIEWER)) != []:
+            while error_codes(await gql(a, agent_token, VIEWER)) != []:  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
