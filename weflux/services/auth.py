@@ -108,7 +108,12 @@ async def login(
         assert found is not None  # the user's membership holds it
         organization = found
         pair = await session_service.open_session(
-            session, codec, membership=membership, organization=organization, meta=meta
+            session,
+            codec,
+            membership=membership,
+            organization=organization,
+            meta=meta,
+            authenticated=True,
         )
         await record(
             session,

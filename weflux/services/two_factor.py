@@ -437,7 +437,12 @@ async def _open(
     if membership is None or organization is None:
         raise Unauthenticated(INVALID_MFA_TOKEN)
     pair = await session_service.open_session(
-        session, codec, membership=membership, organization=organization, meta=meta
+        session,
+        codec,
+        membership=membership,
+        organization=organization,
+        meta=meta,
+        authenticated=True,
     )
     factor = "recovery_code" if with_recovery_code else "totp"
     await record(
