@@ -2,8 +2,9 @@
 
 Every HTTP response, every WebSocket frame, every log record of our code and every
 non-secret column of every table is searched for the plaintext of each canary secret
-(passwords, access tokens, app secrets, verify tokens, the SMTP password): zero hits.
-The secret columns hold envelopes only.
+(passwords, access tokens, app secrets, verify tokens, the SMTP password, the TOTP
+secret after its one showing at enrollment): zero hits. Recovery codes, shown once at
+confirmation, are in no log line and no column. The secret columns hold envelopes only.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.fixtures.mail import confirmation_token, wait_for_mails
 from tests.fixtures.meta import PHONE_NUMBER_ID
 from tests.fixtures.settings import make_settings
 from tests.fixtures.smtp import USERNAME, running_server
+from tests.fixtures.two_factor import CONFIRM, AuthenticatorApp, mfa_login
 from weflux.app import create_app
 from weflux.config import generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto.keyring import KeyRing
@@ -38,7 +40,13 @@ from weflux.db import Database
 from weflux.logs import SecretRedactingFilter
 from weflux.sandbox.cloud_api import FakeCloudApi
 
-SECRET_COLUMNS = {"access_token_enc", "app_secret_enc", "webhook_verify_token_enc", "password_enc"}
+SECRET_COLUMNS = {
+    "access_token_enc",
+    "app_secret_enc",
+    "webhook_verify_token_enc",
+    "password_enc",
+    "totp_secret_enc",
+}
 
 
 def canary(kind: str) -> str:
@@ -244,6 +252,30 @@ async def test_no_secret_escapes_anywhere(
                 except websockets.ConnectionClosed as closed:
                     frames.append(str(closed))
 
+            # Two factors: the secret is shown once (that answer is set aside), then never.
+            begun = await _graphql(
+                client, token, "mutation { beginTwoFactorEnrollment { secret otpauthUri } }"
+            )
+            shown = responses.pop()
+            phone = AuthenticatorApp(begun["data"]["beginTwoFactorEnrollment"]["secret"])
+            assert phone.secret in shown
+            secrets["totp_secret"] = phone.secret
+            confirmed = await _graphql(client, token, CONFIRM, code=phone.code())
+            responses.pop()  # the recovery codes, shown once
+            recovery_codes = confirmed["data"]["confirmTwoFactorEnrollment"]
+            token = (
+                await mfa_login(
+                    client, "ada@canary.example", secrets["password"], code=phone.code()
+                )
+            ).json()["accessToken"]
+            renewed = await client.post(
+                "/auth/reauthenticate",
+                json={"password": secrets["password"], "code": phone.code()},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert renewed.status_code == 204
+            await _graphql(client, token, "{ viewer { user { twoFactorEnabled } } }")
+
     database = Database(database_urls.owner, maintenance=True)  # rotation: maintenance
     try:
         new_ring = KeyRing(
@@ -252,7 +284,7 @@ async def test_no_secret_escapes_anywhere(
         rotated = await rotate_keys(database, new_ring)
     finally:
         await database.dispose()
-    assert rotated.rotated >= 3
+    assert rotated.rotated >= 4
 
     assert any(r.authorization == f"Bearer {secrets['access_token']}" for r in fake_meta.requests)
     plain_columns, sealed_columns = await _dump_database(database_urls.owner)
@@ -273,7 +305,14 @@ async def test_no_secret_escapes_anywhere(
         if value in haystack
     ]
     assert leaks == []
-    assert sealed_columns.count("v1.new.") >= 3  # every stored secret is an envelope
+    shown_once = [
+        f"recovery code in {where}"
+        for code in recovery_codes
+        for where in ("log records", "non-secret columns", "secret columns")
+        if code in haystacks[where]
+    ]
+    assert shown_once == []
+    assert sealed_columns.count("v1.new.") >= 4  # every stored secret is an envelope
 
 
 def test_the_redaction_filter_is_a_second_line(caplog: pytest.LogCaptureFixture) -> None:

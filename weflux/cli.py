@@ -374,6 +374,33 @@ def cmd_backup_prune(args: argparse.Namespace) -> int:
     return _backup_command(run)
 
 
+async def _reset_two_factor(settings: Settings, *, email: str, reason: str) -> int:
+    # deferred: start-up cost
+    from weflux.db import maintenance_database
+    from weflux.services.two_factor import operator_reset
+
+    db = await maintenance_database(settings.migration_url)
+    try:
+        done = await operator_reset(db, email=email, reason=reason)
+    finally:
+        await db.dispose()
+    if done is None:
+        print("no user has that email", file=sys.stderr)
+        return 1
+    print(
+        f"two factors cleared for user {done.user_id}; {done.sessions_ended} session(s) ended; "
+        f"recorded in {done.workspaces} workspace(s). They log in with the password and "
+        "enroll again."
+    )
+    return 0
+
+
+def cmd_two_factor_reset(args: argparse.Namespace) -> int:
+    """Clear a user's two factors (a lost phone of the last Admin) and end their sessions."""
+    settings = _settings()
+    return asyncio.run(_reset_two_factor(settings, email=args.email, reason=args.reason))
+
+
 def _positive(value: str) -> int:
     number = int(value)
     if number < 1:
@@ -462,6 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=cmd_backup_verify)
     prune = backup_commands.add_parser("prune", help=cmd_backup_prune.__doc__)
     prune.set_defaults(func=cmd_backup_prune)
+
+    two_factor = commands.add_parser("two-factor", help="operator procedures for two factors")
+    two_factor_commands = two_factor.add_subparsers(dest="two_factor_command", required=True)
+    reset = two_factor_commands.add_parser("reset", help=cmd_two_factor_reset.__doc__)
+    reset.add_argument("--email", required=True, help="the user's email address")
+    reset.add_argument(
+        "--reason", required=True, help="why (recorded in the audit trail), e.g. a ticket id"
+    )
+    reset.set_defaults(func=cmd_two_factor_reset)
 
     export = commands.add_parser("export-schema", help=cmd_export_schema.__doc__)
     export.add_argument("--path", default=str(SCHEMA_FILE))

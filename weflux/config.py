@@ -126,6 +126,8 @@ class Settings(BaseSettings):
     # A just-rotated refresh token presented again within this answers the same successor
     # pair (several browser tabs refreshing at once); 0 turns the grace off.
     refresh_reuse_interval: timedelta = timedelta(seconds=10)
+    # Sensitive operations need an authentication of the session within this.
+    reauthentication_window: timedelta = timedelta(minutes=10)
     # bcrypt's own thread pool: threads, and calls that may wait for one (429 beyond).
     password_hashing_workers: int = Field(default=PASSWORD_HASHING_WORKERS, ge=1, le=64)
     password_hashing_queue: int = Field(default=PASSWORD_HASHING_QUEUE, ge=0, le=10_000)
@@ -228,6 +230,7 @@ class Settings(BaseSettings):
         "refresh_token_ttl",
         "health_refresh_interval",
         "session_max_age",
+        "reauthentication_window",
         "graphql_timeout",
         "database_statement_timeout",
         mode="before",

@@ -19,15 +19,19 @@ class ErrorCode(StrEnum):
     GRAPHQL_VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
     INTERNAL_SERVER_ERROR = "INTERNAL_SERVER_ERROR"
     INVALID_CREDENTIALS = "INVALID_CREDENTIALS"
+    INVALID_MFA_CODE = "INVALID_MFA_CODE"
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    MFA_REQUIRED = "MFA_REQUIRED"
     NOT_FOUND = "NOT_FOUND"
     OUTSIDE_SERVICE_WINDOW = "OUTSIDE_SERVICE_WINDOW"
     PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
     QUERY_TOO_COMPLEX = "QUERY_TOO_COMPLEX"
     RATE_LIMITED = "RATE_LIMITED"
+    REAUTHENTICATION_REQUIRED = "REAUTHENTICATION_REQUIRED"
     SMTP_ERROR = "SMTP_ERROR"
     TIMEOUT = "TIMEOUT"
     TOKEN_REUSED = "TOKEN_REUSED"  # noqa: S105 (a code, not a secret)
+    TWO_FACTOR_REQUIRED = "TWO_FACTOR_REQUIRED"
     UNAUTHENTICATED = "UNAUTHENTICATED"
     UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
     UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE"
@@ -98,10 +102,39 @@ class TokenReused(Unauthenticated):
     code = ErrorCode.TOKEN_REUSED
 
 
+class MfaRequired(Unauthenticated):
+    """The password was right; the second factor is asked for with this `mfa_token`."""
+
+    code = ErrorCode.MFA_REQUIRED
+
+    def __init__(self, message: str, *, mfa_token: str) -> None:
+        super().__init__(message)
+        self.mfa_token = mfa_token
+
+
+class InvalidMfaCode(Unauthenticated):
+    code = ErrorCode.INVALID_MFA_CODE
+    graphql_code = ErrorCode.INVALID_MFA_CODE
+
+
 class Forbidden(WefluxError):
     code = ErrorCode.FORBIDDEN
     graphql_code = ErrorCode.FORBIDDEN
     status = 403
+
+
+class TwoFactorRequired(Forbidden):
+    """The workspace requires two factors and the caller has not enrolled yet."""
+
+    code = ErrorCode.TWO_FACTOR_REQUIRED
+    graphql_code = ErrorCode.TWO_FACTOR_REQUIRED
+
+
+class ReauthenticationRequired(Forbidden):
+    """A sensitive operation, and the session's last authentication is too old."""
+
+    code = ErrorCode.REAUTHENTICATION_REQUIRED
+    graphql_code = ErrorCode.REAUTHENTICATION_REQUIRED
 
 
 class NotFound(WefluxError):
@@ -161,6 +194,13 @@ def wefluxerror_response(error: WefluxError) -> JSONResponse:
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"
-    return error_response(
+    response = error_response(
         error.status, error.code, error.message, details=error.details, headers=headers
     )
+    if isinstance(error, MfaRequired):
+        body: dict[str, Any] = {
+            "error": {"code": error.code, "message": error.message},
+            "mfaToken": error.mfa_token,
+        }
+        response = JSONResponse(body, status_code=error.status, headers=headers)
+    return response

@@ -12,13 +12,21 @@ from dataclasses import dataclass
 import pytest
 from sqlmodel import select
 
-from tests.fixtures.factories import create_org
+from tests.fixtures.factories import Actor, create_org
+from weflux.auth import totp
 from weflux.crypto.fields import SECRET_COLUMNS, context_for, open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
 from weflux.crypto.rotation import rotate_keys
 from weflux.crypto.secret import Secret
 from weflux.db import Database
-from weflux.models import AuditEvent, Organization, SmtpSettings, WhatsAppAccount, utcnow
+from weflux.models import (
+    AuditEvent,
+    Organization,
+    SmtpSettings,
+    User,
+    WhatsAppAccount,
+    utcnow,
+)
 from weflux.services.audit import Action
 
 OLD_KEY = os.urandom(32)
@@ -306,3 +314,36 @@ async def test_a_workspace_session_sees_its_own_sealed_rows_only(
     for column in WHATSAPP_COLUMNS:
         opened = open_secret(NEW_RING, accounts[0], column)
         assert opened == stored.plaintexts[("whatsapp_accounts", accounts[0].id, column)]
+
+
+async def test_rotation_re_seals_users_totp_secrets_bound_to_their_row(
+    db: Database, owner_db: Database, admin: Actor, agent: Actor
+) -> None:
+    """Given two users' TOTP secrets sealed under the old key, when keys rotate, then each
+    is under the new primary, opens only on its own row, and no workspace's audit trail
+    counts it (a person's secret belongs to no workspace)."""
+    plaintexts = {}
+    for actor in (admin, agent):
+        async with db.session(actor.org_id) as session:
+            user = await session.get(User, actor.user.id)
+            assert user is not None
+            plaintexts[user.id] = totp.new_secret()
+            seal(OLD_RING, user, "totp_secret_enc", plaintexts[user.id])
+
+    report = await rotate_keys(owner_db, NEW_RING)
+
+    assert (report.rotated, report.failed) == (2, 0)
+    async with owner_db.session(all_workspaces="test: read back") as session:
+        users = {u.id: u for u in (await session.exec(select(User))).all()}
+    for user_id, plaintext in plaintexts.items():
+        user = users[user_id]
+        assert user.totp_secret_enc is not None
+        assert user.totp_secret_enc.startswith("v1.new.")
+        opened = open_secret(NEW_RING, user, "totp_secret_enc")
+        assert opened is not None
+        assert opened.reveal() == plaintext
+    [first, second] = plaintexts
+    users[second].totp_secret_enc = users[first].totp_secret_enc  # copied to another row
+    with pytest.raises(DecryptionError):
+        open_secret(NEW_RING, users[second], "totp_secret_enc")
+    assert await _audit_events(db, admin.org_id) == []

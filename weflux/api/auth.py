@@ -1,4 +1,5 @@
-"""`/auth/*`: sign-up and its confirmation, login, refresh, logout, invitation acceptance."""
+"""`/auth/*`: sign-up and its confirmation, login and its second factor, refresh, logout,
+re-authentication, invitation acceptance."""
 
 from __future__ import annotations
 
@@ -17,13 +18,20 @@ from weflux.api.validation import parse, read_json
 from weflux.auth.tokens import bearer_token
 from weflux.client_ip import request_meta
 from weflux.emails import check_email
-from weflux.errors import RateLimited, Unauthenticated, WefluxError, wefluxerror_response
+from weflux.errors import (
+    BadUserInput,
+    RateLimited,
+    Unauthenticated,
+    WefluxError,
+    wefluxerror_response,
+)
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.mail.mailer import send_quietly
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import signup as signup_service
+from weflux.services import two_factor as two_factor_service
 from weflux.services.sessions import TokenPair
 from weflux.throttle.ratelimit import RateLimiter
 
@@ -57,6 +65,20 @@ class LoginBody(_Body):
 
 class RefreshBody(_Body):
     refresh_token: Token = Field(alias="refreshToken")
+
+
+Code = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64)]
+
+
+class MfaBody(_Body):
+    mfa_token: Token = Field(alias="mfaToken")
+    code: Code | None = None
+    recovery_code: Code | None = Field(default=None, alias="recoveryCode")
+
+
+class ReauthenticateBody(_Body):
+    password: Password
+    code: Code | None = None
 
 
 class AcceptInvitationBody(_Body):
@@ -210,6 +232,54 @@ async def logout(request: Request) -> Response:
 
 
 @_endpoint
+async def mfa(request: Request) -> Response:
+    """The second step of a login: the mfaToken of the password step and a code."""
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "login_ip", meta.ip)
+    body = parse(MfaBody, await _body(request, runtime))
+    if (body.code is None) == (body.recovery_code is None):
+        raise BadUserInput(
+            "Send either `code` or `recoveryCode`",
+            details=[{"field": "code", "message": "either code or recoveryCode"}],
+        )
+    pair = await two_factor_service.complete_login(
+        runtime.db,
+        runtime.codec,
+        runtime.password_guard,
+        runtime.keyring,
+        meta,
+        mfa_token=body.mfa_token,
+        code=body.code,
+        recovery_code=body.recovery_code,
+    )
+    return JSONResponse(token_pair_body(pair))
+
+
+@_endpoint
+async def reauthenticate(request: Request) -> Response:
+    """The password (and a code) again: sensitive operations for the next few minutes."""
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    principal = await runtime.authenticator.authenticate(
+        bearer_token(request.headers.get("authorization"))
+    )
+    if principal is None:
+        raise Unauthenticated("Authentication required")
+    body = parse(ReauthenticateBody, await _body(request, runtime))
+    await two_factor_service.reauthenticate(
+        runtime.db,
+        runtime.password_guard,
+        runtime.keyring,
+        principal,
+        meta,
+        password=body.password,
+        code=body.code,
+    )
+    return Response(status_code=204)
+
+
+@_endpoint
 async def accept_invitation(request: Request) -> Response:
     runtime = runtime_of(request)
     meta = request_meta(request, runtime.trusted_proxies)
@@ -233,5 +303,7 @@ routes = [
     Route("/auth/login", login, methods=["POST"]),
     Route("/auth/refresh", refresh, methods=["POST"]),
     Route("/auth/logout", logout, methods=["POST"]),
+    Route("/auth/mfa", mfa, methods=["POST"]),
+    Route("/auth/reauthenticate", reauthenticate, methods=["POST"]),
     Route("/auth/invitations/accept", accept_invitation, methods=["POST"]),
 ]

@@ -24,7 +24,7 @@ from sqlmodel import col, select
 from weflux.auth.principal import Principal
 from weflux.auth.tokens import InvalidTokenError, TokenClaims, TokenCodec
 from weflux.db import Database
-from weflux.models import AuthSession, Membership, Role, utcnow
+from weflux.models import AuthSession, Membership, Organization, Role, User, utcnow
 from weflux.realtime.broker import Broker, Message
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,7 @@ class _Entry:
     role: Role | None = None
     session_expires_at: datetime | None = None
     last_used_at: datetime | None = None
+    must_enroll: bool = False
     stored_at: float = field(default_factory=time.monotonic)
 
 
@@ -147,20 +148,24 @@ class Authenticator:
             membership_id=entry.membership_id,
             role=entry.role,
             token_expires_at=claims.expires_at,
+            must_enroll=entry.must_enroll,
         )
 
     async def _load(self, claims: TokenClaims) -> _Entry:
         async with self.db.session(claims.org_id) as session:
             row = (
                 await session.exec(
-                    select(AuthSession, Membership)
+                    select(AuthSession, Membership, User)
                     .join(Membership, col(Membership.id) == col(AuthSession.membership_id))
+                    .join(User, col(User.id) == col(Membership.user_id))
                     .where(AuthSession.id == claims.session_id)
                 )
             ).first()
+            organization = await session.get(Organization, claims.org_id) if row else None
         if row is None:
             return _Entry(live=False, org_id=claims.org_id)
-        auth_session, membership = row
+        auth_session, membership, user = row
+        require_two_factor = organization is not None and organization.require_two_factor
         return _Entry(
             live=auth_session.revoked_at is None,
             org_id=membership.org_id,
@@ -169,6 +174,7 @@ class Authenticator:
             role=membership.role,
             session_expires_at=auth_session.expires_at,
             last_used_at=auth_session.last_used_at,
+            must_enroll=require_two_factor and user.two_factor_enabled_at is None,
         )
 
     async def _touch(self, claims: TokenClaims, now: datetime) -> None:

@@ -2,7 +2,12 @@
 
 Every place that checks a password (login, `changePassword` over HTTP and WebSocket,
 accepting an invitation with an existing account) calls `PasswordGuard.check`; a test
-forbids `verify_password` anywhere else. Modelled on Auth0's brute-force protection:
+forbids `verify_password` anywhere else. Second factors (a TOTP or recovery code at
+`POST /auth/mfa` and `/auth/reauthenticate`, and the codes of the two-factor
+mutations) go through `PasswordGuard.check_code`, under the same limits; wrong codes
+are counted apart from wrong passwords per account and IP (and together per account),
+so that a right password, which clears its own count, never resets the count of wrong
+codes. Modelled on Auth0's brute-force protection:
 
 1. Failed checks are counted per account *and* IP (`WEFLUX_RATE_LIMIT_LOGIN_ACCOUNT_IP`,
    10 an hour, Auth0's `count_per_identifier_and_ip`). An attempt is counted before
@@ -26,6 +31,8 @@ attack can lock the owner out of a network they have not mistyped their password
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from weflux.auth.passwords import verify_password
 from weflux.emails import normalize_email
@@ -58,9 +65,22 @@ class PasswordGuard:
         from this IP now, and `PasswordHashingBusy` when the bcrypt pool is full.
         """
         account = normalize_email(email)
-        pair = _pair(account, ip)
+        return await self._guarded(
+            account, _pair(account, ip), lambda: verify_password(password, password_hash)
+        )
+
+    async def check_code(
+        self, *, email: str, ip: str | None, verify: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """Run `verify` (a second-factor check) under this account's limits."""
+        account = normalize_email(email)
+        return await self._guarded(account, "code\n" + _pair(account, ip), verify)
+
+    async def _guarded(
+        self, account: str, pair: str, verify: Callable[[], Awaitable[bool]]
+    ) -> bool:
         await self._admit(account, pair)
-        valid = await verify_password(password, password_hash)
+        valid = await verify()
         if valid:
             await self._limiter.clear(ACCOUNT_IP, pair)
             await self._limiter.remember(KNOWN_IP, pair, seconds=KNOWN_IP_SECONDS)

@@ -27,6 +27,7 @@ class Permission(enum.StrEnum):
     ASSIGN_SELF = "assign_self"  # self-assign an unassigned one, unassign self
     MANAGE_CONTACTS = "manage_contacts"  # otherwise: read through visible conversations
     READ_AUDIT = "read_audit"  # audit and security events, data deletion and export
+    MANAGE_SECURITY = "manage_security"  # the workspace's two-factor policy, members' resets
 
 
 _EVERYONE = frozenset(
@@ -50,6 +51,41 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
     Role.MANAGER: frozenset(_MANAGER),
     Role.AGENT: _EVERYONE,
 }
+
+
+# Operations (GraphQL root fields) that need an authentication of the session within
+# WEFLUX_REAUTHENTICATION_WINDOW, whatever the role (CONTRACT §9; weflux.gql.policy
+# enforces it before execution). Names of operations not built yet are listed too, so
+# that they are sensitive from the moment they exist.
+SENSITIVE_OPERATIONS: frozenset[str] = frozenset(
+    {
+        # WhatsApp credentials and SMTP settings
+        "connectWhatsAppAccount",
+        "updateWhatsAppCredentials",
+        "disconnectWhatsAppAccount",
+        "updateSmtpSettings",
+        # role changes and member removal
+        "updateMemberRole",
+        "removeMember",
+        # exports, erasure, workspace deletion
+        "exportContactData",
+        "requestWorkspaceExport",
+        "eraseContact",
+        "requestWorkspaceDeletion",
+        # two factors: one's own off, a member's reset, the workspace's policy; and
+        # enrolling, so that a stolen session cannot bind its own authenticator app
+        "beginTwoFactorEnrollment",
+        "disableTwoFactor",
+        "resetMemberTwoFactor",
+        "updateOrganizationSecurity",
+    }
+)
+
+# What a member without two factors may still do in a workspace that requires them
+# (anything else answers TWO_FACTOR_REQUIRED; logging out is POST /auth/logout).
+ENROLLMENT_OPERATIONS: frozenset[str] = frozenset(
+    {"beginTwoFactorEnrollment", "confirmTwoFactorEnrollment", "__typename"}
+)
 
 
 def has_permission(role: Role, permission: Permission) -> bool:

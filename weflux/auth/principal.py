@@ -24,6 +24,9 @@ class Principal:
     membership_id: uuid.UUID
     role: Role
     token_expires_at: datetime
+    # The workspace requires two factors and this user has none yet: only enrolling is
+    # allowed (weflux.gql.policy).
+    must_enroll: bool = False
 
     def can(self, permission: Permission) -> bool:
         return has_permission(self.role, permission)

@@ -29,8 +29,14 @@ ALGORITHM = "HS256"
 ISSUER = "weflux"
 LEEWAY_SECONDS = 5
 
-TokenType = Literal["access", "refresh"]
-_AUDIENCE: dict[TokenType, str] = {"access": "weflux:api", "refresh": "weflux:refresh"}
+TokenType = Literal["access", "refresh", "mfa"]
+_AUDIENCE: dict[TokenType, str] = {
+    "access": "weflux:api",
+    "refresh": "weflux:refresh",
+    # The second step of a login (docs/security/two-factor.md): `sid` is the challenge.
+    "mfa": "weflux:mfa",
+}
+MFA_TOKEN_TTL = timedelta(minutes=5)
 
 
 class InvalidTokenError(Exception):
@@ -105,7 +111,8 @@ class TokenCodec:
     ) -> IssuedToken:
         """A new token of `kind`, expiring after its lifetime or at `not_after`, if sooner."""
         now = utcnow()
-        expires_at = now + (self.access_ttl if kind == "access" else self.refresh_ttl)
+        lifetime = {"access": self.access_ttl, "refresh": self.refresh_ttl, "mfa": MFA_TOKEN_TTL}
+        expires_at = now + lifetime[kind]
         if not_after is not None:
             expires_at = min(expires_at, not_after)
         stamp = TokenStamp(

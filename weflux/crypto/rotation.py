@@ -26,7 +26,7 @@ from sqlalchemy import Table, select
 from sqlmodel import SQLModel
 
 import weflux.models  # noqa: F401  (every table must be in the metadata)
-from weflux.crypto.fields import SECRET_COLUMNS
+from weflux.crypto.fields import NO_WORKSPACE, SECRET_COLUMNS
 from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
 from weflux.db import Database
 from weflux.services.audit import Action, record
@@ -76,6 +76,8 @@ async def rotate_keys(db: Database, keyring: KeyRing, *, batch_size: int = 100) 
         # One event per workspace, after the work: only what this run really changed.
         async with db.session(all_workspaces=SCOPE_REASON) as session:
             for org_id, rotated in sorted(report.rotated_by_workspace.items()):
+                if org_id == NO_WORKSPACE:
+                    continue  # people's own secrets (TOTP): counted in the report only
                 await record(
                     session,
                     Action.KEYS_ROTATED,
@@ -106,8 +108,10 @@ async def _rotate_table(
     """Rotate one table, a committed batch at a time, in primary-key order."""
     last_id: uuid.UUID | None = None
     while True:
+        # A global table (users) has no workspace column: its secrets are bound to none.
+        workspace = (table.c.org_id,) if "org_id" in table.c else ()
         statement = (
-            select(table.c.id, table.c.org_id, *(table.c[column] for column in columns))
+            select(table.c.id, *workspace, *(table.c[column] for column in columns))
             .order_by(table.c.id)
             .limit(batch_size)
             # Lock the batch: the app cannot change these credentials under our feet.
@@ -141,7 +145,8 @@ def _rotate_row(
         if not keyring.needs_rotation(envelope):
             report.already_current += 1
             continue
-        context = SecretContext(org_id=row.org_id, table=table, column=column, row_id=row.id)
+        org_id = getattr(row, "org_id", None) or NO_WORKSPACE
+        context = SecretContext(org_id=org_id, table=table, column=column, row_id=row.id)
         try:
             secret = keyring.decrypt(envelope, context)
         except DecryptionError as exc:
@@ -153,12 +158,12 @@ def _rotate_row(
                     "table": table,
                     "column": column,
                     "row_id": str(row.id),
-                    "org_id": str(row.org_id),
+                    "org_id": str(org_id),
                     "reason": exc.reason,
                 },
             )
             continue
         values[column] = keyring.encrypt(secret.reveal(), context)
         report.rotated += 1
-        report.rotated_by_workspace[row.org_id] += 1
+        report.rotated_by_workspace[org_id] += 1
     return values

@@ -2,10 +2,11 @@
 
 1. The request limits (`graphql_ip`, `graphql_workspace`): `hit_request_limits`.
 2. Validation, whose errors never suggest a name ("Did you mean ...").
-3. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
+3. The two-factor policy and re-authentication of sensitive operations (`weflux.gql.policy`).
+4. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
    `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
    buckets (`RATE_LIMITED` when either is spent), and reported in `extensions.cost`.
-4. A deadline (`WEFLUX_GRAPHQL_TIMEOUT`) for queries and mutations: past it the
+5. A deadline (`WEFLUX_GRAPHQL_TIMEOUT`) for queries and mutations: past it the
    operation's SQLite statement is interrupted, its task cancelled, its unit of work
    rolled back, and the answer is `TIMEOUT`. Subscriptions live on past it.
 
@@ -35,6 +36,7 @@ from weflux.config import ConfigError, Settings
 from weflux.db import begin_read_only, interrupt
 from weflux.errors import ErrorCode
 from weflux.gql.cost import MUTATION_POINTS, OperationCost, operation_cost
+from weflux.gql.policy import screen
 from weflux.throttle.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
 
@@ -249,6 +251,11 @@ class OperationGuard(SchemaExtension):
         )
         if cost is None:
             return None  # no such operation: Strawberry answers that
+        refusal = await screen(
+            context, execution.graphql_document, execution.operation_name, cost.operation
+        )
+        if refusal is not None:
+            return refusal
         self._operation = cost.operation
         budgets: CostBudgets = context.cost_budgets
         limit = context.settings.graphql_max_nodes

@@ -28,6 +28,7 @@ from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
 from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
+from weflux.gql.identity.two_factor import TwoFactorMutation
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
 from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
@@ -55,7 +56,9 @@ class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery):
 
 
 @strawberry.type(description="Every write.")
-class Mutation(IdentityMutation, ChannelMutation, InboxMutation, SendingMutation):
+class Mutation(
+    IdentityMutation, TwoFactorMutation, ChannelMutation, InboxMutation, SendingMutation
+):
     pass
 
 

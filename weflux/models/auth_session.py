@@ -36,6 +36,9 @@ class AuthSession(OrgScoped, table=True):
     successor_stamps: dict[str, Any] | None = Field(default=None, sa_type=JSON, repr=False)
     created_at: datetime = created_at_field()
     last_used_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # When the person last proved who they are in this session (a login, or POST
+    # /auth/reauthenticate); a refresh does not count. Sensitive operations need it recent.
+    authenticated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     expires_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     revoked_reason: str | None = Field(default=None, max_length=64)

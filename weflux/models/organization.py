@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from sqlalchemy import false
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import created_at_field, new_id
@@ -21,4 +22,8 @@ class Organization(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     name: str = Field(max_length=200, nullable=False)
+    # Every member must enroll in two factors before doing anything else.
+    require_two_factor: bool = Field(
+        default=False, nullable=False, sa_column_kwargs={"server_default": false()}
+    )
     created_at: datetime = created_at_field()

@@ -102,4 +102,8 @@ class SocketRegistry:
         if fresh is None:
             await self.close(context, "Session revoked")
             return
+        if fresh.must_enroll:
+            # The workspace now requires two factors: its live operations end too.
+            await self.close(context, "Two-factor authentication required")
+            return
         context.principal = fresh  # later events are loaded with the current role

@@ -36,6 +36,14 @@ class Action(StrEnum):
     INCIDENT_OPENED = "incident.opened"
     INCIDENT_NOTIFIED = "incident.notified"
     INCIDENT_CLOSED = "incident.closed"
+    TWO_FACTOR_ENABLED = "user.two_factor_enabled"
+    TWO_FACTOR_DISABLED = "user.two_factor_disabled"
+    TWO_FACTOR_RESET = "member.two_factor_reset"  # by an Admin, or by the operator
+    RECOVERY_CODES_REGENERATED = "user.recovery_codes_regenerated"
+    RECOVERY_CODE_USED = "auth.recovery_code_used"
+    MFA_FAILED = "auth.mfa.failed"
+    REAUTHENTICATED = "auth.reauthenticated"
+    ORGANIZATION_SECURITY_UPDATED = "organization.security_updated"
 
 
 class Severity(StrEnum):

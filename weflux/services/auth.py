@@ -23,11 +23,13 @@ from weflux.errors import (
     BadUserInput,
     Forbidden,
     InvalidCredentials,
+    MfaRequired,
     TokenReused,
     Unauthenticated,
 )
 from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.services import sessions as session_service
+from weflux.services import two_factor
 from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
@@ -57,8 +59,10 @@ async def login(
     """Check the password and open a session in one of the user's workspaces.
 
     Unknown emails and wrong passwords get the same answer at the same cost, and count
-    alike against the password guard's limits. No database connection is held while
-    bcrypt runs: the look-up and the writes are two short units of work.
+    alike against the password guard's limits. A right password of a user with two
+    factors answers `MfaRequired` with the mfaToken of this step (POST /auth/mfa). No
+    database connection is held while bcrypt runs: the look-up and the writes are short
+    units of work.
     """
     email = normalize_email(email)
     async with db.session() as session:
@@ -90,6 +94,13 @@ async def login(
     chosen = organization_id or workspaces[0].org_id
     if chosen not in {w.org_id for w in workspaces}:
         raise Forbidden("You are not a member of that workspace")
+    mfa_token = None
+    async with db.session(chosen) as session:
+        user = await session.get(User, account.user_id)
+        if user is not None and two_factor.enabled(user):
+            mfa_token = await two_factor.challenge(session, codec, user, chosen)
+    if mfa_token is not None:
+        raise MfaRequired("A code from the authenticator app is required", mfa_token=mfa_token)
     async with db.session(chosen) as session:
         membership = (
             await session.exec(select(Membership).where(Membership.user_id == account.user_id))
@@ -98,7 +109,12 @@ async def login(
         assert found is not None  # the user's membership holds it
         organization = found
         pair = await session_service.open_session(
-            session, codec, membership=membership, organization=organization, meta=meta
+            session,
+            codec,
+            membership=membership,
+            organization=organization,
+            meta=meta,
+            authenticated=True,
         )
         await record(
             session,

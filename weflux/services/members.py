@@ -183,7 +183,12 @@ async def accept_invitation(
         organization = await session.get(Organization, invitation.org_id)
         assert organization is not None
         pair = await session_service.open_session(
-            session, codec, membership=membership, organization=organization, meta=meta
+            session,
+            codec,
+            membership=membership,
+            organization=organization,
+            meta=meta,
+            authenticated=True,
         )
         await record(
             session,

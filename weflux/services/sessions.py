@@ -40,10 +40,13 @@ async def open_session(
     membership: Membership,
     organization: Organization,
     meta: RequestMeta,
+    authenticated: bool,
 ) -> TokenPair:
     """A new session for `membership`, with its first token pair.
 
-    No token of the session outlives `codec.session_max_age` from now.
+    No token of the session outlives `codec.session_max_age` from now. `authenticated`:
+    whether the person proved who they are to open it (a password, a code); only then
+    may it run sensitive operations right away (docs/security/two-factor.md).
     """
     started = utcnow()
     auth_session = AuthSession(
@@ -51,6 +54,7 @@ async def open_session(
         membership_id=membership.id,
         refresh_token_hash="",
         created_at=started,
+        authenticated_at=started if authenticated else None,
         expires_at=started + codec.refresh_ttl,
         ip_address=meta.ip,
         user_agent=(meta.user_agent or "")[:512] or None,

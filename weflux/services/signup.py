@@ -182,7 +182,12 @@ async def _create_workspace(
     session.add(membership)
     await session.flush()
     pair = await session_service.open_session(
-        session, codec, membership=membership, organization=organization, meta=meta
+        session,
+        codec,
+        membership=membership,
+        organization=organization,
+        meta=meta,
+        authenticated=True,
     )
     await record(
         session,

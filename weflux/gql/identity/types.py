@@ -26,6 +26,9 @@ class User(Node):
     id: strawberry.ID
     email: str
     name: str
+    two_factor_enabled: bool = strawberry.field(
+        description="Whether the user logs in with a second factor (an authenticator app)."
+    )
 
 
 @strawberry.type(description="A workspace.")
@@ -33,6 +36,9 @@ class Organization(Node):
     id: strawberry.ID
     name: str
     created_at: datetime
+    require_two_factor: bool = strawberry.field(
+        description="Whether every member must use two factors (updateOrganizationSecurity)."
+    )
 
 
 @strawberry.type(description="A user's membership of the workspace, with their role.")
@@ -110,7 +116,12 @@ AuditEventConnection = Connection[AuditEvent]
 
 
 def to_user(row: models.User) -> User:
-    return User(id=strawberry.ID(encode_global_id("User", row.id)), email=row.email, name=row.name)
+    return User(
+        id=strawberry.ID(encode_global_id("User", row.id)),
+        email=row.email,
+        name=row.name,
+        two_factor_enabled=row.two_factor_enabled_at is not None,
+    )
 
 
 def to_organization(row: models.Organization) -> Organization:
@@ -118,6 +129,7 @@ def to_organization(row: models.Organization) -> Organization:
         id=strawberry.ID(encode_global_id("Organization", row.id)),
         name=row.name,
         created_at=row.created_at,
+        require_two_factor=row.require_two_factor,
     )
 
 

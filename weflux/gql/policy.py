@@ -1,0 +1,87 @@
+"""Two checks of every operation before it runs, over HTTP and the WebSocket alike.
+
+1. A member who must enroll in two factors (their workspace requires them) may run
+   only the enrollment mutations: anything else answers `TWO_FACTOR_REQUIRED`.
+2. An operation that names a sensitive root field (`SENSITIVE_OPERATIONS` of
+   `weflux.auth.permissions`, the one list) needs an authentication of the session
+   within `WEFLUX_REAUTHENTICATION_WINDOW`, else `REAUTHENTICATION_REQUIRED`.
+
+`weflux.gql.guard.OperationGuard` calls `screen` once the operation is valid.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from graphql import (
+    DocumentNode,
+    FieldNode,
+    FragmentDefinitionNode,
+    FragmentSpreadNode,
+    GraphQLError,
+    InlineFragmentNode,
+    OperationType,
+    SelectionSetNode,
+    get_operation_ast,
+)
+
+from weflux.auth.permissions import ENROLLMENT_OPERATIONS, SENSITIVE_OPERATIONS
+from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
+from weflux.services.two_factor import require_recent_authentication
+
+if TYPE_CHECKING:  # the context imports the guard, which imports this
+    from weflux.gql.context import Context
+
+INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
+MUST_ENROLL_MESSAGE = (
+    "This workspace requires two-factor authentication: enroll first "
+    "(beginTwoFactorEnrollment, then confirmTwoFactorEnrollment)"
+)
+
+
+def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
+    """The root field names an operation selects (through fragments too)."""
+    operation = get_operation_ast(document, operation_name)
+    if operation is None:
+        return set()
+    fragments = {
+        d.name.value: d for d in document.definitions if isinstance(d, FragmentDefinitionNode)
+    }
+    names: set[str] = set()
+    seen: set[str] = set()
+
+    def walk(selections: SelectionSetNode) -> None:
+        for selection in selections.selections:
+            if isinstance(selection, FieldNode):
+                names.add(selection.name.value)
+            elif isinstance(selection, InlineFragmentNode):
+                walk(selection.selection_set)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                if name not in seen and name in fragments:
+                    seen.add(name)
+                    walk(fragments[name].selection_set)
+
+    walk(operation.selection_set)
+    return names
+
+
+async def screen(
+    context: Context, document: DocumentNode, operation_name: str | None, kind: OperationType
+) -> GraphQLError | None:
+    """The refusal of an operation by the two-factor policy or the re-authentication rule."""
+    principal = context.principal
+    if principal is None:
+        return None
+    fields = root_fields(document, operation_name)
+    if principal.must_enroll and fields - ENROLLMENT_OPERATIONS - INTROSPECTION:
+        return GraphQLError(MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED})
+    if kind is OperationType.MUTATION and fields & SENSITIVE_OPERATIONS:
+        async with context.db.session(principal.org_id) as session:
+            try:
+                await require_recent_authentication(
+                    session, principal, context.settings.reauthentication_window
+                )
+            except (ReauthenticationRequired, Unauthenticated) as refusal:
+                return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
+    return None

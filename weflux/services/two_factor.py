@@ -1,0 +1,593 @@
+"""Two factors: enrollment, codes, the login's second step, re-authentication, resets.
+
+docs/security/two-factor.md is the reference. Every code is checked through the
+password guard (`PasswordGuard.check_code`), so wrong codes are throttled per account
+like wrong passwords. A TOTP code is consumed by moving `users.totp_last_step`
+forward, and a recovery code by removing its hash, each with a conditional UPDATE: of
+two requests with one code, one wins, on SQLite and PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth import crossings, totp
+from weflux.auth.authenticator import Authenticator
+from weflux.auth.guard import PasswordGuard
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.auth.scoping import use_workspace
+from weflux.auth.tokens import InvalidTokenError, TokenCodec, token_hash
+from weflux.crypto.fields import open_secret, seal
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database, after_commit
+from weflux.errors import (
+    BadUserInput,
+    Conflict,
+    InvalidCredentials,
+    InvalidMfaCode,
+    NotFound,
+    ReauthenticationRequired,
+    Unauthenticated,
+)
+from weflux.models import AuthSession, Membership, Organization, User, new_id, utcnow
+from weflux.services import sessions as session_service
+from weflux.services.audit import Action, RequestMeta, Severity, record
+from weflux.services.sessions import TokenPair
+
+WRONG_CODE = "The code is wrong, expired or already used"
+INVALID_MFA_TOKEN = "The mfaToken is invalid, expired or already used; log in again"  # noqa: S105
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """What `beginTwoFactorEnrollment` shows, once: the secret, its URI and QR code."""
+
+    secret: str
+    otpauth_uri: str
+    qr_code_svg: str
+
+
+def enabled(user: User) -> bool:
+    return user.two_factor_enabled_at is not None
+
+
+async def _user(session: AsyncSession, user_id: uuid.UUID) -> User:
+    user = await session.get(User, user_id, populate_existing=True)
+    if user is None:
+        raise Unauthenticated("Authentication required")
+    return user
+
+
+async def _consume_totp(session: AsyncSession, keyring: KeyRing, user: User, code: str) -> bool:
+    """Whether `code` is the user's current TOTP code, never accepted before (then consumed)."""
+    secret = open_secret(keyring, user, "totp_secret_enc")
+    if secret is None:
+        return False
+    step = totp.matching_step(secret.reveal(), code, utcnow(), user.totp_last_step)
+    if step is None:
+        return False
+    result = await session.exec(
+        update(User)
+        .where(
+            col(User.id) == user.id,
+            or_(col(User.totp_last_step).is_(None), col(User.totp_last_step) < step),
+        )
+        .values(totp_last_step=step)
+    )
+    return bool(result.rowcount)
+
+
+async def _consume_recovery_code(session: AsyncSession, user: User, code: str) -> bool:
+    """Whether `code` is one of the user's unused recovery codes (then it is used up)."""
+    stored = user.recovery_code_hashes
+    if not stored:
+        return False
+    hashes = stored.split()
+    presented = totp.recovery_code_hash(code)
+    if presented not in hashes:
+        return False
+    remaining = " ".join(h for h in hashes if h != presented)
+    result = await session.exec(
+        update(User)
+        .where(col(User.id) == user.id, col(User.recovery_code_hashes) == stored)
+        .values(recovery_code_hashes=remaining)
+    )
+    return bool(result.rowcount)
+
+
+def _new_recovery_codes(user: User) -> list[str]:
+    codes = totp.new_recovery_codes()
+    user.recovery_code_hashes = " ".join(totp.recovery_code_hash(c) for c in codes)
+    return codes
+
+
+async def _check_totp(
+    session: AsyncSession,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    user: User,
+    ip: str | None,
+    code: str,
+) -> None:
+    """InvalidMfaCode unless `code` is a fresh TOTP code; counted by the guard."""
+
+    async def verify() -> bool:
+        return await _consume_totp(session, keyring, user, code)
+
+    if not await guard.check_code(email=user.email, ip=ip, verify=verify):
+        raise InvalidMfaCode(WRONG_CODE)
+
+
+def _announce_membership(
+    session: AsyncSession, authenticator: Authenticator, ids: list[uuid.UUID]
+) -> None:
+    """Once committed, every process re-reads these members (their `must_enroll`)."""
+
+    async def announce() -> None:
+        await authenticator.publish_revocation(membership_ids=ids)
+
+    after_commit(session, announce)
+
+
+# --- enrollment ----------------------------------------------------------------------
+
+
+async def begin_enrollment(
+    session: AsyncSession, keyring: KeyRing, principal: Principal
+) -> Enrollment:
+    """A new secret for the caller, sealed; it counts once a first code confirms it."""
+    user = await _user(session, principal.user_id)
+    if enabled(user):
+        raise Conflict("Two-factor authentication is already on; disable it first")
+    secret = totp.new_secret()
+    seal(keyring, user, "totp_secret_enc", secret)
+    user.totp_last_step = None
+    await session.flush()
+    uri = totp.provisioning_uri(secret, user.email)
+    return Enrollment(secret=secret, otpauth_uri=uri, qr_code_svg=totp.qr_code_svg(uri))
+
+
+async def confirm_enrollment(
+    session: AsyncSession,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    authenticator: Authenticator,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    code: str,
+) -> list[str]:
+    """Turn two factors on with a first code; the ten recovery codes, shown once."""
+    user = await _user(session, principal.user_id)
+    if enabled(user):
+        raise Conflict("Two-factor authentication is already on")
+    if user.totp_secret_enc is None:
+        raise BadUserInput(
+            "Begin the enrollment first",
+            details=[{"field": "code", "message": "call beginTwoFactorEnrollment first"}],
+        )
+    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await session.refresh(user)
+    codes = _new_recovery_codes(user)
+    user.two_factor_enabled_at = utcnow()
+    await session.flush()
+    await record(
+        session,
+        Action.TWO_FACTOR_ENABLED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
+    )
+    _announce_membership(session, authenticator, [principal.membership_id])
+    return codes
+
+
+async def regenerate_recovery_codes(
+    session: AsyncSession,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    code: str,
+) -> list[str]:
+    """Ten new recovery codes (with a TOTP code); the old ones stop working."""
+    user = await _user(session, principal.user_id)
+    if not enabled(user):
+        raise Conflict("Two-factor authentication is off")
+    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await session.refresh(user)
+    codes = _new_recovery_codes(user)
+    await session.flush()
+    await record(
+        session,
+        Action.RECOVERY_CODES_REGENERATED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
+    )
+    return codes
+
+
+def _clear(user: User) -> None:
+    user.totp_secret_enc = None
+    user.two_factor_enabled_at = None
+    user.totp_last_step = None
+    user.recovery_code_hashes = None
+    user.mfa_challenge_hash = None
+
+
+async def disable(
+    session: AsyncSession,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    authenticator: Authenticator,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    password: str,
+    code: str,
+) -> None:
+    """Turn the caller's two factors off, with the password and a code."""
+    user = await _user(session, principal.user_id)
+    if not enabled(user):
+        raise Conflict("Two-factor authentication is off")
+    if not await guard.check(
+        email=user.email, ip=meta.ip, password=password, password_hash=user.password_hash
+    ):
+        raise BadUserInput(
+            "The password is wrong",
+            details=[{"field": "password", "message": "The password is wrong"}],
+        )
+    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await session.refresh(user)
+    _clear(user)
+    await session.flush()
+    # A security event (auth.mfa_disabled) joins this record once security events exist.
+    await record(
+        session,
+        Action.TWO_FACTOR_DISABLED,
+        actor=principal,
+        target_type="User",
+        target_id=user.id,
+        meta=meta,
+        severity=Severity.WARNING,
+    )
+    _announce_membership(session, authenticator, [principal.membership_id])
+
+
+async def reset(
+    session: AsyncSession,
+    authenticator: Authenticator,
+    user: User,
+    *,
+    org_id: uuid.UUID,
+    reason: str,
+) -> int:
+    """Clear a user's two factors and end every session of theirs, in every workspace.
+
+    `session` is in workspace `org_id` and ends there. The number of sessions ended.
+    """
+    _clear(user)
+    await session.flush()
+    sessions = await crossings.user_sessions(session, user.id)
+    for workspace, ids in crossings.by_workspace(sessions).items():
+        await use_workspace(session, workspace)
+        await session_service.revoke(session, authenticator, ids, reason=reason)
+    await use_workspace(session, org_id)
+    return len(sessions)
+
+
+async def reset_member(
+    session: AsyncSession,
+    authenticator: Authenticator,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    membership_id: uuid.UUID,
+) -> Membership:
+    """An Admin clears a member's two factors (a lost phone); they enroll again."""
+    principal.require(Permission.MANAGE_SECURITY, "Only an Admin can reset two factors")
+    target = await session.get(Membership, membership_id)
+    if target is None:
+        raise NotFound("Member not found")
+    if target.id == principal.membership_id:
+        raise BadUserInput("Use disableTwoFactor for your own two factors")
+    user = await _user(session, target.user_id)
+    ended = await reset(
+        session, authenticator, user, org_id=principal.org_id, reason="two_factor_reset"
+    )
+    # A security event joins this record once security events exist.
+    await record(
+        session,
+        Action.TWO_FACTOR_RESET,
+        actor=principal,
+        target_type="Member",
+        target_id=target.id,
+        meta=meta,
+        severity=Severity.HIGH,
+        details={"user": str(user.id), "sessions_ended": ended},
+    )
+    return target
+
+
+async def update_security(
+    session: AsyncSession,
+    authenticator: Authenticator,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    require_two_factor: bool,
+) -> Organization:
+    """An Admin requires (or stops requiring) two factors of every member."""
+    principal.require(Permission.MANAGE_SECURITY, "Only an Admin can change this")
+    organization = await session.get(Organization, principal.org_id)
+    if organization is None:
+        raise NotFound("Workspace not found")
+    if organization.require_two_factor != require_two_factor:
+        organization.require_two_factor = require_two_factor
+        await session.flush()
+        await record(
+            session,
+            Action.ORGANIZATION_SECURITY_UPDATED,
+            actor=principal,
+            target_type="Organization",
+            target_id=organization.id,
+            meta=meta,
+            severity=Severity.WARNING,
+            details={"require_two_factor": require_two_factor},
+        )
+        members = list((await session.exec(select(Membership.id))).all())
+        _announce_membership(session, authenticator, members)
+    return organization
+
+
+# --- the login's second step ---------------------------------------------------------
+
+
+async def challenge(session: AsyncSession, codec: TokenCodec, user: User, org_id: uuid.UUID) -> str:
+    """The mfaToken of a right password: bound to the user, the workspace and this step.
+
+    Only the token of the user's latest password step is valid; using it spends it.
+    """
+    token = codec.issue("mfa", user_id=user.id, org_id=org_id, session_id=new_id()).token
+    user.mfa_challenge_hash = token_hash(token)
+    await session.flush()
+    return token
+
+
+async def complete_login(
+    db: Database,
+    codec: TokenCodec,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    meta: RequestMeta,
+    *,
+    mfa_token: str,
+    code: str | None,
+    recovery_code: str | None,
+) -> TokenPair:
+    """`POST /auth/mfa`: a right code with a live mfaToken opens the session."""
+    try:
+        claims = codec.verify(mfa_token, "mfa")
+    except InvalidTokenError:
+        raise Unauthenticated(INVALID_MFA_TOKEN) from None
+    presented = token_hash(mfa_token)
+    async with db.session(claims.org_id) as session:
+        user = await session.get(User, claims.user_id)
+    if user is None or not enabled(user) or user.mfa_challenge_hash != presented:
+        raise Unauthenticated(INVALID_MFA_TOKEN)
+    opened: list[TokenPair] = []
+
+    async def verify() -> bool:
+        async with db.session(claims.org_id) as session:
+            fresh = await _user(session, claims.user_id)
+            if code is not None:
+                valid = await _consume_totp(session, keyring, fresh, code)
+            else:
+                assert recovery_code is not None
+                valid = await _consume_recovery_code(session, fresh, recovery_code)
+            if not valid:
+                return False
+            spent = await session.exec(
+                update(User)
+                .where(col(User.id) == fresh.id, col(User.mfa_challenge_hash) == presented)
+                .values(mfa_challenge_hash=None)
+            )
+            if not spent.rowcount:
+                raise Unauthenticated(INVALID_MFA_TOKEN)  # used meanwhile: roll back
+            opened.append(await _open(session, codec, fresh, claims.org_id, meta, code is None))
+        return True
+
+    if not await guard.check_code(email=user.email, ip=meta.ip, verify=verify):
+        async with db.session(claims.org_id) as session:
+            await record(
+                session,
+                Action.MFA_FAILED,
+                actor_user_id=user.id,
+                target_type="User",
+                target_id=user.id,
+                meta=meta,
+                severity=Severity.WARNING,
+            )
+        raise InvalidMfaCode(WRONG_CODE)
+    return opened[0]
+
+
+async def _open(
+    session: AsyncSession,
+    codec: TokenCodec,
+    user: User,
+    org_id: uuid.UUID,
+    meta: RequestMeta,
+    with_recovery_code: bool,
+) -> TokenPair:
+    membership = (
+        await session.exec(select(Membership).where(Membership.user_id == user.id))
+    ).first()
+    organization = await session.get(Organization, org_id)
+    if membership is None or organization is None:
+        raise Unauthenticated(INVALID_MFA_TOKEN)
+    pair = await session_service.open_session(
+        session,
+        codec,
+        membership=membership,
+        organization=organization,
+        meta=meta,
+        authenticated=True,
+    )
+    factor = "recovery_code" if with_recovery_code else "totp"
+    await record(
+        session,
+        Action.LOGIN_SUCCEEDED,
+        actor_user_id=user.id,
+        actor_membership_id=membership.id,
+        target_type="Session",
+        target_id=pair.session_id,
+        meta=meta,
+        details={"second_factor": factor},
+    )
+    if with_recovery_code:
+        # The consuming UPDATE synchronised `user`: what it holds is what is left.
+        left = len((user.recovery_code_hashes or "").split())
+        await record(
+            session,
+            Action.RECOVERY_CODE_USED,
+            actor_user_id=user.id,
+            actor_membership_id=membership.id,
+            target_type="User",
+            target_id=user.id,
+            meta=meta,
+            severity=Severity.WARNING,
+            details={"remaining": left},
+        )
+    workspaces = await crossings.user_workspaces(session, user.id)
+    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
+    listed[organization.id] = organization
+    return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
+
+
+# --- re-authentication ---------------------------------------------------------------
+
+
+async def reauthenticate(
+    db: Database,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    password: str,
+    code: str | None,
+) -> None:
+    """`POST /auth/reauthenticate`: the password (and a code) renew this session's proof."""
+    async with db.session(principal.org_id) as session:
+        user = await _user(session, principal.user_id)
+    if not await guard.check(
+        email=user.email, ip=meta.ip, password=password, password_hash=user.password_hash
+    ):
+        raise InvalidCredentials("The password is wrong")
+    async with db.session(principal.org_id) as session:
+        if enabled(user):
+            if not code:
+                raise BadUserInput(
+                    "A code from the authenticator app is required",
+                    details=[{"field": "code", "message": "required with two factors on"}],
+                )
+            await _check_totp(session, guard, keyring, user, meta.ip, code)
+        await session.exec(
+            update(AuthSession)
+            .where(col(AuthSession.id) == principal.session_id)
+            .values(authenticated_at=utcnow())
+        )
+        await record(
+            session,
+            Action.REAUTHENTICATED,
+            actor=principal,
+            target_type="Session",
+            target_id=principal.session_id,
+            meta=meta,
+        )
+
+
+async def require_recent_authentication(
+    session: AsyncSession, principal: Principal, window: timedelta
+) -> None:
+    """REAUTHENTICATION_REQUIRED unless the session authenticated within `window`
+    (UNAUTHENTICATED when it ended meanwhile, e.g. its member was just removed)."""
+    row = await session.get(AuthSession, principal.session_id)
+    if row is None or row.revoked_at is not None:
+        raise Unauthenticated("Authentication required")
+    moment = row.authenticated_at
+    if moment is None or utcnow() - moment > window:
+        raise ReauthenticationRequired(
+            "This operation needs a recent authentication: POST /auth/reauthenticate"
+        )
+
+
+# --- the operator's reset ------------------------------------------------------------
+
+OPERATOR_SCOPE = "two-factor reset by the operator"
+
+
+@dataclass(frozen=True)
+class OperatorReset:
+    user_id: uuid.UUID
+    workspaces: int
+    sessions_ended: int
+
+
+async def operator_reset(db: Database, *, email: str, reason: str) -> OperatorReset | None:
+    """`weflux two-factor reset`: the last Admin's lost phone, without a database edit.
+
+    On a maintenance handle (it crosses workspaces): clears the user's two factors, ends
+    every session of theirs (the servers' caches forget them within 30 s) and records
+    the reset, with the reason, in every workspace of theirs. None: no such user.
+    """
+    async with db.session(all_workspaces=OPERATOR_SCOPE) as session:
+        user = (
+            await session.exec(
+                select(User).where(col(User.email).ilike(email.strip())).with_for_update()
+            )
+        ).first()
+        if user is None:
+            return None
+        _clear(user)
+        now = utcnow()
+        ended = (
+            await session.exec(
+                update(AuthSession)
+                .where(col(AuthSession.user_id) == user.id, col(AuthSession.revoked_at).is_(None))
+                .values(revoked_at=now, revoked_reason="two_factor_reset")
+                .returning(col(AuthSession.id))
+            )
+        ).all()
+        memberships = (
+            await session.exec(select(Membership).where(Membership.user_id == user.id))
+        ).all()
+        for membership in memberships:
+            # A security event joins this record once security events exist.
+            await record(
+                session,
+                Action.TWO_FACTOR_RESET,
+                org_id=membership.org_id,
+                target_type="Member",
+                target_id=membership.id,
+                severity=Severity.HIGH,
+                details={
+                    "user": str(user.id),
+                    "by": "operator",
+                    "reason": reason[:500],
+                    "sessions_ended": len(ended),
+                },
+            )
+    return OperatorReset(user.id, len(memberships), len(ended))
