@@ -198,6 +198,7 @@ async def login(request: Request) -> Response:
         email=body.email,
         password=body.password,
         organization_id=organization_id,
+        detectors=runtime.detectors,
     )
     return JSONResponse(token_pair_body(pair))
 

@@ -25,6 +25,7 @@ from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
 from weflux.services import sessions as session_service
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
 from weflux.services.sessions import TokenPair
@@ -248,6 +249,16 @@ async def update_role(
         meta=meta,
         details={"from": previous.value, "to": role.value},
     )
+    if role == Role.ADMIN:
+        await record_security_event(
+            session,
+            authenticator.broker,
+            SecurityKind.ADMIN_GRANTED,
+            f"A member was made Admin (was {previous.value})",
+            actor=Actor(principal.user_id, principal.membership_id),
+            meta=meta,
+            details={"member_id": str(target.id), "from": previous.value},
+        )
 
     async def announce() -> None:
         await authenticator.publish_revocation(membership_ids=[target.id])
