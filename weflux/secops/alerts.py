@@ -224,7 +224,8 @@ async def _admin_mail(
 async def _user_mail(
     db: Database, settings: Settings, mailer: Mailer, alert: SecurityAlert
 ) -> None:
-    assert alert.org_id is not None and alert.recipient_user_id is not None
+    assert alert.org_id is not None
+    assert alert.recipient_user_id is not None
     async with db.session(alert.org_id) as session:
         user = await session.get(User, alert.recipient_user_id)
     if user is None:
@@ -234,7 +235,8 @@ async def _user_mail(
 
 
 async def _post(settings: Settings, client: httpx.AsyncClient, alert: SecurityAlert) -> None:
-    assert settings.security_alert_url is not None and settings.security_alert_secret is not None
+    assert settings.security_alert_url is not None
+    assert settings.security_alert_secret is not None
     body = alert_body(alert.payload)
     headers = {
         "Content-Type": "application/json",
@@ -294,4 +296,3 @@ async def _send_one(
         await _retry_later(db, alert, type(error).__name__)
         return
     await _finish(db, alert, AlertStatus.SENT)
-

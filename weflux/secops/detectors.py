@@ -67,9 +67,7 @@ class Detectors:
     def __init__(self, settings: Settings, limiter: RateLimiter, broker: Broker) -> None:
         self._limiter = limiter
         self._broker = broker
-        self.brute_force = parse_threshold(
-            "security_brute_force", settings.security_brute_force
-        )
+        self.brute_force = parse_threshold("security_brute_force", settings.security_brute_force)
         self.stuffing = parse_threshold(
             "security_credential_stuffing", settings.security_credential_stuffing
         )
@@ -119,9 +117,7 @@ class Detectors:
                 )
         log.warning("security event", extra={"kind": SecurityKind.BRUTE_FORCE.value})
 
-    async def _count_stuffing(
-        self, db: Database, meta: RequestMeta, account: str, ip: str
-    ) -> None:
+    async def _count_stuffing(self, db: Database, meta: RequestMeta, account: str, ip: str) -> None:
         threshold, seconds = self.stuffing
         failures = await self._limiter.tally(STUFFING_FAILURES, ip, seconds=seconds)
         if await self._limiter.tally(STUFFING_PAIR, f"{ip}\n{account}", seconds=seconds) == 1:
@@ -182,7 +178,10 @@ class Detectors:
         async with db.session(org_id) as session:
             if org_id is None:
                 await record_platform_event(
-                    session, SecurityKind.WEBHOOK_SIGNATURE_FAILURES, summary, meta=meta,
+                    session,
+                    SecurityKind.WEBHOOK_SIGNATURE_FAILURES,
+                    summary,
+                    meta=meta,
                     details=details,
                 )
             else:

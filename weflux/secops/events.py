@@ -169,9 +169,7 @@ async def record_security_event(
     if kind == SecurityKind.NEW_DEVICE and actor.user_id is not None:
         notice = {"ipAddress": event.ip_address, "userAgent": event.user_agent}
         notice["createdAt"] = created
-        session.add(
-            _alert(event.id, org_id, kind, AlertChannel.USER_MAIL, notice, actor.user_id)
-        )
+        session.add(_alert(event.id, org_id, kind, AlertChannel.USER_MAIL, notice, actor.user_id))
     publish_after_commit(session, broker, org_id, EventName.SECURITY_EVENT_ADDED, id=event.id)
     return event
 

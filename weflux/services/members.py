@@ -24,8 +24,8 @@ from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
-from weflux.services import sessions as session_service
 from weflux.secops.events import Actor, SecurityKind, record_security_event
+from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
 from weflux.services.sessions import TokenPair

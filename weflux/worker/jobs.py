@@ -32,7 +32,7 @@ def build_worker(
     mailer: Mailer,
 ) -> Worker:
     """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh, webhook retry and
-security alert sweeps."""
+    security alert sweeps."""
     interval = settings.health_refresh_interval
     throttle = build_throttle(redis)
     batch_size = settings.delivery_batch_size
