@@ -159,15 +159,15 @@ async def record_security_event(
     session.add(event)
     created = event.created_at.isoformat()
     if severity.alerted:
-        mail = {"kind": kind.value, "severity": severity.value, "summary": summary}
-        mail |= {"ipAddress": event.ip_address, "createdAt": created}
+        mail: dict[str, Any] = {"kind": kind.value, "severity": severity.value}
+        mail |= {"summary": summary, "ipAddress": event.ip_address, "createdAt": created}
         session.add(_alert(event.id, org_id, kind, AlertChannel.ADMIN_MAIL, mail))
         body = webhook_payload(
             event.id, kind, summary, org_id=org_id, ip=event.ip_address, created_at=created
         )
         session.add(_alert(event.id, org_id, kind, AlertChannel.WEBHOOK, body))
     if kind == SecurityKind.NEW_DEVICE and actor.user_id is not None:
-        notice = {"ipAddress": event.ip_address, "userAgent": event.user_agent}
+        notice: dict[str, Any] = {"ipAddress": event.ip_address, "userAgent": event.user_agent}
         notice["createdAt"] = created
         session.add(_alert(event.id, org_id, kind, AlertChannel.USER_MAIL, notice, actor.user_id))
     publish_after_commit(session, broker, org_id, EventName.SECURITY_EVENT_ADDED, id=event.id)
