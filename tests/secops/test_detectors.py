@@ -178,7 +178,9 @@ async def test_granting_admin_raises_one_event_and_other_roles_none(
     app: Starlette, db: Database, org: Organization, admin: Actor
 ) -> None:
     target = await member(db, org)
-    query = """mutation ($input: UpdateMemberRoleInput!) { updateMemberRole(input: $input) { role } }"""
+    query = (
+        """mutation ($input: UpdateMemberRoleInput!) { updateMemberRole(input: $input) { role } }"""
+    )
     target_id = encode_global_id("Member", target.membership.id)
     async with client_of(app, fresh_ip()) as client:
         token = await token_for(client, admin)
