@@ -234,3 +234,8 @@ async def test_a_platform_event_is_posted_without_a_workspace(
     assert json.loads(post.body)["workspaceId"] is None
     assert json.loads(post.body)["severity"] == "CRITICAL"
     assert smtp[0].delivered == []
+
+
+async def test_the_worker_sweeps_the_alert_outbox(app: Starlette) -> None:
+    jobs = {job.name: job for job in runtime_of(app).build_worker().jobs}
+    assert jobs["security-alerts"].every == runtime_of(app).settings.security_alert_interval

@@ -16,7 +16,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, login, token_for, tokens_for
 from tests.fixtures.app import client_of
 from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.factories import Actor, create_actor, create_whatsapp_account
+from tests.fixtures.factories import PASSWORD, Actor, create_actor, create_whatsapp_account
 from tests.fixtures.secops import (
     alerts,
     events_of,
@@ -192,6 +192,29 @@ async def test_granting_admin_raises_one_event_and_other_roles_none(
     events = await events_of(db, org.id, SecurityKind.ADMIN_GRANTED)
     assert len(events) == 1
     assert events[0].actor_membership_id == admin.membership.id
+
+
+async def test_joining_as_admin_by_invitation_raises_one_event_and_as_agent_none(
+    app: Starlette, db: Database, org: Organization, admin: Actor
+) -> None:
+    invite = """mutation ($input: InviteMemberInput!) { inviteMember(input: $input) { token } }"""
+    async with client_of(app, fresh_ip()) as client:
+        token = await token_for(client, admin)
+        for role in ("AGENT", "ADMIN"):
+            variables = {"input": {"email": fresh_email(), "name": "New", "role": role}}
+            invited = await gql(client, token, invite, variables)
+            accepted = await client.post(
+                "/auth/invitations/accept",
+                json={
+                    "token": invited.json()["data"]["inviteMember"]["token"],
+                    "name": "New Member",
+                    "password": PASSWORD,
+                },
+            )
+            assert accepted.status_code == 200, accepted.text
+    events = await events_of(db, org.id, SecurityKind.ADMIN_GRANTED)
+    assert len(events) == 1
+    assert "invitation" in events[0].summary
 
 
 async def test_changing_channel_credentials_raises_one_event(

@@ -310,6 +310,7 @@ async def accept_invitation(request: Request) -> Response:
         token=body.token,
         name=body.name,
         password=body.password,
+        broker=runtime.broker,
     )
     return JSONResponse(token_pair_body(pair))
 

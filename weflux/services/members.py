@@ -24,6 +24,7 @@ from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
+from weflux.realtime.broker import Broker
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
@@ -117,6 +118,7 @@ async def accept_invitation(
     token: str,
     name: str,
     password: str,
+    broker: Broker | None = None,
 ) -> TokenPair:
     """Join the inviting workspace: as a new user, or (with their password) an existing one.
 
@@ -201,6 +203,16 @@ async def accept_invitation(
             meta=meta,
             details={"role": membership.role.value, "invitation": str(invitation.id)},
         )
+        if membership.role == Role.ADMIN and broker is not None:
+            await record_security_event(
+                session,
+                broker,
+                SecurityKind.ADMIN_GRANTED,
+                "A new member joined as Admin by invitation",
+                actor=Actor(user_id, membership.id),
+                meta=meta,
+                details={"member_id": str(membership.id), "invitation": str(invitation.id)},
+            )
     return TokenPair(pair.access, pair.refresh, organization, membership, [organization])
 
 
