@@ -93,7 +93,8 @@ class Detectors:
         """Count a failed or refused login (`user_id` None: no such account)."""
         account = normalize_email(email)
         ip = meta.ip or "-"
-        await self._count_stuffing(db, meta, account, ip)
+        if meta.ip is not None:  # without a client IP there is nothing to count per IP
+            await self._count_stuffing(db, meta, account, ip)
         if user_id is None or not workspaces:
             return
         threshold, seconds = self.brute_force
