@@ -121,6 +121,23 @@ async def test_thirty_failures_over_fifteen_accounts_from_one_ip_raise_one_stuff
     assert all(email not in repr(found[0].details) for email in emails)
 
 
+async def test_logins_refused_per_ip_still_count_as_stuffing(
+    database_urls: DatabaseUrls, tmp_path: Path, store: str, owner_db: Database
+) -> None:
+    """Given the per-IP login limit at 5 a minute
+    When one IP makes 32 attempts over 16 accounts (27 of them refused with 429)
+    Then the refused ones count: one credential-stuffing event."""
+    ip = fresh_ip()
+    async with secops_app(
+        database_urls, tmp_path, store, rate_limit_login_ip="5/minute"
+    ) as application:
+        for email in [fresh_email() for _ in range(16)]:
+            await wrong_logins(application, email, ip, 2)
+    assert [e.kind for e in await platform_events(owner_db, ip)] == [
+        SecurityKind.CREDENTIAL_STUFFING
+    ]
+
+
 async def test_many_failures_over_few_accounts_are_no_stuffing(
     app: Starlette, owner_db: Database
 ) -> None:
