@@ -1,8 +1,8 @@
 """security events, platform security events and the security alert outbox
 
-Revision ID: 0008_security_events
-Revises: 0007_tenancy
-Create Date: 2026-12-05 03:00:00 UTC
+Revision ID: 0009_security_events
+Revises: 0008_incidents
+Create Date: 2026-12-05 04:00:00 UTC
 
 `security_events` is workspace-owned (tenant row-level security). The two others are
 global, with deliberate policies (docs/security/tenancy.md): the app's role only inserts
@@ -19,8 +19,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import create_owner_policy, disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0008_security_events"
-down_revision: str | None = "0007_tenancy"
+revision: str = "0009_security_events"
+down_revision: str | None = "0008_incidents"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
