@@ -1,7 +1,7 @@
 """security events, platform security events and the security alert outbox
 
-Revision ID: 0009_security_events
-Revises: 0008_incidents
+Revision ID: 0010_security_events
+Revises: 0009_two_factor
 Create Date: 2026-12-05 04:00:00 UTC
 
 `security_events` is workspace-owned (tenant row-level security). The two others are
@@ -19,8 +19,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import create_owner_policy, disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0009_security_events"
-down_revision: str | None = "0008_incidents"
+revision: str = "0010_security_events"
+down_revision: str | None = "0009_two_factor"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
