@@ -34,7 +34,6 @@ import uuid
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.throttle.ratelimit import RateLimiter
 from weflux.config import Settings, parse_threshold
 from weflux.db import Database
 from weflux.emails import normalize_email
@@ -42,6 +41,7 @@ from weflux.models import Membership
 from weflux.realtime.broker import Broker
 from weflux.secops.events import Actor, SecurityKind, record_platform_event, record_security_event
 from weflux.services.audit import RequestMeta
+from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
