@@ -285,3 +285,37 @@ def test_an_explicit_database_url_wins_over_the_var_dir(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'mine.db'}"
     settings = _settings(tmp_path, database_url=url)
     assert settings.database_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("security_brute_force", "ten"), ("security_credential_stuffing", "0/hour")],
+)
+def test_a_detector_threshold_that_does_not_parse_is_refused(
+    tmp_path: Path, name: str, value: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"WEFLUX_{name.upper()}"):
+        _settings(tmp_path, **{name: value})
+
+
+def test_the_security_alert_url_needs_its_secret_and_https_in_production(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="WEFLUX_SECURITY_ALERT_SECRET must be set"):
+        _settings(tmp_path, security_alert_url="https://pager.example/hook")
+    with pytest.raises(ConfigError, match="WEFLUX_SECURITY_ALERT_SECRET must be at least"):
+        _settings(
+            tmp_path, security_alert_url="https://pager.example/hook", security_alert_secret="short"
+        )
+    with pytest.raises(ConfigError, match="WEFLUX_SECURITY_ALERT_URL must be https"):
+        _production(
+            tmp_path,
+            allowed_origins="https://app.example",
+            security_alert_url="http://pager.example/hook",
+            security_alert_secret="s" * 32,
+        )
+    settings = _production(
+        tmp_path,
+        allowed_origins="https://app.example",
+        security_alert_url="https://pager.example/hook",
+        security_alert_secret="s" * 32,
+    )
+    assert settings.security_alert_url == "https://pager.example/hook"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+from limits import parse
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -99,6 +100,26 @@ def _split_list(value: Any) -> list[str]:
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return [str(item).strip() for item in value if str(item).strip()]
+
+
+SECURITY_THRESHOLDS = (
+    "security_brute_force",
+    "security_credential_stuffing",
+    "security_webhook_signature_failures",
+)
+
+
+def parse_threshold(name: str, value: str) -> tuple[int, int]:
+    """A detector threshold `COUNT/PERIOD` as (count, seconds), naming the variable on error."""
+    try:
+        item = parse(value)
+    except ValueError:
+        item = None
+    if item is None or item.amount < 1:
+        raise ConfigError(
+            f"WEFLUX_{name.upper()}: `{value}` is not a threshold; use `10/hour` or `30/15 minutes`"
+        )
+    return item.amount, item.get_expiry()
 
 
 class Settings(BaseSettings):
@@ -222,6 +243,19 @@ class Settings(BaseSettings):
     backup_dir: Path | None = None  # unset: `<var_dir>/backups`
     backup_retention: timedelta = timedelta(days=30)
 
+    # Security operations (docs/security/operations.md): detector thresholds as
+    # `COUNT/PERIOD` (the `limits` notation), the alert outbox and the on-call's webhook.
+    security_brute_force: str = "10/hour"  # failed logins per account and IP
+    security_credential_stuffing: str = "30/15 minutes"  # failed logins per IP ...
+    security_credential_stuffing_accounts: int = Field(default=15, ge=2)  # ... over accounts
+    security_webhook_signature_failures: str = "20/hour"  # bad signatures per webhook URL
+    security_new_device_window: timedelta = timedelta(days=90)
+    security_alert_url: str | None = None
+    security_alert_secret: SecretStr | None = None
+    security_alert_interval: float = Field(default=5.0, gt=0, le=300)  # seconds between sweeps
+    security_alert_dedupe_window: timedelta = timedelta(hours=1)
+    security_alert_mail_limit: int = Field(default=20, ge=1)  # Admin alert mails per hour
+
     # Names of the secrets that were generated for development rather than configured.
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
 
@@ -233,6 +267,8 @@ class Settings(BaseSettings):
         "reauthentication_window",
         "graphql_timeout",
         "database_statement_timeout",
+        "security_new_device_window",
+        "security_alert_dedupe_window",
         mode="before",
     )
     @classmethod
@@ -256,6 +292,8 @@ class Settings(BaseSettings):
         "security_policy_url",
         "ssl_certfile",
         "ssl_keyfile",
+        "security_alert_url",
+        "security_alert_secret",
         mode="before",
     )
     @classmethod
@@ -493,6 +531,18 @@ class Settings(BaseSettings):
                 "production refuses this",
                 shared[0],
             )
+        for name in SECURITY_THRESHOLDS:
+            parse_threshold(name, getattr(self, name))
+        if self.security_alert_url is not None:
+            if not self.security_alert_url.startswith(("https://", "http://")):
+                raise ConfigError("WEFLUX_SECURITY_ALERT_URL must be an http(s) URL")
+            if self.security_alert_secret is None:
+                raise ConfigError(
+                    "WEFLUX_SECURITY_ALERT_SECRET must be set with WEFLUX_SECURITY_ALERT_URL: "
+                    "the on-call verifies each alert's signature with it"
+                )
+            if len(self.security_alert_secret.get_secret_value()) < 32:
+                raise ConfigError("WEFLUX_SECURITY_ALERT_SECRET must be at least 32 characters")
         if not self.is_production:
             return
         self._check_transport()
@@ -506,6 +556,10 @@ class Settings(BaseSettings):
                 )
         if self.ide_enabled:
             raise ConfigError("WEFLUX_GRAPHQL_IDE must be false in production")
+        if self.security_alert_url is not None and not self.security_alert_url.startswith(
+            "https://"
+        ):
+            raise ConfigError("WEFLUX_SECURITY_ALERT_URL must be https:// in production")
         if self.smtp_url is None:
             raise ConfigError(
                 "WEFLUX_SMTP_URL must be set in production: sign-up confirmations are "

@@ -31,6 +31,7 @@ from weflux.mail.mailer import Mailer, build_mailer
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
+from weflux.secops.detectors import Detectors
 from weflux.services.channels import Services as ChannelServices
 from weflux.throttle.ratelimit import RateLimiter
 from weflux.tls import TLS_MINIMUM
@@ -70,6 +71,7 @@ class Runtime:
     authenticator: Authenticator
     limiter: RateLimiter
     password_guard: PasswordGuard
+    detectors: Detectors
     mailer: Mailer
     cost_budgets: CostBudgets
     trusted_proxies: tuple[ProxyNetwork, ...]
@@ -112,6 +114,7 @@ class Runtime:
             authenticator=authenticator,
             limiter=limiter,
             password_guard=PasswordGuard(limiter),
+            detectors=Detectors(settings, limiter, broker),
             mailer=build_mailer(settings),
             cost_budgets=CostBudgets(settings),
             trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
@@ -128,6 +131,7 @@ class Runtime:
             broker=self.broker,
             channel_services=self.channel_services,
             redis=self.redis,
+            mailer=self.mailer,
         )
 
     async def start(self, *, serve: bool, worker: bool) -> None:

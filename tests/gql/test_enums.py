@@ -15,6 +15,7 @@ from weflux.services.conversations import AssigneeFilter
 # Every enum of the schema, by GraphQL name, and the Python enum it is.
 MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "Role": models.Role,
+    "SecuritySeverity": models.SecuritySeverity,
     "ConversationStatus": models.ConversationStatus,
     "MessageDirection": models.MessageDirection,
     "MessageStatus": models.MessageStatus,

@@ -32,6 +32,7 @@ from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import signup as signup_service
 from weflux.services import two_factor as two_factor_service
+from weflux.services.audit import RequestMeta
 from weflux.services.sessions import TokenPair
 from weflux.throttle.ratelimit import RateLimiter
 
@@ -181,11 +182,26 @@ async def confirm_signup(request: Request) -> Response:
     return JSONResponse(token_pair_body(pair), status_code=201)
 
 
+async def _count_refused_login(request: Request, runtime: Runtime, meta: RequestMeta) -> None:
+    """A login refused per IP still counts for the credential-stuffing detector."""
+    try:
+        body = parse(LoginBody, await _body(request, runtime))
+    except WefluxError:
+        return
+    await runtime.detectors.login_failed(
+        runtime.db, meta, email=body.email, user_id=None, workspaces=[]
+    )
+
+
 @_endpoint
 async def login(request: Request) -> Response:
     runtime = runtime_of(request)
     meta = request_meta(request, runtime.trusted_proxies)
-    await _limit(runtime.limiter, "login_ip", meta.ip)
+    try:
+        await _limit(runtime.limiter, "login_ip", meta.ip)
+    except RateLimited:
+        await _count_refused_login(request, runtime, meta)
+        raise
     body = parse(LoginBody, await _body(request, runtime))
     organization_id = (
         decode_global_id(body.organization_id, "Organization") if body.organization_id else None
@@ -198,6 +214,7 @@ async def login(request: Request) -> Response:
         email=body.email,
         password=body.password,
         organization_id=organization_id,
+        detectors=runtime.detectors,
     )
     return JSONResponse(token_pair_body(pair))
 
@@ -293,6 +310,7 @@ async def accept_invitation(request: Request) -> Response:
         token=body.token,
         name=body.name,
         password=body.password,
+        broker=runtime.broker,
     )
     return JSONResponse(token_pair_body(pair))
 

@@ -33,6 +33,7 @@ from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import webhook_queue
+from weflux.services.audit import RequestMeta
 from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -181,6 +182,13 @@ async def notify(request: Request) -> Response:
         # and a correctly signed delivery is never throttled, whatever an attacker spent
         # of its IP's or its URL's failures (Meta's retries must always get through).
         limits = _FailureLimits(request, runtime, "signature")
+        # Counted for the detector before any refusal: throttled failures count too.
+        await runtime.detectors.webhook_signature_failed(
+            runtime.db,
+            RequestMeta(ip=limits.ip, user_agent=request.headers.get("user-agent")),
+            org_id=channel.account.org_id if channel.account else None,
+            url_key=channel.limit_key,
+        )
         if refusal := await limits.refusal() or await limits.refusal(channel):
             return refusal
         await limits.failed(channel)

@@ -22,13 +22,16 @@ import strawberry
 from sqlmodel import col, select
 from strawberry.types import Info
 
+from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.permissions import READ
+from weflux.gql.permissions import READ, requires
+from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
+from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import utcnow
 from weflux.pagination import decode_cursor
@@ -219,6 +222,18 @@ class Subscription:
             info, EventName.WHATSAPP_ACCOUNT_UPDATED, WhatsAppAccountRow, to_whatsapp_account
         ):
             yield account
+
+    @strawberry.subscription(
+        description="New security events of the workspace, as they are seen (ADMIN).",
+        permission_classes=[requires(Permission.READ_AUDIT)],
+    )
+    async def security_event_added(
+        self, info: Info[Context, None]
+    ) -> AsyncGenerator[SecurityEvent, None]:
+        async for event in _follow(
+            info, EventName.SECURITY_EVENT_ADDED, SecurityEventRow, to_security_event
+        ):
+            yield event
 
 
 async def _follow(

@@ -21,6 +21,7 @@ from weflux.gql.identity.types import (
 )
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.incidents.types import to_incident
+from weflux.gql.security.types import to_security_event
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
 from weflux.models import (
@@ -32,6 +33,7 @@ from weflux.models import (
     Membership,
     Message,
     Organization,
+    SecurityEvent,
 )
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.secops import incidents as incident_service
@@ -79,6 +81,13 @@ async def _audit_event(info: Info[Context, None], row_id: uuid.UUID) -> Node | N
     return to_audit_event(row) if row else None
 
 
+async def _security_event(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    if not info.context.actor.can(Permission.READ_AUDIT):
+        return None
+    row = await info.context.unit.get(SecurityEvent, row_id)
+    return to_security_event(row) if row else None
+
+
 async def _whatsapp_account(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     row = await info.context.unit.get(WhatsAppAccountRow, row_id)  # disconnected ones too
     return to_whatsapp_account(row) if row else None
@@ -116,6 +125,7 @@ RESOLVERS: dict[str, Resolver] = {
     "Session": _session,
     "Invitation": _invitation,
     "AuditEvent": _audit_event,
+    "SecurityEvent": _security_event,
     "Contact": _contact,
     "Conversation": _conversation,
     "Message": _message,

@@ -38,6 +38,8 @@ from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import requires
+from weflux.gql.security.mutations import SecurityMutation
+from weflux.gql.security.queries import SecurityQuery
 from weflux.gql.types import Node
 
 MAX_DEPTH = 10
@@ -46,7 +48,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery):
+class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery):
     @strawberry.field(
         description="Any object by its global id; NOT_FOUND outside the caller's reach.",
         permission_classes=[requires(Permission.READ_WORKSPACE)],
@@ -57,7 +59,12 @@ class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery):
 
 @strawberry.type(description="Every write.")
 class Mutation(
-    IdentityMutation, TwoFactorMutation, ChannelMutation, InboxMutation, SendingMutation
+    IdentityMutation,
+    TwoFactorMutation,
+    ChannelMutation,
+    InboxMutation,
+    SendingMutation,
+    SecurityMutation,
 ):
     pass
 

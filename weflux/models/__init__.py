@@ -21,12 +21,22 @@ from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
+from weflux.models.security import (
+    AlertChannel,
+    AlertStatus,
+    PlatformSecurityEvent,
+    SecurityAlert,
+    SecurityEvent,
+    SecuritySeverity,
+)
 from weflux.models.user import User
 from weflux.models.whatsapp import AccountStatus, QualityRating, SmtpSettings, WhatsAppAccount
 
 __all__ = [
     "STATUS_RANK",
     "AccountStatus",
+    "AlertChannel",
+    "AlertStatus",
     "AuditEvent",
     "AuthSession",
     "Contact",
@@ -44,8 +54,12 @@ __all__ = [
     "OrgScoped",
     "Organization",
     "PendingSignup",
+    "PlatformSecurityEvent",
     "QualityRating",
     "Role",
+    "SecurityAlert",
+    "SecurityEvent",
+    "SecuritySeverity",
     "SmtpSettings",
     "TemplateStatusEvent",
     "User",

@@ -29,6 +29,7 @@ class EventName(StrEnum):
     MESSAGE_UPDATED = "messageUpdated"
     CONVERSATION_UPDATED = "conversationUpdated"
     WHATSAPP_ACCOUNT_UPDATED = "whatsAppAccountUpdated"
+    SECURITY_EVENT_ADDED = "securityEventAdded"
     # Never published: the hub's marker to its listeners after a broker reconnection.
     RESYNC = "__resync__"
 

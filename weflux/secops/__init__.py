@@ -1,1 +1,1 @@
-"""Security operations: the incident register (and, beside it, detectors and alerts)."""
+"""Security operations: detectors, security events and their alerts, the incident register."""

@@ -44,6 +44,7 @@ class Action(StrEnum):
     MFA_FAILED = "auth.mfa.failed"
     REAUTHENTICATED = "auth.reauthenticated"
     ORGANIZATION_SECURITY_UPDATED = "organization.security_updated"
+    SECURITY_EVENT_ACKNOWLEDGED = "security_event.acknowledged"
 
 
 class Severity(StrEnum):

@@ -24,10 +24,13 @@ from weflux.errors import (
     Forbidden,
     InvalidCredentials,
     MfaRequired,
+    RateLimited,
     TokenReused,
     Unauthenticated,
 )
 from weflux.models import AuthSession, Membership, Organization, User, utcnow
+from weflux.secops.detectors import Detectors
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services import two_factor
 from weflux.services.audit import Action, RequestMeta, Severity, record
@@ -55,6 +58,7 @@ async def login(
     email: str,
     password: str,
     organization_id: uuid.UUID | None,
+    detectors: Detectors | None = None,
 ) -> TokenPair:
     """Check the password and open a session in one of the user's workspaces.
 
@@ -68,13 +72,26 @@ async def login(
     async with db.session() as session:
         account = await crossings.account_by_email(session, email)
         workspaces = await crossings.user_workspaces(session, account.user_id) if account else []
-    valid = await guard.check(
-        email=email,
-        ip=meta.ip,
-        password=password,
-        password_hash=account.password_hash if account else None,
-    )
+    user_id = account.user_id if account else None
+    try:
+        valid = await guard.check(
+            email=email,
+            ip=meta.ip,
+            password=password,
+            password_hash=account.password_hash if account else None,
+        )
+    except RateLimited:
+        # Throttled attempts count for the detectors like failed ones.
+        if detectors is not None:
+            await detectors.login_failed(
+                db, meta, email=email, user_id=user_id, workspaces=[w.org_id for w in workspaces]
+            )
+        raise
     if not valid or account is None or not workspaces:
+        if detectors is not None:
+            await detectors.login_failed(
+                db, meta, email=email, user_id=user_id, workspaces=[w.org_id for w in workspaces]
+            )
         if account is not None and workspaces:
             async with db.session() as session:
                 for workspace in workspaces:
@@ -125,6 +142,10 @@ async def login(
             target_id=pair.session_id,
             meta=meta,
         )
+        if detectors is not None:
+            await detectors.login_succeeded(
+                session, meta, user_id=account.user_id, membership_id=membership.id
+            )
     # The answer lists every workspace of the user (id and name only).
     listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
     listed[organization.id] = organization
@@ -218,6 +239,14 @@ async def refresh(
                 target_id=current.id,
                 meta=meta,
                 severity=Severity.HIGH,
+            )
+            await record_security_event(
+                session,
+                authenticator.broker,
+                SecurityKind.REFRESH_REUSE,
+                "A spent refresh token was presented again; the session is revoked",
+                actor=Actor(current.user_id, current.membership_id),
+                meta=meta,
             )
     if reused:
         log.warning("refresh token reuse: session revoked", extra={"client": meta.ip})

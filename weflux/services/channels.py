@@ -25,6 +25,7 @@ from weflux.errors import BadUserInput, Conflict, ErrorCode, NotFound, WefluxErr
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
@@ -272,6 +273,18 @@ async def update_credentials(
         target_id=account.id,
         meta=meta,
         details={"updated": sorted(column.removesuffix("_enc") for column in changed)},
+    )
+    await record_security_event(
+        session,
+        services.broker,
+        SecurityKind.CREDENTIALS_CHANGED,
+        "The credentials of a WhatsApp number were changed",
+        actor=Actor(principal.user_id, principal.membership_id),
+        meta=meta,
+        details={
+            "whatsapp_account_id": str(account.id),
+            "updated": sorted(column.removesuffix("_enc") for column in changed),
+        },
     )
     publish_after_commit(
         session,

@@ -24,6 +24,8 @@ from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
+from weflux.realtime.broker import Broker
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
@@ -116,6 +118,7 @@ async def accept_invitation(
     token: str,
     name: str,
     password: str,
+    broker: Broker | None = None,
 ) -> TokenPair:
     """Join the inviting workspace: as a new user, or (with their password) an existing one.
 
@@ -200,6 +203,16 @@ async def accept_invitation(
             meta=meta,
             details={"role": membership.role.value, "invitation": str(invitation.id)},
         )
+        if membership.role == Role.ADMIN and broker is not None:
+            await record_security_event(
+                session,
+                broker,
+                SecurityKind.ADMIN_GRANTED,
+                "A new member joined as Admin by invitation",
+                actor=Actor(user_id, membership.id),
+                meta=meta,
+                details={"member_id": str(membership.id), "invitation": str(invitation.id)},
+            )
     return TokenPair(pair.access, pair.refresh, organization, membership, [organization])
 
 
@@ -248,6 +261,16 @@ async def update_role(
         meta=meta,
         details={"from": previous.value, "to": role.value},
     )
+    if role == Role.ADMIN:
+        await record_security_event(
+            session,
+            authenticator.broker,
+            SecurityKind.ADMIN_GRANTED,
+            f"A member was made Admin (was {previous.value})",
+            actor=Actor(principal.user_id, principal.membership_id),
+            meta=meta,
+            details={"member_id": str(target.id), "from": previous.value},
+        )
 
     async def announce() -> None:
         await authenticator.publish_revocation(membership_ids=[target.id])

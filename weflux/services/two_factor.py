@@ -37,6 +37,7 @@ from weflux.errors import (
     Unauthenticated,
 )
 from weflux.models import AuthSession, Membership, Organization, User, new_id, utcnow
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
@@ -252,7 +253,6 @@ async def disable(
     await session.refresh(user)
     _clear(user)
     await session.flush()
-    # A security event (auth.mfa_disabled) joins this record once security events exist.
     await record(
         session,
         Action.TWO_FACTOR_DISABLED,
@@ -261,6 +261,14 @@ async def disable(
         target_id=user.id,
         meta=meta,
         severity=Severity.WARNING,
+    )
+    await record_security_event(
+        session,
+        authenticator.broker,
+        SecurityKind.MFA_DISABLED,
+        "A member turned their two-factor authentication off",
+        actor=Actor(principal.user_id, principal.membership_id),
+        meta=meta,
     )
     _announce_membership(session, authenticator, [principal.membership_id])
 
@@ -306,7 +314,15 @@ async def reset_member(
     ended = await reset(
         session, authenticator, user, org_id=principal.org_id, reason="two_factor_reset"
     )
-    # A security event joins this record once security events exist.
+    await record_security_event(
+        session,
+        authenticator.broker,
+        SecurityKind.MFA_DISABLED,
+        "An Admin reset a member's two-factor authentication",
+        actor=Actor(user.id, target.id),
+        meta=meta,
+        details={"by_member_id": str(principal.membership_id), "sessions_ended": ended},
+    )
     await record(
         session,
         Action.TWO_FACTOR_RESET,

@@ -261,6 +261,34 @@ class RateLimiter:
             self._warn_storage_failure(exc)
             return False
 
+    async def tally(self, name: str, key: str, *, seconds: int) -> int:
+        """Add one to a hashed counter of `key` under `name` that restarts every `seconds`
+        (a fixed window from its first count); the new total, or 0 while the store is down.
+
+        The security detectors count with it: a detector fires when its total reaches the
+        threshold, exactly once per window, in every process sharing the store."""
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return int(await self._storage.incr(self._tally(name, key), seconds))
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+            return 0
+
+    async def tallied(self, name: str, key: str) -> int:
+        """The current total of a `tally` counter, counting nothing (0 while the store is down)."""
+        try:
+            async with asyncio.timeout(DECISION_TIMEOUT):
+                return int(await self._storage.get(self._tally(name, key)))
+        except _STORAGE_ERRORS as exc:
+            self._warn_storage_failure(exc)
+            return 0
+
+    @staticmethod
+    def _tally(name: str, key: str) -> str:
+        if not _PLAIN_KEY.match(name):
+            raise ValueError(f"tally name `{name}` must be 1-128 of [A-Za-z0-9:._-]")
+        return f"tally/{name}/#{hashlib.sha256(key.encode()).hexdigest()}"
+
     @staticmethod
     def _mark(name: str, key: str) -> str:
         if not _PLAIN_KEY.match(name):

@@ -6,7 +6,9 @@ from redis.asyncio import Redis
 
 from weflux.config import Settings
 from weflux.db import Database
+from weflux.mail.mailer import Mailer
 from weflux.realtime.broker import Broker
+from weflux.secops.alerts import send_due_alerts
 from weflux.services.channels import Services as ChannelServices
 from weflux.services.webhook_queue import retry_due_events
 from weflux.throttle.sends import build_throttle
@@ -27,8 +29,10 @@ def build_worker(
     broker: Broker,
     channel_services: ChannelServices,
     redis: Redis | None,
+    mailer: Mailer,
 ) -> Worker:
-    """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh and webhook retry sweeps."""
+    """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh, webhook retry and
+    security alert sweeps."""
     interval = settings.health_refresh_interval
     throttle = build_throttle(redis)
     batch_size = settings.delivery_batch_size
@@ -38,6 +42,9 @@ def build_worker(
 
     async def webhooks() -> int:
         return await retry_due_events(db, broker, settings)
+
+    async def security_alerts() -> int:
+        return await send_due_alerts(db, settings, mailer)
 
     async def delivery() -> int:
         total = 0
@@ -55,5 +62,6 @@ def build_worker(
             Job("delivery", every=settings.delivery_interval, run=delivery),
             Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
             Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
+            Job("security-alerts", every=settings.security_alert_interval, run=security_alerts),
         ]
     )

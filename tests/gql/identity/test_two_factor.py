@@ -12,6 +12,7 @@ from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, login, token_for
 from tests.fixtures.factories import PASSWORD, Actor
+from tests.fixtures.secops import events_of
 from tests.fixtures.two_factor import (
     BEGIN,
     CONFIRM,
@@ -24,6 +25,7 @@ from tests.fixtures.two_factor import (
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import AuditEvent, User
+from weflux.secops.events import SecurityKind
 from weflux.services.audit import Action
 
 VIEWER = "{ viewer { user { twoFactorEnabled } organization { requireTwoFactor } } }"
@@ -108,6 +110,8 @@ async def test_disabling_needs_the_password_and_a_code(
     assert user.totp_secret_enc is None
     assert user.recovery_code_hashes is None
     assert Action.TWO_FACTOR_ENABLED in actions
+    [disabled] = await events_of(db, agent.org_id, SecurityKind.MFA_DISABLED)
+    assert disabled.actor_membership_id == agent.membership.id
     assert Action.TWO_FACTOR_DISABLED in actions
 
 
@@ -187,6 +191,8 @@ async def test_an_admin_resets_a_members_two_factors_and_their_sessions_end(
         ).one()
     assert event.actor_membership_id == admin.membership.id
     assert event.details["sessions_ended"] >= 1
+    [security_event] = await events_of(db, agent.org_id, SecurityKind.MFA_DISABLED)
+    assert security_event.actor_membership_id == agent.membership.id
 
 
 @pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef"])

@@ -1,0 +1,1 @@
+"""Security events: their types, the `securityEvents` list, acknowledgement."""
