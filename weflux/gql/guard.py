@@ -252,7 +252,12 @@ class OperationGuard(SchemaExtension):
         if cost is None:
             return None  # no such operation: Strawberry answers that
         refusal = await screen(
-            context, execution.graphql_document, execution.operation_name, cost.operation
+            context.principal,
+            context.db,
+            context.settings.reauthentication_window,
+            execution.graphql_document,
+            execution.operation_name,
+            cost.operation,
         )
         if refusal is not None:
             return refusal

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import timedelta
 
 from graphql import (
     DocumentNode,
@@ -26,11 +26,10 @@ from graphql import (
 )
 
 from weflux.auth.permissions import ENROLLMENT_OPERATIONS, SENSITIVE_OPERATIONS
+from weflux.auth.principal import Principal
+from weflux.db import Database
 from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
 from weflux.services.two_factor import require_recent_authentication
-
-if TYPE_CHECKING:  # the context imports the guard, which imports this
-    from weflux.gql.context import Context
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
 MUST_ENROLL_MESSAGE = (
@@ -67,21 +66,23 @@ def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
 
 
 async def screen(
-    context: Context, document: DocumentNode, operation_name: str | None, kind: OperationType
+    principal: Principal | None,
+    db: Database,
+    reauthentication_window: timedelta,
+    document: DocumentNode,
+    operation_name: str | None,
+    kind: OperationType,
 ) -> GraphQLError | None:
     """The refusal of an operation by the two-factor policy or the re-authentication rule."""
-    principal = context.principal
     if principal is None:
         return None
     fields = root_fields(document, operation_name)
     if principal.must_enroll and fields - ENROLLMENT_OPERATIONS - INTROSPECTION:
         return GraphQLError(MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED})
     if kind is OperationType.MUTATION and fields & SENSITIVE_OPERATIONS:
-        async with context.db.session(principal.org_id) as session:
+        async with db.session(principal.org_id) as session:
             try:
-                await require_recent_authentication(
-                    session, principal, context.settings.reauthentication_window
-                )
+                await require_recent_authentication(session, principal, reauthentication_window)
             except (ReauthenticationRequired, Unauthenticated) as refusal:
                 return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
     return None
