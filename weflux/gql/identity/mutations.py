@@ -18,7 +18,7 @@ from weflux.gql.identity.types import (
     to_session,
 )
 from weflux.gql.permissions import requires
-from weflux.ids import decode_global_id
+from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Role
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
@@ -95,19 +95,23 @@ class IdentityMutation:
         return to_member(row)
 
     @strawberry.mutation(
-        description="Remove a member and end all their sessions (ADMIN). Not the last ADMIN.",
+        description="Remove a member and end all their sessions (ADMIN). Not the last ADMIN. "
+        "Answers the removed member's id, for a client cache to evict.",
         permission_classes=[requires(Permission.MANAGE_MEMBERS)],
     )
-    async def remove_member(self, info: Info[Context, None], member_id: strawberry.ID) -> bool:
+    async def remove_member(
+        self, info: Info[Context, None], member_id: strawberry.ID
+    ) -> strawberry.ID:
         context = info.context
+        membership_id = decode_global_id(member_id, "Member")
         await member_service.remove(
             context.unit,
             context.authenticator,
             context.actor,
             context.meta,
-            membership_id=decode_global_id(member_id, "Member"),
+            membership_id=membership_id,
         )
-        return True
+        return strawberry.ID(encode_global_id("Member", membership_id))
 
     @strawberry.mutation(
         description="Revoke a session: one's own, or (ADMIN) anyone's in the workspace.",
