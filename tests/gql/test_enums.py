@@ -19,6 +19,7 @@ MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "ConversationStatus": models.ConversationStatus,
     "MessageDirection": models.MessageDirection,
     "MessageStatus": models.MessageStatus,
+    "MessageType": models.MessageType,
     "QualityRating": models.QualityRating,
     "WhatsAppAccountStatus": models.AccountStatus,
     "AssigneeFilter": AssigneeFilter,

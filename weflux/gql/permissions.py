@@ -6,12 +6,12 @@ They sit on root fields and mutations only (never on leaf fields of list items).
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypedDict
 
 from strawberry.permission import BasePermission
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import Permission, who_may
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 
@@ -34,3 +34,21 @@ def requires(permission: Permission) -> type[BasePermission]:
 
 # Every member may read the workspace: the guard of most reads and the subscriptions.
 READ = [requires(Permission.READ_WORKSPACE)]
+
+
+class Guarded(TypedDict):
+    description: str
+    permission_classes: list[type[BasePermission]]
+
+
+def guarded(permission: Permission, description: str) -> Guarded:
+    """A root field's description and permission class, from one `permission`.
+
+    `@strawberry.field(**guarded(Permission.X, "What it does."))`: the description ends with
+    the roles that may call it, read from the permission table, so the schema cannot say
+    otherwise than the check does.
+    """
+    return Guarded(
+        description=f"{description} Allowed: {who_may(permission)}.",
+        permission_classes=[requires(permission)],
+    )
