@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from graphql import get_introspection_query, graphql_sync
+from strawberry.types.base import StrawberryObjectDefinition
 
 from weflux.auth.permissions import ROLE_PERMISSIONS, Permission, who_may
 from weflux.gql.permissions import guarded
@@ -66,23 +67,30 @@ def test_the_walk_sees_arguments_input_fields_and_enum_values() -> None:
     assert {argument["name"] for argument in conversations["args"]} >= {"first", "search"}
 
 
-def _root_fields() -> list[tuple[str, dict[str, Any]]]:
-    kinds = {kind["name"]: kind for kind in _introspection()["types"]}
-    return [
-        (f"{root}.{field['name']}", field)
-        for root in ("Query", "Mutation", "Subscription")
-        for field in kinds[root]["fields"]
-    ]
+def _guards() -> dict[str, tuple[str, list[object]]]:
+    """Each root field's description and the permissions its permission classes check."""
+    guards = {}
+    for root in ("Query", "Mutation", "Subscription"):
+        definition = schema.get_type_by_name(root)
+        assert isinstance(definition, StrawberryObjectDefinition)
+        for field in definition.fields:
+            name = schema.config.name_converter.get_graphql_name(field)
+            required = [getattr(check, "required", None) for check in field.permission_classes]
+            guards[f"{root}.{name}"] = (field.description or "", required)
+    return guards
 
 
-@pytest.mark.parametrize("where", [where for where, _ in _root_fields()])
+@pytest.mark.parametrize("where", sorted(_guards()))
 def test_every_root_field_says_which_roles_may_call_it(where: str) -> None:
     """Given a query, mutation or subscription
-    When its description is read
-    Then it ends with the roles allowed, in the words the permission table gives."""
-    field = dict(_root_fields())[where]
-    allowed = {f"Allowed: {who_may(permission)}." for permission in Permission}
-    assert any(field["description"].endswith(sentence) for sentence in allowed)
+    When its description is read beside its permission class
+    Then it has exactly one, and the description ends with the roles that class admits,
+    in the words of the permission table."""
+    description, required = _guards()[where]
+    assert len(required) == 1
+    permission = required[0]
+    assert isinstance(permission, Permission)
+    assert description.endswith(f" Allowed: {who_may(permission)}.")
 
 
 def test_the_roles_a_description_names_are_those_of_the_permission_table() -> None:
@@ -94,8 +102,8 @@ def test_the_roles_a_description_names_are_those_of_the_permission_table() -> No
     described = guarded(Permission.MANAGE_CONTACTS, "Add a contact.")
     assert described["description"] == "Add a contact. Allowed: ADMIN, MANAGER."
     assert who_may(Permission.READ_WORKSPACE) == "every role"
-    update_role = next(f for w, f in _root_fields() if w == "Mutation.updateMemberRole")
-    assert update_role["description"].endswith("Allowed: ADMIN.")
+    description, _ = _guards()["Mutation.updateMemberRole"]
+    assert description.endswith("Allowed: ADMIN.")
 
 
 def test_a_role_is_described_by_what_the_permission_table_grants_it() -> None:

@@ -1,6 +1,7 @@
 """Strawberry permission classes, read from the Role -> Permission table.
 
-They sit on root fields and mutations only (never on leaf fields of list items).
+They sit on root fields and mutations only (never on leaf fields of list items), put
+there with `guarded`, which also ends the field's description with the roles allowed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ def requires(permission: Permission) -> type[BasePermission]:
     """A permission class admitting callers whose role grants `permission`."""
 
     class _Requires(BasePermission):
+        required = permission
         message = "Your role does not allow this"
         error_extensions = {"code": ErrorCode.FORBIDDEN}
 
@@ -30,10 +32,6 @@ def requires(permission: Permission) -> type[BasePermission]:
 
     _Requires.__name__ = f"Requires{permission.name.title().replace('_', '')}"
     return _Requires
-
-
-# Every member may read the workspace: the guard of most reads and the subscriptions.
-READ = [requires(Permission.READ_WORKSPACE)]
 
 
 class Guarded(TypedDict):
