@@ -100,7 +100,7 @@ def test_the_roles_a_description_names_are_those_of_the_permission_table() -> No
     holders = [role for role in Role if Permission.MANAGE_CONTACTS in ROLE_PERMISSIONS[role]]
     assert holders == [Role.ADMIN, Role.MANAGER]
     described = guarded(Permission.MANAGE_CONTACTS, "Add a contact.")
-    assert described["description"] == "Add a contact. Allowed: ADMIN, MANAGER."
+    assert described["description"] == "Add a contact. Allowed: ADMIN and MANAGER."
     assert who_may(Permission.READ_WORKSPACE) == "every role"
     description, _ = _guards()["Mutation.updateMemberRole"]
     assert description.endswith("Allowed: ADMIN.")

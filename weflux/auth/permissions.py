@@ -165,7 +165,8 @@ def who_may(permission: Permission) -> str:
     roles = [role for role in Role if has_permission(role, permission)]
     if len(roles) == len(Role):
         return "every role"
-    return ", ".join(role.value for role in roles)
+    names = [role.value for role in roles]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def render_matrix() -> str:
