@@ -19,6 +19,7 @@ EPOCH = datetime.fromtimestamp(0, UTC)
 
 # Meta's inbound message types; anything else (including Meta's own "unknown") reads
 # "unsupported", with the original kept in `raw`.
+# The kinds of inbound message; the model enum `MessageType` has each (a test holds them).
 MESSAGE_TYPES = frozenset(
     {
         "text",
