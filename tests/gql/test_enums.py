@@ -23,6 +23,7 @@ MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "QualityRating": models.QualityRating,
     "WhatsAppAccountStatus": models.AccountStatus,
     "AssigneeFilter": AssigneeFilter,
+    "IncidentStatus": models.IncidentStatus,
 }
 # Enums that exist only in the API: no model or service enum stands behind them.
 GRAPHQL_ONLY = {"DisconnectedFilter"}

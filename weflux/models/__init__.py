@@ -21,7 +21,13 @@ from weflux.models.inbox import (
     WebhookEventStatus,
     moves_forward,
 )
-from weflux.models.incident import Incident, IncidentNotice, IncidentStatus, IncidentWorkspace
+from weflux.models.incident import (
+    INCIDENT_STATUS_MEANINGS,
+    Incident,
+    IncidentNotice,
+    IncidentStatus,
+    IncidentWorkspace,
+)
 from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
@@ -47,6 +53,7 @@ from weflux.models.whatsapp import (
 __all__ = [
     "ACCOUNT_STATUS_MEANINGS",
     "CONVERSATION_STATUS_MEANINGS",
+    "INCIDENT_STATUS_MEANINGS",
     "MESSAGE_DIRECTION_MEANINGS",
     "MESSAGE_STATUS_MEANINGS",
     "MESSAGE_TYPE_MEANINGS",
