@@ -10,8 +10,13 @@ import pytest
 from graphql import get_introspection_query, graphql_sync
 from strawberry.types.base import StrawberryObjectDefinition
 
-from weflux.auth.permissions import ROLE_PERMISSIONS, Permission, who_may
-from weflux.gql.permissions import guarded
+from weflux.auth.permissions import (
+    ROLE_PERMISSIONS,
+    SENSITIVE_OPERATIONS,
+    Permission,
+    who_may,
+)
+from weflux.gql.permissions import SENSITIVE, guarded
 from weflux.gql.schema import schema
 from weflux.gql.types import graphql_enum
 from weflux.models import Role
@@ -132,3 +137,14 @@ def test_graphql_enum_refuses_a_model_enum_with_an_undescribed_member() -> None:
 
     with pytest.raises(TypeError, match="BLUE"):
         graphql_enum(Colour, description="A colour.", values={Colour.RED: "Red."})
+
+
+def test_every_sensitive_mutation_says_it_needs_a_recent_authentication() -> None:
+    """Given the mutations SENSITIVE_OPERATIONS names
+    When their descriptions are read
+    Then each says it needs a recent authentication, and no other mutation does."""
+    for where, (description, _) in _guards().items():
+        name = where.split(".", 1)[1]
+        assert (SENSITIVE in description) == (
+            where.startswith("Mutation.") and name in SENSITIVE_OPERATIONS
+        ), where

@@ -11,8 +11,10 @@ from typing import Any, TypedDict
 
 from strawberry.permission import BasePermission
 from strawberry.types import Info
+from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.utils.str_converters import to_camel_case
 
-from weflux.auth.permissions import Permission, who_may
+from weflux.auth.permissions import SENSITIVE_OPERATIONS, Permission, who_may
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 
@@ -50,3 +52,28 @@ def guarded(permission: Permission, description: str) -> Guarded:
         description=f"{description} Allowed: {who_may(permission)}.",
         permission_classes=[requires(permission)],
     )
+
+
+SENSITIVE = (
+    "Sensitive: the session must have authenticated within WEFLUX_REAUTHENTICATION_WINDOW "
+    "(POST /auth/reauthenticate), else REAUTHENTICATION_REQUIRED."
+)
+
+
+def mark_sensitive(root: type) -> None:
+    """Say so in the description of each of `root`'s fields that SENSITIVE_OPERATIONS
+    names (before its `Allowed:` sentence); once, however often it is called."""
+    definition = getattr(root, "__strawberry_definition__", None)
+    assert isinstance(definition, StrawberryObjectDefinition)
+    for field in definition.fields:
+        name = field.graphql_name or to_camel_case(field.python_name)
+        if name not in SENSITIVE_OPERATIONS or not field.description:
+            continue
+        if SENSITIVE in field.description:
+            continue
+        head, allowed, tail = field.description.rpartition(" Allowed: ")
+        field.description = (
+            f"{head} {SENSITIVE}{allowed}{tail}"
+            if allowed
+            else (f"{field.description} {SENSITIVE}")
+        )

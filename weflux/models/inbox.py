@@ -41,7 +41,7 @@ MESSAGE_DIRECTION_MEANINGS: dict[MessageDirection, str] = {
 class MessageType(enum.StrEnum):
     """What a message is, by the Cloud API's own names (the values, stored as they are).
 
-    Inbound ones are what the webhook parser (`weflux.whatsapp.webhook`) produces;
+    Inbound ones are what the webhook parser (`weflux.whatsapp.parser`) produces;
     outbound ones are TEXT and TEMPLATE.
     """
 
