@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from weflux.whatsapp.parser import MESSAGE_TYPES
-
 from weflux.models import MessageType
+from weflux.whatsapp.parser import MESSAGE_TYPES
 
 
 def test_every_kind_the_parser_produces_is_a_message_type_and_back() -> None:
