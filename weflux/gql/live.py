@@ -26,7 +26,7 @@ from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.permissions import READ, guarded, requires
+from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
@@ -250,8 +250,7 @@ class Subscription:
             yield account
 
     @strawberry.subscription(
-        description="New security events of the workspace, as they are seen (ADMIN).",
-        permission_classes=[requires(Permission.READ_AUDIT)],
+        **guarded(Permission.READ_AUDIT, "New security events of the workspace, as they are seen.")
     )
     async def security_event_added(
         self, info: Info[Context, None]

@@ -37,7 +37,7 @@ from weflux.gql.inbox.types import Contact, Conversation, Message
 from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
-from weflux.gql.permissions import guarded, mark_sensitive, requires
+from weflux.gql.permissions import guarded, mark_sensitive
 from weflux.gql.security.mutations import SecurityMutation
 from weflux.gql.security.queries import SecurityQuery
 from weflux.gql.types import Node
