@@ -2,12 +2,14 @@
 #
 # Everything installs from uv.lock into .venv with uv, which this Makefile bootstraps
 # (pinned, in .tools/) with the system's python3: a fresh machine needs Python 3.11+ and
-# make, nothing else. uv never downloads a Python of its own here.
+# make, nothing else. uv never downloads a Python of its own here. `make lint` also needs
+# Node.js 18+ with npm: its schema linter installs from package-lock.json into node_modules.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TOOLS := .tools
+NPM ?= npm
 UV_VERSION := 0.13.9
 UV := $(TOOLS)/bin/uv
 HOST ?= 127.0.0.1
@@ -41,11 +43,21 @@ $(VENV)/.installed-test: $(UV) uv.lock pyproject.toml
 	$(UV) sync --frozen --extra test
 	@touch $@ $(VENV)/.installed
 
+# The Node tools of `make lint` (graphql-schema-linter), exactly as package-lock.json pins
+# them; no install scripts run.
+node_modules/.installed: package.json package-lock.json
+	@command -v $(NPM) >/dev/null || { echo "make: npm (Node.js 18+) is needed for the schema linter of make lint" >&2; exit 1; }
+	$(NPM) ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
 .PHONY: install
 install: $(VENV)/.installed ## Create .venv and install the project from uv.lock
 
 .PHONY: install-test
 install-test: $(VENV)/.installed-test ## Create .venv with the test tools, from uv.lock
+
+.PHONY: install-node
+install-node: node_modules/.installed ## Install the Node tools of make lint (graphql-schema-linter) from package-lock.json
 
 .PHONY: lock
 lock: $(UV) ## Re-resolve uv.lock after a change of pyproject.toml's dependencies
@@ -68,7 +80,7 @@ test-fast: $(VENV)/.installed-test ## Run the tests that need neither PostgreSQL
 	$(BIN)/pytest -m "$(FAST)" $(PYTEST_ARGS)
 
 .PHONY: lint
-lint: $(VENV)/.installed-test ## What pre-commit and CI check: format, lint, types, schema drift, structure
+lint: $(VENV)/.installed-test node_modules/.installed ## What pre-commit and CI check: format, lint, types, schema drift and lint, structure
 	$(BIN)/pre-commit run --all-files
 
 .PHONY: fmt
@@ -77,8 +89,12 @@ fmt: $(VENV)/.installed-test ## Format and autofix
 	$(BIN)/ruff check --fix .
 
 .PHONY: hooks
-hooks: $(VENV)/.installed-test ## Install the git pre-commit hook (the checks of `make lint`)
+hooks: $(VENV)/.installed-test node_modules/.installed ## Install the git pre-commit hook (the checks of `make lint`)
 	$(BIN)/pre-commit install
+
+.PHONY: schema-lint
+schema-lint: node_modules/.installed ## Lint schema.graphql (graphql-schema-linter, graphql-schema-linter.config.js)
+	node_modules/.bin/graphql-schema-linter
 
 .PHONY: schema
 schema: $(VENV)/.installed ## Regenerate schema.graphql
@@ -94,4 +110,4 @@ ci: ## What CI runs, in a fresh virtual environment
 
 .PHONY: clean
 clean: ## Remove the virtual environments and local data under var/
-	rm -rf $(VENV) $(TOOLS) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TOOLS) node_modules var .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
-from strawberry.http.ides import get_graphql_ide_html
 
 from tests.fixtures.app import app_client
 from tests.fixtures.settings import make_settings
@@ -28,6 +27,7 @@ from weflux.api.security import (
     cors_middleware,
 )
 from weflux.config import Settings
+from weflux.gql.ide import graphiql_page
 
 ALLOWED_ORIGIN = "https://app.example.com"
 
@@ -192,7 +192,7 @@ def _directives(policy: str) -> dict[str, list[str]]:
 
 def test_the_ide_policy_allows_exactly_what_graphiql_loads() -> None:
     page = _PageResources()
-    page.feed(get_graphql_ide_html("graphiql"))
+    page.feed(graphiql_page())
     directives = _directives(IDE_CSP)
 
     assert page.inline_scripts

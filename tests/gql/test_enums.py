@@ -19,9 +19,11 @@ MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "ConversationStatus": models.ConversationStatus,
     "MessageDirection": models.MessageDirection,
     "MessageStatus": models.MessageStatus,
+    "MessageType": models.MessageType,
     "QualityRating": models.QualityRating,
     "WhatsAppAccountStatus": models.AccountStatus,
     "AssigneeFilter": AssigneeFilter,
+    "IncidentStatus": models.IncidentStatus,
 }
 # Enums that exist only in the API: no model or service enum stands behind them.
 GRAPHQL_ONLY = {"DisconnectedFilter"}

@@ -12,9 +12,9 @@ from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from strawberry.http.ides import get_graphql_ide_html
 
 from weflux.api.middleware import REQUEST_ID_HEADER
+from weflux.gql.ide import graphiql_page
 
 # The API serves JSON only: nothing may load, run or frame it.
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
@@ -73,8 +73,8 @@ def _inline_script_hashes(html: str) -> list[str]:
 
 
 def _ide_csp() -> str:
-    """A policy for Strawberry's GraphiQL page, hashing the inline script it serves."""
-    hashes = " ".join(_inline_script_hashes(get_graphql_ide_html("graphiql")))
+    """A policy for the GraphiQL page, hashing the inline script it serves."""
+    hashes = " ".join(_inline_script_hashes(graphiql_page()))
     return "; ".join(
         (
             "default-src 'none'",

@@ -147,6 +147,28 @@ MATRIX: list[tuple[str, Callable[[Role], str]]] = [
 ]
 
 
+def may(role: Role) -> str:
+    """What `role` may do, read from MATRIX (the schema's description of each role)."""
+    granted = []
+    for label, cell in MATRIX:
+        value = cell(role)
+        if value != "–":
+            granted.append(label if value == "✓" else f"{label}: {value}")
+    return "May " + "; ".join(granted) + "."
+
+
+ROLE_MEANINGS: dict[Role, str] = {role: may(role) for role in Role}
+
+
+def who_may(permission: Permission) -> str:
+    """The roles granted `permission`, strongest first, as the API names them."""
+    roles = [role for role in Role if has_permission(role, permission)]
+    if len(roles) == len(Role):
+        return "every role"
+    names = [role.value for role in roles]
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+
+
 def render_matrix() -> str:
     """The role matrix as a Markdown table (docs/security/README.md carries it verbatim)."""
     roles = [Role.ADMIN, Role.MANAGER, Role.AGENT]

@@ -16,7 +16,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from sqlmodel import col, select
@@ -26,7 +26,7 @@ from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
-from weflux.gql.permissions import READ, requires
+from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
@@ -126,21 +126,34 @@ async def _replay(
         floor = rows[-1].id
 
 
-@strawberry.type(description="Live events. Authenticate in `connection_init`.")
+@strawberry.type(
+    description="Live events over the WebSocket at /graphql (subprotocol graphql-transport-ws). "
+    'Authenticate in `connection_init` with `{"Authorization": "Bearer <accessToken>"}`.'
+)
 class Subscription:
     @strawberry.subscription(
-        description=(
-            "New messages, inbound and outbound, visible to the caller. With `after` (a "
-            "Message cursor) every visible message after it is replayed first, then the "
-            "stream goes on live with no gap and no duplicate."
-        ),
-        permission_classes=READ,
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "New messages, inbound and outbound, in conversations visible to the caller. "
+            "With `after` every visible message after it is replayed first, then the stream "
+            "goes on live with no gap and no duplicate. A client too slow to drain its "
+            "socket is closed with 4008: resume with `after`.",
+        )
     )
     async def message_added(
         self,
         info: Info[Context, None],
-        conversation_id: strawberry.ID | None = None,
-        after: str | None = None,
+        conversation_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Only this conversation's; null: all visible."),
+        ] = None,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="A `Message.cursor`: first replay every visible message after "
+                "it (to resume after a reconnection); null: live messages only."
+            ),
+        ] = None,
     ) -> AsyncGenerator[Message, None]:
         context = info.context
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
@@ -186,11 +199,19 @@ class Subscription:
                     yield message
 
     @strawberry.subscription(
-        description="Status changes of visible messages (sent, delivered, read, failed).",
-        permission_classes=READ,
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "Status changes of visible messages (sent, delivered, read, failed): the message "
+            "as it is now.",
+        )
     )
     async def message_updated(
-        self, info: Info[Context, None], conversation_id: strawberry.ID | None = None
+        self,
+        info: Info[Context, None],
+        conversation_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Only this conversation's; null: all visible."),
+        ] = None,
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
         async for message in _follow(
@@ -199,9 +220,11 @@ class Subscription:
             yield message
 
     @strawberry.subscription(
-        description="Visible conversations that are new, assigned, or changed status, "
-        "unread count or last message.",
-        permission_classes=READ,
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "Visible conversations that are new, assigned, or changed status, unread count "
+            "or last message: the conversation as it is now.",
+        )
     )
     async def conversation_updated(
         self, info: Info[Context, None]
@@ -212,8 +235,11 @@ class Subscription:
             yield conversation
 
     @strawberry.subscription(
-        description="Quality rating, limit tier and status changes of the workspace's numbers.",
-        permission_classes=READ,
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "Quality rating, limit tier and status changes of the workspace's numbers "
+            "(a disconnection included): the account as it is now.",
+        )
     )
     async def whats_app_account_updated(
         self, info: Info[Context, None]
@@ -224,8 +250,7 @@ class Subscription:
             yield account
 
     @strawberry.subscription(
-        description="New security events of the workspace, as they are seen (ADMIN).",
-        permission_classes=[requires(Permission.READ_AUDIT)],
+        **guarded(Permission.READ_AUDIT, "New security events of the workspace, as they are seen.")
     )
     async def security_event_added(
         self, info: Info[Context, None]

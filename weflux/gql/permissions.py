@@ -1,17 +1,20 @@
 """Strawberry permission classes, read from the Role -> Permission table.
 
-They sit on root fields and mutations only (never on leaf fields of list items).
+They sit on root fields and mutations only (never on leaf fields of list items), put
+there with `guarded`, which also ends the field's description with the roles allowed.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypedDict
 
 from strawberry.permission import BasePermission
 from strawberry.types import Info
+from strawberry.types.base import StrawberryObjectDefinition
+from strawberry.utils.str_converters import to_camel_case
 
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import SENSITIVE_OPERATIONS, Permission, who_may
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 
@@ -21,6 +24,7 @@ def requires(permission: Permission) -> type[BasePermission]:
     """A permission class admitting callers whose role grants `permission`."""
 
     class _Requires(BasePermission):
+        required = permission
         message = "Your role does not allow this"
         error_extensions = {"code": ErrorCode.FORBIDDEN}
 
@@ -32,5 +36,44 @@ def requires(permission: Permission) -> type[BasePermission]:
     return _Requires
 
 
-# Every member may read the workspace: the guard of most reads and the subscriptions.
-READ = [requires(Permission.READ_WORKSPACE)]
+class Guarded(TypedDict):
+    description: str
+    permission_classes: list[type[BasePermission]]
+
+
+def guarded(permission: Permission, description: str) -> Guarded:
+    """A root field's description and permission class, from one `permission`.
+
+    `@strawberry.field(**guarded(Permission.X, "What it does."))`: the description ends with
+    the roles that may call it, read from the permission table, so the schema cannot say
+    otherwise than the check does.
+    """
+    return Guarded(
+        description=f"{description} Allowed: {who_may(permission)}.",
+        permission_classes=[requires(permission)],
+    )
+
+
+SENSITIVE = (
+    "Sensitive: the session must have authenticated within WEFLUX_REAUTHENTICATION_WINDOW "
+    "(POST /auth/reauthenticate), else REAUTHENTICATION_REQUIRED."
+)
+
+
+def mark_sensitive(root: type) -> None:
+    """Say so in the description of each of `root`'s fields that SENSITIVE_OPERATIONS
+    names (before its `Allowed:` sentence); once, however often it is called."""
+    definition = getattr(root, "__strawberry_definition__", None)
+    assert isinstance(definition, StrawberryObjectDefinition)
+    for field in definition.fields:
+        name = field.graphql_name or to_camel_case(field.python_name)
+        if name not in SENSITIVE_OPERATIONS or not field.description:
+            continue
+        if SENSITIVE in field.description:
+            continue
+        head, allowed, tail = field.description.rpartition(" Allowed: ")
+        field.description = (
+            f"{head} {SENSITIVE}{allowed}{tail}"
+            if allowed
+            else (f"{field.description} {SENSITIVE}")
+        )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Annotated, Any
 
 import strawberry
 from graphql import GraphQLError
@@ -37,7 +37,7 @@ from weflux.gql.inbox.types import Contact, Conversation, Message
 from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded, mark_sensitive
 from weflux.gql.security.mutations import SecurityMutation
 from weflux.gql.security.queries import SecurityQuery
 from weflux.gql.types import Node
@@ -50,14 +50,22 @@ MAX_TOKENS = 2000
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
 class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery):
     @strawberry.field(
-        description="Any object by its global id; NOT_FOUND outside the caller's reach.",
-        permission_classes=[requires(Permission.READ_WORKSPACE)],
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "Any object by its global id; NOT_FOUND outside the caller's reach.",
+        )
     )
-    async def node(self, info: Info[Context, None], id: strawberry.ID) -> Node | None:
+    async def node(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="A global id.")],
+    ) -> Node | None:
         return await resolve_node(info, id)
 
 
-@strawberry.type(description="Every write.")
+@strawberry.type(
+    description="Every write. A document's mutations run in one transaction: all or none."
+)
 class Mutation(
     IdentityMutation,
     TwoFactorMutation,
@@ -67,6 +75,9 @@ class Mutation(
     SecurityMutation,
 ):
     pass
+
+
+mark_sensitive(Mutation)
 
 
 class QuietExecutionContext(SharedEventExecutionContext):

@@ -43,6 +43,7 @@ from weflux.db import settle
 from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
 from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
+from weflux.gql.ide import graphiql_page
 from weflux.gql.socket import OperationHandler
 from weflux.runtime import Runtime, runtime_of
 from weflux.throttle.ratelimit import graphql_rate_limited_response
@@ -313,6 +314,11 @@ class GraphQLApp(GraphQL[Context, None]):
         if retry_after is not None:
             state[_RETRY_AFTER] = retry_after  # 429 with Retry-After, as the request limits
         return await super().process_result(request, result)
+
+    @property
+    def graphql_ide_html(self) -> str:
+        """Our GraphiQL page: a header template, and where the token comes from."""
+        return graphiql_page()
 
     async def render_graphql_ide(self, request: Request) -> Response:
         response = await super().render_graphql_ide(request)

@@ -4,6 +4,10 @@ from weflux.models.audit import AuditEvent
 from weflux.models.auth_session import AuthSession
 from weflux.models.base import OrgScoped, new_id, utcnow, workspace_models
 from weflux.models.inbox import (
+    CONVERSATION_STATUS_MEANINGS,
+    MESSAGE_DIRECTION_MEANINGS,
+    MESSAGE_STATUS_MEANINGS,
+    MESSAGE_TYPE_MEANINGS,
     STATUS_RANK,
     Contact,
     Conversation,
@@ -11,12 +15,19 @@ from weflux.models.inbox import (
     Message,
     MessageDirection,
     MessageStatus,
+    MessageType,
     TemplateStatusEvent,
     WebhookEvent,
     WebhookEventStatus,
     moves_forward,
 )
-from weflux.models.incident import Incident, IncidentNotice, IncidentStatus, IncidentWorkspace
+from weflux.models.incident import (
+    INCIDENT_STATUS_MEANINGS,
+    Incident,
+    IncidentNotice,
+    IncidentStatus,
+    IncidentWorkspace,
+)
 from weflux.models.invitation import Invitation
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
@@ -30,9 +41,23 @@ from weflux.models.security import (
     SecuritySeverity,
 )
 from weflux.models.user import User
-from weflux.models.whatsapp import AccountStatus, QualityRating, SmtpSettings, WhatsAppAccount
+from weflux.models.whatsapp import (
+    ACCOUNT_STATUS_MEANINGS,
+    QUALITY_RATING_MEANINGS,
+    AccountStatus,
+    QualityRating,
+    SmtpSettings,
+    WhatsAppAccount,
+)
 
 __all__ = [
+    "ACCOUNT_STATUS_MEANINGS",
+    "CONVERSATION_STATUS_MEANINGS",
+    "INCIDENT_STATUS_MEANINGS",
+    "MESSAGE_DIRECTION_MEANINGS",
+    "MESSAGE_STATUS_MEANINGS",
+    "MESSAGE_TYPE_MEANINGS",
+    "QUALITY_RATING_MEANINGS",
     "STATUS_RANK",
     "AccountStatus",
     "AlertChannel",
@@ -51,6 +76,7 @@ __all__ = [
     "Message",
     "MessageDirection",
     "MessageStatus",
+    "MessageType",
     "OrgScoped",
     "Organization",
     "PendingSignup",

@@ -19,9 +19,72 @@ class ConversationStatus(enum.StrEnum):
     RESOLVED = "RESOLVED"
 
 
+CONVERSATION_STATUS_MEANINGS: dict[ConversationStatus, str] = {
+    ConversationStatus.OPEN: "Needs the team. A new conversation is OPEN.",
+    ConversationStatus.PENDING: "Parked by the team, waiting on something; it stays PENDING "
+    "when the contact writes.",
+    ConversationStatus.RESOLVED: "Done; the contact's next message reopens it (OPEN).",
+}
+
+
 class MessageDirection(enum.StrEnum):
     INBOUND = "INBOUND"
     OUTBOUND = "OUTBOUND"
+
+
+MESSAGE_DIRECTION_MEANINGS: dict[MessageDirection, str] = {
+    MessageDirection.INBOUND: "The contact wrote it to the workspace's number.",
+    MessageDirection.OUTBOUND: "The team sent it (`sentBy` says who).",
+}
+
+
+class MessageType(enum.StrEnum):
+    """What a message is, by the Cloud API's own names (the values, stored as they are).
+
+    Inbound ones are what the webhook parser (`weflux.whatsapp.parser`) produces;
+    outbound ones are TEXT and TEMPLATE.
+    """
+
+    TEXT = "text"
+    IMAGE = "image"
+    VIDEO = "video"
+    AUDIO = "audio"
+    DOCUMENT = "document"
+    STICKER = "sticker"
+    LOCATION = "location"
+    CONTACTS = "contacts"
+    INTERACTIVE = "interactive"
+    BUTTON = "button"
+    TEMPLATE = "template"
+    ORDER = "order"
+    SYSTEM = "system"
+    REACTION = "reaction"
+    REQUEST_WELCOME = "request_welcome"
+    UNSUPPORTED = "unsupported"
+
+
+MESSAGE_TYPE_MEANINGS: dict[MessageType, str] = {
+    MessageType.TEXT: "Plain text; `text` holds it.",
+    MessageType.IMAGE: "A photo; `text` holds its caption, if any.",
+    MessageType.VIDEO: "A video; `text` holds its caption, if any.",
+    MessageType.AUDIO: "A voice note or audio file.",
+    MessageType.DOCUMENT: "A file (PDF, …); `text` holds its caption, if any.",
+    MessageType.STICKER: "A sticker (static or animated).",
+    MessageType.LOCATION: "A shared location; `text` holds its name and address, or its "
+    "coordinates.",
+    MessageType.CONTACTS: "Shared contact cards; `text` lists their names.",
+    MessageType.INTERACTIVE: "The contact's answer to a list or button message; `text` holds "
+    "the chosen title.",
+    MessageType.BUTTON: "A tap on a template's quick-reply button; `text` holds its label.",
+    MessageType.TEMPLATE: "An approved template the team sent (sendTemplateMessage).",
+    MessageType.ORDER: "An order from the catalogue; `text` summarises it.",
+    MessageType.SYSTEM: "A notice from WhatsApp (say, the contact changed number).",
+    MessageType.REACTION: "An emoji reaction to an earlier message; `text` holds the emoji "
+    "(null when the reaction was removed).",
+    MessageType.REQUEST_WELCOME: "The contact opened the chat for the first time and asks for "
+    "a welcome message.",
+    MessageType.UNSUPPORTED: "A kind WhatsApp does not support or this API does not know yet.",
+}
 
 
 class MessageStatus(enum.StrEnum):
@@ -34,6 +97,19 @@ class MessageStatus(enum.StrEnum):
     DELIVERED = "DELIVERED"
     READ = "READ"
     FAILED = "FAILED"
+
+
+MESSAGE_STATUS_MEANINGS: dict[MessageStatus, str] = {
+    MessageStatus.RECEIVED: "Inbound: it arrived (every inbound message is RECEIVED).",
+    MessageStatus.QUEUED: "Outbound: stored, waiting for the delivery worker.",
+    MessageStatus.SENDING: "Outbound: the worker is handing it to WhatsApp.",
+    MessageStatus.SENT: "Outbound: WhatsApp accepted it (one tick).",
+    MessageStatus.DELIVERED: "Outbound: it reached the contact's phone (two ticks).",
+    MessageStatus.READ: "Outbound: the contact read it (blue ticks), when they share read "
+    "receipts.",
+    MessageStatus.FAILED: "Outbound: it will not be delivered; `errorCode` and `errorTitle` say "
+    "why. Final.",
+}
 
 
 STATUS_RANK = {

@@ -19,6 +19,12 @@ class IncidentStatus(enum.StrEnum):
     CLOSED = "CLOSED"
 
 
+INCIDENT_STATUS_MEANINGS: dict[IncidentStatus, str] = {
+    IncidentStatus.OPEN: "Being handled; its post-mortem is not published yet.",
+    IncidentStatus.CLOSED: "Its post-mortem is published (`postMortemUrl`).",
+}
+
+
 class Incident(SQLModel, table=True):
     """A security incident, run by the operator; no single workspace owns it.
 

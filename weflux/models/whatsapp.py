@@ -24,6 +24,18 @@ class AccountStatus(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
+ACCOUNT_STATUS_MEANINGS: dict[AccountStatus, str] = {
+    AccountStatus.CONNECTED: "Sends and receives.",
+    AccountStatus.FLAGGED: "Meta flagged it (low quality); limits may drop.",
+    AccountStatus.RESTRICTED: "Meta restricts what it may send for now.",
+    AccountStatus.BANNED: "Meta banned, disabled or deleted it.",
+    AccountStatus.TOKEN_INVALID: "Meta rejects the access token: update the credentials.",
+    AccountStatus.DISCONNECTED: "The workspace disconnected it: no credentials, no sending; "
+    "its conversations and messages are kept and it stays readable.",
+    AccountStatus.UNKNOWN: "Meta reported a status this API does not know.",
+}
+
+
 class QualityRating(StrEnum):
     """A phone number's quality colour; anything Meta sends beyond these reads UNKNOWN."""
 
@@ -31,6 +43,14 @@ class QualityRating(StrEnum):
     YELLOW = "YELLOW"
     RED = "RED"
     UNKNOWN = "UNKNOWN"
+
+
+QUALITY_RATING_MEANINGS: dict[QualityRating, str] = {
+    QualityRating.GREEN: "High quality.",
+    QualityRating.YELLOW: "Medium quality: recipients block or report it more than usual.",
+    QualityRating.RED: "Low quality: the number may be flagged and its limits lowered.",
+    QualityRating.UNKNOWN: "Not rated yet, or a rating this API does not know.",
+}
 
 
 class WhatsAppAccount(OrgScoped, table=True):

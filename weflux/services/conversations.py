@@ -50,6 +50,13 @@ class AssigneeFilter(enum.StrEnum):
     ANY = "ANY"
 
 
+ASSIGNEE_FILTER_MEANINGS: dict[AssigneeFilter, str] = {
+    AssigneeFilter.ME: "Assigned to the caller.",
+    AssigneeFilter.UNASSIGNED: "Assigned to nobody.",
+    AssigneeFilter.ANY: "Every conversation the caller may see.",
+}
+
+
 def search_term(search: str | None) -> str | None:
     """The trimmed search text, or None to match everything."""
     if search is None:

@@ -18,7 +18,8 @@ OBJECT = "whatsapp_business_account"
 EPOCH = datetime.fromtimestamp(0, UTC)
 
 # Meta's inbound message types; anything else (including Meta's own "unknown") reads
-# "unsupported", with the original kept in `raw`.
+# "unsupported", with the original kept in `raw`. Each is a value of the model enum
+# `MessageType` (tests/whatsapp/test_message_types.py holds them equal).
 MESSAGE_TYPES = frozenset(
     {
         "text",

@@ -215,7 +215,7 @@ async def remove_member(t: Team, role: Role, expected: str) -> None:
     variables = {"id": gid("Member", t.target.membership.id)}
     data = outcome(await t.call(t.actors[role], REMOVE, variables), expected, "removeMember")
     if expected == OK:
-        assert data is True
+        assert data == variables["id"]  # the removed id, for the client's cache to evict
         assert await t.role_of(t.target.membership.id) is None
         assert not await t.works(victim_token)
     else:
@@ -517,8 +517,9 @@ async def test_with_two_admins_one_can_remove_the_other(
     first = team.actors[ADMIN]
     second = await _second_admin(db, org)
     second_token = await team.token(second)
-    response = await team.call(first, REMOVE, {"id": gid("Member", second.membership.id)})
-    assert without_cost(response.json()) == {"data": {"removeMember": True}}
+    removed = gid("Member", second.membership.id)
+    response = await team.call(first, REMOVE, {"id": removed})
+    assert without_cost(response.json()) == {"data": {"removeMember": removed}}
     assert not await team.works(second_token)
     assert await _admins(db, org) == [first.membership.id]
 
@@ -633,10 +634,9 @@ async def test_removing_a_member_ends_all_their_sessions_at_once(team: Team) -> 
     assert await team.works(laptop["accessToken"])
     assert await team.works(phone["accessToken"])
     # When an Admin removes them
-    response = await team.call(
-        team.actors[ADMIN], REMOVE, {"id": gid("Member", victim.membership.id)}
-    )
-    assert without_cost(response.json()) == {"data": {"removeMember": True}}
+    removed = gid("Member", victim.membership.id)
+    response = await team.call(team.actors[ADMIN], REMOVE, {"id": removed})
+    assert without_cost(response.json()) == {"data": {"removeMember": removed}}
     # Then every token of theirs gets 401 on the next request, and refreshing fails
     for pair in (laptop, phone):
         stale = await gql(team.client, pair["accessToken"], "{ viewer { id } }")

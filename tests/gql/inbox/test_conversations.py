@@ -274,7 +274,7 @@ async def test_a_conversation_with_its_related_objects(
     assert first["conversation"] == {"id": gid("Conversation", conversation.id)}
     assert second["direction"] == "OUTBOUND"
     assert second["status"] == "SENT"
-    assert second["type"] == "text"
+    assert second["type"] == "TEXT"
     assert second["waMessageId"] == outbound.wa_message_id
     assert second["sentBy"] == {"id": gid("Member", agent.membership.id)}
 

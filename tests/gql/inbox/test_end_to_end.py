@@ -199,7 +199,7 @@ async def test_a_reply_outside_the_window_needs_a_template(
     )
     assert template.json()["data"]["sendTemplateMessage"] == {
         "status": "QUEUED",
-        "type": "template",
+        "type": "TEMPLATE",
     }
 
 

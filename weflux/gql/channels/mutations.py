@@ -15,50 +15,91 @@ from weflux.gql.channels.types import (
     to_whatsapp_account,
 )
 from weflux.gql.context import Context
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
+from weflux.mail import SmtpSecurity
 from weflux.services import channels as channel_service
 from weflux.services import smtp as smtp_service
-
-ADMIN = [requires(Permission.MANAGE_CHANNELS)]
 
 
 @strawberry.input(description="A number to connect; the secrets are write-only.")
 class ConnectWhatsAppAccountInput:
-    display_phone_number: str
-    phone_number_id: str
-    business_account_id: str
-    access_token: str
-    app_secret: str | None = None
-    webhook_verify_token: str | None = None
+    display_phone_number: str = strawberry.field(
+        description="The number as it should be shown (say +1 555 0100)."
+    )
+    phone_number_id: str = strawberry.field(
+        description="Meta's id of the phone number (WhatsApp Manager, API setup)."
+    )
+    business_account_id: str = strawberry.field(
+        description="Meta's id of the WhatsApp Business Account that owns the number; the "
+        "access token must see the number under it."
+    )
+    access_token: str = strawberry.field(
+        description="A Cloud API access token (a system user's), checked with Meta first. "
+        "Stored encrypted, never shown again."
+    )
+    app_secret: str | None = strawberry.field(
+        default=None,
+        description="The Meta app's secret, which signs this number's webhooks; null: the "
+        "platform's. Stored encrypted, never shown again.",
+    )
+    webhook_verify_token: str | None = strawberry.field(
+        default=None,
+        description="The verify token to enter in Meta's webhook settings for `webhookPath`; "
+        "null: none (the handshake then fails). Stored encrypted, never shown again.",
+    )
 
 
 @strawberry.input(description="Credentials to replace; omitted ones stay as they are.")
 class UpdateWhatsAppCredentialsInput:
-    id: strawberry.ID
-    access_token: str | None = None
-    app_secret: str | None = None
-    webhook_verify_token: str | None = None
+    id: strawberry.ID = strawberry.field(description="The account's id.")
+    access_token: str | None = strawberry.field(
+        default=None, description="A new access token, checked with Meta first; null: kept."
+    )
+    app_secret: str | None = strawberry.field(
+        default=None, description="A new app secret; null: kept."
+    )
+    webhook_verify_token: str | None = strawberry.field(
+        default=None, description="A new webhook verify token; null: kept."
+    )
 
 
 @strawberry.input(description="The SMTP server; omitting the password keeps the stored one.")
 class SmtpSettingsInput:
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    from_address: str
-    security: str = strawberry.field(description="STARTTLS, TLS or NONE.")
+    host: str = strawberry.field(
+        description="The mail server's host name or address (in production, not a private address)."
+    )
+    port: int = strawberry.field(description="Its TCP port, 1 to 65535.")
+    username: str | None = strawberry.field(
+        default=None, description="The login name; null: no login."
+    )
+    password: str | None = strawberry.field(
+        default=None,
+        description="The login password; null: the stored one is kept. Stored encrypted, "
+        "never shown again.",
+    )
+    from_address: str = strawberry.field(description="The sender address of outgoing mail.")
+    security: str = strawberry.field(
+        description=f"How to protect the connection: one of {', '.join(SmtpSecurity)}."
+    )
 
 
 @strawberry.type
 class ChannelMutation:
     @strawberry.mutation(
-        description="Connect a number (ADMIN); the access token is checked with Meta first.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "Connect a number; the access token is checked with Meta first (BAD_USER_INPUT "
+            "when Meta refuses it, UPSTREAM_UNAVAILABLE when Meta cannot be reached).",
+        )
     )
     async def connect_whats_app_account(
-        self, info: Info[Context, None], input: ConnectWhatsAppAccountInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            ConnectWhatsAppAccountInput,
+            strawberry.argument(description="The number and its credentials."),
+        ],
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.connect(
@@ -75,9 +116,20 @@ class ChannelMutation:
         )
         return to_whatsapp_account(row)
 
-    @strawberry.mutation(description="Replace credentials (ADMIN).", permission_classes=ADMIN)
+    @strawberry.mutation(
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "Replace a number's credentials (at least one); a new access token is checked "
+            "with Meta first.",
+        )
+    )
     async def update_whats_app_credentials(
-        self, info: Info[Context, None], input: UpdateWhatsAppCredentialsInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateWhatsAppCredentialsInput,
+            strawberry.argument(description="The account and the credentials to replace."),
+        ],
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.update_credentials(
@@ -93,12 +145,14 @@ class ChannelMutation:
         return to_whatsapp_account(row)
 
     @strawberry.mutation(
-        description="Disconnect a number (ADMIN): its credentials are destroyed, its "
-        "conversations and messages stay. Answers the account, status DISCONNECTED; it "
-        "stays readable (`node`, `Conversation.whatsAppAccount`, `whatsAppAccounts"
-        "(disconnected: INCLUDE)`) but no longer changes: NOT_FOUND for a number that is "
-        "disconnected already. Connecting the number again makes a new account.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "Disconnect a number: its credentials are destroyed, its "
+            "conversations and messages stay. Answers the account, status DISCONNECTED; it "
+            "stays readable (`node`, `Conversation.whatsAppAccount`, `whatsAppAccounts"
+            "(disconnected: INCLUDE)`) but no longer changes: NOT_FOUND for a number that is "
+            "disconnected already. Connecting the number again makes a new account.",
+        )
     )
     async def disconnect_whats_app_account(
         self,
@@ -116,11 +170,16 @@ class ChannelMutation:
         return to_whatsapp_account(row)
 
     @strawberry.mutation(
-        description="Re-read quality rating, limit tier and status from Meta (ADMIN, MANAGER).",
-        permission_classes=[requires(Permission.REFRESH_CHANNEL_HEALTH)],
+        **guarded(
+            Permission.REFRESH_CHANNEL_HEALTH,
+            "Re-read quality rating, limit tier, throughput and status from Meta now (the "
+            "worker also does it periodically).",
+        )
     )
     async def refresh_whats_app_account_health(
-        self, info: Info[Context, None], id: strawberry.ID
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The account's id.")],
     ) -> WhatsAppAccount:
         context = info.context
         row = await channel_service.refresh_health_on_demand(
@@ -131,9 +190,16 @@ class ChannelMutation:
         )
         return to_whatsapp_account(row)
 
-    @strawberry.mutation(description="Save the SMTP settings (ADMIN).", permission_classes=ADMIN)
+    @strawberry.mutation(
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "Save the workspace's SMTP settings, replacing any before.",
+        )
+    )
     async def update_smtp_settings(
-        self, info: Info[Context, None], input: SmtpSettingsInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[SmtpSettingsInput, strawberry.argument(description="The settings.")],
     ) -> SmtpSettings:
         context = info.context
         row = await smtp_service.update(
@@ -152,10 +218,17 @@ class ChannelMutation:
         return to_smtp_settings(row)
 
     @strawberry.mutation(
-        description="Send a test email with the stored settings (ADMIN): really connects.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "Send a test email with the stored settings: really connects. Answers true; a "
+            "failure is BAD_USER_INPUT saying what went wrong.",
+        )
     )
-    async def send_test_email(self, info: Info[Context, None], to: str) -> bool:
+    async def send_test_email(
+        self,
+        info: Info[Context, None],
+        to: Annotated[str, strawberry.argument(description="The address to send it to.")],
+    ) -> bool:
         context = info.context
         await smtp_service.test_email(
             context.unit,

@@ -16,7 +16,7 @@ from weflux.gql.channels.types import (
     to_whatsapp_account,
 )
 from weflux.gql.context import Context
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.services import channels as channel_service
 from weflux.services import smtp as smtp_service
 
@@ -24,9 +24,11 @@ from weflux.services import smtp as smtp_service
 @strawberry.type
 class ChannelQuery:
     @strawberry.field(
-        description="The workspace's WhatsApp numbers, with health and limits, oldest "
-        "first. By default only those still connected (any status but DISCONNECTED).",
-        permission_classes=[requires(Permission.READ_WORKSPACE)],
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "The workspace's WhatsApp numbers, with health and limits, oldest first. By "
+            "default only those still connected (any status but DISCONNECTED).",
+        )
     )
     async def whats_app_accounts(
         self,
@@ -45,8 +47,10 @@ class ChannelQuery:
         return [to_whatsapp_account(row) for row in rows]
 
     @strawberry.field(
-        description="The SMTP settings (ADMIN); null until saved.",
-        permission_classes=[requires(Permission.MANAGE_CHANNELS)],
+        **guarded(
+            Permission.MANAGE_CHANNELS,
+            "The workspace's SMTP settings (never the password); null until saved.",
+        )
     )
     async def smtp_settings(self, info: Info[Context, None]) -> SmtpSettings | None:
         row = await smtp_service.current(info.context.unit, info.context.actor)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import Permission, who_may
 from weflux.emails import check_email
 from weflux.errors import BadUserInput
 from weflux.gql.context import Context
@@ -17,8 +19,8 @@ from weflux.gql.identity.types import (
     to_member,
     to_session,
 )
-from weflux.gql.permissions import requires
-from weflux.ids import decode_global_id
+from weflux.gql.permissions import guarded
+from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Role
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
@@ -27,21 +29,27 @@ from weflux.services import sessions as session_service
 
 @strawberry.input(description="Whom to invite, and as what.")
 class InviteMemberInput:
-    email: str
-    name: str
-    role: Role
+    email: str = strawberry.field(
+        description="Where the invitation goes; the invitee logs in with it. A valid address "
+        "(checked by its syntax only)."
+    )
+    name: str = strawberry.field(description="The invitee's name, 1 to 200 characters.")
+    role: Role = strawberry.field(description="The role they get on accepting.")
 
 
 @strawberry.input(description="A member and their new role.")
 class UpdateMemberRoleInput:
-    member_id: strawberry.ID
-    role: Role
+    member_id: strawberry.ID = strawberry.field(description="The member's id (`Member.id`).")
+    role: Role = strawberry.field(description="Their new role.")
 
 
 @strawberry.input(description="The current password and the new one.")
 class ChangePasswordInput:
-    current_password: str
-    new_password: str
+    current_password: str = strawberry.field(description="The caller's password now.")
+    new_password: str = strawberry.field(
+        description="The new password; the password policy applies (BAD_USER_INPUT with the "
+        "reason when it refuses it)."
+    )
 
 
 def _text(value: str, field: str, limit: int) -> str:
@@ -57,13 +65,16 @@ def _text(value: str, field: str, limit: int) -> str:
 @strawberry.type
 class IdentityMutation:
     @strawberry.mutation(
-        description=(
-            "Invite someone (ADMIN: any role; MANAGER: AGENT only). The token is shown once."
-        ),
-        permission_classes=[requires(Permission.INVITE_AGENTS)],
+        **guarded(
+            Permission.INVITE_AGENTS,
+            "Invite someone to the workspace. The token is shown once. Only "
+            f"{who_may(Permission.INVITE_ANY_ROLE)} may invite a role other than AGENT.",
+        )
     )
     async def invite_member(
-        self, info: Info[Context, None], input: InviteMemberInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[InviteMemberInput, strawberry.argument(description="Whom to invite.")],
     ) -> InviteMemberPayload:
         context = info.context
         invitation, token = await member_service.invite(
@@ -77,11 +88,18 @@ class IdentityMutation:
         return InviteMemberPayload(invitation=to_invitation(invitation), token=token)
 
     @strawberry.mutation(
-        description="Change a member's role (ADMIN). The last ADMIN cannot be demoted.",
-        permission_classes=[requires(Permission.MANAGE_MEMBERS)],
+        **guarded(
+            Permission.MANAGE_MEMBERS,
+            "Change a member's role; it applies to their next request. The last ADMIN cannot "
+            "be demoted (CONFLICT).",
+        )
     )
     async def update_member_role(
-        self, info: Info[Context, None], input: UpdateMemberRoleInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateMemberRoleInput, strawberry.argument(description="The member and the role.")
+        ],
     ) -> Member:
         context = info.context
         row = await member_service.update_role(
@@ -95,25 +113,43 @@ class IdentityMutation:
         return to_member(row)
 
     @strawberry.mutation(
-        description="Remove a member and end all their sessions (ADMIN). Not the last ADMIN.",
-        permission_classes=[requires(Permission.MANAGE_MEMBERS)],
+        **guarded(
+            Permission.MANAGE_MEMBERS,
+            "Remove a member and end all their sessions at once; not the last ADMIN "
+            "(CONFLICT). Answers the removed member's id, for a client cache to evict.",
+        )
     )
-    async def remove_member(self, info: Info[Context, None], member_id: strawberry.ID) -> bool:
+    async def remove_member(
+        self,
+        info: Info[Context, None],
+        member_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The member's id (`Member.id`).")
+        ],
+    ) -> strawberry.ID:
         context = info.context
+        membership_id = decode_global_id(member_id, "Member")
         await member_service.remove(
             context.unit,
             context.authenticator,
             context.actor,
             context.meta,
-            membership_id=decode_global_id(member_id, "Member"),
+            membership_id=membership_id,
         )
-        return True
+        return strawberry.ID(encode_global_id("Member", membership_id))
 
     @strawberry.mutation(
-        description="Revoke a session: one's own, or (ADMIN) anyone's in the workspace.",
-        permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "End a session: every token issued under it stops working and its sockets close. "
+            f"One's own, or, for {who_may(Permission.MANAGE_MEMBERS)}, anyone's in the "
+            "workspace.",
+        )
     )
-    async def revoke_session(self, info: Info[Context, None], id: strawberry.ID) -> Session:
+    async def revoke_session(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The session's id.")],
+    ) -> Session:
         context = info.context
         row = await session_service.revoke_one(
             context.unit,
@@ -125,13 +161,21 @@ class IdentityMutation:
         return to_session(row, context.actor.session_id)
 
     @strawberry.mutation(
-        description=(
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
             "Change one's own password; every other session of the user ends. Wrong current "
-            "passwords count against the same per-account limit as logins (RATE_LIMITED)."
-        ),
-        permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
+            "passwords count against the same per-account limit as logins (RATE_LIMITED). "
+            "Answers true.",
+        )
     )
-    async def change_password(self, info: Info[Context, None], input: ChangePasswordInput) -> bool:
+    async def change_password(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            ChangePasswordInput,
+            strawberry.argument(description="The current password and the new one."),
+        ],
+    ) -> bool:
         context = info.context
         await auth_service.change_password(
             context.db,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import Permission, who_may
 from weflux.errors import NotFound
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
@@ -18,8 +20,8 @@ from weflux.gql.identity.types import (
     to_organization,
     to_session,
 )
-from weflux.gql.permissions import READ, requires
-from weflux.gql.types import Connection, to_connection
+from weflux.gql.permissions import guarded
+from weflux.gql.types import After, Connection, First, to_connection
 from weflux.ids import decode_global_id
 from weflux.models import Membership
 from weflux.models import Organization as OrganizationRow
@@ -30,21 +32,28 @@ from weflux.services import sessions as session_service
 
 @strawberry.type
 class IdentityQuery:
-    @strawberry.field(description="The caller's own membership.", permission_classes=READ)
+    @strawberry.field(
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "The caller's own membership: their role, user and workspace.",
+        )
+    )
     async def viewer(self, info: Info[Context, None]) -> Member:
         row = await info.context.unit.get(Membership, info.context.actor.membership_id)
         if row is None:
             raise NotFound("Member not found")
         return to_member(row)
 
-    @strawberry.field(description="The caller's workspace.", permission_classes=READ)
+    @strawberry.field(**guarded(Permission.READ_WORKSPACE, "The caller's workspace."))
     async def organization(self, info: Info[Context, None]) -> Organization:
         row = await info.context.unit.get(OrganizationRow, info.context.actor.org_id)
         if row is None:
             raise NotFound("Workspace not found")
         return to_organization(row)
 
-    @strawberry.field(description="Every member of the workspace.", permission_classes=READ)
+    @strawberry.field(
+        **guarded(Permission.READ_WORKSPACE, "Every member of the workspace, oldest first.")
+    )
     async def members(self, info: Info[Context, None]) -> list[Member]:
         rows = await member_service.members(info.context.unit)
         for _, user in rows:
@@ -52,11 +61,20 @@ class IdentityQuery:
         return [to_member(membership) for membership, _ in rows]
 
     @strawberry.field(
-        description="Unexpired sessions: the caller's own, or (ADMIN) a member's.",
-        permission_classes=[requires(Permission.MANAGE_OWN_ACCOUNT)],
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "Unexpired sessions, newest first (at most 100), revoked ones included "
+            "(`revokedAt`): the caller's own, or, "
+            f"for {who_may(Permission.MANAGE_MEMBERS)}, a member's.",
+        )
     )
     async def sessions(
-        self, info: Info[Context, None], member_id: strawberry.ID | None = None
+        self,
+        info: Info[Context, None],
+        member_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Whose sessions (`Member.id`); null: the caller's."),
+        ] = None,
     ) -> list[Session]:
         actor = info.context.actor
         target = decode_global_id(member_id, "Member") if member_id is not None else None
@@ -64,11 +82,10 @@ class IdentityQuery:
         return [to_session(row, actor.session_id) for row in rows]
 
     @strawberry.field(
-        description="The audit trail, newest first (ADMIN).",
-        permission_classes=[requires(Permission.READ_AUDIT)],
+        **guarded(Permission.READ_AUDIT, "The workspace's audit trail, newest first.")
     )
     async def audit_events(
-        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+        self, info: Info[Context, None], first: First = None, after: After = None
     ) -> Connection[AuditEvent]:
         page = await audit_service.list_events(info.context.unit, first=first, after=after)
         return to_connection(page, to_audit_event)

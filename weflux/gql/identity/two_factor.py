@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, Organization, to_member, to_organization
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.services import two_factor as two_factor_service
 
@@ -36,17 +38,14 @@ class OrganizationSecurityInput:
     )
 
 
-OWN = [requires(Permission.MANAGE_OWN_ACCOUNT)]
-SECURITY = [requires(Permission.MANAGE_SECURITY)]
-
-
 @strawberry.type
 class TwoFactorMutation:
     @strawberry.mutation(
-        description="Start enrolling the caller in two factors (sensitive: needs a recent "
-        "authentication): a new secret, shown once. Nothing changes until "
-        "confirmTwoFactorEnrollment; CONFLICT when already on.",
-        permission_classes=OWN,
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "Start enrolling the caller in two factors: a new secret, shown once. Nothing "
+            "changes until confirmTwoFactorEnrollment; CONFLICT when already on.",
+        )
     )
     async def begin_two_factor_enrollment(self, info: Info[Context, None]) -> TwoFactorEnrollment:
         context = info.context
@@ -60,12 +59,19 @@ class TwoFactorMutation:
         )
 
     @strawberry.mutation(
-        description="Turn two factors on with the first code of the app. Answers the ten "
-        "recovery codes, shown once. A wrong code is INVALID_MFA_CODE (throttled).",
-        permission_classes=OWN,
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "Turn two factors on with the first code of the app. Answers the ten recovery "
+            "codes, shown once. A wrong code is INVALID_MFA_CODE (throttled).",
+        )
     )
     async def confirm_two_factor_enrollment(
-        self, info: Info[Context, None], code: str
+        self,
+        info: Info[Context, None],
+        code: Annotated[
+            str,
+            strawberry.argument(description="The 6-digit code the authenticator app shows now."),
+        ],
     ) -> list[str]:
         context = info.context
         return await two_factor_service.confirm_enrollment(
@@ -79,12 +85,18 @@ class TwoFactorMutation:
         )
 
     @strawberry.mutation(
-        description="Turn the caller's two factors off, with the password and a code "
-        "(sensitive: needs a recent authentication).",
-        permission_classes=OWN,
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "Turn the caller's two factors off, with the password and a code. Answers true.",
+        )
     )
     async def disable_two_factor(
-        self, info: Info[Context, None], input: DisableTwoFactorInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            DisableTwoFactorInput,
+            strawberry.argument(description="The password and a current code."),
+        ],
     ) -> bool:
         context = info.context
         await two_factor_service.disable(
@@ -100,11 +112,19 @@ class TwoFactorMutation:
         return True
 
     @strawberry.mutation(
-        description="Ten new recovery codes (shown once) for a current code; the old ones "
-        "stop working.",
-        permission_classes=OWN,
+        **guarded(
+            Permission.MANAGE_OWN_ACCOUNT,
+            "Ten new recovery codes (shown once) for a current code; the old ones stop working.",
+        )
     )
-    async def regenerate_recovery_codes(self, info: Info[Context, None], code: str) -> list[str]:
+    async def regenerate_recovery_codes(
+        self,
+        info: Info[Context, None],
+        code: Annotated[
+            str,
+            strawberry.argument(description="The 6-digit code the authenticator app shows now."),
+        ],
+    ) -> list[str]:
         context = info.context
         return await two_factor_service.regenerate_recovery_codes(
             context.unit,
@@ -116,12 +136,18 @@ class TwoFactorMutation:
         )
 
     @strawberry.mutation(
-        description="Clear a member's two factors (a lost phone; ADMIN, sensitive): every "
-        "session of theirs ends and they enroll again.",
-        permission_classes=SECURITY,
+        **guarded(
+            Permission.MANAGE_SECURITY,
+            "Clear a member's two factors (a lost phone): every session of theirs ends and "
+            "they enroll again.",
+        )
     )
     async def reset_member_two_factor(
-        self, info: Info[Context, None], member_id: strawberry.ID
+        self,
+        info: Info[Context, None],
+        member_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The member's id (`Member.id`).")
+        ],
     ) -> Member:
         context = info.context
         row = await two_factor_service.reset_member(
@@ -134,12 +160,18 @@ class TwoFactorMutation:
         return to_member(row)
 
     @strawberry.mutation(
-        description="The workspace's security policy (ADMIN, sensitive): with "
-        "requireTwoFactor, members without two factors can only enroll.",
-        permission_classes=SECURITY,
+        **guarded(
+            Permission.MANAGE_SECURITY,
+            "Set the workspace's security policy: with requireTwoFactor, members without two "
+            "factors can only enroll.",
+        )
     )
     async def update_organization_security(
-        self, info: Info[Context, None], input: OrganizationSecurityInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            OrganizationSecurityInput, strawberry.argument(description="The new policy.")
+        ],
     ) -> Organization:
         context = info.context
         row = await two_factor_service.update_security(

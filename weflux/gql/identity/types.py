@@ -9,13 +9,19 @@ import strawberry
 from strawberry.types import Info
 
 from weflux import models
+from weflux.auth.permissions import ROLE_MEANINGS
 from weflux.errors import NotFound
 from weflux.gql.context import Context
 from weflux.gql.types import Connection, Node, graphql_enum
 from weflux.ids import encode_global_id
 from weflux.models import Role
+from weflux.services.audit import Action
 
-graphql_enum(Role, description="Roles, strongest first.")
+graphql_enum(
+    Role,
+    description="What a member may do in the workspace; roles, strongest first.",
+    values=ROLE_MEANINGS,
+)
 
 
 @strawberry.type(
@@ -23,9 +29,9 @@ graphql_enum(Role, description="Roles, strongest first.")
     "the caller's workspace; any other is NOT_FOUND."
 )
 class User(Node):
-    id: strawberry.ID
-    email: str
-    name: str
+    id: strawberry.ID = strawberry.field(description="The user's global id.")
+    email: str = strawberry.field(description="The address they log in with (lower case).")
+    name: str = strawberry.field(description="Their name, as they gave it.")
     two_factor_enabled: bool = strawberry.field(
         description="Whether the user logs in with a second factor (an authenticator app)."
     )
@@ -33,9 +39,11 @@ class User(Node):
 
 @strawberry.type(description="A workspace.")
 class Organization(Node):
-    id: strawberry.ID
-    name: str
-    created_at: datetime
+    id: strawberry.ID = strawberry.field(
+        description="The workspace's global id (`organizationId` of POST /auth/login)."
+    )
+    name: str = strawberry.field(description="The workspace's name.")
+    created_at: datetime = strawberry.field(description="When the workspace was created.")
     require_two_factor: bool = strawberry.field(
         description="Whether every member must use two factors (updateOrganizationSecurity)."
     )
@@ -43,9 +51,11 @@ class Organization(Node):
 
 @strawberry.type(description="A user's membership of the workspace, with their role.")
 class Member(Node):
-    id: strawberry.ID
-    role: Role
-    created_at: datetime
+    id: strawberry.ID = strawberry.field(
+        description="The membership's global id (assigneeId, memberId, sentBy)."
+    )
+    role: Role = strawberry.field(description="What the member may do here.")
+    created_at: datetime = strawberry.field(description="When they joined the workspace.")
     user_id: strawberry.Private[uuid.UUID]
     org_id: strawberry.Private[uuid.UUID]
 
@@ -66,29 +76,43 @@ class Member(Node):
 
 @strawberry.type(description="A login session; revoking it ends every token issued under it.")
 class Session(Node):
-    id: strawberry.ID
-    created_at: datetime
-    last_used_at: datetime | None
-    expires_at: datetime
-    revoked_at: datetime | None
-    ip_address: str | None
-    user_agent: str | None
+    id: strawberry.ID = strawberry.field(description="The session's global id (revokeSession).")
+    created_at: datetime = strawberry.field(description="When the user logged in.")
+    last_used_at: datetime | None = strawberry.field(
+        description="When it last authenticated a request, to within a minute; null if never."
+    )
+    expires_at: datetime = strawberry.field(
+        description="When it ends unless refreshed (its refresh token's expiry)."
+    )
+    revoked_at: datetime | None = strawberry.field(
+        description="When it was ended (logout, revokeSession, password change, removal); "
+        "null while it is live."
+    )
+    ip_address: str | None = strawberry.field(
+        description="The client's IP address at login, as the server saw it; null if unknown."
+    )
+    user_agent: str | None = strawberry.field(
+        description="The client's User-Agent header at login (at most 512 characters); null "
+        "if none."
+    )
     current: bool = strawberry.field(description="Whether this is the caller's own session.")
 
 
 @strawberry.type(description="A pending invitation to join the workspace.")
 class Invitation(Node):
-    id: strawberry.ID
-    email: str
-    name: str
-    role: Role
-    created_at: datetime
-    expires_at: datetime
+    id: strawberry.ID = strawberry.field(description="The invitation's global id.")
+    email: str = strawberry.field(description="The invitee's address.")
+    name: str = strawberry.field(description="The invitee's name, as the inviter wrote it.")
+    role: Role = strawberry.field(description="The role the invitee gets on accepting.")
+    created_at: datetime = strawberry.field(description="When it was sent.")
+    expires_at: datetime = strawberry.field(
+        description="After this, its token no longer works: invite again."
+    )
 
 
 @strawberry.type(description="The invitation and its single-use token (shown only once).")
 class InviteMemberPayload:
-    invitation: Invitation
+    invitation: Invitation = strawberry.field(description="The pending invitation.")
     token: str = strawberry.field(
         description="Give it to the invitee; accept it at POST /auth/invitations/accept."
     )
@@ -96,12 +120,20 @@ class InviteMemberPayload:
 
 @strawberry.type(description="A security-relevant action in the workspace.")
 class AuditEvent(Node):
-    id: strawberry.ID
-    action: str
-    target_type: str | None
-    target_id: str | None
-    ip_address: str | None
-    created_at: datetime
+    id: strawberry.ID = strawberry.field(description="The event's global id.")
+    action: str = strawberry.field(description=f"What happened: one of {', '.join(Action)}.")
+    target_type: str | None = strawberry.field(
+        description="The type of what it happened to (Member, Session, WhatsAppAccount, …); "
+        "null when it has no target."
+    )
+    target_id: str | None = strawberry.field(
+        description="The global id of what it happened to (`node(id:)` may resolve it if it "
+        "still exists); null when it has no target."
+    )
+    ip_address: str | None = strawberry.field(
+        description="The IP address of the request that did it; null for the server's own actions."
+    )
+    created_at: datetime = strawberry.field(description="When it happened.")
     actor_membership_id: strawberry.Private[uuid.UUID | None]
 
     @strawberry.field(description="Who did it (null when the member is gone or unknown).")

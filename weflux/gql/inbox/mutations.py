@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import Permission, who_may
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import (
     Contact,
@@ -13,7 +15,7 @@ from weflux.gql.inbox.types import (
     to_contact,
     to_conversation,
 )
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.models import ConversationStatus
 from weflux.services import contacts as contact_service
@@ -34,7 +36,7 @@ class CreateContactInput:
 
 @strawberry.input(description="A contact's new name; null or blank clears the team's name.")
 class UpdateContactInput:
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description="The contact's id.")
     name: str | None = strawberry.field(
         default=strawberry.UNSET,
         description="Omitted: unchanged. A name: the team's name, which WhatsApp profile "
@@ -45,7 +47,7 @@ class UpdateContactInput:
 
 @strawberry.input(description="Who handles a conversation.")
 class AssignConversationInput:
-    conversation_id: strawberry.ID
+    conversation_id: strawberry.ID = strawberry.field(description="The conversation's id.")
     assignee_id: strawberry.ID | None = strawberry.field(
         default=None, description="A Member's id; null unassigns."
     )
@@ -53,27 +55,40 @@ class AssignConversationInput:
 
 @strawberry.input(description="A conversation's new status.")
 class UpdateConversationStatusInput:
-    conversation_id: strawberry.ID
-    status: ConversationStatus
+    conversation_id: strawberry.ID = strawberry.field(description="The conversation's id.")
+    status: ConversationStatus = strawberry.field(description="Its new status.")
 
 
 @strawberry.type
 class InboxMutation:
     @strawberry.mutation(
-        description="Add a contact (ADMIN, MANAGER); CONFLICT when the number exists already.",
-        permission_classes=[requires(Permission.MANAGE_CONTACTS)],
+        **guarded(
+            Permission.MANAGE_CONTACTS,
+            "Add a contact; CONFLICT when the number exists already.",
+        )
     )
-    async def create_contact(self, info: Info[Context, None], input: CreateContactInput) -> Contact:
+    async def create_contact(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            CreateContactInput, strawberry.argument(description="The number and a name.")
+        ],
+    ) -> Contact:
         row = await contact_service.create_contact(
             info.context.unit, info.context.actor, input.phone_number, input.name
         )
         return to_contact(row)
 
     @strawberry.mutation(
-        description="Rename a contact (ADMIN, MANAGER): set or remove the team's name.",
-        permission_classes=[requires(Permission.MANAGE_CONTACTS)],
+        **guarded(Permission.MANAGE_CONTACTS, "Rename a contact: set or remove the team's name.")
     )
-    async def update_contact(self, info: Info[Context, None], input: UpdateContactInput) -> Contact:
+    async def update_contact(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateContactInput, strawberry.argument(description="The contact and its name.")
+        ],
+    ) -> Contact:
         context = info.context
         contact_id = decode_global_id(input.id, "Contact")
         if input.name is strawberry.UNSET:
@@ -85,12 +100,20 @@ class InboxMutation:
         return to_contact(row)
 
     @strawberry.mutation(
-        description="Assign a conversation (null: unassign). ADMIN and MANAGER: to any member. "
-        "AGENT: take an unassigned one, or give up their own.",
-        permission_classes=[requires(Permission.ASSIGN_SELF)],
+        **guarded(
+            Permission.ASSIGN_SELF,
+            "Assign a visible conversation to a member, or unassign it (null). To any "
+            f"member: {who_may(Permission.ASSIGN_ANYONE)}; the others may only take an "
+            "unassigned one or give up their own (FORBIDDEN otherwise).",
+        )
     )
     async def assign_conversation(
-        self, info: Info[Context, None], input: AssignConversationInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            AssignConversationInput,
+            strawberry.argument(description="The conversation and its new assignee."),
+        ],
     ) -> Conversation:
         context = info.context
         row = await conversation_service.assign(
@@ -103,11 +126,15 @@ class InboxMutation:
         return to_conversation(row)
 
     @strawberry.mutation(
-        description="Open, park (PENDING) or resolve a visible conversation.",
-        permission_classes=[requires(Permission.REPLY)],
+        **guarded(Permission.REPLY, "Open, park (PENDING) or resolve a visible conversation.")
     )
     async def update_conversation_status(
-        self, info: Info[Context, None], input: UpdateConversationStatusInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateConversationStatusInput,
+            strawberry.argument(description="The conversation and its new status."),
+        ],
     ) -> Conversation:
         context = info.context
         row = await conversation_service.update_status(
@@ -120,11 +147,17 @@ class InboxMutation:
         return to_conversation(row)
 
     @strawberry.mutation(
-        description="Mark a visible conversation read (its unread count becomes 0).",
-        permission_classes=[requires(Permission.REPLY)],
+        **guarded(
+            Permission.REPLY,
+            "Mark a visible conversation read for the whole team (its unread count becomes 0).",
+        )
     )
     async def mark_conversation_read(
-        self, info: Info[Context, None], conversation_id: strawberry.ID
+        self,
+        info: Info[Context, None],
+        conversation_id: Annotated[
+            strawberry.ID, strawberry.argument(description="The conversation's id.")
+        ],
     ) -> Conversation:
         context = info.context
         row = await conversation_service.mark_read(

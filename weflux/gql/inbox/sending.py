@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import strawberry
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
 from weflux.gql.inbox.types import Message, to_message
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.services import outbound
-
-REPLY = [requires(Permission.REPLY)]
+from weflux.services.outbound import MAX_TEXT_LENGTH
 
 
 @strawberry.input(description="A text reply in a conversation.")
 class SendMessageInput:
-    conversation_id: strawberry.ID
-    text: str
+    conversation_id: strawberry.ID = strawberry.field(description="The conversation's id.")
+    text: str = strawberry.field(
+        description=f"The text: 1 to {MAX_TEXT_LENGTH} characters, no control characters "
+        "but new lines and tabs."
+    )
     client_message_id: str | None = strawberry.field(
         default=None,
         description="Your own id for this send (unique in the workspace, 1 to 128 "
@@ -29,10 +33,19 @@ class SendMessageInput:
 
 @strawberry.input(description="An approved template, allowed outside the 24-hour window.")
 class SendTemplateMessageInput:
-    conversation_id: strawberry.ID
-    template_name: str
-    language_code: str
-    body_parameters: list[str] = strawberry.field(default_factory=list)
+    conversation_id: strawberry.ID = strawberry.field(description="The conversation's id.")
+    template_name: str = strawberry.field(
+        description="The approved template's name, as in WhatsApp Manager (lowercase "
+        "letters, digits and underscores)."
+    )
+    language_code: str = strawberry.field(
+        description="The template's language, as Meta codes it (en, en_US, pt_BR, …)."
+    )
+    body_parameters: list[str] = strawberry.field(
+        default_factory=list,
+        description="The values of the body's {{1}}, {{2}}, … in order; each non-empty, one "
+        "line. Empty when it has none.",
+    )
     client_message_id: str | None = strawberry.field(
         default=None,
         description="As in SendMessageInput: a retry with the same template, language and "
@@ -43,14 +56,20 @@ class SendTemplateMessageInput:
 @strawberry.type
 class SendingMutation:
     @strawberry.mutation(
-        description=(
+        **guarded(
+            Permission.REPLY,
             "Reply in a visible conversation. The message is QUEUED and delivered by the "
-            "worker; OUTSIDE_SERVICE_WINDOW 24 hours after the contact last wrote, "
-            "CONTACT_OPTED_OUT after a STOP."
-        ),
-        permission_classes=REPLY,
+            "worker (`messageUpdated` follows it); OUTSIDE_SERVICE_WINDOW 24 hours after the "
+            "contact last wrote, CONTACT_OPTED_OUT after a STOP.",
+        )
     )
-    async def send_message(self, info: Info[Context, None], input: SendMessageInput) -> Message:
+    async def send_message(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            SendMessageInput, strawberry.argument(description="The conversation and the text.")
+        ],
+    ) -> Message:
         context = info.context
         row = await outbound.send_message(
             context.unit,
@@ -63,11 +82,19 @@ class SendingMutation:
         return to_message(row)
 
     @strawberry.mutation(
-        description="Send an approved template in a visible conversation, any time.",
-        permission_classes=REPLY,
+        **guarded(
+            Permission.REPLY,
+            "Send an approved template in a visible conversation, any time (also outside the "
+            "24-hour window); CONTACT_OPTED_OUT after a STOP.",
+        )
     )
     async def send_template_message(
-        self, info: Info[Context, None], input: SendTemplateMessageInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            SendTemplateMessageInput,
+            strawberry.argument(description="The conversation, the template and its values."),
+        ],
     ) -> Message:
         context = info.context
         row = await outbound.send_template_message(

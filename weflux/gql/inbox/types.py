@@ -17,37 +17,64 @@ from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, to_member
-from weflux.gql.types import Connection, Node, graphql_enum, to_connection
+from weflux.gql.types import (
+    After,
+    Before,
+    Connection,
+    First,
+    Last,
+    Node,
+    graphql_enum,
+    to_connection,
+)
 from weflux.ids import encode_global_id
-from weflux.models import ConversationStatus, MessageDirection, MessageStatus
+from weflux.models import (
+    CONVERSATION_STATUS_MEANINGS,
+    MESSAGE_DIRECTION_MEANINGS,
+    MESSAGE_STATUS_MEANINGS,
+    MESSAGE_TYPE_MEANINGS,
+    ConversationStatus,
+    MessageDirection,
+    MessageStatus,
+    MessageType,
+)
 from weflux.pagination import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
 from weflux.services import conversations as conversation_service
-from weflux.services.conversations import AssigneeFilter
+from weflux.services.conversations import ASSIGNEE_FILTER_MEANINGS, AssigneeFilter
 from weflux.services.outbound import service_window_expires_at
 
-graphql_enum(ConversationStatus, description="Where a conversation stands.")
 graphql_enum(
-    MessageDirection, description="Who wrote a message: the contact (INBOUND) or the team."
+    ConversationStatus,
+    description="Where a conversation stands in the team's work.",
+    values=CONVERSATION_STATUS_MEANINGS,
+)
+graphql_enum(
+    MessageDirection,
+    description="Who wrote a message: the contact (INBOUND) or the team (OUTBOUND).",
+    values=MESSAGE_DIRECTION_MEANINGS,
 )
 graphql_enum(
     MessageStatus,
     description="Delivery state: inbound messages are RECEIVED; outbound ones move forward "
-    "QUEUED, SENDING, SENT, DELIVERED, READ, or end FAILED.",
+    "QUEUED, SENDING, SENT, DELIVERED, READ (a step may be skipped, never undone), or end "
+    "FAILED.",
+    values=MESSAGE_STATUS_MEANINGS,
+)
+graphql_enum(
+    MessageType,
+    description="What a message is, as WhatsApp names its kinds.",
+    values=MESSAGE_TYPE_MEANINGS,
 )
 graphql_enum(
     AssigneeFilter,
     description="Whose conversations to list.",
-    values={
-        AssigneeFilter.ME: "Assigned to the caller.",
-        AssigneeFilter.UNASSIGNED: "Assigned to nobody.",
-        AssigneeFilter.ANY: "Every conversation the caller may see.",
-    },
+    values=ASSIGNEE_FILTER_MEANINGS,
 )
 
 
 @strawberry.type(description="A customer who writes to the workspace on WhatsApp.")
 class Contact(Node):
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description="The contact's global id.")
     name: str | None = strawberry.field(
         description="The name to show: the team's name for the contact when it set one "
         "(`nameSetByTeam`), else the contact's WhatsApp profile name; null when neither "
@@ -71,10 +98,17 @@ class Contact(Node):
 
 @strawberry.type(description="The thread between one contact and one of the workspace's numbers.")
 class Conversation(Node):
-    id: strawberry.ID
-    status: ConversationStatus = strawberry.field(description="Open, pending or resolved.")
-    last_message_at: datetime | None = strawberry.field(description="When the latest message was.")
-    unread_count: int = strawberry.field(description="Inbound messages nobody has read yet.")
+    id: strawberry.ID = strawberry.field(description="The conversation's global id.")
+    status: ConversationStatus = strawberry.field(
+        description="Open, pending or resolved (updateConversationStatus)."
+    )
+    last_message_at: datetime | None = strawberry.field(
+        description="When the latest message was written, in or out; the order of "
+        "`conversations`. Null when it has none."
+    )
+    unread_count: int = strawberry.field(
+        description="Inbound messages since the team last marked it read (markConversationRead)."
+    )
     service_window_expires_at: datetime | None = strawberry.field(
         description="Until when free-form replies are allowed (24 h after the contact last "
         "wrote); after it, only templates. Null when the contact never wrote."
@@ -121,10 +155,10 @@ class Conversation(Node):
     async def messages(
         self,
         info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
-        last: int | None = None,
-        before: str | None = None,
+        first: First = None,
+        after: After = None,
+        last: Last = None,
+        before: Before = None,
     ) -> Connection[Message]:
         page = await conversation_service.list_messages(
             info.context.unit,
@@ -139,19 +173,37 @@ class Conversation(Node):
 
 @strawberry.type(description="One WhatsApp message, inbound or outbound.")
 class Message(Node):
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description="The message's global id.")
     cursor: str = strawberry.field(
         description="This message's place in its history: `after`/`before` of "
         "`Conversation.messages`, and `after` of `messageAdded` to resume from it."
     )
     direction: MessageDirection = strawberry.field(description="Inbound or outbound.")
-    type: str = strawberry.field(description="text, image, template, … as WhatsApp names it.")
-    text: str | None = strawberry.field(description="The text or caption, if any.")
-    status: MessageStatus = strawberry.field(description="Where delivery stands.")
-    error_code: int | None = strawberry.field(description="Meta's error code when FAILED.")
-    error_title: str | None = strawberry.field(description="Meta's error title when FAILED.")
-    created_at: datetime = strawberry.field(description="When it was received or queued.")
-    wa_message_id: str | None = strawberry.field(description="WhatsApp's id (wamid) of it.")
+    type: MessageType = strawberry.field(
+        description="What it is: text, an image, a template, … (what `text` holds depends "
+        "on it; see MessageType)."
+    )
+    text: str | None = strawberry.field(
+        description="What to show: the text, a caption, a summary of a location, order or "
+        "contact card; null when there is none."
+    )
+    status: MessageStatus = strawberry.field(
+        description="Where delivery stands; `messageUpdated` announces each change."
+    )
+    error_code: int | None = strawberry.field(
+        description="Meta's error code when FAILED (say 131047: outside the 24-hour "
+        "window); null otherwise."
+    )
+    error_title: str | None = strawberry.field(
+        description="Meta's error title when FAILED, in English; null otherwise."
+    )
+    created_at: datetime = strawberry.field(
+        description="When it was written: the contact's send time for inbound messages, the "
+        "time it was queued for outbound ones."
+    )
+    wa_message_id: str | None = strawberry.field(
+        description="WhatsApp's id of it (wamid); null until an outbound message is SENT."
+    )
     conversation_id: strawberry.Private[uuid.UUID]
     sent_by_membership_id: strawberry.Private[uuid.UUID | None]
 
@@ -203,12 +255,19 @@ def to_conversation(row: models.Conversation) -> Conversation:
     )
 
 
+def _message_type(value: str) -> MessageType:
+    try:
+        return MessageType(value)
+    except ValueError:
+        return MessageType.UNSUPPORTED
+
+
 def to_message(row: models.Message) -> Message:
     return Message(
         id=strawberry.ID(encode_global_id("Message", row.id)),
         cursor=encode_cursor(row.id),
         direction=row.direction,
-        type=row.type,
+        type=_message_type(row.type),
         text=row.text,
         status=row.status,
         error_code=row.error_code,

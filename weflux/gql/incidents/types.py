@@ -7,8 +7,15 @@ from datetime import datetime
 import strawberry
 
 from weflux import models
-from weflux.gql.types import Node
+from weflux.gql.types import Node, graphql_enum
 from weflux.ids import encode_global_id
+from weflux.models import INCIDENT_STATUS_MEANINGS, IncidentStatus
+
+graphql_enum(
+    IncidentStatus,
+    description="Where an incident stands: open until its post-mortem is published.",
+    values=INCIDENT_STATUS_MEANINGS,
+)
 
 
 @strawberry.type(
@@ -19,7 +26,7 @@ from weflux.ids import encode_global_id
 class Incident(Node):
     id: strawberry.ID = strawberry.field(description="The incident's global id.")
     title: str = strawberry.field(description="What happened, in a line.")
-    status: str = strawberry.field(
+    status: IncidentStatus = strawberry.field(
         description="OPEN until the post-mortem is published, then CLOSED."
     )
     discovered_at: datetime = strawberry.field(description="When the platform discovered it.")
@@ -41,7 +48,7 @@ def to_incident(row: models.Incident, affected: models.IncidentWorkspace) -> Inc
     return Incident(
         id=strawberry.ID(encode_global_id("Incident", row.id)),
         title=row.title,
-        status=row.status.value,
+        status=row.status,
         discovered_at=row.discovered_at,
         notify_by=row.notify_by,
         notified_at=affected.notified_at,

@@ -1,15 +1,17 @@
-"""Reads: security events (ADMIN)."""
+"""Reads: security events (READ_AUDIT: Admins)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import strawberry
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
-from weflux.gql.types import Connection, to_connection
+from weflux.gql.types import After, Connection, First, to_connection
 from weflux.models import SecuritySeverity
 from weflux.secops import events as security_events
 
@@ -17,15 +19,17 @@ from weflux.secops import events as security_events
 @strawberry.type
 class SecurityQuery:
     @strawberry.field(
-        description="The workspace's security events, newest first (ADMIN).",
-        permission_classes=[requires(Permission.READ_AUDIT)],
+        **guarded(Permission.READ_AUDIT, "The workspace's security events, newest first.")
     )
     async def security_events(
         self,
         info: Info[Context, None],
-        first: int | None = None,
-        after: str | None = None,
-        severity: SecuritySeverity | None = None,
+        first: First = None,
+        after: After = None,
+        severity: Annotated[
+            SecuritySeverity | None,
+            strawberry.argument(description="Only events of this severity; null: all."),
+        ] = None,
     ) -> Connection[SecurityEvent]:
         page = await security_events.list_events(
             info.context.unit, first=first, after=after, severity=severity

@@ -39,7 +39,7 @@ async def _member(info: Info[Context, None], membership_id: uuid.UUID | None) ->
     "token or message text."
 )
 class SecurityEvent(Node):
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description="The event's global id.")
     kind: str = strawberry.field(
         description="What was seen, e.g. `auth.brute_force` (docs/security/operations.md)."
     )
