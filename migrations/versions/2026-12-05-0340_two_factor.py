@@ -39,12 +39,14 @@ USER_COLUMNS = (
 def upgrade() -> None:
     for name, type_ in USER_COLUMNS:
         op.add_column("users", sa.Column(name, type_, nullable=True))
-    with op.batch_alter_table("organizations", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("require_two_factor", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
-    with op.batch_alter_table("sessions", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("authenticated_at", UTCDateTime(), nullable=True))
+    # Plain ADD COLUMN, no batch rebuild: a restore upgrades an older backup inside its
+    # transaction with foreign keys enforced, where rebuilding a parent table (DROP and
+    # re-CREATE) on SQLite would cascade into every child row.
+    op.add_column(
+        "organizations",
+        sa.Column("require_two_factor", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
+    op.add_column("sessions", sa.Column("authenticated_at", UTCDateTime(), nullable=True))
 
 
 def downgrade() -> None:

@@ -229,13 +229,6 @@ async def restore_backup(
     db = Database(settings.migration_url, pool_size=1, maintenance=True)
     try:
         async with db.engine.connect() as connection:
-            if db.dialect == "sqlite":
-                # Batch migrations rebuild tables (DROP and re-CREATE); with foreign keys
-                # enforced, dropping a parent cascades into its children's rows. As Alembic
-                # runs them for `weflux migrate`: off for the restore (a pragma that only
-                # takes effect outside a transaction), and checked before the commit.
-                raw = await connection.get_raw_connection()
-                await raw.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
             await connection.begin()
             await _refuse_non_empty(connection)
             if db.dialect == "postgresql":
@@ -252,12 +245,6 @@ async def restore_backup(
             # This release's schema, still in the transaction: the replay runs on it.
             await connection.run_sync(upgrade_in_transaction, "head")
             await replay_erasures(connection, newer)
-            if db.dialect == "sqlite":
-                broken = (await connection.exec_driver_sql("PRAGMA foreign_key_check")).first()
-                if broken is not None:
-                    raise BackupError(
-                        f"the restored rows break a foreign key (table `{broken[0]}`)"
-                    )
             await connection.commit()
     finally:
         await db.dispose()
