@@ -29,6 +29,13 @@ from weflux.models.incident import (
     IncidentWorkspace,
 )
 from weflux.models.invitation import Invitation
+from weflux.models.lifecycle import (
+    OPEN_STATUSES,
+    DataRequest,
+    DataRequestKind,
+    DataRequestStatus,
+    ErasureLedgerEntry,
+)
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
@@ -58,6 +65,7 @@ __all__ = [
     "MESSAGE_STATUS_MEANINGS",
     "MESSAGE_TYPE_MEANINGS",
     "QUALITY_RATING_MEANINGS",
+    "OPEN_STATUSES",
     "STATUS_RANK",
     "AccountStatus",
     "AlertChannel",
@@ -67,6 +75,10 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationStatus",
+    "DataRequest",
+    "DataRequestKind",
+    "DataRequestStatus",
+    "ErasureLedgerEntry",
     "Incident",
     "IncidentNotice",
     "IncidentStatus",
