@@ -40,7 +40,8 @@ DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
 
 Progress = Callable[[float], Awaitable[None]]
-Finish = Callable[[AsyncSession], Awaitable[None]]
+# Runs in the last transaction of a purge, with the erased contact's (wa_id, user_id).
+Finish = Callable[[AsyncSession, str | None, str | None], Awaitable[None]]
 
 
 async def tombstone_contact(session: AsyncSession, contact: Contact, *, now: datetime) -> None:
@@ -86,11 +87,12 @@ async def purge_contact(
         contact = await session.get(Contact, contact_id)
         if contact is None:
             if finish is not None:
-                await finish(session)
+                await finish(session, None, None)
             return False
         if contact.erased_at is None:  # a ledger replay of a restored backup
             await tombstone_contact(session, contact, now=utcnow())
-        needles = [crossings.body_needle(v) for v in (contact.wa_id, contact.user_id) if v]
+        wa_id, user_id = contact.wa_id, contact.user_id
+        needles = [crossings.body_needle(v) for v in (wa_id, user_id) if v]
     await progress(0.05)
     while True:
         async with db.session(org_id) as session:
@@ -99,20 +101,20 @@ async def purge_contact(
             break
     await progress(0.2)
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
-    await _delete_in_batches(
+    await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
     await progress(0.9)
-    await _delete_in_batches(db, org_id, Conversation, Conversation.contact_id == contact_id, batch)
+    await delete_in_batches(db, org_id, Conversation, Conversation.contact_id == contact_id, batch)
     async with db.session(org_id) as session:
         see_erased(session)
         await session.exec(delete(Contact).where(col(Contact.id) == contact_id))
         if finish is not None:
-            await finish(session)
+            await finish(session, wa_id, user_id)
     return True
 
 
-async def _delete_in_batches(
+async def delete_in_batches(
     db: Database, org_id: uuid.UUID, model: type[SQLModel], where: Any, batch: int
 ) -> int:
     """Delete `model` rows matching `where`, `batch` per transaction; how many went."""
@@ -150,7 +152,7 @@ async def purge_workspace(
     *,
     batch: int = DEFAULT_BATCH,
     progress: Progress = _noop,
-    finish: Finish | None = None,
+    finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
 ) -> bool:
     """Delete every row of a workspace in batches, then the workspace; its members who
     belong to no workspace any more are deleted too. `finish` runs in the last
@@ -163,7 +165,7 @@ async def purge_workspace(
         if model is Membership:
             await _delete_memberships(db, org_id, batch)
         else:
-            await _delete_in_batches(db, org_id, model, true(), batch)
+            await delete_in_batches(db, org_id, model, true(), batch)
         await progress(0.95 * (done + 1) / len(models))
     async with db.session(org_id) as session:
         see_erased(session)
