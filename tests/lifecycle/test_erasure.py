@@ -10,14 +10,13 @@ from datetime import timedelta
 
 import pytest
 from sqlalchemy import text
-from sqlmodel import col, select
+from sqlmodel import select
 
 from tests.fixtures.factories import (
     Actor,
     create_contact,
     create_conversation,
     create_message,
-    create_whatsapp_account,
 )
 from tests.fixtures.principals import principal_of
 from weflux.auth.scoping import see_erased
@@ -161,7 +160,8 @@ async def test_the_worker_deletes_everything_of_the_contact_and_records_the_ledg
         assert (done.status, done.progress) == (DataRequestStatus.COMPLETED, 1.0)
         assert done.completed_at is not None
     assert await _bodies(owner_db) == {unrelated, longer}
-    assert named and by_user_id
+    assert named
+    assert by_user_id
     async with db.session(other_admin.org_id) as session:
         assert [c.id for c in (await session.exec(select(Contact))).all()] == [theirs.id]
         assert len((await session.exec(select(Message))).all()) == 1
@@ -230,7 +230,8 @@ async def test_a_worker_killed_mid_erasure_finishes_on_its_next_run(
         assert await session.get(Contact, subject.contact.id) is None
         assert (await session.exec(select(Message))).all() == []
         done = await session.get(DataRequest, request.id)
-        assert done is not None and done.status == DataRequestStatus.COMPLETED
+        assert done is not None
+        assert done.status == DataRequestStatus.COMPLETED
     async with db.session(admin.org_id) as session:
         assert (await session.exec(select(DataRequest))).all()[0].attempts == 1
 
