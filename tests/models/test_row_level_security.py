@@ -361,6 +361,12 @@ async def test_a_webhook_event_is_seen_only_by_the_transaction_that_names_it(
 # What each cross-workspace function may answer, and nothing more.
 CROSSING_FUNCTIONS = {
     "weflux_account_by_email": "TABLE(user_id uuid, password_hash text)",
+    "weflux_delete_orphan_users": "integer",
+    "weflux_due_data_requests": "TABLE(org_id uuid, request_id uuid)",
+    "weflux_due_retention": "SETOF uuid",
+    "weflux_erase_webhook_bodies": "integer",
+    "weflux_expire_webhook_bodies": "integer",
+    "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",
     "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
     "weflux_due_webhook_events": "SETOF uuid",
