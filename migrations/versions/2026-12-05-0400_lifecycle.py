@@ -143,6 +143,8 @@ def upgrade() -> None:
             sqlite_where=sa.text("wa_id IS NOT NULL AND erased_at IS NULL"),
         )
 
+    with op.batch_alter_table("webhook_events", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_webhook_events_processed_at"), ["processed_at"])
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.add_column(sa.Column("erased_at", UTCDateTime(), nullable=True))
     with op.batch_alter_table("conversations", schema=None) as batch_op:
@@ -283,6 +285,8 @@ def downgrade() -> None:
         )
     with op.batch_alter_table("conversations", schema=None) as batch_op:
         batch_op.drop_column("erased_at")
+    with op.batch_alter_table("webhook_events", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_webhook_events_processed_at"))
     with op.batch_alter_table("contacts", schema=None) as batch_op:
         batch_op.drop_index(
             "uq_contacts_org_id_wa_id",

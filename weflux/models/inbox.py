@@ -313,6 +313,7 @@ class WebhookEvent(SQLModel, table=True):
     __tablename__ = "webhook_events"
     __table_args__ = (
         Index(None, "received_at"),
+        Index(None, "processed_at"),  # retention of raw bodies (weflux.lifecycle.worker)
         Index(
             "ix_webhook_events_due",
             "next_attempt_at",
