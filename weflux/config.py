@@ -247,6 +247,12 @@ class Settings(BaseSettings):
     lifecycle_interval: timedelta = timedelta(seconds=30)  # between the worker's sweeps
     lifecycle_batch_size: int = Field(default=500, ge=1, le=500)  # rows deleted per transaction
     workspace_deletion_grace: timedelta = timedelta(days=7)
+    export_dir: Path | None = None  # empty: `exports/` under var_dir
+
+    @property
+    def export_directory(self) -> Path:
+        """Where encrypted export files are written (WEFLUX_EXPORT_DIR)."""
+        return self.export_dir or self.var_dir / "exports"
 
     # Security operations (docs/security/operations.md): detector thresholds as
     # `COUNT/PERIOD` (the `limits` notation), the alert outbox and the on-call's webhook.
@@ -309,6 +315,7 @@ class Settings(BaseSettings):
         "ssl_keyfile",
         "security_alert_url",
         "security_alert_secret",
+        "export_dir",
         mode="before",
     )
     @classmethod

@@ -80,6 +80,14 @@ FUNCTIONS = {
            ORDER BY o.retention_ran_at ASC NULLS FIRST, o.id
            LIMIT least(greatest($2, 0), 500)""",
     ),
+    "weflux_expired_exports(at_time timestamptz, batch integer)": (
+        "TABLE (org_id uuid, request_id uuid)",
+        "STABLE",
+        """SELECT r.org_id, r.id FROM data_requests r
+           WHERE r.file_name IS NOT NULL AND r.expires_at <= $1
+           ORDER BY r.expires_at, r.id
+           LIMIT least(greatest($2, 0), 500)""",
+    ),
     "weflux_delete_orphan_users(user_ids uuid[])": (
         "integer",
         "VOLATILE",
@@ -190,6 +198,7 @@ def upgrade() -> None:
         sa.Column("completed_at", UTCDateTime(), nullable=True),
         sa.Column("progress", sa.Float(), nullable=True),
         sa.Column("file_name", sa.String(length=128), nullable=True),
+        sa.Column("file_key_enc", sa.Text(), nullable=True),
         sa.Column("expires_at", UTCDateTime(), nullable=True),
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.String(length=500), nullable=True),

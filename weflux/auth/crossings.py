@@ -345,6 +345,22 @@ async def due_data_requests(session: AsyncSession, *, now: datetime, batch: int)
     return [Owned(row[0], row[1]) for row in rows]
 
 
+async def expired_exports(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
+    """Export requests whose file has passed its `expires_at`."""
+    rows = await _answer(
+        session,
+        "weflux_expired_exports",
+        {"at_time": now, "batch": batch},
+        lambda: (
+            select(DataRequest.org_id, DataRequest.id)
+            .where(col(DataRequest.file_name).is_not(None), col(DataRequest.expires_at) <= now)
+            .order_by(col(DataRequest.expires_at), col(DataRequest.id))
+            .limit(_batch(batch))
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
 def body_needle(identifier: str) -> str:
     """How an id appears in a raw webhook body: a JSON string."""
     return f'"{identifier}"'

@@ -11,6 +11,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -19,7 +20,7 @@ from weflux.auth import crossings
 from weflux.auth.scoping import see_erased
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.lifecycle import erasure, ledger
+from weflux.lifecycle import erasure, exports, ledger
 from weflux.models import (
     OPEN_STATUSES,
     DataRequest,
@@ -46,11 +47,13 @@ class Lifecycle:
     db: Database
     keyring: KeyRing
     batch: int = erasure.DEFAULT_BATCH
+    export_dir: Path | None = None  # None: exports wait (PENDING)
 
 
 async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
     """Work on every data request whose time has come; how many were looked at."""
     now = now or utcnow()
+    await destroy_expired_exports(lifecycle, now=now)
     async with lifecycle.db.session() as session:
         due = await crossings.due_data_requests(session, now=now, batch=REQUESTS_PER_SWEEP)
     for owned in due:
@@ -141,13 +144,22 @@ async def _run(
             await erasure.purge_workspace(
                 db, org_id, batch=lifecycle.batch, progress=progress, finish=deleted
             )
-    else:
-        # Exports are not built by this version: the request stays PENDING, visible.
-        async with db.session(org_id) as session:
-            request = await session.get(DataRequest, request_id)
-            if request is not None:
-                request.status = DataRequestStatus.PENDING
-                session.add(request)
+    elif lifecycle.export_dir is not None:
+        await exports.build_export(
+            db, lifecycle.keyring, lifecycle.export_dir, org_id, request_id, progress=progress
+        )
+
+
+async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Delete export files (and their keys) past their `expiresAt`; how many."""
+    if lifecycle.export_dir is None:
+        return 0
+    now = now or utcnow()
+    async with lifecycle.db.session() as session:
+        due = await crossings.expired_exports(session, now=now, batch=REQUESTS_PER_SWEEP)
+    for owned in due:
+        await exports.destroy(lifecycle.db, lifecycle.export_dir, owned.org_id, owned.id)
+    return len(due)
 
 
 async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:

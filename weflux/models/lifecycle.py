@@ -6,7 +6,7 @@ import enum
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Enum, Index, text
+from sqlalchemy import Enum, Index, Text, text
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -81,6 +81,8 @@ class DataRequest(OrgScoped, table=True):
     progress: float | None = Field(default=None)
     # Exports: the encrypted file's name under WEFLUX_EXPORT_DIR, and when it is destroyed.
     file_name: str | None = Field(default=None, max_length=128)
+    # The export file's data key, sealed with the key ring and bound to this row.
+    file_key_enc: str | None = Field(default=None, sa_type=Text, repr=False)
     expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     attempts: int = Field(default=0, nullable=False)
     last_error: str | None = Field(default=None, max_length=500)

@@ -50,7 +50,10 @@ def build_worker(
         return await send_due_alerts(db, settings, mailer)
 
     lifecycle = Lifecycle(
-        db=db, keyring=channel_services.keyring, batch=settings.lifecycle_batch_size
+        db=db,
+        keyring=channel_services.keyring,
+        batch=settings.lifecycle_batch_size,
+        export_dir=settings.export_directory,
     )
 
     async def data_requests() -> int:
