@@ -106,6 +106,56 @@ async def erase_contact(
     return request
 
 
+async def export_contact_data(
+    session: AsyncSession, principal: Principal, meta: RequestMeta, *, contact_id: uuid.UUID
+) -> DataRequest:
+    """Ask the worker for a file of everything about a contact (a subject access request)."""
+    principal.require(PERMISSION)
+    contact = await session.get(Contact, contact_id)
+    if contact is None:
+        raise NotFound("Contact not found")
+    return await _export(
+        session, principal, meta, DataRequestKind.CONTACT_EXPORT, subject_id=contact.id
+    )
+
+
+async def request_workspace_export(
+    session: AsyncSession, principal: Principal, meta: RequestMeta
+) -> DataRequest:
+    """Ask the worker for a file of the whole workspace."""
+    principal.require(PERMISSION)
+    return await _export(session, principal, meta, DataRequestKind.WORKSPACE_EXPORT)
+
+
+async def _export(
+    session: AsyncSession,
+    principal: Principal,
+    meta: RequestMeta,
+    kind: DataRequestKind,
+    *,
+    subject_id: uuid.UUID | None = None,
+) -> DataRequest:
+    request = _new_request(kind, principal, now=utcnow(), subject_id=subject_id)
+    session.add(request)
+    await session.flush()
+    action = (
+        Action.CONTACT_EXPORT_REQUESTED
+        if kind == DataRequestKind.CONTACT_EXPORT
+        else Action.WORKSPACE_EXPORT_REQUESTED
+    )
+    await record(
+        session,
+        action,
+        actor=principal,
+        target_type="Contact" if subject_id else "Organization",
+        target_id=subject_id or principal.org_id,
+        meta=meta,
+        severity=Severity.WARNING,
+        details={"dataRequestId": str(request.id)},
+    )
+    return request
+
+
 async def request_workspace_deletion(
     session: AsyncSession,
     authenticator: Authenticator,

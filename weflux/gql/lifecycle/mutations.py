@@ -55,6 +55,37 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
+        description="Export everything about a contact (ADMIN), for the person it is about: "
+        "the worker builds the file; download it at `downloadPath` within 24 hours.",
+        permission_classes=ADMIN,
+    )
+    async def export_contact_data(
+        self,
+        info: Info[Context, None],
+        contact_id: Annotated[strawberry.ID, strawberry.argument(description="The contact.")],
+    ) -> DataRequest:
+        context = info.context
+        row = await lifecycle_requests.export_contact_data(
+            context.unit,
+            context.actor,
+            context.meta,
+            contact_id=decode_global_id(contact_id, "Contact"),
+        )
+        return to_data_request(row)
+
+    @strawberry.mutation(
+        description="Export the whole workspace (ADMIN): the worker builds the file; download "
+        "it at `downloadPath` within 24 hours.",
+        permission_classes=ADMIN,
+    )
+    async def request_workspace_export(self, info: Info[Context, None]) -> DataRequest:
+        context = info.context
+        row = await lifecycle_requests.request_workspace_export(
+            context.unit, context.actor, context.meta
+        )
+        return to_data_request(row)
+
+    @strawberry.mutation(
         description="Schedule the workspace's deletion (ADMIN), confirmed by its name: at once "
         "every session ends, non-Admins cannot log in, numbers stop sending and credentials "
         "are destroyed; after the grace period every row is deleted.",
