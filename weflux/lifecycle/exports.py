@@ -28,7 +28,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import text
 from sqlmodel import SQLModel, col, select
 
-from weflux.crypto.keyring import KeyRing, SecretContext
+from weflux.crypto.fields import open_secret, seal
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database, begin_read_only
 from weflux.models import (
     AuthSession,
@@ -61,12 +62,6 @@ Progress = Callable[[float], Awaitable[None]]
 
 class ExportError(Exception):
     """An export file that does not decrypt: tampered, truncated, or another row's."""
-
-
-def file_context(org_id: uuid.UUID, request_id: uuid.UUID) -> SecretContext:
-    return SecretContext(
-        org_id=org_id, table="data_requests", column="file_key_enc", row_id=request_id
-    )
 
 
 def _aad(request_id: uuid.UUID, index: int, final: bool) -> bytes:
@@ -248,9 +243,7 @@ async def build_export(
             return
         now = utcnow()
         request.file_name = name
-        request.file_key_enc = keyring.encrypt(
-            base64.b64encode(key).decode(), file_context(org_id, request_id)
-        )
+        seal(keyring, request, "file_key_enc", base64.b64encode(key).decode())
         request.expires_at = now + EXPORT_TTL
         request.status = DataRequestStatus.COMPLETED
         request.progress = 1.0
@@ -260,8 +253,9 @@ async def build_export(
 
 def data_key(keyring: KeyRing, request: DataRequest) -> bytes:
     """The export file's data key, opened with the key ring."""
-    assert request.file_key_enc is not None
-    secret = keyring.decrypt(request.file_key_enc, file_context(request.org_id, request.id))
+    secret = open_secret(keyring, request, "file_key_enc")
+    if secret is None:
+        raise ExportError("the export's key is gone")
     return base64.b64decode(secret.reveal())
 
 
