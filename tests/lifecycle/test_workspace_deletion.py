@@ -27,6 +27,7 @@ from weflux.lifecycle import ledger
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
     DataRequestKind,
+    ErasureLedgerEntry,
     SmtpSettings,
     TemplateStatusEvent,
     User,
@@ -205,3 +206,21 @@ async def test_only_admins_delete_or_erase(
     ):
         body = await api(actor, document, variables)
         assert [e["extensions"]["code"] for e in body["errors"]] == ["FORBIDDEN"]
+
+
+async def test_replaying_a_workspace_deletion_deletes_the_restored_workspace(
+    db: Database, owner_db: Database, admin: Actor, other_admin: Actor, keyring: KeyRing
+) -> None:
+    """Given a workspace (as a restored backup holds it) and a ledger entry of its deletion,
+    when the ledger is replayed on the schema owner's handle,
+    then every row of the workspace is gone and the other workspace is untouched."""
+    await _populate(db, admin)
+    await _populate(db, other_admin)
+    other_before = await _rows_of(owner_db, other_admin.org_id)
+    entry = ErasureLedgerEntry(kind=DataRequestKind.WORKSPACE_DELETION, org_id=admin.org_id)
+
+    assert await ledger.replay(owner_db, keyring, [entry]) == 1
+
+    assert set((await _rows_of(owner_db, admin.org_id)).values()) == {0}
+    assert await _rows_of(owner_db, other_admin.org_id) == other_before
+    assert await ledger.replay(owner_db, keyring, [entry]) == 0
