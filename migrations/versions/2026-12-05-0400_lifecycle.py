@@ -38,8 +38,8 @@ FUNCTIONS = {
     "weflux_due_data_requests(at_time timestamptz, batch integer)": (
         "TABLE (org_id uuid, request_id uuid)",
         "STABLE",
-        f"""SELECT r.org_id, r.id FROM data_requests r
-           WHERE r.{OPEN} AND r.run_after <= $1
+        """SELECT r.org_id, r.id FROM data_requests r
+           WHERE r.status IN ('PENDING', 'RUNNING') AND r.run_after <= $1
            ORDER BY r.run_after, r.id
            LIMIT least(greatest($2, 0), 500)""",
     ),
