@@ -159,3 +159,26 @@ async def test_an_altered_export_file_does_not_open(
 
     with pytest.raises(exports.ExportError):
         b"".join(exports.open_sealed(path, key, request_id))
+
+
+async def test_an_export_that_keeps_failing_is_failed_after_five_attempts(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given an export directory that cannot be written (a file stands in its place),
+    when the worker tries five times, then the request is FAILED with the error's type."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    async with db.session(admin.org_id) as session:
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=blocked)
+    for _ in range(5):
+        await run_due_requests(lifecycle)
+
+    row = await _built(db, request.id, admin.org_id)
+    assert (row.status, row.attempts, row.last_error) == (
+        DataRequestStatus.FAILED,
+        5,
+        "FileExistsError",
+    )

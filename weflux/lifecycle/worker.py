@@ -38,6 +38,8 @@ REQUESTS_PER_SWEEP = 20
 RETENTION_EVERY = timedelta(days=1)
 WORKSPACES_PER_SWEEP = 50
 ERROR_LIMIT = 500
+EXPORT_ATTEMPTS = 5
+EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
 
 
 @dataclass(frozen=True)
@@ -181,6 +183,10 @@ async def _note_failure(
             if request is not None:
                 # The type only: a message may quote data.
                 request.last_error = type(error).__name__[:ERROR_LIMIT]
+                if request.kind in EXPORT_KINDS and request.attempts >= EXPORT_ATTEMPTS:
+                    # An export can be asked for again; an erasure or deletion must finish.
+                    request.status = DataRequestStatus.FAILED
+                    request.completed_at = utcnow()
                 session.add(request)
     except Exception:
         log.exception("could not record a data request's failure")
