@@ -7,6 +7,7 @@ hidden, a workspace's sessions and credentials gone) happens here, in the same c
 
 from __future__ import annotations
 
+import enum
 import uuid
 from datetime import datetime, timedelta
 
@@ -43,6 +44,15 @@ MAX_MESSAGE_RETENTION_DAYS = 36500
 MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS = 30
 DELETION_REVOKE_REASON = "workspace deletion"
 DELETION_ERROR = "workspace deletion"
+
+
+class Unchanged(enum.Enum):
+    """A setting left as it is."""
+
+    UNCHANGED = "unchanged"
+
+
+UNCHANGED = Unchanged.UNCHANGED
 
 PERMISSION = Permission.READ_AUDIT  # ADMIN: audit, security events, data deletion and export
 
@@ -264,12 +274,13 @@ async def update_retention_policy(
     principal: Principal,
     meta: RequestMeta,
     *,
-    message_retention_days: int | None,
+    message_retention_days: int | Unchanged | None,
     webhook_payload_retention_days: int | None,
 ) -> Organization:
-    """Set how long messages (None: forever) and raw webhook bodies are kept."""
+    """Set how long messages (None: forever) and raw webhook bodies are kept
+    (`UNCHANGED`, or None for the bodies: as they are)."""
     principal.require(PERMISSION)
-    if message_retention_days is not None and not (
+    if isinstance(message_retention_days, int) and not (
         1 <= message_retention_days <= MAX_MESSAGE_RETENTION_DAYS
     ):
         raise _range("messageRetentionDays", 1, MAX_MESSAGE_RETENTION_DAYS)
@@ -281,7 +292,8 @@ async def update_retention_policy(
     if organization is None:
         raise NotFound("Workspace not found")
     before = (organization.message_retention_days, organization.webhook_payload_retention_days)
-    organization.message_retention_days = message_retention_days
+    if not isinstance(message_retention_days, Unchanged):
+        organization.message_retention_days = message_retention_days
     if webhook_payload_retention_days is not None:
         organization.webhook_payload_retention_days = webhook_payload_retention_days
     organization.retention_ran_at = None  # the next sweep applies the new policy

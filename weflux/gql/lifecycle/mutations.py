@@ -23,12 +23,13 @@ ADMIN = [requires(Permission.READ_AUDIT)]
 
 
 @strawberry.input(
-    description="How long to keep messages (null: keep them) and raw webhook bodies "
-    "(omitted: unchanged)."
+    description="How long to keep messages (null: keep them) and raw webhook bodies; "
+    "a field omitted stays as it is."
 )
 class UpdateRetentionPolicyInput:
     message_retention_days: int | None = strawberry.field(
-        default=None, description="Days to keep messages, 1 to 36,500; null keeps them."
+        default=strawberry.UNSET,
+        description="Days to keep messages, 1 to 36,500; null keeps them; omitted: unchanged.",
     )
     webhook_payload_retention_days: int | None = strawberry.field(
         default=None, description="Days to keep raw webhook bodies after processing, 1 to 30."
@@ -133,7 +134,11 @@ class LifecycleMutation:
             context.unit,
             context.actor,
             context.meta,
-            message_retention_days=input.message_retention_days,
+            message_retention_days=(
+                lifecycle_requests.UNCHANGED
+                if input.message_retention_days is strawberry.UNSET
+                else input.message_retention_days
+            ),
             webhook_payload_retention_days=input.webhook_payload_retention_days,
         )
         return to_retention_policy(row)
