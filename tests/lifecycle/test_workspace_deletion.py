@@ -54,6 +54,9 @@ LIFECYCLE_RULES = {
     "webhook_events": "erasure: bodies naming the contact deleted; retention: after processing",
     "erasure_ledger": "kept: no personal data; replayed on restore",
     "pending_signups": "not a workspace's: expires by itself (no workspace exists yet)",
+    "incidents": "the operator's register: names no person; kept",
+    "incident_workspaces": "deletion: in batches",
+    "incident_notices": "deletion: in batches (an Admin's address and when they were told)",
 }
 
 ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id kind status } }"
