@@ -14,9 +14,9 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from weflux.api.client_ip import request_meta
 from weflux.auth.permissions import Permission
 from weflux.auth.tokens import bearer_token
+from weflux.client_ip import request_meta
 from weflux.errors import NotFound, Unauthenticated, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id
 from weflux.lifecycle import exports

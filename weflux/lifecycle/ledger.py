@@ -10,22 +10,34 @@ API for other modules (backups, restore):
 - `record_contact_erasure(session, keyring, ...)`, `record_workspace_deletion(session, ...)`:
   append, in the transaction that completes the deletion.
 - `entries(session, since=None)`: the rows, oldest first (a maintenance session).
-- `replay(db, keyring, entries)`: apply rows to a restored database (idempotent).
+- `replay_on_connection(connection, keyring, rows)`: append and apply rows on a
+  restored database, in the caller's transaction (a restore's last step); `replay(db, ...)`
+  does it in a transaction of its own. Idempotent.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.scoping import see_erased
+from weflux.auth import crossings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import Contact, DataRequestKind, ErasureLedgerEntry
+from weflux.models import (
+    Contact,
+    DataRequestKind,
+    ErasureLedgerEntry,
+    Membership,
+    Organization,
+    User,
+)
 
 # The purpose string of the keyed hash: a ledger hash means nothing elsewhere.
 HASH_PURPOSE = "erasure-ledger/wa-id"
@@ -140,45 +152,113 @@ def matches(entry: ErasureLedgerEntry, keyring: KeyRing, contact: Contact) -> bo
 
 
 async def replay(db: Database, keyring: KeyRing, ledger: Iterable[ErasureLedgerEntry]) -> int:
-    """Apply ledger entries to a (restored) database; the number of entries that found rows.
+    """Apply ledger entries to a (restored) database, in one transaction of `db`'s owner.
 
-    A workspace entry deletes the workspace; a contact entry erases the contact with that
-    id, and any contact of that workspace whose WhatsApp id or user id hashes to the
-    entry's (a backup of a contact re-created in a restore under another id), with
-    its raw webhook bodies. Idempotent. The entries are appended to this database's own
-    ledger too (once), so a later backup carries them.
-    `db` must see every workspace: the schema owner's maintenance handle.
+    `db` must see every workspace: the schema owner's maintenance handle. See
+    `replay_on_connection`.
     """
-    from weflux.lifecycle import erasure  # erasure records into this module: import late
+    rows = [entry.model_dump() for entry in ledger]
+    async with db.engine.begin() as connection:
+        return await replay_on_connection(connection, keyring, rows)
 
+
+async def replay_on_connection(
+    connection: AsyncConnection,
+    keyring: KeyRing | None,
+    newer: Sequence[Mapping[str, Any]],
+) -> int:
+    """Append the `newer` entries not in the database's ledger yet, then apply every entry
+    of the ledger, oldest first; the number of entries that found something to delete.
+
+    A workspace entry deletes the workspace (its rows go with it, by the foreign keys'
+    cascades) and the accounts it leaves without any workspace. A contact entry deletes
+    the contact with that id, and any contact of that workspace created before the entry
+    whose WhatsApp id or user id hashes to the entry's (`matches`; by id only without
+    `keyring`), with its conversations, messages and the raw webhook bodies naming it.
+    Idempotent. `connection` is the schema owner's, inside the caller's transaction
+    (a restore runs it last, in its own).
+    """
+    has_ledger = await connection.run_sync(
+        lambda sync: sa.inspect(sync).has_table(ErasureLedgerEntry.__tablename__)
+    )
+    if not has_ledger:
+        return 0
+    table: sa.Table = ErasureLedgerEntry.__table__  # type: ignore[attr-defined]
+    present = set((await connection.execute(sa.select(table.c.id))).scalars())
+    fresh = [
+        {column.name: entry.get(column.name) for column in table.c}
+        for entry in newer
+        if entry["id"] not in present
+    ]
+    if fresh:
+        await connection.execute(table.insert(), fresh)
+    ordered = sa.select(table).order_by(table.c.recorded_at, table.c.id)
+    entries = [
+        ErasureLedgerEntry.model_validate(dict(row))
+        for row in (await connection.execute(ordered)).mappings()
+    ]
     applied = 0
-    for entry in ledger:
-        await _append_once(db, entry)
+    for entry in entries:
         if entry.kind == DataRequestKind.WORKSPACE_DELETION:
-            if await erasure.purge_workspace(db, entry.org_id):
-                applied += 1
-            continue
-        contact_ids = await _contacts_matching(db, keyring, entry)
-        for contact_id in contact_ids:
-            await erasure.purge_contact(db, entry.org_id, contact_id)
-        applied += bool(contact_ids)
+            applied += await _delete_workspace(connection, entry.org_id)
+        else:
+            applied += await _erase_contacts(connection, keyring, entry)
     return applied
 
 
-async def _append_once(db: Database, entry: ErasureLedgerEntry) -> bool:
-    async with db.session(all_workspaces="erasure ledger replay") as session:
-        if await session.get(ErasureLedgerEntry, entry.id) is not None:
-            return False
-        session.add(ErasureLedgerEntry.model_validate(entry.model_dump()))
-    return True
+async def _delete_workspace(connection: AsyncConnection, org_id: uuid.UUID) -> int:
+    memberships: sa.Table = Membership.__table__  # type: ignore[attr-defined]
+    organizations: sa.Table = Organization.__table__  # type: ignore[attr-defined]
+    users: sa.Table = User.__table__  # type: ignore[attr-defined]
+    members = list(
+        (
+            await connection.execute(
+                sa.select(memberships.c.user_id).where(memberships.c.org_id == org_id)
+            )
+        ).scalars()
+    )
+    gone = await connection.execute(sa.delete(organizations).where(organizations.c.id == org_id))
+    if members:
+        elsewhere = sa.exists().where(memberships.c.user_id == users.c.id)
+        await connection.execute(sa.delete(users).where(users.c.id.in_(members), ~elsewhere))
+    return 1 if gone.rowcount else 0
 
 
-async def _contacts_matching(
-    db: Database, keyring: KeyRing, entry: ErasureLedgerEntry
-) -> list[uuid.UUID]:
-    found: list[uuid.UUID] = []
-    async with db.session(entry.org_id) as session:
-        see_erased(session)
-        rows = (await session.exec(select(Contact))).all()
-        found = [row.id for row in rows if matches(entry, keyring, row)]
-    return found
+async def _erase_contacts(
+    connection: AsyncConnection, keyring: KeyRing | None, entry: ErasureLedgerEntry
+) -> int:
+    contacts: sa.Table = Contact.__table__  # type: ignore[attr-defined]
+    rows = (
+        await connection.execute(
+            sa.select(
+                contacts.c.id,
+                contacts.c.org_id,
+                contacts.c.wa_id,
+                contacts.c.user_id,
+                contacts.c.created_at,
+            ).where(contacts.c.org_id == entry.org_id)
+        )
+    ).mappings()
+    doomed = []
+    for row in rows:
+        contact = Contact.model_construct(**dict(row))
+        if contact.id == entry.contact_id or (
+            keyring is not None and matches(entry, keyring, contact)
+        ):
+            doomed.append(contact)
+    postgres = connection.dialect.name == "postgresql"
+    erase_body = sa.text(
+        "DELETE FROM webhook_events WHERE position(convert_to(:needle, 'UTF8') IN body) > 0"
+        if postgres
+        else "DELETE FROM webhook_events WHERE instr(body, :needle) > 0"
+    )
+    for contact in doomed:
+        for identifier in (contact.wa_id, contact.user_id):
+            if identifier:
+                needle = crossings.body_needle(identifier)
+                await connection.execute(
+                    erase_body, {"needle": needle if postgres else needle.encode()}
+                )
+        # Conversations and their messages go by the foreign keys' cascades.
+        await connection.execute(sa.delete(contacts).where(contacts.c.id == contact.id))
+    return 1 if doomed else 0

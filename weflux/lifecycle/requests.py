@@ -15,8 +15,9 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
-from weflux.auth.principal import Authenticator, Principal
+from weflux.auth.principal import Principal
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.lifecycle.erasure import tombstone_contact
 from weflux.models import (

@@ -7,9 +7,9 @@ retention policy and a deletion date; `erasure_ledger` (platform-level, insert-o
 the app's role) records each erasure without personal data; and the worker's
 cross-workspace steps are SECURITY DEFINER functions (docs/security/tenancy.md).
 
-Revision ID: 0009_lifecycle
-Revises: 0008_incidents
-Create Date: 2026-12-05 04:00:00 UTC
+Revision ID: 0010_lifecycle
+Revises: 0009_two_factor
+Create Date: 2026-12-05 04:10:00 UTC
 """
 
 from collections.abc import Sequence
@@ -20,8 +20,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import OWNER_POLICY, create_owner_policy, enable_tenant_rls
 
-revision: str = "0009_lifecycle"
-down_revision: str | None = "0008_incidents"
+revision: str = "0010_lifecycle"
+down_revision: str | None = "0009_two_factor"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -108,61 +108,44 @@ def _signature(name: str) -> str:
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("organizations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("message_retention_days", sa.Integer(), nullable=True))
-        batch_op.add_column(
-            sa.Column(
-                "webhook_payload_retention_days",
-                sa.Integer(),
-                nullable=False,
-                server_default=sa.text("30"),
-            )
-        )
-        batch_op.add_column(sa.Column("retention_ran_at", UTCDateTime(), nullable=True))
-        batch_op.add_column(sa.Column("deletion_scheduled_at", UTCDateTime(), nullable=True))
-    with op.batch_alter_table("organizations", schema=None) as batch_op:
-        batch_op.alter_column("webhook_payload_retention_days", server_default=None)
+    # Plain ADD COLUMN and CREATE INDEX on both engines, never a batch rebuild: a restore
+    # runs this migration in its transaction with foreign keys on, where dropping a
+    # rebuilt table would cascade to every row that refers to it.
+    op.add_column("organizations", sa.Column("message_retention_days", sa.Integer()))
+    op.add_column(
+        "organizations",
+        sa.Column(
+            "webhook_payload_retention_days", sa.Integer(), nullable=False, server_default="30"
+        ),
+    )
+    op.add_column("organizations", sa.Column("retention_ran_at", UTCDateTime()))
+    op.add_column("organizations", sa.Column("deletion_scheduled_at", UTCDateTime()))
 
-    with op.batch_alter_table("contacts", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("erased_at", UTCDateTime(), nullable=True))
-        batch_op.drop_index(
-            "uq_contacts_org_id_wa_id",
-            postgresql_where=sa.text("wa_id IS NOT NULL"),
-            sqlite_where=sa.text("wa_id IS NOT NULL"),
-        )
-        batch_op.drop_index(
-            "uq_contacts_org_id_user_id",
-            postgresql_where=sa.text("user_id IS NOT NULL"),
-            sqlite_where=sa.text("user_id IS NOT NULL"),
-        )
-    with op.batch_alter_table("contacts", schema=None) as batch_op:
-        batch_op.create_index(
-            "uq_contacts_org_id_user_id",
-            ["org_id", "user_id"],
+    op.add_column("contacts", sa.Column("erased_at", UTCDateTime()))
+    for name, column in (
+        ("uq_contacts_org_id_wa_id", "wa_id"),
+        ("uq_contacts_org_id_user_id", "user_id"),
+    ):
+        op.drop_index(name, table_name="contacts")
+        op.create_index(
+            name,
+            "contacts",
+            ["org_id", column],
             unique=True,
-            postgresql_where=sa.text("user_id IS NOT NULL AND erased_at IS NULL"),
-            sqlite_where=sa.text("user_id IS NOT NULL AND erased_at IS NULL"),
-        )
-        batch_op.create_index(
-            "uq_contacts_org_id_wa_id",
-            ["org_id", "wa_id"],
-            unique=True,
-            postgresql_where=sa.text("wa_id IS NOT NULL AND erased_at IS NULL"),
-            sqlite_where=sa.text("wa_id IS NOT NULL AND erased_at IS NULL"),
+            postgresql_where=sa.text(f"{column} IS NOT NULL AND erased_at IS NULL"),
+            sqlite_where=sa.text(f"{column} IS NOT NULL AND erased_at IS NULL"),
         )
 
-    with op.batch_alter_table("webhook_events", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_webhook_events_processed_at"), ["processed_at"])
-    with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("erased_at", UTCDateTime(), nullable=True))
-    with op.batch_alter_table("conversations", schema=None) as batch_op:
-        batch_op.create_index(
-            "ix_conversations_erased",
-            ["org_id", "id"],
-            unique=False,
-            postgresql_where=sa.text("erased_at IS NOT NULL"),
-            sqlite_where=sa.text("erased_at IS NOT NULL"),
-        )
+    op.create_index("ix_webhook_events_processed_at", "webhook_events", ["processed_at"])
+    op.add_column("conversations", sa.Column("erased_at", UTCDateTime()))
+    op.create_index(
+        "ix_conversations_erased",
+        "conversations",
+        ["org_id", "id"],
+        unique=False,
+        postgresql_where=sa.text("erased_at IS NOT NULL"),
+        sqlite_where=sa.text("erased_at IS NOT NULL"),
+    )
 
     op.create_table(
         "data_requests",
