@@ -23,6 +23,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Executable, exists, func, or_, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -30,6 +31,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.models import (
     OPEN_STATUSES,
     AuthSession,
+    Contact,
     DataRequest,
     Invitation,
     Membership,
@@ -472,3 +474,26 @@ async def _count(
         return int(rows[0][0])
     result = await connection.execute(sqlite())
     return int(result.rowcount)
+
+
+# -- maintenance on the schema owner's connection (a restore's ledger replay) -------------
+
+
+async def workspace_member_user_ids(
+    connection: AsyncConnection, org_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """The accounts with a membership of `org_id` (the owner's connection sees them all)."""
+    statement = sa.select(col(Membership.user_id)).where(col(Membership.org_id) == org_id)
+    return list((await connection.execute(statement)).scalars())
+
+
+async def workspace_contact_keys(connection: AsyncConnection, org_id: uuid.UUID) -> list[Any]:
+    """Each contact of `org_id`: id, org_id, wa_id, user_id, created_at (for ledger matching)."""
+    statement = sa.select(
+        col(Contact.id),
+        col(Contact.org_id),
+        col(Contact.wa_id),
+        col(Contact.user_id),
+        col(Contact.created_at),
+    ).where(col(Contact.org_id) == org_id)
+    return list((await connection.execute(statement)).mappings())

@@ -210,13 +210,7 @@ async def _delete_workspace(connection: AsyncConnection, org_id: uuid.UUID) -> i
     memberships: sa.Table = Membership.__table__  # type: ignore[attr-defined]
     organizations: sa.Table = Organization.__table__  # type: ignore[attr-defined]
     users: sa.Table = User.__table__  # type: ignore[attr-defined]
-    members = list(
-        (
-            await connection.execute(
-                sa.select(memberships.c.user_id).where(memberships.c.org_id == org_id)
-            )
-        ).scalars()
-    )
+    members = await crossings.workspace_member_user_ids(connection, org_id)
     gone = await connection.execute(sa.delete(organizations).where(organizations.c.id == org_id))
     if members:
         elsewhere = sa.exists().where(memberships.c.user_id == users.c.id)
@@ -228,17 +222,7 @@ async def _erase_contacts(
     connection: AsyncConnection, keyring: KeyRing | None, entry: ErasureLedgerEntry
 ) -> int:
     contacts: sa.Table = Contact.__table__  # type: ignore[attr-defined]
-    rows = (
-        await connection.execute(
-            sa.select(
-                contacts.c.id,
-                contacts.c.org_id,
-                contacts.c.wa_id,
-                contacts.c.user_id,
-                contacts.c.created_at,
-            ).where(contacts.c.org_id == entry.org_id)
-        )
-    ).mappings()
+    rows = await crossings.workspace_contact_keys(connection, entry.org_id)
     doomed = []
     for row in rows:
         contact = Contact.model_construct(**dict(row))
