@@ -7,8 +7,8 @@ retention policy and a deletion date; `erasure_ledger` (platform-level, insert-o
 the app's role) records each erasure without personal data; and the worker's
 cross-workspace steps are SECURITY DEFINER functions (docs/security/tenancy.md).
 
-Revision ID: 0010_lifecycle
-Revises: 0009_two_factor
+Revision ID: 0011_lifecycle
+Revises: 0010_security_events
 Create Date: 2026-12-05 04:10:00 UTC
 """
 
@@ -20,8 +20,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import OWNER_POLICY, create_owner_policy, enable_tenant_rls
 
-revision: str = "0010_lifecycle"
-down_revision: str | None = "0009_two_factor"
+revision: str = "0011_lifecycle"
+down_revision: str | None = "0010_security_events"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -21,8 +21,8 @@ from weflux.gql.identity.types import (
 )
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.incidents.types import to_incident
-from weflux.gql.security.types import to_security_event
 from weflux.gql.lifecycle.types import to_data_request
+from weflux.gql.security.types import to_security_event
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
 from weflux.models import (

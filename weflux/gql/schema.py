@@ -51,9 +51,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(
-    IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery, LifecycleQuery
-):
+class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery, LifecycleQuery):
     @strawberry.field(
         **guarded(
             Permission.READ_WORKSPACE,
