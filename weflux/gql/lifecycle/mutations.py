@@ -15,11 +15,9 @@ from weflux.gql.lifecycle.types import (
     to_data_request,
     to_retention_policy,
 )
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.lifecycle import requests as lifecycle_requests
-
-ADMIN = [requires(Permission.READ_AUDIT)]
 
 
 @strawberry.input(
@@ -39,12 +37,16 @@ class UpdateRetentionPolicyInput:
 @strawberry.type
 class LifecycleMutation:
     @strawberry.mutation(
-        description="Erase a contact (ADMIN): at once gone from every query, subscription and "
-        "export; then deleted by the worker, with its raw webhook bodies. Idempotent.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Erase a contact: at once gone from every query, subscription and "
+            "export; then deleted by the worker, with its raw webhook bodies. Idempotent.",
+        )
     )
     async def erase_contact(
-        self, info: Info[Context, None], contact_id: strawberry.ID
+        self,
+        info: Info[Context, None],
+        contact_id: Annotated[strawberry.ID, strawberry.argument(description="The contact.")],
     ) -> DataRequest:
         context = info.context
         row = await lifecycle_requests.erase_contact(
@@ -56,9 +58,11 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
-        description="Export everything about a contact (ADMIN), for the person it is about: "
-        "the worker builds the file; download it at `downloadPath` within 24 hours.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Export everything about a contact, for the person it is about: "
+            "the worker builds the file; download it at `downloadPath` within 24 hours.",
+        )
     )
     async def export_contact_data(
         self,
@@ -75,9 +79,11 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
-        description="Export the whole workspace (ADMIN): the worker builds the file; download "
-        "it at `downloadPath` within 24 hours.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Export the whole workspace: the worker builds the file; download "
+            "it at `downloadPath` within 24 hours.",
+        )
     )
     async def request_workspace_export(self, info: Info[Context, None]) -> DataRequest:
         context = info.context
@@ -87,10 +93,12 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
-        description="Schedule the workspace's deletion (ADMIN), confirmed by its name: at once "
-        "every session ends, non-Admins cannot log in, numbers stop sending and credentials "
-        "are destroyed; after the grace period every row is deleted.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Schedule the workspace's deletion, confirmed by its name: at once "
+            "every session ends, non-Admins cannot log in, numbers stop sending and credentials "
+            "are destroyed; after the grace period every row is deleted.",
+        )
     )
     async def request_workspace_deletion(
         self,
@@ -111,9 +119,11 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
-        description="Cancel the workspace's scheduled deletion during its grace period (ADMIN). "
-        "Numbers need new credentials to connect again.",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Cancel the workspace's scheduled deletion during its grace period. "
+            "Numbers need new credentials to connect again.",
+        )
     )
     async def cancel_workspace_deletion(self, info: Info[Context, None]) -> DataRequest:
         context = info.context
@@ -123,11 +133,17 @@ class LifecycleMutation:
         return to_data_request(row)
 
     @strawberry.mutation(
-        description="Set how long messages and raw webhook bodies are kept (ADMIN).",
-        permission_classes=ADMIN,
+        **guarded(
+            Permission.READ_AUDIT,
+            "Set how long messages and raw webhook bodies are kept.",
+        )
     )
     async def update_retention_policy(
-        self, info: Info[Context, None], input: UpdateRetentionPolicyInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateRetentionPolicyInput, strawberry.argument(description="The new policy.")
+        ],
     ) -> RetentionPolicy:
         context = info.context
         row = await lifecycle_requests.update_retention_policy(

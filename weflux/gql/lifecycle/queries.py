@@ -8,19 +8,21 @@ from strawberry.types import Info
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
 from weflux.gql.lifecycle.types import DataRequest, to_data_request
-from weflux.gql.permissions import requires
-from weflux.gql.types import Connection, to_connection
+from weflux.gql.permissions import guarded
+from weflux.gql.types import After, Connection, First, to_connection
 from weflux.lifecycle import requests as lifecycle_requests
 
 
 @strawberry.type
 class LifecycleQuery:
     @strawberry.field(
-        description="Erasures, deletions and exports of the workspace, newest first (ADMIN).",
-        permission_classes=[requires(Permission.READ_AUDIT)],
+        **guarded(
+            Permission.READ_AUDIT,
+            "Erasures, deletions and exports of the workspace, newest first.",
+        )
     )
     async def data_requests(
-        self, info: Info[Context, None], first: int | None = None, after: str | None = None
+        self, info: Info[Context, None], first: First = None, after: After = None
     ) -> Connection[DataRequest]:
         page = await lifecycle_requests.list_requests(
             info.context.unit, info.context.actor, first=first, after=after

@@ -43,7 +43,7 @@ graphql_enum(
     "by `dueAt` (at most 30 days after the request)."
 )
 class DataRequest(Node):
-    id: strawberry.ID
+    id: strawberry.ID = strawberry.field(description="The request's global id.")
     kind: DataRequestKind = strawberry.field(description="What it does.")
     status: DataRequestStatus = strawberry.field(description="Where it stands.")
     requested_at: datetime = strawberry.field(description="When it was asked for.")
