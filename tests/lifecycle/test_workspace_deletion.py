@@ -57,7 +57,12 @@ LIFECYCLE_RULES = {
     "incidents": "the operator's register: names no person; kept",
     "incident_workspaces": "deletion: in batches",
     "incident_notices": "deletion: in batches (an Admin's address and when they were told)",
+    "security_events": "deletion: in batches",
+    "platform_security_events": "the platform's (no workspace): not touched; known limit",
+    "security_alerts": "the alert outbox, not workspace-owned: not touched; known limit",
 }
+# Tables with an org_id that the deletion does not reach yet (docs/lifecycle.md, limits).
+NOT_REACHED = {"erasure_ledger", "security_alerts"}
 
 ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id kind status } }"
 DELETE = (
@@ -106,7 +111,7 @@ async def _rows_of(owner_db: Database, org_id: Any) -> dict[str, int]:
     async with owner_db.engine.connect() as conn:
         for table in SQLModel.metadata.sorted_tables:
             column = "id" if table.name == "organizations" else "org_id"
-            if column not in table.c or table.name == "erasure_ledger":
+            if column not in table.c or table.name in NOT_REACHED:
                 continue
             query = sa.select(sa.func.count()).select_from(table).where(table.c[column] == org_id)
             counts[table.name] = (await conn.execute(query)).scalar_one()
