@@ -16,6 +16,7 @@ from starlette.types import ASGIApp
 
 from weflux.api import auth as auth_routes
 from weflux.api import disclosure
+from weflux.api import exports as export_routes
 from weflux.api import webhooks as webhook_routes
 from weflux.api.health import healthz, readyz
 from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
@@ -107,6 +108,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *auth_routes.routes,
         *webhook_routes.routes,
         *disclosure.routes,
+        *export_routes.routes,
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]

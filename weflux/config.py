@@ -34,6 +34,7 @@ KEY_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 token
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
+MAX_WORKSPACE_DELETION_GRACE = timedelta(days=23)
 # bcrypt's pool (weflux.auth.passwords.BcryptPool): two threads keep two cores busy at
 # most; 32 waiting calls are about 4 s of work at cost 12.
 PASSWORD_HASHING_WORKERS = 2
@@ -242,6 +243,16 @@ class Settings(BaseSettings):
     backup_keys: SecretStr | None = None
     backup_dir: Path | None = None  # unset: `<var_dir>/backups`
     backup_retention: timedelta = timedelta(days=30)
+    # The data lifecycle (weflux/lifecycle/: erasure, deletion, exports, retention).
+    lifecycle_interval: timedelta = timedelta(seconds=30)  # between the worker's sweeps
+    lifecycle_batch_size: int = Field(default=500, ge=1, le=500)  # rows deleted per transaction
+    workspace_deletion_grace: timedelta = timedelta(days=7)
+    export_dir: Path | None = None  # empty: `exports/` under var_dir
+
+    @property
+    def export_directory(self) -> Path:
+        """Where encrypted export files are written (WEFLUX_EXPORT_DIR)."""
+        return self.export_dir or self.var_dir / "exports"
 
     # Security operations (docs/security/operations.md): detector thresholds as
     # `COUNT/PERIOD` (the `limits` notation), the alert outbox and the on-call's webhook.
@@ -269,11 +280,21 @@ class Settings(BaseSettings):
         "database_statement_timeout",
         "security_new_device_window",
         "security_alert_dedupe_window",
+        "lifecycle_interval",
         mode="before",
     )
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return parse_duration(value)
+
+    @field_validator("workspace_deletion_grace", mode="before")
+    @classmethod
+    def _deletion_grace(cls, value: Any) -> timedelta:
+        grace = parse_duration(value)
+        if grace > MAX_WORKSPACE_DELETION_GRACE:
+            # Deletion must complete within 30 days of the request (CONTRACT §7).
+            raise ValueError("at most 23d: a deletion completes within 30 days of its request")
+        return grace
 
     @field_validator("refresh_reuse_interval", mode="before")
     @classmethod
@@ -294,6 +315,7 @@ class Settings(BaseSettings):
         "ssl_keyfile",
         "security_alert_url",
         "security_alert_secret",
+        "export_dir",
         mode="before",
     )
     @classmethod

@@ -24,6 +24,8 @@ MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "WhatsAppAccountStatus": models.AccountStatus,
     "AssigneeFilter": AssigneeFilter,
     "IncidentStatus": models.IncidentStatus,
+    "DataRequestKind": models.DataRequestKind,
+    "DataRequestStatus": models.DataRequestStatus,
 }
 # Enums that exist only in the API: no model or service enum stands behind them.
 GRAPHQL_ONLY = {"DisconnectedFilter"}

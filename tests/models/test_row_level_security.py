@@ -361,6 +361,13 @@ async def test_a_webhook_event_is_seen_only_by_the_transaction_that_names_it(
 # What each cross-workspace function may answer, and nothing more.
 CROSSING_FUNCTIONS = {
     "weflux_account_by_email": "TABLE(user_id uuid, password_hash text)",
+    "weflux_delete_orphan_users": "integer",
+    "weflux_due_data_requests": "TABLE(org_id uuid, request_id uuid)",
+    "weflux_due_retention": "SETOF uuid",
+    "weflux_erase_webhook_bodies": "integer",
+    "weflux_expire_webhook_bodies": "integer",
+    "weflux_expired_exports": "TABLE(org_id uuid, request_id uuid)",
+    "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",
     "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
     "weflux_due_webhook_events": "SETOF uuid",
@@ -472,3 +479,25 @@ async def test_maintenance_refuses_a_role_held_by_row_level_security(
     assert (role.superuser, role.owns_tables, role.subject_to_rls) == (False, True, False)
     handle = await maintenance_database(database_urls.owner)
     await handle.dispose()
+
+
+async def test_the_app_role_appends_to_the_erasure_ledger_and_reads_none_of_it(
+    db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given the app's role in a workspace,
+    when it appends a ledger entry and then reads, updates or deletes the ledger,
+    then the entry is written (the owner sees it) and the app sees and changes nothing."""
+    async with db.session(admin.org_id) as session:
+        await sql(
+            session,
+            "INSERT INTO erasure_ledger (id, recorded_at, kind, org_id) "
+            "VALUES (:id, now(), 'WORKSPACE_DELETION', :org)",
+            {"id": uuid.uuid4(), "org": admin.org_id},
+        )
+    async with db.session(admin.org_id) as session:
+        assert (await sql(session, "SELECT count(*) FROM erasure_ledger")).scalar_one() == 0
+        assert (await sql(session, "UPDATE erasure_ledger SET key_id = 'x'")).rowcount == 0
+        assert (await sql(session, "DELETE FROM erasure_ledger")).rowcount == 0
+    async with owner_db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT key_id FROM erasure_ledger"))).all()
+    assert [row[0] for row in rows] == [None]

@@ -23,12 +23,16 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Executable, exists, func, or_, text
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.models import (
+    OPEN_STATUSES,
     AuthSession,
+    Contact,
+    DataRequest,
     Invitation,
     Membership,
     Message,
@@ -322,3 +326,174 @@ async def user_sessions(session: AsyncSession, user_id: uuid.UUID) -> list[Owned
         ),
     )
     return [Owned(row[0], row[1]) for row in rows]
+
+
+# -- data lifecycle -----------------------------------------------------------------------
+
+
+async def due_data_requests(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
+    """Open data requests (erasures, deletions, exports) whose time has come."""
+    rows = await _answer(
+        session,
+        "weflux_due_data_requests",
+        {"at_time": now, "batch": batch},
+        lambda: (
+            select(DataRequest.org_id, DataRequest.id)
+            .where(col(DataRequest.status).in_(OPEN_STATUSES), col(DataRequest.run_after) <= now)
+            .order_by(col(DataRequest.run_after), col(DataRequest.id))
+            .limit(_batch(batch))
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+async def expired_exports(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
+    """Export requests whose file has passed its `expires_at`."""
+    rows = await _answer(
+        session,
+        "weflux_expired_exports",
+        {"at_time": now, "batch": batch},
+        lambda: (
+            select(DataRequest.org_id, DataRequest.id)
+            .where(col(DataRequest.file_name).is_not(None), col(DataRequest.expires_at) <= now)
+            .order_by(col(DataRequest.expires_at), col(DataRequest.id))
+            .limit(_batch(batch))
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+def body_needle(identifier: str) -> str:
+    """How an id appears in a raw webhook body: a JSON string."""
+    return f'"{identifier}"'
+
+
+async def erase_webhook_bodies(session: AsyncSession, needles: Sequence[str], *, batch: int) -> int:
+    """Delete up to `batch` raw webhook bodies containing one of `needles`; how many went.
+
+    Deletes, never reads: the erased contact's ids (`body_needle`) are the question.
+    """
+    wanted = [needle for needle in needles if needle]
+
+    def sqlite() -> Executable:
+        found = or_(*(func.instr(col(WebhookEvent.body), needle.encode()) > 0 for needle in wanted))
+        doomed = select(WebhookEvent.id).where(found).limit(_batch(batch)).scalar_subquery()
+        return sa.delete(WebhookEvent).where(col(WebhookEvent.id).in_(doomed))
+
+    if not wanted:
+        return 0
+    return await _count(
+        session, "weflux_erase_webhook_bodies", {"needles": wanted, "batch": batch}, sqlite
+    )
+
+
+async def expire_webhook_bodies(
+    session: AsyncSession, *, processed_before: datetime, batch: int
+) -> int:
+    """Delete up to `batch` raw bodies processed before `processed_before`; how many went."""
+
+    def sqlite() -> Executable:
+        doomed = (
+            select(WebhookEvent.id)
+            .where(
+                col(WebhookEvent.status) == WebhookEventStatus.PROCESSED,
+                col(WebhookEvent.processed_at) < processed_before,
+            )
+            .limit(_batch(batch))
+            .scalar_subquery()
+        )
+        return sa.delete(WebhookEvent).where(col(WebhookEvent.id).in_(doomed))
+
+    return await _count(
+        session,
+        "weflux_expire_webhook_bodies",
+        {"processed_before": processed_before, "batch": batch},
+        sqlite,
+    )
+
+
+async def webhook_payload_retention_days(session: AsyncSession) -> int:
+    """The shortest raw-body retention of any workspace (a body may concern several)."""
+    rows = await _answer(
+        session,
+        "weflux_webhook_payload_retention_days",
+        {},
+        lambda: sa.select(
+            func.coalesce(func.min(col(Organization.webhook_payload_retention_days)), 30)
+        ),
+    )
+    return int(rows[0][0])
+
+
+async def due_retention(
+    session: AsyncSession, *, ran_before: datetime, batch: int
+) -> list[uuid.UUID]:
+    """Workspaces whose retention job last ran before `ran_before` (or never)."""
+    rows = await _answer(
+        session,
+        "weflux_due_retention",
+        {"ran_before": ran_before, "batch": batch},
+        lambda: (
+            select(Organization.id)
+            .where(
+                or_(
+                    col(Organization.retention_ran_at).is_(None),
+                    col(Organization.retention_ran_at) < ran_before,
+                )
+            )
+            .order_by(col(Organization.retention_ran_at).asc().nulls_first(), col(Organization.id))
+            .limit(_batch(batch))
+        ),
+    )
+    return [row[0] for row in rows]
+
+
+async def delete_orphan_users(session: AsyncSession, user_ids: Collection[uuid.UUID]) -> int:
+    """Delete those of `user_ids` who belong to no workspace any more; how many went."""
+    ids = sorted(user_ids)
+
+    def sqlite() -> Executable:
+        member = exists().where(col(Membership.user_id) == col(User.id))
+        return sa.delete(User).where(col(User.id).in_(ids), ~member)
+
+    if not ids:
+        return 0
+    return await _count(session, "weflux_delete_orphan_users", {"user_ids": ids}, sqlite)
+
+
+async def _count(
+    session: AsyncSession,
+    function: str,
+    params: dict[str, Any],
+    sqlite: Callable[[], Executable],
+) -> int:
+    """The count a deleting function answers; on SQLite, the rows its statement deleted."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        rows = await _answer(session, function, params, sqlite)
+        return int(rows[0][0])
+    result = await connection.execute(sqlite())
+    return int(result.rowcount)
+
+
+# -- maintenance on the schema owner's connection (a restore's ledger replay) -------------
+
+
+async def workspace_member_user_ids(
+    connection: AsyncConnection, org_id: uuid.UUID
+) -> list[uuid.UUID]:
+    """The accounts with a membership of `org_id` (the owner's connection sees them all)."""
+    statement = sa.select(col(Membership.user_id)).where(col(Membership.org_id) == org_id)
+    return list((await connection.execute(statement)).scalars())
+
+
+async def workspace_contact_keys(connection: AsyncConnection, org_id: uuid.UUID) -> list[Any]:
+    """Each contact of `org_id`: id, org_id, wa_id, user_id, created_at (for ledger matching)."""
+    statement = sa.select(
+        col(Contact.id),
+        col(Contact.org_id),
+        col(Contact.wa_id),
+        col(Contact.user_id),
+        col(Contact.created_at),
+    ).where(col(Contact.org_id) == org_id)
+    return list((await connection.execute(statement)).mappings())

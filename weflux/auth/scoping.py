@@ -12,6 +12,10 @@ question with ids), or, for maintenance run as the schema owner, a session opene
 - Writes are checked before flush: `org_id` is filled from the scope, and a row of
   another workspace is refused.
 - With no scope, any ORM statement touching a workspace-owned table raises.
+- Erased contacts (`erased_at`), their conversations and those conversations' messages
+  are hidden from every read, update and delete: the erasure tombstone, so an erased
+  contact is gone at once from queries, `node`, subscriptions, replays and exports.
+  Only the eraser itself looks past it (`see_erased`, weflux.lifecycle.erasure).
 - On PostgreSQL the same scope is handed to row-level security at the start of each
   transaction with `set_config(..., true)`, which ends with the transaction: the
   workspace (`app.org_id`) and the webhook event the session names, if any
@@ -39,6 +43,7 @@ WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
 WEBHOOK_EVENT_KEY = "weflux.webhook_event_id"
 AGENT_KEY = "weflux.agent_membership_id"
+SEE_ERASED_KEY = "weflux.see_erased"
 
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
@@ -83,7 +88,7 @@ def set_scope(
     if org_id is not None and all_workspaces:
         raise ValueError("a session is scoped to one workspace or to all, not both")
     info = _info(session)
-    for key in (WORKSPACE_KEY, ALL_WORKSPACES_KEY, WEBHOOK_EVENT_KEY):
+    for key in (WORKSPACE_KEY, ALL_WORKSPACES_KEY, WEBHOOK_EVENT_KEY, SEE_ERASED_KEY):
         info.pop(key, None)
     if org_id is not None:
         info[WORKSPACE_KEY] = org_id
@@ -100,6 +105,11 @@ def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID)
     of those. Every ORM read, update and delete obeys it, nested fields included.
     """
     _info(session)[AGENT_KEY] = membership_id
+
+
+def see_erased(session: Session | AsyncSession) -> None:
+    """Let the session see erased contacts' rows: only the eraser, to delete them."""
+    _info(session)[SEE_ERASED_KEY] = True
 
 
 def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
@@ -158,6 +168,27 @@ def _criteria(org_id: uuid.UUID) -> list[Any]:
     return options
 
 
+def _tombstone_criteria(org_id: uuid.UUID) -> list[Any]:
+    conversations: Table = Conversation.__table__  # type: ignore[attr-defined]
+
+    def not_erased(cls: Any) -> Any:
+        return cls.erased_at.is_(None)
+
+    def not_in_erased_conversation(cls: Any) -> Any:
+        # Core columns, not the ORM class: the tombstone criterion of Conversation must
+        # not apply to this subquery. Partial index ix_conversations_erased serves it.
+        erased = select(conversations.c.id).where(
+            conversations.c.org_id == org_id, conversations.c.erased_at.is_not(None)
+        )
+        return cls.conversation_id.not_in(erased)
+
+    return [
+        with_loader_criteria(Contact, not_erased, include_aliases=True),
+        with_loader_criteria(Conversation, not_erased, include_aliases=True),
+        with_loader_criteria(Message, not_in_erased_conversation, include_aliases=True),
+    ]
+
+
 @event.listens_for(ScopedSession, "do_orm_execute")
 def _scope_statement(state: ORMExecuteState) -> Any:
     if state.is_column_load or state.is_relationship_load:
@@ -177,6 +208,8 @@ def _scope_statement(state: ORMExecuteState) -> Any:
         return _checked_insert(state, org_id, workspace_tables)
     if state.is_select or state.is_update or state.is_delete:
         options = _criteria(org_id)
+        if not _info(session).get(SEE_ERASED_KEY):
+            options += _tombstone_criteria(org_id)
         agent = agent_restriction(session)
         if agent is not None:
             options += _agent_criteria(agent)

@@ -18,6 +18,7 @@ SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
     "smtp_settings": ("password_enc",),
     # A person's own secret, whatever their workspaces: bound to NO_WORKSPACE.
     "users": ("totp_secret_enc",),
+    "data_requests": ("file_key_enc",),  # an export file's data key
 }
 
 SealedRow = OrgScoped | User

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import os
 import re
 import uuid
@@ -129,12 +131,13 @@ def _aad(kid: str, context: SecretContext) -> bytes:
 class KeyRing:
     """The encryption keys: the first (primary) seals, every one of them opens."""
 
-    __slots__ = ("_ciphers", "_primary")
+    __slots__ = ("_ciphers", "_mac_keys", "_primary")
 
     def __init__(self, entries: Sequence[tuple[str, bytes]]) -> None:
         if not entries:
             raise ValueError("a key ring needs at least one key")
         ciphers: dict[str, AESGCM] = {}
+        mac_keys: dict[str, bytes] = {}
         for kid, key in entries:
             if not isinstance(kid, str) or not KEY_ID_PATTERN.match(kid):
                 # Not echoed: a key pasted in the wrong place must not end up in a log.
@@ -144,7 +147,11 @@ class KeyRing:
             if not isinstance(key, bytes) or len(key) != KEY_BYTES:
                 raise ValueError(f"key `{kid}` must be exactly {KEY_BYTES} bytes")
             ciphers[kid] = AESGCM(key)
+            # A key of its own for keyed hashes, derived one way: a hash never helps
+            # against the encryption key.
+            mac_keys[kid] = hmac.new(key, b"weflux keyed-hash key v1", hashlib.sha256).digest()
         self._ciphers = ciphers
+        self._mac_keys = mac_keys
         self._primary = entries[0][0]
 
     @classmethod
@@ -210,6 +217,19 @@ class KeyRing:
             return Secret(data.decode("utf-8"))
         except UnicodeDecodeError:
             raise DecryptionError("the decrypted value is not text", kid=kid) from None
+
+    def keyed_hash(self, purpose: str, value: str, kid: str | None = None) -> tuple[str, str]:
+        """(key id, hex HMAC-SHA256 of `value` for `purpose`) under `kid` (the primary).
+
+        Lets a record name a person without holding their identifier (the erasure
+        ledger): whoever holds the key ring and the identifier can recognise it.
+        """
+        kid = kid or self._primary
+        key = self._mac_keys.get(kid)
+        if key is None:
+            raise DecryptionError(f"unknown key id `{kid}`", kid=kid)
+        message = purpose.encode("utf-8") + b"\x00" + value.encode("utf-8")
+        return kid, hmac.new(key, message, hashlib.sha256).hexdigest()
 
     def needs_rotation(self, envelope: str) -> bool:
         """Whether `envelope` is anything but a well-formed envelope of the primary key."""

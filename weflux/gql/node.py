@@ -21,6 +21,7 @@ from weflux.gql.identity.types import (
 )
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.incidents.types import to_incident
+from weflux.gql.lifecycle.types import to_data_request
 from weflux.gql.security.types import to_security_event
 from weflux.gql.types import Node
 from weflux.ids import parse_global_id
@@ -29,6 +30,7 @@ from weflux.models import (
     AuthSession,
     Contact,
     Conversation,
+    DataRequest,
     Invitation,
     Membership,
     Message,
@@ -117,6 +119,13 @@ async def _incident(info: Info[Context, None], row_id: uuid.UUID) -> Node | None
     return to_incident(*found) if found else None
 
 
+async def _data_request(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    if not info.context.actor.can(Permission.READ_AUDIT):
+        return None
+    row = await info.context.unit.get(DataRequest, row_id)
+    return to_data_request(row) if row else None
+
+
 RESOLVERS: dict[str, Resolver] = {
     "WhatsAppAccount": _whatsapp_account,
     "Member": _member,
@@ -130,6 +139,7 @@ RESOLVERS: dict[str, Resolver] = {
     "Conversation": _conversation,
     "Message": _message,
     "Incident": _incident,
+    "DataRequest": _data_request,
 }
 
 

@@ -35,6 +35,9 @@ from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
 from weflux.gql.inbox.types import Contact, Conversation, Message
 from weflux.gql.incidents.queries import IncidentQuery
+from weflux.gql.lifecycle.mutations import LifecycleMutation
+from weflux.gql.lifecycle.queries import LifecycleQuery
+from weflux.gql.lifecycle.types import DataRequest
 from weflux.gql.live import Subscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import guarded, mark_sensitive
@@ -48,7 +51,7 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery):
+class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery, LifecycleQuery):
     @strawberry.field(
         **guarded(
             Permission.READ_WORKSPACE,
@@ -73,6 +76,7 @@ class Mutation(
     InboxMutation,
     SendingMutation,
     SecurityMutation,
+    LifecycleMutation,
 ):
     pass
 
@@ -146,6 +150,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
             Contact,
             Conversation,
             Message,
+            DataRequest,
         ],
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),

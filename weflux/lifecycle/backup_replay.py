@@ -15,11 +15,12 @@ from typing import Any
 from sqlalchemy import Column, MetaData, Table
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import NullType
-from sqlmodel import SQLModel
 
 import weflux.models  # noqa: F401  (fills the metadata)
+from weflux.crypto.keyring import KeyRing as EncryptionKeys
 from weflux.lifecycle.backup_file import SUFFIX, BackupError, BackupReader, KeyRing, read_header
 from weflux.lifecycle.backup_rows import TableLayout, TableStart, records
+from weflux.lifecycle.ledger import replay_on_connection
 
 ERASURE_LEDGER_TABLE = "erasure_ledger"
 
@@ -71,23 +72,19 @@ def _plain_table(name: str, columns: list[tuple[str, str]]) -> Table:
     return Table(name, MetaData(), *(Column(column, NullType()) for column, _ in columns))
 
 
-async def replay_erasures(connection: AsyncConnection, newer_entries: list[dict[str, Any]]) -> int:
+async def replay_erasures(
+    connection: AsyncConnection,
+    newer_entries: list[dict[str, Any]],
+    keyring: EncryptionKeys | None = None,
+) -> int:
     """The restore's last step, in its transaction: erase again what the ledger names.
 
     `connection` is the schema owner's (it sees every row), inside the restore's open
     transaction, on this release's schema (head) with every row of the backup loaded; a
     failure here rolls the whole restore back. `newer_entries` are the ledger rows of
-    backups taken after the restored one (`newer_ledger_entries`: one dict per row,
-    column name to value, typed as the backup spells them: UUIDs, aware datetimes); the
-    restored ledger's own rows are in the database already.
-    Wiring this to `weflux.lifecycle.ledger` must: insert the newer entries not present
-    yet, then apply every ledger entry (erase the contacts, delete the workspaces) with
-    the connection given. Until then, a release that has a ledger table refuses to
-    restore rather than bring erased data back.
+    backups taken after the restored one (`newer_ledger_entries`); the restored ledger's
+    own rows are in the database already. `keyring` is the application's key ring
+    (WEFLUX_ENCRYPTION_KEYS), whose keys made the ledger's hashes: without it, entries
+    match contacts by id only. The work is `weflux.lifecycle.ledger.replay_on_connection`.
     """
-    if ERASURE_LEDGER_TABLE not in SQLModel.metadata.tables:
-        return 0  # no ledger in this release: nothing erased that a restore could revive
-    raise BackupError(
-        "this release keeps an erasure ledger that restore does not replay yet; "
-        "refusing, so that no erased data comes back"
-    )
+    return await replay_on_connection(connection, keyring, newer_entries)

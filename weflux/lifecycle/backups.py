@@ -29,6 +29,7 @@ from sqlmodel import SQLModel
 
 import weflux.models  # noqa: F401  (fills the metadata)
 from weflux.config import Settings
+from weflux.crypto.keyring import KeyRing as EncryptionKeys
 from weflux.db import Database, begin_snapshot, maintenance_database
 from weflux.lifecycle.backup_file import (
     SUFFIX,
@@ -244,7 +245,7 @@ async def restore_backup(
                 raise BackupError("the file changed while it was being restored")
             # This release's schema, still in the transaction: the replay runs on it.
             await connection.run_sync(upgrade_in_transaction, "head")
-            await replay_erasures(connection, newer)
+            await replay_erasures(connection, newer, EncryptionKeys.from_settings(settings))
             await connection.commit()
     finally:
         await db.dispose()

@@ -29,6 +29,13 @@ from weflux.models.incident import (
     IncidentWorkspace,
 )
 from weflux.models.invitation import Invitation
+from weflux.models.lifecycle import (
+    OPEN_STATUSES,
+    DataRequest,
+    DataRequestKind,
+    DataRequestStatus,
+    ErasureLedgerEntry,
+)
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
@@ -57,6 +64,7 @@ __all__ = [
     "MESSAGE_DIRECTION_MEANINGS",
     "MESSAGE_STATUS_MEANINGS",
     "MESSAGE_TYPE_MEANINGS",
+    "OPEN_STATUSES",
     "QUALITY_RATING_MEANINGS",
     "STATUS_RANK",
     "AccountStatus",
@@ -67,6 +75,10 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationStatus",
+    "DataRequest",
+    "DataRequestKind",
+    "DataRequestStatus",
+    "ErasureLedgerEntry",
     "Incident",
     "IncidentNotice",
     "IncidentStatus",

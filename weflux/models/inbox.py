@@ -149,16 +149,16 @@ class Contact(OrgScoped, table=True):
             "org_id",
             "user_id",
             unique=True,
-            postgresql_where=text("user_id IS NOT NULL"),
-            sqlite_where=text("user_id IS NOT NULL"),
+            postgresql_where=text("user_id IS NOT NULL AND erased_at IS NULL"),
+            sqlite_where=text("user_id IS NOT NULL AND erased_at IS NULL"),
         ),
         Index(
             "uq_contacts_org_id_wa_id",
             "org_id",
             "wa_id",
             unique=True,
-            postgresql_where=text("wa_id IS NOT NULL"),
-            sqlite_where=text("wa_id IS NOT NULL"),
+            postgresql_where=text("wa_id IS NOT NULL AND erased_at IS NULL"),
+            sqlite_where=text("wa_id IS NOT NULL AND erased_at IS NULL"),
         ),
         Index(None, "org_id", "name"),
     )
@@ -175,6 +175,9 @@ class Contact(OrgScoped, table=True):
     opted_out_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
+    # The erasure tombstone: set at once by `eraseContact`, the row hidden everywhere by
+    # the scoping layer until the worker deletes it (weflux.lifecycle.erasure).
+    erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Conversation(OrgScoped, table=True):
@@ -192,6 +195,14 @@ class Conversation(OrgScoped, table=True):
         Index(None, "org_id", "last_message_at", "id"),
         Index(None, "org_id", "assignee_membership_id", "last_message_at"),
         Index(None, "org_id", "status", "last_message_at"),
+        # The tombstones the scoping layer hides messages of: few, so the index is tiny.
+        Index(
+            "ix_conversations_erased",
+            "org_id",
+            "id",
+            postgresql_where=text("erased_at IS NOT NULL"),
+            sqlite_where=text("erased_at IS NOT NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -211,6 +222,7 @@ class Conversation(OrgScoped, table=True):
     last_inbound_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
+    erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # as its contact's
 
 
 class Message(OrgScoped, table=True):
@@ -301,6 +313,7 @@ class WebhookEvent(SQLModel, table=True):
     __tablename__ = "webhook_events"
     __table_args__ = (
         Index(None, "received_at"),
+        Index(None, "processed_at"),  # retention of raw bodies (weflux.lifecycle.worker)
         Index(
             "ix_webhook_events_due",
             "next_attempt_at",

@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import false
 from sqlmodel import Field, SQLModel
 
-from weflux.models.base import created_at_field, new_id
+from weflux.models.base import UTCDateTime, created_at_field, new_id
 
 
 class Organization(SQLModel, table=True):
@@ -27,3 +27,10 @@ class Organization(SQLModel, table=True):
         default=False, nullable=False, sa_column_kwargs={"server_default": false()}
     )
     created_at: datetime = created_at_field()
+    # Retention (CONTRACT §7): None keeps messages; raw webhook bodies at most 30 days.
+    message_retention_days: int | None = Field(default=None)
+    webhook_payload_retention_days: int = Field(default=30, nullable=False)
+    # When the daily retention job last ran for the workspace.
+    retention_ran_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Set while a deletion is pending: when its rows start to go.
+    deletion_scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -45,6 +45,15 @@ class Action(StrEnum):
     REAUTHENTICATED = "auth.reauthenticated"
     ORGANIZATION_SECURITY_UPDATED = "organization.security_updated"
     SECURITY_EVENT_ACKNOWLEDGED = "security_event.acknowledged"
+    CONTACT_ERASURE_REQUESTED = "contact.erasure_requested"
+    CONTACT_ERASED = "contact.erased"
+    CONTACT_EXPORT_REQUESTED = "contact.export_requested"
+    WORKSPACE_EXPORT_REQUESTED = "workspace.export_requested"
+    EXPORT_DOWNLOADED = "export.downloaded"
+    WORKSPACE_DELETION_REQUESTED = "workspace.deletion_requested"
+    WORKSPACE_DELETION_CANCELLED = "workspace.deletion_cancelled"
+    RETENTION_POLICY_UPDATED = "workspace.retention_policy_updated"
+    DATA_REQUEST_OVERDUE = "data_request.overdue"
 
 
 class Severity(StrEnum):

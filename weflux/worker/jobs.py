@@ -6,6 +6,7 @@ from redis.asyncio import Redis
 
 from weflux.config import Settings
 from weflux.db import Database
+from weflux.lifecycle.worker import Lifecycle, run_due_requests, run_retention
 from weflux.mail.mailer import Mailer
 from weflux.realtime.broker import Broker
 from weflux.secops.alerts import send_due_alerts
@@ -32,10 +33,12 @@ def build_worker(
     mailer: Mailer,
 ) -> Worker:
     """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh, webhook retry and
-    security alert sweeps."""
+    security alert sweeps, and the data lifecycle (requests, retention) every
+    `WEFLUX_LIFECYCLE_INTERVAL`."""
     interval = settings.health_refresh_interval
     throttle = build_throttle(redis)
     batch_size = settings.delivery_batch_size
+    lifecycle_every = settings.lifecycle_interval.total_seconds()
 
     async def health() -> int:
         return await refresh_due_accounts(db, channel_services, interval=interval)
@@ -45,6 +48,19 @@ def build_worker(
 
     async def security_alerts() -> int:
         return await send_due_alerts(db, settings, mailer)
+
+    lifecycle = Lifecycle(
+        db=db,
+        keyring=channel_services.keyring,
+        batch=settings.lifecycle_batch_size,
+        export_dir=settings.export_directory,
+    )
+
+    async def data_requests() -> int:
+        return await run_due_requests(lifecycle)
+
+    async def retention() -> int:
+        return await run_retention(lifecycle)
 
     async def delivery() -> int:
         total = 0
@@ -63,5 +79,7 @@ def build_worker(
             Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
             Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
             Job("security-alerts", every=settings.security_alert_interval, run=security_alerts),
+            Job("data-requests", every=lifecycle_every, run=data_requests),
+            Job("retention", every=lifecycle_every, run=retention),
         ]
     )

@@ -37,6 +37,16 @@ class User(Node):
     )
 
 
+@strawberry.type(description="Days to keep messages and raw webhook bodies.")
+class RetentionPolicy:
+    message_retention_days: int | None = strawberry.field(
+        description="Messages older than this many days are deleted daily; null keeps them."
+    )
+    webhook_payload_retention_days: int = strawberry.field(
+        description="Raw webhook bodies are deleted this many days after processing (1 to 30)."
+    )
+
+
 @strawberry.type(description="A workspace.")
 class Organization(Node):
     id: strawberry.ID = strawberry.field(
@@ -46,6 +56,12 @@ class Organization(Node):
     created_at: datetime = strawberry.field(description="When the workspace was created.")
     require_two_factor: bool = strawberry.field(
         description="Whether every member must use two factors (updateOrganizationSecurity)."
+    )
+    retention_policy: RetentionPolicy = strawberry.field(
+        description="How long messages and raw webhook bodies are kept."
+    )
+    deletion_scheduled_at: datetime | None = strawberry.field(
+        description="Set while a deletion is scheduled: when the workspace's rows start to go."
     )
 
 
@@ -162,6 +178,15 @@ def to_organization(row: models.Organization) -> Organization:
         name=row.name,
         created_at=row.created_at,
         require_two_factor=row.require_two_factor,
+        retention_policy=to_retention_policy(row),
+        deletion_scheduled_at=row.deletion_scheduled_at,
+    )
+
+
+def to_retention_policy(row: models.Organization) -> RetentionPolicy:
+    return RetentionPolicy(
+        message_retention_days=row.message_retention_days,
+        webhook_payload_retention_days=row.webhook_payload_retention_days,
     )
 
 

@@ -1,0 +1,77 @@
+"""GET /exports/{id}: the file for Admins of its workspace; 404 for everyone else."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from datetime import timedelta
+
+import httpx
+from starlette.applications import Starlette
+
+from tests.fixtures.factories import Actor, create_conversation, create_message
+from tests.fixtures.inbox import Api, gid
+from weflux.db import Database
+from weflux.lifecycle.worker import Lifecycle, destroy_expired_exports, run_due_requests
+from weflux.models import utcnow
+from weflux.runtime import runtime_of
+
+EXPORT = "mutation($id: ID!) { exportContactData(contactId: $id) { id status downloadPath } }"
+REQUESTS = "{ dataRequests { edges { node { id status downloadPath expiresAt progress } } } }"
+
+
+async def test_only_admins_of_the_workspace_download_an_export(
+    app: Starlette,
+    client: httpx.AsyncClient,
+    api: Api,
+    db: Database,
+    admin: Actor,
+    manager: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given a contact export requested by an Admin,
+    when it is downloaded before it is built, by the Admin once built, by a Manager, by
+    an Admin of another workspace, without a token, and after it expired,
+    then only the Admin of the workspace gets the zip (with the contact's messages);
+    everyone else 404 (401 without a token)."""
+    async with db.session(admin.org_id) as session:
+        conversation = await create_conversation(session)
+        await create_message(session, conversation, text="my words")
+    body = await api(admin, EXPORT, {"id": gid("Contact", conversation.contact_id)})
+    request_id = body["data"]["exportContactData"]["id"]
+    assert body["data"]["exportContactData"]["downloadPath"] is None
+    path = f"/exports/{request_id}"
+
+    async def get(actor: Actor | None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {await api.token(actor)}"} if actor else {}
+        return await client.get(path, headers=headers)
+
+    assert (await get(admin)).status_code == 404  # not built yet
+    runtime = runtime_of(app)
+    lifecycle = Lifecycle(
+        db=db, keyring=runtime.keyring, export_dir=runtime.settings.export_directory
+    )
+    await run_due_requests(lifecycle)
+    listed = await api(admin, REQUESTS)
+    node = listed["data"]["dataRequests"]["edges"][0]["node"]
+    assert (node["status"], node["downloadPath"], node["progress"]) == ("COMPLETED", path, 1.0)
+
+    response = await get(admin)
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(response.content))
+    texts = [json.loads(line)["text"] for line in archive.read("messages.jsonl").splitlines()]
+    assert texts == ["my words"]
+    assert (await get(manager)).status_code == 404
+    assert (await get(other_admin)).status_code == 404
+    assert (await get(None)).status_code == 401
+    assert (
+        await client.get(
+            "/exports/not-an-id", headers={"Authorization": f"Bearer {await api.token(admin)}"}
+        )
+    ).status_code == 404
+
+    await destroy_expired_exports(lifecycle, now=utcnow() + timedelta(hours=25))
+    assert (await get(admin)).status_code == 404

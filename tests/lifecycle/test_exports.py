@@ -1,0 +1,184 @@
+"""Exports: built by the worker, sealed at rest, readable by the person they are about."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import zipfile
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from tests.fixtures.factories import Actor, create_contact, create_conversation, create_message
+from tests.fixtures.principals import principal_of
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database
+from weflux.lifecycle import exports
+from weflux.lifecycle import requests as lifecycle_requests
+from weflux.lifecycle.worker import Lifecycle, run_due_requests
+from weflux.models import DataRequest, DataRequestStatus, WhatsAppAccount, utcnow
+from weflux.services.audit import RequestMeta
+
+
+@pytest.fixture
+def keyring() -> KeyRing:
+    return KeyRing([("k1", os.urandom(32))])
+
+
+async def _built(db: Database, request_id: object, org_id: object) -> DataRequest:
+    async with db.session(org_id) as session:  # type: ignore[arg-type]
+        row = await session.get(DataRequest, request_id)
+    assert row is not None
+    return row
+
+
+def _unzip(keyring: KeyRing, directory: Path, row: DataRequest) -> zipfile.ZipFile:
+    assert row.file_name is not None
+    data = b"".join(
+        exports.open_sealed(directory / row.file_name, exports.data_key(keyring, row), row.id)
+    )
+    return zipfile.ZipFile(io.BytesIO(data))
+
+
+async def test_a_contact_export_holds_the_contact_its_conversations_and_messages(
+    db: Database, admin: Actor, other_admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a contact with 1,200 messages (three pages) and another contact,
+    when an Admin exports the first and the worker runs,
+    then the file is COMPLETED with a download path, expires in 24 hours, is not a zip
+    at rest, and holds a manifest and JSON Lines of just that contact's rows."""
+    async with db.session(admin.org_id) as session:
+        contact = await create_contact(session, name="Ada")
+        conversation = await create_conversation(session, contact=contact)
+        for n in range(1200):
+            await create_message(session, conversation, text=f"hello {n}", touch_conversation=False)
+        await create_conversation(session)  # someone else's
+    async with db.session(admin.org_id) as session:
+        request = await lifecycle_requests.export_contact_data(
+            session, principal_of(admin), RequestMeta(), contact_id=contact.id
+        )
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports")
+
+    await run_due_requests(lifecycle)
+
+    row = await _built(db, request.id, admin.org_id)
+    assert (row.status, row.progress) == (DataRequestStatus.COMPLETED, 1.0)
+    assert row.expires_at is not None
+    assert row.completed_at is not None
+    assert row.expires_at - row.completed_at == timedelta(hours=24)
+    assert row.file_name is not None
+    raw = (tmp_path / "exports" / row.file_name).read_bytes()
+    assert b"hello 1" not in raw
+    assert not zipfile.is_zipfile(tmp_path / "exports" / row.file_name)
+    archive = _unzip(keyring, tmp_path / "exports", row)
+    manifest = json.loads(archive.read("manifest.json"))
+    assert manifest["format"] == "weflux-export"
+    assert manifest["formatVersion"] == 1
+    assert manifest["kind"] == "CONTACT_EXPORT"
+    assert manifest["schemaRevision"]
+    assert {f["table"]: f["rows"] for f in manifest["files"]} == {
+        "contacts": 1,
+        "conversations": 1,
+        "messages": 1200,
+    }
+    lines = archive.read("messages.jsonl").decode().splitlines()
+    assert [json.loads(line)["text"] for line in lines][:2] == ["hello 0", "hello 1"]
+    assert json.loads(archive.read("contacts.jsonl"))["name"] == "Ada"
+
+
+async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a workspace with a number whose credentials are sealed,
+    when its export is built, then no `_enc` or `_hash` column is in it; and once past
+    `expiresAt` the worker destroys the file and its key."""
+    async with db.session(admin.org_id) as session:
+        await create_conversation(session)
+        account = (await session.exec(select(WhatsAppAccount))).one()
+        account.access_token_enc = "v1.k1.sealed-token"
+        session.add(account)
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports")
+    await run_due_requests(lifecycle)
+    row = await _built(db, request.id, admin.org_id)
+    archive = _unzip(keyring, tmp_path / "exports", row)
+
+    names = set(archive.namelist())
+    assert {"organizations.jsonl", "users.jsonl", "messages.jsonl", "manifest.json"} <= names
+    assert "sessions.jsonl" not in names
+    everything = b"".join(archive.read(name) for name in names)
+    assert b"sealed-token" not in everything
+    assert b"password_hash" not in everything
+    assert b"_enc" not in everything
+
+    await run_due_requests(lifecycle, now=utcnow() + timedelta(hours=25))
+
+    gone = await _built(db, request.id, admin.org_id)
+    assert (gone.file_name, gone.file_key_enc) == (None, None)
+    assert list((tmp_path / "exports").iterdir()) == []
+
+
+@pytest.mark.parametrize("damage", ["flip", "cut", "swap", "other-row"])
+async def test_an_altered_export_file_does_not_open(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path, damage: str
+) -> None:
+    """Given a built export of several chunks, when a byte is flipped, the file is cut,
+    two chunks are swapped or it is opened as another request's, then it does not open."""
+    async with db.session(admin.org_id) as session:
+        conversation = await create_conversation(session)
+        for _ in range(800):
+            await create_message(session, conversation, text=os.urandom(300).hex())
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    await run_due_requests(Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports"))
+    row = await _built(db, request.id, admin.org_id)
+    assert row.file_name is not None
+    path = tmp_path / "exports" / row.file_name
+    data = bytearray(path.read_bytes())
+    key = exports.data_key(keyring, row)
+    request_id = row.id
+    if damage == "flip":
+        data[len(data) // 2] ^= 1
+    elif damage == "cut":
+        del data[len(data) - 100 :]
+    elif damage == "swap":
+        first = len(exports.MAGIC)
+        size = 4 + 1 + 12 + exports.CHUNK + 16
+        one, two = data[first : first + size], data[first + size : first + 2 * size]
+        assert len(two) == size
+        data[first : first + 2 * size] = two + one
+    else:
+        request_id = admin.org_id
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(exports.ExportError):
+        b"".join(exports.open_sealed(path, key, request_id))
+
+
+async def test_an_export_that_keeps_failing_is_failed_after_five_attempts(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given an export directory that cannot be written (a file stands in its place),
+    when the worker tries five times, then the request is FAILED with the error's type."""
+    blocked = tmp_path / "blocked"
+    blocked.write_text("not a directory")
+    async with db.session(admin.org_id) as session:
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=blocked)
+    for _ in range(5):
+        await run_due_requests(lifecycle)
+
+    row = await _built(db, request.id, admin.org_id)
+    assert (row.status, row.attempts, row.last_error) == (
+        DataRequestStatus.FAILED,
+        5,
+        "FileExistsError",
+    )

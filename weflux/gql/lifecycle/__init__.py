@@ -1,0 +1,1 @@
+"""Data requests, retention: erasure, deletion, exports."""

@@ -1,0 +1,191 @@
+"""Erasure: the tombstone at once, then hard deletion in batches that survive a crash.
+
+`tombstone_contact` runs in the request's own transaction: from its commit the
+contact, its conversations and their messages are hidden by the scoping layer
+(weflux.auth.scoping) from every query, `node`, subscription, replay and export, and its
+queued outbound messages will never be sent. `purge_contact` and `purge_workspace` are
+the worker's: each batch is a transaction of its own, and each step starts from what is
+left, so a worker killed halfway finishes on its next run. Raw webhook bodies naming an
+erased contact are deleted whole (docs/lifecycle.md says why not redacted).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, true, update
+from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth import crossings
+from weflux.auth.scoping import see_erased
+from weflux.db import Database
+from weflux.models import (
+    Contact,
+    Conversation,
+    DataRequest,
+    Membership,
+    Message,
+    MessageStatus,
+    Organization,
+    OrgScoped,
+    utcnow,
+    workspace_models,
+)
+
+DEFAULT_BATCH = 500
+ERASED_ERROR = "contact erased"
+
+Progress = Callable[[float], Awaitable[None]]
+# Runs in the last transaction of a purge, with the erased contact's (wa_id, user_id).
+Finish = Callable[[AsyncSession, str | None, str | None], Awaitable[None]]
+
+
+async def tombstone_contact(session: AsyncSession, contact: Contact, *, now: datetime) -> None:
+    """Hide a contact and everything of it at once; stop its queued outbound messages."""
+    conversation_ids = select(col(Conversation.id)).where(Conversation.contact_id == contact.id)
+    # Before the conversations are flagged: from then on their messages are hidden.
+    await session.exec(
+        update(Message)
+        .where(
+            col(Message.conversation_id).in_(conversation_ids),
+            col(Message.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
+        )
+        .values(status=MessageStatus.FAILED, next_attempt_at=None, error_title=ERASED_ERROR)
+    )
+    await session.exec(
+        update(Conversation).where(col(Conversation.contact_id) == contact.id).values(erased_at=now)
+    )
+    contact.erased_at = now
+    session.add(contact)
+    await session.flush()
+
+
+async def _noop(_: float) -> None:
+    return None
+
+
+async def purge_contact(
+    db: Database,
+    org_id: uuid.UUID,
+    contact_id: uuid.UUID,
+    *,
+    batch: int = DEFAULT_BATCH,
+    progress: Progress = _noop,
+    finish: Finish | None = None,
+) -> bool:
+    """Hard-delete an erased contact: raw webhook bodies naming it, messages,
+    conversations, the contact; `finish` runs in the last transaction (ledger, request).
+
+    False when the contact is already gone (then `finish` still runs once).
+    """
+    async with db.session(org_id) as session:
+        see_erased(session)
+        contact = await session.get(Contact, contact_id)
+        if contact is None:
+            if finish is not None:
+                await finish(session, None, None)
+            return False
+        if contact.erased_at is None:  # a ledger replay of a restored backup
+            await tombstone_contact(session, contact, now=utcnow())
+        wa_id, user_id = contact.wa_id, contact.user_id
+        needles = [crossings.body_needle(v) for v in (wa_id, user_id) if v]
+    await progress(0.05)
+    while True:
+        async with db.session(org_id) as session:
+            gone = await crossings.erase_webhook_bodies(session, needles, batch=batch)
+        if gone < batch:
+            break
+    await progress(0.2)
+    conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
+    await delete_in_batches(
+        db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
+    )
+    await progress(0.9)
+    await delete_in_batches(db, org_id, Conversation, Conversation.contact_id == contact_id, batch)
+    async with db.session(org_id) as session:
+        see_erased(session)
+        await session.exec(delete(Contact).where(col(Contact.id) == contact_id))
+        if finish is not None:
+            await finish(session, wa_id, user_id)
+    return True
+
+
+async def delete_in_batches(
+    db: Database, org_id: uuid.UUID, model: type[SQLModel], where: Any, batch: int
+) -> int:
+    """Delete `model` rows matching `where`, `batch` per transaction; how many went."""
+    key = col(model.id)  # type: ignore[attr-defined]
+    total = 0
+    while True:
+        async with db.session(org_id) as session:
+            see_erased(session)
+            doomed = select(key).where(where).limit(batch)
+            result = await session.exec(delete(model).where(key.in_(doomed)))
+            gone = int(result.rowcount)
+        total += gone
+        if gone < batch:
+            return total
+
+
+def deletion_order() -> list[type[OrgScoped]]:
+    """Every workspace-owned model, dependants before what they depend on.
+
+    Data requests come last (with the workspace itself): the deletion's own request
+    must outlive every batch, so a worker killed halfway picks the deletion up again.
+    """
+    by_table = {model.__tablename__: model for model in workspace_models()}
+    ordered = [
+        by_table[table.name]
+        for table in reversed(SQLModel.metadata.sorted_tables)
+        if table.name in by_table
+    ]
+    return [model for model in ordered if model is not DataRequest]
+
+
+async def purge_workspace(
+    db: Database,
+    org_id: uuid.UUID,
+    *,
+    batch: int = DEFAULT_BATCH,
+    progress: Progress = _noop,
+    finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
+) -> bool:
+    """Delete every row of a workspace in batches, then the workspace; its members who
+    belong to no workspace any more are deleted too. `finish` runs in the last
+    transaction. False when the workspace is already gone."""
+    async with db.session(org_id) as session:
+        if await session.get(Organization, org_id) is None:
+            return False
+    models = deletion_order()
+    for done, model in enumerate(models):
+        if model is Membership:
+            await _delete_memberships(db, org_id, batch)
+        else:
+            await delete_in_batches(db, org_id, model, true(), batch)
+        await progress(0.95 * (done + 1) / len(models))
+    async with db.session(org_id) as session:
+        see_erased(session)
+        await session.exec(delete(DataRequest))
+        await session.exec(delete(Organization).where(col(Organization.id) == org_id))
+        if finish is not None:
+            await finish(session)
+    return True
+
+
+async def _delete_memberships(db: Database, org_id: uuid.UUID, batch: int) -> None:
+    """Memberships in batches, each with the accounts it leaves without a workspace."""
+    while True:
+        async with db.session(org_id) as session:
+            rows = (
+                await session.exec(select(Membership.id, Membership.user_id).limit(batch))
+            ).all()
+            if rows:
+                ids = [row[0] for row in rows]
+                await session.exec(delete(Membership).where(col(Membership.id).in_(ids)))
+                await crossings.delete_orphan_users(session, {row[1] for row in rows})
+        if len(rows) < batch:
+            return

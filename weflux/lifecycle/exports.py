@@ -1,0 +1,276 @@
+"""Exports: a zip of JSON Lines per table with a manifest, encrypted at rest, streamed.
+
+The worker reads each table a page at a time and writes each row as one JSON line into
+a zip entry, the zip into `_SealingWriter`, which encrypts 64 KiB chunks with
+AES-256-GCM under a data key of the export's own; the data key is sealed with the key
+ring, bound to the request's row (`file_key_enc`). Memory stays flat whatever the size:
+a page of rows, a chunk, and the zip's per-entry bookkeeping. Secrets and token hashes
+(columns ending in `_enc` or `_hash`) are never exported. Format: docs/lifecycle.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import struct
+import uuid
+import zipfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import text
+from sqlmodel import SQLModel, col, select
+
+from weflux.crypto.fields import open_secret, seal
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database, begin_read_only
+from weflux.models import (
+    AuthSession,
+    Contact,
+    Conversation,
+    DataRequest,
+    DataRequestKind,
+    DataRequestStatus,
+    Membership,
+    Message,
+    Organization,
+    User,
+    utcnow,
+    workspace_models,
+)
+
+FORMAT = "weflux-export"
+FORMAT_VERSION = 1
+EXPORT_TTL = timedelta(hours=24)
+PAGE = 500
+CHUNK = 64 * 1024
+MAGIC = b"WFXEXP1\n"
+_LENGTH = struct.Struct(">I")
+EXCLUDED_SUFFIXES = ("_enc", "_hash")
+# Not exported: login sessions (the workspace's own security state, not its data).
+NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession,)
+
+Progress = Callable[[float], Awaitable[None]]
+
+
+class ExportError(Exception):
+    """An export file that does not decrypt: tampered, truncated, or another row's."""
+
+
+def _aad(request_id: uuid.UUID, index: int, final: bool) -> bytes:
+    return request_id.bytes + struct.pack(">Q?", index, final)
+
+
+class _SealingWriter(io.RawIOBase):
+    """A write-only stream that encrypts what it is given, chunk by chunk, into `out`."""
+
+    def __init__(self, out: BinaryIO, key: bytes, request_id: uuid.UUID) -> None:
+        super().__init__()
+        self._out = out
+        self._cipher = AESGCM(key)
+        self._request_id = request_id
+        self._buffer = bytearray()
+        self._index = 0
+        self._written = 0
+        out.write(MAGIC)
+
+    def writable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._written
+
+    def write(self, data: Any) -> int:
+        view = bytes(data)
+        self._buffer += view
+        self._written += len(view)
+        while len(self._buffer) > CHUNK:
+            self._seal(bytes(self._buffer[:CHUNK]), final=False)
+            del self._buffer[:CHUNK]
+        return len(view)
+
+    def _seal(self, chunk: bytes, *, final: bool) -> None:
+        nonce = os.urandom(12)
+        sealed = self._cipher.encrypt(nonce, chunk, _aad(self._request_id, self._index, final))
+        self._out.write(_LENGTH.pack(len(sealed)) + struct.pack(">?", final) + nonce + sealed)
+        self._index += 1
+
+    def close(self) -> None:
+        if not self.closed:
+            self._seal(bytes(self._buffer), final=True)
+            self._buffer.clear()
+        super().close()
+
+
+def open_sealed(path: Path, key: bytes, request_id: uuid.UUID) -> Iterator[bytes]:
+    """The plaintext of an export file, chunk by chunk; ExportError if it was altered."""
+    cipher = AESGCM(key)
+    with path.open("rb") as source:
+        if source.read(len(MAGIC)) != MAGIC:
+            raise ExportError("not an export file")
+        index = 0
+        while True:
+            head = source.read(_LENGTH.size + 1 + 12)
+            if len(head) < _LENGTH.size + 1 + 12:
+                raise ExportError("the file is truncated")
+            (length,) = _LENGTH.unpack(head[: _LENGTH.size])
+            final = head[_LENGTH.size] == 1
+            nonce = head[_LENGTH.size + 1 :]
+            sealed = source.read(length)
+            try:
+                chunk = cipher.decrypt(nonce, sealed, _aad(request_id, index, final))
+            except InvalidTag:
+                raise ExportError("the file was altered") from None
+            yield chunk
+            index += 1
+            if final:
+                if source.read(1):
+                    raise ExportError("data after the last chunk")
+                return
+
+
+def row_json(row: SQLModel) -> dict[str, Any]:
+    """A row as exported: every column but secrets and token hashes."""
+    data = row.model_dump(mode="json")
+    return {k: v for k, v in data.items() if not k.endswith(EXCLUDED_SUFFIXES)}
+
+
+async def _pages(
+    db: Database, org_id: uuid.UUID, model: type[SQLModel], where: Any
+) -> AsyncIterator[SQLModel]:
+    key = col(model.id)  # type: ignore[attr-defined]
+    last: uuid.UUID | None = None
+    while True:
+        async with db.session(org_id) as session:
+            await begin_read_only(session)
+            query = select(model).order_by(key).limit(PAGE)
+            if where is not None:
+                query = query.where(where)
+            if last is not None:
+                query = query.where(key > last)
+            rows = list((await session.exec(query)).all())
+        for row in rows:
+            yield row
+        if len(rows) < PAGE:
+            return
+        last = rows[-1].id  # type: ignore[attr-defined]
+
+
+def _tables(
+    kind: DataRequestKind, subject_id: uuid.UUID | None
+) -> list[tuple[str, type[SQLModel], Any]]:
+    if kind == DataRequestKind.CONTACT_EXPORT:
+        conversations = select(col(Conversation.id)).where(Conversation.contact_id == subject_id)
+        return [
+            ("contacts", Contact, col(Contact.id) == subject_id),
+            ("conversations", Conversation, col(Conversation.contact_id) == subject_id),
+            ("messages", Message, col(Message.conversation_id).in_(conversations)),
+        ]
+    members = select(col(Membership.user_id))
+    tables: list[tuple[str, type[SQLModel], Any]] = [
+        ("organizations", Organization, None),
+        ("users", User, col(User.id).in_(members)),
+    ]
+    for model in workspace_models():
+        if model not in NOT_EXPORTED:
+            tables.append((str(model.__tablename__), model, None))
+    return tables
+
+
+async def _schema_revision(db: Database) -> str | None:
+    async with db.engine.connect() as conn:
+        row = (await conn.execute(text("SELECT version_num FROM alembic_version"))).first()
+    return str(row[0]) if row else None
+
+
+async def build_export(
+    db: Database,
+    keyring: KeyRing,
+    directory: Path,
+    org_id: uuid.UUID,
+    request_id: uuid.UUID,
+    *,
+    progress: Progress,
+) -> None:
+    """Write the request's export file and mark the request COMPLETED (24 hours to live)."""
+    async with db.session(org_id) as session:
+        request = await session.get(DataRequest, request_id)
+        if request is None:
+            return
+        kind, subject_id = request.kind, request.subject_id
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    name = f"{request_id}.wfx"
+    partial = directory / f"{name}.part"
+    key = AESGCM.generate_key(bit_length=256)
+    tables = _tables(kind, subject_id)
+    files: list[dict[str, Any]] = []
+    with partial.open("wb") as out:
+        sealing = _SealingWriter(out, key, request_id)
+        with zipfile.ZipFile(sealing, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for done, (table, model, where) in enumerate(tables):
+                count = 0
+                with archive.open(f"{table}.jsonl", "w", force_zip64=True) as entry:
+                    async for row in _pages(db, org_id, model, where):
+                        entry.write(json.dumps(row_json(row), ensure_ascii=False).encode() + b"\n")
+                        count += 1
+                files.append({"name": f"{table}.jsonl", "table": table, "rows": count})
+                await progress(0.95 * (done + 1) / len(tables))
+            manifest = {
+                "format": FORMAT,
+                "formatVersion": FORMAT_VERSION,
+                "schemaRevision": await _schema_revision(db),
+                "kind": kind.value,
+                "dataRequestId": str(request_id),
+                "organizationId": str(org_id),
+                "subjectId": str(subject_id) if subject_id else None,
+                "createdAt": utcnow().isoformat(),
+                "files": files,
+            }
+            archive.writestr("manifest.json", json.dumps(manifest, indent=2))
+        sealing.close()
+    partial.replace(directory / name)
+    async with db.session(org_id) as session:
+        request = await session.get(DataRequest, request_id)
+        if request is None:
+            (directory / name).unlink(missing_ok=True)
+            return
+        now = utcnow()
+        request.file_name = name
+        seal(keyring, request, "file_key_enc", base64.b64encode(key).decode())
+        request.expires_at = now + EXPORT_TTL
+        request.status = DataRequestStatus.COMPLETED
+        request.progress = 1.0
+        request.completed_at = now
+        session.add(request)
+
+
+def data_key(keyring: KeyRing, request: DataRequest) -> bytes:
+    """The export file's data key, opened with the key ring."""
+    secret = open_secret(keyring, request, "file_key_enc")
+    if secret is None:
+        raise ExportError("the export's key is gone")
+    return base64.b64decode(secret.reveal())
+
+
+async def destroy(db: Database, directory: Path, org_id: uuid.UUID, request_id: uuid.UUID) -> None:
+    """Delete an export's file and its key (at `expiresAt`)."""
+    async with db.session(org_id) as session:
+        request = await session.get(DataRequest, request_id)
+        if request is None or request.file_name is None:
+            return
+        (directory / request.file_name).unlink(missing_ok=True)
+        request.file_name = None
+        request.file_key_enc = None
+        session.add(request)
+
+
+def expired(request: DataRequest, now: datetime) -> bool:
+    """Whether an export's file is past its `expiresAt` (or has none)."""
+    return request.expires_at is None or request.expires_at <= now

@@ -1,0 +1,239 @@
+"""The lifecycle worker: drives data requests to COMPLETED and runs the daily retention.
+
+Every step reads what is left from the database, so a worker killed at any point
+finishes the work on its next sweep; every deletion goes in batches of
+`WEFLUX_LIFECYCLE_BATCH_SIZE` rows per transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth import crossings
+from weflux.auth.scoping import see_erased
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database
+from weflux.lifecycle import erasure, exports, ledger
+from weflux.models import (
+    OPEN_STATUSES,
+    DataRequest,
+    DataRequestKind,
+    DataRequestStatus,
+    Message,
+    Organization,
+    utcnow,
+)
+from weflux.services.audit import Action, Severity, record
+
+log = logging.getLogger(__name__)
+
+REQUESTS_PER_SWEEP = 20
+RETENTION_EVERY = timedelta(days=1)
+WORKSPACES_PER_SWEEP = 50
+ERROR_LIMIT = 500
+EXPORT_ATTEMPTS = 5
+EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """What the lifecycle jobs need."""
+
+    db: Database
+    keyring: KeyRing
+    batch: int = erasure.DEFAULT_BATCH
+    export_dir: Path | None = None  # None: exports wait (PENDING)
+
+
+async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Work on every data request whose time has come; how many were looked at."""
+    now = now or utcnow()
+    await destroy_expired_exports(lifecycle, now=now)
+    async with lifecycle.db.session() as session:
+        due = await crossings.due_data_requests(session, now=now, batch=REQUESTS_PER_SWEEP)
+    for owned in due:
+        try:
+            await _run(lifecycle, owned.org_id, owned.id, now)
+        except Exception as error:
+            log.exception(
+                "data request failed; retried next sweep",
+                extra={"data_request_id": str(owned.id)},
+            )
+            await _note_failure(lifecycle.db, owned.org_id, owned.id, error)
+    return len(due)
+
+
+async def _run(
+    lifecycle: Lifecycle, org_id: uuid.UUID, request_id: uuid.UUID, now: datetime
+) -> None:
+    db = lifecycle.db
+    async with db.session(org_id) as session:
+        request = await session.get(DataRequest, request_id)
+        if request is None or request.status not in OPEN_STATUSES:
+            return
+        if request.due_at <= now and request.overdue_reported_at is None:
+            # An alarm: the 30-day promise is broken for this request.
+            log.error(
+                "data request overdue",
+                extra={"data_request_id": str(request.id), "kind": request.kind},
+            )
+            request.overdue_reported_at = now
+            await record(
+                session,
+                Action.DATA_REQUEST_OVERDUE,
+                target_type="DataRequest",
+                target_id=request.id,
+                severity=Severity.HIGH,
+                details={"kind": request.kind, "dueAt": request.due_at.isoformat()},
+            )
+        request.status = DataRequestStatus.RUNNING
+        request.attempts += 1
+        request.progress = request.progress or 0.0
+        session.add(request)
+        kind, subject_id = request.kind, request.subject_id
+
+    async def progress(value: float) -> None:
+        async with db.session(org_id) as unit:
+            row = await unit.get(DataRequest, request_id)
+            if row is not None:
+                row.progress = max(row.progress or 0.0, round(value, 3))
+                unit.add(row)
+
+    if kind == DataRequestKind.CONTACT_ERASURE:
+        assert subject_id is not None
+
+        async def erased(unit: AsyncSession, wa_id: str | None, user_id: str | None) -> None:
+            see_erased(unit)
+            if wa_id or user_id:
+                ledger.record_contact_erasure(
+                    unit,
+                    lifecycle.keyring,
+                    org_id=org_id,
+                    contact_id=subject_id,
+                    wa_id=wa_id,
+                    user_id=user_id,
+                    data_request_id=request_id,
+                )
+                await record(
+                    unit,
+                    Action.CONTACT_ERASED,
+                    target_type="Contact",
+                    target_id=subject_id,
+                    details={"dataRequestId": str(request_id)},
+                )
+            await _complete(unit, request_id)
+
+        await erasure.purge_contact(
+            db, org_id, subject_id, batch=lifecycle.batch, progress=progress, finish=erased
+        )
+    elif kind == DataRequestKind.WORKSPACE_DELETION:
+
+        async def deleted(unit: AsyncSession) -> None:
+            ledger.record_workspace_deletion(unit, org_id=org_id, data_request_id=request_id)
+
+        async with db.session(org_id) as session:
+            organization = await session.get(Organization, org_id)
+            scheduled = organization is not None and organization.deletion_scheduled_at is not None
+        if scheduled:
+            log.warning("deleting a workspace", extra={"org_id": str(org_id)})
+            await erasure.purge_workspace(
+                db, org_id, batch=lifecycle.batch, progress=progress, finish=deleted
+            )
+    elif lifecycle.export_dir is not None:
+        await exports.build_export(
+            db, lifecycle.keyring, lifecycle.export_dir, org_id, request_id, progress=progress
+        )
+
+
+async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Delete export files (and their keys) past their `expiresAt`; how many."""
+    if lifecycle.export_dir is None:
+        return 0
+    now = now or utcnow()
+    async with lifecycle.db.session() as session:
+        due = await crossings.expired_exports(session, now=now, batch=REQUESTS_PER_SWEEP)
+    for owned in due:
+        await exports.destroy(lifecycle.db, lifecycle.export_dir, owned.org_id, owned.id)
+    return len(due)
+
+
+async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:
+    request = await session.get(DataRequest, request_id)
+    if request is not None:
+        request.status = DataRequestStatus.COMPLETED
+        request.progress = 1.0
+        request.completed_at = utcnow()
+        request.last_error = None
+        session.add(request)
+
+
+async def _note_failure(
+    db: Database, org_id: uuid.UUID, request_id: uuid.UUID, error: Exception
+) -> None:
+    try:
+        async with db.session(org_id) as session:
+            request = await session.get(DataRequest, request_id)
+            if request is not None:
+                # The type only: a message may quote data.
+                request.last_error = type(error).__name__[:ERROR_LIMIT]
+                if request.kind in EXPORT_KINDS and request.attempts >= EXPORT_ATTEMPTS:
+                    # An export can be asked for again; an erasure or deletion must finish.
+                    request.status = DataRequestStatus.FAILED
+                    request.completed_at = utcnow()
+                session.add(request)
+    except Exception:
+        log.exception("could not record a data request's failure")
+
+
+async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Delete what retention policies say is due; the rows deleted.
+
+    Each workspace at most once a day: cheap (one indexed question) when nothing is due.
+    """
+    now = now or utcnow()
+    db = lifecycle.db
+    deleted = 0
+    async with db.session() as session:
+        due = await crossings.due_retention(
+            session, ran_before=now - RETENTION_EVERY, batch=WORKSPACES_PER_SWEEP
+        )
+    for org_id in due:
+        async with db.session(org_id) as session:
+            organization = await session.get(Organization, org_id)
+            days = organization.message_retention_days if organization else None
+        if days is not None:
+            cutoff = now - timedelta(days=days)
+            deleted += await erasure.delete_in_batches(
+                db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
+            )
+        async with db.session(org_id) as session:
+            organization = await session.get(Organization, org_id)
+            if organization is not None:
+                organization.retention_ran_at = now
+                session.add(organization)
+    if due:
+        deleted += await expire_webhook_bodies(lifecycle, now=now)
+    return deleted
+
+
+async def expire_webhook_bodies(lifecycle: Lifecycle, *, now: datetime) -> int:
+    """Delete raw webhook bodies processed longer ago than the shortest retention of any
+    workspace (a body may concern several, and is only known to once parsed)."""
+    async with lifecycle.db.session() as session:
+        days = await crossings.webhook_payload_retention_days(session)
+    total = 0
+    while True:
+        async with lifecycle.db.session() as session:
+            gone = await crossings.expire_webhook_bodies(
+                session, processed_before=now - timedelta(days=days), batch=lifecycle.batch
+            )
+        total += gone
+        if gone < lifecycle.batch:
+            return total
