@@ -85,7 +85,7 @@ async def serve(env: dict[str, str], cwd: Path) -> AsyncIterator[str]:
     base = f"http://127.0.0.1:{port}"
     try:
         async with httpx.AsyncClient(base_url=base) as client:
-            for _ in range(200):
+            for _ in range(600):  # 30 s: a cold start on a loaded machine
                 with contextlib.suppress(httpx.TransportError):
                     if (await client.get("/readyz")).status_code == 200:
                         break
