@@ -97,6 +97,16 @@ FUNCTIONS = {
              RETURNING 1)
            SELECT count(*)::integer FROM gone""",
     ),
+    # A deleted workspace's security alerts (the outbox is not workspace-owned: platform
+    # alerts have no workspace, so its rows cannot go by the tenant policy).
+    "weflux_delete_workspace_alerts(workspace uuid)": (
+        "integer",
+        "VOLATILE",
+        """WITH gone AS (
+             DELETE FROM security_alerts a WHERE a.org_id = $1
+             RETURNING 1)
+           SELECT count(*)::integer FROM gone""",
+    ),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -26,8 +27,10 @@ from weflux.db import Database
 from weflux.lifecycle import ledger
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
+    AlertChannel,
     DataRequestKind,
     ErasureLedgerEntry,
+    SecurityAlert,
     SmtpSettings,
     TemplateStatusEvent,
     User,
@@ -59,10 +62,10 @@ LIFECYCLE_RULES = {
     "incident_notices": "deletion: in batches (an Admin's address and when they were told)",
     "security_events": "deletion: in batches",
     "platform_security_events": "the platform's (no workspace): not touched; known limit",
-    "security_alerts": "the alert outbox, not workspace-owned: not touched; known limit",
+    "security_alerts": "deletion: the workspace's alerts, in its last transaction",
 }
 # Tables with an org_id that the deletion does not reach yet (docs/lifecycle.md, limits).
-NOT_REACHED = {"erasure_ledger", "security_alerts"}
+NOT_REACHED = {"erasure_ledger"}
 
 ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id kind status } }"
 DELETE = (
@@ -104,6 +107,16 @@ async def _populate(db: Database, actor: Actor) -> None:
             )
         )
         session.add(TemplateStatusEvent(business_account_id="1", event="APPROVED"))
+        session.add(
+            SecurityAlert(
+                org_id=actor.org_id,
+                event_id=uuid.uuid4(),
+                channel=AlertChannel.ADMIN_MAIL,
+                audience=str(actor.org_id),
+                dedupe_key=f"{actor.org_id}:auth.brute_force",
+                payload={"ip": "203.0.113.9"},
+            )
+        )
 
 
 async def _rows_of(owner_db: Database, org_id: Any) -> dict[str, int]:

@@ -39,6 +39,7 @@ from weflux.models import (
     MessageDirection,
     MessageStatus,
     Organization,
+    SecurityAlert,
     User,
     WebhookEvent,
     WebhookEventStatus,
@@ -461,6 +462,15 @@ async def delete_orphan_users(session: AsyncSession, user_ids: Collection[uuid.U
     return await _count(session, "weflux_delete_orphan_users", {"user_ids": ids}, sqlite)
 
 
+async def delete_workspace_alerts(session: AsyncSession, org_id: uuid.UUID) -> int:
+    """Delete the security alerts of a workspace being deleted; how many went."""
+
+    def sqlite() -> Executable:
+        return sa.delete(SecurityAlert).where(col(SecurityAlert.org_id) == org_id)
+
+    return await _count(session, "weflux_delete_workspace_alerts", {"workspace": org_id}, sqlite)
+
+
 async def _count(
     session: AsyncSession,
     function: str,
@@ -497,3 +507,9 @@ async def workspace_contact_keys(connection: AsyncConnection, org_id: uuid.UUID)
         col(Contact.created_at),
     ).where(col(Contact.org_id) == org_id)
     return list((await connection.execute(statement)).mappings())
+
+
+async def delete_workspace_alerts_as_owner(connection: AsyncConnection, org_id: uuid.UUID) -> int:
+    """Delete the security alerts of `org_id` (not workspace-owned, so no cascade takes them)."""
+    statement = sa.delete(SecurityAlert).where(col(SecurityAlert.org_id) == org_id)
+    return int((await connection.execute(statement)).rowcount)

@@ -171,6 +171,7 @@ async def purge_workspace(
         see_erased(session)
         await session.exec(delete(DataRequest))
         await session.exec(delete(Organization).where(col(Organization.id) == org_id))
+        await crossings.delete_workspace_alerts(session, org_id)
         if finish is not None:
             await finish(session)
     return True

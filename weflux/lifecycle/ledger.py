@@ -212,6 +212,7 @@ async def _delete_workspace(connection: AsyncConnection, org_id: uuid.UUID) -> i
     users: sa.Table = User.__table__  # type: ignore[attr-defined]
     members = await crossings.workspace_member_user_ids(connection, org_id)
     gone = await connection.execute(sa.delete(organizations).where(organizations.c.id == org_id))
+    await crossings.delete_workspace_alerts_as_owner(connection, org_id)
     if members:
         elsewhere = sa.exists().where(memberships.c.user_id == users.c.id)
         await connection.execute(sa.delete(users).where(users.c.id.in_(members), ~elsewhere))
