@@ -167,7 +167,7 @@ async def test_resending_rotates_the_token_and_is_rate_limited(
     resent = data_of(await gql(client, token, RESEND, {"id": invitation_id}), "resendInvitation")
 
     assert resent["id"] == invitation_id
-    first, second = mails(mail_server)
+    _, second = mails(mail_server)
     new = link_token(second)
     assert new != old
     assert (await accept(client, old)).status_code == 404
