@@ -219,11 +219,8 @@ async def switch(
             target_type="Session",
             target_id=pair.session_id,
             meta=meta,
-            details={
-                "from_workspace": str(principal.org_id),
-                "from_session": str(principal.session_id),
-                "second_factor": "totp" if two_factor.enabled(user) else "none",
-            },
+            # Nothing of the source workspace (its id, the session's): another tenant's.
+            details={"second_factor": "totp" if two_factor.enabled(user) else "none"},
         )
     listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
     listed[organization.id] = organization

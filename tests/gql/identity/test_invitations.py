@@ -37,7 +37,7 @@ LINK = re.compile(re.escape(APP_URL) + r"/invitations/accept#token=([A-Za-z0-9_-
 
 INVITE = """mutation ($input: InviteMemberInput!) {
   inviteMember(input: $input) { invitation { id email role } token } }"""
-INVITATIONS = "{ invitations { id email name role } }"
+INVITATIONS = "{ invitations { id email name role invitedBy { id role } } }"
 REVOKE = "mutation ($id: ID!) { revokeInvitation(id: $id) }"
 RESEND = "mutation ($id: ID!) { resendInvitation(id: $id) { id email role expiresAt } }"
 
@@ -200,6 +200,10 @@ async def test_a_manager_cannot_replace_revoke_or_resend_an_admins_invitation(
     assert error_codes(resent) == ["FORBIDDEN"]
     listed = data_of(await gql(client, manager_token, INVITATIONS), "invitations")
     assert [(i["id"], i["role"]) for i in listed] == [(admins_id, "ADMIN")]
+    assert listed[0]["invitedBy"] == {
+        "id": encode_global_id("Member", admin.membership.id),
+        "role": "ADMIN",
+    }
     async with db.session(admin.org_id) as session:
         [row] = (await session.exec(select(Invitation))).all()
     assert row.role.value == "ADMIN"
