@@ -215,7 +215,7 @@ async def pending_invitations(session: AsyncSession, principal: Principal) -> Se
             select(Invitation)
             .where(col(Invitation.accepted_at).is_(None), col(Invitation.expires_at) > utcnow())
             .order_by(col(Invitation.created_at), col(Invitation.id))
-            .limit(500)
+            .limit(100)
         )
     ).all()
 

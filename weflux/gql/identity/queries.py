@@ -86,7 +86,7 @@ class IdentityQuery:
     @strawberry.field(
         **guarded(
             Permission.INVITE_AGENTS,
-            "Pending invitations (not accepted, not expired), oldest first.",
+            "Pending invitations (not accepted, not expired), oldest first, at most 100.",
         )
     )
     async def invitations(self, info: Info[Context, None]) -> list[Invitation]:
