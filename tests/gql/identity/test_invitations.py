@@ -19,8 +19,10 @@ import pytest
 from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import app_client
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
+from tests.fixtures.mail import mails_to
 from tests.fixtures.settings import make_settings
 from tests.fixtures.smtp import RecordingHandler, running_server
 from weflux.config import Settings
@@ -265,3 +267,22 @@ async def test_another_workspace_sees_nothing(
     assert error_codes(await gql(client, token, REVOKE, {"id": unknown})) == ["NOT_FOUND"]
     assert len(mails(mail_server)) == 1
     assert (await accept(client, payload["token"])).status_code == 200
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_without_an_smtp_url_the_invitation_is_written_to_the_outbox(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Given no WEFLUX_SMTP_URL (development), the invitation is an .eml file in the
+    outbox, with the same link."""
+    outbox_settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        app_url=APP_URL,
+    )
+    async with app_client(outbox_settings) as client:
+        payload = data_of(await invite(client, await token_for(client, admin)), "inviteMember")
+
+    [message] = mails_to(outbox_settings, INVITEE)
+    assert link_token(message) == payload["token"]
