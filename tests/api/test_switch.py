@@ -7,21 +7,32 @@ invitation with the password alone included).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from tests.fixtures.api import error_codes, gql, token_for, tokens_for
-from tests.fixtures.app import ClientFactory
+from tests.fixtures.app import ClientFactory, client_of
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
+from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.settings import make_settings
 from tests.fixtures.two_factor import enroll, wrong_code
+from weflux.app import create_app
 from weflux.db import Database
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import AuditEvent, AuthSession, Organization, Role
+from weflux.realtime.broker import RedisBroker
+from weflux.runtime import runtime_of
 from weflux.services.audit import Action
 
 VIEWER = "{ viewer { id role organization { id } } }"
@@ -236,3 +247,51 @@ async def test_switching_is_rate_limited_per_ip(
     assert second.status_code == 429
     assert second.json()["error"]["code"] == "RATE_LIMITED"
     assert int(second.headers["retry-after"]) > 0
+
+
+@contextlib.asynccontextmanager
+async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[httpx.AsyncClient]:
+    """One app instance with its own session cache and a Redis broker connection."""
+    settings = make_settings(
+        settings_path,
+        database_url=urls.app,
+        database_migration_url=urls.owner,
+        redis_url=TEST_REDIS_URL,
+    )
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        broker = runtime_of(app).broker
+        assert isinstance(broker, RedisBroker)
+        await broker.wait_connected()
+        async with client_of(manager.app) as client:
+            yield client
+
+
+@postgres_only
+async def test_across_processes_ending_the_source_leaves_the_switched_session(
+    database_urls: DatabaseUrls,
+    tmp_path: Path,
+    require_redis: None,
+    admin: Actor,
+    twice: Actor,
+) -> None:
+    """Given a switch on process A, both sessions cached on A and B, when the source
+    session logs out on B, then A refuses the source at once (Redis), and the switched
+    session keeps working on both."""
+    async with (
+        _process(tmp_path / "a", database_urls) as a,
+        _process(tmp_path / "b", database_urls) as b,
+    ):
+        source = await token_for(a, admin)
+        switched = (await switch(a, source, twice.org_id)).json()["accessToken"]
+        for client in (a, b):
+            for token in (source, switched):
+                assert (await gql(client, token, VIEWER)).status_code == 200
+
+        await b.post("/auth/logout", headers={"Authorization": f"Bearer {source}"})
+
+        async with asyncio.timeout(10):
+            while (await gql(a, source, VIEWER)).status_code != 401:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # (another process's state)
+        assert (await gql(a, switched, VIEWER)).status_code == 200
+        assert (await gql(b, switched, VIEWER)).status_code == 200
