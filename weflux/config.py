@@ -204,6 +204,8 @@ class Settings(BaseSettings):
     rate_limit_signup_confirm_ip: str = "20/hour"
     rate_limit_invitation_ip: str = "10/hour"
     rate_limit_refresh_ip: str = "60/minute"
+    rate_limit_switch_ip: str = "60/minute"
+    rate_limit_invitation_resend: str = "3/hour;10/day"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
     # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP

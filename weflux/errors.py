@@ -107,8 +107,9 @@ class MfaRequired(Unauthenticated):
 
     code = ErrorCode.MFA_REQUIRED
 
-    def __init__(self, message: str, *, mfa_token: str) -> None:
+    def __init__(self, message: str, *, mfa_token: str | None) -> None:
         super().__init__(message)
+        # None where the code is sent again with the same request (POST /auth/switch).
         self.mfa_token = mfa_token
 
 
@@ -197,7 +198,7 @@ def wefluxerror_response(error: WefluxError) -> JSONResponse:
     response = error_response(
         error.status, error.code, error.message, details=error.details, headers=headers
     )
-    if isinstance(error, MfaRequired):
+    if isinstance(error, MfaRequired) and error.mfa_token is not None:
         body: dict[str, Any] = {
             "error": {"code": error.code, "message": error.message},
             "mfaToken": error.mfa_token,

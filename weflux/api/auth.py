@@ -1,5 +1,5 @@
 """`/auth/*`: sign-up and its confirmation, login and its second factor, refresh, logout,
-re-authentication, invitation acceptance."""
+re-authentication, workspace switching, invitation acceptance."""
 
 from __future__ import annotations
 
@@ -79,6 +79,11 @@ class MfaBody(_Body):
 
 class ReauthenticateBody(_Body):
     password: Password
+    code: Code | None = None
+
+
+class SwitchBody(_Body):
+    organization_id: Token = Field(alias="organizationId")
     code: Code | None = None
 
 
@@ -297,6 +302,31 @@ async def reauthenticate(request: Request) -> Response:
 
 
 @_endpoint
+async def switch(request: Request) -> Response:
+    """A token pair for another workspace of the caller (a new session), no password."""
+    runtime = runtime_of(request)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await _limit(runtime.limiter, "switch_ip", meta.ip)
+    principal = await runtime.authenticator.authenticate(
+        bearer_token(request.headers.get("authorization"))
+    )
+    if principal is None:
+        raise Unauthenticated("Authentication required")
+    body = parse(SwitchBody, await _body(request, runtime))
+    pair = await auth_service.switch(
+        runtime.db,
+        runtime.codec,
+        runtime.password_guard,
+        runtime.keyring,
+        principal,
+        meta,
+        organization_id=decode_global_id(body.organization_id, "Organization"),
+        code=body.code,
+    )
+    return JSONResponse(token_pair_body(pair))
+
+
+@_endpoint
 async def accept_invitation(request: Request) -> Response:
     runtime = runtime_of(request)
     meta = request_meta(request, runtime.trusted_proxies)
@@ -323,5 +353,6 @@ routes = [
     Route("/auth/logout", logout, methods=["POST"]),
     Route("/auth/mfa", mfa, methods=["POST"]),
     Route("/auth/reauthenticate", reauthenticate, methods=["POST"]),
+    Route("/auth/switch", switch, methods=["POST"]),
     Route("/auth/invitations/accept", accept_invitation, methods=["POST"]),
 ]

@@ -22,6 +22,7 @@ from weflux.errors import Unauthenticated
 from weflux.gql.event_memo import EventMemo
 from weflux.gql.guard import CostBudgets
 from weflux.gql.loaders import Loaders
+from weflux.mail.mailer import Mailer
 from weflux.realtime.broker import Broker
 from weflux.realtime.hub import Hub
 from weflux.services.audit import RequestMeta
@@ -55,6 +56,7 @@ class Context:
     principal: Principal | None = None
     session: AsyncSession | None = None
     connection_params: dict[str, object] | None = None
+    mailer: Mailer | None = None
     _loaders: Loaders = field(init=False, repr=False)
 
     def __post_init__(self) -> None:

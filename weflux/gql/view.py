@@ -293,6 +293,7 @@ class GraphQLApp(GraphQL[Context, None]):
             meta=request_meta(request, runtime.trusted_proxies),
             principal=state.get("principal"),
             session=state.get(_SESSION),
+            mailer=runtime.mailer,
         )
 
     async def process_result(

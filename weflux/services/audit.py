@@ -25,6 +25,9 @@ class Action(StrEnum):
     SESSION_REVOKED = "session.revoked"
     PASSWORD_CHANGED = "user.password_changed"  # noqa: S105
     MEMBER_INVITED = "member.invited"
+    INVITATION_REVOKED = "invitation.revoked"
+    INVITATION_RESENT = "invitation.resent"
+    SESSION_SWITCHED = "auth.switched"
     MEMBER_JOINED = "member.joined"
     ROLE_CHANGED = "member.role_changed"
     MEMBER_REMOVED = "member.removed"

@@ -17,10 +17,12 @@ from weflux.auth.passwords import PasswordPolicyError, check_password_policy, ha
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import InvalidTokenError, IssuedToken, TokenCodec, TokenStamp, token_hash
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.emails import normalize_email
 from weflux.errors import (
     BadUserInput,
+    Conflict,
     Forbidden,
     InvalidCredentials,
     MfaRequired,
@@ -153,6 +155,83 @@ async def login(
     listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
     listed[organization.id] = organization
     return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
+
+
+async def switch(
+    db: Database,
+    codec: TokenCodec,
+    guard: PasswordGuard,
+    keyring: KeyRing,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    organization_id: uuid.UUID,
+    code: str | None,
+) -> TokenPair:
+    """`POST /auth/switch`: a new session in another workspace of the same user.
+
+    No password, but no shortcut past the second factor either: a user with two factors
+    sends a fresh code with every switch (`MFA_REQUIRED` without it), whatever the source
+    session proved, so a session that never passed the second factor (one opened by
+    accepting an invitation with the password alone) cannot reach another workspace
+    without it. The new session is not freshly authenticated (sensitive operations ask
+    for `POST /auth/reauthenticate`), and a workspace requiring two factors holds a user
+    without them at enrollment, as at login. The source session must be live.
+    """
+    async with db.session(principal.org_id) as session:
+        source = await session.get(AuthSession, principal.session_id)
+        now = utcnow()
+        if source is None or source.revoked_at is not None or source.expires_at <= now:
+            raise Unauthenticated("Authentication required")
+        workspaces = await crossings.user_workspaces(session, principal.user_id)
+    if organization_id == principal.org_id:
+        raise Conflict("This session is already in that workspace")
+    if organization_id not in {w.org_id for w in workspaces}:
+        raise Forbidden("You are not a member of that workspace")
+    async with db.session(organization_id) as session:
+        user = await session.get(User, principal.user_id)
+        if user is None:
+            raise Unauthenticated("Authentication required")
+        if two_factor.enabled(user):
+            if not code:
+                raise MfaRequired(
+                    "A code from the authenticator app is required to switch", mfa_token=None
+                )
+            await two_factor.check_totp(session, guard, keyring, user, meta.ip, code)
+        membership = (
+            await session.exec(select(Membership).where(Membership.user_id == principal.user_id))
+        ).one()
+        organization = await session.get(Organization, organization_id)
+        assert organization is not None  # the user's membership holds it
+        pair = await session_service.open_session(
+            session,
+            codec,
+            membership=membership,
+            organization=organization,
+            meta=meta,
+            authenticated=False,
+        )
+        await record(
+            session,
+            Action.SESSION_SWITCHED,
+            actor_user_id=principal.user_id,
+            actor_membership_id=membership.id,
+            target_type="Session",
+            target_id=pair.session_id,
+            meta=meta,
+            # Nothing of the source workspace (its id, the session's): another tenant's.
+            details={"second_factor": "totp" if two_factor.enabled(user) else "none"},
+        )
+    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
+    listed[organization.id] = organization
+    return TokenPair(
+        pair.access,
+        pair.refresh,
+        organization,
+        membership,
+        list(listed.values()),
+        session_id=pair.session_id,
+    )
 
 
 async def refresh(

@@ -5,7 +5,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from email.message import EmailMessage
 
 from sqlalchemy import delete, func, update
 from sqlalchemy.exc import IntegrityError
@@ -16,13 +18,14 @@ from weflux.auth import crossings
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.passwords import hash_password
-from weflux.auth.permissions import Permission, may_invite
+from weflux.auth.permissions import Permission, has_permission, may_invite
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
 from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
-from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound
+from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound, RateLimited
+from weflux.mail.mailer import Mailer, compose, send_quietly
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
 from weflux.realtime.broker import Broker
 from weflux.secops.events import Actor, SecurityKind, record_security_event
@@ -30,8 +33,83 @@ from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
 from weflux.services.sessions import TokenPair
+from weflux.throttle.ratelimit import RateLimiter
 
 INVITATION_TTL = timedelta(days=7)
+# The rate limit of `resendInvitation`, per invitation (WEFLUX_RATE_LIMIT_INVITATION_RESEND).
+RESEND_LIMIT = "invitation_resend"
+HIGHER_RIGHTS = (
+    "A pending invitation for this email was made by someone with more rights than yours: "
+    "ask an Admin"
+)
+
+
+@dataclass(frozen=True)
+class Postman:
+    """How invitation emails leave: the platform's mailer, and the app's URL for the link."""
+
+    mailer: Mailer
+    app_url: str
+
+
+def invitation_link(app_url: str, token: str) -> str:
+    """The accept link: the token in the fragment, which browsers never send to a server."""
+    return f"{app_url.rstrip('/')}/invitations/accept#token={token}"
+
+
+def _invitation_email(
+    postman: Postman, invitation: Invitation, token: str, workspace: str
+) -> EmailMessage:
+    return compose(
+        postman.mailer,
+        to=invitation.email,
+        subject=f"You are invited to {workspace} on Weflux",
+        body=(
+            f"Hello {invitation.name},\n\n"
+            f"You are invited to join the workspace {workspace} on Weflux as "
+            f"{invitation.role.value.capitalize()}. Accept within 7 days:\n\n"
+            f"{invitation_link(postman.app_url, token)}\n\n"
+            "If you did not expect this, ignore this email: nothing happens without you.\n"
+        ),
+    )
+
+
+async def _mail_after_commit(
+    session: AsyncSession, postman: Postman | None, invitation: Invitation, token: str
+) -> None:
+    """Send the invitation once the transaction has committed (never for a rolled-back one).
+
+    A failure is logged without the message or its link; the token is never logged."""
+    if postman is None:
+        return
+    organization = await session.get(Organization, invitation.org_id)
+    message = _invitation_email(
+        postman, invitation, token, organization.name if organization else "Weflux"
+    )
+
+    async def send() -> None:
+        await send_quietly(postman.mailer, message)
+
+    after_commit(session, send)
+
+
+async def may_manage_invitation(
+    session: AsyncSession, principal: Principal, invitation: Invitation
+) -> bool:
+    """Whether the caller may revoke, resend or replace `invitation`.
+
+    Admins may manage any. A Manager only invitations they could have made (role AGENT)
+    and that nobody with more rights made: not an Admin's (by the inviter's current role;
+    an inviter who left the workspace has no rights left to protect).
+    """
+    if principal.can(Permission.INVITE_ANY_ROLE):
+        return True
+    if not may_invite(principal.role, invitation.role):
+        return False
+    if invitation.invited_by_membership_id is None:
+        return True
+    inviter = await session.get(Membership, invitation.invited_by_membership_id)
+    return inviter is None or not has_permission(inviter.role, Permission.INVITE_ANY_ROLE)
 
 
 async def members(session: AsyncSession) -> Sequence[tuple[Membership, User]]:
@@ -62,8 +140,14 @@ async def invite(
     email: str,
     name: str,
     role: Role,
+    postman: Postman | None = None,
 ) -> tuple[Invitation, str]:
-    """A single-use invitation (7 days); the token is returned once and stored hashed."""
+    """A single-use invitation (7 days); the token is returned once and stored hashed.
+
+    The invitee is emailed the accept link once the transaction commits (`postman`). A
+    pending invitation for the same email is replaced only when the caller may manage it
+    (`may_manage_invitation`): else `CONFLICT`, and the pending one stays.
+    """
     if not may_invite(principal.role, role):
         raise Forbidden(
             "Managers can invite Agents only"
@@ -80,12 +164,25 @@ async def invite(
     ).first()
     if already is not None:
         raise Conflict("This person is already a member of the workspace")
-    # A new invitation for the same email replaces any pending one.
-    await session.exec(
-        delete(Invitation).where(
-            func.lower(Invitation.email) == email, col(Invitation.accepted_at).is_(None)
+    # A new invitation for the same email replaces the pending one, unless someone with
+    # more rights made it (an expired one is dead: anyone may replace it).
+    now = utcnow()
+    pending = (
+        await session.exec(
+            select(Invitation)
+            .where(func.lower(Invitation.email) == email, col(Invitation.accepted_at).is_(None))
+            .with_for_update()
         )
-    )
+    ).all()
+    for previous in pending:
+        if previous.expires_at > now and not await may_manage_invitation(
+            session, principal, previous
+        ):
+            raise Conflict(HIGHER_RIGHTS)
+    if pending:
+        await session.exec(
+            delete(Invitation).where(col(Invitation.id).in_([p.id for p in pending]))
+        )
     token = secrets.token_urlsafe(32)
     invitation = Invitation(
         email=email,
@@ -104,9 +201,90 @@ async def invite(
         target_type="Invitation",
         target_id=invitation.id,
         meta=meta,
-        details={"role": role.value},
+        details={"role": role.value, "replaced": len(pending)},
     )
+    await _mail_after_commit(session, postman, invitation, token)
     return invitation, token
+
+
+async def pending_invitations(session: AsyncSession, principal: Principal) -> Sequence[Invitation]:
+    """The workspace's pending (unaccepted, unexpired) invitations, oldest first."""
+    principal.require(Permission.INVITE_AGENTS, "Your role cannot see invitations")
+    return (
+        await session.exec(
+            select(Invitation)
+            .where(col(Invitation.accepted_at).is_(None), col(Invitation.expires_at) > utcnow())
+            .order_by(col(Invitation.created_at), col(Invitation.id))
+            .limit(100)
+        )
+    ).all()
+
+
+async def _manageable(
+    session: AsyncSession, principal: Principal, invitation_id: uuid.UUID
+) -> Invitation:
+    principal.require(Permission.INVITE_AGENTS, "Your role cannot manage invitations")
+    invitation = await session.get(Invitation, invitation_id, with_for_update=True)
+    if invitation is None or invitation.accepted_at is not None:
+        raise NotFound("Invitation not found")
+    if not await may_manage_invitation(session, principal, invitation):
+        raise Forbidden("This invitation was made by someone with more rights than yours")
+    return invitation
+
+
+async def revoke_invitation(
+    session: AsyncSession, principal: Principal, meta: RequestMeta, invitation_id: uuid.UUID
+) -> uuid.UUID:
+    """Delete a pending invitation: its link stops working. Answers its id."""
+    invitation = await _manageable(session, principal, invitation_id)
+    await session.delete(invitation)
+    await session.flush()
+    await record(
+        session,
+        Action.INVITATION_REVOKED,
+        actor=principal,
+        target_type="Invitation",
+        target_id=invitation.id,
+        meta=meta,
+        details={"role": invitation.role.value},
+    )
+    return invitation.id
+
+
+async def resend_invitation(
+    session: AsyncSession,
+    principal: Principal,
+    meta: RequestMeta,
+    limiter: RateLimiter,
+    invitation_id: uuid.UUID,
+    *,
+    postman: Postman | None,
+) -> Invitation:
+    """Email the invitation again with a new token (the old link stops working) and a
+    new 7 days; rate-limited per invitation."""
+    invitation = await _manageable(session, principal, invitation_id)
+    decision = await limiter.hit(RESEND_LIMIT, str(invitation.id))
+    if not decision.allowed:
+        raise RateLimited(
+            "This invitation was sent too often; try again later",
+            retry_after=decision.retry_after,
+        )
+    token = secrets.token_urlsafe(32)
+    invitation.token_hash = token_hash(token)
+    invitation.expires_at = utcnow() + INVITATION_TTL
+    session.add(invitation)
+    await session.flush()
+    await record(
+        session,
+        Action.INVITATION_RESENT,
+        actor=principal,
+        target_type="Invitation",
+        target_id=invitation.id,
+        meta=meta,
+        details={"role": invitation.role.value},
+    )
+    await _mail_after_commit(session, postman, invitation, token)
+    return invitation
 
 
 async def accept_invitation(

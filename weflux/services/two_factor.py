@@ -109,7 +109,7 @@ def _new_recovery_codes(user: User) -> list[str]:
     return codes
 
 
-async def _check_totp(
+async def check_totp(
     session: AsyncSession,
     guard: PasswordGuard,
     keyring: KeyRing,
@@ -174,7 +174,7 @@ async def confirm_enrollment(
             "Begin the enrollment first",
             details=[{"field": "code", "message": "call beginTwoFactorEnrollment first"}],
         )
-    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await check_totp(session, guard, keyring, user, meta.ip, code)
     await session.refresh(user)
     codes = _new_recovery_codes(user)
     user.two_factor_enabled_at = utcnow()
@@ -204,7 +204,7 @@ async def regenerate_recovery_codes(
     user = await _user(session, principal.user_id)
     if not enabled(user):
         raise Conflict("Two-factor authentication is off")
-    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await check_totp(session, guard, keyring, user, meta.ip, code)
     await session.refresh(user)
     codes = _new_recovery_codes(user)
     await session.flush()
@@ -249,7 +249,7 @@ async def disable(
             "The password is wrong",
             details=[{"field": "password", "message": "The password is wrong"}],
         )
-    await _check_totp(session, guard, keyring, user, meta.ip, code)
+    await check_totp(session, guard, keyring, user, meta.ip, code)
     await session.refresh(user)
     _clear(user)
     await session.flush()
@@ -519,7 +519,7 @@ async def reauthenticate(
                     "A code from the authenticator app is required",
                     details=[{"field": "code", "message": "required with two factors on"}],
                 )
-            await _check_totp(session, guard, keyring, user, meta.ip, code)
+            await check_totp(session, guard, keyring, user, meta.ip, code)
         await session.exec(
             update(AuthSession)
             .where(col(AuthSession.id) == principal.session_id)

@@ -36,6 +36,8 @@ LIMIT_NAMES = (
     "signup_confirm_ip",
     "invitation_ip",
     "refresh_ip",
+    "switch_ip",
+    "invitation_resend",
     "graphql_ip",
     "graphql_workspace",
     "webhook_verify_ip",

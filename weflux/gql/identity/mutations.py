@@ -12,6 +12,7 @@ from weflux.emails import check_email
 from weflux.errors import BadUserInput
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
+    Invitation,
     InviteMemberPayload,
     Member,
     Session,
@@ -25,6 +26,7 @@ from weflux.models import Role
 from weflux.services import auth as auth_service
 from weflux.services import members as member_service
 from weflux.services import sessions as session_service
+from weflux.services.members import Postman
 
 
 @strawberry.input(description="Whom to invite, and as what.")
@@ -52,6 +54,12 @@ class ChangePasswordInput:
     )
 
 
+def _postman(context: Context) -> Postman | None:
+    if context.mailer is None:
+        return None
+    return Postman(context.mailer, context.settings.app_base_url)
+
+
 def _text(value: str, field: str, limit: int) -> str:
     value = value.strip()
     if not value or len(value) > limit:
@@ -67,8 +75,11 @@ class IdentityMutation:
     @strawberry.mutation(
         **guarded(
             Permission.INVITE_AGENTS,
-            "Invite someone to the workspace. The token is shown once. Only "
-            f"{who_may(Permission.INVITE_ANY_ROLE)} may invite a role other than AGENT.",
+            "Invite someone to the workspace; the invitee is emailed the accept link. The "
+            "token is shown once. Only "
+            f"{who_may(Permission.INVITE_ANY_ROLE)} may invite a role other than AGENT. A "
+            "pending invitation for the same email is replaced, unless someone with more "
+            "rights made it (CONFLICT).",
         )
     )
     async def invite_member(
@@ -84,8 +95,51 @@ class IdentityMutation:
             email=check_email(input.email, "email"),
             name=_text(input.name, "name", 200),
             role=input.role,
+            postman=_postman(context),
         )
         return InviteMemberPayload(invitation=to_invitation(invitation), token=token)
+
+    @strawberry.mutation(
+        **guarded(
+            Permission.INVITE_AGENTS,
+            "Revoke a pending invitation: its link stops working. Answers its id. A MANAGER "
+            "only AGENT invitations no ADMIN made (else FORBIDDEN).",
+        )
+    )
+    async def revoke_invitation(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The invitation's id.")],
+    ) -> strawberry.ID:
+        context = info.context
+        revoked = await member_service.revoke_invitation(
+            context.unit, context.actor, context.meta, decode_global_id(id, "Invitation")
+        )
+        return strawberry.ID(encode_global_id("Invitation", revoked))
+
+    @strawberry.mutation(
+        **guarded(
+            Permission.INVITE_AGENTS,
+            "Email a pending invitation again with a new link (the old one stops working) "
+            "and 7 more days; rate-limited per invitation (RATE_LIMITED). A MANAGER only "
+            "AGENT invitations no ADMIN made (else FORBIDDEN).",
+        )
+    )
+    async def resend_invitation(
+        self,
+        info: Info[Context, None],
+        id: Annotated[strawberry.ID, strawberry.argument(description="The invitation's id.")],
+    ) -> Invitation:
+        context = info.context
+        row = await member_service.resend_invitation(
+            context.unit,
+            context.actor,
+            context.meta,
+            context.limiter,
+            decode_global_id(id, "Invitation"),
+            postman=_postman(context),
+        )
+        return to_invitation(row)
 
     @strawberry.mutation(
         **guarded(

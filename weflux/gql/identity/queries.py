@@ -12,10 +12,12 @@ from weflux.errors import NotFound
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
     AuditEvent,
+    Invitation,
     Member,
     Organization,
     Session,
     to_audit_event,
+    to_invitation,
     to_member,
     to_organization,
     to_session,
@@ -80,6 +82,16 @@ class IdentityQuery:
         target = decode_global_id(member_id, "Member") if member_id is not None else None
         rows = await session_service.sessions_of(info.context.unit, actor, target)
         return [to_session(row, actor.session_id) for row in rows]
+
+    @strawberry.field(
+        **guarded(
+            Permission.INVITE_AGENTS,
+            "Pending invitations (not accepted, not expired), oldest first, at most 100.",
+        )
+    )
+    async def invitations(self, info: Info[Context, None]) -> list[Invitation]:
+        rows = await member_service.pending_invitations(info.context.unit, info.context.actor)
+        return [to_invitation(row) for row in rows]
 
     @strawberry.field(
         **guarded(Permission.READ_AUDIT, "The workspace's audit trail, newest first.")

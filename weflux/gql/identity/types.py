@@ -124,6 +124,17 @@ class Invitation(Node):
     expires_at: datetime = strawberry.field(
         description="After this, its token no longer works: invite again."
     )
+    invited_by_membership_id: strawberry.Private[uuid.UUID | None]
+
+    @strawberry.field(
+        description="The member who made (or last replaced) it; null when they have left "
+        "the workspace. A MANAGER may revoke or resend only invitations no ADMIN made."
+    )
+    async def invited_by(self, info: Info[Context, None]) -> Member | None:
+        if self.invited_by_membership_id is None:
+            return None
+        row = await info.context.loaders.membership.load(self.invited_by_membership_id)
+        return to_member(row) if row is not None else None
 
 
 @strawberry.type(description="The invitation and its single-use token (shown only once).")
@@ -221,6 +232,7 @@ def to_invitation(row: models.Invitation) -> Invitation:
         role=row.role,
         created_at=row.created_at,
         expires_at=row.expires_at,
+        invited_by_membership_id=row.invited_by_membership_id,
     )
 
 
