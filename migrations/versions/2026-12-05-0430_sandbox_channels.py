@@ -1,0 +1,28 @@
+"""sandbox channels: a WhatsApp number answered by the in-process Cloud API sandbox
+
+Revision ID: 0011_sandbox_channels
+Revises: 0010_security_events
+Create Date: 2026-12-05 04:30:00 UTC
+"""
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0011_sandbox_channels"
+down_revision: str | None = "0010_security_events"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("whatsapp_accounts") as batch:
+        batch.add_column(
+            sa.Column("sandbox", sa.Boolean(), nullable=False, server_default=sa.false())
+        )
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("whatsapp_accounts") as batch:
+        batch.drop_column("sandbox")
