@@ -7,9 +7,11 @@ The shapes are those of Meta's reference examples the parser is tested with
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from typing import Any
 
@@ -17,6 +19,12 @@ JsonDict = dict[str, Any]
 
 OBJECT = "whatsapp_business_account"
 ERRORS_HREF = "/documentation/business-messaging/whatsapp/support/error-codes"
+
+
+def new_wamid() -> str:
+    """A fresh WhatsApp message id shaped like Meta's `wamid.HBgL…`."""
+    raw = b"\x15\x02\x00\x11\x18\x12" + secrets.token_hex(9).upper().encode()
+    return "wamid.HBgL" + base64.b64encode(raw).decode().rstrip("=")
 
 
 def now() -> str:
