@@ -35,14 +35,21 @@ DEFAULT_CUSTOMER = "+15551230001"
 MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Meta's limit for images
 STATUSES = ("sent", "delivered", "read", "failed")
 RATINGS = ("GREEN", "YELLOW", "RED")
-ACCOUNT_EVENTS = (
-    "FLAGGED",
-    "RESTRICTED",
-    "UNFLAGGED",
-    "DISABLED_UPDATE",
+# `--event` names: ours (short) and the Meta events they stand for; Meta's own names go too.
+ACCOUNT_EVENTS = {
+    "FLAGGED": "ACCOUNT_VIOLATION",
+    "RESTRICTED": "ACCOUNT_RESTRICTION",
+    "BANNED": "DISABLED_UPDATE",
+    "DELETED": "ACCOUNT_DELETED",
+    "RECONNECTED": "ACCOUNT_RECONNECTED",
+}
+META_ACCOUNT_EVENTS = (
     "ACCOUNT_VIOLATION",
     "ACCOUNT_RESTRICTION",
+    "DISABLED_UPDATE",
     "ACCOUNT_DELETED",
+    "ACCOUNT_OFFBOARDED",
+    "ACCOUNT_RECONNECTED",
     "VERIFIED_ACCOUNT",
 )
 _FAILED_TITLES = {
@@ -165,7 +172,9 @@ def build_body(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     elif args.kind == "quality":
         built = webhooks.quality_change(target.display_phone_number, args.rating)
     else:
-        built = webhooks.account_change(target.phone_number_id, args.event)
+        built = webhooks.account_change(
+            target.phone_number_id, ACCOUNT_EVENTS.get(args.event, args.event)
+        )
     return webhooks.body(target.business_account_id, built)
 
 
@@ -386,4 +395,9 @@ def add_simulate_commands(commands: Any) -> None:
 
     account = kinds.add_parser("account", help="an account update (restrictions, flags, bans)")
     _common(account)
-    account.add_argument("--event", required=True, choices=ACCOUNT_EVENTS)
+    account.add_argument(
+        "--event",
+        required=True,
+        choices=[*ACCOUNT_EVENTS, *META_ACCOUNT_EVENTS],
+        help="FLAGGED, RESTRICTED, BANNED, DELETED, RECONNECTED, or Meta's own event name",
+    )

@@ -133,11 +133,18 @@ def quality_change(display_phone_number: str, rating: str) -> JsonDict:
 
 
 def account_change(phone_number_id: str, event: str) -> JsonDict:
-    """An `account_update` change (FLAGGED, RESTRICTED, DISABLED_UPDATE…)."""
-    return {
-        "value": {"phone_number": phone_number_id, "event": event},
-        "field": "account_update",
-    }
+    """An `account_update` change (ACCOUNT_RESTRICTION, ACCOUNT_VIOLATION, DISABLED_UPDATE…)."""
+    value: JsonDict = {"phone_number": phone_number_id, "event": event}
+    if event == "ACCOUNT_RESTRICTION":
+        value["restriction_info"] = [
+            {
+                "restriction_type": "RESTRICTED_BIZ_INITIATED_MESSAGING",
+                "expiration": int(time.time()) + 86400,
+            }
+        ]
+    elif event == "ACCOUNT_VIOLATION":
+        value["violation_info"] = {"violation_type": "SCAM"}
+    return {"value": value, "field": "account_update"}
 
 
 def encode(notification: JsonDict) -> bytes:
