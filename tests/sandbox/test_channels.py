@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,19 +14,21 @@ from starlette.applications import Starlette
 from tests.fixtures.api import gql
 from tests.fixtures.live import until_listening
 from tests.fixtures.sandbox import Demo, demo_token
+from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import GraphQLSocket
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.ids import encode_global_id
-from weflux.models import Contact, Conversation, Role
+from weflux.models import Contact, Conversation, QualityRating, Role
 from weflux.realtime.broker import InProcessBroker
 from weflux.runtime import runtime_of
 from weflux.sandbox import webhooks
-from weflux.sandbox.channels import FAILING_SUFFIX, PRODUCTION_REFUSAL
+from weflux.sandbox.channels import FAILING_SUFFIX, PRODUCTION_REFUSAL, REFUSED_SUFFIX, Sandbox
 from weflux.sandbox.cloud_api import new_wamid
 from weflux.services.channels import SandboxRefused, Services
 from weflux.whatsapp.client import CloudApiClient
+from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
 pytest_plugins = ["tests.fixtures.sandbox"]
 
@@ -139,3 +142,29 @@ async def test_production_has_no_sandbox_and_refuses_sandbox_channels(
         await cloud.aclose()
     assert refused.value.message == PRODUCTION_REFUSAL
     assert "WEFLUX_ENV=production" in PRODUCTION_REFUSAL
+
+
+async def test_the_sandbox_answers_in_metas_shapes_without_a_socket(tmp_path: Path) -> None:
+    sandbox = Sandbox(make_settings(tmp_path, sandbox_status_delays="0,0,0"))
+    try:
+        health = await sandbox.client.phone_number_health("912345678901234", "any-token")
+        assert health.quality_rating == QualityRating.GREEN
+        assert health.status == "CONNECTED"
+        sent = await sandbox.client.send_message(
+            "912345678901234",
+            "any-token",
+            {"to": "+15551230001", "type": "text", "text": {"body": "Hello"}},
+        )
+        assert sent.wa_message_id.startswith("wamid.")
+        assert sent.wa_id == "15551230001"
+        with pytest.raises(MetaApiError) as refused:
+            await sandbox.client.send_message(
+                "912345678901234",
+                "any-token",
+                {"to": "+1555" + REFUSED_SUFFIX, "type": "text", "text": {"body": "Hello"}},
+            )
+        assert refused.value.code == 131026
+        assert refused.value.fbtrace_id is not None
+        assert refused.value.kind == ErrorKind.PERMANENT
+    finally:
+        await sandbox.aclose()  # the status tasks (no intake attached: nothing posted) end too
