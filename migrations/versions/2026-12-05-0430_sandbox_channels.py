@@ -1,5 +1,8 @@
 """sandbox channels: a WhatsApp number answered by the in-process Cloud API sandbox
 
+The demo numbers `weflux demo` created before (their status_detail says so; their
+credentials are random) become sandbox channels.
+
 Revision ID: 0011_sandbox_channels
 Revises: 0010_security_events
 Create Date: 2026-12-05 04:30:00 UTC
@@ -21,6 +24,11 @@ def upgrade() -> None:
         batch.add_column(
             sa.Column("sandbox", sa.Boolean(), nullable=False, server_default=sa.false())
         )
+    op.execute(
+        sa.text(
+            "UPDATE whatsapp_accounts SET sandbox = :yes WHERE status_detail = :demo"
+        ).bindparams(yes=True, demo="demo number: it is not connected to Meta")
+    )
 
 
 def downgrade() -> None:
