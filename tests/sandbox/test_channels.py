@@ -12,10 +12,12 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql
-from tests.fixtures.live import until_listening
+from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.sandbox import Demo, demo_token
+from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import GraphQLSocket
+from weflux.app import create_app
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
@@ -168,3 +170,16 @@ async def test_the_sandbox_answers_in_metas_shapes_without_a_socket(tmp_path: Pa
         assert refused.value.kind == ErrorKind.PERMANENT
     finally:
         await sandbox.aclose()  # the status tasks (no intake attached: nothing posted) end too
+
+
+async def test_the_ticks_arrive_through_redis_too(
+    db: Database, demo_workspace: Demo, live_settings: Settings, require_redis: None
+) -> None:
+    app = create_app(live_settings.model_copy(update={"redis_url": TEST_REDIS_URL}))
+    async with live_server(app) as base, httpx.AsyncClient(base_url=base) as client:
+        token = await demo_token(client, demo_workspace, Role.AGENT)
+        conversation = await _conversation(db, demo_workspace, "15550000002")
+        socket, operation = await _reply(base, client, app, token, conversation)
+        seen = await _statuses_until(socket, operation, "READ")
+        await socket.close()
+    assert [update["status"] for update in seen][-3:] == ["SENT", "DELIVERED", "READ"]
