@@ -3,8 +3,8 @@
 The demo numbers `weflux demo` created before (their status_detail says so; their
 credentials are random) become sandbox channels.
 
-Revision ID: 0011_sandbox_channels
-Revises: 0010_security_events
+Revision ID: 0012_sandbox_channels
+Revises: 0011_lifecycle
 Create Date: 2026-12-05 04:30:00 UTC
 """
 
@@ -13,8 +13,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0011_sandbox_channels"
-down_revision: str | None = "0010_security_events"
+revision: str = "0012_sandbox_channels"
+down_revision: str | None = "0011_lifecycle"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
