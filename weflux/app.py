@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         runtime = Runtime.build(settings)
         app.state.runtime = runtime  # the one thing on the app's state: `runtime_of`
+        if runtime.sandbox is not None:
+            runtime.sandbox.attach(app)  # sandbox statuses come in through this app's intake
         passwords.configure_pool(settings.password_hashing_workers, settings.password_hashing_queue)
         try:
             await _check_database_role(settings, runtime.db)

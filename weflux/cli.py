@@ -24,6 +24,7 @@ from weflux.config import (
     parse_duration,
 )
 from weflux.logs import configure_logging
+from weflux.sandbox.simulate import add_simulate_commands
 from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
 
@@ -474,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     rotate.set_defaults(func=cmd_keys_rotate)
 
     add_incident_commands(commands)
+    add_simulate_commands(commands)
     backup = commands.add_parser("backup", help="encrypted backups under WEFLUX_BACKUP_KEYS")
     backup_commands = backup.add_subparsers(dest="backup_command", required=True)
     create = backup_commands.add_parser("create", help=cmd_backup_create.__doc__)

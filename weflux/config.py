@@ -269,6 +269,10 @@ class Settings(BaseSettings):
     security_alert_dedupe_window: timedelta = timedelta(hours=1)
     security_alert_mail_limit: int = Field(default=20, ge=1)  # Admin alert mails per hour
 
+    # Sandbox channels (weflux.sandbox): seconds from an accepted send to its `sent`,
+    # `delivered` and `read` status webhooks, each counted from the previous one.
+    sandbox_status_delays: Annotated[tuple[float, float, float], NoDecode] = (0.5, 1.0, 2.0)
+
     # Names of the secrets that were generated for development rather than configured.
     generated_secrets: frozenset[str] = Field(default=frozenset(), exclude=True)
 
@@ -297,6 +301,20 @@ class Settings(BaseSettings):
             # Deletion must complete within 30 days of the request (CONTRACT §7).
             raise ValueError("at most 23d: a deletion completes within 30 days of its request")
         return grace
+
+    @field_validator("sandbox_status_delays", mode="before")
+    @classmethod
+    def _status_delays(cls, value: Any) -> tuple[float, float, float]:
+        items = _split_list(value)
+        if len(items) != 3:
+            raise ValueError("three delays in seconds, for sent, delivered and read: 0.5,1,2")
+        try:
+            delays = tuple(float(item) for item in items)
+        except ValueError:
+            raise ValueError("each delay is a number of seconds") from None
+        if any(not 0 <= delay <= 3600 for delay in delays):
+            raise ValueError("each delay is between 0 and 3600 seconds")
+        return (delays[0], delays[1], delays[2])
 
     @field_validator("refresh_reuse_interval", mode="before")
     @classmethod

@@ -31,6 +31,7 @@ from weflux.mail.mailer import Mailer, build_mailer
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
+from weflux.sandbox.channels import Sandbox
 from weflux.secops.detectors import Detectors
 from weflux.services.channels import Services as ChannelServices
 from weflux.throttle.ratelimit import RateLimiter
@@ -66,6 +67,7 @@ class Runtime:
     broker: Broker
     keyring: KeyRing
     cloud_api: CloudApiClient
+    sandbox: Sandbox | None
     channel_services: ChannelServices
     codec: TokenCodec
     authenticator: Authenticator
@@ -94,6 +96,8 @@ class Runtime:
         broker: Broker = RedisBroker(redis) if redis is not None else InProcessBroker()
         keyring = KeyRing.from_settings(settings)
         cloud_api = CloudApiClient.from_settings(settings)
+        # Sandbox channels (the demo number) are answered here; production has none.
+        sandbox = None if settings.is_production else Sandbox(settings)
         codec = TokenCodec(
             settings.jwt_secret.get_secret_value(),
             access_ttl=settings.access_token_ttl,
@@ -109,7 +113,10 @@ class Runtime:
             broker=broker,
             keyring=keyring,
             cloud_api=cloud_api,
-            channel_services=ChannelServices(keyring=keyring, cloud=cloud_api, broker=broker),
+            sandbox=sandbox,
+            channel_services=ChannelServices(
+                keyring=keyring, cloud=cloud_api, broker=broker, sandbox=sandbox
+            ),
             codec=codec,
             authenticator=authenticator,
             limiter=limiter,
@@ -155,6 +162,8 @@ class Runtime:
             await self.worker.stop()
         await self.broker.stop()
         await self.cloud_api.aclose()
+        if self.sandbox is not None:
+            await self.sandbox.aclose()
         if self.redis is not None:
             await self.redis.aclose()
         await self.db.dispose()

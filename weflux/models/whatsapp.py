@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from enum import StrEnum
 
-from sqlalchemy import Index, Text, text
+from sqlalchemy import Index, Text, false, text
 from sqlmodel import Field
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -91,6 +91,9 @@ class WhatsAppAccount(OrgScoped, table=True):
     status: str = Field(default=AccountStatus.UNKNOWN, max_length=32, nullable=False)
     status_detail: str | None = Field(default=None, max_length=500)
     health_checked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # Answered by the in-process Cloud API sandbox (weflux.sandbox), never by Meta;
+    # development and test only: production refuses to start with one.
+    sandbox: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
     created_at: datetime = created_at_field()
     disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 

@@ -25,6 +25,7 @@ from weflux.errors import BadUserInput, Conflict, ErrorCode, NotFound, WefluxErr
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.sandbox.channels import PRODUCTION_REFUSAL, Sandbox, SandboxChannel
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth
@@ -60,6 +61,34 @@ class Services:
     keyring: KeyRing
     cloud: CloudApiClient
     broker: Broker
+    # The in-process Cloud API of sandbox channels; None in production (weflux.sandbox).
+    sandbox: Sandbox | None = None
+
+    def cloud_for(self, account: WhatsAppAccount) -> CloudApiClient:
+        """Meta's client, or the sandbox's for a sandbox channel (SandboxRefused without one).
+
+        Raises DecryptionError when the channel's app secret cannot be opened.
+        """
+        if not account.sandbox:
+            return self.cloud
+        if self.sandbox is None:
+            raise SandboxRefused(PRODUCTION_REFUSAL)
+        app_secret = open_secret(self.keyring, account, "app_secret_enc")
+        if app_secret is not None:
+            self.sandbox.register(
+                SandboxChannel(
+                    phone_number_id=account.phone_number_id,
+                    business_account_id=account.business_account_id,
+                    display_phone_number=account.display_phone_number,
+                    webhook_key=account.webhook_key,
+                    app_secret=app_secret.reveal(),
+                )
+            )
+        return self.sandbox.client
+
+
+class SandboxRefused(Conflict):
+    """A sandbox channel, where no sandbox runs (production)."""
 
 
 def webhook_path(account: WhatsAppAccount) -> str:
@@ -349,7 +378,19 @@ async def refresh_health(
     if token is None:
         raise Conflict("This account has no access token; update its credentials")
     try:
-        health = await services.cloud.phone_number_health(account.phone_number_id, token.reveal())
+        cloud = services.cloud_for(account)
+    except SandboxRefused:
+        log.error("sandbox channel in production", extra={"account": str(account.id)})
+        raise
+    except DecryptionError as error:
+        log.error(
+            "stored app secret unusable", extra={"account": str(account.id), "why": str(error)}
+        )
+        raise Conflict(
+            "The stored app secret cannot be decrypted; update the credentials"
+        ) from None
+    try:
+        health = await cloud.phone_number_health(account.phone_number_id, token.reveal())
     except MetaApiError as error:
         apply_health_error(account, error)
         await session.flush()

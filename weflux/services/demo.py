@@ -103,7 +103,8 @@ async def _demo_inbox(
         quality_rating=QualityRating.GREEN,
         messaging_limit_tier="TIER_250",
         status=AccountStatus.CONNECTED,
-        status_detail="demo number: it is not connected to Meta",
+        status_detail="demo number: a sandbox channel, answered on this machine, never by Meta",
+        sandbox=True,
     )
     for column in ("access_token_enc", "app_secret_enc", "webhook_verify_token_enc"):
         seal(keyring, account, column, secrets.token_urlsafe(32))

@@ -115,13 +115,21 @@ def _route(parsed: ParsedWebhook, routes: Iterable[Route]) -> dict[uuid.UUID, _S
     for message in parsed.messages:
         owner = by_phone.get(message.phone_number_id)
         if owner is None:
-            log.warning("message for an unknown number", extra={"phone": message.phone_number_id})
+            log.warning(
+                "webhook message dropped: no live channel has its phone_number_id",
+                extra={"phone": message.phone_number_id},
+            )
             continue
         shares[owner.org_id].messages.append((message, owner))
     for status in parsed.statuses:
         owner = by_phone.get(status.phone_number_id)
-        if owner is not None:
-            shares[owner.org_id].statuses.append(status)
+        if owner is None:
+            log.warning(
+                "webhook status dropped: no live channel has its phone_number_id",
+                extra={"phone": status.phone_number_id},
+            )
+            continue
+        shares[owner.org_id].statuses.append(status)
     for template in parsed.template_updates:
         for org_id in {a.org_id for a in by_waba.get(template.waba_id, [])}:
             shares[org_id].templates.append(template)
@@ -132,10 +140,21 @@ def _route(parsed: ParsedWebhook, routes: Iterable[Route]) -> dict[uuid.UUID, _S
             if not quality.display_phone_number
             or _digits(a.display_phone_number) == _digits(quality.display_phone_number)
         ]
+        if not targets:
+            log.warning(
+                "webhook quality update dropped: no live channel of its business account "
+                "has its display number",
+                extra={"waba": quality.waba_id},
+            )
         for group in _by_workspace(targets):
             shares[group[0].org_id].quality.append((quality, group))
     for update in parsed.account_updates:
         targets = by_waba.get(update.waba_id, [])
+        if not targets:
+            log.warning(
+                "webhook account update dropped: no live channel has its business account",
+                extra={"waba": update.waba_id},
+            )
         for group in _by_workspace(targets):
             shares[group[0].org_id].account.append((update, group))
     return shares

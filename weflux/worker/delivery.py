@@ -69,9 +69,9 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.events import EventName, publish_after_commit
-from weflux.services.channels import Services, apply_health_error
+from weflux.services.channels import SandboxRefused, Services, apply_health_error
 from weflux.throttle.sends import LocalThrottle, Throttle
-from weflux.whatsapp.client import SentMessage
+from weflux.whatsapp.client import CloudApiClient, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 from weflux.whatsapp.payloads import NoRecipient, build_payload
 
@@ -250,6 +250,7 @@ class _Send:
     rate: int
     token: Secret = field(repr=False)  # revealed only at the call
     payload: dict[str, Any]
+    cloud: CloudApiClient = field(repr=False)  # Meta's, or the sandbox's (a sandbox channel)
 
 
 @dataclass(frozen=True)
@@ -305,6 +306,15 @@ async def _prepare(
                 "fail", title="Not sent: the WhatsApp number has no access token; update it"
             )
         try:
+            cloud = services.cloud_for(account)
+        except SandboxRefused as refused:
+            log.error("sandbox channel in production", extra={"account": str(account.id)})
+            return _Outcome("fail", title=f"Not sent: {refused.message}")
+        except DecryptionError:
+            return _Outcome(
+                "retry", title="The stored app secret cannot be decrypted; update credentials"
+            )
+        try:
             payload = build_payload(message, contact)
         except NoRecipient:
             return _Outcome(
@@ -319,6 +329,7 @@ async def _prepare(
             rate=throughput_of(account),
             token=token,
             payload=payload,
+            cloud=cloud,
         )
 
 
@@ -327,7 +338,7 @@ async def _call_meta(
 ) -> _Outcome:
     await throttle.acquire(send.phone_number_id, send.rate)
     try:
-        sent = await services.cloud.send_message(
+        sent = await send.cloud.send_message(
             send.phone_number_id, send.token.reveal(), send.payload
         )
     except MetaApiError as error:

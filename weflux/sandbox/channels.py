@@ -1,0 +1,215 @@
+"""Sandbox channels: the Cloud API answered in this process, statuses sent back as webhooks.
+
+A `WhatsAppAccount` with `sandbox` set (the demo number of `weflux demo`) never reaches
+Meta. Its sends, health refreshes and template sends go to `SandboxCloudApi`, a
+`FakeCloudApi` served over an in-process ASGI transport (no socket is opened), which
+answers a `wamid` in Meta's response shape or Meta's error shape. Each accepted send is
+then followed by `sent`, `delivered` and `read` status webhooks, signed with the
+channel's app secret and posted to the app's own `/webhooks/whatsapp/{webhookKey}`
+(the real intake, in process), after the delays of `WEFLUX_SANDBOX_STATUS_DELAYS`.
+
+Magic recipients (the number the business sends to):
+
+- ending in `0131049`: accepted, `sent`, then `failed` with Meta's error 131049
+  ("not delivered to maintain healthy ecosystem engagement");
+- ending in `0131026`: refused at once with Meta's error 131026 (message undeliverable).
+
+Production has no sandbox: `Runtime` builds none there, and a send or health refresh of
+a sandbox channel is refused, naming why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from weflux.config import Settings
+from weflux.sandbox import webhooks
+from weflux.sandbox.cloud_api import FakeCloudApi, SentRecord, _invalid_token, _token_of
+from weflux.whatsapp.client import CloudApiClient
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FAILING_SUFFIX", "REFUSED_SUFFIX", "Sandbox", "SandboxChannel", "SandboxCloudApi"]
+
+# Recipients ending so are answered with Meta's failures (see the module's docstring).
+FAILING_SUFFIX = "0131049"
+REFUSED_SUFFIX = "0131026"
+SANDBOX_GRAPH_URL = "http://cloud-api.sandbox.invalid"
+PRODUCTION_REFUSAL = (
+    "a sandbox channel is answered by the in-process Cloud API sandbox, which production "
+    "(WEFLUX_ENV=production) does not have: disconnect it and connect a real number"
+)
+_KEEP = 200  # recorded requests and sends kept (the fake records every one)
+_DIGITS = re.compile(r"\D")
+
+
+@dataclass(frozen=True)
+class SandboxChannel:
+    """What the sandbox needs to post a channel's status webhooks."""
+
+    phone_number_id: str
+    business_account_id: str
+    display_phone_number: str
+    webhook_key: str
+    app_secret: str = field(repr=False)
+
+
+class SandboxCloudApi(FakeCloudApi):
+    """The fake Cloud API, where every number is known and any token is accepted."""
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        """A fake that tells `sandbox` of every message it accepts."""
+        super().__init__()
+        self._sandbox = sandbox
+
+    def _authorize(self, request: Request, node_id: str, verb: str) -> Any:
+        token = _token_of(request)
+        if token is None:
+            return _invalid_token()
+        if node_id not in self.numbers:
+            channel = self._sandbox.channels.get(node_id)
+            self.add_number(
+                node_id,
+                access_token=token,
+                business_account_id=channel.business_account_id if channel else "1",
+                display_phone_number=channel.display_phone_number if channel else "+1 555 0100",
+                verified_name="Weflux Demo",
+                messaging_limit_tier="TIER_250",
+            )
+        number = self.numbers[node_id]
+        number.access_token = token
+        return number
+
+    async def _post_message(self, request: Request) -> Response:
+        del self.requests[:-_KEEP]
+        del self.sent[:-_KEEP]
+        payload: Any = None
+        with contextlib.suppress(ValueError):
+            payload = await request.json()
+        to = _DIGITS.sub("", str(payload.get("to", ""))) if isinstance(payload, dict) else ""
+        if to.endswith(REFUSED_SUFFIX):
+            self.fail_next(code=131026, details="Message Undeliverable.")
+        response = await super()._post_message(request)
+        if response.status_code == 200 and self.sent:
+            # No await since the fake appended it: the last send is this one.
+            self._sandbox.accepted(self.sent[-1])
+        return response
+
+
+class Sandbox:
+    """The in-process Cloud API of sandbox channels and the status webhooks it sends."""
+
+    def __init__(self, settings: Settings) -> None:
+        """A sandbox answering at `WEFLUX_META_GRAPH_VERSION`, with the configured delays."""
+        self.delays = settings.sandbox_status_delays
+        self.channels: dict[str, SandboxChannel] = {}
+        self.api = SandboxCloudApi(self)
+        self.client = CloudApiClient(
+            SANDBOX_GRAPH_URL,
+            settings.meta_graph_version,
+            transport=httpx.ASGITransport(app=self.api.app()),
+        )
+        self._intake: ASGIApp | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._warned = False
+
+    def attach(self, app: ASGIApp) -> None:
+        """The app whose webhook intake receives the statuses (`weflux serve`'s own)."""
+        self._intake = app
+
+    def register(self, channel: SandboxChannel) -> None:
+        """Know where (and with which secret) to post this channel's statuses."""
+        self.channels[channel.phone_number_id] = channel
+
+    def accepted(self, record: SentRecord) -> None:
+        """Start delivering the statuses of an accepted send."""
+        task = asyncio.get_running_loop().create_task(
+            self._statuses(record), name=f"sandbox-statuses-{record.wa_message_id[-8:]}"
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _statuses(self, record: SentRecord) -> None:
+        recipient = _DIGITS.sub("", record.to)
+        states: list[tuple[str, list[dict[str, Any]] | None]] = [
+            ("sent", None),
+            ("delivered", None),
+            ("read", None),
+        ]
+        if recipient.endswith(FAILING_SUFFIX):
+            failure = webhooks.error(
+                131049,
+                "This message was not delivered to maintain healthy ecosystem engagement.",
+                "The message failed to be delivered (a sandbox recipient ending in 0131049).",
+            )
+            states = [("sent", None), ("failed", [failure])]
+        for (state, errors), delay in zip(states, self.delays, strict=False):
+            await asyncio.sleep(delay)
+            try:
+                await self.post_status(record, state, recipient, errors)
+            except Exception:
+                log.exception(
+                    "sandbox: could not deliver a status webhook", extra={"status": state}
+                )
+                return
+
+    async def post_status(
+        self,
+        record: SentRecord,
+        state: str,
+        recipient: str,
+        errors: list[dict[str, Any]] | None = None,
+    ) -> int | None:
+        """Post one signed status webhook through the intake; answer its HTTP status."""
+        channel = self.channels.get(record.phone_number_id)
+        if channel is None or self._intake is None:
+            if not self._warned:
+                self._warned = True
+                log.warning(
+                    "sandbox: statuses are not delivered: they need the worker inside "
+                    "`weflux serve` (the sandbox posts them to that app's webhook intake)"
+                )
+            return None
+        status = webhooks.status(record.wa_message_id, state, recipient, errors=errors)
+        raw = webhooks.encode(
+            webhooks.body(
+                channel.business_account_id,
+                webhooks.messages_change(
+                    channel.phone_number_id, channel.display_phone_number, statuses=[status]
+                ),
+            )
+        )
+        transport = httpx.ASGITransport(app=self._intake, client=("127.0.0.1", 0))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.local") as http:
+            response = await http.post(
+                f"/webhooks/whatsapp/{channel.webhook_key}",
+                content=raw,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": webhooks.sign(raw, channel.app_secret),
+                },
+            )
+        if response.status_code != 200:
+            log.warning(
+                "sandbox: the intake refused a status webhook",
+                extra={"status": state, "http_status": response.status_code},
+            )
+        return response.status_code
+
+    async def aclose(self) -> None:
+        """Stop pending status deliveries and close the client."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.aclose()

@@ -1,0 +1,403 @@
+"""`weflux simulate`: Meta-shaped, correctly signed webhooks to a running server.
+
+By default each body is written for the demo number (the live sandbox channel), signed
+with its app secret (read from the database through the key ring, with the local
+settings) and posted to that channel's URL `/webhooks/whatsapp/{webhookKey}`.
+`--channel PHONE_NUMBER_ID` picks another channel of the database; with `--app-secret`
+the body is signed with that secret and posted to the bare `/webhooks/whatsapp` (the
+platform's Meta app), and no database is read. Timestamps are the current time.
+
+A body naming a number the server has no live channel for is dropped by the server (it
+still answers 200, as to Meta, and logs the drop at WARNING): the command says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import hashlib
+import json
+import mimetypes
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from weflux.sandbox import webhooks
+
+if TYPE_CHECKING:
+    from weflux.config import Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_CUSTOMER = "+15551230001"
+MAX_IMAGE_BYTES = 5 * 1024 * 1024  # Meta's limit for images
+STATUSES = ("sent", "delivered", "read", "failed")
+RATINGS = ("GREEN", "YELLOW", "RED")
+# `--event` names: ours (short) and the Meta events they stand for; Meta's own names go too.
+ACCOUNT_EVENTS = {
+    "FLAGGED": "ACCOUNT_VIOLATION",
+    "RESTRICTED": "ACCOUNT_RESTRICTION",
+    "BANNED": "DISABLED_UPDATE",
+    "DELETED": "ACCOUNT_DELETED",
+    "RECONNECTED": "ACCOUNT_RECONNECTED",
+}
+META_ACCOUNT_EVENTS = (
+    "ACCOUNT_VIOLATION",
+    "ACCOUNT_RESTRICTION",
+    "DISABLED_UPDATE",
+    "ACCOUNT_DELETED",
+    "ACCOUNT_OFFBOARDED",
+    "ACCOUNT_RECONNECTED",
+    "VERIFIED_ACCOUNT",
+)
+_FAILED_TITLES = {
+    131049: "This message was not delivered to maintain healthy ecosystem engagement.",
+    131026: "Message undeliverable",
+    131047: "Re-engagement message",
+    131000: "Something went wrong",
+}
+
+
+class SimulateError(Exception):
+    """A simulation that cannot be built or sent; its message is for the terminal."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a body goes and how it is signed."""
+
+    phone_number_id: str
+    business_account_id: str
+    display_phone_number: str
+    path: str
+    app_secret: str = field(repr=False)
+    known: bool  # a live channel of the server's database has this number
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What was sent, and what the server answered."""
+
+    url: str
+    body: dict[str, Any]
+    http_status: int
+    answer: str
+    dropped: str | None
+
+
+# -- bodies -------------------------------------------------------------------------------
+
+
+def _digits(number: str) -> str:
+    digits = "".join(c for c in number if c.isdigit())
+    if not 5 <= len(digits) <= 20:
+        raise SimulateError(f"`{number}` is not a phone number (5 to 20 digits, + allowed)")
+    return digits
+
+
+def image_payload(path: Path, caption: str | None = None) -> dict[str, Any]:
+    """Meta's image object for a real file: its MIME type and SHA-256, a fresh media id.
+
+    Media download is issue 16: the file's bytes are not uploaded anywhere yet.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise SimulateError(f"cannot read {path}: {error.strerror}") from None
+    if not raw or len(raw) > MAX_IMAGE_BYTES:
+        raise SimulateError(f"{path} must hold 1 byte to 5 MB (Meta's limit for images)")
+    mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    if mime not in ("image/jpeg", "image/png", "image/webp"):
+        raise SimulateError(f"{path} is not a JPEG, PNG or WebP image (by its name)")
+    payload: dict[str, Any] = {
+        "mime_type": mime,
+        "sha256": base64.b64encode(hashlib.sha256(raw).digest()).decode(),
+        "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+    }
+    if caption:
+        payload["caption"] = caption
+    return payload
+
+
+def message_change(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """The `messages` change of an inbound message from `--from`."""
+    sender = _digits(args.sender)
+    if args.text is not None:
+        kind, payload = "text", {"body": args.text}
+    elif args.image is not None:
+        kind, payload = "image", image_payload(args.image, args.caption)
+    elif args.location is not None:
+        try:
+            latitude, longitude = (float(part) for part in args.location.split(","))
+        except ValueError:
+            raise SimulateError("--location takes LAT,LONG, e.g. 38.7223,-9.1393") from None
+        if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+            raise SimulateError("--location: latitude -90..90, longitude -180..180")
+        kind, payload = "location", {"latitude": latitude, "longitude": longitude}
+    else:
+        if not args.to_message:
+            raise SimulateError("--reaction needs --to-message WAMID (the message reacted to)")
+        kind, payload = "reaction", {"message_id": args.to_message, "emoji": args.reaction}
+    inbound = webhooks.inbound(webhooks.new_wamid(), sender, kind, payload, reply_to=args.reply_to)
+    return webhooks.messages_change(
+        target.phone_number_id,
+        target.display_phone_number,
+        contacts=[webhooks.contact(sender, args.name or f"Customer {sender[-4:]}")],
+        messages=[inbound],
+    )
+
+
+def status_change(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """The `messages` change of a status of an outbound message."""
+    errors = None
+    if args.status == "failed":
+        code = args.error or 131000
+        errors = [webhooks.error(code, _FAILED_TITLES.get(code, "Message failed to send"))]
+    elif args.error is not None:
+        raise SimulateError("--error goes with --status failed")
+    state = webhooks.status(args.message, args.status, _digits(args.recipient), errors=errors)
+    return webhooks.messages_change(
+        target.phone_number_id, target.display_phone_number, statuses=[state]
+    )
+
+
+def build_body(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+    """The notification the subcommand asks for, written for `target`."""
+    if args.kind == "message":
+        built = message_change(target, args)
+    elif args.kind == "status":
+        built = status_change(target, args)
+    elif args.kind == "quality":
+        built = webhooks.quality_change(target.display_phone_number, args.rating)
+    else:
+        built = webhooks.account_change(
+            target.phone_number_id, ACCOUNT_EVENTS.get(args.event, args.event)
+        )
+    return webhooks.body(target.business_account_id, built)
+
+
+# -- target -------------------------------------------------------------------------------
+
+
+def _settings(settings: Settings | None) -> Settings:
+    from weflux.config import load_settings  # deferred: start-up cost
+
+    return settings if settings is not None else load_settings()
+
+
+async def _channel_target(args: argparse.Namespace, settings: Settings) -> Target:
+    """The demo number (or `--channel`), its app secret opened with the local key ring."""
+    # deferred: start-up cost (`weflux --help` loads no SQLAlchemy)
+    from sqlmodel import col, select
+
+    from weflux.crypto.fields import open_secret
+    from weflux.crypto.keyring import DecryptionError, KeyRing
+    from weflux.db import maintenance_database
+    from weflux.models import WhatsAppAccount
+
+    db = await maintenance_database(settings.migration_url)
+    try:
+        async with db.session(all_workspaces="simulate: the channel to write as") as session:
+            statement = select(WhatsAppAccount).where(
+                col(WhatsAppAccount.disconnected_at).is_(None)
+            )
+            if args.channel:
+                statement = statement.where(WhatsAppAccount.phone_number_id == args.channel)
+            else:
+                statement = statement.where(col(WhatsAppAccount.sandbox).is_(True))
+            account = (
+                await session.exec(statement.order_by(col(WhatsAppAccount.created_at)))
+            ).first()
+    finally:
+        await db.dispose()
+    if account is None:
+        if args.channel:
+            raise SimulateError(
+                f"no live channel has phone_number_id {args.channel} in this database: the "
+                "server would drop the body; give --app-secret to send it anyway"
+            )
+        raise SimulateError("no demo (sandbox) channel in this database: run `weflux demo`")
+    try:
+        secret = open_secret(KeyRing.from_settings(settings), account, "app_secret_enc")
+    except DecryptionError:
+        raise SimulateError(
+            "the channel's app secret cannot be decrypted with these WEFLUX_ENCRYPTION_KEYS"
+        ) from None
+    if secret is None:
+        raise SimulateError("the channel has no app secret of its own: give --app-secret")
+    return Target(
+        phone_number_id=account.phone_number_id,
+        business_account_id=account.business_account_id,
+        display_phone_number=account.display_phone_number,
+        path=f"/webhooks/whatsapp/{account.webhook_key}",
+        app_secret=secret.reveal(),
+        known=True,
+    )
+
+
+async def _known_number(phone_number_id: str, settings: Settings) -> bool | None:
+    """Whether the local database has a live channel of this number (None: unreadable)."""
+    try:
+        # deferred: start-up cost
+        from sqlmodel import col, select
+
+        from weflux.db import maintenance_database
+        from weflux.models import WhatsAppAccount
+
+        db = await maintenance_database(settings.migration_url)
+        try:
+            async with db.session(all_workspaces="simulate: is this number known?") as session:
+                statement = select(WhatsAppAccount.id).where(
+                    WhatsAppAccount.phone_number_id == phone_number_id,
+                    col(WhatsAppAccount.disconnected_at).is_(None),
+                )
+                return (await session.exec(statement)).first() is not None
+        finally:
+            await db.dispose()
+    except Exception:
+        return None
+
+
+async def resolve_target(args: argparse.Namespace, settings: Settings | None = None) -> Target:
+    """Where this simulation goes: a channel of the database, or `--app-secret`'s bare URL."""
+    if args.app_secret is None:
+        return await _channel_target(args, _settings(settings))
+    if not args.channel:
+        raise SimulateError("--app-secret needs --channel PHONE_NUMBER_ID (the number written to)")
+    try:
+        known = await _known_number(args.channel, _settings(settings))
+    except Exception:
+        known = None  # no readable local settings: nothing to say about the number
+    return Target(
+        phone_number_id=args.channel,
+        business_account_id=args.business_account or "0",
+        display_phone_number=args.display_phone_number or "+1 555 0100",
+        path="/webhooks/whatsapp",
+        app_secret=args.app_secret,
+        known=known is not False,
+    )
+
+
+# -- sending ------------------------------------------------------------------------------
+
+
+async def simulate(args: argparse.Namespace, settings: Settings | None = None) -> Outcome:
+    """Build, sign and post one notification; answer what happened."""
+    import httpx  # deferred: start-up cost
+
+    target = await resolve_target(args, settings)
+    body = build_body(target, args)
+    raw = webhooks.encode(body)
+    url = args.url.rstrip("/") + target.path
+    try:
+        async with httpx.AsyncClient(timeout=10) as http:
+            response = await http.post(
+                url,
+                content=raw,
+                headers={
+                    "Content-Type": "application/json",
+                    "X-Hub-Signature-256": webhooks.sign(raw, target.app_secret),
+                    "User-Agent": "weflux-simulate",
+                },
+            )
+    except httpx.HTTPError as error:
+        raise SimulateError(f"could not reach {args.url}: {type(error).__name__}") from None
+    dropped = None
+    if response.status_code == 200 and not target.known:
+        dropped = (
+            f"no live channel has phone_number_id {target.phone_number_id}: the server "
+            "answered 200 (as it does to Meta) and dropped the body, logging why at WARNING"
+        )
+    return Outcome(url, body, response.status_code, response.text[:500], dropped)
+
+
+def _shown_url(url: str) -> str:
+    """The URL without its webhook key (a capability), for the terminal."""
+    head, sep, key = url.rpartition("/webhooks/whatsapp/")
+    return f"{head}{sep}{key[:4]}…" if sep else url
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Send a Meta-shaped, signed webhook to a running server (CONTRACT §10)."""
+    try:
+        outcome = asyncio.run(simulate(args))
+    except SimulateError as error:
+        print(f"weflux simulate: {error}", file=sys.stderr)
+        return 2
+    print(report(outcome))
+    return 0 if outcome.http_status == 200 and outcome.dropped is None else 1
+
+
+def report(outcome: Outcome) -> str:
+    """What was sent and what the server answered, for the terminal."""
+    lines = [
+        f"POST {_shown_url(outcome.url)}",
+        json.dumps(outcome.body, indent=2, ensure_ascii=False),
+        f"-> HTTP {outcome.http_status} {outcome.answer}",
+    ]
+    if outcome.dropped is not None:
+        lines.append(f"DROPPED: {outcome.dropped}")
+    return "\n".join(lines)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+    parser.add_argument(
+        "--channel",
+        metavar="PHONE_NUMBER_ID",
+        help="the channel written to (default: the demo number, the live sandbox channel)",
+    )
+    parser.add_argument(
+        "--app-secret",
+        help="sign with this secret and post to the bare /webhooks/whatsapp (no database read)",
+    )
+    parser.add_argument("--business-account", help="with --app-secret: the WABA id of the body")
+    parser.add_argument("--display-phone-number", help="with --app-secret: the number's display")
+    parser.set_defaults(func=cmd_simulate)
+
+
+def add_simulate_commands(commands: Any) -> None:
+    """`weflux simulate message|status|quality|account`."""
+    simulate_parser = commands.add_parser(
+        "simulate", help="send Meta-shaped, signed webhooks to a running server"
+    )
+    kinds = simulate_parser.add_subparsers(dest="kind", required=True)
+
+    message = kinds.add_parser("message", help="a customer's inbound message")
+    _common(message)
+    message.add_argument(
+        "--from", dest="sender", default=DEFAULT_CUSTOMER, help="the customer's number"
+    )
+    message.add_argument("--name", help="the customer's WhatsApp profile name")
+    content = message.add_mutually_exclusive_group(required=True)
+    content.add_argument("--text")
+    content.add_argument("--image", type=Path, metavar="FILE", help="a small JPEG, PNG or WebP")
+    content.add_argument("--location", metavar="LAT,LONG")
+    content.add_argument("--reaction", metavar="EMOJI")
+    message.add_argument("--caption", help="with --image")
+    message.add_argument("--to-message", metavar="WAMID", help="with --reaction")
+    message.add_argument("--reply-to", metavar="WAMID", help="quote this message")
+
+    status = kinds.add_parser("status", help="a status of an outbound message")
+    _common(status)
+    status.add_argument("--message", required=True, metavar="WAMID", help="its waMessageId")
+    status.add_argument("--status", required=True, choices=STATUSES)
+    status.add_argument("--error", type=int, metavar="CODE", help="with failed: Meta's code")
+    status.add_argument(
+        "--recipient", default=DEFAULT_CUSTOMER, help="the customer the message went to"
+    )
+
+    quality = kinds.add_parser("quality", help="a quality rating change of the number")
+    _common(quality)
+    quality.add_argument("--rating", required=True, choices=RATINGS)
+
+    account = kinds.add_parser("account", help="an account update (restrictions, flags, bans)")
+    _common(account)
+    account.add_argument(
+        "--event",
+        required=True,
+        choices=[*ACCOUNT_EVENTS, *META_ACCOUNT_EVENTS],
+        help="FLAGGED, RESTRICTED, BANNED, DELETED, RECONNECTED, or Meta's own event name",
+    )
