@@ -37,7 +37,16 @@ from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
-from weflux.models import Contact, Conversation, Message, Organization, OrgScoped, workspace_models
+from weflux.models import (
+    Contact,
+    Conversation,
+    ConversationLabel,
+    Message,
+    Note,
+    Organization,
+    OrgScoped,
+    workspace_models,
+)
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
@@ -101,8 +110,9 @@ def set_scope(
 def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID) -> None:
     """Confine the session further to what an Agent may see (CONTRACT §3).
 
-    Conversations assigned to them or to nobody; the messages of those; the contacts
-    of those. Every ORM read, update and delete obeys it, nested fields included.
+    Conversations assigned to them or to nobody; the messages, notes and labellings of
+    those; the contacts of those. Every ORM read, update and delete obeys it, nested
+    fields included.
     """
     _info(session)[AGENT_KEY] = membership_id
 
@@ -236,6 +246,8 @@ def _agent_criteria(agent: uuid.UUID) -> list[Any]:
     return [
         with_loader_criteria(Conversation, visible_conversation, include_aliases=True),
         with_loader_criteria(Message, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(Note, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(ConversationLabel, in_visible_conversation, include_aliases=True),
         with_loader_criteria(Contact, with_visible_conversation, include_aliases=True),
     ]
 
