@@ -27,7 +27,8 @@ class InboxQuery:
             Permission.READ_WORKSPACE,
             "Conversations the caller may see, newest activity first (`lastMessageAt`). "
             f"Only {who_may(Permission.SEE_ALL_CONVERSATIONS)} see all of them; the others "
-            f"see their own and unassigned ones. `labelId` keeps those carrying the label. At most {MAX_PAGE} a page.",
+            "see their own and unassigned ones. `labelId` keeps those carrying the label. "
+            f"At most {MAX_PAGE} a page.",
         )
     )
     async def conversations(

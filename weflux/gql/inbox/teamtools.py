@@ -115,7 +115,13 @@ class TeamToolsMutation:
             "Create a label.",
         )
     )
-    async def create_label(self, info: Info[Context, None], input: CreateLabelInput) -> Label:
+    async def create_label(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            CreateLabelInput, strawberry.argument(description="The label's name and colour.")
+        ],
+    ) -> Label:
         context = info.context
         row = await teamtools.create_label(
             context.unit, context.actor, input.name, input.color, meta=context.meta
@@ -128,7 +134,13 @@ class TeamToolsMutation:
             "Rename or recolour a label.",
         )
     )
-    async def update_label(self, info: Info[Context, None], input: UpdateLabelInput) -> Label:
+    async def update_label(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateLabelInput, strawberry.argument(description="The label and what changes.")
+        ],
+    ) -> Label:
         context = info.context
         row = await teamtools.update_label(
             context.unit,
@@ -160,7 +172,12 @@ class TeamToolsMutation:
         )
     )
     async def set_conversation_labels(
-        self, info: Info[Context, None], input: SetConversationLabelsInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            SetConversationLabelsInput,
+            strawberry.argument(description="The conversation and its labels from now on."),
+        ],
     ) -> Conversation:
         context = info.context
         row = await teamtools.set_conversation_labels(
@@ -178,7 +195,13 @@ class TeamToolsMutation:
             "Write a private note on a visible conversation; never sent to WhatsApp.",
         )
     )
-    async def add_note(self, info: Info[Context, None], input: AddNoteInput) -> Note:
+    async def add_note(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            AddNoteInput, strawberry.argument(description="The conversation and the note.")
+        ],
+    ) -> Note:
         context = info.context
         row = await teamtools.add_note(
             context.unit,
@@ -196,7 +219,11 @@ class TeamToolsMutation:
         )
     )
     async def create_canned_reply(
-        self, info: Info[Context, None], input: CreateCannedReplyInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            CreateCannedReplyInput, strawberry.argument(description="The shortcut and the text.")
+        ],
     ) -> CannedReply:
         context = info.context
         row = await teamtools.create_canned_reply(
@@ -211,7 +238,12 @@ class TeamToolsMutation:
         )
     )
     async def update_canned_reply(
-        self, info: Info[Context, None], input: UpdateCannedReplyInput
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            UpdateCannedReplyInput,
+            strawberry.argument(description="The canned reply and what changes."),
+        ],
     ) -> CannedReply:
         context = info.context
         row = await teamtools.update_canned_reply(
@@ -230,9 +262,7 @@ class TeamToolsMutation:
             "Delete a canned reply. Answers the removed id.",
         )
     )
-    async def delete_canned_reply(
-        self, info: Info[Context, None], id: strawberry.ID
-    ) -> strawberry.ID:
+    async def delete_canned_reply(self, info: Info[Context, None], id: REPLY_ID) -> strawberry.ID:
         context = info.context
         await teamtools.delete_canned_reply(
             context.unit, context.actor, decode_global_id(id, "CannedReply"), meta=context.meta
