@@ -47,6 +47,7 @@ def upgrade() -> None:
     op.create_table(
         "conversation_labels",
         sa.Column("org_id", sa.Uuid(), nullable=False),
+        sa.Column("id", sa.Uuid(), nullable=False),
         sa.Column("conversation_id", sa.Uuid(), nullable=False),
         sa.Column("label_id", sa.Uuid(), nullable=False),
         _org("conversation_labels"),
@@ -62,7 +63,13 @@ def upgrade() -> None:
             name=op.f("fk_conversation_labels_label_id_labels"),
             ondelete="CASCADE",
         ),
-        sa.PrimaryKeyConstraint("conversation_id", "label_id", name=op.f("pk_conversation_labels")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_conversation_labels")),
+    )
+    op.create_index(
+        "uq_conversation_labels_conversation_id_label_id",
+        "conversation_labels",
+        ["conversation_id", "label_id"],
+        unique=True,
     )
     op.create_index(
         op.f("ix_conversation_labels_org_id_label_id_conversation_id"),
@@ -127,6 +134,9 @@ def downgrade() -> None:
     op.drop_index(
         op.f("ix_conversation_labels_org_id_label_id_conversation_id"),
         table_name="conversation_labels",
+    )
+    op.drop_index(
+        "uq_conversation_labels_conversation_id_label_id", table_name="conversation_labels"
     )
     op.drop_table("conversation_labels")
     op.drop_index(op.f("ix_labels_org_id_name"), table_name="labels")

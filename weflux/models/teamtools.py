@@ -24,15 +24,27 @@ class Label(OrgScoped, table=True):
 
 
 class ConversationLabel(OrgScoped, table=True):
-    """A label on a conversation; gone with either."""
+    """A label on a conversation (once); gone with either.
+
+    It has an `id` of its own like every workspace-owned row (batch deletion goes by id).
+    """
 
     __tablename__ = "conversation_labels"
-    __table_args__ = (Index(None, "org_id", "label_id", "conversation_id"),)
-
-    conversation_id: uuid.UUID = Field(
-        foreign_key="conversations.id", primary_key=True, ondelete="CASCADE"
+    __table_args__ = (
+        Index(
+            "uq_conversation_labels_conversation_id_label_id",
+            "conversation_id",
+            "label_id",
+            unique=True,
+        ),
+        Index(None, "org_id", "label_id", "conversation_id"),
     )
-    label_id: uuid.UUID = Field(foreign_key="labels.id", primary_key=True, ondelete="CASCADE")
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    conversation_id: uuid.UUID = Field(
+        foreign_key="conversations.id", nullable=False, ondelete="CASCADE"
+    )
+    label_id: uuid.UUID = Field(foreign_key="labels.id", nullable=False, ondelete="CASCADE")
 
 
 class Note(OrgScoped, table=True):
