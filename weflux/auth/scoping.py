@@ -12,7 +12,8 @@ question with ids), or, for maintenance run as the schema owner, a session opene
 - Writes are checked before flush: `org_id` is filled from the scope, and a row of
   another workspace is refused.
 - With no scope, any ORM statement touching a workspace-owned table raises.
-- Erased contacts (`erased_at`), their conversations and those conversations' messages
+- Erased contacts (`erased_at`), their conversations and those conversations' messages,
+  notes and labellings
   are hidden from every read, update and delete: the erasure tombstone, so an erased
   contact is gone at once from queries, `node`, subscriptions, replays and exports.
   Only the eraser itself looks past it (`see_erased`, weflux.lifecycle.erasure).
@@ -196,6 +197,8 @@ def _tombstone_criteria(org_id: uuid.UUID) -> list[Any]:
         with_loader_criteria(Contact, not_erased, include_aliases=True),
         with_loader_criteria(Conversation, not_erased, include_aliases=True),
         with_loader_criteria(Message, not_in_erased_conversation, include_aliases=True),
+        with_loader_criteria(Note, not_in_erased_conversation, include_aliases=True),
+        with_loader_criteria(ConversationLabel, not_in_erased_conversation, include_aliases=True),
     ]
 
 
