@@ -15,7 +15,8 @@ question with ids), or, for maintenance run as the schema owner, a session opene
 - Erased contacts (`erased_at`), their conversations and those conversations' messages,
   notes and labellings are hidden from every read, update and delete: the erasure
   tombstone, so an erased contact is gone at once from queries, `node`, subscriptions,
-  replays and exports. Only the eraser itself looks past it (`see_erased`, weflux.lifecycle.erasure).
+  replays and exports. Only the eraser itself looks past it (`see_erased`,
+  weflux.lifecycle.erasure).
 - On PostgreSQL the same scope is handed to row-level security at the start of each
   transaction with `set_config(..., true)`, which ends with the transaction: the
   workspace (`app.org_id`) and the webhook event the session names, if any
