@@ -28,6 +28,7 @@ class Permission(enum.StrEnum):
     MANAGE_CONTACTS = "manage_contacts"  # otherwise: read through visible conversations
     READ_AUDIT = "read_audit"  # audit and security events, data deletion and export
     MANAGE_SECURITY = "manage_security"  # the workspace's two-factor policy, members' resets
+    MANAGE_TEAM_TOOLS = "manage_team_tools"  # labels and canned replies (everyone uses them)
 
 
 _EVERYONE = frozenset(
@@ -44,6 +45,7 @@ _MANAGER = _EVERYONE | {
     Permission.SEE_ALL_CONVERSATIONS,
     Permission.ASSIGN_ANYONE,
     Permission.MANAGE_CONTACTS,
+    Permission.MANAGE_TEAM_TOOLS,
 }
 
 ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
@@ -142,6 +144,10 @@ MATRIX: list[tuple[str, Callable[[Role], str]]] = [
     (
         "contacts list/create/update",
         _either(Permission.MANAGE_CONTACTS, "✓", "only via visible conversations (read)"),
+    ),
+    (
+        "create/update/delete labels and canned replies (everyone uses them)",
+        _yes(Permission.MANAGE_TEAM_TOOLS),
     ),
     ("audit and security events, data deletion and export", _yes(Permission.READ_AUDIT)),
 ]

@@ -12,10 +12,11 @@ question with ids), or, for maintenance run as the schema owner, a session opene
 - Writes are checked before flush: `org_id` is filled from the scope, and a row of
   another workspace is refused.
 - With no scope, any ORM statement touching a workspace-owned table raises.
-- Erased contacts (`erased_at`), their conversations and those conversations' messages
-  are hidden from every read, update and delete: the erasure tombstone, so an erased
-  contact is gone at once from queries, `node`, subscriptions, replays and exports.
-  Only the eraser itself looks past it (`see_erased`, weflux.lifecycle.erasure).
+- Erased contacts (`erased_at`), their conversations and those conversations' messages,
+  notes and labellings are hidden from every read, update and delete: the erasure
+  tombstone, so an erased contact is gone at once from queries, `node`, subscriptions,
+  replays and exports. Only the eraser itself looks past it (`see_erased`,
+  weflux.lifecycle.erasure).
 - On PostgreSQL the same scope is handed to row-level security at the start of each
   transaction with `set_config(..., true)`, which ends with the transaction: the
   workspace (`app.org_id`) and the webhook event the session names, if any
@@ -37,7 +38,16 @@ from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
-from weflux.models import Contact, Conversation, Message, Organization, OrgScoped, workspace_models
+from weflux.models import (
+    Contact,
+    Conversation,
+    ConversationLabel,
+    Message,
+    Note,
+    Organization,
+    OrgScoped,
+    workspace_models,
+)
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
@@ -101,8 +111,9 @@ def set_scope(
 def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID) -> None:
     """Confine the session further to what an Agent may see (CONTRACT §3).
 
-    Conversations assigned to them or to nobody; the messages of those; the contacts
-    of those. Every ORM read, update and delete obeys it, nested fields included.
+    Conversations assigned to them or to nobody; the messages, notes and labellings of
+    those; the contacts of those. Every ORM read, update and delete obeys it, nested
+    fields included.
     """
     _info(session)[AGENT_KEY] = membership_id
 
@@ -186,6 +197,8 @@ def _tombstone_criteria(org_id: uuid.UUID) -> list[Any]:
         with_loader_criteria(Contact, not_erased, include_aliases=True),
         with_loader_criteria(Conversation, not_erased, include_aliases=True),
         with_loader_criteria(Message, not_in_erased_conversation, include_aliases=True),
+        with_loader_criteria(Note, not_in_erased_conversation, include_aliases=True),
+        with_loader_criteria(ConversationLabel, not_in_erased_conversation, include_aliases=True),
     ]
 
 
@@ -236,6 +249,8 @@ def _agent_criteria(agent: uuid.UUID) -> list[Any]:
     return [
         with_loader_criteria(Conversation, visible_conversation, include_aliases=True),
         with_loader_criteria(Message, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(Note, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(ConversationLabel, in_visible_conversation, include_aliases=True),
         with_loader_criteria(Contact, with_visible_conversation, include_aliases=True),
     ]
 

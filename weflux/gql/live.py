@@ -25,12 +25,14 @@ from strawberry.types import Info
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
+from weflux.gql.inbox.team_types import Note, to_note
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
 from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
+from weflux.models import Note as NoteRow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import utcnow
@@ -233,6 +235,26 @@ class Subscription:
             info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation
         ):
             yield conversation
+
+    @strawberry.subscription(
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "New private notes on the conversations the caller may see (on one with "
+            "`conversationId`), loaded through the caller's scope: an Agent receives none of "
+            "a conversation assigned to someone else.",
+        )
+    )
+    async def note_added(
+        self,
+        info: Info[Context, None],
+        conversation_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Only notes of this Conversation; null: all."),
+        ] = None,
+    ) -> AsyncGenerator[Note, None]:
+        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        async for note in _follow(info, EventName.NOTE_ADDED, NoteRow, to_note, conversation=only):
+            yield note
 
     @strawberry.subscription(
         **guarded(

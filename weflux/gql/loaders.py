@@ -17,6 +17,8 @@ from strawberry.dataloader import DataLoader
 from weflux.models import (
     Contact,
     Conversation,
+    ConversationLabel,
+    Label,
     Membership,
     Message,
     Organization,
@@ -37,6 +39,10 @@ class Loaders:
         self.message = DataLoader[uuid.UUID, Message | None](load_fn=self._messages)
         self.whatsapp_account = DataLoader[uuid.UUID, WhatsAppAccount | None](
             load_fn=self._whatsapp_accounts
+        )
+        # A conversation's labels, by name: one query for a whole page of conversations.
+        self.conversation_labels = DataLoader[uuid.UUID, list[Label]](
+            load_fn=self._conversation_labels
         )
 
     async def _by_id(self, model: type[Any], ids: Sequence[uuid.UUID]) -> list[Any]:
@@ -66,3 +72,17 @@ class Loaders:
 
     async def _whatsapp_accounts(self, ids: Sequence[uuid.UUID]) -> list[WhatsAppAccount | None]:
         return await self._by_id(WhatsAppAccount, ids)
+
+    async def _conversation_labels(self, ids: Sequence[uuid.UUID]) -> list[list[Label]]:
+        rows = (
+            await self._unit().exec(
+                select(ConversationLabel.conversation_id, Label)
+                .join(Label, col(Label.id) == col(ConversationLabel.label_id))
+                .where(col(ConversationLabel.conversation_id).in_(ids))
+                .order_by(col(Label.name), col(Label.id))
+            )
+        ).all()
+        found: dict[uuid.UUID, list[Label]] = {i: [] for i in ids}
+        for conversation_id, label in rows:
+            found[conversation_id].append(label)
+        return [found[i] for i in ids]

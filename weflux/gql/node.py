@@ -19,6 +19,7 @@ from weflux.gql.identity.types import (
     to_session,
     to_user,
 )
+from weflux.gql.inbox.team_types import to_canned_reply, to_label, to_note
 from weflux.gql.inbox.types import to_contact, to_conversation, to_message
 from weflux.gql.incidents.types import to_incident
 from weflux.gql.lifecycle.types import to_data_request
@@ -28,12 +29,15 @@ from weflux.ids import parse_global_id
 from weflux.models import (
     AuditEvent,
     AuthSession,
+    CannedReply,
     Contact,
     Conversation,
     DataRequest,
     Invitation,
+    Label,
     Membership,
     Message,
+    Note,
     Organization,
     SecurityEvent,
 )
@@ -112,6 +116,21 @@ async def _message(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     return to_message(row) if row else None
 
 
+async def _note(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Note, row_id)  # an Agent's: of visible conversations
+    return to_note(row) if row else None
+
+
+async def _label(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(Label, row_id)
+    return to_label(row) if row else None
+
+
+async def _canned_reply(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(CannedReply, row_id)
+    return to_canned_reply(row) if row else None
+
+
 async def _incident(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
     if not info.context.actor.can(Permission.READ_AUDIT):
         return None
@@ -138,6 +157,9 @@ RESOLVERS: dict[str, Resolver] = {
     "Contact": _contact,
     "Conversation": _conversation,
     "Message": _message,
+    "Note": _note,
+    "Label": _label,
+    "CannedReply": _canned_reply,
     "Incident": _incident,
     "DataRequest": _data_request,
 }

@@ -33,6 +33,7 @@ from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organizati
 from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
+from weflux.gql.inbox.teamtools import TeamToolsMutation, TeamToolsQuery
 from weflux.gql.inbox.types import Contact, Conversation, Message
 from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.lifecycle.mutations import LifecycleMutation
@@ -51,7 +52,15 @@ MAX_TOKENS = 2000
 
 
 @strawberry.type(description="Every read. All of it is scoped to the caller's workspace and role.")
-class Query(IdentityQuery, ChannelQuery, InboxQuery, IncidentQuery, SecurityQuery, LifecycleQuery):
+class Query(
+    IdentityQuery,
+    ChannelQuery,
+    InboxQuery,
+    TeamToolsQuery,
+    IncidentQuery,
+    SecurityQuery,
+    LifecycleQuery,
+):
     @strawberry.field(
         **guarded(
             Permission.READ_WORKSPACE,
@@ -75,6 +84,7 @@ class Mutation(
     ChannelMutation,
     InboxMutation,
     SendingMutation,
+    TeamToolsMutation,
     SecurityMutation,
     LifecycleMutation,
 ):

@@ -47,6 +47,7 @@ from weflux.models.security import (
     SecurityEvent,
     SecuritySeverity,
 )
+from weflux.models.teamtools import CannedReply, ConversationLabel, Label, Note
 from weflux.models.user import User
 from weflux.models.whatsapp import (
     ACCOUNT_STATUS_MEANINGS,
@@ -72,8 +73,10 @@ __all__ = [
     "AlertStatus",
     "AuditEvent",
     "AuthSession",
+    "CannedReply",
     "Contact",
     "Conversation",
+    "ConversationLabel",
     "ConversationStatus",
     "DataRequest",
     "DataRequestKind",
@@ -84,11 +87,13 @@ __all__ = [
     "IncidentStatus",
     "IncidentWorkspace",
     "Invitation",
+    "Label",
     "Membership",
     "Message",
     "MessageDirection",
     "MessageStatus",
     "MessageType",
+    "Note",
     "OrgScoped",
     "Organization",
     "PendingSignup",

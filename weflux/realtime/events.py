@@ -30,6 +30,7 @@ class EventName(StrEnum):
     CONVERSATION_UPDATED = "conversationUpdated"
     WHATSAPP_ACCOUNT_UPDATED = "whatsAppAccountUpdated"
     SECURITY_EVENT_ADDED = "securityEventAdded"
+    NOTE_ADDED = "noteAdded"
     # Never published: the hub's marker to its listeners after a broker reconnection.
     RESYNC = "__resync__"
 

@@ -57,6 +57,12 @@ class Action(StrEnum):
     WORKSPACE_DELETION_CANCELLED = "workspace.deletion_cancelled"
     RETENTION_POLICY_UPDATED = "workspace.retention_policy_updated"
     DATA_REQUEST_OVERDUE = "data_request.overdue"
+    LABEL_CREATED = "label.created"
+    LABEL_UPDATED = "label.updated"
+    LABEL_DELETED = "label.deleted"
+    CANNED_REPLY_CREATED = "canned_reply.created"
+    CANNED_REPLY_UPDATED = "canned_reply.updated"
+    CANNED_REPLY_DELETED = "canned_reply.deleted"
 
 
 class Severity(StrEnum):

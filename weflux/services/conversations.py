@@ -23,6 +23,7 @@ from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.models import (
     Contact,
     Conversation,
+    ConversationLabel,
     ConversationStatus,
     Membership,
     Message,
@@ -123,6 +124,7 @@ async def list_conversations(
     status: ConversationStatus | None = None,
     assignee: AssigneeFilter = AssigneeFilter.ANY,
     search: str | None = None,
+    label: uuid.UUID | None = None,
 ) -> Page[Conversation]:
     """Visible conversations, newest activity first, keyset-paginated on (last_message_at, id).
 
@@ -142,6 +144,11 @@ async def list_conversations(
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
+    if label is not None:
+        tagged = select(col(ConversationLabel.conversation_id)).where(
+            col(ConversationLabel.label_id) == label
+        )
+        query = query.where(col(Conversation.id).in_(tagged))
     if after:
         query = query.where(_after_conversation(after))
     query = query.order_by(

@@ -24,7 +24,7 @@ from tests.fixtures.factories import (
 )
 from tests.fixtures.inbox import Api, workspace
 from weflux.db import Database
-from weflux.models import MessageDirection, Organization
+from weflux.models import ConversationLabel, Label, MessageDirection, Organization
 from weflux.runtime import runtime_of
 
 PAGE = """query($first: Int!) { conversations(first: $first) { edges { node {
@@ -35,12 +35,15 @@ PAGE_WITH_EVERYTHING = """query($first: Int!) { conversations(first: $first) { e
   id status unreadCount serviceWindowExpiresAt
   contact { name phoneNumber } whatsAppAccount { phoneNumberId }
   assignee { role user { name } } lastMessage { text type createdAt } } } } }"""
+PAGE_WITH_LABELS = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id contact { name } assignee { role } lastMessage { text } labels { name color } } } } }"""
 
 # The statement opening the transaction (see the module docstring), then one each:
 # the page, contacts, memberships (assignees), last messages.
 PAGE_STATEMENTS = 1 + 4
 USER_STATEMENTS = 1  # the assignees' users
 ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
+LABEL_STATEMENTS = 1  # the conversations' labels
 
 
 @contextmanager
@@ -65,6 +68,9 @@ async def _seed(
     """`count` conversations visible to `agent`, each with a last message, and as many hidden."""
     async with workspace(db, org.id) as session:
         accounts = [await create_whatsapp_account(session) for _ in range(3)]
+        labels = [Label(name=f"label {n}", color="#aabbcc") for n in range(2)]
+        session.add_all(labels)
+        await session.flush()
         for i in range(count * 2):
             visible = i % 2 == 0
             assignee = (
@@ -81,6 +87,8 @@ async def _seed(
                 direction=MessageDirection.OUTBOUND,
                 sent_by_membership_id=members[i % len(members)].membership.id,
             )
+            for label in labels[: i % 3]:
+                session.add(ConversationLabel(conversation_id=conversation.id, label_id=label.id))
 
 
 @pytest.mark.parametrize("size", [10, 50])
@@ -103,6 +111,7 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
             (PAGE, PAGE_STATEMENTS),
             (PAGE_WITH_USERS, PAGE_STATEMENTS + USER_STATEMENTS),
             (PAGE_WITH_EVERYTHING, PAGE_STATEMENTS + USER_STATEMENTS + ACCOUNT_STATEMENTS),
+            (PAGE_WITH_LABELS, PAGE_STATEMENTS + LABEL_STATEMENTS),
         ):
             # when the actor reads a page
             with counting(app) as statements:

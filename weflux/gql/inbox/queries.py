@@ -27,7 +27,8 @@ class InboxQuery:
             Permission.READ_WORKSPACE,
             "Conversations the caller may see, newest activity first (`lastMessageAt`). "
             f"Only {who_may(Permission.SEE_ALL_CONVERSATIONS)} see all of them; the others "
-            f"see their own and unassigned ones. At most {MAX_PAGE} a page.",
+            "see their own and unassigned ones. `labelId` keeps those carrying the label. "
+            f"At most {MAX_PAGE} a page.",
         )
     )
     async def conversations(
@@ -51,6 +52,10 @@ class InboxQuery:
                 "blank: everything."
             ),
         ] = None,
+        label_id: Annotated[
+            strawberry.ID | None,
+            strawberry.argument(description="Only conversations carrying this Label; null: any."),
+        ] = None,
     ) -> Connection[Conversation]:
         page = await conversation_service.list_conversations(
             info.context.unit,
@@ -60,6 +65,7 @@ class InboxQuery:
             status=status,
             assignee=assignee or AssigneeFilter.ANY,
             search=search,
+            label=decode_global_id(label_id, "Label") if label_id else None,
         )
         return to_connection(page, to_conversation)
 

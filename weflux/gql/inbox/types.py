@@ -17,6 +17,7 @@ from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, to_member
+from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.types import (
     After,
     Before,
@@ -40,6 +41,7 @@ from weflux.models import (
 )
 from weflux.pagination import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
 from weflux.services import conversations as conversation_service
+from weflux.services import teamtools
 from weflux.services.conversations import ASSIGNEE_FILTER_MEANINGS, AssigneeFilter
 from weflux.services.outbound import service_window_expires_at
 
@@ -169,6 +171,26 @@ class Conversation(Node):
             before=decode_cursor(before, "before") if before else None,
         )
         return to_connection(page, to_message)
+
+    @strawberry.field(description="Its labels, by name.")
+    async def labels(self, info: Info[Context, None]) -> list[Label]:
+        rows = await info.context.loaders.conversation_labels.load(self.row_id)
+        return [to_label(row) for row in rows]
+
+    @strawberry.field(
+        description="The team's private notes on it, oldest first (never sent to WhatsApp). "
+        f"At most {MAX_PAGE} a page."
+    )
+    async def notes(
+        self, info: Info[Context, None], first: First = None, after: After = None
+    ) -> Connection[Note]:
+        page = await teamtools.list_notes(
+            info.context.unit,
+            self.row_id,
+            first=first,
+            after=decode_cursor(after) if after else None,
+        )
+        return to_connection(page, to_note)
 
 
 @strawberry.type(description="One WhatsApp message, inbound or outbound.")
