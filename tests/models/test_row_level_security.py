@@ -362,6 +362,7 @@ async def test_a_webhook_event_is_seen_only_by_the_transaction_that_names_it(
 CROSSING_FUNCTIONS = {
     "weflux_account_by_email": "TABLE(user_id uuid, password_hash text)",
     "weflux_delete_orphan_users": "integer",
+    "weflux_delete_workspace_alerts": "integer",
     "weflux_due_data_requests": "TABLE(org_id uuid, request_id uuid)",
     "weflux_due_retention": "SETOF uuid",
     "weflux_erase_webhook_bodies": "integer",
