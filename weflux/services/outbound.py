@@ -45,6 +45,7 @@ from weflux.models import (
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services import templates
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +370,10 @@ async def send_template_message(
     client_message_id: str | None = None,
 ) -> Message:
     """Queue an approved template; allowed outside the 24-hour window, never to an opted-out
-    contact. Meta checks the template itself when the worker sends it (a wrong name or
-    parameter count ends FAILED with Meta's code and title). `client_message_id` works as
+    contact. When the number's templates are known (`weflux.services.templates`), one that
+    is not listed, not APPROVED or given the wrong number of body parameters is
+    BAD_USER_INPUT before anything is queued; otherwise Meta judges it at send time (a
+    wrong name or parameter count ends FAILED with Meta's code and title). `client_message_id` works as
     for `send_message`: the same template again answers the first message."""
     client_message_id = _check_client_message_id(client_message_id)
     name, language, parameters = _check_template(template_name, language_code, body_parameters)
@@ -387,4 +390,5 @@ async def send_template_message(
     if existing is not None:
         return existing
     await _check_recipient(session, conversation)
+    await templates.check_sendable(session, conversation.account_id, name, language, parameters)
     return await _queue(session, principal, broker, conversation, message)
