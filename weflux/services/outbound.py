@@ -373,8 +373,9 @@ async def send_template_message(
     contact. When the number's templates are known (`weflux.services.templates`), one that
     is not listed, not APPROVED or given the wrong number of body parameters is
     BAD_USER_INPUT before anything is queued; otherwise Meta judges it at send time (a
-    wrong name or parameter count ends FAILED with Meta's code and title). `client_message_id` works as
-    for `send_message`: the same template again answers the first message."""
+    wrong name or parameter count ends FAILED with Meta's code and title).
+    `client_message_id` works as for `send_message`: the same template again answers the
+    first message."""
     client_message_id = _check_client_message_id(client_message_id)
     name, language, parameters = _check_template(template_name, language_code, body_parameters)
     conversation = await _visible_conversation(session, principal, conversation_id)

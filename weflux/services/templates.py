@@ -88,9 +88,7 @@ async def sync(
     if token is None:
         raise Conflict("This account has no access token; update its credentials")
     try:
-        listed = await services.cloud.message_templates(
-            account.business_account_id, token.reveal()
-        )
+        listed = await services.cloud.message_templates(account.business_account_id, token.reveal())
     except MetaApiError:
         raise UpstreamUnavailable(
             "Meta did not list the templates; try again in a moment"

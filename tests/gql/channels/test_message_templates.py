@@ -43,7 +43,8 @@ async def test_a_sync_reads_every_page_and_counts_parameters(
     synced = response.json()["data"]["syncMessageTemplates"]
     assert sorted(t["name"] for t in synced) == [*(f"order_update_{i}" for i in range(5)), "promo"]
     counts = {t["name"]: t["parameterCount"] for t in synced}
-    assert counts["order_update_0"] == 3 and counts["promo"] == 0
+    assert counts["order_update_0"] == 3
+    assert counts["promo"] == 0
     pages = [r for r in fake_meta.requests if r.path.endswith("/message_templates")]
     assert len(pages) == 3  # 6 templates, 2 a page, each cursor followed
 
