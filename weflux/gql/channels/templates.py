@@ -10,7 +10,7 @@ from strawberry.types import Info
 from weflux import models
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
-from weflux.gql.permissions import requires
+from weflux.gql.permissions import guarded
 from weflux.gql.types import Node
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.services import templates as template_service
@@ -58,9 +58,11 @@ def to_message_template(row: models.MessageTemplate) -> MessageTemplate:
 @strawberry.type
 class TemplateQuery:
     @strawberry.field(
-        description="A number's templates as last synced, by name and language; NOT_FOUND "
-        "for a number outside the workspace.",
-        permission_classes=[requires(Permission.READ_WORKSPACE)],
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "A number's templates as last synced, by name and language; NOT_FOUND for a "
+            "number outside the workspace.",
+        )
     )
     async def message_templates(
         self,
@@ -82,9 +84,11 @@ class TemplateQuery:
 @strawberry.type
 class TemplateMutation:
     @strawberry.mutation(
-        description="Re-read every page of a number's templates from Meta now (ADMIN, "
-        "MANAGER); the worker also does it daily. UPSTREAM_UNAVAILABLE when Meta fails.",
-        permission_classes=[requires(Permission.REFRESH_CHANNEL_HEALTH)],
+        **guarded(
+            Permission.REFRESH_CHANNEL_HEALTH,
+            "Re-read every page of a number's templates from Meta now; the worker also does "
+            "it daily. UPSTREAM_UNAVAILABLE when Meta fails.",
+        )
     )
     async def sync_message_templates(
         self, info: Info[Context, None], whats_app_account_id: AccountId
