@@ -1,4 +1,5 @@
-"""Sending: a reply, a template or a first template to a new customer, queued in the request's own transaction (the outbox)."""
+"""Sending: a reply, a template, or a first template to a new customer, queued in the
+request's own transaction (the outbox)."""
 
 from __future__ import annotations
 
