@@ -26,7 +26,7 @@ from weflux.auth.principal import Principal
 from weflux.auth.scoping import workspace_wide
 from weflux.errors import RateLimited
 from weflux.models import Conversation, Message, MessageDirection, MessageStatus, utcnow
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimitDecision, RateLimiter
 
 TIER_WINDOW = timedelta(hours=24)
 # Business-initiated conversations (distinct customers) a number may start per 24 hours.
@@ -49,18 +49,25 @@ async def charge_template_send(limiter: RateLimiter | None, principal: Principal
     """Count one template against the workspace's and the member's quotas."""
     if limiter is None:
         return
-    for name, key in (
+    keys = (
         ("template_sends_workspace", str(principal.org_id)),
         ("template_sends_member", str(principal.membership_id)),
-    ):
-        decision = await limiter.hit(name, key)
-        if not decision.allowed:
-            who = "this workspace" if name.endswith("workspace") else "you"
-            raise RateLimited(
-                f"Template sends are limited for {who}; try again in "
-                f"{decision.retry_after} seconds",
-                retry_after=decision.retry_after,
-            )
+    )
+    # Both are tested before either counts, so a send the member's quota refuses does
+    # not use up the workspace's.
+    for name, key in keys:
+        _raise_when_denied(name, await limiter.test(name, key))
+    for name, key in keys:
+        _raise_when_denied(name, await limiter.hit(name, key))
+
+
+def _raise_when_denied(name: str, decision: RateLimitDecision) -> None:
+    if not decision.allowed:
+        who = "this workspace" if name.endswith("workspace") else "you"
+        raise RateLimited(
+            f"Template sends are limited for {who}; try again in {decision.retry_after} seconds",
+            retry_after=decision.retry_after,
+        )
 
 
 async def check_messaging_tier(
