@@ -1,7 +1,7 @@
 """message templates synced from Meta; when a number's templates were last synced
 
-Revision ID: 0011_message_templates
-Revises: 0010_security_events
+Revision ID: 0013_message_templates
+Revises: 0012_sandbox_channels
 Create Date: 2026-12-05 04:40:00 UTC
 
 `message_templates` is workspace-owned (tenant row-level security).
@@ -15,8 +15,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0011_message_templates"
-down_revision: str | None = "0010_security_events"
+revision: str = "0013_message_templates"
+down_revision: str | None = "0012_sandbox_channels"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
