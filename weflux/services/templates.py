@@ -88,7 +88,13 @@ async def sync(
     if token is None:
         raise Conflict("This account has no access token; update its credentials")
     try:
-        listed = await services.cloud.message_templates(account.business_account_id, token.reveal())
+        cloud = services.cloud_for(account)  # a sandbox channel's in-process Cloud API
+    except DecryptionError:
+        raise Conflict(
+            "The stored app secret cannot be decrypted; update the credentials"
+        ) from None
+    try:
+        listed = await cloud.message_templates(account.business_account_id, token.reveal())
     except MetaApiError:
         raise UpstreamUnavailable(
             "Meta did not list the templates; try again in a moment"
