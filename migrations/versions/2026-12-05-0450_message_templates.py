@@ -1,8 +1,8 @@
 """message templates synced from Meta; when a number's templates were last synced
 
-Revision ID: 0013_message_templates
-Revises: 0012_sandbox_channels
-Create Date: 2026-12-05 04:40:00 UTC
+Revision ID: 0014_message_templates
+Revises: 0013_team_tools
+Create Date: 2026-12-05 04:50:00 UTC
 
 `message_templates` is workspace-owned (tenant row-level security).
 """
@@ -15,8 +15,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0013_message_templates"
-down_revision: str | None = "0012_sandbox_channels"
+revision: str = "0014_message_templates"
+down_revision: str | None = "0013_team_tools"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
