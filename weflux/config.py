@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     rate_limit_webhook_verify_key: str = "20/minute;120/hour"
     rate_limit_webhook_signature_ip: str = "30/minute;300/hour"
     rate_limit_webhook_signature_key: str = "120/minute;1200/hour"
+    # Paid sends: templates queued per workspace and per member (weflux.services.quotas).
+    rate_limit_template_sends_workspace: str = "1000/hour;10000/day"
+    rate_limit_template_sends_member: str = "200/hour;1000/day"
     # The whole request body must arrive within this time of the app's first read (408).
     request_body_timeout: timedelta = timedelta(seconds=30)
     # Cost budgets, `CAPACITY:RESTORE/UNIT` (points; see weflux/throttle/leaky_bucket.py).

@@ -31,6 +31,7 @@ from weflux.models import (
     Message,
     MessageDirection,
     MessageStatus,
+    MessageTemplate,
     Organization,
     TemplateStatusEvent,
     WebhookEvent,
@@ -509,6 +510,40 @@ async def test_template_quality_and_account_updates_reach_the_account(
     assert account.status == "RESTRICTED"
     assert "RESTRICTED_BIZ_INITIATED_MESSAGING" in (account.status_detail or "")
     assert (template.event, template.reason) == ("REJECTED", "INVALID_FORMAT")
+
+
+async def test_a_template_status_webhook_updates_the_synced_template(
+    client: httpx.AsyncClient, db: Database, org: Organization, channel: WhatsAppAccount
+) -> None:
+    async with db.session(org.id) as session:
+        session.add(
+            MessageTemplate(
+                org_id=org.id,
+                account_id=channel.id,
+                meta_template_id="1689556908129832",
+                name="order_confirmation",
+                language="en_US",
+                status="APPROVED",
+            )
+        )
+        row = await session.get(WhatsAppAccount, channel.id)
+        assert row is not None
+        row.templates_synced_at = utcnow()
+    paused = wh.template_status_change("PAUSED", reason="LOW_QUALITY")
+    unknown = wh.template_status_change("APPROVED", template_id=42, name="brand_new")
+    assert (await post(client, wh.webhook_body(paused, unknown))).status_code == 200
+    async with db.session(org.id) as session:
+        (template,) = (await session.exec(select(MessageTemplate))).all()
+        account = await session.get(WhatsAppAccount, channel.id)
+    assert template.status == "PAUSED"
+    assert account is not None
+    assert account.templates_synced_at is None  # a template we do not know: sync it soon
+
+    reinstated = wh.template_status_change("REINSTATED")
+    assert (await post(client, wh.webhook_body(reinstated))).status_code == 200
+    async with db.session(org.id) as session:
+        (template,) = (await session.exec(select(MessageTemplate))).all()
+    assert template.status == "APPROVED"
 
 
 # --- throughput ---

@@ -29,10 +29,10 @@ from weflux.config import Settings
 from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import WhatsAppAccount, utcnow
+from weflux.models import MessageTemplate, WhatsAppAccount, utcnow
 from weflux.realtime.broker import InProcessBroker, Message
 from weflux.realtime.events import workspace_channel
-from weflux.sandbox.cloud_api import FakeCloudApi
+from weflux.sandbox.cloud_api import FakeCloudApi, RecordedRequest
 from weflux.services.channels import Services
 from weflux.whatsapp.client import CloudApiClient
 from weflux.worker.health import refresh_due_accounts
@@ -76,6 +76,15 @@ async def _account(
     return account
 
 
+def _health_calls(fake_meta: FakeCloudApi) -> list[RecordedRequest]:
+    """The health reads (the daily template sync rides along, and is counted apart)."""
+    return [
+        r
+        for r in fake_meta.requests
+        if r.method == "GET" and not r.path.endswith("/message_templates")
+    ]
+
+
 async def _reload(db: Database, account: WhatsAppAccount) -> WhatsAppAccount:
     async with db.session(account.org_id) as session:
         row = await session.get(WhatsAppAccount, account.id)
@@ -109,7 +118,7 @@ async def test_due_accounts_of_every_workspace_are_refreshed_once(
     assert (refreshed.quality_rating, refreshed.messaging_limit_tier) == ("YELLOW", "TIER_10K")
     assert refreshed.health_checked_at is not None
     assert (await _reload(db, theirs)).quality_rating == "GREEN"
-    assert len([r for r in fake_meta.requests if r.method == "GET"]) == 2
+    assert len(_health_calls(fake_meta)) == 2
     assert events == [{"event": "whatsAppAccountUpdated", "id": str(ours.id)}]
 
 
@@ -126,7 +135,7 @@ async def test_concurrent_workers_check_each_number_once(
         *(refresh_due_accounts(db, services, interval=HOUR) for _ in range(3))
     )
     assert sum(done) == 2
-    assert len([r for r in fake_meta.requests if r.method == "GET"]) == 2
+    assert len(_health_calls(fake_meta)) == 2
 
 
 async def test_an_invalid_token_flags_the_account_and_the_others_go_on(
@@ -220,3 +229,29 @@ async def test_weflux_worker_runs_as_its_own_process(
 async def test_no_account_query_escapes_its_workspace(db: Database, admin: Actor) -> None:
     async with db.session(admin.org_id) as session:
         assert (await session.exec(select(WhatsAppAccount))).all() == []
+
+
+async def test_templates_are_synced_with_the_health_refresh_once_a_day(
+    db: Database, services: Services, fake_meta: FakeCloudApi, admin: Actor
+) -> None:
+    account = await _account(db, services.keyring, admin, PHONE_NUMBER_ID, ACCESS_TOKEN)
+    fake_meta.add_template("102290129340398", "order_update", body="Order {{1}} for {{2}}")
+    assert await refresh_due_accounts(db, services, interval=HOUR) == 1
+    async with db.session(admin.org_id) as session:
+        (template,) = (await session.exec(select(MessageTemplate))).all()
+    assert (template.name, template.status, template.parameter_count) == (
+        "order_update",
+        "APPROVED",
+        2,
+    )
+    synced = (await _reload(db, account)).templates_synced_at
+    assert synced is not None
+
+    # The next health round within the day leaves the templates alone.
+    async with db.session(admin.org_id) as session:
+        row = await session.get(WhatsAppAccount, account.id)
+        assert row is not None
+        row.health_checked_at = utcnow() - 2 * HOUR
+    assert await refresh_due_accounts(db, services, interval=HOUR) == 1
+    listings = [r for r in fake_meta.requests if r.path.endswith("/message_templates")]
+    assert len(listings) == 1

@@ -23,6 +23,7 @@ class Permission(enum.StrEnum):
     REFRESH_CHANNEL_HEALTH = "refresh_channel_health"
     SEE_ALL_CONVERSATIONS = "see_all_conversations"  # otherwise: own and unassigned
     REPLY = "reply"  # reply, change status, mark read (on visible conversations)
+    START_CONVERSATIONS = "start_conversations"  # write first, with an approved template
     ASSIGN_ANYONE = "assign_anyone"
     ASSIGN_SELF = "assign_self"  # self-assign an unassigned one, unassign self
     MANAGE_CONTACTS = "manage_contacts"  # otherwise: read through visible conversations
@@ -36,6 +37,7 @@ _EVERYONE = frozenset(
         Permission.READ_WORKSPACE,
         Permission.MANAGE_OWN_ACCOUNT,
         Permission.REPLY,
+        Permission.START_CONVERSATIONS,
         Permission.ASSIGN_SELF,
     }
 )
@@ -140,6 +142,10 @@ MATRIX: list[tuple[str, Callable[[Role], str]]] = [
         _either(Permission.SEE_ALL_CONVERSATIONS, "all", "assigned to self, or unassigned"),
     ),
     ("reply, change status, mark read", _either(Permission.REPLY, "visible ones", "–")),
+    (
+        "start a conversation with a template (assigned to the starter)",
+        _yes(Permission.START_CONVERSATIONS),
+    ),
     ("assign", _assign),
     (
         "contacts list/create/update",

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Table, event, inspect, or_, select, text
@@ -121,6 +122,22 @@ def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID)
 def see_erased(session: Session | AsyncSession) -> None:
     """Let the session see erased contacts' rows: only the eraser, to delete them."""
     _info(session)[SEE_ERASED_KEY] = True
+
+
+@contextmanager
+def workspace_wide(session: Session | AsyncSession) -> Iterator[None]:
+    """Lift an Agent's restriction for the statements inside, still in the workspace.
+
+    Only for aggregates that must see the whole workspace and answer a number, never
+    rows (the messaging-tier count of `weflux.services.quotas`).
+    """
+    info = _info(session)
+    agent = info.pop(AGENT_KEY, None)
+    try:
+        yield
+    finally:
+        if agent is not None:
+            info[AGENT_KEY] = agent
 
 
 def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:

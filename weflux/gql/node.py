@@ -9,6 +9,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.errors import NotFound
+from weflux.gql.channels.templates import to_message_template
 from weflux.gql.channels.types import to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.identity.types import (
@@ -37,6 +38,7 @@ from weflux.models import (
     Label,
     Membership,
     Message,
+    MessageTemplate,
     Note,
     Organization,
     SecurityEvent,
@@ -99,6 +101,11 @@ async def _whatsapp_account(info: Info[Context, None], row_id: uuid.UUID) -> Nod
     return to_whatsapp_account(row) if row else None
 
 
+async def _message_template(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
+    row = await info.context.unit.get(MessageTemplate, row_id)
+    return to_message_template(row) if row else None
+
+
 # The inbox: the scoped session hides another workspace's rows and, from an Agent,
 # conversations assigned to someone else with their messages and contacts.
 async def _contact(info: Info[Context, None], row_id: uuid.UUID) -> Node | None:
@@ -147,6 +154,7 @@ async def _data_request(info: Info[Context, None], row_id: uuid.UUID) -> Node | 
 
 RESOLVERS: dict[str, Resolver] = {
     "WhatsAppAccount": _whatsapp_account,
+    "MessageTemplate": _message_template,
     "Member": _member,
     "User": _user,
     "Organization": _organization,

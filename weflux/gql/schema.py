@@ -21,6 +21,7 @@ from strawberry.types.graphql import OperationType
 from weflux.auth.permissions import Permission
 from weflux.gql.channels.mutations import ChannelMutation
 from weflux.gql.channels.queries import ChannelQuery
+from weflux.gql.channels.templates import MessageTemplate, TemplateMutation, TemplateQuery
 from weflux.gql.channels.types import WhatsAppAccount
 from weflux.gql.context import Context
 from weflux.gql.errors import CodedErrors, log_errors
@@ -55,6 +56,7 @@ MAX_TOKENS = 2000
 class Query(
     IdentityQuery,
     ChannelQuery,
+    TemplateQuery,
     InboxQuery,
     TeamToolsQuery,
     IncidentQuery,
@@ -82,6 +84,7 @@ class Mutation(
     IdentityMutation,
     TwoFactorMutation,
     ChannelMutation,
+    TemplateMutation,
     InboxMutation,
     SendingMutation,
     TeamToolsMutation,
@@ -157,6 +160,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
             Invitation,
             AuditEvent,
             WhatsAppAccount,
+            MessageTemplate,
             Contact,
             Conversation,
             Message,

@@ -94,8 +94,34 @@ class WhatsAppAccount(OrgScoped, table=True):
     # Answered by the in-process Cloud API sandbox (weflux.sandbox), never by Meta;
     # development and test only: production refuses to start with one.
     sandbox: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    templates_synced_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     disconnected_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class MessageTemplate(OrgScoped, table=True):
+    """A message template of a number's business account, as last read from Meta.
+
+    Synced from `GET /{waba-id}/message_templates` (weflux.services.templates) and kept
+    current by `message_template_status_update` webhooks. One row per account, name and
+    language, as Meta identifies a template when sending.
+    """
+
+    __tablename__ = "message_templates"
+    __table_args__ = (Index(None, "org_id", "account_id", "name", "language", unique=True),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    account_id: uuid.UUID = Field(
+        foreign_key="whatsapp_accounts.id", nullable=False, ondelete="CASCADE"
+    )
+    meta_template_id: str | None = Field(default=None, max_length=64)
+    name: str = Field(max_length=512, nullable=False)
+    language: str = Field(max_length=16, nullable=False)
+    category: str = Field(default="UNKNOWN", max_length=32, nullable=False)
+    status: str = Field(default="UNKNOWN", max_length=32, nullable=False)
+    body_text: str | None = Field(default=None, sa_type=Text)
+    parameter_count: int = Field(default=0, nullable=False)
+    updated_at: datetime = created_at_field()
 
 
 class SmtpSettings(OrgScoped, table=True):

@@ -186,6 +186,8 @@ class FakeCloudApi:
         self.sent: list[SentRecord] = []
         self._failures: deque[_Failure] = deque()
         self._delays: deque[float] = deque()
+        # Message templates per business account (`add_template`), in creation order.
+        self.templates: dict[str, list[dict[str, Any]]] = {}
         # Lower it to make `GET /{waba-id}/phone_numbers` answer in several pages.
         self.max_page_size = _MAX_PAGE_SIZE
 
@@ -241,6 +243,28 @@ class FakeCloudApi:
                 number.fields[graph_name] = {"level": value}
             else:
                 number.fields[graph_name] = value
+
+    def add_template(
+        self,
+        business_account_id: str,
+        name: str,
+        *,
+        language: str = "en_US",
+        category: str = "UTILITY",
+        status: str = "APPROVED",
+        body: str | None = "Hello {{1}}",
+    ) -> dict[str, Any]:
+        """Register a message template of a business account (listed with paging)."""
+        template: dict[str, Any] = {
+            "id": str(10**15 + sum(len(t) for t in self.templates.values())),
+            "name": name,
+            "language": language,
+            "category": category,
+            "status": status,
+            "components": [{"type": "BODY", "text": body}] if body is not None else [],
+        }
+        self.templates.setdefault(business_account_id, []).append(template)
+        return template
 
     def set_access_token(self, phone_number_id: str, access_token: str) -> None:
         """Rotate (or revoke, by changing) the token that may use a number."""
@@ -308,6 +332,7 @@ class FakeCloudApi:
         self.sent.clear()
         self._failures.clear()
         self._delays.clear()
+        self.templates.clear()
         self.max_page_size = _MAX_PAGE_SIZE
 
     # -- HTTP ---------------------------------------------------------------------------
@@ -321,6 +346,11 @@ class FakeCloudApi:
                     "/{version}/{node_id}/phone_numbers", self._list_phone_numbers, methods=["GET"]
                 ),
                 Route("/{version}/{node_id}/messages", self._post_message, methods=["POST"]),
+                Route(
+                    "/{version}/{node_id}/message_templates",
+                    self._list_templates,
+                    methods=["GET"],
+                ),
                 Route("/{path:path}", self._unknown_path, methods=_ALL_METHODS),
             ]
         )
@@ -374,6 +404,39 @@ class FakeCloudApi:
             if start + len(page) < len(listed):
                 query = urlencode({"limit": size, "after": _cursor(start + len(page) - 1)})
                 paging["next"] = f"{request.base_url}{version}/{waba_id}/phone_numbers?{query}"
+            answer["paging"] = paging
+        return self._finish(record, _json(200, answer))
+
+    async def _list_templates(self, request: Request) -> Response:
+        """`GET /{waba-id}/message_templates`: cursor-paginated like `phone_numbers`."""
+        record, early = await self._begin(request)
+        if early is not None:
+            return self._finish(record, early)
+        version, waba_id = request.path_params["version"], request.path_params["node_id"]
+        if not _VERSION.fullmatch(version):
+            return self._finish(record, _unknown_components(request.url.path))
+        token = _token_of(request)
+        if token is None or not any(n.access_token == token for n in self.numbers.values()):
+            return self._finish(record, _invalid_token())
+        if not any(
+            n.access_token == token and n.business_account_id == waba_id
+            for n in self.numbers.values()
+        ):
+            return self._finish(record, _unsupported(waba_id, "get"))
+        listed = self.templates.get(waba_id, [])
+        start = _cursor_position(request.query_params.get("after"))
+        size = _page_size(request.query_params.get("limit"), self.max_page_size)
+        if start is None or size is None:
+            return self._finish(record, _error(400, code=100, message="(#100) Invalid parameter"))
+        page = listed[start : start + size]
+        answer: dict[str, Any] = {"data": [dict(t) for t in page]}
+        if page:
+            paging: dict[str, Any] = {
+                "cursors": {"before": _cursor(start), "after": _cursor(start + len(page) - 1)}
+            }
+            if start + len(page) < len(listed):
+                query = urlencode({"limit": size, "after": _cursor(start + len(page) - 1)})
+                paging["next"] = f"{request.base_url}{version}/{waba_id}/message_templates?{query}"
             answer["paging"] = paging
         return self._finish(record, _json(200, answer))
 

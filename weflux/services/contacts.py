@@ -10,6 +10,7 @@ import re
 import uuid
 from typing import Any
 
+import phonenumbers
 from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -144,6 +145,53 @@ async def create_contact(
     except IntegrityError:
         raise _conflict() from None
     return contact
+
+
+def e164(value: str) -> str:
+    """A phone number checked with `phonenumbers` and formatted E.164 (`+16505551234`).
+
+    International format only (a leading `+` is added when missing): there is no
+    default region to guess from. BAD_USER_INPUT for a number no country assigns.
+    """
+    text = value.strip() if isinstance(value, str) else ""
+    if text and not text.startswith("+"):
+        text = "+" + text
+    try:
+        parsed = phonenumbers.parse(text, None)
+    except phonenumbers.NumberParseException:
+        parsed = None
+    if parsed is None or not phonenumbers.is_valid_number(parsed):
+        raise _field_error(
+            "phoneNumber",
+            "Enter a valid phone number in international format, such as +16505551234",
+        )
+    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+
+
+async def contact_to_write_to(
+    session: AsyncSession, phone_number: str, name: str | None
+) -> tuple[Contact, bool]:
+    """The contact of an E.164 number, created (named by the team) when there is none;
+    and whether it was created. CONFLICT when the number belongs to a contact the
+    caller cannot see (an Agent's, in a conversation assigned to someone else)."""
+    digits = phone_number.removeprefix("+")
+    cleaned = _clean_name(name)
+    found = (await session.exec(select(Contact).where(col(Contact.wa_id) == digits))).first()
+    if found is not None:
+        return found, False
+    contact = Contact(wa_id=digits, phone_number=phone_number)
+    name_by_team(contact, cleaned)
+    try:
+        async with session.begin_nested():
+            session.add(contact)
+            await session.flush()
+    except IntegrityError:
+        raise Conflict(
+            "This customer is already in a conversation you cannot see; ask the member "
+            "it is assigned to, or a Manager",
+            details=[{"field": "phoneNumber", "message": "already in another conversation"}],
+        ) from None
+    return contact, True
 
 
 def _conflict() -> Conflict:

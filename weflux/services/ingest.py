@@ -51,6 +51,7 @@ from weflux.models import (
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services import templates
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import (
@@ -480,6 +481,7 @@ async def _process_share(
                 reason=template.reason,
             )
         )
+        await templates.apply_status_update(session, template)
     await _account_changes(session, broker, org_id, share)
     await session.flush()
 

@@ -37,6 +37,7 @@ from weflux.errors import (
 from weflux.models import (
     Contact,
     Conversation,
+    ConversationStatus,
     Message,
     MessageDirection,
     MessageStatus,
@@ -45,6 +46,8 @@ from weflux.models import (
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services import contacts, quotas, templates
+from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +228,7 @@ async def _existing(session: AsyncSession, wanted: Message) -> Message | None:
     return found
 
 
-async def _check_recipient(session: AsyncSession, conversation: Conversation) -> None:
+async def _check_recipient(session: AsyncSession, conversation: Conversation) -> WhatsAppAccount:
     contact = await session.get(Contact, conversation.contact_id)
     if contact is None:
         raise NotFound("Conversation not found")
@@ -239,6 +242,7 @@ async def _check_recipient(session: AsyncSession, conversation: Conversation) ->
         raise Conflict(
             "The WhatsApp number of this conversation is disconnected; reconnect it to reply"
         )
+    return account
 
 
 async def _queue(
@@ -367,11 +371,15 @@ async def send_template_message(
     language_code: str,
     body_parameters: list[str],
     client_message_id: str | None = None,
+    limiter: RateLimiter | None = None,
 ) -> Message:
     """Queue an approved template; allowed outside the 24-hour window, never to an opted-out
-    contact. Meta checks the template itself when the worker sends it (a wrong name or
-    parameter count ends FAILED with Meta's code and title). `client_message_id` works as
-    for `send_message`: the same template again answers the first message."""
+    contact. When the number's templates are known (`weflux.services.templates`), one that
+    is not listed, not APPROVED or given the wrong number of body parameters is
+    BAD_USER_INPUT before anything is queued; otherwise Meta judges it at send time (a
+    wrong name or parameter count ends FAILED with Meta's code and title).
+    `client_message_id` works as for `send_message`: the same template again answers the
+    first message."""
     client_message_id = _check_client_message_id(client_message_id)
     name, language, parameters = _check_template(template_name, language_code, body_parameters)
     conversation = await _visible_conversation(session, principal, conversation_id)
@@ -386,5 +394,94 @@ async def send_template_message(
     existing = await _existing(session, message)
     if existing is not None:
         return existing
-    await _check_recipient(session, conversation)
+    account = await _check_recipient(session, conversation)
+    await templates.check_sendable(session, conversation.account_id, name, language, parameters)
+    if not service_window_open(conversation):
+        await quotas.check_messaging_tier(
+            session, account.id, account.messaging_limit_tier, conversation.id
+        )
+    await quotas.charge_template_send(limiter, principal)
     return await _queue(session, principal, broker, conversation, message)
+
+
+async def start_conversation(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    *,
+    account_id: uuid.UUID,
+    phone_number: str,
+    contact_name: str | None,
+    template_name: str,
+    language_code: str,
+    body_parameters: list[str],
+    limiter: RateLimiter | None = None,
+) -> Conversation:
+    """Write first to a customer: find or create the contact of `phone_number` (E.164,
+    checked with `phonenumbers`), open their conversation with the number and queue the
+    template in it, all in the caller's transaction.
+
+    Every role may (Permission.START_CONVERSATIONS). A new conversation is assigned to
+    whoever starts it, so an Agent keeps seeing it; an existing one keeps its assignee
+    and is reopened when RESOLVED. NOT_FOUND for a number outside the workspace or
+    disconnected; CONTACT_OPTED_OUT after a STOP (nothing is created then); CONFLICT when
+    an Agent names a customer whose conversation is assigned to someone else;
+    BAD_USER_INPUT for an invalid number or template; RATE_LIMITED over the quotas or
+    the number's messaging tier (weflux.services.quotas).
+    """
+    principal.require(
+        Permission.START_CONVERSATIONS, "Your role does not allow starting conversations"
+    )
+    name, language, parameters = _check_template(template_name, language_code, body_parameters)
+    number = contacts.e164(phone_number)
+    account = await session.get(WhatsAppAccount, account_id)
+    if account is None or account.disconnected_at is not None:
+        raise NotFound("WhatsApp account not found")
+    await templates.check_sendable(session, account.id, name, language, parameters)
+    contact, _ = await contacts.contact_to_write_to(session, number, contact_name)
+    if contact.opted_out:
+        raise ContactOptedOut(
+            "This contact has opted out of messages (they sent STOP); nothing can be sent "
+            "until they opt in again by sending START"
+        )
+    conversation = (
+        await session.exec(
+            select(Conversation).where(
+                Conversation.contact_id == contact.id, Conversation.account_id == account.id
+            )
+        )
+    ).first()
+    if conversation is None:
+        conversation = Conversation(
+            org_id=principal.org_id,
+            contact_id=contact.id,
+            account_id=account.id,
+            status=ConversationStatus.OPEN,
+            assignee_membership_id=principal.membership_id,
+        )
+        try:
+            async with session.begin_nested():
+                session.add(conversation)
+                await session.flush()
+        except IntegrityError:
+            raise Conflict(
+                "This customer is already in a conversation you cannot see; ask the member "
+                "it is assigned to, or a Manager"
+            ) from None
+    elif conversation.status == ConversationStatus.RESOLVED:
+        conversation.status = ConversationStatus.OPEN
+    if not service_window_open(conversation):
+        await quotas.check_messaging_tier(
+            session, account.id, account.messaging_limit_tier, conversation.id
+        )
+    await quotas.charge_template_send(limiter, principal)
+    message = _new_outbound(
+        principal,
+        conversation,
+        type="template",
+        text=template_summary(name, language, parameters),
+        payload=template_payload(name, language, parameters),
+        client_message_id=None,
+    )
+    await _queue(session, principal, broker, conversation, message)
+    return conversation

@@ -44,6 +44,8 @@ LIMIT_NAMES = (
     "webhook_verify_key",
     "webhook_signature_ip",
     "webhook_signature_key",
+    "template_sends_workspace",
+    "template_sends_member",
 )
 # Limits keyed by an account identifier (an email, alone or with an IP): normalised and
 # hashed before storage, so no email address is ever a key in Redis.

@@ -34,6 +34,11 @@ HEALTH_FIELDS = (
 PHONE_NUMBERS_PAGE_SIZE = 100
 PHONE_NUMBERS_MAX_PAGES = 50
 
+# `GET /{waba-id}/message_templates`: templates per page asked for, and pages read at most.
+TEMPLATES_PAGE_SIZE = 100
+TEMPLATES_MAX_PAGES = 100
+TEMPLATE_FIELDS = ("id", "name", "language", "category", "status", "components")
+
 _PATH_ID = re.compile(r"[0-9]{1,32}")
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 # An access token goes into a header: visible ASCII only, so no header can be injected
@@ -54,6 +59,19 @@ class PhoneNumberHealth:
     verified_name: str | None
     status: str | None
     name_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateInfo:
+    """A message template of a business account, as `GET /{waba-id}/message_templates`
+    answers it (the body component's text only; other components are not kept)."""
+
+    meta_template_id: str | None
+    name: str
+    language: str
+    category: str
+    status: str
+    body_text: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +253,45 @@ class CloudApiClient:
         )
         return False
 
+    async def message_templates(
+        self, business_account_id: str, access_token: str
+    ) -> list[TemplateInfo]:
+        """Every template of a business account, all pages (`GET /{waba-id}/message_templates`).
+
+        Cursors are followed as for `lists_phone_numbers` (the `after` cursor sent back to
+        the configured host); at most TEMPLATES_MAX_PAGES pages. Entries without a name or
+        language are skipped.
+        """
+        _check_path_id(business_account_id, "business_account_id")
+        params = {"fields": ",".join(TEMPLATE_FIELDS), "limit": str(TEMPLATES_PAGE_SIZE)}
+        seen: set[str] = set()
+        found: list[TemplateInfo] = []
+        for _ in range(TEMPLATES_MAX_PAGES):
+            body = await self._call(
+                "list_message_templates",
+                business_account_id,
+                access_token,
+                "GET",
+                f"{business_account_id}/message_templates",
+                params=params,
+            )
+            data = body.get("data")
+            for entry in data if isinstance(data, list) else []:
+                template = _template(entry)
+                if template is not None:
+                    found.append(template)
+            after = _next_cursor(body.get("paging"))
+            if after is None or after in seen:
+                return found
+            seen.add(after)
+            params = {**params, "after": after}
+        log.warning(
+            "stopped reading a business account's templates after %d pages",
+            TEMPLATES_MAX_PAGES,
+            extra={"business_account_id": business_account_id},
+        )
+        return found
+
     async def send_message(
         self, phone_number_id: str, access_token: str, payload: dict[str, Any]
     ) -> SentMessage:
@@ -344,6 +401,29 @@ class CloudApiClient:
                 "kind": error.kind.value,
             },
         )
+
+
+def _template(entry: Any) -> TemplateInfo | None:
+    """One entry of the templates edge, or None when it lacks a name or language."""
+    if not isinstance(entry, dict):
+        return None
+    name, language = _text(entry.get("name")), _text(entry.get("language"))
+    if name is None or language is None:
+        return None
+    body_text = None
+    components = entry.get("components")
+    for component in components if isinstance(components, list) else []:
+        if isinstance(component, dict) and str(component.get("type", "")).upper() == "BODY":
+            body_text = _text(component.get("text"))
+            break
+    return TemplateInfo(
+        meta_template_id=_text(entry.get("id")),
+        name=name[:512],
+        language=language[:16],
+        category=(_text(entry.get("category")) or "UNKNOWN").upper()[:32],
+        status=(_text(entry.get("status")) or "UNKNOWN").upper()[:32],
+        body_text=body_text,
+    )
 
 
 def _next_cursor(paging: Any) -> str | None:

@@ -3,12 +3,14 @@
 Several workers may run at once: on PostgreSQL each claims due accounts with
 `FOR UPDATE SKIP LOCKED` (`crossings.due_health_checks`, across workspaces) and stamps
 them, in each one's workspace, before calling Meta, so no two workers check the same
-number in the same round.
+number in the same round. A number whose templates were not synced in the last 24
+hours has them synced after its health refresh (`weflux.services.templates`).
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -19,7 +21,7 @@ from weflux.auth.scoping import use_workspace
 from weflux.db import Database
 from weflux.errors import WefluxError
 from weflux.models import WhatsAppAccount, utcnow
-from weflux.services import channels
+from weflux.services import channels, templates
 from weflux.services.channels import Services
 
 log = logging.getLogger(__name__)
@@ -58,4 +60,26 @@ async def refresh_due_accounts(
                 )
             except Exception:
                 log.exception("health refresh failed", extra={"account": str(account.id)})
+        await _sync_templates_if_due(db, services, due.org_id, due.id)
     return refreshed
+
+
+async def _sync_templates_if_due(
+    db: Database, services: Services, org_id: uuid.UUID, account_id: uuid.UUID
+) -> None:
+    """Re-read a number's templates once a day (or soon after an unknown one's webhook)."""
+    async with db.session(org_id) as session:
+        account = await session.get(WhatsAppAccount, account_id)
+        if account is None or account.disconnected_at is not None:
+            return
+        synced = account.templates_synced_at
+        if synced is not None and synced > utcnow() - templates.TEMPLATE_SYNC_EVERY:
+            return
+        try:
+            await templates.sync(session, services, account)
+        except WefluxError as error:
+            log.warning(
+                "template sync failed", extra={"account": str(account.id), "error": error.message}
+            )
+        except Exception:
+            log.exception("template sync failed", extra={"account": str(account.id)})

@@ -1,4 +1,5 @@
-"""Sending: a reply or a template, queued in the request's own transaction (the outbox)."""
+"""Sending: a reply, a template, or a first template to a new customer, queued in the
+request's own transaction (the outbox)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
 from weflux.gql.context import Context
-from weflux.gql.inbox.types import Message, to_message
+from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
 from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.services import outbound
@@ -50,6 +51,27 @@ class SendTemplateMessageInput:
         default=None,
         description="As in SendMessageInput: a retry with the same template, language and "
         "parameters answers the first message; anything else under a used id is CONFLICT.",
+    )
+
+
+@strawberry.input(
+    description="Write first to a customer: their number, and the approved template to send."
+)
+class StartConversationInput:
+    whats_app_account_id: strawberry.ID = strawberry.field(
+        description="The workspace's number to write from."
+    )
+    phone_number: str = strawberry.field(
+        description="The customer's number in international (E.164) format, +16505551234."
+    )
+    contact_name: str | None = strawberry.field(
+        default=None, description="A name for a new contact (an existing one keeps theirs)."
+    )
+    template_name: str = strawberry.field(description="An APPROVED template of the number.")
+    language_code: str = strawberry.field(description="The template's language, such as en_US.")
+    body_parameters: list[str] = strawberry.field(
+        default_factory=list,
+        description="The values of the body's {{n}} placeholders, as many as the template has.",
     )
 
 
@@ -106,5 +128,39 @@ class SendingMutation:
             language_code=input.language_code,
             body_parameters=list(input.body_parameters),
             client_message_id=input.client_message_id,
+            limiter=context.limiter,
         )
         return to_message(row)
+
+    @strawberry.mutation(
+        **guarded(
+            Permission.START_CONVERSATIONS,
+            "Write first to a customer: finds or creates the contact, opens the "
+            "conversation (a new one is assigned to the caller) and queues the template. "
+            "CONTACT_OPTED_OUT after a STOP; RATE_LIMITED over the template quotas or the "
+            "number's messaging-limit tier; BAD_USER_INPUT for an invalid number or a "
+            "template that is not APPROVED or given the wrong number of parameters.",
+        )
+    )
+    async def start_conversation(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            StartConversationInput,
+            strawberry.argument(description="The number, the customer and the template."),
+        ],
+    ) -> Conversation:
+        context = info.context
+        row = await outbound.start_conversation(
+            context.unit,
+            context.actor,
+            context.broker,
+            account_id=decode_global_id(input.whats_app_account_id, "WhatsAppAccount"),
+            phone_number=input.phone_number,
+            contact_name=input.contact_name,
+            template_name=input.template_name,
+            language_code=input.language_code,
+            body_parameters=list(input.body_parameters),
+            limiter=context.limiter,
+        )
+        return to_conversation(row)
