@@ -183,3 +183,41 @@ async def test_the_ticks_arrive_through_redis_too(
         seen = await _statuses_until(socket, operation, "READ")
         await socket.close()
     assert [update["status"] for update in seen][-3:] == ["SENT", "DELIVERED", "READ"]
+
+
+SYNC_TEMPLATES = """mutation($id: ID!) { syncMessageTemplates(whatsAppAccountId: $id) {
+  name status parameterCount } }"""
+START = """mutation($input: StartConversationInput!) { startConversation(input: $input) {
+  id lastMessage { text status } } }"""
+
+
+async def test_the_sandbox_lists_demo_templates_and_a_conversation_can_start_with_one(
+    live: str, http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    """Given the demo's sandbox channel, when the Admin syncs its templates, then the
+    sandbox answers the demo templates (no request leaves the machine), and an Agent can
+    start a conversation with an approved one; a wrong parameter count is refused."""
+    account_id = encode_global_id("WhatsAppAccount", demo_workspace.account.id)
+    admin = await demo_token(http, demo_workspace, Role.ADMIN)
+    synced = await gql(http, admin, SYNC_TEMPLATES, {"id": account_id})
+    templates = {t["name"]: t for t in synced.json()["data"]["syncMessageTemplates"]}
+    assert templates["order_update"] == {
+        "name": "order_update",
+        "status": "APPROVED",
+        "parameterCount": 2,
+    }
+    assert set(templates) == {"hello_world", "order_update", "spring_sale"}
+
+    agent = await demo_token(http, demo_workspace, Role.AGENT)
+    start = {
+        "whatsAppAccountId": account_id,
+        "phoneNumber": "+442071838750",
+        "templateName": "order_update",
+        "languageCode": "en_US",
+    }
+    wrong = await gql(http, agent, START, {"input": {**start, "bodyParameters": ["Ada"]}})
+    (error,) = wrong.json()["errors"]
+    assert error["extensions"]["code"] == "BAD_USER_INPUT"
+    assert [d["field"] for d in error["extensions"]["details"]] == ["bodyParameters"]
+    started = await gql(http, agent, START, {"input": {**start, "bodyParameters": ["Ada", "#7"]}})
+    assert started.json()["data"]["startConversation"]["lastMessage"]["status"] == "QUEUED"

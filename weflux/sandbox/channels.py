@@ -53,6 +53,14 @@ _KEEP = 200  # recorded requests and sends kept (the fake records every one)
 _DIGITS = re.compile(r"\D")
 
 
+# What `syncMessageTemplates` finds on a sandbox channel: (name, language, category, body).
+DEMO_TEMPLATES = (
+    ("hello_world", "en_US", "UTILITY", "Hello from Weflux! Reply to this message to chat."),
+    ("order_update", "en_US", "UTILITY", "Hi {{1}}, your order {{2}} is on its way."),
+    ("spring_sale", "en_US", "MARKETING", "{{1}}, our spring sale starts today."),
+)
+
+
 @dataclass(frozen=True)
 class SandboxChannel:
     """What the sandbox needs to post a channel's status webhooks."""
@@ -89,6 +97,17 @@ class SandboxCloudApi(FakeCloudApi):
         number = self.numbers[node_id]
         number.access_token = token
         return number
+
+    async def _list_templates(self, request: Request) -> Response:
+        """Every sandbox business account lists the demo's templates (`DEMO_TEMPLATES`)."""
+        waba_id = request.path_params["node_id"]
+        for channel in list(self._sandbox.channels.values()):
+            if channel.business_account_id == waba_id and _token_of(request) is not None:
+                self._authorize(request, channel.phone_number_id, "get")
+        if waba_id not in self.templates:
+            for name, language, category, body in DEMO_TEMPLATES:
+                self.add_template(waba_id, name, language=language, category=category, body=body)
+        return await super()._list_templates(request)
 
     async def _post_message(self, request: Request) -> Response:
         del self.requests[:-_KEEP]
