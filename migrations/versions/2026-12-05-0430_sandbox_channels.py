@@ -20,10 +20,13 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("whatsapp_accounts") as batch:
-        batch.add_column(
-            sa.Column("sandbox", sa.Boolean(), nullable=False, server_default=sa.false())
-        )
+    # Plain ADD COLUMN, never a batch rebuild: a restore upgrades an older backup in its
+    # transaction with foreign keys on, where rebuilding a parent table on SQLite cascades
+    # into its children (tests/lifecycle/test_backups.py restores across this).
+    op.add_column(
+        "whatsapp_accounts",
+        sa.Column("sandbox", sa.Boolean(), nullable=False, server_default=sa.false()),
+    )
     op.execute(
         sa.text(
             "UPDATE whatsapp_accounts SET sandbox = :yes WHERE status_detail = :demo"

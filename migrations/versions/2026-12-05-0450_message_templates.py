@@ -24,8 +24,10 @@ INDEX = "ix_message_templates_org_id_account_id_name_language"
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("whatsapp_accounts") as batch:
-        batch.add_column(sa.Column("templates_synced_at", UTCDateTime(), nullable=True))
+    # Plain ADD COLUMN, never a batch rebuild: a restore upgrades an older backup in its
+    # transaction with foreign keys on, where rebuilding a parent table on SQLite cascades
+    # into its children (tests/lifecycle/test_backups.py restores across this).
+    op.add_column("whatsapp_accounts", sa.Column("templates_synced_at", UTCDateTime()))
     op.create_table(
         "message_templates",
         sa.Column("org_id", sa.Uuid(), nullable=False),
