@@ -12,7 +12,7 @@ import pytest
 from tests.fixtures.api import gql
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import SECRET, live_server
-from tests.fixtures.sandbox import DELAYS, Demo, demo_token
+from tests.fixtures.sandbox import Demo, demo_token, sandbox_settings
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings
@@ -29,15 +29,7 @@ SEND = """mutation($input: SendMessageInput!) { sendMessage(input: $input) { id 
 @pytest.fixture
 def live_settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
     """The sandbox fixtures' live server, in development (where the page exists)."""
-    return make_settings(
-        tmp_path,
-        env="development",
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        meta_app_secret=SECRET,
-        in_process_worker=True,
-        sandbox_status_delays=DELAYS,
-    )
+    return sandbox_settings(database_urls, tmp_path, env="development")
 
 
 async def inbox_conversation(http: httpx.AsyncClient, token: str, wa_id: str) -> dict[str, Any]:

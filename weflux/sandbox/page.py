@@ -110,8 +110,7 @@ async def contacts(request: Request) -> Response:
     if sandbox is None:
         return _not_found()
     listed = [
-        {"phone": "+" + number, "name": sandbox.names.get(number, "")}
-        for number in sandbox.phones
+        {"phone": "+" + number, "name": sandbox.names.get(number, "")} for number in sandbox.phones
     ]
     return JSONResponse({"contacts": listed}, headers=NO_STORE)
 
