@@ -38,7 +38,9 @@ async def inbox_conversation(http: httpx.AsyncClient, token: str, wa_id: str) ->
         while True:
             response = await gql(http, token, INBOX, {"search": wa_id})
             edges = response.json()["data"]["conversations"]["edges"]
-            found = [e["node"] for e in edges if e["node"]["contact"]["waId"] == wa_id]
+            found: list[dict[str, Any]] = [
+                e["node"] for e in edges if e["node"]["contact"]["waId"] == wa_id
+            ]
             if found:
                 return found[0]
             await asyncio.sleep(0.05)
