@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from tests.fixtures.sandbox import Demo, demo_token, sandbox_settings
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings
-from weflux.models import Role
+from weflux.models import Role, WhatsAppAccount
 
 pytest_plugins = ["tests.fixtures.sandbox"]
 
@@ -125,9 +126,26 @@ async def test_bad_input_is_refused(
     assert response.json()["error"]["code"] == "BAD_REQUEST"
 
 
-async def test_without_a_demo_channel_the_customer_cannot_write(http: httpx.AsyncClient) -> None:
+async def test_another_sites_form_cannot_post_a_message(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    body = json.dumps({"phone": CUSTOMER, "text": "Hi"})
+    response = await http.post(
+        "/sandbox/messages", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400
+    shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+    assert shown["messages"] == []
+
+
+async def test_only_sandbox_channels_are_written_to(
+    http: httpx.AsyncClient, channel: WhatsAppAccount
+) -> None:
+    """A real (not sandbox) number is there, no sandbox channel: the page writes nowhere."""
+    assert not channel.sandbox
     response = await http.post("/sandbox/messages", json={"phone": CUSTOMER, "text": "Hi"})
     assert response.status_code == 409
+    assert response.json()["error"]["code"] == "CONFLICT"
 
 
 @pytest.mark.parametrize("env", ["test", "production"])

@@ -29,11 +29,11 @@ def live_settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
 
 
 async def test_a_new_customer_writes_hi_and_sees_the_reply_reach_read(
+    browser_page: Page,  # first: without Chromium the test skips before a server starts
     live: str,
     http: httpx.AsyncClient,
     live_app: Starlette,
     demo_workspace: Demo,
-    browser_page: Page,
 ) -> None:
     token = await demo_token(http, demo_workspace, Role.ADMIN)
     socket = await GraphQLSocket.connect(live, token)

@@ -126,6 +126,9 @@ async def messages(request: Request) -> Response:
             return _bad("phone", "a phone number, e.g. +15551230001")
         shown = [asdict(message) for message in sandbox.phone(phone)]
         return JSONResponse({"messages": shown}, headers=NO_STORE)
+    # JSON only: another site's page cannot post it without a CORS preflight, which fails.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return _bad("body", "Content-Type: application/json")
     try:
         body = await request.json()
     except ValueError:
