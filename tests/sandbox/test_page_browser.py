@@ -41,6 +41,9 @@ async def test_a_new_customer_writes_hi_and_sees_the_reply_reach_read(
     await until_listening(live_app, 1)
 
     page = browser_page
+    errors: list[str] = []  # console errors include violations of the page's policy
+    page.on("console", lambda entry: errors.append(entry.text) if entry.type == "error" else None)
+    page.on("pageerror", lambda error: errors.append(str(error)))
     await page.goto(f"{live}/sandbox")
     await page.locator("#phone").fill("+15557770009")
     await page.locator("#name").fill("Ada")
@@ -67,3 +70,4 @@ async def test_a_new_customer_writes_hi_and_sees_the_reply_reach_read(
     await expect(reply.locator(".ticks")).to_have_text("✓✓")
     await expect(reply.locator(".ticks")).to_have_class("ticks read")
     assert await page.locator("#error").text_content() == ""
+    assert errors == []
