@@ -71,8 +71,26 @@ lock-check: $(UV) ## Fail when uv.lock does not match pyproject.toml
 run: $(VENV)/.installed ## Migrate and serve the API on http://127.0.0.1:8000 (embedded defaults)
 	$(BIN)/weflux serve --host $(HOST) --port $(PORT)
 
+# The browser of the sandbox page's test (tests/sandbox/test_page_browser.py): Debian's
+# Chromium at /usr/bin/chromium, driven by Playwright (whose own download is never used).
+CHROMIUM ?= /usr/bin/chromium
+
+.PHONY: chromium
+chromium: ## Install Debian's Chromium for the browser test when missing (apt-get, as root)
+	@if [ -x "$(CHROMIUM)" ]; then exit 0; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "make: installing chromium (apt-get) for the sandbox page's browser test"; \
+		apt-get install -y --no-install-recommends chromium || \
+			(apt-get update && apt-get install -y --no-install-recommends chromium) || \
+			echo "make: chromium could not be installed: the browser test will skip (fail under CI=true)" >&2; \
+	else \
+		echo "make: no $(CHROMIUM): the browser test will skip (and fail under CI=true)." >&2; \
+		echo "      Install it with: sudo apt-get install -y chromium (Debian/Ubuntu)," >&2; \
+		echo "      or point CHROMIUM=... and WEFLUX_TEST_CHROMIUM=... at a Chromium binary." >&2; \
+	fi
+
 .PHONY: test
-test: $(VENV)/.installed-test ## Run the whole test suite (PostgreSQL/Redis tests skip when absent, fail under CI=true)
+test: $(VENV)/.installed-test chromium ## Run the whole test suite (PostgreSQL/Redis/Chromium tests skip when absent, fail under CI=true)
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-fast

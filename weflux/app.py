@@ -31,6 +31,7 @@ from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs
 from weflux.migrate import ensure_current_schema
 from weflux.runtime import Runtime
+from weflux.sandbox import page as sandbox_page
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]
+    if settings.env == "development":
+        routes += sandbox_page.routes  # unauthenticated dev tools; 404 without a sandbox
     return WefluxApp(
         routes=routes,
         exception_handlers={HTTPException: _http_error},

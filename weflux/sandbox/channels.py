@@ -39,7 +39,14 @@ from weflux.whatsapp.client import CloudApiClient
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FAILING_SUFFIX", "REFUSED_SUFFIX", "Sandbox", "SandboxChannel", "SandboxCloudApi"]
+__all__ = [
+    "FAILING_SUFFIX",
+    "REFUSED_SUFFIX",
+    "PhoneMessage",
+    "Sandbox",
+    "SandboxChannel",
+    "SandboxCloudApi",
+]
 
 # Recipients ending so are answered with Meta's failures (see the module's docstring).
 FAILING_SUFFIX = "0131049"
@@ -70,6 +77,27 @@ class SandboxChannel:
     display_phone_number: str
     webhook_key: str
     app_secret: str = field(repr=False)
+
+
+@dataclass
+class PhoneMessage:
+    """One message of a customer's phone in the sandbox: written by them or sent to them."""
+
+    id: str
+    direction: str  # "in" (the customer wrote it) or "out" (the business sent it)
+    text: str
+    status: str  # in: "accepted"; out: "accepted", then sent, delivered, read or failed
+    error: int | None = None
+
+
+def _shown_text(payload: dict[str, Any]) -> str:
+    """What a customer's phone shows of a Cloud API send body."""
+    kind = str(payload.get("type", "text"))
+    if kind == "text":
+        return str((payload.get("text") or {}).get("body", ""))
+    if kind == "template":
+        return f"[template {(payload.get('template') or {}).get('name', '')}]"
+    return f"[{kind}]"
 
 
 class SandboxCloudApi(FakeCloudApi):
@@ -141,6 +169,17 @@ class Sandbox:
         self._intake: ASGIApp | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._warned = False
+        # Each customer's phone (digits only): what they wrote and what they were sent.
+        self.phones: dict[str, list[PhoneMessage]] = {}
+        self.names: dict[str, str] = {}
+        self.page_channel: SandboxChannel | None = None  # the channel the /sandbox page writes to
+
+    def phone(self, number: str) -> list[PhoneMessage]:
+        """The messages of one customer's phone (digits only), oldest first."""
+        return self.phones.setdefault(_DIGITS.sub("", number), [])
+
+    def _find(self, number: str, wa_message_id: str) -> PhoneMessage | None:
+        return next((m for m in self.phone(number) if m.id == wa_message_id), None)
 
     def attach(self, app: ASGIApp) -> None:
         """The app whose webhook intake receives the statuses (`weflux serve`'s own)."""
@@ -152,6 +191,11 @@ class Sandbox:
 
     def accepted(self, record: SentRecord) -> None:
         """Start delivering the statuses of an accepted send."""
+        thread = self.phone(record.to)
+        thread.append(
+            PhoneMessage(record.wa_message_id, "out", _shown_text(record.payload), "accepted")
+        )
+        del thread[:-_KEEP]
         task = asyncio.get_running_loop().create_task(
             self._statuses(record), name=f"sandbox-statuses-{record.wa_message_id[-8:]}"
         )
@@ -200,14 +244,25 @@ class Sandbox:
                 )
             return None
         status = webhooks.status(record.wa_message_id, state, recipient, errors=errors)
-        raw = webhooks.encode(
-            webhooks.body(
-                channel.business_account_id,
-                webhooks.messages_change(
-                    channel.phone_number_id, channel.display_phone_number, statuses=[status]
-                ),
-            )
+        change = webhooks.messages_change(
+            channel.phone_number_id, channel.display_phone_number, statuses=[status]
         )
+        code = await self.post_webhook(channel, change)
+        if code != 200:
+            log.warning(
+                "sandbox: the intake refused a status webhook",
+                extra={"status": state, "http_status": code},
+            )
+        elif (shown := self._find(recipient, record.wa_message_id)) is not None:
+            shown.status = state
+            shown.error = int(errors[0]["code"]) if errors else None
+        return code
+
+    async def post_webhook(self, channel: SandboxChannel, change: dict[str, Any]) -> int | None:
+        """Post one signed change of `channel` through the intake; answer its HTTP status."""
+        if self._intake is None:
+            return None
+        raw = webhooks.encode(webhooks.body(channel.business_account_id, change))
         transport = httpx.ASGITransport(app=self._intake, client=("127.0.0.1", 0))
         async with httpx.AsyncClient(transport=transport, base_url="http://sandbox.local") as http:
             response = await http.post(
@@ -218,12 +273,27 @@ class Sandbox:
                     "X-Hub-Signature-256": webhooks.sign(raw, channel.app_secret),
                 },
             )
-        if response.status_code != 200:
-            log.warning(
-                "sandbox: the intake refused a status webhook",
-                extra={"status": state, "http_status": response.status_code},
-            )
         return response.status_code
+
+    async def customer_writes(
+        self, channel: SandboxChannel, number: str, name: str, text: str
+    ) -> tuple[str, int | None]:
+        """A customer's text to `channel`, as Meta's webhook: its wamid and the intake's answer."""
+        sender = _DIGITS.sub("", number)
+        wamid = webhooks.new_wamid()
+        change = webhooks.messages_change(
+            channel.phone_number_id,
+            channel.display_phone_number,
+            contacts=[webhooks.contact(sender, name)],
+            messages=[webhooks.inbound(wamid, sender, "text", {"body": text})],
+        )
+        code = await self.post_webhook(channel, change)
+        if code == 200:
+            self.names[sender] = name
+            thread = self.phone(sender)
+            thread.append(PhoneMessage(wamid, "in", text, "accepted"))
+            del thread[:-_KEEP]
+        return wamid, code
 
     async def aclose(self) -> None:
         """Stop pending status deliveries and close the client."""

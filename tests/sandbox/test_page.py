@@ -1,0 +1,168 @@
+"""`GET /sandbox` and its JSON endpoints: the customer's phone, development only."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.api import gql
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.live import SECRET, live_server
+from tests.fixtures.sandbox import Demo, demo_token, sandbox_settings
+from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
+from weflux.app import create_app
+from weflux.config import Settings
+from weflux.models import Role, WhatsAppAccount
+
+pytest_plugins = ["tests.fixtures.sandbox"]
+
+CUSTOMER = "+15557770001"
+INBOX = """query($search: String) { conversations(search: $search) { edges { node {
+  id contact { waId name } lastMessage { text } } } } }"""
+SEND = """mutation($input: SendMessageInput!) { sendMessage(input: $input) { id status } }"""
+
+
+@pytest.fixture
+def live_settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
+    """The sandbox fixtures' live server, in development (where the page exists)."""
+    return sandbox_settings(database_urls, tmp_path, env="development")
+
+
+async def inbox_conversation(http: httpx.AsyncClient, token: str, wa_id: str) -> dict[str, Any]:
+    """The Admin's conversation with `wa_id` (an inbound is processed just after its 200)."""
+    async with asyncio.timeout(10):
+        while True:
+            response = await gql(http, token, INBOX, {"search": wa_id})
+            edges = response.json()["data"]["conversations"]["edges"]
+            found: list[dict[str, Any]] = [
+                e["node"] for e in edges if e["node"]["contact"]["waId"] == wa_id
+            ]
+            if found:
+                return found[0]
+            await asyncio.sleep(0.05)
+
+
+async def reply(http: httpx.AsyncClient, token: str, conversation: str, text: str) -> None:
+    response = await gql(
+        http, token, SEND, {"input": {"conversationId": conversation, "text": text}}
+    )
+    assert response.json()["data"]["sendMessage"]["status"] == "QUEUED", response.text
+
+
+async def test_the_page_and_its_script_are_served_under_a_strict_policy(
+    http: httpx.AsyncClient,
+) -> None:
+    page = await http.get("/sandbox")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self'" in policy
+    assert "unsafe-inline" not in policy
+    assert '<script src="/sandbox/sandbox.js"' in page.text
+    script = await http.get("/sandbox/sandbox.js")
+    assert script.status_code == 200
+    assert script.headers["content-type"].startswith("text/javascript")
+    assert "/sandbox/messages" in script.text
+    assert (await http.get("/sandbox/sandbox.css")).status_code == 200
+
+
+async def test_the_customer_writes_and_sees_the_reply_reach_read(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    written = await http.post(
+        "/sandbox/messages", json={"phone": CUSTOMER, "name": "Ana", "text": "Hi"}
+    )
+    assert written.status_code == 200, written.text
+    assert written.json()["id"].startswith("wamid.")
+    token = await demo_token(http, demo_workspace, Role.ADMIN)
+    conversation = await inbox_conversation(http, token, CUSTOMER[1:])
+    assert conversation["contact"]["name"] == "Ana"
+    assert conversation["lastMessage"]["text"] == "Hi"
+    contacts = (await http.get("/sandbox/contacts")).json()["contacts"]
+    assert {"phone": CUSTOMER, "name": "Ana"} in contacts
+
+    await reply(http, token, conversation["id"], "Hello Ana")
+    async with asyncio.timeout(10):
+        while True:
+            shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+            out = [m for m in shown["messages"] if m["direction"] == "out"]
+            if out and out[0]["status"] == "read":
+                break
+            await asyncio.sleep(0.05)
+    first, second = shown["messages"]
+    assert (first["direction"], first["text"]) == ("in", "Hi")
+    assert (second["direction"], second["text"], second["error"]) == ("out", "Hello Ana", None)
+
+
+async def test_the_phone_sees_only_its_own_messages(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    for phone in (CUSTOMER, "+15557770002"):
+        response = await http.post("/sandbox/messages", json={"phone": phone, "text": phone})
+        assert response.status_code == 200
+    shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+    assert [m["text"] for m in shown["messages"]] == [CUSTOMER]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"phone": "not a number", "text": "Hi"},
+        {"phone": CUSTOMER, "text": ""},
+        {"phone": CUSTOMER, "text": "x" * 4097},
+        ["not", "an", "object"],
+    ],
+)
+async def test_bad_input_is_refused(
+    http: httpx.AsyncClient, demo_workspace: Demo, body: Any
+) -> None:
+    response = await http.post("/sandbox/messages", json=body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "BAD_REQUEST"
+
+
+async def test_another_sites_form_cannot_post_a_message(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    body = json.dumps({"phone": CUSTOMER, "text": "Hi"})
+    response = await http.post(
+        "/sandbox/messages", content=body, headers={"Content-Type": "text/plain"}
+    )
+    assert response.status_code == 400
+    shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+    assert shown["messages"] == []
+
+
+async def test_only_sandbox_channels_are_written_to(
+    http: httpx.AsyncClient, channel: WhatsAppAccount
+) -> None:
+    """A real (not sandbox) number is there, no sandbox channel: the page writes nowhere."""
+    assert not channel.sandbox
+    response = await http.post("/sandbox/messages", json={"phone": CUSTOMER, "text": "Hi"})
+    assert response.status_code == 409
+    assert response.json()["error"]["code"] == "CONFLICT"
+
+
+@pytest.mark.parametrize("env", ["test", "production"])
+async def test_outside_development_there_is_no_sandbox_page(
+    database_urls: DatabaseUrls, tmp_path: Path, env: str
+) -> None:
+    extra = PRODUCTION_MAIL if env == "production" else {}
+    settings = make_settings(
+        tmp_path,
+        env=env,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        meta_app_secret=SECRET,
+        **extra,
+    )
+    async with live_server(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
+        for path in ("/sandbox", "/sandbox/sandbox.js", "/sandbox/contacts"):
+            assert (await http.get(path)).status_code == 404
+        posted = await http.post("/sandbox/messages", json={"phone": CUSTOMER, "text": "Hi"})
+        assert posted.status_code == 404

@@ -1,0 +1,178 @@
+"""`GET /sandbox`: a page playing the customer's phone for sandbox channels (development only).
+
+Unauthenticated development tools, mounted only when `WEFLUX_ENV=development`, and
+answering 404 when the runtime has no sandbox. They touch only sandbox channels: a
+customer's message is built with Meta's shapes (`weflux.sandbox.webhooks`), signed with
+the demo channel's app secret and posted through the real intake, as `weflux simulate`
+does; the business's messages come from what the sandbox recorded of its sends and the
+statuses it posted.
+
+- `GET /sandbox`: the page (`static/sandbox.html`), `/sandbox/sandbox.js` and
+  `/sandbox/sandbox.css` its script and style (no inline code: a strict policy);
+- `GET /sandbox/contacts`: the customers the sandbox has seen;
+- `POST /sandbox/messages` `{"phone", "name", "text"}`: the customer writes;
+- `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from sqlmodel import col, select
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from weflux.crypto.fields import open_secret
+from weflux.db import maintenance_database
+from weflux.errors import ErrorCode, error_response
+from weflux.models import WhatsAppAccount
+from weflux.runtime import runtime_of
+from weflux.sandbox.channels import Sandbox, SandboxChannel
+
+STATIC = Path(__file__).parent / "static"
+PAGE_CSP = "; ".join(
+    (
+        "default-src 'none'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "connect-src 'self'",
+        "img-src 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    )
+)
+NO_STORE = {"Cache-Control": "no-store"}
+_PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
+MAX_TEXT = 4096
+
+
+def _sandbox(request: Request) -> Sandbox | None:
+    return runtime_of(request.app).sandbox
+
+
+def _not_found() -> Response:
+    return error_response(404, ErrorCode.NOT_FOUND, "Not Found", headers=NO_STORE)
+
+
+def _static(name: str, media_type: str) -> Any:
+    async def serve(request: Request) -> Response:
+        if _sandbox(request) is None:
+            return _not_found()
+        body = (STATIC / name).read_bytes()
+        return Response(body, media_type=media_type, headers={"Content-Security-Policy": PAGE_CSP})
+
+    return serve
+
+
+async def _channel(request: Request, sandbox: Sandbox) -> SandboxChannel | None:
+    """The first live sandbox channel (the demo number), registered with the sandbox."""
+    if sandbox.page_channel is not None:
+        return sandbox.page_channel
+    runtime = runtime_of(request.app)
+    # As `weflux simulate` reads it: the owner's connection of the local settings (once).
+    db = await maintenance_database(runtime.settings.migration_url)
+    try:
+        async with db.session(all_workspaces="sandbox page: the demo number") as session:
+            statement = (
+                select(WhatsAppAccount)
+                .where(col(WhatsAppAccount.sandbox).is_(True))
+                .where(col(WhatsAppAccount.disconnected_at).is_(None))
+                .order_by(col(WhatsAppAccount.created_at))
+            )
+            account = (await session.exec(statement)).first()
+    finally:
+        await db.dispose()
+    if account is None:
+        return None
+    secret = open_secret(runtime.keyring, account, "app_secret_enc")
+    if secret is None:
+        return None
+    channel = SandboxChannel(
+        phone_number_id=account.phone_number_id,
+        business_account_id=account.business_account_id,
+        display_phone_number=account.display_phone_number,
+        webhook_key=account.webhook_key,
+        app_secret=secret.reveal(),
+    )
+    sandbox.register(channel)
+    sandbox.page_channel = channel
+    return channel
+
+
+async def contacts(request: Request) -> Response:
+    """The customers the sandbox knows: those who wrote and those the business sent to."""
+    sandbox = _sandbox(request)
+    if sandbox is None:
+        return _not_found()
+    listed = [
+        {"phone": "+" + number, "name": sandbox.names.get(number, "")} for number in sandbox.phones
+    ]
+    return JSONResponse({"contacts": listed}, headers=NO_STORE)
+
+
+async def messages(request: Request) -> Response:
+    """One phone's messages (GET ?phone=), or the customer writes one (POST)."""
+    sandbox = _sandbox(request)
+    if sandbox is None:
+        return _not_found()
+    if request.method == "GET":
+        phone = request.query_params.get("phone", "")
+        if not _PHONE.match(phone):
+            return _bad("phone", "a phone number, e.g. +15551230001")
+        shown = [asdict(message) for message in sandbox.phone(phone)]
+        return JSONResponse({"messages": shown}, headers=NO_STORE)
+    # JSON only: another site's page cannot post it without a CORS preflight, which fails.
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        return _bad("body", "Content-Type: application/json")
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        return _bad("body", 'a JSON object {"phone", "name", "text"}')
+    phone, name, text = (str(body.get(key) or "").strip() for key in ("phone", "name", "text"))
+    if not _PHONE.match(phone):
+        return _bad("phone", "a phone number, e.g. +15551230001")
+    if not text or len(text) > MAX_TEXT:
+        return _bad("text", f"1 to {MAX_TEXT} characters")
+    channel = await _channel(request, sandbox)
+    if channel is None:
+        return error_response(
+            409,
+            ErrorCode.CONFLICT,
+            "no sandbox channel with an app secret: run `weflux demo`",
+            headers=NO_STORE,
+        )
+    digits = re.sub(r"\D", "", phone)
+    wamid, code = await sandbox.customer_writes(
+        channel, digits, name[:100] or f"Customer {digits[-4:]}", text
+    )
+    if code != 200:
+        return error_response(
+            502, ErrorCode.CONFLICT, f"the webhook intake answered {code}", headers=NO_STORE
+        )
+    return JSONResponse({"id": wamid}, headers=NO_STORE)
+
+
+def _bad(field: str, message: str) -> Response:
+    return error_response(
+        400,
+        ErrorCode.BAD_REQUEST,
+        f"{field}: {message}",
+        details=[{"field": field, "message": message}],
+        headers=NO_STORE,
+    )
+
+
+routes = [
+    Route("/sandbox", _static("sandbox.html", "text/html; charset=utf-8"), methods=["GET"]),
+    Route("/sandbox/sandbox.js", _static("sandbox.js", "text/javascript"), methods=["GET"]),
+    Route("/sandbox/sandbox.css", _static("sandbox.css", "text/css"), methods=["GET"]),
+    Route("/sandbox/contacts", contacts, methods=["GET"]),
+    Route("/sandbox/messages", messages, methods=["GET", "POST"]),
+]
