@@ -36,6 +36,8 @@ from weflux.models import (
     utcnow,
 )
 from weflux.pagination import Page, decode_cursor, encode_cursor, page_of, page_size
+from weflux.realtime.broker import Broker
+from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, Severity, record
 
@@ -58,6 +60,29 @@ UNCHANGED = Unchanged.UNCHANGED
 PERMISSION = Permission.READ_AUDIT  # ADMIN: audit, security events, data deletion and export
 
 
+async def _security_event(
+    session: AsyncSession,
+    broker: Broker | None,
+    kind: SecurityKind,
+    summary: str,
+    principal: Principal,
+    meta: RequestMeta,
+    request: DataRequest,
+) -> None:
+    """The security event of a data request (`broker` None: a maintenance caller, none)."""
+    if broker is None:
+        return
+    await record_security_event(
+        session,
+        broker,
+        kind,
+        summary,
+        actor=Actor(principal.user_id, principal.membership_id),
+        meta=meta,
+        details={"data_request_id": str(request.id)},
+    )
+
+
 def _new_request(
     kind: DataRequestKind,
     principal: Principal,
@@ -77,7 +102,12 @@ def _new_request(
 
 
 async def erase_contact(
-    session: AsyncSession, principal: Principal, meta: RequestMeta, *, contact_id: uuid.UUID
+    session: AsyncSession,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    contact_id: uuid.UUID,
+    broker: Broker | None = None,
 ) -> DataRequest:
     """Erase a contact: hidden everywhere from this commit, deleted by the worker.
 
@@ -114,11 +144,25 @@ async def erase_contact(
         severity=Severity.WARNING,
         details={"dataRequestId": str(request.id)},
     )
+    await _security_event(
+        session,
+        broker,
+        SecurityKind.ERASURE_REQUESTED,
+        "A contact's erasure was requested",
+        principal,
+        meta,
+        request,
+    )
     return request
 
 
 async def export_contact_data(
-    session: AsyncSession, principal: Principal, meta: RequestMeta, *, contact_id: uuid.UUID
+    session: AsyncSession,
+    principal: Principal,
+    meta: RequestMeta,
+    *,
+    contact_id: uuid.UUID,
+    broker: Broker | None = None,
 ) -> DataRequest:
     """Ask the worker for a file of everything about a contact (a subject access request)."""
     principal.require(PERMISSION)
@@ -126,16 +170,21 @@ async def export_contact_data(
     if contact is None:
         raise NotFound("Contact not found")
     return await _export(
-        session, principal, meta, DataRequestKind.CONTACT_EXPORT, subject_id=contact.id
+        session,
+        principal,
+        meta,
+        DataRequestKind.CONTACT_EXPORT,
+        subject_id=contact.id,
+        broker=broker,
     )
 
 
 async def request_workspace_export(
-    session: AsyncSession, principal: Principal, meta: RequestMeta
+    session: AsyncSession, principal: Principal, meta: RequestMeta, *, broker: Broker | None = None
 ) -> DataRequest:
     """Ask the worker for a file of the whole workspace."""
     principal.require(PERMISSION)
-    return await _export(session, principal, meta, DataRequestKind.WORKSPACE_EXPORT)
+    return await _export(session, principal, meta, DataRequestKind.WORKSPACE_EXPORT, broker=broker)
 
 
 async def _export(
@@ -145,6 +194,7 @@ async def _export(
     kind: DataRequestKind,
     *,
     subject_id: uuid.UUID | None = None,
+    broker: Broker | None = None,
 ) -> DataRequest:
     request = _new_request(kind, principal, now=utcnow(), subject_id=subject_id)
     session.add(request)
@@ -164,6 +214,17 @@ async def _export(
         severity=Severity.WARNING,
         details={"dataRequestId": str(request.id)},
     )
+    await _security_event(
+        session,
+        broker,
+        SecurityKind.EXPORT_REQUESTED,
+        "A contact's data export was requested"
+        if subject_id
+        else "An export of the whole workspace was requested",
+        principal,
+        meta,
+        request,
+    )
     return request
 
 
@@ -175,6 +236,7 @@ async def request_workspace_deletion(
     *,
     confirm_name: str,
     grace: timedelta,
+    broker: Broker | None = None,
 ) -> DataRequest:
     """Schedule the workspace's deletion after `grace`; at once end every session,
     stop sending and destroy every credential."""
@@ -216,6 +278,15 @@ async def request_workspace_deletion(
         meta=meta,
         severity=Severity.HIGH,
         details={"dataRequestId": str(request.id), "runAfter": request.run_after.isoformat()},
+    )
+    await _security_event(
+        session,
+        broker,
+        SecurityKind.WORKSPACE_DELETION_REQUESTED,
+        "The workspace's deletion was requested",
+        principal,
+        meta,
+        request,
     )
     return request
 

@@ -7,7 +7,7 @@ import httpx
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, token_for
-from tests.fixtures.factories import Actor
+from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.live import until_listening
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
@@ -134,3 +134,41 @@ async def test_an_agent_may_not_subscribe_to_security_events(
     errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
     assert [e["extensions"]["code"] for e in errors] == ["FORBIDDEN"]
     await socket.close()
+
+
+DATA_REQUESTS = (
+    ("mutation($id: ID!) { eraseContact(contactId: $id) { id } }", True),
+    ("mutation($id: ID!) { exportContactData(contactId: $id) { id } }", True),
+    ("mutation { requestWorkspaceExport { id } }", False),
+    (
+        'mutation { requestWorkspaceDeletion(confirmOrganizationName: "Acme") { id } }',
+        False,
+    ),
+)
+
+
+async def test_data_requests_raise_their_security_events(
+    client: httpx.AsyncClient, db: Database, org: Organization, admin: Actor
+) -> None:
+    """Given an Admin, when they erase a contact, export it, export the workspace and
+    request its deletion, then each raises exactly one security event of its kind (the
+    deletion, CRITICAL, is alerted), seen by an Admin who logs in again."""
+    async with db.session(org.id) as session:
+        contact = await create_contact(session)
+        other = await create_contact(session)
+    token = await token_for(client, admin)
+    for index, (document, about_contact) in enumerate(DATA_REQUESTS):
+        subject = contact if index == 0 else other
+        variables = {"id": encode_global_id("Contact", subject.id)} if about_contact else None
+        response = await gql(client, token, document, variables)
+        assert "errors" not in response.json(), response.text
+    listed = nodes(await gql(client, await token_for(client, admin), EVENTS))
+    kinds = sorted(str(n["kind"]) for n in listed)
+    assert kinds == [
+        "data.erasure_requested",
+        "data.export_requested",
+        "data.export_requested",
+        "data.workspace_deletion_requested",
+    ]
+    critical = [n for n in listed if n["severity"] == "CRITICAL"]
+    assert [n["kind"] for n in critical] == ["data.workspace_deletion_requested"]

@@ -54,6 +54,7 @@ class LifecycleMutation:
             context.actor,
             context.meta,
             contact_id=decode_global_id(contact_id, "Contact"),
+            broker=context.broker,
         )
         return to_data_request(row)
 
@@ -75,6 +76,7 @@ class LifecycleMutation:
             context.actor,
             context.meta,
             contact_id=decode_global_id(contact_id, "Contact"),
+            broker=context.broker,
         )
         return to_data_request(row)
 
@@ -88,7 +90,7 @@ class LifecycleMutation:
     async def request_workspace_export(self, info: Info[Context, None]) -> DataRequest:
         context = info.context
         row = await lifecycle_requests.request_workspace_export(
-            context.unit, context.actor, context.meta
+            context.unit, context.actor, context.meta, broker=context.broker
         )
         return to_data_request(row)
 
@@ -115,6 +117,7 @@ class LifecycleMutation:
             context.meta,
             confirm_name=confirm_organization_name,
             grace=context.settings.workspace_deletion_grace,
+            broker=context.broker,
         )
         return to_data_request(row)
 
