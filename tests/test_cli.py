@@ -201,3 +201,27 @@ def test_backup_commands_create_verify_and_prune_and_exit_1_on_a_bad_file(
     assert main(["backup", "prune"]) == 0
     assert "0 backup file(s) deleted" in capsys.readouterr().out
     assert path.exists()
+
+
+def test_production_refuses_the_demo_and_its_sandbox_channel(tmp_path: Path) -> None:
+    """Given production settings, when `weflux demo` runs, then it refuses (exit 2) before
+    touching any database, naming why: the demo's number is a sandbox channel."""
+    env = _env(
+        WEFLUX_ENV="production",
+        WEFLUX_DATABASE_URL="postgresql+asyncpg://app@db.invalid/weflux?ssl=require",
+        WEFLUX_JWT_SECRET="x" * 40,
+        WEFLUX_ENCRYPTION_KEYS="k1:" + "A" * 43 + "=",
+        WEFLUX_SMTP_URL="smtps://mailer:secret@smtp.example.com",
+        WEFLUX_SMTP_FROM="no-reply@example.com",
+        WEFLUX_APP_URL="https://app.example",
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "weflux", "demo"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert b"sandbox channel" in result.stderr

@@ -90,6 +90,13 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Create a demo workspace with an Admin, a Manager and an Agent; print their logins."""
     settings = _settings()
+    if settings.is_production:
+        print(
+            "error: production (WEFLUX_ENV=production) refuses the demo: its number is a "
+            "sandbox channel, which only development answers",
+            file=sys.stderr,
+        )
+        return 2
     return asyncio.run(_demo(settings, only_if_empty=False))
 
 
