@@ -25,11 +25,13 @@ from tests.fixtures.secops import (
     platform_events,
     secops_app,
 )
+from tests.fixtures.two_factor import enroll, mfa_login, wrong_code
 from weflux.crypto.fields import seal
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import AlertChannel, Organization, Role, SecuritySeverity
 from weflux.runtime import runtime_of
+from weflux.secops.detectors import BRUTE_FORCE
 from weflux.secops.events import SecurityKind
 
 WRONG = "wrong-Password-0000"
@@ -189,6 +191,27 @@ async def test_a_login_from_a_new_device_raises_one_event_and_mails_the_user(
     assert [(a.channel, a.recipient_user_id) for a in mails] == [
         (AlertChannel.USER_MAIL, target.user.id)
     ]
+
+
+async def test_a_login_finished_with_a_second_factor_is_watched_like_a_password_login(
+    app: Starlette, db: Database, org: Organization
+) -> None:
+    """Given a member with two factors who logged in from one IP
+    When they finish a login with a code from another IP, after a wrong code there
+    Then the login raises auth.new_device once, and the wrong code counted as a failure."""
+    target = await member(db, org)
+    home, away = fresh_ip(), fresh_ip()
+    async with client_of(app, home) as client:
+        authenticator = await enroll(client, await token_for(client, target))
+    async with client_of(app, away) as client:
+        wrong = await mfa_login(client, target.user.email, PASSWORD, code=wrong_code(authenticator))
+        assert wrong.status_code == 401, wrong.text
+        right = await mfa_login(client, target.user.email, PASSWORD, code=authenticator.code())
+        assert right.status_code == 200, right.text
+    events = await events_of(db, org.id, SecurityKind.NEW_DEVICE)
+    assert [event.ip_address for event in events] == [away]
+    limiter = runtime_of(app).limiter
+    assert await limiter.tallied(BRUTE_FORCE, f"{target.user.email.lower()}\n{away}") == 1
 
 
 async def test_granting_admin_raises_one_event_and_other_roles_none(

@@ -274,6 +274,7 @@ async def mfa(request: Request) -> Response:
         mfa_token=body.mfa_token,
         code=body.code,
         recovery_code=body.recovery_code,
+        detectors=runtime.detectors,
     )
     return JSONResponse(token_pair_body(pair))
 

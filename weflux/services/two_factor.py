@@ -37,6 +37,7 @@ from weflux.errors import (
     Unauthenticated,
 )
 from weflux.models import AuthSession, Membership, Organization, User, new_id, utcnow
+from weflux.secops.detectors import Detectors
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, Severity, record
@@ -391,8 +392,12 @@ async def complete_login(
     mfa_token: str,
     code: str | None,
     recovery_code: str | None,
+    detectors: Detectors | None = None,
 ) -> TokenPair:
-    """`POST /auth/mfa`: a right code with a live mfaToken opens the session."""
+    """`POST /auth/mfa`: a right code with a live mfaToken opens the session.
+
+    With `detectors`, a wrong code counts as a failed login and a login from a new
+    device raises `auth.new_device`, as after a password alone."""
     try:
         claims = codec.verify(mfa_token, "mfa")
     except InvalidTokenError:
@@ -421,7 +426,12 @@ async def complete_login(
             )
             if not spent.rowcount:
                 raise Unauthenticated(INVALID_MFA_TOKEN)  # used meanwhile: roll back
-            opened.append(await _open(session, codec, fresh, claims.org_id, meta, code is None))
+            pair = await _open(session, codec, fresh, claims.org_id, meta, code is None)
+            if detectors is not None:
+                await detectors.login_succeeded(
+                    session, meta, user_id=fresh.id, membership_id=pair.membership.id
+                )
+            opened.append(pair)
         return True
 
     if not await guard.check_code(email=user.email, ip=meta.ip, verify=verify):
@@ -434,6 +444,10 @@ async def complete_login(
                 target_id=user.id,
                 meta=meta,
                 severity=Severity.WARNING,
+            )
+        if detectors is not None:
+            await detectors.login_failed(
+                db, meta, email=user.email, user_id=user.id, workspaces=[claims.org_id]
             )
         raise InvalidMfaCode(WRONG_CODE)
     return opened[0]
