@@ -17,6 +17,7 @@ from weflux.logs import (
     JsonFormatter,
     RequestIdFilter,
     describe_exception,
+    loggable_target,
     request_id_var,
 )
 
@@ -145,3 +146,26 @@ async def test_graphql_errors_are_logged_by_operation_and_code_only(
     }
     assert "s3cret-value" not in caplog.text
     assert not [r for r in caplog.records if r.name.startswith("strawberry")]
+
+
+def test_a_webhook_urls_key_is_cut_from_logged_targets() -> None:
+    """Given uvicorn's access line for a keyed webhook URL (the key is a capability naming
+    the channel), when it passes the filter, then only the key's first 4 characters stay;
+    the app's own access log and `weflux simulate` show targets the same way."""
+    key = "Kq7vT3xR9mW2pL8sN4bY6cZ1"
+    access = _record(
+        "uvicorn.access",
+        '%s - "%s %s HTTP/%s" %d',
+        "10.0.0.1:5000",
+        "POST",
+        f"/webhooks/whatsapp/{key}",
+        "1.1",
+        200,
+    )
+    assert ClientDataFilter().filter(access)
+    assert key not in access.getMessage()
+    assert "/webhooks/whatsapp/Kq7v…" in access.getMessage()
+    assert loggable_target(f"http://127.0.0.1:8000/webhooks/whatsapp/{key}?x=1") == (
+        "http://127.0.0.1:8000/webhooks/whatsapp/Kq7v…"
+    )
+    assert loggable_target("/webhooks/whatsapp") == "/webhooks/whatsapp"

@@ -80,15 +80,27 @@ GUARDED_LOGGERS = ("uvicorn.error", "uvicorn.access", "strawberry.ws")
 _ORIGIN_REJECTED = "Rejected WebSocket connection from origin"
 
 
+WEBHOOK_PATH = "/webhooks/whatsapp/"
+
+
+def loggable_target(target: str) -> str:
+    """A request target (or URL) as it may be logged or shown: without its query string,
+    and with a webhook URL's key (a capability naming the channel) cut to 4 characters."""
+    path = target.partition("?")[0]
+    head, sep, key = path.rpartition(WEBHOOK_PATH)
+    return f"{head}{sep}{key[:4]}…" if sep and key else path
+
+
 def _without_query(value: object) -> object:
-    return value.partition("?")[0] if isinstance(value, str) else value
+    return loggable_target(value) if isinstance(value, str) else value
 
 
 class ClientDataFilter(logging.Filter):
     """Drop or trim library log lines that would carry what a client sent.
 
     uvicorn writes request targets with their query string (`GET /path?token=…`,
-    `"WebSocket /graphql?token=…" [accepted]`): the query is cut. The websockets
+    `"WebSocket /graphql?token=…" [accepted]`): the query is cut, and a webhook URL's
+    key with it (`loggable_target`). The websockets
     library's DEBUG traces of frames and handshake headers are dropped. Strawberry's
     warning about a refused `Origin` quotes the header: it is replaced by a fixed line.
     """

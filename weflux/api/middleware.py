@@ -13,7 +13,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weflux.errors import ErrorCode, error_response
-from weflux.logs import request_id_var
+from weflux.logs import loggable_target, request_id_var
 
 access_log = logging.getLogger("weflux.access")
 
@@ -54,7 +54,7 @@ class RequestContextMiddleware:
             access_log.info(
                 "%s %s",
                 scope.get("method", "WS"),
-                scope["path"],
+                loggable_target(scope["path"]),
                 extra={
                     "status": status,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 2),

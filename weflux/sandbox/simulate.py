@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from weflux.logs import loggable_target
 from weflux.sandbox import webhooks
 
 if TYPE_CHECKING:
@@ -313,12 +314,6 @@ async def simulate(args: argparse.Namespace, settings: Settings | None = None) -
     return Outcome(url, body, response.status_code, response.text[:500], dropped)
 
 
-def _shown_url(url: str) -> str:
-    """The URL without its webhook key (a capability), for the terminal."""
-    head, sep, key = url.rpartition("/webhooks/whatsapp/")
-    return f"{head}{sep}{key[:4]}…" if sep else url
-
-
 def cmd_simulate(args: argparse.Namespace) -> int:
     """Send a Meta-shaped, signed webhook to a running server (CONTRACT §10)."""
     try:
@@ -333,7 +328,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def report(outcome: Outcome) -> str:
     """What was sent and what the server answered, for the terminal."""
     lines = [
-        f"POST {_shown_url(outcome.url)}",
+        f"POST {loggable_target(outcome.url)}",
         json.dumps(outcome.body, indent=2, ensure_ascii=False),
         f"-> HTTP {outcome.http_status} {outcome.answer}",
     ]
