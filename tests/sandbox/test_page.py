@@ -138,6 +138,36 @@ async def test_another_sites_form_cannot_post_a_message(
     assert shown["messages"] == []
 
 
+@pytest.mark.parametrize("host", ["rebind.attacker.example", "127.0.0.1.nip.io:8000"])
+async def test_a_rebound_name_gets_nothing(
+    http: httpx.AsyncClient, demo_workspace: Demo, host: str
+) -> None:
+    """Given a name an attacker controls resolving to this machine (DNS rebinding),
+    when its page reads or writes the sandbox, then every endpoint answers 403 and no
+    message is written."""
+    rebound = {"Host": host}
+    for path in ("/sandbox", "/sandbox/sandbox.js", "/sandbox/contacts"):
+        response = await http.get(path, headers=rebound)
+        assert response.status_code == 403, path
+        assert response.json()["error"]["code"] == "FORBIDDEN"
+    posted = await http.post(
+        "/sandbox/messages", json={"phone": CUSTOMER, "text": "Hi"}, headers=rebound
+    )
+    assert posted.status_code == 403
+    shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+    assert shown["messages"] == []
+
+
+@pytest.mark.parametrize("host", ["localhost:8000", "app.localhost", "[::1]:8000", "10.1.2.3"])
+async def test_this_machines_names_and_addresses_are_served(
+    http: httpx.AsyncClient, demo_workspace: Demo, host: str
+) -> None:
+    """Given the names a developer's browser sends (localhost, an address typed by hand),
+    when the page is asked for, then it is served."""
+    response = await http.get("/sandbox", headers={"Host": host})
+    assert response.status_code == 200
+
+
 async def test_only_sandbox_channels_are_written_to(
     http: httpx.AsyncClient, channel: WhatsAppAccount
 ) -> None:

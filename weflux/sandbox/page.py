@@ -12,14 +12,21 @@ statuses it posted.
 - `GET /sandbox/contacts`: the customers the sandbox has seen;
 - `POST /sandbox/messages` `{"phone", "name", "text"}`: the customer writes;
 - `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status.
+
+Unauthenticated, so guarded against DNS rebinding: they answer only when the `Host` header
+names this machine as a developer reaches it (`localhost`, a `*.localhost` name, an IP
+address) or a host of the allowed origins or `WEFLUX_APP_URL`. A name an attacker
+controls that resolves to 127.0.0.1 gets 403 `FORBIDDEN`.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from sqlmodel import col, select
 from starlette.requests import Request
@@ -51,8 +58,39 @@ _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
 
 
+def _trusted_host(request: Request) -> bool:
+    """Whether the `Host` header is one a developer's browser sends, not a rebound name."""
+    host = urlsplit("//" + request.headers.get("host", "")).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return True  # an address typed by hand: DNS rebinding needs a name
+    settings = runtime_of(request.app).settings
+    configured = [*settings.origins, settings.app_base_url]
+    return host in {urlsplit(url).hostname for url in configured}
+
+
 def _sandbox(request: Request) -> Sandbox | None:
     return runtime_of(request.app).sandbox
+
+
+def _open(request: Request) -> Sandbox | Response:
+    """The sandbox, or 404 without one, or 403 for a `Host` not this machine's (rebinding)."""
+    sandbox = _sandbox(request)
+    if sandbox is None:
+        return _not_found()
+    if not _trusted_host(request):
+        return error_response(
+            403,
+            ErrorCode.FORBIDDEN,
+            "the sandbox answers only on localhost, an IP address or an allowed origin's host",
+            headers=NO_STORE,
+        )
+    return sandbox
 
 
 def _not_found() -> Response:
@@ -61,8 +99,8 @@ def _not_found() -> Response:
 
 def _static(name: str, media_type: str) -> Any:
     async def serve(request: Request) -> Response:
-        if _sandbox(request) is None:
-            return _not_found()
+        if isinstance(refusal := _open(request), Response):
+            return refusal
         body = (STATIC / name).read_bytes()
         return Response(body, media_type=media_type, headers={"Content-Security-Policy": PAGE_CSP})
 
@@ -106,9 +144,9 @@ async def _channel(request: Request, sandbox: Sandbox) -> SandboxChannel | None:
 
 async def contacts(request: Request) -> Response:
     """The customers the sandbox knows: those who wrote and those the business sent to."""
-    sandbox = _sandbox(request)
-    if sandbox is None:
-        return _not_found()
+    sandbox = _open(request)
+    if isinstance(sandbox, Response):
+        return sandbox
     listed = [
         {"phone": "+" + number, "name": sandbox.names.get(number, "")} for number in sandbox.phones
     ]
@@ -117,9 +155,9 @@ async def contacts(request: Request) -> Response:
 
 async def messages(request: Request) -> Response:
     """One phone's messages (GET ?phone=), or the customer writes one (POST)."""
-    sandbox = _sandbox(request)
-    if sandbox is None:
-        return _not_found()
+    sandbox = _open(request)
+    if isinstance(sandbox, Response):
+        return sandbox
     if request.method == "GET":
         phone = request.query_params.get("phone", "")
         if not _PHONE.match(phone):
