@@ -151,10 +151,7 @@ async def login(
             await detectors.login_succeeded(
                 session, meta, user_id=account.user_id, membership_id=membership.id
             )
-    # The answer lists every workspace of the user (id and name only).
-    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
-    listed[organization.id] = organization
-    return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
+    return session_service.listing_workspaces(pair, workspaces)
 
 
 async def switch(
@@ -222,16 +219,7 @@ async def switch(
             # Nothing of the source workspace (its id, the session's): another tenant's.
             details={"second_factor": "totp" if two_factor.enabled(user) else "none"},
         )
-    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
-    listed[organization.id] = organization
-    return TokenPair(
-        pair.access,
-        pair.refresh,
-        organization,
-        membership,
-        list(listed.values()),
-        session_id=pair.session_id,
-    )
+    return session_service.listing_workspaces(pair, workspaces)
 
 
 async def refresh(

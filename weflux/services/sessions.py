@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from sqlalchemy import update
@@ -12,6 +12,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.authenticator import Authenticator
+from weflux.auth.crossings import Workspace
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
@@ -72,6 +73,14 @@ async def open_session(
     session.add(auth_session)
     await session.flush()
     return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
+
+
+def listing_workspaces(pair: TokenPair, workspaces: Sequence[Workspace]) -> TokenPair:
+    """`pair` answering a login or a switch: every workspace of the user listed (id and
+    name only), the session's own as loaded."""
+    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
+    listed[pair.organization.id] = pair.organization
+    return replace(pair, organizations=list(listed.values()))
 
 
 def session_end(codec: TokenCodec, auth_session: AuthSession) -> datetime:

@@ -501,9 +501,7 @@ async def _open(
             details={"remaining": left},
         )
     workspaces = await crossings.user_workspaces(session, user.id)
-    listed = {w.org_id: Organization(id=w.org_id, name=w.name) for w in workspaces}
-    listed[organization.id] = organization
-    return TokenPair(pair.access, pair.refresh, organization, membership, list(listed.values()))
+    return session_service.listing_workspaces(pair, workspaces)
 
 
 # --- re-authentication ---------------------------------------------------------------
