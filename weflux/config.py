@@ -252,6 +252,8 @@ class Settings(BaseSettings):
     lifecycle_interval: timedelta = timedelta(seconds=30)  # between the worker's sweeps
     lifecycle_batch_size: int = Field(default=500, ge=1, le=500)  # rows deleted per transaction
     workspace_deletion_grace: timedelta = timedelta(days=7)
+    # Platform security events (IP addresses of no one workspace) and finished alerts.
+    security_event_retention: timedelta = timedelta(days=90)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
 
     @property
@@ -406,7 +408,13 @@ class Settings(BaseSettings):
     def _keywords(cls, value: Any) -> list[str]:
         return _split_list(value)
 
-    @field_validator("delivery_lease", "delivery_backoff_cap", "backup_retention", mode="before")
+    @field_validator(
+        "delivery_lease",
+        "delivery_backoff_cap",
+        "backup_retention",
+        "security_event_retention",
+        mode="before",
+    )
     @classmethod
     def _delivery_duration(cls, value: Any) -> timedelta:
         return parse_duration(value)

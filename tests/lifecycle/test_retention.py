@@ -1,4 +1,5 @@
-"""Retention: old messages and old raw webhook bodies go daily, in batches."""
+"""Retention: old messages, old raw webhook bodies, and old platform security events and
+finished alerts go daily, in batches."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 from sqlalchemy import text
 from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.principals import principal_of
@@ -18,7 +20,15 @@ from weflux.db import Database
 from weflux.errors import BadUserInput
 from weflux.lifecycle import requests as lifecycle_requests
 from weflux.lifecycle.worker import Lifecycle, run_retention
-from weflux.models import Message, WebhookEvent, WebhookEventStatus, utcnow
+from weflux.models import (
+    AlertStatus,
+    Message,
+    PlatformSecurityEvent,
+    SecurityAlert,
+    WebhookEvent,
+    WebhookEventStatus,
+    utcnow,
+)
 from weflux.services.audit import RequestMeta
 
 DAY = timedelta(days=1)
@@ -86,6 +96,57 @@ async def test_old_messages_and_bodies_go_and_the_rest_stays(
     assert {uuid.UUID(str(row[0])) for row in rows} == {new_body, failed_body}
     assert old_body not in {uuid.UUID(str(row[0])) for row in rows}
     assert await run_retention(lifecycle, now=now + DAY / 2) == 0
+
+
+def _alert(created_at: datetime, status: AlertStatus) -> SecurityAlert:
+    return SecurityAlert(
+        event_id=uuid.uuid4(),
+        channel="webhook",
+        audience="platform",
+        dedupe_key="platform:auth.credential_stuffing",
+        status=status,
+        created_at=created_at,
+    )
+
+
+async def test_old_platform_security_events_and_finished_alerts_go(
+    db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given platform security events and alerts older and newer than the 90-day
+    retention, one old alert still pending,
+    when the retention job runs,
+    then the old events and the old sent or suppressed alerts go in batches, the pending
+    one stays (the worker still owes it), and so does everything newer."""
+    now = utcnow()
+    old, new = now - 91 * DAY, now - 89 * DAY
+    events = [
+        PlatformSecurityEvent(
+            kind="auth.credential_stuffing",
+            severity="CRITICAL",
+            summary="failed logins over many accounts",
+            ip_address="203.0.113.9",
+            created_at=at,
+        )
+        for at in (old, old, old, new)
+    ]
+    alerts = [
+        _alert(old, AlertStatus.SENT),
+        _alert(old, AlertStatus.SUPPRESSED),
+        _alert(old, AlertStatus.PENDING),
+        _alert(new, AlertStatus.SENT),
+    ]
+    async with AsyncSession(owner_db.engine, expire_on_commit=False) as session:
+        session.add_all([*events, *alerts])
+        await session.commit()
+    lifecycle = Lifecycle(db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2)
+
+    assert await run_retention(lifecycle, now=now) == 5
+
+    async with owner_db.engine.connect() as conn:
+        kept_events = (await conn.execute(text("SELECT id FROM platform_security_events"))).all()
+        kept_alerts = (await conn.execute(text("SELECT id FROM security_alerts"))).all()
+    assert {uuid.UUID(str(row[0])) for row in kept_events} == {events[3].id}
+    assert {uuid.UUID(str(row[0])) for row in kept_alerts} == {alerts[2].id, alerts[3].id}
 
 
 @pytest.mark.parametrize(("messages", "bodies"), [(0, None), (None, 31), (None, 0)])

@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy import Executable, exists, func, or_, text
+from sqlalchemy import ColumnElement, Executable, exists, func, or_, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
@@ -30,6 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.models import (
     OPEN_STATUSES,
+    AlertStatus,
     AuthSession,
     Contact,
     DataRequest,
@@ -39,6 +40,7 @@ from weflux.models import (
     MessageDirection,
     MessageStatus,
     Organization,
+    PlatformSecurityEvent,
     SecurityAlert,
     User,
     WebhookEvent,
@@ -392,25 +394,59 @@ async def expire_webhook_bodies(
     session: AsyncSession, *, processed_before: datetime, batch: int
 ) -> int:
     """Delete up to `batch` raw bodies processed before `processed_before`; how many went."""
-
-    def sqlite() -> Executable:
-        doomed = (
-            select(WebhookEvent.id)
-            .where(
-                col(WebhookEvent.status) == WebhookEventStatus.PROCESSED,
-                col(WebhookEvent.processed_at) < processed_before,
-            )
-            .limit(_batch(batch))
-            .scalar_subquery()
-        )
-        return sa.delete(WebhookEvent).where(col(WebhookEvent.id).in_(doomed))
-
-    return await _count(
+    return await _delete_batch(
         session,
         "weflux_expire_webhook_bodies",
         {"processed_before": processed_before, "batch": batch},
-        sqlite,
+        WebhookEvent,
+        col(WebhookEvent.status) == WebhookEventStatus.PROCESSED,
+        col(WebhookEvent.processed_at) < processed_before,
     )
+
+
+async def expire_platform_security_events(
+    session: AsyncSession, *, created_before: datetime, batch: int
+) -> int:
+    """Delete up to `batch` platform security events created before `created_before`."""
+    return await _delete_batch(
+        session,
+        "weflux_expire_platform_security_events",
+        {"created_before": created_before, "batch": batch},
+        PlatformSecurityEvent,
+        col(PlatformSecurityEvent.created_at) < created_before,
+    )
+
+
+async def expire_security_alerts(
+    session: AsyncSession, *, created_before: datetime, batch: int
+) -> int:
+    """Delete up to `batch` sent or suppressed alerts created before `created_before`
+    (pending ones stay: the worker still owes them)."""
+    return await _delete_batch(
+        session,
+        "weflux_expire_security_alerts",
+        {"created_before": created_before, "batch": batch},
+        SecurityAlert,
+        col(SecurityAlert.created_at) < created_before,
+        col(SecurityAlert.status) != AlertStatus.PENDING,
+    )
+
+
+async def _delete_batch(
+    session: AsyncSession,
+    function: str,
+    params: dict[str, Any],
+    model: type[WebhookEvent] | type[PlatformSecurityEvent] | type[SecurityAlert],
+    *criteria: ColumnElement[bool],
+) -> int:
+    """Delete up to `params["batch"]` rows of `model` meeting `criteria`: the PostgreSQL
+    function `function` does it for the app's role; on SQLite, one DELETE of them."""
+
+    def sqlite() -> Executable:
+        doomed = select(model.id).where(*criteria).limit(_batch(params["batch"])).scalar_subquery()
+        return sa.delete(model).where(col(model.id).in_(doomed))
+
+    return await _count(session, function, params, sqlite)
 
 
 async def webhook_payload_retention_days(session: AsyncSession) -> int:

@@ -50,6 +50,7 @@ class Lifecycle:
     keyring: KeyRing
     batch: int = erasure.DEFAULT_BATCH
     export_dir: Path | None = None  # None: exports wait (PENDING)
+    security_event_retention: timedelta = timedelta(days=90)
 
 
 async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
@@ -220,7 +221,23 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
                 session.add(organization)
     if due:
         deleted += await expire_webhook_bodies(lifecycle, now=now)
+        deleted += await expire_security_records(lifecycle, now=now)
     return deleted
+
+
+async def expire_security_records(lifecycle: Lifecycle, *, now: datetime) -> int:
+    """Delete platform security events and finished (sent or suppressed) alerts older
+    than `WEFLUX_SECURITY_EVENT_RETENTION`, in batches; how many went."""
+    before = now - lifecycle.security_event_retention
+    total = 0
+    for expire in (crossings.expire_platform_security_events, crossings.expire_security_alerts):
+        while True:
+            async with lifecycle.db.session() as session:
+                gone = await expire(session, created_before=before, batch=lifecycle.batch)
+            total += gone
+            if gone < lifecycle.batch:
+                break
+    return total
 
 
 async def expire_webhook_bodies(lifecycle: Lifecycle, *, now: datetime) -> int:

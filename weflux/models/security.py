@@ -96,6 +96,7 @@ class SecurityAlert(SQLModel, table=True):
         Index(None, "status", "next_attempt_at"),
         Index(None, "dedupe_key", "sent_at"),
         Index(None, "audience", "channel", "sent_at"),
+        Index(None, "created_at"),  # retention
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -54,6 +54,7 @@ def build_worker(
         keyring=channel_services.keyring,
         batch=settings.lifecycle_batch_size,
         export_dir=settings.export_directory,
+        security_event_retention=settings.security_event_retention,
     )
 
     async def data_requests() -> int:
