@@ -19,6 +19,7 @@ from weflux.models.inbox import (
     TemplateStatusEvent,
     WebhookEvent,
     WebhookEventStatus,
+    listed_message,
     moves_forward,
 )
 from weflux.models.incident import (
@@ -114,6 +115,7 @@ __all__ = [
     "WebhookEventStatus",
     "WhatsAppAccount",
     "contact_reactor",
+    "listed_message",
     "member_reactor",
     "moves_forward",
     "new_id",
