@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,17 +137,19 @@ class ContactCard:
     emails: tuple[CardEmail, ...]
 
 
-# The kinds of InteractiveReply.kind.
-BUTTON_REPLY = "button_reply"
-LIST_REPLY = "list_reply"
-QUICK_REPLY = "quick_reply"  # a template's quick-reply button (a `button` message)
+class ReplyKind(enum.StrEnum):
+    """What the contact chose (InteractiveReply.kind)."""
+
+    BUTTON_REPLY = "button_reply"
+    LIST_REPLY = "list_reply"
+    QUICK_REPLY = "quick_reply"  # a template's quick-reply button (a `button` message)
 
 
 @dataclass(frozen=True, slots=True)
 class InteractiveReply:
     """The contact's choice: a reply button, a list row, or a template's quick-reply button."""
 
-    kind: str
+    kind: ReplyKind
     id: str | None
     title: str
     description: str | None
@@ -546,11 +549,12 @@ def interactive_reply_of(kind: str, payload: object) -> InteractiveReply | None:
         title = _str(payload.get("text")) or _str(payload.get("payload"))
         if not title:
             return None
-        return InteractiveReply(QUICK_REPLY, _str(payload.get("payload")) or None, title, None)
+        payload_id = _str(payload.get("payload")) or None
+        return InteractiveReply(ReplyKind.QUICK_REPLY, payload_id, title, None)
     if kind != "interactive":
         return None
-    for reply_kind in (BUTTON_REPLY, LIST_REPLY):
-        reply = payload.get(reply_kind)
+    for reply_kind in (ReplyKind.BUTTON_REPLY, ReplyKind.LIST_REPLY):
+        reply = payload.get(reply_kind.value)
         if isinstance(reply, dict) and (title := _str(reply.get("title"))):
             description = _str(reply.get("description")) or None
             return InteractiveReply(reply_kind, _id(reply.get("id")), title, description)
