@@ -13,10 +13,16 @@ from strawberry.types import Info
 
 from weflux import models
 from weflux.gql.context import Context
+from weflux.gql.cost import LIST_NODES
 from weflux.gql.identity.types import Member, to_member
 from weflux.gql.types import graphql_enum
 from weflux.whatsapp import parser
 from weflux.whatsapp.parser import ReplyKind
+
+# What a message shows at most (and the bounds the cost of a query counts with).
+MAX_CARDS = 10
+MAX_CARD_ENTRIES = 5  # phones, emails of a card
+MAX_REACTIONS = 20
 
 graphql_enum(
     ReplyKind,
@@ -62,8 +68,14 @@ class ContactCard:
     first_name: str | None = strawberry.field(description="The card's first name.")
     last_name: str | None = strawberry.field(description="The card's last name.")
     organization: str | None = strawberry.field(description="The card's company.")
-    phones: list[ContactCardPhone] = strawberry.field(description="Its phone numbers.")
-    emails: list[ContactCardEmail] = strawberry.field(description="Its email addresses.")
+    phones: list[ContactCardPhone] = strawberry.field(
+        description=f"Its phone numbers (the first {MAX_CARD_ENTRIES}).",
+        metadata={LIST_NODES: MAX_CARD_ENTRIES},
+    )
+    emails: list[ContactCardEmail] = strawberry.field(
+        description=f"Its email addresses (the first {MAX_CARD_ENTRIES}).",
+        metadata={LIST_NODES: MAX_CARD_ENTRIES},
+    )
 
 
 @strawberry.type(

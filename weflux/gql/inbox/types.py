@@ -16,8 +16,11 @@ from weflux import models
 from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
+from weflux.gql.cost import LIST_NODES
 from weflux.gql.identity.types import Member, to_member
 from weflux.gql.inbox.content_types import (
+    MAX_CARDS,
+    MAX_REACTIONS,
     ContactCard,
     InteractiveReply,
     Location,
@@ -240,8 +243,9 @@ class Message(Node):
         description="The shared place of a LOCATION message; null for other types."
     )
     contacts: list[ContactCard] | None = strawberry.field(
-        description="The contact cards of a CONTACTS message, in the order shared; null for "
-        "other types."
+        description=f"The contact cards of a CONTACTS message, in the order shared (the first "
+        f"{MAX_CARDS}); null for other types.",
+        metadata={LIST_NODES: MAX_CARDS},
     )
     interactive_reply: InteractiveReply | None = strawberry.field(
         description="The button or list row the contact chose (an INTERACTIVE reply, or a "
@@ -252,15 +256,17 @@ class Message(Node):
     reply_to_wa_message_id: strawberry.Private[str | None]
 
     @strawberry.field(
-        description="The emoji reactions to it, oldest first: at most one per reactor (the "
-        "contact, each member); a new emoji replaces the reactor's, an unreaction removes "
-        "it. `messageUpdated` announces each change. A reaction is never a message of its own."
+        description="The emoji reactions to it, oldest first (the first "
+        f"{MAX_REACTIONS}): one per reactor (the contact, each member); a new emoji replaces "
+        "the reactor's, an unreaction removes it. `messageUpdated` announces each change. "
+        "A reaction is never a message of its own.",
+        metadata={LIST_NODES: MAX_REACTIONS},
     )
     async def reactions(self, info: Info[Context, None]) -> list[Reaction]:
         if self.wa_message_id is None:
             return []
         rows = await info.context.loaders.reactions.load(self.wa_message_id)
-        return [to_reaction(row) for row in rows]
+        return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
 
     @strawberry.field(
         description="The message this one quotes (WhatsApp's reply), when it is in the "
