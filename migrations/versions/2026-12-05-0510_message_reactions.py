@@ -1,8 +1,8 @@
 """emoji reactions on messages, keyed by the wamid they react to
 
-Revision ID: 0015_message_reactions
-Revises: 0014_message_templates
-Create Date: 2026-12-05 05:00:00 UTC
+Revision ID: 0016_message_reactions
+Revises: 0015_security_retention
+Create Date: 2026-12-05 05:10:00 UTC
 
 `message_reactions` is workspace-owned (tenant row-level security).
 """
@@ -15,8 +15,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0015_message_reactions"
-down_revision: str | None = "0014_message_templates"
+revision: str = "0016_message_reactions"
+down_revision: str | None = "0015_security_retention"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
