@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import emoji as emoji_data
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -182,21 +183,21 @@ async def react_to_message(
     if (current or "") == emoji:
         return target
     now = utcnow()
-    await set_reactions(
-        session,
-        broker,
-        principal.org_id,
-        [
-            ReactionChange(
-                target=target.wa_message_id,
-                reactor=reactor,
-                conversation_id=conversation.id,
-                emoji=emoji,
-                at=now,
-                membership_id=principal.membership_id,
-            )
-        ],
+    change = ReactionChange(
+        target=target.wa_message_id,
+        reactor=reactor,
+        conversation_id=conversation.id,
+        emoji=emoji,
+        at=now,
+        membership_id=principal.membership_id,
     )
+    try:
+        async with session.begin_nested():
+            await set_reactions(session, broker, principal.org_id, [change])
+    except IntegrityError:
+        # The same member's concurrent first reaction to it committed first: theirs stands.
+        log.info("concurrent reaction", extra={"message_id": str(target.id)})
+        return target
     session.add(
         Message(
             org_id=principal.org_id,
