@@ -27,6 +27,7 @@ pytest_plugins = [
     "tests.fixtures.inbox",
     "tests.fixtures.outbound",
     "tests.fixtures.live",
+    "tests.fixtures.inbound",
 ]
 
 # Fixtures (and parameter values) that need a server: a test that uses one is marked, so

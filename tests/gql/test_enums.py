@@ -11,6 +11,7 @@ from strawberry.types.enum import StrawberryEnumDefinition
 from weflux import models
 from weflux.gql.schema import schema
 from weflux.services.conversations import AssigneeFilter
+from weflux.whatsapp.parser import ReplyKind
 
 # Every enum of the schema, by GraphQL name, and the Python enum it is.
 MODEL_ENUMS: dict[str, type[enum.Enum]] = {
@@ -23,6 +24,7 @@ MODEL_ENUMS: dict[str, type[enum.Enum]] = {
     "QualityRating": models.QualityRating,
     "WhatsAppAccountStatus": models.AccountStatus,
     "AssigneeFilter": AssigneeFilter,
+    "InteractiveReplyKind": ReplyKind,
     "IncidentStatus": models.IncidentStatus,
     "DataRequestKind": models.DataRequestKind,
     "DataRequestStatus": models.DataRequestStatus,

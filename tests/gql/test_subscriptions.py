@@ -24,6 +24,7 @@ from tests.fixtures.live import (
     inbound,
     listeners,
     live_server,
+    signed_webhook,
     until_listening,
 )
 from tests.fixtures.ws import GraphQLSocket
@@ -334,19 +335,50 @@ async def test_status_and_account_changes_are_live(
         wh.webhook_body(wh.messages_change(statuses=[wh.status(wamid, "delivered")])),
         wh.webhook_body(wh.quality_change(current_limit="TIER_100K")),
     ):
-        raw = wh.encode(body)
-        await http.post(
-            "/webhooks/whatsapp",
-            content=raw,
-            headers={
-                "X-Hub-Signature-256": wh.sign(raw, SECRET),
-                "Content-Type": "application/json",
-            },
-        )
+        await signed_webhook(http, body)
     status = (await socket.next(statuses))["payload"]["data"]["messageUpdated"]
     assert status == {"status": "DELIVERED", "waMessageId": wamid}
     account = (await socket.next(accounts))["payload"]["data"]["whatsAppAccountUpdated"]
     assert account == {"messagingLimitTier": "TIER_100K"}
+    await socket.close()
+
+
+async def test_a_reaction_updates_its_message_live(
+    live: str,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    live_app: Starlette,
+) -> None:
+    """Given a customer's message and a member subscribed to messageUpdated
+    When the customer reacts to it, then removes the reaction
+    Then the message arrives twice, with the reaction and then without; no messageAdded."""
+    await inbound(http, "hello")
+    conversation_id = await _conversation_id(db, org)
+    async with db.session(org.id) as session:
+        wamid = (await session.exec(select(Message.wa_message_id))).one()
+    assert wamid is not None
+    socket, added = await _witness(live, live_app, http, admin)
+    updates = await socket.subscribe(
+        "subscription($c: ID) { messageUpdated(conversationId: $c) { waMessageId "
+        "reactions { emoji fromContact } } }",
+        {"c": conversation_id},
+    )
+    await until_listening(live_app, listeners(live_app) + 1)
+
+    for reaction in (wh.reaction_message(wamid, emoji="🎉"), wh.unreaction_message(wamid)):
+        change = wh.messages_change(messages=[reaction], contacts=[wh.contact()])
+        await signed_webhook(http, wh.webhook_body(change))
+        frame = (await socket.next(updates))["payload"]["data"]["messageUpdated"]
+        expected = (
+            [{"emoji": "🎉", "fromContact": True}] if reaction["reaction"].get("emoji") else []
+        )
+        assert frame == {"waMessageId": wamid, "reactions": expected}
+
+    await inbound(http, "after")  # a later message: the first messageAdded the witness gets
+    assert await _text(socket, added) == "after"
     await socket.close()
 
 

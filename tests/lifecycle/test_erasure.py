@@ -34,9 +34,11 @@ from weflux.models import (
     ErasureLedgerEntry,
     Message,
     MessageDirection,
+    MessageReaction,
     MessageStatus,
     WebhookEvent,
     WebhookEventStatus,
+    contact_reactor,
     utcnow,
 )
 from weflux.services.audit import RequestMeta
@@ -60,6 +62,16 @@ async def _subject(db: Database, org_id: uuid.UUID, *, messages: int = 5) -> Sub
         contact = await create_contact(session, user_id="US.1234567890")
         conversation = await create_conversation(session, contact=contact)
         rows = [await create_message(session, conversation) for _ in range(messages)]
+        if rows and rows[0].wa_message_id:
+            session.add(
+                MessageReaction(
+                    conversation_id=conversation.id,
+                    target_wa_message_id=rows[0].wa_message_id,
+                    reactor=contact_reactor(contact.id),
+                    contact_id=contact.id,
+                    emoji="👍",
+                )
+            )
         queued = await create_message(
             session,
             conversation,
@@ -119,8 +131,10 @@ async def test_an_erased_contact_is_hidden_at_once_and_its_queued_messages_never
         assert (await session.exec(select(Contact))).all() == []
         assert (await session.exec(select(Conversation))).all() == []
         assert (await session.exec(select(Message))).all() == []
+        assert (await session.exec(select(MessageReaction))).all() == []
     async with db.session(admin.org_id) as session:
         see_erased(session)
+        assert len((await session.exec(select(MessageReaction))).all()) == 1
         queued = await session.get(Message, subject.queued.id)
         assert queued is not None
         assert queued.status == MessageStatus.FAILED
@@ -155,6 +169,7 @@ async def test_the_worker_deletes_everything_of_the_contact_and_records_the_ledg
         assert await session.get(Contact, subject.contact.id) is None
         assert (await session.exec(select(Conversation))).all() == []
         assert (await session.exec(select(Message))).all() == []
+        assert (await session.exec(select(MessageReaction))).all() == []
         done = await session.get(DataRequest, request.id)
         assert done is not None
         assert (done.status, done.progress) == (DataRequestStatus.COMPLETED, 1.0)
@@ -229,6 +244,7 @@ async def test_a_worker_killed_mid_erasure_finishes_on_its_next_run(
         see_erased(session)
         assert await session.get(Contact, subject.contact.id) is None
         assert (await session.exec(select(Message))).all() == []
+        assert (await session.exec(select(MessageReaction))).all() == []
         done = await session.get(DataRequest, request.id)
         assert done is not None
         assert done.status == DataRequestStatus.COMPLETED

@@ -83,6 +83,7 @@ async def test_a_contact_export_holds_the_contact_its_conversations_and_messages
         "contacts": 1,
         "conversations": 1,
         "messages": 1200,
+        "message_reactions": 0,
     }
     lines = archive.read("messages.jsonl").decode().splitlines()
     assert [json.loads(line)["text"] for line in lines][:2] == ["hello 0", "hello 1"]

@@ -737,9 +737,24 @@ def pywa_factory_bodies() -> dict[str, dict[str, Any]]:
         wh.order_item("SODA", 2, 10, "ILS"),
     ]
     cards = [
-        wh.shared_contact("Chandler Bing", "+1 555-555-5555", wa_id=PYWA_FROM),
-        wh.shared_contact("Monica", "+1 666-666-6666", wa_id=PYWA_FROM, phone_type="HOME"),
-        wh.shared_contact("Rachel Green", "+1 777-777-7777", wa_id=PYWA_FROM, phone_type="WORK"),
+        wh.shared_contact(
+            "Chandler Bing",
+            "+1 555-555-5555",
+            first_name="Chandler",
+            last_name="Bing",
+            wa_id=PYWA_FROM,
+        ),
+        wh.shared_contact(
+            "Monica", "+1 666-666-6666", first_name="Monica", wa_id=PYWA_FROM, phone_type="HOME"
+        ),
+        wh.shared_contact(
+            "Rachel Green",
+            "+1 777-777-7777",
+            first_name="Rachel",
+            last_name="Green",
+            wa_id=PYWA_FROM,
+            phone_type="WORK",
+        ),
     ]
     unsupported_errors = [
         wh.error(131051, "Message type unknown", details="Message type is currently not supported.")

@@ -13,7 +13,7 @@ question with ids), or, for maintenance run as the schema owner, a session opene
   another workspace is refused.
 - With no scope, any ORM statement touching a workspace-owned table raises.
 - Erased contacts (`erased_at`), their conversations and those conversations' messages,
-  notes and labellings are hidden from every read, update and delete: the erasure
+  notes, labellings and reactions are hidden from every read, update and delete: the erasure
   tombstone, so an erased contact is gone at once from queries, `node`, subscriptions,
   replays and exports. Only the eraser itself looks past it (`see_erased`,
   weflux.lifecycle.erasure).
@@ -44,6 +44,7 @@ from weflux.models import (
     Conversation,
     ConversationLabel,
     Message,
+    MessageReaction,
     Note,
     Organization,
     OrgScoped,
@@ -112,7 +113,7 @@ def set_scope(
 def restrict_to_agent(session: Session | AsyncSession, membership_id: uuid.UUID) -> None:
     """Confine the session further to what an Agent may see (CONTRACT §3).
 
-    Conversations assigned to them or to nobody; the messages, notes and labellings of
+    Conversations assigned to them or to nobody; the messages, notes, labellings and reactions of
     those; the contacts of those. Every ORM read, update and delete obeys it, nested
     fields included.
     """
@@ -216,6 +217,7 @@ def _tombstone_criteria(org_id: uuid.UUID) -> list[Any]:
         with_loader_criteria(Message, not_in_erased_conversation, include_aliases=True),
         with_loader_criteria(Note, not_in_erased_conversation, include_aliases=True),
         with_loader_criteria(ConversationLabel, not_in_erased_conversation, include_aliases=True),
+        with_loader_criteria(MessageReaction, not_in_erased_conversation, include_aliases=True),
     ]
 
 
@@ -268,6 +270,7 @@ def _agent_criteria(agent: uuid.UUID) -> list[Any]:
         with_loader_criteria(Message, in_visible_conversation, include_aliases=True),
         with_loader_criteria(Note, in_visible_conversation, include_aliases=True),
         with_loader_criteria(ConversationLabel, in_visible_conversation, include_aliases=True),
+        with_loader_criteria(MessageReaction, in_visible_conversation, include_aliases=True),
         with_loader_criteria(Contact, with_visible_conversation, include_aliases=True),
     ]
 

@@ -35,7 +35,7 @@ from weflux.models import Message as MessageRow
 from weflux.models import Note as NoteRow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
-from weflux.models import utcnow
+from weflux.models import listed_message, utcnow
 from weflux.pagination import decode_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
@@ -109,7 +109,7 @@ async def _replay(
         async with info.context.event_unit():
             query = (
                 select(MessageRow)
-                .where(col(MessageRow.id) > floor)
+                .where(col(MessageRow.id) > floor, listed_message())
                 .order_by(col(MessageRow.id))
                 .limit(REPLAY_PAGE)
             )

@@ -21,9 +21,11 @@ from weflux.models import (
     Label,
     Membership,
     Message,
+    MessageReaction,
     Organization,
     User,
     WhatsAppAccount,
+    listed_message,
 )
 
 
@@ -40,6 +42,9 @@ class Loaders:
         self.whatsapp_account = DataLoader[uuid.UUID, WhatsAppAccount | None](
             load_fn=self._whatsapp_accounts
         )
+        # By WhatsApp's message id (wamid): a reply's quoted message, a message's reactions.
+        self.message_by_wamid = DataLoader[str, Message | None](load_fn=self._messages_by_wamid)
+        self.reactions = DataLoader[str, list[MessageReaction]](load_fn=self._reactions)
         # A conversation's labels, by name: one query for a whole page of conversations.
         self.conversation_labels = DataLoader[uuid.UUID, list[Label]](
             load_fn=self._conversation_labels
@@ -86,3 +91,28 @@ class Loaders:
         for conversation_id, label in rows:
             found[conversation_id].append(label)
         return [found[i] for i in ids]
+
+    async def _messages_by_wamid(self, wamids: Sequence[str]) -> list[Message | None]:
+        rows = (
+            await self._unit().exec(
+                select(Message).where(col(Message.wa_message_id).in_(wamids), listed_message())
+            )
+        ).all()
+        found = {row.wa_message_id: row for row in rows}
+        return [found.get(wamid) for wamid in wamids]
+
+    async def _reactions(self, wamids: Sequence[str]) -> list[list[MessageReaction]]:
+        rows = (
+            await self._unit().exec(
+                select(MessageReaction)
+                .where(
+                    col(MessageReaction.target_wa_message_id).in_(wamids),
+                    MessageReaction.emoji != "",  # an unreaction's marker
+                )
+                .order_by(col(MessageReaction.created_at), col(MessageReaction.id))
+            )
+        ).all()
+        found: dict[str, list[MessageReaction]] = {wamid: [] for wamid in wamids}
+        for row in rows:
+            found[row.target_wa_message_id].append(row)
+        return [found[wamid] for wamid in wamids]

@@ -40,6 +40,7 @@ from weflux.models import (
     DataRequestStatus,
     Membership,
     Message,
+    MessageReaction,
     Organization,
     User,
     utcnow,
@@ -172,6 +173,11 @@ def _tables(
             ("contacts", Contact, col(Contact.id) == subject_id),
             ("conversations", Conversation, col(Conversation.contact_id) == subject_id),
             ("messages", Message, col(Message.conversation_id).in_(conversations)),
+            (
+                "message_reactions",
+                MessageReaction,
+                col(MessageReaction.conversation_id).in_(conversations),
+            ),
         ]
     members = select(col(Membership.user_id))
     tables: list[tuple[str, type[SQLModel], Any]] = [

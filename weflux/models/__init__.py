@@ -19,6 +19,7 @@ from weflux.models.inbox import (
     TemplateStatusEvent,
     WebhookEvent,
     WebhookEventStatus,
+    listed_message,
     moves_forward,
 )
 from weflux.models.incident import (
@@ -39,6 +40,7 @@ from weflux.models.lifecycle import (
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
+from weflux.models.reaction import MessageReaction, contact_reactor, member_reactor
 from weflux.models.security import (
     AlertChannel,
     AlertStatus,
@@ -92,6 +94,7 @@ __all__ = [
     "Membership",
     "Message",
     "MessageDirection",
+    "MessageReaction",
     "MessageStatus",
     "MessageTemplate",
     "MessageType",
@@ -111,6 +114,9 @@ __all__ = [
     "WebhookEvent",
     "WebhookEventStatus",
     "WhatsAppAccount",
+    "contact_reactor",
+    "listed_message",
+    "member_reactor",
     "moves_forward",
     "new_id",
     "utcnow",

@@ -42,7 +42,8 @@ class MessageType(enum.StrEnum):
     """What a message is, by the Cloud API's own names (the values, stored as they are).
 
     Inbound ones are what the webhook parser (`weflux.whatsapp.parser`) produces;
-    outbound ones are TEXT and TEMPLATE.
+    outbound ones are TEXT and TEMPLATE, and REACTION for the outbox row of a reaction
+    (never listed: weflux.services.reactions).
     """
 
     TEXT = "text"
@@ -79,8 +80,8 @@ MESSAGE_TYPE_MEANINGS: dict[MessageType, str] = {
     MessageType.TEMPLATE: "An approved template the team sent (sendTemplateMessage).",
     MessageType.ORDER: "An order from the catalogue; `text` summarises it.",
     MessageType.SYSTEM: "A notice from WhatsApp (say, the contact changed number).",
-    MessageType.REACTION: "An emoji reaction to an earlier message; `text` holds the emoji "
-    "(null when the reaction was removed).",
+    MessageType.REACTION: "An emoji reaction. Never listed as a message: reactions show in "
+    "`Message.reactions` of the message they react to.",
     MessageType.REQUEST_WELCOME: "The contact opened the chat for the first time and asks for "
     "a welcome message.",
     MessageType.UNSUPPORTED: "A kind WhatsApp does not support or this API does not know yet.",
@@ -278,6 +279,12 @@ class Message(OrgScoped, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     status_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+def listed_message() -> Any:
+    """The criterion of the messages a history lists: all but the team's queued reactions
+    (and reactions stored as messages before they attached to theirs)."""
+    return Message.type != MessageType.REACTION.value
 
 
 class TemplateStatusEvent(OrgScoped, table=True):

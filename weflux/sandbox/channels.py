@@ -97,6 +97,9 @@ def _shown_text(payload: dict[str, Any]) -> str:
         return str((payload.get("text") or {}).get("body", ""))
     if kind == "template":
         return f"[template {(payload.get('template') or {}).get('name', '')}]"
+    if kind == "reaction":
+        emoji = str((payload.get("reaction") or {}).get("emoji", ""))
+        return f"[reacted {emoji}]" if emoji else "[reaction removed]"
     return f"[{kind}]"
 
 

@@ -679,6 +679,11 @@ def _payload_problem(payload: Any) -> str | None:
         return f"(#100) The parameter {message_type} is required."
     if message_type == "text" and not (isinstance(content.get("body"), str) and content["body"]):
         return "(#100) The parameter text['body'] is required."
+    if message_type == "reaction":
+        if not (isinstance(content.get("message_id"), str) and content["message_id"]):
+            return "(#100) The parameter reaction['message_id'] is required."
+        if not isinstance(content.get("emoji"), str):
+            return "(#100) The parameter reaction['emoji'] is required."
     return None
 
 

@@ -27,6 +27,7 @@ from weflux.models import (
     ConversationStatus,
     Membership,
     Message,
+    listed_message,
     utcnow,
 )
 from weflux.pagination import (
@@ -292,7 +293,7 @@ async def list_messages(
         message = "Pass `first` or `last`, not both"
         raise BadUserInput(message, details=[{"field": "last", "message": message}])
     id_column = col(Message.id)
-    query = select(Message).where(col(Message.conversation_id) == conversation_id)
+    query = select(Message).where(col(Message.conversation_id) == conversation_id, listed_message())
     if after is not None:
         query = query.where(id_column > after)
     if before is not None:

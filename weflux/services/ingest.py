@@ -46,12 +46,13 @@ from weflux.models import (
     WebhookEvent,
     WebhookEventStatus,
     WhatsAppAccount,
+    contact_reactor,
     moves_forward,
     utcnow,
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
-from weflux.services import templates
+from weflux.services import reactions, templates
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import (
@@ -278,11 +279,6 @@ def _payload(message: InboundMessage) -> dict[str, Any]:
         payload["frequently_forwarded"] = message.frequently_forwarded
     if message.referral:
         payload["referral"] = message.referral
-    if message.reaction_to_wa_message_id:
-        payload["reaction"] = {
-            "to": message.reaction_to_wa_message_id,
-            "emoji": message.reaction_emoji or None,
-        }
     if message.errors:
         payload["errors"] = [
             {"code": e.code, "title": e.title, "details": e.details} for e in message.errors
@@ -315,9 +311,24 @@ async def _ingest_messages(
     conversations = await _conversations(session, org_id, pairs)
     touched: dict[uuid.UUID, Conversation] = {}
     added: list[Message] = []
+    reacted: list[reactions.ReactionChange] = []
     for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
         contact = contacts[_contact_key(message)]
         conversation = conversations[(contact.id, account.account_id)]
+        if message.type == "reaction":
+            # Not a message: it attaches to the one it reacts to (weflux.services.reactions).
+            if message.reaction_to_wa_message_id:
+                reacted.append(
+                    reactions.ReactionChange(
+                        target=message.reaction_to_wa_message_id,
+                        reactor=contact_reactor(contact.id),
+                        conversation_id=conversation.id,
+                        emoji=message.reaction_emoji or "",
+                        at=message.timestamp,
+                        contact_id=contact.id,
+                    )
+                )
+            continue
         row = Message(
             org_id=org_id,
             conversation_id=conversation.id,
@@ -352,6 +363,7 @@ async def _ingest_messages(
                 contact.opted_out_at = utcnow() if change else None
     session.add_all(added)
     await session.flush()
+    await reactions.set_reactions(session, broker, org_id, reacted)
     for row in added:
         publish_after_commit(
             session,

@@ -67,7 +67,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _PARAMETER_FORBIDDEN = re.compile(r"[\n\r\t]| {5,}")
 
 
-def _field_error(field: str, message: str) -> BadUserInput:
+def field_error(field: str, message: str) -> BadUserInput:
     return BadUserInput(message, details=[{"field": field, "message": message}])
 
 
@@ -108,12 +108,12 @@ def _check_client_message_id(value: str | None) -> str | None:
     if value is None:
         return None
     if not value or len(value) > MAX_CLIENT_MESSAGE_ID_LENGTH:
-        raise _field_error(
+        raise field_error(
             "clientMessageId",
             f"`clientMessageId` must be 1 to {MAX_CLIENT_MESSAGE_ID_LENGTH} characters",
         )
     if not value.isprintable() or value != value.strip():
-        raise _field_error(
+        raise field_error(
             "clientMessageId",
             "`clientMessageId` must be printable, without surrounding spaces",
         )
@@ -122,11 +122,11 @@ def _check_client_message_id(value: str | None) -> str | None:
 
 def _check_text(text: str) -> str:
     if not isinstance(text, str) or not text.strip():
-        raise _field_error("text", "`text` must not be empty")
+        raise field_error("text", "`text` must not be empty")
     if len(text) > MAX_TEXT_LENGTH:
-        raise _field_error("text", f"`text` must be at most {MAX_TEXT_LENGTH} characters")
+        raise field_error("text", f"`text` must be at most {MAX_TEXT_LENGTH} characters")
     if _CONTROL.search(text):
-        raise _field_error("text", "`text` must not contain control characters")
+        raise field_error("text", "`text` must not contain control characters")
     return text
 
 
@@ -135,31 +135,31 @@ def _check_template(
 ) -> tuple[str, str, list[str]]:
     name = template_name.strip() if isinstance(template_name, str) else ""
     if not name or len(name) > MAX_TEMPLATE_NAME_LENGTH or not _TEMPLATE_NAME.match(name):
-        raise _field_error(
+        raise field_error(
             "templateName",
             "`templateName` must be the template's name: lowercase letters, digits and "
             f"underscores, at most {MAX_TEMPLATE_NAME_LENGTH} characters",
         )
     language = language_code.strip() if isinstance(language_code, str) else ""
     if not _LANGUAGE_CODE.match(language):
-        raise _field_error(
+        raise field_error(
             "languageCode", "`languageCode` must be a template language code such as en_US"
         )
     if len(body_parameters) > MAX_TEMPLATE_PARAMETERS:
-        raise _field_error(
+        raise field_error(
             "bodyParameters", f"at most {MAX_TEMPLATE_PARAMETERS} body parameters are allowed"
         )
     for index, parameter in enumerate(body_parameters):
         if not isinstance(parameter, str) or not parameter.strip():
-            raise _field_error("bodyParameters", f"body parameter {index + 1} must not be empty")
+            raise field_error("bodyParameters", f"body parameter {index + 1} must not be empty")
         if len(parameter) > MAX_TEMPLATE_PARAMETER_LENGTH:
-            raise _field_error(
+            raise field_error(
                 "bodyParameters",
                 f"body parameter {index + 1} must be at most "
                 f"{MAX_TEMPLATE_PARAMETER_LENGTH} characters",
             )
         if _PARAMETER_FORBIDDEN.search(parameter) or _CONTROL.search(parameter):
-            raise _field_error(
+            raise field_error(
                 "bodyParameters",
                 f"body parameter {index + 1} must not contain new lines, tabs, control "
                 "characters or more than four spaces in a row (Meta refuses them)",
@@ -228,7 +228,7 @@ async def _existing(session: AsyncSession, wanted: Message) -> Message | None:
     return found
 
 
-async def _check_recipient(session: AsyncSession, conversation: Conversation) -> WhatsAppAccount:
+async def check_recipient(session: AsyncSession, conversation: Conversation) -> WhatsAppAccount:
     contact = await session.get(Contact, conversation.contact_id)
     if contact is None:
         raise NotFound("Conversation not found")
@@ -352,7 +352,7 @@ async def send_message(
     existing = await _existing(session, message)
     if existing is not None:
         return existing
-    await _check_recipient(session, conversation)
+    await check_recipient(session, conversation)
     if not service_window_open(conversation):
         raise OutsideServiceWindow(
             "The customer has not written in the last 24 hours, so WhatsApp only allows a "
@@ -394,7 +394,7 @@ async def send_template_message(
     existing = await _existing(session, message)
     if existing is not None:
         return existing
-    account = await _check_recipient(session, conversation)
+    account = await check_recipient(session, conversation)
     await templates.check_sendable(session, conversation.account_id, name, language, parameters)
     if not service_window_open(conversation):
         await quotas.check_messaging_tier(

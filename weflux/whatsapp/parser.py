@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -98,6 +99,63 @@ class Media:
 
 
 @dataclass(frozen=True, slots=True)
+class Location:
+    """A shared location: a pin (coordinates only) or a chosen place (name, address)."""
+
+    latitude: float
+    longitude: float
+    name: str | None
+    address: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CardPhone:
+    """One phone number of a shared contact card."""
+
+    phone: str
+    wa_id: str | None
+    type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class CardEmail:
+    """One email address of a shared contact card."""
+
+    email: str
+    type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ContactCard:
+    """One shared contact card (a `contacts` message carries one or more)."""
+
+    name: str | None
+    first_name: str | None
+    last_name: str | None
+    organization: str | None
+    phones: tuple[CardPhone, ...]
+    emails: tuple[CardEmail, ...]
+
+
+class ReplyKind(enum.StrEnum):
+    """What the contact chose (InteractiveReply.kind)."""
+
+    BUTTON_REPLY = "button_reply"
+    LIST_REPLY = "list_reply"
+    QUICK_REPLY = "quick_reply"  # a template's quick-reply button (a `button` message)
+
+
+@dataclass(frozen=True, slots=True)
+class InteractiveReply:
+    """The contact's choice: a reply button, a list row, or a template's quick-reply button."""
+
+    kind: ReplyKind
+    id: str | None
+    title: str
+    description: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class InboundMessage:
     """A message a WhatsApp user sent to one of our business numbers."""
 
@@ -121,6 +179,9 @@ class InboundMessage:
     errors: tuple[MetaErrorInfo, ...]
     raw: dict[str, Any]
     waba_id: str | None = None
+    location: Location | None = None
+    contact_cards: tuple[ContactCard, ...] = ()
+    interactive_reply: InteractiveReply | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,6 +477,90 @@ def _text_of_contacts(cards: object) -> str | None:
     return ("Contact: " if len(cards) == 1 else "Contacts: ") + ", ".join(names)
 
 
+# --- structured content: what an inbox shows beside (or instead of) the text ---
+
+
+def _float(value: object) -> float | None:
+    """Return value as a finite float (a number or a numeric string), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def location_of(payload: object) -> Location | None:
+    """The Location of a `location` object; None without valid coordinates."""
+    payload = _dict(payload)
+    latitude, longitude = _float(payload.get("latitude")), _float(payload.get("longitude"))
+    if latitude is None or longitude is None:
+        return None
+    if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+        return None
+    return Location(
+        latitude=latitude,
+        longitude=longitude,
+        name=_str(payload.get("name")) or None,
+        address=_str(payload.get("address")) or None,
+    )
+
+
+def _items(value: object) -> list[dict[str, Any]]:
+    """The dict items of a list (anything else skipped)."""
+    return [item for item in value if isinstance(item, dict)] if isinstance(value, list) else []
+
+
+def _card(card: dict[str, Any]) -> ContactCard:
+    name = _dict(card.get("name"))
+    phones = tuple(
+        CardPhone(phone=phone, wa_id=_id(item.get("wa_id")), type=_str(item.get("type")) or None)
+        for item in _items(card.get("phones"))
+        if (phone := _str(item.get("phone")))
+    )
+    emails = tuple(
+        CardEmail(email=email, type=_str(item.get("type")) or None)
+        for item in _items(card.get("emails"))
+        if (email := _str(item.get("email")))
+    )
+    return ContactCard(
+        name=_card_name(card),
+        first_name=_str(name.get("first_name")) or None,
+        last_name=_str(name.get("last_name")) or None,
+        organization=_str(_dict(card.get("org")).get("company")) or None,
+        phones=phones,
+        emails=emails,
+    )
+
+
+def contact_cards_of(cards: object) -> tuple[ContactCard, ...]:
+    """The cards of a `contacts` array (non-objects skipped)."""
+    return tuple(_card(card) for card in _items(cards))
+
+
+def interactive_reply_of(kind: str, payload: object) -> InteractiveReply | None:
+    """The choice of an `interactive` (button or list reply) or `button` message."""
+    payload = _dict(payload)
+    if kind == "button":
+        title = _str(payload.get("text")) or _str(payload.get("payload"))
+        if not title:
+            return None
+        payload_id = _str(payload.get("payload")) or None
+        return InteractiveReply(ReplyKind.QUICK_REPLY, payload_id, title, None)
+    if kind != "interactive":
+        return None
+    for reply_kind in (ReplyKind.BUTTON_REPLY, ReplyKind.LIST_REPLY):
+        reply = payload.get(reply_kind.value)
+        if isinstance(reply, dict) and (title := _str(reply.get("title"))):
+            description = _str(reply.get("description")) or None
+            return InteractiveReply(reply_kind, _id(reply.get("id")), title, description)
+    return None
+
+
 def _text_of_order(payload: dict[str, Any]) -> str | None:
     """Return "Order: N items" with the customer's note, if any."""
     items = payload.get("product_items")
@@ -679,6 +824,10 @@ def _message(
             reaction_to = _id(payload.get("message_id"))
             reaction_emoji = text
 
+    location = location_of(payload) if kind == "location" else None
+    cards = contact_cards_of(payload) if kind == "contacts" else ()
+    choice = interactive_reply_of(kind, payload)
+
     reply_to: str | None = None
     forwarded = frequently_forwarded = False
     context = raw.get("context")
@@ -709,6 +858,9 @@ def _message(
         errors=_errors(raw.get("errors")) if "errors" in raw else (),
         raw=raw,
         waba_id=waba_id,
+        location=location,
+        contact_cards=cards,
+        interactive_reply=choice,
     )
 
 

@@ -35,6 +35,12 @@ def build_payload(message: Message, contact: Contact) -> dict[str, Any]:
             raise ValueError("a template message without its template")
         payload["type"] = "template"
         payload["template"] = message.payload
+    elif message.type == "reaction":
+        reaction = message.payload if isinstance(message.payload, dict) else {}
+        if not reaction.get("message_id") or not isinstance(reaction.get("emoji"), str):
+            raise ValueError("a reaction without its message or emoji")
+        payload["type"] = "reaction"
+        payload["reaction"] = {"message_id": reaction["message_id"], "emoji": reaction["emoji"]}
     else:
         raise ValueError(f"outbound messages of type {message.type!r} are not supported")
     if message.reply_to_wa_message_id:

@@ -64,6 +64,7 @@ from weflux.models import (
     Conversation,
     Message,
     MessageStatus,
+    MessageType,
     WhatsAppAccount,
     moves_forward,
     utcnow,
@@ -130,6 +131,8 @@ def _owned(message: Message, claimed: ClaimedMessage) -> bool:
 
 
 def _publish_update(session: AsyncSession, services: Services, message: Message) -> None:
+    if message.type == MessageType.REACTION:
+        return  # an outbox row the inbox never lists; the reaction showed when it was set
     publish_after_commit(
         session,
         services.broker,

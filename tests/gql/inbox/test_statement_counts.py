@@ -24,7 +24,14 @@ from tests.fixtures.factories import (
 )
 from tests.fixtures.inbox import Api, workspace
 from weflux.db import Database
-from weflux.models import ConversationLabel, Label, MessageDirection, Organization
+from weflux.models import (
+    ConversationLabel,
+    Label,
+    MessageDirection,
+    MessageReaction,
+    Organization,
+    contact_reactor,
+)
 from weflux.runtime import runtime_of
 
 PAGE = """query($first: Int!) { conversations(first: $first) { edges { node {
@@ -35,6 +42,9 @@ PAGE_WITH_EVERYTHING = """query($first: Int!) { conversations(first: $first) { e
   id status unreadCount serviceWindowExpiresAt
   contact { name phoneNumber } whatsAppAccount { phoneNumberId }
   assignee { role user { name } } lastMessage { text type createdAt } } } } }"""
+PAGE_WITH_REACTIONS = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id contact { name } assignee { role }
+  lastMessage { text reactions { emoji fromContact } replyTo { text } } } } } }"""
 PAGE_WITH_LABELS = """query($first: Int!) { conversations(first: $first) { edges { node {
   id contact { name } assignee { role } lastMessage { text } labels { name color } } } } }"""
 
@@ -44,6 +54,7 @@ PAGE_STATEMENTS = 1 + 4
 USER_STATEMENTS = 1  # the assignees' users
 ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
 LABEL_STATEMENTS = 1  # the conversations' labels
+REACTION_STATEMENTS = 2  # the last messages' reactions, and the messages they reply to
 
 
 @contextmanager
@@ -81,11 +92,23 @@ async def _seed(
             conversation = await create_conversation(
                 session, account=accounts[i % 3], assignee_membership_id=assignee
             )
-            await create_message(
+            quoted = await create_message(session, conversation)
+            last = await create_message(
                 session,
                 conversation,
                 direction=MessageDirection.OUTBOUND,
                 sent_by_membership_id=members[i % len(members)].membership.id,
+                reply_to_wa_message_id=quoted.wa_message_id,
+            )
+            assert last.wa_message_id is not None
+            session.add(
+                MessageReaction(
+                    conversation_id=conversation.id,
+                    target_wa_message_id=last.wa_message_id,
+                    reactor=contact_reactor(conversation.contact_id),
+                    contact_id=conversation.contact_id,
+                    emoji="👍",
+                )
             )
             for label in labels[: i % 3]:
                 session.add(ConversationLabel(conversation_id=conversation.id, label_id=label.id))
@@ -112,6 +135,7 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
             (PAGE_WITH_USERS, PAGE_STATEMENTS + USER_STATEMENTS),
             (PAGE_WITH_EVERYTHING, PAGE_STATEMENTS + USER_STATEMENTS + ACCOUNT_STATEMENTS),
             (PAGE_WITH_LABELS, PAGE_STATEMENTS + LABEL_STATEMENTS),
+            (PAGE_WITH_REACTIONS, PAGE_STATEMENTS + REACTION_STATEMENTS),
         ):
             # when the actor reads a page
             with counting(app) as statements:
@@ -124,4 +148,10 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
             assert all(edge["node"]["contact"]["name"] for edge in edges)
             assert all(edge["node"]["lastMessage"]["text"] for edge in edges)
             assert any(edge["node"]["assignee"] for edge in edges)
+            if query is PAGE_WITH_REACTIONS:
+                last_messages = [edge["node"]["lastMessage"] for edge in edges]
+                assert all(
+                    m["reactions"] == [{"emoji": "👍", "fromContact": True}] for m in last_messages
+                )
+                assert all(m["replyTo"]["text"] for m in last_messages)
             assert len(statements) == expected, "\n".join(statements)

@@ -13,7 +13,7 @@ from weflux.gql.context import Context
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
 from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
-from weflux.services import outbound
+from weflux.services import outbound, reactions
 from weflux.services.outbound import MAX_TEXT_LENGTH
 
 
@@ -72,6 +72,18 @@ class StartConversationInput:
     body_parameters: list[str] = strawberry.field(
         default_factory=list,
         description="The values of the body's {{n}} placeholders, as many as the template has.",
+    )
+
+
+@strawberry.input(description="A member's emoji reaction to a message, or its removal.")
+class ReactToMessageInput:
+    message_id: strawberry.ID = strawberry.field(
+        description="The message to react to: inbound or outbound, once WhatsApp has its id "
+        "(`waMessageId`), at most 30 days old."
+    )
+    emoji: str = strawberry.field(
+        description='One emoji (skin tones, flags and joined sequences count as one); "" '
+        "removes the caller's reaction."
     )
 
 
@@ -164,3 +176,33 @@ class SendingMutation:
             limiter=context.limiter,
         )
         return to_conversation(row)
+
+    @strawberry.mutation(
+        **guarded(
+            Permission.REPLY,
+            "React to a message of a visible conversation with an emoji, or remove the "
+            'caller\'s reaction with "". It shows at once in `Message.reactions` (one per '
+            "member: a new emoji replaces theirs) and is queued to WhatsApp like a reply. "
+            "OUTSIDE_SERVICE_WINDOW 24 hours after the contact last wrote, CONTACT_OPTED_OUT "
+            "after a STOP; BAD_USER_INPUT for anything but one emoji, or a message without a "
+            "WhatsApp id or older than 30 days. The same emoji again queues nothing. Answers "
+            "the message reacted to.",
+        )
+    )
+    async def react_to_message(
+        self,
+        info: Info[Context, None],
+        input: Annotated[
+            ReactToMessageInput,
+            strawberry.argument(description="The message and the emoji."),
+        ],
+    ) -> Message:
+        context = info.context
+        row = await reactions.react_to_message(
+            context.unit,
+            context.actor,
+            context.broker,
+            message_id=decode_global_id(input.message_id, "Message"),
+            emoji=input.emoji,
+        )
+        return to_message(row)

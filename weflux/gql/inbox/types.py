@@ -16,7 +16,20 @@ from weflux import models
 from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
+from weflux.gql.cost import LIST_NODES
 from weflux.gql.identity.types import Member, to_member
+from weflux.gql.inbox.content_types import (
+    MAX_CARDS,
+    MAX_REACTIONS,
+    ContactCard,
+    InteractiveReply,
+    Location,
+    Reaction,
+    contact_cards_of,
+    interactive_reply_of,
+    location_of,
+    to_reaction,
+)
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.types import (
     After,
@@ -226,8 +239,45 @@ class Message(Node):
     wa_message_id: str | None = strawberry.field(
         description="WhatsApp's id of it (wamid); null until an outbound message is SENT."
     )
+    location: Location | None = strawberry.field(
+        description="The shared place of a LOCATION message; null for other types."
+    )
+    contacts: list[ContactCard] | None = strawberry.field(
+        description=f"The contact cards of a CONTACTS message, in the order shared (the first "
+        f"{MAX_CARDS}); null for other types.",
+        metadata={LIST_NODES: MAX_CARDS},
+    )
+    interactive_reply: InteractiveReply | None = strawberry.field(
+        description="The button or list row the contact chose (an INTERACTIVE reply, or a "
+        "BUTTON message: a template's quick reply); null otherwise."
+    )
     conversation_id: strawberry.Private[uuid.UUID]
     sent_by_membership_id: strawberry.Private[uuid.UUID | None]
+    reply_to_wa_message_id: strawberry.Private[str | None]
+
+    @strawberry.field(
+        description="The emoji reactions to it, oldest first (the first "
+        f"{MAX_REACTIONS}): one per reactor (the contact, each member); a new emoji replaces "
+        "the reactor's, an unreaction removes it. `messageUpdated` announces each change. "
+        "A reaction is never a message of its own.",
+        metadata={LIST_NODES: MAX_REACTIONS},
+    )
+    async def reactions(self, info: Info[Context, None]) -> list[Reaction]:
+        if self.wa_message_id is None:
+            return []
+        rows = await info.context.loaders.reactions.load(self.wa_message_id)
+        return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
+
+    @strawberry.field(
+        description="The message this one quotes (WhatsApp's reply), when it is in the "
+        "workspace and visible to the caller; null otherwise (not a reply, or a message we "
+        "do not have)."
+    )
+    async def reply_to(self, info: Info[Context, None]) -> Message | None:
+        if self.reply_to_wa_message_id is None:
+            return None
+        row = await info.context.loaders.message_by_wamid.load(self.reply_to_wa_message_id)
+        return to_message(row) if row is not None else None
 
     @strawberry.field(description="The conversation it belongs to.")
     async def conversation(self, info: Info[Context, None]) -> Conversation:
@@ -296,6 +346,10 @@ def to_message(row: models.Message) -> Message:
         error_title=row.error_title,
         created_at=row.created_at,
         wa_message_id=row.wa_message_id,
+        location=location_of(row),
+        contacts=contact_cards_of(row),
+        interactive_reply=interactive_reply_of(row),
         conversation_id=row.conversation_id,
         sent_by_membership_id=row.sent_by_membership_id,
+        reply_to_wa_message_id=row.reply_to_wa_message_id,
     )
