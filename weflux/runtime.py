@@ -112,6 +112,8 @@ class Runtime:
         # The registry first: it refreshes a socket's principal before the counts feed,
         # told of the same role change, counts with it.
         sockets = SocketRegistry(authenticator)
+        inbox_counts = CountsFeed(hub)
+        authenticator.add_revocation_listener(inbox_counts.on_revocation)
         return cls(
             settings=settings,
             db=db,
@@ -134,7 +136,7 @@ class Runtime:
             hub=hub,
             sockets=sockets,
             event_memo=EventMemo(),
-            inbox_counts=CountsFeed(hub, authenticator),
+            inbox_counts=inbox_counts,
         )
 
     def build_worker(self) -> Worker:

@@ -27,7 +27,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.realtime.events import EventName
@@ -177,15 +176,11 @@ _WAKING = frozenset({*COUNTED_EVENTS, EventName.RESYNC})
 class CountsFeed:
     """The process's live inbox counts, by workspace."""
 
-    def __init__(
-        self, hub: Hub, authenticator: Authenticator, *, interval: float = COALESCE_SECONDS
-    ) -> None:
+    def __init__(self, hub: Hub, *, interval: float = COALESCE_SECONDS) -> None:
         self.hub = hub
         self.interval = interval
         self._workspaces: dict[uuid.UUID, _Workspace] = {}
         self._lock = asyncio.Lock()
-        # After the socket registry's (built before this feed): principals are fresh then.
-        authenticator.add_revocation_listener(self._on_revocation)
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -215,8 +210,12 @@ class CountsFeed:
         for workspace in workspaces.values():
             await workspace.stop()
 
-    async def _on_revocation(self, sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
-        """Recount members whose role may have changed (everyone after a broker outage)."""
+    async def on_revocation(self, sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        """Recount members whose role may have changed (everyone after a broker outage).
+
+        An authenticator's revocation listener, registered after the socket registry's so
+        that the sockets' principals are fresh when it runs.
+        """
         everyone = not sessions and not memberships
         for workspace in list(self._workspaces.values()):
             changed = [
