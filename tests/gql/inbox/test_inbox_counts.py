@@ -25,6 +25,7 @@ LABEL = """mutation { createLabel(input: {name: "vip", color: "#aa0000"}) { id }
 SET_LABELS = """mutation($input: SetConversationLabelsInput!) {
   setConversationLabels(input: $input) { id } }"""
 ROLE = """mutation($input: UpdateMemberRoleInput!) { updateMemberRole(input: $input) { id } }"""
+REMOVE = "mutation($id: ID!) { removeMember(memberId: $id) }"
 ERASE = """mutation($id: ID!) { eraseContact(contactId: $id) { id } }"""
 STATUS = """mutation($input: UpdateConversationStatusInput!) {
   updateConversationStatus(input: $input) { id } }"""
@@ -173,7 +174,7 @@ async def test_counts_are_pushed_on_change_only_to_those_whose_counts_change(
         await socket.close()
 
 
-async def test_a_role_change_and_an_erasure_are_counted(
+async def test_a_role_change_an_erasure_and_a_removal_are_counted(
     broker_app: Starlette,
     served: httpx.AsyncClient,
     db: Database,
@@ -185,8 +186,10 @@ async def test_a_role_change_and_an_erasure_are_counted(
     other_agent: Actor,
 ) -> None:
     """Given a Manager following their counts,
-    when an Admin makes them an Agent, then their counts shrink to what an Agent sees; and
-    when the Admin erases the contact of an unassigned conversation, then it leaves them."""
+    when an Admin makes them an Agent, then their counts shrink to what an Agent sees;
+    when the Admin erases the contact of an unassigned conversation, then it leaves them;
+    and when the Admin removes another Agent, that Agent's conversation joins them as
+    unassigned."""
     rows = await _inbox(db, org, account, agent, other_agent)
     base = str(served.base_url)
     admin_token = await token_for(served, admin)
@@ -204,4 +207,10 @@ async def test_a_role_change_and_an_erasure_are_counted(
     response = await gql(served, admin_token, ERASE, {"id": contact})
     assert "errors" not in response.json(), response.text
     assert _counts(await socket.next(operation)) == counts(0, 0, 0, 0)
+
+    # the other Agent leaves: their conversation is nobody's now, so this Agent sees it
+    removal = {"id": gid("Member", other_agent.membership.id)}
+    response = await gql(served, admin_token, REMOVE, removal)
+    assert "errors" not in response.json(), response.text
+    assert _counts(await socket.next(operation)) == counts(0, 1, 1, 1)
     await socket.close()
