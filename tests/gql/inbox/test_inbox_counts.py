@@ -9,10 +9,12 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import counting
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import ASSIGN, MARK_READ, Api, gid, workspace
 from tests.fixtures.ws import GraphQLSocket
@@ -214,3 +216,33 @@ async def test_a_role_change_an_erasure_and_a_removal_are_counted(
     assert "errors" not in response.json(), response.text
     assert _counts(await socket.next(operation)) == counts(0, 1, 1, 1)
     await socket.close()
+
+
+@pytest.mark.parametrize("size", [10, 60])
+async def test_counting_is_one_statement_whatever_the_inbox(
+    api: Api,
+    app: Starlette,
+    db: Database,
+    org: Organization,
+    account: WhatsAppAccount,
+    admin: Actor,
+    agent: Actor,
+    size: int,
+) -> None:
+    """Given `size` conversations spread over the Admin, the Agent and nobody,
+    when each asks for `inboxCounts`, then the answer cost one statement after the one
+    opening the transaction, whatever the size and the role."""
+    assignees = [admin.membership.id, agent.membership.id, None]
+    async with workspace(db, org.id) as session:
+        for n in range(size):
+            await create_conversation(
+                session, account=account, assignee_membership_id=assignees[n % 3]
+            )
+    for actor in (admin, agent):
+        await api(actor, "{ viewer { id } }")  # authentication warm: no statement of its own
+
+        with counting(app) as statements:
+            body = await api(actor, COUNTS)
+
+        assert body["data"]["inboxCounts"]["all"] == (size if actor is admin else size * 2 // 3)
+        assert len(statements) == 2, statements
