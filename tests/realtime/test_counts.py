@@ -44,10 +44,14 @@ class Inbox:
     def __init__(self) -> None:
         self.unassigned = 0
         self.counted_by: list[uuid.UUID] = []
+        self.failures = 0  # the next counts that fail (the database away)
 
     def counter(self, principal: Principal) -> Count:
         async def count() -> InboxTally:
             self.counted_by.append(principal.membership_id)
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("the database is away")
             return InboxTally({None: Assigned(self.unassigned, 0)})
 
         return count
@@ -149,5 +153,20 @@ async def test_a_role_change_is_counted_at_once(hub: Hub) -> None:
         await feed.on_revocation(set(), {manager.membership_id})
 
         assert await _next(values) == _unassigned(3)
+        assert len(inbox.counted_by) == 3
+    await feed.stop()
+
+
+async def test_a_count_that_fails_is_counted_again(hub: Hub) -> None:
+    """Given a subscriber whose first two counts fail (the database away),
+    when the database answers again, then the subscriber gets its counts without any
+    further event."""
+    feed = CountsFeed(hub, interval=0.01)
+    inbox = Inbox()
+    inbox.failures = 2
+    inbox.unassigned = 4
+    admin = _principal(Role.ADMIN)
+    async with feed.subscribe(ORG, lambda: admin, inbox.counter(admin)) as subscriber:
+        assert await _next(subscriber.values()) == _unassigned(4)
         assert len(inbox.counted_by) == 3
     await feed.stop()

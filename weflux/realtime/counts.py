@@ -91,6 +91,7 @@ class _Workspace:
         self.subscribers: set[CountsSubscriber] = set()
         self.fresh: set[CountsSubscriber] = set()
         self.stale = False
+        self.failing = False
         self.wake = asyncio.Event()
         self.listening = asyncio.Event()
         self.tasks = [
@@ -162,10 +163,14 @@ class _Workspace:
             try:
                 tally = await members[0][0].count()
             except Exception:
-                # Counted again after the interval (the database may be back by then).
-                log.warning("could not count the inbox", exc_info=True)
+                # Counted again after the interval (the database may be back by then);
+                # logged once per outage, not at every retry.
+                if not self.failing:
+                    log.warning("could not count the inbox", exc_info=True)
+                self.failing = True
                 self.stale = True
                 continue
+            self.failing = False
             for subscriber, principal in members:
                 subscriber.offer(tally.counts_for(principal.membership_id))
 
