@@ -1,7 +1,7 @@
 """the index behind the inbox counts (inboxCounts, inboxCountsUpdated)
 
-Revision ID: 0016_inbox_counts
-Revises: 0015_security_retention
+Revision ID: 0017_inbox_counts
+Revises: 0016_message_reactions
 Create Date: 2026-12-05 06:20:00 UTC
 
 One partial index over the conversations that are not erased, by workspace and assignee,
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016_inbox_counts"
-down_revision: str | None = "0015_security_retention"
+revision: str = "0017_inbox_counts"
+down_revision: str | None = "0016_message_reactions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
