@@ -29,6 +29,7 @@ from weflux.gql.event_memo import EventMemo
 from weflux.gql.guard import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
+from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.sandbox.channels import Sandbox
@@ -80,6 +81,7 @@ class Runtime:
     hub: Hub
     sockets: SocketRegistry
     event_memo: EventMemo
+    inbox_counts: CountsFeed
     worker: Worker | None = None
 
     @classmethod
@@ -106,6 +108,12 @@ class Runtime:
         )
         authenticator = Authenticator(codec, db, broker)
         limiter = RateLimiter(settings)
+        hub = Hub(broker)
+        # The registry first: it refreshes a socket's principal before the counts feed,
+        # told of the same role change, counts with it.
+        sockets = SocketRegistry(authenticator)
+        inbox_counts = CountsFeed(hub)
+        authenticator.add_revocation_listener(inbox_counts.on_revocation)
         return cls(
             settings=settings,
             db=db,
@@ -125,9 +133,10 @@ class Runtime:
             mailer=build_mailer(settings),
             cost_budgets=CostBudgets(settings),
             trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
-            hub=Hub(broker),
-            sockets=SocketRegistry(authenticator),
+            hub=hub,
+            sockets=sockets,
             event_memo=EventMemo(),
+            inbox_counts=inbox_counts,
         )
 
     def build_worker(self) -> Worker:
@@ -154,6 +163,7 @@ class Runtime:
 
     async def stop(self) -> None:
         """Close everything, whatever `start()` reached."""
+        await self.inbox_counts.stop()
         await self.hub.stop()
         await self.authenticator.stop()
         await self.limiter.close()

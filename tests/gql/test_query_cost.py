@@ -6,22 +6,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, token_for
-from tests.fixtures.app import ClientFactory
+from tests.fixtures.app import ClientFactory, counting
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from tests.fixtures.services import TEST_REDIS_URL
 from weflux.db import Database
 from weflux.models import Organization
-from weflux.runtime import runtime_of
 
 ATTACK = (
     "{ conversations(first:50){edges{node{messages(last:50){edges{node{conversation"
@@ -31,22 +27,6 @@ PAGE = "query($n: Int!) { conversations(first: $n) { edges { node { id contact {
 NESTED = """query($n: Int!, $m: Int!) { conversations(first: $n) { edges { node {
   messages(last: $m) { edges { cursor } } } } } }"""
 COST_KEYS = {"requested", "nodes", "remaining", "maximum", "restoreRate"}
-
-
-@contextmanager
-def counting(app: Starlette) -> Iterator[list[str]]:
-    """The SQL statements the app's engine sends inside the block."""
-    statements: list[str] = []
-    engine = runtime_of(app).db.engine.sync_engine
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 def cost_of(response: httpx.Response) -> dict[str, Any]:

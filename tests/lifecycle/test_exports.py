@@ -19,7 +19,16 @@ from weflux.db import Database
 from weflux.lifecycle import exports
 from weflux.lifecycle import requests as lifecycle_requests
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
-from weflux.models import DataRequest, DataRequestStatus, WhatsAppAccount, utcnow
+from weflux.models import (
+    CannedReply,
+    ConversationLabel,
+    DataRequest,
+    DataRequestStatus,
+    Label,
+    Note,
+    WhatsAppAccount,
+    utcnow,
+)
 from weflux.services.audit import RequestMeta
 
 
@@ -43,19 +52,29 @@ def _unzip(keyring: KeyRing, directory: Path, row: DataRequest) -> zipfile.ZipFi
     return zipfile.ZipFile(io.BytesIO(data))
 
 
-async def test_a_contact_export_holds_the_contact_its_conversations_and_messages(
+async def test_a_contact_export_holds_the_contact_its_conversations_messages_and_notes(
     db: Database, admin: Actor, other_admin: Actor, keyring: KeyRing, tmp_path: Path
 ) -> None:
-    """Given a contact with 1,200 messages (three pages) and another contact,
+    """Given a contact with 1,200 messages (three pages) and a private note, and another
+    contact with a note,
     when an Admin exports the first and the worker runs,
     then the file is COMPLETED with a download path, expires in 24 hours, is not a zip
-    at rest, and holds a manifest and JSON Lines of just that contact's rows."""
+    at rest, and holds a manifest and JSON Lines of just that contact's rows, its
+    conversation's note included."""
     async with db.session(admin.org_id) as session:
         contact = await create_contact(session, name="Ada")
         conversation = await create_conversation(session, contact=contact)
         for n in range(1200):
             await create_message(session, conversation, text=f"hello {n}", touch_conversation=False)
-        await create_conversation(session)  # someone else's
+        session.add(
+            Note(
+                conversation_id=conversation.id,
+                author_membership_id=admin.membership.id,
+                text="prefers mornings",
+            )
+        )
+        someone_else = await create_conversation(session)
+        session.add(Note(conversation_id=someone_else.id, text="not about Ada"))
     async with db.session(admin.org_id) as session:
         request = await lifecycle_requests.export_contact_data(
             session, principal_of(admin), RequestMeta(), contact_id=contact.id
@@ -84,7 +103,13 @@ async def test_a_contact_export_holds_the_contact_its_conversations_and_messages
         "conversations": 1,
         "messages": 1200,
         "message_reactions": 0,
+        "notes": 1,
     }
+    note = json.loads(archive.read("notes.jsonl"))
+    assert (note["text"], note["author_membership_id"]) == (
+        "prefers mornings",
+        str(admin.membership.id),
+    )
     lines = archive.read("messages.jsonl").decode().splitlines()
     assert [json.loads(line)["text"] for line in lines][:2] == ["hello 0", "hello 1"]
     assert json.loads(archive.read("contacts.jsonl"))["name"] == "Ada"
@@ -93,11 +118,18 @@ async def test_a_contact_export_holds_the_contact_its_conversations_and_messages
 async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
     db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
 ) -> None:
-    """Given a workspace with a number whose credentials are sealed,
-    when its export is built, then no `_enc` or `_hash` column is in it; and once past
-    `expiresAt` the worker destroys the file and its key."""
+    """Given a workspace with a number whose credentials are sealed, and the team's tools
+    (a label on a conversation, a note, a canned reply),
+    when its export is built, then the tools are in it and no `_enc` or `_hash` column
+    is; and once past `expiresAt` the worker destroys the file and its key."""
     async with db.session(admin.org_id) as session:
-        await create_conversation(session)
+        conversation = await create_conversation(session)
+        label = Label(name="vip", color="#aa0000")
+        session.add(label)
+        await session.flush()
+        session.add(ConversationLabel(conversation_id=conversation.id, label_id=label.id))
+        session.add(Note(conversation_id=conversation.id, text="call back"))
+        session.add(CannedReply(shortcut="hi", text="Hello! How can we help?"))
         account = (await session.exec(select(WhatsAppAccount))).one()
         account.access_token_enc = "v1.k1.sealed-token"
         session.add(account)
@@ -112,6 +144,14 @@ async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
     names = set(archive.namelist())
     assert {"organizations.jsonl", "users.jsonl", "messages.jsonl", "manifest.json"} <= names
     assert "sessions.jsonl" not in names
+    rows = {f["table"]: f["rows"] for f in json.loads(archive.read("manifest.json"))["files"]}
+    assert {t: rows[t] for t in ("labels", "conversation_labels", "notes", "canned_replies")} == {
+        "labels": 1,
+        "conversation_labels": 1,
+        "notes": 1,
+        "canned_replies": 1,
+    }
+    assert json.loads(archive.read("canned_replies.jsonl"))["shortcut"] == "hi"
     everything = b"".join(archive.read(name) for name in names)
     assert b"sealed-token" not in everything
     assert b"password_hash" not in everything

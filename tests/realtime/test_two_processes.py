@@ -209,3 +209,46 @@ async def test_after_a_redis_outage_a_resuming_subscriber_has_every_message_once
         await inbound(on_a, "m6")  # live again, and nothing replayed twice before it
         assert await _text(resumed_socket, resumed, timeout=10) == "m6"
         await resumed_socket.close()
+
+
+COUNTS = "subscription { inboxCountsUpdated { mine unassigned all unread } }"
+
+
+async def test_counts_on_one_process_follow_changes_made_through_the_other(
+    two: tuple[str, str],
+    redis_proxy: TcpProxy,
+    channel: object,
+    admin: Actor,
+    agent: Actor,
+    db: Database,
+) -> None:
+    """Given an Admin and an Agent following their counts on process B,
+    when a customer writes through process A, then both are pushed the new counts; and
+    when another writes while Redis is away, both are pushed the final counts once it is
+    back."""
+    a, b = two
+    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+        sockets = [
+            await GraphQLSocket.connect(b, await token_for(on_b, admin)),
+            await GraphQLSocket.connect(b, await token_for(on_b, agent)),
+        ]
+        operations = [await s.subscribe(COUNTS) for s in sockets]
+        pairs = list(zip(sockets, operations, strict=True))
+
+        async def pushed(timeout: float = 5.0) -> list[list[int]]:  # noqa: ASYNC109
+            frames = [await s.next(o, timeout=timeout) for s, o in pairs]
+            return [list(f["payload"]["data"]["inboxCountsUpdated"].values()) for f in frames]
+
+        # mine, unassigned, all, unread
+        assert await pushed() == [[0, 0, 0, 0]] * 2
+        await inbound(on_a, "through process A")
+        assert await pushed() == [[0, 1, 1, 1]] * 2
+
+        await redis_proxy.cut()
+        await inbound(on_a, "while Redis is away", sender="16505550042")
+        await until_stored(db, admin, ["while Redis is away"])
+        await asyncio.sleep(OUTAGE)  # an outage, not a blip (see the test above)
+        await redis_proxy.restore()
+        assert await pushed(timeout=10) == [[0, 2, 2, 2]] * 2
+        for socket in sockets:
+            await socket.close()

@@ -24,6 +24,7 @@ from weflux.gql.guard import CostBudgets
 from weflux.gql.loaders import Loaders
 from weflux.mail.mailer import Mailer
 from weflux.realtime.broker import Broker
+from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
 from weflux.services.audit import RequestMeta
 from weflux.services.channels import Services as ChannelServices
@@ -52,6 +53,7 @@ class Context:
     cost_budgets: CostBudgets
     hub: Hub
     event_memo: EventMemo
+    inbox_counts: CountsFeed
     meta: RequestMeta
     principal: Principal | None = None
     session: AsyncSession | None = None

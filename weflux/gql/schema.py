@@ -16,6 +16,7 @@ from strawberry.extensions import (
 )
 from strawberry.schema.config import StrawberryConfig
 from strawberry.types import ExecutionContext, ExecutionResult, Info
+from strawberry.types.base import get_object_definition
 from strawberry.types.graphql import OperationType
 
 from weflux.auth.permissions import Permission
@@ -31,6 +32,7 @@ from weflux.gql.identity.mutations import IdentityMutation
 from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.two_factor import TwoFactorMutation
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
+from weflux.gql.inbox.counts import InboxCountsQuery, InboxCountsSubscription
 from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
@@ -40,7 +42,7 @@ from weflux.gql.incidents.queries import IncidentQuery
 from weflux.gql.lifecycle.mutations import LifecycleMutation
 from weflux.gql.lifecycle.queries import LifecycleQuery
 from weflux.gql.lifecycle.types import DataRequest
-from weflux.gql.live import Subscription
+from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import guarded, mark_sensitive
 from weflux.gql.security.mutations import SecurityMutation
@@ -58,6 +60,7 @@ class Query(
     ChannelQuery,
     TemplateQuery,
     InboxQuery,
+    InboxCountsQuery,
     TeamToolsQuery,
     IncidentQuery,
     SecurityQuery,
@@ -95,6 +98,11 @@ class Mutation(
 
 
 mark_sensitive(Mutation)
+
+
+@strawberry.type(description=get_object_definition(LiveSubscription, strict=True).description)
+class Subscription(LiveSubscription, InboxCountsSubscription):
+    pass
 
 
 class QuietExecutionContext(SharedEventExecutionContext):

@@ -290,6 +290,7 @@ class GraphQLApp(GraphQL[Context, None]):
             cost_budgets=runtime.cost_budgets,
             hub=runtime.hub,
             event_memo=runtime.event_memo,
+            inbox_counts=runtime.inbox_counts,
             meta=request_meta(request, runtime.trusted_proxies),
             principal=state.get("principal"),
             session=state.get(_SESSION),

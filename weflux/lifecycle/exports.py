@@ -41,6 +41,7 @@ from weflux.models import (
     Membership,
     Message,
     MessageReaction,
+    Note,
     Organization,
     User,
     utcnow,
@@ -178,6 +179,8 @@ def _tables(
                 MessageReaction,
                 col(MessageReaction.conversation_id).in_(conversations),
             ),
+            # The team's private notes on them: data about the person too.
+            ("notes", Note, col(Note.conversation_id).in_(conversations)),
         ]
     members = select(col(Membership.user_id))
     tables: list[tuple[str, type[SQLModel], Any]] = [

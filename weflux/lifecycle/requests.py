@@ -37,6 +37,7 @@ from weflux.models import (
 )
 from weflux.pagination import Page, decode_cursor, encode_cursor, page_of, page_size
 from weflux.realtime.broker import Broker
+from weflux.realtime.events import EventName, publish_after_commit
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, Severity, record
@@ -129,6 +130,8 @@ async def erase_contact(
         raise NotFound("Contact not found")
     now = utcnow()
     await tombstone_contact(session, contact, now=now)
+    if broker is not None:  # its conversations leave every count
+        publish_after_commit(session, broker, principal.org_id, EventName.INBOX_COUNTS_UPDATED)
     request = _new_request(
         DataRequestKind.CONTACT_ERASURE, principal, now=now, subject_id=contact.id
     )

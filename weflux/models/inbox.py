@@ -196,6 +196,19 @@ class Conversation(OrgScoped, table=True):
         Index(None, "org_id", "last_message_at", "id"),
         Index(None, "org_id", "assignee_membership_id", "last_message_at"),
         Index(None, "org_id", "status", "last_message_at"),
+        # The inbox counts (weflux.services.inbox_counts): one statement groups the visible
+        # conversations that are not erased by assignee; an Agent's visibility rule
+        # (assignee = me OR assignee IS NULL) seeks on the second column, and status and
+        # unread_count are read from the index alone.
+        Index(
+            "ix_conversations_inbox_counts",
+            "org_id",
+            "assignee_membership_id",
+            "status",
+            "unread_count",
+            postgresql_where=text("erased_at IS NULL"),
+            sqlite_where=text("erased_at IS NULL"),
+        ),
         # The tombstones the scoping layer hides messages of: few, so the index is tiny.
         Index(
             "ix_conversations_erased",

@@ -31,6 +31,9 @@ class EventName(StrEnum):
     WHATSAPP_ACCOUNT_UPDATED = "whatsAppAccountUpdated"
     SECURITY_EVENT_ADDED = "securityEventAdded"
     NOTE_ADDED = "noteAdded"
+    # Many conversations changed at once without an event of their own (a contact's
+    # erasure, a removed member's conversations unassigned): counts must be read again.
+    INBOX_COUNTS_UPDATED = "inboxCountsUpdated"
     # Never published: the hub's marker to its listeners after a broker reconnection.
     RESYNC = "__resync__"
 

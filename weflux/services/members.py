@@ -28,6 +28,7 @@ from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound, Rat
 from weflux.mail.mailer import Mailer, compose, send_quietly
 from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
 from weflux.realtime.broker import Broker
+from weflux.realtime.events import EventName, publish_after_commit
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
@@ -479,6 +480,10 @@ async def remove(
     )
     await session.delete(target)
     await session.flush()
+    # Their conversations are unassigned with them (ON DELETE SET NULL): counts move.
+    publish_after_commit(
+        session, authenticator.broker, principal.org_id, EventName.INBOX_COUNTS_UPDATED
+    )
     await record(
         session,
         Action.MEMBER_REMOVED,

@@ -6,53 +6,20 @@ conversation assigned to someone else; `conversationId` narrows to one conversat
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import httpx
-import pytest
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
-from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import gid, workspace
-from tests.fixtures.live import SECRET, live_server, until_listening
-from tests.fixtures.services import TEST_REDIS_URL
-from tests.fixtures.settings import make_settings
+from tests.fixtures.live import until_listening
 from tests.fixtures.ws import GraphQLSocket
-from weflux.app import create_app
 from weflux.db import Database
 from weflux.models import Organization, WhatsAppAccount
 
 NOTE_ADDED = """subscription($conversationId: ID) { noteAdded(conversationId: $conversationId) {
   id text author { id } } }"""
 ADD_NOTE = """mutation($input: AddNoteInput!) { addNote(input: $input) { id } }"""
-
-
-@pytest.fixture(params=["memory", "redis"])
-def broker_app(
-    request: pytest.FixtureRequest, database_urls: DatabaseUrls, tmp_path: Path
-) -> Starlette:
-    """The app with the in-process broker, or with Redis."""
-    extra = {}
-    if request.param == "redis":
-        request.getfixturevalue("require_redis")
-        extra["redis_url"] = TEST_REDIS_URL
-    settings = make_settings(
-        tmp_path,
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        meta_app_secret=SECRET,
-        **extra,
-    )
-    return create_app(settings)
-
-
-@pytest.fixture
-async def served(broker_app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    async with live_server(broker_app) as base, httpx.AsyncClient(base_url=base) as client:
-        yield client
 
 
 async def test_note_added_reaches_those_who_see_the_conversation_only(

@@ -8,14 +8,10 @@ warmed up first (its cache then answers without the database).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
-
 import pytest
-from sqlalchemy import event
 from starlette.applications import Starlette
 
+from tests.fixtures.app import counting
 from tests.fixtures.factories import (
     Actor,
     create_conversation,
@@ -32,7 +28,6 @@ from weflux.models import (
     Organization,
     contact_reactor,
 )
-from weflux.runtime import runtime_of
 
 PAGE = """query($first: Int!) { conversations(first: $first) { edges { node {
   id contact { name } assignee { role } lastMessage { text } } } } }"""
@@ -55,22 +50,6 @@ USER_STATEMENTS = 1  # the assignees' users
 ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
 LABEL_STATEMENTS = 1  # the conversations' labels
 REACTION_STATEMENTS = 2  # the last messages' reactions, and the messages they reply to
-
-
-@contextmanager
-def counting(app: Starlette) -> Iterator[list[str]]:
-    """The SQL statements the app's engine sends inside the block."""
-    statements: list[str] = []
-    engine = runtime_of(app).db.engine.sync_engine
-
-    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
-
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
 
 
 async def _seed(
