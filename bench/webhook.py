@@ -5,8 +5,8 @@
 Two servers, each a subprocess on a free loopback port, under the same uvicorn options:
 
 - weflux: a real `weflux serve --no-worker` on a fresh migrated database (SQLite unless
-  `--database-url`), posted Meta-signed one-message webhooks on the platform URL
-  (`/webhooks/whatsapp`), each from a new sender unless said otherwise;
+  `--database-url`), posted Meta-signed one-message webhooks on the number's keyed URL
+  (`/webhooks/whatsapp/{webhookKey}`), each from a new sender unless said otherwise;
 - floor: `bench.raw_webhook_app`, a bare Starlette endpoint that checks the same HMAC and
   INSERTs the raw body (one statement, one transaction) into the same database.
 
@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +52,11 @@ from bench.fanout import webhook as signed_webhook
 from bench.raw_webhook_app import metadata as floor_metadata
 from tests.fixtures.live import free_port
 from weflux.app import create_app
-from weflux.config import load_settings
+from weflux.config import Settings, load_settings
 from weflux.db import Database
-from weflux.models import Message
+from weflux.models import Message, WebhookEvent, WebhookEventStatus, WhatsAppAccount
+from weflux.realtime.broker import InProcessBroker
+from weflux.services import webhook_queue
 
 ROOT = Path(__file__).resolve().parent.parent
 FLOOR_APP = "bench.raw_webhook_app:app"
@@ -67,6 +70,68 @@ GOAL_NEW_STATEMENTS = 6
 GOAL_THROUGHPUT = 300.0
 GOAL_P99_MS = 50.0
 IN_FLIGHT = 32
+
+
+class Connection:
+    """A keep-alive HTTP/1.1 connection that posts pre-built requests: far cheaper than
+    httpx, so the load generator (on the same 2 cores) takes less from the servers."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, base: str) -> Connection:
+        host, port = base.removeprefix("http://").split(":")
+        return cls(*await asyncio.open_connection(host, int(port)))
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        self.writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {len(body)}\r\n"
+            f"{head}\r\n".encode()
+            + body
+        )
+        status_line = await self.reader.readuntil(b"\r\n")
+        length = 0
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Pool:
+    """Connections handed out one request at a time."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.idle: list[Connection] = []
+
+    async def post(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
+        while self.idle:  # an idle connection the server closed (keep-alive timeout): next
+            connection = self.idle.pop()
+            try:
+                answer = await connection.post(path, body, headers)
+            except (asyncio.IncompleteReadError, ConnectionError):
+                connection.close()
+                continue
+            self.idle.append(connection)
+            return answer
+        connection = await Connection.open(self.base)
+        try:
+            answer = await connection.post(path, body, headers)
+        except BaseException:
+            connection.close()
+            raise
+        self.idle.append(connection)
+        return answer
+
+    def close(self) -> None:
+        for connection in self.idle:
+            connection.close()
 
 
 @dataclass
@@ -90,7 +155,7 @@ def sender() -> str:
     return f"1{secrets.randbelow(10**13):013d}"
 
 
-async def cpu_per_post(client: httpx.AsyncClient, target: Target, posts: int) -> float:
+async def cpu_per_post(client: Pool, target: Target, posts: int) -> float:
     for _ in range(20):  # warm-up: imports, caches, connections
         await post(client, target, sender())
     before = target.server.cpu_seconds()
@@ -99,18 +164,18 @@ async def cpu_per_post(client: httpx.AsyncClient, target: Target, posts: int) ->
     return (target.server.cpu_seconds() - before) / posts * 1000
 
 
-async def post(client: httpx.AsyncClient, target: Target, who: str) -> float:
+async def post(client: Pool, target: Target, who: str) -> float:
     body, headers = target.sign(who)
     started = time.perf_counter()
-    response = await client.post(target.path, content=body, headers=headers)
+    status, text = await client.post(target.path, body, headers)
     elapsed = time.perf_counter() - started
-    if response.status_code != 200:
-        raise RuntimeError(f"{target.server.name}: {response.status_code} {response.text[:200]}")
+    if status != 200:
+        raise RuntimeError(f"{target.server.name}: {status} {text[:200]!r}")
     return elapsed
 
 
 async def acks_at_rate(
-    client: httpx.AsyncClient, target: Target, rate: float, seconds: float
+    client: Pool, target: Target, rate: float, seconds: float
 ) -> tuple[float, float]:
     """Open loop: a post every 1/rate s whatever the answers; (p50, p99) in ms."""
     tasks: list[asyncio.Task[float]] = []
@@ -127,7 +192,7 @@ async def acks_at_rate(
     )
 
 
-async def burst(client: httpx.AsyncClient, target: Target, posts: int) -> float:
+async def burst(client: Pool, target: Target, posts: int) -> float:
     """Posts with IN_FLIGHT at once; acknowledged webhooks per second."""
     pending = iter(range(posts))
 
@@ -141,20 +206,30 @@ async def burst(client: httpx.AsyncClient, target: Target, posts: int) -> float:
 
 
 async def measure(target: Target, args: argparse.Namespace) -> Result:
-    limits = httpx.Limits(max_connections=IN_FLIGHT * 4, max_keepalive_connections=IN_FLIGHT * 4)
-    async with httpx.AsyncClient(
-        base_url=target.server.base, timeout=httpx.Timeout(60), limits=limits
-    ) as client:
+    client = Pool(target.server.base)
+    try:
         cpu = await cpu_per_post(client, target, args.posts)
         p50, p99 = await acks_at_rate(client, target, args.rate, args.seconds)
         throughput = await burst(client, target, args.burst)
+    finally:
+        client.close()
     return Result(cpu, p50, p99, throughput)
 
 
 # --- statements, counted in process --------------------------------------------------
 
 
-async def statements(url: str, workdir: Path, space: Workspace) -> tuple[int, int]:
+def bench_settings(url: str, workdir: Path) -> Settings:
+    env = server_env(url, workdir)
+    values = {
+        k.removeprefix("WEFLUX_").lower(): v
+        for k, v in env.items()
+        if k.startswith("WEFLUX_") and not k.startswith("WEFLUX_RATE_LIMIT_")
+    }
+    return load_settings(_env_file=None, **values, in_process_worker=False)
+
+
+async def statements(url: str, workdir: Path, space: Workspace, path: str) -> tuple[int, int]:
     """Statements of one webhook from a new sender, then from that (now known) sender."""
     settings = load_settings(
         _env_file=None,
@@ -195,6 +270,22 @@ async def statements(url: str, workdir: Path, space: Workspace) -> tuple[int, in
     return counts[1], counts[2]
 
 
+async def webhook_path(url: str, space: Workspace) -> str:
+    db = Database(url)
+    try:
+        async with db.session(space.org_id) as session:
+            key = (
+                await session.exec(
+                    select(WhatsAppAccount.webhook_key).where(
+                        WhatsAppAccount.phone_number_id == space.phone_number_id
+                    )
+                )
+            ).one()
+    finally:
+        await db.dispose()
+    return f"/webhooks/whatsapp/{key}"
+
+
 async def messages_in(url: str, org_id: Any) -> int:
     db = Database(url)
     try:
@@ -221,7 +312,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     floor_url = args.database_url or f"sqlite+aiosqlite:///{workdir}/floor.db"
     space = await prepare(url)
     await create_floor_table(floor_url)
-    new_count, known_count = await statements(url, workdir, space)
+    path = await webhook_path(url, space)
+    new_count, known_count = await statements(url, workdir, space, path)
     env = server_env(url, workdir)
     floor_env = env | {"BENCH_FLOOR_DATABASE_URL": floor_url, "BENCH_FLOOR_SECRET": SECRET}
     weflux_port, floor_port = free_port(), free_port()
@@ -252,7 +344,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
         results = []
         for target in (weflux, floor):
             results.append(await measure(target, args))
-        lost = sent + 3 - await settled_messages(url, space.org_id, sent + 3)
+        await settled_messages(url, space.org_id, sent + 3)
     except BaseException:
         for server in servers:
             print(f"--- {server.name} log (tail)\n{server.log_tail()}", file=sys.stderr)
@@ -260,7 +352,39 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     finally:
         for server in servers:
             server.stop()
+    swept, problems = await sweep(url, workdir)
+    lost = sent + 3 - await messages_in(url, space.org_id)
+    print(f"left to the worker's sweep (the queue was full, or processing failed): {swept}")
+    for problem in problems:
+        print(f"  {problem}")
     return report(url, results[0], results[1], new_count, known_count, lost)
+
+
+async def sweep(url: str, workdir: Path) -> tuple[int, list[str]]:
+    """What the worker's sweep would do (the server ran without its worker): process the
+    stored events left unprocessed; (how many, their distinct errors)."""
+    db = Database(url, maintenance=True)
+    try:
+        async with db.session(all_workspaces="bench: unprocessed events") as session:
+            rows = (
+                await session.exec(
+                    select(WebhookEvent.last_error).where(
+                        WebhookEvent.status != WebhookEventStatus.PROCESSED
+                    )
+                )
+            ).all()
+    finally:
+        await db.dispose()
+    settings = bench_settings(url, workdir)
+    app_db, broker = Database(url), InProcessBroker()
+    try:
+        while await webhook_queue.retry_due_events(
+            app_db, broker, settings, settle=timedelta(0), batch_size=200
+        ):
+            pass
+    finally:
+        await app_db.dispose()
+    return len(rows), sorted({row for row in rows if row})[:5]
 
 
 async def wait_up(server: Server) -> None:
@@ -277,13 +401,15 @@ async def wait_up(server: Server) -> None:
     raise RuntimeError(f"{server.name} did not come up:\n{server.log_tail()}")
 
 
-async def settled_messages(url: str, org_id: Any, expected: int, within: float = 60) -> int:
-    """Messages stored once the server's queue drained (waits up to `within` s)."""
-    deadline = time.monotonic() + within
-    count = await messages_in(url, org_id)
-    while count < expected and time.monotonic() < deadline:
+async def settled_messages(url: str, org_id: Any, expected: int, still: float = 5) -> int:
+    """Messages stored once the server's queue drained: `expected`, or no change for
+    `still` seconds."""
+    count, since = await messages_in(url, org_id), time.monotonic()
+    while count < expected and time.monotonic() - since < still:
         await asyncio.sleep(0.5)
-        count = await messages_in(url, org_id)
+        now = await messages_in(url, org_id)
+        if now != count:
+            count, since = now, time.monotonic()
     return count
 
 
