@@ -21,11 +21,12 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -304,13 +305,17 @@ async def _ingest_messages(
     unique: dict[str, tuple[InboundMessage, Route]] = {}
     for message, account in items:
         unique.setdefault(message.wa_message_id, (message, account))
-    known = set(
-        (
-            await session.exec(
-                select(Message.wa_message_id).where(col(Message.wa_message_id).in_(list(unique)))
-            )
-        ).all()
-    )
+    known: set[str | None] = set()
+    if not session.sync_session.info.get(_OPTIMISTIC_KEY):
+        known = set(
+            (
+                await session.exec(
+                    select(Message.wa_message_id).where(
+                        col(Message.wa_message_id).in_(list(unique))
+                    )
+                )
+            ).all()
+        )
     fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
     if not fresh:
         return
@@ -525,6 +530,21 @@ async def _routes(
     return routes
 
 
+# session.info: process without first asking which wamids are stored; a redelivered
+# message then breaks the unique (org_id, wa_message_id) index, and the event is processed
+# again, asking (`_optimistically`). Redeliveries are rare: most events save a statement.
+_OPTIMISTIC_KEY = "weflux.ingest.optimistic"
+
+
+async def _optimistically(attempt: Callable[[bool], Awaitable[None]]) -> None:
+    """`attempt(True)`, and if it broke a unique index, `attempt(False)` (a redelivered
+    message, or a sender another event created meanwhile: now read first)."""
+    try:
+        await attempt(True)
+    except IntegrityError:
+        await attempt(False)
+
+
 async def process_event(
     db: Database,
     broker: Broker,
@@ -535,18 +555,26 @@ async def process_event(
     cache: ChannelCache | None = None,
 ) -> bool:
     """Process one stored event in one transaction; whether it was processed now."""
-    async with db.session(webhook_event=event_id) as session:
-        event = (
-            await session.exec(
-                select(WebhookEvent)
-                .where(WebhookEvent.id == event_id)
-                .with_for_update(skip_locked=True)
-            )
-        ).first()
-        if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
-            return False
-        await _apply(session, broker, settings, event, cache)
-    return True
+    processed = False
+
+    async def attempt(optimistic: bool) -> None:
+        nonlocal processed
+        async with db.session(webhook_event=event_id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic and not force
+            event = (
+                await session.exec(
+                    select(WebhookEvent)
+                    .where(WebhookEvent.id == event_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
+            if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
+                return
+            await _apply(session, broker, settings, event, cache)
+            processed = True
+
+    await _optimistically(attempt)
+    return processed
 
 
 async def store_and_process(
@@ -560,12 +588,29 @@ async def store_and_process(
 
     The event is written already processed, so it is durable exactly when its effects
     are: the caller answers 200 once this returns, and on failure stores the event alone
-    (`weflux.services.webhook_queue.store_failed`) before answering. One transaction
-    instead of two, and no reading back of the row just written (issue 11).
+    (`weflux.services.webhook_queue.store`) before answering. One transaction instead of
+    two, and no reading back of the row just written (issue 11).
     """
-    async with db.session(webhook_event=event.id) as session:
-        await _apply(session, broker, settings, event, cache)
-        session.add(event)  # last: its INSERT is the commit's flush, after the share's
+
+    async def attempt(optimistic: bool) -> None:
+        row = received_copy(event)
+        async with db.session(webhook_event=row.id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
+            await _apply(session, broker, settings, row, cache)
+            session.add(row)  # last: its INSERT is the commit's flush, after the share's
+
+    await _optimistically(attempt)
+
+
+def received_copy(event: WebhookEvent) -> WebhookEvent:
+    """A new, unprocessed row of the event as it was received."""
+    return WebhookEvent(
+        id=event.id,
+        received_at=event.received_at,
+        account_id=event.account_id,
+        body=event.body,
+        body_sha256=event.body_sha256,
+    )
 
 
 async def _apply(

@@ -32,7 +32,7 @@ from weflux.db import Database
 from weflux.models import WebhookEvent, WebhookEventStatus, utcnow
 from weflux.realtime.broker import Broker
 from weflux.services.channel_cache import ChannelCache
-from weflux.services.ingest import process_event
+from weflux.services.ingest import process_event, received_copy
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,7 @@ def mark_failed(event: WebhookEvent, error: BaseException) -> None:
 
 async def store(db: Database, event: WebhookEvent, failure: BaseException | None = None) -> None:
     """Write a received event durably as it came (failed, when processing it just failed)."""
-    row = WebhookEvent(
-        id=event.id,
-        received_at=event.received_at,
-        account_id=event.account_id,
-        body=event.body,
-        body_sha256=event.body_sha256,
-    )
+    row = received_copy(event)
     if failure is not None:
         mark_failed(row, failure)
     async with db.session(webhook_event=row.id) as session:
