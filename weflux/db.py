@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
@@ -38,6 +39,10 @@ _READ_ONLY = "weflux_read_only"
 # The aiosqlite connection a session's transaction runs on, for `interrupt`.
 _SQLITE_DRIVER = "weflux.sqlite_driver"
 
+# session.info: what a committed write of whatsapp_accounts calls (`Database.channels_changed`;
+# see weflux.services.channel_cache).
+CHANNELS_CHANGED_KEY = "weflux.channels_changed"
+
 AfterCommit = Callable[[], Awaitable[None]]
 
 
@@ -46,7 +51,12 @@ def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
 
     Events are published this way, so nobody hears of a change that did not happen.
     """
-    session.sync_session.info.setdefault(_AFTER_COMMIT, []).append(callback)
+    after_commit_of(session.sync_session, callback)
+
+
+def after_commit_of(session: Session, callback: AfterCommit) -> None:
+    """`after_commit` from a synchronous session event (the session behind the unit)."""
+    session.info.setdefault(_AFTER_COMMIT, []).append(callback)
 
 
 async def run_after_commit(session: AsyncSession) -> None:
@@ -300,7 +310,15 @@ class Database:
             class_=SerializedSession,
             sync_session_class=ScopedSession,
             expire_on_commit=False,
+            info={CHANNELS_CHANGED_KEY: self._channels_changed},
         )
+        # Called after a unit of work that wrote whatsapp_accounts committed (the
+        # runtime's channel cache evicts, here and through the broker).
+        self.channels_changed: AfterCommit | None = None
+
+    async def _channels_changed(self) -> None:
+        if self.channels_changed is not None:
+            await self.channels_changed()
 
     @property
     def dialect(self) -> str:

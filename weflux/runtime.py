@@ -34,7 +34,9 @@ from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
 from weflux.sandbox.channels import Sandbox
 from weflux.secops.detectors import Detectors
+from weflux.services.channel_cache import ChannelCache
 from weflux.services.channels import Services as ChannelServices
+from weflux.services.webhook_queue import WebhookIntake
 from weflux.throttle.ratelimit import RateLimiter
 from weflux.tls import TLS_MINIMUM
 from weflux.whatsapp.client import CloudApiClient
@@ -82,6 +84,8 @@ class Runtime:
     sockets: SocketRegistry
     event_memo: EventMemo
     inbox_counts: CountsFeed
+    channel_cache: ChannelCache
+    webhook_intake: WebhookIntake
     worker: Worker | None = None
 
     @classmethod
@@ -114,6 +118,8 @@ class Runtime:
         sockets = SocketRegistry(authenticator)
         inbox_counts = CountsFeed(hub)
         authenticator.add_revocation_listener(inbox_counts.on_revocation)
+        channel_cache = ChannelCache(broker)
+        db.channels_changed = channel_cache.changed
         return cls(
             settings=settings,
             db=db,
@@ -137,6 +143,10 @@ class Runtime:
             sockets=sockets,
             event_memo=EventMemo(),
             inbox_counts=inbox_counts,
+            channel_cache=channel_cache,
+            webhook_intake=WebhookIntake.for_pool(
+                db, broker, settings, channel_cache, settings.database_pool_size
+            ),
         )
 
     def build_worker(self) -> Worker:
@@ -160,10 +170,14 @@ class Runtime:
         if serve:
             await self.authenticator.start()
             await self.hub.start()
+            await self.channel_cache.start()
+            self.webhook_intake.start()
 
     async def stop(self) -> None:
         """Close everything, whatever `start()` reached."""
         await self.inbox_counts.stop()
+        await self.webhook_intake.stop()
+        await self.channel_cache.stop()
         await self.hub.stop()
         await self.authenticator.stop()
         await self.limiter.close()

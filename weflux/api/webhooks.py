@@ -1,9 +1,11 @@
 """`/webhooks/whatsapp[/{webhookKey}]`: Meta's handshake and notifications.
 
 A POST is verified (HMAC-SHA256 of the raw bytes, constant time) before anything is
-parsed or stored, then written durably as it came, then answered 200; if the write
-fails the answer is 503 so that Meta retries. Processing happens right after the
-answer, and again from the worker for anything that did not finish.
+parsed or stored, then written durably, then answered 200; if the write fails the
+answer is 503 so that Meta retries. While the process has room, the event is stored and
+processed in one transaction before the answer; if processing fails, or the process is
+busy, the event is stored as it came and processed later (from the bounded queue of
+`weflux.services.webhook_queue.WebhookIntake`, else by the worker's sweep).
 
 Failed proofs (a wrong verify token, a bad signature) are counted per client IP and
 per webhook URL; once either has spent its limit the answer is 429 before any secret
@@ -18,7 +20,6 @@ import hmac
 import logging
 import re
 
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -32,7 +33,7 @@ from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WebhookEvent, WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
-from weflux.services import webhook_queue
+from weflux.services import ingest, webhook_queue
 from weflux.services.audit import RequestMeta
 from weflux.throttle.ratelimit import RateLimiter
 
@@ -92,19 +93,37 @@ class _FailureLimits:
             await self.limiter.hit(name, key)
 
 
+def _platform_secret(runtime: Runtime) -> str | None:
+    secret = runtime.settings.meta_app_secret
+    return secret.get_secret_value() if secret else None
+
+
 async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
     settings = runtime.settings
-    platform_secret = (
-        settings.meta_app_secret.get_secret_value() if settings.meta_app_secret else None
-    )
     platform_token = (
         settings.meta_verify_token.get_secret_value() if settings.meta_verify_token else None
     )
     key = request.path_params.get("webhook_key")
     if key is None:
-        return _Channel(None, platform_secret, platform_token)
+        return _Channel(None, _platform_secret(runtime), platform_token)
     if len(key) > 64:
         return _text(404, "Not found")
+    try:
+        channel: _Channel | None = await runtime.channel_cache.get_or_load(
+            ("channel", key), lambda: _load_channel(runtime, key)
+        )
+    except _SecretsUnusable:
+        return _text(503, "Unavailable")
+    return channel if channel is not None else _text(404, "Not found")
+
+
+class _SecretsUnusable(Exception):
+    """A channel's secrets cannot be decrypted (logged; never cached)."""
+
+
+async def _load_channel(runtime: Runtime, key: str) -> _Channel | None:
+    """The live channel a keyed URL names, its secrets decrypted; cached per process by
+    `runtime.channel_cache` until any number changes (weflux.services.channel_cache)."""
     async with runtime.db.session() as s:
         named = await crossings.webhook_channel(s, key)
         account = None
@@ -112,18 +131,18 @@ async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
             await use_workspace(s, named.org_id)
             account = await s.get(WhatsAppAccount, named.id)
     if account is None:
-        return _text(404, "Not found")
+        return None
     keyring = runtime.keyring
     try:
         app_secret = open_secret(keyring, account, "app_secret_enc")
         verify_token = open_secret(keyring, account, "webhook_verify_token_enc")
     except DecryptionError as error:
         log.error("channel secrets unusable", extra={"account": str(account.id), "why": str(error)})
-        return _text(503, "Unavailable")
+        raise _SecretsUnusable from None
     # A channel without its own app secret is served by the platform's Meta app.
     return _Channel(
         account,
-        app_secret.reveal() if app_secret else platform_secret,
+        app_secret.reveal() if app_secret else _platform_secret(runtime),
         verify_token.reveal() if verify_token else None,
     )
 
@@ -198,17 +217,29 @@ async def notify(request: Request) -> Response:
         body=body,
         body_sha256=hashlib.sha256(body).hexdigest(),
     )
+    intake = runtime.webhook_intake
+    failure: BaseException | None = None
+    if intake.claim_inline():
+        try:
+            await ingest.store_and_process(
+                runtime.db, runtime.broker, runtime.settings, event, runtime.channel_cache
+            )
+        except Exception as error:
+            log.exception("webhook processing failed", extra={"event": str(event.id)})
+            failure = error
+        else:
+            return _text(200, "OK")
+        finally:
+            intake.release_inline()
     try:
         # Not routed yet: the session names the one event it writes.
-        async with runtime.db.session(webhook_event=event.id) as s:
-            s.add(event)
+        await webhook_queue.store(runtime.db, event, failure)
     except Exception:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")
-    task = BackgroundTask(
-        webhook_queue.process_event_safely, runtime.db, runtime.broker, runtime.settings, event.id
-    )
-    return PlainTextResponse("OK", headers={"Cache-Control": "no-store"}, background=task)
+    if failure is None:
+        intake.offer(event.id)
+    return _text(200, "OK")
 
 
 routes = [

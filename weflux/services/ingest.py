@@ -21,11 +21,12 @@ import json
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import or_
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -53,6 +54,7 @@ from weflux.models import (
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services import reactions, templates
+from weflux.services.channel_cache import ChannelCache
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import (
@@ -176,20 +178,32 @@ def _contact_key(message: InboundMessage) -> tuple[str | None, str | None]:
     return user_id, wa_id
 
 
-async def _contacts(
-    session: AsyncSession, org_id: uuid.UUID, messages: Sequence[InboundMessage]
-) -> dict[tuple[str | None, str | None], Contact]:
-    """Find or create the senders, in bulk: by `user_id` when known, else by `wa_id`."""
+async def _senders(
+    session: AsyncSession, messages: Sequence[InboundMessage]
+) -> tuple[list[Contact], list[Conversation]]:
+    """The stored senders (by `user_id` or `wa_id`) and their conversations, in one
+    statement: a contact with two numbers' conversations comes twice."""
     keys = {_contact_key(m) for m in messages}
     user_ids = {u for u, _ in keys if u}
     wa_ids = {w for _, w in keys if w}
-    existing = (
+    rows = (
         await session.exec(
-            select(Contact).where(
-                or_(col(Contact.user_id).in_(user_ids), col(Contact.wa_id).in_(wa_ids))
-            )
+            select(Contact, Conversation)
+            .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
+            .where(or_(col(Contact.user_id).in_(user_ids), col(Contact.wa_id).in_(wa_ids)))
         )
     ).all()
+    contacts = {contact.id: contact for contact, _ in rows}
+    return list(contacts.values()), [c for _, c in rows if c is not None]
+
+
+def _contacts(
+    session: AsyncSession,
+    org_id: uuid.UUID,
+    messages: Sequence[InboundMessage],
+    existing: Sequence[Contact],
+) -> dict[tuple[str | None, str | None], Contact]:
+    """Find or create the senders: by `user_id` when known, else by `wa_id`."""
     by_user = {c.user_id: c for c in existing if c.user_id}
     by_wa = {c.wa_id: c for c in existing if c.wa_id}
     found: dict[tuple[str | None, str | None], Contact] = {}
@@ -235,18 +249,13 @@ async def _contacts(
     return found
 
 
-async def _conversations(
+def _conversations(
     session: AsyncSession,
     org_id: uuid.UUID,
     pairs: set[tuple[uuid.UUID, uuid.UUID]],
+    existing: Sequence[Conversation],
 ) -> dict[tuple[uuid.UUID, uuid.UUID], Conversation]:
-    """One conversation per contact x number; found or created in bulk."""
-    contact_ids = {contact_id for contact_id, _ in pairs}
-    existing = (
-        await session.exec(
-            select(Conversation).where(col(Conversation.contact_id).in_(contact_ids))
-        )
-    ).all()
+    """One conversation per contact x number; found (`_senders`) or created."""
     found = {(c.contact_id, c.account_id): c for c in existing}
     for contact_id, account_id in pairs:
         if (contact_id, account_id) not in found:
@@ -296,19 +305,24 @@ async def _ingest_messages(
     unique: dict[str, tuple[InboundMessage, Route]] = {}
     for message, account in items:
         unique.setdefault(message.wa_message_id, (message, account))
-    known = set(
-        (
-            await session.exec(
-                select(Message.wa_message_id).where(col(Message.wa_message_id).in_(list(unique)))
-            )
-        ).all()
-    )
+    known: set[str | None] = set()
+    if not session.sync_session.info.get(_OPTIMISTIC_KEY):
+        known = set(
+            (
+                await session.exec(
+                    select(Message.wa_message_id).where(
+                        col(Message.wa_message_id).in_(list(unique))
+                    )
+                )
+            ).all()
+        )
     fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
     if not fresh:
         return
-    contacts = await _contacts(session, org_id, [m for m, _ in fresh])
+    senders, their_conversations = await _senders(session, [m for m, _ in fresh])
+    contacts = _contacts(session, org_id, [m for m, _ in fresh], senders)
     pairs = {(contacts[_contact_key(m)].id, a.account_id) for m, a in fresh}
-    conversations = await _conversations(session, org_id, pairs)
+    conversations = _conversations(session, org_id, pairs, their_conversations)
     touched: dict[uuid.UUID, Conversation] = {}
     added: list[Message] = []
     reacted: list[reactions.ReactionChange] = []
@@ -498,38 +512,129 @@ async def _process_share(
     await session.flush()
 
 
+async def _routes(
+    session: AsyncSession,
+    parsed: ParsedWebhook,
+    keyed_account_id: uuid.UUID | None,
+    cache: ChannelCache | None,
+) -> list[Route]:
+    phones, wabas = parsed.phone_number_ids, parsed.waba_ids
+
+    async def load() -> list[Route]:
+        return await crossings.webhook_routes(session, phones, wabas, keyed_account_id)
+
+    if cache is None:
+        return await load()
+    key = ("routes", frozenset(phones), frozenset(wabas), keyed_account_id)
+    routes: list[Route] = await cache.get_or_load(key, load)
+    return routes
+
+
+# session.info: process without first asking which wamids are stored; a redelivered
+# message then breaks the unique (org_id, wa_message_id) index, and the event is processed
+# again, asking (`_optimistically`). Redeliveries are rare: most events save a statement.
+_OPTIMISTIC_KEY = "weflux.ingest.optimistic"
+
+
+async def _optimistically(attempt: Callable[[bool], Awaitable[None]]) -> None:
+    """`attempt(True)`, and if it broke a unique index, `attempt(False)` (a redelivered
+    message, or a sender another event created meanwhile: now read first)."""
+    try:
+        await attempt(True)
+    except IntegrityError:
+        await attempt(False)
+
+
 async def process_event(
-    db: Database, broker: Broker, settings: Settings, event_id: uuid.UUID, *, force: bool = False
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    event_id: uuid.UUID,
+    *,
+    force: bool = False,
+    cache: ChannelCache | None = None,
 ) -> bool:
     """Process one stored event in one transaction; whether it was processed now."""
-    async with db.session(webhook_event=event_id) as session:
-        event = (
-            await session.exec(
-                select(WebhookEvent)
-                .where(WebhookEvent.id == event_id)
-                .with_for_update(skip_locked=True)
-            )
-        ).first()
-        if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
-            return False
-        try:
-            body = json.loads(event.body)
-        except (UnicodeDecodeError, ValueError):
-            body = None
-        parsed = parse_webhook(body)
-        if body is None or parsed.unknown:
-            note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
-            event.last_error = note
-        routes: list[Route] = []
-        if parsed.phone_number_ids or parsed.waba_ids:
-            routes = await crossings.webhook_routes(
-                session, parsed.phone_number_ids, parsed.waba_ids, event.account_id
-            )
-        shares = _route(parsed, routes)
-        for org_id, share in shares.items():
-            await _process_share(session, broker, settings, org_id, share)
-        event.status = WebhookEventStatus.PROCESSED
-        event.attempts += 1
-        event.processed_at = utcnow()
-        event.next_attempt_at = None
-    return True
+    processed = False
+
+    async def attempt(optimistic: bool) -> None:
+        nonlocal processed
+        async with db.session(webhook_event=event_id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic and not force
+            event = (
+                await session.exec(
+                    select(WebhookEvent)
+                    .where(WebhookEvent.id == event_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
+            if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
+                return
+            await _apply(session, broker, settings, event, cache)
+            processed = True
+
+    await _optimistically(attempt)
+    return processed
+
+
+async def store_and_process(
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    event: WebhookEvent,
+    cache: ChannelCache | None = None,
+) -> None:
+    """Store a new verified event and process it, both in one transaction.
+
+    The event is written already processed, so it is durable exactly when its effects
+    are: the caller answers 200 once this returns, and on failure stores the event alone
+    (`weflux.services.webhook_queue.store`) before answering. One transaction instead of
+    two, and no reading back of the row just written (issue 11).
+    """
+
+    async def attempt(optimistic: bool) -> None:
+        row = received_copy(event)
+        async with db.session(webhook_event=row.id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
+            await _apply(session, broker, settings, row, cache)
+            session.add(row)  # last: its INSERT is the commit's flush, after the share's
+
+    await _optimistically(attempt)
+
+
+def received_copy(event: WebhookEvent) -> WebhookEvent:
+    """A new, unprocessed row of the event as it was received."""
+    return WebhookEvent(
+        id=event.id,
+        received_at=event.received_at,
+        account_id=event.account_id,
+        body=event.body,
+        body_sha256=event.body_sha256,
+    )
+
+
+async def _apply(
+    session: AsyncSession,
+    broker: Broker,
+    settings: Settings,
+    event: WebhookEvent,
+    cache: ChannelCache | None,
+) -> None:
+    try:
+        body = json.loads(event.body)
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    parsed = parse_webhook(body)
+    if body is None or parsed.unknown:
+        note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
+        event.last_error = note
+    routes: list[Route] = []
+    if parsed.phone_number_ids or parsed.waba_ids:
+        routes = await _routes(session, parsed, event.account_id, cache)
+    shares = _route(parsed, routes)
+    for org_id, share in shares.items():
+        await _process_share(session, broker, settings, org_id, share)
+    event.status = WebhookEventStatus.PROCESSED
+    event.attempts += 1
+    event.processed_at = utcnow()
+    event.next_attempt_at = None

@@ -1,0 +1,145 @@
+"""What webhooks need to know about numbers, cached per process, evicted on change.
+
+A webhook asked the database three times about the same `whatsapp_accounts` row: which
+channel a keyed URL names, its secrets (decrypted), and the routes of its phone number
+(issue 11). `ChannelCache` keeps those answers in the process. Any committed write to
+`whatsapp_accounts` (a number connected, its secrets rotated, disconnected, its health
+or status changed) through a session of the app's `Database` evicts every entry, here
+and, through the broker, in every other process (`CHANNEL`). So the next webhook after
+a rotation or a disconnection, on any process, reads the new state.
+
+Limits, and what covers them:
+- between a commit in one process and the broker's message reaching another, that
+  other process may still answer one webhook from the old state (milliseconds);
+- while the broker is not connected (Redis down) the cache is bypassed, and every entry
+  is dropped when it reconnects (messages may have been missed);
+- a write that does not go through the app's `Database` (SQL by hand, another tool)
+  is not heard: entries also expire after `TTL_SECONDS`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import ORMExecuteState, Session
+
+from weflux.auth.scoping import ScopedSession
+from weflux.db import CHANNELS_CHANGED_KEY, after_commit_of
+from weflux.models import WhatsAppAccount
+from weflux.realtime.broker import Broker, Message, Unsubscribe
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "weflux:whatsapp_accounts:changed"
+TTL_SECONDS = 60.0
+MAX_ENTRIES = 10_000
+# session.info: whether this transaction queued the Database's `channels_changed` already.
+_QUEUED_KEY = "weflux.channels_changed_queued"
+_ACCOUNTS = str(WhatsAppAccount.__tablename__)
+
+
+class ChannelCache:
+    """Answers about numbers, valid until any number changes (or `TTL_SECONDS` pass)."""
+
+    def __init__(self, broker: Broker, *, ttl: float = TTL_SECONDS) -> None:
+        self.broker = broker
+        self.ttl = ttl
+        self.generation = 0
+        self._entries: dict[Hashable, tuple[float, Any]] = {}
+        self._unsubscribe: Unsubscribe | None = None
+        self._forget_reconnect: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        self._unsubscribe = await self.broker.subscribe(CHANNEL, self._heard)
+        self._forget_reconnect = self.broker.on_reconnect(self._reconnected)
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            await self._unsubscribe()
+            self._unsubscribe = None
+        if self._forget_reconnect is not None:
+            self._forget_reconnect()
+            self._forget_reconnect = None
+        self.clear()
+
+    @property
+    def usable(self) -> bool:
+        """Only while it hears about changes: started, and the broker connected."""
+        return self._unsubscribe is not None and self.broker.connected
+
+    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
+        """The cached answer for `key`, else `load()`'s (cached unless None, or a change
+        happened while it loaded: then it may already be stale)."""
+        if not self.usable:
+            return await load()
+        entry = self._entries.get(key)
+        now = time.monotonic()
+        if entry is not None and entry[0] > now:
+            return entry[1]
+        generation = self.generation
+        value = await load()
+        if value is not None and generation == self.generation:
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[key] = (now + self.ttl, value)
+        return value
+
+    def clear(self) -> None:
+        self.generation += 1
+        self._entries.clear()
+
+    async def changed(self) -> None:
+        """A write to whatsapp_accounts committed: evict here and in every process."""
+        self.clear()
+        try:
+            await self.broker.publish(CHANNEL, {"changed": True})
+        except Exception:
+            log.exception("could not announce a channel change; other processes expire it")
+
+    async def _heard(self, message: Message) -> None:
+        self.clear()
+
+    async def _reconnected(self) -> None:
+        self.clear()
+
+
+# --- hearing the writes -----------------------------------------------------------------
+
+
+def _queue_change(session: Session) -> None:
+    listener = session.info.get(CHANNELS_CHANGED_KEY)
+    if listener is None or session.info.get(_QUEUED_KEY):
+        return
+    session.info[_QUEUED_KEY] = True
+    after_commit_of(session, listener)
+
+
+@event.listens_for(ScopedSession, "after_flush")
+def _flushed(session: Session, _context: Any) -> None:
+    for obj in (*session.new, *session.dirty, *session.deleted):
+        if isinstance(obj, WhatsAppAccount):
+            _queue_change(session)
+            return
+
+
+@event.listens_for(ScopedSession, "do_orm_execute")
+def _bulk_write(state: ORMExecuteState) -> None:
+    if not (state.is_update or state.is_delete or state.is_insert):
+        return
+    table = getattr(state.statement, "table", None)
+    if getattr(table, "name", None) == _ACCOUNTS:
+        _queue_change(state.session)
+
+
+@event.listens_for(ScopedSession, "after_soft_rollback")
+def _rolled_back(session: Session, _transaction: Any) -> None:
+    session.info.pop(_QUEUED_KEY, None)
+
+
+@event.listens_for(ScopedSession, "after_commit")
+def _committed(session: Session) -> None:
+    session.info.pop(_QUEUED_KEY, None)
