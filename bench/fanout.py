@@ -119,7 +119,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], workdir: Path, port: 
 
 async def wait_ready(server: Server, probe: Callable[[httpx.AsyncClient], Awaitable[bool]]) -> None:
     async with httpx.AsyncClient(base_url=server.base, timeout=2) as client:
-        for _ in range(300):
+        for _ in range(1200):  # up to a minute (a profiled server starts slowly)
             if server.process.poll() is not None:
                 break
             with contextlib.suppress(httpx.TransportError):
@@ -403,6 +403,13 @@ RAW_OPTIONS = [
     *("--no-access-log", "--no-server-header", "--no-proxy-headers"),
     *("--ws-per-message-deflate", "false", "--ws-max-size", str(WS_MAX_MESSAGE_BYTES)),
 ]
+# `--profile`: the server under cProfile, dumped when it stops (uvicorn re-raises the
+# stopping signal after its shutdown, which would end the process before the dump).
+PROFILED = (
+    "import cProfile, signal, sys; signal.raise_signal = lambda s: None; "
+    "from weflux.cli import main; sys.argv = sys.argv[1:]; "
+    "p = cProfile.Profile(); p.runcall(main); p.dump_stats({path!r})"
+)
 SENDER_PHASES = {"warm": 1, "alone": 2, "fan": 3}
 
 
@@ -416,7 +423,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         servers.append(
             spawn(
                 "weflux",
-                [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(weflux_port)],
+                [
+                    sys.executable,
+                    *(("-c", PROFILED.format(path=args.profile)) if args.profile else ("-m",)),
+                    *("weflux", "serve", "--no-worker", *loopback(weflux_port)),
+                ],
                 env,
                 workdir,
                 weflux_port,
@@ -558,6 +569,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--batch", type=int, default=25, help="sockets opened at once")
     parser.add_argument("--timeout", type=float, default=300, help="the whole run, seconds")
+    parser.add_argument("--profile", default=None, help="cProfile the weflux server to PATH")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, DB)")
     args = parser.parse_args()
     if args.subscribers < 1 or args.events < 1:

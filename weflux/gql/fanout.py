@@ -87,10 +87,47 @@ def resumes(query: str, variables: dict[str, Any] | None) -> bool:
     return visitor.found
 
 
+def _is_transport(candidate: Any) -> bool:
+    # uvloop's transports are not asyncio.Transport subclasses: by what they do
+    return callable(getattr(candidate, "get_write_buffer_size", None)) and callable(
+        getattr(candidate, "is_closing", None)
+    )
+
+
+def _find_transport(send: Any, depth: int = 6) -> asyncio.Transport | None:
+    """The server's transport behind an ASGI `send` (through middleware closures).
+
+    Found once per socket, to tell whether a frame can be written without waiting;
+    None under a server that hides it (then every frame takes the queued path).
+    """
+    if send is None or depth == 0:
+        return None
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if _is_transport(transport):
+        return cast("asyncio.Transport", transport)
+    for cell in getattr(send, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            inner = cell.cell_contents
+            if callable(inner):
+                found = _find_transport(inner, depth - 1)
+                if found is not None:
+                    return found
+    return None
+
+
 class Sink:
     """One subscription's end of a shared fan-out: its socket and operation id."""
 
-    __slots__ = ("_drainer", "_outbox", "closed", "context", "handler", "prefix", "principal")
+    __slots__ = (
+        "_drainer",
+        "_outbox",
+        "_socket",
+        "closed",
+        "context",
+        "handler",
+        "prefix",
+        "principal",
+    )
 
     def __init__(self, handler: Any, operation_id: str) -> None:
         self.handler = handler
@@ -99,6 +136,7 @@ class Sink:
         self.principal: Principal | None = None  # as when it joined
         self._outbox: deque[str] | None = None
         self._drainer: asyncio.Task[None] | None = None
+        self._socket: asyncio.Transport | bool | None = None  # False: none found
         self.closed = False
 
     @property
@@ -107,9 +145,9 @@ class Sink:
         return self.context.principal is not self.principal
 
     def _transport(self) -> asyncio.Transport | None:
-        send = getattr(self.context.request, "_send", None)
-        transport = getattr(getattr(send, "__self__", None), "transport", None)
-        return transport if isinstance(transport, asyncio.Transport) else None
+        if self._socket is None:
+            self._socket = _find_transport(getattr(self.context.request, "_send", None)) or False
+        return None if isinstance(self._socket, bool) else self._socket
 
     async def write(self, payload: str) -> None:
         """Send one `next` frame; queued behind earlier ones if the socket is busy."""
