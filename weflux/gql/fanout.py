@@ -18,16 +18,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 from collections import deque
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, cast
 
-from graphql import ArgumentNode, GraphQLError, NullValueNode, VariableNode, parse, visit
+from graphql import (
+    ArgumentNode,
+    DocumentNode,
+    GraphQLError,
+    NullValueNode,
+    VariableNode,
+    parse,
+    visit,
+)
 from graphql.language import Visitor
 
 from weflux.gql.event_memo import visibility_class
+from weflux.gql.schema import MAX_TOKENS
 from weflux.realtime.hub import QUEUE_LIMIT, Sharing
 
 if TYPE_CHECKING:
@@ -66,13 +76,18 @@ class _Resumes(Visitor):
     _defaults: set[str] = set()
 
 
+@functools.lru_cache(maxsize=256)
+def _parse(query: str) -> DocumentNode:
+    return parse(query, max_tokens=MAX_TOKENS)
+
+
 def resumes(query: str, variables: dict[str, Any] | None) -> bool:
     """Whether the operation passes an `after` (a resume point): then it is never shared.
 
     An unparsable document counts as resuming (not shared; it fails on its own anyway).
     """
     try:
-        document = parse(query)
+        document = _parse(query)
     except GraphQLError:
         return True
     visitor = _Resumes(variables or {})
