@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from typing import TYPE_CHECKING, Any, cast
 
 from graphql import (
@@ -109,22 +109,28 @@ def _is_transport(candidate: Any) -> bool:
     )
 
 
-def _find_transport(send: Any, depth: int = 6) -> asyncio.Transport | None:
-    """The server's transport behind an ASGI `send` (through middleware closures).
+Server = tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.Transport]
 
-    Found once per socket, to tell whether a frame can be written without waiting;
-    None under a server that hides it (then every frame takes the queued path).
+
+def _find_server(send: Any, depth: int = 6) -> Server | None:
+    """The server's own ASGI `send` behind a socket's (through middleware closures), and
+    its transport.
+
+    Found once per socket: frames then go straight to the server (the middleware only
+    acts on responses' starts), and the transport tells whether a frame can be written
+    without waiting. None under a server that hides them: every frame is then sent
+    through the socket, queued.
     """
     if send is None or depth == 0:
         return None
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if _is_transport(transport):
-        return cast("asyncio.Transport", transport)
+        return send, cast("asyncio.Transport", transport)
     for cell in getattr(send, "__closure__", None) or ():
         with contextlib.suppress(ValueError):  # an empty cell
             inner = cell.cell_contents
             if callable(inner):
-                found = _find_transport(inner, depth - 1)
+                found = _find_server(inner, depth - 1)
                 if found is not None:
                     return found
     return None
@@ -151,7 +157,7 @@ class Sink:
         self.principal: Principal | None = None  # as when it joined
         self._outbox: deque[str] | None = None
         self._drainer: asyncio.Task[None] | None = None
-        self._socket: asyncio.Transport | bool | None = None  # False: none found
+        self._socket: Server | bool | None = None  # False: none found
         self.closed = False
 
     @property
@@ -159,9 +165,9 @@ class Sink:
         """The socket's principal is no longer the one this sink joined with."""
         return self.context.principal is not self.principal
 
-    def _transport(self) -> asyncio.Transport | None:
+    def _server(self) -> Server | None:
         if self._socket is None:
-            self._socket = _find_transport(getattr(self.context.request, "_send", None)) or False
+            self._socket = _find_server(getattr(self.context.request, "_send", None)) or False
         return None if isinstance(self._socket, bool) else self._socket
 
     async def write(self, payload: str) -> None:
@@ -170,17 +176,18 @@ class Sink:
             return
         text = self.prefix + payload + "}"
         if self._outbox is None:
-            transport = self._transport()
-            if (
-                transport is not None
-                and not transport.is_closing()
-                and transport.get_write_buffer_size() + len(text) <= WRITE_ROOM
-            ):
-                try:
-                    await cast("WebSocket", self.context.request).send_text(text)
-                except Exception:  # gone meanwhile: its operation ends with the socket
-                    self.closed = True
-                return
+            server = self._server()
+            if server is not None:
+                send, transport = server
+                if (
+                    not transport.is_closing()
+                    and transport.get_write_buffer_size() + len(text) <= WRITE_ROOM
+                ):
+                    try:
+                        await send({"type": "websocket.send", "text": text})
+                    except Exception:  # gone meanwhile: its operation ends with the socket
+                        self.closed = True
+                    return
             self._outbox = deque()
         if len(self._outbox) >= QUEUE_LIMIT:
             self._outbox.clear()
