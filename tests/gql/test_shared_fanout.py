@@ -19,6 +19,7 @@ from tests.fixtures.factories import Actor
 from tests.fixtures.live import ADDED, closed_with, inbound, listeners, until_listening
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
+from weflux.gql.fanout import resumes
 from weflux.ids import encode_global_id
 from weflux.models import Conversation, Organization, WhatsAppAccount
 from weflux.realtime.hub import Hub
@@ -212,3 +213,20 @@ async def test_revoking_the_leaders_or_a_followers_session_closes_only_its_socke
     await inbound(http, "after the logouts")
     assert (await _added(*sockets[2]))["text"] == "after the logouts"
     await sockets[2][0].close()
+
+
+def test_only_subscriptions_without_a_resume_point_are_shared() -> None:
+    """Given documents passing `after` as a literal, a variable with a value, a variable
+    with a default, or null (literal, absent or null variable), and garbage,
+    when asked whether each resumes,
+    then only those with a resume point (or unparsable) do: they are never grouped."""
+    by_variable = "subscription($a: String) { messageAdded(after: $a) { id } }"
+    defaulted = 'subscription($a: String = "x") { messageAdded(after: $a) { id } }'
+    assert resumes('subscription { messageAdded(after: "abc") { id } }', None)
+    assert resumes(by_variable, {"a": "abc"})
+    assert resumes(defaulted, None)
+    assert not resumes("subscription { messageAdded(after: null) { id } }", None)
+    assert not resumes(by_variable, None)
+    assert not resumes(by_variable, {"a": None})
+    assert not resumes("subscription { messageAdded { id } }", {})
+    assert resumes("subscription { messageAdded(", None)

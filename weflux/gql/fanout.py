@@ -224,6 +224,8 @@ def sharing_for(
     handler: Any, operation_id: str, query: str, variables: dict[str, Any] | None, name: Any
 ) -> Sharing | None:
     """How an operation's live listener may share (None: it resumes, never shared)."""
+    if not isinstance(query, str) or not isinstance(variables, dict | None):
+        return None  # malformed: it fails on its own
     if resumes(query, variables):
         return None
     sink = Sink(handler, operation_id)

@@ -223,6 +223,7 @@ class Hub:
             self._remove_reconnect()
         async with self._lock:
             channels, self._channels = self._channels, {}
+            self._groups.clear()
         for channel in channels.values():
             if channel.unsubscribe is not None:
                 await channel.unsubscribe()
