@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import strawberry
@@ -151,6 +152,22 @@ class WefluxSchema(strawberry.Schema):
 PARSE_CACHE = 256
 
 
+class SharedParse(ParserCache):
+    """Strawberry's ParserCache, but a document that does not parse is left to Strawberry
+    (its parse error is answered as any other: GRAPHQL_VALIDATION_FAILED)."""
+
+    def on_parse(self) -> Iterator[None]:
+        execution = self.execution_context
+        if not isinstance(execution.query, str) or not execution.query:
+            yield  # Strawberry answers a missing query itself
+            return
+        with contextlib.suppress(GraphQLError):
+            execution.graphql_document = self.cached_parse_document(
+                execution.query, **execution.parse_options
+            )
+        yield
+
+
 def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     """The schema with its limits; extensions are passed as factories (one per request)."""
     # The depth and alias rules are classes built per limiter instance (about 2 KiB each,
@@ -164,7 +181,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
         # One parsed document per distinct text (with its token limit), shared: many
         # sockets subscribe with the same document and each held its own tree.
-        lambda: ParserCache(maxsize=PARSE_CACHE),
+        lambda: SharedParse(maxsize=PARSE_CACHE),
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
