@@ -230,3 +230,18 @@ def test_only_subscriptions_without_a_resume_point_are_shared() -> None:
     assert not resumes(by_variable, {"a": None})
     assert not resumes("subscription { messageAdded { id } }", {})
     assert resumes("subscription { messageAdded(", None)
+
+
+async def test_a_listener_started_by_another_task_is_never_grouped(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given `inboxCountsUpdated`, whose workspace feed listens from a task the first
+    subscription starts (and serves every subscriber of the workspace),
+    when an Admin subscribes to it,
+    then the feed's listener forms no group of that subscription's (it is nobody's)."""
+    socket = await GraphQLSocket.connect(live, await token_for(http, admin))
+    operation = await socket.subscribe("subscription { inboxCountsUpdated { all } }")
+    assert (await socket.next(operation))["type"] == "next"
+    await until_listening(live_app, 1)
+    assert _groups(live_app) == 0
+    await socket.close()

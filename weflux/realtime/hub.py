@@ -117,6 +117,9 @@ class Sharing:
     key: Callable[[], Hashable | None]
     member: Member
     listener: _Listener | None = None
+    # Only the operation's own task shares: a task it spawns (a feed serving many
+    # subscribers, say) inherits the context variable but is not this operation.
+    task: asyncio.Task[Any] | None = None
 
 
 _sharing: ContextVar[Sharing | None] = ContextVar("weflux_hub_sharing", default=None)
@@ -125,6 +128,8 @@ _sharing: ContextVar[Sharing | None] = ContextVar("weflux_hub_sharing", default=
 @contextlib.contextmanager
 def sharing(share: Sharing | None) -> Iterator[None]:
     """Listeners opened in this block (this task) may join a group (see the module doc)."""
+    if share is not None:
+        share.task = asyncio.current_task()
     token = _sharing.set(share)
     try:
         yield
@@ -258,7 +263,11 @@ class Hub:
 
     def _join(self, org_id: uuid.UUID, channel: _Channel, listener: _Listener) -> None:
         share = _sharing.get()
-        key = share.key() if share is not None and share.listener is None else None
+        if share is not None and (
+            share.listener is not None or share.task is not asyncio.current_task()
+        ):
+            share = None
+        key = share.key() if share is not None else None
         if share is None or key is None:
             channel.listeners.add(listener)
             return
