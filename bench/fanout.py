@@ -1,6 +1,7 @@
 """Live fan-out: server CPU per delivered event per subscriber, memory per idle socket.
 
-    .venv/bin/python -m bench.fanout [--subscribers 200] [--events 50] [--database-url URL]
+    .venv/bin/python -m bench.fanout [--subscribers 200 1000] [--events 50] [--repeat 1]
+                                     [--database-url URL] [--profile PATH]
 
 One run measures two servers side by side, each a subprocess on a free loopback port:
 
@@ -17,6 +18,13 @@ event per subscriber). The weflux figure includes, once per event, webhook verif
 durable storage and processing; the same webhooks with no subscriber are measured
 separately so the reader can subtract (as is `POST /publish` with no subscriber).
 The clients live in this process (asyncio + `websockets`, one reader task per socket).
+
+Last, the lines of issue 11's goal 3 for each N: the fan-out's CPU per event per
+subscriber (each side's delivery phase minus its own no-subscriber phase: the webhook's
+cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with the ratio
+and the goal; the command exits 1 when a median ratio misses its goal. The machine's
+noise is large (CPU is counted in 10 ms ticks, other work shares the cores): use
+`--repeat` and read ranges.
 """
 
 from __future__ import annotations
@@ -119,7 +127,7 @@ def spawn(name: str, argv: list[str], env: dict[str, str], workdir: Path, port: 
 
 async def wait_ready(server: Server, probe: Callable[[httpx.AsyncClient], Awaitable[bool]]) -> None:
     async with httpx.AsyncClient(base_url=server.base, timeout=2) as client:
-        for _ in range(300):
+        for _ in range(1200):  # up to a minute (a profiled server starts slowly)
             if server.process.poll() is not None:
                 break
             with contextlib.suppress(httpx.TransportError):
@@ -403,10 +411,17 @@ RAW_OPTIONS = [
     *("--no-access-log", "--no-server-header", "--no-proxy-headers"),
     *("--ws-per-message-deflate", "false", "--ws-max-size", str(WS_MAX_MESSAGE_BYTES)),
 ]
+# `--profile`: the server under cProfile, dumped when it stops (uvicorn re-raises the
+# stopping signal after its shutdown, which would end the process before the dump).
+PROFILED = (
+    "import cProfile, signal, sys; signal.raise_signal = lambda s: None; "
+    "from weflux.cli import main; sys.argv = sys.argv[1:]; "
+    "p = cProfile.Profile(); p.runcall(main); p.dump_stats({path!r})"
+)
 SENDER_PHASES = {"warm": 1, "alone": 2, "fan": 3}
 
 
-async def run(args: argparse.Namespace, workdir: Path) -> None:
+async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
     url = args.database_url or f"sqlite+aiosqlite:///{workdir}/fanout.db"
     space = await prepare(url)
     env = server_env(url, workdir)
@@ -416,7 +431,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         servers.append(
             spawn(
                 "weflux",
-                [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(weflux_port)],
+                [
+                    sys.executable,
+                    *(("-c", PROFILED.format(path=args.profile)) if args.profile else ("-m",)),
+                    *("weflux", "serve", "--no-worker", *loopback(weflux_port)),
+                ],
                 env,
                 workdir,
                 weflux_port,
@@ -450,6 +469,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         for server in servers:
             server.stop()
     report(args, url, *results)
+    return results
 
 
 async def compare(
@@ -551,28 +571,96 @@ def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> N
     )
 
 
+# Issue 11, goal 3: the fan-out's own CPU (the same events with no subscriber taken off
+# on both sides) and the memory of an idle subscribed socket, against the raw floor.
+CPU_GOAL = 3.0
+MEMORY_GOAL = 1.6
+
+
+@dataclass
+class Goal:
+    """One goal line: weflux and the floor over the repeats, and their ratios."""
+
+    what: str
+    subscribers: int
+    limit: float
+    weflux: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+
+    @property
+    def ratios(self) -> list[float]:
+        return [
+            w / f if f > 0 else float("inf") for w, f in zip(self.weflux, self.floor, strict=True)
+        ]
+
+    @property
+    def met(self) -> bool:
+        return statistics.median(self.ratios) <= self.limit
+
+
+def fan_out_us(r: Result, events: int, subscribers: int) -> float:
+    """CPU of the fan-out alone: the delivery phase minus the same events unheard."""
+    return max(r.cpu_seconds - r.alone_seconds, 0.0) / (events * subscribers) * 1e6
+
+
+def span(values: list[float], unit: str = "") -> str:
+    low, high = min(values), max(values)
+    return f"{low:.1f}{unit}" if low == high else f"{low:.1f}-{high:.1f}{unit}"
+
+
+def summary(goals: list[Goal]) -> bool:
+    print("\nissue 11 goal 3 (ranges over the repeats; met when the median ratio is within)")
+    print(f"{'measure':<32}{'N':>6}{'weflux':>16}{'floor':>14}{'ratio':>14}{'goal':>8}  ")
+    for goal in goals:
+        verdict = "ok" if goal.met else "MISSED"
+        print(
+            f"{goal.what:<32}{goal.subscribers:>6}{span(goal.weflux):>16}{span(goal.floor):>14}"
+            f"{span(goal.ratios, 'x'):>14}{f'<={goal.limit}x':>8}  {verdict}"
+        )
+    return all(goal.met for goal in goals)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--subscribers", type=int, default=200)
+    parser.add_argument("--subscribers", type=int, nargs="+", default=[200, 1000])
     parser.add_argument("--events", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=1, help="runs per subscriber count")
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
     parser.add_argument("--batch", type=int, default=25, help="sockets opened at once")
-    parser.add_argument("--timeout", type=float, default=300, help="the whole run, seconds")
+    parser.add_argument("--timeout", type=float, default=600, help="each run, seconds")
+    parser.add_argument("--profile", default=None, help="cProfile the weflux server to PATH")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs, DB)")
     args = parser.parse_args()
-    if args.subscribers < 1 or args.events < 1:
-        parser.error("--subscribers and --events must be at least 1")
+    if min(args.subscribers) < 1 or args.events < 1 or args.repeat < 1:
+        parser.error("--subscribers, --events and --repeat must be at least 1")
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = min(hard, max(soft, 2 * args.subscribers + 256))
+    wanted = min(hard, max(soft, 2 * max(args.subscribers) + 256))
     resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))  # inherited by the servers
+    goals: list[Goal] = []
+    for n in args.subscribers:
+        cpu = Goal("us CPU per event per subscriber", n, CPU_GOAL)
+        memory = Goal("KiB per idle subscribed socket", n, MEMORY_GOAL)
+        goals += [cpu, memory]
+        for _ in range(args.repeat):
+            one = argparse.Namespace(**{**vars(args), "subscribers": n})
+            on_weflux, on_raw = run_once(one)
+            cpu.weflux.append(fan_out_us(on_weflux, args.events, n))
+            cpu.floor.append(fan_out_us(on_raw, args.events, n))
+            memory.weflux.append(on_weflux.kib_per_socket)
+            memory.floor.append(on_raw.kib_per_socket)
+    if not summary(goals):
+        sys.exit(1)
+
+
+def run_once(args: argparse.Namespace) -> tuple[Result, Result]:
     workdir = Path(tempfile.mkdtemp(prefix="weflux-fanout-"))
 
-    async def bounded() -> None:
+    async def bounded() -> tuple[Result, Result]:
         async with asyncio.timeout(args.timeout):
-            await run(args, workdir)
+            return await run(args, workdir)
 
     try:
-        asyncio.run(bounded())
+        return asyncio.run(bounded())
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}")

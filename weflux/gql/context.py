@@ -59,10 +59,8 @@ class Context:
     session: AsyncSession | None = None
     connection_params: dict[str, object] | None = None
     mailer: Mailer | None = None
-    _loaders: Loaders = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self._loaders = self.new_loaders()
+    # Made on first use: a socket's own are rarely used (each operation has fresh ones).
+    _loaders: Loaders | None = field(default=None, init=False, repr=False)
 
     def new_loaders(self) -> Loaders:
         """Fresh DataLoaders that read through whichever unit of work is current (`unit`)."""
@@ -70,7 +68,12 @@ class Context:
 
     @property
     def loaders(self) -> Loaders:
-        return _event_loaders.get() or self._loaders
+        current = _event_loaders.get()
+        if current is not None:
+            return current
+        if self._loaders is None:
+            self._loaders = self.new_loaders()
+        return self._loaders
 
     @contextlib.asynccontextmanager
     async def event_unit(self, loaders: Loaders | None = None) -> AsyncIterator[None]:

@@ -67,18 +67,20 @@ class EventMemo:
         new_loaders: Callable[[], Loaders],
     ) -> SharedEvent:
         """The event as `principal`'s class sees it (new, with `new_loaders()`, if unseen)."""
-        visibility = (
-            "all"
-            if principal.can(Permission.SEE_ALL_CONVERSATIONS)
-            else f"agent:{principal.membership_id}"
-        )
-        key = (occurrence, str(row_id), visibility)
+        key = (occurrence, str(row_id), visibility_class(principal))
         shared = self._entries.get(key)
         if shared is None:
             shared = self._entries[key] = SharedEvent(new_loaders())
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
         return shared
+
+
+def visibility_class(principal: Principal) -> str:
+    """Callers who see alike: every ADMIN and MANAGER of a workspace; each Agent alone."""
+    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
+        return f"all:{principal.org_id}"
+    return f"agent:{principal.membership_id}"
 
 
 _RESULTS = "_weflux_shared_results"

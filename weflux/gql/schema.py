@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from typing import Annotated, Any
 
 import strawberry
 from graphql import GraphQLError
 from strawberry.extensions import (
+    AddValidationRules,
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
 )
@@ -146,12 +149,39 @@ class WefluxSchema(strawberry.Schema):
         log_errors(errors, execution_context)
 
 
+PARSE_CACHE = 256
+
+
+class SharedParse(ParserCache):
+    """Strawberry's ParserCache, but a document that does not parse is left to Strawberry
+    (its parse error is answered as any other: GRAPHQL_VALIDATION_FAILED)."""
+
+    def on_parse(self) -> Iterator[None]:
+        execution = self.execution_context
+        if not isinstance(execution.query, str) or not execution.query:
+            yield  # Strawberry answers a missing query itself
+            return
+        with contextlib.suppress(GraphQLError):
+            execution.graphql_document = self.cached_parse_document(
+                execution.query, **execution.parse_options
+            )
+        yield
+
+
 def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     """The schema with its limits; extensions are passed as factories (one per request)."""
+    # The depth and alias rules are classes built per limiter instance (about 2 KiB each,
+    # held as long as a subscription lives): built once here, added by a light extension.
+    rules = [
+        *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
+        *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+    ]
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
-        lambda: QueryDepthLimiter(max_depth=MAX_DEPTH),
-        lambda: MaxAliasesLimiter(max_alias_count=MAX_ALIASES),
+        lambda: AddValidationRules(rules),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
+        # One parsed document per distinct text (with its token limit), shared: many
+        # sockets subscribe with the same document and each held its own tree.
+        lambda: SharedParse(maxsize=PARSE_CACHE),
     ]
     if not introspection:
         extensions.append(DisableIntrospection)

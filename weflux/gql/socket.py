@@ -9,7 +9,9 @@ Queries and mutations work as over HTTP: each runs in its own unit of work (a se
 scoped to the caller, fresh DataLoaders) under the deadline. Before its result is sent
 the unit is committed, and its after-commit events published, or rolled back when the
 result has errors; past the deadline the operation is cancelled, rolled back and
-answered `TIMEOUT`. Subscriptions load each event in a unit of their own (`weflux.gql.live`).
+answered `TIMEOUT`. Subscriptions load each event in a unit of their own (`weflux.gql.live`);
+alike subscriptions of the process share one execution and one serialisation of each
+event (`weflux.gql.fanout`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from strawberry.types.execution import ExecutionResult
 from weflux.db import settle
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
+from weflux.gql.fanout import broadcast, sharing_for
 from weflux.gql.guard import (
     DeadlineExceeded,
     current_operation,
@@ -38,6 +41,7 @@ from weflux.gql.guard import (
     operation_scope,
     timeout_error,
 )
+from weflux.realtime.hub import Sharing, sharing
 
 _INTERNAL = {
     "message": "Internal server error",
@@ -47,6 +51,8 @@ _INTERNAL = {
 
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws handler, with limits and a unit per operation."""
+
+    _shares: dict[str, Sharing] | None = None
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         operation_id = message.get("id")
@@ -83,9 +89,19 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         context = self.context
         seconds = context.settings.graphql_timeout.total_seconds()
         scope = None
+        share = sharing_for(
+            self, operation.id, operation.query, operation.variables, operation.operation_name
+        )
+        if share is not None:
+            if self._shares is None:
+                self._shares = {}
+            self._shares[operation.id] = share
         try:
-            async with operation_scope(None, seconds, open_unit=context.operation_unit) as scope:
-                await super().run_operation(operation)
+            with sharing(share):
+                async with operation_scope(
+                    None, seconds, open_unit=context.operation_unit
+                ) as scope:
+                    await super().run_operation(operation)
         except DeadlineExceeded:
             # Its unit is rolled back (closed); answer unless the result went out already.
             if scope is not None and not scope.answered:
@@ -98,6 +114,9 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     )
                 )
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
+        finally:
+            if self._shares is not None and self._shares.get(operation.id) is share:
+                del self._shares[operation.id]
 
     async def send_message(self, message: Message) -> None:
         """The first result of a query or mutation goes out once its unit is settled."""
@@ -115,4 +134,8 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             ):
                 payload = {"data": None, "errors": [_INTERNAL]}
             message = cast("NextMessage", {**message, "payload": payload})
+        elif message["type"] == "next" and self._shares is not None:
+            share = self._shares.get(message["id"])
+            if share is not None and await broadcast(share, dict(message["payload"])):
+                return
         await super().send_message(message)

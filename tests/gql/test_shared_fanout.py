@@ -1,0 +1,247 @@
+"""Shared fan-out: alike subscriptions share one execution of each event, and nothing else.
+
+Sockets of one visibility class with one document and one set of variables receive the
+bytes one of them (the leader) produced; each other class, document or set of variables
+is executed on its own (`weflux.gql.fanout`, `weflux.realtime.hub`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+from sqlmodel import select
+from starlette.applications import Starlette
+
+from tests.fixtures.api import gql, token_for
+from tests.fixtures.factories import Actor
+from tests.fixtures.live import ADDED, closed_with, inbound, listeners, until_listening
+from tests.fixtures.ws import GraphQLSocket
+from weflux.db import Database
+from weflux.gql.fanout import resumes
+from weflux.ids import encode_global_id
+from weflux.models import Conversation, Organization, WhatsAppAccount
+from weflux.realtime.hub import Hub
+from weflux.runtime import runtime_of
+
+ASSIGN = (
+    """mutation($input: AssignConversationInput!) { assignConversation(input: $input) { id } }"""
+)
+NEWCOMER = "16505559876"  # another customer: a new, unassigned conversation every member sees
+ONLY_TEXT = "subscription { messageAdded { text } }"
+IN_CONVERSATION = """subscription($id: ID) { messageAdded(conversationId: $id) {
+  id text direction conversation { id contact { name } } } }"""
+
+
+async def _subscribed(
+    live: str, http: httpx.AsyncClient, actor: Actor, count: int, query: str = ADDED
+) -> list[tuple[GraphQLSocket, str]]:
+    """`count` sockets of `actor` (one session each), each subscribed to `query`."""
+    sockets = []
+    for _ in range(count):
+        socket = await GraphQLSocket.connect(live, await token_for(http, actor))
+        sockets.append((socket, await socket.subscribe(query)))
+    return sockets
+
+
+async def _added(socket: GraphQLSocket, operation: str) -> dict[str, Any]:
+    frame = await socket.next(operation)
+    assert frame["type"] == "next", frame
+    return dict(frame["payload"]["data"]["messageAdded"])
+
+
+async def _conversation(db: Database, org: Organization) -> str:
+    async with db.session(org.id) as session:
+        row = (await session.exec(select(Conversation))).one()
+    return encode_global_id("Conversation", row.id)
+
+
+def _groups(app: Starlette) -> int:
+    hub: Hub = runtime_of(app).hub
+    return len(hub._groups)
+
+
+async def test_each_visibility_class_gets_exactly_what_it_may_see(
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    other_agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given an Admin, a Manager, the assigned Agent, another Agent and another workspace's
+    Admin, several sockets each, all on the same `messageAdded` document,
+    when a message arrives in the conversation assigned to the Agent,
+    then the Admins, the Manager and the assigned Agent receive it, identical, and the
+    other Agent and the other workspace do not: their next frame is a later message
+    they may see (or, for the other workspace, nothing at all)."""
+    witness = (await _subscribed(live, http, admin, 1))[0]
+    await until_listening(live_app, 1)
+    await inbound(http, "first")
+    assert (await _added(*witness))["text"] == "first"
+    await gql(
+        http,
+        await token_for(http, admin),
+        ASSIGN,
+        {
+            "input": {
+                "conversationId": await _conversation(db, org),
+                "assigneeId": encode_global_id("Member", agent.membership.id),
+            }
+        },
+    )
+    seeing = [
+        *(await _subscribed(live, http, admin, 2)),
+        *(await _subscribed(live, http, manager, 1)),
+        *(await _subscribed(live, http, agent, 2)),
+    ]
+    blind = await _subscribed(live, http, other_agent, 2)
+    elsewhere = await _subscribed(live, http, other_admin, 2)
+    await until_listening(live_app, 10)
+    assert _groups(live_app) == 4  # all of org, the agent, the other agent, the other org
+
+    await inbound(http, "for the assigned agent")
+    payloads = [await _added(*pair) for pair in (witness, *seeing)]
+    assert all(p == payloads[0] for p in payloads), payloads
+    assert payloads[0]["text"] == "for the assigned agent"
+
+    await inbound(http, "a new customer", sender=NEWCOMER)
+    for pair in (witness, *seeing, *blind):
+        assert (await _added(*pair))["text"] == "a new customer"
+    for socket, operation in elsewhere:
+        await socket.ping()  # answered after all the server sent before it
+        assert not socket._pending.get(operation), socket._pending
+    for socket, _ in (witness, *seeing, *blind, *elsewhere):
+        await socket.close()
+
+
+async def test_different_documents_and_variables_do_not_share_bytes(
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+) -> None:
+    """Given one Admin's sockets on two documents, and on one document with two different
+    `conversationId` variables,
+    when a message arrives in one conversation,
+    then each document's frame carries exactly its own selection, and only the
+    subscription of that conversation receives it."""
+    token = await token_for(http, admin)
+    socket = await GraphQLSocket.connect(live, token)
+    full = await socket.subscribe(ADDED)
+    await until_listening(live_app, 1)
+    await inbound(http, "first")
+    assert (await _added(socket, full))["text"] == "first"
+    first = await _conversation(db, org)
+
+    other = await GraphQLSocket.connect(live, token)
+    short = await other.subscribe(ONLY_TEXT)
+    here = await other.subscribe(IN_CONVERSATION, {"id": first})
+    there = await other.subscribe(
+        IN_CONVERSATION, {"id": encode_global_id("Conversation", org.id)}
+    )  # a conversation id that names nothing: never a message
+    await until_listening(live_app, listeners(live_app) + 3)
+
+    await inbound(http, "second")
+    assert set(await _added(socket, full)) == {"id", "cursor", "text", "direction", "conversation"}
+    assert await _added(other, short) == {"text": "second"}
+    in_here = await _added(other, here)
+    assert in_here["conversation"]["id"] == first
+    assert set(in_here) == {"id", "text", "direction", "conversation"}
+    await other.ping()
+    assert not other._pending.get(there)
+    await socket.close()
+    await other.close()
+
+
+async def test_the_group_goes_on_when_its_leader_leaves(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given three Admin sockets on one document (the first leads, two follow),
+    when the leader closes,
+    then the next messages reach both others, each once."""
+    sockets = await _subscribed(live, http, admin, 3)
+    await until_listening(live_app, 3)
+    await inbound(http, "one")
+    for pair in sockets:
+        assert (await _added(*pair))["text"] == "one"
+    await sockets[0][0].close()
+    await _until_at_most(live_app, 2)
+    await inbound(http, "two")
+    await inbound(http, "three")
+    for socket, operation in sockets[1:]:
+        texts = [(await _added(socket, operation))["text"] for _ in range(2)]
+        assert sorted(texts) == ["three", "two"]  # processed concurrently: any order
+        await socket.ping()
+        assert not socket._pending.get(operation)  # no duplicate
+        await socket.close()
+
+
+async def _until_at_most(app: Starlette, count: int) -> None:
+    async with asyncio.timeout(5):
+        while listeners(app) > count:  # noqa: ASYNC110  (state the server's task changes)
+            await asyncio.sleep(0.005)
+
+
+async def test_revoking_the_leaders_or_a_followers_session_closes_only_its_socket(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, agent: Actor
+) -> None:
+    """Given an Agent's three sessions, each with a socket on one document (one group),
+    when the leader's session logs out, then a follower's,
+    then each is closed with 4401 at once and the remaining one still receives."""
+    tokens = [await token_for(http, agent) for _ in range(3)]
+    sockets = []
+    for token in tokens:
+        socket = await GraphQLSocket.connect(live, token)
+        sockets.append((socket, await socket.subscribe(ADDED)))
+        await until_listening(live_app, len(sockets))  # in this order: the first leads
+    for index in (0, 1):
+        response = await http.post(
+            "/auth/logout", headers={"Authorization": f"Bearer {tokens[index]}"}
+        )
+        assert response.status_code == 204
+        assert await closed_with(sockets[index][0]) == 4401
+    await inbound(http, "after the logouts")
+    assert (await _added(*sockets[2]))["text"] == "after the logouts"
+    await sockets[2][0].close()
+
+
+def test_only_subscriptions_without_a_resume_point_are_shared() -> None:
+    """Given documents passing `after` as a literal, a variable with a value, a variable
+    with a default, or null (literal, absent or null variable), and garbage,
+    when asked whether each resumes,
+    then only those with a resume point (or unparsable) do: they are never grouped."""
+    by_variable = "subscription($a: String) { messageAdded(after: $a) { id } }"
+    defaulted = 'subscription($a: String = "x") { messageAdded(after: $a) { id } }'
+    assert resumes('subscription { messageAdded(after: "abc") { id } }', None)
+    assert resumes(by_variable, {"a": "abc"})
+    assert resumes(defaulted, None)
+    assert not resumes("subscription { messageAdded(after: null) { id } }", None)
+    assert not resumes(by_variable, None)
+    assert not resumes(by_variable, {"a": None})
+    assert not resumes("subscription { messageAdded { id } }", {})
+    assert resumes("subscription { messageAdded(", None)
+
+
+async def test_a_listener_started_by_another_task_is_never_grouped(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given `inboxCountsUpdated`, whose workspace feed listens from a task the first
+    subscription starts (and serves every subscriber of the workspace),
+    when an Admin subscribes to it,
+    then the feed's listener forms no group of that subscription's (it is nobody's)."""
+    socket = await GraphQLSocket.connect(live, await token_for(http, admin))
+    operation = await socket.subscribe("subscription { inboxCountsUpdated { all } }")
+    assert (await socket.next(operation))["type"] == "next"
+    await until_listening(live_app, 1)
+    assert _groups(live_app) == 0
+    await socket.close()
