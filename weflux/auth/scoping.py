@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, or_, select, text
+from sqlalchemy import Table, event, func, inspect, or_, select, text, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
@@ -382,3 +382,54 @@ def _apply_database_scope(
 ) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
+
+
+# -- the workspace change feed -------------------------------------------------------------
+# Every insert and visible change of a conversation or message takes the next position of
+# its workspace's change feed inside the statement that writes the row (no round trip of
+# its own), and the position is read back with RETURNING. docs/realtime.md#the-change-feed.
+
+# Columns whose change alone is no visible change (the delivery worker's bookkeeping).
+_FEED_BOOKKEEPING = frozenset({"attempts", "next_attempt_at", "update_seq"})
+
+
+def next_change(dialect: str, org_id: uuid.UUID) -> Any:
+    """The SQL of the workspace's next change position, for the statement that changes a row.
+
+    PostgreSQL: `weflux_next_change(org)` (migration 0015) locks the workspace's feed until
+    commit, then takes the next value of a sequence, so a workspace's positions commit in
+    order. SQLite serialises writers: one above the workspace's highest position.
+    """
+    if dialect == "postgresql":
+        return func.weflux_next_change(org_id)
+    highest = union_all(
+        select(func.max(Conversation.update_seq).label("seq")).where(
+            col(Conversation.org_id) == org_id
+        ),
+        select(func.max(Message.update_seq).label("seq")).where(col(Message.org_id) == org_id),
+    ).subquery()
+    return select(func.coalesce(func.max(highest.c.seq), 0) + 1).scalar_subquery()
+
+
+def _feed_changed(target: Any) -> bool:
+    state = inspect(target)
+    return any(
+        state.attrs[attr.key].history.has_changes()
+        for attr in state.mapper.column_attrs
+        if attr.key not in _FEED_BOOKKEEPING
+    )
+
+
+def _take_position(mapper: Any, connection: Connection, target: Any) -> None:
+    target.update_seq = next_change(connection.dialect.name, target.org_id)
+
+
+def _take_position_if_changed(mapper: Any, connection: Connection, target: Any) -> None:
+    if _feed_changed(target):
+        _take_position(mapper, connection, target)
+
+
+for _model in (Conversation, Message):
+    event.listen(_model, "before_insert", _take_position)
+    event.listen(_model, "before_update", _take_position_if_changed)
+    inspect(_model).eager_defaults = True  # the position comes back with RETURNING
