@@ -433,3 +433,24 @@ for _model in (Conversation, Message):
     event.listen(_model, "before_insert", _take_position)
     event.listen(_model, "before_update", _take_position_if_changed)
     inspect(_model).eager_defaults = True  # the position comes back with RETURNING
+
+
+FEED_LOCK_CLASS = 1717  # as migration 0015's weflux_next_change
+
+
+async def lock_feed(session: AsyncSession) -> None:
+    """Take the workspace's feed lock now (PostgreSQL), before row-locking a feed row.
+
+    Each statement that changes a conversation or message takes the feed lock before its
+    row lock; a transaction that row-locks one first (SELECT … FOR UPDATE) and changes it
+    later would take them in the other order and could deadlock with a writer holding the
+    feed lock. Such a transaction calls this first.
+    """
+    connection = await session.connection()
+    org_id = current_workspace(session)
+    if connection.dialect.name != "postgresql" or org_id is None:
+        return
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))"),
+        {"lock_class": FEED_LOCK_CLASS, "org": str(org_id)},
+    )
