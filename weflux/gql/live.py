@@ -422,12 +422,12 @@ async def _feed(
     nothing. An event is only a signal that the feed moved: on each one (and after a
     broker reconnection) the subscription reads what follows its position.
     """
-    position = decode_update_cursor(after) if after else None
+    # Without `after`, live from the head read before listening: a change committed between
+    # the two is above it, read by the first catch-up once the listener is in place.
+    position = decode_update_cursor(after) if after else await _feed_head(info, model)
     async with info.context.hub.listen(info.context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
-        if position is None:
-            position = await _feed_head(info, model)
-        pending = after is not None
+        pending = True
         while True:
             if pending:
                 start = position
