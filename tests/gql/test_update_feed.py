@@ -12,7 +12,8 @@ from starlette.applications import Starlette
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import token_for
-from tests.fixtures.factories import Actor, create_message
+from tests.fixtures.factories import Actor, create_conversation, create_message
+from tests.fixtures.inbox import MARK_READ, Api, gid, workspace
 from tests.fixtures.live import SECRET, inbound, live_server, until_listening
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
@@ -27,6 +28,7 @@ from weflux.models import (
     Organization,
     WhatsAppAccount,
 )
+from weflux.pagination import encode_update_cursor
 
 CONVERSATIONS = """subscription($after: String) { conversationUpdated(after: $after) {
   id updateCursor unreadCount contact { name } } }"""
@@ -164,3 +166,50 @@ async def test_changes_made_while_away_replay_once_on_a_restarted_server_then_li
             "name"
         ] == "Customer 0005"
         await socket.close()
+
+
+async def test_a_replay_holds_only_what_the_caller_may_see(
+    dialect: str,
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    other_org: Organization,
+    channel: WhatsAppAccount,
+    agent: Actor,
+    other_agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given conversations of an Agent's, of another Agent's, unassigned, and another
+    workspace's, all changed since the start of the feed,
+    when the Agent and the other workspace's Admin replay `conversationUpdated` from it,
+    then the Agent receives theirs and the unassigned one only, the other Admin only their
+    workspace's, and each then the next live change of their own view first."""
+    async with workspace(db, org.id) as session:
+        mine = await create_conversation(session, assignee_membership_id=agent.membership.id)
+        await create_conversation(session, assignee_membership_id=other_agent.membership.id)
+        unassigned = await create_conversation(session)
+    async with workspace(db, other_org.id) as session:
+        theirs = await create_conversation(session, org_id=other_org.id, unread_count=1)
+    start = {"after": encode_update_cursor(0)}
+    a = await GraphQLSocket.connect(live, await token_for(http, agent))
+    o = await GraphQLSocket.connect(live, await token_for(http, other_admin))
+    a_op = await a.subscribe(CONVERSATIONS, start)
+    o_op = await o.subscribe(CONVERSATIONS, start)
+    assert [(await _data(a, a_op, "conversationUpdated"))["id"] for _ in "ab"] == [
+        gid("Conversation", mine.id),
+        gid("Conversation", unassigned.id),
+    ]
+    assert (await _data(o, o_op, "conversationUpdated"))["id"] == gid("Conversation", theirs.id)
+    await until_listening(live_app, 2)
+    async with workspace(db, org.id) as session:
+        later = await create_conversation(session)
+    await inbound(http, "a live change", sender="16505550009")
+    assert (await _data(a, a_op, "conversationUpdated"))["id"] == gid("Conversation", later.id)
+    read = await Api(http)(other_admin, MARK_READ, {"id": gid("Conversation", theirs.id)})
+    assert "errors" not in read, read
+    # The other workspace's first live frame is its own (`org`'s changes moved nothing).
+    assert (await _data(o, o_op, "conversationUpdated"))["id"] == gid("Conversation", theirs.id)
+    await a.close()
+    await o.close()
