@@ -10,11 +10,10 @@ import httpx
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
-from tests.fixtures import webhooks as wh
 from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import MARK_READ, Api, gid, workspace
-from tests.fixtures.live import SECRET, inbound, live_server, until_listening
+from tests.fixtures.live import inbound, live_server, status_update, until_listening
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
 from weflux.config import Settings
@@ -34,16 +33,6 @@ CONVERSATIONS = """subscription($after: String) { conversationUpdated(after: $af
   id updateCursor unreadCount contact { name } } }"""
 MESSAGES = """subscription($after: String) { messageUpdated(after: $after) {
   id updateCursor status text } }"""
-
-
-async def _status(http: httpx.AsyncClient, wamid: str, status: str) -> None:
-    body = wh.encode(wh.webhook_body(wh.messages_change(statuses=[wh.status(wamid, status)])))
-    response = await http.post(
-        "/webhooks/whatsapp",
-        content=body,
-        headers={"X-Hub-Signature-256": wh.sign(body, SECRET), "Content-Type": "application/json"},
-    )
-    assert response.status_code == 200
 
 
 async def _data(socket: GraphQLSocket, operation: str, field: str) -> dict[str, Any]:
@@ -116,7 +105,7 @@ async def test_changes_made_while_away_replay_once_on_a_restarted_server_then_li
     await until_listening(live_app, 2)
     await inbound(http, "seen", sender="16505550001")
     seen = await _data(socket, conversations, "conversationUpdated")
-    await _status(http, wamids[0], "delivered")
+    await status_update(http, wamids[0], "delivered")
     seen_message = await _data(socket, messages, "messageUpdated")
     assert seen_message["status"] == "DELIVERED"
     await socket.close()
@@ -126,8 +115,8 @@ async def test_changes_made_while_away_replay_once_on_a_restarted_server_then_li
     await inbound(http, "new 3", sender="16505550003")
     await _stored(db, org, {"new 2", "new 3"})  # (a contact's first two at once race)
     await inbound(http, "again 2", sender="16505550002")
-    await _status(http, wamids[0], "read")
-    await _status(http, wamids[1], "delivered")
+    await status_update(http, wamids[0], "read")
+    await status_update(http, wamids[1], "delivered")
     await _stored(db, org, {"again 2"}, delivered="out 2")
 
     async with (
