@@ -17,9 +17,10 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlmodel import col, func, select
 
-from tests.fixtures.api import token_for
+from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor, create_message
+from tests.fixtures.inbox import ASSIGN
 from tests.fixtures.live import ADDED, SECRET, closed_with, free_port, inbound, status_update
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import GENEROUS_LIMITS
@@ -27,6 +28,7 @@ from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.ws import GraphQLSocket
 from weflux.config import Settings
 from weflux.db import Database
+from weflux.ids import encode_global_id
 from weflux.models import Conversation, Message, MessageDirection, MessageStatus
 from weflux.pagination import encode_update_cursor
 
@@ -346,4 +348,37 @@ async def test_update_feeds_resume_across_a_redis_outage_and_onto_another_proces
         await status_update(on_b, wamid_2, "delivered")
         frame = await _next(socket, statuses, "messageUpdated")
         assert (frame["text"], frame["status"]) == ("out 2", "DELIVERED")
+        await socket.close()
+
+
+async def test_a_reassignment_through_one_process_removes_the_conversation_on_the_other(
+    two: tuple[str, str], channel: object, admin: Actor, agent: Actor, db: Database
+) -> None:
+    """Given an Agent subscribed to `conversationRemoved` on process B and an unassigned
+    conversation,
+    when an Admin assigns it to themself through process A,
+    then the Agent receives its global id on B."""
+    a, b = two
+    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+        socket = await GraphQLSocket.connect(b, await token_for(on_b, agent))
+        removed = await socket.subscribe("subscription { conversationRemoved }")
+        added = await socket.subscribe(ADDED)
+        await listening(on_a, [(socket, added)])
+        async with db.session(agent.org_id) as session:
+            probed = (await session.exec(select(Conversation))).one()
+        conversation = encode_global_id("Conversation", probed.id)
+        response = await gql(
+            on_a,
+            await token_for(on_a, admin),
+            ASSIGN,
+            {
+                "input": {
+                    "conversationId": conversation,
+                    "assigneeId": encode_global_id("Member", admin.membership.id),
+                }
+            },
+        )
+        assert "errors" not in response.json(), response.text
+        frame = await socket.next(removed, timeout=10)
+        assert frame["payload"]["data"]["conversationRemoved"] == conversation
         await socket.close()
