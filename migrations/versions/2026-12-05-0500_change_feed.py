@@ -6,10 +6,10 @@ Create Date: 2026-12-05 05:00:00 UTC
 
 Every insert or visible change of a conversation or message takes the next position of
 its workspace's change feed in the same statement (docs/realtime.md#the-change-feed).
-On PostgreSQL `weflux_next_change(org)` takes a transaction advisory lock of the
-workspace (so a workspace's changes commit in the order of their positions) and then the
-next value of one sequence; on SQLite, whose writers are serialised anyway, the position
-is one above the workspace's highest (a subquery in the statement). Existing rows get
+On PostgreSQL a row trigger calls `weflux_next_change(org)`, which takes a transaction
+advisory lock of the workspace (so a workspace's changes commit in the order of their
+positions) and then the next value of one sequence; on SQLite, whose writers are
+serialised anyway, the app allocates them (weflux.auth.scoping). Existing rows get
 positions in creation order.
 """
 
@@ -25,6 +25,21 @@ depends_on: str | Sequence[str] | None = None
 
 # The advisory lock's class key: the workspace's hash is the second key.
 LOCK_CLASS = 1717
+
+# Every insert, and every update that changes more than the delivery worker's bookkeeping,
+# takes the next position: batched INSERTs and UPDATEs stay batched, and RETURNING reads
+# the position back.
+TAKE_CHANGE = """
+CREATE OR REPLACE FUNCTION weflux_take_change() RETURNS trigger
+LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' OR (to_jsonb(NEW) - 'attempts' - 'next_attempt_at' - 'update_seq')
+      IS DISTINCT FROM (to_jsonb(OLD) - 'attempts' - 'next_attempt_at' - 'update_seq') THEN
+    NEW.update_seq := weflux_next_change(NEW.org_id);
+  END IF;
+  RETURN NEW;
+END $$
+"""
 
 NEXT_CHANGE = f"""
 CREATE OR REPLACE FUNCTION weflux_next_change(org uuid) RETURNS bigint
@@ -61,6 +76,12 @@ def upgrade() -> None:
         )
         op.execute(NEXT_CHANGE)
         op.execute("REVOKE ALL ON FUNCTION weflux_next_change(uuid) FROM PUBLIC")
+        op.execute(TAKE_CHANGE)
+        for table in ("conversations", "messages"):
+            op.execute(
+                f"CREATE TRIGGER weflux_change_feed BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION weflux_take_change()"
+            )
     for table in ("conversations", "messages"):
         op.create_index(f"ix_{table}_org_id_update_seq", table, ["org_id", "update_seq"])
 
@@ -69,6 +90,9 @@ def downgrade() -> None:
     for table in ("conversations", "messages"):
         op.drop_index(f"ix_{table}_org_id_update_seq", table_name=table)
     if op.get_bind().dialect.name == "postgresql":
+        for table in ("conversations", "messages"):
+            op.execute(f"DROP TRIGGER IF EXISTS weflux_change_feed ON {table}")
+        op.execute("DROP FUNCTION IF EXISTS weflux_take_change()")
         op.execute("DROP FUNCTION IF EXISTS weflux_next_change(uuid)")
         op.execute("DROP SEQUENCE IF EXISTS weflux_change_seq")
     for table in ("conversations", "messages"):

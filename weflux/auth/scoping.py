@@ -63,6 +63,13 @@ _APPLY_SCOPE_SQL = text(
 )
 
 
+_APPLY_SCOPE_AND_LOCK_SQL = text(
+    "SELECT set_config('app.org_id', :org_id, true), "
+    "set_config('app.webhook_event_id', :webhook_event_id, true), "
+    "pg_advisory_xact_lock(:lock_class, hashtext(:org_id))"
+)
+
+
 class TenantScopeError(RuntimeError):
     """A statement or write would escape the session's workspace (or has none)."""
 
@@ -146,11 +153,15 @@ def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
     return value if isinstance(value, uuid.UUID) else None
 
 
-async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
+async def use_workspace(
+    session: AsyncSession, org_id: uuid.UUID, *, feed_lock: bool = False
+) -> None:
     """Narrow a session to one workspace, also inside a transaction already begun.
 
     A webhook event the session names stays named (ingest writes each workspace's
-    share of an event, then marks the event processed).
+    share of an event, then marks the event processed). With `feed_lock` (a writer of
+    several conversations or messages) the workspace's feed lock is taken in the same
+    statement on PostgreSQL (`lock_feed`).
     """
     info = _info(session)
     info.pop(ALL_WORKSPACES_KEY, None)
@@ -158,7 +169,12 @@ async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
     sync = session.sync_session
     if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
-        await connection.execute(_APPLY_SCOPE_SQL, _scope_params(sync))
+        if feed_lock:
+            await connection.execute(
+                _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(sync) | {"lock_class": FEED_LOCK_CLASS}
+            )
+        else:
+            await connection.execute(_APPLY_SCOPE_SQL, _scope_params(sync))
 
 
 def _scope_params(session: Session) -> dict[str, str]:
@@ -386,29 +402,35 @@ def _apply_database_scope(
 
 # -- the workspace change feed -------------------------------------------------------------
 # Every insert and visible change of a conversation or message takes the next position of
-# its workspace's change feed inside the statement that writes the row (no round trip of
-# its own), and the position is read back with RETURNING. docs/realtime.md#the-change-feed.
+# its workspace's change feed without a statement of its own: on PostgreSQL a row trigger
+# (migration 0015) sets it inside the INSERT/UPDATE and RETURNING reads it back; on SQLite
+# the flush allocates plain numbers, so batched INSERTs and UPDATEs stay batched either way.
+# docs/realtime.md#the-change-feed.
 
 # Columns whose change alone is no visible change (the delivery worker's bookkeeping).
 _FEED_BOOKKEEPING = frozenset({"attempts", "next_attempt_at", "update_seq"})
+_FEED_NEXT = "weflux.feed_next"
 
 
-def next_change(dialect: str, org_id: uuid.UUID) -> Any:
-    """The SQL of the workspace's next change position, for the statement that changes a row.
-
-    PostgreSQL: `weflux_next_change(org)` (migration 0015) locks the workspace's feed until
-    commit, then takes the next value of a sequence, so a workspace's positions commit in
-    order. SQLite serialises writers: one above the workspace's highest position.
-    """
-    if dialect == "postgresql":
-        return func.weflux_next_change(org_id)
+def _highest_position(org_id: uuid.UUID) -> Any:
     highest = union_all(
         select(func.max(Conversation.update_seq).label("seq")).where(
             col(Conversation.org_id) == org_id
         ),
         select(func.max(Message.update_seq).label("seq")).where(col(Message.org_id) == org_id),
     ).subquery()
-    return select(func.coalesce(func.max(highest.c.seq), 0) + 1).scalar_subquery()
+    return select(func.coalesce(func.max(highest.c.seq), 0))
+
+
+def feed_values(dialect: str, org_id: uuid.UUID) -> dict[str, Any]:
+    """What a bulk UPDATE of conversations or messages sets to take a feed position.
+
+    PostgreSQL: nothing (the trigger does). SQLite, whose writers are serialised: one above
+    the workspace's highest position, as a subquery of the statement.
+    """
+    if dialect == "postgresql":
+        return {}
+    return {"update_seq": (_highest_position(org_id).scalar_subquery() + 1)}
 
 
 def _feed_changed(target: Any) -> bool:
@@ -420,19 +442,39 @@ def _feed_changed(target: Any) -> bool:
     )
 
 
+def _allocate(connection: Connection, target: Any) -> None:
+    """SQLite: the next position of the workspace, one SELECT per flush (writers hold the
+    database's write lock from their first write, so nobody else allocates meanwhile)."""
+    if connection.dialect.name == "postgresql":
+        return
+    allocated: dict[uuid.UUID, int] = connection.info.setdefault(_FEED_NEXT, {})
+    if target.org_id not in allocated:
+        allocated[target.org_id] = int(
+            connection.execute(_highest_position(target.org_id)).scalar_one()
+        )
+    allocated[target.org_id] += 1
+    target.update_seq = allocated[target.org_id]
+
+
 def _take_position(mapper: Any, connection: Connection, target: Any) -> None:
-    target.update_seq = next_change(connection.dialect.name, target.org_id)
+    _allocate(connection, target)
 
 
 def _take_position_if_changed(mapper: Any, connection: Connection, target: Any) -> None:
     if _feed_changed(target):
-        _take_position(mapper, connection, target)
+        _allocate(connection, target)
+
+
+@event.listens_for(ScopedSession, "after_flush")
+def _forget_allocations(session: Session, flush_context: Any) -> None:
+    # A bulk UPDATE between two flushes may take positions: re-read the highest next time.
+    session.connection().info.pop(_FEED_NEXT, None)
 
 
 for _model in (Conversation, Message):
     event.listen(_model, "before_insert", _take_position)
     event.listen(_model, "before_update", _take_position_if_changed)
-    inspect(_model).eager_defaults = True  # the position comes back with RETURNING
+    inspect(_model).eager_defaults = True  # PostgreSQL: the trigger's position, by RETURNING
 
 
 FEED_LOCK_CLASS = 1717  # as migration 0015's weflux_next_change
@@ -441,10 +483,11 @@ FEED_LOCK_CLASS = 1717  # as migration 0015's weflux_next_change
 async def lock_feed(session: AsyncSession) -> None:
     """Take the workspace's feed lock now (PostgreSQL), before row-locking a feed row.
 
-    Each statement that changes a conversation or message takes the feed lock before its
-    row lock; a transaction that row-locks one first (SELECT … FOR UPDATE) and changes it
-    later would take them in the other order and could deadlock with a writer holding the
-    feed lock. Such a transaction calls this first.
+    The trigger takes the feed lock after the row lock of the row it changes; a transaction
+    that changes (or row-locks) a second row after the lock is held could deadlock with one
+    holding that row and waiting for the feed. So a transaction that locks a row before
+    changing it, or changes several, takes the feed lock first: this, or
+    `use_workspace(feed_lock=True)` (webhook ingest: no statement of its own).
     """
     connection = await session.connection()
     org_id = current_workspace(session)

@@ -21,7 +21,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import next_change, see_erased
+from weflux.auth.scoping import feed_values, see_erased
 from weflux.db import Database
 from weflux.models import (
     Contact,
@@ -67,7 +67,7 @@ async def tombstone_contact(
             status=MessageStatus.FAILED,
             next_attempt_at=None,
             error_title=ERASED_ERROR,
-            update_seq=next_change(dialect, contact.org_id),
+            **feed_values(dialect, contact.org_id),
         )
     )
     erased = (
@@ -80,7 +80,7 @@ async def tombstone_contact(
     await session.exec(
         update(Conversation)
         .where(col(Conversation.contact_id) == contact.id)
-        .values(erased_at=now, update_seq=next_change(dialect, contact.org_id))
+        .values(erased_at=now, **feed_values(dialect, contact.org_id))
     )
     contact.erased_at = now
     session.add(contact)

@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import next_change
+from weflux.auth.scoping import feed_values
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.lifecycle.erasure import tombstone_contact
 from weflux.models import (
@@ -270,7 +270,7 @@ async def request_workspace_deletion(
             status=MessageStatus.FAILED,
             next_attempt_at=None,
             error_title=DELETION_ERROR,
-            update_seq=next_change((await session.connection()).dialect.name, principal.org_id),
+            **feed_values((await session.connection()).dialect.name, principal.org_id),
         )
     )
     live = (

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Enum, Index, LargeBinary, Text, text
+from sqlalchemy import JSON, BigInteger, Enum, FetchedValue, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -181,6 +181,15 @@ class Contact(OrgScoped, table=True):
     erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+# `update_seq`: set by the database on PostgreSQL (a trigger) and read back with RETURNING;
+# on SQLite the flush sets it (weflux.auth.scoping).
+FEED_COLUMN: dict[str, Any] = {
+    "server_default": "0",
+    "server_onupdate": FetchedValue(),
+    "nullable": False,
+}
+
+
 class Conversation(OrgScoped, table=True):
     """The thread between one contact and one of the workspace's numbers."""
 
@@ -240,7 +249,7 @@ class Conversation(OrgScoped, table=True):
     erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # as its contact's
     # Its latest change's position in the workspace's change feed (set on every flush that
     # changes it, in the same statement: weflux.auth.scoping, docs/realtime.md).
-    update_seq: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
+    update_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
 
 
 class Message(OrgScoped, table=True):
@@ -298,7 +307,7 @@ class Message(OrgScoped, table=True):
     created_at: datetime = created_at_field()
     status_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # As Conversation.update_seq: its latest visible change's position in the feed.
-    update_seq: int = Field(default=0, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"})
+    update_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
 
 
 def listed_message() -> Any:
