@@ -408,7 +408,7 @@ def _apply_database_scope(
 # docs/realtime.md#the-change-feed.
 
 # Columns whose change alone is no visible change (the delivery worker's bookkeeping).
-_FEED_BOOKKEEPING = frozenset({"attempts", "next_attempt_at", "update_seq"})
+_FEED_BOOKKEEPING = frozenset({"attempts", "next_attempt_at", "update_seq", "created_seq"})
 _FEED_NEXT = "weflux.feed_next"
 
 
@@ -422,14 +422,15 @@ def _highest_position(org_id: uuid.UUID) -> Any:
     return select(func.coalesce(func.max(highest.c.seq), 0))
 
 
-def feed_values(dialect: str, org_id: uuid.UUID) -> dict[str, Any]:
+def feed_values(dialect: str, org_id: uuid.UUID, *, touch: bool = False) -> dict[str, Any]:
     """What a bulk UPDATE of conversations or messages sets to take a feed position.
 
-    PostgreSQL: nothing (the trigger does). SQLite, whose writers are serialised: one above
-    the workspace's highest position, as a subquery of the statement.
+    PostgreSQL: nothing (the trigger does when a column changes); with `touch` (a change
+    kept beside the row, such as a reaction) -1, which the trigger replaces. SQLite, whose
+    writers are serialised: one above the workspace's highest position, as a subquery.
     """
     if dialect == "postgresql":
-        return {}
+        return {"update_seq": -1} if touch else {}
     return {"update_seq": (_highest_position(org_id).scalar_subquery() + 1)}
 
 
@@ -458,6 +459,8 @@ def _allocate(connection: Connection, target: Any) -> None:
 
 def _take_position(mapper: Any, connection: Connection, target: Any) -> None:
     _allocate(connection, target)
+    if isinstance(target, Message) and connection.dialect.name != "postgresql":
+        target.created_seq = target.update_seq
 
 
 def _take_position_if_changed(mapper: Any, connection: Connection, target: Any) -> None:

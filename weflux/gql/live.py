@@ -35,11 +35,10 @@ from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
-from weflux.models import MessageStatus, utcnow
 from weflux.models import Note as NoteRow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
-from weflux.models import listed_message
+from weflux.models import listed_message, utcnow
 from weflux.pagination import decode_cursor, decode_update_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
@@ -364,9 +363,10 @@ def _feed_query(model: type[Any], position: int, conversation: uuid.UUID | None)
         .limit(REPLAY_PAGE)
     )
     if model is MessageRow:
-        # A message's feed is its status changes: one still in its first status is new.
+        # A message's feed is its changes since its creation (status, reactions): a new
+        # one is messageAdded's.
         query = query.where(
-            col(MessageRow.status).not_in([MessageStatus.RECEIVED, MessageStatus.QUEUED])
+            col(MessageRow.update_seq) > col(MessageRow.created_seq), listed_message()
         )
         if conversation is not None:
             query = query.where(MessageRow.conversation_id == conversation)

@@ -308,6 +308,8 @@ class Message(OrgScoped, table=True):
     status_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # As Conversation.update_seq: its latest visible change's position in the feed.
     update_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
+    # Its creation's position: changed since when update_seq is above it (messageUpdated).
+    created_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
 
 
 def listed_message() -> Any:

@@ -1,8 +1,8 @@
 """the workspace change feed: `update_seq` on conversations and messages
 
-Revision ID: 0015_change_feed
-Revises: 0014_message_templates
-Create Date: 2026-12-05 05:00:00 UTC
+Revision ID: 0017_change_feed
+Revises: 0016_message_reactions
+Create Date: 2026-12-05 05:20:00 UTC
 
 Every insert or visible change of a conversation or message takes the next position of
 its workspace's change feed in the same statement (docs/realtime.md#the-change-feed).
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0015_change_feed"
-down_revision: str | None = "0014_message_templates"
+revision: str = "0017_change_feed"
+down_revision: str | None = "0016_message_reactions"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
@@ -33,8 +33,14 @@ TAKE_CHANGE = """
 CREATE OR REPLACE FUNCTION weflux_take_change() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-  IF TG_OP = 'INSERT' OR (to_jsonb(NEW) - 'attempts' - 'next_attempt_at' - 'update_seq')
+  IF TG_OP = 'INSERT' THEN
+    NEW.update_seq := weflux_next_change(NEW.org_id);
+    IF TG_TABLE_NAME = 'messages' THEN
+      NEW.created_seq := NEW.update_seq;
+    END IF;
+  ELSIF NEW.update_seq < 0 OR (to_jsonb(NEW) - 'attempts' - 'next_attempt_at' - 'update_seq')
       IS DISTINCT FROM (to_jsonb(OLD) - 'attempts' - 'next_attempt_at' - 'update_seq') THEN
+    -- (a negative update_seq: a change of something kept beside the row, e.g. a reaction)
     NEW.update_seq := weflux_next_change(NEW.org_id);
   END IF;
   RETURN NEW;
@@ -57,6 +63,10 @@ def upgrade() -> None:
         op.add_column(
             table, sa.Column("update_seq", sa.BigInteger(), nullable=False, server_default="0")
         )
+    # A message's creation position: `messageUpdated` follows those changed since.
+    op.add_column(
+        "messages", sa.Column("created_seq", sa.BigInteger(), nullable=False, server_default="0")
+    )
     # Backfill in creation order (ids are UUIDv7), conversations first.
     op.execute(
         "UPDATE conversations SET update_seq = ordered.seq FROM "
@@ -68,6 +78,7 @@ def upgrade() -> None:
         "(SELECT id, (SELECT count(*) FROM conversations) + row_number() OVER (ORDER BY id) "
         "AS seq FROM messages) AS ordered WHERE messages.id = ordered.id"
     )
+    op.execute("UPDATE messages SET created_seq = update_seq")
     if postgresql:
         op.execute("CREATE SEQUENCE weflux_change_seq AS bigint")
         op.execute(
@@ -95,5 +106,6 @@ def downgrade() -> None:
         op.execute("DROP FUNCTION IF EXISTS weflux_take_change()")
         op.execute("DROP FUNCTION IF EXISTS weflux_next_change(uuid)")
         op.execute("DROP SEQUENCE IF EXISTS weflux_change_seq")
+    op.drop_column("messages", "created_seq")
     for table in ("conversations", "messages"):
         op.drop_column(table, "update_seq")
