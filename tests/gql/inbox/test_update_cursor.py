@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from tests.fixtures.factories import Actor, create_conversation
+from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import ASSIGN, MARK_READ, UPDATE_STATUS, Api, gid, workspace
 from weflux.auth.scoping import see_erased
 from weflux.db import Database
@@ -74,3 +74,28 @@ async def test_each_mutation_of_a_conversation_moves_its_update_cursor_forward(
         stored = await session.get(Conversation, row.id)
     assert stored is not None
     assert stored.update_seq > positions[-1]
+
+
+REACT = """mutation($input: ReactToMessageInput!) {
+  reactToMessage(input: $input) { id updateCursor } }"""
+MESSAGE_CURSOR = "query($id: ID!) { node(id: $id) { ... on Message { updateCursor } } }"
+
+
+async def test_a_reaction_moves_its_message_forward_in_the_feed(
+    dialect: str, api: Api, db: Database, org: Organization, account: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given an inbound message,
+    when an Admin reacts to it,
+    then its `updateCursor` is further on (a reaction is kept beside the row, and still
+    counts as a change of the message for `messageUpdated(after:)`)."""
+    async with workspace(db, org.id) as session:
+        row = await create_conversation(
+            session, account=account, last_inbound_at=utcnow() - timedelta(minutes=1)
+        )
+        inbound = await create_message(session, row)
+    message = gid("Message", inbound.id)
+    before = (await api(admin, MESSAGE_CURSOR, {"id": message}))["data"]["node"]["updateCursor"]
+    reacted = await api(admin, REACT, {"input": {"messageId": message, "emoji": "👍"}})
+    assert "errors" not in reacted, reacted
+    after = (await api(admin, MESSAGE_CURSOR, {"id": message}))["data"]["node"]["updateCursor"]
+    assert decode_update_cursor(after) > decode_update_cursor(before)
