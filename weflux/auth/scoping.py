@@ -403,7 +403,7 @@ def _apply_database_scope(
 # -- the workspace change feed -------------------------------------------------------------
 # Every insert and visible change of a conversation or message takes the next position of
 # its workspace's change feed without a statement of its own: on PostgreSQL a row trigger
-# (migration 0015) sets it inside the INSERT/UPDATE and RETURNING reads it back; on SQLite
+# (migration 0018) sets it inside the INSERT/UPDATE and RETURNING reads it back; on SQLite
 # the flush allocates plain numbers, so batched INSERTs and UPDATEs stay batched either way.
 # docs/realtime.md#the-change-feed.
 
@@ -480,7 +480,7 @@ for _model in (Conversation, Message):
     inspect(_model).eager_defaults = True  # PostgreSQL: the trigger's position, by RETURNING
 
 
-FEED_LOCK_CLASS = 1717  # as migration 0015's weflux_next_change
+FEED_LOCK_CLASS = 1717  # as migration 0018's weflux_next_change
 
 
 async def lock_feed(session: AsyncSession) -> None:

@@ -1,8 +1,8 @@
 """the workspace change feed: `update_seq` on conversations and messages
 
-Revision ID: 0017_change_feed
-Revises: 0016_message_reactions
-Create Date: 2026-12-05 05:20:00 UTC
+Revision ID: 0018_change_feed
+Revises: 0017_inbox_counts
+Create Date: 2026-12-05 06:30:00 UTC
 
 Every insert or visible change of a conversation or message takes the next position of
 its workspace's change feed in the same statement (docs/realtime.md#the-change-feed).
@@ -18,8 +18,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0017_change_feed"
-down_revision: str | None = "0016_message_reactions"
+revision: str = "0018_change_feed"
+down_revision: str | None = "0017_inbox_counts"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
