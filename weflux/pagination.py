@@ -102,3 +102,17 @@ def decode_keyset(kind: str, cursor: str, name: str = "after") -> tuple[str | No
         return key, uuid.UUID(row_id)
     except (UnicodeDecodeError, ValueError, TypeError, AttributeError):
         raise invalid_cursor(name) from None
+
+
+def encode_update_cursor(position: int) -> str:
+    """An `updateCursor`: a position in the workspace's change feed."""
+    return _encode(f"feed:{position}".encode())
+
+
+def decode_update_cursor(cursor: str, name: str = "after") -> int:
+    """The change-feed position of an `updateCursor`."""
+    raw = _decode(cursor, name)
+    kind, _, number = raw.partition(b":")
+    if kind != b"feed" or not number.isdigit() or len(number) > 19:
+        raise invalid_cursor(name)
+    return int(number)

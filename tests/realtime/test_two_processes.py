@@ -10,23 +10,27 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy.engine import make_url
 from sqlmodel import col, func, select
 
-from tests.fixtures.api import token_for
+from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls, postgres_only
-from tests.fixtures.factories import Actor
-from tests.fixtures.live import ADDED, SECRET, closed_with, free_port, inbound
+from tests.fixtures.factories import Actor, create_message
+from tests.fixtures.inbox import ASSIGN
+from tests.fixtures.live import ADDED, SECRET, closed_with, free_port, inbound, status_update
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import GENEROUS_LIMITS
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.ws import GraphQLSocket
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.models import Message
+from weflux.ids import encode_global_id
+from weflux.models import Conversation, Message, MessageDirection, MessageStatus
+from weflux.pagination import encode_update_cursor
 
 pytestmark = [postgres_only, pytest.mark.usefixtures("require_redis")]
 
@@ -252,3 +256,128 @@ async def test_counts_on_one_process_follow_changes_made_through_the_other(
         assert await pushed(timeout=10) == [[0, 2, 2, 2]] * 2
         for socket in sockets:
             await socket.close()
+
+
+FEED_START = encode_update_cursor(0)
+CONVERSATIONS = """subscription($after: String) { conversationUpdated(after: $after) {
+  updateCursor unreadCount contact { name } } }"""
+STATUSES = """subscription($after: String) { messageUpdated(after: $after) {
+  updateCursor status text } }"""
+
+
+async def _next(socket: GraphQLSocket, operation: str, field: str) -> dict[str, Any]:
+    frame = await socket.next(operation, timeout=10)
+    assert frame["type"] == "next", frame
+    data: dict[str, Any] = frame["payload"]["data"][field]
+    return data
+
+
+async def _names(socket: GraphQLSocket, operation: str, count: int) -> list[str]:
+    return [
+        str((await _next(socket, operation, "conversationUpdated"))["contact"]["name"])
+        for _ in range(count)
+    ]
+
+
+async def _sent(db: Database, actor: Actor, text: str) -> str:
+    """A sent outbound message in the first conversation (Customer 0001's); its wamid."""
+    async with db.session(actor.org_id) as session:
+        first = select(Conversation).order_by(col(Conversation.id))
+        conversation = (await session.exec(first)).first()
+        assert conversation is not None
+        message = await create_message(
+            session,
+            conversation,
+            text=text,
+            direction=MessageDirection.OUTBOUND,
+            status=MessageStatus.SENT,
+        )
+        assert message.wa_message_id is not None
+        return message.wa_message_id
+
+
+async def test_update_feeds_resume_across_a_redis_outage_and_onto_another_process(
+    two: tuple[str, str], redis_proxy: TcpProxy, channel: object, admin: Actor, db: Database
+) -> None:
+    """Given an Admin following `conversationUpdated` and `messageUpdated` on process B
+    while webhooks arrive on process A,
+    when Redis goes away and comes back with changes made meanwhile, and then the client
+    moves to process A with its last `updateCursor`s after more changes,
+    then it receives every change exactly once: the missed ones after the outage, the
+    missed ones on A's replay, then live ones."""
+    a, b = two
+    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+        await inbound(on_a, "c1", sender="16505550001")
+        await until_stored(db, admin, ["c1"])
+        wamid = await _sent(db, admin, "out")
+        socket = await GraphQLSocket.connect(b, await token_for(on_b, admin))
+        conversations = await socket.subscribe(CONVERSATIONS, {"after": FEED_START})
+        statuses = await socket.subscribe(STATUSES, {"after": FEED_START})
+        assert await _names(socket, conversations, 1) == ["Customer 0001"]
+        await status_update(on_a, wamid, "delivered")
+        assert (await _next(socket, statuses, "messageUpdated"))["status"] == "DELIVERED"
+
+        await redis_proxy.cut()
+        await inbound(on_a, "c2", sender="16505550002")
+        await inbound(on_a, "c3", sender="16505550003")
+        await status_update(on_a, wamid, "read")
+        await until_stored(db, admin, ["c2", "c3"])
+        await asyncio.sleep(OUTAGE)  # an outage, not a blip (see the test above)
+        await redis_proxy.restore()
+        assert sorted(await _names(socket, conversations, 2)) == [
+            "Customer 0002",
+            "Customer 0003",
+        ]
+        last_status = await _next(socket, statuses, "messageUpdated")
+        assert last_status["status"] == "READ"
+        await inbound(on_a, "c4", sender="16505550004")
+        last = await _next(socket, conversations, "conversationUpdated")
+        assert last["contact"]["name"] == "Customer 0004"  # nothing twice before it
+        await socket.close()
+
+        await inbound(on_b, "c5", sender="16505550005")
+        await until_stored(db, admin, ["c5"])
+        socket = await GraphQLSocket.connect(a, await token_for(on_a, admin))
+        conversations = await socket.subscribe(CONVERSATIONS, {"after": last["updateCursor"]})
+        statuses = await socket.subscribe(STATUSES, {"after": last_status["updateCursor"]})
+        assert await _names(socket, conversations, 1) == ["Customer 0005"]
+        await inbound(on_b, "c6", sender="16505550006")
+        assert await _names(socket, conversations, 1) == ["Customer 0006"]
+        wamid_2 = await _sent(db, admin, "out 2")
+        await status_update(on_b, wamid_2, "delivered")
+        frame = await _next(socket, statuses, "messageUpdated")
+        assert (frame["text"], frame["status"]) == ("out 2", "DELIVERED")
+        await socket.close()
+
+
+async def test_a_reassignment_through_one_process_removes_the_conversation_on_the_other(
+    two: tuple[str, str], channel: object, admin: Actor, agent: Actor, db: Database
+) -> None:
+    """Given an Agent subscribed to `conversationRemoved` on process B and an unassigned
+    conversation,
+    when an Admin assigns it to themself through process A,
+    then the Agent receives its global id on B."""
+    a, b = two
+    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+        socket = await GraphQLSocket.connect(b, await token_for(on_b, agent))
+        removed = await socket.subscribe("subscription { conversationRemoved }")
+        added = await socket.subscribe(ADDED)
+        await listening(on_a, [(socket, added)])
+        async with db.session(agent.org_id) as session:
+            probed = (await session.exec(select(Conversation))).one()
+        conversation = encode_global_id("Conversation", probed.id)
+        response = await gql(
+            on_a,
+            await token_for(on_a, admin),
+            ASSIGN,
+            {
+                "input": {
+                    "conversationId": conversation,
+                    "assigneeId": encode_global_id("Member", admin.membership.id),
+                }
+            },
+        )
+        assert "errors" not in response.json(), response.text
+        frame = await socket.next(removed, timeout=10)
+        assert frame["payload"]["data"]["conversationRemoved"] == conversation
+        await socket.close()

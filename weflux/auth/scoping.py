@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Table, event, inspect, or_, select, text
+from sqlalchemy import Table, event, func, inspect, or_, select, text, union_all
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
@@ -60,6 +60,13 @@ SEE_ERASED_KEY = "weflux.see_erased"
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
     "set_config('app.webhook_event_id', :webhook_event_id, true)"
+)
+
+
+_APPLY_SCOPE_AND_LOCK_SQL = text(
+    "SELECT set_config('app.org_id', :org_id, true), "
+    "set_config('app.webhook_event_id', :webhook_event_id, true), "
+    "pg_advisory_xact_lock(:lock_class, hashtext(:org_id))"
 )
 
 
@@ -146,11 +153,15 @@ def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
     return value if isinstance(value, uuid.UUID) else None
 
 
-async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
+async def use_workspace(
+    session: AsyncSession, org_id: uuid.UUID, *, feed_lock: bool = False
+) -> None:
     """Narrow a session to one workspace, also inside a transaction already begun.
 
     A webhook event the session names stays named (ingest writes each workspace's
-    share of an event, then marks the event processed).
+    share of an event, then marks the event processed). With `feed_lock` (a writer of
+    several conversations or messages) the workspace's feed lock is taken in the same
+    statement on PostgreSQL (`lock_feed`).
     """
     info = _info(session)
     info.pop(ALL_WORKSPACES_KEY, None)
@@ -158,7 +169,12 @@ async def use_workspace(session: AsyncSession, org_id: uuid.UUID) -> None:
     sync = session.sync_session
     if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
-        await connection.execute(_APPLY_SCOPE_SQL, _scope_params(sync))
+        if feed_lock:
+            await connection.execute(
+                _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(sync) | {"lock_class": FEED_LOCK_CLASS}
+            )
+        else:
+            await connection.execute(_APPLY_SCOPE_SQL, _scope_params(sync))
 
 
 def _scope_params(session: Session) -> dict[str, str]:
@@ -382,3 +398,105 @@ def _apply_database_scope(
 ) -> None:
     if connection.dialect.name == "postgresql":
         connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
+
+
+# -- the workspace change feed -------------------------------------------------------------
+# Every insert and visible change of a conversation or message takes the next position of
+# its workspace's change feed without a statement of its own: on PostgreSQL a row trigger
+# (migration 0018) sets it inside the INSERT/UPDATE and RETURNING reads it back; on SQLite
+# the flush allocates plain numbers, so batched INSERTs and UPDATEs stay batched either way.
+# docs/realtime.md#the-change-feed.
+
+# Columns whose change alone is no visible change (the delivery worker's bookkeeping).
+_FEED_BOOKKEEPING = frozenset({"attempts", "next_attempt_at", "update_seq", "created_seq"})
+_FEED_NEXT = "weflux.feed_next"
+
+
+def _highest_position(org_id: uuid.UUID) -> Any:
+    highest = union_all(
+        select(func.max(Conversation.update_seq).label("seq")).where(
+            col(Conversation.org_id) == org_id
+        ),
+        select(func.max(Message.update_seq).label("seq")).where(col(Message.org_id) == org_id),
+    ).subquery()
+    return select(func.coalesce(func.max(highest.c.seq), 0))
+
+
+def feed_values(dialect: str, org_id: uuid.UUID, *, touch: bool = False) -> dict[str, Any]:
+    """What a bulk UPDATE of conversations or messages sets to take a feed position.
+
+    PostgreSQL: nothing (the trigger does when a column changes); with `touch` (a change
+    kept beside the row, such as a reaction) -1, which the trigger replaces. SQLite, whose
+    writers are serialised: one above the workspace's highest position, as a subquery.
+    """
+    if dialect == "postgresql":
+        return {"update_seq": -1} if touch else {}
+    return {"update_seq": (_highest_position(org_id).scalar_subquery() + 1)}
+
+
+def _feed_changed(target: Any) -> bool:
+    state = inspect(target)
+    return any(
+        state.attrs[attr.key].history.has_changes()
+        for attr in state.mapper.column_attrs
+        if attr.key not in _FEED_BOOKKEEPING
+    )
+
+
+def _allocate(connection: Connection, target: Any) -> None:
+    """SQLite: the next position of the workspace, one SELECT per flush (writers hold the
+    database's write lock from their first write, so nobody else allocates meanwhile)."""
+    if connection.dialect.name == "postgresql":
+        return
+    allocated: dict[uuid.UUID, int] = connection.info.setdefault(_FEED_NEXT, {})
+    if target.org_id not in allocated:
+        allocated[target.org_id] = int(
+            connection.execute(_highest_position(target.org_id)).scalar_one()
+        )
+    allocated[target.org_id] += 1
+    target.update_seq = allocated[target.org_id]
+
+
+def _take_position(mapper: Any, connection: Connection, target: Any) -> None:
+    _allocate(connection, target)
+    if isinstance(target, Message) and connection.dialect.name != "postgresql":
+        target.created_seq = target.update_seq
+
+
+def _take_position_if_changed(mapper: Any, connection: Connection, target: Any) -> None:
+    if _feed_changed(target):
+        _allocate(connection, target)
+
+
+@event.listens_for(ScopedSession, "after_flush")
+def _forget_allocations(session: Session, flush_context: Any) -> None:
+    # A bulk UPDATE between two flushes may take positions: re-read the highest next time.
+    session.connection().info.pop(_FEED_NEXT, None)
+
+
+for _model in (Conversation, Message):
+    event.listen(_model, "before_insert", _take_position)
+    event.listen(_model, "before_update", _take_position_if_changed)
+    inspect(_model).eager_defaults = True  # PostgreSQL: the trigger's position, by RETURNING
+
+
+FEED_LOCK_CLASS = 1717  # as migration 0018's weflux_next_change
+
+
+async def lock_feed(session: AsyncSession) -> None:
+    """Take the workspace's feed lock now (PostgreSQL), before row-locking a feed row.
+
+    The trigger takes the feed lock after the row lock of the row it changes; a transaction
+    that changes (or row-locks) a second row after the lock is held could deadlock with one
+    holding that row and waiting for the feed. So a transaction that locks a row before
+    changing it, or changes several, takes the feed lock first: this, or
+    `use_workspace(feed_lock=True)` (webhook ingest: no statement of its own).
+    """
+    connection = await session.connection()
+    org_id = current_workspace(session)
+    if connection.dialect.name != "postgresql" or org_id is None:
+        return
+    await connection.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))"),
+        {"lock_class": FEED_LOCK_CLASS, "org": str(org_id)},
+    )

@@ -81,6 +81,11 @@ def _parse(query: str) -> DocumentNode:
     return parse(query, max_tokens=MAX_TOKENS)
 
 
+# Its events depend on the subscriber's own membership (a narrowed role's removals), not
+# only on the visibility class: never shared (a document naming it runs on its own).
+PERSONAL_SUBSCRIPTION = "conversationRemoved"
+
+
 def resumes(query: str, variables: dict[str, Any] | None) -> bool:
     """Whether the operation passes an `after` (a resume point): then it is never shared.
 
@@ -226,7 +231,7 @@ def sharing_for(
     """How an operation's live listener may share (None: it resumes, never shared)."""
     if not isinstance(query, str) or not isinstance(variables, dict | None):
         return None  # malformed: it fails on its own
-    if resumes(query, variables):
+    if resumes(query, variables) or PERSONAL_SUBSCRIPTION in query:
         return None
     sink = Sink(handler, operation_id)
     try:

@@ -19,24 +19,27 @@ from datetime import timedelta
 from typing import Annotated, Any
 
 import strawberry
+from sqlalchemy import func
 from sqlmodel import col, select
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.auth.scoping import workspace_wide
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.team_types import Note, to_note
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
 from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
-from weflux.ids import decode_global_id
+from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import Message as MessageRow
 from weflux.models import Note as NoteRow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.models import listed_message, utcnow
-from weflux.pagination import decode_cursor
+from weflux.pagination import decode_cursor, decode_update_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
 
@@ -204,7 +207,9 @@ class Subscription:
         **guarded(
             Permission.READ_WORKSPACE,
             "Status changes of visible messages (sent, delivered, read, failed): the message "
-            "as it is now.",
+            "as it is now, in change-feed order. With `after` every visible message changed "
+            "since it is replayed first (each once, as it is now), then the stream goes on "
+            "live with no gap and no duplicate.",
         )
     )
     async def message_updated(
@@ -214,10 +219,17 @@ class Subscription:
             strawberry.ID | None,
             strawberry.argument(description="Only this conversation's; null: all visible."),
         ] = None,
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="A `Message.updateCursor`: first replay every visible message "
+                "whose status changed after it; null: live changes only."
+            ),
+        ] = None,
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
-        async for message in _follow(
-            info, EventName.MESSAGE_UPDATED, MessageRow, to_message, conversation=only
+        async for message in _feed(
+            info, EventName.MESSAGE_UPDATED, MessageRow, to_message, after, conversation=only
         ):
             yield message
 
@@ -225,16 +237,40 @@ class Subscription:
         **guarded(
             Permission.READ_WORKSPACE,
             "Visible conversations that are new, assigned, or changed status, unread count "
-            "or last message: the conversation as it is now.",
+            "or last message: the conversation as it is now, in change-feed order. With "
+            "`after` every visible conversation changed since it is replayed first (each "
+            "once, as it is now), then the stream goes on live with no gap and no duplicate.",
         )
     )
     async def conversation_updated(
-        self, info: Info[Context, None]
+        self,
+        info: Info[Context, None],
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="A `Conversation.updateCursor`: first replay every visible "
+                "conversation changed after it; null: live changes only."
+            ),
+        ] = None,
     ) -> AsyncGenerator[Conversation, None]:
-        async for conversation in _follow(
-            info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation
+        async for conversation in _feed(
+            info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation, after
         ):
             yield conversation
+
+    @strawberry.subscription(
+        **guarded(
+            Permission.READ_WORKSPACE,
+            "The global id of a conversation that left the caller's view: reassigned away "
+            "from an Agent, erased, or no longer visible because the caller's role was "
+            "narrowed to AGENT. Evict it from caches.",
+        )
+    )
+    async def conversation_removed(
+        self, info: Info[Context, None]
+    ) -> AsyncGenerator[strawberry.ID, None]:
+        async for conversation_id in _removals(info):
+            yield strawberry.ID(encode_global_id("Conversation", conversation_id))
 
     @strawberry.subscription(
         **guarded(
@@ -313,3 +349,178 @@ async def _follow(
                 continue
             async for _, converted in _deliver(info, event_key(event), model, row_id, to_type):
                 yield converted
+
+
+# -- the change feed: conversationUpdated and messageUpdated ---------------------------------
+
+
+def _feed_query(model: type[Any], position: int, conversation: uuid.UUID | None) -> Any:
+    """Visible rows changed after `position`, in feed order (index (org_id, update_seq))."""
+    query = (
+        select(model)
+        .where(col(model.update_seq) > position)
+        .order_by(col(model.update_seq))
+        .limit(REPLAY_PAGE)
+    )
+    if model is MessageRow:
+        # A message's feed is its changes since its creation (status, reactions): a new
+        # one is messageAdded's.
+        query = query.where(
+            col(MessageRow.update_seq) > col(MessageRow.created_seq), listed_message()
+        )
+        if conversation is not None:
+            query = query.where(MessageRow.conversation_id == conversation)
+    return query
+
+
+async def _feed_head(info: Info[Context, None], model: type[Any]) -> int:
+    """The highest position of the workspace's feed visible now (0 when empty)."""
+    async with info.context.event_unit():
+        found = (await info.context.unit.exec(select(func.max(col(model.update_seq))))).first()
+    return int(found or 0)
+
+
+async def _catch_up(
+    info: Info[Context, None],
+    model: type[Any],
+    to_type: Any,
+    position: int,
+    conversation: uuid.UUID | None,
+) -> AsyncGenerator[tuple[int, Any], None]:
+    """Every visible row changed after `position`, as it is now, in feed order.
+
+    Pages are read in short units of their own, like `_replay`; each row is delivered in an
+    event unit with DataLoaders shared across the page.
+    """
+    while True:
+        async with info.context.event_unit():
+            rows = list(
+                (await info.context.unit.exec(_feed_query(model, position, conversation))).all()
+            )
+        loaders = info.context.new_loaders()
+        for row in rows:
+            position = row.update_seq
+            async with info.context.event_unit(loaders):
+                yield position, to_type(row)
+        if len(rows) < REPLAY_PAGE:
+            return
+
+
+async def _feed(
+    info: Info[Context, None],
+    name: EventName,
+    model: type[Any],
+    to_type: Any,
+    after: str | None,
+    *,
+    conversation: uuid.UUID | None = None,
+) -> AsyncGenerator[Any, None]:
+    """A workspace's changes of `model` from the change feed, replayed then live.
+
+    Each position of a workspace's feed commits in order (docs/realtime.md#the-change-feed),
+    so reading the feed after the last position delivered misses nothing and repeats
+    nothing. An event is only a signal that the feed moved: on each one (and after a
+    broker reconnection) the subscription reads what follows its position.
+    """
+    # Without `after`, live from the head read before listening: a change committed between
+    # the two is above it, read by the first catch-up once the listener is in place.
+    position = decode_update_cursor(after) if after else await _feed_head(info, model)
+    async with info.context.hub.listen(info.context.actor.org_id) as listener:
+        listener.on_overflow = lambda: _close_slow(info)
+        pending = True
+        while True:
+            if pending:
+                start = position
+                async for reached, converted in _catch_up(
+                    info, model, to_type, start, conversation
+                ):
+                    position = reached
+                    yield converted
+            try:
+                event = await next_event(listener)
+            except SlowConsumer:
+                await _close_slow(info)
+                return
+            pending = event is RESYNC or (
+                event is not None and event.get("event") in (name, EventName.RESYNC)
+            )
+
+
+# -- conversationRemoved -------------------------------------------------------------------
+
+
+def _lost_by(actor: Principal, event: dict[str, Any]) -> bool:
+    """Whether the caller could have seen the conversation before the change the event names."""
+    if event.get("reason") == "erased":
+        return True
+    if actor.can(Permission.SEE_ALL_CONVERSATIONS):
+        return False  # a reassignment never hides anything from them
+    previous = event.get("previous") or None
+    return previous is None or previous == str(actor.membership_id)
+
+
+async def _visible(info: Info[Context, None], conversation_id: uuid.UUID) -> bool:
+    async with info.context.event_unit():
+        return await info.context.unit.get(ConversationRow, conversation_id) is not None
+
+
+async def _assigned_to_others(
+    info: Info[Context, None], membership_id: uuid.UUID
+) -> AsyncGenerator[uuid.UUID, None]:
+    """Ids of the conversations assigned to someone other than `membership_id`, in pages."""
+    floor = uuid.UUID(int=0)
+    while True:
+        async with info.context.event_unit():
+            unit = info.context.unit
+            with workspace_wide(unit):
+                assignee = col(ConversationRow.assignee_membership_id)
+                ids = list(
+                    (
+                        await unit.exec(
+                            select(col(ConversationRow.id))
+                            .where(
+                                col(ConversationRow.id) > floor,
+                                assignee.is_not(None),
+                                assignee != membership_id,
+                            )
+                            .order_by(col(ConversationRow.id))
+                            .limit(REPLAY_PAGE)
+                        )
+                    ).all()
+                )
+        for conversation_id in ids:
+            yield conversation_id
+        if len(ids) < REPLAY_PAGE:
+            return
+        floor = ids[-1]
+
+
+async def _removals(info: Info[Context, None]) -> AsyncGenerator[uuid.UUID, None]:
+    """Conversations that leave the caller's view, as their removal events say."""
+    context = info.context
+    async with context.hub.listen(context.actor.org_id) as listener:
+        listener.on_overflow = lambda: _close_slow(info)
+        while True:
+            try:
+                event = await next_event(listener)
+            except SlowConsumer:
+                await _close_slow(info)
+                return
+            if event is None or event is RESYNC:
+                continue
+            if event.get("event") != EventName.CONVERSATION_REMOVED:
+                continue
+            member = event.get("member")
+            if member is not None:
+                if member == str(context.actor.membership_id):
+                    async for conversation_id in _assigned_to_others(
+                        info, context.actor.membership_id
+                    ):
+                        yield conversation_id
+                continue
+            try:
+                conversation_id = uuid.UUID(event["id"])
+            except (KeyError, ValueError):
+                continue
+            if _lost_by(context.actor, event) and not await _visible(info, conversation_id):
+                yield conversation_id

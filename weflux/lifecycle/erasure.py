@@ -21,7 +21,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import see_erased
+from weflux.auth.scoping import feed_values, see_erased
 from weflux.db import Database
 from weflux.models import (
     Contact,
@@ -35,6 +35,8 @@ from weflux.models import (
     utcnow,
     workspace_models,
 )
+from weflux.realtime.broker import Broker
+from weflux.realtime.events import EventName, publish_after_commit
 
 DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
@@ -44,9 +46,16 @@ Progress = Callable[[float], Awaitable[None]]
 Finish = Callable[[AsyncSession, str | None, str | None], Awaitable[None]]
 
 
-async def tombstone_contact(session: AsyncSession, contact: Contact, *, now: datetime) -> None:
-    """Hide a contact and everything of it at once; stop its queued outbound messages."""
+async def tombstone_contact(
+    session: AsyncSession, contact: Contact, *, now: datetime, broker: Broker | None = None
+) -> None:
+    """Hide a contact and everything of it at once; stop its queued outbound messages.
+
+    The changed rows take positions in the workspace's change feed, and with a broker each
+    conversation's removal is announced to its subscribers (`conversationRemoved`).
+    """
     conversation_ids = select(col(Conversation.id)).where(Conversation.contact_id == contact.id)
+    dialect = (await session.connection()).dialect.name
     # Before the conversations are flagged: from then on their messages are hidden.
     await session.exec(
         update(Message)
@@ -54,14 +63,39 @@ async def tombstone_contact(session: AsyncSession, contact: Contact, *, now: dat
             col(Message.conversation_id).in_(conversation_ids),
             col(Message.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
         )
-        .values(status=MessageStatus.FAILED, next_attempt_at=None, error_title=ERASED_ERROR)
+        .values(
+            status=MessageStatus.FAILED,
+            next_attempt_at=None,
+            error_title=ERASED_ERROR,
+            **feed_values(dialect, contact.org_id),
+        )
     )
+    erased = (
+        await session.exec(
+            select(Conversation.id, Conversation.assignee_membership_id).where(
+                Conversation.contact_id == contact.id
+            )
+        )
+    ).all()
     await session.exec(
-        update(Conversation).where(col(Conversation.contact_id) == contact.id).values(erased_at=now)
+        update(Conversation)
+        .where(col(Conversation.contact_id) == contact.id)
+        .values(erased_at=now, **feed_values(dialect, contact.org_id))
     )
     contact.erased_at = now
     session.add(contact)
     await session.flush()
+    if broker is not None:
+        for conversation_id, assignee in erased:
+            publish_after_commit(
+                session,
+                broker,
+                contact.org_id,
+                EventName.CONVERSATION_REMOVED,
+                id=conversation_id,
+                previous=assignee or "",
+                reason="erased",
+            )
 
 
 async def _noop(_: float) -> None:

@@ -18,6 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
+from weflux.auth.scoping import feed_values
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.lifecycle.erasure import tombstone_contact
 from weflux.models import (
@@ -129,7 +130,7 @@ async def erase_contact(
     if contact is None:
         raise NotFound("Contact not found")
     now = utcnow()
-    await tombstone_contact(session, contact, now=now)
+    await tombstone_contact(session, contact, now=now, broker=broker)
     if broker is not None:  # its conversations leave every count
         publish_after_commit(session, broker, principal.org_id, EventName.INBOX_COUNTS_UPDATED)
     request = _new_request(
@@ -265,7 +266,12 @@ async def request_workspace_deletion(
     await session.exec(
         update(Message)
         .where(col(Message.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]))
-        .values(status=MessageStatus.FAILED, next_attempt_at=None, error_title=DELETION_ERROR)
+        .values(
+            status=MessageStatus.FAILED,
+            next_attempt_at=None,
+            error_title=DELETION_ERROR,
+            **feed_values((await session.connection()).dialect.name, principal.org_id),
+        )
     )
     live = (
         await session.exec(select(AuthSession.id).where(col(AuthSession.revoked_at).is_(None)))

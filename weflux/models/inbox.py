@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Enum, Index, LargeBinary, Text, text
+from sqlalchemy import JSON, BigInteger, Enum, FetchedValue, Index, LargeBinary, Text, text
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -181,6 +181,15 @@ class Contact(OrgScoped, table=True):
     erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
+# `update_seq`: set by the database on PostgreSQL (a trigger) and read back with RETURNING;
+# on SQLite the flush sets it (weflux.auth.scoping).
+FEED_COLUMN: dict[str, Any] = {
+    "server_default": "0",
+    "server_onupdate": FetchedValue(),
+    "nullable": False,
+}
+
+
 class Conversation(OrgScoped, table=True):
     """The thread between one contact and one of the workspace's numbers."""
 
@@ -209,6 +218,7 @@ class Conversation(OrgScoped, table=True):
             postgresql_where=text("erased_at IS NULL"),
             sqlite_where=text("erased_at IS NULL"),
         ),
+        Index(None, "org_id", "update_seq"),
         # The tombstones the scoping layer hides messages of: few, so the index is tiny.
         Index(
             "ix_conversations_erased",
@@ -237,6 +247,9 @@ class Conversation(OrgScoped, table=True):
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
     erased_at: datetime | None = Field(default=None, sa_type=UTCDateTime)  # as its contact's
+    # Its latest change's position in the workspace's change feed (set on every flush that
+    # changes it, in the same statement: weflux.auth.scoping, docs/realtime.md).
+    update_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
 
 
 class Message(OrgScoped, table=True):
@@ -245,6 +258,7 @@ class Message(OrgScoped, table=True):
     __tablename__ = "messages"
     __table_args__ = (
         Index(None, "org_id", "conversation_id", "id"),
+        Index(None, "org_id", "update_seq"),
         Index(
             "uq_messages_org_id_wa_message_id",
             "org_id",
@@ -292,6 +306,10 @@ class Message(OrgScoped, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     status_updated_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # As Conversation.update_seq: its latest visible change's position in the feed.
+    update_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
+    # Its creation's position: changed since when update_seq is above it (messageUpdated).
+    created_seq: int = Field(default=None, sa_type=BigInteger, sa_column_kwargs=FEED_COLUMN)
 
 
 def listed_message() -> Any:

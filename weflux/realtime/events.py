@@ -34,6 +34,9 @@ class EventName(StrEnum):
     # Many conversations changed at once without an event of their own (a contact's
     # erasure, a removed member's conversations unassigned): counts must be read again.
     INBOX_COUNTS_UPDATED = "inboxCountsUpdated"
+    # A conversation left some members' view: `id` and `previous` (its assignee before, ""
+    # for none) when reassigned or erased; `member` when that member's role narrowed.
+    CONVERSATION_REMOVED = "conversationRemoved"
     # Never published: the hub's marker to its listeners after a broker reconnection.
     RESYNC = "__resync__"
 

@@ -19,6 +19,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
+from weflux.auth.scoping import lock_feed
 from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.models import (
     Contact,
@@ -172,7 +173,9 @@ async def _locked(session: AsyncSession, conversation_id: uuid.UUID) -> Conversa
 
     The lock serialises concurrent assignments: the second of two Agents grabbing the
     same unassigned conversation re-reads it assigned to the first, no longer visible.
+    The workspace's feed lock comes first (`lock_feed`).
     """
+    await lock_feed(session)
     row = (
         await session.exec(
             select(Conversation)
@@ -226,6 +229,16 @@ async def assign(
     if current != assignee_membership_id:
         conversation.assignee_membership_id = assignee_membership_id
         _changed(session, broker, conversation)
+        if assignee_membership_id is not None:
+            # Agents who saw it (its assignee before, or all when it had none) lose it.
+            publish_after_commit(
+                session,
+                broker,
+                conversation.org_id,
+                EventName.CONVERSATION_REMOVED,
+                id=conversation.id,
+                previous=current or "",
+            )
         await session.flush()
     return conversation
 

@@ -490,7 +490,8 @@ async def _account_changes(
 async def _process_share(
     session: AsyncSession, broker: Broker, settings: Settings, org_id: uuid.UUID, share: _Share
 ) -> None:
-    await use_workspace(session, org_id)
+    # The feed lock first, in the scope's statement: the share writes several feed rows.
+    await use_workspace(session, org_id, feed_lock=bool(share.messages or share.statuses))
     if share.messages:
         await _ingest_messages(session, broker, settings, org_id, share.messages)
     if share.statuses:

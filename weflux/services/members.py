@@ -455,6 +455,15 @@ async def update_role(
         await authenticator.publish_revocation(membership_ids=[target.id])
 
     after_commit(session, announce)
+    if role == Role.AGENT:
+        # Conversations assigned to others leave the member's view.
+        publish_after_commit(
+            session,
+            authenticator.broker,
+            target.org_id,
+            EventName.CONVERSATION_REMOVED,
+            member=target.id,
+        )
     return target
 
 

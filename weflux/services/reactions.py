@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import emoji as emoji_data
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
+from weflux.auth.scoping import feed_values
 from weflux.errors import NotFound, OutsideServiceWindow
 from weflux.models import (
     Conversation,
@@ -118,11 +120,15 @@ async def set_reactions(
     if not changed:
         return
     await session.flush()
+    # The reacted messages take a feed position (messageUpdated(after:) replays them).
+    dialect = (await session.connection()).dialect.name
     found = (
-        await session.exec(
-            select(Message.id, Message.conversation_id).where(
-                col(Message.wa_message_id).in_(changed)
-            )
+        await session.execute(
+            update(Message)
+            .where(col(Message.wa_message_id).in_(changed))
+            .values(**feed_values(dialect, org_id, touch=True))
+            .returning(col(Message.id), col(Message.conversation_id))
+            .execution_options(synchronize_session=False)
         )
     ).all()
     for message_id, conversation_id in found:

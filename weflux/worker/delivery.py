@@ -51,7 +51,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
 from weflux.auth.crossings import Owned, due_outbound
-from weflux.auth.scoping import use_workspace
+from weflux.auth.scoping import lock_feed, use_workspace
 from weflux.backoff import exponential_backoff
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
@@ -390,6 +390,7 @@ async def _apply(
     claimed: ClaimedMessage,
     outcome: _Outcome,
 ) -> None:
+    await lock_feed(session)  # before the row lock, as every feed writer
     message = (
         await session.exec(select(Message).where(Message.id == claimed.id).with_for_update())
     ).first()

@@ -52,7 +52,13 @@ from weflux.models import (
     MessageStatus,
     MessageType,
 )
-from weflux.pagination import DEFAULT_PAGE, MAX_PAGE, decode_cursor, encode_cursor
+from weflux.pagination import (
+    DEFAULT_PAGE,
+    MAX_PAGE,
+    decode_cursor,
+    encode_cursor,
+    encode_update_cursor,
+)
 from weflux.services import conversations as conversation_service
 from weflux.services import teamtools
 from weflux.services.conversations import ASSIGNEE_FILTER_MEANINGS, AssigneeFilter
@@ -127,6 +133,10 @@ class Conversation(Node):
     service_window_expires_at: datetime | None = strawberry.field(
         description="Until when free-form replies are allowed (24 h after the contact last "
         "wrote); after it, only templates. Null when the contact never wrote."
+    )
+    update_cursor: str = strawberry.field(
+        description="Its latest change's position in the workspace's change feed: `after` "
+        "of `conversationUpdated` to resume from it."
     )
     row_id: strawberry.Private[uuid.UUID]
     contact_id: strawberry.Private[uuid.UUID]
@@ -212,6 +222,10 @@ class Message(Node):
     cursor: str = strawberry.field(
         description="This message's place in its history: `after`/`before` of "
         "`Conversation.messages`, and `after` of `messageAdded` to resume from it."
+    )
+    update_cursor: str = strawberry.field(
+        description="Its latest change's (status change's, or creation's) position in the "
+        "workspace's change feed: `after` of `messageUpdated` to resume from it."
     )
     direction: MessageDirection = strawberry.field(description="Inbound or outbound.")
     type: MessageType = strawberry.field(
@@ -319,6 +333,7 @@ def to_conversation(row: models.Conversation) -> Conversation:
         last_message_at=row.last_message_at,
         unread_count=row.unread_count,
         service_window_expires_at=service_window_expires_at(row),
+        update_cursor=encode_update_cursor(row.update_seq),
         row_id=row.id,
         contact_id=row.contact_id,
         account_id=row.account_id,
@@ -338,6 +353,7 @@ def to_message(row: models.Message) -> Message:
     return Message(
         id=strawberry.ID(encode_global_id("Message", row.id)),
         cursor=encode_cursor(row.id),
+        update_cursor=encode_update_cursor(row.update_seq),
         direction=row.direction,
         type=_message_type(row.type),
         text=row.text,
