@@ -28,6 +28,7 @@ from weflux.db import Database
 from weflux.gql.event_memo import EventMemo
 from weflux.gql.guard import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
+from weflux.media.store import MediaStore, build_store
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
@@ -86,6 +87,7 @@ class Runtime:
     inbox_counts: CountsFeed
     channel_cache: ChannelCache
     webhook_intake: WebhookIntake
+    media: MediaStore
     worker: Worker | None = None
 
     @classmethod
@@ -147,6 +149,7 @@ class Runtime:
             webhook_intake=WebhookIntake.for_pool(
                 db, broker, settings, channel_cache, settings.database_pool_size
             ),
+            media=build_store(settings),
         )
 
     def build_worker(self) -> Worker:
@@ -158,6 +161,7 @@ class Runtime:
             channel_services=self.channel_services,
             redis=self.redis,
             mailer=self.mailer,
+            media=self.media,
         )
 
     async def start(self, *, serve: bool, worker: bool) -> None:
