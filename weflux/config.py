@@ -224,6 +224,8 @@ class Settings(BaseSettings):
     rate_limit_graphql_cost_member: str = "20000:200/second"
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
+    # A multipart upload (uploadMedia): WhatsApp's largest file (a 100 MB document) and room.
+    graphql_max_upload_bytes: int = Field(default=101 * 1024 * 1024, ge=1024)
     graphql_ide: bool | None = None
     var_dir: Path = Path("var")  # made absolute against the working directory
     log_level: str = "INFO"

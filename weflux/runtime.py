@@ -106,6 +106,7 @@ class Runtime:
         cloud_api = CloudApiClient.from_settings(settings)
         # Sandbox channels (the demo number) are answered here; production has none.
         sandbox = None if settings.is_production else Sandbox(settings)
+        media = build_store(settings)
         codec = TokenCodec(
             settings.jwt_secret.get_secret_value(),
             access_ttl=settings.access_token_ttl,
@@ -131,7 +132,7 @@ class Runtime:
             cloud_api=cloud_api,
             sandbox=sandbox,
             channel_services=ChannelServices(
-                keyring=keyring, cloud=cloud_api, broker=broker, sandbox=sandbox
+                keyring=keyring, cloud=cloud_api, broker=broker, sandbox=sandbox, media=media
             ),
             codec=codec,
             authenticator=authenticator,
@@ -149,7 +150,7 @@ class Runtime:
             webhook_intake=WebhookIntake.for_pool(
                 db, broker, settings, channel_cache, settings.database_pool_size
             ),
-            media=build_store(settings),
+            media=media,
         )
 
     def build_worker(self) -> Worker:

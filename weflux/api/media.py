@@ -17,14 +17,11 @@ import re
 import uuid
 from collections.abc import Iterator
 
-from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent
 from weflux.auth.tokens import bearer_token
 from weflux.errors import NotFound, Unauthenticated, WefluxError, wefluxerror_response
@@ -32,8 +29,9 @@ from weflux.ids import decode_global_id
 from weflux.media.files import data_key
 from weflux.media.kinds import content_disposition, safe_filename
 from weflux.media.sealed import MediaIntegrityError, open_range, sealed_offset
-from weflux.models import MediaFile, MediaStatus, Message
+from weflux.models import MediaFile, MediaStatus
 from weflux.runtime import runtime_of
+from weflux.services.media import visible
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +43,6 @@ async def serve(request: Request) -> Response:
         return await _serve(request)
     except WefluxError as error:
         return wefluxerror_response(error)
-
-
-async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -> bool:
-    """Whether the caller may see the file: through a message they may see, or (an
-    upload not sent yet) as its uploader. `session` carries the caller's visibility."""
-    if row.message_id is not None:
-        return await session.get(Message, row.message_id) is not None
-    if row.uploaded_by_membership_id == principal.membership_id:
-        return True
-    carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
-    return (await session.exec(carrying)).first() is not None
 
 
 def byte_range(header: str | None, size: int) -> tuple[int, int] | bool | None:

@@ -45,6 +45,7 @@ __all__ = [
     "stop",
 ]
 
+_MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
 MEDIA_DOWNLOAD_PATH = "/whatsapp_business/attachments/"
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 _NODE_ID = re.compile(r"[0-9]{1,32}")
@@ -376,6 +377,7 @@ class FakeCloudApi:
                     "/{version}/{node_id}/phone_numbers", self._list_phone_numbers, methods=["GET"]
                 ),
                 Route("/{version}/{node_id}/messages", self._post_message, methods=["POST"]),
+                Route("/{version}/{node_id}/media", self._upload_media, methods=["POST"]),
                 Route(
                     "/{version}/{node_id}/message_templates",
                     self._list_templates,
@@ -510,17 +512,12 @@ class FakeCloudApi:
         return self._finish(record, _json(200, answer))
 
     async def _post_message(self, request: Request) -> Response:
-        record, early = await self._begin(request)
-        if early is not None:
-            return self._finish(record, early)
-        version, node_id = request.path_params["version"], request.path_params["node_id"]
-        if not _VERSION.fullmatch(version):
-            return self._finish(record, _unknown_components(request.url.path))
-        number = self._authorize(request, node_id, "post")
+        record, number = await self._begin_posting(request)
         if isinstance(number, Response):
             return self._finish(record, number)
+        node_id = request.path_params["node_id"]
         payload = record.json
-        problem = _payload_problem(payload)
+        problem = _payload_problem(payload) or self._media_problem(node_id, payload)
         if problem is not None:
             return self._finish(record, _error(400, code=100, message=problem))
         to = str(payload["to"])
@@ -535,6 +532,52 @@ class FakeCloudApi:
             "messages": [accepted],
         }
         return self._finish(record, _json(200, answer))
+
+    async def _begin_posting(self, request: Request) -> tuple[RecordedRequest, _Number | Response]:
+        """Record a POST to a number's edge; the number, or the answer that refuses it."""
+        record, early = await self._begin(request)
+        if early is not None:
+            return record, early
+        if not _VERSION.fullmatch(request.path_params["version"]):
+            return record, _unknown_components(request.url.path)
+        return record, self._authorize(request, request.path_params["node_id"], "post")
+
+    def _media_problem(self, phone_number_id: str, payload: dict[str, Any]) -> str | None:
+        """A media send must name a file uploaded to the same number."""
+        kind = payload.get("type")
+        if kind not in _MEDIA_TYPES:
+            return None
+        media_id = payload[kind].get("id")
+        media = self.media.get(media_id) if isinstance(media_id, str) else None
+        if media is None or media.phone_number_id != phone_number_id:
+            return f"(#100) Invalid parameter: {kind}['id'] is not a media id of this number"
+        return None
+
+    async def _upload_media(self, request: Request) -> Response:
+        """`POST /{phone-number-id}/media`: a multipart upload; answers the media id."""
+        record, number = await self._begin_posting(request)
+        if isinstance(number, Response):
+            return self._finish(record, number)
+        node_id = request.path_params["node_id"]
+        form = await request.form()
+        file = form.get("file")
+        if form.get("messaging_product") != "whatsapp":
+            return self._finish(
+                record, _error(400, code=100, message="(#100) messaging_product is required")
+            )
+        if file is None or isinstance(file, str):
+            return self._finish(record, _error(400, code=100, message="(#100) file is required"))
+        content = await file.read()
+        mime_type = str(form.get("type") or file.content_type or "")
+        media_id = str(10**15 + secrets.randbelow(10**15))
+        self.media[media_id] = StoredMedia(
+            content=content,
+            mime_type=mime_type,
+            sha256=hashlib.sha256(content).hexdigest(),
+            declared_size=len(content),
+            phone_number_id=node_id,
+        )
+        return self._finish(record, _json(200, {"id": media_id}))
 
     async def _unknown_path(self, request: Request) -> Response:
         record, early = await self._begin(request)

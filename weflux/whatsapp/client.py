@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -371,6 +371,41 @@ class CloudApiClient:
             file_size=_integer(body.get("file_size")),
         )
 
+    async def upload_media(
+        self,
+        phone_number_id: str,
+        access_token: str,
+        file: BinaryIO,
+        *,
+        mime_type: str,
+        filename: str,
+    ) -> str:
+        """Upload a file for the number to send (`POST /{phone-number-id}/media`); its id."""
+        _check_path_id(phone_number_id, "phone_number_id")
+        body = await self._call(
+            "upload_media",
+            phone_number_id,
+            access_token,
+            "POST",
+            f"{phone_number_id}/media",
+            data={"messaging_product": "whatsapp", "type": mime_type},
+            files={"file": (filename, file, mime_type)},
+        )
+        media_id = _text(body.get("id"))
+        if media_id is None:
+            error = MetaApiError(
+                code=None,
+                subcode=None,
+                title="Unexpected response",
+                message="the upload was answered without a media id",
+                fbtrace_id=None,
+                http_status=200,
+                kind=ErrorKind.RETRYABLE,
+            )
+            self._log_failure("upload_media", phone_number_id, error)
+            raise error
+        return media_id
+
     def media_host_allowed(self, url: str) -> bool:
         """Whether a media URL Meta answered may be fetched with the access token.
 
@@ -441,13 +476,15 @@ class CloudApiClient:
         *,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        files: dict[str, tuple[str, BinaryIO, str]] | None = None,
     ) -> dict[str, Any]:
         """Make one request; answer its JSON object or raise (and log once) a MetaApiError."""
         headers = {"Authorization": f"Bearer {_check_token(access_token)}"}
         error: MetaApiError
         try:
             response = await self._http.request(
-                method, path, params=params, json=json, headers=headers
+                method, path, params=params, json=json, data=data, files=files, headers=headers
             )
         except httpx.TimeoutException as exc:
             error = MetaUnavailable(
