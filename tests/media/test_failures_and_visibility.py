@@ -15,6 +15,7 @@ from sqlmodel import col, select
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
 from tests.fixtures.media import MediaInbox
+from tests.fixtures.outbound import record_events
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id
@@ -266,3 +267,23 @@ async def test_deleting_the_workspace_deletes_the_stored_files(
         runtime.db, media_inbox.account.org_id, media=runtime.media
     )
     assert _files(settings) == []
+
+
+async def test_message_updated_is_published_when_the_file_is_ready(
+    media_inbox: MediaInbox,
+) -> None:
+    """Given a subscriber of the workspace's events and an inbound voice note,
+    when the worker has stored it,
+    then a messageUpdated event names the message and its conversation."""
+    runtime = media_inbox.runtime
+    events = await record_events(runtime.channel_services, media_inbox.account.org_id)
+    message_id = await media_inbox.receive("audio", b"OggS" * 300, mime_type="audio/ogg")
+    await media_inbox.download()
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        message = await session.get(Message, message_id)
+        assert message is not None
+    assert {
+        "event": "messageUpdated",
+        "id": str(message_id),
+        "conversation_id": str(message.conversation_id),
+    } in events
