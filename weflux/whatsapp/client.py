@@ -409,14 +409,14 @@ class CloudApiClient:
     def media_host_allowed(self, url: str) -> bool:
         """Whether a media URL Meta answered may be fetched with the access token.
 
-        Only over https (or the Graph URL's own scheme), on the Graph URL's own host or
-        Meta's media hosts: the token is never handed to any other server.
+        Only on the Graph URL's own origin, or over https on Meta's media hosts: the
+        token is never handed to any other server.
         """
         parts, graph = urlsplit(url), urlsplit(self.base_url)
         host = (parts.hostname or "").lower()
         if parts.username or parts.password or not host:
             return False
-        if host == graph.hostname and parts.scheme == graph.scheme:
+        if (parts.scheme, host, parts.port) == (graph.scheme, graph.hostname, graph.port):
             return True
         return parts.scheme == "https" and host.endswith(META_MEDIA_HOSTS)
 
