@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.outbound",
     "tests.fixtures.live",
     "tests.fixtures.inbound",
+    "tests.fixtures.media",
 ]
 
 # Fixtures (and parameter values) that need a server: a test that uses one is marked, so

@@ -17,6 +17,7 @@ from starlette.types import ASGIApp
 from weflux.api import auth as auth_routes
 from weflux.api import disclosure
 from weflux.api import exports as export_routes
+from weflux.api import media as media_routes
 from weflux.api import webhooks as webhook_routes
 from weflux.api.health import healthz, readyz
 from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         *webhook_routes.routes,
         *disclosure.routes,
         *export_routes.routes,
+        *media_routes.routes,
         Route("/graphql", graphql, methods=["GET", "POST"]),
         WebSocketRoute("/graphql", graphql),
     ]

@@ -224,6 +224,8 @@ class Settings(BaseSettings):
     rate_limit_graphql_cost_member: str = "20000:200/second"
     max_auth_body_bytes: int = Field(default=16_384, ge=1024)
     graphql_max_body_bytes: int = Field(default=262_144, ge=1024)
+    # A multipart upload (uploadMedia): WhatsApp's largest file (a 100 MB document) and room.
+    graphql_max_upload_bytes: int = Field(default=101 * 1024 * 1024, ge=1024)
     graphql_ide: bool | None = None
     var_dir: Path = Path("var")  # made absolute against the working directory
     log_level: str = "INFO"
@@ -255,11 +257,29 @@ class Settings(BaseSettings):
     # Platform security events (IP addresses of no one workspace) and finished alerts.
     security_event_retention: timedelta = timedelta(days=90)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
+    # Media files (weflux/media/; docs/inbox.md#media): encrypted on local disk under
+    # media_dir, or in S3-compatible storage when media_s3_url (s3://bucket/prefix) is set.
+    media_dir: Path | None = None  # empty: `media/` under var_dir
+    media_s3_url: str | None = None
+    media_s3_endpoint_url: str | None = None  # e.g. MinIO, Ceph, R2; empty: AWS
+    media_s3_region: str | None = None
+    media_s3_access_key_id: str | None = None  # empty: boto3's own credential chain
+    media_s3_secret_access_key: SecretStr | None = None
+    media_download_interval: float = Field(default=1.0, gt=0, le=300)  # seconds between sweeps
+    media_download_batch_size: int = Field(default=20, ge=1, le=500)
+    media_download_concurrency: int = Field(default=4, ge=1, le=50)
+    media_download_max_attempts: int = Field(default=8, ge=1, le=100)
+    media_download_lease: timedelta = timedelta(minutes=5)  # a claimed download's lease
 
     @property
     def export_directory(self) -> Path:
         """Where encrypted export files are written (WEFLUX_EXPORT_DIR)."""
         return self.export_dir or self.var_dir / "exports"
+
+    @property
+    def media_directory(self) -> Path:
+        """Where encrypted media files are written without S3 (WEFLUX_MEDIA_DIR)."""
+        return self.media_dir or self.var_dir / "media"
 
     # Security operations (docs/security/operations.md): detector thresholds as
     # `COUNT/PERIOD` (the `limits` notation), the alert outbox and the on-call's webhook.
@@ -341,6 +361,12 @@ class Settings(BaseSettings):
         "security_alert_url",
         "security_alert_secret",
         "export_dir",
+        "media_dir",
+        "media_s3_url",
+        "media_s3_endpoint_url",
+        "media_s3_region",
+        "media_s3_access_key_id",
+        "media_s3_secret_access_key",
         mode="before",
     )
     @classmethod
@@ -403,6 +429,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"`{name}` is not a header name; list header names, no wildcard")
         return names
 
+    @field_validator("media_s3_url")
+    @classmethod
+    def _media_s3_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must look like s3://bucket or s3://bucket/prefix")
+        return value
+
     @field_validator("opt_out_keywords", "opt_in_keywords", mode="before")
     @classmethod
     def _keywords(cls, value: Any) -> list[str]:
@@ -413,6 +449,7 @@ class Settings(BaseSettings):
         "delivery_backoff_cap",
         "backup_retention",
         "security_event_retention",
+        "media_download_lease",
         mode="before",
     )
     @classmethod

@@ -28,6 +28,7 @@ from weflux.db import Database
 from weflux.gql.event_memo import EventMemo
 from weflux.gql.guard import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
+from weflux.media.store import MediaStore, build_store
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
@@ -86,6 +87,7 @@ class Runtime:
     inbox_counts: CountsFeed
     channel_cache: ChannelCache
     webhook_intake: WebhookIntake
+    media: MediaStore
     worker: Worker | None = None
 
     @classmethod
@@ -104,6 +106,7 @@ class Runtime:
         cloud_api = CloudApiClient.from_settings(settings)
         # Sandbox channels (the demo number) are answered here; production has none.
         sandbox = None if settings.is_production else Sandbox(settings)
+        media = build_store(settings)
         codec = TokenCodec(
             settings.jwt_secret.get_secret_value(),
             access_ttl=settings.access_token_ttl,
@@ -129,7 +132,7 @@ class Runtime:
             cloud_api=cloud_api,
             sandbox=sandbox,
             channel_services=ChannelServices(
-                keyring=keyring, cloud=cloud_api, broker=broker, sandbox=sandbox
+                keyring=keyring, cloud=cloud_api, broker=broker, sandbox=sandbox, media=media
             ),
             codec=codec,
             authenticator=authenticator,
@@ -147,6 +150,7 @@ class Runtime:
             webhook_intake=WebhookIntake.for_pool(
                 db, broker, settings, channel_cache, settings.database_pool_size
             ),
+            media=media,
         )
 
     def build_worker(self) -> Worker:
@@ -158,6 +162,7 @@ class Runtime:
             channel_services=self.channel_services,
             redis=self.redis,
             mailer=self.mailer,
+            media=self.media,
         )
 
     async def start(self, *, serve: bool, worker: bool) -> None:

@@ -179,7 +179,6 @@ async def test_get_with_a_query_is_never_executed(client: httpx.AsyncClient, tok
     [
         "text/plain",  # a "simple" CORS request: the classic CSRF vector
         "application/x-www-form-urlencoded",
-        "multipart/form-data; boundary=x",
         "application/graphql",
         "application/jsonp",
         "application/json-seq",
@@ -195,6 +194,20 @@ async def test_a_body_that_is_not_json_gets_415(
     body = json.dumps({"query": "{ viewer { id } }"}).encode()
     response = await client.post("/graphql", content=body, headers=headers)
     assert response.status_code == 415
+    assert '"viewer"' not in response.text
+
+
+@sqlite_only
+async def test_a_malformed_multipart_body_gets_400_and_no_data(
+    client: httpx.AsyncClient, token: str
+) -> None:
+    """Given multipart/form-data (accepted for uploadMedia, behind the Bearer token),
+    when the body is not a multipart body at all,
+    then the answer is 400 with no data."""
+    headers = {**auth(token), "Content-Type": "multipart/form-data; boundary=x"}
+    body = json.dumps({"query": "{ viewer { id } }"}).encode()
+    response = await client.post("/graphql", content=body, headers=headers)
+    assert response.status_code == 400
     assert '"viewer"' not in response.text
 
 

@@ -53,6 +53,7 @@ LIFECYCLE_RULES = {
     "conversations": "erasure: tombstone at once, deleted by the worker; deletion: in batches",
     "messages": "erasure and retention: deleted in batches; deletion: in batches",
     "template_status_events": "deletion: in batches",
+    "media_files": "erasure, retention and deletion: stored file deleted first, then the row",
     "labels": "deletion: in batches",
     "conversation_labels": "erasure: with their conversation (cascade); deletion: in batches",
     "notes": "erasure: with their conversation (cascade); deletion: in batches",

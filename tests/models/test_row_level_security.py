@@ -372,6 +372,7 @@ CROSSING_FUNCTIONS = {
     "weflux_expired_exports": "TABLE(org_id uuid, request_id uuid)",
     "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",
+    "weflux_due_media_downloads": "TABLE(org_id uuid, media_id uuid)",
     "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
     "weflux_due_webhook_events": "SETOF uuid",
     "weflux_invitation_by_token": "TABLE(org_id uuid, invitation_id uuid)",

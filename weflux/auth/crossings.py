@@ -35,6 +35,7 @@ from weflux.models import (
     Contact,
     DataRequest,
     Invitation,
+    MediaFile,
     Membership,
     Message,
     MessageDirection,
@@ -245,6 +246,27 @@ async def due_outbound_messages(session: AsyncSession, *, now: datetime, batch: 
         "weflux_due_outbound_messages",
         {"at_time": now, "batch": batch},
         lambda: due_outbound(now).limit(_batch(batch)),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+async def due_media_downloads(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
+    """Inbound media files due for a download attempt across workspaces, row-locked
+    (SKIP LOCKED on PostgreSQL, so workers claim disjoint files)."""
+    rows = await _answer(
+        session,
+        "weflux_due_media_downloads",
+        {"at_time": now, "batch": batch},
+        lambda: (
+            select(MediaFile.org_id, MediaFile.id)
+            .where(
+                # Literal, so PostgreSQL matches the partial index `ix_media_files_due`.
+                text("media_files.status IN ('PENDING', 'DOWNLOADING')"),
+                col(MediaFile.next_attempt_at) <= now,
+            )
+            .order_by(col(MediaFile.next_attempt_at), col(MediaFile.id))
+            .limit(_batch(batch))
+        ),
     )
     return [Owned(row[0], row[1]) for row in rows]
 

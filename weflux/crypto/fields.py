@@ -19,6 +19,7 @@ SECRET_COLUMNS: dict[str, tuple[str, ...]] = {
     # A person's own secret, whatever their workspaces: bound to NO_WORKSPACE.
     "users": ("totp_secret_enc",),
     "data_requests": ("file_key_enc",),  # an export file's data key
+    "media_files": ("data_key_enc",),  # a media file's data key (weflux.media)
 }
 
 SealedRow = OrgScoped | User

@@ -19,6 +19,7 @@ from weflux.models import (
     Conversation,
     ConversationLabel,
     Label,
+    MediaFile,
     Membership,
     Message,
     MessageReaction,
@@ -39,6 +40,7 @@ class Loaders:
         self.contact = DataLoader[uuid.UUID, Contact | None](load_fn=self._contacts)
         self.conversation = DataLoader[uuid.UUID, Conversation | None](load_fn=self._conversations)
         self.message = DataLoader[uuid.UUID, Message | None](load_fn=self._messages)
+        self.media_file = DataLoader[uuid.UUID, MediaFile | None](load_fn=self._media_files)
         self.whatsapp_account = DataLoader[uuid.UUID, WhatsAppAccount | None](
             load_fn=self._whatsapp_accounts
         )
@@ -74,6 +76,9 @@ class Loaders:
 
     async def _messages(self, ids: Sequence[uuid.UUID]) -> list[Message | None]:
         return await self._by_id(Message, ids)
+
+    async def _media_files(self, ids: Sequence[uuid.UUID]) -> list[MediaFile | None]:
+        return await self._by_id(MediaFile, ids)
 
     async def _whatsapp_accounts(self, ids: Sequence[uuid.UUID]) -> list[WhatsAppAccount | None]:
         return await self._by_id(WhatsAppAccount, ids)

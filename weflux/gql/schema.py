@@ -36,6 +36,7 @@ from weflux.gql.identity.queries import IdentityQuery
 from weflux.gql.identity.two_factor import TwoFactorMutation
 from weflux.gql.identity.types import AuditEvent, Invitation, Member, Organization, Session
 from weflux.gql.inbox.counts import InboxCountsQuery, InboxCountsSubscription
+from weflux.gql.inbox.media_mutations import MediaMutation
 from weflux.gql.inbox.mutations import InboxMutation
 from weflux.gql.inbox.queries import InboxQuery
 from weflux.gql.inbox.sending import SendingMutation
@@ -93,6 +94,7 @@ class Mutation(
     TemplateMutation,
     InboxMutation,
     SendingMutation,
+    MediaMutation,
     TeamToolsMutation,
     SecurityMutation,
     LifecycleMutation,

@@ -112,6 +112,33 @@ def _retry_after(result: ExecutionResult) -> int | None:
     return max(waits) if waits else None
 
 
+def is_multipart(content_type: str | None) -> bool:
+    media_type = (content_type or "").split(";", 1)[0].strip().lower()
+    return media_type == "multipart/form-data"
+
+
+def _screen_upload(request: Request, runtime: Runtime) -> Response | None:
+    """A multipart request (the GraphQL multipart request spec, for uploadMedia) must
+    declare its length, within WEFLUX_GRAPHQL_MAX_UPLOAD_BYTES; the server holds the
+    body to it. Its parts are spooled to temporary files as they arrive (Starlette),
+    never held whole in memory. Cross-site forms cannot send one: every request needs
+    the Authorization header, so a browser always sends a preflight first (CORS)."""
+    declared = request.headers.get("content-length")
+    if declared is None or not declared.isascii() or not declared.isdigit():
+        return _graphql_error(411, "Send the upload's Content-Length", ErrorCode.BAD_REQUEST)
+    limit = runtime.settings.graphql_max_upload_bytes
+    if int(declared) > limit:
+        return _graphql_error(413, f"An upload may be at most {limit} bytes", ErrorCode.BAD_REQUEST)
+    # Strawberry compares the media type exactly.
+    request.scope["headers"] = [
+        (name, b"multipart/form-data" + value[value.index(b";") :] if b";" in value else value)
+        if name == b"content-type"
+        else (name, value)
+        for name, value in request.scope["headers"]
+    ]
+    return None
+
+
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = OperationHandler
 
@@ -121,7 +148,8 @@ class GraphQLApp(GraphQL[Context, None]):
             graphql_ide="graphiql" if ide else None,
             allow_queries_via_get=False,
             subscription_protocols=(GRAPHQL_TRANSPORT_WS_PROTOCOL,),
-            multipart_uploads_enabled=False,
+            # uploadMedia only; see `_screen_upload` for what a multipart request must be.
+            multipart_uploads_enabled=True,
             allowed_origins=allowed_origins,
             connection_init_wait_timeout=timedelta(seconds=CONNECTION_INIT_TIMEOUT),
             max_subscriptions_per_connection=MAX_SUBSCRIPTIONS,
@@ -200,20 +228,29 @@ class GraphQLApp(GraphQL[Context, None]):
                         headers["Retry-After"] = str(retry_after)
                 await send(message)
 
-            await super().__call__(scope, _replay(body), send_no_store)
+            # A multipart upload streams on (its size was checked); JSON is replayed.
+            replay = receive if body is None else _replay(body)
+            await super().__call__(scope, replay, send_no_store)
 
     async def _screen(
         self, request: Request, runtime: Runtime, principal: Principal
-    ) -> tuple[Response | None, bytes]:
+    ) -> tuple[Response | None, bytes | None]:
         if request.method != "POST":
             return _graphql_error(405, "Use POST", ErrorCode.BAD_REQUEST), b""
-        if not is_json(request.headers.get("content-type")):
-            return _graphql_error(415, "Send application/json", ErrorCode.BAD_REQUEST), b""
+        multipart = is_multipart(request.headers.get("content-type"))
+        if not multipart and not is_json(request.headers.get("content-type")):
+            return _graphql_error(
+                415,
+                "Send application/json (multipart/form-data for uploads)",
+                ErrorCode.BAD_REQUEST,
+            ), b""
         decision = await hit_request_limits(
             runtime.limiter, client_ip(request, runtime.trusted_proxies), principal
         )
         if not decision.allowed:
             return graphql_rate_limited_response(decision.retry_after), b""
+        if multipart:
+            return _screen_upload(request, runtime), None
         try:
             body = await read_body(request, runtime.settings.graphql_max_body_bytes)
         except PayloadTooLarge as error:

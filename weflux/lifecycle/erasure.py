@@ -23,10 +23,12 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.scoping import feed_values, see_erased
 from weflux.db import Database
+from weflux.media.store import MediaStore
 from weflux.models import (
     Contact,
     Conversation,
     DataRequest,
+    MediaFile,
     Membership,
     Message,
     MessageStatus,
@@ -110,9 +112,11 @@ async def purge_contact(
     batch: int = DEFAULT_BATCH,
     progress: Progress = _noop,
     finish: Finish | None = None,
+    media: MediaStore | None = None,
 ) -> bool:
-    """Hard-delete an erased contact: raw webhook bodies naming it, messages,
-    conversations, the contact; `finish` runs in the last transaction (ledger, request).
+    """Hard-delete an erased contact: raw webhook bodies naming it, the media files it
+    sent (stored files too), messages, conversations, the contact; `finish` runs in the
+    last transaction (ledger, request).
 
     False when the contact is already gone (then `finish` still runs once).
     """
@@ -135,6 +139,8 @@ async def purge_contact(
             break
     await progress(0.2)
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
+    messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
+    await purge_media(db, media, org_id, col(MediaFile.message_id).in_(messages), batch)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -165,6 +171,38 @@ async def delete_in_batches(
             return total
 
 
+async def purge_media(
+    db: Database, store: MediaStore | None, org_id: uuid.UUID, where: Any, batch: int
+) -> int:
+    """Delete media files matching `where` and their stored files, `batch` at a time.
+
+    The stored file goes first, its row after: a worker killed in between finds the row
+    again and deleting a file already gone is a no-op, so no stored file outlives its
+    row. Without a store (a test, a tool) only rows are deleted.
+    """
+    total = 0
+    while True:
+        async with db.session(org_id) as session:
+            see_erased(session)
+            rows = (
+                await session.exec(
+                    select(MediaFile.id, MediaFile.storage_key).where(where).limit(batch)
+                )
+            ).all()
+        if store is not None:
+            for _, key in rows:
+                if key is not None:
+                    await store.delete(key)
+        if rows:
+            async with db.session(org_id) as session:
+                see_erased(session)
+                ids = [row[0] for row in rows]
+                await session.exec(delete(MediaFile).where(col(MediaFile.id).in_(ids)))
+        total += len(rows)
+        if len(rows) < batch:
+            return total
+
+
 def deletion_order() -> list[type[OrgScoped]]:
     """Every workspace-owned model, dependants before what they depend on.
 
@@ -187,10 +225,11 @@ async def purge_workspace(
     batch: int = DEFAULT_BATCH,
     progress: Progress = _noop,
     finish: Callable[[AsyncSession], Awaitable[None]] | None = None,
+    media: MediaStore | None = None,
 ) -> bool:
     """Delete every row of a workspace in batches, then the workspace; its members who
-    belong to no workspace any more are deleted too. `finish` runs in the last
-    transaction. False when the workspace is already gone."""
+    belong to no workspace any more are deleted too, its stored media files as well.
+    `finish` runs in the last transaction. False when the workspace is already gone."""
     async with db.session(org_id) as session:
         if await session.get(Organization, org_id) is None:
             return False
@@ -198,6 +237,8 @@ async def purge_workspace(
     for done, model in enumerate(models):
         if model is Membership:
             await _delete_memberships(db, org_id, batch)
+        elif model is MediaFile:
+            await purge_media(db, media, org_id, true(), batch)
         else:
             await delete_in_batches(db, org_id, model, true(), batch)
         await progress(0.95 * (done + 1) / len(models))

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlmodel import col
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
@@ -21,11 +21,13 @@ from weflux.auth.scoping import see_erased
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
+from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
+    MediaFile,
     Message,
     Organization,
     utcnow,
@@ -51,6 +53,7 @@ class Lifecycle:
     batch: int = erasure.DEFAULT_BATCH
     export_dir: Path | None = None  # None: exports wait (PENDING)
     security_event_retention: timedelta = timedelta(days=90)
+    media: MediaStore | None = None  # stored media files deleted with their rows
 
 
 async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
@@ -132,7 +135,13 @@ async def _run(
             await _complete(unit, request_id)
 
         await erasure.purge_contact(
-            db, org_id, subject_id, batch=lifecycle.batch, progress=progress, finish=erased
+            db,
+            org_id,
+            subject_id,
+            batch=lifecycle.batch,
+            progress=progress,
+            finish=erased,
+            media=lifecycle.media,
         )
     elif kind == DataRequestKind.WORKSPACE_DELETION:
 
@@ -145,7 +154,12 @@ async def _run(
         if scheduled:
             log.warning("deleting a workspace", extra={"org_id": str(org_id)})
             await erasure.purge_workspace(
-                db, org_id, batch=lifecycle.batch, progress=progress, finish=deleted
+                db,
+                org_id,
+                batch=lifecycle.batch,
+                progress=progress,
+                finish=deleted,
+                media=lifecycle.media,
             )
     elif lifecycle.export_dir is not None:
         await exports.build_export(
@@ -211,6 +225,10 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             days = organization.message_retention_days if organization else None
         if days is not None:
             cutoff = now - timedelta(days=days)
+            old = select(col(Message.id)).where(col(Message.created_at) < cutoff)
+            deleted += await erasure.purge_media(
+                db, lifecycle.media, org_id, col(MediaFile.message_id).in_(old), lifecycle.batch
+            )
             deleted += await erasure.delete_in_batches(
                 db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
             )

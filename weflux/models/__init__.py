@@ -37,6 +37,7 @@ from weflux.models.lifecycle import (
     DataRequestStatus,
     ErasureLedgerEntry,
 )
+from weflux.models.media import MediaFile, MediaOrigin, MediaStatus
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
@@ -91,6 +92,9 @@ __all__ = [
     "IncidentWorkspace",
     "Invitation",
     "Label",
+    "MediaFile",
+    "MediaOrigin",
+    "MediaStatus",
     "Membership",
     "Message",
     "MessageDirection",

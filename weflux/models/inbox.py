@@ -299,6 +299,9 @@ class Message(OrgScoped, table=True):
     wa_message_id: str | None = Field(default=None, max_length=128)
     client_message_id: str | None = Field(default=None, max_length=128)
     reply_to_wa_message_id: str | None = Field(default=None, max_length=128)
+    # The media file it carries (weflux.models.media): an inbound file, or an upload sent
+    # with sendMedia. No foreign key: added to a parent table without a rebuild.
+    media_file_id: uuid.UUID | None = Field(default=None)
     sent_by_membership_id: uuid.UUID | None = Field(
         default=None, foreign_key="memberships.id", ondelete="SET NULL"
     )

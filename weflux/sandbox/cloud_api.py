@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import re
 import secrets
@@ -37,12 +38,15 @@ __all__ = [
     "FakeCloudApi",
     "RecordedRequest",
     "SentRecord",
+    "StoredMedia",
     "main",
     "running",
     "serve",
     "stop",
 ]
 
+_MEDIA_TYPES = frozenset({"image", "video", "audio", "document", "sticker"})
+MEDIA_DOWNLOAD_PATH = "/whatsapp_business/attachments/"
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 _NODE_ID = re.compile(r"[0-9]{1,32}")
 _TRACE_ALPHABET = string.ascii_letters + string.digits
@@ -168,6 +172,17 @@ class _Number:
 
 
 @dataclass(frozen=True)
+class StoredMedia:
+    """A media file the fake holds: one a contact sent (`add_media`), or an upload."""
+
+    content: bytes = field(repr=False)
+    mime_type: str
+    sha256: str  # hex, as `GET /{media-id}` answers it
+    declared_size: int  # what `file_size` says (a test may make it lie)
+    phone_number_id: str | None = None  # uploads: the number it was uploaded to
+
+
+@dataclass(frozen=True)
 class _Failure:
     http_status: int
     error: dict[str, Any] | None = None  # Meta's error object, fbtrace_id added per answer
@@ -188,6 +203,8 @@ class FakeCloudApi:
         self._delays: deque[float] = deque()
         # Message templates per business account (`add_template`), in creation order.
         self.templates: dict[str, list[dict[str, Any]]] = {}
+        # Media by id: received ones (`add_media`) and uploads (`POST /{number}/media`).
+        self.media: dict[str, StoredMedia] = {}
         # Lower it to make `GET /{waba-id}/phone_numbers` answer in several pages.
         self.max_page_size = _MAX_PAGE_SIZE
 
@@ -266,6 +283,17 @@ class FakeCloudApi:
         self.templates.setdefault(business_account_id, []).append(template)
         return template
 
+    def add_media(self, content: bytes, mime_type: str, *, declared_size: int | None = None) -> str:
+        """Hold a file a contact sent; its media id (for a webhook's `image.id`, …)."""
+        media_id = str(10**15 + secrets.randbelow(10**15))
+        self.media[media_id] = StoredMedia(
+            content=content,
+            mime_type=mime_type,
+            sha256=hashlib.sha256(content).hexdigest(),
+            declared_size=len(content) if declared_size is None else declared_size,
+        )
+        return media_id
+
     def set_access_token(self, phone_number_id: str, access_token: str) -> None:
         """Rotate (or revoke, by changing) the token that may use a number."""
         self.numbers[phone_number_id].access_token = access_token
@@ -333,6 +361,7 @@ class FakeCloudApi:
         self._failures.clear()
         self._delays.clear()
         self.templates.clear()
+        self.media.clear()
         self.max_page_size = _MAX_PAGE_SIZE
 
     # -- HTTP ---------------------------------------------------------------------------
@@ -341,11 +370,14 @@ class FakeCloudApi:
         """The Starlette app answering like `https://graph.facebook.com`."""
         return Starlette(
             routes=[
+                # Where `GET /{media-id}` points (Meta's is lookaside.fbsbx.com).
+                Route(MEDIA_DOWNLOAD_PATH, self._download_media, methods=["GET"]),
                 Route("/{version}/{node_id}", self._get_node, methods=["GET"]),
                 Route(
                     "/{version}/{node_id}/phone_numbers", self._list_phone_numbers, methods=["GET"]
                 ),
                 Route("/{version}/{node_id}/messages", self._post_message, methods=["POST"]),
+                Route("/{version}/{node_id}/media", self._upload_media, methods=["POST"]),
                 Route(
                     "/{version}/{node_id}/message_templates",
                     self._list_templates,
@@ -362,6 +394,8 @@ class FakeCloudApi:
         version, node_id = request.path_params["version"], request.path_params["node_id"]
         if not _VERSION.fullmatch(version):
             return self._finish(record, _unknown_components(request.url.path))
+        if node_id in self.media:
+            return self._finish(record, self._media_info(request, node_id))
         number = self._authorize(request, node_id, "get")
         if isinstance(number, Response):
             return self._finish(record, number)
@@ -369,6 +403,43 @@ class FakeCloudApi:
         if isinstance(names, Response):
             return self._finish(record, names)
         return self._finish(record, _json(200, _node(node_id, number, names)))
+
+    def _known_token(self, request: Request) -> bool:
+        token = _token_of(request)
+        return token is not None and any(n.access_token == token for n in self.numbers.values())
+
+    def _media_info(self, request: Request, media_id: str) -> Response:
+        """`GET /{media-id}`: a short-lived URL of the file, on this server."""
+        if not self._known_token(request):
+            return _invalid_token()
+        media = self.media[media_id]
+        url = f"{str(request.base_url).rstrip('/')}{MEDIA_DOWNLOAD_PATH}?" + urlencode(
+            {"mid": media_id, "ext": str(int(time.time())), "hash": secrets.token_urlsafe(12)}
+        )
+        return _json(
+            200,
+            {
+                "messaging_product": "whatsapp",
+                "url": url,
+                "mime_type": media.mime_type,
+                "sha256": media.sha256,
+                "file_size": str(media.declared_size),
+                "id": media_id,
+            },
+        )
+
+    async def _download_media(self, request: Request) -> Response:
+        """The file at the URL `GET /{media-id}` answered; the token is required here too."""
+        record, early = await self._begin(request)
+        if early is not None:
+            return self._finish(record, early)
+        if not self._known_token(request):
+            return self._finish(record, _invalid_token())
+        media = self.media.get(request.query_params.get("mid", ""))
+        if media is None:
+            return self._finish(record, _json(404, {"error": "not found"}))
+        record.status = 200
+        return Response(media.content, media_type=media.mime_type)
 
     async def _list_phone_numbers(self, request: Request) -> Response:
         """`GET /{waba-id}/phone_numbers`: Meta's cursor-paginated edge of a business account."""
@@ -441,17 +512,12 @@ class FakeCloudApi:
         return self._finish(record, _json(200, answer))
 
     async def _post_message(self, request: Request) -> Response:
-        record, early = await self._begin(request)
-        if early is not None:
-            return self._finish(record, early)
-        version, node_id = request.path_params["version"], request.path_params["node_id"]
-        if not _VERSION.fullmatch(version):
-            return self._finish(record, _unknown_components(request.url.path))
-        number = self._authorize(request, node_id, "post")
+        record, number = await self._begin_posting(request)
         if isinstance(number, Response):
             return self._finish(record, number)
+        node_id = request.path_params["node_id"]
         payload = record.json
-        problem = _payload_problem(payload)
+        problem = _payload_problem(payload) or self._media_problem(node_id, payload)
         if problem is not None:
             return self._finish(record, _error(400, code=100, message=problem))
         to = str(payload["to"])
@@ -466,6 +532,52 @@ class FakeCloudApi:
             "messages": [accepted],
         }
         return self._finish(record, _json(200, answer))
+
+    async def _begin_posting(self, request: Request) -> tuple[RecordedRequest, _Number | Response]:
+        """Record a POST to a number's edge; the number, or the answer that refuses it."""
+        record, early = await self._begin(request)
+        if early is not None:
+            return record, early
+        if not _VERSION.fullmatch(request.path_params["version"]):
+            return record, _unknown_components(request.url.path)
+        return record, self._authorize(request, request.path_params["node_id"], "post")
+
+    def _media_problem(self, phone_number_id: str, payload: dict[str, Any]) -> str | None:
+        """A media send must name a file uploaded to the same number."""
+        kind = payload.get("type")
+        if kind not in _MEDIA_TYPES:
+            return None
+        media_id = payload[kind].get("id")
+        media = self.media.get(media_id) if isinstance(media_id, str) else None
+        if media is None or media.phone_number_id != phone_number_id:
+            return f"(#100) Invalid parameter: {kind}['id'] is not a media id of this number"
+        return None
+
+    async def _upload_media(self, request: Request) -> Response:
+        """`POST /{phone-number-id}/media`: a multipart upload; answers the media id."""
+        record, number = await self._begin_posting(request)
+        if isinstance(number, Response):
+            return self._finish(record, number)
+        node_id = request.path_params["node_id"]
+        form = await request.form()
+        file = form.get("file")
+        if form.get("messaging_product") != "whatsapp":
+            return self._finish(
+                record, _error(400, code=100, message="(#100) messaging_product is required")
+            )
+        if file is None or isinstance(file, str):
+            return self._finish(record, _error(400, code=100, message="(#100) file is required"))
+        content = await file.read()
+        mime_type = str(form.get("type") or file.content_type or "")
+        media_id = str(10**15 + secrets.randbelow(10**15))
+        self.media[media_id] = StoredMedia(
+            content=content,
+            mime_type=mime_type,
+            sha256=hashlib.sha256(content).hexdigest(),
+            declared_size=len(content),
+            phone_number_id=node_id,
+        )
+        return self._finish(record, _json(200, {"id": media_id}))
 
     async def _unknown_path(self, request: Request) -> Response:
         record, early = await self._begin(request)

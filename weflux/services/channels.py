@@ -22,6 +22,7 @@ from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing
 from weflux.errors import BadUserInput, Conflict, ErrorCode, NotFound, WefluxError
+from weflux.media.store import MediaStore
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
@@ -63,6 +64,8 @@ class Services:
     broker: Broker
     # The in-process Cloud API of sandbox channels; None in production (weflux.sandbox).
     sandbox: Sandbox | None = None
+    # Where media files are stored (weflux.media): uploads, and what delivery sends.
+    media: MediaStore | None = None
 
     def cloud_for(self, account: WhatsAppAccount) -> CloudApiClient:
         """Meta's client, or the sandbox's for a sandbox channel (SandboxRefused without one).

@@ -35,11 +35,15 @@ from weflux.auth.crossings import Route
 from weflux.auth.scoping import use_workspace
 from weflux.config import Settings
 from weflux.db import Database
+from weflux.media.kinds import MEDIA_KINDS, normal_mime_type
 from weflux.models import (
     AccountStatus,
     Contact,
     Conversation,
     ConversationStatus,
+    MediaFile,
+    MediaOrigin,
+    MediaStatus,
     Message,
     MessageDirection,
     MessageStatus,
@@ -265,6 +269,26 @@ def _conversations(
     return found
 
 
+def _media_file(org_id: uuid.UUID, row: Message, message: InboundMessage) -> MediaFile | None:
+    """The download job of a media message's file (weflux.media.download): due at once."""
+    media = message.media
+    if media is None or media.id is None or message.type not in MEDIA_KINDS:
+        return None
+    return MediaFile(
+        org_id=org_id,
+        origin=MediaOrigin.INBOUND,
+        message_id=row.id,
+        kind=message.type,
+        wa_media_id=media.id,
+        mime_type=normal_mime_type(media.mime_type),
+        sha256=media.sha256,
+        caption=media.caption,
+        filename=media.filename,
+        status=MediaStatus.PENDING,
+        next_attempt_at=utcnow(),
+    )
+
+
 def _media(message: InboundMessage) -> dict[str, Any] | None:
     media = message.media
     if media is None:
@@ -326,6 +350,7 @@ async def _ingest_messages(
     touched: dict[uuid.UUID, Conversation] = {}
     added: list[Message] = []
     reacted: list[reactions.ReactionChange] = []
+    media_files: list[MediaFile] = []
     for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
         contact = contacts[_contact_key(message)]
         conversation = conversations[(contact.id, account.account_id)]
@@ -357,6 +382,10 @@ async def _ingest_messages(
             created_at=message.timestamp,
         )
         added.append(row)
+        media_file = _media_file(org_id, row, message)
+        if media_file is not None:
+            row.media_file_id = media_file.id
+            media_files.append(media_file)
         if (
             conversation.last_message_at is None
             or message.timestamp >= conversation.last_message_at
@@ -376,6 +405,7 @@ async def _ingest_messages(
                 contact.opted_out = change
                 contact.opted_out_at = utcnow() if change else None
     session.add_all(added)
+    session.add_all(media_files)
     await session.flush()
     await reactions.set_reactions(session, broker, org_id, reacted)
     for row in added:

@@ -38,6 +38,8 @@ from weflux.models import (
     Contact,
     Conversation,
     ConversationStatus,
+    MediaFile,
+    MediaStatus,
     Message,
     MessageDirection,
     MessageStatus,
@@ -47,6 +49,7 @@ from weflux.models import (
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services import contacts, quotas, templates
+from weflux.services import media as media_service
 from weflux.throttle.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -294,12 +297,33 @@ async def _queue(
     return message
 
 
+async def _queue_in_window(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    conversation: Conversation,
+    message: Message,
+) -> Message:
+    """Queue a free-form reply (text, media): the earlier one of its clientMessageId, or
+    a new one if the contact may receive it and wrote in the last 24 hours."""
+    existing = await _existing(session, message)
+    if existing is not None:
+        return existing
+    await check_recipient(session, conversation)
+    if not service_window_open(conversation):
+        raise OutsideServiceWindow(
+            "The customer has not written in the last 24 hours, so WhatsApp only allows a "
+            "template message now; send an approved template instead"
+        )
+    return await _queue(session, principal, broker, conversation, message)
+
+
 def _new_outbound(
     principal: Principal,
     conversation: Conversation,
     *,
     type: str,
-    text: str,
+    text: str | None,
     payload: dict[str, Any] | None,
     client_message_id: str | None,
 ) -> Message:
@@ -349,16 +373,44 @@ async def send_message(
         payload=None,
         client_message_id=client_message_id,
     )
-    existing = await _existing(session, message)
-    if existing is not None:
-        return existing
-    await check_recipient(session, conversation)
-    if not service_window_open(conversation):
-        raise OutsideServiceWindow(
-            "The customer has not written in the last 24 hours, so WhatsApp only allows a "
-            "template message now; send an approved template instead"
-        )
-    return await _queue(session, principal, broker, conversation, message)
+    return await _queue_in_window(session, principal, broker, conversation, message)
+
+
+async def send_media(
+    session: AsyncSession,
+    principal: Principal,
+    broker: Broker,
+    *,
+    conversation_id: uuid.UUID,
+    media_id: uuid.UUID,
+    caption: str | None,
+    client_message_id: str | None,
+) -> Message:
+    """Queue an uploaded file (uploadMedia) as a message; the worker uploads it to
+    WhatsApp and sends it. The rules of send_message hold (visibility, opt-out, the
+    24-hour window, `client_message_id`); NOT_FOUND for a file the caller may not see.
+    """
+    client_message_id = _check_client_message_id(client_message_id)
+    if caption is not None:
+        caption = _check_text(caption)
+    conversation = await _visible_conversation(session, principal, conversation_id)
+    media = await session.get(MediaFile, media_id)
+    if (
+        media is None
+        or media.status != MediaStatus.READY
+        or not await media_service.visible(session, principal, media)
+    ):
+        raise NotFound("Media not found")
+    message = _new_outbound(
+        principal,
+        conversation,
+        type=media.kind,
+        text=caption,
+        payload={"mediaId": str(media.id)},
+        client_message_id=client_message_id,
+    )
+    message.media_file_id = media.id
+    return await _queue_in_window(session, principal, broker, conversation, message)
 
 
 async def send_template_message(

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 from urllib.parse import urlsplit
 
 import httpx
@@ -39,6 +41,8 @@ TEMPLATES_PAGE_SIZE = 100
 TEMPLATES_MAX_PAGES = 100
 TEMPLATE_FIELDS = ("id", "name", "language", "category", "status", "components")
 
+# Where Meta serves media files (`lookaside.fbsbx.com` today).
+META_MEDIA_HOSTS = (".fbsbx.com", ".facebook.com", ".fbcdn.net", ".whatsapp.net")
 _PATH_ID = re.compile(r"[0-9]{1,32}")
 _VERSION = re.compile(r"v[0-9]{1,3}\.[0-9]{1,3}")
 # An access token goes into a header: visible ASCII only, so no header can be injected
@@ -81,6 +85,16 @@ class SentMessage:
     wa_message_id: str
     wa_id: str | None
     message_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class MediaInfo:
+    """`GET /{media-id}`: where to fetch a media file (a short-lived URL) and what it is."""
+
+    url: str
+    mime_type: str | None
+    sha256: str | None
+    file_size: int | None
 
 
 def _check_path_id(value: str, what: str) -> str:
@@ -333,6 +347,125 @@ class CloudApiClient:
             message_status=_text(first.get("message_status")),
         )
 
+    async def media_info(self, media_id: str, access_token: str) -> MediaInfo:
+        """Where a received media file can be fetched (`GET /{media-id}`)."""
+        _check_path_id(media_id, "media_id")
+        body = await self._call("media_url", media_id, access_token, "GET", media_id)
+        url = _text(body.get("url"))
+        if url is None:
+            error = MetaApiError(
+                code=None,
+                subcode=None,
+                title="Unexpected response",
+                message="the media was answered without a URL",
+                fbtrace_id=None,
+                http_status=200,
+                kind=ErrorKind.RETRYABLE,
+            )
+            self._log_failure("media_url", media_id, error)
+            raise error
+        return MediaInfo(
+            url=url,
+            mime_type=_text(body.get("mime_type")),
+            sha256=_text(body.get("sha256")),
+            file_size=_integer(body.get("file_size")),
+        )
+
+    async def upload_media(
+        self,
+        phone_number_id: str,
+        access_token: str,
+        file: BinaryIO,
+        *,
+        mime_type: str,
+        filename: str,
+    ) -> str:
+        """Upload a file for the number to send (`POST /{phone-number-id}/media`); its id."""
+        _check_path_id(phone_number_id, "phone_number_id")
+        body = await self._call(
+            "upload_media",
+            phone_number_id,
+            access_token,
+            "POST",
+            f"{phone_number_id}/media",
+            data={"messaging_product": "whatsapp", "type": mime_type},
+            files={"file": (filename, file, mime_type)},
+        )
+        media_id = _text(body.get("id"))
+        if media_id is None:
+            error = MetaApiError(
+                code=None,
+                subcode=None,
+                title="Unexpected response",
+                message="the upload was answered without a media id",
+                fbtrace_id=None,
+                http_status=200,
+                kind=ErrorKind.RETRYABLE,
+            )
+            self._log_failure("upload_media", phone_number_id, error)
+            raise error
+        return media_id
+
+    def media_host_allowed(self, url: str) -> bool:
+        """Whether a media URL Meta answered may be fetched with the access token.
+
+        Only on the Graph URL's own origin, or over https on Meta's media hosts: the
+        token is never handed to any other server.
+        """
+        parts, graph = urlsplit(url), urlsplit(self.base_url)
+        host = (parts.hostname or "").lower()
+        if parts.username or parts.password or not host:
+            return False
+        if (parts.scheme, host, parts.port) == (graph.scheme, graph.hostname, graph.port):
+            return True
+        return parts.scheme == "https" and host.endswith(META_MEDIA_HOSTS)
+
+    @asynccontextmanager
+    async def media_stream(
+        self, media_id: str, url: str, access_token: str
+    ) -> AsyncIterator[AsyncIterator[bytes]]:
+        """The bytes of a media file at the URL `media_info` answered, as they arrive.
+
+        The caller stops reading when the file is too large; leaving the block closes
+        the connection. Raises MetaApiError (logged once) when the download fails.
+        """
+        if not self.media_host_allowed(url):
+            error = MetaApiError(
+                code=None,
+                subcode=None,
+                title="Media URL refused",
+                message="the media URL is not on a Meta media host",
+                fbtrace_id=None,
+                http_status=200,
+                kind=ErrorKind.PERMANENT,
+            )
+            self._log_failure("media_download", media_id, error)
+            raise error
+        headers = {"Authorization": f"Bearer {_check_token(access_token)}", "Accept": "*/*"}
+        failure: MetaApiError | None = None
+        try:
+            async with self._http.stream("GET", url, headers=headers) as response:
+                if not response.is_success:
+                    await response.aread()
+                    failure = _error_from_response(response, access_token)
+                else:
+                    yield response.aiter_bytes()
+        except httpx.TimeoutException as exc:
+            failure = MetaUnavailable(
+                title="Media download timed out",
+                message=scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), access_token),
+            )
+        except httpx.RequestError as exc:
+            failure = MetaUnavailable(
+                title="Media download failed",
+                message=scrub(f"{type(exc).__name__}: {exc}".rstrip(": "), access_token),
+            )
+        if failure is not None:
+            # Raised outside the except blocks: no httpx exception (holding the request
+            # and its Authorization header) rides along as __context__.
+            self._log_failure("media_download", media_id, failure)
+            raise failure
+
     async def _call(
         self,
         operation: str,
@@ -343,13 +476,15 @@ class CloudApiClient:
         *,
         params: dict[str, str] | None = None,
         json: dict[str, Any] | None = None,
+        data: dict[str, str] | None = None,
+        files: dict[str, tuple[str, BinaryIO, str]] | None = None,
     ) -> dict[str, Any]:
         """Make one request; answer its JSON object or raise (and log once) a MetaApiError."""
         headers = {"Authorization": f"Bearer {_check_token(access_token)}"}
         error: MetaApiError
         try:
             response = await self._http.request(
-                method, path, params=params, json=json, headers=headers
+                method, path, params=params, json=json, data=data, files=files, headers=headers
             )
         except httpx.TimeoutException as exc:
             error = MetaUnavailable(

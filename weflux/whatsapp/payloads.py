@@ -11,8 +11,16 @@ class NoRecipient(ValueError):
     """The contact has neither a phone number id nor a business-scoped user id."""
 
 
-def build_payload(message: Message, contact: Contact) -> dict[str, Any]:
+MEDIA_TYPES = ("image", "video", "audio", "document", "sticker")
+_CAPTIONED = ("image", "video", "document")
+
+
+def build_payload(
+    message: Message, contact: Contact, *, media_id: str | None = None, filename: str | None = None
+) -> dict[str, Any]:
     """The Cloud API body for `message` (the client adds `messaging_product`).
+
+    A media message refers to the id its file was uploaded under (`media_id`).
 
     Addressed by `to` (the contact's wa_id) when known; else by `recipient` (the
     business-scoped user id, for username-only contacts). Meta gives `to` precedence
@@ -41,6 +49,16 @@ def build_payload(message: Message, contact: Contact) -> dict[str, Any]:
             raise ValueError("a reaction without its message or emoji")
         payload["type"] = "reaction"
         payload["reaction"] = {"message_id": reaction["message_id"], "emoji": reaction["emoji"]}
+    elif message.type in MEDIA_TYPES:
+        if not media_id:
+            raise ValueError("a media message without its uploaded file")
+        media: dict[str, Any] = {"id": media_id}
+        if message.text and message.type in _CAPTIONED:
+            media["caption"] = message.text
+        if filename and message.type == "document":
+            media["filename"] = filename
+        payload["type"] = message.type
+        payload[message.type] = media
     else:
         raise ValueError(f"outbound messages of type {message.type!r} are not supported")
     if message.reply_to_wa_message_id:

@@ -40,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, BinaryIO
 
 from sqlalchemy import exc as sa_exc
 from sqlmodel import col, select
@@ -58,10 +59,15 @@ from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.crypto.secret import Secret
 from weflux.db import Database
+from weflux.media.files import data_key
+from weflux.media.sealed import MediaIntegrityError, open_range, sealed_offset
+from weflux.media.store import MediaStore
 from weflux.models import (
     AccountStatus,
     Contact,
     Conversation,
+    MediaFile,
+    MediaStatus,
     Message,
     MessageStatus,
     MessageType,
@@ -254,6 +260,16 @@ class _Send:
     token: Secret = field(repr=False)  # revealed only at the call
     payload: dict[str, Any]
     cloud: CloudApiClient = field(repr=False)  # Meta's, or the sandbox's (a sandbox channel)
+    upload: _Upload | None = None  # a media message: its file, uploaded before the send
+
+
+@dataclass(frozen=True)
+class _Upload:
+    """A media message's stored file, to upload to the Cloud API before sending."""
+
+    store: MediaStore = field(repr=False)
+    row: MediaFile = field(repr=False)
+    key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -317,8 +333,23 @@ async def _prepare(
             return _Outcome(
                 "retry", title="The stored app secret cannot be decrypted; update credentials"
             )
+        upload: _Upload | None = None
+        media: MediaFile | None = None
+        if message.media_file_id is not None:
+            media = await session.get(MediaFile, message.media_file_id)
+            if media is None or media.status != MediaStatus.READY or services.media is None:
+                return _Outcome("fail", title="Not sent: the file is gone")
+            try:
+                upload = _Upload(services.media, media, data_key(services.keyring, media))
+            except (DecryptionError, MediaIntegrityError):
+                return _Outcome("retry", title="The stored file's key cannot be decrypted")
         try:
-            payload = build_payload(message, contact)
+            payload = build_payload(
+                message,
+                contact,
+                media_id=UPLOAD_PENDING if upload else None,
+                filename=media.filename if media else None,
+            )
         except NoRecipient:
             return _Outcome(
                 "fail", title="Not sent: the contact has no WhatsApp number or user id to send to"
@@ -333,7 +364,48 @@ async def _prepare(
             token=token,
             payload=payload,
             cloud=cloud,
+            upload=upload,
         )
+
+
+UPLOAD_PENDING = "upload-pending"  # replaced by the uploaded file's id just before the send
+
+
+def _decrypted_copy(upload: _Upload) -> BinaryIO:
+    """The file's plaintext in an anonymous temporary file (deleted when closed)."""
+    row = upload.row
+    assert row.storage_key is not None
+    assert row.size is not None
+    copy = tempfile.TemporaryFile()  # noqa: SIM115 (closed by the caller)
+    try:
+        if row.size:
+            source = upload.store.open(row.storage_key, sealed_offset(0))
+            for chunk in open_range(source, upload.key, row.id, row.size, 0, row.size - 1):
+                copy.write(chunk)
+        copy.seek(0)
+    except BaseException:
+        copy.close()
+        raise
+    return copy
+
+
+async def _upload_file(send: _Send) -> dict[str, Any]:
+    """Upload a media message's file; the payload that refers to it."""
+    assert send.upload is not None
+    row = send.upload.row
+    copy = await asyncio.to_thread(_decrypted_copy, send.upload)
+    try:
+        media_id = await send.cloud.upload_media(
+            send.phone_number_id,
+            send.token.reveal(),
+            copy,
+            mime_type=row.mime_type,
+            filename=row.filename or f"{row.kind}-{str(row.id)[:8]}",
+        )
+    finally:
+        copy.close()
+    kind = send.payload["type"]
+    return {**send.payload, kind: {**send.payload[kind], "id": media_id}}
 
 
 async def _call_meta(
@@ -341,9 +413,8 @@ async def _call_meta(
 ) -> _Outcome:
     await throttle.acquire(send.phone_number_id, send.rate)
     try:
-        sent = await send.cloud.send_message(
-            send.phone_number_id, send.token.reveal(), send.payload
-        )
+        payload = send.payload if send.upload is None else await _upload_file(send)
+        sent = await send.cloud.send_message(send.phone_number_id, send.token.reveal(), payload)
     except MetaApiError as error:
         log.warning(
             "message send failed",
@@ -372,6 +443,12 @@ async def _call_meta(
     except ValueError:
         # The client refused the stored token before sending (not a header-safe value).
         return _Outcome("fail", title="Not sent: the stored access token is not usable")
+    except (OSError, MediaIntegrityError) as error:
+        log.warning(
+            "stored media file unreadable",
+            extra={"message_id": str(claimed.id), "error": type(error).__name__},
+        )
+        return _Outcome("retry", title="The stored file could not be read")
     log.info(
         "message sent",
         extra={

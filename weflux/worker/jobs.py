@@ -8,6 +8,8 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.lifecycle.worker import Lifecycle, run_due_requests, run_retention
 from weflux.mail.mailer import Mailer
+from weflux.media.download import download_due_media
+from weflux.media.store import MediaStore
 from weflux.realtime.broker import Broker
 from weflux.secops.alerts import send_due_alerts
 from weflux.services.channels import Services as ChannelServices
@@ -31,10 +33,11 @@ def build_worker(
     channel_services: ChannelServices,
     redis: Redis | None,
     mailer: Mailer,
+    media: MediaStore,
 ) -> Worker:
-    """Delivery every `WEFLUX_DELIVERY_INTERVAL`, health refresh, webhook retry and
-    security alert sweeps, and the data lifecycle (requests, retention) every
-    `WEFLUX_LIFECYCLE_INTERVAL`."""
+    """Delivery every `WEFLUX_DELIVERY_INTERVAL`, inbound media downloads, health
+    refresh, webhook retry and security alert sweeps, and the data lifecycle (requests,
+    retention) every `WEFLUX_LIFECYCLE_INTERVAL`."""
     interval = settings.health_refresh_interval
     throttle = build_throttle(redis)
     batch_size = settings.delivery_batch_size
@@ -55,6 +58,7 @@ def build_worker(
         batch=settings.lifecycle_batch_size,
         export_dir=settings.export_directory,
         security_event_retention=settings.security_event_retention,
+        media=media,
     )
 
     async def data_requests() -> int:
@@ -62,6 +66,9 @@ def build_worker(
 
     async def retention() -> int:
         return await run_retention(lifecycle)
+
+    async def media_downloads() -> int:
+        return await download_due_media(db, media, channel_services, settings)
 
     async def delivery() -> int:
         total = 0
@@ -77,6 +84,7 @@ def build_worker(
     return Worker(
         [
             Job("delivery", every=settings.delivery_interval, run=delivery),
+            Job("media-download", every=settings.media_download_interval, run=media_downloads),
             Job("health-refresh", every=HEALTH_SWEEP_SECONDS, run=health),
             Job("webhook-retry", every=WEBHOOK_SWEEP_SECONDS, run=webhooks),
             Job("security-alerts", every=settings.security_alert_interval, run=security_alerts),

@@ -30,6 +30,7 @@ from weflux.gql.inbox.content_types import (
     location_of,
     to_reaction,
 )
+from weflux.gql.inbox.media_types import Media, to_media
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.types import (
     After,
@@ -268,6 +269,7 @@ class Message(Node):
     conversation_id: strawberry.Private[uuid.UUID]
     sent_by_membership_id: strawberry.Private[uuid.UUID | None]
     reply_to_wa_message_id: strawberry.Private[str | None]
+    media_file_id: strawberry.Private[uuid.UUID | None] = None
 
     @strawberry.field(
         description="The emoji reactions to it, oldest first (the first "
@@ -306,6 +308,17 @@ class Message(Node):
             return None
         row = await info.context.loaders.membership.load(self.sent_by_membership_id)
         return to_member(row) if row is not None else None
+
+    @strawberry.field(
+        description="The photo, video, voice note, document or sticker it carries; null for "
+        "other kinds. Inbound files appear at once and become downloadable (`downloadPath`) "
+        "when the worker has fetched them from WhatsApp (`messageUpdated` says so)."
+    )
+    async def media(self, info: Info[Context, None]) -> Media | None:
+        if self.media_file_id is None:
+            return None
+        row = await info.context.loaders.media_file.load(self.media_file_id)
+        return to_media(row) if row is not None else None
 
 
 ContactConnection = Connection[Contact]
@@ -368,4 +381,5 @@ def to_message(row: models.Message) -> Message:
         conversation_id=row.conversation_id,
         sent_by_membership_id=row.sent_by_membership_id,
         reply_to_wa_message_id=row.reply_to_wa_message_id,
+        media_file_id=row.media_file_id,
     )

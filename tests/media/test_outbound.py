@@ -1,0 +1,175 @@
+"""Outbound media end to end: uploadMedia (a multipart request), sendMedia, and the
+delivery worker uploading the file to the fake Cloud API and sending it."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col
+
+from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.factories import Actor
+from tests.fixtures.media import MediaInbox
+from weflux.ids import encode_global_id
+from weflux.models import Conversation, Message, MessageStatus, utcnow
+from weflux.worker.delivery import deliver_due_messages
+
+UPLOAD = (
+    "mutation($file: Upload!) { uploadMedia(file: $file) { id mimeType size sha256 downloadPath } }"
+)
+SEND = """
+mutation($input: SendMediaInput!) { sendMedia(input: $input) {
+  id type text status media { id mimeType downloadPath } } }
+"""
+JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 200
+
+
+async def upload(
+    client: httpx.AsyncClient, token: str, content: bytes, filename: str, content_type: str
+) -> httpx.Response:
+    """uploadMedia as the GraphQL multipart request spec has it."""
+    return await client.post(
+        "/graphql",
+        headers={"Authorization": f"Bearer {token}"},
+        data={
+            "operations": json.dumps({"query": UPLOAD, "variables": {"file": None}}),
+            "map": json.dumps({"0": ["variables.file"]}),
+        },
+        files={"0": (filename, content, content_type)},
+    )
+
+
+async def _conversation(inbox: MediaInbox) -> tuple[str, uuid.UUID]:
+    """The customer writes first (an image), so the 24-hour window is open."""
+    message_id = await inbox.receive("image", b"\xff\xd8\xffhello" * 10, mime_type="image/jpeg")
+    async with inbox.db.session(inbox.account.org_id) as session:
+        message = await session.get(Message, message_id)
+        assert message is not None
+    return encode_global_id("Conversation", message.conversation_id), message.conversation_id
+
+
+async def _send(
+    client: httpx.AsyncClient, token: str, conversation: str, media: str, **extra: Any
+) -> httpx.Response:
+    variables = {"input": {"conversationId": conversation, "mediaId": media, **extra}}
+    return await gql(client, token, SEND, variables)
+
+
+async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, agent: Actor) -> None:
+    """Given an Agent in an unassigned conversation whose customer wrote a minute ago,
+    when they upload a JPEG named .gif (multipart), send it with a caption, and the
+    delivery worker runs,
+    then the upload is an image/jpeg (by content), the fake Cloud API received exactly
+    that file on the number and a message naming its id with the caption, and the
+    message is SENT; a retry with the same clientMessageId answers the same message."""
+    client = media_inbox.client
+    conversation, _ = await _conversation(media_inbox)
+    token = await token_for(client, agent)
+
+    uploaded = await upload(client, token, JPEG, "holiday.gif", "image/gif")
+    assert uploaded.status_code == 200, uploaded.text
+    media = uploaded.json()["data"]["uploadMedia"]
+    assert media["mimeType"] == "image/jpeg"
+    assert media["size"] == len(JPEG)
+    fetched = await client.get(media["downloadPath"], headers={"Authorization": f"Bearer {token}"})
+    assert fetched.content == JPEG
+
+    sent = await _send(
+        client, token, conversation, media["id"], caption="Here", clientMessageId="m1"
+    )
+    message = sent.json()["data"]["sendMedia"]
+    assert message["type"] == "IMAGE"
+    assert message["status"] == "QUEUED"
+    assert message["text"] == "Here"
+    assert message["media"]["id"] == media["id"]
+    again = await _send(
+        client, token, conversation, media["id"], caption="Here", clientMessageId="m1"
+    )
+    assert again.json()["data"]["sendMedia"]["id"] == message["id"]
+
+    runtime = media_inbox.runtime
+    assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
+
+    fake = media_inbox.fake
+    assert len(fake.sent) == 1
+    payload = fake.sent[0].payload
+    assert payload["type"] == "image"
+    assert payload["image"]["caption"] == "Here"
+    stored = fake.media[payload["image"]["id"]]
+    assert stored.content == JPEG
+    assert stored.phone_number_id == media_inbox.account.phone_number_id
+    assert stored.mime_type == "image/jpeg"
+    status = await gql(
+        client,
+        token,
+        "query($id: ID!) { node(id: $id) { ... on Message { status } } }",
+        {"id": message["id"]},
+    )
+    assert status.json()["data"]["node"]["status"] == MessageStatus.SENT.value
+
+
+async def test_a_file_is_judged_by_its_content_and_size(
+    media_inbox: MediaInbox, admin: Actor
+) -> None:
+    """Given uploads of an HTML page named photo.jpg, an executable named report.pdf, an
+    empty file and a JPEG over WhatsApp's 5 MB image limit,
+    when each is uploaded,
+    then each is BAD_USER_INPUT and nothing is stored; a PDF is accepted as a document
+    with its (cleaned) name."""
+    client = media_inbox.client
+    token = await token_for(client, admin)
+    for content, name in [
+        (b"<html><script>alert(1)</script></html>", "photo.jpg"),
+        (b"MZ\x90\x00" + b"\x00" * 100, "report.pdf"),
+        (b"", "empty.png"),
+        (b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024), "big.jpg"),
+    ]:
+        response = await upload(client, token, content, name, "image/jpeg")
+        assert error_codes(response) == ["BAD_USER_INPUT"], name
+    assert [p for p in media_inbox.runtime.settings.media_directory.rglob("*") if p.is_file()] == []
+
+    pdf = await upload(client, token, b"%PDF-1.7\n" + b"x" * 100, "../Q3 report.pdf", "x/y")
+    assert pdf.json()["data"]["uploadMedia"]["mimeType"] == "application/pdf"
+
+
+async def test_only_the_uploader_may_send_or_fetch_an_unsent_upload(
+    media_inbox: MediaInbox, agent: Actor, other_agent: Actor, other_admin: Actor
+) -> None:
+    """Given an Agent's upload, not sent yet,
+    when another Agent of the workspace or an Admin of another workspace fetches it or
+    sends it in a conversation,
+    then each gets NOT_FOUND (404 for the file)."""
+    client = media_inbox.client
+    conversation, _ = await _conversation(media_inbox)
+    token = await token_for(client, agent)
+    media = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
+    for member in (other_agent, other_admin):
+        theirs = await token_for(client, member)
+        fetched = await client.get(
+            media["downloadPath"], headers={"Authorization": f"Bearer {theirs}"}
+        )
+        assert fetched.status_code == 404
+        assert error_codes(await _send(client, theirs, conversation, media["id"])) == ["NOT_FOUND"]
+
+
+async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admin: Actor) -> None:
+    """Given a conversation whose customer last wrote two days ago,
+    when an upload is sent in it,
+    then the answer is OUTSIDE_SERVICE_WINDOW and nothing is queued."""
+    client = media_inbox.client
+    conversation, conversation_id = await _conversation(media_inbox)
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        await session.exec(
+            update(Conversation)
+            .where(col(Conversation.id) == conversation_id)
+            .values(last_inbound_at=utcnow() - timedelta(days=2))
+        )
+    token = await token_for(client, admin)
+    media = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
+    response = await _send(client, token, conversation, media["id"])
+    assert error_codes(response) == ["OUTSIDE_SERVICE_WINDOW"]

@@ -1,0 +1,1 @@
+"""Media files: encrypted storage, the download worker, serving (docs/inbox.md#media)."""

@@ -1,0 +1,78 @@
+"""Media files: an inbound message's photo, voice note or document, or an upload to send.
+
+The row is also the download job of an inbound file (PENDING until the worker has it)
+and holds the file's data key, sealed by the key ring (`data_key_enc`); the file itself
+is encrypted in the media store (weflux.media), never in the database.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+
+from sqlalchemy import Enum, Index, Text, text
+from sqlmodel import Field
+
+from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
+
+
+class MediaStatus(enum.StrEnum):
+    PENDING = "PENDING"  # inbound: waiting for (or between) download attempts
+    DOWNLOADING = "DOWNLOADING"  # inbound: a worker holds the lease
+    READY = "READY"  # stored encrypted; served at /media/{id}
+    FAILED = "FAILED"  # final: `failure` says why (too large, checksum mismatch, gave up)
+
+
+class MediaOrigin(enum.StrEnum):
+    INBOUND = "INBOUND"  # a contact sent it; downloaded from Meta
+    UPLOAD = "UPLOAD"  # a member uploaded it (uploadMedia), to send with sendMedia
+
+
+class MediaFile(OrgScoped, table=True):
+    """One media file of a workspace and where its encrypted bytes are stored."""
+
+    __tablename__ = "media_files"
+    __table_args__ = (
+        Index(None, "org_id", "message_id"),
+        # The download worker's path, across workspaces: due inbound files.
+        Index(
+            "ix_media_files_due",
+            "next_attempt_at",
+            postgresql_where=text("status IN ('PENDING', 'DOWNLOADING')"),
+            sqlite_where=text("status IN ('PENDING', 'DOWNLOADING')"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    origin: MediaOrigin = Field(
+        sa_type=Enum(
+            MediaOrigin, name="media_origin", native_enum=False, create_constraint=True, length=16
+        )
+    )
+    # The inbound message it came with (None for an upload: messages name it instead).
+    message_id: uuid.UUID | None = Field(
+        default=None, foreign_key="messages.id", ondelete="CASCADE"
+    )
+    uploaded_by_membership_id: uuid.UUID | None = Field(
+        default=None, foreign_key="memberships.id", ondelete="SET NULL"
+    )
+    kind: str = Field(max_length=16, nullable=False)  # image, video, audio, document, sticker
+    wa_media_id: str | None = Field(default=None, max_length=128)
+    mime_type: str = Field(max_length=255, nullable=False)
+    sha256: str | None = Field(default=None, max_length=128)  # as the webhook gave it
+    caption: str | None = Field(default=None, sa_type=Text)
+    filename: str | None = Field(default=None, max_length=255)
+    size: int | None = Field(default=None)  # plaintext bytes, once stored
+    status: MediaStatus = Field(
+        sa_type=Enum(
+            MediaStatus, name="media_status", native_enum=False, create_constraint=True, length=16
+        )
+    )
+    failure: str | None = Field(default=None, max_length=500)
+    storage_key: str | None = Field(default=None, max_length=255)
+    data_key_enc: str | None = Field(default=None, sa_type=Text, repr=False)
+    attempts: int = Field(default=0, nullable=False)
+    next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    created_at: datetime = created_at_field()
+    stored_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

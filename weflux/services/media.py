@@ -1,0 +1,94 @@
+"""Uploads: a member's file, checked by its content, sealed into the media store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import BinaryIO
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.permissions import Permission
+from weflux.auth.principal import Principal
+from weflux.crypto.keyring import KeyRing
+from weflux.errors import BadUserInput, Forbidden
+from weflux.media.detect import HEAD_BYTES, detect
+from weflux.media.files import TooLarge, store_stream
+from weflux.media.kinds import max_bytes, safe_filename
+from weflux.media.store import MediaStore
+from weflux.models import MediaFile, MediaOrigin, MediaStatus, Message, utcnow
+
+READ_CHUNK = 64 * 1024
+
+
+def _refused(message: str) -> BadUserInput:
+    return BadUserInput(message, details=[{"field": "file", "message": message}])
+
+
+async def _chunks(file: BinaryIO, head: bytes) -> AsyncIterator[bytes]:
+    yield head
+    while chunk := await asyncio.to_thread(file.read, READ_CHUNK):
+        yield chunk
+
+
+async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -> bool:
+    """Whether the caller may see the file: through a message they may see, or (an
+    upload not sent yet) as its uploader. `session` carries the caller's visibility."""
+    if row.message_id is not None:
+        return await session.get(Message, row.message_id) is not None
+    if row.uploaded_by_membership_id == principal.membership_id:
+        return True
+    carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
+    return (await session.exec(carrying)).first() is not None
+
+
+async def upload_media(
+    session: AsyncSession,
+    principal: Principal,
+    keyring: KeyRing,
+    store: MediaStore,
+    *,
+    file: BinaryIO,
+    filename: str | None,
+) -> MediaFile:
+    """Store an uploaded file for sendMedia: READY, the uploader's until it is sent.
+
+    BAD_USER_INPUT when its content is not a kind WhatsApp sends (the name and declared
+    type are ignored), when it is empty, or larger than WhatsApp allows for its kind.
+    """
+    if not principal.can(Permission.REPLY):
+        raise Forbidden("Your role does not allow sending messages")
+    head = await asyncio.to_thread(file.read, HEAD_BYTES)
+    if not head:
+        raise _refused("The file is empty")
+    detected = detect(head, filename)
+    if detected is None:
+        raise _refused(
+            "WhatsApp cannot send this kind of file: send a JPEG or PNG image, an MP4 or "
+            "3GPP video, AAC, AMR, MP3, MP4 or OGG audio, a WebP sticker, or a PDF, Office "
+            "or .txt document"
+        )
+    row = MediaFile(
+        org_id=principal.org_id,
+        origin=MediaOrigin.UPLOAD,
+        uploaded_by_membership_id=principal.membership_id,
+        kind=detected.kind,
+        mime_type=detected.mime_type,
+        filename=safe_filename(filename, "") or None if detected.kind == "document" else None,
+        status=MediaStatus.READY,
+    )
+    limit = max_bytes(detected.kind)
+    try:
+        stored = await store_stream(store, keyring, row, _chunks(file, head), limit=limit)
+    except TooLarge:
+        raise _refused(
+            f"The file is larger than WhatsApp allows for a {detected.kind} "
+            f"({limit // (1024 * 1024) or limit // 1024} "
+            f"{'MB' if limit >= 1024 * 1024 else 'KB'})"
+        ) from None
+    row.sha256 = stored.sha256.hex()
+    row.stored_at = utcnow()
+    session.add(row)
+    await session.flush()
+    return row
