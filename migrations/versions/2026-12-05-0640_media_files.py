@@ -1,8 +1,8 @@
 """media files: inbound media downloaded from Meta and uploads, stored encrypted
 
-Revision ID: 0018_media_files
-Revises: 0017_inbox_counts
-Create Date: 2026-12-05 06:30:00 UTC
+Revision ID: 0019_media_files
+Revises: 0018_change_feed
+Create Date: 2026-12-05 06:40:00 UTC
 
 `media_files` is workspace-owned (tenant row-level security); the download worker finds
 due files across workspaces through `weflux_due_media_downloads` (SECURITY DEFINER,
@@ -18,8 +18,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0018_media_files"
-down_revision: str | None = "0017_inbox_counts"
+revision: str = "0019_media_files"
+down_revision: str | None = "0018_change_feed"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
