@@ -28,6 +28,7 @@ from weflux.gql.channels.queries import ChannelQuery
 from weflux.gql.channels.templates import MessageTemplate, TemplateMutation, TemplateQuery
 from weflux.gql.channels.types import WhatsAppAccount
 from weflux.gql.context import Context
+from weflux.gql.documents import CachedDocuments, DocumentCache
 from weflux.gql.errors import CodedErrors, log_errors
 from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
@@ -187,7 +188,13 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
-    extensions += [CodedErrors, OperationGuard]  # the guard validates: after the rule adders
+    # Parsed documents and validation verdicts, kept for this schema and its rules alone.
+    documents = DocumentCache()
+    extensions += [
+        lambda: CachedDocuments(documents),
+        CodedErrors,
+        lambda: OperationGuard(documents),  # the guard validates: after the rule adders
+    ]
     return WefluxSchema(
         query=Query,
         mutation=Mutation,
