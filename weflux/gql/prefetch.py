@@ -1,0 +1,80 @@
+"""Related rows read ahead by a list's resolver, so each row's fields resolve without awaiting.
+
+A connection resolver that knows its page (say `conversations`) loads the related rows
+its selection asks for through the request's DataLoaders (`Loaders.x.load_many`, one
+statement per kind, exactly as the per-row resolvers would batch them). A per-row field
+then asks `related(loader, key, convert)`: the value at once when the loader already
+holds it, else the loader's awaitable as before. So a page resolves synchronously, with
+no coroutine or task per field, and every other path (one conversation, `node`, a live
+event) still batches through the same loaders. Rows come through the request's scoped
+unit of work either way: what a caller may not see loads as None in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Iterator
+from typing import Any, TypeVar, cast
+
+from strawberry.dataloader import DataLoader
+from strawberry.types import Info
+from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
+
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+
+
+def related(loader: DataLoader[K, V], key: K, convert: Callable[[V], T]) -> T:
+    """`convert` of the loader's value for `key`: now when loaded, else once loaded.
+
+    For a synchronous resolver's return only: graphql-core awaits what a resolver
+    returns when it is awaitable, so such a field resolves at once whenever its row was
+    prefetched. The awaitable is typed as `T` so that the resolver keeps the annotation
+    Strawberry reads the field's GraphQL type from.
+    """
+    future = loader.cache_map.get(key)
+    if (
+        future is not None
+        and future.done()
+        and not future.cancelled()
+        and future.exception() is None
+    ):
+        return convert(future.result())
+    return cast(T, _converted(loader.load(key), convert))
+
+
+async def _converted(pending: Awaitable[V], convert: Callable[[V], T]) -> T:
+    return convert(await pending)
+
+
+def _fields(selections: Iterable[Selection]) -> Iterator[SelectedField]:
+    """The fields of a selection set, those of its fragments included."""
+    for selection in selections:
+        if isinstance(selection, SelectedField):
+            yield selection
+        elif isinstance(selection, FragmentSpread | InlineFragment):
+            yield from _fields(selection.selections)
+
+
+def _paths(selections: Iterable[Selection], prefix: str, into: set[str]) -> None:
+    for field in _fields(selections):
+        path = prefix + field.name
+        into.add(path)
+        _paths(field.selections, path + ".", into)
+
+
+def node_selection(info: Info[Any, Any]) -> set[str]:
+    """The dotted paths selected under `edges { node { ... } }` of the connection resolved.
+
+    `{ edges { node { contact { name } assignee { user { name } } } } }` gives
+    {"contact", "contact.name", "assignee", "assignee.user", "assignee.user.name"}.
+    """
+    wanted: set[str] = set()
+    for connection in info.selected_fields:
+        for edges in _fields(connection.selections):
+            if edges.name != "edges":
+                continue
+            for node in _fields(edges.selections):
+                if node.name == "node":
+                    _paths(node.selections, "", wanted)
+    return wanted
