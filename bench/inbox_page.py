@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import shutil
@@ -48,7 +49,7 @@ from asgi_lifespan import LifespanManager
 from sqlalchemy import event, make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from bench.fanout import RAW_OPTIONS, Server, loopback, server_env, spawn, wait_ready
+from bench.fanout import RAW_OPTIONS, Server, loopback, server_env, spawn
 from bench.inbox_floor_app import create_floor
 from tests.fixtures.api import login
 from tests.fixtures.factories import (
@@ -75,6 +76,7 @@ PAGE = 50
 SIZES = (10, 50)
 CONVERSATIONS = 60
 CPU_GOAL = 4.0
+STARTUP_SECONDS = 120
 FLOOR_APP = "bench.inbox_floor_app:app_from_env"
 # Generous budgets: the benchmark measures the path, not the limits.
 BUDGETS = {
@@ -213,6 +215,23 @@ async def authorization(client: httpx.AsyncClient, email: str) -> dict[str, str]
 # --- the servers, measured --------------------------------------------------------------
 
 
+async def wait_ready(server: Server, path: str, payload: dict[str, Any] | None = None) -> None:
+    """Until `server` answers 200 at `path` (a loaded machine may take a minute to start)."""
+    async with httpx.AsyncClient(base_url=server.base, timeout=5) as client:
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline and server.process.poll() is None:
+            with contextlib.suppress(httpx.TransportError):
+                if payload is None:
+                    response = await client.get(path)
+                else:
+                    response = await client.post(path, json=payload)
+                if response.status_code == 200:
+                    return
+            await asyncio.sleep(0.1)
+    status = server.process.poll()
+    raise RuntimeError(f"{server.name} did not come up (exit {status}):\n{server.log_tail()}")
+
+
 @dataclass
 class Round:
     cpu_per_request: float  # seconds
@@ -267,14 +286,9 @@ async def served(args: Any, url: str, org_id: uuid.UUID, email: str, workdir: Pa
         floor_port,
     )
     try:
-
-        async def weflux_up(client: httpx.AsyncClient) -> bool:
-            return (await client.get("/readyz")).status_code == 200
-
-        async def floor_up(client: httpx.AsyncClient) -> bool:
-            return (await client.post("/inbox", json={"first": 1})).status_code == 200
-
-        await asyncio.gather(wait_ready(weflux, weflux_up), wait_ready(floor, floor_up))
+        await asyncio.gather(
+            wait_ready(weflux, "/readyz"), wait_ready(floor, "/inbox", {"first": 1})
+        )
         async with httpx.AsyncClient(base_url=weflux.base, timeout=30) as client:
             headers = await authorization(client, email)
         payload = {"query": INBOX, "variables": {"first": PAGE}}
