@@ -15,13 +15,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any, TypeVar, cast
 
+import strawberry
+from graphql import GraphQLObjectType, GraphQLResolveInfo
 from strawberry.dataloader import DataLoader
 from strawberry.types import Info
+from strawberry.types.base import StrawberryObjectDefinition
 from strawberry.types.nodes import FragmentSpread, InlineFragment, SelectedField, Selection
 
 K = TypeVar("K")
 V = TypeVar("V")
 T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+_DIRECT = "_weflux_direct"
 
 
 def related(loader: DataLoader[K, V], key: K, convert: Callable[[V], T]) -> T:
@@ -78,3 +84,47 @@ def node_selection(info: Info[Any, Any]) -> set[str]:
                 if node.name == "node":
                     _paths(node.selections, "", wanted)
     return wanted
+
+
+def direct(resolver: F) -> F:
+    """Mark a per-row resolver that graphql-core may call without Strawberry's wrapper.
+
+    Such a resolver takes no argument, has no permission class or field extension, and
+    reads nothing of `info` but `info.context` (graphql-core's info has the same), so
+    `call_directly` can hand it to graphql-core as is.
+    """
+    setattr(resolver, _DIRECT, True)
+    return resolver
+
+
+def call_directly(schema: strawberry.Schema) -> None:
+    """Let graphql-core call the resolvers marked `direct` itself.
+
+    Strawberry wraps every resolver to build its `Info` and convert the arguments:
+    harmless once per operation, but a page of 50 conversations calls contact, assignee,
+    its user and lastMessage 200 times, where the wrapper costs more than the field.
+    """
+    for name, graphql_type in schema._schema.type_map.items():
+        definition = schema.get_type_by_name(name)
+        if not isinstance(graphql_type, GraphQLObjectType) or not isinstance(
+            definition, StrawberryObjectDefinition
+        ):
+            continue
+        for field in definition.fields:
+            resolver = field.base_resolver
+            if resolver is None or not getattr(resolver.wrapped_func, _DIRECT, False):
+                continue
+            if field.arguments or field.permission_classes or field.extensions:
+                raise TypeError(f"{name}.{field.python_name}: a direct resolver takes nothing")
+            function = resolver.wrapped_func
+            if isinstance(function, staticmethod | classmethod):
+                raise TypeError(f"{name}.{field.python_name}: a direct resolver is a method")
+            graphql_name = schema.config.name_converter.get_graphql_name(field)
+            graphql_type.fields[graphql_name].resolve = _call(function)
+
+
+def _call(function: Callable[[Any, Any], Any]) -> Callable[..., Any]:
+    def resolve(source: Any, info: GraphQLResolveInfo[Any]) -> Any:
+        return function(source, info)
+
+    return resolve

@@ -50,6 +50,7 @@ from weflux.gql.lifecycle.types import DataRequest
 from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import guarded, mark_sensitive
+from weflux.gql.prefetch import call_directly
 from weflux.gql.security.mutations import SecurityMutation
 from weflux.gql.security.queries import SecurityQuery
 from weflux.gql.types import Node
@@ -195,7 +196,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         CodedErrors,
         lambda: OperationGuard(documents),  # the guard validates: after the rule adders
     ]
-    return WefluxSchema(
+    built = WefluxSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -216,6 +217,8 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )
+    call_directly(built)  # per-row fields of a page: no Strawberry wrapper per call
+    return built
 
 
 schema = build_schema()

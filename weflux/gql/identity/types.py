@@ -12,7 +12,7 @@ from weflux import models
 from weflux.auth.permissions import ROLE_MEANINGS
 from weflux.errors import NotFound
 from weflux.gql.context import Context
-from weflux.gql.prefetch import related
+from weflux.gql.prefetch import direct, related
 from weflux.gql.types import Connection, Node, graphql_enum
 from weflux.ids import encode_global_id
 from weflux.models import Role
@@ -77,6 +77,7 @@ class Member(Node):
     org_id: strawberry.Private[uuid.UUID]
 
     @strawberry.field(description="The person.")
+    @direct
     def user(self, info: Info[Context, None]) -> User:
         # Synchronous: prefetched for a page of conversations (weflux.gql.prefetch).
         return related(info.context.loaders.user, self.user_id, _found_user)

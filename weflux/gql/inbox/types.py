@@ -36,7 +36,7 @@ from weflux.gql.inbox.content_types import (
 from weflux.gql.inbox.media_types import Media, to_media
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.loaders import Loaders
-from weflux.gql.prefetch import related
+from weflux.gql.prefetch import direct, related
 from weflux.gql.types import (
     After,
     Before,
@@ -153,20 +153,24 @@ class Conversation(Node):
     # Synchronous resolvers: their rows are prefetched for a page (`prefetch_conversations`)
     # and otherwise loaded through the request's DataLoaders (`related`).
     @strawberry.field(description="Who the conversation is with.")
+    @direct
     def contact(self, info: Info[Context, None]) -> Contact:
         return related(info.context.loaders.contact, self.contact_id, _found_contact)
 
     @strawberry.field(description="The workspace's number the conversation runs on.")
+    @direct
     def whats_app_account(self, info: Info[Context, None]) -> WhatsAppAccount:
         return related(info.context.loaders.whatsapp_account, self.account_id, _found_account)
 
     @strawberry.field(description="The member handling it; null when unassigned.")
+    @direct
     def assignee(self, info: Info[Context, None]) -> Member | None:
         if self.assignee_membership_id is None:
             return None
         return related(info.context.loaders.membership, self.assignee_membership_id, member_of)
 
     @strawberry.field(description="The latest message, in or out.")
+    @direct
     def last_message(self, info: Info[Context, None]) -> Message | None:
         if self.last_message_id is None:
             return None
@@ -196,6 +200,7 @@ class Conversation(Node):
         return to_connection(page, to_message)
 
     @strawberry.field(description="Its labels, by name.")
+    @direct
     def labels(self, info: Info[Context, None]) -> list[Label]:
         return related(info.context.loaders.conversation_labels, self.row_id, _labels_of)
 
@@ -294,10 +299,12 @@ class Message(Node):
         return to_message(row) if row is not None else None
 
     @strawberry.field(description="The conversation it belongs to.")
+    @direct
     def conversation(self, info: Info[Context, None]) -> Conversation:
         return related(info.context.loaders.conversation, self.conversation_id, _found_conversation)
 
     @strawberry.field(description="The member who sent it (outbound); null otherwise.")
+    @direct
     def sent_by(self, info: Info[Context, None]) -> Member | None:
         if self.sent_by_membership_id is None:
             return None
