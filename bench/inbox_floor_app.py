@@ -4,7 +4,7 @@
     .venv/bin/python -m uvicorn --factory bench.inbox_floor_app:app_from_env --port 8001
 
 `POST /inbox` with `{"first": N}` runs, in one transaction, the statements weflux runs for
-`bench.inbox_page.INBOX` as an Admin (on PostgreSQL first the `set_config` handing the
+`bench.query_cost.INBOX` as an Admin (on PostgreSQL first the `set_config` handing the
 workspace to row-level security, as weflux does): the page of conversations, then their
 contacts, assignees' memberships, those members' users and the last messages, each one
 `IN (...)` statement, with the same workspace and erasure conditions. It answers the

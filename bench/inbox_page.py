@@ -7,9 +7,9 @@ fresh migrated database (SQLite unless `--database-url`; a PostgreSQL database t
 not exist yet is created) holding a workspace with 60 conversations, each with a contact,
 an assignee (an Admin, an Agent or nobody) and a last message:
 
-- weflux: a real `weflux serve --no-worker`; an Admin POSTs `INBOX` to `/graphql`
-  (`conversations(first: 50)` with contact, assignee and its user, last message),
-  authenticated, rate limited, cost-charged and under its deadline, as any client.
+- weflux: a real `weflux serve --no-worker`; an Admin POSTs `bench.query_cost.INBOX`
+  (`conversations(first: 50)` with contact, assignee and its user, last message) to
+  `/graphql`, authenticated, rate limited, cost-charged and under its deadline.
 - floor: `bench.inbox_floor_app` under uvicorn with `weflux serve`'s options: the same
   statements through SQLAlchemy Core and the same `data` serialised by orjson.
 
@@ -51,6 +51,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from bench.fanout import RAW_OPTIONS, Server, loopback, server_env, spawn
 from bench.inbox_floor_app import create_floor
+from bench.query_cost import INBOX, PAGE
 from tests.fixtures.api import login
 from tests.fixtures.factories import (
     create_actor,
@@ -68,11 +69,6 @@ from weflux.migrate import migrate
 from weflux.models import MessageDirection, Role
 from weflux.runtime import runtime_of
 
-INBOX = """query Inbox($first: Int!) { conversations(first: $first) { edges { cursor node {
-  id status unreadCount lastMessageAt contact { id name phoneNumber }
-  assignee { id role user { name } } lastMessage { id text direction createdAt } } }
-  pageInfo { hasNextPage endCursor } } }"""
-PAGE = 50
 SIZES = (10, 50)
 CONVERSATIONS = 60
 CPU_GOAL = 4.0
