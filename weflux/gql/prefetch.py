@@ -49,6 +49,33 @@ def related(loader: DataLoader[K, V], key: K, convert: Callable[[V], T]) -> T:
     return cast(T, _converted(loader.load(key), convert))
 
 
+async def prefetch(loader: DataLoader[K, V], keys: Iterable[K]) -> list[V | None]:
+    """The values of `keys`, those the loader lacks read by its own batch function in one
+    call and kept in it (cheaper than `load_many`: no future, task or gather per key).
+
+    A key whose load failed is not kept (None here; its field then loads it again).
+    """
+    wanted = list(dict.fromkeys(keys))
+    missing = [key for key in wanted if loader.cache_map.get(key) is None]
+    if missing:
+        values = await loader.load_fn(missing)
+        loader.prime_many(
+            {
+                key: value
+                for key, value in zip(missing, values, strict=True)
+                if not isinstance(value, BaseException)
+            }
+        )
+    return [_held(loader, key) for key in wanted]
+
+
+def _held(loader: DataLoader[K, V], key: K) -> V | None:
+    future = loader.cache_map.get(key)
+    if future is None or not future.done() or future.exception() is not None:
+        return None
+    return future.result()
+
+
 async def _converted(pending: Awaitable[V], convert: Callable[[V], T]) -> T:
     return convert(await pending)
 

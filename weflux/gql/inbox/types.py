@@ -36,7 +36,7 @@ from weflux.gql.inbox.content_types import (
 from weflux.gql.inbox.media_types import Media, to_media
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.loaders import Loaders
-from weflux.gql.prefetch import direct, related
+from weflux.gql.prefetch import direct, prefetch, related
 from weflux.gql.types import (
     After,
     Before,
@@ -393,21 +393,21 @@ async def prefetch_conversations(
     """
     loads: list[Awaitable[Any]] = []
     if "contact" in wanted:
-        loads.append(loaders.contact.load_many([row.contact_id for row in rows]))
+        loads.append(prefetch(loaders.contact, [row.contact_id for row in rows]))
     if "whatsAppAccount" in wanted:
-        loads.append(loaders.whatsapp_account.load_many([row.account_id for row in rows]))
+        loads.append(prefetch(loaders.whatsapp_account, [row.account_id for row in rows]))
     if "lastMessage" in wanted:
         ids = [row.last_message_id for row in rows if row.last_message_id is not None]
-        loads.append(loaders.message.load_many(ids))
+        loads.append(prefetch(loaders.message, ids))
     if "labels" in wanted:
-        loads.append(loaders.conversation_labels.load_many([row.id for row in rows]))
+        loads.append(prefetch(loaders.conversation_labels, [row.id for row in rows]))
     if "assignee" in wanted:
         ids = [row.assignee_membership_id for row in rows if row.assignee_membership_id]
-        loads.append(loaders.membership.load_many(ids))
+        loads.append(prefetch(loaders.membership, ids))
     loaded = await asyncio.gather(*loads)
     if "assignee" in wanted and "assignee.user" in wanted:
-        members: list[models.Membership | None] = loaded[-1]
-        await loaders.user.load_many([member.user_id for member in members if member])
+        members: list[models.Membership | None] = loaded[-1]  # prefetch's, in order
+        await prefetch(loaders.user, [member.user_id for member in members if member])
 
 
 def _message_type(value: str) -> MessageType:
