@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import os
+import secrets
 import shutil
 import statistics
 import sys
@@ -118,7 +119,12 @@ async def seed(url: str) -> tuple[uuid.UUID, str]:
         async with db.session(org.id) as session:
             admin = await create_actor(session, Role.ADMIN, email=f"admin-{tag}@bench.example")
             agent = await create_actor(session, Role.AGENT, email=f"agent-{tag}@bench.example")
-            account = await create_whatsapp_account(session, webhook_key=f"inbox-{tag}")
+            account = await create_whatsapp_account(  # unique: a database run before
+                session,
+                phone_number_id=f"9{secrets.randbelow(10**14):014d}",
+                business_account_id=f"9{secrets.randbelow(10**14):014d}",
+                webhook_key=f"inbox-{tag}",
+            )
             assignees = (admin.membership.id, agent.membership.id, None)
             for i in range(CONVERSATIONS):
                 conversation = await create_conversation(
