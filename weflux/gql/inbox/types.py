@@ -281,22 +281,23 @@ class Message(Node):
         "A reaction is never a message of its own.",
         metadata={LIST_NODES: MAX_REACTIONS},
     )
-    async def reactions(self, info: Info[Context, None]) -> list[Reaction]:
+    @direct
+    def reactions(self, info: Info[Context, None]) -> list[Reaction]:
         if self.wa_message_id is None:
             return []
-        rows = await info.context.loaders.reactions.load(self.wa_message_id)
-        return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
+        return related(info.context.loaders.reactions, self.wa_message_id, _reactions_of)
 
     @strawberry.field(
         description="The message this one quotes (WhatsApp's reply), when it is in the "
         "workspace and visible to the caller; null otherwise (not a reply, or a message we "
         "do not have)."
     )
-    async def reply_to(self, info: Info[Context, None]) -> Message | None:
+    @direct
+    def reply_to(self, info: Info[Context, None]) -> Message | None:
         if self.reply_to_wa_message_id is None:
             return None
-        row = await info.context.loaders.message_by_wamid.load(self.reply_to_wa_message_id)
-        return to_message(row) if row is not None else None
+        loader = info.context.loaders.message_by_wamid
+        return related(loader, self.reply_to_wa_message_id, _message_of)
 
     @strawberry.field(description="The conversation it belongs to.")
     @direct
@@ -382,6 +383,10 @@ def _labels_of(rows: list[models.Label]) -> list[Label]:
     return [to_label(row) for row in rows]
 
 
+def _reactions_of(rows: list[models.MessageReaction]) -> list[Reaction]:
+    return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
+
+
 async def prefetch_conversations(
     loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
 ) -> None:
@@ -396,11 +401,9 @@ async def prefetch_conversations(
         loads.append(prefetch(loaders.contact, [row.contact_id for row in rows]))
     if "whatsAppAccount" in wanted:
         loads.append(prefetch(loaders.whatsapp_account, [row.account_id for row in rows]))
-    if "lastMessage" in wanted:
-        ids = [row.last_message_id for row in rows if row.last_message_id is not None]
-        loads.append(prefetch(loaders.message, ids))
     if "labels" in wanted:
         loads.append(prefetch(loaders.conversation_labels, [row.id for row in rows]))
+    loads.append(_prefetch_last_messages(loaders, rows, wanted))
     if "assignee" in wanted:
         ids = [row.assignee_membership_id for row in rows if row.assignee_membership_id]
         loads.append(prefetch(loaders.membership, ids))
@@ -408,6 +411,24 @@ async def prefetch_conversations(
     if "assignee" in wanted and "assignee.user" in wanted:
         members: list[models.Membership | None] = loaded[-1]  # prefetch's, in order
         await prefetch(loaders.user, [member.user_id for member in members if member])
+
+
+async def _prefetch_last_messages(
+    loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
+) -> None:
+    """The last messages, then what the selection asks of them: reactions, replyTo."""
+    if "lastMessage" not in wanted:
+        return
+    ids = [row.last_message_id for row in rows if row.last_message_id is not None]
+    messages = [message for message in await prefetch(loaders.message, ids) if message]
+    loads: list[Awaitable[Any]] = []
+    if "lastMessage.reactions" in wanted:
+        wamids = [message.wa_message_id for message in messages if message.wa_message_id]
+        loads.append(prefetch(loaders.reactions, wamids))
+    if "lastMessage.replyTo" in wanted:
+        quoted = [m.reply_to_wa_message_id for m in messages if m.reply_to_wa_message_id]
+        loads.append(prefetch(loaders.message_by_wamid, quoted))
+    await asyncio.gather(*loads)
 
 
 def _message_type(value: str) -> MessageType:
