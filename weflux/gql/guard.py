@@ -1,7 +1,8 @@
 """What every GraphQL operation goes through, over HTTP and over the WebSocket alike.
 
 1. The request limits (`graphql_ip`, `graphql_workspace`): `hit_request_limits`.
-2. Validation, whose errors never suggest a name ("Did you mean ...").
+2. Validation, whose errors never suggest a name ("Did you mean ..."); its verdict is
+   kept with the parsed document (`weflux.gql.documents`), both functions of the text.
 3. The two-factor policy and re-authentication of sensitive operations (`weflux.gql.policy`).
 4. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
    `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
@@ -25,7 +26,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from contextvars import ContextVar
 from typing import Any
 
-from graphql import GraphQLError, OperationType, validate
+from graphql import DocumentNode, GraphQLError, OperationType, validate
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
@@ -36,6 +37,7 @@ from weflux.config import ConfigError, Settings
 from weflux.db import begin_read_only, interrupt
 from weflux.errors import ErrorCode
 from weflux.gql.cost import MUTATION_POINTS, OperationCost, operation_cost
+from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.policy import screen
 from weflux.throttle.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
@@ -215,7 +217,8 @@ def timeout_error() -> GraphQLError:
 class OperationGuard(SchemaExtension):
     """Validation without suggestions, then the operation's cost: limit, charge, report."""
 
-    def __init__(self) -> None:
+    def __init__(self, documents: DocumentCache) -> None:
+        self._documents = documents
         self._operation: OperationType | None = None
         self._report: dict[str, Any] | None = None
 
@@ -223,19 +226,37 @@ class OperationGuard(SchemaExtension):
         execution = self.execution_context
         document = execution.graphql_document
         if execution.pre_execution_errors is None and document is not None:
-            # Strawberry's own validation, but with `hide_suggestions`: no "Did you mean"
-            # for fields, arguments, types, input fields or enum values.
-            execution.pre_execution_errors = validate(
-                execution.schema._schema,
-                document,
-                (*execution.validation_rules, *_STRAWBERRY_RULES),
-                hide_suggestions=True,
-            )
+            execution.pre_execution_errors = self._validate(document)
         if not execution.pre_execution_errors:
             refusal = await self._admit()
             if refusal is not None:
                 execution.pre_execution_errors = [refusal]
         yield
+
+    def _validate(self, document: DocumentNode) -> list[GraphQLError]:
+        """The document's validation errors, computed once per schema and document text.
+
+        Strawberry's own validation, but with `hide_suggestions`: no "Did you mean" for
+        fields, arguments, types, input fields or enum values. Its rules are the schema's
+        (fixed when it is built), so the verdict is a function of the text alone.
+        """
+        execution = self.execution_context
+        query = execution.query
+        known = self._documents.get(query) if query is not None else None
+        if known is not None and known.document is not document:
+            known = None  # parsed anew, not the cached document: validate it as given
+        cached = validation_errors(known)
+        if cached is not None:
+            return cached
+        errors = validate(
+            execution.schema._schema,
+            document,
+            (*execution.validation_rules, *_STRAWBERRY_RULES),
+            hide_suggestions=True,
+        )
+        if known is not None:
+            known.errors = tuple(errors)
+        return errors
 
     async def _admit(self) -> GraphQLError | None:
         """The refusal of the operation, or None once it is charged and may run."""

@@ -28,6 +28,7 @@ from weflux.gql.channels.queries import ChannelQuery
 from weflux.gql.channels.templates import MessageTemplate, TemplateMutation, TemplateQuery
 from weflux.gql.channels.types import WhatsAppAccount
 from weflux.gql.context import Context
+from weflux.gql.documents import CachedDocuments, DocumentCache
 from weflux.gql.errors import CodedErrors, log_errors
 from weflux.gql.event_memo import SharedEventExecutionContext
 from weflux.gql.guard import OperationGuard
@@ -49,6 +50,7 @@ from weflux.gql.lifecycle.types import DataRequest
 from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
 from weflux.gql.permissions import guarded, mark_sensitive
+from weflux.gql.prefetch import call_directly
 from weflux.gql.security.mutations import SecurityMutation
 from weflux.gql.security.queries import SecurityQuery
 from weflux.gql.types import Node
@@ -187,8 +189,14 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
-    extensions += [CodedErrors, OperationGuard]  # the guard validates: after the rule adders
-    return WefluxSchema(
+    # Parsed documents and validation verdicts, kept for this schema and its rules alone.
+    documents = DocumentCache()
+    extensions += [
+        lambda: CachedDocuments(documents),
+        CodedErrors,
+        lambda: OperationGuard(documents),  # the guard validates: after the rule adders
+    ]
+    built = WefluxSchema(
         query=Query,
         mutation=Mutation,
         subscription=Subscription,
@@ -209,6 +217,8 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )
+    call_directly(built)  # per-row fields of a page: no Strawberry wrapper per call
+    return built
 
 
 schema = build_schema()

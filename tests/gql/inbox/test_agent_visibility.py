@@ -268,3 +268,36 @@ async def test_a_conversation_reassigned_away_vanishes_on_the_next_request(
     contacts = await api(agent, CONTACTS, {"first": 100})
     assert gid("Contact", inbox.contacts["mine"].id) not in node_ids(contacts, "contacts")
     assert mine in await api.all_conversation_ids(other_agent, assignee="ME")
+
+
+PAGE_FIELDS = """id contact { id name } assignee { id user { name } }
+  lastMessage { id text sentBy { id } conversation { id } } whatsAppAccount { id }"""
+
+
+async def test_the_prefetched_page_shows_an_agent_what_one_conversation_shows(
+    api: Api, inbox: Inbox, agent: Actor
+) -> None:
+    """Given an Agent's inbox with someone else's conversations (one sharing a contact),
+    when they read the page, whose related rows the list prefetches, and each conversation
+    by id, whose related rows load one by one, then both answer the same, and nothing of
+    someone else's conversations."""
+    # when
+    page = await api(agent, f"{{ conversations {{ edges {{ node {{ {PAGE_FIELDS} }} }} }} }}")
+    one_by_one = [
+        (
+            await api(
+                agent,
+                f"query($id: ID!) {{ conversation(id: $id) {{ {PAGE_FIELDS} }} }}",
+                {"id": node_id},
+            )
+        )["data"]["conversation"]
+        for node_id in node_ids(page, "conversations")
+    ]
+
+    # then
+    assert [edge["node"] for edge in page["data"]["conversations"]["edges"]] == one_by_one
+    assert {row["id"] for row in one_by_one} == conversation_ids(
+        inbox.mine, inbox.free, inbox.shared_free
+    )
+    assert "secret of theirs" not in str(page)
+    assert "hello theirs" not in str(page)

@@ -134,3 +134,42 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
                 )
                 assert all(m["replyTo"]["text"] for m in last_messages)
             assert len(statements) == expected, "\n".join(statements)
+
+
+IDS_ONLY = """query($first: Int!) { conversations(first: $first) {
+  edges { cursor node { id status } } pageInfo { hasNextPage endCursor } } }"""
+IN_FRAGMENTS = """query($first: Int!) { conversations(first: $first) { edges { node { ...Row } } } }
+fragment Row on Conversation { id contact { name } ... on Conversation {
+  assignee { role user { name } } } lastMessage { text } }"""
+
+
+@pytest.mark.parametrize("size", [10, 50])
+async def test_a_page_reads_only_the_related_rows_its_selection_asks_for(
+    api: Api,
+    app: Starlette,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    size: int,
+) -> None:
+    """Given twice `size` conversations, when a page asks for no related row, then it
+    costs the page's statement alone; when it asks for them through fragments, the
+    same statements as written inline."""
+    await _seed(db, org, size, [admin, manager, agent], agent)
+
+    for actor in (admin, agent):
+        await api(actor, "{ viewer { id } }")  # authentication warm: no statement of its own
+        for query, expected in (
+            (IDS_ONLY, 1 + 1),
+            (IN_FRAGMENTS, PAGE_STATEMENTS + USER_STATEMENTS),
+        ):
+            # when
+            with counting(app) as statements:
+                body = await api(actor, query, {"first": size})
+
+            # then
+            assert "errors" not in body, body
+            assert len(body["data"]["conversations"]["edges"]) == size
+            assert len(statements) == expected, "\n".join(statements)

@@ -12,6 +12,7 @@ from weflux import models
 from weflux.auth.permissions import ROLE_MEANINGS
 from weflux.errors import NotFound
 from weflux.gql.context import Context
+from weflux.gql.prefetch import direct, related
 from weflux.gql.types import Connection, Node, graphql_enum
 from weflux.ids import encode_global_id
 from weflux.models import Role
@@ -76,11 +77,10 @@ class Member(Node):
     org_id: strawberry.Private[uuid.UUID]
 
     @strawberry.field(description="The person.")
-    async def user(self, info: Info[Context, None]) -> User:
-        row = await info.context.loaders.user.load(self.user_id)
-        if row is None:
-            raise NotFound("User not found")
-        return to_user(row)
+    @direct
+    def user(self, info: Info[Context, None]) -> User:
+        # Synchronous: prefetched for a page of conversations (weflux.gql.prefetch).
+        return related(info.context.loaders.user, self.user_id, _found_user)
 
     @strawberry.field(description="The workspace.")
     async def organization(self, info: Info[Context, None]) -> Organization:
@@ -172,6 +172,17 @@ class AuditEvent(Node):
 
 
 AuditEventConnection = Connection[AuditEvent]
+
+
+def _found_user(row: models.User | None) -> User:
+    if row is None:
+        raise NotFound("User not found")
+    return to_user(row)
+
+
+def member_of(row: models.Membership | None) -> Member | None:
+    """The Member of a membership row that may not have loaded (None: none)."""
+    return to_member(row) if row is not None else None
 
 
 def to_user(row: models.User) -> User:

@@ -9,8 +9,15 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, who_may
 from weflux.gql.context import Context
-from weflux.gql.inbox.types import Contact, Conversation, to_contact, to_conversation
+from weflux.gql.inbox.types import (
+    Contact,
+    Conversation,
+    prefetch_conversations,
+    to_contact,
+    to_conversation,
+)
 from weflux.gql.permissions import guarded
+from weflux.gql.prefetch import node_selection
 from weflux.gql.types import After, Connection, First, to_connection
 from weflux.ids import decode_global_id
 from weflux.models import ConversationStatus
@@ -67,6 +74,8 @@ class InboxQuery:
             search=search,
             label=decode_global_id(label_id, "Label") if label_id else None,
         )
+        rows = [row for row, _ in page.items]
+        await prefetch_conversations(info.context.loaders, rows, node_selection(info))
         return to_connection(page, to_conversation)
 
     @strawberry.field(

@@ -6,8 +6,11 @@ loaded through the request's DataLoaders, so a page costs a constant number of q
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import Awaitable, Sequence
 from datetime import datetime
+from typing import Any
 
 import strawberry
 from strawberry.types import Info
@@ -17,7 +20,7 @@ from weflux.errors import NotFound
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.cost import LIST_NODES
-from weflux.gql.identity.types import Member, to_member
+from weflux.gql.identity.types import Member, member_of
 from weflux.gql.inbox.content_types import (
     MAX_CARDS,
     MAX_REACTIONS,
@@ -32,6 +35,8 @@ from weflux.gql.inbox.content_types import (
 )
 from weflux.gql.inbox.media_types import Media, to_media
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
+from weflux.gql.loaders import Loaders
+from weflux.gql.prefetch import direct, prefetch, related
 from weflux.gql.types import (
     After,
     Before,
@@ -145,33 +150,31 @@ class Conversation(Node):
     assignee_membership_id: strawberry.Private[uuid.UUID | None]
     last_message_id: strawberry.Private[uuid.UUID | None]
 
+    # Synchronous resolvers: their rows are prefetched for a page (`prefetch_conversations`)
+    # and otherwise loaded through the request's DataLoaders (`related`).
     @strawberry.field(description="Who the conversation is with.")
-    async def contact(self, info: Info[Context, None]) -> Contact:
-        row = await info.context.loaders.contact.load(self.contact_id)
-        if row is None:
-            raise NotFound("Contact not found")
-        return to_contact(row)
+    @direct
+    def contact(self, info: Info[Context, None]) -> Contact:
+        return related(info.context.loaders.contact, self.contact_id, _found_contact)
 
     @strawberry.field(description="The workspace's number the conversation runs on.")
-    async def whats_app_account(self, info: Info[Context, None]) -> WhatsAppAccount:
-        row = await info.context.loaders.whatsapp_account.load(self.account_id)
-        if row is None:
-            raise NotFound("WhatsApp account not found")
-        return to_whatsapp_account(row)
+    @direct
+    def whats_app_account(self, info: Info[Context, None]) -> WhatsAppAccount:
+        return related(info.context.loaders.whatsapp_account, self.account_id, _found_account)
 
     @strawberry.field(description="The member handling it; null when unassigned.")
-    async def assignee(self, info: Info[Context, None]) -> Member | None:
+    @direct
+    def assignee(self, info: Info[Context, None]) -> Member | None:
         if self.assignee_membership_id is None:
             return None
-        row = await info.context.loaders.membership.load(self.assignee_membership_id)
-        return to_member(row) if row is not None else None
+        return related(info.context.loaders.membership, self.assignee_membership_id, member_of)
 
     @strawberry.field(description="The latest message, in or out.")
-    async def last_message(self, info: Info[Context, None]) -> Message | None:
+    @direct
+    def last_message(self, info: Info[Context, None]) -> Message | None:
         if self.last_message_id is None:
             return None
-        row = await info.context.loaders.message.load(self.last_message_id)
-        return to_message(row) if row is not None else None
+        return related(info.context.loaders.message, self.last_message_id, _message_of)
 
     @strawberry.field(
         description="The history, oldest first and newest LAST: `last`/`before` scroll back, "
@@ -197,9 +200,9 @@ class Conversation(Node):
         return to_connection(page, to_message)
 
     @strawberry.field(description="Its labels, by name.")
-    async def labels(self, info: Info[Context, None]) -> list[Label]:
-        rows = await info.context.loaders.conversation_labels.load(self.row_id)
-        return [to_label(row) for row in rows]
+    @direct
+    def labels(self, info: Info[Context, None]) -> list[Label]:
+        return related(info.context.loaders.conversation_labels, self.row_id, _labels_of)
 
     @strawberry.field(
         description="The team's private notes on it, oldest first (never sent to WhatsApp). "
@@ -278,36 +281,35 @@ class Message(Node):
         "A reaction is never a message of its own.",
         metadata={LIST_NODES: MAX_REACTIONS},
     )
-    async def reactions(self, info: Info[Context, None]) -> list[Reaction]:
+    @direct
+    def reactions(self, info: Info[Context, None]) -> list[Reaction]:
         if self.wa_message_id is None:
             return []
-        rows = await info.context.loaders.reactions.load(self.wa_message_id)
-        return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
+        return related(info.context.loaders.reactions, self.wa_message_id, _reactions_of)
 
     @strawberry.field(
         description="The message this one quotes (WhatsApp's reply), when it is in the "
         "workspace and visible to the caller; null otherwise (not a reply, or a message we "
         "do not have)."
     )
-    async def reply_to(self, info: Info[Context, None]) -> Message | None:
+    @direct
+    def reply_to(self, info: Info[Context, None]) -> Message | None:
         if self.reply_to_wa_message_id is None:
             return None
-        row = await info.context.loaders.message_by_wamid.load(self.reply_to_wa_message_id)
-        return to_message(row) if row is not None else None
+        loader = info.context.loaders.message_by_wamid
+        return related(loader, self.reply_to_wa_message_id, _message_of)
 
     @strawberry.field(description="The conversation it belongs to.")
-    async def conversation(self, info: Info[Context, None]) -> Conversation:
-        row = await info.context.loaders.conversation.load(self.conversation_id)
-        if row is None:
-            raise NotFound("Conversation not found")
-        return to_conversation(row)
+    @direct
+    def conversation(self, info: Info[Context, None]) -> Conversation:
+        return related(info.context.loaders.conversation, self.conversation_id, _found_conversation)
 
     @strawberry.field(description="The member who sent it (outbound); null otherwise.")
-    async def sent_by(self, info: Info[Context, None]) -> Member | None:
+    @direct
+    def sent_by(self, info: Info[Context, None]) -> Member | None:
         if self.sent_by_membership_id is None:
             return None
-        row = await info.context.loaders.membership.load(self.sent_by_membership_id)
-        return to_member(row) if row is not None else None
+        return related(info.context.loaders.membership, self.sent_by_membership_id, member_of)
 
     @strawberry.field(
         description="The photo, video, voice note, document or sticker it carries; null for "
@@ -353,6 +355,80 @@ def to_conversation(row: models.Conversation) -> Conversation:
         assignee_membership_id=row.assignee_membership_id,
         last_message_id=row.last_message_id,
     )
+
+
+def _found_contact(row: models.Contact | None) -> Contact:
+    if row is None:
+        raise NotFound("Contact not found")
+    return to_contact(row)
+
+
+def _found_account(row: models.WhatsAppAccount | None) -> WhatsAppAccount:
+    if row is None:
+        raise NotFound("WhatsApp account not found")
+    return to_whatsapp_account(row)
+
+
+def _found_conversation(row: models.Conversation | None) -> Conversation:
+    if row is None:
+        raise NotFound("Conversation not found")
+    return to_conversation(row)
+
+
+def _message_of(row: models.Message | None) -> Message | None:
+    return to_message(row) if row is not None else None
+
+
+def _labels_of(rows: list[models.Label]) -> list[Label]:
+    return [to_label(row) for row in rows]
+
+
+def _reactions_of(rows: list[models.MessageReaction]) -> list[Reaction]:
+    return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
+
+
+async def prefetch_conversations(
+    loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
+) -> None:
+    """Load ahead the related rows that `wanted` (`node_selection`) asks of a page.
+
+    One statement per kind, as the per-row resolvers would batch them; a field added to
+    Conversation whose rows come from a DataLoader belongs here too, or its resolver
+    falls back to awaiting the loader row by row (still one statement, but slower).
+    """
+    loads: list[Awaitable[Any]] = []
+    if "contact" in wanted:
+        loads.append(prefetch(loaders.contact, [row.contact_id for row in rows]))
+    if "whatsAppAccount" in wanted:
+        loads.append(prefetch(loaders.whatsapp_account, [row.account_id for row in rows]))
+    if "labels" in wanted:
+        loads.append(prefetch(loaders.conversation_labels, [row.id for row in rows]))
+    loads.append(_prefetch_last_messages(loaders, rows, wanted))
+    if "assignee" in wanted:
+        ids = [row.assignee_membership_id for row in rows if row.assignee_membership_id]
+        loads.append(prefetch(loaders.membership, ids))
+    loaded = await asyncio.gather(*loads)
+    if "assignee" in wanted and "assignee.user" in wanted:
+        members: list[models.Membership | None] = loaded[-1]  # prefetch's, in order
+        await prefetch(loaders.user, [member.user_id for member in members if member])
+
+
+async def _prefetch_last_messages(
+    loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
+) -> None:
+    """The last messages, then what the selection asks of them: reactions, replyTo."""
+    if "lastMessage" not in wanted:
+        return
+    ids = [row.last_message_id for row in rows if row.last_message_id is not None]
+    messages = [message for message in await prefetch(loaders.message, ids) if message]
+    loads: list[Awaitable[Any]] = []
+    if "lastMessage.reactions" in wanted:
+        wamids = [message.wa_message_id for message in messages if message.wa_message_id]
+        loads.append(prefetch(loaders.reactions, wamids))
+    if "lastMessage.replyTo" in wanted:
+        quoted = [m.reply_to_wa_message_id for m in messages if m.reply_to_wa_message_id]
+        loads.append(prefetch(loaders.message_by_wamid, quoted))
+    await asyncio.gather(*loads)
 
 
 def _message_type(value: str) -> MessageType:
