@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import httpx
 import pytest
+from graphql import GraphQLError
 
 from tests.fixtures.api import error_codes, gql, tokens_for
 from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import workspace
 from weflux.db import Database
+from weflux.gql.documents import DocumentCache, documents_of
+from weflux.gql.fanout import resumes
+from weflux.gql.schema import MAX_TOKENS, schema
 from weflux.models import Organization, WhatsAppAccount
 
 PAGE = """query($first: Int!) { conversations(first: $first) { edges { node { id } } } }"""
@@ -114,3 +118,44 @@ async def test_introspection_stays_off_for_a_document_seen_before(
             assert response.json()["data"] is None
             assert set(error_codes(response)) == {"GRAPHQL_VALIDATION_FAILED"}
         assert "errors" not in (await gql(client, token, "{ viewer { id } }")).json()
+
+
+@pytest.mark.parametrize(
+    "document",
+    ["{ conversations { edges { node { id ", "{ " + "id " * 5000 + "}"],
+    ids=["unparsable", "too-many-tokens"],
+)
+async def test_a_document_that_does_not_parse_is_refused_every_time_and_never_kept(
+    client: httpx.AsyncClient, token: str, document: str
+) -> None:
+    """Given a truncated document and one over the token limit, when each is sent twice,
+    then both answers refuse it as GRAPHQL_VALIDATION_FAILED, and a parse cache asked
+    for it raises the parse error and keeps nothing."""
+    # when
+    answers = [await gql(client, token, document) for _ in range(2)]
+
+    # then
+    for response in answers:
+        assert error_codes(response) == ["GRAPHQL_VALIDATION_FAILED"]
+    documents = DocumentCache()
+    with pytest.raises(GraphQLError):
+        documents.parse(document, max_tokens=MAX_TOKENS)
+    assert len(documents) == 0
+
+
+def test_the_fan_out_parses_through_the_schemas_one_cache() -> None:
+    """Given the schema's parse cache, when the fan-out asks whether a subscription
+    resumes, then the document it parsed is the one the cache hands to the operation."""
+    # given
+    documents = documents_of(schema)
+    assert documents is not None
+    text = "subscription { messageAdded(after: null) { id } }  # fan-out parse cache test"
+
+    # when
+    shared = resumes(text, None, documents)
+
+    # then
+    known = documents.get(text)
+    assert not shared
+    assert known is not None
+    assert documents.parse(text).document is known.document

@@ -6,19 +6,24 @@ fixed when the schema is built), never on the variables or the caller. So each s
 keeps its recent documents by text: the parsed document and, once validated, the
 validation errors (none, or the same errors every time for an invalid document).
 
-What depends on the variables or the caller is never cached: the cost (page sizes come
-in variables), the two-factor and re-authentication screen, the budget charge
-(`weflux.gql.guard.OperationGuard` runs them on every operation). A document that does
-not parse is parsed again each time (the token limit bounds that work) and never kept.
+This is the schema's only parse cache, for HTTP and WebSocket operations alike (a
+subscription parses through the same extensions): many sockets subscribing with one
+document share one tree. What depends on the variables or the caller is never cached:
+the cost (page sizes come in variables), the two-factor and re-authentication screen,
+the budget charge (`weflux.gql.guard.OperationGuard` runs them on every operation). A
+document that does not parse is never kept: it is left to Strawberry, which parses it
+again (the token limit bounds that work) and answers GRAPHQL_VALIDATION_FAILED.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from graphql import DocumentNode, GraphQLError
+from graphql import DocumentNode, GraphQLError, parse
 from strawberry.extensions import SchemaExtension
 
 MAX_DOCUMENTS = 256
@@ -51,12 +56,30 @@ class DocumentCache:
             self._known.popitem(last=False)
         return known
 
+    def parse(self, text: str, **options: Any) -> Known:
+        """The known document of `text`, parsed now (with `options`) if new.
+
+        Raises the parse error of a document that does not parse (never kept).
+        """
+        known = self.get(text)
+        return known if known is not None else self.add(text, parse(text, **options))
+
     def __len__(self) -> int:
         return len(self._known)
 
 
+def documents_of(schema: Any) -> DocumentCache | None:
+    """The parse cache of a schema built by `weflux.gql.schema.build_schema`."""
+    documents = getattr(schema, "documents", None)
+    return documents if isinstance(documents, DocumentCache) else None
+
+
 class CachedDocuments(SchemaExtension):
-    """Skips parsing for a document the schema has parsed before (validation: the guard)."""
+    """Parses a document once per schema and text (its validation verdict: the guard).
+
+    Parsing takes the operation's parse options (the token limit). A document that does
+    not parse is left to Strawberry: its error is answered as any other parse error.
+    """
 
     def __init__(self, cache: DocumentCache) -> None:
         self.cache = cache
@@ -64,13 +87,13 @@ class CachedDocuments(SchemaExtension):
     def on_parse(self) -> Iterator[None]:
         execution = self.execution_context
         query = execution.query
-        known = self.cache.get(query) if query is not None else None
-        if known is not None and execution.graphql_document is None:
-            execution.graphql_document = known.document
+        if execution.graphql_document is None and isinstance(query, str) and query:
+            # Unparsable: left to Strawberry, which parses it again and answers the error.
+            with contextlib.suppress(GraphQLError):
+                execution.graphql_document = self.cache.parse(
+                    query, **execution.parse_options
+                ).document
         yield
-        document = execution.graphql_document
-        if known is None and query is not None and document is not None:
-            self.cache.add(query, document)
 
 
 def validation_errors(known: Known | None) -> list[GraphQLError] | None:

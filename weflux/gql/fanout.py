@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 from collections import deque
@@ -36,6 +35,7 @@ from graphql import (
 )
 from graphql.language import Visitor
 
+from weflux.gql.documents import DocumentCache, documents_of
 from weflux.gql.event_memo import visibility_class
 from weflux.gql.schema import MAX_TOKENS
 from weflux.realtime.hub import QUEUE_LIMIT, Sharing
@@ -76,9 +76,10 @@ class _Resumes(Visitor):
     _defaults: set[str] = set()
 
 
-@functools.lru_cache(maxsize=256)
-def _parse(query: str) -> DocumentNode:
-    return parse(query, max_tokens=MAX_TOKENS)
+def _parse(query: str, documents: DocumentCache | None) -> DocumentNode:
+    if documents is None:
+        return parse(query, max_tokens=MAX_TOKENS)
+    return documents.parse(query, max_tokens=MAX_TOKENS).document  # the schema's one cache
 
 
 # Its events depend on the subscriber's own membership (a narrowed role's removals), not
@@ -86,13 +87,15 @@ def _parse(query: str) -> DocumentNode:
 PERSONAL_SUBSCRIPTION = "conversationRemoved"
 
 
-def resumes(query: str, variables: dict[str, Any] | None) -> bool:
+def resumes(
+    query: str, variables: dict[str, Any] | None, documents: DocumentCache | None = None
+) -> bool:
     """Whether the operation passes an `after` (a resume point): then it is never shared.
 
     An unparsable document counts as resuming (not shared; it fails on its own anyway).
     """
     try:
-        document = _parse(query)
+        document = _parse(query, documents)
     except GraphQLError:
         return True
     visitor = _Resumes(variables or {})
@@ -231,7 +234,7 @@ def sharing_for(
     """How an operation's live listener may share (None: it resumes, never shared)."""
     if not isinstance(query, str) or not isinstance(variables, dict | None):
         return None  # malformed: it fails on its own
-    if resumes(query, variables) or PERSONAL_SUBSCRIPTION in query:
+    if resumes(query, variables, documents_of(handler.schema)) or PERSONAL_SUBSCRIPTION in query:
         return None
     sink = Sink(handler, operation_id)
     try:

@@ -80,9 +80,23 @@ async def _converted(pending: Awaitable[V], convert: Callable[[V], T]) -> T:
     return convert(await pending)
 
 
+def _included(selection: Selection) -> bool:
+    """Whether `@skip`/`@include` (literal or variable, as executed) keep a selection."""
+    directives = selection.directives
+    if not directives:
+        return True
+    skip, include = directives.get("skip"), directives.get("include")
+    if skip is not None and skip.get("if") is True:
+        return False
+    return include is None or include.get("if") is not False
+
+
 def _fields(selections: Iterable[Selection]) -> Iterator[SelectedField]:
-    """The fields of a selection set, those of its fragments included."""
+    """The fields of a selection set, those of its fragments included; a field or fragment
+    that `@skip`/`@include` leaves out is left out here too (its rows are not loaded)."""
     for selection in selections:
+        if not _included(selection):
+            continue
         if isinstance(selection, SelectedField):
             yield selection
         elif isinstance(selection, FragmentSpread | InlineFragment):

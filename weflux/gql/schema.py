@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Annotated, Any
 
 import strawberry
@@ -13,7 +12,6 @@ from strawberry.extensions import (
     DisableIntrospection,
     MaxAliasesLimiter,
     MaxTokensLimiter,
-    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
 )
@@ -153,25 +151,6 @@ class WefluxSchema(strawberry.Schema):
         log_errors(errors, execution_context)
 
 
-PARSE_CACHE = 256
-
-
-class SharedParse(ParserCache):
-    """Strawberry's ParserCache, but a document that does not parse is left to Strawberry
-    (its parse error is answered as any other: GRAPHQL_VALIDATION_FAILED)."""
-
-    def on_parse(self) -> Iterator[None]:
-        execution = self.execution_context
-        if not isinstance(execution.query, str) or not execution.query:
-            yield  # Strawberry answers a missing query itself
-            return
-        with contextlib.suppress(GraphQLError):
-            execution.graphql_document = self.cached_parse_document(
-                execution.query, **execution.parse_options
-            )
-        yield
-
-
 def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     """The schema with its limits; extensions are passed as factories (one per request)."""
     # The depth and alias rules are classes built per limiter instance (about 2 KiB each,
@@ -183,13 +162,12 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         lambda: AddValidationRules(rules),
         lambda: MaxTokensLimiter(max_token_count=MAX_TOKENS),
-        # One parsed document per distinct text (with its token limit), shared: many
-        # sockets subscribe with the same document and each held its own tree.
-        lambda: SharedParse(maxsize=PARSE_CACHE),
     ]
     if not introspection:
         extensions.append(DisableIntrospection)
-    # Parsed documents and validation verdicts, kept for this schema and its rules alone.
+    # The one parse cache: parsed documents (with the token limit) and validation
+    # verdicts, kept for this schema and its rules alone, shared by HTTP and sockets
+    # (many sockets subscribe with the same document and would each hold a tree).
     documents = DocumentCache()
     extensions += [
         lambda: CachedDocuments(documents),
@@ -217,6 +195,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
         extensions=extensions,
         config=StrawberryConfig(disable_field_suggestions=True),
     )
+    built.documents = documents  # type: ignore[attr-defined]  # fan-out parses through it
     call_directly(built)  # per-row fields of a page: no Strawberry wrapper per call
     return built
 

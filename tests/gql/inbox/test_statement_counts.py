@@ -9,6 +9,7 @@ warmed up first (its cache then answers without the database).
 from __future__ import annotations
 
 import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 
 from tests.fixtures.app import counting
@@ -20,9 +21,15 @@ from tests.fixtures.factories import (
 )
 from tests.fixtures.inbox import Api, workspace
 from weflux.db import Database
+from weflux.ids import encode_global_id
 from weflux.models import (
+    Conversation,
     ConversationLabel,
     Label,
+    MediaFile,
+    MediaOrigin,
+    MediaStatus,
+    Message,
     MessageDirection,
     MessageReaction,
     Organization,
@@ -40,6 +47,9 @@ PAGE_WITH_EVERYTHING = """query($first: Int!) { conversations(first: $first) { e
 PAGE_WITH_REACTIONS = """query($first: Int!) { conversations(first: $first) { edges { node {
   id contact { name } assignee { role }
   lastMessage { text reactions { emoji fromContact } replyTo { text } } } } } }"""
+PAGE_WITH_MEDIA = """query($first: Int!) { conversations(first: $first) { edges { node {
+  id contact { name } assignee { role }
+  lastMessage { text media { id mimeType } reactions { emoji } } } } } }"""
 PAGE_WITH_LABELS = """query($first: Int!) { conversations(first: $first) { edges { node {
   id contact { name } assignee { role } lastMessage { text } labels { name color } } } } }"""
 
@@ -50,6 +60,7 @@ USER_STATEMENTS = 1  # the assignees' users
 ACCOUNT_STATEMENTS = 1  # the WhatsApp numbers
 LABEL_STATEMENTS = 1  # the conversations' labels
 REACTION_STATEMENTS = 2  # the last messages' reactions, and the messages they reply to
+MEDIA_STATEMENTS = 1  # the messages' media files
 
 
 async def _seed(
@@ -79,18 +90,37 @@ async def _seed(
                 sent_by_membership_id=members[i % len(members)].membership.id,
                 reply_to_wa_message_id=quoted.wa_message_id,
             )
-            assert last.wa_message_id is not None
-            session.add(
-                MessageReaction(
-                    conversation_id=conversation.id,
-                    target_wa_message_id=last.wa_message_id,
-                    reactor=contact_reactor(conversation.contact_id),
-                    contact_id=conversation.contact_id,
-                    emoji="👍",
-                )
-            )
+            await _decorate(session, conversation, last)
             for label in labels[: i % 3]:
                 session.add(ConversationLabel(conversation_id=conversation.id, label_id=label.id))
+
+
+async def _decorate(session: AsyncSession, conversation: Conversation, message: Message) -> None:
+    """`message` carries an image and the contact's 👍."""
+    assert message.wa_message_id is not None
+    media = MediaFile(
+        org_id=conversation.org_id,
+        origin=MediaOrigin.INBOUND,
+        message_id=message.id,
+        kind="image",
+        mime_type="image/jpeg",
+        status=MediaStatus.PENDING,
+    )
+    session.add(media)
+    await session.flush()
+    message.media_file_id = media.id
+    session.add_all(
+        [
+            message,
+            MessageReaction(
+                conversation_id=conversation.id,
+                target_wa_message_id=message.wa_message_id,
+                reactor=contact_reactor(conversation.contact_id),
+                contact_id=conversation.contact_id,
+                emoji="👍",
+            ),
+        ]
+    )
 
 
 @pytest.mark.parametrize("size", [10, 50])
@@ -115,6 +145,7 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
             (PAGE_WITH_EVERYTHING, PAGE_STATEMENTS + USER_STATEMENTS + ACCOUNT_STATEMENTS),
             (PAGE_WITH_LABELS, PAGE_STATEMENTS + LABEL_STATEMENTS),
             (PAGE_WITH_REACTIONS, PAGE_STATEMENTS + REACTION_STATEMENTS),
+            (PAGE_WITH_MEDIA, PAGE_STATEMENTS + MEDIA_STATEMENTS + 1),  # + 1: reactions
         ):
             # when the actor reads a page
             with counting(app) as statements:
@@ -133,11 +164,18 @@ async def test_an_inbox_page_costs_a_constant_number_of_statements(
                     m["reactions"] == [{"emoji": "👍", "fromContact": True}] for m in last_messages
                 )
                 assert all(m["replyTo"]["text"] for m in last_messages)
+            if query is PAGE_WITH_MEDIA:
+                last_messages = [edge["node"]["lastMessage"] for edge in edges]
+                assert all(m["media"]["mimeType"] == "image/jpeg" for m in last_messages)
+                assert all(m["reactions"] == [{"emoji": "👍"}] for m in last_messages)
             assert len(statements) == expected, "\n".join(statements)
 
 
 IDS_ONLY = """query($first: Int!) { conversations(first: $first) {
   edges { cursor node { id status } } pageInfo { hasNextPage endCursor } } }"""
+SKIPPED = """query($first: Int!, $no: Boolean!) { conversations(first: $first) { edges {
+  node { id contact @skip(if: true) { name } assignee @include(if: $no) { role }
+  ... @include(if: false) { lastMessage { text } } } } } }"""
 IN_FRAGMENTS = """query($first: Int!) { conversations(first: $first) { edges { node { ...Row } } } }
 fragment Row on Conversation { id contact { name } ... on Conversation {
   assignee { role user { name } } } lastMessage { text } }"""
@@ -155,21 +193,82 @@ async def test_a_page_reads_only_the_related_rows_its_selection_asks_for(
     size: int,
 ) -> None:
     """Given twice `size` conversations, when a page asks for no related row, then it
-    costs the page's statement alone; when it asks for them through fragments, the
-    same statements as written inline."""
+    costs the page's statement alone, as when `@skip`/`@include` leave them out; when
+    it asks for them through fragments, the same statements as written inline."""
     await _seed(db, org, size, [admin, manager, agent], agent)
 
     for actor in (admin, agent):
         await api(actor, "{ viewer { id } }")  # authentication warm: no statement of its own
         for query, expected in (
             (IDS_ONLY, 1 + 1),
+            (SKIPPED, 1 + 1),
             (IN_FRAGMENTS, PAGE_STATEMENTS + USER_STATEMENTS),
         ):
             # when
             with counting(app) as statements:
-                body = await api(actor, query, {"first": size})
+                body = await api(actor, query, {"first": size, "no": False})
 
             # then
             assert "errors" not in body, body
             assert len(body["data"]["conversations"]["edges"]) == size
             assert len(statements) == expected, "\n".join(statements)
+
+
+HISTORY = """query($id: ID!, $last: Int!) { node(id: $id) { ... on Conversation {
+  messages(last: $last) { edges { node { id text updateCursor location { name }
+    contacts { name } interactiveReply { title }
+    media { id mimeType } reactions { emoji } replyTo { text } } } } } } }"""
+HISTORY_PLAIN = """query($id: ID!, $last: Int!, $media: Boolean!) {
+  node(id: $id) { ... on Conversation {
+  messages(last: $last) { edges { node { id text updateCursor
+    media @include(if: $media) { id } reactions @skip(if: true) { emoji } } } } } } }"""
+# The transaction, the conversation (node), the page of messages; then one each: media
+# files, reactions, the quoted messages.
+HISTORY_STATEMENTS = 1 + 2 + 3
+
+
+@pytest.mark.parametrize("size", [10, 50])
+async def test_a_conversations_message_page_costs_a_constant_number_of_statements(
+    api: Api, app: Starlette, db: Database, org: Organization, admin: Actor, size: int
+) -> None:
+    """Given a conversation of twice `size` messages, each quoting the one before and
+    carrying an image and a reaction, when its latest `size` are read with their media,
+    reactions and quoted messages, then the page costs the same statements whatever its
+    size; and a field that `@skip`/`@include` leaves out loads nothing."""
+    async with workspace(db, org.id) as session:
+        conversation = await create_conversation(session)
+        quoted: str | None = None
+        for _ in range(size * 2):
+            message = await create_message(session, conversation, reply_to_wa_message_id=quoted)
+            await _decorate(session, conversation, message)
+            quoted = message.wa_message_id
+        conversation_id = encode_global_id("Conversation", conversation.id)
+    await api(admin, "{ viewer { id } }")  # authentication warm: no statement of its own
+
+    # when
+    with counting(app) as statements:
+        body = await api(admin, HISTORY, {"id": conversation_id, "last": size})
+
+    # then
+    assert "errors" not in body, body
+    nodes = [edge["node"] for edge in body["data"]["node"]["messages"]["edges"]]
+    assert len(nodes) == size
+    assert all(node["media"]["mimeType"] == "image/jpeg" for node in nodes)
+    assert all(node["reactions"] == [{"emoji": "👍"}] for node in nodes)
+    assert all(node["replyTo"]["text"] for node in nodes)
+    assert all(node["location"] is None and node["updateCursor"] for node in nodes)
+    assert len(statements) == HISTORY_STATEMENTS, "\n".join(statements)
+
+    for media, expected in ((False, 1 + 2), (True, 1 + 2 + 1)):
+        # when the media are included or not, and the reactions skipped
+        with counting(app) as statements:
+            body = await api(
+                admin, HISTORY_PLAIN, {"id": conversation_id, "last": size, "media": media}
+            )
+
+        # then only what is included is loaded
+        assert "errors" not in body, body
+        nodes = [edge["node"] for edge in body["data"]["node"]["messages"]["edges"]]
+        assert len(nodes) == size
+        assert all(("media" in node) is media and "reactions" not in node for node in nodes)
+        assert len(statements) == expected, "\n".join(statements)

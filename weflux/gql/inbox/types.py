@@ -36,7 +36,7 @@ from weflux.gql.inbox.content_types import (
 from weflux.gql.inbox.media_types import Media, to_media
 from weflux.gql.inbox.team_types import Label, Note, to_label, to_note
 from weflux.gql.loaders import Loaders
-from weflux.gql.prefetch import direct, prefetch, related
+from weflux.gql.prefetch import direct, node_selection, prefetch, related
 from weflux.gql.types import (
     After,
     Before,
@@ -197,6 +197,8 @@ class Conversation(Node):
             last=last,
             before=decode_cursor(before, "before") if before else None,
         )
+        rows = [row for row, _ in page.items]
+        await prefetch_messages(info.context.loaders, rows, node_selection(info))
         return to_connection(page, to_message)
 
     @strawberry.field(description="Its labels, by name.")
@@ -257,22 +259,34 @@ class Message(Node):
     wa_message_id: str | None = strawberry.field(
         description="WhatsApp's id of it (wamid); null until an outbound message is SENT."
     )
-    location: Location | None = strawberry.field(
-        description="The shared place of a LOCATION message; null for other types."
-    )
-    contacts: list[ContactCard] | None = strawberry.field(
+    conversation_id: strawberry.Private[uuid.UUID]
+    sent_by_membership_id: strawberry.Private[uuid.UUID | None]
+    reply_to_wa_message_id: strawberry.Private[str | None]
+    media_file_id: strawberry.Private[uuid.UUID | None]
+    row: strawberry.Private[models.Message]  # its payload: read only when a field asks
+
+    # Computed from the stored payload when selected, never loaded.
+    @strawberry.field(description="The shared place of a LOCATION message; null for other types.")
+    @direct
+    def location(self, info: Info[Context, None]) -> Location | None:
+        return location_of(self.row)
+
+    @strawberry.field(
         description=f"The contact cards of a CONTACTS message, in the order shared (the first "
         f"{MAX_CARDS}); null for other types.",
         metadata={LIST_NODES: MAX_CARDS},
     )
-    interactive_reply: InteractiveReply | None = strawberry.field(
+    @direct
+    def contacts(self, info: Info[Context, None]) -> list[ContactCard] | None:
+        return contact_cards_of(self.row)
+
+    @strawberry.field(
         description="The button or list row the contact chose (an INTERACTIVE reply, or a "
         "BUTTON message: a template's quick reply); null otherwise."
     )
-    conversation_id: strawberry.Private[uuid.UUID]
-    sent_by_membership_id: strawberry.Private[uuid.UUID | None]
-    reply_to_wa_message_id: strawberry.Private[str | None]
-    media_file_id: strawberry.Private[uuid.UUID | None] = None
+    @direct
+    def interactive_reply(self, info: Info[Context, None]) -> InteractiveReply | None:
+        return interactive_reply_of(self.row)
 
     @strawberry.field(
         description="The emoji reactions to it, oldest first (the first "
@@ -316,11 +330,11 @@ class Message(Node):
         "other kinds. Inbound files appear at once and become downloadable (`downloadPath`) "
         "when the worker has fetched them from WhatsApp (`messageUpdated` says so)."
     )
-    async def media(self, info: Info[Context, None]) -> Media | None:
+    @direct
+    def media(self, info: Info[Context, None]) -> Media | None:
         if self.media_file_id is None:
             return None
-        row = await info.context.loaders.media_file.load(self.media_file_id)
-        return to_media(row) if row is not None else None
+        return related(info.context.loaders.media_file, self.media_file_id, _media_of)
 
 
 ContactConnection = Connection[Contact]
@@ -387,6 +401,10 @@ def _reactions_of(rows: list[models.MessageReaction]) -> list[Reaction]:
     return [to_reaction(row) for row in rows[:MAX_REACTIONS]]
 
 
+def _media_of(row: models.MediaFile | None) -> Media | None:
+    return to_media(row) if row is not None else None
+
+
 async def prefetch_conversations(
     loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
 ) -> None:
@@ -406,29 +424,53 @@ async def prefetch_conversations(
     loads.append(_prefetch_last_messages(loaders, rows, wanted))
     if "assignee" in wanted:
         ids = [row.assignee_membership_id for row in rows if row.assignee_membership_id]
-        loads.append(prefetch(loaders.membership, ids))
-    loaded = await asyncio.gather(*loads)
-    if "assignee" in wanted and "assignee.user" in wanted:
-        members: list[models.Membership | None] = loaded[-1]  # prefetch's, in order
-        await prefetch(loaders.user, [member.user_id for member in members if member])
+        loads.append(_prefetch_members(loaders, ids, "assignee.user" in wanted))
+    await asyncio.gather(*loads)
 
 
 async def _prefetch_last_messages(
     loaders: Loaders, rows: Sequence[models.Conversation], wanted: set[str]
 ) -> None:
-    """The last messages, then what the selection asks of them: reactions, replyTo."""
+    """The last messages, then what the selection asks of them (`prefetch_messages`)."""
     if "lastMessage" not in wanted:
         return
     ids = [row.last_message_id for row in rows if row.last_message_id is not None]
     messages = [message for message in await prefetch(loaders.message, ids) if message]
+    await prefetch_messages(loaders, messages, wanted, "lastMessage.")
+
+
+async def prefetch_messages(
+    loaders: Loaders, messages: Sequence[models.Message], wanted: set[str], prefix: str = ""
+) -> None:
+    """Load ahead what `wanted` asks of these messages (its paths under `prefix`).
+
+    One statement per kind, and only the kinds selected: media, reactions, replyTo,
+    sentBy (and its user), conversation. location, contacts and interactiveReply come
+    from the message's own payload and updateCursor from a column: nothing to load. A
+    field added to Message whose rows come from a DataLoader belongs here too.
+    """
     loads: list[Awaitable[Any]] = []
-    if "lastMessage.reactions" in wanted:
+    if prefix + "media" in wanted:
+        files = [message.media_file_id for message in messages if message.media_file_id]
+        loads.append(prefetch(loaders.media_file, files))
+    if prefix + "reactions" in wanted:
         wamids = [message.wa_message_id for message in messages if message.wa_message_id]
         loads.append(prefetch(loaders.reactions, wamids))
-    if "lastMessage.replyTo" in wanted:
+    if prefix + "replyTo" in wanted:
         quoted = [m.reply_to_wa_message_id for m in messages if m.reply_to_wa_message_id]
         loads.append(prefetch(loaders.message_by_wamid, quoted))
+    if prefix + "conversation" in wanted:
+        loads.append(prefetch(loaders.conversation, [m.conversation_id for m in messages]))
+    if prefix + "sentBy" in wanted:
+        senders = [m.sent_by_membership_id for m in messages if m.sent_by_membership_id]
+        loads.append(_prefetch_members(loaders, senders, prefix + "sentBy.user" in wanted))
     await asyncio.gather(*loads)
+
+
+async def _prefetch_members(loaders: Loaders, ids: list[uuid.UUID], users: bool) -> None:
+    members = await prefetch(loaders.membership, ids)
+    if users:
+        await prefetch(loaders.user, [member.user_id for member in members if member])
 
 
 def _message_type(value: str) -> MessageType:
@@ -451,11 +493,9 @@ def to_message(row: models.Message) -> Message:
         error_title=row.error_title,
         created_at=row.created_at,
         wa_message_id=row.wa_message_id,
-        location=location_of(row),
-        contacts=contact_cards_of(row),
-        interactive_reply=interactive_reply_of(row),
         conversation_id=row.conversation_id,
         sent_by_membership_id=row.sent_by_membership_id,
         reply_to_wa_message_id=row.reply_to_wa_message_id,
         media_file_id=row.media_file_id,
+        row=row,
     )
