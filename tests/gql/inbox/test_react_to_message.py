@@ -11,7 +11,7 @@ import pytest
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.factories import Actor, create_message
-from tests.fixtures.inbound import receive
+from tests.fixtures.inbound import post_body, receive
 from tests.fixtures.inbox import Api, gid, workspace
 from tests.fixtures.meta import ACCESS_TOKEN
 from tests.fixtures.outbound import all_messages, make_account, make_conversation, record_events
@@ -244,3 +244,36 @@ async def test_a_reaction_whatsapp_refuses_shows_what_whatsapp_shows(
     updated = [e for e in events if e["event"] == "messageUpdated"]
     assert len(updated) == 2  # the worker's: one per refusal
     assert {e["id"] for e in updated} == {str(decode_global_id(message["id"], "Message"))}
+
+
+async def test_a_reaction_failed_by_a_status_webhook_is_undone(
+    client: httpx.AsyncClient,
+    api: Api,
+    db: Database,
+    number: WhatsAppAccount,
+    services: Services,
+    settings: Settings,
+    inbox_settings: Settings,
+    agent: Actor,
+) -> None:
+    """Given a customer's message and an agent's reaction WhatsApp accepted
+    When a status webhook says the reaction's send failed after all
+    Then no reaction of the agent shows, and a late `delivered` does not bring it back."""
+    worker = Services(
+        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
+    )
+    target = wh.new_wamid()
+    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
+    (message,) = await _history(api, agent)
+    assert "errors" not in await api(agent, REACT, _react(message["id"], "👍🏽"))
+    await deliver_due_messages(db, worker, inbox_settings)
+    (sent,) = [m for m in await all_messages(db, agent.org_id) if m.type == "reaction"]
+    assert sent.wa_message_id is not None
+
+    for state in ("failed", "delivered"):
+        change = wh.messages_change(
+            number.phone_number_id, statuses=[wh.status(sent.wa_message_id, state)]
+        )
+        await post_body(client, number, wh.webhook_body(change))
+
+    assert (await _history(api, agent))[0]["reactions"] == []
