@@ -21,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import feed_values
+from weflux.auth.scoping import feed_values, lock_feed
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import CannedReply, Conversation, ConversationLabel, Label, Note, utcnow
 from weflux.pagination import Page, encode_cursor, page_of, page_size
@@ -109,7 +109,9 @@ async def _touch_labelled(
 ) -> int:
     """Every conversation the label is on takes a change-feed position (one UPDATE) and,
     with a broker, is announced (`conversationUpdated`): resumers and live subscribers see
-    the label's change. How many conversations."""
+    the label's change. How many conversations. The feed lock first: several rows change
+    (weflux.auth.scoping.lock_feed)."""
+    await lock_feed(session)
     dialect = (await session.connection()).dialect.name
     labelled = select(col(ConversationLabel.conversation_id)).where(
         col(ConversationLabel.label_id) == label_id
