@@ -20,7 +20,7 @@ from weflux.config import Settings
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.lifecycle import erasure
 from weflux.lifecycle.worker import Lifecycle, run_retention
-from weflux.models import Conversation, MediaFile, Message, MessageStatus, utcnow
+from weflux.models import Conversation, MediaFile, Message, MessageStatus, Organization, utcnow
 from weflux.worker.delivery import deliver_due_messages
 
 UPLOAD = (
@@ -275,3 +275,39 @@ async def test_uploads_never_sent_expire_with_the_daily_retention(
 
     assert await _media_rows(media_inbox) == {sent, fresh, *inbound}
     assert len(_files(settings)) == 3
+
+
+async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since(
+    media_inbox: MediaInbox, admin: Actor, settings: Settings
+) -> None:
+    """Given a workspace keeping messages 30 days, an upload sent 40 days ago only, and
+    another sent 40 days ago and again today,
+    when the daily retention runs,
+    then the first file is gone with its old message (file and row); the second stays
+    with today's message."""
+    client = media_inbox.client
+    conversation, _ = await _conversation(media_inbox)
+    token = await token_for(client, admin)
+    ids = []
+    for name in ("old.jpg", "again.jpg"):
+        uploaded = await upload(client, token, JPEG, name, "image/jpeg")
+        ids.append(uploaded.json()["data"]["uploadMedia"]["id"])
+    for media in (ids[0], ids[1]):
+        assert "errors" not in (await _send(client, token, conversation, media)).json()
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(update(Message).values(created_at=utcnow() - timedelta(days=40)))
+        organization = await session.get(Organization, org_id)
+        assert organization is not None
+        organization.message_retention_days = 30
+        session.add(organization)
+    assert "errors" not in (await _send(client, token, conversation, ids[1])).json()
+    runtime = media_inbox.runtime
+    lifecycle = Lifecycle(
+        db=runtime.db, keyring=runtime.channel_services.keyring, batch=1, media=runtime.media
+    )
+
+    await run_retention(lifecycle)
+
+    assert await _media_rows(media_inbox) == {decode_id(ids[1])}
+    assert len(_files(settings)) == 1
