@@ -256,6 +256,8 @@ class Settings(BaseSettings):
     workspace_deletion_grace: timedelta = timedelta(days=7)
     # Platform security events (IP addresses of no one workspace) and finished alerts.
     security_event_retention: timedelta = timedelta(days=90)
+    # Uploads (uploadMedia) never sent: the daily retention deletes them after this.
+    media_upload_retention: timedelta = timedelta(days=7)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
     # Media files (weflux/media/; docs/inbox.md#media): encrypted on local disk under
     # media_dir, or in S3-compatible storage when media_s3_url (s3://bucket/prefix) is set.
@@ -449,6 +451,7 @@ class Settings(BaseSettings):
         "delivery_backoff_cap",
         "backup_retention",
         "security_event_retention",
+        "media_upload_retention",
         "media_download_lease",
         mode="before",
     )

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
-from tests.fixtures.media import MediaInbox, S3Server
+from tests.fixtures.media import MediaInbox, stored_blobs
 from weflux.config import Settings
 from weflux.ids import encode_global_id
 from weflux.models import MediaStatus
@@ -36,13 +35,6 @@ def _content(kind: str, size: int = 150_000) -> bytes:
     """Recognisable plaintext, longer than two encryption chunks."""
     marker = f"WEFLUX-PLAINTEXT-{kind}-".encode()
     return (marker * (size // len(marker) + 1))[:size]
-
-
-def _stored_blobs(settings: Settings, s3: S3Server | None, bucket: str | None) -> list[bytes]:
-    if bucket is not None and s3 is not None:
-        return list(s3.objects(bucket).values())
-    root = settings.media_directory
-    return [p.read_bytes() for p in Path(root).rglob("*") if p.is_file()]
 
 
 @pytest.mark.parametrize("media_store_kind", ["disk", "s3"])
@@ -95,7 +87,7 @@ async def test_inbound_media_is_downloaded_stored_encrypted_and_served(
     assert "/" not in response.headers["content-disposition"].split("filename=")[1].split(";")[0]
 
     s3 = request.getfixturevalue("s3_server") if media_store_kind == "s3" else None
-    blobs = _stored_blobs(settings, s3, media_bucket)
+    blobs = stored_blobs(settings, s3, media_bucket)
     assert len(blobs) == 1
     assert content[:64] not in blobs[0]
     assert f"WEFLUX-PLAINTEXT-{kind}".encode() not in blobs[0]

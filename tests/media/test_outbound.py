@@ -9,14 +9,18 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import update
-from sqlmodel import col
+from sqlmodel import col, select
 
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor
-from tests.fixtures.media import MediaInbox
-from weflux.ids import encode_global_id
-from weflux.models import Conversation, Message, MessageStatus, utcnow
+from tests.fixtures.media import MediaInbox, stored_blobs
+from weflux.config import Settings
+from weflux.ids import decode_global_id, encode_global_id
+from weflux.lifecycle import erasure
+from weflux.lifecycle.worker import Lifecycle, run_retention
+from weflux.models import Conversation, MediaFile, Message, MessageStatus, Organization, utcnow
 from weflux.worker.delivery import deliver_due_messages
 
 UPLOAD = (
@@ -173,3 +177,137 @@ async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admi
     media = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
     response = await _send(client, token, conversation, media["id"])
     assert error_codes(response) == ["OUTSIDE_SERVICE_WINDOW"]
+
+
+def _files(settings: Settings) -> list[bytes]:
+    return stored_blobs(settings, None, None)
+
+
+def decode_id(global_id: str) -> uuid.UUID:
+    return decode_global_id(global_id, "Media")
+
+
+def _blobs(settings: Settings, media_bucket: str | None, request: pytest.FixtureRequest) -> int:
+    s3 = request.getfixturevalue("s3_server") if media_bucket is not None else None
+    return len(stored_blobs(settings, s3, media_bucket))
+
+
+async def _media_rows(inbox: MediaInbox) -> set[uuid.UUID]:
+    async with inbox.db.session(inbox.account.org_id) as session:
+        return set((await session.exec(select(MediaFile.id))).all())
+
+
+@pytest.mark.parametrize("media_store_kind", ["disk", "s3"])
+async def test_erasing_the_contact_deletes_the_files_sent_to_them(
+    media_inbox: MediaInbox,
+    admin: Actor,
+    settings: Settings,
+    media_bucket: str | None,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Given a contact who sent an image and was sent a photo (uploaded, sent, delivered),
+    and another upload not sent,
+    when the contact is erased and purged,
+    then both files of the conversation are gone from the store (disk or bucket) and the
+    database; the unsent upload stays."""
+    client = media_inbox.client
+    conversation, conversation_id = await _conversation(media_inbox)
+    await media_inbox.download()
+    token = await token_for(client, admin)
+    sent = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
+    kept = (await upload(client, token, JPEG, "b.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
+    assert "errors" not in (await _send(client, token, conversation, sent["id"])).json()
+    runtime = media_inbox.runtime
+    assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
+    assert _blobs(settings, media_bucket, request) == 3
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        conversation_row = await session.get(Conversation, conversation_id)
+        assert conversation_row is not None
+
+    assert await erasure.purge_contact(
+        runtime.db, org_id, conversation_row.contact_id, batch=1, media=runtime.media
+    )
+
+    assert _blobs(settings, media_bucket, request) == 1
+    assert await _media_rows(media_inbox) == {decode_id(kept["id"])}
+
+
+async def test_uploads_never_sent_expire_with_the_daily_retention(
+    media_inbox: MediaInbox, admin: Actor, settings: Settings
+) -> None:
+    """Given three uploads eight days old, one of them sent, and a fresh one,
+    when the daily retention runs (uploads kept 7 days, one row per batch),
+    then the two old unsent uploads are gone (file and row); the sent one and the fresh
+    one stay."""
+    client = media_inbox.client
+    conversation, _ = await _conversation(media_inbox)
+    await media_inbox.download()
+    token = await token_for(client, admin)
+    ids = []
+    for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
+        uploaded = await upload(client, token, JPEG, name, "image/jpeg")
+        ids.append(decode_id(uploaded.json()["data"]["uploadMedia"]["id"]))
+    old, sent, fresh = ids[:2], ids[2], ids[3]
+    assert (
+        "errors"
+        not in (await _send(client, token, conversation, encode_global_id("Media", sent))).json()
+    )
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(
+            update(MediaFile)
+            .where(col(MediaFile.id).in_([*old, sent]))
+            .values(created_at=utcnow() - timedelta(days=8))
+        )
+    inbound = await _media_rows(media_inbox) - set(ids)
+    assert len(_files(settings)) == 5
+    runtime = media_inbox.runtime
+    lifecycle = Lifecycle(
+        db=runtime.db,
+        keyring=runtime.channel_services.keyring,
+        batch=1,
+        media_upload_retention=timedelta(days=7),
+        media=runtime.media,
+    )
+
+    await run_retention(lifecycle)
+
+    assert await _media_rows(media_inbox) == {sent, fresh, *inbound}
+    assert len(_files(settings)) == 3
+
+
+async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since(
+    media_inbox: MediaInbox, admin: Actor, settings: Settings
+) -> None:
+    """Given a workspace keeping messages 30 days, an upload sent 40 days ago only, and
+    another sent 40 days ago and again today,
+    when the daily retention runs,
+    then the first file is gone with its old message (file and row); the second stays
+    with today's message."""
+    client = media_inbox.client
+    conversation, _ = await _conversation(media_inbox)
+    token = await token_for(client, admin)
+    ids = []
+    for name in ("old.jpg", "again.jpg"):
+        uploaded = await upload(client, token, JPEG, name, "image/jpeg")
+        ids.append(uploaded.json()["data"]["uploadMedia"]["id"])
+    for media in (ids[0], ids[1]):
+        assert "errors" not in (await _send(client, token, conversation, media)).json()
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(update(Message).values(created_at=utcnow() - timedelta(days=40)))
+        organization = await session.get(Organization, org_id)
+        assert organization is not None
+        organization.message_retention_days = 30
+        session.add(organization)
+    assert "errors" not in (await _send(client, token, conversation, ids[1])).json()
+    runtime = media_inbox.runtime
+    lifecycle = Lifecycle(
+        db=runtime.db, keyring=runtime.channel_services.keyring, batch=1, media=runtime.media
+    )
+
+    await run_retention(lifecycle)
+
+    assert await _media_rows(media_inbox) == {decode_id(ids[1])}
+    assert len(_files(settings)) == 1

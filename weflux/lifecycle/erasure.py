@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, true, update
+from sqlalchemy import and_, delete, or_, true, update
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -29,6 +29,7 @@ from weflux.models import (
     Conversation,
     DataRequest,
     MediaFile,
+    MediaOrigin,
     Membership,
     Message,
     MessageStatus,
@@ -114,9 +115,9 @@ async def purge_contact(
     finish: Finish | None = None,
     media: MediaStore | None = None,
 ) -> bool:
-    """Hard-delete an erased contact: raw webhook bodies naming it, the media files it
-    sent (stored files too), messages, conversations, the contact; `finish` runs in the
-    last transaction (ledger, request).
+    """Hard-delete an erased contact: raw webhook bodies naming it, the media files of its
+    conversations (those it sent and those sent to it, stored files too), messages,
+    conversations, the contact; `finish` runs in the last transaction (ledger, request).
 
     False when the contact is already gone (then `finish` still runs once).
     """
@@ -140,7 +141,7 @@ async def purge_contact(
     await progress(0.2)
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
     messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
-    await purge_media(db, media, org_id, col(MediaFile.message_id).in_(messages), batch)
+    await purge_media(db, media, org_id, media_of(messages), batch)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -152,6 +153,30 @@ async def purge_contact(
         if finish is not None:
             await finish(session, wa_id, user_id)
     return True
+
+
+def media_of(messages: Any) -> Any:
+    """Media files of the messages `messages` (a subquery of message ids) selects: the
+    files they received (`message_id`) and the uploads they sent (`media_file_id`).
+
+    An upload sent to several conversations goes with the first of them deleted: the
+    others' `media` is null from then on (docs/lifecycle.md).
+    """
+    sent = select(col(Message.media_file_id)).where(
+        col(Message.id).in_(messages), col(Message.media_file_id).is_not(None)
+    )
+    return or_(col(MediaFile.message_id).in_(messages), col(MediaFile.id).in_(sent))
+
+
+def unsent_uploads(uploaded_before: datetime) -> Any:
+    """Uploads (uploadMedia) older than `uploaded_before` that no message carries."""
+    carried = select(col(Message.media_file_id)).where(col(Message.media_file_id).is_not(None))
+    return and_(
+        col(MediaFile.origin) == MediaOrigin.UPLOAD,
+        col(MediaFile.message_id).is_(None),
+        col(MediaFile.created_at) < uploaded_before,
+        col(MediaFile.id).not_in(carried),
+    )
 
 
 async def delete_in_batches(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import and_
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -53,6 +54,7 @@ class Lifecycle:
     batch: int = erasure.DEFAULT_BATCH
     export_dir: Path | None = None  # None: exports wait (PENDING)
     security_event_retention: timedelta = timedelta(days=90)
+    media_upload_retention: timedelta = timedelta(days=7)  # uploads never sent
     media: MediaStore | None = None  # stored media files deleted with their rows
 
 
@@ -226,12 +228,27 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         if days is not None:
             cutoff = now - timedelta(days=days)
             old = select(col(Message.id)).where(col(Message.created_at) < cutoff)
+            kept = select(col(Message.media_file_id)).where(
+                col(Message.created_at) >= cutoff, col(Message.media_file_id).is_not(None)
+            )
+            # An upload sent again since the cutoff stays with its newer message.
             deleted += await erasure.purge_media(
-                db, lifecycle.media, org_id, col(MediaFile.message_id).in_(old), lifecycle.batch
+                db,
+                lifecycle.media,
+                org_id,
+                and_(erasure.media_of(old), col(MediaFile.id).not_in(kept)),
+                lifecycle.batch,
             )
             deleted += await erasure.delete_in_batches(
                 db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
             )
+        deleted += await erasure.purge_media(
+            db,
+            lifecycle.media,
+            org_id,
+            erasure.unsent_uploads(now - lifecycle.media_upload_retention),
+            lifecycle.batch,
+        )
         async with db.session(org_id) as session:
             organization = await session.get(Organization, org_id)
             if organization is not None:

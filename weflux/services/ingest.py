@@ -478,6 +478,8 @@ async def _apply_statuses(
             id=message.id,
             conversation_id=message.conversation_id,
         )
+        if message.type == "reaction" and message.status == MessageStatus.FAILED:
+            await reactions.undo_failed_reaction(session, broker, message)  # rare
 
 
 async def _account_changes(

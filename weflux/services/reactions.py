@@ -223,3 +223,63 @@ async def react_to_message(
     await session.flush()
     log.info("reaction queued", extra={"message_id": str(target.id)})
     return target
+
+
+SHOWN_ON_WHATSAPP = (MessageStatus.SENT, MessageStatus.DELIVERED, MessageStatus.READ)
+LOOK_BACK = 50  # earlier reaction sends of the member in the conversation looked at
+
+
+async def undo_failed_reaction(session: AsyncSession, broker: Broker, failed: Message) -> bool:
+    """A member's reaction send that Meta finally refused (FAILED): their reaction shows
+    again what WhatsApp shows, their last reaction to that message WhatsApp accepted
+    (none: removed), and `messageUpdated` is published. Nothing when the member has
+    reacted to it again since (that newer send stands). Whether it changed."""
+    payload = failed.payload or {}
+    target = payload.get("message_id")
+    membership_id = failed.sent_by_membership_id
+    if not isinstance(target, str) or membership_id is None:
+        return False
+    reactor = member_reactor(membership_id)
+    shown = (
+        await session.exec(
+            select(MessageReaction).where(
+                MessageReaction.target_wa_message_id == target,
+                MessageReaction.reactor == reactor,
+            )
+        )
+    ).first()
+    if shown is None or shown.created_at != failed.created_at:
+        return False
+    earlier = (
+        await session.exec(
+            select(Message)
+            .where(
+                Message.conversation_id == failed.conversation_id,
+                Message.type == MessageType.REACTION,
+                Message.sent_by_membership_id == membership_id,
+                col(Message.status).in_(SHOWN_ON_WHATSAPP),
+                col(Message.created_at) < failed.created_at,
+            )
+            .order_by(col(Message.created_at).desc())
+            .limit(LOOK_BACK)
+        )
+    ).all()
+    previous = next(
+        (
+            str((m.payload or {}).get("emoji", ""))
+            for m in earlier
+            if (m.payload or {}).get("message_id") == target
+        ),
+        "",
+    )
+    change = ReactionChange(
+        target=target,
+        reactor=reactor,
+        conversation_id=failed.conversation_id,
+        emoji=previous,
+        at=max(utcnow(), shown.created_at),
+        membership_id=membership_id,
+    )
+    await set_reactions(session, broker, failed.org_id, [change])
+    log.info("failed reaction undone", extra={"message_id": str(failed.id)})
+    return True

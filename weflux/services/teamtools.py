@@ -14,13 +14,14 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from sqlalchemy import and_, delete, or_
+from sqlalchemy import and_, delete, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
+from weflux.auth.scoping import feed_values, lock_feed
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import CannedReply, Conversation, ConversationLabel, Label, Note, utcnow
 from weflux.pagination import Page, encode_cursor, page_of, page_size
@@ -103,6 +104,34 @@ async def create_label(
     return label
 
 
+async def _touch_labelled(
+    session: AsyncSession, broker: Broker | None, org_id: uuid.UUID, label_id: uuid.UUID
+) -> int:
+    """Every conversation the label is on takes a change-feed position (one UPDATE) and,
+    with a broker, is announced (`conversationUpdated`): resumers and live subscribers see
+    the label's change. How many conversations. The feed lock first: several rows change
+    (weflux.auth.scoping.lock_feed)."""
+    await lock_feed(session)
+    dialect = (await session.connection()).dialect.name
+    labelled = select(col(ConversationLabel.conversation_id)).where(
+        col(ConversationLabel.label_id) == label_id
+    )
+    touched = (
+        await session.exec(
+            update(Conversation)
+            .where(col(Conversation.id).in_(labelled))
+            .values(updated_at=utcnow(), **feed_values(dialect, org_id))
+            .returning(col(Conversation.id))
+        )
+    ).all()
+    if broker is not None:
+        for (conversation_id,) in touched:
+            publish_after_commit(
+                session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation_id
+            )
+    return len(touched)
+
+
 async def update_label(
     session: AsyncSession,
     principal: Principal,
@@ -111,18 +140,23 @@ async def update_label(
     name: str | None = None,
     color: str | None = None,
     meta: RequestMeta | None = None,
+    broker: Broker | None = None,
 ) -> Label:
-    """Rename or recolour a label; a None field stays as it is."""
+    """Rename or recolour a label; a None field stays as it is. A change touches every
+    conversation the label is on (`_touch_labelled`): each shows the label as it is now."""
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
     new_name = _text(name, "name", MAX_LABEL_NAME) if name is not None else None
     new_color = _color(color) if color is not None else None
     label = await _label(session, label_id)
+    changed = (new_name not in (None, label.name)) or (new_color not in (None, label.color))
     if new_name is not None:
         label.name = new_name
     if new_color is not None:
         label.color = new_color
     session.add(label)
     await session.flush()
+    if changed:
+        await _touch_labelled(session, broker, principal.org_id, label.id)
     await record(
         session,
         Action.LABEL_UPDATED,
@@ -141,10 +175,13 @@ async def delete_label(
     label_id: uuid.UUID,
     *,
     meta: RequestMeta | None = None,
+    broker: Broker | None = None,
 ) -> uuid.UUID:
-    """Delete a label, and with it its place on every conversation; answers its id."""
+    """Delete a label, and with it its place on every conversation (each touched,
+    `_touch_labelled`, before the label leaves it); answers its id."""
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
     label = await _label(session, label_id)
+    await _touch_labelled(session, broker, principal.org_id, label.id)
     await session.exec(delete(ConversationLabel).where(col(ConversationLabel.label_id) == label.id))
     await session.delete(label)
     await session.flush()

@@ -77,6 +77,7 @@ from weflux.models import (
 )
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.channels import SandboxRefused, Services, apply_health_error
+from weflux.services.reactions import undo_failed_reaction
 from weflux.throttle.sends import LocalThrottle, Throttle
 from weflux.whatsapp.client import CloudApiClient, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
@@ -515,6 +516,8 @@ async def _apply(
             title = f"{title} (gave up after {message.attempts} attempts)"
         _fail(message, outcome.code, title, now)
         changed = True
+        if message.type == MessageType.REACTION:
+            await undo_failed_reaction(session, services.broker, message)
         if outcome.kind == "token_invalid":
             await _flag_account(session, services, outcome)
     if changed:

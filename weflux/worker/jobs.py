@@ -58,6 +58,7 @@ def build_worker(
         batch=settings.lifecycle_batch_size,
         export_dir=settings.export_directory,
         security_event_retention=settings.security_event_retention,
+        media_upload_retention=settings.media_upload_retention,
         media=media,
     )
 

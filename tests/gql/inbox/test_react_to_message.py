@@ -11,13 +11,14 @@ import pytest
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.factories import Actor, create_message
-from tests.fixtures.inbound import receive
+from tests.fixtures.inbound import post_body, receive
 from tests.fixtures.inbox import Api, gid, workspace
 from tests.fixtures.meta import ACCESS_TOKEN
-from tests.fixtures.outbound import all_messages, make_account, make_conversation
+from tests.fixtures.outbound import all_messages, make_account, make_conversation, record_events
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
+from weflux.ids import decode_global_id
 from weflux.models import (
     Conversation,
     Message,
@@ -193,3 +194,86 @@ async def test_roles_and_workspaces(
     assert await codes(agent, open_) == []
     assert await codes(other_admin, hidden) == ["NOT_FOUND"]
     assert await codes(other_admin, open_) == ["NOT_FOUND"]
+
+
+async def test_a_reaction_whatsapp_refuses_shows_what_whatsapp_shows(
+    client: httpx.AsyncClient,
+    api: Api,
+    db: Database,
+    number: WhatsAppAccount,
+    services: Services,
+    settings: Settings,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    agent: Actor,
+) -> None:
+    """Given a customer's message
+    When an agent's first reaction is refused by WhatsApp for good, then a second is sent,
+    then a third is refused for good, the worker running after each
+    Then after the first refusal no reaction of theirs shows, after the third the second
+    shows again (what the customer sees), and each refusal announces the message
+    (messageUpdated)."""
+    worker = Services(
+        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
+    )
+    target = wh.new_wamid()
+    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
+    (message,) = await _history(api, agent)
+    events = await record_events(services, agent.org_id)
+
+    fake_meta.fail_next(code=131026, details="Message undeliverable")
+    shown = await api(agent, REACT, _react(message["id"], "😮"))
+    assert [r["emoji"] for r in shown["data"]["reactToMessage"]["reactions"]] == ["😮"]
+    await deliver_due_messages(db, worker, inbox_settings)
+    assert (await _history(api, agent))[0]["reactions"] == []
+
+    assert "errors" not in await api(agent, REACT, _react(message["id"], "👍🏽"))
+    await deliver_due_messages(db, worker, inbox_settings)
+    fake_meta.fail_next(code=131026, details="Message undeliverable")
+    assert "errors" not in await api(agent, REACT, _react(message["id"], "❤️"))
+    await deliver_due_messages(db, worker, inbox_settings)
+
+    (after,) = await _history(api, agent)
+    assert after["reactions"] == [{"emoji": "👍🏽", "fromContact": False}]
+    stored = await all_messages(db, agent.org_id)
+    assert sorted((m.text or "", m.status) for m in stored if m.type == "reaction") == [
+        ("❤️", MessageStatus.FAILED),
+        ("👍🏽", MessageStatus.SENT),
+        ("😮", MessageStatus.FAILED),
+    ]
+    updated = [e for e in events if e["event"] == "messageUpdated"]
+    assert len(updated) == 2  # the worker's: one per refusal
+    assert {e["id"] for e in updated} == {str(decode_global_id(message["id"], "Message"))}
+
+
+async def test_a_reaction_failed_by_a_status_webhook_is_undone(
+    client: httpx.AsyncClient,
+    api: Api,
+    db: Database,
+    number: WhatsAppAccount,
+    services: Services,
+    settings: Settings,
+    inbox_settings: Settings,
+    agent: Actor,
+) -> None:
+    """Given a customer's message and an agent's reaction WhatsApp accepted
+    When a status webhook says the reaction's send failed after all
+    Then no reaction of the agent shows, and a late `delivered` does not bring it back."""
+    worker = Services(
+        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
+    )
+    target = wh.new_wamid()
+    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
+    (message,) = await _history(api, agent)
+    assert "errors" not in await api(agent, REACT, _react(message["id"], "👍🏽"))
+    await deliver_due_messages(db, worker, inbox_settings)
+    (sent,) = [m for m in await all_messages(db, agent.org_id) if m.type == "reaction"]
+    assert sent.wa_message_id is not None
+
+    for state in ("failed", "delivered"):
+        change = wh.messages_change(
+            number.phone_number_id, statuses=[wh.status(sent.wa_message_id, state)]
+        )
+        await post_body(client, number, wh.webhook_body(change))
+
+    assert (await _history(api, agent))[0]["reactions"] == []

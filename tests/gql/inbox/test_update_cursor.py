@@ -4,13 +4,16 @@ forward in the workspace's change feed."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import ASSIGN, MARK_READ, UPDATE_STATUS, Api, gid, workspace
+from tests.fixtures.outbound import record_events
 from weflux.auth.scoping import see_erased
 from weflux.db import Database
 from weflux.models import Conversation, Organization, WhatsAppAccount, utcnow
 from weflux.pagination import decode_update_cursor
+from weflux.runtime import runtime_of
 
 CURSOR = "query($id: ID!) { conversation(id: $id) { updateCursor } }"
 CREATE_LABEL = "mutation($input: CreateLabelInput!) { createLabel(input: $input) { id } }"
@@ -99,3 +102,64 @@ async def test_a_reaction_moves_its_message_forward_in_the_feed(
     assert "errors" not in reacted, reacted
     after = (await api(admin, MESSAGE_CURSOR, {"id": message}))["data"]["node"]["updateCursor"]
     assert decode_update_cursor(after) > decode_update_cursor(before)
+
+
+UPDATE_LABEL = "mutation($input: UpdateLabelInput!) { updateLabel(input: $input) { id } }"
+DELETE_LABEL = "mutation($id: ID!) { deleteLabel(id: $id) }"
+LABELS = "query($id: ID!) { conversation(id: $id) { labels { name } } }"
+
+
+async def test_renaming_or_deleting_a_label_moves_every_labelled_conversation_forward(
+    dialect: str,
+    app: Any,
+    api: Api,
+    db: Database,
+    org: Organization,
+    account: WhatsAppAccount,
+    admin: Actor,
+) -> None:
+    """Given two conversations labelled VIP and one without,
+    when an Admin renames the label, renames it to the same name, then deletes it,
+    then after the rename and after the deletion both labelled conversations are further
+    on in the feed and announced (`conversationUpdated`), showing the label as it is; the
+    unlabelled one has not moved; a rename that changes nothing moves nothing."""
+    async with workspace(db, org.id) as session:
+        rows = [await create_conversation(session, account=account) for _ in range(3)]
+    ids = [gid("Conversation", row.id) for row in rows]
+    label = (await api(admin, CREATE_LABEL, {"input": {"name": "VIP", "color": "#112233"}}))[
+        "data"
+    ]["createLabel"]["id"]
+    for conversation in ids[:2]:
+        body = await api(
+            admin, SET_LABELS, {"input": {"conversationId": conversation, "labelIds": [label]}}
+        )
+        assert "errors" not in body, body
+    events = await record_events(runtime_of(app).channel_services, org.id)
+
+    async def positions() -> list[int]:
+        return [await _position(api, admin, conversation) for conversation in ids]
+
+    before = await positions()
+    renamed = await api(admin, UPDATE_LABEL, {"input": {"id": label, "name": "Gold"}})
+    assert "errors" not in renamed, renamed
+    after_rename = await positions()
+    assert after_rename[0] > before[0]
+    assert after_rename[1] > before[1]
+    assert after_rename[2] == before[2]
+    shown = await api(admin, LABELS, {"id": ids[0]})
+    assert shown["data"]["conversation"]["labels"] == [{"name": "Gold"}]
+    same = await api(admin, UPDATE_LABEL, {"input": {"id": label, "name": "Gold"}})
+    assert "errors" not in same, same
+    assert await positions() == after_rename
+
+    deleted = await api(admin, DELETE_LABEL, {"id": label})
+    assert "errors" not in deleted, deleted
+    after_delete = await positions()
+    assert after_delete[0] > after_rename[0]
+    assert after_delete[1] > after_rename[1]
+    assert after_delete[2] == before[2]
+    shown = await api(admin, LABELS, {"id": ids[0]})
+    assert shown["data"]["conversation"]["labels"] == []
+    announced = [e["id"] for e in events if e["event"] == "conversationUpdated"]
+    expected = sorted(str(row.id) for row in rows[:2])
+    assert sorted(announced) == sorted(expected * 2)

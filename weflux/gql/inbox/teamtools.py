@@ -149,6 +149,7 @@ class TeamToolsMutation:
             name=input.name,
             color=input.color,
             meta=context.meta,
+            broker=context.broker,
         )
         return to_label(row)
 
@@ -161,7 +162,11 @@ class TeamToolsMutation:
     async def delete_label(self, info: Info[Context, None], id: LABEL_ID) -> strawberry.ID:
         context = info.context
         await teamtools.delete_label(
-            context.unit, context.actor, decode_global_id(id, "Label"), meta=context.meta
+            context.unit,
+            context.actor,
+            decode_global_id(id, "Label"),
+            meta=context.meta,
+            broker=context.broker,
         )
         return id
 
