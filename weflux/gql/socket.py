@@ -11,11 +11,16 @@ the unit is committed, and its after-commit events published, or rolled back whe
 result has errors; past the deadline the operation is cancelled, rolled back and
 answered `TIMEOUT`. Subscriptions load each event in a unit of their own (`weflux.gql.live`);
 alike subscriptions of the process share one execution and one serialisation of each
-event (`weflux.gql.fanout`).
+event (`weflux.gql.fanout`). A member that only waits for the leader's frames keeps no
+operation running (`weflux.realtime.hub.Dormant`): only its id stays registered, and its
+operation is started again, under the socket's current principal, when it must lead or
+listen on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from typing import Any, cast
 
 from graphql import OperationType
@@ -41,7 +46,7 @@ from weflux.gql.guard import (
     operation_scope,
     timeout_error,
 )
-from weflux.realtime.hub import Sharing, sharing
+from weflux.realtime.hub import Dormant, Sharing, sharing
 
 _INTERNAL = {
     "message": "Internal server error",
@@ -89,19 +94,25 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         context = self.context
         seconds = context.settings.graphql_timeout.total_seconds()
         scope = None
-        share = sharing_for(
-            self, operation.id, operation.query, operation.variables, operation.operation_name
-        )
+        share = self._shares.get(operation.id) if self._shares is not None else None
+        if share is None or share.listener is None or not share.listener.waking:
+            share = sharing_for(
+                self, operation.id, operation.query, operation.variables, operation.operation_name
+            )
         if share is not None:
+            share.wake = functools.partial(self._wake, operation)
             if self._shares is None:
                 self._shares = {}
             self._shares[operation.id] = share
+        dormant = False
         try:
             with sharing(share):
                 async with operation_scope(
                     None, seconds, open_unit=context.operation_unit
                 ) as scope:
                     await super().run_operation(operation)
+        except Dormant:
+            dormant = True  # it follows a group without running: `_wake` restarts it
         except DeadlineExceeded:
             # Its unit is rolled back (closed); answer unless the result went out already.
             if scope is not None and not scope.answered:
@@ -115,8 +126,30 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
         finally:
-            if self._shares is not None and self._shares.get(operation.id) is share:
-                del self._shares[operation.id]
+            if not dormant and share is not None:
+                if self._shares is not None and self._shares.get(operation.id) is share:
+                    del self._shares[operation.id]
+                listener = share.listener
+                if listener is not None and listener.waking:
+                    # restarted to lead or listen, it ended before listening: pass it on
+                    await context.hub.forget(listener)
+
+    def _wake(self, operation: Operation[Context, None]) -> None:
+        """Restart a dormant member's operation (it must lead, or listen on its own)."""
+        if self.operations.get(operation.id) is not operation:
+            return  # completed meanwhile: `cleanup_operation` forgets its listener
+        operation.task = asyncio.create_task(self.run_operation(operation))
+        operation.task.add_done_callback(self._task_done)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """Also forget a dormant (or just woken) member: it has no task to end."""
+        await super().cleanup_operation(operation_id)
+        shares = self._shares
+        share = shares.get(operation_id) if shares is not None else None
+        listener = share.listener if share is not None else None
+        if shares is not None and listener is not None and (listener.dormant or listener.waking):
+            del shares[operation_id]
+            await self.context.hub.forget(listener)
 
     async def send_message(self, message: Message) -> None:
         """The first result of a query or mutation goes out once its unit is settled."""
