@@ -95,7 +95,8 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         seconds = context.settings.graphql_timeout.total_seconds()
         scope = None
         share = self._shares.get(operation.id) if self._shares is not None else None
-        if share is None or share.listener is None or not share.listener.waking:
+        restarted = share is not None and share.listener is not None and share.listener.waking
+        if not restarted:
             share = sharing_for(
                 self, operation.id, operation.query, operation.variables, operation.operation_name
             )
@@ -110,6 +111,7 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 async with operation_scope(
                     None, seconds, open_unit=context.operation_unit
                 ) as scope:
+                    scope.charged = restarted
                     await super().run_operation(operation)
         except Dormant:
             dormant = True  # it follows a group without running: `_wake` restarts it
