@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import weakref
 from typing import Any, cast
 
 from graphql import OperationType
@@ -29,6 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
     Message,
     NextMessage,
     SubscribeMessage,
@@ -52,6 +54,21 @@ _INTERNAL = {
     "message": "Internal server error",
     "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
 }
+
+
+def _finished() -> asyncio.Task[None]:
+    """A done future standing for a dormant operation's task (one per event loop)."""
+    loop = asyncio.get_running_loop()
+    done = _FINISHED.get(loop)
+    if done is None:
+        done = _FINISHED[loop] = loop.create_future()
+        done.set_result(None)
+    return cast("asyncio.Task[None]", done)  # cancelled and awaited, like a done task
+
+
+_FINISHED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -90,6 +107,12 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 return
         await super().handle_subscribe(message)
 
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        # The init timeout is cancelled by now: drop it (a finished task held for the
+        # socket's life is close to 1 KiB); it ends on its own.
+        self.connection_init_timeout_task = None
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         context = self.context
         seconds = context.settings.graphql_timeout.total_seconds()
@@ -115,6 +138,8 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     await super().run_operation(operation)
         except Dormant:
             dormant = True  # it follows a group without running: `_wake` restarts it
+            # Nor does it keep this task (with its context, about 1 KiB) once it ends.
+            operation.task = _finished()
         except DeadlineExceeded:
             # Its unit is rolled back (closed); answer unless the result went out already.
             if scope is not None and not scope.answered:
