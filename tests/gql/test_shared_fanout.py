@@ -8,6 +8,7 @@ is executed on its own (`weflux.gql.fanout`, `weflux.realtime.hub`).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import httpx
@@ -245,3 +246,123 @@ async def test_a_listener_started_by_another_task_is_never_grouped(
     await until_listening(live_app, 1)
     assert _groups(live_app) == 0
     await socket.close()
+
+
+def _dormant(app: Starlette) -> int:
+    """How many group members wait with no operation running (`weflux.realtime.hub`)."""
+    hub: Hub = runtime_of(app).hub
+    return sum(listener.dormant for g in hub._groups.values() for listener in g.followers)
+
+
+async def _nothing_more(socket: GraphQLSocket, operation: str) -> None:
+    await socket.ping()  # answered after all the server sent before it
+    assert not socket._pending.get(operation), socket._pending
+
+
+async def test_a_dormant_member_promoted_to_leader_gets_exactly_its_events(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given three Admin sockets on one live document: the first leads, the two others
+    wait with no operation running,
+    when the leader closes, then the new one, each after a message,
+    then each remaining socket receives every later message exactly once, from whichever
+    member leads (restarted, its operation takes the group's backlog)."""
+    sockets = await _subscribed(live, http, admin, 3, ONLY_TEXT)
+    await until_listening(live_app, 3)
+    assert _dormant(live_app) == 2
+    await inbound(http, "one")
+    for pair in sockets:
+        assert (await _added(*pair))["text"] == "one"
+    for leaving, text in ((0, "two"), (1, "three")):
+        await sockets[leaving][0].close()
+        await _until_at_most(live_app, 2 - leaving)
+        await inbound(http, text)
+        for socket, operation in sockets[leaving + 1 :]:
+            assert (await _added(socket, operation))["text"] == text
+            await _nothing_more(socket, operation)
+    assert _dormant(live_app) == 0
+    await sockets[2][0].close()
+
+
+async def test_a_dormant_member_that_completes_leaves_its_group(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given three Admin sockets on one live document (two of them dormant members),
+    when the second completes its subscription, then subscribes again with the same id,
+    then it receives nothing for the completed one, the others go on, and the new
+    subscription (under the same id) receives the next message once."""
+    sockets = await _subscribed(live, http, admin, 3, ONLY_TEXT)
+    await until_listening(live_app, 3)
+    socket, operation = sockets[1]
+    await socket.connection.send(json.dumps({"id": operation, "type": "complete"}))
+    await _until_at_most(live_app, 2)
+    await inbound(http, "without it")
+    for pair in (sockets[0], sockets[2]):
+        assert (await _added(*pair))["text"] == "without it"
+    await _nothing_more(socket, operation)
+    frame = {"id": operation, "type": "subscribe", "payload": {"query": ONLY_TEXT}}
+    await socket.connection.send(json.dumps(frame))
+    await until_listening(live_app, 3)
+    await inbound(http, "with it again")
+    for pair in sockets:
+        assert (await _added(*pair))["text"] == "with it again"
+        await _nothing_more(*pair)
+    for pair in sockets:
+        await pair[0].close()
+
+
+async def _acts_as(socket: GraphQLSocket, role: str) -> None:
+    """Wait until the socket's session acts with `role` (re-checked after the change)."""
+    for _ in range(200):
+        operation = await socket.subscribe("query { viewer { role } }")
+        frame = await socket.next(operation)
+        if frame["payload"]["data"]["viewer"]["role"] == role:
+            return
+    raise AssertionError(f"the socket never acted as {role}")
+
+
+async def test_a_dormant_member_whose_role_narrows_restarts_with_its_new_scope(
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+) -> None:
+    """Given an Admin leading and a Manager following (dormant) on one live document, and
+    a conversation assigned to an Agent,
+    when the Manager is made an Agent and messages arrive in that conversation and a new one,
+    then the Manager's operation restarts on its own with the Agent's scope: it receives
+    the new customer's message only, the Admin both."""
+    [lead] = await _subscribed(live, http, admin, 1, ONLY_TEXT)
+    await until_listening(live_app, 1)
+    await inbound(http, "first")
+    assert (await _added(*lead))["text"] == "first"
+    [follower] = await _subscribed(live, http, manager, 1, ONLY_TEXT)
+    await until_listening(live_app, 2)
+    assert _dormant(live_app) == 1
+    token = await token_for(http, admin)
+    conversation = await _conversation(db, org)
+    member = encode_global_id("Member", agent.membership.id)
+    await gql(
+        http, token, ASSIGN, {"input": {"conversationId": conversation, "assigneeId": member}}
+    )
+    narrowed = await gql(
+        http,
+        token,
+        """mutation($input: UpdateMemberRoleInput!) { updateMemberRole(input: $input) { id } }""",
+        {"input": {"memberId": encode_global_id("Member", manager.membership.id), "role": "AGENT"}},
+    )
+    assert "errors" not in narrowed.json(), narrowed.json()
+    await _acts_as(follower[0], "AGENT")
+    await inbound(http, "hidden from agents but one")
+    await inbound(http, "a new customer", sender=NEWCOMER)
+    texts = [(await _added(*lead))["text"] for _ in range(2)]
+    assert sorted(texts) == ["a new customer", "hidden from agents but one"]
+    assert (await _added(*follower))["text"] == "a new customer"
+    await _nothing_more(*follower)
+    for pair in (lead, follower):
+        await pair[0].close()

@@ -129,6 +129,9 @@ class OperationScope:
         self.report: dict[str, Any] | None = None
         self.answered = False  # its result was sent (the socket's first `next`)
         self.expired = False
+        # A dormant fan-out member's subscription restarted (weflux.gql.socket): charged
+        # when the client started it, not again.
+        self.charged = False
         self._open_unit = open_unit
         self._stack = stack
         self._timeout: asyncio.Timeout | None = None
@@ -286,7 +289,8 @@ class OperationGuard(SchemaExtension):
         budgets: CostBudgets = context.cost_budgets
         limit = context.settings.graphql_max_nodes
         too_complex = cost.nodes > limit
-        charge = await budgets.charge(context.actor, 0 if too_complex else cost.points)
+        free = too_complex or (scope is not None and scope.charged)
+        charge = await budgets.charge(context.actor, 0 if free else cost.points)
         self._report = cost_report(cost, charge)
         if scope is not None:
             scope.operation, scope.report = cost.operation, self._report

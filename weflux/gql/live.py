@@ -165,7 +165,10 @@ class Subscription:
         floor = decode_cursor(after) if after else None
         started_ms = int(utcnow().timestamp() * 1000)
         seen = _Seen()
-        async with info.context.hub.listen(context.actor.org_id) as listener:
+        # Live only (no `after`), it keeps nothing a restart would lose: it may sleep.
+        async with info.context.hub.listen(
+            context.actor.org_id, restartable=floor is None
+        ) as listener:
             listener.on_overflow = lambda: _close_slow(info)
             if floor is not None:
                 async for message in _replay(info, floor, only, seen):
@@ -328,7 +331,7 @@ async def _follow(
     conversation: uuid.UUID | None = None,
 ) -> AsyncGenerator[Any, None]:
     """The rows that the workspace's `name` events point at, as this caller may see them."""
-    async with info.context.hub.listen(info.context.actor.org_id) as listener:
+    async with info.context.hub.listen(info.context.actor.org_id, restartable=True) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         while True:
             try:

@@ -11,11 +11,17 @@ the unit is committed, and its after-commit events published, or rolled back whe
 result has errors; past the deadline the operation is cancelled, rolled back and
 answered `TIMEOUT`. Subscriptions load each event in a unit of their own (`weflux.gql.live`);
 alike subscriptions of the process share one execution and one serialisation of each
-event (`weflux.gql.fanout`).
+event (`weflux.gql.fanout`). A member that only waits for the leader's frames keeps no
+operation running (`weflux.realtime.hub.Dormant`): only its id stays registered, and its
+operation is started again, under the socket's current principal, when it must lead or
+listen on its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import weakref
 from typing import Any, cast
 
 from graphql import OperationType
@@ -24,6 +30,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     Operation,
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    ConnectionInitMessage,
     Message,
     NextMessage,
     SubscribeMessage,
@@ -41,12 +48,27 @@ from weflux.gql.guard import (
     operation_scope,
     timeout_error,
 )
-from weflux.realtime.hub import Sharing, sharing
+from weflux.realtime.hub import Dormant, Sharing, sharing
 
 _INTERNAL = {
     "message": "Internal server error",
     "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
 }
+
+
+def _finished() -> asyncio.Task[None]:
+    """A done future standing for a dormant operation's task (one per event loop)."""
+    loop = asyncio.get_running_loop()
+    done = _FINISHED.get(loop)
+    if done is None:
+        done = _FINISHED[loop] = loop.create_future()
+        done.set_result(None)
+    return cast("asyncio.Task[None]", done)  # cancelled and awaited, like a done task
+
+
+_FINISHED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[None]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -85,23 +107,39 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 return
         await super().handle_subscribe(message)
 
+    async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
+        await super().handle_connection_init(message)
+        # The init timeout is cancelled by now: drop it (a finished task held for the
+        # socket's life is close to 1 KiB); it ends on its own.
+        self.connection_init_timeout_task = None
+
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         context = self.context
         seconds = context.settings.graphql_timeout.total_seconds()
         scope = None
-        share = sharing_for(
-            self, operation.id, operation.query, operation.variables, operation.operation_name
-        )
+        share = self._shares.get(operation.id) if self._shares is not None else None
+        restarted = share is not None and share.listener is not None and share.listener.waking
+        if not restarted:
+            share = sharing_for(
+                self, operation.id, operation.query, operation.variables, operation.operation_name
+            )
         if share is not None:
+            share.wake = functools.partial(self._wake, operation)
             if self._shares is None:
                 self._shares = {}
             self._shares[operation.id] = share
+        dormant = False
         try:
             with sharing(share):
                 async with operation_scope(
                     None, seconds, open_unit=context.operation_unit
                 ) as scope:
+                    scope.charged = restarted
                     await super().run_operation(operation)
+        except Dormant:
+            dormant = True  # it follows a group without running: `_wake` restarts it
+            # Nor does it keep this task (with its context, about 1 KiB) once it ends.
+            operation.task = _finished()
         except DeadlineExceeded:
             # Its unit is rolled back (closed); answer unless the result went out already.
             if scope is not None and not scope.answered:
@@ -115,8 +153,30 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
             await operation.send_operation_message({"id": operation.id, "type": "complete"})
         finally:
-            if self._shares is not None and self._shares.get(operation.id) is share:
-                del self._shares[operation.id]
+            if not dormant and share is not None:
+                if self._shares is not None and self._shares.get(operation.id) is share:
+                    del self._shares[operation.id]
+                listener = share.listener
+                if listener is not None and listener.waking:
+                    # restarted to lead or listen, it ended before listening: pass it on
+                    await context.hub.forget(listener)
+
+    def _wake(self, operation: Operation[Context, None]) -> None:
+        """Restart a dormant member's operation (it must lead, or listen on its own)."""
+        if self.operations.get(operation.id) is not operation:
+            return  # completed meanwhile: `cleanup_operation` forgets its listener
+        operation.task = asyncio.create_task(self.run_operation(operation))
+        operation.task.add_done_callback(self._task_done)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        """Also forget a dormant (or just woken) member: it has no task to end."""
+        await super().cleanup_operation(operation_id)
+        shares = self._shares
+        share = shares.get(operation_id) if shares is not None else None
+        listener = share.listener if share is not None else None
+        if shares is not None and listener is not None and (listener.dormant or listener.waking):
+            del shares[operation_id]
+            await self.context.hub.forget(listener)
 
     async def send_message(self, message: Message) -> None:
         """The first result of a query or mutation goes out once its unit is settled."""

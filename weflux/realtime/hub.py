@@ -12,6 +12,14 @@ and receive, from the socket layer, a copy of each frame the leader sends
 (`weflux.gql.fanout`). When the leader leaves, the next member takes over with the
 leader's unprocessed events (so no gap); a member whose access changed, or all members
 when the leader's did, is released to listen on its own from the event in flight.
+
+Dormant members: a listener opened with `restartable=True` (its generator keeps no state
+that a fresh start would lose) does not stay suspended as a follower: `Dormant` is raised
+out of `Hub.listen`, its operation ends without a frame and keeps only its id on the
+socket and its place in the group (a few hundred bytes instead of a task, a generator and
+Strawberry's execution state). When it must lead (hand-over) or listen on its own
+(release), its `wake` restarts the operation, which adopts the waiting listener, backlog
+included, when it listens again. `Hub.forget` removes one whose operation ended meanwhile.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from weflux.realtime.broker import Broker, Message, Unsubscribe
 from weflux.realtime.events import EventName, workspace_channel
@@ -34,6 +42,14 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 1_000
 _background: set[asyncio.Future[None]] = set()
 RESYNC: Message = {"event": EventName.RESYNC}
+
+
+class Dormant(BaseException):
+    """Raised out of `Hub.listen` when a restartable listener joins a group as a follower.
+
+    A BaseException, so that no `except Exception` on the way (graphql-core, Strawberry,
+    our extensions) turns it into an error frame: the socket layer catches it.
+    """
 
 
 class SlowConsumer(Exception):
@@ -97,6 +113,11 @@ class _Listener:
     current: Message | None = None
     group: Group | None = None
     member: Any = None
+    org_id: uuid.UUID | None = None
+    # A dormant follower has no operation running; `wake` restarts it (see the module doc).
+    dormant: bool = False
+    waking: bool = False  # woken: its restarted operation has yet to adopt it
+    wake: Callable[[], None] | None = None
 
 
 class Member(Protocol):
@@ -120,6 +141,8 @@ class Sharing:
     # Only the operation's own task shares: a task it spawns (a feed serving many
     # subscribers, say) inherits the context variable but is not this operation.
     task: asyncio.Task[Any] | None = None
+    # How to restart the operation of a dormant member (None: its members never sleep).
+    wake: Callable[[], None] | None = None
 
 
 _sharing: ContextVar[Sharing | None] = ContextVar("weflux_hub_sharing", default=None)
@@ -175,6 +198,7 @@ class Group:
         for message in self._backlog():
             _offer(listener, message)
         self.channel.listeners.add(listener)
+        _wake(listener)
 
     def dissolve(self) -> None:
         """Every member listens on its own (the leader's access changed)."""
@@ -208,6 +232,7 @@ class Group:
             _offer(successor, message)
         self.leader = successor
         self.channel.listeners.add(successor)
+        _wake(successor)
 
 
 class Hub:
@@ -239,29 +264,51 @@ class Hub:
         return parked + sum(len(c.listeners) for c in self._channels.values())
 
     @contextlib.asynccontextmanager
-    async def listen(self, org_id: uuid.UUID) -> AsyncIterator[_Listener]:
-        """Receive the workspace's events (and RESYNC markers) until the block ends."""
-        listener = _Listener()
-        async with self._lock:
-            channel = self._channels.get(org_id)
-            if channel is None:
-                channel = self._channels[org_id] = _Channel()
-                channel.unsubscribe = await self.broker.subscribe(
-                    workspace_channel(org_id), self._dispatcher(org_id)
-                )
-            self._join(org_id, channel, listener)
+    async def listen(
+        self, org_id: uuid.UUID, *, restartable: bool = False
+    ) -> AsyncIterator[_Listener]:
+        """Receive the workspace's events (and RESYNC markers) until the block ends.
+
+        `restartable`: the caller may be ended (`Dormant`) while it follows a group, and
+        started again when it must listen (see the module doc).
+        """
+        woken = _adoptable()
+        if woken is not None and woken.org_id == org_id:
+            woken.waking = False  # already placed (leader or alone), its backlog queued
+            listener = woken
+        else:
+            listener = _Listener(org_id=org_id)
+            async with self._lock:
+                channel = self._channels.get(org_id)
+                if channel is None:
+                    channel = self._channels[org_id] = _Channel()
+                    channel.unsubscribe = await self.broker.subscribe(
+                        workspace_channel(org_id), self._dispatcher(org_id)
+                    )
+                self._join(org_id, channel, listener, restartable=restartable)
         try:
             yield listener
         finally:
-            async with self._lock:
-                self._leave(listener)
-                channel.listeners.discard(listener)
-                if not channel.listeners and self._channels.get(org_id) is channel:
-                    del self._channels[org_id]
-                    if channel.unsubscribe is not None:
-                        await channel.unsubscribe()
+            await self.forget(listener)
 
-    def _join(self, org_id: uuid.UUID, channel: _Channel, listener: _Listener) -> None:
+    async def forget(self, listener: _Listener) -> None:
+        """`listener` stops listening (its block ended, or its dormant operation did)."""
+        listener.dormant = listener.waking = False
+        listener.wake = None
+        async with self._lock:
+            self._leave(listener)
+            channel = self._channels.get(listener.org_id) if listener.org_id else None
+            if channel is None:
+                return
+            channel.listeners.discard(listener)
+            if not channel.listeners and not channel.groups:
+                del self._channels[cast("uuid.UUID", listener.org_id)]
+                if channel.unsubscribe is not None:
+                    await channel.unsubscribe()
+
+    def _join(
+        self, org_id: uuid.UUID, channel: _Channel, listener: _Listener, *, restartable: bool
+    ) -> None:
         share = _sharing.get()
         if share is not None and (
             share.listener is not None or share.task is not asyncio.current_task()
@@ -284,6 +331,11 @@ class Hub:
             channel.listeners.add(listener)
         else:
             group.followers[listener] = share.member
+            listener.group = group
+            if restartable and share.wake is not None:
+                listener.dormant = True
+                listener.wake = share.wake
+                raise Dormant
         listener.group = group
 
     def _leave(self, listener: _Listener) -> None:
@@ -315,6 +367,26 @@ class Hub:
         for channel in self._channels.values():
             for listener in channel.listeners:
                 _offer(listener, RESYNC)
+
+
+def _adoptable() -> _Listener | None:
+    """The woken listener that this task's restarted operation takes back, if any."""
+    share = _sharing.get()
+    if share is None or share.task is not asyncio.current_task():
+        return None
+    listener = share.listener
+    return listener if listener is not None and listener.waking else None
+
+
+def _wake(listener: _Listener) -> None:
+    """A dormant listener that must now listen: restart its operation."""
+    if not listener.dormant:
+        return
+    wake, listener.wake = listener.wake, None
+    listener.dormant = False
+    listener.waking = True
+    if wake is not None:
+        wake()
 
 
 def _offer(listener: _Listener, message: Message) -> None:
