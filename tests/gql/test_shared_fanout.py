@@ -187,6 +187,34 @@ async def test_the_group_goes_on_when_its_leader_leaves(
         await socket.close()
 
 
+FEED = "subscription { conversationUpdated { id lastMessage { text } } }"
+
+
+async def test_feed_subscriptions_hand_over_without_a_duplicate(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given three Admin sockets on `conversationUpdated` (live, no `after`) and a first
+    customer's message they all received,
+    when the first socket closes and another customer writes,
+    then each other socket receives the second customer's conversation once, and not the
+    first's again (a feed subscription reads on from its own position: never grouped)."""
+    sockets = await _subscribed(live, http, admin, 3, FEED)
+    await until_listening(live_app, 3)
+    await inbound(http, "one")
+    for socket, operation in sockets:
+        frame = await socket.next(operation)
+        assert frame["payload"]["data"]["conversationUpdated"]["lastMessage"]["text"] == "one"
+    await sockets[0][0].close()
+    await _until_at_most(live_app, 2)
+    await inbound(http, "two", sender=NEWCOMER)
+    for socket, operation in sockets[1:]:
+        frame = await socket.next(operation)
+        assert frame["payload"]["data"]["conversationUpdated"]["lastMessage"]["text"] == "two"
+        await socket.ping()
+        assert not socket._pending.get(operation)  # the first conversation not sent again
+        await socket.close()
+
+
 async def _until_at_most(app: Starlette, count: int) -> None:
     async with asyncio.timeout(5):
         while listeners(app) > count:  # noqa: ASYNC110  (state the server's task changes)

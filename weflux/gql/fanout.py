@@ -82,9 +82,12 @@ def _parse(query: str, documents: DocumentCache | None) -> DocumentNode:
     return documents.parse(query, max_tokens=MAX_TOKENS).document  # the schema's one cache
 
 
-# Its events depend on the subscriber's own membership (a narrowed role's removals), not
-# only on the visibility class: never shared (a document naming it runs on its own).
-PERSONAL_SUBSCRIPTION = "conversationRemoved"
+# Never shared (a document naming one runs on its own): `conversationRemoved`'s events
+# depend on the subscriber's own membership (a narrowed role's removals), not only on the
+# visibility class; the change feed's subscriptions read on from their own position in
+# the feed, which a follower taking over from a leader would not have (it would send again
+# what the group delivered since it joined).
+UNSHARED_SUBSCRIPTIONS = ("conversationRemoved", "conversationUpdated", "messageUpdated")
 
 
 def resumes(
@@ -234,7 +237,9 @@ def sharing_for(
     """How an operation's live listener may share (None: it resumes, never shared)."""
     if not isinstance(query, str) or not isinstance(variables, dict | None):
         return None  # malformed: it fails on its own
-    if resumes(query, variables, documents_of(handler.schema)) or PERSONAL_SUBSCRIPTION in query:
+    if resumes(query, variables, documents_of(handler.schema)) or any(
+        name in query for name in UNSHARED_SUBSCRIPTIONS
+    ):
         return None
     sink = Sink(handler, operation_id)
     try:
