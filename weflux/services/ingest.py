@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, or_
+from sqlalchemy import bindparam, insert, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -185,21 +185,28 @@ def _contact_key(message: InboundMessage) -> tuple[str | None, str | None]:
     return user_id, wa_id
 
 
+# Built once (the ids are expanding parameters), so each webhook reuses its compiled form.
+_SENDERS = (
+    select(Contact, Conversation)
+    .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
+    .where(
+        or_(
+            col(Contact.user_id).in_(bindparam("user_ids", expanding=True)),
+            col(Contact.wa_id).in_(bindparam("wa_ids", expanding=True)),
+        )
+    )
+)
+
+
 async def _senders(
     session: AsyncSession, messages: Sequence[InboundMessage]
 ) -> tuple[list[Contact], list[Conversation]]:
     """The stored senders (by `user_id` or `wa_id`) and their conversations, in one
     statement: a contact with two numbers' conversations comes twice."""
     keys = {_contact_key(m) for m in messages}
-    user_ids = {u for u, _ in keys if u}
-    wa_ids = {w for _, w in keys if w}
-    rows = (
-        await session.exec(
-            select(Contact, Conversation)
-            .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
-            .where(or_(col(Contact.user_id).in_(user_ids), col(Contact.wa_id).in_(wa_ids)))
-        )
-    ).all()
+    user_ids = [u for u, _ in keys if u]
+    wa_ids = [w for _, w in keys if w]
+    rows = (await session.exec(_SENDERS, params={"user_ids": user_ids, "wa_ids": wa_ids})).all()
     contacts = {contact.id: contact for contact, _ in rows}
     return list(contacts.values()), [c for _, c in rows if c is not None]
 
