@@ -31,7 +31,7 @@ from weflux.client_ip import client_ip
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.errors import PayloadTooLarge, WefluxError
-from weflux.models import WebhookEvent, WhatsAppAccount
+from weflux.models import WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import ingest, webhook_queue
 from weflux.services.audit import RequestMeta
@@ -212,11 +212,7 @@ async def notify(request: Request) -> Response:
             return refusal
         await limits.failed(channel)
         return _text(401, "Invalid signature")
-    event = WebhookEvent(
-        account_id=channel.account.id if channel.account else None,
-        body=body,
-        body_sha256=hashlib.sha256(body).hexdigest(),
-    )
+    event = ingest.ReceivedEvent.of(body, channel.account.id if channel.account else None)
     intake = runtime.webhook_intake
     failure: BaseException | None = None
     if intake.claim_inline():

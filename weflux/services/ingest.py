@@ -17,15 +17,17 @@ A failure is recorded on the event and retried by `weflux.services.webhook_queue
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import or_
+from sqlalchemy import bindparam, insert, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -53,6 +55,7 @@ from weflux.models import (
     WhatsAppAccount,
     contact_reactor,
     moves_forward,
+    new_id,
     utcnow,
 )
 from weflux.realtime.broker import Broker
@@ -182,21 +185,28 @@ def _contact_key(message: InboundMessage) -> tuple[str | None, str | None]:
     return user_id, wa_id
 
 
+# Built once (the ids are expanding parameters), so each webhook reuses its compiled form.
+_SENDERS = (
+    select(Contact, Conversation)
+    .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
+    .where(
+        or_(
+            col(Contact.user_id).in_(bindparam("user_ids", expanding=True)),
+            col(Contact.wa_id).in_(bindparam("wa_ids", expanding=True)),
+        )
+    )
+)
+
+
 async def _senders(
     session: AsyncSession, messages: Sequence[InboundMessage]
 ) -> tuple[list[Contact], list[Conversation]]:
     """The stored senders (by `user_id` or `wa_id`) and their conversations, in one
     statement: a contact with two numbers' conversations comes twice."""
     keys = {_contact_key(m) for m in messages}
-    user_ids = {u for u, _ in keys if u}
-    wa_ids = {w for _, w in keys if w}
-    rows = (
-        await session.exec(
-            select(Contact, Conversation)
-            .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
-            .where(or_(col(Contact.user_id).in_(user_ids), col(Contact.wa_id).in_(wa_ids)))
-        )
-    ).all()
+    user_ids = [u for u, _ in keys if u]
+    wa_ids = [w for _, w in keys if w]
+    rows = (await session.exec(_SENDERS, params={"user_ids": user_ids, "wa_ids": wa_ids})).all()
     contacts = {contact.id: contact for contact, _ in rows}
     return list(contacts.values()), [c for _, c in rows if c is not None]
 
@@ -603,18 +613,44 @@ async def process_event(
             ).first()
             if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
                 return
-            await _apply(session, broker, settings, event, cache)
+            note = await _apply(session, broker, settings, event.body, event.account_id, cache)
+            if note is not None:
+                event.last_error = note
+            event.status = WebhookEventStatus.PROCESSED
+            event.attempts += 1
+            event.processed_at = utcnow()
+            event.next_attempt_at = None
             processed = True
 
     await _optimistically(attempt)
     return processed
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A verified webhook as received, before any row of it exists (a plain object: the
+    hot path builds no ORM instance for it, `store_and_process` INSERTs it with Core)."""
+
+    body: bytes
+    account_id: uuid.UUID | None
+    id: uuid.UUID = field(default_factory=new_id)
+    received_at: datetime = field(default_factory=utcnow)
+    body_sha256: str = ""
+
+    @classmethod
+    def of(cls, body: bytes, account_id: uuid.UUID | None) -> ReceivedEvent:
+        return cls(body, account_id, body_sha256=hashlib.sha256(body).hexdigest())
+
+
+# One cached statement (its compiled form is reused): the event's row, already processed.
+_INSERT_PROCESSED_EVENT = insert(WebhookEvent.__table__)  # type: ignore[attr-defined]
+
+
 async def store_and_process(
     db: Database,
     broker: Broker,
     settings: Settings,
-    event: WebhookEvent,
+    event: ReceivedEvent,
     cache: ChannelCache | None = None,
 ) -> None:
     """Store a new verified event and process it, both in one transaction.
@@ -626,16 +662,31 @@ async def store_and_process(
     """
 
     async def attempt(optimistic: bool) -> None:
-        row = received_copy(event)
-        async with db.session(webhook_event=row.id) as session:
+        async with db.session(webhook_event=event.id) as session:
             session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
-            await _apply(session, broker, settings, row, cache)
-            session.add(row)  # last: its INSERT is the commit's flush, after the share's
+            note = await _apply(session, broker, settings, event.body, event.account_id, cache)
+            # Last: after the share's writes (one Core INSERT, no ORM instance or flush).
+            connection = await session.connection()
+            await connection.execute(
+                _INSERT_PROCESSED_EVENT,
+                {
+                    "id": event.id,
+                    "received_at": event.received_at,
+                    "account_id": event.account_id,
+                    "body": event.body,
+                    "body_sha256": event.body_sha256,
+                    "status": WebhookEventStatus.PROCESSED,
+                    "attempts": 1,
+                    "last_error": note,
+                    "next_attempt_at": None,
+                    "processed_at": utcnow(),
+                },
+            )
 
     await _optimistically(attempt)
 
 
-def received_copy(event: WebhookEvent) -> WebhookEvent:
+def received_copy(event: ReceivedEvent) -> WebhookEvent:
     """A new, unprocessed row of the event as it was received."""
     return WebhookEvent(
         id=event.id,
@@ -650,24 +701,23 @@ async def _apply(
     session: AsyncSession,
     broker: Broker,
     settings: Settings,
-    event: WebhookEvent,
+    raw: bytes,
+    account_id: uuid.UUID | None,
     cache: ChannelCache | None,
-) -> None:
+) -> str | None:
+    """Process an event's body; what the event's `last_error` should say (None: nothing)."""
     try:
-        body = json.loads(event.body)
+        body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         body = None
     parsed = parse_webhook(body)
+    note = None
     if body is None or parsed.unknown:
         note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
-        event.last_error = note
     routes: list[Route] = []
     if parsed.phone_number_ids or parsed.waba_ids:
-        routes = await _routes(session, parsed, event.account_id, cache)
+        routes = await _routes(session, parsed, account_id, cache)
     shares = _route(parsed, routes)
     for org_id, share in shares.items():
         await _process_share(session, broker, settings, org_id, share)
-    event.status = WebhookEventStatus.PROCESSED
-    event.attempts += 1
-    event.processed_at = utcnow()
-    event.next_attempt_at = None
+    return note

@@ -32,7 +32,7 @@ from weflux.db import Database
 from weflux.models import WebhookEvent, WebhookEventStatus, utcnow
 from weflux.realtime.broker import Broker
 from weflux.services.channel_cache import ChannelCache
-from weflux.services.ingest import process_event, received_copy
+from weflux.services.ingest import ReceivedEvent, process_event, received_copy
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def mark_failed(event: WebhookEvent, error: BaseException) -> None:
     event.next_attempt_at = utcnow() + timedelta(seconds=delay)
 
 
-async def store(db: Database, event: WebhookEvent, failure: BaseException | None = None) -> None:
+async def store(db: Database, event: ReceivedEvent, failure: BaseException | None = None) -> None:
     """Write a received event durably as it came (failed, when processing it just failed)."""
     row = received_copy(event)
     if failure is not None:
