@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
@@ -34,11 +34,13 @@ from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Conversation as ConversationRow
+from weflux.models import ConversationRemoval as ConversationRemovalRow
+from weflux.models import Membership as MembershipRow
 from weflux.models import Message as MessageRow
 from weflux.models import Note as NoteRow
+from weflux.models import RemovalReason, listed_message, utcnow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
-from weflux.models import listed_message, utcnow
 from weflux.pagination import decode_cursor, decode_update_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
@@ -263,13 +265,26 @@ class Subscription:
             Permission.READ_WORKSPACE,
             "The global id of a conversation that left the caller's view: reassigned away "
             "from an Agent, erased, or no longer visible because the caller's role was "
-            "narrowed to AGENT. Evict it from caches.",
+            "narrowed to AGENT. Evict it from caches. With `after` every conversation that "
+            "left the caller's view since it is replayed first (each once; not those the "
+            "caller sees again now, which `conversationUpdated` delivers), then the stream "
+            "goes on live with no gap and no duplicate.",
         )
     )
     async def conversation_removed(
-        self, info: Info[Context, None]
+        self,
+        info: Info[Context, None],
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="The `Conversation.updateCursor` `conversationUpdated` resumes "
+                "from (the last one the client processed): first replay every removal from "
+                "the caller's view after that position of the workspace's change feed; "
+                "null: live removals only."
+            ),
+        ] = None,
     ) -> AsyncGenerator[strawberry.ID, None]:
-        async for conversation_id in _removals(info):
+        async for conversation_id in _removals(info, after):
             yield strawberry.ID(encode_global_id("Conversation", conversation_id))
 
     @strawberry.subscription(
@@ -449,25 +464,30 @@ async def _feed(
 # -- conversationRemoved -------------------------------------------------------------------
 
 
-def _lost_by(actor: Principal, event: dict[str, Any]) -> bool:
-    """Whether the caller could have seen the conversation before the change the event names."""
-    if event.get("reason") == "erased":
+def _lost_by(actor: Principal, removal: ConversationRemovalRow) -> bool:
+    """Whether the caller could see the conversation before the removal (ids never leak)."""
+    sees_all = actor.can(Permission.SEE_ALL_CONVERSATIONS)
+    if removal.reason == RemovalReason.ERASED and sees_all:
         return True
-    if actor.can(Permission.SEE_ALL_CONVERSATIONS):
-        return False  # a reassignment never hides anything from them
-    previous = event.get("previous") or None
-    return previous is None or previous == str(actor.membership_id)
+    if removal.reason == RemovalReason.ROLE_NARROWED or sees_all:
+        return False  # a narrowed role is expanded apart; a reassignment hides nothing here
+    return removal.member_id is None or removal.member_id == actor.membership_id
 
 
-async def _visible(info: Info[Context, None], conversation_id: uuid.UUID) -> bool:
+async def _still_visible(info: Info[Context, None], ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Those of `ids` the caller sees now (came back: `conversationUpdated` delivers them)."""
+    if not ids:
+        return set()
     async with info.context.event_unit():
-        return await info.context.unit.get(ConversationRow, conversation_id) is not None
+        query = select(col(ConversationRow.id)).where(col(ConversationRow.id).in_(ids))
+        return set((await info.context.unit.exec(query)).all())
 
 
 async def _assigned_to_others(
-    info: Info[Context, None], membership_id: uuid.UUID
-) -> AsyncGenerator[uuid.UUID, None]:
-    """Ids of the conversations assigned to someone other than `membership_id`, in pages."""
+    info: Info[Context, None], membership_id: uuid.UUID, before: uuid.UUID
+) -> AsyncGenerator[list[uuid.UUID], None]:
+    """Pages of ids of conversations made before `before` (a UUIDv7) and assigned now to
+    someone other than `membership_id`."""
     floor = uuid.UUID(int=0)
     while True:
         async with info.context.event_unit():
@@ -480,6 +500,7 @@ async def _assigned_to_others(
                             select(col(ConversationRow.id))
                             .where(
                                 col(ConversationRow.id) > floor,
+                                col(ConversationRow.id) < before,
                                 assignee.is_not(None),
                                 assignee != membership_id,
                             )
@@ -488,39 +509,111 @@ async def _assigned_to_others(
                         )
                     ).all()
                 )
-        for conversation_id in ids:
-            yield conversation_id
+        yield ids
         if len(ids) < REPLAY_PAGE:
             return
         floor = ids[-1]
 
 
-async def _removals(info: Info[Context, None]) -> AsyncGenerator[uuid.UUID, None]:
-    """Conversations that leave the caller's view, as their removal events say."""
+async def _removal_rows(
+    info: Info[Context, None], position: int, joined: datetime
+) -> list[ConversationRemovalRow]:
+    """A page of the workspace's removals after `position` since the caller joined."""
+    async with info.context.event_unit():
+        query = (
+            select(ConversationRemovalRow)
+            .where(
+                col(ConversationRemovalRow.update_seq) > position,
+                col(ConversationRemovalRow.created_at) >= joined,
+            )
+            .order_by(col(ConversationRemovalRow.update_seq))
+            .limit(REPLAY_PAGE)
+        )
+        return list((await info.context.unit.exec(query)).all())
+
+
+async def _removed_since(
+    info: Info[Context, None], position: int, joined: datetime
+) -> AsyncGenerator[tuple[int, uuid.UUID | None], None]:
+    """(position, id) of every conversation that left the caller's view after `position`.
+
+    Each id once per read; an id the caller sees again now is skipped. The id None only
+    moves the position past removals that are not the caller's.
+    """
+    actor = info.context.actor
+    sent: set[uuid.UUID] = set()
+    while True:
+        rows = await _removal_rows(info, position, joined)
+        for row in rows:
+            position = row.update_seq
+            pages: AsyncGenerator[list[uuid.UUID], None] | None = None
+            if row.reason == RemovalReason.ROLE_NARROWED:
+                if row.member_id == actor.membership_id and not actor.can(
+                    Permission.SEE_ALL_CONVERSATIONS
+                ):
+                    pages = _assigned_to_others(info, actor.membership_id, row.id)
+            elif row.conversation_id is not None and _lost_by(actor, row):
+                pages = _one_page([row.conversation_id])
+            if pages is not None:
+                async for ids in pages:
+                    fresh = [
+                        conversation_id for conversation_id in ids if conversation_id not in sent
+                    ]
+                    back = await _still_visible(info, fresh)
+                    for conversation_id in fresh:
+                        if conversation_id not in back:
+                            sent.add(conversation_id)
+                            yield position, conversation_id
+            yield position, None
+        if len(rows) < REPLAY_PAGE:
+            return
+
+
+async def _one_page(ids: list[uuid.UUID]) -> AsyncGenerator[list[uuid.UUID], None]:
+    yield ids
+
+
+async def _joined(info: Info[Context, None]) -> datetime:
+    """When the caller's membership began: no removal from before reaches them."""
+    async with info.context.event_unit():
+        member = await info.context.unit.get(MembershipRow, info.context.actor.membership_id)
+    return member.created_at if member is not None else utcnow()
+
+
+async def _removal_head(info: Info[Context, None]) -> int:
+    async with info.context.event_unit():
+        query = select(func.max(col(ConversationRemovalRow.update_seq)))
+        found = (await info.context.unit.exec(query)).first()
+    return int(found or 0)
+
+
+async def _removals(
+    info: Info[Context, None], after: str | None
+) -> AsyncGenerator[uuid.UUID, None]:
+    """Conversations that leave the caller's view, from the change feed, replayed then live.
+
+    As `_feed`: the removals are positions of the workspace's feed, committed in order; an
+    event is only a signal to read the removals after the last position delivered.
+    """
     context = info.context
+    position = decode_update_cursor(after) if after else await _removal_head(info)
+    joined = await _joined(info)
     async with context.hub.listen(context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
+        pending = True
         while True:
+            if pending:
+                start = position
+                async for reached, conversation_id in _removed_since(info, start, joined):
+                    position = reached
+                    if conversation_id is not None:
+                        yield conversation_id
             try:
                 event = await next_event(listener)
             except SlowConsumer:
                 await _close_slow(info)
                 return
-            if event is None or event is RESYNC:
-                continue
-            if event.get("event") != EventName.CONVERSATION_REMOVED:
-                continue
-            member = event.get("member")
-            if member is not None:
-                if member == str(context.actor.membership_id):
-                    async for conversation_id in _assigned_to_others(
-                        info, context.actor.membership_id
-                    ):
-                        yield conversation_id
-                continue
-            try:
-                conversation_id = uuid.UUID(event["id"])
-            except (KeyError, ValueError):
-                continue
-            if _lost_by(context.actor, event) and not await _visible(info, conversation_id):
-                yield conversation_id
+            pending = event is RESYNC or (
+                event is not None
+                and event.get("event") in (EventName.CONVERSATION_REMOVED, EventName.RESYNC)
+            )
