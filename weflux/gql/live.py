@@ -15,16 +15,16 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import col, select
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
+from weflux.auth.permissions import Permission, has_permission
 from weflux.auth.scoping import workspace_wide
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
@@ -464,23 +464,49 @@ async def _feed(
 # -- conversationRemoved -------------------------------------------------------------------
 
 
-def _lost_by(actor: Principal, removal: ConversationRemovalRow) -> bool:
+@dataclass(frozen=True)
+class _Viewer:
+    """The caller as the database says now (a live socket's role may lag a role change)."""
+
+    membership_id: uuid.UUID
+    sees_all: bool
+    joined: datetime
+
+
+async def _viewer(info: Info[Context, None]) -> _Viewer | None:
+    """The caller's membership now (None: removed, nothing more to send)."""
+    membership_id = info.context.actor.membership_id
+    async with info.context.event_unit():
+        member = await info.context.unit.get(MembershipRow, membership_id)
+    if member is None:
+        return None
+    sees_all = has_permission(member.role, Permission.SEE_ALL_CONVERSATIONS)
+    return _Viewer(membership_id, sees_all, member.created_at)
+
+
+def _lost_by(viewer: _Viewer, removal: ConversationRemovalRow) -> bool:
     """Whether the caller could see the conversation before the removal (ids never leak)."""
-    sees_all = actor.can(Permission.SEE_ALL_CONVERSATIONS)
-    if removal.reason == RemovalReason.ERASED and sees_all:
+    if removal.reason == RemovalReason.ERASED and viewer.sees_all:
         return True
-    if removal.reason == RemovalReason.ROLE_NARROWED or sees_all:
+    if removal.reason == RemovalReason.ROLE_NARROWED or viewer.sees_all:
         return False  # a narrowed role is expanded apart; a reassignment hides nothing here
-    return removal.member_id is None or removal.member_id == actor.membership_id
+    return removal.member_id is None or removal.member_id == viewer.membership_id
 
 
-async def _still_visible(info: Info[Context, None], ids: list[uuid.UUID]) -> set[uuid.UUID]:
+async def _still_visible(
+    info: Info[Context, None], viewer: _Viewer, ids: list[uuid.UUID]
+) -> set[uuid.UUID]:
     """Those of `ids` the caller sees now (came back: `conversationUpdated` delivers them)."""
     if not ids:
         return set()
     async with info.context.event_unit():
-        query = select(col(ConversationRow.id)).where(col(ConversationRow.id).in_(ids))
-        return set((await info.context.unit.exec(query)).all())
+        unit = info.context.unit
+        with workspace_wide(unit):  # the visibility rule of the role the database holds
+            query = select(col(ConversationRow.id)).where(col(ConversationRow.id).in_(ids))
+            if not viewer.sees_all:
+                assignee = col(ConversationRow.assignee_membership_id)
+                query = query.where(or_(assignee.is_(None), assignee == viewer.membership_id))
+            return set((await unit.exec(query)).all())
 
 
 async def _assigned_to_others(
@@ -533,33 +559,33 @@ async def _removal_rows(
 
 
 async def _removed_since(
-    info: Info[Context, None], position: int, joined: datetime
+    info: Info[Context, None], position: int
 ) -> AsyncGenerator[tuple[int, uuid.UUID | None], None]:
     """(position, id) of every conversation that left the caller's view after `position`.
 
     Each id once per read; an id the caller sees again now is skipped. The id None only
     moves the position past removals that are not the caller's.
     """
-    actor = info.context.actor
+    viewer = await _viewer(info)
+    if viewer is None:
+        return
     sent: set[uuid.UUID] = set()
     while True:
-        rows = await _removal_rows(info, position, joined)
+        rows = await _removal_rows(info, position, viewer.joined)
         for row in rows:
             position = row.update_seq
             pages: AsyncGenerator[list[uuid.UUID], None] | None = None
             if row.reason == RemovalReason.ROLE_NARROWED:
-                if row.member_id == actor.membership_id and not actor.can(
-                    Permission.SEE_ALL_CONVERSATIONS
-                ):
-                    pages = _assigned_to_others(info, actor.membership_id, row.id)
-            elif row.conversation_id is not None and _lost_by(actor, row):
+                if row.member_id == viewer.membership_id and not viewer.sees_all:
+                    pages = _assigned_to_others(info, viewer.membership_id, row.id)
+            elif row.conversation_id is not None and _lost_by(viewer, row):
                 pages = _one_page([row.conversation_id])
             if pages is not None:
                 async for ids in pages:
                     fresh = [
                         conversation_id for conversation_id in ids if conversation_id not in sent
                     ]
-                    back = await _still_visible(info, fresh)
+                    back = await _still_visible(info, viewer, fresh)
                     for conversation_id in fresh:
                         if conversation_id not in back:
                             sent.add(conversation_id)
@@ -571,13 +597,6 @@ async def _removed_since(
 
 async def _one_page(ids: list[uuid.UUID]) -> AsyncGenerator[list[uuid.UUID], None]:
     yield ids
-
-
-async def _joined(info: Info[Context, None]) -> datetime:
-    """When the caller's membership began: no removal from before reaches them."""
-    async with info.context.event_unit():
-        member = await info.context.unit.get(MembershipRow, info.context.actor.membership_id)
-    return member.created_at if member is not None else utcnow()
 
 
 async def _removal_head(info: Info[Context, None]) -> int:
@@ -597,14 +616,13 @@ async def _removals(
     """
     context = info.context
     position = decode_update_cursor(after) if after else await _removal_head(info)
-    joined = await _joined(info)
     async with context.hub.listen(context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True
         while True:
             if pending:
                 start = position
-                async for reached, conversation_id in _removed_since(info, start, joined):
+                async for reached, conversation_id in _removed_since(info, start):
                     position = reached
                     if conversation_id is not None:
                         yield conversation_id
