@@ -12,12 +12,16 @@ from starlette.applications import Starlette
 from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import ASSIGN, Api, gid, workspace
-from tests.fixtures.live import until_listening
+from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.ws import GraphQLSocket
+from weflux.app import create_app
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import Conversation, Organization
+from weflux.pagination import encode_update_cursor
 
-REMOVED = "subscription { conversationRemoved }"
+REMOVED = "subscription($after: String) { conversationRemoved(after: $after) }"
+UPDATE_CURSOR = "query($id: ID!) { node(id: $id) { ... on Conversation { updateCursor } } }"
 ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id } }"
 UPDATE_ROLE = """mutation($input: UpdateMemberRoleInput!) {
   updateMemberRole(input: $input) { id role } }"""
@@ -41,12 +45,13 @@ async def _removed(socket: GraphQLSocket, operation: str) -> str:
 
 
 async def _subscribed(
-    live: str, http: httpx.AsyncClient, actors: list[Actor]
+    live: str, http: httpx.AsyncClient, actors: list[Actor], after: str | None = None
 ) -> list[tuple[GraphQLSocket, str]]:
     subscribed = []
     for actor in actors:
         socket = await GraphQLSocket.connect(live, await token_for(http, actor))
-        subscribed.append((socket, await socket.subscribe(REMOVED)))
+        variables = {"after": after} if after else None
+        subscribed.append((socket, await socket.subscribe(REMOVED, variables)))
     return subscribed
 
 
@@ -157,4 +162,108 @@ async def test_a_manager_narrowed_to_agent_loses_the_conversations_assigned_to_o
     await _role_seen(socket, "AGENT")
     await _assign(api, admin, unassigned, agent)  # unassigned: the new Agent saw it
     assert await _removed(socket, operation) == gid("Conversation", unassigned.id)
+    await socket.close()
+
+
+async def _set_role(api: Api, admin: Actor, member: Actor, role: str) -> None:
+    changed = await api(
+        admin,
+        UPDATE_ROLE,
+        {"input": {"memberId": gid("Member", member.membership.id), "role": role}},
+    )
+    assert "errors" not in changed, changed
+
+
+async def test_removals_made_while_away_replay_once_on_a_restarted_server_then_live_ones(
+    dialect: str,
+    live_settings: Settings,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    other_org: Organization,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    other_agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given a Manager, two Agents and another workspace's Admin who last saw the feed at a
+    conversation's `updateCursor`, and went away,
+    when meanwhile the Manager is made an Agent, the Manager's conversation and an
+    unassigned one are assigned to an Agent, another of the Manager's is reassigned away
+    and back, an Agent's is reassigned to an Admin and an unassigned contact is erased,
+    and they resume `conversationRemoved(after:)` on another server process,
+    then each receives exactly the ids that left their own view, once (not the one that
+    came back, not others' reassignments), then live removals; the other workspace
+    nothing of it."""
+    others = await _conversation(db, org.id, agent)
+    managers = await _conversation(db, org.id, manager)
+    bounced = await _conversation(db, org.id, manager)
+    unassigned = await _conversation(db, org.id, None)
+    to_erase = await _conversation(db, org.id, None)
+    marker = await _conversation(db, org.id, None)
+    api = Api(http)
+    seen = await api(admin, UPDATE_CURSOR, {"id": gid("Conversation", marker.id)})
+    cursor = seen["data"]["node"]["updateCursor"]
+
+    # Away.
+    await _set_role(api, admin, manager, "AGENT")
+    await _assign(api, admin, managers, agent)
+    await _assign(api, admin, unassigned, agent)
+    await _assign(api, admin, bounced, admin)
+    await _assign(api, admin, bounced, manager)
+    await _assign(api, admin, others, admin)  # between others: no Agent but its own learns
+    erased = await api(admin, ERASE, {"id": gid("Contact", to_erase.contact_id)})
+    assert "errors" not in erased, erased
+
+    expected = [
+        (manager, {others.id, managers.id, unassigned.id, to_erase.id}),
+        (agent, {others.id, to_erase.id}),
+        (other_agent, {unassigned.id, to_erase.id}),
+    ]
+    async with (
+        live_server(create_app(live_settings)) as restarted,
+        httpx.AsyncClient(base_url=restarted) as again,
+    ):
+        subscribed = await _subscribed(restarted, again, [a for a, _ in expected], cursor)
+        [(o, o_op)] = await _subscribed(restarted, again, [other_admin], encode_update_cursor(0))
+        for (socket, operation), (_, ids) in zip(subscribed, expected, strict=True):
+            replayed = [await _removed(socket, operation) for _ in ids]
+            assert sorted(replayed) == sorted(gid("Conversation", i) for i in ids)
+
+        late = await _conversation(db, org.id, None)
+        await _assign(Api(again), admin, late, admin)  # live: every Agent loses it
+        for socket, operation in subscribed:
+            assert await _removed(socket, operation) == gid("Conversation", late.id)
+        theirs = await _conversation(db, other_org.id, None)
+        gone = await Api(again)(other_admin, ERASE, {"id": gid("Contact", theirs.contact_id)})
+        assert "errors" not in gone, gone
+        assert await _removed(o, o_op) == gid("Conversation", theirs.id)
+        for socket, _ in [*subscribed, (o, o_op)]:
+            await socket.close()
+
+
+async def test_a_removal_replay_needs_a_valid_cursor_and_starts_when_the_member_joined(
+    dialect: str,
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    agent: Actor,
+) -> None:
+    """Given an unassigned conversation assigned to the Admin (a removal for every Agent),
+    when an Agent resumes from the feed's start, and a careless client passes a malformed
+    cursor,
+    then the Agent receives that removal, and the malformed cursor a BAD_USER_INPUT error."""
+    conversation = await _conversation(db, org.id, None)
+    await _assign(Api(http), admin, conversation, admin)
+    [(socket, operation)] = await _subscribed(live, http, [agent], encode_update_cursor(0))
+    assert await _removed(socket, operation) == gid("Conversation", conversation.id)
+    bad = await socket.subscribe(REMOVED, {"after": "not a cursor"})
+    frame = await socket.next(bad, timeout=10)
+    assert frame["type"] in ("error", "next"), frame
+    errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT", frame
     await socket.close()

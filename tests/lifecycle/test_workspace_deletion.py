@@ -59,6 +59,8 @@ LIFECYCLE_RULES = {
     "notes": "erasure: with their conversation (cascade); deletion: in batches",
     "canned_replies": "deletion: in batches",
     "message_reactions": "erasure: with their conversation (cascade); deletion: in batches",
+    "conversation_removals": "erasure: kept (ids only: resuming clients evict the erased "
+    "conversation); deletion: in batches",
     "message_templates": "deletion: in batches (no personal data: Meta's template texts)",
     "data_requests": "deletion: with the workspace, in its last transaction",
     "webhook_events": "erasure: bodies naming the contact deleted; retention: after processing",

@@ -43,6 +43,7 @@ from weflux.models import (
     Contact,
     Conversation,
     ConversationLabel,
+    ConversationRemoval,
     Message,
     MessageReaction,
     Note,
@@ -418,6 +419,9 @@ def _highest_position(org_id: Any) -> Any:
             col(Conversation.org_id) == org_id
         ),
         select(func.max(Message.update_seq).label("seq")).where(col(Message.org_id) == org_id),
+        select(func.max(ConversationRemoval.update_seq).label("seq")).where(
+            col(ConversationRemoval.org_id) == org_id
+        ),
     ).subquery()
     return select(func.coalesce(func.max(highest.c.seq), 0))
 
@@ -485,6 +489,9 @@ for _model in (Conversation, Message):
     event.listen(_model, "before_insert", _take_position)
     event.listen(_model, "before_update", _take_position_if_changed)
     inspect(_model).eager_defaults = True  # PostgreSQL: the trigger's position, by RETURNING
+# A removal (conversationRemoved) takes its position from the same counter, once.
+event.listen(ConversationRemoval, "before_insert", _take_position)
+inspect(ConversationRemoval).eager_defaults = True
 
 
 FEED_LOCK_CLASS = 1717  # as migration 0018's weflux_next_change

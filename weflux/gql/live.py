@@ -15,16 +15,16 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy import func
+from sqlalchemy import func, or_
 from sqlmodel import col, select
 from strawberry.types import Info
 
-from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
+from weflux.auth.permissions import Permission, has_permission
 from weflux.auth.scoping import workspace_wide
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
@@ -34,11 +34,13 @@ from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.models import Conversation as ConversationRow
+from weflux.models import ConversationRemoval as ConversationRemovalRow
+from weflux.models import Membership as MembershipRow
 from weflux.models import Message as MessageRow
 from weflux.models import Note as NoteRow
+from weflux.models import RemovalReason, listed_message, utcnow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
-from weflux.models import listed_message, utcnow
 from weflux.pagination import decode_cursor, decode_update_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
@@ -266,13 +268,26 @@ class Subscription:
             Permission.READ_WORKSPACE,
             "The global id of a conversation that left the caller's view: reassigned away "
             "from an Agent, erased, or no longer visible because the caller's role was "
-            "narrowed to AGENT. Evict it from caches.",
+            "narrowed to AGENT. Evict it from caches. With `after` every conversation that "
+            "left the caller's view since it is replayed first (each once; not those the "
+            "caller sees again now, which `conversationUpdated` delivers), then the stream "
+            "goes on live with no gap and no duplicate.",
         )
     )
     async def conversation_removed(
-        self, info: Info[Context, None]
+        self,
+        info: Info[Context, None],
+        after: Annotated[
+            str | None,
+            strawberry.argument(
+                description="The `Conversation.updateCursor` `conversationUpdated` resumes "
+                "from (the last one the client processed): first replay every removal from "
+                "the caller's view after that position of the workspace's change feed; "
+                "null: live removals only."
+            ),
+        ] = None,
     ) -> AsyncGenerator[strawberry.ID, None]:
-        async for conversation_id in _removals(info):
+        async for conversation_id in _removals(info, after):
             yield strawberry.ID(encode_global_id("Conversation", conversation_id))
 
     @strawberry.subscription(
@@ -452,25 +467,56 @@ async def _feed(
 # -- conversationRemoved -------------------------------------------------------------------
 
 
-def _lost_by(actor: Principal, event: dict[str, Any]) -> bool:
-    """Whether the caller could have seen the conversation before the change the event names."""
-    if event.get("reason") == "erased":
-        return True
-    if actor.can(Permission.SEE_ALL_CONVERSATIONS):
-        return False  # a reassignment never hides anything from them
-    previous = event.get("previous") or None
-    return previous is None or previous == str(actor.membership_id)
+@dataclass(frozen=True)
+class _Viewer:
+    """The caller as the database says now (a live socket's role may lag a role change)."""
+
+    membership_id: uuid.UUID
+    sees_all: bool
+    joined: datetime
 
 
-async def _visible(info: Info[Context, None], conversation_id: uuid.UUID) -> bool:
+async def _viewer(info: Info[Context, None]) -> _Viewer | None:
+    """The caller's membership now (None: removed, nothing more to send)."""
+    membership_id = info.context.actor.membership_id
     async with info.context.event_unit():
-        return await info.context.unit.get(ConversationRow, conversation_id) is not None
+        member = await info.context.unit.get(MembershipRow, membership_id)
+    if member is None:
+        return None
+    sees_all = has_permission(member.role, Permission.SEE_ALL_CONVERSATIONS)
+    return _Viewer(membership_id, sees_all, member.created_at)
+
+
+def _lost_by(viewer: _Viewer, removal: ConversationRemovalRow) -> bool:
+    """Whether the caller could see the conversation before the removal (ids never leak)."""
+    if removal.reason == RemovalReason.ERASED and viewer.sees_all:
+        return True
+    if removal.reason == RemovalReason.ROLE_NARROWED or viewer.sees_all:
+        return False  # a narrowed role is expanded apart; a reassignment hides nothing here
+    return removal.member_id is None or removal.member_id == viewer.membership_id
+
+
+async def _still_visible(
+    info: Info[Context, None], viewer: _Viewer, ids: list[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Those of `ids` the caller sees now (came back: `conversationUpdated` delivers them)."""
+    if not ids:
+        return set()
+    async with info.context.event_unit():
+        unit = info.context.unit
+        with workspace_wide(unit):  # the visibility rule of the role the database holds
+            query = select(col(ConversationRow.id)).where(col(ConversationRow.id).in_(ids))
+            if not viewer.sees_all:
+                assignee = col(ConversationRow.assignee_membership_id)
+                query = query.where(or_(assignee.is_(None), assignee == viewer.membership_id))
+            return set((await unit.exec(query)).all())
 
 
 async def _assigned_to_others(
-    info: Info[Context, None], membership_id: uuid.UUID
-) -> AsyncGenerator[uuid.UUID, None]:
-    """Ids of the conversations assigned to someone other than `membership_id`, in pages."""
+    info: Info[Context, None], membership_id: uuid.UUID, before: uuid.UUID
+) -> AsyncGenerator[list[uuid.UUID], None]:
+    """Pages of ids of conversations made before `before` (a UUIDv7) and assigned now to
+    someone other than `membership_id`."""
     floor = uuid.UUID(int=0)
     while True:
         async with info.context.event_unit():
@@ -483,6 +529,7 @@ async def _assigned_to_others(
                             select(col(ConversationRow.id))
                             .where(
                                 col(ConversationRow.id) > floor,
+                                col(ConversationRow.id) < before,
                                 assignee.is_not(None),
                                 assignee != membership_id,
                             )
@@ -491,39 +538,103 @@ async def _assigned_to_others(
                         )
                     ).all()
                 )
-        for conversation_id in ids:
-            yield conversation_id
+        yield ids
         if len(ids) < REPLAY_PAGE:
             return
         floor = ids[-1]
 
 
-async def _removals(info: Info[Context, None]) -> AsyncGenerator[uuid.UUID, None]:
-    """Conversations that leave the caller's view, as their removal events say."""
+async def _removal_rows(
+    info: Info[Context, None], position: int, joined: datetime
+) -> list[ConversationRemovalRow]:
+    """A page of the workspace's removals after `position` since the caller joined."""
+    async with info.context.event_unit():
+        query = (
+            select(ConversationRemovalRow)
+            .where(
+                col(ConversationRemovalRow.update_seq) > position,
+                col(ConversationRemovalRow.created_at) >= joined,
+            )
+            .order_by(col(ConversationRemovalRow.update_seq))
+            .limit(REPLAY_PAGE)
+        )
+        return list((await info.context.unit.exec(query)).all())
+
+
+async def _removed_since(
+    info: Info[Context, None], position: int
+) -> AsyncGenerator[tuple[int, uuid.UUID | None], None]:
+    """(position, id) of every conversation that left the caller's view after `position`.
+
+    Each id once per read; an id the caller sees again now is skipped. The id None only
+    moves the position past removals that are not the caller's.
+    """
+    viewer = await _viewer(info)
+    if viewer is None:
+        return
+    sent: set[uuid.UUID] = set()
+    while True:
+        rows = await _removal_rows(info, position, viewer.joined)
+        for row in rows:
+            position = row.update_seq
+            pages: AsyncGenerator[list[uuid.UUID], None] | None = None
+            if row.reason == RemovalReason.ROLE_NARROWED:
+                if row.member_id == viewer.membership_id and not viewer.sees_all:
+                    pages = _assigned_to_others(info, viewer.membership_id, row.id)
+            elif row.conversation_id is not None and _lost_by(viewer, row):
+                pages = _one_page([row.conversation_id])
+            if pages is not None:
+                async for ids in pages:
+                    fresh = [
+                        conversation_id for conversation_id in ids if conversation_id not in sent
+                    ]
+                    back = await _still_visible(info, viewer, fresh)
+                    for conversation_id in fresh:
+                        if conversation_id not in back:
+                            sent.add(conversation_id)
+                            yield position, conversation_id
+            yield position, None
+        if len(rows) < REPLAY_PAGE:
+            return
+
+
+async def _one_page(ids: list[uuid.UUID]) -> AsyncGenerator[list[uuid.UUID], None]:
+    yield ids
+
+
+async def _removal_head(info: Info[Context, None]) -> int:
+    async with info.context.event_unit():
+        query = select(func.max(col(ConversationRemovalRow.update_seq)))
+        found = (await info.context.unit.exec(query)).first()
+    return int(found or 0)
+
+
+async def _removals(
+    info: Info[Context, None], after: str | None
+) -> AsyncGenerator[uuid.UUID, None]:
+    """Conversations that leave the caller's view, from the change feed, replayed then live.
+
+    As `_feed`: the removals are positions of the workspace's feed, committed in order; an
+    event is only a signal to read the removals after the last position delivered.
+    """
     context = info.context
+    position = decode_update_cursor(after) if after else await _removal_head(info)
     async with context.hub.listen(context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
+        pending = True
         while True:
+            if pending:
+                start = position
+                async for reached, conversation_id in _removed_since(info, start):
+                    position = reached
+                    if conversation_id is not None:
+                        yield conversation_id
             try:
                 event = await next_event(listener)
             except SlowConsumer:
                 await _close_slow(info)
                 return
-            if event is None or event is RESYNC:
-                continue
-            if event.get("event") != EventName.CONVERSATION_REMOVED:
-                continue
-            member = event.get("member")
-            if member is not None:
-                if member == str(context.actor.membership_id):
-                    async for conversation_id in _assigned_to_others(
-                        info, context.actor.membership_id
-                    ):
-                        yield conversation_id
-                continue
-            try:
-                conversation_id = uuid.UUID(event["id"])
-            except (KeyError, ValueError):
-                continue
-            if _lost_by(context.actor, event) and not await _visible(info, conversation_id):
-                yield conversation_id
+            pending = event is RESYNC or (
+                event is not None
+                and event.get("event") in (EventName.CONVERSATION_REMOVED, EventName.RESYNC)
+            )

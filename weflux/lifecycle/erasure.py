@@ -35,11 +35,12 @@ from weflux.models import (
     MessageStatus,
     Organization,
     OrgScoped,
+    RemovalReason,
     utcnow,
     workspace_models,
 )
 from weflux.realtime.broker import Broker
-from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services.removals import record_removal
 
 DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
@@ -88,17 +89,16 @@ async def tombstone_contact(
     contact.erased_at = now
     session.add(contact)
     await session.flush()
-    if broker is not None:
-        for conversation_id, assignee in erased:
-            publish_after_commit(
-                session,
-                broker,
-                contact.org_id,
-                EventName.CONVERSATION_REMOVED,
-                id=conversation_id,
-                previous=assignee or "",
-                reason="erased",
-            )
+    for conversation_id, assignee in erased:
+        record_removal(
+            session,
+            broker,
+            contact.org_id,
+            RemovalReason.ERASED,
+            conversation_id=conversation_id,
+            member_id=assignee,
+        )
+    await session.flush()
 
 
 async def _noop(_: float) -> None:

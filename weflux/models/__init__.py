@@ -42,6 +42,7 @@ from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
 from weflux.models.reaction import MessageReaction, contact_reactor, member_reactor
+from weflux.models.removal import ConversationRemoval, RemovalReason
 from weflux.models.security import (
     AlertChannel,
     AlertStatus,
@@ -81,6 +82,7 @@ __all__ = [
     "Contact",
     "Conversation",
     "ConversationLabel",
+    "ConversationRemoval",
     "ConversationStatus",
     "DataRequest",
     "DataRequestKind",
@@ -108,6 +110,7 @@ __all__ = [
     "PendingSignup",
     "PlatformSecurityEvent",
     "QualityRating",
+    "RemovalReason",
     "Role",
     "SecurityAlert",
     "SecurityEvent",

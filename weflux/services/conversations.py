@@ -28,6 +28,7 @@ from weflux.models import (
     ConversationStatus,
     Membership,
     Message,
+    RemovalReason,
     listed_message,
     utcnow,
 )
@@ -42,6 +43,7 @@ from weflux.pagination import (
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services.removals import record_removal
 
 MAX_SEARCH = 100
 _PHONE_PUNCTUATION = str.maketrans("", "", " -().+")
@@ -231,13 +233,13 @@ async def assign(
         _changed(session, broker, conversation)
         if assignee_membership_id is not None:
             # Agents who saw it (its assignee before, or all when it had none) lose it.
-            publish_after_commit(
+            record_removal(
                 session,
                 broker,
                 conversation.org_id,
-                EventName.CONVERSATION_REMOVED,
-                id=conversation.id,
-                previous=current or "",
+                RemovalReason.REASSIGNED,
+                conversation_id=conversation.id,
+                member_id=current,
             )
         await session.flush()
     return conversation

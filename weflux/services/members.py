@@ -26,13 +26,23 @@ from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
 from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound, RateLimited
 from weflux.mail.mailer import Mailer, compose, send_quietly
-from weflux.models import AuthSession, Invitation, Membership, Organization, Role, User, utcnow
+from weflux.models import (
+    AuthSession,
+    Invitation,
+    Membership,
+    Organization,
+    RemovalReason,
+    Role,
+    User,
+    utcnow,
+)
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
+from weflux.services.removals import record_removal
 from weflux.services.sessions import TokenPair
 from weflux.throttle.ratelimit import RateLimiter
 
@@ -455,14 +465,14 @@ async def update_role(
         await authenticator.publish_revocation(membership_ids=[target.id])
 
     after_commit(session, announce)
-    if role == Role.AGENT:
+    if role == Role.AGENT and previous != Role.AGENT:
         # Conversations assigned to others leave the member's view.
-        publish_after_commit(
+        record_removal(
             session,
             authenticator.broker,
             target.org_id,
-            EventName.CONVERSATION_REMOVED,
-            member=target.id,
+            RemovalReason.ROLE_NARROWED,
+            member_id=target.id,
         )
     return target
 
