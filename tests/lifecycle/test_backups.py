@@ -8,7 +8,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import insert
+from sqlalchemy import insert, text
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import select
 
 from tests.fixtures.backups import (
@@ -54,6 +55,32 @@ async def test_a_backup_restores_every_row_on_the_same_engine(
         database_urls.owner
     )
     await _secrets_still_open(target, empty_database_urls)
+    await _feed_continues_above_restored_positions(empty_database_urls)
+
+
+async def _feed_continues_above_restored_positions(urls: DatabaseUrls) -> None:
+    """Restored rows kept their change-feed positions (compared above); on PostgreSQL the
+    feed's sequence is past all of them, so the next change sorts after every one."""
+    engine = create_async_engine(urls.owner)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name != "postgresql":
+                return
+            highest = (
+                await connection.execute(
+                    text(
+                        "SELECT greatest((SELECT max(update_seq) FROM conversations), "
+                        "(SELECT max(update_seq) FROM messages))"
+                    )
+                )
+            ).scalar_one()
+            following = (
+                await connection.execute(text("SELECT nextval('weflux_change_seq')"))
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert highest is not None
+    assert following > highest
 
 
 async def _secrets_still_open(settings: Settings, urls: DatabaseUrls) -> None:

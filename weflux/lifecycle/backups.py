@@ -240,9 +240,11 @@ async def restore_backup(
                 )
             await connection.run_sync(upgrade_in_transaction, summary.revision)
             target = await connection.run_sync(_reflect)
+            feed_tables = await _feed_triggers(connection, enabled=False)
             loaded = await _load(connection, BackupReader(path, keys), target, progress)
             if loaded != summary.tables:
                 raise BackupError("the file changed while it was being restored")
+            await _feed_triggers(connection, enabled=True, tables=feed_tables)
             # This release's schema, still in the transaction: the replay runs on it.
             await connection.run_sync(upgrade_in_transaction, "head")
             await replay_erasures(connection, newer, EncryptionKeys.from_settings(settings))
@@ -252,6 +254,39 @@ async def restore_backup(
     # The app's role's grants (a separate role on PostgreSQL); the upgrade is done already.
     await migrate(settings.migration_url, app_url=settings.database_url)
     return summary
+
+
+async def _feed_triggers(
+    connection: AsyncConnection, *, enabled: bool, tables: list[str] | None = None
+) -> list[str]:
+    """The change feed's triggers (PostgreSQL, schemas from 0018) off during the load, so
+    restored rows keep their feed positions; back on after it, with the feed's sequence
+    moved above every restored position (a change after the restore sorts after them).
+    The tables the trigger is on."""
+    if connection.dialect.name != "postgresql":
+        return []
+    if tables is None:
+        rows = await connection.execute(
+            text(
+                "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                "WHERE t.tgname = 'weflux_change_feed' ORDER BY c.relname"
+            )
+        )
+        tables = [str(row[0]) for row in rows]
+    verb = "ENABLE" if enabled else "DISABLE"
+    quote = connection.dialect.identifier_preparer.quote  # names from pg_trigger, quoted
+    for table in tables:
+        await connection.execute(
+            text(f"ALTER TABLE {quote(table)} {verb} TRIGGER weflux_change_feed")
+        )
+    if enabled and tables:
+        highest = " UNION ALL ".join(
+            f"SELECT max(update_seq) AS s FROM {quote(t)}"  # noqa: S608 (catalogue names)
+            for t in tables
+        )
+        above = f"SELECT greatest(coalesce(max(s), 0), 1) FROM ({highest}) AS feed"  # noqa: S608
+        await connection.execute(text(f"SELECT setval('weflux_change_seq', ({above}))"))
+    return tables
 
 
 async def _refuse_non_empty(connection: AsyncConnection) -> None:
