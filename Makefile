@@ -16,6 +16,8 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # The fast loop: SQLite and the in-process store/broker, no PostgreSQL or Redis needed.
 FAST := not postgres and not redis
+# Test workers: one per core (pytest-xdist); TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= auto
 
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON := $(PYTHON)
@@ -90,8 +92,8 @@ chromium: ## Install Debian's Chromium for the browser test when missing (apt-ge
 	fi
 
 .PHONY: test
-test: $(VENV)/.installed-test chromium ## Run the whole test suite (PostgreSQL/Redis/Chromium tests skip when absent, fail under CI=true)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed-test chromium ## Run the whole test suite on every core (PostgreSQL/Redis/Chromium tests skip when absent, fail under CI=true)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: $(VENV)/.installed-test ## Run the tests that need neither PostgreSQL nor Redis (-m "not postgres and not redis")
