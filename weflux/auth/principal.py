@@ -37,3 +37,11 @@ class Principal:
         """FORBIDDEN unless the caller's role grants `permission`."""
         if not self.can(permission):
             raise Forbidden(message)
+
+
+def visibility_class(principal: Principal) -> str:
+    """Members who see the same conversations: every ADMIN and MANAGER of a workspace
+    (one class), each Agent alone. The key under which live work is shared."""
+    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
+        return f"all:{principal.org_id}"
+    return f"agent:{principal.membership_id}"

@@ -19,8 +19,7 @@ from graphql import ExecutionResult
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
-from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
+from weflux.auth.principal import Principal, visibility_class
 from weflux.gql.loaders import Loaders
 
 
@@ -74,13 +73,6 @@ class EventMemo:
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
         return shared
-
-
-def visibility_class(principal: Principal) -> str:
-    """Callers who see alike: every ADMIN and MANAGER of a workspace; each Agent alone."""
-    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
-        return f"all:{principal.org_id}"
-    return f"agent:{principal.membership_id}"
 
 
 _RESULTS = "_weflux_shared_results"

@@ -35,8 +35,8 @@ from graphql import (
 )
 from graphql.language import Visitor
 
+from weflux.auth.principal import visibility_class
 from weflux.gql.documents import DocumentCache, documents_of
-from weflux.gql.event_memo import visibility_class
 from weflux.gql.schema import MAX_TOKENS
 from weflux.realtime.hub import QUEUE_LIMIT, Sharing
 

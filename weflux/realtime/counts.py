@@ -27,8 +27,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
-from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
+from weflux.auth.principal import Principal, visibility_class
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, Hub, SlowConsumer, next_event
 from weflux.services.inbox_counts import InboxCounts, InboxTally
@@ -42,13 +41,6 @@ COALESCE_SECONDS = 0.25
 COUNTED_EVENTS = frozenset({EventName.CONVERSATION_UPDATED, EventName.INBOX_COUNTS_UPDATED})
 
 Count = Callable[[], Awaitable[InboxTally]]
-
-
-def visibility_class(principal: Principal) -> str:
-    """Members who see the same conversations: all Admins and Managers, or one Agent."""
-    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
-        return "all"
-    return f"member:{principal.membership_id}"
 
 
 @dataclass(eq=False)
