@@ -585,10 +585,10 @@ async def test_login_success_and_failure_are_audited_with_the_client_ip(
 async def test_the_fourth_attempt_on_one_account_is_throttled_even_with_the_right_password(
     database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, manager: Actor
 ) -> None:
-    """Given `3/minute` per account, after three wrong guesses the right password (in
+    """Given `3/hour` per account, after three wrong guesses the right password (in
     any case of the email) gets 429 with `Retry-After`, while another account is fine."""
     async with (
-        running_app(database_urls, tmp_path, rate_limit_login_account="3/minute") as app,
+        running_app(database_urls, tmp_path, rate_limit_login_account="3/hour") as app,
         client_of(app) as client,
     ):
         for guess in ("guess-One-1111", "guess-Two-2222", "guess-Three-3333"):
@@ -608,10 +608,10 @@ async def test_the_fourth_attempt_on_one_account_is_throttled_even_with_the_righ
 async def test_many_emails_from_one_ip_are_throttled_but_other_ips_are_not(
     database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
 ) -> None:
-    """Credential stuffing: `5/minute` per IP stops the sixth attempt from that IP,
+    """Credential stuffing: `5/hour` per IP stops the sixth attempt from that IP,
     whatever email it tries, real accounts included; another IP still logs in."""
     async with (
-        running_app(database_urls, tmp_path, rate_limit_login_ip="5/minute") as app,
+        running_app(database_urls, tmp_path, rate_limit_login_ip="5/hour") as app,
         client_of(app, "198.51.100.23") as attacker,
         client_of(app, "192.0.2.44") as bystander,
     ):

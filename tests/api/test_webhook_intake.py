@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,61 +16,31 @@ import pytest
 from sqlmodel import col, func, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.settings import make_settings
+from tests.fixtures.live import signed_webhook
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Message,
-    Organization,
     WebhookEvent,
     WebhookEventStatus,
     WhatsAppAccount,
-    utcnow,
 )
 from weflux.runtime import runtime_of
 from weflux.services import webhook_queue
 
-SECRET = "intake-app-secret-0123456789"
-
 
 @pytest.fixture
-def settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
-    return make_settings(
-        tmp_path,
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        meta_app_secret=SECRET,
-    )
-
-
-@pytest.fixture
-async def number(db: Database, org: Organization) -> WhatsAppAccount:
-    async with db.session(org.id) as session:
-        account = WhatsAppAccount(
-            org_id=org.id,
-            display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-            phone_number_id=wh.PHONE_NUMBER_ID,
-            business_account_id=wh.WABA_ID,
-            webhook_key="intake-key-000000000000000000001",
-            credentials_updated_at=utcnow(),
-            status="CONNECTED",
-        )
-        session.add(account)
-    return account
+def settings(live_settings: Settings) -> Settings:
+    """The app's settings: the platform's webhooks signed as `signed_webhook` signs them."""
+    return live_settings
 
 
 async def post(client: httpx.AsyncClient, sender: str) -> int:
-    body = wh.encode(
-        wh.webhook_body(
-            wh.messages_change(
-                messages=[wh.text_message(from_wa_id=sender, body="hi")],
-                contacts=[wh.contact(wa_id=sender)],
-            )
-        )
+    change = wh.messages_change(
+        messages=[wh.text_message(from_wa_id=sender, body="hi")],
+        contacts=[wh.contact(wa_id=sender)],
     )
-    headers = {"X-Hub-Signature-256": wh.sign(body, SECRET)}
-    return (await client.post("/webhooks/whatsapp", content=body, headers=headers)).status_code
+    return (await signed_webhook(client, wh.webhook_body(change))).status_code
 
 
 async def messages(db: Database, org_id: Any) -> int:
@@ -86,20 +55,20 @@ async def events(owner_db: Database, status: WebhookEventStatus) -> int:
 
 
 async def test_a_webhook_with_room_is_stored_processed(
-    app: Any, client: httpx.AsyncClient, number: WhatsAppAccount, db: Database, owner_db: Database
+    app: Any, client: httpx.AsyncClient, channel: WhatsAppAccount, db: Database, owner_db: Database
 ) -> None:
     """Given an idle process,
     when a webhook comes,
     then by its 200 it is stored already processed, its message written."""
     assert await post(client, "16505551000") == 200
     assert await events(owner_db, WebhookEventStatus.PROCESSED) == 1
-    assert await messages(db, number.org_id) == 1
+    assert await messages(db, channel.org_id) == 1
 
 
 async def test_an_overflowing_queue_loses_nothing(
     app: Any,
     client: httpx.AsyncClient,
-    number: WhatsAppAccount,
+    channel: WhatsAppAccount,
     db: Database,
     owner_db: Database,
     dialect: str,
@@ -118,17 +87,17 @@ async def test_an_overflowing_queue_loses_nothing(
         assert await post(client, f"1650555200{k}") == 200
     assert intake.queue.qsize() == 1
     assert await events(owner_db, WebhookEventStatus.PENDING) == 3
-    assert await messages(db, number.org_id) == 0
+    assert await messages(db, channel.org_id) == 0
 
     intake.start()
     await intake.drain()
-    assert await messages(db, number.org_id) == 1
+    assert await messages(db, channel.org_id) == 1
 
     swept = await webhook_queue.retry_due_events(
         runtime.db, runtime.broker, runtime.settings, settle=timedelta(0)
     )
     assert swept == 2
-    assert await messages(db, number.org_id) == 3
+    assert await messages(db, channel.org_id) == 3
     assert await events(owner_db, WebhookEventStatus.PROCESSED) == 3
     assert (
         await webhook_queue.retry_due_events(

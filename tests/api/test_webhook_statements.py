@@ -7,49 +7,24 @@ the end of its processing; transaction control (BEGIN, COMMIT) is not a statemen
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import event
 from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.settings import make_settings
+from tests.fixtures.app import counting
+from tests.fixtures.live import signed_webhook
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.models import Conversation, Message, Organization, WhatsAppAccount, utcnow
-from weflux.runtime import runtime_of
-
-SECRET = "statements-app-secret-0123456789"
+from weflux.models import Conversation, Message, WhatsAppAccount
 
 
 @pytest.fixture
-def settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
-    return make_settings(
-        tmp_path,
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        meta_app_secret=SECRET,
-    )
-
-
-@pytest.fixture
-async def number(db: Database, org: Organization) -> WhatsAppAccount:
-    async with db.session(org.id) as session:
-        account = WhatsAppAccount(
-            org_id=org.id,
-            display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-            phone_number_id=wh.PHONE_NUMBER_ID,
-            business_account_id=wh.WABA_ID,
-            webhook_key="statements-key-00000000000000001",
-            status="CONNECTED",
-            credentials_updated_at=utcnow(),
-        )
-        session.add(account)
-    return account
+def settings(live_settings: Settings) -> Settings:
+    """The app's settings: the platform's webhooks signed as `signed_webhook` signs them."""
+    return live_settings
 
 
 def _is_statement(sql: str) -> bool:
@@ -57,38 +32,20 @@ def _is_statement(sql: str) -> bool:
 
 
 async def _statements(client: httpx.AsyncClient, app: Any, sender: str) -> list[str]:
-    body = wh.encode(
-        wh.webhook_body(
-            wh.messages_change(
-                messages=[wh.text_message(from_wa_id=sender, body="hi")],
-                contacts=[wh.contact(wa_id=sender, name="Customer")],
-            )
-        )
+    change = wh.messages_change(
+        messages=[wh.text_message(from_wa_id=sender, body="hi")],
+        contacts=[wh.contact(wa_id=sender, name="Customer")],
     )
-    engine = runtime_of(app).db.engine.sync_engine
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if _is_statement(statement):
-            seen.append(statement)
-
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        response = await client.post(
-            "/webhooks/whatsapp",
-            content=body,
-            headers={"X-Hub-Signature-256": wh.sign(body, SECRET)},
-        )
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
-    assert response.status_code == 200
+    with counting(app) as statements:
+        await signed_webhook(client, wh.webhook_body(change))
+    seen = [statement for statement in statements if _is_statement(statement)]
     if os.environ.get("SHOW_STATEMENTS"):
         print("\n---", sender, len(seen), "\n" + "\n".join(s[:160] for s in seen))
     return seen
 
 
 async def test_a_one_message_webhook_runs_few_statements(
-    client: httpx.AsyncClient, app: Any, number: WhatsAppAccount, dialect: str
+    client: httpx.AsyncClient, app: Any, channel: WhatsAppAccount, dialect: str
 ) -> None:
     """Given a connected number,
     when a one-message webhook comes from a new sender, then another from that sender,
@@ -104,24 +61,20 @@ async def test_a_one_message_webhook_runs_few_statements(
 
 
 async def test_a_redelivered_message_is_still_a_no_op(
-    client: httpx.AsyncClient, app: Any, number: WhatsAppAccount, db: Database, dialect: str
+    client: httpx.AsyncClient, app: Any, channel: WhatsAppAccount, db: Database, dialect: str
 ) -> None:
     """Given a message stored already (its wamid is not asked for before the insert),
     when Meta delivers the same webhook again,
     then it is answered 200, the message is stored once and its conversation unchanged."""
-    body = wh.encode(
-        wh.webhook_body(
-            wh.messages_change(
-                messages=[wh.text_message(from_wa_id="16505550009", body="once")],
-                contacts=[wh.contact(wa_id="16505550009")],
-            )
+    body = wh.webhook_body(
+        wh.messages_change(
+            messages=[wh.text_message(from_wa_id="16505550009", body="once")],
+            contacts=[wh.contact(wa_id="16505550009")],
         )
     )
-    headers = {"X-Hub-Signature-256": wh.sign(body, SECRET)}
     for _ in range(2):
-        response = await client.post("/webhooks/whatsapp", content=body, headers=headers)
-        assert response.status_code == 200
-    async with db.session(number.org_id) as session:
+        await signed_webhook(client, body)  # each answered 200
+    async with db.session(channel.org_id) as session:
         assert len((await session.exec(select(Message))).all()) == 1
         (conversation,) = (await session.exec(select(Conversation))).all()
     assert conversation.unread_count == 1

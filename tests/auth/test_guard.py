@@ -77,7 +77,7 @@ async def test_failures_throttle_that_ip_on_that_account_and_nothing_else(
     """Given 3 failures allowed per account and IP, when an attacker fails 3 times, then
     their next attempts are refused without bcrypt, even with the right password (in
     any case of the email), while the owner from another IP gets in."""
-    guard = guard_of(make_limiter, per_ip="3/minute", per_account="100/minute")
+    guard = guard_of(make_limiter, per_ip="3/hour", per_account="100/hour")
     assert [await attempt(guard, ATTACKER, WRONG, stored) for _ in range(3)] == [False] * 3
     checked = bcrypt_count.calls
 
@@ -96,7 +96,7 @@ async def test_successes_never_count_and_a_success_clears_the_failures_of_its_ip
 ) -> None:
     """Given 3 failures allowed per account and IP, then 10 logins in a row all pass
     (today the 6th was 429), and after 2 failures a success starts the count again."""
-    guard = guard_of(make_limiter, per_ip="3/minute", per_account="5/minute")
+    guard = guard_of(make_limiter, per_ip="3/hour", per_account="5/hour")
     assert [await attempt(guard, OWNER_HOME, RIGHT, stored) for _ in range(10)] == [True] * 10
 
     assert [await attempt(guard, OWNER_HOME, WRONG, stored) for _ in range(2)] == [False] * 2
@@ -116,7 +116,7 @@ async def test_past_the_account_cap_ips_that_failed_are_refused_but_a_fresh_ip_i
     distributed attack), then each of them is refused from now on, without bcrypt,
     while an IP that has not failed still gets its check: a new attacker IP gets one
     wrong guess, and the owner on a fresh network gets in with the right password."""
-    guard = guard_of(make_limiter, per_ip="3/minute", per_account="5/minute")
+    guard = guard_of(make_limiter, per_ip="3/hour", per_account="5/hour")
     botnet = [f"198.51.100.{n}" for n in range(1, 6)]
     assert [await attempt(guard, ip, WRONG, stored) for ip in botnet] == [False] * 5
     checked = bcrypt_count.calls
@@ -136,7 +136,7 @@ async def test_past_the_account_cap_the_owner_may_still_mistype_on_a_known_netwo
     """Given the owner logged in from home before, when a distributed attack crosses the
     cap, then at home the owner may mistype and still get in (a known IP answers to its
     own limit only), where an unknown IP that failed once is refused."""
-    guard = guard_of(make_limiter, per_ip="3/minute", per_account="5/minute")
+    guard = guard_of(make_limiter, per_ip="3/hour", per_account="5/hour")
     assert await attempt(guard, OWNER_HOME, RIGHT, stored) is True
     for n in range(1, 6):
         assert await attempt(guard, f"198.51.100.{n}", WRONG, stored) is False
@@ -152,7 +152,7 @@ async def test_an_unknown_email_is_counted_and_refused_exactly_like_a_known_one(
 ) -> None:
     """Given no account for nobody@acme.example, then its checks cost one bcrypt each,
     are counted the same, and are refused with the same error as a known account's."""
-    guard = guard_of(make_limiter, per_ip="2/minute", per_account="100/minute")
+    guard = guard_of(make_limiter, per_ip="2/hour", per_account="100/hour")
     unknown = "nobody@acme.example"
 
     outcomes = [await attempt(guard, ATTACKER, WRONG, None, email=unknown) for _ in range(3)]
@@ -174,7 +174,7 @@ async def test_concurrent_guesses_are_counted_before_bcrypt_runs(
     """Given 5 failures allowed per account and IP, when 20 guesses arrive at once, then
     exactly 5 run bcrypt and 15 are refused: nobody slips past the count while the
     first guesses are still being hashed."""
-    guard = guard_of(make_limiter, per_ip="5/minute", per_account="100/minute")
+    guard = guard_of(make_limiter, per_ip="5/hour", per_account="100/hour")
 
     outcomes = await asyncio.gather(*(attempt(guard, ATTACKER, WRONG, stored) for _ in range(20)))
 
@@ -190,7 +190,7 @@ async def test_no_email_address_is_a_key_in_the_store(
     request: pytest.FixtureRequest,
 ) -> None:
     """The counters and the known-IP marks are keyed by hashes only."""
-    guard = guard_of(make_limiter, per_ip="3/minute", per_account="5/minute")
+    guard = guard_of(make_limiter, per_ip="3/hour", per_account="5/hour")
     assert await attempt(guard, OWNER_HOME, RIGHT, stored) is True
     assert await attempt(guard, ATTACKER, WRONG, stored) is False
     if backend != "redis":

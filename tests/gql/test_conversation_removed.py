@@ -4,16 +4,15 @@ an Agent, erased, the subscriber's role narrowed to AGENT), and nobody else's.""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
 from starlette.applications import Starlette
 
 from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor, create_conversation
-from tests.fixtures.inbox import ASSIGN, Api, gid, workspace
+from tests.fixtures.inbox import ASSIGN, Api, gid, set_role, workspace
 from tests.fixtures.live import live_server, until_listening
-from tests.fixtures.ws import GraphQLSocket
+from tests.fixtures.ws import GraphQLSocket, acts_as
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
@@ -23,9 +22,6 @@ from weflux.pagination import encode_update_cursor
 REMOVED = "subscription($after: String) { conversationRemoved(after: $after) }"
 UPDATE_CURSOR = "query($id: ID!) { node(id: $id) { ... on Conversation { updateCursor } } }"
 ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id } }"
-UPDATE_ROLE = """mutation($input: UpdateMemberRoleInput!) {
-  updateMemberRole(input: $input) { id role } }"""
-VIEWER_ROLE = "query { viewer { role } }"
 
 
 async def _conversation(db: Database, org_id: uuid.UUID, assignee: Actor | None) -> Conversation:
@@ -69,6 +65,12 @@ async def _assign(api: Api, admin: Actor, conversation: Conversation, to: Actor 
     assert "errors" not in body, body
 
 
+async def _erase(api: Api, actor: Actor, conversation: Conversation) -> None:
+    """`actor` erases the conversation's contact (no error)."""
+    erased = await api(actor, ERASE, {"id": gid("Contact", conversation.contact_id)})
+    assert "errors" not in erased, erased
+
+
 async def test_reassignment_and_erasure_reach_exactly_those_who_lose_the_conversation(
     dialect: str,
     live: str,
@@ -106,27 +108,15 @@ async def test_reassignment_and_erasure_reach_exactly_those_who_lose_the_convers
     # The second Agent's first removal: it gained both before and lost nothing.
     assert await _removed(b, b_op) == gid("Conversation", unassigned.id)
 
-    erased = await api(admin, ERASE, {"id": gid("Contact", agents.contact_id)})
-    assert "errors" not in erased, erased
+    await _erase(api, admin, agents)
     assert await _removed(b, b_op) == gid("Conversation", agents.id)
     # The Manager's first removal is the erasure: reassignments hide nothing from them.
     assert await _removed(m, m_op) == gid("Conversation", agents.id)
 
-    theirs = await api(other_admin, ERASE, {"id": gid("Contact", elsewhere.contact_id)})
-    assert "errors" not in theirs, theirs
+    await _erase(api, other_admin, elsewhere)
     assert await _removed(o, o_op) == gid("Conversation", elsewhere.id)
     for socket in (a, b, m, o):
         await socket.close()
-
-
-async def _role_seen(socket: GraphQLSocket, role: str) -> None:
-    """Wait until the socket's session acts with `role` (re-checked after the change)."""
-    for _ in range(200):
-        operation = await socket.subscribe(VIEWER_ROLE)
-        frame: dict[str, Any] = await socket.next(operation)
-        if frame["payload"]["data"]["viewer"]["role"] == role:
-            return
-    raise AssertionError(f"the socket never acted as {role}")
 
 
 async def test_a_manager_narrowed_to_agent_loses_the_conversations_assigned_to_others(
@@ -152,26 +142,12 @@ async def test_a_manager_narrowed_to_agent_loses_the_conversations_assigned_to_o
     [(socket, operation)] = await _subscribed(live, http, [manager])
     await until_listening(live_app, 1)
 
-    changed = await api(
-        admin,
-        UPDATE_ROLE,
-        {"input": {"memberId": gid("Member", manager.membership.id), "role": "AGENT"}},
-    )
-    assert "errors" not in changed, changed
+    await set_role(api, admin, manager, "AGENT")
     assert await _removed(socket, operation) == gid("Conversation", others.id)
-    await _role_seen(socket, "AGENT")
+    await acts_as(socket, "AGENT")
     await _assign(api, admin, unassigned, agent)  # unassigned: the new Agent saw it
     assert await _removed(socket, operation) == gid("Conversation", unassigned.id)
     await socket.close()
-
-
-async def _set_role(api: Api, admin: Actor, member: Actor, role: str) -> None:
-    changed = await api(
-        admin,
-        UPDATE_ROLE,
-        {"input": {"memberId": gid("Member", member.membership.id), "role": role}},
-    )
-    assert "errors" not in changed, changed
 
 
 async def test_removals_made_while_away_replay_once_on_a_restarted_server_then_live_ones(
@@ -207,14 +183,13 @@ async def test_removals_made_while_away_replay_once_on_a_restarted_server_then_l
     cursor = seen["data"]["node"]["updateCursor"]
 
     # Away.
-    await _set_role(api, admin, manager, "AGENT")
+    await set_role(api, admin, manager, "AGENT")
     await _assign(api, admin, managers, agent)
     await _assign(api, admin, unassigned, agent)
     await _assign(api, admin, bounced, admin)
     await _assign(api, admin, bounced, manager)
     await _assign(api, admin, others, admin)  # between others: no Agent but its own learns
-    erased = await api(admin, ERASE, {"id": gid("Contact", to_erase.contact_id)})
-    assert "errors" not in erased, erased
+    await _erase(api, admin, to_erase)
 
     expected = [
         (manager, {others.id, managers.id, unassigned.id, to_erase.id}),
@@ -236,8 +211,7 @@ async def test_removals_made_while_away_replay_once_on_a_restarted_server_then_l
         for socket, operation in subscribed:
             assert await _removed(socket, operation) == gid("Conversation", late.id)
         theirs = await _conversation(db, other_org.id, None)
-        gone = await Api(again)(other_admin, ERASE, {"id": gid("Contact", theirs.contact_id)})
-        assert "errors" not in gone, gone
+        await _erase(Api(again), other_admin, theirs)
         assert await _removed(o, o_op) == gid("Conversation", theirs.id)
         for socket, _ in [*subscribed, (o, o_op)]:
             await socket.close()

@@ -16,6 +16,7 @@ from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.app import ClientFactory, counting
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.throttle import freeze_cost_budgets
 from weflux.db import Database
 from weflux.models import Organization
 
@@ -109,8 +110,13 @@ async def test_every_graphql_response_reports_its_cost(
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_a_member_who_spends_their_budget_gets_429_and_others_go_on(
-    make_client: ClientFactory, admin: Actor, manager: Actor, other_admin: Actor
+    make_client: ClientFactory,
+    admin: Actor,
+    manager: Actor,
+    other_admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    freeze_cost_budgets(monkeypatch)  # the exact wait below: nothing refills meanwhile
     budgets = {
         "graphql_max_nodes": 100,
         "rate_limit_graphql_cost_member": "150:1/minute",

@@ -15,10 +15,11 @@ import httpx
 from sqlmodel import select
 from starlette.applications import Starlette
 
-from tests.fixtures.api import gql, token_for
+from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor
+from tests.fixtures.inbox import ASSIGN, Api, set_role
 from tests.fixtures.live import ADDED, closed_with, inbound, listeners, until_listening
-from tests.fixtures.ws import GraphQLSocket
+from tests.fixtures.ws import GraphQLSocket, acts_as
 from weflux.db import Database
 from weflux.gql.fanout import resumes
 from weflux.ids import encode_global_id
@@ -26,9 +27,6 @@ from weflux.models import Conversation, Organization, WhatsAppAccount
 from weflux.realtime.hub import Hub
 from weflux.runtime import runtime_of
 
-ASSIGN = (
-    """mutation($input: AssignConversationInput!) { assignConversation(input: $input) { id } }"""
-)
 NEWCOMER = "16505559876"  # another customer: a new, unassigned conversation every member sees
 ONLY_TEXT = "subscription { messageAdded { text } }"
 IN_CONVERSATION = """subscription($id: ID) { messageAdded(conversationId: $id) {
@@ -56,6 +54,22 @@ async def _conversation(db: Database, org: Organization) -> str:
     async with db.session(org.id) as session:
         row = (await session.exec(select(Conversation))).one()
     return encode_global_id("Conversation", row.id)
+
+
+async def _assign_the_conversation(
+    http: httpx.AsyncClient, db: Database, org: Organization, admin: Actor, to: Actor
+) -> None:
+    """`admin` assigns the workspace's one conversation to `to` (no error)."""
+    variables = {
+        "conversationId": await _conversation(db, org),
+        "assigneeId": encode_global_id("Member", to.membership.id),
+    }
+    assert "errors" not in await Api(http)(admin, ASSIGN, {"input": variables})
+
+
+async def _nothing_more(socket: GraphQLSocket, operation: str) -> None:
+    await socket.ping()  # answered after all the server sent before it
+    assert not socket._pending.get(operation), socket._pending
 
 
 def _groups(app: Starlette) -> int:
@@ -86,17 +100,7 @@ async def test_each_visibility_class_gets_exactly_what_it_may_see(
     await until_listening(live_app, 1)
     await inbound(http, "first")
     assert (await _added(*witness))["text"] == "first"
-    await gql(
-        http,
-        await token_for(http, admin),
-        ASSIGN,
-        {
-            "input": {
-                "conversationId": await _conversation(db, org),
-                "assigneeId": encode_global_id("Member", agent.membership.id),
-            }
-        },
-    )
+    await _assign_the_conversation(http, db, org, admin, agent)
     seeing = [
         *(await _subscribed(live, http, admin, 2)),
         *(await _subscribed(live, http, manager, 1)),
@@ -115,9 +119,8 @@ async def test_each_visibility_class_gets_exactly_what_it_may_see(
     await inbound(http, "a new customer", sender=NEWCOMER)
     for pair in (witness, *seeing, *blind):
         assert (await _added(*pair))["text"] == "a new customer"
-    for socket, operation in elsewhere:
-        await socket.ping()  # answered after all the server sent before it
-        assert not socket._pending.get(operation), socket._pending
+    for pair in elsewhere:
+        await _nothing_more(*pair)
     for socket, _ in (witness, *seeing, *blind, *elsewhere):
         await socket.close()
 
@@ -158,8 +161,7 @@ async def test_different_documents_and_variables_do_not_share_bytes(
     in_here = await _added(other, here)
     assert in_here["conversation"]["id"] == first
     assert set(in_here) == {"id", "text", "direction", "conversation"}
-    await other.ping()
-    assert not other._pending.get(there)
+    await _nothing_more(other, there)
     await socket.close()
     await other.close()
 
@@ -182,8 +184,7 @@ async def test_the_group_goes_on_when_its_leader_leaves(
     for socket, operation in sockets[1:]:
         texts = [(await _added(socket, operation))["text"] for _ in range(2)]
         assert sorted(texts) == ["three", "two"]  # processed concurrently: any order
-        await socket.ping()
-        assert not socket._pending.get(operation)  # no duplicate
+        await _nothing_more(socket, operation)  # no duplicate
         await socket.close()
 
 
@@ -210,8 +211,7 @@ async def test_feed_subscriptions_hand_over_without_a_duplicate(
     for socket, operation in sockets[1:]:
         frame = await socket.next(operation)
         assert frame["payload"]["data"]["conversationUpdated"]["lastMessage"]["text"] == "two"
-        await socket.ping()
-        assert not socket._pending.get(operation)  # the first conversation not sent again
+        await _nothing_more(socket, operation)  # the first conversation not sent again
         await socket.close()
 
 
@@ -282,11 +282,6 @@ def _dormant(app: Starlette) -> int:
     return sum(listener.dormant for g in hub._groups.values() for listener in g.followers)
 
 
-async def _nothing_more(socket: GraphQLSocket, operation: str) -> None:
-    await socket.ping()  # answered after all the server sent before it
-    assert not socket._pending.get(operation), socket._pending
-
-
 async def test_a_dormant_member_promoted_to_leader_gets_exactly_its_events(
     live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
 ) -> None:
@@ -339,16 +334,6 @@ async def test_a_dormant_member_that_completes_leaves_its_group(
         await pair[0].close()
 
 
-async def _acts_as(socket: GraphQLSocket, role: str) -> None:
-    """Wait until the socket's session acts with `role` (re-checked after the change)."""
-    for _ in range(200):
-        operation = await socket.subscribe("query { viewer { role } }")
-        frame = await socket.next(operation)
-        if frame["payload"]["data"]["viewer"]["role"] == role:
-            return
-    raise AssertionError(f"the socket never acted as {role}")
-
-
 async def test_a_dormant_member_whose_role_narrows_restarts_with_its_new_scope(
     live: str,
     live_app: Starlette,
@@ -372,20 +357,9 @@ async def test_a_dormant_member_whose_role_narrows_restarts_with_its_new_scope(
     [follower] = await _subscribed(live, http, manager, 1, ONLY_TEXT)
     await until_listening(live_app, 2)
     assert _dormant(live_app) == 1
-    token = await token_for(http, admin)
-    conversation = await _conversation(db, org)
-    member = encode_global_id("Member", agent.membership.id)
-    await gql(
-        http, token, ASSIGN, {"input": {"conversationId": conversation, "assigneeId": member}}
-    )
-    narrowed = await gql(
-        http,
-        token,
-        """mutation($input: UpdateMemberRoleInput!) { updateMemberRole(input: $input) { id } }""",
-        {"input": {"memberId": encode_global_id("Member", manager.membership.id), "role": "AGENT"}},
-    )
-    assert "errors" not in narrowed.json(), narrowed.json()
-    await _acts_as(follower[0], "AGENT")
+    await _assign_the_conversation(http, db, org, admin, agent)
+    await set_role(Api(http), admin, manager, "AGENT")
+    await acts_as(follower[0], "AGENT")
     await inbound(http, "hidden from agents but one")
     await inbound(http, "a new customer", sender=NEWCOMER)
     texts = [(await _added(*lead))["text"] for _ in range(2)]

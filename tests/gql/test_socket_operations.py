@@ -21,6 +21,7 @@ from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.settings import make_settings
+from tests.fixtures.throttle import freeze_cost_budgets
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
 from weflux.db import Database
@@ -177,9 +178,9 @@ async def test_a_failing_mutation_over_the_socket_is_rolled_back_and_publishes_n
 async def test_socket_operations_count_against_the_request_limits(
     serve: Serve, admin: Actor
 ) -> None:
-    # Given a workspace allowed 5 operations a minute, HTTP and WebSocket together
+    # Given a workspace allowed 5 operations an hour, HTTP and WebSocket together
     async with (
-        serve(rate_limit_graphql_workspace="5/minute") as base_url,
+        serve(rate_limit_graphql_workspace="5/hour") as base_url,
         httpx.AsyncClient(base_url=base_url) as http,
     ):
         token = await token_for(http, admin)
@@ -197,7 +198,7 @@ async def test_socket_operations_count_against_the_request_limits(
             assert [frame["type"] for frame in frames] == ["next"] * 4 + ["error"] * 2
             refused = frames[-1]["payload"][0]["extensions"]
             assert refused["code"] == "RATE_LIMITED"
-            assert 1 <= refused["retryAfter"] <= 60
+            assert 1 <= refused["retryAfter"] <= 3600
             # And HTTP is refused too: one counter
             assert (await gql(http, token, "{ viewer { id } }")).status_code == 429
         finally:
@@ -206,8 +207,9 @@ async def test_socket_operations_count_against_the_request_limits(
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_socket_operations_are_costed_and_charged_like_http_ones(
-    serve: Serve, admin: Actor, conversation: Conversation
+    serve: Serve, admin: Actor, conversation: Conversation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    freeze_cost_budgets(monkeypatch)  # the exact wait below: nothing refills meanwhile
     budgets = {"graphql_max_nodes": 100, "rate_limit_graphql_cost_member": "150:1/minute"}
     async with serve(**budgets) as base_url:
         socket = await connect(base_url, admin)

@@ -126,12 +126,12 @@ async def test_thirty_failures_over_fifteen_accounts_from_one_ip_raise_one_stuff
 async def test_logins_refused_per_ip_still_count_as_stuffing(
     database_urls: DatabaseUrls, tmp_path: Path, store: str, owner_db: Database
 ) -> None:
-    """Given the per-IP login limit at 5 a minute
+    """Given the per-IP login limit at 5 an hour
     When one IP makes 32 attempts over 16 accounts (27 of them refused with 429)
     Then the refused ones count: one credential-stuffing event."""
     ip = fresh_ip()
     async with secops_app(
-        database_urls, tmp_path, store, rate_limit_login_ip="5/minute"
+        database_urls, tmp_path, store, rate_limit_login_ip="5/hour"
     ) as application:
         for email in [fresh_email() for _ in range(16)]:
             await wrong_logins(application, email, ip, 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from sqlalchemy import and_, delete, or_, update
 from sqlalchemy.exc import IntegrityError
@@ -38,6 +39,9 @@ MAX_CANNED_TEXT = 4096
 COLOR = re.compile(r"#[0-9a-fA-F]{6}")
 SHORTCUT = re.compile(r"[A-Za-z0-9_-]+")
 MANAGE = "Only Admins and Managers manage labels and canned replies"
+
+# The workspace-wide tools: managed alike (fetched, changed, audited), named differently.
+Tool = TypeVar("Tool", Label, CannedReply)
 
 
 def _invalid(field: str, message: str) -> BadUserInput:
@@ -66,6 +70,44 @@ def _shortcut(value: str) -> str:
     return value
 
 
+async def _get(session: AsyncSession, model: type[Tool], row_id: uuid.UUID, what: str) -> Tool:
+    """The workspace's label or canned reply, or NOT_FOUND (another workspace's too)."""
+    row = await session.get(model, row_id)
+    if row is None:
+        raise NotFound(f"{what} not found")
+    return row
+
+
+def _apply(row: Label | CannedReply, **values: str | None) -> bool:
+    """Set each value given (None: the field stays); whether any differs from the row's."""
+    changed = False
+    for field, value in values.items():
+        if value is not None and value != getattr(row, field):
+            setattr(row, field, value)
+            changed = True
+    return changed
+
+
+async def _audit(
+    session: AsyncSession,
+    principal: Principal,
+    action: Action,
+    row: Label | CannedReply,
+    meta: RequestMeta | None,
+    **details: Any,
+) -> None:
+    """The audit event of a change to a label or a canned reply (its type names the target)."""
+    await record(
+        session,
+        action,
+        actor=principal,
+        target_type=type(row).__name__,
+        target_id=row.id,
+        meta=meta,
+        details=details,
+    )
+
+
 # --- labels ------------------------------------------------------------------------
 
 
@@ -73,11 +115,8 @@ async def list_labels(session: AsyncSession) -> Sequence[Label]:
     return (await session.exec(select(Label).order_by(col(Label.name), col(Label.id)))).all()
 
 
-async def _label(session: AsyncSession, label_id: uuid.UUID) -> Label:
-    row = await session.get(Label, label_id)
-    if row is None:
-        raise NotFound("Label not found")
-    return row
+def _label_details(label: Label) -> dict[str, Any]:
+    return {"name": label.name, "color": label.color}
 
 
 async def create_label(
@@ -92,15 +131,7 @@ async def create_label(
     label = Label(name=_text(name, "name", MAX_LABEL_NAME), color=_color(color))
     session.add(label)
     await session.flush()
-    await record(
-        session,
-        Action.LABEL_CREATED,
-        actor=principal,
-        target_type="Label",
-        target_id=label.id,
-        meta=meta,
-        details={"name": label.name, "color": label.color},
-    )
+    await _audit(session, principal, Action.LABEL_CREATED, label, meta, **_label_details(label))
     return label
 
 
@@ -147,25 +178,13 @@ async def update_label(
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
     new_name = _text(name, "name", MAX_LABEL_NAME) if name is not None else None
     new_color = _color(color) if color is not None else None
-    label = await _label(session, label_id)
-    changed = (new_name not in (None, label.name)) or (new_color not in (None, label.color))
-    if new_name is not None:
-        label.name = new_name
-    if new_color is not None:
-        label.color = new_color
+    label = await _get(session, Label, label_id, "Label")
+    changed = _apply(label, name=new_name, color=new_color)
     session.add(label)
     await session.flush()
     if changed:
         await _touch_labelled(session, broker, principal.org_id, label.id)
-    await record(
-        session,
-        Action.LABEL_UPDATED,
-        actor=principal,
-        target_type="Label",
-        target_id=label.id,
-        meta=meta,
-        details={"name": label.name, "color": label.color},
-    )
+    await _audit(session, principal, Action.LABEL_UPDATED, label, meta, **_label_details(label))
     return label
 
 
@@ -180,20 +199,12 @@ async def delete_label(
     """Delete a label, and with it its place on every conversation (each touched,
     `_touch_labelled`, before the label leaves it); answers its id."""
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
-    label = await _label(session, label_id)
+    label = await _get(session, Label, label_id, "Label")
     await _touch_labelled(session, broker, principal.org_id, label.id)
     await session.exec(delete(ConversationLabel).where(col(ConversationLabel.label_id) == label.id))
     await session.delete(label)
     await session.flush()
-    await record(
-        session,
-        Action.LABEL_DELETED,
-        actor=principal,
-        target_type="Label",
-        target_id=label_id,
-        meta=meta,
-        details={"name": label.name},
-    )
+    await _audit(session, principal, Action.LABEL_DELETED, label, meta, name=label.name)
     return label_id
 
 
@@ -316,13 +327,6 @@ async def list_canned_replies(
     return (await session.exec(query.order_by(col(CannedReply.shortcut)))).all()
 
 
-async def _canned(session: AsyncSession, reply_id: uuid.UUID) -> CannedReply:
-    row = await session.get(CannedReply, reply_id)
-    if row is None:
-        raise NotFound("Canned reply not found")
-    return row
-
-
 def _duplicate() -> Conflict:
     message = "A canned reply with this shortcut exists already"
     return Conflict(message, details=[{"field": "shortcut", "message": message}])
@@ -359,14 +363,8 @@ async def create_canned_reply(
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
     reply = CannedReply(shortcut=_shortcut(shortcut), text=_text(text, "text", MAX_CANNED_TEXT))
     await _save_unique(session, reply)
-    await record(
-        session,
-        Action.CANNED_REPLY_CREATED,
-        actor=principal,
-        target_type="CannedReply",
-        target_id=reply.id,
-        meta=meta,
-        details={"shortcut": reply.shortcut},
+    await _audit(
+        session, principal, Action.CANNED_REPLY_CREATED, reply, meta, shortcut=reply.shortcut
     )
     return reply
 
@@ -383,21 +381,12 @@ async def update_canned_reply(
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
     new_shortcut = _shortcut(shortcut) if shortcut is not None else None
     new_text = _text(text, "text", MAX_CANNED_TEXT) if text is not None else None
-    reply = await _canned(session, reply_id)
-    if new_shortcut is not None:
-        reply.shortcut = new_shortcut
-    if new_text is not None:
-        reply.text = new_text
+    reply = await _get(session, CannedReply, reply_id, "Canned reply")
+    _apply(reply, shortcut=new_shortcut, text=new_text)
     reply.updated_at = utcnow()
     await _save_unique(session, reply)
-    await record(
-        session,
-        Action.CANNED_REPLY_UPDATED,
-        actor=principal,
-        target_type="CannedReply",
-        target_id=reply.id,
-        meta=meta,
-        details={"shortcut": reply.shortcut},
+    await _audit(
+        session, principal, Action.CANNED_REPLY_UPDATED, reply, meta, shortcut=reply.shortcut
     )
     return reply
 
@@ -410,16 +399,10 @@ async def delete_canned_reply(
     meta: RequestMeta | None = None,
 ) -> uuid.UUID:
     principal.require(Permission.MANAGE_TEAM_TOOLS, MANAGE)
-    reply = await _canned(session, reply_id)
+    reply = await _get(session, CannedReply, reply_id, "Canned reply")
     await session.delete(reply)
     await session.flush()
-    await record(
-        session,
-        Action.CANNED_REPLY_DELETED,
-        actor=principal,
-        target_type="CannedReply",
-        target_id=reply_id,
-        meta=meta,
-        details={"shortcut": reply.shortcut},
+    await _audit(
+        session, principal, Action.CANNED_REPLY_DELETED, reply, meta, shortcut=reply.shortcut
     )
     return reply_id

@@ -63,13 +63,30 @@ async def account(db: Database, services: Services, admin: Actor) -> WhatsAppAcc
     return await make_account(db, services.keyring, admin.org_id, token=ACCESS_TOKEN)
 
 
+@pytest.fixture
+def worker(settings: Settings, services: Services) -> Services:
+    """The delivery worker's services: the app's key ring (the number's token), the fake Meta."""
+    return Services(
+        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
+    )
+
+
+async def _customer_wrote(
+    client: httpx.AsyncClient, number: WhatsAppAccount, api: Api, agent: Actor
+) -> tuple[str, dict[str, Any]]:
+    """A customer's message through the number's webhook: its wamid, and as the agent lists it."""
+    target = wh.new_wamid()
+    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
+    (message,) = await _history(api, agent)
+    return target, message
+
+
 async def test_a_member_reacts_and_the_worker_sends_it_once(
     client: httpx.AsyncClient,
     api: Api,
     db: Database,
     number: WhatsAppAccount,
-    services: Services,
-    settings: Settings,
+    worker: Services,
     inbox_settings: Settings,
     fake_meta: FakeCloudApi,
     agent: Actor,
@@ -78,14 +95,8 @@ async def test_a_member_reacts_and_the_worker_sends_it_once(
     When an agent reacts, reacts the same again, then removes it, the worker running between
     Then the reaction shows at once beside the customer's, WhatsApp gets the reaction and
     its removal once each, and no reaction is listed as a message."""
-    # The worker with the app's key ring (the number's token), speaking to the fake Meta.
-    worker = Services(
-        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
-    )
-    target = wh.new_wamid()
-    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
+    target, message = await _customer_wrote(client, number, api, agent)
     await receive(client, number, wh.reaction_message(target, emoji="❤️"))
-    (message,) = await _history(api, agent)
     me = {"id": gid("Member", agent.membership.id)}
 
     reacted = await api(agent, REACT, _react(message["id"], "👍🏽"))
@@ -202,7 +213,7 @@ async def test_a_reaction_whatsapp_refuses_shows_what_whatsapp_shows(
     db: Database,
     number: WhatsAppAccount,
     services: Services,
-    settings: Settings,
+    worker: Services,
     inbox_settings: Settings,
     fake_meta: FakeCloudApi,
     agent: Actor,
@@ -213,12 +224,7 @@ async def test_a_reaction_whatsapp_refuses_shows_what_whatsapp_shows(
     Then after the first refusal no reaction of theirs shows, after the third the second
     shows again (what the customer sees), and each refusal announces the message
     (messageUpdated)."""
-    worker = Services(
-        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
-    )
-    target = wh.new_wamid()
-    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
-    (message,) = await _history(api, agent)
+    _, message = await _customer_wrote(client, number, api, agent)
     events = await record_events(services, agent.org_id)
 
     fake_meta.fail_next(code=131026, details="Message undeliverable")
@@ -251,20 +257,14 @@ async def test_a_reaction_failed_by_a_status_webhook_is_undone(
     api: Api,
     db: Database,
     number: WhatsAppAccount,
-    services: Services,
-    settings: Settings,
+    worker: Services,
     inbox_settings: Settings,
     agent: Actor,
 ) -> None:
     """Given a customer's message and an agent's reaction WhatsApp accepted
     When a status webhook says the reaction's send failed after all
     Then no reaction of the agent shows, and a late `delivered` does not bring it back."""
-    worker = Services(
-        keyring=KeyRing.from_settings(settings), cloud=services.cloud, broker=services.broker
-    )
-    target = wh.new_wamid()
-    await receive(client, number, wh.text_message(target, body="Is it in stock?"))
-    (message,) = await _history(api, agent)
+    _, message = await _customer_wrote(client, number, api, agent)
     assert "errors" not in await api(agent, REACT, _react(message["id"], "👍🏽"))
     await deliver_due_messages(db, worker, inbox_settings)
     (sent,) = [m for m in await all_messages(db, agent.org_id) if m.type == "reaction"]

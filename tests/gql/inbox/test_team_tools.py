@@ -16,6 +16,7 @@ from sqlmodel import col, select
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import Api, codes, gid, node_ids, workspace
 from weflux.db import Database
+from weflux.ids import decode_global_id
 from weflux.models import (
     AuditEvent,
     Conversation,
@@ -62,6 +63,14 @@ async def _label(api: Api, actor: Actor, name: str = "VIP", color: str = "#FF000
     return str(_data(body, "createLabel")["id"])
 
 
+async def _audited(db: Database, org: Organization, target_type: str) -> list[tuple[Any, ...]]:
+    """The workspace's audit events about `target_type`: (action, target id, details), by action."""
+    async with workspace(db, org.id) as session:
+        query = select(AuditEvent).where(col(AuditEvent.target_type) == target_type)
+        events = (await session.exec(query)).all()
+    return sorted((e.action, e.target_id, e.details) for e in events)
+
+
 async def _conversation(
     db: Database, org: Organization, account: WhatsAppAccount, assignee: Actor | None = None
 ) -> Conversation:
@@ -103,13 +112,12 @@ async def test_admins_and_managers_manage_labels_and_it_is_audited(
         == (created["id"])
     )
     assert _data(await api(actor, LABELS), "labels") == []
-    async with workspace(db, org.id) as session:
-        actions = (
-            await session.exec(
-                select(AuditEvent.action).where(col(AuditEvent.target_type) == "Label")
-            )
-        ).all()
-    assert sorted(actions) == ["label.created", "label.deleted", "label.updated"]
+    label_id = str(decode_global_id(created["id"], "Label"))
+    assert await _audited(db, org, "Label") == [
+        ("label.created", label_id, {"name": "Urgent", "color": "#ffaa00"}),
+        ("label.deleted", label_id, {"name": "Urgent"}),
+        ("label.updated", label_id, {"name": "Urgent", "color": "#00aa00"}),
+    ]
 
 
 async def test_agents_use_labels_but_cannot_manage_them(
@@ -365,16 +373,11 @@ async def test_admins_and_managers_manage_canned_replies(
         == (created["id"])
     )
     assert _data(await api(actor, REPLIES), "cannedReplies") == []
-    async with workspace(db, org.id) as session:
-        actions = (
-            await session.exec(
-                select(AuditEvent.action).where(col(AuditEvent.target_type) == "CannedReply")
-            )
-        ).all()
-    assert sorted(actions) == [
-        "canned_reply.created",
-        "canned_reply.deleted",
-        "canned_reply.updated",
+    reply_id = str(decode_global_id(created["id"], "CannedReply"))
+    assert await _audited(db, org, "CannedReply") == [
+        ("canned_reply.created", reply_id, {"shortcut": "thanks"}),
+        ("canned_reply.deleted", reply_id, {"shortcut": "thanks"}),
+        ("canned_reply.updated", reply_id, {"shortcut": "thanks"}),
     ]
 
 
