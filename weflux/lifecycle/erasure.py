@@ -17,16 +17,18 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import and_, delete, or_, true, update
+from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import feed_values, see_erased
+from weflux.auth.scoping import feed_values, raise_feed_floor, see_erased
 from weflux.db import Database
 from weflux.media.store import MediaStore
 from weflux.models import (
     Contact,
     Conversation,
+    ConversationRemoval,
     DataRequest,
     MediaFile,
     MediaOrigin,
@@ -44,6 +46,8 @@ from weflux.services.removals import record_removal
 
 DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
+# Rows holding change-feed positions: deleting them raises the feed's floor first.
+FEED_MODELS: tuple[type[SQLModel], ...] = (Conversation, Message, ConversationRemoval)
 
 Progress = Callable[[float], Awaitable[None]]
 # Runs in the last transaction of a purge, with the erased contact's (wa_id, user_id).
@@ -157,25 +161,44 @@ async def purge_contact(
 
 def media_of(messages: Any) -> Any:
     """Media files of the messages `messages` (a subquery of message ids) selects: the
-    files they received (`message_id`) and the uploads they sent (`media_file_id`).
+    files they received (`message_id`) and the uploads they sent (`media_file_id`) that
+    no other message carries any more.
 
-    An upload sent to several conversations goes with the first of them deleted: the
-    others' `media` is null from then on (docs/lifecycle.md).
+    An upload sent to several conversations stays while a message outside `messages`, in
+    a conversation not erased, carries it; it goes with the last of them (erasure or
+    retention; docs/lifecycle.md).
     """
     sent = select(col(Message.media_file_id)).where(
         col(Message.id).in_(messages), col(Message.media_file_id).is_not(None)
     )
-    return or_(col(MediaFile.message_id).in_(messages), col(MediaFile.id).in_(sent))
+    erased = select(col(Conversation.id)).where(col(Conversation.erased_at).is_not(None))
+    elsewhere = _carried(
+        lambda other: (other.id.not_in(messages), other.conversation_id.not_in(erased))
+    )
+    return or_(
+        col(MediaFile.message_id).in_(messages),
+        and_(col(MediaFile.id).in_(sent), ~elsewhere),
+    )
+
+
+def _carried(where: Callable[[Any], tuple[Any, ...]] = lambda _: ()) -> Any:
+    """Whether a message (`where(message)`) carries the upload: EXISTS, one probe of
+    `ix_messages_org_id_media_file_id` per file.
+
+    The message is an alias: a `messages` subquery inside `where` must not correlate
+    with it.
+    """
+    other = aliased(Message)
+    return select(other.id).where(other.media_file_id == col(MediaFile.id), *where(other)).exists()
 
 
 def unsent_uploads(uploaded_before: datetime) -> Any:
     """Uploads (uploadMedia) older than `uploaded_before` that no message carries."""
-    carried = select(col(Message.media_file_id)).where(col(Message.media_file_id).is_not(None))
     return and_(
         col(MediaFile.origin) == MediaOrigin.UPLOAD,
         col(MediaFile.message_id).is_(None),
         col(MediaFile.created_at) < uploaded_before,
-        col(MediaFile.id).not_in(carried),
+        ~_carried(),
     )
 
 
@@ -188,6 +211,8 @@ async def delete_in_batches(
     while True:
         async with db.session(org_id) as session:
             see_erased(session)
+            if model in FEED_MODELS:
+                await raise_feed_floor(session)
             doomed = select(key).where(where).limit(batch)
             result = await session.exec(delete(model).where(key.in_(doomed)))
             gone = int(result.rowcount)
