@@ -10,7 +10,6 @@ from sqlalchemy import func
 from sqlmodel import col, select
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from weflux.auth.scoping import see_erased
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure
@@ -24,7 +23,6 @@ from weflux.models import (
     RemovalReason,
     utcnow,
 )
-from weflux.services.removals import record_removal
 
 DAY = timedelta(days=1)
 
