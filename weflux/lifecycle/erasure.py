@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, true, update
+from sqlalchemy import and_, delete, true, update
 from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -145,7 +145,8 @@ async def purge_contact(
     await progress(0.2)
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
     messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
-    await purge_media(db, media, org_id, media_of(messages), batch)
+    # Tombstoned above: the contact's own messages (erased conversations) keep nothing.
+    await purge_media_of(db, media, org_id, messages, batch)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -159,25 +160,34 @@ async def purge_contact(
     return True
 
 
-def media_of(messages: Any) -> Any:
-    """Media files of the messages `messages` (a subquery of message ids) selects: the
-    files they received (`message_id`) and the uploads they sent (`media_file_id`) that
-    no other message carries any more.
+async def purge_media_of(
+    db: Database,
+    store: MediaStore | None,
+    org_id: uuid.UUID,
+    messages: Any,
+    batch: int,
+    *,
+    survives: Callable[[Any], Any] = lambda _: true(),
+) -> int:
+    """Delete the media files of the messages `messages` (a subquery of message ids)
+    selects: the files they received (`message_id`), and the uploads they sent
+    (`media_file_id`) that no surviving message carries; how many went.
 
-    An upload sent to several conversations stays while a message outside `messages`, in
-    a conversation not erased, carries it; it goes with the last of them (erasure or
-    retention; docs/lifecycle.md).
+    A message keeps an upload alive when `survives(message)` (a condition on an alias of
+    Message: not purged now) and its conversation is not erased. So an upload sent to
+    several conversations goes with the last of them (erasure or retention;
+    docs/lifecycle.md). Two statements, not an OR: each keeps its index (the EXISTS is an
+    anti-join probing `ix_messages_org_id_media_file_id`).
     """
+    received = col(MediaFile.message_id).in_(messages)
     sent = select(col(Message.media_file_id)).where(
         col(Message.id).in_(messages), col(Message.media_file_id).is_not(None)
     )
     erased = select(col(Conversation.id)).where(col(Conversation.erased_at).is_not(None))
-    elsewhere = _carried(
-        lambda other: (other.id.not_in(messages), other.conversation_id.not_in(erased))
-    )
-    return or_(
-        col(MediaFile.message_id).in_(messages),
-        and_(col(MediaFile.id).in_(sent), ~elsewhere),
+    kept = _carried(lambda other: (survives(other), other.conversation_id.not_in(erased)))
+    total = await purge_media(db, store, org_id, received, batch)
+    return total + await purge_media(
+        db, store, org_id, and_(col(MediaFile.id).in_(sent), ~kept), batch
     )
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import case, delete, update
 from sqlmodel import col, select
@@ -229,9 +231,14 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         if days is not None:
             cutoff = now - timedelta(days=days)
             old = select(col(Message.id)).where(col(Message.created_at) < cutoff)
-            # An upload also sent by a newer message stays with it (`media_of`).
-            deleted += await erasure.purge_media(
-                db, lifecycle.media, org_id, erasure.media_of(old), lifecycle.batch
+            # An upload also sent by a newer message stays with it.
+            deleted += await erasure.purge_media_of(
+                db,
+                lifecycle.media,
+                org_id,
+                old,
+                lifecycle.batch,
+                survives=_created_since(cutoff),
             )
             deleted += await erasure.delete_in_batches(
                 db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
@@ -253,6 +260,11 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         deleted += await expire_webhook_bodies(lifecycle, now=now)
         deleted += await expire_security_records(lifecycle, now=now)
     return deleted
+
+
+def _created_since(cutoff: datetime) -> Callable[[Any], Any]:
+    """A message retention keeps: created at or after `cutoff`."""
+    return lambda message: message.created_at >= cutoff
 
 
 async def expire_removals(lifecycle: Lifecycle, org_id: uuid.UUID, *, now: datetime) -> int:
