@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, event, func, inspect, or_, select, text, union_all
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
@@ -518,16 +518,14 @@ async def lock_feed(session: AsyncSession) -> None:
     )
 
 
-async def raise_feed_floor(session: AsyncSession) -> None:
+async def raise_feed_floor(connection: AsyncConnection, org_id: uuid.UUID) -> None:
     """Before a purge deletes feed rows: SQLite keeps the workspace's highest position as
     its floor, so the next position is above every one handed out, deleted or not.
 
-    In the purge's transaction (its first write takes the write lock). PostgreSQL's
-    sequence never goes back: nothing to do there.
+    On the purge's connection, in its transaction (a first write takes the write lock).
+    PostgreSQL's sequence never goes back: nothing to do there.
     """
-    connection = await session.connection()
-    org_id = current_workspace(session)
-    if connection.dialect.name == "postgresql" or org_id is None:
+    if connection.dialect.name == "postgresql":
         return
     organizations: Table = Organization.__table__  # type: ignore[attr-defined]
     await connection.execute(

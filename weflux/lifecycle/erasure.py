@@ -222,7 +222,7 @@ async def delete_in_batches(
         async with db.session(org_id) as session:
             see_erased(session)
             if model in FEED_MODELS:
-                await raise_feed_floor(session)
+                await raise_feed_floor(await session.connection(), org_id)
             doomed = select(key).where(where).limit(batch)
             result = await session.exec(delete(model).where(key.in_(doomed)))
             gone = int(result.rowcount)

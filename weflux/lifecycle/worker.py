@@ -291,7 +291,7 @@ async def expire_removals(lifecycle: Lifecycle, org_id: uuid.UUID, *, now: datet
             if rows:
                 highest = max(row[1] for row in rows)
                 pruned = col(Organization.removals_pruned_through)
-                await raise_feed_floor(session)
+                await raise_feed_floor(await session.connection(), org_id)
                 await session.exec(
                     update(Organization)
                     .where(col(Organization.id) == org_id)
