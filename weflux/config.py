@@ -35,6 +35,7 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
 MAX_WORKSPACE_DELETION_GRACE = timedelta(days=23)
+MIN_REMOVAL_RETENTION = timedelta(days=1)
 # bcrypt's pool (weflux.auth.passwords.BcryptPool): two threads keep two cores busy at
 # most; 32 waiting calls are about 4 s of work at cost 12.
 PASSWORD_HASHING_WORKERS = 2
@@ -258,6 +259,9 @@ class Settings(BaseSettings):
     security_event_retention: timedelta = timedelta(days=90)
     # Uploads (uploadMedia) never sent: the daily retention deletes them after this.
     media_upload_retention: timedelta = timedelta(days=7)
+    # Removals of the change feed (`conversationRemoved(after:)`): the daily retention
+    # deletes older ones; resuming from a cursor older than the last deleted is refused.
+    conversation_removal_retention: timedelta = timedelta(days=30)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
     # Media files (weflux/media/; docs/inbox.md#media): encrypted on local disk under
     # media_dir, or in S3-compatible storage when media_s3_url (s3://bucket/prefix) is set.
@@ -328,6 +332,15 @@ class Settings(BaseSettings):
             # Deletion must complete within 30 days of the request (CONTRACT §7).
             raise ValueError("at most 23d: a deletion completes within 30 days of its request")
         return grace
+
+    @field_validator("conversation_removal_retention", mode="before")
+    @classmethod
+    def _removal_retention(cls, value: Any) -> timedelta:
+        kept = parse_duration(value)
+        if kept < MIN_REMOVAL_RETENTION:
+            # A client offline for less than this must resume without refetching.
+            raise ValueError("at least 1d: a client away for a day must be able to resume")
+        return kept
 
     @field_validator("sandbox_status_delays", mode="before")
     @classmethod

@@ -3,9 +3,12 @@ an Agent, erased, the subscriber's role narrowed to AGENT), and nobody else's.""
 
 from __future__ import annotations
 
+import os
 import uuid
+from datetime import timedelta
 
 import httpx
+from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import token_for
@@ -15,8 +18,10 @@ from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.ws import GraphQLSocket, acts_as
 from weflux.app import create_app
 from weflux.config import Settings
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import Conversation, Organization
+from weflux.lifecycle.worker import Lifecycle, run_retention
+from weflux.models import Conversation, ConversationRemoval, Organization, utcnow
 from weflux.pagination import encode_update_cursor
 
 REMOVED = "subscription($after: String) { conversationRemoved(after: $after) }"
@@ -240,4 +245,46 @@ async def test_a_removal_replay_needs_a_valid_cursor_and_starts_when_the_member_
     assert frame["type"] in ("error", "next"), frame
     errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
     assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT", frame
+    await socket.close()
+
+
+async def test_a_cursor_older_than_the_removals_kept_is_refused(
+    dialect: str,
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    agent: Actor,
+) -> None:
+    """Given a removal 40 days old (an unassigned conversation given to the Admin), deleted
+    by the daily retention (removals kept 30 days), and a recent one,
+    when an Agent resumes from before the deleted removal, then from its position,
+    then the first is refused (BAD_USER_INPUT, `after` "Expired"), and the second receives
+    the recent removal."""
+    old = await _conversation(db, org.id, None)
+    recent = await _conversation(db, org.id, None)
+    await _assign(Api(http), admin, old, admin)
+    async with workspace(db, org.id) as session:
+        removal = (await session.exec(select(ConversationRemoval))).one()
+        removal.created_at = utcnow() - timedelta(days=40)
+        session.add(removal)
+        pruned = removal.update_seq
+    lifecycle = Lifecycle(
+        db=db,
+        keyring=KeyRing([("k", os.urandom(32))]),
+        conversation_removal_retention=timedelta(days=30),
+    )
+    await run_retention(lifecycle)
+    await _assign(Api(http), admin, recent, admin)
+
+    [(socket, operation)] = await _subscribed(live, http, [agent], encode_update_cursor(0))
+    frame = await socket.next(operation, timeout=10)
+    assert frame["type"] in ("error", "next"), frame
+    errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
+    assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT", frame
+    assert errors[0]["extensions"]["details"] == [{"field": "after", "message": "Expired"}]
+    resumed = await socket.subscribe(REMOVED, {"after": encode_update_cursor(pruned)})
+    assert await _removed(socket, resumed) == gid("Conversation", recent.id)
     await socket.close()

@@ -13,14 +13,23 @@ import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from tests.fixtures import webhooks as wh
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor
-from tests.fixtures.media import MediaInbox, stored_blobs
+from tests.fixtures.media import APP_SECRET, MediaInbox, stored_blobs
 from weflux.config import Settings
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.lifecycle import erasure
 from weflux.lifecycle.worker import Lifecycle, run_retention
-from weflux.models import Conversation, MediaFile, Message, MessageStatus, Organization, utcnow
+from weflux.models import (
+    Contact,
+    Conversation,
+    MediaFile,
+    Message,
+    MessageStatus,
+    Organization,
+    utcnow,
+)
 from weflux.worker.delivery import deliver_due_messages
 
 UPLOAD = (
@@ -311,3 +320,135 @@ async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since
 
     assert await _media_rows(media_inbox) == {decode_id(ids[1])}
     assert len(_files(settings)) == 1
+
+
+async def _second_contact(inbox: MediaInbox) -> tuple[str, uuid.UUID]:
+    """Another customer writes (a text), so their window is open too."""
+    wa_id = "4915550000999"
+    body = wh.webhook_body(
+        wh.messages_change(
+            contacts=[wh.contact(wa_id=wa_id, name="Second")],
+            messages=[wh.text_message(wh.new_wamid(), from_wa_id=wa_id)],
+        )
+    )
+    raw = wh.encode(body)
+    response = await inbox.client.post(
+        "/webhooks/whatsapp",
+        content=raw,
+        headers={
+            "Content-Type": "application/json",
+            "X-Hub-Signature-256": wh.sign(raw, APP_SECRET),
+        },
+    )
+    assert response.status_code == 200, response.text
+    async with inbox.db.session(inbox.account.org_id) as session:
+        contact = (await session.exec(select(Contact).where(Contact.wa_id == wa_id))).one()
+        conversation = (
+            await session.exec(select(Conversation).where(Conversation.contact_id == contact.id))
+        ).one()
+    return encode_global_id("Conversation", conversation.id), conversation.id
+
+
+async def _erase(inbox: MediaInbox, conversation_id: uuid.UUID) -> None:
+    org_id = inbox.account.org_id
+    async with inbox.db.session(org_id) as session:
+        conversation = await session.get(Conversation, conversation_id)
+        assert conversation is not None
+    runtime = inbox.runtime
+    assert await erasure.purge_contact(
+        runtime.db, org_id, conversation.contact_id, batch=1, media=runtime.media
+    )
+
+
+async def _carried_by(inbox: MediaInbox, media_id: uuid.UUID) -> int:
+    async with inbox.db.session(inbox.account.org_id) as session:
+        query = select(Message.id).where(Message.media_file_id == media_id)
+        return len((await session.exec(query)).all())
+
+
+@pytest.mark.parametrize("media_store_kind", ["disk", "s3"])
+async def test_an_upload_sent_to_two_contacts_goes_with_the_last_of_them(
+    media_inbox: MediaInbox,
+    admin: Actor,
+    settings: Settings,
+    media_bucket: str | None,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Given one upload (8 days old) sent to two contacts,
+    when the first contact is erased and purged, and the daily retention runs (unsent
+    uploads kept 7 days),
+    then the file (stored and row) stays, still carried by the second contact's message;
+    when the second contact is erased and purged too,
+    then the file is gone from the store and the database."""
+    client = media_inbox.client
+    first, first_id = await _conversation(media_inbox)
+    await media_inbox.download()
+    second, second_id = await _second_contact(media_inbox)
+    token = await token_for(client, admin)
+    shared = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
+    media_id = decode_id(shared["uploadMedia"]["id"])
+    for conversation in (first, second):
+        sent = await _send(client, token, conversation, shared["uploadMedia"]["id"])
+        assert "errors" not in sent.json(), sent.json()
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(
+            update(MediaFile)
+            .where(col(MediaFile.id) == media_id)
+            .values(created_at=utcnow() - timedelta(days=8))
+        )
+    stored = _blobs(settings, media_bucket, request)
+    runtime = media_inbox.runtime
+    lifecycle = Lifecycle(
+        db=runtime.db,
+        keyring=runtime.channel_services.keyring,
+        batch=1,
+        media_upload_retention=timedelta(days=7),
+        media=runtime.media,
+    )
+
+    await _erase(media_inbox, first_id)
+    await run_retention(lifecycle)
+
+    assert media_id in await _media_rows(media_inbox)
+    assert _blobs(settings, media_bucket, request) == stored - 1  # the first's inbound image
+    assert await _carried_by(media_inbox, media_id) == 1
+
+    await _erase(media_inbox, second_id)
+
+    assert media_id not in await _media_rows(media_inbox)
+    assert _blobs(settings, media_bucket, request) == stored - 2
+
+
+async def test_message_retention_keeps_an_upload_a_newer_message_to_another_contact_carries(
+    media_inbox: MediaInbox, admin: Actor, settings: Settings
+) -> None:
+    """Given a workspace keeping messages 30 days and an upload sent to one contact 40 days
+    ago and to another today,
+    when the daily retention runs,
+    then the old message goes and the file stays (stored and row) with today's message."""
+    client = media_inbox.client
+    first, _ = await _conversation(media_inbox)
+    token = await token_for(client, admin)
+    shared = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
+    media_id = decode_id(shared["uploadMedia"]["id"])
+    assert "errors" not in (await _send(client, token, first, shared["uploadMedia"]["id"])).json()
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(update(Message).values(created_at=utcnow() - timedelta(days=40)))
+        organization = await session.get(Organization, org_id)
+        assert organization is not None
+        organization.message_retention_days = 30
+        session.add(organization)
+    second, _ = await _second_contact(media_inbox)
+    assert "errors" not in (await _send(client, token, second, shared["uploadMedia"]["id"])).json()
+    runtime = media_inbox.runtime
+    lifecycle = Lifecycle(
+        db=runtime.db, keyring=runtime.channel_services.keyring, batch=1, media=runtime.media
+    )
+
+    await run_retention(lifecycle)
+
+    assert await _media_rows(media_inbox) == {media_id}
+    assert len(_files(settings)) == 1
+    assert await _carried_by(media_inbox, media_id) == 1

@@ -33,7 +33,7 @@ from typing import Any
 
 from sqlalchemy import Table, bindparam, event, func, inspect, or_, select, text, union_all
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.sql import visitors
 from sqlmodel import Session as SQLModelSession
@@ -422,6 +422,8 @@ def _highest_position(org_id: Any) -> Any:
         select(func.max(ConversationRemoval.update_seq).label("seq")).where(
             col(ConversationRemoval.org_id) == org_id
         ),
+        # What purges deleted (`raise_feed_floor`): never handed out again.
+        select(col(Organization.feed_floor).label("seq")).where(col(Organization.id) == org_id),
     ).subquery()
     return select(func.coalesce(func.max(highest.c.seq), 0))
 
@@ -513,4 +515,22 @@ async def lock_feed(session: AsyncSession) -> None:
     await connection.execute(
         text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))"),
         {"lock_class": FEED_LOCK_CLASS, "org": str(org_id)},
+    )
+
+
+async def raise_feed_floor(connection: AsyncConnection, org_id: uuid.UUID) -> None:
+    """Before a purge deletes feed rows: SQLite keeps the workspace's highest position as
+    its floor, so the next position is above every one handed out, deleted or not.
+
+    On the purge's connection, in its transaction (a first write takes the write lock).
+    PostgreSQL's sequence never goes back: nothing to do there.
+    """
+    if connection.dialect.name == "postgresql":
+        return
+    organizations: Table = Organization.__table__  # type: ignore[attr-defined]
+    await connection.execute(
+        organizations.update()
+        .where(organizations.c.id == org_id)
+        .values(feed_floor=_HIGHEST_POSITION_OF.scalar_subquery()),
+        {"feed_org": org_id},
     )

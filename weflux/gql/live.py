@@ -26,6 +26,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
 from weflux.auth.scoping import workspace_wide
+from weflux.errors import BadUserInput
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
 from weflux.gql.inbox.team_types import Note, to_note
@@ -38,6 +39,7 @@ from weflux.models import ConversationRemoval as ConversationRemovalRow
 from weflux.models import Membership as MembershipRow
 from weflux.models import Message as MessageRow
 from weflux.models import Note as NoteRow
+from weflux.models import Organization as OrganizationRow
 from weflux.models import RemovalReason, listed_message, utcnow
 from weflux.models import SecurityEvent as SecurityEventRow
 from weflux.models import WhatsAppAccount as WhatsAppAccountRow
@@ -609,6 +611,20 @@ async def _removal_head(info: Info[Context, None]) -> int:
     return int(found or 0)
 
 
+async def _refuse_pruned(info: Info[Context, None], position: int) -> None:
+    """BAD_USER_INPUT ("Expired") when retention deleted removals after `position`: the
+    client refetches its list instead of silently missing them (docs/realtime.md)."""
+    async with info.context.event_unit():
+        query = select(OrganizationRow.removals_pruned_through)
+        pruned = (await info.context.unit.exec(query)).first()
+    if pruned is not None and position < pruned:
+        raise BadUserInput(
+            "This cursor is older than the conversation removals kept; refetch the "
+            "conversations and subscribe again without after",
+            details=[{"field": "after", "message": "Expired"}],
+        )
+
+
 async def _removals(
     info: Info[Context, None], after: str | None
 ) -> AsyncGenerator[uuid.UUID, None]:
@@ -618,7 +634,11 @@ async def _removals(
     event is only a signal to read the removals after the last position delivered.
     """
     context = info.context
-    position = decode_update_cursor(after) if after else await _removal_head(info)
+    if after:
+        position = decode_update_cursor(after)
+        await _refuse_pruned(info, position)
+    else:
+        position = await _removal_head(info)
     async with context.hub.listen(context.actor.org_id) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True

@@ -16,17 +16,19 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, or_, true, update
+from sqlalchemy import and_, delete, true, update
+from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import feed_values, see_erased
+from weflux.auth.scoping import feed_values, raise_feed_floor, see_erased
 from weflux.db import Database
 from weflux.media.store import MediaStore
 from weflux.models import (
     Contact,
     Conversation,
+    ConversationRemoval,
     DataRequest,
     MediaFile,
     MediaOrigin,
@@ -44,6 +46,8 @@ from weflux.services.removals import record_removal
 
 DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
+# Rows holding change-feed positions: deleting them raises the feed's floor first.
+FEED_MODELS: tuple[type[SQLModel], ...] = (Conversation, Message, ConversationRemoval)
 
 Progress = Callable[[float], Awaitable[None]]
 # Runs in the last transaction of a purge, with the erased contact's (wa_id, user_id).
@@ -141,7 +145,8 @@ async def purge_contact(
     await progress(0.2)
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
     messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
-    await purge_media(db, media, org_id, media_of(messages), batch)
+    # Tombstoned above: the contact's own messages (erased conversations) keep nothing.
+    await purge_media_of(db, media, org_id, messages, batch)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -155,27 +160,55 @@ async def purge_contact(
     return True
 
 
-def media_of(messages: Any) -> Any:
-    """Media files of the messages `messages` (a subquery of message ids) selects: the
-    files they received (`message_id`) and the uploads they sent (`media_file_id`).
+async def purge_media_of(
+    db: Database,
+    store: MediaStore | None,
+    org_id: uuid.UUID,
+    messages: Any,
+    batch: int,
+    *,
+    survives: Callable[[Any], Any] = lambda _: true(),
+) -> int:
+    """Delete the media files of the messages `messages` (a subquery of message ids)
+    selects: the files they received (`message_id`), and the uploads they sent
+    (`media_file_id`) that no surviving message carries; how many went.
 
-    An upload sent to several conversations goes with the first of them deleted: the
-    others' `media` is null from then on (docs/lifecycle.md).
+    A message keeps an upload alive when `survives(message)` (a condition on an alias of
+    Message: not purged now) and its conversation is not erased. So an upload sent to
+    several conversations goes with the last of them (erasure or retention;
+    docs/lifecycle.md). Two statements, not an OR: each keeps its index (the EXISTS is an
+    anti-join probing `ix_messages_org_id_media_file_id`).
     """
+    received = col(MediaFile.message_id).in_(messages)
     sent = select(col(Message.media_file_id)).where(
         col(Message.id).in_(messages), col(Message.media_file_id).is_not(None)
     )
-    return or_(col(MediaFile.message_id).in_(messages), col(MediaFile.id).in_(sent))
+    erased = select(col(Conversation.id)).where(col(Conversation.erased_at).is_not(None))
+    kept = _carried(lambda other: (survives(other), other.conversation_id.not_in(erased)))
+    total = await purge_media(db, store, org_id, received, batch)
+    return total + await purge_media(
+        db, store, org_id, and_(col(MediaFile.id).in_(sent), ~kept), batch
+    )
+
+
+def _carried(where: Callable[[Any], tuple[Any, ...]] = lambda _: ()) -> Any:
+    """Whether a message (`where(message)`) carries the upload: EXISTS, one probe of
+    `ix_messages_org_id_media_file_id` per file.
+
+    The message is an alias: a `messages` subquery inside `where` must not correlate
+    with it.
+    """
+    other = aliased(Message)
+    return select(other.id).where(other.media_file_id == col(MediaFile.id), *where(other)).exists()
 
 
 def unsent_uploads(uploaded_before: datetime) -> Any:
     """Uploads (uploadMedia) older than `uploaded_before` that no message carries."""
-    carried = select(col(Message.media_file_id)).where(col(Message.media_file_id).is_not(None))
     return and_(
         col(MediaFile.origin) == MediaOrigin.UPLOAD,
         col(MediaFile.message_id).is_(None),
         col(MediaFile.created_at) < uploaded_before,
-        col(MediaFile.id).not_in(carried),
+        ~_carried(),
     )
 
 
@@ -188,6 +221,8 @@ async def delete_in_batches(
     while True:
         async with db.session(org_id) as session:
             see_erased(session)
+            if model in FEED_MODELS:
+                await raise_feed_floor(await session.connection(), org_id)
             doomed = select(key).where(where).limit(batch)
             result = await session.exec(delete(model).where(key.in_(doomed)))
             gone = int(result.rowcount)

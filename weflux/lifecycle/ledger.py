@@ -28,6 +28,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
+from weflux.auth.scoping import raise_feed_floor
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import (
@@ -244,6 +245,8 @@ async def _erase_contacts(
                 await connection.execute(
                     erase_body, {"needle": needle if postgres else needle.encode()}
                 )
-        # Conversations and their messages go by the foreign keys' cascades.
+        # Conversations and their messages go by the foreign keys' cascades; on SQLite
+        # their positions stay below the workspace's feed floor (never handed out again).
+        await raise_feed_floor(connection, entry.org_id)
         await connection.execute(sa.delete(contacts).where(contacts.c.id == contact.id))
     return 1 if doomed else 0

@@ -9,26 +9,28 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import and_
+from sqlalchemy import case, delete, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import see_erased
+from weflux.auth.scoping import raise_feed_floor, see_erased
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
+    ConversationRemoval,
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
-    MediaFile,
     Message,
     Organization,
     utcnow,
@@ -55,6 +57,7 @@ class Lifecycle:
     export_dir: Path | None = None  # None: exports wait (PENDING)
     security_event_retention: timedelta = timedelta(days=90)
     media_upload_retention: timedelta = timedelta(days=7)  # uploads never sent
+    conversation_removal_retention: timedelta = timedelta(days=30)  # the feed's removals
     media: MediaStore | None = None  # stored media files deleted with their rows
 
 
@@ -228,16 +231,14 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         if days is not None:
             cutoff = now - timedelta(days=days)
             old = select(col(Message.id)).where(col(Message.created_at) < cutoff)
-            kept = select(col(Message.media_file_id)).where(
-                col(Message.created_at) >= cutoff, col(Message.media_file_id).is_not(None)
-            )
-            # An upload sent again since the cutoff stays with its newer message.
-            deleted += await erasure.purge_media(
+            # An upload also sent by a newer message stays with it.
+            deleted += await erasure.purge_media_of(
                 db,
                 lifecycle.media,
                 org_id,
-                and_(erasure.media_of(old), col(MediaFile.id).not_in(kept)),
+                old,
                 lifecycle.batch,
+                survives=_created_since(cutoff),
             )
             deleted += await erasure.delete_in_batches(
                 db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
@@ -249,6 +250,7 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             erasure.unsent_uploads(now - lifecycle.media_upload_retention),
             lifecycle.batch,
         )
+        deleted += await expire_removals(lifecycle, org_id, now=now)
         async with db.session(org_id) as session:
             organization = await session.get(Organization, org_id)
             if organization is not None:
@@ -258,6 +260,50 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         deleted += await expire_webhook_bodies(lifecycle, now=now)
         deleted += await expire_security_records(lifecycle, now=now)
     return deleted
+
+
+def _created_since(cutoff: datetime) -> Callable[[Any], Any]:
+    """A message retention keeps: created at or after `cutoff`."""
+    return lambda message: message.created_at >= cutoff
+
+
+async def expire_removals(lifecycle: Lifecycle, org_id: uuid.UUID, *, now: datetime) -> int:
+    """Delete a workspace's conversation removals older than
+    `WEFLUX_CONVERSATION_REMOVAL_RETENTION`, in batches; how many went.
+
+    Each batch raises `removals_pruned_through` to its highest position in the same
+    transaction, so `conversationRemoved(after:)` refuses a cursor below it instead of
+    silently skipping what was deleted.
+    """
+    before = now - lifecycle.conversation_removal_retention
+    position = col(ConversationRemoval.update_seq)
+    total = 0
+    while True:
+        async with lifecycle.db.session(org_id) as session:
+            rows = (
+                await session.exec(
+                    select(ConversationRemoval.id, position)
+                    .where(col(ConversationRemoval.created_at) < before)
+                    .order_by(position)
+                    .limit(lifecycle.batch)
+                )
+            ).all()
+            if rows:
+                highest = max(row[1] for row in rows)
+                pruned = col(Organization.removals_pruned_through)
+                await raise_feed_floor(await session.connection(), org_id)
+                await session.exec(
+                    update(Organization)
+                    .where(col(Organization.id) == org_id)
+                    .values(removals_pruned_through=case((pruned < highest, highest), else_=pruned))
+                )
+                ids = [row[0] for row in rows]
+                await session.exec(
+                    delete(ConversationRemoval).where(col(ConversationRemoval.id).in_(ids))
+                )
+        total += len(rows)
+        if len(rows) < lifecycle.batch:
+            return total
 
 
 async def expire_security_records(lifecycle: Lifecycle, *, now: datetime) -> int:

@@ -275,6 +275,14 @@ class Message(OrgScoped, table=True):
             postgresql_where=text("client_message_id IS NOT NULL"),
             sqlite_where=text("client_message_id IS NOT NULL"),
         ),
+        # Whether another message still carries an upload (weflux.lifecycle.erasure).
+        Index(
+            "ix_messages_org_id_media_file_id",
+            "org_id",
+            "media_file_id",
+            postgresql_where=text("media_file_id IS NOT NULL"),
+            sqlite_where=text("media_file_id IS NOT NULL"),
+        ),
         # The delivery worker's path, across workspaces: due outbound work.
         Index(
             "ix_messages_outbox",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import false
+from sqlalchemy import BigInteger, false
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import UTCDateTime, created_at_field, new_id
@@ -34,3 +34,13 @@ class Organization(SQLModel, table=True):
     retention_ran_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     # Set while a deletion is pending: when its rows start to go.
     deletion_scheduled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # SQLite: the change feed's highest position a purge deleted; positions are allocated
+    # above it, so none is handed out twice (weflux.auth.scoping, migration 0021).
+    feed_floor: int = Field(
+        default=0, nullable=False, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"}
+    )
+    # The highest position of a conversation removal the daily retention deleted:
+    # `conversationRemoved(after:)` refuses an older cursor.
+    removals_pruned_through: int = Field(
+        default=0, nullable=False, sa_type=BigInteger, sa_column_kwargs={"server_default": "0"}
+    )

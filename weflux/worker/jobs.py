@@ -59,6 +59,7 @@ def build_worker(
         export_dir=settings.export_directory,
         security_event_retention=settings.security_event_retention,
         media_upload_retention=settings.media_upload_retention,
+        conversation_removal_retention=settings.conversation_removal_retention,
         media=media,
     )
 
