@@ -116,10 +116,38 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
-    """SQLAlchemy's adapted aiosqlite connection, with `OneHopCursor` for client cursors."""
+    """SQLAlchemy's adapted aiosqlite connection, with `OneHopCursor` for client cursors.
 
-    __slots__ = ()
+    A rollback right after a completed commit or rollback, with no cursor made since, is
+    skipped: there is no transaction to undo. That is the pool's reset when a connection
+    comes back after a commit (SQLAlchemy rolls back on return unless its own rollback
+    just ran), otherwise one more hand-off per unit of work.
+    """
+
+    __slots__ = ("_settled",)
     _cursor_cls = OneHopCursor
+
+    def __init__(self, dbapi: Any, connection: Any) -> None:
+        super().__init__(dbapi, connection)
+        # True only while the last thing done on the connection is a commit or rollback
+        # that completed: a cancelled one may still be queued, and a statement (or any
+        # cursor) may have begun a transaction.
+        self._settled = False
+
+    def cursor(self, server_side: bool = False) -> Any:
+        self._settled = False
+        return super().cursor(server_side)
+
+    def commit(self) -> None:
+        self._settled = False
+        super().commit()
+        self._settled = True
+
+    def rollback(self) -> None:
+        if self._settled:
+            return
+        super().rollback()
+        self._settled = True
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
