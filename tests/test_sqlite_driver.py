@@ -17,20 +17,19 @@ from typing import Any
 import aiosqlite
 import pytest
 from sqlalchemy import exc, text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from weflux.db import Database, create_engine, interrupt
 from weflux.sqlite_driver import OneHopConnection, OneHopCursor, OneHopDBAPI
 
 HANG_GUARD = 60  # seconds; far above anything here
-# A statement that never ends by itself (once it runs, it calls `started()`), and one that
-# takes a while (a few 100 ms).
+# Statements that call `started()` once they run (`signal_when_started`): one that never
+# ends by itself, one that takes a while (a few 100 ms).
 ENDLESS_ONCE_STARTED = (
-    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n) "
-    "SELECT count(*) FROM n"
+    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
 )
 SLOW = (
-    "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n WHERE x < 2000000) "
+    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n WHERE x < 2000000) "
     "SELECT count(*) FROM n"
 )
 
@@ -54,7 +53,7 @@ async def engine(url: str) -> AsyncIterator[AsyncEngine]:
 def hops() -> Iterator[list[str]]:
     """The functions sent to aiosqlite's thread (its `Connection._execute`), in order."""
     sent: list[str] = []
-    real = aiosqlite.Connection._execute
+    real: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
 
     async def counted(self: aiosqlite.Connection, fn: Callable[..., Any], *a: Any, **k: Any) -> Any:
         sent.append(getattr(fn, "__name__", repr(fn)))
@@ -67,6 +66,28 @@ def hops() -> Iterator[list[str]]:
 
 async def values(conn: AsyncConnection) -> list[str]:
     return list((await conn.execute(text("SELECT v FROM t ORDER BY id"))).scalars())
+
+
+async def insert_in_savepoint(session: AsyncSession, *new: str) -> None:
+    async with session.begin_nested():
+        nested = await session.connection()  # emits the SAVEPOINT
+        for value in new:
+            await nested.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
+
+
+async def signal_when_started(conn: AsyncConnection) -> asyncio.Event:
+    """An event set from aiosqlite's thread when a statement calls SQL's `started()`."""
+    loop, started = asyncio.get_running_loop(), asyncio.Event()
+
+    def signal() -> int:
+        loop.call_soon_threadsafe(started.set)
+        return 1
+
+    def register(sync_conn: Any) -> None:
+        sync_conn.connection.dbapi_connection.create_function("started", 0, signal)
+
+    await conn.run_sync(register)
+    return started
 
 
 def test_the_app_engines_use_the_one_hop_driver(url: str) -> None:
@@ -88,20 +109,21 @@ async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Pa
         "kwargs",
     ]
     driver = await aiosqlite.connect(tmp_path / "pin.db")
+    execute: Any = driver._execute  # untyped in aiosqlite
     try:
         assert isinstance(driver._conn, sqlite3.Connection)
         # It runs the function on the connection's own thread, with the arguments given
-        ran_on = await driver._execute(lambda a, b=0: (threading.get_ident(), a + b), 1, b=2)
+        ran_on = await execute(lambda a, b=0: (threading.get_ident(), a + b), 1, b=2)
         assert ran_on == (driver._thread.ident, 3)
         assert ran_on[0] != threading.get_ident()
         # And a failure there is raised to the awaiting task as it is
         with pytest.raises(sqlite3.OperationalError):
-            await driver._execute(driver._conn.execute, "SELECT * FROM missing")
+            await execute(driver._conn.execute, "SELECT * FROM missing")
     finally:
         await driver.close()
     # Closed: ValueError, which SQLAlchemy's adapter maps to OperationalError
     with pytest.raises(ValueError, match="Connection closed"):
-        await driver._execute(lambda: None)
+        await execute(lambda: None)
     # And SQLAlchemy's adapter still builds client cursors from `_cursor_cls`
     assert OneHopConnection._cursor_cls is OneHopCursor
 
@@ -161,7 +183,7 @@ async def test_errors_are_mapped_exactly_as_by_sqlalchemy_s_adapter(
 ) -> None:
     # Given the same failing statement through SQLAlchemy's adapter and through ours
     stock = create_async_engine(url)
-    caught: list[BaseException] = []
+    caught: list[exc.DBAPIError] = []
     try:
         for each in (stock, engine):
             async with each.connect() as conn:
@@ -197,10 +219,7 @@ async def test_a_savepoint_rolls_back_alone(url: str, engine: AsyncEngine) -> No
             conn = await session.connection()
             await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
             with pytest.raises(exc.IntegrityError):
-                async with session.begin_nested():
-                    nested = await session.connection()  # emits the SAVEPOINT
-                    await nested.execute(text("INSERT INTO t (v) VALUES ('e')"))
-                    await nested.execute(text("INSERT INTO t (v) VALUES ('a')"))
+                await insert_in_savepoint(session, "e", "a")
             await session.commit()
     finally:
         await db.dispose()
@@ -260,19 +279,12 @@ async def test_interrupt_aborts_the_statement_and_releases_the_write_lock(
     url: str, engine: AsyncEngine
 ) -> None:
     db = Database(url)
-    loop = asyncio.get_running_loop()
-    started = asyncio.Event()
     try:
         async with db.sessionmaker() as session:
             # Given a unit of work that has written and then runs an endless statement
             conn = await session.connection()
             await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
-
-            def register(sync_conn: Any) -> None:
-                signal = lambda: loop.call_soon_threadsafe(started.set) and 1  # noqa: E731
-                sync_conn.connection.dbapi_connection.create_function("started", 0, signal)
-
-            await conn.run_sync(register)
+            started = await signal_when_started(conn)
             running = asyncio.create_task(conn.execute(text(ENDLESS_ONCE_STARTED)))
             async with asyncio.timeout(HANG_GUARD):
                 await started.wait()
@@ -290,18 +302,15 @@ async def test_interrupt_aborts_the_statement_and_releases_the_write_lock(
         await db.dispose()
 
 
-async def test_a_cancelled_statement_leaves_the_connection_usable(
-    engine: AsyncEngine, hops: list[str]
-) -> None:
+async def test_a_cancelled_statement_leaves_the_connection_usable(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
+        started = await signal_when_started(conn)
         await conn.begin()
         await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
-        hops.clear()
-        # Given a slow statement whose awaiting task is cancelled once it was sent
+        # Given a slow statement whose awaiting task is cancelled once it runs
         slow = asyncio.create_task(conn.execute(text(SLOW)))
         async with asyncio.timeout(HANG_GUARD):
-            while not hops:
-                await asyncio.sleep(0)
+            await started.wait()
         slow.cancel()
         with pytest.raises(asyncio.CancelledError):
             await slow

@@ -57,7 +57,7 @@ def _run_statement(
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statements cost one hand-off to aiosqlite's thread."""
 
-    __slots__ = ("_description", "_rowcount", "_lastrowid", "_arraysize")
+    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
 
     def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
         super().__init__(adapt_connection)
@@ -125,7 +125,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """
 
     __slots__ = ("_settled",)
-    _cursor_cls = OneHopCursor
+    # mypy reads the base's attribute as exactly its class, not a subclass of it.
+    _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
     def __init__(self, dbapi: Any, connection: Any) -> None:
         super().__init__(dbapi, connection)
