@@ -20,7 +20,7 @@ from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from weflux.db import Database, create_engine, interrupt
-from weflux.sqlite_driver import OneHopConnection, OneHopCursor, OneHopDBAPI
+from weflux.sqlite_driver import OneHopConnection, OneHopCursor, OneHopDBAPI, driver_options
 
 HANG_GUARD = 60  # seconds; far above anything here
 # Statements that call `started()` once they run (`signal_when_started`): one that never
@@ -96,6 +96,9 @@ def test_the_app_engines_use_the_one_hop_driver(url: str) -> None:
     # Then its engine's DBAPI is the one-hop shim, and the URL is the user's
     assert isinstance(db.engine.sync_engine.dialect.dbapi, OneHopDBAPI)
     assert db.engine.url.drivername == "sqlite+aiosqlite"
+    # And the benchmarks' floors get it the same way, for SQLite only
+    assert isinstance(driver_options(url)["module"], OneHopDBAPI)
+    assert driver_options("postgresql+asyncpg://app@db/weflux") == {}
 
 
 async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Path) -> None:

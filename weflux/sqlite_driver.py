@@ -29,6 +29,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
+from sqlalchemy.engine import URL, make_url
 
 # What one hand-off brings back: description, rows (None without a description),
 # rowcount, lastrowid.
@@ -162,3 +163,10 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
 def one_hop_dbapi() -> OneHopDBAPI:
     """The DBAPI module for `create_async_engine(..., module=)` on a `sqlite+aiosqlite` URL."""
     return OneHopDBAPI(aiosqlite, sqlite3)
+
+
+def driver_options(url: str | URL) -> dict[str, Any]:
+    """`create_async_engine` options that put a SQLite URL on this driver (none for others)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        return {"module": one_hop_dbapi()}
+    return {}
