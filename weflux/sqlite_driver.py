@@ -122,7 +122,9 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     A rollback right after a completed commit or rollback, with no cursor made since, is
     skipped: there is no transaction to undo. That is the pool's reset when a connection
     comes back after a commit (SQLAlchemy rolls back on return unless its own rollback
-    just ran), otherwise one more hand-off per unit of work.
+    just ran), otherwise one more hand-off per unit of work. Hazard: work sent to the
+    aiosqlite connection itself (`driver_connection`) is not seen here; whoever begins a
+    transaction that way must end it that way (`weflux.db.interrupt` only rolls back).
     """
 
     __slots__ = ("_settled",)
