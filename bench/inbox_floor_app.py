@@ -31,6 +31,7 @@ from starlette.routing import Route
 from weflux.ids import encode_global_id
 from weflux.models import Contact, Conversation, Membership, Message, User
 from weflux.pagination import encode_keyset
+from weflux.sqlite_driver import driver_options
 
 CONVERSATIONS: Table = Conversation.__table__  # type: ignore[attr-defined]
 CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
@@ -134,7 +135,8 @@ async def page(connection: AsyncConnection, org_id: uuid.UUID, first: int) -> di
 
 def create_floor(url: str, org_id: uuid.UUID) -> Starlette:
     """The floor app reading the inbox of workspace `org_id` from `url`."""
-    engine = create_async_engine(url, pool_size=10)
+    # weflux's own SQLite driver (one thread hand-off per statement), as weflux.db uses it.
+    engine = create_async_engine(url, pool_size=10, **driver_options(url))
 
     async def inbox(request: Request) -> Response:
         body = orjson.loads(await request.body())

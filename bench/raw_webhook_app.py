@@ -23,6 +23,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from weflux.sqlite_driver import driver_options
+
 metadata = MetaData()
 webhooks = Table(
     "bench_floor_webhooks",
@@ -32,7 +34,9 @@ webhooks = Table(
 )
 
 SECRET = os.environ.get("BENCH_FLOOR_SECRET", "").encode()
-engine = create_async_engine(os.environ.get("BENCH_FLOOR_DATABASE_URL", "sqlite+aiosqlite://"))
+URL = os.environ.get("BENCH_FLOOR_DATABASE_URL", "sqlite+aiosqlite://")
+# weflux's own SQLite driver (one thread hand-off per statement), as weflux.db uses it.
+engine = create_async_engine(URL, **driver_options(URL))
 if engine.dialect.name == "sqlite":
 
     @event.listens_for(engine.sync_engine, "connect")

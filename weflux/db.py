@@ -28,6 +28,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
 from weflux.config import ConfigError
+from weflux.sqlite_driver import one_hop_dbapi
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,8 @@ def make_sqlite_directory(url: URL) -> None:
 
 def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     make_sqlite_directory(url)
-    engine = create_async_engine(url, **kwargs)
+    # One hand-off to aiosqlite's thread per statement (weflux.sqlite_driver).
+    engine = create_async_engine(url, module=one_hop_dbapi(), **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -1,0 +1,329 @@
+"""SQLite in one hand-off per statement (weflux.sqlite_driver), behind every engine of weflux.db.
+
+Each behaviour is checked through `weflux.db.create_engine` (the app's wiring); errors are
+compared with SQLAlchemy's own aiosqlite adapter on the same database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import pytest
+from sqlalchemy import exc, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+
+from weflux.db import Database, create_engine, interrupt
+from weflux.sqlite_driver import OneHopConnection, OneHopCursor, OneHopDBAPI, driver_options
+
+HANG_GUARD = 60  # seconds; far above anything here
+# Statements that call `started()` once they run (`signal_when_started`): one that never
+# ends by itself, one that takes a while (a few 100 ms).
+ENDLESS_ONCE_STARTED = (
+    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n) SELECT count(*) FROM n"
+)
+SLOW = (
+    "WITH RECURSIVE n(x) AS (SELECT started() UNION ALL SELECT x + 1 FROM n WHERE x < 2000000) "
+    "SELECT count(*) FROM n"
+)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}"
+
+
+@pytest.fixture
+async def engine(url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(url)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL UNIQUE)"))
+        await conn.execute(text("INSERT INTO t (v) VALUES ('a'), ('b'), ('c')"))
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture
+def hops() -> Iterator[list[str]]:
+    """The functions sent to aiosqlite's thread (its `Connection._execute`), in order."""
+    sent: list[str] = []
+    real: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
+
+    async def counted(self: aiosqlite.Connection, fn: Callable[..., Any], *a: Any, **k: Any) -> Any:
+        sent.append(getattr(fn, "__name__", repr(fn)))
+        return await real(self, fn, *a, **k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aiosqlite.Connection, "_execute", counted)
+        yield sent
+
+
+async def values(conn: AsyncConnection) -> list[str]:
+    return list((await conn.execute(text("SELECT v FROM t ORDER BY id"))).scalars())
+
+
+async def insert_in_savepoint(session: AsyncSession, *new: str) -> None:
+    async with session.begin_nested():
+        nested = await session.connection()  # emits the SAVEPOINT
+        for value in new:
+            await nested.execute(text("INSERT INTO t (v) VALUES (:v)"), {"v": value})
+
+
+async def signal_when_started(conn: AsyncConnection) -> asyncio.Event:
+    """An event set from aiosqlite's thread when a statement calls SQL's `started()`."""
+    loop, started = asyncio.get_running_loop(), asyncio.Event()
+
+    def signal() -> int:
+        loop.call_soon_threadsafe(started.set)
+        return 1
+
+    def register(sync_conn: Any) -> None:
+        sync_conn.connection.dbapi_connection.create_function("started", 0, signal)
+
+    await conn.run_sync(register)
+    return started
+
+
+def test_the_app_engines_use_the_one_hop_driver(url: str) -> None:
+    # Given the app's database handle on a sqlite+aiosqlite URL
+    db = Database(url)
+    # Then its engine's DBAPI is the one-hop shim, and the URL is the user's
+    assert isinstance(db.engine.sync_engine.dialect.dbapi, OneHopDBAPI)
+    assert db.engine.url.drivername == "sqlite+aiosqlite"
+    # And the benchmarks' floors get it the same way, for SQLite only
+    assert isinstance(driver_options(url)["module"], OneHopDBAPI)
+    assert driver_options("postgresql+asyncpg://app@db/weflux") == {}
+
+
+async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Path) -> None:
+    # aiosqlite's Connection._execute(fn, *args) is private: if this fails, aiosqlite changed
+    # and weflux.sqlite_driver must be revisited (docs/development.md, "SQLite driver").
+    assert inspect.iscoroutinefunction(aiosqlite.Connection._execute)
+    assert list(inspect.signature(aiosqlite.Connection._execute).parameters) == [
+        "self",
+        "fn",
+        "args",
+        "kwargs",
+    ]
+    driver = await aiosqlite.connect(tmp_path / "pin.db")
+    execute: Any = driver._execute  # untyped in aiosqlite
+    try:
+        assert isinstance(driver._conn, sqlite3.Connection)
+        # It runs the function on the connection's own thread, with the arguments given
+        ran_on = await execute(lambda a, b=0: (threading.get_ident(), a + b), 1, b=2)
+        assert ran_on == (driver._thread.ident, 3)
+        assert ran_on[0] != threading.get_ident()
+        # And a failure there is raised to the awaiting task as it is
+        with pytest.raises(sqlite3.OperationalError):
+            await execute(driver._conn.execute, "SELECT * FROM missing")
+    finally:
+        await driver.close()
+    # Closed: ValueError, which SQLAlchemy's adapter maps to OperationalError
+    with pytest.raises(ValueError, match="Connection closed"):
+        await execute(lambda: None)
+    # And SQLAlchemy's adapter still builds client cursors from `_cursor_cls`
+    assert OneHopConnection._cursor_cls is OneHopCursor
+
+
+async def test_rows_empty_results_and_a_statement_without_rows(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        # Rows, one at a time and in parts
+        result = await conn.execute(text("SELECT id, v FROM t ORDER BY id"))
+        assert list(result.keys()) == ["id", "v"]
+        assert result.fetchone() == (1, "a")
+        assert result.fetchmany(1) == [(2, "b")]
+        assert result.fetchall() == [(3, "c")]
+        # An empty result keeps its columns
+        empty = await conn.execute(text("SELECT id, v FROM t WHERE 0"))
+        assert list(empty.keys()) == ["id", "v"]
+        assert empty.all() == []
+        # A statement that returns no rows has no description
+        update = await conn.execute(text("UPDATE t SET v = v WHERE 0"))
+        assert not update.returns_rows
+
+        def delete_nothing(sync_conn: Any) -> tuple[Any, int]:
+            cursor = sync_conn.connection.dbapi_connection.cursor()
+            cursor.execute("DELETE FROM t WHERE 0")
+            return cursor.description, cursor.rowcount
+
+        assert await conn.run_sync(delete_nothing) == (None, 0)
+
+
+async def test_rowcount_lastrowid_executemany_and_returning(engine: AsyncEngine) -> None:
+    async with engine.begin() as conn:
+        inserted = await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+        assert inserted.lastrowid == 4
+        assert inserted.rowcount == 1
+        many = await conn.execute(text("INSERT INTO t (v) VALUES (:v)"), [{"v": "e"}, {"v": "f"}])
+        assert many.rowcount == 2
+        updated = await conn.execute(text("UPDATE t SET v = v || '!' WHERE id > 3"))
+        assert updated.rowcount == 3
+        deleted = await conn.execute(text("DELETE FROM t WHERE id > 4"))
+        assert deleted.rowcount == 2
+        returned = await conn.execute(text("INSERT INTO t (v) VALUES ('g') RETURNING id, v"))
+        assert returned.all() == [(5, "g")]  # max(id) + 1
+        assert await values(conn) == ["a", "b", "c", "d!", "g"]
+
+
+FAILING = [
+    "INSERT INTO t (v) VALUES ('a')",  # IntegrityError
+    "INSERT INTO t (v) VALUES (NULL)",  # IntegrityError (NOT NULL)
+    "SELECT * FROM missing",  # OperationalError
+    "SELEC 1",  # OperationalError (syntax)
+    "SELECT 1; SELECT 2",  # ProgrammingError (one statement at a time)
+]
+
+
+@pytest.mark.parametrize("statement", FAILING)
+async def test_errors_are_mapped_exactly_as_by_sqlalchemy_s_adapter(
+    engine: AsyncEngine, url: str, statement: str
+) -> None:
+    # Given the same failing statement through SQLAlchemy's adapter and through ours
+    stock = create_async_engine(url)
+    caught: list[exc.DBAPIError] = []
+    try:
+        for each in (stock, engine):
+            async with each.connect() as conn:
+                with pytest.raises(exc.DBAPIError) as failure:
+                    await conn.execute(text(statement))
+                caught.append(failure.value)
+                # And the connection is usable after it
+                assert await values(conn) == ["a", "b", "c"]
+    finally:
+        await stock.dispose()
+    # Then both raise the same SQLAlchemy error around the same sqlite3 error
+    theirs, ours = caught
+    assert type(ours) is type(theirs)
+    assert type(ours.orig) is type(theirs.orig)
+    assert str(ours.orig) == str(theirs.orig)
+    assert ours.statement == theirs.statement
+
+
+async def test_an_error_mid_transaction_then_rollback(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.begin()
+        await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+        with pytest.raises(exc.IntegrityError):
+            await conn.execute(text("INSERT INTO t (v) VALUES ('a')"))
+        await conn.rollback()
+        assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_a_savepoint_rolls_back_alone(url: str, engine: AsyncEngine) -> None:
+    db = Database(url)
+    try:
+        async with db.sessionmaker() as session:
+            conn = await session.connection()
+            await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+            with pytest.raises(exc.IntegrityError):
+                await insert_in_savepoint(session, "e", "a")
+            await session.commit()
+    finally:
+        await db.dispose()
+    async with engine.connect() as conn:
+        assert await values(conn) == ["a", "b", "c", "d"]
+
+
+async def test_one_hand_off_per_statement_and_none_for_the_pool_s_reset(
+    engine: AsyncEngine, hops: list[str]
+) -> None:
+    # A statement with rows, one without, and an empty result: one hand-off each
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))  # the pool's first checkout settles first
+        hops.clear()
+        (await conn.execute(text("SELECT * FROM t"))).all()
+        assert hops == ["_run_statement"]
+        await conn.execute(text("SELECT * FROM t WHERE 0"))
+        await conn.execute(text("UPDATE t SET v = v WHERE 0"))
+        assert hops == ["_run_statement"] * 3
+        hops.clear()
+    # A connection given back without a commit is rolled back (one hand-off)
+    assert hops == ["rollback"]
+    # A unit of work: BEGIN IMMEDIATE, the statement, COMMIT; nothing when given back
+    hops.clear()
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+    assert hops == ["_run_statement", "_run_statement", "commit"]
+    # And the next unit of work on that connection still begins and commits
+    async with engine.begin() as conn:
+        await conn.execute(text("INSERT INTO t (v) VALUES ('e')"))
+    async with engine.connect() as conn:
+        assert await values(conn) == ["a", "b", "c", "d", "e"]
+
+
+async def test_server_side_cursors_stream_as_before(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        result = await conn.stream(text("SELECT v FROM t ORDER BY id"))
+        assert [row[0] async for row in result] == ["a", "b", "c"]
+        assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_create_function_and_invalidation(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+
+        def register(sync_conn: Any) -> None:
+            sync_conn.connection.dbapi_connection.create_function("twice", 1, lambda x: 2 * x)
+
+        await conn.run_sync(register)
+        assert (await conn.execute(text("SELECT twice(21)"))).scalar() == 42
+        # An invalidated connection is closed (terminated) and replaced on next use
+        await conn.invalidate()
+    async with engine.connect() as conn:
+        assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_interrupt_aborts_the_statement_and_releases_the_write_lock(
+    url: str, engine: AsyncEngine
+) -> None:
+    db = Database(url)
+    try:
+        async with db.sessionmaker() as session:
+            # Given a unit of work that has written and then runs an endless statement
+            conn = await session.connection()
+            await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+            started = await signal_when_started(conn)
+            running = asyncio.create_task(conn.execute(text(ENDLESS_ONCE_STARTED)))
+            async with asyncio.timeout(HANG_GUARD):
+                await started.wait()
+                # When it is interrupted
+                await interrupt(session)
+                # Then the statement fails as interrupted
+                with pytest.raises(exc.OperationalError, match="interrupted"):
+                    await running
+            await session.rollback()
+        # And its write was undone, and another writer is not kept waiting
+        async with asyncio.timeout(HANG_GUARD / 6), engine.begin() as writer:
+            await writer.execute(text("INSERT INTO t (v) VALUES ('e')"))
+            assert await values(writer) == ["a", "b", "c", "e"]
+    finally:
+        await db.dispose()
+
+
+async def test_a_cancelled_statement_leaves_the_connection_usable(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        started = await signal_when_started(conn)
+        await conn.begin()
+        await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+        # Given a slow statement whose awaiting task is cancelled once it runs
+        slow = asyncio.create_task(conn.execute(text(SLOW)))
+        async with asyncio.timeout(HANG_GUARD):
+            await started.wait()
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        # When it is rolled back (SQLAlchemy invalidates a connection whose statement
+        # was cancelled: it closes the driver's connection once the statement ends)
+        async with asyncio.timeout(HANG_GUARD):
+            await conn.rollback()
+            # Then it answers again, on a new driver connection, without the write
+            assert await values(conn) == ["a", "b", "c"]
+    # And the write lock was released: another unit of work writes
+    async with asyncio.timeout(HANG_GUARD / 6), engine.begin() as writer:
+        await writer.execute(text("INSERT INTO t (v) VALUES ('e')"))
+        assert await values(writer) == ["a", "b", "c", "e"]
