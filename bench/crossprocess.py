@@ -1,6 +1,6 @@
 """End to end across processes: a webhook on process A reaches a subscriber on process B.
 
-    .venv/bin/python -m bench.crossprocess [--events 100] [--gap 0.05]
+    .venv/bin/python -m bench.crossprocess [--events 100] [--gap 0.05] [--profile DIR]
 
 Two `weflux serve --no-worker` processes share a fresh PostgreSQL database (a clone of a
 migrated template, dropped afterwards) and Redis. One socket on B (an Admin) subscribes
@@ -46,6 +46,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.typing import Subprotocol
 
 from bench.fanout import (
+    PROFILED,
     QUERY,
     RAW_OPTIONS,
     SECRET,
@@ -90,6 +91,8 @@ class Samples:
     ack: list[float] = field(default_factory=list)
     published: list[float] = field(default_factory=list)
     alike_ack: list[float] = field(default_factory=list)
+    # Server CPU per sample (ms, utime + stime over the measured samples), by process.
+    cpu: dict[str, float] = field(default_factory=dict)
 
 
 async def floor_sample(redis: Redis, channel: str, pubsub: object) -> float:
@@ -124,7 +127,10 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Samples:
         env = server_env(urls.app, workdir) | {"WEFLUX_REDIS_URL": TEST_REDIS_URL}
         for name in ("a", "b"):
             port = free_port()
-            argv = [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(port)]
+            # `--profile`: each weflux process under cProfile (DIR/a.prof, DIR/b.prof)
+            run = ("-c", PROFILED.format(path=f"{args.profile}/{name}.prof"))
+            argv = [sys.executable, *(run if args.profile else ("-m",))]
+            argv += ["weflux", "serve", "--no-worker", *loopback(port)]
             servers.append(spawn(name, argv, env, workdir, port))
         floor_env = env | {
             "BENCH_FLOOR_DATABASE_URL": urls.owner,
@@ -179,7 +185,12 @@ async def raw_socket(base: str) -> GraphQLSocket:
 
 
 async def samples(
-    args: argparse.Namespace, space: Workspace, a: Server, b: Server, floor_a: Server, floor_b: Server
+    args: argparse.Namespace,
+    space: Workspace,
+    a: Server,
+    b: Server,
+    floor_a: Server,
+    floor_b: Server,
 ) -> Samples:
     redis = Redis.from_url(TEST_REDIS_URL)
     channel = f"weflux:bench:floor:{secrets.token_hex(6)}"
@@ -230,10 +241,12 @@ async def samples(
         assert frame["payload"]["data"]["id"] == answer.decode(), frame
         return (done - started) * 1000, (acked - started) * 1000
 
+    servers = (a, b, floor_a, floor_b)
     try:
         for k in range(args.warmup):  # B listening, every process warm
             await one(k)
             await alike(k)
+        cpu = [server.cpu_seconds() for server in servers]
         for k in range(args.warmup, args.warmup + args.events):
             end_to_end, ack, published = await one(k)
             out.weflux.append(end_to_end)
@@ -246,6 +259,8 @@ async def samples(
             out.alike.append(end_to_end)
             out.alike_ack.append(ack)
             await asyncio.sleep(args.gap / 3)
+        for server, before in zip(servers, cpu, strict=True):
+            out.cpu[server.name] = (server.cpu_seconds() - before) * 1000 / args.events
     finally:
         await socket.close()
         await alike_socket.close()
@@ -265,6 +280,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between samples")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    parser.add_argument("--profile", default=None, help="cProfile A and B to DIR/a.prof, b.prof")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weflux-crossprocess-"))
     try:
@@ -290,6 +306,12 @@ def main() -> None:
     )
     for name, values in rows:
         print(f"{name:<42}{percentile(values, 0.5):>10.2f}{percentile(values, 0.99):>10.2f}")
+    cpu = out.cpu
+    print(
+        f"server CPU per webhook (ms): weflux A {cpu['a']:.2f}, B {cpu['b']:.2f}; "
+        f"work-alike floor A {cpu['floor-a']:.2f}, B {cpu['floor-b']:.2f} "
+        "(whole processes, 10 ms ticks: read over many samples)"
+    )
     met = True
     for label, q, goal in (("p50", 0.5, P50_GOAL), ("p99", 0.99, P99_GOAL)):
         ratio = percentile(out.weflux, q) / percentile(out.redis, q)
