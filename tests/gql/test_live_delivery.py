@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -24,17 +25,19 @@ async def _message(db: Database, org: Organization, **conversation: Any) -> Mess
         return await create_message(session, row, text="hello")
 
 
-async def test_a_new_message_is_read_with_its_conversation(
-    db: Database, org: Organization
-) -> None:
+async def test_a_new_message_is_read_with_its_conversation(db: Database, org: Organization) -> None:
     message = await _message(db, org)
     async with db.session(org.id) as session:
         loaders = Loaders(lambda: session)
         found = await _message_and_conversation(session, Message, message.id, loaders)
-        assert found is not None and found.text == "hello"
+        assert found is not None
+        assert found.text == "hello"
         primed = loaders.conversation.cache_map.get(message.conversation_id)
-        assert primed is not None and primed.done()
-        assert primed.result().id == message.conversation_id
+        assert primed is not None
+        assert primed.done()
+        conversation = primed.result()
+        assert conversation is not None
+        assert conversation.id == message.conversation_id
 
 
 async def test_an_agent_reads_nothing_of_a_conversation_assigned_to_someone_else(
@@ -48,7 +51,8 @@ async def test_an_agent_reads_nothing_of_a_conversation_assigned_to_someone_else
         assert await _message_and_conversation(session, Message, theirs.id, loaders) is None
         assert loaders.conversation.cache_map.get(theirs.conversation_id) is None
         visible = await _message_and_conversation(session, Message, open_to_all.id, loaders)
-        assert visible is not None and visible.id == open_to_all.id
+        assert visible is not None
+        assert visible.id == open_to_all.id
 
 
 async def test_another_workspace_reads_nothing(
@@ -69,7 +73,14 @@ class _Session:
         self.fail = False
 
 
-async def _fetch(session: Any, _model: type[Any], row_id: uuid.UUID, _loaders: Loaders) -> str:
+def _unit(session: _Session) -> Callable[[], AsyncSession]:
+    return lambda: cast("AsyncSession", session)
+
+
+async def _fetch(
+    unit: AsyncSession, _model: type[Any], row_id: uuid.UUID, _loaders: Loaders
+) -> str:
+    session = cast("_Session", unit)
     session.reads += 1
     if session.gate is not None:
         await session.gate.wait()
@@ -85,13 +96,13 @@ def _shared() -> SharedEvent:
 async def test_subscribers_of_a_class_share_one_read() -> None:
     shared, session, row_id = _shared(), _Session(), uuid.uuid4()
     session.gate = asyncio.Event()
-    first = asyncio.create_task(shared.load(lambda: session, Message, row_id, _fetch))
-    second = asyncio.create_task(shared.load(lambda: session, Message, row_id, _fetch))
+    first = asyncio.create_task(shared.load(_unit(session), Message, row_id, _fetch))
+    second = asyncio.create_task(shared.load(_unit(session), Message, row_id, _fetch))
     await asyncio.sleep(0)
     session.gate.set()
     assert await first == await second == f"row {row_id}"
     assert session.reads == 1
-    assert await shared.load(lambda: session, Message, row_id, _fetch) == f"row {row_id}"
+    assert await shared.load(_unit(session), Message, row_id, _fetch) == f"row {row_id}"
     assert session.reads == 1
 
 
@@ -103,9 +114,9 @@ async def test_when_the_first_read_ends_without_a_row_the_others_read_for_themse
     first_session, own = _Session(), _Session()
     first_session.gate = asyncio.Event()
     first_session.fail = ending == "failed"
-    first = asyncio.create_task(shared.load(lambda: first_session, Message, row_id, _fetch))
+    first = asyncio.create_task(shared.load(_unit(first_session), Message, row_id, _fetch))
     await asyncio.sleep(0)
-    waiting = asyncio.create_task(shared.load(lambda: own, Message, row_id, _fetch))
+    waiting = asyncio.create_task(shared.load(_unit(own), Message, row_id, _fetch))
     await asyncio.sleep(0)
     if ending == "cancelled":
         first.cancel()
@@ -120,6 +131,5 @@ async def test_when_the_first_read_ends_without_a_row_the_others_read_for_themse
     assert own.reads == 1
     # and a later subscriber reads again too (nothing failed is kept)
     later = _Session()
-    assert await shared.load(lambda: later, Message, row_id, _fetch) == f"row {row_id}"
+    assert await shared.load(_unit(later), Message, row_id, _fetch) == f"row {row_id}"
     assert later.reads == 1
-

@@ -45,16 +45,21 @@ async def test_a_transactions_events_go_out_together_in_order_after_its_commit(
     assert [_names(call) for call in broker.calls] == [["0", "1", "2"]]
     channel, message = broker.calls[0][0]
     assert channel == workspace_channel(org.id)
-    assert message["event"] == EventName.MESSAGE_ADDED and message["eid"]
+    assert message["event"] == EventName.MESSAGE_ADDED
+    assert message["eid"]
 
 
 async def test_nothing_of_a_rolled_back_unit_goes_out(db: Database, org: Organization) -> None:
     broker = RecordingBroker()
-    with pytest.raises(RuntimeError):
+
+    async def failing_unit() -> None:
         async with db.session(org.id) as session:
             await session.exec(select(Organization))
             publish_after_commit(session, broker, org.id, EventName.MESSAGE_ADDED, id="undone")
             raise RuntimeError("the unit fails")
+
+    with pytest.raises(RuntimeError):
+        await failing_unit()
     assert broker.calls == []
 
 
