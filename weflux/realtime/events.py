@@ -76,8 +76,9 @@ def publish_after_commit(
     """Queue `event` for the workspace's channel once `session` commits.
 
     The events one transaction queues go out together, in the order queued, in one round
-    trip to the broker (`Broker.publish_many`) once it has committed; nothing of a
-    transaction rolled back (its batch belongs to that transaction alone).
+    trip to the broker (`Broker.publish_many`) once it has committed (a unit of work that
+    fails discards them: `weflux.db.settle`); a later transaction of the same session
+    starts a batch of its own.
     """
     # `eid` names this occurrence: subscribers of one visibility class share its load.
     message = {
@@ -88,7 +89,12 @@ def publish_after_commit(
     sync = session.sync_session
     transaction = sync.get_transaction()
     batch: _Batch | None = sync.info.get(_QUEUED)
-    if transaction is None or batch is None or batch.transaction is not transaction:
+    if (
+        transaction is None
+        or batch is None
+        or batch.transaction is not transaction
+        or batch.broker is not broker
+    ):
         batch = _Batch(broker, sync.info, transaction)
         if transaction is not None:  # a later event of the same transaction joins it
             sync.info[_QUEUED] = batch
