@@ -7,6 +7,11 @@
 bytes, constant time) and INSERTs the raw body into `bench_floor_webhooks` in its own
 transaction (SQLAlchemy Core over the same drivers and SQLite pragmas as weflux), then
 answers 200. No parsing, no routing, no scoping. The table is created by the benchmark.
+
+With `BENCH_FLOOR_REDIS_URL` and `BENCH_FLOOR_CHANNEL` set (`bench.crossprocess`), it also
+PUBLISHes the new row's id on that channel after the commit, before answering, and
+answers with the id: process A of the work-alike floor across processes (process B is
+`bench.raw_ws_app`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hmac
 import os
 import uuid
 
+from redis.asyncio import Redis
 from sqlalchemy import Column, LargeBinary, MetaData, String, Table, event
 from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
@@ -37,6 +43,8 @@ SECRET = os.environ.get("BENCH_FLOOR_SECRET", "").encode()
 URL = os.environ.get("BENCH_FLOOR_DATABASE_URL", "sqlite+aiosqlite://")
 # weflux's own SQLite driver (one thread hand-off per statement), as weflux.db uses it.
 engine = create_async_engine(URL, **driver_options(URL))
+CHANNEL = os.environ.get("BENCH_FLOOR_CHANNEL", "")
+redis = Redis.from_url(os.environ["BENCH_FLOOR_REDIS_URL"]) if CHANNEL else None
 if engine.dialect.name == "sqlite":
 
     @event.listens_for(engine.sync_engine, "connect")
@@ -53,9 +61,13 @@ async def webhook(request: Request) -> PlainTextResponse:
     expected = "sha256=" + hmac.new(SECRET, body, hashlib.sha256).hexdigest()
     if not hmac.compare_digest(expected, header):
         return PlainTextResponse("Invalid signature", status_code=401)
+    row_id = str(uuid.uuid4())
     async with engine.begin() as connection:
-        await connection.execute(webhooks.insert().values(id=str(uuid.uuid4()), body=body))
-    return PlainTextResponse("OK", headers={"Cache-Control": "no-store"})
+        await connection.execute(webhooks.insert().values(id=row_id, body=body))
+    if redis is None:
+        return PlainTextResponse("OK", headers={"Cache-Control": "no-store"})
+    await redis.publish(CHANNEL, row_id)
+    return PlainTextResponse(row_id, headers={"Cache-Control": "no-store"})
 
 
 async def ready(request: Request) -> PlainTextResponse:

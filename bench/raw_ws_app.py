@@ -8,13 +8,26 @@ for the benchmark's client: accept (subprotocol `graphql-transport-ws`), wait fo
 in a module-level set until it closes. `POST /publish` serialises
 `{"id": "1", "type": "next", "payload": <the body>}` once and sends that same text to
 every registered socket, answering 200 once every send returned.
+
+With `BENCH_FLOOR_REDIS_URL`, `BENCH_FLOOR_CHANNEL` and `BENCH_FLOOR_DATABASE_URL` set
+(`bench.crossprocess`), it is process B of the work-alike floor across processes: one
+Redis subscription to the channel that `bench.raw_webhook_app` publishes row ids on; for
+each id, one SELECT of the row by id (its own transaction, SQLAlchemy Core), then one
+pre-serialised `next` frame (the id and the body's length) sent to every socket.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
+from redis.asyncio import Redis
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -68,9 +81,63 @@ async def publish(request: Request) -> JSONResponse:
     return JSONResponse({"sent": sent})
 
 
+async def _send_all(text: str) -> None:
+    for websocket in list(subscribers):
+        try:
+            await websocket.send_text(text)
+        except Exception:  # a socket that went away meanwhile
+            subscribers.discard(websocket)
+
+
+async def _relay(redis_url: str, channel: str, database_url: str) -> None:
+    """Redis message (a row id) -> one SELECT by id -> one frame to every socket."""
+    engine = create_async_engine(database_url)
+    select_body = text("SELECT body FROM bench_floor_webhooks WHERE id = :id")
+    redis = Redis.from_url(redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    try:
+        async for message in pubsub.listen():
+            if message.get("type") != "message":
+                continue
+            row_id = message["data"].decode()
+            async with engine.connect() as connection:
+                body = (await connection.execute(select_body, {"id": row_id})).scalar()
+            if body is None:
+                continue
+            payload = {"data": {"id": row_id, "bytes": len(body)}}
+            await _send_all(json.dumps({"id": "1", "type": "next", "payload": payload}))
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+        await engine.dispose()
+
+
+@contextlib.asynccontextmanager
+async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+    channel = os.environ.get("BENCH_FLOOR_CHANNEL")
+    relay = None
+    if channel:
+        relay = asyncio.create_task(
+            _relay(
+                os.environ["BENCH_FLOOR_REDIS_URL"],
+                channel,
+                os.environ["BENCH_FLOOR_DATABASE_URL"],
+            )
+        )
+    try:
+        yield
+    finally:
+        if relay is not None:
+            relay.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await relay
+
+
 app = Starlette(
     routes=[
         WebSocketRoute("/ws", ws_endpoint),
         Route("/publish", publish, methods=["POST"]),
-    ]
+    ],
+    lifespan=lifespan,
 )

@@ -12,7 +12,7 @@ import asyncio
 import json
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from graphql import ExecutionResult
@@ -21,6 +21,16 @@ from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from weflux.auth.principal import Principal, visibility_class
 from weflux.gql.loaders import Loaders
+
+# How a live event's row is read: (session, model, id, the class's DataLoaders) -> row.
+# A fetch may prime the DataLoaders with related rows read by the same statement.
+Fetch = Callable[[AsyncSession, type[Any], uuid.UUID, Loaders], Awaitable[Any]]
+
+
+async def fetch_by_id(
+    session: AsyncSession, model: type[Any], row_id: uuid.UUID, _loaders: Loaders
+) -> Any:
+    return await session.get(model, row_id)
 
 
 class SharedEvent:
@@ -39,16 +49,39 @@ class SharedEvent:
         return self.converted
 
     async def load(
-        self, unit: Callable[[], AsyncSession], model: type[Any], row_id: uuid.UUID
+        self,
+        unit: Callable[[], AsyncSession],
+        model: type[Any],
+        row_id: uuid.UUID,
+        fetch: Fetch = fetch_by_id,
     ) -> Any:
-        """The row, read once through the first subscriber's unit of work."""
-        if self.row is None:
-            self.row = asyncio.ensure_future(unit().get(model, row_id))
+        """The row, read once through the first subscriber's unit of work.
+
+        The first subscriber reads it in its own task (no task of its own: one hop less
+        on the way to the frame); others of the class await its outcome, and read for
+        themselves if it failed or was abandoned.
+        """
+        pending = self.row
+        if pending is None:
+            pending = self.row = asyncio.get_running_loop().create_future()
+            try:
+                row = await fetch(unit(), model, row_id, self.loaders)
+            except BaseException as error:
+                # Those waiting read for themselves; so does the next one to come.
+                self.row = None
+                pending.set_exception(RuntimeError("the shared load failed"))
+                pending.exception()  # retrieved: no "never retrieved" warning
+                if not isinstance(error, Exception):
+                    raise
+                return await fetch(unit(), model, row_id, self.loaders)  # as a waiter would
+            pending.set_result(row)
+            return row
         try:
-            return await asyncio.shield(self.row)
+            # shield: a waiter cancelled must not cancel the others' future
+            return await asyncio.shield(pending)
         except Exception:
-            # The subscriber that started the load went away mid-way: load for ourselves.
-            return await unit().get(model, row_id)
+            # The subscriber that started the load failed or went away: load for ourselves.
+            return await fetch(unit(), model, row_id, self.loaders)
 
 
 class EventMemo:

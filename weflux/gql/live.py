@@ -22,6 +22,7 @@ from typing import Annotated, Any
 import strawberry
 from sqlalchemy import func, or_
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
@@ -29,8 +30,10 @@ from weflux.auth.scoping import workspace_wide
 from weflux.errors import BadUserInput
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
+from weflux.gql.event_memo import Fetch, fetch_by_id
 from weflux.gql.inbox.team_types import Note, to_note
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
+from weflux.gql.loaders import Loaders
 from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
 from weflux.ids import decode_global_id, encode_global_id
@@ -87,14 +90,42 @@ def event_key(event: dict[str, Any]) -> str:
     return eid if isinstance(eid, str) and eid else uuid.uuid4().hex
 
 
+async def _message_and_conversation(
+    session: AsyncSession, _model: type[Any], message_id: uuid.UUID, loaders: Loaders
+) -> MessageRow | None:
+    """A new message with its conversation, in one statement (one round trip less on the
+    way to `messageAdded`'s frame): `Message.conversation` then resolves at once.
+
+    Both tables are scoped as any read (workspace, erasure, an Agent's visibility); a
+    message is visible only with its conversation, so the inner join hides nothing more.
+    """
+    found = (
+        await session.exec(
+            select(MessageRow, ConversationRow)
+            .join(ConversationRow, col(ConversationRow.id) == col(MessageRow.conversation_id))
+            .where(col(MessageRow.id) == message_id)
+        )
+    ).first()
+    if found is None:
+        return None
+    message, conversation = found
+    loaders.conversation.prime(conversation.id, conversation)
+    return message
+
+
 async def _deliver(
-    info: Info[Context, None], occurrence: str, model: type[Any], row_id: uuid.UUID, to_type: Any
+    info: Info[Context, None],
+    occurrence: str,
+    model: type[Any],
+    row_id: uuid.UUID,
+    to_type: Any,
+    fetch: Fetch = fetch_by_id,
 ) -> AsyncGenerator[tuple[Any, Any], None]:
     """The row an event names and its GraphQL object, as this caller may see them."""
     context = info.context
     shared = context.event_memo.get(occurrence, row_id, context.actor, context.new_loaders)
     async with context.event_unit(shared.loaders):
-        row = await shared.load(lambda: context.unit, model, row_id)
+        row = await shared.load(lambda: context.unit, model, row_id, fetch)
         if row is not None:
             yield row, shared.convert(row, to_type)
 
@@ -205,7 +236,12 @@ class Subscription:
                 if message_id in seen or (only is not None and in_conversation != only):
                     continue
                 async for row, message in _deliver(
-                    info, event_key(event), MessageRow, message_id, to_message
+                    info,
+                    event_key(event),
+                    MessageRow,
+                    message_id,
+                    to_message,
+                    _message_and_conversation,
                 ):
                     seen.add(row.id)
                     yield message

@@ -54,6 +54,11 @@ class Broker(ABC):
     async def publish(self, channel: str, message: Message) -> None:
         """Deliver `message` to every subscriber of `channel` in every process."""
 
+    async def publish_many(self, messages: list[tuple[str, Message]]) -> None:
+        """`publish` each (channel, message), in order."""
+        for channel, message in messages:
+            await self.publish(channel, message)
+
     async def subscribe(self, channel: str, handler: Handler) -> Unsubscribe:
         """Call `handler` for each message on `channel` until the returned function is awaited."""
         handlers = self._handlers.setdefault(channel, set())
@@ -162,6 +167,26 @@ class RedisBroker(Broker):
                 self._unsent.pop(0)
             self._unsent.append((channel, payload))
             log.warning("broker unreachable: the event will be published on reconnection")
+
+    async def publish_many(self, messages: list[tuple[str, Message]]) -> None:
+        """Publish all, in order, in one round trip (a pipeline, no transaction); while
+        Redis is unreachable, keep them as `publish` does."""
+        if len(messages) == 1:
+            await self.publish(*messages[0])
+            return
+        payloads = [(channel, json.dumps(message, default=str)) for channel, message in messages]
+        try:
+            await self._flush_unsent()  # earlier events first
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for channel, payload in payloads:
+                    pipe.publish(channel, payload)
+                await pipe.execute()
+        except (RedisError, OSError):
+            for channel, payload in payloads:
+                if len(self._unsent) >= UNSENT_LIMIT:
+                    self._unsent.pop(0)
+                self._unsent.append((channel, payload))
+            log.warning("broker unreachable: the events will be published on reconnection")
 
     async def _flush_unsent(self) -> None:
         while self._unsent:

@@ -14,7 +14,7 @@ from typing import Any
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.db import after_commit
-from weflux.realtime.broker import Broker
+from weflux.realtime.broker import Broker, Message
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +45,58 @@ def workspace_channel(org_id: uuid.UUID) -> str:
     return f"weflux:org:{org_id}"
 
 
+_QUEUED = "weflux.events_queued"
+
+
+class _Batch:
+    """The events one transaction queued: published together once it commits."""
+
+    __slots__ = ("broker", "info", "messages", "transaction")
+
+    def __init__(self, broker: Broker, info: dict[Any, Any], transaction: object) -> None:
+        self.broker = broker
+        self.info = info
+        self.transaction = transaction
+        self.messages: list[tuple[str, Message]] = []
+
+    async def publish(self) -> None:
+        if self.info.get(_QUEUED) is self:
+            del self.info[_QUEUED]
+        try:
+            await self.broker.publish_many(self.messages)
+        except Exception:
+            # The change is committed; listeners catch up from the database.
+            events = [message["event"] for _, message in self.messages]
+            log.warning("could not publish events", extra={"events": events})
+
+
 def publish_after_commit(
     session: AsyncSession, broker: Broker, org_id: uuid.UUID, event: EventName, **ids: Any
 ) -> None:
-    """Queue `event` for the workspace's channel once `session` commits."""
+    """Queue `event` for the workspace's channel once `session` commits.
+
+    The events one transaction queues go out together, in the order queued, in one round
+    trip to the broker (`Broker.publish_many`) once it has committed (a unit of work that
+    fails discards them: `weflux.db.settle`); a later transaction of the same session
+    starts a batch of its own.
+    """
     # `eid` names this occurrence: subscribers of one visibility class share its load.
     message = {
         "event": event,
         "eid": uuid.uuid4().hex,
         **{key: str(value) for key, value in ids.items()},
     }
-
-    async def publish() -> None:
-        try:
-            await broker.publish(workspace_channel(org_id), message)
-        except Exception:
-            # The change is committed; listeners catch up from the database.
-            log.warning("could not publish an event", extra={"event": event})
-
-    after_commit(session, publish)
+    sync = session.sync_session
+    transaction = sync.get_transaction()
+    batch: _Batch | None = sync.info.get(_QUEUED)
+    if (
+        transaction is None
+        or batch is None
+        or batch.transaction is not transaction
+        or batch.broker is not broker
+    ):
+        batch = _Batch(broker, sync.info, transaction)
+        if transaction is not None:  # a later event of the same transaction joins it
+            sync.info[_QUEUED] = batch
+        after_commit(session, batch.publish)
+    batch.messages.append((workspace_channel(org_id), message))

@@ -1,0 +1,135 @@
+"""How a live event is read on its way to the frame (`weflux.gql.live`, `event_memo`)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from typing import Any, cast
+
+import pytest
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from tests.fixtures.factories import Actor, create_conversation, create_message
+from weflux.auth.scoping import restrict_to_agent
+from weflux.db import Database
+from weflux.gql.event_memo import SharedEvent
+from weflux.gql.live import _message_and_conversation
+from weflux.gql.loaders import Loaders
+from weflux.models import Message, Organization
+
+
+async def _message(db: Database, org: Organization, **conversation: Any) -> Message:
+    async with db.session(org.id) as session:
+        row = await create_conversation(session, **conversation)
+        return await create_message(session, row, text="hello")
+
+
+async def test_a_new_message_is_read_with_its_conversation(db: Database, org: Organization) -> None:
+    message = await _message(db, org)
+    async with db.session(org.id) as session:
+        loaders = Loaders(lambda: session)
+        found = await _message_and_conversation(session, Message, message.id, loaders)
+        assert found is not None
+        assert found.text == "hello"
+        primed = loaders.conversation.cache_map.get(message.conversation_id)
+        assert primed is not None
+        assert primed.done()
+        conversation = primed.result()
+        assert conversation is not None
+        assert conversation.id == message.conversation_id
+
+
+async def test_an_agent_reads_nothing_of_a_conversation_assigned_to_someone_else(
+    db: Database, org: Organization, admin: Actor, agent: Actor
+) -> None:
+    theirs = await _message(db, org, assignee_membership_id=admin.membership.id)
+    open_to_all = await _message(db, org)
+    async with db.session(org.id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        loaders = Loaders(lambda: session)
+        assert await _message_and_conversation(session, Message, theirs.id, loaders) is None
+        assert loaders.conversation.cache_map.get(theirs.conversation_id) is None
+        visible = await _message_and_conversation(session, Message, open_to_all.id, loaders)
+        assert visible is not None
+        assert visible.id == open_to_all.id
+
+
+async def test_another_workspace_reads_nothing(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    message = await _message(db, org)
+    async with db.session(other_org.id) as session:
+        loaders = Loaders(lambda: session)
+        assert await _message_and_conversation(session, Message, message.id, loaders) is None
+
+
+class _Session:
+    """Stands for a unit of work: counts the reads, fails or blocks them on demand."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.gate: asyncio.Event | None = None
+        self.fail = False
+
+
+def _unit(session: _Session) -> Callable[[], AsyncSession]:
+    return lambda: cast("AsyncSession", session)
+
+
+async def _fetch(
+    unit: AsyncSession, _model: type[Any], row_id: uuid.UUID, _loaders: Loaders
+) -> str:
+    session = cast("_Session", unit)
+    session.reads += 1
+    if session.gate is not None:
+        await session.gate.wait()
+    if session.fail:
+        raise RuntimeError("database gone")
+    return f"row {row_id}"
+
+
+def _shared() -> SharedEvent:
+    return SharedEvent(Loaders(lambda: AsyncSession()))
+
+
+async def test_subscribers_of_a_class_share_one_read() -> None:
+    shared, session, row_id = _shared(), _Session(), uuid.uuid4()
+    session.gate = asyncio.Event()
+    first = asyncio.create_task(shared.load(_unit(session), Message, row_id, _fetch))
+    second = asyncio.create_task(shared.load(_unit(session), Message, row_id, _fetch))
+    await asyncio.sleep(0)
+    session.gate.set()
+    assert await first == await second == f"row {row_id}"
+    assert session.reads == 1
+    assert await shared.load(_unit(session), Message, row_id, _fetch) == f"row {row_id}"
+    assert session.reads == 1
+
+
+@pytest.mark.parametrize("ending", ["cancelled", "failed"])
+async def test_when_the_first_read_ends_without_a_row_the_others_read_for_themselves(
+    ending: str,
+) -> None:
+    shared, row_id = _shared(), uuid.uuid4()
+    first_session, own = _Session(), _Session()
+    first_session.gate = asyncio.Event()
+    first_session.fail = ending == "failed"
+    first = asyncio.create_task(shared.load(_unit(first_session), Message, row_id, _fetch))
+    await asyncio.sleep(0)
+    waiting = asyncio.create_task(shared.load(_unit(own), Message, row_id, _fetch))
+    await asyncio.sleep(0)
+    if ending == "cancelled":
+        first.cancel()
+    else:
+        first_session.gate.set()
+    results = await asyncio.gather(first, waiting, return_exceptions=True)
+    if ending == "cancelled":
+        assert isinstance(results[0], asyncio.CancelledError)
+    else:
+        assert isinstance(results[0], RuntimeError)  # its own retry failed as well
+    assert results[1] == f"row {row_id}"
+    assert own.reads == 1
+    # and a later subscriber reads again too (nothing failed is kept)
+    later = _Session()
+    assert await shared.load(_unit(later), Message, row_id, _fetch) == f"row {row_id}"
+    assert later.reads == 1
