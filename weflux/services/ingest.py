@@ -591,7 +591,7 @@ async def _ingest_messages(
                 contact.opted_out = change
                 contact.opted_out_at = now if change else None
                 contact.changed = True
-    await _write(session, connection, org_id, contacts.values(), touched.values(), added, now)
+    await _write(session, connection, org_id, contacts.values(), conversations.values(), added, now)
     if media_files:
         await session.exec(_INSERT_MEDIA_FILES, params=media_files)
     await reactions.set_reactions(session, broker, org_id, reacted)
@@ -636,7 +636,7 @@ async def _write(
     if changed_contacts:
         await connection.execute(_UPDATE_CONTACTS, [row | scope for row in changed_contacts])
     fresh = [t for t in threads if t.new]
-    known = sorted((t for t in threads if not t.new), key=lambda t: t.id)
+    known = sorted((t for t in threads if not t.new and t.added), key=lambda t: t.id)
     sqlite = connection.dialect.name != "postgresql"
     positions = iter(
         await reserve_feed_positions(connection, org_id, len(fresh) + len(known) + len(messages))
