@@ -165,6 +165,7 @@ async def test_one_event_of_several_senders_and_messages(
     assert sorted(c.unread_count for c in conversations) == [1, 2]
     assert len(messages) == 3
     positions = sorted([c.update_seq for c in conversations] + [m.update_seq for m in messages])
-    assert len(set(positions)) == 5 and positions[0] > highest
+    assert len(set(positions)) == 5
+    assert positions[0] > highest
     if dialect == "sqlite":
         assert positions == [highest + n for n in range(1, 6)]
