@@ -42,12 +42,13 @@ from sqlalchemy import (
     or_,
     select,
     text,
+    true,
     union_all,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import Select, visitors
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
@@ -531,22 +532,42 @@ def _allocate(connection: Connection, target: Any) -> None:
     target.update_seq = allocated[target.org_id]
 
 
+FEED_HIGHEST = "feed_highest"
+
+
+def with_feed_highest(statement: Select[Any]) -> Select[Any]:
+    """SQLite: `statement`'s rows, each with the workspace's highest feed position as
+    column `feed_highest` (one row of NULLs and the position when it finds none; the
+    workspace is the `feed_org` parameter): the SELECT of `reserve_feed_positions` folded
+    into a read the transaction makes anyway."""
+    found = statement.subquery("found")
+    highest = _HIGHEST_POSITION_OF.subquery("feed")
+    return select(highest.c[0].label(FEED_HIGHEST), found).select_from(
+        highest.outerjoin(found, true())
+    )
+
+
 async def reserve_feed_positions(
-    connection: AsyncConnection, org_id: uuid.UUID, count: int
+    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
 ) -> range:
     """`count` new positions of the workspace's change feed, in order, for conversation
     and message rows written with Core statements (a message's `created_seq` is its
-    `update_seq`): on SQLite read as the flush reads them (`_HIGHEST_POSITION_OF`, one
-    SELECT; the transaction holds the write lock from its start, BEGIN IMMEDIATE), and
-    continuing a flush's allocation if one is under way; on PostgreSQL none (empty: the
-    trigger assigns them in the INSERT or UPDATE)."""
+    `update_seq`).
+
+    SQLite: as the flush takes them, above the workspace's highest position, continuing
+    a flush's allocation if one is under way; else above `highest` when the transaction
+    has read it already (`with_feed_highest`), else read now (`_HIGHEST_POSITION_OF`). A
+    writing transaction holds SQLite's write lock from its start (BEGIN IMMEDIATE), so
+    nobody takes positions meanwhile. PostgreSQL: none (empty: the trigger assigns them
+    in the INSERT or UPDATE).
+    """
     if count <= 0 or connection.dialect.name == "postgresql":
         return range(0)
     allocated: dict[uuid.UUID, int] = connection.sync_connection.info.get(_FEED_NEXT, {})  # type: ignore[union-attr]
     if org_id in allocated:
         highest = allocated[org_id]
         allocated[org_id] = highest + count
-    else:
+    elif highest is None:
         result = await connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id})
         highest = int(result.scalar_one())
     return range(highest + 1, highest + count + 1)

@@ -42,6 +42,7 @@ from weflux.auth.scoping import (
     core_scope_params,
     reserve_feed_positions,
     use_workspace,
+    with_feed_highest,
 )
 from weflux.config import Settings
 from weflux.db import Database
@@ -245,6 +246,8 @@ _SENDERS = (
         ),
     )
 )
+# SQLite: the same, with the workspace's highest feed position (one statement fewer).
+_SENDERS_AND_FEED = with_feed_highest(_SENDERS)
 _INSERT_CONTACTS = insert(_CONTACTS)
 _INSERT_CONVERSATIONS = insert(_CONVERSATIONS)
 _INSERT_MESSAGES = insert(_MESSAGES)
@@ -343,18 +346,30 @@ class _Thread:
 
 
 async def _senders(
-    connection: AsyncConnection, scope: dict[str, Any], messages: Sequence[InboundMessage]
-) -> tuple[list[_Sender], list[_Thread]]:
-    """The stored senders (by `user_id` or `wa_id`) and their conversations."""
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    scope: dict[str, Any],
+    messages: Sequence[InboundMessage],
+) -> tuple[list[_Sender], list[_Thread], int | None]:
+    """The stored senders (by `user_id` or `wa_id`), their conversations and, on SQLite,
+    the workspace's highest feed position."""
     keys = {_contact_key(m) for m in messages}
-    user_ids = [u for u, _ in keys if u]
-    wa_ids = [w for _, w in keys if w]
-    rows = (
-        await connection.execute(_SENDERS, {"user_ids": user_ids, "wa_ids": wa_ids, **scope})
-    ).all()
+    params = {
+        "user_ids": [u for u, _ in keys if u],
+        "wa_ids": [w for _, w in keys if w],
+        **scope,
+    }
+    highest: int | None = None
+    if connection.dialect.name == "postgresql":
+        rows = (await connection.execute(_SENDERS, params)).all()
+    else:
+        rows = (await connection.execute(_SENDERS_AND_FEED, params | {"feed_org": org_id})).all()
+        highest = int(rows[0].feed_highest)
     contacts: dict[uuid.UUID, _Sender] = {}
     threads: list[_Thread] = []
     for row in rows:
+        if row.id is None:
+            continue  # SQLite's one row of the feed position alone
         if row.id not in contacts:
             contacts[row.id] = _Sender(
                 id=row.id,
@@ -380,7 +395,7 @@ async def _senders(
                     last_inbound_at=row.last_inbound_at,
                 )
             )
-    return list(contacts.values()), threads
+    return list(contacts.values()), threads, highest
 
 
 def _contacts(
@@ -529,7 +544,9 @@ async def _ingest_messages(
     connection = await session.connection()
     scope = core_scope_params(session)
     now = utcnow()
-    senders, their_conversations = await _senders(connection, scope, [m for m, _ in fresh])
+    senders, their_conversations, highest = await _senders(
+        connection, org_id, scope, [m for m, _ in fresh]
+    )
     contacts = _contacts([m for m, _ in fresh], senders, now)
     pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
     conversations = _conversations(pairs, their_conversations)
@@ -591,7 +608,9 @@ async def _ingest_messages(
                 contact.opted_out = change
                 contact.opted_out_at = now if change else None
                 contact.changed = True
-    await _write(session, connection, org_id, contacts.values(), conversations.values(), added, now)
+    await _write(
+        session, connection, org_id, contacts.values(), conversations.values(), added, now, highest
+    )
     if media_files:
         await session.exec(_INSERT_MEDIA_FILES, params=media_files)
     await reactions.set_reactions(session, broker, org_id, reacted)
@@ -618,6 +637,7 @@ async def _write(
     threads: Iterable[_Thread],
     messages: list[dict[str, Any]],
     now: datetime,
+    highest: int | None,
 ) -> None:
     """The senders, conversations and messages, in the order (and, on SQLite, with the
     feed positions) of the flush they replace: a statement per kind of change, whatever
@@ -639,7 +659,9 @@ async def _write(
     known = sorted((t for t in threads if not t.new and t.added), key=lambda t: t.id)
     sqlite = connection.dialect.name != "postgresql"
     positions = iter(
-        await reserve_feed_positions(connection, org_id, len(fresh) + len(known) + len(messages))
+        await reserve_feed_positions(
+            connection, org_id, len(fresh) + len(known) + len(messages), highest
+        )
     )
     if fresh:
         rows: list[dict[str, Any]] = [
