@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import delete, insert, update
+from sqlalchemy import Table, delete, insert, update
+from sqlalchemy import insert as sa_insert
+from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from tests.fixtures.factories import Actor, create_membership, create_user
-from weflux.auth.scoping import TenantScopeError, use_workspace
+from tests.fixtures.factories import Actor, create_contact, create_membership, create_user
+from weflux.auth.scoping import (
+    TenantScopeError,
+    core_scope,
+    core_scope_params,
+    restrict_to_agent,
+    use_workspace,
+)
 from weflux.db import Database
-from weflux.models import AuditEvent, Membership, Organization, Role, User
+from weflux.models import (
+    AuditEvent,
+    Contact,
+    Membership,
+    Organization,
+    Role,
+    User,
+    new_id,
+    utcnow,
+)
 
 
 async def test_get_by_primary_key_of_another_workspace_returns_nothing(
@@ -166,3 +183,65 @@ async def test_use_workspace_narrows_an_open_transaction(
         assert membership.org_id == other_admin.org_id
         visible = {m.id for m in (await session.exec(select(Membership))).all()}
     assert visible == {other_admin.membership.id, membership.id}
+
+
+async def test_a_core_select_through_the_session_is_refused(db: Database, admin: Actor) -> None:
+    """Given a session of a workspace,
+    when a statement of Core tables (which the ORM criteria would not reach) reads or
+    writes a workspace-owned table through it,
+    then it is refused before it runs."""
+    memberships: Table = Membership.__table__  # type: ignore[attr-defined]
+    async with db.session(admin.org_id) as session:
+        with pytest.raises(TenantScopeError, match="Core statement on memberships"):
+            await session.execute(sa_select(memberships.c.id))
+        with pytest.raises(TenantScopeError, match="Core statement"):
+            await session.execute(memberships.update().values(role=Role.AGENT))
+
+
+async def test_core_scope_confines_to_the_workspace_and_hides_erased_contacts(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    """Given contacts in two workspaces, one of them erased,
+    when a Core select with `core_scope` runs on the session's connection,
+    then it sees only the workspace's contacts that are not erased."""
+    contacts: Table = Contact.__table__  # type: ignore[attr-defined]
+    async with db.session(other_admin.org_id) as session:
+        await create_contact(session)
+    async with db.session(admin.org_id) as session:
+        kept = await create_contact(session)
+        await create_contact(session, erased_at=utcnow())
+    async with db.session(admin.org_id) as session:
+        connection = await session.connection()
+        statement = sa_select(contacts.c.id).where(core_scope(contacts))
+        seen = (await connection.execute(statement, core_scope_params(session))).scalars().all()
+    assert seen == [kept.id]
+
+
+async def test_core_scope_params_fail_closed(db: Database, admin: Actor, agent: Actor) -> None:
+    """Without a workspace, or for an Agent (whose restriction only the ORM applies), a
+    Core statement gets no parameters."""
+    async with db.session() as session:
+        with pytest.raises(TenantScopeError, match="no workspace"):
+            core_scope_params(session)
+    async with db.session(admin.org_id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        with pytest.raises(TenantScopeError, match="Agent"):
+            core_scope_params(session)
+
+
+async def test_a_core_insert_is_checked_and_filled(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    """Given rows for a Core INSERT through the session,
+    then a row without a workspace gets the session's and one of another is refused."""
+    contacts: Table = Contact.__table__  # type: ignore[attr-defined]
+    async with db.session(admin.org_id) as session:
+        await session.exec(sa_insert(contacts), params=[{"id": new_id(), "wa_id": "4930111"}])
+        (row,) = (await session.exec(select(Contact))).all()
+    assert row.org_id == admin.org_id
+    with pytest.raises(TenantScopeError, match="another workspace"):
+        async with db.session(admin.org_id) as session:
+            await session.exec(
+                sa_insert(contacts),
+                params=[{"id": new_id(), "wa_id": "4930222", "org_id": other_admin.org_id}],
+            )

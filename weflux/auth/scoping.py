@@ -31,11 +31,24 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Table, bindparam, event, func, inspect, or_, select, text, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Table,
+    and_,
+    bindparam,
+    event,
+    func,
+    inspect,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
-from sqlalchemy.sql import visitors
+from sqlalchemy.sql import Select, visitors
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
@@ -317,6 +330,15 @@ def _scope_statement(state: ORMExecuteState) -> Any:
         raise TenantScopeError(f"no workspace set for a statement on {names}")
     if state.is_insert:
         return _checked_insert(state, org_id, workspace_tables)
+    if not state.is_orm_statement:
+        # The loader criteria below would not reach a statement of Core tables (nothing
+        # would confine it): such a statement takes `core_scope` and runs on the
+        # session's connection.
+        names = ", ".join(sorted(set(touched)))
+        raise TenantScopeError(
+            f"a Core statement on {names} through the session is not scoped: "
+            "give it weflux.auth.scoping.core_scope and run it on the session's connection"
+        )
     if state.is_select or state.is_update or state.is_delete:
         options = _criteria(
             org_id,
@@ -350,6 +372,46 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
     return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
+
+
+# -- Core statements -----------------------------------------------------------------------
+# The webhook's hot path writes and reads with Core statements built once (no ORM instance,
+# no unit of work: weflux.services.ingest). Their workspace conditions come from here, the
+# workspace a bound parameter filled from the session's scope by `core_scope_params`.
+SCOPE_ORG = "scope_org"
+
+
+def core_scope(table: Table) -> ColumnElement[bool]:
+    """What confines a Core statement on a workspace-owned `table` (in its WHERE, or in
+    the ON of an outer join to it), as the ORM criteria confine ORM statements: its
+    workspace and the erasure tombstone. No Agent restriction (`core_scope_params`
+    refuses an Agent's session)."""
+    column = _workspace_tables()[table.name]
+    conversations: Table = Conversation.__table__  # type: ignore[attr-defined]
+    org = bindparam(SCOPE_ORG, type_=conversations.c.org_id.type)
+    condition: ColumnElement[bool] = table.c[column] == org
+    model = _models_by_table()[table.name]
+    if model in (Contact, Conversation):
+        condition = and_(condition, table.c.erased_at.is_(None))
+    elif model in (Message, Note, ConversationLabel, MessageReaction):
+        erased = select(conversations.c.id).where(
+            conversations.c.org_id == org, conversations.c.erased_at.is_not(None)
+        )
+        condition = and_(condition, table.c.conversation_id.not_in(erased))
+    return condition
+
+
+def core_scope_params(session: Session | AsyncSession) -> dict[str, uuid.UUID]:
+    """The parameters of `core_scope` for `session`'s scope; fails closed without a
+    workspace, across workspaces, past the tombstone or for an Agent (whose restriction
+    only the ORM criteria apply)."""
+    info = _info(session)
+    org_id = current_workspace(session)
+    if org_id is None or info.get(ALL_WORKSPACES_KEY):
+        raise TenantScopeError("no workspace set for a Core statement")
+    if info.get(AGENT_KEY) is not None or info.get(SEE_ERASED_KEY):
+        raise TenantScopeError("Core statements apply no Agent restriction or erasure view")
+    return {SCOPE_ORG: org_id}
 
 
 @event.listens_for(ScopedSession, "before_flush")
@@ -468,6 +530,47 @@ def _allocate(connection: Connection, target: Any) -> None:
         )
     allocated[target.org_id] += 1
     target.update_seq = allocated[target.org_id]
+
+
+FEED_HIGHEST = "feed_highest"
+
+
+def with_feed_highest(statement: Select[Any]) -> Select[Any]:
+    """SQLite: `statement`'s rows, each with the workspace's highest feed position as
+    column `feed_highest` (one row of NULLs and the position when it finds none; the
+    workspace is the `feed_org` parameter): the SELECT of `reserve_feed_positions` folded
+    into a read the transaction makes anyway."""
+    found = statement.subquery("found")
+    highest = _HIGHEST_POSITION_OF.subquery("feed")
+    return select(highest.c[0].label(FEED_HIGHEST), found).select_from(
+        highest.outerjoin(found, true())
+    )
+
+
+async def reserve_feed_positions(
+    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
+) -> range:
+    """`count` new positions of the workspace's change feed, in order, for conversation
+    and message rows written with Core statements (a message's `created_seq` is its
+    `update_seq`).
+
+    SQLite: as the flush takes them, above the workspace's highest position, continuing
+    a flush's allocation if one is under way; else above `highest` when the transaction
+    has read it already (`with_feed_highest`), else read now (`_HIGHEST_POSITION_OF`). A
+    writing transaction holds SQLite's write lock from its start (BEGIN IMMEDIATE), so
+    nobody takes positions meanwhile. PostgreSQL: none (empty: the trigger assigns them
+    in the INSERT or UPDATE).
+    """
+    if count <= 0 or connection.dialect.name == "postgresql":
+        return range(0)
+    allocated: dict[uuid.UUID, int] = connection.sync_connection.info.get(_FEED_NEXT, {})  # type: ignore[union-attr]
+    if org_id in allocated:
+        highest = allocated[org_id]
+        allocated[org_id] = highest + count
+    elif highest is None:
+        result = await connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id})
+        highest = int(result.scalar_one())
+    return range(highest + 1, highest + count + 1)
 
 
 def _take_position(mapper: Any, connection: Connection, target: Any) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Any
+from typing import Any, Protocol
 
 import phonenumbers
 from sqlalchemy import and_, or_
@@ -66,7 +66,16 @@ def name_by_team(contact: Contact, name: str | None) -> None:
     contact.name = name if name is not None else contact.profile_name
 
 
-def record_profile_name(contact: Contact, profile_name: str) -> bool:
+class NamedContact(Protocol):
+    """What the name rules read and write: a Contact row, or the webhook's plain copy of
+    one (weflux.services.ingest)."""
+
+    name: str | None
+    profile_name: str | None
+    name_set_by_team: bool
+
+
+def record_profile_name(contact: NamedContact, profile_name: str) -> bool:
     """Keep the latest WhatsApp profile name (never over the team's); whether it changed."""
     latest = profile_name[:MAX_NAME]
     if contact.profile_name == latest:

@@ -27,14 +27,23 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, insert, or_
+from sqlalchemy import Table, and_, bindparam, case, insert, or_, select
+from sqlalchemy import update as update_of
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col
+from sqlmodel import select as sqlmodel_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
 from weflux.auth.crossings import Route
-from weflux.auth.scoping import use_workspace
+from weflux.auth.scoping import (
+    core_scope,
+    core_scope_params,
+    reserve_feed_positions,
+    use_workspace,
+    with_feed_highest,
+)
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.media.kinds import MEDIA_KINDS, normal_mime_type
@@ -185,43 +194,217 @@ def _contact_key(message: InboundMessage) -> tuple[str | None, str | None]:
     return user_id, wa_id
 
 
-# Built once (the ids are expanding parameters), so each webhook reuses its compiled form.
+_CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[attr-defined]
+_MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
+_MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
+
+# Inbound messages are written with Core statements built once (their compiled forms are
+# reused): no ORM instance, no unit of work (issue 11). Reads and updates are confined by
+# `core_scope` and run on the session's connection; INSERTs go through the session, whose
+# scoping hook checks (and fills) each row's workspace. On SQLite the conversations and
+# messages take their feed positions as a flush would (`reserve_feed_positions`), on
+# PostgreSQL the trigger sets them. Nothing listens to ORM events of these models
+# (`grep -rn listens_for weflux/`: the feed hooks of weflux.auth.scoping, replaced here,
+# and the channel cache, which hears only `whatsapp_accounts`).
+
+# The stored senders (by `user_id` or `wa_id`) and their conversations, in one statement:
+# a contact with two numbers' conversations comes twice.
 _SENDERS = (
-    select(Contact, Conversation)
-    .outerjoin(Conversation, col(Conversation.contact_id) == col(Contact.id))
-    .where(
-        or_(
-            col(Contact.user_id).in_(bindparam("user_ids", expanding=True)),
-            col(Contact.wa_id).in_(bindparam("wa_ids", expanding=True)),
+    select(
+        _CONTACTS.c.id,
+        _CONTACTS.c.user_id,
+        _CONTACTS.c.wa_id,
+        _CONTACTS.c.username,
+        _CONTACTS.c.name,
+        _CONTACTS.c.profile_name,
+        _CONTACTS.c.name_set_by_team,
+        _CONTACTS.c.phone_number,
+        _CONTACTS.c.opted_out,
+        _CONTACTS.c.opted_out_at,
+        _CONTACTS.c.updated_at,
+        _CONVERSATIONS.c.id.label("conversation_id"),
+        _CONVERSATIONS.c.account_id,
+        _CONVERSATIONS.c.last_message_id,
+        _CONVERSATIONS.c.last_message_at,
+        _CONVERSATIONS.c.last_inbound_at,
+    )
+    .select_from(
+        _CONTACTS.outerjoin(
+            _CONVERSATIONS,
+            and_(
+                _CONVERSATIONS.c.contact_id == _CONTACTS.c.id,
+                core_scope(_CONVERSATIONS),
+            ),
         )
+    )
+    .where(
+        core_scope(_CONTACTS),
+        or_(
+            _CONTACTS.c.user_id.in_(bindparam("user_ids", expanding=True)),
+            _CONTACTS.c.wa_id.in_(bindparam("wa_ids", expanding=True)),
+        ),
+    )
+)
+# SQLite: the same, with the workspace's highest feed position (one statement fewer).
+_SENDERS_AND_FEED = with_feed_highest(_SENDERS)
+_INSERT_CONTACTS = insert(_CONTACTS)
+_INSERT_CONVERSATIONS = insert(_CONVERSATIONS)
+_INSERT_MESSAGES = insert(_MESSAGES)
+_INSERT_MEDIA_FILES = insert(_MEDIA_FILES)
+_UPDATE_CONTACTS = (
+    update_of(_CONTACTS)
+    .where(_CONTACTS.c.id == bindparam("contact"), core_scope(_CONTACTS))
+    .values(
+        {
+            column: bindparam(column)
+            for column in (
+                "user_id",
+                "wa_id",
+                "username",
+                "name",
+                "profile_name",
+                "phone_number",
+                "opted_out",
+                "opted_out_at",
+                "updated_at",
+            )
+        }
     )
 )
 
 
+def _update_conversations(sqlite: bool) -> Any:
+    """A known conversation's new messages: counted unread, the latest shown, reopened."""
+    status = _CONVERSATIONS.c.status
+    values: dict[str, Any] = {
+        "unread_count": _CONVERSATIONS.c.unread_count + bindparam("added"),
+        "status": case(
+            (status == ConversationStatus.RESOLVED, ConversationStatus.OPEN), else_=status
+        ),
+        "last_message_id": bindparam("last_message_id"),
+        "last_message_at": bindparam("last_message_at"),
+        "last_inbound_at": bindparam("last_inbound_at"),
+        "updated_at": bindparam("updated_at"),
+    }
+    if sqlite:
+        values["update_seq"] = bindparam("position")
+    return (
+        update_of(_CONVERSATIONS)
+        .where(_CONVERSATIONS.c.id == bindparam("conversation"), core_scope(_CONVERSATIONS))
+        .values(values)
+    )
+
+
+_UPDATE_CONVERSATIONS = {sqlite: _update_conversations(sqlite) for sqlite in (True, False)}
+
+
+@dataclass(slots=True)
+class _Sender:
+    """A contact as the webhook reads and writes it (a plain copy: no ORM instance)."""
+
+    id: uuid.UUID
+    user_id: str | None
+    wa_id: str | None
+    username: str | None = None
+    name: str | None = None
+    profile_name: str | None = None
+    name_set_by_team: bool = False
+    phone_number: str | None = None
+    opted_out: bool = False
+    opted_out_at: datetime | None = None
+    updated_at: datetime | None = None
+    new: bool = False
+    changed: bool = False
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "user_id": self.user_id,
+            "wa_id": self.wa_id,
+            "username": self.username,
+            "name": self.name,
+            "profile_name": self.profile_name,
+            "phone_number": self.phone_number,
+            "opted_out": self.opted_out,
+            "opted_out_at": self.opted_out_at,
+            "updated_at": self.updated_at,
+        }
+
+
+@dataclass(slots=True)
+class _Thread:
+    """A conversation as the webhook reads and writes it."""
+
+    id: uuid.UUID
+    contact_id: uuid.UUID
+    account_id: uuid.UUID
+    last_message_id: uuid.UUID | None = None
+    last_message_at: datetime | None = None
+    last_inbound_at: datetime | None = None
+    new: bool = False
+    added: int = 0
+
+
 async def _senders(
-    session: AsyncSession, messages: Sequence[InboundMessage]
-) -> tuple[list[Contact], list[Conversation]]:
-    """The stored senders (by `user_id` or `wa_id`) and their conversations, in one
-    statement: a contact with two numbers' conversations comes twice."""
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    scope: dict[str, Any],
+    messages: Sequence[InboundMessage],
+) -> tuple[list[_Sender], list[_Thread], int | None]:
+    """The stored senders (by `user_id` or `wa_id`), their conversations and, on SQLite,
+    the workspace's highest feed position."""
     keys = {_contact_key(m) for m in messages}
-    user_ids = [u for u, _ in keys if u]
-    wa_ids = [w for _, w in keys if w]
-    rows = (await session.exec(_SENDERS, params={"user_ids": user_ids, "wa_ids": wa_ids})).all()
-    contacts = {contact.id: contact for contact, _ in rows}
-    return list(contacts.values()), [c for _, c in rows if c is not None]
+    params = {
+        "user_ids": [u for u, _ in keys if u],
+        "wa_ids": [w for _, w in keys if w],
+        **scope,
+    }
+    highest: int | None = None
+    if connection.dialect.name == "postgresql":
+        rows = (await connection.execute(_SENDERS, params)).all()
+    else:
+        rows = (await connection.execute(_SENDERS_AND_FEED, params | {"feed_org": org_id})).all()
+        highest = int(rows[0].feed_highest)
+    contacts: dict[uuid.UUID, _Sender] = {}
+    threads: list[_Thread] = []
+    for row in rows:
+        if row.id is None:
+            continue  # SQLite's one row of the feed position alone
+        if row.id not in contacts:
+            contacts[row.id] = _Sender(
+                id=row.id,
+                user_id=row.user_id,
+                wa_id=row.wa_id,
+                username=row.username,
+                name=row.name,
+                profile_name=row.profile_name,
+                name_set_by_team=row.name_set_by_team,
+                phone_number=row.phone_number,
+                opted_out=row.opted_out,
+                opted_out_at=row.opted_out_at,
+                updated_at=row.updated_at,
+            )
+        if row.conversation_id is not None:
+            threads.append(
+                _Thread(
+                    id=row.conversation_id,
+                    contact_id=row.id,
+                    account_id=row.account_id,
+                    last_message_id=row.last_message_id,
+                    last_message_at=row.last_message_at,
+                    last_inbound_at=row.last_inbound_at,
+                )
+            )
+    return list(contacts.values()), threads, highest
 
 
 def _contacts(
-    session: AsyncSession,
-    org_id: uuid.UUID,
-    messages: Sequence[InboundMessage],
-    existing: Sequence[Contact],
-) -> dict[tuple[str | None, str | None], Contact]:
+    messages: Sequence[InboundMessage], existing: Sequence[_Sender], now: datetime
+) -> dict[tuple[str | None, str | None], _Sender]:
     """Find or create the senders: by `user_id` when known, else by `wa_id`."""
     by_user = {c.user_id: c for c in existing if c.user_id}
     by_wa = {c.wa_id: c for c in existing if c.wa_id}
-    found: dict[tuple[str | None, str | None], Contact] = {}
-    now = utcnow()
+    found: dict[tuple[str | None, str | None], _Sender] = {}
     for message in messages:
         key = _contact_key(message)
         if key in found:
@@ -232,13 +415,14 @@ def _contacts(
                 by_wa.get(wa_id) if wa_id else None
             )
             if contact_or_none is None:
-                contact_or_none = Contact(
-                    org_id=org_id,
+                contact_or_none = _Sender(
+                    id=new_id(),
                     user_id=user_id,
                     wa_id=wa_id,
                     phone_number=f"+{wa_id}" if wa_id else None,
+                    updated_at=now,
+                    new=True,
                 )
-                session.add(contact_or_none)
                 if user_id:
                     by_user[user_id] = contact_or_none
                 if wa_id:
@@ -249,6 +433,7 @@ def _contacts(
         profile_name = profile.name if profile else None
         if profile_name and record_profile_name(contact, profile_name):
             contact.updated_at = now
+            contact.changed = True
         username = message.from_username or (profile.username if profile else None)
         for attribute, value in (
             ("username", username),
@@ -258,45 +443,48 @@ def _contacts(
             if value and getattr(contact, attribute) != value:
                 setattr(contact, attribute, value)
                 contact.updated_at = now
+                contact.changed = True
         if contact.wa_id and not contact.phone_number:
             contact.phone_number = f"+{contact.wa_id}"
+            contact.changed = True
     return found
 
 
 def _conversations(
-    session: AsyncSession,
-    org_id: uuid.UUID,
-    pairs: set[tuple[uuid.UUID, uuid.UUID]],
-    existing: Sequence[Conversation],
-) -> dict[tuple[uuid.UUID, uuid.UUID], Conversation]:
+    pairs: Iterable[tuple[uuid.UUID, uuid.UUID]], existing: Sequence[_Thread]
+) -> dict[tuple[uuid.UUID, uuid.UUID], _Thread]:
     """One conversation per contact x number; found (`_senders`) or created."""
     found = {(c.contact_id, c.account_id): c for c in existing}
     for contact_id, account_id in pairs:
         if (contact_id, account_id) not in found:
-            conversation = Conversation(org_id=org_id, contact_id=contact_id, account_id=account_id)
-            session.add(conversation)
-            found[(contact_id, account_id)] = conversation
+            found[(contact_id, account_id)] = _Thread(
+                id=new_id(), contact_id=contact_id, account_id=account_id, new=True
+            )
     return found
 
 
-def _media_file(org_id: uuid.UUID, row: Message, message: InboundMessage) -> MediaFile | None:
+def _media_file(
+    org_id: uuid.UUID, message_id: uuid.UUID, message: InboundMessage, now: datetime
+) -> dict[str, Any] | None:
     """The download job of a media message's file (weflux.media.download): due at once."""
     media = message.media
     if media is None or media.id is None or message.type not in MEDIA_KINDS:
         return None
-    return MediaFile(
-        org_id=org_id,
-        origin=MediaOrigin.INBOUND,
-        message_id=row.id,
-        kind=message.type,
-        wa_media_id=media.id,
-        mime_type=normal_mime_type(media.mime_type),
-        sha256=media.sha256,
-        caption=media.caption,
-        filename=media.filename,
-        status=MediaStatus.PENDING,
-        next_attempt_at=utcnow(),
-    )
+    return {
+        "id": new_id(),
+        "org_id": org_id,
+        "origin": MediaOrigin.INBOUND,
+        "message_id": message_id,
+        "kind": message.type,
+        "wa_media_id": media.id,
+        "mime_type": normal_mime_type(media.mime_type),
+        "sha256": media.sha256,
+        "caption": media.caption,
+        "filename": media.filename,
+        "status": MediaStatus.PENDING,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
 
 
 def _media(message: InboundMessage) -> dict[str, Any] | None:
@@ -344,7 +532,7 @@ async def _ingest_messages(
         known = set(
             (
                 await session.exec(
-                    select(Message.wa_message_id).where(
+                    sqlmodel_select(Message.wa_message_id).where(
                         col(Message.wa_message_id).in_(list(unique))
                     )
                 )
@@ -353,14 +541,19 @@ async def _ingest_messages(
     fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
     if not fresh:
         return
-    senders, their_conversations = await _senders(session, [m for m, _ in fresh])
-    contacts = _contacts(session, org_id, [m for m, _ in fresh], senders)
-    pairs = {(contacts[_contact_key(m)].id, a.account_id) for m, a in fresh}
-    conversations = _conversations(session, org_id, pairs, their_conversations)
-    touched: dict[uuid.UUID, Conversation] = {}
-    added: list[Message] = []
+    connection = await session.connection()
+    scope = core_scope_params(session)
+    now = utcnow()
+    senders, their_conversations, highest = await _senders(
+        connection, org_id, scope, [m for m, _ in fresh]
+    )
+    contacts = _contacts([m for m, _ in fresh], senders, now)
+    pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
+    conversations = _conversations(pairs, their_conversations)
+    touched: dict[uuid.UUID, _Thread] = {}
+    added: list[dict[str, Any]] = []
     reacted: list[reactions.ReactionChange] = []
-    media_files: list[MediaFile] = []
+    media_files: list[dict[str, Any]] = []
     for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
         contact = contacts[_contact_key(message)]
         conversation = conversations[(contact.id, account.account_id)]
@@ -378,45 +571,48 @@ async def _ingest_messages(
                     )
                 )
             continue
-        row = Message(
-            org_id=org_id,
-            conversation_id=conversation.id,
-            direction=MessageDirection.INBOUND,
-            type=message.type,
-            text=message.text,
-            media=_media(message),
-            payload=_payload(message),
-            status=MessageStatus.RECEIVED,
-            wa_message_id=message.wa_message_id,
-            reply_to_wa_message_id=message.reply_to_wa_message_id,
-            created_at=message.timestamp,
+        message_id = new_id()
+        media_file = _media_file(org_id, message_id, message, now)
+        added.append(
+            {
+                "id": message_id,
+                "org_id": org_id,
+                "conversation_id": conversation.id,
+                "direction": MessageDirection.INBOUND,
+                "type": message.type,
+                "text": message.text,
+                "media": _media(message),
+                "payload": _payload(message),
+                "status": MessageStatus.RECEIVED,
+                "wa_message_id": message.wa_message_id,
+                "reply_to_wa_message_id": message.reply_to_wa_message_id,
+                "media_file_id": media_file["id"] if media_file is not None else None,
+                "created_at": message.timestamp,
+            }
         )
-        added.append(row)
-        media_file = _media_file(org_id, row, message)
         if media_file is not None:
-            row.media_file_id = media_file.id
             media_files.append(media_file)
         if (
             conversation.last_message_at is None
             or message.timestamp >= conversation.last_message_at
         ):
-            conversation.last_message_id = row.id
+            conversation.last_message_id = message_id
             conversation.last_message_at = message.timestamp
         if conversation.last_inbound_at is None or message.timestamp > conversation.last_inbound_at:
             conversation.last_inbound_at = message.timestamp
-        conversation.unread_count += 1
-        if conversation.status == ConversationStatus.RESOLVED:
-            conversation.status = ConversationStatus.OPEN
-        conversation.updated_at = utcnow()
+        conversation.added += 1
         touched[conversation.id] = conversation
         if message.type == "text":
             change = opt_change(message.text, settings)
             if change is not None and contact.opted_out != change:
                 contact.opted_out = change
-                contact.opted_out_at = utcnow() if change else None
-    session.add_all(added)
-    session.add_all(media_files)
-    await session.flush()
+                contact.opted_out_at = now if change else None
+                contact.changed = True
+    await _write(
+        session, connection, org_id, contacts.values(), conversations.values(), added, now, highest
+    )
+    if media_files:
+        await session.exec(_INSERT_MEDIA_FILES, params=media_files)
     await reactions.set_reactions(session, broker, org_id, reacted)
     for row in added:
         publish_after_commit(
@@ -424,13 +620,92 @@ async def _ingest_messages(
             broker,
             org_id,
             EventName.MESSAGE_ADDED,
-            id=row.id,
-            conversation_id=row.conversation_id,
+            id=row["id"],
+            conversation_id=row["conversation_id"],
         )
     for conversation in touched.values():
         publish_after_commit(
             session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
         )
+
+
+async def _write(
+    session: AsyncSession,
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    senders: Iterable[_Sender],
+    threads: Iterable[_Thread],
+    messages: list[dict[str, Any]],
+    now: datetime,
+    highest: int | None,
+) -> None:
+    """The senders, conversations and messages, in the order (and, on SQLite, with the
+    feed positions) of the flush they replace: a statement per kind of change, whatever
+    the number of rows. INSERTs through the session (their workspace checked), UPDATEs
+    on its connection with `core_scope`."""
+    distinct = {sender.id: sender for sender in senders}.values()
+    new_contacts = [
+        {"id": c.id, "org_id": org_id, **c.row(), "name_set_by_team": False, "created_at": now}
+        for c in distinct
+        if c.new
+    ]
+    changed_contacts = [{"contact": c.id, **c.row()} for c in distinct if c.changed and not c.new]
+    scope = core_scope_params(session)
+    if new_contacts:
+        await session.exec(_INSERT_CONTACTS, params=new_contacts)
+    if changed_contacts:
+        await connection.execute(_UPDATE_CONTACTS, [row | scope for row in changed_contacts])
+    fresh = [t for t in threads if t.new]
+    known = sorted((t for t in threads if not t.new and t.added), key=lambda t: t.id)
+    sqlite = connection.dialect.name != "postgresql"
+    positions = iter(
+        await reserve_feed_positions(
+            connection, org_id, len(fresh) + len(known) + len(messages), highest
+        )
+    )
+    if fresh:
+        rows: list[dict[str, Any]] = [
+            {
+                "id": t.id,
+                "org_id": org_id,
+                "contact_id": t.contact_id,
+                "account_id": t.account_id,
+                "status": ConversationStatus.OPEN,
+                "unread_count": t.added,
+                "last_message_id": t.last_message_id,
+                "last_message_at": t.last_message_at,
+                "last_inbound_at": t.last_inbound_at,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for t in fresh
+        ]
+        if sqlite:
+            for row in rows:
+                row["update_seq"] = next(positions)
+        await session.exec(_INSERT_CONVERSATIONS, params=rows)
+    if known:
+        updates: list[dict[str, Any]] = [
+            {
+                "conversation": t.id,
+                "added": t.added,
+                "last_message_id": t.last_message_id,
+                "last_message_at": t.last_message_at,
+                "last_inbound_at": t.last_inbound_at,
+                "updated_at": now,
+                **scope,
+            }
+            for t in known
+        ]
+        if sqlite:
+            for row in updates:
+                row["position"] = next(positions)
+        await connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
+    if messages:
+        if sqlite:
+            for row in messages:
+                row["update_seq"] = row["created_seq"] = next(positions)
+        await session.exec(_INSERT_MESSAGES, params=messages)
 
 
 def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
@@ -448,7 +723,7 @@ async def _apply_statuses(
     callback_ids = {cid for s in statuses if (cid := _callback_id(s)) is not None}
     rows = (
         await session.exec(
-            select(Message).where(
+            sqlmodel_select(Message).where(
                 Message.direction == MessageDirection.OUTBOUND,
                 or_(col(Message.wa_message_id).in_(wamids), col(Message.id).in_(callback_ids)),
             )
@@ -501,7 +776,9 @@ async def _account_changes(
     loaded = {
         a.id: a
         for a in (
-            await session.exec(select(WhatsAppAccount).where(col(WhatsAppAccount.id).in_(ids)))
+            await session.exec(
+                sqlmodel_select(WhatsAppAccount).where(col(WhatsAppAccount.id).in_(ids))
+            )
         ).all()
     }
     for quality, routes in share.quality:
@@ -606,7 +883,7 @@ async def process_event(
             session.sync_session.info[_OPTIMISTIC_KEY] = optimistic and not force
             event = (
                 await session.exec(
-                    select(WebhookEvent)
+                    sqlmodel_select(WebhookEvent)
                     .where(WebhookEvent.id == event_id)
                     .with_for_update(skip_locked=True)
                 )

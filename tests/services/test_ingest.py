@@ -1,0 +1,171 @@
+"""Inbound messages written with Core statements (weflux.services.ingest): what the ORM's
+unit of work did before, each pinned: feed positions, a known conversation's counters and
+status, the sender's contact, multi-message events."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from tests.fixtures import webhooks as wh
+from tests.fixtures.inbound import post_body, receive
+from weflux.db import Database
+from weflux.models import (
+    Contact,
+    Conversation,
+    ConversationRemoval,
+    ConversationStatus,
+    Message,
+    WhatsAppAccount,
+    utcnow,
+)
+
+
+async def _highest(db: Database, org_id: uuid.UUID) -> int:
+    """The workspace's highest change-feed position."""
+    async with db.session(org_id) as session:
+        highest = 0
+        for model in (Conversation, Message, ConversationRemoval):
+            found = (await session.exec(select(func.max(col(model.update_seq))))).one()
+            highest = max(highest, found or 0)
+    return highest
+
+
+async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
+    async with db.session(org_id) as session:
+        conversation = (await session.exec(select(Conversation))).one()
+        messages = (await session.exec(select(Message).order_by(col(Message.update_seq)))).all()
+    return conversation, list(messages)
+
+
+def _text(wamid: str, body: str, at: int) -> dict[str, Any]:
+    return wh.text_message(wamid, body=body, timestamp=at)
+
+
+async def test_rows_take_feed_positions_as_the_flush_did(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount, dialect: str
+) -> None:
+    """Given a workspace whose feed is at position h,
+    when a new sender writes, the team then changes the conversation (an ORM flush), and
+    the sender writes again,
+    then the conversation and message take the next positions in that order (on SQLite
+    exactly h+1, h+2, then h+3 for the team's change, h+4 and h+5: no position reused),
+    and each message's created_seq is its update_seq."""
+    org_id = number.org_id
+    highest = await _highest(db, org_id)
+    now = int(utcnow().timestamp())
+    await receive(client, number, _text("wamid.feed-1", "first", now))
+    conversation, (first,) = await _state(db, org_id)
+    assert highest < conversation.update_seq < first.update_seq == first.created_seq
+    async with db.session(org_id) as session:
+        row = (await session.exec(select(Conversation))).one()
+        row.status = ConversationStatus.PENDING
+    changed, _ = await _state(db, org_id)
+    assert changed.update_seq > first.update_seq
+    await receive(client, number, _text("wamid.feed-2", "second", now + 1))
+    again, (_, second) = await _state(db, org_id)
+    assert changed.update_seq < again.update_seq < second.update_seq == second.created_seq
+    if dialect == "sqlite":
+        positions = [
+            conversation.update_seq,
+            first.update_seq,
+            changed.update_seq,
+            again.update_seq,
+            second.update_seq,
+        ]
+        assert positions == [highest + n for n in range(1, 6)]
+
+
+async def test_a_known_conversation_counts_shows_the_latest_and_reopens_only_resolved(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given a conversation with one message,
+    when a newer message comes, then an older one delivered late,
+    then both count as unread, the newer stays the last message, the last inbound time is
+    the newest, a PENDING conversation stays PENDING and a RESOLVED one is reopened."""
+    org_id = number.org_id
+    now = int(utcnow().timestamp())
+    await receive(client, number, _text("wamid.k-1", "one", now))
+    before, _ = await _state(db, org_id)
+    async with db.session(org_id) as session:
+        (await session.exec(select(Conversation))).one().status = ConversationStatus.PENDING
+    await receive(client, number, _text("wamid.k-3", "three", now + 60))
+    await receive(client, number, _text("wamid.k-2", "two", now - 60))
+    after, messages = await _state(db, org_id)
+    by_text = {m.text: m for m in messages}
+    assert after.unread_count == 3
+    assert after.last_message_id == by_text["three"].id
+    assert after.last_message_at == by_text["three"].created_at
+    assert after.last_inbound_at == by_text["three"].created_at
+    assert after.status == ConversationStatus.PENDING
+    assert before.updated_at < after.updated_at
+    async with db.session(org_id) as session:
+        (await session.exec(select(Conversation))).one().status = ConversationStatus.RESOLVED
+    await receive(client, number, _text("wamid.k-4", "four", now + 120))
+    reopened, _ = await _state(db, org_id)
+    assert (reopened.status, reopened.unread_count) == (ConversationStatus.OPEN, 4)
+
+
+async def test_a_known_senders_profile_name_and_username_change_their_contact(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given a contact the team renamed,
+    when the sender writes with a new profile name and a username,
+    then the profile name and username change, the team's name stays, and one contact."""
+    org_id = number.org_id
+    await receive(client, number, wh.text_message("wamid.n-1"))
+    async with db.session(org_id) as session:
+        contact = (await session.exec(select(Contact))).one()
+        contact.name, contact.name_set_by_team = "Our VIP", True
+    stamp = contact.updated_at
+    change = wh.messages_change(
+        number.phone_number_id,
+        messages=[wh.text_message("wamid.n-2")],
+        contacts=[wh.contact(name="New Profile", username="@vip")],
+    )
+    await post_body(client, number, wh.webhook_body(change))
+    async with db.session(org_id) as session:
+        (contact,) = (await session.exec(select(Contact))).all()
+    assert (contact.name, contact.profile_name, contact.username) == (
+        "Our VIP",
+        "New Profile",
+        "@vip",
+    )
+    assert contact.updated_at > stamp
+
+
+async def test_one_event_of_several_senders_and_messages(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount, dialect: str
+) -> None:
+    """Given one webhook with three messages of two new senders,
+    then two contacts, two conversations (unread 2 and 1) and three messages are stored,
+    each with its own feed position (on SQLite consecutive ones)."""
+    org_id = number.org_id
+    highest = await _highest(db, org_id)
+    now = int(utcnow().timestamp())
+    change = wh.messages_change(
+        number.phone_number_id,
+        messages=[
+            wh.text_message("wamid.m-1", from_wa_id="4915100000001", timestamp=now),
+            wh.text_message("wamid.m-2", from_wa_id="4915100000002", timestamp=now + 1),
+            wh.text_message("wamid.m-3", from_wa_id="4915100000001", timestamp=now + 2),
+        ],
+        contacts=[wh.contact(wa_id="4915100000001"), wh.contact(wa_id="4915100000002")],
+    )
+    await post_body(client, number, wh.webhook_body(change))
+    async with db.session(org_id) as session:
+        contacts = (await session.exec(select(Contact))).all()
+        conversations = (await session.exec(select(Conversation))).all()
+        messages = (await session.exec(select(Message))).all()
+    assert len(contacts) == 2
+    assert sorted(c.unread_count for c in conversations) == [1, 2]
+    assert len(messages) == 3
+    positions = sorted([c.update_seq for c in conversations] + [m.update_seq for m in messages])
+    assert len(set(positions)) == 5
+    assert positions[0] > highest
+    if dialect == "sqlite":
+        assert positions == [highest + n for n in range(1, 6)]
