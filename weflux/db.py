@@ -229,6 +229,14 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     return engine
 
 
+@event.listens_for(ScopedSession, "after_rollback")
+def _forget_after_commit(session: Session) -> None:
+    # A transaction rolled back, whoever asked for it: what it queued for after its commit
+    # must never run (a later commit of the same session would otherwise publish events
+    # of changes that never happened). Savepoints roll back without this event.
+    session.info.pop(_AFTER_COMMIT, None)
+
+
 @event.listens_for(ScopedSession, "after_begin")
 def _remember_sqlite_driver(session: Any, _transaction: Any, connection: Any) -> None:
     if connection.dialect.name == "sqlite":

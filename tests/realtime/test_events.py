@@ -107,3 +107,18 @@ async def test_redis_publishes_a_batch_in_order(require_redis: None) -> None:
         await publisher.stop()
         await publisher_redis.aclose()
         await listener_redis.aclose()
+
+
+async def test_a_bare_rollback_forgets_what_its_transaction_queued(
+    db: Database, org: Organization
+) -> None:
+    """A rollback not made by `db.session` or `settle` (a caller's own `session.rollback()`)
+    still discards its transaction's events: the session's next commit sends only its own."""
+    broker = RecordingBroker()
+    async with db.session(org.id) as session:
+        await session.exec(select(Organization))
+        publish_after_commit(session, broker, org.id, EventName.MESSAGE_ADDED, id="undone")
+        await session.rollback()
+        await session.exec(select(Organization))
+        publish_after_commit(session, broker, org.id, EventName.MESSAGE_ADDED, id="kept")
+    assert [_names(call) for call in broker.calls] == [["kept"]]
