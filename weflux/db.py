@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import sqlite3
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -17,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncConnection,
     AsyncEngine,
@@ -251,11 +253,10 @@ def _postgres_engine(
     statement_timeout: timedelta,
     **kwargs: Any,
 ) -> AsyncEngine:
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=pool_size,
         max_overflow=pool_size,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={
             "timeout": connect_timeout,
@@ -267,6 +268,44 @@ def _postgres_engine(
         },
         **kwargs,
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection idle longer than this is pinged before it is handed out.
+IDLE_PING_AFTER = 2.0
+_IDLE_SINCE = "weflux_idle_since"
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only when it sat idle past `IDLE_PING_AFTER`.
+
+    SQLAlchemy's `pool_pre_ping` pings at every checkout: one more round trip for every
+    unit of work (a webhook, a subscription's read; issue 11). A connection that a busy
+    process reuses within milliseconds is not pinged; one that sat idle (a server
+    restart, a killed backend, a network cut meanwhile) is, and if the ping fails the
+    pool replaces it before anyone uses it (`DisconnectionError`: the pool retries the
+    checkout with a new connection). A connection that breaks while in brisk use fails
+    its statement once, the pool is invalidated (SQLAlchemy's disconnect handling) and
+    the next unit of work gets a fresh one.
+    """
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(sync_engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop(_IDLE_SINCE, None)
+        if since is None or time.monotonic() - since <= IDLE_PING_AFTER:
+            return  # new, or in brisk use
+        try:
+            alive = sync_engine.dialect.do_ping(dbapi_connection)
+        except Exception:
+            alive = False
+        if not alive:
+            raise DisconnectionError("a pooled connection did not answer its ping")
 
 
 def create_engine(
