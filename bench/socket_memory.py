@@ -1,14 +1,17 @@
 """What an idle subscribed socket holds, by the line that allocated it (tracemalloc).
 
     .venv/bin/python -m bench.socket_memory [--subscribers 200] [--top 25] [--frames 1]
+                                            [--owner weflux]
 
-Starts a real `weflux serve --no-worker` (SQLite, the set-up of `bench.fanout`), opens one socket to warm up and closes it, has the server take a
-snapshot, opens N sockets subscribed to `bench.fanout.QUERY` (idle, as in the fan-out's
-memory line), takes a second snapshot, and prints the growth per socket grouped by the
-allocating line (`--frames 1`) or by the innermost frames (`--frames` more), largest
-first, with the traced total. The server starts tracing and takes each snapshot on
-SIGUSR1, after a `gc.collect()`. Traced bytes are not VmRSS (no allocator overhead, no freed pages kept),
-so read this for where the memory goes; `bench.fanout` gives the ratio.
+Starts a real `weflux serve --no-worker` (SQLite, the set-up of `bench.fanout`), opens
+one socket to warm up and closes it, has the server take a snapshot, opens N sockets
+subscribed to `bench.fanout.QUERY` (idle, as in the fan-out's memory line), takes a
+second snapshot, and prints the growth per socket grouped by the allocating line, or with
+`--owner weflux --frames 30` by the innermost line of weflux that led to it (the rest by
+their own line), largest first, with the traced total. The server starts tracing and
+takes each snapshot on SIGUSR1, after a `gc.collect()`. Traced bytes are not VmRSS (no
+allocator overhead, no freed pages kept): read this for where the memory goes, and
+`bench.fanout` for the ratio.
 """
 
 from __future__ import annotations
@@ -96,17 +99,36 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
     report(args, before, after)
 
 
-def report(args: argparse.Namespace, before: tracemalloc.Snapshot, after: tracemalloc.Snapshot) -> None:
+def _owner(frames: tracemalloc.Traceback, package: str) -> str:
+    """The innermost frame of `package` that led to an allocation, else its own line.
+
+    The command line's frame (`cli.py`, under every allocation of the server) is not one."""
+    for frame in reversed(frames):  # innermost first
+        if f"/{package}/" in frame.filename and not frame.filename.endswith("/cli.py"):
+            return f"{frame.filename.rsplit(f'/{package}/', 1)[1]}:{frame.lineno} ({package})"
+    return str(frames[-1])
+
+
+def report(
+    args: argparse.Namespace, before: tracemalloc.Snapshot, after: tracemalloc.Snapshot
+) -> None:
     n = args.subscribers
-    key = "lineno" if args.frames == 1 else "traceback"
-    stats = after.compare_to(before, key)
+    stats = after.compare_to(before, "traceback")
     total = sum(stat.size_diff for stat in stats)
     print(f"traced growth per idle subscribed socket ({n} sockets): {total / n / 1024:.2f} KiB")
+    grouped: dict[str, list[int]] = {}
+    for stat in stats:
+        key = _owner(stat.traceback, args.owner) if args.owner else str(stat.traceback[-1])
+        sizes = grouped.setdefault(key, [0, 0])
+        sizes[0] += stat.size_diff
+        sizes[1] += stat.count_diff
+    if args.owner:
+        mine = sum(size for key, (size, _) in grouped.items() if key.endswith(f"({args.owner})"))
+        print(f"of which reached through {args.owner}/: {mine / n / 1024:.2f} KiB")
     print(f"{'bytes/socket':>12} {'blocks/socket':>13}  where")
-    for stat in stats[: args.top]:
-        frames = stat.traceback.format(limit=args.frames, most_recent_first=True)
-        where = " <- ".join(line.strip() for line in frames if not line.startswith("    "))
-        print(f"{stat.size_diff / n:>12.0f} {stat.count_diff / n:>13.1f}  {where}")
+    ranked = sorted(grouped.items(), key=lambda item: -abs(item[1][0]))
+    for where, (size, count) in ranked[: args.top]:
+        print(f"{size / n:>12.0f} {count / n:>13.1f}  {where}")
 
 
 def main() -> None:
@@ -114,6 +136,11 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=200)
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--frames", type=int, default=1, help="frames kept per allocation")
+    parser.add_argument(
+        "--owner",
+        default=None,
+        help="group by the innermost frame in this package (e.g. weflux; use --frames 30)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="weflux-socket-memory-") as workdir:
         asyncio.run(run(args, Path(workdir)))

@@ -94,4 +94,3 @@ async def test_a_socket_on_another_path_is_still_refused(live: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await websockets.connect(live.replace("http://", "ws://") + "/healthz")
     assert refused.value.response.status_code == 403
-
