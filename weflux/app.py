@@ -60,10 +60,11 @@ class WefluxApp(Starlette):
     """Starlette with request ids and security headers outermost, so that even the
     500 answers of Starlette's error middleware (and the 408 of a late body) carry them.
 
-    A WebSocket is routed past the middleware: every layer of it (security headers,
-    body timeout, error pages, CORS, Starlette's exception handlers) acts on HTTP
-    responses only, yet each would stay on the socket's stack for its whole life (about
-    4 KiB per idle socket). The socket gets what applies to it here: its request id (in
+    A WebSocket is routed past the middleware: its layers act on HTTP responses only
+    (security headers, body timeout, error pages, CORS; Starlette's exception handlers
+    would close a socket on a `WebSocketException`, which nothing on the socket's path
+    raises), yet each would stay on the socket's stack for its whole life (about 4 KiB
+    per idle socket). The socket gets what applies to it here: its request id (in
     the logs) and access line, the router's match. Its origin is checked by the GraphQL
     view (`allowed_origins`). A path no WebSocket route matches takes the full stack,
     whose router refuses it as before.
