@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -11,8 +12,8 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, WebSocketRoute
-from starlette.types import ASGIApp
+from starlette.routing import Match, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from weflux.api import auth as auth_routes
 from weflux.api import disclosure
@@ -20,7 +21,12 @@ from weflux.api import exports as export_routes
 from weflux.api import media as media_routes
 from weflux.api import webhooks as webhook_routes
 from weflux.api.health import healthz, readyz
-from weflux.api.middleware import BodyTimeoutMiddleware, RequestContextMiddleware
+from weflux.api.middleware import (
+    BodyTimeoutMiddleware,
+    RequestContextMiddleware,
+    log_access,
+    request_id_of,
+)
 from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
 from weflux.auth import passwords
 from weflux.client_ip import parse_trusted_proxies
@@ -29,7 +35,7 @@ from weflux.db import Database
 from weflux.errors import ErrorCode, error_response
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
-from weflux.logs import guard_library_logs
+from weflux.logs import guard_library_logs, request_id_var
 from weflux.migrate import ensure_current_schema
 from weflux.runtime import Runtime
 from weflux.sandbox import page as sandbox_page
@@ -52,7 +58,17 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
 
 class WefluxApp(Starlette):
     """Starlette with request ids and security headers outermost, so that even the
-    500 answers of Starlette's error middleware (and the 408 of a late body) carry them."""
+    500 answers of Starlette's error middleware (and the 408 of a late body) carry them.
+
+    A WebSocket is routed past the middleware: its layers act on HTTP responses only
+    (security headers, body timeout, error pages, CORS; Starlette's exception handlers
+    would close a socket on a `WebSocketException`, which nothing on the socket's path
+    raises), yet each would stay on the socket's stack for its whole life (about 4 KiB
+    per idle socket). The socket gets what applies to it here: its request id (in
+    the logs) and access line, the router's match. Its origin is checked by the GraphQL
+    view (`allowed_origins`). A path no WebSocket route matches takes the full stack,
+    whose router refuses it as before.
+    """
 
     def __init__(self, *args: Any, hsts: bool, body_timeout: float, **kwargs: Any) -> None:
         self.hsts = hsts
@@ -62,6 +78,33 @@ class WefluxApp(Starlette):
     def build_middleware_stack(self) -> ASGIApp:
         stack = BodyTimeoutMiddleware(super().build_middleware_stack(), timeout=self.body_timeout)
         return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            for route in self.router.routes:
+                if not isinstance(route, WebSocketRoute):
+                    continue
+                match, child_scope = route.matches(scope)
+                if match is Match.FULL:
+                    await self._socket(route, child_scope, scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+    async def _socket(
+        self, route: WebSocketRoute, child: Scope, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """What Starlette and the request middleware do for a socket, in one frame."""
+        scope["app"] = self
+        scope.setdefault("router", self.router)
+        scope["route"] = route
+        scope.update(child)
+        token = request_id_var.set(request_id_of(scope))
+        started = time.perf_counter()
+        try:
+            await route.app(scope, receive, send)
+        finally:
+            log_access(scope, None, started)
+            request_id_var.reset(token)
 
 
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}

