@@ -3,11 +3,14 @@ an Agent, erased, the subscriber's role narrowed to AGENT), and nobody else's.""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import select
 from starlette.applications import Starlette
 
@@ -20,6 +23,7 @@ from weflux.app import create_app
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
+from weflux.gql import live as live_module
 from weflux.lifecycle.worker import Lifecycle, run_retention
 from weflux.models import Conversation, ConversationRemoval, Organization, utcnow
 from weflux.pagination import encode_update_cursor
@@ -122,6 +126,52 @@ async def test_reassignment_and_erasure_reach_exactly_those_who_lose_the_convers
     assert await _removed(o, o_op) == gid("Conversation", elsewhere.id)
     for socket in (a, b, m, o):
         await socket.close()
+
+
+async def test_a_removal_whose_conversation_moved_on_before_its_check_is_sent_once(
+    dialect: str,
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    agent: Actor,
+    other_agent: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given an Agent subscribed to removals,
+    when an unassigned conversation is assigned to them (a removal for the other Agents)
+    and, before their subscription has checked that removal against what they see, it is
+    assigned away from them again,
+    then they are told once (by the second removal), not twice: the page of removals and
+    the visibility check are two reads, and the second one saw the later change."""
+    moving = await _conversation(db, org.id, None)
+    later = await _conversation(db, org.id, agent)
+    checked = asyncio.Event()
+    moved_on = asyncio.Event()
+    real_check = live_module._still_visible
+
+    async def late_check(info: Any, viewer: Any, ids: list[uuid.UUID]) -> set[uuid.UUID]:
+        if moving.id in ids and not checked.is_set():
+            checked.set()
+            await moved_on.wait()  # the conversation moves on between the two reads
+        return await real_check(info, viewer, ids)
+
+    monkeypatch.setattr(live_module, "_still_visible", late_check)
+    api = Api(http)
+    [(socket, operation)] = await _subscribed(live, http, [agent])
+    await until_listening(live_app, 1)
+
+    await _assign(api, admin, moving, agent)
+    await asyncio.wait_for(checked.wait(), 10)
+    await _assign(api, admin, moving, other_agent)
+    moved_on.set()
+    assert await _removed(socket, operation) == gid("Conversation", moving.id)
+    await _erase(api, admin, later)
+    # Next comes the erasure's removal, not the first one's late copy.
+    assert await _removed(socket, operation) == gid("Conversation", later.id)
+    await socket.close()
 
 
 async def test_a_manager_narrowed_to_agent_loses_the_conversations_assigned_to_others(

@@ -550,6 +550,34 @@ async def _still_visible(
             return set((await unit.exec(query)).all())
 
 
+async def _told_later(
+    info: Info[Context, None],
+    viewer: _Viewer,
+    position: int,
+    ids: list[uuid.UUID],
+    visible: set[uuid.UUID],
+) -> set[uuid.UUID]:
+    """Those of `ids` (not `visible` now) that a later removal of the feed hides from the
+    caller again: that removal tells them, not this one.
+
+    The page of removals and the visibility check are two reads: a change committed
+    between them (the conversation assigned to the caller, then away again) makes an
+    earlier removal look like the caller's, and both would be sent. Checked after the
+    visibility (whose change commits with its removal), so a removal that hid the
+    conversation is found here whenever it made it invisible there.
+    """
+    gone = [conversation_id for conversation_id in ids if conversation_id not in visible]
+    if not gone:
+        return set()
+    async with info.context.event_unit():
+        query = select(ConversationRemovalRow).where(
+            col(ConversationRemovalRow.conversation_id).in_(gone),
+            col(ConversationRemovalRow.update_seq) > position,
+        )
+        later = (await info.context.unit.exec(query)).all()
+    return {row.conversation_id for row in later if row.conversation_id and _lost_by(viewer, row)}
+
+
 async def _assigned_to_others(
     info: Info[Context, None], membership_id: uuid.UUID, before: uuid.UUID
 ) -> AsyncGenerator[list[uuid.UUID], None]:
@@ -627,6 +655,7 @@ async def _removed_since(
                         conversation_id for conversation_id in ids if conversation_id not in sent
                     ]
                     back = await _still_visible(info, viewer, fresh)
+                    back |= await _told_later(info, viewer, position, fresh, back)
                     for conversation_id in fresh:
                         if conversation_id not in back:
                             sent.add(conversation_id)
