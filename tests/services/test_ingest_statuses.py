@@ -1,0 +1,230 @@
+"""Status webhooks written with Core statements (weflux.services.ingest): what the ORM's
+unit of work did before, each pinned (these tests pass on the ORM path too): the order
+of an event's statuses, duplicates, failures, the lost wamid, other workspaces' messages
+and, on SQLite, the feed positions."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from sqlalchemy import func
+from sqlmodel import col, select
+
+from tests.fixtures import webhooks as wh
+from tests.fixtures.inbound import keyed_number, post_body, receive
+from weflux.config import Settings
+from weflux.db import Database
+from weflux.models import (
+    Conversation,
+    ConversationRemoval,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    Organization,
+    WhatsAppAccount,
+    utcnow,
+)
+
+
+async def _highest(db: Database, org_id: uuid.UUID) -> int:
+    """The workspace's highest change-feed position."""
+    async with db.session(org_id) as session:
+        highest = 0
+        for model in (Conversation, Message, ConversationRemoval):
+            found = (await session.exec(select(func.max(col(model.update_seq))))).one()
+            highest = max(highest, found or 0)
+    return highest
+
+
+async def _outbound(
+    db: Database,
+    org_id: uuid.UUID,
+    wamid: str | None,
+    status: MessageStatus = MessageStatus.SENT,
+    **extra: Any,
+) -> Message:
+    """An outbound message in the workspace's one conversation."""
+    async with db.session(org_id) as session:
+        conversation = (await session.exec(select(Conversation))).one()
+        message = Message(
+            org_id=org_id,
+            conversation_id=conversation.id,
+            direction=MessageDirection.OUTBOUND,
+            type="text",
+            text="reply",
+            status=status,
+            wa_message_id=wamid,
+            **extra,
+        )
+        session.add(message)
+    return message
+
+
+async def _stored(db: Database, message: Message) -> Message:
+    async with db.session(message.org_id) as session:
+        row = await session.get(Message, message.id)
+    assert row is not None
+    return row
+
+
+async def _statuses(
+    client: httpx.AsyncClient, number: WhatsAppAccount, *statuses: dict[str, Any]
+) -> None:
+    change = wh.messages_change(number.phone_number_id, statuses=list(statuses))
+    await post_body(client, number, wh.webhook_body(change))
+
+
+def _at(timestamp: int) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)
+
+
+async def test_an_events_statuses_apply_in_timestamp_order(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given a sent message,
+    when one event lists its read status before its delivered one (read is later),
+    then it is read, at the read status's time."""
+    now = int(utcnow().timestamp())
+    await receive(client, number, wh.text_message())
+    wamid = wh.new_wamid()
+    message = await _outbound(db, number.org_id, wamid)
+    await _statuses(
+        client,
+        number,
+        wh.status(wamid, "read", timestamp=now + 20),
+        wh.status(wamid, "delivered", timestamp=now + 10),
+    )
+    stored = await _stored(db, message)
+    assert (stored.status, stored.status_updated_at) == (MessageStatus.READ, _at(now + 20))
+
+
+async def test_a_duplicate_status_changes_nothing(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given a message Meta said was delivered,
+    when the same delivered status comes again (and then an earlier sent),
+    then the message is not written again: same status, time and feed position."""
+    now = int(utcnow().timestamp())
+    await receive(client, number, wh.text_message())
+    wamid = wh.new_wamid()
+    message = await _outbound(db, number.org_id, wamid)
+    delivered = wh.status(wamid, "delivered", timestamp=now)
+    await _statuses(client, number, delivered)
+    first = await _stored(db, message)
+    await _statuses(client, number, delivered)
+    await _statuses(client, number, wh.status(wamid, "sent", timestamp=now - 5))
+    again = await _stored(db, message)
+    assert first.status == again.status == MessageStatus.DELIVERED
+    assert (again.status_updated_at, again.update_seq) == (_at(now), first.update_seq)
+    assert first.update_seq > first.created_seq
+
+
+async def test_a_failed_status_records_the_first_error_truncated(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given two sent messages,
+    when one fails with a 600-character title and the other with a message but no title,
+    then each keeps the first error's code and its title (or message) cut to 500."""
+    await receive(client, number, wh.text_message())
+    long_wamid, plain_wamid = wh.new_wamid(), wh.new_wamid()
+    long = await _outbound(db, number.org_id, long_wamid)
+    plain = await _outbound(db, number.org_id, plain_wamid)
+    untitled = {"code": 131047, "message": "Re-engagement message"}
+    await _statuses(
+        client,
+        number,
+        wh.status(long_wamid, "failed", errors=[wh.error(131026, "x" * 600), wh.error(1, "y")]),
+        wh.status(plain_wamid, "failed", errors=[untitled]),
+    )
+    failed_long, failed_plain = await _stored(db, long), await _stored(db, plain)
+    assert (failed_long.status, failed_long.error_code) == (MessageStatus.FAILED, 131026)
+    assert failed_long.error_title == "x" * 500
+    assert (failed_plain.status, failed_plain.error_code) == (MessageStatus.FAILED, 131047)
+    assert failed_plain.error_title == "Re-engagement message"
+
+
+async def test_a_lost_wamid_is_filled_even_when_the_status_moves_nothing(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
+) -> None:
+    """Given a delivered message whose send response was lost (no wamid),
+    when a sent status names it by callback data,
+    then its wamid is filled, its status and times unchanged, and a later read status
+    finds it by that wamid."""
+    now = int(utcnow().timestamp())
+    await receive(client, number, wh.text_message())
+    before = utcnow().replace(microsecond=0)
+    message = await _outbound(
+        db, number.org_id, None, MessageStatus.DELIVERED, status_updated_at=before
+    )
+    wamid = wh.new_wamid()
+    await _statuses(
+        client, number, wh.status(wamid, "sent", biz_opaque_callback_data=str(message.id))
+    )
+    filled = await _stored(db, message)
+    assert (filled.wa_message_id, filled.status) == (wamid, MessageStatus.DELIVERED)
+    assert filled.status_updated_at == before
+    assert filled.update_seq > filled.created_seq
+    await _statuses(client, number, wh.status(wamid, "read", timestamp=now + 30))
+    assert (await _stored(db, message)).status == MessageStatus.READ
+
+
+async def test_a_status_never_reaches_another_workspaces_message(
+    client: httpx.AsyncClient,
+    db: Database,
+    settings: Settings,
+    number: WhatsAppAccount,
+    other_org: Organization,
+) -> None:
+    """Given another workspace's sent message (its wamid and id known),
+    when this workspace's number gets statuses naming that wamid, and that id as
+    callback data,
+    then the other workspace's message is unchanged."""
+    theirs_number = await keyed_number(
+        db, settings, other_org.id, phone_number_id="998877665544", business_account_id="77"
+    )
+    await receive(client, theirs_number, wh.text_message())
+    await receive(client, number, wh.text_message())
+    wamid = wh.new_wamid()
+    theirs = await _outbound(db, other_org.id, wamid)
+    before = await _stored(db, theirs)
+    await _statuses(
+        client,
+        number,
+        wh.status(wamid, "read"),
+        wh.status(wh.new_wamid(), "failed", biz_opaque_callback_data=str(theirs.id)),
+    )
+    after = await _stored(db, theirs)
+    assert (after.status, after.wa_message_id, after.update_seq, after.error_code) == (
+        MessageStatus.SENT,
+        wamid,
+        before.update_seq,
+        None,
+    )
+
+
+async def test_changed_messages_take_the_next_feed_positions_in_id_order(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount, dialect: str
+) -> None:
+    """Given three sent messages and a workspace feed at position h,
+    when one event delivers all three and a later one reads the first,
+    then each changed message takes a new position above h (on SQLite exactly h+1..h+3
+    in id order, as the flush numbered them, then h+4), created_seq unchanged."""
+    await receive(client, number, wh.text_message())
+    wamids = [wh.new_wamid() for _ in range(3)]
+    messages = [await _outbound(db, number.org_id, wamid) for wamid in wamids]
+    created = {m.id: (await _stored(db, m)).created_seq for m in messages}
+    highest = await _highest(db, number.org_id)
+    await _statuses(client, number, *(wh.status(w, "delivered") for w in reversed(wamids)))
+    delivered = [await _stored(db, m) for m in messages]
+    assert all(m.update_seq > highest for m in delivered)
+    assert {m.id: m.created_seq for m in delivered} == created
+    await _statuses(client, number, wh.status(wamids[0], "read"))
+    read = await _stored(db, messages[0])
+    assert read.update_seq > max(m.update_seq for m in delivered)
+    if dialect == "sqlite":
+        in_id_order = sorted(delivered, key=lambda m: m.id)
+        assert [m.update_seq for m in in_id_order] == [highest + n for n in (1, 2, 3)]
+        assert read.update_seq == highest + 4
