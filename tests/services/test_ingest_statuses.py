@@ -228,3 +228,32 @@ async def test_changed_messages_take_the_next_feed_positions_in_id_order(
         in_id_order = sorted(delivered, key=lambda m: m.id)
         assert [m.update_seq for m in in_id_order] == [highest + n for n in (1, 2, 3)]
         assert read.update_seq == highest + 4
+
+
+async def test_an_event_of_a_message_and_a_status_takes_distinct_positions(
+    client: httpx.AsyncClient, db: Database, number: WhatsAppAccount, dialect: str
+) -> None:
+    """Given a sent message and a workspace feed at position h,
+    when one event brings the customer's reply and the sent message's delivered status,
+    then the conversation, the reply and the delivered message each take a new position
+    (on SQLite h+1, h+2, h+3 in that order, as before)."""
+    await receive(client, number, wh.text_message())
+    wamid = wh.new_wamid()
+    sent = await _outbound(db, number.org_id, wamid)
+    highest = await _highest(db, number.org_id)
+    change = wh.messages_change(
+        number.phone_number_id,
+        messages=[wh.text_message(body="thanks")],
+        contacts=[wh.contact()],
+        statuses=[wh.status(wamid, "delivered")],
+    )
+    await post_body(client, number, wh.webhook_body(change))
+    async with db.session(number.org_id) as session:
+        conversation = (await session.exec(select(Conversation))).one()
+        reply = (await session.exec(select(Message).where(Message.text == "thanks"))).one()
+    delivered = await _stored(db, sent)
+    assert delivered.status == MessageStatus.DELIVERED
+    positions = [conversation.update_seq, reply.update_seq, delivered.update_seq]
+    assert len(set(positions)) == 3 and min(positions) > highest
+    if dialect == "sqlite":
+        assert positions == [highest + n for n in (1, 2, 3)]
