@@ -121,5 +121,6 @@ async def test_a_one_status_webhook_runs_few_statements(
         print("\n--- status", len(seen), "\n" + "\n".join(s[:200] for s in seen))
     async with db.session(channel.org_id) as session:
         stored = await session.get(Message, message.id)
-    assert stored is not None and stored.status == MessageStatus.DELIVERED
+    assert stored is not None
+    assert stored.status == MessageStatus.DELIVERED
     assert len(seen) == {"sqlite": 3, "postgresql": 4}[dialect]

@@ -254,6 +254,7 @@ async def test_an_event_of_a_message_and_a_status_takes_distinct_positions(
     delivered = await _stored(db, sent)
     assert delivered.status == MessageStatus.DELIVERED
     positions = [conversation.update_seq, reply.update_seq, delivered.update_seq]
-    assert len(set(positions)) == 3 and min(positions) > highest
+    assert len(set(positions)) == 3
+    assert min(positions) > highest
     if dialect == "sqlite":
         assert positions == [highest + n for n in (1, 2, 3)]

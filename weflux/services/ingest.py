@@ -722,25 +722,22 @@ def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
 # next one as the flush did (in id order; `update_seq` only, `created_seq` is its
 # insertion); on PostgreSQL the trigger sets it. The transaction holds the feed lock from
 # `use_workspace` (SQLite: the write lock), so nobody changes these rows meanwhile.
-_OUTBOUND = (
-    select(
-        _MESSAGES.c.id,
-        _MESSAGES.c.conversation_id,
-        _MESSAGES.c.type,
-        _MESSAGES.c.status,
-        _MESSAGES.c.status_updated_at,
-        _MESSAGES.c.wa_message_id,
-        _MESSAGES.c.error_code,
-        _MESSAGES.c.error_title,
-    )
-    .where(
-        core_scope(_MESSAGES),
-        _MESSAGES.c.direction == MessageDirection.OUTBOUND,
-        or_(
-            _MESSAGES.c.wa_message_id.in_(bindparam("wamids", expanding=True)),
-            _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
-        ),
-    )
+_OUTBOUND = select(
+    _MESSAGES.c.id,
+    _MESSAGES.c.conversation_id,
+    _MESSAGES.c.type,
+    _MESSAGES.c.status,
+    _MESSAGES.c.status_updated_at,
+    _MESSAGES.c.wa_message_id,
+    _MESSAGES.c.error_code,
+    _MESSAGES.c.error_title,
+).where(
+    core_scope(_MESSAGES),
+    _MESSAGES.c.direction == MessageDirection.OUTBOUND,
+    or_(
+        _MESSAGES.c.wa_message_id.in_(bindparam("wamids", expanding=True)),
+        _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+    ),
 )
 _OUTBOUND_AND_FEED = with_feed_highest(_OUTBOUND)
 _STATUS_COLUMNS = ("status", "status_updated_at", "wa_message_id", "error_code", "error_title")
@@ -794,9 +791,7 @@ async def _outbound(
     if connection.dialect.name == "postgresql":
         rows = (await connection.execute(_OUTBOUND, params)).all()
     else:
-        rows = (
-            await connection.execute(_OUTBOUND_AND_FEED, params | {"feed_org": org_id})
-        ).all()
+        rows = (await connection.execute(_OUTBOUND_AND_FEED, params | {"feed_org": org_id})).all()
         highest = int(rows[0].feed_highest)
     found = [
         _Outbound(
