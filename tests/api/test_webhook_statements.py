@@ -15,13 +15,13 @@ from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
+from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Conversation,
     Message,
-    MessageDirection,
     MessageStatus,
     WhatsAppAccount,
 )
@@ -86,23 +86,6 @@ async def test_a_redelivered_message_is_still_a_no_op(
     assert conversation.unread_count == 1
 
 
-async def _outbound(db: Database, channel: WhatsAppAccount, wamid: str) -> Message:
-    """An outbound message of the number's one conversation, sent (its wamid known)."""
-    async with db.session(channel.org_id) as session:
-        conversation = (await session.exec(select(Conversation))).one()
-        message = Message(
-            org_id=channel.org_id,
-            conversation_id=conversation.id,
-            direction=MessageDirection.OUTBOUND,
-            type="text",
-            text="reply",
-            status=MessageStatus.SENT,
-            wa_message_id=wamid,
-        )
-        session.add(message)
-    return message
-
-
 async def test_a_one_status_webhook_runs_few_statements(
     client: httpx.AsyncClient, app: Any, channel: WhatsAppAccount, db: Database, dialect: str
 ) -> None:
@@ -112,7 +95,7 @@ async def test_a_one_status_webhook_runs_few_statements(
     message is delivered."""
     await _statements(client, app, "16505550000")
     wamid = wh.new_wamid()
-    message = await _outbound(db, channel, wamid)
+    message = await outbound_message(db, channel.org_id, wamid)
     change = wh.messages_change(statuses=[wh.status(wamid, "delivered")])
     with counting(app) as statements:
         await signed_webhook(client, wh.webhook_body(change))

@@ -17,6 +17,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
+from tests.fixtures.inbound import outbound_message
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.app import create_app
@@ -413,19 +414,8 @@ async def test_stop_and_start_change_the_opt_out(
 
 
 async def _outbound(db: Database, org: Organization, *, wamid: str | None) -> Message:
-    async with db.session(org.id) as session:
-        conversation = (await session.exec(select(Conversation))).one()
-        message = Message(
-            org_id=org.id,
-            conversation_id=conversation.id,
-            direction=MessageDirection.OUTBOUND,
-            type="text",
-            text="reply",
-            status=MessageStatus.SENT if wamid else MessageStatus.SENDING,
-            wa_message_id=wamid,
-        )
-        session.add(message)
-    return message
+    status = MessageStatus.SENT if wamid else MessageStatus.SENDING
+    return await outbound_message(db, org.id, wamid, status)
 
 
 async def _status_of(db: Database, message: Message) -> Message:

@@ -5,62 +5,30 @@ and, on SQLite, the feed positions."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-from sqlalchemy import func
-from sqlmodel import col, select
+from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.inbound import keyed_number, post_body, receive
+from tests.fixtures.inbound import (
+    feed_highest,
+    keyed_number,
+    outbound_message,
+    post_body,
+    receive,
+)
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Conversation,
-    ConversationRemoval,
     Message,
-    MessageDirection,
     MessageStatus,
     Organization,
     WhatsAppAccount,
     utcnow,
 )
-
-
-async def _highest(db: Database, org_id: uuid.UUID) -> int:
-    """The workspace's highest change-feed position."""
-    async with db.session(org_id) as session:
-        highest = 0
-        for model in (Conversation, Message, ConversationRemoval):
-            found = (await session.exec(select(func.max(col(model.update_seq))))).one()
-            highest = max(highest, found or 0)
-    return highest
-
-
-async def _outbound(
-    db: Database,
-    org_id: uuid.UUID,
-    wamid: str | None,
-    status: MessageStatus = MessageStatus.SENT,
-    **extra: Any,
-) -> Message:
-    """An outbound message in the workspace's one conversation."""
-    async with db.session(org_id) as session:
-        conversation = (await session.exec(select(Conversation))).one()
-        message = Message(
-            org_id=org_id,
-            conversation_id=conversation.id,
-            direction=MessageDirection.OUTBOUND,
-            type="text",
-            text="reply",
-            status=status,
-            wa_message_id=wamid,
-            **extra,
-        )
-        session.add(message)
-    return message
 
 
 async def _stored(db: Database, message: Message) -> Message:
@@ -90,7 +58,7 @@ async def test_an_events_statuses_apply_in_timestamp_order(
     now = int(utcnow().timestamp())
     await receive(client, number, wh.text_message())
     wamid = wh.new_wamid()
-    message = await _outbound(db, number.org_id, wamid)
+    message = await outbound_message(db, number.org_id, wamid)
     await _statuses(
         client,
         number,
@@ -110,7 +78,7 @@ async def test_a_duplicate_status_changes_nothing(
     now = int(utcnow().timestamp())
     await receive(client, number, wh.text_message())
     wamid = wh.new_wamid()
-    message = await _outbound(db, number.org_id, wamid)
+    message = await outbound_message(db, number.org_id, wamid)
     delivered = wh.status(wamid, "delivered", timestamp=now)
     await _statuses(client, number, delivered)
     first = await _stored(db, message)
@@ -130,8 +98,8 @@ async def test_a_failed_status_records_the_first_error_truncated(
     then each keeps the first error's code and its title (or message) cut to 500."""
     await receive(client, number, wh.text_message())
     long_wamid, plain_wamid = wh.new_wamid(), wh.new_wamid()
-    long = await _outbound(db, number.org_id, long_wamid)
-    plain = await _outbound(db, number.org_id, plain_wamid)
+    long = await outbound_message(db, number.org_id, long_wamid)
+    plain = await outbound_message(db, number.org_id, plain_wamid)
     untitled = {"code": 131047, "message": "Re-engagement message"}
     await _statuses(
         client,
@@ -156,7 +124,7 @@ async def test_a_lost_wamid_is_filled_even_when_the_status_moves_nothing(
     now = int(utcnow().timestamp())
     await receive(client, number, wh.text_message())
     before = utcnow().replace(microsecond=0)
-    message = await _outbound(
+    message = await outbound_message(
         db, number.org_id, None, MessageStatus.DELIVERED, status_updated_at=before
     )
     wamid = wh.new_wamid()
@@ -188,7 +156,7 @@ async def test_a_status_never_reaches_another_workspaces_message(
     await receive(client, theirs_number, wh.text_message())
     await receive(client, number, wh.text_message())
     wamid = wh.new_wamid()
-    theirs = await _outbound(db, other_org.id, wamid)
+    theirs = await outbound_message(db, other_org.id, wamid)
     before = await _stored(db, theirs)
     await _statuses(
         client,
@@ -214,9 +182,9 @@ async def test_changed_messages_take_the_next_feed_positions_in_id_order(
     in id order, as the flush numbered them, then h+4), created_seq unchanged."""
     await receive(client, number, wh.text_message())
     wamids = [wh.new_wamid() for _ in range(3)]
-    messages = [await _outbound(db, number.org_id, wamid) for wamid in wamids]
+    messages = [await outbound_message(db, number.org_id, wamid) for wamid in wamids]
     created = {m.id: (await _stored(db, m)).created_seq for m in messages}
-    highest = await _highest(db, number.org_id)
+    highest = await feed_highest(db, number.org_id)
     await _statuses(client, number, *(wh.status(w, "delivered") for w in reversed(wamids)))
     delivered = [await _stored(db, m) for m in messages]
     assert all(m.update_seq > highest for m in delivered)
@@ -239,8 +207,8 @@ async def test_an_event_of_a_message_and_a_status_takes_distinct_positions(
     (on SQLite h+1, h+2, h+3 in that order, as before)."""
     await receive(client, number, wh.text_message())
     wamid = wh.new_wamid()
-    sent = await _outbound(db, number.org_id, wamid)
-    highest = await _highest(db, number.org_id)
+    sent = await outbound_message(db, number.org_id, wamid)
+    highest = await feed_highest(db, number.org_id)
     change = wh.messages_change(
         number.phone_number_id,
         messages=[wh.text_message(body="thanks")],
