@@ -18,6 +18,7 @@ from tests.fixtures.inbound import (
     outbound_message,
     post_body,
     receive,
+    stored_message,
 )
 from weflux.config import Settings
 from weflux.db import Database
@@ -29,13 +30,6 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
-
-
-async def _stored(db: Database, message: Message) -> Message:
-    async with db.session(message.org_id) as session:
-        row = await session.get(Message, message.id)
-    assert row is not None
-    return row
 
 
 async def _statuses(
@@ -65,7 +59,7 @@ async def test_an_events_statuses_apply_in_timestamp_order(
         wh.status(wamid, "read", timestamp=now + 20),
         wh.status(wamid, "delivered", timestamp=now + 10),
     )
-    stored = await _stored(db, message)
+    stored = await stored_message(db, message)
     assert (stored.status, stored.status_updated_at) == (MessageStatus.READ, _at(now + 20))
 
 
@@ -81,10 +75,10 @@ async def test_a_duplicate_status_changes_nothing(
     message = await outbound_message(db, number.org_id, wamid)
     delivered = wh.status(wamid, "delivered", timestamp=now)
     await _statuses(client, number, delivered)
-    first = await _stored(db, message)
+    first = await stored_message(db, message)
     await _statuses(client, number, delivered)
     await _statuses(client, number, wh.status(wamid, "sent", timestamp=now - 5))
-    again = await _stored(db, message)
+    again = await stored_message(db, message)
     assert first.status == again.status == MessageStatus.DELIVERED
     assert (again.status_updated_at, again.update_seq) == (_at(now), first.update_seq)
     assert first.update_seq > first.created_seq
@@ -107,7 +101,7 @@ async def test_a_failed_status_records_the_first_error_truncated(
         wh.status(long_wamid, "failed", errors=[wh.error(131026, "x" * 600), wh.error(1, "y")]),
         wh.status(plain_wamid, "failed", errors=[untitled]),
     )
-    failed_long, failed_plain = await _stored(db, long), await _stored(db, plain)
+    failed_long, failed_plain = await stored_message(db, long), await stored_message(db, plain)
     assert (failed_long.status, failed_long.error_code) == (MessageStatus.FAILED, 131026)
     assert failed_long.error_title == "x" * 500
     assert (failed_plain.status, failed_plain.error_code) == (MessageStatus.FAILED, 131047)
@@ -131,12 +125,12 @@ async def test_a_lost_wamid_is_filled_even_when_the_status_moves_nothing(
     await _statuses(
         client, number, wh.status(wamid, "sent", biz_opaque_callback_data=str(message.id))
     )
-    filled = await _stored(db, message)
+    filled = await stored_message(db, message)
     assert (filled.wa_message_id, filled.status) == (wamid, MessageStatus.DELIVERED)
     assert filled.status_updated_at == before
     assert filled.update_seq > filled.created_seq
     await _statuses(client, number, wh.status(wamid, "read", timestamp=now + 30))
-    assert (await _stored(db, message)).status == MessageStatus.READ
+    assert (await stored_message(db, message)).status == MessageStatus.READ
 
 
 async def test_a_status_never_reaches_another_workspaces_message(
@@ -157,14 +151,14 @@ async def test_a_status_never_reaches_another_workspaces_message(
     await receive(client, number, wh.text_message())
     wamid = wh.new_wamid()
     theirs = await outbound_message(db, other_org.id, wamid)
-    before = await _stored(db, theirs)
+    before = await stored_message(db, theirs)
     await _statuses(
         client,
         number,
         wh.status(wamid, "read"),
         wh.status(wh.new_wamid(), "failed", biz_opaque_callback_data=str(theirs.id)),
     )
-    after = await _stored(db, theirs)
+    after = await stored_message(db, theirs)
     assert (after.status, after.wa_message_id, after.update_seq, after.error_code) == (
         MessageStatus.SENT,
         wamid,
@@ -183,14 +177,14 @@ async def test_changed_messages_take_the_next_feed_positions_in_id_order(
     await receive(client, number, wh.text_message())
     wamids = [wh.new_wamid() for _ in range(3)]
     messages = [await outbound_message(db, number.org_id, wamid) for wamid in wamids]
-    created = {m.id: (await _stored(db, m)).created_seq for m in messages}
+    created = {m.id: (await stored_message(db, m)).created_seq for m in messages}
     highest = await feed_highest(db, number.org_id)
     await _statuses(client, number, *(wh.status(w, "delivered") for w in reversed(wamids)))
-    delivered = [await _stored(db, m) for m in messages]
+    delivered = [await stored_message(db, m) for m in messages]
     assert all(m.update_seq > highest for m in delivered)
     assert {m.id: m.created_seq for m in delivered} == created
     await _statuses(client, number, wh.status(wamids[0], "read"))
-    read = await _stored(db, messages[0])
+    read = await stored_message(db, messages[0])
     assert read.update_seq > max(m.update_seq for m in delivered)
     if dialect == "sqlite":
         in_id_order = sorted(delivered, key=lambda m: m.id)
@@ -219,7 +213,7 @@ async def test_an_event_of_a_message_and_a_status_takes_distinct_positions(
     async with db.session(number.org_id) as session:
         conversation = (await session.exec(select(Conversation))).one()
         reply = (await session.exec(select(Message).where(Message.text == "thanks"))).one()
-    delivered = await _stored(db, sent)
+    delivered = await stored_message(db, sent)
     assert delivered.status == MessageStatus.DELIVERED
     positions = [conversation.update_seq, reply.update_seq, delivered.update_seq]
     assert len(set(positions)) == 3
