@@ -15,10 +15,16 @@ from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
+from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.models import Conversation, Message, WhatsAppAccount
+from weflux.models import (
+    Conversation,
+    Message,
+    MessageStatus,
+    WhatsAppAccount,
+)
 
 
 @pytest.fixture
@@ -78,3 +84,26 @@ async def test_a_redelivered_message_is_still_a_no_op(
         assert len((await session.exec(select(Message))).all()) == 1
         (conversation,) = (await session.exec(select(Conversation))).all()
     assert conversation.unread_count == 1
+
+
+async def test_a_one_status_webhook_runs_few_statements(
+    client: httpx.AsyncClient, app: Any, channel: WhatsAppAccount, db: Database, dialect: str
+) -> None:
+    """Given a sent outbound message (the number's routes cached),
+    when Meta's delivered status for it comes,
+    then the webhook runs 3 statements (4 on PostgreSQL: the scope's set_config) and the
+    message is delivered."""
+    await _statements(client, app, "16505550000")
+    wamid = wh.new_wamid()
+    message = await outbound_message(db, channel.org_id, wamid)
+    change = wh.messages_change(statuses=[wh.status(wamid, "delivered")])
+    with counting(app) as statements:
+        await signed_webhook(client, wh.webhook_body(change))
+    seen = [statement for statement in statements if _is_statement(statement)]
+    if os.environ.get("SHOW_STATEMENTS"):
+        print("\n--- status", len(seen), "\n" + "\n".join(s[:200] for s in seen))
+    async with db.session(channel.org_id) as session:
+        stored = await session.get(Message, message.id)
+    assert stored is not None
+    assert stored.status == MessageStatus.DELIVERED
+    assert len(seen) == {"sqlite": 3, "postgresql": 4}[dialect]

@@ -17,6 +17,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
+from tests.fixtures.inbound import outbound_message, stored_message
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.app import create_app
@@ -413,26 +414,8 @@ async def test_stop_and_start_change_the_opt_out(
 
 
 async def _outbound(db: Database, org: Organization, *, wamid: str | None) -> Message:
-    async with db.session(org.id) as session:
-        conversation = (await session.exec(select(Conversation))).one()
-        message = Message(
-            org_id=org.id,
-            conversation_id=conversation.id,
-            direction=MessageDirection.OUTBOUND,
-            type="text",
-            text="reply",
-            status=MessageStatus.SENT if wamid else MessageStatus.SENDING,
-            wa_message_id=wamid,
-        )
-        session.add(message)
-    return message
-
-
-async def _status_of(db: Database, message: Message) -> Message:
-    async with db.session(message.org_id) as session:
-        row = await session.get(Message, message.id)
-    assert row is not None
-    return row
+    status = MessageStatus.SENT if wamid else MessageStatus.SENDING
+    return await outbound_message(db, org.id, wamid, status)
 
 
 async def test_statuses_only_move_forward_whatever_the_order(
@@ -444,10 +427,10 @@ async def test_statuses_only_move_forward_whatever_the_order(
     for state in ("read", "delivered", "sent", "read"):
         body = wh.webhook_body(wh.messages_change(statuses=[wh.status(wamid, state)]))
         assert (await post(client, body)).status_code == 200
-    assert (await _status_of(db, message)).status == MessageStatus.READ
+    assert (await stored_message(db, message)).status == MessageStatus.READ
     late_failure = wh.webhook_body(wh.messages_change(statuses=[wh.status(wamid, "failed")]))
     await post(client, late_failure)
-    assert (await _status_of(db, message)).status == MessageStatus.READ
+    assert (await stored_message(db, message)).status == MessageStatus.READ
 
 
 async def test_a_failed_status_keeps_metas_code_and_title(
@@ -464,7 +447,7 @@ async def test_a_failed_status_keeps_metas_code_and_title(
         )
     )
     await post(client, body)
-    failed = await _status_of(db, message)
+    failed = await stored_message(db, message)
     assert (failed.status, failed.error_code, failed.error_title) == (
         MessageStatus.FAILED,
         131026,
@@ -484,7 +467,7 @@ async def test_a_status_finds_its_message_by_callback_data_when_the_wamid_was_lo
         )
     )
     await post(client, body)
-    found = await _status_of(db, message)
+    found = await stored_message(db, message)
     assert found.wa_message_id == wamid
     assert found.status == MessageStatus.DELIVERED
 

@@ -8,31 +8,19 @@ import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import func
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.inbound import post_body, receive
+from tests.fixtures.inbound import feed_highest, post_body, receive
 from weflux.db import Database
 from weflux.models import (
     Contact,
     Conversation,
-    ConversationRemoval,
     ConversationStatus,
     Message,
     WhatsAppAccount,
     utcnow,
 )
-
-
-async def _highest(db: Database, org_id: uuid.UUID) -> int:
-    """The workspace's highest change-feed position."""
-    async with db.session(org_id) as session:
-        highest = 0
-        for model in (Conversation, Message, ConversationRemoval):
-            found = (await session.exec(select(func.max(col(model.update_seq))))).one()
-            highest = max(highest, found or 0)
-    return highest
 
 
 async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -56,7 +44,7 @@ async def test_rows_take_feed_positions_as_the_flush_did(
     exactly h+1, h+2, then h+3 for the team's change, h+4 and h+5: no position reused),
     and each message's created_seq is its update_seq."""
     org_id = number.org_id
-    highest = await _highest(db, org_id)
+    highest = await feed_highest(db, org_id)
     now = int(utcnow().timestamp())
     await receive(client, number, _text("wamid.feed-1", "first", now))
     conversation, (first,) = await _state(db, org_id)
@@ -145,7 +133,7 @@ async def test_one_event_of_several_senders_and_messages(
     then two contacts, two conversations (unread 2 and 1) and three messages are stored,
     each with its own feed position (on SQLite consecutive ones)."""
     org_id = number.org_id
-    highest = await _highest(db, org_id)
+    highest = await feed_highest(db, org_id)
     now = int(utcnow().timestamp())
     change = wh.messages_change(
         number.phone_number_id,

@@ -715,23 +715,111 @@ def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
         return None
 
 
+# Statuses move outbound messages forward with Core statements built once, as inbound
+# messages are written: one select of the columns needed, one UPDATE (executemany) of the
+# changed rows, both confined by `core_scope` on the session's connection. On SQLite the
+# select carries the workspace's highest feed position and each changed message takes the
+# next one as the flush did (in id order; `update_seq` only, `created_seq` is its
+# insertion); on PostgreSQL the trigger sets it. The transaction holds the feed lock from
+# `use_workspace` (SQLite: the write lock), so nobody changes these rows meanwhile.
+_OUTBOUND = select(
+    _MESSAGES.c.id,
+    _MESSAGES.c.conversation_id,
+    _MESSAGES.c.type,
+    _MESSAGES.c.status,
+    _MESSAGES.c.status_updated_at,
+    _MESSAGES.c.wa_message_id,
+    _MESSAGES.c.error_code,
+    _MESSAGES.c.error_title,
+).where(
+    core_scope(_MESSAGES),
+    _MESSAGES.c.direction == MessageDirection.OUTBOUND,
+    or_(
+        _MESSAGES.c.wa_message_id.in_(bindparam("wamids", expanding=True)),
+        _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+    ),
+)
+_OUTBOUND_AND_FEED = with_feed_highest(_OUTBOUND)
+_STATUS_COLUMNS = ("status", "status_updated_at", "wa_message_id", "error_code", "error_title")
+
+
+def _update_statuses(sqlite: bool) -> Any:
+    values: dict[str, Any] = {column: bindparam(column) for column in _STATUS_COLUMNS}
+    if sqlite:
+        values["update_seq"] = bindparam("position")
+    return (
+        update_of(_MESSAGES)
+        .where(_MESSAGES.c.id == bindparam("message"), core_scope(_MESSAGES))
+        .values(values)
+    )
+
+
+_UPDATE_STATUSES = {sqlite: _update_statuses(sqlite) for sqlite in (True, False)}
+
+
+@dataclass(slots=True)
+class _Outbound:
+    """An outbound message as a status webhook reads and writes it."""
+
+    id: uuid.UUID
+    conversation_id: uuid.UUID
+    type: str
+    status: MessageStatus
+    status_updated_at: datetime | None
+    wa_message_id: str | None
+    error_code: int | None
+    error_title: str | None
+
+    def row(self) -> dict[str, Any]:
+        return {"message": self.id, **{c: getattr(self, c) for c in _STATUS_COLUMNS}}
+
+
+async def _outbound(
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    scope: dict[str, Any],
+    statuses: Sequence[StatusUpdate],
+) -> tuple[list[_Outbound], int | None]:
+    """The outbound messages the statuses name (by wamid or callback data) and, on
+    SQLite, the workspace's highest feed position."""
+    params = {
+        "wamids": list({s.wa_message_id for s in statuses}),
+        "ids": list({cid for s in statuses if (cid := _callback_id(s)) is not None}),
+        **scope,
+    }
+    highest: int | None = None
+    if connection.dialect.name == "postgresql":
+        rows = (await connection.execute(_OUTBOUND, params)).all()
+    else:
+        rows = (await connection.execute(_OUTBOUND_AND_FEED, params | {"feed_org": org_id})).all()
+        highest = int(rows[0].feed_highest)
+    found = [
+        _Outbound(
+            id=row.id,
+            conversation_id=row.conversation_id,
+            type=row.type,
+            status=row.status,
+            status_updated_at=row.status_updated_at,
+            wa_message_id=row.wa_message_id,
+            error_code=row.error_code,
+            error_title=row.error_title,
+        )
+        for row in rows
+        if row.id is not None  # SQLite's one row of the feed position alone
+    ]
+    return found, highest
+
+
 async def _apply_statuses(
     session: AsyncSession, broker: Broker, org_id: uuid.UUID, statuses: Sequence[StatusUpdate]
 ) -> None:
     """Move outbound messages forward (never back), matched by wamid or callback data."""
-    wamids = {s.wa_message_id for s in statuses}
-    callback_ids = {cid for s in statuses if (cid := _callback_id(s)) is not None}
-    rows = (
-        await session.exec(
-            sqlmodel_select(Message).where(
-                Message.direction == MessageDirection.OUTBOUND,
-                or_(col(Message.wa_message_id).in_(wamids), col(Message.id).in_(callback_ids)),
-            )
-        )
-    ).all()
+    connection = await session.connection()
+    scope = core_scope_params(session)
+    rows, highest = await _outbound(connection, org_id, scope, statuses)
     by_wamid = {m.wa_message_id: m for m in rows if m.wa_message_id}
     by_id = {m.id: m for m in rows}
-    changed: dict[uuid.UUID, Message] = {}
+    changed: dict[uuid.UUID, _Outbound] = {}
     for status in sorted(statuses, key=lambda s: s.timestamp):
         new = _STATUS.get(status.status)
         callback = _callback_id(status)
@@ -753,7 +841,14 @@ async def _apply_statuses(
         changed[message.id] = message
     if not changed:
         return
-    await session.flush()
+    # In id order, as the flush wrote (and, on SQLite, numbered) them.
+    updates = [m.row() | scope for m in sorted(changed.values(), key=lambda m: m.id)]
+    sqlite = connection.dialect.name != "postgresql"
+    if sqlite:
+        positions = await reserve_feed_positions(connection, org_id, len(updates), highest)
+        for row, position in zip(updates, positions, strict=True):
+            row["position"] = position
+    await connection.execute(_UPDATE_STATUSES[sqlite], updates)
     for message in changed.values():
         publish_after_commit(
             session,
@@ -764,7 +859,10 @@ async def _apply_statuses(
             conversation_id=message.conversation_id,
         )
         if message.type == "reaction" and message.status == MessageStatus.FAILED:
-            await reactions.undo_failed_reaction(session, broker, message)  # rare
+            # Rare: the ORM row, as the UPDATE left it.
+            failed = await session.get(Message, message.id, populate_existing=True)
+            if failed is not None:
+                await reactions.undo_failed_reaction(session, broker, failed)
 
 
 async def _account_changes(
