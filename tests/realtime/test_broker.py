@@ -129,6 +129,59 @@ async def test_redis_broker_delivers_across_connections(require_redis: None) -> 
             await redis.aclose()
 
 
+async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that publishes a workspace's events but has no listener for them (a
+    webhook-only process) is not subscribed to their channel on Redis, so it neither
+    receives nor decodes nor dispatches them: its cost per event is the PUBLISH alone.
+    Once something in it listens, it hears them like every other process."""
+    redis_a, redis_b = create_redis(TEST_REDIS_URL), create_redis(TEST_REDIS_URL)
+    a, b = RedisBroker(redis_a), RedisBroker(redis_b)
+    await a.start()
+    await b.start()
+    try:
+        await a.wait_connected()
+        await b.wait_connected()
+        channel = _channel()
+        heard_by_a: list[str] = []
+        dispatch = RedisBroker._dispatch
+
+        async def spy(self: RedisBroker, on: str, message: Message) -> None:
+            if self is a:
+                heard_by_a.append(on)
+            await dispatch(self, on, message)
+
+        monkeypatch.setattr(RedisBroker, "_dispatch", spy)
+        received: list[Message] = []
+
+        async def on_b(message: Message) -> None:
+            received.append(message)
+
+        await b.subscribe(channel, on_b)
+        assert await redis_a.pubsub_numsub(channel) == [(channel.encode(), 1)]
+        await a.publish_many([(channel, {"n": 1}), (channel, {"n": 2})])
+        await _eventually(lambda: received == [{"n": 1}, {"n": 2}])
+        await a.publish(channel, {"n": 3})
+        await _eventually(lambda: len(received) == 3)
+        assert heard_by_a == []
+
+        heard: list[Message] = []
+
+        async def on_a(message: Message) -> None:
+            heard.append(message)
+
+        await a.subscribe(channel, on_a)
+        assert await redis_a.pubsub_numsub(channel) == [(channel.encode(), 2)]
+        await a.publish(channel, {"n": 4})
+        await _eventually(lambda: heard == [{"n": 4}] and received[-1] == {"n": 4})
+        assert heard_by_a == [channel]
+    finally:
+        for broker, redis in ((a, redis_a), (b, redis_b)):
+            await broker.stop()
+            await redis.aclose()
+
+
 async def test_redis_broker_reconnects_resubscribes_and_reports_it(require_redis: None) -> None:
     url = make_url(TEST_REDIS_URL)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
