@@ -42,7 +42,6 @@ from pathlib import Path
 import httpx
 import websockets
 from redis.asyncio import Redis
-from sqlalchemy.ext.asyncio import create_async_engine
 from websockets.typing import Subprotocol
 
 from bench.fanout import (
@@ -59,8 +58,7 @@ from bench.fanout import (
     wait_ready,
     webhook,
 )
-from bench.raw_webhook_app import metadata as floor_metadata
-from bench.webhook import Connection
+from bench.webhook import Connection, create_floor_table
 from tests.fixtures.api import login
 from tests.fixtures.databases import PostgresTemplate
 from tests.fixtures.factories import PASSWORD
@@ -105,15 +103,6 @@ async def floor_sample(redis: Redis, channel: str, pubsub: object) -> float:
         if message is not None and message.get("type") == "message":
             return (time.perf_counter() - started) * 1000
     raise RuntimeError("the floor's message did not arrive")
-
-
-async def create_floor_table(url: str) -> None:
-    engine = create_async_engine(url)
-    try:
-        async with engine.begin() as connection:
-            await connection.run_sync(floor_metadata.create_all)
-    finally:
-        await engine.dispose()
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> Samples:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from sqlalchemy import Table, delete, insert, update
 from sqlalchemy import insert as sa_insert
@@ -11,10 +13,13 @@ from sqlmodel import col, select
 from tests.fixtures.factories import Actor, create_contact, create_membership, create_user
 from weflux.auth.scoping import (
     TenantScopeError,
+    agent_restriction,
     core_scope,
     core_scope_params,
     restrict_to_agent,
     use_workspace,
+    viewing_as,
+    workspace_wide,
 )
 from weflux.db import Database
 from weflux.models import (
@@ -245,3 +250,21 @@ async def test_a_core_insert_is_checked_and_filled(
                 sa_insert(contacts),
                 params=[{"id": new_id(), "wa_id": "4930222", "org_id": other_admin.org_id}],
             )
+
+
+async def test_viewing_as_another_role_gives_the_session_its_own_back(
+    db: Database, org: Organization
+) -> None:
+    """`viewing_as` applies the given Agent restriction (or none) inside, and the
+    session's own afterwards: an Agent's stays, a Manager's session gains none."""
+    agent, other = uuid.uuid4(), uuid.uuid4()
+    async with db.session(org.id) as session:
+        with viewing_as(session, agent):
+            assert agent_restriction(session) == agent
+        assert agent_restriction(session) is None  # none before, none after
+        restrict_to_agent(session, other)
+        with viewing_as(session, agent):
+            assert agent_restriction(session) == agent
+        with viewing_as(session, None), workspace_wide(session):
+            assert agent_restriction(session) is None
+        assert agent_restriction(session) == other

@@ -16,11 +16,11 @@ from sqlmodel import col, select
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor
-from tests.fixtures.media import APP_SECRET, MediaInbox, stored_blobs
+from tests.fixtures.media import MediaInbox, stored_blobs
 from weflux.config import Settings
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.lifecycle import erasure
-from weflux.lifecycle.worker import Lifecycle, run_retention
+from weflux.lifecycle.worker import run_retention
 from weflux.models import (
     Contact,
     Conversation,
@@ -271,14 +271,7 @@ async def test_uploads_never_sent_expire_with_the_daily_retention(
         )
     inbound = await _media_rows(media_inbox) - set(ids)
     assert len(_files(settings)) == 5
-    runtime = media_inbox.runtime
-    lifecycle = Lifecycle(
-        db=runtime.db,
-        keyring=runtime.channel_services.keyring,
-        batch=1,
-        media_upload_retention=timedelta(days=7),
-        media=runtime.media,
-    )
+    lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 
@@ -311,10 +304,7 @@ async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since
         organization.message_retention_days = 30
         session.add(organization)
     assert "errors" not in (await _send(client, token, conversation, ids[1])).json()
-    runtime = media_inbox.runtime
-    lifecycle = Lifecycle(
-        db=runtime.db, keyring=runtime.channel_services.keyring, batch=1, media=runtime.media
-    )
+    lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 
@@ -331,16 +321,7 @@ async def _second_contact(inbox: MediaInbox) -> tuple[str, uuid.UUID]:
             messages=[wh.text_message(wh.new_wamid(), from_wa_id=wa_id)],
         )
     )
-    raw = wh.encode(body)
-    response = await inbox.client.post(
-        "/webhooks/whatsapp",
-        content=raw,
-        headers={
-            "Content-Type": "application/json",
-            "X-Hub-Signature-256": wh.sign(raw, APP_SECRET),
-        },
-    )
-    assert response.status_code == 200, response.text
+    await inbox.post(body)
     async with inbox.db.session(inbox.account.org_id) as session:
         contact = (await session.exec(select(Contact).where(Contact.wa_id == wa_id))).one()
         conversation = (
@@ -398,14 +379,7 @@ async def test_an_upload_sent_to_two_contacts_goes_with_the_last_of_them(
             .values(created_at=utcnow() - timedelta(days=8))
         )
     stored = _blobs(settings, media_bucket, request)
-    runtime = media_inbox.runtime
-    lifecycle = Lifecycle(
-        db=runtime.db,
-        keyring=runtime.channel_services.keyring,
-        batch=1,
-        media_upload_retention=timedelta(days=7),
-        media=runtime.media,
-    )
+    lifecycle = media_inbox.lifecycle()
 
     await _erase(media_inbox, first_id)
     await run_retention(lifecycle)
@@ -442,10 +416,7 @@ async def test_message_retention_keeps_an_upload_a_newer_message_to_another_cont
         session.add(organization)
     second, _ = await _second_contact(media_inbox)
     assert "errors" not in (await _send(client, token, second, shared["uploadMedia"]["id"])).json()
-    runtime = media_inbox.runtime
-    lifecycle = Lifecycle(
-        db=runtime.db, keyring=runtime.channel_services.keyring, batch=1, media=runtime.media
-    )
+    lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 

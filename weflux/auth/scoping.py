@@ -147,19 +147,34 @@ def see_erased(session: Session | AsyncSession) -> None:
 
 
 @contextmanager
+def viewing_as(session: Session | AsyncSession, agent: uuid.UUID | None) -> Iterator[None]:
+    """For the statements inside, the Agent restriction of `agent` (None: none), still in
+    the workspace; the session's own restriction is back afterwards.
+
+    For a live socket whose principal may lag a role change: its reads judged by the
+    role the database holds now (weflux.gql.live's `conversationRemoved`).
+    """
+    info = _info(session)
+    previous = info.pop(AGENT_KEY, None)
+    if agent is not None:
+        info[AGENT_KEY] = agent
+    try:
+        yield
+    finally:
+        info.pop(AGENT_KEY, None)
+        if previous is not None:
+            info[AGENT_KEY] = previous
+
+
+@contextmanager
 def workspace_wide(session: Session | AsyncSession) -> Iterator[None]:
     """Lift an Agent's restriction for the statements inside, still in the workspace.
 
     Only for aggregates that must see the whole workspace and answer a number, never
     rows (the messaging-tier count of `weflux.services.quotas`).
     """
-    info = _info(session)
-    agent = info.pop(AGENT_KEY, None)
-    try:
+    with viewing_as(session, None):
         yield
-    finally:
-        if agent is not None:
-            info[AGENT_KEY] = agent
 
 
 def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:

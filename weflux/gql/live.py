@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import strawberry
-from sqlalchemy import func, or_
+from sqlalchemy import func
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
-from weflux.auth.scoping import workspace_wide
+from weflux.auth.scoping import viewing_as, workspace_wide
 from weflux.errors import BadUserInput
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context
@@ -542,11 +542,9 @@ async def _still_visible(
         return set()
     async with info.context.event_unit():
         unit = info.context.unit
-        with workspace_wide(unit):  # the visibility rule of the role the database holds
+        # The scoping's visibility rule, for the role the database holds now.
+        with viewing_as(unit, None if viewer.sees_all else viewer.membership_id):
             query = select(col(ConversationRow.id)).where(col(ConversationRow.id).in_(ids))
-            if not viewer.sees_all:
-                assignee = col(ConversationRow.assignee_membership_id)
-                query = query.where(or_(assignee.is_(None), assignee == viewer.membership_id))
             return set((await unit.exec(query)).all())
 
 

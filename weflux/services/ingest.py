@@ -274,29 +274,34 @@ _UPDATE_CONTACTS = (
 )
 
 
-def _update_conversations(sqlite: bool) -> Any:
-    """A known conversation's new messages: counted unread, the latest shown, reopened."""
-    status = _CONVERSATIONS.c.status
-    values: dict[str, Any] = {
+def _feed_update(table: Table, key: str, values: dict[str, Any]) -> dict[bool, Any]:
+    """UPDATE of one row by id (parameter `key`), confined by `core_scope`; keyed by
+    whether the engine is SQLite, where the row also takes its feed position (parameter
+    `position`: `reserve_feed_positions`); PostgreSQL's trigger sets it there."""
+    return {
+        sqlite: update_of(table)
+        .where(table.c.id == bindparam(key), core_scope(table))
+        .values({**values, "update_seq": bindparam("position")} if sqlite else values)
+        for sqlite in (True, False)
+    }
+
+
+# A known conversation's new messages: counted unread, the latest shown, reopened.
+_UPDATE_CONVERSATIONS = _feed_update(
+    _CONVERSATIONS,
+    "conversation",
+    {
         "unread_count": _CONVERSATIONS.c.unread_count + bindparam("added"),
         "status": case(
-            (status == ConversationStatus.RESOLVED, ConversationStatus.OPEN), else_=status
+            (_CONVERSATIONS.c.status == ConversationStatus.RESOLVED, ConversationStatus.OPEN),
+            else_=_CONVERSATIONS.c.status,
         ),
         "last_message_id": bindparam("last_message_id"),
         "last_message_at": bindparam("last_message_at"),
         "last_inbound_at": bindparam("last_inbound_at"),
         "updated_at": bindparam("updated_at"),
-    }
-    if sqlite:
-        values["update_seq"] = bindparam("position")
-    return (
-        update_of(_CONVERSATIONS)
-        .where(_CONVERSATIONS.c.id == bindparam("conversation"), core_scope(_CONVERSATIONS))
-        .values(values)
-    )
-
-
-_UPDATE_CONVERSATIONS = {sqlite: _update_conversations(sqlite) for sqlite in (True, False)}
+    },
+)
 
 
 @dataclass(slots=True)
@@ -743,18 +748,9 @@ _OUTBOUND_AND_FEED = with_feed_highest(_OUTBOUND)
 _STATUS_COLUMNS = ("status", "status_updated_at", "wa_message_id", "error_code", "error_title")
 
 
-def _update_statuses(sqlite: bool) -> Any:
-    values: dict[str, Any] = {column: bindparam(column) for column in _STATUS_COLUMNS}
-    if sqlite:
-        values["update_seq"] = bindparam("position")
-    return (
-        update_of(_MESSAGES)
-        .where(_MESSAGES.c.id == bindparam("message"), core_scope(_MESSAGES))
-        .values(values)
-    )
-
-
-_UPDATE_STATUSES = {sqlite: _update_statuses(sqlite) for sqlite in (True, False)}
+_UPDATE_STATUSES = _feed_update(
+    _MESSAGES, "message", {column: bindparam(column) for column in _STATUS_COLUMNS}
+)
 
 
 @dataclass(slots=True)
