@@ -12,16 +12,33 @@ step-by-step cursor), isolation level, `create_function`, commit, rollback, clos
 terminate. Engines get it with `create_async_engine(url, module=one_hop_dbapi())`; the
 URL stays `sqlite+aiosqlite://` and SQLAlchemy's classes are not patched.
 
-It relies on one private method of aiosqlite, `Connection._execute(fn, *args)` (queue
-`fn` on the connection's thread and await its result), and its `_conn` property (the
-`sqlite3.Connection`); `tests/test_sqlite_driver.py` pins both.
+Inline statements: a statement marked with the execution option `weflux_inline` (`INLINE`)
+runs on the calling (event-loop) thread, with no hand-off, but only while its connection
+is known to hold SQLite's write lock in an open transaction with nothing queued on its
+thread: after a `BEGIN IMMEDIATE` (or EXCLUSIVE) that went through this driver and
+completed, before the transaction ends, and only on a WAL database (`allow_inline`). Such a
+statement never waits for a lock (in WAL mode a transaction holding the write lock reads
+its snapshot and writes without any other lock; the busy handler is never called), so it
+blocks the loop only for its own work: mark only cheap, bounded statements (by primary
+key or a unique index, a bounded number of rows). Otherwise (autocommit, a deferred or
+read-only transaction, before BEGIN, after an interrupt, a cancelled or server-side
+statement) it takes its hand-off as any other. An executemany of more than
+`INLINE_MAX_ROWS` rows always hops. Errors are raised and mapped exactly as on the hand-off
+path (the same sqlite3 exception through SQLAlchemy's `_handle_exception`). The cursors of
+an engine learn of the option through `mark_inline_statements(engine)`; engines without it
+(the benchmarks' floors) never run a statement inline.
+
+It relies on aiosqlite's private `Connection._execute(fn, *args)` (queue `fn` on the
+connection's thread and await its result), its `_conn` property (the `sqlite3.Connection`)
+and `_connection` attribute (the same, or None once closed); `tests/test_sqlite_driver.py`
+pins them.
 """
 
 from __future__ import annotations
 
 import collections
 import sqlite3
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 from sqlalchemy.dialects.sqlite.aiosqlite import (
@@ -29,11 +46,43 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
-from sqlalchemy.engine import URL, make_url
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.sql import Executable
 
 # What one hand-off brings back: description, rows (None without a description),
 # rowcount, lastrowid.
 _Outcome = tuple[Any, list[Any] | None, int, int | None]
+_NOTHING: _Outcome = (None, None, -1, None)
+
+# The execution option that lets a statement run inline (see the module's docstring).
+INLINE = "weflux_inline"
+# An executemany of more rows than this hops even when marked: it is bounded by its caller,
+# but its caller's bound (a webhook's size) may be large.
+INLINE_MAX_ROWS = 64
+
+_Statement = TypeVar("_Statement", bound=Executable)
+
+
+def inline(statement: _Statement) -> _Statement:
+    """`statement`, marked to run inline on SQLite when its transaction holds the write lock.
+
+    Only for a statement whose work is bounded whatever the database's size (rows found by
+    primary key or a unique index, a bounded number of rows written): the event loop waits
+    for it. Other engines ignore the mark.
+    """
+    return statement.execution_options(**{INLINE: True})
+
+
+def _takes_write_lock(operation: str) -> bool:
+    """Whether a statement begins a transaction holding SQLite's write lock."""
+    return operation.lstrip()[:15].upper() in ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
+
+
+def _in_transaction(driver: aiosqlite.Connection) -> bool:
+    """Whether the sqlite3 connection is in a transaction (False once closed)."""
+    conn: sqlite3.Connection | None = driver._connection
+    return conn is not None and conn.in_transaction
 
 
 def _run_statement(
@@ -58,10 +107,13 @@ def _run_statement(
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statements cost one hand-off to aiosqlite's thread."""
 
-    __slots__ = ("_arraysize", "_description", "_lastrowid", "_rowcount")
+    __slots__ = ("_arraysize", "_description", "_inline", "_lastrowid", "_rowcount")
+    _adapt_connection: OneHopConnection
 
     def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
         super().__init__(adapt_connection)
+        # Set by `mark_inline_statements` for a statement with the `INLINE` option.
+        self._inline = False
         self._description: Any = None
         self._rowcount = -1
         self._lastrowid: int | None = None
@@ -98,22 +150,53 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _async_soft_close(self) -> None:
         """Nothing to close: the sqlite3 cursor closed on the thread, its results are here."""
 
+    # Called through `execute`/`executemany` (SQLAlchemy's), which await them in the
+    # greenlet and map a failure; an inline statement completes within that await without
+    # suspending (SQLAlchemy requires an await in each async call: this one costs a
+    # greenlet switch, not a loop iteration).
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
-        await self._run(operation, parameters, many=False)
+        self._keep(_NOTHING)
+        if self._inline and self._adapt_connection._may_run_inline():
+            self._keep(_run_statement(self._connection, operation, parameters, False))
+        else:
+            await self._run(operation, parameters, many=False)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
-        await self._run(operation, seq_of_parameters, many=True)
+        self._keep(_NOTHING)
+        if (
+            self._inline
+            and isinstance(seq_of_parameters, list | tuple)
+            and len(seq_of_parameters) <= INLINE_MAX_ROWS
+            and self._adapt_connection._may_run_inline()
+        ):
+            self._keep(_run_statement(self._connection, operation, seq_of_parameters, True))
+        else:
+            await self._run(operation, seq_of_parameters, many=True)
 
     async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
-        self._description, self._rowcount, self._lastrowid = None, -1, None
-        self._rows.clear()
-        async with self._adapt_connection._execute_mutex:
-            outcome: _Outcome = await self._connection._execute(
-                _run_statement, self._connection, operation, parameters, many
-            )
+        adapt = self._adapt_connection
+        async with adapt._execute_mutex:
+            locked = adapt._write_locked
+            queued = adapt._queue()
+            try:
+                outcome: _Outcome = await self._connection._execute(
+                    _run_statement, self._connection, operation, parameters, many
+                )
+            except Exception:
+                # It ran and failed: the transaction (and its lock) may have ended with it.
+                # A cancellation is no Exception: the statement may still be running on the
+                # thread, so nothing runs inline until the next BEGIN IMMEDIATE completes.
+                adapt._completed(queued, locked=locked)
+                raise
+            adapt._completed(queued, locked=locked or _takes_write_lock(operation))
+        self._keep(outcome)
+
+    def _keep(self, outcome: _Outcome) -> None:
         self._description, rows, self._rowcount, self._lastrowid = outcome
         if rows:
             self._rows = collections.deque(rows)
+        else:
+            self._rows.clear()
 
 
 class OneHopConnection(AsyncAdapt_aiosqlite_connection):
@@ -127,7 +210,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     transaction that way must end it that way (`weflux.db.interrupt` only rolls back).
     """
 
-    __slots__ = ("_settled",)
+    __slots__ = ("_inline_allowed", "_queued", "_settled", "_write_locked")
     # mypy reads the base's attribute as exactly its class, not a subclass of it.
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 
@@ -137,27 +220,86 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         # that completed: a cancelled one may still be queued, and a statement (or any
         # cursor) may have begun a transaction.
         self._settled = False
+        # Inline statements: whether they may run at all (`allow_inline`), and whether
+        # they may now: True only while the transaction holds the write lock and nothing
+        # is queued on aiosqlite's thread (the last thing queued was the hand-off that
+        # took the lock, or a statement after it, and it completed). `_queued` counts what
+        # was queued, so that a completion tells whether something was queued after it.
+        self._inline_allowed = False
+        self._write_locked = False
+        self._queued = 0
+
+    def allow_inline(self) -> None:
+        """Let statements marked `INLINE` run inline here: only on a WAL database, where a
+        transaction holding the write lock never waits for another lock (in rollback-journal
+        mode a write that spills the page cache waits for readers)."""
+        self._inline_allowed = True
+
+    def _queue(self) -> int:
+        """Before anything is queued on aiosqlite's thread: no statement inline until it has
+        completed (and only then if it leaves the write lock held)."""
+        self._write_locked = False
+        self._queued += 1
+        return self._queued
+
+    def _completed(self, queued: int, *, locked: bool) -> None:
+        """A hand-off (number `queued`) completed; `locked`: whether the write lock was
+        held before it or taken by it."""
+        if queued == self._queued:  # nothing queued since: the thread is idle
+            self._write_locked = (
+                locked and self._inline_allowed and _in_transaction(self._connection)
+            )
+
+    def _may_run_inline(self) -> bool:
+        if not self._write_locked or self._execute_mutex.locked():
+            return False
+        if not _in_transaction(self._connection):
+            # Ended under us (SQLite rolls back by itself on some errors): no lock held.
+            self._write_locked = False
+            return False
+        return True
+
+    async def abort(self) -> None:
+        """Interrupt the running statement, if any, and roll back (`weflux.db.interrupt`).
+
+        sqlite3's `interrupt()` is immediate, from any thread; the rollback is queued right
+        behind the aborted statement. Nothing runs inline on the connection meanwhile.
+        """
+        self._queue()
+        await self._connection.interrupt()
+        await self._connection.rollback()
 
     def cursor(self, server_side: bool = False) -> Any:
         self._settled = False
+        if server_side:
+            self._queue()  # its steps are hand-offs of their own, not tracked here
         return super().cursor(server_side)
 
     def commit(self) -> None:
         self._settled = False
+        self._queue()
         super().commit()
         self._settled = True
 
     def rollback(self) -> None:
         if self._settled:
             return
+        self._queue()
         super().rollback()
         self._settled = True
+
+    def close(self) -> None:
+        self._queue()
+        super().close()
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
     """SQLAlchemy's aiosqlite DBAPI shim, connecting with `OneHopConnection`."""
 
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
+        # Inline statements use the sqlite3 connection from the event loop's thread too
+        # (never while its own thread works on it).
+        kw["check_same_thread"] = False
         adapted = super().connect(*arg, **kw)
         return OneHopConnection(self, adapted._connection)
 
@@ -165,6 +307,15 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
 def one_hop_dbapi() -> OneHopDBAPI:
     """The DBAPI module for `create_async_engine(..., module=)` on a `sqlite+aiosqlite` URL."""
     return OneHopDBAPI(aiosqlite, sqlite3)
+
+
+def mark_inline_statements(engine: Engine) -> None:
+    """Tell the cursors of `engine` (on this driver) which statements carry `INLINE`."""
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _mark(_conn: Any, cursor: Any, _sql: Any, _params: Any, context: Any, _many: bool) -> None:
+        if context is not None and context.execution_options.get(INLINE):
+            cursor._inline = True
 
 
 def driver_options(url: str | URL) -> dict[str, Any]:
