@@ -41,12 +41,12 @@ import sqlite3
 from typing import Any, TypeVar
 
 import aiosqlite
+from sqlalchemy import event
 from sqlalchemy.dialects.sqlite.aiosqlite import (
     AsyncAdapt_aiosqlite_connection,
     AsyncAdapt_aiosqlite_cursor,
     AsyncAdapt_aiosqlite_dbapi,
 )
-from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.sql import Executable
 
@@ -109,6 +109,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
 
     __slots__ = ("_arraysize", "_description", "_inline", "_lastrowid", "_rowcount")
     _adapt_connection: OneHopConnection
+    _connection: aiosqlite.Connection  # type: ignore[assignment]  # the base's protocol
 
     def __init__(self, adapt_connection: AsyncAdapt_aiosqlite_connection) -> None:
         super().__init__(adapt_connection)
@@ -179,8 +180,10 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             locked = adapt._write_locked
             queued = adapt._queue()
             try:
-                outcome: _Outcome = await self._connection._execute(
-                    _run_statement, self._connection, operation, parameters, many
+                driver = self._connection
+                execute: Any = driver._execute  # untyped in aiosqlite
+                outcome: _Outcome = await execute(
+                    _run_statement, driver, operation, parameters, many
                 )
             except Exception:
                 # It ran and failed: the transaction (and its lock) may have ended with it.
@@ -211,6 +214,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """
 
     __slots__ = ("_inline_allowed", "_queued", "_settled", "_write_locked")
+    _connection: aiosqlite.Connection  # type: ignore[assignment]  # the base's protocol
     # mypy reads the base's attribute as exactly its class, not a subclass of it.
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
 

@@ -18,8 +18,8 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
 from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
-from weflux.config import Settings
 from weflux import sqlite_driver
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Conversation,
