@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from weflux.db import _READ_ONLY, Database, create_engine, interrupt
+from weflux.db import _READ_ONLY, SQLITE_BUSY_TIMEOUT_MS, Database, create_engine, interrupt
 from weflux.sqlite_driver import (
     INLINE,
     INLINE_MAX_ROWS,
@@ -122,6 +122,7 @@ async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Pa
     execute: Any = driver._execute  # untyped in aiosqlite
     try:
         assert isinstance(driver._conn, sqlite3.Connection)
+        assert driver._connection is driver._conn  # None once closed
         # It runs the function on the connection's own thread, with the arguments given
         ran_on = await execute(lambda a, b=0: (threading.get_ident(), a + b), 1, b=2)
         assert ran_on == (driver._thread.ident, 3)
@@ -131,6 +132,7 @@ async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Pa
             await execute(driver._conn.execute, "SELECT * FROM missing")
     finally:
         await driver.close()
+    assert driver._connection is None
     # Closed: ValueError, which SQLAlchemy's adapter maps to OperationalError
     with pytest.raises(ValueError, match="Connection closed"):
         await execute(lambda: None)
@@ -252,11 +254,12 @@ async def test_one_hand_off_per_statement_and_none_for_the_pool_s_reset(
         hops.clear()
     # A connection given back without a commit is rolled back (one hand-off)
     assert hops == ["rollback"]
-    # A unit of work: BEGIN IMMEDIATE, the statement, COMMIT; nothing when given back
+    # A unit of work: the statement and COMMIT (its BEGIN IMMEDIATE, with no other writer,
+    # runs inline: see below); nothing when given back
     hops.clear()
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
-    assert hops == ["_run_statement", "_run_statement", "commit"]
+    assert hops == ["_run_statement", "commit"]
     # And the next unit of work on that connection still begins and commits
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('e')"))
@@ -587,3 +590,38 @@ async def test_a_cancelled_hand_off_or_an_interrupt_stops_inline_runs(
         await db.dispose()
     async with engine.connect() as conn:
         assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_begin_runs_inline_unless_it_would_wait(engine: AsyncEngine, hops: list[str]) -> None:
+    async with engine.connect() as holder, engine.connect() as waiter:
+        await where_it_runs(waiter)
+        busy_timeout = text("PRAGMA busy_timeout")
+        # With no other writer: BEGIN IMMEDIATE takes no hand-off, nor a reader's BEGIN
+        hops.clear()
+        await waiter.begin()
+        assert hops == []
+        assert await ran_on(waiter) == "loop"
+        await waiter.rollback()
+        await waiter.execution_options(**{_READ_ONLY: True})
+        hops.clear()
+        await waiter.begin()
+        assert hops == []
+        assert await ran_on(waiter) == "thread"  # no write lock: the statement hops
+        await waiter.rollback()
+        await waiter.execution_options(**{_READ_ONLY: False})
+        # Given another writer
+        await holder.begin()
+        await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
+        # When a unit of work begins: its BEGIN IMMEDIATE takes its hand-off and waits
+        hops.clear()
+        begun = asyncio.create_task(waiter.begin().start())
+        await asyncio.sleep(0.2)
+        assert not begun.done()
+        assert hops == ["_run_statement"]
+        await holder.commit()
+        async with asyncio.timeout(HANG_GUARD / 6):
+            await begun
+        # Then it holds the lock, and its busy timeout is the engine's again
+        assert await ran_on(waiter) == "loop"
+        assert (await waiter.execute(busy_timeout)).scalar() == SQLITE_BUSY_TIMEOUT_MS
+        await waiter.rollback()

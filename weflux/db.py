@@ -30,7 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
 from weflux.config import ConfigError
-from weflux.sqlite_driver import OneHopConnection, mark_inline_statements, one_hop_dbapi
+from weflux.sqlite_driver import INLINE, OneHopConnection, mark_inline_statements, one_hop_dbapi
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +200,9 @@ def make_sqlite_directory(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+_BEGIN_INLINE = {INLINE: True}
+
+
 def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     make_sqlite_directory(url)
     # One hand-off to aiosqlite's thread per statement, none for a statement marked
@@ -214,7 +217,7 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         if cursor.fetchone()[0] == "wal":  # not for :memory: (see `allow_inline`)
-            dbapi_connection.allow_inline()
+            dbapi_connection.allow_inline(SQLITE_BUSY_TIMEOUT_MS)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -225,11 +228,12 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         # IMMEDIATE: take the write lock at the start. A deferred transaction that read
         # first cannot upgrade once another has written (SQLITE_BUSY_SNAPSHOT, no retry),
         # so concurrent read-then-write units of work would fail instead of waiting.
-        # Read-only units (`begin_read_only`) never upgrade: they begin deferred.
+        # Read-only units (`begin_read_only`) never upgrade: they begin deferred. Both run
+        # inline (no thread hand-off) when they cannot wait: weflux.sqlite_driver.
         if conn.get_execution_options().get(_READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("BEGIN", execution_options=_BEGIN_INLINE)
         else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE", execution_options=_BEGIN_INLINE)
 
     return engine
 

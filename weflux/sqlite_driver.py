@@ -1,4 +1,4 @@
-"""SQLite through aiosqlite in one thread hand-off per statement.
+"""SQLite through aiosqlite: one thread hand-off per statement, none for inline statements.
 
 SQLAlchemy's aiosqlite adapter sends each step of a statement to aiosqlite's worker
 thread on its own: creating the cursor, `execute`, `fetchall` when there are rows, and
@@ -12,21 +12,24 @@ step-by-step cursor), isolation level, `create_function`, commit, rollback, clos
 terminate. Engines get it with `create_async_engine(url, module=one_hop_dbapi())`; the
 URL stays `sqlite+aiosqlite://` and SQLAlchemy's classes are not patched.
 
-Inline statements: a statement marked with the execution option `weflux_inline` (`INLINE`)
-runs on the calling (event-loop) thread, with no hand-off, but only while its connection
-is known to hold SQLite's write lock in an open transaction with nothing queued on its
-thread: after a `BEGIN IMMEDIATE` (or EXCLUSIVE) that went through this driver and
-completed, before the transaction ends, and only on a WAL database (`allow_inline`). Such a
-statement never waits for a lock (in WAL mode a transaction holding the write lock reads
-its snapshot and writes without any other lock; the busy handler is never called), so it
-blocks the loop only for its own work: mark only cheap, bounded statements (by primary
-key or a unique index, a bounded number of rows). Otherwise (autocommit, a deferred or
-read-only transaction, before BEGIN, after an interrupt, a cancelled or server-side
-statement) it takes its hand-off as any other. An executemany of more than
-`INLINE_MAX_ROWS` rows always hops. Errors are raised and mapped exactly as on the hand-off
-path (the same sqlite3 exception through SQLAlchemy's `_handle_exception`). The cursors of
-an engine learn of the option through `mark_inline_statements(engine)`; engines without it
-(the benchmarks' floors) never run a statement inline.
+Inline statements (no hand-off at all): a statement marked with the execution option
+`weflux_inline` (`inline(statement)`) runs on the calling, event loop's, thread, but only
+while its connection is known to hold SQLite's write lock with nothing queued on its
+thread: after a `BEGIN IMMEDIATE` (or EXCLUSIVE) sent through this driver has completed,
+until anything else is queued there or the transaction ends (commit, rollback, `abort`, a
+statement ending it, SQLite rolling back by itself after some errors), and only on a WAL
+database (`allow_inline`). Such a statement never waits for a lock: in WAL mode a
+transaction holding the write lock reads its snapshot and writes with no other lock, and
+SQLite's busy handler is never called. So it blocks the loop only for its own work: mark
+only statements bounded whatever the database's size (rows by primary key or a unique
+index, a bounded number of rows written). Anywhere else (before BEGIN, outside a
+transaction, a reader's deferred transaction, after a cancelled hand-off, an interrupt or a
+server-side cursor) a marked statement takes its hand-off like any other, and an
+executemany of more than `INLINE_MAX_ROWS` rows always does. BEGIN IMMEDIATE keeps its
+hand-off (it may wait for another writer) and so does COMMIT (it may checkpoint the WAL).
+Errors are the same sqlite3 exceptions, mapped by the same SQLAlchemy code. An engine's
+cursors hear of the option through `mark_inline_statements(engine)` (weflux.db's engines);
+an engine without it (the benchmarks' floors) runs nothing inline.
 
 It relies on aiosqlite's private `Connection._execute(fn, *args)` (queue `fn` on the
 connection's thread and await its result), its `_conn` property (the `sqlite3.Connection`)
@@ -74,9 +77,23 @@ def inline(statement: _Statement) -> _Statement:
     return statement.execution_options(**{INLINE: True})
 
 
+_TAKE_WRITE_LOCK = frozenset({"BEGIN IMMEDIATE", "BEGIN EXCLUSIVE"})
+_BEGIN = _TAKE_WRITE_LOCK | {"BEGIN", "BEGIN DEFERRED"}
+
+
 def _takes_write_lock(operation: str) -> bool:
     """Whether a statement begins a transaction holding SQLite's write lock."""
-    return operation.lstrip()[:15].upper() in ("BEGIN IMMEDIATE", "BEGIN EXCLUSIVE")
+    return operation.strip().upper() in _TAKE_WRITE_LOCK
+
+
+def _quietly(conn: sqlite3.Connection, operation: str) -> None:
+    """A statement run to its end (its rows drained, its cursor closed)."""
+    cursor = conn.cursor()
+    try:
+        cursor.execute(operation)
+        cursor.fetchall()
+    finally:
+        cursor.close()
 
 
 def _in_transaction(driver: aiosqlite.Connection) -> bool:
@@ -157,10 +174,14 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     # greenlet switch, not a loop iteration).
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
         self._keep(_NOTHING)
-        if self._inline and self._adapt_connection._may_run_inline():
-            self._keep(_run_statement(self._connection, operation, parameters, False))
-        else:
-            await self._run(operation, parameters, many=False)
+        if self._inline:
+            adapt = self._adapt_connection
+            if adapt._may_run_inline():
+                self._keep(_run_statement(self._connection, operation, parameters, False))
+                return
+            if not parameters and adapt._began_inline(operation):
+                return
+        await self._run(operation, parameters, many=False)
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
         self._keep(_NOTHING)
@@ -213,7 +234,14 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     transaction that way must end it that way (`weflux.db.interrupt` only rolls back).
     """
 
-    __slots__ = ("_inline_allowed", "_queued", "_settled", "_write_locked")
+    __slots__ = (
+        "_busy_timeout_ms",
+        "_idle",
+        "_inline_allowed",
+        "_queued",
+        "_settled",
+        "_write_locked",
+    )
     _connection: aiosqlite.Connection  # type: ignore[assignment]  # the base's protocol
     # mypy reads the base's attribute as exactly its class, not a subclass of it.
     _cursor_cls = OneHopCursor  # type: ignore[assignment]
@@ -224,25 +252,29 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         # that completed: a cancelled one may still be queued, and a statement (or any
         # cursor) may have begun a transaction.
         self._settled = False
-        # Inline statements: whether they may run at all (`allow_inline`), and whether
-        # they may now: True only while the transaction holds the write lock and nothing
-        # is queued on aiosqlite's thread (the last thing queued was the hand-off that
-        # took the lock, or a statement after it, and it completed). `_queued` counts what
-        # was queued, so that a completion tells whether something was queued after it.
+        # Inline statements: whether they may run at all (`allow_inline`); whether
+        # nothing is queued on aiosqlite's thread (`_idle`: the last thing queued there
+        # completed; `_queued` counts what was queued, so that a completion tells whether
+        # something was queued after it); and whether, besides, the transaction holds the
+        # write lock (`_write_locked`).
         self._inline_allowed = False
+        self._busy_timeout_ms = 0
+        self._idle = False
         self._write_locked = False
         self._queued = 0
 
-    def allow_inline(self) -> None:
+    def allow_inline(self, busy_timeout_ms: int) -> None:
         """Let statements marked `INLINE` run inline here: only on a WAL database, where a
         transaction holding the write lock never waits for another lock (in rollback-journal
-        mode a write that spills the page cache waits for readers)."""
+        mode a write that spills the page cache waits for readers). `busy_timeout_ms`: the
+        connection's busy timeout, restored after an inline BEGIN's attempt without it."""
         self._inline_allowed = True
+        self._busy_timeout_ms = int(busy_timeout_ms)
 
     def _queue(self) -> int:
-        """Before anything is queued on aiosqlite's thread: no statement inline until it has
-        completed (and only then if it leaves the write lock held)."""
-        self._write_locked = False
+        """Before anything is queued on aiosqlite's thread: nothing inline until it has
+        completed (and no statement but a BEGIN unless it leaves the write lock held)."""
+        self._idle = self._write_locked = False
         self._queued += 1
         return self._queued
 
@@ -250,9 +282,42 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         """A hand-off (number `queued`) completed; `locked`: whether the write lock was
         held before it or taken by it."""
         if queued == self._queued:  # nothing queued since: the thread is idle
+            self._idle = True
             self._write_locked = (
                 locked and self._inline_allowed and _in_transaction(self._connection)
             )
+
+    def _began_inline(self, operation: str) -> bool:
+        """BEGIN (deferred, IMMEDIATE or EXCLUSIVE) on this thread, if that cannot wait.
+
+        Only with nothing queued on aiosqlite's thread and no transaction open. A deferred
+        BEGIN touches no file. IMMEDIATE tries for the write lock with no busy timeout: False
+        when another writer holds it (the caller then takes the hand-off, which waits for
+        it); the connection's busy timeout is restored at once.
+        """
+        statement = operation.strip().upper()
+        if (
+            statement not in _BEGIN
+            or not (self._inline_allowed and self._idle)
+            or self._execute_mutex.locked()
+            or _in_transaction(self._connection)
+        ):
+            return False
+        conn = self._connection._conn
+        if statement not in _TAKE_WRITE_LOCK:
+            _quietly(conn, operation)
+            return True
+        _quietly(conn, "PRAGMA busy_timeout = 0")
+        try:
+            _quietly(conn, operation)
+        except sqlite3.OperationalError as error:
+            if error.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY:
+                raise
+            return False
+        finally:
+            _quietly(conn, f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
+        self._write_locked = True
+        return True
 
     def _may_run_inline(self) -> bool:
         if not self._write_locked or self._execute_mutex.locked():
@@ -281,20 +346,39 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     def commit(self) -> None:
         self._settled = False
-        self._queue()
+        queued = self._queue()
         super().commit()
+        self._completed(queued, locked=False)
         self._settled = True
 
     def rollback(self) -> None:
         if self._settled:
             return
-        self._queue()
+        queued = self._queue()
         super().rollback()
+        self._completed(queued, locked=False)
         self._settled = True
 
     def close(self) -> None:
         self._queue()
         super().close()
+
+    def create_function(self, *args: Any, **kw: Any) -> None:
+        locked = self._write_locked
+        queued = self._queue()
+        super().create_function(*args, **kw)
+        self._completed(queued, locked=locked)
+
+    @property
+    def isolation_level(self) -> str | None:
+        return self._connection.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self, value: str | None) -> None:
+        locked = self._write_locked
+        queued = self._queue()
+        AsyncAdapt_aiosqlite_connection.isolation_level.fset(self, value)  # type: ignore[attr-defined]
+        self._completed(queued, locked=locked)
 
 
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):

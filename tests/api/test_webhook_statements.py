@@ -10,6 +10,7 @@ import os
 import threading
 from typing import Any
 
+import aiosqlite
 import httpx
 import pytest
 from sqlmodel import select
@@ -121,10 +122,10 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
 ) -> None:
     """Given a connected number on SQLite,
     when one-message webhooks come from a new sender, then from that sender, then a status,
-    then each unit's BEGIN IMMEDIATE takes its hand-off to aiosqlite's thread (and its
-    COMMIT, not a statement), and the bounded statements after it run on the event loop's
-    thread (weflux.sqlite_driver); the status lookup and UPDATE, whose scope reads the
-    workspace's erased conversations, keep their hand-offs."""
+    then each unit's BEGIN IMMEDIATE (no other writer) and the bounded statements after
+    it run on the event loop's thread, and its COMMIT alone takes a hand-off to
+    aiosqlite's (weflux.sqlite_driver); the status lookup and UPDATE, whose scope reads
+    the workspace's erased conversations, keep their hand-offs."""
     if dialect != "sqlite":
         pytest.skip("SQLite's driver")
     await _statements(client, app, "16505550000")
@@ -136,16 +137,22 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
 
     def recorded(driver: Any, operation: str, parameters: Any, many: bool) -> Any:
         words = operation.split(None, 3)
-        kind = " ".join(
-            words[:3] if words[0] == "INSERT" else words[:2] if words[0] == "BEGIN" else words[:1]
-        )
+        kind = " ".join(words[:3] if words[0] == "INSERT" else words[:1])
         ran.append((kind, threading.get_ident() == loop_thread))
         return run_statement(driver, operation, parameters, many)
 
+    hops: list[str] = []
+    hand_off = aiosqlite.Connection._execute
+
+    async def counted(driver: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append("statement" if fn is recorded else fn.__name__)
+        return await hand_off(driver, fn, *args, **kwargs)
+
     monkeypatch.setattr(sqlite_driver, "_run_statement", recorded)
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
     await _statements(client, app, "16505550001")
+    assert hops == ["commit"]
     assert ran == [
-        ("BEGIN IMMEDIATE", False),
         ("SELECT", True),
         ("INSERT INTO contacts", True),
         ("INSERT INTO conversations", True),
@@ -153,19 +160,21 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
         ("INSERT INTO webhook_events", True),
     ]
     ran.clear()
+    hops.clear()
     await _statements(client, app, "16505550001")
+    assert hops == ["commit"]
     assert ran == [
-        ("BEGIN IMMEDIATE", False),
         ("SELECT", True),
         ("UPDATE", True),
         ("INSERT INTO messages", True),
         ("INSERT INTO webhook_events", True),
     ]
     ran.clear()
+    hops.clear()
     change = wh.messages_change(statuses=[wh.status(wamid, "delivered")])
     await signed_webhook(client, wh.webhook_body(change))
+    assert hops == ["statement", "statement", "commit"]
     assert ran == [
-        ("BEGIN IMMEDIATE", False),
         ("SELECT", False),
         ("UPDATE", False),
         ("INSERT INTO webhook_events", True),
