@@ -515,40 +515,44 @@ async def test_a_marked_statement_waits_for_another_writer_in_its_hand_off(
         async with conn.begin():
             await conn.execute(insert.execution_options(**{INLINE: True}))
 
+    async def waits_until_released(work: asyncio.Task[Any], holder: AsyncConnection) -> None:
+        gaps.clear()
+        await asyncio.sleep(0.3)
+        # It waits, and the event loop goes on meanwhile
+        assert not work.done()
+        assert max(gaps) < 0.25
+        # Until the lock is released
+        await holder.commit()
+        async with asyncio.timeout(HANG_GUARD / 6):
+            await work
+
     async with engine.connect() as holder, engine.connect() as waiter:
         await where_it_runs(waiter)
-        # Given another connection holding the write lock
-        await holder.begin()
-        await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
         ticker = asyncio.create_task(ticking())
         try:
-            # When a marked INSERT comes outside a transaction
+            # Given another connection holding the write lock
+            await holder.begin()
+            await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
+            # When a marked INSERT comes outside a transaction: it waits in its hand-off
             outside = outside_a_transaction("INSERT INTO t (v) VALUES ('outside-' || ran_on())")
-            autocommit = asyncio.create_task(waiter.run_sync(outside))
-            await asyncio.sleep(0.5)
-            # Then it waits, and the event loop goes on meanwhile
-            assert not autocommit.done()
-            assert max(gaps) < 0.25
-            # Until the lock is released
-            await holder.commit()
-            async with asyncio.timeout(HANG_GUARD / 6):
-                await autocommit
-            # And a unit of work waits in its BEGIN IMMEDIATE, the loop going on
+            await waits_until_released(asyncio.create_task(waiter.run_sync(outside)), holder)
+            # And a unit of work waits in its BEGIN IMMEDIATE's hand-off
             await holder.begin()
             await holder.execute(text("INSERT INTO t (v) VALUES ('held again')"))
-            unit = asyncio.create_task(unit_of_work(waiter))
-            gaps.clear()
-            await asyncio.sleep(0.3)
-            assert not unit.done()
-            assert max(gaps) < 0.25
-            await holder.rollback()
-            async with asyncio.timeout(HANG_GUARD / 6):
-                await unit
+            await waits_until_released(asyncio.create_task(unit_of_work(waiter)), holder)
         finally:
             ticker.cancel()
     async with engine.connect() as conn:
         # The first hopped; the unit's INSERT ran inline once its BEGIN had the lock
-        assert await values(conn) == ["a", "b", "c", "held", "outside-thread", "unit-loop"]
+        assert await values(conn) == [
+            "a",
+            "b",
+            "c",
+            "held",
+            "outside-thread",
+            "held again",
+            "unit-loop",
+        ]
 
 
 async def test_a_cancelled_hand_off_or_an_interrupt_stops_inline_runs(
