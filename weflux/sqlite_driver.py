@@ -25,11 +25,12 @@ only statements bounded whatever the database's size (rows by primary key or a u
 index, a bounded number of rows written). Anywhere else (before BEGIN, outside a
 transaction, a reader's deferred transaction, after a cancelled hand-off, an interrupt or a
 server-side cursor) a marked statement takes its hand-off like any other, and an
-executemany of more than `INLINE_MAX_ROWS` rows always does. BEGIN IMMEDIATE keeps its
-hand-off (it may wait for another writer) and so does COMMIT (it may checkpoint the WAL).
-Errors are the same sqlite3 exceptions, mapped by the same SQLAlchemy code. An engine's
-cursors hear of the option through `mark_inline_statements(engine)` (weflux.db's engines);
-an engine without it (the benchmarks' floors) runs nothing inline.
+executemany of more than `INLINE_MAX_ROWS` rows always does. A marked BEGIN runs inline
+when it cannot wait (deferred: it touches no file; IMMEDIATE: tried with no busy timeout,
+else its hand-off waits for the other writer); COMMIT keeps its hand-off (it may
+checkpoint the WAL). Errors are the same sqlite3 exceptions, mapped by the same SQLAlchemy
+code. An engine's cursors hear of the option through `mark_inline_statements(engine)`
+(weflux.db's engines); an engine without it (the benchmarks' floors) runs nothing inline.
 
 It relies on aiosqlite's private `Connection._execute(fn, *args)` (queue `fn` on the
 connection's thread and await its result), its `_conn` property (the `sqlite3.Connection`)
@@ -83,7 +84,7 @@ _BEGIN = _TAKE_WRITE_LOCK | {"BEGIN", "BEGIN DEFERRED"}
 
 def _takes_write_lock(operation: str) -> bool:
     """Whether a statement begins a transaction holding SQLite's write lock."""
-    return operation.strip().upper() in _TAKE_WRITE_LOCK
+    return len(operation) < 32 and operation.strip().upper() in _TAKE_WRITE_LOCK
 
 
 def _quietly(conn: sqlite3.Connection, operation: str) -> None:
