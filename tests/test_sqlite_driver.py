@@ -16,12 +16,13 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import bindparam, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from weflux.db import _READ_ONLY, SQLITE_BUSY_TIMEOUT_MS, Database, create_engine, interrupt
 from weflux.sqlite_driver import (
     INLINE,
+    INLINE_MAX_PARAMETERS,
     INLINE_MAX_ROWS,
     OneHopConnection,
     OneHopCursor,
@@ -447,16 +448,23 @@ async def test_a_transaction_ended_by_a_statement_stops_inline_runs(engine: Asyn
         await conn.rollback()
 
 
-async def test_a_large_executemany_hops_even_when_marked(
+async def test_a_large_executemany_or_in_list_hops_even_when_marked(
     engine: AsyncEngine, hops: list[str]
 ) -> None:
     insert = text("INSERT INTO t (v) VALUES (:v)").execution_options(**{INLINE: True})
+    lookup = (
+        text("SELECT count(*) FROM t WHERE v IN :vs")
+        .bindparams(bindparam("vs", expanding=True))
+        .execution_options(**{INLINE: True})
+    )
     async with engine.begin() as conn:
         hops.clear()
         await conn.execute(insert, [{"v": f"s{i}"} for i in range(INLINE_MAX_ROWS)])
+        assert (await conn.execute(lookup, {"vs": ["a"] * INLINE_MAX_PARAMETERS})).scalar() == 1
         assert hops == []
         await conn.execute(insert, [{"v": f"l{i}"} for i in range(INLINE_MAX_ROWS + 1)])
-        assert hops == ["_run_statement"]
+        assert (await conn.execute(lookup, {"vs": ["a"] * (INLINE_MAX_PARAMETERS + 1)})).scalar()
+        assert hops == ["_run_statement", "_run_statement"]
         assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 3 + 129
 
 

@@ -25,7 +25,8 @@ only statements bounded whatever the database's size (rows by primary key or a u
 index, a bounded number of rows written). Anywhere else (before BEGIN, outside a
 transaction, a reader's deferred transaction, after a cancelled hand-off, an interrupt or a
 server-side cursor) a marked statement takes its hand-off like any other, and an
-executemany of more than `INLINE_MAX_ROWS` rows always does. A marked BEGIN runs inline
+executemany of more than `INLINE_MAX_ROWS` rows (or a statement of more than
+`INLINE_MAX_PARAMETERS` parameters) always does. A marked BEGIN runs inline
 when it cannot wait (deferred: it touches no file; IMMEDIATE: tried with no busy timeout,
 else its hand-off waits for the other writer); COMMIT keeps its hand-off (it may
 checkpoint the WAL). Errors are the same sqlite3 exceptions, mapped by the same SQLAlchemy
@@ -61,9 +62,11 @@ _NOTHING: _Outcome = (None, None, -1, None)
 
 # The execution option that lets a statement run inline (see the module's docstring).
 INLINE = "weflux_inline"
-# An executemany of more rows than this hops even when marked: it is bounded by its caller,
-# but its caller's bound (a webhook's size) may be large.
+# An executemany of more rows than this, or a statement with more parameters than
+# `INLINE_MAX_PARAMETERS` (an IN list of many ids), hops even when marked: it is bounded
+# by its caller, but its caller's bound (a webhook's size) may be large.
 INLINE_MAX_ROWS = 64
+INLINE_MAX_PARAMETERS = 256
 
 _Statement = TypeVar("_Statement", bound=Executable)
 
@@ -177,7 +180,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
         self._keep(_NOTHING)
         if self._inline:
             adapt = self._adapt_connection
-            if adapt._may_run_inline():
+            if adapt._may_run_inline() and len(parameters or ()) <= INLINE_MAX_PARAMETERS:
                 self._keep(_run_statement(self._connection, operation, parameters, False))
                 return
             if not parameters and adapt._began_inline(operation):

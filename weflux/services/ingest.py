@@ -216,7 +216,8 @@ _MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
 # contact of the workspace by `ix_contacts_org_id_name`. With it: a unique-index lookup
 # per id, the workspace's highest feed position by its covering indexes, and the
 # contacts' conversations by the unique (org_id, contact_id, account_id): bounded by the
-# event's senders, so it may run inline (weflux.sqlite_driver).
+# event's senders, so it may run inline (weflux.sqlite_driver; with many senders, past
+# INLINE_MAX_PARAMETERS, it takes its hand-off).
 _SENDERS = (
     select(
         _CONTACTS.c.id,
