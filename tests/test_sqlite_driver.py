@@ -16,11 +16,19 @@ from typing import Any
 
 import aiosqlite
 import pytest
-from sqlalchemy import exc, text
+from sqlalchemy import bindparam, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from weflux.db import Database, create_engine, interrupt
-from weflux.sqlite_driver import OneHopConnection, OneHopCursor, OneHopDBAPI, driver_options
+from weflux.db import _READ_ONLY, SQLITE_BUSY_TIMEOUT_MS, Database, create_engine, interrupt
+from weflux.sqlite_driver import (
+    INLINE,
+    INLINE_MAX_PARAMETERS,
+    INLINE_MAX_ROWS,
+    OneHopConnection,
+    OneHopCursor,
+    OneHopDBAPI,
+    driver_options,
+)
 
 HANG_GUARD = 60  # seconds; far above anything here
 # Statements that call `started()` once they run (`signal_when_started`): one that never
@@ -115,6 +123,7 @@ async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Pa
     execute: Any = driver._execute  # untyped in aiosqlite
     try:
         assert isinstance(driver._conn, sqlite3.Connection)
+        assert driver._connection is driver._conn  # None once closed
         # It runs the function on the connection's own thread, with the arguments given
         ran_on = await execute(lambda a, b=0: (threading.get_ident(), a + b), 1, b=2)
         assert ran_on == (driver._thread.ident, 3)
@@ -124,6 +133,7 @@ async def test_the_aiosqlite_internals_it_relies_on_are_still_there(tmp_path: Pa
             await execute(driver._conn.execute, "SELECT * FROM missing")
     finally:
         await driver.close()
+    assert driver._connection is None
     # Closed: ValueError, which SQLAlchemy's adapter maps to OperationalError
     with pytest.raises(ValueError, match="Connection closed"):
         await execute(lambda: None)
@@ -245,11 +255,12 @@ async def test_one_hand_off_per_statement_and_none_for_the_pool_s_reset(
         hops.clear()
     # A connection given back without a commit is rolled back (one hand-off)
     assert hops == ["rollback"]
-    # A unit of work: BEGIN IMMEDIATE, the statement, COMMIT; nothing when given back
+    # A unit of work: the statement and COMMIT (its BEGIN IMMEDIATE, with no other writer,
+    # runs inline: see below); nothing when given back
     hops.clear()
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
-    assert hops == ["_run_statement", "_run_statement", "commit"]
+    assert hops == ["_run_statement", "commit"]
     # And the next unit of work on that connection still begins and commits
     async with engine.begin() as conn:
         await conn.execute(text("INSERT INTO t (v) VALUES ('e')"))
@@ -327,3 +338,302 @@ async def test_a_cancelled_statement_leaves_the_connection_usable(engine: AsyncE
     async with asyncio.timeout(HANG_GUARD / 6), engine.begin() as writer:
         await writer.execute(text("INSERT INTO t (v) VALUES ('e')"))
         assert await values(writer) == ["a", "b", "c", "e"]
+
+
+# Inline statements (`weflux_inline`): on the event loop's thread, only while the
+# transaction holds the write lock.
+
+WHERE = text("SELECT ran_on()").execution_options(**{INLINE: True})
+
+
+async def where_it_runs(conn: AsyncConnection) -> None:
+    """SQL's `ran_on()`: 'loop' on the event loop's thread, 'thread' on aiosqlite's."""
+    loop_thread = threading.get_ident()
+
+    def ran_on() -> str:
+        return "loop" if threading.get_ident() == loop_thread else "thread"
+
+    def register(sync_conn: Any) -> None:
+        sync_conn.connection.dbapi_connection.create_function("ran_on", 0, ran_on)
+
+    await conn.run_sync(register)
+
+
+async def ran_on(conn: AsyncConnection, statement: Any = WHERE) -> str:
+    return str((await conn.execute(statement)).scalar_one())
+
+
+async def adapted(conn: AsyncConnection) -> OneHopConnection:
+    raw = (await conn.get_raw_connection()).dbapi_connection
+    assert isinstance(raw, OneHopConnection)
+    return raw
+
+
+def outside_a_transaction(operation: str) -> Callable[[Any], Any]:
+    """For `run_sync`: `operation`, marked, on the connection's own cursor, with no BEGIN
+    (SQLAlchemy's connections begin by themselves at their first statement)."""
+
+    def run(sync_conn: Any) -> Any:
+        cursor = sync_conn.connection.dbapi_connection.cursor()
+        cursor._inline = True
+        cursor.execute(operation)
+        return cursor.fetchall()
+
+    return run
+
+
+async def test_a_marked_statement_runs_inline_only_while_the_write_lock_is_held(
+    engine: AsyncEngine,
+) -> None:
+    async with engine.connect() as conn:
+        await where_it_runs(conn)
+        # Outside a transaction: its hand-off
+        assert await conn.run_sync(outside_a_transaction("SELECT ran_on()")) == [("thread",)]
+        # Given a unit of work that may write (BEGIN IMMEDIATE, a hand-off of its own)
+        await conn.begin()
+        # Then marked statements run inline, unmarked ones hop, and the lock is still held
+        assert await ran_on(conn) == "loop"
+        assert await ran_on(conn, text("SELECT ran_on()")) == "thread"
+        insert = text("INSERT INTO t (v) VALUES (ran_on())").execution_options(**{INLINE: True})
+        await conn.execute(insert)
+        # And within a savepoint, and after it rolled back
+        savepoint = await conn.begin_nested()
+        assert await ran_on(conn) == "loop"
+        await savepoint.rollback()
+        assert await ran_on(conn) == "loop"
+        await conn.commit()
+        # After the commit: a hand-off again
+        assert await conn.run_sync(outside_a_transaction("SELECT ran_on()")) == [("thread",)]
+        assert await values(conn) == ["a", "b", "c", "loop"]
+        # And after a rollback
+        await conn.rollback()
+        await conn.begin()
+        assert await ran_on(conn) == "loop"
+        await conn.rollback()
+        assert await conn.run_sync(outside_a_transaction("SELECT ran_on()")) == [("thread",)]
+
+
+async def test_a_read_only_unit_and_an_engine_that_does_not_opt_in_always_hop(
+    url: str, engine: AsyncEngine
+) -> None:
+    # A reader's deferred transaction takes no lock: a marked statement hops
+    async with engine.connect() as conn:
+        await where_it_runs(conn)
+        await conn.execution_options(**{_READ_ONLY: True})
+        await conn.begin()
+        assert await ran_on(conn) == "thread"
+        await conn.rollback()
+    # An engine on the driver without `mark_inline_statements` (the benchmarks' floors)
+    floor = create_async_engine(url, **driver_options(url))
+    try:
+        async with floor.connect() as conn:
+            await where_it_runs(conn)
+            await conn.exec_driver_sql("BEGIN IMMEDIATE")
+            assert await ran_on(conn) == "thread"
+            await conn.rollback()
+    finally:
+        await floor.dispose()
+
+
+async def test_a_transaction_ended_by_a_statement_stops_inline_runs(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await where_it_runs(conn)
+        await conn.begin()
+        assert await ran_on(conn) == "loop"
+        # When a statement ends the transaction behind SQLAlchemy's back (as SQLite does
+        # itself on some errors)
+        await conn.execute(text("COMMIT").execution_options(**{INLINE: True}))
+        # Then nothing more runs inline: the connection holds no lock
+        assert await ran_on(conn) == "thread"
+        await conn.rollback()
+
+
+async def test_a_large_executemany_or_in_list_hops_even_when_marked(
+    engine: AsyncEngine, hops: list[str]
+) -> None:
+    insert = text("INSERT INTO t (v) VALUES (:v)").execution_options(**{INLINE: True})
+    lookup = (
+        text("SELECT count(*) FROM t WHERE v IN :vs")
+        .bindparams(bindparam("vs", expanding=True))
+        .execution_options(**{INLINE: True})
+    )
+    async with engine.begin() as conn:
+        hops.clear()
+        await conn.execute(insert, [{"v": f"s{i}"} for i in range(INLINE_MAX_ROWS)])
+        assert (await conn.execute(lookup, {"vs": ["a"] * INLINE_MAX_PARAMETERS})).scalar() == 1
+        assert hops == []
+        await conn.execute(insert, [{"v": f"l{i}"} for i in range(INLINE_MAX_ROWS + 1)])
+        assert (await conn.execute(lookup, {"vs": ["a"] * (INLINE_MAX_PARAMETERS + 1)})).scalar()
+        assert hops == ["_run_statement", "_run_statement"]
+        assert (await conn.execute(text("SELECT count(*) FROM t"))).scalar() == 3 + 129
+
+
+@pytest.mark.parametrize("statement", FAILING)
+async def test_errors_inline_are_mapped_exactly_as_by_sqlalchemy_s_adapter(
+    engine: AsyncEngine, url: str, statement: str, hops: list[str]
+) -> None:
+    # Given the failing statement through SQLAlchemy's adapter, and marked through ours in
+    # a unit of work that may write
+    stock = create_async_engine(url)
+    try:
+        async with stock.connect() as conn:
+            with pytest.raises(exc.DBAPIError) as failure:
+                await conn.execute(text(statement))
+            theirs = failure.value
+    finally:
+        await stock.dispose()
+    async with engine.connect() as conn:
+        await conn.begin()
+        hops.clear()
+        with pytest.raises(exc.DBAPIError) as failure:
+            await conn.execute(text(statement).execution_options(**{INLINE: True}))
+        ours = failure.value
+        # Then it ran inline and raised the same SQLAlchemy error around the same sqlite3 error
+        assert hops == []
+        assert type(ours) is type(theirs)
+        assert type(ours.orig) is type(theirs.orig)
+        assert str(ours.orig) == str(theirs.orig)
+        assert ours.statement == theirs.statement
+        # And the unit of work goes on (the lock still held), then rolls back
+        await conn.execute(
+            text("INSERT INTO t (v) VALUES ('d')").execution_options(**{INLINE: True})
+        )
+        assert hops == []
+        await conn.rollback()
+        assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_a_marked_statement_waits_for_another_writer_in_its_hand_off(
+    engine: AsyncEngine,
+) -> None:
+    """Never inline without the lock: a writer waits in aiosqlite's thread, the loop runs."""
+    gaps: list[float] = []
+
+    async def ticking() -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            gaps.append(loop.time() - last)
+            last = loop.time()
+
+    insert = text("INSERT INTO t (v) VALUES ('unit-' || ran_on())")
+
+    async def unit_of_work(conn: AsyncConnection) -> None:
+        async with conn.begin():
+            await conn.execute(insert.execution_options(**{INLINE: True}))
+
+    async def waits_until_released(work: asyncio.Task[Any], holder: AsyncConnection) -> None:
+        gaps.clear()
+        await asyncio.sleep(0.3)
+        # It waits, and the event loop goes on meanwhile
+        assert not work.done()
+        assert max(gaps) < 0.25
+        # Until the lock is released
+        await holder.commit()
+        async with asyncio.timeout(HANG_GUARD / 6):
+            await work
+
+    async with engine.connect() as holder, engine.connect() as waiter:
+        await where_it_runs(waiter)
+        ticker = asyncio.create_task(ticking())
+        try:
+            # Given another connection holding the write lock
+            await holder.begin()
+            await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
+            # When a marked INSERT comes outside a transaction: it waits in its hand-off
+            outside = outside_a_transaction("INSERT INTO t (v) VALUES ('outside-' || ran_on())")
+            await waits_until_released(asyncio.create_task(waiter.run_sync(outside)), holder)
+            # And a unit of work waits in its BEGIN IMMEDIATE's hand-off
+            await holder.begin()
+            await holder.execute(text("INSERT INTO t (v) VALUES ('held again')"))
+            await waits_until_released(asyncio.create_task(unit_of_work(waiter)), holder)
+        finally:
+            ticker.cancel()
+    async with engine.connect() as conn:
+        # The first hopped; the unit's INSERT ran inline once its BEGIN had the lock
+        assert await values(conn) == [
+            "a",
+            "b",
+            "c",
+            "held",
+            "outside-thread",
+            "held again",
+            "unit-loop",
+        ]
+
+
+async def test_a_cancelled_hand_off_or_an_interrupt_stops_inline_runs(
+    url: str, engine: AsyncEngine
+) -> None:
+    async with engine.connect() as conn:
+        started = await signal_when_started(conn)
+        await conn.begin()
+        connection = await adapted(conn)
+        assert connection._may_run_inline()
+        # Given a hand-off whose awaiting task is cancelled while it runs on the thread
+        slow = asyncio.create_task(conn.execute(text(SLOW)))
+        async with asyncio.timeout(HANG_GUARD):
+            await started.wait()
+        slow.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await slow
+        # Then nothing runs inline on the connection (the statement may still be running)
+        assert not connection._may_run_inline()
+        async with asyncio.timeout(HANG_GUARD):
+            await conn.rollback()
+    db = Database(url)
+    try:
+        async with db.sessionmaker() as session:
+            # Given a unit of work holding the lock, between statements
+            conn = await session.connection()
+            await conn.execute(text("INSERT INTO t (v) VALUES ('d')"))
+            connection = await adapted(conn)
+            assert connection._may_run_inline()
+            # When it is interrupted (its rollback queued on the thread)
+            await interrupt(session)
+            # Then nothing runs inline until a new unit of work holds the lock
+            assert not connection._may_run_inline()
+            await session.rollback()
+            await where_it_runs(await session.connection())
+            assert await ran_on(await session.connection()) == "loop"
+            await session.commit()
+    finally:
+        await db.dispose()
+    async with engine.connect() as conn:
+        assert await values(conn) == ["a", "b", "c"]
+
+
+async def test_begin_runs_inline_unless_it_would_wait(engine: AsyncEngine, hops: list[str]) -> None:
+    async with engine.connect() as holder, engine.connect() as waiter:
+        await where_it_runs(waiter)
+        busy_timeout = text("PRAGMA busy_timeout")
+        # With no other writer: BEGIN IMMEDIATE takes no hand-off, nor a reader's BEGIN
+        hops.clear()
+        await waiter.begin()
+        assert hops == []
+        assert await ran_on(waiter) == "loop"
+        await waiter.rollback()
+        await waiter.execution_options(**{_READ_ONLY: True})
+        hops.clear()
+        await waiter.begin()
+        assert hops == []
+        assert await ran_on(waiter) == "thread"  # no write lock: the statement hops
+        await waiter.rollback()
+        await waiter.execution_options(**{_READ_ONLY: False})
+        # Given another writer
+        await holder.begin()
+        await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
+        # When a unit of work begins: its BEGIN IMMEDIATE takes its hand-off and waits
+        hops.clear()
+        begun = asyncio.create_task(waiter.begin().start())
+        await asyncio.sleep(0.2)
+        assert not begun.done()
+        assert hops == ["_run_statement"]
+        await holder.commit()
+        async with asyncio.timeout(HANG_GUARD / 6):
+            await begun
+        # Then it holds the lock, and its busy timeout is the engine's again
+        assert await ran_on(waiter) == "loop"
+        assert (await waiter.execute(busy_timeout)).scalar() == SQLITE_BUSY_TIMEOUT_MS
+        await waiter.rollback()

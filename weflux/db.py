@@ -30,7 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
 from weflux.config import ConfigError
-from weflux.sqlite_driver import one_hop_dbapi
+from weflux.sqlite_driver import INLINE, OneHopConnection, mark_inline_statements, one_hop_dbapi
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ DEFAULT_STATEMENT_TIMEOUT = timedelta(seconds=30)
 _AFTER_COMMIT = "weflux.after_commit"
 # A connection's execution option, set by `begin_read_only`: see `_sqlite_engine`.
 _READ_ONLY = "weflux_read_only"
-# The aiosqlite connection a session's transaction runs on, for `interrupt`.
+# The (adapted) SQLite connection a session's transaction runs on, for `interrupt`.
 _SQLITE_DRIVER = "weflux.sqlite_driver"
 
 # session.info: what a committed write of whatsapp_accounts calls (`Database.channels_changed`;
@@ -135,12 +135,11 @@ async def interrupt(session: AsyncSession) -> None:
     keeps its transaction (and SQLite's write lock) until it is. So the rollback is queued
     right behind the aborted statement, before anything the cancellation queues.
     """
-    driver = session.sync_session.info.get(_SQLITE_DRIVER)
-    if driver is None:
+    connection: OneHopConnection | None = session.sync_session.info.get(_SQLITE_DRIVER)
+    if connection is None:
         return
     with contextlib.suppress(sqlite3.Error, ValueError):  # closed meanwhile: nothing to undo
-        await driver.interrupt()  # sqlite3's interrupt(): immediate, from any thread
-        await driver.rollback()
+        await connection.abort()
 
 
 def _serialized(name: str) -> Any:
@@ -201,10 +200,15 @@ def make_sqlite_directory(url: URL) -> None:
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
 
 
+_BEGIN_INLINE = {INLINE: True}
+
+
 def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
     make_sqlite_directory(url)
-    # One hand-off to aiosqlite's thread per statement (weflux.sqlite_driver).
+    # One hand-off to aiosqlite's thread per statement, none for a statement marked
+    # `weflux_inline` in a transaction holding the write lock (weflux.sqlite_driver).
     engine = create_async_engine(url, module=one_hop_dbapi(), **kwargs)
+    mark_inline_statements(engine.sync_engine)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -212,6 +216,8 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
+        if cursor.fetchone()[0] == "wal":  # not for :memory: (see `allow_inline`)
+            dbapi_connection.allow_inline(SQLITE_BUSY_TIMEOUT_MS)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA synchronous=NORMAL")
@@ -222,11 +228,12 @@ def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
         # IMMEDIATE: take the write lock at the start. A deferred transaction that read
         # first cannot upgrade once another has written (SQLITE_BUSY_SNAPSHOT, no retry),
         # so concurrent read-then-write units of work would fail instead of waiting.
-        # Read-only units (`begin_read_only`) never upgrade: they begin deferred.
+        # Read-only units (`begin_read_only`) never upgrade: they begin deferred. Both run
+        # inline (no thread hand-off) when they cannot wait: weflux.sqlite_driver.
         if conn.get_execution_options().get(_READ_ONLY):
-            conn.exec_driver_sql("BEGIN")
+            conn.exec_driver_sql("BEGIN", execution_options=_BEGIN_INLINE)
         else:
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            conn.exec_driver_sql("BEGIN IMMEDIATE", execution_options=_BEGIN_INLINE)
 
     return engine
 
@@ -241,8 +248,9 @@ def _forget_after_commit(session: Session) -> None:
 
 @event.listens_for(ScopedSession, "after_begin")
 def _remember_sqlite_driver(session: Any, _transaction: Any, connection: Any) -> None:
-    if connection.dialect.name == "sqlite":
-        session.info[_SQLITE_DRIVER] = connection.connection.driver_connection
+    adapted = connection.connection.dbapi_connection
+    if isinstance(adapted, OneHopConnection):  # every SQLite engine of `create_engine`
+        session.info[_SQLITE_DRIVER] = adapted
 
 
 def _postgres_engine(

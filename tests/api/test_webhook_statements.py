@@ -7,8 +7,10 @@ the end of its processing; transaction control (BEGIN, COMMIT) is not a statemen
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
+import aiosqlite
 import httpx
 import pytest
 from sqlmodel import select
@@ -17,6 +19,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
 from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
+from weflux import sqlite_driver
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
@@ -107,3 +110,72 @@ async def test_a_one_status_webhook_runs_few_statements(
     assert stored is not None
     assert stored.status == MessageStatus.DELIVERED
     assert len(seen) == {"sqlite": 3, "postgresql": 4}[dialect]
+
+
+async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
+    client: httpx.AsyncClient,
+    app: Any,
+    channel: WhatsAppAccount,
+    db: Database,
+    dialect: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a connected number on SQLite,
+    when one-message webhooks come from a new sender, then from that sender, then a status,
+    then each unit's BEGIN IMMEDIATE (no other writer) and the bounded statements after
+    it run on the event loop's thread, and its COMMIT alone takes a hand-off to
+    aiosqlite's (weflux.sqlite_driver); the status lookup and UPDATE, whose scope reads
+    the workspace's erased conversations, keep their hand-offs."""
+    if dialect != "sqlite":
+        pytest.skip("SQLite's driver")
+    await _statements(client, app, "16505550000")
+    wamid = wh.new_wamid()
+    await outbound_message(db, channel.org_id, wamid)
+    loop_thread = threading.get_ident()
+    ran: list[tuple[str, bool]] = []
+    run_statement = sqlite_driver._run_statement
+
+    def recorded(driver: Any, operation: str, parameters: Any, many: bool) -> Any:
+        words = operation.split(None, 3)
+        kind = " ".join(words[:3] if words[0] == "INSERT" else words[:1])
+        ran.append((kind, threading.get_ident() == loop_thread))
+        return run_statement(driver, operation, parameters, many)
+
+    hops: list[str] = []
+    hand_off: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
+
+    async def counted(driver: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append("statement" if fn is recorded else fn.__name__)
+        return await hand_off(driver, fn, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_driver, "_run_statement", recorded)
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    await _statements(client, app, "16505550001")
+    assert hops == ["commit"]
+    assert ran == [
+        ("SELECT", True),
+        ("INSERT INTO contacts", True),
+        ("INSERT INTO conversations", True),
+        ("INSERT INTO messages", True),
+        ("INSERT INTO webhook_events", True),
+    ]
+    ran.clear()
+    hops.clear()
+    await _statements(client, app, "16505550001")
+    assert hops == ["commit"]
+    assert ran == [
+        ("SELECT", True),
+        ("UPDATE", True),
+        ("INSERT INTO messages", True),
+        ("INSERT INTO webhook_events", True),
+    ]
+    ran.clear()
+    hops.clear()
+    change = wh.messages_change(statuses=[wh.status(wamid, "delivered")])
+    await signed_webhook(client, wh.webhook_body(change))
+    assert hops == ["statement", "statement", "commit"]
+    assert ran == [
+        ("SELECT", False),
+        ("UPDATE", False),
+        ("INSERT INTO webhook_events", True),
+    ]

@@ -73,6 +73,7 @@ from weflux.services import reactions, templates
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
+from weflux.sqlite_driver import inline
 from weflux.whatsapp.parser import (
     AccountUpdate,
     InboundMessage,
@@ -209,7 +210,14 @@ _MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
 # and the channel cache, which hears only `whatsapp_accounts`).
 
 # The stored senders (by `user_id` or `wa_id`) and their conversations, in one statement:
-# a contact with two numbers' conversations comes twice.
+# a contact with two numbers' conversations comes twice. Each branch of the OR repeats
+# `erased_at IS NULL`, the condition of the partial unique indexes on (org_id, user_id) and
+# (org_id, wa_id): without it SQLite's planner cannot use them for an OR and reads every
+# contact of the workspace by `ix_contacts_org_id_name`. With it: a unique-index lookup
+# per id, the workspace's highest feed position by its covering indexes, and the
+# contacts' conversations by the unique (org_id, contact_id, account_id): bounded by the
+# event's senders, so it may run inline (weflux.sqlite_driver; with many senders, past
+# INLINE_MAX_PARAMETERS, it takes its hand-off).
 _SENDERS = (
     select(
         _CONTACTS.c.id,
@@ -241,18 +249,27 @@ _SENDERS = (
     .where(
         core_scope(_CONTACTS),
         or_(
-            _CONTACTS.c.user_id.in_(bindparam("user_ids", expanding=True)),
-            _CONTACTS.c.wa_id.in_(bindparam("wa_ids", expanding=True)),
+            and_(
+                _CONTACTS.c.user_id.in_(bindparam("user_ids", expanding=True)),
+                _CONTACTS.c.erased_at.is_(None),
+            ),
+            and_(
+                _CONTACTS.c.wa_id.in_(bindparam("wa_ids", expanding=True)),
+                _CONTACTS.c.erased_at.is_(None),
+            ),
         ),
     )
 )
 # SQLite: the same, with the workspace's highest feed position (one statement fewer).
-_SENDERS_AND_FEED = with_feed_highest(_SENDERS)
-_INSERT_CONTACTS = insert(_CONTACTS)
-_INSERT_CONVERSATIONS = insert(_CONVERSATIONS)
-_INSERT_MESSAGES = insert(_MESSAGES)
-_INSERT_MEDIA_FILES = insert(_MEDIA_FILES)
-_UPDATE_CONTACTS = (
+_SENDERS_AND_FEED = inline(with_feed_highest(_SENDERS))
+# Inline on SQLite: the rows of one event (an executemany of more than INLINE_MAX_ROWS hops),
+# each checked by primary and unique keys and foreign keys to one row.
+_INSERT_CONTACTS = inline(insert(_CONTACTS))
+_INSERT_CONVERSATIONS = inline(insert(_CONVERSATIONS))
+_INSERT_MESSAGES = inline(insert(_MESSAGES))
+_INSERT_MEDIA_FILES = inline(insert(_MEDIA_FILES))
+# Inline on SQLite: one row by primary key per changed sender.
+_UPDATE_CONTACTS = inline(
     update_of(_CONTACTS)
     .where(_CONTACTS.c.id == bindparam("contact"), core_scope(_CONTACTS))
     .values(
@@ -302,6 +319,9 @@ _UPDATE_CONVERSATIONS = _feed_update(
         "updated_at": bindparam("updated_at"),
     },
 )
+# Inline on SQLite: one row by primary key per conversation (`core_scope` of conversations
+# is two columns of that row).
+_UPDATE_CONVERSATIONS = {sqlite: inline(u) for sqlite, u in _UPDATE_CONVERSATIONS.items()}
 
 
 @dataclass(slots=True)
@@ -1014,7 +1034,8 @@ class ReceivedEvent:
 
 
 # One cached statement (its compiled form is reused): the event's row, already processed.
-_INSERT_PROCESSED_EVENT = insert(WebhookEvent.__table__)  # type: ignore[attr-defined]
+# Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
+_INSERT_PROCESSED_EVENT = inline(insert(WebhookEvent.__table__))  # type: ignore[attr-defined]
 
 
 async def store_and_process(
