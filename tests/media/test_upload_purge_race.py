@@ -206,6 +206,38 @@ async def test_send_media_while_the_erasure_of_its_only_recipient_deletes_the_up
     assert row.id not in {m.id for m in await _rows(media_inbox)}
 
 
+@postgres_only
+async def test_the_erasure_of_one_recipient_while_send_media_holds_the_upload(
+    media_inbox: MediaInbox, admin: Actor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a fresh upload sent to one contact only, and a second contact,
+    when sendMedia to the second contact has read the file and, before its INSERT, the
+    first contact's erasure runs to its end (PostgreSQL, as above),
+    then the erasure leaves the file (a send holds it), and the second contact's message
+    carries it and is sent: a shared upload goes with the last contact."""
+    first, first_id = await first_conversation(media_inbox)
+    await media_inbox.download()
+    second, _ = await second_contact(media_inbox)
+    token = await token_for(media_inbox.client, admin)
+    media, row = await _upload(media_inbox, token, age=timedelta(0))
+    assert "errors" not in (await send_media(media_inbox.client, token, first, media)).json()
+    check_recipient = outbound.check_recipient
+    erased: list[bool] = []
+
+    async def erasure_first(session: AsyncSession, conversation: Conversation) -> object:
+        if not erased:
+            await erase_contact_of(media_inbox, first_id)
+            erased.append(True)
+        return await check_recipient(session, conversation)
+
+    monkeypatch.setattr(outbound, "check_recipient", erasure_first)
+
+    sent = await send_media(media_inbox.client, token, second, media)
+
+    assert erased, "the erasure did not run inside sendMedia"
+    assert await _settled(media_inbox, sent, row.id)
+
+
 async def _rows(inbox: MediaInbox) -> list[MediaFile]:
     async with inbox.db.session(inbox.account.org_id) as session:
         return list((await session.exec(select(MediaFile))).all())
