@@ -8,6 +8,13 @@ without a gap or a duplicate: live events are buffered during the replay and
 de-duplicated by id, and after a broker reconnection the subscription catches up from
 the database. Subscribers who see alike share one load and one execution of each event
 (`weflux.gql.event_memo`).
+
+A row is yielded from inside the event unit that read it (its fields load through that
+unit), often by an inner generator (`_catch_up`, `_replay`, `_deliver`). `async for`
+does not close what it iterates, so each is iterated under `aclosing`: a subscription
+closed while a value is out (the client went away, the server stops) ends the inner
+units in its own task, their connections back in the pool at once, rather than whenever
+the garbage collector finds them (tests/gql/test_live_close.py).
 """
 
 from __future__ import annotations
