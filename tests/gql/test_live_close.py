@@ -23,11 +23,11 @@ from starlette.requests import Request
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.principals import principal_of
+from weflux.client_ip import request_meta
 from weflux.db import Database
 from weflux.gql.context import Context
 from weflux.gql.guard import operation_scope
 from weflux.gql.schema import build_schema
-from weflux.gql.view import request_meta
 from weflux.models import MessageStatus, Organization
 from weflux.pagination import encode_cursor, encode_update_cursor
 from weflux.runtime import runtime_of
@@ -82,9 +82,7 @@ async def test_a_subscription_closed_mid_replay_returns_its_connection_at_once(
     pool: Any = runtime_of(app).db.engine.pool
     context = _context(app, admin)
     schema = build_schema()
-    after = (
-        encode_cursor(uuid.UUID(int=0)) if field == "messageAdded" else encode_update_cursor(0)
-    )
+    after = encode_cursor(uuid.UUID(int=0)) if field == "messageAdded" else encode_update_cursor(0)
     async with operation_scope(None, 30, open_unit=context.operation_unit):
         stream: Any = await schema.subscribe(
             REPLAYS[field], variable_values={"after": after}, context_value=context

@@ -76,12 +76,11 @@ async def _upload(inbox: MediaInbox, token: str, *, age: timedelta) -> tuple[str
     media_id = decode_global_id(media, "Media")
     async with inbox.db.session(inbox.account.org_id) as session:
         await session.exec(
-            update(MediaFile)
-            .where(col(MediaFile.id) == media_id)
-            .values(created_at=utcnow() - age)
+            update(MediaFile).where(col(MediaFile.id) == media_id).values(created_at=utcnow() - age)
         )
         row = await session.get(MediaFile, media_id)
-    assert row is not None and row.storage_key is not None
+    assert row is not None
+    assert row.storage_key is not None
     return media, row
 
 
