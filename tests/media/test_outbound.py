@@ -3,26 +3,31 @@ delivery worker uploading the file to the fake Cloud API and sending it."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import timedelta
-from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from tests.fixtures import webhooks as wh
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor
-from tests.fixtures.media import MediaInbox, stored_blobs
+from tests.fixtures.media import (
+    JPEG,
+    MediaInbox,
+    erase_contact_of,
+    first_conversation,
+    media_rows,
+    second_contact,
+    send_media,
+    stored_blobs,
+    upload_media,
+)
 from weflux.config import Settings
 from weflux.ids import decode_global_id, encode_global_id
 from weflux.lifecycle import erasure
 from weflux.lifecycle.worker import run_retention
 from weflux.models import (
-    Contact,
     Conversation,
     MediaFile,
     Message,
@@ -31,46 +36,6 @@ from weflux.models import (
     utcnow,
 )
 from weflux.worker.delivery import deliver_due_messages
-
-UPLOAD = (
-    "mutation($file: Upload!) { uploadMedia(file: $file) { id mimeType size sha256 downloadPath } }"
-)
-SEND = """
-mutation($input: SendMediaInput!) { sendMedia(input: $input) {
-  id type text status media { id mimeType downloadPath } } }
-"""
-JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(256)) * 200
-
-
-async def upload(
-    client: httpx.AsyncClient, token: str, content: bytes, filename: str, content_type: str
-) -> httpx.Response:
-    """uploadMedia as the GraphQL multipart request spec has it."""
-    return await client.post(
-        "/graphql",
-        headers={"Authorization": f"Bearer {token}"},
-        data={
-            "operations": json.dumps({"query": UPLOAD, "variables": {"file": None}}),
-            "map": json.dumps({"0": ["variables.file"]}),
-        },
-        files={"0": (filename, content, content_type)},
-    )
-
-
-async def _conversation(inbox: MediaInbox) -> tuple[str, uuid.UUID]:
-    """The customer writes first (an image), so the 24-hour window is open."""
-    message_id = await inbox.receive("image", b"\xff\xd8\xffhello" * 10, mime_type="image/jpeg")
-    async with inbox.db.session(inbox.account.org_id) as session:
-        message = await session.get(Message, message_id)
-        assert message is not None
-    return encode_global_id("Conversation", message.conversation_id), message.conversation_id
-
-
-async def _send(
-    client: httpx.AsyncClient, token: str, conversation: str, media: str, **extra: Any
-) -> httpx.Response:
-    variables = {"input": {"conversationId": conversation, "mediaId": media, **extra}}
-    return await gql(client, token, SEND, variables)
 
 
 async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, agent: Actor) -> None:
@@ -81,10 +46,10 @@ async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, age
     that file on the number and a message naming its id with the caption, and the
     message is SENT; a retry with the same clientMessageId answers the same message."""
     client = media_inbox.client
-    conversation, _ = await _conversation(media_inbox)
+    conversation, _ = await first_conversation(media_inbox)
     token = await token_for(client, agent)
 
-    uploaded = await upload(client, token, JPEG, "holiday.gif", "image/gif")
+    uploaded = await upload_media(client, token, JPEG, "holiday.gif", "image/gif")
     assert uploaded.status_code == 200, uploaded.text
     media = uploaded.json()["data"]["uploadMedia"]
     assert media["mimeType"] == "image/jpeg"
@@ -92,7 +57,7 @@ async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, age
     fetched = await client.get(media["downloadPath"], headers={"Authorization": f"Bearer {token}"})
     assert fetched.content == JPEG
 
-    sent = await _send(
+    sent = await send_media(
         client, token, conversation, media["id"], caption="Here", clientMessageId="m1"
     )
     message = sent.json()["data"]["sendMedia"]
@@ -100,7 +65,7 @@ async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, age
     assert message["status"] == "QUEUED"
     assert message["text"] == "Here"
     assert message["media"]["id"] == media["id"]
-    again = await _send(
+    again = await send_media(
         client, token, conversation, media["id"], caption="Here", clientMessageId="m1"
     )
     assert again.json()["data"]["sendMedia"]["id"] == message["id"]
@@ -142,11 +107,11 @@ async def test_a_file_is_judged_by_its_content_and_size(
         (b"", "empty.png"),
         (b"\xff\xd8\xff" + b"\x00" * (5 * 1024 * 1024), "big.jpg"),
     ]:
-        response = await upload(client, token, content, name, "image/jpeg")
+        response = await upload_media(client, token, content, name, "image/jpeg")
         assert error_codes(response) == ["BAD_USER_INPUT"], name
     assert [p for p in media_inbox.runtime.settings.media_directory.rglob("*") if p.is_file()] == []
 
-    pdf = await upload(client, token, b"%PDF-1.7\n" + b"x" * 100, "../Q3 report.pdf", "x/y")
+    pdf = await upload_media(client, token, b"%PDF-1.7\n" + b"x" * 100, "../Q3 report.pdf", "x/y")
     assert pdf.json()["data"]["uploadMedia"]["mimeType"] == "application/pdf"
 
 
@@ -158,16 +123,20 @@ async def test_only_the_uploader_may_send_or_fetch_an_unsent_upload(
     sends it in a conversation,
     then each gets NOT_FOUND (404 for the file)."""
     client = media_inbox.client
-    conversation, _ = await _conversation(media_inbox)
+    conversation, _ = await first_conversation(media_inbox)
     token = await token_for(client, agent)
-    media = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
+    media = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"][
+        "uploadMedia"
+    ]
     for member in (other_agent, other_admin):
         theirs = await token_for(client, member)
         fetched = await client.get(
             media["downloadPath"], headers={"Authorization": f"Bearer {theirs}"}
         )
         assert fetched.status_code == 404
-        assert error_codes(await _send(client, theirs, conversation, media["id"])) == ["NOT_FOUND"]
+        assert error_codes(await send_media(client, theirs, conversation, media["id"])) == [
+            "NOT_FOUND"
+        ]
 
 
 async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admin: Actor) -> None:
@@ -175,7 +144,7 @@ async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admi
     when an upload is sent in it,
     then the answer is OUTSIDE_SERVICE_WINDOW and nothing is queued."""
     client = media_inbox.client
-    conversation, conversation_id = await _conversation(media_inbox)
+    conversation, conversation_id = await first_conversation(media_inbox)
     async with media_inbox.db.session(media_inbox.account.org_id) as session:
         await session.exec(
             update(Conversation)
@@ -183,8 +152,10 @@ async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admi
             .values(last_inbound_at=utcnow() - timedelta(days=2))
         )
     token = await token_for(client, admin)
-    media = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
-    response = await _send(client, token, conversation, media["id"])
+    media = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"][
+        "uploadMedia"
+    ]
+    response = await send_media(client, token, conversation, media["id"])
     assert error_codes(response) == ["OUTSIDE_SERVICE_WINDOW"]
 
 
@@ -201,11 +172,6 @@ def _blobs(settings: Settings, media_bucket: str | None, request: pytest.Fixture
     return len(stored_blobs(settings, s3, media_bucket))
 
 
-async def _media_rows(inbox: MediaInbox) -> set[uuid.UUID]:
-    async with inbox.db.session(inbox.account.org_id) as session:
-        return set((await session.exec(select(MediaFile.id))).all())
-
-
 @pytest.mark.parametrize("media_store_kind", ["disk", "s3"])
 async def test_erasing_the_contact_deletes_the_files_sent_to_them(
     media_inbox: MediaInbox,
@@ -220,12 +186,16 @@ async def test_erasing_the_contact_deletes_the_files_sent_to_them(
     then both files of the conversation are gone from the store (disk or bucket) and the
     database; the unsent upload stays."""
     client = media_inbox.client
-    conversation, conversation_id = await _conversation(media_inbox)
+    conversation, conversation_id = await first_conversation(media_inbox)
     await media_inbox.download()
     token = await token_for(client, admin)
-    sent = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
-    kept = (await upload(client, token, JPEG, "b.jpg", "image/jpeg")).json()["data"]["uploadMedia"]
-    assert "errors" not in (await _send(client, token, conversation, sent["id"])).json()
+    sent = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"][
+        "uploadMedia"
+    ]
+    kept = (await upload_media(client, token, JPEG, "b.jpg", "image/jpeg")).json()["data"][
+        "uploadMedia"
+    ]
+    assert "errors" not in (await send_media(client, token, conversation, sent["id"])).json()
     runtime = media_inbox.runtime
     assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
     assert _blobs(settings, media_bucket, request) == 3
@@ -239,7 +209,7 @@ async def test_erasing_the_contact_deletes_the_files_sent_to_them(
     )
 
     assert _blobs(settings, media_bucket, request) == 1
-    assert await _media_rows(media_inbox) == {decode_id(kept["id"])}
+    assert await media_rows(media_inbox) == {decode_id(kept["id"])}
 
 
 async def test_uploads_never_sent_expire_with_the_daily_retention(
@@ -250,17 +220,19 @@ async def test_uploads_never_sent_expire_with_the_daily_retention(
     then the two old unsent uploads are gone (file and row); the sent one and the fresh
     one stay."""
     client = media_inbox.client
-    conversation, _ = await _conversation(media_inbox)
+    conversation, _ = await first_conversation(media_inbox)
     await media_inbox.download()
     token = await token_for(client, admin)
     ids = []
     for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg"):
-        uploaded = await upload(client, token, JPEG, name, "image/jpeg")
+        uploaded = await upload_media(client, token, JPEG, name, "image/jpeg")
         ids.append(decode_id(uploaded.json()["data"]["uploadMedia"]["id"]))
     old, sent, fresh = ids[:2], ids[2], ids[3]
     assert (
         "errors"
-        not in (await _send(client, token, conversation, encode_global_id("Media", sent))).json()
+        not in (
+            await send_media(client, token, conversation, encode_global_id("Media", sent))
+        ).json()
     )
     org_id = media_inbox.account.org_id
     async with media_inbox.db.session(org_id) as session:
@@ -269,13 +241,13 @@ async def test_uploads_never_sent_expire_with_the_daily_retention(
             .where(col(MediaFile.id).in_([*old, sent]))
             .values(created_at=utcnow() - timedelta(days=8))
         )
-    inbound = await _media_rows(media_inbox) - set(ids)
+    inbound = await media_rows(media_inbox) - set(ids)
     assert len(_files(settings)) == 5
     lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 
-    assert await _media_rows(media_inbox) == {sent, fresh, *inbound}
+    assert await media_rows(media_inbox) == {sent, fresh, *inbound}
     assert len(_files(settings)) == 3
 
 
@@ -288,14 +260,14 @@ async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since
     then the first file is gone with its old message (file and row); the second stays
     with today's message."""
     client = media_inbox.client
-    conversation, _ = await _conversation(media_inbox)
+    conversation, _ = await first_conversation(media_inbox)
     token = await token_for(client, admin)
     ids = []
     for name in ("old.jpg", "again.jpg"):
-        uploaded = await upload(client, token, JPEG, name, "image/jpeg")
+        uploaded = await upload_media(client, token, JPEG, name, "image/jpeg")
         ids.append(uploaded.json()["data"]["uploadMedia"]["id"])
     for media in (ids[0], ids[1]):
-        assert "errors" not in (await _send(client, token, conversation, media)).json()
+        assert "errors" not in (await send_media(client, token, conversation, media)).json()
     org_id = media_inbox.account.org_id
     async with media_inbox.db.session(org_id) as session:
         await session.exec(update(Message).values(created_at=utcnow() - timedelta(days=40)))
@@ -303,42 +275,13 @@ async def test_message_retention_deletes_sent_files_but_not_one_sent_again_since
         assert organization is not None
         organization.message_retention_days = 30
         session.add(organization)
-    assert "errors" not in (await _send(client, token, conversation, ids[1])).json()
+    assert "errors" not in (await send_media(client, token, conversation, ids[1])).json()
     lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 
-    assert await _media_rows(media_inbox) == {decode_id(ids[1])}
+    assert await media_rows(media_inbox) == {decode_id(ids[1])}
     assert len(_files(settings)) == 1
-
-
-async def _second_contact(inbox: MediaInbox) -> tuple[str, uuid.UUID]:
-    """Another customer writes (a text), so their window is open too."""
-    wa_id = "4915550000999"
-    body = wh.webhook_body(
-        wh.messages_change(
-            contacts=[wh.contact(wa_id=wa_id, name="Second")],
-            messages=[wh.text_message(wh.new_wamid(), from_wa_id=wa_id)],
-        )
-    )
-    await inbox.post(body)
-    async with inbox.db.session(inbox.account.org_id) as session:
-        contact = (await session.exec(select(Contact).where(Contact.wa_id == wa_id))).one()
-        conversation = (
-            await session.exec(select(Conversation).where(Conversation.contact_id == contact.id))
-        ).one()
-    return encode_global_id("Conversation", conversation.id), conversation.id
-
-
-async def _erase(inbox: MediaInbox, conversation_id: uuid.UUID) -> None:
-    org_id = inbox.account.org_id
-    async with inbox.db.session(org_id) as session:
-        conversation = await session.get(Conversation, conversation_id)
-        assert conversation is not None
-    runtime = inbox.runtime
-    assert await erasure.purge_contact(
-        runtime.db, org_id, conversation.contact_id, batch=1, media=runtime.media
-    )
 
 
 async def _carried_by(inbox: MediaInbox, media_id: uuid.UUID) -> int:
@@ -362,14 +305,14 @@ async def test_an_upload_sent_to_two_contacts_goes_with_the_last_of_them(
     when the second contact is erased and purged too,
     then the file is gone from the store and the database."""
     client = media_inbox.client
-    first, first_id = await _conversation(media_inbox)
+    first, first_id = await first_conversation(media_inbox)
     await media_inbox.download()
-    second, second_id = await _second_contact(media_inbox)
+    second, second_id = await second_contact(media_inbox)
     token = await token_for(client, admin)
-    shared = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
+    shared = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
     media_id = decode_id(shared["uploadMedia"]["id"])
     for conversation in (first, second):
-        sent = await _send(client, token, conversation, shared["uploadMedia"]["id"])
+        sent = await send_media(client, token, conversation, shared["uploadMedia"]["id"])
         assert "errors" not in sent.json(), sent.json()
     org_id = media_inbox.account.org_id
     async with media_inbox.db.session(org_id) as session:
@@ -381,16 +324,16 @@ async def test_an_upload_sent_to_two_contacts_goes_with_the_last_of_them(
     stored = _blobs(settings, media_bucket, request)
     lifecycle = media_inbox.lifecycle()
 
-    await _erase(media_inbox, first_id)
+    await erase_contact_of(media_inbox, first_id)
     await run_retention(lifecycle)
 
-    assert media_id in await _media_rows(media_inbox)
+    assert media_id in await media_rows(media_inbox)
     assert _blobs(settings, media_bucket, request) == stored - 1  # the first's inbound image
     assert await _carried_by(media_inbox, media_id) == 1
 
-    await _erase(media_inbox, second_id)
+    await erase_contact_of(media_inbox, second_id)
 
-    assert media_id not in await _media_rows(media_inbox)
+    assert media_id not in await media_rows(media_inbox)
     assert _blobs(settings, media_bucket, request) == stored - 2
 
 
@@ -402,11 +345,13 @@ async def test_message_retention_keeps_an_upload_a_newer_message_to_another_cont
     when the daily retention runs,
     then the old message goes and the file stays (stored and row) with today's message."""
     client = media_inbox.client
-    first, _ = await _conversation(media_inbox)
+    first, _ = await first_conversation(media_inbox)
     token = await token_for(client, admin)
-    shared = (await upload(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
+    shared = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()["data"]
     media_id = decode_id(shared["uploadMedia"]["id"])
-    assert "errors" not in (await _send(client, token, first, shared["uploadMedia"]["id"])).json()
+    assert (
+        "errors" not in (await send_media(client, token, first, shared["uploadMedia"]["id"])).json()
+    )
     org_id = media_inbox.account.org_id
     async with media_inbox.db.session(org_id) as session:
         await session.exec(update(Message).values(created_at=utcnow() - timedelta(days=40)))
@@ -414,12 +359,15 @@ async def test_message_retention_keeps_an_upload_a_newer_message_to_another_cont
         assert organization is not None
         organization.message_retention_days = 30
         session.add(organization)
-    second, _ = await _second_contact(media_inbox)
-    assert "errors" not in (await _send(client, token, second, shared["uploadMedia"]["id"])).json()
+    second, _ = await second_contact(media_inbox)
+    assert (
+        "errors"
+        not in (await send_media(client, token, second, shared["uploadMedia"]["id"])).json()
+    )
     lifecycle = media_inbox.lifecycle()
 
     await run_retention(lifecycle)
 
-    assert await _media_rows(media_inbox) == {media_id}
+    assert await media_rows(media_inbox) == {media_id}
     assert len(_files(settings)) == 1
     assert await _carried_by(media_inbox, media_id) == 1

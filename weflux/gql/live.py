@@ -8,6 +8,13 @@ without a gap or a duplicate: live events are buffered during the replay and
 de-duplicated by id, and after a broker reconnection the subscription catches up from
 the database. Subscribers who see alike share one load and one execution of each event
 (`weflux.gql.event_memo`).
+
+A row is yielded from inside the event unit that read it (its fields load through that
+unit), often by an inner generator (`_catch_up`, `_replay`, `_deliver`). `async for`
+does not close what it iterates, so each is iterated under `aclosing`: a subscription
+closed while a value is out (the client went away, the server stops) ends the inner
+units in its own task, their connections back in the pool at once, rather than whenever
+the garbage collector finds them (tests/gql/test_live_close.py).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -206,8 +214,9 @@ class Subscription:
         ) as listener:
             listener.on_overflow = lambda: _close_slow(info)
             if floor is not None:
-                async for message in _replay(info, floor, only, seen):
-                    yield message
+                async with aclosing(_replay(info, floor, only, seen)) as items:
+                    async for message in items:
+                        yield message
             while True:
                 try:
                     event = await next_event(listener)
@@ -223,8 +232,9 @@ class Subscription:
                     catch_up = uuid_floor(since_ms)
                     if floor is not None and floor > catch_up:
                         catch_up = floor
-                    async for message in _replay(info, catch_up, only, seen):
-                        yield message
+                    async with aclosing(_replay(info, catch_up, only, seen)) as items:
+                        async for message in items:
+                            yield message
                     continue
                 if event.get("event") != EventName.MESSAGE_ADDED:
                     continue
@@ -235,16 +245,19 @@ class Subscription:
                     continue
                 if message_id in seen or (only is not None and in_conversation != only):
                     continue
-                async for row, message in _deliver(
-                    info,
-                    event_key(event),
-                    MessageRow,
-                    message_id,
-                    to_message,
-                    _message_and_conversation,
-                ):
-                    seen.add(row.id)
-                    yield message
+                async with aclosing(
+                    _deliver(
+                        info,
+                        event_key(event),
+                        MessageRow,
+                        message_id,
+                        to_message,
+                        _message_and_conversation,
+                    )
+                ) as items:
+                    async for row, message in items:
+                        seen.add(row.id)
+                        yield message
 
     @strawberry.subscription(
         **guarded(
@@ -271,10 +284,11 @@ class Subscription:
         ] = None,
     ) -> AsyncGenerator[Message, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
-        async for message in _feed(
-            info, EventName.MESSAGE_UPDATED, MessageRow, to_message, after, conversation=only
-        ):
-            yield message
+        async with aclosing(
+            _feed(info, EventName.MESSAGE_UPDATED, MessageRow, to_message, after, conversation=only)
+        ) as items:
+            async for message in items:
+                yield message
 
     @strawberry.subscription(
         **guarded(
@@ -296,10 +310,11 @@ class Subscription:
             ),
         ] = None,
     ) -> AsyncGenerator[Conversation, None]:
-        async for conversation in _feed(
-            info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation, after
-        ):
-            yield conversation
+        async with aclosing(
+            _feed(info, EventName.CONVERSATION_UPDATED, ConversationRow, to_conversation, after)
+        ) as items:
+            async for conversation in items:
+                yield conversation
 
     @strawberry.subscription(
         **guarded(
@@ -325,8 +340,9 @@ class Subscription:
             ),
         ] = None,
     ) -> AsyncGenerator[strawberry.ID, None]:
-        async for conversation_id in _removals(info, after):
-            yield strawberry.ID(encode_global_id("Conversation", conversation_id))
+        async with aclosing(_removals(info, after)) as items:
+            async for conversation_id in items:
+                yield strawberry.ID(encode_global_id("Conversation", conversation_id))
 
     @strawberry.subscription(
         **guarded(
@@ -345,8 +361,11 @@ class Subscription:
         ] = None,
     ) -> AsyncGenerator[Note, None]:
         only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
-        async for note in _follow(info, EventName.NOTE_ADDED, NoteRow, to_note, conversation=only):
-            yield note
+        async with aclosing(
+            _follow(info, EventName.NOTE_ADDED, NoteRow, to_note, conversation=only)
+        ) as items:
+            async for note in items:
+                yield note
 
     @strawberry.subscription(
         **guarded(
@@ -358,10 +377,13 @@ class Subscription:
     async def whats_app_account_updated(
         self, info: Info[Context, None]
     ) -> AsyncGenerator[WhatsAppAccount, None]:
-        async for account in _follow(
-            info, EventName.WHATSAPP_ACCOUNT_UPDATED, WhatsAppAccountRow, to_whatsapp_account
-        ):
-            yield account
+        async with aclosing(
+            _follow(
+                info, EventName.WHATSAPP_ACCOUNT_UPDATED, WhatsAppAccountRow, to_whatsapp_account
+            )
+        ) as items:
+            async for account in items:
+                yield account
 
     @strawberry.subscription(
         **guarded(Permission.READ_AUDIT, "New security events of the workspace, as they are seen.")
@@ -369,10 +391,11 @@ class Subscription:
     async def security_event_added(
         self, info: Info[Context, None]
     ) -> AsyncGenerator[SecurityEvent, None]:
-        async for event in _follow(
-            info, EventName.SECURITY_EVENT_ADDED, SecurityEventRow, to_security_event
-        ):
-            yield event
+        async with aclosing(
+            _follow(info, EventName.SECURITY_EVENT_ADDED, SecurityEventRow, to_security_event)
+        ) as items:
+            async for event in items:
+                yield event
 
 
 async def _follow(
@@ -403,8 +426,9 @@ async def _follow(
                 continue
             if conversation is not None and in_conversation != conversation:
                 continue
-            async for _, converted in _deliver(info, event_key(event), model, row_id, to_type):
-                yield converted
+            async with aclosing(_deliver(info, event_key(event), model, row_id, to_type)) as items:
+                async for _, converted in items:
+                    yield converted
 
 
 # -- the change feed: conversationUpdated and messageUpdated ---------------------------------
@@ -487,11 +511,10 @@ async def _feed(
         while True:
             if pending:
                 start = position
-                async for reached, converted in _catch_up(
-                    info, model, to_type, start, conversation
-                ):
-                    position = reached
-                    yield converted
+                async with aclosing(_catch_up(info, model, to_type, start, conversation)) as items:
+                    async for reached, converted in items:
+                        position = reached
+                        yield converted
             try:
                 event = await next_event(listener)
             except SlowConsumer:
@@ -648,16 +671,19 @@ async def _removed_since(
             elif row.conversation_id is not None and _lost_by(viewer, row):
                 pages = _one_page([row.conversation_id])
             if pages is not None:
-                async for ids in pages:
-                    fresh = [
-                        conversation_id for conversation_id in ids if conversation_id not in sent
-                    ]
-                    back = await _still_visible(info, viewer, fresh)
-                    back |= await _told_later(info, viewer, position, fresh, back)
-                    for conversation_id in fresh:
-                        if conversation_id not in back:
-                            sent.add(conversation_id)
-                            yield position, conversation_id
+                async with aclosing(pages) as items:
+                    async for ids in items:
+                        fresh = [
+                            conversation_id
+                            for conversation_id in ids
+                            if conversation_id not in sent
+                        ]
+                        back = await _still_visible(info, viewer, fresh)
+                        back |= await _told_later(info, viewer, position, fresh, back)
+                        for conversation_id in fresh:
+                            if conversation_id not in back:
+                                sent.add(conversation_id)
+                                yield position, conversation_id
             yield position, None
         if len(rows) < REPLAY_PAGE:
             return
@@ -708,10 +734,11 @@ async def _removals(
         while True:
             if pending:
                 start = position
-                async for reached, conversation_id in _removed_since(info, start):
-                    position = reached
-                    if conversation_id is not None:
-                        yield conversation_id
+                async with aclosing(_removed_since(info, start)) as items:
+                    async for reached, conversation_id in items:
+                        position = reached
+                        if conversation_id is not None:
+                            yield conversation_id
             try:
                 event = await next_event(listener)
             except SlowConsumer:

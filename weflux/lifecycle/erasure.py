@@ -32,6 +32,7 @@ from weflux.models import (
     DataRequest,
     MediaFile,
     MediaOrigin,
+    MediaStatus,
     Membership,
     Message,
     MessageStatus,
@@ -46,6 +47,8 @@ from weflux.services.removals import record_removal
 
 DEFAULT_BATCH = 500
 ERASED_ERROR = "contact erased"
+# A media file claimed by a purge (`MediaFile.failure`): its stored file and row go next.
+PURGED = "deleted"
 # Rows holding change-feed positions: deleting them raises the feed's floor first.
 FEED_MODELS: tuple[type[SQLModel], ...] = (Conversation, Message, ConversationRemoval)
 
@@ -236,19 +239,16 @@ async def purge_media(
 ) -> int:
     """Delete media files matching `where` and their stored files, `batch` at a time.
 
-    The stored file goes first, its row after: a worker killed in between finds the row
-    again and deleting a file already gone is a no-op, so no stored file outlives its
-    row. Without a store (a test, a tool) only rows are deleted.
+    Each batch is first claimed (`_claim`: no longer READY, so sendMedia refuses it), then
+    its stored files go, then its rows: a worker killed in between finds the claimed rows
+    again (they still match `where`) and deleting a file already gone is a no-op, so no
+    stored file outlives its row. Without a store (a test, a tool) only rows are deleted.
     """
     total = 0
     while True:
         async with db.session(org_id) as session:
             see_erased(session)
-            rows = (
-                await session.exec(
-                    select(MediaFile.id, MediaFile.storage_key).where(where).limit(batch)
-                )
-            ).all()
+            chosen, rows = await _claim(session, where, batch)
         if store is not None:
             for _, key in rows:
                 if key is not None:
@@ -259,8 +259,45 @@ async def purge_media(
                 ids = [row[0] for row in rows]
                 await session.exec(delete(MediaFile).where(col(MediaFile.id).in_(ids)))
         total += len(rows)
-        if len(rows) < batch:
+        if chosen < batch:
             return total
+
+
+async def _claim(
+    session: AsyncSession, where: Any, batch: int
+) -> tuple[int, list[tuple[uuid.UUID, str | None]]]:
+    """Mark up to `batch` files matching `where` as being deleted (FAILED, `PURGED`); how
+    many were looked at, and the (id, storage key) of those marked.
+
+    sendMedia locks its file's row and needs it READY (`weflux.services.outbound`), so a
+    file is either claimed here or carried by a committed message, never both. On
+    PostgreSQL the rows are locked first (a file a sendMedia holds is skipped, for the next
+    sweep) and `where` is asked again in a statement of its own: under READ COMMITTED it
+    sees every message committed before the locks, which the first statement's snapshot
+    may not. On SQLite the transaction holds the write lock from its start.
+    """
+    locked = (
+        await session.exec(
+            select(MediaFile.id)
+            .where(where)
+            .limit(batch)
+            .with_for_update(skip_locked=True, of=MediaFile)
+        )
+    ).all()
+    if not locked:
+        return 0, []
+    rows = (
+        await session.exec(
+            select(MediaFile.id, MediaFile.storage_key).where(col(MediaFile.id).in_(locked), where)
+        )
+    ).all()
+    if rows:
+        await session.exec(
+            update(MediaFile)
+            .where(col(MediaFile.id).in_([row[0] for row in rows]))
+            .values(status=MediaStatus.FAILED, failure=PURGED, next_attempt_at=None)
+        )
+    return len(locked), [(row[0], row[1]) for row in rows]
 
 
 def deletion_order() -> list[type[OrgScoped]]:

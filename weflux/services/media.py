@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from typing import BinaryIO
 
@@ -12,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.keyring import KeyRing
-from weflux.errors import BadUserInput, Forbidden
+from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.media.detect import HEAD_BYTES, detect
 from weflux.media.files import TooLarge, store_stream
 from weflux.media.kinds import max_bytes, safe_filename
@@ -41,6 +42,37 @@ async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -
         return True
     carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
     return (await session.exec(carrying)).first() is not None
+
+
+async def claim_for_sending(
+    session: AsyncSession, principal: Principal, media_id: uuid.UUID
+) -> MediaFile:
+    """The READY file sendMedia is about to send, locked until the caller's transaction ends.
+
+    The purges that delete files no message carries (an upload's expiry, an erasure,
+    retention: `weflux.lifecycle.erasure.purge_media`) claim a file in a transaction of
+    their own before deleting it. With the row locked here (PostgreSQL; on SQLite the
+    request's transaction holds the write lock), either the purge claimed it first and
+    the status read here is no longer READY, or the message this transaction inserts is
+    committed before the purge asks again whether anything carries the file. So a message
+    never carries a deleted file. NOT_FOUND otherwise, as for a file the caller may not see.
+    """
+    media = (
+        await session.exec(
+            select(MediaFile)
+            .where(col(MediaFile.id) == media_id)
+            .with_for_update(of=MediaFile)
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+    if media is None or not await visible(session, principal, media):
+        raise NotFound("Media not found")
+    if media.status != MediaStatus.READY:
+        raise NotFound(
+            "This file can no longer be sent: it was deleted (an upload no message carries "
+            "expires after a few days) or never arrived; upload it again"
+        )
+    return media
 
 
 async def upload_media(

@@ -38,8 +38,6 @@ from weflux.models import (
     Contact,
     Conversation,
     ConversationStatus,
-    MediaFile,
-    MediaStatus,
     Message,
     MessageDirection,
     MessageStatus,
@@ -388,19 +386,14 @@ async def send_media(
 ) -> Message:
     """Queue an uploaded file (uploadMedia) as a message; the worker uploads it to
     WhatsApp and sends it. The rules of send_message hold (visibility, opt-out, the
-    24-hour window, `client_message_id`); NOT_FOUND for a file the caller may not see.
+    24-hour window, `client_message_id`); NOT_FOUND for a file the caller may not see, or
+    one no longer READY (a purge deleting it: `claim_for_sending` says why that is safe).
     """
     client_message_id = _check_client_message_id(client_message_id)
     if caption is not None:
         caption = _check_text(caption)
     conversation = await _visible_conversation(session, principal, conversation_id)
-    media = await session.get(MediaFile, media_id)
-    if (
-        media is None
-        or media.status != MediaStatus.READY
-        or not await media_service.visible(session, principal, media)
-    ):
-        raise NotFound("Media not found")
+    media = await media_service.claim_for_sending(session, principal, media_id)
     message = _new_outbound(
         principal,
         conversation,

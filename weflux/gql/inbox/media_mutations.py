@@ -80,7 +80,9 @@ class MediaMutation:
             "Send an uploaded file in a visible conversation, as sendMessage sends text: "
             "QUEUED, then the worker uploads it to WhatsApp and sends it (`messageUpdated` "
             "follows it); OUTSIDE_SERVICE_WINDOW 24 hours after the contact last wrote, "
-            "CONTACT_OPTED_OUT after a STOP, NOT_FOUND for a file the caller may not see.",
+            "CONTACT_OPTED_OUT after a STOP, NOT_FOUND for a file the caller may not see or "
+            "one deleted meanwhile (an upload no message carries expires after "
+            "WEFLUX_MEDIA_UPLOAD_RETENTION, 7 days by default).",
         )
     )
     async def send_media(
