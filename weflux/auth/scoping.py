@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Table,
     and_,
@@ -49,6 +50,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.selectable import CTE
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
@@ -366,7 +369,14 @@ def _scope_statement(state: ORMExecuteState) -> Any:
 
 
 def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
-    table = state.statement.table  # type: ignore[attr-defined]
+    statement: Any = state.statement
+    if statement._independent_ctes or statement._values or statement._multi_values:
+        return _checked_folded(state, org_id, tables)
+    if statement.select is not None and tables.get(statement.table.name):
+        raise TenantScopeError(
+            f"insert into {statement.table.name} from a select: pass rows as parameters"
+        )
+    table = statement.table
     column = tables.get(table.name)
     if column is None:
         return None
@@ -387,6 +397,76 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
     return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
+
+
+def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
+    """An INSERT whose values are in the statement, with writes folded in as CTEs
+    (weflux.services.folding): every part is checked, fail closed.
+
+    Each INSERT into a workspace-owned table gives every row's workspace as a parameter
+    equal to the session's (an empty one is filled in); each UPDATE or DELETE of one
+    carries `core_scope` with the session's workspace and never sets the workspace column;
+    any other CTE (a SELECT) may not touch a workspace-owned table (nothing would confine it).
+    """
+    params: Any = state.parameters
+    if not isinstance(params, dict):
+        raise TenantScopeError("a folded insert takes one set of parameters")
+    params = dict(params)
+    statement: Any = state.statement
+    parts = [statement] + [
+        element.element for element in visitors.iterate(statement) if isinstance(element, CTE)
+    ]
+    for part in parts:
+        table = getattr(part, "table", None)
+        column = tables.get(table.name) if isinstance(table, Table) else None
+        if isinstance(part, Insert):
+            if column is not None:
+                _check_insert_rows(part, column, org_id, params)
+        elif isinstance(part, (Update, Delete)):
+            if column is not None:
+                _check_scoped_change(part, column, org_id, params)
+        elif any(name in tables for name in _tables_in(part)):
+            raise TenantScopeError("a CTE reading a workspace-owned table in an insert refused")
+    return state.invoke_statement(params=params)
+
+
+def _check_insert_rows(
+    part: Insert, column: str, org_id: uuid.UUID, params: dict[str, Any]
+) -> None:
+    name = part.table.name
+    if part.select is not None:
+        raise TenantScopeError(f"insert into {name} from a select: give rows as parameters")
+    rows: list[Any] = list(part._multi_values[0]) if part._multi_values else [part._values or {}]
+    for row in rows:
+        if not isinstance(row, dict):
+            raise TenantScopeError(f"insert into {name}: name each row's columns")
+        values = {getattr(key, "key", key): value for key, value in row.items()}
+        value = values.get(column)
+        if not isinstance(value, BindParameter):
+            raise TenantScopeError(
+                f"insert into {name}: pass each row's {column} in the parameters so its "
+                "workspace is checked"
+            )
+        given = params.get(value.key, value.value)
+        if given is None and column == "org_id":
+            params[value.key] = org_id
+        elif given != org_id:
+            raise TenantScopeError(f"insert into {name} of another workspace refused")
+
+
+def _check_scoped_change(
+    part: Update | Delete, column: str, org_id: uuid.UUID, params: dict[str, Any]
+) -> None:
+    table: Table = part.table  # type: ignore[assignment]
+    if isinstance(part, Update) and any(
+        getattr(key, "key", key) == column for key in (part._values or {})
+    ):
+        raise TenantScopeError(f"moving {table.name} rows between workspaces refused")
+    scope = core_scope(table)
+    if params.get(SCOPE_ORG) != org_id or not any(
+        criterion.compare(scope) for criterion in part._where_criteria
+    ):
+        raise TenantScopeError(f"a change of {table.name} without core_scope refused")
 
 
 # -- Core statements -----------------------------------------------------------------------
