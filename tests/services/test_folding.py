@@ -106,7 +106,7 @@ async def test_a_folded_insert_into_another_workspace_is_refused(
         async with db.session(org.id) as session:
             cte = _CONTACTS.insert().values(**_contact(other_org.id, "4930201")).cte("sneaky")
             outer = _AUDIT.insert().values(**_audit(org.id)).add_cte(cte)
-            await session.exec(outer, params={})  # type: ignore[call-overload]
+            await session.exec(outer, params={})
     assert await _contacts(db, other_org.id) == []
 
 
@@ -132,7 +132,7 @@ async def test_folded_changes_need_core_scope_and_selects_are_refused(
     ):
         with pytest.raises(TenantScopeError, match=match):
             async with db.session(org.id) as session:
-                await session.exec(audit.add_cte(cte), params=params)  # type: ignore[call-overload]
+                await session.exec(audit.add_cte(cte), params=params)
 
 
 @postgres_only

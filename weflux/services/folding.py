@@ -87,26 +87,24 @@ def _insert_values(table: Table, prefix: str, keys: Sequence[str]) -> dict[str, 
     for column in table.c:
         if column.key in values or column.default is None:
             continue
-        if not column.default.is_scalar:
+        default: Any = column.default
+        if not default.is_scalar:
             raise ValueError(f"{table.name}.{column.key}: give it a value (computed default)")
-        values[column.key] = bindparam(
-            prefix + column.key,
-            value=column.default.arg,
-            type_=column.type,  # type: ignore[attr-defined]
-        )
+        values[column.key] = bindparam(prefix + column.key, value=default.arg, type_=column.type)
     return values
 
 
 def _renamed(statement: UpdateStatement, prefix: str) -> UpdateStatement:
     """`statement` with its named parameters prefixed (the workspace's is shared)."""
 
-    def rename(element: Any) -> Any:
+    def rename(element: Any, **_kw: Any) -> Any:
         if isinstance(element, BindParameter) and not element.unique and element.key != SCOPE_ORG:
             return bindparam(prefix + element.key, value=element.value, type_=element.type)
         return None
 
-    renamed: UpdateStatement = visitors.replacement_traverse(statement, {}, rename)
-    return renamed
+    original: Any = statement
+    renamed: Any = visitors.replacement_traverse(original, {}, rename)
+    return renamed  # type: ignore[no-any-return]
 
 
 @dataclass(frozen=True, slots=True)
