@@ -119,36 +119,35 @@ _FOLDED_MAX = 512
 
 
 def _build(parts: Sequence[Part]) -> _Folded:
-    """The statement: the first part, an INSERT, with every other part a CTE.
+    """The statement: the first row of the first part, an INSERT, with every other row of
+    every part a CTE of its own (a multi-row VALUES would make the statement uncacheable
+    in SQLAlchemy).
 
     PostgreSQL runs the statement itself first, then the CTEs no one reads from, the
     last written first (its executor lists them in reverse: `es_auxmodifytables`). So
     they are written in reverse: they run in the order given, and the feed trigger
     numbers their rows in that order."""
-    ctes: list[Any] = []
+    statements: list[Any] = []
     names: list[tuple[tuple[tuple[str, str], ...], ...]] = []
-    outer: InsertStatement | None = None
     for j, part in enumerate(parts):
         rows: list[tuple[tuple[str, str], ...]] = []
-        if isinstance(part, Insert):
-            keys = list(part.rows[0])
-            prefixes = [f"i{j}r{i}_" for i in range(len(part.rows))]
-            statement = insert(part.table).values(
-                [_insert_values(part.table, p, keys) for p in prefixes]
-            )
-            rows = [tuple((k, p + k) for k in keys) for p in prefixes]
-            if j == 0:
-                outer = statement
+        for i, row in enumerate(part.rows):
+            if isinstance(part, Insert):
+                prefix = f"i{j}r{i}_"
+                keys = list(row)
+                statements.append(
+                    insert(part.table).values(_insert_values(part.table, prefix, keys))
+                )
             else:
-                ctes.append(statement.cte(f"w{j}"))
-        else:
-            for i, row in enumerate(part.rows):
                 prefix = f"u{j}r{i}_"
-                ctes.append(_renamed(part.statement, prefix).cte(f"w{j}_{i}"))
-                rows.append(tuple((k, prefix + k) for k in row if k != SCOPE_ORG))
+                keys = [k for k in row if k != SCOPE_ORG]
+                statements.append(_renamed(part.statement, prefix))
+            rows.append(tuple((k, prefix + k) for k in keys))
         names.append(tuple(rows))
-    if outer is None:
+    outer = statements[0]
+    if not isinstance(outer, InsertStatement):
         raise ValueError("a folded statement begins with an INSERT")
+    ctes = [statement.cte(f"w{n}") for n, statement in enumerate(statements[1:], 1)]
     return _Folded(outer.add_cte(*reversed(ctes)), tuple(names))
 
 
