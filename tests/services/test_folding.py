@@ -82,31 +82,30 @@ async def test_folded_writes_land_in_one_statement(db: Database, org: Organizati
     assert await _contacts(db, org.id) == ["4930100", "4930101", "4930102"]
     async with db.session(org.id) as session:
         renamed = await session.get(Contact, known["id"])
-        assert renamed is not None and renamed.profile_name == "Renamed"
+        assert renamed is not None
+        assert renamed.profile_name == "Renamed"
         assert len((await session.exec(sqlmodel_select(AuditEvent))).all()) == 1
 
 
 async def test_a_folded_insert_into_another_workspace_is_refused(
-    db: Database, org: Organization, other_org: Organization, dialect: str
+    db: Database, org: Organization, other_org: Organization
 ) -> None:
     """Given a folded statement whose outer INSERT is the session's workspace's,
     when one of its CTEs inserts a row of another workspace (as a parameter, or as a value
     written into the statement),
     then the scoping layer refuses it before anything is sent (on either engine)."""
-    contacts = folding.Insert(_CONTACTS, [_contact(other_org.id, "4930200")])
-    for first in (folding.Insert(_AUDIT, [_audit(org.id)]), None):
+    scope = {SCOPE_ORG: org.id}
+    theirs = folding.Insert(_CONTACTS, [_contact(other_org.id, "4930200")])
+    written = _CONTACTS.insert().values(**_contact(other_org.id, "4930201")).cte("sneaky")
+    attempts = [
+        folding.fold([folding.Insert(_AUDIT, [_audit(org.id)]), theirs], scope),
+        folding.fold([folding.Insert(_AUDIT, [_audit(None)]), theirs], scope),
+        (_AUDIT.insert().values(**_audit(org.id)).add_cte(written), {}),
+    ]
+    for statement, params in attempts:
         with pytest.raises(TenantScopeError, match="another workspace"):
             async with db.session(org.id) as session:
-                scope = core_scope_params(session)
-                statement, params = folding.fold(
-                    [first or folding.Insert(_AUDIT, [_audit(None)]), contacts], scope
-                )
                 await session.exec(statement, params=params)  # type: ignore[call-overload]
-    with pytest.raises(TenantScopeError, match="another workspace"):
-        async with db.session(org.id) as session:
-            cte = _CONTACTS.insert().values(**_contact(other_org.id, "4930201")).cte("sneaky")
-            outer = _AUDIT.insert().values(**_audit(org.id)).add_cte(cte)
-            await session.exec(outer, params={})
     assert await _contacts(db, other_org.id) == []
 
 
@@ -142,16 +141,15 @@ async def test_row_level_security_confines_a_folded_statement(
     """Given a folded statement with a CTE inserting another workspace's contact,
     when it goes around the scoping layer (run on the session's connection),
     then PostgreSQL's row-level security refuses the whole statement: nothing is written."""
+    statement, params = folding.fold(
+        [
+            folding.Insert(_CONTACTS, [_contact(org.id, "4930300")]),
+            folding.Insert(_CONTACTS, [_contact(other_org.id, "4930301")]),
+        ],
+        {SCOPE_ORG: org.id},
+    )
     with pytest.raises(DBAPIError, match="row-level security"):
         async with db.session(org.id) as session:
-            statement, params = folding.fold(
-                [
-                    folding.Insert(_CONTACTS, [_contact(org.id, "4930300")]),
-                    folding.Insert(_CONTACTS, [_contact(other_org.id, "4930301")]),
-                ],
-                core_scope_params(session),
-            )
-            connection = await session.connection()
-            await connection.execute(statement, params)
+            await (await session.connection()).execute(statement, params)
     assert await _contacts(db, org.id) == []
     assert await _contacts(db, other_org.id) == []

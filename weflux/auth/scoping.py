@@ -27,8 +27,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
@@ -227,11 +229,18 @@ def _workspace_tables() -> dict[str, str]:
     return tables
 
 
-def _tables_in(statement: Any) -> Iterable[str]:
-    # ORM statements hold annotated copies of the tables: compare by name.
-    for element in visitors.iterate(statement):
-        if isinstance(element, Table):
-            yield element.name
+# Statements are immutable: the tables of one built once (a module's constant, a folded
+# write's cached statement: weflux.services.folding) are read once, not at every execution.
+_TABLES_IN: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _tables_in(statement: Any) -> tuple[str, ...]:
+    names = _TABLES_IN.get(statement)
+    if names is None:
+        # ORM statements hold annotated copies of the tables: compare by name.
+        names = tuple(e.name for e in visitors.iterate(statement) if isinstance(e, Table))
+        _TABLES_IN[statement] = names
+    return names
 
 
 @functools.cache
@@ -399,6 +408,20 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
     return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
 
 
+@dataclass(frozen=True, slots=True)
+class _FoldPlan:
+    """What a folded insert needs checked, read once from its (immutable) structure."""
+
+    # The parameters (key, value written into the statement) giving each inserted row's
+    # workspace; whether it carries `core_scope` (UPDATE, DELETE); why it is refused.
+    workspaces: tuple[tuple[str, Any, bool], ...] = ()
+    scoped: bool = False
+    refusal: str | None = None
+
+
+_FOLD_PLANS: weakref.WeakKeyDictionary[Any, _FoldPlan] = weakref.WeakKeyDictionary()
+
+
 def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
     """An INSERT whose values are in the statement, with writes folded in as CTEs
     (weflux.services.folding): every part is checked, fail closed.
@@ -411,32 +434,54 @@ def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
     params: Any = state.parameters
     if not isinstance(params, dict):
         raise TenantScopeError("a folded insert takes one set of parameters")
-    params = dict(params)
     statement: Any = state.statement
-    parts = [statement] + [
-        element.element for element in visitors.iterate(statement) if isinstance(element, CTE)
-    ]
-    for part in parts:
-        table = getattr(part, "table", None)
-        column = tables.get(table.name) if isinstance(table, Table) else None
-        if isinstance(part, Insert):
-            if column is not None:
-                _check_insert_rows(part, column, org_id, params)
-        elif isinstance(part, (Update, Delete)):
-            if column is not None:
-                _check_scoped_change(part, column, org_id, params)
-        elif any(name in tables for name in _tables_in(part)):
-            raise TenantScopeError("a CTE reading a workspace-owned table in an insert refused")
+    plan = _FOLD_PLANS.get(statement)
+    if plan is None:
+        plan = _FOLD_PLANS[statement] = _fold_plan(statement, tables)
+    if plan.refusal is not None:
+        raise TenantScopeError(plan.refusal)
+    if plan.scoped and params.get(SCOPE_ORG) != org_id:
+        raise TenantScopeError("a change without core_scope of the session's workspace refused")
+    params = dict(params)
+    for key, written, fillable in plan.workspaces:
+        given = params.get(key, written)
+        if given is None and fillable:
+            params[key] = org_id
+        elif given != org_id:
+            raise TenantScopeError("insert of another workspace's row refused")
     return state.invoke_statement(params=params)
 
 
-def _check_insert_rows(
-    part: Insert, column: str, org_id: uuid.UUID, params: dict[str, Any]
-) -> None:
+def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:
+    parts = [statement] + [
+        element.element for element in visitors.iterate(statement) if isinstance(element, CTE)
+    ]
+    workspaces: list[tuple[str, Any, bool]] = []
+    scoped = False
+    try:
+        for part in parts:
+            table = getattr(part, "table", None)
+            column = tables.get(table.name) if isinstance(table, Table) else None
+            if isinstance(part, Insert):
+                if column is not None:
+                    workspaces.extend(_inserted_workspaces(part, column))
+            elif isinstance(part, (Update, Delete)):
+                if column is not None:
+                    _check_scoped_change(part, column)
+                    scoped = True
+            elif any(name in tables for name in _tables_in(part)):
+                raise TenantScopeError("a CTE reading a workspace-owned table in an insert refused")
+    except TenantScopeError as refused:
+        return _FoldPlan(refusal=str(refused))
+    return _FoldPlan(tuple(workspaces), scoped)
+
+
+def _inserted_workspaces(part: Insert, column: str) -> list[tuple[str, Any, bool]]:
     name = part.table.name
     if part.select is not None:
         raise TenantScopeError(f"insert into {name} from a select: give rows as parameters")
     rows: list[Any] = list(part._multi_values[0]) if part._multi_values else [part._values or {}]
+    found = []
     for row in rows:
         if not isinstance(row, dict):
             raise TenantScopeError(f"insert into {name}: name each row's columns")
@@ -447,25 +492,18 @@ def _check_insert_rows(
                 f"insert into {name}: pass each row's {column} in the parameters so its "
                 "workspace is checked"
             )
-        given = params.get(value.key, value.value)
-        if given is None and column == "org_id":
-            params[value.key] = org_id
-        elif given != org_id:
-            raise TenantScopeError(f"insert into {name} of another workspace refused")
+        found.append((value.key, value.value, column == "org_id"))
+    return found
 
 
-def _check_scoped_change(
-    part: Update | Delete, column: str, org_id: uuid.UUID, params: dict[str, Any]
-) -> None:
+def _check_scoped_change(part: Update | Delete, column: str) -> None:
     table: Table = part.table  # type: ignore[assignment]
     if isinstance(part, Update) and any(
         getattr(key, "key", key) == column for key in (part._values or {})
     ):
         raise TenantScopeError(f"moving {table.name} rows between workspaces refused")
     scope = core_scope(table)
-    if params.get(SCOPE_ORG) != org_id or not any(
-        criterion.compare(scope) for criterion in part._where_criteria
-    ):
+    if not any(criterion.compare(scope) for criterion in part._where_criteria):
         raise TenantScopeError(f"a change of {table.name} without core_scope refused")
 
 

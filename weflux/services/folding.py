@@ -33,7 +33,6 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import SCOPE_ORG
 
-
 # Rows beyond which writes are not folded: each value is a parameter of its own (asyncpg
 # takes at most 32,767) and each count of rows a statement compiled and cached. A big
 # batch pays its per-statement cost once per kind of write anyway.
