@@ -71,6 +71,9 @@ async def test_a_one_message_webhook_runs_few_statements(
     expected = {"sqlite": (5, 4), "postgresql": (3, 3)}[dialect]
     assert (len(new), len(known)) == expected
     if dialect == "postgresql":
+        # The scope's statement takes the feed lock too (the webhook writes several feed
+        # rows: docs/realtime.md), before any row lock.
+        assert all("pg_advisory_xact_lock" in seen[0] for seen in (new, known))
         # new: contacts, conversations, messages; known: conversations (UPDATE), messages
         # (the webhook event's INSERT being the statement itself).
         assert new[-1].count(" AS \n(INSERT INTO") == 3, new[-1]

@@ -75,6 +75,9 @@ ALL_WORKSPACES_KEY = "weflux.all_workspaces"
 WEBHOOK_EVENT_KEY = "weflux.webhook_event_id"
 AGENT_KEY = "weflux.agent_membership_id"
 SEE_ERASED_KEY = "weflux.see_erased"
+# The workspace's feed lock is taken in the scope's statement at the transaction's start
+# (`use_workspace(feed_lock=True)` before it began).
+FEED_LOCK_KEY = "weflux.feed_lock"
 
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
@@ -126,7 +129,13 @@ def set_scope(
     if org_id is not None and all_workspaces:
         raise ValueError("a session is scoped to one workspace or to all, not both")
     info = _info(session)
-    for key in (WORKSPACE_KEY, ALL_WORKSPACES_KEY, WEBHOOK_EVENT_KEY, SEE_ERASED_KEY):
+    for key in (
+        WORKSPACE_KEY,
+        ALL_WORKSPACES_KEY,
+        WEBHOOK_EVENT_KEY,
+        SEE_ERASED_KEY,
+        FEED_LOCK_KEY,
+    ):
         info.pop(key, None)
     if org_id is not None:
         info[WORKSPACE_KEY] = org_id
@@ -195,13 +204,17 @@ async def use_workspace(
     A webhook event the session names stays named (ingest writes each workspace's
     share of an event, then marks the event processed). With `feed_lock` (a writer of
     several conversations or messages) the workspace's feed lock is taken in the same
-    statement on PostgreSQL (`lock_feed`).
+    statement on PostgreSQL (`lock_feed`): now, or, before the transaction has begun
+    (the number's routes were cached), in the scope's statement at its start.
     """
     info = _info(session)
     info.pop(ALL_WORKSPACES_KEY, None)
     info[WORKSPACE_KEY] = org_id
     sync = session.sync_session
-    if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
+    if not sync.in_transaction():
+        # Taken with the scope when the transaction begins (`_apply_database_scope`).
+        info[FEED_LOCK_KEY] = feed_lock
+    elif sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
         if feed_lock:
             await connection.execute(
@@ -593,7 +606,12 @@ def _apply_database_scope(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
+        if session.info.get(FEED_LOCK_KEY):
+            connection.execute(
+                _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(session) | {"lock_class": FEED_LOCK_CLASS}
+            )
+        else:
+            connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
 
 
 # -- the workspace change feed -------------------------------------------------------------
