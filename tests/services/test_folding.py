@@ -85,6 +85,14 @@ async def test_folded_writes_land_in_one_statement(db: Database, org: Organizati
         assert renamed is not None
         assert renamed.profile_name == "Renamed"
         assert len((await session.exec(sqlmodel_select(AuditEvent))).all()) == 1
+    # UPDATEs alone (no INSERT to be the statement): each sent on its own, still scoped.
+    async with db.session(org.id) as session:
+        alone = folding.Writes([folding.Update(_UPDATE_CONTACTS, [row | {"name": "Alone"}])])
+        await folding.send(session, alone, core_scope_params(session))
+    async with db.session(org.id) as session:
+        renamed = await session.get(Contact, known["id"])
+        assert renamed is not None
+        assert renamed.name == "Alone"
 
 
 async def test_a_folded_insert_into_another_workspace_is_refused(

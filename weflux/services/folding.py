@@ -41,7 +41,7 @@ MAX_ROWS = 16
 
 @dataclass(slots=True)
 class Insert:
-    """Rows for one table (each row with the same keys)."""
+    """Rows for one table."""
 
     table: Table
     rows: list[dict[str, Any]]
@@ -71,9 +71,10 @@ class Writes:
 
 
 def _shape(part: Part) -> tuple[Any, ...]:
+    rows = tuple(tuple(row) for row in part.rows)
     if isinstance(part, Insert):
-        return ("i", part.table.name, len(part.rows), tuple(part.rows[0]))
-    return ("u", id(part.statement), len(part.rows))
+        return ("i", part.table.name, rows)
+    return ("u", id(part.statement), rows)
 
 
 def _insert_values(table: Table, prefix: str, keys: Sequence[str]) -> dict[str, Any]:
