@@ -8,9 +8,12 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
+from tests.fixtures.databases import postgres_only
+from tests.fixtures.factories import create_contact
 from tests.fixtures.inbound import feed_highest, post_body, receive
 from weflux.db import Database
 from weflux.models import (
@@ -21,6 +24,7 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
+from weflux.services import ingest
 
 
 async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -157,3 +161,43 @@ async def test_one_event_of_several_senders_and_messages(
     assert positions[0] > highest
     if dialect == "sqlite":
         assert positions == [highest + n for n in range(1, 6)]
+
+
+@postgres_only
+async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_known(
+    client: httpx.AsyncClient,
+    db: Database,
+    number: WhatsAppAccount,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a new sender's first message, processed optimistically,
+    when another transaction stores that sender between this one's lookup and its write
+    (the contact, conversation, message and event rows folded into one statement),
+    then that statement breaks the contacts' unique index and writes nothing, the event
+    is processed again reading first, and the sender has one contact, one conversation
+    and one message."""
+    org_id, sender = number.org_id, "4915100000077"
+    lookups: list[int] = []
+    real = ingest._senders
+
+    async def raced(*args: Any) -> Any:
+        found = await real(*args)
+        lookups.append(len(found[0]))
+        if len(lookups) == 1:
+            async with db.session(org_id) as session:
+                await create_contact(session, wa_id=sender)
+        return found
+
+    monkeypatch.setattr(ingest, "_senders", raced)
+    now = int(utcnow().timestamp())
+    await receive(client, number, wh.text_message("wamid.race-1", from_wa_id=sender, timestamp=now))
+    assert lookups == [0, 1]  # new at first, known on the retry
+    async with db.session(org_id) as session:
+        contacts = (await session.exec(select(Contact))).all()
+        conversations = (await session.exec(select(Conversation))).all()
+        messages = (await session.exec(select(Message))).all()
+    assert [c.wa_id for c in contacts] == [sender]
+    assert [c.contact_id for c in conversations] == [contacts[0].id]
+    assert [(m.wa_message_id, m.conversation_id) for m in messages] == [
+        ("wamid.race-1", conversations[0].id)
+    ]

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Iterator
+import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import (
+    BindParameter,
     ColumnElement,
     Table,
     and_,
@@ -49,6 +52,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
 from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.selectable import CTE
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
@@ -70,6 +75,9 @@ ALL_WORKSPACES_KEY = "weflux.all_workspaces"
 WEBHOOK_EVENT_KEY = "weflux.webhook_event_id"
 AGENT_KEY = "weflux.agent_membership_id"
 SEE_ERASED_KEY = "weflux.see_erased"
+# The workspace's feed lock is taken in the scope's statement at the transaction's start
+# (`use_workspace(feed_lock=True)` before it began).
+FEED_LOCK_KEY = "weflux.feed_lock"
 
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
@@ -121,7 +129,13 @@ def set_scope(
     if org_id is not None and all_workspaces:
         raise ValueError("a session is scoped to one workspace or to all, not both")
     info = _info(session)
-    for key in (WORKSPACE_KEY, ALL_WORKSPACES_KEY, WEBHOOK_EVENT_KEY, SEE_ERASED_KEY):
+    for key in (
+        WORKSPACE_KEY,
+        ALL_WORKSPACES_KEY,
+        WEBHOOK_EVENT_KEY,
+        SEE_ERASED_KEY,
+        FEED_LOCK_KEY,
+    ):
         info.pop(key, None)
     if org_id is not None:
         info[WORKSPACE_KEY] = org_id
@@ -190,13 +204,17 @@ async def use_workspace(
     A webhook event the session names stays named (ingest writes each workspace's
     share of an event, then marks the event processed). With `feed_lock` (a writer of
     several conversations or messages) the workspace's feed lock is taken in the same
-    statement on PostgreSQL (`lock_feed`).
+    statement on PostgreSQL (`lock_feed`): now, or, before the transaction has begun
+    (the number's routes were cached), in the scope's statement at its start.
     """
     info = _info(session)
     info.pop(ALL_WORKSPACES_KEY, None)
     info[WORKSPACE_KEY] = org_id
     sync = session.sync_session
-    if sync.in_transaction() and sync.get_bind().dialect.name == "postgresql":
+    if not sync.in_transaction():
+        # Taken with the scope when the transaction begins (`_apply_database_scope`).
+        info[FEED_LOCK_KEY] = feed_lock
+    elif sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
         if feed_lock:
             await connection.execute(
@@ -224,11 +242,18 @@ def _workspace_tables() -> dict[str, str]:
     return tables
 
 
-def _tables_in(statement: Any) -> Iterable[str]:
-    # ORM statements hold annotated copies of the tables: compare by name.
-    for element in visitors.iterate(statement):
-        if isinstance(element, Table):
-            yield element.name
+# Statements are immutable: the tables of one built once (a module's constant, a folded
+# write's cached statement: weflux.services.folding) are read once, not at every execution.
+_TABLES_IN: weakref.WeakKeyDictionary[Any, tuple[str, ...]] = weakref.WeakKeyDictionary()
+
+
+def _tables_in(statement: Any) -> tuple[str, ...]:
+    names = _TABLES_IN.get(statement)
+    if names is None:
+        # ORM statements hold annotated copies of the tables: compare by name.
+        names = tuple(e.name for e in visitors.iterate(statement) if isinstance(e, Table))
+        _TABLES_IN[statement] = names
+    return names
 
 
 @functools.cache
@@ -366,7 +391,14 @@ def _scope_statement(state: ORMExecuteState) -> Any:
 
 
 def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
-    table = state.statement.table  # type: ignore[attr-defined]
+    statement: Any = state.statement
+    if statement._independent_ctes or statement._values or statement._multi_values:
+        return _checked_folded(state, org_id, tables)
+    if statement.select is not None and tables.get(statement.table.name):
+        raise TenantScopeError(
+            f"insert into {statement.table.name} from a select: pass rows as parameters"
+        )
+    table = statement.table
     column = tables.get(table.name)
     if column is None:
         return None
@@ -387,6 +419,105 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
     return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
+
+
+@dataclass(frozen=True, slots=True)
+class _FoldPlan:
+    """What a folded insert needs checked, read once from its (immutable) structure."""
+
+    # The parameters (key, value written into the statement) giving each inserted row's
+    # workspace; whether it carries `core_scope` (UPDATE, DELETE); why it is refused.
+    workspaces: tuple[tuple[str, Any, bool], ...] = ()
+    scoped: bool = False
+    refusal: str | None = None
+
+
+_FOLD_PLANS: weakref.WeakKeyDictionary[Any, _FoldPlan] = weakref.WeakKeyDictionary()
+
+
+def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str, str]) -> Any:
+    """An INSERT whose values are in the statement, with writes folded in as CTEs
+    (weflux.services.folding): every part is checked, fail closed.
+
+    Each INSERT into a workspace-owned table gives every row's workspace as a parameter
+    equal to the session's (an empty one is filled in); each UPDATE or DELETE of one
+    carries `core_scope` with the session's workspace and never sets the workspace column;
+    any other CTE (a SELECT) may not touch a workspace-owned table (nothing would confine it).
+    """
+    params: Any = state.parameters
+    if not isinstance(params, dict):
+        raise TenantScopeError("a folded insert takes one set of parameters")
+    statement: Any = state.statement
+    plan = _FOLD_PLANS.get(statement)
+    if plan is None:
+        plan = _FOLD_PLANS[statement] = _fold_plan(statement, tables)
+    if plan.refusal is not None:
+        raise TenantScopeError(plan.refusal)
+    if plan.scoped and params.get(SCOPE_ORG) != org_id:
+        raise TenantScopeError("a change without core_scope of the session's workspace refused")
+    params = dict(params)
+    for key, written, fillable in plan.workspaces:
+        given = params.get(key, written)
+        if given is None and fillable:
+            params[key] = org_id
+        elif given != org_id:
+            raise TenantScopeError("insert of another workspace's row refused")
+    return state.invoke_statement(params=params)
+
+
+def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:
+    parts = [statement] + [
+        element.element for element in visitors.iterate(statement) if isinstance(element, CTE)
+    ]
+    workspaces: list[tuple[str, Any, bool]] = []
+    scoped = False
+    try:
+        for part in parts:
+            table = getattr(part, "table", None)
+            column = tables.get(table.name) if isinstance(table, Table) else None
+            if isinstance(part, Insert):
+                if column is not None:
+                    workspaces.extend(_inserted_workspaces(part, column))
+            elif isinstance(part, (Update, Delete)):
+                if column is not None:
+                    _check_scoped_change(part, column)
+                    scoped = True
+            elif any(name in tables for name in _tables_in(part)):
+                raise TenantScopeError("a CTE reading a workspace-owned table in an insert refused")
+    except TenantScopeError as refused:
+        return _FoldPlan(refusal=str(refused))
+    return _FoldPlan(tuple(workspaces), scoped)
+
+
+def _inserted_workspaces(part: Insert, column: str) -> list[tuple[str, Any, bool]]:
+    name = part.table.name
+    if part.select is not None:
+        raise TenantScopeError(f"insert into {name} from a select: give rows as parameters")
+    rows: list[Any] = list(part._multi_values[0]) if part._multi_values else [part._values or {}]
+    found = []
+    for row in rows:
+        if not isinstance(row, dict):
+            raise TenantScopeError(f"insert into {name}: name each row's columns")
+        values = {getattr(key, "key", key): value for key, value in row.items()}
+        value = values.get(column)
+        if not isinstance(value, BindParameter):
+            raise TenantScopeError(
+                f"insert into {name}: pass each row's {column} in the parameters so its "
+                "workspace is checked"
+            )
+        found.append((value.key, value.value, column == "org_id"))
+    return found
+
+
+def _check_scoped_change(part: Update | Delete, column: str) -> None:
+    table: Table = part.table  # type: ignore[assignment]
+    if isinstance(part, Update) and any(
+        getattr(key, "key", key) == column for key in (part._values or {})
+    ):
+        raise TenantScopeError(f"moving {table.name} rows between workspaces refused")
+    scope = core_scope(table)
+    if not any(criterion.compare(scope) for criterion in part._where_criteria):
+        raise TenantScopeError(f"a change of {table.name} without core_scope refused")
 
 
 # -- Core statements -----------------------------------------------------------------------
@@ -475,7 +606,12 @@ def _apply_database_scope(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
     if connection.dialect.name == "postgresql":
-        connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
+        if session.info.get(FEED_LOCK_KEY):
+            connection.execute(
+                _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(session) | {"lock_class": FEED_LOCK_CLASS}
+            )
+        else:
+            connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
 
 
 # -- the workspace change feed -------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, case, insert, or_, select
+from sqlalchemy import Table, and_, bindparam, case, event, insert, or_, select
 from sqlalchemy import update as update_of
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -38,6 +38,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.crossings import Route
 from weflux.auth.scoping import (
+    ScopedSession,
     core_scope,
     core_scope_params,
     reserve_feed_positions,
@@ -69,7 +70,7 @@ from weflux.models import (
 )
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
-from weflux.services import reactions, templates
+from weflux.services import folding, reactions, templates
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
@@ -633,11 +634,13 @@ async def _ingest_messages(
                 contact.opted_out = change
                 contact.opted_out_at = now if change else None
                 contact.changed = True
-    await _write(
-        session, connection, org_id, contacts.values(), conversations.values(), added, now, highest
-    )
-    if media_files:
-        await session.exec(_INSERT_MEDIA_FILES, params=media_files)
+    rows = _rows(org_id, contacts.values(), conversations.values(), added, media_files, now)
+    if connection.dialect.name == "postgresql" and rows.count() <= folding.MAX_ROWS:
+        _hold(session, rows)
+        if reacted:
+            await _send_held(session)  # the reactions' statements may read these messages
+    else:
+        await _send_separately(session, connection, org_id, rows, highest)
     await reactions.set_reactions(session, broker, org_id, reacted)
     for row in added:
         publish_after_commit(
@@ -654,42 +657,53 @@ async def _ingest_messages(
         )
 
 
-async def _write(
-    session: AsyncSession,
-    connection: AsyncConnection,
+@dataclass(slots=True)
+class _Rows:
+    """One share's inbound writes as rows, built once (`_rows`) whatever the engine:
+    SQLite sends them one statement per kind (`_send_separately`), PostgreSQL holds them
+    back to fold them into one statement (`_hold`), but for a big batch (past
+    `folding.MAX_ROWS`: sent as SQLite sends them)."""
+
+    new_contacts: list[dict[str, Any]]
+    changed_contacts: list[dict[str, Any]]
+    new_conversations: list[dict[str, Any]]
+    known_conversations: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    media_files: list[dict[str, Any]]
+
+    def count(self) -> int:
+        return (
+            len(self.new_contacts)
+            + len(self.changed_contacts)
+            + len(self.new_conversations)
+            + len(self.known_conversations)
+            + len(self.messages)
+            + len(self.media_files)
+        )
+
+
+def _rows(
     org_id: uuid.UUID,
     senders: Iterable[_Sender],
     threads: Iterable[_Thread],
     messages: list[dict[str, Any]],
+    media_files: list[dict[str, Any]],
     now: datetime,
-    highest: int | None,
-) -> None:
-    """The senders, conversations and messages, in the order (and, on SQLite, with the
-    feed positions) of the flush they replace: a statement per kind of change, whatever
-    the number of rows. INSERTs through the session (their workspace checked), UPDATEs
-    on its connection with `core_scope`."""
+) -> _Rows:
+    """The senders', conversations' and messages' rows, in the order of the flush they
+    replace (known conversations in id order)."""
     distinct = {sender.id: sender for sender in senders}.values()
-    new_contacts = [
-        {"id": c.id, "org_id": org_id, **c.row(), "name_set_by_team": False, "created_at": now}
-        for c in distinct
-        if c.new
-    ]
-    changed_contacts = [{"contact": c.id, **c.row()} for c in distinct if c.changed and not c.new]
-    scope = core_scope_params(session)
-    if new_contacts:
-        await session.exec(_INSERT_CONTACTS, params=new_contacts)
-    if changed_contacts:
-        await connection.execute(_UPDATE_CONTACTS, [row | scope for row in changed_contacts])
-    fresh = [t for t in threads if t.new]
-    known = sorted((t for t in threads if not t.new and t.added), key=lambda t: t.id)
-    sqlite = connection.dialect.name != "postgresql"
-    positions = iter(
-        await reserve_feed_positions(
-            connection, org_id, len(fresh) + len(known) + len(messages), highest
-        )
-    )
-    if fresh:
-        rows: list[dict[str, Any]] = [
+    threads = list(threads)
+    return _Rows(
+        new_contacts=[
+            {"id": c.id, "org_id": org_id, **c.row(), "name_set_by_team": False, "created_at": now}
+            for c in distinct
+            if c.new
+        ],
+        changed_contacts=[
+            {"contact": c.id, **c.row()} for c in distinct if c.changed and not c.new
+        ],
+        new_conversations=[
             {
                 "id": t.id,
                 "org_id": org_id,
@@ -703,14 +717,10 @@ async def _write(
                 "created_at": now,
                 "updated_at": now,
             }
-            for t in fresh
-        ]
-        if sqlite:
-            for row in rows:
-                row["update_seq"] = next(positions)
-        await session.exec(_INSERT_CONVERSATIONS, params=rows)
-    if known:
-        updates: list[dict[str, Any]] = [
+            for t in threads
+            if t.new
+        ],
+        known_conversations=[
             {
                 "conversation": t.id,
                 "added": t.added,
@@ -718,19 +728,89 @@ async def _write(
                 "last_message_at": t.last_message_at,
                 "last_inbound_at": t.last_inbound_at,
                 "updated_at": now,
-                **scope,
             }
-            for t in known
-        ]
+            for t in sorted((t for t in threads if not t.new and t.added), key=lambda t: t.id)
+        ],
+        messages=messages,
+        media_files=media_files,
+    )
+
+
+async def _send_separately(
+    session: AsyncSession,
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    rows: _Rows,
+    highest: int | None,
+) -> None:
+    """A statement per kind of change, whatever the number of rows; on SQLite each row of
+    the feed with the position the flush would have given it (PostgreSQL's trigger sets
+    them). INSERTs through the
+    session (their workspace checked), UPDATEs on its connection with `core_scope`."""
+    scope = core_scope_params(session)
+    if rows.new_contacts:
+        await session.exec(_INSERT_CONTACTS, params=rows.new_contacts)
+    if rows.changed_contacts:
+        await connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
+    sqlite = connection.dialect.name != "postgresql"
+    feed = (rows.new_conversations, rows.known_conversations, rows.messages)
+    positions = iter(await reserve_feed_positions(connection, org_id, sum(map(len, feed)), highest))
+    if rows.new_conversations:
+        if sqlite:
+            for row in rows.new_conversations:
+                row["update_seq"] = next(positions)
+        await session.exec(_INSERT_CONVERSATIONS, params=rows.new_conversations)
+    if rows.known_conversations:
+        updates = [row | scope for row in rows.known_conversations]
         if sqlite:
             for row in updates:
                 row["position"] = next(positions)
         await connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
-    if messages:
+    if rows.messages:
         if sqlite:
-            for row in messages:
+            for row in rows.messages:
                 row["update_seq"] = row["created_seq"] = next(positions)
-        await session.exec(_INSERT_MESSAGES, params=messages)
+        await session.exec(_INSERT_MESSAGES, params=rows.messages)
+    if rows.media_files:
+        await session.exec(_INSERT_MEDIA_FILES, params=rows.media_files)
+
+
+# session.info (PostgreSQL): the writes held back to be sent as one statement
+# (weflux.services.folding), with the event's own row when it is stored in the same
+# transaction (`store_and_process`). Whatever runs a statement of its own after them
+# sends them first (`_send_held`); a commit with writes still held is refused.
+_HELD_KEY = "weflux.ingest.held"
+
+
+def _hold(session: AsyncSession, rows: _Rows) -> None:
+    """PostgreSQL: hold `rows` back, to fold them with what follows into one statement.
+
+    The feed trigger numbers the parts in the order PostgreSQL runs them: conversations
+    before their messages, as the flush did."""
+    writes: folding.Writes = session.sync_session.info.setdefault(_HELD_KEY, folding.Writes())
+    writes.add(folding.Insert(_CONTACTS, rows.new_contacts))
+    writes.add(folding.Update(_UPDATE_CONTACTS, rows.changed_contacts))
+    writes.add(folding.Insert(_CONVERSATIONS, rows.new_conversations))
+    writes.add(folding.Update(_UPDATE_CONVERSATIONS[False], rows.known_conversations))
+    writes.add(folding.Insert(_MESSAGES, rows.messages))
+    writes.add(folding.Insert(_MEDIA_FILES, rows.media_files))
+
+
+async def _send_held(session: AsyncSession, first: folding.Insert | None = None) -> bool:
+    """Send the writes held back (after `first`, an INSERT, in the same statement) as one
+    statement; whether there were any (else nothing is sent, not even `first`)."""
+    writes: folding.Writes | None = session.sync_session.info.pop(_HELD_KEY, None)
+    if writes is None or not writes.parts:
+        return False
+    await folding.send(session, writes, core_scope_params(session), first)
+    return True
+
+
+@event.listens_for(ScopedSession, "before_commit")
+def _nothing_held(session: Any) -> None:
+    writes = session.info.get(_HELD_KEY)
+    if writes is not None and writes.parts:
+        raise RuntimeError("ingest: a commit with writes still held back (call _send_held)")
 
 
 def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
@@ -923,10 +1003,13 @@ async def _account_changes(
 async def _process_share(
     session: AsyncSession, broker: Broker, settings: Settings, org_id: uuid.UUID, share: _Share
 ) -> None:
+    await _send_held(session)  # a previous share's, in its workspace
     # The feed lock first, in the scope's statement: the share writes several feed rows.
     await use_workspace(session, org_id, feed_lock=bool(share.messages or share.statuses))
     if share.messages:
         await _ingest_messages(session, broker, settings, org_id, share.messages)
+        if share.statuses or share.templates or share.quality or share.account:
+            await _send_held(session)
     if share.statuses:
         await _apply_statuses(session, broker, org_id, share.statuses)
     for template in share.templates:
@@ -1005,6 +1088,7 @@ async def process_event(
             if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
                 return
             note = await _apply(session, broker, settings, event.body, event.account_id, cache)
+            await _send_held(session)
             if note is not None:
                 event.last_error = note
             event.status = WebhookEventStatus.PROCESSED
@@ -1035,7 +1119,8 @@ class ReceivedEvent:
 
 # One cached statement (its compiled form is reused): the event's row, already processed.
 # Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
-_INSERT_PROCESSED_EVENT = inline(insert(WebhookEvent.__table__))  # type: ignore[attr-defined]
+_WEBHOOK_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
+_INSERT_PROCESSED_EVENT = inline(insert(_WEBHOOK_EVENTS))
 
 
 async def store_and_process(
@@ -1057,23 +1142,23 @@ async def store_and_process(
         async with db.session(webhook_event=event.id) as session:
             session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
             note = await _apply(session, broker, settings, event.body, event.account_id, cache)
-            # Last: after the share's writes (one Core INSERT, no ORM instance or flush).
-            connection = await session.connection()
-            await connection.execute(
-                _INSERT_PROCESSED_EVENT,
-                {
-                    "id": event.id,
-                    "received_at": event.received_at,
-                    "account_id": event.account_id,
-                    "body": event.body,
-                    "body_sha256": event.body_sha256,
-                    "status": WebhookEventStatus.PROCESSED,
-                    "attempts": 1,
-                    "last_error": note,
-                    "next_attempt_at": None,
-                    "processed_at": utcnow(),
-                },
-            )
+            # After the share's writes (one Core INSERT, no ORM instance or flush); on
+            # PostgreSQL the statement they are folded into.
+            row = {
+                "id": event.id,
+                "received_at": event.received_at,
+                "account_id": event.account_id,
+                "body": event.body,
+                "body_sha256": event.body_sha256,
+                "status": WebhookEventStatus.PROCESSED,
+                "attempts": 1,
+                "last_error": note,
+                "next_attempt_at": None,
+                "processed_at": utcnow(),
+            }
+            if not await _send_held(session, folding.Insert(_WEBHOOK_EVENTS, [row])):
+                connection = await session.connection()
+                await connection.execute(_INSERT_PROCESSED_EVENT, row)
 
     await _optimistically(attempt)
 

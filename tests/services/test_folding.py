@@ -1,0 +1,163 @@
+"""Writes folded into one statement (weflux.services.folding): every part is checked by the
+scoping layer before it is sent, and confined by row-level security beneath it."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from sqlalchemy import Table, select
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import col
+from sqlmodel import select as sqlmodel_select
+
+from tests.fixtures.databases import postgres_only
+from weflux.auth.scoping import SCOPE_ORG, TenantScopeError, core_scope, core_scope_params
+from weflux.db import Database
+from weflux.models import AuditEvent, Contact, Organization, new_id, utcnow
+from weflux.services import folding
+from weflux.services.ingest import _UPDATE_CONTACTS
+
+_CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+_AUDIT: Table = AuditEvent.__table__  # type: ignore[attr-defined]
+
+
+def _contact(org_id: uuid.UUID | None, wa_id: str) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": new_id(),
+        "org_id": org_id,
+        "wa_id": wa_id,
+        "phone_number": f"+{wa_id}",
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _audit(org_id: uuid.UUID | None) -> dict[str, Any]:
+    return {
+        "id": new_id(),
+        "org_id": org_id,
+        "action": "test.folded",
+        "details": {},
+        "created_at": utcnow(),
+    }
+
+
+async def _contacts(db: Database, org_id: uuid.UUID) -> list[str | None]:
+    async with db.session(org_id) as session:
+        rows = await session.exec(sqlmodel_select(Contact.wa_id).order_by(col(Contact.wa_id)))
+        return list(rows.all())
+
+
+@postgres_only
+async def test_folded_writes_land_in_one_statement(db: Database, org: Organization) -> None:
+    """Given two contacts to insert (one with no workspace given) and a change of one,
+    when they are folded after an audit event's insert,
+    then one statement writes them all, the empty workspace filled from the session's."""
+    known = _contact(org.id, "4930100")
+    async with db.session(org.id) as session:
+        await folding.send(
+            session,
+            folding.Writes([folding.Insert(_CONTACTS, [known])]),
+            {**core_scope_params(session)},
+        )
+    async with db.session(org.id) as session:
+        writes = folding.Writes()
+        writes.add(
+            folding.Insert(_CONTACTS, [_contact(None, "4930101"), _contact(org.id, "4930102")])
+        )
+        row = {"contact": known["id"], **{k: None for k in ("user_id", "username", "name")}}
+        row |= {"wa_id": "4930100", "profile_name": "Renamed", "phone_number": "+4930100"}
+        row |= {"opted_out": False, "opted_out_at": None, "updated_at": utcnow()}
+        writes.add(folding.Update(_UPDATE_CONTACTS, [row]))
+        statement, _ = folding.fold(
+            [folding.Insert(_AUDIT, [_audit(org.id)]), *writes.parts], core_scope_params(session)
+        )
+        assert str(statement).startswith("WITH")
+        await folding.send(
+            session, writes, core_scope_params(session), folding.Insert(_AUDIT, [_audit(None)])
+        )
+    assert await _contacts(db, org.id) == ["4930100", "4930101", "4930102"]
+    async with db.session(org.id) as session:
+        renamed = await session.get(Contact, known["id"])
+        assert renamed is not None
+        assert renamed.profile_name == "Renamed"
+        assert len((await session.exec(sqlmodel_select(AuditEvent))).all()) == 1
+    # UPDATEs alone (no INSERT to be the statement): each sent on its own, still scoped.
+    async with db.session(org.id) as session:
+        alone = folding.Writes([folding.Update(_UPDATE_CONTACTS, [row | {"name": "Alone"}])])
+        await folding.send(session, alone, core_scope_params(session))
+    async with db.session(org.id) as session:
+        renamed = await session.get(Contact, known["id"])
+        assert renamed is not None
+        assert renamed.name == "Alone"
+
+
+async def test_a_folded_insert_into_another_workspace_is_refused(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a folded statement whose outer INSERT is the session's workspace's,
+    when one of its CTEs inserts a row of another workspace (as a parameter, or as a value
+    written into the statement),
+    then the scoping layer refuses it before anything is sent (on either engine)."""
+    scope = {SCOPE_ORG: org.id}
+    theirs = folding.Insert(_CONTACTS, [_contact(other_org.id, "4930200")])
+    written = _CONTACTS.insert().values(**_contact(other_org.id, "4930201")).cte("sneaky")
+    attempts = [
+        folding.fold([folding.Insert(_AUDIT, [_audit(org.id)]), theirs], scope),
+        folding.fold([folding.Insert(_AUDIT, [_audit(None)]), theirs], scope),
+        (_AUDIT.insert().values(**_audit(org.id)).add_cte(written), {}),
+    ]
+    for statement, params in attempts:
+        with pytest.raises(TenantScopeError, match="another workspace"):
+            async with db.session(org.id) as session:
+                await session.exec(statement, params=params)  # type: ignore[call-overload]
+    assert await _contacts(db, other_org.id) == []
+
+
+async def test_folded_changes_need_core_scope_and_selects_are_refused(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a folded statement,
+    when a CTE updates a workspace-owned table without `core_scope`, with another
+    workspace's scope, or moves a row's workspace, or when a CTE selects from one,
+    then each is refused."""
+    audit = _AUDIT.insert().values(**_audit(org.id))
+    unscoped = _CONTACTS.update().where(_CONTACTS.c.wa_id == "x").values(name="n").cte("u")
+    scoped = (
+        _CONTACTS.update().where(_CONTACTS.c.wa_id == "x", core_scope(_CONTACTS)).values(name="n")
+    )
+    moving = scoped.values(org_id=other_org.id).cte("m")
+    reading = select(_CONTACTS.c.id).cte("r")
+    for cte, params, match in (
+        (unscoped, {SCOPE_ORG: org.id}, "core_scope"),
+        (scoped.cte("s"), {SCOPE_ORG: other_org.id}, "core_scope"),
+        (moving, {SCOPE_ORG: org.id}, "between workspaces"),
+        (reading, {}, "CTE reading"),
+    ):
+        with pytest.raises(TenantScopeError, match=match):
+            async with db.session(org.id) as session:
+                await session.exec(audit.add_cte(cte), params=params)
+
+
+@postgres_only
+async def test_row_level_security_confines_a_folded_statement(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a folded statement with a CTE inserting another workspace's contact,
+    when it goes around the scoping layer (run on the session's connection),
+    then PostgreSQL's row-level security refuses the whole statement: nothing is written."""
+    statement, params = folding.fold(
+        [
+            folding.Insert(_CONTACTS, [_contact(org.id, "4930300")]),
+            folding.Insert(_CONTACTS, [_contact(other_org.id, "4930301")]),
+        ],
+        {SCOPE_ORG: org.id},
+    )
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with db.session(org.id) as session:
+            await (await session.connection()).execute(statement, params)
+    assert await _contacts(db, org.id) == []
+    assert await _contacts(db, other_org.id) == []
