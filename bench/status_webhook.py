@@ -17,88 +17,19 @@ import argparse
 import asyncio
 import random
 import statistics
-import tempfile
 import time
-import uuid
-from pathlib import Path
 
 import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import func
 from sqlmodel import col, select
 
+from bench.webhook_ingest import SECRET, bench_workspace
 from tests.fixtures import webhooks as wh
+from tests.fixtures.plans import analyze, sent_messages
 from weflux.app import create_app
-from weflux.config import generate_encryption_key_entry, load_settings
 from weflux.db import Database
-from weflux.migrate import migrate
-from weflux.models import (
-    Contact,
-    Conversation,
-    Message,
-    MessageDirection,
-    MessageStatus,
-    Organization,
-    WhatsAppAccount,
-    utcnow,
-)
-
-SECRET = "bench-app-secret-0123456789"  # noqa: S105  (a benchmark's throwaway)
-
-
-async def _workspace(db: Database, args: argparse.Namespace) -> tuple[uuid.UUID, list[str]]:
-    """The workspace; the wamids of its messages that are not in an erased conversation."""
-    org = Organization(name="Bench")
-    async with db.session(org.id) as session:
-        session.add(org)
-        await session.flush()
-        account = WhatsAppAccount(
-            org_id=org.id,
-            display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-            phone_number_id=wh.PHONE_NUMBER_ID,
-            business_account_id=wh.WABA_ID,
-            webhook_key=f"bench-{org.id.hex}",
-            credentials_updated_at=utcnow(),
-        )
-        session.add(account)
-        contacts = [
-            Contact(org_id=org.id, wa_id=f"4930{n:08d}", name=f"C {n}")
-            for n in range(args.conversations)
-        ]
-        session.add_all(contacts)
-        await session.flush()
-        conversations = [
-            Conversation(
-                org_id=org.id,
-                contact_id=contact.id,
-                account_id=account.id,
-                erased_at=utcnow() if n < args.erased else None,
-            )
-            for n, contact in enumerate(contacts)
-        ]
-        session.add_all(conversations)
-        await session.flush()
-    visible: list[str] = []
-    per_batch = 5000
-    for start in range(0, args.messages, per_batch):
-        async with db.session(org.id) as session:
-            for n in range(start, min(start + per_batch, args.messages)):
-                conversation = n % args.conversations
-                wamid = f"wamid.BENCH{n:010d}"
-                session.add(
-                    Message(
-                        org_id=org.id,
-                        conversation_id=conversations[conversation].id,
-                        direction=MessageDirection.OUTBOUND,
-                        type="text",
-                        text="reply",
-                        status=MessageStatus.SENT,
-                        wa_message_id=wamid,
-                    )
-                )
-                if conversation >= args.erased:
-                    visible.append(wamid)
-    return org.id, visible
+from weflux.models import Message, MessageStatus
 
 
 async def main() -> None:
@@ -109,26 +40,18 @@ async def main() -> None:
     parser.add_argument("--erased", type=int, default=5)
     parser.add_argument("--posts", type=int, default=300)
     args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="weflux-bench-"))
-    url = args.database_url or f"sqlite+aiosqlite:///{workdir}/bench.db"
-    await migrate(url)
-    settings = load_settings(
-        _env_file=None,
-        env="test",
-        var_dir=workdir / "var",
-        database_url=url,
-        jwt_secret="b" * 40,
-        encryption_keys=generate_encryption_key_entry("b1"),
-        meta_app_secret=SECRET,
-        in_process_worker=False,
-        log_level="WARNING",
+    settings, db, account = await bench_workspace(args.database_url)
+    url, org_id = settings.database_url, account.org_id
+    messages, erased = await sent_messages(
+        db,
+        account,
+        conversations=args.conversations,
+        messages_each=args.messages // args.conversations,
+        erased=args.erased,
     )
-    db = Database(url)
-    org_id, wamids = await _workspace(db, args)
-    if db.engine.dialect.name == "postgresql":  # statistics, as autovacuum gathers them
-        async with db.engine.connect() as connection:
-            await connection.execution_options(isolation_level="AUTOCOMMIT")
-            await connection.exec_driver_sql("ANALYZE conversations, messages")
+    wamids = [str(m.wa_message_id) for m in messages if m.conversation_id not in erased]
+    async with db.engine.connect() as connection:
+        await analyze(connection)
     await db.dispose()
     chosen = random.Random(7).sample(wamids, args.posts + 20)  # noqa: S311  (not a secret)
     bodies = []
