@@ -22,7 +22,7 @@ from asgi_lifespan import LifespanManager
 
 from tests.fixtures import webhooks as wh
 from weflux.app import create_app
-from weflux.config import generate_encryption_key_entry, load_settings
+from weflux.config import Settings, generate_encryption_key_entry, load_settings
 from weflux.db import Database
 from weflux.migrate import migrate
 from weflux.models import Organization, WhatsAppAccount, utcnow
@@ -30,14 +30,12 @@ from weflux.models import Organization, WhatsAppAccount, utcnow
 SECRET = "bench-app-secret-0123456789"  # noqa: S105  (a benchmark's throwaway)
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--database-url", default=None)
-    parser.add_argument("--posts", type=int, default=5)
-    parser.add_argument("--size", type=int, default=1000)
-    args = parser.parse_args()
+async def bench_workspace(database_url: str | None) -> tuple[Settings, Database, WhatsAppAccount]:
+    """A migrated database (a new SQLite file unless `database_url`), the app's settings
+    for it (webhooks signed with `SECRET`), and a workspace with the number the factory's
+    webhooks name; the caller disposes of the database handle."""
     workdir = Path(tempfile.mkdtemp(prefix="weflux-bench-"))
-    url = args.database_url or f"sqlite+aiosqlite:///{workdir}/bench.db"
+    url = database_url or f"sqlite+aiosqlite:///{workdir}/bench.db"
     await migrate(url)
     settings = load_settings(
         _env_file=None,
@@ -52,19 +50,29 @@ async def main() -> None:
     )
     db = Database(url)
     org = Organization(name="Bench")
+    account = WhatsAppAccount(
+        org_id=org.id,
+        display_phone_number=wh.DISPLAY_PHONE_NUMBER,
+        phone_number_id=wh.PHONE_NUMBER_ID,
+        business_account_id=wh.WABA_ID,
+        webhook_key=f"bench-{org.id.hex}",
+        credentials_updated_at=utcnow(),
+    )
     async with db.session(org.id) as session:
         session.add(org)
         await session.flush()
-        session.add(
-            WhatsAppAccount(
-                org_id=org.id,
-                display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-                phone_number_id=wh.PHONE_NUMBER_ID,
-                business_account_id=wh.WABA_ID,
-                webhook_key=f"bench-{org.id.hex}",
-                credentials_updated_at=utcnow(),
-            )
-        )
+        session.add(account)
+    return settings, db, account
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--database-url", default=None)
+    parser.add_argument("--posts", type=int, default=5)
+    parser.add_argument("--size", type=int, default=1000)
+    args = parser.parse_args()
+    settings, db, _ = await bench_workspace(args.database_url)
+    url = settings.database_url
     await db.dispose()
     app = create_app(settings)
     durations = []

@@ -136,8 +136,8 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
     when one-message webhooks come from a new sender, then from that sender, then a status,
     then each unit's BEGIN IMMEDIATE (no other writer) and the bounded statements after
     it run on the event loop's thread, and its COMMIT alone takes a hand-off to
-    aiosqlite's (weflux.sqlite_driver); the status lookup and UPDATE, whose scope reads
-    the workspace's erased conversations, keep their hand-offs."""
+    aiosqlite's (weflux.sqlite_driver), the status lookup and UPDATE included (bounded:
+    tests/services/test_status_plans.py)."""
     if dialect != "sqlite":
         pytest.skip("SQLite's driver")
     await _statements(client, app, "16505550000")
@@ -185,9 +185,9 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
     hops.clear()
     change = wh.messages_change(statuses=[wh.status(wamid, "delivered")])
     await signed_webhook(client, wh.webhook_body(change))
-    assert hops == ["statement", "statement", "commit"]
+    assert hops == ["commit"]
     assert ran == [
-        ("SELECT", False),
-        ("UPDATE", False),
+        ("SELECT", True),
+        ("UPDATE", True),
         ("INSERT INTO webhook_events", True),
     ]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import update
 from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
@@ -165,6 +166,34 @@ async def test_a_status_never_reaches_another_workspaces_message(
         before.update_seq,
         None,
     )
+
+
+async def test_a_status_never_reaches_an_erased_conversations_message(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, number: WhatsAppAccount
+) -> None:
+    """Given two sent messages, one with its wamid and one without, in a conversation
+    since erased,
+    when statuses name the first by wamid and the second by callback data,
+    then neither changes (the erasure tombstone hides them)."""
+    await receive(client, number, wh.text_message())
+    wamid = wh.new_wamid()
+    named = await outbound_message(db, number.org_id, wamid)
+    lost = await outbound_message(db, number.org_id, None)
+    async with db.session(number.org_id) as session:
+        await session.exec(update(Conversation).values(erased_at=utcnow()))
+    await _statuses(
+        client,
+        number,
+        wh.status(wamid, "read"),
+        wh.status(wh.new_wamid(), "failed", biz_opaque_callback_data=str(lost.id)),
+    )
+    async with owner_db.session(all_workspaces="inspect an erased conversation") as session:
+        rows = {
+            m.id: (m.status, m.wa_message_id)
+            for m in (await session.exec(select(Message))).all()
+            if m.id in {named.id, lost.id}
+        }
+    assert rows == {named.id: (MessageStatus.SENT, wamid), lost.id: (MessageStatus.SENT, None)}
 
 
 async def test_changed_messages_take_the_next_feed_positions_in_id_order(

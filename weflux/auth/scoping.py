@@ -280,7 +280,8 @@ def _tombstone_criterion(model: Any, org_id: uuid.UUID) -> Any | None:
 
     def not_in_erased_conversation(cls: Any) -> Any:
         # Core columns, not the ORM class: the tombstone criterion of Conversation must
-        # not apply to this subquery. Partial index ix_conversations_erased serves it.
+        # not apply to this subquery. The covering partial index ix_conversations_erased
+        # serves it on both engines: the workspace's erased conversations only.
         erased = select(conversations.c.id).where(
             conversations.c.org_id == org_id, conversations.c.erased_at.is_not(None)
         )
@@ -540,6 +541,7 @@ def core_scope(table: Table) -> ColumnElement[bool]:
     if model in (Contact, Conversation):
         condition = and_(condition, table.c.erased_at.is_(None))
     elif model in (Message, Note, ConversationLabel, MessageReaction):
+        # As the ORM's tombstone: the erased conversations by ix_conversations_erased.
         erased = select(conversations.c.id).where(
             conversations.c.org_id == org, conversations.c.erased_at.is_not(None)
         )

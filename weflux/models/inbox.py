@@ -220,9 +220,13 @@ class Conversation(OrgScoped, table=True):
         ),
         Index(None, "org_id", "update_seq"),
         # The tombstones the scoping layer hides messages of: few, so the index is tiny.
+        # Covering (`erased_at` in it): else SQLite's planner, without statistics, takes
+        # `ix_conversations_org_id_update_seq` for `org_id = ? AND erased_at IS NOT NULL`
+        # and reads every conversation of the workspace (migration 0022).
         Index(
             "ix_conversations_erased",
             "org_id",
+            "erased_at",
             "id",
             postgresql_where=text("erased_at IS NOT NULL"),
             sqlite_where=text("erased_at IS NOT NULL"),

@@ -827,7 +827,13 @@ def _callback_id(status: StatusUpdate) -> uuid.UUID | None:
 # next one as the flush did (in id order; `update_seq` only, `created_seq` is its
 # insertion); on PostgreSQL the trigger sets it. The transaction holds the feed lock from
 # `use_workspace` (SQLite: the write lock), so nobody changes these rows meanwhile.
-_OUTBOUND = select(
+#
+# The lookup comes in two shapes, each built once: by wamid alone (the usual case: no
+# status carries our callback data), and by wamid or id. One shape with an empty id list
+# (`wa_message_id IN (…) OR id IN (<empty>)`) read every message of the workspace on
+# SQLite: its planner cannot split an OR with an empty branch over two indexes
+# (tests/services/test_status_plans.py).
+_OUTBOUND_COLUMNS = (
     _MESSAGES.c.id,
     _MESSAGES.c.conversation_id,
     _MESSAGES.c.type,
@@ -836,21 +842,38 @@ _OUTBOUND = select(
     _MESSAGES.c.wa_message_id,
     _MESSAGES.c.error_code,
     _MESSAGES.c.error_title,
-).where(
-    core_scope(_MESSAGES),
-    _MESSAGES.c.direction == MessageDirection.OUTBOUND,
-    or_(
-        _MESSAGES.c.wa_message_id.in_(bindparam("wamids", expanding=True)),
-        _MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
-    ),
 )
-_OUTBOUND_AND_FEED = with_feed_highest(_OUTBOUND)
+_BY_WAMID = _MESSAGES.c.wa_message_id.in_(bindparam("wamids", expanding=True))
+# Keyed by whether the statuses carry callback ids.
+_OUTBOUND = {
+    by_id: select(*_OUTBOUND_COLUMNS).where(
+        core_scope(_MESSAGES),
+        _MESSAGES.c.direction == MessageDirection.OUTBOUND,
+        or_(_BY_WAMID, _MESSAGES.c.id.in_(bindparam("ids", expanding=True)))
+        if by_id
+        else _BY_WAMID,
+    )
+    for by_id in (False, True)
+}
+# Inline on SQLite: the messages by the unique (org_id, wa_message_id) and the primary key
+# (the `ids` branch: a multi-index OR), the erased conversations of `core_scope` by the
+# covering partial `ix_conversations_erased` (few), the workspace's highest feed position
+# by its covering indexes: bounded by the webhook's statuses (past INLINE_MAX_PARAMETERS,
+# the hand-off).
+_OUTBOUND_AND_FEED = {
+    by_id: inline(with_feed_highest(statement)) for by_id, statement in _OUTBOUND.items()
+}
 _STATUS_COLUMNS = ("status", "status_updated_at", "wa_message_id", "error_code", "error_title")
 
 
-_UPDATE_STATUSES = _feed_update(
-    _MESSAGES, "message", {column: bindparam(column) for column in _STATUS_COLUMNS}
-)
+# Inline on SQLite: one row by primary key per changed message (`core_scope`'s erased
+# conversations by `ix_conversations_erased`, as above; more than INLINE_MAX_ROWS rows hop).
+_UPDATE_STATUSES = {
+    sqlite: inline(u)
+    for sqlite, u in _feed_update(
+        _MESSAGES, "message", {column: bindparam(column) for column in _STATUS_COLUMNS}
+    ).items()
+}
 
 
 @dataclass(slots=True)
@@ -883,11 +906,13 @@ async def _outbound(
         "ids": list({cid for s in statuses if (cid := _callback_id(s)) is not None}),
         **scope,
     }
+    by_id = bool(params["ids"])
     highest: int | None = None
     if connection.dialect.name == "postgresql":
-        rows = (await connection.execute(_OUTBOUND, params)).all()
+        rows = (await connection.execute(_OUTBOUND[by_id], params)).all()
     else:
-        rows = (await connection.execute(_OUTBOUND_AND_FEED, params | {"feed_org": org_id})).all()
+        statement = _OUTBOUND_AND_FEED[by_id]
+        rows = (await connection.execute(statement, params | {"feed_org": org_id})).all()
         highest = int(rows[0].feed_highest)
     found = [
         _Outbound(
