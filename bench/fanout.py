@@ -13,8 +13,8 @@ One run measures two servers side by side, each a subprocess on a free loopback 
   that sends one pre-serialised `next` frame (the payload weflux sent) per `POST /publish`.
 
 For each: VmRSS before and after opening N idle subscribed sockets (KiB per socket), and
-utime+stime of the server process while E events reach all N sockets (us of CPU per
-event per subscriber). The weflux figure includes, once per event, webhook verification,
+the server process's CPU time (every thread, to the nanosecond: `process_cpu_seconds`)
+while E events reach all N sockets (us of CPU per event per subscriber). The weflux figure includes, once per event, webhook verification,
 durable storage and processing; the same webhooks with no subscriber are measured
 separately so the reader can subtract (as is `POST /publish` with no subscriber).
 The clients live in this process (asyncio + `websockets`, one reader task per socket).
@@ -23,8 +23,8 @@ Last, the lines of issue 11's goal 3 for each N: the fan-out's CPU per event per
 subscriber (each side's delivery phase minus its own no-subscriber phase: the webhook's
 cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with the ratio
 and the goal; the command exits 1 when a median ratio misses its goal. The machine's
-noise is large (CPU is counted in 10 ms ticks, other work shares the cores): use
-`--repeat` and read ranges.
+noise is large (other work shares the cores and their caches): use `--repeat` and read
+ranges.
 """
 
 from __future__ import annotations
@@ -82,6 +82,16 @@ CLIENT_OPTIONS: dict[str, Any] = {"ping_interval": None, "max_queue": None}
 # --- the server processes -----------------------------------------------------------
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid`, all its threads (ended ones too), user and
+    system, to the nanosecond: Linux's CPU-time clock of that process, the clock that
+    `clock_getcpuclockid(pid)` returns (its id is `~pid << 3 | 2`, CPUCLOCK_SCHED), read
+    from outside. `/proc/<pid>/stat`'s utime+stime count the same time in clock ticks
+    (10 ms), too coarse for a phase of a tenth of a second; summing the threads'
+    `/proc/<pid>/task/*/schedstat` would miss threads that ended (aiosqlite's)."""
+    return time.clock_gettime_ns((~pid << 3) | 2) / 1e9
+
+
 @dataclass
 class Server:
     name: str
@@ -96,10 +106,8 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the whole process (every thread)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the whole server process: see `process_cpu_seconds`."""
+        return process_cpu_seconds(self.process.pid)
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -527,7 +535,6 @@ async def compare(
 
 def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> None:
     n, e = args.subscribers, args.events
-    tick = 1 / os.sysconf("SC_CLK_TCK")
     print(f"fan-out: {n} subscribers, {e} events, {url.split(':')[0]}, {os.cpu_count()} CPUs")
     columns = ("KiB/idle socket", "us CPU/event/subscriber", "server CPU s", "ms to last (med)")
     header = f"{'server':<11}" + "".join(f"{c:>{len(c) + 3}}" for c in columns)
@@ -566,8 +573,8 @@ def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> N
     print(
         f"(weflux row minus its webhooks alone: "
         f"{(weflux.cpu_seconds - weflux.alone_seconds) / (e * n) * 1e6:.1f} us per event per "
-        f"subscriber. CPU = utime+stime of the server process, counted in {tick * 1e3:.0f} ms "
-        f"ticks; memory = VmRSS growth over the N sockets.)"
+        f"subscriber. CPU = the server process's CPU-time clock (all threads, ns); "
+        f"memory = VmRSS growth over the N sockets.)"
     )
 
 

@@ -15,7 +15,7 @@ an assignee (an Admin, an Agent or nobody) and a last message:
 
 Each round runs `--requests` requests against each server in turn (alternating which
 goes first), `--concurrency` in flight on keep-alive connections from this process,
-and reads utime+stime of the server's process around them: server CPU per request, and
+and reads the CPU time of the server's process (to the nanosecond) around them: server CPU per request, and
 requests/s. The figures are the median of the rounds, with their range (the machine is
 shared: read the ranges). Statements per page are counted in this process, the apps
 served in process on the same database, at page sizes 10 and 50. Before measuring, the
