@@ -14,9 +14,10 @@ One run measures two servers side by side, each a subprocess on a free loopback 
 
 For each: VmRSS before and after opening N idle subscribed sockets (KiB per socket), and
 the server process's CPU time (every thread, to the nanosecond: `process_cpu_seconds`)
-while E events reach all N sockets (us of CPU per event per subscriber). The weflux figure includes, once per event, webhook verification,
-durable storage and processing; the same webhooks with no subscriber are measured
-separately so the reader can subtract (as is `POST /publish` with no subscriber).
+while E events reach all N sockets (us of CPU per event per subscriber). The weflux
+figure includes, once per event, webhook verification, durable storage and processing;
+the same webhooks with no subscriber are measured separately so the reader can
+subtract (as is `POST /publish` with no subscriber).
 The clients live in this process (asyncio + `websockets`, one reader task per socket).
 
 Last, the lines of issue 11's goal 3 for each N: the fan-out's CPU per event per
