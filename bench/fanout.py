@@ -16,16 +16,17 @@ For each: VmRSS before and after opening N idle subscribed sockets (KiB per sock
 the server process's CPU time (every thread, to the nanosecond: `process_cpu_seconds`)
 while E events reach all N sockets (us of CPU per event per subscriber). The weflux
 figure includes, once per event, webhook verification, durable storage and processing;
-the same webhooks with no subscriber are measured separately so the reader can
-subtract (as is `POST /publish` with no subscriber).
+so each of those events is preceded by the same kind of event that no socket hears (a
+webhook to a second workspace nobody subscribes to; `POST /publish?to=nobody`), its CPU
+read on its own, for the reader to subtract.
 The clients live in this process (asyncio + `websockets`, one reader task per socket).
 
 Last, the lines of issue 11's goal 3 for each N: the fan-out's CPU per event per
-subscriber (each side's delivery phase minus its own no-subscriber phase: the webhook's
-cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with the ratio
-and the goal; the command exits 1 when a median ratio misses its goal. The machine's
-noise is large (other work shares the cores and their caches): use `--repeat` and read
-ranges.
+subscriber (each side's delivery events minus its events that nobody hears: the
+webhook's cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with
+the ratio and the goal; the command exits 1 when a median ratio misses its goal. The
+machine's noise is large (other work shares the cores and their caches): use `--repeat`
+and read ranges.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ SUBPROTOCOL = Subprotocol("graphql-transport-ws")
 PONG = json.dumps({"type": "pong"})
 SETTLE = 1.0  # seconds for subscriptions to be listening and memory to settle
 EVENT_TIMEOUT = 30.0  # seconds for one event to reach every socket
+# After each event, before the CPU is read: what the server does once the last frame is
+# out (its unit of work closing, say) is charged to that event, not to the next.
+EVENT_TAIL = 0.02
 # Client sockets: no compression and no keepalive pings (browsers send none either).
 # (GraphQLSocket.connect passes compression=None itself.)
 CLIENT_OPTIONS: dict[str, Any] = {"ping_interval": None, "max_queue": None}
@@ -276,9 +280,14 @@ async def measure(
     events: int,
     batch: int,
 ) -> tuple[Result, Any]:
-    """Warm up, then: CPU of the events with no subscriber; RSS of N idle sockets; CPU
-    of E events reaching all N. `send_event(phase, k)` emits event k of a phase;
-    `alone_done(k)` returns once k events of the no-subscriber phase were processed."""
+    """Warm up; RSS of N idle sockets; then E rounds, each one event that no socket hears
+    and one event that reaches all N, the server's CPU read around each. `send_event(phase,
+    k)` emits event k of a phase ("alone" goes where nobody listens, "fan" to the N);
+    `alone_done(k)` returns once k events of the "alone" phase were processed.
+
+    The two kinds alternate event by event with the same sockets open, so both see the
+    same machine (other work on the cores, caches, frequency) and their difference is
+    the fan-out's own cost; the CPU clock counts nanoseconds, not ticks."""
     warm = Clients()
     await warm.open(1, 1, opener)
     await asyncio.sleep(SETTLE / 2)
@@ -286,13 +295,6 @@ async def measure(
     await warm.tally.wait_total(1, EVENT_TIMEOUT)
     sample = warm.tally.last_payload
     await warm.close()
-
-    cpu = server.cpu_seconds()
-    for k in range(1, events + 1):
-        await send_event("alone", k)
-        await alone_done(k)
-    await asyncio.sleep(0.2)
-    alone = server.cpu_seconds() - cpu
 
     await asyncio.sleep(SETTLE / 2)
     rss = server.rss_kib()
@@ -302,16 +304,30 @@ async def measure(
         await asyncio.sleep(SETTLE)
         grown = server.rss_kib() - rss
 
+        # Once each, unmeasured: both paths warm with the N sockets open.
+        await send_event("alone", 1)
+        await alone_done(1)
+        await send_event("fan", 1)
+        await clients.tally.wait_total(subscribers, EVENT_TIMEOUT)
+
+        await asyncio.sleep(EVENT_TAIL)
+
         latencies = []
-        cpu = server.cpu_seconds()
-        for k in range(1, events + 1):
+        alone = spent = 0.0
+        for k in range(2, events + 2):
+            cpu = server.cpu_seconds()
+            await send_event("alone", k)
+            await alone_done(k)
+            await asyncio.sleep(EVENT_TAIL)
+            between = server.cpu_seconds()
+            alone += between - cpu
             started = time.perf_counter()
             await send_event("fan", k)
             await clients.tally.wait_total(subscribers * k, EVENT_TIMEOUT)
             latencies.append(time.perf_counter() - started)
-        await asyncio.sleep(0.2)
-        spent = server.cpu_seconds() - cpu
-        behind = [c for c in clients.tally.counts if c != events]
+            await asyncio.sleep(EVENT_TAIL)
+            spent += server.cpu_seconds() - between
+        behind = [c for c in clients.tally.counts if c != events + 1]
         if behind or clients.tally.problems:
             raise RuntimeError(
                 f"{server.name}: {len(behind)} sockets with a wrong count; "
@@ -433,6 +449,7 @@ SENDER_PHASES = {"warm": 1, "alone": 2, "fan": 3}
 async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
     url = args.database_url or f"sqlite+aiosqlite:///{workdir}/fanout.db"
     space = await prepare(url)
+    quiet = await prepare(url)  # the "alone" events' workspace: nobody listens there
     env = server_env(url, workdir)
     weflux_port, raw_port = free_port(), free_port()
     servers: list[Server] = []
@@ -469,7 +486,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
 
         await asyncio.gather(wait_ready(weflux, weflux_up), wait_ready(raw, raw_up))
         try:
-            results = await compare(args, space, url, weflux, raw)
+            results = await compare(args, space, quiet, url, weflux, raw)
         except BaseException:
             for server in servers:
                 print(f"--- {server.name} log (tail)\n{server.log_tail()}", file=sys.stderr)
@@ -482,7 +499,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
 
 
 async def compare(
-    args: argparse.Namespace, space: Workspace, url: str, weflux: Server, raw: Server
+    args: argparse.Namespace,
+    space: Workspace,
+    quiet: Workspace,
+    url: str,
+    weflux: Server,
+    raw: Server,
 ) -> tuple[Result, Result]:
     n, e, batch = args.subscribers, args.events, args.batch
     timeout = httpx.Timeout(30)
@@ -496,20 +518,20 @@ async def compare(
 
         async def post_webhook(phase: str, k: int) -> None:
             sender = f"1{SENDER_PHASES[phase]}{k:08d}"
-            body, headers = webhook(space, sender, f"{phase} {k}")
+            to = quiet if phase == "alone" else space
+            body, headers = webhook(to, sender, f"{phase} {k}")
             response = await to_weflux.post("/webhooks/whatsapp", content=body, headers=headers)
             assert response.status_code == 200, response.text
 
         db = Database(url)
-        warm_messages = 1
 
         async def stored(k: int) -> None:
             """Wait until the k-th webhook of the no-subscriber phase was processed."""
             deadline = time.monotonic() + EVENT_TIMEOUT
             while time.monotonic() < deadline:
-                async with db.session(space.org_id) as session:
+                async with db.session(quiet.org_id) as session:
                     count = (await session.exec(select(func.count()).select_from(Message))).one()
-                if count >= warm_messages + k:
+                if count >= k:
                     return
                 await asyncio.sleep(0.005)
             raise RuntimeError(f"webhook {k} was not processed in {EVENT_TIMEOUT:.0f}s")
@@ -524,7 +546,8 @@ async def compare(
         # The raw server sends the very payload weflux sent (the same bytes on the wire).
         async def publish(phase: str, k: int) -> None:
             sample["data"]["messageAdded"]["text"] = f"{phase} {k}"
-            response = await to_raw.post("/publish", json=sample)
+            to = {"to": "nobody"} if phase == "alone" else {}
+            response = await to_raw.post("/publish", json=sample, params=to)
             assert response.status_code == 200, response.text
 
         async def published(k: int) -> None:
