@@ -76,9 +76,13 @@ SUBPROTOCOL = Subprotocol("graphql-transport-ws")
 PONG = json.dumps({"type": "pong"})
 SETTLE = 1.0  # seconds for subscriptions to be listening and memory to settle
 EVENT_TIMEOUT = 30.0  # seconds for one event to reach every socket
-# After each event, before the CPU is read: what the server does once the last frame is
-# out (its unit of work closing, say) is charged to that event, not to the next.
-EVENT_TAIL = 0.02
+# After each event, the CPU is read once the server is quiet again (its clock moved less
+# than QUIET_CPU in QUIET_GAP): what it does once the last frame is out (its unit of work
+# closing, say) is charged to that event, not to the next, and the pause stays short
+# (a long one lets the machine's other work evict the caches).
+QUIET_GAP = 0.002
+QUIET_CPU = 20e-6
+QUIET_LIMIT = 0.1
 # Client sockets: no compression and no keepalive pings (browsers send none either).
 # (GraphQLSocket.connect passes compression=None itself.)
 CLIENT_OPTIONS: dict[str, Any] = {"ping_interval": None, "max_queue": None}
@@ -113,6 +117,18 @@ class Server:
     def cpu_seconds(self) -> float:
         """CPU time of the whole server process: see `process_cpu_seconds`."""
         return process_cpu_seconds(self.process.pid)
+
+    async def quiet_cpu_seconds(self) -> float:
+        """The CPU clock once the process has (nearly) stopped using CPU, at most after
+        QUIET_LIMIT seconds."""
+        deadline = time.monotonic() + QUIET_LIMIT
+        before = self.cpu_seconds()
+        while True:
+            await asyncio.sleep(QUIET_GAP)
+            now = self.cpu_seconds()
+            if now - before < QUIET_CPU or time.monotonic() > deadline:
+                return now
+            before = now
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -281,9 +297,9 @@ async def measure(
     batch: int,
 ) -> tuple[Result, Any]:
     """Warm up; RSS of N idle sockets; then E rounds, each one event that no socket hears
-    and one event that reaches all N, the server's CPU read around each. `send_event(phase,
-    k)` emits event k of a phase ("alone" goes where nobody listens, "fan" to the N);
-    `alone_done(k)` returns once k events of the "alone" phase were processed.
+    and one event that reaches all N, the server's CPU read around each once it is quiet.
+    `send_event(phase, k)` emits event k of a phase ("alone" goes where nobody listens,
+    "fan" to the N); `alone_done(k)` returns once k events of "alone" were processed.
 
     The two kinds alternate event by event with the same sockets open, so both see the
     same machine (other work on the cores, caches, frequency) and their difference is
@@ -310,23 +326,20 @@ async def measure(
         await send_event("fan", 1)
         await clients.tally.wait_total(subscribers, EVENT_TIMEOUT)
 
-        await asyncio.sleep(EVENT_TAIL)
-
         latencies = []
         alone = spent = 0.0
+        cpu = await server.quiet_cpu_seconds()
         for k in range(2, events + 2):
-            cpu = server.cpu_seconds()
             await send_event("alone", k)
             await alone_done(k)
-            await asyncio.sleep(EVENT_TAIL)
-            between = server.cpu_seconds()
+            between = await server.quiet_cpu_seconds()
             alone += between - cpu
             started = time.perf_counter()
             await send_event("fan", k)
             await clients.tally.wait_total(subscribers * k, EVENT_TIMEOUT)
             latencies.append(time.perf_counter() - started)
-            await asyncio.sleep(EVENT_TAIL)
-            spent += server.cpu_seconds() - between
+            cpu = await server.quiet_cpu_seconds()
+            spent += cpu - between
         behind = [c for c in clients.tally.counts if c != events + 1]
         if behind or clients.tally.problems:
             raise RuntimeError(
