@@ -7,11 +7,12 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
+import aiosqlite
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from weflux.auth.scoping import restrict_to_agent, see_erased
+from weflux.auth.scoping import restrict_to_agent, see_erased, set_scope
 from weflux.db import Database
 from weflux.gql.event_memo import SharedEvent
 from weflux.gql.live import _message_and_conversation
@@ -106,6 +107,40 @@ async def test_a_message_of_an_erased_conversation_is_not_read(
         loaders = Loaders(lambda: session)
         assert await _message_and_conversation(session, Message, message.id, loaders) is None
         assert loaders.conversation.cache_map.get(message.conversation_id) is None
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_on_sqlite_the_workspace_wide_read_takes_no_hand_off(
+    db: Database, org: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live event's unit begins IMMEDIATE (inline when no writer waits), and the
+    leader's read, marked inline, runs on the loop's thread: only the rollback hops."""
+    message = await _message(db, org)
+    hops: list[str] = []
+    hand_off: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
+
+    async def counted(driver: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await hand_off(driver, fn, *args, **kwargs)
+
+    async def one_event() -> list[str]:
+        """The hand-offs of the read; `hops` then holds those of the unit's close too."""
+        hops.clear()
+        session = db.sessionmaker()
+        set_scope(session, org.id)
+        found = await _message_and_conversation(
+            session, Message, message.id, Loaders(lambda: session)
+        )
+        assert found is not None
+        assert found.id == message.id
+        read = list(hops)
+        await session.close()
+        return read
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    await one_event()  # the first may open the pool's connection
+    assert await one_event() == []
+    assert hops == ["rollback"]
 
 
 class _Session:
