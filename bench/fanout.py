@@ -13,18 +13,20 @@ One run measures two servers side by side, each a subprocess on a free loopback 
   that sends one pre-serialised `next` frame (the payload weflux sent) per `POST /publish`.
 
 For each: VmRSS before and after opening N idle subscribed sockets (KiB per socket), and
-utime+stime of the server process while E events reach all N sockets (us of CPU per
-event per subscriber). The weflux figure includes, once per event, webhook verification,
-durable storage and processing; the same webhooks with no subscriber are measured
-separately so the reader can subtract (as is `POST /publish` with no subscriber).
+the server process's CPU time (every thread, to the nanosecond: `process_cpu_seconds`)
+while E events reach all N sockets (us of CPU per event per subscriber). The weflux
+figure includes, once per event, webhook verification, durable storage and processing;
+so each of those events is preceded by the same kind of event that no socket hears (a
+webhook to a second workspace nobody subscribes to; `POST /publish?to=nobody`), its CPU
+read on its own, for the reader to subtract.
 The clients live in this process (asyncio + `websockets`, one reader task per socket).
 
 Last, the lines of issue 11's goal 3 for each N: the fan-out's CPU per event per
-subscriber (each side's delivery phase minus its own no-subscriber phase: the webhook's
-cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with the ratio
-and the goal; the command exits 1 when a median ratio misses its goal. The machine's
-noise is large (CPU is counted in 10 ms ticks, other work shares the cores): use
-`--repeat` and read ranges.
+subscriber (each side's delivery events minus its events that nobody hears: the
+webhook's cost is goal 1's) and the KiB per idle socket, weflux beside the floor, with
+the ratio and the goal; the command exits 1 when a median ratio misses its goal. The
+machine's noise is large (other work shares the cores and their caches): use `--repeat`
+and read ranges.
 """
 
 from __future__ import annotations
@@ -74,12 +76,29 @@ SUBPROTOCOL = Subprotocol("graphql-transport-ws")
 PONG = json.dumps({"type": "pong"})
 SETTLE = 1.0  # seconds for subscriptions to be listening and memory to settle
 EVENT_TIMEOUT = 30.0  # seconds for one event to reach every socket
+# After each event, the CPU is read once the server is quiet again (its clock moved less
+# than QUIET_CPU in QUIET_GAP): what it does once the last frame is out (its unit of work
+# closing, say) is charged to that event, not to the next, and the pause stays short
+# (a long one lets the machine's other work evict the caches).
+QUIET_GAP = 0.002
+QUIET_CPU = 20e-6
+QUIET_LIMIT = 0.1
 # Client sockets: no compression and no keepalive pings (browsers send none either).
 # (GraphQLSocket.connect passes compression=None itself.)
 CLIENT_OPTIONS: dict[str, Any] = {"ping_interval": None, "max_queue": None}
 
 
 # --- the server processes -----------------------------------------------------------
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time used so far by process `pid`, all its threads (ended ones too), user and
+    system, to the nanosecond: Linux's CPU-time clock of that process, the clock that
+    `clock_getcpuclockid(pid)` returns (its id is `~pid << 3 | 2`, CPUCLOCK_SCHED), read
+    from outside. `/proc/<pid>/stat`'s utime+stime count the same time in clock ticks
+    (10 ms), too coarse for a phase of a tenth of a second; summing the threads'
+    `/proc/<pid>/task/*/schedstat` would miss threads that ended (aiosqlite's)."""
+    return time.clock_gettime_ns((~pid << 3) | 2) / 1e9
 
 
 @dataclass
@@ -96,10 +115,20 @@ class Server:
         raise RuntimeError("no VmRSS")
 
     def cpu_seconds(self) -> float:
-        """utime + stime of the whole process (every thread)."""
-        stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        fields = stat[stat.rindex(")") + 2 :].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU time of the whole server process: see `process_cpu_seconds`."""
+        return process_cpu_seconds(self.process.pid)
+
+    async def quiet_cpu_seconds(self) -> float:
+        """The CPU clock once the process has (nearly) stopped using CPU, at most after
+        QUIET_LIMIT seconds."""
+        deadline = time.monotonic() + QUIET_LIMIT
+        before = self.cpu_seconds()
+        while True:
+            await asyncio.sleep(QUIET_GAP)
+            now = self.cpu_seconds()
+            if now - before < QUIET_CPU or time.monotonic() > deadline:
+                return now
+            before = now
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -267,9 +296,14 @@ async def measure(
     events: int,
     batch: int,
 ) -> tuple[Result, Any]:
-    """Warm up, then: CPU of the events with no subscriber; RSS of N idle sockets; CPU
-    of E events reaching all N. `send_event(phase, k)` emits event k of a phase;
-    `alone_done(k)` returns once k events of the no-subscriber phase were processed."""
+    """Warm up; RSS of N idle sockets; then E rounds, each one event that no socket hears
+    and one event that reaches all N, the server's CPU read around each once it is quiet.
+    `send_event(phase, k)` emits event k of a phase ("alone" goes where nobody listens,
+    "fan" to the N); `alone_done(k)` returns once k events of "alone" were processed.
+
+    The two kinds alternate event by event with the same sockets open, so both see the
+    same machine (other work on the cores, caches, frequency) and their difference is
+    the fan-out's own cost; the CPU clock counts nanoseconds, not ticks."""
     warm = Clients()
     await warm.open(1, 1, opener)
     await asyncio.sleep(SETTLE / 2)
@@ -277,13 +311,6 @@ async def measure(
     await warm.tally.wait_total(1, EVENT_TIMEOUT)
     sample = warm.tally.last_payload
     await warm.close()
-
-    cpu = server.cpu_seconds()
-    for k in range(1, events + 1):
-        await send_event("alone", k)
-        await alone_done(k)
-    await asyncio.sleep(0.2)
-    alone = server.cpu_seconds() - cpu
 
     await asyncio.sleep(SETTLE / 2)
     rss = server.rss_kib()
@@ -293,16 +320,27 @@ async def measure(
         await asyncio.sleep(SETTLE)
         grown = server.rss_kib() - rss
 
+        # Once each, unmeasured: both paths warm with the N sockets open.
+        await send_event("alone", 1)
+        await alone_done(1)
+        await send_event("fan", 1)
+        await clients.tally.wait_total(subscribers, EVENT_TIMEOUT)
+
         latencies = []
-        cpu = server.cpu_seconds()
-        for k in range(1, events + 1):
+        alone = spent = 0.0
+        cpu = await server.quiet_cpu_seconds()
+        for k in range(2, events + 2):
+            await send_event("alone", k)
+            await alone_done(k)
+            between = await server.quiet_cpu_seconds()
+            alone += between - cpu
             started = time.perf_counter()
             await send_event("fan", k)
             await clients.tally.wait_total(subscribers * k, EVENT_TIMEOUT)
             latencies.append(time.perf_counter() - started)
-        await asyncio.sleep(0.2)
-        spent = server.cpu_seconds() - cpu
-        behind = [c for c in clients.tally.counts if c != events]
+            cpu = await server.quiet_cpu_seconds()
+            spent += cpu - between
+        behind = [c for c in clients.tally.counts if c != events + 1]
         if behind or clients.tally.problems:
             raise RuntimeError(
                 f"{server.name}: {len(behind)} sockets with a wrong count; "
@@ -424,6 +462,7 @@ SENDER_PHASES = {"warm": 1, "alone": 2, "fan": 3}
 async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
     url = args.database_url or f"sqlite+aiosqlite:///{workdir}/fanout.db"
     space = await prepare(url)
+    quiet = await prepare(url)  # the "alone" events' workspace: nobody listens there
     env = server_env(url, workdir)
     weflux_port, raw_port = free_port(), free_port()
     servers: list[Server] = []
@@ -460,7 +499,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
 
         await asyncio.gather(wait_ready(weflux, weflux_up), wait_ready(raw, raw_up))
         try:
-            results = await compare(args, space, url, weflux, raw)
+            results = await compare(args, space, quiet, url, weflux, raw)
         except BaseException:
             for server in servers:
                 print(f"--- {server.name} log (tail)\n{server.log_tail()}", file=sys.stderr)
@@ -473,7 +512,12 @@ async def run(args: argparse.Namespace, workdir: Path) -> tuple[Result, Result]:
 
 
 async def compare(
-    args: argparse.Namespace, space: Workspace, url: str, weflux: Server, raw: Server
+    args: argparse.Namespace,
+    space: Workspace,
+    quiet: Workspace,
+    url: str,
+    weflux: Server,
+    raw: Server,
 ) -> tuple[Result, Result]:
     n, e, batch = args.subscribers, args.events, args.batch
     timeout = httpx.Timeout(30)
@@ -487,20 +531,20 @@ async def compare(
 
         async def post_webhook(phase: str, k: int) -> None:
             sender = f"1{SENDER_PHASES[phase]}{k:08d}"
-            body, headers = webhook(space, sender, f"{phase} {k}")
+            to = quiet if phase == "alone" else space
+            body, headers = webhook(to, sender, f"{phase} {k}")
             response = await to_weflux.post("/webhooks/whatsapp", content=body, headers=headers)
             assert response.status_code == 200, response.text
 
         db = Database(url)
-        warm_messages = 1
 
         async def stored(k: int) -> None:
             """Wait until the k-th webhook of the no-subscriber phase was processed."""
             deadline = time.monotonic() + EVENT_TIMEOUT
             while time.monotonic() < deadline:
-                async with db.session(space.org_id) as session:
+                async with db.session(quiet.org_id) as session:
                     count = (await session.exec(select(func.count()).select_from(Message))).one()
-                if count >= warm_messages + k:
+                if count >= k:
                     return
                 await asyncio.sleep(0.005)
             raise RuntimeError(f"webhook {k} was not processed in {EVENT_TIMEOUT:.0f}s")
@@ -515,7 +559,8 @@ async def compare(
         # The raw server sends the very payload weflux sent (the same bytes on the wire).
         async def publish(phase: str, k: int) -> None:
             sample["data"]["messageAdded"]["text"] = f"{phase} {k}"
-            response = await to_raw.post("/publish", json=sample)
+            to = {"to": "nobody"} if phase == "alone" else {}
+            response = await to_raw.post("/publish", json=sample, params=to)
             assert response.status_code == 200, response.text
 
         async def published(k: int) -> None:
@@ -527,7 +572,6 @@ async def compare(
 
 def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> None:
     n, e = args.subscribers, args.events
-    tick = 1 / os.sysconf("SC_CLK_TCK")
     print(f"fan-out: {n} subscribers, {e} events, {url.split(':')[0]}, {os.cpu_count()} CPUs")
     columns = ("KiB/idle socket", "us CPU/event/subscriber", "server CPU s", "ms to last (med)")
     header = f"{'server':<11}" + "".join(f"{c:>{len(c) + 3}}" for c in columns)
@@ -566,8 +610,8 @@ def report(args: argparse.Namespace, url: str, weflux: Result, raw: Result) -> N
     print(
         f"(weflux row minus its webhooks alone: "
         f"{(weflux.cpu_seconds - weflux.alone_seconds) / (e * n) * 1e6:.1f} us per event per "
-        f"subscriber. CPU = utime+stime of the server process, counted in {tick * 1e3:.0f} ms "
-        f"ticks; memory = VmRSS growth over the N sockets.)"
+        f"subscriber. CPU = the server process's CPU-time clock (all threads, ns); "
+        f"memory = VmRSS growth over the N sockets.)"
     )
 
 

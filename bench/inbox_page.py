@@ -15,11 +15,11 @@ an assignee (an Admin, an Agent or nobody) and a last message:
 
 Each round runs `--requests` requests against each server in turn (alternating which
 goes first), `--concurrency` in flight on keep-alive connections from this process,
-and reads utime+stime of the server's process around them: server CPU per request, and
-requests/s. The figures are the median of the rounds, with their range (the machine is
-shared: read the ranges). Statements per page are counted in this process, the apps
-served in process on the same database, at page sizes 10 and 50. Before measuring, the
-floor's `data` is checked equal to weflux's at both sizes.
+and reads the CPU time of the server's process (to the nanosecond) around them: server
+CPU per request, and requests/s. The figures are the median of the rounds, with their
+range (the machine is shared: read the ranges). Statements per page are counted in this
+process, the apps served in process on the same database, at page sizes 10 and 50.
+Before measuring, the floor's `data` is checked equal to weflux's at both sizes.
 
 Goal (issue 11, goal 2): weflux at most 4x the floor's CPU per request, and as many
 statements at 10 as at 50. The exit status is 1 when one is missed.

@@ -7,7 +7,8 @@ for the benchmark's client: accept (subprotocol `graphql-transport-ws`), wait fo
 `connection_init`, answer `connection_ack`, wait for one `subscribe`, then hold the socket
 in a module-level set until it closes. `POST /publish` serialises
 `{"id": "1", "type": "next", "payload": <the body>}` once and sends that same text to
-every registered socket, answering 200 once every send returned.
+every registered socket (to none with `?to=nobody`), answering 200 once every send
+returned.
 
 With `BENCH_FLOOR_REDIS_URL`, `BENCH_FLOOR_CHANNEL` and `BENCH_FLOOR_DATABASE_URL` set
 (`bench.crossprocess`), it is process B of the work-alike floor across processes: one
@@ -71,7 +72,10 @@ async def publish(request: Request) -> JSONResponse:
     payload = await request.json()
     text = json.dumps({"id": "1", "type": "next", "payload": payload}, separators=(",", ":"))
     sent = 0
-    for websocket in list(subscribers):
+    # `?to=nobody`: the same request and serialisation, sent to no socket (the event
+    # nobody hears, which `bench.fanout` takes off the fan-out's CPU).
+    targets = [] if request.query_params.get("to") == "nobody" else list(subscribers)
+    for websocket in targets:
         try:
             await websocket.send_text(text)
         except Exception:  # a socket that went away meanwhile

@@ -12,8 +12,9 @@ Two servers, each a subprocess on a free loopback port, under the same uvicorn o
 
 Measured, each on both servers:
 
-1. server CPU per webhook from a new sender: utime+stime of the server process over
-   `--posts` sequential posts (after a warm-up), divided by the posts;
+1. server CPU per webhook from a new sender: CPU time of the server process (every
+   thread, to the nanosecond: `bench.fanout.process_cpu_seconds`) over `--posts`
+   sequential posts (after a warm-up), divided by the posts;
 2. SQL statements per webhook, new sender and known sender: counted in this process on
    the same app (`before_cursor_execute`; BEGIN/COMMIT not counted); the floor's is 1;
 3. ack p50/p99 at `--rate` webhooks/s offered (open loop, `--seconds` long);

@@ -7,16 +7,17 @@ import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
+import aiosqlite
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from weflux.auth.scoping import restrict_to_agent
+from weflux.auth.scoping import restrict_to_agent, see_erased, set_scope
 from weflux.db import Database
 from weflux.gql.event_memo import SharedEvent
 from weflux.gql.live import _message_and_conversation
 from weflux.gql.loaders import Loaders
-from weflux.models import Message, Organization
+from weflux.models import Conversation, Message, Organization, utcnow
 
 
 async def _message(db: Database, org: Organization, **conversation: Any) -> Message:
@@ -62,6 +63,84 @@ async def test_another_workspace_reads_nothing(
     async with db.session(other_org.id) as session:
         loaders = Loaders(lambda: session)
         assert await _message_and_conversation(session, Message, message.id, loaders) is None
+
+
+async def test_a_workspace_wide_read_builds_the_rows_the_orm_loads(
+    db: Database, org: Organization
+) -> None:
+    """Without an Agent's restriction the read is a Core statement: its rows hold every
+    column as the ORM's own load does, values and types."""
+    message = await _message(db, org, assignee_membership_id=None)
+    async with db.session(org.id) as session:
+        loaders = Loaders(lambda: session)
+        found = await _message_and_conversation(session, Message, message.id, loaders)
+        primed = loaders.conversation.cache_map.get(message.conversation_id)
+    async with db.session(org.id) as session:
+        stored = await session.get(Message, message.id)
+        stored_conversation = await session.get(Conversation, message.conversation_id)
+    assert found is not None
+    assert primed is not None
+    conversation = primed.result()
+    assert stored is not None
+    assert stored_conversation is not None
+    for built, loaded in ((found, stored), (conversation, stored_conversation)):
+        for column in type(loaded).__table__.columns:  # type: ignore[union-attr]
+            value, expected = getattr(built, column.key), getattr(loaded, column.key)
+            assert value == expected, column.key
+            assert type(value) is type(expected), column.key
+
+
+@pytest.mark.parametrize("reader", ["workspace", "agent"])
+async def test_a_message_of_an_erased_conversation_is_not_read(
+    db: Database, org: Organization, agent: Actor, reader: str
+) -> None:
+    message = await _message(db, org)
+    async with db.session(org.id) as session:
+        see_erased(session)
+        conversation = await session.get(Conversation, message.conversation_id)
+        assert conversation is not None
+        conversation.erased_at = utcnow()
+        session.add(conversation)
+    async with db.session(org.id) as session:
+        if reader == "agent":
+            restrict_to_agent(session, agent.membership.id)
+        loaders = Loaders(lambda: session)
+        assert await _message_and_conversation(session, Message, message.id, loaders) is None
+        assert loaders.conversation.cache_map.get(message.conversation_id) is None
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_on_sqlite_the_workspace_wide_read_takes_no_hand_off(
+    db: Database, org: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A live event's unit begins IMMEDIATE (inline when no writer waits), and the
+    leader's read, marked inline, runs on the loop's thread: only the rollback hops."""
+    message = await _message(db, org)
+    hops: list[str] = []
+    hand_off: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
+
+    async def counted(driver: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(getattr(fn, "__name__", repr(fn)))
+        return await hand_off(driver, fn, *args, **kwargs)
+
+    async def one_event() -> list[str]:
+        """The hand-offs of the read; `hops` then holds those of the unit's close too."""
+        hops.clear()
+        session = db.sessionmaker()
+        set_scope(session, org.id)
+        found = await _message_and_conversation(
+            session, Message, message.id, Loaders(lambda: session)
+        )
+        assert found is not None
+        assert found.id == message.id
+        read = list(hops)
+        await session.close()
+        return read
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
+    await one_event()  # the first may open the pool's connection
+    assert await one_event() == []
+    assert hops == ["rollback"]
 
 
 class _Session:
