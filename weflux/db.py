@@ -9,7 +9,7 @@ import logging
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -169,13 +169,22 @@ class SerializedSession(AsyncSession):
     scalar = _serialized("scalar")
     scalars = _serialized("scalars")
     get = _serialized("get")
-    flush = _serialized("flush")
+    _flush = _serialized("flush")
     refresh = _serialized("refresh")
     delete = _serialized("delete")
     merge = _serialized("merge")
     commit = _serialized("commit")
     rollback = _serialized("rollback")
     connection = _serialized("connection")
+
+    async def flush(self, objects: Sequence[Any] | None = None) -> None:
+        """Flush pending changes; with none pending, return at once (as `Session.flush`
+        does then) without waiting for the lock or entering the greenlet (issue 11: a
+        webhook's Core writes leave the session clean)."""
+        sync = self.sync_session
+        if objects is None and not (sync.new or sync.deleted or sync.dirty):
+            return
+        await self._flush(objects)
 
 
 @dataclass(frozen=True)
