@@ -1,0 +1,65 @@
+"""`fixed_lists`: an expanding IN bound one parameter per item answers as the expanding
+form does, on both dialects, and each statement and list length gets its own variant."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+from sqlalchemy import Table, bindparam, or_, select
+
+from tests.fixtures.factories import create_user
+from weflux.db import Database
+from weflux.models import User
+from weflux.sql_lists import MAX_FIXED_ITEMS, fixed_lists
+
+USERS: Table = User.__table__  # type: ignore[attr-defined]
+
+# Either list may match; the second also excludes by name (NOT IN).
+BY_EMAIL_OR_NAME = select(USERS.c.email).where(
+    or_(
+        USERS.c.email.in_(bindparam("emails", expanding=True)),
+        USERS.c.name.in_(bindparam("names", expanding=True)),
+    )
+)
+BUT_NOT_NAMED = select(USERS.c.email).where(
+    USERS.c.email.in_(bindparam("emails", expanding=True)),
+    USERS.c.name.not_in(bindparam("names", expanding=True)),
+)
+
+
+async def test_fixed_lists_answer_as_the_expanding_form(db: Database) -> None:
+    """Given five users,
+    when each statement runs with lists of 0, 1, 2 and more items than are fixed,
+    then the fixed form returns exactly the rows of the expanding form."""
+    async with db.session() as session:
+        users = [await create_user(session) for _ in range(5)]
+    emails = [u.email for u in users] + [f"nobody{i}@example.com" for i in range(MAX_FIXED_ITEMS)]
+    names = [u.name for u in users]
+    async with db.engine.connect() as connection:
+        for statement, email_count, name_count in itertools.product(
+            (BY_EMAIL_OR_NAME, BUT_NOT_NAMED), (0, 1, 2, MAX_FIXED_ITEMS + 1), (0, 1, 3)
+        ):
+            params: dict[str, Any] = {
+                "emails": emails[:email_count],
+                "names": names[1 : 1 + name_count],
+            }
+            expected = set((await connection.execute(statement, params)).scalars())
+            seen = set((await connection.execute(*fixed_lists(statement, params))).scalars())
+            assert seen == expected, (statement is BUT_NOT_NAMED, email_count, name_count)
+
+
+def test_each_statement_and_length_has_its_own_variant() -> None:
+    one = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a"], "names": []})
+    again = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["b"], "names": []})
+    two = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a", "b"], "names": []})
+    other = fixed_lists(BUT_NOT_NAMED, {"emails": ["a"], "names": []})
+    assert one[0] is again[0]
+    assert one[1] == {"emails_0": "a"} and again[1] == {"emails_0": "b"}
+    assert two[0] is not one[0] and two[1] == {"emails_0": "a", "emails_1": "b"}
+    assert other[0] is not one[0]
+    long = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["x"] * (MAX_FIXED_ITEMS + 1), "names": []})
+    assert long[0] is BY_EMAIL_OR_NAME  # the expanding form itself
+    with pytest.raises(ValueError, match="shadowed"):
+        fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a"], "emails_0": "b", "names": []})
