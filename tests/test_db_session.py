@@ -85,3 +85,24 @@ async def test_every_end_gives_the_connection_back(db: Database, org: Organizati
 
         after_commit(session, read_again)
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+async def test_a_savepoint_still_begins_at_the_next_connection(
+    db: Database, org: Organization
+) -> None:
+    """Inside `begin_nested`, asking for the connection emits the SAVEPOINT (the
+    shortcut is not taken there): a failure inside rolls back only the savepoint."""
+    async with db.session(org.id) as session:
+        await session.connection()
+        kept = (await create_contact(session)).id
+        try:
+            async with session.begin_nested():
+                connection = await session.connection()
+                await connection.execute(text("UPDATE contacts SET name = 'undone'"))
+                raise RuntimeError("inside the savepoint")
+        except RuntimeError:
+            pass
+        assert await session.connection() is connection
+        assert (await session.exec(select(Contact.name).where(Contact.id == kept))).one() != (
+            "undone"
+        )
