@@ -13,9 +13,7 @@ from weflux.db import Database, SerializedSession, after_commit
 from weflux.models import Contact, Organization
 
 
-async def test_the_connection_is_the_open_transactions_own(
-    db: Database, org: Organization
-) -> None:
+async def test_the_connection_is_the_open_transactions_own(db: Database, org: Organization) -> None:
     """Given a session whose transaction is open,
     then asking for its connection again gives the same one, and after the commit the
     next transaction's connection runs in that new transaction (a rollback of it undoes

@@ -56,8 +56,10 @@ def test_each_statement_and_length_has_its_own_variant() -> None:
     two = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a", "b"], "names": []})
     other = fixed_lists(BUT_NOT_NAMED, {"emails": ["a"], "names": []})
     assert one[0] is again[0]
-    assert one[1] == {"emails_0": "a"} and again[1] == {"emails_0": "b"}
-    assert two[0] is not one[0] and two[1] == {"emails_0": "a", "emails_1": "b"}
+    assert one[1] == {"emails_0": "a"}
+    assert again[1] == {"emails_0": "b"}
+    assert two[0] is not one[0]
+    assert two[1] == {"emails_0": "a", "emails_1": "b"}
     assert other[0] is not one[0]
     long = fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["x"] * (MAX_FIXED_ITEMS + 1), "names": []})
     assert long[0] is BY_EMAIL_OR_NAME  # the expanding form itself

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import Table, delete, insert, update
@@ -293,9 +295,7 @@ async def test_one_statement_run_again_is_confined_by_each_sessions_scope(
     statement = select(Conversation)
     async with db.session(admin.org_id) as session:
         mine = await create_conversation(session, assignee_membership_id=agent.membership.id)
-        others = await create_conversation(
-            session, assignee_membership_id=admin.membership.id
-        )
+        others = await create_conversation(session, assignee_membership_id=admin.membership.id)
         unassigned = await create_conversation(session)
     async with db.session(other_admin.org_id) as session:
         foreign = await create_conversation(session)
@@ -346,7 +346,7 @@ def test_the_tables_of_a_statement_belong_to_it() -> None:
     """Statements built and dropped in turn (new ones may take a dropped one's address)
     each get the tables of their own tree (`_tables_in`, cached per statement), never a
     cached answer of another."""
-    shapes = {
+    shapes: dict[str, Callable[[], Any]] = {
         "contacts": lambda: sa_select(Contact.__table__),  # type: ignore[attr-defined]
         "messages": lambda: select(Message.id).where(col(Message.text) == "x"),
         "memberships": lambda: update(Membership).values(role=Role.AGENT),
