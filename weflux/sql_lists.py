@@ -18,8 +18,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, false, true
 from sqlalchemy.sql import operators, visitors
-from sqlalchemy.sql.visitors import ExternallyTraversible
 from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ClauseList, Grouping
+from sqlalchemy.sql.visitors import ExternallyTraversible
 
 Statement = TypeVar("Statement")
 
