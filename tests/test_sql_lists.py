@@ -7,11 +7,12 @@ import itertools
 from typing import Any
 
 import pytest
-from sqlalchemy import Table, bindparam, or_, select
+from sqlalchemy import Table, bindparam, event, not_, or_, select
 
 from tests.fixtures.factories import create_user
 from weflux.db import Database
-from weflux.models import User
+from weflux.models import Organization, User
+from weflux.services import ingest
 from weflux.sql_lists import MAX_FIXED_ITEMS, fixed_lists
 
 USERS: Table = User.__table__  # type: ignore[attr-defined]
@@ -27,6 +28,15 @@ BUT_NOT_NAMED = select(USERS.c.email).where(
     USERS.c.email.in_(bindparam("emails", expanding=True)),
     USERS.c.name.not_in(bindparam("names", expanding=True)),
 )
+# An IN under a NOT (an empty list must then be false, not NULL).
+NEITHER = select(USERS.c.email).where(
+    not_(
+        or_(
+            USERS.c.email.in_(bindparam("emails", expanding=True)),
+            USERS.c.name.in_(bindparam("names", expanding=True)),
+        )
+    )
+)
 
 
 async def test_fixed_lists_answer_as_the_expanding_form(db: Database) -> None:
@@ -39,7 +49,7 @@ async def test_fixed_lists_answer_as_the_expanding_form(db: Database) -> None:
     names = [u.name for u in users]
     async with db.engine.connect() as connection:
         for statement, email_count, name_count in itertools.product(
-            (BY_EMAIL_OR_NAME, BUT_NOT_NAMED), (0, 1, 2, MAX_FIXED_ITEMS + 1), (0, 1, 3)
+            (BY_EMAIL_OR_NAME, BUT_NOT_NAMED, NEITHER), (0, 1, 2, MAX_FIXED_ITEMS + 1), (0, 1, 3)
         ):
             params: dict[str, Any] = {
                 "emails": emails[:email_count],
@@ -47,7 +57,7 @@ async def test_fixed_lists_answer_as_the_expanding_form(db: Database) -> None:
             }
             expected = set((await connection.execute(statement, params)).scalars())
             seen = set((await connection.execute(*fixed_lists(statement, params))).scalars())
-            assert seen == expected, (statement is BUT_NOT_NAMED, email_count, name_count)
+            assert seen == expected, (str(statement), email_count, name_count)
 
 
 def test_each_statement_and_length_has_its_own_variant() -> None:
@@ -65,3 +75,29 @@ def test_each_statement_and_length_has_its_own_variant() -> None:
     assert long[0] is BY_EMAIL_OR_NAME  # the expanding form itself
     with pytest.raises(ValueError, match="shadowed"):
         fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a"], "emails_0": "b", "names": []})
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_the_sender_lookup_finds_a_sender_by_its_index(
+    db: Database, org: Organization
+) -> None:
+    """The webhook's sender lookup with a `wa_id` and no `user_id` (the common case)
+    looks the contact up by the unique (org_id, wa_id) index; with SQLAlchemy's rendering
+    of the empty list SQLite read every contact of the workspace instead."""
+    seen: list[tuple[str, Any]] = []
+
+    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        seen.append((statement, parameters))
+
+    params = {"user_ids": [], "wa_ids": ["4930123"], "scope_org": org.id, "feed_org": org.id}
+    event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    async with db.engine.connect() as connection:
+        await connection.execute(*fixed_lists(ingest._SENDERS_AND_FEED, params))
+        statement, parameters = seen[-1]
+        raw = await connection.get_raw_connection()
+        cursor = await raw.driver_connection.execute(  # type: ignore[union-attr]
+            f"EXPLAIN QUERY PLAN {statement}", parameters
+        )
+        plan = " | ".join(row[3] for row in await cursor.fetchall())
+    assert "uq_contacts_org_id_wa_id" in plan, plan
+    assert "ix_contacts_org_id_name" not in plan, plan

@@ -6,8 +6,15 @@ items at every execution (`_process_parameters_for_postcompile`: a regular-expre
 pass over the whole statement: 10 to 25 µs of the webhook's sender lookup; issue 11).
 `fixed_lists` gives instead the same statement with each such list as that many plain
 parameters, built once per statement and per list lengths and then compiled once like
-any other, and the parameters to match. An empty list is `false()` for `IN` and
-`true()` for `NOT IN`, as SQLAlchemy's empty-set rendering answers.
+any other, and the parameters to match.
+
+An empty list: `NOT IN` it is `true()`; `IN` it is `IN (NULL)`, which is never true and,
+unlike a constant false, is still a lookup by the column's index, so SQLite keeps its
+multi-index plan for an OR of such lists (the sender lookup by `user_id` or `wa_id`
+with no `user_id`: with SQLAlchemy's empty-set rendering it read every contact of the
+workspace). `IN (NULL)` is NULL where the empty set is false, which a condition treats
+alike; under a NOT it would not be, so an `IN` inside a NOT gets `false()`. For lists in
+conditions (WHERE, ON), not in selected values.
 """
 
 from __future__ import annotations
@@ -16,9 +23,15 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, false, true
+from sqlalchemy import bindparam, false, null, true
 from sqlalchemy.sql import operators, visitors
-from sqlalchemy.sql.elements import BinaryExpression, BindParameter, ClauseList, Grouping
+from sqlalchemy.sql.elements import (
+    BinaryExpression,
+    BindParameter,
+    ClauseList,
+    Grouping,
+    UnaryExpression,
+)
 from sqlalchemy.sql.visitors import ExternallyTraversible
 
 Statement = TypeVar("Statement")
@@ -57,7 +70,22 @@ def fixed_lists(
     return variant, flat
 
 
+def _negated_lists(statement: Any) -> set[str]:
+    """The expanding parameters that sit under a NOT."""
+    negated: set[str] = set()
+    for element in visitors.iterate(statement):
+        if isinstance(element, UnaryExpression) and element.operator is operators.inv:
+            negated.update(
+                inner.key
+                for inner in visitors.iterate(element)
+                if isinstance(inner, BindParameter) and inner.expanding
+            )
+    return negated
+
+
 def _fixed(statement: Any, lengths: dict[str, int]) -> Any:
+    negated = _negated_lists(statement) if 0 in lengths.values() else set()
+
     def replace(element: Any, **_kw: Any) -> Any:
         if not isinstance(element, BinaryExpression) or element.operator not in (
             operators.in_op,
@@ -68,9 +96,15 @@ def _fixed(statement: Any, lengths: dict[str, int]) -> Any:
         if not (isinstance(right, BindParameter) and right.expanding and right.key in lengths):
             return None
         count = lengths[right.key]
-        if count == 0:
-            return false() if element.operator is operators.in_op else true()
-        items = ClauseList(*(bindparam(f"{right.key}_{i}", type_=right.type) for i in range(count)))
+        if count == 0 and element.operator is operators.not_in_op:
+            return true()
+        if count == 0 and right.key in negated:
+            return false()
+        items = ClauseList(
+            *(bindparam(f"{right.key}_{i}", type_=right.type) for i in range(count))
+            if count
+            else (null(),)
+        )
         return BinaryExpression(
             element.left, Grouping(items), element.operator, negate=element.negate
         )
