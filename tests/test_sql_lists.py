@@ -77,27 +77,47 @@ def test_each_statement_and_length_has_its_own_variant() -> None:
         fixed_lists(BY_EMAIL_OR_NAME, {"emails": ["a"], "emails_0": "b", "names": []})
 
 
+LOOKUPS = {
+    # A sender by `wa_id` with no `user_id`: the unique (org_id, wa_id) index.
+    "senders": (
+        ingest._SENDERS_AND_FEED,
+        {"user_ids": [], "wa_ids": ["4930123"]},
+        "uq_contacts_org_id_wa_id",
+        "ix_contacts_org_id_name",
+    ),
+    # A status's message by wamid with no callback id: the unique (org_id, wamid) index.
+    "statuses": (
+        ingest._OUTBOUND_AND_FEED,
+        {"wamids": ["wamid.1"], "ids": []},
+        "uq_messages_org_id_wa_message_id",
+        "ix_messages_org_id_update_seq (org_id=?) LEFT-JOIN",
+    ),
+}
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"])
-async def test_the_sender_lookup_finds_a_sender_by_its_index(
-    db: Database, org: Organization
+@pytest.mark.parametrize("lookup", list(LOOKUPS))
+async def test_the_webhook_lookups_use_their_unique_index(
+    db: Database, org: Organization, lookup: str
 ) -> None:
-    """The webhook's sender lookup with a `wa_id` and no `user_id` (the common case)
-    looks the contact up by the unique (org_id, wa_id) index; with SQLAlchemy's rendering
-    of the empty list SQLite read every contact of the workspace instead."""
+    """The webhook's sender and status lookups, with one list empty (the common case),
+    find their rows by a unique index; with SQLAlchemy's rendering of the empty list
+    SQLite read every contact (or message) of the workspace instead."""
+    statement, lists, index, scan = LOOKUPS[lookup]
     seen: list[tuple[str, Any]] = []
 
-    def capture(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        seen.append((statement, parameters))
+    def capture(_c: Any, _cur: Any, sql: str, parameters: Any, *_: Any) -> None:
+        seen.append((sql, parameters))
 
-    params = {"user_ids": [], "wa_ids": ["4930123"], "scope_org": org.id, "feed_org": org.id}
+    params = {**lists, "scope_org": org.id, "feed_org": org.id}
     event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
     async with db.engine.connect() as connection:
-        await connection.execute(*fixed_lists(ingest._SENDERS_AND_FEED, params))
-        statement, parameters = seen[-1]
+        await connection.execute(*fixed_lists(statement, params))
+        sql, parameters = seen[-1]
         raw = await connection.get_raw_connection()
         cursor = await raw.driver_connection.execute(  # type: ignore[union-attr]
-            f"EXPLAIN QUERY PLAN {statement}", parameters
+            f"EXPLAIN QUERY PLAN {sql}", parameters
         )
         plan = " | ".join(row[3] for row in await cursor.fetchall())
-    assert "uq_contacts_org_id_wa_id" in plan, plan
-    assert "ix_contacts_org_id_name" not in plan, plan
+    assert index in plan, plan
+    assert scan not in plan, plan
