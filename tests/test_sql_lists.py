@@ -85,24 +85,18 @@ LOOKUPS = {
         "uq_contacts_org_id_wa_id",
         "ix_contacts_org_id_name",
     ),
-    # A status's message by wamid with no callback id: the unique (org_id, wamid) index.
-    "statuses": (
-        ingest._OUTBOUND_AND_FEED,
-        {"wamids": ["wamid.1"], "ids": []},
-        "uq_messages_org_id_wa_message_id",
-        "ix_messages_org_id_update_seq (org_id=?) LEFT-JOIN",
-    ),
 }
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
 @pytest.mark.parametrize("lookup", list(LOOKUPS))
-async def test_the_webhook_lookups_use_their_unique_index(
+async def test_the_sender_lookup_uses_its_unique_index(
     db: Database, org: Organization, lookup: str
 ) -> None:
-    """The webhook's sender and status lookups, with one list empty (the common case),
-    find their rows by a unique index; with SQLAlchemy's rendering of the empty list
-    SQLite read every contact (or message) of the workspace instead."""
+    """The webhook's sender lookup, with no `user_id` (the common case), finds its contact
+    by a unique index; with SQLAlchemy's rendering of the empty list SQLite read every
+    contact of the workspace instead. (The status lookup has a shape per case instead:
+    tests/services/test_status_plans.py.)"""
     statement, lists, index, scan = LOOKUPS[lookup]
     seen: list[tuple[str, Any]] = []
 
