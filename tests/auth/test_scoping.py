@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from sqlalchemy import Table, delete, insert, update
@@ -10,7 +12,14 @@ from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
 from sqlmodel import col, select
 
-from tests.fixtures.factories import Actor, create_contact, create_membership, create_user
+from tests.fixtures.factories import (
+    Actor,
+    create_contact,
+    create_conversation,
+    create_membership,
+    create_user,
+)
+from weflux.auth import scoping
 from weflux.auth.scoping import (
     TenantScopeError,
     agent_restriction,
@@ -25,7 +34,9 @@ from weflux.db import Database
 from weflux.models import (
     AuditEvent,
     Contact,
+    Conversation,
     Membership,
+    Message,
     Organization,
     Role,
     User,
@@ -268,3 +279,92 @@ async def test_viewing_as_another_role_gives_the_session_its_own_back(
         with viewing_as(session, None), workspace_wide(session):
             assert agent_restriction(session) is None
         assert agent_restriction(session) == other
+
+
+# -- the tables of a statement, cached per statement (issue 11) -----------------------------
+# What a statement touches is kept per statement object; the decision (workspace, Agent,
+# erasure view) is the session's at each execution. The statements below are built once
+# and run again, as the hot paths' module-level statements are.
+
+
+async def test_one_statement_run_again_is_confined_by_each_sessions_scope(
+    db: Database, admin: Actor, agent: Actor, other_admin: Actor
+) -> None:
+    """Given one select object run in turn by two workspaces, an Agent and an Admin,
+    then each execution sees what its own session may see, whatever ran before."""
+    statement = select(Conversation)
+    async with db.session(admin.org_id) as session:
+        mine = await create_conversation(session, assignee_membership_id=agent.membership.id)
+        others = await create_conversation(session, assignee_membership_id=admin.membership.id)
+        unassigned = await create_conversation(session)
+    async with db.session(other_admin.org_id) as session:
+        foreign = await create_conversation(session)
+
+    async def seen(org_id: uuid.UUID, as_agent: Actor | None = None) -> set[uuid.UUID]:
+        async with db.session(org_id) as session:
+            if as_agent is not None:
+                restrict_to_agent(session, as_agent.membership.id)
+            return {c.id for c in (await session.exec(statement)).all()}
+
+    everything = {mine.id, others.id, unassigned.id}
+    assert await seen(admin.org_id) == everything
+    assert await seen(admin.org_id, as_agent=agent) == {mine.id, unassigned.id}
+    assert await seen(other_admin.org_id) == {foreign.id}
+    assert await seen(admin.org_id) == everything
+    with pytest.raises(TenantScopeError, match="no workspace set for a statement on conversations"):
+        async with db.session() as session:
+            await session.exec(statement)
+
+
+async def test_one_insert_run_again_is_checked_for_each_sessions_workspace(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    """Given one Core INSERT object run by two workspaces and by a session without one,
+    then each row gets (or must carry) its own session's workspace, and without a
+    workspace it is refused, however often it ran before."""
+    statement = sa_insert(Contact.__table__)  # type: ignore[attr-defined]
+    for n, org_id in enumerate((admin.org_id, other_admin.org_id, admin.org_id)):
+        async with db.session(org_id) as session:
+            await session.exec(statement, params=[{"id": new_id(), "wa_id": f"493033{n}"}])
+    for org_id in (admin.org_id, other_admin.org_id):
+        async with db.session(org_id) as session:
+            rows = (await session.exec(select(Contact))).all()
+        assert {row.org_id for row in rows} == {org_id}
+        assert len(rows) == (2 if org_id == admin.org_id else 1)
+    with pytest.raises(TenantScopeError, match="no workspace set"):
+        async with db.session() as session:
+            await session.exec(statement, params=[{"id": new_id(), "wa_id": "4930444"}])
+    with pytest.raises(TenantScopeError, match="another workspace"):
+        async with db.session(admin.org_id) as session:
+            await session.exec(
+                statement,
+                params=[{"id": new_id(), "wa_id": "4930555", "org_id": other_admin.org_id}],
+            )
+
+
+def test_the_tables_of_a_statement_belong_to_it() -> None:
+    """Statements built and dropped in turn (new ones may take a dropped one's address)
+    each get the tables of their own tree (`_tables_in`, cached per statement), never a
+    cached answer of another."""
+    shapes: dict[str, Callable[[], Any]] = {
+        "contacts": lambda: sa_select(Contact.__table__),  # type: ignore[attr-defined]
+        "messages": lambda: select(Message.id).where(col(Message.text) == "x"),
+        "memberships": lambda: update(Membership).values(role=Role.AGENT),
+        "nothing": lambda: sa_select(User.__table__),  # type: ignore[attr-defined]
+    }
+    expected = {
+        "contacts": frozenset({"contacts"}),
+        "messages": frozenset({"messages"}),
+        "memberships": frozenset({"memberships"}),
+        "nothing": frozenset({"users"}),
+    }
+    for round_ in range(200):
+        name = list(shapes)[round_ % len(shapes)]
+        statement = shapes[name]()
+        assert frozenset(scoping._tables_in(statement)) == expected[name]
+        assert frozenset(scoping._tables_in(statement)) == expected[name]  # now from the cache
+        del statement
+    joined = sa_select(Contact.__table__).where(  # type: ignore[attr-defined]
+        Contact.__table__.c.id.in_(sa_select(Message.__table__.c.id))  # type: ignore[attr-defined]
+    )
+    assert frozenset(scoping._tables_in(joined)) == {"contacts", "messages"}

@@ -419,7 +419,10 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
         elif value != org_id:
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
-    return state.invoke_statement(params=checked if isinstance(params, list) else checked[0])
+    # The checked rows replace the execution's parameters (SQLAlchemy 2.1): the statement
+    # runs once, not a second time from inside this hook (`invoke_statement`; issue 11).
+    state.parameters = checked if isinstance(params, list) else checked[0]
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -463,7 +466,8 @@ def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             params[key] = org_id
         elif given != org_id:
             raise TenantScopeError("insert of another workspace's row refused")
-    return state.invoke_statement(params=params)
+    state.parameters = params
+    return None
 
 
 def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:

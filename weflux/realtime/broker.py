@@ -108,6 +108,8 @@ class InProcessBroker(Broker):
     """One process only: publish calls the subscribers directly."""
 
     async def publish(self, channel: str, message: Message) -> None:
+        if not self._handlers.get(channel):
+            return  # nobody listens (this is the only process): nothing to copy (issue 11)
         # Round-trip through JSON so both implementations hand over the same shapes.
         await self._dispatch(channel, json.loads(json.dumps(message, default=str)))
 

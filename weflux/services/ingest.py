@@ -74,6 +74,7 @@ from weflux.services import folding, reactions, templates
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.contacts import record_profile_name
 from weflux.services.outbound import opt_change
+from weflux.sql_lists import fixed_lists
 from weflux.sqlite_driver import inline
 from weflux.whatsapp.parser import (
     AccountUpdate,
@@ -219,6 +220,8 @@ _MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
 # contacts' conversations by the unique (org_id, contact_id, account_id): bounded by the
 # event's senders, so it may run inline (weflux.sqlite_driver; with many senders, past
 # INLINE_MAX_PARAMETERS, it takes its hand-off).
+# Run with `fixed_lists` (one parameter per id, a compiled form per list length: no SQL
+# re-rendered per execution).
 _SENDERS = (
     select(
         _CONTACTS.c.id,
@@ -387,9 +390,10 @@ async def _senders(
     }
     highest: int | None = None
     if connection.dialect.name == "postgresql":
-        rows = (await connection.execute(_SENDERS, params)).all()
+        rows = (await connection.execute(*fixed_lists(_SENDERS, params))).all()
     else:
-        rows = (await connection.execute(_SENDERS_AND_FEED, params | {"feed_org": org_id})).all()
+        statement, fixed = fixed_lists(_SENDERS_AND_FEED, params | {"feed_org": org_id})
+        rows = (await connection.execute(statement, fixed)).all()
         highest = int(rows[0].feed_highest)
     contacts: dict[uuid.UUID, _Sender] = {}
     threads: list[_Thread] = []
@@ -909,10 +913,10 @@ async def _outbound(
     by_id = bool(params["ids"])
     highest: int | None = None
     if connection.dialect.name == "postgresql":
-        rows = (await connection.execute(_OUTBOUND[by_id], params)).all()
+        rows = (await connection.execute(*fixed_lists(_OUTBOUND[by_id], params))).all()
     else:
-        statement = _OUTBOUND_AND_FEED[by_id]
-        rows = (await connection.execute(statement, params | {"feed_org": org_id})).all()
+        statement, fixed = fixed_lists(_OUTBOUND_AND_FEED[by_id], params | {"feed_org": org_id})
+        rows = (await connection.execute(statement, fixed)).all()
         highest = int(rows[0].feed_highest)
     found = [
         _Outbound(
