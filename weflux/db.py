@@ -430,6 +430,16 @@ class Database:
             expire_on_commit=False,
             info={CHANNELS_CHANGED_KEY: self._channels_changed},
         )
+        # Units that only read (a live event's, opened lazily where no `await` can mark
+        # them as `begin_read_only` does): on SQLite they begin deferred, so they never
+        # take the write lock from, nor wait behind, the units that write.
+        self.reader_sessionmaker = async_sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}),
+            class_=SerializedSession,
+            sync_session_class=ScopedSession,
+            expire_on_commit=False,
+            info={CHANNELS_CHANGED_KEY: self._channels_changed},
+        )
         # Called after a unit of work that wrote whatsapp_accounts committed (the
         # runtime's channel cache evicts, here and through the broker).
         self.channels_changed: AfterCommit | None = None

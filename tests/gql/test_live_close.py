@@ -19,13 +19,10 @@ from typing import Any
 
 import pytest
 from starlette.applications import Starlette
-from starlette.requests import Request
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from tests.fixtures.principals import principal_of
-from weflux.client_ip import request_meta
+from tests.fixtures.live import socket_context
 from weflux.db import Database
-from weflux.gql.context import Context
 from weflux.gql.guard import operation_scope
 from weflux.gql.schema import build_schema
 from weflux.models import MessageStatus, Organization
@@ -40,28 +37,6 @@ REPLAYS = {
     "messageAdded": "subscription($after: String) { messageAdded(after: $after) "
     "{ id text conversation { id } } }",
 }
-
-
-def _context(app: Starlette, actor: Actor) -> Context:
-    """The context a socket of `actor` would get (`weflux.gql.view`)."""
-    runtime = runtime_of(app)
-    request = Request({"type": "http", "app": app, "headers": [], "client": ("127.0.0.1", 1)})
-    return Context(
-        request=request,
-        settings=runtime.settings,
-        db=runtime.db,
-        authenticator=runtime.authenticator,
-        broker=runtime.broker,
-        password_guard=runtime.password_guard,
-        channel_services=runtime.channel_services,
-        limiter=runtime.limiter,
-        cost_budgets=runtime.cost_budgets,
-        hub=runtime.hub,
-        event_memo=runtime.event_memo,
-        inbox_counts=runtime.inbox_counts,
-        meta=request_meta(request, runtime.trusted_proxies),
-        principal=principal_of(actor),
-    )
 
 
 @pytest.mark.parametrize("field", sorted(REPLAYS))
@@ -80,7 +55,7 @@ async def test_a_subscription_closed_mid_replay_returns_its_connection_at_once(
         message.status = MessageStatus.READ  # a change after its creation: messageUpdated's
         session.add(message)
     pool: Any = runtime_of(app).db.engine.pool
-    context = _context(app, admin)
+    context = socket_context(app, admin)
     schema = build_schema()
     after = encode_cursor(uuid.UUID(int=0)) if field == "messageAdded" else encode_update_cursor(0)
     async with operation_scope(None, 30, open_unit=context.operation_unit):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
-import aiosqlite
 import pytest
 from sqlmodel.ext.asyncio.session import AsyncSession
+from starlette.applications import Starlette
 
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from weflux.auth.scoping import restrict_to_agent, see_erased, set_scope
+from tests.fixtures.live import socket_context
+from weflux.auth.scoping import restrict_to_agent, see_erased
 from weflux.db import Database
 from weflux.gql.event_memo import SharedEvent
 from weflux.gql.live import _message_and_conversation
@@ -110,37 +112,30 @@ async def test_a_message_of_an_erased_conversation_is_not_read(
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
-async def test_on_sqlite_the_workspace_wide_read_takes_no_hand_off(
-    db: Database, org: Organization, monkeypatch: pytest.MonkeyPatch
+async def test_on_sqlite_a_live_events_unit_holds_no_write_lock(
+    app: Starlette, org: Organization, admin: Actor
 ) -> None:
-    """A live event's unit begins IMMEDIATE (inline when no writer waits), and the
-    leader's read, marked inline, runs on the loop's thread: only the rollback hops."""
+    """Given a live event's unit that has read the event (messageAdded's leader read),
+    when a writer begins before the unit ends,
+    then SQLite gives it the write lock at once: the unit began as a reader (deferred),
+    so fan-out reads never queue behind webhooks, nor webhooks behind them."""
+    context = socket_context(app, admin)
+    db = context.db
     message = await _message(db, org)
-    hops: list[str] = []
-    hand_off: Any = aiosqlite.Connection._execute  # untyped in aiosqlite
-
-    async def counted(driver: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        hops.append(getattr(fn, "__name__", repr(fn)))
-        return await hand_off(driver, fn, *args, **kwargs)
-
-    async def one_event() -> list[str]:
-        """The hand-offs of the read; `hops` then holds those of the unit's close too."""
-        hops.clear()
-        session = db.sessionmaker()
-        set_scope(session, org.id)
-        found = await _message_and_conversation(
-            session, Message, message.id, Loaders(lambda: session)
-        )
-        assert found is not None
-        assert found.id == message.id
-        read = list(hops)
-        await session.close()
-        return read
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", counted)
-    await one_event()  # the first may open the pool's connection
-    assert await one_event() == []
-    assert hops == ["rollback"]
+    assert db.url.database
+    writer = sqlite3.connect(db.url.database, timeout=0, isolation_level=None)
+    try:
+        async with context.event_unit():
+            unit = context.unit
+            found = await _message_and_conversation(
+                unit, Message, message.id, Loaders(lambda: unit)
+            )
+            assert found is not None
+            assert unit.in_transaction()
+            writer.execute("BEGIN IMMEDIATE")  # "database is locked" if the unit held it
+            writer.execute("ROLLBACK")
+    finally:
+        writer.close()
 
 
 class _Session:

@@ -140,10 +140,11 @@ class Context:
         return session
 
 
-def _scoped_session(context: Context) -> AsyncSession:
-    """A new session of the caller's workspace (and, for an Agent, visibility)."""
+def _scoped_session(context: Context, *, reader: bool = False) -> AsyncSession:
+    """A new session of the caller's workspace (and, for an Agent, visibility); a
+    `reader`'s begins as `begin_read_only` begins (on SQLite: deferred, no write lock)."""
     principal = context.actor
-    session = context.db.sessionmaker()
+    session = (context.db.reader_sessionmaker if reader else context.db.sessionmaker)()
     set_scope(session, principal.org_id)
     if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
         restrict_to_agent(session, principal.membership_id)
@@ -159,7 +160,9 @@ class _LazyUnit:
 
     def session(self) -> AsyncSession:
         if self._session is None:
-            self._session = _scoped_session(self._context)
+            # A reader's: on SQLite a live event never takes the write lock, which would
+            # queue every visibility class's read behind the webhooks (and them behind it).
+            self._session = _scoped_session(self._context, reader=True)
         return self._session
 
     async def close(self) -> None:

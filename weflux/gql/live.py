@@ -64,7 +64,6 @@ from weflux.models import WhatsAppAccount as WhatsAppAccountRow
 from weflux.pagination import decode_cursor, decode_update_cursor
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, SlowConsumer, next_event
-from weflux.sqlite_driver import inline
 
 REPLAY_PAGE = 100
 # How far back a catch-up looks before the newest message seen: messages committed late
@@ -112,10 +111,9 @@ _CONVERSATIONS: Table = ConversationRow.__table__  # type: ignore[attr-defined]
 # once: its compiled form is reused, and it skips the ORM's per-statement work (loader
 # criteria, compile state, instance loading), about 0.2 ms of the leader's CPU per event
 # on SQLite (issue 11, goal 3). An Agent's visibility is the ORM criteria's alone.
-# Bounded (two rows by primary key; the tombstone reads the workspace's erased
-# conversations by their covering index), so on SQLite it runs inline: a live event's
-# unit begins IMMEDIATE, and the read takes no hand-off to aiosqlite's thread.
-_MESSAGE_AND_CONVERSATION = inline(
+# Not marked inline: a live event's unit is a reader (it begins deferred on SQLite and
+# holds no write lock), and only a unit holding the write lock runs statements inline.
+_MESSAGE_AND_CONVERSATION = (
     core_select(_MESSAGES, _CONVERSATIONS)
     .select_from(_MESSAGES.join(_CONVERSATIONS, _CONVERSATIONS.c.id == _MESSAGES.c.conversation_id))
     .where(
