@@ -1,0 +1,143 @@
+"""An Agent's restriction (assigned to them or to nobody) is bounded: a read of one
+conversation's messages finds the conversation by its primary key, never by reading
+every conversation of the workspace (EXPLAIN QUERY PLAN on SQLite, EXPLAIN on
+PostgreSQL with statistics); an Agent's inbox list keeps its index."""
+
+from __future__ import annotations
+
+import contextlib
+
+from sqlalchemy import update
+from sqlalchemy.exc import NoSuchColumnError
+from sqlmodel import col, select
+
+from tests.fixtures.factories import Actor
+from tests.fixtures.plans import (
+    analyze,
+    big_workspace,
+    explained,
+    prefer_indexes,
+    workspace_reads,
+)
+from weflux.auth.scoping import restrict_to_agent
+from weflux.db import Database
+from weflux.models import Contact, Conversation, Message, Note, Organization
+from weflux.services.conversations import list_messages
+
+
+async def _assigned_thirds(db: Database, owner_db: Database, org: Organization, *agents: Actor) -> None:
+    """A third of the workspace's conversations assigned to each of `agents` (by id
+    order), the rest to nobody; statistics gathered again (PostgreSQL)."""
+    async with db.session(org.id) as session:
+        ids = sorted((await session.exec(select(col(Conversation.id)))).all())
+        for n, actor in enumerate(agents):
+            share = ids[n :: len(agents) + 1]
+            await session.exec(
+                update(Conversation)
+                .where(col(Conversation.id).in_(share))
+                .values(assignee_membership_id=actor.membership.id)
+            )
+    async with owner_db.engine.connect() as connection:
+        await analyze(connection)
+
+
+async def test_an_agents_history_read_finds_its_conversation_by_key(
+    db: Database, owner_db: Database, org: Organization, agent: Actor, other_agent: Actor
+) -> None:
+    """Given a workspace of 960 messages in 120 conversations, a third assigned to the
+    Agent, a third to another Agent,
+    when the Agent reads one conversation's history, its notes and its contact,
+    then no step reads every conversation or message of the workspace: the Agent's
+    condition looks the conversation up by its primary key."""
+    messages = await big_workspace(db, owner_db, org.id)
+    await _assigned_thirds(db, owner_db, org, agent, other_agent)
+    conversation = messages[-1].conversation_id
+    async with db.session(org.id) as session:
+        row = await session.get(Conversation, conversation)
+        assert row is not None
+        contact = row.contact_id
+    async with db.session(org.id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        await prefer_indexes(await session.connection())
+        with explained(db) as plans:
+            # The plan is taken before the ORM reads the result (a plan, not messages).
+            with contextlib.suppress(NoSuchColumnError):
+                await list_messages(session, conversation)
+            with contextlib.suppress(NoSuchColumnError):
+                await session.exec(select(Note).where(col(Note.conversation_id) == conversation))
+            with contextlib.suppress(NoSuchColumnError):
+                await session.exec(select(Contact).where(col(Contact.id).in_([contact])))
+    assert len(plans) == 3
+    for plan in plans:
+        assert workspace_reads(plan) == [], "\n".join(plan)
+
+
+async def test_an_agents_inbox_list_reads_conversations_in_order(
+    db: Database, owner_db: Database, org: Organization, agent: Actor, other_agent: Actor
+) -> None:
+    """Given the same workspace,
+    when the Agent lists their inbox (newest activity first, a page),
+    then the conversations are read in the order of an index (no sort of the
+    workspace's conversations on SQLite) and the messages are not read."""
+    await big_workspace(db, owner_db, org.id)
+    await _assigned_thirds(db, owner_db, org, agent, other_agent)
+    inbox = (
+        select(Conversation)
+        .order_by(col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc())
+        .limit(21)
+    )
+    async with db.session(org.id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        await prefer_indexes(await session.connection())
+        with explained(db) as plans:
+            with contextlib.suppress(NoSuchColumnError):
+                await session.exec(inbox)
+    (plan,) = plans
+    assert not any("messages" in line for line in plan), "\n".join(plan)
+    assert not any("Seq Scan" in line for line in plan), "\n".join(plan)
+    print("\n".join(plan))
+
+
+async def test_an_agent_sees_the_messages_of_their_and_unassigned_conversations(
+    db: Database, owner_db: Database, org: Organization, agent: Actor, other_agent: Actor
+) -> None:
+    """Given 6 conversations, 2 assigned to the Agent, 2 to another Agent, 2 to nobody
+    when the Agent reads messages (all of them, one conversation's, by id),
+    then exactly those of their and unassigned conversations;
+    reassigned away, a conversation's messages are gone."""
+    messages = await big_workspace(
+        db, owner_db, org.id, conversations=6, messages_each=2, erased=0
+    )
+    await _assigned_thirds(db, owner_db, org, agent, other_agent)
+    async with db.session(org.id) as session:
+        rows = (await session.exec(select(Conversation))).all()
+    mine = {c.id for c in rows if c.assignee_membership_id == agent.membership.id}
+    nobodys = {c.id for c in rows if c.assignee_membership_id is None}
+    theirs = {c.id for c in rows if c.assignee_membership_id == other_agent.membership.id}
+    assert len(mine) == len(nobodys) == len(theirs) == 2
+    visible = mine | nobodys
+
+    async def seen(*criteria: object) -> set[object]:
+        async with db.session(org.id) as session:
+            restrict_to_agent(session, agent.membership.id)
+            query = select(col(Message.id)).where(*criteria)  # type: ignore[arg-type]
+            return set((await session.exec(query)).all())
+
+    expected = {m.id for m in messages if m.conversation_id in visible}
+    assert await seen() == expected
+    for conversation in mine | nobodys | theirs:
+        wanted = {m.id for m in messages if m.conversation_id == conversation}
+        got = await seen(col(Message.conversation_id) == conversation)
+        assert got == (wanted if conversation in visible else set())
+    other = next(m for m in messages if m.conversation_id in theirs)
+    assert await seen(col(Message.id) == other.id) == set()
+
+    moved = next(iter(mine))
+    async with db.session(org.id) as session:
+        await session.exec(
+            update(Conversation)
+            .where(col(Conversation.id) == moved)
+            .values(assignee_membership_id=other_agent.membership.id)
+        )
+    assert await seen(col(Message.conversation_id) == moved) == set()
+    assert await seen() == {m.id for m in messages if m.conversation_id in visible - {moved}}
