@@ -72,13 +72,15 @@ async def test_an_agents_history_read_finds_its_conversation_by_key(
         assert workspace_reads(plan) == [], "\n".join(plan)
 
 
-async def test_an_agents_inbox_list_reads_conversations_in_order(
+async def test_an_agents_lists_read_in_the_order_of_an_index(
     db: Database, owner_db: Database, org: Organization, agent: Actor, other_agent: Actor
 ) -> None:
     """Given the same workspace,
-    when the Agent lists their inbox (newest activity first, a page),
-    then the conversations are read in the order of an index (no sort of the
-    workspace's conversations on SQLite) and the messages are not read."""
+    when the Agent lists their inbox (newest activity first) and their contacts (by
+    name), a page each,
+    then each is read by an index (no sort of all the workspace's rows on SQLite, no
+    sequential scan on PostgreSQL), a contact's visible conversations looked up by the
+    contact, and no message is read."""
     await big_workspace(db, owner_db, org.id)
     await _assigned_thirds(db, owner_db, org, agent, other_agent)
     inbox = (
@@ -86,15 +88,20 @@ async def test_an_agents_inbox_list_reads_conversations_in_order(
         .order_by(col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc())
         .limit(21)
     )
+    contacts = select(Contact).order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(21)
     async with db.session(org.id) as session:
         restrict_to_agent(session, agent.membership.id)
         await prefer_indexes(await session.connection())
         with explained(db) as plans:
-            with contextlib.suppress(NoSuchColumnError):
-                await session.exec(inbox)
-    (plan,) = plans
-    assert not any("messages" in line for line in plan), "\n".join(plan)
-    assert not any("Seq Scan" in line or "TEMP B-TREE" in line for line in plan), "\n".join(plan)
+            for query in (inbox, contacts):
+                with contextlib.suppress(NoSuchColumnError):
+                    await session.exec(query)
+    contacts_plan = plans[1]
+    for plan in plans:
+        assert not any("messages" in line or "Seq Scan" in line for line in plan), "\n".join(plan)
+        assert not any("TEMP B-TREE FOR ORDER BY" in line for line in plan), "\n".join(plan)
+    # A contact's visible conversations by uq_conversations_org_id_contact_id_account_id.
+    assert workspace_reads(contacts_plan) == [], "\n".join(contacts_plan)
 
 
 async def test_an_agent_sees_the_messages_of_their_and_unassigned_conversations(
