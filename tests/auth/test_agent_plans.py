@@ -25,7 +25,9 @@ from weflux.models import Contact, Conversation, Message, Note, Organization
 from weflux.services.conversations import list_messages
 
 
-async def _assigned_thirds(db: Database, owner_db: Database, org: Organization, *agents: Actor) -> None:
+async def _assigned_thirds(
+    db: Database, owner_db: Database, org: Organization, *agents: Actor
+) -> None:
     """A third of the workspace's conversations assigned to each of `agents` (by id
     order), the rest to nobody; statistics gathered again (PostgreSQL)."""
     async with db.session(org.id) as session:
@@ -85,10 +87,14 @@ async def test_an_agents_lists_read_in_the_order_of_an_index(
     await _assigned_thirds(db, owner_db, org, agent, other_agent)
     inbox = (
         select(Conversation)
-        .order_by(col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc())
+        .order_by(
+            col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc()
+        )
         .limit(21)
     )
-    contacts = select(Contact).order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(21)
+    contacts = (
+        select(Contact).order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(21)
+    )
     async with db.session(org.id) as session:
         restrict_to_agent(session, agent.membership.id)
         await prefer_indexes(await session.connection())
@@ -111,9 +117,7 @@ async def test_an_agent_sees_the_messages_of_their_and_unassigned_conversations(
     when the Agent reads messages (all of them, one conversation's, by id),
     then exactly those of their and unassigned conversations;
     reassigned away, a conversation's messages are gone."""
-    messages = await big_workspace(
-        db, owner_db, org.id, conversations=6, messages_each=2, erased=0
-    )
+    messages = await big_workspace(db, owner_db, org.id, conversations=6, messages_each=2, erased=0)
     await _assigned_thirds(db, owner_db, org, agent, other_agent)
     async with db.session(org.id) as session:
         rows = (await session.exec(select(Conversation))).all()
