@@ -21,7 +21,7 @@ from tests.fixtures.plans import (
 )
 from weflux.auth.scoping import restrict_to_agent
 from weflux.db import Database
-from weflux.models import Contact, Conversation, Message, Note, Organization
+from weflux.models import Contact, Conversation, Message, Note, Organization, utcnow
 from weflux.services.conversations import list_messages
 
 
@@ -110,44 +110,60 @@ async def test_an_agents_lists_read_in_the_order_of_an_index(
     assert workspace_reads(contacts_plan) == [], "\n".join(contacts_plan)
 
 
-async def test_an_agent_sees_the_messages_of_their_and_unassigned_conversations(
+async def test_an_agent_sees_the_messages_and_contacts_of_their_and_unassigned_conversations(
     db: Database, owner_db: Database, org: Organization, agent: Actor, other_agent: Actor
 ) -> None:
-    """Given 6 conversations, 2 assigned to the Agent, 2 to another Agent, 2 to nobody
-    when the Agent reads messages (all of them, one conversation's, by id),
-    then exactly those of their and unassigned conversations;
-    reassigned away, a conversation's messages are gone."""
+    """Given 6 conversations (a contact each), 2 assigned to the Agent, 2 to another
+    Agent, 2 to nobody,
+    when each Agent reads messages (all, one conversation's, by id) and contacts,
+    then exactly those of their own and unassigned conversations; reassigned, a
+    conversation's messages and contact move from one Agent to the other; erased, they
+    are gone for both."""
     messages = await big_workspace(db, owner_db, org.id, conversations=6, messages_each=2, erased=0)
     await _assigned_thirds(db, owner_db, org, agent, other_agent)
     async with db.session(org.id) as session:
         rows = (await session.exec(select(Conversation))).all()
-    mine = {c.id for c in rows if c.assignee_membership_id == agent.membership.id}
+    contact_of = {c.id: c.contact_id for c in rows}
+    mine, theirs = (
+        {c.id for c in rows if c.assignee_membership_id == actor.membership.id}
+        for actor in (agent, other_agent)
+    )
     nobodys = {c.id for c in rows if c.assignee_membership_id is None}
-    theirs = {c.id for c in rows if c.assignee_membership_id == other_agent.membership.id}
-    assert len(mine) == len(nobodys) == len(theirs) == 2
-    visible = mine | nobodys
+    assert [len(mine), len(theirs), len(nobodys)] == [2, 2, 2]
 
-    async def seen(*criteria: object) -> set[object]:
+    async def seen(actor: Actor, *criteria: object) -> set[object]:
         async with db.session(org.id) as session:
-            restrict_to_agent(session, agent.membership.id)
+            restrict_to_agent(session, actor.membership.id)
             query = select(col(Message.id)).where(*criteria)  # type: ignore[arg-type]
             return set((await session.exec(query)).all())
 
-    expected = {m.id for m in messages if m.conversation_id in visible}
-    assert await seen() == expected
-    for conversation in mine | nobodys | theirs:
-        wanted = {m.id for m in messages if m.conversation_id == conversation}
-        got = await seen(col(Message.conversation_id) == conversation)
-        assert got == (wanted if conversation in visible else set())
-    other = next(m for m in messages if m.conversation_id in theirs)
-    assert await seen(col(Message.id) == other.id) == set()
+    async def contacts(actor: Actor) -> set[object]:
+        async with db.session(org.id) as session:
+            restrict_to_agent(session, actor.membership.id)
+            return set((await session.exec(select(col(Contact.id)))).all())
 
-    moved = next(iter(mine))
+    async def check(actor: Actor, visible: set[object]) -> None:
+        assert await seen(actor) == {m.id for m in messages if m.conversation_id in visible}
+        assert await contacts(actor) == {contact_of[c] for c in visible}
+        for conversation in contact_of:
+            wanted = {m.id for m in messages if m.conversation_id == conversation}
+            got = await seen(actor, col(Message.conversation_id) == conversation)
+            assert got == (wanted if conversation in visible else set())
+        hidden = next(m for m in messages if m.conversation_id not in visible)
+        assert await seen(actor, col(Message.id) == hidden.id) == set()
+
+    await check(agent, mine | nobodys)
+    await check(other_agent, theirs | nobodys)
+
+    moved, erased = next(iter(mine)), next(iter(nobodys))
     async with db.session(org.id) as session:
         await session.exec(
             update(Conversation)
             .where(col(Conversation.id) == moved)
             .values(assignee_membership_id=other_agent.membership.id)
         )
-    assert await seen(col(Message.conversation_id) == moved) == set()
-    assert await seen() == {m.id for m in messages if m.conversation_id in visible - {moved}}
+        await session.exec(
+            update(Conversation).where(col(Conversation.id) == erased).values(erased_at=utcnow())
+        )
+    await check(agent, mine - {moved} | nobodys - {erased})
+    await check(other_agent, theirs | {moved} | nobodys - {erased})
