@@ -6,6 +6,7 @@ PostgreSQL with statistics); an Agent's inbox list keeps its index."""
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 from sqlalchemy import update
 from sqlalchemy.exc import NoSuchColumnError
@@ -131,18 +132,18 @@ async def test_an_agent_sees_the_messages_and_contacts_of_their_and_unassigned_c
     nobodys = {c.id for c in rows if c.assignee_membership_id is None}
     assert [len(mine), len(theirs), len(nobodys)] == [2, 2, 2]
 
-    async def seen(actor: Actor, *criteria: object) -> set[object]:
+    async def seen(actor: Actor, *criteria: object) -> set[uuid.UUID]:
         async with db.session(org.id) as session:
             restrict_to_agent(session, actor.membership.id)
             query = select(col(Message.id)).where(*criteria)  # type: ignore[arg-type]
             return set((await session.exec(query)).all())
 
-    async def contacts(actor: Actor) -> set[object]:
+    async def contacts(actor: Actor) -> set[uuid.UUID]:
         async with db.session(org.id) as session:
             restrict_to_agent(session, actor.membership.id)
             return set((await session.exec(select(col(Contact.id)))).all())
 
-    async def check(actor: Actor, visible: set[object]) -> None:
+    async def check(actor: Actor, visible: set[uuid.UUID]) -> None:
         assert await seen(actor) == {m.id for m in messages if m.conversation_id in visible}
         assert await contacts(actor) == {contact_of[c] for c in visible}
         for conversation in contact_of:
