@@ -49,7 +49,8 @@ async def test_an_agents_history_read_finds_its_conversation_by_key(
 ) -> None:
     """Given a workspace of 960 messages in 120 conversations, a third assigned to the
     Agent, a third to another Agent,
-    when the Agent reads one conversation's history, its notes and its contact,
+    when the Agent reads one conversation's history, its notes and its contact, and a
+    live event's message with its conversation,
     then no step reads every conversation or message of the workspace: the Agent's
     condition looks the conversation up by its primary key."""
     messages = await big_workspace(db, owner_db, org.id)
@@ -70,7 +71,14 @@ async def test_an_agents_history_read_finds_its_conversation_by_key(
                 await session.exec(select(Note).where(col(Note.conversation_id) == conversation))
             with contextlib.suppress(NoSuchColumnError):
                 await session.exec(select(Contact).where(col(Contact.id).in_([contact])))
-    assert len(plans) == 3
+            # A live messageAdded's read for an Agent (weflux.gql.live).
+            with contextlib.suppress(NoSuchColumnError):
+                await session.exec(
+                    select(Message, Conversation)
+                    .join(Conversation, col(Conversation.id) == col(Message.conversation_id))
+                    .where(col(Message.id) == messages[-1].id)
+                )
+    assert len(plans) == 4
     for plan in plans:
         assert workspace_reads(plan) == [], "\n".join(plan)
 
