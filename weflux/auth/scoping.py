@@ -40,6 +40,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     event,
+    exists,
     func,
     inspect,
     or_,
@@ -50,7 +51,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import ORMExecuteState, Session, SessionTransaction, with_loader_criteria
+from sqlalchemy.orm import (
+    ORMExecuteState,
+    Session,
+    SessionTransaction,
+    aliased,
+    with_loader_criteria,
+)
 from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
 from sqlalchemy.sql.selectable import CTE
@@ -298,17 +305,23 @@ def _agent_criterion(model: Any, agent: uuid.UUID) -> Any | None:
     def visible_conversation(cls: Any) -> Any:
         return or_(cls.assignee_membership_id == agent, cls.assignee_membership_id.is_(None))
 
+    # A row's conversation is looked up by key (correlated EXISTS: the primary key, or the
+    # contact's conversations by uq_conversations_org_id_contact_id_account_id), where an
+    # IN list of the visible conversations read every conversation of the workspace on
+    # SQLite for each statement. An alias, never the statement's own conversations; it
+    # gets the workspace and tombstone criteria like any Conversation.
+    visible = aliased(Conversation, name="visible_conversation")
+    assignee = col(visible.assignee_membership_id)
+
     def in_visible_conversation(cls: Any) -> Any:
-        assignee = col(Conversation.assignee_membership_id)
-        visible = select(col(Conversation.id)).where(or_(assignee == agent, assignee.is_(None)))
-        return cls.conversation_id.in_(visible)
+        return exists().where(
+            col(visible.id) == cls.conversation_id, or_(assignee == agent, assignee.is_(None))
+        )
 
     def with_visible_conversation(cls: Any) -> Any:
-        assignee = col(Conversation.assignee_membership_id)
-        visible = select(col(Conversation.contact_id)).where(
-            or_(assignee == agent, assignee.is_(None))
+        return exists().where(
+            col(visible.contact_id) == cls.id, or_(assignee == agent, assignee.is_(None))
         )
-        return cls.id.in_(visible)
 
     if model is Conversation:
         return with_loader_criteria(model, visible_conversation, include_aliases=True)
