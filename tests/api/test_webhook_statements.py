@@ -124,6 +124,7 @@ async def test_a_one_status_webhook_runs_few_statements(
     assert len(seen) == {"sqlite": 3, "postgresql": 4}[dialect]
 
 
+@pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
     client: httpx.AsyncClient,
     app: Any,
@@ -138,8 +139,6 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
     it run on the event loop's thread, and its COMMIT alone takes a hand-off to
     aiosqlite's (weflux.sqlite_driver), the status lookup and UPDATE included (bounded:
     tests/services/test_status_plans.py)."""
-    if dialect != "sqlite":
-        pytest.skip("SQLite's driver")
     await _statements(client, app, "16505550000")
     wamid = wh.new_wamid()
     await outbound_message(db, channel.org_id, wamid)
