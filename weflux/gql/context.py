@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
@@ -16,6 +17,7 @@ from weflux.auth.guard import PasswordGuard
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
+from weflux.client_ip import request_meta
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.errors import Unauthenticated
@@ -29,6 +31,9 @@ from weflux.realtime.hub import Hub
 from weflux.services.audit import RequestMeta
 from weflux.services.channels import Services as ChannelServices
 from weflux.throttle.ratelimit import RateLimiter
+
+if TYPE_CHECKING:
+    from weflux.runtime import Runtime
 
 # A subscription runs in its own task: the unit of work of the event being delivered,
 # and its fresh DataLoaders, live in the task's context, never shared between operations.
@@ -65,6 +70,36 @@ class Context:
     mailer: Mailer | None = None
     # Made on first use: a socket's own are rarely used (each operation has fresh ones).
     _loaders: Loaders | None = field(default=None, init=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        request: HTTPConnection,
+        runtime: Runtime,
+        principal: Principal | None,
+        *,
+        session: AsyncSession | None = None,
+        mailer: Mailer | None = None,
+    ) -> Context:
+        """The context of `request` (an HTTP request or a socket) served by `runtime`."""
+        return cls(
+            request=request,
+            settings=runtime.settings,
+            db=runtime.db,
+            authenticator=runtime.authenticator,
+            broker=runtime.broker,
+            password_guard=runtime.password_guard,
+            channel_services=runtime.channel_services,
+            limiter=runtime.limiter,
+            cost_budgets=runtime.cost_budgets,
+            hub=runtime.hub,
+            event_memo=runtime.event_memo,
+            inbox_counts=runtime.inbox_counts,
+            meta=request_meta(request, runtime.trusted_proxies),
+            principal=principal,
+            session=session,
+            mailer=mailer,
+        )
 
     def new_loaders(self) -> Loaders:
         """Fresh DataLoaders that read through whichever unit of work is current (`unit`)."""

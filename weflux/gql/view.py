@@ -39,7 +39,7 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import restrict_to_agent, set_scope
 from weflux.auth.tokens import bearer_token
-from weflux.client_ip import client_ip, request_meta
+from weflux.client_ip import client_ip
 from weflux.db import settle
 from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
@@ -318,21 +318,10 @@ class GraphQLApp(GraphQL[Context, None]):
     async def get_context(self, request: Request | WebSocket, response: Any = None) -> Context:
         runtime = runtime_of(request)
         state = request.scope.get("state", {})
-        return Context(
-            request=request,
-            settings=runtime.settings,
-            db=runtime.db,
-            authenticator=runtime.authenticator,
-            broker=runtime.broker,
-            password_guard=runtime.password_guard,
-            channel_services=runtime.channel_services,
-            limiter=runtime.limiter,
-            cost_budgets=runtime.cost_budgets,
-            hub=runtime.hub,
-            event_memo=runtime.event_memo,
-            inbox_counts=runtime.inbox_counts,
-            meta=request_meta(request, runtime.trusted_proxies),
-            principal=state.get("principal"),
+        return Context.of(
+            request,
+            runtime,
+            state.get("principal"),
             session=state.get(_SESSION),
             mailer=runtime.mailer,
         )
