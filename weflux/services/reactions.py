@@ -123,7 +123,7 @@ async def set_reactions(
     # The reacted messages take a feed position (messageUpdated(after:) replays them).
     dialect = (await session.connection()).dialect.name
     found = (
-        await session.execute(
+        await session.exec(
             update(Message)
             .where(col(Message.wa_message_id).in_(changed))
             .values(**feed_values(dialect, org_id, touch=True))
