@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
+from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.services import TEST_REDIS_URL, eventually
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.realtime.broker import Broker, Handler, InProcessBroker, Message, RedisBroker
 from weflux.runtime import create_redis
 
 
-async def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    """Wait for what another task (the broker's reader) changes."""
-    async with asyncio.timeout(seconds):
-        while not condition():  # noqa: ASYNC110  (state of the broker's reader task)
-            await asyncio.sleep(0.01)
+@contextlib.asynccontextmanager
+async def _two_processes() -> AsyncIterator[tuple[tuple[RedisBroker, Redis], ...]]:
+    """Two started Redis brokers, each on its own client, as two processes would hold."""
+    pairs = []
+    for _ in range(2):
+        redis = create_redis(TEST_REDIS_URL)
+        pairs.append((RedisBroker(redis), redis))
+    try:
+        for broker, _redis in pairs:
+            await broker.start()
+        for broker, _redis in pairs:
+            await broker.wait_connected()
+        yield tuple(pairs)
+    finally:
+        for broker, redis in pairs:
+            await broker.stop()
+            await redis.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -57,11 +70,11 @@ async def test_messages_reach_every_subscriber_of_the_channel(broker: Broker) ->
     await broker.subscribe(channel, await to(second))
     await broker.subscribe(other, await to(elsewhere))
     await broker.publish(channel, {"n": 1, "text": "héllo"})
-    await _eventually(lambda: len(first) == 1 and len(second) == 1)
+    await eventually(lambda: len(first) == 1 and len(second) == 1)
     assert first == second == [{"n": 1, "text": "héllo"}]
     # a later message on the other channel arrives there first: nothing strayed before it
     await broker.publish(other, {"n": 2})
-    await _eventually(lambda: len(elsewhere) == 1)
+    await eventually(lambda: len(elsewhere) == 1)
     assert elsewhere == [{"n": 2}]
 
 
@@ -74,7 +87,7 @@ async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
 
     unsubscribe = await broker.subscribe(channel, handler)
     await broker.publish(channel, {"n": 1})
-    await _eventually(lambda: len(received) == 1)
+    await eventually(lambda: len(received) == 1)
     await unsubscribe()
     await unsubscribe()  # idempotent
     # a handler still subscribed gets the next message: the removed one got nothing then
@@ -85,7 +98,7 @@ async def test_unsubscribe_stops_delivery(broker: Broker) -> None:
 
     await broker.subscribe(channel, witness)
     await broker.publish(channel, {"n": 2})
-    await _eventually(lambda: still == [{"n": 2}])
+    await eventually(lambda: still == [{"n": 2}])
     assert received == [{"n": 1}]
 
 
@@ -102,18 +115,12 @@ async def test_a_failing_handler_does_not_starve_the_others(broker: Broker) -> N
     await broker.subscribe(channel, broken)
     await broker.subscribe(channel, healthy)
     await broker.publish(channel, {"n": 1})
-    await _eventually(lambda: received == [{"n": 1}])
+    await eventually(lambda: received == [{"n": 1}])
 
 
 async def test_redis_broker_delivers_across_connections(require_redis: None) -> None:
     """Two brokers stand for two processes: a message published by one reaches the other."""
-    redis_a, redis_b = create_redis(TEST_REDIS_URL), create_redis(TEST_REDIS_URL)
-    a, b = RedisBroker(redis_a), RedisBroker(redis_b)
-    await a.start()
-    await b.start()
-    try:
-        await a.wait_connected()
-        await b.wait_connected()
+    async with _two_processes() as ((a, _), (b, _)):
         channel = _channel()
         received: list[Message] = []
 
@@ -122,11 +129,7 @@ async def test_redis_broker_delivers_across_connections(require_redis: None) -> 
 
         await b.subscribe(channel, handler)
         await a.publish(channel, {"from": "a"})
-        await _eventually(lambda: received == [{"from": "a"}])
-    finally:
-        for broker, redis in ((a, redis_a), (b, redis_b)):
-            await broker.stop()
-            await redis.aclose()
+        await eventually(lambda: received == [{"from": "a"}])
 
 
 async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
@@ -136,13 +139,7 @@ async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
     webhook-only process) is not subscribed to their channel on Redis, so it neither
     receives nor decodes nor dispatches them: its cost per event is the PUBLISH alone.
     Once something in it listens, it hears them like every other process."""
-    redis_a, redis_b = create_redis(TEST_REDIS_URL), create_redis(TEST_REDIS_URL)
-    a, b = RedisBroker(redis_a), RedisBroker(redis_b)
-    await a.start()
-    await b.start()
-    try:
-        await a.wait_connected()
-        await b.wait_connected()
+    async with _two_processes() as ((a, redis_a), (b, _)):
         channel = _channel()
         heard_by_a: list[str] = []
         dispatch = RedisBroker._dispatch
@@ -161,9 +158,9 @@ async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
         await b.subscribe(channel, on_b)
         assert await redis_a.pubsub_numsub(channel) == [(channel.encode(), 1)]
         await a.publish_many([(channel, {"n": 1}), (channel, {"n": 2})])
-        await _eventually(lambda: received == [{"n": 1}, {"n": 2}])
+        await eventually(lambda: received == [{"n": 1}, {"n": 2}])
         await a.publish(channel, {"n": 3})
-        await _eventually(lambda: len(received) == 3)
+        await eventually(lambda: len(received) == 3)
         assert heard_by_a == []
 
         heard: list[Message] = []
@@ -174,12 +171,8 @@ async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
         await a.subscribe(channel, on_a)
         assert await redis_a.pubsub_numsub(channel) == [(channel.encode(), 2)]
         await a.publish(channel, {"n": 4})
-        await _eventually(lambda: heard == [{"n": 4}] and received[-1] == {"n": 4})
+        await eventually(lambda: heard == [{"n": 4}] and received[-1] == {"n": 4})
         assert heard_by_a == [channel]
-    finally:
-        for broker, redis in ((a, redis_a), (b, redis_b)):
-            await broker.stop()
-            await redis.aclose()
 
 
 async def test_redis_broker_reconnects_resubscribes_and_reports_it(require_redis: None) -> None:
@@ -206,12 +199,12 @@ async def test_redis_broker_reconnects_resubscribes_and_reports_it(require_redis
         broker.on_reconnect(on_reconnect)
 
         await proxy.cut()
-        await _eventually(lambda: not broker.connected)
+        await eventually(lambda: not broker.connected)
         await proxy.restore()
-        await _eventually(lambda: broker.connected and reconnections == [1], seconds=10)
+        await eventually(lambda: broker.connected and reconnections == [1], seconds=10)
 
         await publisher.publish(channel, '{"after": "reconnect"}')
-        await _eventually(lambda: received == [{"after": "reconnect"}])
+        await eventually(lambda: received == [{"after": "reconnect"}])
     finally:
         await broker.stop()
         await redis.aclose()
@@ -234,7 +227,7 @@ async def test_malformed_messages_are_dropped(require_redis: None) -> None:
         await broker.subscribe(channel, handler)
         await redis.publish(channel, "{not json")
         await broker.publish(channel, {"ok": True})
-        await _eventually(lambda: received == [{"ok": True}])
+        await eventually(lambda: received == [{"ok": True}])
     finally:
         await broker.stop()
         await redis.aclose()
@@ -265,7 +258,7 @@ async def test_events_published_while_redis_is_away_go_out_on_reconnection(
         await proxy.cut()
         await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
         await proxy.restore()
-        await _eventually(lambda: received == [{"n": 1}], seconds=10)
+        await eventually(lambda: received == [{"n": 1}], seconds=10)
     finally:
         for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
             await broker.stop()
@@ -303,10 +296,10 @@ async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
 
         await proxy.cut()
         await proxy.restore()
-        await _eventually(lambda: reconnections == [1], seconds=10)
+        await eventually(lambda: reconnections == [1], seconds=10)
 
         await publisher.publish(channel, '{"after": "blip"}')
-        await _eventually(lambda: received == [{"after": "blip"}])
+        await eventually(lambda: received == [{"after": "blip"}])
         assert reconnections == [1]
     finally:
         await broker.stop()

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import Callable
 
 import pytest
 from sqlmodel import select
 
-from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.services import TEST_REDIS_URL, eventually
 from weflux.db import Database
 from weflux.models import Organization
 from weflux.realtime.broker import InProcessBroker, Message, RedisBroker
@@ -77,12 +75,6 @@ async def test_each_transaction_of_a_session_publishes_its_own_events(
     assert sorted(_names(call)[0] for call in broker.calls) == ["first", "second"]
 
 
-async def _eventually(condition: Callable[[], bool], seconds: float = 5.0) -> None:
-    async with asyncio.timeout(seconds):
-        while not condition():  # noqa: ASYNC110  (the listener's reader task)
-            await asyncio.sleep(0.01)
-
-
 async def test_redis_publishes_a_batch_in_order(require_redis: None) -> None:
     publisher_redis, listener_redis = create_redis(TEST_REDIS_URL), create_redis(TEST_REDIS_URL)
     publisher, listener = RedisBroker(publisher_redis), RedisBroker(listener_redis)
@@ -100,7 +92,7 @@ async def test_redis_publishes_a_batch_in_order(require_redis: None) -> None:
         await publisher.publish_many(
             [(channel, {"n": 1}), (other, {"n": 2}), (channel, {"n": 3, "text": "héllo"})]
         )
-        await _eventually(lambda: len(received) == 3)
+        await eventually(lambda: len(received) == 3)
         assert received == [{"n": 1}, {"n": 2}, {"n": 3, "text": "héllo"}]
     finally:
         await listener.stop()

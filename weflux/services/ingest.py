@@ -374,6 +374,23 @@ class _Thread:
     added: int = 0
 
 
+async def _lookup(
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    plain: Any,
+    with_feed: Any,
+    params: dict[str, Any],
+) -> tuple[Sequence[Any], int | None]:
+    """The rows of a lookup with fixed IN lists and, on SQLite, the workspace's highest
+    feed position (`with_feed`: the same lookup with `with_feed_highest`, whose first row
+    carries it; PostgreSQL numbers positions in a trigger)."""
+    if connection.dialect.name == "postgresql":
+        return (await connection.execute(*fixed_lists(plain, params))).all(), None
+    statement, fixed = fixed_lists(with_feed, params | {"feed_org": org_id})
+    rows = (await connection.execute(statement, fixed)).all()
+    return rows, int(rows[0].feed_highest)
+
+
 async def _senders(
     connection: AsyncConnection,
     org_id: uuid.UUID,
@@ -388,13 +405,7 @@ async def _senders(
         "wa_ids": [w for _, w in keys if w],
         **scope,
     }
-    highest: int | None = None
-    if connection.dialect.name == "postgresql":
-        rows = (await connection.execute(*fixed_lists(_SENDERS, params))).all()
-    else:
-        statement, fixed = fixed_lists(_SENDERS_AND_FEED, params | {"feed_org": org_id})
-        rows = (await connection.execute(statement, fixed)).all()
-        highest = int(rows[0].feed_highest)
+    rows, highest = await _lookup(connection, org_id, _SENDERS, _SENDERS_AND_FEED, params)
     contacts: dict[uuid.UUID, _Sender] = {}
     threads: list[_Thread] = []
     for row in rows:
@@ -911,13 +922,9 @@ async def _outbound(
         **scope,
     }
     by_id = bool(params["ids"])
-    highest: int | None = None
-    if connection.dialect.name == "postgresql":
-        rows = (await connection.execute(*fixed_lists(_OUTBOUND[by_id], params))).all()
-    else:
-        statement, fixed = fixed_lists(_OUTBOUND_AND_FEED[by_id], params | {"feed_org": org_id})
-        rows = (await connection.execute(statement, fixed)).all()
-        highest = int(rows[0].feed_highest)
+    rows, highest = await _lookup(
+        connection, org_id, _OUTBOUND[by_id], _OUTBOUND_AND_FEED[by_id], params
+    )
     found = [
         _Outbound(
             id=row.id,
