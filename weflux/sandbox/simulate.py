@@ -191,6 +191,7 @@ def _settings(settings: Settings | None) -> Settings:
 async def _channel_target(args: argparse.Namespace, settings: Settings) -> Target:
     """The demo number (or `--channel`), its app secret opened with the local key ring."""
     # deferred: start-up cost (`weflux --help` loads no SQLAlchemy)
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import col, select
 
     from weflux.crypto.fields import open_secret
@@ -211,6 +212,14 @@ async def _channel_target(args: argparse.Namespace, settings: Settings) -> Targe
             account = (
                 await session.exec(statement.order_by(col(WhatsAppAccount.created_at)))
             ).first()
+    except (SQLAlchemyError, OSError) as error:
+        # Run elsewhere than the server (another directory, other settings), the local
+        # database is missing, empty or unreachable: say so instead of a traceback.
+        raise SimulateError(
+            f"cannot read the channels of this database ({type(error).__name__}): run it "
+            "with the server's settings (its directory, or the same WEFLUX_VAR_DIR / "
+            "WEFLUX_DATABASE_URL), or give --app-secret and --channel"
+        ) from None
     finally:
         await db.dispose()
     if account is None:
