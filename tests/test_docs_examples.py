@@ -17,7 +17,10 @@ from graphql import (
     GraphQLInterfaceType,
     GraphQLObjectType,
     GraphQLSchema,
+    Undefined,
     build_schema,
+    get_named_type,
+    is_non_null_type,
     parse,
     validate,
 )
@@ -277,3 +280,51 @@ def test_each_plain_default_of_the_configuration_page_is_the_settings_default() 
         if getattr(load_settings(**required, **{name: value}), name) != getattr(defaults, name):
             wrong.append(f"WEFLUX_{variable}: the page says `{value}`")
     assert wrong == []
+
+
+def test_every_default_another_page_states_is_the_configuration_pages() -> None:
+    """Given the `| WEFLUX_X | default |` rows of pages other than the configuration page
+    When each default is compared with the configuration page's row of that variable
+    Then they agree: a default changed in one place cannot stay stale in another."""
+    reference = dict(_DEFAULT_ROW.findall(CONFIGURATION.read_text(encoding="utf-8")))
+    stale: list[str] = []
+    for page in _pages():
+        if page == CONFIGURATION:
+            continue
+        for variable, value in _DEFAULT_ROW.findall(page.read_text(encoding="utf-8")):
+            if variable in reference and reference[variable] != value:
+                stale.append(f"{page.relative_to(ROOT)}: WEFLUX_{variable} `{value}`")
+    assert stale == []
+
+
+_INPUT_SHAPE = re.compile(r"`(\w+)\((\w+): \{([^}`]*)\}")
+
+
+def test_every_input_shape_the_docs_write_is_the_schemas(schema: GraphQLSchema) -> None:
+    """Given the shapes the docs give mutations, `sendMessage(input: {conversationId, text,
+    clientMessageId?})`
+    When they are compared with the argument's input type in the schema
+    Then each field exists, every required one is listed, and `?` marks only optional ones."""
+    roots = {**schema.query_type.fields, **schema.mutation_type.fields}  # type: ignore[union-attr]
+    problems: list[str] = []
+    for page in _pages():
+        prose = _prose(page.read_text(encoding="utf-8"))
+        for shape in _INPUT_SHAPE.finditer(prose):
+            operation, argument, body = shape.groups()
+            where = f"{page.relative_to(ROOT)}:{_line(prose, shape.start())}: {operation}"
+            field = roots.get(operation)
+            if field is None or argument not in field.args:
+                problems.append(f"{where}: no such field or argument")
+                continue
+            input_type = get_named_type(field.args[argument].type)
+            assert isinstance(input_type, GraphQLInputObjectType), where
+            written = [name.split(":")[0].strip() for name in body.split(",") if name.strip()]
+            named = {name.rstrip("?") for name in written}
+            problems += [f"{where}: no {name}" for name in named - set(input_type.fields)]
+            for name, input_field in input_type.fields.items():
+                required = is_non_null_type(input_field.type) and input_field.default_value is Undefined
+                if required and name not in named:
+                    problems.append(f"{where}: {name} is required")
+                if required and f"{name}?" in written:
+                    problems.append(f"{where}: {name} is marked optional")
+    assert problems == []
