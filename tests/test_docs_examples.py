@@ -328,3 +328,18 @@ def test_every_input_shape_the_docs_write_is_the_schemas(schema: GraphQLSchema) 
                 if required and f"{name}?" in written:
                     problems.append(f"{where}: {name} is marked optional")
     assert problems == []
+
+
+def test_the_cache_key_fields_of_the_frontend_guide_are_each_lists_filters(
+    schema: GraphQLSchema,
+) -> None:
+    """Given the `relayStylePagination([...])` key fields of the realtime guide's cache
+    When they are compared with the arguments of those Query fields, cursors left out
+    Then they are the same: a filter left out would merge filtered pages into the full list."""
+    guide = (DOCS / "realtime.md").read_text(encoding="utf-8")
+    policies = re.findall(r"(\w+): relayStylePagination\(\[([^\]]*)\]\)", guide)
+    assert policies, "the cache policy was not found"
+    query = schema.query_type.fields  # type: ignore[union-attr]
+    for field, keys in policies:
+        filters = set(query[field].args) - {"first", "after", "last", "before"}
+        assert set(re.findall(r'"(\w+)"', keys)) == filters, field
