@@ -117,8 +117,7 @@ def test_every_graphql_example_of_the_docs_is_valid_against_the_schema(
     assert len(documents) >= 5, "the examples were not found"
     problems: list[str] = []
     for where, source in documents:
-        # Placeholders a reader replaces: "<the id from step 3>", "…".
-        document = parse(source)
+        document = parse(source)  # placeholders ("<the id from step 3>") are string values
         for operation in _operations(document):
             problems += [f"{where}: {error.message}" for error in validate(schema, operation)]
     assert problems == []
@@ -205,7 +204,8 @@ def test_every_weflux_command_and_flag_in_the_docs_exists() -> None:
                 problems.append(f"{where}: `{' '.join(path)}` has no subcommand {words[0]!r}")
             options = {option for action in parser._actions for option in action.option_strings}
             flags = _FLAG.findall(command.group(2))
-            problems += [f"{where}: `{' '.join(path)}` has no {flag}" for flag in flags if flag not in options]
+            missing = [flag for flag in flags if flag not in options]
+            problems += [f"{where}: `{' '.join(path)}` has no {flag}" for flag in missing]
             checked += 1
     assert checked >= 30, "the commands were not found"
     assert problems == []
@@ -322,7 +322,8 @@ def test_every_input_shape_the_docs_write_is_the_schemas(schema: GraphQLSchema) 
             named = {name.rstrip("?") for name in written}
             problems += [f"{where}: no {name}" for name in named - set(input_type.fields)]
             for name, input_field in input_type.fields.items():
-                required = is_non_null_type(input_field.type) and input_field.default_value is Undefined
+                required = is_non_null_type(input_field.type)
+                required = required and input_field.default_value is Undefined
                 if required and name not in named:
                     problems.append(f"{where}: {name} is required")
                 if required and f"{name}?" in written:
