@@ -344,3 +344,25 @@ def test_the_cache_key_fields_of_the_frontend_guide_are_each_lists_filters(
     for field, keys in policies:
         filters = set(query[field].args) - {"first", "after", "last", "before"}
         assert set(re.findall(r'"(\w+)"', keys)) == filters, field
+
+
+# Paths the docs name that are not in a checkout on purpose: where a wheel puts migrations.
+NOT_IN_A_CHECKOUT = {"weflux/_migrations"}
+_REPOSITORY_PATH = re.compile(r"(?<![\w/.])((?:weflux|tests|bench|migrations|docker)/[\w./-]*\w)")
+
+
+def test_every_repository_path_the_docs_write_exists() -> None:
+    """Given the paths of the repository that code spans name (`weflux/gql/cost.py`,
+    `tests/media/test_upload_purge_race.py`, `bench/query_cost.py`)
+    When each is looked up in the checkout (a module's `.py` may be left out)
+    Then it is there: a moved or renamed file cannot leave the docs pointing at nothing."""
+    missing: list[str] = []
+    for page in _pages():
+        prose = _prose(page.read_text(encoding="utf-8"))
+        for span in _CODE_SPAN.finditer(prose):
+            for path in _REPOSITORY_PATH.findall(span.group(1)):
+                if path in NOT_IN_A_CHECKOUT:
+                    continue
+                if not (ROOT / path).exists() and not (ROOT / f"{path}.py").exists():
+                    missing.append(f"{page.relative_to(ROOT)}:{_line(prose, span.start())}: {path}")
+    assert missing == []
