@@ -221,13 +221,23 @@ async def test_a_channel_the_database_does_not_have_is_refused_before_sending(
         await simulate(args, live_settings)
 
 
-async def test_a_database_without_the_schema_is_an_error_with_advice_not_a_traceback(
-    tmp_path: Path,
+@pytest.mark.parametrize(
+    "database",
+    [
+        None,  # var/weflux.db under tmp_path: SQLite creates it empty, with no tables
+        "postgresql+asyncpg://postgres@127.0.0.1:1/weflux",  # nothing listens on port 1
+    ],
+    ids=["empty SQLite file", "unreachable PostgreSQL"],
+)
+async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_traceback(
+    tmp_path: Path, database: str | None
 ) -> None:
-    """Given settings whose database is empty (simulate run away from the server's var/)
+    """Given settings whose database is empty or unreachable (simulate run away from the
+    server's directory, or with other settings)
     When the demo number is simulated
     Then it is refused before sending, saying which settings to run it with (exit 2)."""
-    settings = make_settings(tmp_path)  # var/weflux.db under tmp_path: no tables
+    urls = {"database_url": database, "database_migration_url": database} if database else {}
+    settings = make_settings(tmp_path, **urls)
     args = build_parser().parse_args(
         ["simulate", "message", "--text", "Hi", "--url", "http://127.0.0.1:9"]
     )
