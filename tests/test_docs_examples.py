@@ -29,9 +29,12 @@ from starlette.routing import Route, WebSocketRoute
 
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
-from weflux.cli import build_parser
+from weflux.cli import WS_MAX_MESSAGE_BYTES, build_parser
 from weflux.config import generate_encryption_key_entry, load_settings
 from weflux.errors import ErrorCode
+from weflux.gql.schema import MAX_ALIASES, MAX_DEPTH, MAX_TOKENS
+from weflux.gql.view import CONNECTION_INIT_TIMEOUT, MAX_SUBSCRIPTIONS
+from weflux.realtime.hub import QUEUE_LIMIT
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -366,3 +369,29 @@ def test_every_repository_path_the_docs_write_exists() -> None:
                 if not (ROOT / path).exists() and not (ROOT / f"{path}.py").exists():
                     missing.append(f"{page.relative_to(ROOT)}:{_line(prose, span.start())}: {path}")
     assert missing == []
+
+
+def _number(text: str) -> int:
+    return int(text.replace(",", ""))
+
+
+def test_the_limits_the_docs_state_are_the_codes_constants() -> None:
+    """Given the limits of one request and one socket as the limits and realtime pages state
+    them (tokens, depth, aliases; operations in flight, frame size, queue, init timeout)
+    When they are read back from the pages
+    Then each is the constant the code enforces."""
+    limits = (DOCS / "api" / "limits.md").read_text(encoding="utf-8")
+    realtime = (DOCS / "realtime.md").read_text(encoding="utf-8")
+    parsing = re.search(r"([\d,]+) tokens, depth (\d+), (\d+) aliases", limits)
+    assert parsing is not None, "limits.md: the parsing limits were not found"
+    assert [_number(group) for group in parsing.groups()] == [MAX_TOKENS, MAX_DEPTH, MAX_ALIASES]
+    stated = {
+        r"At most (\d+) operations in flight per socket": MAX_SUBSCRIPTIONS,
+        r"A client frame over (\d+) KiB": WS_MAX_MESSAGE_BYTES // 1024,
+        r"no `connection_init` within (\d+) s": CONNECTION_INIT_TIMEOUT,
+        r"whose queue \(([\d,]+) events\) overflows": QUEUE_LIMIT,
+    }
+    for pattern, constant in stated.items():
+        found = re.search(pattern, realtime)
+        assert found is not None, f"realtime.md: {pattern!r} not found"
+        assert _number(found.group(1)) == constant, pattern
