@@ -279,3 +279,24 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
             assert again["data"]["updateConversationStatus"]["status"] == "RESOLVED"
         finally:
             await socket.close()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_a_21st_operation_in_flight_on_one_socket_is_refused_and_the_socket_stays(
+    serve: Serve, admin: Actor
+) -> None:
+    """Given a socket with 20 live subscriptions (docs/realtime.md: at most 20 in flight)
+    When a 21st operation is sent
+    Then it alone gets an `error` frame, and the socket and the 20 stay open."""
+    async with serve() as base_url:
+        socket = await connect(base_url, admin)
+        try:
+            live = [await socket.subscribe("subscription { noteAdded { id } }") for _ in range(20)]
+            await socket.ping()  # the 20 are running: nothing was refused so far
+            refused = await socket.next(await socket.subscribe("{ viewer { id } }"))
+            assert refused["type"] == "error", refused
+            assert refused["payload"][0]["message"] == "Subscription limit reached"
+            await socket.ping()
+            assert all(not socket._pending.get(operation) for operation in live)
+        finally:
+            await socket.close()

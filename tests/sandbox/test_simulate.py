@@ -15,6 +15,7 @@ from sqlmodel import select
 
 from tests.fixtures.live import SECRET
 from tests.fixtures.sandbox import Demo
+from tests.fixtures.settings import make_settings
 from weflux.cli import build_parser
 from weflux.config import Settings
 from weflux.db import Database
@@ -28,7 +29,7 @@ from weflux.models import (
     WebhookEventStatus,
     WhatsAppAccount,
 )
-from weflux.sandbox.simulate import Outcome, report, simulate
+from weflux.sandbox.simulate import Outcome, SimulateError, report, simulate
 
 pytest_plugins = ["tests.fixtures.sandbox"]
 
@@ -213,10 +214,32 @@ async def test_a_body_for_an_unknown_number_is_reported_dropped_and_logged(
 async def test_a_channel_the_database_does_not_have_is_refused_before_sending(
     live: str, demo_workspace: Demo, live_settings: Settings
 ) -> None:
-    from weflux.sandbox.simulate import SimulateError
-
     args = build_parser().parse_args(
         ["simulate", "quality", "--rating", "RED", "--channel", "1234", "--url", live]
     )
     with pytest.raises(SimulateError, match="no live channel"):
         await simulate(args, live_settings)
+
+
+@pytest.mark.parametrize(
+    "database",
+    [
+        None,  # var/weflux.db under tmp_path: SQLite creates it empty, with no tables
+        "postgresql+asyncpg://postgres@127.0.0.1:1/weflux",  # nothing listens on port 1
+    ],
+    ids=["empty SQLite file", "unreachable PostgreSQL"],
+)
+async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_traceback(
+    tmp_path: Path, database: str | None
+) -> None:
+    """Given settings whose database is empty or unreachable (simulate run away from the
+    server's directory, or with other settings)
+    When the demo number is simulated
+    Then it is refused before sending, saying which settings to run it with (exit 2)."""
+    urls = {"database_url": database, "database_migration_url": database} if database else {}
+    settings = make_settings(tmp_path, **urls)
+    args = build_parser().parse_args(
+        ["simulate", "message", "--text", "Hi", "--url", "http://127.0.0.1:9"]
+    )
+    with pytest.raises(SimulateError, match="the server's settings"):
+        await simulate(args, settings)

@@ -188,9 +188,20 @@ def _settings(settings: Settings | None) -> Settings:
     return settings if settings is not None else load_settings()
 
 
+def _unreadable(error: Exception) -> SimulateError:
+    """Run away from the server (another directory, other settings), the local database is
+    missing, empty or unreachable: say so instead of a traceback."""
+    return SimulateError(
+        f"cannot read the channels of this database ({type(error).__name__}): run it with "
+        "the server's settings (its directory, or the same WEFLUX_VAR_DIR / "
+        "WEFLUX_DATABASE_URL), or give --app-secret and --channel"
+    )
+
+
 async def _channel_target(args: argparse.Namespace, settings: Settings) -> Target:
     """The demo number (or `--channel`), its app secret opened with the local key ring."""
     # deferred: start-up cost (`weflux --help` loads no SQLAlchemy)
+    from sqlalchemy.exc import SQLAlchemyError
     from sqlmodel import col, select
 
     from weflux.crypto.fields import open_secret
@@ -198,7 +209,10 @@ async def _channel_target(args: argparse.Namespace, settings: Settings) -> Targe
     from weflux.db import maintenance_database
     from weflux.models import WhatsAppAccount
 
-    db = await maintenance_database(settings.migration_url)
+    try:
+        db = await maintenance_database(settings.migration_url)
+    except (SQLAlchemyError, OSError) as error:
+        raise _unreadable(error) from None
     try:
         async with db.session(all_workspaces="simulate: the channel to write as") as session:
             statement = select(WhatsAppAccount).where(
@@ -211,6 +225,8 @@ async def _channel_target(args: argparse.Namespace, settings: Settings) -> Targe
             account = (
                 await session.exec(statement.order_by(col(WhatsAppAccount.created_at)))
             ).first()
+    except (SQLAlchemyError, OSError) as error:
+        raise _unreadable(error) from None
     finally:
         await db.dispose()
     if account is None:
