@@ -287,7 +287,8 @@ async def test_a_21st_operation_in_flight_on_one_socket_is_refused_and_the_socke
 ) -> None:
     """Given a socket with 20 live subscriptions (docs/realtime.md: at most 20 in flight)
     When a 21st operation is sent
-    Then it alone gets an `error` frame, and the socket and the 20 stay open."""
+    Then it alone gets a coded `error` frame (RATE_LIMITED with the limit), and the socket
+    and the 20 stay open; once one completes, a new operation runs."""
     async with serve() as base_url:
         socket = await connect(base_url, admin)
         try:
@@ -295,8 +296,18 @@ async def test_a_21st_operation_in_flight_on_one_socket_is_refused_and_the_socke
             await socket.ping()  # the 20 are running: nothing was refused so far
             refused = await socket.next(await socket.subscribe("{ viewer { id } }"))
             assert refused["type"] == "error", refused
-            assert refused["payload"][0]["message"] == "Subscription limit reached"
+            assert refused["payload"] == [
+                {
+                    "message": "At most 20 operations may run at once on one socket: "
+                    "complete one first",
+                    "extensions": {"code": "RATE_LIMITED", "limit": 20},
+                }
+            ]
             await socket.ping()
             assert all(not socket._pending.get(operation) for operation in live)
+            await socket.complete(live.pop())
+            await socket.ping()
+            answer = await socket.next(await socket.subscribe("{ viewer { id } }"))
+            assert answer["type"] == "next", answer
         finally:
             await socket.close()

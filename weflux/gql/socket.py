@@ -85,27 +85,37 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             and isinstance(operation_id, str)
             and operation_id not in self.operations
         ):
+            limit = self.max_subscriptions_per_connection
+            if limit is not None and len(self.operations) >= limit:
+                # Strawberry's own refusal has no code; this one is coded, and costs
+                # no request from the rate limits.
+                await self._refuse(
+                    operation_id,
+                    f"At most {limit} operations may run at once on one socket: complete one first",
+                    {"code": ErrorCode.RATE_LIMITED, "limit": limit},
+                )
+                return
             decision = await hit_request_limits(
                 self.context.limiter, self.context.meta.ip, principal
             )
             if not decision.allowed:
-                await self.send_message(
-                    {
-                        "id": operation_id,
-                        "type": "error",
-                        "payload": [
-                            {
-                                "message": "Too many requests",
-                                "extensions": {
-                                    "code": ErrorCode.RATE_LIMITED,
-                                    "retryAfter": decision.retry_after,
-                                },
-                            }
-                        ],
-                    }
+                await self._refuse(
+                    operation_id,
+                    "Too many requests",
+                    {"code": ErrorCode.RATE_LIMITED, "retryAfter": decision.retry_after},
                 )
                 return
         await super().handle_subscribe(message)
+
+    async def _refuse(self, operation_id: str, message: str, extensions: dict[str, Any]) -> None:
+        """Answer one operation with an `error` frame; the socket stays open."""
+        await self.send_message(
+            {
+                "id": operation_id,
+                "type": "error",
+                "payload": [{"message": message, "extensions": extensions}],
+            }
+        )
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
         await super().handle_connection_init(message)
