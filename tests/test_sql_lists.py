@@ -12,7 +12,7 @@ from sqlalchemy import Table, bindparam, event, not_, or_, select
 from tests.fixtures.factories import create_user
 from weflux.db import Database
 from weflux.models import Organization, User
-from weflux.services import ingest
+from weflux.services.ingest import senders
 from weflux.sql_lists import MAX_FIXED_ITEMS, fixed_lists
 
 USERS: Table = User.__table__  # type: ignore[attr-defined]
@@ -80,7 +80,7 @@ def test_each_statement_and_length_has_its_own_variant() -> None:
 LOOKUPS = {
     # A sender by `wa_id` with no `user_id`: the unique (org_id, wa_id) index.
     "senders": (
-        ingest._SENDERS_AND_FEED,
+        senders._SENDERS_AND_FEED,
         {"user_ids": [], "wa_ids": ["4930123"]},
         "uq_contacts_org_id_wa_id",
         "ix_contacts_org_id_name",

@@ -41,7 +41,8 @@ from weflux.models import (
     utcnow,
 )
 from weflux.runtime import runtime_of
-from weflux.services import ingest, webhook_queue
+from weflux.services import webhook_queue
+from weflux.services.ingest import process
 
 PLATFORM_SECRET = "platform-app-secret-0123456789"
 PLATFORM_VERIFY = "platform-verify-token-0123"
@@ -585,12 +586,12 @@ async def test_a_processing_failure_is_recorded_and_retried(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
 
-    original = ingest._process_share
+    original = process._process_share
 
     async def broken(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("database hiccup")
 
-    monkeypatch.setattr(ingest, "_process_share", broken)
+    monkeypatch.setattr(process, "_process_share", broken)
     assert (await post(client, _one_text())).status_code == 200
     async with owner_db.session(all_workspaces="test") as session:
         stored = (await session.exec(select(WebhookEvent))).one()
@@ -598,7 +599,7 @@ async def test_a_processing_failure_is_recorded_and_retried(
     assert "hiccup" in (stored.last_error or "")
     assert await _messages(db, org.id) == []
 
-    monkeypatch.setattr(ingest, "_process_share", original)
+    monkeypatch.setattr(process, "_process_share", original)
     async with owner_db.session(all_workspaces="test") as session:
         due = await session.get(WebhookEvent, stored.id)
         assert due is not None

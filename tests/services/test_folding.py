@@ -17,7 +17,7 @@ from weflux.auth.scoping import SCOPE_ORG, TenantScopeError, core_scope, core_sc
 from weflux.db import Database
 from weflux.models import AuditEvent, Contact, Organization, new_id, utcnow
 from weflux.services import folding
-from weflux.services.ingest import _UPDATE_CONTACTS
+from weflux.services.ingest.writes import _UPDATE_CONTACTS
 
 _CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
 _AUDIT: Table = AuditEvent.__table__  # type: ignore[attr-defined]

@@ -24,7 +24,7 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
-from weflux.services import ingest
+from weflux.services.ingest import inbound, senders
 
 
 async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -178,7 +178,7 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
     and one message."""
     org_id, sender = number.org_id, "4915100000077"
     lookups: list[int] = []
-    real = ingest._senders
+    real = senders._senders
 
     async def raced(*args: Any) -> Any:
         found = await real(*args)
@@ -188,7 +188,7 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
                 await create_contact(session, wa_id=sender)
         return found
 
-    monkeypatch.setattr(ingest, "_senders", raced)
+    monkeypatch.setattr(inbound, "_senders", raced)
     now = int(utcnow().timestamp())
     await receive(client, number, wh.text_message("wamid.race-1", from_wa_id=sender, timestamp=now))
     assert lookups == [0, 1]  # new at first, known on the retry

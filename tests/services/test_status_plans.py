@@ -18,13 +18,13 @@ from tests.fixtures.plans import big_workspace, explained, prefer_indexes, works
 from weflux.auth.scoping import core_scope, core_scope_params
 from weflux.db import Database
 from weflux.models import Conversation, Message, Organization
-from weflux.services import ingest
+from weflux.services.ingest import statuses
 
 _FEED = "CO-ROUTINE feed"  # the workspace's highest feed position (SQLite): its own plan
 
 
 def _lookup(sqlite: bool, by_id: bool) -> Any:
-    return ingest._OUTBOUND_AND_FEED[by_id] if sqlite else ingest._OUTBOUND[by_id]
+    return statuses._OUTBOUND_AND_FEED[by_id] if sqlite else statuses._OUTBOUND[by_id]
 
 
 async def test_the_status_lookup_and_update_find_messages_by_key(
@@ -55,7 +55,7 @@ async def test_the_status_lookup_and_update_find_messages_by_key(
                 ids = [messages[0].id] if by_id else []
                 params = {"wamids": [messages[-1].wa_message_id], "ids": ids}
                 await connection.execute(_lookup(sqlite, by_id), params | scope | feed)
-            await connection.execute(ingest._UPDATE_STATUSES[sqlite], row | scope)
+            await connection.execute(statuses._UPDATE_STATUSES[sqlite], row | scope)
     assert len(plans) == 3
     for plan in plans:
         assert workspace_reads(plan, skip=_FEED) == [], "\n".join(plan)

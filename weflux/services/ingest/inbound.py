@@ -1,0 +1,213 @@
+"""A share's inbound messages: their senders, conversations, messages and media files."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import col
+from sqlmodel import select as sqlmodel_select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.crossings import Route
+from weflux.auth.scoping import core_scope_params
+from weflux.config import Settings
+from weflux.media.kinds import MEDIA_KINDS, normal_mime_type
+from weflux.models import (
+    MediaOrigin,
+    MediaStatus,
+    Message,
+    MessageDirection,
+    MessageStatus,
+    contact_reactor,
+    new_id,
+    utcnow,
+)
+from weflux.realtime.broker import Broker
+from weflux.realtime.events import EventName, publish_after_commit
+from weflux.services import folding, reactions
+from weflux.services.ingest.senders import (
+    _contact_key,
+    _contacts,
+    _conversations,
+    _senders,
+    _Thread,
+)
+from weflux.services.ingest.writes import _hold, _rows, _send_held, _send_separately
+from weflux.services.outbound import opt_change
+from weflux.whatsapp.parser import InboundMessage
+
+# session.info: process without first asking which wamids are stored; a redelivered
+# message then breaks the unique (org_id, wa_message_id) index, and the event is processed
+# again, asking (`_optimistically`). Redeliveries are rare: most events save a statement.
+_OPTIMISTIC_KEY = "weflux.ingest.optimistic"
+
+
+def _media_file(
+    org_id: uuid.UUID, message_id: uuid.UUID, message: InboundMessage, now: datetime
+) -> dict[str, Any] | None:
+    """The download job of a media message's file (weflux.media.download): due at once."""
+    media = message.media
+    if media is None or media.id is None or message.type not in MEDIA_KINDS:
+        return None
+    return {
+        "id": new_id(),
+        "org_id": org_id,
+        "origin": MediaOrigin.INBOUND,
+        "message_id": message_id,
+        "kind": message.type,
+        "wa_media_id": media.id,
+        "mime_type": normal_mime_type(media.mime_type),
+        "sha256": media.sha256,
+        "caption": media.caption,
+        "filename": media.filename,
+        "status": MediaStatus.PENDING,
+        "next_attempt_at": now,
+        "created_at": now,
+    }
+
+
+def _media(message: InboundMessage) -> dict[str, Any] | None:
+    media = message.media
+    if media is None:
+        return None
+    values = {
+        "id": media.id,
+        "mime_type": media.mime_type,
+        "sha256": media.sha256,
+        "caption": media.caption,
+        "filename": media.filename,
+        "voice": media.voice,
+        "animated": media.animated,
+    }
+    return {k: v for k, v in values.items() if v not in (None, False)}
+
+
+def _payload(message: InboundMessage) -> dict[str, Any]:
+    payload: dict[str, Any] = {"raw": message.raw}
+    if message.forwarded or message.frequently_forwarded:
+        payload["forwarded"] = True
+        payload["frequently_forwarded"] = message.frequently_forwarded
+    if message.referral:
+        payload["referral"] = message.referral
+    if message.errors:
+        payload["errors"] = [
+            {"code": e.code, "title": e.title, "details": e.details} for e in message.errors
+        ]
+    return payload
+
+
+async def _ingest_messages(
+    session: AsyncSession,
+    broker: Broker,
+    settings: Settings,
+    org_id: uuid.UUID,
+    items: Sequence[tuple[InboundMessage, Route]],
+) -> None:
+    unique: dict[str, tuple[InboundMessage, Route]] = {}
+    for message, account in items:
+        unique.setdefault(message.wa_message_id, (message, account))
+    known: set[str | None] = set()
+    if not session.sync_session.info.get(_OPTIMISTIC_KEY):
+        known = set(
+            (
+                await session.exec(
+                    sqlmodel_select(Message.wa_message_id).where(
+                        col(Message.wa_message_id).in_(list(unique))
+                    )
+                )
+            ).all()
+        )
+    fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
+    if not fresh:
+        return
+    connection = await session.connection()
+    scope = core_scope_params(session)
+    now = utcnow()
+    senders, their_conversations, highest = await _senders(
+        connection, org_id, scope, [m for m, _ in fresh]
+    )
+    contacts = _contacts([m for m, _ in fresh], senders, now)
+    pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
+    conversations = _conversations(pairs, their_conversations)
+    touched: dict[uuid.UUID, _Thread] = {}
+    added: list[dict[str, Any]] = []
+    reacted: list[reactions.ReactionChange] = []
+    media_files: list[dict[str, Any]] = []
+    for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
+        contact = contacts[_contact_key(message)]
+        conversation = conversations[(contact.id, account.account_id)]
+        if message.type == "reaction":
+            # Not a message: it attaches to the one it reacts to (weflux.services.reactions).
+            if message.reaction_to_wa_message_id:
+                reacted.append(
+                    reactions.ReactionChange(
+                        target=message.reaction_to_wa_message_id,
+                        reactor=contact_reactor(contact.id),
+                        conversation_id=conversation.id,
+                        emoji=message.reaction_emoji or "",
+                        at=message.timestamp,
+                        contact_id=contact.id,
+                    )
+                )
+            continue
+        message_id = new_id()
+        media_file = _media_file(org_id, message_id, message, now)
+        added.append(
+            {
+                "id": message_id,
+                "org_id": org_id,
+                "conversation_id": conversation.id,
+                "direction": MessageDirection.INBOUND,
+                "type": message.type,
+                "text": message.text,
+                "media": _media(message),
+                "payload": _payload(message),
+                "status": MessageStatus.RECEIVED,
+                "wa_message_id": message.wa_message_id,
+                "reply_to_wa_message_id": message.reply_to_wa_message_id,
+                "media_file_id": media_file["id"] if media_file is not None else None,
+                "created_at": message.timestamp,
+            }
+        )
+        if media_file is not None:
+            media_files.append(media_file)
+        if (
+            conversation.last_message_at is None
+            or message.timestamp >= conversation.last_message_at
+        ):
+            conversation.last_message_id = message_id
+            conversation.last_message_at = message.timestamp
+        if conversation.last_inbound_at is None or message.timestamp > conversation.last_inbound_at:
+            conversation.last_inbound_at = message.timestamp
+        conversation.added += 1
+        touched[conversation.id] = conversation
+        if message.type == "text":
+            change = opt_change(message.text, settings)
+            if change is not None and contact.opted_out != change:
+                contact.opted_out = change
+                contact.opted_out_at = now if change else None
+                contact.changed = True
+    rows = _rows(org_id, contacts.values(), conversations.values(), added, media_files, now)
+    if connection.dialect.name == "postgresql" and rows.count() <= folding.MAX_ROWS:
+        _hold(session, rows)
+        if reacted:
+            await _send_held(session)  # the reactions' statements may read these messages
+    else:
+        await _send_separately(session, connection, org_id, rows, highest)
+    await reactions.set_reactions(session, broker, org_id, reacted)
+    for row in added:
+        publish_after_commit(
+            session,
+            broker,
+            org_id,
+            EventName.MESSAGE_ADDED,
+            id=row["id"],
+            conversation_id=row["conversation_id"],
+        )
+    for conversation in touched.values():
+        publish_after_commit(
+            session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
+        )

@@ -1,0 +1,213 @@
+"""Processing one webhook event, stored or new, in one transaction: a share per workspace."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import Table, insert
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select as sqlmodel_select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from weflux.auth.crossings import Route
+from weflux.auth.scoping import use_workspace
+from weflux.config import Settings
+from weflux.db import Database
+from weflux.models import (
+    TemplateStatusEvent,
+    WebhookEvent,
+    WebhookEventStatus,
+    new_id,
+    utcnow,
+)
+from weflux.realtime.broker import Broker
+from weflux.services import folding, templates
+from weflux.services.channel_cache import ChannelCache
+from weflux.services.ingest.accounts import _account_changes
+from weflux.services.ingest.inbound import _OPTIMISTIC_KEY, _ingest_messages
+from weflux.services.ingest.routing import _route, _routes, _Share
+from weflux.services.ingest.statuses import _apply_statuses
+from weflux.services.ingest.writes import _send_held
+from weflux.sqlite_driver import inline
+from weflux.whatsapp.parser import parse_webhook
+
+
+async def _process_share(
+    session: AsyncSession, broker: Broker, settings: Settings, org_id: uuid.UUID, share: _Share
+) -> None:
+    await _send_held(session)  # a previous share's, in its workspace
+    # The feed lock first, in the scope's statement: the share writes several feed rows.
+    await use_workspace(session, org_id, feed_lock=bool(share.messages or share.statuses))
+    if share.messages:
+        await _ingest_messages(session, broker, settings, org_id, share.messages)
+        if share.statuses or share.templates or share.quality or share.account:
+            await _send_held(session)
+    if share.statuses:
+        await _apply_statuses(session, broker, org_id, share.statuses)
+    for template in share.templates:
+        session.add(
+            TemplateStatusEvent(
+                org_id=org_id,
+                business_account_id=template.waba_id,
+                template_id=template.template_id,
+                template_name=template.template_name,
+                language=template.language,
+                event=template.event,
+                reason=template.reason,
+            )
+        )
+        await templates.apply_status_update(session, template)
+    await _account_changes(session, broker, org_id, share)
+    await session.flush()
+
+
+async def _optimistically(attempt: Callable[[bool], Awaitable[None]]) -> None:
+    """`attempt(True)`, and if it broke a unique index, `attempt(False)` (a redelivered
+    message, or a sender another event created meanwhile: now read first)."""
+    try:
+        await attempt(True)
+    except IntegrityError:
+        await attempt(False)
+
+
+async def process_event(
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    event_id: uuid.UUID,
+    *,
+    force: bool = False,
+    cache: ChannelCache | None = None,
+) -> bool:
+    """Process one stored event in one transaction; whether it was processed now."""
+    processed = False
+
+    async def attempt(optimistic: bool) -> None:
+        nonlocal processed
+        async with db.session(webhook_event=event_id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic and not force
+            event = (
+                await session.exec(
+                    sqlmodel_select(WebhookEvent)
+                    .where(WebhookEvent.id == event_id)
+                    .with_for_update(skip_locked=True)
+                )
+            ).first()
+            if event is None or (event.status == WebhookEventStatus.PROCESSED and not force):
+                return
+            note = await _apply(session, broker, settings, event.body, event.account_id, cache)
+            await _send_held(session)
+            if note is not None:
+                event.last_error = note
+            event.status = WebhookEventStatus.PROCESSED
+            event.attempts += 1
+            event.processed_at = utcnow()
+            event.next_attempt_at = None
+            processed = True
+
+    await _optimistically(attempt)
+    return processed
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A verified webhook as received, before any row of it exists (a plain object: the
+    hot path builds no ORM instance for it, `store_and_process` INSERTs it with Core)."""
+
+    body: bytes
+    account_id: uuid.UUID | None
+    id: uuid.UUID = field(default_factory=new_id)
+    received_at: datetime = field(default_factory=utcnow)
+    body_sha256: str = ""
+
+    @classmethod
+    def of(cls, body: bytes, account_id: uuid.UUID | None) -> ReceivedEvent:
+        return cls(body, account_id, body_sha256=hashlib.sha256(body).hexdigest())
+
+
+# One cached statement (its compiled form is reused): the event's row, already processed.
+# Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
+_WEBHOOK_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
+_INSERT_PROCESSED_EVENT = inline(insert(_WEBHOOK_EVENTS))
+
+
+async def store_and_process(
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    event: ReceivedEvent,
+    cache: ChannelCache | None = None,
+) -> None:
+    """Store a new verified event and process it, both in one transaction.
+
+    The event is written already processed, so it is durable exactly when its effects
+    are: the caller answers 200 once this returns, and on failure stores the event alone
+    (`weflux.services.webhook_queue.store`) before answering. One transaction instead of
+    two, and no reading back of the row just written (issue 11).
+    """
+
+    async def attempt(optimistic: bool) -> None:
+        async with db.session(webhook_event=event.id) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
+            note = await _apply(session, broker, settings, event.body, event.account_id, cache)
+            # After the share's writes (one Core INSERT, no ORM instance or flush); on
+            # PostgreSQL the statement they are folded into.
+            row = {
+                "id": event.id,
+                "received_at": event.received_at,
+                "account_id": event.account_id,
+                "body": event.body,
+                "body_sha256": event.body_sha256,
+                "status": WebhookEventStatus.PROCESSED,
+                "attempts": 1,
+                "last_error": note,
+                "next_attempt_at": None,
+                "processed_at": utcnow(),
+            }
+            if not await _send_held(session, folding.Insert(_WEBHOOK_EVENTS, [row])):
+                connection = await session.connection()
+                await connection.execute(_INSERT_PROCESSED_EVENT, row)
+
+    await _optimistically(attempt)
+
+
+def received_copy(event: ReceivedEvent) -> WebhookEvent:
+    """A new, unprocessed row of the event as it was received."""
+    return WebhookEvent(
+        id=event.id,
+        received_at=event.received_at,
+        account_id=event.account_id,
+        body=event.body,
+        body_sha256=event.body_sha256,
+    )
+
+
+async def _apply(
+    session: AsyncSession,
+    broker: Broker,
+    settings: Settings,
+    raw: bytes,
+    account_id: uuid.UUID | None,
+    cache: ChannelCache | None,
+) -> str | None:
+    """Process an event's body; what the event's `last_error` should say (None: nothing)."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        body = None
+    parsed = parse_webhook(body)
+    note = None
+    if body is None or parsed.unknown:
+        note = "not JSON" if body is None else f"{len(parsed.unknown)} part(s) not understood"
+    routes: list[Route] = []
+    if parsed.phone_number_ids or parsed.waba_ids:
+        routes = await _routes(session, parsed, account_id, cache)
+    shares = _route(parsed, routes)
+    for org_id, share in shares.items():
+        await _process_share(session, broker, settings, org_id, share)
+    return note

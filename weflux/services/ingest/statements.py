@@ -1,0 +1,49 @@
+"""The Core tables and statement helpers that inbound messages and statuses share."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import Table, bindparam
+from sqlalchemy import update as update_of
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from weflux.auth.scoping import core_scope
+from weflux.models import Contact, Conversation, MediaFile, Message
+from weflux.sql_lists import fixed_lists
+
+_CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
+_CONVERSATIONS: Table = Conversation.__table__  # type: ignore[attr-defined]
+_MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
+_MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
+
+
+def _feed_update(table: Table, key: str, values: dict[str, Any]) -> dict[bool, Any]:
+    """UPDATE of one row by id (parameter `key`), confined by `core_scope`; keyed by
+    whether the engine is SQLite, where the row also takes its feed position (parameter
+    `position`: `reserve_feed_positions`); PostgreSQL's trigger sets it there."""
+    return {
+        sqlite: update_of(table)
+        .where(table.c.id == bindparam(key), core_scope(table))
+        .values({**values, "update_seq": bindparam("position")} if sqlite else values)
+        for sqlite in (True, False)
+    }
+
+
+async def _lookup(
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    plain: Any,
+    with_feed: Any,
+    params: dict[str, Any],
+) -> tuple[Sequence[Any], int | None]:
+    """The rows of a lookup with fixed IN lists and, on SQLite, the workspace's highest
+    feed position (`with_feed`: the same lookup with `with_feed_highest`, whose first row
+    carries it; PostgreSQL numbers positions in a trigger)."""
+    if connection.dialect.name == "postgresql":
+        return (await connection.execute(*fixed_lists(plain, params))).all(), None
+    statement, fixed = fixed_lists(with_feed, params | {"feed_org": org_id})
+    rows = (await connection.execute(statement, fixed)).all()
+    return rows, int(rows[0].feed_highest)
