@@ -8,6 +8,11 @@ then followed by `sent`, `delivered` and `read` status webhooks, signed with the
 channel's app secret and posted to the app's own `/webhooks/whatsapp/{webhookKey}`
 (the real intake, in process), after the delays of `WEFLUX_SANDBOX_STATUS_DELAYS`.
 
+It also holds the images a customer sends (`POST /sandbox/media`, the oldest dropped
+past `MEDIA_KEEP_FILES` or `MEDIA_KEEP_BYTES`), which the worker's media download fetches
+as from Meta. It knows the numbers of sandbox channels and any number a send names; a
+`GET` of another id answers Meta's error 100/33 (no such object), a permanent failure.
+
 Magic recipients (the number the business sends to):
 
 - ending in `0131049`: accepted, `sent`, then `failed` with Meta's error 131049
