@@ -53,9 +53,7 @@ async def _image_message(db: Database, workspace: Demo) -> Message:
     async with asyncio.timeout(10):
         while True:
             async with db.session(workspace.account.org_id) as session:
-                found = (
-                    await session.exec(select(Message).where(Message.type == "image"))
-                ).first()
+                found = (await session.exec(select(Message).where(Message.type == "image"))).first()
             if found is not None:
                 return found
             await asyncio.sleep(0.05)
@@ -110,7 +108,9 @@ async def test_a_simulated_image_downloads_and_is_served_with_its_bytes(
 async def test_an_image_is_held_and_its_digest_answered(
     http: httpx.AsyncClient, content_type: str, body: bytes
 ) -> None:
-    response = await http.post("/sandbox/media", content=body, headers={"Content-Type": content_type})
+    response = await http.post(
+        "/sandbox/media", content=body, headers={"Content-Type": content_type}
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["sha256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
@@ -134,7 +134,9 @@ async def test_an_image_is_held_and_its_digest_answered(
 async def test_a_body_that_is_not_the_declared_image_is_refused(
     http: httpx.AsyncClient, content_type: str, body: bytes, status: int, code: str
 ) -> None:
-    response = await http.post("/sandbox/media", content=body, headers={"Content-Type": content_type})
+    response = await http.post(
+        "/sandbox/media", content=body, headers={"Content-Type": content_type}
+    )
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
 
@@ -196,7 +198,9 @@ async def test_outside_development_there_is_no_media_route_and_simulate_says_so(
         meta_app_secret=SECRET,
     )
     async with live_server(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
-        posted = await http.post("/sandbox/media", content=PNG, headers={"Content-Type": "image/png"})
+        posted = await http.post(
+            "/sandbox/media", content=PNG, headers={"Content-Type": "image/png"}
+        )
         assert posted.status_code == 404
         image = tmp_path / "photo.png"
         image.write_bytes(PNG)

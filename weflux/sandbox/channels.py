@@ -168,7 +168,7 @@ class SandboxCloudApi(FakeCloudApi):
         return response
 
     def _trim_media(self) -> None:
-        """Drop the oldest files past `MEDIA_KEEP_FILES` or `MEDIA_KEEP_BYTES` (never the newest)."""
+        """Drop the oldest files past `MEDIA_KEEP_FILES` or `MEDIA_KEEP_BYTES` (not the newest)."""
         total = sum(len(media.content) for media in self.media.values())
         while len(self.media) > 1 and (
             len(self.media) > MEDIA_KEEP_FILES or total > MEDIA_KEEP_BYTES
