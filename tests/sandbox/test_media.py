@@ -27,7 +27,7 @@ from weflux.ids import encode_global_id
 from weflux.models import Message, Role
 from weflux.sandbox.channels import MEDIA_KEEP_BYTES, MEDIA_KEEP_FILES, Sandbox
 from weflux.sandbox.page import MAX_MEDIA_BYTES
-from weflux.sandbox.simulate import report, simulate
+from weflux.sandbox.simulate import SimulateError, report, simulate
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
 pytest_plugins = ["tests.fixtures.sandbox"]
@@ -271,3 +271,21 @@ async def test_the_sandbox_keeps_media_within_its_byte_bound(tmp_path: Path) -> 
         assert ids[0] not in sandbox.api.media
     finally:
         await sandbox.aclose()
+
+
+async def test_simulate_stops_with_a_clear_error_when_the_sandbox_refuses_the_file(
+    live: str, demo_workspace: Demo, live_settings: Settings, db: Database, tmp_path: Path
+) -> None:
+    """Given a file named .png that is not a PNG, when simulate posts it, then the server's
+    400 is a SimulateError naming it (exit status 2), and no webhook was sent."""
+    fake = tmp_path / "photo.png"
+    fake.write_bytes(b"<html>not an image</html>")
+    args = build_parser().parse_args(
+        ["simulate", "message", "--from", CUSTOMER, "--image", str(fake), "--url", live]
+    )
+    with pytest.raises(SimulateError) as refused:
+        await simulate(args, live_settings)
+    assert "HTTP 400" in str(refused.value)
+    assert "the bytes are not image/png" in str(refused.value)
+    async with db.session(demo_workspace.account.org_id) as session:
+        assert (await session.exec(select(Message).where(Message.type == "image"))).first() is None

@@ -230,7 +230,7 @@ async def media(request: Request) -> Response:
         return _bad("body", "the image's bytes (1 byte to 5 MB)")
     found = detect(raw[:HEAD_BYTES], None)
     if found is None or found.mime_type != declared:
-        return _bad("body", f"the bytes are not a {declared} file")
+        return _bad("body", f"the bytes are not {declared} (by their first bytes)")
     media_id = sandbox.api.add_media(raw, declared)
     sha256 = base64.b64encode(hashlib.sha256(raw).digest()).decode()
     return JSONResponse({"id": media_id, "sha256": sha256}, headers=NO_STORE)

@@ -27,7 +27,7 @@ import json
 import mimetypes
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,7 +107,16 @@ def _digits(number: str) -> str:
     return digits
 
 
-def read_image(path: Path) -> tuple[bytes, str]:
+@dataclass(frozen=True)
+class ImageFile:
+    """`--image`'s file, read once: what is uploaded is what the webhook's SHA-256 names."""
+
+    content: bytes = field(repr=False)
+    mime_type: str
+    media_id: str | None = None  # the sandbox's (POST /sandbox/media), when it took the file
+
+
+def read_image(path: Path) -> ImageFile:
     """A real image file's bytes and its MIME type (by its name), within Meta's limit."""
     try:
         raw = path.read_bytes()
@@ -118,19 +127,16 @@ def read_image(path: Path) -> tuple[bytes, str]:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if mime not in ("image/jpeg", "image/png", "image/webp"):
         raise SimulateError(f"{path} is not a JPEG, PNG or WebP image (by its name)")
-    return raw, mime
+    return ImageFile(raw, mime)
 
 
-def image_payload(
-    path: Path, caption: str | None = None, media_id: str | None = None
-) -> dict[str, Any]:
-    """Meta's image object for a real file: its MIME type and SHA-256, and `media_id` (the
+def image_payload(image: ImageFile, caption: str | None = None) -> dict[str, Any]:
+    """Meta's image object for a real file: its MIME type and SHA-256, and its media id (the
     sandbox's, which the server's download finds) or else a fresh one that nothing holds."""
-    raw, mime = read_image(path)
     payload: dict[str, Any] = {
-        "mime_type": mime,
-        "sha256": base64.b64encode(hashlib.sha256(raw).digest()).decode(),
-        "id": media_id or str(10**15 + secrets.randbelow(9 * 10**15)),
+        "mime_type": image.mime_type,
+        "sha256": base64.b64encode(hashlib.sha256(image.content).digest()).decode(),
+        "id": image.media_id or str(10**15 + secrets.randbelow(9 * 10**15)),
     }
     if caption:
         payload["caption"] = caption
@@ -138,14 +144,14 @@ def image_payload(
 
 
 def message_change(
-    target: Target, args: argparse.Namespace, media_id: str | None = None
+    target: Target, args: argparse.Namespace, image: ImageFile | None = None
 ) -> dict[str, Any]:
-    """The `messages` change of an inbound message from `--from` (`media_id`: `--image`'s)."""
+    """The `messages` change of an inbound message from `--from` (`image`: `--image`'s)."""
     sender = _digits(args.sender)
     if args.text is not None:
         kind, payload = "text", {"body": args.text}
     elif args.image is not None:
-        kind, payload = "image", image_payload(args.image, args.caption, media_id)
+        kind, payload = "image", image_payload(image or read_image(args.image), args.caption)
     elif args.location is not None:
         try:
             latitude, longitude = (float(part) for part in args.location.split(","))
@@ -182,11 +188,11 @@ def status_change(target: Target, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_body(
-    target: Target, args: argparse.Namespace, media_id: str | None = None
+    target: Target, args: argparse.Namespace, image: ImageFile | None = None
 ) -> dict[str, Any]:
     """The notification the subcommand asks for, written for `target`."""
     if args.kind == "message":
-        built = message_change(target, args, media_id)
+        built = message_change(target, args, image)
     elif args.kind == "status":
         built = status_change(target, args)
     elif args.kind == "quality":
@@ -325,18 +331,19 @@ STAYS_LOCAL = (
 )
 
 
-async def upload_image(http: httpx.AsyncClient, base_url: str, path: Path) -> str | None:
+async def upload_image(
+    http: httpx.AsyncClient, base_url: str, path: Path, image: ImageFile
+) -> str | None:
     """Give `--image`'s file to the server's sandbox (`POST /sandbox/media`); its media id,
     or None where the server has no such route (404)."""
     import httpx  # deferred: start-up cost
 
-    raw, mime = read_image(path)
     url = base_url.rstrip("/") + "/sandbox/media"
     try:
         response = await http.post(
             url,
-            content=raw,
-            headers={"Content-Type": mime, "User-Agent": "weflux-simulate"},
+            content=image.content,
+            headers={"Content-Type": image.mime_type, "User-Agent": "weflux-simulate"},
         )
     except httpx.HTTPError as error:
         raise SimulateError(f"could not reach {base_url}: {type(error).__name__}") from None
@@ -361,15 +368,17 @@ async def simulate(args: argparse.Namespace, settings: Settings | None = None) -
     import httpx  # deferred: start-up cost
 
     target = await resolve_target(args, settings)
-    media_id, note = None, None
+    image, note = None, None
+    if args.kind == "message" and args.image is not None:
+        image = read_image(args.image)  # a bad file is refused before anything is sent
     url = args.url.rstrip("/") + target.path
     try:
         async with httpx.AsyncClient(timeout=10) as http:
-            if args.kind == "message" and args.image is not None:
-                read_image(args.image)  # a bad file is refused before anything is sent
-                media_id = await upload_image(http, args.url, args.image)
+            if image is not None:
+                media_id = await upload_image(http, args.url, args.image, image)
+                image = replace(image, media_id=media_id)
                 note = STAYS_LOCAL if media_id is None else None
-            body = build_body(target, args, media_id)
+            body = build_body(target, args, image)
             raw = webhooks.encode(body)
             response = await http.post(
                 url,
