@@ -148,6 +148,7 @@ async def test_production_has_no_sandbox_and_refuses_sandbox_channels(
 
 async def test_the_sandbox_answers_in_metas_shapes_without_a_socket(tmp_path: Path) -> None:
     sandbox = Sandbox(make_settings(tmp_path, sandbox_status_delays="0,0,0"))
+    sandbox.know("912345678901234")  # as `Services.cloud_for` does for a sandbox channel
     try:
         health = await sandbox.client.phone_number_health("912345678901234", "any-token")
         assert health.quality_rating == QualityRating.GREEN

@@ -22,6 +22,8 @@ from weflux.db import Database
 from weflux.models import (
     Contact,
     Conversation,
+    MediaFile,
+    MediaStatus,
     Message,
     MessageDirection,
     MessageStatus,
@@ -70,6 +72,18 @@ async def _inbound(db: Database, workspace: Demo, kind: str) -> Message:
     return found
 
 
+async def _media_failed(db: Database, workspace: Demo, message: Message) -> MediaFile:
+    async def check() -> MediaFile | None:
+        async with db.session(workspace.account.org_id) as session:
+            statement = select(MediaFile).where(
+                MediaFile.message_id == message.id, MediaFile.status == MediaStatus.FAILED
+            )
+            return (await session.exec(statement)).first()
+
+    found: MediaFile = await _eventually(check, within=10.0)
+    return found
+
+
 async def test_simulated_messages_arrive_for_the_demo_number(
     live: str, db: Database, demo_workspace: Demo, live_settings: Settings, tmp_path: Path
 ) -> None:
@@ -86,10 +100,18 @@ async def test_simulated_messages_arrive_for_the_demo_number(
 
     image = tmp_path / "photo.png"
     image.write_bytes(PNG)
-    await _run(live, live_settings, "message", "--from", CUSTOMER, "--image", str(image))
+    # In test (not development) the server has no `POST /sandbox/media`: the file stays here.
+    local = await _run(live, live_settings, "message", "--from", CUSTOMER, "--image", str(image))
+    assert "NOTE: " in report(local)
+    assert "stays local" in report(local)
     photo = await _inbound(db, demo_workspace, "image")
     assert photo.media is not None
     assert photo.media.get("sha256") == base64.b64encode(hashlib.sha256(PNG).digest()).decode()
+    # The sandbox holds no such id: Meta's "no such object", failed at once, not retried.
+    failed = await _media_failed(db, demo_workspace, photo)
+    assert failed.attempts == 1
+    assert failed.failure is not None
+    assert failed.failure.startswith("Refused by WhatsApp: Unsupported get request")
 
     await _run(live, live_settings, "message", "--from", CUSTOMER, "--location", "38.72,-9.14")
     await _inbound(db, demo_workspace, "location")

@@ -8,6 +8,11 @@ then followed by `sent`, `delivered` and `read` status webhooks, signed with the
 channel's app secret and posted to the app's own `/webhooks/whatsapp/{webhookKey}`
 (the real intake, in process), after the delays of `WEFLUX_SANDBOX_STATUS_DELAYS`.
 
+It also holds the images a customer sends (`POST /sandbox/media`, the oldest dropped
+past `MEDIA_KEEP_FILES` or `MEDIA_KEEP_BYTES`), which the worker's media download fetches
+as from Meta. It knows the numbers of sandbox channels and any number a send names; a
+`GET` of another id answers Meta's error 100/33 (no such object), a permanent failure.
+
 Magic recipients (the number the business sends to):
 
 - ending in `0131049`: accepted, `sent`, then `failed` with Meta's error 131049
@@ -34,7 +39,14 @@ from starlette.types import ASGIApp
 
 from weflux.config import Settings
 from weflux.sandbox import webhooks
-from weflux.sandbox.cloud_api import FakeCloudApi, SentRecord, _invalid_token, _token_of
+from weflux.sandbox.cloud_api import (
+    FakeCloudApi,
+    SentRecord,
+    _invalid_token,
+    _Number,
+    _token_of,
+    _unsupported,
+)
 from weflux.whatsapp.client import CloudApiClient
 
 log = logging.getLogger(__name__)
@@ -57,6 +69,10 @@ PRODUCTION_REFUSAL = (
     "(WEFLUX_ENV=production) does not have: disconnect it and connect a real number"
 )
 _KEEP = 200  # recorded requests and sends kept (the fake records every one)
+# Media files held (`POST /sandbox/media`, uploads of sends): the oldest are dropped past
+# this many files or bytes, so a long-running development server does not grow.
+MEDIA_KEEP_FILES = 20
+MEDIA_KEEP_BYTES = 50 * 1024 * 1024
 _DIGITS = re.compile(r"\D")
 
 
@@ -104,19 +120,30 @@ def _shown_text(payload: dict[str, Any]) -> str:
 
 
 class SandboxCloudApi(FakeCloudApi):
-    """The fake Cloud API, where every number is known and any token is accepted."""
+    """The fake Cloud API, where the sandbox's numbers are known and any token is accepted.
+
+    `GET /{id}` of an id that is neither a held media file nor a sandbox channel's number
+    answers Meta's error 100/33 (no such object), so a download of an unknown media id
+    fails at once instead of being retried.
+    """
 
     def __init__(self, sandbox: Sandbox) -> None:
         """A fake that tells `sandbox` of every message it accepts."""
         super().__init__()
         self._sandbox = sandbox
 
-    def _authorize(self, request: Request, node_id: str, verb: str) -> Any:
+    def _known_token(self, request: Request) -> bool:
+        return _token_of(request) is not None  # any token may fetch the sandbox's media
+
+    def _authorize(self, request: Request, node_id: str, verb: str) -> _Number | Response:
         token = _token_of(request)
         if token is None:
             return _invalid_token()
         if node_id not in self.numbers:
             channel = self._sandbox.channels.get(node_id)
+            if channel is None and verb == "get" and node_id not in self._sandbox.numbers:
+                return _unsupported(node_id, verb)
+            # A send or upload names a number by its path: every number may send.
             self.add_number(
                 node_id,
                 access_token=token,
@@ -128,6 +155,26 @@ class SandboxCloudApi(FakeCloudApi):
         number = self.numbers[node_id]
         number.access_token = token
         return number
+
+    def add_media(self, content: bytes, mime_type: str, *, declared_size: int | None = None) -> str:
+        """Hold a file a customer sends (`POST /sandbox/media`); the oldest are dropped."""
+        media_id = super().add_media(content, mime_type, declared_size=declared_size)
+        self._trim_media()
+        return media_id
+
+    async def _upload_media(self, request: Request) -> Response:
+        response = await super()._upload_media(request)
+        self._trim_media()
+        return response
+
+    def _trim_media(self) -> None:
+        """Drop the oldest files past `MEDIA_KEEP_FILES` or `MEDIA_KEEP_BYTES` (not the newest)."""
+        total = sum(len(media.content) for media in self.media.values())
+        while len(self.media) > 1 and (
+            len(self.media) > MEDIA_KEEP_FILES or total > MEDIA_KEEP_BYTES
+        ):
+            oldest = next(iter(self.media))
+            total -= len(self.media.pop(oldest).content)
 
     async def _list_templates(self, request: Request) -> Response:
         """Every sandbox business account lists the demo's templates (`DEMO_TEMPLATES`)."""
@@ -163,6 +210,8 @@ class Sandbox:
         """A sandbox answering at `WEFLUX_META_GRAPH_VERSION`, with the configured delays."""
         self.delays = settings.sandbox_status_delays
         self.channels: dict[str, SandboxChannel] = {}
+        # Sandbox numbers without an app secret (no statuses to post), known all the same.
+        self.numbers: set[str] = set()
         self.api = SandboxCloudApi(self)
         self.client = CloudApiClient(
             SANDBOX_GRAPH_URL,
@@ -191,6 +240,10 @@ class Sandbox:
     def register(self, channel: SandboxChannel) -> None:
         """Know where (and with which secret) to post this channel's statuses."""
         self.channels[channel.phone_number_id] = channel
+
+    def know(self, phone_number_id: str) -> None:
+        """Answer for a sandbox channel's number, even one without an app secret."""
+        self.numbers.add(phone_number_id)
 
     def accepted(self, record: SentRecord) -> None:
         """Start delivering the statuses of an accepted send."""

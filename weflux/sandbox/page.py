@@ -11,7 +11,11 @@ statuses it posted.
   `/sandbox/sandbox.css` its script and style (no inline code: a strict policy);
 - `GET /sandbox/contacts`: the customers the sandbox has seen;
 - `POST /sandbox/messages` `{"phone", "name", "text"}`: the customer writes;
-- `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status.
+- `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status;
+- `POST /sandbox/media`: the raw bytes of an image a customer sends (`Content-Type:
+  image/jpeg`, `image/png` or `image/webp`, matching the bytes; at most 5 MB), held by the
+  sandbox's Cloud API; answers `{"id", "sha256"}` (base64) for an image webhook, whose
+  download then succeeds (`weflux simulate message --image` posts here first).
 
 Unauthenticated, so guarded against DNS rebinding: they answer only when the `Host` header
 names this machine as a developer reaches it (`localhost`, a `*.localhost` name, an IP
@@ -21,6 +25,8 @@ controls that resolves to 127.0.0.1 gets 403 `FORBIDDEN`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import re
 from dataclasses import asdict
@@ -33,9 +39,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from weflux.api.validation import read_body
 from weflux.crypto.fields import open_secret
 from weflux.db import maintenance_database
-from weflux.errors import ErrorCode, error_response
+from weflux.errors import ErrorCode, WefluxError, error_response
+from weflux.media.detect import HEAD_BYTES, detect
 from weflux.models import WhatsAppAccount
 from weflux.runtime import runtime_of
 from weflux.sandbox.channels import Sandbox, SandboxChannel
@@ -56,6 +64,8 @@ PAGE_CSP = "; ".join(
 NO_STORE = {"Cache-Control": "no-store"}
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
+MAX_MEDIA_BYTES = 5 * 1024 * 1024  # Meta's limit for images
+MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
 def _trusted_host(request: Request) -> bool:
@@ -197,6 +207,35 @@ async def messages(request: Request) -> Response:
     return JSONResponse({"id": wamid}, headers=NO_STORE)
 
 
+async def media(request: Request) -> Response:
+    """A customer's image: held by the sandbox's Cloud API, for an image webhook to name."""
+    sandbox = _open(request)
+    if isinstance(sandbox, Response):
+        return sandbox
+    # Image types only: not a simple (form) type, so another site's page cannot post it
+    # without a CORS preflight, which fails.
+    declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if declared not in MEDIA_TYPES:
+        return error_response(
+            415,
+            ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+            "Content-Type: " + ", ".join(MEDIA_TYPES),
+            headers=NO_STORE,
+        )
+    try:
+        raw = await read_body(request, MAX_MEDIA_BYTES)
+    except WefluxError as error:
+        return error_response(error.status, error.code, error.message, headers=NO_STORE)
+    if not raw:
+        return _bad("body", "the image's bytes (1 byte to 5 MB)")
+    found = detect(raw[:HEAD_BYTES], None)
+    if found is None or found.mime_type != declared:
+        return _bad("body", f"the bytes are not {declared} (by their first bytes)")
+    media_id = sandbox.api.add_media(raw, declared)
+    sha256 = base64.b64encode(hashlib.sha256(raw).digest()).decode()
+    return JSONResponse({"id": media_id, "sha256": sha256}, headers=NO_STORE)
+
+
 def _bad(field: str, message: str) -> Response:
     return error_response(
         400,
@@ -213,4 +252,5 @@ routes = [
     Route("/sandbox/sandbox.css", _static("sandbox.css", "text/css"), methods=["GET"]),
     Route("/sandbox/contacts", contacts, methods=["GET"]),
     Route("/sandbox/messages", messages, methods=["GET", "POST"]),
+    Route("/sandbox/media", media, methods=["POST"]),
 ]

@@ -7,6 +7,11 @@ settings) and posted to that channel's URL `/webhooks/whatsapp/{webhookKey}`.
 the body is signed with that secret and posted to the bare `/webhooks/whatsapp` (the
 platform's Meta app), and no database is read. Timestamps are the current time.
 
+`message --image FILE` first gives the file to the server's sandbox (`POST
+/sandbox/media`, development only), and the webhook names the media id it answers, so the
+server's download of the image succeeds. A server without that route (404) gets a fresh
+media id nothing holds, and the command says the download will fail.
+
 A body naming a number the server has no live channel for is dropped by the server (it
 still answers 200, as to Meta, and logs the drop at WARNING): the command says so.
 """
@@ -16,12 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import mimetypes
 import secrets
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +35,8 @@ from weflux.logs import loggable_target
 from weflux.sandbox import webhooks
 
 if TYPE_CHECKING:
+    import httpx
+
     from weflux.config import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -86,6 +94,7 @@ class Outcome:
     http_status: int
     answer: str
     dropped: str | None
+    note: str | None = None  # e.g. `--image`'s file kept local: its download will fail
 
 
 # -- bodies -------------------------------------------------------------------------------
@@ -98,11 +107,17 @@ def _digits(number: str) -> str:
     return digits
 
 
-def image_payload(path: Path, caption: str | None = None) -> dict[str, Any]:
-    """Meta's image object for a real file: its MIME type and SHA-256, a fresh media id.
+@dataclass(frozen=True)
+class ImageFile:
+    """`--image`'s file, read once: what is uploaded is what the webhook's SHA-256 names."""
 
-    Media download is issue 16: the file's bytes are not uploaded anywhere yet.
-    """
+    content: bytes = field(repr=False)
+    mime_type: str
+    media_id: str | None = None  # the sandbox's (POST /sandbox/media), when it took the file
+
+
+def read_image(path: Path) -> ImageFile:
+    """A real image file's bytes and its MIME type (by its name), within Meta's limit."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -112,23 +127,31 @@ def image_payload(path: Path, caption: str | None = None) -> dict[str, Any]:
     mime = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     if mime not in ("image/jpeg", "image/png", "image/webp"):
         raise SimulateError(f"{path} is not a JPEG, PNG or WebP image (by its name)")
+    return ImageFile(raw, mime)
+
+
+def image_payload(image: ImageFile, caption: str | None = None) -> dict[str, Any]:
+    """Meta's image object for a real file: its MIME type and SHA-256, and its media id (the
+    sandbox's, which the server's download finds) or else a fresh one that nothing holds."""
     payload: dict[str, Any] = {
-        "mime_type": mime,
-        "sha256": base64.b64encode(hashlib.sha256(raw).digest()).decode(),
-        "id": str(10**15 + secrets.randbelow(9 * 10**15)),
+        "mime_type": image.mime_type,
+        "sha256": base64.b64encode(hashlib.sha256(image.content).digest()).decode(),
+        "id": image.media_id or str(10**15 + secrets.randbelow(9 * 10**15)),
     }
     if caption:
         payload["caption"] = caption
     return payload
 
 
-def message_change(target: Target, args: argparse.Namespace) -> dict[str, Any]:
-    """The `messages` change of an inbound message from `--from`."""
+def message_change(
+    target: Target, args: argparse.Namespace, image: ImageFile | None = None
+) -> dict[str, Any]:
+    """The `messages` change of an inbound message from `--from` (`image`: `--image`'s)."""
     sender = _digits(args.sender)
     if args.text is not None:
         kind, payload = "text", {"body": args.text}
     elif args.image is not None:
-        kind, payload = "image", image_payload(args.image, args.caption)
+        kind, payload = "image", image_payload(image or read_image(args.image), args.caption)
     elif args.location is not None:
         try:
             latitude, longitude = (float(part) for part in args.location.split(","))
@@ -164,10 +187,12 @@ def status_change(target: Target, args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def build_body(target: Target, args: argparse.Namespace) -> dict[str, Any]:
+def build_body(
+    target: Target, args: argparse.Namespace, image: ImageFile | None = None
+) -> dict[str, Any]:
     """The notification the subcommand asks for, written for `target`."""
     if args.kind == "message":
-        built = message_change(target, args)
+        built = message_change(target, args, image)
     elif args.kind == "status":
         built = status_change(target, args)
     elif args.kind == "quality":
@@ -300,16 +325,61 @@ async def resolve_target(args: argparse.Namespace, settings: Settings | None = N
 # -- sending ------------------------------------------------------------------------------
 
 
+STAYS_LOCAL = (
+    "the server has no sandbox media route (POST /sandbox/media answered 404: not "
+    "WEFLUX_ENV=development, or no sandbox): the file stays local and its download will fail"
+)
+
+
+async def upload_image(
+    http: httpx.AsyncClient, base_url: str, path: Path, image: ImageFile
+) -> str | None:
+    """Give `--image`'s file to the server's sandbox (`POST /sandbox/media`); its media id,
+    or None where the server has no such route (404)."""
+    import httpx  # deferred: start-up cost
+
+    url = base_url.rstrip("/") + "/sandbox/media"
+    try:
+        response = await http.post(
+            url,
+            content=image.content,
+            headers={"Content-Type": image.mime_type, "User-Agent": "weflux-simulate"},
+        )
+    except httpx.HTTPError as error:
+        raise SimulateError(f"could not reach {base_url}: {type(error).__name__}") from None
+    if response.status_code == 404:
+        return None
+    media_id = None
+    with contextlib.suppress(ValueError, AttributeError):
+        media_id = response.json().get("id")
+    if response.status_code != 200 or not isinstance(media_id, str):
+        try:
+            why = str(response.json()["error"]["message"])
+        except (ValueError, KeyError, TypeError):
+            why = response.text[:200]
+        raise SimulateError(
+            f"the server refused {path} (POST /sandbox/media: HTTP {response.status_code}): {why}"
+        )
+    return media_id
+
+
 async def simulate(args: argparse.Namespace, settings: Settings | None = None) -> Outcome:
     """Build, sign and post one notification; answer what happened."""
     import httpx  # deferred: start-up cost
 
     target = await resolve_target(args, settings)
-    body = build_body(target, args)
-    raw = webhooks.encode(body)
+    image, note = None, None
+    if args.kind == "message" and args.image is not None:
+        image = read_image(args.image)  # a bad file is refused before anything is sent
     url = args.url.rstrip("/") + target.path
     try:
         async with httpx.AsyncClient(timeout=10) as http:
+            if image is not None:
+                media_id = await upload_image(http, args.url, args.image, image)
+                image = replace(image, media_id=media_id)
+                note = STAYS_LOCAL if media_id is None else None
+            body = build_body(target, args, image)
+            raw = webhooks.encode(body)
             response = await http.post(
                 url,
                 content=raw,
@@ -327,7 +397,7 @@ async def simulate(args: argparse.Namespace, settings: Settings | None = None) -
             f"no live channel has phone_number_id {target.phone_number_id}: the server "
             "answered 200 (as it does to Meta) and dropped the body, logging why at WARNING"
         )
-    return Outcome(url, body, response.status_code, response.text[:500], dropped)
+    return Outcome(url, body, response.status_code, response.text[:500], dropped, note)
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -348,6 +418,8 @@ def report(outcome: Outcome) -> str:
         json.dumps(outcome.body, indent=2, ensure_ascii=False),
         f"-> HTTP {outcome.http_status} {outcome.answer}",
     ]
+    if outcome.note is not None:
+        lines.append(f"NOTE: {outcome.note}")
     if outcome.dropped is not None:
         lines.append(f"DROPPED: {outcome.dropped}")
     return "\n".join(lines)

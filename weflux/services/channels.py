@@ -76,6 +76,7 @@ class Services:
             return self.cloud
         if self.sandbox is None:
             raise SandboxRefused(PRODUCTION_REFUSAL)
+        self.sandbox.know(account.phone_number_id)
         app_secret = open_secret(self.keyring, account, "app_secret_enc")
         if app_secret is not None:
             self.sandbox.register(
