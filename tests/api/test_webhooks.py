@@ -573,6 +573,58 @@ async def test_statements_per_webhook_do_not_grow_with_its_messages(
         assert int((await session.exec(select(func.count()).select_from(Contact))).one()) == 1011
 
 
+def _unstorable_text(case: str) -> dict[str, Any]:
+    """A body whose strings hold what no database stores as text (a NUL; a lone surrogate,
+    escaped as Meta would escape any character)."""
+    if case == "nul in the text":
+        return _one_text("a\x00b")
+    if case == "nul in the profile name and the wamid":
+        message = wh.text_message("wamid.\x00nul", body="ab")
+        return wh.webhook_body(
+            wh.messages_change(messages=[message], contacts=[wh.contact(name="Sheena\x00")])
+        )
+    return _one_text("a\ud800b")  # json.dumps escapes it as \ud800, alone
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["nul in the text", "nul in the profile name and the wamid", "a lone surrogate in the text"],
+)
+async def test_text_no_database_can_store_is_cleaned_and_the_message_kept(
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    case: str,
+) -> None:
+    """Given a body with a NUL (PostgreSQL's text and jsonb refuse it) or a lone surrogate
+    (neither driver encodes it),
+    when it is delivered,
+    then its message is stored on both engines, NULs dropped and a lone surrogate U+FFFD,
+    and the event is processed: it failed at every retry, losing the message, before."""
+    raw = wh.encode(_unstorable_text(case))
+    assert (await post(client, None, raw=raw)).status_code == 200
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
+        stored = (await session.exec(select(WebhookEvent))).one()
+    assert (stored.status, stored.last_error, stored.body) == (
+        WebhookEventStatus.PROCESSED,
+        None,
+        raw,
+    )
+    (message,) = await _messages(db, org.id)
+    assert message.text == ("a\ufffdb" if "surrogate" in case else "ab")
+    assert "\x00" not in json.dumps(message.payload)
+    if case == "nul in the profile name and the wamid":
+        assert message.wa_message_id == "wamid.nul"
+        async with db.session(org.id) as session:
+            contact = (await session.exec(select(Contact))).one()
+        assert contact.profile_name == "Sheena"
+    # And a redelivery is still a no-op
+    assert (await post(client, None, raw=raw)).status_code == 200
+    assert len(await _messages(db, org.id)) == 1
+
+
 # --- nothing lost ---
 
 

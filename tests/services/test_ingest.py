@@ -4,6 +4,7 @@ status, the sender's contact, multi-message events."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -24,7 +25,7 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
-from weflux.services.ingest import inbound, senders
+from weflux.services.ingest import inbound, process, senders
 
 
 async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -201,3 +202,29 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
     assert [(m.wa_message_id, m.conversation_id) for m in messages] == [
         ("wamid.race-1", conversations[0].id)
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("plain, ação, 😀", None),  # Meta escapes the emoji as a surrogate pair: no walk
+        ("a\x00b", "ab"),
+        ("a\ud800b", "a\ufffdb"),
+        ("\udc00\ud83d", "\ufffd\ufffd"),
+        ("\ud800\ud800", "\ufffd\ufffd"),
+    ],
+)
+@pytest.mark.parametrize("escaped", [True, False], ids=["escaped", "in-the-bytes"])
+def test_only_bodies_with_unstorable_text_are_walked_and_cleaned(
+    text: str, cleaned: str | None, escaped: bool
+) -> None:
+    """Given a body escaped as Meta escapes it, or with its characters as bytes (a lone
+    surrogate as CESU-8 bytes, which `json.loads` decodes),
+    then only one whose strings hold a NUL or a lone surrogate matches (a plain body costs
+    one search), and cleaning it leaves text both engines store."""
+    body = {"entry": [{"t": text, text: [text]}]}
+    raw = json.dumps(body, ensure_ascii=escaped).encode("utf-8", "surrogatepass")
+    assert json.loads(raw) == body
+    assert bool(process._UNSTORABLE_TEXT.search(raw)) is (cleaned is not None)
+    if cleaned is not None:
+        assert process._storable(json.loads(raw)) == {"entry": [{"t": cleaned, cleaned: [cleaned]}]}
