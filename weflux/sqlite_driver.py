@@ -240,6 +240,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     __slots__ = (
         "_busy_timeout_ms",
+        "_closing",
         "_idle",
         "_inline_allowed",
         "_queued",
@@ -266,6 +267,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._idle = False
         self._write_locked = False
         self._queued = 0
+        # A graceful close (SQLAlchemy's `terminate` of an invalidated connection) is under way.
+        self._closing = False
 
     def allow_inline(self, busy_timeout_ms: int) -> None:
         """Let statements marked `INLINE` run inline here: only on a WAL database, where a
@@ -341,6 +344,27 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._queue()
         await self._connection.interrupt()
         await self._connection.rollback()
+
+    async def _terminate_graceful_close(self) -> None:
+        self._closing = True
+        try:
+            await super()._terminate_graceful_close()
+        finally:
+            self._closing = False
+
+    def _terminate_force_close(self) -> None:
+        """Stop aiosqlite's thread, unless a graceful close is under way.
+
+        SQLAlchemy invalidates a connection whose statement was cancelled: its `terminate`
+        awaits aiosqlite's `close` behind a shield, and when cancelled again meanwhile (a
+        server stopping, a second timeout) it stops the thread at once. The shielded close
+        goes on regardless, behind the statement still running: it closes the sqlite3
+        connection (ending its transaction and write lock), then stops the thread itself,
+        and waits for that. Stopped already, the thread never answers, and the close's task
+        waited forever. Its own stop suffices.
+        """
+        if not self._closing:
+            super()._terminate_force_close()
 
     def cursor(self, server_side: bool = False) -> Any:
         self._settled = False
