@@ -4,6 +4,7 @@ status, the sender's contact, multi-message events."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -13,9 +14,10 @@ import pytest
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.databases import postgres_only
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import create_contact
 from tests.fixtures.inbound import feed_highest, post_body, receive
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Contact,
@@ -25,6 +27,8 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
+from weflux.realtime.broker import InProcessBroker
+from weflux.services import ingest
 from weflux.services.ingest import inbound, process, senders
 
 
@@ -228,3 +232,40 @@ def test_only_bodies_with_unstorable_text_are_walked_and_cleaned(
     assert bool(process._UNSTORABLE_TEXT.search(raw)) is (cleaned is not None)
     if cleaned is not None:
         assert process._storable(json.loads(raw)) == {"entry": [{"t": cleaned, cleaned: [cleaned]}]}
+
+
+async def test_the_same_new_message_delivered_at_once_to_two_processes_is_stored_once(
+    db: Database, database_urls: DatabaseUrls, settings: Settings, number: WhatsAppAccount
+) -> None:
+    """Given two server processes (two pools), and a new sender's message,
+    when Meta delivers it to both at once, several times (a replay race),
+    then every delivery is processed without an error (each answered 200) and the sender
+    has one contact, one conversation and one message; every event is kept."""
+    other = Database(database_urls.app)
+    try:
+        change = wh.messages_change(
+            messages=[wh.text_message("wamid.replayed", from_wa_id="4915100000088")],
+            contacts=[wh.contact(wa_id="4915100000088")],
+        )
+        body = wh.encode(wh.webhook_body(change))
+        broker = InProcessBroker()
+        deliveries = [
+            ingest.store_and_process(
+                server, broker, settings, ingest.ReceivedEvent.of(body, number.id)
+            )
+            for _ in range(3)
+            for server in (db, other)
+        ]
+        async with asyncio.timeout(60):
+            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        assert outcomes == [None] * 6
+    finally:
+        await other.dispose()
+    async with db.session(number.org_id) as session:
+        contacts = (await session.exec(select(Contact))).all()
+        conversations = (await session.exec(select(Conversation))).all()
+        messages = (await session.exec(select(Message))).all()
+    assert [c.wa_id for c in contacts] == ["4915100000088"]
+    assert len(conversations) == 1
+    assert [m.wa_message_id for m in messages] == ["wamid.replayed"]
+    assert conversations[0].unread_count == 1

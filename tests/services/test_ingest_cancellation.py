@@ -1,15 +1,21 @@
 """A webhook's unit of work cancelled at each of its statements (a client gone, a server
-stopping, `asyncio.timeout`), on both engines: the event is stored and processed entirely
-or not at all, and its connection comes back to the pool clean (no open transaction, no
-write lock held, nothing left to run inline), so the next delivery is processed once.
+stopping, `asyncio.timeout`), or its process killed, on both engines: the event is stored
+and processed entirely or not at all, and its connection comes back to the pool clean (no
+open transaction, no write lock held, nothing left to run inline), so the next delivery,
+or the worker's sweep, processes it once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +26,16 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.databases import DatabaseUrls
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.models import Contact, Conversation, Message, WebhookEvent, WhatsAppAccount
+from weflux.models import (
+    Contact,
+    Conversation,
+    Message,
+    WebhookEvent,
+    WebhookEventStatus,
+    WhatsAppAccount,
+)
 from weflux.realtime.broker import InProcessBroker
-from weflux.services import ingest
+from weflux.services import ingest, webhook_queue
 from weflux.sqlite_driver import OneHopConnection
 
 GUARD = 30  # seconds; far above anything here
@@ -205,3 +218,82 @@ async def test_a_webhook_cancelled_while_its_begin_waits_for_another_process_s_l
     await asyncio.sleep(0.2)
     left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert left == []
+
+
+# A process killed (SIGKILL) with a webhook's processing under way, its writes sent and
+# not committed: the worker's sweep processes the stored event once.
+_KILLED_MID_PROCESSING = """
+import asyncio, sys, uuid
+from pathlib import Path
+from tests.fixtures.settings import make_settings
+from weflux.db import Database
+from weflux.realtime.broker import InProcessBroker
+from weflux.services import ingest
+from weflux.services.ingest import process
+
+async def main(url: str, var: str, event_id: str) -> None:
+    real = process._send_held
+
+    async def written_then_hang(*args, **kwargs):
+        sent = await real(*args, **kwargs)
+        print("WRITTEN", flush=True)
+        await asyncio.sleep(3600)
+        return sent
+
+    process._send_held = written_then_hang
+    db = Database(url)
+    settings = make_settings(Path(var), database_url=url)
+    await ingest.process_event(db, InProcessBroker(), settings, uuid.UUID(event_id))
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+async def test_a_process_killed_mid_processing_leaves_the_event_for_the_sweep_once(
+    db: Database,
+    owner_db: Database,
+    database_urls: DatabaseUrls,
+    settings: Settings,
+    number: WhatsAppAccount,
+    tmp_path: Path,
+) -> None:
+    """Given a webhook stored and answered 200 (under load: not processed yet),
+    when the process working on it is killed (SIGKILL) after its writes were sent, before
+    its commit,
+    then none of them is kept (its transaction died with it: no message, no lock left),
+    and the worker's sweep processes the event exactly once."""
+    broker = InProcessBroker()
+    received = ingest.ReceivedEvent.of(_body("wamid.killed"), number.id)
+    await webhook_queue.store(db, received)
+    before = await _counts(owner_db)
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _KILLED_MID_PROCESSING,
+        database_urls.app,
+        str(tmp_path / "child"),
+        str(received.id),
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        assert child.stdout is not None
+        async with asyncio.timeout(GUARD):
+            assert (await child.stdout.readline()).strip() == b"WRITTEN"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert await _counts(owner_db) == before
+    async with asyncio.timeout(GUARD):
+        while True:  # PostgreSQL ends the dead client's transaction as it notices the socket
+            await webhook_queue.retry_due_events(db, broker, settings, settle=timedelta(0))
+            if (await _counts(owner_db))[2] > before[2]:
+                break
+            await asyncio.sleep(0.1)
+    assert await _counts(owner_db) == (before[0] + 1, before[1] + 1, before[2] + 1, before[3])
+    assert await webhook_queue.retry_due_events(db, broker, settings, settle=timedelta(0)) == 0
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
+        stored = await session.get(WebhookEvent, received.id)
+    assert stored is not None
+    assert (stored.status, stored.attempts) == (WebhookEventStatus.PROCESSED, 1)
+    await _assert_clean_pool(db, database_urls)
