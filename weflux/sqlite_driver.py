@@ -202,7 +202,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapt = self._adapt_connection
         async with adapt._execute_mutex:
-            locked = adapt._write_locked
+            locked = adapt._still_write_locked()
             queued = adapt._queue()
             try:
                 driver = self._connection
@@ -326,6 +326,14 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._write_locked = True
         return True
 
+    def _still_write_locked(self) -> bool:
+        """Whether the write lock is still held, before a hand-off (it keeps the flag only if
+        so): not if the transaction ended under us, with no inline statement since to notice
+        (SQLite rolls back by itself after some errors). A statement that begins a new
+        transaction then (a SAVEPOINT, a deferred BEGIN) takes no write lock, and marked
+        statements must not run inline in it."""
+        return self._write_locked and _in_transaction(self._connection)
+
     def _may_run_inline(self) -> bool:
         if not self._write_locked or self._execute_mutex.locked():
             return False
@@ -392,7 +400,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         super().close()
 
     def create_function(self, *args: Any, **kw: Any) -> None:
-        locked = self._write_locked
+        locked = self._still_write_locked()
         queued = self._queue()
         super().create_function(*args, **kw)
         self._completed(queued, locked=locked)
@@ -403,7 +411,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
-        locked = self._write_locked
+        locked = self._still_write_locked()
         queued = self._queue()
         AsyncAdapt_aiosqlite_connection.isolation_level.fset(self, value)  # type: ignore[attr-defined]
         self._completed(queued, locked=locked)
