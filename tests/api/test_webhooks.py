@@ -638,7 +638,8 @@ def _overlong(case: str) -> dict[str, Any]:
     elif case == "sender of 33 digits":
         message, contacts = wh.text_message(from_wa_id="9" * 33), [wh.contact(wa_id="9" * 33)]
     elif case == "user id":
-        message, contacts = wh.text_message(user_id="US." + _LONG), [wh.contact(user_id="US." + _LONG)]
+        user_id = "US." + _LONG
+        message, contacts = wh.text_message(user_id=user_id), [wh.contact(user_id=user_id)]
     elif case == "username":
         message, contacts = wh.text_message(), [wh.contact(username="@" + "u" * 300)]
     elif case == "reply's wamid":

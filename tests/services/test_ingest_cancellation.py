@@ -39,6 +39,7 @@ from weflux.services import ingest, webhook_queue
 from weflux.sqlite_driver import OneHopConnection
 
 GUARD = 30  # seconds; far above anything here
+_REPOSITORY = str(Path(__file__).resolve().parents[2])
 
 
 def _body(wamid: str) -> bytes:
@@ -171,7 +172,6 @@ async def test_a_webhook_cancelled_at_any_statement_leaves_all_or_nothing_and_a_
     assert step >= 3
 
 
-
 @pytest.mark.parametrize("cancellations", [1, 3])
 @pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_a_webhook_cancelled_while_its_begin_waits_for_another_process_s_lock(
@@ -274,7 +274,7 @@ async def test_a_process_killed_mid_processing_leaves_the_event_for_the_sweep_on
         str(tmp_path / "child"),
         str(received.id),
         stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        env={**os.environ, "PYTHONPATH": _REPOSITORY},
     )
     try:
         assert child.stdout is not None

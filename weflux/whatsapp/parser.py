@@ -311,10 +311,11 @@ def _str(value: object) -> str | None:
 
 
 # The longest identifier kept (wamids, media, user and reply ids, usernames, a media's
-# sha256: the columns that store them hold 128 characters), and the longest WhatsApp id (a phone number's digits: 32).
-# A longer one is no identifier Meta gives: it is treated as missing (a message without
-# an id is kept as not understood) instead of failing the whole event on PostgreSQL,
-# which refuses a value longer than its column, at every retry (SQLite stored it whole).
+# sha256: the columns that store them hold 128 characters), and the longest WhatsApp id
+# (a phone number's digits: 32). A longer one is no identifier Meta gives: it is treated
+# as missing (a message without an id is kept as not understood) instead of failing the
+# whole event on PostgreSQL, which refuses a value longer than its column, at every retry
+# (SQLite stored it whole).
 MAX_ID = 128
 MAX_WA_ID = 32
 
