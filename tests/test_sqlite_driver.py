@@ -448,6 +448,33 @@ async def test_a_transaction_ended_by_a_statement_stops_inline_runs(engine: Asyn
         await conn.rollback()
 
 
+async def test_a_transaction_ended_then_a_savepoint_does_not_run_inline_without_the_lock(
+    url: str, engine: AsyncEngine
+) -> None:
+    """Given a unit of work whose transaction ended under it (as SQLite rolls back by
+    itself after SQLITE_FULL or an I/O error in an inline statement), with no marked
+    statement since to notice,
+    when a SAVEPOINT comes (SQLite begins a new, deferred transaction for it: no lock),
+    then marked statements hop: inline, a write would wait for another process's write
+    lock on the event loop's thread, for the whole busy timeout."""
+    async with engine.connect() as conn:
+        await where_it_runs(conn)
+        await conn.begin()
+        assert await ran_on(conn) == "loop"
+        await conn.execute(text("COMMIT").execution_options(**{INLINE: True}))
+        await conn.exec_driver_sql("SAVEPOINT unlocked")
+        assert (await adapted(conn))._connection._conn.in_transaction
+        # Another process takes the write lock the deferred transaction never took
+        other = sqlite3.connect(url.split("///", 1)[1], timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            assert await ran_on(conn) == "thread"
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        await conn.rollback()
+
+
 async def test_a_large_executemany_or_in_list_hops_even_when_marked(
     engine: AsyncEngine, hops: list[str]
 ) -> None:

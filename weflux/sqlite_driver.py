@@ -202,7 +202,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     async def _run(self, operation: Any, parameters: Any, *, many: bool) -> None:
         adapt = self._adapt_connection
         async with adapt._execute_mutex:
-            locked = adapt._write_locked
+            locked = adapt._still_write_locked()
             queued = adapt._queue()
             try:
                 driver = self._connection
@@ -240,6 +240,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     __slots__ = (
         "_busy_timeout_ms",
+        "_closing",
         "_idle",
         "_inline_allowed",
         "_queued",
@@ -266,6 +267,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._idle = False
         self._write_locked = False
         self._queued = 0
+        # A graceful close (SQLAlchemy's `terminate` of an invalidated connection) is under way.
+        self._closing = False
 
     def allow_inline(self, busy_timeout_ms: int) -> None:
         """Let statements marked `INLINE` run inline here: only on a WAL database, where a
@@ -323,6 +326,14 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._write_locked = True
         return True
 
+    def _still_write_locked(self) -> bool:
+        """Whether the write lock is still held, before a hand-off (it keeps the flag only if
+        so): not if the transaction ended under us, with no inline statement since to notice
+        (SQLite rolls back by itself after some errors). A statement that begins a new
+        transaction then (a SAVEPOINT, a deferred BEGIN) takes no write lock, and marked
+        statements must not run inline in it."""
+        return self._write_locked and _in_transaction(self._connection)
+
     def _may_run_inline(self) -> bool:
         if not self._write_locked or self._execute_mutex.locked():
             return False
@@ -341,6 +352,27 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._queue()
         await self._connection.interrupt()
         await self._connection.rollback()
+
+    async def _terminate_graceful_close(self) -> None:
+        self._closing = True
+        try:
+            await super()._terminate_graceful_close()
+        finally:
+            self._closing = False
+
+    def _terminate_force_close(self) -> None:
+        """Stop aiosqlite's thread, unless a graceful close is under way.
+
+        SQLAlchemy invalidates a connection whose statement was cancelled: its `terminate`
+        awaits aiosqlite's `close` behind a shield, and when cancelled again meanwhile (a
+        server stopping, a second timeout) it stops the thread at once. The shielded close
+        goes on regardless, behind the statement still running: it closes the sqlite3
+        connection (ending its transaction and write lock), then stops the thread itself,
+        and waits for that. Stopped already, the thread never answers, and the close's task
+        waited forever. Its own stop suffices.
+        """
+        if not self._closing:
+            super()._terminate_force_close()
 
     def cursor(self, server_side: bool = False) -> Any:
         self._settled = False
@@ -368,7 +400,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         super().close()
 
     def create_function(self, *args: Any, **kw: Any) -> None:
-        locked = self._write_locked
+        locked = self._still_write_locked()
         queued = self._queue()
         super().create_function(*args, **kw)
         self._completed(queued, locked=locked)
@@ -379,7 +411,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
 
     @isolation_level.setter
     def isolation_level(self, value: str | None) -> None:
-        locked = self._write_locked
+        locked = self._still_write_locked()
         queued = self._queue()
         AsyncAdapt_aiosqlite_connection.isolation_level.fset(self, value)  # type: ignore[attr-defined]
         self._completed(queued, locked=locked)

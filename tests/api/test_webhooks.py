@@ -573,6 +573,136 @@ async def test_statements_per_webhook_do_not_grow_with_its_messages(
         assert int((await session.exec(select(func.count()).select_from(Contact))).one()) == 1011
 
 
+def _unstorable_text(case: str) -> dict[str, Any]:
+    """A body whose strings hold what no database stores as text (a NUL; a lone surrogate,
+    escaped as Meta would escape any character)."""
+    if case == "nul in the text":
+        return _one_text("a\x00b")
+    if case == "nul in the profile name and the wamid":
+        message = wh.text_message("wamid.\x00nul", body="ab")
+        return wh.webhook_body(
+            wh.messages_change(messages=[message], contacts=[wh.contact(name="Sheena\x00")])
+        )
+    return _one_text("a\ud800b")  # json.dumps escapes it as \ud800, alone
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["nul in the text", "nul in the profile name and the wamid", "a lone surrogate in the text"],
+)
+async def test_text_no_database_can_store_is_cleaned_and_the_message_kept(
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    case: str,
+) -> None:
+    """Given a body with a NUL (PostgreSQL's text and jsonb refuse it) or a lone surrogate
+    (neither driver encodes it),
+    when it is delivered,
+    then its message is stored on both engines, NULs dropped and a lone surrogate U+FFFD,
+    and the event is processed: it failed at every retry, losing the message, before."""
+    raw = wh.encode(_unstorable_text(case))
+    assert (await post(client, None, raw=raw)).status_code == 200
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
+        stored = (await session.exec(select(WebhookEvent))).one()
+    assert (stored.status, stored.last_error, stored.body) == (
+        WebhookEventStatus.PROCESSED,
+        None,
+        raw,
+    )
+    (message,) = await _messages(db, org.id)
+    assert message.text == ("a\ufffdb" if "surrogate" in case else "ab")
+    assert "\x00" not in json.dumps(message.payload)
+    if case == "nul in the profile name and the wamid":
+        assert message.wa_message_id == "wamid.nul"
+        async with db.session(org.id) as session:
+            contact = (await session.exec(select(Contact))).one()
+        assert contact.profile_name == "Sheena"
+    # And a redelivery is still a no-op
+    assert (await post(client, None, raw=raw)).status_code == 200
+    assert len(await _messages(db, org.id)) == 1
+
+
+_LONG = "9" * 300
+
+
+def _overlong(case: str) -> dict[str, Any]:
+    """A message with one value longer than the column that stores it."""
+    contacts = [wh.contact()]
+    if case == "wamid":
+        message = wh.text_message("wamid." + "A" * 300)
+    elif case == "sender":
+        message, contacts = wh.text_message(from_wa_id=_LONG), [wh.contact(wa_id=_LONG)]
+    elif case == "sender of 33 digits":
+        message, contacts = wh.text_message(from_wa_id="9" * 33), [wh.contact(wa_id="9" * 33)]
+    elif case == "user id":
+        user_id = "US." + _LONG
+        message, contacts = wh.text_message(user_id=user_id), [wh.contact(user_id=user_id)]
+    elif case == "username":
+        message, contacts = wh.text_message(), [wh.contact(username="@" + "u" * 300)]
+    elif case == "reply's wamid":
+        message = wh.text_message(context={"from": "1", "id": "wamid." + "C" * 300})
+    elif case == "reaction's wamid":
+        message = wh.reaction_message("wamid." + "R" * 300)
+    elif case == "media id":
+        message = wh.image_message(media_id="M" * 300)
+    elif case == "sha256":
+        message = wh.image_message(sha256="S" * 300)
+    elif case == "mime type":
+        message = wh.image_message(mime_type="image/" + "p" * 300)
+    else:
+        message = wh.document_message(filename="f" * 400 + ".pdf")
+    return wh.webhook_body(wh.messages_change(messages=[message], contacts=contacts))
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "wamid",
+        "sender",
+        "sender of 33 digits",
+        "user id",
+        "username",
+        "reply's wamid",
+        "reaction's wamid",
+        "media id",
+        "sha256",
+        "mime type",
+        "filename",
+    ],
+)
+async def test_a_value_longer_than_its_column_does_not_fail_the_event(
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    case: str,
+) -> None:
+    """Given a message with one value longer than the column that would store it (no id
+    Meta gives is that long),
+    when it is delivered,
+    then the event is processed alike on both engines: an over-long id is treated as
+    missing (a message without its id is kept as not understood), a file name is cut.
+    PostgreSQL refused the value and failed the whole event at every retry; SQLite
+    stored it whole."""
+    assert (await post(client, _overlong(case))).status_code == 200
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
+        stored = (await session.exec(select(WebhookEvent))).one()
+    assert stored.status == WebhookEventStatus.PROCESSED, stored.last_error
+    messages = await _messages(db, org.id)
+    if case == "wamid":
+        assert (messages, stored.last_error) == ([], "1 part(s) not understood")
+    elif case == "reaction's wamid":
+        assert messages == []
+    else:
+        assert stored.last_error is None
+        (message,) = messages
+        assert message.reply_to_wa_message_id is None
+
+
 # --- nothing lost ---
 
 

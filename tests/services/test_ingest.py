@@ -4,6 +4,8 @@ status, the sender's contact, multi-message events."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -12,9 +14,10 @@ import pytest
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.databases import postgres_only
+from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import create_contact
 from tests.fixtures.inbound import feed_highest, post_body, receive
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
     Contact,
@@ -24,7 +27,9 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
-from weflux.services.ingest import inbound, senders
+from weflux.realtime.broker import InProcessBroker
+from weflux.services import ingest
+from weflux.services.ingest import inbound, process, senders
 
 
 async def _state(db: Database, org_id: uuid.UUID) -> tuple[Conversation, list[Message]]:
@@ -201,3 +206,67 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
     assert [(m.wa_message_id, m.conversation_id) for m in messages] == [
         ("wamid.race-1", conversations[0].id)
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "cleaned"),
+    [
+        ("plain, ação, 😀", None),  # Meta escapes the emoji as a surrogate pair: no walk
+        ("a\x00b", "ab"),
+        # Lone surrogates, built (a linter reads them all as one unknown string)
+        ("a" + chr(0xD800) + "b", "a\ufffdb"),
+        (chr(0xDC00) + chr(0xD83D), "\ufffd\ufffd"),
+        (chr(0xD800) * 2, "\ufffd\ufffd"),
+    ],
+)
+@pytest.mark.parametrize("escaped", [True, False], ids=["escaped", "in-the-bytes"])
+def test_only_bodies_with_unstorable_text_are_walked_and_cleaned(
+    text: str, cleaned: str | None, escaped: bool
+) -> None:
+    """Given a body escaped as Meta escapes it, or with its characters as bytes (a lone
+    surrogate as CESU-8 bytes, which `json.loads` decodes),
+    then only one whose strings hold a NUL or a lone surrogate matches (a plain body costs
+    one search), and cleaning it leaves text both engines store."""
+    body = {"entry": [{"t": text, text: [text]}]}
+    raw = json.dumps(body, ensure_ascii=escaped).encode("utf-8", "surrogatepass")
+    assert json.loads(raw) == body
+    assert bool(process._UNSTORABLE_TEXT.search(raw)) is (cleaned is not None)
+    if cleaned is not None:
+        assert process._storable(json.loads(raw)) == {"entry": [{"t": cleaned, cleaned: [cleaned]}]}
+
+
+async def test_the_same_new_message_delivered_at_once_to_two_processes_is_stored_once(
+    db: Database, database_urls: DatabaseUrls, settings: Settings, number: WhatsAppAccount
+) -> None:
+    """Given two server processes (two pools), and a new sender's message,
+    when Meta delivers it to both at once, several times (a replay race),
+    then every delivery is processed without an error (each answered 200) and the sender
+    has one contact, one conversation and one message; every event is kept."""
+    other = Database(database_urls.app)
+    try:
+        change = wh.messages_change(
+            messages=[wh.text_message("wamid.replayed", from_wa_id="4915100000088")],
+            contacts=[wh.contact(wa_id="4915100000088")],
+        )
+        body = wh.encode(wh.webhook_body(change))
+        broker = InProcessBroker()
+        deliveries = [
+            ingest.store_and_process(
+                server, broker, settings, ingest.ReceivedEvent.of(body, number.id)
+            )
+            for _ in range(3)
+            for server in (db, other)
+        ]
+        async with asyncio.timeout(60):
+            outcomes = await asyncio.gather(*deliveries, return_exceptions=True)
+        assert outcomes == [None] * 6
+    finally:
+        await other.dispose()
+    async with db.session(number.org_id) as session:
+        contacts = (await session.exec(select(Contact))).all()
+        conversations = (await session.exec(select(Conversation))).all()
+        messages = (await session.exec(select(Message))).all()
+    assert [c.wa_id for c in contacts] == ["4915100000088"]
+    assert len(conversations) == 1
+    assert [m.wa_message_id for m in messages] == ["wamid.replayed"]
+    assert conversations[0].unread_count == 1

@@ -35,7 +35,7 @@ def normal_mime_type(value: str | None) -> str:
     """A bare, lower-case `type/subtype`, or application/octet-stream."""
     if value:
         bare = value.split(";", 1)[0].strip().lower()
-        if _MIME.match(bare):
+        if len(bare) <= 255 and _MIME.match(bare):  # media_files.mime_type's length
             return bare
     return "application/octet-stream"
 

@@ -310,9 +310,27 @@ def _str(value: object) -> str | None:
     return None
 
 
+# The longest identifier kept (wamids, media, user and reply ids, usernames, a media's
+# sha256: the columns that store them hold 128 characters), and the longest WhatsApp id
+# (a phone number's digits: 32). A longer one is no identifier Meta gives: it is treated
+# as missing (a message without an id is kept as not understood) instead of failing the
+# whole event on PostgreSQL, which refuses a value longer than its column, at every retry
+# (SQLite stored it whole).
+MAX_ID = 128
+MAX_WA_ID = 32
+
+
 def _id(value: object) -> str | None:
-    """Return value as a non-empty identifier string, else None."""
-    return _str(value) or None
+    """Return value as a non-empty identifier string of at most `MAX_ID` characters,
+    else None."""
+    text = _str(value)
+    return text if text and len(text) <= MAX_ID else None
+
+
+def _wa_id(value: object) -> str | None:
+    """Return value as a WhatsApp id (at most `MAX_WA_ID` characters), else None."""
+    text = _id(value)
+    return text if text is not None and len(text) <= MAX_WA_ID else None
 
 
 def _int(value: object) -> int | None:
@@ -389,10 +407,10 @@ def _contact(value: dict[str, Any]) -> ContactProfile:
     """Return the ContactProfile of one `value.contacts` entry."""
     profile = _dict(value.get("profile"))
     return ContactProfile(
-        wa_id=_id(value.get("wa_id")),
+        wa_id=_wa_id(value.get("wa_id")),
         user_id=_id(value.get("user_id")),
         parent_user_id=_id(value.get("parent_user_id")),
-        username=_str(profile.get("username")) or _str(value.get("username")),
+        username=_id(profile.get("username")) or _id(value.get("username")),
         name=_str(profile.get("name")),
     )
 
@@ -782,14 +800,14 @@ def _message(
     time: datetime,
 ) -> InboundMessage:
     """Parse one inbound message that has an id."""
-    from_wa_id = _id(raw.get("from"))
+    from_wa_id = _wa_id(raw.get("from"))
     from_user_id = _id(raw.get("from_user_id"))
     contact = None
     if from_user_id is not None:
         contact = by_user_id.get(from_user_id)
     if contact is None and from_wa_id is not None:
         contact = by_wa_id.get(from_wa_id)
-    from_username = _str(raw.get("from_username")) or None
+    from_username = _id(raw.get("from_username"))
     if contact is not None:
         from_wa_id = from_wa_id or contact.wa_id
         from_user_id = from_user_id or contact.user_id
@@ -813,7 +831,7 @@ def _message(
             media = Media(
                 id=_id(payload.get("id")),
                 mime_type=_str(payload.get("mime_type")),
-                sha256=_str(payload.get("sha256")),
+                sha256=_id(payload.get("sha256")),
                 caption=_str(payload.get("caption")),
                 filename=_str(payload.get("filename")),
                 voice=payload.get("voice") is True,

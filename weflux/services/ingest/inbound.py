@@ -62,7 +62,8 @@ def _media_file(
         "mime_type": normal_mime_type(media.mime_type),
         "sha256": media.sha256,
         "caption": media.caption,
-        "filename": media.filename,
+        # As sent (the download names its file safely), within its column's 255 characters.
+        "filename": media.filename[:255] if media.filename else None,
         "status": MediaStatus.PENDING,
         "next_attempt_at": now,
         "created_at": now,

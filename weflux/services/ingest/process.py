@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
@@ -187,6 +189,34 @@ def received_copy(event: ReceivedEvent) -> WebhookEvent:
     )
 
 
+# What in a webhook's raw bytes may decode to a string no database can store: a NUL
+# (`\u0000`: PostgreSQL's text and jsonb refuse it) or a lone surrogate (an escaped one
+# with no partner, or one encoded in the bytes: neither sqlite3 nor asyncpg encodes it).
+# Escaped pairs (Meta's emoji) decode to one character and do not match. A false match
+# (an escaped backslash before `u`) only costs `_storable`'s walk.
+_UNSTORABLE_TEXT = re.compile(
+    rb"\\u0000"
+    rb"|\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])"
+    rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2})\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+    rb"|\xed[\xa0-\xbf]"
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _storable(value: Any) -> Any:
+    """`value` (parsed JSON) with every string storable on both engines: NULs dropped,
+    lone surrogates replaced by U+FFFD. The event is processed as SQLite would otherwise
+    have stored it, instead of failing on PostgreSQL (or on both) at every retry and
+    losing every message of its body."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value.replace("\x00", ""))
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
+
+
 async def _apply(
     session: AsyncSession,
     broker: Broker,
@@ -200,6 +230,8 @@ async def _apply(
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         body = None
+    if _UNSTORABLE_TEXT.search(raw):
+        body = _storable(body)
     parsed = parse_webhook(body)
     note = None
     if body is None or parsed.unknown:
