@@ -95,6 +95,8 @@ _DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErro
 _MAX_TITLE = 500
 # How many messages of one conversation a run sends back to back (then others get a turn).
 FOLLOW_UPS_PER_RUN = 20
+# A media message whose file was deleted before it went (its sender erased, or it expired).
+FILE_DELETED = "Not sent: the file was deleted before it could be sent; upload it again"
 
 
 # -- throughput ---------------------------------------------------------------------------
@@ -339,7 +341,7 @@ async def _prepare(
         if message.media_file_id is not None:
             media = await session.get(MediaFile, message.media_file_id)
             if media is None or media.status != MediaStatus.READY or services.media is None:
-                return _Outcome("fail", title="Not sent: the file is gone")
+                return _Outcome("fail", title=FILE_DELETED)
             try:
                 upload = _Upload(services.media, media, data_key(services.keyring, media))
             except (DecryptionError, MediaIntegrityError):
