@@ -277,7 +277,7 @@ class _Upload:
 
 @dataclass(frozen=True)
 class _Outcome:
-    kind: str  # "sent", "retry", "fail", "token_invalid"
+    kind: str  # "sent", "retry", "fail", "token_invalid", "stopped" (nothing to record)
     sent: SentMessage | None = None
     code: int | None = None
     title: str = ""
@@ -411,13 +411,63 @@ async def _upload_file(send: _Send) -> dict[str, Any]:
     return {**send.payload, kind: {**send.payload[kind], "id": media_id}}
 
 
+_STOPPED = _Outcome("stopped")  # the message was withdrawn: nothing sent, nothing to record
+
+
+class _Withdrawn(Exception):
+    """The message stopped being this worker's to send while it waited (an erasure)."""
+
+
+async def _check_due(db: Database, claimed: ClaimedMessage) -> None:
+    """Raise _Withdrawn unless the message is still this worker's to send.
+
+    From an erasure's commit its contact's messages are hidden (weflux.auth.scoping) and
+    their pending sends FAILED, so a send checked here after that commit stops: one short
+    read just before each call to Meta (the upload, the send).
+    """
+    async with db.session(claimed.org_id) as session:
+        message = await session.get(Message, claimed.id)
+        if message is None or not _owned(message, claimed):
+            raise _Withdrawn
+
+
+async def _unreadable(
+    db: Database, claimed: ClaimedMessage, upload: _Upload, error: Exception
+) -> _Outcome:
+    """The outcome when a media message's stored file could not be read: stopped when
+    the message was withdrawn meanwhile (its contact erased), FAILED when the file was
+    deleted (its sender erased, or it expired), retried otherwise."""
+    async with db.session(claimed.org_id) as session:
+        message = await session.get(Message, claimed.id)
+        if message is None or not _owned(message, claimed):
+            return _STOPPED
+        media = await session.get(MediaFile, upload.row.id)
+    if media is None or media.status != MediaStatus.READY:
+        return _Outcome("fail", title=FILE_DELETED)
+    log.warning(
+        "stored media file unreadable",
+        extra={"message_id": str(claimed.id), "error": type(error).__name__},
+    )
+    return _Outcome("retry", title="The stored file could not be read")
+
+
 async def _call_meta(
-    services: Services, throttle: Throttle, claimed: ClaimedMessage, send: _Send
+    db: Database,
+    services: Services,
+    throttle: Throttle,
+    claimed: ClaimedMessage,
+    send: _Send,
 ) -> _Outcome:
     await throttle.acquire(send.phone_number_id, send.rate)
     try:
-        payload = send.payload if send.upload is None else await _upload_file(send)
+        await _check_due(db, claimed)  # the throttle may have made it wait
+        payload = send.payload
+        if send.upload is not None:
+            payload = await _upload_file(send)
+            await _check_due(db, claimed)
         sent = await send.cloud.send_message(send.phone_number_id, send.token.reveal(), payload)
+    except _Withdrawn:
+        return _STOPPED
     except MetaApiError as error:
         log.warning(
             "message send failed",
@@ -447,11 +497,8 @@ async def _call_meta(
         # The client refused the stored token before sending (not a header-safe value).
         return _Outcome("fail", title="Not sent: the stored access token is not usable")
     except (OSError, MediaIntegrityError) as error:
-        log.warning(
-            "stored media file unreadable",
-            extra={"message_id": str(claimed.id), "error": type(error).__name__},
-        )
-        return _Outcome("retry", title="The stored file could not be read")
+        assert send.upload is not None
+        return await _unreadable(db, claimed, send.upload, error)
     log.info(
         "message sent",
         extra={
@@ -588,7 +635,12 @@ async def deliver_one(
     if prepared is None:
         return None
     if isinstance(prepared, _Send):
-        outcome = await _call_meta(services, throttle or _DEFAULT_THROTTLE, claimed, prepared)
+        outcome = await _call_meta(db, services, throttle or _DEFAULT_THROTTLE, claimed, prepared)
+        if outcome is _STOPPED:
+            log.info(
+                "send stopped: the message was withdrawn", extra={"message_id": str(claimed.id)}
+            )
+            return None
     else:
         outcome = prepared
         log.warning(
