@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import update
 from sqlmodel import col, select
 
-from tests.fixtures.api import gql, token_for
+from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor
 from tests.fixtures.media import (
     JPEG,
@@ -25,7 +25,15 @@ from tests.fixtures.media import (
 )
 from weflux.ids import encode_global_id
 from weflux.lifecycle.worker import run_retention
-from weflux.models import MediaFile, MediaOrigin, Message, MessageStatus, Organization, utcnow
+from weflux.models import (
+    Conversation,
+    MediaFile,
+    MediaOrigin,
+    Message,
+    MessageStatus,
+    Organization,
+    utcnow,
+)
 from weflux.worker.delivery import FILE_DELETED, deliver_due_messages
 
 MEDIA_OF = "query($id: ID!) { node(id: $id) { ... on Message { status errorTitle media { id } } } }"
@@ -255,3 +263,84 @@ async def test_retention_deletes_a_received_file_nothing_newer_carries(
 
     assert await media_rows(media_inbox) == set()
     assert _blobs(media_inbox) == 0
+
+
+ERASE = "mutation($id: ID!) { eraseContact(contactId: $id) { id status } }"
+
+
+async def test_an_erased_contacts_file_sent_on_is_hidden_from_the_erasures_commit(
+    media_inbox: MediaInbox, admin: Actor
+) -> None:
+    """Given a photo contact A sent, which the team sent on to contact B (queued),
+    when an Admin erases A (eraseContact: the tombstone, before the worker purges),
+    then at once B's message shows `media: null`, the photo answers 404 and sendMedia of
+    it NOT_FOUND, and the worker fails B's message with FILE_DELETED, sending nothing."""
+    client = media_inbox.client
+    _, first_id = await first_conversation(media_inbox)
+    await media_inbox.download()
+    photo = await _received_file(media_inbox, first_id)
+    second, _ = await second_contact(media_inbox)
+    token = await token_for(client, admin)
+    forwarded = await _send_on(media_inbox, token, second, photo.id)
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        conversation = await session.get(Conversation, first_id)
+        assert conversation is not None
+
+    erased = await gql(
+        client, token, ERASE, {"id": encode_global_id("Contact", conversation.contact_id)}
+    )
+
+    assert "errors" not in erased.json(), erased.json()
+    assert await _media_of(media_inbox, token, forwarded) is None
+    photo_id = encode_global_id("Media", photo.id)
+    fetched = await client.get(f"/media/{photo_id}", headers={"Authorization": f"Bearer {token}"})
+    assert fetched.status_code == 404
+    assert error_codes(await send_media(client, token, second, photo_id)) == ["NOT_FOUND"]
+    runtime = media_inbox.runtime
+    assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
+    assert media_inbox.fake.sent == []
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        message = await session.get(Message, forwarded)
+        assert message is not None
+    assert (message.status, message.error_title) == (MessageStatus.FAILED, FILE_DELETED)
+
+
+async def test_an_agent_who_sees_only_the_conversation_a_file_was_sent_on_to_may_fetch_it(
+    media_inbox: MediaInbox, admin: Actor, agent: Actor, other_agent: Actor
+) -> None:
+    """Given a photo contact A sent (A's conversation assigned to another Agent), which
+    the team sent on to contact B (unassigned),
+    when the Agent who sees B's conversation only fetches the photo,
+    then they get it (it is B's message's file too); the other Agent, who sees A's
+    conversation, still gets it; a file of neither stays 404 for the Agent."""
+    client = media_inbox.client
+    _, first_id = await first_conversation(media_inbox)
+    await media_inbox.download()
+    photo = await _received_file(media_inbox, first_id)
+    second, _ = await second_contact(media_inbox)
+    token = await token_for(client, admin)
+    await _send_on(media_inbox, token, second, photo.id)
+    await media_inbox.receive("image", b"\xff\xd8\xffmine" * 10, mime_type="image/jpeg")
+    await media_inbox.download()
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        await session.exec(
+            update(Conversation)
+            .where(col(Conversation.id) == first_id)
+            .values(assignee_membership_id=other_agent.membership.id)
+        )
+    others = (await media_rows(media_inbox)) - {photo.id}
+
+    for member in (agent, other_agent):
+        theirs = await token_for(client, member)
+        fetched = await client.get(
+            f"/media/{encode_global_id('Media', photo.id)}",
+            headers={"Authorization": f"Bearer {theirs}"},
+        )
+        assert fetched.status_code == 200, member
+    mine = await token_for(client, agent)
+    for other in others:
+        fetched = await client.get(
+            f"/media/{encode_global_id('Media', other)}",
+            headers={"Authorization": f"Bearer {mine}"},
+        )
+        assert fetched.status_code == 404

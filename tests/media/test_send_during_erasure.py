@@ -221,9 +221,7 @@ async def test_a_file_erased_with_its_sender_fails_the_message_to_another_contac
     token = await token_for(media_inbox.client, admin)
     async with media_inbox.db.session(media_inbox.account.org_id) as session:
         photo = (await session.exec(select(MediaFile))).one()
-    sent = await send_media(
-        media_inbox.client, token, second, encode_global_id("Media", photo.id)
-    )
+    sent = await send_media(media_inbox.client, token, second, encode_global_id("Media", photo.id))
     assert "errors" not in sent.json(), sent.json()
     message_id = decode_global_id(sent.json()["data"]["sendMedia"]["id"], "Message")
     caplog.set_level(logging.INFO)
