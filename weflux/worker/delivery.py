@@ -32,6 +32,10 @@ is retried for a few seconds before giving up. Every send carries
 status still finds its message (and fills in the wamid) when the send response was lost.
 A call that timed out is retried the same way, since Meta may or may not have sent it.
 
+An erasure withdraws its contact's messages (weflux.lifecycle.erasure): a send reads its
+message again just before each call to Meta (`_check_due`), so from the erasure's
+commit nothing more is sent for that contact, and the send is dropped, not retried.
+
 Nothing here logs an access token or a message's text: ids, error codes and Meta's
 fbtrace ids only.
 """
