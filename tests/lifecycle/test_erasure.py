@@ -350,7 +350,6 @@ async def test_ledger_replay_deletes_the_restored_contacts_files_by_the_erasure_
         b_photo = _file(org_id, MediaOrigin.INBOUND, b_received.id)
         session.add_all([photo, only, shared, b_photo])
         await session.flush()
-        out = {"direction": MessageDirection.OUTBOUND}
         for conversation, carried in [
             (others, photo),
             (theirs, only),
@@ -358,7 +357,12 @@ async def test_ledger_replay_deletes_the_restored_contacts_files_by_the_erasure_
             (others, shared),
             (theirs, b_photo),
         ]:
-            await create_message(session, conversation, media_file_id=carried.id, **out)
+            await create_message(
+                session,
+                conversation,
+                media_file_id=carried.id,
+                direction=MessageDirection.OUTBOUND,
+            )
     entry = ErasureLedgerEntry(
         kind=DataRequestKind.CONTACT_ERASURE, org_id=org_id, contact_id=erased.id
     )

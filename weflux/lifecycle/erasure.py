@@ -31,7 +31,6 @@ from weflux.models import (
     ConversationRemoval,
     DataRequest,
     MediaFile,
-    MediaOrigin,
     MediaStatus,
     Membership,
     Message,
@@ -316,9 +315,10 @@ async def _claim(
     sendMedia locks its file's row and needs it READY (`weflux.services.outbound`), so a
     file is either claimed here or carried by a committed message, never both. On
     PostgreSQL the rows are locked first (a file a sendMedia holds is skipped, for the next
-    sweep, or waited for with `wait`) and `where` is asked again in a statement of its own: under READ COMMITTED it
-    sees every message committed before the locks, which the first statement's snapshot
-    may not. On SQLite the transaction holds the write lock from its start.
+    sweep, or waited for with `wait`) and `where` is asked again in a statement of its
+    own: under READ COMMITTED it sees every message committed before the locks, which
+    the first statement's snapshot may not. On SQLite the transaction holds the write
+    lock from its start.
     """
     locked = (
         await session.exec(

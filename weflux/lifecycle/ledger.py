@@ -249,7 +249,7 @@ async def _erase_contacts(
                 await connection.execute(
                     erase_body, {"needle": needle if postgres else needle.encode()}
                 )
-        await _delete_files_of(connection, entry.org_id, contact.id)
+        await _delete_files_of(connection, contact.id)
         # Conversations and their messages go by the foreign keys' cascades; on SQLite
         # their positions stay below the workspace's feed floor (never handed out again).
         await raise_feed_floor(connection, entry.org_id)
@@ -257,9 +257,7 @@ async def _erase_contacts(
     return 1 if doomed else 0
 
 
-async def _delete_files_of(
-    connection: AsyncConnection, org_id: uuid.UUID, contact_id: uuid.UUID
-) -> None:
+async def _delete_files_of(connection: AsyncConnection, contact_id: uuid.UUID) -> None:
     """Delete the media file rows an erasure deletes (`erasure.purge_media_of`): those the
     contact sent, even if sent on, and those sent to it that no other conversation's
     message carries or received. Rows only: a backup holds no stored file."""
@@ -279,10 +277,10 @@ async def _delete_files_of(
     )
     await connection.execute(
         sa.delete(files).where(
-            files.c.org_id == org_id,
+            # The contact's own rows: its id is unique across workspaces.
             sa.or_(
                 files.c.message_id.in_(their_messages),
                 sa.and_(files.c.id.in_(sent_to_them), ~kept),
-            ),
+            )
         )
     )
