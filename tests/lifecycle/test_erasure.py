@@ -32,6 +32,9 @@ from weflux.models import (
     DataRequestKind,
     DataRequestStatus,
     ErasureLedgerEntry,
+    MediaFile,
+    MediaOrigin,
+    MediaStatus,
     Message,
     MessageDirection,
     MessageReaction,
@@ -311,3 +314,61 @@ async def test_ledger_replay_erases_a_restored_contact_and_spares_a_newer_one(
     )
     assert not ledger.matches(entry, keyring, newer)
     assert ledger.matches(entry, keyring, older)
+
+
+def _file(org_id: uuid.UUID, origin: MediaOrigin, message_id: uuid.UUID | None) -> MediaFile:
+    return MediaFile(
+        org_id=org_id,
+        origin=origin,
+        message_id=message_id,
+        kind="image",
+        mime_type="image/jpeg",
+        status=MediaStatus.READY,
+    )
+
+
+async def test_ledger_replay_deletes_the_restored_contacts_files_by_the_erasure_rules(
+    db: Database, owner_db: Database, admin: Actor, keyring: KeyRing
+) -> None:
+    """Given (as a restored backup would hold them) contact A's photo, which the team
+    sent on to contact B; an upload sent to A only; one sent to A and B; and B's own
+    photo sent on to A,
+    when a ledger entry erasing A is replayed,
+    then A's photo (even sent on) and the upload sent to A only are gone; the upload B
+    also got and B's photo stay (CONTRACT §7; docs/lifecycle.md#which-files-go-when)."""
+    org_id = admin.org_id
+    async with db.session(org_id) as session:
+        erased = await create_contact(session, wa_id="4915112340001")
+        kept = await create_contact(session, wa_id="4915112340002")
+        theirs = await create_conversation(session, contact=erased)
+        others = await create_conversation(session, contact=kept)
+        received = await create_message(session, theirs)
+        photo = _file(org_id, MediaOrigin.INBOUND, received.id)
+        only = _file(org_id, MediaOrigin.UPLOAD, None)
+        shared = _file(org_id, MediaOrigin.UPLOAD, None)
+        b_received = await create_message(session, others)
+        b_photo = _file(org_id, MediaOrigin.INBOUND, b_received.id)
+        session.add_all([photo, only, shared, b_photo])
+        await session.flush()
+        for conversation, carried in [
+            (others, photo),
+            (theirs, only),
+            (theirs, shared),
+            (others, shared),
+            (theirs, b_photo),
+        ]:
+            await create_message(
+                session,
+                conversation,
+                media_file_id=carried.id,
+                direction=MessageDirection.OUTBOUND,
+            )
+    entry = ErasureLedgerEntry(
+        kind=DataRequestKind.CONTACT_ERASURE, org_id=org_id, contact_id=erased.id
+    )
+
+    assert await ledger.replay(owner_db, keyring, [entry]) == 1
+
+    async with db.session(org_id) as session:
+        left = set((await session.exec(select(MediaFile.id))).all())
+    assert left == {shared.id, b_photo.id}

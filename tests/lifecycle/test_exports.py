@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import uuid
 import zipfile
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ from tests.fixtures.factories import Actor, create_contact, create_conversation,
 from tests.fixtures.principals import principal_of
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.lifecycle import exports
+from weflux.lifecycle import erasure, exports
 from weflux.lifecycle import requests as lifecycle_requests
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
@@ -25,6 +26,10 @@ from weflux.models import (
     DataRequest,
     DataRequestStatus,
     Label,
+    MediaFile,
+    MediaOrigin,
+    MediaStatus,
+    MessageDirection,
     Note,
     WhatsAppAccount,
     utcnow,
@@ -222,4 +227,53 @@ async def test_an_export_that_keeps_failing_is_failed_after_five_attempts(
         DataRequestStatus.FAILED,
         5,
         "FileExistsError",
+    )
+
+
+async def test_a_workspace_export_leaves_out_an_erased_contacts_files_and_keeps_detached_ones(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a contact erased (the tombstone; the worker has not purged yet) whose photo
+    the team sent on to another contact, and a received file detached by retention
+    (`message_id` null) that another message still carries,
+    when the workspace's export is built,
+    then `media_files.jsonl` holds the detached file (its `message_id` null) and not the
+    erased contact's photo, nor its caption anywhere."""
+    async with db.session(admin.org_id) as session:
+        erased = await create_contact(session, wa_id="4915100000001")
+        theirs = await create_conversation(session, contact=erased)
+        received = await create_message(session, theirs)
+        others = await create_conversation(session)
+        photo = _inbound_file(admin, received.id, "erased caption")
+        detached = _inbound_file(admin, None, "kept caption")
+        session.add_all([photo, detached])
+        await session.flush()
+        for carried in (photo, detached):
+            await create_message(
+                session, others, media_file_id=carried.id, direction=MessageDirection.OUTBOUND
+            )
+        await erasure.tombstone_contact(session, erased, now=utcnow())
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports")
+
+    await run_due_requests(lifecycle)
+
+    archive = _unzip(keyring, tmp_path / "exports", await _built(db, request.id, admin.org_id))
+    files = [json.loads(line) for line in archive.read("media_files.jsonl").splitlines()]
+    assert [(f["id"], f["message_id"]) for f in files] == [(str(detached.id), None)]
+    everything = b"".join(archive.read(name) for name in archive.namelist())
+    assert b"erased caption" not in everything
+
+
+def _inbound_file(admin: Actor, message_id: uuid.UUID | None, caption: str) -> MediaFile:
+    return MediaFile(
+        org_id=admin.org_id,
+        origin=MediaOrigin.INBOUND,
+        message_id=message_id,
+        kind="image",
+        mime_type="image/jpeg",
+        caption=caption,
+        status=MediaStatus.READY,
     )

@@ -69,6 +69,7 @@ from weflux.models import (
     Conversation,
     ConversationLabel,
     ConversationRemoval,
+    MediaFile,
     Message,
     MessageReaction,
     Note,
@@ -294,10 +295,24 @@ def _tombstone_criterion(model: Any, org_id: uuid.UUID) -> Any | None:
         )
         return cls.conversation_id.not_in(erased)
 
+    def not_sent_by_erased_contact(cls: Any) -> Any:
+        # A file an erased contact sent, carried on by another conversation's message
+        # (sendMedia): hidden with the contact's own messages, deleted with them.
+        messages: Table = Message.__table__  # type: ignore[attr-defined]
+        erased = select(conversations.c.id).where(
+            conversations.c.org_id == org_id, conversations.c.erased_at.is_not(None)
+        )
+        theirs = select(messages.c.id).where(
+            messages.c.org_id == org_id, messages.c.conversation_id.in_(erased)
+        )
+        return or_(cls.message_id.is_(None), cls.message_id.not_in(theirs))
+
     if model in (Contact, Conversation):
         return with_loader_criteria(model, not_erased, include_aliases=True)
     if model in (Message, Note, ConversationLabel, MessageReaction):
         return with_loader_criteria(model, not_in_erased_conversation, include_aliases=True)
+    if model is MediaFile:
+        return with_loader_criteria(model, not_sent_by_erased_contact, include_aliases=True)
     return None
 
 

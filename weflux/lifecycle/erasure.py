@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, delete, true, update
+from sqlalchemy import and_, delete, or_, true, update
 from sqlalchemy.orm import aliased
 from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -31,7 +31,6 @@ from weflux.models import (
     ConversationRemoval,
     DataRequest,
     MediaFile,
-    MediaOrigin,
     MediaStatus,
     Membership,
     Message,
@@ -149,7 +148,7 @@ async def purge_contact(
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
     messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
     # Tombstoned above: the contact's own messages (erased conversations) keep nothing.
-    await purge_media_of(db, media, org_id, messages, batch)
+    await purge_media_of(db, media, org_id, messages, batch, erasing=True)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -171,31 +170,47 @@ async def purge_media_of(
     batch: int,
     *,
     survives: Callable[[Any], Any] = lambda _: true(),
+    erasing: bool = False,
 ) -> int:
     """Delete the media files of the messages `messages` (a subquery of message ids)
-    selects: the files they received (`message_id`), and the uploads they sent
-    (`media_file_id`) that no surviving message carries; how many went.
+    selects, before those messages go; how many went (docs/lifecycle.md#which-files-go-when).
 
-    A message keeps an upload alive when `survives(message)` (a condition on an alias of
-    Message: not purged now) and its conversation is not erased. So an upload sent to
-    several conversations goes with the last of them (erasure or retention;
-    docs/lifecycle.md). Two statements, not an OR: each keeps its index (the EXISTS is an
-    anti-join probing `ix_messages_org_id_media_file_id`).
+    A file goes when no message kept carries it (`media_file_id`) or received it
+    (`message_id`), whatever its origin: a message is kept when `survives(message)` (a
+    condition on an alias of Message: not purged now) and its conversation is not erased.
+    So a file sent in several conversations goes with the last of them. With `erasing`
+    (a contact's erasure), the files the contact sent (received with its messages) go
+    whatever carries them: they are the contact's media (CONTRACT §7). A file that stays
+    is detached from its purged message (`message_id` null) before that message goes, so
+    the foreign key's cascade never takes its row; carried by nothing later, it expires
+    as an unsent upload does (`unsent_files`).
+
+    Two statements, not an OR: each keeps its index (the EXISTS are anti-joins probing
+    `ix_messages_org_id_media_file_id` and the messages' primary key).
     """
     received = col(MediaFile.message_id).in_(messages)
     sent = select(col(Message.media_file_id)).where(
         col(Message.id).in_(messages), col(Message.media_file_id).is_not(None)
     )
     erased = select(col(Conversation.id)).where(col(Conversation.erased_at).is_not(None))
-    kept = _carried(lambda other: (survives(other), other.conversation_id.not_in(erased)))
-    total = await purge_media(db, store, org_id, received, batch)
-    return total + await purge_media(
-        db, store, org_id, and_(col(MediaFile.id).in_(sent), ~kept), batch
-    )
+
+    def kept_message(other: Any) -> tuple[Any, ...]:
+        return survives(other), other.conversation_id.not_in(erased)
+
+    kept = or_(_carried(kept_message), _received_by(kept_message))
+    if erasing:
+        # Wait for a sendMedia holding one (it fails: the contact is hidden) rather than
+        # skip it: a skipped file would outlive the contact.
+        total = await purge_media(db, store, org_id, received, batch, wait=True)
+    else:
+        total = await purge_media(db, store, org_id, and_(received, ~kept), batch)
+    total += await purge_media(db, store, org_id, and_(col(MediaFile.id).in_(sent), ~kept), batch)
+    await _detach(db, org_id, received, batch)
+    return total
 
 
 def _carried(where: Callable[[Any], tuple[Any, ...]] = lambda _: ()) -> Any:
-    """Whether a message (`where(message)`) carries the upload: EXISTS, one probe of
+    """Whether a message (`where(message)`) carries the file: EXISTS, one probe of
     `ix_messages_org_id_media_file_id` per file.
 
     The message is an alias: a `messages` subquery inside `where` must not correlate
@@ -205,12 +220,33 @@ def _carried(where: Callable[[Any], tuple[Any, ...]] = lambda _: ()) -> Any:
     return select(other.id).where(other.media_file_id == col(MediaFile.id), *where(other)).exists()
 
 
-def unsent_uploads(uploaded_before: datetime) -> Any:
-    """Uploads (uploadMedia) older than `uploaded_before` that no message carries."""
+def _received_by(where: Callable[[Any], tuple[Any, ...]]) -> Any:
+    """Whether the file was received with a message (`where(message)`): EXISTS, one
+    probe of the messages' primary key per file."""
+    own = aliased(Message)
+    return select(own.id).where(own.id == col(MediaFile.message_id), *where(own)).exists()
+
+
+async def _detach(db: Database, org_id: uuid.UUID, received: Any, batch: int) -> None:
+    """Set `message_id` null on the files left that `received` matches, `batch` per
+    transaction: their messages are about to go, and the cascade must not take them."""
+    while True:
+        async with db.session(org_id) as session:
+            see_erased(session)
+            chosen = select(col(MediaFile.id)).where(received).limit(batch)
+            result = await session.exec(
+                update(MediaFile).where(col(MediaFile.id).in_(chosen)).values(message_id=None)
+            )
+        if int(result.rowcount) < batch:
+            return
+
+
+def unsent_files(created_before: datetime) -> Any:
+    """Files older than `created_before` that no message carries or received: uploads
+    never sent, and files of any origin whose last message went (`purge_media_of`)."""
     return and_(
-        col(MediaFile.origin) == MediaOrigin.UPLOAD,
         col(MediaFile.message_id).is_(None),
-        col(MediaFile.created_at) < uploaded_before,
+        col(MediaFile.created_at) < created_before,
         ~_carried(),
     )
 
@@ -235,7 +271,13 @@ async def delete_in_batches(
 
 
 async def purge_media(
-    db: Database, store: MediaStore | None, org_id: uuid.UUID, where: Any, batch: int
+    db: Database,
+    store: MediaStore | None,
+    org_id: uuid.UUID,
+    where: Any,
+    batch: int,
+    *,
+    wait: bool = False,
 ) -> int:
     """Delete media files matching `where` and their stored files, `batch` at a time.
 
@@ -243,12 +285,13 @@ async def purge_media(
     its stored files go, then its rows: a worker killed in between finds the claimed rows
     again (they still match `where`) and deleting a file already gone is a no-op, so no
     stored file outlives its row. Without a store (a test, a tool) only rows are deleted.
+    `wait`: wait for a row a sendMedia holds instead of leaving it for the next sweep.
     """
     total = 0
     while True:
         async with db.session(org_id) as session:
             see_erased(session)
-            chosen, rows = await _claim(session, where, batch)
+            chosen, rows = await _claim(session, where, batch, wait=wait)
         if store is not None:
             for _, key in rows:
                 if key is not None:
@@ -264,7 +307,7 @@ async def purge_media(
 
 
 async def _claim(
-    session: AsyncSession, where: Any, batch: int
+    session: AsyncSession, where: Any, batch: int, *, wait: bool = False
 ) -> tuple[int, list[tuple[uuid.UUID, str | None]]]:
     """Mark up to `batch` files matching `where` as being deleted (FAILED, `PURGED`); how
     many were looked at, and the (id, storage key) of those marked.
@@ -272,16 +315,17 @@ async def _claim(
     sendMedia locks its file's row and needs it READY (`weflux.services.outbound`), so a
     file is either claimed here or carried by a committed message, never both. On
     PostgreSQL the rows are locked first (a file a sendMedia holds is skipped, for the next
-    sweep) and `where` is asked again in a statement of its own: under READ COMMITTED it
-    sees every message committed before the locks, which the first statement's snapshot
-    may not. On SQLite the transaction holds the write lock from its start.
+    sweep, or waited for with `wait`) and `where` is asked again in a statement of its
+    own: under READ COMMITTED it sees every message committed before the locks, which
+    the first statement's snapshot may not. On SQLite the transaction holds the write
+    lock from its start.
     """
     locked = (
         await session.exec(
             select(MediaFile.id)
             .where(where)
             .limit(batch)
-            .with_for_update(skip_locked=True, of=MediaFile)
+            .with_for_update(skip_locked=not wait, of=MediaFile)
         )
     ).all()
     if not locked:

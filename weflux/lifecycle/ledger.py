@@ -33,9 +33,12 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import (
     Contact,
+    Conversation,
     DataRequestKind,
     ErasureLedgerEntry,
+    MediaFile,
     Membership,
+    Message,
     Organization,
     User,
 )
@@ -175,7 +178,8 @@ async def replay_on_connection(
     cascades) and the accounts it leaves without any workspace. A contact entry deletes
     the contact with that id, and any contact of that workspace created before the entry
     whose WhatsApp id or user id hashes to the entry's (`matches`; by id only without
-    `keyring`), with its conversations, messages and the raw webhook bodies naming it.
+    `keyring`), with its conversations, messages, media files (`_delete_files_of`) and the
+    raw webhook bodies naming it.
     Idempotent. `connection` is the schema owner's, inside the caller's transaction
     (a restore runs it last, in its own).
     """
@@ -245,8 +249,38 @@ async def _erase_contacts(
                 await connection.execute(
                     erase_body, {"needle": needle if postgres else needle.encode()}
                 )
+        await _delete_files_of(connection, contact.id)
         # Conversations and their messages go by the foreign keys' cascades; on SQLite
         # their positions stay below the workspace's feed floor (never handed out again).
         await raise_feed_floor(connection, entry.org_id)
         await connection.execute(sa.delete(contacts).where(contacts.c.id == contact.id))
     return 1 if doomed else 0
+
+
+async def _delete_files_of(connection: AsyncConnection, contact_id: uuid.UUID) -> None:
+    """Delete the media file rows an erasure deletes (`erasure.purge_media_of`): those the
+    contact sent, even if sent on, and those sent to it that no other conversation's
+    message carries or received. Rows only: a backup holds no stored file."""
+    files: sa.Table = MediaFile.__table__  # type: ignore[attr-defined]
+    messages: sa.Table = Message.__table__  # type: ignore[attr-defined]
+    conversations: sa.Table = Conversation.__table__  # type: ignore[attr-defined]
+    other = messages.alias("other")
+    theirs = sa.select(conversations.c.id).where(conversations.c.contact_id == contact_id)
+    their_messages = sa.select(messages.c.id).where(messages.c.conversation_id.in_(theirs))
+    sent_to_them = sa.select(messages.c.media_file_id).where(
+        messages.c.conversation_id.in_(theirs), messages.c.media_file_id.is_not(None)
+    )
+    elsewhere = other.c.conversation_id.not_in(theirs)
+    kept = sa.or_(
+        sa.exists().where(other.c.media_file_id == files.c.id, elsewhere),
+        sa.exists().where(other.c.id == files.c.message_id, elsewhere),
+    )
+    await connection.execute(
+        sa.delete(files).where(
+            # The contact's own rows: its id is unique across workspaces.
+            sa.or_(
+                files.c.message_id.in_(their_messages),
+                sa.and_(files.c.id.in_(sent_to_them), ~kept),
+            )
+        )
+    )

@@ -231,7 +231,7 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         if days is not None:
             cutoff = now - timedelta(days=days)
             old = select(col(Message.id)).where(col(Message.created_at) < cutoff)
-            # An upload also sent by a newer message stays with it.
+            # A file a newer message also carries stays with it, detached from the old.
             deleted += await erasure.purge_media_of(
                 db,
                 lifecycle.media,
@@ -247,7 +247,7 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             db,
             lifecycle.media,
             org_id,
-            erasure.unsent_uploads(now - lifecycle.media_upload_retention),
+            erasure.unsent_files(now - lifecycle.media_upload_retention),
             lifecycle.batch,
         )
         deleted += await expire_removals(lifecycle, org_id, now=now)

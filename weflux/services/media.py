@@ -34,11 +34,15 @@ async def _chunks(file: BinaryIO, head: bytes) -> AsyncIterator[bytes]:
 
 
 async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -> bool:
-    """Whether the caller may see the file: through a message they may see, or (an
-    upload not sent yet) as its uploader. `session` carries the caller's visibility."""
-    if row.message_id is not None:
-        return await session.get(Message, row.message_id) is not None
-    if row.uploaded_by_membership_id == principal.membership_id:
+    """Whether the caller may see the file: through a message they may see (the one it
+    came with, or one that sent it on), or (an upload not sent yet) as its uploader.
+    `session` carries the caller's visibility."""
+    if row.message_id is not None and await session.get(Message, row.message_id) is not None:
+        return True
+    if (
+        row.origin == MediaOrigin.UPLOAD
+        and row.uploaded_by_membership_id == principal.membership_id
+    ):
         return True
     carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
     return (await session.exec(carrying)).first() is not None

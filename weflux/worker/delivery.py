@@ -32,6 +32,10 @@ is retried for a few seconds before giving up. Every send carries
 status still finds its message (and fills in the wamid) when the send response was lost.
 A call that timed out is retried the same way, since Meta may or may not have sent it.
 
+An erasure withdraws its contact's messages (weflux.lifecycle.erasure): a send reads its
+message again just before each call to Meta (`_check_due`), so from the erasure's
+commit nothing more is sent for that contact, and the send is dropped, not retried.
+
 Nothing here logs an access token or a message's text: ids, error codes and Meta's
 fbtrace ids only.
 """
@@ -95,6 +99,8 @@ _DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErro
 _MAX_TITLE = 500
 # How many messages of one conversation a run sends back to back (then others get a turn).
 FOLLOW_UPS_PER_RUN = 20
+# A media message whose file was deleted before it went (its sender erased, or it expired).
+FILE_DELETED = "Not sent: the file was deleted before it could be sent; upload it again"
 
 
 # -- throughput ---------------------------------------------------------------------------
@@ -275,7 +281,7 @@ class _Upload:
 
 @dataclass(frozen=True)
 class _Outcome:
-    kind: str  # "sent", "retry", "fail", "token_invalid"
+    kind: str  # "sent", "retry", "fail", "token_invalid", "stopped" (nothing to record)
     sent: SentMessage | None = None
     code: int | None = None
     title: str = ""
@@ -339,7 +345,7 @@ async def _prepare(
         if message.media_file_id is not None:
             media = await session.get(MediaFile, message.media_file_id)
             if media is None or media.status != MediaStatus.READY or services.media is None:
-                return _Outcome("fail", title="Not sent: the file is gone")
+                return _Outcome("fail", title=FILE_DELETED)
             try:
                 upload = _Upload(services.media, media, data_key(services.keyring, media))
             except (DecryptionError, MediaIntegrityError):
@@ -409,13 +415,63 @@ async def _upload_file(send: _Send) -> dict[str, Any]:
     return {**send.payload, kind: {**send.payload[kind], "id": media_id}}
 
 
+_STOPPED = _Outcome("stopped")  # the message was withdrawn: nothing sent, nothing to record
+
+
+class _Withdrawn(Exception):
+    """The message stopped being this worker's to send while it waited (an erasure)."""
+
+
+async def _check_due(db: Database, claimed: ClaimedMessage) -> None:
+    """Raise _Withdrawn unless the message is still this worker's to send.
+
+    From an erasure's commit its contact's messages are hidden (weflux.auth.scoping) and
+    their pending sends FAILED, so a send checked here after that commit stops: one short
+    read just before each call to Meta (the upload, the send).
+    """
+    async with db.session(claimed.org_id) as session:
+        message = await session.get(Message, claimed.id)
+        if message is None or not _owned(message, claimed):
+            raise _Withdrawn
+
+
+async def _unreadable(
+    db: Database, claimed: ClaimedMessage, upload: _Upload, error: Exception
+) -> _Outcome:
+    """The outcome when a media message's stored file could not be read: stopped when
+    the message was withdrawn meanwhile (its contact erased), FAILED when the file was
+    deleted (its sender erased, or it expired), retried otherwise."""
+    async with db.session(claimed.org_id) as session:
+        message = await session.get(Message, claimed.id)
+        if message is None or not _owned(message, claimed):
+            return _STOPPED
+        media = await session.get(MediaFile, upload.row.id)
+    if media is None or media.status != MediaStatus.READY:
+        return _Outcome("fail", title=FILE_DELETED)
+    log.warning(
+        "stored media file unreadable",
+        extra={"message_id": str(claimed.id), "error": type(error).__name__},
+    )
+    return _Outcome("retry", title="The stored file could not be read")
+
+
 async def _call_meta(
-    services: Services, throttle: Throttle, claimed: ClaimedMessage, send: _Send
+    db: Database,
+    services: Services,
+    throttle: Throttle,
+    claimed: ClaimedMessage,
+    send: _Send,
 ) -> _Outcome:
     await throttle.acquire(send.phone_number_id, send.rate)
     try:
-        payload = send.payload if send.upload is None else await _upload_file(send)
+        await _check_due(db, claimed)  # the throttle may have made it wait
+        payload = send.payload
+        if send.upload is not None:
+            payload = await _upload_file(send)
+            await _check_due(db, claimed)
         sent = await send.cloud.send_message(send.phone_number_id, send.token.reveal(), payload)
+    except _Withdrawn:
+        return _STOPPED
     except MetaApiError as error:
         log.warning(
             "message send failed",
@@ -445,11 +501,8 @@ async def _call_meta(
         # The client refused the stored token before sending (not a header-safe value).
         return _Outcome("fail", title="Not sent: the stored access token is not usable")
     except (OSError, MediaIntegrityError) as error:
-        log.warning(
-            "stored media file unreadable",
-            extra={"message_id": str(claimed.id), "error": type(error).__name__},
-        )
-        return _Outcome("retry", title="The stored file could not be read")
+        assert send.upload is not None
+        return await _unreadable(db, claimed, send.upload, error)
     log.info(
         "message sent",
         extra={
@@ -586,7 +639,12 @@ async def deliver_one(
     if prepared is None:
         return None
     if isinstance(prepared, _Send):
-        outcome = await _call_meta(services, throttle or _DEFAULT_THROTTLE, claimed, prepared)
+        outcome = await _call_meta(db, services, throttle or _DEFAULT_THROTTLE, claimed, prepared)
+        if outcome is _STOPPED:
+            log.info(
+                "send stopped: the message was withdrawn", extra={"message_id": str(claimed.id)}
+            )
+            return None
     else:
         outcome = prepared
         log.warning(

@@ -327,8 +327,10 @@ class Message(Node):
 
     @strawberry.field(
         description="The photo, video, voice note, document or sticker it carries; null for "
-        "other kinds. Inbound files appear at once and become downloadable (`downloadPath`) "
-        "when the worker has fetched them from WhatsApp (`messageUpdated` says so)."
+        "other kinds, and once its file is deleted (the contact who sent it was erased, even "
+        "where the team sent it on). Inbound files appear at once and become downloadable "
+        "(`downloadPath`) when the worker has fetched them from WhatsApp (`messageUpdated` "
+        "says so)."
     )
     @direct
     def media(self, info: Info[Context, None]) -> Media | None:
