@@ -66,7 +66,7 @@ async def test_a_new_customer_writes_hi_and_sees_the_reply_reach_read(
     assert response.json()["data"]["sendMessage"]["status"] == "QUEUED", response.text
     reply = page.locator("#thread li.out")
     await expect(reply.locator(".text")).to_have_text("Hello Ada")
-    await expect(reply).to_have_attribute("data-status", "read", timeout=10_000)
+    await expect(reply).to_have_attribute("data-status", "read")
     await expect(reply.locator(".ticks")).to_have_text("✓✓")
     await expect(reply.locator(".ticks")).to_have_class("ticks read")
     assert await page.locator("#error").text_content() == ""
