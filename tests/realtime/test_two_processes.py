@@ -59,7 +59,7 @@ async def listening(
     raise AssertionError("the subscriptions never received a probe")
 
 
-async def _text(socket: GraphQLSocket, operation: str, timeout: float = 5.0) -> str:  # noqa: ASYNC109
+async def _text(socket: GraphQLSocket, operation: str, timeout: float = 10.0) -> str:  # noqa: ASYNC109
     frame = await socket.next(operation, timeout=timeout)
     return str(frame["payload"]["data"]["messageAdded"]["text"])
 
@@ -179,7 +179,7 @@ async def test_after_a_redis_outage_a_resuming_subscriber_has_every_message_once
         operation = await socket.subscribe(ADDED)
         await listening(on_a, [(socket, operation)])
         await inbound(on_a, "m0")
-        first = (await socket.next(operation))["payload"]["data"]["messageAdded"]
+        first = (await socket.next(operation, timeout=10))["payload"]["data"]["messageAdded"]
         assert first["text"] == "m0"
 
         await redis_proxy.cut()  # Redis goes away mid-stream
