@@ -240,7 +240,7 @@ async def test_connection_limits(live: str, http: httpx.AsyncClient, admin: Acto
     refused = await socket.subscribe(CONVERSATIONS)  # the 21st
     frame = await socket.next(refused)
     assert frame["type"] == "error"
-    assert "limit" in frame["payload"][0]["message"]
+    assert frame["payload"][0]["extensions"] == {"code": "RATE_LIMITED", "limit": 20}
     await socket.close()
 
     big = await GraphQLSocket.connect(live, token)
