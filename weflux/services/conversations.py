@@ -13,13 +13,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, or_, tuple_, union_all
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import lock_feed
+from weflux.auth.scoping import lock_feed, visible_parts
 from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.models import (
     Contact,
@@ -100,23 +101,27 @@ def _conversation_cursor(row: Conversation) -> str:
     return encode_keyset("conversation", at, row.id)
 
 
-def _after_conversation(cursor: str) -> Any:
+def _after_conversation(cursor: str) -> tuple[Any, ...]:
+    """The rows after a cursor, as conditions each read in the list's order by a range of
+    an index: those with a later activity key (a row comparison), then those without
+    messages (sorted last). Their union is exactly the rows after the cursor; an OR of
+    them would be a filter, every earlier page read again to reach the range."""
     key, row_id = decode_keyset("conversation", cursor)
     at_column = col(Conversation.last_message_at)
     id_column = col(Conversation.id)
     if key is None:  # already among the conversations without messages (sorted last)
-        return and_(at_column.is_(None), id_column < row_id)
+        return (and_(at_column.is_(None), id_column < row_id),)
     try:
         at = datetime.fromisoformat(key)
     except ValueError:
         raise invalid_cursor() from None
     if at.tzinfo is None:
         raise invalid_cursor()
-    return or_(
-        at_column < at,
-        and_(at_column == at, id_column < row_id),
-        at_column.is_(None),
-    )
+    return (tuple_(at_column, id_column) < tuple_(at, row_id), at_column.is_(None))
+
+
+def _newest_first(entity: Any) -> tuple[Any, Any]:
+    return col(entity.last_message_at).desc().nulls_last(), col(entity.id).desc()
 
 
 async def list_conversations(
@@ -134,6 +139,11 @@ async def list_conversations(
 
     New conversations arriving between two pages land before the first one and never
     shift the pages already read: no duplicates, no gaps.
+
+    A page is bounded by the page, not the workspace: it is read as a few parts, each in
+    the order of an index and limited to a page (for an Agent, their conversations and
+    nobody's; after a cursor, the rest of the dated ones and the undated ones), then
+    merged. One statement; the scoping layer confines every part.
     """
     size = page_size(first)
     term = search_term(search)
@@ -144,21 +154,35 @@ async def list_conversations(
         )
     if status is not None:
         query = query.where(col(Conversation.status) == status)
+    # An Agent's own share and nobody's are walked apart (visible_parts) unless the
+    # filter names one of them.
+    parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
+    else:
+        parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
             col(ConversationLabel.label_id) == label
         )
         query = query.where(col(Conversation.id).in_(tagged))
-    if after:
-        query = query.where(_after_conversation(after))
-    query = query.order_by(
-        col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc()
-    ).limit(size + 1)
-    rows = (await session.exec(query)).all()
+    ranges = _after_conversation(after) if after else ()
+    branches = [
+        query.where(*part, *range_).order_by(*_newest_first(Conversation)).limit(size + 1)
+        for part in [(p,) for p in parts] or [()]
+        for range_ in [(r,) for r in ranges] or [()]
+    ]
+    if len(branches) == 1:
+        statement = branches[0]
+    else:
+        merged = aliased(
+            Conversation,
+            union_all(*(branch.subquery().select() for branch in branches)).subquery("page"),
+        )
+        statement = select(merged).order_by(*_newest_first(merged)).limit(size + 1)
+    rows = (await session.exec(statement)).all()
     return page_of(rows, size, _conversation_cursor, has_previous_page=bool(after))
 
 
