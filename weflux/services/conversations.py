@@ -120,6 +120,13 @@ def _after_conversation(cursor: str) -> tuple[Any, ...]:
     return (tuple_(at_column, id_column) < tuple_(at, row_id), at_column.is_(None))
 
 
+def _each_of(parts: tuple[Any, ...], ranges: tuple[Any, ...]) -> list[list[Any]]:
+    """The conditions of each branch: every part with every range (none: all rows)."""
+    each_part: list[list[Any]] = [[p] for p in parts] or [[]]
+    each_range: list[list[Any]] = [[r] for r in ranges] or [[]]
+    return [[*part, *range_] for part in each_part for range_ in each_range]
+
+
 def _newest_first(entity: Any) -> tuple[Any, Any]:
     return col(entity.last_message_at).desc().nulls_last(), col(entity.id).desc()
 
@@ -170,9 +177,8 @@ async def list_conversations(
         query = query.where(col(Conversation.id).in_(tagged))
     ranges = _after_conversation(after) if after else ()
     branches = [
-        query.where(*part, *range_).order_by(*_newest_first(Conversation)).limit(size + 1)
-        for part in [(p,) for p in parts] or [()]
-        for range_ in [(r,) for r in ranges] or [()]
+        query.where(*conditions).order_by(*_newest_first(Conversation)).limit(size + 1)
+        for conditions in _each_of(parts, ranges)
     ]
     if len(branches) == 1:
         statement = branches[0]
