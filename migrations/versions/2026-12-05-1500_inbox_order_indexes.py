@@ -13,7 +13,12 @@ PostgreSQL: its ascending indexes read backwards give `NULLS FIRST`, so it read 
 visible conversation of the workspace and sorted them for each page (a parallel
 sequential scan for an Admin, a bitmap scan of an Agent's two assignee values). The three
 ascending list indexes are replaced by four partial ones (conversations not erased) in
-the list's own order: the workspace, one status, one assignee, nobody's.
+the list's own order: the workspace, one status, one assignee, nobody's. And extended
+statistics (MCV) of (org_id, assignee_membership_id): an Agent's part carries both its
+own condition (`assignee = me`) and the scoping layer's (`assignee = me OR assignee IS
+NULL`), which the planner took as independent, estimating the part a tenth of its size;
+under a page's worth it chose a bitmap scan and a sort of the whole part. The MCV list
+evaluates the clauses together (a large workspace's members are among its items).
 
 SQLite (an index cannot say NULLS LAST) reads ascending indexes backwards, which is the
 list's order; its status and assignee indexes gain `id`, so a filtered page (and each of
@@ -65,6 +70,7 @@ SQLITE = {
         "id",
     ],
 }
+STATISTICS = "st_conversations_org_id_assignee_membership_id"
 SQLITE_REPLACED = [
     "ix_conversations_org_id_status_last_message_at",
     "ix_conversations_org_id_assignee_membership_id_last_message_at",
@@ -83,6 +89,9 @@ def upgrade() -> None:
             )
         for name in ASCENDING:
             op.drop_index(name, table_name=TABLE)
+        op.execute(
+            f"CREATE STATISTICS {STATISTICS} (mcv) ON org_id, assignee_membership_id FROM {TABLE}"
+        )
         return
     for name, columns in SQLITE.items():
         op.create_index(name, TABLE, columns)
@@ -92,6 +101,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     if _postgresql():
+        op.execute(f"DROP STATISTICS {STATISTICS}")
         for name, columns in ASCENDING.items():
             op.create_index(name, TABLE, columns)
         for name in POSTGRESQL:
