@@ -161,14 +161,21 @@ async def test_each_inbox_page_reads_about_a_page(
                         status=shape.status,
                         assignee=shape.assignee,
                     )
-            assert len(plans) == 1
+            # After a cursor, the undated conversations' statement follows when the first
+            # answers less than a page (as an explained statement does).
+            assert len(plans) == (2 if after else 1)
             where = f"{role} {shape} {'after a cursor' if after else 'first page'}"
+            shown = "\n".join(line for plan in plans for line in plan)
             if sqlite:
-                problems = _sqlite_problems(plans[0], shape, actor is agent, bool(after))
-                assert problems == [], f"{where}:\n" + "\n".join(plans[0])
+                problems = [
+                    problem
+                    for plan in plans
+                    for problem in _sqlite_problems(plan, shape, actor is agent, bool(after))
+                ]
+                assert problems == [], f"{where}:\n{shown}"
             else:
-                read = rows_read(plans[0], "conversations")
-                assert read <= BOUND, f"{where}: {read} rows\n" + "\n".join(plans[0])
+                read = sum(rows_read(plan, "conversations") for plan in plans)
+                assert read <= BOUND, f"{where}: {read} rows\n{shown}"
 
 
 async def test_the_pages_are_the_visible_conversations_in_order(

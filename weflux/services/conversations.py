@@ -102,10 +102,10 @@ def _conversation_cursor(row: Conversation) -> str:
 
 
 def _after_conversation(cursor: str) -> tuple[Any, ...]:
-    """The rows after a cursor, as conditions each read in the list's order by a range of
-    an index: those with a later activity key (a row comparison), then those without
-    messages (sorted last). Their union is exactly the rows after the cursor; an OR of
-    them would be a filter, every earlier page read again to reach the range."""
+    """The rows after a cursor as ranges, each read in the list's order by a range of an
+    index, to be read in turn: those with an earlier activity key (a row comparison),
+    then those without messages (sorted last). An OR of them would be a filter, every
+    earlier page read again to reach the cursor."""
     key, row_id = decode_keyset("conversation", cursor)
     at_column = col(Conversation.last_message_at)
     id_column = col(Conversation.id)
@@ -120,15 +120,24 @@ def _after_conversation(cursor: str) -> tuple[Any, ...]:
     return (tuple_(at_column, id_column) < tuple_(at, row_id), at_column.is_(None))
 
 
-def _each_of(parts: tuple[Any, ...], ranges: tuple[Any, ...]) -> list[list[Any]]:
-    """The conditions of each branch: every part with every range (none: all rows)."""
-    each_part: list[list[Any]] = [[p] for p in parts] or [[]]
-    each_range: list[list[Any]] = [[r] for r in ranges] or [[]]
-    return [[*part, *range_] for part in each_part for range_ in each_range]
-
-
 def _newest_first(entity: Any) -> tuple[Any, Any]:
     return col(entity.last_message_at).desc().nulls_last(), col(entity.id).desc()
+
+
+def _in_order(query: Any, parts: tuple[Any, ...], limit: int) -> Any:
+    """`query`'s first `limit` rows in the list's order: each part (none: one) walked
+    apart and limited, then merged."""
+    branches = [
+        query.where(*([part] if part is not None else []))
+        .order_by(*_newest_first(Conversation))
+        .limit(limit)
+        for part in parts or (None,)
+    ]
+    if len(branches) == 1:
+        return branches[0]
+    merged = union_all(*(branch.subquery().select() for branch in branches)).subquery("page")
+    # Ordered by the union's own columns: the entity's, adapted to it, cost ~3 ms a page.
+    return select(aliased(Conversation, merged)).order_by(*_newest_first(merged.c)).limit(limit)
 
 
 async def list_conversations(
@@ -147,10 +156,11 @@ async def list_conversations(
     New conversations arriving between two pages land before the first one and never
     shift the pages already read: no duplicates, no gaps.
 
-    A page is bounded by the page, not the workspace: it is read as a few parts, each in
-    the order of an index and limited to a page (for an Agent, their conversations and
-    nobody's; after a cursor, the rest of the dated ones and the undated ones), then
-    merged. One statement; the scoping layer confines every part.
+    A page reads about a page, whatever the workspace: each part of it (for an Agent,
+    their conversations and nobody's) is walked in the order of an index from the
+    cursor and limited to a page, then merged, in one statement; a second reads the
+    conversations without messages on the page where the others run out. The scoping
+    layer confines every part.
     """
     size = page_size(first)
     term = search_term(search)
@@ -175,20 +185,12 @@ async def list_conversations(
             col(ConversationLabel.label_id) == label
         )
         query = query.where(col(Conversation.id).in_(tagged))
-    ranges = _after_conversation(after) if after else ()
-    branches = [
-        query.where(*conditions).order_by(*_newest_first(Conversation)).limit(size + 1)
-        for conditions in _each_of(parts, ranges)
-    ]
-    if len(branches) == 1:
-        statement = branches[0]
-    else:
-        merged = union_all(*(branch.subquery().select() for branch in branches)).subquery("page")
-        # Ordered by the union's own columns: the entity's, adapted to it, cost ~3 ms a page.
-        statement = (
-            select(aliased(Conversation, merged)).order_by(*_newest_first(merged.c)).limit(size + 1)
-        )
-    rows = (await session.exec(statement)).all()
+    rows: list[Conversation] = []
+    for range_ in _after_conversation(after) if after else (None,):
+        ranged = query.where(range_) if range_ is not None else query
+        rows += (await session.exec(_in_order(ranged, parts, size + 1 - len(rows)))).all()
+        if len(rows) > size:
+            break
     return page_of(rows, size, _conversation_cursor, has_previous_page=bool(after))
 
 
