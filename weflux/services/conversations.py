@@ -172,13 +172,14 @@ async def list_conversations(
     if status is not None:
         query = query.where(col(Conversation.status) == status)
     # An Agent's own share and nobody's are walked apart (visible_parts) unless the
-    # filter names one of them.
+    # filter names one of them. Not with a label or a search: those pages are bounded by
+    # the label's or the matches' size, not a page, and each part would pay it again.
     parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    else:
+    elif label is None and term is None:
         parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
