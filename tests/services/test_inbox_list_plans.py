@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.exc import NoSuchColumnError
 from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from tests.fixtures.factories import Actor
 from tests.fixtures.plans import (
@@ -28,6 +29,7 @@ from tests.fixtures.principals import principal_of
 from weflux.auth.scoping import restrict_to_agent
 from weflux.db import Database
 from weflux.models import Conversation, ConversationStatus, Role, utcnow
+from weflux.pagination import Page
 from weflux.services.conversations import AssigneeFilter, list_conversations
 
 PAGE = 20
@@ -58,6 +60,19 @@ SHAPES = [
 ]
 
 
+async def _list(
+    session: AsyncSession, actor: Actor, shape: Shape, *, first: int, after: str | None
+) -> Page[Conversation]:
+    return await list_conversations(
+        session,
+        principal_of(actor),
+        first=first,
+        after=after,
+        status=shape.status,
+        assignee=shape.assignee,
+    )
+
+
 async def _page(
     db: Database,
     org_id: object,
@@ -71,14 +86,7 @@ async def _page(
     async with db.session(org_id) as session:  # type: ignore[arg-type]
         if actor.membership.role == Role.AGENT:
             restrict_to_agent(session, actor.membership.id)
-        page = await list_conversations(
-            session,
-            principal_of(actor),
-            first=first,
-            after=after,
-            status=shape.status,
-            assignee=shape.assignee,
-        )
+        page = await _list(session, actor, shape, first=first, after=after)
     cursor = page.items[-1][1] if page.has_next_page else None
     return [row for row, _ in page.items], cursor
 
@@ -153,14 +161,7 @@ async def test_each_inbox_page_reads_about_a_page(
                 await prefer_indexes(await session.connection())
                 # The plan is taken before the ORM reads the result.
                 with explained(db, analyze=True) as plans, contextlib.suppress(NoSuchColumnError):
-                    await list_conversations(
-                        session,
-                        principal_of(actor),
-                        first=PAGE,
-                        after=after,
-                        status=shape.status,
-                        assignee=shape.assignee,
-                    )
+                    await _list(session, actor, shape, first=PAGE, after=after)
             # After a cursor, the undated conversations' statement follows when the first
             # answers less than a page (as an explained statement does).
             assert len(plans) == (2 if after else 1)
