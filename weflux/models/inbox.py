@@ -197,7 +197,8 @@ FEED_COLUMN: dict[str, Any] = {
 # it sorted every visible conversation for each page): the workspace, one status, one
 # assignee (an Agent's own), nobody's. SQLite (no NULLS LAST in an index) reads ascending
 # indexes backwards, which is that order (NULLs lowest): the workspace, one status, one
-# assignee (`IS NULL` seeks there too).
+# assignee (`IS NULL` seeks there too). The migration also gives PostgreSQL extended
+# statistics of (org_id, assignee_membership_id), which no model can declare.
 _NEWEST_FIRST = (text("last_message_at DESC NULLS LAST"), text("id DESC"))
 _LISTED = "erased_at IS NULL"
 _INBOX_ORDER_INDEXES = (
