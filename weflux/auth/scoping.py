@@ -204,6 +204,26 @@ def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
     return value if isinstance(value, uuid.UUID) else None
 
 
+def _visible_parts(assignee: Any, agent: uuid.UUID) -> tuple[Any, Any]:
+    """The Agent's rule as two disjoint conditions on a conversation's assignee column:
+    assigned to them, assigned to nobody. Their OR is the restriction."""
+    return assignee == agent, assignee.is_(None)
+
+
+def visible_parts(session: Session | AsyncSession) -> tuple[Any, ...]:
+    """Disjoint conditions on `conversations` whose union is what the session may see:
+    for an Agent, theirs and nobody's; otherwise none (all of the workspace).
+
+    Only for shaping a statement: a list read in the order of an index walks each part's
+    own index (weflux.services.conversations). The session's criteria still confine
+    every part (this narrows nothing, and widens nothing).
+    """
+    agent = agent_restriction(session)
+    if agent is None:
+        return ()
+    return _visible_parts(col(Conversation.assignee_membership_id), agent)
+
+
 async def use_workspace(
     session: AsyncSession, org_id: uuid.UUID, *, feed_lock: bool = False
 ) -> None:
@@ -318,7 +338,7 @@ def _tombstone_criterion(model: Any, org_id: uuid.UUID) -> Any | None:
 
 def _agent_criterion(model: Any, agent: uuid.UUID) -> Any | None:
     def visible_conversation(cls: Any) -> Any:
-        return or_(cls.assignee_membership_id == agent, cls.assignee_membership_id.is_(None))
+        return or_(*_visible_parts(cls.assignee_membership_id, agent))
 
     # A row's conversation is looked up by key (correlated EXISTS: the primary key, or the
     # contact's conversations by uq_conversations_org_id_contact_id_account_id), where an

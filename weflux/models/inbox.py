@@ -190,6 +190,40 @@ FEED_COLUMN: dict[str, Any] = {
 }
 
 
+# The inbox list's order (weflux.services.conversations: last activity first, undated
+# last, then id), one index per part a page is read in, each walked from the cursor for
+# a page and no further (migration 0023). PostgreSQL: partial indexes of the listed
+# conversations in that order (its ascending indexes read backwards give NULLS FIRST, so
+# it sorted every visible conversation for each page): the workspace, one status, one
+# assignee (an Agent's own), nobody's. SQLite (no NULLS LAST in an index) reads ascending
+# indexes backwards, which is that order (NULLs lowest): the workspace, one status, one
+# assignee (`IS NULL` seeks there too). The migration also gives PostgreSQL extended
+# statistics of (org_id, assignee_membership_id), which no model can declare.
+_NEWEST_FIRST = (text("last_message_at DESC NULLS LAST"), text("id DESC"))
+_LISTED = "erased_at IS NULL"
+_INBOX_ORDER_INDEXES = (
+    *(
+        Index(name, "org_id", *columns, *_NEWEST_FIRST, postgresql_where=text(where)).ddl_if(
+            dialect="postgresql"
+        )
+        for name, columns, where in (
+            ("ix_conversations_inbox_order", (), _LISTED),
+            ("ix_conversations_inbox_order_status", ("status",), _LISTED),
+            ("ix_conversations_inbox_order_assignee", ("assignee_membership_id",), _LISTED),
+            (
+                "ix_conversations_inbox_order_unassigned",
+                (),
+                f"{_LISTED} AND assignee_membership_id IS NULL",
+            ),
+        )
+    ),
+    *(
+        Index(None, "org_id", *columns, "last_message_at", "id").ddl_if(dialect="sqlite")
+        for columns in ((), ("status",), ("assignee_membership_id",))
+    ),
+)
+
+
 class Conversation(OrgScoped, table=True):
     """The thread between one contact and one of the workspace's numbers."""
 
@@ -202,9 +236,6 @@ class Conversation(OrgScoped, table=True):
             "account_id",
             unique=True,
         ),
-        Index(None, "org_id", "last_message_at", "id"),
-        Index(None, "org_id", "assignee_membership_id", "last_message_at"),
-        Index(None, "org_id", "status", "last_message_at"),
         # The inbox counts (weflux.services.inbox_counts): one statement groups the visible
         # conversations that are not erased by assignee; an Agent's visibility rule
         # (assignee = me OR assignee IS NULL) seeks on the second column, and status and
@@ -218,6 +249,7 @@ class Conversation(OrgScoped, table=True):
             postgresql_where=text("erased_at IS NULL"),
             sqlite_where=text("erased_at IS NULL"),
         ),
+        *_INBOX_ORDER_INDEXES,
         Index(None, "org_id", "update_seq"),
         # The tombstones the scoping layer hides messages of: few, so the index is tiny.
         # Covering (`erased_at` in it): else SQLite's planner, without statistics, takes

@@ -13,13 +13,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, or_, tuple_, union_all
+from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import lock_feed
+from weflux.auth.scoping import lock_feed, visible_parts
 from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.models import (
     Contact,
@@ -100,23 +101,43 @@ def _conversation_cursor(row: Conversation) -> str:
     return encode_keyset("conversation", at, row.id)
 
 
-def _after_conversation(cursor: str) -> Any:
+def _after_conversation(cursor: str) -> tuple[Any, ...]:
+    """The rows after a cursor as ranges, each read in the list's order by a range of an
+    index, to be read in turn: those with an earlier activity key (a row comparison),
+    then those without messages (sorted last). An OR of them would be a filter, every
+    earlier page read again to reach the cursor."""
     key, row_id = decode_keyset("conversation", cursor)
     at_column = col(Conversation.last_message_at)
     id_column = col(Conversation.id)
     if key is None:  # already among the conversations without messages (sorted last)
-        return and_(at_column.is_(None), id_column < row_id)
+        return (and_(at_column.is_(None), id_column < row_id),)
     try:
         at = datetime.fromisoformat(key)
     except ValueError:
         raise invalid_cursor() from None
     if at.tzinfo is None:
         raise invalid_cursor()
-    return or_(
-        at_column < at,
-        and_(at_column == at, id_column < row_id),
-        at_column.is_(None),
-    )
+    return (tuple_(at_column, id_column) < tuple_(at, row_id), at_column.is_(None))
+
+
+def _newest_first(entity: Any) -> tuple[Any, Any]:
+    return col(entity.last_message_at).desc().nulls_last(), col(entity.id).desc()
+
+
+def _in_order(query: Any, parts: tuple[Any, ...], limit: int) -> Any:
+    """`query`'s first `limit` rows in the list's order: each part (none: one) walked
+    apart and limited, then merged."""
+    branches = [
+        query.where(*([part] if part is not None else []))
+        .order_by(*_newest_first(Conversation))
+        .limit(limit)
+        for part in parts or (None,)
+    ]
+    if len(branches) == 1:
+        return branches[0]
+    merged = union_all(*(branch.subquery().select() for branch in branches)).subquery("page")
+    # Ordered by the union's own columns: the entity's, adapted to it, cost ~3 ms a page.
+    return select(aliased(Conversation, merged)).order_by(*_newest_first(merged.c)).limit(limit)
 
 
 async def list_conversations(
@@ -134,6 +155,12 @@ async def list_conversations(
 
     New conversations arriving between two pages land before the first one and never
     shift the pages already read: no duplicates, no gaps.
+
+    A page reads about a page, whatever the workspace: each part of it (for an Agent,
+    their conversations and nobody's) is walked in the order of an index from the
+    cursor and limited to a page, then merged, in one statement; a second reads the
+    conversations without messages on the page where the others run out. The scoping
+    layer confines every part.
     """
     size = page_size(first)
     term = search_term(search)
@@ -144,21 +171,27 @@ async def list_conversations(
         )
     if status is not None:
         query = query.where(col(Conversation.status) == status)
+    # An Agent's own share and nobody's are walked apart (visible_parts) unless the
+    # filter names one of them. Not with a label or a search: those pages are bounded by
+    # the label's or the matches' size, not a page, and each part would pay it again.
+    parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
+    elif label is None and term is None:
+        parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
             col(ConversationLabel.label_id) == label
         )
         query = query.where(col(Conversation.id).in_(tagged))
-    if after:
-        query = query.where(_after_conversation(after))
-    query = query.order_by(
-        col(Conversation.last_message_at).desc().nulls_last(), col(Conversation.id).desc()
-    ).limit(size + 1)
-    rows = (await session.exec(query)).all()
+    rows: list[Conversation] = []
+    for range_ in _after_conversation(after) if after else (None,):
+        ranged = query.where(range_) if range_ is not None else query
+        rows += (await session.exec(_in_order(ranged, parts, size + 1 - len(rows)))).all()
+        if len(rows) > size:
+            break
     return page_of(rows, size, _conversation_cursor, has_previous_page=bool(after))
 
 
