@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import (
     ORMExecuteState,
     Session,
@@ -60,6 +61,7 @@ from sqlalchemy.orm import (
 )
 from sqlalchemy.sql import Select, visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.sql.selectable import CTE
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
@@ -292,10 +294,43 @@ def _models_by_table() -> dict[str, Any]:
     return models
 
 
-def _workspace_criterion(model: Any, org_id: uuid.UUID) -> Any:
+# An execution option: the statement finds its rows by primary key (`id IN (…)`, the
+# DataLoaders). SQLite, which keeps no statistics, costs `org_id = ?` on any index that
+# starts with `org_id` below a list of keys and walked the whole workspace's index for
+# each page's messages, memberships, media files and numbers; in such a statement the
+# workspace criterion still holds, but no index is chosen for it there (`+org_id`).
+BY_KEY = "weflux_by_key"
+
+
+class Unindexed(FunctionElement[Any]):
+    """A column the planner must not pick an index for: `+column` on SQLite (its way to
+    say so), the column itself elsewhere."""
+
+    inherit_cache = True
+
+    def __init__(self, column: Any) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(Unindexed)
+def _unindexed(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(Unindexed, "sqlite")
+def _unindexed_sqlite(element: Unindexed, compiler: Any, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
+
+
+def _workspace_criterion(model: Any, org_id: uuid.UUID, by_key: bool = False) -> Any:
     if model is Organization:
         return with_loader_criteria(
             Organization, lambda cls: cls.id == org_id, include_aliases=True
+        )
+    if by_key:
+        return with_loader_criteria(
+            model, lambda cls: Unindexed(cls.org_id) == org_id, include_aliases=True
         )
     return with_loader_criteria(model, lambda cls: cls.org_id == org_id, include_aliases=True)
 
@@ -379,13 +414,14 @@ def _criteria(
     tables: frozenset[str],
     see_erased: bool,
     agent: uuid.UUID | None,
+    by_key: bool = False,
 ) -> tuple[Any, ...]:
     """The criteria confining a statement on `tables` to one workspace (and an Agent).
 
     Only the models of the tables the statement touches (its subqueries included) get
     one: the models have no relationships, so no load can reach another table. An
     Agent's criteria select from `conversations` in subqueries: its workspace criterion
-    is then added too.
+    is then added too. `by_key` (`BY_KEY`): the workspace criteria choose no index.
     """
     models = _models_by_table()
     names = set(tables)
@@ -394,7 +430,7 @@ def _criteria(
     options: list[Any] = []
     for name in sorted(names):
         model = models[name]
-        options.append(_workspace_criterion(model, org_id))
+        options.append(_workspace_criterion(model, org_id, by_key))
         if not see_erased and (tombstone := _tombstone_criterion(model, org_id)) is not None:
             options.append(tombstone)
         if agent is not None and (restriction := _agent_criterion(model, agent)) is not None:
@@ -434,6 +470,7 @@ def _scope_statement(state: ORMExecuteState) -> Any:
             frozenset(touched),
             bool(_info(session).get(SEE_ERASED_KEY)),
             agent_restriction(session),
+            bool(state.execution_options.get(BY_KEY)),
         )
         state.statement = state.statement.options(*options)
     return None

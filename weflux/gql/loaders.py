@@ -14,6 +14,7 @@ from sqlmodel import SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.dataloader import DataLoader
 
+from weflux.auth.scoping import BY_KEY
 from weflux.models import (
     Contact,
     Conversation,
@@ -67,7 +68,9 @@ class Loaders:
 
     async def _by_id(self, model: type[Any], ids: Sequence[uuid.UUID]) -> list[Any]:
         rows: Sequence[SQLModel] = (
-            await self._unit().exec(select(model).where(col(model.id).in_(ids)))
+            await self._unit().exec(
+                select(model).where(col(model.id).in_(ids)).execution_options(**{BY_KEY: True})
+            )
         ).all()
         found = {row.id: row for row in rows}  # type: ignore[attr-defined]
         return [found.get(i) for i in ids]
