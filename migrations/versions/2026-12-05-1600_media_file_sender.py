@@ -1,7 +1,7 @@
 """media files: the contact who sent an inbound file
 
 Revision ID: 0024_media_file_sender
-Revises: 0022_erased_conversations_index
+Revises: 0023_inbox_order_indexes
 Create Date: 2026-12-05 16:00:00 UTC
 
 `media_files.sender_contact_id` names the contact who sent an inbound file (null for an
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0024_media_file_sender"
-down_revision: str | None = "0022_erased_conversations_index"
+down_revision: str | None = "0023_inbox_order_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
