@@ -316,11 +316,17 @@ async def test_ledger_replay_erases_a_restored_contact_and_spares_a_newer_one(
     assert ledger.matches(entry, keyring, older)
 
 
-def _file(org_id: uuid.UUID, origin: MediaOrigin, message_id: uuid.UUID | None) -> MediaFile:
+def _file(
+    org_id: uuid.UUID,
+    origin: MediaOrigin,
+    message_id: uuid.UUID | None,
+    sender: uuid.UUID | None = None,
+) -> MediaFile:
     return MediaFile(
         org_id=org_id,
         origin=origin,
         message_id=message_id,
+        sender_contact_id=sender,
         kind="image",
         mime_type="image/jpeg",
         status=MediaStatus.READY,
@@ -331,11 +337,13 @@ async def test_ledger_replay_deletes_the_restored_contacts_files_by_the_erasure_
     db: Database, owner_db: Database, admin: Actor, keyring: KeyRing
 ) -> None:
     """Given (as a restored backup would hold them) contact A's photo, which the team
-    sent on to contact B; an upload sent to A only; one sent to A and B; and B's own
-    photo sent on to A,
+    sent on to contact B; another photo of A's sent on to B that retention detached from
+    its message; an upload sent to A only; one sent to A and B; and B's own photo sent
+    on to A,
     when a ledger entry erasing A is replayed,
-    then A's photo (even sent on) and the upload sent to A only are gone; the upload B
-    also got and B's photo stay (CONTRACT §7; docs/lifecycle.md#which-files-go-when)."""
+    then A's photos (even sent on, even detached) and the upload sent to A only are
+    gone; the upload B also got and B's photo stay (CONTRACT §7;
+    docs/lifecycle.md#which-files-go-when)."""
     org_id = admin.org_id
     async with db.session(org_id) as session:
         erased = await create_contact(session, wa_id="4915112340001")
@@ -343,15 +351,17 @@ async def test_ledger_replay_deletes_the_restored_contacts_files_by_the_erasure_
         theirs = await create_conversation(session, contact=erased)
         others = await create_conversation(session, contact=kept)
         received = await create_message(session, theirs)
-        photo = _file(org_id, MediaOrigin.INBOUND, received.id)
+        photo = _file(org_id, MediaOrigin.INBOUND, received.id, erased.id)
+        detached = _file(org_id, MediaOrigin.INBOUND, None, erased.id)
         only = _file(org_id, MediaOrigin.UPLOAD, None)
         shared = _file(org_id, MediaOrigin.UPLOAD, None)
         b_received = await create_message(session, others)
-        b_photo = _file(org_id, MediaOrigin.INBOUND, b_received.id)
-        session.add_all([photo, only, shared, b_photo])
+        b_photo = _file(org_id, MediaOrigin.INBOUND, b_received.id, kept.id)
+        session.add_all([photo, detached, only, shared, b_photo])
         await session.flush()
         for conversation, carried in [
             (others, photo),
+            (others, detached),
             (theirs, only),
             (theirs, shared),
             (others, shared),

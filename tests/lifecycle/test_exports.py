@@ -244,8 +244,8 @@ async def test_a_workspace_export_leaves_out_an_erased_contacts_files_and_keeps_
         theirs = await create_conversation(session, contact=erased)
         received = await create_message(session, theirs)
         others = await create_conversation(session)
-        photo = _inbound_file(admin, received.id, "erased caption")
-        detached = _inbound_file(admin, None, "kept caption")
+        photo = _inbound_file(admin, received.id, erased.id, "erased caption")
+        detached = _inbound_file(admin, None, others.contact_id, "kept caption")
         session.add_all([photo, detached])
         await session.flush()
         for carried in (photo, detached):
@@ -267,11 +267,14 @@ async def test_a_workspace_export_leaves_out_an_erased_contacts_files_and_keeps_
     assert b"erased caption" not in everything
 
 
-def _inbound_file(admin: Actor, message_id: uuid.UUID | None, caption: str) -> MediaFile:
+def _inbound_file(
+    admin: Actor, message_id: uuid.UUID | None, sender: uuid.UUID, caption: str
+) -> MediaFile:
     return MediaFile(
         org_id=admin.org_id,
         origin=MediaOrigin.INBOUND,
         message_id=message_id,
+        sender_contact_id=sender,
         kind="image",
         mime_type="image/jpeg",
         caption=caption,

@@ -24,6 +24,7 @@ from tests.fixtures.media import (
     upload_media,
 )
 from weflux.ids import encode_global_id
+from weflux.lifecycle import erasure
 from weflux.lifecycle.worker import run_retention
 from weflux.models import (
     Conversation,
@@ -303,6 +304,85 @@ async def test_an_erased_contacts_file_sent_on_is_hidden_from_the_erasures_commi
         message = await session.get(Message, forwarded)
         assert message is not None
     assert (message.status, message.error_title) == (MessageStatus.FAILED, FILE_DELETED)
+
+
+async def test_erasing_the_sender_of_a_file_retention_detached_deletes_it(
+    media_inbox: MediaInbox, admin: Actor
+) -> None:
+    """Given a photo contact A sent 40 days ago, which the team sent on to contact B
+    today, and the daily retention (30 days) that took A's message and detached the photo
+    (`message_id` null, its sender kept),
+    when an Admin erases A (eraseContact: the tombstone),
+    then at once B's message shows `media: null` and the photo answers 404;
+    when the worker purges A,
+    then the photo is gone, row and stored file (A's media, CONTRACT §7), and B's message
+    stays, still showing `media: null`."""
+    client = media_inbox.client
+    org_id = media_inbox.account.org_id
+    _, first_id = await first_conversation(media_inbox)
+    await media_inbox.download()
+    photo = await _received_file(media_inbox, first_id)
+    async with media_inbox.db.session(org_id) as session:
+        conversation = await session.get(Conversation, first_id)
+        assert conversation is not None
+    sender = conversation.contact_id
+    assert photo.sender_contact_id == sender
+    await _keep_messages(media_inbox, 30, age=timedelta(days=40))
+    second, _ = await second_contact(media_inbox)
+    token = await token_for(client, admin)
+    forwarded = await _send_on(media_inbox, token, second, photo.id)
+    await run_retention(media_inbox.lifecycle())
+    async with media_inbox.db.session(org_id) as session:
+        detached = await session.get(MediaFile, photo.id)
+        assert detached is not None
+    assert (detached.message_id, detached.sender_contact_id) == (None, sender)
+    photo_url = f"/media/{encode_global_id('Media', photo.id)}"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    erased = await gql(client, token, ERASE, {"id": encode_global_id("Contact", sender)})
+
+    assert "errors" not in erased.json(), erased.json()
+    assert await _media_of(media_inbox, token, forwarded) is None
+    assert (await client.get(photo_url, headers=auth)).status_code == 404
+    assert _blobs(media_inbox) == 1
+
+    runtime = media_inbox.runtime
+    assert await erasure.purge_contact(runtime.db, org_id, sender, batch=1, media=runtime.media)
+
+    assert await media_rows(media_inbox) == set()
+    assert _blobs(media_inbox) == 0
+    async with media_inbox.db.session(org_id) as session:
+        assert await session.get(Message, forwarded) is not None
+    assert await _media_of(media_inbox, token, forwarded) is None
+    assert (await client.get(photo_url, headers=auth)).status_code == 404
+
+
+async def test_an_upload_names_no_sender_and_stays_when_a_contact_it_was_sent_to_is_erased(
+    media_inbox: MediaInbox, admin: Actor
+) -> None:
+    """Given an upload sent to contact A and to contact B,
+    when A is erased and purged,
+    then the upload (no sender: a member's) stays for B, row and stored file."""
+    client = media_inbox.client
+    first, first_id = await first_conversation(media_inbox)
+    await media_inbox.download()
+    token = await token_for(client, admin)
+    uploaded = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    upload_global = uploaded.json()["data"]["uploadMedia"]["id"]
+    second, _ = await second_contact(media_inbox)
+    for conversation in (first, second):
+        assert "errors" not in (await send_media(client, token, conversation, upload_global)).json()
+    photo = await _received_file(media_inbox, first_id)
+    [upload_id] = await media_rows(media_inbox) - {photo.id}
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        upload = await session.get(MediaFile, upload_id)
+        assert upload is not None
+    assert (upload.origin, upload.sender_contact_id) == (MediaOrigin.UPLOAD, None)
+
+    await erase_contact_of(media_inbox, first_id)
+
+    assert await media_rows(media_inbox) == {upload_id}
+    assert _blobs(media_inbox) == 1
 
 
 async def test_an_agent_who_sees_only_the_conversation_a_file_was_sent_on_to_may_fetch_it(

@@ -351,16 +351,15 @@ def _tombstone_criterion(model: Any, org_id: uuid.UUID) -> Any | None:
         return cls.conversation_id.not_in(erased)
 
     def not_sent_by_erased_contact(cls: Any) -> Any:
-        # A file an erased contact sent, carried on by another conversation's message
-        # (sendMedia): hidden with the contact's own messages, deleted with them.
-        messages: Table = Message.__table__  # type: ignore[attr-defined]
-        erased = select(conversations.c.id).where(
-            conversations.c.org_id == org_id, conversations.c.erased_at.is_not(None)
+        # A file an erased contact sent, even carried on by another conversation's message
+        # (sendMedia) or detached from its own by retention: hidden with the contact,
+        # deleted with it. One probe of the contacts' primary key per file with a sender.
+        contacts: Table = Contact.__table__  # type: ignore[attr-defined]
+        return ~exists().where(
+            contacts.c.id == cls.sender_contact_id,
+            contacts.c.org_id == org_id,
+            contacts.c.erased_at.is_not(None),
         )
-        theirs = select(messages.c.id).where(
-            messages.c.org_id == org_id, messages.c.conversation_id.in_(erased)
-        )
-        return or_(cls.message_id.is_(None), cls.message_id.not_in(theirs))
 
     if model in (Contact, Conversation):
         return with_loader_criteria(model, not_erased, include_aliases=True)

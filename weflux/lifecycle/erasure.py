@@ -148,7 +148,7 @@ async def purge_contact(
     conversations = select(col(Conversation.id)).where(Conversation.contact_id == contact_id)
     messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
     # Tombstoned above: the contact's own messages (erased conversations) keep nothing.
-    await purge_media_of(db, media, org_id, messages, batch, erasing=True)
+    await purge_media_of(db, media, org_id, messages, batch, sender=contact_id)
     await delete_in_batches(
         db, org_id, Message, col(Message.conversation_id).in_(conversations), batch
     )
@@ -170,7 +170,7 @@ async def purge_media_of(
     batch: int,
     *,
     survives: Callable[[Any], Any] = lambda _: true(),
-    erasing: bool = False,
+    sender: uuid.UUID | None = None,
 ) -> int:
     """Delete the media files of the messages `messages` (a subquery of message ids)
     selects, before those messages go; how many went (docs/lifecycle.md#which-files-go-when).
@@ -178,12 +178,13 @@ async def purge_media_of(
     A file goes when no message kept carries it (`media_file_id`) or received it
     (`message_id`), whatever its origin: a message is kept when `survives(message)` (a
     condition on an alias of Message: not purged now) and its conversation is not erased.
-    So a file sent in several conversations goes with the last of them. With `erasing`
-    (a contact's erasure), the files the contact sent (received with its messages) go
-    whatever carries them: they are the contact's media (CONTRACT §7). A file that stays
-    is detached from its purged message (`message_id` null) before that message goes, so
-    the foreign key's cascade never takes its row; carried by nothing later, it expires
-    as an unsent upload does (`unsent_files`).
+    So a file sent in several conversations goes with the last of them. With `sender`
+    (a contact's erasure), the files that contact sent (`sender_contact_id`) go whatever
+    carries them, even those retention detached from their message earlier: they are the
+    contact's media (CONTRACT §7). A file that stays is detached from its purged message
+    (`message_id` null, its sender kept) before that message goes, so the foreign key's
+    cascade never takes its row; carried by nothing later, it expires as an unsent upload
+    does (`unsent_files`).
 
     Two statements, not an OR: each keeps its index (the EXISTS are anti-joins probing
     `ix_messages_org_id_media_file_id` and the messages' primary key).
@@ -198,10 +199,12 @@ async def purge_media_of(
         return survives(other), other.conversation_id.not_in(erased)
 
     kept = or_(_carried(kept_message), _received_by(kept_message))
-    if erasing:
+    if sender is not None:
         # Wait for a sendMedia holding one (it fails: the contact is hidden) rather than
-        # skip it: a skipped file would outlive the contact.
-        total = await purge_media(db, store, org_id, received, batch, wait=True)
+        # skip it: a skipped file would outlive the contact. Every file received with the
+        # contact's messages names it (set at ingest, backfilled by 0024).
+        theirs = col(MediaFile.sender_contact_id) == sender
+        total = await purge_media(db, store, org_id, theirs, batch, wait=True)
     else:
         total = await purge_media(db, store, org_id, and_(received, ~kept), batch)
     total += await purge_media(db, store, org_id, and_(col(MediaFile.id).in_(sent), ~kept), batch)

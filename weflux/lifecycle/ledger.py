@@ -259,14 +259,14 @@ async def _erase_contacts(
 
 async def _delete_files_of(connection: AsyncConnection, contact_id: uuid.UUID) -> None:
     """Delete the media file rows an erasure deletes (`erasure.purge_media_of`): those the
-    contact sent, even if sent on, and those sent to it that no other conversation's
-    message carries or received. Rows only: a backup holds no stored file."""
+    contact sent (`sender_contact_id`), even if sent on or detached from their message,
+    and those sent to it that no other conversation's message carries or received. Rows
+    only: a backup holds no stored file."""
     files: sa.Table = MediaFile.__table__  # type: ignore[attr-defined]
     messages: sa.Table = Message.__table__  # type: ignore[attr-defined]
     conversations: sa.Table = Conversation.__table__  # type: ignore[attr-defined]
     other = messages.alias("other")
     theirs = sa.select(conversations.c.id).where(conversations.c.contact_id == contact_id)
-    their_messages = sa.select(messages.c.id).where(messages.c.conversation_id.in_(theirs))
     sent_to_them = sa.select(messages.c.media_file_id).where(
         messages.c.conversation_id.in_(theirs), messages.c.media_file_id.is_not(None)
     )
@@ -279,7 +279,7 @@ async def _delete_files_of(connection: AsyncConnection, contact_id: uuid.UUID) -
         sa.delete(files).where(
             # The contact's own rows: its id is unique across workspaces.
             sa.or_(
-                files.c.message_id.in_(their_messages),
+                files.c.sender_contact_id == contact_id,
                 sa.and_(files.c.id.in_(sent_to_them), ~kept),
             )
         )

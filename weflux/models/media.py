@@ -35,6 +35,9 @@ class MediaFile(OrgScoped, table=True):
     __tablename__ = "media_files"
     __table_args__ = (
         Index(None, "org_id", "message_id"),
+        # An erasure's files (`sender_contact_id = ?`) and the contact deletion's foreign
+        # key check, which names no workspace: the contact id alone.
+        Index(None, "sender_contact_id"),
         # The download worker's path, across workspaces: due inbound files.
         Index(
             "ix_media_files_due",
@@ -54,6 +57,10 @@ class MediaFile(OrgScoped, table=True):
     message_id: uuid.UUID | None = Field(
         default=None, foreign_key="messages.id", ondelete="CASCADE"
     )
+    # The contact who sent it (None for an upload), kept when retention detaches the file
+    # from its message: the contact's erasure deletes it (CONTRACT §7). No cascade: the
+    # erasure deletes the file and its stored bytes first, a cascade would leave the bytes.
+    sender_contact_id: uuid.UUID | None = Field(default=None, foreign_key="contacts.id")
     uploaded_by_membership_id: uuid.UUID | None = Field(
         default=None, foreign_key="memberships.id", ondelete="SET NULL"
     )

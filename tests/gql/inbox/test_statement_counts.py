@@ -102,6 +102,7 @@ async def _decorate(session: AsyncSession, conversation: Conversation, message: 
         org_id=conversation.org_id,
         origin=MediaOrigin.INBOUND,
         message_id=message.id,
+        sender_contact_id=conversation.contact_id,
         kind="image",
         mime_type="image/jpeg",
         status=MediaStatus.PENDING,

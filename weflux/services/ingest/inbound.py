@@ -46,9 +46,14 @@ _OPTIMISTIC_KEY = "weflux.ingest.optimistic"
 
 
 def _media_file(
-    org_id: uuid.UUID, message_id: uuid.UUID, message: InboundMessage, now: datetime
+    org_id: uuid.UUID,
+    message_id: uuid.UUID,
+    sender_contact_id: uuid.UUID,
+    message: InboundMessage,
+    now: datetime,
 ) -> dict[str, Any] | None:
-    """The download job of a media message's file (weflux.media.download): due at once."""
+    """The download job of a media message's file (weflux.media.download): due at once.
+    It names its sender, whose erasure deletes it wherever it was sent on."""
     media = message.media
     if media is None or media.id is None or message.type not in MEDIA_KINDS:
         return None
@@ -57,6 +62,7 @@ def _media_file(
         "org_id": org_id,
         "origin": MediaOrigin.INBOUND,
         "message_id": message_id,
+        "sender_contact_id": sender_contact_id,
         "kind": message.type,
         "wa_media_id": media.id,
         "mime_type": normal_mime_type(media.mime_type),
@@ -155,7 +161,7 @@ async def _ingest_messages(
                 )
             continue
         message_id = new_id()
-        media_file = _media_file(org_id, message_id, message, now)
+        media_file = _media_file(org_id, message_id, contact.id, message, now)
         added.append(
             {
                 "id": message_id,
