@@ -436,7 +436,7 @@ async def _check_due(db: Database, claimed: ClaimedMessage) -> None:
 
 
 async def _unreadable(
-    db: Database, claimed: ClaimedMessage, upload: _Upload, error: Exception
+    db: Database, claimed: ClaimedMessage, upload: _Upload | None, error: Exception
 ) -> _Outcome:
     """The outcome when a media message's stored file could not be read: stopped when
     the message was withdrawn meanwhile (its contact erased), FAILED when the file was
@@ -445,8 +445,8 @@ async def _unreadable(
         message = await session.get(Message, claimed.id)
         if message is None or not _owned(message, claimed):
             return _STOPPED
-        media = await session.get(MediaFile, upload.row.id)
-    if media is None or media.status != MediaStatus.READY:
+        media = None if upload is None else await session.get(MediaFile, upload.row.id)
+    if upload is not None and (media is None or media.status != MediaStatus.READY):
         return _Outcome("fail", title=FILE_DELETED)
     log.warning(
         "stored media file unreadable",
@@ -501,7 +501,6 @@ async def _call_meta(
         # The client refused the stored token before sending (not a header-safe value).
         return _Outcome("fail", title="Not sent: the stored access token is not usable")
     except (OSError, MediaIntegrityError) as error:
-        assert send.upload is not None
         return await _unreadable(db, claimed, send.upload, error)
     log.info(
         "message sent",
