@@ -5,6 +5,7 @@ carries, and the erasure of the contact who sent it or of one it was sent to."""
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 
 from sqlalchemy import update
@@ -70,6 +71,29 @@ async def _send_on(
         ).first()
     assert message is not None
     return message.id
+
+
+@dataclass(frozen=True)
+class _SentOn:
+    """A photo the first contact sent, which an Admin sent on to a second contact."""
+
+    first_id: uuid.UUID  # the first contact's conversation
+    second: str  # the second contact's conversation (global id)
+    second_id: uuid.UUID
+    photo: MediaFile
+    message: uuid.UUID  # the sendMedia message
+    token: str  # the Admin's
+
+
+async def _photo_sent_on(inbox: MediaInbox, admin: Actor) -> _SentOn:
+    """The first contact's photo (downloaded), sent on to a second contact by an Admin."""
+    _, first_id = await first_conversation(inbox)
+    await inbox.download()
+    photo = await _received_file(inbox, first_id)
+    second, second_id = await second_contact(inbox)
+    token = await token_for(inbox.client, admin)
+    message = await _send_on(inbox, token, second, photo.id)
+    return _SentOn(first_id, second, second_id, photo, message, token)
 
 
 async def _keep_messages(inbox: MediaInbox, days: int, *, age: timedelta) -> None:
@@ -177,13 +201,9 @@ async def test_erasure_deletes_the_contacts_own_file_even_when_sent_on(
     then both of their photos are gone from the store and the database (the contact's
     media, CONTRACT §7); the other contact's messages stay and show `media: null`; the
     queued one fails with FILE_DELETED when the worker gets to it, sending nothing."""
-    client = media_inbox.client
-    _, first_id = await first_conversation(media_inbox)
-    await media_inbox.download()
-    delivered_photo = await _received_file(media_inbox, first_id)
-    second, _ = await second_contact(media_inbox)
-    token = await token_for(client, admin)
-    delivered = await _send_on(media_inbox, token, second, delivered_photo.id)
+    sent_on = await _photo_sent_on(media_inbox, admin)
+    first_id, second, token = sent_on.first_id, sent_on.second, sent_on.token
+    delivered_photo, delivered = sent_on.photo, sent_on.message
     runtime = media_inbox.runtime
     assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
     sent_before = len(media_inbox.fake.sent)
@@ -215,13 +235,8 @@ async def test_erasing_a_contact_a_received_file_was_sent_to_keeps_it_for_its_se
     """Given a photo contact A sent, which the team sent on to contact B,
     when B is erased and purged,
     then A's photo stays (file and row, still A's message's), and A's message shows it."""
-    client = media_inbox.client
-    _, first_id = await first_conversation(media_inbox)
-    await media_inbox.download()
-    photo = await _received_file(media_inbox, first_id)
-    second, second_id = await second_contact(media_inbox)
-    token = await token_for(client, admin)
-    await _send_on(media_inbox, token, second, photo.id)
+    sent_on = await _photo_sent_on(media_inbox, admin)
+    second_id, photo, token = sent_on.second_id, sent_on.photo, sent_on.token
 
     await erase_contact_of(media_inbox, second_id)
 
@@ -277,12 +292,14 @@ async def test_an_erased_contacts_file_sent_on_is_hidden_from_the_erasures_commi
     then at once B's message shows `media: null`, the photo answers 404 and sendMedia of
     it NOT_FOUND, and the worker fails B's message with FILE_DELETED, sending nothing."""
     client = media_inbox.client
-    _, first_id = await first_conversation(media_inbox)
-    await media_inbox.download()
-    photo = await _received_file(media_inbox, first_id)
-    second, _ = await second_contact(media_inbox)
-    token = await token_for(client, admin)
-    forwarded = await _send_on(media_inbox, token, second, photo.id)
+    sent_on = await _photo_sent_on(media_inbox, admin)
+    first_id, second, photo, forwarded, token = (
+        sent_on.first_id,
+        sent_on.second,
+        sent_on.photo,
+        sent_on.message,
+        sent_on.token,
+    )
     async with media_inbox.db.session(media_inbox.account.org_id) as session:
         conversation = await session.get(Conversation, first_id)
         assert conversation is not None
@@ -394,12 +411,8 @@ async def test_an_agent_who_sees_only_the_conversation_a_file_was_sent_on_to_may
     then they get it (it is B's message's file too); the other Agent, who sees A's
     conversation, still gets it; a file of neither stays 404 for the Agent."""
     client = media_inbox.client
-    _, first_id = await first_conversation(media_inbox)
-    await media_inbox.download()
-    photo = await _received_file(media_inbox, first_id)
-    second, _ = await second_contact(media_inbox)
-    token = await token_for(client, admin)
-    await _send_on(media_inbox, token, second, photo.id)
+    sent_on = await _photo_sent_on(media_inbox, admin)
+    first_id, photo = sent_on.first_id, sent_on.photo
     await media_inbox.receive("image", b"\xff\xd8\xffmine" * 10, mime_type="image/jpeg")
     await media_inbox.download()
     async with media_inbox.db.session(media_inbox.account.org_id) as session:
