@@ -441,13 +441,15 @@ async def _unreadable(
     """The outcome when a media message's stored file could not be read: stopped when
     the message was withdrawn meanwhile (its contact erased), FAILED when the file was
     deleted (its sender erased, or it expired), retried otherwise."""
-    async with db.session(claimed.org_id) as session:
-        message = await session.get(Message, claimed.id)
-        if message is None or not _owned(message, claimed):
-            return _STOPPED
-        media = None if upload is None else await session.get(MediaFile, upload.row.id)
-    if upload is not None and (media is None or media.status != MediaStatus.READY):
-        return _Outcome("fail", title=FILE_DELETED)
+    try:
+        await _check_due(db, claimed)
+    except _Withdrawn:
+        return _STOPPED
+    if upload is not None:
+        async with db.session(claimed.org_id) as session:
+            media = await session.get(MediaFile, upload.row.id)
+        if media is None or media.status != MediaStatus.READY:
+            return _Outcome("fail", title=FILE_DELETED)
     log.warning(
         "stored media file unreadable",
         extra={"message_id": str(claimed.id), "error": type(error).__name__},
