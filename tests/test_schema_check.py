@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
+from tests.fixtures import REPO_ROOT
 from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
@@ -93,6 +94,8 @@ async def test_weflux_serve_refuses_a_stale_schema_in_production(
     await downgrade(database_urls.owner, _previous_revision(state))
     env = {
         "PATH": "/usr/bin:/bin",
+        # This checkout's code and migrations, not those of the installed package.
+        "PYTHONPATH": str(REPO_ROOT),
         "WEFLUX_ENV": "production",
         "WEFLUX_DATABASE_URL": database_urls.app,
         "WEFLUX_JWT_SECRET": "x" * 40,
