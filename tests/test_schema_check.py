@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 from alembic.script import ScriptDirectory
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
 from tests.fixtures import REPO_ROOT
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import APP_ROLE, DatabaseUrls
 from tests.fixtures.live import free_port
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
@@ -58,7 +58,7 @@ async def test_the_app_factory_refuses_a_stale_schema_in_production(
     await downgrade(database_urls.owner, _previous_revision(state))
     application = create_app(_production(tmp_path, database_urls))
     with pytest.raises(SchemaOutOfDate, match="run `weflux migrate`"):
-        async with LifespanManager(application):
+        async with lifespan(application):
             pass
 
 
@@ -66,7 +66,7 @@ async def test_production_starts_on_the_latest_schema(
     database_urls: DatabaseUrls, tmp_path: Path
 ) -> None:
     application = create_app(_production(tmp_path, database_urls))
-    async with LifespanManager(application):
+    async with lifespan(application):
         pass
 
 
@@ -79,7 +79,7 @@ async def test_outside_production_a_stale_schema_is_a_warning(
     await downgrade(database_urls.owner, _previous_revision("half-migrated"))
     settings = make_settings(tmp_path, database_url=database_urls.app)
     with caplog.at_level(logging.WARNING):
-        async with LifespanManager(create_app(settings)):
+        async with lifespan(create_app(settings)):
             pass
     assert "weflux migrate" in caplog.text
 
@@ -132,5 +132,5 @@ async def test_an_app_role_that_cannot_read_the_revision_is_told_to_migrate(
         await connection.execute(text(f"REVOKE SELECT ON alembic_version FROM {APP_ROLE}"))  # noqa: S608
     application = create_app(_production(tmp_path, database_urls))
     with pytest.raises(SchemaOutOfDate, match="run `weflux migrate`"):
-        async with LifespanManager(application):
+        async with lifespan(application):
             pass

@@ -25,13 +25,12 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col, select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, login, token_for, tokens_for
-from tests.fixtures.app import client_of
+from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor, create_membership, create_user
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, sign_up
@@ -91,7 +90,7 @@ async def running_app(
             **overrides,
         )
     )
-    async with LifespanManager(application) as manager:
+    async with lifespan(application) as manager:
         yield manager.app  # type: ignore[misc]
 
 

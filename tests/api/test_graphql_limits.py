@@ -11,6 +11,7 @@ import pytest
 from asgi_lifespan import LifespanManager
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.settings import make_settings
@@ -29,7 +30,7 @@ async def limited(database_urls: DatabaseUrls, tmp_path: Path) -> AsyncIterator[
             **limits,
         )
         app = create_app(settings)
-        manager = LifespanManager(app)
+        manager = lifespan(app)
         await manager.__aenter__()
         managers.append(manager)
         transport = httpx.ASGITransport(app=manager.app, client=("198.51.100.9", 4000))

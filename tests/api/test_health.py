@@ -7,9 +7,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
@@ -39,7 +39,7 @@ async def proxied_client(
     proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
     settings = make_settings(tmp_path, database_url=proxied, database_connect_timeout=1.0)
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
+    async with lifespan(app) as manager:
         transport = httpx.ASGITransport(app=manager.app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
             yield c, proxy
@@ -77,7 +77,7 @@ async def test_readyz_is_503_when_redis_is_unreachable_and_200_after(
     )
     app = create_app(settings)
     try:
-        async with LifespanManager(app) as manager:
+        async with lifespan(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 ready = await client.get("/readyz")

@@ -18,11 +18,10 @@ from typing import Any
 import bcrypt
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, login, token_for
-from tests.fixtures.app import client_of
+from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import live_server
@@ -75,7 +74,7 @@ async def running_app(
             **overrides,
         )
     )
-    async with LifespanManager(application) as manager:
+    async with lifespan(application) as manager:
         yield manager.app  # type: ignore[misc]
 
 

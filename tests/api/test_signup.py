@@ -23,12 +23,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SmtpServer
 from aiosmtpd.smtp import Envelope, Session
-from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import select
 
 from tests.fixtures.api import login
-from tests.fixtures.app import app_client, client_of
+from tests.fixtures.app import app_client, client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_user
 from tests.fixtures.live import free_port
@@ -264,7 +263,7 @@ async def test_signups_per_address_are_limited_so_nobody_floods_a_mailbox(
         rate_limit_signup_email="3/hour",
     )
     statuses: dict[str, list[int]] = {}
-    async with LifespanManager(create_app(settings)) as manager:
+    async with lifespan(create_app(settings)) as manager:
         for address in (NEWCOMER, admin.user.email):
             statuses[address] = []
             for n in range(5):

@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col, select
 
 from tests.fixtures.api import error_codes, gql, token_for, tokens_for
-from tests.fixtures.app import ClientFactory, client_of
+from tests.fixtures.app import ClientFactory, client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.services import TEST_REDIS_URL
@@ -259,7 +258,7 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
         redis_url=TEST_REDIS_URL,
     )
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
+    async with lifespan(app) as manager:
         broker = runtime_of(app).broker
         assert isinstance(broker, RedisBroker)
         await broker.wait_connected()

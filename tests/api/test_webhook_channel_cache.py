@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlmodel import col, func, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.app import client_of
+from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
@@ -152,8 +151,8 @@ async def test_a_change_on_one_process_evicts_the_other_through_redis(
     shared = settings.model_copy(update={"redis_url": TEST_REDIS_URL})
     first_app, second_app = create_app(shared), create_app(shared)
     async with (
-        LifespanManager(first_app),
-        LifespanManager(second_app) as second,
+        lifespan(first_app),
+        lifespan(second_app) as second,
         client_of(second.app) as client,
     ):
         first_db = runtime_of(first_app).db

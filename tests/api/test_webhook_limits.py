@@ -17,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import func
 from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.app import client_of
+from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import create_whatsapp_account
 from tests.fixtures.services import TEST_REDIS_URL
@@ -86,7 +85,7 @@ async def app(
         **limits,
     )
     application = create_app(settings)
-    async with LifespanManager(application):
+    async with lifespan(application):
         yield application
 
 

@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import event, func
 from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.inbound import outbound_message, stored_message
@@ -771,7 +771,7 @@ async def test_503_when_the_event_cannot_be_stored_and_200_after(
         settings.model_copy(update={"database_url": proxied, "database_connect_timeout": 1.0})
     )
     try:
-        async with LifespanManager(app) as manager:
+        async with lifespan(app) as manager:
             transport = httpx.ASGITransport(app=manager.app)
             async with httpx.AsyncClient(transport=transport, base_url="http://meta") as client:
                 await proxy.cut()

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import update
 from sqlmodel import col
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.services import TEST_REDIS_URL
@@ -40,7 +40,7 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
         redis_url=TEST_REDIS_URL,
     )
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
+    async with lifespan(app) as manager:
         broker = runtime_of(app).broker
         assert isinstance(broker, RedisBroker)
         await broker.wait_connected()

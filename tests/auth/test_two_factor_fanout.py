@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
-from asgi_lifespan import LifespanManager
 
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
 from tests.fixtures.services import TEST_REDIS_URL
@@ -33,7 +33,7 @@ async def _process(settings_path: Path, urls: DatabaseUrls) -> AsyncIterator[htt
         redis_url=TEST_REDIS_URL,
     )
     app = create_app(settings)
-    async with LifespanManager(app) as manager:
+    async with lifespan(app) as manager:
         broker = runtime_of(app).broker
         assert isinstance(broker, RedisBroker)
         await broker.wait_connected()

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy import text
 
 from tests.fixtures.api import error_codes, gql, token_for
-from tests.fixtures.app import ClientFactory
+from tests.fixtures.app import ClientFactory, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from tests.fixtures.settings import make_settings
@@ -147,7 +146,7 @@ async def test_postgres_connections_take_the_configured_statement_timeout(
             **overrides,
         )
         app = create_app(settings)
-        async with LifespanManager(app):
+        async with lifespan(app):
             engine = runtime_of(app).db.engine
             async with engine.connect() as connection:
                 return str((await connection.execute(text("SHOW statement_timeout"))).scalar())

@@ -10,9 +10,9 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from asgi_lifespan import LifespanManager
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID, PHONE_NUMBER_ID
@@ -739,7 +739,7 @@ async def test_the_in_process_worker_delivers_queued_messages(
 
     message = await queue_text(db, services, admin, scene)
     app = create_app(inbox_settings.model_copy(update={"in_process_worker": True}))
-    async with LifespanManager(app):
+    async with lifespan(app):
         for _ in range(200):
             if (await load_message(db, message.id, admin.org_id)).status == MessageStatus.SENT:
                 break

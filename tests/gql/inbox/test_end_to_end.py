@@ -7,11 +7,11 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from redis.asyncio import Redis
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import error_codes, gql, token_for
+from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import ACCESS_TOKEN
@@ -239,7 +239,7 @@ async def test_flushing_redis_loses_nothing(
     redis = Redis.from_url(TEST_REDIS_URL)
     app = create_app(settings)
     try:
-        async with LifespanManager(app):
+        async with lifespan(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
                 await webhook(
