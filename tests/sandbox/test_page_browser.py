@@ -9,7 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Page, expect
+from playwright.async_api import FilePayload, Page, expect
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql
@@ -121,12 +121,12 @@ async def test_the_customer_sends_an_image_and_sees_the_business_send_one_back(
         ("fake.png", "image/png", b"not a png", "The server refused fake.png: body: the bytes"),
     ]
     for name, mime_type, content, said in refused:
-        await picker.set_input_files(files=[{"name": name, "mimeType": mime_type, "buffer": content}])
+        await picker.set_input_files(FilePayload(name=name, mimeType=mime_type, buffer=content))
         await expect(page.locator("#error")).to_contain_text(said)
     await expect(page.locator("#thread li")).to_have_count(0)
 
     await page.locator("#text").fill("my order")
-    await picker.set_input_files(files=[{"name": "order.png", "mimeType": "image/png", "buffer": PNG}])
+    await picker.set_input_files(FilePayload(name="order.png", mimeType="image/png", buffer=PNG))
     sent = page.locator("#thread li.in")
     await expect(sent.locator(".text")).to_have_text("my order")
     await expect(sent.locator("img.media")).to_be_visible()

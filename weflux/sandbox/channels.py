@@ -231,7 +231,9 @@ class Sandbox:
     def shown(self, wa_message_id: str, direction: str, payload: dict[str, Any]) -> PhoneMessage:
         """What a customer's phone shows of a message (Meta's shape: `type` and its object)."""
         kind = str(payload.get("type", "text"))
-        content = payload.get(kind) if isinstance(payload.get(kind), dict) else {}
+        content = payload.get(kind)
+        if not isinstance(content, dict):
+            content = {}
         shown = PhoneMessage(wa_message_id, direction, "", "accepted", kind=kind)
         if kind == "text":
             shown.text = str(content.get("body", ""))
