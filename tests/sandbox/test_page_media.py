@@ -43,7 +43,9 @@ async def _write(http: httpx.AsyncClient, **content: Any) -> httpx.Response:
 
 
 async def _held(http: httpx.AsyncClient, body: bytes = PNG) -> str:
-    response = await http.post("/sandbox/media", content=body, headers={"Content-Type": "image/png"})
+    response = await http.post(
+        "/sandbox/media", content=body, headers={"Content-Type": "image/png"}
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["id"])
 
