@@ -166,6 +166,7 @@ PDF_TYPE = "application/pdf"
     [
         {"image": "123456"},  # no file the sandbox holds
         {"image": 123},
+        {"image": "HELD", "caption": "x" * 1025},  # a caption is never cut
         {"location": "lisbon"},
         {"location": "91,0"},
         {"reaction": "👍"},  # reacting to nothing
@@ -178,6 +179,8 @@ PDF_TYPE = "application/pdf"
 async def test_bad_content_is_refused_and_nothing_is_sent(
     http: httpx.AsyncClient, demo_workspace: Demo, content: dict[str, Any]
 ) -> None:
+    if content.get("image") == "HELD":
+        content = {**content, "image": await _held(http)}
     response = await _write(http, **content)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["code"] == "BAD_REQUEST"

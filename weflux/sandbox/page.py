@@ -238,8 +238,10 @@ def _content(
         held = sandbox.api.media.get(value)
         if held is None or held.phone_number_id is not None:
             return _bad("image", "no image the sandbox holds has this id: upload it again")
+        caption = str(body.get("caption") or "").strip() or None
+        if caption is not None and len(caption) > MAX_CAPTION:
+            return _bad("caption", f"at most {MAX_CAPTION} characters")
         image = ImageFile(held.content, held.mime_type, value)
-        caption = str(body.get("caption") or "").strip()[:MAX_CAPTION] or None
     elif key == "reaction":
         if len(value) > MAX_EMOJI:
             return _bad("reaction", "one emoji, or empty to remove")
