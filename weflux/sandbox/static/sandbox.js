@@ -232,6 +232,6 @@ document.addEventListener("DOMContentLoaded", () => {
   $("place").addEventListener("submit", sendLocation);
   $("thread").addEventListener("click", react);
   $("contacts").addEventListener("change", pick);
-  loadContacts();
+  loadContacts().catch(() => {}); // the poll says when the server does not answer
   poll();
 });
