@@ -66,6 +66,7 @@ NOT_SCHEMA_NAMES = {
     "formatVersion",
     "schemaRevision",
     "subjectId",
+    "toMessage",  # POST /sandbox/messages: the message a reaction names
 }
 
 

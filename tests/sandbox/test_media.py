@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from tests.fixtures.api import gql
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import SECRET, live_server
-from tests.fixtures.sandbox import Demo, demo_token, sandbox_settings
+from tests.fixtures.sandbox import PNG, Demo, demo_token, sandbox_settings
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.cli import build_parser
@@ -33,10 +33,7 @@ from weflux.whatsapp.errors import ErrorKind, MetaApiError
 pytest_plugins = ["tests.fixtures.sandbox"]
 
 CUSTOMER = "15557770042"
-# A 1x1 PNG and the first bytes of a JPEG and a WebP file: what the sniffing recognises.
-PNG = base64.b64decode(
-    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-)
+# The first bytes of a JPEG and a WebP file: what the sniffing recognises.
 JPEG = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + b"\x00" * 64
 WEBP = b"RIFF\x24\x00\x00\x00WEBPVP8 " + b"\x00" * 64
 MEDIA_QUERY = """query($id: ID!) { node(id: $id) { ... on Message {

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fixtures.api import gql
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import SECRET, live_server
-from tests.fixtures.sandbox import Demo, demo_token, sandbox_settings
+from tests.fixtures.sandbox import Demo, demo_token, inbox_conversation, reply, sandbox_settings
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings
@@ -22,36 +22,12 @@ from weflux.models import Role, WhatsAppAccount
 pytest_plugins = ["tests.fixtures.sandbox"]
 
 CUSTOMER = "+15557770001"
-INBOX = """query($search: String) { conversations(search: $search) { edges { node {
-  id contact { waId name } lastMessage { text } } } } }"""
-SEND = """mutation($input: SendMessageInput!) { sendMessage(input: $input) { id status } }"""
 
 
 @pytest.fixture
 def live_settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
     """The sandbox fixtures' live server, in development (where the page exists)."""
     return sandbox_settings(database_urls, tmp_path, env="development")
-
-
-async def inbox_conversation(http: httpx.AsyncClient, token: str, wa_id: str) -> dict[str, Any]:
-    """The Admin's conversation with `wa_id` (an inbound is processed just after its 200)."""
-    async with asyncio.timeout(10):
-        while True:
-            response = await gql(http, token, INBOX, {"search": wa_id})
-            edges = response.json()["data"]["conversations"]["edges"]
-            found: list[dict[str, Any]] = [
-                e["node"] for e in edges if e["node"]["contact"]["waId"] == wa_id
-            ]
-            if found:
-                return found[0]
-            await asyncio.sleep(0.05)
-
-
-async def reply(http: httpx.AsyncClient, token: str, conversation: str, text: str) -> None:
-    response = await gql(
-        http, token, SEND, {"input": {"conversationId": conversation, "text": text}}
-    )
-    assert response.json()["data"]["sendMessage"]["status"] == "QUEUED", response.text
 
 
 async def test_the_page_and_its_script_are_served_under_a_strict_policy(
@@ -63,7 +39,16 @@ async def test_the_page_and_its_script_are_served_under_a_strict_policy(
     policy = page.headers["content-security-policy"]
     assert "script-src 'self'" in policy
     assert "unsafe-inline" not in policy
+    assert "unsafe-eval" not in policy
+    # Images only from the app (GET /sandbox/media/{id}): no data: or blob: URL.
+    assert "img-src 'self';" in policy
+    assert "data:" not in policy
+    assert "blob:" not in policy
     assert '<script src="/sandbox/sandbox.js"' in page.text
+    # Nothing inline for a policy to allow: no script body, handler attribute or style.
+    scripts = re.findall(r"<script\b([^>]*)>(.*?)</script>", page.text, re.DOTALL)
+    assert [(("src=" in attributes), body.strip()) for attributes, body in scripts] == [(True, "")]
+    assert re.findall(r"\son\w+\s*=|\sstyle\s*=|<style", page.text, re.IGNORECASE) == []
     script = await http.get("/sandbox/sandbox.js")
     assert script.status_code == 200
     assert script.headers["content-type"].startswith("text/javascript")

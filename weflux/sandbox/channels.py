@@ -48,6 +48,7 @@ from weflux.sandbox.cloud_api import (
     _unsupported,
 )
 from weflux.whatsapp.client import CloudApiClient
+from weflux.whatsapp.payloads import MEDIA_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ _KEEP = 200  # recorded requests and sends kept (the fake records every one)
 MEDIA_KEEP_FILES = 20
 MEDIA_KEEP_BYTES = 50 * 1024 * 1024
 _DIGITS = re.compile(r"\D")
+# The images a customer sends (`POST /sandbox/media`) and the page shows: not SVG.
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 
 
 # What `syncMessageTemplates` finds on a sandbox channel: (name, language, category, body).
@@ -101,22 +104,21 @@ class PhoneMessage:
 
     id: str
     direction: str  # "in" (the customer wrote it) or "out" (the business sent it)
-    text: str
+    text: str  # a text's body, a file's caption, or what stands for the message
     status: str  # in: "accepted"; out: "accepted", then sent, delivered, read or failed
     error: int | None = None
+    kind: str = "text"  # Meta's type: text, image, document, location, template…
+    # A file: {"id", "mimeType", "filename", "url"}; `url` (GET /sandbox/media/{id}) when
+    # the sandbox holds it and it is an image the page may show.
+    media: dict[str, Any] | None = None
+    location: dict[str, Any] | None = None  # {"latitude", "longitude", "name", "address"}
+    reactions: dict[str, str] = field(default_factory=dict)  # "customer"/"business": emoji
 
 
-def _shown_text(payload: dict[str, Any]) -> str:
-    """What a customer's phone shows of a Cloud API send body."""
-    kind = str(payload.get("type", "text"))
-    if kind == "text":
-        return str((payload.get("text") or {}).get("body", ""))
-    if kind == "template":
-        return f"[template {(payload.get('template') or {}).get('name', '')}]"
-    if kind == "reaction":
-        emoji = str((payload.get("reaction") or {}).get("emoji", ""))
-        return f"[reacted {emoji}]" if emoji else "[reaction removed]"
-    return f"[{kind}]"
+def _reaction(payload: dict[str, Any]) -> tuple[str, str]:
+    """The message a reaction names and its emoji ("" removes)."""
+    reaction = payload.get("reaction") or {}
+    return str(reaction.get("message_id", "")), str(reaction.get("emoji", ""))
 
 
 class SandboxCloudApi(FakeCloudApi):
@@ -226,6 +228,56 @@ class Sandbox:
         self.names: dict[str, str] = {}
         self.page_channel: SandboxChannel | None = None  # the channel the /sandbox page writes to
 
+    def shown(self, wa_message_id: str, direction: str, payload: dict[str, Any]) -> PhoneMessage:
+        """What a customer's phone shows of a message (Meta's shape: `type` and its object)."""
+        kind = str(payload.get("type", "text"))
+        content = payload.get(kind)
+        if not isinstance(content, dict):
+            content = {}
+        shown = PhoneMessage(wa_message_id, direction, "", "accepted", kind=kind)
+        if kind == "text":
+            shown.text = str(content.get("body", ""))
+        elif kind == "template":
+            shown.text = f"[template {content.get('name', '')}]"
+        elif kind == "reaction":
+            emoji = str(content.get("emoji", ""))
+            shown.text = f"[reacted {emoji}]" if emoji else "[reaction removed]"
+        elif kind in MEDIA_TYPES:
+            media_id = str(content.get("id", ""))
+            held = self.api.media.get(media_id)
+            mime_type = held.mime_type if held else str(content.get("mime_type", ""))
+            shown.text = str(content.get("caption", ""))
+            shown.media = {
+                "id": media_id,
+                "mimeType": mime_type,
+                "filename": content.get("filename"),
+                "url": f"/sandbox/media/{media_id}" if held and mime_type in IMAGE_TYPES else None,
+            }
+        elif kind == "location":
+            shown.location = {
+                key: content.get(key) for key in ("latitude", "longitude", "name", "address")
+            }
+        else:
+            shown.text = f"[{kind}]"
+        return shown
+
+    def _react(self, number: str, payload: dict[str, Any], who: str) -> bool:
+        """Show a reaction on the message it names, if this phone has it; whether it did."""
+        target_id, emoji = _reaction(payload)
+        target = self._find(number, target_id)
+        if target is None:
+            return False
+        if emoji:
+            target.reactions[who] = emoji
+        else:
+            target.reactions.pop(who, None)
+        return True
+
+    def _show(self, number: str, message: PhoneMessage) -> None:
+        thread = self.phone(number)
+        thread.append(message)
+        del thread[:-_KEEP]
+
     def phone(self, number: str) -> list[PhoneMessage]:
         """The messages of one customer's phone (digits only), oldest first."""
         return self.phones.setdefault(_DIGITS.sub("", number), [])
@@ -247,11 +299,11 @@ class Sandbox:
 
     def accepted(self, record: SentRecord) -> None:
         """Start delivering the statuses of an accepted send."""
-        thread = self.phone(record.to)
-        thread.append(
-            PhoneMessage(record.wa_message_id, "out", _shown_text(record.payload), "accepted")
-        )
-        del thread[:-_KEEP]
+        # A reaction shows on the message it names (else as a line of its own).
+        if record.payload.get("type") != "reaction" or not self._react(
+            record.to, record.payload, "business"
+        ):
+            self._show(record.to, self.shown(record.wa_message_id, "out", record.payload))
         task = asyncio.get_running_loop().create_task(
             self._statuses(record), name=f"sandbox-statuses-{record.wa_message_id[-8:]}"
         )
@@ -332,23 +384,24 @@ class Sandbox:
         return response.status_code
 
     async def customer_writes(
-        self, channel: SandboxChannel, number: str, name: str, text: str
+        self, channel: SandboxChannel, number: str, name: str, kind: str, content: dict[str, Any]
     ) -> tuple[str, int | None]:
-        """A customer's text to `channel`, as Meta's webhook: its wamid and the intake's answer."""
+        """A customer's message to `channel` (Meta's `kind` and its object, as `weflux
+        simulate` builds them), as Meta's webhook: its wamid and the intake's answer."""
         sender = _DIGITS.sub("", number)
         wamid = webhooks.new_wamid()
         change = webhooks.messages_change(
             channel.phone_number_id,
             channel.display_phone_number,
             contacts=[webhooks.contact(sender, name)],
-            messages=[webhooks.inbound(wamid, sender, "text", {"body": text})],
+            messages=[webhooks.inbound(wamid, sender, kind, content)],
         )
         code = await self.post_webhook(channel, change)
         if code == 200:
             self.names[sender] = name
-            thread = self.phone(sender)
-            thread.append(PhoneMessage(wamid, "in", text, "accepted"))
-            del thread[:-_KEEP]
+            payload = {"type": kind, kind: content}
+            if kind != "reaction" or not self._react(sender, payload, "customer"):
+                self._show(sender, self.shown(wamid, "in", payload))
         return wamid, code
 
     async def aclose(self) -> None:

@@ -10,12 +10,18 @@ statuses it posted.
 - `GET /sandbox`: the page (`static/sandbox.html`), `/sandbox/sandbox.js` and
   `/sandbox/sandbox.css` its script and style (no inline code: a strict policy);
 - `GET /sandbox/contacts`: the customers the sandbox has seen;
-- `POST /sandbox/messages` `{"phone", "name", "text"}`: the customer writes;
-- `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status;
+- `POST /sandbox/messages` `{"phone", "name"}` and one of `"text"`, `"image"` (a media id
+  of `POST /sandbox/media`, with `"caption"`), `"location"` ("LAT,LONG") or `"reaction"`
+  (an emoji, "" removes; with `"toMessage"`, a wamid of this phone): the customer sends it,
+  built as `weflux simulate message` builds it (`simulate.customer_content`);
+- `GET /sandbox/messages?phone=`: that phone's messages, each with its latest status, its
+  file, location and reactions;
 - `POST /sandbox/media`: the raw bytes of an image a customer sends (`Content-Type:
   image/jpeg`, `image/png` or `image/webp`, matching the bytes; at most 5 MB), held by the
   sandbox's Cloud API; answers `{"id", "sha256"}` (base64) for an image webhook, whose
-  download then succeeds (`weflux simulate message --image` posts here first).
+  download then succeeds (`weflux simulate message --image` posts here first);
+- `GET /sandbox/media/{id}`: an image the sandbox holds (a customer's, or one the business
+  sent), for the page's thread; other types are not served (the page shows their name).
 
 Unauthenticated, so guarded against DNS rebinding: they answer only when the `Host` header
 names this machine as a developer reaches it (`localhost`, a `*.localhost` name, an IP
@@ -46,7 +52,8 @@ from weflux.errors import ErrorCode, WefluxError, error_response
 from weflux.media.detect import HEAD_BYTES, detect
 from weflux.models import WhatsAppAccount
 from weflux.runtime import runtime_of
-from weflux.sandbox.channels import Sandbox, SandboxChannel
+from weflux.sandbox.channels import IMAGE_TYPES, Sandbox, SandboxChannel
+from weflux.sandbox.simulate import ImageFile, SimulateError, customer_content
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSP = "; ".join(
@@ -55,7 +62,7 @@ PAGE_CSP = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "connect-src 'self'",
-        "img-src 'none'",
+        "img-src 'self'",  # the images of the thread: GET /sandbox/media/{id}
         "base-uri 'none'",
         "form-action 'none'",
         "frame-ancestors 'none'",
@@ -65,7 +72,9 @@ NO_STORE = {"Cache-Control": "no-store"}
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
 MAX_MEDIA_BYTES = 5 * 1024 * 1024  # Meta's limit for images
-MEDIA_TYPES = ("image/jpeg", "image/png", "image/webp")
+MAX_CAPTION = 1024  # Meta's limit for a media caption
+MAX_EMOJI = 16  # one emoji, however many code points it is built of
+CONTENT_KEYS = ("text", "image", "location", "reaction")
 
 
 def _trusted_host(request: Request) -> bool:
@@ -182,12 +191,14 @@ async def messages(request: Request) -> Response:
     except ValueError:
         body = None
     if not isinstance(body, dict):
-        return _bad("body", 'a JSON object {"phone", "name", "text"}')
-    phone, name, text = (str(body.get(key) or "").strip() for key in ("phone", "name", "text"))
+        return _bad("body", 'a JSON object {"phone", "name", "text"} (or "image", …)')
+    phone, name = (str(body.get(key) or "").strip() for key in ("phone", "name"))
     if not _PHONE.match(phone):
         return _bad("phone", "a phone number, e.g. +15551230001")
-    if not text or len(text) > MAX_TEXT:
-        return _bad("text", f"1 to {MAX_TEXT} characters")
+    digits = re.sub(r"\D", "", phone)
+    content = _content(body, sandbox, digits)
+    if isinstance(content, Response):
+        return content
     channel = await _channel(request, sandbox)
     if channel is None:
         return error_response(
@@ -196,15 +207,58 @@ async def messages(request: Request) -> Response:
             "no sandbox channel with an app secret: run `weflux demo`",
             headers=NO_STORE,
         )
-    digits = re.sub(r"\D", "", phone)
     wamid, code = await sandbox.customer_writes(
-        channel, digits, name[:100] or f"Customer {digits[-4:]}", text
+        channel, digits, name[:100] or f"Customer {digits[-4:]}", *content
     )
     if code != 200:
         return error_response(
             502, ErrorCode.CONFLICT, f"the webhook intake answered {code}", headers=NO_STORE
         )
     return JSONResponse({"id": wamid}, headers=NO_STORE)
+
+
+def _content(
+    body: dict[str, Any], sandbox: Sandbox, digits: str
+) -> tuple[str, dict[str, Any]] | Response:
+    """What the customer sends (one of `text`, `image`, `location`, `reaction`), built as
+    `weflux simulate message` builds it; or the refusal."""
+    given = [key for key in CONTENT_KEYS if body.get(key) is not None]
+    if len(given) != 1:
+        return _bad("body", "one of " + ", ".join(CONTENT_KEYS))
+    key = given[0]
+    value = body[key]
+    if not isinstance(value, str):
+        return _bad(key, "a string")
+    image, caption = None, None
+    if key == "text":
+        value = value.strip()
+        if not value or len(value) > MAX_TEXT:
+            return _bad("text", f"1 to {MAX_TEXT} characters")
+    elif key == "image":
+        held = sandbox.api.media.get(value)
+        if held is None or held.phone_number_id is not None:
+            return _bad("image", "no image the sandbox holds has this id: upload it again")
+        caption = str(body.get("caption") or "").strip() or None
+        if caption is not None and len(caption) > MAX_CAPTION:
+            return _bad("caption", f"at most {MAX_CAPTION} characters")
+        image = ImageFile(held.content, held.mime_type, value)
+    elif key == "reaction":
+        if len(value) > MAX_EMOJI:
+            return _bad("reaction", "one emoji, or empty to remove")
+        target = str(body.get("toMessage") or "")
+        if not any(message.id == target for message in sandbox.phones.get(digits, [])):
+            return _bad("toMessage", "the id of a message on this phone")
+    try:
+        return customer_content(
+            text=value if key == "text" else None,
+            image=image,
+            caption=caption,
+            location=value if key == "location" else None,
+            reaction=value if key == "reaction" else None,
+            to_message=str(body.get("toMessage") or ""),
+        )
+    except SimulateError as error:
+        return _bad(key, str(error))
 
 
 async def media(request: Request) -> Response:
@@ -215,11 +269,11 @@ async def media(request: Request) -> Response:
     # Image types only: not a simple (form) type, so another site's page cannot post it
     # without a CORS preflight, which fails.
     declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if declared not in MEDIA_TYPES:
+    if declared not in IMAGE_TYPES:
         return error_response(
             415,
             ErrorCode.UNSUPPORTED_MEDIA_TYPE,
-            "Content-Type: " + ", ".join(MEDIA_TYPES),
+            "Content-Type: " + ", ".join(IMAGE_TYPES),
             headers=NO_STORE,
         )
     try:
@@ -234,6 +288,18 @@ async def media(request: Request) -> Response:
     media_id = sandbox.api.add_media(raw, declared)
     sha256 = base64.b64encode(hashlib.sha256(raw).digest()).decode()
     return JSONResponse({"id": media_id, "sha256": sha256}, headers=NO_STORE)
+
+
+async def held_image(request: Request) -> Response:
+    """An image the sandbox holds (a customer's, or one the business sent), for the page."""
+    sandbox = _open(request)
+    if isinstance(sandbox, Response):
+        return sandbox
+    held = sandbox.api.media.get(request.path_params["media_id"])
+    if held is None or held.mime_type not in IMAGE_TYPES:
+        return _not_found()
+    headers = {**NO_STORE, "Content-Security-Policy": "default-src 'none'; sandbox"}
+    return Response(held.content, media_type=held.mime_type, headers=headers)
 
 
 def _bad(field: str, message: str) -> Response:
@@ -253,4 +319,5 @@ routes = [
     Route("/sandbox/contacts", contacts, methods=["GET"]),
     Route("/sandbox/messages", messages, methods=["GET", "POST"]),
     Route("/sandbox/media", media, methods=["POST"]),
+    Route("/sandbox/media/{media_id}", held_image, methods=["GET"]),
 ]

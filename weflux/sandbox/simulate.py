@@ -143,27 +143,53 @@ def image_payload(image: ImageFile, caption: str | None = None) -> dict[str, Any
     return payload
 
 
+def customer_content(
+    *,
+    text: str | None = None,
+    image: ImageFile | None = None,
+    caption: str | None = None,
+    location: str | None = None,
+    reaction: str | None = None,
+    to_message: str | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """The kind and Meta's object of what a customer sends: the first of `text`, `image`,
+    `location` ("LAT,LONG") or `reaction` (an emoji, "" removes) to `to_message` given.
+
+    `weflux simulate message` and the sandbox page both build their messages here."""
+    if text is not None:
+        return "text", {"body": text}
+    if image is not None:
+        return "image", image_payload(image, caption)
+    if location is not None:
+        try:
+            latitude, longitude = (float(part) for part in location.split(","))
+        except ValueError:
+            raise SimulateError("a location is LAT,LONG, e.g. 38.7223,-9.1393") from None
+        if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
+            raise SimulateError("a location's latitude is -90..90, its longitude -180..180")
+        return "location", {"latitude": latitude, "longitude": longitude}
+    if reaction is None:
+        raise SimulateError("nothing to send: a text, an image, a location or a reaction")
+    if not to_message:
+        raise SimulateError("a reaction names the message reacted to (--to-message WAMID)")
+    return "reaction", {"message_id": to_message, "emoji": reaction}
+
+
 def message_change(
     target: Target, args: argparse.Namespace, image: ImageFile | None = None
 ) -> dict[str, Any]:
     """The `messages` change of an inbound message from `--from` (`image`: `--image`'s)."""
     sender = _digits(args.sender)
-    if args.text is not None:
-        kind, payload = "text", {"body": args.text}
-    elif args.image is not None:
-        kind, payload = "image", image_payload(image or read_image(args.image), args.caption)
-    elif args.location is not None:
-        try:
-            latitude, longitude = (float(part) for part in args.location.split(","))
-        except ValueError:
-            raise SimulateError("--location takes LAT,LONG, e.g. 38.7223,-9.1393") from None
-        if not (-90 <= latitude <= 90 and -180 <= longitude <= 180):
-            raise SimulateError("--location: latitude -90..90, longitude -180..180")
-        kind, payload = "location", {"latitude": latitude, "longitude": longitude}
-    else:
-        if not args.to_message:
-            raise SimulateError("--reaction needs --to-message WAMID (the message reacted to)")
-        kind, payload = "reaction", {"message_id": args.to_message, "emoji": args.reaction}
+    if args.image is not None and image is None:
+        image = read_image(args.image)
+    kind, payload = customer_content(
+        text=args.text,
+        image=image,
+        caption=args.caption,
+        location=args.location,
+        reaction=args.reaction,
+        to_message=args.to_message,
+    )
     inbound = webhooks.inbound(webhooks.new_wamid(), sender, kind, payload, reply_to=args.reply_to)
     return webhooks.messages_change(
         target.phone_number_id,
