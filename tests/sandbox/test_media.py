@@ -26,8 +26,7 @@ from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Message, Role
 from weflux.sandbox.channels import MEDIA_KEEP_BYTES, MEDIA_KEEP_FILES, Sandbox
-from weflux.sandbox.page import MAX_MEDIA_BYTES
-from weflux.sandbox.simulate import SimulateError, report, simulate
+from weflux.sandbox.simulate import MAX_IMAGE_BYTES, SimulateError, report, simulate
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
 pytest_plugins = ["tests.fixtures.sandbox"]
@@ -148,7 +147,7 @@ async def test_a_file_over_5_mb_is_refused_by_its_length_and_by_its_bytes(
 
 
 async def _refused_when_too_big(http: httpx.AsyncClient) -> None:
-    too_big = PNG + b"\x00" * (MAX_MEDIA_BYTES + 1 - len(PNG))
+    too_big = PNG + b"\x00" * (MAX_IMAGE_BYTES + 1 - len(PNG))
     declared = await http.post(
         "/sandbox/media", content=too_big, headers={"Content-Type": "image/png"}
     )
@@ -165,7 +164,7 @@ async def _refused_when_too_big(http: httpx.AsyncClient) -> None:
     assert streamed.status_code == 413
     assert streamed.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
 
-    at_limit = PNG + b"\x00" * (MAX_MEDIA_BYTES - len(PNG))
+    at_limit = PNG + b"\x00" * (MAX_IMAGE_BYTES - len(PNG))
     accepted = await http.post(
         "/sandbox/media", content=at_limit, headers={"Content-Type": "image/png"}
     )
@@ -260,7 +259,7 @@ async def test_the_sandbox_keeps_only_the_newest_media(tmp_path: Path) -> None:
 async def test_the_sandbox_keeps_media_within_its_byte_bound(tmp_path: Path) -> None:
     sandbox = Sandbox(make_settings(tmp_path))
     try:
-        big = PNG + b"\x00" * (MAX_MEDIA_BYTES - len(PNG))
+        big = PNG + b"\x00" * (MAX_IMAGE_BYTES - len(PNG))
         ids = [sandbox.api.add_media(big, "image/png") for _ in range(MEDIA_KEEP_FILES - 1)]
         held = sum(len(media.content) for media in sandbox.api.media.values())
         assert held <= MEDIA_KEEP_BYTES

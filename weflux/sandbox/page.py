@@ -53,7 +53,7 @@ from weflux.media.detect import HEAD_BYTES, detect
 from weflux.models import WhatsAppAccount
 from weflux.runtime import runtime_of
 from weflux.sandbox.channels import IMAGE_TYPES, Sandbox, SandboxChannel
-from weflux.sandbox.simulate import ImageFile, SimulateError, customer_content
+from weflux.sandbox.simulate import MAX_IMAGE_BYTES, ImageFile, SimulateError, customer_content
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSP = "; ".join(
@@ -71,7 +71,6 @@ PAGE_CSP = "; ".join(
 NO_STORE = {"Cache-Control": "no-store"}
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
-MAX_MEDIA_BYTES = 5 * 1024 * 1024  # Meta's limit for images
 MAX_CAPTION = 1024  # Meta's limit for a media caption
 MAX_EMOJI = 16  # one emoji, however many code points it is built of
 CONTENT_KEYS = ("text", "image", "location", "reaction")
@@ -277,7 +276,7 @@ async def media(request: Request) -> Response:
             headers=NO_STORE,
         )
     try:
-        raw = await read_body(request, MAX_MEDIA_BYTES)
+        raw = await read_body(request, MAX_IMAGE_BYTES)
     except WefluxError as error:
         return error_response(error.status, error.code, error.message, headers=NO_STORE)
     if not raw:
