@@ -21,7 +21,12 @@ from weflux.auth.principal import Principal
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import Contact, utcnow
 from weflux.pagination import Page, decode_keyset, encode_keyset, page_of, page_size
-from weflux.services.conversations import contact_matches, search_term
+from weflux.services.conversations import (
+    among,
+    contact_matches,
+    matching_contact_ids,
+    search_term,
+)
 
 MAX_NAME = 256
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
@@ -120,6 +125,9 @@ async def list_contacts(
     query = select(Contact)
     if term is not None:
         query = query.where(contact_matches(term))
+        candidates = await matching_contact_ids(session, term)
+        if candidates is not None:
+            query = query.where(among(col(Contact.id), candidates))
     if after:
         query = query.where(_after_contact(after))
     query = query.order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(size + 1)

@@ -13,12 +13,14 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, tuple_, union_all
+from sqlalchemy import ARRAY, Uuid, and_, any_, literal, or_, tuple_, union_all
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
+from weflux.auth.crossings import matching_contacts
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import lock_feed, visible_parts
 from weflux.errors import BadUserInput, Forbidden, NotFound
@@ -47,6 +49,10 @@ from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.removals import record_removal
 
 MAX_SEARCH = 100
+# A search term matching at most this many contacts reads its conversations by their
+# contacts' ids (PostgreSQL: `matching_contact_ids`); one matching more walks the list's
+# order, where at least one row in SEARCH_CANDIDATES / workspace size matches.
+SEARCH_CANDIDATES = 1000
 _PHONE_PUNCTUATION = str.maketrans("", "", " -().+")
 
 
@@ -74,6 +80,12 @@ def search_term(search: str | None) -> str | None:
     return term or None
 
 
+def _phone_digits(term: str) -> str | None:
+    """The bare digits of a term that is a phone number once punctuation is dropped."""
+    digits = term.translate(_PHONE_PUNCTUATION)
+    return digits if digits.isdigit() and digits != term else None
+
+
 def contact_matches(term: str) -> Any:
     """Name, WhatsApp profile name, phone number or WhatsApp id containing `term`,
     case-insensitively.
@@ -87,10 +99,59 @@ def contact_matches(term: str) -> Any:
         col(Contact.phone_number).icontains(term, autoescape=True),
         col(Contact.wa_id).icontains(term, autoescape=True),
     ]
-    digits = term.translate(_PHONE_PUNCTUATION)
-    if digits.isdigit() and digits != term:
+    digits = _phone_digits(term)
+    if digits is not None:
         conditions.append(col(Contact.wa_id).contains(digits, autoescape=True))
     return or_(*conditions)
+
+
+def _contains_pattern(term: str) -> str:
+    """The LIKE pattern `contains(term, autoescape=True)` binds: `/` escapes `%`, `_`, `/`."""
+    escaped = term.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{escaped}%"
+
+
+async def matching_contact_ids(session: AsyncSession, term: str) -> list[uuid.UUID] | None:
+    """The ids of the workspace's contacts that `contact_matches(term)` would find, when
+    there are at most SEARCH_CANDIDATES of them; None to read as before.
+
+    PostgreSQL only, for a term of three characters or more: its trigram indexes
+    (migration 0025) find them; a shorter term has no trigram, and SQLite has no such
+    index. A common term (more than SEARCH_CANDIDATES) is found sooner by walking the
+    list's order and testing each row. The caller still tests `contact_matches(term)`
+    in its scoped session: these ids only narrow what it reads.
+    """
+    if len(term) < 3 or (await session.connection()).dialect.name != "postgresql":
+        return None
+    digits = _phone_digits(term)
+    ids = await matching_contacts(
+        session,
+        _contains_pattern(term),
+        _contains_pattern(digits) if digits is not None else None,
+        SEARCH_CANDIDATES + 1,
+    )
+    return ids if len(ids) <= SEARCH_CANDIDATES else None
+
+
+def among(column: Any, ids: list[uuid.UUID]) -> Any:
+    """`column = ANY(ids)` (PostgreSQL), one array parameter whatever the count: the
+    statement stays one prepared statement."""
+    return column == any_(literal(ids, ARRAY(Uuid())))
+
+
+def _contact_of_conversation_matches(term: str) -> Any:
+    """Whether the conversation's contact matches `term`, as a correlated scalar subquery
+    (the scoping layer confines its contact as any other).
+
+    Not a join: joined, PostgreSQL under row-level security (which hides the columns'
+    statistics from ILIKE) estimates a long term rare and reads and sorts every match
+    for a page. A subquery's condition is estimated to keep one row in two, so a common
+    term walks the list's order index and stops at a page.
+    """
+    matched = sa_select(contact_matches(term)).where(
+        col(Contact.id) == col(Conversation.contact_id)
+    )
+    return matched.scalar_subquery()
 
 
 # --- conversations -----------------------------------------------------------------
@@ -166,9 +227,10 @@ async def list_conversations(
     term = search_term(search)
     query = select(Conversation)
     if term is not None:
-        query = query.join(Contact, col(Contact.id) == col(Conversation.contact_id)).where(
-            contact_matches(term)
-        )
+        query = query.where(_contact_of_conversation_matches(term))
+        candidates = await matching_contact_ids(session, term)
+        if candidates is not None:
+            query = query.where(among(col(Conversation.contact_id), candidates))
     if status is not None:
         query = query.where(col(Conversation.status) == status)
     # An Agent's own share and nobody's are walked apart (visible_parts) unless the
