@@ -221,11 +221,13 @@ async def list_conversations(
     their conversations and nobody's) is walked in the order of an index from the
     cursor and limited to a page, then merged, in one statement; a second reads the
     conversations without messages on the page where the others run out. The scoping
-    layer confines every part.
+    layer confines every part. A search reads its few matches by their contacts
+    (PostgreSQL, `matching_contact_ids`), or walks so and tests each row's contact.
     """
     size = page_size(first)
     term = search_term(search)
     query = select(Conversation)
+    candidates: list[uuid.UUID] | None = None
     if term is not None:
         query = query.where(_contact_of_conversation_matches(term))
         candidates = await matching_contact_ids(session, term)
@@ -234,14 +236,15 @@ async def list_conversations(
     if status is not None:
         query = query.where(col(Conversation.status) == status)
     # An Agent's own share and nobody's are walked apart (visible_parts) unless the
-    # filter names one of them. Not with a label or a search: those pages are bounded by
-    # the label's or the matches' size, not a page, and each part would pay it again.
+    # filter names one of them. Not with a label or a search's few candidates: those
+    # pages are bounded by the label's or the candidates' size, not a page, and each part
+    # would pay it again.
     parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    elif label is None and term is None:
+    elif label is None and candidates is None:
         parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
