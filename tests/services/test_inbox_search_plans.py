@@ -106,7 +106,8 @@ async def test_a_common_term_walks_the_list(
     when the Admin or the Agent reads the first page of 20 of a search matching every
     contact or one in nine, and the page after it,
     then the page walks the list's order: about a page's worth of conversations per
-    match rate (before: every match read and sorted), and the lookup stops at its limit."""
+    match rate (before: every match read and sorted), and the lookup stops at its limit;
+    and contacts(search:) walks the contacts by name so."""
     actor = big_inbox.agent if role == "agent" else big_inbox.admin
     for term in COMMON:
         after: str | None = None
@@ -116,5 +117,10 @@ async def test_a_common_term_walks_the_list(
             assert read["conversations"] <= WALK_BOUND, where
             assert read["contacts"] <= LOOKUP_BOUND + WALK_BOUND, where
             assert after is not None
+        # contacts(search:) walks the contacts' name index the same way.
+        read, after = await _read(db, big_inbox, actor, term, contacts=True, after=None)
+        assert read["contacts"] <= LOOKUP_BOUND + WALK_BOUND, f"{role} contacts {term!r}: {read}"
+        assert read["conversations"] <= WALK_BOUND, f"{role} contacts {term!r}: {read}"
+        assert after is not None
 
 

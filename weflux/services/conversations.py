@@ -86,22 +86,22 @@ def _phone_digits(term: str) -> str | None:
     return digits if digits.isdigit() and digits != term else None
 
 
-def contact_matches(term: str) -> Any:
+def contact_matches(term: str, contact: Any = Contact) -> Any:
     """Name, WhatsApp profile name, phone number or WhatsApp id containing `term`,
-    case-insensitively.
+    case-insensitively (`contact`: Contact or an alias of it).
 
     `%` and `_` in the term match themselves (LIKE with an escape character). A term
     that is a phone number once punctuation is dropped also matches the bare digits.
     """
     conditions = [
-        col(Contact.name).icontains(term, autoescape=True),
-        col(Contact.profile_name).icontains(term, autoescape=True),
-        col(Contact.phone_number).icontains(term, autoescape=True),
-        col(Contact.wa_id).icontains(term, autoescape=True),
+        col(contact.name).icontains(term, autoescape=True),
+        col(contact.profile_name).icontains(term, autoescape=True),
+        col(contact.phone_number).icontains(term, autoescape=True),
+        col(contact.wa_id).icontains(term, autoescape=True),
     ]
     digits = _phone_digits(term)
     if digits is not None:
-        conditions.append(col(Contact.wa_id).contains(digits, autoescape=True))
+        conditions.append(col(contact.wa_id).contains(digits, autoescape=True))
     return or_(*conditions)
 
 
@@ -139,19 +139,19 @@ def among(column: Any, ids: list[uuid.UUID]) -> Any:
     return column == any_(literal(ids, ARRAY(Uuid())))
 
 
-def _contact_of_conversation_matches(term: str) -> Any:
-    """Whether the conversation's contact matches `term`, as a correlated scalar subquery
-    (the scoping layer confines its contact as any other).
+def matches_by_subquery(term: str, contact_id: Any) -> Any:
+    """Whether the contact `contact_id` names matches `term`, as a correlated scalar
+    subquery (the scoping layer confines its contact as any other).
 
-    Not a join: joined, PostgreSQL under row-level security (which hides the columns'
-    statistics from ILIKE) estimates a long term rare and reads and sorts every match
-    for a page. A subquery's condition is estimated to keep one row in two, so a common
-    term walks the list's order index and stops at a page.
+    For a walk of a list's order. Not a join or a plain condition: PostgreSQL under
+    row-level security, which hides the columns' statistics from ILIKE, estimates a long
+    term rare and reads and sorts every match for a page. A subquery's condition is
+    estimated to keep one row in two, so a common term walks the list's order index and
+    stops at a page.
     """
-    matched = sa_select(contact_matches(term)).where(
-        col(Contact.id) == col(Conversation.contact_id)
-    )
-    return matched.scalar_subquery()
+    matched = aliased(Contact, name="matched_contact")
+    condition = sa_select(contact_matches(term, matched)).where(col(matched.id) == contact_id)
+    return condition.scalar_subquery()
 
 
 # --- conversations -----------------------------------------------------------------
@@ -229,7 +229,7 @@ async def list_conversations(
     query = select(Conversation)
     candidates: list[uuid.UUID] | None = None
     if term is not None:
-        query = query.where(_contact_of_conversation_matches(term))
+        query = query.where(matches_by_subquery(term, col(Conversation.contact_id)))
         candidates = await matching_contact_ids(session, term)
         if candidates is not None:
             query = query.where(among(col(Conversation.contact_id), candidates))
