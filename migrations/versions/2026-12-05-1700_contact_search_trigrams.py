@@ -55,17 +55,25 @@ SIGNATURE = "weflux_matching_contacts(text, text, integer)"
 # a plain GiST scan stops at the limit (the app's role cannot see the statistics that
 # would tell the planner so).
 _DEFINER = "SECURITY DEFINER SET search_path = public, pg_temp SET enable_bitmapscan = off"
-_WORKSPACE = "c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid"
-# Each column apart and limited, so each walks its own index and stops at `batch`.
-_BRANCHES = [
-    f"(SELECT c.id FROM contacts c WHERE {_WORKSPACE} AND c.{column} ILIKE $1 ESCAPE '/' "
-    "LIMIT least(greatest($3, 0), 10000))"
-    for column in COLUMNS
-] + [
-    f"(SELECT c.id FROM contacts c WHERE {_WORKSPACE} AND c.wa_id LIKE $2 ESCAPE '/' "
-    "LIMIT least(greatest($3, 0), 10000))"
-]
-BODY = f"SELECT m.id FROM ({' UNION '.join(_BRANCHES)}) m LIMIT least(greatest($3, 0), 10000)"
+# Each column apart and limited, so each walks its own index and stops at `batch`; the
+# workspace is the transaction's, as the tenant policy reads it.
+BODY = """
+SELECT m.id FROM (
+  (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
+     AND c.name ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
+  UNION
+  (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
+     AND c.profile_name ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
+  UNION
+  (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
+     AND c.phone_number ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
+  UNION
+  (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
+     AND c.wa_id ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
+  UNION
+  (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
+     AND c.wa_id LIKE $2 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
+) m LIMIT least(greatest($3, 0), 10000)"""
 
 
 def _postgresql() -> bool:

@@ -193,6 +193,9 @@ async def test_the_lookup_answers_only_the_transactions_workspace(
         assert found == {org.id: None, other_org.id: None}
         return
     here, there = found[org.id], found[other_org.id]
-    assert here is not None and there is not None
-    assert len(here) == 12 and set(here) <= ours  # the erased one too: the page tests again
-    assert len(there) == 6 and not set(there) & ours
+    assert here is not None
+    assert there is not None
+    assert len(here) == 12
+    assert set(here) <= ours
+    assert len(there) == 6
+    assert not set(there) & ours

@@ -6,8 +6,6 @@ sequential and index fetches, the function's included)."""
 
 from __future__ import annotations
 
-
-
 import pytest
 from sqlalchemy import text
 
@@ -61,7 +59,7 @@ async def _read(
         connection = await session.connection()
         # PostgreSQL 15 counts since its last report of statistics (up to a second): the
         # difference is this page's.
-        before = dict((await connection.execute(COUNTS)).tuples().all())
+        before: dict[str, int] = dict((await connection.execute(COUNTS)).tuples().all())
         if contacts:
             page = await list_contacts(session, principal, first=PAGE, after=after, search=term)
             cursor = page.items[-1][1] if page.has_next_page else None
@@ -70,7 +68,7 @@ async def _read(
                 session, principal, first=PAGE, after=after, search=term
             )
             cursor = listed.items[-1][1] if listed.has_next_page else None
-        after_page = dict((await connection.execute(COUNTS)).tuples().all())
+        after_page: dict[str, int] = dict((await connection.execute(COUNTS)).tuples().all())
     tables = ("contacts", "conversations")
     return {t: int(after_page.get(t, 0)) - int(before.get(t, 0)) for t in tables}, cursor
 
@@ -122,5 +120,3 @@ async def test_a_common_term_walks_the_list(
         assert read["contacts"] <= LOOKUP_BOUND + WALK_BOUND, f"{role} contacts {term!r}: {read}"
         assert read["conversations"] <= WALK_BOUND, f"{role} contacts {term!r}: {read}"
         assert after is not None
-
-

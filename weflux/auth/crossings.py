@@ -590,7 +590,5 @@ async def matching_contacts(
     """
     connection = await session.connection()
     call = text("SELECT weflux_matching_contacts(:pattern, :digits, :batch)")
-    result = await connection.execute(
-        call, {"pattern": pattern, "digits": digits, "batch": batch}
-    )
+    result = await connection.execute(call, {"pattern": pattern, "digits": digits, "batch": batch})
     return [row[0] for row in result.all()]

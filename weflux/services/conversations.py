@@ -19,8 +19,8 @@ from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth.permissions import Permission
 from weflux.auth.crossings import matching_contacts
+from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import lock_feed, visible_parts
 from weflux.errors import BadUserInput, Forbidden, NotFound
