@@ -227,24 +227,35 @@ async def list_conversations(
     size = page_size(first)
     term = search_term(search)
     query = select(Conversation)
-    candidates: list[uuid.UUID] | None = None
+    # A page walks the list's order in parts, unless a search reads its few candidates
+    # (or, on SQLite, its contacts as before: joined, looked up row by row).
+    walks = term is None
     if term is not None:
-        query = query.where(matches_by_subquery(term, col(Conversation.contact_id)))
         candidates = await matching_contact_ids(session, term)
         if candidates is not None:
-            query = query.where(among(col(Conversation.contact_id), candidates))
+            query = query.where(
+                matches_by_subquery(term, col(Conversation.contact_id)),
+                among(col(Conversation.contact_id), candidates),
+            )
+        elif (await session.connection()).dialect.name == "postgresql":
+            query = query.where(matches_by_subquery(term, col(Conversation.contact_id)))
+            walks = True
+        else:
+            query = query.join(Contact, col(Contact.id) == col(Conversation.contact_id)).where(
+                contact_matches(term)
+            )
     if status is not None:
         query = query.where(col(Conversation.status) == status)
     # An Agent's own share and nobody's are walked apart (visible_parts) unless the
     # filter names one of them. Not with a label or a search's few candidates: those
     # pages are bounded by the label's or the candidates' size, not a page, and each part
-    # would pay it again.
+    # would pay it again (SQLite's search: as before).
     parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    elif label is None and candidates is None:
+    elif label is None and walks:
         parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
