@@ -55,22 +55,24 @@ SIGNATURE = "weflux_matching_contacts(text, text, integer)"
 # a plain GiST scan stops at the limit (the app's role cannot see the statistics that
 # would tell the planner so).
 _DEFINER = "SECURITY DEFINER SET search_path = public, pg_temp SET enable_bitmapscan = off"
-# Each column apart and limited, so each walks its own index and stops at `batch`; the
-# workspace is the transaction's, as the tenant policy reads it.
+# Each column apart, each walking its own index, all together stopping at `batch` rows:
+# a contact found by two columns is answered twice (the caller drops repeats), so a
+# common term costs one column's `batch` rows. The workspace is the transaction's, as
+# the tenant policy reads it.
 BODY = """
 SELECT m.id FROM (
   (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
      AND c.name ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
-  UNION
+  UNION ALL
   (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
      AND c.profile_name ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
-  UNION
+  UNION ALL
   (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
      AND c.phone_number ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
-  UNION
+  UNION ALL
   (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
      AND c.wa_id ILIKE $1 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
-  UNION
+  UNION ALL
   (SELECT c.id FROM contacts c WHERE c.org_id = NULLIF(current_setting('app.org_id', true), '')::uuid
      AND c.wa_id LIKE $2 ESCAPE '/' LIMIT least(greatest($3, 0), 10000))
 ) m LIMIT least(greatest($3, 0), 10000)"""

@@ -29,9 +29,9 @@ RARE_BOUND = 300
 # A common term walks the list (an Agent's two parts, each testing one row in nine at
 # worst, each row's contact probing its conversations for the Agent's visibility): a
 # fifth of the workspace at most (before: all of it, then a sort); its lookup stops at
-# SEARCH_CANDIDATES + 1 matches of each column that matches (name, profile name).
+# SEARCH_CANDIDATES + 1 matches.
 WALK_BOUND = 2000
-LOOKUP_BOUND = 2 * (SEARCH_CANDIDATES + 1)
+LOOKUP_BOUND = SEARCH_CANDIDATES + 1
 COUNTS = text(
     "SELECT relname, coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) "
     "FROM pg_stat_xact_user_tables WHERE relname IN ('contacts', 'conversations')"

@@ -581,7 +581,8 @@ async def matching_contacts(
 ) -> list[uuid.UUID]:
     """PostgreSQL: ids of the transaction's workspace's contacts (erased ones too) whose
     name, profile name, phone number or WhatsApp id matches the ILIKE `pattern`, or whose
-    WhatsApp id matches the LIKE `digits` (both escaped with `/`), at most `batch`.
+    WhatsApp id matches the LIKE `digits` (both escaped with `/`): one for each column
+    that matches, at most `batch` in all.
 
     Read by `weflux_matching_contacts` (migration 0025) through the trigram indexes, which
     the app's own statements cannot use under row-level security (ILIKE is not
