@@ -1,7 +1,7 @@
 """The inbox list's pages in a large workspace, as an Admin and as an Agent: CPU and plans.
 
     .venv/bin/python -m bench.inbox_list [--engine sqlite|postgresql|both]
-        [--sizes 10000,200000] [--pages 3] [--runs 15] [--plans]
+        [--sizes 10000,200000] [--pages 3] [--runs 15] [--plans] [--shapes search,label]
 
 For each engine and size, a fresh migrated database (SQLite: a file; PostgreSQL: a clone
 of the test cluster's template, the app's restricted role, row-level security on) holds
@@ -82,7 +82,16 @@ SHAPES = (
     Shape("OPEN+ME", status=ConversationStatus.OPEN, assignee=AssigneeFilter.ME),
     Shape("OPEN+UNASSIGNED", status=ConversationStatus.OPEN, assignee=AssigneeFilter.UNASSIGNED),
     Shape("label", label=True, judged=False),
-    Shape("search", search="Contact 1", judged=False),
+    # Searches (contacts "Contact <n>", WhatsApp ids 49<n, ten digits>): a common term
+    # (every contact, another case), a tenth of them, a rare one (111 at 200,000), one
+    # that matches nothing, a phone number fragment typed with punctuation, and a term
+    # of two characters (no trigram: read as before).
+    Shape("search common", search="contact", judged=False),
+    Shape("search tenth", search="Contact 1", judged=False),
+    Shape("search rare", search="Contact 777", judged=False),
+    Shape("search none", search="Zebra", judged=False),
+    Shape("search phone", search="0012 34", judged=False),
+    Shape("search short", search="77", judged=False),
 )
 
 
@@ -210,6 +219,8 @@ async def run_size(
     for role, actor in (("Admin", ws.admin), ("Agent", ws.agent)):
         principal = principal_of(actor)
         for shape in SHAPES:
+            if args.shapes and not shape.name.startswith(tuple(args.shapes.split(","))):
+                continue
             for pages in (1, args.pages):
                 page_ms, floor_ms, rows, statements = await measure(
                     db, ws, principal, shape, pages, args.runs
@@ -293,6 +304,9 @@ async def main() -> None:
     parser.add_argument("--pages", type=int, default=3)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--plans", action="store_true")
+    parser.add_argument(
+        "--shapes", default="", help="only the shapes whose names start so (comma-separated)"
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     engines = ("sqlite", "postgresql") if args.engine == "both" else (args.engine,)

@@ -376,12 +376,18 @@ CROSSING_FUNCTIONS = {
     "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
     "weflux_due_webhook_events": "SETOF uuid",
     "weflux_invitation_by_token": "TABLE(org_id uuid, invitation_id uuid)",
+    # Within the transaction's own workspace: the search's trigram indexes (migration 0025).
+    "weflux_matching_contacts": "SETOF uuid",
     "weflux_user_sessions": "TABLE(org_id uuid, session_id uuid)",
     "weflux_user_workspaces": "TABLE(org_id uuid, name text)",
     "weflux_webhook_channel": "TABLE(org_id uuid, account_id uuid)",
     "weflux_webhook_routes": "TABLE(org_id uuid, account_id uuid, phone_number_id text, "
     "business_account_id text, display_phone_number text)",
 }
+
+
+# A function's own planner settings besides its search_path.
+PLANNER_SETTINGS = {"weflux_matching_contacts": ["enable_bitmapscan=off"]}
 
 
 async def test_the_cross_workspace_functions_are_these_and_locked_down(owner_db: Database) -> None:
@@ -402,7 +408,7 @@ async def test_the_cross_workspace_functions_are_these_and_locked_down(owner_db:
         ).all()
     assert {row[0]: row[1] for row in rows} == CROSSING_FUNCTIONS
     for name, _, config, public in rows:
-        assert config == ["search_path=public, pg_temp"], name
+        assert config == ["search_path=public, pg_temp", *PLANNER_SETTINGS.get(name, [])], name
         assert public is False, name
 
 

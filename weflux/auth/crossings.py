@@ -571,3 +571,25 @@ async def delete_workspace_alerts_as_owner(connection: AsyncConnection, org_id: 
     """Delete the security alerts of `org_id` (not workspace-owned, so no cascade takes them)."""
     statement = sa.delete(SecurityAlert).where(col(SecurityAlert.org_id) == org_id)
     return int((await connection.execute(statement)).rowcount)
+
+
+# -- in one workspace: the contact search's trigram indexes --------------------------------
+
+
+async def matching_contacts(
+    session: AsyncSession, pattern: str, digits: str | None, batch: int
+) -> list[uuid.UUID]:
+    """PostgreSQL: ids of the transaction's workspace's contacts (erased ones too) whose
+    name, profile name, phone number or WhatsApp id matches the ILIKE `pattern`, or whose
+    WhatsApp id matches the LIKE `digits` (both escaped with `/`): one for each column
+    that matches, at most `batch` in all.
+
+    Read by `weflux_matching_contacts` (migration 0025) through the trigram indexes, which
+    the app's own statements cannot use under row-level security (ILIKE is not
+    LEAKPROOF). It crosses no workspace: the caller reads its page among these ids in its
+    scoped session and tests the term again.
+    """
+    connection = await session.connection()
+    call = text("SELECT weflux_matching_contacts(:pattern, :digits, :batch)")
+    result = await connection.execute(call, {"pattern": pattern, "digits": digits, "batch": batch})
+    return [row[0] for row in result.all()]

@@ -135,6 +135,23 @@ def _enum(kind: type[enum.Enum], name: str) -> Any:
     return Enum(kind, name=name, native_enum=False, create_constraint=True, length=16)
 
 
+# The columns a search matches with `ILIKE '%term%'` (weflux.services.conversations.
+# contact_matches). PostgreSQL: a GiST index of each one's trigrams after the workspace
+# (pg_trgm, btree_gist; migration 0025), read by `weflux_matching_contacts`
+# (weflux.auth.crossings.matching_contacts); SQLite reads its contacts as before.
+SEARCHED_CONTACT_COLUMNS = ("name", "profile_name", "phone_number", "wa_id")
+_SEARCH_INDEXES = tuple(
+    Index(
+        f"ix_contacts_{column}_trigrams",
+        "org_id",
+        column,
+        postgresql_using="gist",
+        postgresql_ops={column: "gist_trgm_ops(siglen=64)"},
+    ).ddl_if(dialect="postgresql")
+    for column in SEARCHED_CONTACT_COLUMNS
+)
+
+
 class Contact(OrgScoped, table=True):
     """A customer: keyed by the business-scoped `user_id` when known, else by `wa_id`.
 
@@ -162,6 +179,7 @@ class Contact(OrgScoped, table=True):
             sqlite_where=text("wa_id IS NOT NULL AND erased_at IS NULL"),
         ),
         Index(None, "org_id", "name"),
+        *_SEARCH_INDEXES,
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -21,7 +21,13 @@ from weflux.auth.principal import Principal
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.models import Contact, utcnow
 from weflux.pagination import Page, decode_keyset, encode_keyset, page_of, page_size
-from weflux.services.conversations import contact_matches, search_term
+from weflux.services.conversations import (
+    among,
+    contact_matches,
+    matches_by_subquery,
+    matching_contact_ids,
+    search_term,
+)
 
 MAX_NAME = 256
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
@@ -119,7 +125,14 @@ async def list_contacts(
     term = search_term(search)
     query = select(Contact)
     if term is not None:
-        query = query.where(contact_matches(term))
+        candidates = await matching_contact_ids(session, term)
+        if candidates is not None:
+            query = query.where(contact_matches(term), among(col(Contact.id), candidates))
+        elif (await session.connection()).dialect.name == "postgresql":
+            # A common or short term: walk the name index (see matches_by_subquery).
+            query = query.where(matches_by_subquery(term, col(Contact.id)))
+        else:
+            query = query.where(contact_matches(term))
     if after:
         query = query.where(_after_contact(after))
     query = query.order_by(col(Contact.name).asc().nulls_last(), col(Contact.id)).limit(size + 1)

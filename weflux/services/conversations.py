@@ -13,11 +13,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, tuple_, union_all
+from sqlalchemy import ARRAY, Uuid, and_, any_, literal, or_, tuple_, union_all
+from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from weflux.auth.crossings import matching_contacts
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import lock_feed, visible_parts
@@ -47,6 +49,11 @@ from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.removals import record_removal
 
 MAX_SEARCH = 100
+# A search term matching at most this many contacts (once per matching column) reads
+# its conversations by their contacts' ids (PostgreSQL: `matching_contact_ids`); one
+# matching more walks the list's order, where at least one row in five times the
+# workspace's size over SEARCH_CANDIDATES matches (five columns).
+SEARCH_CANDIDATES = 1000
 _PHONE_PUNCTUATION = str.maketrans("", "", " -().+")
 
 
@@ -74,23 +81,80 @@ def search_term(search: str | None) -> str | None:
     return term or None
 
 
-def contact_matches(term: str) -> Any:
+def _phone_digits(term: str) -> str | None:
+    """The bare digits of a term that is a phone number once punctuation is dropped."""
+    digits = term.translate(_PHONE_PUNCTUATION)
+    return digits if digits.isdigit() and digits != term else None
+
+
+def contact_matches(term: str, contact: Any = Contact) -> Any:
     """Name, WhatsApp profile name, phone number or WhatsApp id containing `term`,
-    case-insensitively.
+    case-insensitively (`contact`: Contact or an alias of it).
 
     `%` and `_` in the term match themselves (LIKE with an escape character). A term
     that is a phone number once punctuation is dropped also matches the bare digits.
     """
     conditions = [
-        col(Contact.name).icontains(term, autoescape=True),
-        col(Contact.profile_name).icontains(term, autoescape=True),
-        col(Contact.phone_number).icontains(term, autoescape=True),
-        col(Contact.wa_id).icontains(term, autoescape=True),
+        col(contact.name).icontains(term, autoescape=True),
+        col(contact.profile_name).icontains(term, autoescape=True),
+        col(contact.phone_number).icontains(term, autoescape=True),
+        col(contact.wa_id).icontains(term, autoescape=True),
     ]
-    digits = term.translate(_PHONE_PUNCTUATION)
-    if digits.isdigit() and digits != term:
-        conditions.append(col(Contact.wa_id).contains(digits, autoescape=True))
+    digits = _phone_digits(term)
+    if digits is not None:
+        conditions.append(col(contact.wa_id).contains(digits, autoescape=True))
     return or_(*conditions)
+
+
+def _contains_pattern(term: str) -> str:
+    """The LIKE pattern `contains(term, autoescape=True)` binds: `/` escapes `%`, `_`, `/`."""
+    escaped = term.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    return f"%{escaped}%"
+
+
+async def matching_contact_ids(session: AsyncSession, term: str) -> list[uuid.UUID] | None:
+    """The ids of the workspace's contacts that `contact_matches(term)` would find, when
+    there are at most SEARCH_CANDIDATES of them; None to read as before.
+
+    PostgreSQL only, for a term of three characters or more: its trigram indexes
+    (migration 0025) find them; a shorter term has no trigram, and SQLite has no such
+    index. A common term (more than SEARCH_CANDIDATES) is found sooner by walking the
+    list's order and testing each row. The caller still tests `contact_matches(term)`
+    in its scoped session: these ids only narrow what it reads.
+    """
+    if len(term) < 3 or (await session.connection()).dialect.name != "postgresql":
+        return None
+    digits = _phone_digits(term)
+    found = await matching_contacts(
+        session,
+        _contains_pattern(term),
+        _contains_pattern(digits) if digits is not None else None,
+        SEARCH_CANDIDATES + 1,
+    )
+    # One row per matching column: a contact found by its name and its profile name
+    # counts twice here, so a term walks from about half as many contacts.
+    return list(dict.fromkeys(found)) if len(found) <= SEARCH_CANDIDATES else None
+
+
+def among(column: Any, ids: list[uuid.UUID]) -> Any:
+    """`column = ANY(ids)` (PostgreSQL), one array parameter whatever the count: the
+    statement stays one prepared statement."""
+    return column == any_(literal(ids, ARRAY(Uuid())))
+
+
+def matches_by_subquery(term: str, contact_id: Any) -> Any:
+    """Whether the contact `contact_id` names matches `term`, as a correlated scalar
+    subquery (the scoping layer confines its contact as any other).
+
+    For a walk of a list's order. Not a join or a plain condition: PostgreSQL under
+    row-level security, which hides the columns' statistics from ILIKE, estimates a long
+    term rare and reads and sorts every match for a page. A subquery's condition is
+    estimated to keep one row in two, so a common term walks the list's order index and
+    stops at a page.
+    """
+    matched = aliased(Contact, name="matched_contact")
+    condition = sa_select(contact_matches(term, matched)).where(col(matched.id) == contact_id)
+    return condition.scalar_subquery()
 
 
 # --- conversations -----------------------------------------------------------------
@@ -160,26 +224,41 @@ async def list_conversations(
     their conversations and nobody's) is walked in the order of an index from the
     cursor and limited to a page, then merged, in one statement; a second reads the
     conversations without messages on the page where the others run out. The scoping
-    layer confines every part.
+    layer confines every part. A search reads its few matches by their contacts
+    (PostgreSQL, `matching_contact_ids`), or walks so and tests each row's contact.
     """
     size = page_size(first)
     term = search_term(search)
     query = select(Conversation)
+    # A page walks the list's order in parts, unless a search reads its few candidates
+    # (or, on SQLite, its contacts as before: joined, looked up row by row).
+    walks = term is None
     if term is not None:
-        query = query.join(Contact, col(Contact.id) == col(Conversation.contact_id)).where(
-            contact_matches(term)
-        )
+        candidates = await matching_contact_ids(session, term)
+        if candidates is not None:
+            query = query.where(
+                matches_by_subquery(term, col(Conversation.contact_id)),
+                among(col(Conversation.contact_id), candidates),
+            )
+        elif (await session.connection()).dialect.name == "postgresql":
+            query = query.where(matches_by_subquery(term, col(Conversation.contact_id)))
+            walks = True
+        else:
+            query = query.join(Contact, col(Contact.id) == col(Conversation.contact_id)).where(
+                contact_matches(term)
+            )
     if status is not None:
         query = query.where(col(Conversation.status) == status)
     # An Agent's own share and nobody's are walked apart (visible_parts) unless the
-    # filter names one of them. Not with a label or a search: those pages are bounded by
-    # the label's or the matches' size, not a page, and each part would pay it again.
+    # filter names one of them. Not with a label or a search's few candidates: those
+    # pages are bounded by the label's or the candidates' size, not a page, and each part
+    # would pay it again (SQLite's search: as before).
     parts: tuple[Any, ...] = ()
     if assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == principal.membership_id)
     elif assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    elif label is None and term is None:
+    elif label is None and walks:
         parts = visible_parts(session)
     if label is not None:
         tagged = select(col(ConversationLabel.conversation_id)).where(
