@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from weflux.api.bearer import member
 from weflux.auth.permissions import Permission
 from weflux.auth.scoping import restrict_to_agent
-from weflux.auth.tokens import bearer_token
-from weflux.errors import NotFound, Unauthenticated, WefluxError, wefluxerror_response
+from weflux.errors import NotFound, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id
 from weflux.media.files import data_key
 from weflux.media.kinds import content_disposition, safe_filename
@@ -75,11 +75,7 @@ def _filename(row: MediaFile) -> str:
 
 async def _serve(request: Request) -> Response:
     runtime = runtime_of(request)
-    principal = await runtime.authenticator.authenticate(
-        bearer_token(request.headers.get("authorization"))
-    )
-    if principal is None:
-        raise Unauthenticated("Authentication required")
+    principal = await member(request)
     missing = NotFound("Media not found")
     try:
         media_id: uuid.UUID = decode_global_id(request.path_params["id"], "Media")
