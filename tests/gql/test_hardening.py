@@ -594,6 +594,53 @@ async def test_subscribing_before_connection_init_is_refused(live: LiveServer) -
         assert closed.value.rcvd.code == 4401
 
 
+VIEWER = {"query": "{ viewer { id } }"}
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"id": 1, "type": "subscribe", "payload": VIEWER},  # ran past the request limits
+        {"id": ["1"], "type": "subscribe", "payload": VIEWER},
+        {"id": "1", "type": "subscribe", "payload": "{ viewer { id } }"},
+        {"id": "1", "type": "subscribe", "payload": {"query": 1}},
+        {"id": "1", "type": "subscribe", "payload": {**VIEWER, "variables": [1]}},
+        {"id": "1", "type": "subscribe", "payload": {**VIEWER, "operationName": 1}},
+        {"id": ["1"], "type": "complete"},
+        ["subscribe"],
+    ],
+    ids=[
+        "id-a-number",
+        "id-a-list",
+        "payload-a-string",
+        "query-a-number",
+        "variables-a-list",
+        "operation-name-a-number",
+        "complete-id-a-list",
+        "frame-a-list",
+    ],
+)
+async def test_a_frame_of_the_wrong_shape_closes_the_socket_4400(
+    live: LiveServer, admin: Actor, frame: Any
+) -> None:
+    """Given an acknowledged socket,
+    when it sends a frame graphql-transport-ws does not allow (an operation id that is not
+    a string, a subscribe payload that is not {query: string, variables: object, ...}),
+    then the socket closes 4400 (the protocol's "invalid message") and nothing ran."""
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        reply = await _init(ws, {"authorization": f"Bearer {token}"})
+        assert isinstance(reply, dict)
+        assert reply["type"] == "connection_ack"
+        await ws.send(json.dumps(frame))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
+
+
 @sqlite_only
 async def test_the_legacy_graphql_ws_subprotocol_is_not_accepted(
     live: LiveServer, admin: Actor
