@@ -15,6 +15,7 @@ from tests.fixtures.media import MediaInbox, stored_blobs
 from weflux.api.media import byte_range
 from weflux.config import Settings
 from weflux.ids import encode_global_id
+from weflux.media.kinds import content_disposition, safe_filename
 from weflux.models import MediaStatus
 
 MEDIA_QUERY = """
@@ -140,6 +141,27 @@ def test_a_range_with_numbers_of_thousands_of_digits_is_answered_as_any_other(
     (4300), when /media/{id} reads it, then it is judged like any range (RFC 9110), not
     an unhandled ValueError (500)."""
     assert byte_range(header, 150_000) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("invoice\u202efdp.exe", "invoice_fdp.exe"),  # right-to-left override: "invoiceexe.pdf"
+        ("report\u2066.pdf\u2069.exe", "report_.pdf_.exe"),  # bidi isolates
+        ("a\u200bb\ufeff.pdf", "a_b_.pdf"),  # zero-width space and no-break space
+        ("a\x85b\u2028c.pdf", "a_b_c.pdf"),  # a C1 control, a line separator
+        ("a\ud800b.pdf", "a_b.pdf"),  # a lone surrogate (JSON may carry one)
+    ],
+)
+def test_a_file_name_is_served_without_invisible_or_reordering_characters(
+    name: str, served: str
+) -> None:
+    """Given a sender's file name with characters that reorder or hide what a person
+    reads (a right-to-left override shows "invoice\u202efdp.exe" as "invoiceexe.pdf"),
+    when /media/{id} names the file in its Content-Disposition,
+    then they are replaced like control characters, in both forms of the name."""
+    header = content_disposition("application/pdf", safe_filename(name, "x"))
+    assert header == f"attachment; filename=\"{served}\"; filename*=UTF-8''{served}"
 
 
 async def test_media_is_refused_without_a_token(media_inbox: MediaInbox) -> None:
