@@ -10,8 +10,8 @@ from datetime import timedelta
 import httpx
 from starlette.applications import Starlette
 
-from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.api import token_for
+from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import Api, gid
 from tests.fixtures.two_factor import enroll, require_two_factors
 from weflux.db import Database

@@ -181,9 +181,8 @@ async def test_a_sent_upload_follows_its_messages_not_its_uploader(
     assert error_codes(await send_media(client, agent_token, elsewhere, agents)) == ["NOT_FOUND"]
     assert await fetched(await token_for(client, other_agent), agents) == 200
 
-    erased = await gql(
-        client, admin_token, "mutation($id: ID!) { eraseContact(contactId: $id) { id } }", {"id": contact}
-    )
+    erase = "mutation($id: ID!) { eraseContact(contactId: $id) { id } }"
+    erased = await gql(client, admin_token, erase, {"id": contact})
     assert "errors" not in erased.json(), erased.text
     assert await fetched(admin_token, admins) == 404
     assert error_codes(await send_media(client, admin_token, elsewhere, admins)) == ["NOT_FOUND"]

@@ -1,8 +1,9 @@
 """Operations over the WebSocket (graphql-transport-ws), limited and charged as over HTTP.
 
-A frame of the wrong shape (`frame_problem`) closes the socket 4400. Every `subscribe` message counts against the request limits of `/graphql` (per IP and
-per workspace) before it runs; over them it is answered with an `error` frame coded
-`RATE_LIMITED` (with `retryAfter`, in seconds). Then `weflux.gql.guard.OperationGuard`
+A frame of the wrong shape (`frame_problem`) closes the socket 4400. Every `subscribe`
+message counts against the request limits of `/graphql` (per IP and per workspace)
+before it runs; over them it is answered with an `error` frame coded `RATE_LIMITED`
+(with `retryAfter`, in seconds). Then `weflux.gql.guard.OperationGuard`
 validates, costs and charges it like any other operation.
 
 Queries and mutations work as over HTTP: each runs in its own unit of work (a session

@@ -58,7 +58,7 @@ CONNECTION_INIT_TIMEOUT = 10  # seconds to send connection_init before the socke
 MAX_SUBSCRIPTIONS = 20  # per connection
 FRAME_CACHE = 256  # recent live-event payloads kept serialised
 MULTIPART_SHAPE = (
-    "A multipart request needs `operations`, one JSON object {\"query\", \"variables\"}, and "
+    'A multipart request needs `operations`, one JSON object {"query", "variables"}, and '
     "`map`, a JSON object of lists of paths to null variables (the GraphQL multipart "
     "request spec)"
 )

@@ -46,10 +46,7 @@ async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -
     carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
     if (await session.exec(carrying)).first() is not None:
         return True
-    if (
-        row.origin != MediaOrigin.UPLOAD
-        or row.uploaded_by_membership_id != principal.membership_id
-    ):
+    if row.origin != MediaOrigin.UPLOAD or row.uploaded_by_membership_id != principal.membership_id:
         return False
     with workspace_wide(session), past_erasure(session):  # any message, seen or not
         return (await session.exec(carrying)).first() is None
