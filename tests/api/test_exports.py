@@ -10,8 +10,10 @@ from datetime import timedelta
 import httpx
 from starlette.applications import Starlette
 
+from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import Api, gid
+from tests.fixtures.two_factor import enroll, require_two_factors
 from weflux.db import Database
 from weflux.lifecycle.worker import Lifecycle, destroy_expired_exports, run_due_requests
 from weflux.models import utcnow
@@ -75,3 +77,32 @@ async def test_only_admins_of_the_workspace_download_an_export(
 
     await destroy_expired_exports(lifecycle, now=utcnow() + timedelta(hours=25))
     assert (await get(admin)).status_code == 404
+
+
+async def test_an_admin_who_must_enroll_in_two_factors_gets_no_export(
+    app: Starlette, client: httpx.AsyncClient, api: Api, db: Database, admin: Actor
+) -> None:
+    """Given a built export, and a workspace that now requires two factors of the Admin,
+    who has none yet (they may log in, but only to enroll),
+    when they download it,
+    then 403 TWO_FACTOR_REQUIRED without the file, as every GraphQL operation but
+    enrolling answers; once enrolled, the same token gets the zip."""
+    async with db.session(admin.org_id) as session:
+        conversation = await create_conversation(session)
+    body = await api(admin, EXPORT, {"id": gid("Contact", conversation.contact_id)})
+    path = f"/exports/{body['data']['exportContactData']['id']}"
+    runtime = runtime_of(app)
+    await run_due_requests(
+        Lifecycle(db=db, keyring=runtime.keyring, export_dir=runtime.settings.export_directory)
+    )
+    await require_two_factors(db, admin.org_id)
+    token = await token_for(client, admin)
+
+    refused = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "TWO_FACTOR_REQUIRED"
+    await enroll(client, token)
+    served = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert served.status_code == 200
+    assert served.headers["content-type"] == "application/zip"

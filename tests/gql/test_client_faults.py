@@ -79,6 +79,30 @@ async def test_a_variable_of_the_wrong_type_is_bad_user_input(
 
 @sqlite_only
 @pytest.mark.parametrize(
+    "query",
+    [
+        "{ auditEvents(first: %s) { edges { cursor } } }" % ("9" * 5000),
+        "{ auditEvents(first: -%s) { edges { cursor } } }" % ("1" * 5000),
+    ],
+    ids=["thousands-of-digits", "negative"],
+)
+async def test_an_int_literal_too_long_to_convert_is_a_validation_error(
+    client: httpx.AsyncClient, admin: Actor, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    """Given an Int literal of more digits than Python converts (4300; graphql-core's
+    check of the literal raises a ValueError),
+    when it is sent,
+    then GRAPHQL_VALIDATION_FAILED like any invalid literal, not a masked internal error
+    logged as our fault."""
+    token = await token_for(client, admin)
+    with no_error_logs(caplog):
+        response = await gql(client, token, query)
+    assert response.json()["data"] is None
+    assert error_codes(response) == ["GRAPHQL_VALIDATION_FAILED"]
+
+
+@sqlite_only
+@pytest.mark.parametrize(
     "body",
     [
         b'"{ viewer { id } }"',  # a JSON string

@@ -211,6 +211,59 @@ async def test_a_malformed_multipart_body_gets_400_and_no_data(
     assert '"viewer"' not in response.text
 
 
+UPLOAD = "mutation($file: Upload!) { uploadMedia(file: $file) { id } }"
+UPLOAD_OPERATIONS = json.dumps({"query": UPLOAD, "variables": {"file": None}})
+NESTED_JSON = "[" * 100_000 + "]" * 100_000
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    ("operations", "mapping"),
+    [
+        (UPLOAD_OPERATIONS, {"0": ["query.x"]}),  # a path into a string
+        (json.dumps({"query": UPLOAD, "variables": {"file": [None]}}), {"0": ["variables.file.x"]}),
+        (json.dumps({"query": UPLOAD, "variables": {"file": []}}), {"0": ["variables.file.5"]}),
+        (UPLOAD_OPERATIONS, ["variables.file"]),  # a map that is not an object
+        (UPLOAD_OPERATIONS, {"0": 5}),  # paths that are not a list
+        ('"a string"', {"0": ["variables.file"]}),  # operations that are not an object
+        ("5", {}),
+        (NESTED_JSON, {}),  # nested past the JSON parser's stack
+        (UPLOAD_OPERATIONS, NESTED_JSON),
+    ],
+    ids=[
+        "path-into-a-string",
+        "path-index-not-a-number",
+        "path-index-out-of-range",
+        "map-a-list",
+        "map-paths-not-a-list",
+        "operations-a-string",
+        "operations-a-number",
+        "operations-nested",
+        "map-nested",
+    ],
+)
+async def test_a_multipart_request_of_the_wrong_shape_gets_400_and_no_data(
+    client: httpx.AsyncClient, token: str, operations: str, mapping: object
+) -> None:
+    """Given an upload as a multipart request whose `operations` or `map` is JSON of the
+    wrong shape (the GraphQL multipart request spec: an object, and an object of lists of
+    paths to null variables),
+    when it is posted,
+    then the answer is 400 BAD_REQUEST in the GraphQL error shape, and nothing runs."""
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data={
+            "operations": operations,
+            "map": mapping if isinstance(mapping, str) else json.dumps(mapping),
+        },
+        files={"0": ("a.txt", b"hello", "text/plain")},
+    )
+    assert response.status_code == 400
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    refused(response)
+
+
 @sqlite_only
 async def test_application_json_with_a_charset_is_fine(
     client: httpx.AsyncClient, token: str
@@ -539,6 +592,53 @@ async def test_subscribing_before_connection_init_is_refused(live: LiveServer) -
                 await ws.recv()
         assert closed.value.rcvd is not None
         assert closed.value.rcvd.code == 4401
+
+
+VIEWER = {"query": "{ viewer { id } }"}
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "frame",
+    [
+        {"id": 1, "type": "subscribe", "payload": VIEWER},  # ran past the request limits
+        {"id": ["1"], "type": "subscribe", "payload": VIEWER},
+        {"id": "1", "type": "subscribe", "payload": "{ viewer { id } }"},
+        {"id": "1", "type": "subscribe", "payload": {"query": 1}},
+        {"id": "1", "type": "subscribe", "payload": {**VIEWER, "variables": [1]}},
+        {"id": "1", "type": "subscribe", "payload": {**VIEWER, "operationName": 1}},
+        {"id": ["1"], "type": "complete"},
+        ["subscribe"],
+    ],
+    ids=[
+        "id-a-number",
+        "id-a-list",
+        "payload-a-string",
+        "query-a-number",
+        "variables-a-list",
+        "operation-name-a-number",
+        "complete-id-a-list",
+        "frame-a-list",
+    ],
+)
+async def test_a_frame_of_the_wrong_shape_closes_the_socket_4400(
+    live: LiveServer, admin: Actor, frame: Any
+) -> None:
+    """Given an acknowledged socket,
+    when it sends a frame graphql-transport-ws does not allow (an operation id that is not
+    a string, a subscribe payload that is not {query: string, variables: object, ...}),
+    then the socket closes 4400 (the protocol's "invalid message") and nothing ran."""
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        reply = await _init(ws, {"authorization": f"Bearer {token}"})
+        assert isinstance(reply, dict)
+        assert reply["type"] == "connection_ack"
+        await ws.send(json.dumps(frame))
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
 
 
 @sqlite_only

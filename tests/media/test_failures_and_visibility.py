@@ -16,6 +16,7 @@ from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
 from tests.fixtures.media import MediaInbox
 from tests.fixtures.outbound import record_events
+from tests.fixtures.two_factor import enroll, require_two_factors
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id
@@ -229,6 +230,32 @@ async def test_only_members_who_may_see_the_message_get_the_file(
     missing = f"/media/{encode_global_id('Media', uuid.uuid4())}"
     unknown = await client.get(missing, headers={"Authorization": f"Bearer {token}"})
     assert unknown.status_code == 404
+
+
+async def test_a_member_who_must_enroll_in_two_factors_gets_no_file(
+    media_inbox: MediaInbox, db: Database, admin: Actor
+) -> None:
+    """Given a downloaded image, and a workspace that now requires two factors of an
+    Admin who has none yet (they may log in, but only to enroll),
+    when they fetch /media/{id},
+    then 403 TWO_FACTOR_REQUIRED without the file, as every GraphQL operation but
+    enrolling answers; once enrolled, the same token gets the file."""
+    content = b"\x89PNG\r\n\x1a\n" + b"p" * 4000
+    message_id = await media_inbox.receive("image", content, mime_type="image/png")
+    await media_inbox.download()
+    path = await _path(media_inbox, message_id)
+    await require_two_factors(db, admin.org_id)
+    client = media_inbox.client
+    token = await token_for(client, admin)
+
+    refused = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+
+    assert refused.status_code == 403
+    assert refused.json()["error"]["code"] == "TWO_FACTOR_REQUIRED"
+    assert content[:32] not in refused.content
+    await enroll(client, token)
+    served = await client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert served.content == content
 
 
 async def test_erasing_the_contact_deletes_the_stored_files(

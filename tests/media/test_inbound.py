@@ -12,8 +12,10 @@ import pytest
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
 from tests.fixtures.media import MediaInbox, stored_blobs
+from weflux.api.media import byte_range
 from weflux.config import Settings
 from weflux.ids import encode_global_id
+from weflux.media.kinds import content_disposition, safe_filename
 from weflux.models import MediaStatus
 
 MEDIA_QUERY = """
@@ -121,6 +123,45 @@ async def test_range_requests_answer_206_and_416(media_inbox: MediaInbox, admin:
     response = await media_inbox.client.get(path, headers={**auth, "Range": "bytes=150000-"})
     assert response.status_code == 416
     assert response.headers["content-range"] == "bytes */150000"
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=" + "9" * 5000 + "-", False),  # starts past any file: 416
+        ("bytes=10-" + "9" * 5000, (10, 149_999)),  # ends past it: to its end
+        ("bytes=-" + "9" * 5000, (0, 149_999)),  # a suffix longer than it: all of it
+        ("bytes=0" + "0" * 5000 + "-9", (0, 9)),
+    ],
+)
+def test_a_range_with_numbers_of_thousands_of_digits_is_answered_as_any_other(
+    header: str, expected: tuple[int, int] | bool
+) -> None:
+    """Given a Range header whose numbers have more digits than Python converts to an int
+    (4300), when /media/{id} reads it, then it is judged like any range (RFC 9110), not
+    an unhandled ValueError (500)."""
+    assert byte_range(header, 150_000) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "served"),
+    [
+        ("invoice\u202efdp.exe", "invoice_fdp.exe"),  # right-to-left override: "invoiceexe.pdf"
+        ("report\u2066.pdf\u2069.exe", "report_.pdf_.exe"),  # bidi isolates
+        ("a\u200bb\ufeff.pdf", "a_b_.pdf"),  # zero-width space and no-break space
+        ("a\x85b\u2028c.pdf", "a_b_c.pdf"),  # a C1 control, a line separator
+        ("a\ud800b.pdf", "a_b.pdf"),  # a lone surrogate (JSON may carry one)
+    ],
+)
+def test_a_file_name_is_served_without_invisible_or_reordering_characters(
+    name: str, served: str
+) -> None:
+    """Given a sender's file name with characters that reorder or hide what a person
+    reads (a right-to-left override shows "invoice\u202efdp.exe" as "invoiceexe.pdf"),
+    when /media/{id} names the file in its Content-Disposition,
+    then they are replaced like control characters, in both forms of the name."""
+    header = content_disposition("application/pdf", safe_filename(name, "x"))
+    assert header == f"attachment; filename=\"{served}\"; filename*=UTF-8''{served}"
 
 
 async def test_media_is_refused_without_a_token(media_inbox: MediaInbox) -> None:

@@ -139,6 +139,55 @@ async def test_only_the_uploader_may_send_or_fetch_an_unsent_upload(
         ]
 
 
+async def test_a_sent_upload_follows_its_messages_not_its_uploader(
+    media_inbox: MediaInbox, admin: Actor, agent: Actor, other_agent: Actor
+) -> None:
+    """Given an upload an Agent sent in an unassigned conversation and one an Admin sent
+    in the same conversation,
+    when the conversation is assigned to another Agent, and then its contact is erased
+    (before the worker purges),
+    then the Agent who uploaded gets 404 for their file and NOT_FOUND to send it again,
+    as whoever may not see its message (only an unsent upload is its uploader's); the
+    new assignee gets it; after the erasure the Admin who uploaded gets 404 and
+    NOT_FOUND too (re-sent elsewhere, the file would outlive the contact's erasure)."""
+    client = media_inbox.client
+    conversation, conversation_id = await first_conversation(media_inbox)
+    elsewhere, _ = await second_contact(media_inbox)
+    agent_token = await token_for(client, agent)
+    admin_token = await token_for(client, admin)
+    sent: dict[str, str] = {}
+    for member, token in ((agent, agent_token), (admin, admin_token)):
+        media = (await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")).json()
+        sent[member.user.email] = media["data"]["uploadMedia"]["id"]
+        queued = await send_media(client, token, conversation, sent[member.user.email])
+        assert "errors" not in queued.json(), queued.text
+    agents, admins = sent[agent.user.email], sent[admin.user.email]
+    org_id = media_inbox.account.org_id
+    async with media_inbox.db.session(org_id) as session:
+        await session.exec(
+            update(Conversation)
+            .where(col(Conversation.id) == conversation_id)
+            .values(assignee_membership_id=other_agent.membership.id)
+        )
+        row = await session.get(Conversation, conversation_id)
+        assert row is not None
+        contact = encode_global_id("Contact", row.contact_id)
+
+    async def fetched(token: str, media: str) -> int:
+        path = f"/media/{media}"
+        return (await client.get(path, headers={"Authorization": f"Bearer {token}"})).status_code
+
+    assert await fetched(agent_token, agents) == 404
+    assert error_codes(await send_media(client, agent_token, elsewhere, agents)) == ["NOT_FOUND"]
+    assert await fetched(await token_for(client, other_agent), agents) == 200
+
+    erase = "mutation($id: ID!) { eraseContact(contactId: $id) { id } }"
+    erased = await gql(client, admin_token, erase, {"id": contact})
+    assert "errors" not in erased.json(), erased.text
+    assert await fetched(admin_token, admins) == 404
+    assert error_codes(await send_media(client, admin_token, elsewhere, admins)) == ["NOT_FOUND"]
+
+
 async def test_send_media_obeys_the_service_window(media_inbox: MediaInbox, admin: Actor) -> None:
     """Given a conversation whose customer last wrote two days ago,
     when an upload is sent in it,

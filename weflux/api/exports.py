@@ -14,10 +14,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from weflux.api.bearer import member
 from weflux.auth.permissions import Permission
-from weflux.auth.tokens import bearer_token
 from weflux.client_ip import request_meta
-from weflux.errors import NotFound, Unauthenticated, WefluxError, wefluxerror_response
+from weflux.errors import NotFound, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id
 from weflux.lifecycle import exports
 from weflux.models import DataRequest as DataRequestRow
@@ -37,11 +37,7 @@ async def download(request: Request) -> Response:
 
 async def _download(request: Request) -> Response:
     runtime = runtime_of(request)
-    principal = await runtime.authenticator.authenticate(
-        bearer_token(request.headers.get("authorization"))
-    )
-    if principal is None:
-        raise Unauthenticated("Authentication required")
+    principal = await member(request)
     missing = NotFound("Export not found")
     if not principal.can(Permission.READ_AUDIT):
         raise missing

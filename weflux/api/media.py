@@ -21,10 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
+from weflux.api.bearer import member
 from weflux.auth.permissions import Permission
 from weflux.auth.scoping import restrict_to_agent
-from weflux.auth.tokens import bearer_token
-from weflux.errors import NotFound, Unauthenticated, WefluxError, wefluxerror_response
+from weflux.errors import NotFound, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id
 from weflux.media.files import data_key
 from weflux.media.kinds import content_disposition, safe_filename
@@ -35,7 +35,15 @@ from weflux.services.media import visible
 
 log = logging.getLogger(__name__)
 
-_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$", re.ASCII)
+# Past any file. A position of more digits stands for it: int() refuses strings of more
+# than 4300 digits (a ValueError, so a 500), and no file is that large anyway.
+_BEYOND = 10**18
+
+
+def _position(digits: str) -> int:
+    significant = digits.lstrip("0")
+    return int(significant or "0") if len(significant) <= 18 else _BEYOND
 
 
 async def serve(request: Request) -> Response:
@@ -57,13 +65,13 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | bool | None:
     if not first and not last:
         return None
     if not first:  # the last N bytes
-        suffix = int(last)
+        suffix = _position(last)
         if suffix == 0 or size == 0:
             return False
         return max(0, size - suffix), size - 1
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    start = _position(first)
+    end = min(_position(last), size - 1) if last else size - 1
+    if start >= size or (last and _position(last) < start):
         return False
     return start, end
 
@@ -75,11 +83,7 @@ def _filename(row: MediaFile) -> str:
 
 async def _serve(request: Request) -> Response:
     runtime = runtime_of(request)
-    principal = await runtime.authenticator.authenticate(
-        bearer_token(request.headers.get("authorization"))
-    )
-    if principal is None:
-        raise Unauthenticated("Authentication required")
+    principal = await member(request)
     missing = NotFound("Media not found")
     try:
         media_id: uuid.UUID = decode_global_id(request.path_params["id"], "Media")

@@ -90,6 +90,10 @@ SENSITIVE_OPERATIONS: frozenset[str] = frozenset(
 ENROLLMENT_OPERATIONS: frozenset[str] = frozenset(
     {"beginTwoFactorEnrollment", "confirmTwoFactorEnrollment", "__typename"}
 )
+MUST_ENROLL_MESSAGE = (
+    "This workspace requires two-factor authentication: enroll first "
+    "(beginTwoFactorEnrollment, then confirmTwoFactorEnrollment)"
+)
 
 
 def has_permission(role: Role, permission: Permission) -> bool:

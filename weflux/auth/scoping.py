@@ -16,7 +16,8 @@ question with ids), or, for maintenance run as the schema owner, a session opene
   notes, labellings and reactions are hidden from every read, update and delete: the erasure
   tombstone, so an erased contact is gone at once from queries, `node`, subscriptions,
   replays and exports. Only the eraser itself looks past it (`see_erased`,
-  weflux.lifecycle.erasure).
+  weflux.lifecycle.erasure), and a yes-or-no question whether anything carries an
+  upload (`past_erasure`).
 - On PostgreSQL the same scope is handed to row-level security at the start of each
   transaction with `set_config(..., true)`, which ends with the transaction: the
   workspace (`app.org_id`) and the webhook event the session names, if any
@@ -199,6 +200,25 @@ def workspace_wide(session: Session | AsyncSession) -> Iterator[None]:
     """
     with viewing_as(session, None):
         yield
+
+
+@contextmanager
+def past_erasure(session: Session | AsyncSession) -> Iterator[None]:
+    """For the statements inside, erased contacts' rows too (the tombstone lifted), still
+    in the workspace and under the session's other restrictions.
+
+    Only for questions answered yes or no, never rows: whether any message at all carries
+    an upload, an erased contact's included (weflux.services.media.visible).
+    """
+    info = _info(session)
+    previous = info.get(SEE_ERASED_KEY)
+    info[SEE_ERASED_KEY] = True
+    try:
+        yield
+    finally:
+        info.pop(SEE_ERASED_KEY, None)
+        if previous:
+            info[SEE_ERASED_KEY] = previous
 
 
 def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from graphql import GraphQLError, VariableDefinitionNode, get_operation_ast
+from graphql import GraphQLError, ValueNode, VariableDefinitionNode, get_operation_ast
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
@@ -51,6 +51,11 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         if coded["code"] == ErrorCode.RATE_LIMITED and "retryAfter" in given:
             coded["retryAfter"] = given["retryAfter"]
         return coded
+    if error.path is None and error.nodes and all(isinstance(n, ValueNode) for n in error.nodes):
+        # A literal of the document that its type's parser raised on, wrapped by
+        # graphql-core's validation (an Int of more digits than int() converts): the
+        # client's fault, before anything ran.
+        return {"code": ErrorCode.GRAPHQL_VALIDATION_FAILED}
     return None
 
 

@@ -25,17 +25,17 @@ from graphql import (
     get_operation_ast,
 )
 
-from weflux.auth.permissions import ENROLLMENT_OPERATIONS, SENSITIVE_OPERATIONS
+from weflux.auth.permissions import (
+    ENROLLMENT_OPERATIONS,
+    MUST_ENROLL_MESSAGE,
+    SENSITIVE_OPERATIONS,
+)
 from weflux.auth.principal import Principal
 from weflux.db import Database
 from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
 from weflux.services.two_factor import require_recent_authentication
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
-MUST_ENROLL_MESSAGE = (
-    "This workspace requires two-factor authentication: enroll first "
-    "(beginTwoFactorEnrollment, then confirmTwoFactorEnrollment)"
-)
 
 
 def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:

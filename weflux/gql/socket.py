@@ -1,8 +1,9 @@
 """Operations over the WebSocket (graphql-transport-ws), limited and charged as over HTTP.
 
-Every `subscribe` message counts against the request limits of `/graphql` (per IP and
-per workspace) before it runs; over them it is answered with an `error` frame coded
-`RATE_LIMITED` (with `retryAfter`, in seconds). Then `weflux.gql.guard.OperationGuard`
+A frame of the wrong shape (`frame_problem`) closes the socket 4400. Every `subscribe`
+message counts against the request limits of `/graphql` (per IP and per workspace)
+before it runs; over them it is answered with an `error` frame coded `RATE_LIMITED`
+(with `retryAfter`, in seconds). Then `weflux.gql.guard.OperationGuard`
 validates, costs and charges it like any other operation.
 
 Queries and mutations work as over HTTP: each runs in its own unit of work (a session
@@ -71,10 +72,46 @@ _FINISHED: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Future[N
 )
 
 
+def frame_problem(frame: object) -> str | None:
+    """Why a frame is not one graphql-transport-ws allows, or None.
+
+    Strawberry reads frames as they come: an operation id that is not a string slipped
+    past the request limits below (they key on string ids), an unhashable one or a
+    payload that is not an object ended the connection with an exception, and a query or
+    variables of another type failed inside the operation."""
+    if not isinstance(frame, dict):
+        return "A message must be a JSON object"
+    kind = frame.get("type")
+    if kind not in ("subscribe", "complete"):
+        return None
+    operation_id = frame.get("id")
+    if not isinstance(operation_id, str) or not operation_id:
+        return "An operation's `id` must be a non-empty string"
+    if kind == "complete":
+        return None
+    payload = frame.get("payload")
+    if not isinstance(payload, dict) or not isinstance(payload.get("query"), str):
+        return "A subscribe `payload` must be an object with the `query` as a string"
+    for key, expected in (("variables", dict), ("extensions", dict), ("operationName", str)):
+        if payload.get(key) is not None and not isinstance(payload[key], expected):
+            kind_of = "an object" if expected is dict else "a string"
+            return f"A subscribe payload's `{key}` must be {kind_of} or null"
+    return None
+
+
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws handler, with limits and a unit per operation."""
 
     _shares: dict[str, Sharing] | None = None
+
+    async def handle_message(self, message: Message) -> None:
+        """A frame of the wrong shape closes the socket 4400 (the protocol's invalid
+        message) before Strawberry reads it."""
+        problem = frame_problem(message)
+        if problem is not None:
+            await self.handle_invalid_message(problem)
+            return
+        await super().handle_message(message)
 
     async def handle_subscribe(self, message: SubscribeMessage) -> None:
         operation_id = message.get("id")

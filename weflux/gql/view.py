@@ -57,6 +57,11 @@ _WS_CONTEXT = "weflux.ws_context"
 CONNECTION_INIT_TIMEOUT = 10  # seconds to send connection_init before the socket closes (4408)
 MAX_SUBSCRIPTIONS = 20  # per connection
 FRAME_CACHE = 256  # recent live-event payloads kept serialised
+MULTIPART_SHAPE = (
+    'A multipart request needs `operations`, one JSON object {"query", "variables"}, and '
+    "`map`, a JSON object of lists of paths to null variables (the GraphQL multipart "
+    "request spec)"
+)
 SUBSCRIPTION_OVER_HTTP = (
     "Subscriptions run over the WebSocket at /graphql (graphql-transport-ws), not over HTTP"
 )
@@ -269,6 +274,18 @@ class GraphQLApp(GraphQL[Context, None]):
             for name, value in request.scope["headers"]
         ]
         return None, body
+
+    async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
+        """An upload's operation. Strawberry follows the `map`'s paths into `operations` as
+        given and fails with an exception on any other shape: here 400, like a JSON body
+        that is not one request."""
+        try:
+            data: object = await super().parse_multipart(request)
+        except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as error:
+            raise HTTPException(400, MULTIPART_SHAPE) from error
+        if not isinstance(data, dict):
+            raise HTTPException(400, MULTIPART_SHAPE)
+        return data
 
     async def run(  # type: ignore[override]
         self,

@@ -61,9 +61,21 @@ def served_inline(mime_type: str) -> bool:
     return mime_type.startswith(_INLINE_PREFIXES) and mime_type not in _NEVER_INLINE
 
 
+# Characters that hide or reorder what a person reads (a right-to-left override shows
+# "invoice\u202efdp.exe" as "invoiceexe.pdf"), and those no encoder takes: controls (C1
+# too), format characters (bidi controls, zero-width ones), surrogates, line and
+# paragraph separators. Replaced like the ASCII controls.
+_INVISIBLE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
 def safe_filename(name: str | None, fallback: str) -> str:
-    """A file name without path, control or quoting characters, at most 120 characters."""
-    cleaned = _FILENAME_UNSAFE.sub("_", unicodedata.normalize("NFC", name or "")).strip(" .")
+    """A file name without path, control, invisible or quoting characters, at most 120
+    characters."""
+    normalized = unicodedata.normalize("NFC", name or "")
+    shown = "".join(
+        "\x00" if unicodedata.category(c) in _INVISIBLE_CATEGORIES else c for c in normalized
+    )
+    cleaned = _FILENAME_UNSAFE.sub("_", shown).strip(" .")
     return cleaned[:120] or fallback
 
 

@@ -12,6 +12,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
+from weflux.auth.scoping import past_erasure, workspace_wide
 from weflux.crypto.keyring import KeyRing
 from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.media.detect import HEAD_BYTES, detect
@@ -35,17 +36,20 @@ async def _chunks(file: BinaryIO, head: bytes) -> AsyncIterator[bytes]:
 
 async def visible(session: AsyncSession, principal: Principal, row: MediaFile) -> bool:
     """Whether the caller may see the file: through a message they may see (the one it
-    came with, or one that sent it on), or (an upload not sent yet) as its uploader.
-    `session` carries the caller's visibility."""
+    came with, or one that sent it on), or (an upload no message carries yet) as its
+    uploader. `session` carries the caller's visibility.
+
+    Once sent, an upload is its messages': its uploader loses it with them (a
+    conversation assigned to someone else, an erased contact, whose erasure deletes it)."""
     if row.message_id is not None and await session.get(Message, row.message_id) is not None:
         return True
-    if (
-        row.origin == MediaOrigin.UPLOAD
-        and row.uploaded_by_membership_id == principal.membership_id
-    ):
-        return True
     carrying = select(Message.id).where(col(Message.media_file_id) == row.id).limit(1)
-    return (await session.exec(carrying)).first() is not None
+    if (await session.exec(carrying)).first() is not None:
+        return True
+    if row.origin != MediaOrigin.UPLOAD or row.uploaded_by_membership_id != principal.membership_id:
+        return False
+    with workspace_wide(session), past_erasure(session):  # any message, seen or not
+        return (await session.exec(carrying)).first() is None
 
 
 async def claim_for_sending(
