@@ -229,7 +229,7 @@ async def notify(request: Request) -> Response:
             intake.release_inline()
     try:
         # Not routed yet: the session names the one event it writes.
-        await webhook_queue.store(runtime.db, event, failure)
+        await webhook_queue.store(runtime.db, runtime.settings, event, failure)
     except Exception:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")
