@@ -221,7 +221,7 @@ async def notify(request: Request) -> Response:
                 runtime.db, runtime.broker, runtime.settings, event, runtime.channel_cache
             )
         except Exception as error:
-            log.exception("webhook processing failed", extra={"event": str(event.id)})
+            webhook_queue.log_failure("webhook processing failed", event.id, error)
             failure = error
         else:
             return _text(200, "OK")

@@ -76,6 +76,23 @@ def error_summary(error: BaseException) -> str:
 _DRIVER_CODES = ("sqlstate", "constraint_name", "sqlite_errorname")
 
 
+def log_failure(message: str, event_id: uuid.UUID, error: BaseException) -> None:
+    """A failed attempt, as a WARNING (parking is the ERROR): the error's summary and its
+    stack (innermost first: file, line, function), never the error's message nor a line of
+    source (either may quote a customer)."""
+    log.warning(
+        message,
+        extra={
+            "event": str(event_id),
+            "error": error_summary(error),
+            "stack": " < ".join(
+                f"{frame.filename}:{frame.lineno} in {frame.name}"
+                for frame in reversed(traceback.extract_tb(error.__traceback__))
+            ),
+        },
+    )
+
+
 def mark_failed(event: WebhookEvent, error: BaseException, *, max_attempts: int) -> bool:
     """Record a failed attempt on the event: due again after a backoff, or parked once it
     failed `max_attempts` times (only a replay retries it then). Whether it is parked."""
@@ -152,11 +169,15 @@ async def process_event_safely(
     try:
         await process_event(db, broker, settings, event_id, cache=cache)
     except Exception as error:
-        log.exception("webhook processing failed", extra={"event": str(event_id)})
+        log_failure("webhook processing failed", event_id, error)
         try:
             await _record_failure(db, settings, event_id, error)
-        except Exception:
-            log.exception("could not record the failure; the worker will retry the event")
+        except Exception as unrecorded:
+            log_failure(
+                "could not record the failure; the worker will retry the event",
+                event_id,
+                unrecorded,
+            )
 
 
 class WebhookIntake:
@@ -315,7 +336,7 @@ async def replay(
                 processed += 1
             except Exception as error:
                 failed += 1
-                log.exception("replay failed", extra={"event": str(stored_id)})
+                log_failure("replay failed", stored_id, error)
                 await _record_failure(db, settings, stored_id, error)
             last = (received_at, stored_id)
 
