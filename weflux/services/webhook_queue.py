@@ -363,9 +363,9 @@ class Failures:
             if len(self.events) == self.parked + self.retrying
             else f" ({len(self.events)} shown)"
         )
+        hint = " (no more automatic retries: weflux webhooks replay --parked)"
         lines.append(
-            f"{self.parked} parked (no more automatic retries: weflux webhooks replay --parked), "
-            f"{self.retrying} retrying{shown}"
+            f"{self.parked} parked{hint if self.parked else ''}, {self.retrying} retrying{shown}"
         )
         return lines
 
