@@ -42,9 +42,9 @@ def _text_from(sender: str, body: str) -> dict[str, Any]:
     return wh.webhook_body(change)
 
 
-async def _messages(db: Database, org_id: uuid.UUID) -> list[str | None]:
+async def _messages(db: Database, org_id: uuid.UUID) -> list[str]:
     async with db.session(org_id) as session:
-        return [m.text for m in (await session.exec(select(Message))).all()]
+        return [m.text or "" for m in (await session.exec(select(Message))).all()]
 
 
 async def _event(owner_db: Database, event_id: uuid.UUID) -> WebhookEvent:
