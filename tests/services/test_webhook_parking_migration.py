@@ -1,4 +1,4 @@
-"""Migration 0025: parked webhook events, and stored errors cut to their class."""
+"""Migration 0026: parked webhook events, and stored errors cut to their class."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from weflux.db import Database
 from weflux.migrate import alembic_config, downgrade, migrate
 from weflux.models import WebhookEvent, WebhookEventStatus
 
-REVISION = "0025_webhook_parking"
+REVISION = "0026_webhook_parking"
 QUOTING = "IntegrityError: DETAIL: Key (wa_id)=(16505559876) already exists."
 
 

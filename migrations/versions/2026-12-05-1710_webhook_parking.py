@@ -16,17 +16,17 @@ The CHECK constraint of `status` is rebuilt (on SQLite by a copy of the table: n
 key refers to `webhook_events`). Downgrading makes parked events `FAILED` with no next
 attempt, which the earlier sweep never picks up either.
 
-Revision ID: 0025_webhook_parking
-Revises: 0024_media_file_sender
-Create Date: 2026-12-05 17:00:00 UTC
+Revision ID: 0026_webhook_parking
+Revises: 0025_contact_search_trigrams
+Create Date: 2026-12-05 17:10:00 UTC
 """
 
 from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0025_webhook_parking"
-down_revision: str | None = "0024_media_file_sender"
+revision: str = "0026_webhook_parking"
+down_revision: str | None = "0025_contact_search_trigrams"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
