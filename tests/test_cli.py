@@ -225,3 +225,62 @@ def test_production_refuses_the_demo_and_its_sandbox_channel(tmp_path: Path) -> 
     )
     assert result.returncode == 2, result.stderr
     assert b"sandbox channel" in result.stderr
+
+
+async def _store_parked(url: str) -> str:
+    from weflux.db import Database
+    from weflux.models import WebhookEvent, WebhookEventStatus
+
+    db = Database(url)
+    row = WebhookEvent(
+        body=b"{}", body_sha256="0" * 64, status=WebhookEventStatus.PARKED, attempts=12
+    )
+    try:
+        async with db.session(webhook_event=row.id) as session:
+            session.add(row)
+    finally:
+        await db.dispose()
+    return str(row.id)
+
+
+def test_webhooks_failed_exits_1_while_an_event_is_parked_until_replayed(
+    sqlite_template: SqliteTemplate,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`weflux webhooks failed` exits 1 while any stored event is parked (as `weflux
+    incident list` does while a notice is overdue), so monitoring can run it;
+    `replay --parked` processes the parked ones, and the list exits 0 again;
+    `replay --event` takes one id, and says so when it names no event."""
+    import asyncio
+    import uuid
+
+    from weflux.cli import main
+
+    urls = sqlite_template.clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name, value in {
+        "WEFLUX_ENV": "test",
+        "WEFLUX_DATABASE_URL": urls.app,
+        "WEFLUX_LOG_FORMAT": "console",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    assert main(["webhooks", "failed"]) == 0
+    assert "0 parked" in capsys.readouterr().out
+    event_id = asyncio.run(_store_parked(urls.app))
+    assert main(["webhooks", "failed"]) == 1
+    out = capsys.readouterr().out
+    assert f"{event_id}  " in out
+    assert "PARKED  attempts=12" in out
+    assert "1 parked (no more automatic retries: weflux webhooks replay --parked)" in out
+
+    assert main(["webhooks", "replay", "--event", "not-an-id"]) == 2
+    assert "--event: not an event id" in capsys.readouterr().err
+    assert main(["webhooks", "replay", "--event", str(uuid.uuid4())]) == 1
+    assert "no stored webhook event" in capsys.readouterr().err
+    assert main(["webhooks", "replay", "--parked"]) == 0
+    assert "replayed 1 event(s), 0 failed" in capsys.readouterr().out
+    assert main(["webhooks", "failed"]) == 0
+    assert "0 parked, 0 retrying" in capsys.readouterr().out

@@ -319,3 +319,20 @@ def test_the_security_alert_url_needs_its_secret_and_https_in_production(tmp_pat
         security_alert_secret="s" * 32,
     )
     assert settings.security_alert_url == "https://pager.example/hook"
+
+
+@pytest.mark.parametrize("value", ["0", "21", "many"])
+def test_webhook_max_attempts_out_of_range_is_refused(
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """WEFLUX_WEBHOOK_MAX_ATTEMPTS is 1 to 20 (default 12): the retries of a stored
+    webhook event then end within 12 hours, inside the shortest raw-body retention."""
+    assert _settings(tmp_path).webhook_max_attempts == 12
+    assert _settings(tmp_path, webhook_max_attempts="20").webhook_max_attempts == 20
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFLUX_WEBHOOK_MAX_ATTEMPTS", value)
+    assert main(["migrate"]) == 2
+    assert "WEFLUX_WEBHOOK_MAX_ATTEMPTS" in capsys.readouterr().err

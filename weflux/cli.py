@@ -8,10 +8,11 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -27,6 +28,9 @@ from weflux.logs import configure_logging
 from weflux.sandbox.simulate import add_simulate_commands
 from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
+
+if TYPE_CHECKING:
+    from weflux.models import WebhookEventStatus
 
 # Each command imports what it needs inside its function, not here: `weflux --help` and
 # the light commands must not pay for SQLAlchemy, Alembic, Strawberry, uvicorn or the
@@ -194,8 +198,9 @@ async def _run_worker(settings: Settings) -> int:
 
 
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
-    """Reprocess stored webhook events (idempotent), all or those received since a time."""
-    from weflux.models import utcnow  # deferred: start-up cost
+    """Reprocess stored webhook events (idempotent): all, those received since a time, the
+    parked ones, or one."""
+    from weflux.models import WebhookEventStatus, utcnow  # deferred: start-up cost
 
     since = None
     if args.since:
@@ -205,11 +210,24 @@ def cmd_webhooks_replay(args: argparse.Namespace) -> int:
                 since = since.replace(tzinfo=UTC)
         except ValueError:
             since = utcnow() - parse_duration(args.since)
+    event_id = None
+    if args.event:
+        try:
+            event_id = uuid.UUID(args.event)
+        except ValueError:
+            print(f"--event: not an event id: {args.event!r}", file=sys.stderr)
+            return 2
+    status = WebhookEventStatus.PARKED if args.parked else None
     settings = _settings()
-    return asyncio.run(_replay(settings, since))
+    return asyncio.run(_replay(settings, since, status, event_id))
 
 
-async def _replay(settings: Settings, since: datetime | None) -> int:
+async def _replay(
+    settings: Settings,
+    since: datetime | None,
+    status: WebhookEventStatus | None,
+    event_id: uuid.UUID | None,
+) -> int:
     # deferred: start-up cost
     from weflux.db import maintenance_database
     from weflux.runtime import Runtime
@@ -220,45 +238,43 @@ async def _replay(settings: Settings, since: datetime | None) -> int:
     await runtime.start(serve=False, worker=False)
     try:
         processed, failed = await replay(
-            runtime.db, runtime.broker, runtime.settings, events, since=since
+            runtime.db,
+            runtime.broker,
+            runtime.settings,
+            events,
+            since=since,
+            status=status,
+            event_id=event_id,
         )
     finally:
         await runtime.stop()
         await events.dispose()
     print(f"replayed {processed} event(s), {failed} failed")
+    if event_id is not None and processed + failed == 0:
+        print(f"no stored webhook event {event_id}", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 
 def cmd_webhooks_failed(args: argparse.Namespace) -> int:
-    """List stored webhook events whose processing failed (they are retried by the worker)."""
+    """List stored webhook events whose processing failed, parked ones first; exits 1
+    while any is parked (no more automatic retries)."""
     settings = _settings()
     return asyncio.run(_failed(settings))
 
 
 async def _failed(settings: Settings) -> int:
     # deferred: start-up cost
-    from sqlmodel import col, select
-
     from weflux.db import maintenance_database
-    from weflux.models import WebhookEvent, WebhookEventStatus
-    from weflux.services.webhook_queue import failed_events_summary
+    from weflux.services.webhook_queue import failures
 
     db = await maintenance_database(settings.migration_url)
     try:
-        async with db.session(all_workspaces="list failed webhook events") as session:
-            events = (
-                await session.exec(
-                    select(WebhookEvent)
-                    .where(WebhookEvent.status == WebhookEventStatus.FAILED)
-                    .order_by(col(WebhookEvent.received_at))
-                    .limit(500)
-                )
-            ).all()
+        found = await failures(db)
     finally:
         await db.dispose()
-    lines = failed_events_summary(events)
-    print("\n".join(lines) if lines else "no failed webhook events")
-    return 0
+    print("\n".join(found.lines()))
+    return 1 if found.parked else 0
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
@@ -460,6 +476,9 @@ def build_parser() -> argparse.ArgumentParser:
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     replay = webhook_commands.add_parser("replay", help=cmd_webhooks_replay.__doc__)
     replay.add_argument("--since", help="an ISO time, or a duration back from now (e.g. 2h)")
+    which = replay.add_mutually_exclusive_group()
+    which.add_argument("--parked", action="store_true", help="only the parked events")
+    which.add_argument("--event", metavar="ID", help="only this event (its id, as listed)")
     replay.set_defaults(func=cmd_webhooks_replay)
     failed = webhook_commands.add_parser("failed", help=cmd_webhooks_failed.__doc__)
     failed.set_defaults(func=cmd_webhooks_failed)

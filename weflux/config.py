@@ -246,6 +246,10 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(default=10, ge=1, le=100)
     delivery_backoff_base: float = Field(default=2.0, gt=0, le=3600)  # seconds
     delivery_backoff_cap: timedelta = timedelta(minutes=10)
+    # Stored webhook events that fail (weflux/services/webhook_queue.py): parked after this
+    # many attempts. At most 20: the whole retry schedule (backoff from 5 s, doubling, at
+    # most 1 h) then fits in 12 hours, inside the shortest raw-body retention (1 day).
+    webhook_max_attempts: int = Field(default=12, ge=1, le=20)
     # Backups (`weflux backup`; see docs/operations/backups.md): their own key ring, never
     # a key of WEFLUX_ENCRYPTION_KEYS; where they are written; how long `prune` keeps them.
     backup_keys: SecretStr | None = None

@@ -85,17 +85,20 @@ async def _subject(db: Database, org_id: uuid.UUID, *, messages: int = 5) -> Sub
     return Subject(contact, conversation, rows, queued)
 
 
-async def _body(db: Database, content: str) -> uuid.UUID:
+async def _body(
+    db: Database, content: str, status: WebhookEventStatus = WebhookEventStatus.PROCESSED
+) -> uuid.UUID:
     event_id = uuid.uuid4()
     body = content.encode()
+    processed = status == WebhookEventStatus.PROCESSED
     async with db.session(webhook_event=event_id) as session:
         session.add(
             WebhookEvent(
                 id=event_id,
                 body=body,
                 body_sha256=hashlib.sha256(body).hexdigest(),
-                status=WebhookEventStatus.PROCESSED,
-                processed_at=utcnow(),
+                status=status,
+                processed_at=utcnow() if processed else None,
             )
         )
     return event_id
@@ -146,8 +149,9 @@ async def test_an_erased_contact_is_hidden_at_once_and_its_queued_messages_never
 async def test_the_worker_deletes_everything_of_the_contact_and_records_the_ledger(
     db: Database, owner_db: Database, admin: Actor, other_admin: Actor, keyring: KeyRing
 ) -> None:
-    """Given an erased contact, raw webhook bodies naming its WhatsApp id and its user id,
-    one body that does not, and a contact of another workspace with the same WhatsApp id,
+    """Given an erased contact, raw webhook bodies naming its WhatsApp id and its user id
+    (processed, parked and still retried ones), one body that does not, and a contact of
+    another workspace with the same WhatsApp id,
     when the worker runs,
     then every row of the contact and the bodies naming it are gone, the unrelated body
     and the other workspace are untouched, the request is COMPLETED, and the ledger holds
@@ -159,6 +163,8 @@ async def test_the_worker_deletes_everything_of_the_contact_and_records_the_ledg
     by_user_id = await _body(db, '{"from_user_id":"US.1234567890"}')
     unrelated = await _body(db, '{"contacts":[{"wa_id":"15550000000"}]}')
     longer = await _body(db, f'{{"wa_id":"9{wa_id}"}}')  # another number containing it
+    parked = await _body(db, f'{{"from":"{wa_id}"}}', WebhookEventStatus.PARKED)
+    retrying = await _body(db, f'{{"from":"{wa_id}","n":2}}', WebhookEventStatus.FAILED)
     async with db.session(other_admin.org_id) as session:
         theirs = await create_contact(session, wa_id=wa_id)
         their_conversation = await create_conversation(session, contact=theirs)
@@ -180,6 +186,8 @@ async def test_the_worker_deletes_everything_of_the_contact_and_records_the_ledg
     assert await _bodies(owner_db) == {unrelated, longer}
     assert named
     assert by_user_id
+    assert parked
+    assert retrying
     async with db.session(other_admin.org_id) as session:
         assert [c.id for c in (await session.exec(select(Contact))).all()] == [theirs.id]
         assert len((await session.exec(select(Message))).all()) == 1

@@ -45,19 +45,65 @@ async def _policy(db: Database, actor: Actor, messages: int | None, bodies: int 
         )
 
 
-async def _body(db: Database, processed_at: datetime | None) -> uuid.UUID:
+async def _body(
+    db: Database,
+    processed_at: datetime | None,
+    *,
+    status: WebhookEventStatus | None = None,
+    received_at: datetime | None = None,
+) -> uuid.UUID:
     event_id = uuid.uuid4()
+    if status is None:
+        status = WebhookEventStatus.PROCESSED if processed_at else WebhookEventStatus.FAILED
     async with db.session(webhook_event=event_id) as session:
         session.add(
             WebhookEvent(
                 id=event_id,
                 body=b"{}",
                 body_sha256=hashlib.sha256(b"{}").hexdigest(),
-                status=WebhookEventStatus.PROCESSED if processed_at else WebhookEventStatus.FAILED,
+                status=status,
                 processed_at=processed_at,
+                received_at=received_at or processed_at or utcnow(),
             )
         )
     return event_id
+
+
+async def _stored(owner_db: Database) -> set[uuid.UUID]:
+    async with owner_db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT id FROM webhook_events"))).all()
+    return {uuid.UUID(str(row[0])) for row in rows}
+
+
+async def test_bodies_never_processed_go_by_their_receipt(
+    db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given raw bodies kept 7 days, and bodies never processed: parked ones received 8
+    and 6 days ago, ones still to process (pending or retried) received 29 and 31 days
+    ago, and one received 40 days ago but processed yesterday,
+    when the retention job runs,
+    then the parked one received more than 7 days ago goes (parked: nothing retries it),
+    those still to process stay until 30 days after receipt (the ceiling of every
+    retention: the worker may have been stopped; it parks an event within hours), and the
+    processed one stays (counted from its processing)."""
+    now = utcnow()
+    await _policy(db, admin, None, 7)
+    parked = WebhookEventStatus.PARKED
+    old_parked = await _body(db, None, status=parked, received_at=now - 8 * DAY)
+    new_parked = await _body(db, None, status=parked, received_at=now - 6 * DAY)
+    retrying = await _body(db, None, received_at=now - 29 * DAY)
+    pending = await _body(db, None, status=WebhookEventStatus.PENDING, received_at=now - 29 * DAY)
+    old_retrying = await _body(db, None, received_at=now - 31 * DAY)
+    old_pending = await _body(
+        db, None, status=WebhookEventStatus.PENDING, received_at=now - 31 * DAY
+    )
+    late = await _body(db, now - DAY, received_at=now - 40 * DAY)
+    lifecycle = Lifecycle(db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2)
+
+    assert await run_retention(lifecycle, now=now) == 3
+
+    assert await _stored(owner_db) == {new_parked, retrying, pending, late}
+    assert {old_parked, old_retrying, old_pending}.isdisjoint(await _stored(owner_db))
 
 
 async def test_old_messages_and_bodies_go_and_the_rest_stays(

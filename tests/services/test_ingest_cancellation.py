@@ -264,7 +264,7 @@ async def test_a_process_killed_mid_processing_leaves_the_event_for_the_sweep_on
     and the worker's sweep processes the event exactly once."""
     broker = InProcessBroker()
     received = ingest.ReceivedEvent.of(_body("wamid.killed"), number.id)
-    await webhook_queue.store(db, received)
+    await webhook_queue.store(db, settings, received)
     before = await _counts(owner_db)
     child = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -221,7 +221,7 @@ async def notify(request: Request) -> Response:
                 runtime.db, runtime.broker, runtime.settings, event, runtime.channel_cache
             )
         except Exception as error:
-            log.exception("webhook processing failed", extra={"event": str(event.id)})
+            webhook_queue.log_failure("webhook processing failed", event.id, error)
             failure = error
         else:
             return _text(200, "OK")
@@ -229,7 +229,7 @@ async def notify(request: Request) -> Response:
             intake.release_inline()
     try:
         # Not routed yet: the session names the one event it writes.
-        await webhook_queue.store(runtime.db, event, failure)
+        await webhook_queue.store(runtime.db, runtime.settings, event, failure)
     except Exception:
         log.exception("could not store a verified webhook; Meta will retry")
         return _text(503, "Unavailable")

@@ -413,16 +413,24 @@ async def erase_webhook_bodies(session: AsyncSession, needles: Sequence[str], *,
 
 
 async def expire_webhook_bodies(
-    session: AsyncSession, *, processed_before: datetime, batch: int
+    session: AsyncSession, *, expired_before: datetime, retrying_before: datetime, batch: int
 ) -> int:
-    """Delete up to `batch` raw bodies processed before `processed_before`; how many went."""
+    """Delete up to `batch` raw bodies: processed before `expired_before`, parked and
+    received before it, or still to process (pending, retried) and received before
+    `retrying_before`; how many went."""
+    status, received = col(WebhookEvent.status), col(WebhookEvent.received_at)
     return await _delete_batch(
         session,
         "weflux_expire_webhook_bodies",
-        {"processed_before": processed_before, "batch": batch},
+        {"expired_before": expired_before, "retrying_before": retrying_before, "batch": batch},
         WebhookEvent,
-        col(WebhookEvent.status) == WebhookEventStatus.PROCESSED,
-        col(WebhookEvent.processed_at) < processed_before,
+        or_(
+            (status == WebhookEventStatus.PROCESSED)
+            & (col(WebhookEvent.processed_at) < expired_before),
+            (status == WebhookEventStatus.PARKED) & (received < expired_before),
+            status.in_([WebhookEventStatus.PENDING, WebhookEventStatus.FAILED])
+            & (received < retrying_before),
+        ),
     )
 
 

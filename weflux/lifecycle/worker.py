@@ -24,6 +24,7 @@ from weflux.auth.scoping import raise_feed_floor, see_erased
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
+from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
@@ -322,15 +323,23 @@ async def expire_security_records(lifecycle: Lifecycle, *, now: datetime) -> int
 
 
 async def expire_webhook_bodies(lifecycle: Lifecycle, *, now: datetime) -> int:
-    """Delete raw webhook bodies processed longer ago than the shortest retention of any
-    workspace (a body may concern several, and is only known to once parsed)."""
+    """Delete raw webhook bodies processed (or, parked, received) longer ago than the
+    shortest retention of any workspace (a body may concern several, and is only known to
+    once parsed), and those still to process received longer ago than the longest
+    retention (30 days): the worker gives up on an event within hours
+    (`WEFLUX_WEBHOOK_MAX_ATTEMPTS`), so only one it could not reach (stopped) is that old."""
     async with lifecycle.db.session() as session:
         days = await crossings.webhook_payload_retention_days(session)
+    expired_before = now - timedelta(days=days)
+    retrying_before = now - timedelta(days=MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS)
     total = 0
     while True:
         async with lifecycle.db.session() as session:
             gone = await crossings.expire_webhook_bodies(
-                session, processed_before=now - timedelta(days=days), batch=lifecycle.batch
+                session,
+                expired_before=expired_before,
+                retrying_before=retrying_before,
+                batch=lifecycle.batch,
             )
         total += gone
         if gone < lifecycle.batch:

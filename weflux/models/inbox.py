@@ -402,7 +402,8 @@ class TemplateStatusEvent(OrgScoped, table=True):
 class WebhookEventStatus(enum.StrEnum):
     PENDING = "PENDING"
     PROCESSED = "PROCESSED"
-    FAILED = "FAILED"
+    FAILED = "FAILED"  # retried by the worker's sweep after a backoff
+    PARKED = "PARKED"  # failed `WEFLUX_WEBHOOK_MAX_ATTEMPTS` times: only a replay retries it
 
 
 class WebhookEvent(SQLModel, table=True):

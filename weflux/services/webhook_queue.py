@@ -17,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import traceback
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import and_, or_
+from sqlalchemy import and_, case, func, or_
 from sqlmodel import col, select
 
 from weflux.auth import crossings
@@ -32,19 +34,75 @@ from weflux.db import Database
 from weflux.models import WebhookEvent, WebhookEventStatus, utcnow
 from weflux.realtime.broker import Broker
 from weflux.services.channel_cache import ChannelCache
-from weflux.services.ingest import ReceivedEvent, process_event, received_copy
+from weflux.services.ingest import (
+    ReceivedEvent,
+    concerned_workspaces,
+    process_event,
+    received_copy,
+)
 
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_BASE = 5.0  # seconds: a failed event is retried after 5 s to 10 s first
 MAX_ATTEMPTS_BACKOFF = timedelta(hours=1)
+_PACKAGE = Path(__file__).resolve().parents[1]  # weflux/
 
 
-def mark_failed(event: WebhookEvent, error: BaseException) -> None:
-    """Record a failed attempt on the event, due again after a backoff."""
+def error_summary(error: BaseException) -> str:
+    """What `last_error` keeps of a failure: its class, a database error's driver class,
+    SQLSTATE and constraint, and the line of weflux that raised it. Never its message: a
+    driver's quotes values (PostgreSQL's `DETAIL: Key (wa_id)=(…)`, a statement's
+    parameters), and a message of ours may quote the body."""
+    parts = [type(error).__name__]
+    driver = getattr(error, "orig", None)  # SQLAlchemy's DBAPIError: the driver's error
+    if isinstance(driver, BaseException):
+        driver = driver.__cause__ or driver  # asyncpg's own, under SQLAlchemy's adapter
+        codes = [getattr(driver, name, None) for name in _DRIVER_CODES]
+        parts.append(
+            "(" + " ".join([type(driver).__name__, *(c for c in codes if isinstance(c, str))]) + ")"
+        )
+    ours = [
+        frame
+        for frame in traceback.extract_tb(error.__traceback__)
+        if Path(frame.filename).resolve().is_relative_to(_PACKAGE)
+    ]
+    if ours:
+        where = Path(ours[-1].filename).resolve().relative_to(_PACKAGE.parent)
+        parts.append(f"at {where.as_posix()}:{ours[-1].lineno}")
+    return " ".join(parts)[:300]
+
+
+# Codes and schema names, never values: asyncpg's SQLSTATE and constraint, sqlite3's code.
+_DRIVER_CODES = ("sqlstate", "constraint_name", "sqlite_errorname")
+
+
+def log_failure(message: str, event_id: uuid.UUID, error: BaseException) -> None:
+    """A failed attempt, as a WARNING (parking is the ERROR): the error's summary and its
+    stack (innermost first: file, line, function), never the error's message nor a line of
+    source (either may quote a customer)."""
+    log.warning(
+        message,
+        extra={
+            "event": str(event_id),
+            "error": error_summary(error),
+            "stack": " < ".join(
+                f"{frame.filename}:{frame.lineno} in {frame.name}"
+                for frame in reversed(traceback.extract_tb(error.__traceback__))
+            ),
+        },
+    )
+
+
+def mark_failed(event: WebhookEvent, error: BaseException, *, max_attempts: int) -> bool:
+    """Record a failed attempt on the event: due again after a backoff, or parked once it
+    failed `max_attempts` times (only a replay retries it then). Whether it is parked."""
     event.attempts += 1
+    event.last_error = error_summary(error)
+    if event.attempts >= max_attempts:
+        event.status = WebhookEventStatus.PARKED
+        event.next_attempt_at = None
+        return True
     event.status = WebhookEventStatus.FAILED
-    event.last_error = f"{type(error).__name__}: {str(error)[:300]}"
     delay = exponential_backoff(
         event.attempts,
         base=RETRY_BACKOFF_BASE,
@@ -52,23 +110,52 @@ def mark_failed(event: WebhookEvent, error: BaseException) -> None:
         floor=RETRY_BACKOFF_BASE,
     )
     event.next_attempt_at = utcnow() + timedelta(seconds=delay)
+    return False
 
 
-async def store(db: Database, event: ReceivedEvent, failure: BaseException | None = None) -> None:
+async def _report_parked(db: Database, event: WebhookEvent, error: BaseException) -> None:
+    """The operator's signal: one ERROR line, ids, attempts and the error's class only."""
+    try:
+        async with db.session() as session:
+            workspaces = await concerned_workspaces(session, event.body, event.account_id)
+    except Exception:  # the body may be what fails; the line goes out regardless
+        workspaces = []
+    log.error(
+        "webhook event parked: no more automatic retries (weflux webhooks failed; "
+        "weflux webhooks replay --parked)",
+        extra={
+            "event": str(event.id),
+            "workspaces": ",".join(str(org_id) for org_id in workspaces) or "unknown",
+            "attempts": event.attempts,
+            "error": type(error).__name__,
+        },
+    )
+
+
+async def store(
+    db: Database, settings: Settings, event: ReceivedEvent, failure: BaseException | None = None
+) -> None:
     """Write a received event durably as it came (failed, when processing it just failed)."""
     row = received_copy(event)
-    if failure is not None:
-        mark_failed(row, failure)
+    parked = failure is not None and mark_failed(
+        row, failure, max_attempts=settings.webhook_max_attempts
+    )
     async with db.session(webhook_event=row.id) as session:
         session.add(row)
+    if parked and failure is not None:
+        await _report_parked(db, row, failure)
 
 
-async def _record_failure(db: Database, event_id: uuid.UUID, error: BaseException) -> None:
+async def _record_failure(
+    db: Database, settings: Settings, event_id: uuid.UUID, error: BaseException
+) -> None:
     async with db.session(webhook_event=event_id) as session:
         event = await session.get(WebhookEvent, event_id)
         if event is None:
             return
-        mark_failed(event, error)
+        parked = mark_failed(event, error, max_attempts=settings.webhook_max_attempts)
+    if parked:
+        await _report_parked(db, event, error)
 
 
 async def process_event_safely(
@@ -82,11 +169,15 @@ async def process_event_safely(
     try:
         await process_event(db, broker, settings, event_id, cache=cache)
     except Exception as error:
-        log.exception("webhook processing failed", extra={"event": str(event_id)})
+        log_failure("webhook processing failed", event_id, error)
         try:
-            await _record_failure(db, event_id, error)
-        except Exception:
-            log.exception("could not record the failure; the worker will retry the event")
+            await _record_failure(db, settings, event_id, error)
+        except Exception as unrecorded:
+            log_failure(
+                "could not record the failure; the worker will retry the event",
+                event_id,
+                unrecorded,
+            )
 
 
 class WebhookIntake:
@@ -197,9 +288,18 @@ async def retry_due_events(
 
 
 async def replay(
-    db: Database, broker: Broker, settings: Settings, events: Database, *, since: Any = None
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    events: Database,
+    *,
+    since: Any = None,
+    status: WebhookEventStatus | None = None,
+    event_id: uuid.UUID | None = None,
 ) -> tuple[int, int]:
-    """Reprocess stored events (all, or received since `since`): (processed, failed).
+    """Reprocess stored events (all, or those received since `since`, of `status`, or the
+    one `event_id`): (processed, failed). A failure is recorded as the sweep's are (a
+    parked event stays parked); one event failing never stops the others.
 
     `events` lists them: the schema owner's maintenance handle (only it sees every stored
     event); each is then processed through `db`, the app's handle, as any other.
@@ -213,6 +313,10 @@ async def replay(
             )
             if since is not None:
                 query = query.where(col(WebhookEvent.received_at) >= since)
+            if status is not None:
+                query = query.where(col(WebhookEvent.status) == status)
+            if event_id is not None:
+                query = query.where(col(WebhookEvent.id) == event_id)
             if last is not None:
                 query = query.where(
                     or_(
@@ -226,19 +330,68 @@ async def replay(
             batch = list((await session.exec(query.limit(200))).all())
         if not batch:
             return processed, failed
-        for received_at, event_id in batch:
+        for received_at, stored_id in batch:
             try:
-                await process_event(db, broker, settings, event_id, force=True)
+                await process_event(db, broker, settings, stored_id, force=True)
                 processed += 1
             except Exception as error:
                 failed += 1
-                log.exception("replay failed", extra={"event": str(event_id)})
-                await _record_failure(db, event_id, error)
-            last = (received_at, event_id)
+                log_failure("replay failed", stored_id, error)
+                await _record_failure(db, settings, stored_id, error)
+            last = (received_at, stored_id)
 
 
-def failed_events_summary(events: Iterable[WebhookEvent]) -> list[str]:
-    return [
-        f"{e.id}  {e.received_at:%Y-%m-%d %H:%M:%S}  attempts={e.attempts}  {e.last_error or ''}"
-        for e in events
-    ]
+@dataclass(frozen=True)
+class Failures:
+    """Stored events whose processing failed: how many are parked and retrying, and the
+    first of them (parked first, then retrying; oldest first)."""
+
+    parked: int
+    retrying: int
+    events: list[WebhookEvent]
+
+    def lines(self) -> list[str]:
+        """One line per event (its `last_error` holds no personal data), then the counts."""
+        lines = [
+            f"{e.id}  {e.received_at:%Y-%m-%d %H:%M:%S}  {e.status.value}  attempts={e.attempts}"
+            + (f"  next={e.next_attempt_at:%H:%M:%S}" if e.next_attempt_at else "")
+            + f"  {e.last_error or ''}"
+            for e in self.events
+        ]
+        shown = (
+            ""
+            if len(self.events) == self.parked + self.retrying
+            else f" ({len(self.events)} shown)"
+        )
+        hint = " (no more automatic retries: weflux webhooks replay --parked)"
+        lines.append(
+            f"{self.parked} parked{hint if self.parked else ''}, {self.retrying} retrying{shown}"
+        )
+        return lines
+
+
+async def failures(events: Database, *, limit: int = 500) -> Failures:
+    """The failed and parked events, through the schema owner's handle (`events`)."""
+    status = col(WebhookEvent.status)
+    wanted = status.in_([WebhookEventStatus.PARKED, WebhookEventStatus.FAILED])
+    async with events.session(all_workspaces="list failed webhook events") as session:
+        counts = dict(
+            (await session.exec(select(status, func.count()).where(wanted).group_by(status))).all()
+        )
+        rows = (
+            await session.exec(
+                select(WebhookEvent)
+                .where(wanted)
+                .order_by(
+                    case((status == WebhookEventStatus.PARKED, 0), else_=1),
+                    col(WebhookEvent.received_at),
+                    col(WebhookEvent.id),
+                )
+                .limit(limit)
+            )
+        ).all()
+    return Failures(
+        parked=counts.get(WebhookEventStatus.PARKED, 0),
+        retrying=counts.get(WebhookEventStatus.FAILED, 0),
+        events=list(rows),
+    )

@@ -17,9 +17,16 @@ A failure is recorded on the event and retried by `weflux.services.webhook_queue
 
 from weflux.services.ingest.process import (
     ReceivedEvent,
+    concerned_workspaces,
     process_event,
     received_copy,
     store_and_process,
 )
 
-__all__ = ["ReceivedEvent", "process_event", "received_copy", "store_and_process"]
+__all__ = [
+    "ReceivedEvent",
+    "concerned_workspaces",
+    "process_event",
+    "received_copy",
+    "store_and_process",
+]

@@ -104,8 +104,7 @@ async def process_event(
                 return
             note = await _apply(session, broker, settings, event.body, event.account_id, cache)
             await _send_held(session)
-            if note is not None:
-                event.last_error = note
+            event.last_error = note  # an earlier failure's error goes: it is resolved
             event.status = WebhookEventStatus.PROCESSED
             event.attempts += 1
             event.processed_at = utcnow()
@@ -243,3 +242,20 @@ async def _apply(
     for org_id, share in shares.items():
         await _process_share(session, broker, settings, org_id, share)
     return note
+
+
+async def concerned_workspaces(
+    session: AsyncSession, raw: bytes, account_id: uuid.UUID | None
+) -> list[uuid.UUID]:
+    """The workspaces a stored body concerns, as processing routes it: ids for an
+    operator's log line: those with a live number or business account the body names.
+    None when the body is not JSON or names none."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError):
+        return []
+    parsed = parse_webhook(body)
+    if not (parsed.phone_number_ids or parsed.waba_ids):
+        return []
+    routes = await _routes(session, parsed, account_id, None)
+    return sorted({route.org_id for route in routes}, key=str)
