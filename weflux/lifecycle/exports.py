@@ -25,13 +25,15 @@ from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import text
+from sqlalchemy import and_, or_, text, update
 from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database, begin_read_only
 from weflux.models import (
+    OPEN_STATUSES,
     AuthSession,
     Contact,
     Conversation,
@@ -199,6 +201,38 @@ async def _schema_revision(db: Database) -> str | None:
     return str(row[0]) if row else None
 
 
+def _may_hold(contact_id: uuid.UUID) -> Any:
+    """The export requests whose file may hold a contact: every workspace export, and
+    the contact's own."""
+    return or_(
+        col(DataRequest.kind) == DataRequestKind.WORKSPACE_EXPORT,
+        and_(
+            col(DataRequest.kind) == DataRequestKind.CONTACT_EXPORT,
+            col(DataRequest.subject_id) == contact_id,
+        ),
+    )
+
+
+async def withdraw_holding(session: AsyncSession, contact_id: uuid.UUID, *, now: datetime) -> None:
+    """A contact is being erased: no export may hand its data out from this commit.
+
+    A built file that may hold it loses its key and expires now (the worker's next sweep
+    deletes the bytes, `destroy`); a build under way is told by a new `run_after`, and
+    `build_export` discards what it wrote and starts again. The build's last transaction
+    locks the request's row, so either it sees this change or this sees its file.
+    """
+    await session.exec(
+        update(DataRequest)
+        .where(_may_hold(contact_id), col(DataRequest.status).in_(OPEN_STATUSES))
+        .values(run_after=now)
+    )
+    await session.exec(
+        update(DataRequest)
+        .where(_may_hold(contact_id), col(DataRequest.file_name).is_not(None))
+        .values(file_key_enc=None, expires_at=now)
+    )
+
+
 async def build_export(
     db: Database,
     keyring: KeyRing,
@@ -213,7 +247,7 @@ async def build_export(
         request = await session.get(DataRequest, request_id)
         if request is None:
             return
-        kind, subject_id = request.kind, request.subject_id
+        kind, subject_id, run_after = request.kind, request.subject_id, request.run_after
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     name = f"{request_id}.wfx"
     partial = directory / f"{name}.part"
@@ -246,9 +280,14 @@ async def build_export(
         sealing.close()
     partial.replace(directory / name)
     async with db.session(org_id) as session:
-        request = await session.get(DataRequest, request_id)
-        if request is None:
+        request = await session.get(DataRequest, request_id, with_for_update=True)
+        if request is None or request.run_after != run_after:
+            # Gone, or a contact it may hold was erased meanwhile (`withdraw_holding`):
+            # the file goes, and a request still there is built again on the next sweep.
             (directory / name).unlink(missing_ok=True)
+            if request is not None:
+                request.progress = 0.0
+                session.add(request)
             return
         now = utcnow()
         request.file_name = name
