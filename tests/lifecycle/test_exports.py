@@ -110,6 +110,8 @@ async def test_a_contact_export_holds_the_contact_its_conversations_messages_and
         "messages": 1200,
         "message_reactions": 0,
         "notes": 1,
+        "conversation_labels": 0,
+        "media_files": 0,
     }
     note = json.loads(archive.read("notes.jsonl"))
     assert (note["text"], note["author_membership_id"]) == (
@@ -381,3 +383,40 @@ async def test_an_export_being_built_when_a_contact_is_erased_is_built_again_wit
     archive = _unzip(keyring, directory, row)
     names = [json.loads(line)["name"] for line in archive.read("contacts.jsonl").splitlines()]
     assert names == ["Bob"]
+
+
+async def test_a_contact_export_holds_their_files_and_the_labels_on_their_conversations(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given Ada, who sent a photo (since detached from its message by retention) and
+    was sent an upload, whose conversation carries a label, and Bob, who sent a photo,
+    when Ada's data is exported,
+    then `media_files.jsonl` holds her two files and not Bob's, and
+    `conversation_labels.jsonl` her conversation's label."""
+    async with db.session(admin.org_id) as session:
+        ada = await create_contact(session, name="Ada")
+        hers = await create_conversation(session, contact=ada)
+        bobs = await create_conversation(session)
+        bob_sent = await create_message(session, bobs)
+        sent = _inbound_file(admin, None, ada.id, "Ada's photo")
+        upload = _inbound_file(admin, None, ada.id, "our brochure")
+        upload.origin, upload.sender_contact_id = MediaOrigin.UPLOAD, None
+        theirs = _inbound_file(admin, bob_sent.id, bobs.contact_id, "Bob's photo")
+        label = Label(name="vip", color="#aa0000")
+        session.add_all([sent, upload, theirs, label])
+        await session.flush()
+        await create_message(
+            session, hers, media_file_id=upload.id, direction=MessageDirection.OUTBOUND
+        )
+        session.add(ConversationLabel(conversation_id=hers.id, label_id=label.id))
+    request = await _export_contact(db, admin, ada.id)
+
+    await run_due_requests(Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports"))
+
+    archive = _unzip(keyring, tmp_path / "exports", await _built(db, request.id, admin.org_id))
+    files = [json.loads(line) for line in archive.read("media_files.jsonl").splitlines()]
+    assert sorted(f["caption"] for f in files) == ["Ada's photo", "our brochure"]
+    labelled = [json.loads(line) for line in archive.read("conversation_labels.jsonl").splitlines()]
+    assert [(row["conversation_id"], row["label_id"]) for row in labelled] == [
+        (str(hers.id), str(label.id))
+    ]

@@ -37,9 +37,11 @@ from weflux.models import (
     AuthSession,
     Contact,
     Conversation,
+    ConversationLabel,
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
+    MediaFile,
     Membership,
     Message,
     MessageReaction,
@@ -172,17 +174,35 @@ def _tables(
 ) -> list[tuple[str, type[SQLModel], Any]]:
     if kind == DataRequestKind.CONTACT_EXPORT:
         conversations = select(col(Conversation.id)).where(Conversation.contact_id == subject_id)
+        messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
         return [
             ("contacts", Contact, col(Contact.id) == subject_id),
             ("conversations", Conversation, col(Conversation.contact_id) == subject_id),
-            ("messages", Message, col(Message.conversation_id).in_(conversations)),
+            ("messages", Message, col(Message.id).in_(messages)),
             (
                 "message_reactions",
                 MessageReaction,
                 col(MessageReaction.conversation_id).in_(conversations),
             ),
-            # The team's private notes on them: data about the person too.
+            # The team's private notes and labels on them: data about the person too.
             ("notes", Note, col(Note.conversation_id).in_(conversations)),
+            (
+                "conversation_labels",
+                ConversationLabel,
+                col(ConversationLabel.conversation_id).in_(conversations),
+            ),
+            # The files' rows (caption, name, type, size): what they sent, what they got.
+            (
+                "media_files",
+                MediaFile,
+                or_(
+                    col(MediaFile.sender_contact_id) == subject_id,
+                    col(MediaFile.message_id).in_(messages),
+                    col(MediaFile.id).in_(
+                        select(col(Message.media_file_id)).where(col(Message.id).in_(messages))
+                    ),
+                ),
+            ),
         ]
     members = select(col(Membership.user_id))
     tables: list[tuple[str, type[SQLModel], Any]] = [
