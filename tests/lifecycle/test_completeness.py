@@ -89,7 +89,11 @@ def _contact_data() -> dict[str, list[sa.ForeignKey]]:
         for table in _tables().values():
             for key in table.foreign_keys:
                 parent = key.column.table.name
-                if parent in found and parent != table.name and key not in found.get(table.name, []):
+                if (
+                    parent in found
+                    and parent != table.name
+                    and key not in found.get(table.name, [])
+                ):
                     found.setdefault(table.name, []).append(key)
                     grew = True
     return found

@@ -126,9 +126,7 @@ async def _populate(db: Database, owner_db: Database, actor: Actor) -> None:
         )
     now = utcnow()
     async with owner_db.session(all_workspaces="test: an incident names the workspace") as session:
-        incident = Incident(
-            title="test", discovered_at=now, notify_by=now, post_mortem_due_at=now
-        )
+        incident = Incident(title="test", discovered_at=now, notify_by=now, post_mortem_due_at=now)
         session.add(incident)
         await session.flush()
         session.add(IncidentWorkspace(org_id=actor.org_id, incident_id=incident.id))
