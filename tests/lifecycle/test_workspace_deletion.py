@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,7 @@ from weflux.lifecycle import ledger
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
     AlertChannel,
+    DataRequest,
     CannedReply,
     ConversationLabel,
     Incident,
@@ -272,3 +274,27 @@ async def test_replaying_a_workspace_deletion_deletes_the_restored_workspace(
     assert set((await _rows_of(owner_db, admin.org_id)).values()) == {0}
     assert await _rows_of(owner_db, other_admin.org_id) == other_before
     assert await ledger.replay(owner_db, keyring, [entry]) == 0
+
+
+async def test_a_deleted_workspace_leaves_no_export_file(
+    db: Database, api: Api, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a built workspace export, when the workspace is deleted and the worker runs
+    after its grace period, then the export's file is gone from the export directory
+    (its key went with the request's row; the bytes must not outlive it)."""
+    assert "errors" not in await api(admin, "mutation { requestWorkspaceExport { id } }")
+    directory = tmp_path / "exports"
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=directory)
+    await run_due_requests(lifecycle)
+    assert len(list(directory.iterdir())) == 1
+    assert "errors" not in await api(admin, DELETE, {"name": "Acme"})
+    later = utcnow() + timedelta(days=8)
+    async with db.session(admin.org_id) as session:  # as if built in the grace's last hour
+        kind = DataRequest.kind == DataRequestKind.WORKSPACE_EXPORT
+        for row in (await session.exec(select(DataRequest).where(kind))).all():
+            row.expires_at = later + timedelta(hours=23)
+            session.add(row)
+
+    await run_due_requests(lifecycle, now=later)
+
+    assert list(directory.iterdir()) == []

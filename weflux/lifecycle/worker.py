@@ -162,6 +162,8 @@ async def _run(
             scheduled = organization is not None and organization.deletion_scheduled_at is not None
         if scheduled:
             log.warning("deleting a workspace", extra={"org_id": str(org_id)})
+            # Their keys go with the request rows; the files must not outlive them.
+            await _destroy_exports_of(lifecycle, org_id)
             await erasure.purge_workspace(
                 db,
                 org_id,
@@ -186,6 +188,21 @@ async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None 
     for owned in due:
         await exports.destroy(lifecycle.db, lifecycle.export_dir, owned.org_id, owned.id)
     return len(due)
+
+
+async def _destroy_exports_of(lifecycle: Lifecycle, org_id: uuid.UUID) -> None:
+    """Delete every export file of a workspace (one being built is deleted when its build
+    ends and finds its request gone)."""
+    if lifecycle.export_dir is None:
+        return
+    async with lifecycle.db.session(org_id) as session:
+        built = (
+            await session.exec(
+                select(DataRequest.id).where(col(DataRequest.file_name).is_not(None))
+            )
+        ).all()
+    for request_id in built:
+        await exports.destroy(lifecycle.db, lifecycle.export_dir, org_id, request_id)
 
 
 async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:
