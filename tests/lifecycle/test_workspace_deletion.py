@@ -29,9 +29,11 @@ from weflux.lifecycle import ledger
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
     AlertChannel,
-    DataRequest,
     CannedReply,
     ConversationLabel,
+    DataRequest,
+    DataRequestKind,
+    ErasureLedgerEntry,
     Incident,
     IncidentNotice,
     IncidentWorkspace,
@@ -42,8 +44,6 @@ from weflux.models import (
     MessageReaction,
     MessageTemplate,
     Note,
-    DataRequestKind,
-    ErasureLedgerEntry,
     SecurityAlert,
     SmtpSettings,
     TemplateStatusEvent,
