@@ -266,6 +266,8 @@ class Settings(BaseSettings):
     # Removals of the change feed (`conversationRemoved(after:)`): the daily retention
     # deletes older ones; resuming from a cursor older than the last deleted is refused.
     conversation_removal_retention: timedelta = timedelta(days=30)
+    # Login sessions (their IP address and user agent): deleted this long after they expire.
+    session_retention: timedelta = timedelta(days=30)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
     # Media files (weflux/media/; docs/inbox.md#media): encrypted on local disk under
     # media_dir, or in S3-compatible storage when media_s3_url (s3://bucket/prefix) is set.
@@ -469,6 +471,7 @@ class Settings(BaseSettings):
         "backup_retention",
         "security_event_retention",
         "media_upload_retention",
+        "session_retention",
         "media_download_lease",
         mode="before",
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import create_async_engine
-from sqlmodel import select
+from sqlmodel import SQLModel, select
 
 from tests.fixtures.backups import (
     backup_settings,
@@ -46,6 +46,7 @@ async def test_a_backup_restores_every_row_on_the_same_engine(
     summary = await create_backup(source)
     assert summary.path.parent == tmp_path / "backups"
     assert summary.tables["messages"] >= 5
+    assert set(summary.tables) == set(SQLModel.metadata.tables)  # every table, by construction
 
     target = backup_settings(tmp_path, empty_database_urls)
     restored = await restore_backup(target, summary.path)

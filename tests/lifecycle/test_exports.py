@@ -24,6 +24,7 @@ from weflux.models import (
     CannedReply,
     ConversationLabel,
     DataRequest,
+    DataRequestKind,
     DataRequestStatus,
     Label,
     MediaFile,
@@ -109,6 +110,8 @@ async def test_a_contact_export_holds_the_contact_its_conversations_messages_and
         "messages": 1200,
         "message_reactions": 0,
         "notes": 1,
+        "conversation_labels": 0,
+        "media_files": 0,
     }
     note = json.loads(archive.read("notes.jsonl"))
     assert (note["text"], note["author_membership_id"]) == (
@@ -280,3 +283,140 @@ def _inbound_file(
         caption=caption,
         status=MediaStatus.READY,
     )
+
+
+async def _export_contact(db: Database, admin: Actor, contact_id: uuid.UUID) -> DataRequest:
+    async with db.session(admin.org_id) as session:
+        return await lifecycle_requests.export_contact_data(
+            session, principal_of(admin), RequestMeta(), contact_id=contact_id
+        )
+
+
+async def _export_workspace(db: Database, admin: Actor) -> DataRequest:
+    async with db.session(admin.org_id) as session:
+        return await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+
+
+async def _erase(db: Database, admin: Actor, contact_id: uuid.UUID) -> None:
+    async with db.session(admin.org_id) as session:
+        await lifecycle_requests.erase_contact(
+            session, principal_of(admin), RequestMeta(), contact_id=contact_id
+        )
+
+
+async def test_an_export_built_before_an_erasure_is_destroyed_with_it(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given built exports: the workspace's, Ada's own, and another contact's,
+    when Ada is erased,
+    then at once the two that may hold her lose their key and expire (not downloadable),
+    the worker's next sweep deletes their files, and the other contact's export stays."""
+    async with db.session(admin.org_id) as session:
+        ada = await create_contact(session, name="Ada")
+        await create_message(session, await create_conversation(session, contact=ada), text="hi")
+        bob = await create_contact(session, name="Bob")
+    workspace = await _export_workspace(db, admin)
+    own = await _export_contact(db, admin, ada.id)
+    other = await _export_contact(db, admin, bob.id)
+    directory = tmp_path / "exports"
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=directory)
+    await run_due_requests(lifecycle)
+    built = [await _built(db, r.id, admin.org_id) for r in (workspace, own, other)]
+    assert {row.status for row in built} == {DataRequestStatus.COMPLETED}
+
+    await _erase(db, admin, ada.id)
+
+    now = utcnow()
+    for request in (workspace, own):
+        row = await _built(db, request.id, admin.org_id)
+        assert row.file_key_enc is None
+        assert row.expires_at is not None
+        assert exports.expired(row, now)
+    kept = await _built(db, other.id, admin.org_id)
+    assert kept.file_key_enc is not None
+    assert not exports.expired(kept, now)
+
+    await run_due_requests(lifecycle)
+
+    assert sorted(p.name for p in directory.iterdir()) == [str(built[2].file_name)]
+
+
+async def test_an_export_being_built_when_a_contact_is_erased_is_built_again_without_it(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a workspace export whose build has written Ada's contact row,
+    when Ada is erased before the build ends,
+    then that build's file is discarded (the request stays open), and the next sweep
+    builds it again without her."""
+    async with db.session(admin.org_id) as session:
+        ada = await create_contact(session, name="Ada Lovelace")
+        await create_contact(session, name="Bob")
+    request = await _export_workspace(db, admin)
+    directory = tmp_path / "exports"
+    tables = [t for t, _, _ in exports._tables(DataRequestKind.WORKSPACE_EXPORT, None)]
+    assert tables.index("contacts") < len(tables) - 1  # the erasure lands mid-build
+    erased: list[float] = []
+
+    async def erase_after_contacts(value: float) -> None:
+        if not erased and value >= 0.95 * (tables.index("contacts") + 1) / len(tables):
+            erased.append(value)
+            await _erase(db, admin, ada.id)
+
+    await exports.build_export(
+        db, keyring, directory, admin.org_id, request.id, progress=erase_after_contacts
+    )
+
+    discarded = await _built(db, request.id, admin.org_id)
+    assert (discarded.status, discarded.file_name, discarded.progress) == (
+        DataRequestStatus.PENDING,
+        None,
+        0.0,
+    )
+    assert list(directory.iterdir()) == []
+
+    await run_due_requests(Lifecycle(db=db, keyring=keyring, export_dir=directory))
+
+    row = await _built(db, request.id, admin.org_id)
+    assert row.status == DataRequestStatus.COMPLETED
+    archive = _unzip(keyring, directory, row)
+    names = [json.loads(line)["name"] for line in archive.read("contacts.jsonl").splitlines()]
+    assert names == ["Bob"]
+
+
+async def test_a_contact_export_holds_their_files_and_the_labels_on_their_conversations(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given Ada, who sent a photo (since detached from its message by retention) and
+    was sent an upload, whose conversation carries a label, and Bob, who sent a photo,
+    when Ada's data is exported,
+    then `media_files.jsonl` holds her two files and not Bob's, and
+    `conversation_labels.jsonl` her conversation's label."""
+    async with db.session(admin.org_id) as session:
+        ada = await create_contact(session, name="Ada")
+        hers = await create_conversation(session, contact=ada)
+        bobs = await create_conversation(session)
+        bob_sent = await create_message(session, bobs)
+        sent = _inbound_file(admin, None, ada.id, "Ada's photo")
+        upload = _inbound_file(admin, None, ada.id, "our brochure")
+        upload.origin, upload.sender_contact_id = MediaOrigin.UPLOAD, None
+        theirs = _inbound_file(admin, bob_sent.id, bobs.contact_id, "Bob's photo")
+        label = Label(name="vip", color="#aa0000")
+        session.add_all([sent, upload, theirs, label])
+        await session.flush()
+        await create_message(
+            session, hers, media_file_id=upload.id, direction=MessageDirection.OUTBOUND
+        )
+        session.add(ConversationLabel(conversation_id=hers.id, label_id=label.id))
+    request = await _export_contact(db, admin, ada.id)
+
+    await run_due_requests(Lifecycle(db=db, keyring=keyring, export_dir=tmp_path / "exports"))
+
+    archive = _unzip(keyring, tmp_path / "exports", await _built(db, request.id, admin.org_id))
+    files = [json.loads(line) for line in archive.read("media_files.jsonl").splitlines()]
+    assert sorted(f["caption"] for f in files) == ["Ada's photo", "our brochure"]
+    labelled = [json.loads(line) for line in archive.read("conversation_labels.jsonl").splitlines()]
+    assert [(row["conversation_id"], row["label_id"]) for row in labelled] == [
+        (str(hers.id), str(label.id))
+    ]

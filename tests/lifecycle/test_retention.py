@@ -1,5 +1,5 @@
-"""Retention: old messages, old raw webhook bodies, and old platform security events and
-finished alerts go daily, in batches."""
+"""Retention: old messages and reactions, old raw webhook bodies, expired sessions, and old
+platform security events and finished alerts go daily, in batches."""
 
 from __future__ import annotations
 
@@ -22,11 +22,14 @@ from weflux.lifecycle import requests as lifecycle_requests
 from weflux.lifecycle.worker import Lifecycle, run_retention
 from weflux.models import (
     AlertStatus,
+    AuthSession,
     Message,
+    MessageReaction,
     PlatformSecurityEvent,
     SecurityAlert,
     WebhookEvent,
     WebhookEventStatus,
+    contact_reactor,
     utcnow,
 )
 from weflux.services.audit import RequestMeta
@@ -202,3 +205,72 @@ async def test_a_policy_out_of_range_is_refused(
     """Given days out of range, when the policy is set, then BAD_USER_INPUT."""
     with pytest.raises(BadUserInput):
         await _policy(db, admin, messages, bodies)
+
+
+async def test_reactions_older_than_the_message_retention_go_with_the_messages(
+    db: Database, admin: Actor
+) -> None:
+    """Given a workspace keeping messages 10 days, a contact's reaction of 20 days ago
+    and one of yesterday,
+    when the retention job runs, then the old reaction goes with the old messages and
+    the recent one stays."""
+    now = utcnow()
+    await _policy(db, admin, 10, None)
+    async with db.session(admin.org_id) as session:
+        conversation = await create_conversation(session)
+        old, recent = (
+            MessageReaction(
+                conversation_id=conversation.id,
+                target_wa_message_id=f"wamid.{n}",
+                reactor=contact_reactor(conversation.contact_id),
+                contact_id=conversation.contact_id,
+                emoji="👍",
+                created_at=at,
+            )
+            for n, at in enumerate((now - 20 * DAY, now - DAY))
+        )
+        session.add_all([old, recent])
+    lifecycle = Lifecycle(db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2)
+
+    await run_retention(lifecycle, now=now)
+
+    async with db.session(admin.org_id) as session:
+        left = (await session.exec(select(MessageReaction))).all()
+    assert [r.id for r in left] == [recent.id]
+
+
+async def test_sessions_go_once_expired_longer_than_the_session_retention(
+    db: Database, admin: Actor
+) -> None:
+    """Given sessions (with their IP address and user agent) that expired 31 days ago
+    and 29 days ago, and a live one, in a workspace that keeps every message,
+    when the retention job runs with a 30-day session retention,
+    then only the one expired 31 days ago is deleted."""
+    now = utcnow()
+    ended = {}
+    async with db.session(admin.org_id) as session:
+        for name, expires_at in (
+            ("old", now - 31 * DAY),
+            ("recent", now - 29 * DAY),
+            ("live", now + DAY),
+        ):
+            row = AuthSession(
+                user_id=admin.user.id,
+                membership_id=admin.membership.id,
+                refresh_token_hash=hashlib.sha256(name.encode()).hexdigest(),
+                expires_at=expires_at,
+                ip_address="203.0.113.7",
+                user_agent="Firefox",
+            )
+            session.add(row)
+            ended[name] = row.id
+    lifecycle = Lifecycle(
+        db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2, session_retention=30 * DAY
+    )
+
+    await run_retention(lifecycle, now=now)
+
+    async with db.session(admin.org_id) as session:
+        left = {row.id for row in (await session.exec(select(AuthSession))).all()}
+    assert ended["old"] not in left
+    assert {ended["recent"], ended["live"]} <= left

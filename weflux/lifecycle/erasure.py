@@ -24,6 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth import crossings
 from weflux.auth.scoping import feed_values, raise_feed_floor, see_erased
 from weflux.db import Database
+from weflux.lifecycle.exports import withdraw_holding
 from weflux.media.store import MediaStore
 from weflux.models import (
     Contact,
@@ -62,7 +63,8 @@ async def tombstone_contact(
     """Hide a contact and everything of it at once; stop its queued outbound messages.
 
     The changed rows take positions in the workspace's change feed, and with a broker each
-    conversation's removal is announced to its subscribers (`conversationRemoved`).
+    conversation's removal is announced to its subscribers (`conversationRemoved`). An
+    export that may hold the contact is destroyed or built again (`withdraw_holding`).
     """
     conversation_ids = select(col(Conversation.id)).where(Conversation.contact_id == contact.id)
     dialect = (await session.connection()).dialect.name
@@ -94,6 +96,7 @@ async def tombstone_contact(
     )
     contact.erased_at = now
     session.add(contact)
+    await withdraw_holding(session, contact.id, now=now)
     await session.flush()
     for conversation_id, assignee in erased:
         record_removal(

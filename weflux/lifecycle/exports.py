@@ -25,19 +25,23 @@ from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import text
+from sqlalchemy import and_, or_, text, update
 from sqlmodel import SQLModel, col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database, begin_read_only
 from weflux.models import (
+    OPEN_STATUSES,
     AuthSession,
     Contact,
     Conversation,
+    ConversationLabel,
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
+    MediaFile,
     Membership,
     Message,
     MessageReaction,
@@ -170,17 +174,35 @@ def _tables(
 ) -> list[tuple[str, type[SQLModel], Any]]:
     if kind == DataRequestKind.CONTACT_EXPORT:
         conversations = select(col(Conversation.id)).where(Conversation.contact_id == subject_id)
+        messages = select(col(Message.id)).where(col(Message.conversation_id).in_(conversations))
         return [
             ("contacts", Contact, col(Contact.id) == subject_id),
             ("conversations", Conversation, col(Conversation.contact_id) == subject_id),
-            ("messages", Message, col(Message.conversation_id).in_(conversations)),
+            ("messages", Message, col(Message.id).in_(messages)),
             (
                 "message_reactions",
                 MessageReaction,
                 col(MessageReaction.conversation_id).in_(conversations),
             ),
-            # The team's private notes on them: data about the person too.
+            # The team's private notes and labels on them: data about the person too.
             ("notes", Note, col(Note.conversation_id).in_(conversations)),
+            (
+                "conversation_labels",
+                ConversationLabel,
+                col(ConversationLabel.conversation_id).in_(conversations),
+            ),
+            # The files' rows (caption, name, type, size): what they sent, what they got.
+            (
+                "media_files",
+                MediaFile,
+                or_(
+                    col(MediaFile.sender_contact_id) == subject_id,
+                    col(MediaFile.message_id).in_(messages),
+                    col(MediaFile.id).in_(
+                        select(col(Message.media_file_id)).where(col(Message.id).in_(messages))
+                    ),
+                ),
+            ),
         ]
     members = select(col(Membership.user_id))
     tables: list[tuple[str, type[SQLModel], Any]] = [
@@ -199,6 +221,38 @@ async def _schema_revision(db: Database) -> str | None:
     return str(row[0]) if row else None
 
 
+def _may_hold(contact_id: uuid.UUID) -> Any:
+    """The export requests whose file may hold a contact: every workspace export, and
+    the contact's own."""
+    return or_(
+        col(DataRequest.kind) == DataRequestKind.WORKSPACE_EXPORT,
+        and_(
+            col(DataRequest.kind) == DataRequestKind.CONTACT_EXPORT,
+            col(DataRequest.subject_id) == contact_id,
+        ),
+    )
+
+
+async def withdraw_holding(session: AsyncSession, contact_id: uuid.UUID, *, now: datetime) -> None:
+    """A contact is being erased: no export may hand its data out from this commit.
+
+    A built file that may hold it loses its key and expires now (the worker's next sweep
+    deletes the bytes, `destroy`); a build under way is told by a new `run_after`, and
+    `build_export` discards what it wrote and starts again. The build's last transaction
+    locks the request's row, so either it sees this change or this sees its file.
+    """
+    await session.exec(
+        update(DataRequest)
+        .where(_may_hold(contact_id), col(DataRequest.status).in_(OPEN_STATUSES))
+        .values(run_after=now)
+    )
+    await session.exec(
+        update(DataRequest)
+        .where(_may_hold(contact_id), col(DataRequest.file_name).is_not(None))
+        .values(file_key_enc=None, expires_at=now)
+    )
+
+
 async def build_export(
     db: Database,
     keyring: KeyRing,
@@ -213,7 +267,7 @@ async def build_export(
         request = await session.get(DataRequest, request_id)
         if request is None:
             return
-        kind, subject_id = request.kind, request.subject_id
+        kind, subject_id, run_after = request.kind, request.subject_id, request.run_after
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     name = f"{request_id}.wfx"
     partial = directory / f"{name}.part"
@@ -246,9 +300,14 @@ async def build_export(
         sealing.close()
     partial.replace(directory / name)
     async with db.session(org_id) as session:
-        request = await session.get(DataRequest, request_id)
-        if request is None:
+        request = await session.get(DataRequest, request_id, with_for_update=True)
+        if request is None or request.run_after != run_after:
+            # Gone, or a contact it may hold was erased meanwhile (`withdraw_holding`):
+            # the file goes, and a request still there is built again on the next sweep.
             (directory / name).unlink(missing_ok=True)
+            if request is not None:
+                request.progress = 0.0
+                session.add(request)
             return
         now = utcnow()
         request.file_name = name

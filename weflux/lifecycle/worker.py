@@ -28,11 +28,13 @@ from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
+    AuthSession,
     ConversationRemoval,
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
     Message,
+    MessageReaction,
     Organization,
     utcnow,
 )
@@ -59,6 +61,7 @@ class Lifecycle:
     security_event_retention: timedelta = timedelta(days=90)
     media_upload_retention: timedelta = timedelta(days=7)  # uploads never sent
     conversation_removal_retention: timedelta = timedelta(days=30)  # the feed's removals
+    session_retention: timedelta = timedelta(days=30)  # after a login session expired
     media: MediaStore | None = None  # stored media files deleted with their rows
 
 
@@ -159,6 +162,8 @@ async def _run(
             scheduled = organization is not None and organization.deletion_scheduled_at is not None
         if scheduled:
             log.warning("deleting a workspace", extra={"org_id": str(org_id)})
+            # Their keys go with the request rows; the files must not outlive them.
+            await _destroy_exports_of(lifecycle, org_id)
             await erasure.purge_workspace(
                 db,
                 org_id,
@@ -183,6 +188,21 @@ async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None 
     for owned in due:
         await exports.destroy(lifecycle.db, lifecycle.export_dir, owned.org_id, owned.id)
     return len(due)
+
+
+async def _destroy_exports_of(lifecycle: Lifecycle, org_id: uuid.UUID) -> None:
+    """Delete every export file of a workspace (one being built is deleted when its build
+    ends and finds its request gone)."""
+    if lifecycle.export_dir is None:
+        return
+    async with lifecycle.db.session(org_id) as session:
+        built = (
+            await session.exec(
+                select(DataRequest.id).where(col(DataRequest.file_name).is_not(None))
+            )
+        ).all()
+    for request_id in built:
+        await exports.destroy(lifecycle.db, lifecycle.export_dir, org_id, request_id)
 
 
 async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:
@@ -244,6 +264,14 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             deleted += await erasure.delete_in_batches(
                 db, org_id, Message, col(Message.created_at) < cutoff, lifecycle.batch
             )
+            # A reaction is a message too (a contact's, or a member's), and points at one.
+            deleted += await erasure.delete_in_batches(
+                db,
+                org_id,
+                MessageReaction,
+                col(MessageReaction.created_at) < cutoff,
+                lifecycle.batch,
+            )
         deleted += await erasure.purge_media(
             db,
             lifecycle.media,
@@ -252,6 +280,14 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             lifecycle.batch,
         )
         deleted += await expire_removals(lifecycle, org_id, now=now)
+        # An expired session authenticates nothing; it only kept an IP address and agent.
+        deleted += await erasure.delete_in_batches(
+            db,
+            org_id,
+            AuthSession,
+            col(AuthSession.expires_at) < now - lifecycle.session_retention,
+            lifecycle.batch,
+        )
         async with db.session(org_id) as session:
             organization = await session.get(Organization, org_id)
             if organization is not None:

@@ -60,6 +60,7 @@ def build_worker(
         security_event_retention=settings.security_event_retention,
         media_upload_retention=settings.media_upload_retention,
         conversation_removal_retention=settings.conversation_removal_retention,
+        session_retention=settings.session_retention,
         media=media,
     )
 
