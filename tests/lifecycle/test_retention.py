@@ -19,13 +19,15 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.errors import BadUserInput
 from weflux.lifecycle import requests as lifecycle_requests
-from weflux.lifecycle.worker import Lifecycle, run_retention
+from weflux.lifecycle.worker import EXPIRED_INVITATION_RETENTION, Lifecycle, run_retention
 from weflux.models import (
     AlertStatus,
     AuthSession,
+    Invitation,
     Message,
     MessageReaction,
     PlatformSecurityEvent,
+    Role,
     SecurityAlert,
     WebhookEvent,
     WebhookEventStatus,
@@ -274,3 +276,39 @@ async def test_sessions_go_once_expired_longer_than_the_session_retention(
         left = {row.id for row in (await session.exec(select(AuthSession))).all()}
     assert ended["old"] not in left
     assert {ended["recent"], ended["live"]} <= left
+
+
+async def test_invitations_never_accepted_go_once_expired_longer_than_their_retention(
+    db: Database, admin: Actor
+) -> None:
+    """Given invitations (an email and a name each) that expired unaccepted a day more
+    and a day less than the retention ago, one accepted long ago and a pending one,
+    when the retention job runs, then only the one expired longest is deleted."""
+    now = utcnow()
+    made = {}
+    async with db.session(admin.org_id) as session:
+        for name, expires_at, accepted_at in (
+            ("old", now - EXPIRED_INVITATION_RETENTION - DAY, None),
+            ("recent", now - EXPIRED_INVITATION_RETENTION + DAY, None),
+            ("accepted", now - EXPIRED_INVITATION_RETENTION - DAY, now - 40 * DAY),
+            ("pending", now + DAY, None),
+        ):
+            row = Invitation(
+                email=f"{name}@example.com",
+                name=name,
+                role=Role.AGENT,
+                token_hash=hashlib.sha256(name.encode()).hexdigest(),
+                invited_by_membership_id=admin.membership.id,
+                expires_at=expires_at,
+                accepted_at=accepted_at,
+            )
+            session.add(row)
+            made[name] = row.id
+    lifecycle = Lifecycle(db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2)
+
+    await run_retention(lifecycle, now=now)
+
+    async with db.session(admin.org_id) as session:
+        left = {row.id for row in (await session.exec(select(Invitation))).all()}
+    assert made["old"] not in left
+    assert {made["recent"], made["accepted"], made["pending"]} <= left

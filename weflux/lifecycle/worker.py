@@ -33,6 +33,7 @@ from weflux.models import (
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
+    Invitation,
     Message,
     MessageReaction,
     Organization,
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 REQUESTS_PER_SWEEP = 20
 RETENTION_EVERY = timedelta(days=1)
 WORKSPACES_PER_SWEEP = 50
+# An invitation never accepted admits nobody once it expired, and kept only the invited
+# person's email and name: deleted this long after (an Admin may resend it until then).
+EXPIRED_INVITATION_RETENTION = timedelta(days=30)
 ERROR_LIMIT = 500
 EXPORT_ATTEMPTS = 5
 EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
@@ -286,6 +290,14 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             org_id,
             AuthSession,
             col(AuthSession.expires_at) < now - lifecycle.session_retention,
+            lifecycle.batch,
+        )
+        deleted += await erasure.delete_in_batches(
+            db,
+            org_id,
+            Invitation,
+            col(Invitation.accepted_at).is_(None)
+            & (col(Invitation.expires_at) < now - EXPIRED_INVITATION_RETENTION),
             lifecycle.batch,
         )
         async with db.session(org_id) as session:
