@@ -74,11 +74,13 @@ def _by_key(plan: list[str], table: str) -> bool:
 async def test_each_loader_reads_its_rows_by_key(
     db: Database, owner_db: Database, org: Organization, agent: Actor, role: str
 ) -> None:
-    """Given a workspace of 960 messages in 120 conversations (and its numbers, members,
-    media files),
+    """Given a workspace of 2,000 messages in 1,000 conversations (and its numbers,
+    members, media files),
     when a page's loaders load a few rows each (as an Admin, as an Agent),
     then each statement finds its rows by primary key: no step walks the workspace."""
-    messages = await big_workspace(db, owner_db, org.id)
+    # 1,000 contacts: at 120, PostgreSQL rightly read all of them through the workspace's
+    # trigram index (migration 0025, `org_id` first) rather than probe the key three times.
+    messages = await big_workspace(db, owner_db, org.id, conversations=1000, messages_each=2)
     async with db.session(org.id) as session:
         for _ in range(3):
             await create_actor(session, Role.MANAGER)
