@@ -160,6 +160,19 @@ class RateLimited(WefluxError):
         self.retry_after = retry_after
 
 
+class Unavailable(WefluxError):
+    """A dependency of ours (a file store) failed or could not be reached: nothing was
+    changed, and the same request may succeed after `retry_after` seconds (HTTP 503)."""
+
+    code = ErrorCode.UPSTREAM_UNAVAILABLE
+    graphql_code = ErrorCode.UPSTREAM_UNAVAILABLE
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class OutsideServiceWindow(WefluxError):
     """More than 24 hours since the contact last wrote: only a template may be sent."""
 
@@ -191,7 +204,7 @@ class UnsupportedMediaType(WefluxError):
 def wefluxerror_response(error: WefluxError) -> JSONResponse:
     """The HTTP answer for a coded error outside GraphQL."""
     headers = {"Cache-Control": "no-store"}
-    if isinstance(error, RateLimited):
+    if isinstance(error, RateLimited | Unavailable):
         headers["Retry-After"] = str(error.retry_after)
     if isinstance(error, Unauthenticated):
         headers["WWW-Authenticate"] = "Bearer"

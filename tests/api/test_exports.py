@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import Api, gid
+from tests.fixtures.logs import capture_logs
 from tests.fixtures.two_factor import enroll, require_two_factors
 from weflux.db import Database
 from weflux.lifecycle.worker import Lifecycle, destroy_expired_exports, run_due_requests
@@ -105,4 +106,47 @@ async def test_an_admin_who_must_enroll_in_two_factors_gets_no_export(
     await enroll(client, token)
     served = await client.get(path, headers={"Authorization": f"Bearer {token}"})
     assert served.status_code == 200
+    assert served.headers["content-type"] == "application/zip"
+
+
+async def test_an_export_the_disk_fails_to_read_is_503_upstream_unavailable(
+    app: Starlette, client: httpx.AsyncClient, api: Api, db: Database, admin: Actor
+) -> None:
+    """Given a built export whose file then fails mid-read with EIO (/proc/self/mem in
+    its place),
+    when the Admin downloads it,
+    then 503 UPSTREAM_UNAVAILABLE with Retry-After, not a cut 200, and a warning naming
+    the export store and the error's class; the file back in place is served again."""
+    async with db.session(admin.org_id) as session:
+        conversation = await create_conversation(session)
+    body = await api(admin, EXPORT, {"id": gid("Contact", conversation.contact_id)})
+    path = f"/exports/{body['data']['exportContactData']['id']}"
+    runtime = runtime_of(app)
+    directory = runtime.settings.export_directory
+    await run_due_requests(Lifecycle(db=db, keyring=runtime.keyring, export_dir=directory))
+    [stored] = [p for p in directory.rglob("*") if p.is_file()]
+    kept = stored.read_bytes()
+    stored.unlink()
+    stored.symlink_to("/proc/self/mem")
+    headers = {"Authorization": f"Bearer {await api.token(admin)}"}
+
+    with capture_logs() as logs:
+        response = await client.get(path, headers=headers)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    [warning] = [
+        entry
+        for entry in map(json.loads, logs.lines)
+        if entry["msg"] == "the export store is unavailable"
+    ]
+    assert (warning["level"], warning["store"], warning["error"]) == (
+        "warning",
+        "exports",
+        "OSError",
+    )
+    stored.unlink()
+    stored.write_bytes(kept)
+    served = await client.get(path, headers=headers)
     assert served.headers["content-type"] == "application/zip"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import uuid
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from sqlmodel import col, select
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.factories import Actor
+from tests.fixtures.logs import capture_logs
 from tests.fixtures.media import MediaInbox
 from tests.fixtures.outbound import record_events
 from tests.fixtures.two_factor import enroll, require_two_factors
@@ -314,3 +316,49 @@ async def test_message_updated_is_published_when_the_file_is_ready(
         "id": str(message_id),
         "conversation_id": str(message.conversation_id),
     } in events
+
+
+async def test_a_stored_file_the_disk_fails_to_read_is_503_upstream_unavailable(
+    media_inbox: MediaInbox, admin: Actor, settings: Settings
+) -> None:
+    """Given a downloaded image whose stored file the disk then fails to give: unopenable
+    (a directory in its place), then failing mid-read with EIO (/proc/self/mem),
+    when an Admin fetches it,
+    then each is 503 UPSTREAM_UNAVAILABLE with Retry-After and a warning naming the disk
+    store and the error's class (no path); the file back in place is served again."""
+    content = b"\x89PNG\r\n\x1a\n" + b"p" * 4000
+    message_id = await media_inbox.receive("image", content, mime_type="image/png")
+    await media_inbox.download()
+    path = await _path(media_inbox, message_id)
+    headers = {"Authorization": f"Bearer {await token_for(media_inbox.client, admin)}"}
+    [stored] = _files(settings)
+    kept = stored.read_bytes()
+    stored.unlink()
+
+    for broken, error in [("directory", "IsADirectoryError"), ("eio", "OSError")]:
+        if broken == "directory":
+            stored.mkdir()
+        else:
+            stored.rmdir()
+            stored.symlink_to("/proc/self/mem")
+        with capture_logs() as logs:
+            response = await media_inbox.client.get(path, headers=headers)
+        assert response.status_code == 503, broken
+        assert response.headers["retry-after"] == "30"
+        assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+        [warning] = [
+            entry
+            for entry in map(json.loads, logs.lines)
+            if entry["msg"] == "the media store is unavailable"
+        ]
+        assert (warning["level"], warning["store"], warning["error"]) == (
+            "warning",
+            "disk",
+            error,
+        )
+        assert str(stored) not in logs.text
+
+    stored.unlink()
+    stored.write_bytes(kept)
+    served = await media_inbox.client.get(path, headers=headers)
+    assert served.content == content

@@ -111,6 +111,36 @@ async def test_bad_input_is_refused(
     assert response.json()["error"]["code"] == "BAD_REQUEST"
 
 
+async def test_a_message_body_over_its_cap_is_refused_unread(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    """Given message bodies over 64 KiB, one declaring its length and one streamed
+    without it (chunked),
+    when the customer posts them,
+    then each is 413 PAYLOAD_TOO_LARGE and the phone shows nothing; the longest text
+    allowed, each character escaped in the JSON, still goes through."""
+    padded = json.dumps({"phone": CUSTOMER, "text": "Hi", "pad": "x" * 70_000})
+
+    async def chunks() -> Any:
+        for start in range(0, len(padded), 8192):
+            yield padded[start : start + 8192].encode()
+
+    for content in (padded.encode(), chunks()):
+        response = await http.post(
+            "/sandbox/messages", content=content, headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    shown = (await http.get("/sandbox/messages", params={"phone": CUSTOMER})).json()
+    assert shown["messages"] == []
+
+    longest = json.dumps({"phone": CUSTOMER, "text": "\N{GRINNING FACE}" * 4096})
+    accepted = await http.post(
+        "/sandbox/messages", content=longest, headers={"Content-Type": "application/json"}
+    )
+    assert accepted.status_code == 200, accepted.text
+
+
 async def test_another_sites_form_cannot_post_a_message(
     http: httpx.AsyncClient, demo_workspace: Demo
 ) -> None:

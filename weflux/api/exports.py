@@ -7,6 +7,7 @@ never says whether an export exists in another workspace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Iterator
 
@@ -15,15 +16,18 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from weflux.api.bearer import member
+from weflux.api.streams import started
 from weflux.auth.permissions import Permission
 from weflux.client_ip import request_meta
-from weflux.errors import NotFound, WefluxError, wefluxerror_response
+from weflux.errors import NotFound, Unavailable, WefluxError, wefluxerror_response
 from weflux.ids import decode_global_id
 from weflux.lifecycle import exports
 from weflux.models import DataRequest as DataRequestRow
 from weflux.models import DataRequestKind, DataRequestStatus, utcnow
 from weflux.runtime import runtime_of
 from weflux.services.audit import Action, record
+
+log = logging.getLogger(__name__)
 
 EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
 
@@ -68,7 +72,7 @@ async def _download(request: Request) -> Response:
             target_id=row.id,
             meta=request_meta(request, runtime.trusted_proxies),
         )
-    chunks: Iterator[bytes] = exports.open_sealed(path, key, request_id)
+    chunks = await started(_read(exports.open_sealed(path, key, request_id)))
     return StreamingResponse(
         chunks,
         media_type="application/zip",
@@ -77,6 +81,19 @@ async def _download(request: Request) -> Response:
             "Cache-Control": "no-store",
         },
     )
+
+
+def _read(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The chunks; a file the disk fails to give (unreadable, gone, an I/O error) is
+    UPSTREAM_UNAVAILABLE: 503 before the first chunk, else the response ends early."""
+    try:
+        yield from chunks
+    except OSError as error:
+        log.warning(
+            "the export store is unavailable",
+            extra={"store": "exports", "error": type(error).__name__},
+        )
+        raise Unavailable("The export file cannot be read now; try again shortly") from None
 
 
 routes = [Route("/exports/{id}", download, methods=["GET"])]

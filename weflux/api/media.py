@@ -22,6 +22,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from weflux.api.bearer import member
+from weflux.api.streams import started
 from weflux.auth.permissions import Permission
 from weflux.auth.scoping import restrict_to_agent
 from weflux.errors import NotFound, WefluxError, wefluxerror_response
@@ -29,6 +30,7 @@ from weflux.ids import decode_global_id
 from weflux.media.files import data_key
 from weflux.media.kinds import content_disposition, safe_filename
 from weflux.media.sealed import MediaIntegrityError, open_range, sealed_offset
+from weflux.media.store import MediaStore, unavailable
 from weflux.models import MediaFile, MediaStatus
 from weflux.runtime import runtime_of
 from weflux.services.media import visible
@@ -125,12 +127,19 @@ async def _serve(request: Request) -> Response:
     except FileNotFoundError:
         log.error("a stored media file is missing", extra={"media_id": str(row.id)})
         raise missing from None
-    chunks: Iterator[bytes] = _checked(open_range(source, key, row.id, size, start, end), row.id)
+    except Exception as error:
+        if (outage := unavailable(runtime.media, error)) is None:
+            raise
+        raise outage from None
+    chunks = await started(
+        _checked(open_range(source, key, row.id, size, start, end), row.id, runtime.media)
+    )
     return StreamingResponse(chunks, status_code=status, media_type=row.mime_type, headers=headers)
 
 
-def _checked(chunks: Iterator[bytes], media_id: uuid.UUID) -> Iterator[bytes]:
-    """The chunks; a file that fails its tag ends the response early, logged."""
+def _checked(chunks: Iterator[bytes], media_id: uuid.UUID, store: MediaStore) -> Iterator[bytes]:
+    """The chunks; a file that fails its tag, or a store that fails mid-read, ends the
+    response early, logged (before the first chunk: 503, weflux.api.streams)."""
     try:
         yield from chunks
     except MediaIntegrityError as error:
@@ -139,6 +148,10 @@ def _checked(chunks: Iterator[bytes], media_id: uuid.UUID) -> Iterator[bytes]:
             extra={"media_id": str(media_id), "reason": str(error)},
         )
         raise
+    except Exception as error:
+        if (outage := unavailable(store, error)) is None:
+            raise
+        raise outage from None
 
 
 routes = [Route("/media/{id}", serve, methods=["GET"])]

@@ -12,7 +12,7 @@ from graphql import GraphQLError, ValueNode, VariableDefinitionNode, get_operati
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
-from weflux.errors import ErrorCode, RateLimited, WefluxError
+from weflux.errors import ErrorCode, RateLimited, Unavailable, WefluxError
 from weflux.logs import describe_exception
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         extensions: dict[str, Any] = {"code": original.graphql_code}
         if original.details is not None:
             extensions["details"] = original.details
-        if isinstance(original, RateLimited):
+        if isinstance(original, RateLimited | Unavailable):
             extensions["retryAfter"] = original.retry_after  # seconds, as HTTP's Retry-After
         return extensions
     if isinstance(original, GraphQLError):

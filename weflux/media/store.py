@@ -10,6 +10,7 @@ iterated by Starlette in its thread pool (`StreamingResponse` with a sync iterat
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import uuid
@@ -18,11 +19,22 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import boto3
+from boto3.exceptions import S3UploadFailedError
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import (
+    ClientError,
+    HTTPClientError,
+    IncompleteReadError,
+)
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from weflux.config import Settings
+from weflux.errors import Unavailable
 from weflux.media.sealed import Reader
+
+log = logging.getLogger(__name__)
+
+UNAVAILABLE_MESSAGE = "The media store is unavailable; try again shortly"
 
 
 class MediaStore(Protocol):
@@ -148,6 +160,32 @@ class S3Store:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
+
+
+def _is_outage(error: BaseException | None) -> bool:
+    """A failure of the store itself, not of the request: the network (refused, reset,
+    timed out, cut mid-body), an S3 5xx once boto3's retries are spent, or the disk."""
+    if isinstance(error, S3UploadFailedError):  # wraps the ClientError it was raised for
+        return _is_outage(error.__context__)
+    if isinstance(error, ClientError):
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return int(status) >= 500
+    if isinstance(error, FileNotFoundError):
+        return False  # a missing file: the callers answer 404
+    return isinstance(error, HTTPClientError | BotoConnectionError | IncompleteReadError | OSError)
+
+
+def unavailable(store: MediaStore, error: BaseException) -> Unavailable | None:
+    """UPSTREAM_UNAVAILABLE for an outage of `store` (logged as a WARNING naming the store
+    and the error's class, never its message: boto3's carry the endpoint URL), else None."""
+    if not _is_outage(error):
+        return None
+    name = "s3" if isinstance(store, S3Store) else "disk" if isinstance(store, DiskStore) else ""
+    log.warning(
+        "the media store is unavailable",
+        extra={"store": name or type(store).__name__, "error": type(error).__name__},
+    )
+    return Unavailable(UNAVAILABLE_MESSAGE)
 
 
 def build_store(settings: Settings) -> MediaStore:

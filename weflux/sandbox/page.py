@@ -34,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
+import json
 import re
 from dataclasses import asdict
 from pathlib import Path
@@ -73,6 +74,9 @@ _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
 MAX_CAPTION = 1024  # Meta's limit for a media caption
 MAX_EMOJI = 16  # one emoji, however many code points it is built of
+# A customer's message as JSON: a text or caption of its most characters, each escaped
+# (`\uXXXX\uXXXX`, 12 bytes), fits with room to spare.
+MAX_MESSAGE_BYTES = 64 * 1024
 CONTENT_KEYS = ("text", "image", "location", "reaction")
 
 
@@ -186,7 +190,9 @@ async def messages(request: Request) -> Response:
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         return _bad("body", "Content-Type: application/json")
     try:
-        body = await request.json()
+        body = json.loads(await read_body(request, MAX_MESSAGE_BYTES))
+    except WefluxError as error:
+        return error_response(error.status, error.code, error.message, headers=NO_STORE)
     except ValueError:
         body = None
     if not isinstance(body, dict):

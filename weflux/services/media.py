@@ -18,7 +18,7 @@ from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.media.detect import HEAD_BYTES, detect
 from weflux.media.files import TooLarge, store_stream
 from weflux.media.kinds import max_bytes, safe_filename
-from weflux.media.store import MediaStore
+from weflux.media.store import MediaStore, unavailable
 from weflux.models import MediaFile, MediaOrigin, MediaStatus, Message, utcnow
 
 READ_CHUNK = 64 * 1024
@@ -127,6 +127,12 @@ async def upload_media(
             f"({limit // (1024 * 1024) or limit // 1024} "
             f"{'MB' if limit >= 1024 * 1024 else 'KB'})"
         ) from None
+    except Exception as error:
+        # The store failed (S3 down, the disk): UPSTREAM_UNAVAILABLE, and no row is
+        # added, so nothing points at a file that did not land.
+        if (outage := unavailable(store, error)) is None:
+            raise
+        raise outage from None
     row.sha256 = stored.sha256.hex()
     row.stored_at = utcnow()
     session.add(row)

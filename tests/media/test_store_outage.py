@@ -1,0 +1,159 @@
+"""The S3 media store going away: UPSTREAM_UNAVAILABLE (503 with Retry-After over HTTP),
+one warning naming the store and the error's class, and no upload half-written.
+
+The app reaches moto's S3 through a TCP proxy the tests cut (connections refused)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from botocore.exceptions import ClientError
+
+from tests.fixtures.api import error_codes, token_for
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import Actor
+from tests.fixtures.logs import LogCapture, capture_logs
+from tests.fixtures.media import (
+    JPEG,
+    S3_SECRET,
+    MediaInbox,
+    S3Server,
+    media_rows,
+    media_settings,
+    upload_media,
+)
+from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.config import Settings
+from weflux.errors import Unavailable
+from weflux.media.store import DiskStore, unavailable
+
+BUCKET = f"weflux-outage-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+async def s3_proxy(s3_server: S3Server) -> AsyncIterator[TcpProxy]:
+    """A cuttable path to moto's S3."""
+    target = urlsplit(s3_server.endpoint_url)
+    assert target.hostname is not None
+    assert target.port is not None
+    proxy = TcpProxy(target.hostname, target.port)
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+def settings(
+    database_urls: DatabaseUrls,
+    tmp_path: Path,
+    meta_url: str,
+    s3_server: S3Server,
+    s3_proxy: TcpProxy,
+) -> Settings:
+    client = s3_server.client()
+    if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
+        client.create_bucket(Bucket=BUCKET)
+    through_proxy = S3Server(f"http://127.0.0.1:{s3_proxy.port}")
+    return media_settings(database_urls, tmp_path, meta_url, BUCKET, through_proxy)
+
+
+def _warnings(logs: LogCapture) -> list[dict[str, Any]]:
+    entries = [json.loads(line) for line in logs.lines]
+    return [e for e in entries if e["msg"] == "the media store is unavailable"]
+
+
+def _logged(logs: LogCapture) -> str:
+    """What production logs (INFO and above; boto3's DEBUG lines name the endpoint)."""
+    return "\n".join(line for line in logs.lines if json.loads(line)["level"] != "debug")
+
+
+def _objects(s3_server: S3Server, settings: Settings) -> set[str]:
+    listed = s3_server.client().list_objects_v2(Bucket=BUCKET).get("Contents", [])
+    return {item["Key"] for item in listed}
+
+
+async def test_an_upload_while_s3_is_down_is_upstream_unavailable_and_leaves_nothing(
+    media_inbox: MediaInbox,
+    agent: Actor,
+    s3_proxy: TcpProxy,
+    s3_server: S3Server,
+    settings: Settings,
+) -> None:
+    """Given S3 that refuses connections,
+    when an Agent uploads a JPEG,
+    then uploadMedia is UPSTREAM_UNAVAILABLE with retryAfter, no media row, no object and
+    no scratch file remain, and one warning names the store and the error's class, not
+    the S3 secret or endpoint; once S3 is back the same upload succeeds."""
+    client = media_inbox.client
+    token = await token_for(client, agent)
+    before = _objects(s3_server, settings)
+    await s3_proxy.cut()
+
+    with capture_logs() as logs:
+        refused = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+
+    assert error_codes(refused) == ["UPSTREAM_UNAVAILABLE"]
+    assert refused.json()["errors"][0]["extensions"]["retryAfter"] == 30
+    assert await media_rows(media_inbox) == set()
+    assert _objects(s3_server, settings) == before
+    assert [p for p in settings.media_directory.rglob("*") if p.is_file()] == []
+    [warning] = _warnings(logs)
+    assert (warning["level"], warning["store"]) == ("warning", "s3")
+    assert warning["error"] == "EndpointConnectionError"
+    assert S3_SECRET not in logs.text
+    assert f"127.0.0.1:{s3_proxy.port}" not in _logged(logs)
+    assert "INTERNAL_SERVER_ERROR" not in _logged(logs)
+
+    await s3_proxy.restore()
+    again = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    assert again.json()["data"]["uploadMedia"]["size"] == len(JPEG)
+
+
+async def test_a_file_fetched_while_s3_is_down_is_503_with_retry_after(
+    media_inbox: MediaInbox, agent: Actor, s3_proxy: TcpProxy
+) -> None:
+    """Given an uploaded file and then S3 refusing connections,
+    when its uploader fetches it,
+    then 503 `{"error": {"code": "UPSTREAM_UNAVAILABLE"}}` with Retry-After, logged as a
+    warning; once S3 is back the file is served whole."""
+    client = media_inbox.client
+    token = await token_for(client, agent)
+    uploaded = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    path = uploaded.json()["data"]["uploadMedia"]["downloadPath"]
+    headers = {"Authorization": f"Bearer {token}"}
+    await s3_proxy.cut()
+
+    with capture_logs() as logs:
+        response = await client.get(path, headers=headers)
+
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "30"
+    assert response.json()["error"]["code"] == "UPSTREAM_UNAVAILABLE"
+    assert [w["store"] for w in _warnings(logs)] == ["s3"]
+    assert S3_SECRET not in logs.text
+
+    await s3_proxy.restore()
+    served = await client.get(path, headers=headers)
+    assert served.status_code == 200
+    assert served.content == JPEG
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "outage"),
+    [(503, "SlowDown", True), (500, "InternalError", True), (403, "AccessDenied", False)],
+)
+def test_an_s3_5xx_is_an_outage_a_4xx_is_not(
+    tmp_path: Path, status: int, code: str, outage: bool
+) -> None:
+    """A 5xx S3 answer (after boto3's retries) is UPSTREAM_UNAVAILABLE; a refusal such as
+    AccessDenied is a misconfiguration of ours and stays an unexpected error."""
+    error = ClientError(
+        {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
+    )
+    assert isinstance(unavailable(DiskStore(tmp_path), error), Unavailable) is outage
