@@ -270,7 +270,8 @@ async def test_each_shape_runs_a_statement_built_once(db: Database) -> None:
             assert first_pages[0][0] is first_pages[1][0], where
             _, second = await _page(db, workspace.org_id, actor, shape, first=2)
             if second is None:  # the Admin has no conversation of their own
-                assert actor is workspace.admin and shape.assignee == AssigneeFilter.ME
+                assert actor is workspace.admin, where
+                assert shape.assignee == AssigneeFilter.ME, where
                 continue
             _, third = await _page(db, workspace.org_id, actor, shape, first=2, after=second)
             assert third is not None, where
