@@ -252,8 +252,9 @@ def visible_parts(session: Session | AsyncSession) -> dict[str, uuid.UUID] | Non
 
     Only for shaping a statement: a list read in the order of an index walks each part's
     own index (weflux.services.conversations). The session's criteria still confine
-    every part (the parts narrow nothing, and widen nothing); a statement run without
-    the parameter fails (`required`).
+    every part: with these values the parts together narrow nothing, and with any other
+    Agent they could only narrow, never widen; a statement run without the parameter
+    fails (`required`).
     """
     agent = agent_restriction(session)
     if agent is None:
