@@ -103,19 +103,23 @@ def _escaped(term: str) -> str:
     )
 
 
-def _matching(digits: bool, contact: Any = Contact) -> Any:
-    """`contact_matches` with the term (and its bare digits) as parameters
-    (`_matching_params`)."""
-    term = bindparam(_SEARCH, type_=AutoString(), required=True)
+def _matching(digits: bool, contact: Any = Contact, values: dict[str, str] | None = None) -> Any:
+    """`contact_matches` with the term (and its bare digits) as named parameters: their
+    `values` (`_matching_params`), or none, to be given at execution."""
+
+    def term(key: str) -> Any:
+        if values is None:
+            return bindparam(key, type_=AutoString(), required=True)
+        return bindparam(key, values[key], type_=AutoString())
+
     conditions = [
-        col(contact.name).icontains(term, escape=_ESCAPE),
-        col(contact.profile_name).icontains(term, escape=_ESCAPE),
-        col(contact.phone_number).icontains(term, escape=_ESCAPE),
-        col(contact.wa_id).icontains(term, escape=_ESCAPE),
+        col(contact.name).icontains(term(_SEARCH), escape=_ESCAPE),
+        col(contact.profile_name).icontains(term(_SEARCH), escape=_ESCAPE),
+        col(contact.phone_number).icontains(term(_SEARCH), escape=_ESCAPE),
+        col(contact.wa_id).icontains(term(_SEARCH), escape=_ESCAPE),
     ]
     if digits:
-        bare = bindparam(_SEARCH_DIGITS, type_=AutoString(), required=True)
-        conditions.append(col(contact.wa_id).contains(bare, escape=_ESCAPE))
+        conditions.append(col(contact.wa_id).contains(term(_SEARCH_DIGITS), escape=_ESCAPE))
     return or_(*conditions)
 
 
@@ -137,8 +141,8 @@ def contact_matches(term: str, contact: Any = Contact) -> Any:
     `%` and `_` in the term match themselves (LIKE with an escape character). A term
     that is a phone number once punctuation is dropped also matches the bare digits.
     """
-    digits, params = _matching_params(term)
-    return _matching(digits, contact).params(params)
+    digits, values = _matching_params(term)
+    return _matching(digits, contact, values)
 
 
 def _contains_pattern(term: str) -> str:
@@ -179,10 +183,12 @@ def among(column: Any, ids: list[uuid.UUID]) -> Any:
     return column == any_(literal(ids, ARRAY(Uuid())))
 
 
-def _matched_by_subquery(digits: bool, contact_id: Any) -> Any:
-    """`matches_by_subquery` with the term as parameters (`_matching_params`)."""
+def _matched_by_subquery(
+    digits: bool, contact_id: Any, values: dict[str, str] | None = None
+) -> Any:
+    """`matches_by_subquery` with the term as named parameters (`_matching`)."""
     matched = aliased(Contact, name="matched_contact")
-    condition = sa_select(_matching(digits, matched)).where(col(matched.id) == contact_id)
+    condition = sa_select(_matching(digits, matched, values)).where(col(matched.id) == contact_id)
     return condition.scalar_subquery()
 
 
@@ -196,8 +202,8 @@ def matches_by_subquery(term: str, contact_id: Any) -> Any:
     estimated to keep one row in two, so a common term walks the list's order index and
     stops at a page.
     """
-    digits, params = _matching_params(term)
-    return _matched_by_subquery(digits, contact_id).params(params)
+    digits, values = _matching_params(term)
+    return _matched_by_subquery(digits, contact_id, values)
 
 
 # --- conversations -----------------------------------------------------------------
