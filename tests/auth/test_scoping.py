@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Table, delete, insert, update
 from sqlalchemy import insert as sa_insert
 from sqlalchemy import select as sa_select
+from sqlalchemy.exc import StatementError
 from sqlmodel import col, select
 
 from tests.fixtures.factories import (
@@ -314,6 +315,45 @@ async def test_one_statement_run_again_is_confined_by_each_sessions_scope(
     with pytest.raises(TenantScopeError, match="no workspace set for a statement on conversations"):
         async with db.session() as session:
             await session.exec(statement)
+
+
+async def test_the_visible_parts_narrow_and_need_their_agent(
+    db: Database, admin: Actor, agent: Actor, other_agent: Actor, other_admin: Actor
+) -> None:
+    """Given the statements of the visible parts (`VISIBLE_PARTS`, built once, the Agent a
+    bound value),
+    then an Agent's parameters read their conversations and nobody's; another member's
+    id in the parameter reads nothing the Agent may not see (the session's criteria still
+    confine every part); a part run without its Agent fails; an Admin has no parts."""
+    parts = [select(Conversation).where(part) for part in scoping.VISIBLE_PARTS]
+    async with db.session(admin.org_id) as session:
+        mine = await create_conversation(session, assignee_membership_id=agent.membership.id)
+        theirs = await create_conversation(
+            session, assignee_membership_id=other_agent.membership.id
+        )
+        unassigned = await create_conversation(session)
+    async with db.session(other_admin.org_id) as session:
+        await create_conversation(session)
+
+    async def seen(params: dict[str, Any]) -> list[set[uuid.UUID]]:
+        async with db.session(admin.org_id) as session:
+            restrict_to_agent(session, agent.membership.id)
+            return [
+                {c.id for c in (await session.exec(part, params=params)).all()} for part in parts
+            ]
+
+    async with db.session(admin.org_id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        own = scoping.visible_parts(session)
+    assert own == {scoping.VISIBLE_AGENT: agent.membership.id}
+    assert await seen(own) == [{mine.id}, {unassigned.id}]
+    assert theirs.id not in set().union(
+        *await seen({scoping.VISIBLE_AGENT: other_agent.membership.id})
+    )
+    with pytest.raises(StatementError, match="visible_agent"):
+        await seen({})
+    async with db.session(admin.org_id) as session:
+        assert scoping.visible_parts(session) is None
 
 
 async def test_one_insert_run_again_is_checked_for_each_sessions_workspace(

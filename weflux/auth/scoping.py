@@ -226,24 +226,40 @@ def agent_restriction(session: Session | AsyncSession) -> uuid.UUID | None:
     return value if isinstance(value, uuid.UUID) else None
 
 
-def _visible_parts(assignee: Any, agent: uuid.UUID) -> tuple[Any, Any]:
+def _visible_parts(assignee: Any, agent: Any) -> tuple[Any, Any]:
     """The Agent's rule as two disjoint conditions on a conversation's assignee column:
     assigned to them, assigned to nobody. Their OR is the restriction."""
     return assignee == agent, assignee.is_(None)
 
 
-def visible_parts(session: Session | AsyncSession) -> tuple[Any, ...]:
-    """Disjoint conditions on `conversations` whose union is what the session may see:
-    for an Agent, theirs and nobody's; otherwise none (all of the workspace).
+VISIBLE_AGENT = "visible_agent"
+# Disjoint conditions on `conversations` whose union is what an Agent may see: theirs
+# (the Agent a bound parameter, `visible_parts` gives its value) and nobody's. Built
+# once, so a statement shaped by them is built and compiled once too (issue 11).
+VISIBLE_PARTS: tuple[Any, Any] = _visible_parts(
+    col(Conversation.assignee_membership_id),
+    bindparam(
+        VISIBLE_AGENT,
+        type_=Conversation.__table__.c.assignee_membership_id.type,  # type: ignore[attr-defined]
+        required=True,
+    ),
+)
+
+
+def visible_parts(session: Session | AsyncSession) -> dict[str, uuid.UUID] | None:
+    """The parameters of `VISIBLE_PARTS` for the session: for an Agent, theirs; None
+    when the session sees all of the workspace (no parts).
 
     Only for shaping a statement: a list read in the order of an index walks each part's
     own index (weflux.services.conversations). The session's criteria still confine
-    every part (this narrows nothing, and widens nothing).
+    every part: with these values the parts together narrow nothing, and with any other
+    Agent they could only narrow, never widen; a statement run without the parameter
+    fails (`required`).
     """
     agent = agent_restriction(session)
     if agent is None:
-        return ()
-    return _visible_parts(col(Conversation.assignee_membership_id), agent)
+        return None
+    return {VISIBLE_AGENT: agent}
 
 
 async def use_workspace(
