@@ -277,6 +277,9 @@ class Settings(BaseSettings):
     media_s3_region: str | None = None
     media_s3_access_key_id: str | None = None  # empty: boto3's own credential chain
     media_s3_secret_access_key: SecretStr | None = None
+    # Each S3 call's connect and read timeout (boto3's own are 60 s each, 3 attempts: a
+    # hanging store held a download for minutes); an outage then answers UPSTREAM_UNAVAILABLE.
+    media_s3_timeout: timedelta = timedelta(seconds=10)
     media_download_interval: float = Field(default=1.0, gt=0, le=300)  # seconds between sweeps
     media_download_batch_size: int = Field(default=20, ge=1, le=500)
     media_download_concurrency: int = Field(default=4, ge=1, le=50)
@@ -473,6 +476,7 @@ class Settings(BaseSettings):
         "media_upload_retention",
         "session_retention",
         "media_download_lease",
+        "media_s3_timeout",
         mode="before",
     )
     @classmethod
@@ -487,6 +491,13 @@ class Settings(BaseSettings):
         # over a message whose send is still in flight.
         if value < timedelta(seconds=50):
             raise ValueError("the delivery lease must be at least 50 seconds")
+        return value
+
+    @field_validator("media_s3_timeout")
+    @classmethod
+    def _s3_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= timedelta(minutes=2):
+            raise ValueError("must be more than 0 and at most 2m")
         return value
 
     @field_validator("var_dir")

@@ -5,9 +5,11 @@ The app reaches moto's S3 through a TCP proxy the tests cut (connections refused
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -60,7 +62,14 @@ def settings(
     if BUCKET not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=BUCKET)
     through_proxy = S3Server(f"http://127.0.0.1:{s3_proxy.port}")
-    return media_settings(database_urls, tmp_path, meta_url, BUCKET, through_proxy)
+    return media_settings(
+        database_urls,
+        tmp_path,
+        meta_url,
+        BUCKET,
+        through_proxy,
+        media_s3_timeout=timedelta(seconds=0.5),
+    )
 
 
 def _warnings(logs: LogCapture) -> list[dict[str, Any]]:
@@ -109,6 +118,34 @@ async def test_an_upload_while_s3_is_down_is_upstream_unavailable_and_leaves_not
     assert S3_SECRET not in logs.text
     assert f"127.0.0.1:{s3_proxy.port}" not in _logged(logs)
     assert "INTERNAL_SERVER_ERROR" not in _logged(logs)
+
+    await s3_proxy.restore()
+    again = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    assert again.json()["data"]["uploadMedia"]["size"] == len(JPEG)
+
+
+async def test_an_upload_to_an_s3_that_hangs_is_upstream_unavailable_within_its_timeout(
+    media_inbox: MediaInbox, agent: Actor, s3_proxy: TcpProxy, settings: Settings
+) -> None:
+    """Given S3 that accepts connections and never answers, and WEFLUX_MEDIA_S3_TIMEOUT
+    of 0.5 s, when an Agent uploads a JPEG, then uploadMedia is UPSTREAM_UNAVAILABLE within
+    seconds (boto3's own timeouts, 60 s per read, held it for minutes: far past the wait
+    here), logged as a timeout of the S3 store; once S3 answers the upload succeeds."""
+    assert settings.media_s3_timeout == timedelta(seconds=0.5)
+    client = media_inbox.client
+    token = await token_for(client, agent)
+    await s3_proxy.stall()
+
+    with capture_logs() as logs:
+        refused = await asyncio.wait_for(
+            upload_media(client, token, JPEG, "a.jpg", "image/jpeg"), timeout=30
+        )
+
+    assert error_codes(refused) == ["UPSTREAM_UNAVAILABLE"]
+    [warning] = _warnings(logs)
+    assert warning["store"] == "s3"
+    assert "Timeout" in warning["error"]
+    assert await media_rows(media_inbox) == set()
 
     await s3_proxy.restore()
     again = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")

@@ -127,7 +127,11 @@ class S3Store:
             region_name=settings.media_s3_region,
             aws_access_key_id=settings.media_s3_access_key_id,
             aws_secret_access_key=secret.get_secret_value() if secret else None,
-            config=BotoConfig(retries={"max_attempts": 3, "mode": "standard"}),
+            config=BotoConfig(
+                connect_timeout=settings.media_s3_timeout.total_seconds(),
+                read_timeout=settings.media_s3_timeout.total_seconds(),
+                retries={"max_attempts": 3, "mode": "standard"},
+            ),
         )
         self._scratch = settings.media_directory / ".partial"
 
