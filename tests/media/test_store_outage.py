@@ -26,14 +26,19 @@ from tests.fixtures.media import (
     S3_SECRET,
     MediaInbox,
     S3Server,
+    first_conversation,
     media_rows,
     media_settings,
+    send_media,
     upload_media,
 )
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.config import Settings
 from weflux.errors import Unavailable
+from weflux.ids import decode_global_id
 from weflux.media.store import DiskStore, unavailable
+from weflux.models import Message, MessageStatus, utcnow
+from weflux.worker.delivery import deliver_due_messages
 
 BUCKET = f"weflux-outage-{uuid.uuid4().hex[:12]}"
 
@@ -150,6 +155,49 @@ async def test_an_upload_to_an_s3_that_hangs_is_upstream_unavailable_within_its_
     await s3_proxy.restore()
     again = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
     assert again.json()["data"]["uploadMedia"]["size"] == len(JPEG)
+
+
+async def test_a_media_send_while_s3_is_down_is_retried_with_the_backoff(
+    media_inbox: MediaInbox, agent: Actor, s3_proxy: TcpProxy
+) -> None:
+    """Given a queued sendMedia message and then S3 refusing connections,
+    when the delivery worker runs, then nothing is sent, the message stays QUEUED with a
+    next attempt (the backoff of any outage, not a crash left to the lease), logged as a
+    warning naming the error's class; once S3 is back and the attempt is due, it is SENT."""
+    client = media_inbox.client
+    conversation, _ = await first_conversation(media_inbox)
+    token = await token_for(client, agent)
+    uploaded = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    media = uploaded.json()["data"]["uploadMedia"]
+    queued = (await send_media(client, token, conversation, media["id"])).json()
+    message_id = decode_global_id(queued["data"]["sendMedia"]["id"], "Message")
+    runtime = media_inbox.runtime
+    await s3_proxy.cut()
+
+    with capture_logs() as logs:
+        await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings)
+
+    assert media_inbox.fake.sent == []
+    async with runtime.db.session(media_inbox.account.org_id) as session:
+        row = await session.get(Message, message_id)
+        assert row is not None
+        assert (row.status, row.attempts) == (MessageStatus.QUEUED, 1)
+        assert row.next_attempt_at is not None
+        row.next_attempt_at = utcnow()  # due now
+        session.add(row)
+    entries = [json.loads(line) for line in logs.lines]
+    [waiting] = [e for e in entries if e["msg"] == "message send waits for the media store"]
+    assert waiting["level"] == "warning"
+    assert waiting["error"] == "EndpointConnectionError"
+    assert not [e for e in entries if e["level"] in ("error", "critical")]
+
+    await s3_proxy.restore()
+    assert await deliver_due_messages(runtime.db, runtime.channel_services, runtime.settings) == 1
+    assert len(media_inbox.fake.sent) == 1
+    async with runtime.db.session(media_inbox.account.org_id) as session:
+        row = await session.get(Message, message_id)
+        assert row is not None
+        assert row.status == MessageStatus.SENT
 
 
 async def test_a_file_fetched_while_s3_is_down_is_503_with_retry_after(

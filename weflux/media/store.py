@@ -166,11 +166,11 @@ class S3Store:
         await asyncio.to_thread(self._client.delete_object, Bucket=self.bucket, Key=self._key(key))
 
 
-def _is_outage(error: BaseException | None) -> bool:
+def is_outage(error: BaseException | None) -> bool:
     """A failure of the store itself, not of the request: the network (refused, reset,
     timed out, cut mid-body), an S3 5xx once boto3's retries are spent, or the disk."""
     if isinstance(error, S3UploadFailedError):  # wraps the ClientError it was raised for
-        return _is_outage(error.__context__)
+        return is_outage(error.__context__)
     if isinstance(error, ClientError):
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
         return int(status) >= 500
@@ -182,7 +182,7 @@ def _is_outage(error: BaseException | None) -> bool:
 def unavailable(store: MediaStore, error: BaseException) -> Unavailable | None:
     """UPSTREAM_UNAVAILABLE for an outage of `store` (logged as a WARNING naming the store
     and the error's class, never its message: boto3's carry the endpoint URL), else None."""
-    if not _is_outage(error):
+    if not is_outage(error):
         return None
     name = "s3" if isinstance(store, S3Store) else "disk" if isinstance(store, DiskStore) else ""
     log.warning(

@@ -65,7 +65,7 @@ from weflux.crypto.secret import Secret
 from weflux.db import Database
 from weflux.media.files import data_key
 from weflux.media.sealed import MediaIntegrityError, open_range, sealed_offset
-from weflux.media.store import MediaStore
+from weflux.media.store import MediaStore, is_outage
 from weflux.models import (
     AccountStatus,
     Contact,
@@ -101,6 +101,7 @@ _MAX_TITLE = 500
 FOLLOW_UPS_PER_RUN = 20
 # A media message whose file was deleted before it went (its sender erased, or it expired).
 FILE_DELETED = "Not sent: the file was deleted before it could be sent; upload it again"
+STORE_UNAVAILABLE = "Not sent yet: the media store is unavailable"
 
 
 # -- throughput ---------------------------------------------------------------------------
@@ -504,6 +505,20 @@ async def _call_meta(
         return _Outcome("fail", title="Not sent: the stored access token is not usable")
     except (OSError, MediaIntegrityError) as error:
         return await _unreadable(db, claimed, send.upload, error)
+    except Exception as error:
+        # S3 refusing, timing out or answering 5xx while the file is read: retried with
+        # the backoff like a Cloud API outage, not left to the lease as a fault of ours.
+        if send.upload is None or not is_outage(error):
+            raise
+        log.warning(
+            "message send waits for the media store",
+            extra={
+                "message_id": str(claimed.id),
+                "attempt": claimed.attempts,
+                "error": type(error).__name__,
+            },
+        )
+        return _Outcome("retry", title=STORE_UNAVAILABLE)
     log.info(
         "message sent",
         extra={
