@@ -21,7 +21,7 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing
-from weflux.errors import BadUserInput, Conflict, ErrorCode, NotFound, WefluxError
+from weflux.errors import BadUserInput, Conflict, NotFound, Unavailable, WefluxError
 from weflux.media.store import MediaStore
 from weflux.models import AccountStatus, WhatsAppAccount, utcnow
 from weflux.realtime.broker import Broker
@@ -47,12 +47,8 @@ _STATUS = {
 }
 
 
-class UpstreamUnavailable(WefluxError):
+class UpstreamUnavailable(Unavailable):
     """Meta could not be reached or asked us to slow down; nothing was changed."""
-
-    code = ErrorCode.UPSTREAM_UNAVAILABLE
-    graphql_code = ErrorCode.UPSTREAM_UNAVAILABLE
-    status = 503
 
 
 @dataclass(frozen=True)

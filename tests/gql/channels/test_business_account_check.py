@@ -123,9 +123,11 @@ async def test_meta_unreachable_while_listing_stores_nothing(
 ) -> None:
     """Given Meta timing out on the business account's numbers,
     when a number is connected,
-    then the answer is UPSTREAM_UNAVAILABLE and nothing is stored."""
+    then the answer is UPSTREAM_UNAVAILABLE with the seconds to wait (as a media store's
+    outage), and nothing is stored."""
     fake_meta.fail_next(code=2, http_status=503)
     response = await connect(admin)
     assert error_codes(response) == ["UPSTREAM_UNAVAILABLE"]
+    assert response.json()["errors"][0]["extensions"]["retryAfter"] == 30
     assert [r.path.rsplit("/", 1)[-1] for r in fake_meta.requests] == ["phone_numbers"]
     assert await _stored(db, admin) == []
