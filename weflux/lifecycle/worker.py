@@ -298,8 +298,9 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         )
         deleted += await expire_removals(lifecycle, org_id, now=now)
         # An expired session authenticates nothing; it only kept an IP address and agent.
+        expired = expired_sessions(now - lifecycle.session_retention)
         deleted += await erasure.delete_in_batches(
-            db, org_id, AuthSession, expired_sessions(lifecycle, now), lifecycle.batch
+            db, org_id, AuthSession, expired, lifecycle.batch
         )
         for model in (AuditEvent, SecurityEvent):
             await erasure.blank_in_batches(
@@ -347,9 +348,9 @@ def network_kept(model: type[AuditEvent] | type[SecurityEvent], *, before: datet
     return (col(model.created_at) < before) & text(f"({kept})")
 
 
-def expired_sessions(lifecycle: Lifecycle, now: datetime) -> Any:
-    """Login sessions expired longer ago than `WEFLUX_SESSION_RETENTION`."""
-    return col(AuthSession.expires_at) < now - lifecycle.session_retention
+def expired_sessions(before: datetime) -> Any:
+    """Login sessions expired before `before` (now less `WEFLUX_SESSION_RETENTION`)."""
+    return col(AuthSession.expires_at) < before
 
 
 def old_reactions(cutoff: datetime) -> Any:
