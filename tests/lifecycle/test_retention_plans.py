@@ -100,7 +100,7 @@ async def _fill(db: Database, owner_db: Database, actor: Actor) -> list[datetime
             ],
         }
         for model, values in rows.items():
-            await session.exec(insert(model), params=values)  # type: ignore[call-overload]
+            await session.exec(insert(model), params=values)
     async with owner_db.engine.connect() as connection:
         if connection.dialect.name == "postgresql":
             await connection.execution_options(isolation_level="AUTOCOMMIT")
@@ -156,6 +156,6 @@ async def test_each_sweep_finds_its_rows_by_an_index_of_their_date(
         await prefer_indexes(await session.connection())
         with explained(db) as plans:
             await session.exec(select(col(model.id)).where(where).limit(500))  # type: ignore[attr-defined]
-    table = model.__tablename__  # type: ignore[attr-defined]
+    table = model.__tablename__
     assert len(plans) == 1
     assert _used(plans[0], str(table), index), "\n".join(plans[0])
