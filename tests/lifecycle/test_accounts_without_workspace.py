@@ -20,6 +20,7 @@ from tests.fixtures.factories import Actor, create_membership, create_user
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.ids import encode_global_id
+from weflux.lifecycle import erasure
 from weflux.lifecycle.worker import ORPHAN_ACCOUNT_MIN_AGE, Lifecycle, run_retention
 from weflux.models import (
     AuditEvent,
@@ -188,3 +189,25 @@ async def test_the_daily_retention_deletes_the_accounts_left_over(
     async with owner_db.engine.connect() as conn:
         signups = (await conn.execute(text("SELECT id FROM pending_signups"))).all()
     assert [uuid.UUID(str(row[0])) for row in signups] == [signup.id]
+
+
+async def test_a_workspace_deletion_keeps_the_accounts_invited_elsewhere(
+    db: Database,
+    owner_db: Database,
+    admin: Actor,
+    agent: Actor,
+    other_org: Organization,
+    other_admin: Actor,
+) -> None:
+    """Given a workspace whose Agent is invited to another workspace, and whose Admin is
+    not,
+    when the workspace's rows are deleted,
+    then the Admin's account goes with it, the invited Agent's stays (as after a removal),
+    and the other workspace's Admin is untouched."""
+    await _invite(db, other_org.id, agent.user.email, expires_in=7 * DAY)
+
+    assert await erasure.purge_workspace(db, admin.org_id, batch=1)
+
+    users = await _users(owner_db)
+    assert admin.user.id not in users
+    assert {agent.user.id, other_admin.user.id} <= users
