@@ -336,3 +336,25 @@ def test_webhook_max_attempts_out_of_range_is_refused(
     monkeypatch.setenv("WEFLUX_WEBHOOK_MAX_ATTEMPTS", value)
     assert main(["migrate"]) == 2
     assert "WEFLUX_WEBHOOK_MAX_ATTEMPTS" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "23h", "366d", "forever"])
+def test_the_audit_network_retention_is_bounded(
+    value: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """WEFLUX_AUDIT_NETWORK_RETENTION (the audit trail's and security events' IP
+    addresses and user agents) is 1 day to 365 days (default 90): never kept for ever."""
+    assert _settings(tmp_path).audit_network_retention == timedelta(days=90)
+    assert _settings(tmp_path, audit_network_retention="1d").audit_network_retention == timedelta(
+        days=1
+    )
+    assert _settings(tmp_path, audit_network_retention="365d").audit_network_retention == timedelta(
+        days=365
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEFLUX_AUDIT_NETWORK_RETENTION", value)
+    assert main(["migrate"]) == 2
+    assert "WEFLUX_AUDIT_NETWORK_RETENTION" in capsys.readouterr().err

@@ -36,6 +36,10 @@ DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
 MAX_WORKSPACE_DELETION_GRACE = timedelta(days=23)
 MIN_REMOVAL_RETENTION = timedelta(days=1)
+# The audit trail's and security events' IP addresses and user agents: an incident is
+# investigated within a day at least; a year at most, never for ever.
+MIN_AUDIT_NETWORK_RETENTION = timedelta(days=1)
+MAX_AUDIT_NETWORK_RETENTION = timedelta(days=365)
 # bcrypt's pool (weflux.auth.passwords.BcryptPool): two threads keep two cores busy at
 # most; 32 waiting calls are about 4 s of work at cost 12.
 PASSWORD_HASHING_WORKERS = 2
@@ -268,6 +272,9 @@ class Settings(BaseSettings):
     conversation_removal_retention: timedelta = timedelta(days=30)
     # Login sessions (their IP address and user agent): deleted this long after they expire.
     session_retention: timedelta = timedelta(days=30)
+    # The IP addresses and user agents of the audit trail and of a workspace's security
+    # events: blanked by the daily retention once this old (the events stay).
+    audit_network_retention: timedelta = timedelta(days=90)
     export_dir: Path | None = None  # empty: `exports/` under var_dir
     # Media files (weflux/media/; docs/inbox.md#media): encrypted on local disk under
     # media_dir, or in S3-compatible storage when media_s3_url (s3://bucket/prefix) is set.
@@ -341,6 +348,14 @@ class Settings(BaseSettings):
             # Deletion must complete within 30 days of the request (CONTRACT §7).
             raise ValueError("at most 23d: a deletion completes within 30 days of its request")
         return grace
+
+    @field_validator("audit_network_retention", mode="before")
+    @classmethod
+    def _audit_network_retention(cls, value: Any) -> timedelta:
+        kept = parse_duration(value)
+        if not MIN_AUDIT_NETWORK_RETENTION <= kept <= MAX_AUDIT_NETWORK_RETENTION:
+            raise ValueError("at least 1d and at most 365d: IP addresses are not kept for ever")
+        return kept
 
     @field_validator("conversation_removal_retention", mode="before")
     @classmethod

@@ -19,16 +19,24 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.errors import BadUserInput
 from weflux.lifecycle import requests as lifecycle_requests
-from weflux.lifecycle.worker import EXPIRED_INVITATION_RETENTION, Lifecycle, run_retention
+from weflux.lifecycle.worker import (
+    EXPIRED_INVITATION_RETENTION,
+    EXPIRED_SIGNUP_GRACE,
+    Lifecycle,
+    run_retention,
+)
 from weflux.models import (
     AlertStatus,
+    AuditEvent,
     AuthSession,
     Invitation,
     Message,
     MessageReaction,
+    PendingSignup,
     PlatformSecurityEvent,
     Role,
     SecurityAlert,
+    SecurityEvent,
     WebhookEvent,
     WebhookEventStatus,
     contact_reactor,
@@ -312,3 +320,97 @@ async def test_invitations_never_accepted_go_once_expired_longer_than_their_rete
         left = {row.id for row in (await session.exec(select(Invitation))).all()}
     assert made["old"] not in left
     assert {made["recent"], made["accepted"], made["pending"]} <= left
+
+
+async def test_expired_sign_ups_go_after_their_grace_without_waiting_for_a_signup(
+    db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given sign-ups never confirmed (an email, a name, an IP address, a password hash
+    each): one expired longer ago than the grace, one expired within it, a live one,
+    when the retention job runs (no one signs up),
+    then only the one expired longer ago than the grace is deleted."""
+    now = utcnow()
+    made = {}
+    async with db.session() as session:
+        for name, expires_at in (
+            ("old", now - EXPIRED_SIGNUP_GRACE - timedelta(minutes=1)),
+            ("grace", now - EXPIRED_SIGNUP_GRACE + timedelta(minutes=10)),
+            ("live", now + DAY),
+        ):
+            row = PendingSignup(
+                email=f"{name}@example.com",
+                name=name,
+                organization_name=f"{name} Co",
+                password_hash="x",
+                token_hash=hashlib.sha256(name.encode()).hexdigest(),
+                ip_address="203.0.113.5",
+                expires_at=expires_at,
+            )
+            session.add(row)
+            made[name] = row.id
+    lifecycle = Lifecycle(db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=1)
+
+    assert await run_retention(lifecycle, now=now) == 1
+
+    async with owner_db.engine.connect() as conn:
+        rows = (await conn.execute(text("SELECT id FROM pending_signups"))).all()
+    assert {uuid.UUID(str(row[0])) for row in rows} == {made["grace"], made["live"]}
+
+
+async def test_ip_addresses_and_user_agents_are_blanked_after_their_retention_and_events_stay(
+    db: Database, admin: Actor, other_admin: Actor
+) -> None:
+    """Given audit events and security events of two workspaces, with IP addresses and
+    user agents, older and newer than a 90-day network retention,
+    when the retention job runs,
+    then the older ones lose their IP address and user agent and keep everything else
+    (the audit trail stays); the newer ones keep theirs; batches of 2 reach them all."""
+    now = utcnow()
+    old, new = now - 91 * DAY, now - 89 * DAY
+    for actor in (admin, other_admin):
+        async with db.session(actor.org_id) as session:
+            for at in (old, old, old, new):
+                session.add(
+                    AuditEvent(
+                        action="auth.login",
+                        actor_user_id=actor.user.id,
+                        ip_address="203.0.113.8",
+                        details={"n": 1},
+                        created_at=at,
+                    )
+                )
+                session.add(
+                    SecurityEvent(
+                        kind="auth.new_device",
+                        severity="LOW",
+                        summary="A login from a new device",
+                        ip_address="203.0.113.8",
+                        user_agent="Firefox",
+                        created_at=at,
+                    )
+                )
+            session.add(
+                SecurityEvent(
+                    kind="auth.new_device",
+                    severity="LOW",
+                    summary="Only an agent",
+                    user_agent="curl",
+                    created_at=old,
+                )
+            )
+    lifecycle = Lifecycle(
+        db=db, keyring=KeyRing([("k", os.urandom(32))]), batch=2, audit_network_retention=90 * DAY
+    )
+
+    await run_retention(lifecycle, now=now)
+
+    for actor in (admin, other_admin):
+        async with db.session(actor.org_id) as session:
+            audits = (await session.exec(select(AuditEvent))).all()
+            events = (await session.exec(select(SecurityEvent))).all()
+        kept = [(e.created_at < now - 90 * DAY, e.ip_address) for e in audits]
+        assert sorted(kept) == [(False, "203.0.113.8")] + [(True, None)] * 3
+        assert all(e.actor_user_id == actor.user.id and e.details == {"n": 1} for e in audits)
+        seen = sorted((e.created_at < now - 90 * DAY, e.ip_address, e.user_agent) for e in events)
+        assert seen == [(False, "203.0.113.8", "Firefox")] + [(True, None, None)] * 4
+        assert all(e.summary for e in events)

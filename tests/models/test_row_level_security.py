@@ -369,6 +369,7 @@ CROSSING_FUNCTIONS = {
     "weflux_expire_webhook_bodies": "integer",
     "weflux_expire_platform_security_events": "integer",
     "weflux_expire_security_alerts": "integer",
+    "weflux_expire_orphan_users": "integer",
     "weflux_expired_exports": "TABLE(org_id uuid, request_id uuid)",
     "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",

@@ -47,6 +47,7 @@ from weflux.models import (
     WebhookEvent,
     WebhookEventStatus,
     WhatsAppAccount,
+    utcnow,
 )
 
 _MAX_BATCH = 500  # as the PostgreSQL functions cap it
@@ -515,17 +516,57 @@ async def due_retention(
     return [row[0] for row in rows]
 
 
+def orphan(users: Any, *, at: Any) -> ColumnElement[bool]:
+    """An account no workspace holds at `at`: no membership, and no invitation to its email
+    neither accepted nor expired (accepting it joins with the account). `users`: the
+    `users` table or model."""
+    memberships: sa.Table = Membership.__table__  # type: ignore[attr-defined]
+    invitations: sa.Table = Invitation.__table__  # type: ignore[attr-defined]
+    member = exists().where(memberships.c.user_id == users.id)
+    invited = exists().where(
+        func.lower(invitations.c.email) == func.lower(users.email),
+        invitations.c.accepted_at.is_(None),
+        invitations.c.expires_at > at,
+    )
+    return ~member & ~invited
+
+
 async def delete_orphan_users(session: AsyncSession, user_ids: Collection[uuid.UUID]) -> int:
-    """Delete those of `user_ids` who belong to no workspace any more; how many went."""
+    """Delete those of `user_ids` no workspace holds any more (`orphan`); how many went."""
     ids = sorted(user_ids)
+    users: sa.Table = User.__table__  # type: ignore[attr-defined]
 
     def sqlite() -> Executable:
-        member = exists().where(col(Membership.user_id) == col(User.id))
-        return sa.delete(User).where(col(User.id).in_(ids), ~member)
+        return sa.delete(users).where(users.c.id.in_(ids), orphan(users.c, at=utcnow()))
 
     if not ids:
         return 0
     return await _count(session, "weflux_delete_orphan_users", {"user_ids": ids}, sqlite)
+
+
+async def expire_orphan_users(
+    session: AsyncSession, *, now: datetime, created_before: datetime, batch: int
+) -> int:
+    """Delete up to `batch` accounts created before `created_before` that no workspace
+    holds (`orphan` at `now`): those a removal or a deletion left behind; how many went."""
+    users: sa.Table = User.__table__  # type: ignore[attr-defined]
+
+    def sqlite() -> Executable:
+        doomed = (
+            sa.select(users.c.id)
+            .where(users.c.created_at < created_before, orphan(users.c, at=now))
+            .order_by(users.c.created_at, users.c.id)
+            .limit(_batch(batch))
+            .scalar_subquery()
+        )
+        return sa.delete(users).where(users.c.id.in_(doomed))
+
+    return await _count(
+        session,
+        "weflux_expire_orphan_users",
+        {"at_time": now, "created_before": created_before, "batch": batch},
+        sqlite,
+    )
 
 
 async def delete_workspace_alerts(session: AsyncSession, org_id: uuid.UUID) -> int:

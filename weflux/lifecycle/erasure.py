@@ -276,6 +276,29 @@ async def delete_in_batches(
             return total
 
 
+async def blank_in_batches(
+    db: Database,
+    org_id: uuid.UUID,
+    model: type[SQLModel],
+    where: Any,
+    columns: tuple[str, ...],
+    batch: int,
+) -> int:
+    """Set `columns` of `model` rows matching `where` to null, `batch` per transaction; how
+    many rows were blanked. `where` must stop matching a blanked row, or this never ends."""
+    key = col(model.id)  # type: ignore[attr-defined]
+    total = 0
+    while True:
+        async with db.session(org_id) as session:
+            chosen = select(key).where(where).limit(batch)
+            blank = dict.fromkeys(columns)
+            result = await session.exec(update(model).where(key.in_(chosen)).values(blank))
+            done = int(result.rowcount)
+        total += done
+        if done < batch:
+            return total
+
+
 async def purge_media(
     db: Database,
     store: MediaStore | None,

@@ -37,10 +37,10 @@ from weflux.models import (
     DataRequestKind,
     ErasureLedgerEntry,
     MediaFile,
-    Membership,
     Message,
     Organization,
     User,
+    utcnow,
 )
 
 # The purpose string of the keyed hash: a ledger hash means nothing elsewhere.
@@ -212,15 +212,14 @@ async def replay_on_connection(
 
 
 async def _delete_workspace(connection: AsyncConnection, org_id: uuid.UUID) -> int:
-    memberships: sa.Table = Membership.__table__  # type: ignore[attr-defined]
     organizations: sa.Table = Organization.__table__  # type: ignore[attr-defined]
     users: sa.Table = User.__table__  # type: ignore[attr-defined]
     members = await crossings.workspace_member_user_ids(connection, org_id)
     gone = await connection.execute(sa.delete(organizations).where(organizations.c.id == org_id))
     await crossings.delete_workspace_alerts_as_owner(connection, org_id)
     if members:
-        elsewhere = sa.exists().where(memberships.c.user_id == users.c.id)
-        await connection.execute(sa.delete(users).where(users.c.id.in_(members), ~elsewhere))
+        orphan = crossings.orphan(users.c, at=utcnow())
+        await connection.execute(sa.delete(users).where(users.c.id.in_(members), orphan))
     return 1 if gone.rowcount else 0
 
 

@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import case, delete, update
+from sqlalchemy import case, delete, text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -28,6 +28,7 @@ from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
+    AuditEvent,
     AuthSession,
     ConversationRemoval,
     DataRequest,
@@ -37,8 +38,12 @@ from weflux.models import (
     Message,
     MessageReaction,
     Organization,
+    PendingSignup,
+    SecurityEvent,
     utcnow,
 )
+from weflux.models.audit import NETWORK_KEPT as AUDIT_NETWORK_KEPT
+from weflux.models.security import NETWORK_KEPT as SECURITY_NETWORK_KEPT
 from weflux.services.audit import Action, Severity, record
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,16 @@ WORKSPACES_PER_SWEEP = 50
 # An invitation never accepted admits nobody once it expired, and kept only the invited
 # person's email and name: deleted this long after (an Admin may resend it until then).
 EXPIRED_INVITATION_RETENTION = timedelta(days=30)
+# A sign-up never confirmed admits nobody once expired (24 hours); it kept an email, a
+# name, an IP address and a password hash. Deleted this long after its expiry: the grace
+# covers a confirmation under way at that instant and any skew between the app's clock
+# and the database's (whose `now()` the row-level security policy of `pending_signups`
+# compares with).
+EXPIRED_SIGNUP_GRACE = timedelta(hours=1)
+# An account no workspace holds is deleted at once by the step that leaves it so; the
+# daily sweep deletes the ones left over, once this old (none is made without its
+# membership, in one transaction: a margin only).
+ORPHAN_ACCOUNT_MIN_AGE = timedelta(hours=1)
 ERROR_LIMIT = 500
 EXPORT_ATTEMPTS = 5
 EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
@@ -66,6 +81,8 @@ class Lifecycle:
     media_upload_retention: timedelta = timedelta(days=7)  # uploads never sent
     conversation_removal_retention: timedelta = timedelta(days=30)  # the feed's removals
     session_retention: timedelta = timedelta(days=30)  # after a login session expired
+    # The IP addresses and user agents of the audit trail and of security events.
+    audit_network_retention: timedelta = timedelta(days=90)
     media: MediaStore | None = None  # stored media files deleted with their rows
 
 
@@ -270,11 +287,7 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
             )
             # A reaction is a message too (a contact's, or a member's), and points at one.
             deleted += await erasure.delete_in_batches(
-                db,
-                org_id,
-                MessageReaction,
-                col(MessageReaction.created_at) < cutoff,
-                lifecycle.batch,
+                db, org_id, MessageReaction, old_reactions(cutoff), lifecycle.batch
             )
         deleted += await erasure.purge_media(
             db,
@@ -285,13 +298,19 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         )
         deleted += await expire_removals(lifecycle, org_id, now=now)
         # An expired session authenticates nothing; it only kept an IP address and agent.
+        expired = expired_sessions(now - lifecycle.session_retention)
         deleted += await erasure.delete_in_batches(
-            db,
-            org_id,
-            AuthSession,
-            col(AuthSession.expires_at) < now - lifecycle.session_retention,
-            lifecycle.batch,
+            db, org_id, AuthSession, expired, lifecycle.batch
         )
+        for model in (AuditEvent, SecurityEvent):
+            await erasure.blank_in_batches(
+                db,
+                org_id,
+                model,
+                network_kept(model, before=now - lifecycle.audit_network_retention),
+                NETWORK_COLUMNS[model],
+                lifecycle.batch,
+            )
         deleted += await erasure.delete_in_batches(
             db,
             org_id,
@@ -308,7 +327,76 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
     if due:
         deleted += await expire_webhook_bodies(lifecycle, now=now)
         deleted += await expire_security_records(lifecycle, now=now)
+        deleted += await expire_orphan_users(lifecycle, now=now)
+    # Every sweep: one range of `ix_pending_signups_expires_at`, and no workspace needed.
+    deleted += await expire_pending_signups(lifecycle, now=now)
     return deleted
+
+
+# The columns `WEFLUX_AUDIT_NETWORK_RETENTION` blanks; the events themselves stay.
+NETWORK_COLUMNS: dict[type[AuditEvent] | type[SecurityEvent], tuple[str, ...]] = {
+    AuditEvent: ("ip_address",),
+    SecurityEvent: ("ip_address", "user_agent"),
+}
+
+
+def network_kept(model: type[AuditEvent] | type[SecurityEvent], *, before: datetime) -> Any:
+    """Events created before `before` that still hold an IP address (or user agent): the
+    condition of their partial index (`ix_audit_events_network`, `ix_security_events_network`),
+    spelled as it is, so both engines use it."""
+    kept = AUDIT_NETWORK_KEPT if model is AuditEvent else SECURITY_NETWORK_KEPT
+    return (col(model.created_at) < before) & text(f"({kept})")
+
+
+def expired_sessions(before: datetime) -> Any:
+    """Login sessions expired before `before` (now less `WEFLUX_SESSION_RETENTION`)."""
+    return col(AuthSession.expires_at) < before
+
+
+def old_reactions(cutoff: datetime) -> Any:
+    """Reactions set before a message retention's `cutoff`."""
+    return col(MessageReaction.created_at) < cutoff
+
+
+async def expire_pending_signups(lifecycle: Lifecycle, *, now: datetime) -> int:
+    """Delete sign-ups expired longer ago than `EXPIRED_SIGNUP_GRACE`, in batches; how many.
+
+    `pending_signups` is no workspace's: the app's role may delete an expired one (its
+    row-level security policy), so no cross-workspace function is needed."""
+    key = col(PendingSignup.id)
+    total = 0
+    while True:
+        async with lifecycle.db.session() as session:
+            doomed = (
+                select(key)
+                .where(col(PendingSignup.expires_at) < now - EXPIRED_SIGNUP_GRACE)
+                .limit(lifecycle.batch)
+            )
+            result = await session.exec(delete(PendingSignup).where(key.in_(doomed)))
+            gone = int(result.rowcount)
+        total += gone
+        if gone < lifecycle.batch:
+            return total
+
+
+async def expire_orphan_users(lifecycle: Lifecycle, *, now: datetime) -> int:
+    """Delete the accounts no workspace holds (no membership, no invitation still open)
+    that a step left behind, in batches; with them their sessions (`ON DELETE CASCADE`),
+    password hash, second factor and recovery codes (columns of the row). How many."""
+    total = 0
+    while True:
+        async with lifecycle.db.session() as session:
+            gone = await crossings.expire_orphan_users(
+                session,
+                now=now,
+                created_before=now - ORPHAN_ACCOUNT_MIN_AGE,
+                batch=lifecycle.batch,
+            )
+        total += gone
+        if gone < lifecycle.batch:
+            if total:
+                log.info("accounts without a workspace deleted", extra={"count": total})
+            return total
 
 
 def _created_since(cutoff: datetime) -> Callable[[Any], Any]:

@@ -20,6 +20,8 @@ class AuthSession(OrgScoped, table=True):
         Index(None, "org_id", "membership_id", "created_at"),
         Index(None, "refresh_token_hash", unique=True),
         Index(None, "user_id"),
+        # The daily retention's sweep of sessions expired long ago (migration 0027).
+        Index(None, "org_id", "expires_at"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -42,6 +42,8 @@ class MessageReaction(OrgScoped, table=True):
             unique=True,
         ),
         Index(None, "org_id", "conversation_id"),
+        # The message retention's sweep of old reactions (migration 0027).
+        Index(None, "org_id", "created_at"),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -7,7 +7,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Index
+from sqlalchemy import JSON, Index, text
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -26,6 +26,9 @@ class SecuritySeverity(enum.StrEnum):
         return self in (SecuritySeverity.HIGH, SecuritySeverity.CRITICAL)
 
 
+NETWORK_KEPT = "ip_address IS NOT NULL OR user_agent IS NOT NULL"
+
+
 class SecurityEvent(OrgScoped, table=True):
     """What a detector saw in a workspace. Never a password, token or message text."""
 
@@ -33,6 +36,15 @@ class SecurityEvent(OrgScoped, table=True):
     __table_args__ = (
         Index(None, "org_id", "id"),
         Index(None, "org_id", "severity", "id"),
+        # The rows whose IP address and user agent the daily retention has still to blank
+        # (`WEFLUX_AUDIT_NETWORK_RETENTION`, migration 0027): a blanked row leaves it.
+        Index(
+            "ix_security_events_network",
+            "org_id",
+            "created_at",
+            postgresql_where=text(NETWORK_KEPT),
+            sqlite_where=text(NETWORK_KEPT),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

@@ -485,7 +485,9 @@ async def remove(
     *,
     membership_id: uuid.UUID,
 ) -> None:
-    """Remove a member; every session of theirs ends with the membership."""
+    """Remove a member; every session of theirs ends with the membership. An account the
+    removal leaves in no workspace (and invited to none) is deleted with it, as a
+    workspace's deletion deletes it (docs/lifecycle.md#accounts-left-without-a-workspace)."""
     principal.require(Permission.MANAGE_MEMBERS, "Only an Admin can remove members")
     target = await _target(session, membership_id)
     if target.role == Role.ADMIN:
@@ -499,6 +501,7 @@ async def remove(
     )
     await session.delete(target)
     await session.flush()
+    account_deleted = await crossings.delete_orphan_users(session, {target.user_id}) == 1
     # Their conversations are unassigned with them (ON DELETE SET NULL): counts move.
     publish_after_commit(
         session, authenticator.broker, principal.org_id, EventName.INBOX_COUNTS_UPDATED
@@ -510,7 +513,11 @@ async def remove(
         target_type="Member",
         target_id=target.id,
         meta=meta,
-        details={"user": str(target.user_id), "sessions_ended": len(session_ids)},
+        details={
+            "user": str(target.user_id),
+            "sessions_ended": len(session_ids),
+            "account_deleted": account_deleted,
+        },
     )
 
     async def announce() -> None:

@@ -61,6 +61,7 @@ def build_worker(
         media_upload_retention=settings.media_upload_retention,
         conversation_removal_retention=settings.conversation_removal_retention,
         session_retention=settings.session_retention,
+        audit_network_retention=settings.audit_network_retention,
         media=media,
     )
 
