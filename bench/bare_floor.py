@@ -24,16 +24,30 @@ the same uvicorn options as the work-alike floor (`bench.raw_webhook_app`,
 
 One connection serves every request (a lock orders them): the floor of one sequential
 client, not a server. The table (`bench_floor_webhooks`) is `bench.webhook`'s.
+
+Run as a module, it measures the terms of goal 4's budget on their own, one round trip
+after another from this process (p50 and p99, ms):
+
+    .venv/bin/python -m bench.bare_floor [--database-url URL] [--redis-url URL] [--rounds 500]
+
+`SELECT 1` (a PostgreSQL round trip), the prepared INSERT as A runs it (a durable commit,
+`synchronous_commit` as the server has it), the same with `synchronous_commit = off` (the
+round trip and the insert, no WAL flush: the difference is the flush), the prepared
+SELECT by id as B runs it, and one Redis PUBLISH -> receive (issue 11's floor). The
+INSERTs go to a table of their own in that database, dropped afterwards.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import hashlib
 import hmac
 import json
 import os
+import secrets
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -61,12 +75,15 @@ async def _connect() -> asyncpg.Connection:
 
 
 async def _lifespan(
-    receive: Receive, send: Send, start: Callable[[], Awaitable[None]], stop: Callable[[], Awaitable[None]]
+    receive: Receive,
+    send: Send,
+    start: Callable[[], Awaitable[None]],
+    stop: Callable[[], Awaitable[None]],
 ) -> None:
     await receive()  # lifespan.startup
     try:
         await start()
-    except Exception as error:  # noqa: BLE001  (uvicorn reports it and exits)
+    except Exception as error:  # uvicorn reports it and exits
         await send({"type": "lifespan.startup.failed", "message": repr(error)})
         return
     await send({"type": "lifespan.startup.complete"})
@@ -91,7 +108,9 @@ async def _start_a() -> None:
         "INSERT INTO bench_floor_webhooks (id, body) VALUES ($1, $2)"
     )
     state["lock"] = asyncio.Lock()
-    state["redis"] = Redis.from_url(os.environ["BENCH_FLOOR_REDIS_URL"], single_connection_client=True)
+    state["redis"] = Redis.from_url(
+        os.environ["BENCH_FLOOR_REDIS_URL"], single_connection_client=True
+    )
 
 
 async def _stop_a() -> None:
@@ -141,7 +160,7 @@ async def _relay(select: asyncpg.prepared_stmt.PreparedStatement) -> None:
             for socket in list(sockets):
                 try:
                     await socket({"type": "websocket.send", "text": text})
-                except Exception:  # noqa: BLE001  (a socket that went away meanwhile)
+                except Exception:  # a socket that went away meanwhile
                     sockets.discard(socket)
     finally:
         await pubsub.aclose()
@@ -187,3 +206,93 @@ async def socket_app(scope: dict[str, Any], receive: Receive, send: Send) -> Non
                 sockets.add(send)
     finally:
         sockets.discard(send)
+
+
+# --- the budget's terms, measured alone -----------------------------------------------
+
+
+async def _timed(rounds: int, one: Callable[[int], Awaitable[object]]) -> tuple[float, float]:
+    """p50 and p99 of `rounds` sequential calls, in ms (after 20 unmeasured)."""
+    for k in range(20):
+        await one(-1 - k)
+    samples = []
+    for k in range(rounds):
+        started = time.perf_counter()
+        await one(k)
+        samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return samples[len(samples) // 2], samples[
+        min(len(samples) - 1, round(0.99 * (len(samples) - 1)))
+    ]
+
+
+async def budget(database_url: str, redis_url: str, rounds: int) -> list[tuple[str, float, float]]:
+    connection = await asyncpg.connect(
+        database_url.replace("postgresql+asyncpg://", "postgresql://")
+    )
+    table = f"bench_bare_commits_{secrets.token_hex(4)}"
+    rows: list[tuple[str, float, float]] = []
+    try:
+        await connection.execute(f"CREATE TABLE {table} (id text PRIMARY KEY, body bytea NOT NULL)")
+        body = b"x" * 470  # about a one-message webhook
+        insert = await connection.prepare(f"INSERT INTO {table} (id, body) VALUES ($1, $2)")  # noqa: S608
+        select = await connection.prepare(f"SELECT body FROM {table} WHERE id = $1")  # noqa: S608
+        setting = await connection.fetchval("SHOW synchronous_commit")
+        rows.append(
+            (
+                "PostgreSQL: SELECT 1",
+                *await _timed(rounds, lambda _k: connection.fetchval("SELECT 1")),
+            )
+        )
+        ids = iter(str(uuid.uuid4()) for _ in range(4 * rounds + 100))
+        rows.append(
+            (
+                f"INSERT, commit (synchronous_commit={setting})",
+                *await _timed(rounds, lambda _k: insert.fetchval(next(ids), body)),
+            )
+        )
+        await connection.execute("SET synchronous_commit = off")
+        rows.append(
+            (
+                "INSERT, commit (synchronous_commit=off)",
+                *await _timed(rounds, lambda _k: insert.fetchval(next(ids), body)),
+            )
+        )
+        known = await connection.fetchval(f"SELECT id FROM {table} LIMIT 1")  # noqa: S608
+        rows.append(("SELECT body by id", *await _timed(rounds, lambda _k: select.fetchval(known))))
+    finally:
+        await connection.execute(f"DROP TABLE IF EXISTS {table}")
+        await connection.close()
+    redis = Redis.from_url(redis_url)
+    pubsub = redis.pubsub(ignore_subscribe_messages=True)
+    channel = f"weflux:bench:budget:{secrets.token_hex(6)}"
+    await pubsub.subscribe(channel)
+
+    async def hop(_k: int) -> None:
+        await redis.publish(channel, "x")
+        while await pubsub.get_message(timeout=5.0) is None:
+            pass
+
+    try:
+        rows.append(("Redis: PUBLISH -> receive", *await _timed(rounds, hop)))
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="goal 4's budget, term by term")
+    parser.add_argument("--database-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--rounds", type=int, default=500)
+    args = parser.parse_args()
+    rows = asyncio.run(budget(args.database_url, args.redis_url, args.rounds))
+    print(f"{args.rounds} sequential round trips each")
+    print(f"{'':<44}{'p50 ms':>10}{'p99 ms':>10}")
+    for name, p50, p99 in rows:
+        print(f"{name:<44}{p50:>10.3f}{p99:>10.3f}")
+
+
+if __name__ == "__main__":
+    main()
