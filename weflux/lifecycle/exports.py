@@ -47,6 +47,7 @@ from weflux.models import (
     MessageReaction,
     Note,
     Organization,
+    StoredObjectIntent,
     User,
     utcnow,
     workspace_models,
@@ -60,8 +61,9 @@ CHUNK = 64 * 1024
 MAGIC = b"WFXEXP1\n"
 _LENGTH = struct.Struct(">I")
 EXCLUDED_SUFFIXES = ("_enc", "_hash")
-# Not exported: login sessions (the workspace's own security state, not its data).
-NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession,)
+# Not exported: login sessions (the workspace's own security state, not its data), and
+# the media store's write intents (storage keys of files being written: plumbing).
+NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession, StoredObjectIntent)
 
 Progress = Callable[[float], Awaitable[None]]
 

@@ -25,6 +25,7 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
 from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
+from weflux.media import intents
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
@@ -197,6 +198,13 @@ async def _run(
         await exports.build_export(
             db, lifecycle.keyring, lifecycle.export_dir, org_id, request_id, progress=progress
         )
+
+
+async def sweep_abandoned_files(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Delete media files written whose row never came (`weflux.media.intents`); how many.
+
+    Cheap when there are none: one question on an index of the intents' creation time."""
+    return await intents.sweep(lifecycle.db, lifecycle.media, now=now)
 
 
 async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
