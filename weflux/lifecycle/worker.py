@@ -101,7 +101,7 @@ async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None)
                 "data request failed; retried next sweep",
                 extra={"data_request_id": str(owned.id)},
             )
-            await _note_failure(lifecycle.db, owned.org_id, owned.id, error)
+            await _note_failure(lifecycle, owned.org_id, owned.id, error)
     return len(due)
 
 
@@ -225,9 +225,10 @@ async def _destroy_exports_of(lifecycle: Lifecycle, org_id: uuid.UUID) -> None:
     if lifecycle.export_dir is None:
         return
     async with lifecycle.db.session(org_id) as session:
+        # Every export, built or not: a build killed before recording its file left one.
         built = (
             await session.exec(
-                select(DataRequest.id).where(col(DataRequest.file_name).is_not(None))
+                select(DataRequest.id).where(col(DataRequest.kind).in_(EXPORT_KINDS))
             )
         ).all()
     for request_id in built:
@@ -245,10 +246,11 @@ async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:
 
 
 async def _note_failure(
-    db: Database, org_id: uuid.UUID, request_id: uuid.UUID, error: Exception
+    lifecycle: Lifecycle, org_id: uuid.UUID, request_id: uuid.UUID, error: Exception
 ) -> None:
+    failed = False
     try:
-        async with db.session(org_id) as session:
+        async with lifecycle.db.session(org_id) as session:
             request = await session.get(DataRequest, request_id)
             if request is not None:
                 # The type only: a message may quote data.
@@ -257,9 +259,13 @@ async def _note_failure(
                     # An export can be asked for again; an erasure or deletion must finish.
                     request.status = DataRequestStatus.FAILED
                     request.completed_at = utcnow()
+                    failed = True
                 session.add(request)
     except Exception:
         log.exception("could not record a data request's failure")
+    if failed and lifecycle.export_dir is not None:
+        # Given up: nothing an earlier attempt wrote stays (it is never built again).
+        exports.discard_files(lifecycle.export_dir, request_id)
 
 
 async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
