@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -340,7 +341,8 @@ def discard_files(directory: Path, request_id: uuid.UUID) -> None:
     request's row is the files' intent, so a file whose commit never came (the process
     killed between writing and recording it) goes with its request too."""
     for name in (f"{request_id}.wfx", f"{request_id}.wfx.part"):
-        (directory / name).unlink(missing_ok=True)
+        with contextlib.suppress(NotADirectoryError):  # no directory: no file either
+            (directory / name).unlink(missing_ok=True)
 
 
 async def destroy(db: Database, directory: Path, org_id: uuid.UUID, request_id: uuid.UUID) -> None:

@@ -185,6 +185,13 @@ async def _delete_claimed(
     return len(done), complete
 
 
+async def discard(store: MediaStore, key: str) -> bool:
+    """Delete a written file whose intent the sweep claimed (`Swept`), with no database
+    work: the caller's transaction may hold SQLite's write lock. False when the store
+    failed (logged)."""
+    return await _delete_object(store, key)
+
+
 async def _delete_object(store: MediaStore, key: str) -> bool:
     """Delete `key` from the store (gone already: fine); False, with a warning naming the
     store and the error's class, when the store fails."""

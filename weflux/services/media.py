@@ -144,8 +144,9 @@ async def upload_media(
     try:
         await intents.fulfil(session, row.storage_key)
     except intents.Swept:
-        # The write took so long that the sweep gave its file up: not this row's.
-        await intents.abandon(db, store, principal.org_id, row.storage_key)
+        # The write took so long that the sweep gave its file up: not this row's. Its
+        # put may have landed after the sweep's delete: deleted again here.
+        await intents.discard(store, row.storage_key)
         raise Unavailable(UNAVAILABLE_MESSAGE) from None
     session.add(row)
     await session.flush()
