@@ -99,15 +99,21 @@ async def sweep(
             stale = await crossings.stale_object_intents(
                 session, created_before=before, batch=batch
             )
+        gone_now = 0
+        complete = True
         for org_id, ids in crossings.by_workspace(stale).items():
             where = col(StoredObjectIntent.id).in_(ids) & (
                 col(StoredObjectIntent.created_at) < before
             )
             gone, complete = await _delete_claimed(db, store, org_id, where, batch)
-            total += gone
+            gone_now += gone
             if not complete:
-                return total
-        if len(stale) < batch:
+                break
+        total += gone_now
+        # Done, the store failing, or only intents an owning transaction holds: next sweep.
+        if len(stale) < batch or not complete or gone_now == 0:
+            if total:
+                log.info("deleted media files no row took", extra={"count": total})
             return total
 
 
