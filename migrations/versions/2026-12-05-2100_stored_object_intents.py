@@ -11,9 +11,9 @@ outlives every retention and erasure (weflux/media/intents.py).
 stale ones across workspaces through `weflux_stale_object_intents` (SECURITY DEFINER,
 ids only, docs/security/tenancy.md).
 
-Revision ID: 0027_stored_object_intents
-Revises: 0026_webhook_parking
-Create Date: 2026-12-05 20:00:00 UTC
+Revision ID: 0028_stored_object_intents
+Revises: 0027_retention_gaps
+Create Date: 2026-12-05 21:00:00 UTC
 """
 
 from collections.abc import Sequence
@@ -24,8 +24,8 @@ from alembic import op
 from weflux.models.base import UTCDateTime
 from weflux.models.rls import disable_tenant_rls, enable_tenant_rls
 
-revision: str = "0027_stored_object_intents"
-down_revision: str | None = "0026_webhook_parking"
+revision: str = "0028_stored_object_intents"
+down_revision: str | None = "0027_retention_gaps"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
