@@ -64,6 +64,7 @@ NOT_IN_WORKSPACE_EXPORT = {
     "sessions": "login sessions: the workspace's security state, not its data",
     "security_alerts": "the platform's alert outbox",
     "erasure_ledger": "the platform's record of erasures",
+    "stored_object_intents": "storage keys of files being written: the store's plumbing",
 }
 # Column names that hold, or may hold, personal data; each must be named in its table's
 # row of the inventory.

@@ -17,7 +17,7 @@ from tests.fixtures.factories import Actor, create_contact, create_conversation,
 from tests.fixtures.principals import principal_of
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.lifecycle import erasure, exports
+from weflux.lifecycle import erasure, exports, worker
 from weflux.lifecycle import requests as lifecycle_requests
 from weflux.lifecycle.worker import Lifecycle, run_due_requests
 from weflux.models import (
@@ -420,3 +420,52 @@ async def test_a_contact_export_holds_their_files_and_the_labels_on_their_conver
     assert [(row["conversation_id"], row["label_id"]) for row in labelled] == [
         (str(hers.id), str(label.id))
     ]
+
+
+async def test_a_build_that_fails_midway_leaves_no_partial_file(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given a workspace export being built, when the build fails halfway (its key dies
+    with it), then nothing it wrote stays in the export directory."""
+    async with db.session(admin.org_id) as session:
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    directory = tmp_path / "exports"
+
+    async def fails(_: float) -> None:
+        raise RuntimeError("the build fails halfway")
+
+    with pytest.raises(RuntimeError):
+        await exports.build_export(db, keyring, directory, admin.org_id, request.id, progress=fails)
+    assert list(directory.iterdir()) == []
+
+
+async def test_an_export_file_never_recorded_goes_with_the_workspace_and_with_failure(
+    db: Database, admin: Actor, keyring: KeyRing, tmp_path: Path
+) -> None:
+    """Given export files a build wrote before it was killed (its request never recorded
+    them: no `file_name`), when the workspace's exports are destroyed for its deletion,
+    or the request is given up (FAILED), then the files go: the request's id names them."""
+    directory = tmp_path / "exports"
+    directory.mkdir()
+    async with db.session(admin.org_id) as session:
+        request = await lifecycle_requests.request_workspace_export(
+            session, principal_of(admin), RequestMeta()
+        )
+    for name in (f"{request.id}.wfx", f"{request.id}.wfx.part"):
+        (directory / name).write_bytes(b"sealed bytes")
+    lifecycle = Lifecycle(db=db, keyring=keyring, export_dir=directory)
+
+    await worker._destroy_exports_of(lifecycle, admin.org_id)
+    assert list(directory.iterdir()) == []
+
+    (directory / f"{request.id}.wfx").write_bytes(b"sealed bytes")
+    async with db.session(admin.org_id) as session:
+        row = await session.get(DataRequest, request.id)
+        assert row is not None
+        row.attempts = 5
+        session.add(row)
+    await worker._note_failure(lifecycle, admin.org_id, request.id, RuntimeError("boom"))
+    assert (await _built(db, request.id, admin.org_id)).status == DataRequestStatus.FAILED
+    assert list(directory.iterdir()) == []

@@ -46,6 +46,7 @@ from weflux.models import (
     Note,
     SecurityAlert,
     SmtpSettings,
+    StoredObjectIntent,
     TemplateStatusEvent,
     User,
     WhatsAppAccount,
@@ -116,6 +117,8 @@ async def _populate(db: Database, owner_db: Database, actor: Actor) -> None:
             )
         )
         session.add(TemplateStatusEvent(business_account_id="1", event="APPROVED"))
+        # A write to the media store whose row never came (no store here: the row only).
+        session.add(StoredObjectIntent(storage_key=f"{actor.org_id}/{uuid.uuid4()}"))
         session.add(
             SecurityAlert(
                 org_id=actor.org_id,

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from botocore.exceptions import ClientError
+from sqlmodel import select
 
 from tests.fixtures.api import error_codes, token_for
 from tests.fixtures.databases import DatabaseUrls
@@ -36,8 +37,9 @@ from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.config import Settings
 from weflux.errors import Unavailable
 from weflux.ids import decode_global_id
+from weflux.lifecycle.worker import sweep_abandoned_files
 from weflux.media.store import DiskStore, unavailable
-from weflux.models import Message, MessageStatus, utcnow
+from weflux.models import Message, MessageStatus, StoredObjectIntent, utcnow
 from weflux.worker.delivery import deliver_due_messages
 
 BUCKET = f"weflux-outage-{uuid.uuid4().hex[:12]}"
@@ -242,3 +244,85 @@ def test_an_s3_5xx_is_an_outage_a_4xx_is_not(
         {"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject"
     )
     assert isinstance(unavailable(DiskStore(tmp_path), error), Unavailable) is outage
+
+
+async def _intent_keys(inbox: MediaInbox) -> set[str]:
+    async with inbox.db.session(inbox.account.org_id) as session:
+        return set((await session.exec(select(StoredObjectIntent.storage_key))).all())
+
+
+async def test_an_upload_whose_s3_answer_is_lost_after_the_put_landed_leaves_nothing(
+    media_inbox: MediaInbox,
+    agent: Actor,
+    s3_proxy: TcpProxy,
+    s3_server: S3Server,
+    settings: Settings,
+) -> None:
+    """Given S3 that stores what it is sent and whose answers are lost on the way back,
+    when an Agent uploads a JPEG, then uploadMedia is UPSTREAM_UNAVAILABLE and no row
+    names the object that landed; the worker's sweep leaves it while it may still be a
+    write under way, and an hour later deletes it (and only it): nothing outlives the
+    upload that failed."""
+    client = media_inbox.client
+    token = await token_for(client, agent)
+    kept = await upload_media(client, token, JPEG, "kept.jpg", "image/jpeg")
+    assert kept.json()["data"]["uploadMedia"]["size"] == len(JPEG)
+    before = _objects(s3_server, settings)
+    await s3_proxy.deafen()
+
+    refused = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+
+    assert error_codes(refused) == ["UPSTREAM_UNAVAILABLE"]
+    assert len(await media_rows(media_inbox)) == 1
+    landed = _objects(s3_server, settings) - before
+    assert len(landed) == 1  # the PUT landed; its answer never came
+    [key] = await _intent_keys(media_inbox)
+    assert landed == {f"inbox/{key}"}
+
+    await s3_proxy.restore()
+    lifecycle = media_inbox.lifecycle()
+    assert await sweep_abandoned_files(lifecycle) == 0  # young: maybe a write under way
+    assert _objects(s3_server, settings) - before == landed
+    assert await sweep_abandoned_files(lifecycle, now=utcnow() + timedelta(hours=2)) == 1
+    assert _objects(s3_server, settings) == before
+    assert await _intent_keys(media_inbox) == set()
+    assert await sweep_abandoned_files(lifecycle, now=utcnow() + timedelta(hours=2)) == 0
+
+
+async def test_the_sweep_survives_s3_going_away_and_deletes_on_its_next_run(
+    media_inbox: MediaInbox,
+    agent: Actor,
+    s3_proxy: TcpProxy,
+    s3_server: S3Server,
+    settings: Settings,
+) -> None:
+    """Given an object whose upload's answer was lost (no row names it), and then S3
+    refusing connections, when the sweep runs an hour later, then it deletes nothing,
+    keeps the intent, and warns once naming the store and the error's class (never the
+    endpoint or the secret); once S3 is back the next sweep deletes the object."""
+    client = media_inbox.client
+    token = await token_for(client, agent)
+    before = _objects(s3_server, settings)
+    await s3_proxy.deafen()
+    refused = await upload_media(client, token, JPEG, "a.jpg", "image/jpeg")
+    assert error_codes(refused) == ["UPSTREAM_UNAVAILABLE"]
+    await s3_proxy.cut()
+    lifecycle = media_inbox.lifecycle()
+    later = utcnow() + timedelta(hours=2)
+
+    with capture_logs() as logs:
+        assert await sweep_abandoned_files(lifecycle, now=later) == 0
+
+    entries = [json.loads(line) for line in logs.lines]
+    [warning] = [e for e in entries if "abandoned file" in e["msg"]]
+    assert (warning["level"], warning["store"]) == ("warning", "s3")
+    assert warning["error"] == "EndpointConnectionError"
+    assert S3_SECRET not in logs.text
+    assert f"127.0.0.1:{s3_proxy.port}" not in _logged(logs)
+    assert len(await _intent_keys(media_inbox)) == 1
+    assert len(_objects(s3_server, settings) - before) == 1
+
+    await s3_proxy.restore()
+    assert await sweep_abandoned_files(lifecycle, now=later) == 1
+    assert _objects(s3_server, settings) == before
+    assert await _intent_keys(media_inbox) == set()

@@ -371,6 +371,7 @@ CROSSING_FUNCTIONS = {
     "weflux_expire_security_alerts": "integer",
     "weflux_expire_orphan_users": "integer",
     "weflux_expired_exports": "TABLE(org_id uuid, request_id uuid)",
+    "weflux_stale_object_intents": "TABLE(org_id uuid, intent_id uuid)",
     "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",
     "weflux_due_media_downloads": "TABLE(org_id uuid, media_id uuid)",

@@ -43,6 +43,7 @@ from weflux.models import (
     Organization,
     PlatformSecurityEvent,
     SecurityAlert,
+    StoredObjectIntent,
     User,
     WebhookEvent,
     WebhookEventStatus,
@@ -383,6 +384,25 @@ async def expired_exports(session: AsyncSession, *, now: datetime, batch: int) -
             select(DataRequest.org_id, DataRequest.id)
             .where(col(DataRequest.file_name).is_not(None), col(DataRequest.expires_at) <= now)
             .order_by(col(DataRequest.expires_at), col(DataRequest.id))
+            .limit(_batch(batch))
+        ),
+    )
+    return [Owned(row[0], row[1]) for row in rows]
+
+
+async def stale_object_intents(
+    session: AsyncSession, *, created_before: datetime, batch: int
+) -> list[Owned]:
+    """Writes to the media store recorded before `created_before` whose owning row never
+    took them (`weflux.media.intents`), the oldest first."""
+    rows = await _answer(
+        session,
+        "weflux_stale_object_intents",
+        {"created_before": created_before, "batch": batch},
+        lambda: (
+            select(StoredObjectIntent.org_id, StoredObjectIntent.id)
+            .where(col(StoredObjectIntent.created_at) < created_before)
+            .order_by(col(StoredObjectIntent.created_at), col(StoredObjectIntent.id))
             .limit(_batch(batch))
         ),
     )

@@ -25,6 +25,7 @@ from weflux.auth import crossings
 from weflux.auth.scoping import feed_values, raise_feed_floor, see_erased
 from weflux.db import Database
 from weflux.lifecycle.exports import withdraw_holding
+from weflux.media import intents
 from weflux.media.store import MediaStore
 from weflux.models import (
     Contact,
@@ -39,6 +40,7 @@ from weflux.models import (
     Organization,
     OrgScoped,
     RemovalReason,
+    StoredObjectIntent,
     utcnow,
     workspace_models,
 )
@@ -409,6 +411,9 @@ async def purge_workspace(
             await _delete_memberships(db, org_id, batch)
         elif model is MediaFile:
             await purge_media(db, media, org_id, true(), batch)
+        elif model is StoredObjectIntent:
+            # Files written whose row never came (or is still to come): theirs go too.
+            await intents.purge_workspace_intents(db, media, org_id, batch)
         else:
             await delete_in_batches(db, org_id, model, true(), batch)
         await progress(0.95 * (done + 1) / len(models))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import io
 import json
 import os
@@ -47,6 +48,7 @@ from weflux.models import (
     MessageReaction,
     Note,
     Organization,
+    StoredObjectIntent,
     User,
     utcnow,
     workspace_models,
@@ -60,8 +62,9 @@ CHUNK = 64 * 1024
 MAGIC = b"WFXEXP1\n"
 _LENGTH = struct.Struct(">I")
 EXCLUDED_SUFFIXES = ("_enc", "_hash")
-# Not exported: login sessions (the workspace's own security state, not its data).
-NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession,)
+# Not exported: login sessions (the workspace's own security state, not its data), and
+# the media store's write intents (storage keys of files being written: plumbing).
+NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession, StoredObjectIntent)
 
 Progress = Callable[[float], Awaitable[None]]
 
@@ -274,30 +277,36 @@ async def build_export(
     key = AESGCM.generate_key(bit_length=256)
     tables = _tables(kind, subject_id)
     files: list[dict[str, Any]] = []
-    with partial.open("wb") as out:
-        sealing = _SealingWriter(out, key, request_id)
-        with zipfile.ZipFile(sealing, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for done, (table, model, where) in enumerate(tables):
-                count = 0
-                with archive.open(f"{table}.jsonl", "w", force_zip64=True) as entry:
-                    async for row in _pages(db, org_id, model, where):
-                        entry.write(json.dumps(row_json(row), ensure_ascii=False).encode() + b"\n")
-                        count += 1
-                files.append({"name": f"{table}.jsonl", "table": table, "rows": count})
-                await progress(0.95 * (done + 1) / len(tables))
-            manifest = {
-                "format": FORMAT,
-                "formatVersion": FORMAT_VERSION,
-                "schemaRevision": await _schema_revision(db),
-                "kind": kind.value,
-                "dataRequestId": str(request_id),
-                "organizationId": str(org_id),
-                "subjectId": str(subject_id) if subject_id else None,
-                "createdAt": utcnow().isoformat(),
-                "files": files,
-            }
-            archive.writestr("manifest.json", json.dumps(manifest, indent=2))
-        sealing.close()
+    try:
+        with partial.open("wb") as out:
+            sealing = _SealingWriter(out, key, request_id)
+            with zipfile.ZipFile(sealing, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for done, (table, model, where) in enumerate(tables):
+                    count = 0
+                    with archive.open(f"{table}.jsonl", "w", force_zip64=True) as entry:
+                        async for row in _pages(db, org_id, model, where):
+                            line = json.dumps(row_json(row), ensure_ascii=False)
+                            entry.write(line.encode() + b"\n")
+                            count += 1
+                    files.append({"name": f"{table}.jsonl", "table": table, "rows": count})
+                    await progress(0.95 * (done + 1) / len(tables))
+                manifest = {
+                    "format": FORMAT,
+                    "formatVersion": FORMAT_VERSION,
+                    "schemaRevision": await _schema_revision(db),
+                    "kind": kind.value,
+                    "dataRequestId": str(request_id),
+                    "organizationId": str(org_id),
+                    "subjectId": str(subject_id) if subject_id else None,
+                    "createdAt": utcnow().isoformat(),
+                    "files": files,
+                }
+                archive.writestr("manifest.json", json.dumps(manifest, indent=2))
+            sealing.close()
+    except BaseException:
+        # Its key dies with this call: the bytes are useless, and go now.
+        partial.unlink(missing_ok=True)
+        raise
     partial.replace(directory / name)
     async with db.session(org_id) as session:
         request = await session.get(DataRequest, request_id, with_for_update=True)
@@ -327,10 +336,20 @@ def data_key(keyring: KeyRing, request: DataRequest) -> bytes:
     return base64.b64decode(secret.reveal())
 
 
+def discard_files(directory: Path, request_id: uuid.UUID) -> None:
+    """Delete whatever a build of the request may have left, by the names it writes: the
+    request's row is the files' intent, so a file whose commit never came (the process
+    killed between writing and recording it) goes with its request too."""
+    for name in (f"{request_id}.wfx", f"{request_id}.wfx.part"):
+        with contextlib.suppress(NotADirectoryError):  # no directory: no file either
+            (directory / name).unlink(missing_ok=True)
+
+
 async def destroy(db: Database, directory: Path, org_id: uuid.UUID, request_id: uuid.UUID) -> None:
     """Delete an export's file and its key (at `expiresAt`)."""
     async with db.session(org_id) as session:
         request = await session.get(DataRequest, request_id)
+        discard_files(directory, request_id)
         if request is None or request.file_name is None:
             return
         (directory / request.file_name).unlink(missing_ok=True)

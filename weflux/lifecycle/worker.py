@@ -25,6 +25,7 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
 from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
+from weflux.media import intents
 from weflux.media.store import MediaStore
 from weflux.models import (
     OPEN_STATUSES,
@@ -100,7 +101,7 @@ async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None)
                 "data request failed; retried next sweep",
                 extra={"data_request_id": str(owned.id)},
             )
-            await _note_failure(lifecycle.db, owned.org_id, owned.id, error)
+            await _note_failure(lifecycle, owned.org_id, owned.id, error)
     return len(due)
 
 
@@ -199,6 +200,13 @@ async def _run(
         )
 
 
+async def sweep_abandoned_files(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
+    """Delete media files written whose row never came (`weflux.media.intents`); how many.
+
+    Cheap when there are none: one question on an index of the intents' creation time."""
+    return await intents.sweep(lifecycle.db, lifecycle.media, now=now)
+
+
 async def destroy_expired_exports(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
     """Delete export files (and their keys) past their `expiresAt`; how many."""
     if lifecycle.export_dir is None:
@@ -217,9 +225,10 @@ async def _destroy_exports_of(lifecycle: Lifecycle, org_id: uuid.UUID) -> None:
     if lifecycle.export_dir is None:
         return
     async with lifecycle.db.session(org_id) as session:
+        # Every export, built or not: a build killed before recording its file left one.
         built = (
             await session.exec(
-                select(DataRequest.id).where(col(DataRequest.file_name).is_not(None))
+                select(DataRequest.id).where(col(DataRequest.kind).in_(EXPORT_KINDS))
             )
         ).all()
     for request_id in built:
@@ -237,10 +246,11 @@ async def _complete(session: AsyncSession, request_id: uuid.UUID) -> None:
 
 
 async def _note_failure(
-    db: Database, org_id: uuid.UUID, request_id: uuid.UUID, error: Exception
+    lifecycle: Lifecycle, org_id: uuid.UUID, request_id: uuid.UUID, error: Exception
 ) -> None:
+    failed = False
     try:
-        async with db.session(org_id) as session:
+        async with lifecycle.db.session(org_id) as session:
             request = await session.get(DataRequest, request_id)
             if request is not None:
                 # The type only: a message may quote data.
@@ -249,9 +259,13 @@ async def _note_failure(
                     # An export can be asked for again; an erasure or deletion must finish.
                     request.status = DataRequestStatus.FAILED
                     request.completed_at = utcnow()
+                    failed = True
                 session.add(request)
     except Exception:
         log.exception("could not record a data request's failure")
+    if failed and lifecycle.export_dir is not None:
+        # Given up: nothing an earlier attempt wrote stays (it is never built again).
+        exports.discard_files(lifecycle.export_dir, request_id)
 
 
 async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:

@@ -40,6 +40,7 @@ from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
 from weflux.crypto.secret import Secret
 from weflux.db import Database
+from weflux.media import intents
 from weflux.media.files import ChecksumMismatch, TooLarge, store_stream
 from weflux.media.kinds import max_bytes, normal_mime_type
 from weflux.media.store import MediaStore
@@ -172,7 +173,7 @@ async def _prepare(db: Database, services: Services, claimed: Claimed) -> _Fetch
 
 
 async def _download(
-    store: MediaStore, services: Services, claimed: Claimed, fetch: _Fetch
+    db: Database, store: MediaStore, services: Services, claimed: Claimed, fetch: _Fetch
 ) -> _Outcome:
     limit = max_bytes(fetch.kind)
     # A detached copy: its storage fields are filled in here, recorded in _apply.
@@ -193,6 +194,7 @@ async def _download(
             )
         async with fetch.cloud.media_stream(fetch.wa_media_id, info.url, token) as chunks:
             await store_stream(
+                db,
                 store,
                 services.keyring,
                 row,
@@ -234,7 +236,17 @@ async def _apply(
                 select(MediaFile).where(MediaFile.id == claimed.id).with_for_update()
             )
         ).first()
-        if row is None or not _owned(row, claimed):
+        owned = row is not None and _owned(row, claimed)
+        if outcome.kind == "ready" and owned:
+            assert outcome.row is not None
+            assert outcome.row.storage_key is not None
+            try:
+                # The stored file is the row's from this commit (weflux.media.intents).
+                await intents.fulfil(session, outcome.row.storage_key)
+            except intents.Swept:
+                orphan = outcome.row.storage_key  # deleted below, and by the sweep
+                outcome = _Outcome("retry", "The media store could not be written")
+        if row is None or not owned:
             # Erased, or another worker took over after our lease ran out.
             orphan = outcome.row.storage_key if outcome.row is not None else None
         elif outcome.kind == "ready":
@@ -258,12 +270,13 @@ async def _apply(
             if outcome.kind == "retry":
                 reason = f"{reason} (gave up after {row.attempts} attempts)"
             _fail(row, reason)
-        if row is not None and orphan is None:
+        if row is not None and owned:
             await session.flush()
             if row.status in (MediaStatus.READY, MediaStatus.FAILED):
                 await _publish(session, services, row)
     if orphan is not None:
-        await store.delete(orphan)
+        # No row takes it: its intent goes with it (or, the store failing, the sweep's).
+        await intents.abandon(db, store, claimed.org_id, orphan)
     log.info(
         "media download %s",
         outcome.kind,
@@ -279,7 +292,7 @@ async def download_one(
     if prepared is None:
         return None
     if isinstance(prepared, _Fetch):
-        outcome = await _download(store, services, claimed, prepared)
+        outcome = await _download(db, store, services, claimed, prepared)
     else:
         outcome = prepared
     await _apply(db, store, services, settings, claimed, outcome)

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
+from weflux.db import Database
+from weflux.media import intents
 from weflux.media.kinds import digest_matches
 from weflux.media.sealed import (
     MediaIntegrityError,
@@ -36,6 +38,7 @@ class Stored:
 
 
 async def store_stream(
+    db: Database,
     store: MediaStore,
     keyring: KeyRing,
     row: MediaFile,
@@ -50,7 +53,9 @@ async def store_stream(
     ChecksumMismatch). Memory stays flat (a chunk at a time, through a scratch file).
     Stops reading and raises TooLarge past `limit` bytes. The row gets `storage_key`,
     `size` and its data key sealed by the key ring, bound to the row (`data_key_enc`);
-    the caller commits.
+    the caller commits, and in that transaction `intents.fulfil(session, row.storage_key)`:
+    the file's intent, committed here before the put, makes sure the file is deleted if
+    the row never takes it (weflux.media.intents).
     """
     key = new_data_key()
     await asyncio.to_thread(store.scratch.mkdir, mode=0o700, parents=True, exist_ok=True)
@@ -69,6 +74,7 @@ async def store_stream(
         if expected_sha256 is not None and not digest_matches(expected_sha256, digest):
             raise ChecksumMismatch("the file's sha256 is not the one announced")
         name = new_storage_key(row.org_id)
+        await intents.announce(db, row.org_id, name)
         await store.put(name, partial)
     finally:
         partial.unlink(missing_ok=True)

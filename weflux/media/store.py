@@ -179,15 +179,21 @@ def is_outage(error: BaseException | None) -> bool:
     return isinstance(error, HTTPClientError | BotoConnectionError | IncompleteReadError | OSError)
 
 
+def store_name(store: MediaStore) -> str:
+    """The store's kind for a log line (`s3`, `disk`): never its endpoint or bucket."""
+    if isinstance(store, S3Store):
+        return "s3"
+    return "disk" if isinstance(store, DiskStore) else type(store).__name__
+
+
 def unavailable(store: MediaStore, error: BaseException) -> Unavailable | None:
     """UPSTREAM_UNAVAILABLE for an outage of `store` (logged as a WARNING naming the store
     and the error's class, never its message: boto3's carry the endpoint URL), else None."""
     if not is_outage(error):
         return None
-    name = "s3" if isinstance(store, S3Store) else "disk" if isinstance(store, DiskStore) else ""
     log.warning(
         "the media store is unavailable",
-        extra={"store": name or type(store).__name__, "error": type(error).__name__},
+        extra={"store": store_name(store), "error": type(error).__name__},
     )
     return Unavailable(UNAVAILABLE_MESSAGE)
 

@@ -37,7 +37,7 @@ from weflux.models.lifecycle import (
     DataRequestStatus,
     ErasureLedgerEntry,
 )
-from weflux.models.media import MediaFile, MediaOrigin, MediaStatus
+from weflux.models.media import MediaFile, MediaOrigin, MediaStatus, StoredObjectIntent
 from weflux.models.membership import Membership, Role
 from weflux.models.organization import Organization
 from weflux.models.pending_signup import PendingSignup
@@ -116,6 +116,7 @@ __all__ = [
     "SecurityEvent",
     "SecuritySeverity",
     "SmtpSettings",
+    "StoredObjectIntent",
     "TemplateStatusEvent",
     "User",
     "WebhookEvent",

@@ -83,3 +83,25 @@ class MediaFile(OrgScoped, table=True):
     next_attempt_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     created_at: datetime = created_at_field()
     stored_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+
+
+class StoredObjectIntent(OrgScoped, table=True):
+    """A file about to be written to the media store, recorded (and committed) before the
+    write; the transaction that records the file on its owning row deletes it
+    (`weflux.media.intents`). One still here an hour later is a write whose row never
+    came (the store's answer lost after the file landed, the process killed, the
+    transaction rolled back): the lifecycle worker deletes its file, then it.
+    `claimed_at`: a sweep is deleting the file; no row may take it any more."""
+
+    __tablename__ = "stored_object_intents"
+    __table_args__ = (
+        # The owning transaction's `DELETE … WHERE storage_key = ?`, and workspace deletion.
+        Index(None, "org_id", "storage_key", unique=True),
+        # The sweep's path, across workspaces: the oldest first.
+        Index(None, "created_at"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    storage_key: str = Field(max_length=255, nullable=False)
+    created_at: datetime = created_at_field()
+    claimed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -14,11 +14,13 @@ from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import past_erasure, workspace_wide
 from weflux.crypto.keyring import KeyRing
-from weflux.errors import BadUserInput, Forbidden, NotFound
+from weflux.db import Database
+from weflux.errors import BadUserInput, Forbidden, NotFound, Unavailable
+from weflux.media import intents
 from weflux.media.detect import HEAD_BYTES, detect
 from weflux.media.files import TooLarge, store_stream
 from weflux.media.kinds import max_bytes, safe_filename
-from weflux.media.store import MediaStore, unavailable
+from weflux.media.store import UNAVAILABLE_MESSAGE, MediaStore, unavailable
 from weflux.models import MediaFile, MediaOrigin, MediaStatus, Message, utcnow
 
 READ_CHUNK = 64 * 1024
@@ -84,6 +86,7 @@ async def claim_for_sending(
 
 
 async def upload_media(
+    db: Database,
     session: AsyncSession,
     principal: Principal,
     keyring: KeyRing,
@@ -96,6 +99,8 @@ async def upload_media(
 
     BAD_USER_INPUT when its content is not a kind WhatsApp sends (the name and declared
     type are ignored), when it is empty, or larger than WhatsApp allows for its kind.
+    The row takes the stored file in `session`'s transaction (`intents.fulfil`): if that
+    transaction never commits, the lifecycle worker deletes the file.
     """
     if not principal.can(Permission.REPLY):
         raise Forbidden("Your role does not allow sending messages")
@@ -120,7 +125,7 @@ async def upload_media(
     )
     limit = max_bytes(detected.kind)
     try:
-        stored = await store_stream(store, keyring, row, _chunks(file, head), limit=limit)
+        stored = await store_stream(db, store, keyring, row, _chunks(file, head), limit=limit)
     except TooLarge:
         raise _refused(
             f"The file is larger than WhatsApp allows for a {detected.kind} "
@@ -135,6 +140,14 @@ async def upload_media(
         raise outage from None
     row.sha256 = stored.sha256.hex()
     row.stored_at = utcnow()
+    assert row.storage_key is not None
+    try:
+        await intents.fulfil(session, row.storage_key)
+    except intents.Swept:
+        # The write took so long that the sweep gave its file up: not this row's. Its
+        # put may have landed after the sweep's delete: deleted again here.
+        await intents.discard(store, row.storage_key)
+        raise Unavailable(UNAVAILABLE_MESSAGE) from None
     session.add(row)
     await session.flush()
     return row

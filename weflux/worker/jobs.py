@@ -6,7 +6,12 @@ from redis.asyncio import Redis
 
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.lifecycle.worker import Lifecycle, run_due_requests, run_retention
+from weflux.lifecycle.worker import (
+    Lifecycle,
+    run_due_requests,
+    run_retention,
+    sweep_abandoned_files,
+)
 from weflux.mail.mailer import Mailer
 from weflux.media.download import download_due_media
 from weflux.media.store import MediaStore
@@ -71,6 +76,9 @@ def build_worker(
     async def retention() -> int:
         return await run_retention(lifecycle)
 
+    async def abandoned_files() -> int:
+        return await sweep_abandoned_files(lifecycle)
+
     async def media_downloads() -> int:
         return await download_due_media(db, media, channel_services, settings)
 
@@ -94,5 +102,6 @@ def build_worker(
             Job("security-alerts", every=settings.security_alert_interval, run=security_alerts),
             Job("data-requests", every=lifecycle_every, run=data_requests),
             Job("retention", every=lifecycle_every, run=retention),
+            Job("abandoned-files", every=lifecycle_every, run=abandoned_files),
         ]
     )

@@ -65,6 +65,7 @@ class MediaMutation:
         if store is None or not hasattr(upload, "file"):
             raise BadUserInput("Send the file as a multipart request")
         row = await media_service.upload_media(
+            context.db,
             context.unit,
             context.actor,
             context.channel_services.keyring,
