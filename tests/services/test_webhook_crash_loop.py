@@ -186,7 +186,8 @@ async def test_an_event_that_kills_its_processor_is_parked_then_replayed_once(
             attempt,
             INTERRUPTED,
         )
-        assert event.next_attempt_at is not None and event.next_attempt_at > utcnow()
+        assert event.next_attempt_at is not None
+        assert event.next_attempt_at > utcnow()
         assert await _messages(owner_db) == 0
         await _time_passes(owner_db, received.id)
 
