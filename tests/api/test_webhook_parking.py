@@ -21,7 +21,7 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import Message, WebhookEvent, WebhookEventStatus, WhatsAppAccount, utcnow
 from weflux.runtime import runtime_of
-from weflux.services import webhook_queue
+from weflux.services import webhook_attempts, webhook_queue
 from weflux.services.ingest import process
 
 ATTEMPTS = 3
@@ -252,7 +252,7 @@ async def test_a_database_error_is_stored_without_the_values_it_quotes(
         await conn.rollback()
     if dialect == "postgresql":  # PostgreSQL's DETAIL: Key (wa_id)=(…) already exists.
         assert SECRET_SENDER in raised.value.orig.__cause__.detail  # type: ignore[union-attr]
-    summary = webhook_queue.error_summary(raised.value)
+    summary = webhook_attempts.error_summary(raised.value)
     assert SECRET_SENDER not in summary
     expected = {
         "postgresql": "IntegrityError (UniqueViolationError 23505 parking_probe_wa_id_key)",
@@ -269,7 +269,7 @@ async def test_the_failed_list_counts_retrying_events_without_parking_them(
     event_id = uuid.uuid4()
     async with db.session(webhook_event=event_id) as session:
         row = WebhookEvent(id=event_id, body=b"{}", body_sha256="0" * 64)
-        webhook_queue.mark_failed(row, KeyError("x"), max_attempts=ATTEMPTS)
+        webhook_attempts.mark_failed(row, KeyError("x"), max_attempts=ATTEMPTS)
         session.add(row)
     found = await webhook_queue.failures(owner_db)
     assert (found.parked, found.retrying) == (0, 1)

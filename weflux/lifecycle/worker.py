@@ -67,6 +67,8 @@ EXPIRED_SIGNUP_GRACE = timedelta(hours=1)
 ORPHAN_ACCOUNT_MIN_AGE = timedelta(hours=1)
 ERROR_LIMIT = 500
 EXPORT_ATTEMPTS = 5
+# `last_error` while an attempt runs, left behind when its process died (as a webhook's).
+INTERRUPTED = "Interrupted"
 EXPORT_KINDS = (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
 
 
@@ -95,7 +97,8 @@ async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None)
         due = await crossings.due_data_requests(session, now=now, batch=REQUESTS_PER_SWEEP)
     for owned in due:
         try:
-            await _run(lifecycle, owned.org_id, owned.id, now)
+            if await _run(lifecycle, owned.org_id, owned.id, now):
+                await _not_interrupted(lifecycle.db, owned.org_id, owned.id)
         except Exception as error:
             log.exception(
                 "data request failed; retried next sweep",
@@ -107,12 +110,13 @@ async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None)
 
 async def _run(
     lifecycle: Lifecycle, org_id: uuid.UUID, request_id: uuid.UUID, now: datetime
-) -> None:
+) -> bool:
+    """Make an attempt at a data request; whether one was made."""
     db = lifecycle.db
     async with db.session(org_id) as session:
         request = await session.get(DataRequest, request_id)
         if request is None or request.status not in OPEN_STATUSES:
-            return
+            return False
         if request.due_at <= now and request.overdue_reported_at is None:
             # An alarm: the 30-day promise is broken for this request.
             log.error(
@@ -128,10 +132,10 @@ async def _run(
                 severity=Severity.HIGH,
                 details={"kind": request.kind, "dueAt": request.due_at.isoformat()},
             )
-        request.status = DataRequestStatus.RUNNING
-        request.attempts += 1
-        request.progress = request.progress or 0.0
-        session.add(request)
+        if request.kind in EXPORT_KINDS and lifecycle.export_dir is None:
+            return False  # exports wait (PENDING) for a worker that may write them
+        if not _claim(request, now):
+            return False
         kind, subject_id = request.kind, request.subject_id
 
     async def progress(value: float) -> None:
@@ -198,6 +202,49 @@ async def _run(
         await exports.build_export(
             db, lifecycle.keyring, lifecycle.export_dir, org_id, request_id, progress=progress
         )
+    return True
+
+
+def _claim(request: DataRequest, now: datetime) -> bool:
+    """Count an attempt before it starts (committed with the caller's session); whether to
+    make it. `last_error` is `INTERRUPTED` until the attempt records an outcome, so a
+    process that dies in it (out of memory, killed) leaves that behind: an export
+    interrupted `EXPORT_ATTEMPTS` times fails instead of killing the worker at every
+    sweep; an erasure or deletion, which must finish, raises an alarm once and goes on."""
+    interrupted = request.last_error == INTERRUPTED
+    fields = {"data_request_id": str(request.id), "kind": request.kind}
+    if interrupted:
+        log.warning(
+            "data request attempt interrupted", extra={**fields, "attempts": request.attempts}
+        )
+    if request.kind in EXPORT_KINDS and request.attempts >= EXPORT_ATTEMPTS:
+        # Only an attempt that never recorded an outcome gets here (`_note_failure`
+        # settles one that raised): its process died every time.
+        log.error(
+            "data request failed: its process died in every attempt",
+            extra={**fields, "attempts": request.attempts},
+        )
+        request.status = DataRequestStatus.FAILED
+        request.completed_at = now
+        return False
+    if interrupted and request.attempts == EXPORT_ATTEMPTS:
+        log.error(
+            "data request keeps interrupting its worker; retried at every sweep",
+            extra={**fields, "attempts": request.attempts},
+        )
+    request.status = DataRequestStatus.RUNNING
+    request.attempts += 1
+    request.last_error = INTERRUPTED
+    request.progress = request.progress or 0.0
+    return True
+
+
+async def _not_interrupted(db: Database, org_id: uuid.UUID, request_id: uuid.UUID) -> None:
+    """The attempt returned: it was not interrupted (an unfinished one runs again)."""
+    async with db.session(org_id) as session:
+        request = await session.get(DataRequest, request_id)
+        if request is not None and request.last_error == INTERRUPTED:
+            request.last_error = None
 
 
 async def sweep_abandoned_files(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:

@@ -402,7 +402,7 @@ class TemplateStatusEvent(OrgScoped, table=True):
 class WebhookEventStatus(enum.StrEnum):
     PENDING = "PENDING"
     PROCESSED = "PROCESSED"
-    FAILED = "FAILED"  # retried by the worker's sweep after a backoff
+    FAILED = "FAILED"  # retried by the sweep after a backoff (or an attempt under way)
     PARKED = "PARKED"  # failed `WEFLUX_WEBHOOK_MAX_ATTEMPTS` times: only a replay retries it
 
 

@@ -9,7 +9,9 @@ answers keep their share of the event loop and of the database pool. An event th
 queue cannot take, or that a killed process held, stays in `webhook_events` unprocessed:
 the worker's sweep picks up events that are due or were never processed; an event that
 failed is marked for a retry with exponential backoff; `weflux webhooks replay`
-reprocesses stored events.
+reprocesses stored events. The sweep and a replay count each attempt before it starts
+(`weflux.services.webhook_attempts`): an event whose processing kills its process is
+parked after `WEFLUX_WEBHOOK_MAX_ATTEMPTS` attempts, not retried for ever.
 """
 
 from __future__ import annotations
@@ -21,14 +23,12 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_
 from sqlmodel import col, select
 
 from weflux.auth import crossings
-from weflux.backoff import exponential_backoff
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import WebhookEvent, WebhookEventStatus, utcnow
@@ -40,40 +40,9 @@ from weflux.services.ingest import (
     process_event,
     received_copy,
 )
+from weflux.services.webhook_attempts import Claim, claim, error_summary, mark_failed
 
 log = logging.getLogger(__name__)
-
-RETRY_BACKOFF_BASE = 5.0  # seconds: a failed event is retried after 5 s to 10 s first
-MAX_ATTEMPTS_BACKOFF = timedelta(hours=1)
-_PACKAGE = Path(__file__).resolve().parents[1]  # weflux/
-
-
-def error_summary(error: BaseException) -> str:
-    """What `last_error` keeps of a failure: its class, a database error's driver class,
-    SQLSTATE and constraint, and the line of weflux that raised it. Never its message: a
-    driver's quotes values (PostgreSQL's `DETAIL: Key (wa_id)=(…)`, a statement's
-    parameters), and a message of ours may quote the body."""
-    parts = [type(error).__name__]
-    driver = getattr(error, "orig", None)  # SQLAlchemy's DBAPIError: the driver's error
-    if isinstance(driver, BaseException):
-        driver = driver.__cause__ or driver  # asyncpg's own, under SQLAlchemy's adapter
-        codes = [getattr(driver, name, None) for name in _DRIVER_CODES]
-        parts.append(
-            "(" + " ".join([type(driver).__name__, *(c for c in codes if isinstance(c, str))]) + ")"
-        )
-    ours = [
-        frame
-        for frame in traceback.extract_tb(error.__traceback__)
-        if Path(frame.filename).resolve().is_relative_to(_PACKAGE)
-    ]
-    if ours:
-        where = Path(ours[-1].filename).resolve().relative_to(_PACKAGE.parent)
-        parts.append(f"at {where.as_posix()}:{ours[-1].lineno}")
-    return " ".join(parts)[:300]
-
-
-# Codes and schema names, never values: asyncpg's SQLSTATE and constraint, sqlite3's code.
-_DRIVER_CODES = ("sqlstate", "constraint_name", "sqlite_errorname")
 
 
 def log_failure(message: str, event_id: uuid.UUID, error: BaseException) -> None:
@@ -93,27 +62,7 @@ def log_failure(message: str, event_id: uuid.UUID, error: BaseException) -> None
     )
 
 
-def mark_failed(event: WebhookEvent, error: BaseException, *, max_attempts: int) -> bool:
-    """Record a failed attempt on the event: due again after a backoff, or parked once it
-    failed `max_attempts` times (only a replay retries it then). Whether it is parked."""
-    event.attempts += 1
-    event.last_error = error_summary(error)
-    if event.attempts >= max_attempts:
-        event.status = WebhookEventStatus.PARKED
-        event.next_attempt_at = None
-        return True
-    event.status = WebhookEventStatus.FAILED
-    delay = exponential_backoff(
-        event.attempts,
-        base=RETRY_BACKOFF_BASE,
-        cap=MAX_ATTEMPTS_BACKOFF.total_seconds(),
-        floor=RETRY_BACKOFF_BASE,
-    )
-    event.next_attempt_at = utcnow() + timedelta(seconds=delay)
-    return False
-
-
-async def _report_parked(db: Database, event: WebhookEvent, error: BaseException) -> None:
+async def _report_parked(db: Database, event: WebhookEvent, error: str) -> None:
     """The operator's signal: one ERROR line, ids, attempts and the error's class only."""
     try:
         async with db.session() as session:
@@ -127,7 +76,7 @@ async def _report_parked(db: Database, event: WebhookEvent, error: BaseException
             "event": str(event.id),
             "workspaces": ",".join(str(org_id) for org_id in workspaces) or "unknown",
             "attempts": event.attempts,
-            "error": type(error).__name__,
+            "error": error,
         },
     )
 
@@ -143,19 +92,38 @@ async def store(
     async with db.session(webhook_event=row.id) as session:
         session.add(row)
     if parked and failure is not None:
-        await _report_parked(db, row, failure)
+        await _report_parked(db, row, type(failure).__name__)
 
 
 async def _record_failure(
-    db: Database, settings: Settings, event_id: uuid.UUID, error: BaseException
+    db: Database,
+    settings: Settings,
+    event_id: uuid.UUID,
+    error: BaseException,
+    *,
+    counted: bool = False,
 ) -> None:
     async with db.session(webhook_event=event_id) as session:
         event = await session.get(WebhookEvent, event_id)
         if event is None:
             return
-        parked = mark_failed(event, error, max_attempts=settings.webhook_max_attempts)
+        parked = mark_failed(
+            event, error, max_attempts=settings.webhook_max_attempts, counted=counted
+        )
     if parked:
-        await _report_parked(db, event, error)
+        await _report_parked(db, event, type(error).__name__)
+
+
+async def _claim(
+    db: Database, settings: Settings, event_id: uuid.UUID, *, replay: bool = False
+) -> Claim:
+    """`webhook_attempts.claim`, and the ERROR line when it parked the event."""
+    claimed, event = await claim(db, settings, event_id, replay=replay)
+    if claimed is Claim.PARKED and event is not None:
+        # The class-like head of its `last_error` (INTERRUPTED's, unless the limit was
+        # lowered under an event that failed otherwise)
+        await _report_parked(db, event, (event.last_error or "").split(" ", 1)[0])
+    return claimed
 
 
 async def process_event_safely(
@@ -164,14 +132,25 @@ async def process_event_safely(
     settings: Settings,
     event_id: uuid.UUID,
     cache: ChannelCache | None = None,
+    *,
+    count_first: bool = False,
 ) -> None:
-    """Process an event; a failure is recorded on it for the worker to retry."""
+    """Process an event; a failure is recorded on it for the worker to retry.
+
+    `count_first` (the sweep): the attempt is counted before it starts
+    (`webhook_attempts.claim`), so a process that dies in it still spent it."""
+    counted = False
     try:
-        await process_event(db, broker, settings, event_id, cache=cache)
+        if count_first:
+            claimed = await _claim(db, settings, event_id)
+            if claimed is not Claim.COUNTED:
+                return
+            counted = True
+        await process_event(db, broker, settings, event_id, cache=cache, counted=counted)
     except Exception as error:
         log_failure("webhook processing failed", event_id, error)
         try:
-            await _record_failure(db, settings, event_id, error)
+            await _record_failure(db, settings, event_id, error, counted=counted)
         except Exception as unrecorded:
             log_failure(
                 "could not record the failure; the worker will retry the event",
@@ -276,14 +255,15 @@ async def retry_due_events(
     batch_size: int = 50,
     settle: timedelta = timedelta(seconds=30),
 ) -> int:
-    """The worker's sweep: events never processed (a crash after the 200) or failed and due."""
+    """The worker's sweep: events never processed (a crash after the 200) or failed and due;
+    each attempt counted before it starts (a process killed in it does not loop for ever)."""
     now = utcnow()
     async with db.session() as session:
         due = await crossings.due_webhook_events(
             session, now=now, settled_before=now - settle, batch=batch_size
         )
     for event_id in due:
-        await process_event_safely(db, broker, settings, event_id)
+        await process_event_safely(db, broker, settings, event_id, count_first=True)
     return len(due)
 
 
@@ -331,13 +311,21 @@ async def replay(
         if not batch:
             return processed, failed
         for received_at, stored_id in batch:
+            counted = False
             try:
-                await process_event(db, broker, settings, stored_id, force=True)
+                # Counted first, as the sweep's: a replay that kills its process leaves
+                # the event FAILED (for the sweep) or PARKED, not PENDING for ever.
+                claimed = await _claim(db, settings, stored_id, replay=True)
+                counted = claimed is Claim.COUNTED
+                if claimed in (Claim.COUNTED, Claim.UNCOUNTED):
+                    await process_event(
+                        db, broker, settings, stored_id, force=True, counted=counted
+                    )
                 processed += 1
             except Exception as error:
                 failed += 1
                 log_failure("replay failed", stored_id, error)
-                await _record_failure(db, settings, stored_id, error)
+                await _record_failure(db, settings, stored_id, error, counted=counted)
             last = (received_at, stored_id)
 
 

@@ -85,8 +85,10 @@ async def process_event(
     *,
     force: bool = False,
     cache: ChannelCache | None = None,
+    counted: bool = False,
 ) -> bool:
-    """Process one stored event in one transaction; whether it was processed now."""
+    """Process one stored event in one transaction; whether it was processed now.
+    `counted`: its attempt was counted before (`webhook_attempts.claim`)."""
     processed = False
 
     async def attempt(optimistic: bool) -> None:
@@ -106,7 +108,8 @@ async def process_event(
             await _send_held(session)
             event.last_error = note  # an earlier failure's error goes: it is resolved
             event.status = WebhookEventStatus.PROCESSED
-            event.attempts += 1
+            if not counted:
+                event.attempts += 1
             event.processed_at = utcnow()
             event.next_attempt_at = None
             processed = True
