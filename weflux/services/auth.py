@@ -30,7 +30,7 @@ from weflux.errors import (
     TokenReused,
     Unauthenticated,
 )
-from weflux.models import AuthSession, Membership, Organization, Role, User, utcnow
+from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.secops.detectors import Detectors
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
@@ -127,9 +127,6 @@ async def login(
         found = await session.get(Organization, chosen)
         assert found is not None  # the user's membership holds it
         organization = found
-        if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
-            # During a deletion's grace period only Admins log in (to cancel or export).
-            raise Forbidden("This workspace is being deleted")
         pair = await session_service.open_session(
             session,
             codec,
