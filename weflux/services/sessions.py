@@ -21,7 +21,6 @@ from weflux.errors import Forbidden, NotFound
 from weflux.models import AuthSession, Membership, Organization, Role, utcnow
 from weflux.services.audit import Action, RequestMeta, record
 
-
 DELETING_WORKSPACE = "This workspace is being deleted"
 
 
