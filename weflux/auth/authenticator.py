@@ -87,6 +87,17 @@ class SessionCache:
         self._entries.clear()
 
 
+def revocation_message(
+    session_ids: Iterable[uuid.UUID], membership_ids: Iterable[uuid.UUID], *, origin: str
+) -> Message:
+    """What `AUTH_CHANNEL` carries: every process forgets these and closes their sockets."""
+    return {
+        "sessions": [str(s) for s in session_ids],
+        "memberships": [str(m) for m in membership_ids],
+        "origin": origin,
+    }
+
+
 RevocationListener = Callable[[set[uuid.UUID], set[uuid.UUID]], Awaitable[None]]
 
 
@@ -192,11 +203,7 @@ class Authenticator:
         membership_ids: Iterable[uuid.UUID] = (),
     ) -> None:
         """Tell every process (this one included) to forget these sessions and memberships."""
-        message: Message = {
-            "sessions": [str(s) for s in session_ids],
-            "memberships": [str(m) for m in membership_ids],
-            "origin": self._origin,
-        }
+        message = revocation_message(session_ids, membership_ids, origin=self._origin)
         # Evict here first: this process must not wait for the round trip.
         await self._on_message(message)
         try:
