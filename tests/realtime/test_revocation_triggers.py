@@ -12,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import websockets
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
@@ -23,8 +24,12 @@ from tests.fixtures.settings import make_settings
 from tests.fixtures.two_factor import REQUIRE, enroll
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
+from weflux.auth.tokens import TokenClaims
 from weflux.cli import _reset_two_factor
+from weflux.db import Database
 from weflux.ids import encode_global_id
+from weflux.runtime import runtime_of
+from weflux.services.sessions import revoke
 
 NEW_PASSWORD = "a brand new passphrase, 2026!"
 Trigger = Callable[[httpx.AsyncClient, str, Actor], Awaitable[None]]
@@ -150,3 +155,30 @@ async def test_the_operators_reset_closes_the_users_sockets_through_redis(
         assert await _reset_two_factor(operator, email=agent.user.email, reason="ticket 1") == 0
 
         assert await closed_with(socket, within=1.0) == 4401
+
+
+async def test_a_socket_authenticating_while_its_session_is_revoked_does_not_stay_open(
+    served: httpx.AsyncClient, broker_app: Starlette, db: Database, agent: Actor
+) -> None:
+    """Given a socket whose `connection_init` reads its session just before a logout
+    commits, and the logout's message arriving before the socket is registered (so it
+    closes nothing), then the socket is refused or closed all the same, not left open
+    until its token expires."""
+    token = await token_for(served, agent)
+    authenticator = runtime_of(broker_app).authenticator
+    read = authenticator._load
+
+    async def read_then_logged_out(claims: TokenClaims) -> object:
+        entry = await read(claims)
+        async with db.session(agent.org_id) as session:
+            await revoke(session, authenticator, [claims.session_id], reason="logout")
+        return entry
+
+    authenticator._load = read_then_logged_out  # type: ignore[method-assign,assignment]
+    try:
+        socket = await GraphQLSocket.connect(str(served.base_url), token)
+    except (AssertionError, websockets.ConnectionClosed):
+        return  # refused at connection_init: fine
+    finally:
+        authenticator._load = read  # type: ignore[method-assign]
+    assert await closed_with(socket, within=1.0) in (4401, 4403)
