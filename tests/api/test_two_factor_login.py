@@ -307,3 +307,30 @@ async def test_reauthentication_with_two_factors_wants_a_fresh_code(
         user = await session.get(User, agent.user.id)
         assert user is not None
         assert user.totp_last_step == phone.last_step
+
+
+async def test_a_password_change_ends_a_login_half_done_with_the_old_password(
+    client: httpx.AsyncClient, agent: Actor, phone: AuthenticatorApp
+) -> None:
+    """Given someone who passed the password step with the old password (an mfaToken in
+    hand), when the owner changes the password, then that mfaToken opens nothing, even
+    with a right code: it was proof of the old password."""
+    owner = await mfa_login(client, agent.user.email, PASSWORD, code=phone.code())
+    stolen = await client.post(
+        "/auth/login", json={"email": agent.user.email, "password": PASSWORD}
+    )
+    assert stolen.json()["error"]["code"] == "MFA_REQUIRED"
+    changed = await gql(
+        client,
+        owner.json()["accessToken"],
+        "mutation ($input: ChangePasswordInput!) { changePassword(input: $input) }",
+        {"input": {"currentPassword": PASSWORD, "newPassword": "a brand new passphrase, 2026!"}},
+    )
+    assert "errors" not in changed.json(), changed.json()["errors"]
+
+    late = await client.post(
+        "/auth/mfa", json={"mfaToken": stolen.json()["mfaToken"], "code": phone.code()}
+    )
+
+    assert late.status_code == 401, late.json()
+    assert late.json()["error"]["code"] == "UNAUTHENTICATED"

@@ -401,7 +401,9 @@ async def change_password(
         await session.exec(
             update(User)
             .where(col(User.id) == user.id)
-            .values(password_hash=new_hash, password_changed_at=utcnow())
+            # A login's password step in flight (its mfaToken) was made with the old
+            # password: it ends with it, like every other session.
+            .values(password_hash=new_hash, password_changed_at=utcnow(), mfa_challenge_hash=None)
         )
         others = [
             s
