@@ -10,9 +10,9 @@ account already has is left as it is (two accounts of one mailbox cannot be merg
 migration), and its id is logged. Downgrading leaves the addresses in their normal form,
 which the earlier code reads as well.
 
-Revision ID: 0027_email_normal_form
-Revises: 0026_webhook_parking
-Create Date: 2026-12-05 18:00:00 UTC
+Revision ID: 0028_email_normal_form
+Revises: 0027_retention_gaps
+Create Date: 2026-12-05 20:20:00 UTC
 """
 
 import contextlib
@@ -24,8 +24,8 @@ import idna
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0027_email_normal_form"
-down_revision: str | None = "0026_webhook_parking"
+revision: str = "0028_email_normal_form"
+down_revision: str | None = "0027_retention_gaps"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
