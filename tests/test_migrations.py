@@ -106,10 +106,10 @@ async def test_migrate_creates_the_directory_of_a_new_sqlite_file(tmp_path: Path
 async def test_stored_emails_are_rewritten_to_one_form_per_mailbox(
     database_urls: DatabaseUrls,
 ) -> None:
-    """Given accounts stored before 0028 under spellings of a mailbox that are not its
-    normal form (a Unicode domain, a decomposed accent), when 0028 runs, then each is in
+    """Given accounts stored before 0029 under spellings of a mailbox that are not its
+    normal form (a Unicode domain, a decomposed accent), when 0029 runs, then each is in
     the form a login looks up; an account whose normal form is taken by another stays."""
-    await downgrade(database_urls.owner, "0027_retention_gaps")
+    await downgrade(database_urls.owner, "0028_stored_object_intents")
     owner = Database(database_urls.owner, maintenance=True)
     spellings = {
         "ann@bücher.de": "ann@xn--bcher-kva.de",

@@ -10,9 +10,9 @@ account already has is left as it is (two accounts of one mailbox cannot be merg
 migration), and its id is logged. Downgrading leaves the addresses in their normal form,
 which the earlier code reads as well.
 
-Revision ID: 0028_email_normal_form
-Revises: 0027_retention_gaps
-Create Date: 2026-12-05 20:20:00 UTC
+Revision ID: 0029_email_normal_form
+Revises: 0028_stored_object_intents
+Create Date: 2026-12-05 21:10:00 UTC
 """
 
 import contextlib
@@ -24,8 +24,8 @@ import idna
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0028_email_normal_form"
-down_revision: str | None = "0027_retention_gaps"
+revision: str = "0029_email_normal_form"
+down_revision: str | None = "0028_stored_object_intents"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
