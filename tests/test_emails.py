@@ -12,14 +12,20 @@ from weflux.errors import BadUserInput
     ("given", "stored"),
     [
         ("  Ada.Lovelace+inbox@Example.COM ", "ada.lovelace+inbox@example.com"),
-        ("ops@bücher.example", "ops@bücher.example"),
+        ("ops@bücher.example", "ops@xn--bcher-kva.example"),
+        ("OPS@BÜCHER.example", "ops@xn--bcher-kva.example"),
+        ("ops@xn--bcher-kva.example", "ops@xn--bcher-kva.example"),
+        ("Rene\u0301@example.com", "ren\u00e9@example.com"),
+        ("zed@\uff45xample.com", "zed@example.com"),
         ("admin@demo.weflux.test", "admin@demo.weflux.test"),
     ],
 )
 def test_a_valid_address_is_kept_in_its_normal_form(given: str, stored: str) -> None:
-    """Given a valid address, with spaces around and capitals
+    """Given a valid address, with spaces around and capitals, or another spelling of its
+    mailbox (a Unicode domain, a decomposed accent, full-width letters)
     When it is checked
-    Then it comes back trimmed and in lower case, as login looks it up."""
+    Then it comes back in the one form login looks up: trimmed, NFC, the domain in
+    ASCII, lower case."""
     assert check_email(given) == stored == normalize_email(given)
 
 

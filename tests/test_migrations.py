@@ -11,11 +11,14 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
-from sqlmodel import SQLModel
+from sqlmodel import SQLModel, select
 
 from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import create_user
 from weflux.db import Database
+from weflux.emails import normalize_email
 from weflux.migrate import alembic_config, downgrade, migrate, migrations_dir
+from weflux.models import User
 
 
 def _revisions() -> list[str]:
@@ -98,3 +101,38 @@ async def test_migrate_creates_the_directory_of_a_new_sqlite_file(tmp_path: Path
     path = tmp_path / "fresh" / "state" / "weflux.db"
     await migrate(f"sqlite+aiosqlite:///{path}")
     assert path.is_file()
+
+
+async def test_stored_emails_are_rewritten_to_one_form_per_mailbox(
+    database_urls: DatabaseUrls,
+) -> None:
+    """Given accounts stored before 0029 under spellings of a mailbox that are not its
+    normal form (a Unicode domain, a decomposed accent), when 0029 runs, then each is in
+    the form a login looks up; an account whose normal form is taken by another stays."""
+    await downgrade(database_urls.owner, "0028_stored_object_intents")
+    owner = Database(database_urls.owner, maintenance=True)
+    spellings = {
+        "ann@bücher.de": "ann@xn--bcher-kva.de",
+        "rene\u0301@example.com": "ren\u00e9@example.com",
+        "bob@example.com": "bob@example.com",
+        "cy@xn--bcher-kva.de": "cy@xn--bcher-kva.de",
+        "cy@bücher.de": "cy@bücher.de",  # its normal form is the account above: kept
+    }
+    try:
+        async with owner.session(all_workspaces="test: accounts") as session:
+            users = {email: await create_user(session, email=email) for email in spellings}
+
+        await migrate(database_urls.owner, app_url=database_urls.app)
+
+        async with owner.session(all_workspaces="test: accounts") as session:
+            stored = {
+                u.id: u.email
+                for u in (
+                    await session.exec(select(User).execution_options(populate_existing=True))
+                ).all()
+            }
+    finally:
+        await owner.dispose()
+    assert {email: stored[users[email].id] for email in spellings} == spellings
+    assert normalize_email("ANN@BÜCHER.DE") == "ann@xn--bcher-kva.de"
+    assert normalize_email("Rene\u0301@Example.com") == "ren\u00e9@example.com"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -416,7 +417,41 @@ async def _reset_two_factor(settings: Settings, *, email: str, reason: str) -> i
         f"recorded in {done.workspaces} workspace(s). They log in with the password and "
         "enroll again."
     )
+    print(await _announce_revocation(settings, done.session_ids, done.membership_ids))
     return 0
+
+
+async def _announce_revocation(
+    settings: Settings, session_ids: Sequence[uuid.UUID], membership_ids: Sequence[uuid.UUID]
+) -> str:
+    """Tell the servers, through Redis, to forget these sessions and close their sockets.
+
+    Without Redis the servers cannot be reached from here: their caches forget within
+    30 s, but their open sockets stay until the access token expires (restart them).
+    """
+    # deferred: start-up cost of the Redis client
+    from redis.exceptions import RedisError
+
+    from weflux.auth.authenticator import AUTH_CHANNEL, revocation_message
+    from weflux.runtime import create_redis
+
+    if settings.redis_url is None:
+        return (
+            "WEFLUX_REDIS_URL is not set: the servers forget these sessions within 30 s, but "
+            "their open sockets stay until their access tokens expire: restart the servers."
+        )
+    message = revocation_message(session_ids, membership_ids, origin="weflux-cli")
+    redis = create_redis(settings.redis_url)
+    try:
+        await redis.publish(AUTH_CHANNEL, json.dumps(message))
+    except (RedisError, OSError) as exc:
+        return (
+            f"could not reach Redis ({type(exc).__name__}): the servers forget these sessions "
+            "within 30 s, but their open sockets stay: restart the servers."
+        )
+    finally:
+        await redis.aclose()
+    return "every server has been told: their sockets close at once."
 
 
 def cmd_two_factor_reset(args: argparse.Namespace) -> int:

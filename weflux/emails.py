@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import unicodedata
+
+import idna
+
 from weflux.errors import BadUserInput
 
 
 def normalize_email(value: str) -> str:
-    """The form an address is stored and looked up in: trimmed, lower case."""
-    return value.strip().lower()
+    """The form an address is stored and looked up in: one form per mailbox.
+
+    Trimmed, Unicode NFC (`é` typed as one character or as `e` and an accent is one
+    address), the domain in its ASCII form (IDNA/UTS-46: `bücher.de`, `BÜCHER.de` and
+    `xn--bcher-kva.de` are one domain; so are full-width letters and their ASCII ones),
+    and lower case. Two spellings of one mailbox never make two accounts. Addresses that
+    only look alike (a Cyrillic letter for a Latin one) are different mailboxes and stay
+    apart: proving the mailbox (sign-up, invitation) is what keeps them honest.
+    """
+    text = unicodedata.normalize("NFC", value.strip())
+    local, at, domain = text.rpartition("@")
+    if at and not domain.isascii():
+        # Not a domain name: kept as typed, which no valid address matches.
+        with contextlib.suppress(idna.IDNAError, UnicodeError):
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+    return unicodedata.normalize("NFC", f"{local}{at}{domain}".lower())
 
 
 def is_email(value: str) -> bool:

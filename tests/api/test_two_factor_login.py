@@ -254,6 +254,30 @@ async def test_reauthentication_checks_the_password_and_renews_only_this_session
     assert anonymous.status_code == 401
 
 
+async def test_password_guesses_through_reauthentication_are_limited_per_ip_like_logins(
+    make_client: ClientFactory, admin: Actor, agent: Actor
+) -> None:
+    """Given stolen access tokens of several accounts, when one IP guesses their passwords
+    at /auth/reauthenticate, then the per-IP login limit counts them as it counts logins
+    (429 once spent), not only each account's own guard."""
+    async with make_client(rate_limit_login_ip="4/hour") as client:
+        tokens = [await token_for(client, admin), await token_for(client, agent)]  # 2 of 4
+
+        def guess(token: str) -> dict[str, object]:
+            return {
+                "json": {"password": "Not-the-password-42"},
+                "headers": {"Authorization": f"Bearer {token}"},
+            }
+
+        first = [await client.post("/auth/reauthenticate", **guess(t)) for t in tokens]  # type: ignore[arg-type]
+        throttled = await client.post("/auth/reauthenticate", **guess(tokens[0]))  # type: ignore[arg-type]
+
+    assert [r.json()["error"]["code"] for r in first] == ["INVALID_CREDENTIALS"] * 2
+    assert throttled.status_code == 429, throttled.json()
+    assert throttled.json()["error"]["code"] == "RATE_LIMITED"
+    assert int(throttled.headers["retry-after"]) >= 1
+
+
 async def test_reauthentication_with_two_factors_wants_a_fresh_code(
     client: httpx.AsyncClient, db: Database, agent: Actor, phone: AuthenticatorApp
 ) -> None:
@@ -283,3 +307,30 @@ async def test_reauthentication_with_two_factors_wants_a_fresh_code(
         user = await session.get(User, agent.user.id)
         assert user is not None
         assert user.totp_last_step == phone.last_step
+
+
+async def test_a_password_change_ends_a_login_half_done_with_the_old_password(
+    client: httpx.AsyncClient, agent: Actor, phone: AuthenticatorApp
+) -> None:
+    """Given someone who passed the password step with the old password (an mfaToken in
+    hand), when the owner changes the password, then that mfaToken opens nothing, even
+    with a right code: it was proof of the old password."""
+    owner = await mfa_login(client, agent.user.email, PASSWORD, code=phone.code())
+    stolen = await client.post(
+        "/auth/login", json={"email": agent.user.email, "password": PASSWORD}
+    )
+    assert stolen.json()["error"]["code"] == "MFA_REQUIRED"
+    changed = await gql(
+        client,
+        owner.json()["accessToken"],
+        "mutation ($input: ChangePasswordInput!) { changePassword(input: $input) }",
+        {"input": {"currentPassword": PASSWORD, "newPassword": "a brand new passphrase, 2026!"}},
+    )
+    assert "errors" not in changed.json(), changed.json()["errors"]
+
+    late = await client.post(
+        "/auth/mfa", json={"mfaToken": stolen.json()["mfaToken"], "code": phone.code()}
+    )
+
+    assert late.status_code == 401, late.json()
+    assert late.json()["error"]["code"] == "UNAUTHENTICATED"

@@ -21,7 +21,7 @@ from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.auth.authenticator import Authenticator
-from weflux.auth.tokens import TokenCodec
+from weflux.auth.tokens import TokenClaims, TokenCodec
 from weflux.db import Database
 from weflux.models import AuthSession, utcnow
 from weflux.realtime.broker import InProcessBroker, RedisBroker
@@ -181,3 +181,45 @@ async def test_revoking_a_session_bites_on_the_very_next_request(
     )
     assert revoked.json()["data"]["revokeSession"]["revokedAt"] is not None
     assert (await gql(client, token, VIEWER)).status_code == 401
+
+
+async def test_a_revocation_that_lands_during_a_look_up_is_not_cached_away(
+    db: Database, agent: Actor
+) -> None:
+    """Given a look-up that read the session just before its revocation committed, and
+    the revocation's message arriving before that look-up stored its answer, when the
+    token is used again, then it is refused: the stale answer was not cached for 30 s."""
+    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    broker = InProcessBroker()
+    authenticator = Authenticator(codec, db, broker)
+    await authenticator.start()
+    async with db.session(agent.org_id) as session:
+        auth_session = AuthSession(
+            user_id=agent.user.id,
+            membership_id=agent.membership.id,
+            refresh_token_hash="z" * 64,
+            expires_at=utcnow() + codec.refresh_ttl,
+        )
+        session.add(auth_session)
+    token = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
+    ).token
+    read = authenticator._load
+
+    async def read_then_revoked(claims: TokenClaims) -> object:
+        entry = await read(claims)  # read while live: the revocation commits right after
+        async with db.session(agent.org_id) as session:
+            await session.exec(
+                update(AuthSession)
+                .where(col(AuthSession.id) == auth_session.id)
+                .values(revoked_at=utcnow())
+            )
+        await authenticator.publish_revocation(session_ids=[auth_session.id])
+        return entry
+
+    authenticator._load = read_then_revoked  # type: ignore[method-assign,assignment]
+    await authenticator.authenticate(token)  # in flight across the revocation
+    authenticator._load = read  # type: ignore[method-assign]
+
+    assert await authenticator.authenticate(token) is None
+    await authenticator.stop()

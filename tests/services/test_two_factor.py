@@ -90,3 +90,21 @@ async def test_the_command_line(database_urls: DatabaseUrls, admin: Actor, tmp_p
     assert str(admin.user.id) in results[0][1]
     assert results[1][0] == 1
     assert "no user has that email" in results[1][2]
+
+
+async def test_the_operators_email_is_no_pattern(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a user with two factors, when the operator types an address that only matches
+    theirs as a LIKE pattern (`_` or `%`), then nobody's two factors are touched."""
+    await enroll(client, await token_for(client, admin))
+    local, _, domain = admin.user.email.partition("@")
+    lookalikes = [f"{local[:-1]}_@{domain}", "%", f"%@{domain}", f"{local}@%"]
+
+    outcomes = [await operator_reset(owner_db, email=e, reason="typo") for e in lookalikes]
+
+    assert outcomes == [None] * len(lookalikes)
+    async with db.session(admin.org_id) as session:
+        user = await session.get(User, admin.user.id)
+    assert user is not None
+    assert user.two_factor_enabled_at is not None

@@ -284,6 +284,8 @@ async def reauthenticate(request: Request) -> Response:
     """The password (and a code) again: sensitive operations for the next few minutes."""
     runtime = runtime_of(request)
     meta = request_meta(request, runtime.trusted_proxies)
+    # A password check like a login's: one IP guessing with many stolen tokens is counted.
+    await _limit(runtime.limiter, "login_ip", meta.ip)
     principal = await runtime.authenticator.authenticate(
         bearer_token(request.headers.get("authorization"))
     )

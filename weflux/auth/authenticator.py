@@ -87,6 +87,17 @@ class SessionCache:
         self._entries.clear()
 
 
+def revocation_message(
+    session_ids: Iterable[uuid.UUID], membership_ids: Iterable[uuid.UUID], *, origin: str
+) -> Message:
+    """What `AUTH_CHANNEL` carries: every process forgets these and closes their sockets."""
+    return {
+        "sessions": [str(s) for s in session_ids],
+        "memberships": [str(m) for m in membership_ids],
+        "origin": origin,
+    }
+
+
 RevocationListener = Callable[[set[uuid.UUID], set[uuid.UUID]], Awaitable[None]]
 
 
@@ -101,6 +112,9 @@ class Authenticator:
         self._origin = uuid.uuid4().hex  # this process, to recognise its own broadcasts
         self._listeners: list[RevocationListener] = []
         self._unsubscribe: Callable[[], Awaitable[None]] | None = None
+        # Counts the revocation messages seen (and reconnections): a look-up that saw it
+        # change meanwhile may have read the database before that revocation committed.
+        self.generation = 0
 
     async def start(self) -> None:
         self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
@@ -125,8 +139,12 @@ class Authenticator:
         if entry is not None and entry.org_id != claims.org_id:
             entry = None  # looked up for another workspace: ask the database for this one
         if entry is None:
+            generation = self.generation
             entry = await self._load(claims)
-            self.cache.put(claims.session_id, entry)
+            if generation == self.generation:
+                # Else a revocation arrived during the read, which may predate its commit:
+                # cached, a revoked session would pass for the cache's lifetime.
+                self.cache.put(claims.session_id, entry)
         now = utcnow()
         if (
             not entry.live
@@ -192,11 +210,7 @@ class Authenticator:
         membership_ids: Iterable[uuid.UUID] = (),
     ) -> None:
         """Tell every process (this one included) to forget these sessions and memberships."""
-        message: Message = {
-            "sessions": [str(s) for s in session_ids],
-            "memberships": [str(m) for m in membership_ids],
-            "origin": self._origin,
-        }
+        message = revocation_message(session_ids, membership_ids, origin=self._origin)
         # Evict here first: this process must not wait for the round trip.
         await self._on_message(message)
         try:
@@ -209,6 +223,7 @@ class Authenticator:
             await self._on_message(message)
 
     async def _on_message(self, message: Message) -> None:
+        self.generation += 1
         try:
             sessions = {uuid.UUID(s) for s in message.get("sessions", [])}
             memberships = {uuid.UUID(m) for m in message.get("memberships", [])}
@@ -224,6 +239,7 @@ class Authenticator:
                 log.exception("revocation listener failed")
 
     async def _on_reconnect(self) -> None:
+        self.generation += 1
         self.cache.clear()
         for listener in self._listeners:
             try:

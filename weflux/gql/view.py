@@ -377,6 +377,7 @@ class GraphQLApp(GraphQL[Context, None]):
         """Authenticate the socket in `connection_init`; close 4403 otherwise."""
         payload = context.connection_params if isinstance(context.connection_params, dict) else {}
         header = payload.get("authorization") or payload.get("Authorization")
+        generation = context.authenticator.generation
         principal = await context.authenticator.authenticate(
             bearer_token(header if isinstance(header, str) else None)
         )
@@ -384,5 +385,11 @@ class GraphQLApp(GraphQL[Context, None]):
             raise ConnectionRejectionError({"message": "Authentication required"})
         context.principal = principal
         context.request.scope[_WS_CONTEXT] = context
-        runtime_of(context.request).sockets.register(context)
+        sockets = runtime_of(context.request).sockets
+        sockets.register(context)
+        # A revocation that arrived while the session was read (before the socket was
+        # registered, so it closed nothing) may have missed this socket: read it again,
+        # now that any later revocation will find it.
+        if context.authenticator.generation != generation and not await sockets.recheck(context):
+            raise ConnectionRejectionError({"message": "Authentication required"})
         return None

@@ -170,15 +170,17 @@ class SocketRegistry:
                 if principal is None:
                     continue
                 if recheck_all or principal.membership_id in memberships:
-                    await self._recheck(context)
+                    await self.recheck(context)
 
-    async def _recheck(self, context: LiveSocket) -> None:
+    async def recheck(self, context: LiveSocket) -> bool:
+        """Authenticate the socket again: closed (False) unless its session is still live."""
         fresh = await self.authenticator.authenticate(_token(context))
         if fresh is None:
             await self.close(context, "Session revoked")
-            return
+            return False
         if fresh.must_enroll:
             # The workspace now requires two factors: its live operations end too.
             await self.close(context, "Two-factor authentication required")
-            return
+            return False
         context.principal = fresh  # later events are loaded with the current role
+        return True

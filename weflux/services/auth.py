@@ -30,7 +30,7 @@ from weflux.errors import (
     TokenReused,
     Unauthenticated,
 )
-from weflux.models import AuthSession, Membership, Organization, Role, User, utcnow
+from weflux.models import AuthSession, Membership, Organization, User, utcnow
 from weflux.secops.detectors import Detectors
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
@@ -127,9 +127,6 @@ async def login(
         found = await session.get(Organization, chosen)
         assert found is not None  # the user's membership holds it
         organization = found
-        if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
-            # During a deletion's grace period only Admins log in (to cancel or export).
-            raise Forbidden("This workspace is being deleted")
         pair = await session_service.open_session(
             session,
             codec,
@@ -404,7 +401,9 @@ async def change_password(
         await session.exec(
             update(User)
             .where(col(User.id) == user.id)
-            .values(password_hash=new_hash, password_changed_at=utcnow())
+            # A login's password step in flight (its mfaToken) was made with the old
+            # password: it ends with it, like every other session.
+            .values(password_hash=new_hash, password_changed_at=utcnow(), mfa_challenge_hash=None)
         )
         others = [
             s

@@ -18,8 +18,10 @@ from weflux.auth.principal import Principal
 from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
 from weflux.db import after_commit
 from weflux.errors import Forbidden, NotFound
-from weflux.models import AuthSession, Membership, Organization, utcnow
+from weflux.models import AuthSession, Membership, Organization, Role, utcnow
 from weflux.services.audit import Action, RequestMeta, record
+
+DELETING_WORKSPACE = "This workspace is being deleted"
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,13 @@ async def open_session(
     No token of the session outlives `codec.session_max_age` from now. `authenticated`:
     whether the person proved who they are to open it (a password, a code); only then
     may it run sensitive operations right away (docs/security/two-factor.md).
+
+    Every route that opens a session comes here (login, its second factor, a switch, an
+    invitation, a sign-up), so the rule of a workspace being deleted is kept here: during
+    its grace period only Admins get in (to cancel or export; docs/lifecycle.md).
     """
+    if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
+        raise Forbidden(DELETING_WORKSPACE)
     started = utcnow()
     auth_session = AuthSession(
         user_id=membership.user_id,

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,6 +27,7 @@ from weflux.auth.tokens import InvalidTokenError, TokenCodec, token_hash
 from weflux.crypto.fields import open_secret, seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database, after_commit
+from weflux.emails import normalize_email
 from weflux.errors import (
     BadUserInput,
     Conflict,
@@ -572,19 +573,26 @@ class OperatorReset:
     user_id: uuid.UUID
     workspaces: int
     sessions_ended: int
+    # For the servers to forget (`publish_revocation`): the command runs outside them.
+    session_ids: tuple[uuid.UUID, ...] = ()
+    membership_ids: tuple[uuid.UUID, ...] = ()
 
 
 async def operator_reset(db: Database, *, email: str, reason: str) -> OperatorReset | None:
     """`weflux two-factor reset`: the last Admin's lost phone, without a database edit.
 
     On a maintenance handle (it crosses workspaces): clears the user's two factors, ends
-    every session of theirs (the servers' caches forget them within 30 s) and records
-    the reset, with the reason, in every workspace of theirs. None: no such user.
+    every session of theirs and records the reset, with the reason, in every workspace
+    of theirs. None: no such user. The email is matched exactly in its normal form (any
+    case): never as a pattern, where `_` or `%` would match another person's address.
+    The caller announces the ended sessions to the servers (`OperatorReset.session_ids`).
     """
     async with db.session(all_workspaces=OPERATOR_SCOPE) as session:
         user = (
             await session.exec(
-                select(User).where(col(User.email).ilike(email.strip())).with_for_update()
+                select(User)
+                .where(func.lower(User.email) == normalize_email(email))
+                .with_for_update()
             )
         ).first()
         if user is None:
@@ -592,13 +600,19 @@ async def operator_reset(db: Database, *, email: str, reason: str) -> OperatorRe
         _clear(user)
         now = utcnow()
         ended = (
-            await session.exec(
-                update(AuthSession)
-                .where(col(AuthSession.user_id) == user.id, col(AuthSession.revoked_at).is_(None))
-                .values(revoked_at=now, revoked_reason="two_factor_reset")
-                .returning(col(AuthSession.id))
+            (
+                await session.exec(
+                    update(AuthSession)
+                    .where(
+                        col(AuthSession.user_id) == user.id, col(AuthSession.revoked_at).is_(None)
+                    )
+                    .values(revoked_at=now, revoked_reason="two_factor_reset")
+                    .returning(col(AuthSession.id))
+                )
             )
-        ).all()
+            .scalars()
+            .all()
+        )
         memberships = (
             await session.exec(select(Membership).where(Membership.user_id == user.id))
         ).all()
@@ -618,4 +632,10 @@ async def operator_reset(db: Database, *, email: str, reason: str) -> OperatorRe
                     "sessions_ended": len(ended),
                 },
             )
-    return OperatorReset(user.id, len(memberships), len(ended))
+    return OperatorReset(
+        user.id,
+        len(memberships),
+        len(ended),
+        session_ids=tuple(ended),
+        membership_ids=tuple(m.id for m in memberships),
+    )

@@ -1,0 +1,101 @@
+"""A workspace in its deletion grace period opens sessions for Admins only, by every route.
+
+docs/lifecycle.md: "logins by non-Admins are refused (`FORBIDDEN`, "This workspace is
+being deleted")". The password step of `/auth/login` always held; the other routes that
+open a session (the login's second factor, a workspace switch, an invitation accepted
+before the deletion was asked) must hold too.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import httpx
+from sqlalchemy import update
+from sqlmodel import col
+
+from tests.fixtures.api import gql, token_for
+from tests.fixtures.factories import PASSWORD, Actor, create_membership
+from tests.fixtures.two_factor import enroll, mfa_login
+from weflux.db import Database
+from weflux.ids import encode_global_id
+from weflux.models import Organization, Role, utcnow
+
+INVITE = """mutation ($input: InviteMemberInput!) { inviteMember(input: $input) { token } }"""
+DELETING = {"code": "FORBIDDEN", "message": "This workspace is being deleted"}
+
+
+async def schedule_deletion(db: Database, org_id: uuid.UUID) -> None:
+    """What requestWorkspaceDeletion leaves on the workspace (its sessions are revoked)."""
+    async with db.session(org_id) as session:
+        await session.exec(
+            update(Organization)
+            .where(col(Organization.id) == org_id)
+            .values(deletion_scheduled_at=utcnow())
+        )
+
+
+async def test_the_second_factor_opens_no_agent_session_in_a_deleting_workspace(
+    client: httpx.AsyncClient, db: Database, agent: Actor
+) -> None:
+    """Given an Agent with two factors, when their workspace is being deleted, then the
+    right password and the right code still open no session: FORBIDDEN, as a login."""
+    phone = await enroll(client, await token_for(client, agent))
+    await schedule_deletion(db, agent.org_id)
+
+    answer = await mfa_login(client, agent.user.email, PASSWORD, code=phone.code())
+
+    assert answer.status_code == 403, answer.text
+    assert answer.json() == {"error": DELETING}
+
+
+async def test_a_switch_opens_no_agent_session_in_a_deleting_workspace(
+    client: httpx.AsyncClient, db: Database, admin: Actor, other_org: Organization
+) -> None:
+    """Given an Admin of Acme who is an Agent of Globex, when Globex is being deleted,
+    then switching there is FORBIDDEN; an Admin of a deleting workspace still may."""
+    async with db.session(other_org.id) as session:
+        await create_membership(session, user=admin.user, role=Role.AGENT)
+    token = await token_for(client, admin)
+    await schedule_deletion(db, other_org.id)
+    target = encode_global_id("Organization", other_org.id)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    answer = await client.post("/auth/switch", json={"organizationId": target}, headers=auth)
+
+    assert answer.status_code == 403, answer.text
+    assert answer.json() == {"error": DELETING}
+    async with db.session(other_org.id) as session:
+        await session.exec(update(Organization).values(deletion_scheduled_at=None))
+        await session.exec(update(type(admin.membership)).values(role=Role.ADMIN))
+    await schedule_deletion(db, other_org.id)
+    as_admin = await client.post("/auth/switch", json={"organizationId": target}, headers=auth)
+    assert as_admin.status_code == 200, as_admin.text
+
+
+async def test_an_invitation_opens_no_session_in_a_deleting_workspace(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given an invitation made before the deletion was asked, when it is accepted during
+    the grace period, then FORBIDDEN and nobody joined."""
+    invited = await gql(
+        client,
+        await token_for(client, admin),
+        INVITE,
+        {"input": {"email": "late@example.com", "name": "Late", "role": "AGENT"}},
+    )
+    token = invited.json()["data"]["inviteMember"]["token"]
+    await schedule_deletion(db, admin.org_id)
+
+    answer = await client.post(
+        "/auth/invitations/accept",
+        json={"token": token, "name": "Late", "password": "correct horse battery staple 9"},
+    )
+
+    assert answer.status_code == 403, answer.text
+    assert answer.json() == {"error": DELETING}
+    login = await client.post(
+        "/auth/login",
+        json={"email": "late@example.com", "password": "correct horse battery staple 9"},
+    )
+    assert login.status_code == 401  # no account was created
