@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import Index, Text
+from sqlalchemy import Index, Text, text
 from sqlmodel import Field
 
-from weflux.models.base import OrgScoped, created_at_field, new_id
+from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
 
 
 class Label(OrgScoped, table=True):
@@ -27,6 +27,8 @@ class ConversationLabel(OrgScoped, table=True):
     """A label on a conversation (once); gone with either.
 
     It has an `id` of its own like every workspace-owned row (batch deletion goes by id).
+    `last_message_at` is its conversation's, copied by the database (migration 0030's
+    triggers, whatever the writer), so a label's page walks the list's order here.
     """
 
     __tablename__ = "conversation_labels"
@@ -38,6 +40,18 @@ class ConversationLabel(OrgScoped, table=True):
             unique=True,
         ),
         Index(None, "org_id", "label_id", "conversation_id"),
+        # A label's conversations in the inbox list's order (weflux.models.inbox says why
+        # each engine's differs), walked from a page's cursor (migration 0030).
+        Index(
+            "ix_conversation_labels_inbox_order",
+            "org_id",
+            "label_id",
+            text("last_message_at DESC NULLS LAST"),
+            text("conversation_id DESC"),
+        ).ddl_if(dialect="postgresql"),
+        Index(None, "org_id", "label_id", "last_message_at", "conversation_id").ddl_if(
+            dialect="sqlite"
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
@@ -45,6 +59,7 @@ class ConversationLabel(OrgScoped, table=True):
         foreign_key="conversations.id", nullable=False, ondelete="CASCADE"
     )
     label_id: uuid.UUID = Field(foreign_key="labels.id", nullable=False, ondelete="CASCADE")
+    last_message_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 class Note(OrgScoped, table=True):

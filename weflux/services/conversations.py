@@ -227,9 +227,9 @@ class _Range(enum.Enum):
     UNDATED = enum.auto()  # without messages (sorted last)
     UNDATED_BEFORE = enum.auto()  # without messages, id < the cursor's
 
-    def condition(self) -> Any | None:
-        at_column = col(Conversation.last_message_at)
-        id_column = col(Conversation.id)
+    def condition(self, at_column: Any, id_column: Any) -> Any | None:
+        """The range on the columns a page walks: the conversations' `last_message_at`
+        and `id`, or a label's copy of them in `conversation_labels`."""
         if self is _Range.DATED_BEFORE:
             return tuple_(at_column, id_column) < tuple_(_AFTER_AT, _AFTER_ID)
         if self is _Range.UNDATED:
@@ -269,16 +269,19 @@ def _after_conversation(cursor: str) -> tuple[tuple[_Range, ...], dict[str, Any]
     return (_Range.DATED_BEFORE, _Range.UNDATED), {_AFTER_AT.key: at, _AFTER_ID.key: row_id}
 
 
-def _newest_first(entity: Any) -> tuple[Any, Any]:
-    return col(entity.last_message_at).desc().nulls_last(), col(entity.id).desc()
+def _newest_first(at_column: Any, id_column: Any) -> tuple[Any, Any]:
+    return at_column.desc().nulls_last(), id_column.desc()
 
 
-def _in_order(query: Any, parts: tuple[Any, ...]) -> Any:
-    """`query`'s first `_LIMIT` rows in the list's order: each part (none: one) walked
-    apart and limited, then merged."""
+_LABELLED_ORDER = (col(ConversationLabel.last_message_at), col(ConversationLabel.conversation_id))
+
+
+def _in_order(query: Any, parts: tuple[Any, ...], order: tuple[Any, Any]) -> Any:
+    """`query`'s first `_LIMIT` rows in the list's order (of `order`'s columns): each part
+    (none: one) walked apart and limited, then merged."""
     branches = [
         query.where(*([part] if part is not None else []))
-        .order_by(*_newest_first(Conversation))
+        .order_by(*_newest_first(*order))
         .limit(_LIMIT)
         for part in parts or (None,)
     ]
@@ -286,7 +289,8 @@ def _in_order(query: Any, parts: tuple[Any, ...]) -> Any:
         return branches[0]
     merged = union_all(*(branch.subquery().select() for branch in branches)).subquery("page")
     # Ordered by the union's own columns: the entity's, adapted to it, cost ~3 ms a page.
-    return select(aliased(Conversation, merged)).order_by(*_newest_first(merged.c)).limit(_LIMIT)
+    ordered = _newest_first(merged.c.last_message_at, merged.c.id)
+    return select(aliased(Conversation, merged)).order_by(*ordered).limit(_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -327,14 +331,40 @@ def _page_statement(shape: _Shape) -> Any:
         query = query.where(col(Conversation.assignee_membership_id) == _ME)
     elif shape.assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    if shape.label:
-        tagged = select(col(ConversationLabel.conversation_id)).where(
-            col(ConversationLabel.label_id) == _LABEL
-        )
-        query = query.where(col(Conversation.id).in_(tagged))
-    if (range_ := shape.range_.condition()) is not None:
+    order = (col(Conversation.last_message_at), col(Conversation.id))
+    if shape.label and shape.assignee == AssigneeFilter.ANY and not shape.parts:
+        # All of the label's visible conversations: its labellings walked in the
+        # list's order (their copy of it, migration 0030), each conversation by key.
+        order = _LABELLED_ORDER
+        query = query.join(
+            ConversationLabel, col(ConversationLabel.conversation_id) == col(Conversation.id)
+        ).where(col(ConversationLabel.label_id) == _LABEL)
+    elif shape.label:
+        query = query.where(_labelled_by_subquery())
+    if (range_ := shape.range_.condition(*order)) is not None:
         query = query.where(range_)
-    return _in_order(query, VISIBLE_PARTS if shape.parts else ())
+    return _in_order(query, VISIBLE_PARTS if shape.parts else (), order)
+
+
+def _labelled_by_subquery() -> Any:
+    """Whether the conversation has the label, as a correlated scalar subquery: one probe
+    of the labellings' key per row.
+
+    For a page that walks an assignee's conversations (ME, UNASSIGNED, an Agent's
+    parts) in the list's order: a few of the workspace's, where the label's labellings
+    would be walked past every other member's. As a subquery, not a join or `IN`,
+    which PostgreSQL read as a hash of the whole label and sorted (as
+    `matches_by_subquery` says of a search).
+    """
+    tagged = (
+        sa_select(literal(True))
+        .where(
+            col(ConversationLabel.conversation_id) == col(Conversation.id),
+            col(ConversationLabel.label_id) == _LABEL,
+        )
+        .limit(1)
+    )
+    return tagged.scalar_subquery()
 
 
 async def list_conversations(
@@ -357,7 +387,9 @@ async def list_conversations(
     their conversations and nobody's) is walked in the order of an index from the
     cursor and limited to a page, then merged, in one statement; a second reads the
     conversations without messages on the page where the others run out. The scoping
-    layer confines every part. A search reads its few matches by their contacts
+    layer confines every part. A label's page walks the label's labellings in that
+    order (their copy of it) unless it names an assignee, whose index is walked and each
+    row's labelling probed. A search reads its few matches by their contacts
     (PostgreSQL, `matching_contact_ids`), or walks so and tests each row's contact.
     Each statement's shape is built once, its values bound.
     """
@@ -382,12 +414,11 @@ async def list_conversations(
     if assignee == AssigneeFilter.ME:
         params[_ME.key] = principal.membership_id
     # A page walks the list's order in parts, an Agent's own share and nobody's apart
-    # (visible_parts), unless the filter names one of them. Not with a label or a
-    # search's few candidates: those pages are bounded by the label's or the candidates'
-    # size, not a page, and each part would pay it again (SQLite's search: as before,
-    # joined, looked up row by row).
+    # (visible_parts), unless the filter names one of them. Not with a search's few
+    # candidates: those pages are bounded by the candidates' size, not a page, and each
+    # part would pay it again (SQLite's search: as before, joined, looked up row by row).
     parts = None
-    if assignee == AssigneeFilter.ANY and label is None and how in (None, _Search.WALKED):
+    if assignee == AssigneeFilter.ANY and how in (None, _Search.WALKED):
         parts = visible_parts(session)
         params |= parts or {}
     if label is not None:
