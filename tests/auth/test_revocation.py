@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
@@ -109,57 +110,57 @@ class _DisconnectedBroker(InProcessBroker):
         return False
 
 
+def _codec() -> TokenCodec:
+    return TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+
+
+async def _live_session(db: Database, codec: TokenCodec, agent: Actor) -> tuple[AuthSession, str]:
+    """A live login session of `agent`'s, written directly, and an access token of it."""
+    async with db.session(agent.org_id) as session:
+        auth_session = AuthSession(
+            user_id=agent.user.id,
+            membership_id=agent.membership.id,
+            refresh_token_hash=secrets.token_hex(32),
+            expires_at=utcnow() + codec.refresh_ttl,
+        )
+        session.add(auth_session)
+    token = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
+    ).token
+    return auth_session, token
+
+
+async def _revoke_in_database(db: Database, agent: Actor, auth_session: AuthSession) -> None:
+    """Revoke the session's row only: no process is told."""
+    async with db.session(agent.org_id) as session:
+        await session.exec(
+            update(AuthSession)
+            .where(col(AuthSession.id) == auth_session.id)
+            .values(revoked_at=utcnow())
+        )
+
+
 async def test_with_the_broker_down_every_request_checks_the_database(
     db: Database, agent: Actor
 ) -> None:
     """A revocation this process was never told about still bites: no stale cache."""
-    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    codec = _codec()
     authenticator = Authenticator(codec, db, _DisconnectedBroker())
-    async with db.session(agent.org_id) as session:
-        auth_session = AuthSession(
-            user_id=agent.user.id,
-            membership_id=agent.membership.id,
-            refresh_token_hash="x" * 64,
-            expires_at=utcnow() + codec.refresh_ttl,
-        )
-        session.add(auth_session)
-    token = codec.issue(
-        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
-    ).token
+    auth_session, token = await _live_session(db, codec, agent)
     assert await authenticator.authenticate(token) is not None
 
-    async with db.session(agent.org_id) as session:  # revoked behind the broker's back
-        await session.exec(
-            update(AuthSession)
-            .where(col(AuthSession.id) == auth_session.id)
-            .values(revoked_at=utcnow())
-        )
+    await _revoke_in_database(db, agent, auth_session)  # behind the broker's back
     assert await authenticator.authenticate(token) is None
 
 
 async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> None:
-    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    codec = _codec()
     broker = InProcessBroker()
     authenticator = Authenticator(codec, db, broker)
     await authenticator.start()
-    async with db.session(agent.org_id) as session:
-        auth_session = AuthSession(
-            user_id=agent.user.id,
-            membership_id=agent.membership.id,
-            refresh_token_hash="y" * 64,
-            expires_at=utcnow() + codec.refresh_ttl,
-        )
-        session.add(auth_session)
-    token = codec.issue(
-        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
-    ).token
+    auth_session, token = await _live_session(db, codec, agent)
     assert await authenticator.authenticate(token) is not None
-    async with db.session(agent.org_id) as session:
-        await session.exec(
-            update(AuthSession)
-            .where(col(AuthSession.id) == auth_session.id)
-            .values(revoked_at=utcnow())
-        )
+    await _revoke_in_database(db, agent, auth_session)
     assert await authenticator.authenticate(token) is not None  # cached, as designed
     await broker._notify_reconnected()  # messages may have been missed meanwhile
     assert await authenticator.authenticate(token) is None
@@ -189,31 +190,16 @@ async def test_a_revocation_that_lands_during_a_look_up_is_not_cached_away(
     """Given a look-up that read the session just before its revocation committed, and
     the revocation's message arriving before that look-up stored its answer, when the
     token is used again, then it is refused: the stale answer was not cached for 30 s."""
-    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    codec = _codec()
     broker = InProcessBroker()
     authenticator = Authenticator(codec, db, broker)
     await authenticator.start()
-    async with db.session(agent.org_id) as session:
-        auth_session = AuthSession(
-            user_id=agent.user.id,
-            membership_id=agent.membership.id,
-            refresh_token_hash="z" * 64,
-            expires_at=utcnow() + codec.refresh_ttl,
-        )
-        session.add(auth_session)
-    token = codec.issue(
-        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=auth_session.id
-    ).token
+    auth_session, token = await _live_session(db, codec, agent)
     read = authenticator._load
 
     async def read_then_revoked(claims: TokenClaims) -> object:
         entry = await read(claims)  # read while live: the revocation commits right after
-        async with db.session(agent.org_id) as session:
-            await session.exec(
-                update(AuthSession)
-                .where(col(AuthSession.id) == auth_session.id)
-                .values(revoked_at=utcnow())
-            )
+        await _revoke_in_database(db, agent, auth_session)
         await authenticator.publish_revocation(session_ids=[auth_session.id])
         return entry
 
