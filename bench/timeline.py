@@ -5,9 +5,9 @@ the steps of the webhook's path and its drivers' round trips, and stamps each st
 start and end with `time.perf_counter_ns` (wall) and `time.thread_time_ns` (the event
 loop thread's CPU); each POST to `/webhooks/…` writes its stamps as one JSON line to
 DIR/a.jsonl. `report` prints, over the webhooks that took the most common sequence of
-steps, the median wall and CPU between consecutive stamps and the round trips per
-webhook (PostgreSQL: BEGIN, each statement, COMMIT, a PREPARE the driver's cache missed;
-Redis: each write of commands). The wrappers cost a few microseconds per stamp (about 60
+steps, the median wall and CPU between consecutive stamps, the round trips per webhook
+(PostgreSQL: BEGIN, each statement, COMMIT, a PREPARE the driver's cache missed; Redis:
+each write of commands) and the median of each stage (`STAGES`). The wrappers cost a few microseconds per stamp (about 60
 per webhook): compare runs with the option, not with runs without it.
 
     .venv/bin/python -m bench.timeline DIR/a.jsonl [--skip 5]   # a kept file, again
@@ -194,6 +194,49 @@ def _write() -> None:
 
 ROUND_TRIPS = ("pg BEGIN>", "pg statement>", "pg COMMIT>", "pg PREPARE>", "redis write>")
 
+# The steps grouped into stages: (label, first step, last step, a step the first comes
+# after). A stage whose steps a webhook does not take (say, no BEGIN of its own) is left out.
+STAGES = (
+    ("HTTP in: uvicorn, middleware, routing, body read", "bytes in", "read body<", None),
+    ("channel, HMAC, the event's id and hash", "read body<", "store_and_process>", None),
+    ("session, JSON and webhook parse, routes", "store_and_process>", "send held<", None),
+    ("open the transaction (to the scope statement's end)", "send held<", "pg statement<", None),
+    ("  of which BEGIN's round trip", "pg BEGIN>", "pg BEGIN<", None),
+    ("  of which the scope statement's round trip", "pg statement>", "pg statement<", None),
+    ("SQLAlchemy after the scope statement, ingest", "pg statement<", "senders>", None),
+    ("the senders' SELECT", "senders>", "senders<", None),
+    ("  of which its round trip", "pg statement>", "pg statement<", "senders>"),
+    ("rows, contacts, conversations, queued events", "senders<", "send held>", None),
+    ("the folded write", "send held>", "send held<", "senders<"),
+    ("  of which its round trip", "pg statement>", "pg statement<", "apply<"),
+    ("commit: COMMIT, pool check-in, the session", "send held<", "session commit<", "apply<"),
+    ("  of which COMMIT's round trip", "pg COMMIT>", "pg COMMIT<", None),
+    ("publish, until written to Redis", "session commit<", "redis write>", None),
+    ("publish: the write, the replies read", "redis write>", "after commit<", None),
+    ("close, answer", "after commit<", "done", None),
+    ("total", "bytes in", "done", None),
+)
+
+
+def _stage(shape: tuple[str, ...], first: str, last: str, after: str | None) -> tuple[int, int]:
+    """The stamps' indexes where a stage begins and ends in `shape`; ValueError if absent."""
+    start = shape.index(first, shape.index(after) if after else 0)
+    return start, shape.index(last, start + 1)
+
+
+def stages(shape: tuple[str, ...], same: list[list[Stamp]]) -> list[str]:
+    """Median wall and CPU (ms) of each stage (`STAGES`) the sequence has."""
+    lines = [f"{'stage (median of each)':<56}{'wall':>8}{'CPU':>8}"]
+    for label, first, last, after in STAGES:
+        try:
+            start, end = _stage(shape, first, last, after)
+        except ValueError:
+            continue
+        wall = statistics.median((w[end][1] - w[start][1]) / 1e6 for w in same)
+        cpu = statistics.median((w[end][2] - w[start][2]) / 1e6 for w in same)
+        lines.append(f"{label:<56}{wall:>8.2f}{cpu:>8.2f}")
+    return lines
+
 
 def report(path: Path, skip: int = 0) -> str:
     """The table: median wall and CPU (ms) between consecutive stamps, round trips."""
@@ -227,6 +270,7 @@ def report(path: Path, skip: int = 0) -> str:
         f"{total_wall:.2f}, CPU {total_cpu:.2f}",
         "round trips per webhook: "
         + ", ".join(f"{step.rstrip('>')} {n}" for step, n in sorted(trips.items())),
+        *stages(shape, same),
     ]
     return "\n".join(lines)
 
