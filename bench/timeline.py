@@ -7,8 +7,9 @@ loop thread's CPU); each POST to `/webhooks/…` writes its stamps as one JSON l
 DIR/a.jsonl. `report` prints, over the webhooks that took the most common sequence of
 steps, the median wall and CPU between consecutive stamps, the round trips per webhook
 (PostgreSQL: BEGIN, each statement, COMMIT, a PREPARE the driver's cache missed; Redis:
-each write of commands) and the median of each stage (`STAGES`). The wrappers cost a few microseconds per stamp (about 60
-per webhook): compare runs with the option, not with runs without it.
+each write of commands) and the median of each stage (`STAGES`). The wrappers cost a
+few microseconds per stamp (about 60 per webhook): compare runs with the option, not
+with runs without it.
 
     .venv/bin/python -m bench.timeline DIR/a.jsonl [--skip 5]   # a kept file, again
 """
