@@ -1,6 +1,7 @@
 """End to end across processes: a webhook on process A reaches a subscriber on process B.
 
     .venv/bin/python -m bench.crossprocess [--events 100] [--gap 0.05] [--profile DIR]
+        [--timeline DIR]
 
 Two `weflux serve --no-worker` processes share a fresh PostgreSQL database (a clone of a
 migrated template, dropped afterwards) and Redis. One socket on B (an Admin) subscribes
@@ -26,6 +27,8 @@ one connection per server), and every socket is read by the same client
 (`tests.fixtures.ws.GraphQLSocket`); the Redis floor has no HTTP client at all. To tell
 where the time goes, also: the POST's answer from A, and when A's `messageAdded` event
 (a floor's row id) passed through Redis (this process listens on those channels too).
+`--timeline DIR`: A's webhook step by step, wall and CPU, and its round trips
+(`bench.timeline`; A is then not profiled).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import websockets
 from redis.asyncio import Redis
 from websockets.typing import Subprotocol
 
+from bench import timeline
 from bench.fanout import (
     PROFILED,
     QUERY,
@@ -126,8 +130,12 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Samples:
         for name in ("a", "b"):
             port = free_port()
             # `--profile`: each weflux process under cProfile (DIR/a.prof, DIR/b.prof)
-            run = ("-c", PROFILED.format(path=f"{args.profile}/{name}.prof"))
-            argv = [sys.executable, *(run if args.profile else ("-m",))]
+            run: tuple[str, ...] = ("-m",)
+            if args.timeline and name == "a":  # `--timeline`: A's steps to DIR/a.jsonl
+                run = ("-c", timeline.RUN.format(path=str(timeline_file(args))))
+            elif args.profile:
+                run = ("-c", PROFILED.format(path=f"{args.profile}/{name}.prof"))
+            argv = [sys.executable, *run]
             argv += ["weflux", "serve", "--no-worker", *loopback(port)]
             servers.append(spawn(name, argv, env, workdir, port))
         floor_env = env | {
@@ -322,6 +330,14 @@ async def samples(
     return out
 
 
+def timeline_file(args: argparse.Namespace) -> Path:
+    """`--timeline DIR`'s file, new for this run."""
+    path = Path(args.timeline).resolve() / "a.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    return path
+
+
 def after(ends: list[float], marks: list[float]) -> list[float]:
     """Each sample's time from its mark (the event on Redis) to its end."""
     return [end - mark for end, mark in zip(ends, marks, strict=True)]
@@ -334,6 +350,9 @@ def main() -> None:
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between samples")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--profile", default=None, help="cProfile A and B to DIR/a.prof, b.prof")
+    parser.add_argument(
+        "--timeline", default=None, help="A's webhook step by step (bench.timeline) to DIR/a.jsonl"
+    )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weflux-crossprocess-"))
     try:
@@ -393,6 +412,8 @@ def main() -> None:
         f"{statistics.mean(out.redis):.2f}, work-alike floor {statistics.mean(out.alike):.2f}, "
         f"bare floor {statistics.mean(out.bare):.2f})"
     )
+    if args.timeline:
+        print(timeline.report(Path(args.timeline).resolve() / "a.jsonl", skip=args.warmup))
     if not met:
         sys.exit(1)
 
