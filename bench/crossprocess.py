@@ -183,7 +183,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Samples:
     finally:
         for server in servers:
             server.stop()
-        await template.drop(urls)
+        template.drop_later(urls)
         with contextlib.suppress(Exception):
             template.destroy()  # the template (blocks briefly, in a thread of its own)
 

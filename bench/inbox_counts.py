@@ -123,7 +123,7 @@ async def main() -> None:
     finally:
         await db.dispose()
         await owner.dispose()
-        await template.drop(urls)
+        template.drop_later(urls)
         template.destroy()
 
 

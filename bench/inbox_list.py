@@ -292,7 +292,7 @@ async def _on_postgresql(size: int, args: argparse.Namespace) -> Ratios:
     finally:
         await db.dispose()
         await owner.dispose()
-        await template.drop(urls)
+        template.drop_later(urls)
         template.destroy()
 
 

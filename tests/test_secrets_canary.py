@@ -23,6 +23,7 @@ from sqlalchemy import inspect, text
 from websockets.typing import Subprotocol
 
 from tests.fixtures.api import without_cost
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import LogCapture, capture_logs
@@ -129,7 +130,9 @@ async def test_no_secret_escapes_anywhere(
     with running_server(authenticator=smtp_auth, auth_require_tls=False) as (_, smtp_port):
         async with (
             live_server(create_app(settings)) as base_url,
-            httpx.AsyncClient(base_url=base_url, event_hooks={"response": [keep]}) as client,
+            httpx.AsyncClient(
+                timeout=HTTP_TIMEOUT, base_url=base_url, event_hooks={"response": [keep]}
+            ) as client,
         ):
             requested = await client.post(
                 "/auth/signup",

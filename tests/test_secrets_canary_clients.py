@@ -19,6 +19,7 @@ import httpx
 import websockets
 from websockets.typing import Subprotocol
 
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import live_server
 from tests.fixtures.logs import capture_logs
@@ -140,7 +141,9 @@ async def test_nothing_a_client_sends_reaches_a_log(
     with capture_logs() as logs:
         async with (
             live_server(create_app(settings)) as base_url,
-            httpx.AsyncClient(base_url=base_url, headers={"User-Agent": sent["UserAgent"]}) as http,
+            httpx.AsyncClient(
+                timeout=HTTP_TIMEOUT, base_url=base_url, headers={"User-Agent": sent["UserAgent"]}
+            ) as http,
         ):
             client = Client(http, base_url)
             # Auth routes: bodies, right and wrong.

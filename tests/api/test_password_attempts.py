@@ -21,7 +21,7 @@ import pytest
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, login, token_for
-from tests.fixtures.app import client_of, lifespan
+from tests.fixtures.app import HTTP_TIMEOUT, client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import live_server
@@ -242,7 +242,7 @@ async def test_change_password_over_the_websocket_is_limited_the_same(
     )
     async with (
         live_server(create_app(settings)) as base_url,
-        httpx.AsyncClient(base_url=base_url) as client,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as client,
     ):
         token = await token_for(client, admin)
         for _ in range(2):

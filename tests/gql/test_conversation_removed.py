@@ -15,6 +15,7 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import ASSIGN, Api, gid, set_role, workspace
 from tests.fixtures.live import live_server, until_listening
@@ -253,7 +254,7 @@ async def test_removals_made_while_away_replay_once_on_a_restarted_server_then_l
     ]
     async with (
         live_server(create_app(live_settings)) as restarted,
-        httpx.AsyncClient(base_url=restarted) as again,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=restarted) as again,
     ):
         subscribed = await _subscribed(restarted, again, [a for a, _ in expected], cursor)
         [(o, o_op)] = await _subscribed(restarted, again, [other_admin], encode_update_cursor(0))

@@ -28,7 +28,7 @@ from sqlmodel import col
 from starlette.applications import Starlette
 
 from tests.fixtures.api import error_codes, gql, token_for, tokens_for
-from tests.fixtures.app import ClientFactory
+from tests.fixtures.app import HTTP_TIMEOUT, ClientFactory
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import closed_with, until_listening
 from tests.fixtures.two_factor import REQUIRE, enroll
@@ -158,7 +158,7 @@ async def test_the_policy_holds_over_the_websocket_too(
     """Given an Agent without two factors with a live subscription, when an Admin requires
     two factors, then the socket closes, a new one connects but its operations answer
     TWO_FACTOR_REQUIRED, except enrolling; once enrolled, subscriptions run again."""
-    async with httpx.AsyncClient(base_url=live) as http:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http:
         agent_token = await token_for(http, agent)
         admin_token = await token_for(http, admin)
         socket = await GraphQLSocket.connect(live, agent_token)

@@ -17,6 +17,7 @@ from sqlalchemy import text
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
 from tests.fixtures.live import live_server, until_listening
@@ -72,7 +73,7 @@ async def conversation(db: Database, org: Organization) -> Conversation:
 
 
 async def connect(base_url: str, actor: Actor) -> GraphQLSocket:
-    async with httpx.AsyncClient(base_url=base_url) as http:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http:
         token = await token_for(http, actor)
     return await GraphQLSocket.connect(base_url, token)
 
@@ -181,7 +182,7 @@ async def test_socket_operations_count_against_the_request_limits(
     # Given a workspace allowed 5 operations an hour, HTTP and WebSocket together
     async with (
         serve(rate_limit_graphql_workspace="5/hour") as base_url,
-        httpx.AsyncClient(base_url=base_url) as http,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http,
     ):
         token = await token_for(http, admin)
         assert (await gql(http, token, "{ viewer { id } }")).status_code == 200

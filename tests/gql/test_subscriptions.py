@@ -16,6 +16,7 @@ from websockets.typing import Subprotocol
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.factories import Actor
 from tests.fixtures.live import (
     ADDED,
@@ -262,7 +263,10 @@ async def test_a_socket_closes_with_4401_when_its_access_token_expires(
     live_settings: Settings, agent: Actor
 ) -> None:
     short = live_settings.model_copy(update={"access_token_ttl": timedelta(seconds=2)})
-    async with live_server(create_app(short)) as base, httpx.AsyncClient(base_url=base) as client:
+    async with (
+        live_server(create_app(short)) as base,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as client,
+    ):
         socket = await GraphQLSocket.connect(base, await token_for(client, agent))
         await socket.subscribe(ADDED)
         await socket.ping()  # open while its token is valid

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.factories import Actor, create_conversation, create_message
 from tests.fixtures.inbox import MARK_READ, Api, gid, workspace
 from tests.fixtures.live import inbound, live_server, status_update, until_listening
@@ -121,7 +122,7 @@ async def test_changes_made_while_away_replay_once_on_a_restarted_server_then_li
 
     async with (
         live_server(create_app(live_settings)) as restarted,
-        httpx.AsyncClient(base_url=restarted) as again,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=restarted) as again,
     ):
         socket = await GraphQLSocket.connect(restarted, await token_for(again, admin))
         conversations = await socket.subscribe(CONVERSATIONS, {"after": seen["updateCursor"]})

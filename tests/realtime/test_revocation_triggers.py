@@ -16,6 +16,7 @@ import websockets
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import SECRET, closed_with, live_server
@@ -141,7 +142,10 @@ async def test_the_operators_reset_closes_the_users_sockets_through_redis(
     `weflux two-factor reset` (another process), then the socket closes within a second,
     not when its access token expires days later."""
     app, tmp_path = redis_app
-    async with live_server(app) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        live_server(app) as base,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http,
+    ):
         token = await token_for(http, agent)
         await enroll(http, token)
         socket = await GraphQLSocket.connect(base, token)

@@ -12,6 +12,7 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.sandbox import Demo, demo_token
 from tests.fixtures.services import TEST_REDIS_URL
@@ -177,7 +178,10 @@ async def test_the_ticks_arrive_through_redis_too(
     db: Database, demo_workspace: Demo, live_settings: Settings, require_redis: None
 ) -> None:
     app = create_app(live_settings.model_copy(update={"redis_url": TEST_REDIS_URL}))
-    async with live_server(app) as base, httpx.AsyncClient(base_url=base) as client:
+    async with (
+        live_server(app) as base,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as client,
+    ):
         token = await demo_token(client, demo_workspace, Role.AGENT)
         conversation = await _conversation(db, demo_workspace, "15550000002")
         socket, operation = await _reply(base, client, app, token, conversation)

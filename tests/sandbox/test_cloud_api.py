@@ -11,6 +11,7 @@ import httpx
 import pytest
 from starlette.requests import Request
 
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.meta import (
     ACCESS_TOKEN,
     OTHER_PHONE_NUMBER_ID,
@@ -37,7 +38,7 @@ TEXT = {
 
 @pytest.fixture
 async def http(meta_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=f"{meta_url}/{VERSION}/") as client:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=f"{meta_url}/{VERSION}/") as client:
         yield client
 
 
@@ -395,10 +396,10 @@ async def test_running_serves_on_a_free_loopback_port_and_stops() -> None:
     async with running(fake_meta) as first, running(fake_meta) as second:
         assert first != second
         assert re.fullmatch(r"http://127\.0\.0\.1:\d+", first)
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
             assert (await client.get(f"{first}/{VERSION}/1")).status_code == 401
             assert (await client.get(f"{second}/{VERSION}/1")).status_code == 401
-    async with httpx.AsyncClient() as client:
+    async with httpx.AsyncClient(timeout=HTTP_TIMEOUT) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get(f"{first}/{VERSION}/1")
 

@@ -15,6 +15,7 @@ from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import SECRET, live_server
 from tests.fixtures.sandbox import PNG, Demo, demo_token, sandbox_settings
@@ -193,7 +194,10 @@ async def test_outside_development_there_is_no_media_route_and_simulate_says_so(
         database_migration_url=database_urls.owner,
         meta_app_secret=SECRET,
     )
-    async with live_server(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        live_server(create_app(settings)) as base,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http,
+    ):
         posted = await http.post(
             "/sandbox/media", content=PNG, headers={"Content-Type": "image/png"}
         )

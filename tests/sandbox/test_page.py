@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.live import SECRET, live_server
 from tests.fixtures.sandbox import Demo, demo_token, inbox_conversation, reply, sandbox_settings
@@ -206,7 +207,10 @@ async def test_outside_development_there_is_no_sandbox_page(
         meta_app_secret=SECRET,
         **extra,
     )
-    async with live_server(create_app(settings)) as base, httpx.AsyncClient(base_url=base) as http:
+    async with (
+        live_server(create_app(settings)) as base,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http,
+    ):
         for path in ("/sandbox", "/sandbox/sandbox.js", "/sandbox/contacts"):
             assert (await http.get(path)).status_code == 404
         posted = await http.post("/sandbox/messages", json={"phone": CUSTOMER, "text": "Hi"})
