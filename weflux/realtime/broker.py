@@ -265,6 +265,9 @@ class RedisBroker(Broker):
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("broker connection lost", extra={"error": type(exc).__name__})
+            except Exception:
+                # Never a deaf process for good: start over, and listeners catch up.
+                log.exception("broker reader failed")
             await self._close_pubsub()
             if self._stopping:
                 break
