@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor, create_message
 from tests.fixtures.inbox import ASSIGN
@@ -222,7 +223,10 @@ async def test_a_webhook_on_one_process_reaches_a_subscriber_on_the_other(
     two: tuple[str, str], channel: object, admin: Actor, agent: Actor
 ) -> None:
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=HTTP_TIMEOUT) as on_b,
+    ):
         sockets = [
             await GraphQLSocket.connect(b, await token_for(on_b, admin)),
             await GraphQLSocket.connect(b, await token_for(on_b, agent)),
@@ -240,7 +244,7 @@ async def test_revoking_through_one_process_closes_a_socket_on_the_other(
     two: tuple[str, str], agent: Actor
 ) -> None:
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a:
+    async with httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a:
         token = await token_for(on_a, agent)
         socket = await GraphQLSocket.connect(b, token)
         response = await on_a.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
@@ -259,7 +263,10 @@ async def test_after_a_redis_outage_a_resuming_subscriber_has_every_message_once
     catch-up's order), then live ones; and a client resuming `after` its first one
     receives each once, then live ones."""
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=HTTP_TIMEOUT) as on_b,
+    ):
         token = await token_for(on_b, admin)
         socket = await GraphQLSocket.connect(b, token)
         operation = await socket.subscribe(ADDED)
@@ -312,7 +319,10 @@ async def test_counts_on_one_process_follow_changes_made_through_the_other(
     when another writes while Redis is away, both are pushed the final counts once it is
     back."""
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=HTTP_TIMEOUT) as on_b,
+    ):
         sockets = [
             await GraphQLSocket.connect(b, await token_for(on_b, admin)),
             await GraphQLSocket.connect(b, await token_for(on_b, agent)),
@@ -387,7 +397,10 @@ async def test_update_feeds_resume_across_a_redis_outage_and_onto_another_proces
     then it receives every change exactly once: the missed ones after the outage, the
     missed ones on A's replay, then live ones."""
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=HTTP_TIMEOUT) as on_b,
+    ):
         await inbound(on_a, "c1", sender="16505550001")
         await until_stored(db, admin, ["c1"])
         wamid = await _sent(db, admin, "out")
@@ -439,7 +452,10 @@ async def test_a_reassignment_through_one_process_removes_the_conversation_on_th
     when an Admin assigns it to themself through process A,
     then the Agent receives its global id on B."""
     a, b = two
-    async with httpx.AsyncClient(base_url=a) as on_a, httpx.AsyncClient(base_url=b) as on_b:
+    async with (
+        httpx.AsyncClient(base_url=a, timeout=HTTP_TIMEOUT) as on_a,
+        httpx.AsyncClient(base_url=b, timeout=HTTP_TIMEOUT) as on_b,
+    ):
         socket = await GraphQLSocket.connect(b, await token_for(on_b, agent))
         removed = await socket.subscribe("subscription { conversationRemoved }")
         added = await socket.subscribe(ADDED)
