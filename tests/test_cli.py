@@ -28,6 +28,11 @@ def _env(**extra: str) -> dict[str, str]:
     return env | extra
 
 
+# How long a child `weflux serve` may take to answer: a cold start (imports, migrations)
+# took 30-50 s on the loaded 2-core CI box; a server that exits fails at once instead.
+STARTUP = 120.0
+
+
 def _wait_ready(port: int, path: str, process: subprocess.Popen[bytes], seconds: float) -> int:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -61,7 +66,7 @@ def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/healthz", process, 60) == 200
+        assert _wait_ready(port, "/healthz", process, STARTUP) == 200
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     finally:
         output = _stop(process)
@@ -97,7 +102,7 @@ def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Pa
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/readyz", process, 60) == 200
+        assert _wait_ready(port, "/readyz", process, STARTUP) == 200
     finally:
         _stop(process)
 
@@ -124,7 +129,7 @@ def test_production_refuses_a_superuser_database_role(
         stderr=subprocess.STDOUT,
     )
     try:
-        process.wait(timeout=60)
+        process.wait(timeout=STARTUP)
     finally:
         output = _stop(process)
     assert process.returncode != 0
@@ -147,7 +152,7 @@ def test_serve_from_another_directory_keeps_its_state_in_the_var_dir(tmp_path: P
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/readyz", process, 60) == 200
+        assert _wait_ready(port, "/readyz", process, STARTUP) == 200
         login = httpx.post(
             f"http://127.0.0.1:{port}/auth/login",
             json={"email": "admin@demo.weflux.test", "password": _demo_password(state)},

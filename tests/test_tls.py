@@ -92,7 +92,7 @@ def tls_server(
         command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 120  # a cold start took 30-50 s under load
         while True:
             if process.poll() is not None:
                 raise AssertionError(f"serve exited with {process.returncode}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
@@ -305,4 +306,48 @@ async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
         await broker.stop()
         await redis.aclose()
         await publisher.aclose()
+        await proxy.close()
+
+
+async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publishes_race(
+    require_redis: None,
+) -> None:
+    """Given events kept while Redis was away, when Redis is back and two publishes run at
+    once (two webhooks' commits; the reader's reconnection flushes the same way), then every
+    kept event goes out, in order, before the new ones, and none twice: two flushers of
+    the same list used to publish its first event twice and drop the second unpublished."""
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    # A reader that waits long before reconnecting: only the publishes flush here.
+    publisher = RedisBroker(publisher_redis, backoff_base=60, backoff_cap=60)
+    listener_redis = create_redis(TEST_REDIS_URL)
+    listener = RedisBroker(listener_redis)
+    await publisher.start()
+    await listener.start()
+    try:
+        await publisher.wait_connected()
+        await listener.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await listener.subscribe(channel, handler)
+        await proxy.cut()
+        for n in (1, 2, 3):
+            await publisher.publish(channel, {"n": n})  # kept
+        await proxy.restore()
+        await asyncio.gather(
+            publisher.publish(channel, {"n": 4}), publisher.publish(channel, {"n": 5})
+        )
+        await publisher.publish(channel, {"n": 6})
+        await eventually(lambda: {"n": 6} in received, seconds=10)
+        assert received == [{"n": n} for n in range(1, 7)]
+    finally:
+        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
+            await broker.stop()
+            await redis.aclose()
         await proxy.close()

@@ -215,8 +215,8 @@ async def test_weflux_worker_runs_as_its_own_process(
         stderr=subprocess.STDOUT,
     )
     try:
-        # A new process's start (imports, pools) took over 10 s on a loaded CI machine.
-        deadline = time.monotonic() + 60
+        # A new process's start (imports, pools) took 30-50 s on the loaded CI machine.
+        deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if (await _reload(db, account)).quality_rating != "UNKNOWN":
                 break

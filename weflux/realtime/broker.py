@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -129,7 +130,8 @@ class RedisBroker(Broker):
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._stopping = False
-        self._unsent: list[tuple[str, str]] = []
+        self._unsent: deque[tuple[str, str]] = deque()  # (channel, payload), oldest first
+        self._flushing = False
         # Set by redis-py when it reconnects the subscription by itself (its own retry
         # resubscribes without raising): the reader then reports it like any reconnection.
         self._reconnected_silently = False
@@ -160,41 +162,52 @@ class RedisBroker(Broker):
         Subscribers de-duplicate by id, so a late copy is harmless, while a lost one would
         leave a live view behind until its next catch-up.
         """
-        payload = json.dumps(message, default=str)
-        try:
-            await self._flush_unsent()  # earlier events first
-            await self._redis.publish(channel, payload)
-        except (RedisError, OSError):
-            if len(self._unsent) >= UNSENT_LIMIT:
-                self._unsent.pop(0)
-            self._unsent.append((channel, payload))
-            log.warning("broker unreachable: the event will be published on reconnection")
+        await self._send([(channel, json.dumps(message, default=str))])
 
     async def publish_many(self, messages: list[tuple[str, Message]]) -> None:
         """Publish all, in order, in one round trip (a pipeline, no transaction); while
         Redis is unreachable, keep them as `publish` does."""
-        if len(messages) == 1:
-            await self.publish(*messages[0])
-            return
-        payloads = [(channel, json.dumps(message, default=str)) for channel, message in messages]
-        try:
-            await self._flush_unsent()  # earlier events first
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for channel, payload in payloads:
-                    pipe.publish(channel, payload)
-                await pipe.execute()
-        except (RedisError, OSError):
-            for channel, payload in payloads:
-                if len(self._unsent) >= UNSENT_LIMIT:
-                    self._unsent.pop(0)
-                self._unsent.append((channel, payload))
-            log.warning("broker unreachable: the events will be published on reconnection")
+        await self._send(
+            [(channel, json.dumps(message, default=str)) for channel, message in messages]
+        )
+
+    async def _send(self, payloads: list[tuple[str, str]]) -> None:
+        if not self._unsent and not self._flushing:
+            try:
+                if len(payloads) == 1:
+                    await self._redis.publish(*payloads[0])
+                else:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for channel, payload in payloads:
+                            pipe.publish(channel, payload)
+                        await pipe.execute()
+                return
+            except (RedisError, OSError):
+                log.warning("broker unreachable: events will be published on reconnection")
+        # Behind events kept earlier (or being published now): they go first.
+        self._unsent.extend(payloads)
+        while len(self._unsent) > UNSENT_LIMIT:
+            self._unsent.popleft()
+        with contextlib.suppress(RedisError, OSError):
+            await self._flush_unsent()
 
     async def _flush_unsent(self) -> None:
-        while self._unsent:
-            channel, payload = self._unsent[0]
-            await self._redis.publish(channel, payload)
-            self._unsent.pop(0)
+        """Publish the kept events, oldest first, by one task at a time: two flushing the
+        same list would publish one event twice and drop the next one unpublished. The one
+        in flight is out of the list, so trimming it to its limit never drops the wrong one."""
+        if self._flushing:
+            return  # the flushing task publishes them all, these included
+        self._flushing = True
+        try:
+            while self._unsent:
+                item = self._unsent.popleft()
+                try:
+                    await self._redis.publish(*item)
+                except BaseException:
+                    self._unsent.appendleft(item)
+                    raise
+        finally:
+            self._flushing = False
 
     async def _channel_opened(self, channel: str) -> None:
         async with self._lock:
@@ -252,6 +265,9 @@ class RedisBroker(Broker):
                 raise
             except (RedisError, OSError) as exc:
                 log.warning("broker connection lost", extra={"error": type(exc).__name__})
+            except Exception:
+                # Never a deaf process for good: start over, and listeners catch up.
+                log.exception("broker reader failed")
             await self._close_pubsub()
             if self._stopping:
                 break
