@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -50,11 +51,11 @@ async def _outside(database: Database) -> tuple[int, str | None, int]:
 
 
 @pytest.fixture
-async def single(database_urls: DatabaseUrls) -> Database:
+async def single(database_urls: DatabaseUrls) -> AsyncIterator[Database]:
     """The app's role with one pooled connection: every unit reuses the one before's."""
     database = Database(database_urls.app, pool_size=1)
     database.engine.sync_engine.pool._max_overflow = 0  # type: ignore[attr-defined]
-    yield database  # type: ignore[misc]
+    yield database
     await database.dispose()
 
 
@@ -73,7 +74,8 @@ async def test_a_scoped_read_is_its_begin_its_statement_and_its_end(
     begin, read, end = trips
     assert begin.startswith("query: BEGIN; SELECT set_config('app.org_id', ")
     assert f"'{org.id}'" in begin
-    assert read.startswith("execute: SELECT") and "memberships" in read
+    assert read.startswith("execute: SELECT")
+    assert "memberships" in read
     assert end == "query: COMMIT;"
 
 
@@ -147,7 +149,8 @@ async def test_a_snapshot_s_isolation_level_and_a_scoped_unit_share_a_connection
             read_only = (await connection.execute(text("SHOW transaction_read_only"))).scalar()
             _pid, seen, _event, _count = (await connection.execute(_SCOPE)).one()
     assert (level, read_only, seen) == ("read committed", "off", str(org.id))
-    assert trips[0].startswith("query: BEGIN") and "set_config('app.org_id'" in trips[0]
+    assert trips[0].startswith("query: BEGIN")
+    assert "set_config('app.org_id'" in trips[0]
 
 
 async def test_a_unit_whose_begin_failed_leaves_no_transaction_and_no_scope(
@@ -158,9 +161,7 @@ async def test_a_unit_whose_begin_failed_leaves_no_transaction_and_no_scope(
     when a unit taking that lock with its scope (in its BEGIN) fails on the timeout,
     then the unit raises, and the connection's next users (a unit for another workspace,
     a use outside any session) run normally with their own scope, none left over."""
-    single = Database(
-        database_urls.app, pool_size=1, statement_timeout=timedelta(milliseconds=300)
-    )
+    single = Database(database_urls.app, pool_size=1, statement_timeout=timedelta(milliseconds=300))
     single.engine.sync_engine.pool._max_overflow = 0  # type: ignore[attr-defined]
     try:
         pid = (await _unit(single, other_org.id))[0]
@@ -170,9 +171,9 @@ async def test_a_unit_whose_begin_failed_leaves_no_transaction_and_no_scope(
                 {"lock_class": FEED_LOCK_CLASS, "org": str(org.id)},
             )
             try:
-                with pytest.raises(DBAPIError, match="statement timeout"):
-                    async with single.session() as session:
-                        await use_workspace(session, org.id, feed_lock=True)
+                async with single.session() as session:
+                    await use_workspace(session, org.id, feed_lock=True)
+                    with pytest.raises(DBAPIError, match="statement timeout"):
                         await session.execute(text("SELECT 1"))
             finally:
                 await holder.execute(text("SELECT pg_advisory_unlock_all()"))

@@ -41,7 +41,6 @@ from sqlalchemy.dialects.postgresql.asyncpg import (
 from sqlalchemy.engine import Connection
 from sqlalchemy.util.concurrency import await_
 
-
 # SQLAlchemy's names of the levels (its dialect's `_isolation_lookup`), as SQL.
 _ISOLATION_LEVELS = {
     "read_committed": "READ COMMITTED",
@@ -71,7 +70,7 @@ class ScopedBeginConnection(AsyncAdapt_asyncpg_connection):
     __slots__ = ("_begin_with",)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._begin_with: str | None = None
 
     def begin_with(self, statement: str) -> bool:
@@ -86,13 +85,14 @@ class ScopedBeginConnection(AsyncAdapt_asyncpg_connection):
     async def _start_transaction(self) -> None:
         statement, self._begin_with = self._begin_with, None
         if statement is None or self.isolation_level == "autocommit":
-            await super()._start_transaction()
+            await super()._start_transaction()  # type: ignore[no-untyped-call]
             return
         # Begun as far as anyone ending it is concerned, before the query goes: see the
         # module's docstring.
-        self._transaction = _Begun(self._connection)  # type: ignore[assignment]
+        connection: asyncpg.Connection = self._connection
+        self._transaction = _Begun(connection)  # type: ignore[assignment]
         try:
-            await self._connection.execute(f"{self._begin()}; {statement}")
+            await connection.execute(f"{self._begin()}; {statement}")
         except Exception as error:
             self._handle_exception(error)
 
@@ -113,19 +113,20 @@ class ScopedBeginConnection(AsyncAdapt_asyncpg_connection):
 
     def rollback(self) -> None:
         self._begin_with = None
-        super().rollback()
+        super().rollback()  # type: ignore[no-untyped-call]
 
     def commit(self) -> None:
         self._begin_with = None
-        super().commit()
+        super().commit()  # type: ignore[no-untyped-call]
 
     async def _async_ping(self) -> None:
         # One round trip: a simple query outside any transaction (SQLAlchemy's own wraps
         # a prepared `;` in BEGIN and ROLLBACK, three, for pgbouncer's transaction mode).
         if self._transaction is None:
-            await self._connection.execute("SELECT 1")
+            connection: asyncpg.Connection = self._connection
+            await connection.execute("SELECT 1")
         else:
-            await super()._async_ping()
+            await super()._async_ping()  # type: ignore[no-untyped-call]
 
 
 class ScopedBeginDbapi(AsyncAdapt_asyncpg_dbapi):
@@ -147,7 +148,7 @@ class ScopedBeginDbapi(AsyncAdapt_asyncpg_dbapi):
 
 
 def scoped_begin_dbapi() -> ScopedBeginDbapi:
-    return ScopedBeginDbapi(asyncpg)
+    return ScopedBeginDbapi(asyncpg)  # type: ignore[no-untyped-call]
 
 
 def begin_with(connection: Connection, statement: str) -> bool:

@@ -259,9 +259,7 @@ async def test_a_conversations_message_page_costs_a_constant_number_of_statement
     assert all(node["reactions"] == [{"emoji": "👍"}] for node in nodes)
     assert all(node["replyTo"]["text"] for node in nodes)
     assert all(node["location"] is None and node["updateCursor"] for node in nodes)
-    assert len(statements) == opening_statements(db) + HISTORY_STATEMENTS, "\n".join(
-        statements
-    )
+    assert len(statements) == opening_statements(db) + HISTORY_STATEMENTS, "\n".join(statements)
 
     for media, expected in ((False, 2), (True, 2 + 1)):
         # when the media are included or not, and the reactions skipped
