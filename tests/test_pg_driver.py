@@ -133,6 +133,22 @@ async def test_a_pooled_connection_never_carries_a_scope_to_its_next_user(
     assert await _unit(single, other_org.id) == theirs
 
 
+async def test_a_failed_unit_leaves_no_scope_on_its_connection(
+    single: Database, org: Organization
+) -> None:
+    """Given one pooled connection, when a unit for a workspace fails in a statement after
+    its BEGIN, then the connection's next users, a unit without a workspace and a use
+    outside any session, see no workspace and nothing of its rows."""
+    pid = (await _unit(single, org.id))[0]
+    async with single.session(org.id) as session:
+        connection = await session.connection()
+        await connection.execute(_SCOPE)
+        with pytest.raises(DBAPIError, match="division by zero"):
+            await connection.execute(text("SELECT 1 / 0"))
+    assert await _unit(single, None) == (pid, "", "", 0)
+    assert await _outside(single) == (pid, "", 0)
+
+
 async def test_a_snapshot_s_isolation_level_and_a_scoped_unit_share_a_connection(
     single: Database, org: Organization
 ) -> None:
@@ -173,8 +189,9 @@ async def test_a_unit_whose_begin_failed_leaves_no_transaction_and_no_scope(
             try:
                 async with single.session() as session:
                     await use_workspace(session, org.id, feed_lock=True)
+                    connection = await session.connection()
                     with pytest.raises(DBAPIError, match="statement timeout"):
-                        await session.execute(text("SELECT 1"))
+                        await connection.execute(text("SELECT 1"))
             finally:
                 await holder.execute(text("SELECT pg_advisory_unlock_all()"))
                 await holder.commit()
@@ -200,7 +217,7 @@ async def test_the_scope_s_values_are_uuids_written_from_their_value(
     statement; and a UUID whose text lies is written from its value."""
     with pytest.raises(TenantScopeError):
         async with db.session(org.id, webhook_event="x', true) --") as session:  # type: ignore[arg-type]
-            await session.execute(text("SELECT 1"))
+            await session.connection()
     event = uuid.uuid4()
     _pid, seen, seen_event, _count = await _unit(db, org.id, webhook_event=_Sly(int=event.int))
     assert (seen, seen_event) == (str(org.id), str(event))
