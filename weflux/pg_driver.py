@@ -24,8 +24,8 @@ it is counted as begun before the query is sent, so the unit's rollback (or the 
 reset) ends it with ROLLBACK (harmless when nothing had begun).
 
 The BEGIN says what asyncpg's would: the connection's isolation level, READ ONLY,
-DEFERRABLE (backups' `begin_snapshot`). Engines get
-the adapter with `create_async_engine(url, module=scoped_begin_dbapi())`; the URL stays
+DEFERRABLE (backups' `begin_snapshot`). Engines get the adapter with
+`create_async_engine(url, module=scoped_begin_dbapi())`; the URL stays
 `postgresql+asyncpg://`.
 """
 
