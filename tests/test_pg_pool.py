@@ -13,6 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.fixtures.round_trips import round_trips
 from tests.fixtures.services import TEST_DATABASE_URL
 from weflux import db as db_module
 from weflux.db import Database
@@ -58,6 +59,21 @@ async def test_an_idle_connection_is_pinged_before_use(
     monkeypatch.setattr(db_module, "IDLE_PING_AFTER", 0.0)
     assert await _backend(db, org) == first
     assert pings == [1]
+
+
+async def test_an_idle_connection_s_ping_is_one_round_trip(
+    db: Database, org: Organization, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a pooled connection idle past the limit, when a unit of work checks it out,
+    then its ping is one simple query outside any transaction (SQLAlchemy's own is three:
+    BEGIN, a prepared `;`, ROLLBACK), before the unit's BEGIN."""
+    await _backend(db, org)
+    monkeypatch.setattr(db_module, "IDLE_PING_AFTER", 0.0)
+    with round_trips() as trips:
+        await _backend(db, org)
+    assert trips[0] == "query: SELECT 1"
+    assert trips[1].startswith("query: BEGIN; SELECT set_config(")
+    assert len(trips) == 4, trips  # and the unit's SELECT and COMMIT
 
 
 async def test_an_idle_connection_whose_backend_went_away_is_replaced_before_use(

@@ -30,6 +30,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import ScopedSession, TenantScopeError, set_scope
 from weflux.config import ConfigError
+from weflux.pg_driver import ScopedBeginConnection, scoped_begin_dbapi
 from weflux.sqlite_driver import INLINE, OneHopConnection, mark_inline_statements, one_hop_dbapi
 
 log = logging.getLogger(__name__)
@@ -308,8 +309,10 @@ def _postgres_engine(
     statement_timeout: timedelta,
     **kwargs: Any,
 ) -> AsyncEngine:
+    # A scoped unit's BEGIN and its scope's set_config in one round trip (weflux.pg_driver).
     engine = create_async_engine(
         url,
+        module=scoped_begin_dbapi(),
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
@@ -347,8 +350,12 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
     sync_engine = engine.sync_engine
 
     @event.listens_for(sync_engine, "checkin")
-    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+    def _checked_in(dbapi_connection: Any, record: Any) -> None:
         record.info[_IDLE_SINCE] = time.monotonic()
+        if isinstance(dbapi_connection, ScopedBeginConnection):
+            # Nothing waits for a BEGIN past its transaction (its commit or rollback has
+            # dropped it already): never carried to the connection's next user.
+            dbapi_connection.forget_begin()
 
     @event.listens_for(sync_engine, "checkout")
     def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:

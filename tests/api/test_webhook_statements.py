@@ -19,6 +19,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
 from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
+from tests.fixtures.round_trips import round_trips
 from weflux import sqlite_driver
 from weflux.config import Settings
 from weflux.db import Database
@@ -59,21 +60,28 @@ async def test_a_one_message_webhook_runs_few_statements(
     """Given a connected number,
     when a one-message webhook comes from a new sender, then another from that sender,
     then on SQLite the first runs 5 statements and the second one fewer; on PostgreSQL
-    each runs 3: the scope's set_config, the sender lookup, and one statement folding
-    every write (weflux.services.folding), so a known sender saves no statement there,
-    only the parts of the folded one."""
+    each runs 2: the sender lookup, and one statement folding every write
+    (weflux.services.folding), so a known sender saves no statement there, only the parts
+    of the folded one; the scope's set_config goes with the BEGIN (weflux.pg_driver)."""
     await _statements(client, app, "16505550000")  # the number's routes, now cached
     new = await _statements(client, app, "16505550001")
-    known = await _statements(client, app, "16505550001")
-    # PostgreSQL adds the scope's one set_config (the routes are cached: the workspace
-    # is known when the transaction begins); SQLite reads the change feed's highest
-    # position in the sender lookup (PostgreSQL takes it in a trigger: docs/realtime.md).
-    expected = {"sqlite": (5, 4), "postgresql": (3, 3)}[dialect]
+    with round_trips() as trips:
+        known = await _statements(client, app, "16505550001")
+    # SQLite reads the change feed's highest position in the sender lookup (PostgreSQL
+    # takes it in a trigger: docs/realtime.md).
+    expected = {"sqlite": (5, 4), "postgresql": (2, 2)}[dialect]
     assert (len(new), len(known)) == expected
     if dialect == "postgresql":
-        # The scope's statement takes the feed lock too (the webhook writes several feed
-        # rows: docs/realtime.md), before any row lock.
-        assert all("pg_advisory_xact_lock" in seen[0] for seen in (new, known))
+        # The scope (the routes are cached: the workspace is known when the transaction
+        # begins) and the feed lock (the webhook writes several feed rows: docs/realtime.md),
+        # before any row lock, in the BEGIN's round trip; then the two statements and COMMIT.
+        begins = [trip for trip in trips if trip.startswith("query: BEGIN")]
+        assert len(begins) == 1, trips
+        assert "set_config('app.org_id'" in begins[0]
+        assert "pg_advisory_xact_lock" in begins[0]
+        # (A prepare is the statement cache's first sight of a shape: this one's, here.)
+        executed = [trip for trip in trips if not trip.startswith("prepare: ")]
+        assert len(executed) == 4, "\n".join(trip[:150] for trip in trips)
         # new: contacts, conversations, messages; known: conversations (UPDATE), messages
         # (the webhook event's INSERT being the statement itself).
         assert new[-1].count(" AS \n(INSERT INTO") == 3, new[-1]
@@ -106,8 +114,8 @@ async def test_a_one_status_webhook_runs_few_statements(
 ) -> None:
     """Given a sent outbound message (the number's routes cached),
     when Meta's delivered status for it comes,
-    then the webhook runs 3 statements (4 on PostgreSQL: the scope's set_config) and the
-    message is delivered."""
+    then the webhook runs 3 statements (on PostgreSQL the scope's set_config goes with the
+    BEGIN) and the message is delivered."""
     await _statements(client, app, "16505550000")
     wamid = wh.new_wamid()
     message = await outbound_message(db, channel.org_id, wamid)
@@ -121,7 +129,7 @@ async def test_a_one_status_webhook_runs_few_statements(
         stored = await session.get(Message, message.id)
     assert stored is not None
     assert stored.status == MessageStatus.DELIVERED
-    assert len(seen) == {"sqlite": 3, "postgresql": 4}[dialect]
+    assert len(seen) == 3
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])

@@ -80,6 +80,7 @@ from weflux.models import (
     OrgScoped,
     workspace_models,
 )
+from weflux.pg_driver import begin_with
 
 WORKSPACE_KEY = "weflux.org_id"
 ALL_WORKSPACES_KEY = "weflux.all_workspaces"
@@ -101,6 +102,33 @@ _APPLY_SCOPE_AND_LOCK_SQL = text(
     "set_config('app.webhook_event_id', :webhook_event_id, true), "
     "pg_advisory_xact_lock(:lock_class, hashtext(:org_id))"
 )
+
+
+def _literal(value: Any) -> str:
+    """A UUID (or nothing) as the text of a SQL string literal, for the scope's statement
+    sent with BEGIN (a simple query takes no parameters: weflux.pg_driver). Re-rendered
+    from the UUID's integer, so it is 36 hex digits and hyphens whatever the object
+    (a subclass's `__str__` included); anything else is refused."""
+    if value is None:
+        return ""
+    if not isinstance(value, uuid.UUID):
+        raise TenantScopeError("a scope's workspace and webhook event are UUIDs")
+    return str(uuid.UUID(int=value.int))
+
+
+def _scope_sql(session: Session, feed_lock: bool) -> str:
+    """`_APPLY_SCOPE_SQL` (with `feed_lock`, `_APPLY_SCOPE_AND_LOCK_SQL`) with its values
+    as literals: see `_literal`."""
+    info = _info(session)
+    org = _literal(current_workspace(session))
+    event = _literal(info.get(WEBHOOK_EVENT_KEY))
+    statement = (
+        f"SELECT set_config('app.org_id', '{org}', true), "
+        f"set_config('app.webhook_event_id', '{event}', true)"
+    )
+    if feed_lock:
+        statement += f", pg_advisory_xact_lock({int(FEED_LOCK_CLASS)}, hashtext('{org}'))"
+    return statement
 
 
 class TenantScopeError(RuntimeError):
@@ -282,6 +310,10 @@ async def use_workspace(
         info[FEED_LOCK_KEY] = feed_lock
     elif sync.get_bind().dialect.name == "postgresql":
         connection = await session.connection()
+        # Begun, but no statement sent yet: the new scope replaces the one waiting for
+        # the BEGIN (weflux.pg_driver), in its round trip.
+        if begin_with(connection.sync_connection, _scope_sql(sync, feed_lock)):  # type: ignore[arg-type]
+            return
         if feed_lock:
             await connection.execute(
                 _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(sync) | {"lock_class": FEED_LOCK_CLASS}
@@ -291,11 +323,9 @@ async def use_workspace(
 
 
 def _scope_params(session: Session) -> dict[str, str]:
-    org_id = current_workspace(session)
-    event = _info(session).get(WEBHOOK_EVENT_KEY)
     return {
-        "org_id": str(org_id) if org_id else "",
-        "webhook_event_id": str(event) if event else "",
+        "org_id": _literal(current_workspace(session)),
+        "webhook_event_id": _literal(_info(session).get(WEBHOOK_EVENT_KEY)),
     }
 
 
@@ -731,13 +761,21 @@ def _org_history(obj: OrgScoped) -> bool:
 def _apply_database_scope(
     session: Session, transaction: SessionTransaction, connection: Connection
 ) -> None:
-    if connection.dialect.name == "postgresql":
-        if session.info.get(FEED_LOCK_KEY):
-            connection.execute(
-                _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(session) | {"lock_class": FEED_LOCK_CLASS}
-            )
-        else:
-            connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
+    """Hand the scope to row-level security before the transaction's first statement.
+
+    On PostgreSQL the scope's statement goes with the transaction's BEGIN, in its round
+    trip (weflux.pg_driver; no round trip here), or, when the driver's transaction has
+    begun already, now with bound parameters."""
+    if connection.dialect.name != "postgresql":
+        return
+    if begin_with(connection, _scope_sql(session, bool(session.info.get(FEED_LOCK_KEY)))):
+        return
+    if session.info.get(FEED_LOCK_KEY):
+        connection.execute(
+            _APPLY_SCOPE_AND_LOCK_SQL, _scope_params(session) | {"lock_class": FEED_LOCK_CLASS}
+        )
+    else:
+        connection.execute(_APPLY_SCOPE_SQL, _scope_params(session))
 
 
 # -- the workspace change feed -------------------------------------------------------------

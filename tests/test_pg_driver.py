@@ -1,0 +1,233 @@
+"""A scoped unit of work's BEGIN carries its scope, in one round trip (weflux.pg_driver).
+
+Every unit on PostgreSQL paid BEGIN, then the scope's `set_config` (row-level security's
+workspace), then its statements, then COMMIT or ROLLBACK (issue 11). The scope now goes
+with the BEGIN; these pin the round trips and what must never change with it: every
+statement of the unit sees its own scope, no pooled connection carries one to its next
+user, and a unit whose BEGIN failed leaves neither a transaction nor a scope.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import select
+
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.round_trips import round_trips
+from weflux.auth.scoping import FEED_LOCK_CLASS, TenantScopeError, use_workspace
+from weflux.db import Database, begin_snapshot
+from weflux.models import Membership, Organization
+
+pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
+
+_SCOPE = text(
+    "SELECT pg_backend_pid(), current_setting('app.org_id', true), "
+    "current_setting('app.webhook_event_id', true), (SELECT count(*) FROM organizations)"
+)
+
+
+async def _unit(
+    database: Database, org_id: uuid.UUID | None, *, webhook_event: uuid.UUID | None = None
+) -> tuple[int, str | None, str | None, int]:
+    """A unit's backend, the scope row-level security sees and the workspaces it sees."""
+    async with database.session(org_id, webhook_event=webhook_event) as session:
+        connection = await session.connection()
+        pid, org, event, count = (await connection.execute(_SCOPE)).one()
+    return pid, org, event, count
+
+
+async def _outside(database: Database) -> tuple[int, str | None, int]:
+    """The same, on a pooled connection used outside any session (no scope of its own)."""
+    async with database.engine.connect() as connection:
+        pid, org, _event, count = (await connection.execute(_SCOPE)).one()
+    return pid, org, count
+
+
+@pytest.fixture
+async def single(database_urls: DatabaseUrls) -> AsyncIterator[Database]:
+    """The app's role with one pooled connection: every unit reuses the one before's."""
+    database = Database(database_urls.app, pool_size=1)
+    database.engine.sync_engine.pool._max_overflow = 0  # type: ignore[attr-defined]
+    yield database
+    await database.dispose()
+
+
+async def test_a_scoped_read_is_its_begin_its_statement_and_its_end(
+    db: Database, org: Organization
+) -> None:
+    """Given a warm pool (the statement prepared),
+    when a unit scoped to a workspace reads one row and ends,
+    then it costs three round trips: BEGIN with the scope's set_config, the SELECT, and
+    COMMIT (four before: BEGIN and set_config apart)."""
+    for _ in range(2):
+        with round_trips() as trips:
+            async with db.session(org.id) as session:
+                (await session.exec(select(Membership).limit(1))).first()
+    assert len(trips) == 3, trips
+    begin, read, end = trips
+    assert begin.startswith("query: BEGIN; SELECT set_config('app.org_id', ")
+    assert f"'{org.id}'" in begin
+    assert read.startswith("execute: SELECT")
+    assert "memberships" in read
+    assert end == "query: COMMIT;"
+
+
+async def test_a_unit_without_a_workspace_begins_with_an_empty_scope_in_one_round_trip(
+    db: Database,
+) -> None:
+    """Given a unit without a workspace, when it runs a statement, then its BEGIN set the
+    scope to none in the same round trip, and row-level security shows it nothing."""
+    await _unit(db, None)
+    with round_trips() as trips:
+        _pid, org, event, count = await _unit(db, None)
+    assert (org, event, count) == ("", "", 0)
+    assert trips[0] == (
+        "query: BEGIN; SELECT set_config('app.org_id', '', true), "
+        "set_config('app.webhook_event_id', '', true)"
+    )
+    assert len(trips) == 3, trips
+
+
+async def test_every_statement_of_a_unit_sees_its_scope(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given two workspaces, when a unit scoped to one runs several statements, then row-
+    level security sees that workspace, and only its rows, in each of them."""
+    event = uuid.uuid4()
+    async with db.session(org.id, webhook_event=event) as session:
+        connection = await session.connection()
+        for _ in range(3):
+            _pid, seen, seen_event, _count = (await connection.execute(_SCOPE)).one()
+            assert (seen, seen_event) == (str(org.id), str(event))
+            orgs = (await connection.execute(text("SELECT id FROM organizations"))).all()
+            assert [row[0] for row in orgs] == [org.id]
+
+
+async def test_a_pooled_connection_never_carries_a_scope_to_its_next_user(
+    single: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given one pooled connection,
+    when units for one workspace, another, none, one that ran no statement, and uses
+    outside any session follow each other on it,
+    then each sees its own scope alone (none outside a session)."""
+    pid, seen, _event, mine = await _unit(single, org.id)
+    assert (seen, mine) == (str(org.id), 1)
+    assert await _outside(single) == (pid, "", 0)
+    theirs = await _unit(single, other_org.id)
+    assert theirs[:2] == (pid, str(other_org.id))
+    assert await _unit(single, None) == (pid, "", "", 0)
+    # A unit that began but sent nothing: its scope waited for a BEGIN that never came.
+    async with single.session(org.id) as session:
+        await session.connection()
+    assert await _outside(single) == (pid, "", 0)
+    async with single.session(org.id) as session:
+        await session.connection()
+        await session.rollback()
+    assert await _unit(single, other_org.id) == theirs
+
+
+async def test_a_failed_unit_leaves_no_scope_on_its_connection(
+    single: Database, org: Organization
+) -> None:
+    """Given one pooled connection, when a unit for a workspace fails in a statement after
+    its BEGIN, then the connection's next users, a unit without a workspace and a use
+    outside any session, see no workspace and nothing of its rows."""
+    pid = (await _unit(single, org.id))[0]
+    async with single.session(org.id) as session:
+        connection = await session.connection()
+        await connection.execute(_SCOPE)
+        with pytest.raises(DBAPIError, match="division by zero"):
+            await connection.execute(text("SELECT 1 / 0"))
+    assert await _unit(single, None) == (pid, "", "", 0)
+    assert await _outside(single) == (pid, "", 0)
+
+
+async def test_a_snapshot_s_isolation_level_and_a_scoped_unit_share_a_connection(
+    single: Database, org: Organization
+) -> None:
+    """Given one pooled connection used by a snapshot (REPEATABLE READ, READ ONLY), when a
+    scoped unit follows on it, then that unit begins READ COMMITTED again with its scope."""
+    async with single.engine.connect() as connection:
+        await begin_snapshot(connection)
+        await connection.execute(text("SELECT 1"))
+        await connection.rollback()
+    with round_trips() as trips:
+        async with single.session(org.id) as session:
+            connection = await session.connection()
+            level = (await connection.execute(text("SHOW transaction_isolation"))).scalar_one()
+            read_only = (await connection.execute(text("SHOW transaction_read_only"))).scalar()
+            _pid, seen, _event, _count = (await connection.execute(_SCOPE)).one()
+    assert (level, read_only, seen) == ("read committed", "off", str(org.id))
+    assert trips[0].startswith("query: BEGIN")
+    assert "set_config('app.org_id'" in trips[0]
+
+
+async def test_a_unit_whose_begin_failed_leaves_no_transaction_and_no_scope(
+    database_urls: DatabaseUrls, owner_db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given one pooled connection whose statements time out after 0.3 s, and the
+    workspace's feed lock held elsewhere,
+    when a unit taking that lock with its scope (in its BEGIN) fails on the timeout,
+    then the unit raises, and the connection's next users (a unit for another workspace,
+    a use outside any session) run normally with their own scope, none left over."""
+    single = Database(database_urls.app, pool_size=1, statement_timeout=timedelta(milliseconds=300))
+    single.engine.sync_engine.pool._max_overflow = 0  # type: ignore[attr-defined]
+    try:
+        pid = (await _unit(single, other_org.id))[0]
+        async with owner_db.engine.connect() as holder:
+            await holder.execute(
+                text("SELECT pg_advisory_lock(:lock_class, hashtext(:org))"),
+                {"lock_class": FEED_LOCK_CLASS, "org": str(org.id)},
+            )
+            try:
+                async with single.session() as session:
+                    await use_workspace(session, org.id, feed_lock=True)
+                    connection = await session.connection()
+                    with pytest.raises(DBAPIError, match="statement timeout"):
+                        await connection.execute(text("SELECT 1"))
+            finally:
+                await holder.execute(text("SELECT pg_advisory_unlock_all()"))
+                await holder.commit()
+        again = await _unit(single, other_org.id)
+        assert again[:2] == (pid, str(other_org.id))
+        assert await _outside(single) == (pid, "", 0)
+    finally:
+        await single.dispose()
+
+
+class _Sly(uuid.UUID):
+    """A UUID whose text is not its value."""
+
+    def __str__(self) -> str:
+        return "x', true), set_config('app.org_id', 'y"
+
+
+async def test_the_scope_s_values_are_uuids_written_from_their_value(
+    db: Database, org: Organization
+) -> None:
+    """Given the scope's values go in BEGIN's simple query as literals,
+    when a webhook event that is no UUID is named, then the unit is refused before any
+    statement; and a UUID whose text lies is written from its value."""
+    with pytest.raises(TenantScopeError):
+        async with db.session(org.id, webhook_event="x', true) --") as session:  # type: ignore[arg-type]
+            await session.connection()
+    event = uuid.uuid4()
+    _pid, seen, seen_event, _count = await _unit(db, org.id, webhook_event=_Sly(int=event.int))
+    assert (seen, seen_event) == (str(org.id), str(event))
+
+
+async def test_concurrent_units_each_see_their_own_scope(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given two workspaces, when many units of both run at once on the pool, then each
+    sees its own workspace."""
+    orgs = [org.id, other_org.id] * 10
+    seen = await asyncio.gather(*(_unit(db, org_id) for org_id in orgs))
+    assert [row[1] for row in seen] == [str(org_id) for org_id in orgs]

@@ -1,0 +1,159 @@
+"""PostgreSQL through asyncpg: a transaction's BEGIN and its scope in one round trip.
+
+SQLAlchemy's asyncpg adapter sends BEGIN (asyncpg's `Transaction.start`, a simple query)
+just before a transaction's first statement, in a round trip of its own; the tenant
+scope's `SELECT set_config(...)` (weflux.auth.scoping) then took a second one, before the
+unit's real first statement: two round trips of every scoped unit of work (issue 11).
+
+Here the adapter, subclassed (not copied, not patched), takes a statement to run with its
+next BEGIN (`begin_with`): when the transaction's first statement comes, `BEGIN; <the
+statement>` goes as one simple query (PostgreSQL's simple-query protocol runs several
+statements of one message in order, so the BEGIN opens the transaction the scope is set
+in, before any other statement of it). A simple query takes no parameters: the statement
+is built by the caller from strictly validated values only (`scoping._scope_sql`: UUIDs
+re-rendered from their integer, never text from a request).
+
+What is pending lives only as long as the transaction that asked for it: the transaction's
+first statement takes it; a commit or rollback (SQLAlchemy ends each transaction with
+one, even when the driver never began: a unit without statements) drops it, and so does
+the pool's reset when the connection is given back. So no later user of a pooled
+connection (another unit, `engine.connect()`, the idle ping) ever begins with someone
+else's scope. If `BEGIN; <statement>` fails part way (a lock wait cancelled by the
+statement timeout, a cancelled task), the server may hold a transaction, open or aborted:
+it is counted as begun before the query is sent, so the unit's rollback (or the pool's
+reset) ends it with ROLLBACK (harmless when nothing had begun).
+
+The BEGIN says what asyncpg's would: the connection's isolation level, READ ONLY,
+DEFERRABLE (backups' `begin_snapshot`). Engines get the adapter with
+`create_async_engine(url, module=scoped_begin_dbapi())`; the URL stays
+`postgresql+asyncpg://`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from sqlalchemy.dialects.postgresql.asyncpg import (
+    AsyncAdapt_asyncpg_connection,
+    AsyncAdapt_asyncpg_dbapi,
+)
+from sqlalchemy.engine import Connection
+from sqlalchemy.util.concurrency import await_
+
+# SQLAlchemy's names of the levels (its dialect's `_isolation_lookup`), as SQL.
+_ISOLATION_LEVELS = {
+    "read_committed": "READ COMMITTED",
+    "repeatable_read": "REPEATABLE READ",
+    "serializable": "SERIALIZABLE",
+}
+
+
+class _Begun:
+    """A transaction opened by `BEGIN; <statement>`: ended as asyncpg ends its own."""
+
+    __slots__ = ("_connection",)
+
+    def __init__(self, connection: asyncpg.Connection) -> None:
+        self._connection = connection
+
+    async def commit(self) -> None:
+        await self._connection.execute("COMMIT;")
+
+    async def rollback(self) -> None:
+        await self._connection.execute("ROLLBACK;")
+
+
+class ScopedBeginConnection(AsyncAdapt_asyncpg_connection):
+    """SQLAlchemy's asyncpg connection, whose next BEGIN may carry a statement."""
+
+    __slots__ = ("_begin_with",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
+        self._begin_with: str | None = None
+
+    def begin_with(self, statement: str) -> bool:
+        """Send `statement` (no parameters) with the BEGIN of the transaction about to
+        begin. False when it cannot: the driver's transaction has begun already, or the
+        connection is in autocommit (the caller then runs it itself)."""
+        if self._transaction is not None or self.isolation_level == "autocommit":
+            return False
+        self._begin_with = statement
+        return True
+
+    async def _start_transaction(self) -> None:
+        statement, self._begin_with = self._begin_with, None
+        if statement is None or self.isolation_level == "autocommit":
+            await super()._start_transaction()  # type: ignore[no-untyped-call]
+            return
+        # Begun as far as anyone ending it is concerned, before the query goes: see the
+        # module's docstring.
+        connection: asyncpg.Connection = self._connection
+        self._transaction = _Begun(connection)  # type: ignore[assignment]
+        try:
+            await connection.execute(f"{self._begin()}; {statement}")
+        except Exception as error:
+            self._handle_exception(error)
+
+    def forget_begin(self) -> None:
+        """Drop what is pending for the next BEGIN (the pool's check-in: see db.py)."""
+        self._begin_with = None
+
+    def _begin(self) -> str:
+        """The BEGIN asyncpg's `Transaction.start` would send for this connection."""
+        begin = "BEGIN"
+        if self.isolation_level is not None:
+            begin += " ISOLATION LEVEL " + _ISOLATION_LEVELS[self.isolation_level]
+        if self.readonly:
+            begin += " READ ONLY"
+        if self.deferrable:
+            begin += " DEFERRABLE"
+        return begin
+
+    def rollback(self) -> None:
+        self._begin_with = None
+        super().rollback()  # type: ignore[no-untyped-call]
+
+    def commit(self) -> None:
+        self._begin_with = None
+        super().commit()  # type: ignore[no-untyped-call]
+
+    async def _async_ping(self) -> None:
+        # One round trip: a simple query outside any transaction (SQLAlchemy's own wraps
+        # a prepared `;` in BEGIN and ROLLBACK, three, for pgbouncer's transaction mode).
+        if self._transaction is None:
+            connection: asyncpg.Connection = self._connection
+            await connection.execute("SELECT 1")
+        else:
+            await super()._async_ping()  # type: ignore[no-untyped-call]
+
+
+class ScopedBeginDbapi(AsyncAdapt_asyncpg_dbapi):
+    """SQLAlchemy's asyncpg DBAPI module, connecting with `ScopedBeginConnection`."""
+
+    def connect(self, *arg: Any, **kw: Any) -> ScopedBeginConnection:
+        creator_fn = kw.pop("async_creator_fn", self.asyncpg.connect)
+        cache_size = kw.pop("prepared_statement_cache_size", 100)
+        name_func = kw.pop("prepared_statement_name_func", None)
+        connection: ScopedBeginConnection = await_(
+            ScopedBeginConnection.create(
+                self,
+                creator_fn(*arg, **kw),
+                prepared_statement_cache_size=cache_size,
+                prepared_statement_name_func=name_func,
+            )
+        )
+        return connection
+
+
+def scoped_begin_dbapi() -> ScopedBeginDbapi:
+    return ScopedBeginDbapi(asyncpg)  # type: ignore[no-untyped-call]
+
+
+def begin_with(connection: Connection, statement: str) -> bool:
+    """Have `statement` sent with the BEGIN of `connection`'s transaction, which has not
+    reached the driver yet (see `ScopedBeginConnection.begin_with`). False when it cannot
+    (another driver, or the driver's transaction has begun): run it yourself then."""
+    adapted = connection.connection.dbapi_connection
+    return isinstance(adapted, ScopedBeginConnection) and adapted.begin_with(statement)
