@@ -105,7 +105,7 @@ def install() -> None:
     from sqlalchemy.pool import Pool
     from uvicorn.protocols.http import httptools_impl
 
-    from weflux import db
+    from weflux import db, pg_driver
     from weflux.api import middleware, webhooks
     from weflux.realtime import broker
     from weflux.services import ingest
@@ -166,7 +166,8 @@ def install() -> None:
     _wrap(broker.RedisBroker, "publish_many", "publish_many")
     # Round trips: asyncpg's BEGIN, each statement's execution, COMMIT or ROLLBACK, a
     # PREPARE; Redis: each write of commands and each reply read.
-    _wrap(sa_asyncpg.AsyncAdapt_asyncpg_connection, "_start_transaction", "pg BEGIN")
+    # weflux's engines connect with weflux.pg_driver's subclass, whose BEGIN carries the scope.
+    _wrap(pg_driver.ScopedBeginConnection, "_start_transaction", "pg BEGIN")
     _wrap(sa_asyncpg.AsyncAdapt_asyncpg_connection, "_call_and_discard", "pg COMMIT")
     _wrap(asyncpg.Connection, "prepare", "pg PREPARE")
     _wrap(asyncpg.prepared_stmt.PreparedStatement, "fetch", "pg statement")
