@@ -187,7 +187,9 @@ def _sqlite_reads(plan: list[str]) -> tuple[set[tuple[str, str | None]], list[st
     reads: set[tuple[str, str | None]] = set()
     parents = set()
     for parent, _, detail in steps:
-        found = re.match(r"(?:SEARCH|SCAN) conversations\b(?: USING (?:COVERING )?INDEX (\w+))?(.*)", detail)
+        found = re.match(
+            r"(?:SEARCH|SCAN) conversations\b(?: USING (?:COVERING )?INDEX (\w+))?(.*)", detail
+        )
         if found and found.group(1) not in BY_KEY:
             parents.add(parent)
             reads.add((str(found.group(1)), found.group(2).strip()))
@@ -251,53 +253,58 @@ async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
     OPEN a part) it does, so the parts here are a fifth each."""
     ws = agents_inbox
     engine = db.engine.dialect.name
-    for actor in (ws.agent, ws.admin):
-        for shape in STATUS_SHAPES:
-            if actor is ws.admin and shape.assignee != AssigneeFilter.UNASSIGNED:
-                # Without an assignee the label's labellings are walked (above); none is
-                # the Admin's.
-                continue
-            cursor = None
-            for _ in range(2):
-                page = await _page(db, ws, actor, shape, after=cursor)
-                cursor = page.items[-1][1] if page.has_next_page else None
-                if cursor is None:
-                    break
-            for after in (None, cursor) if cursor else (None,):
-                async with db.session(ws.org_id) as session:
-                    if actor is ws.agent:
-                        restrict_to_agent(session, ws.agent.membership.id)
-                    with (
-                        explained(db, analyze=engine == "postgresql") as plans,
-                        contextlib.suppress(NoSuchColumnError),
-                    ):
-                        await list_conversations(
-                            session,
-                            principal_of(actor),
-                            first=PAGE,
-                            after=after,
-                            status=shape.status,
-                            assignee=shape.assignee,
-                            label=getattr(ws, shape.label),
-                        )
-                where = f"{actor.membership.role} {shape} {'after a cursor' if after else 'first'}"
-                shown = "\n".join(line for plan in plans for line in plan)
-                assert plans, where
-                for plan in plans:
-                    reads, sorts = (
-                        _postgresql_reads(plan) if engine == "postgresql" else _sqlite_reads(plan)
+    # Without an assignee the Admin's pages walk the label's labellings (above); none of
+    # the conversations is the Admin's.
+    cases = [(ws.agent, shape) for shape in STATUS_SHAPES] + [
+        (ws.admin, shape) for shape in STATUS_SHAPES if shape.assignee == AssigneeFilter.UNASSIGNED
+    ]
+    # Each statement run first as the app runs it: one first compiled under EXPLAIN would
+    # keep a plan's columns for the runs after it (each shape is built once).
+    pages = []
+    for actor, shape in cases:
+        cursor = None
+        for _ in range(2):
+            page = await _page(db, ws, actor, shape, after=cursor)
+            cursor = page.items[-1][1] if page.has_next_page else None
+            if cursor is None:
+                break
+        pages.append((actor, shape, cursor))
+    for actor, shape, cursor in pages:
+        for after in (None, cursor) if cursor else (None,):
+            async with db.session(ws.org_id) as session:
+                if actor is ws.agent:
+                    restrict_to_agent(session, ws.agent.membership.id)
+                with (
+                    explained(db, analyze=engine == "postgresql") as plans,
+                    contextlib.suppress(NoSuchColumnError),
+                ):
+                    await list_conversations(
+                        session,
+                        principal_of(actor),
+                        first=PAGE,
+                        after=after,
+                        status=shape.status,
+                        assignee=shape.assignee,
+                        label=getattr(ws, shape.label),
                     )
-                    assert sorts == [], f"{where}: sorts\n{shown}"
-                    if engine == "postgresql":
-                        assert {kind for kind, _ in reads} <= {"Index Scan"}, f"{where}\n{shown}"
-                        indexes = {index for _, index in reads}
-                    else:
-                        assert all(
-                            "assignee_membership_id=?" in sought and "status=?" in sought
-                            for _, sought in reads
-                        ), f"{where}\n{shown}"
-                        indexes = {index for index, _ in reads}
-                    assert indexes <= STATUS_WALKS[engine], f"{where}\n{shown}"
+            where = f"{actor.membership.role} {shape} {'after a cursor' if after else 'first'}"
+            shown = "\n".join(line for plan in plans for line in plan)
+            assert plans, where
+            for plan in plans:
+                reads, sorts = (
+                    _postgresql_reads(plan) if engine == "postgresql" else _sqlite_reads(plan)
+                )
+                assert sorts == [], f"{where}: sorts\n{shown}"
+                if engine == "postgresql":
+                    assert {kind for kind, _ in reads} <= {"Index Scan"}, f"{where}\n{shown}"
+                    indexes = {index for _, index in reads}
+                else:
+                    assert all(
+                        "assignee_membership_id=?" in sought and "status=?" in sought
+                        for _, sought in reads
+                    ), f"{where}\n{shown}"
+                    indexes = {index for index, _ in reads}
+                assert indexes <= STATUS_WALKS[engine], f"{where}\n{shown}"
 
 
 def _wanted(
