@@ -290,7 +290,9 @@ async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
             where = f"{actor.membership.role} {shape} {'after a cursor' if after else 'first'}"
             shown = "\n".join(line for plan in plans for line in plan)
             assert plans, where
-            for plan in plans:
+            # The first statement: the dated conversations (a second, after a cursor,
+            # reads the few undated ones when the first answers less than a page).
+            for plan in plans[:1]:
                 reads, sorts = (
                     _postgresql_reads(plan) if engine == "postgresql" else _sqlite_reads(plan)
                 )
