@@ -302,7 +302,7 @@ async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
                     indexes = {index for _, index in reads}
                 else:
                     assert all(
-                        "assignee_membership_id=?" in sought and "status=?" in sought
+                        "assignee_membership_id=?" in str(sought) and "status=?" in str(sought)
                         for _, sought in reads
                     ), f"{where}\n{shown}"
                     indexes = {index for index, _ in reads}
