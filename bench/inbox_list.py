@@ -23,8 +23,8 @@ The floor, in the same run and session: the same page's rows read bare by primar
 (`SELECT * FROM conversations WHERE id IN (…)` on the session's connection: no ORM, no
 scoping). A page that reads a page keeps its ratio to the floor as the workspace grows;
 the run exits 1 when a judged shape's ratio at the largest size is over GROWTH_GOAL
-times its ratio at the smallest. The search filters and a label with a status are
-printed, not judged (docs/operations/performance.md says why). `--plans` prints each
+times its ratio at the smallest. The search filters are printed, not judged
+(docs/operations/performance.md says why). `--plans` prints each
 statement's plan (EXPLAIN (ANALYZE, BUFFERS) on PostgreSQL, EXPLAIN QUERY PLAN on SQLite).
 """
 
@@ -84,11 +84,10 @@ SHAPES = (
     Shape("OPEN+ME", status=ConversationStatus.OPEN, assignee=AssigneeFilter.ME),
     Shape("OPEN+UNASSIGNED", status=ConversationStatus.OPEN, assignee=AssigneeFilter.UNASSIGNED),
     # A label on one conversation in ten, and one on every other, alone and with the
-    # filters above. With a status, an Agent's page is not yet bounded (PostgreSQL reads
-    # and sorts the Agent's OPEN ones: docs/operations/performance.md): not judged.
+    # filters above (an Agent's page with a status: migration 0031).
     Shape("label", label="label"),
     Shape("label half", label="half_label"),
-    Shape("label half+OPEN", status=ConversationStatus.OPEN, label="half_label", judged=False),
+    Shape("label half+OPEN", status=ConversationStatus.OPEN, label="half_label"),
     Shape("label half+ME", assignee=AssigneeFilter.ME, label="half_label"),
     Shape("label half+UNASSIGNED", assignee=AssigneeFilter.UNASSIGNED, label="half_label"),
     Shape(
@@ -96,7 +95,6 @@ SHAPES = (
         status=ConversationStatus.OPEN,
         assignee=AssigneeFilter.ME,
         label="half_label",
-        judged=False,
     ),
     # Searches (contacts "Contact <n>", WhatsApp ids 49<n, ten digits>): a common term
     # (every contact, another case), a tenth of them, a rare one (111 at 200,000), one

@@ -216,7 +216,10 @@ FEED_COLUMN: dict[str, Any] = {
 # assignee (an Agent's own), nobody's. SQLite (no NULLS LAST in an index) reads ascending
 # indexes backwards, which is that order (NULLs lowest): the workspace, one status, one
 # assignee (`IS NULL` seeks there too). The migration also gives PostgreSQL extended
-# statistics of (org_id, assignee_membership_id), which no model can declare.
+# statistics of (org_id, assignee_membership_id), which no model can declare. A status
+# within an assignee's conversations (an Agent's parts with a status, OPEN + ME, OPEN +
+# UNASSIGNED) is one range of its own index (migration 0031); PostgreSQL takes no order
+# from a column fixed by `IS NULL`, so nobody's has its own.
 _NEWEST_FIRST = (text("last_message_at DESC NULLS LAST"), text("id DESC"))
 _LISTED = "erased_at IS NULL"
 _INBOX_ORDER_INDEXES = (
@@ -233,11 +236,26 @@ _INBOX_ORDER_INDEXES = (
                 (),
                 f"{_LISTED} AND assignee_membership_id IS NULL",
             ),
+            (
+                "ix_conversations_inbox_order_assignee_status",
+                ("assignee_membership_id", "status"),
+                _LISTED,
+            ),
+            (
+                "ix_conversations_inbox_order_unassigned_status",
+                ("status",),
+                f"{_LISTED} AND assignee_membership_id IS NULL",
+            ),
         )
     ),
     *(
         Index(None, "org_id", *columns, "last_message_at", "id").ddl_if(dialect="sqlite")
-        for columns in ((), ("status",), ("assignee_membership_id",))
+        for columns in (
+            (),
+            ("status",),
+            ("assignee_membership_id",),
+            ("assignee_membership_id", "status"),
+        )
     ),
 )
 
