@@ -245,7 +245,7 @@ class Subscription:
         seen = _Seen()
         # Live only (no `after`), it keeps nothing a restart would lose: it may sleep.
         async with info.context.hub.listen(
-            context.actor.org_id, restartable=floor is None
+            context.actor.org_id, restartable=floor is None, events=(EventName.MESSAGE_ADDED,)
         ) as listener:
             listener.on_overflow = lambda: _close_slow(info)
             if floor is not None:
@@ -440,7 +440,9 @@ async def _follow(
 ) -> AsyncGenerator[Any, None]:
     """The rows that the workspace's `name` events point at, as this caller may see them."""
     context = info.context
-    async with info.context.hub.listen(info.context.actor.org_id, restartable=True) as listener:
+    async with info.context.hub.listen(
+        info.context.actor.org_id, restartable=True, events=(name,)
+    ) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         while True:
             try:
@@ -540,7 +542,7 @@ async def _feed(
     # Without `after`, live from the head read before listening: a change committed between
     # the two is above it, read by the first catch-up once the listener is in place.
     position = decode_update_cursor(after) if after else await _feed_head(info, model)
-    async with info.context.hub.listen(info.context.actor.org_id) as listener:
+    async with info.context.hub.listen(info.context.actor.org_id, events=(name,)) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True
         while True:
@@ -763,7 +765,9 @@ async def _removals(
         await _refuse_pruned(info, position)
     else:
         position = await _removal_head(info)
-    async with context.hub.listen(context.actor.org_id) as listener:
+    async with context.hub.listen(
+        context.actor.org_id, events=(EventName.CONVERSATION_REMOVED,)
+    ) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True
         while True:
