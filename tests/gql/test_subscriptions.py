@@ -424,3 +424,45 @@ async def test_an_event_is_executed_once_per_visibility_class_and_document(
         assert ("direction" in data) == (query == ADDED)
         await socket.close()
     assert sorted(executed) == sorted([ADDED, ADDED, short])  # all, agent, short
+
+
+async def test_resuming_subscribers_of_one_class_share_a_synchronous_execution(
+    live: str,
+    http: httpx.AsyncClient,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+    live_app: Starlette,
+) -> None:
+    # given: two Admins' sockets resuming after the same cursor (never grouped: each
+    # listens and executes), with a selection that resolves without awaiting
+    witness, added = await _witness(live, live_app, http, admin)
+    await inbound(http, "first")
+    cursor = (await witness.next(added))["payload"]["data"]["messageAdded"]["cursor"]
+    query = 'subscription { messageAdded(after: "%s") { text } }' % cursor  # noqa: UP031
+    sockets = []
+    listening = listeners(live_app)
+    for _ in range(2):
+        socket = await GraphQLSocket.connect(live, await token_for(http, admin))
+        sockets.append((socket, await socket.subscribe(query)))
+    await until_listening(live_app, listening + 2)
+    await inbound(http, "second")  # replayed or live: once each is live only
+    for socket, operation in sockets:
+        assert await _text(socket, operation) == "second"
+    executed: list[str] = []
+    original = StrawberryGraphQLCoreExecutionContext.execute_operation
+
+    def counting(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(self.root_value, "_weflux_shared_results", None) is not None:
+            executed.append(self.operation.loc.source.body if self.operation.loc else "")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(StrawberryGraphQLCoreExecutionContext, "execute_operation", counting)
+    # when
+    await inbound(http, "third")
+    # then: both receive it, from one execution
+    for socket, operation in sockets:
+        assert await _text(socket, operation) == "third"
+        await socket.close()
+    await witness.close()
+    assert executed.count(query) == 1

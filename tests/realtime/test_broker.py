@@ -351,3 +351,31 @@ async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publi
             await broker.stop()
             await redis.aclose()
         await proxy.close()
+
+
+async def test_a_task_woken_by_a_message_runs_before_the_next_message_is_handled(
+    require_redis: None,
+) -> None:
+    # given: two events published in one pipeline (as a transaction's are), arriving together
+    async with _two_processes() as ((publisher, _), (receiver, _redis)):
+        channel = _channel()
+        order: list[str] = []
+        woken: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def handler(message: Message) -> None:
+            order.append(f"handled {message['n']}")
+            if message["n"] == 1:
+                woken.set_result(None)  # as the hub wakes a subscriber's task
+
+        async def subscriber() -> None:
+            await woken
+            order.append("woken")
+
+        task = asyncio.create_task(subscriber())
+        await receiver.subscribe(channel, handler)
+        # when
+        await publisher.publish_many([(channel, {"n": 1}), (channel, {"n": 2})])
+        await eventually(lambda: len(order) == 3)
+        await task
+    # then: the subscriber woken by the first ran before the second was parsed and handled
+    assert order == ["handled 1", "woken", "handled 2"]

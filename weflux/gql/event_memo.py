@@ -13,7 +13,7 @@ import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from graphql import ExecutionResult
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -124,32 +124,71 @@ class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
     all of them, so it is computed once and each subscriber gets its own copy of the
     result's envelope (extensions such as error masking replace `errors` on it).
 
+    The first subscriber executes in its own task (no task of its own: one loop hop less
+    on the way to the frame); others of the class await its outcome, and execute for
+    themselves if it failed or was abandoned (as `SharedEvent.load` does for the row).
+
     Invariant: no field reachable from a subscription payload may depend on the caller
     beyond the visibility class (today none reads `info.context.actor`); a field that
     does must not be shared this way.
     """
 
     def execute_operation(self, serially: bool | None = None) -> Any:
-        results = getattr(self.root_value, _RESULTS, None)
+        results: dict[Any, asyncio.Future[Any]] | None = getattr(self.root_value, _RESULTS, None)
         location = self.operation.loc
         if results is None or location is None:
             return super().execute_operation(serially)
-        try:
-            variables = json.dumps(self.variable_values.coerced, sort_keys=True, default=str)
-        except (TypeError, ValueError):
-            return super().execute_operation(serially)
+        coerced = self.variable_values.coerced
+        if coerced:
+            try:
+                variables = json.dumps(coerced, sort_keys=True, default=str)
+            except (TypeError, ValueError):
+                return super().execute_operation(serially)
+        else:
+            variables = ""  # the common case: no variables, nothing to serialise
         key = (location.source.body, location.start, location.end, variables)
         shared = results.get(key)
-        if shared is None:
+        if shared is not None:
+            return self._await_shared(shared, serially)
+        outcome = super().execute_operation(serially)
+        future = asyncio.get_running_loop().create_future()
+        results[key] = future
+        if not self.is_awaitable(outcome):
+            future.set_result(outcome)
+            return _own_copy(cast("ExecutionResult", outcome))
+        return _execute_first(outcome, future, results, key)
+
+    async def _await_shared(self, shared: asyncio.Future[Any], serially: bool | None) -> Any:
+        try:
+            # shield: a waiter cancelled must not cancel the others' future
+            result = await asyncio.shield(shared)
+        except Exception:
+            # The subscriber that executed first failed or went away: execute for ourselves.
             outcome = super().execute_operation(serially)
-            if not self.is_awaitable(outcome):
-                return outcome
-            shared = results[key] = asyncio.ensure_future(outcome)
-        return _own_copy(shared)
+            return await outcome if self.is_awaitable(outcome) else outcome
+        return _own_copy(result)
 
 
-async def _own_copy(shared: asyncio.Future[Any]) -> ExecutionResult:
-    result = await asyncio.shield(shared)
+async def _execute_first(
+    outcome: Awaitable[ExecutionResult],
+    future: asyncio.Future[Any],
+    results: dict[Any, asyncio.Future[Any]],
+    key: Any,
+) -> ExecutionResult:
+    try:
+        result = await outcome
+    except BaseException:
+        # Those waiting execute for themselves; so does the next one to come.
+        if results.get(key) is future:
+            del results[key]
+        future.set_exception(RuntimeError("the shared execution failed"))
+        future.exception()  # retrieved: no "never retrieved" warning
+        raise
+    future.set_result(result)
+    return _own_copy(result)
+
+
+def _own_copy(result: ExecutionResult) -> ExecutionResult:
     return ExecutionResult(
         data=result.data,
         errors=list(result.errors) if result.errors else None,

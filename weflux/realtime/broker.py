@@ -301,3 +301,8 @@ class RedisBroker(Broker):
                 log.warning("broker dropped a malformed message", extra={"channel": channel})
                 continue
             await self._dispatch(channel, payload)
+            # Let the subscribers it woke run before the next message is parsed: a
+            # transaction's events arrive together (one pipeline), and `messageAdded`'s
+            # read would otherwise wait behind the parsing of the `conversationUpdated`
+            # that follows it (about 0.08 ms at p50 on the way to the frame; issue 11).
+            await asyncio.sleep(0)

@@ -112,7 +112,7 @@ class _Workspace:
 
     async def _listen(self) -> None:
         while True:
-            async with self.hub.listen(self.org_id) as listener:
+            async with self.hub.listen(self.org_id, events=_WAKING) as listener:
                 self.listening.set()
                 try:
                     while True:

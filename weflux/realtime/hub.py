@@ -29,7 +29,7 @@ import contextlib
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
@@ -118,6 +118,9 @@ class _Listener:
     dormant: bool = False
     waking: bool = False  # woken: its restarted operation has yet to adopt it
     wake: Callable[[], None] | None = None
+    # The event names it handles (None: all); RESYNC always reaches it. Others are never
+    # queued: no wake-up of its task per event it would skip.
+    events: frozenset[str] | None = None
 
 
 class Member(Protocol):
@@ -265,19 +268,27 @@ class Hub:
 
     @contextlib.asynccontextmanager
     async def listen(
-        self, org_id: uuid.UUID, *, restartable: bool = False
+        self,
+        org_id: uuid.UUID,
+        *,
+        restartable: bool = False,
+        events: Collection[str] | None = None,
     ) -> AsyncIterator[_Listener]:
         """Receive the workspace's events (and RESYNC markers) until the block ends.
 
         `restartable`: the caller may be ended (`Dormant`) while it follows a group, and
-        started again when it must listen (see the module doc).
+        started again when it must listen (see the module doc). `events`: only these
+        event names are queued for it (and RESYNC markers); None: every event.
         """
         woken = _adoptable()
         if woken is not None and woken.org_id == org_id:
             woken.waking = False  # already placed (leader or alone), its backlog queued
             listener = woken
         else:
-            listener = _Listener(org_id=org_id)
+            listener = _Listener(
+                org_id=org_id,
+                events=None if events is None else frozenset({*events, EventName.RESYNC}),
+            )
             async with self._lock:
                 channel = self._channels.get(org_id)
                 if channel is None:
@@ -392,6 +403,8 @@ def _wake(listener: _Listener) -> None:
 def _offer(listener: _Listener, message: Message) -> None:
     if listener.overflowed:
         return
+    if listener.events is not None and message.get("event") not in listener.events:
+        return  # an event it does not handle
     try:
         listener.queue.put_nowait(message)
     except asyncio.QueueFull:
