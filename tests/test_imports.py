@@ -88,3 +88,18 @@ def test_weflux_help_loads_neither_sqlalchemy_nor_strawberry() -> None:
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_the_app_and_cli_load_neither_redis_nor_boto3() -> None:
+    """Given the default deployment (SQLite, in-process broker, disk media store), when the
+    app and the command line are imported, then neither redis-py nor boto3 is: they cost
+    seconds of every process start and load only with WEFLUX_REDIS_URL or an S3 store."""
+    probe = (
+        "import sys\n"
+        "import weflux.app, weflux.cli\n"
+        "print(sorted(m for m in ('redis', 'boto3', 'botocore') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"

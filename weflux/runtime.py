@@ -9,12 +9,9 @@ GraphQL context, the worker's jobs) receives the parts it needs, never the runti
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
 from starlette.applications import Starlette
 from starlette.requests import HTTPConnection
 
@@ -44,10 +41,19 @@ from weflux.whatsapp.client import CloudApiClient
 from weflux.worker import jobs
 from weflux.worker.runner import Worker
 
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
 
 def create_redis(url: str) -> Redis:
     """A client of `WEFLUX_REDIS_URL`; `rediss://` verifies the server and needs TLS 1.2+
     (its CA from the system, or `?ssl_ca_certs=/path/ca.pem` in the URL)."""
+    # Imported here, not at the top: redis-py costs every process a second to import,
+    # and only a deployment with WEFLUX_REDIS_URL needs it (docs/development.md).
+    from redis.asyncio import Redis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import ExponentialBackoff
+
     tls: dict[str, Any] = {}
     if urlsplit(url).scheme == "rediss":
         tls["ssl_min_version"] = TLS_MINIMUM

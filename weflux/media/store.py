@@ -5,6 +5,7 @@ bucket are ciphertext, useless without the data key, which the database holds se
 by the key ring. Keys are `<workspace id>/<random id>`: nothing a person wrote. The
 S3 store calls boto3 (synchronous) in a thread for writes and deletes; reads are
 iterated by Starlette in its thread pool (`StreamingResponse` with a sync iterator).
+boto3 is imported by the S3 store alone: a process on the disk store never pays for it.
 """
 
 from __future__ import annotations
@@ -13,20 +14,11 @@ import asyncio
 import logging
 import os
 import shutil
+import sys
 import uuid
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
-
-import boto3
-from boto3.exceptions import S3UploadFailedError
-from botocore.config import Config as BotoConfig
-from botocore.exceptions import (
-    ClientError,
-    HTTPClientError,
-    IncompleteReadError,
-)
-from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from weflux.config import Settings
 from weflux.errors import Unavailable
@@ -116,6 +108,9 @@ class S3Store:
     """Sealed files in an S3-compatible bucket (WEFLUX_MEDIA_S3_URL = s3://bucket/prefix)."""
 
     def __init__(self, settings: Settings) -> None:
+        import boto3
+        from botocore.config import Config as BotoConfig
+
         assert settings.media_s3_url is not None
         parts = urlsplit(settings.media_s3_url)
         self.bucket = parts.netloc
@@ -152,6 +147,8 @@ class S3Store:
         await asyncio.to_thread(upload)
 
     def open(self, key: str, offset: int) -> Reader:
+        from botocore.exceptions import ClientError
+
         try:
             answer = self._client.get_object(
                 Bucket=self.bucket, Key=self._key(key), Range=f"bytes={offset}-"
@@ -169,6 +166,12 @@ class S3Store:
 def is_outage(error: BaseException | None) -> bool:
     """A failure of the store itself, not of the request: the network (refused, reset,
     timed out, cut mid-body), an S3 5xx once boto3's retries are spent, or the disk."""
+    if "botocore" not in sys.modules:  # no S3 store was built, so no boto3 error exists
+        return isinstance(error, OSError) and not isinstance(error, FileNotFoundError)
+    from boto3.exceptions import S3UploadFailedError
+    from botocore.exceptions import ClientError, HTTPClientError, IncompleteReadError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
     if isinstance(error, S3UploadFailedError):  # wraps the ClientError it was raised for
         return is_outage(error.__context__)
     if isinstance(error, ClientError):

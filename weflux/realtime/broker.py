@@ -16,13 +16,13 @@ import logging
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any
-
-from redis.asyncio import Redis
-from redis.asyncio.client import PubSub
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, Any
 
 from weflux.backoff import exponential_backoff
+
+if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
+    from redis.asyncio import Redis
+    from redis.asyncio.client import PubSub
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,11 @@ class RedisBroker(Broker):
     def __init__(
         self, redis: Redis, *, backoff_base: float = 0.1, backoff_cap: float = 5.0
     ) -> None:
+        from redis.exceptions import RedisError  # loaded already: `redis` is its client
+
         super().__init__()
         self._redis = redis
+        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
@@ -182,13 +185,13 @@ class RedisBroker(Broker):
                             pipe.publish(channel, payload)
                         await pipe.execute()
                 return
-            except (RedisError, OSError):
+            except self._errors:
                 log.warning("broker unreachable: events will be published on reconnection")
         # Behind events kept earlier (or being published now): they go first.
         self._unsent.extend(payloads)
         while len(self._unsent) > UNSENT_LIMIT:
             self._unsent.popleft()
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*self._errors):
             await self._flush_unsent()
 
     async def _flush_unsent(self) -> None:
@@ -214,13 +217,13 @@ class RedisBroker(Broker):
             if self._pubsub is not None and self.connected:
                 try:
                     await self._pubsub.subscribe(channel)
-                except (RedisError, OSError):
+                except self._errors:
                     log.warning("subscribe failed; the reader will resubscribe on reconnect")
 
     async def _channel_closed(self, channel: str) -> None:
         async with self._lock:
             if self._pubsub is not None and self.connected:
-                with contextlib.suppress(RedisError, OSError):
+                with contextlib.suppress(*self._errors):
                     await self._pubsub.unsubscribe(channel)
 
     async def _close_pubsub(self) -> None:
@@ -263,7 +266,7 @@ class RedisBroker(Broker):
                 await self._read()
             except asyncio.CancelledError:
                 raise
-            except (RedisError, OSError) as exc:
+            except self._errors as exc:
                 log.warning("broker connection lost", extra={"error": type(exc).__name__})
             except Exception:
                 # Never a deaf process for good: start over, and listeners catch up.

@@ -19,9 +19,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING
 
 from weflux.config import ConfigError
 from weflux.throttle.ratelimit import (
@@ -31,13 +29,15 @@ from weflux.throttle.ratelimit import (
     plain_key,
 )
 
+if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
+    from redis.asyncio import Redis
+
 log = logging.getLogger(__name__)
 
 MEMORY_BUCKETS = 100_000  # past this many, buckets that are full again are forgotten
 
 _SPEC = re.compile(r"^\s*(\d+)\s*:\s*(\d+(?:\.\d+)?)\s*/\s*(second|minute|hour|s|m|h)\s*$")
 _UNITS = {"second": 1, "s": 1, "minute": 60, "m": 60, "hour": 3600, "h": 3600}
-_STORAGE_ERRORS = (RedisError, OSError)  # OSError covers TimeoutError
 
 # KEYS: the buckets. ARGV: now (seconds), points, then capacity and rate of each bucket.
 # Answers {allowed (0/1), wait (seconds, as text), then each bucket's level after it}.
@@ -149,15 +149,18 @@ class LeakyBuckets:
     ) -> None:
         self._prefix = key_prefix
         self._clock = clock
-        self._redis = (
-            Redis.from_url(
+        self._redis: Redis | None = None
+        self._storage_errors: tuple[type[Exception], ...] = (OSError,)  # covers TimeoutError
+        if redis_url is not None:
+            from redis.asyncio import Redis
+            from redis.exceptions import RedisError
+
+            self._redis = Redis.from_url(
                 redis_url,
                 socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
                 socket_timeout=REDIS_SOCKET_TIMEOUT,
             )
-            if redis_url is not None
-            else None
-        )
+            self._storage_errors = (RedisError, OSError)
         self._script = self._redis.register_script(_CHARGE) if self._redis is not None else None
         self._memory: dict[str, tuple[float, float, float]] = {}  # level, at, full at
         self._warn_storage_failure = StorageWarning(
@@ -176,7 +179,7 @@ class LeakyBuckets:
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 answer = await self._script(keys=keys, args=args)
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return Charge(allowed=True, levels=())
         levels = tuple(

@@ -18,8 +18,6 @@ from limits.aio.storage.redis.redispy import RedispyBridge
 from limits.aio.strategies import SlidingWindowCounterRateLimiter
 from limits.errors import StorageError
 from limits.util import WindowStats
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 from starlette.responses import JSONResponse, Response
 
 from weflux.config import ConfigError, Settings
@@ -56,9 +54,6 @@ ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"}
 REDIS_SOCKET_TIMEOUT = 0.5
 DECISION_TIMEOUT = 1.0
 STORAGE_WARNING_INTERVAL = 60.0
-
-# OSError covers TimeoutError, raised by the `DECISION_TIMEOUT` bound.
-_STORAGE_ERRORS = (StorageError, RedisError, OSError)
 _PREFIX = re.compile(r"^[A-Za-z0-9:._-]{1,64}$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9:._-]{1,128}$")
 
@@ -162,6 +157,12 @@ class RateLimiter:
             }
         )
         self._storage: Storage = self._create_storage(settings.redis_url, key_prefix)
+        # OSError covers TimeoutError, raised by the `DECISION_TIMEOUT` bound.
+        self._storage_errors: tuple[type[Exception], ...] = (StorageError, OSError)
+        if settings.redis_url is not None:  # redis-py is imported only with a Redis URL
+            from redis.exceptions import RedisError
+
+            self._storage_errors = (StorageError, RedisError, OSError)
         # The sliding window counter keeps two counters per key and window (constant
         # space, one atomic Lua script per check in Redis), where the moving window keeps
         # one entry per request (3000 entries for `3000/minute`); its weighted estimate
@@ -198,7 +199,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 return await self._decide(items, name, identifier)
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return ALLOWED
 
@@ -215,7 +216,7 @@ class RateLimiter:
                 for item in items:
                     if not await self._strategy.test(item, name, identifier):
                         return await self._denied(items, name, identifier)
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
         return ALLOWED
 
@@ -232,7 +233,7 @@ class RateLimiter:
                         for item in items
                     ]
                 )
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return 0
 
@@ -244,7 +245,7 @@ class RateLimiter:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 for item in items:
                     await self._strategy.clear(item, name, identifier)
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
 
     async def remember(self, name: str, key: str, *, seconds: int) -> None:
@@ -253,7 +254,7 @@ class RateLimiter:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 await self._storage.clear(self._mark(name, key))
                 await self._storage.incr(self._mark(name, key), seconds)
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
 
     async def remembers(self, name: str, key: str) -> bool:
@@ -261,7 +262,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 return await self._storage.get(self._mark(name, key)) > 0
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return False
 
@@ -274,7 +275,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 return int(await self._storage.incr(self._tally(name, key), seconds))
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return 0
 
@@ -283,7 +284,7 @@ class RateLimiter:
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
                 return int(await self._storage.get(self._tally(name, key)))
-        except _STORAGE_ERRORS as exc:
+        except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return 0
 
@@ -347,6 +348,8 @@ class RateLimiter:
         if isinstance(storage, RedisStorage):
             bridge = storage.bridge
             if isinstance(bridge, RedispyBridge):
+                from redis.asyncio import Redis
+
                 client = bridge.get_connection()
                 if isinstance(client, Redis):
                     await client.aclose()

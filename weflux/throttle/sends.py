@@ -13,10 +13,10 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
+if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
+    from redis.asyncio import Redis
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,10 @@ class RedisThrottle:
     """
 
     def __init__(self, redis: Redis, *, prefix: str = "weflux:wa-throughput") -> None:
+        from redis.exceptions import RedisError  # loaded already: `redis` is its client
+
         self.redis = redis
+        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
         self.prefix = prefix
         self.local = LocalThrottle()
         self._warned_at: float | None = None
@@ -86,7 +89,7 @@ class RedisThrottle:
                         pipe.incr(counter)
                         pipe.expire(counter, 5)
                         count, _ = await pipe.execute()
-            except (RedisError, OSError) as exc:
+            except self._errors as exc:
                 self._warn(exc)
                 return
             if int(count) <= rate:

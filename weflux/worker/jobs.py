@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from typing import TYPE_CHECKING
 
 from weflux.config import Settings
 from weflux.db import Database
@@ -23,6 +23,9 @@ from weflux.throttle.sends import build_throttle
 from weflux.worker.delivery import deliver_due_messages
 from weflux.worker.health import refresh_due_accounts
 from weflux.worker.runner import Job, Worker
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 HEALTH_SWEEP_SECONDS = 60.0
 WEBHOOK_SWEEP_SECONDS = 10.0
