@@ -6,12 +6,10 @@ Their SQLite marks (`inline`, weflux.sqlite_driver) rely on this."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from typing import Any
 
 from sqlalchemy import Table
-from sqlalchemy.exc import NoSuchColumnError
 from sqlmodel import col, select
 
 from tests.fixtures.plans import big_workspace, explained, prefer_indexes, workspace_reads
@@ -75,9 +73,7 @@ async def test_erased_conversations_are_hidden_by_their_partial_index(
         await prefer_indexes(connection)
         scope = core_scope_params(session)
         with explained(db) as plans:
-            # The plan is taken before the ORM reads the result (a plan, not messages).
-            with contextlib.suppress(NoSuchColumnError):
-                await session.exec(select(Message).where(col(Message.id) == messages[0].id))
+            await session.exec(select(Message).where(col(Message.id) == messages[0].id))
             await connection.execute(
                 messages_table.select().where(
                     messages_table.c.id == messages[0].id, core_scope(messages_table)
