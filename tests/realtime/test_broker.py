@@ -237,34 +237,16 @@ async def test_malformed_messages_are_dropped(require_redis: None) -> None:
 async def test_events_published_while_redis_is_away_go_out_on_reconnection(
     require_redis: None,
 ) -> None:
-    url = make_url(TEST_REDIS_URL)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
-    await proxy.start()
-    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
-    publisher = RedisBroker(publisher_redis, backoff_base=0.02, backoff_cap=0.2)
-    listener_redis = create_redis(TEST_REDIS_URL)
-    listener = RedisBroker(listener_redis)
-    await publisher.start()
-    await listener.start()
-    try:
-        await publisher.wait_connected()
-        await listener.wait_connected()
-        channel = _channel()
-        received: list[Message] = []
-
-        async def handler(message: Message) -> None:
-            received.append(message)
-
-        await listener.subscribe(channel, handler)
+    async with _publisher_behind_a_proxy(backoff_base=0.02, backoff_cap=0.2) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
         await proxy.cut()
         await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
         await proxy.restore()
         await eventually(lambda: received == [{"n": 1}], seconds=10)
-    finally:
-        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
-            await broker.stop()
-            await redis.aclose()
-        await proxy.close()
 
 
 async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
@@ -316,26 +298,13 @@ async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publi
     once (two webhooks' commits; the reader's reconnection flushes the same way), then every
     kept event goes out, in order, before the new ones, and none twice: two flushers of
     the same list used to publish its first event twice and drop the second unpublished."""
-    url = make_url(TEST_REDIS_URL)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
-    await proxy.start()
-    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
     # A reader that waits long before reconnecting: only the publishes flush here.
-    publisher = RedisBroker(publisher_redis, backoff_base=60, backoff_cap=60)
-    listener_redis = create_redis(TEST_REDIS_URL)
-    listener = RedisBroker(listener_redis)
-    await publisher.start()
-    await listener.start()
-    try:
-        await publisher.wait_connected()
-        await listener.wait_connected()
-        channel = _channel()
-        received: list[Message] = []
-
-        async def handler(message: Message) -> None:
-            received.append(message)
-
-        await listener.subscribe(channel, handler)
+    async with _publisher_behind_a_proxy(backoff_base=60, backoff_cap=60) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
         await proxy.cut()
         for n in (1, 2, 3):
             await publisher.publish(channel, {"n": n})  # kept
@@ -346,11 +315,6 @@ async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publi
         await publisher.publish(channel, {"n": 6})
         await eventually(lambda: {"n": 6} in received, seconds=10)
         assert received == [{"n": n} for n in range(1, 7)]
-    finally:
-        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
-            await broker.stop()
-            await redis.aclose()
-        await proxy.close()
 
 
 async def test_a_task_woken_by_a_message_runs_before_the_next_message_is_handled(
@@ -379,3 +343,36 @@ async def test_a_task_woken_by_a_message_runs_before_the_next_message_is_handled
         await task
     # then: the subscriber woken by the first ran before the second was parsed and handled
     assert order == ["handled 1", "woken", "handled 2"]
+
+
+@contextlib.asynccontextmanager
+async def _publisher_behind_a_proxy(
+    *, backoff_base: float, backoff_cap: float
+) -> AsyncIterator[tuple[TcpProxy, RedisBroker, str, list[Message]]]:
+    """A publishing broker that reaches Redis through a proxy a test can cut, and what a
+    second broker, connected directly, receives on the channel."""
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher = RedisBroker(publisher_redis, backoff_base=backoff_base, backoff_cap=backoff_cap)
+    listener_redis = create_redis(TEST_REDIS_URL)
+    listener = RedisBroker(listener_redis)
+    await publisher.start()
+    await listener.start()
+    try:
+        await publisher.wait_connected()
+        await listener.wait_connected()
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await listener.subscribe(channel, handler)
+        yield proxy, publisher, channel, received
+    finally:
+        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
+            await broker.stop()
+            await redis.aclose()
+        await proxy.close()

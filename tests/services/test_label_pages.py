@@ -84,6 +84,19 @@ async def _page(
         )
 
 
+async def _third_page_cursor(
+    db: Database, ws: InboxWorkspace, actor: Actor, shape: Shape
+) -> str | None:
+    """The cursor a client reads the third page of `shape` after (None: fewer pages)."""
+    cursor = None
+    for _ in range(2):
+        page = await _page(db, ws, actor, shape, after=cursor)
+        cursor = page.items[-1][1] if page.has_next_page else None
+        if cursor is None:
+            break
+    return cursor
+
+
 @pytest.fixture
 async def big_inbox(db: Database, owner_db: Database) -> tuple[InboxWorkspace, Actor]:
     """10,000 conversations (tests.fixtures.plans.inbox_workspace: one in ten labelled
@@ -111,12 +124,7 @@ async def test_each_labelled_page_reads_about_a_page(
     ws, manager = big_inbox
     actor = {"admin": ws.admin, "manager": manager, "agent": ws.agent}[role]
     for shape in SHAPES:
-        cursor = None
-        for _ in range(2):
-            page = await _page(db, ws, actor, shape, after=cursor)
-            cursor = page.items[-1][1] if page.has_next_page else None
-            if cursor is None:
-                break
+        cursor = await _third_page_cursor(db, ws, actor, shape)
         # Only the Agent has conversations of their own.
         assert cursor is not None or (shape.assignee == AssigneeFilter.ME and actor is not ws.agent)
         for after in (None, cursor) if cursor else (None,):
@@ -258,13 +266,7 @@ async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
     # The cursors of each case's third page, read as the app reads them.
     pages = []
     for actor, shape in cases:
-        cursor = None
-        for _ in range(2):
-            page = await _page(db, ws, actor, shape, after=cursor)
-            cursor = page.items[-1][1] if page.has_next_page else None
-            if cursor is None:
-                break
-        pages.append((actor, shape, cursor))
+        pages.append((actor, shape, await _third_page_cursor(db, ws, actor, shape)))
     for actor, shape, cursor in pages:
         for after in (None, cursor) if cursor else (None,):
             async with db.session(ws.org_id) as session:

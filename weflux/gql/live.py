@@ -450,8 +450,8 @@ async def _follow(
 ) -> AsyncGenerator[Any, None]:
     """The rows that the workspace's `name` events point at, as this caller may see them."""
     context = info.context
-    async with info.context.hub.listen(
-        info.context.actor.org_id, restartable=True, events=(name,)
+    async with context.hub.listen(
+        context.actor.org_id, restartable=True, events=(name,)
     ) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         while True:

@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from weflux.backoff import exponential_backoff
+from weflux.redis_errors import redis_errors
 
 if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
     from redis.asyncio import Redis
@@ -121,11 +122,9 @@ class RedisBroker(Broker):
     def __init__(
         self, redis: Redis, *, backoff_base: float = 0.1, backoff_cap: float = 5.0
     ) -> None:
-        from redis.exceptions import RedisError  # loaded already: `redis` is its client
-
         super().__init__()
         self._redis = redis
-        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._errors = redis_errors()
         self._pubsub: PubSub | None = None
         self._reader: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()

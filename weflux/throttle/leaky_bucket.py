@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from weflux.config import ConfigError
+from weflux.redis_errors import redis_errors
 from weflux.throttle.ratelimit import (
     DECISION_TIMEOUT,
     REDIS_SOCKET_TIMEOUT,
@@ -153,14 +154,13 @@ class LeakyBuckets:
         self._storage_errors: tuple[type[Exception], ...] = (OSError,)  # covers TimeoutError
         if redis_url is not None:
             from redis.asyncio import Redis
-            from redis.exceptions import RedisError
 
             self._redis = Redis.from_url(
                 redis_url,
                 socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
                 socket_timeout=REDIS_SOCKET_TIMEOUT,
             )
-            self._storage_errors = (RedisError, OSError)
+            self._storage_errors = redis_errors()
         self._script = self._redis.register_script(_CHARGE) if self._redis is not None else None
         self._memory: dict[str, tuple[float, float, float]] = {}  # level, at, full at
         self._warn_storage_failure = StorageWarning(

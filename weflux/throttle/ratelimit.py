@@ -22,6 +22,7 @@ from starlette.responses import JSONResponse, Response
 
 from weflux.config import ConfigError, Settings
 from weflux.errors import ErrorCode, error_response
+from weflux.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
 
@@ -160,9 +161,7 @@ class RateLimiter:
         # OSError covers TimeoutError, raised by the `DECISION_TIMEOUT` bound.
         self._storage_errors: tuple[type[Exception], ...] = (StorageError, OSError)
         if settings.redis_url is not None:  # redis-py is imported only with a Redis URL
-            from redis.exceptions import RedisError
-
-            self._storage_errors = (StorageError, RedisError, OSError)
+            self._storage_errors = (StorageError, *redis_errors())
         # The sliding window counter keeps two counters per key and window (constant
         # space, one atomic Lua script per check in Redis), where the moving window keeps
         # one entry per request (3000 entries for `3000/minute`); its weighted estimate

@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from weflux.redis_errors import redis_errors
+
 if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
     from redis.asyncio import Redis
 
@@ -69,10 +71,8 @@ class RedisThrottle:
     """
 
     def __init__(self, redis: Redis, *, prefix: str = "weflux:wa-throughput") -> None:
-        from redis.exceptions import RedisError  # loaded already: `redis` is its client
-
         self.redis = redis
-        self._errors: tuple[type[Exception], ...] = (RedisError, OSError)
+        self._errors = redis_errors()
         self.prefix = prefix
         self.local = LocalThrottle()
         self._warned_at: float | None = None
