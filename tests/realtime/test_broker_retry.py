@@ -1,0 +1,154 @@
+"""The Redis broker's kept events: published on reconnection, and retried on a timer while
+the subscription stays up, oldest first, each once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+
+from sqlalchemy.engine import make_url
+
+from tests.fixtures.services import TEST_REDIS_URL, eventually
+from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.realtime.broker import Message, RedisBroker
+from weflux.runtime import create_redis
+
+
+async def test_events_published_while_redis_is_away_go_out_on_reconnection(
+    require_redis: None,
+) -> None:
+    async with _publisher_behind_a_proxy(backoff_base=0.02, backoff_cap=0.2) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
+        await proxy.cut()
+        await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
+        await proxy.restore()
+        await eventually(lambda: received == [{"n": 1}], seconds=10)
+
+
+async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publishes_race(
+    require_redis: None,
+) -> None:
+    """Given events kept while Redis was away, when Redis is back and two publishes run at
+    once (two webhooks' commits; the reader's reconnection flushes the same way), then every
+    kept event goes out, in order, before the new ones, and none twice: two flushers of
+    the same list used to publish its first event twice and drop the second unpublished."""
+    # A reader that waits long before reconnecting: only the publishes flush here.
+    async with _publisher_behind_a_proxy(backoff_base=60, backoff_cap=60) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
+        await proxy.cut()
+        for n in (1, 2, 3):
+            await publisher.publish(channel, {"n": n})  # kept
+        await proxy.restore()
+        await asyncio.gather(
+            publisher.publish(channel, {"n": 4}), publisher.publish(channel, {"n": 5})
+        )
+        await publisher.publish(channel, {"n": 6})
+        await eventually(lambda: {"n": 6} in received, seconds=10)
+        assert received == [{"n": n} for n in range(1, 7)]
+
+
+async def test_an_event_kept_while_the_subscription_stays_up_goes_out_without_a_later_publish(
+    require_redis: None,
+) -> None:
+    """Given events kept after failed publishes while the broker's subscription stayed up
+    (Redis refused new connections: no reconnection will flush them), when Redis accepts
+    again, then they go out on their own within the retry's backoff, in order, each once,
+    and a later publish comes after them. They used to wait for the next publish."""
+    async with _publisher_behind_a_proxy(backoff_base=0.05, backoff_cap=0.5) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
+        await proxy.refuse()
+        for n in (1, 2, 3):
+            await publisher.publish(channel, {"n": n})  # kept
+        assert publisher.connected  # the subscription never dropped
+        await proxy.restore()
+        await eventually(lambda: len(received) >= 3, seconds=10)
+        await publisher.publish(channel, {"n": 4})
+        await eventually(lambda: {"n": 4} in received, seconds=10)
+        assert received == [{"n": n} for n in range(1, 5)]
+
+
+async def test_kept_events_retried_while_publishes_keep_coming_go_out_once_each_in_order(
+    require_redis: None,
+) -> None:
+    """Given events kept while Redis refused connections, when it accepts again and the
+    retry (a short backoff) races a stream of publishes, then every event goes out once,
+    in the order it was published."""
+    async with _publisher_behind_a_proxy(backoff_base=0.001, backoff_cap=0.005) as (
+        proxy,
+        publisher,
+        channel,
+        received,
+    ):
+        await proxy.refuse()
+        for n in (1, 2, 3):
+            await publisher.publish(channel, {"n": n})  # kept
+        await proxy.restore()
+        for n in range(4, 60):
+            await publisher.publish(channel, {"n": n})
+            await asyncio.sleep(0.001)  # the retry's timer fires between publishes
+        await eventually(lambda: {"n": 59} in received, seconds=10)
+        assert received == [{"n": n} for n in range(1, 60)]
+
+
+async def test_stop_ends_the_retry_while_redis_refuses(require_redis: None) -> None:
+    """Given an event kept and retried while Redis refuses connections, when the broker
+    stops, then the retry ends with it: no task is left behind."""
+    async with _publisher_behind_a_proxy(backoff_base=0.01, backoff_cap=0.05) as (
+        proxy,
+        publisher,
+        channel,
+        _received,
+    ):
+        await proxy.refuse()
+        await publisher.publish(channel, {"n": 1})  # kept, retried
+        retrying = [t for t in asyncio.all_tasks() if t.get_name() == "weflux-broker-retry"]
+        assert retrying
+        await publisher.stop()
+        assert all(task.done() for task in retrying)
+
+
+@contextlib.asynccontextmanager
+async def _publisher_behind_a_proxy(
+    *, backoff_base: float, backoff_cap: float
+) -> AsyncIterator[tuple[TcpProxy, RedisBroker, str, list[Message]]]:
+    """A publishing broker that reaches Redis through a proxy a test can cut, and what a
+    second broker, connected directly, receives on the channel."""
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher = RedisBroker(publisher_redis, backoff_base=backoff_base, backoff_cap=backoff_cap)
+    listener_redis = create_redis(TEST_REDIS_URL)
+    listener = RedisBroker(listener_redis)
+    await publisher.start()
+    await listener.start()
+    try:
+        await publisher.wait_connected()
+        await listener.wait_connected()
+        channel = f"test:{uuid.uuid4().hex}"
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await listener.subscribe(channel, handler)
+        yield proxy, publisher, channel, received
+    finally:
+        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
+            await broker.stop()
+            await redis.aclose()
+        await proxy.close()
