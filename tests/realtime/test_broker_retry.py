@@ -19,12 +19,8 @@ from weflux.runtime import create_redis
 async def test_events_published_while_redis_is_away_go_out_on_reconnection(
     require_redis: None,
 ) -> None:
-    async with _publisher_behind_a_proxy(backoff_base=0.02, backoff_cap=0.2) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
+    async with _publisher_behind_a_proxy(backoff_base=0.02, backoff_cap=0.2) as outage:
+        proxy, publisher, channel, received = outage
         await proxy.cut()
         await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
         await proxy.restore()
@@ -39,15 +35,10 @@ async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publi
     kept event goes out, in order, before the new ones, and none twice: two flushers of
     the same list used to publish its first event twice and drop the second unpublished."""
     # A reader that waits long before reconnecting: only the publishes flush here.
-    async with _publisher_behind_a_proxy(backoff_base=60, backoff_cap=60) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
+    async with _publisher_behind_a_proxy(backoff_base=60, backoff_cap=60) as outage:
+        proxy, publisher, channel, received = outage
         await proxy.cut()
-        for n in (1, 2, 3):
-            await publisher.publish(channel, {"n": n})  # kept
+        await _publish(publisher, channel, 1, 2, 3)  # kept
         await proxy.restore()
         await asyncio.gather(
             publisher.publish(channel, {"n": 4}), publisher.publish(channel, {"n": 5})
@@ -64,15 +55,10 @@ async def test_an_event_kept_while_the_subscription_stays_up_goes_out_without_a_
     (Redis refused new connections: no reconnection will flush them), when Redis accepts
     again, then they go out on their own within the retry's backoff, in order, each once,
     and a later publish comes after them. They used to wait for the next publish."""
-    async with _publisher_behind_a_proxy(backoff_base=0.05, backoff_cap=0.5) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
+    async with _publisher_behind_a_proxy(backoff_base=0.05, backoff_cap=0.5) as outage:
+        proxy, publisher, channel, received = outage
         await proxy.refuse()
-        for n in (1, 2, 3):
-            await publisher.publish(channel, {"n": n})  # kept
+        await _publish(publisher, channel, 1, 2, 3)  # kept
         assert publisher.connected  # the subscription never dropped
         await proxy.restore()
         await eventually(lambda: len(received) >= 3, seconds=10)
@@ -87,15 +73,10 @@ async def test_kept_events_retried_while_publishes_keep_coming_go_out_once_each_
     """Given events kept while Redis refused connections, when it accepts again and the
     retry (a short backoff) races a stream of publishes, then every event goes out once,
     in the order it was published."""
-    async with _publisher_behind_a_proxy(backoff_base=0.001, backoff_cap=0.005) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
+    async with _publisher_behind_a_proxy(backoff_base=0.001, backoff_cap=0.005) as outage:
+        proxy, publisher, channel, received = outage
         await proxy.refuse()
-        for n in (1, 2, 3):
-            await publisher.publish(channel, {"n": n})  # kept
+        await _publish(publisher, channel, 1, 2, 3)  # kept
         await proxy.restore()
         for n in range(4, 60):
             await publisher.publish(channel, {"n": n})
@@ -107,18 +88,19 @@ async def test_kept_events_retried_while_publishes_keep_coming_go_out_once_each_
 async def test_stop_ends_the_retry_while_redis_refuses(require_redis: None) -> None:
     """Given an event kept and retried while Redis refuses connections, when the broker
     stops, then the retry ends with it: no task is left behind."""
-    async with _publisher_behind_a_proxy(backoff_base=0.01, backoff_cap=0.05) as (
-        proxy,
-        publisher,
-        channel,
-        _received,
-    ):
+    async with _publisher_behind_a_proxy(backoff_base=0.01, backoff_cap=0.05) as outage:
+        proxy, publisher, channel, _received = outage
         await proxy.refuse()
         await publisher.publish(channel, {"n": 1})  # kept, retried
         retrying = [t for t in asyncio.all_tasks() if t.get_name() == "weflux-broker-retry"]
         assert retrying
         await publisher.stop()
         assert all(task.done() for task in retrying)
+
+
+async def _publish(publisher: RedisBroker, channel: str, *numbers: int) -> None:
+    for n in numbers:
+        await publisher.publish(channel, {"n": n})
 
 
 @contextlib.asynccontextmanager

@@ -228,6 +228,14 @@ class RedisBroker(Broker):
             return
         self._retry = asyncio.create_task(self._retry_unsent(), name="weflux-broker-retry")
 
+    async def _pause(self, attempt: int) -> None:
+        """The wait after `attempt` failures: jittered, capped, never near zero."""
+        await asyncio.sleep(
+            exponential_backoff(
+                attempt, base=self._backoff_base, cap=self._backoff_cap, floor=self._backoff_base
+            )
+        )
+
     async def _retry_unsent(self) -> None:
         """Publish the kept events after a jittered, capped backoff, again until none is left.
 
@@ -237,14 +245,7 @@ class RedisBroker(Broker):
         attempt = 0
         while self._unsent and not self._stopping:
             attempt += 1
-            await asyncio.sleep(
-                exponential_backoff(
-                    attempt,
-                    base=self._backoff_base,
-                    cap=self._backoff_cap,
-                    floor=self._backoff_base,
-                )
-            )
+            await self._pause(attempt)
             try:
                 await self._flush_unsent()
             except self._errors as exc:
@@ -340,14 +341,7 @@ class RedisBroker(Broker):
             if self._stopping:
                 break
             attempt += 1
-            await asyncio.sleep(
-                exponential_backoff(
-                    attempt,
-                    base=self._backoff_base,
-                    cap=self._backoff_cap,
-                    floor=self._backoff_base,
-                )
-            )
+            await self._pause(attempt)
 
     async def _read(self) -> None:
         assert self._pubsub is not None
