@@ -8,10 +8,13 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
+import pytest
 from sqlalchemy.engine import make_url
 
+from tests.fixtures.logs import capture_logs
 from tests.fixtures.services import TEST_REDIS_URL, eventually
 from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.realtime import broker as broker_module
 from weflux.realtime.broker import Message, RedisBroker
 from weflux.runtime import create_redis
 
@@ -96,6 +99,25 @@ async def test_stop_ends_the_retry_while_redis_refuses(require_redis: None) -> N
         assert retrying
         await publisher.stop()
         assert all(task.done() for task in retrying)
+
+
+async def test_past_the_limit_the_oldest_kept_events_are_dropped_and_said(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a broker that keeps at most 3 events, when 5 are kept while Redis refuses
+    connections and Redis comes back, then the newest 3 go out, in order, and the log says
+    that the oldest were dropped, and how many."""
+    monkeypatch.setattr(broker_module, "UNSENT_LIMIT", 3)
+    with capture_logs() as logs:
+        async with _publisher_behind_a_proxy(backoff_base=0.05, backoff_cap=0.5) as outage:
+            proxy, publisher, channel, received = outage
+            await proxy.refuse()
+            await _publish(publisher, channel, 1, 2, 3, 4, 5)  # kept: the last 3
+            await proxy.restore()
+            await eventually(lambda: {"n": 5} in received, seconds=10)
+            assert received == [{"n": 3}, {"n": 4}, {"n": 5}]
+    assert "broker kept events over the limit" in logs.text
+    assert '"dropped": 2' in logs.text
 
 
 async def _publish(publisher: RedisBroker, channel: str, *numbers: int) -> None:

@@ -175,7 +175,8 @@ class RedisBroker(Broker):
         await self._close_pubsub()
 
     async def publish(self, channel: str, message: Message) -> None:
-        """Publish now; while Redis is unreachable, keep it and publish on reconnection.
+        """Publish now; while Redis is unreachable, keep it and publish it again later (on
+        reconnection, with the next publish, or by the retry timer).
 
         Subscribers de-duplicate by id, so a late copy is harmless, while a lost one would
         leave a live view behind until its next catch-up.
@@ -201,7 +202,7 @@ class RedisBroker(Broker):
                         await pipe.execute()
                 return
             except self._errors:
-                log.warning("broker unreachable: events will be published on reconnection")
+                log.warning("broker unreachable: events are kept and published again")
         # Behind events kept earlier (or being published now): they go first.
         self._unsent.extend(payloads)
         self._trim_unsent()
