@@ -109,8 +109,8 @@ def test_the_app_and_cli_load_neither_redis_nor_boto3() -> None:
 def test_the_worker_loads_neither_graphql_nor_strawberry(tmp_path: Path) -> None:
     """Given `weflux worker`'s runtime on a migrated SQLite database, when it is built and
     started as the worker is and each of its jobs has run once, then neither graphql-core
-    nor Strawberry was imported: the worker runs no GraphQL operation, and they cost a
-    second of its start-up."""
+    nor Strawberry was imported: the worker runs no GraphQL operation, and they cost
+    about half a second of its start-up."""
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
