@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.services import TEST_REDIS_URL, eventually
 from tests.fixtures.tcp_proxy import TcpProxy
+from weflux.backoff import exponential_backoff
 from weflux.realtime import broker as broker_module
 from weflux.realtime.broker import Message, RedisBroker
 from weflux.runtime import create_redis
@@ -99,6 +100,31 @@ async def test_stop_ends_the_retry_while_redis_refuses(require_redis: None) -> N
         assert retrying
         await publisher.stop()
         assert all(task.done() for task in retrying)
+
+
+async def test_while_redis_stays_away_each_retry_waits_longer_up_to_the_cap(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given an event kept while Redis refuses connections for a while, when the retry
+    fails again and again, then before each attempt it waits a jittered delay of at least
+    the base, drawn for one more failure each time (its ceiling doubles up to the cap): no
+    hot loop. When Redis is back the event goes out once."""
+    draws: list[tuple[int, float, float, float]] = []
+
+    def recorded(attempt: int, *, base: float, cap: float, floor: float = 0.0) -> float:
+        draws.append((attempt, base, cap, floor))
+        return exponential_backoff(attempt, base=base, cap=cap, floor=floor)
+
+    monkeypatch.setattr(broker_module, "exponential_backoff", recorded)
+    async with _publisher_behind_a_proxy(backoff_base=0.01, backoff_cap=0.04) as outage:
+        proxy, publisher, channel, received = outage
+        await proxy.refuse()
+        await _publish(publisher, channel, 1)  # kept, retried
+        await eventually(lambda: len(draws) >= 4, seconds=20)
+        await proxy.restore()
+        await eventually(lambda: received == [{"n": 1}], seconds=10)
+    assert [attempt for attempt, *_ in draws[:4]] == [1, 2, 3, 4]
+    assert {draw[1:] for draw in draws[:4]} == {(0.01, 0.04, 0.01)}  # base, cap, floor
 
 
 async def test_past_the_limit_the_oldest_kept_events_are_dropped_and_said(
