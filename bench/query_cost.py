@@ -48,8 +48,8 @@ from weflux.auth import passwords
 from weflux.auth.principal import Principal
 from weflux.config import generate_encryption_key_entry, load_settings
 from weflux.db import Database
+from weflux.gql.budgets import CostBudgets
 from weflux.gql.cost import operation_cost
-from weflux.gql.guard import CostBudgets
 from weflux.gql.schema import schema
 from weflux.migrate import migrate
 from weflux.models import MessageDirection, Role, utcnow

@@ -8,6 +8,7 @@ GraphQL context, the worker's jobs) receives the parts it needs, never the runti
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -22,8 +23,7 @@ from weflux.client_ip import ProxyNetwork, parse_trusted_proxies
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.gql.event_memo import EventMemo
-from weflux.gql.guard import CostBudgets
+from weflux.gql.budgets import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
 from weflux.media.store import MediaStore, build_store
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
@@ -43,6 +43,8 @@ from weflux.worker.runner import Worker
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
+
+    from weflux.gql.event_memo import EventMemo
 
 
 def create_redis(url: str) -> Redis:
@@ -89,12 +91,20 @@ class Runtime:
     trusted_proxies: tuple[ProxyNetwork, ...]
     hub: Hub
     sockets: SocketRegistry
-    event_memo: EventMemo
     inbox_counts: CountsFeed
     channel_cache: ChannelCache
     webhook_intake: WebhookIntake
     media: MediaStore
     worker: Worker | None = None
+
+    @functools.cached_property
+    def event_memo(self) -> EventMemo:
+        """Live events loaded once per visibility class, built on first use: by a process
+        that serves subscriptions. It loads graphql-core and Strawberry, which `weflux
+        worker` never needs (its start-up time; tests/test_imports.py)."""
+        from weflux.gql.event_memo import EventMemo
+
+        return EventMemo()
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -150,7 +160,6 @@ class Runtime:
             trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
             hub=hub,
             sockets=sockets,
-            event_memo=EventMemo(),
             inbox_counts=inbox_counts,
             channel_cache=channel_cache,
             webhook_intake=WebhookIntake.for_pool(

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from graphql import OperationType, parse
 
-from weflux.gql.cost import DEFAULT_LIST_NODES, MUTATION_POINTS, OperationCost, operation_cost
+from weflux.gql.budgets import MUTATION_POINTS
+from weflux.gql.cost import DEFAULT_LIST_NODES, OperationCost, operation_cost
 from weflux.gql.schema import schema
 from weflux.pagination import DEFAULT_PAGE
 

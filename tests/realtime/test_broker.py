@@ -234,21 +234,6 @@ async def test_malformed_messages_are_dropped(require_redis: None) -> None:
         await redis.aclose()
 
 
-async def test_events_published_while_redis_is_away_go_out_on_reconnection(
-    require_redis: None,
-) -> None:
-    async with _publisher_behind_a_proxy(backoff_base=0.02, backoff_cap=0.2) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
-        await proxy.cut()
-        await publisher.publish(channel, {"n": 1})  # kept, not lost, not raised
-        await proxy.restore()
-        await eventually(lambda: received == [{"n": 1}], seconds=10)
-
-
 async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
     require_redis: None,
 ) -> None:
@@ -291,32 +276,6 @@ async def test_a_blip_that_redis_py_retries_silently_is_still_reported(
         await proxy.close()
 
 
-async def test_events_kept_during_an_outage_go_out_once_each_in_order_when_publishes_race(
-    require_redis: None,
-) -> None:
-    """Given events kept while Redis was away, when Redis is back and two publishes run at
-    once (two webhooks' commits; the reader's reconnection flushes the same way), then every
-    kept event goes out, in order, before the new ones, and none twice: two flushers of
-    the same list used to publish its first event twice and drop the second unpublished."""
-    # A reader that waits long before reconnecting: only the publishes flush here.
-    async with _publisher_behind_a_proxy(backoff_base=60, backoff_cap=60) as (
-        proxy,
-        publisher,
-        channel,
-        received,
-    ):
-        await proxy.cut()
-        for n in (1, 2, 3):
-            await publisher.publish(channel, {"n": n})  # kept
-        await proxy.restore()
-        await asyncio.gather(
-            publisher.publish(channel, {"n": 4}), publisher.publish(channel, {"n": 5})
-        )
-        await publisher.publish(channel, {"n": 6})
-        await eventually(lambda: {"n": 6} in received, seconds=10)
-        assert received == [{"n": n} for n in range(1, 7)]
-
-
 async def test_a_task_woken_by_a_message_runs_before_the_next_message_is_handled(
     require_redis: None,
 ) -> None:
@@ -343,36 +302,3 @@ async def test_a_task_woken_by_a_message_runs_before_the_next_message_is_handled
         await task
     # then: the subscriber woken by the first ran before the second was parsed and handled
     assert order == ["handled 1", "woken", "handled 2"]
-
-
-@contextlib.asynccontextmanager
-async def _publisher_behind_a_proxy(
-    *, backoff_base: float, backoff_cap: float
-) -> AsyncIterator[tuple[TcpProxy, RedisBroker, str, list[Message]]]:
-    """A publishing broker that reaches Redis through a proxy a test can cut, and what a
-    second broker, connected directly, receives on the channel."""
-    url = make_url(TEST_REDIS_URL)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
-    await proxy.start()
-    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
-    publisher = RedisBroker(publisher_redis, backoff_base=backoff_base, backoff_cap=backoff_cap)
-    listener_redis = create_redis(TEST_REDIS_URL)
-    listener = RedisBroker(listener_redis)
-    await publisher.start()
-    await listener.start()
-    try:
-        await publisher.wait_connected()
-        await listener.wait_connected()
-        channel = _channel()
-        received: list[Message] = []
-
-        async def handler(message: Message) -> None:
-            received.append(message)
-
-        await listener.subscribe(channel, handler)
-        yield proxy, publisher, channel, received
-    finally:
-        for broker, redis in ((publisher, publisher_redis), (listener, listener_redis)):
-            await broker.stop()
-            await redis.aclose()
-        await proxy.close()

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
 from tests.fixtures.settings import make_settings
 from weflux.config import ConfigError
-from weflux.gql.guard import CostBudgets
+from weflux.gql.budgets import CostBudgets
 from weflux.throttle.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"

@@ -21,8 +21,8 @@ from weflux.client_ip import request_meta
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.errors import Unauthenticated
+from weflux.gql.budgets import CostBudgets
 from weflux.gql.event_memo import EventMemo
-from weflux.gql.guard import CostBudgets
 from weflux.gql.loaders import Loaders
 from weflux.mail.mailer import Mailer
 from weflux.realtime.broker import Broker

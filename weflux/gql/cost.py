@@ -54,12 +54,11 @@ from graphql import (
     is_composite_type,
 )
 
+from weflux.gql.budgets import MUTATION_POINTS, QUERY_POINTS
 from weflux.pagination import DEFAULT_PAGE, MAX_PAGE
 
 DEFAULT_LIST_NODES = 100
 LIST_NODES = "weflux_list_nodes"  # strawberry field metadata: a plain list's bound
-QUERY_POINTS = 1
-MUTATION_POINTS = 10
 _PAGE_ARGUMENTS = ("first", "last")
 _STRAWBERRY_FIELD = "strawberry-definition"
 

@@ -33,13 +33,13 @@ from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRul
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
 from weflux.auth.principal import Principal
-from weflux.config import ConfigError, Settings
 from weflux.db import begin_read_only, interrupt
 from weflux.errors import ErrorCode
-from weflux.gql.cost import MUTATION_POINTS, OperationCost, operation_cost
+from weflux.gql.budgets import CostBudgets
+from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.policy import screen
-from weflux.throttle.leaky_bucket import Bucket, Charge, LeakyBuckets, parse_bucket
+from weflux.throttle.leaky_bucket import Charge
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
 
 # Strawberry validates with these two besides graphql-core's rules.
@@ -68,39 +68,7 @@ async def hit_request_limits(
     return ALLOWED
 
 
-# --- the cost budgets --------------------------------------------------------------
-
-WORKSPACE_BUDGET = "WEFLUX_RATE_LIMIT_GRAPHQL_COST_WORKSPACE"
-MEMBER_BUDGET = "WEFLUX_RATE_LIMIT_GRAPHQL_COST_MEMBER"
-
-
-class CostBudgets:
-    """Each operation's points come out of its workspace's bucket and its member's."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.workspace = parse_bucket(WORKSPACE_BUDGET, settings.rate_limit_graphql_cost_workspace)
-        self.member = parse_bucket(MEMBER_BUDGET, settings.rate_limit_graphql_cost_member)
-        most = settings.graphql_max_nodes + MUTATION_POINTS
-        for variable, spec in ((WORKSPACE_BUDGET, self.workspace), (MEMBER_BUDGET, self.member)):
-            if spec.capacity < most:
-                raise ConfigError(
-                    f"{variable}: a capacity of {spec.capacity} is less than the most one "
-                    f"operation may cost ({most}: WEFLUX_GRAPHQL_MAX_NODES + {MUTATION_POINTS})"
-                )
-        self.buckets = LeakyBuckets(settings.redis_url)
-
-    async def charge(self, principal: Principal, points: int) -> Charge:
-        """Take `points` from both buckets, or from neither (0 points: just look)."""
-        return await self.buckets.charge(
-            [
-                Bucket(f"workspace:{principal.org_id}", self.workspace),
-                Bucket(f"member:{principal.membership_id}", self.member),
-            ],
-            points,
-        )
-
-    async def close(self) -> None:
-        await self.buckets.close()
+# --- the cost budgets (weflux.gql.budgets) -------------------------------------------
 
 
 def cost_report(cost: OperationCost | None, charge: Charge) -> dict[str, Any]:

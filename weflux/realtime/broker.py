@@ -4,7 +4,9 @@ One interface, two implementations. The Redis one holds a single pub/sub connect
 per process (not per socket), subscribes to exact channels only while something in
 the process listens (no pattern subscriptions: each taxes every PUBLISH), reconnects
 with backoff, resubscribes, and then tells its listeners that messages may have been
-missed (`on_reconnect`) so they can catch up from the database.
+missed (`on_reconnect`) so they can catch up from the database. Events it could not
+publish are kept (up to `UNSENT_LIMIT`) and go out on reconnection, with the next publish,
+or on a retry timer, whichever comes first: oldest first, each once.
 """
 
 from __future__ import annotations
@@ -134,6 +136,11 @@ class RedisBroker(Broker):
         self._stopping = False
         self._unsent: deque[tuple[str, str]] = deque()  # (channel, payload), oldest first
         self._flushing = False
+        self._dropped = 0  # kept events dropped (the oldest) since the list was last empty
+        # Publishes the kept events on a timer: a publish can fail while the subscription
+        # stays up, and then no reconnection would flush them (a quiet workspace's event
+        # would wait for the next publish, maybe for good).
+        self._retry: asyncio.Task[None] | None = None
         # Set by redis-py when it reconnects the subscription by itself (its own retry
         # resubscribes without raising): the reader then reports it like any reconnection.
         self._reconnected_silently = False
@@ -151,6 +158,15 @@ class RedisBroker(Broker):
 
     async def stop(self) -> None:
         self._stopping = True
+        retry, self._retry = self._retry, None
+        if retry is not None:
+            retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await retry
+        if self._unsent:
+            log.warning(
+                "broker stopped with kept events unpublished", extra={"count": len(self._unsent)}
+            )
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -159,7 +175,8 @@ class RedisBroker(Broker):
         await self._close_pubsub()
 
     async def publish(self, channel: str, message: Message) -> None:
-        """Publish now; while Redis is unreachable, keep it and publish on reconnection.
+        """Publish now; while Redis is unreachable, keep it and publish it again later (on
+        reconnection, with the next publish, or by the retry timer).
 
         Subscribers de-duplicate by id, so a late copy is harmless, while a lost one would
         leave a live view behind until its next catch-up.
@@ -185,13 +202,58 @@ class RedisBroker(Broker):
                         await pipe.execute()
                 return
             except self._errors:
-                log.warning("broker unreachable: events will be published on reconnection")
+                log.warning("broker unreachable: events are kept and published again")
         # Behind events kept earlier (or being published now): they go first.
         self._unsent.extend(payloads)
-        while len(self._unsent) > UNSENT_LIMIT:
-            self._unsent.popleft()
+        self._trim_unsent()
         with contextlib.suppress(*self._errors):
             await self._flush_unsent()
+        if self._unsent:
+            self._schedule_retry()
+
+    def _trim_unsent(self) -> None:
+        """Past `UNSENT_LIMIT` the oldest kept events are dropped (memory stays bounded);
+        subscribers catch up from the database on reconnection, not after a drop alone."""
+        excess = len(self._unsent) - UNSENT_LIMIT
+        if excess <= 0:
+            return
+        for _ in range(excess):
+            self._unsent.popleft()
+        if not self._dropped:
+            log.warning("broker kept events over the limit: the oldest are dropped")
+        self._dropped += excess
+
+    def _schedule_retry(self) -> None:
+        """Start the retry timer unless it runs (or the broker is stopping)."""
+        if self._stopping or (self._retry is not None and not self._retry.done()):
+            return
+        self._retry = asyncio.create_task(self._retry_unsent(), name="weflux-broker-retry")
+
+    async def _pause(self, attempt: int) -> None:
+        """The wait after `attempt` failures: jittered, capped, never near zero."""
+        await asyncio.sleep(
+            exponential_backoff(
+                attempt, base=self._backoff_base, cap=self._backoff_cap, floor=self._backoff_base
+            )
+        )
+
+    async def _retry_unsent(self) -> None:
+        """Publish the kept events after a jittered, capped backoff, again until none is left.
+
+        One attempt per delay, whatever fails (a down Redis costs a connection attempt per
+        delay, never a hot loop); a publish or the reader may empty the list meanwhile.
+        """
+        attempt = 0
+        while self._unsent and not self._stopping:
+            attempt += 1
+            await self._pause(attempt)
+            try:
+                await self._flush_unsent()
+            except self._errors as exc:
+                log.info("broker retry failed", extra={"error": type(exc).__name__})
+            except Exception:
+                # Never kept events without a retry: try again after the next delay.
+                log.exception("broker retry failed")
 
     async def _flush_unsent(self) -> None:
         """Publish the kept events, oldest first, by one task at a time: two flushing the
@@ -210,6 +272,12 @@ class RedisBroker(Broker):
                     raise
         finally:
             self._flushing = False
+        if self._dropped:
+            log.warning(
+                "broker published its kept events; the oldest were dropped",
+                extra={"dropped": self._dropped},
+            )
+            self._dropped = 0
 
     async def _channel_opened(self, channel: str) -> None:
         async with self._lock:
@@ -274,14 +342,7 @@ class RedisBroker(Broker):
             if self._stopping:
                 break
             attempt += 1
-            await asyncio.sleep(
-                exponential_backoff(
-                    attempt,
-                    base=self._backoff_base,
-                    cap=self._backoff_cap,
-                    floor=self._backoff_base,
-                )
-            )
+            await self._pause(attempt)
 
     async def _read(self) -> None:
         assert self._pubsub is not None

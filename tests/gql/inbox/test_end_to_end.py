@@ -15,7 +15,7 @@ from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import ACCESS_TOKEN
-from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.services import FLUSHABLE_REDIS_URL
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
@@ -214,7 +214,10 @@ async def test_flushing_redis_loses_nothing(
     db: Database,
     require_redis: None,
 ) -> None:
-    """Redis holds no state of record: pub/sub and counters only."""
+    """Redis holds no state of record: pub/sub and counters only.
+
+    The app uses a Redis database of its own (`FLUSHABLE_REDIS_URL`): other workers' tests
+    keep counters and budgets in the shared one while this one flushes."""
 
     settings = make_settings(
         tmp_path,
@@ -222,7 +225,7 @@ async def test_flushing_redis_loses_nothing(
         database_migration_url=database_urls.owner,
         meta_graph_url=meta_url,
         meta_app_secret=SECRET,
-        redis_url=TEST_REDIS_URL,
+        redis_url=FLUSHABLE_REDIS_URL,
     )
     async with db.session(org.id) as session:
         account = WhatsAppAccount(
@@ -236,7 +239,7 @@ async def test_flushing_redis_loses_nothing(
         )
         seal(KeyRing.from_settings(settings), account, "access_token_enc", ACCESS_TOKEN)
         session.add(account)
-    redis = Redis.from_url(TEST_REDIS_URL)
+    redis = Redis.from_url(FLUSHABLE_REDIS_URL)
     app = create_app(settings)
     try:
         async with lifespan(app):
