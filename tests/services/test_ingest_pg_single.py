@@ -72,8 +72,9 @@ async def test_opt_out_and_opt_in_keywords_change_a_known_contact(
 ) -> None:
     """Given a known sender,
     when the sender writes STOP, then STOP again, then START, then plain text,
-    then the contact is opted out from the first STOP (its time kept by the second), opted
-    in by START (no time), and plain text changes nothing; none of it moves `updated_at`."""
+    then the contact is opted out from the first STOP (its time kept by the second, which
+    comes with a new name), opted in by START (no time), and plain text changes nothing;
+    the keywords alone do not move `updated_at`."""
     await _write(client, number)
     (before,) = await _contacts(db, number.org_id)
     assert (before.opted_out, before.opted_out_at) == (False, None)
@@ -82,8 +83,8 @@ async def test_opt_out_and_opt_in_keywords_change_a_known_contact(
     assert out.opted_out is True
     assert out.opted_out_at is not None
     assert out.updated_at == before.updated_at
-    await _write(client, number, wh.text_message(from_wa_id=SENDER, body="STOP"))
-    (again,) = await _contacts(db, number.org_id)
+    await _write(client, number, wh.text_message(from_wa_id=SENDER, body="STOP"), name="New")
+    (again,) = await _contacts(db, number.org_id)  # (renamed: its row is written)
     assert (again.opted_out, again.opted_out_at) == (True, out.opted_out_at)
     await _write(client, number, wh.text_message(from_wa_id=SENDER, body="Start"))
     (back,) = await _contacts(db, number.org_id)
@@ -109,13 +110,14 @@ async def test_an_erased_contact_is_not_the_sender(
     client: httpx.AsyncClient, db: Database, number: WhatsAppAccount
 ) -> None:
     """Given a sender's contact and conversation, since erased,
-    when the same number writes again,
-    then a new contact and a new conversation hold the message; the erased stay erased."""
+    when the same number writes again, with another profile name,
+    then a new contact and a new conversation hold the message; the erased contact stays
+    erased and unchanged."""
     await _write(client, number)
     async with db.session(number.org_id) as session:
         await session.exec(update(Conversation).values(erased_at=utcnow()))
         await session.exec(update(Contact).values(erased_at=utcnow()))
-    await _write(client, number)
+    await _write(client, number, name="Other")
     (contact,) = await _contacts(db, number.org_id)  # the erased one is not seen
     async with db.session(number.org_id) as session:
         (conversation,) = (await session.exec(select(Conversation))).all()
@@ -124,6 +126,12 @@ async def test_an_erased_contact_is_not_the_sender(
     assert conversation.contact_id == contact.id
     assert message.conversation_id == conversation.id
     assert conversation.unread_count == 1
+    assert contact.profile_name == "Other"
+    async with db.session(number.org_id) as session:
+        erased = await session.exec(  # type: ignore[call-overload]
+            text("SELECT profile_name FROM contacts WHERE erased_at IS NOT NULL")
+        )
+        assert list(erased.scalars()) == ["Customer"]  # not renamed
 
 
 async def test_a_known_sender_on_another_number_gets_a_conversation_there(
