@@ -638,10 +638,9 @@ def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:
             if isinstance(part, Insert):
                 if column is not None:
                     workspaces.extend(_inserted_workspaces(part, column))
-            elif isinstance(part, (Update, Delete)):
-                if column is not None:
-                    _check_scoped_change(part, column)
-                    scoped = True
+            elif isinstance(part, (Update, Delete)) and column is not None:
+                _check_scoped_change(part, column)
+                scoped = True
         scoped = _check_confined_reads(statement, tables) or scoped
     except TenantScopeError as refused:
         return _FoldPlan(refusal=str(refused))

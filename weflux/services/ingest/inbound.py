@@ -28,6 +28,8 @@ from weflux.models import (
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services import folding, reactions
+from weflux.services.contacts import MAX_NAME
+from weflux.services.ingest import pg_single
 from weflux.services.ingest.senders import (
     _contact_key,
     _contacts,
@@ -35,12 +37,10 @@ from weflux.services.ingest.senders import (
     _senders,
     _Thread,
 )
-from weflux.services.contacts import MAX_NAME
-from weflux.services.ingest import pg_single
 from weflux.services.ingest.writes import (
     _hold,
-    _rows,
     _Rows,
+    _rows,
     _send_held,
     _send_separately,
 )

@@ -187,9 +187,7 @@ def _build(
                 else_=c.c.phone_number,
             ),
             opted_out=func.coalesce(opted_out, c.c.opted_out),
-            opted_out_at=case(
-                (opting, case((opted_out, now), else_=None)), else_=c.c.opted_out_at
-            ),
+            opted_out_at=case((opting, case((opted_out, now), else_=None)), else_=c.c.opted_out_at),
             updated_at=case((or_(*touched), now), else_=c.c.updated_at),
         )
         .cte("contact_seen")
@@ -226,9 +224,7 @@ def _build(
     # Read here, so both run before the message's row (its feed position after theirs); at
     # most one gives a row (the UPDATE cannot see the row the INSERT beside it writes).
     conversation_id = (
-        select(conversation_new.c.id)
-        .union_all(select(conversation_known.c.id))
-        .scalar_subquery()
+        select(conversation_new.c.id).union_all(select(conversation_known.c.id)).scalar_subquery()
     )
     ctes = [contact_new, contact_seen, conversation_new, conversation_known]
     if media_file is not None:

@@ -232,7 +232,8 @@ def _hold(session: AsyncSession, rows: _Rows) -> None:
 
 async def _send_held(session: AsyncSession, first: folding.Insert | None = None) -> bool:
     """Send the writes held back (after `first`, an INSERT, in the same statement) as one
-    statement; whether there were any (else nothing is sent, not even `first`)."""
+    statement; whether there were any (else nothing is sent, not even `first`). One
+    message held by `pg_single` goes as its own statement, `first` folded into it."""
     if await pg_single.send(session, first):
         return True
     writes: folding.Writes | None = session.sync_session.info.pop(_HELD_KEY, None)
