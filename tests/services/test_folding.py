@@ -166,10 +166,10 @@ async def test_a_folded_insert_may_read_what_core_scope_confines(
     ):
         with pytest.raises(TenantScopeError, match=match):
             async with db.session(org.id) as session:
-                await session.exec(statement, params=params)  # type: ignore[call-overload]
+                await session.exec(statement, params=params)
     async with db.session(org.id) as session:
         statement = audit(select(confined.c.id).scalar_subquery())
-        await session.exec(statement, params=core_scope_params(session))  # type: ignore[call-overload]
+        await session.exec(statement, params=core_scope_params(session))
 
 
 @postgres_only

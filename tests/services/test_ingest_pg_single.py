@@ -209,7 +209,7 @@ async def test_a_media_message_s_file_names_its_sender(
     async with db.session(number.org_id) as session:
         files = (await session.exec(select(MediaFile))).all()
         messages = {m.id: m for m in (await session.exec(select(Message))).all()}
-    assert sorted(f.wa_media_id for f in files) == ["media-0", "media-1"]
+    assert sorted(str(f.wa_media_id) for f in files) == ["media-0", "media-1"]
     for file in files:
         assert file.sender_contact_id == contact.id
         assert file.message_id is not None

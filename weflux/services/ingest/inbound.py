@@ -34,6 +34,7 @@ from weflux.services.ingest.senders import (
     _contact_key,
     _contacts,
     _conversations,
+    _Sender,
     _senders,
     _Thread,
 )
@@ -148,9 +149,10 @@ async def _ingest_messages(
         and len(fresh) == 1
         and fresh[0][0].type != "reaction"
     )
-    if single:
-        senders, their_conversations, highest = [], [], None
-    else:
+    senders: list[_Sender] = []
+    their_conversations: list[_Thread] = []
+    highest: int | None = None
+    if not single:
         senders, their_conversations, highest = await _senders(
             connection, org_id, scope, [m for m, _ in fresh]
         )
