@@ -60,33 +60,37 @@ async def test_a_one_message_webhook_runs_few_statements(
     """Given a connected number,
     when a one-message webhook comes from a new sender, then another from that sender,
     then on SQLite the first runs 5 statements and the second one fewer; on PostgreSQL
-    each runs 2: the sender lookup, and one statement folding every write
-    (weflux.services.folding), so a known sender saves no statement there, only the parts
-    of the folded one; the scope's set_config goes with the BEGIN (weflux.pg_driver)."""
+    each runs 1: one statement that finds the sender and writes every row
+    (weflux.services.ingest.pg_single), so a known sender saves no statement there, only
+    the parts of that one; the scope's set_config goes with the BEGIN (weflux.pg_driver)."""
     await _statements(client, app, "16505550000")  # the number's routes, now cached
     new = await _statements(client, app, "16505550001")
     with round_trips() as trips:
         known = await _statements(client, app, "16505550001")
     # SQLite reads the change feed's highest position in the sender lookup (PostgreSQL
     # takes it in a trigger: docs/realtime.md).
-    expected = {"sqlite": (5, 4), "postgresql": (2, 2)}[dialect]
+    expected = {"sqlite": (5, 4), "postgresql": (1, 1)}[dialect]
     assert (len(new), len(known)) == expected
     if dialect == "postgresql":
         # The scope (the routes are cached: the workspace is known when the transaction
         # begins) and the feed lock (the webhook writes several feed rows: docs/realtime.md),
-        # before any row lock, in the BEGIN's round trip; then the two statements and COMMIT.
+        # before any row lock, in the BEGIN's round trip; then the statement and COMMIT.
         begins = [trip for trip in trips if trip.startswith("query: BEGIN")]
         assert len(begins) == 1, trips
         assert "set_config('app.org_id'" in begins[0]
         assert "pg_advisory_xact_lock" in begins[0]
         # (A prepare is the statement cache's first sight of a shape: this one's, here.)
         executed = [trip for trip in trips if not trip.startswith("prepare: ")]
-        assert len(executed) == 4, "\n".join(trip[:150] for trip in trips)
-        # new: contacts, conversations, messages; known: conversations (UPDATE), messages
-        # (the webhook event's INSERT being the statement itself).
-        assert new[-1].count(" AS \n(INSERT INTO") == 3, new[-1]
-        assert known[-1].count(" AS \n(") == 2, known[-1]
-        assert "UPDATE conversations" in known[-1]
+        assert len(executed) == 3, "\n".join(trip[:150] for trip in trips)
+        # The same statement, new sender or known: it finds the sender (a SELECT), inserts
+        # or updates the contact and the conversation, stores the event, and is the
+        # message's INSERT.
+        assert new[-1] == known[-1]
+        assert known[-1].startswith("WITH"), known[-1]
+        assert known[-1].count(" AS \n(SELECT") == 1, known[-1]
+        assert known[-1].count(" AS \n(INSERT INTO") == 3, known[-1]
+        assert known[-1].count(" AS \n(UPDATE") == 2, known[-1]
+        assert "\n INSERT INTO messages" in known[-1], known[-1]
 
 
 async def test_a_redelivered_message_is_still_a_no_op(

@@ -142,6 +142,36 @@ async def test_folded_changes_need_core_scope_and_selects_are_refused(
                 await session.exec(audit.add_cte(cte), params=params)
 
 
+async def test_a_folded_insert_may_read_what_core_scope_confines(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a folded statement whose CTE or value reads contacts (a webhook's sender found
+    inside the statement that writes: weflux.services.ingest.pg_single),
+    when the read carries `core_scope` with another workspace's scope, or reads without it
+    in a value, through an alias or in a join,
+    then each is refused; with `core_scope` of the session's workspace it is checked and
+    allowed (on either engine)."""
+    confined = select(_CONTACTS.c.id).where(core_scope(_CONTACTS)).limit(1).cte("sender")
+    unconfined = select(_CONTACTS.c.id).where(_CONTACTS.c.wa_id == "x").scalar_subquery()
+    aliased = _CONTACTS.alias("c")
+    through_alias = select(aliased.c.id).where(aliased.c.org_id == org.id).cte("a")
+
+    def audit(actor: Any) -> Any:
+        return _AUDIT.insert().values(**_audit(org.id), actor_user_id=actor)
+
+    for statement, params, match in (
+        (audit(select(confined.c.id).scalar_subquery()), {SCOPE_ORG: other_org.id}, "core_scope"),
+        (audit(unconfined), {SCOPE_ORG: org.id}, "without core_scope"),
+        (audit(None).add_cte(through_alias), {SCOPE_ORG: org.id}, "join or alias"),
+    ):
+        with pytest.raises(TenantScopeError, match=match):
+            async with db.session(org.id) as session:
+                await session.exec(statement, params=params)
+    async with db.session(org.id) as session:
+        statement = audit(select(confined.c.id).scalar_subquery())
+        await session.exec(statement, params=core_scope_params(session))
+
+
 @postgres_only
 async def test_row_level_security_confines_a_folded_statement(
     db: Database, org: Organization, other_org: Organization

@@ -175,12 +175,13 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
     number: WhatsAppAccount,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Given a new sender's first message, processed optimistically,
+    """Given a new sender's first two messages in one event, processed optimistically,
     when another transaction stores that sender between this one's lookup and its write
-    (the contact, conversation, message and event rows folded into one statement),
+    (the contact, conversation, messages and event rows folded into one statement),
     then that statement breaks the contacts' unique index and writes nothing, the event
     is processed again reading first, and the sender has one contact, one conversation
-    and one message."""
+    and the two messages. (One message has no lookup of its own on PostgreSQL: its race,
+    tests/services/test_ingest_pg_single.py.)"""
     org_id, sender = number.org_id, "4915100000077"
     lookups: list[int] = []
     real = senders._senders
@@ -195,7 +196,12 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
 
     monkeypatch.setattr(inbound, "_senders", raced)
     now = int(utcnow().timestamp())
-    await receive(client, number, wh.text_message("wamid.race-1", from_wa_id=sender, timestamp=now))
+    await receive(
+        client,
+        number,
+        wh.text_message("wamid.race-1", from_wa_id=sender, timestamp=now),
+        wh.text_message("wamid.race-2", from_wa_id=sender, timestamp=now + 1),
+    )
     assert lookups == [0, 1]  # new at first, known on the retry
     async with db.session(org_id) as session:
         contacts = (await session.exec(select(Contact))).all()
@@ -203,8 +209,9 @@ async def test_a_new_sender_stored_meanwhile_by_another_event_is_retried_as_know
         messages = (await session.exec(select(Message))).all()
     assert [c.wa_id for c in contacts] == [sender]
     assert [c.contact_id for c in conversations] == [contacts[0].id]
-    assert [(m.wa_message_id, m.conversation_id) for m in messages] == [
-        ("wamid.race-1", conversations[0].id)
+    assert sorted((m.wa_message_id, m.conversation_id) for m in messages) == [
+        ("wamid.race-1", conversations[0].id),
+        ("wamid.race-2", conversations[0].id),
     ]
 
 

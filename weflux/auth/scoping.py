@@ -60,10 +60,11 @@ from sqlalchemy.orm import (
     aliased,
     with_loader_criteria,
 )
-from sqlalchemy.sql import Select, visitors
+from sqlalchemy.sql import Select, operators, visitors
 from sqlalchemy.sql.dml import Delete, Insert, Update
+from sqlalchemy.sql.elements import BinaryExpression, BooleanClauseList
 from sqlalchemy.sql.functions import FunctionElement
-from sqlalchemy.sql.selectable import CTE
+from sqlalchemy.sql.selectable import CTE, TableClause
 from sqlmodel import Session as SQLModelSession
 from sqlmodel import col
 
@@ -596,7 +597,11 @@ def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
     Each INSERT into a workspace-owned table gives every row's workspace as a parameter
     equal to the session's (an empty one is filled in); each UPDATE or DELETE of one
     carries `core_scope` with the session's workspace and never sets the workspace column;
-    any other CTE (a SELECT) may not touch a workspace-owned table (nothing would confine it).
+    every SELECT anywhere in it (a CTE, a subquery in a value, a condition or RETURNING)
+    that reads a workspace-owned table names it in its FROM, unaliased and unjoined, and
+    confines it in its WHERE by `core_scope` or its workspace condition, with the
+    session's workspace (a webhook's sender found inside the statement that writes:
+    weflux.services.ingest.pg_single).
     """
     params: Any = state.parameters
     if not isinstance(params, dict):
@@ -633,15 +638,66 @@ def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:
             if isinstance(part, Insert):
                 if column is not None:
                     workspaces.extend(_inserted_workspaces(part, column))
-            elif isinstance(part, (Update, Delete)):
-                if column is not None:
-                    _check_scoped_change(part, column)
-                    scoped = True
-            elif any(name in tables for name in _tables_in(part)):
-                raise TenantScopeError("a CTE reading a workspace-owned table in an insert refused")
+            elif isinstance(part, (Update, Delete)) and column is not None:
+                _check_scoped_change(part, column)
+                scoped = True
+        scoped = _check_confined_reads(statement, tables) or scoped
     except TenantScopeError as refused:
         return _FoldPlan(refusal=str(refused))
     return _FoldPlan(tuple(workspaces), scoped)
+
+
+def _check_confined_reads(statement: Any, tables: dict[str, str]) -> bool:
+    """Refuse a SELECT anywhere in `statement` reading a workspace-owned table it does
+    not confine (`_confines`); whether any reads one (then `SCOPE_ORG` is checked)."""
+    confined = False
+    for element in visitors.iterate(statement):
+        if not isinstance(element, Select):
+            continue
+        for table in _read_tables(element.get_final_froms(), tables):
+            column = tables[table.name]
+            if not any(_confines(c, table, column) for c in element._where_criteria):
+                raise TenantScopeError(
+                    f"a CTE reading (or a subquery of) {table.name} without core_scope "
+                    "in an insert refused"
+                )
+            confined = True
+    return confined
+
+
+def _read_tables(froms: Any, tables: dict[str, str]) -> Iterator[Table]:
+    """The workspace-owned tables a SELECT reads in its FROM; a join or an alias of one
+    is refused (its condition would not be recognised)."""
+    for from_ in froms:
+        if isinstance(from_, Table):
+            if from_.name in tables:
+                yield from_
+        elif not isinstance(from_, CTE) and any(
+            isinstance(e, TableClause) and e.name in tables for e in visitors.iterate(from_)
+        ):
+            # A CTE is checked as a statement of its own (visitors.iterate reaches it);
+            # a join or alias is not recognised: fail closed.
+            raise TenantScopeError(
+                "a CTE reading (or a subquery of) a workspace-owned table through a join "
+                "or alias in an insert refused"
+            )
+
+
+def _confines(criterion: Any, table: Table, column: str) -> bool:
+    """Whether a WHERE criterion is `table`'s `core_scope`, or includes its workspace
+    condition (`table.<column> = :scope_org`) among the terms of an AND."""
+    if criterion.compare(core_scope(table)):
+        return True
+    terms = criterion.clauses if isinstance(criterion, BooleanClauseList) else [criterion]
+    return any(
+        isinstance(term, BinaryExpression)
+        and term.operator is operators.eq
+        and term.left.compare(table.c[column])
+        and isinstance(term.right, BindParameter)
+        and term.right.key == SCOPE_ORG
+        for term in terms
+        if not isinstance(criterion, BooleanClauseList) or criterion.operator is operators.and_
+    )
 
 
 def _inserted_workspaces(part: Insert, column: str) -> list[tuple[str, Any, bool]]:

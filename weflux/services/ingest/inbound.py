@@ -28,14 +28,23 @@ from weflux.models import (
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services import folding, reactions
+from weflux.services.contacts import MAX_NAME
+from weflux.services.ingest import pg_single
 from weflux.services.ingest.senders import (
     _contact_key,
     _contacts,
     _conversations,
+    _Sender,
     _senders,
     _Thread,
 )
-from weflux.services.ingest.writes import _hold, _rows, _send_held, _send_separately
+from weflux.services.ingest.writes import (
+    _hold,
+    _Rows,
+    _rows,
+    _send_held,
+    _send_separately,
+)
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import InboundMessage
 
@@ -133,9 +142,20 @@ async def _ingest_messages(
     connection = await session.connection()
     scope = core_scope_params(session)
     now = utcnow()
-    senders, their_conversations, highest = await _senders(
-        connection, org_id, scope, [m for m, _ in fresh]
+    # PostgreSQL, one message (not a reaction): the sender is found by the statement that
+    # writes it (pg_single); the rows are built as for a new sender.
+    single = (
+        connection.dialect.name == "postgresql"
+        and len(fresh) == 1
+        and fresh[0][0].type != "reaction"
     )
+    senders: list[_Sender] = []
+    their_conversations: list[_Thread] = []
+    highest: int | None = None
+    if not single:
+        senders, their_conversations, highest = await _senders(
+            connection, org_id, scope, [m for m, _ in fresh]
+        )
     contacts = _contacts([m for m, _ in fresh], senders, now)
     pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
     conversations = _conversations(pairs, their_conversations)
@@ -198,6 +218,9 @@ async def _ingest_messages(
                 contact.opted_out_at = now if change else None
                 contact.changed = True
     rows = _rows(org_id, contacts.values(), conversations.values(), added, media_files, now)
+    if single:
+        _hold_single(session, broker, org_id, fresh[0], rows, now, settings)
+        return
     if connection.dialect.name == "postgresql" and rows.count() <= folding.MAX_ROWS:
         _hold(session, rows)
         if reacted:
@@ -218,3 +241,43 @@ async def _ingest_messages(
         publish_after_commit(
             session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
         )
+
+
+def _hold_single(
+    session: AsyncSession,
+    broker: Broker,
+    org_id: uuid.UUID,
+    item: tuple[InboundMessage, Route],
+    rows: _Rows,
+    now: datetime,
+    settings: Settings,
+) -> None:
+    """PostgreSQL: hold one message's rows (built as for a new sender) and what decides
+    between them (pg_single), to send as one statement with what follows."""
+    message, account = item
+    user_id, wa_id = _contact_key(message)
+    profile = message.contact
+    (row,) = rows.messages
+    pg_single.hold(
+        session,
+        pg_single.Single(
+            broker=broker,
+            org_id=org_id,
+            message_id=row["id"],
+            contact=rows.new_contacts[0],
+            conversation=rows.new_conversations[0],
+            message=row,
+            media_file=rows.media_files[0] if rows.media_files else None,
+            decide=pg_single.decide(
+                user_id=user_id,
+                wa_id=wa_id,
+                username=message.from_username or (profile.username if profile else None),
+                profile_name=profile.name[:MAX_NAME] if profile and profile.name else None,
+                opted_out=opt_change(message.text, settings) if message.type == "text" else None,
+                at=message.timestamp,
+                now=now,
+                message_id=row["id"],
+                account_id=account.account_id,
+            ),
+        ),
+    )

@@ -21,6 +21,7 @@ from weflux.auth.scoping import (
 )
 from weflux.models import ConversationStatus
 from weflux.services import folding
+from weflux.services.ingest import pg_single
 from weflux.services.ingest.senders import _Sender, _Thread
 from weflux.services.ingest.statements import (
     _CONTACTS,
@@ -231,7 +232,10 @@ def _hold(session: AsyncSession, rows: _Rows) -> None:
 
 async def _send_held(session: AsyncSession, first: folding.Insert | None = None) -> bool:
     """Send the writes held back (after `first`, an INSERT, in the same statement) as one
-    statement; whether there were any (else nothing is sent, not even `first`)."""
+    statement; whether there were any (else nothing is sent, not even `first`). One
+    message held by `pg_single` goes as its own statement, `first` folded into it."""
+    if await pg_single.send(session, first):
+        return True
     writes: folding.Writes | None = session.sync_session.info.pop(_HELD_KEY, None)
     if writes is None or not writes.parts:
         return False
@@ -242,5 +246,5 @@ async def _send_held(session: AsyncSession, first: folding.Insert | None = None)
 @event.listens_for(ScopedSession, "before_commit")
 def _nothing_held(session: Any) -> None:
     writes = session.info.get(_HELD_KEY)
-    if writes is not None and writes.parts:
+    if (writes is not None and writes.parts) or pg_single.held(session):
         raise RuntimeError("ingest: a commit with writes still held back (call _send_held)")
