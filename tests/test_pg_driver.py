@@ -17,13 +17,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import bindparam, func, literal_column, text
 from sqlalchemy import select as core_select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import select
 
 from tests.fixtures.databases import DatabaseUrls, waiting_for_advisory_lock
 from tests.fixtures.factories import create_conversation, create_message
 from tests.fixtures.round_trips import round_trips
+from tests.fixtures.services import TEST_DATABASE_URL
 from weflux.auth.scoping import FEED_LOCK_CLASS, ReadScope, TenantScopeError, use_workspace
 from weflux.db import Database, begin_snapshot
 from weflux.models import Membership, Message, Organization
@@ -382,3 +385,25 @@ async def test_a_read_scope_is_written_from_uuids(db: Database, org: Organizatio
         ReadScope("x', true) --").begin_sql()  # type: ignore[arg-type]
     _pid, seen, _slept = await _read_once(db, _Sly(int=org.id.int), _SEEN_SCOPE, {"sleep": 0}) or ()
     assert seen == str(org.id)
+
+
+async def test_a_read_whose_backend_went_away_fails_once_and_the_pool_recovers(
+    single: Database, org: Organization
+) -> None:
+    """Given one pooled connection in brisk use (no ping), when its backend is ended and a
+    read transaction uses it, then the read fails with SQLAlchemy's error, saying the
+    connection was invalidated, and the next read runs on a new backend."""
+    params = {"sleep": 0}
+    gone = (await _read_once(single, org.id, _SEEN_SCOPE, params) or ())[0]
+    # The server's superuser, on its maintenance database: it may end any backend.
+    admin = create_async_engine(make_url(TEST_DATABASE_URL).set(database="postgres"))
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": gone})
+    finally:
+        await admin.dispose()
+    with pytest.raises(DBAPIError) as failed:
+        await _read_once(single, org.id, _SEEN_SCOPE, params)
+    assert failed.value.connection_invalidated
+    again, seen, _slept = await _read_once(single, org.id, _SEEN_SCOPE, params) or ()
+    assert (again != gone, seen) == (True, str(org.id))

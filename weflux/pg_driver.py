@@ -38,16 +38,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     AsyncAdapt_asyncpg_dbapi,
 )
 from sqlalchemy.engine import Connection, Dialect
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import PoolProxiedConnection
+from sqlalchemy.pool import Pool, PoolProxiedConnection
 from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
 # SQLAlchemy's names of the levels (its dialect's `_isolation_lookup`), as SQL.
@@ -233,14 +234,17 @@ class ReadTransaction:
     no statement runs before the BEGIN carrying the scope has been answered, and the
     transaction counts as begun before that BEGIN is sent, so `end` (the pool's reset:
     ROLLBACK) closes it whatever happened, a cancellation included; a connection whose
-    ROLLBACK fails or is cancelled is invalidated by the pool, never reused.
+    ROLLBACK fails or is cancelled is invalidated by the pool, never reused. Errors are
+    raised as SQLAlchemy's own (`DBAPIError`, parameters hidden), and a disconnection
+    invalidates the pool as SQLAlchemy's execution does.
     """
 
-    __slots__ = ("_adapted", "_dialect", "_pooled")
+    __slots__ = ("_adapted", "_dialect", "_pool", "_pooled")
 
-    def __init__(self, pooled: PoolProxiedConnection, dialect: Dialect) -> None:
+    def __init__(self, pooled: PoolProxiedConnection, engine: AsyncEngine) -> None:
         self._pooled: PoolProxiedConnection | None = pooled
-        self._dialect = dialect
+        self._dialect = engine.dialect
+        self._pool = engine.sync_engine.pool
         adapted = pooled.dbapi_connection
         if not isinstance(adapted, ScopedBeginConnection):
             raise TypeError("a read transaction needs weflux.pg_driver's connection")
@@ -252,10 +256,16 @@ class ReadTransaction:
         statement without parameters: `ReadScope.begin_sql`)."""
         pooled = await engine.raw_connection()
         try:
-            read = cls(pooled, engine.dialect)
-            await read._adapted.begin_now(scope)
+            read = cls(pooled, engine)
         except BaseException:
             await _give_back(pooled)
+            raise
+        try:
+            await read._adapted.begin_now(scope)
+        except Exception as error:
+            await read._fail(error, "BEGIN")
+        except BaseException:
+            await read.end()
             raise
         return read
 
@@ -285,7 +295,7 @@ class ReadTransaction:
             )
             rows = await prepared.fetch(*args)
         except Exception as error:
-            adapted._handle_exception(error)
+            await self._fail(error, compiled.sql)
         if not rows:
             return None
         values = list(rows[0])
@@ -293,11 +303,41 @@ class ReadTransaction:
             values[index] = process(values[index])
         return tuple(values)
 
+    async def _fail(self, error: Exception, statement: str) -> NoReturn:
+        """Raise `error` as SQLAlchemy's execution would; on a disconnection the pool is
+        invalidated (this connection closed, older ones replaced at their checkout) and
+        the connection given back, else it is given back by `end`."""
+        dialect = self._dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        try:
+            self._adapted._handle_exception(error)
+        except dbapi_error as translated:
+            gone = dialect.is_disconnect(translated, self._pooled, None)
+            pooled = self._pooled
+            if gone and pooled is not None:
+                self._pooled = None
+                await greenlet_spawn(_drop, self._pool, pooled, translated)
+            raise sa_exc.DBAPIError.instance(
+                statement,
+                None,
+                translated,
+                dbapi_error,
+                hide_parameters=True,
+                dialect=dialect,
+                connection_invalidated=gone,
+            ) from translated
+        raise AssertionError("unreachable: _handle_exception raises")  # pragma: no cover
+
     async def end(self) -> None:
         """ROLLBACK, and the connection back to the pool (idempotent)."""
         pooled, self._pooled = self._pooled, None
         if pooled is not None:
             await _give_back(pooled)
+
+
+def _drop(pool: Pool, pooled: PoolProxiedConnection, error: BaseException) -> None:
+    pool._invalidate(pooled, error)
+    pooled.close()
 
 
 async def _give_back(pooled: PoolProxiedConnection) -> None:
