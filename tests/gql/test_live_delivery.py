@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 from sqlalchemy import bindparam, func, text
 from sqlalchemy import select as core_select
+from sqlalchemy.exc import DBAPIError
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 
@@ -404,3 +405,21 @@ async def test_a_live_read_cancelled_mid_statement_gives_its_connection_back_cle
     async with context.db.engine.connect() as connection:
         seen = await connection.execute(text("SELECT current_setting('app.org_id', true)"))
         assert seen.scalar() == ""
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_a_live_read_that_failed_reads_again_in_a_new_transaction(
+    app: Starlette, org: Organization, admin: Actor
+) -> None:
+    """Given a live event's unit whose read failed (a division by zero), when it reads
+    again (as `SharedEvent.load` retries), then the read succeeds: the failed transaction
+    ended at once, the second begins anew with the caller's scope."""
+    context = socket_context(app, admin)
+    message = await _message(context.db, org)
+    failing = ScopedRead(lambda _scope_of: core_select(bindparam("one") / bindparam("zero")))
+    loaders = context.new_loaders()
+    async with context.event_unit(loaders):
+        with pytest.raises(DBAPIError, match="division by zero"):
+            await context.event_reader.fetch(failing, {"one": 1, "zero": 0})
+        found = await _message_and_conversation(context.event_reader, Message, message.id, loaders)
+    assert found is not None

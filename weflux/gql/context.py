@@ -243,7 +243,14 @@ class EventUnit:
         if db.dialect == "postgresql":
             if self._transaction is None:
                 self._transaction = await ReadTransaction.begin(db.engine, scope.begin_sql())
-            return await self._transaction.fetch(_prepared(statement), params)
+            try:
+                return await self._transaction.fetch(_prepared(statement), params)
+            except Exception:
+                # Ended at once, so a read again (`SharedEvent.load` retries) begins anew
+                # rather than in an aborted transaction.
+                transaction, self._transaction = self._transaction, None
+                await transaction.end()
+                raise
         if self._connection is None:
             # A reader's: deferred on SQLite, no write lock (see `session`).
             self._connection = await db.reader_engine.connect()
