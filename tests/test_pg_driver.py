@@ -11,19 +11,26 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import bindparam, func, literal_column, text
+from sqlalchemy import select as core_select
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import select
 
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import DatabaseUrls, waiting_for_advisory_lock
+from tests.fixtures.factories import create_conversation, create_message
 from tests.fixtures.round_trips import round_trips
-from weflux.auth.scoping import FEED_LOCK_CLASS, TenantScopeError, use_workspace
+from tests.fixtures.services import TEST_DATABASE_URL
+from weflux.auth.scoping import FEED_LOCK_CLASS, ReadScope, TenantScopeError, use_workspace
 from weflux.db import Database, begin_snapshot
-from weflux.models import Membership, Organization
+from weflux.models import Membership, Message, Organization
+from weflux.pg_driver import PreparedSelect, ReadTransaction
 
 pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
 
@@ -231,3 +238,172 @@ async def test_concurrent_units_each_see_their_own_scope(
     orgs = [org.id, other_org.id] * 10
     seen = await asyncio.gather(*(_unit(db, org_id) for org_id in orgs))
     assert [row[1] for row in seen] == [str(org_id) for org_id in orgs]
+
+
+# -- ReadTransaction: a scoped read without a Session (live events' own read) ---------------
+
+_MESSAGES = Message.__table__  # type: ignore[attr-defined]
+# Deliberately without the scoping layer's conditions: what row-level security alone hides.
+_UNSCOPED_MESSAGE = PreparedSelect(
+    core_select(_MESSAGES.c.id, _MESSAGES.c.text).where(_MESSAGES.c.id == bindparam("message"))
+)
+_SEEN_SCOPE = PreparedSelect(
+    core_select(
+        func.pg_backend_pid(),
+        func.current_setting("app.org_id", True),
+        func.pg_sleep(bindparam("sleep")),
+    )
+)
+
+
+async def _stored_message(db: Database, org: Organization) -> Message:
+    async with db.session(org.id) as session:
+        conversation = await create_conversation(session)
+        return await create_message(session, conversation, text="private")
+
+
+async def _read_once(
+    database: Database, org_id: uuid.UUID, select: PreparedSelect, params: Mapping[str, object]
+) -> tuple[object, ...] | None:
+    read = await ReadTransaction.begin(database.engine, ReadScope(org_id).begin_sql())
+    try:
+        return await read.fetch(select, params)
+    finally:
+        await read.end()
+
+
+async def test_row_level_security_alone_hides_another_workspace_s_row(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a message of one workspace, when a read transaction begun with another
+    workspace's scope runs a SELECT without any scoping condition, then row-level security
+    alone hides the row; begun with its own workspace's, the same SELECT reads it."""
+    message = await _stored_message(db, org)
+    params = {"message": message.id}
+    assert await _read_once(db, other_org.id, _UNSCOPED_MESSAGE, params) is None
+    assert await _read_once(db, org.id, _UNSCOPED_MESSAGE, params) == (message.id, "private")
+
+
+async def test_a_read_transaction_is_its_begin_its_select_and_its_rollback(
+    db: Database, org: Organization
+) -> None:
+    """Given a warm pool, when a read transaction reads a row and ends, then it costs three
+    round trips: BEGIN with the scope, the prepared SELECT, ROLLBACK."""
+    message = await _stored_message(db, org)
+    for _ in range(2):
+        with round_trips() as trips:
+            await _read_once(db, org.id, _UNSCOPED_MESSAGE, {"message": message.id})
+    assert trips == [
+        f"query: BEGIN; SELECT set_config('app.org_id', '{org.id}', true), "
+        "set_config('app.webhook_event_id', '', true)",
+        f"execute: {_UNSCOPED_MESSAGE.compiled(db.engine.dialect).sql}",
+        "query: ROLLBACK;",
+    ]
+
+
+async def test_a_read_transaction_leaves_no_scope_on_its_connection(
+    single: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given one pooled connection, when read transactions of two workspaces follow each
+    other with sessions and uses outside any session, then each sees its own scope alone."""
+    params = {"sleep": 0}
+    pid, seen, _slept = await _read_once(single, org.id, _SEEN_SCOPE, params) or ()
+    assert seen == str(org.id)
+    assert await _outside(single) == (pid, "", 0)
+    assert (await _read_once(single, other_org.id, _SEEN_SCOPE, params) or ())[:2] == (
+        pid,
+        str(other_org.id),
+    )
+    assert await _unit(single, None) == (pid, "", "", 0)
+
+
+_WAITING = PreparedSelect(
+    core_select(
+        func.pg_backend_pid(),
+        func.current_setting("app.org_id", True),
+        func.pg_advisory_xact_lock(bindparam("lock_class"), bindparam("key")),
+    )
+)
+
+
+async def test_a_read_cancelled_mid_statement_gives_back_a_clean_connection(
+    single: Database, owner_db: Database, org: Organization
+) -> None:
+    """Given one pooled connection, when a read transaction's task is cancelled while its
+    SELECT waits (a subscriber's socket closed mid-read), then its end gives the connection
+    back with no transaction and no scope: the next users see none."""
+    await _unit(single, None)
+    lock = {"lock_class": 4242, "key": uuid.uuid4().int % 2**31}
+    async with owner_db.engine.connect() as holder:
+        await holder.execute(text("SELECT pg_advisory_lock(:lock_class, :key)"), lock)
+        try:
+            reading = asyncio.create_task(_read_once(single, org.id, _WAITING, lock))
+            await asyncio.wait_for(waiting_for_advisory_lock(owner_db, **lock), 30)
+            reading.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await reading
+        finally:
+            await holder.execute(text("SELECT pg_advisory_unlock_all()"))
+            await holder.commit()
+    pid, seen, count = await _outside(single)
+    assert (seen, count) == ("", 0)
+    pooled = await single.engine.raw_connection()
+    try:
+        # The server's own word (its last ReadyForQuery): idle, in no transaction.
+        assert not pooled.dbapi_connection._connection.is_in_transaction()  # type: ignore[union-attr]
+    finally:
+        await greenlet_spawn(pooled.close)
+    assert await _unit(single, None) == (pid, "", "", 0)
+
+
+async def test_a_read_that_fails_or_times_out_gives_back_a_clean_connection(
+    database_urls: DatabaseUrls, org: Organization
+) -> None:
+    """Given one pooled connection whose statements time out after 0.3 s, when a read
+    transaction's SELECT fails (a timeout, a division by zero), then it raises, and the
+    connection's next users see no scope and no transaction."""
+    single = Database(database_urls.app, pool_size=1, statement_timeout=timedelta(milliseconds=300))
+    single.engine.sync_engine.pool._max_overflow = 0  # type: ignore[attr-defined]
+    failing = PreparedSelect(core_select(literal_column("1") / bindparam("zero")))
+    try:
+        pid = (await _unit(single, None))[0]
+        with pytest.raises(Exception, match="statement timeout"):
+            await _read_once(single, org.id, _SEEN_SCOPE, {"sleep": 5})
+        with pytest.raises(Exception, match="division by zero"):
+            await _read_once(single, org.id, failing, {"zero": 0})
+        assert await _outside(single) == (pid, "", 0)
+        assert await _unit(single, None) == (pid, "", "", 0)
+    finally:
+        await single.dispose()
+
+
+async def test_a_read_scope_is_written_from_uuids(db: Database, org: Organization) -> None:
+    """Given a read scope's workspace goes in BEGIN's simple query as a literal, when it is
+    no UUID, the read is refused before any round trip; a UUID whose text lies is written
+    from its value."""
+    with pytest.raises(TenantScopeError):
+        ReadScope("x', true) --").begin_sql()  # type: ignore[arg-type]
+    _pid, seen, _slept = await _read_once(db, _Sly(int=org.id.int), _SEEN_SCOPE, {"sleep": 0}) or ()
+    assert seen == str(org.id)
+
+
+async def test_a_read_whose_backend_went_away_fails_once_and_the_pool_recovers(
+    single: Database, org: Organization
+) -> None:
+    """Given one pooled connection in brisk use (no ping), when its backend is ended and a
+    read transaction uses it, then the read fails with SQLAlchemy's error, saying the
+    connection was invalidated, and the next read runs on a new backend."""
+    params = {"sleep": 0}
+    gone = (await _read_once(single, org.id, _SEEN_SCOPE, params) or ())[0]
+    # The server's superuser, on its maintenance database: it may end any backend.
+    admin = create_async_engine(make_url(TEST_DATABASE_URL).set(database="postgres"))
+    try:
+        async with admin.connect() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": gone})
+    finally:
+        await admin.dispose()
+    with pytest.raises(DBAPIError) as failed:
+        await _read_once(single, org.id, _SEEN_SCOPE, params)
+    assert failed.value.connection_invalidated
+    again, seen, _slept = await _read_once(single, org.id, _SEEN_SCOPE, params) or ()
+    assert (again != gone, seen) == (True, str(org.id))

@@ -440,8 +440,9 @@ class Database:
         # Units that only read (a live event's, opened lazily where no `await` can mark
         # them as `begin_read_only` does): on SQLite they begin deferred, so they never
         # take the write lock from, nor wait behind, the units that write.
+        self.reader_engine = self.engine.execution_options(**{_READ_ONLY: True})
         self.reader_sessionmaker = async_sessionmaker(
-            self.engine.execution_options(**{_READ_ONLY: True}),
+            self.reader_engine,
             class_=SerializedSession,
             sync_session_class=ScopedSession,
             expire_on_commit=False,

@@ -23,6 +23,11 @@ statement timeout, a cancelled task), the server may hold a transaction, open or
 it is counted as begun before the query is sent, so the unit's rollback (or the pool's
 reset) ends it with ROLLBACK (harmless when nothing had begun).
 
+A live event's own read (weflux.gql.context's `EventUnit`) goes past SQLAlchemy's
+execution: `ReadTransaction` begins a pooled connection's transaction the same way, with
+the reader's scope, runs prepared SELECTs on asyncpg and leaves the ROLLBACK to the pool's
+reset (see its docstring).
+
 The BEGIN says what asyncpg's would: the connection's isolation level, READ ONLY,
 DEFERRABLE (backups' `begin_snapshot`). Engines get the adapter with
 `create_async_engine(url, module=scoped_begin_dbapi())`; the URL stays
@@ -31,15 +36,20 @@ DEFERRABLE (backups' `begin_snapshot`). Engines get the adapter with
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import asyncpg
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects.postgresql.asyncpg import (
     AsyncAdapt_asyncpg_connection,
     AsyncAdapt_asyncpg_dbapi,
 )
-from sqlalchemy.engine import Connection
-from sqlalchemy.util.concurrency import await_
+from sqlalchemy.engine import Connection, Dialect
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import Pool, PoolProxiedConnection
+from sqlalchemy.util.concurrency import await_, greenlet_spawn
 
 # SQLAlchemy's names of the levels (its dialect's `_isolation_lookup`), as SQL.
 _ISOLATION_LEVELS = {
@@ -87,6 +97,12 @@ class ScopedBeginConnection(AsyncAdapt_asyncpg_connection):
         if statement is None or self.isolation_level == "autocommit":
             await super()._start_transaction()  # type: ignore[no-untyped-call]
             return
+        await self.begin_now(statement)
+
+    async def begin_now(self, statement: str) -> None:
+        """Send `BEGIN; <statement>` now (no parameters), in one round trip."""
+        if self._transaction is not None:
+            raise RuntimeError("this connection's transaction has begun already")
         # Begun as far as anyone ending it is concerned, before the query goes: see the
         # module's docstring.
         connection: asyncpg.Connection = self._connection
@@ -157,3 +173,175 @@ def begin_with(connection: Connection, statement: str) -> bool:
     (another driver, or the driver's transaction has begun): run it yourself then."""
     adapted = connection.connection.dbapi_connection
     return isinstance(adapted, ScopedBeginConnection) and adapted.begin_with(statement)
+
+
+# -- a scoped read without SQLAlchemy's execution ----------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    sql: str
+    names: tuple[str, ...]
+    defaults: dict[str, Any]
+    binds: tuple[Callable[[Any], Any] | None, ...]
+    # (column's index, SQLAlchemy's result processor) for the columns that have one.
+    results: tuple[tuple[int, Callable[[Any], Any]], ...]
+
+
+class PreparedSelect:
+    """A Core SELECT compiled once for asyncpg, run as a prepared statement on a
+    `ReadTransaction`: its SQL, the order of its parameters, and SQLAlchemy's own bind
+    and result processing of each (so a row holds the values, and their types, that
+    SQLAlchemy's execution of the same statement would give)."""
+
+    __slots__ = ("_compiled", "statement")
+
+    def __init__(self, statement: Any) -> None:
+        self.statement = statement
+        self._compiled: _Compiled | None = None
+
+    def compiled(self, dialect: Dialect) -> _Compiled:
+        if self._compiled is None:
+            compiled: Any = self.statement.compile(dialect=dialect)
+            names = tuple(compiled.positiontup or ())
+            processors = compiled._bind_processors
+            binds = compiled.binds
+            self._compiled = _Compiled(
+                sql=compiled.string,
+                names=names,
+                # A value the statement holds itself (a literal); a required parameter
+                # has none, so a read without it fails (KeyError), never runs unbound.
+                defaults={
+                    name: binds[name].effective_value for name in names if not binds[name].required
+                },
+                binds=tuple(processors.get(name) for name in names),
+                results=tuple(
+                    (index, process)
+                    for index, column in enumerate(compiled._result_columns)
+                    if (process := column.type._cached_result_processor(dialect, None)) is not None
+                ),
+            )
+        return self._compiled
+
+
+class ReadTransaction:
+    """One read on a pooled connection: `BEGIN; <scope>` in one round trip, prepared
+    SELECTs, then ROLLBACK and the connection back to the pool (`end`).
+
+    No Session and no SQLAlchemy execution around the round trips (issue 11: they were
+    about two thirds of a live event's read CPU): the pool's connection, its checkout
+    (the idle ping) and its check-in are SQLAlchemy's, the rest is asyncpg. Fails closed:
+    no statement runs before the BEGIN carrying the scope has been answered, and the
+    transaction counts as begun before that BEGIN is sent, so `end` (the pool's reset:
+    ROLLBACK) closes it whatever happened, a cancellation included; a connection whose
+    ROLLBACK fails or is cancelled is invalidated by the pool, never reused. Errors are
+    raised as SQLAlchemy's own (`DBAPIError`, parameters hidden), and a disconnection
+    invalidates the pool as SQLAlchemy's execution does.
+    """
+
+    __slots__ = ("_adapted", "_dialect", "_pool", "_pooled")
+
+    def __init__(self, pooled: PoolProxiedConnection, engine: AsyncEngine) -> None:
+        self._pooled: PoolProxiedConnection | None = pooled
+        self._dialect = engine.dialect
+        self._pool = engine.sync_engine.pool
+        adapted = pooled.dbapi_connection
+        if not isinstance(adapted, ScopedBeginConnection):
+            raise TypeError("a read transaction needs weflux.pg_driver's connection")
+        self._adapted: ScopedBeginConnection = adapted
+
+    @classmethod
+    async def begin(cls, engine: AsyncEngine, scope: str) -> ReadTransaction:
+        """A pooled connection of `engine` in a transaction begun with `scope` (a
+        statement without parameters: `ReadScope.begin_sql`)."""
+        pooled = await engine.raw_connection()
+        try:
+            read = cls(pooled, engine)
+        except BaseException:
+            await _give_back(pooled)
+            raise
+        try:
+            await read._adapted.begin_now(scope)
+        except Exception as error:
+            await read._fail(error, "BEGIN")
+        except BaseException:
+            await read.end()
+            raise
+        return read
+
+    async def fetch(
+        self, select: PreparedSelect, params: Mapping[str, Any]
+    ) -> tuple[Any, ...] | None:
+        """The first row of `select` with `params`, processed as SQLAlchemy would."""
+        if self._pooled is None:
+            raise RuntimeError("this read transaction has ended")
+        compiled = select.compiled(self._dialect)
+        args = [
+            value if bind is None else bind(value)
+            for bind, value in zip(
+                compiled.binds,
+                (
+                    params[name] if name in params else compiled.defaults[name]
+                    for name in compiled.names
+                ),
+                strict=True,
+            )
+        ]
+        adapted = self._adapted
+        try:
+            # SQLAlchemy's statement cache of the connection (its prepared statements).
+            prepared, _attributes = await adapted._prepare(  # type: ignore[no-untyped-call]
+                compiled.sql, getattr(self._dialect, "_invalidate_schema_cache_asof", 0)
+            )
+            rows = await prepared.fetch(*args)
+        except Exception as error:
+            await self._fail(error, compiled.sql)
+        if not rows:
+            return None
+        values = list(rows[0])
+        for index, process in compiled.results:
+            values[index] = process(values[index])
+        return tuple(values)
+
+    async def _fail(self, error: Exception, statement: str) -> NoReturn:
+        """Raise `error` as SQLAlchemy's execution would; on a disconnection the pool is
+        invalidated (this connection closed, older ones replaced at their checkout) and
+        the connection given back, else it is given back by `end`."""
+        dialect = self._dialect
+        dbapi_error = dialect.loaded_dbapi.Error
+        try:
+            self._adapted._handle_exception(error)
+        except dbapi_error as translated:
+            gone = dialect.is_disconnect(translated, self._pooled, None)
+            pooled = self._pooled
+            if gone and pooled is not None:
+                self._pooled = None
+                await greenlet_spawn(_drop, self._pool, pooled, translated)
+            raise sa_exc.DBAPIError.instance(
+                statement,
+                None,
+                translated,
+                dbapi_error,
+                hide_parameters=True,
+                dialect=dialect,
+                connection_invalidated=gone,
+            ) from translated
+        raise AssertionError("unreachable: _handle_exception raises")  # pragma: no cover
+
+    async def end(self) -> None:
+        """ROLLBACK, and the connection back to the pool (idempotent)."""
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            await _give_back(pooled)
+
+
+def _drop(pool: Pool, pooled: PoolProxiedConnection, error: BaseException) -> None:
+    pool._invalidate(pooled, error)
+    pooled.close()
+
+
+async def _give_back(pooled: PoolProxiedConnection) -> None:
+    # The pool's check-in resets the connection: the adapter's rollback sends ROLLBACK
+    # for a transaction begun (or counted as begun); a reset that fails or is cancelled
+    # invalidates the connection (SQLAlchemy's `_finalize_fairy`).
+    await greenlet_spawn(pooled.close)

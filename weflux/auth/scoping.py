@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import uuid
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -121,8 +121,12 @@ def _scope_sql(session: Session, feed_lock: bool) -> str:
     """`_APPLY_SCOPE_SQL` (with `feed_lock`, `_APPLY_SCOPE_AND_LOCK_SQL`) with its values
     as literals: see `_literal`."""
     info = _info(session)
-    org = _literal(current_workspace(session))
-    event = _literal(info.get(WEBHOOK_EVENT_KEY))
+    return _scope_literal_sql(current_workspace(session), info.get(WEBHOOK_EVENT_KEY), feed_lock)
+
+
+def _scope_literal_sql(org_id: Any, webhook_event: Any, feed_lock: bool = False) -> str:
+    org = _literal(org_id)
+    event = _literal(webhook_event)
     statement = (
         f"SELECT set_config('app.org_id', '{org}', true), "
         f"set_config('app.webhook_event_id', '{event}', true)"
@@ -750,6 +754,8 @@ def core_scope(table: Table) -> ColumnElement[bool]:
     model = _models_by_table()[table.name]
     if model in (Contact, Conversation):
         condition = and_(condition, table.c.erased_at.is_(None))
+    elif model is MediaFile:
+        raise TenantScopeError("a media file's erasure tombstone is the ORM criteria's alone")
     elif model in (Message, Note, ConversationLabel, MessageReaction):
         # As the ORM's tombstone: the erased conversations by ix_conversations_erased.
         erased = select(conversations.c.id).where(
@@ -757,6 +763,83 @@ def core_scope(table: Table) -> ColumnElement[bool]:
         )
         condition = and_(condition, table.c.conversation_id.not_in(erased))
     return condition
+
+
+def core_visibility(table: Table) -> ColumnElement[bool] | None:
+    """An Agent's visibility on a Core statement over `table`, as `_agent_criterion`
+    confines ORM statements (the Agent the bound parameter `VISIBLE_AGENT`); None for a
+    table the rule does not narrow. Goes with `core_scope(table)`, never instead of it."""
+    conversations: Table = Conversation.__table__  # type: ignore[attr-defined]
+    agent = bindparam(
+        VISIBLE_AGENT, type_=conversations.c.assignee_membership_id.type, required=True
+    )
+    if table is conversations:
+        return or_(*_visible_parts(table.c.assignee_membership_id, agent))
+    model = _models_by_table()[table.name]
+    # An alias, confined as the ORM's is (workspace, tombstone), never the statement's own.
+    visible = conversations.alias("visible_conversation")
+    org = bindparam(SCOPE_ORG, type_=conversations.c.org_id.type)
+    mine = and_(
+        visible.c.org_id == org,
+        visible.c.erased_at.is_(None),
+        or_(*_visible_parts(visible.c.assignee_membership_id, agent)),
+    )
+    if model in (Message, Note, ConversationLabel, MessageReaction):
+        return exists().where(visible.c.id == table.c.conversation_id, mine)
+    if model is Contact:
+        return exists().where(visible.c.contact_id == table.c.id, mine)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadScope:
+    """A reader's scope without a Session: a workspace, and the Agent whose visibility
+    narrows it (None: sees the whole workspace). Built from a principal by the caller;
+    what it confines to is said here alone (`params`, `begin_sql`, `ScopedRead`)."""
+
+    org_id: uuid.UUID
+    agent: uuid.UUID | None = None
+
+    def params(self) -> dict[str, uuid.UUID]:
+        """The values of `core_scope` and `core_visibility` for this reader."""
+        if not isinstance(self.org_id, uuid.UUID):
+            raise TenantScopeError("no workspace set for a scoped read")
+        if self.agent is None:
+            return {SCOPE_ORG: self.org_id}
+        return {SCOPE_ORG: self.org_id, VISIBLE_AGENT: self.agent}
+
+    def begin_sql(self) -> str:
+        """The statement handing this workspace to row-level security with BEGIN (on
+        PostgreSQL: weflux.pg_driver), its values literals re-rendered from UUIDs."""
+        if not isinstance(self.org_id, uuid.UUID):
+            raise TenantScopeError("no workspace set for a scoped read")
+        return _scope_literal_sql(self.org_id, None)
+
+
+class ScopedRead:
+    """A Core read confined by the scoping layer, in the two shapes its readers need.
+
+    `build(scope_of)` makes the statement, calling `scope_of(table)` for the condition of
+    each workspace-owned table it reads (in its WHERE). It is built twice, once for a
+    reader of the whole workspace (`core_scope`) and once for an Agent (`core_scope` and
+    `core_visibility`); `statement(scope)` picks by the reader, so an Agent is never given
+    the wider one (and the narrower one without an Agent fails: `VISIBLE_AGENT` is
+    required).
+    """
+
+    __slots__ = ("_agent", "_whole")
+
+    def __init__(self, build: Callable[[Callable[[Table], ColumnElement[bool]]], Any]) -> None:
+        self._whole = build(core_scope)
+        self._agent = build(_core_scope_visible)
+
+    def statement(self, scope: ReadScope) -> Any:
+        return self._whole if scope.agent is None else self._agent
+
+
+def _core_scope_visible(table: Table) -> ColumnElement[bool]:
+    visible = core_visibility(table)
+    return core_scope(table) if visible is None else and_(core_scope(table), visible)
 
 
 def core_scope_params(session: Session | AsyncSession) -> dict[str, uuid.UUID]:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import weakref
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
@@ -16,7 +18,7 @@ from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import restrict_to_agent, set_scope
+from weflux.auth.scoping import ReadScope, ScopedRead, restrict_to_agent, set_scope
 from weflux.client_ip import request_meta
 from weflux.config import Settings
 from weflux.db import Database
@@ -25,6 +27,7 @@ from weflux.gql.budgets import CostBudgets
 from weflux.gql.event_memo import EventMemo
 from weflux.gql.loaders import Loaders
 from weflux.mail.mailer import Mailer
+from weflux.pg_driver import PreparedSelect, ReadTransaction
 from weflux.realtime.broker import Broker
 from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
@@ -37,7 +40,7 @@ if TYPE_CHECKING:
 
 # A subscription runs in its own task: the unit of work of the event being delivered,
 # and its fresh DataLoaders, live in the task's context, never shared between operations.
-_event_session: ContextVar[_LazyUnit | AsyncSession | None] = ContextVar(
+_event_session: ContextVar[EventUnit | AsyncSession | None] = ContextVar(
     "weflux_event_session", default=None
 )
 _event_loaders: ContextVar[Loaders | None] = ContextVar("weflux_event_loaders", default=None)
@@ -121,7 +124,7 @@ class Context:
         Lazy: most deliveries find the event already loaded for their visibility class,
         and then no session is opened at all.
         """
-        unit = _LazyUnit(self)
+        unit = EventUnit(self)
         session_token = _event_session.set(unit)
         loaders_token = _event_loaders.set(loaders or self.new_loaders())
         try:
@@ -164,10 +167,18 @@ class Context:
         await self.request.close(code=code, reason=reason)
 
     @property
+    def event_reader(self) -> EventUnit:
+        """The live event's unit of work (inside `event_unit` only)."""
+        event = _event_session.get()
+        if not isinstance(event, EventUnit):
+            raise RuntimeError("no live event's unit in this context")
+        return event
+
+    @property
     def unit(self) -> AsyncSession:
         """The request's (or the live event's) session, scoped to the caller's workspace."""
         event = _event_session.get()
-        if isinstance(event, _LazyUnit):
+        if isinstance(event, EventUnit):
             return event.session()
         session = event or self.session
         if session is None:
@@ -186,12 +197,64 @@ def _scoped_session(context: Context, *, reader: bool = False) -> AsyncSession:
     return session
 
 
-class _LazyUnit:
-    """A live event's session, opened on first use and committed (read-only) at the end."""
+def read_scope(principal: Principal) -> ReadScope:
+    """The scope of `principal`'s reads, as `_scoped_session` gives a session."""
+    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
+        return ReadScope(principal.org_id)
+    return ReadScope(principal.org_id, principal.membership_id)
+
+
+# Each Core read compiled once for asyncpg (weflux.pg_driver), by statement.
+_PREPARED: weakref.WeakKeyDictionary[Any, PreparedSelect] = weakref.WeakKeyDictionary()
+
+
+def _prepared(statement: Any) -> PreparedSelect:
+    prepared = _PREPARED.get(statement)
+    if prepared is None:
+        prepared = _PREPARED[statement] = PreparedSelect(statement)
+    return prepared
+
+
+class EventUnit:
+    """A live event's unit of work, opened on first use and rolled back at the end.
+
+    Two ways in, each opened on first use and both ended by `close`: `fetch`, one scoped
+    Core read without a Session (the event's own row: on PostgreSQL a `ReadTransaction`,
+    BEGIN with the scope, a prepared SELECT and ROLLBACK; on SQLite a reader's
+    connection), and `session()`, for what the frame's fields load beyond it.
+    """
+
+    __slots__ = ("_connection", "_context", "_session", "_transaction")
 
     def __init__(self, context: Context) -> None:
         self._context = context
         self._session: AsyncSession | None = None
+        self._transaction: ReadTransaction | None = None
+        self._connection: AsyncConnection | None = None
+
+    async def fetch(self, read: ScopedRead, values: Mapping[str, Any]) -> Sequence[Any] | None:
+        """The first row of `read` with `values`, as the caller may see it: the
+        statement and its scope's values are the scoping layer's for the caller (and on
+        PostgreSQL row-level security has the workspace from the transaction's BEGIN)."""
+        scope = read_scope(self._context.actor)
+        statement = read.statement(scope)
+        params = {**values, **scope.params()}
+        db = self._context.db
+        if db.dialect == "postgresql":
+            if self._transaction is None:
+                self._transaction = await ReadTransaction.begin(db.engine, scope.begin_sql())
+            try:
+                return await self._transaction.fetch(_prepared(statement), params)
+            except Exception:
+                # Ended at once, so a read again (`SharedEvent.load` retries) begins anew
+                # rather than in an aborted transaction.
+                transaction, self._transaction = self._transaction, None
+                await transaction.end()
+                raise
+        if self._connection is None:
+            # A reader's: deferred on SQLite, no write lock (see `session`).
+            self._connection = await db.reader_engine.connect()
+        return (await self._connection.execute(statement, params)).first()
 
     def session(self) -> AsyncSession:
         if self._session is None:
@@ -207,6 +270,16 @@ class _LazyUnit:
         loaded, and those rows outlive it (a replay page, DataLoaders shared by the
         subscribers of one event); `close()` detaches them with their values intact.
         """
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
+        transaction, self._transaction = self._transaction, None
+        connection, self._connection = self._connection, None
+        session, self._session = self._session, None
+        try:
+            if transaction is not None:
+                await transaction.end()
+        finally:
+            try:
+                if connection is not None:
+                    await connection.close()
+            finally:
+                if session is not None:
+                    await session.close()

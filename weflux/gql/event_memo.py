@@ -13,24 +13,18 @@ import json
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from graphql import ExecutionResult
-from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from weflux.auth.principal import Principal, visibility_class
 from weflux.gql.loaders import Loaders
 
-# How a live event's row is read: (session, model, id, the class's DataLoaders) -> row.
-# A fetch may prime the DataLoaders with related rows read by the same statement.
-Fetch = Callable[[AsyncSession, type[Any], uuid.UUID, Loaders], Awaitable[Any]]
-
-
-async def fetch_by_id(
-    session: AsyncSession, model: type[Any], row_id: uuid.UUID, _loaders: Loaders
-) -> Any:
-    return await session.get(model, row_id)
+# How a live event's row is read: (the unit of work, model, id, the class's DataLoaders)
+# -> row. A fetch may prime the DataLoaders with related rows read by the same statement.
+Unit = TypeVar("Unit")
+Fetch = Callable[[Unit, type[Any], uuid.UUID, Loaders], Awaitable[Any]]
 
 
 class SharedEvent:
@@ -50,10 +44,10 @@ class SharedEvent:
 
     async def load(
         self,
-        unit: Callable[[], AsyncSession],
+        unit: Callable[[], Unit],
         model: type[Any],
         row_id: uuid.UUID,
-        fetch: Fetch = fetch_by_id,
+        fetch: Fetch[Unit],
     ) -> Any:
         """The row, read once through the first subscriber's unit of work.
 

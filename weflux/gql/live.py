@@ -32,20 +32,13 @@ from sqlalchemy import Table, bindparam, func
 from sqlalchemy import select as core_select
 from sqlalchemy.orm.instrumentation import manager_of_class
 from sqlmodel import col, select
-from sqlmodel.ext.asyncio.session import AsyncSession
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
-from weflux.auth.scoping import (
-    agent_restriction,
-    core_scope,
-    core_scope_params,
-    viewing_as,
-    workspace_wide,
-)
+from weflux.auth.scoping import ScopedRead, viewing_as, workspace_wide
 from weflux.errors import BadUserInput
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
-from weflux.gql.context import Context
+from weflux.gql.context import Context, EventUnit
 from weflux.gql.event_memo import SharedEvent
 from weflux.gql.inbox.team_types import Note, to_note
 from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_message
@@ -108,23 +101,28 @@ def event_key(event: dict[str, Any]) -> str:
 
 _MESSAGES: Table = MessageRow.__table__  # type: ignore[attr-defined]
 _CONVERSATIONS: Table = ConversationRow.__table__  # type: ignore[attr-defined]
-# The same read for a reader who sees the whole workspace, as a Core statement built
-# once: its compiled form is reused, and it skips the ORM's per-statement work (loader
-# criteria, compile state, instance loading), about 0.2 ms of the leader's CPU per event
-# on SQLite (issue 11, goal 3). An Agent's visibility is the ORM criteria's alone.
-# Not marked inline: a live event's unit is a reader (it begins deferred on SQLite and
-# holds no write lock), and only a unit holding the write lock runs statements inline.
-_MESSAGE_AND_CONVERSATION = (
-    core_select(_MESSAGES, _CONVERSATIONS)
-    .select_from(_MESSAGES.join(_CONVERSATIONS, _CONVERSATIONS.c.id == _MESSAGES.c.conversation_id))
-    .where(
-        _MESSAGES.c.id == bindparam("message"),
-        core_scope(_MESSAGES),
-        core_scope(_CONVERSATIONS),
+# A new message with its conversation, in one statement (one round trip less on the way
+# to `messageAdded`'s frame), as a Core statement built once by the scoping layer, for a
+# reader of the whole workspace and for an Agent: no Session and no ORM statement
+# (loader criteria, compile state, instance loading) on the way to the frame (issue 11,
+# goals 3 and 4). Both tables are scoped as any read (workspace, erasure, an Agent's
+# visibility); a message is visible only with its conversation, so the inner join hides
+# nothing more.
+_MESSAGE_AND_CONVERSATION = ScopedRead(
+    lambda scope_of: (
+        core_select(_MESSAGES, _CONVERSATIONS)
+        .select_from(
+            _MESSAGES.join(_CONVERSATIONS, _CONVERSATIONS.c.id == _MESSAGES.c.conversation_id)
+        )
+        .where(
+            _MESSAGES.c.id == bindparam("message"),
+            scope_of(_MESSAGES),
+            scope_of(_CONVERSATIONS),
+        )
     )
 )
 _MESSAGE_KEYS = tuple(column.key for column in _MESSAGES.c)
-_Row = TypeVar("_Row", MessageRow, ConversationRow)
+_Row = TypeVar("_Row")
 _CONVERSATION_KEYS = tuple(column.key for column in _CONVERSATIONS.c)
 
 
@@ -139,42 +137,44 @@ def _loaded(model: type[_Row], keys: tuple[str, ...], values: Any) -> _Row:
 
 
 async def _message_and_conversation(
-    session: AsyncSession, _model: type[Any], message_id: uuid.UUID, loaders: Loaders
+    unit: EventUnit, _model: type[Any], message_id: uuid.UUID, loaders: Loaders
 ) -> MessageRow | None:
-    """A new message with its conversation, in one statement (one round trip less on the
-    way to `messageAdded`'s frame): `Message.conversation` then resolves at once.
-
-    Both tables are scoped as any read (workspace, erasure, an Agent's visibility); a
-    message is visible only with its conversation, so the inner join hides nothing more.
-    Without an Agent's restriction the statement is Core, confined by `core_scope` on the
-    session's connection (and, on PostgreSQL, by row-level security as every read).
-    """
-    if agent_restriction(session) is None:
-        connection = await session.connection()
-        row = (
-            await connection.execute(
-                _MESSAGE_AND_CONVERSATION,
-                {"message": message_id, **core_scope_params(session)},
-            )
-        ).first()
-        if row is None:
-            return None
-        split = len(_MESSAGE_KEYS)
-        message = _loaded(MessageRow, _MESSAGE_KEYS, row[:split])
-        conversation = _loaded(ConversationRow, _CONVERSATION_KEYS, row[split:])
-    else:
-        found = (
-            await session.exec(
-                select(MessageRow, ConversationRow)
-                .join(ConversationRow, col(ConversationRow.id) == col(MessageRow.conversation_id))
-                .where(col(MessageRow.id) == message_id)
-            )
-        ).first()
-        if found is None:
-            return None
-        message, conversation = found
+    """A new message with its conversation, read by the event's unit without a Session
+    (`EventUnit.fetch`): `Message.conversation` then resolves at once."""
+    row = await unit.fetch(_MESSAGE_AND_CONVERSATION, {"message": message_id})
+    if row is None:
+        return None
+    split = len(_MESSAGE_KEYS)
+    message = _loaded(MessageRow, _MESSAGE_KEYS, row[:split])
+    conversation = _loaded(ConversationRow, _CONVERSATION_KEYS, row[split:])
     loaders.conversation.prime(conversation.id, conversation)
     return message
+
+
+# One row by id for each model `_follow` reads, built once per model on first use.
+_BY_ID: dict[type[Any], tuple[ScopedRead, tuple[str, ...]]] = {}
+
+
+def _by_id(model: type[Any]) -> tuple[ScopedRead, tuple[str, ...]]:
+    found = _BY_ID.get(model)
+    if found is None:
+        table: Table = model.__table__
+        read = ScopedRead(
+            lambda scope_of: core_select(table).where(
+                table.c.id == bindparam("row"), scope_of(table)
+            )
+        )
+        found = _BY_ID[model] = (read, tuple(column.key for column in table.c))
+    return found
+
+
+async def _row_by_id(
+    unit: EventUnit, model: type[Any], row_id: uuid.UUID, _loaders: Loaders
+) -> Any:
+    """The row an id-only event names, as the caller may see it (`EventUnit.fetch`)."""
+    read, keys = _by_id(model)
+    row = await unit.fetch(read, {"row": row_id})
+    return None if row is None else _loaded(model, keys, row)
 
 
 def _shared(info: Info[Context, None], event: dict[str, Any], row_id: uuid.UUID) -> SharedEvent:
@@ -295,7 +295,10 @@ class Subscription:
                 shared = _shared(info, event, message_id)
                 async with context.event_unit(shared.loaders):
                     row = await shared.load(
-                        lambda: context.unit, MessageRow, message_id, _message_and_conversation
+                        lambda: context.event_reader,
+                        MessageRow,
+                        message_id,
+                        _message_and_conversation,
                     )
                     if row is not None:
                         seen.add(row.id)
@@ -473,7 +476,7 @@ async def _follow(
                 continue
             shared = _shared(info, event, row_id)
             async with context.event_unit(shared.loaders):
-                row = await shared.load(lambda: context.unit, model, row_id)
+                row = await shared.load(lambda: context.event_reader, model, row_id, _row_by_id)
                 if row is not None:
                     yield shared.convert(row, to_type)
 
