@@ -20,6 +20,7 @@ from tests.fixtures.factories import (
     create_membership,
     create_user,
 )
+from tests.fixtures.principals import principal_of
 from weflux.auth import scoping
 from weflux.auth.scoping import (
     TenantScopeError,
@@ -36,6 +37,8 @@ from weflux.models import (
     AuditEvent,
     Contact,
     Conversation,
+    ConversationLabel,
+    Label,
     Membership,
     Message,
     Organization,
@@ -44,6 +47,7 @@ from weflux.models import (
     new_id,
     utcnow,
 )
+from weflux.services.conversations import AssigneeFilter, list_conversations
 
 
 async def test_get_by_primary_key_of_another_workspace_returns_nothing(
@@ -354,6 +358,62 @@ async def test_the_visible_parts_narrow_and_need_their_agent(
         await seen({})
     async with db.session(admin.org_id) as session:
         assert scoping.visible_parts(session) is None
+
+
+async def test_labellings_narrow_an_agents_conversations_but_never_widen_them(
+    db: Database, admin: Actor, agent: Actor, other_agent: Actor
+) -> None:
+    """Given a label on the Agent's conversation, another Agent's and nobody's, and the
+    other Agent's labelling's copy of its assignee naming the Agent (out of step, as no
+    writer leaves it),
+    when the Agent reads the label's pages (its labellings walked without the Agent's
+    restriction of each labelling: `CONVERSATIONS_BY_LABELLINGS`),
+    then each conversation is still read under the restriction: the other Agent's is
+    never listed; and the option on a read of anything but conversations is refused."""
+    async with db.session(admin.org_id) as session:
+        mine = await create_conversation(session, assignee_membership_id=agent.membership.id)
+        theirs = await create_conversation(
+            session, assignee_membership_id=other_agent.membership.id
+        )
+        unassigned = await create_conversation(session)
+        label = Label(org_id=admin.org_id, name="vip", color="#ff0000")
+        session.add(label)
+        await session.flush()
+        for conversation in (mine, theirs, unassigned):
+            session.add(
+                ConversationLabel(
+                    org_id=admin.org_id, conversation_id=conversation.id, label_id=label.id
+                )
+            )
+        await session.flush()
+        await session.exec(
+            update(ConversationLabel)
+            .where(col(ConversationLabel.conversation_id) == theirs.id)
+            .values(assignee_membership_id=agent.membership.id)
+        )
+    principal = principal_of(agent)
+    async with db.session(admin.org_id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        pages = {
+            assignee: {
+                row.id
+                for row, _ in (
+                    await list_conversations(session, principal, assignee=assignee, label=label.id)
+                ).items
+            }
+            for assignee in AssigneeFilter
+        }
+        with pytest.raises(TenantScopeError, match=scoping.CONVERSATIONS_BY_LABELLINGS):
+            await session.exec(
+                select(ConversationLabel).execution_options(
+                    **{scoping.CONVERSATIONS_BY_LABELLINGS: True}
+                )
+            )
+    assert pages == {
+        AssigneeFilter.ANY: {mine.id, unassigned.id},
+        AssigneeFilter.ME: {mine.id},
+        AssigneeFilter.UNASSIGNED: {unassigned.id},
+    }
 
 
 async def test_one_insert_run_again_is_checked_for_each_sessions_workspace(

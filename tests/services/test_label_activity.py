@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
 
 import httpx
 from alembic.script import ScriptDirectory
-from sqlalchemy import text, update
+from sqlalchemy import update
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.databases import DatabaseUrls, owner_sql, stored_key
 from tests.fixtures.factories import Actor, create_contact, create_conversation
 from tests.fixtures.inbound import receive
 from tests.fixtures.principals import principal_of
@@ -101,17 +100,6 @@ async def test_the_copy_follows_every_writer(
     assert page.has_next_page
 
 
-async def _raw(database_urls: DatabaseUrls, sql: str, **values: Any) -> list[Any]:
-    """A statement as the schema's owner (every workspace's rows)."""
-    owner = Database(database_urls.owner, maintenance=True)
-    try:
-        async with owner.engine.begin() as connection:
-            result = await connection.execute(text(sql), values)
-            return list(result.all()) if result.returns_rows else []
-    finally:
-        await owner.dispose()
-
-
 async def test_the_migration_backfills_and_downgrades(
     database_urls: DatabaseUrls, db: Database, admin: Actor
 ) -> None:
@@ -131,14 +119,14 @@ async def test_the_migration_backfills_and_downgrades(
         session.add(label)
     await downgrade(database_urls.owner, previous)
     for conversation in (dated, undated):
-        await _raw(
+        await owner_sql(
             database_urls,
             "INSERT INTO conversation_labels (id, org_id, conversation_id, label_id) "
             "VALUES (:id, :org, :conversation, :label)",
             id=uuid.uuid4().hex if db.engine.dialect.name == "sqlite" else uuid.uuid4(),
-            org=_key(db, org_id),
-            conversation=_key(db, conversation.id),
-            label=_key(db, label.id),
+            org=stored_key(db, org_id),
+            conversation=stored_key(db, conversation.id),
+            label=stored_key(db, label.id),
         )
 
     await migrate(database_urls.owner, app_url=database_urls.app)
@@ -154,7 +142,7 @@ async def test_the_migration_backfills_and_downgrades(
     assert (await _copies(db, org_id))[undated.id] == at
 
     await downgrade(database_urls.owner, previous)
-    columns = await _raw(
+    columns = await owner_sql(
         database_urls,
         "SELECT name FROM pragma_table_info('conversation_labels')"
         if db.engine.dialect.name == "sqlite"
@@ -163,8 +151,3 @@ async def test_the_migration_backfills_and_downgrades(
     )
     assert "last_message_at" not in {row[0] for row in columns}
     await migrate(database_urls.owner, app_url=database_urls.app)
-
-
-def _key(db: Database, value: uuid.UUID) -> Any:
-    """A uuid as the engine stores it (SQLite: 32 hex digits)."""
-    return value.hex if db.engine.dialect.name == "sqlite" else value

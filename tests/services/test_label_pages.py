@@ -6,12 +6,10 @@ both engines; each shape's statement is built once."""
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -19,11 +17,25 @@ from sqlmodel import col, select
 
 from tests.fixtures.databases import postgres_only
 from tests.fixtures.factories import Actor, create_actor
-from tests.fixtures.plans import InboxWorkspace, analyze, explained, inbox_workspace, rows_read
+from tests.fixtures.plans import (
+    InboxWorkspace,
+    analyze,
+    explained,
+    inbox_workspace,
+    plan_nodes,
+    rows_read,
+)
 from tests.fixtures.principals import principal_of
 from weflux.auth.scoping import restrict_to_agent
 from weflux.db import Database
-from weflux.models import Conversation, ConversationLabel, ConversationStatus, Role, utcnow
+from weflux.models import (
+    Contact,
+    Conversation,
+    ConversationLabel,
+    ConversationStatus,
+    Role,
+    utcnow,
+)
 from weflux.pagination import Page
 from weflux.services.conversations import AssigneeFilter, list_conversations
 
@@ -148,52 +160,59 @@ async def test_each_labelled_page_reads_about_a_page(
                 assert read <= BOUND, f"{where}: {read} rows of {table}\n{shown}"
 
 
-# The indexes of a status within an assignee's conversations, in the list's order
-# (migration 0031): an assignee's, and nobody's (PostgreSQL: partial).
-STATUS_WALKS = {
+# The indexes of a label's labellings in the list's order (migrations 0030, 0032): alone,
+# after the status, the assignee, both, nobody's with and without a status.
+LABELLED_WALKS = {
     "postgresql": {
-        "ix_conversations_inbox_order_assignee_status",
-        "ix_conversations_inbox_order_unassigned_status",
+        "ix_conversation_labels_inbox_order",
+        "ix_conversation_labels_inbox_order_status",
+        "ix_conversation_labels_inbox_order_assignee",
+        "ix_conversation_labels_inbox_order_assignee_status",
+        "ix_conversation_labels_inbox_order_unassigned",
+        "ix_conversation_labels_inbox_order_unassigned_status",
     },
-    "sqlite": {"ix_conversations_org_id_assignee_membership_id_status_last_message_at_id"},
+    "sqlite": {
+        f"ix_conversation_labels_org_id_label_id_{columns}last_message_at_conversation_id"
+        for columns in ("", "status_", "assignee_membership_id_", "assignee_membership_id_status_")
+    },
 }
-# Reads of conversations by key: a labelling's visibility (the primary key), the erased
-# ones the scoping layer hides (few: ix_conversations_erased).
+# Reads of conversations by key: each labelling's conversation (the primary key), the
+# erased ones the scoping layer hides (few: ix_conversations_erased).
 BY_KEY = {"pk_conversations", "ix_conversations_erased", "sqlite_autoindex_conversations_1"}
 
 
-def _postgresql_reads(plan: list[str]) -> tuple[set[tuple[str, str | None]], list[str]]:
-    """A plan of `explained(analyze=True)`: how it reads conversations other than by key
-    (node type, index), and its sorts' keys."""
-    reads: set[tuple[str, str | None]] = set()
-    sorts: list[str] = []
-
-    def walk(node: dict[str, Any]) -> None:
-        if node["Node Type"] == "Sort":
-            sorts.append(", ".join(node.get("Sort Key", [])))
-        if node.get("Relation Name") == "conversations" and node.get("Index Name") not in BY_KEY:
-            reads.add((node["Node Type"], node.get("Index Name")))
-        if node["Node Type"] == "Bitmap Index Scan" and node["Index Name"] not in BY_KEY:
-            reads.add((node["Node Type"], node["Index Name"]))
-        for child in node.get("Plans", []):
-            walk(child)
-
-    for line in plan:
-        document = json.loads(line)
-        for entry in document if isinstance(document, list) else [document]:
-            walk(entry["Plan"])
-    return reads, sorts
+def _postgresql_reads(plan: list[str], table: str) -> set[tuple[str, str | None]]:
+    """A plan of `explained(analyze=True)`: how it reads `table` other than by key (node
+    type, index)."""
+    return {
+        (node["Node Type"], node.get("Index Name"))
+        for node in plan_nodes(plan)
+        if node.get("Index Name") not in BY_KEY
+        and (node.get("Relation Name") == table or node["Node Type"] == "Bitmap Index Scan")
+    }
 
 
-def _sqlite_reads(plan: list[str]) -> tuple[set[tuple[str, str | None]], list[str]]:
-    """A plan of `explained()` on SQLite: how it reads conversations other than by key
-    (index, constraint), and the sorts of the rows such a read gives."""
+def _postgresql_sorted(plan: list[str]) -> int:
+    """The most rows any sort of the plan sorted (its input)."""
+    return max(
+        (
+            sum(child.get("Actual Rows", 0) for child in node["Plans"])
+            for node in plan_nodes(plan)
+            if node["Node Type"] == "Sort"
+        ),
+        default=0,
+    )
+
+
+def _sqlite_reads(plan: list[str], table: str) -> tuple[set[tuple[str, str]], list[str]]:
+    """A plan of `explained()` on SQLite: how it reads `table` other than by key (index,
+    what it seeks), and the sorts of the rows such a read gives."""
     steps = [line.split(":", 2) for line in plan]
-    reads: set[tuple[str, str | None]] = set()
+    reads: set[tuple[str, str]] = set()
     parents = set()
     for parent, _, detail in steps:
         found = re.match(
-            r"(?:SEARCH|SCAN) conversations\b(?: USING (?:COVERING )?INDEX (\w+))?(.*)", detail
+            rf"(?:SEARCH|SCAN) {table}\b(?: USING (?:COVERING )?INDEX (\w+))?(.*)", detail
         )
         if found and found.group(1) not in BY_KEY:
             parents.add(parent)
@@ -206,31 +225,20 @@ def _sqlite_reads(plan: list[str]) -> tuple[set[tuple[str, str | None]], list[st
     return reads, sorts
 
 
-STATUS_SHAPES = [
-    Shape("half_label", status=ConversationStatus.OPEN),
+WALKED_SHAPES = [
+    *SHAPES,
     Shape("label", status=ConversationStatus.OPEN),
-    Shape("half_label", status=ConversationStatus.OPEN, assignee=AssigneeFilter.ME),
-    Shape("half_label", status=ConversationStatus.OPEN, assignee=AssigneeFilter.UNASSIGNED),
+    Shape("label", assignee=AssigneeFilter.UNASSIGNED),
 ]
 
 
-@pytest.fixture
-async def agents_inbox(db: Database, owner_db: Database) -> InboxWorkspace:
-    """10,000 conversations (tests.fixtures.plans.inbox_workspace), a fifth of them the
-    Agent's and a fifth nobody's (the conversations of three other members given to
-    them, of three more to nobody), with statistics."""
-    ws = await inbox_workspace(db, CONVERSATIONS)
-    async with db.session(ws.org_id) as session:
-        assignee = col(Conversation.assignee_membership_id)
-        others = sorted(
-            member
-            for member in (await session.exec(select(assignee).distinct())).all()
-            if member not in (None, ws.agent.membership.id)
-        )
-        for given, to in ((others[:3], ws.agent.membership.id), (others[3:6], None)):
-            await session.exec(
-                update(Conversation).where(assignee.in_(given)).values(assignee_membership_id=to)
-            )
+@pytest.fixture(params=[0.01, 0.2], ids=["shares-1pc", "shares-20pc"])
+async def shares_inbox(
+    db: Database, owner_db: Database, request: pytest.FixtureRequest
+) -> InboxWorkspace:
+    """10,000 conversations (tests.fixtures.plans.inbox_workspace), the Agent's and
+    nobody's share one in a hundred each, or a fifth each, with statistics."""
+    ws = await inbox_workspace(db, CONVERSATIONS, share=request.param)
     async with owner_db.engine.connect() as connection:
         await analyze(connection)
         if connection.dialect.name == "postgresql":
@@ -238,35 +246,30 @@ async def agents_inbox(db: Database, owner_db: Database) -> InboxWorkspace:
     return ws
 
 
-async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
-    db: Database, agents_inbox: InboxWorkspace
+async def test_each_labelled_page_walks_its_labellings_whatever_the_shares(
+    db: Database, shares_inbox: InboxWorkspace
 ) -> None:
-    """Given 10,000 conversations, a fifth the Agent's, a fifth nobody's, 20 % OPEN, a
-    label on half of them and one on a tenth,
-    when the Agent reads the first and the third page of 20 of a label with OPEN (alone,
-    with ME, with UNASSIGNED; the Admin with UNASSIGNED),
-    then each part is read as one range of an index of the status within its assignee's
-    conversations in the list's order (PostgreSQL: an index scan, no bitmap, no sort;
-    SQLite: a search on the assignee and the status, no sort of what it reads), each
-    row's labelling probed by key: not every OPEN conversation of the part read and
-    sorted (PostgreSQL: 400 here, about 2,000 a part at 200,000 with the Agent's 5 %),
-    nor every OPEN one of the workspace walked for nobody's (SQLite).
+    """Given 10,000 conversations, the Agent's and nobody's share one in a hundred each (or
+    a fifth each), 20 % OPEN, a label on half of them and one on a tenth,
+    when the Admin and the Agent read the first and the third page of 20 of a label,
+    alone and with each status and assignee filter,
+    then each part of the page walks one range of an index of the label's labellings in
+    the list's order (its status, its assignee, both: their copies, migration 0032) from
+    the cursor, and reads each labelling's conversation by key: no conversation read
+    otherwise, nothing sorted but the parts' pages merged, about a page of labellings
+    read (PostgreSQL: an index scan; SQLite: a search of the label and the filters).
 
-    PostgreSQL still reads and sorts a part whose OPEN conversations it estimates under
-    about a page (docs/operations/performance.md): its estimate of each arm of the
-    restriction counts the part's share twice. With the Agent's 5 % of 10,000 (about 100
-    OPEN a part) it does, so the parts here are a fifth each."""
-    ws = agents_inbox
+    Before, a page with an assignee or an Agent's walked the conversations' indexes and
+    probed each row's labelling; PostgreSQL, misestimating each arm of the Agent's
+    restriction (its share counted twice), read and sorted every conversation of a part
+    with the status where the share was small, or the label's on a tenth."""
+    ws = shares_inbox
     engine = db.engine.dialect.name
-    # Without an assignee the Admin's pages walk the label's labellings (above); none of
-    # the conversations is the Admin's.
-    cases = [(ws.agent, shape) for shape in STATUS_SHAPES] + [
-        (ws.admin, shape) for shape in STATUS_SHAPES if shape.assignee == AssigneeFilter.UNASSIGNED
-    ]
+    cases = [(actor, shape) for actor in (ws.admin, ws.agent) for shape in WALKED_SHAPES]
     # The cursors of each case's third page, read as the app reads them.
-    pages = []
-    for actor, shape in cases:
-        pages.append((actor, shape, await _third_page_cursor(db, ws, actor, shape)))
+    pages = [
+        (actor, shape, await _third_page_cursor(db, ws, actor, shape)) for actor, shape in cases
+    ]
     for actor, shape, cursor in pages:
         for after in (None, cursor) if cursor else (None,):
             async with db.session(ws.org_id) as session:
@@ -285,23 +288,30 @@ async def test_an_agents_labelled_page_with_a_status_walks_the_status_in_order(
             where = f"{actor.membership.role} {shape} {'after a cursor' if after else 'first'}"
             shown = "\n".join(line for plan in plans for line in plan)
             assert plans, where
-            # The first statement: the dated conversations (a second, after a cursor,
-            # reads the few undated ones when the first answers less than a page).
-            for plan in plans[:1]:
-                reads, sorts = (
-                    _postgresql_reads(plan) if engine == "postgresql" else _sqlite_reads(plan)
-                )
-                assert sorts == [], f"{where}: sorts\n{shown}"
+            for plan in plans:
                 if engine == "postgresql":
-                    assert {kind for kind, _ in reads} <= {"Index Scan"}, f"{where}\n{shown}"
-                    indexes = {index for _, index in reads}
+                    assert _postgresql_reads(plan, "conversations") == set(), f"{where}\n{shown}"
+                    walks = _postgresql_reads(plan, "conversation_labels")
+                    assert {kind for kind, _ in walks} <= {"Index Scan", "Index Only Scan"}, (
+                        f"{where}\n{shown}"
+                    )
+                    assert {index for _, index in walks} <= LABELLED_WALKS[engine], where
+                    # Two parts of a page and a cursor's row each, merged.
+                    assert _postgresql_sorted(plan) <= 2 * (PAGE + 1), f"{where}\n{shown}"
                 else:
-                    assert all(
-                        "assignee_membership_id=?" in str(sought) and "status=?" in str(sought)
-                        for _, sought in reads
-                    ), f"{where}\n{shown}"
-                    indexes = {index for index, _ in reads}
-                assert indexes <= STATUS_WALKS[engine], f"{where}\n{shown}"
+                    others, _ = _sqlite_reads(plan, "conversations")
+                    assert others == set(), f"{where}\n{shown}"
+                    searches, sorts = _sqlite_reads(plan, "conversation_labels")
+                    assert sorts == [], f"{where}: sorts\n{shown}"
+                    assert {index for index, _ in searches} <= LABELLED_WALKS[engine], (
+                        f"{where}\n{shown}"
+                    )
+                    assert all("label_id=?" in sought for _, sought in searches), (
+                        f"{where}\n{shown}"
+                    )
+            if engine == "postgresql":
+                read = sum(rows_read(plan, "conversation_labels") for plan in plans)
+                assert read <= 3 * (PAGE + 1), f"{where}: {read} labellings\n{shown}"
 
 
 def _wanted(
@@ -381,3 +391,63 @@ async def test_the_labelled_pages_are_the_visible_labelled_conversations_in_orde
                 others = {row.id for row in rows} - agent_ids
                 unassigned = {row.id for row in rows if row.assignee_membership_id is None}
                 assert set(seen) <= agent_ids | (unassigned & others)
+
+
+async def test_a_labelled_search_lists_the_visible_labelled_matches_in_order(
+    db: Database,
+) -> None:
+    """Given 600 conversations labelled one in two, of contacts "Contact <n>",
+    when the Admin and the Agent search a label's conversations for "Contact 1"
+    (PostgreSQL: its candidates, joined) and "17" (too short for a trigram: each
+    labelling's conversation tested), alone and with ME and UNASSIGNED, paging by 7,
+    then the pages are exactly the visible labelled matches, in the list's order."""
+    ws = await inbox_workspace(db, 600)
+    async with db.session(ws.org_id) as session:
+        rows = list((await session.exec(select(Conversation))).all())
+        names = {
+            contact.id: (contact.name, contact.profile_name, contact.phone_number, contact.wa_id)
+            for contact in (await session.exec(select(Contact))).all()
+        }
+        labelled = set(
+            (
+                await session.exec(
+                    select(ConversationLabel.conversation_id).where(
+                        col(ConversationLabel.label_id) == ws.half_label
+                    )
+                )
+            ).all()
+        )
+    for actor in (ws.admin, ws.agent):
+        for term in ("Contact 1", "17"):
+            for assignee in AssigneeFilter:
+                shape = Shape("half_label", assignee=assignee)
+                matching = {
+                    row.id
+                    for row in rows
+                    if any(term.lower() in (field or "").lower() for field in names[row.contact_id])
+                }
+                wanted = [
+                    conversation
+                    for conversation in _wanted(rows, labelled, actor, shape, actor is ws.agent)
+                    if conversation in matching
+                ]
+                seen: list[uuid.UUID] = []
+                cursor: str | None = None
+                while True:
+                    async with db.session(ws.org_id) as session:
+                        if actor is ws.agent:
+                            restrict_to_agent(session, ws.agent.membership.id)
+                        page = await list_conversations(
+                            session,
+                            principal_of(actor),
+                            first=7,
+                            after=cursor,
+                            assignee=assignee,
+                            search=term,
+                            label=ws.half_label,
+                        )
+                    seen += [row.id for row, _ in page.items]
+                    if not page.has_next_page:
+                        break
+                    cursor = page.items[-1][1]
+                assert seen == wanted, f"{actor.membership.role} {term} {assignee}"

@@ -269,14 +269,21 @@ VISIBLE_AGENT = "visible_agent"
 # Disjoint conditions on `conversations` whose union is what an Agent may see: theirs
 # (the Agent a bound parameter, `visible_parts` gives its value) and nobody's. Built
 # once, so a statement shaped by them is built and compiled once too (issue 11).
-VISIBLE_PARTS: tuple[Any, Any] = _visible_parts(
-    col(Conversation.assignee_membership_id),
-    bindparam(
-        VISIBLE_AGENT,
-        type_=Conversation.__table__.c.assignee_membership_id.type,  # type: ignore[attr-defined]
-        required=True,
-    ),
+_VISIBLE_AGENT = bindparam(
+    VISIBLE_AGENT,
+    type_=Conversation.__table__.c.assignee_membership_id.type,  # type: ignore[attr-defined]
+    required=True,
 )
+VISIBLE_PARTS: tuple[Any, Any] = _visible_parts(
+    col(Conversation.assignee_membership_id), _VISIBLE_AGENT
+)
+
+
+def visible_parts_of(assignee: Any) -> tuple[Any, Any]:
+    """`VISIBLE_PARTS` on a copy of a conversation's assignee (a labelling's, migration
+    0032), with the same parameter: a walk of the copies in parts. The conversation's
+    own criteria still confine each row, so the copy can only narrow."""
+    return _visible_parts(assignee, _VISIBLE_AGENT)
 
 
 def visible_parts(session: Session | AsyncSession) -> dict[str, uuid.UUID] | None:
@@ -371,6 +378,12 @@ def _models_by_table() -> dict[str, Any]:
 # each page's messages, memberships, media files and numbers; in such a statement the
 # workspace criterion still holds, but no index is chosen for it there (`+org_id`).
 BY_KEY = "weflux_by_key"
+# An execution option: the statement's rows are conversations, each read under all of
+# its criteria (the Agent's restriction too); its labellings only narrow and order which
+# (a label's page walks them: weflux.services.conversations). They keep the workspace
+# and tombstone criteria, not the Agent's restriction, whose lookup of each labelling's
+# conversation PostgreSQL hashed (every conversation the Agent may see, read for a page).
+CONVERSATIONS_BY_LABELLINGS = "weflux_conversations_by_labellings"
 
 
 class Unindexed(FunctionElement[Any]):
@@ -485,6 +498,7 @@ def _criteria(
     see_erased: bool,
     agent: uuid.UUID | None,
     by_key: bool = False,
+    by_labellings: bool = False,
 ) -> tuple[Any, ...]:
     """The criteria confining a statement on `tables` to one workspace (and an Agent).
 
@@ -492,6 +506,8 @@ def _criteria(
     one: the models have no relationships, so no load can reach another table. An
     Agent's criteria select from `conversations` in subqueries: its workspace criterion
     is then added too. `by_key` (`BY_KEY`): the workspace criteria choose no index.
+    `by_labellings` (`CONVERSATIONS_BY_LABELLINGS`): no Agent's restriction of the
+    labellings, whose conversations are the statement's rows, restricted.
     """
     models = _models_by_table()
     names = set(tables)
@@ -503,6 +519,8 @@ def _criteria(
         options.append(_workspace_criterion(model, org_id, by_key))
         if not see_erased and (tombstone := _tombstone_criterion(model, org_id)) is not None:
             options.append(tombstone)
+        if by_labellings and model is ConversationLabel:
+            continue
         if agent is not None and (restriction := _agent_criterion(model, agent)) is not None:
             options.append(restriction)
     return tuple(options)
@@ -534,6 +552,12 @@ def _scope_statement(state: ORMExecuteState) -> Any:
             f"a Core statement on {names} through the session is not scoped: "
             "give it weflux.auth.scoping.core_scope and run it on the session's connection"
         )
+    by_labellings = bool(state.execution_options.get(CONVERSATIONS_BY_LABELLINGS))
+    selected = getattr(state.statement, "column_descriptions", None) if state.is_select else None
+    if by_labellings and not (
+        selected and all(described.get("type") is Conversation for described in selected)
+    ):
+        raise TenantScopeError(f"{CONVERSATIONS_BY_LABELLINGS}: a select of conversations only")
     if state.is_select or state.is_update or state.is_delete:
         options = _criteria(
             org_id,
@@ -541,6 +565,7 @@ def _scope_statement(state: ORMExecuteState) -> Any:
             bool(_info(session).get(SEE_ERASED_KEY)),
             agent_restriction(session),
             bool(state.execution_options.get(BY_KEY)),
+            by_labellings,
         )
         state.statement = state.statement.options(*options)
     return None

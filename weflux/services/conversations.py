@@ -15,7 +15,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ARRAY, Integer, Uuid, and_, any_, bindparam, literal, or_, tuple_, union_all
+from sqlalchemy import (
+    ARRAY,
+    Integer,
+    Uuid,
+    and_,
+    any_,
+    bindparam,
+    literal,
+    or_,
+    true,
+    tuple_,
+    union_all,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.orm import aliased
 from sqlmodel import AutoString, col, select
@@ -24,7 +36,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.crossings import matching_contacts
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import VISIBLE_PARTS, lock_feed, visible_parts
+from weflux.auth.scoping import (
+    CONVERSATIONS_BY_LABELLINGS,
+    VISIBLE_PARTS,
+    lock_feed,
+    visible_parts,
+    visible_parts_of,
+)
 from weflux.errors import BadUserInput, Forbidden, NotFound
 from weflux.models import (
     Contact,
@@ -274,6 +292,9 @@ def _newest_first(at_column: Any, id_column: Any) -> tuple[Any, Any]:
 
 
 _LABELLED_ORDER = (col(ConversationLabel.last_message_at), col(ConversationLabel.conversation_id))
+_LISTED_ORDER = (col(Conversation.last_message_at), col(Conversation.id))
+# An Agent's parts on the labellings' copy of the assignee (`VISIBLE_PARTS`'s parameter).
+_LABELLED_PARTS = visible_parts_of(col(ConversationLabel.assignee_membership_id))
 
 
 def _in_order(query: Any, parts: tuple[Any, ...], order: tuple[Any, Any]) -> Any:
@@ -293,6 +314,14 @@ def _in_order(query: Any, parts: tuple[Any, ...], order: tuple[Any, Any]) -> Any
     return select(aliased(Conversation, merged)).order_by(*ordered).limit(_LIMIT)
 
 
+class _Labelled(enum.Enum):
+    """Whether a page is a label's, and how it reads each labelling's conversation."""
+
+    NO = enum.auto()
+    JOINED = enum.auto()  # SQLite; PostgreSQL with a search's candidates
+    LATERAL = enum.auto()  # PostgreSQL: a subquery of one row (`_labelled_page`)
+
+
 @dataclass(frozen=True)
 class _Shape:
     """What a list page's statement is made of; its values are bound at execution."""
@@ -302,7 +331,7 @@ class _Shape:
     digits: bool  # the search matches the term's bare digits too
     status: bool
     assignee: AssigneeFilter
-    label: bool
+    label: _Labelled
     parts: bool  # an Agent's parts (`VISIBLE_PARTS`)
 
 
@@ -325,46 +354,61 @@ def _page_statement(shape: _Shape) -> Any:
         )
     elif shape.search is _Search.WALKED:
         query = query.where(_matched_by_subquery(shape.digits, contact_id))
+    if shape.label is not _Labelled.NO:
+        return _labelled_page(query, shape)
     if shape.status:
         query = query.where(col(Conversation.status) == _STATUS)
     if shape.assignee == AssigneeFilter.ME:
         query = query.where(col(Conversation.assignee_membership_id) == _ME)
     elif shape.assignee == AssigneeFilter.UNASSIGNED:
         query = query.where(col(Conversation.assignee_membership_id).is_(None))
-    order = (col(Conversation.last_message_at), col(Conversation.id))
-    if shape.label and shape.assignee == AssigneeFilter.ANY and not shape.parts:
-        # All of the label's visible conversations: its labellings walked in the
-        # list's order (their copy of it, migration 0030), each conversation by key.
-        order = _LABELLED_ORDER
-        query = query.join(
-            ConversationLabel, col(ConversationLabel.conversation_id) == col(Conversation.id)
-        ).where(col(ConversationLabel.label_id) == _LABEL)
-    elif shape.label:
-        query = query.where(_labelled_by_subquery())
-    if (range_ := shape.range_.condition(*order)) is not None:
+    if (range_ := shape.range_.condition(*_LISTED_ORDER)) is not None:
         query = query.where(range_)
-    return _in_order(query, VISIBLE_PARTS if shape.parts else (), order)
+    return _in_order(query, VISIBLE_PARTS if shape.parts else (), _LISTED_ORDER)
 
 
-def _labelled_by_subquery() -> Any:
-    """Whether the conversation has the label, as a correlated scalar subquery: one probe
-    of the labellings' key per row.
+def _labelled_page(conversations: Any, shape: _Shape) -> Any:
+    """A label's page: its labellings walked in the list's order on the range of the
+    filters (their copies of the conversation's order, status and assignee: migrations
+    0030, 0032; an Agent's parts on the copied assignee), each conversation read by key
+    under all of its criteria (`conversations`: a select of them, with a search's
+    conditions). Every part reads about a page, whatever the shares of the label, the
+    status or the Agent.
 
-    For a page that walks an assignee's conversations (ME, UNASSIGNED, an Agent's
-    parts) in the list's order: a few of the workspace's, where the label's labellings
-    would be walked past every other member's. As a subquery, not a join or `IN`,
-    which PostgreSQL read as a hash of the whole label and sorted (as
-    `matches_by_subquery` says of a search).
+    The labellings only narrow and order (`CONVERSATIONS_BY_LABELLINGS`: the Agent's
+    restriction is tested on each conversation, not looked up again for each labelling,
+    a lookup PostgreSQL hashed: every conversation the Agent may see). On PostgreSQL
+    each conversation is a LATERAL subquery of one row (`_Labelled.LATERAL`): joined, it
+    was hashed too, and the restriction's estimate (its share, counted against the
+    labellings' range) made the walk look unfinished at a page, so every labelling of
+    the part was read and sorted. SQLite has no LATERAL, and looks each row up anyway.
     """
-    tagged = (
-        sa_select(literal(True))
-        .where(
-            col(ConversationLabel.conversation_id) == col(Conversation.id),
-            col(ConversationLabel.label_id) == _LABEL,
+    labelled = col(ConversationLabel.conversation_id)
+    conditions = [col(ConversationLabel.label_id) == _LABEL]
+    if shape.status:
+        conditions.append(col(ConversationLabel.status) == _STATUS)
+    assignee = col(ConversationLabel.assignee_membership_id)
+    if shape.assignee == AssigneeFilter.ME:
+        conditions.append(assignee == _ME)
+    elif shape.assignee == AssigneeFilter.UNASSIGNED:
+        conditions.append(assignee.is_(None))
+    if (range_ := shape.range_.condition(*_LABELLED_ORDER)) is not None:
+        conditions.append(range_)
+    if shape.label is _Labelled.LATERAL:
+        one = conversations.where(col(Conversation.id) == labelled).limit(1)
+        row = one.lateral("labelled_conversation")
+        query = (
+            select(aliased(Conversation, row))
+            .select_from(ConversationLabel)
+            .join(row, true())
+            .where(*conditions)
         )
-        .limit(1)
-    )
-    return tagged.scalar_subquery()
+    else:
+        query = conversations.join(ConversationLabel, labelled == col(Conversation.id)).where(
+            *conditions
+        )
+    page = _in_order(query, _LABELLED_PARTS if shape.parts else (), _LABELLED_ORDER)
+    return page.execution_options(**{CONVERSATIONS_BY_LABELLINGS: True})
 
 
 async def list_conversations(
@@ -388,8 +432,8 @@ async def list_conversations(
     cursor and limited to a page, then merged, in one statement; a second reads the
     conversations without messages on the page where the others run out. The scoping
     layer confines every part. A label's page walks the label's labellings in that
-    order (their copy of it) unless it names an assignee, whose index is walked and each
-    row's labelling probed. A search reads its few matches by their contacts
+    order, on the range of its status and assignee (their copies of them), and reads
+    each conversation by key. A search reads its few matches by their contacts
     (PostgreSQL, `matching_contact_ids`), or walks so and tests each row's contact.
     Each statement's shape is built once, its values bound.
     """
@@ -421,17 +465,20 @@ async def list_conversations(
     if assignee == AssigneeFilter.ANY and how in (None, _Search.WALKED):
         parts = visible_parts(session)
         params |= parts or {}
+    labelled = _Labelled.NO
     if label is not None:
         params[_LABEL.key] = label
+        # A search's few candidates are joined, so that PostgreSQL may read them first.
+        dialect = (await session.connection()).dialect.name
+        lateral = dialect == "postgresql" and how is not _Search.CANDIDATES
+        labelled = _Labelled.LATERAL if lateral else _Labelled.JOINED
     ranges: tuple[_Range, ...] = (_Range.ALL,)
     if after:
         ranges, cursor = _after_conversation(after)
         params |= cursor
     rows: list[Conversation] = []
     for range_ in ranges:
-        shape = _Shape(
-            range_, how, digits, status is not None, assignee, label is not None, bool(parts)
-        )
+        shape = _Shape(range_, how, digits, status is not None, assignee, labelled, bool(parts))
         params[_LIMIT.key] = size + 1 - len(rows)
         rows += (await session.exec(_page_statement(shape), params=params)).all()
         if len(rows) > size:
