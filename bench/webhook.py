@@ -1,6 +1,7 @@
 """The one-message webhook beside its floor (issue 11, goal 1), in one run.
 
     .venv/bin/python -m bench.webhook [--database-url URL] [--posts 300] [--rate 100]
+                                      [--profile PATH]
 
 Two servers, each a subprocess on a free loopback port, under the same uvicorn options:
 
@@ -50,7 +51,16 @@ from sqlalchemy import event, func
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import select
 
-from bench.fanout import SECRET, Server, Workspace, loopback, prepare, server_env, spawn
+from bench.fanout import (
+    PROFILED,
+    SECRET,
+    Server,
+    Workspace,
+    loopback,
+    prepare,
+    server_env,
+    spawn,
+)
 from bench.fanout import webhook as signed_webhook
 from bench.raw_webhook_app import metadata as floor_metadata
 from tests.fixtures.live import free_port
@@ -323,7 +333,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     servers = [
         spawn(
             "weflux",
-            [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(weflux_port)],
+            [
+                sys.executable,
+                *(("-c", PROFILED.format(path=args.profile)) if args.profile else ("-m",)),
+                *("weflux", "serve", "--no-worker", *loopback(weflux_port)),
+            ],
             env,
             workdir,
             weflux_port,
@@ -473,6 +487,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="how long at --rate")
     parser.add_argument("--burst", type=int, default=1500, help="posts for throughput")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", default=None, help="cProfile the weflux server to PATH")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weflux-webhook-"))
     try:
