@@ -19,7 +19,6 @@ import pytest
 from sqlalchemy import bindparam, exc, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
-from weflux import sqlite_driver
 from weflux.db import _READ_ONLY, SQLITE_BUSY_TIMEOUT_MS, Database, create_engine, interrupt
 from weflux.sqlite_driver import (
     INLINE,
@@ -805,75 +804,3 @@ async def test_a_writer_of_another_process_is_still_waited_for_in_the_hand_off(
             await conn.close()
     finally:
         other.close()
-
-
-# COMMIT inline: a unit of work whose statements all ran inline commits on the loop's
-# thread, with SQLite's auto-checkpoint off for that commit; every
-# `INLINE_COMMITS_BETWEEN_CHECKPOINTS`-th such commit takes its hand-off, where the
-# auto-checkpoint runs as SQLite runs it (when the WAL has grown past its limit).
-
-
-async def test_a_unit_of_inline_statements_commits_inline_others_in_the_hand_off(
-    engine: AsyncEngine, hops: list[str]
-) -> None:
-    marked = text("INSERT INTO t (v) VALUES (:v)").execution_options(**{INLINE: True})
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-        await conn.commit()
-        # A unit of work whose statements ran inline: no hand-off, its COMMIT neither
-        hops.clear()
-        await conn.begin()
-        await conn.execute(marked, {"v": "d"})
-        await conn.commit()
-        assert hops == []
-        # One with a statement in its hand-off: the COMMIT takes its hand-off
-        await conn.begin()
-        await conn.execute(text("INSERT INTO t (v) VALUES ('e')"))
-        await conn.commit()
-        assert hops == ["_run_statement", "commit"]
-        # And the connection goes on as before
-        await conn.begin()
-        await conn.execute(marked, {"v": "f"})
-        await conn.rollback()
-        assert await values(conn) == ["a", "b", "c", "d", "e"]
-        await conn.commit()
-
-
-async def test_inline_commits_never_checkpoint_every_nth_commits_in_its_hand_off(
-    url: str, engine: AsyncEngine, hops: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(sqlite_driver, "INLINE_COMMITS_BETWEEN_CHECKPOINTS", 4)
-    path = Path(url.split("///", 1)[1])
-    blob = text("INSERT INTO t (v) VALUES (hex(randomblob(700000)))").execution_options(
-        **{INLINE: True}
-    )
-    async with engine.connect() as conn:
-        await conn.execute(text("SELECT 1"))
-        await conn.commit()
-        size = path.stat().st_size
-        counted = 0
-        # Inline commits past the WAL's limit (1,000 pages): nothing copied to the file
-        while counted < sqlite_driver.INLINE_COMMITS_BETWEEN_CHECKPOINTS - 1:
-            hops.clear()
-            await conn.begin()
-            await conn.execute(blob)
-            await conn.commit()
-            if hops == []:
-                counted += 1
-            else:  # the count is the file's, shared with the engine's first unit
-                assert hops == ["commit"]
-                counted = 0
-                size = path.stat().st_size
-        assert path.with_name(path.name + "-wal").stat().st_size > 1000 * 4096
-        assert path.stat().st_size == size
-        # The next commit takes its hand-off, and SQLite checkpoints there
-        hops.clear()
-        await conn.begin()
-        await conn.execute(blob)
-        await conn.commit()
-        assert hops == ["commit"]
-        assert path.stat().st_size > size + 1000 * 4096
-        # Its auto-checkpoint limit is the connection's own again
-        limit = (await conn.execute(text("PRAGMA wal_autocheckpoint"))).scalar()
-        assert limit == 1000
-        await conn.commit()

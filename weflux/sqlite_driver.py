@@ -80,10 +80,6 @@ INLINE = "weflux_inline"
 # by its caller, but its caller's bound (a webhook's size) may be large.
 INLINE_MAX_ROWS = 64
 INLINE_MAX_PARAMETERS = 256
-# Every this many inline COMMITs on a database file, one takes its hand-off instead, where
-# SQLite's auto-checkpoint runs if the WAL has grown past its limit (inline ones never
-# checkpoint: see `OneHopConnection._commit_inline`).
-INLINE_COMMITS_BETWEEN_CHECKPOINTS = 32
 
 _Statement = TypeVar("_Statement", bound=Executable)
 
@@ -151,8 +147,6 @@ class _WriterTurns:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
-        # COMMITs run inline since the last one that took its hand-off (`_commit_inline`).
-        self.inline_commits = 0
 
     def lock(self) -> asyncio.Lock:
         loop = asyncio.get_running_loop()
@@ -303,8 +297,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     """
 
     __slots__ = (
-        "_all_inline",
-        "_autocheckpoint",
         "_busy_timeout_ms",
         "_closing",
         "_idle",
@@ -332,9 +324,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         # write lock (`_write_locked`).
         self._inline_allowed = False
         self._busy_timeout_ms = 0
-        self._autocheckpoint = 1000
-        # The transaction began inline and nothing was queued on the thread since.
-        self._all_inline = False
         self._idle = False
         self._write_locked = False
         self._queued = 0
@@ -353,12 +342,6 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         connection's busy timeout, restored after an inline BEGIN's attempt without it."""
         self._inline_allowed = True
         self._busy_timeout_ms = int(busy_timeout_ms)
-        # Its auto-checkpoint limit, restored after an inline COMMIT (`_commit_inline`).
-        cursor = self._connection._conn.execute("PRAGMA wal_autocheckpoint")
-        try:
-            self._autocheckpoint = int(cursor.fetchone()[0])
-        finally:
-            cursor.close()
 
     async def _take_turn(self) -> bool:
         """Before a BEGIN IMMEDIATE: wait for this process's other writers on the file, in
@@ -390,7 +373,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     def _queue(self) -> int:
         """Before anything is queued on aiosqlite's thread: nothing inline until it has
         completed (and no statement but a BEGIN unless it leaves the write lock held)."""
-        self._idle = self._write_locked = self._all_inline = False
+        self._idle = self._write_locked = False
         self._queued += 1
         return self._queued
 
@@ -433,7 +416,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             return False
         finally:
             _quietly(conn, f"PRAGMA busy_timeout = {self._busy_timeout_ms}")
-        self._write_locked = self._all_inline = True
+        self._write_locked = True
         return True
 
     def _still_write_locked(self) -> bool:
@@ -496,47 +479,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._queue()  # its steps are hand-offs of their own, not tracked here
         return super().cursor(server_side)
 
-    def _commit_inline(self) -> bool:
-        """COMMIT on the event loop's thread, when that cannot wait nor take long: whether it
-        did (else the caller takes the hand-off).
-
-        Only while the transaction holds the write lock with nothing queued on aiosqlite's
-        thread, and began inline with every statement since run inline (`_all_inline`:
-        bounded work, so a bounded number of pages to write), and only with this process's turns (a database file). In WAL mode
-        with `synchronous=NORMAL` such a COMMIT appends its pages to the WAL and waits for no
-        lock nor disk flush; what may take milliseconds is SQLite's auto-checkpoint after it
-        (copying the WAL into the database, with its flushes). So the auto-checkpoint is off
-        for an inline COMMIT (`wal_autocheckpoint = 0`, the connection's own limit restored
-        after it), and every `INLINE_COMMITS_BETWEEN_CHECKPOINTS`-th COMMIT that could run
-        inline on the file takes its hand-off instead, where the checkpoint runs as before,
-        if the WAL has grown past its limit: the WAL is bounded as before, give or take those
-        commits' pages."""
-        turns = self._turns
-        if turns is None or not self._all_inline or not self._may_run_inline():
-            return False
-        turns.inline_commits += 1
-        if turns.inline_commits >= INLINE_COMMITS_BETWEEN_CHECKPOINTS:
-            turns.inline_commits = 0
-            return False
-        conn = self._connection._conn
-        self._write_locked = False
-        try:
-            _quietly(conn, "PRAGMA wal_autocheckpoint = 0")
-            try:
-                conn.commit()
-            finally:
-                _quietly(conn, f"PRAGMA wal_autocheckpoint = {self._autocheckpoint}")
-        except Exception as error:
-            self._handle_exception(error)
-        finally:
-            self._end_turn_unless_in_transaction()
-        self._settled = True
-        return True
-
     def commit(self) -> None:
         self._settled = False
-        if self._commit_inline():
-            return
         queued = self._queue()
         try:
             super().commit()
