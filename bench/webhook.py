@@ -1,6 +1,7 @@
 """The one-message webhook beside its floor (issue 11, goal 1), in one run.
 
     .venv/bin/python -m bench.webhook [--database-url URL] [--posts 300] [--rate 100]
+                                      [--profile PATH]
 
 Two servers, each a subprocess on a free loopback port, under the same uvicorn options:
 
@@ -18,11 +19,14 @@ Measured, each on both servers:
 2. SQL statements per webhook, new sender and known sender: counted in this process on
    the same app (`before_cursor_execute`; BEGIN/COMMIT not counted); the floor's is 1;
 3. ack p50/p99 at `--rate` webhooks/s offered (open loop, `--seconds` long);
-4. sustained throughput: `--burst` posts with 32 in flight, acknowledged per second,
+4. sustained throughput: `--burst` posts with 32 in flight, acknowledged per second, and
+   processed per second (the burst's messages stored by the server, from the first post
+   to the last one it stored: an acknowledgement may leave its processing to the queue);
    then every message counted in the database (nothing lost) once the queue drained.
 
 Goals (exit 1 when one is missed): CPU <= 3x the floor, <= 6 statements for a new sender
-and no more for a known one, >= 300 webhooks/s, ack p99 <= 50 ms at 100/s, nothing lost.
+and no more for a known one, >= 300 webhooks/s processed, ack p99 <= 50 ms at 100/s,
+nothing lost.
 (The issue asks "fewer for a known one"; on PostgreSQL both now run 1, the sender found by
 the statement that writes, so the check is "<= new": docs/operations/performance.md, goal 1.)
 The load generator runs on the same machine: throughput is a lower bound.
@@ -38,7 +42,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -50,7 +54,16 @@ from sqlalchemy import event, func
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import select
 
-from bench.fanout import SECRET, Server, Workspace, loopback, prepare, server_env, spawn
+from bench.fanout import (
+    PROFILED,
+    SECRET,
+    Server,
+    Workspace,
+    loopback,
+    prepare,
+    server_env,
+    spawn,
+)
 from bench.fanout import webhook as signed_webhook
 from bench.raw_webhook_app import metadata as floor_metadata
 from tests.fixtures.live import free_port
@@ -73,6 +86,7 @@ GOAL_NEW_STATEMENTS = 6
 GOAL_THROUGHPUT = 300.0
 GOAL_P99_MS = 50.0
 IN_FLIGHT = 32
+STILL = 2.0  # seconds with no message stored: the burst's processing is over
 
 
 class Connection:
@@ -144,6 +158,9 @@ class Target:
     server: Server
     path: str
     sign: Callable[[str], tuple[bytes, dict[str, str]]]
+    # What it has processed so far (weflux: messages stored; None: the floor, whose
+    # acknowledgement is all its work).
+    processed: Callable[[], Awaitable[int]] | None = None
 
 
 @dataclass
@@ -152,6 +169,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     throughput: float
+    processed: float
 
 
 def sender() -> str:
@@ -195,17 +213,35 @@ async def acks_at_rate(
     )
 
 
-async def burst(client: Pool, target: Target, posts: int) -> float:
-    """Posts with IN_FLIGHT at once; acknowledged webhooks per second."""
+async def burst(client: Pool, target: Target, posts: int) -> tuple[float, float]:
+    """Posts with IN_FLIGHT at once: (acknowledged, processed) webhooks per second.
+
+    Processed: the burst's messages stored by the server, over the time from the first
+    post to the last message it stored (until none came for `STILL` seconds): what the
+    process sustains, where an acknowledgement may leave its processing to the queue (or,
+    when the queue is full, to the worker's sweep, which the server runs without here)."""
     pending = iter(range(posts))
 
     async def lane() -> None:
         for _ in pending:
             await post(client, target, sender())
 
+    before = await target.processed() if target.processed else 0
     started = time.perf_counter()
     await asyncio.gather(*(lane() for _ in range(IN_FLIGHT)))
-    return posts / (time.perf_counter() - started)
+    acked_at = time.perf_counter()
+    acked = posts / (acked_at - started)
+    if target.processed is None:
+        return acked, acked
+    count, last = await target.processed(), acked_at
+    while count - before < posts:
+        await asyncio.sleep(0.05)
+        now = await target.processed()
+        if now != count:
+            count, last = now, time.perf_counter()
+        elif time.perf_counter() - last > STILL:
+            break
+    return acked, (count - before) / (last - started)
 
 
 async def measure(target: Target, args: argparse.Namespace) -> Result:
@@ -213,10 +249,22 @@ async def measure(target: Target, args: argparse.Namespace) -> Result:
     try:
         cpu = await cpu_per_post(client, target, args.posts)
         p50, p99 = await acks_at_rate(client, target, args.rate, args.seconds)
-        throughput = await burst(client, target, args.burst)
+        if target.processed is not None:  # the rate's events processed first
+            await settled(target.processed)
+        throughput, processed = await burst(client, target, args.burst)
     finally:
         client.close()
-    return Result(cpu, p50, p99, throughput)
+    return Result(cpu, p50, p99, throughput, processed)
+
+
+async def settled(count: Callable[[], Awaitable[int]]) -> None:
+    """Until `count` stays the same for a few polls (the server's queue drained)."""
+    last, still = await count(), 0
+    while still < 4:
+        await asyncio.sleep(0.05)
+        now = await count()
+        still = still + 1 if now == last else 0
+        last = now
 
 
 # --- statements, counted in process --------------------------------------------------
@@ -323,7 +371,11 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     servers = [
         spawn(
             "weflux",
-            [sys.executable, "-m", "weflux", "serve", "--no-worker", *loopback(weflux_port)],
+            [
+                sys.executable,
+                *(("-c", PROFILED.format(path=args.profile)) if args.profile else ("-m",)),
+                *("weflux", "serve", "--no-worker", *loopback(weflux_port)),
+            ],
             env,
             workdir,
             weflux_port,
@@ -339,14 +391,23 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
     try:
         for server in servers:
             await wait_up(server)
+        counter = Database(url)
+
+        async def stored() -> int:
+            async with counter.session(space.org_id) as session:
+                return int((await session.exec(select(func.count()).select_from(Message))).one())
+
         weflux = Target(
-            servers[0], "/webhooks/whatsapp", lambda who: signed_webhook(space, who, "hi")
+            servers[0], "/webhooks/whatsapp", lambda who: signed_webhook(space, who, "hi"), stored
         )
         floor = Target(servers[1], "/webhook", lambda who: signed_webhook(space, who, "hi"))
         sent = 20 + args.posts + int(args.rate * args.seconds) + args.burst
         results = []
-        for target in (weflux, floor):
-            results.append(await measure(target, args))
+        try:
+            for target in (weflux, floor):
+                results.append(await measure(target, args))
+        finally:
+            await counter.dispose()
         await settled_messages(url, space.org_id, sent + 3)
     except BaseException:
         for server in servers:
@@ -450,12 +511,13 @@ def report(url: str, weflux: Result, floor: Result, new: int, known: int, lost: 
         weflux.p99_ms <= GOAL_P99_MS,
         ".1f",
     )
+    line("acknowledged webhooks/s, burst", weflux.throughput, floor.throughput, "-", True, ".0f")
     line(
-        "sustained webhooks/s",
-        weflux.throughput,
-        floor.throughput,
+        "sustained (processed) webhooks/s",
+        weflux.processed,
+        floor.processed,
         ">= 300/s",
-        weflux.throughput >= GOAL_THROUGHPUT,
+        weflux.processed >= GOAL_THROUGHPUT,
         ".0f",
     )
     print(f"{'messages lost':<34}{lost:>10}{'':>10}{'':>8}  0 {'ok' if lost == 0 else 'MISSED'}")
@@ -473,6 +535,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5, help="how long at --rate")
     parser.add_argument("--burst", type=int, default=1500, help="posts for throughput")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--profile", default=None, help="cProfile the weflux server to PATH")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weflux-webhook-"))
     try:

@@ -631,8 +631,10 @@ async def test_a_cancelled_hand_off_or_an_interrupt_stops_inline_runs(
         assert await values(conn) == ["a", "b", "c"]
 
 
-async def test_begin_runs_inline_unless_it_would_wait(engine: AsyncEngine, hops: list[str]) -> None:
-    async with engine.connect() as holder, engine.connect() as waiter:
+async def test_begin_runs_inline_unless_it_would_wait(
+    url: str, engine: AsyncEngine, hops: list[str]
+) -> None:
+    async with engine.connect() as waiter:
         await where_it_runs(waiter)
         busy_timeout = text("PRAGMA busy_timeout")
         # With no other writer: BEGIN IMMEDIATE takes no hand-off, nor a reader's BEGIN
@@ -648,19 +650,157 @@ async def test_begin_runs_inline_unless_it_would_wait(engine: AsyncEngine, hops:
         assert await ran_on(waiter) == "thread"  # no write lock: the statement hops
         await waiter.rollback()
         await waiter.execution_options(**{_READ_ONLY: False})
-        # Given another writer
-        await holder.begin()
-        await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
-        # When a unit of work begins: its BEGIN IMMEDIATE takes its hand-off and waits
-        hops.clear()
-        begun = asyncio.create_task(waiter.begin().start())
-        await asyncio.sleep(0.2)
-        assert not begun.done()
-        assert hops == ["_run_statement"]
-        await holder.commit()
-        async with asyncio.timeout(HANG_GUARD / 6):
-            await begun
+        # Given another process's writer (this process's writers wait for each other in
+        # turn, before BEGIN: test_a_writer_waits_for_a_writer_of_its_process_in_turn...)
+        holder = sqlite3.connect(url.split("///", 1)[1], timeout=0, isolation_level=None)
+        try:
+            holder.execute("BEGIN IMMEDIATE")
+            holder.execute("INSERT INTO t (v) VALUES ('held')")
+            # When a unit of work begins: its BEGIN IMMEDIATE takes its hand-off and waits
+            hops.clear()
+            begun = asyncio.create_task(waiter.begin().start())
+            await asyncio.sleep(0.2)
+            assert not begun.done()
+            assert hops == ["_run_statement"]
+            holder.execute("COMMIT")
+            async with asyncio.timeout(HANG_GUARD / 6):
+                await begun
+        finally:
+            holder.close()
         # Then it holds the lock, and its busy timeout is the engine's again
         assert await ran_on(waiter) == "loop"
         assert (await waiter.execute(busy_timeout)).scalar() == SQLITE_BUSY_TIMEOUT_MS
         await waiter.rollback()
+
+
+# The process's turn at the write lock: its writers wait for each other on the event loop,
+# in the order they came, not in SQLite's busy handler (which sleeps 1, 2, 5 ... 100 ms
+# between tries, while the lock may be free).
+
+
+@pytest.fixture
+def begins_handed_off() -> Iterator[list[str]]:
+    """The BEGINs sent to aiosqlite's thread, in order (a new connection's PRAGMAs and
+    anything else not listed)."""
+    sent: list[str] = []
+    real: Any = aiosqlite.Connection._execute
+
+    async def counted(self: aiosqlite.Connection, fn: Callable[..., Any], *a: Any, **k: Any) -> Any:
+        if len(a) > 1 and isinstance(a[1], str) and a[1].upper().startswith("BEGIN"):
+            sent.append(a[1])
+        return await real(self, fn, *a, **k)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(aiosqlite.Connection, "_execute", counted)
+        yield sent
+
+
+async def test_a_writer_waits_for_a_writer_of_its_process_in_turn_not_in_sqlite(
+    engine: AsyncEngine, begins_handed_off: list[str]
+) -> None:
+    async with engine.connect() as holder:
+        # Given a unit of work of this process holding the write lock
+        await holder.begin()
+        await holder.execute(text("INSERT INTO t (v) VALUES ('held')"))
+        order: list[str] = []
+
+        async def unit_of_work(name: str) -> None:
+            async with engine.connect() as conn:
+                await where_it_runs(conn)
+                async with conn.begin():
+                    order.append(name)
+                    insert = text("INSERT INTO t (v) VALUES (:v || '-' || ran_on())")
+                    await conn.execute(insert.execution_options(**{INLINE: True}), {"v": name})
+
+        # When three more begin, one after another
+        waiting = []
+        for name in ("first", "second", "third"):
+            waiting.append(asyncio.create_task(unit_of_work(name)))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)
+        # Then they wait in the process: no BEGIN was handed to aiosqlite's thread
+        assert not any(task.done() for task in waiting)
+        assert begins_handed_off == []
+        # And once the lock is given back, each begins inline, in the order they came
+        await holder.commit()
+        async with asyncio.timeout(HANG_GUARD / 6):
+            await asyncio.gather(*waiting)
+        assert order == ["first", "second", "third"]
+        assert begins_handed_off == []
+    async with engine.connect() as conn:
+        assert (await values(conn))[3:] == ["held", "first-loop", "second-loop", "third-loop"]
+
+
+async def test_the_turn_is_given_back_however_the_transaction_ends(
+    url: str, engine: AsyncEngine, begins_handed_off: list[str]
+) -> None:
+    async def next_writer_begins_inline() -> None:
+        async with asyncio.timeout(1), engine.begin() as conn:
+            await conn.execute(text("INSERT INTO t (v) VALUES (hex(randomblob(8)))"))
+        assert begins_handed_off == []
+
+    async with engine.connect() as conn:
+        # A rollback
+        await conn.begin()
+        await conn.rollback()
+        await next_writer_begins_inline()
+        # A statement that ends the transaction (noticed by the next marked statement)
+        await conn.begin()
+        await conn.execute(text("COMMIT").execution_options(**{INLINE: True}))
+        await next_writer_begins_inline()
+        await conn.rollback()
+        # A failed BEGIN IMMEDIATE (another process held the lock past the busy timeout)
+        other = sqlite3.connect(url.split("///", 1)[1], timeout=0, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            (await adapted(conn))._busy_timeout_ms = 50  # what the inline try restores
+            with pytest.raises(exc.OperationalError, match="database is locked"):
+                await conn.begin()
+            await conn.rollback()
+            other.execute("ROLLBACK")
+        finally:
+            other.close()
+        begins_handed_off.clear()
+        await next_writer_begins_inline()
+    # A connection given back to the pool in a transaction (the pool's reset rolls back)
+    async with engine.connect() as conn:
+        await conn.begin()
+    await next_writer_begins_inline()
+    # A connection invalidated in a transaction
+    async with engine.connect() as conn:
+        await conn.begin()
+        await conn.invalidate()
+    await next_writer_begins_inline()
+
+
+async def test_a_writer_of_another_process_is_still_waited_for_in_the_hand_off(
+    url: str, engine: AsyncEngine, begins_handed_off: list[str]
+) -> None:
+    other = sqlite3.connect(url.split("///", 1)[1], timeout=0, isolation_level=None)
+    try:
+        # Given another process holding the write lock
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO t (v) VALUES ('other')")
+        async with engine.connect() as waiter:
+            # When a unit of work begins: its BEGIN IMMEDIATE takes its hand-off and waits
+            begun = asyncio.create_task(waiter.begin().start())
+            await asyncio.sleep(0.2)
+            assert not begun.done()
+            assert begins_handed_off == ["BEGIN IMMEDIATE"]
+            # And a second writer of this process waits for the first, in the process
+            second = asyncio.create_task(engine.begin().__aenter__())
+            await asyncio.sleep(0.2)
+            assert not second.done()
+            assert begins_handed_off == ["BEGIN IMMEDIATE"]
+            other.execute("COMMIT")
+            async with asyncio.timeout(HANG_GUARD / 6):
+                await begun
+            await asyncio.sleep(0.1)
+            assert not second.done()
+            await waiter.rollback()
+            async with asyncio.timeout(HANG_GUARD / 6):
+                conn = await second
+            await conn.rollback()
+            await conn.close()
+    finally:
+        other.close()

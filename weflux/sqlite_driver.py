@@ -33,6 +33,16 @@ checkpoint the WAL). Errors are the same sqlite3 exceptions, mapped by the same 
 code. An engine's cursors hear of the option through `mark_inline_statements(engine)`
 (weflux.db's engines); an engine without it (the benchmarks' floors) runs nothing inline.
 
+Writers of one process take turns on the event loop (`_WriterTurns`): a `BEGIN IMMEDIATE`
+first waits, in the order they came, for the other writers of this process on the same
+database file to end their transactions, then takes SQLite's write lock (inline, as above).
+Without the turn, a writer that found the lock held waited in SQLite's busy handler, which
+sleeps 1, 2, 5, 10 ... 100 ms between tries while the lock may long be free: under a burst
+of webhooks, the lock sat idle between units of work. Another process's writer is still
+waited for in the hand-off (the busy handler), as before; a turn not given within the busy
+timeout is not waited for longer (the BEGIN then takes its hand-off, and fails as before
+if the lock stays held).
+
 It relies on aiosqlite's private `Connection._execute(fn, *args)` (queue `fn` on the
 connection's thread and await its result), its `_conn` property (the `sqlite3.Connection`)
 and `_connection` attribute (the same, or None once closed); `tests/test_sqlite_driver.py`
@@ -41,8 +51,11 @@ pins them.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import os
 import sqlite3
+import weakref
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -125,6 +138,39 @@ def _run_statement(
         cursor.close()
 
 
+class _WriterTurns:
+    """The turns at one database file's write lock among this process's connections, on
+    each event loop: FIFO (`asyncio.Lock`), taken before a `BEGIN IMMEDIATE`, given back
+    when that transaction ends, however it ends (`OneHopConnection._end_turn`)."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def lock(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        lock = self._locks.get(loop)
+        if lock is None:
+            lock = self._locks[loop] = asyncio.Lock()
+        return lock
+
+
+_TURNS: dict[str, _WriterTurns] = {}
+
+
+def _turns_of(database: Any) -> _WriterTurns | None:
+    """The write-lock turns of a database file (None for an in-memory or temporary one)."""
+    name = os.fspath(database) if isinstance(database, str | os.PathLike) else ""
+    if not name or name == ":memory:" or name.startswith("file:"):
+        return None
+    key = os.path.realpath(name)
+    turns = _TURNS.get(key)
+    if turns is None:
+        turns = _TURNS[key] = _WriterTurns()
+    return turns
+
+
 class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     """A client-side cursor whose statements cost one hand-off to aiosqlite's thread."""
 
@@ -178,14 +224,25 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
     # greenlet switch, not a loop iteration).
     async def _execute_async(self, operation: Any, parameters: Any) -> None:
         self._keep(_NOTHING)
-        if self._inline:
-            adapt = self._adapt_connection
-            if adapt._may_run_inline() and len(parameters or ()) <= INLINE_MAX_PARAMETERS:
-                self._keep(_run_statement(self._connection, operation, parameters, False))
+        adapt = self._adapt_connection
+        if (
+            self._inline
+            and adapt._may_run_inline()
+            and len(parameters or ()) <= INLINE_MAX_PARAMETERS
+        ):
+            self._keep(_run_statement(self._connection, operation, parameters, False))
+            adapt._end_turn_unless_in_transaction()  # a statement may end the transaction
+            return
+        # A BEGIN IMMEDIATE first waits for this process's other writers (`_WriterTurns`).
+        turn = not parameters and _takes_write_lock(operation) and await adapt._take_turn()
+        try:
+            if self._inline and not parameters and adapt._began_inline(operation):
                 return
-            if not parameters and adapt._began_inline(operation):
-                return
-        await self._run(operation, parameters, many=False)
+            await self._run(operation, parameters, many=False)
+        except BaseException:
+            if turn:  # it began no transaction: the next writer's turn
+                adapt._end_turn_unless_in_transaction()
+            raise
 
     async def _executemany_async(self, operation: Any, seq_of_parameters: Any) -> None:
         self._keep(_NOTHING)
@@ -196,6 +253,7 @@ class OneHopCursor(AsyncAdapt_aiosqlite_cursor):
             and self._adapt_connection._may_run_inline()
         ):
             self._keep(_run_statement(self._connection, operation, seq_of_parameters, True))
+            self._adapt_connection._end_turn_unless_in_transaction()
         else:
             await self._run(operation, seq_of_parameters, many=True)
 
@@ -245,6 +303,8 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         "_inline_allowed",
         "_queued",
         "_settled",
+        "_turn",
+        "_turns",
         "_write_locked",
     )
     _connection: aiosqlite.Connection  # type: ignore[assignment]  # the base's protocol
@@ -269,6 +329,11 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._queued = 0
         # A graceful close (SQLAlchemy's `terminate` of an invalidated connection) is under way.
         self._closing = False
+        # This process's turns at the database file's write lock (`OneHopDBAPI.connect`),
+        # and the turn this connection holds, from its BEGIN IMMEDIATE to the end of that
+        # transaction.
+        self._turns: _WriterTurns | None = None
+        self._turn: asyncio.Lock | None = None
 
     def allow_inline(self, busy_timeout_ms: int) -> None:
         """Let statements marked `INLINE` run inline here: only on a WAL database, where a
@@ -277,6 +342,33 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         connection's busy timeout, restored after an inline BEGIN's attempt without it."""
         self._inline_allowed = True
         self._busy_timeout_ms = int(busy_timeout_ms)
+
+    async def _take_turn(self) -> bool:
+        """Before a BEGIN IMMEDIATE: wait for this process's other writers on the file, in
+        turn, at most the busy timeout; whether it took a turn (then `_end_turn` gives it
+        back once the transaction ends). Only where statements may run inline (WAL)."""
+        if self._turns is None or self._turn is not None or not self._inline_allowed:
+            return False
+        lock = self._turns.lock()
+        if lock.locked():
+            try:
+                async with asyncio.timeout(self._busy_timeout_ms / 1000):
+                    await lock.acquire()
+            except TimeoutError:
+                return False  # not waited for longer: the BEGIN waits in SQLite, as before
+        else:
+            await lock.acquire()  # free: taken without a turn of the event loop
+        self._turn = lock
+        return True
+
+    def _end_turn(self) -> None:
+        turn, self._turn = self._turn, None
+        if turn is not None and turn.locked():
+            turn.release()
+
+    def _end_turn_unless_in_transaction(self) -> None:
+        if self._turn is not None and not _in_transaction(self._connection):
+            self._end_turn()
 
     def _queue(self) -> int:
         """Before anything is queued on aiosqlite's thread: nothing inline until it has
@@ -293,6 +385,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
             self._write_locked = (
                 locked and self._inline_allowed and _in_transaction(self._connection)
             )
+            self._end_turn_unless_in_transaction()
 
     def _began_inline(self, operation: str) -> bool:
         """BEGIN (deferred, IMMEDIATE or EXCLUSIVE) on this thread, if that cannot wait.
@@ -340,6 +433,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if not _in_transaction(self._connection):
             # Ended under us (SQLite rolls back by itself on some errors): no lock held.
             self._write_locked = False
+            self._end_turn()
             return False
         return True
 
@@ -350,10 +444,14 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         behind the aborted statement. Nothing runs inline on the connection meanwhile.
         """
         self._queue()
-        await self._connection.interrupt()
-        await self._connection.rollback()
+        try:
+            await self._connection.interrupt()
+            await self._connection.rollback()
+        finally:
+            self._end_turn_unless_in_transaction()
 
     async def _terminate_graceful_close(self) -> None:
+        self._end_turn()  # its transaction ends with it (a writer after it may hop)
         self._closing = True
         try:
             await super()._terminate_graceful_close()
@@ -371,6 +469,7 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         and waits for that. Stopped already, the thread never answers, and the close's task
         waited forever. Its own stop suffices.
         """
+        self._end_turn()
         if not self._closing:
             super()._terminate_force_close()
 
@@ -383,7 +482,10 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
     def commit(self) -> None:
         self._settled = False
         queued = self._queue()
-        super().commit()
+        try:
+            super().commit()
+        finally:
+            self._end_turn_unless_in_transaction()
         self._completed(queued, locked=False)
         self._settled = True
 
@@ -391,11 +493,15 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         if self._settled:
             return
         queued = self._queue()
-        super().rollback()
+        try:
+            super().rollback()
+        finally:
+            self._end_turn_unless_in_transaction()
         self._completed(queued, locked=False)
         self._settled = True
 
     def close(self) -> None:
+        self._end_turn()
         self._queue()
         super().close()
 
@@ -425,7 +531,10 @@ class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
         # (never while its own thread works on it).
         kw["check_same_thread"] = False
         adapted = super().connect(*arg, **kw)
-        return OneHopConnection(self, adapted._connection)
+        connection = OneHopConnection(self, adapted._connection)
+        if not kw.get("uri"):
+            connection._turns = _turns_of(arg[0] if arg else kw.get("database"))
+        return connection
 
 
 def one_hop_dbapi() -> OneHopDBAPI:

@@ -105,3 +105,75 @@ async def test_an_overflowing_queue_loses_nothing(
         )
         == 0
     )
+
+
+async def test_on_sqlite_a_webhook_waits_for_a_slot_rather_than_being_stored_alone(
+    app: Any,
+    client: httpx.AsyncClient,
+    channel: WhatsAppAccount,
+    db: Database,
+    owner_db: Database,
+    dialect: str,
+) -> None:
+    """Given a process whose slots to process in requests are all taken, one given back
+    soon after,
+    when a webhook comes,
+    then on SQLite it waits for that slot and is stored already processed by its 200 (one
+    writer holds SQLite's lock at a time: storing it alone first would only add a second
+    unit of work); on PostgreSQL it is stored alone and queued, as before."""
+    intake = runtime_of(app).webhook_intake
+    await intake.stop()  # what is queued stays queued
+    intake.inline_free = 0
+    asyncio.get_running_loop().call_later(0.05, intake.release_inline)
+    assert await post(client, "16505553000") == 200
+    if dialect == "sqlite":
+        assert await events(owner_db, WebhookEventStatus.PROCESSED) == 1
+        assert await messages(db, channel.org_id) == 1
+        assert intake.queue.qsize() == 0
+    else:
+        assert await events(owner_db, WebhookEventStatus.PENDING) == 1
+        assert intake.queue.qsize() == 1
+    await asyncio.sleep(0.1)
+    intake.start()
+    await intake.drain()
+    assert await messages(db, channel.org_id) == 1
+
+
+async def test_waiting_for_a_slot_in_turn_and_no_longer_than_allowed() -> None:
+    """The line for a slot: first come, first served; a request that waited its limit is
+    stored alone; a slot handed to a request that stopped waiting goes to the next."""
+    intake = webhook_queue.WebhookIntake(
+        None,  # type: ignore[arg-type]  # (neither the database nor the broker is used)
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        inline=1,
+        inline_wait=0.5,
+    )
+    assert await intake.claim_inline()
+    order: list[int] = []
+
+    async def claim(k: int) -> bool:
+        claimed = await intake.claim_inline()
+        if claimed:
+            order.append(k)
+        return claimed
+
+    waiting = [asyncio.create_task(claim(k)) for k in range(3)]
+    await asyncio.sleep(0.01)
+    waiting[1].cancel()  # a request gone (its client hung up) leaves the line
+    intake.release_inline()  # the first holder's slot goes to the first in line
+    await asyncio.sleep(0.01)
+    assert order == [0]
+    intake.release_inline()  # and that one's to the next still waiting
+    await asyncio.sleep(0.01)
+    assert order == [0, 2]
+    # A request that waits its limit is refused (then stored alone)
+    assert not await intake.claim_inline()
+    intake.release_inline()  # the last holder's: free again
+    assert intake.inline_free == 1
+    # No wait allowed (PostgreSQL): refused at once
+    intake.inline_wait = 0
+    assert await intake.claim_inline()
+    assert not await intake.claim_inline()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting[1]

@@ -215,7 +215,7 @@ async def notify(request: Request) -> Response:
     event = ingest.ReceivedEvent.of(body, channel.account.id if channel.account else None)
     intake = runtime.webhook_intake
     failure: BaseException | None = None
-    if intake.claim_inline():
+    if await intake.claim_inline():
         try:
             await ingest.store_and_process(
                 runtime.db, runtime.broker, runtime.settings, event, runtime.channel_cache
