@@ -653,7 +653,8 @@ async def matching_contacts(
     WhatsApp id matches the LIKE `digits` (both escaped with `/`): one for each column
     that matches, at most `batch` in all.
 
-    Read by `weflux_matching_contacts` (migration 0025) through the trigram indexes, which
+    Read by `weflux_matching_contacts` (migrations 0025 and 0033: `lower(column) LIKE
+    lower(pattern)`, which is ILIKE, on the trigram indexes of `lower(column)`), which
     the app's own statements cannot use under row-level security (ILIKE is not
     LEAKPROOF). It crosses no workspace: the caller reads its page among these ids in its
     scoped session and tests the term again.

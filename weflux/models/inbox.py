@@ -7,7 +7,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Enum, FetchedValue, Index, LargeBinary, Text, text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Enum,
+    FetchedValue,
+    Index,
+    LargeBinary,
+    Text,
+    func,
+    literal_column,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from weflux.models.base import OrgScoped, UTCDateTime, created_at_field, new_id
@@ -136,17 +147,20 @@ def _enum(kind: type[enum.Enum], name: str) -> Any:
 
 
 # The columns a search matches with `ILIKE '%term%'` (weflux.services.conversations.
-# contact_matches). PostgreSQL: a GiST index of each one's trigrams after the workspace
-# (pg_trgm, btree_gist; migration 0025), read by `weflux_matching_contacts`
-# (weflux.auth.crossings.matching_contacts); SQLite reads its contacts as before.
+# contact_matches). PostgreSQL: a GiST index of the trigrams of each one's `lower()` after
+# the workspace (pg_trgm, btree_gist; migrations 0025 and 0033), read by
+# `weflux_matching_contacts` (weflux.auth.crossings.matching_contacts); SQLite reads its
+# contacts as before. On `lower(column)`, not the column: pg_trgm's operator class serves
+# `=` too, and the planner took it for every lookup of a contact by its value, walking
+# thousands of pages where the B-tree reads three (tests/models/test_contact_lookup_plans.py).
 SEARCHED_CONTACT_COLUMNS = ("name", "profile_name", "phone_number", "wa_id")
 _SEARCH_INDEXES = tuple(
     Index(
         f"ix_contacts_{column}_trigrams",
         "org_id",
-        column,
+        func.lower(literal_column(column)).label(f"{column}_lower"),
         postgresql_using="gist",
-        postgresql_ops={column: "gist_trgm_ops(siglen=64)"},
+        postgresql_ops={f"{column}_lower": "gist_trgm_ops(siglen=64)"},
     ).ddl_if(dialect="postgresql")
     for column in SEARCHED_CONTACT_COLUMNS
 )
