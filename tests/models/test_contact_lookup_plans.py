@@ -45,8 +45,7 @@ async def contacts(db: Database, owner_db: Database) -> InboxWorkspace:
     """A workspace of 5,000 contacts and conversations, with statistics."""
     workspace = await inbox_workspace(db, CONTACTS)
     async with owner_db.engine.connect() as connection:
-        await analyze(connection)
-        await connection.exec_driver_sql("ANALYZE contacts")
+        await analyze(connection, "contacts")
     return workspace
 
 

@@ -43,8 +43,7 @@ async def big_inbox(db: Database, owner_db: Database) -> InboxWorkspace:
     """10,000 conversations (tests.fixtures.plans.inbox_workspace), with statistics."""
     workspace = await inbox_workspace(db, CONVERSATIONS)
     async with owner_db.engine.connect() as connection:
-        await analyze(connection)
-        await connection.exec_driver_sql("ANALYZE contacts")
+        await analyze(connection, "contacts")
     return workspace
 
 

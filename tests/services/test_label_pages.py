@@ -6,10 +6,13 @@ both engines; each shape's statement is built once."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -72,6 +75,35 @@ SHAPES = [
 ]
 
 
+@contextlib.asynccontextmanager
+async def _session_of(db: Database, ws: InboxWorkspace, actor: Actor) -> AsyncIterator[Any]:
+    """A session of `ws` as `actor` (an Agent's restriction in their session)."""
+    async with db.session(ws.org_id) as session:
+        if actor.membership.role == Role.AGENT:
+            restrict_to_agent(session, actor.membership.id)
+        yield session
+
+
+async def _list(
+    session: Any,
+    ws: InboxWorkspace,
+    actor: Actor,
+    shape: Shape,
+    *,
+    first: int = PAGE,
+    after: str | None = None,
+) -> Page[Conversation]:
+    return await list_conversations(
+        session,
+        principal_of(actor),
+        first=first,
+        after=after,
+        status=shape.status,
+        assignee=shape.assignee,
+        label=getattr(ws, shape.label),
+    )
+
+
 async def _page(
     db: Database,
     ws: InboxWorkspace,
@@ -81,19 +113,9 @@ async def _page(
     first: int = PAGE,
     after: str | None = None,
 ) -> Page[Conversation]:
-    """One page as `actor` (an Agent's restriction in their session)."""
-    async with db.session(ws.org_id) as session:
-        if actor.membership.role == Role.AGENT:
-            restrict_to_agent(session, actor.membership.id)
-        return await list_conversations(
-            session,
-            principal_of(actor),
-            first=first,
-            after=after,
-            status=shape.status,
-            assignee=shape.assignee,
-            label=getattr(ws, shape.label),
-        )
+    """One page as `actor`."""
+    async with _session_of(db, ws, actor) as session:
+        return await _list(session, ws, actor, shape, first=first, after=after)
 
 
 async def _third_page_cursor(
@@ -117,9 +139,7 @@ async def big_inbox(db: Database, owner_db: Database) -> tuple[InboxWorkspace, A
     async with db.session(ws.org_id) as session:
         manager = await create_actor(session, Role.MANAGER)
     async with owner_db.engine.connect() as connection:
-        await analyze(connection)
-        if connection.dialect.name == "postgresql":  # SQLite has no statistics in the app
-            await connection.exec_driver_sql("ANALYZE conversation_labels")
+        await analyze(connection, "conversation_labels")
     return ws, manager
 
 
@@ -140,19 +160,9 @@ async def test_each_labelled_page_reads_about_a_page(
         # Only the Agent has conversations of their own.
         assert cursor is not None or (shape.assignee == AssigneeFilter.ME and actor is not ws.agent)
         for after in (None, cursor) if cursor else (None,):
-            async with db.session(ws.org_id) as session:
-                if actor is ws.agent:
-                    restrict_to_agent(session, ws.agent.membership.id)
+            async with _session_of(db, ws, actor) as session:
                 with explained(db, analyze=True) as plans:
-                    await list_conversations(
-                        session,
-                        principal_of(actor),
-                        first=PAGE,
-                        after=after,
-                        status=shape.status,
-                        assignee=shape.assignee,
-                        label=getattr(ws, shape.label),
-                    )
+                    await _list(session, ws, actor, shape, after=after)
             where = f"{role} {shape} {'after a cursor' if after else 'first page'}"
             shown = "\n".join(line for plan in plans for line in plan)
             for table in ("conversations", "conversation_labels"):
@@ -272,19 +282,9 @@ async def test_each_labelled_page_walks_its_labellings_whatever_the_shares(
     ]
     for actor, shape, cursor in pages:
         for after in (None, cursor) if cursor else (None,):
-            async with db.session(ws.org_id) as session:
-                if actor is ws.agent:
-                    restrict_to_agent(session, ws.agent.membership.id)
+            async with _session_of(db, ws, actor) as session:
                 with explained(db, analyze=engine == "postgresql") as plans:
-                    await list_conversations(
-                        session,
-                        principal_of(actor),
-                        first=PAGE,
-                        after=after,
-                        status=shape.status,
-                        assignee=shape.assignee,
-                        label=getattr(ws, shape.label),
-                    )
+                    await _list(session, ws, actor, shape, after=after)
             where = f"{actor.membership.role} {shape} {'after a cursor' if after else 'first'}"
             shown = "\n".join(line for plan in plans for line in plan)
             assert plans, where

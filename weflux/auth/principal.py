@@ -39,9 +39,16 @@ class Principal:
             raise Forbidden(message)
 
 
+def restricted_agent(principal: Principal) -> uuid.UUID | None:
+    """The membership whose visibility narrows `principal`'s reads (the scoping layer's
+    Agent restriction), or None where the role sees every conversation of the workspace."""
+    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
+        return None
+    return principal.membership_id
+
+
 def visibility_class(principal: Principal) -> str:
     """Members who see the same conversations: every ADMIN and MANAGER of a workspace
     (one class), each Agent alone. The key under which live work is shared."""
-    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
-        return f"all:{principal.org_id}"
-    return f"agent:{principal.membership_id}"
+    agent = restricted_agent(principal)
+    return f"all:{principal.org_id}" if agent is None else f"agent:{agent}"

@@ -92,6 +92,12 @@ SEE_ERASED_KEY = "weflux.see_erased"
 # (`use_workspace(feed_lock=True)` before it began).
 FEED_LOCK_KEY = "weflux.feed_lock"
 
+# The models whose rows an erasure tombstone hides itself (`erased_at`), and those whose
+# rows belong to a conversation (its tombstone and an Agent's visibility reach them
+# through `conversation_id`): one list for the ORM's criteria and the Core conditions.
+_TOMBSTONED = (Contact, Conversation)
+_OF_A_CONVERSATION = (Message, Note, ConversationLabel, MessageReaction)
+
 _APPLY_SCOPE_SQL = text(
     "SELECT set_config('app.org_id', :org_id, true), "
     "set_config('app.webhook_event_id', :webhook_event_id, true)"
@@ -445,9 +451,9 @@ def _tombstone_criterion(model: Any, org_id: uuid.UUID) -> Any | None:
             contacts.c.erased_at.is_not(None),
         )
 
-    if model in (Contact, Conversation):
+    if model in _TOMBSTONED:
         return with_loader_criteria(model, not_erased, include_aliases=True)
-    if model in (Message, Note, ConversationLabel, MessageReaction):
+    if model in _OF_A_CONVERSATION:
         return with_loader_criteria(model, not_in_erased_conversation, include_aliases=True)
     if model is MediaFile:
         return with_loader_criteria(model, not_sent_by_erased_contact, include_aliases=True)
@@ -468,17 +474,17 @@ def _agent_criterion(model: Any, agent: uuid.UUID) -> Any | None:
 
     def in_visible_conversation(cls: Any) -> Any:
         return exists().where(
-            col(visible.id) == cls.conversation_id, or_(assignee == agent, assignee.is_(None))
+            col(visible.id) == cls.conversation_id, or_(*_visible_parts(assignee, agent))
         )
 
     def with_visible_conversation(cls: Any) -> Any:
         return exists().where(
-            col(visible.contact_id) == cls.id, or_(assignee == agent, assignee.is_(None))
+            col(visible.contact_id) == cls.id, or_(*_visible_parts(assignee, agent))
         )
 
     if model is Conversation:
         return with_loader_criteria(model, visible_conversation, include_aliases=True)
-    if model in (Message, Note, ConversationLabel, MessageReaction):
+    if model in _OF_A_CONVERSATION:
         return with_loader_criteria(model, in_visible_conversation, include_aliases=True)
     if model is Contact:
         return with_loader_criteria(model, with_visible_conversation, include_aliases=True)
@@ -777,11 +783,11 @@ def core_scope(table: Table) -> ColumnElement[bool]:
     org = bindparam(SCOPE_ORG, type_=conversations.c.org_id.type)
     condition: ColumnElement[bool] = table.c[column] == org
     model = _models_by_table()[table.name]
-    if model in (Contact, Conversation):
+    if model in _TOMBSTONED:
         condition = and_(condition, table.c.erased_at.is_(None))
     elif model is MediaFile:
         raise TenantScopeError("a media file's erasure tombstone is the ORM criteria's alone")
-    elif model in (Message, Note, ConversationLabel, MessageReaction):
+    elif model in _OF_A_CONVERSATION:
         # As the ORM's tombstone: the erased conversations by ix_conversations_erased.
         erased = select(conversations.c.id).where(
             conversations.c.org_id == org, conversations.c.erased_at.is_not(None)
@@ -795,9 +801,7 @@ def core_visibility(table: Table) -> ColumnElement[bool] | None:
     confines ORM statements (the Agent the bound parameter `VISIBLE_AGENT`); None for a
     table the rule does not narrow. Goes with `core_scope(table)`, never instead of it."""
     conversations: Table = Conversation.__table__  # type: ignore[attr-defined]
-    agent = bindparam(
-        VISIBLE_AGENT, type_=conversations.c.assignee_membership_id.type, required=True
-    )
+    agent = _VISIBLE_AGENT
     if table is conversations:
         return or_(*_visible_parts(table.c.assignee_membership_id, agent))
     model = _models_by_table()[table.name]
@@ -809,7 +813,7 @@ def core_visibility(table: Table) -> ColumnElement[bool] | None:
         visible.c.erased_at.is_(None),
         or_(*_visible_parts(visible.c.assignee_membership_id, agent)),
     )
-    if model in (Message, Note, ConversationLabel, MessageReaction):
+    if model in _OF_A_CONVERSATION:
         return exists().where(visible.c.id == table.c.conversation_id, mine)
     if model is Contact:
         return exists().where(visible.c.contact_id == table.c.id, mine)

@@ -16,8 +16,7 @@ from starlette.websockets import WebSocket
 
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
-from weflux.auth.permissions import Permission
-from weflux.auth.principal import Principal
+from weflux.auth.principal import Principal, restricted_agent
 from weflux.auth.scoping import ReadScope, ScopedRead, restrict_to_agent, set_scope
 from weflux.client_ip import request_meta
 from weflux.config import Settings
@@ -192,16 +191,14 @@ def _scoped_session(context: Context, *, reader: bool = False) -> AsyncSession:
     principal = context.actor
     session = (context.db.reader_sessionmaker if reader else context.db.sessionmaker)()
     set_scope(session, principal.org_id)
-    if not principal.can(Permission.SEE_ALL_CONVERSATIONS):
-        restrict_to_agent(session, principal.membership_id)
+    if (agent := restricted_agent(principal)) is not None:
+        restrict_to_agent(session, agent)
     return session
 
 
 def read_scope(principal: Principal) -> ReadScope:
     """The scope of `principal`'s reads, as `_scoped_session` gives a session."""
-    if principal.can(Permission.SEE_ALL_CONVERSATIONS):
-        return ReadScope(principal.org_id)
-    return ReadScope(principal.org_id, principal.membership_id)
+    return ReadScope(principal.org_id, restricted_agent(principal))
 
 
 # Each Core read compiled once for asyncpg (weflux.pg_driver), by statement.

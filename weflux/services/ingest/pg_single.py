@@ -72,7 +72,6 @@ from sqlalchemy.sql import Executable
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import core_scope, core_scope_params
-from weflux.models import ConversationStatus
 from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services import folding
@@ -81,6 +80,7 @@ from weflux.services.ingest.statements import (
     _CONVERSATIONS,
     _MEDIA_FILES,
     _MESSAGES,
+    REOPENED_STATUS,
 )
 
 # session.info: the one message held back (`hold`), sent by `send`.
@@ -206,10 +206,7 @@ def _build(
         .where(v.c.contact_id == found, v.c.account_id == account_id, core_scope(v))
         .values(
             unread_count=v.c.unread_count + 1,
-            status=case(
-                (v.c.status == ConversationStatus.RESOLVED, ConversationStatus.OPEN),
-                else_=v.c.status,
-            ),
+            status=REOPENED_STATUS,
             last_message_id=case((latest, message_id), else_=v.c.last_message_id),
             last_message_at=case((latest, at), else_=v.c.last_message_at),
             last_inbound_at=case(

@@ -6,18 +6,24 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam
+from sqlalchemy import Table, bindparam, case
 from sqlalchemy import update as update_of
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from weflux.auth.scoping import core_scope
-from weflux.models import Contact, Conversation, MediaFile, Message
+from weflux.models import Contact, Conversation, ConversationStatus, MediaFile, Message
 from weflux.sql_lists import fixed_lists
 
 _CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
 _CONVERSATIONS: Table = Conversation.__table__  # type: ignore[attr-defined]
 _MESSAGES: Table = Message.__table__  # type: ignore[attr-defined]
 _MEDIA_FILES: Table = MediaFile.__table__  # type: ignore[attr-defined]
+
+# A conversation's status once a customer's message comes: a resolved one reopens.
+REOPENED_STATUS = case(
+    (_CONVERSATIONS.c.status == ConversationStatus.RESOLVED, ConversationStatus.OPEN),
+    else_=_CONVERSATIONS.c.status,
+)
 
 
 def _feed_update(table: Table, key: str, values: dict[str, Any]) -> dict[bool, Any]:

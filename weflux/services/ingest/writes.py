@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, event, insert
+from sqlalchemy import bindparam, event, insert
 from sqlalchemy import update as update_of
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -28,6 +28,7 @@ from weflux.services.ingest.statements import (
     _CONVERSATIONS,
     _MEDIA_FILES,
     _MESSAGES,
+    REOPENED_STATUS,
     _feed_update,
 )
 from weflux.sqlite_driver import inline
@@ -76,10 +77,7 @@ _UPDATE_CONVERSATIONS = _feed_update(
     "conversation",
     {
         "unread_count": _CONVERSATIONS.c.unread_count + bindparam("added"),
-        "status": case(
-            (_CONVERSATIONS.c.status == ConversationStatus.RESOLVED, ConversationStatus.OPEN),
-            else_=_CONVERSATIONS.c.status,
-        ),
+        "status": REOPENED_STATUS,
         "last_message_id": bindparam("last_message_id"),
         "last_message_at": bindparam("last_message_at"),
         "last_inbound_at": bindparam("last_inbound_at"),
