@@ -109,8 +109,9 @@ async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
     if len(key) > 64:
         return _text(404, "Not found")
     try:
+        # An unknown key is remembered too: posts to it read the database once, not each.
         channel: _Channel | None = await runtime.channel_cache.get_or_load(
-            ("channel", key), lambda: _load_channel(runtime, key)
+            ("channel", key), lambda: _load_channel(runtime, key), remember_miss=True
         )
     except _SecretsUnusable:
         return _text(503, "Unavailable")
