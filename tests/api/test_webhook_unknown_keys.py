@@ -115,7 +115,9 @@ async def handshake(client: httpx.AsyncClient, key: str) -> httpx.Response:
     return await client.get(f"/webhooks/whatsapp/{key}", params=params)
 
 
-def connect(settings: Settings, org: Organization, key: str) -> Callable[[Database], Awaitable[None]]:
+def connect(
+    settings: Settings, org: Organization, key: str
+) -> Callable[[Database], Awaitable[None]]:
     """A number connected with webhook key `key`, as `connectWhatsAppAccount` stores it."""
 
     async def write(db: Database) -> None:
@@ -176,11 +178,15 @@ async def test_an_unknown_key_reads_the_database_once(processes: Processes) -> N
 
     assert await repeated_reads(processes, ask) == []
     again = await post(processes.client, NEW_KEY)
-    assert (again.status_code, again.text, again.headers.get("cache-control")) == (
-        answer.status_code,
-        answer.text,
-        answer.headers.get("cache-control"),
-    ) == (404, "Not found", "no-store")
+    assert (
+        (again.status_code, again.text, again.headers.get("cache-control"))
+        == (
+            answer.status_code,
+            answer.text,
+            answer.headers.get("cache-control"),
+        )
+        == (404, "Not found", "no-store")
+    )
 
     async def shake() -> int:
         return (await handshake(processes.client, NEW_KEY)).status_code

@@ -35,7 +35,7 @@ from weflux.models import WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import ingest, webhook_queue
 from weflux.services.audit import RequestMeta
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimiter, per_ip
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class _FailureLimits:
         self.proof = proof
 
     def _per_ip(self) -> list[tuple[str, str]]:
-        return [(f"webhook_{self.proof}_ip", self.ip)] if self.ip else []
+        return [(f"webhook_{self.proof}_ip", per_ip(self.ip))]
 
     def _per_url(self, channel: _Channel) -> list[tuple[str, str]]:
         return [(f"webhook_{self.proof}_key", channel.limit_key)]
