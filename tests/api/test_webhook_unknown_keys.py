@@ -172,6 +172,7 @@ async def test_an_unknown_key_reads_the_database_once(processes: Processes) -> N
     with counting(processes.reader) as first:
         answer = await post(processes.client, NEW_KEY)
     assert first, "the first post looks the key up"
+    assert "BEGIN IMMEDIATE" not in first, "as a reader: no write lock on SQLite"
 
     async def ask() -> int:
         return (await post(processes.client, NEW_KEY)).status_code

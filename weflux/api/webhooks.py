@@ -30,6 +30,7 @@ from weflux.auth.scoping import use_workspace
 from weflux.client_ip import client_ip
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
+from weflux.db import begin_read_only
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
@@ -126,6 +127,9 @@ async def _load_channel(runtime: Runtime, key: str) -> _Channel | None:
     """The live channel a keyed URL names, its secrets decrypted; cached per process by
     `runtime.channel_cache` until any number changes (weflux.services.channel_cache)."""
     async with runtime.db.session() as s:
+        # A reader: on SQLite no write lock, so lookups (an unknown key's, each a miss
+        # when the keys are random) never queue behind or hold up the writers.
+        await begin_read_only(s)
         named = await crossings.webhook_channel(s, key)
         account = None
         if named is not None:
