@@ -32,7 +32,7 @@ import httpx
 from asgi_lifespan import LifespanManager
 from sqlalchemy import event
 
-from bench.fanout import loopback, prepare, server_env, spawn
+from bench.fanout import Server, loopback, prepare, server_env, spawn
 from bench.fanout import webhook as signed_webhook
 from bench.webhook import Pool, bench_settings, wait_up, webhook_path
 from tests.fixtures.live import free_port
@@ -42,7 +42,7 @@ WARM_UP = 50
 
 
 async def cpu_per_post(
-    pool: Pool, server: Any, paths: list[str], body: bytes, headers: dict[str, str], status: int
+    pool: Pool, server: Server, paths: list[str], body: bytes, headers: dict[str, str], status: int
 ) -> float:
     """Server CPU µs per post of `body` to each of `paths` in turn (after a warm-up)."""
     for path in paths[:WARM_UP]:
@@ -55,7 +55,9 @@ async def cpu_per_post(
     return (server.cpu_seconds() - before) / (len(paths) - WARM_UP) * 1e6
 
 
-async def statements_of_repeats(url: str, workdir: Path, path: str, body: bytes, headers: Any) -> int:
+async def statements_of_repeats(
+    url: str, workdir: Path, path: str, body: bytes, headers: dict[str, str]
+) -> int:
     """SQL statements of the third post to one unknown key, in this process."""
     app = create_app(bench_settings(url, workdir))
     seen: list[str] = []
