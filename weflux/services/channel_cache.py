@@ -97,8 +97,9 @@ class ChannelCache:
     async def get_or_load(
         self, key: Hashable, load: Callable[[], Awaitable[Any]], *, remember_miss: bool = False
     ) -> Any:
-        """The cached answer for `key`, else `load()`'s (cached unless a change happened
-        while it loaded, when it may already be stale; None only with `remember_miss`)."""
+        """The cached answer for `key`, else `load()`'s, cached unless a change happened
+        while it loaded (it may be stale already). A None answer is cached only with
+        `remember_miss`, as a miss (`MISS_TTL_SECONDS`, at most `MAX_MISSES`)."""
         if not self.usable:
             return await load()
         now = self.clock()
