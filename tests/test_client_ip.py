@@ -12,7 +12,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from weflux.client_ip import (
-    ProxyNetwork,
+    UNIX_SOCKET,
+    TrustedProxy,
     client_ip,
     parse_trusted_proxies,
     resolve_client_ip,
@@ -23,7 +24,7 @@ from weflux.config import ConfigError
 PROXIES = parse_trusted_proxies(["10.0.0.0/8", "2001:db8::/64", "192.0.2.7"])
 
 
-def make_app(trusted: tuple[ProxyNetwork, ...]) -> Starlette:
+def make_app(trusted: tuple[TrustedProxy, ...]) -> Starlette:
     async def whoami(request: Request) -> JSONResponse:
         return JSONResponse({"ip": client_ip(request, trusted)})
 
@@ -33,7 +34,7 @@ def make_app(trusted: tuple[ProxyNetwork, ...]) -> Starlette:
 async def ip_seen(
     peer: str,
     forwarded_for: list[str] | None = None,
-    trusted: tuple[ProxyNetwork, ...] = PROXIES,
+    trusted: tuple[TrustedProxy, ...] = PROXIES,
 ) -> str | None:
     transport = httpx.ASGITransport(app=make_app(trusted), client=(peer, 1234))
     headers = [("X-Forwarded-For", value) for value in forwarded_for or []]
@@ -133,6 +134,36 @@ async def test_ports_on_ipv4_hops_are_dropped() -> None:
 )
 async def test_a_malformed_hop_stops_the_walk(forwarded_for: list[str], expected: str) -> None:
     assert await ip_seen("10.0.0.1", forwarded_for) == expected
+
+
+def test_unix_is_a_trusted_proxy_entry() -> None:
+    assert parse_trusted_proxies(["10.0.0.0/8", " unix ", "UNIX"]) == (
+        ip_network("10.0.0.0/8"),
+        UNIX_SOCKET,
+    )
+
+
+@pytest.mark.parametrize(
+    ("forwarded_for", "expected"),
+    [
+        (["203.0.113.9"], "203.0.113.9"),
+        (["203.0.113.9, 10.0.0.2"], "203.0.113.9"),  # through a trusted proxy too
+        (["198.51.100.1, 203.0.113.9"], "203.0.113.9"),  # the rightmost untrusted hop
+        ([], None),
+        (["garbage"], None),
+    ],
+)
+def test_a_trusted_unix_socket_is_walked_from_its_forwarded_for(
+    forwarded_for: list[str], expected: str | None
+) -> None:
+    """A peer without an address (a Unix socket) is a proxy when `unix` is trusted."""
+    trusted = (*PROXIES, UNIX_SOCKET)
+    assert resolve_client_ip(None, forwarded_for, trusted) == expected
+    assert resolve_client_ip(None, forwarded_for, PROXIES) is None
+
+
+async def test_trusting_unix_trusts_no_ip_peer() -> None:
+    assert await ip_seen("203.0.113.5", ["198.51.100.1"], (UNIX_SOCKET,)) == "203.0.113.5"
 
 
 def test_resolve_without_a_peer_or_with_a_non_ip_peer() -> None:

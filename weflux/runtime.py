@@ -19,7 +19,7 @@ from starlette.requests import HTTPConnection
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.tokens import TokenCodec
-from weflux.client_ip import ProxyNetwork, parse_trusted_proxies
+from weflux.client_ip import TrustedProxy, parse_trusted_proxies
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
@@ -88,7 +88,7 @@ class Runtime:
     detectors: Detectors
     mailer: Mailer
     cost_budgets: CostBudgets
-    trusted_proxies: tuple[ProxyNetwork, ...]
+    trusted_proxies: tuple[TrustedProxy, ...]
     hub: Hub
     sockets: SocketRegistry
     inbox_counts: CountsFeed

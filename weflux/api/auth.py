@@ -34,7 +34,7 @@ from weflux.services import signup as signup_service
 from weflux.services import two_factor as two_factor_service
 from weflux.services.audit import RequestMeta
 from weflux.services.sessions import TokenPair
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimiter, per_ip
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 # Long enough for any passphrase; the policy (12..72 bytes) answers with a clear reason.
@@ -123,9 +123,8 @@ def token_pair_body(pair: TokenPair) -> dict[str, Any]:
 
 
 async def _limit(limiter: RateLimiter, name: str, key: str | None) -> None:
-    if key is None:
-        return
-    decision = await limiter.hit(name, key)
+    """Count one request; a client address of None counts in the shared counter (`per_ip`)."""
+    decision = await limiter.hit(name, per_ip(key))
     if not decision.allowed:
         raise RateLimited("Too many attempts; try again later", retry_after=decision.retry_after)
 

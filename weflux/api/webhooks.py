@@ -30,12 +30,13 @@ from weflux.auth.scoping import use_workspace
 from weflux.client_ip import client_ip
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
+from weflux.db import begin_read_only
 from weflux.errors import PayloadTooLarge, WefluxError
 from weflux.models import WhatsAppAccount
 from weflux.runtime import Runtime, runtime_of
 from weflux.services import ingest, webhook_queue
 from weflux.services.audit import RequestMeta
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimiter, per_ip
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class _FailureLimits:
         self.proof = proof
 
     def _per_ip(self) -> list[tuple[str, str]]:
-        return [(f"webhook_{self.proof}_ip", self.ip)] if self.ip else []
+        return [(f"webhook_{self.proof}_ip", per_ip(self.ip))]
 
     def _per_url(self, channel: _Channel) -> list[tuple[str, str]]:
         return [(f"webhook_{self.proof}_key", channel.limit_key)]
@@ -109,8 +110,9 @@ async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
     if len(key) > 64:
         return _text(404, "Not found")
     try:
+        # An unknown key is remembered too: posts to it read the database once, not each.
         channel: _Channel | None = await runtime.channel_cache.get_or_load(
-            ("channel", key), lambda: _load_channel(runtime, key)
+            ("channel", key), lambda: _load_channel(runtime, key), remember_miss=True
         )
     except _SecretsUnusable:
         return _text(503, "Unavailable")
@@ -125,6 +127,9 @@ async def _load_channel(runtime: Runtime, key: str) -> _Channel | None:
     """The live channel a keyed URL names, its secrets decrypted; cached per process by
     `runtime.channel_cache` until any number changes (weflux.services.channel_cache)."""
     async with runtime.db.session() as s:
+        # A reader: on SQLite no write lock, so lookups (an unknown key's, each a miss
+        # when the keys are random) never queue behind or hold up the writers.
+        await begin_read_only(s)
         named = await crossings.webhook_channel(s, key)
         account = None
         if named is not None:

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable
 from weflux.auth.passwords import verify_password
 from weflux.emails import normalize_email
 from weflux.errors import RateLimited
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimiter, per_ip
 
 KNOWN_IP_SECONDS = 30 * 86400
 ACCOUNT_IP = "login_account_ip"
@@ -47,7 +47,7 @@ THROTTLED_MESSAGE = "Too many attempts; try again later"
 
 
 def _pair(account: str, ip: str | None) -> str:
-    return f"{account}\n{ip or '-'}"
+    return f"{account}\n{per_ip(ip)}"
 
 
 class PasswordGuard:

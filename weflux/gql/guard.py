@@ -40,7 +40,7 @@ from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.policy import screen
 from weflux.throttle.leaky_bucket import Charge
-from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter
+from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter, per_ip
 
 # Strawberry validates with these two besides graphql-core's rules.
 _STRAWBERRY_RULES = (MaybeNullValidationRule, OneOfInputValidationRule)
@@ -59,9 +59,7 @@ async def hit_request_limits(
     limiter: RateLimiter, ip: str | None, principal: Principal
 ) -> RateLimitDecision:
     """Count one operation from `ip` against the per-IP and per-workspace request limits."""
-    for name, key in (("graphql_ip", ip), ("graphql_workspace", str(principal.org_id))):
-        if key is None:
-            continue
+    for name, key in (("graphql_ip", per_ip(ip)), ("graphql_workspace", str(principal.org_id))):
         decision = await limiter.hit(name, key)
         if not decision.allowed:
             return decision

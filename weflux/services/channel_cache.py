@@ -15,12 +15,20 @@ Limits, and what covers them:
   is dropped when it reconnects (messages may have been missed);
 - a write that does not go through the app's `Database` (SQL by hand, another tool)
   is not heard: entries also expire after `TTL_SECONDS`.
+
+Misses are remembered too, where the caller asks (`remember_miss`: a keyed URL that
+names no live channel), so a stream of posts to an unknown key reads the database once
+per key and `MISS_TTL_SECONDS`, not once per post. They are kept apart from the answers,
+least recently used first out past `MAX_MISSES` (random keys by the million cost a
+bounded memory and never push out a live channel), and evicted with them by any change:
+a channel connected in any process is served at once everywhere.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Any
 
@@ -37,6 +45,8 @@ log = logging.getLogger(__name__)
 CHANNEL = "weflux:whatsapp_accounts:changed"
 TTL_SECONDS = 60.0
 MAX_ENTRIES = 10_000
+MISS_TTL_SECONDS = 30.0
+MAX_MISSES = 10_000  # about 3 MB of 64-character keys
 # session.info: whether this transaction queued the Database's `channels_changed` already.
 _QUEUED_KEY = "weflux.channels_changed_queued"
 _ACCOUNTS = str(WhatsAppAccount.__tablename__)
@@ -45,11 +55,24 @@ _ACCOUNTS = str(WhatsAppAccount.__tablename__)
 class ChannelCache:
     """Answers about numbers, valid until any number changes (or `TTL_SECONDS` pass)."""
 
-    def __init__(self, broker: Broker, *, ttl: float = TTL_SECONDS) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        ttl: float = TTL_SECONDS,
+        miss_ttl: float = MISS_TTL_SECONDS,
+        max_misses: int = MAX_MISSES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.broker = broker
         self.ttl = ttl
+        self.miss_ttl = miss_ttl
+        self.max_misses = max_misses
+        self.clock = clock
         self.generation = 0
         self._entries: dict[Hashable, tuple[float, Any]] = {}
+        # key -> when its miss expires; least recently used first.
+        self._misses: OrderedDict[Hashable, float] = OrderedDict()
         self._unsubscribe: Unsubscribe | None = None
         self._forget_reconnect: Callable[[], None] | None = None
 
@@ -71,26 +94,54 @@ class ChannelCache:
         """Only while it hears about changes: started, and the broker connected."""
         return self._unsubscribe is not None and self.broker.connected
 
-    async def get_or_load(self, key: Hashable, load: Callable[[], Awaitable[Any]]) -> Any:
-        """The cached answer for `key`, else `load()`'s (cached unless None, or a change
-        happened while it loaded: then it may already be stale)."""
+    async def get_or_load(
+        self, key: Hashable, load: Callable[[], Awaitable[Any]], *, remember_miss: bool = False
+    ) -> Any:
+        """The cached answer for `key`, else `load()`'s, cached unless a change happened
+        while it loaded (it may be stale already). A None answer is cached only with
+        `remember_miss`, as a miss (`MISS_TTL_SECONDS`, at most `MAX_MISSES`)."""
         if not self.usable:
             return await load()
+        now = self.clock()
         entry = self._entries.get(key)
-        now = time.monotonic()
         if entry is not None and entry[0] > now:
             return entry[1]
+        if remember_miss and self._missed(key, now):
+            return None
         generation = self.generation
         value = await load()
-        if value is not None and generation == self.generation:
+        if generation != self.generation:
+            return value
+        if value is not None:
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[key] = (now + self.ttl, value)
+        elif remember_miss:
+            self._misses[key] = now + self.miss_ttl
+            self._misses.move_to_end(key)
+            if len(self._misses) > self.max_misses:
+                self._misses.popitem(last=False)
         return value
+
+    @property
+    def misses(self) -> int:
+        """How many misses are remembered (expired ones until they are asked for again)."""
+        return len(self._misses)
+
+    def _missed(self, key: Hashable, now: float) -> bool:
+        expires = self._misses.get(key)
+        if expires is None:
+            return False
+        if expires <= now:
+            del self._misses[key]
+            return False
+        self._misses.move_to_end(key)
+        return True
 
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
+        self._misses.clear()
 
     async def changed(self) -> None:
         """A write to whatsapp_accounts committed: evict here and in every process."""

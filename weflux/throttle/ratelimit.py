@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -55,6 +56,10 @@ ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"}
 REDIS_SOCKET_TIMEOUT = 0.5
 DECISION_TIMEOUT = 1.0
 STORAGE_WARNING_INTERVAL = 60.0
+# The key of the per-IP limits for a request whose client address is unknown (no socket
+# peer: an ASGI server on a Unix socket, unless `WEFLUX_TRUSTED_PROXIES` trusts it): such
+# requests share one counter per limit; they never escape the limit.
+NO_CLIENT_ADDRESS = "-"
 _PREFIX = re.compile(r"^[A-Za-z0-9:._-]{1,64}$")
 _PLAIN_KEY = re.compile(r"^[A-Za-z0-9:._-]{1,128}$")
 
@@ -89,6 +94,23 @@ def parse_limit(name: str, value: str) -> tuple[RateLimitItem, ...]:
         if item.amount < 1:
             raise ConfigError(f"{_variable(name)}: `{value}` must allow at least one request")
     return items
+
+
+def per_ip(ip: str | None) -> str:
+    """The key of a per-IP limit: the client address, or the counter shared by requests
+    without one (`NO_CLIENT_ADDRESS`; a warning says so once per process)."""
+    if ip is not None:
+        return ip
+    _warn_no_client_address()
+    return NO_CLIENT_ADDRESS
+
+
+@functools.cache
+def _warn_no_client_address() -> None:
+    log.warning(
+        "a request without a client address: the per-IP limits count all such requests "
+        "together; behind a proxy on a Unix socket, set WEFLUX_TRUSTED_PROXIES=unix"
+    )
 
 
 def storage_key(name: str, key: str) -> str:

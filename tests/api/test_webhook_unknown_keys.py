@@ -1,0 +1,223 @@
+"""Webhook URLs with an unknown key: the database is read once per key, not once per post.
+
+A keyed URL that names no live channel answers 404, and its miss is remembered beside the
+channel cache (weflux.services.channel_cache), until it expires or any number changes,
+in this process at once and in the others through the broker: a key that becomes valid
+(a number connected, a key changed) is served at once on every process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import select
+from starlette.applications import Starlette
+
+from tests.fixtures import webhooks as wh
+from tests.fixtures.app import client_of, counting, lifespan
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.settings import make_settings
+from weflux.app import create_app
+from weflux.config import Settings
+from weflux.crypto.fields import seal
+from weflux.crypto.keyring import KeyRing
+from weflux.db import Database
+from weflux.models import Organization, WhatsAppAccount, utcnow
+from weflux.realtime.broker import RedisBroker
+from weflux.runtime import runtime_of
+from weflux.services.channel_cache import CHANNEL
+
+SECRET = "unknown-key-test-app-secret-0123"
+NEW_KEY = "unknown-key-000000000000000000000001"
+OLD_KEY = "unknown-key-000000000000000000000002"
+
+
+@dataclass
+class Processes:
+    """`writer` changes numbers through its app's database; `reader` serves the webhooks.
+
+    On the in-process broker they are one process; on Redis two apps sharing it."""
+
+    writer: Starlette
+    reader: Starlette
+    client: httpx.AsyncClient
+    heard: asyncio.Event
+
+    async def change(self, write: Callable[[Database], Awaitable[None]]) -> None:
+        """`write` through the writer, then wait for the reader to hear of it."""
+        # CHANNEL is every process's, other tests' too, and names no number: reset just
+        # before the change, so another's message can only evict early.
+        self.heard.clear()
+        await write(runtime_of(self.writer).db)
+        async with asyncio.timeout(10):
+            await self.heard.wait()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def processes(
+    request: pytest.FixtureRequest, database_urls: DatabaseUrls, tmp_path: Path
+) -> AsyncIterator[Processes]:
+    extra: dict[str, Any] = {}
+    if request.param == "redis":
+        request.getfixturevalue("require_redis")
+        extra["redis_url"] = TEST_REDIS_URL
+    settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        **extra,
+    )
+    async with AsyncExitStack() as stack:
+        writer = create_app(settings)
+        manager = await stack.enter_async_context(lifespan(writer))
+        reader = writer
+        if request.param == "redis":
+            reader = create_app(settings)
+            manager = await stack.enter_async_context(lifespan(reader))
+        client = await stack.enter_async_context(client_of(manager.app))
+        heard = asyncio.Event()
+
+        async def probe(_message: dict[str, Any]) -> None:
+            heard.set()  # the cache's own handler runs in the same dispatch
+
+        for app in {writer, reader}:
+            broker = runtime_of(app).broker
+            if isinstance(broker, RedisBroker):  # the cache is bypassed until it connects
+                await broker.wait_connected(timeout=30)
+        stack.push_async_callback(await runtime_of(reader).broker.subscribe(CHANNEL, probe))
+        yield Processes(writer, reader, client, heard)
+
+
+def signed_body() -> tuple[bytes, dict[str, str]]:
+    body = wh.encode(
+        wh.webhook_body(
+            wh.messages_change(messages=[wh.text_message(body="hi")], contacts=[wh.contact()])
+        )
+    )
+    return body, {"X-Hub-Signature-256": wh.sign(body, SECRET)}
+
+
+async def post(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    body, headers = signed_body()
+    return await client.post(f"/webhooks/whatsapp/{key}", content=body, headers=headers)
+
+
+async def handshake(client: httpx.AsyncClient, key: str) -> httpx.Response:
+    params = {"hub.mode": "subscribe", "hub.verify_token": "guess", "hub.challenge": "c"}
+    return await client.get(f"/webhooks/whatsapp/{key}", params=params)
+
+
+def connect(
+    settings: Settings, org: Organization, key: str
+) -> Callable[[Database], Awaitable[None]]:
+    """A number connected with webhook key `key`, as `connectWhatsAppAccount` stores it."""
+
+    async def write(db: Database) -> None:
+        async with db.session(org.id) as session:
+            account = WhatsAppAccount(
+                org_id=org.id,
+                display_phone_number=wh.DISPLAY_PHONE_NUMBER,
+                phone_number_id=wh.PHONE_NUMBER_ID,
+                business_account_id=wh.WABA_ID,
+                webhook_key=key,
+                credentials_updated_at=utcnow(),
+                status="CONNECTED",
+            )
+            seal(KeyRing.from_settings(settings), account, "app_secret_enc", SECRET)
+            session.add(account)
+
+    return write
+
+
+def rekey(org: Organization, old: str, new: str) -> Callable[[Database], Awaitable[None]]:
+    """The number at `old` moved to `new` (a changed key: the old URL stops working)."""
+
+    async def write(db: Database) -> None:
+        async with db.session(org.id) as session:
+            query = select(WhatsAppAccount).where(WhatsAppAccount.webhook_key == old)
+            account = (await session.exec(query)).one()
+            account.webhook_key = new
+
+    return write
+
+
+async def repeated_reads(processes: Processes, ask: Callable[[], Awaitable[int]]) -> list[str]:
+    """The statements of three more asks for a key already asked for once, in a window
+    no other process's change interrupted (another test's can evict early: try again)."""
+    cache = runtime_of(processes.reader).channel_cache
+    for _ in range(5):
+        generation = cache.generation
+        assert await ask() == 404
+        with counting(processes.reader) as statements:
+            for _ in range(3):
+                assert await ask() == 404
+        if cache.generation == generation:
+            return statements
+    pytest.fail("other processes' channel changes kept evicting the cache")
+
+
+async def test_an_unknown_key_reads_the_database_once(processes: Processes) -> None:
+    """Given a key that names no channel,
+    when it is posted to again and again, and its handshake asked,
+    then the first post reads the database, the others and the handshake send no
+    statement, and every answer is the same 404."""
+    with counting(processes.reader) as first:
+        answer = await post(processes.client, NEW_KEY)
+    assert first, "the first post looks the key up"
+    assert "BEGIN IMMEDIATE" not in first, "as a reader: no write lock on SQLite"
+
+    async def ask() -> int:
+        return (await post(processes.client, NEW_KEY)).status_code
+
+    assert await repeated_reads(processes, ask) == []
+    again = await post(processes.client, NEW_KEY)
+    assert (
+        (again.status_code, again.text, again.headers.get("cache-control"))
+        == (
+            answer.status_code,
+            answer.text,
+            answer.headers.get("cache-control"),
+        )
+        == (404, "Not found", "no-store")
+    )
+
+    async def shake() -> int:
+        return (await handshake(processes.client, NEW_KEY)).status_code
+
+    assert await repeated_reads(processes, shake) == []
+
+
+async def test_a_key_connected_on_another_process_works_at_once(
+    processes: Processes, org: Organization
+) -> None:
+    """Given a key the reader has remembered as unknown,
+    when a number is connected with it through the writer (another process on Redis),
+    then the reader's next signed post to it is taken."""
+    settings = runtime_of(processes.writer).settings
+    assert (await post(processes.client, NEW_KEY)).status_code == 404
+    assert (await post(processes.client, NEW_KEY)).status_code == 404
+    await processes.change(connect(settings, org, NEW_KEY))
+    assert (await post(processes.client, NEW_KEY)).status_code == 200
+
+
+async def test_a_changed_key_moves_the_channel_at_once(
+    processes: Processes, org: Organization
+) -> None:
+    """Given a number served at its key, and a new key remembered as unknown,
+    when the number's key changes to the new one through the writer,
+    then the reader serves the new key and answers 404 for the old one at once."""
+    settings = runtime_of(processes.writer).settings
+    await processes.change(connect(settings, org, OLD_KEY))
+    assert (await post(processes.client, OLD_KEY)).status_code == 200
+    assert (await post(processes.client, NEW_KEY)).status_code == 404
+    await processes.change(rekey(org, OLD_KEY, NEW_KEY))
+    assert (await post(processes.client, NEW_KEY)).status_code == 200
+    assert (await post(processes.client, OLD_KEY)).status_code == 404
