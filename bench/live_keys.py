@@ -83,7 +83,8 @@ async def run(args: argparse.Namespace, workdir: Path) -> None:
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         held = len(keys)
-        assert keys.current and held == args.keys + 1, held
+        if not keys.current or held != args.keys + 1:
+            raise RuntimeError(f"{held} digests held, not current or not {args.keys + 1}")
         probes = [secrets.token_urlsafe(24) for _ in range(100_000)]
         began = time.perf_counter()
         refused = sum(not keys.may_be_live(key) for key in probes)

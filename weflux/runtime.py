@@ -33,8 +33,8 @@ from weflux.realtime.sockets import SocketRegistry
 from weflux.sandbox.channels import Sandbox
 from weflux.secops.detectors import Detectors
 from weflux.services.channel_cache import ChannelCache
-from weflux.services.live_keys import LiveKeys
 from weflux.services.channels import Services as ChannelServices
+from weflux.services.live_keys import LiveKeys
 from weflux.services.webhook_queue import WebhookIntake
 from weflux.throttle.ratelimit import RateLimiter
 from weflux.tls import TLS_MINIMUM
