@@ -355,3 +355,33 @@ async def test_a_key_written_outside_the_app_works_within_the_age_bound(
     monkeypatch.setattr(keys, "clock", lambda: later)
     assert not keys.current
     assert (await post(processes.client, NEW_KEY)).status_code == 200
+
+
+def disconnect(org: Organization, key: str) -> Callable[[Database], Awaitable[None]]:
+    """The number at `key` disconnected (its URL stops working)."""
+
+    async def write(db: Database) -> None:
+        async with db.session(org.id) as session:
+            query = select(WhatsAppAccount).where(WhatsAppAccount.webhook_key == key)
+            (await session.exec(query)).one().disconnected_at = utcnow()
+
+    return write
+
+
+async def test_a_removed_key_is_refused_at_once_with_live_keys_loaded(
+    processes: Processes, org: Organization
+) -> None:
+    """Given a number served at its key, and the reader's live keys loaded,
+    when the number is disconnected through the writer,
+    then its key is 404 at once, and without a read once the keys reload."""
+    settings = runtime_of(processes.writer).settings
+    await processes.change(connect(settings, org, OLD_KEY))
+    await live_keys(processes).load()
+    assert (await post(processes.client, OLD_KEY)).status_code == 200
+    await processes.change(disconnect(org, OLD_KEY))
+    assert (await post(processes.client, OLD_KEY)).status_code == 404
+
+    async def ask() -> None:
+        assert (await post(processes.client, OLD_KEY)).status_code == 404
+
+    assert await quiet(processes, ask) == []
