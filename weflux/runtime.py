@@ -34,6 +34,7 @@ from weflux.sandbox.channels import Sandbox
 from weflux.secops.detectors import Detectors
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.channels import Services as ChannelServices
+from weflux.services.live_keys import LiveKeys
 from weflux.services.webhook_queue import WebhookIntake
 from weflux.throttle.ratelimit import RateLimiter
 from weflux.tls import TLS_MINIMUM
@@ -93,6 +94,7 @@ class Runtime:
     sockets: SocketRegistry
     inbox_counts: CountsFeed
     channel_cache: ChannelCache
+    live_keys: LiveKeys
     webhook_intake: WebhookIntake
     media: MediaStore
     worker: Worker | None = None
@@ -162,6 +164,7 @@ class Runtime:
             sockets=sockets,
             inbox_counts=inbox_counts,
             channel_cache=channel_cache,
+            live_keys=LiveKeys(db, channel_cache),
             webhook_intake=WebhookIntake.for_pool(
                 db, broker, settings, channel_cache, settings.database_pool_size
             ),
@@ -197,6 +200,7 @@ class Runtime:
         """Close everything, whatever `start()` reached."""
         await self.inbox_counts.stop()
         await self.webhook_intake.stop()
+        await self.live_keys.stop()
         await self.channel_cache.stop()
         await self.hub.stop()
         await self.authenticator.stop()

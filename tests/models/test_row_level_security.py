@@ -6,6 +6,7 @@ that PostgreSQL itself refuses to show or write another workspace's rows.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -378,6 +379,8 @@ CROSSING_FUNCTIONS = {
     "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
     "weflux_due_webhook_events": "SETOF uuid",
     "weflux_invitation_by_token": "TABLE(org_id uuid, invitation_id uuid)",
+    # Digests of the live webhook keys, never the keys (migration 0035).
+    "weflux_live_webhook_key_digests": "bytea",
     # Within the transaction's own workspace: the search's trigram indexes (migration 0025).
     "weflux_matching_contacts": "SETOF uuid",
     "weflux_user_sessions": "TABLE(org_id uuid, session_id uuid)",
@@ -475,6 +478,25 @@ async def test_calling_the_functions_directly_reveals_only_their_answer(
     assert answers["weflux_due_webhook_events"][1] == [(theirs.event_id,)]
     assert [r[0] for r in answers["weflux_due_outbound_messages"][1]] == [org]
     assert answers["weflux_due_health_checks"][1] == [(org, account.id)]
+
+
+async def test_the_live_keys_crossing_answers_digests_never_keys(
+    db: Database, admin: Actor, theirs: Theirs
+) -> None:
+    """Given another workspace's live number,
+    when the app's role of this workspace asks for the live webhook keys' digests,
+    then it gets 8 bytes of SHA-256 of that key, never the key, and still reads no key
+    of the other workspace."""
+    key = theirs.account.webhook_key
+    async with db.session(admin.org_id) as session:
+        await sql(session, "CREATE TEMPORARY TABLE whatsapp_accounts (x int)")
+        blob = (await sql(session, "SELECT weflux_live_webhook_key_digests()")).scalar_one()
+        await sql(session, "DROP TABLE pg_temp.whatsapp_accounts")
+        keys = (await sql(session, "SELECT webhook_key FROM whatsapp_accounts")).scalars()
+        assert key not in keys.all()
+        assert await _visible_elsewhere(session, admin.org_id) == {}
+    assert bytes(blob) == hashlib.sha256(key.encode()).digest()[:8]
+    assert key.encode() not in bytes(blob)
 
 
 async def test_maintenance_refuses_a_role_held_by_row_level_security(

@@ -107,7 +107,8 @@ async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
     key = request.path_params.get("webhook_key")
     if key is None:
         return _Channel(None, _platform_secret(runtime), platform_token)
-    if len(key) > 64:
+    # A key longer than any, or whose digest no live key has: no read (services.live_keys).
+    if len(key) > 64 or not runtime.live_keys.may_be_live(key):
         return _text(404, "Not found")
     try:
         # An unknown key is remembered too: posts to it read the database once, not each.

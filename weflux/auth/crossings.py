@@ -14,6 +14,7 @@ exists and what an injected call of one could learn.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -137,6 +138,28 @@ async def webhook_channel(session: AsyncSession, webhook_key: str) -> Owned | No
         ),
     )
     return Owned(rows[0][0], rows[0][1]) if rows else None
+
+
+WEBHOOK_KEY_DIGEST_BYTES = 8
+
+
+def webhook_key_digest(webhook_key: str) -> bytes:
+    """A webhook key's digest as `live_webhook_key_digests` answers it: the first
+    `WEBHOOK_KEY_DIGEST_BYTES` of SHA-256 of its UTF-8 bytes."""
+    return hashlib.sha256(webhook_key.encode()).digest()[:WEBHOOK_KEY_DIGEST_BYTES]
+
+
+async def live_webhook_key_digests(session: AsyncSession) -> bytes:
+    """The digests of every live number's webhook key (`webhook_key_digest`), concatenated,
+    in no order: never the keys (weflux.services.live_keys)."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        call = text("SELECT weflux_live_webhook_key_digests()")
+        return bytes((await connection.execute(call)).scalar_one())
+    keys = await connection.execute(
+        select(WhatsAppAccount.webhook_key).where(_live(WhatsAppAccount))
+    )
+    return b"".join(webhook_key_digest(key) for key in keys.scalars())
 
 
 async def webhook_routes(

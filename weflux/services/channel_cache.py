@@ -21,7 +21,9 @@ names no live channel), so a stream of posts to an unknown key reads the databas
 per key and `MISS_TTL_SECONDS`, not once per post. They are kept apart from the answers,
 least recently used first out past `MAX_MISSES` (random keys by the million cost a
 bounded memory and never push out a live channel), and evicted with them by any change:
-a channel connected in any process is served at once everywhere.
+a channel connected in any process is served at once everywhere. A key whose digest no
+live key has is refused before any of this (weflux.services.live_keys), while those
+digests are current: this cache's generation is theirs.
 """
 
 from __future__ import annotations
