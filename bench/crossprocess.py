@@ -27,8 +27,8 @@ one connection per server), and every socket is read by the same client
 (`tests.fixtures.ws.GraphQLSocket`); the Redis floor has no HTTP client at all. To tell
 where the time goes, also: the POST's answer from A, and when A's `messageAdded` event
 (a floor's row id) passed through Redis (this process listens on those channels too).
-`--timeline DIR`: A's webhook step by step, wall and CPU, and its round trips
-(`bench.timeline`; A is then not profiled).
+`--timeline DIR`: A's webhook and B's event step by step, wall and CPU, and their round
+trips (`bench.timeline`; A and B are then not profiled).
 """
 
 from __future__ import annotations
@@ -131,8 +131,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Samples:
             port = free_port()
             # `--profile`: each weflux process under cProfile (DIR/a.prof, DIR/b.prof)
             run: tuple[str, ...] = ("-m",)
-            if args.timeline and name == "a":  # `--timeline`: A's steps to DIR/a.jsonl
-                run = ("-c", timeline.RUN.format(path=str(timeline_file(args))))
+            if args.timeline:  # `--timeline`: A's steps to DIR/a.jsonl, B's to DIR/b.jsonl
+                code = timeline.RUN if name == "a" else timeline.RUN_B
+                run = ("-c", code.format(path=str(timeline_file(args, name))))
             elif args.profile:
                 run = ("-c", PROFILED.format(path=f"{args.profile}/{name}.prof"))
             argv = [sys.executable, *run]
@@ -330,9 +331,9 @@ async def samples(
     return out
 
 
-def timeline_file(args: argparse.Namespace) -> Path:
-    """`--timeline DIR`'s file, new for this run."""
-    path = Path(args.timeline).resolve() / "a.jsonl"
+def timeline_file(args: argparse.Namespace, name: str) -> Path:
+    """`--timeline DIR`'s file for process `name`, new for this run."""
+    path = Path(args.timeline).resolve() / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     return path
@@ -351,7 +352,9 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     parser.add_argument("--profile", default=None, help="cProfile A and B to DIR/a.prof, b.prof")
     parser.add_argument(
-        "--timeline", default=None, help="A's webhook step by step (bench.timeline) to DIR/a.jsonl"
+        "--timeline",
+        default=None,
+        help="A's webhook and B's event step by step (bench.timeline) to DIR/a.jsonl, b.jsonl",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="weflux-crossprocess-"))
@@ -413,7 +416,9 @@ def main() -> None:
         f"bare floor {statistics.mean(out.bare):.2f})"
     )
     if args.timeline:
-        print(timeline.report(Path(args.timeline).resolve() / "a.jsonl", skip=args.warmup))
+        for name in ("a", "b"):
+            path = Path(args.timeline).resolve() / f"{name}.jsonl"
+            print(timeline.report(path, skip=args.warmup))
     if not met:
         sys.exit(1)
 

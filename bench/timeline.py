@@ -1,4 +1,5 @@
-"""Where process A's time goes on one webhook: `bench.crossprocess --timeline DIR`.
+"""Where process A's time goes on one webhook, and B's on its event: `bench.crossprocess
+--timeline DIR`.
 
 Process A runs under `RUN`: `install()` wraps, from outside (weflux's code is unchanged),
 the steps of the webhook's path and its drivers' round trips, and stamps each step's
@@ -10,6 +11,13 @@ steps, the median wall and CPU between consecutive stamps, the round trips per w
 each write of commands) and the median of each stage (`STAGES`). The wrappers cost a
 few microseconds per stamp (about 60 per webhook): compare runs with the option, not
 with runs without it.
+
+B runs under `RUN_B`: `install_b()` stamps the way of each `messageAdded` event from
+its Redis reply parsed to the frame written and the read's end (its ROLLBACK and
+check-in, after the frame), one JSON line per event to DIR/b.jsonl: the broker's
+dispatch, the shared load, the read's checkout, BEGIN and SELECT, the execution, the
+frame's write. B's stamps are not per task (the reader's and the subscriber's) but per
+event: the bench sends one at a time.
 
     .venv/bin/python -m bench.timeline DIR/a.jsonl [--skip 5]   # a kept file, again
 """
@@ -39,6 +47,7 @@ RUN = (
     "import bench.timeline; bench.timeline.install(); "
     "from weflux.cli import main; sys.argv = sys.argv[1:]; sys.exit(main())"
 )
+RUN_B = RUN.replace("install()", "install_b()")
 
 Stamp = tuple[str, int, int]  # (step, wall ns, thread CPU ns)
 _current: contextvars.ContextVar[list[Stamp] | None] = contextvars.ContextVar(
@@ -46,10 +55,12 @@ _current: contextvars.ContextVar[list[Stamp] | None] = contextvars.ContextVar(
 )
 _arrived: list[int] = [0, 0]  # when uvicorn last got bytes (wall, CPU)
 _done: list[list[Stamp]] = []
+# B's event in flight (its stamps come from the broker's reader and the subscriber's task).
+_event: list[list[Stamp] | None] = [None]
 
 
 def stamp(step: str) -> None:
-    steps = _current.get()
+    steps = _current.get() or _event[0]
     if steps is not None:
         steps.append((step, time.perf_counter_ns(), time.thread_time_ns()))
 
@@ -184,6 +195,66 @@ def install() -> None:
     atexit.register(_write)
 
 
+def install_b() -> None:
+    """Wrap the way of each `messageAdded` event in this process (B), before the app is
+    built: from its Redis reply parsed to the frame written and the read's end."""
+    import asyncpg.prepared_stmt
+    import redis.asyncio.connection
+    from sqlalchemy import event
+    from sqlalchemy.pool import Pool
+
+    from weflux import pg_driver
+    from weflux.gql import event_memo, fanout
+    from weflux.realtime import broker
+
+    parsed = [0, 0]  # when the reader's last reply was parsed (wall, CPU)
+    read = redis.asyncio.connection.AbstractConnection.read_response
+
+    async def read_response(self: Any, *args: Any, **kwargs: Any) -> Any:
+        reply = await read(self, *args, **kwargs)
+        parsed[0], parsed[1] = time.perf_counter_ns(), time.thread_time_ns()
+        return reply
+
+    redis.asyncio.connection.AbstractConnection.read_response = read_response  # type: ignore[method-assign]
+    dispatch = broker.Broker._dispatch
+
+    async def dispatched(self: Any, channel: str, message: dict[str, Any]) -> None:
+        if message.get("event") != "messageAdded":
+            stamp("other event>")
+            await dispatch(self, channel, message)
+            stamp("other event<")
+            return
+        _event[0] = [("reply parsed", parsed[0], parsed[1])]
+        stamp("dispatch>")
+        await dispatch(self, channel, message)
+        stamp("dispatch<")
+
+    broker.Broker._dispatch = dispatched  # type: ignore[method-assign]
+    _wrap(event_memo.SharedEvent, "load", "shared load")
+    _wrap(pg_driver.ReadTransaction, "begin", "read begin")
+    _wrap(pg_driver.ScopedBeginConnection, "begin_now", "pg BEGIN")
+    _wrap(pg_driver.ReadTransaction, "fetch", "read fetch")
+    _wrap(asyncpg.prepared_stmt.PreparedStatement, "fetch", "pg statement")
+    _wrap(event_memo.SharedEventExecutionContext, "execute_operation", "execute")
+    _wrap(fanout.Sink, "write", "frame")
+    end = pg_driver.ReadTransaction.end
+
+    async def ended(self: Any) -> None:
+        stamp("read end>")
+        await end(self)
+        stamp("read end<")
+        steps, _event[0] = _event[0], None
+        if steps is not None:
+            _done.append(steps)
+            if len(_done) >= 20:
+                _write()
+
+    pg_driver.ReadTransaction.end = ended  # type: ignore[method-assign]
+    event.listen(Pool, "checkout", lambda *_: stamp("pool checkout"))
+    event.listen(Pool, "checkin", lambda *_: stamp("pool checkin"))
+    atexit.register(_write)
+
+
 def _write() -> None:
     path = os.environ.get("BENCH_TIMELINE_OUT")
     if not path or not _done:
@@ -220,16 +291,35 @@ STAGES = (
 )
 
 
+# B's stages: from the event's Redis reply parsed to its frame written, then the read's end.
+STAGES_B = (
+    ("reader: dispatch to the hub", "reply parsed", "dispatch<", None),
+    ("subscriber woken, to its shared load", "dispatch<", "shared load>", None),
+    ("the read: checkout, BEGIN with the scope", "shared load>", "read begin<", None),
+    ("  of which BEGIN's round trip", "pg BEGIN>", "pg BEGIN<", None),
+    ("the read: the SELECT", "read begin<", "read fetch<", None),
+    ("  of which its round trip", "pg statement>", "pg statement<", None),
+    ("the row made, load returned", "read fetch<", "shared load<", None),
+    ("to the execution's end", "shared load<", "execute<", None),
+    ("to the frame written", "execute<", "frame<", None),
+    ("reply parsed -> frame written", "reply parsed", "frame<", None),
+    ("after the frame: ROLLBACK, check-in", "frame<", "read end<", None),
+    ("total", "reply parsed", "read end<", None),
+)
+
+
 def _stage(shape: tuple[str, ...], first: str, last: str, after: str | None) -> tuple[int, int]:
     """The stamps' indexes where a stage begins and ends in `shape`; ValueError if absent."""
     start = shape.index(first, shape.index(after) if after else 0)
     return start, shape.index(last, start + 1)
 
 
-def stages(shape: tuple[str, ...], same: list[list[Stamp]]) -> list[str]:
+def stages(
+    shape: tuple[str, ...], same: list[list[Stamp]], table: tuple[Any, ...] = STAGES
+) -> list[str]:
     """Median wall and CPU (ms) of each stage (`STAGES`) the sequence has."""
     lines = [f"{'stage (median of each)':<56}{'wall':>8}{'CPU':>8}"]
-    for label, first, last, after in STAGES:
+    for label, first, last, after in table:
         try:
             start, end = _stage(shape, first, last, after)
         except ValueError:
@@ -250,9 +340,10 @@ def report(path: Path, skip: int = 0) -> str:
     shapes = Counter(tuple(step for step, _, _ in w) for w in webhooks)
     shape, count = shapes.most_common(1)[0]
     same = [w for w in webhooks if tuple(step for step, _, _ in w) == shape]
+    side_b = shape[0] == "reply parsed"
     lines = [
-        f"process A, one webhook step by step: {count} of {len(webhooks)} webhooks took "
-        "this sequence; median ms between consecutive stamps",
+        f"process {'B, one event' if side_b else 'A, one webhook'} step by step: {count} of "
+        f"{len(webhooks)} took this sequence; median ms between consecutive stamps",
         f"{'':>3} {'from':<38}{'to':<38}{'wall':>8}{'CPU':>8}",
     ]
     wall_sum = cpu_sum = waited = 0.0
@@ -268,11 +359,10 @@ def report(path: Path, skip: int = 0) -> str:
     trips = Counter(step for step in shape if step in ROUND_TRIPS)
     lines += [
         f"sum of the medians: wall {wall_sum:.2f}, CPU {cpu_sum:.2f} (of which waiting in "
-        f"round trips {waited:.2f}); median of the totals (bytes in -> done): wall "
-        f"{total_wall:.2f}, CPU {total_cpu:.2f}",
-        "round trips per webhook: "
-        + ", ".join(f"{step.rstrip('>')} {n}" for step, n in sorted(trips.items())),
-        *stages(shape, same),
+        f"round trips {waited:.2f}); median of the totals ({shape[0]} -> {shape[-1]}): "
+        f"wall {total_wall:.2f}, CPU {total_cpu:.2f}",
+        "round trips: " + ", ".join(f"{step.rstrip('>')} {n}" for step, n in sorted(trips.items())),
+        *stages(shape, same, STAGES_B if side_b else STAGES),
     ]
     return "\n".join(lines)
 

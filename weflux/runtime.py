@@ -48,9 +48,13 @@ if TYPE_CHECKING:
     from weflux.gql.event_memo import EventMemo
 
 
-def create_redis(url: str) -> Redis:
+def create_redis(url: str, *, socket_timeout: float | None = 5.0) -> Redis:
     """A client of `WEFLUX_REDIS_URL`; `rediss://` verifies the server and needs TLS 1.2+
-    (its CA from the system, or `?ssl_ca_certs=/path/ca.pem` in the URL)."""
+    (its CA from the system, or `?ssl_ca_certs=/path/ca.pem` in the URL).
+
+    `socket_timeout=None` only for a client whose every call its user bounds itself (the
+    broker's publisher, `RedisBroker`): without one a stalled Redis holds a call forever.
+    """
     # Imported here, not at the top: redis-py costs every process a second to import,
     # and only a deployment with WEFLUX_REDIS_URL needs it (docs/development.md).
     from redis.asyncio import Redis
@@ -64,10 +68,16 @@ def create_redis(url: str) -> Redis:
         url,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=3),
         socket_connect_timeout=2.0,
-        socket_timeout=5.0,
+        socket_timeout=socket_timeout,
         health_check_interval=30,
         **tls,
     )
+
+
+def create_redis_broker(url: str, redis: Redis) -> RedisBroker:
+    """The broker of a process with `WEFLUX_REDIS_URL`: its subscriptions on `redis`, its
+    publishes on a client of their own, each bounded by the broker (see `RedisBroker`)."""
+    return RedisBroker(redis, publisher=create_redis(url, socket_timeout=None))
 
 
 @dataclass(eq=False)
@@ -119,7 +129,11 @@ class Runtime:
             statement_timeout=settings.database_statement_timeout,
         )
         redis = create_redis(settings.redis_url) if settings.redis_url else None
-        broker: Broker = RedisBroker(redis) if redis is not None else InProcessBroker()
+        broker: Broker = (
+            create_redis_broker(settings.redis_url, redis)
+            if redis is not None and settings.redis_url
+            else InProcessBroker()
+        )
         keyring = KeyRing.from_settings(settings)
         cloud_api = CloudApiClient.from_settings(settings)
         # Sandbox channels (the demo number) are answered here; production has none.

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,7 +15,7 @@ from sqlalchemy.engine import make_url
 from tests.fixtures.services import TEST_REDIS_URL, eventually
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.realtime.broker import Broker, Handler, InProcessBroker, Message, RedisBroker
-from weflux.runtime import create_redis
+from weflux.runtime import create_redis, create_redis_broker
 
 
 @contextlib.asynccontextmanager
@@ -23,7 +24,7 @@ async def _two_processes() -> AsyncIterator[tuple[tuple[RedisBroker, Redis], ...
     pairs = []
     for _ in range(2):
         redis = create_redis(TEST_REDIS_URL)
-        pairs.append((RedisBroker(redis), redis))
+        pairs.append((create_redis_broker(TEST_REDIS_URL, redis), redis))
     try:
         for broker, _redis in pairs:
             await broker.start()
@@ -43,7 +44,7 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
         return
     request.getfixturevalue("require_redis")
     redis = create_redis(TEST_REDIS_URL)
-    instance = RedisBroker(redis)
+    instance = create_redis_broker(TEST_REDIS_URL, redis)
     await instance.start()
     await instance.wait_connected()
     yield instance
@@ -174,6 +175,43 @@ async def test_a_redis_publisher_without_listeners_does_not_hear_its_own_events(
         await a.publish(channel, {"n": 4})
         await eventually(lambda: heard == [{"n": 4}] and received[-1] == {"n": 4})
         assert heard_by_a == [channel]
+
+
+async def test_a_publish_leaves_from_the_publishing_task(require_redis: None) -> None:
+    """Given a process's Redis broker, when a transaction's events are published, then they
+    are written to Redis by the publishing task itself, no task created on the way: with a
+    socket timeout redis-py bounds each write with `asyncio.wait_for`, which on Python
+    3.11 runs it in a task of its own (a task and a turn of the event loop more before
+    each event leaves; issue 11, goal 4). The broker bounds each publish itself."""
+    async with _two_processes() as ((a, _), (b, _)):
+        channel = _channel()
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await b.subscribe(channel, handler)
+        await a.publish_many([(channel, {"n": 0})])  # the publisher's connection is open
+        loop = asyncio.get_running_loop()
+        factory = loop.get_task_factory()
+        created: list[object] = []
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
+            created.append(coro)
+            return (
+                factory(loop, coro, **kwargs)
+                if factory
+                else asyncio.Task(coro, loop=loop, **kwargs)
+            )
+
+        loop.set_task_factory(counting)
+        try:
+            await a.publish_many([(channel, {"n": 1}), (channel, {"n": 2})])
+            await a.publish(channel, {"n": 3})
+        finally:
+            loop.set_task_factory(factory)
+        assert created == []
+        await eventually(lambda: received == [{"n": n} for n in range(4)])
 
 
 async def test_redis_broker_reconnects_resubscribes_and_reports_it(require_redis: None) -> None:

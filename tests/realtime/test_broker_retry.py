@@ -182,3 +182,49 @@ async def _publisher_behind_a_proxy(
             await broker.stop()
             await redis.aclose()
         await proxy.close()
+
+
+async def test_a_publish_redis_never_answers_gives_up_in_time_and_its_events_are_kept(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a broker whose publisher has no socket timeout (`create_redis_broker`: the
+    broker bounds each publish itself), when Redis takes a publish and never answers (a
+    stalled server), then the publish gives up after `PUBLISH_TIMEOUT`, its event kept, and
+    the event goes out once Redis answers again."""
+    monkeypatch.setattr(broker_module, "PUBLISH_TIMEOUT", 0.5)
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    redis = create_redis(TEST_REDIS_URL)
+    publisher = RedisBroker(
+        redis,
+        publisher=create_redis(
+            f"redis://127.0.0.1:{proxy.port}/{url.database or 0}", socket_timeout=None
+        ),
+        backoff_base=0.05,
+        backoff_cap=0.2,
+    )
+    listener_redis = create_redis(TEST_REDIS_URL)
+    listener = RedisBroker(listener_redis)
+    try:
+        await publisher.start()
+        await listener.start()
+        await publisher.wait_connected()
+        await listener.wait_connected()
+        channel = f"test:{uuid.uuid4().hex}"
+        received: list[Message] = []
+
+        async def handler(message: Message) -> None:
+            received.append(message)
+
+        await listener.subscribe(channel, handler)
+        await proxy.deafen()
+        async with asyncio.timeout(3):  # not the 5 s of a socket timeout, nor forever
+            await publisher.publish(channel, {"n": 1})
+        await proxy.restore()
+        await eventually(lambda: received == [{"n": 1}], seconds=10)
+    finally:
+        for broker, client in ((publisher, redis), (listener, listener_redis)):
+            await broker.stop()
+            await client.aclose()
+        await proxy.close()
