@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from weflux.errors import BadUserInput, PayloadTooLarge, UnsupportedMediaType, WefluxError
+from weflux.nul import NUL_MESSAGE, holds_nul
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,6 +48,14 @@ async def read_json(request: Request, max_bytes: int) -> Any:
 
 def parse(model: type[M], data: Any) -> M:
     """Validate `data` against `model`, or 422 with one entry per offending field."""
+    if isinstance(data, dict):
+        nul = [
+            {"field": str(key), "message": NUL_MESSAGE}
+            for key, value in data.items()
+            if holds_nul(value)
+        ]
+        if nul:
+            raise BadUserInput("The request is not valid", details=nul)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
