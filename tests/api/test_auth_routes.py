@@ -932,3 +932,16 @@ async def test_text_holding_nul_is_422_on_both_engines_not_a_500(
     # Then it is the client's fault, named by field, whatever the engine
     error = assert_error(response, 422, "VALIDATION_FAILED")
     assert fields_of(error) == {field}, error
+
+
+@sqlite_only
+async def test_a_body_nested_past_the_json_parsers_stack_is_400_not_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    # When a hostile client sends JSON nested 5,000 deep (under the size cap)
+    body = "[" * 5000 + "]" * 5000
+    response = await client.post(
+        "/auth/login", content=body, headers={"content-type": "application/json"}
+    )
+    # Then it is malformed JSON, as any other
+    assert_error(response, 400, "BAD_REQUEST")

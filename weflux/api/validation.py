@@ -42,7 +42,7 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     body = await read_body(request, max_bytes)
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the stack
         raise WefluxError("The body is not valid JSON") from None
 
 
