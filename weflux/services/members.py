@@ -380,15 +380,15 @@ async def accept_invitation(
         if account is not None:
             # Read through the new membership (PostgreSQL's row-level security shows a
             # user to a workspace they belong to); a refusal rolls the membership back.
-            user = await session.get(User, account.user_id, populate_existing=True)
-            if user is None:
+            joining = await session.get(User, account.user_id, populate_existing=True)
+            if joining is None:
                 raise invalid
-            if two_factor.enabled(user):
+            if two_factor.enabled(joining):
                 if not code:
                     raise MfaRequired(
                         "A code from the authenticator app is required to join", mfa_token=None
                     )
-                await two_factor.check_totp(session, guard, keyring, user, meta.ip, code)
+                await two_factor.check_totp(session, guard, keyring, joining, meta.ip, code)
         claimed = (
             await session.exec(
                 update(Invitation)
