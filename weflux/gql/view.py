@@ -210,6 +210,7 @@ class GraphQLApp(GraphQL[Context, None]):
             self.ide
             and request.method == "GET"
             and "text/html" in request.headers.get("accept", "")
+            and "query" not in request.query_params  # an operation: refused below
         ):
             await super().__call__(scope, receive, send)  # the IDE page itself carries no data
             return
