@@ -10,12 +10,17 @@ from typing import Any
 import httpx
 import pytest
 import websockets
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from websockets.exceptions import InvalidStatus
 
 from tests.fixtures.api import token_for
 from tests.fixtures.factories import Actor
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.ws import GraphQLSocket
+from weflux.gql.errors import MASKED_MESSAGE
 from weflux.logs import RequestIdFilter
 
 pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # routing, not storage
@@ -94,3 +99,41 @@ async def test_a_socket_on_another_path_is_still_refused(live: str) -> None:
     with pytest.raises(InvalidStatus) as refused:
         await websockets.connect(live.replace("http://", "ws://") + "/healthz")
     assert refused.value.response.status_code == 403
+
+
+async def _fails(request: Request) -> Response:
+    raise RuntimeError("a fault of ours")
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/auth/boom", {"error": {"code": "INTERNAL_SERVER_ERROR", "message": MASKED_MESSAGE}}),
+        (
+            "/graphql",
+            {
+                "errors": [
+                    {"message": MASKED_MESSAGE, "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+                ]
+            },
+        ),
+    ],
+)
+async def test_an_unexpected_failure_is_a_500_in_the_routes_error_shape(
+    app: Starlette, path: str, expected: dict[str, Any]
+) -> None:
+    """Given a route that fails unexpectedly, then the answer is 500 in the API's error
+    shape (GraphQL's on /graphql), without a detail, never cached; the webhooks', which
+    only Meta's servers read, stays plain text."""
+    app.router.routes.insert(0, Route(path, _fails, methods=["POST"]))
+    app.router.routes.insert(0, Route("/webhooks/boom", _fails, methods=["POST"]))
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.post(path)
+        webhook = await client.post("/webhooks/boom")
+    assert response.status_code == 500
+    assert response.json() == expected
+    assert response.headers["cache-control"] == "no-store"
+    assert "a fault of ours" not in response.text
+    assert webhook.status_code == 500
+    assert webhook.headers["content-type"].startswith("text/plain")

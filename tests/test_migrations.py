@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,26 @@ async def test_migrate_creates_the_directory_of_a_new_sqlite_file(tmp_path: Path
     path = tmp_path / "fresh" / "state" / "weflux.db"
     await migrate(f"sqlite+aiosqlite:///{path}")
     assert path.is_file()
+
+
+async def test_a_new_sqlite_file_is_readable_by_its_owner_alone(tmp_path: Path) -> None:
+    """Given no database yet, when migrations and the app's engine create it, then it is
+    mode 0600, as its write-ahead log: it holds every message and contact in clear (under
+    a umask of 022 SQLite makes them 0644). An existing file keeps its mode."""
+    path = tmp_path / "weflux.db"
+    await migrate(f"sqlite+aiosqlite:///{path}")
+    database = Database(f"sqlite+aiosqlite:///{path}")
+    try:
+        async with database.session() as session:
+            await session.exec(select(User))
+            assert stat.S_IMODE((tmp_path / "weflux.db-wal").stat().st_mode) == 0o600
+    finally:
+        await database.dispose()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    kept = tmp_path / "kept.db"
+    kept.touch(mode=0o640)
+    await migrate(f"sqlite+aiosqlite:///{kept}")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
 
 
 async def test_stored_emails_are_rewritten_to_one_form_per_mailbox(

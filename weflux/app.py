@@ -11,7 +11,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -33,6 +33,7 @@ from weflux.client_ip import parse_trusted_proxies
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.errors import ErrorCode, error_response
+from weflux.gql.errors import MASKED_MESSAGE
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
 from weflux.logs import guard_library_logs, request_id_var
@@ -108,6 +109,7 @@ class WefluxApp(Starlette):
 
 
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}
+_NO_STORE = {"Cache-Control": "no-store"}
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -116,6 +118,18 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     code = _HTTP_CODES.get(exc.status_code, ErrorCode.BAD_REQUEST)
     headers = dict(exc.headers or {}) | {"Cache-Control": "no-store"}
     return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """An unexpected failure: 500 with no detail, in the route's own error shape
+    (Starlette's error middleware still re-raises it, so it is logged with its trace)."""
+    if request.url.path.startswith("/webhooks/"):
+        # Meta's servers read the status only; the webhook routes answer plain text.
+        return PlainTextResponse("Internal server error", status_code=500)
+    if request.url.path == "/graphql":
+        error = {"message": MASKED_MESSAGE, "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR}}
+        return JSONResponse({"errors": [error]}, status_code=500, headers=_NO_STORE)
+    return error_response(500, ErrorCode.INTERNAL_SERVER_ERROR, MASKED_MESSAGE, headers=_NO_STORE)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
@@ -164,7 +178,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         routes += sandbox_page.routes  # unauthenticated dev tools; 404 without a sandbox
     return WefluxApp(
         routes=routes,
-        exception_handlers={HTTPException: _http_error},
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
         middleware=[cors_middleware(settings.origins, settings.cors_allow_headers)],
         lifespan=lifespan,
         hsts=settings.is_production,

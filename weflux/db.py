@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import sqlite3
 import time
 import uuid
@@ -242,17 +243,25 @@ class RoleCheck:
         return not (self.superuser or self.bypass_rls or self.owns_tables)
 
 
-def make_sqlite_directory(url: URL) -> None:
-    """Create the directory of a SQLite file (a fresh WEFLUX_VAR_DIR, say); SQLite won't."""
-    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+def prepare_sqlite_file(url: URL) -> None:
+    """Create the directory of a SQLite file (a fresh WEFLUX_VAR_DIR, say), which SQLite
+    won't, and the file itself readable by its owner alone (mode 0600), as SQLite would
+    not: it holds every message and contact in clear, and SQLite gives its `-wal` and
+    `-shm` files the database's mode. An existing file keeps its mode."""
+    name = url.database
+    if url.get_backend_name() == "sqlite" and name and name != ":memory:":
+        path = Path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if not name.startswith("file:"):  # a URI names the file otherwise
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 _BEGIN_INLINE = {INLINE: True}
 
 
 def _sqlite_engine(url: URL, **kwargs: Any) -> AsyncEngine:
-    make_sqlite_directory(url)
+    prepare_sqlite_file(url)
     # One hand-off to aiosqlite's thread per statement, none for a statement marked
     # `weflux_inline` in a transaction holding the write lock (weflux.sqlite_driver).
     engine = create_async_engine(url, module=one_hop_dbapi(), **kwargs)

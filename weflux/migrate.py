@@ -16,7 +16,7 @@ from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from weflux.db import make_sqlite_directory
+from weflux.db import prepare_sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ async def migrate(
     """
     owner = make_url(migration_url)
     app_role = make_url(app_url).username if app_url else None
-    make_sqlite_directory(owner)
+    prepare_sqlite_file(owner)
     engine = create_async_engine(owner, poolclass=NullPool)
     try:
         async with engine.connect() as connection:

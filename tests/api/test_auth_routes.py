@@ -912,3 +912,36 @@ async def test_every_auth_answer_is_no_store(
     assert {name: r.headers.get("cache-control") for name, r in responses.items()} == {
         name: "no-store" for name in responses
     }
+
+
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/auth/login", {"email": "admin\u0000@acme.example", "password": "x"}, "email"),
+        ("/auth/login", {"email": "a@acme.example", "password": "x\u0000"}, "password"),
+        ("/auth/signup", signup_body(organizationName="Acme\u0000"), "organizationName"),
+        ("/auth/refresh", {"refreshToken": "a\u0000"}, "refreshToken"),
+    ],
+)
+async def test_text_holding_nul_is_422_on_both_engines_not_a_500(
+    client: httpx.AsyncClient, route: str, body: dict[str, Any], field: str
+) -> None:
+    """PostgreSQL cannot take U+0000 in a text parameter: refused before any statement."""
+    # When a careless client sends a NUL character in a field
+    response = await client.post(route, json=body)
+    # Then it is the client's fault, named by field, whatever the engine
+    error = assert_error(response, 422, "VALIDATION_FAILED")
+    assert fields_of(error) == {field}, error
+
+
+@sqlite_only
+async def test_a_body_nested_past_the_json_parsers_stack_is_400_not_a_500(
+    client: httpx.AsyncClient,
+) -> None:
+    # When a hostile client sends JSON nested 5,000 deep (under the size cap)
+    body = "[" * 5000 + "]" * 5000
+    response = await client.post(
+        "/auth/login", content=body, headers={"content-type": "application/json"}
+    )
+    # Then it is malformed JSON, as any other
+    assert_error(response, 400, "BAD_REQUEST")

@@ -244,6 +244,10 @@ async def test_cors_preflight_from_another_origin_is_not_allowed() -> None:
             )
             assert "access-control-allow-origin" not in response.headers
             assert response.status_code == 400
+            # in the API's error shape, not Starlette's plain text
+            assert response.json() == {
+                "error": {"code": "BAD_REQUEST", "message": "Disallowed CORS origin"}
+            }
 
 
 async def test_cors_preflight_asking_for_another_header_is_refused() -> None:
@@ -257,6 +261,10 @@ async def test_cors_preflight_asking_for_another_header_is_refused() -> None:
             },
         )
     assert response.status_code == 400
+    assert response.json()["error"] == {
+        "code": "BAD_REQUEST",
+        "message": "Disallowed CORS headers",
+    }
 
 
 async def test_cors_simple_request_exposes_headers() -> None:

@@ -2,7 +2,7 @@
 
 A new session, apart from the source; never freshly authenticated; the user's second
 factor asked as at login, whatever the source session proved (one opened by accepting an
-invitation with the password alone included).
+invitation included).
 """
 
 from __future__ import annotations
@@ -170,10 +170,11 @@ async def test_two_factors_are_asked_even_from_a_session_opened_by_an_invitation
     admin: Actor,
     other_admin: Actor,
 ) -> None:
-    """Given a user with two factors in Acme who accepts an invitation to Globex with the
-    password alone, when that session switches back to Acme, then MFA_REQUIRED without
-    a code, INVALID_MFA_CODE with a wrong one, and a right code opens a session that
-    still is not freshly authenticated (sensitive operations ask again)."""
+    """Given a user with two factors in Acme who accepts an invitation to Globex (with a
+    code: a session opened so proved it once), when that session switches back to Acme,
+    then MFA_REQUIRED without a code, INVALID_MFA_CODE with a wrong one, and a right code
+    opens a session that still is not freshly authenticated (sensitive operations ask
+    again)."""
     phone = await enroll(client, await token_for(client, admin))
     invited = await gql(
         client,
@@ -187,6 +188,7 @@ async def test_two_factors_are_asked_even_from_a_session_opened_by_an_invitation
             "token": invited.json()["data"]["inviteMember"]["token"],
             "name": "Twice",
             "password": PASSWORD,
+            "code": phone.code(),
         },
     )
     assert accepted.status_code == 200, accepted.text

@@ -27,6 +27,8 @@ from weflux.runtime import runtime_of
 from weflux.services.audit import Action
 
 VIEWER = "{ viewer { user { email twoFactorEnabled } } }"
+INVITE = """mutation ($input: InviteMemberInput!) {
+  inviteMember(input: $input) { token } }"""
 
 
 @pytest.fixture
@@ -334,3 +336,41 @@ async def test_a_password_change_ends_a_login_half_done_with_the_old_password(
 
     assert late.status_code == 401, late.json()
     assert late.json()["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_joining_by_invitation_asks_an_account_with_two_factors_for_a_code(
+    client: httpx.AsyncClient, agent: Actor, other_admin: Actor, phone: AuthenticatorApp
+) -> None:
+    """Given an account with two factors, and an attacker who knows only its password and
+    invites it to a workspace of their own (the mutation answers the token),
+    when the attacker accepts the invitation with the password alone,
+    then MFA_REQUIRED (no mfaToken: send again with `code`) and nothing is joined, so the
+    attacker, Admin there, cannot `resetMemberTwoFactor` the account; a wrong code is
+    INVALID_MFA_CODE; the owner's right code joins."""
+    attacker = await token_for(client, other_admin)
+    invited = await gql(
+        client,
+        attacker,
+        INVITE,
+        {"input": {"email": agent.user.email, "name": "Victim", "role": "AGENT"}},
+    )
+    body = {
+        "token": invited.json()["data"]["inviteMember"]["token"],
+        "name": "Victim",
+        "password": PASSWORD,
+    }
+
+    bare = await client.post("/auth/invitations/accept", json=body)
+    wrong = await client.post("/auth/invitations/accept", json={**body, "code": wrong_code(phone)})
+    members = await gql(client, attacker, "{ members { user { email } } }")
+
+    assert bare.status_code == 401, bare.text
+    assert bare.json() == {
+        "error": {"code": "MFA_REQUIRED", "message": bare.json()["error"]["message"]}
+    }
+    assert wrong.status_code == 401
+    assert wrong.json()["error"]["code"] == "INVALID_MFA_CODE"
+    emails = [member["user"]["email"] for member in members.json()["data"]["members"]]
+    assert agent.user.email not in emails
+    right = await client.post("/auth/invitations/accept", json={**body, "code": phone.code()})
+    assert right.status_code == 200, right.text

@@ -206,3 +206,40 @@ async def test_no_suggestion_is_given_with_introspection_off(
     assert set(error_codes(response)) <= {"GRAPHQL_VALIDATION_FAILED", "BAD_USER_INPUT"}
     assert "Did you mean" not in response.text
     assert secret not in response.text
+
+
+NUL_CASES = {
+    "literal": ('{ contacts(search: "a\\u0000b") { edges { cursor } } }', None),
+    "variable": (
+        "query($s: String) { conversations(search: $s) { edges { cursor } } }",
+        {"s": "a\u0000b"},
+    ),
+    "input field": (
+        "mutation($input: CreateLabelInput!) { createLabel(input: $input) { id } }",
+        {"input": {"name": "a\u0000", "color": "#aabbcc"}},
+    ),
+    "list item": (
+        "mutation($input: SetConversationLabelsInput!) {"
+        " setConversationLabels(input: $input) { id } }",
+        {"input": {"conversationId": "x", "labelIds": ["\u0000"]}},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(NUL_CASES))
+async def test_text_holding_nul_is_bad_user_input_on_both_engines(
+    client: httpx.AsyncClient, admin: Actor, caplog: pytest.LogCaptureFixture, case: str
+) -> None:
+    """PostgreSQL cannot take U+0000 in a text parameter; SQLite cuts a pattern at it."""
+    document, variables = NUL_CASES[case]
+    token = await token_for(client, admin)
+    # When a client sends a NUL character in a literal or a variable
+    with no_error_logs(caplog):
+        response = await gql(client, token, document, variables)
+    # Then it is refused as the client's fault before anything runs, on either engine
+    assert response.status_code == 200
+    assert response.json()["data"] is None
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    assert "U+0000" in response.json()["errors"][0]["message"]
+    labels = await gql(client, token, "{ labels { id } }")
+    assert labels.json()["data"] == {"labels": []}

@@ -642,6 +642,30 @@ async def test_a_frame_of_the_wrong_shape_closes_the_socket_4400(
 
 
 @sqlite_only
+async def test_a_frame_nested_past_the_json_parsers_stack_closes_the_socket_4400(
+    live: LiveServer, admin: Actor
+) -> None:
+    """Given an acknowledged socket, when a frame nests arrays 5,000 deep (valid JSON the
+    parser cannot follow), then the socket closes 4400 like any malformed frame, not
+    dropped without a close frame by an exception."""
+    token = (await tokens_for(live.http, admin))["accessToken"]
+    async with connect(live.ws_url, subprotocols=[TRANSPORT_WS]) as ws:
+        reply = await _init(ws, {"authorization": f"Bearer {token}"})
+        assert isinstance(reply, dict)
+        assert reply["type"] == "connection_ack"
+        deep = "[" * 5000 + "]" * 5000
+        await ws.send(
+            '{"id": "1", "type": "subscribe", "payload": {"query": "{ viewer { id } }",'
+            f' "variables": {{"a": {deep}}}}}}}'
+        )
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(5):
+                await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 4400
+
+
+@sqlite_only
 async def test_the_legacy_graphql_ws_subprotocol_is_not_accepted(
     live: LiveServer, admin: Actor
 ) -> None:

@@ -226,3 +226,22 @@ async def test_the_sandbox_lists_demo_templates_and_a_conversation_can_start_wit
     assert [d["field"] for d in error["extensions"]["details"]] == ["bodyParameters"]
     started = await gql(http, agent, START, {"input": {**start, "bodyParameters": ["Ada", "#7"]}})
     assert started.json()["data"]["startConversation"]["lastMessage"]["status"] == "QUEUED"
+
+
+UPDATE_CREDENTIALS = """mutation($input: UpdateWhatsAppCredentialsInput!) {
+  updateWhatsAppCredentials(input: $input) { status credentialsUpdatedAt } }"""
+
+
+async def test_a_sandbox_channels_new_access_token_is_checked_by_the_sandbox_not_meta(
+    live: str, http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    """Given the demo's sandbox channel (Meta unreachable, as offline), when the Admin
+    gives it a new access token, then the sandbox checks it like every other call of the
+    channel (nothing leaves the machine), and the number stays connected."""
+    account_id = encode_global_id("WhatsAppAccount", demo_workspace.account.id)
+    admin = await demo_token(http, demo_workspace, Role.ADMIN)
+    variables = {"input": {"id": account_id, "accessToken": "a-new-sandbox-token"}}
+    response = await gql(http, admin, UPDATE_CREDENTIALS, variables)
+    assert "errors" not in response.json(), response.text
+    updated = response.json()["data"]["updateWhatsAppCredentials"]
+    assert updated["status"] == "CONNECTED"

@@ -112,6 +112,17 @@ async def test_bad_input_is_refused(
     assert response.json()["error"]["code"] == "BAD_REQUEST"
 
 
+async def test_a_body_nested_past_the_json_parsers_stack_is_refused(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    deep = "[" * 5000 + "]" * 5000
+    response = await http.post(
+        "/sandbox/messages", content=deep, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "BAD_REQUEST"
+
+
 async def test_a_message_body_over_its_cap_is_refused_unread(
     http: httpx.AsyncClient, demo_workspace: Demo
 ) -> None:

@@ -91,6 +91,7 @@ class AcceptInvitationBody(_Body):
     token: Token
     name: Name
     password: Password
+    code: Code | None = None
 
 
 SIGNUP_ACCEPTED = {"status": "CONFIRMATION_SENT"}
@@ -342,6 +343,8 @@ async def accept_invitation(request: Request) -> Response:
         token=body.token,
         name=body.name,
         password=body.password,
+        keyring=runtime.keyring,
+        code=body.code,
         broker=runtime.broker,
     )
     return JSONResponse(token_pair_body(pair))

@@ -8,12 +8,14 @@ import re
 from collections.abc import Sequence
 from urllib.parse import urlsplit
 
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weflux.api.middleware import REQUEST_ID_HEADER
+from weflux.errors import ErrorCode, error_response
 from weflux.gql.ide import graphiql_page
 
 # The API serves JSON only: nothing may load, run or frame it.
@@ -157,6 +159,23 @@ def _check_origin(origin: str) -> None:
 REQUIRED_CORS_HEADERS = ("Authorization", "Content-Type", REQUEST_ID_HEADER)
 
 
+class CodedCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, whose refused preflight answers in the API's error shape."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        # Starlette's plain text: "Disallowed CORS origin, method, headers"
+        message = bytes(response.body).decode()
+        headers = {
+            name: value
+            for name, value in response.headers.items()
+            if name not in ("content-length", "content-type")
+        }
+        return error_response(400, ErrorCode.BAD_REQUEST, message, headers=headers)
+
+
 def cors_middleware(origins: Sequence[str], allow_headers: Sequence[str] = ()) -> Middleware:
     """CORS for exactly these origins: bearer tokens, no cookies, preflight cached 10 minutes.
 
@@ -166,7 +185,7 @@ def cors_middleware(origins: Sequence[str], allow_headers: Sequence[str] = ()) -
         _check_origin(origin)
     headers = {name.lower(): name for name in (*REQUIRED_CORS_HEADERS, *allow_headers)}
     return Middleware(
-        CORSMiddleware,
+        CodedCORSMiddleware,
         allow_origins=list(origins),
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=list(headers.values()),

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from weflux.errors import BadUserInput, PayloadTooLarge, UnsupportedMediaType, WefluxError
+from weflux.nul import NUL_MESSAGE, holds_nul
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -41,12 +42,20 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     body = await read_body(request, max_bytes)
     try:
         return json.loads(body)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the stack
         raise WefluxError("The body is not valid JSON") from None
 
 
 def parse(model: type[M], data: Any) -> M:
     """Validate `data` against `model`, or 422 with one entry per offending field."""
+    if isinstance(data, dict):
+        nul = [
+            {"field": str(key), "message": NUL_MESSAGE}
+            for key, value in data.items()
+            if holds_nul(value)
+        ]
+        if nul:
+            raise BadUserInput("The request is not valid", details=nul)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

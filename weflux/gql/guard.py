@@ -3,6 +3,7 @@
 1. The request limits (`graphql_ip`, `graphql_workspace`): `hit_request_limits`.
 2. Validation, whose errors never suggest a name ("Did you mean ..."); its verdict is
    kept with the parsed document (`weflux.gql.documents`), both functions of the text.
+   Text holding NUL, in a literal or a variable, is refused (`weflux.gql.nul`).
 3. The two-factor policy and re-authentication of sensitive operations (`weflux.gql.policy`).
 4. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
    `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
@@ -38,7 +39,9 @@ from weflux.errors import ErrorCode
 from weflux.gql.budgets import CostBudgets
 from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
+from weflux.gql.nul import nul_error
 from weflux.gql.policy import screen
+from weflux.nul import holds_nul
 from weflux.throttle.leaky_bucket import Charge
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter, per_ip
 
@@ -194,6 +197,8 @@ class OperationGuard(SchemaExtension):
     async def on_validate(self) -> AsyncIterator[None]:
         execution = self.execution_context
         document = execution.graphql_document
+        if execution.pre_execution_errors is None and holds_nul(execution.variables):
+            execution.pre_execution_errors = [nul_error()]
         if execution.pre_execution_errors is None and document is not None:
             execution.pre_execution_errors = self._validate(document)
         if not execution.pre_execution_errors:

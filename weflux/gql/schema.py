@@ -47,6 +47,7 @@ from weflux.gql.lifecycle.queries import LifecycleQuery
 from weflux.gql.lifecycle.types import DataRequest
 from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
+from weflux.gql.nul import NoNulInStrings
 from weflux.gql.permissions import guarded, mark_sensitive
 from weflux.gql.prefetch import call_directly
 from weflux.gql.security.mutations import SecurityMutation
@@ -158,6 +159,7 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     rules = [
         *QueryDepthLimiter(max_depth=MAX_DEPTH).validation_rules,
         *MaxAliasesLimiter(max_alias_count=MAX_ALIASES).validation_rules,
+        NoNulInStrings,
     ]
     extensions: list[type[SchemaExtension] | Callable[[], SchemaExtension]] = [
         lambda: AddValidationRules(rules),

@@ -183,6 +183,14 @@ class GraphQLApp(GraphQL[Context, None]):
                 return f'{{"id":{operation},"type":"next","payload":{cached[1]}}}'
         return orjson.dumps(data).decode()  # a page of 50 rows: a tenth of json.dumps' time
 
+    def decode_json(self, data: str | bytes) -> object:
+        """A socket's frame: JSON nested past the parser's stack is malformed JSON too (4400),
+        not an exception that drops the socket without a close frame."""
+        try:
+            return json.loads(data)
+        except RecursionError:
+            raise json.JSONDecodeError("Nested too deeply", "", 0) from None
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             try:
@@ -202,6 +210,7 @@ class GraphQLApp(GraphQL[Context, None]):
             self.ide
             and request.method == "GET"
             and "text/html" in request.headers.get("accept", "")
+            and "query" not in request.query_params  # an operation: refused below
         ):
             await super().__call__(scope, receive, send)  # the IDE page itself carries no data
             return

@@ -158,6 +158,16 @@ class SandboxCloudApi(FakeCloudApi):
         number.access_token = token
         return number
 
+    async def _list_phone_numbers(self, request: Request) -> Response:
+        """A sandbox business account lists its channels' numbers for any token (a
+        credentials update checks the new token so), like every other sandbox call."""
+        if _token_of(request) is not None:
+            waba_id = request.path_params["node_id"]
+            for phone_id, channel in self._sandbox.channels.items():
+                if channel.business_account_id == waba_id:
+                    self._authorize(request, phone_id, "get")
+        return await super()._list_phone_numbers(request)
+
     def add_media(self, content: bytes, mime_type: str, *, declared_size: int | None = None) -> str:
         """Hold a file a customer sends (`POST /sandbox/media`); the oldest are dropped."""
         media_id = super().add_media(content, mime_type, declared_size=declared_size)

@@ -193,7 +193,7 @@ async def messages(request: Request) -> Response:
         body = json.loads(await read_body(request, MAX_MESSAGE_BYTES))
     except WefluxError as error:
         return error_response(error.status, error.code, error.message, headers=NO_STORE)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's stack
         body = None
     if not isinstance(body, dict):
         return _bad("body", 'a JSON object {"phone", "name", "text"} (or "image", …)')

@@ -166,17 +166,16 @@ async def get_live_account(session: AsyncSession, account_id: uuid.UUID) -> What
 
 
 async def _check_with_meta(
-    services: Services, business_account_id: str, phone_number_id: str, access_token: str
+    cloud: CloudApiClient, business_account_id: str, phone_number_id: str, access_token: str
 ) -> PhoneNumberHealth:
     """The number's health, once Meta shows that the token sees it in the business account.
 
     The business account routes its account and quality webhooks (ingest), so a number
-    is stored only under a business account that lists it for this token.
+    is stored only under a business account that lists it for this token. `cloud` is
+    Meta's client, or the sandbox's for a sandbox channel (`Services.cloud_for`).
     """
     try:
-        listed = await services.cloud.lists_phone_number(
-            business_account_id, phone_number_id, access_token
-        )
+        listed = await cloud.lists_phone_number(business_account_id, phone_number_id, access_token)
     except MetaApiError as error:
         raise _meta_failure(
             error, "businessAccountId", "this WhatsApp Business Account's phone numbers"
@@ -188,7 +187,7 @@ async def _check_with_meta(
             "for this access token",
         )
     try:
-        return await services.cloud.phone_number_health(phone_number_id, access_token)
+        return await cloud.phone_number_health(phone_number_id, access_token)
     except MetaApiError as error:
         raise _meta_failure(error, "phoneNumberId", "this phone number") from None
 
@@ -217,7 +216,7 @@ async def connect(
     assert token is not None
     app_secret = _secret_input(app_secret, "appSecret")
     verify_token = _secret_input(webhook_verify_token, "webhookVerifyToken")
-    health = await _check_with_meta(services, business_account_id, phone_number_id, token)
+    health = await _check_with_meta(services.cloud, business_account_id, phone_number_id, token)
 
     now = utcnow()
     account = WhatsAppAccount(
@@ -287,7 +286,10 @@ async def update_credentials(
         raise BadUserInput("Give at least one credential to update")
     if token is not None:
         health = await _check_with_meta(
-            services, account.business_account_id, account.phone_number_id, token
+            services.cloud_for(account),
+            account.business_account_id,
+            account.phone_number_id,
+            token,
         )
         apply_health(account, health)
     for column, value in changed.items():

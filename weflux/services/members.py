@@ -22,9 +22,17 @@ from weflux.auth.permissions import Permission, has_permission, may_invite
 from weflux.auth.principal import Principal
 from weflux.auth.scoping import use_workspace
 from weflux.auth.tokens import TokenCodec, token_hash
+from weflux.crypto.keyring import KeyRing
 from weflux.db import Database, after_commit
 from weflux.emails import normalize_email
-from weflux.errors import Conflict, Forbidden, InvalidCredentials, NotFound, RateLimited
+from weflux.errors import (
+    Conflict,
+    Forbidden,
+    InvalidCredentials,
+    MfaRequired,
+    NotFound,
+    RateLimited,
+)
 from weflux.mail.mailer import Mailer, compose, send_quietly
 from weflux.models import (
     AuthSession,
@@ -40,6 +48,7 @@ from weflux.realtime.broker import Broker
 from weflux.realtime.events import EventName, publish_after_commit
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services import sessions as session_service
+from weflux.services import two_factor
 from weflux.services.audit import Action, RequestMeta, record
 from weflux.services.auth import check_new_password
 from weflux.services.removals import record_removal
@@ -307,13 +316,18 @@ async def accept_invitation(
     token: str,
     name: str,
     password: str,
+    keyring: KeyRing,
+    code: str | None = None,
     broker: Broker | None = None,
 ) -> TokenPair:
     """Join the inviting workspace: as a new user, or (with their password) an existing one.
 
-    An existing account's password is checked by the password guard, like a login. No
-    database connection is held while bcrypt runs: the invitation is read first, and
-    claimed (single use) in a second unit of work.
+    An existing account's password is checked by the password guard, like a login, and
+    its second factor too (`code`, `MFA_REQUIRED` without it): else whoever holds only
+    the password could join the account to a workspace of their own and, as its Admin,
+    reset the account's two factors (`resetMemberTwoFactor`). No database connection is
+    held while bcrypt runs: the invitation is read first, and claimed (single use) in a
+    second unit of work.
     """
     invalid = NotFound("This invitation is invalid, used or expired")
     digest = token_hash(token)
@@ -363,6 +377,18 @@ async def accept_invitation(
         membership = Membership(user_id=user_id, role=invitation.role)
         session.add(membership)
         await session.flush()
+        if account is not None:
+            # Read through the new membership (PostgreSQL's row-level security shows a
+            # user to a workspace they belong to); a refusal rolls the membership back.
+            joining = await session.get(User, account.user_id, populate_existing=True)
+            if joining is None:
+                raise invalid
+            if two_factor.enabled(joining):
+                if not code:
+                    raise MfaRequired(
+                        "A code from the authenticator app is required to join", mfa_token=None
+                    )
+                await two_factor.check_totp(session, guard, keyring, joining, meta.ip, code)
         claimed = (
             await session.exec(
                 update(Invitation)
