@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import stat
 import uuid
 import zipfile
 from datetime import timedelta
@@ -97,6 +98,9 @@ async def test_a_contact_export_holds_the_contact_its_conversations_messages_and
     assert row.file_name is not None
     raw = (tmp_path / "exports" / row.file_name).read_bytes()
     assert b"hello 1" not in raw
+    # Only the server's user reads it (as media files): whatever the umask.
+    assert stat.S_IMODE((tmp_path / "exports").stat().st_mode) == 0o700
+    assert stat.S_IMODE((tmp_path / "exports" / row.file_name).stat().st_mode) == 0o600
     assert not zipfile.is_zipfile(tmp_path / "exports" / row.file_name)
     archive = _unzip(keyring, tmp_path / "exports", row)
     manifest = json.loads(archive.read("manifest.json"))

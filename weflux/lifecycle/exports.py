@@ -271,14 +271,17 @@ async def build_export(
         if request is None:
             return
         kind, subject_id, run_after = request.kind, request.subject_id, request.run_after
-    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    # Only the server's user may read them, whatever the umask (as media files).
+    await asyncio.to_thread(directory.mkdir, mode=0o700, parents=True, exist_ok=True)
     name = f"{request_id}.wfx"
     partial = directory / f"{name}.part"
     key = AESGCM.generate_key(bit_length=256)
     tables = _tables(kind, subject_id)
     files: list[dict[str, Any]] = []
     try:
-        with partial.open("wb") as out:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # a part left by a killed attempt keeps its mode otherwise
+        with os.fdopen(fd, "wb") as out:
             sealing = _SealingWriter(out, key, request_id)
             with zipfile.ZipFile(sealing, "w", compression=zipfile.ZIP_DEFLATED) as archive:
                 for done, (table, model, where) in enumerate(tables):
