@@ -333,9 +333,14 @@ class WebhookIntake:
             try:
                 await process_batch_safely(self.db, self.broker, self.settings, taken, self.cache)
             finally:
-                self._unfinished = max(0, self._unfinished - len(taken))
-                for _ in taken:
-                    self.queue.task_done()
+                self.finished(taken)
+
+    def finished(self, taken: list[uuid.UUID]) -> None:
+        """Queued events a worker took are done with: processed, failed (recorded for the
+        sweep) or left unprocessed by a cancelled worker (the sweep takes them)."""
+        self._unfinished = max(0, self._unfinished - len(taken))
+        for _ in taken:
+            self.queue.task_done()
 
 
 async def retry_due_events(
