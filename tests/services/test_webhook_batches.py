@@ -369,23 +369,25 @@ async def test_a_worker_cancelled_mid_batch_leaves_its_events_for_the_sweep(
     assert [m.wa_message_id for m in messages] == ["wamid.c-0", "wamid.c-1", "wamid.c-2"]
 
 
-async def test_a_request_joins_the_queue_while_the_workers_have_events() -> None:
+async def test_a_request_joins_the_queue_while_the_workers_have_a_backlog() -> None:
     """Given an intake with free slots to process in requests,
-    when an event is queued, and until the queue workers have processed it,
-    then a request is refused a slot (its event joins the queue, for a batch); once the
-    queue is done, it may process in the request again."""
+    when the queue workers have a backlog (here 2 events), and until they processed it,
+    then a request is refused a slot (its event joins the queue, for a batch); below it,
+    and once the queue is done, it may process in the request."""
     intake = webhook_queue.WebhookIntake(
         None,  # type: ignore[arg-type]  # (neither the database nor the broker is used)
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         inline=2,
+        queue_first_at=2,
     )
 
-    assert await intake.claim_inline()
+    assert intake.offer(uuid.uuid4())
+    assert await intake.claim_inline()  # a moment's overflow: processed in the request
     intake.release_inline()
     assert intake.offer(uuid.uuid4())
     assert not await intake.claim_inline()
-    taken = intake.queue.get_nowait()  # a worker takes it and processes it
+    taken = [intake.queue.get_nowait(), intake.queue.get_nowait()]  # a worker's batch
     assert not await intake.claim_inline()
-    intake.finished([taken])
+    intake.finished(taken)
     assert await intake.claim_inline()

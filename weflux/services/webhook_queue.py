@@ -57,6 +57,9 @@ SQLITE_INLINE_WAIT = 0.2
 # At most this many queued events are taken at once, and processed a transaction per
 # workspace (`process_batch_safely`).
 BATCH = 50
+# PostgreSQL: from this many events queued or in the queue workers' hands, a request's
+# event joins them instead of being processed in the request (`WebhookIntake.claim_inline`).
+QUEUE_FIRST_AT = 8
 
 
 def log_failure(message: str, event_id: uuid.UUID, error: BaseException) -> None:
@@ -230,7 +233,7 @@ class WebhookIntake:
         workers: int = 2,
         inline_wait: float = 0.0,
         batch: int = BATCH,
-        queue_first: bool = True,
+        queue_first_at: int | None = QUEUE_FIRST_AT,
     ) -> None:
         self.db = db
         self.broker = broker
@@ -239,9 +242,9 @@ class WebhookIntake:
         self.inline_free = inline
         # How long a request may wait for a slot, in turn, before it is stored alone.
         self.inline_wait = inline_wait
-        # Whether a request is refused a slot while the queue workers have events
-        # (`claim_inline`).
-        self.queue_first = queue_first
+        # From how many events the queue workers have, a request is refused a slot
+        # (`claim_inline`); None: never.
+        self.queue_first_at = queue_first_at
         self._waiting: collections.deque[asyncio.Future[None]] = collections.deque()
         self.workers = workers
         self.batch = batch
@@ -262,8 +265,8 @@ class WebhookIntake:
         """Half the pool at most processes in requests, two connections for the queue;
         the rest stays free for the answers' own writes and the API.
 
-        On PostgreSQL a request joins the queue while it has events (`claim_inline`), so
-        a burst is processed in batches: one feed lock and one commit per batch, where
+        On PostgreSQL a request joins the queue while it has a backlog (`claim_inline`),
+        so a burst is processed in batches: one feed lock and one commit per batch, where
         each request's own transaction held its workspace's feed lock in turn (about
         190-230 one-message webhooks/s processed for one workspace, 2026-12-06).
 
@@ -281,18 +284,21 @@ class WebhookIntake:
             cache,
             inline=max(1, pool_size // 2),
             inline_wait=SQLITE_INLINE_WAIT if sqlite else 0.0,
-            # SQLite: measured no better (one writer: a request waiting for a slot is
+            # SQLite: one event per transaction and no queue first, as before: batches
+            # measured no better there (one writer; a request waiting for a slot is
             # already one unit of work per webhook).
-            queue_first=not sqlite,
+            batch=1 if sqlite else BATCH,
+            queue_first_at=None if sqlite else QUEUE_FIRST_AT,
         )
 
     async def claim_inline(self) -> bool:
         """Whether this request may process its event now (then `release_inline` after):
         a free slot, or one given back within `inline_wait` (first come, first served);
-        with `queue_first`, never while events are queued or being processed by the queue
-        workers: it joins them, to be processed in a batch (one feed lock and one commit
-        for many) rather than take its workspace's feed lock once more on its own."""
-        if self._unfinished and self.queue_first:
+        never while the queue workers have `queue_first_at` events or more (queued or
+        being processed): it joins them, to be processed in a batch (one feed lock and one
+        commit for many) rather than take its workspace's feed lock once more on its own.
+        Below that (a moment's overflow, not a backlog) it is processed in its request."""
+        if self.queue_first_at is not None and self._unfinished >= self.queue_first_at:
             return False
         if self.inline_free > 0 and not self._waiting:
             self.inline_free -= 1
