@@ -1,8 +1,8 @@
 """webhook_events' policy: a transaction may name several events (a queue worker's batch)
 
-Revision ID: 0034_webhook_event_batches
-Revises: 0033_contact_trigrams_lower
-Create Date: 2026-12-06 04:40:00 UTC
+Revision ID: 0036_webhook_event_batches
+Revises: 0035_live_webhook_key_digests
+Create Date: 2026-12-06 05:15:00 UTC
 
 Row-level security let a transaction see and write the one webhook event it names
 (`app.webhook_event_id`, migration 0007's `named_event`). A queue worker now processes a
@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0034_webhook_event_batches"
-down_revision: str | None = "0033_contact_trigrams_lower"
+revision: str = "0036_webhook_event_batches"
+down_revision: str | None = "0035_live_webhook_key_digests"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
