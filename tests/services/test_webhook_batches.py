@@ -37,6 +37,7 @@ from weflux.realtime.events import EventName, workspace_channel
 from weflux.runtime import create_redis
 from weflux.services import ingest, webhook_queue
 from weflux.services.ingest import process
+from weflux.whatsapp import parser
 
 GUARD = 30  # seconds; a wait for what must come
 
@@ -176,7 +177,7 @@ async def test_a_poison_event_in_a_batch_fails_alone(
     when the queue worker processes them as a batch,
     then the batch fails whole and each event is processed alone: the other two are
     processed, the poison one failed with one attempt counted, due again."""
-    parse = process.parse_webhook
+    parse = parser.parse_webhook
 
     def poisoned(body: Any) -> Any:
         if "wamid.poison" in str(body):
