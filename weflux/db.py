@@ -475,14 +475,14 @@ class Database:
         org_id: uuid.UUID | None = None,
         *,
         all_workspaces: str | None = None,
-        webhook_event: uuid.UUID | None = None,
+        webhook_event: uuid.UUID | tuple[uuid.UUID, ...] | None = None,
     ) -> AsyncIterator[AsyncSession]:
         """One unit of work, committed at its end and rolled back on error.
 
         `org_id` confines it to one workspace. `webhook_event` names the one stored
-        webhook event it may read and write. `all_workspaces="<why>"` lets it cross
-        workspaces: maintenance only, on a `maintenance` handle (the app crosses
-        workspaces through weflux.auth.crossings).
+        webhook event it may read and write (a tuple: those events, a queue worker's
+        batch). `all_workspaces="<why>"` lets it cross workspaces: maintenance only, on
+        a `maintenance` handle (the app crosses workspaces through weflux.auth.crossings).
         """
         if all_workspaces and not self.maintenance:
             raise TenantScopeError(

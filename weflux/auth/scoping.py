@@ -123,6 +123,14 @@ def _literal(value: Any) -> str:
     return str(uuid.UUID(int=value.int))
 
 
+def _events_literal(value: Any) -> str:
+    """The webhook events a session names, as `app.webhook_event_id`'s text: one id, or
+    several (a queue worker's batch: `webhook_queue`) joined by commas, each a `_literal`."""
+    if isinstance(value, tuple):
+        return ",".join(_literal(event) for event in value)
+    return _literal(value)
+
+
 def _scope_sql(session: Session, feed_lock: bool) -> str:
     """`_APPLY_SCOPE_SQL` (with `feed_lock`, `_APPLY_SCOPE_AND_LOCK_SQL`) with its values
     as literals: see `_literal`."""
@@ -132,7 +140,7 @@ def _scope_sql(session: Session, feed_lock: bool) -> str:
 
 def _scope_literal_sql(org_id: Any, webhook_event: Any, feed_lock: bool = False) -> str:
     org = _literal(org_id)
-    event = _literal(webhook_event)
+    event = _events_literal(webhook_event)
     statement = (
         f"SELECT set_config('app.org_id', '{org}', true), "
         f"set_config('app.webhook_event_id', '{event}', true)"
@@ -169,7 +177,7 @@ def set_scope(
     org_id: uuid.UUID | None = None,
     *,
     all_workspaces: str | None = None,
-    webhook_event: uuid.UUID | None = None,
+    webhook_event: uuid.UUID | tuple[uuid.UUID, ...] | None = None,
 ) -> None:
     """Set the scope of a session before its transaction starts.
 
@@ -343,7 +351,7 @@ async def use_workspace(
 def _scope_params(session: Session) -> dict[str, str]:
     return {
         "org_id": _literal(current_workspace(session)),
-        "webhook_event_id": _literal(_info(session).get(WEBHOOK_EVENT_KEY)),
+        "webhook_event_id": _events_literal(_info(session).get(WEBHOOK_EVENT_KEY)),
     }
 
 

@@ -16,16 +16,20 @@ A failure is recorded on the event and retried by `weflux.services.webhook_queue
 """
 
 from weflux.services.ingest.process import (
+    Batch,
     ReceivedEvent,
     concerned_workspaces,
+    process_batch,
     process_event,
     received_copy,
     store_and_process,
 )
 
 __all__ = [
+    "Batch",
     "ReceivedEvent",
     "concerned_workspaces",
+    "process_batch",
     "process_event",
     "received_copy",
     "store_and_process",

@@ -1,4 +1,5 @@
-"""Processing one webhook event, stored or new, in one transaction: a share per workspace."""
+"""Processing one webhook event, stored or new, in one transaction: a share per workspace;
+or a queued batch of one workspace's events in one transaction (`process_batch`)."""
 
 from __future__ import annotations
 
@@ -6,13 +7,14 @@ import hashlib
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Table, insert
 from sqlalchemy.exc import IntegrityError
+from sqlmodel import col
 from sqlmodel import select as sqlmodel_select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -116,6 +118,91 @@ async def process_event(
 
     await _optimistically(attempt)
     return processed
+
+
+@dataclass
+class Batch:
+    """What `process_batch` did with the events it was given."""
+
+    # Processed now: the first workspace's events (and those that concern none).
+    processed: list[uuid.UUID] = field(default_factory=list)
+    # Left unprocessed: the events of each other workspace, for a batch of their own.
+    others: dict[uuid.UUID, list[uuid.UUID]] = field(default_factory=dict)
+    # Left unprocessed: events that concern several workspaces, to process alone.
+    alone: list[uuid.UUID] = field(default_factory=list)
+
+
+async def process_batch(
+    db: Database,
+    broker: Broker,
+    settings: Settings,
+    event_ids: Sequence[uuid.UUID],
+    *,
+    cache: ChannelCache | None = None,
+) -> Batch:
+    """Process stored events of ONE workspace in one transaction: their shares merged
+    into one (N one-message webhooks become one N-message share, the multi-message path:
+    the feed lock taken once, feed positions in the order of the messages' timestamps,
+    one commit), each event marked processed in it.
+
+    The workspace is the first event's (in the order given) that concerns exactly one;
+    the events of other workspaces, and those concerning several (two feed locks in one
+    transaction could deadlock with another taking them in the other order), are left
+    unprocessed and named in the answer. Events gone, processed already or locked by
+    another transaction (the sweep's, a replay's: claimed FOR UPDATE SKIP LOCKED) are left
+    to it. Raises on any failure, having written nothing: the caller then processes each
+    event alone (`process_event`), so one poison event fails alone. Optimistic (stored
+    wamids not read first): a redelivered message fails the batch.
+    """
+    batch = Batch()
+    async with db.session(webhook_event=tuple(event_ids)) as session:
+        session.sync_session.info[_OPTIMISTIC_KEY] = True
+        events = (
+            await session.exec(
+                sqlmodel_select(WebhookEvent)
+                .where(
+                    col(WebhookEvent.id).in_(event_ids),
+                    WebhookEvent.status != WebhookEventStatus.PROCESSED,
+                )
+                .with_for_update(skip_locked=True)
+            )
+        ).all()
+        order = {event_id: k for k, event_id in enumerate(event_ids)}
+        mine: list[WebhookEvent] = []
+        merged = _Share()
+        workspace: uuid.UUID | None = None
+        notes: dict[uuid.UUID, str | None] = {}
+        for event in sorted(events, key=lambda e: order[e.id]):
+            shares, notes[event.id] = await _shares(session, event.body, event.account_id, cache)
+            if len(shares) > 1:
+                batch.alone.append(event.id)
+                continue
+            if shares:
+                (org_id,) = shares
+                if workspace is None:
+                    workspace = org_id
+                elif org_id != workspace:
+                    batch.others.setdefault(org_id, []).append(event.id)
+                    continue
+                share = shares[org_id]
+                merged.messages += share.messages
+                merged.statuses += share.statuses
+                merged.templates += share.templates
+                merged.quality += share.quality
+                merged.account += share.account
+            mine.append(event)
+        if workspace is not None:
+            await _process_share(session, broker, settings, workspace, merged)
+        await _send_held(session)
+        now = utcnow()
+        for event in mine:
+            event.last_error = notes[event.id]
+            event.status = WebhookEventStatus.PROCESSED
+            event.attempts += 1
+            event.processed_at = now
+            event.next_attempt_at = None
+            batch.processed.append(event.id)
+    return batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,6 +315,16 @@ async def _apply(
     cache: ChannelCache | None,
 ) -> str | None:
     """Process an event's body; what the event's `last_error` should say (None: nothing)."""
+    shares, note = await _shares(session, raw, account_id, cache)
+    for org_id, share in shares.items():
+        await _process_share(session, broker, settings, org_id, share)
+    return note
+
+
+async def _shares(
+    session: AsyncSession, raw: bytes, account_id: uuid.UUID | None, cache: ChannelCache | None
+) -> tuple[dict[uuid.UUID, _Share], str | None]:
+    """An event's body routed: its share per workspace, and what its `last_error` says."""
     try:
         body = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
@@ -241,10 +338,7 @@ async def _apply(
     routes: list[Route] = []
     if parsed.phone_number_ids or parsed.waba_ids:
         routes = await _routes(session, parsed, account_id, cache)
-    shares = _route(parsed, routes)
-    for org_id, share in shares.items():
-        await _process_share(session, broker, settings, org_id, share)
-    return note
+    return _route(parsed, routes), note
 
 
 async def concerned_workspaces(
