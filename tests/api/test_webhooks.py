@@ -625,6 +625,26 @@ async def test_text_no_database_can_store_is_cleaned_and_the_message_kept(
     assert len(await _messages(db, org.id)) == 1
 
 
+async def test_a_body_nested_past_the_parsers_stack_is_kept_as_not_json(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, org: Organization
+) -> None:
+    """Given a signed body nested deeper than the JSON parser's stack (a RecursionError,
+    not a ValueError),
+    when it is delivered,
+    then it is stored and processed as any body that is not JSON ("not JSON"), not failed
+    at every retry until parked."""
+    raw = b"[" * 200_000 + b"]" * 200_000
+    assert (await post(client, None, raw=raw)).status_code == 200
+    async with owner_db.session(all_workspaces="test: the stored event") as session:
+        stored = (await session.exec(select(WebhookEvent))).one()
+    assert (stored.status, stored.last_error, stored.attempts) == (
+        WebhookEventStatus.PROCESSED,
+        "not JSON",
+        1,
+    )
+    assert await _messages(db, org.id) == []
+
+
 _LONG = "9" * 300
 
 

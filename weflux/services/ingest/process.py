@@ -327,7 +327,7 @@ async def _shares(
     """An event's body routed: its share per workspace, and what its `last_error` says."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the parser's stack
         body = None
     if _UNSTORABLE_TEXT.search(raw):
         body = _storable(body)
@@ -349,7 +349,7 @@ async def concerned_workspaces(
     None when the body is not JSON or names none."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return []
     parsed = parse_webhook(body)
     if not (parsed.phone_number_ids or parsed.waba_ids):
