@@ -208,12 +208,17 @@ async def test_a_poison_event_in_a_batch_fails_alone(
 
 
 async def test_a_redelivered_message_in_a_batch_is_stored_once(
-    db: Database, owner_db: Database, settings: Settings, account: WhatsAppAccount
+    db: Database,
+    owner_db: Database,
+    settings: Settings,
+    account: WhatsAppAccount,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Given a message already processed, and a batch holding its redelivery, a new
     message, and that new message delivered twice,
     when the queue worker processes the batch,
-    then every event is processed and each message stored once."""
+    then every event is processed and each message stored once, by the batch run again
+    not optimistic (not each event alone)."""
     broker = InProcessBroker()
     now = int(utcnow().timestamp())
     (first,) = await _stored(db, settings, account, _body("16505550021", "wamid.r-1", now))
@@ -227,12 +232,21 @@ async def test_a_redelivered_message_in_a_batch_is_stored_once(
         _body("16505550022", "wamid.r-2", now + 1),
     )
 
+    alone: list[uuid.UUID] = []
+
+    async def one_by_one(*args: Any, **kwargs: Any) -> None:
+        alone.append(args[3])
+
+    monkeypatch.setattr(webhook_queue, "process_event_safely", one_by_one)
+
     await webhook_queue.process_batch_safely(db, broker, settings, ids)
 
     events = await _events(owner_db, ids)
     assert [e.status for e in events] == [WebhookEventStatus.PROCESSED] * 3
     messages = await _messages(db, account.org_id)
     assert sorted(m.wa_message_id or "" for m in messages) == ["wamid.r-1", "wamid.r-2"]
+    # In a batch again, asking first which messages are stored: not 3 transactions alone.
+    assert alone == []
 
 
 async def test_two_workspaces_interleaved_in_the_queue_each_get_their_batch(

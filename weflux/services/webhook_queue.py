@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from weflux.auth import crossings
@@ -184,10 +185,11 @@ async def process_batch_safely(
     cache: ChannelCache | None = None,
 ) -> None:
     """Process queued events, a transaction per workspace (`ingest.process_batch`), in the
-    order queued; an event concerning several workspaces alone. A batch that fails,
-    whatever the error (a redelivered wamid's IntegrityError, a poison event), wrote
-    nothing: each of its events is then processed alone as `process_event_safely` does,
-    so only a failing event fails, and counts an attempt."""
+    order queued; an event concerning several workspaces alone. A batch that breaks a
+    unique index (a redelivered message: the batch is optimistic, `process._optimistically`)
+    runs once more asking which messages are stored. A batch that fails otherwise, or
+    again, wrote nothing: each of its events is then processed alone as
+    `process_event_safely` does, so only a failing event fails, and counts an attempt."""
     batches = [event_ids]
     while batches:
         ids = batches.pop(0)
@@ -195,7 +197,12 @@ async def process_batch_safely(
             await process_event_safely(db, broker, settings, ids[0], cache)
             continue
         try:
-            batch = await process_batch(db, broker, settings, ids, cache=cache)
+            try:
+                batch = await process_batch(db, broker, settings, ids, cache=cache)
+            except IntegrityError:
+                batch = await process_batch(
+                    db, broker, settings, ids, cache=cache, optimistic=False
+                )
         except Exception as error:
             log.info(
                 "webhook batch failed: its events are processed one by one",

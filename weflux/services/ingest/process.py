@@ -139,6 +139,7 @@ async def process_batch(
     event_ids: Sequence[uuid.UUID],
     *,
     cache: ChannelCache | None = None,
+    optimistic: bool = True,
 ) -> Batch:
     """Process stored events of ONE workspace in one transaction: their shares merged
     into one (N one-message webhooks become one N-message share, the multi-message path:
@@ -151,12 +152,13 @@ async def process_batch(
     unprocessed and named in the answer. Events gone, processed already or locked by
     another transaction (the sweep's, a replay's: claimed FOR UPDATE SKIP LOCKED) are left
     to it. Raises on any failure, having written nothing: the caller then processes each
-    event alone (`process_event`), so one poison event fails alone. Optimistic (stored
-    wamids not read first): a redelivered message fails the batch.
+    event alone (`process_event`), so one poison event fails alone. `optimistic` (stored
+    wamids not read first): a redelivered message fails the batch with IntegrityError,
+    and the caller runs it again not optimistic (`webhook_queue.process_batch_safely`).
     """
     batch = Batch()
     async with db.session(webhook_event=tuple(event_ids)) as session:
-        session.sync_session.info[_OPTIMISTIC_KEY] = True
+        session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
         events = (
             await session.exec(
                 sqlmodel_select(WebhookEvent)
