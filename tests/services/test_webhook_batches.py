@@ -18,7 +18,7 @@ from sqlalchemy import event
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.inbound import keyed_number
+from tests.fixtures.inbound import keyed_number, outbound_message, stored_message
 from tests.fixtures.services import TEST_REDIS_URL
 from weflux.config import Settings
 from weflux.db import Database
@@ -26,6 +26,7 @@ from weflux.models import (
     Contact,
     Conversation,
     Message,
+    MessageStatus,
     Organization,
     WebhookEvent,
     WebhookEventStatus,
@@ -247,6 +248,43 @@ async def test_a_redelivered_message_in_a_batch_is_stored_once(
     assert sorted(m.wa_message_id or "" for m in messages) == ["wamid.r-1", "wamid.r-2"]
     # In a batch again, asking first which messages are stored: not 3 transactions alone.
     assert alone == []
+
+
+def _status_body(wamid: str, status: str, at: int) -> bytes:
+    change = wh.messages_change(statuses=[wh.status(wamid, status, timestamp=at)])
+    return wh.encode(wh.webhook_body(change))
+
+
+async def test_a_batch_of_one_messages_statuses_out_of_order_ends_at_the_latest(
+    db: Database,
+    owner_db: Database,
+    settings: Settings,
+    account: WhatsAppAccount,
+    broker: Broker,
+) -> None:
+    """Given an outbound message, and its statuses queued out of order (delivered, read,
+    then sent: Meta does not promise their order), each its own webhook,
+    when they are processed as one batch (their statuses merged, by timestamp),
+    then every event is processed and the message is READ: a status never moves back."""
+    now = int(utcnow().timestamp())
+    (first,) = await _stored(db, settings, account, _body("16505550041", "wamid.s-in", now))
+    assert await ingest.process_event(db, broker, settings, first)
+    message = await outbound_message(db, account.org_id, "wamid.s-out")
+    ids = await _stored(
+        db,
+        settings,
+        account,
+        _status_body("wamid.s-out", "delivered", now + 2),
+        _status_body("wamid.s-out", "read", now + 3),
+        _status_body("wamid.s-out", "sent", now + 1),
+    )
+
+    batch = await process.process_batch(db, broker, settings, ids)
+
+    assert batch.processed == ids
+    events = await _events(owner_db, ids)
+    assert [e.status for e in events] == [WebhookEventStatus.PROCESSED] * 3
+    assert (await stored_message(db, message)).status == MessageStatus.READ
 
 
 async def test_two_workspaces_interleaved_in_the_queue_each_get_their_batch(
