@@ -6,10 +6,14 @@ another workspace resetting a member, a member who must enroll doing anything el
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
+from tests.fixtures.databases import postgres_only
 from tests.fixtures.api import error_codes, gql, login, token_for
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.secops import events_of
@@ -244,6 +248,41 @@ async def test_no_admin_resets_a_member_who_also_belongs_to_another_workspace(
             ).all()
         assert resets == []
         assert await events_of(db, org_id, SecurityKind.MFA_DISABLED) == []
+
+
+@postgres_only
+async def test_a_reset_racing_the_members_join_of_another_workspace_sees_the_join(
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    admin: Actor,
+    agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given an Agent with two factors joining Globex (the membership written, the user's
+    row locked as `acceptInvitation` locks it, not yet committed), when Acme's Admin
+    resets the Agent meanwhile, then the reset waits for the join and is refused: it
+    never clears factors that now also guard Globex (without the lock it checked the
+    memberships before the join committed, then cleared them)."""
+    agent_app = await enroll(client, await token_for(client, agent))
+    admin_token = await token_for(client, admin)
+    member_id = encode_global_id("Member", agent.membership.id)
+    waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+
+    async with db.session(other_admin.org_id) as joining:
+        await create_membership(joining, user=agent.user, role=Role.AGENT)
+        await joining.get(User, agent.user.id, populate_existing=True, with_for_update=True)
+        reset = asyncio.create_task(gql(client, admin_token, RESET, {"id": member_id}))
+        async with asyncio.timeout(30), owner_db.engine.connect() as watcher:
+            while not (await watcher.execute(waiting)).scalar_one():  # noqa: ASYNC110
+                assert not reset.done(), reset.result().text
+                await asyncio.sleep(0.01)  # (the state of another connection)
+
+    assert error_codes(await reset) == ["FORBIDDEN"]
+    assert (await login(client, agent.user.email)).json()["error"]["code"] == "MFA_REQUIRED"
+    assert (
+        await mfa_login(client, agent.user.email, PASSWORD, code=agent_app.code())
+    ).status_code == 200
 
 
 async def test_a_member_of_one_workspace_recovers_with_an_admins_reset_end_to_end(
