@@ -260,7 +260,7 @@ async def test_a_reset_racing_the_members_join_of_another_workspace_sees_the_joi
     other_admin: Actor,
 ) -> None:
     """Given an Agent with two factors joining Globex (the membership written, the user's
-    row locked as `acceptInvitation` locks it, not yet committed), when Acme's Admin
+    row locked as accepting an invitation locks it, not yet committed), when Acme's Admin
     resets the Agent meanwhile, then the reset waits for the join and is refused: it
     never clears factors that now also guard Globex (without the lock it checked the
     memberships before the join committed, then cleared them)."""
