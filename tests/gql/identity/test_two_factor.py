@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlmodel import select
 
-from tests.fixtures.databases import postgres_only
 from tests.fixtures.api import error_codes, gql, login, token_for
+from tests.fixtures.databases import postgres_only
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.secops import events_of
 from tests.fixtures.two_factor import (
@@ -254,7 +254,6 @@ async def test_no_admin_resets_a_member_who_also_belongs_to_another_workspace(
 async def test_a_reset_racing_the_members_join_of_another_workspace_sees_the_join(
     client: httpx.AsyncClient,
     db: Database,
-    owner_db: Database,
     admin: Actor,
     agent: Actor,
     other_admin: Actor,
@@ -267,14 +266,17 @@ async def test_a_reset_racing_the_members_join_of_another_workspace_sees_the_joi
     agent_app = await enroll(client, await token_for(client, agent))
     admin_token = await token_for(client, admin)
     member_id = encode_global_id("Member", agent.membership.id)
-    waiting = text("SELECT count(*) FROM pg_locks WHERE NOT granted")
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
 
     async with db.session(other_admin.org_id) as joining:
         await create_membership(joining, user=agent.user, role=Role.AGENT)
         await joining.get(User, agent.user.id, populate_existing=True, with_for_update=True)
         reset = asyncio.create_task(gql(client, admin_token, RESET, {"id": member_id}))
-        async with asyncio.timeout(30), owner_db.engine.connect() as watcher:
-            while not (await watcher.execute(waiting)).scalar_one():  # noqa: ASYNC110
+        async with asyncio.timeout(30), db.engine.connect() as watcher:
+            while not (await watcher.execute(waiting)).scalar_one():
                 assert not reset.done(), reset.result().text
                 await asyncio.sleep(0.01)  # (the state of another connection)
 
