@@ -381,7 +381,8 @@ async def accept_invitation(
             # Read through the new membership (PostgreSQL's row-level security shows a
             # user to a workspace they belong to); a refusal rolls the membership back.
             # Locked, as an Admin's reset locks it (`two_factor.reset_member`): a reset
-            # that runs meanwhile waits, then sees this workspace and is refused.
+            # that runs meanwhile waits, then sees this workspace and is refused (or,
+            # locking first, ends before this reads the user's two factors).
             joining = await session.get(
                 User, account.user_id, populate_existing=True, with_for_update=True
             )
