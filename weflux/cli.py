@@ -455,7 +455,8 @@ async def _announce_revocation(
 
 
 def cmd_two_factor_reset(args: argparse.Namespace) -> int:
-    """Clear a user's two factors (a lost phone of the last Admin) and end their sessions."""
+    """Clear a user's two factors (a lost phone: the last Admin, a user of several
+    workspaces) in every workspace and end their sessions."""
     settings = _settings()
     return asyncio.run(_reset_two_factor(settings, email=args.email, reason=args.reason))
 

@@ -12,10 +12,11 @@ from sqlmodel import select
 
 from tests.fixtures.api import gql, login, token_for
 from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.factories import PASSWORD, Actor
+from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.two_factor import enroll, mfa_login
 from weflux.db import Database
-from weflux.models import AuditEvent, User
+from weflux.ids import encode_global_id
+from weflux.models import AuditEvent, Role, User
 from weflux.services.audit import Action
 from weflux.services.two_factor import operator_reset
 
@@ -56,6 +57,40 @@ async def test_the_operator_resets_a_users_two_factors_in_every_workspace(
     assert user.totp_secret_enc is None
     assert event.details["by"] == "operator"
     assert event.details["reason"] == "ticket 4821"
+
+
+async def test_the_operator_reset_clears_a_user_of_several_workspaces_in_all(
+    client: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given a user with two factors in two workspaces, whose reset no workspace Admin may
+    do (resetMemberTwoFactor answers FORBIDDEN), when the operator resets them, then the
+    password alone logs in to either workspace, and each has the reset in its trail."""
+    app = await enroll(client, await token_for(client, agent))
+    session_token = (await mfa_login(client, agent.user.email, PASSWORD, code=app.code())).json()[
+        "accessToken"
+    ]
+    async with db.session(other_admin.org_id) as session:
+        await create_membership(session, user=agent.user, role=Role.AGENT)
+
+    done = await operator_reset(owner_db, email=agent.user.email, reason="ticket 4822")
+
+    assert done is not None
+    assert done.workspaces == 2
+    assert (await gql(client, session_token, "{ viewer { role } }")).status_code == 401
+    for org_id in (agent.org_id, other_admin.org_id):
+        workspace = encode_global_id("Organization", org_id)
+        assert (await login(client, agent.user.email, organizationId=workspace)).status_code == 200
+        async with db.session(org_id) as session:
+            event = (
+                await session.exec(
+                    select(AuditEvent).where(AuditEvent.action == Action.TWO_FACTOR_RESET)
+                )
+            ).one()
+        assert (event.details["by"], event.details["reason"]) == ("operator", "ticket 4822")
 
 
 async def test_the_command_line(database_urls: DatabaseUrls, admin: Actor, tmp_path: Path) -> None:

@@ -380,7 +380,12 @@ async def accept_invitation(
         if account is not None:
             # Read through the new membership (PostgreSQL's row-level security shows a
             # user to a workspace they belong to); a refusal rolls the membership back.
-            joining = await session.get(User, account.user_id, populate_existing=True)
+            # Locked, as an Admin's reset locks it (`two_factor.reset_member`): a reset
+            # that runs meanwhile waits, then sees this workspace and is refused (or,
+            # locking first, ends before this reads the user's two factors).
+            joining = await session.get(
+                User, account.user_id, populate_existing=True, with_for_update=True
+            )
             if joining is None:
                 raise invalid
             if two_factor.enabled(joining):

@@ -31,6 +31,7 @@ from weflux.emails import normalize_email
 from weflux.errors import (
     BadUserInput,
     Conflict,
+    Forbidden,
     InvalidCredentials,
     InvalidMfaCode,
     NotFound,
@@ -45,6 +46,10 @@ from weflux.services.audit import Action, RequestMeta, Severity, record
 from weflux.services.sessions import TokenPair
 
 WRONG_CODE = "The code is wrong, expired or already used"
+OTHER_WORKSPACES = (
+    "This member also belongs to other workspaces, which their two factors protect too: "
+    "only the platform's operator can reset them (`weflux two-factor reset`)"
+)
 INVALID_MFA_TOKEN = "The mfaToken is invalid, expired or already used; log in again"  # noqa: S105
 
 
@@ -61,8 +66,8 @@ def enabled(user: User) -> bool:
     return user.two_factor_enabled_at is not None
 
 
-async def _user(session: AsyncSession, user_id: uuid.UUID) -> User:
-    user = await session.get(User, user_id, populate_existing=True)
+async def _user(session: AsyncSession, user_id: uuid.UUID, *, lock: bool = False) -> User:
+    user = await session.get(User, user_id, populate_existing=True, with_for_update=lock)
     if user is None:
         raise Unauthenticated("Authentication required")
     return user
@@ -305,14 +310,25 @@ async def reset_member(
     *,
     membership_id: uuid.UUID,
 ) -> Membership:
-    """An Admin clears a member's two factors (a lost phone); they enroll again."""
+    """An Admin clears a member's two factors (a lost phone); they enroll again.
+
+    Only a member of this workspace alone: a user's two factors are the user's, and
+    also protect their other workspaces, which this Admin does not govern (else the
+    Admin of any workspace of theirs, knowing the password, could strip the second
+    factor guarding the others). The user's row is locked before the check, as joining
+    a workspace locks it (`members.accept_invitation`): a reset and a join run one after
+    the other, and the reset sees the new membership or the join sees the reset.
+    """
     principal.require(Permission.MANAGE_SECURITY, "Only an Admin can reset two factors")
     target = await session.get(Membership, membership_id)
     if target is None:
         raise NotFound("Member not found")
     if target.id == principal.membership_id:
         raise BadUserInput("Use disableTwoFactor for your own two factors")
-    user = await _user(session, target.user_id)
+    user = await _user(session, target.user_id, lock=True)
+    workspaces = await crossings.user_workspaces(session, user.id)
+    if any(workspace.org_id != principal.org_id for workspace in workspaces):
+        raise Forbidden(OTHER_WORKSPACES)
     ended = await reset(
         session, authenticator, user, org_id=principal.org_id, reason="two_factor_reset"
     )

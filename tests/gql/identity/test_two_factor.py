@@ -6,12 +6,16 @@ another workspace resetting a member, a member who must enroll doing anything el
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import pytest
+from sqlalchemy import text
 from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, login, token_for
-from tests.fixtures.factories import PASSWORD, Actor
+from tests.fixtures.databases import postgres_only
+from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.secops import events_of
 from tests.fixtures.two_factor import (
     BEGIN,
@@ -20,11 +24,12 @@ from tests.fixtures.two_factor import (
     AuthenticatorApp,
     enroll,
     mfa_login,
+    require_two_factors,
     wrong_code,
 )
 from weflux.db import Database
 from weflux.ids import encode_global_id
-from weflux.models import AuditEvent, User
+from weflux.models import AuditEvent, Role, User
 from weflux.secops.events import SecurityKind
 from weflux.services.audit import Action
 
@@ -193,6 +198,124 @@ async def test_an_admin_resets_a_members_two_factors_and_their_sessions_end(
     assert event.details["sessions_ended"] >= 1
     [security_event] = await events_of(db, agent.org_id, SecurityKind.MFA_DISABLED)
     assert security_event.actor_membership_id == agent.membership.id
+
+
+async def test_no_admin_resets_a_member_who_also_belongs_to_another_workspace(
+    client: httpx.AsyncClient, db: Database, admin: Actor, agent: Actor, other_admin: Actor
+) -> None:
+    """Given an Agent of Acme with two factors, also a member of Globex (say a client's
+    workspace, or a malicious one) whose Admin knows or phished their password,
+    when Globex's Admin resets their two factors there, then FORBIDDEN, naming the
+    operator's procedure, and nothing changes: the Agent's session lives on, and the
+    password alone opens neither workspace (before, the reset cleared the factors of the
+    user, so the password alone then opened Acme too). Acme's Admin is refused alike."""
+    agent_app = await enroll(client, await token_for(client, agent))
+    agent_session = (
+        await mfa_login(client, agent.user.email, PASSWORD, code=agent_app.code())
+    ).json()["accessToken"]
+    async with db.session(other_admin.org_id) as session:
+        globex_member = await create_membership(session, user=agent.user, role=Role.AGENT)
+
+    by_globex = await gql(
+        client,
+        await token_for(client, other_admin),
+        RESET,
+        {"id": encode_global_id("Member", globex_member.id)},
+    )
+    by_acme = await gql(
+        client,
+        await token_for(client, admin),
+        RESET,
+        {"id": encode_global_id("Member", agent.membership.id)},
+    )
+
+    for refused in (by_globex, by_acme):
+        assert error_codes(refused) == ["FORBIDDEN"], refused.text
+        assert "weflux two-factor reset" in refused.json()["errors"][0]["message"]
+    viewer = (await gql(client, agent_session, VIEWER)).json()["data"]["viewer"]
+    assert viewer["user"] == {"twoFactorEnabled": True}
+    for org_id in (agent.org_id, other_admin.org_id):
+        attempt = await login(
+            client, agent.user.email, organizationId=encode_global_id("Organization", org_id)
+        )
+        assert attempt.status_code == 401, attempt.text
+        assert attempt.json()["error"]["code"] == "MFA_REQUIRED"
+        async with db.session(org_id) as session:
+            resets = (
+                await session.exec(
+                    select(AuditEvent).where(AuditEvent.action == Action.TWO_FACTOR_RESET)
+                )
+            ).all()
+        assert resets == []
+        assert await events_of(db, org_id, SecurityKind.MFA_DISABLED) == []
+
+
+@postgres_only
+async def test_a_reset_racing_the_members_join_of_another_workspace_sees_the_join(
+    client: httpx.AsyncClient,
+    db: Database,
+    admin: Actor,
+    agent: Actor,
+    other_admin: Actor,
+) -> None:
+    """Given an Agent with two factors joining Globex (the membership written, the user's
+    row locked as accepting an invitation locks it, not yet committed), when Acme's Admin
+    resets the Agent meanwhile, then the reset waits for the join and is refused: it
+    never clears factors that now also guard Globex (without the lock it checked the
+    memberships before the join committed, then cleared them)."""
+    agent_app = await enroll(client, await token_for(client, agent))
+    admin_token = await token_for(client, admin)
+    member_id = encode_global_id("Member", agent.membership.id)
+    waiting = text(
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+
+    async with db.session(other_admin.org_id) as joining:
+        await create_membership(joining, user=agent.user, role=Role.AGENT)
+        await joining.get(User, agent.user.id, populate_existing=True, with_for_update=True)
+        reset = asyncio.create_task(gql(client, admin_token, RESET, {"id": member_id}))
+        async with asyncio.timeout(30), db.engine.connect() as watcher:
+            while not (await watcher.execute(waiting)).scalar_one():
+                assert not reset.done(), reset.result().text
+                await asyncio.sleep(0.01)  # (the state of another connection)
+
+    assert error_codes(await reset) == ["FORBIDDEN"]
+    assert (await login(client, agent.user.email)).json()["error"]["code"] == "MFA_REQUIRED"
+    assert (
+        await mfa_login(client, agent.user.email, PASSWORD, code=agent_app.code())
+    ).status_code == 200
+
+
+async def test_a_member_of_one_workspace_recovers_with_an_admins_reset_end_to_end(
+    client: httpx.AsyncClient, db: Database, admin: Actor, agent: Actor
+) -> None:
+    """Given a workspace that requires two factors and an Agent of it alone who lost their
+    phone and codes, when its Admin resets them, then the password alone logs in, where
+    the session can only enroll; once enrolled on a new phone, the next login asks for
+    its code, and the lost phone's codes no longer work."""
+    admin_token = await token_for(client, admin)
+    await enroll(client, admin_token)
+    lost_phone = await enroll(client, await token_for(client, agent))
+    await require_two_factors(db, agent.org_id)
+
+    reset = await gql(
+        client, admin_token, RESET, {"id": encode_global_id("Member", agent.membership.id)}
+    )
+    assert "errors" not in reset.json(), reset.text
+    password_only = await login(client, agent.user.email)
+    assert password_only.status_code == 200, password_only.text
+    token = password_only.json()["accessToken"]
+    assert error_codes(await gql(client, token, MEMBERS)) == ["TWO_FACTOR_REQUIRED"]
+    new_phone = await enroll(client, token)
+
+    stale = await mfa_login(client, agent.user.email, PASSWORD, code=lost_phone.code())
+    assert stale.status_code == 401
+    assert stale.json()["error"]["code"] == "INVALID_MFA_CODE"
+    fresh = await mfa_login(client, agent.user.email, PASSWORD, code=new_phone.code())
+    assert fresh.status_code == 200, fresh.text
+    viewer = (await gql(client, fresh.json()["accessToken"], VIEWER)).json()["data"]["viewer"]
+    assert viewer["user"] == {"twoFactorEnabled": True}
 
 
 @pytest.mark.parametrize("code", ["", "12345", "1234567", "abcdef"])

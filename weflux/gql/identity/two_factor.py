@@ -139,7 +139,9 @@ class TwoFactorMutation:
         **guarded(
             Permission.MANAGE_SECURITY,
             "Clear a member's two factors (a lost phone): every session of theirs ends and "
-            "they enroll again.",
+            "they enroll again. Only for a member of this workspace alone: FORBIDDEN when "
+            "they also belong to another workspace, whose second factor this would strip "
+            "(the platform's operator resets them: `weflux two-factor reset`).",
         )
     )
     async def reset_member_two_factor(
