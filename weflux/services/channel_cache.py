@@ -2,11 +2,16 @@
 
 A webhook asked the database three times about the same `whatsapp_accounts` row: which
 channel a keyed URL names, its secrets (decrypted), and the routes of its phone number
-(issue 11). `ChannelCache` keeps those answers in the process. Any committed write to
-`whatsapp_accounts` (a number connected, its secrets rotated, disconnected, its health
-or status changed) through a session of the app's `Database` evicts every entry, here
-and, through the broker, in every other process (`CHANNEL`). So the next webhook after
-a rotation or a disconnection, on any process, reads the new state.
+(issue 11). `ChannelCache` keeps those answers in the process. A committed write to
+`whatsapp_accounts` through a session of the app's `Database` that may change one (a
+number connected or deleted; its key, secrets, ids, display number, workspace, or
+disconnection) evicts every entry, here and, through the broker, in every other process
+(`CHANNEL`). So the next webhook after a rotation or a disconnection, on any process,
+reads the new state. Writes of `QUIET_COLUMNS` alone (health, quality, limits, status,
+bookkeeping stamps: with 10,000 numbers, several a second) evict nothing. What a flush
+wrote is read from each row's attribute history, what an UPDATE writes from its SET
+columns and parameters; an INSERT, a DELETE and SQL in words naming the table always
+evict.
 
 Limits, and what covers them:
 - between a commit in one process and the broker's message reaching another, that
