@@ -216,9 +216,9 @@ def _disconnect(account: WhatsAppAccount) -> None:
 
 async def _text_rekey(db: Database, org: Organization) -> None:
     async with db.session(org.id) as session:
-        await session.exec(
+        await session.execute(
             text("UPDATE whatsapp_accounts SET webhook_key = :new WHERE webhook_key = :old"),
-            params={"new": NEW_KEY, "old": KEY},
+            {"new": NEW_KEY, "old": KEY},
         )
 
 
