@@ -58,6 +58,7 @@ MAX_MISSES = 10_000  # about 3 MB of 64-character keys
 # session.info: whether this transaction queued the Database's `channels_changed` already.
 _QUEUED_KEY = "weflux.channels_changed_queued"
 _ACCOUNTS = str(WhatsAppAccount.__tablename__)
+_COLUMNS = frozenset(WhatsAppAccount.__table__.columns.keys())  # type: ignore[attr-defined]
 
 
 class ChannelCache:
@@ -234,12 +235,21 @@ def _flushed(session: Session, _context: Any) -> None:
 
 
 def _set_columns(state: ORMExecuteState) -> Iterator[Any]:
-    """What an UPDATE writes: its SET clause's columns, and every parameter's name (an
-    executemany's, or one that sets a column; a WHERE's bound name is counted too)."""
-    yield from getattr(state.statement, "_values", None) or ()
+    """What an UPDATE writes: its SET clause's columns, and its parameters named after a
+    column (these set it); other names are only bound values. The ORM's bulk update by
+    primary key (an entity's UPDATE without WHERE, given rows) finds rows by `id`."""
+    statement = state.statement
+    yield from getattr(statement, "_values", None) or ()
     parameters = state.parameters
-    for row in parameters if isinstance(parameters, list | tuple) else [parameters or {}]:
-        yield from row
+    rows = parameters if isinstance(parameters, list | tuple) else [parameters or {}]
+    by_key = (
+        isinstance(parameters, list | tuple)
+        and state.is_orm_statement
+        and not getattr(statement, "_where_criteria", ())
+    )
+    written = _COLUMNS - {"id"} if by_key else _COLUMNS
+    for row in rows:
+        yield from (name for name in row if name in written)
 
 
 @event.listens_for(ScopedSession, "do_orm_execute")
