@@ -28,6 +28,7 @@ pytest_plugins = [
     "tests.fixtures.outbound",
     "tests.fixtures.live",
     "tests.fixtures.inbound",
+    "tests.fixtures.processes",
     "tests.fixtures.media",
 ]
 

@@ -44,8 +44,8 @@ _READ_ONLY = "weflux_read_only"
 # The (adapted) SQLite connection a session's transaction runs on, for `interrupt`.
 _SQLITE_DRIVER = "weflux.sqlite_driver"
 
-# session.info: what a committed write of whatsapp_accounts calls (`Database.channels_changed`;
-# see weflux.services.channel_cache).
+# session.info: what a committed write of whatsapp_accounts calls (`Database.channels_changed`),
+# when it wrote what webhooks cache (see weflux.services.channel_cache).
 CHANNELS_CHANGED_KEY = "weflux.channels_changed"
 
 AfterCommit = Callable[[], Awaitable[None]]

@@ -11,95 +11,28 @@ whose digest is absent is refused without any read: distinct random keys read no
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
 from sqlmodel import select
-from starlette.applications import Starlette
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.app import client_of, counting, lifespan
-from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.services import TEST_REDIS_URL
-from tests.fixtures.settings import make_settings
-from weflux.app import create_app
+from tests.fixtures.app import counting
+from tests.fixtures.processes import Processes
 from weflux.auth.crossings import webhook_key_digest
 from weflux.config import Settings
 from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import Organization, WhatsAppAccount, utcnow
-from weflux.realtime.broker import RedisBroker
 from weflux.runtime import runtime_of
-from weflux.services.channel_cache import CHANNEL
 from weflux.services.live_keys import LiveKeys
 
 SECRET = "unknown-key-test-app-secret-0123"
 NEW_KEY = "unknown-key-000000000000000000000001"
 OLD_KEY = "unknown-key-000000000000000000000002"
-
-
-@dataclass
-class Processes:
-    """`writer` changes numbers through its app's database; `reader` serves the webhooks.
-
-    On the in-process broker they are one process; on Redis two apps sharing it."""
-
-    writer: Starlette
-    reader: Starlette
-    client: httpx.AsyncClient
-    heard: asyncio.Event
-
-    async def change(self, write: Callable[[Database], Awaitable[None]]) -> None:
-        """`write` through the writer, then wait for the reader to hear of it."""
-        # CHANNEL is every process's, other tests' too, and names no number: reset just
-        # before the change, so another's message can only evict early.
-        self.heard.clear()
-        await write(runtime_of(self.writer).db)
-        async with asyncio.timeout(10):
-            await self.heard.wait()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def processes(
-    request: pytest.FixtureRequest, database_urls: DatabaseUrls, tmp_path: Path
-) -> AsyncIterator[Processes]:
-    extra: dict[str, Any] = {}
-    if request.param == "redis":
-        request.getfixturevalue("require_redis")
-        extra["redis_url"] = TEST_REDIS_URL
-    settings = make_settings(
-        tmp_path,
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        **extra,
-    )
-    async with AsyncExitStack() as stack:
-        writer = create_app(settings)
-        manager = await stack.enter_async_context(lifespan(writer))
-        reader = writer
-        if request.param == "redis":
-            reader = create_app(settings)
-            manager = await stack.enter_async_context(lifespan(reader))
-        client = await stack.enter_async_context(client_of(manager.app))
-        heard = asyncio.Event()
-
-        async def probe(_message: dict[str, Any]) -> None:
-            heard.set()  # the cache's own handler runs in the same dispatch
-
-        for app in {writer, reader}:
-            broker = runtime_of(app).broker
-            if isinstance(broker, RedisBroker):  # the cache is bypassed until it connects
-                await broker.wait_connected(timeout=30)
-        stack.push_async_callback(await runtime_of(reader).broker.subscribe(CHANNEL, probe))
-        yield Processes(writer, reader, client, heard)
 
 
 def signed_body() -> tuple[bytes, dict[str, str]]:
@@ -179,12 +112,14 @@ async def quiet(processes: Processes, ask: Callable[[], Awaitable[None]]) -> lis
     """The statements of `ask()` with the reader's live keys loaded first, in a window no
     other process's change interrupted (another test's can evict early: try again)."""
     keys = live_keys(processes)
+    cache = runtime_of(processes.reader).channel_cache
     for _ in range(5):
+        cache.clear()  # a try cut short may have left its miss remembered: ask afresh
         await keys.load()
-        generation = runtime_of(processes.reader).channel_cache.generation
+        generation = cache.generation
         with counting(processes.reader) as statements:
             await ask()
-        if keys.current and runtime_of(processes.reader).channel_cache.generation == generation:
+        if keys.current and cache.generation == generation:
             return statements
     pytest.fail("other processes' channel changes kept evicting the live keys")
 

@@ -51,10 +51,12 @@ def _text(status: int, body: str) -> PlainTextResponse:
 
 
 class _Channel:
-    """What the URL says about whose secrets verify the request."""
+    """What the URL says about whose secrets verify the request. Cached: the number's ids
+    only, nothing of its row that a write may change without evicting it (its health,
+    quality, status: weflux.services.channel_cache.QUIET_COLUMNS)."""
 
     def __init__(
-        self, account: WhatsAppAccount | None, app_secret: str | None, verify_token: str | None
+        self, account: crossings.Owned | None, app_secret: str | None, verify_token: str | None
     ):
         self.account = account
         self.app_secret = app_secret
@@ -147,7 +149,7 @@ async def _load_channel(runtime: Runtime, key: str) -> _Channel | None:
         raise _SecretsUnusable from None
     # A channel without its own app secret is served by the platform's Meta app.
     return _Channel(
-        account,
+        crossings.Owned(account.org_id, account.id),
         app_secret.reveal() if app_secret else _platform_secret(runtime),
         verify_token.reveal() if verify_token else None,
     )

@@ -2,11 +2,16 @@
 
 A webhook asked the database three times about the same `whatsapp_accounts` row: which
 channel a keyed URL names, its secrets (decrypted), and the routes of its phone number
-(issue 11). `ChannelCache` keeps those answers in the process. Any committed write to
-`whatsapp_accounts` (a number connected, its secrets rotated, disconnected, its health
-or status changed) through a session of the app's `Database` evicts every entry, here
-and, through the broker, in every other process (`CHANNEL`). So the next webhook after
-a rotation or a disconnection, on any process, reads the new state.
+(issue 11). `ChannelCache` keeps those answers in the process. A committed write to
+`whatsapp_accounts` through a session of the app's `Database` that may change one (a
+number connected or deleted; its key, secrets, ids, display number, workspace, or
+disconnection) evicts every entry, here and, through the broker, in every other process
+(`CHANNEL`). So the next webhook after a rotation or a disconnection, on any process,
+reads the new state. Writes of `QUIET_COLUMNS` alone (health, quality, limits, status,
+bookkeeping stamps: with 10,000 numbers, several a second) evict nothing. What a flush
+wrote is read from each row's attribute history, what an UPDATE writes from its SET
+columns and parameters; an INSERT, a DELETE and SQL in words naming the table always
+evict.
 
 Limits, and what covers them:
 - between a commit in one process and the broker's message reaching another, that
@@ -31,11 +36,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlalchemy.orm import ORMExecuteState, Session
+from sqlalchemy.sql.elements import TextClause
 
 from weflux.auth.scoping import ScopedSession
 from weflux.db import CHANNELS_CHANGED_KEY, after_commit_of
@@ -52,6 +58,7 @@ MAX_MISSES = 10_000  # about 3 MB of 64-character keys
 # session.info: whether this transaction queued the Database's `channels_changed` already.
 _QUEUED_KEY = "weflux.channels_changed_queued"
 _ACCOUNTS = str(WhatsAppAccount.__tablename__)
+_COLUMNS = frozenset(WhatsAppAccount.__table__.columns.keys())  # type: ignore[attr-defined]
 
 
 class ChannelCache:
@@ -162,6 +169,30 @@ class ChannelCache:
 
 # --- hearing the writes -----------------------------------------------------------------
 
+# Columns no cached answer is built from, so a write of these alone evicts nothing: the
+# answers are built from the id, the workspace, the key, the app secret and verify token
+# (a channel: weflux.api.webhooks), the phone number id, business account id and display
+# number (routes: crossings.webhook_routes), and whether it is live (`disconnected_at`);
+# live keys from the key and `disconnected_at`. Health, quality, limits, status and
+# bookkeeping stamps are written hourly per number by the worker (weflux.worker.health)
+# and by Meta's webhooks. Any column not named here evicts, a new one too (fail safe).
+QUIET_COLUMNS = frozenset(
+    {
+        "access_token_enc",  # sending's (weflux.services.outbound), never a webhook's
+        "credentials_updated_at",
+        "quality_rating",
+        "messaging_limit_tier",
+        "throughput_level",
+        "verified_name",
+        "status",
+        "status_detail",
+        "health_checked_at",
+        "templates_synced_at",
+        "sandbox",
+        "created_at",
+    }
+)
+
 
 def _queue_change(session: Session) -> None:
     listener = session.info.get(CHANNELS_CHANGED_KEY)
@@ -171,20 +202,70 @@ def _queue_change(session: Session) -> None:
     after_commit_of(session, listener)
 
 
+def _evicting(names: Iterable[Any]) -> bool:
+    """Whether a write of these columns (names, or columns of the table) may change a
+    cached answer: any not known quiet does (an unnamed one too)."""
+    for name in names:
+        if not isinstance(name, str):
+            name = getattr(name, "name", None)
+        if name not in QUIET_COLUMNS:
+            return True
+    return False
+
+
+def _changed_columns(account: WhatsAppAccount) -> Iterator[str]:
+    """The attributes of a flushed row whose value changed (a value set again is none)."""
+    state = inspect(account)
+    for key in state.committed_state:
+        if state.attrs[key].history.has_changes():
+            yield key
+
+
 @event.listens_for(ScopedSession, "after_flush")
 def _flushed(session: Session, _context: Any) -> None:
-    for obj in (*session.new, *session.dirty, *session.deleted):
+    # After a flush, before its history is reset: what it wrote is still the history.
+    for obj in (*session.new, *session.deleted):
         if isinstance(obj, WhatsAppAccount):
+            _queue_change(session)
+            return
+    for obj in session.dirty:
+        if isinstance(obj, WhatsAppAccount) and _evicting(_changed_columns(obj)):
             _queue_change(session)
             return
 
 
+def _set_columns(state: ORMExecuteState) -> Iterator[Any]:
+    """What an UPDATE writes: its SET clause's columns, and its parameters named after a
+    column (these set it); other names are only bound values. The ORM's bulk update by
+    primary key (an entity's UPDATE without WHERE, given rows) finds rows by `id`."""
+    statement = state.statement
+    yield from getattr(statement, "_values", None) or ()
+    parameters = state.parameters
+    rows = parameters if isinstance(parameters, list | tuple) else [parameters or {}]
+    by_key = (
+        isinstance(parameters, list | tuple)
+        and state.is_orm_statement
+        and not getattr(statement, "_where_criteria", ())
+    )
+    written = _COLUMNS - {"id"} if by_key else _COLUMNS
+    for row in rows:
+        yield from (name for name in row if name in written)
+
+
 @event.listens_for(ScopedSession, "do_orm_execute")
 def _bulk_write(state: ORMExecuteState) -> None:
+    statement = state.statement
+    if isinstance(statement, TextClause):
+        # SQL in words is not parsed: naming the table is enough (fail safe).
+        if _ACCOUNTS in statement.text.lower():
+            _queue_change(state.session)
+        return
     if not (state.is_update or state.is_delete or state.is_insert):
         return
-    table = getattr(state.statement, "table", None)
-    if getattr(table, "name", None) == _ACCOUNTS:
+    table = getattr(statement, "table", None)
+    if getattr(table, "name", None) != _ACCOUNTS:
+        return
+    if not state.is_update or _evicting(_set_columns(state)):
         _queue_change(state.session)
 
 

@@ -10,9 +10,10 @@ present goes on to the lookup (a key of another's digest, 1 in 2**64 per live ke
 costs that read and answers right).
 
 It is trusted only while it is current, else the lookup is made as before:
-- loaded in the channel cache's present generation: any committed write to
-  `whatsapp_accounts` through the app, here or (through the broker) elsewhere, and the
-  broker's reconnection, start a new one;
+- loaded in the channel cache's present generation: a committed write through the app
+  that evicts it (a key or `disconnected_at` among others; not a health stamp: its
+  `QUIET_COLUMNS`), here or (through the broker) elsewhere, and the broker's
+  reconnection, start a new one;
 - while the channel cache is usable (started, the broker connected);
 - for `MAX_AGE_SECONDS` after its load began: a key written outside the app (`weflux
   demo`, a restore, SQL by hand) sends no message, and works within that bound.
