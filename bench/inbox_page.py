@@ -1,6 +1,7 @@
 """The inbox page beside its floor: server CPU per request, requests/s, SQL statements.
 
-    .venv/bin/python -m bench.inbox_page [--database-url URL] [--redis-url URL] [--requests 200] [--rounds 5]
+    .venv/bin/python -m bench.inbox_page [--database-url URL] [--redis-url URL]
+        [--requests 200] [--rounds 5]
 
 One run, two servers side by side, each a subprocess on a free loopback port, on one
 fresh migrated database (SQLite unless `--database-url`; a PostgreSQL database that does

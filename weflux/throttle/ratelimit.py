@@ -210,7 +210,8 @@ class RateLimiter:
             implementation="redispy",
             key_prefix=key_prefix,
             socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
-            socket_timeout=None,  # redis-py's default is 5 s
+            # No timeout: redis-py's default is 5 s; the `limits` stub types no None.
+            socket_timeout=None,  # type: ignore[arg-type]
         )
 
     @property
