@@ -1,6 +1,7 @@
 """The inbox page beside its floor: server CPU per request, requests/s, SQL statements.
 
-    .venv/bin/python -m bench.inbox_page [--database-url URL] [--requests 200] [--rounds 5]
+    .venv/bin/python -m bench.inbox_page [--database-url URL] [--redis-url URL]
+        [--requests 200] [--rounds 5]
 
 One run, two servers side by side, each a subprocess on a free loopback port, on one
 fresh migrated database (SQLite unless `--database-url`; a PostgreSQL database that does
@@ -271,6 +272,8 @@ class Results:
 
 async def served(args: Any, url: str, org_id: uuid.UUID, email: str, workdir: Path) -> Results:
     env = server_env(url, workdir) | BUDGETS | {"WEFLUX_BENCH_ORG_ID": str(org_id)}
+    if args.redis_url:  # limits, budgets and the broker in Redis
+        env["WEFLUX_REDIS_URL"] = args.redis_url
     weflux_port, floor_port = free_port(), free_port()
     python = sys.executable
     weflux = spawn(
@@ -372,6 +375,7 @@ async def run(args: Any, workdir: Path) -> bool:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
+    parser.add_argument("--redis-url", default=None, help="weflux's WEFLUX_REDIS_URL")
     parser.add_argument("--requests", type=int, default=200, help="per server and round")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")

@@ -6,13 +6,13 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
 from sqlalchemy.engine import make_url
 
 from tests.fixtures.services import TEST_REDIS_URL, eventually
+from tests.fixtures.tasks import tasks_created
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.realtime.broker import Broker, Handler, InProcessBroker, Message, RedisBroker
 from weflux.runtime import create_redis, create_redis_broker
@@ -192,24 +192,9 @@ async def test_a_publish_leaves_from_the_publishing_task(require_redis: None) ->
 
         await b.subscribe(channel, handler)
         await a.publish_many([(channel, {"n": 0})])  # the publisher's connection is open
-        loop = asyncio.get_running_loop()
-        factory = loop.get_task_factory()
-        created: list[object] = []
-
-        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Any:
-            created.append(coro)
-            return (
-                factory(loop, coro, **kwargs)
-                if factory
-                else asyncio.Task(coro, loop=loop, **kwargs)
-            )
-
-        loop.set_task_factory(counting)
-        try:
+        with tasks_created() as created:
             await a.publish_many([(channel, {"n": 1}), (channel, {"n": 2})])
             await a.publish(channel, {"n": 3})
-        finally:
-            loop.set_task_factory(factory)
         assert created == []
         await eventually(lambda: received == [{"n": n} for n in range(4)])
 

@@ -5,6 +5,7 @@ Time is a fake clock handed to the buckets, in memory and in Redis alike: no sle
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -13,12 +14,16 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from sqlalchemy.engine import make_url
 
 from tests.fixtures.services import TEST_REDIS_URL, redis_problem, require
 from tests.fixtures.settings import make_settings
+from tests.fixtures.tasks import tasks_created
+from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.config import ConfigError
 from weflux.gql.budgets import CostBudgets
 from weflux.throttle.leaky_bucket import Bucket, BucketSpec, LeakyBuckets, parse_bucket
+from weflux.throttle.ratelimit import DECISION_TIMEOUT
 
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/0"
 TEN_A_SECOND = BucketSpec(capacity=100, restore_rate=10.0)
@@ -155,6 +160,51 @@ async def test_an_unreachable_redis_fails_open_and_warns_once(
     warnings = [r for r in caplog.records if r.name == "weflux.throttle.leaky_bucket"]
     assert len(warnings) == 1
     assert "without a budget" in warnings[0].getMessage()
+
+
+async def test_a_charge_creates_no_task(make_buckets: Callable[[], LeakyBuckets]) -> None:
+    """Given buckets whose store is open, when a charge is made, then its Redis command runs
+    in the caller's task: the client has no socket timeout, whose `asyncio.wait_for` runs
+    each write in a task of its own on Python 3.11; the charge is bounded by
+    `DECISION_TIMEOUT` itself."""
+    buckets = make_buckets()
+    await buckets.charge([Bucket("member:tasks", TEN_A_SECOND)], 1)  # the connection is open
+    with tasks_created() as created:
+        charge = await buckets.charge([Bucket("member:tasks", TEN_A_SECOND)], 1)
+    assert charge.allowed is True
+    assert created == []
+
+
+async def test_a_redis_that_never_answers_fails_open_within_the_decision_bound(
+    require_redis: None, clock: Clock, key_prefix: str
+) -> None:
+    """Given buckets on a Redis that takes requests and never answers, when a charge is
+    made, then it is allowed, remaining unknown, after `DECISION_TIMEOUT` (not held for
+    ever); once Redis answers again the charges are answered again."""
+    url = make_url(TEST_REDIS_URL)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
+    await proxy.start()
+    buckets = LeakyBuckets(
+        f"redis://127.0.0.1:{proxy.port}/{url.database or 0}", key_prefix=key_prefix, clock=clock
+    )
+    bucket = Bucket("member:stalled", TEN_A_SECOND)
+    try:
+        assert (await buckets.charge([bucket], 10)).tightest is not None
+        await proxy.deafen()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        charge = await buckets.charge([bucket], 10)
+        assert DECISION_TIMEOUT - 0.1 <= loop.time() - started <= DECISION_TIMEOUT + 0.5
+        assert charge.allowed is True
+        assert charge.tightest is None
+        await proxy.restore()
+        assert (await buckets.charge([bucket], 10)).tightest is not None
+    finally:
+        await buckets.close()
+        await proxy.close()
+        client = Redis.from_url(TEST_REDIS_URL)
+        await client.delete(f"{key_prefix}:member:stalled")
+        await client.aclose()
 
 
 @pytest.mark.parametrize(

@@ -21,10 +21,12 @@ from starlette.routing import Route
 
 from tests.fixtures.limiter import LimiterFactory, build_settings
 from tests.fixtures.services import TEST_REDIS_URL
+from tests.fixtures.tasks import tasks_created
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.client_ip import client_ip
 from weflux.config import ConfigError
 from weflux.throttle.ratelimit import (
+    DECISION_TIMEOUT,
     LIMIT_NAMES,
     RateLimitDecision,
     RateLimiter,
@@ -304,6 +306,52 @@ async def test_redis_going_away_fails_open_and_limits_resume(
         denied = await limiter.hit("login_account", "a@example.com")
         assert denied.allowed is False
         assert denied.retry_after >= 1
+    finally:
+        await limiter.close()
+
+
+async def test_a_decision_creates_no_task(make_limiter: LimiterFactory) -> None:
+    """Given a limiter whose store is open, when requests are counted, tested and read,
+    then each Redis command runs in the request's own task: with a socket timeout redis-py
+    bounds each write with `asyncio.wait_for`, which on Python 3.11 runs it in a task of
+    its own, several times per GraphQL request (issue 11). The limiter bounds each
+    decision itself (`DECISION_TIMEOUT`)."""
+    limiter = make_limiter(rate_limit_graphql_workspace="100/minute;1000/hour")
+    await limiter.hit("graphql_workspace", "ws-tasks")  # the store's connection is open
+    with tasks_created() as created:
+        assert (await limiter.hit("graphql_workspace", "ws-tasks")).allowed is True
+        assert (await limiter.test("graphql_workspace", "ws-tasks")).allowed is True
+        assert await limiter.used("graphql_workspace", "ws-tasks") == 2
+        assert await limiter.tally("probe", "ws-tasks", seconds=60) == 1
+    assert created == []
+
+
+async def test_a_redis_that_never_answers_fails_open_within_the_decision_bound(
+    tmp_path: Path, redis_proxy: TcpProxy, redis_client: Redis, key_prefix: str
+) -> None:
+    """Given a limiter on a Redis that takes requests and never answers (no socket timeout
+    on its client), when a request is counted, then it is allowed after `DECISION_TIMEOUT`
+    (not held for ever), and once Redis answers again the counters are read right."""
+    database = make_url(TEST_REDIS_URL).database or "0"
+    settings = build_settings(
+        tmp_path,
+        redis_url=f"redis://127.0.0.1:{redis_proxy.port}/{database}",
+        rate_limit_login_ip="2/hour",
+    )
+    limiter = RateLimiter(settings, key_prefix=key_prefix)
+    try:
+        assert await hit_times(limiter, "login_ip", "203.0.113.7", 3) == [True, True, False]
+        await redis_proxy.deafen()
+        loop = asyncio.get_running_loop()
+        for call in (limiter.hit, limiter.test):
+            started = loop.time()
+            assert (await call("login_ip", "203.0.113.7")).allowed is True
+            assert DECISION_TIMEOUT - 0.1 <= loop.time() - started <= DECISION_TIMEOUT + 0.5
+        await redis_proxy.restore()
+        denied = await limiter.hit("login_ip", "203.0.113.7")
+        assert denied.allowed is False
+        assert denied.retry_after >= 1
+        assert await limiter.used("login_ip", "203.0.113.7") == 2
     finally:
         await limiter.close()
 

@@ -25,7 +25,7 @@ from weflux.config import ConfigError
 from weflux.redis_errors import redis_errors
 from weflux.throttle.ratelimit import (
     DECISION_TIMEOUT,
-    REDIS_SOCKET_TIMEOUT,
+    REDIS_CONNECT_TIMEOUT,
     StorageWarning,
     plain_key,
 )
@@ -157,9 +157,9 @@ class LeakyBuckets:
 
             self._redis = Redis.from_url(
                 redis_url,
-                socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-                socket_timeout=REDIS_SOCKET_TIMEOUT,
-            )
+                socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+                socket_timeout=None,  # redis-py's default is 5 s
+            )  # no socket timeout: each charge is bounded by `DECISION_TIMEOUT` (no task)
             self._storage_errors = redis_errors()
         self._script = self._redis.register_script(_CHARGE) if self._redis is not None else None
         self._memory: dict[str, tuple[float, float, float]] = {}  # level, at, full at

@@ -51,10 +51,15 @@ LIMIT_NAMES = (
 # hashed before storage, so no email address is ever a key in Redis.
 ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"})
 
-# Socket timeouts for the limiter's Redis client, and a bound on one whole decision, so
-# a Redis that hangs costs a request at most this long before the limiter fails open.
-REDIS_SOCKET_TIMEOUT = 0.5
-DECISION_TIMEOUT = 1.0
+# The connect timeout of the limiter's Redis client, and the bound on one whole decision:
+# a Redis that hangs costs a request at most this long before the limiter fails open. The
+# client has no socket timeout: with one redis-py bounds each write with
+# `asyncio.wait_for`, which before Python 3.12 runs it in a task of its own (a task and a
+# turn of the event loop per command, several per GraphQL request; issue 11). The bound
+# is the socket timeout the client had, the most a Redis that never answers cost a
+# decision then (its first command timed out, and was not retried).
+REDIS_CONNECT_TIMEOUT = 0.5
+DECISION_TIMEOUT = 0.5
 STORAGE_WARNING_INTERVAL = 60.0
 # The key of the per-IP limits for a request whose client address is unknown (no socket
 # peer: an ASGI server on a Unix socket, unless `WEFLUX_TRUSTED_PROXIES` trusts it): such
@@ -204,8 +209,9 @@ class RateLimiter:
             "async+" + uri,
             implementation="redispy",
             key_prefix=key_prefix,
-            socket_connect_timeout=REDIS_SOCKET_TIMEOUT,
-            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+            # No timeout: redis-py's default is 5 s; the `limits` stub types no None.
+            socket_timeout=None,  # type: ignore[arg-type]
         )
 
     @property
@@ -322,12 +328,14 @@ class RateLimiter:
         return f"mark/{name}/#{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def stats(self, name: str, key: str) -> tuple[WindowStats, ...]:
-        """Each window's reset time and remaining requests for `key`, consuming nothing."""
+        """Each window's reset time and remaining requests for `key`, consuming nothing
+        (`TimeoutError` after `DECISION_TIMEOUT`; it does not fail open)."""
         items = self._items(name)
         identifier = storage_key(name, key)
-        return tuple(
-            [await self._strategy.get_window_stats(item, name, identifier) for item in items]
-        )
+        async with asyncio.timeout(DECISION_TIMEOUT):
+            return tuple(
+                [await self._strategy.get_window_stats(item, name, identifier) for item in items]
+            )
 
     def _items(self, name: str) -> tuple[RateLimitItem, ...]:
         items = self._limits.get(name)
