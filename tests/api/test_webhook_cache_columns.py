@@ -19,6 +19,7 @@ from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
+from tests.fixtures.inbound import keyed_number
 from tests.fixtures.processes import Processes
 from weflux.config import Settings
 from weflux.crypto.fields import seal
@@ -90,20 +91,9 @@ async def cached(processes: Processes, org: Organization) -> Processes:
     settings = runtime_of(processes.writer).settings
 
     async def connect(db: Database) -> None:
-        async with db.session(org.id) as session:
-            account = WhatsAppAccount(
-                org_id=org.id,
-                display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-                phone_number_id=wh.PHONE_NUMBER_ID,
-                business_account_id=wh.WABA_ID,
-                webhook_key=KEY,
-                credentials_updated_at=utcnow(),
-                status="CONNECTED",
-            )
-            keyring = KeyRing.from_settings(settings)
-            seal(keyring, account, "app_secret_enc", SECRET)
-            seal(keyring, account, "webhook_verify_token_enc", TOKEN)
-            session.add(account)
+        await keyed_number(
+            db, settings, org.id, webhook_key=KEY, app_secret=SECRET, verify_token=TOKEN
+        )
 
     await processes.change(connect)
     return processes

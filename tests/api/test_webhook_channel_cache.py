@@ -18,6 +18,7 @@ from sqlmodel import col, func, select
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.inbound import keyed_number
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
@@ -46,19 +47,7 @@ def settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
 
 @pytest.fixture
 async def number(db: Database, settings: Settings, org: Organization) -> WhatsAppAccount:
-    async with db.session(org.id) as session:
-        account = WhatsAppAccount(
-            org_id=org.id,
-            display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-            phone_number_id=wh.PHONE_NUMBER_ID,
-            business_account_id=wh.WABA_ID,
-            webhook_key=KEY,
-            credentials_updated_at=utcnow(),
-            status="CONNECTED",
-        )
-        seal(KeyRing.from_settings(settings), account, "app_secret_enc", OLD_SECRET)
-        session.add(account)
-    return account
+    return await keyed_number(db, settings, org.id, webhook_key=KEY, app_secret=OLD_SECRET)
 
 
 async def post(client: httpx.AsyncClient, secret: str) -> int:

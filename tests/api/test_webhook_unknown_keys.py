@@ -20,11 +20,10 @@ from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
+from tests.fixtures.inbound import keyed_number
 from tests.fixtures.processes import Processes
 from weflux.auth.crossings import webhook_key_digest
 from weflux.config import Settings
-from weflux.crypto.fields import seal
-from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.models import Organization, WhatsAppAccount, utcnow
 from weflux.runtime import runtime_of
@@ -60,18 +59,7 @@ def connect(
     """A number connected with webhook key `key`, as `connectWhatsAppAccount` stores it."""
 
     async def write(db: Database) -> None:
-        async with db.session(org.id) as session:
-            account = WhatsAppAccount(
-                org_id=org.id,
-                display_phone_number=wh.DISPLAY_PHONE_NUMBER,
-                phone_number_id=wh.PHONE_NUMBER_ID,
-                business_account_id=wh.WABA_ID,
-                webhook_key=key,
-                credentials_updated_at=utcnow(),
-                status="CONNECTED",
-            )
-            seal(KeyRing.from_settings(settings), account, "app_secret_enc", SECRET)
-            session.add(account)
+        await keyed_number(db, settings, org.id, webhook_key=key, app_secret=SECRET)
 
     return write
 
