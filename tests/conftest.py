@@ -29,6 +29,7 @@ pytest_plugins = [
     "tests.fixtures.live",
     "tests.fixtures.inbound",
     "tests.fixtures.processes",
+    "tests.fixtures.brokers",
     "tests.fixtures.media",
 ]
 

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 from tests.fixtures.services import TEST_REDIS_URL, eventually
 from tests.fixtures.tasks import tasks_created
 from tests.fixtures.tcp_proxy import TcpProxy
-from weflux.realtime.broker import Broker, Handler, InProcessBroker, Message, RedisBroker
+from weflux.realtime.broker import Broker, Handler, Message, RedisBroker
 from weflux.runtime import create_redis, create_redis_broker
 
 
@@ -35,21 +35,6 @@ async def _two_processes() -> AsyncIterator[tuple[tuple[RedisBroker, Redis], ...
         for broker, redis in pairs:
             await broker.stop()
             await redis.aclose()
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    if request.param == "memory":
-        yield InProcessBroker()
-        return
-    request.getfixturevalue("require_redis")
-    redis = create_redis(TEST_REDIS_URL)
-    instance = create_redis_broker(TEST_REDIS_URL, redis)
-    await instance.start()
-    await instance.wait_connected()
-    yield instance
-    await instance.stop()
-    await redis.aclose()
 
 
 def _channel() -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +18,6 @@ from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.inbound import keyed_number, outbound_message, stored_message
-from tests.fixtures.services import TEST_REDIS_URL
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
@@ -33,30 +31,13 @@ from weflux.models import (
     WhatsAppAccount,
     utcnow,
 )
-from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
+from weflux.realtime.broker import Broker, InProcessBroker
 from weflux.realtime.events import EventName, workspace_channel
-from weflux.runtime import create_redis
 from weflux.services import ingest, webhook_queue
 from weflux.services.ingest import process
 from weflux.whatsapp import parser
 
 GUARD = 30  # seconds; a wait for what must come
-
-
-@pytest.fixture(params=["memory", "redis"])
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    """The in-process broker, or Redis's."""
-    if request.param == "memory":
-        yield InProcessBroker()
-        return
-    request.getfixturevalue("require_redis")
-    redis = create_redis(TEST_REDIS_URL)
-    instance = RedisBroker(redis)
-    await instance.start()
-    await instance.wait_connected()
-    yield instance
-    await instance.stop()
-    await redis.aclose()
 
 
 def _body(sender: str, wamid: str, at: int, *, phone: str = wh.PHONE_NUMBER_ID) -> bytes:
