@@ -15,7 +15,11 @@ Measured, each on both servers:
 
 1. server CPU per webhook from a new sender: CPU time of the server process (every
    thread, to the nanosecond: `bench.fanout.process_cpu_seconds`) over `--posts`
-   sequential posts (after a warm-up), divided by the posts;
+   sequential posts (after a warm-up), divided by the posts; in `--rounds` rounds, each
+   weflux's window then the floor's, so a moment's slowdown of the machine falls on one
+   round, not on one side (it used to measure all of weflux's posts, then all of the
+   floor's: about one run in four went over 3x on SQLite, `main` and older alike); the
+   goal is judged on the median round's ratio, and every round's is printed;
 2. SQL statements per webhook, new sender and known sender: counted in this process on
    the same app (`before_cursor_execute`; BEGIN/COMMIT not counted); the floor's is 1;
 3. ack p50/p99 at `--rate` webhooks/s offered (open loop, `--seconds` long);
@@ -165,7 +169,7 @@ class Target:
 
 @dataclass
 class Result:
-    cpu_ms: float
+    cpu_ms: list[float]  # one per round
     p50_ms: float
     p99_ms: float
     throughput: float
@@ -176,13 +180,31 @@ def sender() -> str:
     return f"1{secrets.randbelow(10**13):013d}"
 
 
+WARM_UP = 20  # posts before the first CPU window: imports, caches, connections
+
+
 async def cpu_per_post(client: Pool, target: Target, posts: int) -> float:
-    for _ in range(20):  # warm-up: imports, caches, connections
-        await post(client, target, sender())
     before = target.server.cpu_seconds()
     for _ in range(posts):
         await post(client, target, sender())
     return (target.server.cpu_seconds() - before) / posts * 1000
+
+
+async def cpu_rounds(targets: list[Target], posts: int, rounds: int) -> list[list[float]]:
+    """Each target's CPU per post in each round, the targets' windows taking turns."""
+    clients = [Pool(target.server.base) for target in targets]
+    try:
+        for client, target in zip(clients, targets, strict=True):
+            for _ in range(WARM_UP):
+                await post(client, target, sender())
+        found: list[list[float]] = [[] for _ in targets]
+        for _ in range(rounds):
+            for k, (client, target) in enumerate(zip(clients, targets, strict=True)):
+                found[k].append(await cpu_per_post(client, target, posts))
+        return found
+    finally:
+        for client in clients:
+            client.close()
 
 
 async def post(client: Pool, target: Target, who: str) -> float:
@@ -244,10 +266,9 @@ async def burst(client: Pool, target: Target, posts: int) -> tuple[float, float]
     return acked, (count - before) / (last - started)
 
 
-async def measure(target: Target, args: argparse.Namespace) -> Result:
+async def measure(target: Target, args: argparse.Namespace, cpu: list[float]) -> Result:
     client = Pool(target.server.base)
     try:
-        cpu = await cpu_per_post(client, target, args.posts)
         p50, p99 = await acks_at_rate(client, target, args.rate, args.seconds)
         if target.processed is not None:  # the rate's events processed first
             await settled(target.processed)
@@ -401,11 +422,15 @@ async def run(args: argparse.Namespace, workdir: Path) -> int:
             servers[0], "/webhooks/whatsapp", lambda who: signed_webhook(space, who, "hi"), stored
         )
         floor = Target(servers[1], "/webhook", lambda who: signed_webhook(space, who, "hi"))
-        sent = 20 + args.posts + int(args.rate * args.seconds) + args.burst
+        sent = WARM_UP + args.rounds * args.posts + int(args.rate * args.seconds) + args.burst
         results = []
         try:
-            for target in (weflux, floor):
-                results.append(await measure(target, args))
+            targets = [weflux, floor]
+            cpus = await cpu_rounds(targets, args.posts, args.rounds)
+            if weflux.processed is not None:  # the rounds' events processed first
+                await settled(weflux.processed)
+            for target, cpu in zip(targets, cpus, strict=True):
+                results.append(await measure(target, args, cpu))
         finally:
             await counter.dispose()
         await settled_messages(url, space.org_id, sent + 3)
@@ -492,12 +517,18 @@ def report(url: str, weflux: Result, floor: Result, new: int, known: int, lost: 
         if not ok:
             missed.append(name)
 
-    cpu_ratio = weflux.cpu_ms / floor.cpu_ms if floor.cpu_ms else float("inf")
+    # Each round's ratio of its two windows; the goal on the median round's.
+    ratios = sorted(ours / theirs for ours, theirs in zip(weflux.cpu_ms, floor.cpu_ms, strict=True))
+    cpu_ratio = statistics.median(ratios)
+    print(
+        f"server CPU, {len(ratios)} rounds (weflux's window, then the floor's): ratio per round "
+        + ", ".join(f"{r:.1f}x" for r in ratios)
+    )
     line(
         "server CPU ms/webhook (new sender)",
-        weflux.cpu_ms,
-        floor.cpu_ms,
-        "<= 3x",
+        statistics.median(weflux.cpu_ms),
+        statistics.median(floor.cpu_ms),
+        f"<= 3x (median round {cpu_ratio:.1f}x)",
         cpu_ratio <= GOAL_CPU_RATIO,
     )
     line("SQL statements, new sender", new, 1, "<= 6", new <= GOAL_NEW_STATEMENTS, ".0f")
@@ -530,7 +561,8 @@ def report(url: str, weflux: Result, floor: Result, new: int, known: int, lost: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--database-url", default=None, help="default: a fresh SQLite file")
-    parser.add_argument("--posts", type=int, default=300, help="sequential posts for CPU")
+    parser.add_argument("--posts", type=int, default=300, help="sequential posts per CPU round")
+    parser.add_argument("--rounds", type=int, default=5, help="CPU rounds, the servers in turn")
     parser.add_argument("--rate", type=float, default=100, help="webhooks/s offered")
     parser.add_argument("--seconds", type=float, default=5, help="how long at --rate")
     parser.add_argument("--burst", type=int, default=1500, help="posts for throughput")
