@@ -32,7 +32,6 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import and_, case, func, or_
-from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from weflux.auth import crossings
@@ -197,12 +196,7 @@ async def process_batch_safely(
             await process_event_safely(db, broker, settings, ids[0], cache)
             continue
         try:
-            try:
-                batch = await process_batch(db, broker, settings, ids, cache=cache)
-            except IntegrityError:
-                batch = await process_batch(
-                    db, broker, settings, ids, cache=cache, optimistic=False
-                )
+            batch = await process_batch(db, broker, settings, ids, cache=cache)
         except Exception as error:
             log.info(
                 "webhook batch failed: its events are processed one by one",

@@ -79,6 +79,19 @@ async def _optimistically(attempt: Callable[[bool], Awaitable[None]]) -> None:
         await attempt(False)
 
 
+def _mark_processed(
+    event: WebhookEvent, note: str | None, now: datetime, *, counted: bool = False
+) -> None:
+    """The event processed now; `note` replaces an earlier failure's error (resolved).
+    `counted`: its attempt was counted before it started (`webhook_attempts.claim`)."""
+    event.last_error = note
+    event.status = WebhookEventStatus.PROCESSED
+    if not counted:
+        event.attempts += 1
+    event.processed_at = now
+    event.next_attempt_at = None
+
+
 async def process_event(
     db: Database,
     broker: Broker,
@@ -108,12 +121,7 @@ async def process_event(
                 return
             note = await _apply(session, broker, settings, event.body, event.account_id, cache)
             await _send_held(session)
-            event.last_error = note  # an earlier failure's error goes: it is resolved
-            event.status = WebhookEventStatus.PROCESSED
-            if not counted:
-                event.attempts += 1
-            event.processed_at = utcnow()
-            event.next_attempt_at = None
+            _mark_processed(event, note, utcnow(), counted=counted)
             processed = True
 
     await _optimistically(attempt)
@@ -139,7 +147,6 @@ async def process_batch(
     event_ids: Sequence[uuid.UUID],
     *,
     cache: ChannelCache | None = None,
-    optimistic: bool = True,
 ) -> Batch:
     """Process stored events of ONE workspace in one transaction: their shares merged
     into one (N one-message webhooks become one N-message share, the multi-message path:
@@ -152,58 +159,57 @@ async def process_batch(
     unprocessed and named in the answer. Events gone, processed already or locked by
     another transaction (the sweep's, a replay's: claimed FOR UPDATE SKIP LOCKED) are left
     to it. Raises on any failure, having written nothing: the caller then processes each
-    event alone (`process_event`), so one poison event fails alone. `optimistic` (stored
-    wamids not read first): a redelivered message fails the batch with IntegrityError,
-    and the caller runs it again not optimistic (`webhook_queue.process_batch_safely`).
+    event alone (`process_event`), so one poison event fails alone. Optimistic, as
+    `process_event`: a redelivered message breaks a unique index, and the batch runs once
+    more asking which messages are stored (`_optimistically`).
     """
     batch = Batch()
-    async with db.session(webhook_event=tuple(event_ids)) as session:
-        session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
-        events = (
-            await session.exec(
-                sqlmodel_select(WebhookEvent)
-                .where(
-                    col(WebhookEvent.id).in_(event_ids),
-                    WebhookEvent.status != WebhookEventStatus.PROCESSED,
+
+    async def attempt(optimistic: bool) -> None:
+        nonlocal batch
+        batch = Batch()  # a failed attempt's findings go with its transaction
+        async with db.session(webhook_event=tuple(event_ids)) as session:
+            session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
+            events = (
+                await session.exec(
+                    sqlmodel_select(WebhookEvent)
+                    .where(
+                        col(WebhookEvent.id).in_(event_ids),
+                        WebhookEvent.status != WebhookEventStatus.PROCESSED,
+                    )
+                    .with_for_update(skip_locked=True)
                 )
-                .with_for_update(skip_locked=True)
-            )
-        ).all()
-        order = {event_id: k for k, event_id in enumerate(event_ids)}
-        mine: list[WebhookEvent] = []
-        merged = _Share()
-        workspace: uuid.UUID | None = None
-        notes: dict[uuid.UUID, str | None] = {}
-        for event in sorted(events, key=lambda e: order[e.id]):
-            shares, notes[event.id] = await _shares(session, event.body, event.account_id, cache)
-            if len(shares) > 1:
-                batch.alone.append(event.id)
-                continue
-            if shares:
-                (org_id,) = shares
-                if workspace is None:
-                    workspace = org_id
-                elif org_id != workspace:
-                    batch.others.setdefault(org_id, []).append(event.id)
+            ).all()
+            order = {event_id: k for k, event_id in enumerate(event_ids)}
+            mine: list[WebhookEvent] = []
+            merged = _Share()
+            workspace: uuid.UUID | None = None
+            notes: dict[uuid.UUID, str | None] = {}
+            for event in sorted(events, key=lambda e: order[e.id]):
+                shares, notes[event.id] = await _shares(
+                    session, event.body, event.account_id, cache
+                )
+                if len(shares) > 1:
+                    batch.alone.append(event.id)
                     continue
-                share = shares[org_id]
-                merged.messages += share.messages
-                merged.statuses += share.statuses
-                merged.templates += share.templates
-                merged.quality += share.quality
-                merged.account += share.account
-            mine.append(event)
-        if workspace is not None:
-            await _process_share(session, broker, settings, workspace, merged)
-        await _send_held(session)
-        now = utcnow()
-        for event in mine:
-            event.last_error = notes[event.id]
-            event.status = WebhookEventStatus.PROCESSED
-            event.attempts += 1
-            event.processed_at = now
-            event.next_attempt_at = None
-            batch.processed.append(event.id)
+                if shares:
+                    (org_id,) = shares
+                    if workspace is None:
+                        workspace = org_id
+                    elif org_id != workspace:
+                        batch.others.setdefault(org_id, []).append(event.id)
+                        continue
+                    merged.add(shares[org_id])
+                mine.append(event)
+            if workspace is not None:
+                await _process_share(session, broker, settings, workspace, merged)
+            await _send_held(session)
+            now = utcnow()
+            for event in mine:
+                _mark_processed(event, notes[event.id], now)
+                batch.processed.append(event.id)
+
+    await _optimistically(attempt)
     return batch
 
 
@@ -329,10 +335,10 @@ async def _shares(
     """An event's body routed: its share per workspace, and what its `last_error` says."""
     try:
         body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past the parser's stack
+        if _UNSTORABLE_TEXT.search(raw):
+            body = _storable(body)
+    except (UnicodeDecodeError, ValueError, RecursionError):  # nested past Python's stack
         body = None
-    if _UNSTORABLE_TEXT.search(raw):
-        body = _storable(body)
     parsed = parse_webhook(body)
     note = None
     if body is None or parsed.unknown:

@@ -35,6 +35,14 @@ class _Share:
     quality: list[tuple[QualityUpdate, list[Route]]] = field(default_factory=list)
     account: list[tuple[AccountUpdate, list[Route]]] = field(default_factory=list)
 
+    def add(self, other: _Share) -> None:
+        """Take in another event's share of the same workspace (a queue worker's batch)."""
+        self.messages += other.messages
+        self.statuses += other.statuses
+        self.templates += other.templates
+        self.quality += other.quality
+        self.account += other.account
+
 
 def _digits(value: str | None) -> str:
     return "".join(ch for ch in value or "" if ch.isdigit())
