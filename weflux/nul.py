@@ -15,11 +15,18 @@ NUL_MESSAGE = "Text must not contain the NUL character (U+0000)"
 
 
 def holds_nul(value: Any) -> bool:
-    """Whether a JSON value holds a string with NUL, as a key or a value, at any depth."""
-    if isinstance(value, str):
-        return NUL in value
-    if isinstance(value, dict):
-        return any(holds_nul(key) or holds_nul(item) for key, item in value.items())
-    if isinstance(value, list):
-        return any(holds_nul(item) for item in value)
+    """Whether a JSON value holds a string with NUL, as a key or a value, at any depth.
+    A walk with a stack of its own, not recursion: a client's variables may nest deeper
+    than Python's stack (a RecursionError was a masked 500)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            if NUL in item:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
     return False

@@ -223,6 +223,12 @@ NUL_CASES = {
         " setConversationLabels(input: $input) { id } }",
         {"input": {"conversationId": "x", "labelIds": ["\u0000"]}},
     ),
+    # Deeper than a recursive walk of the variables could follow (900 lists, a JSON
+    # body the parser still takes): refused as any other NUL, not a masked 500.
+    "deeply nested variable": (
+        "query($s: String) { conversations(search: $s) { edges { cursor } } }",
+        {"s": "a", "deep": json.loads("[" * 900 + '"\\u0000"' + "]" * 900)},
+    ),
 }
 
 
