@@ -1,23 +1,32 @@
-"""PostgreSQL's pool pings a connection only after it sat idle (`weflux.db._ping_when_idle`).
+"""PostgreSQL's pool pings a connection only after it sat idle (`weflux.db._ping_when_idle`),
+and a serving process opens its connections at start (`Database.warm_pool`).
 
 A ping at every checkout cost a round trip per unit of work (issue 11); a connection that
-sat idle is still checked, and replaced before use when its backend went away.
+sat idle is still checked, and replaced before use when its backend went away. A pool that
+opened its connections at the first burst made that burst's acknowledgements wait for them.
 """
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.fixtures.app import lifespan
+from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.round_trips import round_trips
 from tests.fixtures.services import TEST_DATABASE_URL
+from tests.fixtures.settings import make_settings
 from weflux import db as db_module
+from weflux.app import create_app
 from weflux.db import Database
 from weflux.models import Organization
+from weflux.runtime import runtime_of
 
 pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
 
@@ -93,3 +102,53 @@ async def test_an_idle_connection_whose_backend_went_away_is_replaced_before_use
     monkeypatch.setattr(db_module, "IDLE_PING_AFTER", 0.0)
     # The unit of work runs, on a new backend: nobody sees the dead connection.
     assert await _backend(db, org) != gone
+
+
+def _opened(database: Database) -> list[int]:
+    """Connections the pool opens from now on."""
+    opened: list[int] = []
+    event.listen(database.engine.sync_engine, "connect", lambda *_: opened.append(1))
+    return opened
+
+
+async def _at_once(database: Database, count: int) -> None:
+    """`count` connections held at the same time (a burst's units of work), then returned."""
+    held = await asyncio.gather(*(database.engine.connect().start() for _ in range(count)))
+    for connection in held:
+        await connection.close()
+
+
+async def test_a_warmed_pool_opens_no_connection_for_a_burst(db: Database) -> None:
+    """Given a pool with one connection open (a first unit of work),
+    when it is warmed,
+    then it holds its `pool_size` connections open, and as many units of work at once
+    open none (without the warm-up each would wait for a new backend)."""
+    await _at_once(db, 1)
+    pool: Any = db.engine.sync_engine.pool
+    opened = _opened(db)
+
+    assert await db.warm_pool() == pool.size() == pool.checkedin()
+    assert len(opened) == pool.size() - 1
+
+    opened.clear()
+    await _at_once(db, pool.size())
+    assert opened == []
+
+
+async def test_a_serving_app_warms_its_pool_at_start(
+    database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given `WEFLUX_DATABASE_WARM_POOL` (the default; the tests' settings turn it off),
+    when the app starts serving, then its pool holds `WEFLUX_DATABASE_POOL_SIZE`
+    connections open before the first request."""
+    settings = make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        database_warm_pool=True,
+        database_pool_size=4,
+    )
+    app = create_app(settings)
+    async with lifespan(app):
+        pool: Any = runtime_of(app).db.engine.sync_engine.pool
+        assert (pool.size(), pool.checkedin()) == (4, 4)

@@ -1,5 +1,6 @@
 """`fixed_lists`: an expanding IN bound one parameter per item answers as the expanding
-form does, on both dialects, and each statement and list length gets its own variant."""
+form does, on both dialects, and each statement and list length gets its own variant.
+`array_lists` (PostgreSQL): each list one array, one form for any lengths."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.fixtures.factories import create_user
 from weflux.db import Database
 from weflux.models import Organization, User
 from weflux.services.ingest import senders
-from weflux.sql_lists import MAX_FIXED_ITEMS, fixed_lists
+from weflux.sql_lists import MAX_FIXED_ITEMS, array_lists, fixed_lists
 
 USERS: Table = User.__table__  # type: ignore[attr-defined]
 
@@ -58,6 +59,34 @@ async def test_fixed_lists_answer_as_the_expanding_form(db: Database) -> None:
             expected = set((await connection.execute(statement, params)).scalars())
             seen = set((await connection.execute(*fixed_lists(statement, params))).scalars())
             assert seen == expected, (str(statement), email_count, name_count)
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_array_lists_answer_as_the_expanding_form_in_one_form(db: Database) -> None:
+    """Given five users,
+    when each statement runs with lists of 0, 1, 2 and 9 items bound as arrays,
+    then it returns exactly the rows of the expanding form, and each statement sends one
+    SQL text whatever the lengths (compiled once, prepared once per connection)."""
+    async with db.session() as session:
+        users = [await create_user(session) for _ in range(5)]
+    emails = [u.email for u in users] + [f"nobody{i}@example.com" for i in range(4)]
+    names = [u.name for u in users]
+    sent: dict[Any, set[str]] = {}
+    async with db.engine.connect() as connection:
+        for statement, email_count, name_count in itertools.product(
+            (BY_EMAIL_OR_NAME, BUT_NOT_NAMED, NEITHER), (0, 1, 2, 9), (0, 1, 3)
+        ):
+            params: dict[str, Any] = {
+                "emails": emails[:email_count],
+                "names": names[1 : 1 + name_count],
+            }
+            expected = set((await connection.execute(statement, params)).scalars())
+            arrays, bound = array_lists(statement, params)
+            compiled = arrays.compile(dialect=connection.dialect)
+            sent.setdefault(statement, set()).add(str(compiled))
+            seen = set((await connection.execute(arrays, bound)).scalars())
+            assert seen == expected, (str(statement), email_count, name_count)
+    assert [len(texts) for texts in sent.values()] == [1, 1, 1]
 
 
 def test_each_statement_and_length_has_its_own_variant() -> None:

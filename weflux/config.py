@@ -141,6 +141,8 @@ class Settings(BaseSettings):
     database_migration_url: str | None = None
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_connect_timeout: float = Field(default=5.0, gt=0)
+    # PostgreSQL: a serving process opens its pool's connections at start (Database.warm_pool).
+    database_warm_pool: bool = True
     redis_url: str | None = None
     jwt_secret: SecretStr | None = None
     encryption_keys: SecretStr | None = None

@@ -208,6 +208,10 @@ class Runtime:
             await self.authenticator.start()
             await self.hub.start()
             await self.channel_cache.start()
+            if self.settings.database_warm_pool:
+                # PostgreSQL: the pool's connections open before the first webhooks need
+                # them, not in their acknowledgements (`Database.warm_pool`).
+                await self.db.warm_pool()
             self.webhook_intake.start()
 
     async def stop(self) -> None:

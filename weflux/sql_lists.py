@@ -15,6 +15,11 @@ with no `user_id`: with SQLAlchemy's empty-set rendering it read every contact o
 workspace). `IN (NULL)` is NULL where the empty set is false, which a condition treats
 alike; under a NOT it would not be, so an `IN` inside a NOT gets `false()`. For lists in
 conditions (WHERE, ON), not in selected values.
+
+On PostgreSQL `array_lists` binds each such list as ONE array parameter instead
+(`= ANY(:ids)`): one compiled form and one prepared statement for any lengths, where a
+form per length cost a compilation on the event loop and a PREPARE on each connection the
+first time each length came (a queue's batches of every size; issue 11).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import weakref
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, false, null, true
+from sqlalchemy import ARRAY, all_, any_, bindparam, false, null, true
 from sqlalchemy.sql import operators, visitors
 from sqlalchemy.sql.elements import (
     BinaryExpression,
@@ -108,6 +113,44 @@ def _fixed(statement: Any, lengths: dict[str, int]) -> Any:
         return BinaryExpression(
             element.left, Grouping(items), element.operator, negate=element.negate
         )
+
+    traversable: ExternallyTraversible = statement
+    return visitors.replacement_traverse(traversable, {}, replace)
+
+
+# PostgreSQL: statement -> the same with each list parameter one array.
+_ARRAYS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def array_lists(
+    statement: Statement, params: Mapping[str, Any]
+) -> tuple[Statement, dict[str, Any]]:
+    """PostgreSQL: `statement` with each expanding `IN` list bound as one array
+    (`column = ANY(:name)`, a `NOT IN` as `column <> ALL(:name)`), and `params` with each
+    list as a list. An empty list is no special case: `= ANY` of an empty array is false,
+    `<> ALL` of it true, as `IN` and `NOT IN` of an empty set."""
+    variant = _ARRAYS.get(statement)
+    if variant is None:
+        variant = _ARRAYS[statement] = _arrays(statement)
+    return variant, {
+        key: list(value) if isinstance(value, tuple) else value for key, value in params.items()
+    }
+
+
+def _arrays(statement: Any) -> Any:
+    def replace(element: Any, **_kw: Any) -> Any:
+        if not isinstance(element, BinaryExpression) or element.operator not in (
+            operators.in_op,
+            operators.not_in_op,
+        ):
+            return None
+        right = element.right
+        if not (isinstance(right, BindParameter) and right.expanding):
+            return None
+        array = bindparam(right.key, type_=ARRAY(right.type))
+        if element.operator is operators.in_op:
+            return element.left == any_(array)
+        return element.left != all_(array)
 
     traversable: ExternallyTraversible = statement
     return visitors.replacement_traverse(traversable, {}, replace)

@@ -425,3 +425,41 @@ async def test_a_request_joins_the_queue_while_the_workers_have_a_backlog() -> N
     assert not await intake.claim_inline()
     intake.finished(taken)
     assert await intake.claim_inline()
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_a_batch_of_a_size_not_seen_before_sends_no_statement_not_seen_before(
+    db: Database, settings: Settings, account: WhatsAppAccount
+) -> None:
+    """Given two batches of two processed (new senders, then a known and a new one),
+    when batches of other sizes come (3, 5 and 9 events: a known sender and new ones),
+    then they send only statements the first two sent, whatever their size: each is
+    compiled and prepared once per connection, not once per batch size on the event loop
+    the acknowledgements share (issue 11: the ack p99 under a moment's queue)."""
+    engine = db.engine.sync_engine
+    sent: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        sent.append(statement)
+
+    now = int(utcnow().timestamp())
+    known = "16505550100"
+    sizes = [2, 2, 3, 5, 9]
+    seen: set[str] = set()
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        for k, size in enumerate(sizes):
+            senders = [known] + [f"1650556{k:02d}{i:02d}" for i in range(1, size)]
+            bodies = [_body(who, f"wamid.s-{k}-{i}", now + i) for i, who in enumerate(senders)]
+            ids = await _stored(db, settings, account, *bodies)
+            sent.clear()
+            batch = await ingest.process_batch(db, InProcessBroker(), settings, ids)
+            assert batch.processed == ids
+            if k < 2:
+                seen.update(sent)
+            else:
+                assert set(sent) <= seen, (size, sorted(set(sent) - seen))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    messages = await _messages(db, account.org_id)
+    assert len(messages) == sum(sizes)

@@ -52,6 +52,11 @@ from weflux.whatsapp.parser import InboundMessage
 # message then breaks the unique (org_id, wa_message_id) index, and the event is processed
 # again, asking (`_optimistically`). Redeliveries are rare: most events save a statement.
 _OPTIMISTIC_KEY = "weflux.ingest.optimistic"
+# session.info: a queue's batch (`process.process_batch`). Its rows are sent a statement
+# per kind (an executemany: one compiled and prepared form for any number of rows), not
+# folded (a statement per count of rows: each new batch size compiled on the event loop
+# the acknowledgements share and prepared on each connection; issue 11).
+_BATCH_KEY = "weflux.ingest.batch"
 
 
 def _media_file(
@@ -221,7 +226,11 @@ async def _ingest_messages(
     if single:
         _hold_single(session, broker, org_id, fresh[0], rows, now, settings)
         return
-    if connection.dialect.name == "postgresql" and rows.count() <= folding.MAX_ROWS:
+    if (
+        connection.dialect.name == "postgresql"
+        and rows.count() <= folding.MAX_ROWS
+        and not session.sync_session.info.get(_BATCH_KEY)
+    ):
         _hold(session, rows)
         if reacted:
             await _send_held(session)  # the reactions' statements may read these messages

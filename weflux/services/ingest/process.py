@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Table, bindparam, insert
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 from sqlmodel import select as sqlmodel_select
@@ -33,10 +33,11 @@ from weflux.realtime.broker import Broker
 from weflux.services import folding, templates
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.ingest.accounts import _account_changes
-from weflux.services.ingest.inbound import _OPTIMISTIC_KEY, _ingest_messages
+from weflux.services.ingest.inbound import _BATCH_KEY, _OPTIMISTIC_KEY, _ingest_messages
 from weflux.services.ingest.routing import _route, _routes, _Share
 from weflux.services.ingest.statuses import _apply_statuses
 from weflux.services.ingest.writes import _send_held
+from weflux.sql_lists import array_lists
 from weflux.sqlite_driver import inline
 from weflux.whatsapp.parser import parse_webhook
 
@@ -140,6 +141,18 @@ class Batch:
     alone: list[uuid.UUID] = field(default_factory=list)
 
 
+# A batch's events, claimed: on PostgreSQL one statement for any number of them (their
+# ids one array: `array_lists`), not a compiled form and a PREPARE per batch size.
+_BATCH_EVENTS = (
+    sqlmodel_select(WebhookEvent)
+    .where(
+        col(WebhookEvent.id).in_(bindparam("event_ids", expanding=True)),
+        WebhookEvent.status != WebhookEventStatus.PROCESSED,
+    )
+    .with_for_update(skip_locked=True)
+)
+
+
 async def process_batch(
     db: Database,
     broker: Broker,
@@ -170,16 +183,11 @@ async def process_batch(
         batch = Batch()  # a failed attempt's findings go with its transaction
         async with db.session(webhook_event=tuple(event_ids)) as session:
             session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
-            events = (
-                await session.exec(
-                    sqlmodel_select(WebhookEvent)
-                    .where(
-                        col(WebhookEvent.id).in_(event_ids),
-                        WebhookEvent.status != WebhookEventStatus.PROCESSED,
-                    )
-                    .with_for_update(skip_locked=True)
-                )
-            ).all()
+            session.sync_session.info[_BATCH_KEY] = True
+            claim, params = _BATCH_EVENTS, {"event_ids": list(event_ids)}
+            if db.dialect == "postgresql":
+                claim, params = array_lists(claim, params)
+            events = (await session.exec(claim, params=params)).all()
             order = {event_id: k for k, event_id in enumerate(event_ids)}
             mine: list[WebhookEvent] = []
             merged = _Share()

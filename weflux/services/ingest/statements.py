@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from weflux.auth.scoping import core_scope
 from weflux.models import Contact, Conversation, ConversationStatus, MediaFile, Message
-from weflux.sql_lists import fixed_lists
+from weflux.sql_lists import array_lists, fixed_lists
 
 _CONTACTS: Table = Contact.__table__  # type: ignore[attr-defined]
 _CONVERSATIONS: Table = Conversation.__table__  # type: ignore[attr-defined]
@@ -45,11 +45,12 @@ async def _lookup(
     with_feed: Any,
     params: dict[str, Any],
 ) -> tuple[Sequence[Any], int | None]:
-    """The rows of a lookup with fixed IN lists and, on SQLite, the workspace's highest
-    feed position (`with_feed`: the same lookup with `with_feed_highest`, whose first row
-    carries it; PostgreSQL numbers positions in a trigger)."""
+    """The rows of a lookup with its IN lists bound as arrays on PostgreSQL (one statement
+    for any number of ids: `array_lists`), fixed lists on SQLite with the workspace's
+    highest feed position (`with_feed`: the same lookup with `with_feed_highest`, whose
+    first row carries it; PostgreSQL numbers positions in a trigger)."""
     if connection.dialect.name == "postgresql":
-        return (await connection.execute(*fixed_lists(plain, params))).all(), None
+        return (await connection.execute(*array_lists(plain, params))).all(), None
     statement, fixed = fixed_lists(with_feed, params | {"feed_org": org_id})
     rows = (await connection.execute(statement, fixed)).all()
     return rows, int(rows[0].feed_highest)

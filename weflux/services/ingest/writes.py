@@ -93,8 +93,9 @@ _UPDATE_CONVERSATIONS = {sqlite: inline(u) for sqlite, u in _UPDATE_CONVERSATION
 class _Rows:
     """One share's inbound writes as rows, built once (`_rows`) whatever the engine:
     SQLite sends them one statement per kind (`_send_separately`), PostgreSQL holds them
-    back to fold them into one statement (`_hold`), but for a big batch (past
-    `folding.MAX_ROWS`: sent as SQLite sends them)."""
+    back to fold them into one statement (`_hold`), but for many rows (past
+    `folding.MAX_ROWS`) and a queue's batch (`inbound._BATCH_KEY`): sent as SQLite sends
+    them, statements whose form does not depend on the number of rows."""
 
     new_contacts: list[dict[str, Any]]
     changed_contacts: list[dict[str, Any]]
