@@ -344,3 +344,45 @@ def test_an_argument_that_is_not_an_id_is_a_usage_error(
     assert "usage: weflux" in err
     assert "configuration error" not in err
     assert not (tmp_path / "var").exists()  # no settings read, no secrets generated
+
+
+# Commands that log at start: `migrate` sets logging up first (as `serve` does); `simulate`
+# (here without a demo channel to write as: it says so and exits 2) did not set it up.
+STARTS = {"migrate": (["migrate"], 0), "simulate": (["simulate", "quality", "--rating", "RED"], 2)}
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+@pytest.mark.parametrize("command", list(STARTS))
+def test_the_generated_secrets_warning_at_start_is_in_the_configured_format(
+    sqlite_template: SqliteTemplate,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+    command: str,
+) -> None:
+    """Given development without secrets configured (they are generated) and a log format,
+    when a command starts, then its first line, the generated secrets' warning, is in that
+    format like every other log line."""
+    from weflux.cli import main
+
+    urls = sqlite_template.clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in [name for name in os.environ if name.startswith("WEFLUX_")]:
+        monkeypatch.delenv(name)
+    for name, value in {
+        "WEFLUX_ENV": "development",
+        "WEFLUX_DATABASE_URL": urls.app,
+        "WEFLUX_VAR_DIR": str(tmp_path / "var"),
+        "WEFLUX_LOG_FORMAT": fmt,
+    }.items():
+        monkeypatch.setenv(name, value)
+    argv, code = STARTS[command]
+    assert main(argv) == code
+    lines = capsys.readouterr().err.splitlines()
+    assert "using generated development secrets" in lines[0], lines
+    if fmt == "console":
+        assert lines[0].startswith("WARNING weflux.config: using generated"), lines
+        assert not [line for line in lines if line.startswith("{")], lines
+    else:
+        assert json.loads(lines[0])["level"] == "warning", lines

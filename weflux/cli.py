@@ -25,7 +25,7 @@ from weflux.config import (
     generate_encryption_key_entry,
     load_settings,
 )
-from weflux.logs import configure_logging
+from weflux.logs import configure_logging, configure_logging_for
 from weflux.sandbox.simulate import add_simulate_commands
 from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
@@ -51,9 +51,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
 
 
 def _settings() -> Settings:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
+    return load_settings(configure_logging_for)
 
 
 def _migrate(settings: Settings) -> None:

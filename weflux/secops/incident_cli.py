@@ -18,16 +18,14 @@ from weflux.cli_arguments import aware_time, row_id
 from weflux.config import Settings, load_settings
 from weflux.errors import WefluxError
 from weflux.ids import encode_global_id
-from weflux.logs import configure_logging
+from weflux.logs import configure_logging_for
 
 # Each command imports the database and the register inside its function ("deferred:
 # start-up cost"): `weflux --help` must not load SQLAlchemy (see weflux/cli.py).
 
 
 def _settings() -> Settings:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
+    return load_settings(configure_logging_for)
 
 
 def cmd_incident_open(args: argparse.Namespace) -> int:
