@@ -278,7 +278,9 @@ class RedisBroker(Broker):
     async def _flush_unsent(self) -> None:
         """Publish the kept events, oldest first, by one task at a time: two flushing the
         same list would publish one event twice and drop the next one unpublished. The one
-        in flight is out of the list, so trimming it to its limit never drops the wrong one."""
+        in flight is out of the list, so trimming it to its limit never drops the wrong one;
+        put back when its publish fails, it is the oldest, and the first dropped if events
+        kept meanwhile filled the list."""
         if self._flushing:
             return  # the flushing task publishes them all, these included
         self._flushing = True
@@ -290,6 +292,7 @@ class RedisBroker(Broker):
                         await (self._publisher or self._redis).publish(*item)
                 except BaseException:
                     self._unsent.appendleft(item)
+                    self._trim_unsent()
                     raise
         finally:
             self._flushing = False
