@@ -370,7 +370,9 @@ class RedisBroker(Broker):
 
     async def _read(self) -> None:
         assert self._pubsub is not None
-        while True:
+        # Until `stop()`, not only until cancelled: a cancellation can be lost inside the
+        # Redis client's read (under load: `stop()` then waited for the reader forever).
+        while not self._stopping:
             message = await self._pubsub.get_message(timeout=1.0)
             if self._reconnected_silently:
                 # Messages published while the connection was down were missed.
