@@ -281,11 +281,108 @@ def test_webhooks_failed_exits_1_while_an_event_is_parked_until_replayed(
     assert "PARKED  attempts=12" in out
     assert "1 parked (no more automatic retries: weflux webhooks replay --parked)" in out
 
-    assert main(["webhooks", "replay", "--event", "not-an-id"]) == 2
-    assert "--event: not an event id" in capsys.readouterr().err
     assert main(["webhooks", "replay", "--event", str(uuid.uuid4())]) == 1
     assert "no stored webhook event" in capsys.readouterr().err
     assert main(["webhooks", "replay", "--parked"]) == 0
     assert "replayed 1 event(s), 0 failed" in capsys.readouterr().out
     assert main(["webhooks", "failed"]) == 0
     assert "0 parked, 0 retrying" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (
+            ["incident", "open", "--title", "T", "--discovered-at", "2026-12-01T00:00:00Z",
+             "--workspace", "notanid"],
+            "argument --workspace: `notanid` is not the id of an Organization",
+        ),
+        (
+            ["incident", "open", "--title", "T", "--discovered-at", "2026-12-01T00:00:00Z",
+             "--workspace", "TWVtYmVyOjAxYTI0YTM0LTdlMWQtNzkwZi05YTcwLTMxMTI3Nzc3YWI1Yw"],
+            "is not the id of an Organization",  # a Member's global id
+        ),
+        (
+            ["incident", "notify", "notanid", "--message-file", "notice.txt"],
+            "argument id: `notanid` is not the id of an Incident",
+        ),
+        (
+            ["incident", "close", "notanid", "--post-mortem-url", "https://status.example/pm"],
+            "argument id: `notanid` is not the id of an Incident",
+        ),
+        (
+            ["webhooks", "replay", "--event", "not-an-id"],
+            "argument --event: `not-an-id` is not an id",
+        ),
+        (
+            ["webhooks", "replay", "--since", "yesterday"],
+            "argument --since: `yesterday` is neither an ISO time nor a duration",
+        ),
+    ],
+    ids=["open-not-an-id", "open-a-member-id", "notify", "close", "replay-event", "replay-since"],
+)  # fmt: skip
+def test_an_argument_that_is_not_an_id_is_a_usage_error(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    said: str,
+) -> None:
+    """Given a command taking an id (or a time), when it is given something else,
+    then argparse refuses it with its usage and exit code 2, naming the argument and what
+    it wants, before any setting is read: not a "configuration error", nor a traceback."""
+    from weflux.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    for name in [name for name in os.environ if name.startswith("WEFLUX_")]:
+        monkeypatch.delenv(name)
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err
+    assert "usage: weflux" in err
+    assert "configuration error" not in err
+    assert not (tmp_path / "var").exists()  # no settings read, no secrets generated
+
+
+# Commands that log at start: `migrate` sets logging up first (as `serve` does); `simulate`
+# (here without a demo channel to write as: it says so and exits 2) did not set it up.
+STARTS = {"migrate": (["migrate"], 0), "simulate": (["simulate", "quality", "--rating", "RED"], 2)}
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+@pytest.mark.parametrize("command", list(STARTS))
+def test_the_generated_secrets_warning_at_start_is_in_the_configured_format(
+    sqlite_template: SqliteTemplate,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fmt: str,
+    command: str,
+) -> None:
+    """Given development without secrets configured (they are generated) and a log format,
+    when a command starts, then its first line, the generated secrets' warning, is in that
+    format like every other log line."""
+    from weflux.cli import main
+
+    urls = sqlite_template.clone(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for name in [name for name in os.environ if name.startswith("WEFLUX_")]:
+        monkeypatch.delenv(name)
+    for name, value in {
+        "WEFLUX_ENV": "development",
+        "WEFLUX_DATABASE_URL": urls.app,
+        "WEFLUX_VAR_DIR": str(tmp_path / "var"),
+        "WEFLUX_LOG_FORMAT": fmt,
+    }.items():
+        monkeypatch.setenv(name, value)
+    argv, code = STARTS[command]
+    assert main(argv) == code
+    lines = capsys.readouterr().err.splitlines()
+    assert "using generated development secrets" in lines[0], lines
+    if fmt == "console":
+        assert lines[0].startswith("WARNING weflux.config: using generated"), lines
+        assert not [line for line in lines if line.startswith("{")], lines
+    else:
+        assert json.loads(lines[0])["level"] == "warning", lines

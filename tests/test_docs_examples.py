@@ -50,9 +50,11 @@ _INLINE_OPERATION = re.compile(r"^(?:query|mutation|subscription)\b\s*[\w({]")
 _COMMAND = re.compile(r"(?:^|[\s/])weflux((?: [a-z][a-z0-9-]*)+)([^\n`|]*)")
 _FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
 
-# camelCase names in code spans that are not the schema's: the JSON of the /auth routes,
-# JavaScript libraries' functions, keys of export files, alerts and `extensions.cost`.
+# camelCase names in code spans that are not the schema's: the JSON of the /auth routes
+# and of a GraphQL request, JavaScript libraries' functions, keys of export files, alerts
+# and `extensions.cost`.
 NOT_SCHEMA_NAMES = {
+    "operationName",
     "mfaToken",
     "organizationId",
     "refreshToken",

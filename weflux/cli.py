@@ -11,21 +11,21 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from weflux.cli_arguments import listed_id, since
 from weflux.config import (
     KEY_ID_PATTERN,
     ConfigError,
     Settings,
     generate_encryption_key_entry,
     load_settings,
-    parse_duration,
 )
-from weflux.logs import configure_logging
+from weflux.logs import configure_logging, configure_logging_for
 from weflux.sandbox.simulate import add_simulate_commands
 from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
@@ -51,9 +51,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
 
 
 def _settings() -> Settings:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
+    return load_settings(configure_logging_for)
 
 
 def _migrate(settings: Settings) -> None:
@@ -201,26 +199,11 @@ async def _run_worker(settings: Settings) -> int:
 def cmd_webhooks_replay(args: argparse.Namespace) -> int:
     """Reprocess stored webhook events (idempotent): all, those received since a time, the
     parked ones, or one."""
-    from weflux.models import WebhookEventStatus, utcnow  # deferred: start-up cost
+    from weflux.models import WebhookEventStatus  # deferred: start-up cost
 
-    since = None
-    if args.since:
-        try:
-            since = datetime.fromisoformat(args.since)
-            if since.tzinfo is None:
-                since = since.replace(tzinfo=UTC)
-        except ValueError:
-            since = utcnow() - parse_duration(args.since)
-    event_id = None
-    if args.event:
-        try:
-            event_id = uuid.UUID(args.event)
-        except ValueError:
-            print(f"--event: not an event id: {args.event!r}", file=sys.stderr)
-            return 2
     status = WebhookEventStatus.PARKED if args.parked else None
     settings = _settings()
-    return asyncio.run(_replay(settings, since, status, event_id))
+    return asyncio.run(_replay(settings, args.since, status, args.event))
 
 
 async def _replay(
@@ -511,10 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     webhooks = commands.add_parser("webhooks", help="stored WhatsApp webhook events")
     webhook_commands = webhooks.add_subparsers(dest="webhooks_command", required=True)
     replay = webhook_commands.add_parser("replay", help=cmd_webhooks_replay.__doc__)
-    replay.add_argument("--since", help="an ISO time, or a duration back from now (e.g. 2h)")
+    replay.add_argument(
+        "--since", type=since, help="an ISO time, or a duration back from now (e.g. 2h)"
+    )
     which = replay.add_mutually_exclusive_group()
     which.add_argument("--parked", action="store_true", help="only the parked events")
-    which.add_argument("--event", metavar="ID", help="only this event (its id, as listed)")
+    which.add_argument(
+        "--event", type=listed_id, metavar="ID", help="only this event (its id, as listed)"
+    )
     replay.set_defaults(func=cmd_webhooks_replay)
     failed = webhook_commands.add_parser("failed", help=cmd_webhooks_failed.__doc__)
     failed.set_defaults(func=cmd_webhooks_failed)

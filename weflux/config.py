@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import secrets
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from pathlib import Path
@@ -757,9 +758,18 @@ def _load_or_create_dev_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, filling development secrets from `var/dev-secrets.json`."""
+def load_settings(
+    configure: Callable[[Settings], object] | None = None, /, **overrides: Any
+) -> Settings:
+    """Read the settings, filling development secrets from `var/dev-secrets.json`.
+
+    `configure` (a command's logging, `weflux.logs.configure_logging_for`) runs on the
+    settings as read, before their checks log anything (the generated secrets' warning),
+    so that every line of a start comes out in the configured format.
+    """
     settings = Settings(**overrides)
+    if configure is not None:
+        configure(settings)
     missing = [
         name for name in ("jwt_secret", "encryption_keys") if getattr(settings, name) is None
     ]

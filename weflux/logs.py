@@ -18,7 +18,7 @@ import sys
 import traceback
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from weflux.crypto.redaction import RedactionRegistry, registry
 from weflux.crypto.secret import Secret
@@ -261,6 +261,21 @@ def describe_exception(error: BaseException) -> str:
             cause if cause is not None or current.__suppress_context__ else current.__context__
         )
     return "\n\nraised from, or while handling:\n".join(parts)
+
+
+class LogSettings(Protocol):
+    """What logging reads of the settings (`weflux.config.Settings`)."""
+
+    @property
+    def log_level(self) -> str: ...
+
+    @property
+    def log_format(self) -> str: ...
+
+
+def configure_logging_for(settings: LogSettings) -> None:
+    """Logging as the settings say (`WEFLUX_LOG_LEVEL`, `WEFLUX_LOG_FORMAT`)."""
+    configure_logging(settings.log_level, settings.log_format)
 
 
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:

@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from tests.fixtures.app import ClientFactory
+from tests.fixtures.settings import PRODUCTION_MAIL
 from weflux.api.disclosure import expires, render_security_txt
 
 pytestmark = pytest.mark.usefixtures("dialect")
@@ -80,3 +81,33 @@ async def test_bad_contact_or_policy_is_refused(
     with pytest.raises(ValueError, match="RFC 9116"):
         async with make_client(**{name: value}):
             pass
+
+
+@pytest.mark.parametrize(
+    ("env", "base_url", "policy"),
+    [
+        # Behind a proxy that terminates TLS the app hears plain HTTP
+        ("production", "http://api.example", "https://api.example/.well-known/security-policy"),
+        ("production", "https://api.example", "https://api.example/.well-known/security-policy"),
+        # A check from the machine itself, and development, follow the request
+        (
+            "production",
+            "http://127.0.0.1:8000",
+            "http://127.0.0.1:8000/.well-known/security-policy",
+        ),
+        ("production", "http://localhost", "http://localhost/.well-known/security-policy"),
+        ("test", "http://api.example", "http://api.example/.well-known/security-policy"),
+    ],
+)
+async def test_in_production_the_policy_url_is_https_unless_asked_locally(
+    make_client: ClientFactory, env: str, base_url: str, policy: str
+) -> None:
+    """Given no WEFLUX_SECURITY_POLICY_URL, when security.txt is asked for,
+    then in production its Policy is https (production is served over TLS, as its HSTS
+    says, often by a proxy that speaks plain HTTP to the app) unless the request came to
+    this machine's own name; elsewhere it follows the request's scheme."""
+    extra = {"env": "production", **PRODUCTION_MAIL} if env == "production" else {}
+    async with make_client(base_url=base_url, **extra) as client:
+        response = await client.get("/.well-known/security.txt")
+    assert response.status_code == 200, response.text
+    assert fields(response.text)["Policy"] == [policy]

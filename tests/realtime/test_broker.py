@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from sqlalchemy.engine import make_url
 
 from tests.fixtures.services import TEST_REDIS_URL, eventually
@@ -103,6 +105,42 @@ async def test_a_failing_handler_does_not_starve_the_others(broker: Broker) -> N
     await broker.subscribe(channel, healthy)
     await broker.publish(channel, {"n": 1})
     await eventually(lambda: received == [{"n": 1}])
+
+
+async def test_stop_ends_the_reader_even_when_the_redis_client_loses_its_cancellation(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a started Redis broker whose reader's cancellation is swallowed inside the
+    Redis client's read (seen under load: a `stop()` waited forever for a reader that was
+    cancelling yet reading on), when the broker stops, then its reader still ends, within
+    one read's timeout, and `stop()` returns."""
+    real = PubSub.get_message
+    swallowed: list[bool] = []
+
+    async def losing_a_cancellation(self: PubSub, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await real(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            if swallowed:
+                raise
+            swallowed.append(True)
+            return None
+
+    monkeypatch.setattr(PubSub, "get_message", losing_a_cancellation)
+    redis = create_redis(TEST_REDIS_URL)
+    broker = RedisBroker(redis)
+    try:
+        await broker.start()
+        await broker.wait_connected()
+        stopping = asyncio.create_task(broker.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=10)  # the read's timeout is 1 s
+        if not done:
+            stopping.cancel()  # stop() goes on to close the connection: the reader ends
+        await stopping
+    finally:
+        await redis.aclose()
+    assert swallowed == [True]
+    assert done, "stop() waited for a reader that never ended"
 
 
 async def test_redis_broker_delivers_across_connections(require_redis: None) -> None:

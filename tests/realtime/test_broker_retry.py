@@ -19,6 +19,9 @@ from weflux.realtime import broker as broker_module
 from weflux.realtime.broker import Message, RedisBroker
 from weflux.runtime import create_redis
 
+# What the publisher logs once it has published its kept events, some of them dropped.
+PUBLISHED_KEPT = "broker published its kept events; the oldest were dropped"
+
 
 async def test_events_published_while_redis_is_away_go_out_on_reconnection(
     require_redis: None,
@@ -140,9 +143,43 @@ async def test_past_the_limit_the_oldest_kept_events_are_dropped_and_said(
             await proxy.refuse()
             await _publish(publisher, channel, 1, 2, 3, 4, 5)  # kept: the last 3
             await proxy.restore()
-            await eventually(lambda: {"n": 5} in received, seconds=10)
+            # Both ends: the listener can hear the last event before the publisher has read
+            # Redis's reply to it, and stopping then cancels the publish, put back unsaid.
+            await eventually(
+                lambda: {"n": 5} in received and PUBLISHED_KEPT in logs.text, seconds=10
+            )
             assert received == [{"n": 3}, {"n": 4}, {"n": 5}]
     assert "broker kept events over the limit" in logs.text
+    assert '"dropped": 2' in logs.text
+
+
+async def test_an_event_in_flight_when_the_limit_is_passed_is_the_oldest_and_dropped_first(
+    require_redis: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a broker that keeps at most 3 events, retrying a kept event through a Redis that
+    never answers (the event is out of the list, in flight), when 4 more are published
+    meanwhile and then its publish gives up, then it is the oldest of 5 and dropped with
+    the next oldest: the newest 3 go out and the log says 2 were dropped. Put back in front
+    of the trimmed list, it went out ahead of 3 newer ones, and the list passed its limit."""
+    monkeypatch.setattr(broker_module, "UNSENT_LIMIT", 3)
+    monkeypatch.setattr(broker_module, "PUBLISH_TIMEOUT", 1.0)
+    with capture_logs() as logs:
+        async with _publisher_behind_a_proxy(
+            backoff_base=0.05, backoff_cap=0.2, publishes_only=True
+        ) as outage:
+            proxy, publisher, channel, received = outage
+            await proxy.deafen()
+            await _publish(publisher, channel, 1)  # kept, retried
+            attempts = proxy.accepted
+            # The retry's attempt reaches the proxy: event 1 is in flight, for a second
+            await eventually(lambda: proxy.accepted > attempts, seconds=10)
+            await _publish(publisher, channel, 2, 3, 4, 5)  # kept: 3 of them
+            await eventually(lambda: "broker retry failed" in logs.text, seconds=10)  # 1 is back
+            await proxy.restore()
+            await eventually(
+                lambda: {"n": 5} in received and PUBLISHED_KEPT in logs.text, seconds=15
+            )
+            assert received == [{"n": 3}, {"n": 4}, {"n": 5}]
     assert '"dropped": 2' in logs.text
 
 
@@ -153,15 +190,22 @@ async def _publish(publisher: RedisBroker, channel: str, *numbers: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _publisher_behind_a_proxy(
-    *, backoff_base: float, backoff_cap: float
+    *, backoff_base: float, backoff_cap: float, publishes_only: bool = False
 ) -> AsyncIterator[tuple[TcpProxy, RedisBroker, str, list[Message]]]:
     """A publishing broker that reaches Redis through a proxy a test can cut, and what a
-    second broker, connected directly, receives on the channel."""
+    second broker, connected directly, receives on the channel. `publishes_only`: the
+    broker's own subscription is direct, its publishes (their own client) pass the proxy."""
     url = make_url(TEST_REDIS_URL)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 6379)
     await proxy.start()
-    publisher_redis = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
-    publisher = RedisBroker(publisher_redis, backoff_base=backoff_base, backoff_cap=backoff_cap)
+    proxied = create_redis(f"redis://127.0.0.1:{proxy.port}/{url.database or 0}")
+    publisher_redis = create_redis(TEST_REDIS_URL) if publishes_only else proxied
+    publisher = RedisBroker(
+        publisher_redis,
+        publisher=proxied if publishes_only else None,
+        backoff_base=backoff_base,
+        backoff_cap=backoff_cap,
+    )
     listener_redis = create_redis(TEST_REDIS_URL)
     listener = RedisBroker(listener_redis)
     await publisher.start()

@@ -134,13 +134,14 @@ async def test_open_refuses_what_is_not_a_workspace_id(
     capsys: pytest.CaptureFixture[str], org: Organization
 ) -> None:
     member_id = encode_global_id("Member", org.id)
-    code, _, err = await weflux(
-        capsys, "incident", "open", "--title", "x", "--discovered-at", "2026-12-01T00:00:00Z",
-        "--workspace", member_id,
-    )  # fmt: skip
-    assert code == 2
-    assert "not the id of an Organization" in err
     with pytest.raises(SystemExit) as exited:  # argparse's own refusal
+        main(["incident", "open", "--title", "x", "--discovered-at", "2026-12-01T00:00:00Z",
+              "--workspace", member_id])  # fmt: skip
+    assert exited.value.code == 2
+    assert "argument --workspace: `" + member_id + "` is not the id of an Organization" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit) as exited:
         main(["incident", "open", "--title", "x", "--discovered-at", "2026-12-01T00:00:00",
               "--workspace", str(org.id)])  # fmt: skip
     assert exited.value.code == 2

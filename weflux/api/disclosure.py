@@ -5,17 +5,22 @@
   (RFC 9116 §2.5.5) without anyone having to remember to bump it; the contact itself is
   reviewed with the deployment's configuration.
 - `Policy:` is `WEFLUX_SECURITY_POLICY_URL`, or this app's own
-  `/.well-known/security-policy`, which serves the commitments of SECURITY.md.
+  `/.well-known/security-policy`, which serves the commitments of SECURITY.md. Built from
+  the request, it is `https://` in production, which is served over TLS (its HSTS says
+  so), often by a proxy that speaks plain HTTP to the app: only a request to this
+  machine's own name (localhost, a loopback address) keeps `http://` there.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, time, timedelta
 
+from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
+from weflux.mail.url import is_loopback
 from weflux.runtime import runtime_of
 
 EXPIRES_AFTER = timedelta(days=180)
@@ -57,6 +62,14 @@ def render_security_txt(contact: str, policy_url: str, now: datetime) -> str:
     )
 
 
+def own_policy_url(request: Request, production: bool) -> URL:
+    """The URL of this app's policy, as the request reached it (https in production)."""
+    url = request.url_for("security_policy")
+    if production and url.scheme == "http" and not is_loopback(url.hostname or ""):
+        return url.replace(scheme="https")
+    return url
+
+
 async def security_txt(request: Request) -> PlainTextResponse:
     """RFC 9116's security contact."""
     settings = runtime_of(request).settings
@@ -64,7 +77,7 @@ async def security_txt(request: Request) -> PlainTextResponse:
         policy_url, cache = settings.security_policy_url, CACHE_CONTROL
     else:
         # Built from the request's Host: a shared cache must not keep it for other hosts.
-        policy_url, cache = str(request.url_for("security_policy")), "no-cache"
+        policy_url, cache = str(own_policy_url(request, settings.is_production)), "no-cache"
     body = render_security_txt(settings.security_contact, policy_url, datetime.now(UTC))
     return PlainTextResponse(body, headers={"Cache-Control": cache})
 

@@ -3,7 +3,9 @@
 1. The request limits (`graphql_ip`, `graphql_workspace`): `hit_request_limits`.
 2. Validation, whose errors never suggest a name ("Did you mean ..."); its verdict is
    kept with the parsed document (`weflux.gql.documents`), both functions of the text.
-   Text holding NUL, in a literal or a variable, is refused (`weflux.gql.nul`).
+   Text holding NUL, in a literal or a variable, is refused (`weflux.gql.nul`); so is a
+   document without one operation to run (`weflux.gql.operations`). What follows
+   judges the operation that runs, never another of the document.
 3. The two-factor policy and re-authentication of sensitive operations (`weflux.gql.policy`).
 4. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
    `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
@@ -40,6 +42,7 @@ from weflux.gql.budgets import CostBudgets
 from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.nul import nul_error
+from weflux.gql.operations import operation_error
 from weflux.gql.policy import screen
 from weflux.nul import holds_nul
 from weflux.throttle.leaky_bucket import Charge
@@ -238,6 +241,9 @@ class OperationGuard(SchemaExtension):
         context = execution.context
         scope = _current.get()
         assert execution.graphql_document is not None
+        unchosen = operation_error(execution.graphql_document, execution.operation_name)
+        if unchosen is not None:
+            return unchosen
         cost = operation_cost(
             execution.schema._schema,
             execution.graphql_document,
@@ -245,7 +251,7 @@ class OperationGuard(SchemaExtension):
             execution.variables,
         )
         if cost is None:
-            return None  # no such operation: Strawberry answers that
+            return None  # no root type for it: graphql-core answers that
         refusal = await screen(
             context.principal,
             context.db,

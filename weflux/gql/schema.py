@@ -48,6 +48,7 @@ from weflux.gql.lifecycle.types import DataRequest
 from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
 from weflux.gql.nul import NoNulInStrings
+from weflux.gql.operations import SpecExecutionContext
 from weflux.gql.permissions import guarded, mark_sensitive
 from weflux.gql.prefetch import call_directly
 from weflux.gql.security.mutations import SecurityMutation
@@ -144,6 +145,31 @@ class WefluxSchema(strawberry.Schema):
             operation_name,
             allowed,
             operation_extensions,
+        )
+
+    def _create_execution_context(  # Strawberry's signature
+        self,
+        query: str | None,
+        allowed_operation_types: Iterable[OperationType],
+        variable_values: dict[str, Any] | None = None,
+        context_value: Any | None = None,
+        root_value: Any | None = None,
+        operation_name: str | None = None,
+        operation_extensions: dict[str, Any] | None = None,
+    ) -> ExecutionContext:
+        """The spec's choice of the operation to run (`weflux.gql.operations`).
+
+        Strawberry's private hook, as Strawberry builds it: HTTP and the socket both
+        build their execution context here."""
+        return SpecExecutionContext(
+            query=query,
+            schema=self,
+            allowed_operations=allowed_operation_types,
+            context=context_value,
+            root_value=root_value,
+            variables=variable_values,
+            provided_operation_name=operation_name,
+            operation_extensions=operation_extensions,
         )
 
     def process_errors(

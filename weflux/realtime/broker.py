@@ -278,7 +278,9 @@ class RedisBroker(Broker):
     async def _flush_unsent(self) -> None:
         """Publish the kept events, oldest first, by one task at a time: two flushing the
         same list would publish one event twice and drop the next one unpublished. The one
-        in flight is out of the list, so trimming it to its limit never drops the wrong one."""
+        in flight is out of the list, so trimming it to its limit never drops the wrong one;
+        put back when its publish fails, it is the oldest, and the first dropped if events
+        kept meanwhile filled the list."""
         if self._flushing:
             return  # the flushing task publishes them all, these included
         self._flushing = True
@@ -290,6 +292,7 @@ class RedisBroker(Broker):
                         await (self._publisher or self._redis).publish(*item)
                 except BaseException:
                     self._unsent.appendleft(item)
+                    self._trim_unsent()
                     raise
         finally:
             self._flushing = False
@@ -367,7 +370,9 @@ class RedisBroker(Broker):
 
     async def _read(self) -> None:
         assert self._pubsub is not None
-        while True:
+        # Until `stop()`, not only until cancelled: a cancellation can be lost inside the
+        # Redis client's read (under load: `stop()` then waited for the reader forever).
+        while not self._stopping:
             message = await self._pubsub.get_message(timeout=1.0)
             if self._reconnected_silently:
                 # Messages published while the connection was down were missed.

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from weflux.logs import loggable_target
+from weflux.logs import configure_logging_for, loggable_target
 from weflux.sandbox import webhooks
 
 if TYPE_CHECKING:
@@ -236,7 +236,8 @@ def build_body(
 def _settings(settings: Settings | None) -> Settings:
     from weflux.config import load_settings  # deferred: start-up cost
 
-    return settings if settings is not None else load_settings()
+    # Logging as configured before loading logs (the generated secrets' warning).
+    return settings if settings is not None else load_settings(configure_logging_for)
 
 
 def _unreadable(error: Exception) -> SimulateError:

@@ -10,52 +10,28 @@ import argparse
 import asyncio
 import sys
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from weflux.config import ConfigError, Settings, load_settings
-from weflux.errors import NotFound, WefluxError
-from weflux.ids import decode_global_id, encode_global_id
-from weflux.logs import configure_logging
+from weflux.cli_arguments import aware_time, row_id
+from weflux.config import Settings, load_settings
+from weflux.errors import WefluxError
+from weflux.ids import encode_global_id
+from weflux.logs import configure_logging_for
 
 # Each command imports the database and the register inside its function ("deferred:
 # start-up cost"): `weflux --help` must not load SQLAlchemy (see weflux/cli.py).
 
 
 def _settings() -> Settings:
-    settings = load_settings()
-    configure_logging(settings.log_level, settings.log_format)
-    return settings
-
-
-def _aware_time(value: str) -> datetime:
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError("use an ISO time such as 2026-12-05T10:00:00Z") from None
-    if moment.tzinfo is None:
-        raise argparse.ArgumentTypeError("give the time zone (e.g. a trailing Z for UTC)")
-    return moment.astimezone(UTC)
-
-
-def _row_id(value: str, type_name: str) -> uuid.UUID:
-    """A row id from a global id of `type_name` (or a bare UUID)."""
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        pass
-    try:
-        return decode_global_id(value, type_name)
-    except NotFound:
-        raise ConfigError(f"`{value}` is not the id of an {type_name}") from None
+    return load_settings(configure_logging_for)
 
 
 def cmd_incident_open(args: argparse.Namespace) -> int:
     """Register an incident: its discovery time and the workspaces it affects; prints its id."""
     settings = _settings()
-    org_ids = [_row_id(value, "Organization") for value in args.workspace]
-    return asyncio.run(_incident_open(settings, args.title, args.discovered_at, org_ids))
+    return asyncio.run(_incident_open(settings, args.title, args.discovered_at, args.workspace))
 
 
 async def _incident_open(
@@ -89,8 +65,7 @@ def cmd_incident_notify(args: argparse.Namespace) -> int:
     """Email every Admin of each affected workspace not yet told (idempotent)."""
     settings = _settings()
     message = Path(args.message_file).read_text(encoding="utf-8")
-    incident_id = _row_id(args.id, "Incident")
-    return asyncio.run(_incident_notify(settings, incident_id, message))
+    return asyncio.run(_incident_notify(settings, args.id, message))
 
 
 async def _incident_notify(settings: Settings, incident_id: uuid.UUID, message: str) -> int:
@@ -166,8 +141,7 @@ async def _incident_list(settings: Settings) -> int:
 def cmd_incident_close(args: argparse.Namespace) -> int:
     """Close an incident with the URL of its published post-mortem."""
     settings = _settings()
-    incident_id = _row_id(args.id, "Incident")
-    return asyncio.run(_incident_close(settings, incident_id, args.post_mortem_url))
+    return asyncio.run(_incident_close(settings, args.id, args.post_mortem_url))
 
 
 async def _incident_close(settings: Settings, incident_id: uuid.UUID, url: str) -> int:
@@ -195,22 +169,23 @@ def add_incident_commands(commands: Any) -> None:
     opened = incident_commands.add_parser("open", help=cmd_incident_open.__doc__)
     opened.add_argument("--title", required=True)
     opened.add_argument(
-        "--discovered-at", required=True, type=_aware_time, help="ISO time with its zone"
+        "--discovered-at", required=True, type=aware_time, help="ISO time with its zone"
     )
     opened.add_argument(
         "--workspace",
         required=True,
         action="append",
+        type=row_id("Organization"),
         help="an affected Organization's global id (repeatable)",
     )
     opened.set_defaults(func=cmd_incident_open)
     notify = incident_commands.add_parser("notify", help=cmd_incident_notify.__doc__)
-    notify.add_argument("id", help="the incident's id")
+    notify.add_argument("id", type=row_id("Incident"), help="the incident's id")
     notify.add_argument("--message-file", required=True, help="the notice's text (UTF-8)")
     notify.set_defaults(func=cmd_incident_notify)
     listed = incident_commands.add_parser("list", help=cmd_incident_list.__doc__)
     listed.set_defaults(func=cmd_incident_list)
     close = incident_commands.add_parser("close", help=cmd_incident_close.__doc__)
-    close.add_argument("id", help="the incident's id")
+    close.add_argument("id", type=row_id("Incident"), help="the incident's id")
     close.add_argument("--post-mortem-url", required=True)
     close.set_defaults(func=cmd_incident_close)
