@@ -214,6 +214,9 @@ class Settings(BaseSettings):
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_switch_ip: str = "60/minute"
     rate_limit_invitation_resend: str = "3/hour;10/day"
+    # Invitation emails (invited or resent) per workspace, and per invitee address.
+    rate_limit_invitation_workspace: str = "100/hour;300/day"
+    rate_limit_invitation_email: str = "3/hour;10/day"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
     # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP

@@ -38,6 +38,8 @@ LIMIT_NAMES = (
     "refresh_ip",
     "switch_ip",
     "invitation_resend",
+    "invitation_workspace",
+    "invitation_email",
     "graphql_ip",
     "graphql_workspace",
     "webhook_verify_ip",
@@ -49,7 +51,9 @@ LIMIT_NAMES = (
 )
 # Limits keyed by an account identifier (an email, alone or with an IP): normalised and
 # hashed before storage, so no email address is ever a key in Redis.
-ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"})
+ACCOUNT_LIMITS = frozenset(
+    {"login_account", "login_account_ip", "signup_email", "invitation_email"}
+)
 
 # The connect timeout of the limiter's Redis client, and the bound on one whole decision:
 # a Redis that hangs costs a request at most this long before the limiter fails open. The
