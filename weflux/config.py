@@ -214,7 +214,7 @@ class Settings(BaseSettings):
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_switch_ip: str = "60/minute"
     rate_limit_invitation_resend: str = "3/hour;10/day"
-    # Invitation emails (invited or resent) per workspace, and per invitee address.
+    # Invitation emails (invited or resent) per workspace, and per workspace and address.
     rate_limit_invitation_workspace: str = "100/hour;300/day"
     rate_limit_invitation_email: str = "3/hour;10/day"
     # Megabytes a workspace may upload (uploadMedia; each file counts its size, rounded up).

@@ -58,8 +58,10 @@ from weflux.throttle.ratelimit import RateLimiter
 INVITATION_TTL = timedelta(days=7)
 # The rate limit of `resendInvitation`, per invitation (WEFLUX_RATE_LIMIT_INVITATION_RESEND).
 RESEND_LIMIT = "invitation_resend"
-# Invitation emails (sent by `inviteMember` and `resendInvitation`) per workspace and per
-# address: the platform's mailer is no one's to spam, nor a mailbox to flood.
+# Invitation emails (sent by `inviteMember` and `resendInvitation`) per workspace, and per
+# workspace and address: the platform's mailer is no one's to spam, nor a mailbox to
+# flood. Not per address alone: another workspace could then spend it, and block a
+# person's real invitation.
 EMAIL_LIMITS = ("invitation_workspace", "invitation_email")
 HIGHER_RIGHTS = (
     "A pending invitation for this email was made by someone with more rights than yours: "
@@ -235,7 +237,7 @@ async def invite(
 
 async def _spend_invitation_email(limiter: RateLimiter, org_id: uuid.UUID, email: str) -> None:
     """Count one invitation email of the workspace to `email`; RATE_LIMITED past a limit."""
-    for name, key in zip(EMAIL_LIMITS, (str(org_id), email), strict=True):
+    for name, key in zip(EMAIL_LIMITS, (str(org_id), f"{org_id} {email}"), strict=True):
         decision = await limiter.hit(name, key)
         if not decision.allowed:
             raise RateLimited(
