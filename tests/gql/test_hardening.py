@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import json
+import types
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -550,20 +550,24 @@ async def test_connection_init_with_a_valid_token_is_acknowledged(
 
 def _holding(marker: str) -> list[str]:
     """What in this process (the live server's too) still holds a string with `marker`:
-    a dict's value, or a local of a suspended generator or coroutine."""
+    a dict's value, or a local of a suspended generator or coroutine. Judged by `type`,
+    which never dereferences a weak proxy (`isinstance` raises on a dead one)."""
     held: list[str] = []
+    frames = {
+        types.GeneratorType: "gi_frame",
+        types.AsyncGeneratorType: "ag_frame",
+        types.CoroutineType: "cr_frame",
+    }
     for thing in gc.get_objects():
-        if isinstance(thing, dict):
+        kind = type(thing)
+        if issubclass(kind, dict):
             values: Any = thing.values()
-        elif inspect.isgenerator(thing) or inspect.isasyncgen(thing) or inspect.iscoroutine(thing):
-            frame = getattr(thing, "gi_frame", None) or getattr(thing, "ag_frame", None)
-            frame = frame or getattr(thing, "cr_frame", None)
+        elif kind in frames:
+            frame = getattr(thing, frames[kind])
             values = frame.f_locals.values() if frame is not None else ()
         else:
             continue
-        held += [
-            type(thing).__name__ for value in values if isinstance(value, str) and marker in value
-        ]
+        held += [kind.__name__ for value in values if isinstance(value, str) and marker in value]
     return held
 
 
