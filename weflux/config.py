@@ -214,6 +214,11 @@ class Settings(BaseSettings):
     rate_limit_refresh_ip: str = "60/minute"
     rate_limit_switch_ip: str = "60/minute"
     rate_limit_invitation_resend: str = "3/hour;10/day"
+    # Invitation emails (invited or resent) per workspace, and per workspace and address.
+    rate_limit_invitation_workspace: str = "100/hour;300/day"
+    rate_limit_invitation_email: str = "3/hour;10/day"
+    # Megabytes a workspace may upload (uploadMedia; each file counts its size, rounded up).
+    rate_limit_media_upload_mb_workspace: str = "5000/hour;20000/day"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
     # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP

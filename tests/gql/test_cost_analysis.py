@@ -141,3 +141,20 @@ def test_points_are_nodes_plus_one_and_a_mutation_costs_more(
     assert result.operation is operation
     assert result.points == points
     assert OperationCost(OperationType.MUTATION, 5).points == 5 + MUTATION_POINTS
+
+
+def test_each_aliased_mutation_is_charged() -> None:
+    """Given a mutation that runs one field under three aliases (one in a fragment, one
+    skipped), when it is costed, then it is charged for each field that runs: aliases
+    ran 15 invitations (emails) for one mutation's price."""
+    document = """mutation ($no: Boolean = false) {
+      a: markConversationRead(conversationId: "x") { id }
+      b: markConversationRead(conversationId: "y") { id }
+      c: markConversationRead(conversationId: "z") @include(if: $no) { id }
+      ...More
+      __typename
+    }
+    fragment More on Mutation { d: markConversationRead(conversationId: "w") { id } }"""
+    result = operation_cost(schema._schema, parse(document))
+    assert result is not None
+    assert result.points == 3 * MUTATION_POINTS

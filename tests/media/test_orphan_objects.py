@@ -79,6 +79,7 @@ async def _upload(inbox: MediaInbox, agent: Actor, session: AsyncSession) -> Med
         runtime.media,
         file=io.BytesIO(JPEG),
         filename="a.jpg",
+        limiter=runtime.limiter,
     )
 
 
@@ -259,6 +260,7 @@ async def test_a_row_cannot_take_a_file_the_sweep_claimed(
                 hooked,
                 file=io.BytesIO(JPEG),
                 filename="a.jpg",
+                limiter=runtime.limiter,
             )
     assert _files(settings) == set()
     assert await media_rows(media_inbox) == set()

@@ -19,7 +19,8 @@ can return 50 conversations and 50 x 20 messages: 1,050 nodes.
   the schema itself, and by its own depth rule.
 
 The points charged to the cost budgets are `nodes + 1` for a query or a subscription,
-and `nodes + MUTATION_POINTS` for a mutation (Shopify's fixed price for a mutation).
+and `nodes + MUTATION_POINTS` for each mutation field of a mutation (Shopify's fixed price
+for a mutation): aliases run a mutation once each, so each is charged.
 Each fragment is counted once (counts are linear in their multiplier), so the work is
 linear in the size of the document, whatever fragments spread each other.
 """
@@ -69,11 +70,13 @@ class OperationCost:
 
     operation: OperationType
     nodes: int
+    mutations: int = 1  # the root fields of a mutation (each alias runs once)
 
     @property
     def points(self) -> int:
-        extra = MUTATION_POINTS if self.operation is OperationType.MUTATION else QUERY_POINTS
-        return self.nodes + extra
+        if self.operation is OperationType.MUTATION:
+            return self.nodes + MUTATION_POINTS * max(self.mutations, 1)
+        return self.nodes + QUERY_POINTS
 
 
 def operation_cost(
@@ -90,7 +93,10 @@ def operation_cost(
     if root is None:
         return None
     counter = _Counter(schema, document, operation, variables or {})
-    return OperationCost(operation.operation, counter.selection_set(root, operation.selection_set))
+    nodes = counter.selection_set(root, operation.selection_set)
+    if operation.operation is not OperationType.MUTATION:
+        return OperationCost(operation.operation, nodes)
+    return OperationCost(operation.operation, nodes, counter.root_fields(operation.selection_set))
 
 
 def _is_connection(named: Any) -> bool:
@@ -147,6 +153,25 @@ class _Counter:
                     total += self.selection_set(scope, selection.selection_set)
             elif isinstance(selection, FragmentSpreadNode):
                 total += self._fragment(selection.name.value)
+        return total
+
+    def root_fields(
+        self, selection_set: SelectionSetNode, seen: frozenset[str] = frozenset()
+    ) -> int:
+        """The fields a root selection runs (aliases each, fragments resolved)."""
+        total = 0
+        for selection in selection_set.selections:
+            if self._skipped(selection):
+                continue
+            if isinstance(selection, FieldNode):
+                total += not selection.name.value.startswith("__")
+            elif isinstance(selection, InlineFragmentNode):
+                total += self.root_fields(selection.selection_set, seen)
+            elif isinstance(selection, FragmentSpreadNode):
+                name = selection.name.value
+                fragment = self.fragments.get(name)
+                if fragment is not None and name not in seen:  # a cycle: invalid anyway
+                    total += self.root_fields(fragment.selection_set, seen | {name})
         return total
 
     def _fragment(self, name: str) -> int:

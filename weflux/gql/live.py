@@ -36,7 +36,7 @@ from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
 from weflux.auth.scoping import ScopedRead, viewing_as, workspace_wide
-from weflux.errors import BadUserInput
+from weflux.errors import BadUserInput, Forbidden
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context, EventUnit
 from weflux.gql.event_memo import SharedEvent
@@ -437,7 +437,13 @@ class Subscription:
         self, info: Info[Context, None]
     ) -> AsyncGenerator[SecurityEvent, None]:
         async with aclosing(
-            _follow(info, EventName.SECURITY_EVENT_ADDED, SecurityEventRow, to_security_event)
+            _follow(
+                info,
+                EventName.SECURITY_EVENT_ADDED,
+                SecurityEventRow,
+                to_security_event,
+                permission=Permission.READ_AUDIT,
+            )
         ) as items:
             async for event in items:
                 yield event
@@ -450,8 +456,12 @@ async def _follow(
     to_type: Any,
     *,
     conversation: uuid.UUID | None = None,
+    permission: Permission | None = None,
 ) -> AsyncGenerator[Any, None]:
-    """The rows that the workspace's `name` events point at, as this caller may see them."""
+    """The rows that the workspace's `name` events point at, as this caller may see them.
+
+    A `permission` the subscription needs is checked again at each event: a role changed
+    while the socket stays open (an Admin made Manager) ends it FORBIDDEN there."""
     context = info.context
     async with context.hub.listen(
         context.actor.org_id, restartable=True, events=(name,)
@@ -474,6 +484,8 @@ async def _follow(
                 continue
             if conversation is not None and in_conversation != conversation:
                 continue
+            if permission is not None and not context.actor.can(permission):
+                raise Forbidden("Your role does not allow this")
             shared = _shared(info, event, row_id)
             async with context.event_unit(shared.loaders):
                 row = await shared.load(lambda: context.event_reader, model, row_id, _row_by_id)

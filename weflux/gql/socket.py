@@ -159,6 +159,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         # The init timeout is cancelled by now: drop it (a finished task held for the
         # socket's life is close to 1 KiB); it ends on its own.
         self.connection_init_timeout_task = None
+        # Strawberry's read loop holds the last frame until the next one comes: an idle
+        # socket kept its whole `connection_init` (up to 64 KiB). Only the token is needed
+        # from now on, and `on_ws_connect` kept it.
+        cast("dict[str, object]", message).clear()
 
     async def run_operation(self, operation: Operation[Context, None]) -> None:
         context = self.context

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any
 
@@ -23,10 +24,11 @@ from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
-from starlette.websockets import WebSocket
-from strawberry.asgi import GraphQL
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
+from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.schema import BaseSchema
 from strawberry.schema.exceptions import InvalidOperationTypeError
 from strawberry.subscriptions import GRAPHQL_TRANSPORT_WS_PROTOCOL
@@ -145,8 +147,32 @@ def _screen_upload(request: Request, runtime: Runtime) -> Response | None:
     return None
 
 
+class FrameReader(ASGIWebSocketAdapter):
+    """Strawberry's reader of a socket's frames, without holding a frame's text.
+
+    Strawberry's kept the text of the last frame in a local variable until the next frame
+    came: an idle socket held its `connection_init` (up to 64 KiB) as text, besides the
+    decoded frame (`OperationHandler.handle_connection_init` drops that)."""
+
+    async def iter_json(
+        self, *, ignore_parsing_errors: bool = False
+    ) -> AsyncGenerator[object, None]:
+        try:
+            while self.ws.application_state != WebSocketState.DISCONNECTED:
+                try:
+                    yield self.view.decode_json(await self.ws.receive_text())
+                except json.JSONDecodeError as error:
+                    if not ignore_parsing_errors:
+                        raise NonJsonMessageReceived from error
+        except KeyError as error:
+            raise NonTextMessageReceived from error
+        except WebSocketDisconnect:
+            pass
+
+
 class GraphQLApp(GraphQL[Context, None]):
     graphql_transport_ws_handler_class = OperationHandler
+    websocket_adapter_class = FrameReader
 
     def __init__(self, schema: BaseSchema, *, ide: bool, allowed_origins: list[str]) -> None:
         super().__init__(
@@ -383,9 +409,13 @@ class GraphQLApp(GraphQL[Context, None]):
         return response
 
     async def on_ws_connect(self, context: Context) -> UnsetType | dict[str, object] | None:
-        """Authenticate the socket in `connection_init`; close 4403 otherwise."""
+        """Authenticate the socket in `connection_init`; close 4403 otherwise.
+
+        Of the payload only the token is kept (a re-check reads it again): the rest, up to
+        a frame's 64 KiB, stayed with the socket for its life."""
         payload = context.connection_params if isinstance(context.connection_params, dict) else {}
         header = payload.get("authorization") or payload.get("Authorization")
+        context.connection_params = {"authorization": header} if isinstance(header, str) else {}
         generation = context.authenticator.generation
         principal = await context.authenticator.authenticate(
             bearer_token(header if isinstance(header, str) else None)

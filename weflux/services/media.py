@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import BinaryIO
@@ -15,15 +16,20 @@ from weflux.auth.principal import Principal
 from weflux.auth.scoping import past_erasure, workspace_wide
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.errors import BadUserInput, Forbidden, NotFound, Unavailable
+from weflux.errors import BadUserInput, Forbidden, NotFound, RateLimited, Unavailable
 from weflux.media import intents
 from weflux.media.detect import HEAD_BYTES, detect
 from weflux.media.files import TooLarge, store_stream
 from weflux.media.kinds import max_bytes, safe_filename
 from weflux.media.store import UNAVAILABLE_MESSAGE, MediaStore, unavailable
 from weflux.models import MediaFile, MediaOrigin, MediaStatus, Message, utcnow
+from weflux.throttle.ratelimit import RateLimiter
 
 READ_CHUNK = 64 * 1024
+# Megabytes a workspace may upload an hour and a day (WEFLUX_RATE_LIMIT_MEDIA_UPLOAD_MB_WORKSPACE):
+# uploads are kept up to WEFLUX_MEDIA_UPLOAD_RETENTION unsent, and any member may upload.
+UPLOAD_LIMIT = "media_upload_mb_workspace"
+MB = 1024 * 1024
 
 
 def _refused(message: str) -> BadUserInput:
@@ -85,6 +91,14 @@ async def claim_for_sending(
     return media
 
 
+def _remaining_bytes(file: BinaryIO) -> int:
+    """The bytes of `file` from where it stands (it is left there)."""
+    start = file.tell()
+    end = file.seek(0, os.SEEK_END)
+    file.seek(start)
+    return end - start
+
+
 async def upload_media(
     db: Database,
     session: AsyncSession,
@@ -94,16 +108,26 @@ async def upload_media(
     *,
     file: BinaryIO,
     filename: str | None,
+    limiter: RateLimiter,
 ) -> MediaFile:
     """Store an uploaded file for sendMedia: READY, the uploader's until it is sent.
 
     BAD_USER_INPUT when its content is not a kind WhatsApp sends (the name and declared
     type are ignored), when it is empty, or larger than WhatsApp allows for its kind.
+    RATE_LIMITED, before anything is stored, when the workspace has uploaded its
+    megabytes of the hour or day (`UPLOAD_LIMIT`).
     The row takes the stored file in `session`'s transaction (`intents.fulfil`): if that
     transaction never commits, the lifecycle worker deletes the file.
     """
     if not principal.can(Permission.REPLY):
         raise Forbidden("Your role does not allow sending messages")
+    size = await asyncio.to_thread(_remaining_bytes, file)
+    spent = await limiter.hit(UPLOAD_LIMIT, str(principal.org_id), cost=max(1, -(-size // MB)))
+    if not spent.allowed:
+        raise RateLimited(
+            "The workspace has uploaded too much for now; try again later",
+            retry_after=spent.retry_after,
+        )
     head = await asyncio.to_thread(file.read, HEAD_BYTES)
     if not head:
         raise _refused("The file is empty")

@@ -58,6 +58,11 @@ from weflux.throttle.ratelimit import RateLimiter
 INVITATION_TTL = timedelta(days=7)
 # The rate limit of `resendInvitation`, per invitation (WEFLUX_RATE_LIMIT_INVITATION_RESEND).
 RESEND_LIMIT = "invitation_resend"
+# Invitation emails (sent by `inviteMember` and `resendInvitation`) per workspace, and per
+# workspace and address: the platform's mailer is no one's to spam, nor a mailbox to
+# flood. Not per address alone: another workspace could then spend it, and block a
+# person's real invitation.
+EMAIL_LIMITS = ("invitation_workspace", "invitation_email")
 HIGHER_RIGHTS = (
     "A pending invitation for this email was made by someone with more rights than yours: "
     "ask an Admin"
@@ -160,13 +165,15 @@ async def invite(
     email: str,
     name: str,
     role: Role,
+    limiter: RateLimiter,
     postman: Postman | None = None,
 ) -> tuple[Invitation, str]:
     """A single-use invitation (7 days); the token is returned once and stored hashed.
 
     The invitee is emailed the accept link once the transaction commits (`postman`). A
     pending invitation for the same email is replaced only when the caller may manage it
-    (`may_manage_invitation`): else `CONFLICT`, and the pending one stays.
+    (`may_manage_invitation`): else `CONFLICT`, and the pending one stays. Each email counts
+    against the workspace's and the address's invitation limits (`RATE_LIMITED`).
     """
     if not may_invite(principal.role, role):
         raise Forbidden(
@@ -199,6 +206,7 @@ async def invite(
             session, principal, previous
         ):
             raise Conflict(HIGHER_RIGHTS)
+    await _spend_invitation_email(limiter, principal.org_id, email)
     if pending:
         await session.exec(
             delete(Invitation).where(col(Invitation.id).in_([p.id for p in pending]))
@@ -225,6 +233,17 @@ async def invite(
     )
     await _mail_after_commit(session, postman, invitation, token)
     return invitation, token
+
+
+async def _spend_invitation_email(limiter: RateLimiter, org_id: uuid.UUID, email: str) -> None:
+    """Count one invitation email of the workspace to `email`; RATE_LIMITED past a limit."""
+    for name, key in zip(EMAIL_LIMITS, (str(org_id), f"{org_id} {email}"), strict=True):
+        decision = await limiter.hit(name, key)
+        if not decision.allowed:
+            raise RateLimited(
+                "Too many invitation emails were sent; try again later",
+                retry_after=decision.retry_after,
+            )
 
 
 async def pending_invitations(session: AsyncSession, principal: Principal) -> Sequence[Invitation]:
@@ -289,6 +308,7 @@ async def resend_invitation(
             "This invitation was sent too often; try again later",
             retry_after=decision.retry_after,
         )
+    await _spend_invitation_email(limiter, principal.org_id, invitation.email)
     token = secrets.token_urlsafe(32)
     invitation.token_hash = token_hash(token)
     invitation.expires_at = utcnow() + INVITATION_TTL

@@ -38,6 +38,9 @@ LIMIT_NAMES = (
     "refresh_ip",
     "switch_ip",
     "invitation_resend",
+    "invitation_workspace",
+    "invitation_email",
+    "media_upload_mb_workspace",
     "graphql_ip",
     "graphql_workspace",
     "webhook_verify_ip",
@@ -49,7 +52,9 @@ LIMIT_NAMES = (
 )
 # Limits keyed by an account identifier (an email, alone or with an IP): normalised and
 # hashed before storage, so no email address is ever a key in Redis.
-ACCOUNT_LIMITS = frozenset({"login_account", "login_account_ip", "signup_email"})
+ACCOUNT_LIMITS = frozenset(
+    {"login_account", "login_account_ip", "signup_email", "invitation_email"}
+)
 
 # The connect timeout of the limiter's Redis client, and the bound on one whole decision:
 # a Redis that hangs costs a request at most this long before the limiter fails open. The
@@ -219,13 +224,13 @@ class RateLimiter:
         """The parsed windows of every named limit."""
         return self._limits
 
-    async def hit(self, name: str, key: str) -> RateLimitDecision:
-        """Count one request against every window of limit `name` for `key`."""
+    async def hit(self, name: str, key: str, cost: int = 1) -> RateLimitDecision:
+        """Count one request (or `cost` units) against every window of limit `name` for `key`."""
         items = self._items(name)
         identifier = storage_key(name, key)
         try:
             async with asyncio.timeout(DECISION_TIMEOUT):
-                return await self._decide(items, name, identifier)
+                return await self._decide(items, name, identifier, cost)
         except self._storage_errors as exc:
             self._warn_storage_failure(exc)
             return ALLOWED
@@ -344,7 +349,7 @@ class RateLimiter:
         return items
 
     async def _decide(
-        self, items: tuple[RateLimitItem, ...], name: str, identifier: str
+        self, items: tuple[RateLimitItem, ...], name: str, identifier: str, cost: int = 1
     ) -> RateLimitDecision:
         # One window: the atomic hit checks and consumes at once (a denied hit consumes
         # nothing). Several windows: test them all first so a request denied by one does
@@ -354,20 +359,20 @@ class RateLimiter:
         # on the strict side, which is preferable to a lock around every decision.
         if len(items) > 1:
             for item in items:
-                if not await self._strategy.test(item, name, identifier):
-                    return await self._denied(items, name, identifier)
+                if not await self._strategy.test(item, name, identifier, cost=cost):
+                    return await self._denied(items, name, identifier, cost)
         for item in items:
-            if not await self._strategy.hit(item, name, identifier):
-                return await self._denied(items, name, identifier)
+            if not await self._strategy.hit(item, name, identifier, cost=cost):
+                return await self._denied(items, name, identifier, cost)
         return ALLOWED
 
     async def _denied(
-        self, items: tuple[RateLimitItem, ...], name: str, identifier: str
+        self, items: tuple[RateLimitItem, ...], name: str, identifier: str, cost: int = 1
     ) -> RateLimitDecision:
         wait = 0.0
         for item in items:
             stats = await self._strategy.get_window_stats(item, name, identifier)
-            if stats.remaining < 1:
+            if stats.remaining < cost:
                 wait = max(wait, _seconds_until(stats.reset_time, item))
         return RateLimitDecision(allowed=False, retry_after=max(1, math.ceil(wait)))
 

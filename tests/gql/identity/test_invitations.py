@@ -19,7 +19,7 @@ import pytest
 from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, token_for
-from tests.fixtures.app import app_client
+from tests.fixtures.app import ClientFactory, app_client
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.mail import mails_to
@@ -286,3 +286,54 @@ async def test_without_an_smtp_url_the_invitation_is_written_to_the_outbox(
 
     [message] = mails_to(outbox_settings, INVITEE)
     assert link_token(message) == payload["token"]
+
+
+def _aliased_invites(count: int) -> str:
+    fields = " ".join(
+        f'i{n}: inviteMember(input: {{email: "hire{n}@acme.example", name: "Hire", '
+        f"role: AGENT}}) {{ token }}"
+        for n in range(count)
+    )
+    return f"mutation {{ {fields} }}"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_invitation_emails_are_limited_per_workspace_aliases_too(
+    make_client: ClientFactory, admin: Actor
+) -> None:
+    """Given a workspace limit of 2 invitation emails an hour
+    When one request invites 3 people under aliases, then 1 person twice
+    Then the third alias is RATE_LIMITED (nothing of that request stays), and so is a
+    later invitation once 2 were sent: the platform's mailer is no workspace's to spam."""
+    async with make_client(rate_limit_invitation_workspace="2/hour") as client:
+        token = await token_for(client, admin)
+        aliased = await gql(client, token, _aliased_invites(3))
+        assert error_codes(aliased) == ["RATE_LIMITED"]
+        assert aliased.json()["errors"][0]["path"] == ["i2"]
+        # The two counted above are spent: the hour's limit is reached.
+        refused = await invite(client, token, email="late.hire@acme.example")
+
+    assert error_codes(refused) == ["RATE_LIMITED"]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_invitation_emails_to_one_address_are_limited_per_workspace(
+    make_client: ClientFactory, admin: Actor, other_admin: Actor
+) -> None:
+    """Given a limit of 3 invitation emails an hour to one address from one workspace
+    When a workspace invites, resends to and re-invites the same address
+    Then its fourth email is RATE_LIMITED (re-inviting is no way around the resend
+    limit), while another workspace's invitation to that address is not: no workspace
+    can spend the address's limit to block another's invitation."""
+    async with make_client(rate_limit_invitation_email="3/hour") as client:
+        token = await token_for(client, admin)
+        other = await token_for(client, other_admin)
+        first = data_of(await invite(client, token), "inviteMember")
+        resent = await gql(client, token, RESEND, {"id": first["invitation"]["id"]})
+        data_of(resent, "resendInvitation")
+        data_of(await invite(client, token), "inviteMember")
+        again = await invite(client, token)
+        elsewhere = await invite(client, other)
+
+    assert error_codes(again) == ["RATE_LIMITED"]
+    assert error_codes(elsewhere) == []

@@ -9,7 +9,7 @@ from starlette.applications import Starlette
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.live import until_listening
-from tests.fixtures.ws import GraphQLSocket
+from tests.fixtures.ws import GraphQLSocket, acts_as
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Organization
@@ -122,6 +122,38 @@ async def test_a_new_security_event_reaches_a_subscribed_admin(
     assert frame["type"] == "next", frame
     event = frame["payload"]["data"]["securityEventAdded"]
     assert (event["kind"], event["severity"]) == ("member.admin_granted", "HIGH")
+    await socket.close()
+
+
+async def test_a_demoted_admin_stops_receiving_security_events(
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+) -> None:
+    """Given a second Admin subscribed to securityEventAdded
+    When they are made a Manager, and then a security event is raised
+    Then their subscription ends FORBIDDEN instead of sending the event."""
+    token = await token_for(http, admin)
+    second = encode_global_id("Member", manager.membership.id)
+    made_admin = await gql(http, token, GRANT, {"input": {"memberId": second, "role": "ADMIN"}})
+    assert "errors" not in made_admin.json(), made_admin.text
+    socket = await GraphQLSocket.connect(live, await token_for(http, manager))
+    operation = await socket.subscribe(ADDED)
+    await until_listening(live_app, 1)
+    demoted = await gql(http, token, GRANT, {"input": {"memberId": second, "role": "MANAGER"}})
+    assert "errors" not in demoted.json(), demoted.text
+    await acts_as(socket, "MANAGER")
+
+    target = encode_global_id("Member", agent.membership.id)
+    raised = await gql(http, token, GRANT, {"input": {"memberId": target, "role": "ADMIN"}})
+    assert "errors" not in raised.json(), raised.text
+
+    frame = await socket.next(operation)
+    errors = frame["payload"] if frame["type"] == "error" else frame["payload"].get("errors", [])
+    assert [e["extensions"]["code"] for e in errors] == ["FORBIDDEN"], frame
     await socket.close()
 
 

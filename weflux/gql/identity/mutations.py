@@ -95,6 +95,7 @@ class IdentityMutation:
             email=check_email(input.email, "email"),
             name=_text(input.name, "name", 200),
             role=input.role,
+            limiter=context.limiter,
             postman=_postman(context),
         )
         return InviteMemberPayload(invitation=to_invitation(invitation), token=token)

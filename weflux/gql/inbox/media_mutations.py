@@ -49,7 +49,8 @@ class MediaMutation:
             "video, AAC, AMR, MP3, MP4 and OGG audio, WebP stickers, PDF, Office and .txt "
             "documents, each within WhatsApp's size limit (image 5 MB, video and audio "
             "16 MB, sticker 500 KB, document 100 MB); anything else is BAD_USER_INPUT. "
-            "Stored encrypted; only the uploader sees it until it is sent.",
+            "Stored encrypted; only the uploader sees it until it is sent. RATE_LIMITED "
+            "once the workspace has uploaded WEFLUX_RATE_LIMIT_MEDIA_UPLOAD_MB_WORKSPACE.",
         )
     )
     async def upload_media(
@@ -72,6 +73,7 @@ class MediaMutation:
             store,
             file=upload.file,
             filename=getattr(upload, "filename", None),
+            limiter=context.limiter,
         )
         return to_media(row)
 
