@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+from websockets.typing import Origin, Subprotocol
 
 from tests.fixtures.app import app_client
 from tests.fixtures.settings import make_settings
@@ -365,3 +367,21 @@ async def test_allowed_request_headers_are_configurable(tmp_path: Path) -> None:
 def test_a_malformed_allowed_header_names_the_variable(tmp_path: Path, value: str) -> None:
     with pytest.raises(ValidationError, match="cors_allow_headers"):
         make_settings(tmp_path, cors_allow_headers=value)
+
+
+async def test_a_refused_websocket_handshake_carries_the_headers(live: str) -> None:
+    """Given the app under a real uvicorn,
+    when a WebSocket handshake from a foreign origin is refused,
+    then its 403 carries the security headers as every HTTP answer does."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(
+            live.replace("http://", "ws://") + "/graphql",
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            origin=Origin("https://evil.example"),
+        ):
+            pass
+    response = refused.value.response
+    assert response.status_code == 403
+    for name, value in EXPECTED.items():
+        assert response.headers.get(name) == value, name
+    assert "strict-transport-security" not in response.headers  # plain HTTP, not production

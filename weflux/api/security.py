@@ -100,6 +100,14 @@ def _ide_csp() -> str:
 IDE_CSP = _ide_csp()
 
 
+def refusal_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
+    """The security headers of a response the app builds itself, raw as ASGI sends them."""
+    headers = [("Content-Security-Policy", API_CSP), *SECURITY_HEADERS]
+    if hsts:
+        headers.append(("Strict-Transport-Security", HSTS))
+    return [(name.lower().encode(), value.encode()) for name, value in headers]
+
+
 class SecurityHeadersMiddleware:
     """Add the security headers to every HTTP response; a response's own CSP is kept.
 
