@@ -27,7 +27,12 @@ from weflux.api.middleware import (
     log_access,
     request_id_of,
 )
-from weflux.api.security import SecurityHeadersMiddleware, cors_middleware, refusal_headers
+from weflux.api.security import (
+    HSTS_HEADER,
+    SecurityHeadersMiddleware,
+    cors_middleware,
+    refusal_headers,
+)
 from weflux.auth import passwords
 from weflux.client_ip import parse_trusted_proxies
 from weflux.config import ConfigError, Settings, load_settings
@@ -111,7 +116,8 @@ class WefluxApp(Starlette):
         """`send`, with a handshake refused before `websocket.accept` (a foreign origin, a
         wrong subprotocol) answered as a 403 carrying the security headers (HSTS too where
         HTTP answers carry it), where the server speaks ASGI's WebSocket Denial Response;
-        the server's own 403 has none. Frames after the accept pass untouched."""
+        the server's own 403 has none. The accept (101) carries HSTS where HTTP answers do;
+        frames after it pass untouched."""
         if "websocket.http.response" not in (scope.get("extensions") or {}):
             return send
         hsts = self.hsts or scope.get("scheme") == "wss"
@@ -120,6 +126,8 @@ class WefluxApp(Starlette):
         async def send_refusal(message: Message) -> None:
             nonlocal accepted
             if accepted or message["type"] != "websocket.close":
+                if not accepted and message["type"] == "websocket.accept" and hsts:
+                    message = {**message, "headers": [*message.get("headers", ()), HSTS_HEADER]}
                 accepted = accepted or message["type"] == "websocket.accept"
                 await send(message)
                 return
