@@ -95,7 +95,8 @@ async def test_nothing_a_client_sends_reaches_a_log(
     database_urls: DatabaseUrls, tmp_path: Path
 ) -> None:
     """Given a live server whose every log record is captured,
-    when clients send passwords and tokens on every path, right and wrong, well and badly formed,
+    when clients send passwords and tokens on every path, right and wrong, well and badly formed
+    (bodies that are no JSON included), second-factor codes and re-authentications too,
     then no record of any logger at any level holds any of those values."""
     sent = {
         name: canary(name)
@@ -128,6 +129,15 @@ async def test_nothing_a_client_sends_reaches_a_log(
             "WsHeaderToken",
             "Origin",
             "UserAgent",
+            "TruncatedBody",
+            "NotJsonBody",
+            "FormBody",
+            "BogusMfaToken",
+            "MfaCode",
+            "RecoveryCode",
+            "ReauthPassword",
+            "ReauthCode",
+            "EnrollmentCode",
         )
     }
     sent["Origin"] = sent["Origin"].lower()  # a host name, as browsers send it
@@ -197,6 +207,32 @@ async def test_nothing_a_client_sends_reaches_a_log(
             bearer = {"Authorization": f"Bearer {sent['BogusBearer']}"}
             assert (await http.post("/auth/logout", headers=bearer)).status_code == 401
             assert (await http.post("/graphql", json={}, headers=bearer)).status_code == 401
+
+            # Malformed bodies (the raw body is never quoted), second factors and re-authentication.
+            for path in ("/auth/login", "/auth/signup", "/auth/invitations/accept", "/auth/mfa"):
+                for content, kind in (
+                    (f'{{"password": "{sent["TruncatedBody"]}"', "application/json"),
+                    (sent["NotJsonBody"], "application/json"),
+                    (f"password={sent['FormBody']}", "application/x-www-form-urlencoded"),
+                ):
+                    answer = await http.post(path, content=content, headers={"Content-Type": kind})
+                    assert answer.status_code in (400, 415, 422), answer.text
+            for second_factor in (
+                {"mfaToken": sent["BogusMfaToken"], "code": sent["MfaCode"]},
+                {"mfaToken": sent["BogusMfaToken"], "recoveryCode": sent["RecoveryCode"]},
+            ):
+                assert (await http.post("/auth/mfa", json=second_factor)).status_code in (401, 422)
+            reauthentication = await http.post(
+                "/auth/reauthenticate",
+                json={"password": sent["ReauthPassword"], "code": sent["ReauthCode"]},
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert reauthentication.status_code in (401, 422), reauthentication.text
+            await client.graphql(
+                token,
+                "mutation($c: String!) { confirmTwoFactorEnrollment(code: $c) }",
+                {"c": sent["EnrollmentCode"]},
+            )
 
             # GraphQL over HTTP: literals, variables, typos, validation and syntax errors.
             await client.graphql(

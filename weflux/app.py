@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from weflux.api import auth as auth_routes
 from weflux.api import disclosure
@@ -27,7 +27,12 @@ from weflux.api.middleware import (
     log_access,
     request_id_of,
 )
-from weflux.api.security import SecurityHeadersMiddleware, cors_middleware
+from weflux.api.security import (
+    HSTS_HEADER,
+    SecurityHeadersMiddleware,
+    cors_middleware,
+    refusal_headers,
+)
 from weflux.auth import passwords
 from weflux.client_ip import parse_trusted_proxies
 from weflux.config import ConfigError, Settings, load_settings
@@ -102,10 +107,41 @@ class WefluxApp(Starlette):
         token = request_id_var.set(request_id_of(scope))
         started = time.perf_counter()
         try:
-            await route.app(scope, receive, send)
+            await route.app(scope, receive, self._refusing_with_headers(scope, send))
         finally:
             log_access(scope, None, started)
             request_id_var.reset(token)
+
+    def _refusing_with_headers(self, scope: Scope, send: Send) -> Send:
+        """`send`, with a handshake refused before `websocket.accept` (a foreign origin, a
+        wrong subprotocol) answered as a 403 carrying the security headers (HSTS too where
+        HTTP answers carry it), where the server speaks ASGI's WebSocket Denial Response;
+        the server's own 403 has none. The accept (101) carries HSTS where HTTP answers do;
+        frames after it pass untouched."""
+        if "websocket.http.response" not in (scope.get("extensions") or {}):
+            return send
+        hsts = self.hsts or scope.get("scheme") == "wss"
+        accepted = False
+
+        async def send_refusal(message: Message) -> None:
+            nonlocal accepted
+            if accepted or message["type"] != "websocket.close":
+                if not accepted and message["type"] == "websocket.accept" and hsts:
+                    message = {**message, "headers": [*message.get("headers", ()), HSTS_HEADER]}
+                accepted = accepted or message["type"] == "websocket.accept"
+                await send(message)
+                return
+            accepted = True  # answered: anything later goes to the server as it is
+            await send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": 403,
+                    "headers": [*refusal_headers(hsts=hsts), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "websocket.http.response.body", "body": b""})
+
+        return send_refusal
 
 
 _HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED}

@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import websockets
 from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -17,8 +18,10 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
 from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
+from websockets.typing import Origin, Subprotocol
 
 from tests.fixtures.app import app_client
+from tests.fixtures.live import live_server
 from tests.fixtures.settings import make_settings
 from weflux.api.security import (
     API_CSP,
@@ -365,3 +368,40 @@ async def test_allowed_request_headers_are_configurable(tmp_path: Path) -> None:
 def test_a_malformed_allowed_header_names_the_variable(tmp_path: Path, value: str) -> None:
     with pytest.raises(ValidationError, match="cors_allow_headers"):
         make_settings(tmp_path, cors_allow_headers=value)
+
+
+async def test_a_refused_websocket_handshake_carries_the_headers(live: str) -> None:
+    """Given the app under a real uvicorn,
+    when a WebSocket handshake from a foreign origin is refused,
+    then its 403 carries the security headers as every HTTP answer does."""
+    with pytest.raises(websockets.InvalidStatus) as refused:
+        async with websockets.connect(
+            live.replace("http://", "ws://") + "/graphql",
+            subprotocols=[Subprotocol("graphql-transport-ws")],
+            origin=Origin("https://evil.example"),
+        ):
+            pass
+    response = refused.value.response
+    assert response.status_code == 403
+    for name, value in EXPECTED.items():
+        assert response.headers.get(name) == value, name
+    assert "strict-transport-security" not in response.headers  # plain HTTP, not production
+
+
+async def test_websocket_answers_carry_hsts_where_http_answers_do(live_app: Starlette) -> None:
+    """Given the app under a real uvicorn, sending HSTS as in production,
+    when a WebSocket handshake is accepted and another one is refused,
+    then the 101 and the 403 carry `Strict-Transport-Security` too."""
+    live_app.hsts = True  # type: ignore[attr-defined]
+    async with live_server(live_app) as base_url:
+        url = base_url.replace("http://", "ws://") + "/graphql"
+        protocols = [Subprotocol("graphql-transport-ws")]
+        async with websockets.connect(url, subprotocols=protocols) as socket:
+            assert socket.response is not None
+            assert socket.response.headers.get("strict-transport-security") == HSTS
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(
+                url, subprotocols=protocols, origin=Origin("https://evil.example")
+            ):
+                pass
+    assert refused.value.response.headers.get("strict-transport-security") == HSTS

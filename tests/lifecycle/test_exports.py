@@ -16,6 +16,7 @@ from sqlmodel import select
 
 from tests.fixtures.factories import Actor, create_contact, create_conversation, create_message
 from tests.fixtures.principals import principal_of
+from weflux.auth.totp import recovery_code_hash
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, worker
@@ -33,6 +34,7 @@ from weflux.models import (
     MediaStatus,
     MessageDirection,
     Note,
+    User,
     WhatsAppAccount,
     utcnow,
 )
@@ -132,8 +134,9 @@ async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
 ) -> None:
     """Given a workspace with a number whose credentials are sealed, and the team's tools
     (a label on a conversation, a note, a canned reply),
-    when its export is built, then the tools are in it and no `_enc` or `_hash` column
-    is; and once past `expiresAt` the worker destroys the file and its key."""
+    and a member with a second factor (a sealed secret, recovery code hashes),
+    when its export is built, then the tools are in it and no `_enc`, `_hash` or
+    `_hashes` column is; and once past `expiresAt` the worker destroys the file and its key."""
     async with db.session(admin.org_id) as session:
         conversation = await create_conversation(session)
         label = Label(name="vip", color="#aa0000")
@@ -145,6 +148,13 @@ async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
         account = (await session.exec(select(WhatsAppAccount))).one()
         account.access_token_enc = "v1.k1.sealed-token"
         session.add(account)
+        user = await session.get(User, admin.user.id)
+        assert user is not None
+        user.totp_secret_enc = "v1.k1.sealed-totp"
+        user.recovery_code_hashes = " ".join(
+            recovery_code_hash(code) for code in ("aaaaa-bbbbb", "ccccc-ddddd")
+        )
+        session.add(user)
         request = await lifecycle_requests.request_workspace_export(
             session, principal_of(admin), RequestMeta()
         )
@@ -168,12 +178,32 @@ async def test_a_workspace_export_never_carries_a_secret_and_dies_at_expiry(
     assert b"sealed-token" not in everything
     assert b"password_hash" not in everything
     assert b"_enc" not in everything
+    # Recovery codes are 50 random bits, hashed without a key: offline, a hash falls to
+    # a GPU in hours, and the code then passes for the member's second factor.
+    assert recovery_code_hash("aaaaa-bbbbb").encode() not in everything
+    assert b"recovery_code" not in everything
 
     await run_due_requests(lifecycle, now=utcnow() + timedelta(hours=25))
 
     gone = await _built(db, request.id, admin.org_id)
     assert (gone.file_name, gone.file_key_enc) == (None, None)
     assert list((tmp_path / "exports").iterdir()) == []
+
+
+def test_no_exported_column_is_named_like_a_credential() -> None:
+    """Given every table a workspace or contact export writes,
+    then none of the columns it keeps is named like a credential (a secret, a token, a
+    password, a hash other than a file's `sha256`; a time `…_at` aside): a new one is
+    excluded or renamed."""
+    kept = {
+        f"{name}.{column.name}"
+        for kind in DataRequestKind
+        for name, model, _ in exports._tables(kind, uuid.uuid4())
+        for column in model.__table__.columns  # type: ignore[attr-defined]
+        if not exports.excluded(column.name) and not column.name.endswith("_at")
+    }
+    words = ("secret", "token", "password", "hash", "otp_")
+    assert {c for c in kept if any(w in c.split(".")[1] for w in words)} == set()
 
 
 @pytest.mark.parametrize("damage", ["flip", "cut", "swap", "other-row"])

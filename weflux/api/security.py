@@ -22,6 +22,7 @@ from weflux.gql.ide import graphiql_page
 API_CSP = "default-src 'none'; frame-ancestors 'none'"
 
 HSTS = "max-age=31536000; includeSubDomains"
+HSTS_HEADER = (b"strict-transport-security", HSTS.encode())  # raw, as ASGI sends it
 
 PERMISSIONS_POLICY = ", ".join(
     f"{feature}=()"
@@ -98,6 +99,13 @@ def _ide_csp() -> str:
 
 
 IDE_CSP = _ide_csp()
+
+
+def refusal_headers(*, hsts: bool) -> list[tuple[bytes, bytes]]:
+    """The security headers of a response the app builds itself, raw as ASGI sends them."""
+    headers = [("Content-Security-Policy", API_CSP), *SECURITY_HEADERS]
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers]
+    return [*raw, HSTS_HEADER] if hsts else raw
 
 
 class SecurityHeadersMiddleware:

@@ -5,7 +5,7 @@ a zip entry, the zip into `_SealingWriter`, which encrypts 64 KiB chunks with
 AES-256-GCM under a data key of the export's own; the data key is sealed with the key
 ring, bound to the request's row (`file_key_enc`). Memory stays flat whatever the size:
 a page of rows, a chunk, and the zip's per-entry bookkeeping. Secrets and token hashes
-(columns ending in `_enc` or `_hash`) are never exported. Format: docs/lifecycle.md.
+(columns ending in `_enc`, `_hash` or `_hashes`) are never exported. Format: docs/lifecycle.md.
 """
 
 from __future__ import annotations
@@ -61,7 +61,12 @@ PAGE = 500
 CHUNK = 64 * 1024
 MAGIC = b"WFXEXP1\n"
 _LENGTH = struct.Struct(">I")
-EXCLUDED_SUFFIXES = ("_enc", "_hash")
+# Sealed secrets, and hashes of passwords, tokens and recovery codes (a recovery code
+# has 50 bits: its plain SHA-256 falls to an offline search).
+EXCLUDED_SUFFIXES = ("_enc", "_hash", "_hashes")
+# A second factor's state (the time step of the last code accepted): security state,
+# like the sessions, not the workspace's data.
+EXCLUDED_COLUMNS = frozenset({"totp_last_step"})
 # Not exported: login sessions (the workspace's own security state, not its data), and
 # the media store's write intents (storage keys of files being written: plumbing).
 NOT_EXPORTED: tuple[type[SQLModel], ...] = (AuthSession, StoredObjectIntent)
@@ -148,7 +153,12 @@ def open_sealed(path: Path, key: bytes, request_id: uuid.UUID) -> Iterator[bytes
 def row_json(row: SQLModel) -> dict[str, Any]:
     """A row as exported: every column but secrets and token hashes."""
     data = row.model_dump(mode="json")
-    return {k: v for k, v in data.items() if not k.endswith(EXCLUDED_SUFFIXES)}
+    return {k: v for k, v in data.items() if not excluded(k)}
+
+
+def excluded(column: str) -> bool:
+    """Whether a column is left out of every export (secrets, hashes, security state)."""
+    return column.endswith(EXCLUDED_SUFFIXES) or column in EXCLUDED_COLUMNS
 
 
 async def _pages(
