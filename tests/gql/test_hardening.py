@@ -550,8 +550,9 @@ async def test_connection_init_with_a_valid_token_is_acknowledged(
 
 def _holding(marker: str) -> list[str]:
     """What in this process (the live server's too) still holds a string with `marker`:
-    a dict's value, or a local of a suspended generator or coroutine. Judged by `type`,
-    which never dereferences a weak proxy (`isinstance` raises on a dead one)."""
+    a dict's value, or a local of a suspended generator or coroutine. The objects and
+    the values are judged by `type`, which never dereferences a weak proxy (`isinstance`
+    raises on a dead one: a dict may hold one as a value)."""
     held: list[str] = []
     frames = {
         types.GeneratorType: "gi_frame",
@@ -567,7 +568,11 @@ def _holding(marker: str) -> list[str]:
             values = frame.f_locals.values() if frame is not None else ()
         else:
             continue
-        held += [kind.__name__ for value in values if isinstance(value, str) and marker in value]
+        held += [
+            kind.__name__
+            for value in values
+            if issubclass(type(value), str) and marker in value  # a dead weak proxy: not a str
+        ]
     return held
 
 
