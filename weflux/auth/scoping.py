@@ -1038,12 +1038,13 @@ def with_feed_highest(statement: Select[Any]) -> Select[Any]:
     )
 
 
-async def reserve_feed_positions(
-    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
+def reserve_feed_positions_sync(
+    connection: Connection, org_id: uuid.UUID, count: int, highest: int | None = None
 ) -> range:
     """`count` new positions of the workspace's change feed, in order, for conversation
     and message rows written with Core statements (a message's `created_seq` is its
-    `update_seq`).
+    `update_seq`). Synchronous: for a caller in SQLAlchemy's greenlet
+    (`AsyncSession.run_sync`); async code calls `reserve_feed_positions`.
 
     SQLite: as the flush takes them, above the workspace's highest position, continuing
     a flush's allocation if one is under way; else above `highest` when the transaction
@@ -1054,14 +1055,25 @@ async def reserve_feed_positions(
     """
     if count <= 0 or connection.dialect.name == "postgresql":
         return range(0)
-    allocated: dict[uuid.UUID, int] = connection.sync_connection.info.get(_FEED_NEXT, {})  # type: ignore[union-attr]
+    allocated: dict[uuid.UUID, int] = connection.info.get(_FEED_NEXT, {})
     if org_id in allocated:
         highest = allocated[org_id]
         allocated[org_id] = highest + count
     elif highest is None:
-        result = await connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id})
-        highest = int(result.scalar_one())
+        highest = int(connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id}).scalar_one())
     return range(highest + 1, highest + count + 1)
+
+
+async def reserve_feed_positions(
+    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
+) -> range:
+    """`reserve_feed_positions_sync` from async code; no greenlet when nothing is read
+    (`highest` known, or PostgreSQL)."""
+    sync = connection.sync_connection
+    assert sync is not None
+    if highest is None and count > 0 and connection.dialect.name != "postgresql":
+        return await connection.run_sync(reserve_feed_positions_sync, org_id, count)
+    return reserve_feed_positions_sync(sync, org_id, count, highest)
 
 
 def _take_position(mapper: Any, connection: Connection, target: Any) -> None:

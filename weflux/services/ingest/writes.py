@@ -8,16 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, insert
+from sqlalchemy import Connection, bindparam, event, insert
 from sqlalchemy import update as update_of
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import (
     ScopedSession,
     core_scope,
     core_scope_params,
-    reserve_feed_positions,
+    reserve_feed_positions_sync,
 )
 from weflux.models import ConversationStatus
 from weflux.services import folding
@@ -169,43 +169,44 @@ def _rows(
     )
 
 
-async def _send_separately(
-    session: AsyncSession,
-    connection: AsyncConnection,
+def _send_separately(
+    session: Session,
+    connection: Connection,
     org_id: uuid.UUID,
     rows: _Rows,
     highest: int | None,
 ) -> None:
     """A statement per kind of change, whatever the number of rows; on SQLite each row of
     the feed with the position the flush would have given it (PostgreSQL's trigger sets
-    them). INSERTs through the
-    session (their workspace checked), UPDATEs on its connection with `core_scope`."""
+    them). INSERTs through the session (their workspace checked by its scoping hook),
+    UPDATEs on its connection with `core_scope`. Synchronous, in SQLAlchemy's greenlet
+    (`AsyncSession.run_sync`): one greenlet for every statement, not one each."""
     scope = core_scope_params(session)
     if rows.new_contacts:
-        await session.exec(_INSERT_CONTACTS, params=rows.new_contacts)
+        session.execute(_INSERT_CONTACTS, rows.new_contacts)
     if rows.changed_contacts:
-        await connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
+        connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
     sqlite = connection.dialect.name != "postgresql"
     feed = (rows.new_conversations, rows.known_conversations, rows.messages)
-    positions = iter(await reserve_feed_positions(connection, org_id, sum(map(len, feed)), highest))
+    positions = iter(reserve_feed_positions_sync(connection, org_id, sum(map(len, feed)), highest))
     if rows.new_conversations:
         if sqlite:
             for row in rows.new_conversations:
                 row["update_seq"] = next(positions)
-        await session.exec(_INSERT_CONVERSATIONS, params=rows.new_conversations)
+        session.execute(_INSERT_CONVERSATIONS, rows.new_conversations)
     if rows.known_conversations:
         updates = [row | scope for row in rows.known_conversations]
         if sqlite:
             for row in updates:
                 row["position"] = next(positions)
-        await connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
+        connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
     if rows.messages:
         if sqlite:
             for row in rows.messages:
                 row["update_seq"] = row["created_seq"] = next(positions)
-        await session.exec(_INSERT_MESSAGES, params=rows.messages)
+        session.execute(_INSERT_MESSAGES, rows.messages)
     if rows.media_files:
-        await session.exec(_INSERT_MEDIA_FILES, params=rows.media_files)
+        session.execute(_INSERT_MEDIA_FILES, rows.media_files)
 
 
 # session.info (PostgreSQL): the writes held back to be sent as one statement
