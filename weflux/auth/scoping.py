@@ -594,13 +594,25 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             f"insert into {statement.table.name} from a select: pass rows as parameters"
         )
     table = statement.table
-    column = tables.get(table.name)
-    if column is None:
+    if tables.get(table.name) is None:
         return None
     params: Any = state.parameters
     rows: list[dict[str, Any]] = (
         list(params) if isinstance(params, list) else [dict(params)] if params else []
     )
+    checked = _checked_rows(org_id, table, rows, tables)
+    # The checked rows replace the execution's parameters (SQLAlchemy 2.1): the statement
+    # runs once, not a second time from inside this hook (`invoke_statement`; issue 11).
+    state.parameters = checked if isinstance(params, list) else checked[0]
+    return None
+
+
+def _checked_rows(
+    org_id: uuid.UUID, table: Table, rows: list[dict[str, Any]], tables: dict[str, str]
+) -> list[dict[str, Any]]:
+    """`rows` of an INSERT into `table`, each in workspace `org_id` (filled where the
+    workspace column is `org_id` and absent); refused if one is in another."""
+    column = tables[table.name]
     if not rows:
         raise TenantScopeError(
             f"insert into {table.name}: pass rows as parameters so their workspace is checked"
@@ -613,10 +625,26 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
         elif value != org_id:
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
-    # The checked rows replace the execution's parameters (SQLAlchemy 2.1): the statement
-    # runs once, not a second time from inside this hook (`invoke_statement`; issue 11).
-    state.parameters = checked if isinstance(params, list) else checked[0]
-    return None
+    return checked
+
+
+def insert_checked(
+    session: Session, connection: Connection, statement: Insert, rows: list[dict[str, Any]]
+) -> None:
+    """Run a Core INSERT of `rows` into a workspace-owned table on the session's
+    connection, each row's workspace checked as the session's hook checks an INSERT
+    through the session (`_checked_insert`), without the ORM's execution around it (the
+    webhook's hot path; issue 11). Fails closed as the hook does: no workspace, a session
+    across workspaces, an Agent's or one past the erasure tombstone
+    (`core_scope_params`), a table not owned by a workspace, a row of another workspace."""
+    org_id = core_scope_params(session)[SCOPE_ORG]
+    table: Table = statement.table  # type: ignore[assignment]
+    tables = _workspace_tables()
+    if table.name not in tables or statement.select is not None:
+        raise TenantScopeError(f"insert_checked: rows into a workspace's table, not {table.name}")
+    if statement._values or statement._multi_values or statement._independent_ctes:
+        raise TenantScopeError("insert_checked: rows as parameters, not in the statement")
+    connection.execute(statement, _checked_rows(org_id, table, rows, tables))
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from weflux.auth.scoping import (
     ScopedSession,
     core_scope,
     core_scope_params,
+    insert_checked,
     reserve_feed_positions_sync,
 )
 from weflux.models import ConversationStatus
@@ -35,12 +36,13 @@ from weflux.sqlite_driver import inline
 
 # Inbound messages are written with Core statements built once (their compiled forms are
 # reused): no ORM instance, no unit of work (issue 11). Reads and updates are confined by
-# `core_scope` and run on the session's connection; INSERTs go through the session, whose
-# scoping hook checks (and fills) each row's workspace. On SQLite the conversations and
-# messages take their feed positions as a flush would (`reserve_feed_positions`), on
-# PostgreSQL the trigger sets them. Nothing listens to ORM events of these models
-# (`grep -rn listens_for weflux/`: the feed hooks of weflux.auth.scoping, replaced here,
-# and the channel cache, which hears only `whatsapp_accounts`).
+# `core_scope`, INSERTs run by `insert_checked` (each row's workspace checked, as the
+# session's scoping hook checks an INSERT through the session); all on its connection.
+# On SQLite the conversations and messages take their feed positions as a flush would
+# (`reserve_feed_positions_sync`), on PostgreSQL the trigger sets them. Nothing listens
+# to ORM events of these models (`grep -rn listens_for weflux/`: the feed hooks of
+# weflux.auth.scoping, replaced here, and the channel cache, which hears only
+# `whatsapp_accounts`).
 
 # Inline on SQLite: the rows of one event (an executemany of more than INLINE_MAX_ROWS hops),
 # each checked by primary and unique keys and foreign keys to one row.
@@ -178,12 +180,13 @@ def _send_separately(
 ) -> None:
     """A statement per kind of change, whatever the number of rows; on SQLite each row of
     the feed with the position the flush would have given it (PostgreSQL's trigger sets
-    them). INSERTs through the session (their workspace checked by its scoping hook),
-    UPDATEs on its connection with `core_scope`. Synchronous, in SQLAlchemy's greenlet
-    (`AsyncSession.run_sync`): one greenlet for every statement, not one each."""
+    them). Every statement on the session's connection: INSERTs with each row's
+    workspace checked (`insert_checked`), UPDATEs confined by `core_scope`. Synchronous,
+    in SQLAlchemy's greenlet (`AsyncSession.run_sync`): one greenlet for every statement,
+    not one each."""
     scope = core_scope_params(session)
     if rows.new_contacts:
-        session.execute(_INSERT_CONTACTS, rows.new_contacts)
+        insert_checked(session, connection, _INSERT_CONTACTS, rows.new_contacts)
     if rows.changed_contacts:
         connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
     sqlite = connection.dialect.name != "postgresql"
@@ -193,7 +196,7 @@ def _send_separately(
         if sqlite:
             for row in rows.new_conversations:
                 row["update_seq"] = next(positions)
-        session.execute(_INSERT_CONVERSATIONS, rows.new_conversations)
+        insert_checked(session, connection, _INSERT_CONVERSATIONS, rows.new_conversations)
     if rows.known_conversations:
         updates = [row | scope for row in rows.known_conversations]
         if sqlite:
@@ -204,9 +207,9 @@ def _send_separately(
         if sqlite:
             for row in rows.messages:
                 row["update_seq"] = row["created_seq"] = next(positions)
-        session.execute(_INSERT_MESSAGES, rows.messages)
+        insert_checked(session, connection, _INSERT_MESSAGES, rows.messages)
     if rows.media_files:
-        session.execute(_INSERT_MEDIA_FILES, rows.media_files)
+        insert_checked(session, connection, _INSERT_MEDIA_FILES, rows.media_files)
 
 
 # session.info (PostgreSQL): the writes held back to be sent as one statement
