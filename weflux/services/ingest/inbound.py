@@ -46,6 +46,7 @@ from weflux.services.ingest.writes import (
     _rows,
     _send_held,
     _send_separately,
+    send_event_row,
 )
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import InboundMessage
@@ -146,8 +147,7 @@ async def _ingest_messages(
     fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
     if not fresh:
         return
-    connection = await session.connection()
-    postgresql = connection.dialect.name == "postgresql"
+    postgresql = session.sync_session.get_bind().dialect.name == "postgresql"
     now = utcnow()
     # PostgreSQL, one message (not a reaction): the sender is found by the statement that
     # writes it (pg_single); the rows are built as for a new sender, with no statement.
@@ -155,8 +155,9 @@ async def _ingest_messages(
         share = _Inbound.of(org_id, fresh, [], [], now, settings)
         _hold_single(session, broker, org_id, fresh[0], share.rows, now, settings)
         return
-    # Found, built and (but for what PostgreSQL folds) written in one greenlet: each
-    # statement of the async API takes a greenlet of its own (issue 11).
+    # Begun, found, built and (but for what PostgreSQL folds) written in one greenlet, the
+    # event's own row too on SQLite: each call of the async API takes a greenlet of its
+    # own (issue 11).
     share = await session.run_sync(_found_and_sent, org_id, fresh, now, settings)
     if _folds(session.sync_session, share.rows):
         _hold(session, share.rows)
@@ -284,8 +285,9 @@ def _found_and_sent(
     now: datetime,
     settings: Settings,
 ) -> _Inbound:
-    """In SQLAlchemy's greenlet (`run_sync`): the senders found, the rows built and, on
-    SQLite (or past what PostgreSQL folds), sent a statement per kind."""
+    """In SQLAlchemy's greenlet (`run_sync`): the transaction begun if need be, the
+    senders found, the rows built and, on SQLite (or past what PostgreSQL folds), sent a
+    statement per kind, then the event's row if it is held (`hold_event_row`)."""
     connection = session.connection()
     scope = core_scope_params(session)
     senders, their_conversations, highest = _senders(
@@ -294,6 +296,7 @@ def _found_and_sent(
     share = _Inbound.of(org_id, fresh, senders, their_conversations, now, settings)
     if not _folds(session, share.rows):
         _send_separately(session, connection, org_id, share.rows, highest)
+        send_event_row(session)
     return share
 
 

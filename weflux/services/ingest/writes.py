@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, event, insert
+from sqlalchemy import Connection, Table, bindparam, event, insert
 from sqlalchemy import update as update_of
 from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -20,7 +20,7 @@ from weflux.auth.scoping import (
     insert_checked,
     reserve_feed_positions_sync,
 )
-from weflux.models import ConversationStatus
+from weflux.models import ConversationStatus, WebhookEvent
 from weflux.services import folding
 from weflux.services.ingest import pg_single
 from weflux.services.ingest.senders import _Sender, _Thread
@@ -212,6 +212,33 @@ def _send_separately(
         insert_checked(session, connection, _INSERT_MEDIA_FILES, rows.media_files)
 
 
+# session.info (SQLite): the event's own row when it is stored in the same transaction
+# (`store_and_process`), given before the share is written, so that the greenlet that
+# writes the share's rows writes it too (`send_event_row`); what no share took is written
+# after them. A commit with it still held is refused, as for PostgreSQL's held writes.
+_EVENT_ROW_KEY = "weflux.ingest.event_row"
+_WEBHOOK_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
+# One cached statement (its compiled form is reused): the event's row, already processed.
+# Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
+_INSERT_PROCESSED_EVENT = inline(insert(_WEBHOOK_EVENTS))
+
+
+def hold_event_row(session: AsyncSession, row: dict[str, Any]) -> None:
+    """SQLite: hold the event's row, for the greenlet that writes the share's rows."""
+    session.sync_session.info[_EVENT_ROW_KEY] = row
+
+
+def event_row_held(session: AsyncSession) -> bool:
+    return session.sync_session.info.get(_EVENT_ROW_KEY) is not None
+
+
+def send_event_row(session: Session) -> None:
+    """Write the event's row held by `hold_event_row`, if any (in SQLAlchemy's greenlet)."""
+    row = session.info.pop(_EVENT_ROW_KEY, None)
+    if row is not None:
+        session.connection().execute(_INSERT_PROCESSED_EVENT, row)
+
+
 # session.info (PostgreSQL): the writes held back to be sent as one statement
 # (weflux.services.folding), with the event's own row when it is stored in the same
 # transaction (`store_and_process`). Whatever runs a statement of its own after them
@@ -249,5 +276,9 @@ async def _send_held(session: AsyncSession, first: folding.Insert | None = None)
 @event.listens_for(ScopedSession, "before_commit")
 def _nothing_held(session: Any) -> None:
     writes = session.info.get(_HELD_KEY)
-    if (writes is not None and writes.parts) or pg_single.held(session):
+    if (
+        (writes is not None and writes.parts)
+        or pg_single.held(session)
+        or session.info.get(_EVENT_ROW_KEY) is not None
+    ):
         raise RuntimeError("ingest: a commit with writes still held back (call _send_held)")
