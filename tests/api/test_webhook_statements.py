@@ -13,7 +13,12 @@ from typing import Any
 import aiosqlite
 import httpx
 import pytest
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import engine as async_engine
+from sqlalchemy.ext.asyncio import session as async_session
+from sqlalchemy.orm import ORMExecuteState
 from sqlmodel import select
+from sqlmodel.ext.asyncio import session as sqlmodel_async_session
 
 from tests.fixtures import webhooks as wh
 from tests.fixtures.app import counting
@@ -21,6 +26,7 @@ from tests.fixtures.inbound import outbound_message
 from tests.fixtures.live import signed_webhook
 from tests.fixtures.round_trips import round_trips
 from weflux import sqlite_driver
+from weflux.auth.scoping import ScopedSession
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import (
@@ -134,6 +140,50 @@ async def test_a_one_status_webhook_runs_few_statements(
     assert stored is not None
     assert stored.status == MessageStatus.DELIVERED
     assert len(seen) == 3
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_on_sqlite_the_webhook_s_writes_take_one_greenlet_and_no_orm_execution(
+    client: httpx.AsyncClient,
+    app: Any,
+    channel: WhatsAppAccount,
+    dialect: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a connected number on SQLite,
+    when one-message webhooks come from a new sender, then from that sender,
+    then each unit enters SQLAlchemy's greenlet twice (its BEGIN, the share's lookup and
+    writes and the event's row together; then its COMMIT: each call of the async API
+    takes one), and no statement takes the ORM's execution (the INSERTs run on the
+    connection, each row's workspace checked by `scoping.insert_checked`; issue 11)."""
+    await _statements(client, app, "16505550000")  # the number's routes, now cached
+    spawned: list[str] = []
+    orm_executions: list[str] = []
+
+    def counting_spawns(module: Any) -> None:
+        spawn = module.greenlet_spawn
+
+        async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+            spawned.append(getattr(fn, "__name__", repr(fn)))
+            return await spawn(fn, *args, **kwargs)
+
+        monkeypatch.setattr(module, "greenlet_spawn", counted)
+
+    for module in (async_engine, async_session, sqlmodel_async_session):
+        counting_spawns(module)
+
+    def orm_execution(state: ORMExecuteState) -> None:
+        orm_executions.append(str(state.statement)[:40])
+
+    event.listen(ScopedSession, "do_orm_execute", orm_execution)
+    try:
+        for sender in ("16505550001", "16505550001"):
+            spawned.clear()
+            await _statements(client, app, sender)
+            assert len(spawned) == 2, spawned
+            assert orm_executions == []
+    finally:
+        event.remove(ScopedSession, "do_orm_execute", orm_execution)
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])

@@ -416,6 +416,51 @@ async def test_labellings_narrow_an_agents_conversations_but_never_widen_them(
     }
 
 
+async def test_insert_checked_runs_on_the_connection_each_row_checked(
+    db: Database, admin: Actor, other_admin: Actor, agent: Actor
+) -> None:
+    """Given rows for a Core INSERT run on the session's connection by `insert_checked`
+    (the webhook's hot path: no ORM execution around it),
+    then a row without a workspace gets the session's, one of another workspace is
+    refused and nothing of the statement is written, and it fails closed without a
+    workspace, for an Agent, into a table no workspace owns and with the values in the
+    statement instead of rows."""
+    contacts: Table = Contact.__table__  # type: ignore[attr-defined]
+    users: Table = User.__table__  # type: ignore[attr-defined]
+
+    def run(statement: Any, rows: list[dict[str, Any]]) -> Callable[[Any], None]:
+        return lambda sync: scoping.insert_checked(sync, sync.connection(), statement, rows)
+
+    async with db.session(admin.org_id) as session:
+        await session.run_sync(run(sa_insert(contacts), [{"id": new_id(), "wa_id": "4931111"}]))
+        (row,) = (await session.exec(select(Contact))).all()
+    assert row.org_id == admin.org_id
+    mixed = [
+        {"id": new_id(), "wa_id": "4931222", "org_id": admin.org_id},
+        {"id": new_id(), "wa_id": "4931333", "org_id": other_admin.org_id},
+    ]
+    with pytest.raises(TenantScopeError, match="another workspace"):
+        async with db.session(admin.org_id) as session:
+            await session.run_sync(run(sa_insert(contacts), mixed))
+    for org_id in (admin.org_id, other_admin.org_id):
+        async with db.session(org_id) as session:
+            found = (await session.exec(select(Contact.wa_id))).all()
+        assert found == (["4931111"] if org_id == admin.org_id else [])
+    refusals: list[tuple[uuid.UUID | None, Any, str]] = [
+        (None, sa_insert(contacts), "no workspace"),
+        (admin.org_id, sa_insert(users), "not users"),
+        (admin.org_id, sa_insert(contacts).values(id=new_id(), org_id=admin.org_id), "rows"),
+    ]
+    for org_id, statement, why in refusals:
+        with pytest.raises(TenantScopeError, match=why):
+            async with db.session(org_id) as session:
+                await session.run_sync(run(statement, [{"id": new_id(), "wa_id": "4931444"}]))
+    async with db.session(admin.org_id) as session:
+        restrict_to_agent(session, agent.membership.id)
+        with pytest.raises(TenantScopeError, match="Agent"):
+            await session.run_sync(run(sa_insert(contacts), [{"wa_id": "4931555"}]))
+
+
 async def test_one_insert_run_again_is_checked_for_each_sessions_workspace(
     db: Database, admin: Actor, other_admin: Actor
 ) -> None:

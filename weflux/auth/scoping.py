@@ -594,13 +594,25 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
             f"insert into {statement.table.name} from a select: pass rows as parameters"
         )
     table = statement.table
-    column = tables.get(table.name)
-    if column is None:
+    if tables.get(table.name) is None:
         return None
     params: Any = state.parameters
     rows: list[dict[str, Any]] = (
         list(params) if isinstance(params, list) else [dict(params)] if params else []
     )
+    checked = _checked_rows(org_id, table, rows, tables)
+    # The checked rows replace the execution's parameters (SQLAlchemy 2.1): the statement
+    # runs once, not a second time from inside this hook (`invoke_statement`; issue 11).
+    state.parameters = checked if isinstance(params, list) else checked[0]
+    return None
+
+
+def _checked_rows(
+    org_id: uuid.UUID, table: Table, rows: list[dict[str, Any]], tables: dict[str, str]
+) -> list[dict[str, Any]]:
+    """`rows` of an INSERT into `table`, each in workspace `org_id` (filled where the
+    workspace column is `org_id` and absent); refused if one is in another."""
+    column = tables[table.name]
     if not rows:
         raise TenantScopeError(
             f"insert into {table.name}: pass rows as parameters so their workspace is checked"
@@ -613,10 +625,26 @@ def _checked_insert(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
         elif value != org_id:
             raise TenantScopeError(f"insert into {table.name} of another workspace refused")
         checked.append(row)
-    # The checked rows replace the execution's parameters (SQLAlchemy 2.1): the statement
-    # runs once, not a second time from inside this hook (`invoke_statement`; issue 11).
-    state.parameters = checked if isinstance(params, list) else checked[0]
-    return None
+    return checked
+
+
+def insert_checked(
+    session: Session, connection: Connection, statement: Insert, rows: list[dict[str, Any]]
+) -> None:
+    """Run a Core INSERT of `rows` into a workspace-owned table on the session's
+    connection, each row's workspace checked as the session's hook checks an INSERT
+    through the session (`_checked_insert`), without the ORM's execution around it (the
+    webhook's hot path; issue 11). Fails closed as the hook does: no workspace, a session
+    across workspaces, an Agent's or one past the erasure tombstone
+    (`core_scope_params`), a table not owned by a workspace, a row of another workspace."""
+    org_id = core_scope_params(session)[SCOPE_ORG]
+    table: Table = statement.table  # type: ignore[assignment]
+    tables = _workspace_tables()
+    if table.name not in tables or statement.select is not None:
+        raise TenantScopeError(f"insert_checked: rows into a workspace's table, not {table.name}")
+    if statement._values or statement._multi_values or statement._independent_ctes:
+        raise TenantScopeError("insert_checked: rows as parameters, not in the statement")
+    connection.execute(statement, _checked_rows(org_id, table, rows, tables))
 
 
 @dataclass(frozen=True, slots=True)
@@ -1038,12 +1066,13 @@ def with_feed_highest(statement: Select[Any]) -> Select[Any]:
     )
 
 
-async def reserve_feed_positions(
-    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
+def reserve_feed_positions_sync(
+    connection: Connection, org_id: uuid.UUID, count: int, highest: int | None = None
 ) -> range:
     """`count` new positions of the workspace's change feed, in order, for conversation
     and message rows written with Core statements (a message's `created_seq` is its
-    `update_seq`).
+    `update_seq`). Synchronous: for a caller in SQLAlchemy's greenlet
+    (`AsyncSession.run_sync`); async code calls `reserve_feed_positions`.
 
     SQLite: as the flush takes them, above the workspace's highest position, continuing
     a flush's allocation if one is under way; else above `highest` when the transaction
@@ -1054,14 +1083,25 @@ async def reserve_feed_positions(
     """
     if count <= 0 or connection.dialect.name == "postgresql":
         return range(0)
-    allocated: dict[uuid.UUID, int] = connection.sync_connection.info.get(_FEED_NEXT, {})  # type: ignore[union-attr]
+    allocated: dict[uuid.UUID, int] = connection.info.get(_FEED_NEXT, {})
     if org_id in allocated:
         highest = allocated[org_id]
         allocated[org_id] = highest + count
     elif highest is None:
-        result = await connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id})
-        highest = int(result.scalar_one())
+        highest = int(connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id}).scalar_one())
     return range(highest + 1, highest + count + 1)
+
+
+async def reserve_feed_positions(
+    connection: AsyncConnection, org_id: uuid.UUID, count: int, highest: int | None = None
+) -> range:
+    """`reserve_feed_positions_sync` from async code; no greenlet when nothing is read
+    (`highest` known, or PostgreSQL)."""
+    sync = connection.sync_connection
+    assert sync is not None
+    if highest is None and count > 0 and connection.dialect.name != "postgresql":
+        return await connection.run_sync(reserve_feed_positions_sync, org_id, count)
+    return reserve_feed_positions_sync(sync, org_id, count, highest)
 
 
 def _take_position(mapper: Any, connection: Connection, target: Any) -> None:

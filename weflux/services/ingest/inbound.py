@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
 from sqlmodel import col
 from sqlmodel import select as sqlmodel_select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -44,6 +46,7 @@ from weflux.services.ingest.writes import (
     _rows,
     _send_held,
     _send_separately,
+    send_event_row,
 )
 from weflux.services.outbound import opt_change
 from weflux.whatsapp.parser import InboundMessage
@@ -144,98 +147,23 @@ async def _ingest_messages(
     fresh = [(m, a) for wamid, (m, a) in unique.items() if wamid not in known]
     if not fresh:
         return
-    connection = await session.connection()
-    scope = core_scope_params(session)
+    postgresql = session.sync_session.get_bind().dialect.name == "postgresql"
     now = utcnow()
     # PostgreSQL, one message (not a reaction): the sender is found by the statement that
-    # writes it (pg_single); the rows are built as for a new sender.
-    single = (
-        connection.dialect.name == "postgresql"
-        and len(fresh) == 1
-        and fresh[0][0].type != "reaction"
-    )
-    senders: list[_Sender] = []
-    their_conversations: list[_Thread] = []
-    highest: int | None = None
-    if not single:
-        senders, their_conversations, highest = await _senders(
-            connection, org_id, scope, [m for m, _ in fresh]
-        )
-    contacts = _contacts([m for m, _ in fresh], senders, now)
-    pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
-    conversations = _conversations(pairs, their_conversations)
-    touched: dict[uuid.UUID, _Thread] = {}
-    added: list[dict[str, Any]] = []
-    reacted: list[reactions.ReactionChange] = []
-    media_files: list[dict[str, Any]] = []
-    for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
-        contact = contacts[_contact_key(message)]
-        conversation = conversations[(contact.id, account.account_id)]
-        if message.type == "reaction":
-            # Not a message: it attaches to the one it reacts to (weflux.services.reactions).
-            if message.reaction_to_wa_message_id:
-                reacted.append(
-                    reactions.ReactionChange(
-                        target=message.reaction_to_wa_message_id,
-                        reactor=contact_reactor(contact.id),
-                        conversation_id=conversation.id,
-                        emoji=message.reaction_emoji or "",
-                        at=message.timestamp,
-                        contact_id=contact.id,
-                    )
-                )
-            continue
-        message_id = new_id()
-        media_file = _media_file(org_id, message_id, contact.id, message, now)
-        added.append(
-            {
-                "id": message_id,
-                "org_id": org_id,
-                "conversation_id": conversation.id,
-                "direction": MessageDirection.INBOUND,
-                "type": message.type,
-                "text": message.text,
-                "media": _media(message),
-                "payload": _payload(message),
-                "status": MessageStatus.RECEIVED,
-                "wa_message_id": message.wa_message_id,
-                "reply_to_wa_message_id": message.reply_to_wa_message_id,
-                "media_file_id": media_file["id"] if media_file is not None else None,
-                "created_at": message.timestamp,
-            }
-        )
-        if media_file is not None:
-            media_files.append(media_file)
-        if (
-            conversation.last_message_at is None
-            or message.timestamp >= conversation.last_message_at
-        ):
-            conversation.last_message_id = message_id
-            conversation.last_message_at = message.timestamp
-        if conversation.last_inbound_at is None or message.timestamp > conversation.last_inbound_at:
-            conversation.last_inbound_at = message.timestamp
-        conversation.added += 1
-        touched[conversation.id] = conversation
-        if message.type == "text":
-            change = opt_change(message.text, settings)
-            if change is not None and contact.opted_out != change:
-                contact.opted_out = change
-                contact.opted_out_at = now if change else None
-                contact.changed = True
-    rows = _rows(org_id, contacts.values(), conversations.values(), added, media_files, now)
-    if single:
-        _hold_single(session, broker, org_id, fresh[0], rows, now, settings)
+    # writes it (pg_single); the rows are built as for a new sender, with no statement.
+    if postgresql and len(fresh) == 1 and fresh[0][0].type != "reaction":
+        share = _Inbound.of(org_id, fresh, [], [], now, settings)
+        _hold_single(session, broker, org_id, fresh[0], share.rows, now, settings)
         return
-    if (
-        connection.dialect.name == "postgresql"
-        and rows.count() <= folding.MAX_ROWS
-        and not session.sync_session.info.get(_BATCH_KEY)
-    ):
-        _hold(session, rows)
-        if reacted:
+    # Begun, found, built and (but for what PostgreSQL folds) written in one greenlet, the
+    # event's own row too on SQLite: each call of the async API takes a greenlet of its
+    # own (issue 11).
+    share = await session.run_sync(_found_and_sent, org_id, fresh, now, settings)
+    if _folds(session.sync_session, share.rows):
+        _hold(session, share.rows)
+        if share.reacted:
             await _send_held(session)  # the reactions' statements may read these messages
-    else:
-        await _send_separately(session, connection, org_id, rows, highest)
+    reacted, added, touched = share.reacted, share.rows.messages, share.touched
     await reactions.set_reactions(session, broker, org_id, reacted)
     for row in added:
         publish_after_commit(
@@ -250,6 +178,126 @@ async def _ingest_messages(
         publish_after_commit(
             session, broker, org_id, EventName.CONVERSATION_UPDATED, id=conversation.id
         )
+
+
+@dataclass(slots=True)
+class _Inbound:
+    """A share's inbound messages made rows: what to write, react and announce."""
+
+    rows: _Rows
+    reacted: list[reactions.ReactionChange]
+    touched: dict[uuid.UUID, _Thread]
+
+    @classmethod
+    def of(
+        cls,
+        org_id: uuid.UUID,
+        fresh: Sequence[tuple[InboundMessage, Route]],
+        senders: Sequence[_Sender],
+        their_conversations: Sequence[_Thread],
+        now: datetime,
+        settings: Settings,
+    ) -> _Inbound:
+        """The rows of `fresh`, with its senders and their conversations as found."""
+        contacts = _contacts([m for m, _ in fresh], senders, now)
+        pairs = {(contacts[_contact_key(m)].id, a.account_id): None for m, a in fresh}
+        conversations = _conversations(pairs, their_conversations)
+        touched: dict[uuid.UUID, _Thread] = {}
+        added: list[dict[str, Any]] = []
+        reacted: list[reactions.ReactionChange] = []
+        media_files: list[dict[str, Any]] = []
+        for message, account in sorted(fresh, key=lambda item: item[0].timestamp):
+            contact = contacts[_contact_key(message)]
+            conversation = conversations[(contact.id, account.account_id)]
+            if message.type == "reaction":
+                # Not a message: it attaches to the one it reacts to (weflux.services.reactions).
+                if message.reaction_to_wa_message_id:
+                    reacted.append(
+                        reactions.ReactionChange(
+                            target=message.reaction_to_wa_message_id,
+                            reactor=contact_reactor(contact.id),
+                            conversation_id=conversation.id,
+                            emoji=message.reaction_emoji or "",
+                            at=message.timestamp,
+                            contact_id=contact.id,
+                        )
+                    )
+                continue
+            message_id = new_id()
+            media_file = _media_file(org_id, message_id, contact.id, message, now)
+            added.append(
+                {
+                    "id": message_id,
+                    "org_id": org_id,
+                    "conversation_id": conversation.id,
+                    "direction": MessageDirection.INBOUND,
+                    "type": message.type,
+                    "text": message.text,
+                    "media": _media(message),
+                    "payload": _payload(message),
+                    "status": MessageStatus.RECEIVED,
+                    "wa_message_id": message.wa_message_id,
+                    "reply_to_wa_message_id": message.reply_to_wa_message_id,
+                    "media_file_id": media_file["id"] if media_file is not None else None,
+                    "created_at": message.timestamp,
+                }
+            )
+            if media_file is not None:
+                media_files.append(media_file)
+            if (
+                conversation.last_message_at is None
+                or message.timestamp >= conversation.last_message_at
+            ):
+                conversation.last_message_id = message_id
+                conversation.last_message_at = message.timestamp
+            if (
+                conversation.last_inbound_at is None
+                or message.timestamp > conversation.last_inbound_at
+            ):
+                conversation.last_inbound_at = message.timestamp
+            conversation.added += 1
+            touched[conversation.id] = conversation
+            if message.type == "text":
+                change = opt_change(message.text, settings)
+                if change is not None and contact.opted_out != change:
+                    contact.opted_out = change
+                    contact.opted_out_at = now if change else None
+                    contact.changed = True
+        rows = _rows(org_id, contacts.values(), conversations.values(), added, media_files, now)
+        return cls(rows, reacted, touched)
+
+
+def _folds(session: Session, rows: _Rows) -> bool:
+    """Whether a share's rows are held to be folded into one statement (PostgreSQL), not
+    sent a statement per kind: not past `folding.MAX_ROWS`, nor for a queue's batch
+    (`_BATCH_KEY`)."""
+    return (
+        session.get_bind().dialect.name == "postgresql"
+        and rows.count() <= folding.MAX_ROWS
+        and not session.info.get(_BATCH_KEY)
+    )
+
+
+def _found_and_sent(
+    session: Session,
+    org_id: uuid.UUID,
+    fresh: Sequence[tuple[InboundMessage, Route]],
+    now: datetime,
+    settings: Settings,
+) -> _Inbound:
+    """In SQLAlchemy's greenlet (`run_sync`): the transaction begun if need be, the
+    senders found, the rows built and, on SQLite (or past what PostgreSQL folds), sent a
+    statement per kind, then the event's row if it is held (`hold_event_row`)."""
+    connection = session.connection()
+    scope = core_scope_params(session)
+    senders, their_conversations, highest = _senders(
+        connection, org_id, scope, [m for m, _ in fresh]
+    )
+    share = _Inbound.of(org_id, fresh, senders, their_conversations, now, settings)
+    if not _folds(session, share.rows):
+        _send_separately(session, connection, org_id, share.rows, highest)
+        send_event_row(session)
+    return share
 
 
 def _hold_single(

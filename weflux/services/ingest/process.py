@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, bindparam, insert
+from sqlalchemy import bindparam
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col
 from sqlmodel import select as sqlmodel_select
@@ -36,9 +36,14 @@ from weflux.services.ingest.accounts import _account_changes
 from weflux.services.ingest.inbound import _BATCH_KEY, _OPTIMISTIC_KEY, _ingest_messages
 from weflux.services.ingest.routing import _route, _routes, _Share
 from weflux.services.ingest.statuses import _apply_statuses
-from weflux.services.ingest.writes import _send_held
+from weflux.services.ingest.writes import (
+    _WEBHOOK_EVENTS,
+    _send_held,
+    event_row_held,
+    hold_event_row,
+    send_event_row,
+)
 from weflux.sql_lists import array_lists
-from weflux.sqlite_driver import inline
 from weflux.whatsapp.parser import parse_webhook
 
 
@@ -237,12 +242,6 @@ class ReceivedEvent:
         return cls(body, account_id, body_sha256=hashlib.sha256(body).hexdigest())
 
 
-# One cached statement (its compiled form is reused): the event's row, already processed.
-# Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
-_WEBHOOK_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
-_INSERT_PROCESSED_EVENT = inline(insert(_WEBHOOK_EVENTS))
-
-
 async def store_and_process(
     db: Database,
     broker: Broker,
@@ -261,9 +260,9 @@ async def store_and_process(
     async def attempt(optimistic: bool) -> None:
         async with db.session(webhook_event=event.id) as session:
             session.sync_session.info[_OPTIMISTIC_KEY] = optimistic
-            note = await _apply(session, broker, settings, event.body, event.account_id, cache)
-            # After the share's writes (one Core INSERT, no ORM instance or flush); on
-            # PostgreSQL the statement they are folded into.
+            shares, note = await _shares(session, event.body, event.account_id, cache)
+            # One Core INSERT (no ORM instance or flush), after the share's writes: on
+            # PostgreSQL folded into their statement, on SQLite in their greenlet.
             row = {
                 "id": event.id,
                 "received_at": event.received_at,
@@ -276,9 +275,15 @@ async def store_and_process(
                 "next_attempt_at": None,
                 "processed_at": utcnow(),
             }
-            if not await _send_held(session, folding.Insert(_WEBHOOK_EVENTS, [row])):
-                connection = await session.connection()
-                await connection.execute(_INSERT_PROCESSED_EVENT, row)
+            sqlite = session.sync_session.get_bind().dialect.name != "postgresql"
+            if sqlite:
+                hold_event_row(session, row)
+            for org_id, share in shares.items():
+                await _process_share(session, broker, settings, org_id, share)
+            if not sqlite and not await _send_held(session, folding.Insert(_WEBHOOK_EVENTS, [row])):
+                hold_event_row(session, row)  # nothing held to fold it into
+            if event_row_held(session):  # no share's greenlet wrote it
+                await session.run_sync(send_event_row)
 
     await _optimistically(attempt)
 

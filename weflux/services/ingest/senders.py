@@ -8,13 +8,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, bindparam, or_, select
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, and_, bindparam, or_, select
 
 from weflux.auth.scoping import core_scope, with_feed_highest
 from weflux.models import new_id
 from weflux.services.contacts import record_profile_name
-from weflux.services.ingest.statements import _CONTACTS, _CONVERSATIONS, _lookup
+from weflux.services.ingest.statements import _CONTACTS, _CONVERSATIONS, _lookup_sync
 from weflux.sqlite_driver import inline
 from weflux.whatsapp.parser import InboundMessage
 
@@ -129,21 +128,21 @@ class _Thread:
     added: int = 0
 
 
-async def _senders(
-    connection: AsyncConnection,
+def _senders(
+    connection: Connection,
     org_id: uuid.UUID,
     scope: dict[str, Any],
     messages: Sequence[InboundMessage],
 ) -> tuple[list[_Sender], list[_Thread], int | None]:
     """The stored senders (by `user_id` or `wa_id`), their conversations and, on SQLite,
-    the workspace's highest feed position."""
+    the workspace's highest feed position. In SQLAlchemy's greenlet (`run_sync`)."""
     keys = {_contact_key(m) for m in messages}
     params = {
         "user_ids": [u for u, _ in keys if u],
         "wa_ids": [w for _, w in keys if w],
         **scope,
     }
-    rows, highest = await _lookup(connection, org_id, _SENDERS, _SENDERS_AND_FEED, params)
+    rows, highest = _lookup_sync(connection, org_id, _SENDERS, _SENDERS_AND_FEED, params)
     contacts: dict[uuid.UUID, _Sender] = {}
     threads: list[_Thread] = []
     for row in rows:

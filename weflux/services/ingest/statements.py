@@ -6,7 +6,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Table, bindparam, case
+from sqlalchemy import Connection, Table, bindparam, case
 from sqlalchemy import update as update_of
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -38,8 +38,8 @@ def _feed_update(table: Table, key: str, values: dict[str, Any]) -> dict[bool, A
     }
 
 
-async def _lookup(
-    connection: AsyncConnection,
+def _lookup_sync(
+    connection: Connection,
     org_id: uuid.UUID,
     plain: Any,
     with_feed: Any,
@@ -48,9 +48,21 @@ async def _lookup(
     """The rows of a lookup with its IN lists bound as arrays on PostgreSQL (one statement
     for any number of ids: `array_lists`), fixed lists on SQLite with the workspace's
     highest feed position (`with_feed`: the same lookup with `with_feed_highest`, whose
-    first row carries it; PostgreSQL numbers positions in a trigger)."""
+    first row carries it; PostgreSQL numbers positions in a trigger). Synchronous: for a
+    caller already in SQLAlchemy's greenlet (`AsyncSession.run_sync`); else `_lookup`."""
     if connection.dialect.name == "postgresql":
-        return (await connection.execute(*array_lists(plain, params))).all(), None
+        return connection.execute(*array_lists(plain, params)).all(), None
     statement, fixed = fixed_lists(with_feed, params | {"feed_org": org_id})
-    rows = (await connection.execute(statement, fixed)).all()
+    rows = connection.execute(statement, fixed).all()
     return rows, int(rows[0].feed_highest)
+
+
+async def _lookup(
+    connection: AsyncConnection,
+    org_id: uuid.UUID,
+    plain: Any,
+    with_feed: Any,
+    params: dict[str, Any],
+) -> tuple[Sequence[Any], int | None]:
+    """`_lookup_sync` from async code (one greenlet, as one `execute` would take)."""
+    return await connection.run_sync(_lookup_sync, org_id, plain, with_feed, params)

@@ -8,18 +8,19 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, event, insert
+from sqlalchemy import Connection, Table, bindparam, event, insert
 from sqlalchemy import update as update_of
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.orm import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.scoping import (
     ScopedSession,
     core_scope,
     core_scope_params,
-    reserve_feed_positions,
+    insert_checked,
+    reserve_feed_positions_sync,
 )
-from weflux.models import ConversationStatus
+from weflux.models import ConversationStatus, WebhookEvent
 from weflux.services import folding
 from weflux.services.ingest import pg_single
 from weflux.services.ingest.senders import _Sender, _Thread
@@ -35,12 +36,13 @@ from weflux.sqlite_driver import inline
 
 # Inbound messages are written with Core statements built once (their compiled forms are
 # reused): no ORM instance, no unit of work (issue 11). Reads and updates are confined by
-# `core_scope` and run on the session's connection; INSERTs go through the session, whose
-# scoping hook checks (and fills) each row's workspace. On SQLite the conversations and
-# messages take their feed positions as a flush would (`reserve_feed_positions`), on
-# PostgreSQL the trigger sets them. Nothing listens to ORM events of these models
-# (`grep -rn listens_for weflux/`: the feed hooks of weflux.auth.scoping, replaced here,
-# and the channel cache, which hears only `whatsapp_accounts`).
+# `core_scope`, INSERTs run by `insert_checked` (each row's workspace checked, as the
+# session's scoping hook checks an INSERT through the session); all on its connection.
+# On SQLite the conversations and messages take their feed positions as a flush would
+# (`reserve_feed_positions_sync`), on PostgreSQL the trigger sets them. Nothing listens
+# to ORM events of these models (`grep -rn listens_for weflux/`: the feed hooks of
+# weflux.auth.scoping, replaced here, and the channel cache, which hears only
+# `whatsapp_accounts`).
 
 # Inline on SQLite: the rows of one event (an executemany of more than INLINE_MAX_ROWS hops),
 # each checked by primary and unique keys and foreign keys to one row.
@@ -169,43 +171,72 @@ def _rows(
     )
 
 
-async def _send_separately(
-    session: AsyncSession,
-    connection: AsyncConnection,
+def _send_separately(
+    session: Session,
+    connection: Connection,
     org_id: uuid.UUID,
     rows: _Rows,
     highest: int | None,
 ) -> None:
     """A statement per kind of change, whatever the number of rows; on SQLite each row of
     the feed with the position the flush would have given it (PostgreSQL's trigger sets
-    them). INSERTs through the
-    session (their workspace checked), UPDATEs on its connection with `core_scope`."""
+    them). Every statement on the session's connection: INSERTs with each row's
+    workspace checked (`insert_checked`), UPDATEs confined by `core_scope`. Synchronous,
+    in SQLAlchemy's greenlet (`AsyncSession.run_sync`): one greenlet for every statement,
+    not one each."""
     scope = core_scope_params(session)
     if rows.new_contacts:
-        await session.exec(_INSERT_CONTACTS, params=rows.new_contacts)
+        insert_checked(session, connection, _INSERT_CONTACTS, rows.new_contacts)
     if rows.changed_contacts:
-        await connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
+        connection.execute(_UPDATE_CONTACTS, [row | scope for row in rows.changed_contacts])
     sqlite = connection.dialect.name != "postgresql"
     feed = (rows.new_conversations, rows.known_conversations, rows.messages)
-    positions = iter(await reserve_feed_positions(connection, org_id, sum(map(len, feed)), highest))
+    positions = iter(reserve_feed_positions_sync(connection, org_id, sum(map(len, feed)), highest))
     if rows.new_conversations:
         if sqlite:
             for row in rows.new_conversations:
                 row["update_seq"] = next(positions)
-        await session.exec(_INSERT_CONVERSATIONS, params=rows.new_conversations)
+        insert_checked(session, connection, _INSERT_CONVERSATIONS, rows.new_conversations)
     if rows.known_conversations:
         updates = [row | scope for row in rows.known_conversations]
         if sqlite:
             for row in updates:
                 row["position"] = next(positions)
-        await connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
+        connection.execute(_UPDATE_CONVERSATIONS[sqlite], updates)
     if rows.messages:
         if sqlite:
             for row in rows.messages:
                 row["update_seq"] = row["created_seq"] = next(positions)
-        await session.exec(_INSERT_MESSAGES, params=rows.messages)
+        insert_checked(session, connection, _INSERT_MESSAGES, rows.messages)
     if rows.media_files:
-        await session.exec(_INSERT_MEDIA_FILES, params=rows.media_files)
+        insert_checked(session, connection, _INSERT_MEDIA_FILES, rows.media_files)
+
+
+# session.info (SQLite): the event's own row when it is stored in the same transaction
+# (`store_and_process`), given before the share is written, so that the greenlet that
+# writes the share's rows writes it too (`send_event_row`); what no share took is written
+# after them. A commit with it still held is refused, as for PostgreSQL's held writes.
+_EVENT_ROW_KEY = "weflux.ingest.event_row"
+_WEBHOOK_EVENTS: Table = WebhookEvent.__table__  # type: ignore[attr-defined]
+# One cached statement (its compiled form is reused): the event's row, already processed.
+# Inline on SQLite: one row (its body at most the webhook's MAX_BODY_BYTES).
+_INSERT_PROCESSED_EVENT = inline(insert(_WEBHOOK_EVENTS))
+
+
+def hold_event_row(session: AsyncSession, row: dict[str, Any]) -> None:
+    """SQLite: hold the event's row, for the greenlet that writes the share's rows."""
+    session.sync_session.info[_EVENT_ROW_KEY] = row
+
+
+def event_row_held(session: AsyncSession) -> bool:
+    return session.sync_session.info.get(_EVENT_ROW_KEY) is not None
+
+
+def send_event_row(session: Session) -> None:
+    """Write the event's row held by `hold_event_row`, if any (in SQLAlchemy's greenlet)."""
+    row = session.info.pop(_EVENT_ROW_KEY, None)
+    if row is not None:
+        session.connection().execute(_INSERT_PROCESSED_EVENT, row)
 
 
 # session.info (PostgreSQL): the writes held back to be sent as one statement
@@ -245,5 +276,9 @@ async def _send_held(session: AsyncSession, first: folding.Insert | None = None)
 @event.listens_for(ScopedSession, "before_commit")
 def _nothing_held(session: Any) -> None:
     writes = session.info.get(_HELD_KEY)
-    if (writes is not None and writes.parts) or pg_single.held(session):
+    if (
+        (writes is not None and writes.parts)
+        or pg_single.held(session)
+        or session.info.get(_EVENT_ROW_KEY) is not None
+    ):
         raise RuntimeError("ingest: a commit with writes still held back (call _send_held)")
