@@ -10,6 +10,7 @@ such a column, or SQL in words naming the table (never parsed: it always evicts)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
@@ -109,9 +110,9 @@ class Announcements:
         announce = db.channels_changed
         assert announce is not None
 
-        async def counted() -> None:
+        async def counted(ids: frozenset[uuid.UUID] | None) -> None:
             self.count += 1
-            await announce()
+            await announce(ids)
 
         db.channels_changed = counted
 
@@ -122,9 +123,9 @@ async def warm_post_reads(processes: Processes, write: Write) -> list[str]:
     (another test's can evict early on the shared Redis: try again)."""
     reader = runtime_of(processes.reader)
     for _ in range(5):
+        generation = reader.channel_cache.generation  # before the loads: none evicted since
         assert await post(processes.client) == 200
         await reader.live_keys.load()
-        generation = reader.channel_cache.generation
         await write(runtime_of(processes.writer).db)
         with counting(processes.reader) as statements:
             assert await post(processes.client) == 200
