@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import pytest
-from sqlalchemy import delete, update
+from sqlalchemy import and_, delete, or_, update
 from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -75,6 +75,20 @@ WRITES: dict[str, tuple[Write, str]] = {
     ),
     "Core UPDATE of a secret by ids": (
         _core_by_id(lambda i: col(WhatsAppAccount.id).in_([i]), app_secret_enc=None),
+        NAMED,
+    ),
+    "Core UPDATE of a secret by id or another column": (
+        _core_by_id(
+            lambda i: or_(col(WhatsAppAccount.id) == i, col(WhatsAppAccount.sandbox)),
+            app_secret_enc=None,
+        ),
+        ALL,
+    ),
+    "Core UPDATE of a secret by id and another column": (
+        _core_by_id(
+            lambda i: and_(col(WhatsAppAccount.id) == i, col(WhatsAppAccount.sandbox).is_(False)),
+            app_secret_enc=None,
+        ),
         NAMED,
     ),
     "Core disconnection by id": (

@@ -408,9 +408,8 @@ def _where_ids(statement: Any) -> list[uuid.UUID] | None:
     """The ids a WHERE holds its rows to (`id = x`, `id IN (...)` among its ANDed
     criteria), else None."""
     for criterion in getattr(statement, "_where_criteria", ()):
-        for clause in (
-            criterion.clauses if isinstance(criterion, BooleanClauseList) else [criterion]
-        ):
+        anded = isinstance(criterion, BooleanClauseList) and criterion.operator is operators.and_
+        for clause in criterion.clauses if anded else [criterion]:
             if not isinstance(clause, BinaryExpression):
                 continue
             column = clause.left
