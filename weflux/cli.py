@@ -31,6 +31,12 @@ from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
 
 if TYPE_CHECKING:
+    from typing import Literal
+
+    from weflux.db import Database
+
+    # The numbers a command wrote: False none, None unknown ones (evict all).
+    NumberWrites = frozenset[uuid.UUID] | None | Literal[False]
     from weflux.models import WebhookEventStatus
 
 # Each command imports what it needs inside its function, not here: `weflux --help` and
@@ -74,10 +80,12 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
         finally:
             await maintenance.dispose()
     db = Database(settings.database_url)
+    wrote_numbers = _record_number_writes(db)
     try:
         logins = await demo.create_demo(db, KeyRing.from_settings(settings))
     finally:
         await db.dispose()
+        await _tell_servers_of_numbers(settings, wrote_numbers())
     if logins is None:
         path = settings.var_dir / demo.LOGINS_FILE
         where = f"; its logins are in {path}" if path.is_file() else ""
@@ -296,10 +304,12 @@ async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
 
     keyring = KeyRing.from_settings(settings)
     db = await maintenance_database(settings.migration_url)
+    wrote_numbers = _record_number_writes(db)
     try:
         report = await rotate_keys(db, keyring, batch_size=batch_size)
     finally:
         await db.dispose()
+        await _tell_servers_of_numbers(settings, wrote_numbers())
     print(report.summary())
     if report.failed:
         print(
@@ -344,17 +354,21 @@ def cmd_backup_create(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_backup_restore(args: argparse.Namespace) -> int:
-    """Restore a backup into an empty database, then replay the erasure ledger."""
+async def _restore(settings: Settings, path: Path) -> str:
     from weflux.lifecycle.backups import Progress, restore_backup  # deferred: start-up cost
 
+    try:
+        restored = await restore_backup(settings, path, progress=Progress("restore"))
+    finally:
+        # Its rows are copied, not written through sessions: the numbers may be new.
+        await _tell_servers_of_numbers(settings, None)
+    return "restored " + restored.describe()
+
+
+def cmd_backup_restore(args: argparse.Namespace) -> int:
+    """Restore a backup into an empty database, then replay the erasure ledger."""
     path = Path(args.file)
-    return _backup_command(
-        lambda settings: (
-            "restored "
-            + asyncio.run(restore_backup(settings, path, progress=Progress("restore"))).describe()
-        )
-    )
+    return _backup_command(lambda settings: asyncio.run(_restore(settings, path)))
 
 
 def cmd_backup_verify(args: argparse.Namespace) -> int:
@@ -380,6 +394,47 @@ def cmd_backup_prune(args: argparse.Namespace) -> int:
         return "\n".join([*lines, f"{len(deleted)} backup file(s) deleted"])
 
     return _backup_command(run)
+
+
+def _record_number_writes(db: Database) -> Callable[[], NumberWrites]:
+    """Hear `db`'s committed writes of whatsapp_accounts (as a server's channel cache
+    does); the returned function tells which numbers they wrote (`False`: none)."""
+    heard: NumberWrites = False
+
+    async def record(ids: frozenset[uuid.UUID] | None = None) -> None:
+        nonlocal heard
+        if heard is False:
+            heard = ids
+        elif heard is not None:
+            heard = None if ids is None else heard | ids
+
+    db.channels_changed = record
+    return lambda: heard
+
+
+async def _tell_servers_of_numbers(settings: Settings, ids: NumberWrites) -> None:
+    """Numbers written here: tell the servers (their channel caches and live webhook keys)
+    through Redis, as their own writes do (weflux.services.channel_cache). Without Redis,
+    or Redis unreachable, they see them within 30 s."""
+    if ids is False:
+        return
+    unseen = "the servers see the numbers written here within 30 s"
+    if settings.redis_url is None:
+        print(f"WEFLUX_REDIS_URL is not set: {unseen}.", file=sys.stderr)
+        return
+    # deferred: start-up cost of the Redis client
+    from redis.exceptions import RedisError
+
+    from weflux.runtime import create_redis
+    from weflux.services.channel_cache import CHANNEL, change_message
+
+    redis = create_redis(settings.redis_url)
+    try:
+        await redis.publish(CHANNEL, json.dumps(change_message(ids)))
+    except (RedisError, OSError) as exc:
+        print(f"could not reach Redis ({type(exc).__name__}): {unseen}.", file=sys.stderr)
+    finally:
+        await redis.aclose()
 
 
 async def _reset_two_factor(settings: Settings, *, email: str, reason: str) -> int:

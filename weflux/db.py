@@ -49,6 +49,7 @@ _SQLITE_DRIVER = "weflux.sqlite_driver"
 CHANNELS_CHANGED_KEY = "weflux.channels_changed"
 
 AfterCommit = Callable[[], Awaitable[None]]
+ChannelsChanged = Callable[[frozenset[uuid.UUID] | None], Awaitable[None]]
 
 
 def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
@@ -459,11 +460,12 @@ class Database:
         )
         # Called after a unit of work that wrote whatsapp_accounts committed (the
         # runtime's channel cache evicts, here and through the broker).
-        self.channels_changed: AfterCommit | None = None
+        # Given the numbers written, or None when it cannot tell (any may have changed).
+        self.channels_changed: ChannelsChanged | None = None
 
-    async def _channels_changed(self) -> None:
+    async def _channels_changed(self, ids: frozenset[uuid.UUID] | None) -> None:
         if self.channels_changed is not None:
-            await self.channels_changed()
+            await self.channels_changed(ids)
 
     @property
     def dialect(self) -> str:

@@ -10,11 +10,12 @@ such a column, or SQL in words naming the table (never parsed: it always evicts)
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
-from sqlalchemy import text, update
+from sqlalchemy import func, text, update
 from sqlmodel import select
 
 from tests.fixtures import webhooks as wh
@@ -25,7 +26,7 @@ from weflux.config import Settings
 from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import Organization, WhatsAppAccount, utcnow
+from weflux.models import AccountStatus, Message, Organization, WhatsAppAccount, utcnow
 from weflux.runtime import runtime_of
 from weflux.services.channel_cache import QUIET_COLUMNS
 
@@ -109,9 +110,9 @@ class Announcements:
         announce = db.channels_changed
         assert announce is not None
 
-        async def counted() -> None:
+        async def counted(ids: frozenset[uuid.UUID] | None) -> None:
             self.count += 1
-            await announce()
+            await announce(ids)
 
         db.channels_changed = counted
 
@@ -122,9 +123,9 @@ async def warm_post_reads(processes: Processes, write: Write) -> list[str]:
     (another test's can evict early on the shared Redis: try again)."""
     reader = runtime_of(processes.reader)
     for _ in range(5):
+        generation = reader.channel_cache.generation  # before the loads: none evicted since
         assert await post(processes.client) == 200
         await reader.live_keys.load()
-        generation = reader.channel_cache.generation
         await write(runtime_of(processes.writer).db)
         with counting(processes.reader) as statements:
             assert await post(processes.client) == 200
@@ -298,3 +299,36 @@ def test_no_cached_column_is_quiet() -> None:
     columns = set(WhatsAppAccount.__table__.columns.keys())  # type: ignore[attr-defined]
     assert not cached & QUIET_COLUMNS
     assert cached | QUIET_COLUMNS == columns  # each classified (a new one evicts until it is)
+
+
+# A number Meta banned (or flagged, restricted) still receives its webhooks: `status` is
+# what Meta last said of it; only the workspace's disconnection ends its URL and routes
+# (docs/channels.md). Its messages in flight are stored, and Meta's ACCOUNT_RECONNECTED,
+# which brings it back to CONNECTED, must reach it. Nothing cached reads `status`.
+
+
+async def _stored(processes: Processes, org: Organization) -> tuple[int, str]:
+    async with runtime_of(processes.writer).db.session(org.id) as session:
+        messages = (await session.exec(select(func.count()).select_from(Message))).one()
+        status = (await session.exec(select(WhatsAppAccount.status))).one()
+    return int(messages), str(status)
+
+
+async def test_a_banned_number_stores_its_webhooks_and_comes_back(
+    cached: Processes, org: Organization
+) -> None:
+    """Given a connected number, cached by the reader,
+    when Meta bans it (its status BANNED, written on the writer),
+    then a message to it is still stored, and Meta's ACCOUNT_RECONNECTED for it makes
+    it CONNECTED again."""
+    assert await post(cached.client) == 200
+    before, _ = await _stored(cached, org)
+    await _row(org, lambda a: setattr(a, "status", AccountStatus.BANNED))(
+        runtime_of(cached.writer).db
+    )
+    assert await post(cached.client, message_body()) == 200
+    after, status = await _stored(cached, org)
+    assert (after, status) == (before + 1, AccountStatus.BANNED)
+    reconnected = wh.encode(wh.webhook_body(wh.account_update_change("ACCOUNT_RECONNECTED")))
+    assert await post(cached.client, reconnected) == 200
+    assert (await _stored(cached, org))[1] == AccountStatus.CONNECTED

@@ -19,6 +19,7 @@ import hashlib
 import hmac
 import logging
 import re
+import uuid
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -61,6 +62,10 @@ class _Channel:
         self.account = account
         self.app_secret = app_secret
         self.verify_token = verify_token
+
+    def names(self) -> list[uuid.UUID]:
+        """The number it is built from (evicted by that number's changes)."""
+        return [self.account.id] if self.account else []
 
     @property
     def limit_key(self) -> str:
@@ -115,7 +120,10 @@ async def _channel(request: Request, runtime: Runtime) -> _Channel | Response:
     try:
         # An unknown key is remembered too: posts to it read the database once, not each.
         channel: _Channel | None = await runtime.channel_cache.get_or_load(
-            ("channel", key), lambda: _load_channel(runtime, key), remember_miss=True
+            ("channel", key),
+            lambda: _load_channel(runtime, key),
+            remember_miss=True,
+            names=_Channel.names,
         )
     except _SecretsUnusable:
         return _text(503, "Unavailable")

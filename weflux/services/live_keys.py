@@ -11,12 +11,14 @@ costs that read and answers right).
 
 It is trusted only while it is current, else the lookup is made as before:
 - loaded in the channel cache's present generation: a committed write through the app
-  that evicts it (a key or `disconnected_at` among others; not a health stamp: its
-  `QUIET_COLUMNS`), here or (through the broker) elsewhere, and the broker's
-  reconnection, start a new one;
+  (or the CLI, through Redis) that evicts everything (a new number, a key, a
+  disconnection undone among others; not a health stamp: its `QUIET_COLUMNS`; not a
+  write of named numbers' secrets or a disconnection: these add no key), here or
+  (through the broker) elsewhere, and the broker's reconnection, start a new one;
 - while the channel cache is usable (started, the broker connected);
-- for `MAX_AGE_SECONDS` after its load began: a key written outside the app (`weflux
-  demo`, a restore, SQL by hand) sends no message, and works within that bound.
+- for `MAX_AGE_SECONDS` after its load began: a key written outside the app and its CLI
+  (SQL by hand, another tool; the CLI without Redis) sends no message, and works within
+  that bound.
 An asked key that finds it not current starts one rebuild in the background (at most
 one at a time, at most one start per `MIN_REBUILD_SECONDS`); requests do not wait for it.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -131,5 +131,14 @@ async def _routes(
     if cache is None:
         return await load()
     key = ("routes", frozenset(phones), frozenset(wabas), keyed_account_id)
-    routes: list[Route] = await cache.get_or_load(key, load)
+    routes: list[Route] = await cache.get_or_load(key, load, names=_named_by(keyed_account_id))
     return routes
+
+
+def _named_by(keyed_account_id: uuid.UUID | None) -> Callable[[list[Route]], list[uuid.UUID]]:
+    """The numbers routes are built from: theirs and the keyed one."""
+
+    def names(routes: list[Route]) -> list[uuid.UUID]:
+        return [r.account_id for r in routes] + ([keyed_account_id] if keyed_account_id else [])
+
+    return names
