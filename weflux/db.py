@@ -326,6 +326,12 @@ def _postgres_engine(
         pool_size=pool_size,
         max_overflow=pool_size,
         pool_recycle=1800,
+        # The connection checked in last goes out first: units of work one after another
+        # reuse one backend, its prepared statements and caches warm, and the others (a
+        # warmed pool's, a burst's) wait for the next burst. First in, first out, a
+        # warmed pool handed each webhook of a quiet minute the next of its 10 backends:
+        # p99 across processes doubled (issue 11, goal 4).
+        pool_use_lifo=True,
         connect_args={
             "timeout": connect_timeout,
             "server_settings": {
