@@ -88,17 +88,23 @@ def _negated_lists(statement: Any) -> set[str]:
     return negated
 
 
+def _expanding_list(element: Any) -> BindParameter[Any] | None:
+    """The list parameter of an `IN` or `NOT IN` of an expanding list, else None."""
+    if not isinstance(element, BinaryExpression) or element.operator not in (
+        operators.in_op,
+        operators.not_in_op,
+    ):
+        return None
+    right = element.right
+    return right if isinstance(right, BindParameter) and right.expanding else None
+
+
 def _fixed(statement: Any, lengths: dict[str, int]) -> Any:
     negated = _negated_lists(statement) if 0 in lengths.values() else set()
 
     def replace(element: Any, **_kw: Any) -> Any:
-        if not isinstance(element, BinaryExpression) or element.operator not in (
-            operators.in_op,
-            operators.not_in_op,
-        ):
-            return None
-        right = element.right
-        if not (isinstance(right, BindParameter) and right.expanding and right.key in lengths):
+        right = _expanding_list(element)
+        if right is None or right.key not in lengths:
             return None
         count = lengths[right.key]
         if count == 0 and element.operator is operators.not_in_op:
@@ -139,13 +145,8 @@ def array_lists(
 
 def _arrays(statement: Any) -> Any:
     def replace(element: Any, **_kw: Any) -> Any:
-        if not isinstance(element, BinaryExpression) or element.operator not in (
-            operators.in_op,
-            operators.not_in_op,
-        ):
-            return None
-        right = element.right
-        if not (isinstance(right, BindParameter) and right.expanding):
+        right = _expanding_list(element)
+        if right is None:
             return None
         array = bindparam(right.key, type_=ARRAY(right.type))
         if element.operator is operators.in_op:

@@ -18,12 +18,13 @@ from sqlalchemy import text
 from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.app import ClientFactory, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
-from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
+from tests.fixtures.factories import Actor
+from tests.fixtures.inbox import status_of
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.db import Database
 from weflux.ids import encode_global_id
-from weflux.models import Conversation, ConversationStatus, Organization
+from weflux.models import Conversation, ConversationStatus
 from weflux.runtime import runtime_of
 from weflux.services import conversations as conversation_service
 
@@ -36,20 +37,6 @@ SET_STATUS = """mutation($id: ID!, $status: ConversationStatus!) {
   updateConversationStatus(input: {conversationId: $id, status: $status}) { status } }"""
 LIST = "{ conversations(first: 10) { edges { node { id status } } } }"
 HANG_GUARD = 60  # seconds; far above every deadline here
-
-
-@pytest.fixture
-async def conversation(db: Database, org: Organization) -> Conversation:
-    async with db.session(org.id) as session:
-        account = await create_whatsapp_account(session)
-        return await create_conversation(session, account=account)
-
-
-async def status_of(db: Database, conversation: Conversation) -> ConversationStatus:
-    async with db.session(conversation.org_id) as session:
-        row = await session.get(Conversation, conversation.id)
-        assert row is not None
-        return row.status
 
 
 def variables(conversation: Conversation, status: str) -> dict[str, Any]:

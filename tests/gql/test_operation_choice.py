@@ -14,11 +14,12 @@ import pytest
 
 from tests.fixtures.api import error_codes, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
-from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
+from tests.fixtures.factories import Actor
+from tests.fixtures.inbox import status_of
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
 from weflux.ids import encode_global_id
-from weflux.models import Conversation, ConversationStatus, Organization
+from weflux.models import Conversation, ConversationStatus
 
 # The operation's choice does not depend on the database: SQLite is enough.
 sqlite_only = pytest.mark.parametrize("dialect", ["sqlite"])
@@ -31,20 +32,6 @@ query Look { viewer { id } }
 """
 SEVERAL = "Must provide operation name if query contains multiple operations."
 UNKNOWN = 'Unknown operation named "Elsewhere".'
-
-
-@pytest.fixture
-async def conversation(db: Database, org: Organization) -> Conversation:
-    async with db.session(org.id) as session:
-        account = await create_whatsapp_account(session)
-        return await create_conversation(session, account=account)
-
-
-async def status_of(db: Database, conversation: Conversation) -> ConversationStatus:
-    async with db.session(conversation.org_id) as session:
-        row = await session.get(Conversation, conversation.id)
-        assert row is not None
-        return row.status
 
 
 def variables(conversation: Conversation) -> dict[str, Any]:

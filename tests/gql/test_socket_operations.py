@@ -19,7 +19,8 @@ from starlette.applications import Starlette
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.factories import Actor, create_conversation, create_whatsapp_account
+from tests.fixtures.factories import Actor
+from tests.fixtures.inbox import status_of
 from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.settings import make_settings
 from tests.fixtures.throttle import freeze_cost_budgets
@@ -28,7 +29,7 @@ from weflux.app import create_app
 from weflux.db import Database
 from weflux.errors import Conflict
 from weflux.ids import encode_global_id
-from weflux.models import Conversation, ConversationStatus, Organization
+from weflux.models import Conversation, ConversationStatus
 from weflux.services import conversations as conversation_service
 
 SET_STATUS = """mutation($id: ID!, $status: ConversationStatus!) {
@@ -65,24 +66,10 @@ def serve(database_urls: DatabaseUrls, tmp_path: Path) -> Serve:
     return server
 
 
-@pytest.fixture
-async def conversation(db: Database, org: Organization) -> Conversation:
-    async with db.session(org.id) as session:
-        account = await create_whatsapp_account(session)
-        return await create_conversation(session, account=account)
-
-
 async def connect(base_url: str, actor: Actor) -> GraphQLSocket:
     async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http:
         token = await token_for(http, actor)
     return await GraphQLSocket.connect(base_url, token)
-
-
-async def status_of(db: Database, conversation: Conversation) -> ConversationStatus:
-    async with db.session(conversation.org_id) as session:
-        row = await session.get(Conversation, conversation.id)
-        assert row is not None
-        return row.status
 
 
 def set_status(conversation: Conversation, status: str) -> dict[str, Any]:
