@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from weflux.backoff import exponential_backoff
 from weflux.redis_errors import redis_errors
+from weflux.tasks import cancel_and_wait
 
 if TYPE_CHECKING:  # redis-py is imported only by a process that has WEFLUX_REDIS_URL
     from redis.asyncio import Redis
@@ -176,18 +177,14 @@ class RedisBroker(Broker):
         self._stopping = True
         retry, self._retry = self._retry, None
         if retry is not None:
-            retry.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await retry
+            await cancel_and_wait(retry)
         if self._unsent:
             log.warning(
                 "broker stopped with kept events unpublished", extra={"count": len(self._unsent)}
             )
         if self._reader is not None:
-            self._reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reader
-            self._reader = None
+            reader, self._reader = self._reader, None
+            await cancel_and_wait(reader)
         await self._close_pubsub()
         if self._publisher is not None:
             await self._publisher.aclose()

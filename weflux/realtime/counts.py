@@ -31,6 +31,7 @@ from weflux.auth.principal import Principal, visibility_class
 from weflux.realtime.events import EventName
 from weflux.realtime.hub import RESYNC, Hub, SlowConsumer, next_event
 from weflux.services.inbox_counts import InboxCounts, InboxTally
+from weflux.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -104,11 +105,7 @@ class _Workspace:
         self.wake.set()
 
     async def stop(self) -> None:
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self.tasks)
 
     async def _listen(self) -> None:
         while True:

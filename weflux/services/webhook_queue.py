@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import logging
 import traceback
 import uuid
@@ -48,6 +47,7 @@ from weflux.services.ingest import (
     received_copy,
 )
 from weflux.services.webhook_attempts import Claim, claim, error_summary, mark_failed
+from weflux.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -344,11 +344,7 @@ class WebhookIntake:
         self._tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def drain(self) -> None:

@@ -8,6 +8,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from weflux.tasks import cancel_and_wait
+
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +39,7 @@ class Worker:
         self._stopping.set()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=grace)
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
 
     async def _loop(self, job: Job) -> None:
