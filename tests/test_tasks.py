@@ -71,3 +71,30 @@ async def test_a_caller_cancelled_while_it_waits_is_cancelled() -> None:
         await stopping
     assert after_wait == []
     await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_in_the_clean_up_of_a_cancelled_caller_every_task_is_waited_for() -> None:
+    """Given a caller already cancelled, stopping its tasks in its `finally`,
+    then every task has ended before the clean-up goes on (its old cancellation is not
+    a new one: the clean-up would stop at the first task)."""
+    started = asyncio.Event()
+    cleaned: list[str] = []
+
+    async def forever() -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async def caller() -> None:
+        tasks = [asyncio.create_task(forever()) for _ in range(3)]
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await cancel_and_wait(*tasks)
+            cleaned.append("done" if all(task.done() for task in tasks) else "left")
+
+    running = asyncio.create_task(caller())
+    await started.wait()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert cleaned == ["done"]

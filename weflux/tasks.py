@@ -12,14 +12,16 @@ async def cancel_and_wait(*tasks: asyncio.Task[Any] | asyncio.Future[Any]) -> No
 
     `with suppress(CancelledError): await task` swallowed a cancellation of the caller
     too (a shutdown cancelled while it waited for a task went on as if nothing happened).
-    Here a caller cancelled meanwhile is cancelled: its CancelledError is raised (the
-    tasks were cancelled already)."""
+    Here a caller cancelled while it waits is cancelled: its CancelledError is raised
+    (the tasks were cancelled already). A cancellation the caller had before it came (a
+    clean-up in the `finally` of a cancelled task) is not a new one: all are waited for."""
+    current = asyncio.current_task()
+    before = current.cancelling() if current is not None else 0
     for task in tasks:
         task.cancel()
     for task in tasks:
         try:
             await task
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
+            if current is not None and current.cancelling() > before:
                 raise
