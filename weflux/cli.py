@@ -31,13 +31,9 @@ from weflux.secops.incident_cli import add_incident_commands
 from weflux.tls import uvicorn_ssl_context
 
 if TYPE_CHECKING:
-    from typing import Literal
-
     from weflux.db import Database
-
-    # The numbers a command wrote: False none, None unknown ones (evict all).
-    NumberWrites = frozenset[uuid.UUID] | None | Literal[False]
     from weflux.models import WebhookEventStatus
+    from weflux.services.channel_cache import WrittenNumbers
 
 # Each command imports what it needs inside its function, not here: `weflux --help` and
 # the light commands must not pay for SQLAlchemy, Alembic, Strawberry, uvicorn or the
@@ -85,7 +81,7 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
         logins = await demo.create_demo(db, KeyRing.from_settings(settings))
     finally:
         await db.dispose()
-        await _tell_servers_of_numbers(settings, wrote_numbers())
+        await _tell_servers_of_numbers(settings, wrote_numbers.named())
     if logins is None:
         path = settings.var_dir / demo.LOGINS_FILE
         where = f"; its logins are in {path}" if path.is_file() else ""
@@ -309,7 +305,7 @@ async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
         report = await rotate_keys(db, keyring, batch_size=batch_size)
     finally:
         await db.dispose()
-        await _tell_servers_of_numbers(settings, wrote_numbers())
+        await _tell_servers_of_numbers(settings, wrote_numbers.named())
     print(report.summary())
     if report.failed:
         print(
@@ -396,28 +392,26 @@ def cmd_backup_prune(args: argparse.Namespace) -> int:
     return _backup_command(run)
 
 
-def _record_number_writes(db: Database) -> Callable[[], NumberWrites]:
+def _record_number_writes(db: Database) -> WrittenNumbers:
     """Hear `db`'s committed writes of whatsapp_accounts (as a server's channel cache
-    does); the returned function tells which numbers they wrote (`False`: none)."""
-    heard: NumberWrites = False
+    does): the numbers they wrote, gathered."""
+    from weflux.services.channel_cache import WrittenNumbers  # deferred: start-up cost
+
+    written = WrittenNumbers()
 
     async def record(ids: frozenset[uuid.UUID] | None = None) -> None:
-        nonlocal heard
-        if heard is False:
-            heard = ids
-        elif heard is not None:
-            heard = None if ids is None else heard | ids
+        written.add(ids)
 
     db.channels_changed = record
-    return lambda: heard
+    return written
 
 
-async def _tell_servers_of_numbers(settings: Settings, ids: NumberWrites) -> None:
+async def _tell_servers_of_numbers(settings: Settings, ids: frozenset[uuid.UUID] | None) -> None:
     """Numbers written here: tell the servers (their channel caches and live webhook keys)
     through Redis, as their own writes do (weflux.services.channel_cache). Without Redis,
     or Redis unreachable, they see them within 30 s."""
-    if ids is False:
-        return
+    if ids is not None and not ids:
+        return  # none written
     unseen = "the servers see the numbers written here within 30 s"
     if settings.redis_url is None:
         print(f"WEFLUX_REDIS_URL is not set: {unseen}.", file=sys.stderr)

@@ -19,30 +19,26 @@ from tests.fixtures.services import TEST_REDIS_URL, eventually
 from weflux.cli import main
 from weflux.db import Database
 from weflux.models import WhatsAppAccount
-from weflux.realtime.broker import RedisBroker
-from weflux.runtime import create_redis
+from weflux.realtime.broker import Broker
 from weflux.services.channel_cache import ChannelCache
 from weflux.services.live_keys import LiveKeys
 
+# The servers share the CLI's Redis.
+pytestmark = pytest.mark.parametrize("broker", ["redis"], indirect=True)
+
 
 @pytest.fixture
-async def server(require_redis: None, db: Database) -> AsyncIterator[LiveKeys]:
+async def server(broker: Broker, db: Database) -> AsyncIterator[LiveKeys]:
     """A server's live keys over Redis, loaded (no number yet), current for 30 s."""
-    redis = create_redis(TEST_REDIS_URL)
-    broker = RedisBroker(redis)
-    await broker.start()
     cache = ChannelCache(broker)
     keys = LiveKeys(db, cache)
     try:
-        await broker.wait_connected(timeout=30)
         await cache.start()
         await keys.load()
         yield keys
     finally:
         await keys.stop()
         await cache.stop()
-        await broker.stop()
-        await redis.aclose()
 
 
 async def test_a_number_the_demo_connects_is_live_on_a_running_server_at_once(

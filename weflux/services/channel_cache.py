@@ -295,8 +295,9 @@ NAMED_COLUMNS = frozenset(
 _DISCONNECTED = "disconnected_at"  # named when set, not when cleared (a reconnection)
 
 
-class _Written:
-    """The numbers a transaction wrote, as far as it can tell (`ids` None: unknown)."""
+class WrittenNumbers:
+    """The numbers a transaction (or a CLI command's transactions) wrote, as far as it
+    can tell (`ids` None: unknown; empty: none)."""
 
     def __init__(self) -> None:
         self.ids: set[uuid.UUID] | None = set()
@@ -315,9 +316,9 @@ def _queue_change(session: Session, ids: Iterable[uuid.UUID] | None) -> None:
     listener = session.info.get(CHANNELS_CHANGED_KEY)
     if listener is None:
         return
-    written: _Written | None = session.info.get(_WRITTEN_KEY)
+    written: WrittenNumbers | None = session.info.get(_WRITTEN_KEY)
     if written is None:
-        fresh = session.info[_WRITTEN_KEY] = _Written()
+        fresh = session.info[_WRITTEN_KEY] = WrittenNumbers()
         after_commit_of(session, lambda: listener(fresh.named()))
         written = fresh
     written.add(ids)
