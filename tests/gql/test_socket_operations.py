@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from tests.fixtures.settings import make_settings
 from tests.fixtures.throttle import freeze_cost_budgets
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.errors import Conflict
 from weflux.ids import encode_global_id
@@ -48,18 +50,23 @@ ENDLESS = {
 Serve = Callable[..., AbstractAsyncContextManager[str]]
 
 
+def settings_for(database_urls: DatabaseUrls, tmp_path: Path, **overrides: Any) -> Settings:
+    """The served app's settings on the test's database."""
+    return make_settings(
+        tmp_path,
+        database_url=database_urls.app,
+        database_migration_url=database_urls.owner,
+        **overrides,
+    )
+
+
 @pytest.fixture
 def serve(database_urls: DatabaseUrls, tmp_path: Path) -> Serve:
     """`async with serve(**settings) as base_url:` the app under uvicorn, on the test's DB."""
 
     @asynccontextmanager
-    async def server(**overrides: Any) -> AsyncIterator[str]:
-        settings = make_settings(
-            tmp_path,
-            database_url=database_urls.app,
-            database_migration_url=database_urls.owner,
-            **overrides,
-        )
+    async def server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[str]:
+        settings = settings or settings_for(database_urls, tmp_path, **overrides)
         async with live_server(create_app(settings)) as base_url:
             yield base_url
 
@@ -237,6 +244,8 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
     db: Database,
     conversation: Conversation,
     monkeypatch: pytest.MonkeyPatch,
+    database_urls: DatabaseUrls,
+    tmp_path: Path,
 ) -> None:
     # Given a status change that, once written, runs a statement that never ends
     real = conversation_service.update_status
@@ -247,7 +256,8 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
         return row
 
     monkeypatch.setattr(conversation_service, "update_status", endless)
-    async with serve(graphql_timeout=1) as base_url:
+    settings = settings_for(database_urls, tmp_path, graphql_timeout=1)
+    async with serve(settings) as base_url:
         socket = await connect(base_url, admin)
         try:
             # When it is sent over the socket
@@ -261,6 +271,9 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
             # And nothing of it was kept; the socket and the database go on
             assert await status_of(db, conversation) is ConversationStatus.OPEN
             monkeypatch.setattr(conversation_service, "update_status", real)
+            # (the deadline under test is past: a loaded machine may take over 1 s for the
+            # next operation, which would then time out too)
+            settings.graphql_timeout = timedelta(seconds=30)
             again = await result(
                 socket, await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED"))
             )
