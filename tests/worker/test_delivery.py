@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlmodel import col, select
 
 from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
@@ -490,10 +494,11 @@ async def test_a_lease_that_keeps_expiring_ends_failed(
         tmp_path, database_url=database_urls.app, meta_graph_url=meta_url, delivery_max_attempts=2
     )
     message = await queue_text(db, services, admin, scene)
-    for _ in range(2):
-        assert len(await claim_due_messages(db, services, settings)) == 1
+    for attempt in range(2):  # then claimed again alone, as a suspect (its worker died)
+        assert len(await claim_due_messages(db, services, settings, suspect=attempt > 0)) == 1
         await make_due(db, message)
-    assert await claim_due_messages(db, services, settings) == []
+    assert await claim_due_messages(db, services, settings) == []  # left to a suspect's claim
+    assert await claim_due_messages(db, services, settings, suspect=True) == []
     row = await load_message(db, message.id, admin.org_id)
     assert row.status == MessageStatus.FAILED
     assert "abandoned after 2 attempts" in (row.error_title or "")
@@ -748,3 +753,113 @@ async def test_the_in_process_worker_delivers_queued_messages(
             await asyncio.sleep(0.05)
     assert (await load_message(db, message.id, admin.org_id)).status == MessageStatus.SENT
     assert len(sends_of(fake_meta, message)) == 1
+
+
+# -- a worker that dies -------------------------------------------------------------------
+
+
+class Died(BaseException):
+    """The worker's process ending mid-send: nothing after it runs, nothing is recorded."""
+
+
+class WorkerProcess:
+    """`deliver_one` as sent by one worker process: what else was in flight at each send;
+    sending `poison` kills the process, and every send in flight dies with it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, poison: uuid.UUID | None = None) -> None:
+        self.alongside: dict[uuid.UUID, set[uuid.UUID]] = {}
+        self.dead = False
+        in_flight: set[uuid.UUID] = set()
+        real = delivery.deliver_one
+
+        async def deliver_one(
+            db: Database, services: Services, settings: Settings, item: Any, **kw: Any
+        ) -> None:
+            in_flight.add(item.id)
+            try:
+                await asyncio.sleep(0.02)  # in flight together, as sends to Meta are
+                self.alongside[item.id] = in_flight - {item.id}
+                self.dead = self.dead or item.id == poison
+                if self.dead:
+                    raise Died
+                await real(db, services, settings, item, **kw)
+            finally:
+                in_flight.discard(item.id)
+
+        monkeypatch.setattr(delivery, "deliver_one", deliver_one)
+
+
+async def a_lease_passes(db: Database, org_id: uuid.UUID, settings: Settings) -> None:
+    """Time passes by one lease for every message in flight (their worker is gone)."""
+    async with db.session(org_id) as session:
+        statement = select(Message).where(col(Message.status) == MessageStatus.SENDING)
+        for row in (await session.exec(statement)).all():
+            assert row.next_attempt_at is not None
+            row.next_attempt_at -= settings.delivery_lease + timedelta(seconds=1)
+
+
+async def test_messages_whose_worker_died_are_sent_alone_after_the_batch(
+    db: Database,
+    services: Services,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given two messages whose worker died holding them, and two fresh ones,
+    when a worker runs, then the fresh ones go together, and each suspect alone after."""
+    account = await make_account(db, services.keyring, admin.org_id)
+    scenes = [await make_conversation(db, account) for _ in range(4)]
+    first, second = [await queue_text(db, services, admin, scenes[i]) for i in range(2)]
+    assert len(await claim_due_messages(db, services, inbox_settings)) == 2
+    await a_lease_passes(db, admin.org_id, inbox_settings)
+    fresh = [await queue_text(db, services, admin, scenes[i]) for i in range(2, 4)]
+    process = WorkerProcess(monkeypatch)
+
+    assert await deliver_due_messages(db, services, inbox_settings) == 4
+
+    assert process.alongside == {
+        fresh[0].id: {fresh[1].id},
+        fresh[1].id: {fresh[0].id},
+        first.id: set(),
+        second.id: set(),
+    }
+    for message in (first, second, *fresh):
+        row = await load_message(db, message.id, admin.org_id)
+        assert row.status == MessageStatus.SENT
+        assert len(sends_of(fake_meta, message)) == 1
+
+
+async def test_a_message_that_kills_its_worker_takes_no_other_message_to_its_end(
+    db: Database,
+    services: Services,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given a message whose send kills the worker, claimed in one batch with two others,
+    when workers come back after each death, then it alone is abandoned, at its last
+    attempt; the two others are sent on their second."""
+    account = await make_account(db, services.keyring, admin.org_id)
+    scenes = [await make_conversation(db, account) for _ in range(3)]
+    poison, *others = [await queue_text(db, services, admin, scene) for scene in scenes]
+    process = WorkerProcess(monkeypatch, poison=poison.id)
+    with pytest.raises(Died):  # the three were in flight together
+        await deliver_due_messages(db, services, inbox_settings)
+    assert process.alongside[poison.id] == {m.id for m in others}
+
+    for _ in range(inbox_settings.delivery_max_attempts + 1):
+        await a_lease_passes(db, admin.org_id, inbox_settings)
+        process.dead = False  # a worker starts again
+        with contextlib.suppress(Died):
+            await deliver_due_messages(db, services, inbox_settings)
+
+    dead = await load_message(db, poison.id, admin.org_id)
+    assert dead.status == MessageStatus.FAILED
+    assert dead.attempts == inbox_settings.delivery_max_attempts
+    assert "abandoned" in (dead.error_title or "")
+    for message in others:
+        row = await load_message(db, message.id, admin.org_id)
+        assert (row.status, row.attempts) == (MessageStatus.SENT, 2)
+        assert len(sends_of(fake_meta, message)) == 1

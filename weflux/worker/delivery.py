@@ -8,7 +8,8 @@ The `messages` table is the outbox: a send request only inserts a QUEUED row
    or lost the database mid-send). On PostgreSQL `FOR UPDATE SKIP LOCKED` lets several
    workers claim disjoint rows at once; SQLite serializes transactions anyway. Each
    claimed row becomes SENDING with a lease (`next_attempt_at = now + lease`) and
-   `attempts + 1`, and the claim commits;
+   `attempts + 1`, and the claim commits. A row whose lease ran out (a suspect: its
+   worker may have died of it) is claimed alone, after the batch, so a poison dies alone;
 2. **sends** each message outside any transaction (no row lock or connection is held
    while Meta answers), within the number's throughput (a token bucket per number,
    `weflux.throttle.sends`: 80 messages/s, 1,000/s for a HIGH throughput number; across
@@ -99,6 +100,8 @@ _DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErro
 _MAX_TITLE = 500
 # How many messages of one conversation a run sends back to back (then others get a turn).
 FOLLOW_UPS_PER_RUN = 20
+# How many suspects (messages whose lease ran out: their worker died) a run sends, alone.
+SUSPECTS_PER_RUN = 10
 # A media message whose file was deleted before it went (its sender erased, or it expired).
 FILE_DELETED = "Not sent: the file was deleted before it could be sent; upload it again"
 STORE_UNAVAILABLE = "Not sent yet: the media store is unavailable"
@@ -172,6 +175,7 @@ async def claim_due_messages(
     *,
     batch_size: int = 50,
     after: ClaimedMessage | None = None,
+    suspect: bool = False,
 ) -> list[ClaimedMessage]:
     """Take the lease of up to `batch_size` due messages (committed before returning).
 
@@ -181,10 +185,31 @@ async def claim_due_messages(
     waiting to be retried (a rate limit for that customer would refuse it anyway).
     Across workspaces the due rows come from `crossings.due_outbound_messages` (ids,
     locked); `after` claims the next of that message's conversation, in its workspace.
+
+    A message whose lease ran out is a **suspect**: the worker that held it died or lost
+    the database, perhaps because of it. Suspects are never claimed with others, so a
+    message that kills its worker (a poison) dies alone and cannot take the messages
+    claimed beside it to their last attempt: without `suspect` they are left due (those
+    a webhook already settled are settled), with it the oldest one is claimed, alone.
     """
+    claimed, _ = await _claim(db, services, settings, batch_size, after, suspect=suspect)
+    return claimed
+
+
+async def _claim(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    batch_size: int,
+    after: ClaimedMessage | None,
+    *,
+    suspect: bool,
+) -> tuple[list[ClaimedMessage], bool]:
+    """`claim_due_messages`, and whether it left a suspect due."""
     now = utcnow()
     lease_until = now + settings.delivery_lease
     claimed: list[ClaimedMessage] = []
+    suspects_left = False
     async with db.session(after.org_id if after else None) as session:
         if after is None:
             due = await crossings.due_outbound_messages(session, now=now, batch=batch_size)
@@ -197,11 +222,18 @@ async def claim_due_messages(
             rows = (await session.exec(select(Message).where(col(Message.id).in_(ids)))).all()
             order = {message_id: position for position, message_id in enumerate(ids)}
             for message in sorted(rows, key=lambda m: order[m.id]):
+                expired = message.status == MessageStatus.SENDING
+                sendable = expired and message.wa_message_id is None
+                if sendable and (not suspect or claimed):
+                    suspects_left = True  # left due: claimed alone, by a suspect's claim
+                    continue
+                if suspect and not expired:
+                    continue
                 lease = _lease(session, services, settings, message, now, lease_until)
                 if lease is not None:
                     claimed.append(lease)
             await session.flush()
-    return claimed
+    return claimed, suspects_left
 
 
 def _lease(
@@ -684,8 +716,31 @@ async def deliver_due_messages(
     Each claimed message ends SENT, QUEUED again for a later attempt, or FAILED; one
     whose outcome could not be stored (the database went away) stays SENDING until its
     lease expires and is then claimed again. Returns at once when nothing is due.
+
+    The batch goes first; then up to `SUSPECTS_PER_RUN` suspects (messages whose lease
+    ran out), each claimed and sent alone once nothing else is in flight here, so a
+    message that kills its worker takes no other message with it.
     """
-    claimed = await claim_due_messages(db, services, settings, batch_size=batch_size)
+    claimed, suspects = await _claim(db, services, settings, batch_size, None, suspect=False)
+    count = await _deliver_claimed(db, services, settings, claimed, throttle)
+    for _ in range(SUSPECTS_PER_RUN if suspects else 0):
+        alone = await claim_due_messages(
+            db, services, settings, batch_size=batch_size, suspect=True
+        )
+        if not alone:
+            break
+        count += await _deliver_claimed(db, services, settings, alone, throttle)
+    return count
+
+
+async def _deliver_claimed(
+    db: Database,
+    services: Services,
+    settings: Settings,
+    claimed: list[ClaimedMessage],
+    throttle: Throttle | None,
+) -> int:
+    """Deliver these claimed messages, each conversation's next ones after them; how many."""
     if not claimed:
         return 0
     count = len(claimed)
