@@ -4,9 +4,11 @@ and are retried without holding up others, who may fetch a file, and erasure."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.deaths import Died, WorkerProcess
 from tests.fixtures.factories import Actor
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.media import MediaInbox
@@ -23,6 +26,7 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.lifecycle import erasure
+from weflux.media import download
 from weflux.models import Conversation, MediaFile, MediaStatus, Message
 
 FAILURE_QUERY = """
@@ -183,6 +187,43 @@ async def test_a_killed_worker_download_is_resumed_after_its_lease(
     resumed = await media_inbox.media_of(message_id)
     assert resumed.status == MediaStatus.READY
     assert resumed.attempts == 2
+
+
+async def test_a_file_that_kills_its_worker_takes_no_other_file_to_its_end(
+    media_inbox: MediaInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given a file whose download kills the worker, claimed in one sweep with two others,
+    when workers come back after each death (each lease run out), then it alone is
+    abandoned at its last attempt; the two others are stored on their second attempt,
+    each downloaded alone."""
+    messages = [
+        await media_inbox.receive("audio", b"OggS" * (100 + i), mime_type="audio/ogg")
+        for i in range(3)
+    ]
+    poison, *others = [(await media_inbox.media_of(m)).id for m in messages]
+    process = WorkerProcess(monkeypatch, download, "download_one", poison=poison)
+    with pytest.raises(Died):  # the three were in flight together
+        await media_inbox.download()
+    assert process.alongside[poison] == set(others)
+
+    settings = media_inbox.runtime.settings
+    for _ in range(settings.media_download_max_attempts + 1):
+        async with media_inbox.db.session(media_inbox.account.org_id) as session:
+            statement = select(MediaFile).where(col(MediaFile.status) == MediaStatus.DOWNLOADING)
+            for row in (await session.exec(statement)).all():  # a lease passes
+                assert row.next_attempt_at is not None
+                row.next_attempt_at -= settings.media_download_lease + timedelta(seconds=1)
+        process.dead = False  # a worker starts again
+        with contextlib.suppress(Died):
+            await media_inbox.download()
+
+    dead = await media_inbox.media_of(messages[0])
+    assert dead.status == MediaStatus.FAILED
+    assert "abandoned" in (dead.failure or "")
+    for message in messages[1:]:
+        row = await media_inbox.media_of(message)
+        assert (row.status, row.attempts) == (MediaStatus.READY, 2)
+        assert process.alongside[row.id] == set()
 
 
 async def _assign(db: Database, org_id: uuid.UUID, message_id: uuid.UUID, member: Actor) -> None:

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -18,6 +17,7 @@ from sqlmodel import col, select
 
 from tests.fixtures.app import lifespan
 from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.deaths import Died, WorkerProcess
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import ACCESS_TOKEN, OTHER_PHONE_NUMBER_ID, PHONE_NUMBER_ID
 from tests.fixtures.outbound import (
@@ -758,37 +758,6 @@ async def test_the_in_process_worker_delivers_queued_messages(
 # -- a worker that dies -------------------------------------------------------------------
 
 
-class Died(BaseException):
-    """The worker's process ending mid-send: nothing after it runs, nothing is recorded."""
-
-
-class WorkerProcess:
-    """`deliver_one` as sent by one worker process: what else was in flight at each send;
-    sending `poison` kills the process, and every send in flight dies with it."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, poison: uuid.UUID | None = None) -> None:
-        self.alongside: dict[uuid.UUID, set[uuid.UUID]] = {}
-        self.dead = False
-        in_flight: set[uuid.UUID] = set()
-        real = delivery.deliver_one
-
-        async def deliver_one(
-            db: Database, services: Services, settings: Settings, item: Any, **kw: Any
-        ) -> None:
-            in_flight.add(item.id)
-            try:
-                await asyncio.sleep(0.02)  # in flight together, as sends to Meta are
-                self.alongside[item.id] = in_flight - {item.id}
-                self.dead = self.dead or item.id == poison
-                if self.dead:
-                    raise Died
-                await real(db, services, settings, item, **kw)
-            finally:
-                in_flight.discard(item.id)
-
-        monkeypatch.setattr(delivery, "deliver_one", deliver_one)
-
-
 async def a_lease_passes(db: Database, org_id: uuid.UUID, settings: Settings) -> None:
     """Time passes by one lease for every message in flight (their worker is gone)."""
     async with db.session(org_id) as session:
@@ -814,7 +783,7 @@ async def test_messages_whose_worker_died_are_sent_alone_after_the_batch(
     assert len(await claim_due_messages(db, services, inbox_settings)) == 2
     await a_lease_passes(db, admin.org_id, inbox_settings)
     fresh = [await queue_text(db, services, admin, scenes[i]) for i in range(2, 4)]
-    process = WorkerProcess(monkeypatch)
+    process = WorkerProcess(monkeypatch, delivery, "deliver_one")
 
     assert await deliver_due_messages(db, services, inbox_settings) == 4
 
@@ -844,7 +813,7 @@ async def test_a_message_that_kills_its_worker_takes_no_other_message_to_its_end
     account = await make_account(db, services.keyring, admin.org_id)
     scenes = [await make_conversation(db, account) for _ in range(3)]
     poison, *others = [await queue_text(db, services, admin, scene) for scene in scenes]
-    process = WorkerProcess(monkeypatch, poison=poison.id)
+    process = WorkerProcess(monkeypatch, delivery, "deliver_one", poison=poison.id)
     with pytest.raises(Died):  # the three were in flight together
         await deliver_due_messages(db, services, inbox_settings)
     assert process.alongside[poison.id] == {m.id for m in others}

@@ -57,7 +57,7 @@ from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.channels import SandboxRefused, Services
 from weflux.whatsapp.client import CloudApiClient
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
-from weflux.worker.delivery import backoff_delay
+from weflux.worker.delivery import SUSPECTS_PER_RUN, backoff_delay
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +116,39 @@ def _fail(row: MediaFile, reason: str) -> None:
 
 
 async def claim_due_media(
-    db: Database, services: Services, settings: Settings, *, batch_size: int
+    db: Database, services: Services, settings: Settings, *, batch_size: int, suspect: bool = False
 ) -> list[Claimed]:
-    """Take the lease of up to `batch_size` due downloads (committed before returning)."""
+    """Take the lease of up to `batch_size` due downloads (committed before returning).
+
+    A download whose lease ran out is a suspect (its worker died, perhaps of it), claimed
+    only alone, as delivery's are (`weflux.worker.delivery.claim_due_messages`): without
+    `suspect` they are left due, with it the first one is claimed, alone.
+    """
+    claimed, _ = await _claim(db, services, settings, batch_size, suspect=suspect)
+    return claimed
+
+
+async def _claim(
+    db: Database, services: Services, settings: Settings, batch_size: int, *, suspect: bool
+) -> tuple[list[Claimed], bool]:
+    """`claim_due_media`, and whether it left a suspect due."""
     now = utcnow()
     lease_until = now + settings.media_download_lease
     claimed: list[Claimed] = []
+    suspects_left = False
     async with db.session() as session:
         due = await crossings.due_media_downloads(session, now=now, batch=batch_size)
         for org_id, ids in crossings.by_workspace(due).items():
             await use_workspace(session, org_id)
             rows = (await session.exec(select(MediaFile).where(col(MediaFile.id).in_(ids)))).all()
-            for row in rows:
+            order = {file_id: position for position, file_id in enumerate(ids)}
+            for row in sorted(rows, key=lambda r: order[r.id]):
+                expired = row.status == MediaStatus.DOWNLOADING
+                if expired and (not suspect or claimed):
+                    suspects_left = True  # left due: claimed alone, by a suspect's claim
+                    continue
+                if suspect and not expired:
+                    continue
                 if row.attempts >= settings.media_download_max_attempts:
                     _fail(row, f"Download abandoned after {row.attempts} attempts")
                     await _publish(session, services, row)
@@ -137,7 +158,7 @@ async def claim_due_media(
                 row.next_attempt_at = lease_until
                 claimed.append(Claimed(id=row.id, org_id=row.org_id, attempts=row.attempts))
             await session.flush()
-    return claimed
+    return claimed, suspects_left
 
 
 async def _prepare(db: Database, services: Services, claimed: Claimed) -> _Fetch | _Outcome | None:
@@ -302,10 +323,25 @@ async def download_one(
 async def download_due_media(
     db: Database, store: MediaStore, services: Services, settings: Settings
 ) -> int:
-    """Claim due inbound media and download them, several at once; how many were claimed."""
-    claimed = await claim_due_media(
-        db, services, settings, batch_size=settings.media_download_batch_size
-    )
+    """Claim due inbound media and download them, several at once; how many were claimed.
+
+    Then up to `SUSPECTS_PER_RUN` suspects (downloads whose lease ran out), each claimed
+    and downloaded alone, so a file that kills its worker takes no other with it."""
+    batch_size = settings.media_download_batch_size
+    claimed, suspects = await _claim(db, services, settings, batch_size, suspect=False)
+    count = await _download_claimed(db, store, services, settings, claimed)
+    for _ in range(SUSPECTS_PER_RUN if suspects else 0):
+        alone = await claim_due_media(db, services, settings, batch_size=batch_size, suspect=True)
+        if not alone:
+            break
+        count += await _download_claimed(db, store, services, settings, alone)
+    return count
+
+
+async def _download_claimed(
+    db: Database, store: MediaStore, services: Services, settings: Settings, claimed: list[Claimed]
+) -> int:
+    """Download these claimed files, several at once; how many."""
     if not claimed:
         return 0
     gate = asyncio.Semaphore(settings.media_download_concurrency)
