@@ -57,9 +57,13 @@ def _settings() -> Settings:
 
 
 def _migrate(settings: Settings) -> None:
-    from weflux.migrate import migrate  # deferred: start-up cost
+    # deferred: start-up cost
+    from weflux.crypto.keyring import KeyRing
+    from weflux.migrate import migrate
 
-    asyncio.run(migrate(settings.migration_url, app_url=settings.database_url))
+    # The key ring, for the migrations that rewrite keyed values (0037: recovery codes).
+    keyring = KeyRing.from_settings(settings) if settings.encryption_keys is not None else None
+    asyncio.run(migrate(settings.migration_url, app_url=settings.database_url, keyring=keyring))
 
 
 async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
@@ -307,10 +311,18 @@ async def _rotate_keys(settings: Settings, *, batch_size: int) -> int:
         await db.dispose()
         await _tell_servers_of_numbers(settings, wrote_numbers.named())
     print(report.summary())
-    if report.failed:
+    if report.recovery_code_keys:
         print(
-            f"{report.failed} stored secret(s) could not be decrypted and were left unchanged; "
-            "the log names their rows. Keep every old key until this reports none.",
+            "Recovery codes are keyed hashes, which cannot be re-keyed: keep key(s) "
+            f"{', '.join(report.recovery_code_keys)} in WEFLUX_ENCRYPTION_KEYS until this "
+            "reports none (a user who regenerates their codes moves to the primary key).",
+            file=sys.stderr,
+        )
+    if report.failed or report.recovery_codes_failed:
+        print(
+            f"{report.failed} stored secret(s) could not be decrypted and were left unchanged, "
+            f"{report.recovery_codes_failed} recovery code(s) cannot be verified; the log "
+            "names their rows. Keep every old key until this reports none.",
             file=sys.stderr,
         )
         return 1

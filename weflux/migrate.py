@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from alembic import command
 from alembic.config import Config
@@ -18,6 +19,9 @@ from sqlalchemy.pool import NullPool
 
 from weflux.db import prepare_sqlite_file
 
+if TYPE_CHECKING:
+    from weflux.crypto.keyring import KeyRing
+
 log = logging.getLogger(__name__)
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -29,6 +33,11 @@ def migrations_dir() -> Path:
         if (candidate / "env.py").is_file():
             return candidate
     raise FileNotFoundError("the migrations directory is missing from this installation")
+
+
+# The `config.attributes` key of the key ring, for the migrations that rewrite keyed
+# values (0037: recovery codes); None when no WEFLUX_ENCRYPTION_KEYS is configured.
+KEYRING = "keyring"
 
 
 def alembic_config(url: str | None = None) -> Config:
@@ -70,12 +79,18 @@ def _grant_app_role(connection: Connection, role: str) -> None:
 
 
 async def migrate(
-    migration_url: str, *, app_url: str | None = None, revision: str = "head"
+    migration_url: str,
+    *,
+    app_url: str | None = None,
+    revision: str = "head",
+    keyring: KeyRing | None = None,
 ) -> None:
     """Upgrade to `revision` as the schema owner, then grant the app's role its rights.
 
     The grant runs when the app connects as another PostgreSQL role than the owner
-    (WEFLUX_DATABASE_URL vs WEFLUX_DATABASE_MIGRATION_URL).
+    (WEFLUX_DATABASE_URL vs WEFLUX_DATABASE_MIGRATION_URL). `keyring` (the app's
+    WEFLUX_ENCRYPTION_KEYS) is for the migrations that rewrite keyed values; one that
+    finds such values to rewrite fails without it.
     """
     owner = make_url(migration_url)
     app_role = make_url(app_url).username if app_url else None
@@ -83,7 +98,7 @@ async def migrate(
     engine = create_async_engine(owner, poolclass=NullPool)
     try:
         async with engine.connect() as connection:
-            await connection.run_sync(_upgrade, revision)
+            await connection.run_sync(_upgrade, revision, keyring)
             await connection.commit()
             if owner.get_backend_name() == "postgresql" and app_role and app_role != owner.username:
                 await connection.run_sync(_grant_app_role, app_role)
@@ -103,9 +118,11 @@ async def downgrade(migration_url: str, revision: str) -> None:
         await engine.dispose()
 
 
-def upgrade_in_transaction(connection: Connection, revision: str) -> None:
+def upgrade_in_transaction(
+    connection: Connection, revision: str, keyring: KeyRing | None = None
+) -> None:
     """Upgrade to `revision` inside the connection's open transaction (it commits nothing)."""
-    _upgrade(connection, revision)
+    _upgrade(connection, revision, keyring)
 
 
 def head_revision() -> str:
@@ -124,9 +141,10 @@ def is_known_revision(revision: str) -> bool:
         return False
 
 
-def _upgrade(connection: Connection, revision: str) -> None:
+def _upgrade(connection: Connection, revision: str, keyring: KeyRing | None = None) -> None:
     config = alembic_config()
     config.attributes["connection"] = connection
+    config.attributes[KEYRING] = keyring
     command.upgrade(config, revision)
 
 

@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.fixtures.databases import DatabaseUrls
-from weflux.cli import main
-from weflux.config import generate_encryption_key_entry, parse_encryption_keys
+from tests.fixtures.factories import Actor
+from tests.fixtures.settings import make_settings
+from weflux.auth import recovery_codes, totp
+from weflux.cli import _rotate_keys, main
+from weflux.config import Settings, generate_encryption_key_entry, parse_encryption_keys
 from weflux.crypto.fields import seal
 from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
-from weflux.models import Organization, WhatsAppAccount, utcnow
+from weflux.models import Organization, User, WhatsAppAccount, utcnow
 
 # The checkout, for the child process to import `weflux` and `tests` from.
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +129,40 @@ async def test_rotate_exits_0_when_every_value_is_current(
     code, out, err = await _run_cli("keys", "rotate", env=env, cwd=tmp_path)
     assert code == 0, err
     assert out.strip() == "scanned 0, rotated 0, already current 0, failed 0"
+
+
+async def test_rotate_says_which_old_keys_recovery_codes_still_need(
+    db: Database,
+    database_urls: DatabaseUrls,
+    admin: Actor,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Given recovery codes stored under the old key, when keys rotate, then it succeeds
+    and says to keep that key; with the old key dropped, it fails: the codes cannot be
+    verified any more."""
+    old_entry = generate_encryption_key_entry("old")
+    new_entry = generate_encryption_key_entry("new")
+    async with db.session(admin.org_id) as session:
+        user = await session.get(User, admin.user.id)
+        assert user is not None
+        ring = KeyRing(parse_encryption_keys(old_entry))
+        user.recovery_code_hashes = recovery_codes.stored_form(
+            ring, user.id, totp.new_recovery_codes()
+        )
+
+    def settings(keys: str) -> Settings:
+        return make_settings(
+            tmp_path,
+            database_url=database_urls.app,
+            database_migration_url=database_urls.owner,
+            encryption_keys=keys,
+        )
+
+    assert await _rotate_keys(settings(f"{new_entry},{old_entry}"), batch_size=10) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().endswith("; 10 recovery code(s) still need key(s) old")
+    assert "keep key(s) old in WEFLUX_ENCRYPTION_KEYS" in captured.err
+
+    assert await _rotate_keys(settings(new_entry), batch_size=10) == 1
+    assert "10 recovery code(s) cannot be verified" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import pytest
 from sqlmodel import select
 
 from tests.fixtures.factories import Actor, create_org
-from weflux.auth import totp
+from weflux.auth import recovery_codes, totp
 from weflux.crypto.fields import SECRET_COLUMNS, context_for, open_secret, seal
 from weflux.crypto.keyring import DecryptionError, KeyRing, SecretContext
 from weflux.crypto.rotation import rotate_keys
@@ -347,3 +347,51 @@ async def test_rotation_re_seals_users_totp_secrets_bound_to_their_row(
     with pytest.raises(DecryptionError):
         open_secret(NEW_RING, users[second], "totp_secret_enc")
     assert await _audit_events(db, admin.org_id) == []
+
+
+async def test_recovery_codes_keep_their_key_and_the_report_says_which_keys_they_need(
+    db: Database, owner_db: Database, admin: Actor, agent: Actor
+) -> None:
+    """Given two users' recovery codes stored under the old key (a keyed hash cannot be
+    re-keyed without its code), when keys rotate, then the codes are left as they are and
+    still verify under the new ring, and the report names the old key as still needed;
+    once one user regenerated and the other's codes are gone, it names none; a ring
+    without the old key cannot verify them: counted as failures."""
+    codes = {actor.user.id: totp.new_recovery_codes() for actor in (admin, agent)}
+    for actor in (admin, agent):
+        async with db.session(actor.org_id) as session:
+            user = await session.get(User, actor.user.id)
+            assert user is not None
+            user.recovery_code_hashes = recovery_codes.stored_form(
+                OLD_RING, user.id, codes[user.id]
+            )
+    before = await _recovery_hashes(owner_db)
+
+    report = await rotate_keys(owner_db, NEW_RING, batch_size=1)
+
+    assert report.recovery_codes_by_kid == {"old": 20}
+    assert (report.recovery_code_keys, report.recovery_codes_failed) == (["old"], 0)
+    assert report.summary().endswith("; 20 recovery code(s) still need key(s) old")
+    assert await _recovery_hashes(owner_db) == before
+    for user_id, stored in before.items():
+        assert recovery_codes.matching(NEW_RING, user_id, stored, codes[user_id][9])
+    lost = KeyRing([("new", NEW_KEY)])
+    assert (await rotate_keys(owner_db, lost)).recovery_codes_failed == 20
+
+    async with db.session(admin.org_id) as session:
+        user = await session.get(User, admin.user.id)
+        assert user is not None
+        user.recovery_code_hashes = recovery_codes.stored_form(NEW_RING, user.id, ["aaaaa-bbbbb"])
+    async with db.session(agent.org_id) as session:
+        user = await session.get(User, agent.user.id)
+        assert user is not None
+        user.recovery_code_hashes = ""
+    after = await rotate_keys(owner_db, NEW_RING)
+    assert (after.recovery_codes_by_kid, after.recovery_code_keys) == ({"new": 1}, [])
+    assert "recovery" not in after.summary()
+
+
+async def _recovery_hashes(owner_db: Database) -> dict[uuid.UUID, str]:
+    async with owner_db.session(all_workspaces="test: read back") as session:
+        users = (await session.exec(select(User))).all()
+    return {u.id: u.recovery_code_hashes for u in users if u.recovery_code_hashes}

@@ -19,6 +19,7 @@ from tests.fixtures.backups import (
     table_names,
 )
 from tests.fixtures.databases import DatabaseUrls, SqliteTemplate, postgres_only, run_blocking
+from weflux.auth import recovery_codes, totp
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import KeyRing
@@ -266,3 +267,41 @@ async def test_a_database_behind_the_latest_migration_is_backed_up_and_restored_
     assert await table_contents(empty_database_urls.owner) == await table_contents(
         database_urls.owner
     )
+
+
+async def test_a_backup_from_before_keyed_recovery_codes_restores_them_wrapped(
+    database_urls: DatabaseUrls, empty_database_urls: DatabaseUrls, tmp_path: Path
+) -> None:
+    """Given a backup taken at 0036, whose recovery codes are plain SHA-256, when it is
+    restored, then no plain hash is left: each is wrapped under the application's key
+    ring (migration 0037 in the restore's transaction), and an old code still matches."""
+    source = backup_settings(tmp_path, database_urls)
+    await populate(source)
+    await downgrade(database_urls.owner, "0036_webhook_event_batches")
+    codes = totp.new_recovery_codes()
+    owner = Database(database_urls.owner, maintenance=True)
+    try:
+        async with owner.session(all_workspaces="test: recovery codes") as session:
+            user = (await session.exec(select(User))).first()
+            assert user is not None
+            user_id = user.id
+            user.recovery_code_hashes = " ".join(recovery_codes.digest(c) for c in codes)
+    finally:
+        await owner.dispose()
+    summary = await create_backup(source)
+
+    target = backup_settings(tmp_path, empty_database_urls)
+    await restore_backup(target, summary.path)
+
+    restored = Database(empty_database_urls.owner, maintenance=True)
+    try:
+        async with restored.session(all_workspaces="test: recovery codes") as session:
+            user = await session.get(User, user_id)
+            assert user is not None
+            stored = user.recovery_code_hashes
+    finally:
+        await restored.dispose()
+    assert stored is not None
+    keyring = KeyRing.from_settings(target)
+    assert recovery_codes.count_by_kid(stored) == {keyring.primary_kid: 10}
+    assert recovery_codes.matching(keyring, user_id, stored, codes[4]) is not None

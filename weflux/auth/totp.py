@@ -2,13 +2,12 @@
 
 A code is accepted within one step either side of now, and only for a step later than
 the last one accepted (`weflux.services.two_factor` stores it), so a code cannot be
-replayed. Recovery codes are 10 random codes of 50 bits each; only their SHA-256 is
-stored (their entropy makes a slow hash unnecessary).
+replayed. Recovery codes are 10 random codes of 50 bits each; what is stored of them is
+a keyed hash under the key ring (`weflux.auth.recovery_codes`).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import io
 import secrets
@@ -69,9 +68,3 @@ def new_recovery_codes() -> list[str]:
         "-".join("".join(secrets.choice(_RECOVERY_ALPHABET) for _ in range(5)) for _ in range(2))
         for _ in range(RECOVERY_CODE_COUNT)
     ]
-
-
-def recovery_code_hash(code: str) -> str:
-    """What is stored of a recovery code (case, spaces and dashes do not matter)."""
-    normal = "".join(ch for ch in code.lower() if ch.isalnum())
-    return hashlib.sha256(f"weflux-recovery:{normal}".encode()).hexdigest()

@@ -225,6 +225,7 @@ async def restore_backup(
             "restore it with the release that made it (or a newer one)"
         )
     newer = newer_ledger_entries(settings.backups_path, path, summary.created_at, keys)
+    keyring = EncryptionKeys.from_settings(settings)
     # Not `maintenance_database`: its role check asks who owns the tables, and there are
     # none yet. The role that creates them here owns them, as `weflux migrate` would.
     db = Database(settings.migration_url, pool_size=1, maintenance=True)
@@ -245,9 +246,10 @@ async def restore_backup(
             if loaded != summary.tables:
                 raise BackupError("the file changed while it was being restored")
             await _feed_triggers(connection, enabled=True, tables=feed_tables)
-            # This release's schema, still in the transaction: the replay runs on it.
-            await connection.run_sync(upgrade_in_transaction, "head")
-            await replay_erasures(connection, newer, EncryptionKeys.from_settings(settings))
+            # This release's schema, still in the transaction: the replay runs on it. The
+            # key ring wraps an older backup's recovery codes (migration 0037).
+            await connection.run_sync(upgrade_in_transaction, "head", keyring)
+            await replay_erasures(connection, newer, keyring)
             await connection.commit()
     finally:
         await db.dispose()

@@ -29,7 +29,8 @@ class User(SQLModel, table=True):
     totp_secret_enc: str | None = Field(default=None, sa_type=Text, repr=False)
     two_factor_enabled_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     totp_last_step: int | None = Field(default=None, sa_type=BigInteger)
-    # The SHA-256 of each unused recovery code, space-separated (a used one is removed).
+    # Each unused recovery code as `<kid>:<keyed hash>` (weflux.auth.recovery_codes),
+    # space-separated (a used one is removed).
     recovery_code_hashes: str | None = Field(default=None, sa_type=Text, repr=False)
     # The SHA-256 of the mfaToken of the last password step; cleared once it is used.
     mfa_challenge_hash: str | None = Field(default=None, max_length=64, repr=False)

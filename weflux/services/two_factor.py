@@ -17,7 +17,7 @@ from sqlalchemy import func, or_, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from weflux.auth import crossings, totp
+from weflux.auth import crossings, recovery_codes, totp
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.guard import PasswordGuard
 from weflux.auth.permissions import Permission
@@ -92,16 +92,17 @@ async def _consume_totp(session: AsyncSession, keyring: KeyRing, user: User, cod
     return bool(result.rowcount)
 
 
-async def _consume_recovery_code(session: AsyncSession, user: User, code: str) -> bool:
+async def _consume_recovery_code(
+    session: AsyncSession, keyring: KeyRing, user: User, code: str
+) -> bool:
     """Whether `code` is one of the user's unused recovery codes (then it is used up)."""
     stored = user.recovery_code_hashes
     if not stored:
         return False
-    hashes = stored.split()
-    presented = totp.recovery_code_hash(code)
-    if presented not in hashes:
+    presented = recovery_codes.matching(keyring, user.id, stored, code)
+    if presented is None:
         return False
-    remaining = " ".join(h for h in hashes if h != presented)
+    remaining = " ".join(h for h in stored.split() if h != presented)
     result = await session.exec(
         update(User)
         .where(col(User.id) == user.id, col(User.recovery_code_hashes) == stored)
@@ -110,9 +111,9 @@ async def _consume_recovery_code(session: AsyncSession, user: User, code: str) -
     return bool(result.rowcount)
 
 
-def _new_recovery_codes(user: User) -> list[str]:
+def _new_recovery_codes(keyring: KeyRing, user: User) -> list[str]:
     codes = totp.new_recovery_codes()
-    user.recovery_code_hashes = " ".join(totp.recovery_code_hash(c) for c in codes)
+    user.recovery_code_hashes = recovery_codes.stored_form(keyring, user.id, codes)
     return codes
 
 
@@ -183,7 +184,7 @@ async def confirm_enrollment(
         )
     await check_totp(session, guard, keyring, user, meta.ip, code)
     await session.refresh(user)
-    codes = _new_recovery_codes(user)
+    codes = _new_recovery_codes(keyring, user)
     user.two_factor_enabled_at = utcnow()
     await session.flush()
     await record(
@@ -213,7 +214,7 @@ async def regenerate_recovery_codes(
         raise Conflict("Two-factor authentication is off")
     await check_totp(session, guard, keyring, user, meta.ip, code)
     await session.refresh(user)
-    codes = _new_recovery_codes(user)
+    codes = _new_recovery_codes(keyring, user)
     await session.flush()
     await record(
         session,
@@ -433,7 +434,7 @@ async def complete_login(
                 valid = await _consume_totp(session, keyring, fresh, code)
             else:
                 assert recovery_code is not None
-                valid = await _consume_recovery_code(session, fresh, recovery_code)
+                valid = await _consume_recovery_code(session, keyring, fresh, recovery_code)
             if not valid:
                 return False
             spent = await session.exec(
