@@ -29,12 +29,10 @@ from tests.fixtures.api import token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.live import live_server
+from tests.fixtures.live import serve_settings
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.services import TEST_REDIS_URL
-from tests.fixtures.settings import make_settings
 from tests.fixtures.ws import WAIT
-from weflux.app import create_app
 from weflux.gql import view
 from weflux.runtime import runtime_of
 
@@ -83,15 +81,8 @@ def serve(database_urls: DatabaseUrls, tmp_path: Path) -> Serve:
 
     @asynccontextmanager
     async def server(**overrides: Any) -> AsyncIterator[Served]:
-        settings = make_settings(
-            tmp_path,
-            database_url=database_urls.app,
-            database_migration_url=database_urls.owner,
-            **overrides,
-        )
-        app = create_app(settings)
         async with (
-            live_server(app) as base_url,
+            serve_settings(database_urls, tmp_path, **overrides) as (app, base_url),
             httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http,
         ):
             yield Served(app, base_url, http)
