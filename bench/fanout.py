@@ -417,6 +417,11 @@ def server_env(url: str, workdir: Path) -> dict[str, str]:
         "WEFLUX_LOG_LEVEL": "WARNING",
         # generous rate limits, as the live tests set them (one login, many sockets)
         **{f"WEFLUX_RATE_LIMIT_{name.upper()}": "10000/minute" for name in LIMIT_NAMES},
+        # and no socket caps: a thousand sockets of one session, from one address
+        **{
+            f"WEFLUX_WEBSOCKET_MAX_{cap}": "100000"
+            for cap in ("PER_SESSION", "PER_MEMBER", "PER_IP", "PENDING_PER_IP")
+        },
     }
 
 

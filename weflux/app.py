@@ -62,6 +62,9 @@ async def _check_database_role(settings: Settings, db: Database) -> None:
     log.warning(problem + "; fine for local development, never in production")
 
 
+_REFUSED_STATUS = "weflux.refused_status"  # the HTTP status a refused handshake answered
+
+
 class WefluxApp(Starlette):
     """Starlette with request ids and security headers outermost, so that even the
     500 answers of Starlette's error middleware (and the 408 of a late body) carry them.
@@ -109,15 +112,16 @@ class WefluxApp(Starlette):
         try:
             await route.app(scope, receive, self._refusing_with_headers(scope, send))
         finally:
-            log_access(scope, None, started)
+            # a handshake answered with an HTTP status (refused) logs it; a socket, none
+            log_access(scope, scope.get(_REFUSED_STATUS), started)
             request_id_var.reset(token)
 
     def _refusing_with_headers(self, scope: Scope, send: Send) -> Send:
         """`send`, with a handshake refused before `websocket.accept` (a foreign origin, a
         wrong subprotocol) answered as a 403 carrying the security headers (HSTS too where
         HTTP answers carry it), where the server speaks ASGI's WebSocket Denial Response;
-        the server's own 403 has none. The accept (101) carries HSTS where HTTP answers do;
-        frames after it pass untouched."""
+        the server's own 403 has none. A refusal the app answers itself (429) gets them too.
+        The accept (101) carries HSTS where HTTP answers do; frames after it pass untouched."""
         if "websocket.http.response" not in (scope.get("extensions") or {}):
             return send
         hsts = self.hsts or scope.get("scheme") == "wss"
@@ -125,6 +129,13 @@ class WefluxApp(Starlette):
 
         async def send_refusal(message: Message) -> None:
             nonlocal accepted
+            if not accepted and message["type"] == "websocket.http.response.start":
+                # the app's own refusal (a handshake over its IP's rate or caps: 429)
+                accepted = True
+                scope[_REFUSED_STATUS] = message["status"]
+                headers = [*message.get("headers", ()), *refusal_headers(hsts=hsts)]
+                await send({**message, "headers": headers})
+                return
             if accepted or message["type"] != "websocket.close":
                 if not accepted and message["type"] == "websocket.accept" and hsts:
                     message = {**message, "headers": [*message.get("headers", ()), HSTS_HEADER]}
@@ -132,6 +143,7 @@ class WefluxApp(Starlette):
                 await send(message)
                 return
             accepted = True  # answered: anything later goes to the server as it is
+            scope[_REFUSED_STATUS] = 403
             await send(
                 {
                     "type": "websocket.http.response.start",

@@ -200,6 +200,13 @@ class Settings(BaseSettings):
     # deadline of one operation, and the leaky buckets its cost is charged to.
     graphql_max_nodes: int = Field(default=10_000, ge=1)
     graphql_timeout: timedelta = timedelta(seconds=10)
+    # Open WebSockets one process holds (docs/realtime.md#how-many-sockets): per session
+    # and per member (at `connection_init`, closed 4429), per client IP, and per client
+    # IP not yet past `connection_init` (at the handshake, 429).
+    websocket_max_per_session: int = Field(default=20, ge=1)
+    websocket_max_per_member: int = Field(default=50, ge=1)
+    websocket_max_per_ip: int = Field(default=500, ge=1)
+    websocket_max_pending_per_ip: int = Field(default=50, ge=1)
     database_statement_timeout: timedelta = timedelta(seconds=30)
     # Rate limits, in the `limits` notation ("10/minute", "100/hour;1000/day").
     rate_limit_login_ip: str = "20/minute;200/hour"
@@ -221,6 +228,9 @@ class Settings(BaseSettings):
     rate_limit_media_upload_mb_workspace: str = "5000/hour;20000/day"
     rate_limit_graphql_ip: str = "600/minute"
     rate_limit_graphql_workspace: str = "3000/minute"
+    # WebSocket handshakes to /graphql per client IP, every process together (see
+    # weflux/realtime/caps.py for the concurrent caps of one process below).
+    rate_limit_websocket_ip: str = "300/minute"
     # Failed proofs of a webhook secret (wrong verify token, bad signature) per client IP
     # and per webhook URL; successes never count (see weflux/api/webhooks.py).
     rate_limit_webhook_verify_ip: str = "10/minute;60/hour"

@@ -27,6 +27,7 @@ from weflux.gql.budgets import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
 from weflux.media.store import MediaStore, build_store
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
+from weflux.realtime.caps import SocketCaps
 from weflux.realtime.counts import CountsFeed
 from weflux.realtime.hub import Hub
 from weflux.realtime.sockets import SocketRegistry
@@ -102,6 +103,7 @@ class Runtime:
     trusted_proxies: tuple[TrustedProxy, ...]
     hub: Hub
     sockets: SocketRegistry
+    socket_caps: SocketCaps
     inbox_counts: CountsFeed
     channel_cache: ChannelCache
     live_keys: LiveKeys
@@ -150,7 +152,11 @@ class Runtime:
         hub = Hub(broker)
         # The registry first: it refreshes a socket's principal before the counts feed,
         # told of the same role change, counts with it.
-        sockets = SocketRegistry(authenticator)
+        sockets = SocketRegistry(
+            authenticator,
+            per_session=settings.websocket_max_per_session,
+            per_member=settings.websocket_max_per_member,
+        )
         inbox_counts = CountsFeed(hub)
         authenticator.add_revocation_listener(inbox_counts.on_revocation)
         channel_cache = ChannelCache(broker)
@@ -176,6 +182,10 @@ class Runtime:
             trusted_proxies=parse_trusted_proxies(settings.trusted_proxies),
             hub=hub,
             sockets=sockets,
+            socket_caps=SocketCaps(
+                per_ip=settings.websocket_max_per_ip,
+                pending_per_ip=settings.websocket_max_pending_per_ip,
+            ),
             inbox_counts=inbox_counts,
             channel_cache=channel_cache,
             live_keys=LiveKeys(db, channel_cache),

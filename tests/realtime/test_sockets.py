@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
 import pytest
@@ -15,6 +15,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.db import Database
 from weflux.models import Role, utcnow
 from weflux.realtime.broker import InProcessBroker
+from weflux.realtime.caps import TooManySockets
 from weflux.realtime.sockets import REVOKED_CLOSE, SocketRegistry
 
 pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # no storage involved
@@ -111,3 +112,44 @@ async def test_a_token_already_expired_closes_its_socket_at_once(
     assert [(code, reason) for code, reason, _ in socket.closed] == [
         (REVOKED_CLOSE, "Token expired")
     ]
+
+
+def _member_socket(session_id: uuid.UUID, membership_id: uuid.UUID) -> Socket:
+    socket = _socket(session_id, 7 * 86400)
+    assert socket.principal is not None
+    socket.principal = replace(socket.principal, membership_id=membership_id)
+    return socket
+
+
+async def test_a_session_and_a_member_past_their_caps_are_refused(db: Database) -> None:
+    # Given a registry capping 2 sockets a session and 3 a member, and a member with 2
+    # sockets on one session and 1 on another
+    codec = TokenCodec("s" * 40, access_ttl=timedelta(days=7), refresh_ttl=timedelta(days=30))
+    registry = SocketRegistry(
+        Authenticator(codec, db, InProcessBroker()), per_session=2, per_member=3
+    )
+    member, one, two = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    held = [_member_socket(one, member), _member_socket(one, member), _member_socket(two, member)]
+    for socket in held:
+        registry.register(socket)
+    registry.register(held[0])  # registered once, counted once
+    # When a third opens on the first session, or a fourth on the second, then each is
+    # refused, counting nothing
+    with pytest.raises(TooManySockets, match="for this session"):
+        registry.register(_member_socket(one, member))
+    with pytest.raises(TooManySockets, match="for this member"):
+        registry.register(_member_socket(two, member))
+    assert (len(registry), registry.sockets_of_member(member)) == (3, 3)
+    # And another member is not refused
+    registry.register(_member_socket(uuid.uuid4(), uuid.uuid4()))
+    # When the first session is revoked, then its place is given back at once
+    await registry.on_revocation({one}, set())
+    assert [code for socket in held[:2] for code, _, _ in socket.closed] == [REVOKED_CLOSE] * 2
+    assert (registry.sockets_of_session(one), registry.sockets_of_member(member)) == (0, 1)
+    registry.register(_member_socket(two, member))
+    # And once every socket ends, nothing of them stays
+    for live in list(registry._sockets[two]):
+        registry.unregister(live)
+    assert registry.sockets_of_member(member) == 0
+    assert member not in registry._members
+    assert two not in registry._member_of

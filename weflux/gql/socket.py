@@ -49,6 +49,7 @@ from weflux.gql.guard import (
     operation_scope,
     timeout_error,
 )
+from weflux.realtime.caps import TOO_MANY_SOCKETS_CLOSE, TooManySockets, admission_of
 from weflux.realtime.hub import Dormant, Sharing, sharing
 
 _INTERNAL = {
@@ -155,7 +156,15 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         )
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        await super().handle_connection_init(message)
+        """Past the session's or the member's cap of sockets, close 4429 (`on_ws_connect`)."""
+        admission = admission_of(self.context.request.scope)
+        if admission is not None:
+            admission.initialised()  # no longer waiting for it, whatever comes next
+        try:
+            await super().handle_connection_init(message)
+        except TooManySockets as refused:
+            await self.websocket.close(code=TOO_MANY_SOCKETS_CLOSE, reason=str(refused))
+            return
         # The init timeout is cancelled by now: drop it (a finished task held for the
         # socket's life is close to 1 KiB); it ends on its own.
         self.connection_init_timeout_task = None

@@ -6,7 +6,8 @@ that is not UTF-8 JSON, a batch, or not an object -> 400. Then one database sess
 scoped to the caller's workspace, serves the whole operation under its deadline and
 is committed once, before the response is sent (rolled back when the operation has
 errors). Operations over the WebSocket: `weflux.gql.socket`; the cost and deadline of
-every operation: `weflux.gql.guard`.
+every operation: `weflux.gql.guard`. A WebSocket handshake over its client IP's rate or
+caps (`weflux.realtime.caps`) is refused 429 before it is accepted.
 """
 
 from __future__ import annotations
@@ -48,8 +49,9 @@ from weflux.gql.context import Context
 from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
 from weflux.gql.ide import graphiql_page
 from weflux.gql.socket import OperationHandler
+from weflux.realtime.caps import ADMISSION, Admission, TooManySockets
 from weflux.runtime import Runtime, runtime_of
-from weflux.throttle.ratelimit import graphql_rate_limited_response
+from weflux.throttle.ratelimit import graphql_rate_limited_response, per_ip
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +149,33 @@ def _screen_upload(request: Request, runtime: Runtime) -> Response | None:
     return None
 
 
+async def _admit(websocket: WebSocket) -> Admission | None:
+    """The handshake's place in its client IP's counts, or None: refused, over the IP's
+    handshake rate (every process together) or one of its caps in this process."""
+    runtime = runtime_of(websocket)
+    ip = per_ip(client_ip(websocket, runtime.trusted_proxies))
+    decision = await runtime.limiter.hit("websocket_ip", ip)
+    if not decision.allowed:
+        await _refuse_handshake(websocket, graphql_rate_limited_response(decision.retry_after))
+        return None
+    try:
+        return runtime.socket_caps.admit(ip)
+    except TooManySockets as refused:
+        await _refuse_handshake(
+            websocket, _graphql_error(429, str(refused), ErrorCode.RATE_LIMITED)
+        )
+        return None
+
+
+async def _refuse_handshake(websocket: WebSocket, response: Response) -> None:
+    """Answer a handshake with `response` instead of accepting it (the app adds the
+    security headers); a server without ASGI's WebSocket Denial Response answers 403."""
+    if "websocket.http.response" in (websocket.scope.get("extensions") or {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close()
+
+
 class FrameReader(ASGIWebSocketAdapter):
     """Strawberry's reader of a socket's frames, without holding a frame's text.
 
@@ -219,11 +248,17 @@ class GraphQLApp(GraphQL[Context, None]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
+            websocket = WebSocket(scope, receive=receive, send=send)
+            admission = await _admit(websocket)
+            if admission is None:
+                return
+            scope[ADMISSION] = admission
             try:
                 # Strawberry's view itself, not `GraphQL.__call__` and `run` below (HTTP
                 # only): each frame on the way stays for the socket's life.
-                await super().run(WebSocket(scope, receive=receive, send=send))
+                await super().run(websocket)
             finally:
+                admission.release()
                 context = scope.get(_WS_CONTEXT)
                 if context is not None:
                     runtime_of(scope["app"]).sockets.unregister(context)

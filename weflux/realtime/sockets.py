@@ -11,6 +11,10 @@ Expiry takes one timer per process, not one per socket: a heap holds each sessio
 earliest expiry (a session's sockets may carry different access tokens of it), the timer
 is set for the heap's first, and when it fires the session's expired sockets are closed
 and its next expiry goes back on the heap.
+
+The registry also caps the sockets one session and one member (a user in a workspace,
+across their sessions) may hold in this process: past either, `register` refuses the
+socket (`TooManySockets`; the socket closes 4429, see `weflux.gql.socket`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from weflux.auth.authenticator import Authenticator
 from weflux.auth.principal import Principal
 from weflux.auth.tokens import bearer_token
 from weflux.models import utcnow
+from weflux.realtime.caps import TooManySockets
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +66,20 @@ def _expires_in(context: LiveSocket) -> float:
 class SocketRegistry:
     """The authenticated WebSockets of this process, by session."""
 
-    def __init__(self, authenticator: Authenticator) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        *,
+        per_session: int | None = None,
+        per_member: int | None = None,
+    ) -> None:
         self.authenticator = authenticator
+        self.per_session = per_session
+        self.per_member = per_member
         self._sockets: dict[uuid.UUID, set[LiveSocket]] = {}
+        self._members: dict[uuid.UUID, int] = {}  # sockets by membership
+        # Each session's membership as registered (a re-check replaces the principal).
+        self._member_of: dict[uuid.UUID, uuid.UUID] = {}
         self._count = 0
         # When each session's earliest socket expires (loop time), and the same as a heap
         # of (time, session); a heap entry that `_due` no longer holds is stale.
@@ -76,12 +92,32 @@ class SocketRegistry:
     def __len__(self) -> int:
         return self._count
 
+    def sockets_of_session(self, session_id: uuid.UUID) -> int:
+        return len(self._sockets.get(session_id, ()))
+
+    def sockets_of_member(self, membership_id: uuid.UUID) -> int:
+        return self._members.get(membership_id, 0)
+
     def register(self, context: LiveSocket) -> None:
-        session_id = context.actor.session_id
-        group = self._sockets.setdefault(session_id, set())
-        if context in group:
-            return
+        """Hold the socket (`TooManySockets` past the session's or the member's cap)."""
+        actor = context.actor
+        session_id, membership_id = actor.session_id, actor.membership_id
+        group = self._sockets.get(session_id)
+        if group is not None:
+            if context in group:
+                return
+            # one membership per session: counted under the one its first socket had
+            membership_id = self._member_of[session_id]
+        if self.per_session is not None and group is not None and len(group) >= self.per_session:
+            raise TooManySockets("Too many open sockets for this session")
+        members = self._members.get(membership_id, 0)
+        if self.per_member is not None and members >= self.per_member:
+            raise TooManySockets("Too many open sockets for this member")
+        if group is None:
+            group = self._sockets[session_id] = set()
+            self._member_of[session_id] = membership_id
         group.add(context)
+        self._members[membership_id] = members + 1
         self._count += 1
         loop = asyncio.get_running_loop()
         self._expire_at(session_id, loop.time() + max(_expires_in(context), 0.0))
@@ -96,9 +132,16 @@ class SocketRegistry:
             return
         group.discard(context)
         self._count -= 1
+        membership_id = self._member_of[principal.session_id]
+        left = self._members[membership_id] - 1
+        if left:
+            self._members[membership_id] = left
+        else:
+            del self._members[membership_id]
         if group:
             return
         del self._sockets[principal.session_id]
+        del self._member_of[principal.session_id]
         self._due.pop(principal.session_id, None)
         if not self._due:
             self._heap.clear()

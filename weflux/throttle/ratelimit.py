@@ -43,6 +43,7 @@ LIMIT_NAMES = (
     "media_upload_mb_workspace",
     "graphql_ip",
     "graphql_workspace",
+    "websocket_ip",
     "webhook_verify_ip",
     "webhook_verify_key",
     "webhook_signature_ip",
