@@ -22,16 +22,14 @@ from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.inbox import status_of
-from tests.fixtures.live import live_server, until_listening
-from tests.fixtures.settings import make_settings
+from tests.fixtures.live import serve_settings, until_listening
 from tests.fixtures.throttle import freeze_cost_budgets
 from tests.fixtures.ws import GraphQLSocket
-from weflux.app import create_app
-from weflux.config import Settings
 from weflux.db import Database
 from weflux.errors import Conflict
 from weflux.ids import encode_global_id
 from weflux.models import Conversation, ConversationStatus
+from weflux.runtime import runtime_of
 from weflux.services import conversations as conversation_service
 
 SET_STATUS = """mutation($id: ID!, $status: ConversationStatus!) {
@@ -50,24 +48,13 @@ ENDLESS = {
 Serve = Callable[..., AbstractAsyncContextManager[str]]
 
 
-def settings_for(database_urls: DatabaseUrls, tmp_path: Path, **overrides: Any) -> Settings:
-    """The served app's settings on the test's database."""
-    return make_settings(
-        tmp_path,
-        database_url=database_urls.app,
-        database_migration_url=database_urls.owner,
-        **overrides,
-    )
-
-
 @pytest.fixture
 def serve(database_urls: DatabaseUrls, tmp_path: Path) -> Serve:
     """`async with serve(**settings) as base_url:` the app under uvicorn, on the test's DB."""
 
     @asynccontextmanager
-    async def server(settings: Settings | None = None, **overrides: Any) -> AsyncIterator[str]:
-        settings = settings or settings_for(database_urls, tmp_path, **overrides)
-        async with live_server(create_app(settings)) as base_url:
+    async def server(**overrides: Any) -> AsyncIterator[str]:
+        async with serve_settings(database_urls, tmp_path, **overrides) as (_app, base_url):
             yield base_url
 
     return server
@@ -256,8 +243,7 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
         return row
 
     monkeypatch.setattr(conversation_service, "update_status", endless)
-    settings = settings_for(database_urls, tmp_path, graphql_timeout=1)
-    async with serve(settings) as base_url:
+    async with serve_settings(database_urls, tmp_path, graphql_timeout=1) as (app, base_url):
         socket = await connect(base_url, admin)
         try:
             # When it is sent over the socket
@@ -273,7 +259,7 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
             monkeypatch.setattr(conversation_service, "update_status", real)
             # (the deadline under test is past: a loaded machine may take over 1 s for the
             # next operation, which would then time out too)
-            settings.graphql_timeout = timedelta(seconds=30)
+            runtime_of(app).settings.graphql_timeout = timedelta(seconds=30)
             again = await result(
                 socket, await socket.subscribe(SET_STATUS, set_status(conversation, "RESOLVED"))
             )
