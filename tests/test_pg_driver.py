@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import select
 
-from tests.fixtures.databases import DatabaseUrls, waiting_for_advisory_lock
+from tests.fixtures.databases import DatabaseUrls, cancelled_while_waiting
 from tests.fixtures.factories import create_conversation, create_message
 from tests.fixtures.round_trips import round_trips
 from tests.fixtures.services import TEST_DATABASE_URL
@@ -335,17 +335,9 @@ async def test_a_read_cancelled_mid_statement_gives_back_a_clean_connection(
     back with no transaction and no scope: the next users see none."""
     await _unit(single, None)
     lock = {"lock_class": 4242, "key": uuid.uuid4().int % 2**31}
-    async with owner_db.engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:lock_class, :key)"), lock)
-        try:
-            reading = asyncio.create_task(_read_once(single, org.id, _WAITING, lock))
-            await asyncio.wait_for(waiting_for_advisory_lock(owner_db, **lock), 30)
-            reading.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reading
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock_all()"))
-            await holder.commit()
+    await cancelled_while_waiting(
+        owner_db, lock, lambda: _read_once(single, org.id, _WAITING, lock)
+    )
     pid, seen, count = await _outside(single)
     assert (seen, count) == ("", 0)
     pooled = await single.engine.raw_connection()
@@ -522,16 +514,6 @@ async def test_a_failed_or_cancelled_statement_fails_as_sqlalchemy_s_execution_w
             await fetch_in_transaction(connection, _INSERT_LABEL, _label(org.id, "lost"))
             await fetch_in_transaction(connection, waiting, lock)
 
-    async with owner_db.engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:lock_class, :key)"), lock)
-        try:
-            task = asyncio.create_task(wait())
-            await asyncio.wait_for(waiting_for_advisory_lock(owner_db, **lock), 30)
-            task.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await task
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock_all()"))
-            await holder.commit()
+    await cancelled_while_waiting(owner_db, lock, wait)
     assert (await _unit(single, other := uuid.uuid4()))[1:3] == (str(other), "")
     assert await _labels(single, org.id) == ["vip"]
