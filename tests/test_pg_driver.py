@@ -15,22 +15,23 @@ from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import bindparam, func, literal_column, text
+from sqlalchemy import bindparam, event, func, literal_column, text
+from sqlalchemy import insert as core_insert
 from sqlalchemy import select as core_select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.util.concurrency import greenlet_spawn
 from sqlmodel import select
 
-from tests.fixtures.databases import DatabaseUrls, waiting_for_advisory_lock
+from tests.fixtures.databases import DatabaseUrls, cancelled_while_waiting
 from tests.fixtures.factories import create_conversation, create_message
 from tests.fixtures.round_trips import round_trips
 from tests.fixtures.services import TEST_DATABASE_URL
 from weflux.auth.scoping import FEED_LOCK_CLASS, ReadScope, TenantScopeError, use_workspace
 from weflux.db import Database, begin_snapshot
-from weflux.models import Membership, Message, Organization
-from weflux.pg_driver import PreparedSelect, ReadTransaction
+from weflux.models import Label, Membership, Message, Organization, new_id, utcnow
+from weflux.pg_driver import PreparedSelect, ReadTransaction, fetch_in_transaction
 
 pytestmark = pytest.mark.parametrize("dialect", ["postgresql"])
 
@@ -334,17 +335,9 @@ async def test_a_read_cancelled_mid_statement_gives_back_a_clean_connection(
     back with no transaction and no scope: the next users see none."""
     await _unit(single, None)
     lock = {"lock_class": 4242, "key": uuid.uuid4().int % 2**31}
-    async with owner_db.engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:lock_class, :key)"), lock)
-        try:
-            reading = asyncio.create_task(_read_once(single, org.id, _WAITING, lock))
-            await asyncio.wait_for(waiting_for_advisory_lock(owner_db, **lock), 30)
-            reading.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reading
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock_all()"))
-            await holder.commit()
+    await cancelled_while_waiting(
+        owner_db, lock, lambda: _read_once(single, org.id, _WAITING, lock)
+    )
     pid, seen, count = await _outside(single)
     assert (seen, count) == ("", 0)
     pooled = await single.engine.raw_connection()
@@ -407,3 +400,120 @@ async def test_a_read_whose_backend_went_away_fails_once_and_the_pool_recovers(
     assert failed.value.connection_invalidated
     again, seen, _slept = await _read_once(single, org.id, _SEEN_SCOPE, params) or ()
     assert (again != gone, seen) == (True, str(org.id))
+
+
+# -- fetch_in_transaction: a Session's statement past SQLAlchemy's execution ----------------
+
+_LABELS = Label.__table__  # type: ignore[attr-defined]
+# Deliberately without the scoping layer's check: what row-level security alone confines.
+_INSERT_LABEL = PreparedSelect(
+    core_insert(_LABELS)
+    .values(
+        id=bindparam("id"),
+        org_id=bindparam("org"),
+        name=bindparam("name"),
+        color=bindparam("color"),
+        created_at=bindparam("at"),
+    )
+    .returning(_LABELS.c.id, _LABELS.c.created_at, func.current_setting("app.org_id", True))
+)
+
+
+def _label(org_id: uuid.UUID, name: str = "vip") -> dict[str, object]:
+    return {"id": new_id(), "org": org_id, "name": name, "color": "#00aa00", "at": utcnow()}
+
+
+async def _labels(database: Database, org_id: uuid.UUID) -> list[str]:
+    async with database.session(org_id) as session:
+        return list((await session.exec(select(Label.name))).all())
+
+
+async def test_a_statement_in_a_session_s_transaction_goes_with_its_scope_and_commits_with_it(
+    db: Database, org: Organization
+) -> None:
+    """Given a scoped unit of work, when its first statement runs past SQLAlchemy's
+    execution (`fetch_in_transaction`), then it is BEGIN with the scope, the prepared
+    statement and the unit's COMMIT: three round trips; it sees the scope, its rows are
+    processed as SQLAlchemy's would be, the engine's listeners hear it, and it commits
+    with the unit."""
+    heard: list[str] = []
+    event.listen(db.engine.sync_engine, "before_cursor_execute", lambda *a: heard.append(a[2]))
+    for name in ("warm", "vip"):  # the first one prepares the statement
+        label = _label(org.id, name)
+        with round_trips() as trips:
+            async with db.session(org.id) as session:
+                rows = await fetch_in_transaction(await session.connection(), _INSERT_LABEL, label)
+    assert rows == [(label["id"], label["at"], str(org.id))]
+    assert isinstance(rows[0][0], uuid.UUID)
+    sql = _INSERT_LABEL.compiled(db.engine.dialect).sql
+    assert trips == [
+        f"query: BEGIN; SELECT set_config('app.org_id', '{org.id}', true), "
+        "set_config('app.webhook_event_id', '', true)",
+        f"execute: {sql}",
+        "query: COMMIT;",
+    ]
+    assert heard == [sql, sql]
+    assert sorted(await _labels(db, org.id)) == ["vip", "warm"]
+
+
+async def test_row_level_security_alone_refuses_a_write_past_the_scoping_layer(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a unit scoped to one workspace, when a statement run past SQLAlchemy's
+    execution (and past the scoping layer's check) inserts another workspace's row, then
+    row-level security refuses it with SQLAlchemy's error and nothing is written; the
+    unit's connection is clean for the next one."""
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with db.session(org.id) as session:
+            await fetch_in_transaction(
+                await session.connection(), _INSERT_LABEL, _label(other_org.id)
+            )
+    assert await _labels(db, other_org.id) == []
+    assert (await _unit(db, None))[1:] == ("", "", 0)
+
+
+async def test_a_connection_with_no_scope_waiting_for_its_begin_is_refused(
+    db: Database, org: Organization
+) -> None:
+    """Given a connection outside any session (no scope waits for its BEGIN), begun or
+    not, when a statement is run past SQLAlchemy's execution, then it is refused before
+    any round trip."""
+    async with db.engine.connect() as connection:
+        with round_trips() as trips:
+            with pytest.raises(RuntimeError, match="has not begun"):
+                await fetch_in_transaction(connection, _INSERT_LABEL, _label(org.id))
+            await connection.begin()
+            with pytest.raises(RuntimeError, match="no scope"):
+                await fetch_in_transaction(connection, _INSERT_LABEL, _label(org.id))
+    assert trips == []
+    assert await _labels(db, org.id) == []
+
+
+async def test_a_failed_or_cancelled_statement_fails_as_sqlalchemy_s_execution_would(
+    single: Database, owner_db: Database, org: Organization
+) -> None:
+    """Given one pooled connection, when a statement run past SQLAlchemy's execution breaks
+    a unique index, then it raises SQLAlchemy's IntegrityError and the unit rolls back;
+    when one is cancelled while it waits on a lock, then the connection is invalidated as
+    SQLAlchemy's execution invalidates it; either way the next unit runs with its own
+    scope alone and nothing of the failed ones is written."""
+    label = _label(org.id)
+    async with single.session(org.id) as session:
+        await fetch_in_transaction(await session.connection(), _INSERT_LABEL, label)
+    with pytest.raises(IntegrityError):
+        async with single.session(org.id) as session:
+            await fetch_in_transaction(await session.connection(), _INSERT_LABEL, label)
+    lock = {"lock_class": 4243, "key": uuid.uuid4().int % 2**31}
+    waiting = PreparedSelect(
+        core_select(func.pg_advisory_xact_lock(bindparam("lock_class"), bindparam("key")))
+    )
+
+    async def wait() -> None:
+        async with single.session(org.id) as session:
+            connection = await session.connection()
+            await fetch_in_transaction(connection, _INSERT_LABEL, _label(org.id, "lost"))
+            await fetch_in_transaction(connection, waiting, lock)
+
+    await cancelled_while_waiting(owner_db, lock, wait)
+    assert (await _unit(single, other := uuid.uuid4()))[1:3] == (str(other), "")
+    assert await _labels(single, org.id) == ["vip"]

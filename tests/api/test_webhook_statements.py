@@ -35,6 +35,7 @@ from weflux.models import (
     MessageStatus,
     WhatsAppAccount,
 )
+from weflux.runtime import runtime_of
 
 
 @pytest.fixture
@@ -252,3 +253,40 @@ async def test_on_sqlite_the_webhook_s_statements_run_without_a_hand_off(
         ("UPDATE", True),
         ("INSERT INTO webhook_events", True),
     ]
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_on_postgresql_the_webhook_s_statement_runs_past_sqlalchemy_s_execution(
+    client: httpx.AsyncClient, app: Any, channel: WhatsAppAccount, db: Database, dialect: str
+) -> None:
+    """Given a connected number on PostgreSQL,
+    when one-message webhooks come from a new sender, then from that sender,
+    then their one statement takes neither the ORM's execution nor SQLAlchemy's (no
+    execution event: `weflux.pg_driver.fetch_in_transaction` runs it on the session's
+    connection, checked by `scoping.checked_folded`; issue 11), and is still the one
+    statement the engine hears; the message, its contact and conversation are written."""
+    await _statements(client, app, "16505550000")  # the number's routes, now cached
+    executions: list[str] = []
+
+    def orm_execution(state: ORMExecuteState) -> None:
+        executions.append("orm: " + str(state.statement)[:40])
+
+    def execution(_connection: Any, statement: Any, *_args: Any) -> None:
+        executions.append("core: " + str(statement)[:40])
+
+    engine = runtime_of(app).db.engine.sync_engine
+    event.listen(ScopedSession, "do_orm_execute", orm_execution)
+    event.listen(engine, "before_execute", execution)
+    try:
+        for sender in ("16505550001", "16505550001"):
+            assert len(await _statements(client, app, sender)) == 1
+            assert executions == []
+    finally:
+        event.remove(ScopedSession, "do_orm_execute", orm_execution)
+        event.remove(engine, "before_execute", execution)
+    async with db.session(channel.org_id) as session:
+        (conversation,) = [
+            c for c in (await session.exec(select(Conversation))).all() if c.unread_count == 2
+        ]
+        assert len((await session.exec(select(Message))).all()) == 3
+    assert conversation.last_message_id is not None

@@ -16,7 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 
 from tests.fixtures.app import counting
-from tests.fixtures.databases import waiting_for_advisory_lock
+from tests.fixtures.databases import cancelled_while_waiting
 from tests.fixtures.factories import (
     Actor,
     create_conversation,
@@ -389,18 +389,11 @@ async def test_a_live_read_cancelled_mid_statement_gives_its_connection_back_cle
             await context.event_reader.fetch(waiting, lock)
 
     pool = context.db.engine.sync_engine.pool
-    async with owner_db.engine.connect() as holder:
-        await holder.execute(text("SELECT pg_advisory_lock(:lock_class, :key)"), lock)
-        try:
-            reading = asyncio.create_task(read())
-            await asyncio.wait_for(waiting_for_advisory_lock(owner_db, **lock), 30)
-            assert pool.checkedout() == 1  # type: ignore[attr-defined]
-            reading.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await reading
-        finally:
-            await holder.execute(text("SELECT pg_advisory_unlock_all()"))
-            await holder.commit()
+
+    def checked_out() -> None:
+        assert pool.checkedout() == 1  # type: ignore[attr-defined]
+
+    await cancelled_while_waiting(owner_db, lock, read, checked_out)
     assert pool.checkedout() == 0  # type: ignore[attr-defined]
     async with context.db.engine.connect() as connection:
         seen = await connection.execute(text("SELECT current_setting('app.org_id', true)"))

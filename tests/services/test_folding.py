@@ -13,9 +13,19 @@ from sqlmodel import col
 from sqlmodel import select as sqlmodel_select
 
 from tests.fixtures.databases import postgres_only
-from weflux.auth.scoping import SCOPE_ORG, TenantScopeError, core_scope, core_scope_params
+from tests.fixtures.factories import Actor
+from weflux.auth.scoping import (
+    ALL_WORKSPACES_KEY,
+    SCOPE_ORG,
+    TenantScopeError,
+    checked_folded,
+    core_scope,
+    core_scope_params,
+    restrict_to_agent,
+)
 from weflux.db import Database
 from weflux.models import AuditEvent, Contact, Organization, new_id, utcnow
+from weflux.pg_driver import PreparedSelect, fetch_in_transaction
 from weflux.services import folding
 from weflux.services.ingest.writes import _UPDATE_CONTACTS
 
@@ -189,5 +199,68 @@ async def test_row_level_security_confines_a_folded_statement(
     with pytest.raises(DBAPIError, match="row-level security"):
         async with db.session(org.id) as session:
             await (await session.connection()).execute(statement, params)
+    assert await _contacts(db, org.id) == []
+    assert await _contacts(db, other_org.id) == []
+
+
+async def test_a_folded_insert_run_past_the_session_is_checked_as_through_it(
+    db: Database, org: Organization, other_org: Organization, agent: Actor
+) -> None:
+    """Given folded statements the session's hook refuses (another workspace's row, a
+    change without `core_scope` or with another workspace's, an unconfined read),
+    when their parameters are checked for a run past SQLAlchemy's execution
+    (`scoping.checked_folded`, weflux.services.ingest.pg_single's path),
+    then each is refused alike, and so is any of them without a workspace, across
+    workspaces, for an Agent, or a statement that is no INSERT; a row without a workspace
+    gets the session's."""
+    audit = _AUDIT.insert().values(**_audit(org.id))
+    theirs = folding.Insert(_CONTACTS, [_contact(other_org.id, "4930400")])
+    scoped = _CONTACTS.update().where(_CONTACTS.c.wa_id == "x", core_scope(_CONTACTS))
+    unconfined = select(_CONTACTS.c.id).where(_CONTACTS.c.wa_id == "x").scalar_subquery()
+    refused: list[tuple[Any, dict[str, Any], str]] = [
+        (*folding.fold([folding.Insert(_AUDIT, [_audit(org.id)]), theirs], {}), "another"),
+        (audit.add_cte(scoped.values(name="n").cte("s")), {SCOPE_ORG: other_org.id}, "core_scope"),
+        (audit.add_cte(scoped.values(org_id=other_org.id).cte("m")), {}, "between workspaces"),
+        (_AUDIT.insert().values(**_audit(org.id), actor_user_id=unconfined), {}, "core_scope"),
+        (scoped.values(name="n"), {SCOPE_ORG: org.id}, "an INSERT"),
+    ]
+    async with db.session(org.id) as session:
+        for statement, params, match in refused:
+            with pytest.raises(TenantScopeError, match=match):
+                checked_folded(session, statement, {SCOPE_ORG: org.id} | params)
+        statement, params = folding.fold([folding.Insert(_AUDIT, [_audit(None)])], {})
+        checked = checked_folded(session, statement, params)
+        assert checked["i0r0_org_id"] == org.id
+        restrict_to_agent(session, agent.membership.id)
+        with pytest.raises(TenantScopeError, match="Agent"):
+            checked_folded(session, statement, params)
+    async with db.session() as session:
+        with pytest.raises(TenantScopeError, match="no workspace"):
+            checked_folded(session, statement, params)
+    async with db.session(org.id) as session:
+        session.sync_session.info[ALL_WORKSPACES_KEY] = "a test"  # as `all_workspaces` sets it
+        with pytest.raises(TenantScopeError, match="no workspace"):
+            checked_folded(session, statement, params)
+
+
+@postgres_only
+async def test_row_level_security_confines_a_folded_statement_run_past_the_session(
+    db: Database, org: Organization, other_org: Organization
+) -> None:
+    """Given a folded statement with a CTE inserting another workspace's contact,
+    when it runs past SQLAlchemy's execution and the scoping layer (`fetch_in_transaction`
+    on the session's connection, as weflux.services.ingest.pg_single's statement runs),
+    then row-level security refuses the whole statement: nothing is written."""
+    statement, params = folding.fold(
+        [
+            folding.Insert(_CONTACTS, [_contact(org.id, "4930500")]),
+            folding.Insert(_CONTACTS, [_contact(other_org.id, "4930501")]),
+        ],
+        {SCOPE_ORG: org.id},
+    )
+    prepared = PreparedSelect(statement)
+    with pytest.raises(DBAPIError, match="row-level security"):
+        async with db.session(org.id) as session:
+            await fetch_in_transaction(await session.connection(), prepared, params)
     assert await _contacts(db, org.id) == []
     assert await _contacts(db, other_org.id) == []

@@ -674,10 +674,31 @@ def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
     session's workspace (a webhook's sender found inside the statement that writes:
     weflux.services.ingest.pg_single).
     """
-    params: Any = state.parameters
+    state.parameters = _folded_params(state.statement, state.parameters, org_id, tables)
+    return None
+
+
+def checked_folded(
+    session: Session | AsyncSession, statement: Any, params: dict[str, Any]
+) -> dict[str, Any]:
+    """`params` of a folded insert (weflux.services.ingest.pg_single) checked as the
+    session's hook checks one run through the session (`_checked_folded`), for a statement
+    run past SQLAlchemy's execution on the session's connection
+    (`weflux.pg_driver.fetch_in_transaction`). Fails closed as the hook does, and as Core
+    statements do (`core_scope_params`): no workspace, a session across workspaces, an
+    Agent's or one past the erasure tombstone, a statement that is not an INSERT, a part
+    of another workspace or unconfined."""
+    org_id = core_scope_params(session)[SCOPE_ORG]
+    if not isinstance(statement, Insert):
+        raise TenantScopeError("checked_folded: an INSERT, with writes folded in as CTEs")
+    return _folded_params(statement, params, org_id, _workspace_tables())
+
+
+def _folded_params(
+    statement: Any, params: Any, org_id: uuid.UUID, tables: dict[str, str]
+) -> dict[str, Any]:
     if not isinstance(params, dict):
         raise TenantScopeError("a folded insert takes one set of parameters")
-    statement: Any = state.statement
     plan = _FOLD_PLANS.get(statement)
     if plan is None:
         plan = _FOLD_PLANS[statement] = _fold_plan(statement, tables)
@@ -685,15 +706,14 @@ def _checked_folded(state: ORMExecuteState, org_id: uuid.UUID, tables: dict[str,
         raise TenantScopeError(plan.refusal)
     if plan.scoped and params.get(SCOPE_ORG) != org_id:
         raise TenantScopeError("a change without core_scope of the session's workspace refused")
-    params = dict(params)
+    checked: dict[str, Any] = dict(params)
     for key, written, fillable in plan.workspaces:
-        given = params.get(key, written)
+        given = checked.get(key, written)
         if given is None and fillable:
-            params[key] = org_id
+            checked[key] = org_id
         elif given != org_id:
             raise TenantScopeError("insert of another workspace's row refused")
-    state.parameters = params
-    return None
+    return checked
 
 
 def _fold_plan(statement: Any, tables: dict[str, str]) -> _FoldPlan:
