@@ -166,6 +166,8 @@ class Settings(BaseSettings):
     # production: messages are written to var/outbox/ instead.
     smtp_url: SecretStr | None = None
     smtp_from: str | None = None
+    # Without smtp_url: the worker's retention deletes the outbox's files once this old.
+    dev_outbox_retention: timedelta = timedelta(days=7)
     # The single-page app, for links in emails (`<app>/signup/confirm#token=…`).
     app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
@@ -508,6 +510,7 @@ class Settings(BaseSettings):
         "security_event_retention",
         "media_upload_retention",
         "session_retention",
+        "dev_outbox_retention",
         "media_download_lease",
         "media_s3_timeout",
         mode="before",
