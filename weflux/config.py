@@ -776,6 +776,11 @@ def _load_or_create_dev_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
+# The generated secrets' warning is given once per process and file: `weflux serve` reads
+# the settings, then the app factory it starts in the same process reads them again.
+_WARNED_OF_DEV_SECRETS: set[tuple[Path, str]] = set()
+
+
 def load_settings(
     configure: Callable[[Settings], object] | None = None, /, **overrides: Any
 ) -> Settings:
@@ -794,11 +799,14 @@ def load_settings(
     if missing and not settings.is_production:
         path = _dev_secrets_path(settings)
         stored = _load_or_create_dev_secrets(path)
-        log.warning(
-            "using generated development secrets from %s for %s; never use them in production",
-            path,
-            ", ".join(f"WEFLUX_{name.upper()}" for name in missing),
-        )
+        names = ", ".join(f"WEFLUX_{name.upper()}" for name in missing)
+        if (path, names) not in _WARNED_OF_DEV_SECRETS:
+            _WARNED_OF_DEV_SECRETS.add((path, names))
+            log.warning(
+                "using generated development secrets from %s for %s; never use them in production",
+                path,
+                names,
+            )
         settings = settings.model_copy(
             update={name: SecretStr(stored[name]) for name in missing}
             | {"generated_secrets": frozenset(missing)}
