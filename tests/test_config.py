@@ -102,6 +102,18 @@ def test_the_generated_secrets_warning_comes_once_per_process(
     assert len(warnings) == 1, caplog.text
 
 
+def test_smtp_allowed_ports(tmp_path: Path) -> None:
+    """WEFLUX_SMTP_ALLOWED_PORTS: SMTP's ports by default, a comma-separated list, a guard
+    in production only (elsewhere local test servers listen anywhere)."""
+    assert _settings(tmp_path).smtp_allowed_ports == [25, 465, 587, 2525]
+    assert _settings(tmp_path).smtp_ports_guard is None
+    assert _production(tmp_path).smtp_ports_guard == frozenset({25, 465, 587, 2525})
+    assert _settings(tmp_path, smtp_allowed_ports="587, 1025").smtp_allowed_ports == [587, 1025]
+    for wrong in ("", "smtp", "0", "70000"):
+        with pytest.raises(ValueError, match="port"):
+            _settings(tmp_path, smtp_allowed_ports=wrong)
+
+
 def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
     settings = _production(tmp_path)
     assert STRONG not in repr(settings)

@@ -36,6 +36,9 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
 MAX_WORKSPACE_DELETION_GRACE = timedelta(days=23)
+# The default of WEFLUX_SMTP_ALLOWED_PORTS: SMTP relay, implicit TLS, submission, and the
+# common alternative submission port.
+SMTP_PORTS = (25, 465, 587, 2525)
 MIN_REMOVAL_RETENTION = timedelta(days=1)
 # The audit trail's and security events' IP addresses and user agents: an incident is
 # investigated within a day at least; a year at most, never for ever.
@@ -168,6 +171,11 @@ class Settings(BaseSettings):
     smtp_from: str | None = None
     # Without smtp_url: the worker's retention deletes the outbox's files once this old.
     dev_outbox_retention: timedelta = timedelta(days=7)
+    # The ports a workspace's SMTP settings may name in production (sendTestEmail must not
+    # sweep a host's other ports): submission and relay ports unless widened here.
+    smtp_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(SMTP_PORTS)
+    )
     # The single-page app, for links in emails (`<app>/signup/confirm#token=…`).
     app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
@@ -386,6 +394,18 @@ class Settings(BaseSettings):
             raise ValueError("at least 1d: a client away for a day must be able to resume")
         return kept
 
+    @field_validator("smtp_allowed_ports", mode="before")
+    @classmethod
+    def _smtp_ports(cls, value: Any) -> list[int]:
+        items = value if isinstance(value, list) else _split_list(value)
+        try:
+            ports = sorted({int(item) for item in items})
+        except ValueError:
+            raise ValueError("comma-separated port numbers, such as 25,465,587,2525") from None
+        if not ports or not all(1 <= port <= 65535 for port in ports):
+            raise ValueError("at least one port, each from 1 to 65535")
+        return ports
+
     @field_validator("sandbox_status_delays", mode="before")
     @classmethod
     def _status_delays(cls, value: Any) -> tuple[float, float, float]:
@@ -577,6 +597,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def smtp_ports_guard(self) -> frozenset[int] | None:
+        """The ports a workspace's SMTP settings may name: WEFLUX_SMTP_ALLOWED_PORTS in
+        production, any elsewhere (as private hosts: local test servers)."""
+        return frozenset(self.smtp_allowed_ports) if self.is_production else None
 
     @property
     def origins(self) -> list[str]:

@@ -152,3 +152,34 @@ async def test_production_refuses_private_smtp_hosts(
         )
         assert error_codes(plain) == ["BAD_USER_INPUT"]
         assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_production_takes_smtp_ports_only(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Given production (WEFLUX_SMTP_ALLOWED_PORTS at its default), when an Admin saves a
+    mail server on another port, then it is refused on its port field, before any lookup."""
+    settings = make_settings(
+        tmp_path,
+        env="production",
+        database_url=database_urls.app,
+        smtp_url="smtps://mailer:secret@smtp.example.com",
+        smtp_from="no-reply@example.com",
+        app_url="https://app.example",
+    )
+    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
+        token = await token_for(client, admin)
+        response = await gql(
+            client,
+            token,
+            UPDATE,
+            {"input": settings_input(22, host="smtp.example.com", security="STARTTLS")},
+        )
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    assert response.json()["errors"][0]["extensions"]["details"] == [
+        {
+            "field": "port",
+            "message": "Mail servers are reached on ports 25, 465, 587 and 2525 only.",
+        }
+    ]
