@@ -117,8 +117,9 @@ schema-lint: node_modules/.installed ## Lint schema.graphql (graphql-schema-lint
 	node_modules/.bin/graphql-schema-linter
 
 .PHONY: schema
+# `python -m`: the checkout's code, also in a git worktree sharing another checkout's .venv.
 schema: $(VENV)/.installed ## Regenerate schema.graphql
-	$(BIN)/weflux export-schema
+	$(BIN)/python -m weflux export-schema
 
 .PHONY: migrate
 migrate: $(VENV)/.installed ## Apply database migrations

@@ -12,6 +12,7 @@ from sqlalchemy.pool import NullPool
 from sqlmodel import SQLModel
 
 import weflux.models  # noqa: F401  (fills the metadata)
+from weflux.sqlite_driver import driver_options
 
 config = context.config
 target_metadata = SQLModel.metadata
@@ -34,7 +35,8 @@ def _run(connection: Connection) -> None:
 
 
 async def _run_async(url: str) -> None:
-    engine = create_async_engine(url, poolclass=NullPool)
+    # SQLite: weflux's driver, whose connections overwrite what they delete (secure_delete).
+    engine = create_async_engine(url, poolclass=NullPool, **driver_options(url))
     async with engine.connect() as connection:
         await connection.run_sync(_run)
         await connection.commit()

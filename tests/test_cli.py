@@ -4,85 +4,47 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.fixtures.children import STARTUP, child_env, stop, wait_ready
 from tests.fixtures.databases import DatabaseUrls, SqliteTemplate
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WEFLUX_")}
-    return env | extra
-
-
-# How long a child `weflux serve` may take to answer: a cold start (imports, migrations)
-# took 30-50 s on the loaded 2-core CI box; a server that exits fails at once instead.
-STARTUP = 120.0
-
-
-def _wait_ready(port: int, path: str, process: subprocess.Popen[bytes], seconds: float) -> int:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}")
-        try:
-            return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError("the server did not answer in time")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> bytes:
-    process.send_signal(signal.SIGINT)
-    try:
-        out, _ = process.communicate(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        out, _ = process.communicate()
-    return out
+from tests.fixtures.live import free_port
 
 
 def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
     """What `make run` does on a fresh checkout: no database or Redis configured."""
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
         cwd=tmp_path,
-        env=_env(),
+        env=child_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/healthz", process, STARTUP) == 200
+        assert wait_ready(port, "/healthz", process, STARTUP) == 200
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
     finally:
-        output = _stop(process)
+        output = stop(process)
     assert (tmp_path / "var" / "weflux.db").is_file()
     assert b"admin@demo.weflux.test" in output
     assert (tmp_path / "var" / "demo-logins.txt").is_file()
     assert (tmp_path / "var" / "dev-secrets.json").stat().st_mode & 0o077 == 0
     secrets = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())
-    assert "generated development secrets" in output.decode()
+    # Once, though the settings are read twice here (the command, then the app factory).
+    assert output.decode().count("generated development secrets") == 1, output.decode()
     for value in secrets.values():
         assert value.split(":")[-1] not in output.decode()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
 def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Path) -> None:
-    env = _env(
+    env = child_env(
         WEFLUX_ENV="test",
         WEFLUX_DATABASE_URL=database_urls.app,
         WEFLUX_DATABASE_MIGRATION_URL=database_urls.owner,
@@ -93,7 +55,7 @@ def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Pa
         [sys.executable, "-m", "weflux", "migrate"], cwd=tmp_path, env=env, capture_output=True
     )
     assert migrated.returncode == 0, migrated.stderr.decode()
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
         cwd=tmp_path,
@@ -102,16 +64,16 @@ def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Pa
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/readyz", process, STARTUP) == 200
+        assert wait_ready(port, "/readyz", process, STARTUP) == 200
     finally:
-        _stop(process)
+        stop(process)
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
 def test_production_refuses_a_superuser_database_role(
     database_urls: DatabaseUrls, tmp_path: Path
 ) -> None:
-    env = _env(
+    env = child_env(
         WEFLUX_ENV="production",
         WEFLUX_DATABASE_URL=database_urls.owner,
         WEFLUX_JWT_SECRET="x" * 40,
@@ -120,7 +82,7 @@ def test_production_refuses_a_superuser_database_role(
         WEFLUX_SMTP_FROM="no-reply@example.com",
         WEFLUX_APP_URL="https://app.example",
     )
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
         cwd=tmp_path,
@@ -131,7 +93,7 @@ def test_production_refuses_a_superuser_database_role(
     try:
         process.wait(timeout=STARTUP)
     finally:
-        output = _stop(process)
+        output = stop(process)
     assert process.returncode != 0
     assert b"row-level security does not apply" in output
 
@@ -143,23 +105,23 @@ def test_serve_from_another_directory_keeps_its_state_in_the_var_dir(tmp_path: P
     nothing in the working directory."""
     elsewhere, state = tmp_path / "elsewhere", tmp_path / "state"
     elsewhere.mkdir()
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
         cwd=elsewhere,
-        env=_env(WEFLUX_VAR_DIR=str(state)),
+        env=child_env(WEFLUX_VAR_DIR=str(state)),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
     try:
-        assert _wait_ready(port, "/readyz", process, STARTUP) == 200
+        assert wait_ready(port, "/readyz", process, STARTUP) == 200
         login = httpx.post(
             f"http://127.0.0.1:{port}/auth/login",
             json={"email": "admin@demo.weflux.test", "password": _demo_password(state)},
         )
         assert login.status_code == 200, login.text
     finally:
-        _stop(process)
+        stop(process)
     assert sorted(p.name for p in state.iterdir()) >= ["demo-logins.txt", "dev-secrets.json"]
     assert (state / "weflux.db").is_file()
     assert list(elsewhere.iterdir()) == []
@@ -211,7 +173,7 @@ def test_backup_commands_create_verify_and_prune_and_exit_1_on_a_bad_file(
 def test_production_refuses_the_demo_and_its_sandbox_channel(tmp_path: Path) -> None:
     """Given production settings, when `weflux demo` runs, then it refuses (exit 2) before
     touching any database, naming why: the demo's number is a sandbox channel."""
-    env = _env(
+    env = child_env(
         WEFLUX_ENV="production",
         WEFLUX_DATABASE_URL="postgresql+asyncpg://app@db.invalid/weflux?ssl=require",
         WEFLUX_JWT_SECRET="x" * 40,

@@ -91,6 +91,29 @@ def test_development_secrets_are_generated_once_with_mode_0600(
     assert set(json.loads(path.read_text())) == {"jwt_secret", "encryption_keys"}
 
 
+def test_the_generated_secrets_warning_comes_once_per_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given development without secrets configured, when a process reads its settings
+    twice (`weflux serve`, then the app factory it starts), then it warns once."""
+    _settings(tmp_path)
+    _settings(tmp_path)
+    warnings = [r for r in caplog.records if "generated development secrets" in r.getMessage()]
+    assert len(warnings) == 1, caplog.text
+
+
+def test_smtp_allowed_ports(tmp_path: Path) -> None:
+    """WEFLUX_SMTP_ALLOWED_PORTS: SMTP's ports by default, a comma-separated list, a guard
+    in production only (elsewhere local test servers listen anywhere)."""
+    assert _settings(tmp_path).smtp_allowed_ports == [25, 465, 587, 2525]
+    assert _settings(tmp_path).smtp_ports_guard is None
+    assert _production(tmp_path).smtp_ports_guard == frozenset({25, 465, 587, 2525})
+    assert _settings(tmp_path, smtp_allowed_ports="587, 1025").smtp_allowed_ports == [587, 1025]
+    for wrong in ("", "smtp", "0", "70000"):
+        with pytest.raises(ValueError, match="port"):
+            _settings(tmp_path, smtp_allowed_ports=wrong)
+
+
 def test_secrets_never_show_in_repr(tmp_path: Path) -> None:
     settings = _production(tmp_path)
     assert STRONG not in repr(settings)

@@ -41,7 +41,7 @@ from weflux.errors import ErrorCode, error_response
 from weflux.gql.errors import MASKED_MESSAGE
 from weflux.gql.schema import build_schema
 from weflux.gql.view import GraphQLApp
-from weflux.logs import guard_library_logs, request_id_var
+from weflux.logs import configure_logging_unless_done, guard_library_logs, request_id_var
 from weflux.migrate import ensure_current_schema
 from weflux.runtime import Runtime
 from weflux.sandbox import page as sandbox_page
@@ -181,8 +181,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 
 
 def create_app(settings: Settings | None = None) -> Starlette:
-    """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it."""
-    settings = settings or load_settings()
+    """The ASGI app; `uvicorn --factory weflux.app:create_app` serves it.
+
+    Without `settings` (the factory's call) they are read from the environment, and the
+    process's logging is set up from them unless it was already (`weflux serve` did it):
+    under a bare `uvicorn --factory` the format, levels and redaction filters then hold too.
+    """
+    if settings is None:
+        settings = load_settings(configure_logging_unless_done)
     # However the app is served (`weflux serve`, `uvicorn --factory`, a test server),
     # uvicorn's lines never carry a query string or a WebSocket frame.
     guard_library_logs()

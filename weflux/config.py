@@ -36,6 +36,9 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$")  # an RFC 9110 
 DEV_SECRETS_FILE = "dev-secrets.json"
 MAX_REFRESH_REUSE_INTERVAL = timedelta(minutes=5)
 MAX_WORKSPACE_DELETION_GRACE = timedelta(days=23)
+# The default of WEFLUX_SMTP_ALLOWED_PORTS: SMTP relay, implicit TLS, submission, and the
+# common alternative submission port.
+SMTP_PORTS = (25, 465, 587, 2525)
 MIN_REMOVAL_RETENTION = timedelta(days=1)
 # The audit trail's and security events' IP addresses and user agents: an incident is
 # investigated within a day at least; a year at most, never for ever.
@@ -166,6 +169,13 @@ class Settings(BaseSettings):
     # production: messages are written to var/outbox/ instead.
     smtp_url: SecretStr | None = None
     smtp_from: str | None = None
+    # Without smtp_url: the worker's retention deletes the outbox's files once this old.
+    dev_outbox_retention: timedelta = timedelta(days=7)
+    # The ports a workspace's SMTP settings may name in production (sendTestEmail must not
+    # sweep a host's other ports): submission and relay ports unless widened here.
+    smtp_allowed_ports: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: list(SMTP_PORTS)
+    )
     # The single-page app, for links in emails (`<app>/signup/confirm#token=…`).
     app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
@@ -384,6 +394,18 @@ class Settings(BaseSettings):
             raise ValueError("at least 1d: a client away for a day must be able to resume")
         return kept
 
+    @field_validator("smtp_allowed_ports", mode="before")
+    @classmethod
+    def _smtp_ports(cls, value: Any) -> list[int]:
+        items = value if isinstance(value, list) else _split_list(value)
+        try:
+            ports = sorted({int(item) for item in items})
+        except ValueError:
+            raise ValueError("comma-separated port numbers, such as 25,465,587,2525") from None
+        if not ports or not all(1 <= port <= 65535 for port in ports):
+            raise ValueError("at least one port, each from 1 to 65535")
+        return ports
+
     @field_validator("sandbox_status_delays", mode="before")
     @classmethod
     def _status_delays(cls, value: Any) -> tuple[float, float, float]:
@@ -508,6 +530,7 @@ class Settings(BaseSettings):
         "security_event_retention",
         "media_upload_retention",
         "session_retention",
+        "dev_outbox_retention",
         "media_download_lease",
         "media_s3_timeout",
         mode="before",
@@ -574,6 +597,12 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.env == "production"
+
+    @property
+    def smtp_ports_guard(self) -> frozenset[int] | None:
+        """The ports a workspace's SMTP settings may name: WEFLUX_SMTP_ALLOWED_PORTS in
+        production, any elsewhere (as private hosts: local test servers)."""
+        return frozenset(self.smtp_allowed_ports) if self.is_production else None
 
     @property
     def origins(self) -> list[str]:
@@ -773,6 +802,11 @@ def _load_or_create_dev_secrets(path: Path) -> dict[str, str]:
     return stored
 
 
+# The generated secrets' warning is given once per process and file: `weflux serve` reads
+# the settings, then the app factory it starts in the same process reads them again.
+_WARNED_OF_DEV_SECRETS: set[tuple[Path, str]] = set()
+
+
 def load_settings(
     configure: Callable[[Settings], object] | None = None, /, **overrides: Any
 ) -> Settings:
@@ -791,11 +825,14 @@ def load_settings(
     if missing and not settings.is_production:
         path = _dev_secrets_path(settings)
         stored = _load_or_create_dev_secrets(path)
-        log.warning(
-            "using generated development secrets from %s for %s; never use them in production",
-            path,
-            ", ".join(f"WEFLUX_{name.upper()}" for name in missing),
-        )
+        names = ", ".join(f"WEFLUX_{name.upper()}" for name in missing)
+        if (path, names) not in _WARNED_OF_DEV_SECRETS:
+            _WARNED_OF_DEV_SECRETS.add((path, names))
+            log.warning(
+                "using generated development secrets from %s for %s; never use them in production",
+                path,
+                names,
+            )
         settings = settings.model_copy(
             update={name: SecretStr(stored[name]) for name in missing}
             | {"generated_secrets": frozenset(missing)}

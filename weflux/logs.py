@@ -278,6 +278,18 @@ def configure_logging_for(settings: LogSettings) -> None:
     configure_logging(settings.log_level, settings.log_format)
 
 
+def logging_configured() -> bool:
+    """Whether `configure_logging` set this process's logging up (its handler is on the root)."""
+    return any(getattr(handler, "_weflux", False) for handler in logging.getLogger().handlers)
+
+
+def configure_logging_unless_done(settings: LogSettings) -> None:
+    """`configure_logging_for`, unless this process's logging is set up already: the app
+    factory's, which `weflux serve` (set up already) and `uvicorn --factory` (not) both call."""
+    if not logging_configured():
+        configure_logging_for(settings)
+
+
 def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     """Route every logger (ours, uvicorn's, SQLAlchemy's) to one structured handler."""
     handler = logging.StreamHandler(sys.stderr)

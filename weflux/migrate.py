@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from weflux.db import prepare_sqlite_file
+from weflux.sqlite_driver import driver_options
 
 if TYPE_CHECKING:
     from weflux.crypto.keyring import KeyRing
@@ -95,7 +96,8 @@ async def migrate(
     owner = make_url(migration_url)
     app_role = make_url(app_url).username if app_url else None
     prepare_sqlite_file(owner)
-    engine = create_async_engine(owner, poolclass=NullPool)
+    # SQLite: on weflux's driver, so a migration's deletes overwrite too (secure_delete).
+    engine = create_async_engine(owner, poolclass=NullPool, **driver_options(owner))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_upgrade, revision, keyring)
@@ -109,7 +111,7 @@ async def migrate(
 
 
 async def downgrade(migration_url: str, revision: str) -> None:
-    engine = create_async_engine(migration_url, poolclass=NullPool)
+    engine = create_async_engine(migration_url, poolclass=NullPool, **driver_options(migration_url))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_downgrade, revision)

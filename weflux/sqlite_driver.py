@@ -67,6 +67,7 @@ from sqlalchemy.dialects.sqlite.aiosqlite import (
 )
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.sql import Executable
+from sqlalchemy.util.concurrency import await_
 
 # What one hand-off brings back: description, rows (None without a description),
 # rowcount, lastrowid.
@@ -523,15 +524,32 @@ class OneHopConnection(AsyncAdapt_aiosqlite_connection):
         self._completed(queued, locked=locked)
 
 
+# Deleted content is overwritten with zeros, not left in the file's free pages (an
+# erasure must erase). Debian's SQLite is built with it on; python.org's, Homebrew's and
+# most others are not, so every connection of this driver sets it (docs/lifecycle.md).
+SECURE_DELETE = "PRAGMA secure_delete = ON"
+
+
 class OneHopDBAPI(AsyncAdapt_aiosqlite_dbapi):
-    """SQLAlchemy's aiosqlite DBAPI shim, connecting with `OneHopConnection`."""
+    """SQLAlchemy's aiosqlite DBAPI shim, connecting with `OneHopConnection`.
+
+    Every connection it opens has `PRAGMA secure_delete` on (`SECURE_DELETE`), before
+    SQLAlchemy or an engine's connect hook sees it.
+    """
 
     def connect(self, *arg: Any, **kw: Any) -> OneHopConnection:
         # Inline statements use the sqlite3 connection from the event loop's thread too
         # (never while its own thread works on it).
         kw["check_same_thread"] = False
         adapted = super().connect(*arg, **kw)
-        connection = OneHopConnection(self, adapted._connection)
+        driver = adapted._connection
+        execute: Any = driver._execute  # untyped in aiosqlite
+        try:
+            await_(execute(_quietly, driver._conn, SECURE_DELETE))
+        except Exception:
+            await_(driver.close())
+            raise
+        connection = OneHopConnection(self, driver)
         if not kw.get("uri"):
             connection._turns = _turns_of(arg[0] if arg else kw.get("database"))
         return connection

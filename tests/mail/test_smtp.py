@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import ipaddress
 import logging
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email import message_from_bytes
@@ -146,10 +148,119 @@ async def test_the_password_is_not_in_the_repr() -> None:
 
 
 async def test_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
+    port = free_port()
     with pytest.raises(SmtpError) as caught:
-        await send_test_email(config(free_port()), RECIPIENT, allow_private=True)
-    assert "Connection refused" in caught.value.message
+        await send_test_email(config(port), RECIPIENT, allow_private=True)
+    assert caught.value.message == (
+        f"No SMTP server could be reached at 127.0.0.1:{port}: "
+        "check the host, the port and the security setting."
+    )
     assert_secret_free(caught.value, caplog)
+
+
+# --- Port probing: one answer for every way of not reaching an SMTP server -------------------
+
+
+@contextlib.contextmanager
+def unreachable_port(kind: str) -> Iterator[int]:
+    """A local port that fails a connection one way: `refused` (nothing listens),
+    `filtered` (a listener whose queue is full: the connection never completes), `silent`
+    (accepted, never greeted), `closed` (accepted, then hung up on), `not smtp` (another
+    protocol's greeting)."""
+    if kind == "refused":
+        yield free_port()
+        return
+    if kind == "filtered":
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(0)
+            with socket.create_connection(listener.getsockname()):  # fills the queue
+                yield int(listener.getsockname()[1])
+        return
+    answers = {"silent": None, "closed": b"", "not smtp": b"SSH-2.0-OpenSSH_9.2\r\n"}
+    answer = answers[kind]
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.1)
+
+        def serve() -> None:
+            held = []
+            while not stop.is_set():
+                try:
+                    connection, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                if answer is None:
+                    held.append(connection)  # never a word
+                else:
+                    connection.sendall(answer)
+                    connection.close()
+            for connection in held:
+                connection.close()
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield int(listener.getsockname()[1])
+        finally:
+            stop.set()
+            thread.join()
+
+
+UNREACHABLE = ["refused", "filtered", "silent", "closed", "not smtp"]
+
+
+@pytest.mark.parametrize("security", [SmtpSecurity.NONE, SmtpSecurity.STARTTLS])
+async def test_every_way_of_not_reaching_a_server_answers_the_same(
+    caplog: pytest.LogCaptureFixture, security: SmtpSecurity
+) -> None:
+    """Given a closed port, a filtered one (the connection times out), and open ones that
+    are no SMTP server (silent, hanging up, another protocol), when a test email is sent
+    to each, then the admin gets one and the same error, code and words (no errno, no
+    "refused" or "timed out"): the test email cannot tell an open port from a closed one.
+    The log keeps the cause for the operator."""
+    answers = set()
+    for kind in UNREACHABLE:
+        with unreachable_port(kind) as port, pytest.raises(SmtpError) as caught:
+            await send_test_email(
+                config(port, security=security), RECIPIENT, allow_private=True, timeout=1
+            )
+        error = caught.value
+        answers.add(
+            (error.code, error.graphql_code, error.status, error.message.replace(str(port), "P"))
+        )
+    assert answers == {
+        (
+            "SMTP_ERROR",
+            "BAD_USER_INPUT",
+            400,
+            "No SMTP server could be reached at 127.0.0.1:P: "
+            "check the host, the port and the security setting.",
+        )
+    }
+    causes = {
+        r.__dict__["smtp_error"] for r in caplog.records if r.getMessage() == "email not sent"
+    }
+    assert {"ConnectionRefusedError", "TimeoutError"} <= causes
+
+
+async def test_production_connects_to_smtp_ports_only(server: tuple[RecordingHandler, int]) -> None:
+    """Given the allowed ports (WEFLUX_SMTP_ALLOWED_PORTS), when a test email names
+    another, then it is refused on its port field before any lookup or connection."""
+    handler, port = server
+    with pytest.raises(BadUserInput) as caught:
+        await send_test_email(
+            config(port), RECIPIENT, allow_private=True, allowed_ports=frozenset({25, 587})
+        )
+    assert caught.value.details == [
+        {"field": "port", "message": "Mail servers are reached on ports 25 and 587 only."}
+    ]
+    await send_test_email(
+        config(port), RECIPIENT, allow_private=True, allowed_ports=frozenset({25, port})
+    )
+    assert len(handler.delivered) == 1
 
 
 async def test_a_refused_recipient(server: tuple[RecordingHandler, int]) -> None:
@@ -159,7 +270,7 @@ async def test_a_refused_recipient(server: tuple[RecordingHandler, int]) -> None
     assert handler.delivered == []
 
 
-async def test_a_silent_server_times_out() -> None:
+async def test_a_silent_server_is_unreachable() -> None:
     connections: list[asyncio.StreamWriter] = []
 
     async def never_greet(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -168,7 +279,7 @@ async def test_a_silent_server_times_out() -> None:
     silent = await asyncio.start_server(never_greet, "127.0.0.1", 0)
     port = silent.sockets[0].getsockname()[1]
     try:
-        with pytest.raises(SmtpError, match=re.escape("Timed out after 0.5 seconds")):
+        with pytest.raises(SmtpError, match=re.escape("No SMTP server could be reached at")):
             await send_test_email(config(port), RECIPIENT, allow_private=True, timeout=0.5)
     finally:
         for writer in connections:

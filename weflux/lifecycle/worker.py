@@ -25,6 +25,7 @@ from weflux.crypto.keyring import KeyRing
 from weflux.db import Database
 from weflux.lifecycle import erasure, exports, ledger
 from weflux.lifecycle.requests import MAX_WEBHOOK_PAYLOAD_RETENTION_DAYS
+from weflux.mail.mailer import OutboxMailer
 from weflux.media import intents
 from weflux.media.store import MediaStore
 from weflux.models import (
@@ -87,6 +88,9 @@ class Lifecycle:
     # The IP addresses and user agents of the audit trail and of security events.
     audit_network_retention: timedelta = timedelta(days=90)
     media: MediaStore | None = None  # stored media files deleted with their rows
+    # Development and test without WEFLUX_SMTP_URL: the `.eml` files of the mail outbox.
+    outbox: OutboxMailer | None = None
+    dev_outbox_retention: timedelta = timedelta(days=7)
 
 
 async def run_due_requests(lifecycle: Lifecycle, *, now: datetime | None = None) -> int:
@@ -391,6 +395,8 @@ async def run_retention(lifecycle: Lifecycle, *, now: datetime | None = None) ->
         deleted += await expire_orphan_users(lifecycle, now=now)
     # Every sweep: one range of `ix_pending_signups_expires_at`, and no workspace needed.
     deleted += await expire_pending_signups(lifecycle, now=now)
+    if lifecycle.outbox is not None:  # every sweep too: one listing of a directory
+        deleted += await lifecycle.outbox.expire(now - lifecycle.dev_outbox_retention)
     return deleted
 
 

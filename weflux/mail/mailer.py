@@ -4,7 +4,9 @@
   TLS verified, nothing of the message or the server's replies logged).
 - Without it (development and test only: production refuses to start), each message is
   written to `<WEFLUX_VAR_DIR>/outbox/` as an `.eml` file (mode 0600, directory 0700), and
-  only the file's path is logged, never a link or a token.
+  only the file's path is logged, never a link or a token. The worker's retention deletes
+  the files older than `WEFLUX_DEV_OUTBOX_RETENTION` (they hold sign-up and invitation
+  links, and the addresses they went to).
 
 Callers build the message with `compose` and hand it to `Mailer.send`. `send` raises
 `SmtpError` when the server refuses; `send_quietly` logs that instead (for mail sent after
@@ -14,9 +16,11 @@ the answer, where nobody could be told).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, make_msgid
 from pathlib import Path
@@ -88,6 +92,25 @@ class OutboxMailer:
     async def send(self, message: EmailMessage) -> None:
         path = await asyncio.to_thread(self._write, message.as_bytes())
         log.info("email written to the outbox", extra={"path": str(path)})
+
+    async def expire(self, before: datetime) -> int:
+        """Delete the messages written before `before`; how many went."""
+        return await asyncio.to_thread(self._expire, before.timestamp())
+
+    def _expire(self, before: float) -> int:
+        gone = 0
+        try:
+            entries = list(os.scandir(self.directory))
+        except FileNotFoundError:  # nothing written yet
+            return 0
+        for entry in entries:
+            if not (entry.name.endswith(".eml") and entry.is_file(follow_symlinks=False)):
+                continue  # only what `_write` makes
+            with contextlib.suppress(FileNotFoundError):  # another worker was first
+                if entry.stat(follow_symlinks=False).st_mtime < before:
+                    os.unlink(entry.path)
+                    gone += 1
+        return gone
 
     def _write(self, content: bytes) -> Path:
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ import logging
 import re
 import socket
 import ssl
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from enum import StrEnum
@@ -160,6 +160,18 @@ def validate_smtp_input(
             problem("username", "The username must not contain control characters.")
     if details:
         raise BadUserInput("Check the SMTP settings.", details=details)
+
+
+def check_port_allowed(port: int, allowed: Collection[int] | None) -> None:
+    """Refuse a port outside `allowed` (None: any port), before anything is resolved."""
+    if allowed is None or port in allowed:
+        return
+    ports = sorted(allowed)
+    listed = ", ".join(str(p) for p in ports[:-1]) + f" and {ports[-1]}" if ports else "none"
+    message = f"Mail servers are reached on ports {listed} only."
+    if len(ports) == 1:
+        message = f"Mail servers are reached on port {ports[0]} only."
+    raise BadUserInput(message, details=[{"field": "port", "message": message}])
 
 
 def _host_error(message: str) -> BadUserInput:
@@ -322,6 +334,7 @@ async def _deliver(
     local_name = await _local_hostname()
     phase.append("connect")
     sock = await _open_socket(targets)
+    phase.append("greeting")  # implicit TLS's handshake, then the server's 220
     ascii_name = _ascii_hostname(config.host)
     # Certificates name hosts without the root's trailing dot.
     server_name = config.host if ascii_name is None else ascii_name.removesuffix(".")
@@ -345,6 +358,7 @@ async def _deliver(
     # From `connect` on, the asyncio transport owns the socket and closes it.
     try:
         await smtp.connect()
+        phase.append("greeted")
         if config.security is SmtpSecurity.STARTTLS:
             phase.append("starttls")
             await smtp.ehlo()
@@ -386,8 +400,23 @@ def _exception_chain(error: BaseException) -> Iterator[BaseException]:
         pending.extend((current.__cause__, current.__context__))
 
 
+def unreachable(config: SmtpConfig) -> str:
+    """The one answer to every failure to reach an SMTP server (`_describe`)."""
+    return (
+        f"No SMTP server could be reached at {config.host}:{config.port}: "
+        "check the host, the port and the security setting."
+    )
+
+
 def _describe(error: BaseException, config: SmtpConfig, to: str, phase: str, timeout: float) -> str:
-    """A message for the admin naming the failure, never the password or a server reply."""
+    """A message for the admin naming the failure, never the password or a server reply.
+
+    Every failure before an SMTP server has greeted (a connection refused, unreachable,
+    timed out, reset or closed, a silent or non-SMTP service) is `unreachable`, the same
+    words, whatever the cause: the test email must not tell an open port from a closed or
+    filtered one (port probing). Only TLS failures, which need a service that answered,
+    keep their own words.
+    """
     where = f"{config.host}:{config.port}"
     chain = list(_exception_chain(error))
     for item in chain:
@@ -398,6 +427,8 @@ def _describe(error: BaseException, config: SmtpConfig, to: str, phase: str, tim
             )
     if any(isinstance(item, ssl.SSLError) for item in chain):
         return f"TLS failure: the TLS handshake with {where} failed."
+    if phase in ("resolve", "connect", "greeting"):
+        return unreachable(config)
     if any(isinstance(item, TimeoutError) for item in chain):
         return f"Timed out after {timeout:g} seconds talking to {where}."
     if isinstance(error, aiosmtplib.SMTPAuthenticationError):
@@ -405,8 +436,6 @@ def _describe(error: BaseException, config: SmtpConfig, to: str, phase: str, tim
             f"SMTP authentication failed for user {config.username}: "
             "check the username and password."
         )
-    if any(isinstance(item, ConnectionRefusedError) for item in chain):
-        return f"Connection refused by {where}: check the host and the port."
     if isinstance(error, aiosmtplib.SMTPRecipientsRefused | aiosmtplib.SMTPRecipientRefused):
         return f"The SMTP server refused the recipient {to}."
     if isinstance(error, aiosmtplib.SMTPSenderRefused):
@@ -415,16 +444,12 @@ def _describe(error: BaseException, config: SmtpConfig, to: str, phase: str, tim
         return f"The SMTP server refused the message (reply code {error.code})."
     if phase == "starttls":
         return f"TLS failure: the STARTTLS upgrade with {where} failed."
-    if phase == "connect" and config.security is SmtpSecurity.TLS:
-        return f"TLS failure: no TLS connection with {where}; is the port right for TLS?"
     if isinstance(error, aiosmtplib.SMTPServerDisconnected):
         return f"The SMTP server {where} closed the connection unexpectedly."
     if isinstance(error, aiosmtplib.SMTPResponseException):
         return f"The SMTP server {where} answered with an error (reply code {error.code})."
     if isinstance(error, OSError) and not isinstance(error, aiosmtplib.SMTPException):
-        return f"Could not connect to {where}: {error.strerror or 'network error'}."
-    if isinstance(error, aiosmtplib.SMTPConnectError):
-        return f"Could not connect to {where}."
+        return f"The connection to {where} failed."
     return f"The SMTP conversation with {where} failed."
 
 
@@ -433,13 +458,18 @@ async def send_test_email(
     to: str,
     *,
     allow_private: bool,
+    allowed_ports: Collection[int] | None = None,
     # The callers' contract names it `timeout`; it feeds `asyncio.timeout` below.
     timeout: float = 15.0,  # noqa: ASYNC109
 ) -> None:
-    """Send a short test email through `config`; `timeout` bounds the whole exchange."""
+    """Send a short test email through `config`; `timeout` bounds the whole exchange.
+
+    `allowed_ports` (None: any) are the ports it may connect to (WEFLUX_SMTP_ALLOWED_PORTS
+    in production)."""
     validate_smtp_input(
         config.host, config.port, config.from_address, config.security, config.username
     )
+    check_port_allowed(config.port, allowed_ports)
     if (problem := _email_problem(to)) is not None:
         raise BadUserInput(problem, details=[{"field": "to", "message": problem}])
     await send_email(

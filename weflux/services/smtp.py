@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
+
 from sqlmodel import select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -14,6 +16,7 @@ from weflux.errors import BadUserInput, Conflict
 from weflux.mail.smtp import (
     SmtpConfig,
     SmtpSecurity,
+    check_port_allowed,
     resolve_public_addresses,
     send_test_email,
     validate_smtp_input,
@@ -40,12 +43,16 @@ async def update(
     from_address: str,
     security: str,
     allow_private: bool,
+    allowed_ports: Collection[int] | None = None,
 ) -> SmtpSettings:
-    """Create or replace the settings; omitting the password keeps the stored one."""
+    """Create or replace the settings; omitting the password keeps the stored one.
+
+    `allowed_ports` (None: any) are the ports the settings may name."""
     principal.require(Permission.MANAGE_CHANNELS, "Only an Admin can manage SMTP settings")
     host = host.strip()
     username = username.strip() if username and username.strip() else None
     validate_smtp_input(host, port, from_address, security, username)
+    check_port_allowed(port, allowed_ports)
     if not allow_private:
         if security == SmtpSecurity.NONE and username:
             raise BadUserInput(
@@ -91,8 +98,10 @@ async def test_email(
     *,
     to: str,
     allow_private: bool,
+    allowed_ports: Collection[int] | None,
 ) -> None:
-    """Connect with the stored settings and send one short message to `to`."""
+    """Connect with the stored settings and send one short message to `to`; only to one
+    of `allowed_ports` (None: any), which may have changed since the settings were saved."""
     settings = await current(session, principal)
     if settings is None:
         raise Conflict("Save SMTP settings first")
@@ -105,4 +114,6 @@ async def test_email(
         from_address=settings.from_address,
         security=SmtpSecurity(settings.security),
     )
-    await send_test_email(config, check_email(to, "to"), allow_private=allow_private)
+    await send_test_email(
+        config, check_email(to, "to"), allow_private=allow_private, allowed_ports=allowed_ports
+    )

@@ -12,7 +12,7 @@ from weflux.lifecycle.worker import (
     run_retention,
     sweep_abandoned_files,
 )
-from weflux.mail.mailer import Mailer
+from weflux.mail.mailer import Mailer, OutboxMailer
 from weflux.media.download import download_due_media
 from weflux.media.store import MediaStore
 from weflux.realtime.broker import Broker
@@ -71,6 +71,8 @@ def build_worker(
         session_retention=settings.session_retention,
         audit_network_retention=settings.audit_network_retention,
         media=media,
+        outbox=mailer if isinstance(mailer, OutboxMailer) else None,
+        dev_outbox_retention=settings.dev_outbox_retention,
     )
 
     async def data_requests() -> int:

@@ -13,8 +13,9 @@ from tests.fixtures.api import error_codes, gql, token_for, without_cost
 from tests.fixtures.app import app_client
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.settings import make_settings
+from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from tests.fixtures.smtp import PASSWORD, USERNAME, RecordingHandler, authenticator, running_server
+from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import SmtpSettings
 
@@ -124,19 +125,18 @@ async def test_a_test_email_needs_saved_settings(client: httpx.AsyncClient, admi
     assert error_codes(await gql(client, token, SEND, {"to": "ops@acme.example"})) == ["CONFLICT"]
 
 
+def _production(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
+    return make_settings(
+        tmp_path, env="production", database_url=database_urls.app, **PRODUCTION_MAIL
+    )
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"])
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"])
 async def test_production_refuses_private_smtp_hosts(
     database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, host: str
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        env="production",
-        database_url=database_urls.app,
-        smtp_url="smtps://mailer:secret@smtp.example.com",
-        smtp_from="no-reply@example.com",
-        app_url="https://app.example",
-    )
+    settings = _production(database_urls, tmp_path)
     async with app_client(settings, "127.0.0.1", "https://api.test") as client:
         token = await token_for(client, admin)
         response = await gql(
@@ -152,3 +152,27 @@ async def test_production_refuses_private_smtp_hosts(
         )
         assert error_codes(plain) == ["BAD_USER_INPUT"]
         assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_production_takes_smtp_ports_only(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Given production (WEFLUX_SMTP_ALLOWED_PORTS at its default), when an Admin saves a
+    mail server on another port, then it is refused on its port field, before any lookup."""
+    settings = _production(database_urls, tmp_path)
+    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
+        token = await token_for(client, admin)
+        response = await gql(
+            client,
+            token,
+            UPDATE,
+            {"input": settings_input(22, host="smtp.example.com", security="STARTTLS")},
+        )
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    assert response.json()["errors"][0]["extensions"]["details"] == [
+        {
+            "field": "port",
+            "message": "Mail servers are reached on ports 25, 465, 587 and 2525 only.",
+        }
+    ]

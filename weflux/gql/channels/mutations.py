@@ -214,6 +214,7 @@ class ChannelMutation:
             from_address=input.from_address,
             security=input.security,
             allow_private=not context.settings.is_production,
+            allowed_ports=context.settings.smtp_ports_guard,
         )
         return to_smtp_settings(row)
 
@@ -236,5 +237,6 @@ class ChannelMutation:
             context.actor,
             to=to,
             allow_private=not context.settings.is_production,
+            allowed_ports=context.settings.smtp_ports_guard,
         )
         return True

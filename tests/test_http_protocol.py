@@ -1,0 +1,93 @@
+"""uvicorn's own 400s (a request it cannot parse, answered before the app sees it) carry
+the security headers of `SecurityHeadersMiddleware` (weflux.http_protocol)."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import urlsplit
+
+import pytest
+from starlette.responses import PlainTextResponse
+from starlette.types import Receive, Scope, Send
+from uvicorn.importer import import_from_string
+
+from tests.fixtures.live import live_server
+from weflux.api.security import SecurityHeadersMiddleware, refusal_headers
+from weflux.cli import UVICORN_OPTIONS
+from weflux.http_protocol import (
+    HTTPProtocol,
+    SecureH11Protocol,
+    SecureHttpToolsProtocol,
+    bad_request,
+)
+
+GARBAGE = b"\x16\x03\x01 not HTTP at all\r\n\r\n"
+GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    await PlainTextResponse("hello")(scope, receive, send)
+
+
+async def _exchange(base_url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send raw bytes; the status, headers (lower-case names) and body of the answer."""
+    address = urlsplit(base_url)
+    reader, writer = await asyncio.open_connection(address.hostname, address.port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), timeout=30)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, body
+
+
+def _security(headers: dict[str, str]) -> dict[str, str]:
+    names = {name.decode() for name, _ in refusal_headers(hsts=True)}
+    return {name: value for name, value in headers.items() if name in names}
+
+
+@pytest.mark.parametrize("protocol", [SecureHttpToolsProtocol, SecureH11Protocol])
+async def test_an_unparseable_request_gets_the_security_headers(protocol: type) -> None:
+    """Given uvicorn on each HTTP protocol, when a client sends bytes that are no HTTP
+    request, then uvicorn's own 400 carries the same security headers as the app's
+    answers, and uvicorn's (no Server header: weflux serve turns it off)."""
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, http=protocol, lifespan="off") as base_url:
+        ok, app_headers, _ = await _exchange(base_url, GET)
+        status, headers, body = await _exchange(base_url, GARBAGE)
+    assert ok == 200
+    assert status == 400
+    assert body == b"Invalid HTTP request received."
+    assert _security(headers) == _security(app_headers)
+    assert len(_security(headers)) == len(refusal_headers(hsts=False))
+    assert headers["content-length"] == str(len(body))
+    assert headers["connection"] == "close"
+    assert "date" in headers
+    assert "server" not in headers
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_weflux_serve_answers_garbage_with_the_headers(live: str) -> None:
+    """Given the app served with `weflux serve`'s uvicorn options, when garbage comes,
+    then the 400 carries the security headers."""
+    status, headers, _ = await _exchange(live, GARBAGE)
+    assert status == 400
+    assert headers.get("x-frame-options") == "DENY", headers
+    assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert import_from_string(UVICORN_OPTIONS["http"]) is HTTPProtocol
+    assert HTTPProtocol is SecureHttpToolsProtocol  # uvicorn's `auto` choice here
+
+
+def test_hsts_only_over_tls() -> None:
+    """A browser ignores HSTS over plain HTTP: the 400 sends it on a TLS connection only."""
+    plain = bad_request("Invalid HTTP request received.", default_headers=[], tls=False)
+    tls = bad_request("Invalid HTTP request received.", default_headers=[], tls=True)
+    assert b"strict-transport-security" not in plain
+    assert b"\r\nstrict-transport-security: max-age=31536000; includeSubDomains\r\n" in tls

@@ -1,0 +1,76 @@
+"""uvicorn's HTTP/1.1 protocols, whose own 400 answers carry the security headers.
+
+uvicorn answers a request it cannot parse (bad request line or headers, headers too
+large, an upgrade it does not support) with `400 Invalid HTTP request received.` itself,
+before the app sees anything, so `SecurityHeadersMiddleware` never adds its headers. Its
+protocols build that answer in one method, `send_400_response(msg)` (h11's and
+httptools'); the subclasses here override only it, answering the same status and text
+with the headers the middleware adds (`weflux.api.security.refusal_headers`: one source),
+HSTS on a TLS connection (a browser ignores it over plain HTTP), and uvicorn's own
+default headers (`Date`; `Server` unless turned off) as uvicorn's own answer has them.
+Everything else is uvicorn's, unchanged. `tests/test_http_protocol.py` sends garbage
+over a raw socket to each protocol, so an upgrade that renames the hook fails there.
+
+`weflux serve` uses `HTTPProtocol` (uvicorn's `auto` choice: httptools when installed,
+else h11); under uvicorn's own command line: `--http weflux.http_protocol:HTTPProtocol`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from weflux.api.security import refusal_headers
+
+_STATUS_LINE = b"HTTP/1.1 400 Bad Request\r\n"
+
+
+def bad_request(message: str, *, default_headers: list[tuple[bytes, bytes]], tls: bool) -> bytes:
+    """uvicorn's 400 answer to an unparseable request, with the security headers."""
+    body = message.encode("ascii")
+    headers = [
+        *default_headers,
+        *refusal_headers(hsts=tls),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode("ascii")),
+        (b"connection", b"close"),
+    ]
+    lines = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+    return _STATUS_LINE + lines + b"\r\n" + body
+
+
+class _SecureBadRequest:
+    """Overrides uvicorn's `send_400_response` (its attributes, as both protocols set them)."""
+
+    transport: asyncio.Transport
+    scheme: Literal["http", "https"] | None
+    server_state: Any
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(
+            bad_request(
+                msg,
+                default_headers=self.server_state.default_headers,
+                tls=self.scheme == "https",
+            )
+        )
+        self.transport.close()
+
+
+class SecureH11Protocol(_SecureBadRequest, H11Protocol):
+    """uvicorn's h11 protocol; its own 400s carry the security headers."""
+
+
+HTTPProtocol: type[asyncio.Protocol]
+try:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:  # no httptools (uvicorn without [standard]): h11, as uvicorn's `auto`
+    HTTPProtocol = SecureH11Protocol
+else:
+
+    class SecureHttpToolsProtocol(_SecureBadRequest, HttpToolsProtocol):
+        """uvicorn's httptools protocol; its own 400s carry the security headers."""
+
+    HTTPProtocol = SecureHttpToolsProtocol
