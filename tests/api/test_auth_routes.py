@@ -14,6 +14,7 @@ requests measures what it means to; the throttling tests build apps with tiny on
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import re
 import uuid
@@ -34,6 +35,7 @@ from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import PASSWORD, Actor, create_membership, create_user
 from tests.fixtures.mail import body_of, confirmation_token, mails_to, sign_up
+from tests.fixtures.secops import fresh_ip
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.config import Settings
@@ -621,6 +623,29 @@ async def test_many_emails_from_one_ip_are_throttled_but_other_ips_are_not(
             throttled = await login(attacker, email, PASSWORD)
             assert_error(throttled, 429, "RATE_LIMITED")
             assert int(throttled.headers["retry-after"]) >= 1
+
+        assert_token_pair(
+            await login(bystander, admin.user.email), organization="Acme", role="ADMIN"
+        )
+
+
+async def test_an_ipv6_client_is_counted_by_its_network_not_its_address(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Credential stuffing over IPv6: a client holds a whole /64, so a new address per
+    attempt changes nothing: the sixth attempt from that network is refused; another /64
+    still logs in."""
+    network = ipaddress.ip_network(f"{fresh_ip()}/64", strict=False)
+    async with (
+        running_app(database_urls, tmp_path, rate_limit_login_ip="5/hour") as app,
+        client_of(app, fresh_ip()) as bystander,
+    ):
+        for n in range(6):
+            async with client_of(app, str(network[(n + 1) << 32 | n])) as attacker:
+                response = await login(attacker, f"victim{n}@example.com", "Spray-password-2024")
+            if n < 5:
+                assert_error(response, 401, "INVALID_CREDENTIALS")
+        assert_error(response, 429, "RATE_LIMITED")
 
         assert_token_pair(
             await login(bystander, admin.user.email), organization="Acme", role="ADMIN"

@@ -10,7 +10,6 @@ On the in-process store and on Redis.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.app import client_of, lifespan
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import create_whatsapp_account
+from tests.fixtures.secops import fresh_ip
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
@@ -97,11 +97,6 @@ async def channel(db: Database, app: Starlette, org: Organization) -> WhatsAppAc
         seal(keyring, account, "app_secret_enc", CHANNEL_SECRET)
         seal(keyring, account, "webhook_verify_token_enc", CHANNEL_VERIFY)
     return account
-
-
-def fresh_ip() -> str:
-    """An address no earlier test (or run, on a shared Redis) has counted against."""
-    return f"2001:db8::{secrets.token_hex(2)}:{secrets.token_hex(2)}:{secrets.token_hex(2)}"
 
 
 def path_of(channel: WhatsAppAccount) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.live import serve_settings
 from tests.fixtures.logs import capture_logs
+from tests.fixtures.secops import fresh_ip
 from tests.fixtures.services import TEST_REDIS_URL
 from tests.fixtures.ws import WAIT
 from weflux.gql import view
@@ -125,11 +125,6 @@ async def socket_of(served: Served, token: str, ip: str | None = None) -> Client
     connection = await handshake(served, ip)
     assert await initialise(connection, token) is None
     return connection
-
-
-def fresh_ip() -> str:
-    """An address no other test uses (the handshake rate's counters may live in Redis)."""
-    return f"2001:db8::{uuid.uuid4().hex[:4]}:{uuid.uuid4().hex[:4]}"
 
 
 def assert_refused_429(refusal: websockets.InvalidStatus, message: str) -> None:

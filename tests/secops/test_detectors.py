@@ -4,6 +4,7 @@ and in Redis."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from weflux.models import AlertChannel, Organization, Role, SecuritySeverity
 from weflux.runtime import runtime_of
 from weflux.secops.detectors import BRUTE_FORCE
 from weflux.secops.events import SecurityKind
+from weflux.throttle.ratelimit import per_ip
 
 WRONG = "wrong-Password-0000"
 
@@ -140,6 +142,21 @@ async def test_logins_refused_per_ip_still_count_as_stuffing(
     ]
 
 
+async def test_stuffing_from_a_new_ipv6_address_each_time_is_counted_by_its_64(
+    app: Starlette, owner_db: Database
+) -> None:
+    """Given a client that holds a /64 and sends each attempt from another of its addresses
+    When it fails 32 logins over 16 accounts
+    Then they count together: one credential-stuffing event."""
+    network = ipaddress.ip_network(f"{fresh_ip()}/64", strict=False)
+    addresses = [str(network[n + 1]) for n in range(32)]
+    emails = [fresh_email() for _ in range(16)]
+    for n, address in enumerate(addresses):
+        await wrong_logins(app, emails[n // 2], address, 1)
+    found = [e for address in addresses for e in await platform_events(owner_db, address)]
+    assert [e.kind for e in found] == [SecurityKind.CREDENTIAL_STUFFING]
+
+
 async def test_many_failures_over_few_accounts_are_no_stuffing(
     app: Starlette, owner_db: Database
 ) -> None:
@@ -211,7 +228,7 @@ async def test_a_login_finished_with_a_second_factor_is_watched_like_a_password_
     events = await events_of(db, org.id, SecurityKind.NEW_DEVICE)
     assert [event.ip_address for event in events] == [away]
     limiter = runtime_of(app).limiter
-    assert await limiter.tallied(BRUTE_FORCE, f"{target.user.email.lower()}\n{away}") == 1
+    assert await limiter.tallied(BRUTE_FORCE, f"{target.user.email.lower()}\n{per_ip(away)}") == 1
 
 
 async def test_granting_admin_raises_one_event_and_other_roles_none(

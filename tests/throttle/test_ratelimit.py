@@ -28,9 +28,11 @@ from weflux.config import ConfigError
 from weflux.throttle.ratelimit import (
     DECISION_TIMEOUT,
     LIMIT_NAMES,
+    NO_CLIENT_ADDRESS,
     RateLimitDecision,
     RateLimiter,
     graphql_rate_limited_response,
+    per_ip,
     rate_limited_response,
     storage_key,
 )
@@ -61,6 +63,21 @@ async def test_exhausting_one_ip_leaves_another_untouched(make_limiter: LimiterF
     assert await hit_times(limiter, "login_ip", "203.0.113.9", 3) == [True, True, False]
     assert (await limiter.hit("login_ip", "2001:db8::1")).allowed is True
     assert (await limiter.hit("login_ip", "203.0.113.10")).allowed is True
+
+
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        ("203.0.113.7", "203.0.113.7"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::1", "::/64"),
+        (None, NO_CLIENT_ADDRESS),
+    ],
+)
+def test_a_per_ip_limit_counts_an_ipv6_client_by_its_64(ip: str | None, key: str) -> None:
+    assert per_ip(ip) == key
 
 
 async def test_limit_names_are_separate_namespaces(make_limiter: LimiterFactory) -> None:

@@ -41,7 +41,7 @@ from weflux.models import Membership
 from weflux.realtime.broker import Broker
 from weflux.secops.events import Actor, SecurityKind, record_platform_event, record_security_event
 from weflux.services.audit import RequestMeta
-from weflux.throttle.ratelimit import RateLimiter
+from weflux.throttle.ratelimit import RateLimiter, per_ip
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,8 @@ class Detectors:
     ) -> None:
         """Count a failed or refused login (`user_id` None: no such account)."""
         account = normalize_email(email)
-        ip = meta.ip or "-"
+        # Counted per network as the per-IP limits are (an IPv6 client: its /64).
+        ip = per_ip(meta.ip) if meta.ip is not None else "-"
         if meta.ip is not None:  # without a client IP there is nothing to count per IP
             await self._count_stuffing(db, meta, account, ip)
         if user_id is None or not workspaces:

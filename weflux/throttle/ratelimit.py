@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import ipaddress
 import logging
 import math
 import re
@@ -26,6 +27,10 @@ from weflux.errors import ErrorCode, error_response
 from weflux.redis_errors import redis_errors
 
 log = logging.getLogger(__name__)
+
+# A per-IP limit counts an IPv6 client by its network of this prefix: a home or an office
+# is given a /64 (or more), so one client has that many addresses to choose from.
+IPV6_PREFIX = 64
 
 LIMIT_NAMES = (
     "login_ip",
@@ -108,12 +113,25 @@ def parse_limit(name: str, value: str) -> tuple[RateLimitItem, ...]:
 
 
 def per_ip(ip: str | None) -> str:
-    """The key of a per-IP limit: the client address, or the counter shared by requests
-    without one (`NO_CLIENT_ADDRESS`; a warning says so once per process)."""
+    """The key of a per-IP limit: an IPv4 client address as it is, an IPv6 one as its /64
+    network (`IPV6_PREFIX`), or the counter shared by requests without one
+    (`NO_CLIENT_ADDRESS`; a warning says so once per process)."""
     if ip is not None:
-        return ip
+        return _network_of(ip)
     _warn_no_client_address()
     return NO_CLIENT_ADDRESS
+
+
+def _network_of(ip: str) -> str:
+    """`ip`'s network for the per-IP limits: one subscriber's /64 for IPv6, whose 2**64
+    addresses are all theirs to send from (an address per attempt would pass every limit)."""
+    if ":" not in ip:
+        return ip
+    try:
+        address = ipaddress.IPv6Address(ip)
+    except ValueError:
+        return ip
+    return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
 
 
 @functools.cache
