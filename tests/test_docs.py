@@ -130,3 +130,42 @@ def test_the_layout_in_the_development_page_names_every_module_of_the_package() 
     documented, actual = _documented_layout(), _package_layout()
     assert sorted(actual - documented) == [], "modules the layout omits"
     assert sorted(documented - actual) == [], "layout entries that do not exist"
+
+
+def _bounds(name: str) -> list[float]:
+    """The numeric bounds pydantic enforces on a setting (`Field(ge=1, le=200)`)."""
+    bounds: list[float] = []
+    for constraint in Settings.model_fields[name].metadata:
+        for attribute in ("ge", "gt", "le", "lt"):
+            value = getattr(constraint, attribute, None)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                bounds.append(value)
+    return bounds
+
+
+def _written(number: float) -> set[str]:
+    whole = int(number) if float(number).is_integer() else None
+    if whole is None:
+        return {str(number)}
+    return {str(whole), f"{whole:,}"}
+
+
+def test_every_bound_a_setting_enforces_is_written_in_its_row() -> None:
+    """Given the settings whose values pydantic bounds (`ge`, `gt`, `le`, `lt`)
+    When the configuration row of each is read
+    Then it writes each bound (`1 to 200`, `at most 60`): a reader sees the range the
+    code refuses values outside of, and a bound changed in the code fails here."""
+    text = CONFIGURATION.read_text(encoding="utf-8")
+    rows = {m.group(1): line for line in text.splitlines() if (m := _TABLE_ROW.match(line))}
+    missing: list[str] = []
+    for name in Settings.model_fields:
+        variable = f"WEFLUX_{name.upper()}"
+        if variable not in rows:
+            continue  # the test above reports it
+        # The row without its default's column: a bound must be in the meaning.
+        meaning = rows[variable].split(" | ", 2)[-1]
+        numbers = set(re.findall(r"(?<![\w.,])\d+(?:,\d{3})*(?:\.\d+)?", meaning))
+        for bound in _bounds(name):
+            if not _written(bound) & numbers:
+                missing.append(f"{variable}: {bound}")
+    assert missing == []
