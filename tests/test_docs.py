@@ -169,3 +169,39 @@ def test_every_bound_a_setting_enforces_is_written_in_its_row() -> None:
             if not _written(bound) & numbers:
                 missing.append(f"{variable}: {bound}")
     assert missing == []
+
+
+# Upper-case names the docs write that are no one's in this repository: a Linux capability.
+NOT_OURS = {"CAP_NET_BIND_SERVICE"}
+_CONSTANT = re.compile(r"`([A-Z][A-Z0-9]*_[A-Z0-9_]*[A-Z0-9])`")
+_SOURCES = ("weflux", "tests", "bench", "docker")
+
+
+def _source_words() -> set[str]:
+    words: set[str] = set()
+    files = [ROOT / "Makefile", ROOT / "Dockerfile", ROOT / "docker-compose.yml"]
+    for top in _SOURCES:
+        files += [path for path in (ROOT / top).rglob("*") if path.suffix in {".py", ".sh", ""}]
+    for path in files:
+        if path.is_file():
+            words.update(re.findall(r"\b[A-Z][A-Z0-9_]+\b", path.read_text(errors="ignore")))
+    return words
+
+
+def test_every_upper_case_name_the_docs_write_exists_in_the_code() -> None:
+    """Given the upper-case names in code spans of README.md and docs/ (error codes,
+    constants such as `SENSITIVE_OPERATIONS`, enum values such as `TOKEN_INVALID`)
+    When each is looked up in the code (weflux/, tests/, bench/, the Docker files)
+    Then it is there: a renamed code or constant cannot leave the docs naming nothing.
+    (WEFLUX_ variables are the configuration page's test; the history keeps old names.)"""
+    words = _source_words()
+    missing: list[str] = []
+    for page in _pages():
+        if page.name == "performance-history.md":
+            continue
+        text = _FENCE.sub("", page.read_text(encoding="utf-8"))
+        for name in set(_CONSTANT.findall(text)):
+            if name.startswith("WEFLUX_") or name in NOT_OURS or name in words:
+                continue
+            missing.append(f"{page.relative_to(ROOT)}: {name}")
+    assert sorted(missing) == []
