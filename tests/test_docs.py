@@ -205,3 +205,13 @@ def test_every_upper_case_name_the_docs_write_exists_in_the_code() -> None:
                 continue
             missing.append(f"{page.relative_to(ROOT)}: {name}")
     assert sorted(missing) == []
+
+
+def test_the_index_links_every_page_of_the_docs() -> None:
+    """Given docs/README.md, the index of the reference
+    When its links are compared with the pages under docs/
+    Then every page is listed: a page added without its row cannot go unseen."""
+    index = DOCS / "README.md"
+    listed = {(index.parent / link.partition("#")[0]).resolve() for link in _links(index)}
+    pages = {page.resolve() for page in DOCS.rglob("*.md") if page != index}
+    assert sorted(str(page.relative_to(DOCS.resolve())) for page in pages - listed) == []
