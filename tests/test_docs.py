@@ -215,3 +215,16 @@ def test_the_index_links_every_page_of_the_docs() -> None:
     listed = {(index.parent / link.partition("#")[0]).resolve() for link in _links(index)}
     pages = {page.resolve() for page in DOCS.rglob("*.md") if page != index}
     assert sorted(str(page.relative_to(DOCS.resolve())) for page in pages - listed) == []
+
+
+def test_the_worker_table_of_the_operations_page_is_the_workers_jobs() -> None:
+    """Given the jobs weflux/worker/jobs.py builds (`Job("delivery", ...)`)
+    When the operations page's worker table and its count are read
+    Then it has one row per job and says how many there are."""
+    jobs = re.findall(r'Job\("([\w-]+)"', (PACKAGE / "worker" / "jobs.py").read_text())
+    text = (DOCS / "operations" / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Processes and workers\n", 1)[1].split("\n### ", 1)[0]
+    rows = re.findall(r"^\| ([a-z][a-z ]+) \| ", section, re.MULTILINE)
+    numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+    assert sorted(row.replace(" ", "-") for row in rows if row != "job") == sorted(jobs)
+    assert f"runs {numbers[len(jobs) - 1]} jobs" in section
