@@ -228,3 +228,25 @@ def test_the_worker_table_of_the_operations_page_is_the_workers_jobs() -> None:
     numbers = ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
     assert sorted(row.replace(" ", "-") for row in rows if row != "job") == sorted(jobs)
     assert f"runs {numbers[len(jobs) - 1]} jobs" in section
+
+
+_TEST_NAME = re.compile(r"`(test_\w+)`")
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    """Given the tests the docs name as proof (`test_each_shape_runs_a_statement_built_once`)
+    When each name is looked up among the tests' functions and modules
+    Then it is there: a test renamed or replaced cannot leave a claim pointing at nothing.
+    (The history keeps the names of its time.)"""
+    defined: set[str] = set()
+    for path in (ROOT / "tests").rglob("*.py"):
+        defined.add(path.stem)
+        defined.update(re.findall(r"def (test_\w+)", path.read_text(encoding="utf-8")))
+    missing: list[str] = []
+    for page in _pages():
+        if page.name == "performance-history.md":
+            continue
+        for name in set(_TEST_NAME.findall(page.read_text(encoding="utf-8"))):
+            if name not in defined:
+                missing.append(f"{page.relative_to(ROOT)}: {name}")
+    assert sorted(missing) == []
