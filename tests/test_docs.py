@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 from weflux.config import Settings
+from weflux.services.audit import Action
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -250,3 +251,15 @@ def test_every_test_the_docs_name_exists() -> None:
             if name not in defined:
                 missing.append(f"{page.relative_to(ROOT)}: {name}")
     assert sorted(missing) == []
+
+
+def test_the_audit_table_of_the_security_page_is_every_audit_action() -> None:
+    """Given the audit actions of weflux/services/audit.py (`Action`)
+    When the `action` table of the security page's audit trail is read
+    Then it names each of them, and nothing else: a new action cannot go undocumented."""
+    text = (DOCS / "security" / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Audit trail\n", 1)[1].split("\n## ", 1)[0]
+    body = section.split("|---|---|\n", 1)[1]  # the rows under the table's header
+    rows = [line.split(" | ")[0] for line in body.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([a-z_.]+)`", row)}
+    assert sorted(documented ^ {action.value for action in Action}) == []
