@@ -164,8 +164,9 @@ class Settings(BaseSettings):
     # bcrypt's own thread pool: threads, and calls that may wait for one (429 beyond).
     password_hashing_workers: int = Field(default=PASSWORD_HASHING_WORKERS, ge=1, le=64)
     password_hashing_queue: int = Field(default=PASSWORD_HASHING_QUEUE, ge=0, le=10_000)
-    # The platform's own mail (sign-up confirmations): smtp://user:pass@host:587 (STARTTLS),
-    # smtps://… (implicit TLS), plain smtp:// to a loopback host only. Unset outside
+    # The platform's own mail (sign-up confirmations, invitations, alerts to Admins, new-device
+    # and incident notices): smtp://user:pass@host:587 (STARTTLS), smtps://… (implicit
+    # TLS), plain smtp:// to a loopback host only. Unset outside
     # production: messages are written to var/outbox/ instead.
     smtp_url: SecretStr | None = None
     smtp_from: str | None = None
@@ -176,7 +177,8 @@ class Settings(BaseSettings):
     smtp_allowed_ports: Annotated[list[int], NoDecode] = Field(
         default_factory=lambda: list(SMTP_PORTS)
     )
-    # The single-page app, for links in emails (`<app>/signup/confirm#token=…`).
+    # The single-page app, for links in emails (`<app>/signup/confirm#token=…`,
+    # `<app>/invitations/accept#token=…`).
     app_url: str | None = None
     allowed_origins: Annotated[list[str] | None, NoDecode] = None
     trusted_proxies: Annotated[list[str], NoDecode] = Field(default_factory=list)
