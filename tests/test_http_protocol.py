@@ -1,5 +1,6 @@
-"""uvicorn's own 400s (a request it cannot parse, answered before the app sees it) carry
-the security headers of `SecurityHeadersMiddleware` (weflux.http_protocol)."""
+"""uvicorn's own 400s (a request it cannot parse, answered before the app sees it) and its
+WebSocket protocol's own refusals of a handshake carry the security headers of
+`SecurityHeadersMiddleware` (weflux.http_protocol)."""
 
 from __future__ import annotations
 
@@ -18,14 +19,42 @@ from weflux.http_protocol import (
     HTTPProtocol,
     SecureH11Protocol,
     SecureHttpToolsProtocol,
+    WebSocketProtocol,
     bad_request,
 )
 
 GARBAGE = b"\x16\x03\x01 not HTTP at all\r\n\r\n"
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _handshake(
+    path: bytes = b"/", *, key: bytes = _KEY, version: bytes = b"13", extra: bytes = b""
+) -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: " + version + b"\r\n" + extra + b"\r\n"
+    )
+
+
+# Handshakes uvicorn's WebSocket protocol refuses itself, and the status it answers.
+WS_REFUSALS = {
+    "a bad key": (_handshake(key=b"bad"), 400),
+    "a bad version": (_handshake(version=b"8"), 400),
+    "headers too large": (_handshake(extra=b"X-Big: " + b"a" * 9000 + b"\r\n"), 431),
+    "closed by the app before accept": (_handshake(b"/close"), 403),
+    "the app raising before accept": (_handshake(b"/raise"), 500),
+}
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if scope["path"] == "/raise":
+            raise RuntimeError("the app failed before accepting")
+        await send({"type": "websocket.close", "code": 1000})
+        return
     await PlainTextResponse("hello")(scope, receive, send)
 
 
@@ -83,6 +112,34 @@ async def test_weflux_serve_answers_garbage_with_the_headers(live: str) -> None:
     assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
     assert import_from_string(UVICORN_OPTIONS["http"]) is HTTPProtocol
     assert HTTPProtocol is SecureHttpToolsProtocol  # uvicorn's `auto` choice here
+
+
+@pytest.mark.parametrize("refusal", list(WS_REFUSALS))
+async def test_a_refused_websocket_handshake_gets_the_security_headers(refusal: str) -> None:
+    """Given uvicorn's WebSocket protocol as weflux serves it, when it refuses a handshake
+    itself (malformed, headers too large, the app closing or failing before it accepts),
+    then its answer carries the same security headers as the app's answers."""
+    request, expected = WS_REFUSALS[refusal]
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, ws=WebSocketProtocol, lifespan="off") as base_url:
+        _, app_headers, _ = await _exchange(base_url, GET)
+        status, headers, _ = await _exchange(base_url, request)
+    assert status == expected
+    assert _security(headers) == _security(app_headers)
+    assert len(_security(headers)) == len(refusal_headers(hsts=False))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_weflux_serve_refuses_a_bad_handshake_with_the_headers(live: str) -> None:
+    """Given the app served with `weflux serve`'s uvicorn options, when a handshake to
+    /graphql is malformed, or to a path without a socket, then the refusal carries the
+    security headers."""
+    for request in (_handshake(b"/graphql", key=b"bad"), _handshake(b"/no-socket-here")):
+        status, headers, _ = await _exchange(live, request)
+        assert status in (400, 403)
+        assert headers.get("x-frame-options") == "DENY", headers
+        assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert import_from_string(UVICORN_OPTIONS["ws"]) is WebSocketProtocol
 
 
 def test_hsts_only_over_tls() -> None:

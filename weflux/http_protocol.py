@@ -1,4 +1,4 @@
-"""uvicorn's HTTP/1.1 protocols, whose own 400 answers carry the security headers.
+"""uvicorn's HTTP/1.1 and WebSocket protocols, whose own refusals carry the security headers.
 
 uvicorn answers a request it cannot parse (bad request line or headers, headers too
 large, an upgrade it does not support) with `400 Invalid HTTP request received.` itself,
@@ -11,8 +11,15 @@ default headers (`Date`; `Server` unless turned off) as uvicorn's own answer has
 Everything else is uvicorn's, unchanged. `tests/test_http_protocol.py` sends garbage
 over a raw socket to each protocol, so an upgrade that renames the hook fails there.
 
+Its WebSocket protocol (websockets' sans-I/O handshake, uvicorn's `auto` choice) refuses
+some handshakes itself too: malformed (400), headers too large (431), the app closing
+(403) or failing (500) before it accepts. Each of those answers is built by websockets'
+`ServerProtocol.reject`; `WebSocketProtocol` gives its connection a `reject` that adds the
+same headers. A refusal the app sends itself (`websocket.http.response`) is the app's.
+
 `weflux serve` uses `HTTPProtocol` (uvicorn's `auto` choice: httptools when installed,
-else h11); under uvicorn's own command line: `--http weflux.http_protocol:HTTPProtocol`.
+else h11) and `WebSocketProtocol`; under uvicorn's own command line:
+`--http weflux.http_protocol:HTTPProtocol --ws weflux.http_protocol:WebSocketProtocol`.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ import asyncio
 from typing import Any, Literal
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Response
+from websockets.server import ServerProtocol
+from websockets.typing import StatusLike
 
 from weflux.api.security import refusal_headers
 
@@ -74,3 +85,30 @@ else:
         """uvicorn's httptools protocol; its own 400s carry the security headers."""
 
     HTTPProtocol = SecureHttpToolsProtocol
+
+
+class _SecureHandshake(ServerProtocol):
+    """websockets' server side, whose refusals of a handshake carry the security headers."""
+
+    tls = False  # set per connection by `WebSocketProtocol` (HSTS over TLS only)
+
+    def reject(self, status: StatusLike, text: str) -> Response:
+        response = super().reject(status, text)
+        for name, value in refusal_headers(hsts=self.tls):
+            response.headers[name.decode("ascii")] = value.decode("latin-1")
+        return response
+
+
+class WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol; the handshakes it refuses itself carry the headers."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn builds its `ServerProtocol` inline: the same object, with our `reject`
+        # (a subclass adding no state, so the swap keeps everything uvicorn set).
+        self.conn.__class__ = _SecureHandshake
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(self.conn, _SecureHandshake)
+        self.conn.tls = self.scheme == "wss"
