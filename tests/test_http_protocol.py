@@ -16,6 +16,7 @@ from tests.fixtures.live import live_server
 from weflux.api.security import SecurityHeadersMiddleware, refusal_headers
 from weflux.cli import UVICORN_OPTIONS
 from weflux.http_protocol import (
+    MAX_REQUEST_HEAD,
     HTTPProtocol,
     SecureH11Protocol,
     SecureHttpToolsProtocol,
@@ -100,6 +101,51 @@ async def test_an_unparseable_request_gets_the_security_headers(protocol: type) 
     assert headers["connection"] == "close"
     assert "date" in headers
     assert "server" not in headers
+
+
+def _head(*header_lines: bytes, complete: bool) -> bytes:
+    head = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + b"".join(header_lines)
+    return head + b"\r\n" if complete else head
+
+
+# Each protocol's bound on a request's head: ours (httptools had none), h11's own.
+HEAD_LIMITS: dict[type, int] = {
+    SecureHttpToolsProtocol: MAX_REQUEST_HEAD,
+    SecureH11Protocol: 16 * 1024,
+}
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one long header", "many headers"])
+@pytest.mark.parametrize("protocol", [SecureHttpToolsProtocol, SecureH11Protocol])
+async def test_a_request_head_past_the_limit_is_refused(protocol: type, many: bool) -> None:
+    """Given uvicorn on each protocol, when a request's head (one header or many) grows past
+    its bound without ending, then it is refused 400 with the security headers at once:
+    httptools alone set no bound, holding each connection's head in memory (20 MB each: a
+    few hundred connections took the process's memory). Just past the bound, so the
+    server has read every byte before it answers (unread bytes would reset the socket)."""
+    size = HEAD_LIMITS[protocol] + 1024
+    lines = (
+        [b"X-%05d: a\r\n" % n for n in range(size // 10)] if many else [b"X-Big: " + b"a" * size]
+    )
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, http=protocol, lifespan="off") as base_url:
+        status, headers, body = await asyncio.wait_for(
+            _exchange(base_url, _head(*lines, complete=False)), 10
+        )
+    assert status == 400
+    assert body == b"Invalid HTTP request received."
+    assert len(_security(headers)) == len(refusal_headers(hsts=False))
+
+
+@pytest.mark.parametrize("protocol", [SecureHttpToolsProtocol, SecureH11Protocol])
+async def test_a_request_head_within_the_limit_is_served(protocol: type) -> None:
+    """Given uvicorn on each protocol, when a request's head is large but within the limit
+    (h11's own: 16 KiB), then it is served."""
+    request = _head(b"X-Big: " + b"a" * 15_000 + b"\r\n", complete=True)
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, http=protocol, lifespan="off") as base_url:
+        status, _, body = await _exchange(base_url, request)
+    assert (status, body) == (200, b"hello")
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])

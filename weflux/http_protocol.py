@@ -8,8 +8,11 @@ httptools'); the subclasses here override only it, answering the same status and
 with the headers the middleware adds (`weflux.api.security.refusal_headers`: one source),
 HSTS on a TLS connection (a browser ignores it over plain HTTP), and uvicorn's own
 default headers (`Date`; `Server` unless turned off) as uvicorn's own answer has them.
-Everything else is uvicorn's, unchanged. `tests/test_http_protocol.py` sends garbage
-over a raw socket to each protocol, so an upgrade that renames the hook fails there.
+Everything else is uvicorn's, unchanged, but for one bound: h11 refuses a request whose
+head (request line and headers) passes 16 KiB, httptools had no bound at all (a client
+could hold megabytes per connection in an unfinished header), so `SecureHttpToolsProtocol`
+refuses one past `MAX_REQUEST_HEAD` with the same 400. `tests/test_http_protocol.py` sends
+garbage over a raw socket to each protocol, so an upgrade that renames the hook fails there.
 
 Its WebSocket protocol (websockets' sans-I/O handshake, uvicorn's `auto` choice) refuses
 some handshakes itself too: malformed (400), headers too large (431), the app closing
@@ -36,6 +39,9 @@ from websockets.typing import StatusLike
 from weflux.api.security import refusal_headers
 
 _STATUS_LINE = b"HTTP/1.1 400 Bad Request\r\n"
+# The most a request's head (request line and headers) may take before it ends: past it,
+# httptools' protocol answers uvicorn's 400 (h11's own bound is 16 KiB, uvicorn's default).
+MAX_REQUEST_HEAD = 64 * 1024
 
 
 def bad_request(message: str, *, default_headers: list[tuple[bytes, bytes]], tls: bool) -> bytes:
@@ -82,7 +88,33 @@ except ImportError:  # no httptools (uvicorn without [standard]): h11, as uvicor
 else:
 
     class SecureHttpToolsProtocol(_SecureBadRequest, HttpToolsProtocol):
-        """uvicorn's httptools protocol; its own 400s carry the security headers."""
+        """uvicorn's httptools protocol; its own 400s carry the security headers, and a
+        request's head is refused past `MAX_REQUEST_HEAD` (httptools has no bound: one
+        unfinished 20 MB header held 20 MB of the process per connection)."""
+
+        _head_bytes = 0  # received since this request began, while its head was open
+        _head_done = False  # its headers are complete: the body is arriving
+
+        def data_received(self, data: bytes) -> None:
+            if not self._head_done:
+                self._head_bytes += len(data)
+            super().data_received(data)
+            # A head that ended within this read is bounded by the read's size.
+            if (
+                not self._head_done
+                and self._head_bytes > MAX_REQUEST_HEAD
+                and not self.transport.is_closing()
+            ):
+                self.logger.warning("Invalid HTTP request received: its head is too large.")
+                self.send_400_response("Invalid HTTP request received.")
+
+        def on_headers_complete(self) -> None:
+            self._head_done = True
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._head_done, self._head_bytes = False, 0  # the next request's head
 
     HTTPProtocol = SecureHttpToolsProtocol
 
