@@ -1,5 +1,6 @@
-"""uvicorn's own 400s (a request it cannot parse, answered before the app sees it) carry
-the security headers of `SecurityHeadersMiddleware` (weflux.http_protocol)."""
+"""uvicorn's own 400s (a request it cannot parse, answered before the app sees it) and its
+WebSocket protocol's own refusals of a handshake carry the security headers of
+`SecurityHeadersMiddleware` (weflux.http_protocol)."""
 
 from __future__ import annotations
 
@@ -15,17 +16,46 @@ from tests.fixtures.live import live_server
 from weflux.api.security import SecurityHeadersMiddleware, refusal_headers
 from weflux.cli import UVICORN_OPTIONS
 from weflux.http_protocol import (
+    MAX_REQUEST_HEAD,
     HTTPProtocol,
     SecureH11Protocol,
     SecureHttpToolsProtocol,
+    WebSocketProtocol,
     bad_request,
 )
 
 GARBAGE = b"\x16\x03\x01 not HTTP at all\r\n\r\n"
 GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+_KEY = b"dGhlIHNhbXBsZSBub25jZQ=="
+
+
+def _handshake(
+    path: bytes = b"/", *, key: bytes = _KEY, version: bytes = b"13", extra: bytes = b""
+) -> bytes:
+    return (
+        b"GET " + path + b" HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: " + version + b"\r\n" + extra + b"\r\n"
+    )
+
+
+# Handshakes uvicorn's WebSocket protocol refuses itself, and the status it answers.
+WS_REFUSALS = {
+    "a bad key": (_handshake(key=b"bad"), 400),
+    "a bad version": (_handshake(version=b"8"), 400),
+    "headers too large": (_handshake(extra=b"X-Big: " + b"a" * 9000 + b"\r\n"), 431),
+    "closed by the app before accept": (_handshake(b"/close"), 403),
+    "the app raising before accept": (_handshake(b"/raise"), 500),
+}
 
 
 async def _hello(scope: Scope, receive: Receive, send: Send) -> None:
+    if scope["type"] == "websocket":
+        await receive()  # websocket.connect
+        if scope["path"] == "/raise":
+            raise RuntimeError("the app failed before accepting")
+        await send({"type": "websocket.close", "code": 1000})
+        return
     await PlainTextResponse("hello")(scope, receive, send)
 
 
@@ -73,6 +103,51 @@ async def test_an_unparseable_request_gets_the_security_headers(protocol: type) 
     assert "server" not in headers
 
 
+def _head(*header_lines: bytes, complete: bool) -> bytes:
+    head = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n" + b"".join(header_lines)
+    return head + b"\r\n" if complete else head
+
+
+# Each protocol's bound on a request's head: ours (httptools had none), h11's own.
+HEAD_LIMITS: dict[type, int] = {
+    SecureHttpToolsProtocol: MAX_REQUEST_HEAD,
+    SecureH11Protocol: 16 * 1024,
+}
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["one long header", "many headers"])
+@pytest.mark.parametrize("protocol", [SecureHttpToolsProtocol, SecureH11Protocol])
+async def test_a_request_head_past_the_limit_is_refused(protocol: type, many: bool) -> None:
+    """Given uvicorn on each protocol, when a request's head (one header or many) grows past
+    its bound without ending, then it is refused 400 with the security headers at once:
+    httptools alone set no bound, holding each connection's head in memory (20 MB each: a
+    few hundred connections took the process's memory). Just past the bound, so the
+    server has read every byte before it answers (unread bytes would reset the socket)."""
+    size = HEAD_LIMITS[protocol] + 1024
+    lines = (
+        [b"X-%05d: a\r\n" % n for n in range(size // 10)] if many else [b"X-Big: " + b"a" * size]
+    )
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, http=protocol, lifespan="off") as base_url:
+        status, headers, body = await asyncio.wait_for(
+            _exchange(base_url, _head(*lines, complete=False)), 10
+        )
+    assert status == 400
+    assert body == b"Invalid HTTP request received."
+    assert len(_security(headers)) == len(refusal_headers(hsts=False))
+
+
+@pytest.mark.parametrize("protocol", [SecureHttpToolsProtocol, SecureH11Protocol])
+async def test_a_request_head_within_the_limit_is_served(protocol: type) -> None:
+    """Given uvicorn on each protocol, when a request's head is large but within the limit
+    (h11's own: 16 KiB), then it is served."""
+    request = _head(b"X-Big: " + b"a" * 15_000 + b"\r\n", complete=True)
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, http=protocol, lifespan="off") as base_url:
+        status, _, body = await _exchange(base_url, request)
+    assert (status, body) == (200, b"hello")
+
+
 @pytest.mark.parametrize("dialect", ["sqlite"])
 async def test_weflux_serve_answers_garbage_with_the_headers(live: str) -> None:
     """Given the app served with `weflux serve`'s uvicorn options, when garbage comes,
@@ -83,6 +158,34 @@ async def test_weflux_serve_answers_garbage_with_the_headers(live: str) -> None:
     assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
     assert import_from_string(UVICORN_OPTIONS["http"]) is HTTPProtocol
     assert HTTPProtocol is SecureHttpToolsProtocol  # uvicorn's `auto` choice here
+
+
+@pytest.mark.parametrize("refusal", list(WS_REFUSALS))
+async def test_a_refused_websocket_handshake_gets_the_security_headers(refusal: str) -> None:
+    """Given uvicorn's WebSocket protocol as weflux serves it, when it refuses a handshake
+    itself (malformed, headers too large, the app closing or failing before it accepts),
+    then its answer carries the same security headers as the app's answers."""
+    request, expected = WS_REFUSALS[refusal]
+    app = SecurityHeadersMiddleware(_hello, hsts=False)
+    async with live_server(app, ws=WebSocketProtocol, lifespan="off") as base_url:
+        _, app_headers, _ = await _exchange(base_url, GET)
+        status, headers, _ = await _exchange(base_url, request)
+    assert status == expected
+    assert _security(headers) == _security(app_headers)
+    assert len(_security(headers)) == len(refusal_headers(hsts=False))
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_weflux_serve_refuses_a_bad_handshake_with_the_headers(live: str) -> None:
+    """Given the app served with `weflux serve`'s uvicorn options, when a handshake to
+    /graphql is malformed, or to a path without a socket, then the refusal carries the
+    security headers."""
+    for request in (_handshake(b"/graphql", key=b"bad"), _handshake(b"/no-socket-here")):
+        status, headers, _ = await _exchange(live, request)
+        assert status in (400, 403)
+        assert headers.get("x-frame-options") == "DENY", headers
+        assert headers["content-security-policy"] == "default-src 'none'; frame-ancestors 'none'"
+    assert import_from_string(UVICORN_OPTIONS["ws"]) is WebSocketProtocol
 
 
 def test_hsts_only_over_tls() -> None:

@@ -49,8 +49,10 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "proxy_headers": False,  # X-Forwarded-For is believed only from WEFLUX_TRUSTED_PROXIES
     "ws_per_message_deflate": False,  # CPU and memory per socket; off unless measured worthwhile
     "ws_max_size": WS_MAX_MESSAGE_BYTES,
-    # uvicorn's own protocol, whose own 400s (unparseable requests) carry our security headers.
+    # uvicorn's own protocol, whose own 400s (unparseable requests) carry our security headers,
     "http": "weflux.http_protocol:HTTPProtocol",
+    # and its WebSocket protocol, whose own refusals of a handshake carry them too.
+    "ws": "weflux.http_protocol:WebSocketProtocol",
 }
 
 

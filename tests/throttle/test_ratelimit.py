@@ -80,6 +80,27 @@ def test_a_per_ip_limit_counts_an_ipv6_client_by_its_64(ip: str | None, key: str
     assert per_ip(ip) == key
 
 
+@pytest.mark.parametrize(
+    ("ip", "key"),
+    [
+        # 6to4: the site behind 203.0.113.7 holds 2002:cb00:7107::/48, 2^16 /64s.
+        ("2002:cb00:7107:1::1", "203.0.113.7"),
+        ("2002:cb00:7107:ffff::1", "203.0.113.7"),
+        # Teredo: every client of one Teredo server shares the /64; each is its own IPv4.
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd2", "192.0.2.45"),
+        ("2001:0:4136:e378:8000:63bf:3fff:fdd3", "192.0.2.44"),
+        # NAT64's well-known prefix: every IPv4 client behind the translator shares the /64.
+        ("64:ff9b::cb00:7107", "203.0.113.7"),
+        ("64:ff9b::cb00:7108", "203.0.113.8"),
+        ("::ffff:203.0.113.7", "203.0.113.7"),
+    ],
+)
+def test_an_ipv6_address_embedding_an_ipv4_client_counts_as_that_ipv4(ip: str, key: str) -> None:
+    """Given a 6to4, Teredo or NAT64 address, when keyed, then it is its IPv4 client's key:
+    not a /48's 65,536 keys, nor one key shared by a translator's every client."""
+    assert per_ip(ip) == key
+
+
 async def test_limit_names_are_separate_namespaces(make_limiter: LimiterFactory) -> None:
     limiter = make_limiter(rate_limit_graphql_ip="1/hour", rate_limit_login_ip="1/hour")
     assert await hit_times(limiter, "graphql_ip", "203.0.113.9", 2) == [True, False]

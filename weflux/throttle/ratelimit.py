@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 # A per-IP limit counts an IPv6 client by its network of this prefix: a home or an office
 # is given a /64 (or more), so one client has that many addresses to choose from.
 IPV6_PREFIX = 64
+# NAT64's well-known prefix (RFC 6052): behind a translator (SIIT) every IPv4 client
+# arrives as 64:ff9b::<its IPv4>, so the /64 would be the whole IPv4 Internet's.
+NAT64_PREFIX = ipaddress.IPv6Network("64:ff9b::/96")
 
 LIMIT_NAMES = (
     "login_ip",
@@ -124,14 +127,35 @@ def per_ip(ip: str | None) -> str:
 
 def _network_of(ip: str) -> str:
     """`ip`'s network for the per-IP limits: one subscriber's /64 for IPv6, whose 2**64
-    addresses are all theirs to send from (an address per attempt would pass every limit)."""
+    addresses are all theirs to send from (an address per attempt would pass every limit).
+
+    An IPv6 address that carries its client's IPv4 address counts as that IPv4 client:
+    IPv4-mapped, 6to4 (a 2002::/16 site holds a /48 of 2**16 /64s), Teredo (a /64 is a Teredo
+    server's, shared by all its clients) and NAT64's well-known prefix (one /64 for every
+    IPv4 client behind the translator)."""
     if ":" not in ip:
         return ip
     try:
         address = ipaddress.IPv6Address(ip)
     except ValueError:
         return ip
+    embedded = _embedded_client(address)
+    if embedded is not None:
+        return str(embedded)
     return str(ipaddress.IPv6Network((address, IPV6_PREFIX), strict=False))
+
+
+def _embedded_client(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 client an IPv6 source address stands for (6to4, Teredo, NAT64), if any."""
+    if address.ipv4_mapped is not None:  # `weflux.client_ip` maps these already
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]  # (server, client): the client's obfuscated address
+    if address in NAT64_PREFIX:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
 
 
 @functools.cache
