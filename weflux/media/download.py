@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -57,7 +58,8 @@ from weflux.realtime.events import EventName, publish_after_commit
 from weflux.services.channels import SandboxRefused, Services
 from weflux.whatsapp.client import CloudApiClient
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
-from weflux.worker.delivery import SUSPECTS_PER_RUN, backoff_delay
+from weflux.worker.delivery import backoff_delay
+from weflux.worker.suspects import Pick, run_with_suspects
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +137,7 @@ async def _claim(
     now = utcnow()
     lease_until = now + settings.media_download_lease
     claimed: list[Claimed] = []
-    suspects_left = False
+    pick = Pick(suspect=suspect)
     async with db.session() as session:
         due = await crossings.due_media_downloads(session, now=now, batch=batch_size)
         for org_id, ids in crossings.by_workspace(due).items():
@@ -143,11 +145,7 @@ async def _claim(
             rows = (await session.exec(select(MediaFile).where(col(MediaFile.id).in_(ids)))).all()
             order = {file_id: position for position, file_id in enumerate(ids)}
             for row in sorted(rows, key=lambda r: order[r.id]):
-                expired = row.status == MediaStatus.DOWNLOADING
-                if expired and (not suspect or claimed):
-                    suspects_left = True  # left due: claimed alone, by a suspect's claim
-                    continue
-                if suspect and not expired:
+                if not pick.takes(row.status == MediaStatus.DOWNLOADING):
                     continue
                 if row.attempts >= settings.media_download_max_attempts:
                     _fail(row, f"Download abandoned after {row.attempts} attempts")
@@ -157,8 +155,9 @@ async def _claim(
                 row.attempts += 1
                 row.next_attempt_at = lease_until
                 claimed.append(Claimed(id=row.id, org_id=row.org_id, attempts=row.attempts))
+                pick.took()
             await session.flush()
-    return claimed, suspects_left
+    return claimed, pick.left
 
 
 async def _prepare(db: Database, services: Services, claimed: Claimed) -> _Fetch | _Outcome | None:
@@ -328,18 +327,18 @@ async def download_due_media(
     Then up to `SUSPECTS_PER_RUN` suspects (downloads whose lease ran out), each claimed
     and downloaded alone, so a file that kills its worker takes no other with it."""
     batch_size = settings.media_download_batch_size
-    claimed, suspects = await _claim(db, services, settings, batch_size, suspect=False)
-    count = await _download_claimed(db, store, services, settings, claimed)
-    for _ in range(SUSPECTS_PER_RUN if suspects else 0):
-        alone = await claim_due_media(db, services, settings, batch_size=batch_size, suspect=True)
-        if not alone:
-            break
-        count += await _download_claimed(db, store, services, settings, alone)
-    return count
+    return await run_with_suspects(
+        lambda suspect: _claim(db, services, settings, batch_size, suspect=suspect),
+        lambda claimed: _download_claimed(db, store, services, settings, claimed),
+    )
 
 
 async def _download_claimed(
-    db: Database, store: MediaStore, services: Services, settings: Settings, claimed: list[Claimed]
+    db: Database,
+    store: MediaStore,
+    services: Services,
+    settings: Settings,
+    claimed: Sequence[Claimed],
 ) -> int:
     """Download these claimed files, several at once; how many."""
     if not claimed:

@@ -47,6 +47,7 @@ import asyncio
 import logging
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, BinaryIO
@@ -87,6 +88,7 @@ from weflux.throttle.sends import LocalThrottle, Throttle
 from weflux.whatsapp.client import CloudApiClient, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 from weflux.whatsapp.payloads import NoRecipient, build_payload
+from weflux.worker.suspects import Pick, run_with_suspects
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +102,6 @@ _DB_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutErro
 _MAX_TITLE = 500
 # How many messages of one conversation a run sends back to back (then others get a turn).
 FOLLOW_UPS_PER_RUN = 20
-# How many suspects (messages whose lease ran out: their worker died) a run sends, alone.
-SUSPECTS_PER_RUN = 10
 # A media message whose file was deleted before it went (its sender erased, or it expired).
 FILE_DELETED = "Not sent: the file was deleted before it could be sent; upload it again"
 STORE_UNAVAILABLE = "Not sent yet: the media store is unavailable"
@@ -209,7 +209,7 @@ async def _claim(
     now = utcnow()
     lease_until = now + settings.delivery_lease
     claimed: list[ClaimedMessage] = []
-    suspects_left = False
+    pick = Pick(suspect=suspect)
     async with db.session(after.org_id if after else None) as session:
         if after is None:
             due = await crossings.due_outbound_messages(session, now=now, batch=batch_size)
@@ -222,18 +222,16 @@ async def _claim(
             rows = (await session.exec(select(Message).where(col(Message.id).in_(ids)))).all()
             order = {message_id: position for position, message_id in enumerate(ids)}
             for message in sorted(rows, key=lambda m: order[m.id]):
-                expired = message.status == MessageStatus.SENDING
-                sendable = expired and message.wa_message_id is None
-                if sendable and (not suspect or claimed):
-                    suspects_left = True  # left due: claimed alone, by a suspect's claim
-                    continue
-                if suspect and not expired:
+                # One whose wamid a webhook filled in is settled, not sent: no suspect.
+                expired = message.status == MessageStatus.SENDING and message.wa_message_id is None
+                if not pick.takes(expired):
                     continue
                 lease = _lease(session, services, settings, message, now, lease_until)
                 if lease is not None:
                     claimed.append(lease)
+                    pick.took()
             await session.flush()
-    return claimed, suspects_left
+    return claimed, pick.left
 
 
 def _lease(
@@ -718,26 +716,21 @@ async def deliver_due_messages(
     lease expires and is then claimed again. Returns at once when nothing is due.
 
     The batch goes first; then up to `SUSPECTS_PER_RUN` suspects (messages whose lease
-    ran out), each claimed and sent alone once nothing else is in flight here, so a
+    ran out: `weflux.worker.suspects`), each claimed and sent alone once nothing else is
+    in flight here, so a
     message that kills its worker takes no other message with it.
     """
-    claimed, suspects = await _claim(db, services, settings, batch_size, None, suspect=False)
-    count = await _deliver_claimed(db, services, settings, claimed, throttle)
-    for _ in range(SUSPECTS_PER_RUN if suspects else 0):
-        alone = await claim_due_messages(
-            db, services, settings, batch_size=batch_size, suspect=True
-        )
-        if not alone:
-            break
-        count += await _deliver_claimed(db, services, settings, alone, throttle)
-    return count
+    return await run_with_suspects(
+        lambda suspect: _claim(db, services, settings, batch_size, None, suspect=suspect),
+        lambda claimed: _deliver_claimed(db, services, settings, claimed, throttle),
+    )
 
 
 async def _deliver_claimed(
     db: Database,
     services: Services,
     settings: Settings,
-    claimed: list[ClaimedMessage],
+    claimed: Sequence[ClaimedMessage],
     throttle: Throttle | None,
 ) -> int:
     """Deliver these claimed messages, each conversation's next ones after them; how many."""
