@@ -120,6 +120,28 @@ async def test_bad_settings_are_refused_per_field(client: httpx.AsyncClient, adm
     assert without_cost((await gql(client, token, READ)).json()) == {"data": {"smtpSettings": None}}
 
 
+@pytest.mark.parametrize("host", ["[::1]", "0:0:0:0:0:0:0:1"])
+async def test_an_ipv6_literal_host_is_saved_canonically_and_reached(
+    client: httpx.AsyncClient, admin: Actor, db: Database, host: str
+) -> None:
+    """Given a mail server on the IPv6 loopback, when an Admin saves its address in
+    brackets or in a long spelling, then it is stored in its short form without brackets,
+    and the test email reaches it."""
+    with running_server(hostname="::1", authenticator=authenticator, auth_require_tls=False) as (
+        handler,
+        port,
+    ):
+        token = await token_for(client, admin)
+        saved = await gql(client, token, UPDATE, {"input": settings_input(port, host=host)})
+        assert saved.json()["data"]["updateSmtpSettings"]["host"] == "::1"
+        sent = await gql(client, token, SEND, {"to": "ops@acme.example"})
+        assert without_cost(sent.json()) == {"data": {"sendTestEmail": True}}
+    assert [envelope.rcpt_tos for envelope in handler.delivered] == [["ops@acme.example"]]
+    assert handler.logins == [USERNAME]
+    async with db.session(admin.org_id) as session:
+        assert (await session.exec(select(SmtpSettings))).one().host == "::1"
+
+
 async def test_a_test_email_needs_saved_settings(client: httpx.AsyncClient, admin: Actor) -> None:
     token = await token_for(client, admin)
     assert error_codes(await gql(client, token, SEND, {"to": "ops@acme.example"})) == ["CONFLICT"]
@@ -132,7 +154,20 @@ def _production(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "10.0.0.5",
+        "169.254.169.254",
+        "::1",
+        "[::1]",
+        "[fe80::1]",
+        "fd00::25",
+        "[::ffff:10.0.0.5]",
+    ],
+)
 async def test_production_refuses_private_smtp_hosts(
     database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, host: str
 ) -> None:
@@ -152,6 +187,22 @@ async def test_production_refuses_private_smtp_hosts(
         )
         assert error_codes(plain) == ["BAD_USER_INPUT"]
         assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_production_takes_a_public_ipv6_literal_in_its_canonical_form(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Given production, when an Admin saves a public IPv6 address in brackets and in
+    capitals, then it passes the private-address checks and is stored in its short form."""
+    settings = _production(database_urls, tmp_path)
+    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
+        token = await token_for(client, admin)
+        typed = "[2606:4700:4700:0:0:0:0:1111]"
+        response = await gql(
+            client, token, UPDATE, {"input": settings_input(587, host=typed, security="STARTTLS")}
+        )
+    assert response.json()["data"]["updateSmtpSettings"]["host"] == "2606:4700:4700::1111"
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
