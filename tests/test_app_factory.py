@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.fixtures.children import STARTUP, child_env, stop, wait_ready
+from tests.fixtures.children import STARTUP, child_env, spawn, stop, wait_ready
 from tests.fixtures.databases import SqliteTemplate
 from tests.fixtures.live import free_port
 from tests.fixtures.secrets import unregistered_value
@@ -42,12 +42,10 @@ def test_a_bare_uvicorn_factory_start_logs_in_weflux_format(
     secrets' warning, uvicorn's own lines and weflux's access line (no query string)."""
     port = free_port()
     uvicorn = [sys.executable, "-m", "uvicorn", "--factory", "weflux.app:create_app"]
-    process = subprocess.Popen(
+    process = spawn(
         [*uvicorn, "--port", str(port), "--no-server-header", "--no-proxy-headers"],
-        cwd=tmp_path,
-        env=_development(sqlite_template, tmp_path, WEFLUX_LOG_FORMAT="json"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
+        tmp_path,
+        _development(sqlite_template, tmp_path, WEFLUX_LOG_FORMAT="json"),
     )
     try:
         assert wait_ready(port, "/healthz", process, STARTUP) == 200

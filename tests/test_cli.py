@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.children import STARTUP, child_env, stop, wait_ready
+from tests.fixtures.children import STARTUP, child_env, spawn, stop, wait_ready, weflux_serve
 from tests.fixtures.databases import DatabaseUrls, SqliteTemplate
 from tests.fixtures.live import free_port
 
@@ -19,13 +19,7 @@ from tests.fixtures.live import free_port
 def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
     """What `make run` does on a fresh checkout: no database or Redis configured."""
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=child_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = spawn(weflux_serve(port), tmp_path, child_env())
     try:
         assert wait_ready(port, "/healthz", process, STARTUP) == 200
         assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
@@ -56,13 +50,7 @@ def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Pa
     )
     assert migrated.returncode == 0, migrated.stderr.decode()
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = spawn(weflux_serve(port), tmp_path, env)
     try:
         assert wait_ready(port, "/readyz", process, STARTUP) == 200
     finally:
@@ -83,13 +71,7 @@ def test_production_refuses_a_superuser_database_role(
         WEFLUX_APP_URL="https://app.example",
     )
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = spawn(weflux_serve(port), tmp_path, env)
     try:
         process.wait(timeout=STARTUP)
     finally:
@@ -106,13 +88,7 @@ def test_serve_from_another_directory_keeps_its_state_in_the_var_dir(tmp_path: P
     elsewhere, state = tmp_path / "elsewhere", tmp_path / "state"
     elsewhere.mkdir()
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "weflux", "serve", "--port", str(port)],
-        cwd=elsewhere,
-        env=child_env(WEFLUX_VAR_DIR=str(state)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    process = spawn(weflux_serve(port), elsewhere, child_env(WEFLUX_VAR_DIR=str(state)))
     try:
         assert wait_ready(port, "/readyz", process, STARTUP) == 200
         login = httpx.post(

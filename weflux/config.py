@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     graphql_max_nodes: int = Field(default=10_000, ge=1)
     graphql_timeout: timedelta = timedelta(seconds=10)
     # Open WebSockets one process holds (docs/realtime.md#how-many-sockets): per session
-    # and per member (at `connection_init`, closed 4429), per client IP, and per client
+    # and per member (at `connection_init`, closed 4403), per client IP, and per client
     # IP not yet past `connection_init` (at the handshake, 429).
     websocket_max_per_session: int = Field(default=20, ge=1)
     websocket_max_per_member: int = Field(default=50, ge=1)

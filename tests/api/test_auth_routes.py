@@ -41,7 +41,7 @@ from weflux.app import create_app
 from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id, parse_global_id
-from weflux.models import AuditEvent, Invitation, Organization, Role, utcnow
+from weflux.models import AuditEvent, AuthSession, Invitation, Organization, Role, utcnow
 
 CLIENT_IP = "203.0.113.7"
 STRONG = "quartz-Lantern-meadow-58"
@@ -785,6 +785,34 @@ async def test_logout_ends_the_session_at_once(client: httpx.AsyncClient, admin:
     assert_error(await refresh(client, pair["refreshToken"]), 401, "UNAUTHENTICATED")
     assert_error(await client.post("/auth/logout", headers=headers), 401, "UNAUTHENTICATED")
     assert (await viewer(client, other))["viewer"]["role"] == "ADMIN"
+
+
+async def test_logout_is_audited_with_its_session_and_no_token(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given a session, when it logs out, then one `auth.logout` audit event names the
+    member, the session and the client IP, and carries no token; a refused logout (its
+    session already ended) records nothing more."""
+    pair = await tokens_for(client, admin)
+    headers = {"Authorization": f"Bearer {pair['accessToken']}"}
+
+    assert (await client.post("/auth/logout", headers=headers)).status_code == 204
+    assert (await client.post("/auth/logout", headers=headers)).status_code == 401
+
+    (event,) = [e for e in await audit_events(db, admin.org_id) if e.action == "auth.logout"]
+    async with db.session(admin.org_id) as session:
+        (ended,) = (
+            await session.exec(select(AuthSession).where(col(AuthSession.revoked_at).is_not(None)))
+        ).all()
+    assert ended.revoked_reason == "logout"
+    assert (event.target_type, event.target_id) == ("Session", str(ended.id))
+    assert event.actor_membership_id == admin.membership.id
+    assert event.actor_user_id == admin.user.id
+    assert event.ip_address == CLIENT_IP
+    assert event.severity == "info"
+    stored = json.dumps(event.model_dump(mode="json"))
+    assert pair["accessToken"] not in stored
+    assert pair["refreshToken"] not in stored
 
 
 @sqlite_only

@@ -20,7 +20,7 @@ from tests.fixtures.api import error_codes, gql, token_for
 from tests.fixtures.app import app_client, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
-from tests.fixtures.inbox import status_of
+from tests.fixtures.inbox import EndlessStatusChange, status_of
 from tests.fixtures.settings import make_settings
 from weflux.app import create_app
 from weflux.db import Database
@@ -29,11 +29,6 @@ from weflux.models import Conversation, ConversationStatus
 from weflux.runtime import runtime_of
 from weflux.services import conversations as conversation_service
 
-ENDLESS = {
-    "sqlite": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
-    "SELECT count(*) FROM n",
-    "postgresql": "SELECT pg_sleep(3600)",
-}
 SET_STATUS = """mutation($id: ID!, $status: ConversationStatus!) {
   updateConversationStatus(input: {conversationId: $id, status: $status}) { status } }"""
 LIST = "{ conversations(first: 10) { edges { node { id status } } } }"
@@ -45,23 +40,14 @@ def variables(conversation: Conversation, status: str) -> dict[str, Any]:
 
 
 async def test_an_operation_past_its_deadline_is_cancelled_and_rolled_back(
-    dialect: str,
     database_urls: DatabaseUrls,
     tmp_path: Path,
     admin: Actor,
     db: Database,
     conversation: Conversation,
-    monkeypatch: pytest.MonkeyPatch,
+    endless_status_change: EndlessStatusChange,
 ) -> None:
     # Given a status change that, once written, runs a statement that never ends
-    real = conversation_service.update_status
-
-    async def endless(session: Any, *args: Any, **kwargs: Any) -> Any:
-        row = await real(session, *args, **kwargs)
-        await (await session.connection()).execute(text(ENDLESS[dialect]))
-        return row
-
-    monkeypatch.setattr(conversation_service, "update_status", endless)
     settings = make_settings(
         tmp_path,
         database_url=database_urls.app,
@@ -81,7 +67,7 @@ async def test_an_operation_past_its_deadline_is_cancelled_and_rolled_back(
         # And nothing of it was kept
         assert await status_of(db, conversation) is ConversationStatus.OPEN
         # And the database is free: the same change, without the endless statement, passes
-        monkeypatch.setattr(conversation_service, "update_status", real)
+        endless_status_change.end()
         # (the deadline under test is past: a loaded machine may take over 1 s for the
         # next operation, which would then time out too)
         settings.graphql_timeout = timedelta(seconds=30)

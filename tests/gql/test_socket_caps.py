@@ -2,9 +2,10 @@
 
 A real uvicorn serves the app; independent `websockets` clients open sockets to it, as a
 careless frontend (a reconnect loop, one token everywhere) or an attacker would.
-Per session and per member: closed 4429 at `connection_init`; per client IP (in all, and
-not yet past `connection_init`) and over the handshake rate: HTTP 429 before the socket
-is accepted. Every way a socket ends gives its place back.
+Per session and per member: closed 4403 at `connection_init` (the contract's code for a
+failed `connection_init`, never graphql-transport-ws's 4429, a second `connection_init`);
+per client IP (in all, and not yet past `connection_init`) and over the handshake rate:
+HTTP 429 before the socket is accepted. Every way a socket ends gives its place back.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ def assert_refused_429(refusal: websockets.InvalidStatus, message: str) -> None:
     assert message in error["message"]
 
 
-async def test_a_session_past_its_cap_is_closed_4429_until_one_of_its_sockets_ends(
+async def test_a_session_past_its_cap_is_closed_4403_until_one_of_its_sockets_ends(
     serve: Serve, admin: Actor
 ) -> None:
     async with serve(websocket_max_per_session=2) as served:
@@ -147,8 +148,8 @@ async def test_a_session_past_its_cap_is_closed_4429_until_one_of_its_sockets_en
         first, second = await socket_of(served, token), await socket_of(served, token)
         # When it opens a third
         third = await handshake(served)
-        # Then it is closed 4429 at connection_init, saying why
-        assert await initialise(third, token) == 4429
+        # Then it is closed 4403 at connection_init, saying why
+        assert await initialise(third, token) == 4403
         assert third.close_reason == "Too many open sockets for this session"
         # And another session of the same member is not refused
         other = await socket_of(served, await token_for(served.http, admin))
@@ -161,7 +162,7 @@ async def test_a_session_past_its_cap_is_closed_4429_until_one_of_its_sockets_en
         await served.settled(open=0, registered=0, members=0, sessions=0)
 
 
-async def test_a_member_past_its_cap_across_sessions_is_closed_4429(
+async def test_a_member_past_its_cap_across_sessions_is_closed_4403(
     serve: Serve, admin: Actor, agent: Actor
 ) -> None:
     async with serve(websocket_max_per_session=10, websocket_max_per_member=3) as served:
@@ -172,8 +173,8 @@ async def test_a_member_past_its_cap_across_sessions_is_closed_4429(
         # When a fourth opens on either session, or on a new one
         for token in (one, two, await token_for(served.http, admin)):
             connection = await handshake(served)
-            # Then it is closed 4429
-            assert await initialise(connection, token) == 4429
+            # Then it is closed 4403
+            assert await initialise(connection, token) == 4403
             assert connection.close_reason == "Too many open sockets for this member"
         # And another member of the workspace is not refused
         held.append(await socket_of(served, await token_for(served.http, agent)))
@@ -314,7 +315,7 @@ async def test_no_way_a_socket_ends_leaves_it_counted(
             await served.settled(open=0, pending=0, registered=0, members=0, sessions=0)
         # Then every cap admits its full count again
         held = [await socket_of(served, token) for _ in range(3)]
-        assert await initialise(await handshake(served), token) == 4429
+        assert await initialise(await handshake(served), token) == 4403
         for connection in held:
             await connection.close()
         await served.settled(open=0, pending=0, registered=0, members=0, sessions=0)

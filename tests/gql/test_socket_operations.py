@@ -14,14 +14,13 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import text
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.inbox import status_of
+from tests.fixtures.inbox import EndlessStatusChange, status_of
 from tests.fixtures.live import serve_settings, until_listening
 from tests.fixtures.throttle import freeze_cost_budgets
 from tests.fixtures.ws import GraphQLSocket
@@ -39,11 +38,6 @@ ATTACK = (
     "{ conversations(first:50){edges{node{messages(last:50){edges{node{conversation"
     "{messages(last:50){edges{cursor}}}}}}}}}}"
 )
-ENDLESS = {
-    "sqlite": "WITH RECURSIVE n(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM n) "
-    "SELECT count(*) FROM n",
-    "postgresql": "SELECT pg_sleep(3600)",
-}
 
 Serve = Callable[..., AbstractAsyncContextManager[str]]
 
@@ -225,24 +219,14 @@ async def test_socket_operations_are_costed_and_charged_like_http_ones(
 
 
 async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back(
-    dialect: str,
-    serve: Serve,
     admin: Actor,
     db: Database,
     conversation: Conversation,
-    monkeypatch: pytest.MonkeyPatch,
     database_urls: DatabaseUrls,
     tmp_path: Path,
+    endless_status_change: EndlessStatusChange,
 ) -> None:
     # Given a status change that, once written, runs a statement that never ends
-    real = conversation_service.update_status
-
-    async def endless(session: Any, *args: Any, **kwargs: Any) -> Any:
-        row = await real(session, *args, **kwargs)
-        await (await session.connection()).execute(text(ENDLESS[dialect]))
-        return row
-
-    monkeypatch.setattr(conversation_service, "update_status", endless)
     async with serve_settings(database_urls, tmp_path, graphql_timeout=1) as (app, base_url):
         socket = await connect(base_url, admin)
         try:
@@ -256,7 +240,7 @@ async def test_a_socket_operation_past_its_deadline_is_cancelled_and_rolled_back
             assert (await socket.next(operation))["type"] == "complete"
             # And nothing of it was kept; the socket and the database go on
             assert await status_of(db, conversation) is ConversationStatus.OPEN
-            monkeypatch.setattr(conversation_service, "update_status", real)
+            endless_status_change.end()
             # (the deadline under test is past: a loaded machine may take over 1 s for the
             # next operation, which would then time out too)
             runtime_of(app).settings.graphql_timeout = timedelta(seconds=30)

@@ -38,6 +38,7 @@ from weflux.mail.smtp import (
     SmtpConfig,
     SmtpError,
     SmtpSecurity,
+    canonical_host,
     resolve_public_addresses,
     send_test_email,
     validate_smtp_input,
@@ -149,13 +150,22 @@ async def test_the_password_is_not_in_the_repr() -> None:
 
 async def test_connection_refused(caplog: pytest.LogCaptureFixture) -> None:
     port = free_port()
-    with pytest.raises(SmtpError) as caught:
-        await send_test_email(config(port), RECIPIENT, allow_private=True)
-    assert caught.value.message == (
-        f"No SMTP server could be reached at 127.0.0.1:{port}: "
-        "check the host, the port and the security setting."
-    )
-    assert_secret_free(caught.value, caplog)
+    for host, where in (("127.0.0.1", "127.0.0.1"), ("::1", "[::1]"), ("[::1]", "[::1]")):
+        with pytest.raises(SmtpError) as caught:
+            await send_test_email(config(port, host=host), RECIPIENT, allow_private=True)
+        assert caught.value.message == (
+            f"No SMTP server could be reached at {where}:{port}: "
+            "check the host, the port and the security setting."
+        )
+        assert_secret_free(caught.value, caplog)
+
+
+@pytest.mark.parametrize("host", ["::1", "[::1]", "0:0:0:0:0:0:0:1"])
+async def test_test_email_is_delivered_to_an_ipv6_literal(host: str) -> None:
+    with running_server(hostname="::1") as (handler, port):
+        await send_test_email(config(port, host=host), RECIPIENT, allow_private=True)
+    (envelope,) = handler.delivered
+    assert envelope.rcpt_tos == [RECIPIENT]
 
 
 # --- Port probing: one answer for every way of not reaching an SMTP server -------------------
@@ -520,6 +530,9 @@ def fields_of(error: BadUserInput) -> list[str]:
         "localhost",
         "192.0.2.1",
         "2001:db8::1",
+        "[2001:db8::1]",
+        "2001:DB8:0:0:0:0:0:1",
+        "[::ffff:192.0.2.1]",
         "bücher.example",
         "xn--bcher-kva.example",
         "a" * 63 + ".example.com",
@@ -539,7 +552,14 @@ def test_valid_hosts(host: str) -> None:
         " mail.example.com",
         "mail.example.com:587",
         "user@mail.example.com",
-        "[2001:db8::1]",
+        "[smtp.example.com]",
+        "[192.0.2.1]",
+        "[2001:db8::1",
+        "2001:db8::1]",
+        "[2001:db8::1]:587",
+        "[]",
+        "fe80::1%eth0",
+        "[fe80::1%eth0]",
         "-mail.example.com",
         "mail..example.com",
         "a" * 64 + ".example.com",
@@ -555,6 +575,26 @@ def test_invalid_hosts(host: str) -> None:
         validate_smtp_input(host, 587, SENDER, "STARTTLS", None)
     assert fields_of(caught.value) == ["host"]
     assert caught.value.details[0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("typed", "stored"),
+    [
+        ("[2001:db8::25]", "2001:db8::25"),
+        ("2001:DB8:0:0:0:0:0:25", "2001:db8::25"),
+        ("[0:0:0:0:0:0:0:1]", "::1"),
+        # IPv4-mapped: Python 3.13 writes the IPv4 part dotted, 3.11 in hex
+        ("[::FFFF:C000:201]", str(ipaddress.ip_address("::ffff:c000:201"))),
+        ("192.0.2.1", "192.0.2.1"),
+        ("smtp.example.com", "smtp.example.com"),
+    ],
+)
+def test_an_ip_literal_is_kept_in_its_canonical_form(typed: str, stored: str) -> None:
+    """Given a host typed as an IP literal, bracketed or not, in any spelling, when it is
+    made canonical, then it is the address's one short form, without brackets (a name is
+    left as typed)."""
+    validate_smtp_input(typed, 587, SENDER, "STARTTLS", None)
+    assert canonical_host(typed) == stored
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, 100_000, True])
@@ -663,6 +703,39 @@ async def test_the_guard_refuses_non_public_addresses(host: str) -> None:
         await resolve_public_addresses(host, 587)
     assert fields_of(caught.value) == ["host"]
     assert "private, local or reserved" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "[::1]",
+        "0:0:0:0:0:0:0:1",
+        "[::]",
+        "[::ffff:127.0.0.1]",
+        "::FFFF:7F00:1",  # IPv4-mapped 127.0.0.1, in hex
+        "[::ffff:a9fe:a9fe]",  # IPv4-mapped 169.254.169.254
+        "[::ffff:10.0.0.5]",
+        "[FE80::1]",
+        "[fd00::25]",  # unique local (ULA)
+        "[fec0::1]",
+        "[ff02::1]",
+        "[2002:7f00:1::]",
+        "[64:ff9b::a00:5]",
+        "[2001:db8::25]",
+    ],
+)
+async def test_the_guard_refuses_non_public_ipv6_literals_however_spelled(host: str) -> None:
+    """Given a non-public IPv6 literal in brackets or in another spelling, when it is
+    checked for production, then it is refused as its plain short form is."""
+    with pytest.raises(BadUserInput) as caught:
+        await resolve_public_addresses(host, 587)
+    assert fields_of(caught.value) == ["host"]
+    assert "private, local or reserved" in caught.value.message
+
+
+async def test_a_public_ipv6_literal_is_accepted_bracketed_or_not() -> None:
+    for host in (PUBLIC_V6, f"[{PUBLIC_V6}]", f"[{PUBLIC_V6.upper()}]"):
+        assert await resolve_public_addresses(host, 587) == [PUBLIC_V6]
 
 
 async def test_the_guard_allows_them_outside_production() -> None:

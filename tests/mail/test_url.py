@@ -21,6 +21,8 @@ SENDER = "no-reply@weflux.example"
         ("smtp://127.0.0.1:2525", "127.0.0.1", 2525, SmtpSecurity.NONE),
         ("smtp://localhost:25", "localhost", 25, SmtpSecurity.NONE),
         ("smtp://[::1]:25", "::1", 25, SmtpSecurity.NONE),
+        ("smtp://[0:0::1]:25", "::1", 25, SmtpSecurity.NONE),
+        ("smtp://u:p@[2001:DB8:0::25]:587", "2001:db8::25", 587, SmtpSecurity.STARTTLS),
         ("smtps://localhost:465", "localhost", 465, SmtpSecurity.TLS),
     ],
 )

@@ -249,7 +249,8 @@ async def logout(request: Request) -> Response:
     )
     if principal is None:
         raise Unauthenticated("Authentication required")
-    await auth_service.logout(runtime.db, runtime.authenticator, principal)
+    meta = request_meta(request, runtime.trusted_proxies)
+    await auth_service.logout(runtime.db, runtime.authenticator, principal, meta)
     return Response(status_code=204)
 
 

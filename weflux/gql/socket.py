@@ -156,7 +156,7 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         )
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        """Past the session's or the member's cap of sockets, close 4429 (`on_ws_connect`)."""
+        """Past the session's or the member's cap of sockets, close 4403 (`on_ws_connect`)."""
         admission = admission_of(self.context.request.scope)
         if admission is not None:
             admission.initialised()  # no longer waiting for it, whatever comes next

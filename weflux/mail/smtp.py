@@ -1,7 +1,9 @@
 """Outgoing mail over SMTP: settings validation, an SSRF guard, and the test email.
 
 - `validate_smtp_input` checks what a workspace admin typed, field by field, in the
-  GraphQL field names (`host`, `port`, `fromAddress`, `security`, `username`).
+  GraphQL field names (`host`, `port`, `fromAddress`, `security`, `username`); a host may
+  be a name or an IP literal (IPv6 bare or in brackets), which `canonical_host` stores
+  in its short form without brackets.
 - `resolve_public_addresses` resolves the host and, unless private hosts are allowed
   (development and tests), refuses a host any of whose addresses is loopback, private,
   link-local, multicast, reserved or unspecified, including IPv6 forms that embed such
@@ -94,6 +96,34 @@ def _parse_ip(value: str) -> IPAddress | None:
         return None
 
 
+def _ip_literal(host: str) -> IPAddress | None:
+    """The address `host` is, as an IP literal: IPv4, or IPv6 bare or in brackets; never
+    one with a zone (`%eth0` names an interface of one machine)."""
+    bracketed = host.startswith("[") and host.endswith("]")
+    inner = host[1:-1] if bracketed else host
+    if "%" in inner:
+        return None
+    address = _parse_ip(inner)
+    if address is None or (bracketed and address.version != 6):
+        return None
+    return address
+
+
+def canonical_host(host: str) -> str:
+    """The host as stored and used: an IP literal in its short form without brackets
+    (`[2001:DB8:0::25]` is `2001:db8::25`); a name as given."""
+    address = _ip_literal(host)
+    return host if address is None else str(address)
+
+
+def _where(host: str, port: int) -> str:
+    """`host:port` as people write it: an IPv6 address in brackets."""
+    address = _ip_literal(host)
+    if address is not None and address.version == 6:
+        return f"[{address}]:{port}"
+    return f"{host}:{port}"
+
+
 def _ascii_hostname(host: str) -> str | None:
     """The IDNA (punycode) form of a host name, or None when it is not a valid name."""
     try:
@@ -121,8 +151,14 @@ def _host_problem(host: str) -> str | None:
         return "The host name must not contain spaces."
     if any(mark in host for mark in ("/", "\\", "@", "?", "#")):
         return "Enter only the host name, such as smtp.example.com, without scheme or path."
-    if _parse_ip(host) is not None:
+    if _ip_literal(host) is not None:
         return None
+    if host.startswith("[") and "]:" in host:
+        return "Enter the port in its own field, not after the host name."
+    if _parse_ip(host.strip("[]").partition("%")[0]) is not None and "%" in host:
+        return "Enter the IPv6 address without a zone (the % and what follows)."
+    if host.startswith("[") or host.endswith("]"):
+        return "Between brackets, enter an IPv6 address only, such as [2001:db8::25]."
     if ":" in host:
         return "Enter the port in its own field, not after the host name."
     if _ascii_hostname(host) is None:
@@ -217,8 +253,8 @@ async def _resolve(
     host: str, port: int, *, allow_private: bool
 ) -> list[tuple[int, tuple[Any, ...]]]:
     """The (family, socket address) pairs to connect to, checked against the SSRF rules."""
-    literal = _parse_ip(host)
-    name = host if literal is not None else _ascii_hostname(host)
+    literal = _ip_literal(host)
+    name = str(literal) if literal is not None else _ascii_hostname(host)
     if name is None:
         raise _host_error("Enter a valid host name, such as smtp.example.com, or an IP address.")
     loop = asyncio.get_running_loop()
@@ -336,8 +372,11 @@ async def _deliver(
     sock = await _open_socket(targets)
     phase.append("greeting")  # implicit TLS's handshake, then the server's 220
     ascii_name = _ascii_hostname(config.host)
-    # Certificates name hosts without the root's trailing dot.
-    server_name = config.host if ascii_name is None else ascii_name.removesuffix(".")
+    # Certificates name hosts without the root's trailing dot, and addresses without
+    # brackets.
+    server_name = (
+        canonical_host(config.host) if ascii_name is None else ascii_name.removesuffix(".")
+    )
     try:
         smtp = aiosmtplib.SMTP(
             # The name is used only for TLS (SNI and the certificate check): the
@@ -403,7 +442,7 @@ def _exception_chain(error: BaseException) -> Iterator[BaseException]:
 def unreachable(config: SmtpConfig) -> str:
     """The one answer to every failure to reach an SMTP server (`_describe`)."""
     return (
-        f"No SMTP server could be reached at {config.host}:{config.port}: "
+        f"No SMTP server could be reached at {_where(config.host, config.port)}: "
         "check the host, the port and the security setting."
     )
 
@@ -417,7 +456,7 @@ def _describe(error: BaseException, config: SmtpConfig, to: str, phase: str, tim
     filtered one (port probing). Only TLS failures, which need a service that answered,
     keep their own words.
     """
-    where = f"{config.host}:{config.port}"
+    where = _where(config.host, config.port)
     chain = list(_exception_chain(error))
     for item in chain:
         if isinstance(item, ssl.SSLCertVerificationError):

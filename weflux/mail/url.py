@@ -15,7 +15,7 @@ import ipaddress
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from weflux.errors import BadUserInput
-from weflux.mail.smtp import SmtpConfig, SmtpSecurity, validate_smtp_input
+from weflux.mail.smtp import SmtpConfig, SmtpSecurity, canonical_host, validate_smtp_input
 
 _DEFAULT_PORTS = {"smtp": 587, "smtps": 465}
 
@@ -65,7 +65,7 @@ def parse_smtp_url(url: str, *, from_address: str) -> SmtpConfig:
         )
         raise ValueError(problems.replace("fromAddress:", "WEFLUX_SMTP_FROM:")) from None
     return SmtpConfig(
-        host=host,
+        host=canonical_host(host),
         port=port,
         username=username,
         password=password,

@@ -5,7 +5,7 @@ reconnect loop or peers that never authenticate could otherwise hold a process's
 with thousands of sockets. A handshake past a cap of its client IP (the trusted-proxy-aware
 address of `weflux.client_ip`) is refused before it is accepted (HTTP 429, in
 `weflux.gql.view`); the per-session and per-member caps are checked where a socket
-authenticates (`weflux.realtime.sockets.SocketRegistry.register`, closed 4429). Each socket
+authenticates (`weflux.realtime.sockets.SocketRegistry.register`, closed 4403). Each socket
 holds one `Admission` from its handshake to its end, whatever ends it.
 """
 
@@ -14,7 +14,10 @@ from __future__ import annotations
 from starlette.types import Scope
 
 ADMISSION = "weflux.socket_admission"  # the scope key of a socket's `Admission`
-TOO_MANY_SOCKETS_CLOSE = 4429  # graphql-transport-ws's "too many": a cap at connection_init
+# A cap at `connection_init` closes as any failed `connection_init` does (4403, the reason
+# says which cap). Not 4429: graphql-transport-ws reserves it for a second
+# `connection_init`, which graphql-ws's client treats as fatal, never retrying.
+TOO_MANY_SOCKETS_CLOSE = 4403
 
 
 class TooManySockets(Exception):

@@ -14,7 +14,7 @@ and its next expiry goes back on the heap.
 
 The registry also caps the sockets one session and one member (a user in a workspace,
 across their sessions) may hold in this process: past either, `register` refuses the
-socket (`TooManySockets`; the socket closes 4429, see `weflux.gql.socket`).
+socket (`TooManySockets`; the socket closes 4403, see `weflux.gql.socket`).
 """
 
 from __future__ import annotations

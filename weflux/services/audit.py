@@ -21,6 +21,7 @@ class Action(StrEnum):
     WORKSPACE_CREATED = "workspace.created"
     LOGIN_SUCCEEDED = "auth.login.succeeded"
     LOGIN_FAILED = "auth.login.failed"
+    LOGGED_OUT = "auth.logout"
     REFRESH_REUSED = "auth.refresh.reused"
     SESSION_REVOKED = "session.revoked"
     PASSWORD_CHANGED = "user.password_changed"  # noqa: S105

@@ -362,11 +362,23 @@ async def _pair_of(
     return TokenPair(access, new_refresh, organization, membership, [organization])
 
 
-async def logout(db: Database, authenticator: Authenticator, principal: Principal) -> None:
+async def logout(
+    db: Database, authenticator: Authenticator, principal: Principal, meta: RequestMeta
+) -> None:
+    """End the principal's own session (`POST /auth/logout`), audited like every other end."""
     async with db.session(principal.org_id) as session:
-        await session_service.revoke(
+        ended = await session_service.revoke(
             session, authenticator, [principal.session_id], reason="logout"
         )
+        if ended:  # a concurrent logout of the same session ended it: audited once
+            await record(
+                session,
+                Action.LOGGED_OUT,
+                actor=principal,
+                target_type="Session",
+                target_id=principal.session_id,
+                meta=meta,
+            )
 
 
 async def change_password(

@@ -16,6 +16,7 @@ from weflux.errors import BadUserInput, Conflict
 from weflux.mail.smtp import (
     SmtpConfig,
     SmtpSecurity,
+    canonical_host,
     check_port_allowed,
     resolve_public_addresses,
     send_test_email,
@@ -52,6 +53,7 @@ async def update(
     host = host.strip()
     username = username.strip() if username and username.strip() else None
     validate_smtp_input(host, port, from_address, security, username)
+    host = canonical_host(host)
     check_port_allowed(port, allowed_ports)
     if not allow_private:
         if security == SmtpSecurity.NONE and username:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -15,7 +15,6 @@ from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
 from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from tests.fixtures.smtp import PASSWORD, USERNAME, RecordingHandler, authenticator, running_server
-from weflux.config import Settings
 from weflux.db import Database
 from weflux.models import SmtpSettings
 
@@ -120,56 +119,98 @@ async def test_bad_settings_are_refused_per_field(client: httpx.AsyncClient, adm
     assert without_cost((await gql(client, token, READ)).json()) == {"data": {"smtpSettings": None}}
 
 
+@pytest.mark.parametrize("host", ["[::1]", "0:0:0:0:0:0:0:1"])
+async def test_an_ipv6_literal_host_is_saved_canonically_and_reached(
+    client: httpx.AsyncClient, admin: Actor, db: Database, host: str
+) -> None:
+    """Given a mail server on the IPv6 loopback, when an Admin saves its address in
+    brackets or in a long spelling, then it is stored in its short form without brackets,
+    and the test email reaches it."""
+    with running_server(hostname="::1", authenticator=authenticator, auth_require_tls=False) as (
+        handler,
+        port,
+    ):
+        token = await token_for(client, admin)
+        saved = await gql(client, token, UPDATE, {"input": settings_input(port, host=host)})
+        assert saved.json()["data"]["updateSmtpSettings"]["host"] == "::1"
+        sent = await gql(client, token, SEND, {"to": "ops@acme.example"})
+        assert without_cost(sent.json()) == {"data": {"sendTestEmail": True}}
+    assert [envelope.rcpt_tos for envelope in handler.delivered] == [["ops@acme.example"]]
+    assert handler.logins == [USERNAME]
+    async with db.session(admin.org_id) as session:
+        assert (await session.exec(select(SmtpSettings))).one().host == "::1"
+
+
 async def test_a_test_email_needs_saved_settings(client: httpx.AsyncClient, admin: Actor) -> None:
     token = await token_for(client, admin)
     assert error_codes(await gql(client, token, SEND, {"to": "ops@acme.example"})) == ["CONFLICT"]
 
 
-def _production(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
-    return make_settings(
+Production = tuple[httpx.AsyncClient, str]
+
+
+@pytest.fixture
+async def production(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> AsyncIterator[Production]:
+    """A production app (private hosts refused, SMTP ports only): a client and an Admin's
+    token."""
+    settings = make_settings(
         tmp_path, env="production", database_url=database_urls.app, **PRODUCTION_MAIL
     )
-
-
-@pytest.mark.parametrize("dialect", ["sqlite"])
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "10.0.0.5", "169.254.169.254"])
-async def test_production_refuses_private_smtp_hosts(
-    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor, host: str
-) -> None:
-    settings = _production(database_urls, tmp_path)
     async with app_client(settings, "127.0.0.1", "https://api.test") as client:
-        token = await token_for(client, admin)
-        response = await gql(
-            client,
-            token,
-            UPDATE,
-            {"input": settings_input(587, host=host, security="STARTTLS")},
-        )
-        assert error_codes(response) == ["BAD_USER_INPUT"]
-        assert response.json()["errors"][0]["extensions"]["details"][0]["field"] == "host"
-        plain = await gql(
-            client, token, UPDATE, {"input": settings_input(25, host="smtp.example.com")}
-        )
-        assert error_codes(plain) == ["BAD_USER_INPUT"]
-        assert plain.json()["errors"][0]["extensions"]["details"][0]["field"] == "security"
+        yield client, await token_for(client, admin)
+
+
+async def save(admin_client: Production, port: int, **overrides: object) -> httpx.Response:
+    """`updateSmtpSettings` with `settings_input(port, **overrides)`."""
+    client, token = admin_client
+    return await gql(client, token, UPDATE, {"input": settings_input(port, **overrides)})
+
+
+def refused_fields(response: httpx.Response) -> list[str]:
+    """The fields a BAD_USER_INPUT answer names (it must be one)."""
+    assert error_codes(response) == ["BAD_USER_INPUT"]
+    return [detail["field"] for detail in response.json()["errors"][0]["extensions"]["details"]]
 
 
 @pytest.mark.parametrize("dialect", ["sqlite"])
-async def test_production_takes_smtp_ports_only(
-    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "10.0.0.5",
+        "169.254.169.254",
+        "::1",
+        "[::1]",
+        "[fe80::1]",
+        "fd00::25",
+        "[::ffff:10.0.0.5]",
+    ],
+)
+async def test_production_refuses_private_smtp_hosts(production: Production, host: str) -> None:
+    assert refused_fields(await save(production, 587, host=host, security="STARTTLS")) == ["host"]
+    assert refused_fields(await save(production, 25, host="smtp.example.com")) == ["security"]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_production_takes_a_public_ipv6_literal_in_its_canonical_form(
+    production: Production,
 ) -> None:
+    """Given production, when an Admin saves a public IPv6 address in brackets and in
+    capitals, then it passes the private-address checks and is stored in its short form."""
+    typed = "[2606:4700:4700:0:0:0:0:1111]"
+    response = await save(production, 587, host=typed, security="STARTTLS")
+    assert response.json()["data"]["updateSmtpSettings"]["host"] == "2606:4700:4700::1111"
+
+
+@pytest.mark.parametrize("dialect", ["sqlite"])
+async def test_production_takes_smtp_ports_only(production: Production) -> None:
     """Given production (WEFLUX_SMTP_ALLOWED_PORTS at its default), when an Admin saves a
     mail server on another port, then it is refused on its port field, before any lookup."""
-    settings = _production(database_urls, tmp_path)
-    async with app_client(settings, "127.0.0.1", "https://api.test") as client:
-        token = await token_for(client, admin)
-        response = await gql(
-            client,
-            token,
-            UPDATE,
-            {"input": settings_input(22, host="smtp.example.com", security="STARTTLS")},
-        )
-    assert error_codes(response) == ["BAD_USER_INPUT"]
+    response = await save(production, 22, host="smtp.example.com", security="STARTTLS")
+    assert refused_fields(response) == ["port"]
     assert response.json()["errors"][0]["extensions"]["details"] == [
         {
             "field": "port",

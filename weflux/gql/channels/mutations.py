@@ -67,7 +67,8 @@ class UpdateWhatsAppCredentialsInput:
 @strawberry.input(description="The SMTP server; omitting the password keeps the stored one.")
 class SmtpSettingsInput:
     host: str = strawberry.field(
-        description="The mail server's host name or address (in production, not a private address)."
+        description="The mail server's host name or IP address, an IPv6 one bare or in brackets "
+        "(stored in its short form without brackets; in production, not a private address)."
     )
     port: int = strawberry.field(description="Its TCP port, 1 to 65535.")
     username: str | None = strawberry.field(
