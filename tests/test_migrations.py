@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import re
 import stat
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel, select
 
-from tests.fixtures.databases import DatabaseUrls
-from tests.fixtures.factories import create_user
+from tests.fixtures.databases import DatabaseUrls, owner_sql, postgres_only
+from tests.fixtures.factories import create_conversation, create_message, create_user
 from weflux.db import Database
 from weflux.emails import normalize_email
 from weflux.migrate import alembic_config, downgrade, migrate, migrations_dir
-from weflux.models import User
+from weflux.models import MessageDirection, MessageStatus, Organization, User, utcnow
 
 
 def _revisions() -> list[str]:
@@ -157,3 +160,50 @@ async def test_stored_emails_are_rewritten_to_one_form_per_mailbox(
     assert {email: stored[users[email].id] for email in spellings} == spellings
     assert normalize_email("ANN@BÜCHER.DE") == "ann@xn--bcher-kva.de"
     assert normalize_email("Rene\u0301@Example.com") == "ren\u00e9@example.com"
+
+
+@postgres_only
+async def test_the_claims_before_0038_still_answer_beside_its_own(
+    database_urls: DatabaseUrls, db: Database, org: Organization
+) -> None:
+    """Given a message whose lease ran out (a suspect) and a queued one, each in a
+    conversation of its own,
+    when 0038 has run, then the previous release's claim (two arguments) still answers
+    both, for servers not yet upgraded, and 0038's tells them apart; downgraded to 0037,
+    only the previous one is left."""
+    now = utcnow()
+    due = now - timedelta(seconds=1)
+    async with db.session(org.id) as session:
+        suspect, queued = [
+            await create_message(
+                session,
+                await create_conversation(session),
+                direction=MessageDirection.OUTBOUND,
+                status=status,
+                wa_message_id=None,
+                next_attempt_at=due,
+            )
+            for status in (MessageStatus.SENDING, MessageStatus.QUEUED)
+        ]
+    calls = {
+        "before": "SELECT org_id, message_id FROM weflux_due_outbound_messages(:now, 10)",
+        "fresh": "SELECT * FROM weflux_due_outbound_messages(:now, 10, false)",
+        "suspects": "SELECT * FROM weflux_due_outbound_messages(:now, 10, true)",
+    }
+
+    async def answers() -> dict[str, set[tuple[Any, ...]]]:
+        found = {}
+        for name, call in calls.items():
+            try:
+                found[name] = {tuple(row) for row in await owner_sql(database_urls, call, now=now)}
+            except sa_exc.ProgrammingError:  # no such function
+                continue
+        return found
+
+    assert await answers() == {
+        "before": {(org.id, suspect.id), (org.id, queued.id)},
+        "fresh": {(org.id, queued.id, False), (org.id, suspect.id, True)},  # and the hint
+        "suspects": {(org.id, suspect.id, True)},
+    }
+    await downgrade(database_urls.owner, "0037_keyed_recovery_hashes")
+    assert await answers() == {"before": {(org.id, suspect.id), (org.id, queued.id)}}

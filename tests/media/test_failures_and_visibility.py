@@ -27,7 +27,15 @@ from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.lifecycle import erasure
 from weflux.media import download
-from weflux.models import Conversation, MediaFile, MediaStatus, Message
+from weflux.models import (
+    Conversation,
+    MediaFile,
+    MediaOrigin,
+    MediaStatus,
+    Message,
+    utcnow,
+)
+from weflux.worker.suspects import SUSPECTS_PER_RUN
 
 FAILURE_QUERY = """
 query($id: ID!) { node(id: $id) { ... on Message { media { downloadPath size failure } } } }
@@ -224,6 +232,43 @@ async def test_a_file_that_kills_its_worker_takes_no_other_file_to_its_end(
         row = await media_inbox.media_of(message)
         assert (row.status, row.attempts) == (MediaStatus.READY, 2)
         assert process.alongside[row.id] == set()
+
+
+async def test_after_a_crash_a_new_file_does_not_wait_behind_the_suspects(
+    media_inbox: MediaInbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given 60 downloads a crashed worker held (DOWNLOADING, their lease run out: more
+    than a batch, each due before anything new) and then a new image,
+    when a worker sweeps once, then it stores the new image, then `SUSPECTS_PER_RUN`
+    suspects, each alone (the others are left to the next sweeps)."""
+    settings = media_inbox.runtime.settings
+    run_out = utcnow() - settings.media_download_lease - timedelta(seconds=1)
+    async with media_inbox.db.session(media_inbox.account.org_id) as session:
+        held = [
+            MediaFile(
+                org_id=media_inbox.account.org_id,
+                origin=MediaOrigin.INBOUND,
+                kind="image",
+                mime_type="image/jpeg",
+                status=MediaStatus.DOWNLOADING,
+                attempts=1,
+                next_attempt_at=run_out,
+            )
+            for _ in range(60)
+        ]
+        session.add_all(held)
+    message_id = await media_inbox.receive("image", b"\xff\xd8\xff" * 999, mime_type="image/jpeg")
+    new = (await media_inbox.media_of(message_id)).id
+    process = WorkerProcess(monkeypatch, download, "download_one")
+
+    assert await media_inbox.download() == 1 + SUSPECTS_PER_RUN
+
+    assert (await media_inbox.media_of(message_id)).status == MediaStatus.READY
+    first, *alone = process.alongside
+    assert first == new
+    assert set(alone) <= {row.id for row in held}
+    assert len(alone) == SUSPECTS_PER_RUN
+    assert all(others == set() for others in process.alongside.values())
 
 
 async def _assign(db: Database, org_id: uuid.UUID, message_id: uuid.UUID, member: Actor) -> None:

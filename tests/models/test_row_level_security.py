@@ -375,8 +375,8 @@ CROSSING_FUNCTIONS = {
     "weflux_stale_object_intents": "TABLE(org_id uuid, intent_id uuid)",
     "weflux_webhook_payload_retention_days": "integer",
     "weflux_due_health_checks": "TABLE(org_id uuid, account_id uuid)",
-    "weflux_due_media_downloads": "TABLE(org_id uuid, media_id uuid)",
-    "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid)",
+    "weflux_due_media_downloads": "TABLE(org_id uuid, media_id uuid, suspect boolean)",
+    "weflux_due_outbound_messages": "TABLE(org_id uuid, message_id uuid, suspect boolean)",
     "weflux_due_webhook_events": "SETOF uuid",
     "weflux_invitation_by_token": "TABLE(org_id uuid, invitation_id uuid)",
     # Digests of the live webhook keys, never the keys (migration 0035).
@@ -388,6 +388,14 @@ CROSSING_FUNCTIONS = {
     "weflux_webhook_channel": "TABLE(org_id uuid, account_id uuid)",
     "weflux_webhook_routes": "TABLE(org_id uuid, account_id uuid, phone_number_id text, "
     "business_account_id text, display_phone_number text)",
+}
+
+
+# The previous release's claims, kept beside their successors for a rolling upgrade
+# (migration 0038): the same question, with suspects in the answer.
+EARLIER_CLAIMS = {
+    ("weflux_due_media_downloads", "TABLE(org_id uuid, media_id uuid)"),
+    ("weflux_due_outbound_messages", "TABLE(org_id uuid, message_id uuid)"),
 }
 
 
@@ -411,7 +419,7 @@ async def test_the_cross_workspace_functions_are_these_and_locked_down(owner_db:
                 )
             )
         ).all()
-    assert {row[0]: row[1] for row in rows} == CROSSING_FUNCTIONS
+    assert {(row[0], row[1]) for row in rows} == set(CROSSING_FUNCTIONS.items()) | EARLIER_CLAIMS
     for name, _, config, public in rows:
         assert config == ["search_path=public, pg_temp", *PLANNER_SETTINGS.get(name, [])], name
         assert public is False, name
@@ -436,7 +444,7 @@ async def test_calling_the_functions_directly_reveals_only_their_answer(
         "SELECT * FROM weflux_user_sessions(:user)": {"user": other.user.id},
         "SELECT * FROM weflux_invitation_by_token(:hash)": {"hash": theirs.invitation_token_hash},
         "SELECT * FROM weflux_due_webhook_events(:now, :now, 10)": {"now": now},
-        "SELECT * FROM weflux_due_outbound_messages(:now, 10)": {"now": now},
+        "SELECT * FROM weflux_due_outbound_messages(:now, 10, false)": {"now": now},
         "SELECT * FROM weflux_due_health_checks(:now, 10)": {"now": now},
     }
     answers = {}

@@ -59,6 +59,7 @@ from weflux.worker.delivery import (
     deliver_due_messages,
     throughput_of,
 )
+from weflux.worker.suspects import SUSPECTS_PER_RUN
 
 RETRYING = "could not record a delivery outcome; retrying"  # the worker's warning
 
@@ -797,6 +798,90 @@ async def test_messages_whose_worker_died_are_sent_alone_after_the_batch(
         row = await load_message(db, message.id, admin.org_id)
         assert row.status == MessageStatus.SENT
         assert len(sends_of(fake_meta, message)) == 1
+
+
+CRASHED = 60  # more than a batch (50)
+
+
+async def crashed(
+    db: Database, services: Services, actor: Actor, settings: Settings, account: WhatsAppAccount
+) -> list[tuple[Scene, Message]]:
+    """`CRASHED` messages, each in a conversation of its own, that a worker held when it
+    died (SENDING, their lease run out: due before anything queued now), oldest first."""
+    scenes = [await make_conversation(db, account) for _ in range(CRASHED)]
+    held = [(scene, await queue_text(db, services, actor, scene)) for scene in scenes]
+    assert len(await claim_due_messages(db, services, settings, batch_size=CRASHED)) == CRASHED
+    await a_lease_passes(db, actor.org_id, settings)
+    return held
+
+
+async def until_nothing_is_due(db: Database, services: Services, settings: Settings) -> None:
+    """Worker runs until one claims nothing (a few: `SUSPECTS_PER_RUN` suspects each)."""
+    for _ in range(CRASHED):
+        if await deliver_due_messages(db, services, settings) == 0:
+            return
+    raise AssertionError("messages still due")
+
+
+async def test_after_a_crash_a_new_message_does_not_wait_behind_the_suspects(
+    db: Database,
+    services: Services,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given 60 messages a crashed worker held (more than a batch, each due before
+    anything new) and then a new message,
+    when a worker runs once, then it sends the new message, then `SUSPECTS_PER_RUN`
+    suspects, each alone (the others are left to the next runs)."""
+    account = await make_account(db, services.keyring, admin.org_id)
+    suspects = [
+        message for _, message in await crashed(db, services, admin, inbox_settings, account)
+    ]
+    new = await queue_text(db, services, admin, await make_conversation(db, account))
+    process = WorkerProcess(monkeypatch, delivery, "deliver_one")
+
+    assert await deliver_due_messages(db, services, inbox_settings) == 1 + SUSPECTS_PER_RUN
+
+    assert (await load_message(db, new.id, admin.org_id)).status == MessageStatus.SENT
+    first, *alone = process.alongside
+    assert first == new.id
+    assert set(alone) <= {m.id for m in suspects}
+    assert len(alone) == SUSPECTS_PER_RUN
+    assert all(others == set() for others in process.alongside.values())
+    assert len(sends_of(fake_meta, new)) == 1
+
+
+async def test_after_a_crash_a_message_behind_a_suspect_still_waits_for_it(
+    db: Database,
+    services: Services,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    admin: Actor,
+) -> None:
+    """Given 60 messages a crashed worker held, the last due of them in conversation C,
+    then a new message in C and one in another conversation,
+    when a worker runs once, then the other one is sent and C's new one is not (its
+    suspect is not among the run's first `SUSPECTS_PER_RUN`); when workers run until
+    nothing is due, C's suspect is sent before the message behind it."""
+    account = await make_account(db, services.keyring, admin.org_id)
+    *_, (conversation, ahead) = await crashed(db, services, admin, inbox_settings, account)
+    await update_message(db, ahead, next_attempt_at=utcnow() - timedelta(seconds=1))
+    behind = await queue_text(db, services, admin, conversation)
+    other = await queue_text(db, services, admin, await make_conversation(db, account))
+
+    assert await deliver_due_messages(db, services, inbox_settings) == 1 + SUSPECTS_PER_RUN
+
+    assert (await load_message(db, other.id, admin.org_id)).status == MessageStatus.SENT
+    assert (await load_message(db, ahead.id, admin.org_id)).status == MessageStatus.SENDING
+    waiting = await load_message(db, behind.id, admin.org_id)
+    assert (waiting.status, waiting.attempts) == (MessageStatus.QUEUED, 0)
+
+    await until_nothing_is_due(db, services, inbox_settings)
+    [ahead_sent] = sends_of(fake_meta, ahead)
+    [behind_sent] = sends_of(fake_meta, behind)
+    assert fake_meta.sent.index(ahead_sent) < fake_meta.sent.index(behind_sent)
 
 
 async def test_a_message_that_kills_its_worker_takes_no_other_message_to_its_end(

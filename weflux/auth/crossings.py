@@ -235,12 +235,23 @@ async def due_webhook_events(
 # -- the worker ---------------------------------------------------------------------------
 
 
-def due_outbound(now: datetime) -> Any:
-    """(org_id, id) of outbound messages due for a send attempt, oldest due first.
+# A message in flight: being sent under a lease, its wamid not known. Once the lease ran
+# out (it is due) it is a suspect (weflux.worker.suspects). Literal, so PostgreSQL and
+# SQLite match the partial index `ix_messages_in_flight`.
+MESSAGE_IN_FLIGHT = ("messages.status = 'SENDING'", "messages.wa_message_id IS NULL")
+# A download in flight (`ix_media_files_in_flight`); due, a suspect.
+MEDIA_IN_FLIGHT = "media_files.status = 'DOWNLOADING'"
+
+
+def due_outbound(now: datetime, *, suspects: bool = False) -> Any:
+    """(org_id, id) of outbound messages due for a send attempt, oldest due first: without
+    `suspects` those that are not suspects (QUEUED, or SENDING with a wamid a webhook
+    filled in, to settle), with it the suspects alone (SENDING without one, lease run out).
 
     Only the oldest pending (QUEUED or SENDING) outbound message of a conversation is
-    due, so a conversation's messages go out one at a time and in order. Locked with
-    SKIP LOCKED on PostgreSQL, so workers claim disjoint rows.
+    due, whatever it is, so a conversation's messages go out one at a time and in order:
+    one behind a suspect waits for it. Locked with SKIP LOCKED on PostgreSQL, so workers
+    claim disjoint rows.
     """
     earlier = aliased(Message)
     waits_behind_earlier = exists().where(
@@ -250,11 +261,21 @@ def due_outbound(now: datetime) -> Any:
         col(earlier.direction) == MessageDirection.OUTBOUND,
         col(earlier.status).in_([MessageStatus.QUEUED, MessageStatus.SENDING]),
     )
+    sending, no_wamid = (text(term) for term in MESSAGE_IN_FLIGHT)
+    # Literal, so PostgreSQL matches the partial index `ix_messages_outbox` (or, for the
+    # suspects, `ix_messages_in_flight`).
+    which = (
+        (sending, no_wamid)
+        if suspects
+        else (
+            text("messages.status IN ('QUEUED', 'SENDING')"),
+            ~sa.and_(sending, no_wamid),
+        )
+    )
     return (
         select(Message.org_id, Message.id)
         .where(
-            # Literal, so PostgreSQL matches the partial index `ix_messages_outbox`.
-            text("messages.status IN ('QUEUED', 'SENDING')"),
+            *which,
             col(Message.next_attempt_at) <= now,
             Message.direction == MessageDirection.OUTBOUND,
             ~waits_behind_earlier,
@@ -264,36 +285,91 @@ def due_outbound(now: datetime) -> Any:
     )
 
 
-async def due_outbound_messages(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
-    """Outbound messages due across workspaces, row-locked for this transaction."""
+@dataclass(frozen=True)
+class DueWork:
+    """The rows a claim reads, row-locked, and whether a suspect is due (a batch's read,
+    which leaves them out, tells the worker to claim them after it, each alone)."""
+
+    rows: list[Owned]
+    suspect_due: bool
+
+
+async def _due_work(
+    session: AsyncSession,
+    function: str,
+    *,
+    now: datetime,
+    batch: int,
+    suspects: bool,
+    statement: Callable[[bool], Any],
+) -> DueWork:
+    """`function(now, batch, suspects)` on PostgreSQL: the rows of the mode asked for,
+    row-locked, each marked as a suspect or not, and in a batch's read the first suspect
+    due (unlocked: a hint). Elsewhere `statement(suspects)` (SQLAlchemy's SELECT of
+    (org_id, id)), then for a batch `statement(True)` for the hint."""
+    params = {"at_time": now, "batch": batch, "suspects": suspects}
     rows = await _answer(
+        session, function, params, lambda: statement(suspects).limit(_batch(batch))
+    )
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        taken = [Owned(row[0], row[1]) for row in rows if row[2] == suspects]
+        return DueWork(taken, any(row[2] for row in rows))
+    taken = [Owned(row[0], row[1]) for row in rows]
+    if suspects:
+        return DueWork(taken, bool(taken))
+    hint = (await connection.execute(statement(True).limit(1))).first()
+    return DueWork(taken, hint is not None)
+
+
+async def due_outbound_messages(
+    session: AsyncSession, *, now: datetime, batch: int, suspects: bool = False
+) -> DueWork:
+    """Outbound messages due across workspaces (`due_outbound`: the suspects, or all
+    others), row-locked for this transaction; and whether a suspect is due."""
+    return await _due_work(
         session,
         "weflux_due_outbound_messages",
-        {"at_time": now, "batch": batch},
-        lambda: due_outbound(now).limit(_batch(batch)),
+        now=now,
+        batch=batch,
+        suspects=suspects,
+        statement=lambda suspect: due_outbound(now, suspects=suspect),
     )
-    return [Owned(row[0], row[1]) for row in rows]
 
 
-async def due_media_downloads(session: AsyncSession, *, now: datetime, batch: int) -> list[Owned]:
-    """Inbound media files due for a download attempt across workspaces, row-locked
-    (SKIP LOCKED on PostgreSQL, so workers claim disjoint files)."""
-    rows = await _answer(
+def _due_media(now: datetime, *, suspects: bool) -> Any:
+    # Literal, so PostgreSQL matches the partial index `ix_media_files_due` (or, for the
+    # suspects, `ix_media_files_in_flight`).
+    which = (
+        (text(MEDIA_IN_FLIGHT),)
+        if suspects
+        else (
+            text("media_files.status IN ('PENDING', 'DOWNLOADING')"),
+            text("media_files.status = 'PENDING'"),
+        )
+    )
+    return (
+        select(MediaFile.org_id, MediaFile.id)
+        .where(*which, col(MediaFile.next_attempt_at) <= now)
+        .order_by(col(MediaFile.next_attempt_at), col(MediaFile.id))
+    )
+
+
+async def due_media_downloads(
+    session: AsyncSession, *, now: datetime, batch: int, suspects: bool = False
+) -> DueWork:
+    """Inbound media files due for a download attempt across workspaces: without
+    `suspects` PENDING ones, with it the suspects alone (DOWNLOADING, lease run out);
+    row-locked (SKIP LOCKED on PostgreSQL, so workers claim disjoint files); and whether
+    a suspect is due."""
+    return await _due_work(
         session,
         "weflux_due_media_downloads",
-        {"at_time": now, "batch": batch},
-        lambda: (
-            select(MediaFile.org_id, MediaFile.id)
-            .where(
-                # Literal, so PostgreSQL matches the partial index `ix_media_files_due`.
-                text("media_files.status IN ('PENDING', 'DOWNLOADING')"),
-                col(MediaFile.next_attempt_at) <= now,
-            )
-            .order_by(col(MediaFile.next_attempt_at), col(MediaFile.id))
-            .limit(_batch(batch))
-        ),
+        now=now,
+        batch=batch,
+        suspects=suspects,
+        statement=lambda suspect: _due_media(now, suspects=suspect),
     )
-    return [Owned(row[0], row[1]) for row in rows]
 
 
 async def due_health_checks(

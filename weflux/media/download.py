@@ -59,7 +59,7 @@ from weflux.services.channels import SandboxRefused, Services
 from weflux.whatsapp.client import CloudApiClient
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 from weflux.worker.delivery import backoff_delay
-from weflux.worker.suspects import Pick, run_with_suspects
+from weflux.worker.suspects import run_with_suspects
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ async def claim_due_media(
 
     A download whose lease ran out is a suspect (its worker died, perhaps of it), claimed
     only alone, as delivery's are (`weflux.worker.delivery.claim_due_messages`): without
-    `suspect` they are left due, with it the first one is claimed, alone.
+    `suspect` the claim reads due files that are not suspects, with it the first suspect.
     """
     claimed, _ = await _claim(db, services, settings, batch_size, suspect=suspect)
     return claimed
@@ -133,20 +133,20 @@ async def claim_due_media(
 async def _claim(
     db: Database, services: Services, settings: Settings, batch_size: int, *, suspect: bool
 ) -> tuple[list[Claimed], bool]:
-    """`claim_due_media`, and whether it left a suspect due."""
+    """`claim_due_media`, and whether a suspect is due (for a suspect's claim: whether it
+    read one, leased or ended here)."""
     now = utcnow()
     lease_until = now + settings.media_download_lease
     claimed: list[Claimed] = []
-    pick = Pick(suspect=suspect)
     async with db.session() as session:
-        due = await crossings.due_media_downloads(session, now=now, batch=batch_size)
-        for org_id, ids in crossings.by_workspace(due).items():
+        due = await crossings.due_media_downloads(
+            session, now=now, batch=1 if suspect else batch_size, suspects=suspect
+        )
+        for org_id, ids in crossings.by_workspace(due.rows).items():
             await use_workspace(session, org_id)
             rows = (await session.exec(select(MediaFile).where(col(MediaFile.id).in_(ids)))).all()
             order = {file_id: position for position, file_id in enumerate(ids)}
             for row in sorted(rows, key=lambda r: order[r.id]):
-                if not pick.takes(row.status == MediaStatus.DOWNLOADING):
-                    continue
                 if row.attempts >= settings.media_download_max_attempts:
                     _fail(row, f"Download abandoned after {row.attempts} attempts")
                     await _publish(session, services, row)
@@ -155,9 +155,8 @@ async def _claim(
                 row.attempts += 1
                 row.next_attempt_at = lease_until
                 claimed.append(Claimed(id=row.id, org_id=row.org_id, attempts=row.attempts))
-                pick.took()
             await session.flush()
-    return claimed, pick.left
+    return claimed, due.suspect_due
 
 
 async def _prepare(db: Database, services: Services, claimed: Claimed) -> _Fetch | _Outcome | None:

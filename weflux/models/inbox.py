@@ -376,6 +376,13 @@ class Message(OrgScoped, table=True):
             postgresql_where=text("status IN ('QUEUED', 'SENDING')"),
             sqlite_where=text("status IN ('QUEUED', 'SENDING')"),
         ),
+        # Messages in flight, whose due ones are the suspects the worker claims alone.
+        Index(
+            "ix_messages_in_flight",
+            "next_attempt_at",
+            postgresql_where=text("status = 'SENDING' AND wa_message_id IS NULL"),
+            sqlite_where=text("status = 'SENDING' AND wa_message_id IS NULL"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

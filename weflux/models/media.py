@@ -45,6 +45,13 @@ class MediaFile(OrgScoped, table=True):
             postgresql_where=text("status IN ('PENDING', 'DOWNLOADING')"),
             sqlite_where=text("status IN ('PENDING', 'DOWNLOADING')"),
         ),
+        # Downloads in flight, whose due ones are the suspects the worker claims alone.
+        Index(
+            "ix_media_files_in_flight",
+            "next_attempt_at",
+            postgresql_where=text("status = 'DOWNLOADING'"),
+            sqlite_where=text("status = 'DOWNLOADING'"),
+        ),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)

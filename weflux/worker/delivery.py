@@ -88,7 +88,7 @@ from weflux.throttle.sends import LocalThrottle, Throttle
 from weflux.whatsapp.client import CloudApiClient, SentMessage
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 from weflux.whatsapp.payloads import NoRecipient, build_payload
-from weflux.worker.suspects import Pick, run_with_suspects
+from weflux.worker.suspects import run_with_suspects
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +189,9 @@ async def claim_due_messages(
     A message whose lease ran out is a **suspect**: the worker that held it died or lost
     the database, perhaps because of it. Suspects are never claimed with others, so a
     message that kills its worker (a poison) dies alone and cannot take the messages
-    claimed beside it to their last attempt: without `suspect` they are left due (those
-    a webhook already settled are settled), with it the oldest one is claimed, alone.
+    claimed beside it to their last attempt: without `suspect` the claim reads the due
+    messages that are not suspects (those a webhook already settled are settled), with it
+    the oldest suspect alone.
     """
     claimed, _ = await _claim(db, services, settings, batch_size, after, suspect=suspect)
     return claimed
@@ -205,33 +206,36 @@ async def _claim(
     *,
     suspect: bool,
 ) -> tuple[list[ClaimedMessage], bool]:
-    """`claim_due_messages`, and whether it left a suspect due."""
+    """`claim_due_messages`, and whether a suspect is due (for a suspect's claim: whether
+    it read one, leased or ended here)."""
     now = utcnow()
     lease_until = now + settings.delivery_lease
     claimed: list[ClaimedMessage] = []
-    pick = Pick(suspect=suspect)
+    # A suspect's claim reads one: the first suspect, alone.
+    size = 1 if suspect else batch_size
+    suspect_due = False
     async with db.session(after.org_id if after else None) as session:
         if after is None:
-            due = await crossings.due_outbound_messages(session, now=now, batch=batch_size)
+            work = await crossings.due_outbound_messages(
+                session, now=now, batch=size, suspects=suspect
+            )
+            due, suspect_due = work.rows, work.suspect_due
         else:
-            statement = due_outbound(now).where(Message.conversation_id == after.conversation_id)
-            due = [Owned(*row) for row in (await session.exec(statement.limit(batch_size))).all()]
+            statement = due_outbound(now, suspects=suspect).where(
+                Message.conversation_id == after.conversation_id
+            )
+            due = [Owned(*row) for row in (await session.exec(statement.limit(size))).all()]
         for org_id, ids in crossings.by_workspace(due).items():
             # One workspace at a time: its rows are read, leased and flushed in its scope.
             await use_workspace(session, org_id)
             rows = (await session.exec(select(Message).where(col(Message.id).in_(ids)))).all()
             order = {message_id: position for position, message_id in enumerate(ids)}
             for message in sorted(rows, key=lambda m: order[m.id]):
-                # One whose wamid a webhook filled in is settled, not sent: no suspect.
-                expired = message.status == MessageStatus.SENDING and message.wa_message_id is None
-                if not pick.takes(expired):
-                    continue
                 lease = _lease(session, services, settings, message, now, lease_until)
                 if lease is not None:
                     claimed.append(lease)
-                    pick.took()
             await session.flush()
-    return claimed, pick.left
+    return claimed, suspect_due
 
 
 def _lease(

@@ -4,6 +4,12 @@ A job whose lease ran out lost its worker, perhaps because of it (a poison). Cla
 with others, it would take them to their last attempt with it, each of its deaths
 theirs too. So a run claims its batch without suspects, runs it, then claims and runs up
 to `SUSPECTS_PER_RUN` suspects one at a time, nothing else in flight in that worker.
+
+The claim's own SELECT tells them apart (`weflux.auth.crossings.due_outbound`,
+`due_media_downloads`): a batch reads due rows that are not suspects (and whether a
+suspect is due), a suspect's claim the first suspect. So suspects left by a crash never
+fill a batch's read: new jobs go in the next run, while the suspects go
+`SUSPECTS_PER_RUN` a run.
 """
 
 from __future__ import annotations
@@ -17,37 +23,19 @@ T = TypeVar("T")
 SUSPECTS_PER_RUN = 10
 
 
-class Pick:
-    """Which due rows one claim leases, in due order: without `suspect`, every row but the
-    suspects (left due, `left` says so); with it, the first suspect alone."""
-
-    def __init__(self, *, suspect: bool) -> None:
-        self.suspect = suspect
-        self.left = False  # a suspect was left due for a suspect's claim
-        self.taken = False  # a suspect's claim has its one
-
-    def takes(self, expired: bool) -> bool:
-        """Whether to lease a due row (`expired`: its lease ran out); call `took` once leased."""
-        if expired and (not self.suspect or self.taken):
-            self.left = True
-            return False
-        return expired or not self.suspect
-
-    def took(self) -> None:
-        self.taken = True
-
-
 async def run_with_suspects(
     claim: Callable[[bool], Awaitable[tuple[Sequence[T], bool]]],
     run: Callable[[Sequence[T]], Awaitable[int]],
 ) -> int:
-    """Claim (`claim(suspect)`: the claimed, and whether a suspect was left) and run the
-    batch, then up to `SUSPECTS_PER_RUN` suspects alone; how many were claimed."""
-    claimed, suspects = await claim(False)
+    """Claim (`claim(suspect)`: the claimed, and whether a suspect is due; for a suspect's
+    claim, whether it read one: it may end one, abandoned, instead of leasing it) and run
+    the batch, then up to `SUSPECTS_PER_RUN` suspects alone while one is due; how many
+    were claimed."""
+    claimed, suspect_due = await claim(False)
     count = await run(claimed)
-    for _ in range(SUSPECTS_PER_RUN if suspects else 0):
-        alone, _ = await claim(True)
-        if not alone:
+    for _ in range(SUSPECTS_PER_RUN if suspect_due else 0):
+        alone, read = await claim(True)
+        if not read:
             break
         count += await run(alone)
     return count
