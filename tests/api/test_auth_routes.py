@@ -815,6 +815,35 @@ async def test_logout_is_audited_with_its_session_and_no_token(
     assert pair["refreshToken"] not in stored
 
 
+async def test_logout_with_a_refresh_token_or_a_revoked_session_records_nothing(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given a session and another one revoked by `revokeSession`,
+    when the first's refresh token is sent to logout as a bearer, and the revoked one's
+    access token, then both are 401, the first session still works, and neither logout
+    is audited (the revocation is, once, as `session.revoked`)."""
+    pair = await tokens_for(client, admin)
+    revoked = await tokens_for(client, admin)
+    listed = await gql(client, revoked["accessToken"], "{ sessions { id current } }")
+    (own,) = [s["id"] for s in listed.json()["data"]["sessions"] if s["current"]]
+    ended = await gql(
+        client,
+        pair["accessToken"],
+        "mutation($id: ID!) { revokeSession(id: $id) { id } }",
+        {"id": own},
+    )
+    assert "errors" not in ended.json(), ended.json()
+
+    for token in (pair["refreshToken"], revoked["accessToken"]):
+        response = await client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+        assert_error(response, 401, "UNAUTHENTICATED")
+
+    assert (await viewer(client, pair["accessToken"]))["viewer"]["role"] == "ADMIN"
+    actions = [e.action for e in await audit_events(db, admin.org_id)]
+    assert "auth.logout" not in actions
+    assert actions.count("session.revoked") == 1
+
+
 @sqlite_only
 async def test_logout_without_a_valid_access_token_is_401(client: httpx.AsyncClient) -> None:
     for headers in (
