@@ -42,6 +42,9 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id, parse_global_id
 from weflux.models import AuditEvent, AuthSession, Invitation, Organization, Role, utcnow
+from weflux.runtime import runtime_of
+from weflux.services import auth as auth_service
+from weflux.services.audit import RequestMeta
 
 CLIENT_IP = "203.0.113.7"
 STRONG = "quartz-Lantern-meadow-58"
@@ -842,6 +845,30 @@ async def test_logout_with_a_refresh_token_or_a_revoked_session_records_nothing(
     actions = [e.action for e in await audit_events(db, admin.org_id)]
     assert "auth.logout" not in actions
     assert actions.count("session.revoked") == 1
+
+
+async def test_concurrent_logouts_of_one_session_are_audited_once(
+    app: Starlette, client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given three logouts of one session that all passed authentication before any of
+    them ended it (tabs closing together), when they run at once, then the session ends
+    and exactly one `auth.logout` is recorded."""
+    runtime = runtime_of(app)
+    access = (await tokens_for(client, admin))["accessToken"]
+    principals = [await runtime.authenticator.authenticate(access) for _ in range(3)]
+
+    await asyncio.gather(
+        *(
+            auth_service.logout(db, runtime.authenticator, principal, RequestMeta(CLIENT_IP))
+            for principal in principals
+            if principal is not None
+        )
+    )
+
+    assert all(principal is not None for principal in principals)
+    assert (await runtime.authenticator.authenticate(access)) is None
+    actions = [e.action for e in await audit_events(db, admin.org_id)]
+    assert actions.count("auth.logout") == 1
 
 
 @sqlite_only
