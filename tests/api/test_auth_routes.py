@@ -42,6 +42,9 @@ from weflux.config import Settings
 from weflux.db import Database
 from weflux.ids import encode_global_id, parse_global_id
 from weflux.models import AuditEvent, AuthSession, Invitation, Organization, Role, utcnow
+from weflux.runtime import runtime_of
+from weflux.services import auth as auth_service
+from weflux.services.audit import RequestMeta
 
 CLIENT_IP = "203.0.113.7"
 STRONG = "quartz-Lantern-meadow-58"
@@ -813,6 +816,59 @@ async def test_logout_is_audited_with_its_session_and_no_token(
     stored = json.dumps(event.model_dump(mode="json"))
     assert pair["accessToken"] not in stored
     assert pair["refreshToken"] not in stored
+
+
+async def test_logout_with_a_refresh_token_or_a_revoked_session_records_nothing(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given a session and another one revoked by `revokeSession`,
+    when the first's refresh token is sent to logout as a bearer, and the revoked one's
+    access token, then both are 401, the first session still works, and neither logout
+    is audited (the revocation is, once, as `session.revoked`)."""
+    pair = await tokens_for(client, admin)
+    revoked = await tokens_for(client, admin)
+    listed = await gql(client, revoked["accessToken"], "{ sessions { id current } }")
+    (own,) = [s["id"] for s in listed.json()["data"]["sessions"] if s["current"]]
+    ended = await gql(
+        client,
+        pair["accessToken"],
+        "mutation($id: ID!) { revokeSession(id: $id) { id } }",
+        {"id": own},
+    )
+    assert "errors" not in ended.json(), ended.json()
+
+    for token in (pair["refreshToken"], revoked["accessToken"]):
+        response = await client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+        assert_error(response, 401, "UNAUTHENTICATED")
+
+    assert (await viewer(client, pair["accessToken"]))["viewer"]["role"] == "ADMIN"
+    actions = [e.action for e in await audit_events(db, admin.org_id)]
+    assert "auth.logout" not in actions
+    assert actions.count("session.revoked") == 1
+
+
+async def test_concurrent_logouts_of_one_session_are_audited_once(
+    app: Starlette, client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given three logouts of one session that all passed authentication before any of
+    them ended it (tabs closing together), when they run at once, then the session ends
+    and exactly one `auth.logout` is recorded."""
+    runtime = runtime_of(app)
+    access = (await tokens_for(client, admin))["accessToken"]
+    principals = [await runtime.authenticator.authenticate(access) for _ in range(3)]
+
+    await asyncio.gather(
+        *(
+            auth_service.logout(db, runtime.authenticator, principal, RequestMeta(CLIENT_IP))
+            for principal in principals
+            if principal is not None
+        )
+    )
+
+    assert all(principal is not None for principal in principals)
+    assert (await runtime.authenticator.authenticate(access)) is None
+    actions = [e.action for e in await audit_events(db, admin.org_id)]
+    assert actions.count("auth.logout") == 1
 
 
 @sqlite_only

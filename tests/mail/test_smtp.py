@@ -560,6 +560,9 @@ def test_valid_hosts(host: str) -> None:
         "[]",
         "fe80::1%eth0",
         "[fe80::1%eth0]",
+        "[fe80::1%25eth0]",  # a zone as a URL writes it
+        "::\uff11",  # ::1 in a fullwidth digit
+        "\u0661\u0662\u0667.0.0.1",  # 127.0.0.1 in Arabic-Indic digits
         "-mail.example.com",
         "mail..example.com",
         "a" * 64 + ".example.com",
@@ -722,6 +725,11 @@ async def test_the_guard_refuses_non_public_addresses(host: str) -> None:
         "[2002:7f00:1::]",
         "[64:ff9b::a00:5]",
         "[2001:db8::25]",
+        "0000:0000::0001",  # leading zeros
+        "[::127.0.0.1]",  # IPv4-compatible (deprecated) 127.0.0.1
+        "[::ffff:0:127.0.0.1]",  # IPv4-translated 127.0.0.1
+        "[64:ff9b:1::a00:5]",  # local-use NAT64 (RFC 8215) around 10.0.0.5
+        "[100::1]",  # discard-only
     ],
 )
 async def test_the_guard_refuses_non_public_ipv6_literals_however_spelled(host: str) -> None:
@@ -793,6 +801,28 @@ async def test_one_private_address_among_public_ones_is_refused(
     # The internal address is logged for the operator, never told to the user.
     assert "10.1.2.3" not in caught.value.message
     assert any("10.1.2.3" in repr(record.__dict__) for record in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::ffff:10.0.0.5",  # IPv4-mapped
+        "::ffff:169.254.169.254",
+        "fd00:ec2::254",  # unique local (a cloud's metadata service)
+        "fe80::1%eth0",  # link-local, with the zone a resolver adds
+        "64:ff9b::7f00:1",  # NAT64 around 127.0.0.1
+        "2002:a00:5::1",  # 6to4 around 10.0.0.5
+    ],
+)
+async def test_a_name_that_resolves_to_a_non_public_ipv6_address_is_refused(
+    fake_dns: Callable[[list[str]], list[str]], address: str
+) -> None:
+    """Given a name whose AAAA answer (beside a public A) is not public, however it is
+    written, when it is checked for production, then it is refused as the literal is."""
+    fake_dns([PUBLIC_V4, address])
+    with pytest.raises(BadUserInput, match="private, local or reserved") as caught:
+        await resolve_public_addresses("smtp.example.com", 587)
+    assert fields_of(caught.value) == ["host"]
 
 
 async def test_a_name_that_does_not_resolve_is_refused(
