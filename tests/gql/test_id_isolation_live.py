@@ -1,0 +1,158 @@
+"""Every subscription that takes an id (the table of tests/fixtures/id_operations.py), over a
+real socket: another workspace's ids deliver nothing of it, on both brokers and engines.
+
+An id of the wrong type (another workspace's object of another type, the caller's own of
+the wrong type) is refused at once with NOT_FOUND. Another workspace's conversation id is an
+id of the right type: the subscription listens, and must stay silent while that workspace
+has a message, a status change and a note in that very conversation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from tests.fixtures import webhooks as wh
+from tests.fixtures.api import gql
+from tests.fixtures.factories import Actor
+from tests.fixtures.id_operations import FIELDS, NODE, OPERATIONS, with_id
+from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish
+from tests.fixtures.live import inbound, listeners, status_update, until_listening
+from tests.fixtures.ws import GraphQLSocket
+from weflux.db import Database
+from weflux.ids import encode_global_id
+from weflux.models import Organization, Role
+
+SUBSCRIBED = sorted(name for name, (root, _) in FIELDS.items() if root == "Subscription")
+ADD_NOTE = "mutation ($input: AddNoteInput!) { addNote(input: $input) { id } }"
+EVERY_NOTE = "subscription { noteAdded { id text } }"
+
+
+def _attempts(
+    ours: Furnished, theirs: Furnished, expected: str, role: Role
+) -> list[tuple[str, str, bool]]:
+    """(what, global id, whether it names an object of the `expected` type) to subscribe with;
+    as tests/gql/test_id_isolation.py tries them."""
+    assert expected != NODE
+    attempts = [(f"Globex's {t}", theirs.gid(t), t == expected) for t in NODE_TYPES]
+    if role == Role.ADMIN:
+        others = [t for t in NODE_TYPES if t != expected]
+        attempts += [(f"Acme's {t}", ours.gid(t), False) for t in others]
+        attempts += [
+            (f"Acme's {expected} named {t}", encode_global_id(t, ours.rows[expected]), False)
+            for t in others
+        ]
+    return attempts
+
+
+def _codes(frame: dict[str, Any]) -> list[str]:
+    if frame["type"] == "error":
+        return [error["extensions"]["code"] for error in frame["payload"]]
+    return [error["extensions"]["code"] for error in frame["payload"].get("errors", [])]
+
+
+def _leaks(frame: dict[str, Any], theirs: Furnished) -> list[str]:
+    return [secret for secret in theirs.secrets if secret in str(frame)]
+
+
+async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
+    broker_app: Starlette,
+    served: httpx.AsyncClient,
+    db: Database,
+    owner_db: Database,
+    org: Organization,
+    other_org: Organization,
+    admin: Actor,
+    manager: Actor,
+    agent: Actor,
+    other_admin: Actor,
+) -> None:
+    # Given Acme and Globex with an object of every type; Globex's number and customer are
+    # the ones the webhook factories write to
+    ours = await furnish(
+        served, db, owner_db, org, admin, manager=manager, agent=agent, word="Acme"
+    )
+    theirs = await furnish(
+        served,
+        db,
+        owner_db,
+        other_org,
+        other_admin,
+        word="Globex",
+        account={
+            "phone_number_id": wh.PHONE_NUMBER_ID,
+            "display_phone_number": wh.DISPLAY_PHONE_NUMBER,
+            "business_account_id": wh.WABA_ID,
+        },
+        contact={"wa_id": wh.CUSTOMER_WA_ID},
+    )
+    base = str(served.base_url)
+    listening = listeners(broker_app)
+    # and Globex's Admin watching every event of these subscriptions in Globex
+    globex = await GraphQLSocket.connect(base, theirs.tokens[Role.ADMIN])
+    watched = {name: await globex.subscribe(OPERATIONS[name].document) for name in SUBSCRIBED}
+    listening += len(watched)
+
+    # When Acme's Admin, Manager and Agent subscribe with Globex's ids of every type (and
+    # the Admin with Acme's own of the wrong type), each also watching Acme's notes
+    sockets: dict[Role, GraphQLSocket] = {}
+    live: list[tuple[Role, str, str]] = []
+    witnesses: dict[Role, str] = {}
+    failures: list[str] = []
+    for role, token in ours.tokens.items():
+        socket = sockets[role] = await GraphQLSocket.connect(base, token)
+        for name in SUBSCRIBED:
+            op = OPERATIONS[name]
+            for slot, is_list in FIELDS[name][1].items():
+                for what, value, right_type in _attempts(ours, theirs, op.types[slot], role):
+                    variables = with_id(op.own(ours), slot, value, is_list)
+                    operation = await socket.subscribe(op.document, variables)
+                    label = f"{name}({slot}: {what}) as {role.value}"
+                    if right_type:
+                        live.append((role, operation, label))
+                        continue
+                    # Then an id of the wrong type is refused at once
+                    frame = await socket.next(operation)
+                    if _codes(frame) != ["NOT_FOUND"] or _leaks(frame, theirs):
+                        failures.append(f"{label}: {frame}")
+        witnesses[role] = await socket.subscribe(EVERY_NOTE)
+    await until_listening(broker_app, listening + len(live) + len(witnesses))
+
+    # And Globex has a message, a status change and a note in its conversation
+    await inbound(served, "Globex live text", sender=wh.CUSTOMER_WA_ID)
+    await status_update(served, theirs.outbound_wamid, "delivered")
+    noted = await gql(
+        served,
+        theirs.tokens[Role.ADMIN],
+        ADD_NOTE,
+        {"input": {"conversationId": theirs.gid("Conversation"), "text": "Globex live note"}},
+    )
+    assert "errors" not in noted.json(), noted.text
+    for name, operation in watched.items():  # published: Globex's Admin has each
+        frame = await globex.next(operation)
+        assert frame["type"] == "next", (name, frame)
+        assert "errors" not in frame["payload"], (name, frame)
+    # and after that, Acme has a note
+    added = await gql(
+        served,
+        ours.tokens[Role.ADMIN],
+        ADD_NOTE,
+        {"input": {"conversationId": ours.gid("Conversation"), "text": "Acme live note"}},
+    )
+    assert "errors" not in added.json(), added.text
+
+    # Then each Acme socket has Acme's note, and nothing on the subscriptions naming Globex's
+    for role, socket in sockets.items():
+        frame = await socket.next(witnesses[role])
+        assert frame["payload"]["data"]["noteAdded"]["text"] == "Acme live note", frame
+        assert not _leaks(frame, theirs), frame
+        await socket.ping()
+    for role, operation, label in live:
+        frames = sockets[role].received(operation)
+        if frames:
+            failures.append(f"{label}: {frames}")
+    assert not failures, f"{len(failures)} failures:\n" + "\n".join(failures)
+    for socket in [globex, *sockets.values()]:
+        await socket.close()
