@@ -130,9 +130,15 @@ def _attempts(pair: Pair, expected: str, role: Role) -> list[tuple[str, str]]:
     """(what, global id) to pass where an id of type `expected` is taken: Globex's objects
     of every type; for an Admin also Acme's own of the wrong type, as another type's object
     and as the right row under another type's name (the type is read before the role
-    matters, so one role suffices)."""
+    matters, so one role suffices); for an Agent, Acme's objects it may not see."""
     ours, theirs = pair.ours, pair.theirs
     attempts = [(f"Globex's {t}", theirs.gid(t)) for t in NODE_TYPES]
+    if role == Role.AGENT:
+        attempts += [
+            (f"Acme's {t} hidden from the Agent", encode_global_id(t, row))
+            for t, row in ours.hidden.items()
+            if expected in (t, NODE)
+        ]
     if expected == NODE or role != Role.ADMIN:
         return attempts
     others = [t for t in NODE_TYPES if t != expected]
@@ -152,6 +158,7 @@ async def _attack(client: httpx.AsyncClient, pair: Pair) -> list[str]:
         _, slots = FIELDS[name]
         base = op.own(pair.ours)
         for role, token in pair.ours.tokens.items():
+            leaks = ["Acme private"] if role == Role.AGENT else []
             allowed = RANK[role] >= RANK[op.role]
             codes = {"NOT_FOUND"} if allowed else {"NOT_FOUND", "FORBIDDEN"}
             for slot, is_list in slots.items():
@@ -168,7 +175,7 @@ async def _attack(client: httpx.AsyncClient, pair: Pair) -> list[str]:
                     response = await gql(client, token, op.document, variables)
                     if nothing is not None and response.json()["data"] == nothing["data"]:
                         continue
-                    wrong = refusal(response, name, codes, pair.theirs.secrets)
+                    wrong = refusal(response, name, codes, pair.theirs.secrets + leaks)
                     if wrong:
                         failures.append(
                             f"{name}({slot}: {what}) as {role.value}: {wrong}: {response.text}"
