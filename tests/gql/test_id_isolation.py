@@ -11,7 +11,6 @@ tests/gql/test_id_isolation_live.py.
 
 from __future__ import annotations
 
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,8 +21,16 @@ import pytest
 from tests.fixtures.api import error_codes, gql
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.id_operations import FIELDS, NODE, OPERATIONS, RANK, SCHEMA, with_id
+from tests.fixtures.id_operations import (
+    FIELDS,
+    NODE,
+    OPERATIONS,
+    RANK,
+    stated_role,
+    with_id,
+)
 from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish, snapshot
+from tests.fixtures.schema_documents import document_of, root_type
 from tests.fixtures.settings import make_settings
 from weflux.config import Settings
 from weflux.db import Database
@@ -44,22 +51,12 @@ def test_every_field_taking_an_id_has_an_entry() -> None:
             assert type_name == NODE or type_name in NODE_TYPES, f"{name}.{slot}: {type_name}"
 
 
-ALLOWED = re.compile(r"Allowed: ([^.]*)\.")
-
-
 def test_each_entrys_role_is_at_least_the_one_the_schema_states() -> None:
     """The description's `Allowed:` (from the permission table) is the least role for any
     ids; an entry may need more for its own ids (another member's session), never less."""
-    root = {"Query": SCHEMA.query_type, "Mutation": SCHEMA.mutation_type}
-    root["Subscription"] = SCHEMA.subscription_type
     for name, (root_name, _) in FIELDS.items():
-        type_ = root[root_name]
-        assert type_ is not None
-        found = ALLOWED.search(type_.fields[name].description or "")
-        assert found, f"{name} says not who may call it"
-        stated = found.group(1)
-        least = Role.AGENT if stated == "every role" else Role(stated.split()[-1].strip(","))
-        assert RANK[OPERATIONS[name].role] >= RANK[least], name
+        field = root_type(root_name.lower()).fields[name]
+        assert RANK[OPERATIONS[name].role] >= RANK[stated_role(field)], name
 
 
 # --- the attacks ------------------------------------------------------------------------
@@ -198,6 +195,30 @@ async def _below_role(client: httpx.AsyncClient, pair: Pair) -> list[str]:
     return failures
 
 
+WITHOUT_IDS = sorted(
+    (operation, name)
+    for operation in ("query", "mutation")
+    for name, field in root_type(operation).fields.items()
+    if name not in FIELDS and stated_role(field) != Role.AGENT
+)
+
+
+async def _below_role_without_ids(client: httpx.AsyncClient, pair: Pair) -> list[str]:
+    """Each field without an id that a role may not call, called by it (placeholder
+    arguments: the role is refused before they are read)."""
+    failures: list[str] = []
+    for operation, name in WITHOUT_IDS:
+        least = stated_role(root_type(operation).fields[name])
+        for role, token in pair.ours.tokens.items():
+            if RANK[role] >= RANK[least]:
+                continue
+            response = await gql(client, token, document_of(name, operation))
+            wrong = refusal(response, name, {"FORBIDDEN"}, [])
+            if wrong:
+                failures.append(f"{name} as {role.value}: {wrong}: {response.text}")
+    return failures
+
+
 async def test_no_field_reaches_another_workspace_or_past_the_callers_role(
     client: httpx.AsyncClient, owner_db: Database, pair: Pair
 ) -> None:
@@ -205,9 +226,10 @@ async def test_no_field_reaches_another_workspace_or_past_the_callers_role(
     globex = await snapshot(owner_db, pair.theirs.org.id)
     acme = await snapshot(owner_db, pair.ours.org.id, skip=TRAILS)
     # When Acme's Admin, Manager and Agent pass Globex's ids, and their own of the wrong
-    # type, wherever an id is taken; and call what their role may not with their own ids
+    # type, wherever an id is taken; and call what their role may not (with their own ids)
     failures = await _attack(client, pair)
     failures += await _below_role(client, pair)
+    failures += await _below_role_without_ids(client, pair)
     # Then every answer is NOT_FOUND (or FORBIDDEN below the field's role), without Globex's data
     assert not failures, f"{len(failures)} failures:\n" + "\n".join(f[:400] for f in failures)
     # And neither workspace changed
