@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from graphql import GraphQLObjectType
 
 from tests.fixtures.api import error_codes, gql
 from tests.fixtures.databases import DatabaseUrls
@@ -26,11 +27,12 @@ from tests.fixtures.id_operations import (
     NODE,
     OPERATIONS,
     RANK,
+    id_paths,
     stated_role,
     with_id,
 )
 from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish, snapshot
-from tests.fixtures.schema_documents import document_of, root_type
+from tests.fixtures.schema_documents import SCHEMA, document_of, root_type
 from tests.fixtures.settings import make_settings
 from weflux.config import Settings
 from weflux.db import Database
@@ -49,6 +51,18 @@ def test_every_field_taking_an_id_has_an_entry() -> None:
         assert set(OPERATIONS[name].types) == set(slots), f"{name}: its ids are {sorted(slots)}"
         for slot, type_name in OPERATIONS[name].types.items():
             assert type_name == NODE or type_name in NODE_TYPES, f"{name}.{slot}: {type_name}"
+    # Ids reach the API through root fields only: a nested field taking one needs its own
+    # attacks here.
+    nested = [
+        f"{type_.name}.{name}({arg})"
+        for type_ in SCHEMA.type_map.values()
+        if isinstance(type_, GraphQLObjectType) and not type_.name.startswith("__")
+        if type_ not in (SCHEMA.query_type, SCHEMA.mutation_type, SCHEMA.subscription_type)
+        for name, field in type_.fields.items()
+        for arg, spec in field.args.items()
+        if id_paths(spec.type, arg, frozenset())
+    ]
+    assert not nested, f"fields of objects taking an id, out of this test's reach: {nested}"
 
 
 def test_each_entrys_role_is_at_least_the_one_the_schema_states() -> None:

@@ -1,5 +1,6 @@
 """Every subscription that takes an id (the table of tests/fixtures/id_operations.py), over a
-real socket: another workspace's ids deliver nothing of it, on both brokers and engines.
+real socket: another workspace's ids deliver nothing of it, on both brokers and engines; and
+a subscription a role may not start is FORBIDDEN to it.
 
 An id of the wrong type (another workspace's object of another type, the caller's own of
 the wrong type) is refused at once with NOT_FOUND. Another workspace's conversation id is an
@@ -17,15 +18,22 @@ from starlette.applications import Starlette
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql
 from tests.fixtures.factories import Actor
-from tests.fixtures.id_operations import FIELDS, NODE, OPERATIONS, with_id
+from tests.fixtures.id_operations import FIELDS, NODE, OPERATIONS, RANK, stated_role, with_id
 from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish
 from tests.fixtures.live import inbound, listeners, status_update, until_listening
+from tests.fixtures.schema_documents import document_of, root_type
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
 from weflux.ids import encode_global_id
 from weflux.models import Organization, Role
 
 SUBSCRIBED = sorted(name for name, (root, _) in FIELDS.items() if root == "Subscription")
+# Subscriptions without an id that some role may not start.
+GUARDED = sorted(
+    name
+    for name, field in root_type("subscription").fields.items()
+    if name not in FIELDS and stated_role(field) != Role.AGENT
+)
 ADD_NOTE = "mutation ($input: AddNoteInput!) { addNote(input: $input) { id } }"
 EVERY_NOTE = "subscription { noteAdded { id text } }"
 
@@ -117,6 +125,11 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
                     frame = await socket.next(operation)
                     if _codes(frame) != ["NOT_FOUND"] or _leaks(frame, theirs):
                         failures.append(f"{label}: {frame}")
+        for name in GUARDED:  # and those their role may not start are refused
+            if RANK[role] < RANK[stated_role(root_type("subscription").fields[name])]:
+                frame = await socket.next(await socket.subscribe(document_of(name, "subscription")))
+                if _codes(frame) != ["FORBIDDEN"]:
+                    failures.append(f"{name} as {role.value}: {frame}")
         witnesses[role] = await socket.subscribe(EVERY_NOTE)
     await until_listening(broker_app, listening + len(live) + len(witnesses))
 
