@@ -11,6 +11,7 @@ tests/gql/test_id_isolation_live.py.
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ from tests.fixtures.id_operations import (
     with_id,
 )
 from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish, snapshot
-from tests.fixtures.schema_documents import SCHEMA, document_of, root_type
+from tests.fixtures.schema_documents import SCHEMA, document_of, full_document, root_type
 from tests.fixtures.settings import make_settings
 from weflux.config import Settings
 from weflux.db import Database
@@ -141,9 +142,12 @@ def _attempts(pair: Pair, expected: str, role: Role) -> list[tuple[str, str]]:
     """(what, global id) to pass where an id of type `expected` is taken: Globex's objects
     of every type; for an Admin also Acme's own of the wrong type, as another type's object
     and as the right row under another type's name (the type is read before the role
-    matters, so one role suffices); for an Agent, Acme's objects it may not see."""
+    matters, so one role suffices); for the others, the Admin's upload no message carries
+    yet; for an Agent, Acme's objects it may not see."""
     ours, theirs = pair.ours, pair.theirs
     attempts = [(f"Globex's {t}", theirs.gid(t)) for t in NODE_TYPES]
+    if role != Role.ADMIN and expected == "Media":
+        attempts.append(("Acme's Media, the Admin's upload", ours.gid("Media")))
     if role == Role.AGENT:
         attempts += [
             (f"Acme's {t} hidden from the Agent", encode_global_id(t, row))
@@ -209,6 +213,28 @@ async def _below_role(client: httpx.AsyncClient, pair: Pair) -> list[str]:
     return failures
 
 
+async def _reads(client: httpx.AsyncClient, pair: Pair) -> list[str]:
+    """Every query, each field that needs no argument five objects deep, as each role of
+    Acme (with its own ids where one is taken): nothing of Globex's, nothing the Agent may
+    not see, no fault."""
+    failures: list[str] = []
+    for name in root_type("query").fields:
+        given = None
+        if name in OPERATIONS:
+            given = {
+                arg: json.dumps(value) for arg, value in OPERATIONS[name].own(pair.ours).items()
+            }
+        document = full_document(name, "query", depth=5, given=given)
+        for role, token in pair.ours.tokens.items():
+            response = await gql(client, token, document)
+            leaks = pair.theirs.secrets + (["Acme private"] if role == Role.AGENT else [])
+            leaked = [secret for secret in leaks if secret in response.text]
+            codes = set(error_codes(response)) - {"FORBIDDEN", "NOT_FOUND"}
+            if response.status_code != 200 or leaked or codes:
+                failures.append(f"{name} as {role.value}: {leaked} {codes}: {response.text}")
+    return failures
+
+
 WITHOUT_IDS = sorted(
     (operation, name)
     for operation in ("query", "mutation")
@@ -241,7 +267,8 @@ async def test_no_field_reaches_another_workspace_or_past_the_callers_role(
     acme = await snapshot(owner_db, pair.ours.org.id, skip=TRAILS)
     # When Acme's Admin, Manager and Agent pass Globex's ids, and their own of the wrong
     # type, wherever an id is taken; and call what their role may not (with their own ids)
-    failures = await _attack(client, pair)
+    failures = await _reads(client, pair)
+    failures += await _attack(client, pair)
     failures += await _below_role(client, pair)
     failures += await _below_role_without_ids(client, pair)
     # Then every answer is NOT_FOUND (or FORBIDDEN below the field's role), without Globex's data
