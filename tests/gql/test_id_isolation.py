@@ -33,7 +33,13 @@ from tests.fixtures.id_operations import (
     with_id,
 )
 from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish, snapshot
-from tests.fixtures.schema_documents import SCHEMA, document_of, full_document, root_type
+from tests.fixtures.schema_documents import (
+    SCHEMA,
+    document_of,
+    full_document,
+    root_type,
+    selection_of,
+)
 from tests.fixtures.settings import make_settings
 from weflux.config import Settings
 from weflux.db import Database
@@ -214,17 +220,29 @@ async def _below_role(client: httpx.AsyncClient, pair: Pair) -> list[str]:
 
 
 async def _reads(client: httpx.AsyncClient, pair: Pair) -> list[str]:
-    """Every query, each field that needs no argument five objects deep, as each role of
-    Acme (with its own ids where one is taken): nothing of Globex's, nothing the Agent may
-    not see, no fault."""
-    failures: list[str] = []
+    """Every query, each field that needs no argument five objects deep (with Acme's own
+    ids where one is taken; `node` with each of Acme's objects, four deep), as each role
+    of Acme: nothing of Globex's, nothing the Agent may not see, no fault."""
+    documents = []
     for name in root_type("query").fields:
+        if name == "node":
+            documents += [
+                (
+                    f"node({t})",
+                    f"query {{ node(id: {json.dumps(pair.ours.gid(t))}) {{ __typename "
+                    f"... on {t}{selection_of(SCHEMA.get_type(t), 4)} }} }}",  # type: ignore[arg-type]
+                )
+                for t in NODE_TYPES
+                if t != "Media"  # no Node
+            ]
+            continue
         given = None
         if name in OPERATIONS:
-            given = {
-                arg: json.dumps(value) for arg, value in OPERATIONS[name].own(pair.ours).items()
-            }
-        document = full_document(name, "query", depth=5, given=given)
+            own = OPERATIONS[name].own(pair.ours)
+            given = {arg: json.dumps(value) for arg, value in own.items()}
+        documents.append((name, full_document(name, depth=5, given=given)))
+    failures: list[str] = []
+    for name, document in documents:
         for role, token in pair.ours.tokens.items():
             response = await gql(client, token, document)
             leaks = pair.theirs.secrets + (["Acme private"] if role == Role.AGENT else [])
