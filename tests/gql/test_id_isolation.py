@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,11 +27,12 @@ from tests.fixtures.id_operations import (
     NODE,
     OPERATIONS,
     RANK,
+    attempts,
     id_paths,
     stated_role,
     with_id,
 )
-from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish, snapshot
+from tests.fixtures.isolation import NODE_TYPES, Pair, furnish_pair, snapshot
 from tests.fixtures.schema_documents import (
     SCHEMA,
     document_of,
@@ -117,14 +117,6 @@ def settings(database_urls: DatabaseUrls, tmp_path: Path) -> Settings:
     )
 
 
-@dataclass
-class Pair:
-    """Acme (the attacker's workspace, every role) and Globex (the victim)."""
-
-    ours: Furnished
-    theirs: Furnished
-
-
 @pytest.fixture
 async def pair(
     client: httpx.AsyncClient,
@@ -137,41 +129,13 @@ async def pair(
     agent: Actor,
     other_admin: Actor,
 ) -> Pair:
-    ours = await furnish(
-        client, db, owner_db, org, admin, manager=manager, agent=agent, word="Acme"
+    return await furnish_pair(
+        client, db, owner_db, (org, admin, manager, agent), (other_org, other_admin)
     )
-    theirs = await furnish(client, db, owner_db, other_org, other_admin, word="Globex")
-    return Pair(ours, theirs)
-
-
-def _attempts(pair: Pair, expected: str, role: Role) -> list[tuple[str, str]]:
-    """(what, global id) to pass where an id of type `expected` is taken: Globex's objects
-    of every type; for an Admin also Acme's own of the wrong type, as another type's object
-    and as the right row under another type's name (the type is read before the role
-    matters, so one role suffices); for the others, the Admin's upload no message carries
-    yet; for an Agent, Acme's objects it may not see."""
-    ours, theirs = pair.ours, pair.theirs
-    attempts = [(f"Globex's {t}", theirs.gid(t)) for t in NODE_TYPES]
-    if role != Role.ADMIN and expected == "Media":
-        attempts.append(("Acme's Media, the Admin's upload", ours.gid("Media")))
-    if role == Role.AGENT:
-        attempts += [
-            (f"Acme's {t} hidden from the Agent", encode_global_id(t, row))
-            for t, row in ours.hidden.items()
-            if expected in (t, NODE)
-        ]
-    if expected == NODE or role != Role.ADMIN:
-        return attempts
-    others = [t for t in NODE_TYPES if t != expected]
-    attempts += [(f"Acme's {t}", ours.gid(t)) for t in others]
-    attempts += [
-        (f"Acme's {expected} named {t}", encode_global_id(t, ours.rows[expected])) for t in others
-    ]
-    return attempts
 
 
 async def _attack(client: httpx.AsyncClient, pair: Pair) -> list[str]:
-    """Each field, each id slot, each role of Acme, each of `_attempts`: what went wrong,
+    """Each field, each id slot, each role of Acme, each of `attempts`: what went wrong,
     one line each."""
     failures: list[str] = []
     for name in ATTACKED:
@@ -191,16 +155,15 @@ async def _attack(client: httpx.AsyncClient, pair: Pair) -> list[str]:
                     )
                     nothing = answer.json()
                     assert "errors" not in nothing, f"{name}: {answer.text}"
-                for what, value in _attempts(pair, op.types[slot], role):
-                    variables = with_id(base, slot, value, is_list)
+                for attempt in attempts(pair, op.types[slot], role):
+                    variables = with_id(base, slot, attempt.value, is_list)
                     response = await gql(client, token, op.document, variables)
                     if nothing is not None and response.json()["data"] == nothing["data"]:
                         continue
                     wrong = refusal(response, name, codes, pair.theirs.secrets + leaks)
                     if wrong:
-                        failures.append(
-                            f"{name}({slot}: {what}) as {role.value}: {wrong}: {response.text}"
-                        )
+                        where = f"{name}({slot}: {attempt.what}) as {role.value}"
+                        failures.append(f"{where}: {wrong}: {response.text}")
     return failures
 
 

@@ -18,13 +18,19 @@ from starlette.applications import Starlette
 from tests.fixtures import webhooks as wh
 from tests.fixtures.api import gql
 from tests.fixtures.factories import Actor
-from tests.fixtures.id_operations import FIELDS, NODE, OPERATIONS, RANK, stated_role, with_id
-from tests.fixtures.isolation import NODE_TYPES, Furnished, furnish
+from tests.fixtures.id_operations import (
+    FIELDS,
+    OPERATIONS,
+    RANK,
+    attempts,
+    stated_role,
+    with_id,
+)
+from tests.fixtures.isolation import Furnished, furnish_pair
 from tests.fixtures.live import inbound, listeners, status_update, until_listening
 from tests.fixtures.schema_documents import document_of, root_type
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
-from weflux.ids import encode_global_id
 from weflux.models import Organization, Role
 
 SUBSCRIBED = sorted(name for name, (root, _) in FIELDS.items() if root == "Subscription")
@@ -38,27 +44,21 @@ ADD_NOTE = "mutation ($input: AddNoteInput!) { addNote(input: $input) { id } }"
 EVERY_NOTE = "subscription { noteAdded { id text } }"
 
 
-def _attempts(
-    ours: Furnished, theirs: Furnished, expected: str, role: Role
-) -> list[tuple[str, str, bool]]:
-    """(what, global id, whether it names an object of the `expected` type) to subscribe with;
-    as tests/gql/test_id_isolation.py tries them."""
-    assert expected != NODE
-    attempts = [(f"Globex's {t}", theirs.gid(t), t == expected) for t in NODE_TYPES]
-    if role == Role.ADMIN:
-        others = [t for t in NODE_TYPES if t != expected]
-        attempts += [(f"Acme's {t}", ours.gid(t), False) for t in others]
-        attempts += [
-            (f"Acme's {expected} named {t}", encode_global_id(t, ours.rows[expected]), False)
-            for t in others
-        ]
-    return attempts
-
-
 def _codes(frame: dict[str, Any]) -> list[str]:
     if frame["type"] == "error":
         return [error["extensions"]["code"] for error in frame["payload"]]
     return [error["extensions"]["code"] for error in frame["payload"].get("errors", [])]
+
+
+async def _add_note(client: httpx.AsyncClient, workspace: Furnished, text: str) -> None:
+    """The workspace's Admin notes `text` on its conversation."""
+    added = await gql(
+        client,
+        workspace.tokens[Role.ADMIN],
+        ADD_NOTE,
+        {"input": {"conversationId": workspace.gid("Conversation"), "text": text}},
+    )
+    assert "errors" not in added.json(), added.text
 
 
 def _leaks(frame: dict[str, Any], theirs: Furnished) -> list[str]:
@@ -79,16 +79,12 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
 ) -> None:
     # Given Acme and Globex with an object of every type; Globex's number and customer are
     # the ones the webhook factories write to
-    ours = await furnish(
-        served, db, owner_db, org, admin, manager=manager, agent=agent, word="Acme"
-    )
-    theirs = await furnish(
+    pair = await furnish_pair(
         served,
         db,
         owner_db,
-        other_org,
-        other_admin,
-        word="Globex",
+        (org, admin, manager, agent),
+        (other_org, other_admin),
         account={
             "phone_number_id": wh.PHONE_NUMBER_ID,
             "display_phone_number": wh.DISPLAY_PHONE_NUMBER,
@@ -96,6 +92,7 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
         },
         contact={"wa_id": wh.CUSTOMER_WA_ID},
     )
+    ours, theirs = pair.ours, pair.theirs
     base = str(served.base_url)
     listening = listeners(broker_app)
     # and Globex's Admin watching every event of these subscriptions in Globex
@@ -114,11 +111,11 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
         for name in SUBSCRIBED:
             op = OPERATIONS[name]
             for slot, is_list in FIELDS[name][1].items():
-                for what, value, right_type in _attempts(ours, theirs, op.types[slot], role):
-                    variables = with_id(op.own(ours), slot, value, is_list)
+                for attempt in attempts(pair, op.types[slot], role):
+                    variables = with_id(op.own(ours), slot, attempt.value, is_list)
                     operation = await socket.subscribe(op.document, variables)
-                    label = f"{name}({slot}: {what}) as {role.value}"
-                    if right_type:
+                    label = f"{name}({slot}: {attempt.what}) as {role.value}"
+                    if attempt.names == op.types[slot]:  # it listens
                         live.append((role, operation, label))
                         continue
                     # Then an id of the wrong type is refused at once
@@ -136,25 +133,13 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
     # And Globex has a message, a status change and a note in its conversation
     await inbound(served, "Globex live text", sender=wh.CUSTOMER_WA_ID)
     await status_update(served, theirs.outbound_wamid, "delivered")
-    noted = await gql(
-        served,
-        theirs.tokens[Role.ADMIN],
-        ADD_NOTE,
-        {"input": {"conversationId": theirs.gid("Conversation"), "text": "Globex live note"}},
-    )
-    assert "errors" not in noted.json(), noted.text
+    await _add_note(served, theirs, "Globex live note")
     for name, operation in watched.items():  # published: Globex's Admin has each
         frame = await globex.next(operation)
         assert frame["type"] == "next", (name, frame)
         assert "errors" not in frame["payload"], (name, frame)
     # and after that, Acme has a note
-    added = await gql(
-        served,
-        ours.tokens[Role.ADMIN],
-        ADD_NOTE,
-        {"input": {"conversationId": ours.gid("Conversation"), "text": "Acme live note"}},
-    )
-    assert "errors" not in added.json(), added.text
+    await _add_note(served, ours, "Acme live note")
 
     # Then each Acme socket has Acme's note, and nothing on the subscriptions naming Globex's
     for role, socket in sockets.items():
