@@ -1,6 +1,7 @@
 """Every subscription that takes an id (the table of tests/fixtures/id_operations.py), over a
 real socket: another workspace's ids deliver nothing of it, on both brokers and engines; and
-a subscription a role may not start is FORBIDDEN to it.
+a subscription a role may not start is FORBIDDEN to it. Queries and mutations that take an
+id run over the socket too, with the other workspace's ids: NOT_FOUND, as over HTTP.
 
 An id of the wrong type (another workspace's object of another type, the caller's own of
 the wrong type) is refused at once with NOT_FOUND. Another workspace's conversation id is an
@@ -10,6 +11,7 @@ has a message, a status change and a note in that very conversation.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -20,17 +22,19 @@ from tests.fixtures.api import gql
 from tests.fixtures.factories import Actor
 from tests.fixtures.id_operations import (
     FIELDS,
+    NODE,
     OPERATIONS,
     RANK,
     attempts,
     stated_role,
     with_id,
 )
-from tests.fixtures.isolation import Furnished, furnish_pair
+from tests.fixtures.isolation import NODE_TYPES, Furnished, Pair, furnish_pair, snapshot
 from tests.fixtures.live import inbound, listeners, status_update, until_listening
 from tests.fixtures.schema_documents import document_of, root_type
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
+from weflux.ids import encode_global_id
 from weflux.models import Organization, Role
 
 SUBSCRIBED = sorted(name for name, (root, _) in FIELDS.items() if root == "Subscription")
@@ -59,6 +63,33 @@ async def _add_note(client: httpx.AsyncClient, workspace: Furnished, text: str) 
         {"input": {"conversationId": workspace.gid("Conversation"), "text": text}},
     )
     assert "errors" not in added.json(), added.text
+
+
+async def _queries_and_mutations(socket: GraphQLSocket, pair: Pair, role: Role) -> list[str]:
+    """Each query and mutation taking an id, run over the socket with Globex's object of
+    the type each slot takes (`node`: of every type): NOT_FOUND (FORBIDDEN below the
+    field's role), nothing of Globex's, as over HTTP."""
+    failures = []
+    for name in sorted(name for name, (root, _) in FIELDS.items() if root != "Subscription"):
+        op = OPERATIONS[name]
+        codes = ["NOT_FOUND"] if RANK[role] >= RANK[op.role] else ["NOT_FOUND", "FORBIDDEN"]
+        for slot, is_list in FIELDS[name][1].items():
+            types = NODE_TYPES if op.types[slot] == NODE else (op.types[slot],)
+            nothing = None
+            if op.filter:  # what an id naming nothing answers
+                unknown = encode_global_id(op.types[slot], uuid.uuid4())
+                variables = with_id(op.own(pair.ours), slot, unknown, is_list)
+                answer = await socket.next(await socket.subscribe(op.document, variables))
+                nothing = answer["payload"]["data"]
+            for t in types:
+                variables = with_id(op.own(pair.ours), slot, pair.theirs.gid(t), is_list)
+                frame = await socket.next(await socket.subscribe(op.document, variables))
+                if nothing is not None and frame["payload"].get("data") == nothing:
+                    continue
+                found = _codes(frame)
+                if len(found) != 1 or found[0] not in codes or _leaks(frame, pair.theirs):
+                    failures.append(f"{name}({slot}: Globex's {t}) as {role.value}: {frame}")
+    return failures
 
 
 def _leaks(frame: dict[str, Any], theirs: Furnished) -> list[str]:
@@ -99,6 +130,7 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
     globex = await GraphQLSocket.connect(base, theirs.tokens[Role.ADMIN])
     watched = {name: await globex.subscribe(OPERATIONS[name].document) for name in SUBSCRIBED}
     listening += len(watched)
+    rows = await snapshot(owner_db, theirs.org.id)
 
     # When Acme's Admin, Manager and Agent subscribe with Globex's ids of every type (and
     # the Admin with Acme's own of the wrong type), each also watching Acme's notes
@@ -127,8 +159,10 @@ async def test_subscriptions_with_another_workspaces_ids_deliver_nothing_of_it(
                 frame = await socket.next(await socket.subscribe(document_of(name, "subscription")))
                 if _codes(frame) != ["FORBIDDEN"]:
                     failures.append(f"{name} as {role.value}: {frame}")
+        failures += await _queries_and_mutations(socket, pair, role)
         witnesses[role] = await socket.subscribe(EVERY_NOTE)
     await until_listening(broker_app, listening + len(live) + len(witnesses))
+    assert await snapshot(owner_db, theirs.org.id) == rows  # the mutations changed nothing
 
     # And Globex has a message, a status change and a note in its conversation
     await inbound(served, "Globex live text", sender=wh.CUSTOMER_WA_ID)
