@@ -32,3 +32,9 @@ def decode_global_id(value: str, expected: str) -> uuid.UUID:
     if type_name != expected:
         raise NotFound("Not found")
     return row_id
+
+
+def decode_optional_global_id(value: str | None, expected: str) -> uuid.UUID | None:
+    """`decode_global_id` of an optional argument: None for null only; an empty string is
+    a malformed id like any other (NotFound), never taken for "no id"."""
+    return None if value is None else decode_global_id(value, expected)

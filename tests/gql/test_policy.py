@@ -13,16 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from graphql import (
-    GraphQLEnumType,
-    GraphQLInputObjectType,
-    GraphQLInputType,
-    GraphQLList,
-    GraphQLNonNull,
-    get_named_type,
-    is_leaf_type,
-    parse,
-)
+from graphql import parse
 from sqlalchemy import update
 from sqlmodel import col
 from starlette.applications import Starlette
@@ -31,51 +22,18 @@ from tests.fixtures.api import error_codes, gql, token_for, tokens_for
 from tests.fixtures.app import HTTP_TIMEOUT, ClientFactory
 from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import closed_with, until_listening
+from tests.fixtures.schema_documents import SCHEMA, document_of
 from tests.fixtures.two_factor import REQUIRE, enroll
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import SENSITIVE_OPERATIONS
 from weflux.db import Database
 from weflux.gql.policy import root_fields
-from weflux.gql.schema import build_schema
 from weflux.models import AuthSession, utcnow
 
-SCHEMA = build_schema()._schema
 MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
 PRESENT = sorted(SENSITIVE_OPERATIONS & set(MUTATIONS.fields))
 SUBSCRIBE = "subscription { conversationUpdated { id } }"
-
-
-def _literal(type_: GraphQLInputType) -> str:
-    """A placeholder value of `type_` (false for booleans: no policy gets switched on)."""
-    if isinstance(type_, GraphQLNonNull):
-        return _literal(type_.of_type)
-    if isinstance(type_, GraphQLList):
-        return f"[{_literal(type_.of_type)}]"
-    if isinstance(type_, GraphQLInputObjectType):
-        required = [
-            f"{name}: {_literal(field.type)}"
-            for name, field in type_.fields.items()
-            if isinstance(field.type, GraphQLNonNull)
-        ]
-        return "{" + ", ".join(required) + "}"
-    if isinstance(type_, GraphQLEnumType):
-        return str(next(iter(type_.values)))
-    return {"Int": "1", "Float": "1.0", "Boolean": "false"}.get(type_.name, '"x"')
-
-
-def document_of(name: str) -> str:
-    """`mutation { name(required args) { __typename } }` for a root field of the schema."""
-    assert MUTATIONS is not None
-    field = MUTATIONS.fields[name]
-    arguments = ", ".join(
-        f"{arg}: {_literal(spec.type)}"
-        for arg, spec in field.args.items()
-        if isinstance(spec.type, GraphQLNonNull)
-    )
-    call = f"{name}({arguments})" if arguments else name
-    selection = "" if is_leaf_type(get_named_type(field.type)) else " { __typename }"
-    return f"mutation {{ {call}{selection} }}"
 
 
 def codes_of(frame: dict[str, Any]) -> list[str]:

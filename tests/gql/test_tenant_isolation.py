@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -15,6 +14,7 @@ from sqlmodel import select
 
 from tests.fixtures.api import error_codes, gql, login, tokens_for, without_cost
 from tests.fixtures.factories import Actor, create_membership, create_user
+from tests.fixtures.id_operations import MALFORMED_IDS
 from weflux.db import Database
 from weflux.gql.view import GraphQLApp
 from weflux.ids import encode_global_id
@@ -58,10 +58,6 @@ ID_TAKERS = [
 
 def gid(type_name: str, row_id: uuid.UUID) -> str:
     return encode_global_id(type_name, row_id)
-
-
-def b64(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 @dataclass
@@ -183,23 +179,7 @@ async def test_another_workspaces_ids_are_not_found(
     await victim_untouched(client, db, victim)
 
 
-MALFORMED = {
-    "empty": "",
-    "spaces": "   ",
-    "not base64": "not a global id!!",
-    "raw uuid": str(uuid.uuid4()),
-    "no colon": b64(b"Member"),
-    "not a uuid": b64(b"Member:42"),
-    "sql": b64(b"Member:' OR 1=1 --"),
-    "null byte": b64(b"Member:\x00" + str(uuid.uuid4()).encode()),
-    "bad utf-8": b64(b"\xff\xfe:" + str(uuid.uuid4()).encode()),
-    "unicode": "💥" * 10,
-    "huge": "A" * 5000,
-    "padding only": "====",
-    "unknown type": gid("Nope", uuid.uuid4()),
-    "user (no member)": "",  # filled in per test: a user of no workspace
-    "nonexistent member": gid("Member", uuid.uuid4()),
-}
+MALFORMED = MALFORMED_IDS | {"user (no member)": ""}  # filled in per test: a user of no workspace
 
 
 async def test_malformed_ids_are_not_found_never_500(

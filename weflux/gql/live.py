@@ -45,7 +45,7 @@ from weflux.gql.inbox.types import Conversation, Message, to_conversation, to_me
 from weflux.gql.loaders import Loaders
 from weflux.gql.permissions import guarded
 from weflux.gql.security.types import SecurityEvent, to_security_event
-from weflux.ids import decode_global_id, encode_global_id
+from weflux.ids import decode_optional_global_id, encode_global_id
 from weflux.models import Conversation as ConversationRow
 from weflux.models import ConversationRemoval as ConversationRemovalRow
 from weflux.models import Membership as MembershipRow
@@ -249,7 +249,7 @@ class Subscription:
         ] = None,
     ) -> AsyncGenerator[Message, None]:
         context = info.context
-        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        only = decode_optional_global_id(conversation_id, "Conversation")
         floor = decode_cursor(after) if after else None
         started_ms = int(utcnow().timestamp() * 1000)
         seen = _Seen()
@@ -328,7 +328,7 @@ class Subscription:
             ),
         ] = None,
     ) -> AsyncGenerator[Message, None]:
-        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        only = decode_optional_global_id(conversation_id, "Conversation")
         async with aclosing(
             _feed(info, EventName.MESSAGE_UPDATED, MessageRow, to_message, after, conversation=only)
         ) as items:
@@ -405,7 +405,7 @@ class Subscription:
             strawberry.argument(description="Only notes of this Conversation; null: all."),
         ] = None,
     ) -> AsyncGenerator[Note, None]:
-        only = decode_global_id(conversation_id, "Conversation") if conversation_id else None
+        only = decode_optional_global_id(conversation_id, "Conversation")
         async with aclosing(
             _follow(info, EventName.NOTE_ADDED, NoteRow, to_note, conversation=only)
         ) as items:

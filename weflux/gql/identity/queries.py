@@ -24,7 +24,7 @@ from weflux.gql.identity.types import (
 )
 from weflux.gql.permissions import guarded
 from weflux.gql.types import After, Connection, First, to_connection
-from weflux.ids import decode_global_id
+from weflux.ids import decode_optional_global_id
 from weflux.models import Membership
 from weflux.models import Organization as OrganizationRow
 from weflux.services import audit as audit_service
@@ -79,7 +79,7 @@ class IdentityQuery:
         ] = None,
     ) -> list[Session]:
         actor = info.context.actor
-        target = decode_global_id(member_id, "Member") if member_id is not None else None
+        target = decode_optional_global_id(member_id, "Member")
         rows = await session_service.sessions_of(info.context.unit, actor, target)
         return [to_session(row, actor.session_id) for row in rows]
 

@@ -16,7 +16,7 @@ from weflux.gql.inbox.types import (
     to_conversation,
 )
 from weflux.gql.permissions import guarded
-from weflux.ids import decode_global_id
+from weflux.ids import decode_global_id, decode_optional_global_id
 from weflux.models import ConversationStatus
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
@@ -120,7 +120,7 @@ class InboxMutation:
             context.unit,
             context.actor,
             decode_global_id(input.conversation_id, "Conversation"),
-            decode_global_id(input.assignee_id, "Member") if input.assignee_id else None,
+            decode_optional_global_id(input.assignee_id, "Member"),
             broker=info.context.broker,
         )
         return to_conversation(row)

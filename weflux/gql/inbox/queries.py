@@ -19,7 +19,7 @@ from weflux.gql.inbox.types import (
 from weflux.gql.permissions import guarded
 from weflux.gql.prefetch import node_selection
 from weflux.gql.types import After, Connection, First, to_connection
-from weflux.ids import decode_global_id
+from weflux.ids import decode_global_id, decode_optional_global_id
 from weflux.models import ConversationStatus
 from weflux.pagination import MAX_PAGE
 from weflux.services import contacts as contact_service
@@ -72,7 +72,7 @@ class InboxQuery:
             status=status,
             assignee=assignee or AssigneeFilter.ANY,
             search=search,
-            label=decode_global_id(label_id, "Label") if label_id else None,
+            label=decode_optional_global_id(label_id, "Label"),
         )
         rows = [row for row, _ in page.items]
         await prefetch_conversations(info.context.loaders, rows, node_selection(info))
