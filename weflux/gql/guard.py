@@ -231,6 +231,13 @@ class OperationGuard(SchemaExtension):
             (*execution.validation_rules, *_STRAWBERRY_RULES),
             hide_suggestions=True,
         )
+        for error in errors:
+            # Coded here: one pointing at a variable's definition is no value's fault.
+            if "code" not in (error.extensions or {}):
+                error.extensions = {
+                    **(error.extensions or {}),
+                    "code": ErrorCode.GRAPHQL_VALIDATION_FAILED,
+                }
         if known is not None:
             known.errors = tuple(errors)
         return errors
