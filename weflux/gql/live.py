@@ -324,7 +324,8 @@ class Subscription:
             str | None,
             strawberry.argument(
                 description="A `Message.updateCursor`: first replay every visible message "
-                "whose status changed after it; null: live changes only."
+                "whose status changed after it; null: live changes only. One this "
+                "workspace's feed never handed out is BAD_USER_INPUT (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[Message, None]:
@@ -351,7 +352,8 @@ class Subscription:
             str | None,
             strawberry.argument(
                 description="A `Conversation.updateCursor`: first replay every visible "
-                "conversation changed after it; null: live changes only."
+                "conversation changed after it; null: live changes only. One this "
+                "workspace's feed never handed out is BAD_USER_INPUT (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[Conversation, None]:
@@ -381,7 +383,8 @@ class Subscription:
                 description="The `Conversation.updateCursor` `conversationUpdated` resumes "
                 "from (the last one the client processed): first replay every removal from "
                 "the caller's view after that position of the workspace's change feed; "
-                "null: live removals only."
+                "null: live removals only. BAD_USER_INPUT for one older than the removals "
+                "kept (`Expired`) or one the feed never handed out (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[strawberry.ID, None]:
