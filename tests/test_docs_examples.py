@@ -69,6 +69,9 @@ NOT_SCHEMA_NAMES = {
     "schemaRevision",
     "subjectId",
     "toMessage",  # POST /sandbox/messages: the message a reaction names
+    "retryAttempts",  # graphql-ws's createClient options (docs/realtime.md)
+    "retryWait",
+    "currentAccessToken",  # the frontend guide's own function
 }
 
 

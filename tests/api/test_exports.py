@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from starlette.applications import Starlette
@@ -16,8 +16,9 @@ from tests.fixtures.inbox import Api, gid
 from tests.fixtures.logs import capture_logs
 from tests.fixtures.two_factor import enroll, require_two_factors
 from weflux.db import Database
+from weflux.ids import decode_global_id
 from weflux.lifecycle.worker import Lifecycle, destroy_expired_exports, run_due_requests
-from weflux.models import utcnow
+from weflux.models import DataRequest, utcnow
 from weflux.runtime import runtime_of
 
 EXPORT = "mutation($id: ID!) { exportContactData(contactId: $id) { id status downloadPath } }"
@@ -78,6 +79,54 @@ async def test_only_admins_of_the_workspace_download_an_export(
 
     await destroy_expired_exports(lifecycle, now=utcnow() + timedelta(hours=25))
     assert (await get(admin)).status_code == 404
+
+
+async def test_download_path_is_null_once_the_file_may_no_longer_be_downloaded(
+    app: Starlette, client: httpx.AsyncClient, api: Api, db: Database, admin: Actor
+) -> None:
+    """Given two built exports (a contact's and the workspace's),
+    when the first's `expiresAt` passes and another contact is erased (which withdraws
+    the workspace export at once), both before the worker's next sweep destroys the files,
+    then `dataRequests` shows neither `downloadPath` (a client never offers a link that
+    answers 404), and each `expiresAt` is in the past."""
+    async with db.session(admin.org_id) as session:
+        kept = await create_conversation(session)
+        erased = await create_conversation(session)
+    contact_export = await api(admin, EXPORT, {"id": gid("Contact", kept.contact_id)})
+    workspace_export = await api(admin, "mutation { requestWorkspaceExport { id } }")
+    runtime = runtime_of(app)
+    await run_due_requests(
+        Lifecycle(db=db, keyring=runtime.keyring, export_dir=runtime.settings.export_directory)
+    )
+    listed = await api(admin, REQUESTS)
+    assert all(e["node"]["downloadPath"] for e in listed["data"]["dataRequests"]["edges"])
+
+    contact_request = decode_global_id(
+        contact_export["data"]["exportContactData"]["id"], "DataRequest"
+    )
+    async with db.session(admin.org_id) as session:
+        row = await session.get(DataRequest, contact_request)
+        assert row is not None
+        row.expires_at = utcnow() - timedelta(seconds=1)
+        session.add(row)
+    erasure = await api(
+        admin,
+        "mutation($id: ID!) { eraseContact(contactId: $id) { id } }",
+        {"id": gid("Contact", erased.contact_id)},
+    )
+    assert "errors" not in erasure, erasure
+
+    listed = await api(admin, REQUESTS)
+    nodes = {e["node"]["id"]: e["node"] for e in listed["data"]["dataRequests"]["edges"]}
+    for request in (
+        contact_export["data"]["exportContactData"]["id"],
+        workspace_export["data"]["requestWorkspaceExport"]["id"],
+    ):
+        assert nodes[request]["downloadPath"] is None
+        assert datetime.fromisoformat(nodes[request]["expiresAt"]) <= utcnow()
+        path = f"/exports/{request}"
+        headers = {"Authorization": f"Bearer {await api.token(admin)}"}
+        assert (await client.get(path, headers=headers)).status_code == 404
 
 
 async def test_an_admin_who_must_enroll_in_two_factors_gets_no_export(

@@ -81,6 +81,30 @@ async def test_a_variable_of_the_wrong_type_is_bad_user_input(
 @pytest.mark.parametrize(
     "query",
     [
+        "query($unused: String) { viewer { id } }",  # a variable defined, never used
+        "query($id: ID!, $unused: Int) { node(id: $id) { id } }",
+        "query($member: Member) { viewer { id } }",  # not an input type (and unused)
+    ],
+)
+async def test_a_variable_the_document_gets_wrong_is_a_validation_error(
+    client: httpx.AsyncClient, admin: Actor, caplog: pytest.LogCaptureFixture, query: str
+) -> None:
+    """Given a document whose variable definitions break validation (whatever the values)
+    when it is posted
+    then GRAPHQL_VALIDATION_FAILED like any invalid document, not BAD_USER_INPUT, which
+    is for a value that does not fit its variable's type."""
+    token = await token_for(client, admin)
+    with no_error_logs(caplog):
+        response = await gql(client, token, query, {"id": "x"})
+    assert response.status_code == 200
+    assert response.json()["data"] is None
+    assert set(error_codes(response)) == {"GRAPHQL_VALIDATION_FAILED"}
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    "query",
+    [
         "{ auditEvents(first: %s) { edges { cursor } } }" % ("9" * 5000),
         "{ auditEvents(first: -%s) { edges { cursor } } }" % ("1" * 5000),
     ],

@@ -101,6 +101,36 @@ async def test_every_sensitive_operation_is_refused_without_a_recent_authenticat
             assert "INTERNAL_SERVER_ERROR" not in codes, name
 
 
+@pytest.mark.parametrize("role", ["agent", "manager"])
+async def test_a_sensitive_operation_the_role_may_not_run_is_forbidden_not_reauthentication(
+    make_client: ClientFactory,
+    meta_url: str,
+    db: Database,
+    agent: Actor,
+    manager: Actor,
+    role: str,
+) -> None:
+    """Given an Agent (or a Manager) whose session last authenticated 11 minutes ago,
+    when they run each sensitive operation,
+    then those their role may not run at all (exports, erasure, channels, members, the
+    workspace's policy) answer FORBIDDEN, as they would after a re-authentication, not
+    REAUTHENTICATION_REQUIRED (a password asked for nothing); those it may run (their
+    own two factors) still need the re-authentication."""
+    actor = {"agent": agent, "manager": manager}[role]
+    async with make_client(meta_graph_url=meta_url) as client:
+        token = await token_for(client, actor)
+        await make_stale(db, actor)
+
+        answers = {
+            name: error_codes(await gql(client, token, document_of(name))) for name in PRESENT
+        }
+
+    own = {"beginTwoFactorEnrollment", "disableTwoFactor"}
+    assert answers == {
+        name: ["REAUTHENTICATION_REQUIRED"] if name in own else ["FORBIDDEN"] for name in PRESENT
+    }
+
+
 async def test_other_operations_need_no_recent_authentication(
     client: httpx.AsyncClient, db: Database, admin: Actor
 ) -> None:

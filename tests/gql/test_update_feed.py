@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from tests.fixtures.api import token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.factories import Actor, create_conversation, create_message
-from tests.fixtures.inbox import MARK_READ, Api, gid, workspace
+from tests.fixtures.inbox import MARK_READ, UPDATE_STATUS, Api, gid, workspace
 from tests.fixtures.live import inbound, live_server, status_update, until_listening
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
@@ -203,3 +203,51 @@ async def test_a_replay_holds_only_what_the_caller_may_see(
     assert (await _data(o, o_op, "conversationUpdated"))["id"] == gid("Conversation", theirs.id)
     await a.close()
     await o.close()
+
+
+async def test_a_cursor_ahead_of_the_workspace_s_feed_is_refused_not_silent(
+    dialect: str,
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    agent: Actor,
+) -> None:
+    """Given a workspace whose latest change is the Admin's own conversation (which an
+    Agent cannot see),
+    when an Agent resumes `conversationUpdated`, `messageUpdated` and `conversationRemoved`
+    from a position the feed never handed out (a cursor of another workspace's feed, or
+    of the database before a restore), and then from the latest position,
+    then the first three are refused (BAD_USER_INPUT, `after` "Unknown") instead of
+    staying silent until the feed passes it; the latest position, though the Agent never
+    saw its change, is accepted and the next visible change arrives."""
+    async with workspace(db, org.id) as session:
+        unassigned = await create_conversation(session)
+        hidden = await create_conversation(session, assignee_membership_id=admin.membership.id)
+    async with workspace(db, org.id) as session:
+        row = await session.get(Conversation, hidden.id)
+        assert row is not None
+        head = row.update_seq
+    socket = await GraphQLSocket.connect(live, await token_for(http, agent))
+    ahead = {"after": encode_update_cursor(head + 1000)}
+    removed = "subscription($after: String) { conversationRemoved(after: $after) }"
+
+    for document in (CONVERSATIONS, MESSAGES, removed):
+        operation = await socket.subscribe(document, ahead)
+        frame = await socket.next(operation, timeout=10)
+        assert frame["type"] in ("error", "next"), frame
+        errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
+        assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT", frame
+        assert errors[0]["extensions"]["details"] == [{"field": "after", "message": "Unknown"}]
+
+    resumed = await socket.subscribe(CONVERSATIONS, {"after": encode_update_cursor(head)})
+    await until_listening(live_app, 1)
+    status = {"conversationId": gid("Conversation", unassigned.id), "status": "PENDING"}
+    changed = await Api(http)(agent, UPDATE_STATUS, {"input": status})
+    assert "errors" not in changed, changed
+    assert (await _data(socket, resumed, "conversationUpdated"))["id"] == gid(
+        "Conversation", unassigned.id
+    )
+    await socket.close()

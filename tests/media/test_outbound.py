@@ -91,6 +91,50 @@ async def test_an_uploaded_photo_is_sent_end_to_end(media_inbox: MediaInbox, age
     assert status.json()["data"]["node"]["status"] == MessageStatus.SENT.value
 
 
+async def test_each_message_s_media_carries_the_caption_it_was_sent_with(
+    media_inbox: MediaInbox, agent: Actor
+) -> None:
+    """Given one upload
+    when it is sent twice with different captions, and once without
+    then each message's `media.caption` is its own caption (as its `text`), null for the
+    one without, when sent and when read again: the file is shared, its caption is not."""
+    client = media_inbox.client
+    conversation, _ = await first_conversation(media_inbox)
+    token = await token_for(client, agent)
+    uploaded = await upload_media(client, token, JPEG, "photo.jpg", "image/jpeg")
+    media = uploaded.json()["data"]["uploadMedia"]["id"]
+    query = (
+        "mutation($input: SendMediaInput!) { sendMedia(input: $input) "
+        "{ id text media { id caption } } }"
+    )
+
+    sent = []
+    for caption in ("First", "Second", None):
+        answer = await gql(
+            client,
+            token,
+            query,
+            {"input": {"conversationId": conversation, "mediaId": media, "caption": caption}},
+        )
+        message = answer.json()["data"]["sendMedia"]
+        assert message["media"] == {"id": media, "caption": caption}
+        assert message["text"] == caption
+        sent.append(message["id"])
+
+    read = await gql(
+        client,
+        token,
+        "query($c: ID!) { conversation(id: $c) { messages(last: 3) { edges { node { "
+        "id media { caption } } } } } }",
+        {"c": conversation},
+    )
+    captions = {
+        edge["node"]["id"]: edge["node"]["media"]["caption"]
+        for edge in read.json()["data"]["conversation"]["messages"]["edges"]
+    }
+    assert captions == dict(zip(sent, ["First", "Second", None], strict=True))
+
+
 async def test_a_file_is_judged_by_its_content_and_size(
     media_inbox: MediaInbox, admin: Actor
 ) -> None:

@@ -59,8 +59,9 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 # Operations (GraphQL root fields) that need an authentication of the session within
 # WEFLUX_REAUTHENTICATION_WINDOW, whatever the role (CONTRACT §9; weflux.gql.policy
-# enforces it before execution). Names of operations not built yet are listed too, so
-# that they are sensitive from the moment they exist.
+# enforces it before execution, for the roles that may run them: the others get
+# FORBIDDEN). Names of operations not built yet are listed too, so that they are
+# sensitive from the moment they exist.
 SENSITIVE_OPERATIONS: frozenset[str] = frozenset(
     {
         # WhatsApp credentials and SMTP settings

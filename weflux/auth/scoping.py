@@ -1036,6 +1036,25 @@ _HIGHEST_POSITION_OF = _highest_position(
 )
 
 
+_SEQUENCE_HEAD = text("SELECT pg_sequence_last_value('weflux_change_seq')")
+
+
+async def handed_out_head(session: AsyncSession, org_id: uuid.UUID) -> int | None:
+    """The highest position the workspace's feed has handed out (None: not known yet).
+
+    PostgreSQL numbers every workspace's changes from one sequence: its last value. SQLite
+    numbers each workspace apart: its highest row or floor, read past the scoping criteria
+    (rows the caller may not see, and erased ones, count). No cursor a client was given
+    is above it; one above it is another feed's (another workspace's, another database's).
+    """
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        value = (await connection.execute(_SEQUENCE_HEAD)).scalar_one()
+        return None if value is None else int(value)
+    found = await connection.execute(_HIGHEST_POSITION_OF, {"feed_org": org_id})
+    return int(found.scalar_one())
+
+
 def feed_values(dialect: str, org_id: uuid.UUID, *, touch: bool = False) -> dict[str, Any]:
     """What a bulk UPDATE of conversations or messages sets to take a feed position.
 

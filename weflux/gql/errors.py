@@ -21,9 +21,15 @@ MASKED_MESSAGE = "Internal server error"
 
 
 def _is_variable_error(error: GraphQLError) -> bool:
-    """A variable's value that cannot be coerced to its type: the client's fault."""
-    return bool(error.nodes) and all(
-        isinstance(node, VariableDefinitionNode) for node in error.nodes or ()
+    """A variable's value that cannot be coerced to its type: the client's fault.
+
+    A validation error may point at a variable's definition too (one never used, one of
+    an output type): the guard's validation codes those GRAPHQL_VALIDATION_FAILED first.
+    """
+    return (
+        bool(error.nodes)
+        and "code" not in (error.extensions or {})
+        and all(isinstance(node, VariableDefinitionNode) for node in error.nodes or ())
     )
 
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack
 from contextvars import ContextVar
 from typing import Any
@@ -35,6 +35,7 @@ from strawberry.extensions import SchemaExtension
 from strawberry.schema.validation_rules.maybe_null import MaybeNullValidationRule
 from strawberry.schema.validation_rules.one_of import OneOfInputValidationRule
 
+from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
 from weflux.db import begin_read_only, interrupt
 from weflux.errors import ErrorCode
@@ -192,8 +193,11 @@ def timeout_error() -> GraphQLError:
 class OperationGuard(SchemaExtension):
     """Validation without suggestions, then the operation's cost: limit, charge, report."""
 
-    def __init__(self, documents: DocumentCache) -> None:
+    def __init__(
+        self, documents: DocumentCache, permissions: Mapping[str, Permission] | None = None
+    ) -> None:
         self._documents = documents
+        self._permissions: Mapping[str, Permission] = permissions or {}
         self._operation: OperationType | None = None
         self._report: dict[str, Any] | None = None
 
@@ -231,6 +235,13 @@ class OperationGuard(SchemaExtension):
             (*execution.validation_rules, *_STRAWBERRY_RULES),
             hide_suggestions=True,
         )
+        for error in errors:
+            # Coded here: one pointing at a variable's definition is no value's fault.
+            if "code" not in (error.extensions or {}):
+                error.extensions = {
+                    **(error.extensions or {}),
+                    "code": ErrorCode.GRAPHQL_VALIDATION_FAILED,
+                }
         if known is not None:
             known.errors = tuple(errors)
         return errors
@@ -259,6 +270,7 @@ class OperationGuard(SchemaExtension):
             execution.graphql_document,
             execution.operation_name,
             cost.operation,
+            self._permissions,
         )
         if refusal is not None:
             return refusal

@@ -35,7 +35,7 @@ from sqlmodel import col, select
 from strawberry.types import Info
 
 from weflux.auth.permissions import Permission, has_permission
-from weflux.auth.scoping import ScopedRead, viewing_as, workspace_wide
+from weflux.auth.scoping import ScopedRead, handed_out_head, viewing_as, workspace_wide
 from weflux.errors import BadUserInput, Forbidden
 from weflux.gql.channels.types import WhatsAppAccount, to_whatsapp_account
 from weflux.gql.context import Context, EventUnit
@@ -324,7 +324,8 @@ class Subscription:
             str | None,
             strawberry.argument(
                 description="A `Message.updateCursor`: first replay every visible message "
-                "whose status changed after it; null: live changes only."
+                "whose status changed after it; null: live changes only. One this "
+                "workspace's feed never handed out is BAD_USER_INPUT (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[Message, None]:
@@ -351,7 +352,8 @@ class Subscription:
             str | None,
             strawberry.argument(
                 description="A `Conversation.updateCursor`: first replay every visible "
-                "conversation changed after it; null: live changes only."
+                "conversation changed after it; null: live changes only. One this "
+                "workspace's feed never handed out is BAD_USER_INPUT (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[Conversation, None]:
@@ -381,7 +383,8 @@ class Subscription:
                 description="The `Conversation.updateCursor` `conversationUpdated` resumes "
                 "from (the last one the client processed): first replay every removal from "
                 "the caller's view after that position of the workspace's change feed; "
-                "null: live removals only."
+                "null: live removals only. BAD_USER_INPUT for one older than the removals "
+                "kept (`Expired`) or one the feed never handed out (`Unknown`)."
             ),
         ] = None,
     ) -> AsyncGenerator[strawberry.ID, None]:
@@ -515,6 +518,22 @@ def _feed_query(model: type[Any], position: int, conversation: uuid.UUID | None)
     return query
 
 
+async def _after(info: Info[Context, None], after: str) -> int:
+    """The position of an `after` cursor; BAD_USER_INPUT ("Unknown") for one the
+    workspace's feed never handed out (another workspace's, a database's before a
+    restore), which would otherwise hold back every change until the feed passed it."""
+    position = decode_update_cursor(after)
+    async with info.context.event_unit():
+        head = await handed_out_head(info.context.unit, info.context.actor.org_id)
+    if head is not None and position > head:
+        raise BadUserInput(
+            "This cursor is not of this workspace's change feed; refetch and subscribe "
+            "again without after",
+            details=[{"field": "after", "message": "Unknown"}],
+        )
+    return position
+
+
 async def _feed_head(info: Info[Context, None], model: type[Any]) -> int:
     """The highest position of the workspace's feed visible now (0 when empty)."""
     async with info.context.event_unit():
@@ -566,7 +585,7 @@ async def _feed(
     """
     # Without `after`, live from the head read before listening: a change committed between
     # the two is above it, read by the first catch-up once the listener is in place.
-    position = decode_update_cursor(after) if after else await _feed_head(info, model)
+    position = await _after(info, after) if after else await _feed_head(info, model)
     async with info.context.hub.listen(info.context.actor.org_id, events=(name,)) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True
@@ -786,7 +805,7 @@ async def _removals(
     """
     context = info.context
     if after:
-        position = decode_update_cursor(after)
+        position = await _after(info, after)
         await _refuse_pruned(info, position)
     else:
         position = await _removal_head(info)

@@ -77,3 +77,17 @@ def mark_sensitive(root: type) -> None:
             if allowed
             else (f"{field.description} {SENSITIVE}")
         )
+
+
+def root_permissions(root: type) -> dict[str, Permission]:
+    """The permission each of `root`'s fields requires (those put there by `guarded`)."""
+    definition = getattr(root, "__strawberry_definition__", None)
+    assert isinstance(definition, StrawberryObjectDefinition)
+    required: dict[str, Permission] = {}
+    for field in definition.fields:
+        name = field.graphql_name or to_camel_case(field.python_name)
+        for permission_class in field.permission_classes:
+            permission = getattr(permission_class, "required", None)
+            if isinstance(permission, Permission):
+                required[name] = permission
+    return required

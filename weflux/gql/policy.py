@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 
 from graphql import (
@@ -29,6 +30,7 @@ from weflux.auth.permissions import (
     ENROLLMENT_OPERATIONS,
     MUST_ENROLL_MESSAGE,
     SENSITIVE_OPERATIONS,
+    Permission,
 )
 from weflux.auth.principal import Principal
 from weflux.db import Database
@@ -72,14 +74,25 @@ async def screen(
     document: DocumentNode,
     operation_name: str | None,
     kind: OperationType,
+    permissions: Mapping[str, Permission],
 ) -> GraphQLError | None:
-    """The refusal of an operation by the two-factor policy or the re-authentication rule."""
+    """The refusal of an operation by the two-factor policy or the re-authentication rule.
+
+    `permissions`: what each mutation requires. A sensitive mutation the caller's role may
+    not run at all needs no re-authentication: it is refused FORBIDDEN as it runs, so a
+    client is not sent to ask for a password that changes nothing.
+    """
     if principal is None:
         return None
     fields = root_fields(document, operation_name)
     if principal.must_enroll and fields - ENROLLMENT_OPERATIONS - INTROSPECTION:
         return GraphQLError(MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED})
-    if kind is OperationType.MUTATION and fields & SENSITIVE_OPERATIONS:
+    sensitive = {
+        name
+        for name in fields & SENSITIVE_OPERATIONS
+        if name not in permissions or principal.can(permissions[name])
+    }
+    if kind is OperationType.MUTATION and sensitive:
         async with db.session(principal.org_id) as session:
             try:
                 await require_recent_authentication(session, principal, reauthentication_window)

@@ -49,7 +49,7 @@ from weflux.gql.live import Subscription as LiveSubscription
 from weflux.gql.node import resolve_node
 from weflux.gql.nul import NoNulInStrings
 from weflux.gql.operations import SpecExecutionContext
-from weflux.gql.permissions import guarded, mark_sensitive
+from weflux.gql.permissions import guarded, mark_sensitive, root_permissions
 from weflux.gql.prefetch import call_directly
 from weflux.gql.security.mutations import SecurityMutation
 from weflux.gql.security.queries import SecurityQuery
@@ -105,6 +105,8 @@ class Mutation(
 
 
 mark_sensitive(Mutation)
+# What each mutation requires: the re-authentication rule asks only for what the role may run.
+MUTATION_PERMISSIONS = root_permissions(Mutation)
 
 
 @strawberry.type(description=get_object_definition(LiveSubscription, strict=True).description)
@@ -200,7 +202,9 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     extensions += [
         lambda: CachedDocuments(documents),
         CodedErrors,
-        lambda: OperationGuard(documents),  # the guard validates: after the rule adders
+        lambda: OperationGuard(
+            documents, MUTATION_PERMISSIONS
+        ),  # the guard validates: after the rule adders
     ]
     built = WefluxSchema(
         query=Query,

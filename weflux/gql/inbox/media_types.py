@@ -28,7 +28,9 @@ class Media:
         "the downloaded file was checked against it. Hex for uploads."
     )
     caption: str | None = strawberry.field(
-        description="The caption sent with it, if any (the message's `text` holds it too)."
+        description="The caption its message was sent with, if any (the message's `text` "
+        "holds it too): one file sent several times shows each message's own; null on "
+        "uploadMedia's answer."
     )
     filename: str | None = strawberry.field(
         description="The document's file name as the sender gave it; null for other kinds."

@@ -336,6 +336,15 @@ class Message(Node):
     def media(self, info: Info[Context, None]) -> Media | None:
         if self.media_file_id is None:
             return None
+        if self.direction == MessageDirection.OUTBOUND:
+            # One upload may be sent several times, each with its own caption (the
+            # message's text): the file's row has none of them.
+            caption = self.text
+            return related(
+                info.context.loaders.media_file,
+                self.media_file_id,
+                lambda row: _sent_media_of(row, caption),
+            )
         return related(info.context.loaders.media_file, self.media_file_id, _media_of)
 
 
@@ -405,6 +414,14 @@ def _reactions_of(rows: list[models.MessageReaction]) -> list[Reaction]:
 
 def _media_of(row: models.MediaFile | None) -> Media | None:
     return to_media(row) if row is not None else None
+
+
+def _sent_media_of(row: models.MediaFile | None, caption: str | None) -> Media | None:
+    """The file of an outbound message, with that message's caption (or none)."""
+    media = _media_of(row)
+    if media is not None:
+        media.caption = caption
+    return media
 
 
 async def prefetch_conversations(

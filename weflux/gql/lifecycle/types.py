@@ -13,7 +13,8 @@ from weflux.gql.context import Context
 from weflux.gql.identity.types import Member, RetentionPolicy, to_member, to_retention_policy
 from weflux.gql.types import Connection, Node, graphql_enum
 from weflux.ids import encode_global_id
-from weflux.models import DataRequestKind, DataRequestStatus
+from weflux.lifecycle import exports
+from weflux.models import DataRequestKind, DataRequestStatus, utcnow
 
 graphql_enum(
     DataRequestKind,
@@ -51,10 +52,12 @@ class DataRequest(Node):
     completed_at: datetime | None = strawberry.field(description="When it was completed.")
     progress: float | None = strawberry.field(description="How far the worker is, 0 to 1.")
     download_path: str | None = strawberry.field(
-        description="Exports: `/exports/{id}` once COMPLETED."
+        description="Exports: `/exports/{id}` once COMPLETED, until `expiresAt`; null "
+        "before and after."
     )
     expires_at: datetime | None = strawberry.field(
-        description="Exports: when the file is destroyed."
+        description="Exports: when the file is (or was) destroyed, 24 hours after it was "
+        "built; at once when a contact it may hold is erased (ask again)."
     )
     requested_by_membership_id: strawberry.Private[uuid.UUID | None]
 
@@ -73,7 +76,14 @@ __all__ = ["DataRequest", "RetentionPolicy", "to_data_request", "to_retention_po
 
 def to_data_request(row: models.DataRequest) -> DataRequest:
     exported = row.kind in (DataRequestKind.CONTACT_EXPORT, DataRequestKind.WORKSPACE_EXPORT)
-    ready = exported and row.status == DataRequestStatus.COMPLETED and row.file_name
+    # Past `expiresAt` (at its time, or withdrawn by an erasure) the file answers 404 even
+    # before the worker's sweep destroys it: no link to it then.
+    ready = (
+        exported
+        and row.status == DataRequestStatus.COMPLETED
+        and row.file_name
+        and not exports.expired(row, utcnow())
+    )
     global_id = encode_global_id("DataRequest", row.id)
     return DataRequest(
         id=strawberry.ID(global_id),
