@@ -1,0 +1,199 @@
+"""The socket as the frontends meet it: graphql-ws's `createClient` under Node.
+
+docs/realtime.md tells frontends how to use it; these tests make its claims facts:
+`messageAdded` is received and resumed with `after` (the missed message first, once);
+4401 is never retried by graphql-ws (the script refreshes the pair, or logs in again, and
+creates the client again, as the docs say); 4403 past the session's cap is retried,
+calling `connectionParams` again, and succeeds once another socket of the session closes.
+The script, `tests/js/inbox_client.mjs`, prints what graphql-ws reports; its retry waits
+for the test's word, so no test waits on graphql-ws's backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+
+from tests.fixtures.api import token_for, tokens_for
+from tests.fixtures.app import HTTP_TIMEOUT
+from tests.fixtures.databases import DatabaseUrls
+from tests.fixtures.factories import Actor
+from tests.fixtures.live import SECRET, inbound, listeners, serve_settings, until_listening
+from tests.fixtures.node import NodeScript, node_script
+from tests.fixtures.ws import WAIT
+from weflux.models import WhatsAppAccount, utcnow
+from weflux.runtime import runtime_of
+
+pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # the client's side is the subject
+
+SCRIPT = "inbox_client.mjs"
+
+
+async def received(script: NodeScript, name: str, text: str) -> dict[str, object]:
+    """The next message of client `name`, which must be `text`."""
+    message = await script.expect(name, "message")
+    assert message["text"] == text, script.events
+    return message
+
+
+async def sockets_closed(app: Starlette) -> None:
+    """Wait until `app` holds no socket and no subscription listens."""
+    runtime = runtime_of(app)
+    async with asyncio.timeout(WAIT):
+        while listeners(app) or len(runtime.sockets) or len(runtime.socket_caps):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+async def test_graphql_ws_receives_message_added_and_resumes_after_the_last_cursor(
+    live: str, http: httpx.AsyncClient, live_app: Starlette, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    token = await token_for(http, admin)
+    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+        # Given a frontend subscribed to messageAdded with graphql-ws
+        await script.send("open", name="tab", token=token)
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        # When a customer writes, then it receives the message
+        await inbound(http, "one")
+        first = await received(script, "tab", "one")
+        # When its client is gone while another message arrives
+        await script.send("dispose", name="tab")
+        await script.expect("tab", "disposed")
+        await sockets_closed(live_app)
+        await inbound(http, "two")
+        # Then a new client resuming after the last cursor gets the missed one first,
+        # then the live ones, each once
+        await script.send("open", name="resumed", token=token, after=first["cursor"])
+        await received(script, "resumed", "two")
+        await until_listening(live_app, 1)
+        await inbound(http, "three")
+        await received(script, "resumed", "three")
+        await script.send("dispose", name="resumed")
+        await script.expect("resumed", "disposed")
+        assert script.of("resumed") == [
+            ("connected", None),
+            ("message", "two"),
+            ("message", "three"),
+            ("disposed", None),
+        ]
+
+
+async def test_graphql_ws_never_retries_4401_and_the_client_is_created_again(
+    live: str, http: httpx.AsyncClient, live_app: Starlette, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    pair = await tokens_for(http, admin)
+    codec = runtime_of(live_app).codec
+    claims = codec.verify(pair["accessToken"], "access")
+    # An access token of the same session that expires within seconds
+    short = codec.issue(
+        "access",
+        user_id=claims.user_id,
+        org_id=claims.org_id,
+        session_id=claims.session_id,
+        not_after=utcnow() + timedelta(seconds=3),
+    )
+    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+        # Given a frontend whose socket carries an access token about to expire
+        await script.send("open", name="tab", token=short.token, refreshToken=pair["refreshToken"])
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        await inbound(http, "before expiry")
+        await received(script, "tab", "before expiry")
+        # When the token expires, then the socket is closed 4401 and graphql-ws gives up
+        # (the subscription errs with the close: no retry)
+        assert (await script.expect("tab", "closed"))["code"] == 4401
+        assert (await script.expect("tab", "error"))["code"] == 4401
+        # And the script refreshes the pair and creates the client again, which receives
+        assert (await script.expect("tab", "refreshed"))["status"] == 200
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        await inbound(http, "after refresh")
+        await received(script, "tab", "after refresh")
+
+        # When the session is revoked (logout), then 4401 again, not retried; the
+        # refresh fails, and after a new login the client is created again and receives
+        logout = await http.post(
+            "/auth/logout", headers={"Authorization": f"Bearer {pair['accessToken']}"}
+        )
+        assert logout.status_code == 204
+        assert (await script.expect("tab", "closed"))["code"] == 4401
+        assert (await script.expect("tab", "error"))["code"] == 4401
+        assert (await script.expect("tab", "refreshed"))["status"] == 401
+        await script.expect("tab", "login-needed")
+        await sockets_closed(live_app)
+        again = await tokens_for(http, admin)
+        await script.send(
+            "login", name="tab", token=again["accessToken"], refreshToken=again["refreshToken"]
+        )
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        await inbound(http, "after login")
+        await received(script, "tab", "after login")
+        assert script.of("tab") == [
+            ("connected", None),
+            ("message", "before expiry"),
+            ("closed", 4401),
+            ("error", 4401),
+            ("refreshed", None),
+            ("connected", None),
+            ("message", "after refresh"),
+            ("closed", 4401),
+            ("error", 4401),
+            ("refreshed", None),
+            ("login-needed", None),
+            ("connected", None),
+            ("message", "after login"),
+        ]
+
+
+async def test_graphql_ws_retries_4403_past_the_session_cap_until_a_socket_closes(
+    database_urls: DatabaseUrls, tmp_path: Path, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    async with (
+        serve_settings(
+            database_urls, tmp_path, meta_app_secret=SECRET, websocket_max_per_session=1
+        ) as (app, base_url),
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http,
+        node_script(SCRIPT, WEFLUX_URL=base_url) as script,
+    ):
+        token = await token_for(http, admin)
+        # Given a session at its cap of 1 socket (one tab)
+        await script.send("open", name="first", token=token)
+        await script.expect("first", "connected")
+        # When a second tab of the session connects, then it is closed 4403, saying why,
+        # and graphql-ws retries it
+        await script.send("open", name="second", token=token)
+        closed = await script.expect("second", "closed")
+        assert (closed["code"], closed["reason"]) == (
+            4403,
+            "Too many open sockets for this session",
+        )
+        assert (await script.expect("second", "retry-wait"))["retries"] == 0
+        # And each retry calls connectionParams again, refused while the first is open
+        await script.send("retry", name="second")
+        assert (await script.expect("second", "params"))["calls"] == 2
+        assert (await script.expect("second", "closed"))["code"] == 4403
+        assert (await script.expect("second", "retry-wait"))["retries"] == 1
+        # When the first tab closes, then the next retry connects and receives
+        await script.send("dispose", name="first")
+        await script.expect("first", "disposed")
+        await sockets_closed(app)
+        await script.send("retry", name="second")
+        assert (await script.expect("second", "params"))["calls"] == 3
+        await script.expect("second", "connected")
+        await until_listening(app, 1)
+        await inbound(http, "past the cap")
+        await received(script, "second", "past the cap")
+        assert script.of("second") == [
+            ("closed", 4403),
+            ("retry-wait", None),
+            ("closed", 4403),
+            ("retry-wait", None),
+            ("connected", None),
+            ("message", "past the cap"),
+        ]
