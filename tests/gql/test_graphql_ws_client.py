@@ -23,15 +23,29 @@ from tests.fixtures.api import token_for, tokens_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
 from tests.fixtures.factories import Actor
-from tests.fixtures.live import SECRET, inbound, listeners, serve_settings, until_listening
-from tests.fixtures.node import NodeScript, node_script
+from tests.fixtures.live import (
+    SECRET,
+    inbound,
+    listeners,
+    live_server,
+    serve_settings,
+    until_listening,
+)
+from tests.fixtures.node import NodeScript, node_script, require_node
 from tests.fixtures.ws import WAIT
+from weflux.gql import view
 from weflux.models import WhatsAppAccount, utcnow
 from weflux.runtime import runtime_of
 
 pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # the client's side is the subject
 
 SCRIPT = "inbox_client.mjs"
+
+
+@pytest.fixture(autouse=True)
+def _node() -> None:
+    """Without Node the tests skip (fail under CI=true) before a server starts."""
+    require_node()
 
 
 async def received(script: NodeScript, name: str, text: str) -> dict[str, object]:
@@ -50,10 +64,15 @@ async def sockets_closed(app: Starlette) -> None:
 
 
 async def test_graphql_ws_receives_message_added_and_resumes_after_the_last_cursor(
-    live: str, http: httpx.AsyncClient, live_app: Starlette, channel: WhatsAppAccount, admin: Actor
+    broker_app: Starlette, channel: WhatsAppAccount, admin: Actor
 ) -> None:
-    token = await token_for(http, admin)
-    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+    live_app = broker_app  # on the in-process broker, and on Redis
+    async with (
+        live_server(live_app) as live,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http,
+        node_script(SCRIPT, WEFLUX_URL=live) as script,
+    ):
+        token = await token_for(http, admin)
         # Given a frontend subscribed to messageAdded with graphql-ws
         await script.send("open", name="tab", token=token)
         await script.expect("tab", "connected")
@@ -95,15 +114,12 @@ async def test_graphql_ws_never_retries_4401_and_the_client_is_created_again(
         user_id=claims.user_id,
         org_id=claims.org_id,
         session_id=claims.session_id,
-        not_after=utcnow() + timedelta(seconds=3),
+        not_after=utcnow() + timedelta(seconds=2),
     )
     async with node_script(SCRIPT, WEFLUX_URL=live) as script:
         # Given a frontend whose socket carries an access token about to expire
         await script.send("open", name="tab", token=short.token, refreshToken=pair["refreshToken"])
         await script.expect("tab", "connected")
-        await until_listening(live_app, 1)
-        await inbound(http, "before expiry")
-        await received(script, "tab", "before expiry")
         # When the token expires, then the socket is closed 4401 and graphql-ws gives up
         # (the subscription errs with the close: no retry)
         assert (await script.expect("tab", "closed"))["code"] == 4401
@@ -136,7 +152,6 @@ async def test_graphql_ws_never_retries_4401_and_the_client_is_created_again(
         await received(script, "tab", "after login")
         assert script.of("tab") == [
             ("connected", None),
-            ("message", "before expiry"),
             ("closed", 4401),
             ("error", 4401),
             ("refreshed", None),
@@ -197,3 +212,54 @@ async def test_graphql_ws_retries_4403_past_the_session_cap_until_a_socket_close
             ("connected", None),
             ("message", "past the cap"),
         ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [
+        ("no-subprotocol", 4406),
+        ("malformed", 4400),
+        ("id-twice", 4409),
+        ("init-twice", 4429),
+        ("oversize", 1009),
+    ],
+)
+async def test_graphql_ws_never_retries_a_protocol_error_or_an_oversized_frame(
+    live: str, http: httpx.AsyncClient, live_app: Starlette, admin: Actor, fault: str, code: int
+) -> None:
+    token = await token_for(http, admin)
+    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+        # Given a client whose WebSocket breaks the protocol (no subprotocol, a malformed
+        # frame, an operation id twice, a second connection_init) or sends a frame over
+        # 64 KiB
+        await script.send("open", name="tab", token=token, fault=fault)
+        # When the server closes it with the protocol's code, then graphql-ws gives up:
+        # the subscription errs with the close, without waiting to retry
+        assert (await script.expect("tab", "error"))["code"] == code
+        assert [event for event in script.of("tab") if event[0] != "connected"] == [
+            ("closed", code),
+            ("error", code),
+        ]
+        await sockets_closed(live_app)
+
+
+@pytest.fixture
+def quick_init_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sockets of the apps built from now on wait 0.2 s for connection_init, not 10 s."""
+    monkeypatch.setattr(view, "CONNECTION_INIT_TIMEOUT", 0.2)
+
+
+async def test_graphql_ws_retries_4408_a_socket_without_connection_init(
+    quick_init_timeout: None,  # first: before the app is built
+    live: str,
+    http: httpx.AsyncClient,
+    admin: Actor,
+) -> None:
+    token = await token_for(http, admin)
+    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+        # Given a client whose WebSocket never sends connection_init
+        await script.send("open", name="tab", token=token, fault="no-init")
+        # When the server closes it 4408, then graphql-ws waits to retry
+        assert (await script.expect("tab", "closed"))["code"] == 4408
+        assert (await script.expect("tab", "retry-wait"))["retries"] == 0
+        assert script.of("tab") == [("closed", 4408), ("retry-wait", None)]

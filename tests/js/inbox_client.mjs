@@ -2,8 +2,9 @@
 // driven by tests/gql/test_graphql_ws_client.py, one JSON command a line on stdin, one JSON
 // event a line on stdout.
 //
-// Commands: {"cmd": "open", "name", "token", "refreshToken", "after"} creates a client
-// that subscribes to messageAdded (from `after`); {"cmd": "retry", "name"} lets its
+// Commands: {"cmd": "open", "name", "token", "refreshToken", "after", "fault"} creates a
+// client that subscribes to messageAdded (from `after`), through a WebSocket that commits
+// `fault` if given (a protocol error graphql-ws itself never makes, see FAULTS); {"cmd": "retry", "name"} lets its
 // pending retry go ahead; {"cmd": "login", "name", "token", "refreshToken"} is the user
 // logging in again; {"cmd": "dispose", "name"}; {"cmd": "exit"}.
 //
@@ -20,16 +21,41 @@ const BASE = process.env.WEFLUX_URL;
 const ADDED = `subscription($after: String) { messageAdded(after: $after) { id cursor text } }`;
 const clients = new Map();
 
+// A WebSocket that breaks the protocol one way, for the close codes graphql-ws would never
+// provoke itself: no subprotocol (4406), a malformed frame (4400), an operation id used
+// twice (4409), a second connection_init (4429), a frame over 64 KiB (1009), no
+// connection_init (4408).
+const FAULTS = {
+  oversize: { send: (frame, raw) => (frame.type === "subscribe" ? [raw.padEnd(65 * 1024)] : null) },
+  "no-init": { send: (frame) => (frame.type === "connection_init" ? [] : null) },
+  "no-subprotocol": { protocols: () => [] },
+  malformed: { send: (frame) => (frame.type === "subscribe" ? ["[]"] : null) },
+  "id-twice": { send: (frame, raw) => (frame.type === "subscribe" ? [raw, raw] : null) },
+  "init-twice": { send: (frame, raw) => (frame.type === "connection_init" ? [raw, raw] : null) },
+};
+
+function faulty(fault) {
+  const { protocols = (given) => given, send = () => null } = FAULTS[fault];
+  return class extends WebSocket {
+    constructor(url, given) {
+      super(url, protocols(given));
+    }
+    send(raw) {
+      for (const data of send(JSON.parse(raw), raw) ?? [raw]) super.send(data);
+    }
+  };
+}
+
 function emit(name, event, fields = {}) {
   process.stdout.write(`${JSON.stringify({ name, event, ...fields })}\n`);
 }
 
-function open(name, pair, after) {
+function open(name, pair, after, fault) {
   const state = { pair, after, params: 0, retryGo: null, client: null };
   clients.set(name, state);
   const client = createClient({
     url: `${BASE.replace(/^http/, "ws")}/graphql`,
-    webSocketImpl: WebSocket,
+    webSocketImpl: fault ? faulty(fault) : WebSocket,
     // Called for every connection, each retry included: the token current then.
     connectionParams: () => {
       state.params += 1;
@@ -86,7 +112,8 @@ async function reconnect(name, state) {
 }
 
 const commands = {
-  open: ({ name, token, refreshToken, after }) => open(name, { token, refreshToken }, after ?? null),
+  open: ({ name, token, refreshToken, after, fault }) =>
+    open(name, { token, refreshToken }, after ?? null, fault),
   retry: ({ name }) => {
     const state = clients.get(name);
     const go = state.retryGo;
@@ -102,7 +129,9 @@ const commands = {
     emit(name, "disposed");
   },
   exit: async () => {
-    await Promise.all([...clients.values()].map((state) => state.client.dispose()));
+    // A client waiting to retry would wait for its connection (never) before closing.
+    const open = [...clients.values()].filter((state) => !state.retryGo);
+    await Promise.all(open.map((state) => state.client.dispose()));
     process.exit(0);
   },
 };
