@@ -3,8 +3,11 @@
 docs/realtime.md tells frontends how to use it; these tests make its claims facts:
 `messageAdded` is received and resumed with `after` (the missed message first, once);
 4401 is never retried by graphql-ws (the script refreshes the pair, or logs in again, and
-creates the client again, as the docs say); 4403 past the session's cap is retried,
-calling `connectionParams` again, and succeeds once another socket of the session closes.
+creates the client again, as the docs say), nor are 4400, 4406, 4409, 4429 and 1009;
+4403 past the session's cap is retried, calling `connectionParams` again, and succeeds
+once another socket of the session closes; 4408 and 4008 are retried, and a retry sends
+the subscription's request object again, so an `after` kept current in it resumes after
+the last message received.
 The script, `tests/js/inbox_client.mjs`, prints what graphql-ws reports; its retry waits
 for the test's word, so no test waits on graphql-ws's backoff.
 """
@@ -19,6 +22,7 @@ import httpx
 import pytest
 from starlette.applications import Starlette
 
+from tests.fixtures import webhooks as wh
 from tests.fixtures.api import token_for, tokens_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls
@@ -29,12 +33,14 @@ from tests.fixtures.live import (
     listeners,
     live_server,
     serve_settings,
+    signed_webhook,
     until_listening,
 )
 from tests.fixtures.node import NodeScript, node_script, require_node
 from tests.fixtures.ws import WAIT
 from weflux.gql import view
 from weflux.models import WhatsAppAccount, utcnow
+from weflux.realtime import hub
 from weflux.runtime import runtime_of
 
 pytestmark = pytest.mark.parametrize("dialect", ["sqlite"])  # the client's side is the subject
@@ -263,3 +269,56 @@ async def test_graphql_ws_retries_4408_a_socket_without_connection_init(
         assert (await script.expect("tab", "closed"))["code"] == 4408
         assert (await script.expect("tab", "retry-wait"))["retries"] == 0
         assert script.of("tab") == [("closed", 4408), ("retry-wait", None)]
+
+
+async def test_graphql_ws_retries_4008_and_resumes_after_the_last_message_received(
+    live: str,
+    http: httpx.AsyncClient,
+    live_app: Starlette,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(hub, "QUEUE_LIMIT", 2)
+    token = await token_for(http, admin)
+    burst = [f"burst {n}" for n in range(20)]
+    async with node_script(SCRIPT, WEFLUX_URL=live) as script:
+        # Given a frontend that received a message, keeping its cursor in the request's
+        # variables (docs/realtime.md)
+        await script.send("open", name="tab", token=token)
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        await inbound(http, "first")
+        await received(script, "tab", "first")
+        # When more messages come at once than its subscription may queue (here 2),
+        # then the socket is closed 4008 and graphql-ws waits to retry
+        await signed_webhook(
+            http,
+            wh.webhook_body(
+                wh.messages_change(
+                    messages=[
+                        wh.text_message(body=text, from_wa_id=f"1650777{n:04d}")
+                        for n, text in enumerate(burst)
+                    ],
+                    contacts=[wh.contact()],
+                )
+            ),
+        )
+        assert (await script.expect("tab", "closed"))["code"] == 4008
+        await script.expect("tab", "retry-wait")
+        # When it retries, then every message after the last one received arrives, in
+        # order, each once
+        await script.send("retry", name="tab")
+        await script.expect("tab", "connected")
+        while sum(event == "message" for event, _ in script.of("tab")) < 1 + len(burst):
+            await script.expect("tab", "message")
+        await script.send("dispose", name="tab")
+        await script.expect("tab", "disposed")
+        events = script.of("tab")[:-1]
+        assert [text for event, text in events if event == "message"] == ["first", *burst]
+        assert [event for event in events if event[0] != "message"] == [
+            ("connected", None),
+            ("closed", 4008),
+            ("retry-wait", None),
+            ("connected", None),
+        ]

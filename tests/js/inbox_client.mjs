@@ -75,13 +75,15 @@ function open(name, pair, after, fault) {
     },
   });
   state.client = client;
-  client.subscribe(
-    { query: ADDED, variables: { after: state.after } },
-    {
+  // graphql-ws sends this object again on each of its retries: `after` kept current in it,
+  // a retry resumes after the last message received.
+  const request = { query: ADDED, variables: { after: state.after } };
+  client.subscribe(request, {
       next: ({ data, errors }) => {
         if (errors) return emit(name, "errors", { errors });
         const message = data.messageAdded;
         state.after = message.cursor;
+        request.variables.after = message.cursor;
         emit(name, "message", { id: message.id, text: message.text, cursor: message.cursor });
       },
       error: (error) => {
@@ -90,8 +92,7 @@ function open(name, pair, after, fault) {
         if (code === 4401) reconnect(name, state);
       },
       complete: () => emit(name, "complete"),
-    },
-  );
+  });
 }
 
 async function reconnect(name, state) {
