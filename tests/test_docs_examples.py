@@ -61,6 +61,9 @@ NOT_SCHEMA_NAMES = {
     "workspaceId",
     "createClient",
     "connectionParams",
+    "retryAttempts",  # graphql-ws's createClient options, and the guide's own function
+    "retryWait",
+    "currentAccessToken",
     "createUploadLink",
     "relayStylePagination",
     "restoreRate",
