@@ -98,7 +98,7 @@ chromium: ## Install Debian's Chromium for the browser test when missing (apt-ge
 .PHONY: graphql-ws
 graphql-ws: ## Install graphql-ws (node_modules) for its tests when npm is there (they skip without it, fail under CI=true)
 	@if command -v $(NPM) >/dev/null; then \
-		$(MAKE) --no-print-directory node_modules/.installed || \
+		$(MAKE) --no-print-directory --silent node_modules/.installed || \
 			echo "make: node_modules could not be installed: the graphql-ws tests will skip (fail under CI=true)" >&2; \
 	else \
 		echo "make: no npm: the graphql-ws tests will skip (and fail under CI=true)." >&2; \
