@@ -63,6 +63,7 @@ NOT_SCHEMA_NAMES = {
     "connectionParams",
     "retryAttempts",  # graphql-ws's createClient options, and the guide's own function
     "retryWait",
+    "shouldRetry",
     "currentAccessToken",
     "createUploadLink",
     "relayStylePagination",

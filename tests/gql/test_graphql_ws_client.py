@@ -7,7 +7,8 @@ creates the client again, as the docs say), nor are 4400, 4406, 4409, 4429 and 1
 4403 past the session's cap is retried, calling `connectionParams` again, and succeeds
 once another socket of the session closes; 4408 and 4008 are retried, and a retry sends
 the subscription's request object again, so an `after` kept current in it resumes after
-the last message received.
+the last message received; a handshake refused with HTTP 429 reaches graphql-ws as an
+error, which it gives up on unless told to retry errors (`shouldRetry`).
 The script, `tests/js/inbox_client.mjs`, prints what graphql-ws reports; its retry waits
 for the test's word, so no test waits on graphql-ws's backoff.
 """
@@ -319,6 +320,39 @@ async def test_graphql_ws_retries_4008_and_resumes_after_the_last_message_receiv
         assert [event for event in events if event[0] != "message"] == [
             ("connected", None),
             ("closed", 4008),
+            ("retry-wait", None),
+            ("connected", None),
+        ]
+
+
+async def test_graphql_ws_gives_up_on_a_handshake_refused_429_unless_told_to_retry_errors(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    async with (
+        serve_settings(database_urls, tmp_path, websocket_max_per_ip=1) as (app, base_url),
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base_url) as http,
+        node_script(SCRIPT, WEFLUX_URL=base_url) as script,
+    ):
+        token = await token_for(http, admin)
+        # Given an address at its cap of 1 socket
+        await script.send("open", name="first", token=token)
+        await script.expect("first", "connected")
+        # When another client of it connects, then the handshake is refused (429), which
+        # graphql-ws sees as an error (then a close 1006), and by default gives up on
+        await script.send("open", name="default", token=token)
+        refused = await script.expect("default", "error")
+        assert (refused["code"], "429" in refused["reason"]) == (None, True), script.events
+        assert script.of("default") == [("closed", 1006), ("error", None)]
+        # And a client told to retry errors too (shouldRetry) waits to retry instead
+        await script.send("open", name="retrying", token=token, retryErrors=True)
+        await script.expect("retrying", "retry-wait")
+        # When the address's socket closes, then its retry connects
+        await script.send("dispose", name="first")
+        await script.expect("first", "disposed")
+        await sockets_closed(app)
+        await script.send("retry", name="retrying")
+        await script.expect("retrying", "connected")
+        assert [event for event in script.of("retrying") if event[0] != "closed"] == [
             ("retry-wait", None),
             ("connected", None),
         ]

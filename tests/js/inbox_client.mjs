@@ -2,9 +2,10 @@
 // driven by tests/gql/test_graphql_ws_client.py, one JSON command a line on stdin, one JSON
 // event a line on stdout.
 //
-// Commands: {"cmd": "open", "name", "token", "refreshToken", "after", "fault"} creates a
-// client that subscribes to messageAdded (from `after`), through a WebSocket that commits
-// `fault` if given (a protocol error graphql-ws itself never makes, see FAULTS); {"cmd": "retry", "name"} lets its
+// Commands: {"cmd": "open", "name", "token", "refreshToken", "after", "fault",
+// "retryErrors"} creates a client that subscribes to messageAdded (from `after`), through
+// a WebSocket that commits `fault` if given (a protocol error graphql-ws itself never
+// makes, see FAULTS), retrying errors too (not only closes) if `retryErrors`; {"cmd": "retry", "name"} lets its
 // pending retry go ahead; {"cmd": "login", "name", "token", "refreshToken"} is the user
 // logging in again; {"cmd": "dispose", "name"}; {"cmd": "exit"}.
 //
@@ -50,12 +51,13 @@ function emit(name, event, fields = {}) {
   process.stdout.write(`${JSON.stringify({ name, event, ...fields })}\n`);
 }
 
-function open(name, pair, after, fault) {
+function open(name, pair, after, fault, retryErrors) {
   const state = { pair, after, params: 0, retryGo: null, client: null };
   clients.set(name, state);
   const client = createClient({
     url: `${BASE.replace(/^http/, "ws")}/graphql`,
     webSocketImpl: fault ? faulty(fault) : WebSocket,
+    ...(retryErrors ? { shouldRetry: () => true } : {}),
     // Called for every connection, each retry included: the token current then.
     connectionParams: () => {
       state.params += 1;
@@ -88,7 +90,7 @@ function open(name, pair, after, fault) {
       },
       error: (error) => {
         const code = typeof error?.code === "number" ? error.code : null;
-        emit(name, "error", { code, reason: error?.reason ?? String(error) });
+        emit(name, "error", { code, reason: error?.reason ?? error?.message ?? String(error) });
         if (code === 4401) reconnect(name, state);
       },
       complete: () => emit(name, "complete"),
@@ -113,8 +115,8 @@ async function reconnect(name, state) {
 }
 
 const commands = {
-  open: ({ name, token, refreshToken, after, fault }) =>
-    open(name, { token, refreshToken }, after ?? null, fault),
+  open: ({ name, token, refreshToken, after, fault, retryErrors }) =>
+    open(name, { token, refreshToken }, after ?? null, fault, retryErrors),
   retry: ({ name }) => {
     const state = clients.get(name);
     const go = state.retryGo;
