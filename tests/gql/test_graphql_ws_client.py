@@ -115,16 +115,16 @@ async def test_graphql_ws_never_retries_4401_and_the_client_is_created_again(
     pair = await tokens_for(http, admin)
     codec = runtime_of(live_app).codec
     claims = codec.verify(pair["accessToken"], "access")
-    # An access token of the same session that expires within seconds
-    short = codec.issue(
-        "access",
-        user_id=claims.user_id,
-        org_id=claims.org_id,
-        session_id=claims.session_id,
-        not_after=utcnow() + timedelta(seconds=2),
-    )
     async with node_script(SCRIPT, WEFLUX_URL=live) as script:
-        # Given a frontend whose socket carries an access token about to expire
+        # Given a frontend whose socket carries an access token of the session that
+        # expires within seconds
+        short = codec.issue(
+            "access",
+            user_id=claims.user_id,
+            org_id=claims.org_id,
+            session_id=claims.session_id,
+            not_after=utcnow() + timedelta(seconds=3),
+        )
         await script.send("open", name="tab", token=short.token, refreshToken=pair["refreshToken"])
         await script.expect("tab", "connected")
         # When the token expires, then the socket is closed 4401 and graphql-ws gives up
