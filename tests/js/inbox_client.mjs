@@ -5,9 +5,10 @@
 // Commands: {"cmd": "open", "name", "token", "refreshToken", "after", "fault",
 // "retryErrors"} creates a client that subscribes to messageAdded (from `after`), through
 // a WebSocket that commits `fault` if given (a protocol error graphql-ws itself never
-// makes, see FAULTS), retrying errors too (not only closes) if `retryErrors`; {"cmd": "retry", "name"} lets its
-// pending retry go ahead; {"cmd": "login", "name", "token", "refreshToken"} is the user
-// logging in again; {"cmd": "dispose", "name"}; {"cmd": "exit"}.
+// makes, see FAULTS), retrying errors too (not only closes) if `retryErrors`;
+// {"cmd": "retry", "name"} lets its pending retry go ahead; {"cmd": "login", "name",
+// "token", "refreshToken"} is the user logging in again; {"cmd": "dispose", "name"} (not
+// while it waits to retry: graphql-ws would wait for that connection); {"cmd": "exit"}.
 //
 // On a close graphql-ws does not retry (the subscription errs with the close event), the
 // script does what the docs say: after 4401 it refreshes the pair (POST /auth/refresh),
@@ -24,15 +25,15 @@ const clients = new Map();
 
 // A WebSocket that breaks the protocol one way, for the close codes graphql-ws would never
 // provoke itself: no subprotocol (4406), a malformed frame (4400), an operation id used
-// twice (4409), a second connection_init (4429), a frame over 64 KiB (1009), no
-// connection_init (4408).
+// twice (4409), a second connection_init (4429), a frame over 64 KiB (1009), and one
+// graphql-ws retries: no connection_init (4408). `send` gives the frames sent instead.
 const FAULTS = {
-  oversize: { send: (frame, raw) => (frame.type === "subscribe" ? [raw.padEnd(65 * 1024)] : null) },
-  "no-init": { send: (frame) => (frame.type === "connection_init" ? [] : null) },
   "no-subprotocol": { protocols: () => [] },
   malformed: { send: (frame) => (frame.type === "subscribe" ? ["[]"] : null) },
   "id-twice": { send: (frame, raw) => (frame.type === "subscribe" ? [raw, raw] : null) },
   "init-twice": { send: (frame, raw) => (frame.type === "connection_init" ? [raw, raw] : null) },
+  oversize: { send: (frame, raw) => (frame.type === "subscribe" ? [raw.padEnd(65 * 1024)] : null) },
+  "no-init": { send: (frame) => (frame.type === "connection_init" ? [] : null) },
 };
 
 function faulty(fault) {
@@ -81,19 +82,20 @@ function open(name, pair, after, fault, retryErrors) {
   // a retry resumes after the last message received.
   const request = { query: ADDED, variables: { after: state.after } };
   client.subscribe(request, {
-      next: ({ data, errors }) => {
-        if (errors) return emit(name, "errors", { errors });
-        const message = data.messageAdded;
-        state.after = message.cursor;
-        request.variables.after = message.cursor;
-        emit(name, "message", { id: message.id, text: message.text, cursor: message.cursor });
-      },
-      error: (error) => {
-        const code = typeof error?.code === "number" ? error.code : null;
-        emit(name, "error", { code, reason: error?.reason ?? error?.message ?? String(error) });
-        if (code === 4401) reconnect(name, state);
-      },
-      complete: () => emit(name, "complete"),
+    next: ({ data, errors }) => {
+      if (errors) return emit(name, "errors", { errors });
+      const message = data.messageAdded;
+      state.after = message.cursor;
+      request.variables.after = message.cursor;
+      emit(name, "message", { id: message.id, text: message.text, cursor: message.cursor });
+    },
+    // A close graphql-ws gives up on (a CloseEvent), or an error (a refused handshake).
+    error: (error) => {
+      const code = typeof error?.code === "number" ? error.code : null;
+      emit(name, "error", { code, reason: error?.reason ?? error?.message ?? String(error) });
+      if (code === 4401) reconnect(name, state);
+    },
+    complete: () => emit(name, "complete"),
   });
 }
 
@@ -109,7 +111,6 @@ async function reconnect(name, state) {
     const body = await response.json();
     open(name, { token: body.accessToken, refreshToken: body.refreshToken }, state.after);
   } else {
-    state.loginNeeded = true;
     emit(name, "login-needed");
   }
 }
@@ -133,8 +134,8 @@ const commands = {
   },
   exit: async () => {
     // A client waiting to retry would wait for its connection (never) before closing.
-    const open = [...clients.values()].filter((state) => !state.retryGo);
-    await Promise.all(open.map((state) => state.client.dispose()));
+    const idle = [...clients.values()].filter((state) => !state.retryGo);
+    await Promise.all(idle.map((state) => state.client.dispose()));
     process.exit(0);
   },
 };
