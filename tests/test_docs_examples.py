@@ -61,10 +61,6 @@ NOT_SCHEMA_NAMES = {
     "workspaceId",
     "createClient",
     "connectionParams",
-    "retryAttempts",  # graphql-ws's createClient options, and the guide's own function
-    "retryWait",
-    "shouldRetry",
-    "currentAccessToken",
     "createUploadLink",
     "relayStylePagination",
     "restoreRate",
@@ -75,6 +71,7 @@ NOT_SCHEMA_NAMES = {
     "toMessage",  # POST /sandbox/messages: the message a reaction names
     "retryAttempts",  # graphql-ws's createClient options (docs/realtime.md)
     "retryWait",
+    "shouldRetry",
     "currentAccessToken",  # the frontend guide's own function
 }
 
