@@ -3,7 +3,9 @@
 # Everything installs from uv.lock into .venv with uv, which this Makefile bootstraps
 # (pinned, in .tools/) with the system's python3: a fresh machine needs Python 3.11+ and
 # make, nothing else. uv never downloads a Python of its own here. `make lint` also needs
-# Node.js 18+ with npm: its schema linter installs from package-lock.json into node_modules.
+# Node.js 20+ with npm: its schema linter installs from package-lock.json into node_modules,
+# as does graphql-ws for the frontends' client tests (`make test` installs it when npm is
+# there; without it those tests skip, and fail under CI=true).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -45,10 +47,10 @@ $(VENV)/.installed-test: $(UV) uv.lock pyproject.toml
 	$(UV) sync --frozen --extra test
 	@touch $@ $(VENV)/.installed
 
-# The Node tools of `make lint` (graphql-schema-linter), exactly as package-lock.json pins
-# them; no install scripts run.
+# The Node tools of `make lint` (graphql-schema-linter) and of the frontends' client tests
+# (graphql-ws, ws), exactly as package-lock.json pins them; no install scripts run.
 node_modules/.installed: package.json package-lock.json
-	@command -v $(NPM) >/dev/null || { echo "make: npm (Node.js 18+) is needed for the schema linter of make lint" >&2; exit 1; }
+	@command -v $(NPM) >/dev/null || { echo "make: npm (Node.js 20+) is needed for the schema linter of make lint" >&2; exit 1; }
 	$(NPM) ci --ignore-scripts --no-audit --no-fund
 	@touch $@
 
@@ -59,7 +61,7 @@ install: $(VENV)/.installed ## Create .venv and install the project from uv.lock
 install-test: $(VENV)/.installed-test ## Create .venv with the test tools, from uv.lock
 
 .PHONY: install-node
-install-node: node_modules/.installed ## Install the Node tools of make lint (graphql-schema-linter) from package-lock.json
+install-node: node_modules/.installed ## Install the Node tools (schema linter, graphql-ws for its tests) from package-lock.json
 
 .PHONY: lock
 lock: $(UV) ## Re-resolve uv.lock after a change of pyproject.toml's dependencies
@@ -91,8 +93,20 @@ chromium: ## Install Debian's Chromium for the browser test when missing (apt-ge
 		echo "      or point CHROMIUM=... and WEFLUX_TEST_CHROMIUM=... at a Chromium binary." >&2; \
 	fi
 
+# The graphql-ws client's tests (tests/gql/test_graphql_ws_client.py) run under Node with
+# node_modules: installed when npm is there, as `make install-node` does.
+.PHONY: graphql-ws
+graphql-ws: ## Install graphql-ws (node_modules) for its tests when npm is there (they skip without it, fail under CI=true)
+	@if command -v $(NPM) >/dev/null; then \
+		$(MAKE) --no-print-directory --silent node_modules/.installed || \
+			echo "make: node_modules could not be installed: the graphql-ws tests will skip (fail under CI=true)" >&2; \
+	else \
+		echo "make: no npm: the graphql-ws tests will skip (and fail under CI=true)." >&2; \
+		echo "      Install Node.js 20+ with npm (Debian/Ubuntu: sudo apt-get install -y nodejs npm)." >&2; \
+	fi
+
 .PHONY: test
-test: $(VENV)/.installed-test chromium ## Run the whole test suite on every core (PostgreSQL/Redis/Chromium tests skip when absent, fail under CI=true)
+test: $(VENV)/.installed-test chromium graphql-ws ## Run the whole test suite on every core (PostgreSQL/Redis/Chromium/Node tests skip when absent, fail under CI=true)
 	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 .PHONY: test-fast

@@ -71,6 +71,7 @@ NOT_SCHEMA_NAMES = {
     "toMessage",  # POST /sandbox/messages: the message a reaction names
     "retryAttempts",  # graphql-ws's createClient options (docs/realtime.md)
     "retryWait",
+    "shouldRetry",
     "currentAccessToken",  # the frontend guide's own function
 }
 
