@@ -13,12 +13,14 @@ from typing import Any
 import httpx
 from starlette.applications import Starlette
 
+from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.inbox import Api, gid
 from tests.fixtures.isolation import snapshot
 from tests.fixtures.live import closed_with, live_server
 from tests.fixtures.schema_documents import SCHEMA, document_of
+from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
 from weflux.db import Database
@@ -84,6 +86,26 @@ async def test_during_the_grace_period_only_the_allowed_mutations_run(
     again = {name: refusal(await api(admin, document_of(name))) for name in REFUSED}
     assert {name: codes for name, codes in again.items() if codes == DELETING} == {}
     assert (await api(admin, CREATE_LABEL))["data"] == {"createLabel": {"name": "after"}}
+
+
+async def test_an_admin_who_must_enroll_enrolls_then_cancels(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given a scheduled deletion in a workspace that requires two factors, and its Admin
+    without them, then other mutations are refused for the deletion, cancelling asks for
+    enrollment first, and once enrolled (allowed in the grace period) the Admin cancels."""
+    assert "errors" not in await Api(client)(admin, DELETE)
+    await require_two_factors(db, admin.org_id)
+    token = await token_for(client, admin)
+
+    refused = (await gql(client, token, CREATE_LABEL)).json()
+    early = (await gql(client, token, CANCEL)).json()
+    await enroll(client, token)
+    cancelled = (await gql(client, token, CANCEL)).json()
+
+    assert refusal(refused) == DELETING
+    assert [code for _, code in refusal(early)] == ["TWO_FACTOR_REQUIRED"]
+    assert cancelled["data"]["cancelWorkspaceDeletion"]["status"] == "CANCELLED"
 
 
 async def test_the_grace_period_holds_over_the_websocket(
