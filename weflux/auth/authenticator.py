@@ -47,6 +47,7 @@ class _Entry:
     session_expires_at: datetime | None = None
     last_used_at: datetime | None = None
     must_enroll: bool = False
+    workspace_deleting: bool = False
     stored_at: float = field(default_factory=time.monotonic)
 
 
@@ -167,6 +168,7 @@ class Authenticator:
             role=entry.role,
             token_expires_at=claims.expires_at,
             must_enroll=entry.must_enroll,
+            workspace_deleting=entry.workspace_deleting,
         )
 
     async def _load(self, claims: TokenClaims) -> _Entry:
@@ -193,6 +195,9 @@ class Authenticator:
             session_expires_at=auth_session.expires_at,
             last_used_at=auth_session.last_used_at,
             must_enroll=require_two_factor and user.two_factor_enabled_at is None,
+            workspace_deleting=(
+                organization is not None and organization.deletion_scheduled_at is not None
+            ),
         )
 
     async def _touch(self, claims: TokenClaims, now: datetime) -> None:

@@ -91,6 +91,29 @@ SENSITIVE_OPERATIONS: frozenset[str] = frozenset(
 ENROLLMENT_OPERATIONS: frozenset[str] = frozenset(
     {"beginTwoFactorEnrollment", "confirmTwoFactorEnrollment", "__typename"}
 )
+# What an Admin may still run while the workspace's deletion is scheduled (its grace
+# period; CONTRACT §7): cancel it, export, and keep their own account safe or leave it.
+# Anything else answers FORBIDDEN (weflux.gql.policy); queries and subscriptions stay
+# allowed. Re-authenticating and logging out are HTTP routes (/auth/...), outside this.
+# docs/lifecycle.md says why each is here.
+GRACE_PERIOD_OPERATIONS: frozenset[str] = frozenset(
+    {
+        "cancelWorkspaceDeletion",
+        "requestWorkspaceExport",
+        "exportContactData",
+        # ending sessions only takes access away
+        "revokeSession",
+        # an Admin's own credentials: a new password, two factors and their codes
+        "changePassword",
+        "beginTwoFactorEnrollment",
+        "confirmTwoFactorEnrollment",
+        "regenerateRecoveryCodes",
+        "__typename",
+    }
+)
+DELETING_WORKSPACE_MESSAGE = (
+    "This workspace is being deleted: only cancelWorkspaceDeletion and exports are allowed"
+)
 MUST_ENROLL_MESSAGE = (
     "This workspace requires two-factor authentication: enroll first "
     "(beginTwoFactorEnrollment, then confirmTwoFactorEnrollment)"

@@ -27,6 +27,10 @@ class Principal:
     # The workspace requires two factors and this user has none yet: only enrolling is
     # allowed (weflux.gql.policy).
     must_enroll: bool = False
+    # The workspace's deletion was scheduled when the session was looked up. Every
+    # session ends when a deletion is requested, so one opened before never carries it
+    # stale; a cancellation may have come since (weflux.gql.policy reads it again).
+    workspace_deleting: bool = False
 
     def can(self, permission: Permission) -> bool:
         return has_permission(self.role, permission)

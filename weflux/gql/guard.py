@@ -6,7 +6,8 @@
    Text holding NUL, in a literal or a variable, is refused (`weflux.gql.nul`); so is a
    document without one operation to run (`weflux.gql.operations`). What follows
    judges the operation that runs, never another of the document.
-3. The two-factor policy and re-authentication of sensitive operations (`weflux.gql.policy`).
+3. The grace period of a workspace deletion, the two-factor policy and re-authentication
+   of sensitive operations (`weflux.gql.policy`).
 4. Its calculated cost (`weflux.gql.cost`): refused with `QUERY_TOO_COMPLEX` above
    `WEFLUX_GRAPHQL_MAX_NODES`, else charged to the workspace's and the member's leaky
    buckets (`RATE_LIMITED` when either is spent), and reported in `extensions.cost`.

@@ -1,8 +1,13 @@
-"""Two checks of every operation before it runs, over HTTP and the WebSocket alike.
+"""Three checks of every operation before it runs, over HTTP and the WebSocket alike.
 
-1. A member who must enroll in two factors (their workspace requires them) may run
+1. While the workspace's deletion is scheduled (its grace period), a mutation may only
+   be one of `GRACE_PERIOD_OPERATIONS`: anything else answers `FORBIDDEN`. The session
+   says whether the deletion was scheduled when it was looked up (every session ends when
+   one is requested, so no older session says otherwise); a session that says so is
+   checked against the database, since a cancellation may have come since.
+2. A member who must enroll in two factors (their workspace requires them) may run
    only the enrollment mutations: anything else answers `TWO_FACTOR_REQUIRED`.
-2. An operation that names a sensitive root field (`SENSITIVE_OPERATIONS` of
+3. An operation that names a sensitive root field (`SENSITIVE_OPERATIONS` of
    `weflux.auth.permissions`, the one list) needs an authentication of the session
    within `WEFLUX_REAUTHENTICATION_WINDOW`, else `REAUTHENTICATION_REQUIRED`.
 
@@ -27,7 +32,9 @@ from graphql import (
 )
 
 from weflux.auth.permissions import (
+    DELETING_WORKSPACE_MESSAGE,
     ENROLLMENT_OPERATIONS,
+    GRACE_PERIOD_OPERATIONS,
     MUST_ENROLL_MESSAGE,
     SENSITIVE_OPERATIONS,
     Permission,
@@ -35,6 +42,7 @@ from weflux.auth.permissions import (
 from weflux.auth.principal import Principal
 from weflux.db import Database
 from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
+from weflux.models import Organization
 from weflux.services.two_factor import require_recent_authentication
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
@@ -85,6 +93,13 @@ async def screen(
     if principal is None:
         return None
     fields = root_fields(document, operation_name)
+    if (
+        principal.workspace_deleting
+        and kind is OperationType.MUTATION
+        and fields - GRACE_PERIOD_OPERATIONS - INTROSPECTION
+        and await _deletion_scheduled(db, principal)
+    ):
+        return GraphQLError(DELETING_WORKSPACE_MESSAGE, extensions={"code": ErrorCode.FORBIDDEN})
     if principal.must_enroll and fields - ENROLLMENT_OPERATIONS - INTROSPECTION:
         return GraphQLError(MUST_ENROLL_MESSAGE, extensions={"code": ErrorCode.TWO_FACTOR_REQUIRED})
     sensitive = {
@@ -99,3 +114,10 @@ async def screen(
             except (ReauthenticationRequired, Unauthenticated) as refusal:
                 return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
     return None
+
+
+async def _deletion_scheduled(db: Database, principal: Principal) -> bool:
+    """Whether the caller's workspace has a deletion scheduled now (not as cached)."""
+    async with db.session(principal.org_id) as session:
+        organization = await session.get(Organization, principal.org_id)
+        return organization is not None and organization.deletion_scheduled_at is not None

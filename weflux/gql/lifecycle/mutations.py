@@ -99,7 +99,9 @@ class LifecycleMutation:
             Permission.READ_AUDIT,
             "Schedule the workspace's deletion, confirmed by its name: at once "
             "every session ends, non-Admins cannot log in, numbers stop sending and credentials "
-            "are destroyed; after the grace period every row is deleted.",
+            "are destroyed; during the grace period Admins may only cancel, export and keep "
+            "their own account safe (every other mutation is FORBIDDEN); after it every row "
+            "is deleted.",
         )
     )
     async def request_workspace_deletion(
@@ -124,8 +126,8 @@ class LifecycleMutation:
     @strawberry.mutation(
         **guarded(
             Permission.READ_AUDIT,
-            "Cancel the workspace's scheduled deletion during its grace period. "
-            "Numbers need new credentials to connect again.",
+            "Cancel the workspace's scheduled deletion during its grace period; every "
+            "mutation runs again. Numbers need new credentials to connect again.",
         )
     )
     async def cancel_workspace_deletion(self, info: Info[Context, None]) -> DataRequest:

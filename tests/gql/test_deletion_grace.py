@@ -1,0 +1,137 @@
+"""The grace period of a workspace deletion (CONTRACT §7): an Admin may only cancel,
+export and keep their own account safe; reads stay open (weflux.gql.policy).
+
+Every mutation of the schema is tried: its document is made from the schema itself, so a
+mutation added later is refused during the grace period without touching this file,
+unless it is added to `GRACE_PERIOD_OPERATIONS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+
+from tests.fixtures.api import gql, token_for
+from tests.fixtures.app import HTTP_TIMEOUT
+from tests.fixtures.factories import Actor, create_contact
+from tests.fixtures.inbox import Api, gid
+from tests.fixtures.isolation import snapshot
+from tests.fixtures.live import closed_with, live_server
+from tests.fixtures.schema_documents import SCHEMA, document_of
+from tests.fixtures.two_factor import enroll, require_two_factors
+from tests.fixtures.ws import GraphQLSocket
+from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
+from weflux.db import Database
+
+MUTATIONS = SCHEMA.mutation_type
+assert MUTATIONS is not None
+NAMES = frozenset(MUTATIONS.fields)
+REFUSED = sorted(NAMES - GRACE_PERIOD_OPERATIONS)
+DELETE = 'mutation { requestWorkspaceDeletion(confirmOrganizationName: "Acme") { id } }'
+CANCEL = "mutation { cancelWorkspaceDeletion { id status } }"
+EXPORT = "mutation { requestWorkspaceExport { kind status } }"
+EXPORT_CONTACT = "mutation($id: ID!) { exportContactData(contactId: $id) { kind status } }"
+ORGANIZATION = "{ organization { deletionScheduledAt } }"
+LABEL = 'createLabel(input: {name: "after", color: "#00aa00"}) { name }'
+CREATE_LABEL = f"mutation {{ {LABEL} }}"
+
+
+def refusal(body: dict[str, Any] | list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """The errors of an answer, or of a socket's `error` frame (a list), with their codes."""
+    errors = body if isinstance(body, list) else body.get("errors", [])
+    return [(e["message"], e["extensions"]["code"]) for e in errors]
+
+
+DELETING = [(DELETING_WORKSPACE_MESSAGE, "FORBIDDEN")]
+
+
+def test_the_allowed_mutations_are_in_the_schema() -> None:
+    assert GRACE_PERIOD_OPERATIONS - {"__typename"} <= NAMES
+    assert {"cancelWorkspaceDeletion", "requestWorkspaceExport", "exportContactData"} <= (
+        GRACE_PERIOD_OPERATIONS
+    )
+
+
+async def test_during_the_grace_period_only_the_allowed_mutations_run(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a workspace whose deletion is scheduled and its Admin logged in again,
+    when they run every mutation of the schema that is not allowed, then each is FORBIDDEN
+    and nothing changes; reads, exports and cancelling run; after the cancellation the
+    same session runs any mutation again."""
+    async with db.session(admin.org_id) as session:
+        contact = await create_contact(session)
+    assert "errors" not in await Api(client)(admin, DELETE)
+    api = Api(client)
+    scheduled = await api(admin, ORGANIZATION)
+    assert scheduled["data"]["organization"]["deletionScheduledAt"] is not None
+    before = await snapshot(owner_db, admin.org_id)
+
+    refused = {name: refusal(await api(admin, document_of(name))) for name in REFUSED}
+    mixed = await api(admin, f"mutation {{ cancelWorkspaceDeletion {{ id }} {LABEL} }}")
+
+    assert {name: codes for name, codes in refused.items() if codes != DELETING} == {}
+    assert refusal(mixed) == DELETING  # one refused field refuses the whole operation
+    assert await snapshot(owner_db, admin.org_id) == before
+
+    exported = await api(admin, EXPORT)
+    contact_export = await api(admin, EXPORT_CONTACT, {"id": gid("Contact", contact.id)})
+    cancelled = await api(admin, CANCEL)
+    assert exported["data"]["requestWorkspaceExport"]["kind"] == "WORKSPACE_EXPORT"
+    assert contact_export["data"]["exportContactData"]["kind"] == "CONTACT_EXPORT"
+    assert cancelled["data"]["cancelWorkspaceDeletion"]["status"] == "CANCELLED"
+
+    again = {name: refusal(await api(admin, document_of(name))) for name in REFUSED}
+    assert {name: codes for name, codes in again.items() if codes == DELETING} == {}
+    assert (await api(admin, CREATE_LABEL))["data"] == {"createLabel": {"name": "after"}}
+
+
+async def test_an_admin_who_must_enroll_enrolls_then_cancels(
+    client: httpx.AsyncClient, db: Database, admin: Actor
+) -> None:
+    """Given a scheduled deletion in a workspace that requires two factors, and its Admin
+    without them, then other mutations are refused for the deletion, cancelling asks for
+    enrollment first, and once enrolled (allowed in the grace period) the Admin cancels."""
+    assert "errors" not in await Api(client)(admin, DELETE)
+    await require_two_factors(db, admin.org_id)
+    token = await token_for(client, admin)
+
+    refused = (await gql(client, token, CREATE_LABEL)).json()
+    early = (await gql(client, token, CANCEL)).json()
+    await enroll(client, token)
+    cancelled = (await gql(client, token, CANCEL)).json()
+
+    assert refusal(refused) == DELETING
+    assert [code for _, code in refusal(early)] == ["TWO_FACTOR_REQUIRED"]
+    assert cancelled["data"]["cancelWorkspaceDeletion"]["status"] == "CANCELLED"
+
+
+async def test_the_grace_period_holds_over_the_websocket(
+    broker_app: Starlette, admin: Actor
+) -> None:
+    """Given a socket opened before the deletion is requested, then it closes (4401) with
+    its session; a socket opened during the grace period reads, but its mutations other
+    than the allowed ones are FORBIDDEN; once the deletion is cancelled (over HTTP), the
+    same socket runs them."""
+    async with (
+        live_server(broker_app) as live,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http,
+    ):
+        before = Api(http)
+        early = await GraphQLSocket.connect(live, await before.token(admin))
+        assert "errors" not in await before(admin, DELETE)
+        assert await closed_with(early) == 4401
+
+        api = Api(http)
+        socket = await GraphQLSocket.connect(live, await api.token(admin))
+        read = await socket.next(await socket.subscribe(ORGANIZATION))
+        refused = await socket.next(await socket.subscribe(CREATE_LABEL))
+        assert read["payload"]["data"]["organization"]["deletionScheduledAt"] is not None
+        assert refusal(refused["payload"]) == DELETING
+
+        assert "errors" not in await api(admin, CANCEL)
+        created = await socket.next(await socket.subscribe(CREATE_LABEL))
+        assert created["payload"]["data"] == {"createLabel": {"name": "after"}}
+        await socket.close()
