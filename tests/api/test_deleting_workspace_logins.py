@@ -8,18 +8,24 @@ before the deletion was asked) must hold too.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
 from sqlalchemy import update
 from sqlmodel import col
+from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
+from tests.fixtures.databases import postgres_only
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.two_factor import enroll, mfa_login
 from weflux.db import Database
 from weflux.ids import encode_global_id
-from weflux.models import Organization, Role, utcnow
+from weflux.models import AuthSession, Membership, Organization, Role, utcnow
+from weflux.runtime import runtime_of
+from weflux.services import sessions as session_service
+from weflux.services.audit import RequestMeta
 
 INVITE = """mutation ($input: InviteMemberInput!) { inviteMember(input: $input) { token } }"""
 DELETING = {"code": "FORBIDDEN", "message": "This workspace is being deleted"}
@@ -129,3 +135,46 @@ async def test_an_admin_invitation_joins_nobody_to_a_deleting_workspace(
         json={"email": "late@example.com", "password": "correct horse battery staple 9"},
     )
     assert login.status_code == 401  # no account was created
+
+
+@postgres_only
+async def test_a_login_in_flight_when_the_deletion_is_requested_keeps_no_session(
+    app: Starlette, client: httpx.AsyncClient, admin: Actor, agent: Actor
+) -> None:
+    """Given an Agent's login that read the workspace before its deletion was requested
+    and commits its session after the request listed the sessions to end, then that
+    session ends too: the request waits for the login (which locks the workspace's row
+    while it opens a session) and revokes it; the Agent's token is refused (PostgreSQL:
+    SQLite writes one transaction at a time)."""
+    runtime = runtime_of(app)
+    admin_token = await token_for(client, admin)
+    async with runtime.db.session(agent.org_id) as session:
+        organization = await session.get(Organization, agent.org_id)
+        membership = await session.get(Membership, agent.membership.id)
+        assert organization is not None
+        assert membership is not None
+        pair = await session_service.open_session(
+            session,
+            runtime.codec,
+            membership=membership,
+            organization=organization,
+            meta=RequestMeta(),
+            authenticated=True,
+        )
+        deletion = asyncio.create_task(
+            gql(
+                client,
+                admin_token,
+                'mutation { requestWorkspaceDeletion(confirmOrganizationName: "Acme") { id } }',
+            )
+        )
+        await asyncio.wait({deletion}, timeout=1)
+    requested = await deletion
+
+    assert "errors" not in requested.json(), requested.text
+    async with runtime.db.session(agent.org_id) as session:
+        opened = await session.get(AuthSession, pair.session_id)
+        assert opened is not None
+        assert opened.revoked_at is not None
+    read = await gql(client, pair.access.token, "{ organization { name } }")
+    assert read.status_code == 401, read.text

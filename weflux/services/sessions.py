@@ -54,7 +54,20 @@ async def open_session(
     Every route that opens a session comes here (login, its second factor, a switch, an
     invitation, a sign-up), so the rule of a workspace being deleted is kept here: during
     its grace period only Admins get in (to cancel or export; docs/lifecycle.md).
+
+    The workspace's row is read again, locked for share until the session commits: a
+    deletion requested meanwhile (it updates that row, then ends every session) waits for
+    this one and ends it too, or this sees the deletion (PostgreSQL; SQLite writes one
+    transaction at a time).
     """
+    organization = (
+        await session.exec(
+            select(Organization)
+            .where(Organization.id == organization.id)
+            .with_for_update(read=True)
+            .execution_options(populate_existing=True)
+        )
+    ).one()
     if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
         raise Forbidden(DELETING_WORKSPACE)
     started = utcnow()
