@@ -135,3 +135,47 @@ async def test_the_grace_period_holds_over_the_websocket(
         created = await socket.next(await socket.subscribe(CREATE_LABEL))
         assert created["payload"]["data"] == {"createLabel": {"name": "after"}}
         await socket.close()
+
+
+async def test_no_document_shape_gets_a_refused_mutation_past_the_grace_period(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a scheduled deletion, when a refused mutation hides behind an allowed one's
+    alias, a fragment, an inline fragment, or a named operation beside a query in one
+    document, then FORBIDDEN and nothing changes; the query of that document (chosen by
+    operationName) and a mutation of `__typename` alone run (held, pinned: the rule
+    judges the operation that runs, by field names, not aliases)."""
+    assert "errors" not in await Api(client)(admin, DELETE)
+    api = Api(client)
+    token = await api.token(admin)
+    await api(admin, ORGANIZATION)  # the session's first use touches it
+    before = await snapshot(owner_db, admin.org_id)
+    several = f"query Read {{ organization {{ name }} }} mutation Write {{ {LABEL} }}"
+
+    shapes = [
+        f"mutation {{ cancelWorkspaceDeletion: {LABEL} }}",
+        f"mutation {{ ...F }} fragment F on Mutation {{ {LABEL} }}",
+        f"mutation {{ __typename ... on Mutation {{ {LABEL} }} }}",
+    ]
+    refused = [refusal(await api(admin, shape)) for shape in shapes]
+    chosen = (
+        await client.post(
+            "/graphql",
+            json={"query": several, "operationName": "Write"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    ).json()
+    read = (
+        await client.post(
+            "/graphql",
+            json={"query": several, "operationName": "Read"},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+    ).json()
+    typename = await api(admin, "mutation { __typename }")
+
+    assert refused == [DELETING] * len(shapes)
+    assert refusal(chosen) == DELETING
+    assert read["data"] == {"organization": {"name": "Acme"}}
+    assert typename["data"] == {"__typename": "Mutation"}
+    assert await snapshot(owner_db, admin.org_id) == before

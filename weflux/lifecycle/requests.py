@@ -258,6 +258,9 @@ async def request_workspace_deletion(
     now = utcnow()
     organization.deletion_scheduled_at = now + grace
     session.add(organization)
+    # Written first: a session being opened holds the row (sessions.open_session), so
+    # this waits for it, and the sessions listed below include it.
+    await session.flush()
     request = _new_request(
         DataRequestKind.WORKSPACE_DELETION, principal, now=now, run_after=now + grace
     )

@@ -29,6 +29,7 @@ from weflux.realtime.events import EventName, publish_after_commit
 from weflux.sandbox.channels import PRODUCTION_REFUSAL, Sandbox, SandboxChannel
 from weflux.secops.events import Actor, SecurityKind, record_security_event
 from weflux.services.audit import Action, RequestMeta, record
+from weflux.services.sessions import refuse_while_deleting
 from weflux.whatsapp.client import CloudApiClient, PhoneNumberHealth
 from weflux.whatsapp.errors import ErrorKind, MetaApiError
 
@@ -217,6 +218,7 @@ async def connect(
     app_secret = _secret_input(app_secret, "appSecret")
     verify_token = _secret_input(webhook_verify_token, "webhookVerifyToken")
     health = await _check_with_meta(services.cloud, business_account_id, phone_number_id, token)
+    await refuse_while_deleting(session, principal.org_id)
 
     now = utcnow()
     account = WhatsAppAccount(
@@ -292,6 +294,7 @@ async def update_credentials(
             token,
         )
         apply_health(account, health)
+    await refuse_while_deleting(session, principal.org_id)
     for column, value in changed.items():
         seal(services.keyring, account, column, value)
     account.credentials_updated_at = utcnow()

@@ -13,7 +13,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.crossings import Workspace
-from weflux.auth.permissions import Permission
+from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, Permission
 from weflux.auth.principal import Principal
 from weflux.auth.tokens import IssuedToken, TokenCodec, token_hash
 from weflux.db import after_commit
@@ -54,7 +54,13 @@ async def open_session(
     Every route that opens a session comes here (login, its second factor, a switch, an
     invitation, a sign-up), so the rule of a workspace being deleted is kept here: during
     its grace period only Admins get in (to cancel or export; docs/lifecycle.md).
+
+    The workspace's row is read again, locked for share until the session commits: a
+    deletion requested meanwhile (it updates that row, then ends every session) waits for
+    this one and ends it too, or this sees the deletion (PostgreSQL; SQLite writes one
+    transaction at a time).
     """
+    organization = await locked_workspace(session, organization.id)
     if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
         raise Forbidden(DELETING_WORKSPACE)
     started = utcnow()
@@ -81,6 +87,32 @@ async def open_session(
     session.add(auth_session)
     await session.flush()
     return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
+
+
+async def locked_workspace(session: AsyncSession, org_id: uuid.UUID) -> Organization:
+    """The workspace's row read again, locked for share until the transaction ends.
+
+    `requestWorkspaceDeletion` writes that row first, then ends every session and destroys
+    every credential: a transaction that read it here and then opens a session or stores
+    a credential is waited for and its row ended or destroyed too, or it sees the
+    deletion (PostgreSQL; SQLite writes one transaction at a time).
+    """
+    return (
+        await session.exec(
+            select(Organization)
+            .where(Organization.id == org_id)
+            .with_for_update(read=True)
+            .execution_options(populate_existing=True)
+        )
+    ).one()
+
+
+async def refuse_while_deleting(session: AsyncSession, org_id: uuid.UUID) -> None:
+    """FORBIDDEN when the workspace's deletion is scheduled, read under `locked_workspace`:
+    for a mutation that stores credentials after a slow check (Meta, DNS) began before
+    the deletion was requested, past the grace period's rule (weflux.gql.policy)."""
+    if (await locked_workspace(session, org_id)).deletion_scheduled_at is not None:
+        raise Forbidden(DELETING_WORKSPACE_MESSAGE)
 
 
 def listing_workspaces(pair: TokenPair, workspaces: Sequence[Workspace]) -> TokenPair:

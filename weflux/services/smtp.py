@@ -24,6 +24,7 @@ from weflux.mail.smtp import (
 )
 from weflux.models import SmtpSettings, utcnow
 from weflux.services.audit import Action, RequestMeta, record
+from weflux.services.sessions import refuse_while_deleting
 
 
 async def current(session: AsyncSession, principal: Principal) -> SmtpSettings | None:
@@ -62,6 +63,7 @@ async def update(
                 details=[{"field": "security", "message": "use STARTTLS or TLS with a login"}],
             )
         await resolve_public_addresses(host, port)
+    await refuse_while_deleting(session, principal.org_id)
     settings = (await session.exec(select(SmtpSettings))).first()
     if settings is None:
         settings = SmtpSettings(
