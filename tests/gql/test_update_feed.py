@@ -251,3 +251,25 @@ async def test_a_cursor_ahead_of_the_workspace_s_feed_is_refused_not_silent(
         "Conversation", unassigned.id
     )
     await socket.close()
+
+
+async def test_an_empty_after_is_an_invalid_cursor_not_a_live_start(
+    live: str, http: httpx.AsyncClient, agent: Actor
+) -> None:
+    """Given an Agent's socket,
+    when it resumes `messageAdded`, `conversationUpdated`, `messageUpdated` and
+    `conversationRemoved` with `after: ""` (a client that stored an empty cursor),
+    then each is refused (BAD_USER_INPUT, `after` "Invalid"): starting live instead would
+    silently skip what the client missed. Only null means "live only"."""
+    socket = await GraphQLSocket.connect(live, await token_for(http, agent))
+    added = "subscription($after: String) { messageAdded(after: $after) { id } }"
+    removed = "subscription($after: String) { conversationRemoved(after: $after) }"
+
+    for document in (added, CONVERSATIONS, MESSAGES, removed):
+        operation = await socket.subscribe(document, {"after": ""})
+        frame = await socket.next(operation, timeout=10)
+        assert frame["type"] in ("error", "next"), frame
+        errors = frame["payload"] if frame["type"] == "error" else frame["payload"]["errors"]
+        assert errors[0]["extensions"]["code"] == "BAD_USER_INPUT", frame
+        assert errors[0]["extensions"]["details"] == [{"field": "after", "message": "Invalid"}]
+    await socket.close()

@@ -250,7 +250,7 @@ class Subscription:
     ) -> AsyncGenerator[Message, None]:
         context = info.context
         only = decode_optional_global_id(conversation_id, "Conversation")
-        floor = decode_cursor(after) if after else None
+        floor = decode_cursor(after) if after is not None else None
         started_ms = int(utcnow().timestamp() * 1000)
         seen = _Seen()
         # Live only (no `after`), it keeps nothing a restart would lose: it may sleep.
@@ -585,7 +585,7 @@ async def _feed(
     """
     # Without `after`, live from the head read before listening: a change committed between
     # the two is above it, read by the first catch-up once the listener is in place.
-    position = await _after(info, after) if after else await _feed_head(info, model)
+    position = await _after(info, after) if after is not None else await _feed_head(info, model)
     async with info.context.hub.listen(info.context.actor.org_id, events=(name,)) as listener:
         listener.on_overflow = lambda: _close_slow(info)
         pending = True
@@ -804,7 +804,7 @@ async def _removals(
     event is only a signal to read the removals after the last position delivered.
     """
     context = info.context
-    if after:
+    if after is not None:
         position = await _after(info, after)
         await _refuse_pruned(info, position)
     else:
