@@ -18,11 +18,12 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel, select
 
 from tests.fixtures.databases import DatabaseUrls, owner_sql, postgres_only
-from tests.fixtures.factories import create_conversation, create_message, create_user
+from tests.fixtures.deaths import suspect_and_queued
+from tests.fixtures.factories import create_user
 from weflux.db import Database
 from weflux.emails import normalize_email
 from weflux.migrate import alembic_config, downgrade, migrate, migrations_dir
-from weflux.models import MessageDirection, MessageStatus, Organization, User, utcnow
+from weflux.models import Organization, User, utcnow
 
 
 def _revisions() -> list[str]:
@@ -173,18 +174,7 @@ async def test_the_claims_before_0038_still_answer_beside_its_own(
     only the previous one is left."""
     now = utcnow()
     due = now - timedelta(seconds=1)
-    async with db.session(org.id) as session:
-        suspect, queued = [
-            await create_message(
-                session,
-                await create_conversation(session),
-                direction=MessageDirection.OUTBOUND,
-                status=status,
-                wa_message_id=None,
-                next_attempt_at=due,
-            )
-            for status in (MessageStatus.SENDING, MessageStatus.QUEUED)
-        ]
+    suspect, queued = await suspect_and_queued(db, org.id, due)
     calls = {
         "before": "SELECT org_id, message_id FROM weflux_due_outbound_messages(:now, 10)",
         "fresh": "SELECT * FROM weflux_due_outbound_messages(:now, 10, false)",

@@ -4,33 +4,16 @@ another transaction claims suspects."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
 
 from tests.fixtures.databases import postgres_only
-from tests.fixtures.factories import create_conversation, create_message
+from tests.fixtures.deaths import suspect_and_queued
 from weflux.auth import crossings
 from weflux.db import Database
-from weflux.models import Message, MessageDirection, MessageStatus, Organization, utcnow
-
-
-async def _suspect_and_queued(db: Database, org: Organization, due: datetime) -> list[Message]:
-    """A suspect (SENDING without a wamid, its lease run out) and a queued message, due,
-    each in a conversation of its own."""
-    async with db.session(org.id) as session:
-        return [
-            await create_message(
-                session,
-                await create_conversation(session),
-                direction=MessageDirection.OUTBOUND,
-                status=status,
-                wa_message_id=None,
-                next_attempt_at=due,
-            )
-            for status in (MessageStatus.SENDING, MessageStatus.QUEUED)
-        ]
+from weflux.models import Organization, utcnow
 
 
 @postgres_only
@@ -45,7 +28,8 @@ async def test_the_claim_functions_answer_hostile_arguments_with_no_more_than_is
     not due, and nothing else of any row but its ids."""
     now = utcnow()
     rows = {
-        o.id: await _suspect_and_queued(db, o, now - timedelta(seconds=1)) for o in (org, other_org)
+        o.id: await suspect_and_queued(db, o.id, now - timedelta(seconds=1))
+        for o in (org, other_org)
     }
     queued = {(o, queued.id, False) for o, (_, queued) in rows.items()}
     suspects = {(o, suspect.id, True) for o, (suspect, _) in rows.items()}
@@ -87,7 +71,7 @@ async def test_a_batch_read_locks_its_rows_and_leaves_the_suspects_to_other_work
     but still the hint, and its suspect's claim gets the suspect (a batch never locks
     one); the first worker's claim of that suspect then skips it."""
     now = utcnow()
-    suspect, queued = await _suspect_and_queued(db, org, now - timedelta(seconds=1))
+    suspect, queued = await suspect_and_queued(db, org.id, now - timedelta(seconds=1))
 
     async with db.session() as first:
         batch = await crossings.due_outbound_messages(first, now=now, batch=10)
@@ -111,7 +95,7 @@ async def test_the_claims_answer_the_same_on_both_engines_whatever_the_batch(
     reads the queued message, and a suspects' read the suspect alone: the same on
     SQLite's statements as through PostgreSQL's functions."""
     now = utcnow()
-    suspect, queued = await _suspect_and_queued(db, org, now - timedelta(seconds=1))
+    suspect, queued = await suspect_and_queued(db, org.id, now - timedelta(seconds=1))
     answers = {}
     async with db.session() as session:
         for batch in (-5, 0, 10**9):
