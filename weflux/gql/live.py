@@ -518,18 +518,30 @@ def _feed_query(model: type[Any], position: int, conversation: uuid.UUID | None)
     return query
 
 
-async def _after(info: Info[Context, None], after: str) -> int:
+async def _after(info: Info[Context, None], after: str, *, removals: bool = False) -> int:
     """The position of an `after` cursor; BAD_USER_INPUT ("Unknown") for one the
     workspace's feed never handed out (another workspace's, a database's before a
-    restore), which would otherwise hold back every change until the feed passed it."""
+    restore), which would otherwise hold back every change until the feed passed it.
+    For `removals`, also ("Expired") when retention deleted removals after it: the client
+    refetches its list instead of silently missing them (docs/realtime.md). One read."""
     position = decode_update_cursor(after)
     async with info.context.event_unit():
         head = await handed_out_head(info.context.unit, info.context.actor.org_id)
+        pruned = None
+        if removals:
+            query = select(OrganizationRow.removals_pruned_through)
+            pruned = (await info.context.unit.exec(query)).first()
     if head is not None and position > head:
         raise BadUserInput(
             "This cursor is not of this workspace's change feed; refetch and subscribe "
             "again without after",
             details=[{"field": "after", "message": "Unknown"}],
+        )
+    if pruned is not None and position < pruned:
+        raise BadUserInput(
+            "This cursor is older than the conversation removals kept; refetch the "
+            "conversations and subscribe again without after",
+            details=[{"field": "after", "message": "Expired"}],
         )
     return position
 
@@ -781,20 +793,6 @@ async def _removal_head(info: Info[Context, None]) -> int:
     return int(found or 0)
 
 
-async def _refuse_pruned(info: Info[Context, None], position: int) -> None:
-    """BAD_USER_INPUT ("Expired") when retention deleted removals after `position`: the
-    client refetches its list instead of silently missing them (docs/realtime.md)."""
-    async with info.context.event_unit():
-        query = select(OrganizationRow.removals_pruned_through)
-        pruned = (await info.context.unit.exec(query)).first()
-    if pruned is not None and position < pruned:
-        raise BadUserInput(
-            "This cursor is older than the conversation removals kept; refetch the "
-            "conversations and subscribe again without after",
-            details=[{"field": "after", "message": "Expired"}],
-        )
-
-
 async def _removals(
     info: Info[Context, None], after: str | None
 ) -> AsyncGenerator[uuid.UUID, None]:
@@ -805,8 +803,7 @@ async def _removals(
     """
     context = info.context
     if after is not None:
-        position = await _after(info, after)
-        await _refuse_pruned(info, position)
+        position = await _after(info, after, removals=True)
     else:
         position = await _removal_head(info)
     async with context.hub.listen(

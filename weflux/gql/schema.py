@@ -202,9 +202,8 @@ def build_schema(*, introspection: bool = True) -> strawberry.Schema:
     extensions += [
         lambda: CachedDocuments(documents),
         CodedErrors,
-        lambda: OperationGuard(
-            documents, MUTATION_PERMISSIONS
-        ),  # the guard validates: after the rule adders
+        # The guard validates: after the rule adders.
+        lambda: OperationGuard(documents, MUTATION_PERMISSIONS),
     ]
     built = WefluxSchema(
         query=Query,

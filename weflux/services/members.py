@@ -425,10 +425,6 @@ async def accept_invitation(
             raise invalid
         organization = await session.get(Organization, invitation.org_id)
         assert organization is not None
-        if organization.deletion_scheduled_at is not None:
-            # Joining is neither cancelling nor exporting: nobody joins during the grace
-            # period, an Admin invited before it neither (they could cancel it).
-            raise Forbidden(session_service.DELETING_WORKSPACE)
         pair = await session_service.open_session(
             session,
             codec,
@@ -436,6 +432,7 @@ async def accept_invitation(
             organization=organization,
             meta=meta,
             authenticated=True,
+            joining=True,  # nobody joins during a deletion's grace period
         )
         await record(
             session,

@@ -44,6 +44,7 @@ async def open_session(
     organization: Organization,
     meta: RequestMeta,
     authenticated: bool,
+    joining: bool = False,
 ) -> TokenPair:
     """A new session for `membership`, with its first token pair.
 
@@ -53,7 +54,9 @@ async def open_session(
 
     Every route that opens a session comes here (login, its second factor, a switch, an
     invitation, a sign-up), so the rule of a workspace being deleted is kept here: during
-    its grace period only Admins get in (to cancel or export; docs/lifecycle.md).
+    its grace period only Admins get in (to cancel or export; docs/lifecycle.md), and
+    nobody `joining` (accepting an invitation is neither; an Admin invited before the
+    request could cancel it).
 
     The workspace's row is read again, locked for share until the session commits: a
     deletion requested meanwhile (it updates that row, then ends every session) waits for
@@ -61,7 +64,9 @@ async def open_session(
     transaction at a time).
     """
     organization = await locked_workspace(session, organization.id)
-    if organization.deletion_scheduled_at is not None and membership.role != Role.ADMIN:
+    if organization.deletion_scheduled_at is not None and (
+        joining or membership.role != Role.ADMIN
+    ):
         raise Forbidden(DELETING_WORKSPACE)
     started = utcnow()
     auth_session = AuthSession(
