@@ -34,6 +34,10 @@ def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
     assert output.decode().count("generated development secrets") == 1, output.decode()
     for value in secrets.values():
         assert value.split(":")[-1] not in output.decode()
+    # A first start says nothing that alarms or misleads: no SQLAlchemy warning from the
+    # migrations, no word of other servers (this one reads the demo number itself).
+    assert b"Warning" not in output, output.decode()
+    assert b"the servers see the numbers" not in output, output.decode()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
@@ -137,6 +141,12 @@ def test_backup_commands_create_verify_and_prune_and_exit_1_on_a_bad_file(
     assert f"wrote {path}" in capsys.readouterr().out
     assert main(["backup", "verify", str(path)]) == 0
     assert "key `cli1`" in capsys.readouterr().out
+    # Into the database it came from (not empty): refused, and nothing written, so no word
+    # of servers seeing written numbers.
+    assert main(["backup", "restore", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: the target database is not empty" in err
+    assert "numbers written here" not in err
 
     monkeypatch.setenv("WEFLUX_BACKUP_KEYS", generate_encryption_key_entry("cli2"))
     assert main(["backup", "verify", str(path)]) == 1
