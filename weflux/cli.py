@@ -120,12 +120,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _require_current_schema(settings: Settings) -> None:
+    """Production, before uvicorn: the app's role held by row-level security (else a
+    ConfigError, printed as one rather than as the lifespan's traceback) and the schema
+    at this release's head."""
     # deferred: start-up cost
+    from weflux.app import check_database_role
     from weflux.db import Database
     from weflux.migrate import ensure_current_schema
 
     db = Database(settings.database_url)
     try:
+        await check_database_role(settings, db)
         await ensure_current_schema(db.engine, strict=True)
     finally:
         await db.dispose()
@@ -190,7 +195,16 @@ def _tls_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the delivery and maintenance worker as its own process."""
+    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
+
     settings = _settings()
+    if settings.is_production:
+        # As `serve` does: the worker connects as WEFLUX_DATABASE_URL too.
+        try:
+            asyncio.run(_require_current_schema(settings))
+        except SchemaOutOfDate as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return asyncio.run(_run_worker(settings))
 
 
