@@ -34,6 +34,10 @@ def test_serve_on_embedded_defaults_answers_healthz(tmp_path: Path) -> None:
     assert output.decode().count("generated development secrets") == 1, output.decode()
     for value in secrets.values():
         assert value.split(":")[-1] not in output.decode()
+    # A first start says nothing that alarms or misleads: no SQLAlchemy warning from the
+    # migrations, no word of other servers (this one reads the demo number itself).
+    assert b"Warning" not in output, output.decode()
+    assert b"the servers see the numbers" not in output, output.decode()
 
 
 @pytest.mark.parametrize("dialect", ["postgresql"])
@@ -57,10 +61,15 @@ def test_migrate_and_serve_on_postgres(database_urls: DatabaseUrls, tmp_path: Pa
         stop(process)
 
 
+@pytest.mark.parametrize("command", ["serve", "worker"])
 @pytest.mark.parametrize("dialect", ["postgresql"])
 def test_production_refuses_a_superuser_database_role(
-    database_urls: DatabaseUrls, tmp_path: Path
+    database_urls: DatabaseUrls, tmp_path: Path, command: str
 ) -> None:
+    """Given production settings whose WEFLUX_DATABASE_URL is the tables' owner,
+    when `weflux serve` (or `weflux worker`: before, it ran as that role) starts,
+    then it exits 2 with one `configuration error:` line naming the variable and what
+    to connect as."""
     env = child_env(
         WEFLUX_ENV="production",
         WEFLUX_DATABASE_URL=database_urls.owner,
@@ -71,13 +80,17 @@ def test_production_refuses_a_superuser_database_role(
         WEFLUX_APP_URL="https://app.example",
     )
     port = free_port()
-    process = spawn(weflux_serve(port), tmp_path, env)
+    line = weflux_serve(port) if command == "serve" else [sys.executable, "-m", "weflux", "worker"]
+    process = spawn(line, tmp_path, env)
     try:
         process.wait(timeout=STARTUP)
     finally:
         output = stop(process)
-    assert process.returncode != 0
+    assert process.returncode == 2
     assert b"row-level security does not apply" in output
+    # Refused before uvicorn starts, as a configuration error; not as a lifespan traceback.
+    assert b"configuration error: WEFLUX_DATABASE_URL connects as" in output, output.decode()
+    assert b"Traceback" not in output, output.decode()
 
 
 def test_serve_from_another_directory_keeps_its_state_in_the_var_dir(tmp_path: Path) -> None:
@@ -137,6 +150,12 @@ def test_backup_commands_create_verify_and_prune_and_exit_1_on_a_bad_file(
     assert f"wrote {path}" in capsys.readouterr().out
     assert main(["backup", "verify", str(path)]) == 0
     assert "key `cli1`" in capsys.readouterr().out
+    # Into the database it came from (not empty): refused, and nothing written, so no word
+    # of servers seeing written numbers.
+    assert main(["backup", "restore", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "error: the target database is not empty" in err
+    assert "numbers written here" not in err
 
     monkeypatch.setenv("WEFLUX_BACKUP_KEYS", generate_encryption_key_entry("cli2"))
     assert main(["backup", "verify", str(path)]) == 1

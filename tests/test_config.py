@@ -133,6 +133,33 @@ def test_production_refuses_missing_secrets(tmp_path: Path, missing: str) -> Non
         _production(tmp_path, **{missing: None})
 
 
+def test_production_names_every_refusal_at_once_with_what_to_set(tmp_path: Path) -> None:
+    """Given production with none of its required settings (a first try),
+    when the settings are loaded,
+    then one error lists every variable to fix, each with what to set or run: before,
+    each start named only the first (four starts to learn four variables), and the
+    secrets' refusals did not say how to make one."""
+    with pytest.raises(ConfigError) as refused:
+        _settings(tmp_path, env="production")
+    lines = str(refused.value).splitlines()
+    assert lines[0] == "4 settings to fix for production:"
+    expected = {
+        "WEFLUX_JWT_SECRET": "secrets.token_urlsafe(48)",
+        "WEFLUX_ENCRYPTION_KEYS": "`weflux keys generate`",
+        "WEFLUX_SMTP_URL": "smtps://user:pass@host:465",
+        "WEFLUX_APP_URL": "WEFLUX_ALLOWED_ORIGINS",
+    }
+    assert len(lines) == 1 + len(expected)
+    for line, (variable, how) in zip(lines[1:], expected.items(), strict=True):
+        assert line.startswith(f"  - {variable} must be set in production"), line
+        assert how in line, line
+
+
+def test_a_short_jwt_secret_is_refused_saying_how_to_make_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"at least 32 characters.*token_urlsafe"):
+        _settings(tmp_path, jwt_secret="short")
+
+
 def test_production_refuses_generated_secrets(tmp_path: Path) -> None:
     _settings(tmp_path)  # development writes var/dev-secrets.json
     generated = json.loads((tmp_path / "var" / "dev-secrets.json").read_text())

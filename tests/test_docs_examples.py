@@ -402,3 +402,16 @@ def test_the_limits_the_docs_state_are_the_codes_constants() -> None:
         found = re.search(pattern, realtime)
         assert found is not None, f"realtime.md: {pattern!r} not found"
         assert _number(found.group(1)) == constant, pattern
+
+
+def test_the_frontend_guides_uncoded_errors_are_messages_the_code_still_sends() -> None:
+    """Given the frontend guide's "Every error carries a code …, except …" sentence
+    When each message it excepts ("…") is looked up in the package's source
+    Then the code still sends it: before, it excepted the socket's "Subscription limit
+    reached", which the socket had long answered with a coded RATE_LIMITED error."""
+    realtime = (DOCS / "realtime.md").read_text(encoding="utf-8")
+    claim = re.search(r"Every error carries a code(.*?)The ones a screen", realtime, re.DOTALL)
+    assert claim is not None, "realtime.md: the 'Every error carries a code' sentence is gone"
+    excepted = re.findall(r'"([^"]+)"', claim.group(1).replace("\n", " "))
+    source = " ".join(p.read_text(encoding="utf-8") for p in (ROOT / "weflux").rglob("*.py"))
+    assert [message for message in excepted if message not in source] == []

@@ -49,7 +49,9 @@ from weflux.sandbox import page as sandbox_page
 log = logging.getLogger(__name__)
 
 
-async def _check_database_role(settings: Settings, db: Database) -> None:
+async def check_database_role(settings: Settings, db: Database) -> None:
+    """Production refuses a database role that row-level security does not hold;
+    development warns."""
     role = await db.role_check()
     if role is None or role.subject_to_rls:
         return
@@ -204,7 +206,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             runtime.sandbox.attach(app)  # sandbox statuses come in through this app's intake
         passwords.configure_pool(settings.password_hashing_workers, settings.password_hashing_queue)
         try:
-            await _check_database_role(settings, runtime.db)
+            await check_database_role(settings, runtime.db)
             await ensure_current_schema(runtime.db.engine, strict=settings.is_production)
             await passwords.warm_up()
             await runtime.start(serve=True, worker=settings.in_process_worker)

@@ -89,7 +89,11 @@ async def _demo(settings: Settings, *, only_if_empty: bool) -> int:
         logins = await demo.create_demo(db, KeyRing.from_settings(settings))
     finally:
         await db.dispose()
-        await _tell_servers_of_numbers(settings, wrote_numbers.named())
+        # From `serve`, before it starts: without Redis this is the one process, whose
+        # server reads the numbers itself (nothing to tell, nothing to say).
+        await _tell_servers_of_numbers(
+            settings, wrote_numbers.named(), quiet_without_redis=only_if_empty
+        )
     if logins is None:
         path = settings.var_dir / demo.LOGINS_FILE
         where = f"; its logins are in {path}" if path.is_file() else ""
@@ -116,12 +120,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 async def _require_current_schema(settings: Settings) -> None:
+    """Production, before uvicorn: the app's role held by row-level security (else a
+    ConfigError, printed as one rather than as the lifespan's traceback) and the schema
+    at this release's head."""
     # deferred: start-up cost
+    from weflux.app import check_database_role
     from weflux.db import Database
     from weflux.migrate import ensure_current_schema
 
     db = Database(settings.database_url)
     try:
+        await check_database_role(settings, db)
         await ensure_current_schema(db.engine, strict=True)
     finally:
         await db.dispose()
@@ -186,7 +195,16 @@ def _tls_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the delivery and maintenance worker as its own process."""
+    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
+
     settings = _settings()
+    if settings.is_production:
+        # As `serve` does: the worker connects as WEFLUX_DATABASE_URL too.
+        try:
+            asyncio.run(_require_current_schema(settings))
+        except SchemaOutOfDate as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return asyncio.run(_run_worker(settings))
 
 
@@ -369,11 +387,10 @@ def cmd_backup_create(args: argparse.Namespace) -> int:
 async def _restore(settings: Settings, path: Path) -> str:
     from weflux.lifecycle.backups import Progress, restore_backup  # deferred: start-up cost
 
-    try:
-        restored = await restore_backup(settings, path, progress=Progress("restore"))
-    finally:
-        # Its rows are copied, not written through sessions: the numbers may be new.
-        await _tell_servers_of_numbers(settings, None)
+    restored = await restore_backup(settings, path, progress=Progress("restore"))
+    # Its rows are copied, not written through sessions: the numbers may be new. A refused
+    # restore wrote nothing (one transaction), so it tells nobody.
+    await _tell_servers_of_numbers(settings, None)
     return "restored " + restored.describe()
 
 
@@ -422,7 +439,9 @@ def _record_number_writes(db: Database) -> WrittenNumbers:
     return written
 
 
-async def _tell_servers_of_numbers(settings: Settings, ids: frozenset[uuid.UUID] | None) -> None:
+async def _tell_servers_of_numbers(
+    settings: Settings, ids: frozenset[uuid.UUID] | None, *, quiet_without_redis: bool = False
+) -> None:
     """Numbers written here: tell the servers (their channel caches and live webhook keys)
     through Redis, as their own writes do (weflux.services.channel_cache). Without Redis,
     or Redis unreachable, they see them within 30 s."""
@@ -430,7 +449,8 @@ async def _tell_servers_of_numbers(settings: Settings, ids: frozenset[uuid.UUID]
         return  # none written
     unseen = "the servers see the numbers written here within 30 s"
     if settings.redis_url is None:
-        print(f"WEFLUX_REDIS_URL is not set: {unseen}.", file=sys.stderr)
+        if not quiet_without_redis:
+            print(f"WEFLUX_REDIS_URL is not set: {unseen}.", file=sys.stderr)
         return
     # deferred: start-up cost of the Redis client
     from redis.exceptions import RedisError

@@ -673,22 +673,24 @@ class Settings(BaseSettings):
             raise ConfigError("WEFLUX_ENCRYPTION_KEYS is not set")
         return parse_encryption_keys(self.encryption_keys.get_secret_value())
 
-    def _check_transport(self) -> None:
+    def _transport_problems(self) -> list[str]:
         """Production: TLS to Meta always; to Redis and PostgreSQL on other hosts unless
         WEFLUX_ALLOW_INSECURE_TRANSPORT says the network is trusted."""
+        problems: list[str] = []
         graph = urlsplit(self.meta_graph_url)
         if graph.scheme != "https" and not is_loopback(graph.hostname or ""):
-            raise ConfigError("WEFLUX_META_GRAPH_URL must be an https:// URL in production")
+            problems.append("WEFLUX_META_GRAPH_URL must be an https:// URL in production")
         if self.allow_insecure_transport:
-            return
+            return problems
         if self.redis_url and plaintext_redis_url(self.redis_url):
-            raise _plaintext_refusal("WEFLUX_REDIS_URL", "use rediss://")
+            problems.append(_plaintext_refusal("WEFLUX_REDIS_URL", "use rediss://"))
         for variable, url in (
             ("WEFLUX_DATABASE_URL", self.database_url),
             ("WEFLUX_DATABASE_MIGRATION_URL", self.database_migration_url),
         ):
             if url and plaintext_database_url(url):
-                raise _plaintext_refusal(variable, "add ?ssl=require (or verify-full)")
+                problems.append(_plaintext_refusal(variable, "add ?ssl=require (or verify-full)"))
+        return problems
 
     def check(self) -> None:
         """Refuse unsafe settings; production is strict, naming the setting to fix."""
@@ -698,7 +700,9 @@ class Settings(BaseSettings):
                     f"WEFLUX_ALLOWED_ORIGINS: `{origin}` is not allowed; list exact origins"
                 )
         if self.jwt_secret is not None and len(self.jwt_secret.get_secret_value()) < 32:
-            raise ConfigError("WEFLUX_JWT_SECRET must be at least 32 characters of random data")
+            raise ConfigError(
+                "WEFLUX_JWT_SECRET must be at least 32 characters of random data: " + _JWT_HINT
+            )
         if self.encryption_keys is not None:
             _ = self.encryption_key_ring
         if self.smtp_url is not None:
@@ -733,38 +737,59 @@ class Settings(BaseSettings):
                 raise ConfigError("WEFLUX_SECURITY_ALERT_SECRET must be at least 32 characters")
         if not self.is_production:
             return
-        self._check_transport()
-        for name in ("jwt_secret", "encryption_keys"):
+        problems = self._production_problems()
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            # Every refusal at once: an operator fixes them in one round, not one a start.
+            listed = "".join(f"\n  - {problem}" for problem in problems)
+            raise ConfigError(f"{len(problems)} settings to fix for production:{listed}")
+
+    def _production_problems(self) -> list[str]:
+        """What production refuses, each naming its variable and what to set."""
+        problems = self._transport_problems()
+        for name, how in (
+            ("jwt_secret", _JWT_HINT),
+            ("encryption_keys", _KEYS_HINT),
+        ):
             variable = f"WEFLUX_{name.upper()}"
             if getattr(self, name) is None:
-                raise ConfigError(f"{variable} must be set in production")
-            if name in self.generated_secrets or _is_dev_secret(self, name):
-                raise ConfigError(
-                    f"{variable} holds a generated development secret; set a real one in production"
+                problems.append(f"{variable} must be set in production: {how}")
+            elif name in self.generated_secrets or _is_dev_secret(self, name):
+                problems.append(
+                    f"{variable} holds a generated development secret; set a real one in "
+                    f"production: {how}"
                 )
         if self.ide_enabled:
-            raise ConfigError("WEFLUX_GRAPHQL_IDE must be false in production")
+            problems.append("WEFLUX_GRAPHQL_IDE must be false in production (or left unset)")
         if self.security_alert_url is not None and not self.security_alert_url.startswith(
             "https://"
         ):
-            raise ConfigError("WEFLUX_SECURITY_ALERT_URL must be https:// in production")
+            problems.append("WEFLUX_SECURITY_ALERT_URL must be https:// in production")
         if self.smtp_url is None:
-            raise ConfigError(
+            problems.append(
                 "WEFLUX_SMTP_URL must be set in production: sign-up confirmations are "
-                "emailed through the platform's own SMTP server"
+                "emailed through the platform's own SMTP server (smtps://user:pass@host:465, "
+                "or smtp://user:pass@host:587 with STARTTLS; and WEFLUX_SMTP_FROM)"
             )
         if self.app_url is None and not self.origins:
-            raise ConfigError(
+            problems.append(
                 "WEFLUX_APP_URL must be set in production (or WEFLUX_ALLOWED_ORIGINS, whose "
                 "first entry it defaults to): emailed links point at the app"
             )
+        return problems
 
 
-def _plaintext_refusal(variable: str, fix: str) -> ConfigError:
-    return ConfigError(
+def _plaintext_refusal(variable: str, fix: str) -> str:
+    return (
         f"{variable} would speak plain text to another host in production: {fix}, or set "
         "WEFLUX_ALLOW_INSECURE_TRANSPORT=true if the network between them is trusted"
     )
+
+
+# What each refusal of a missing or weak secret tells the operator to run.
+_JWT_HINT = "`python3 -c 'import secrets; print(secrets.token_urlsafe(48))'` prints a new one"
+_KEYS_HINT = "`weflux keys generate` prints a new `kid:base64key` entry"
 
 
 def _dev_secrets_path(settings: Settings) -> Path:

@@ -246,10 +246,10 @@ async def test_a_channel_the_database_does_not_have_is_refused_before_sending(
 @pytest.mark.parametrize(
     "database",
     [
-        None,  # var/weflux.db under tmp_path: SQLite creates it empty, with no tables
+        None,  # var/weflux.db under tmp_path, which does not exist
         "postgresql+asyncpg://postgres@127.0.0.1:1/weflux",  # nothing listens on port 1
     ],
-    ids=["empty SQLite file", "unreachable PostgreSQL"],
+    ids=["no SQLite file", "unreachable PostgreSQL"],
 )
 async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_traceback(
     tmp_path: Path, database: str | None
@@ -257,7 +257,8 @@ async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_tra
     """Given settings whose database is empty or unreachable (simulate run away from the
     server's directory, or with other settings)
     When the demo number is simulated
-    Then it is refused before sending, saying which settings to run it with (exit 2)."""
+    Then it is refused before sending, saying which settings to run it with (exit 2),
+    and leaves no empty SQLite file behind (before, SQLite created one where it ran)."""
     urls = {"database_url": database, "database_migration_url": database} if database else {}
     settings = make_settings(tmp_path, **urls)
     args = build_parser().parse_args(
@@ -265,3 +266,4 @@ async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_tra
     )
     with pytest.raises(SimulateError, match="the server's settings"):
         await simulate(args, settings)
+    assert not (tmp_path / "var" / "weflux.db").exists()

@@ -307,8 +307,9 @@ class Subscription:
     @strawberry.subscription(
         **guarded(
             Permission.READ_WORKSPACE,
-            "Status changes of visible messages (sent, delivered, read, failed): the message "
-            "as it is now, in change-feed order. With `after` every visible message changed "
+            "Changes of visible messages: status (sent, delivered, read, failed), reactions, "
+            "an inbound file stored or failed (`media`): the message as it is now, in "
+            "change-feed order. With `after` every visible message changed "
             "since it is replayed first (each once, as it is now), then the stream goes on "
             "live with no gap and no duplicate.",
         )
@@ -324,7 +325,7 @@ class Subscription:
             str | None,
             strawberry.argument(
                 description="A `Message.updateCursor`: first replay every visible message "
-                "whose status changed after it; null: live changes only. One this "
+                "changed after it; null: live changes only. One this "
                 "workspace's feed never handed out is BAD_USER_INPUT (`Unknown`)."
             ),
         ] = None,

@@ -31,11 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+from sqlalchemy import update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth import crossings
-from weflux.auth.scoping import use_workspace
+from weflux.auth.scoping import feed_values, lock_feed, use_workspace
 from weflux.config import Settings
 from weflux.crypto.fields import open_secret
 from weflux.crypto.keyring import DecryptionError
@@ -97,17 +98,32 @@ def _owned(row: MediaFile, claimed: Claimed) -> bool:
 
 
 async def _publish(session: AsyncSession, services: Services, row: MediaFile) -> None:
-    """`messageUpdated` for the row's message once the session commits."""
-    message = await session.get(Message, row.message_id) if row.message_id else None
-    if message is None:
+    """`messageUpdated` for the row's message once the session commits.
+
+    The file is kept beside the message, so the message takes a feed position of its own
+    (as a reaction's does): `messageUpdated` reads the feed, and without a new position
+    no subscriber would receive the message with its `downloadPath` or `failure`."""
+    if row.message_id is None:
+        return
+    dialect = (await session.connection()).dialect.name
+    found = (
+        await session.exec(
+            update(Message)
+            .where(col(Message.id) == row.message_id)
+            .values(**feed_values(dialect, row.org_id, touch=True))
+            .returning(col(Message.id), col(Message.conversation_id))
+            .execution_options(synchronize_session=False)
+        )
+    ).first()
+    if found is None:
         return
     publish_after_commit(
         session,
         services.broker,
         row.org_id,
         EventName.MESSAGE_UPDATED,
-        id=message.id,
-        conversation_id=message.conversation_id,
+        id=found[0],
+        conversation_id=found[1],
     )
 
 
@@ -250,6 +266,7 @@ async def _apply(
 ) -> None:
     orphan: str | None = None
     async with db.session(claimed.org_id) as session:
+        await lock_feed(session)  # before the row lock: the message may take a position
         row = (
             await session.exec(
                 select(MediaFile).where(MediaFile.id == claimed.id).with_for_update()

@@ -243,11 +243,23 @@ def _settings(settings: Settings | None) -> Settings:
 def _unreadable(error: Exception) -> SimulateError:
     """Run away from the server (another directory, other settings), the local database is
     missing, empty or unreachable: say so instead of a traceback."""
+    where = f": no file {error.args[0]}" if isinstance(error, FileNotFoundError) else ""
     return SimulateError(
-        f"cannot read the channels of this database ({type(error).__name__}): run it with "
+        f"cannot read the channels of this database ({type(error).__name__}{where}): run it with "
         "the server's settings (its directory, or the same WEFLUX_VAR_DIR / "
         "WEFLUX_DATABASE_URL), or give --app-secret and --channel"
     )
+
+
+def _missing_sqlite_file(url: str) -> str | None:
+    """The file of a SQLite URL that does not exist (connecting would create it empty)."""
+    from sqlalchemy.engine import make_url  # deferred: start-up cost
+
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return None
+    return None if Path(path).is_file() else path
 
 
 async def _channel_target(args: argparse.Namespace, settings: Settings) -> Target:
@@ -261,6 +273,10 @@ async def _channel_target(args: argparse.Namespace, settings: Settings) -> Targe
     from weflux.db import maintenance_database
     from weflux.models import WhatsAppAccount
 
+    missing = _missing_sqlite_file(settings.migration_url)
+    if missing is not None:
+        # Not opened: SQLite would leave an empty file where the user ran the command.
+        raise _unreadable(FileNotFoundError(missing))
     try:
         db = await maintenance_database(settings.migration_url)
     except (SQLAlchemyError, OSError) as error:
@@ -308,6 +324,8 @@ async def _channel_target(args: argparse.Namespace, settings: Settings) -> Targe
 
 async def _known_number(phone_number_id: str, settings: Settings) -> bool | None:
     """Whether the local database has a live channel of this number (None: unreadable)."""
+    if _missing_sqlite_file(settings.migration_url) is not None:
+        return None
     try:
         # deferred: start-up cost
         from sqlmodel import col, select
