@@ -22,7 +22,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.client_ip import TrustedProxy, parse_trusted_proxies
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
-from weflux.db import Database
+from weflux.db import ANSWER_MARGIN, Database
 from weflux.gql.budgets import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
 from weflux.media.store import MediaStore, build_store
@@ -129,6 +129,9 @@ class Runtime:
             pool_size=settings.database_pool_size,
             connect_timeout=settings.database_connect_timeout,
             statement_timeout=settings.database_statement_timeout,
+            # Past the server's own timeout, whose error says more: only a server that
+            # stopped answering (docs/operations/README.md#when-postgresql-stops-answering).
+            answer_timeout=settings.database_statement_timeout + ANSWER_MARGIN,
         )
         redis = create_redis(settings.redis_url) if settings.redis_url else None
         broker: Broker = (
