@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 SQLITE_BUSY_TIMEOUT_MS = 15000
 DEFAULT_STATEMENT_TIMEOUT = timedelta(seconds=30)
+# How much longer than the server's statement timeout a serving process waits for any
+# answer of PostgreSQL before it gives up on the connection (`answer_timeout`).
+ANSWER_MARGIN = timedelta(seconds=5)
 _AFTER_COMMIT = "weflux.after_commit"
 # A connection's execution option, set by `begin_read_only`: see `_sqlite_engine`.
 _READ_ONLY = "weflux_read_only"
@@ -317,6 +320,7 @@ def _postgres_engine(
     pool_size: int,
     connect_timeout: float,
     statement_timeout: timedelta,
+    answer_timeout: timedelta | None,
     **kwargs: Any,
 ) -> AsyncEngine:
     # A scoped unit's BEGIN and its scope's set_config in one round trip (weflux.pg_driver).
@@ -334,6 +338,12 @@ def _postgres_engine(
         pool_use_lifo=True,
         connect_args={
             "timeout": connect_timeout,
+            # asyncpg's bound on every round trip (a statement, BEGIN, COMMIT, the idle
+            # ping, the cancel request it sends when the bound passes): a server that
+            # vanished without a reset (a network partition, a host gone) otherwise holds
+            # a request, a socket's read or a worker's job until TCP gives up, minutes
+            # later. A connection that passed it is closed, never reused.
+            "command_timeout": answer_timeout.total_seconds() if answer_timeout else None,
             "server_settings": {
                 "application_name": "weflux",
                 "statement_timeout": f"{int(statement_timeout.total_seconds() * 1000)}ms",
@@ -392,7 +402,10 @@ def create_engine(
     pool_size: int = 10,
     connect_timeout: float = 5.0,
     statement_timeout: timedelta = DEFAULT_STATEMENT_TIMEOUT,
+    answer_timeout: timedelta | None = None,
 ) -> AsyncEngine:
+    """`answer_timeout` (PostgreSQL): how long any round trip may wait for the server's
+    answer; None (maintenance: backups, restores, migrations run long statements) waits."""
     # hide_parameters: SQL errors and logs never carry the values (message texts,
     # sealed credentials, emails), only the statements.
     parsed = make_url(url)
@@ -403,6 +416,7 @@ def create_engine(
         pool_size=pool_size,
         connect_timeout=connect_timeout,
         statement_timeout=statement_timeout,
+        answer_timeout=answer_timeout,
         hide_parameters=True,
     )
 
@@ -437,6 +451,7 @@ class Database:
         connect_timeout: float = 5.0,
         maintenance: bool = False,
         statement_timeout: timedelta = DEFAULT_STATEMENT_TIMEOUT,
+        answer_timeout: timedelta | None = None,
     ) -> None:
         self.url = make_url(url)
         self.maintenance = maintenance
@@ -445,6 +460,7 @@ class Database:
             pool_size=pool_size,
             connect_timeout=connect_timeout,
             statement_timeout=statement_timeout,
+            answer_timeout=answer_timeout,
         )
         self.sessionmaker = async_sessionmaker(
             self.engine,

@@ -22,7 +22,7 @@ from weflux.auth.tokens import TokenCodec
 from weflux.client_ip import TrustedProxy, parse_trusted_proxies
 from weflux.config import Settings
 from weflux.crypto.keyring import KeyRing
-from weflux.db import Database
+from weflux.db import ANSWER_MARGIN, Database
 from weflux.gql.budgets import CostBudgets
 from weflux.mail.mailer import Mailer, build_mailer
 from weflux.media.store import MediaStore, build_store
@@ -75,6 +75,19 @@ def create_redis(url: str, *, socket_timeout: float | None = 5.0) -> Redis:
     )
 
 
+def serving_database(settings: Settings) -> Database:
+    """The database handle of `weflux serve` and `weflux worker`."""
+    return Database(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        connect_timeout=settings.database_connect_timeout,
+        statement_timeout=settings.database_statement_timeout,
+        # Past the server's own timeout, whose error says more: only a server that
+        # stopped answering (docs/operations/README.md#when-postgresql-stops-answering).
+        answer_timeout=settings.database_statement_timeout + ANSWER_MARGIN,
+    )
+
+
 def create_redis_broker(url: str, redis: Redis) -> RedisBroker:
     """The broker of a process with `WEFLUX_REDIS_URL`: its subscriptions on `redis`, its
     publishes on a client of their own, each bounded by the broker (see `RedisBroker`)."""
@@ -124,12 +137,7 @@ class Runtime:
     def build(cls, settings: Settings) -> Runtime:
         """Every part, wired; nothing is connected until `start()`."""
         assert settings.jwt_secret is not None  # load_settings guarantees it
-        db = Database(
-            settings.database_url,
-            pool_size=settings.database_pool_size,
-            connect_timeout=settings.database_connect_timeout,
-            statement_timeout=settings.database_statement_timeout,
-        )
+        db = serving_database(settings)
         redis = create_redis(settings.redis_url) if settings.redis_url else None
         broker: Broker = (
             create_redis_broker(settings.redis_url, redis)

@@ -153,3 +153,28 @@ async def test_a_session_and_a_member_past_their_caps_are_refused(db: Database) 
     assert registry.sockets_of_member(member) == 0
     assert member not in registry._members
     assert two not in registry._member_of
+
+
+async def test_a_recheck_of_everyone_looks_each_token_up_once(
+    registry: SocketRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Given three sockets, two of them (two tabs) carrying one access token, when every
+    socket is re-checked (a reconnection; each second while the broker is away), then each
+    token is authenticated once, and each socket gets its answer (here: all revoked)."""
+    looked_up: list[str | None] = []
+
+    async def revoked(token: str | None) -> Principal | None:
+        looked_up.append(token)
+        return None
+
+    monkeypatch.setattr(registry.authenticator, "authenticate", revoked)
+    session = uuid.uuid4()
+    sockets = [_socket(session, 3600) for _ in range(3)]
+    for socket, token in zip(sockets, ["a", "a", "b"], strict=True):
+        socket.connection_params = {"authorization": f"Bearer {token}"}
+        registry.register(socket)
+
+    await registry.on_revocation(set(), set())
+
+    assert sorted(looked_up, key=str) == ["a", "b"]
+    assert [[code for code, _, _ in socket.closed] for socket in sockets] == [[REVOKED_CLOSE]] * 3

@@ -35,7 +35,7 @@ from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.throttle import FrozenThrottle
 from weflux.app import create_app
 from weflux.config import Settings
-from weflux.db import Database
+from weflux.db import ANSWER_MARGIN, Database
 from weflux.models import (
     AccountStatus,
     Contact,
@@ -46,7 +46,7 @@ from weflux.models import (
     utcnow,
 )
 from weflux.realtime.broker import Message as Event
-from weflux.runtime import Runtime
+from weflux.runtime import Runtime, serving_database
 from weflux.sandbox.cloud_api import FakeCloudApi, SentRecord
 from weflux.services.channels import Services
 from weflux.services.outbound import send_template_message
@@ -670,6 +670,54 @@ async def test_a_database_outage_while_sending_never_leaves_a_message_stuck(
     sends = sends_of(fake_meta, message)
     assert len(sends) == 2
     assert done.wa_message_id == sends[-1].wa_message_id
+
+
+@pytest.mark.parametrize("dialect", ["postgresql"])
+async def test_a_database_that_stops_answering_fails_a_run_in_time_and_nothing_is_stuck(
+    db: Database,
+    database_urls: DatabaseUrls,
+    services: Services,
+    inbox_settings: Settings,
+    fake_meta: FakeCloudApi,
+    admin: Actor,
+    scene: Scene,
+) -> None:
+    """Given the worker's database handle as `weflux worker` builds it, its PostgreSQL
+    behind a proxy that goes silent without a reset (a partition), when a delivery run
+    starts, then it fails within the statement timeout and its margin (it waited for TCP
+    to give up, minutes); once the server answers again the next run sends the message,
+    once."""
+    url = make_url(database_urls.app)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    statement_timeout = timedelta(seconds=1)
+    worker_db = serving_database(
+        inbox_settings.model_copy(
+            update={
+                "database_url": proxied,
+                "database_statement_timeout": statement_timeout,
+                "database_connect_timeout": 1.0,
+            }
+        )
+    )
+    try:
+        message = await queue_text(db, services, admin, scene)
+        async with worker_db.engine.connect():  # one pooled connection, just used
+            pass
+        await proxy.partition()
+        async with asyncio.timeout(3 * (statement_timeout + ANSWER_MARGIN).total_seconds()):
+            with pytest.raises(Exception):  # noqa: B017  (whatever the driver raises)
+                await deliver_due_messages(worker_db, services, inbox_settings)
+
+        await proxy.restore()
+        assert await deliver_due_messages(worker_db, services, inbox_settings) == 1
+        done = await load_message(db, message.id, admin.org_id)
+        assert done.status == MessageStatus.SENT
+        assert len(sends_of(fake_meta, message)) == 1
+    finally:
+        await worker_db.dispose()
+        await proxy.close()
 
 
 # -- throughput, payloads, backoff --------------------------------------------------------

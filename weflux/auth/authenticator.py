@@ -10,6 +10,7 @@ a missed message never leaves a revoked session usable.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
@@ -26,6 +27,7 @@ from weflux.auth.tokens import InvalidTokenError, TokenClaims, TokenCodec
 from weflux.db import Database
 from weflux.models import AuthSession, Membership, Organization, Role, User, utcnow
 from weflux.realtime.broker import Broker, Message
+from weflux.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,10 @@ AUTH_CHANNEL = "weflux:auth"
 CACHE_TTL_SECONDS = 30.0
 CACHE_MAX_ENTRIES = 10_000
 TOUCH_INTERVAL = timedelta(minutes=1)
+# While the broker is disconnected no revocation from another process can arrive: open
+# sockets are re-checked against the database this often instead (revocation within a
+# second, Redis or not).
+DEAF_RECHECK_SECONDS = 1.0
 
 
 @dataclass
@@ -116,14 +122,29 @@ class Authenticator:
         # Counts the revocation messages seen (and reconnections): a look-up that saw it
         # change meanwhile may have read the database before that revocation committed.
         self.generation = 0
+        self._watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
         self.broker.on_reconnect(self._on_reconnect)
+        self._watch = asyncio.create_task(self._recheck_while_deaf(), name="weflux-auth-deaf")
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            watch, self._watch = self._watch, None
+            await cancel_and_wait(watch)
         if self._unsubscribe is not None:
             await self._unsubscribe()
+
+    async def _recheck_while_deaf(self) -> None:
+        """While the broker is disconnected, tell the listeners (open sockets) to re-check
+        everyone each `DEAF_RECHECK_SECONDS`: a revocation through another process cannot
+        reach this one then, and a socket would otherwise stream to a revoked session until
+        Redis came back. Requests need none of this: the cache is bypassed meanwhile."""
+        while True:
+            await asyncio.sleep(DEAF_RECHECK_SECONDS)
+            if not self.broker.connected:
+                await self._recheck_everyone()
 
     def add_revocation_listener(self, listener: RevocationListener) -> None:
         """Be told of revoked sessions and changed memberships (open sockets use it)."""
@@ -246,6 +267,10 @@ class Authenticator:
     async def _on_reconnect(self) -> None:
         self.generation += 1
         self.cache.clear()
+        await self._recheck_everyone()
+
+    async def _recheck_everyone(self) -> None:
+        """Messages may have been missed: every listener re-checks all it holds."""
         for listener in self._listeners:
             try:
                 await listener(set(), set())

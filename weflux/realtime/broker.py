@@ -34,6 +34,13 @@ Message = dict[str, Any]
 UNSENT_LIMIT = 10_000
 # How long one publish (or one kept event's) may take before its events are kept instead.
 PUBLISH_TIMEOUT = 5.0
+# A subscription that has heard nothing for `QUIET_PING` seconds sends a PING; heard
+# nothing `PING_TIMEOUT` seconds after it, it is taken for lost and reconnected. A Redis
+# that vanished without a reset (a partition, a host gone) otherwise left the process
+# deaf, its subscribers told nothing, until TCP gave up (redis-py's own health check
+# sends its PING but never misses the answer).
+QUIET_PING = 5.0
+PING_TIMEOUT = 5.0
 Handler = Callable[[Message], Awaitable[None]]
 Unsubscribe = Callable[[], Awaitable[None]]
 ReconnectListener = Callable[[], Awaitable[None]]
@@ -369,8 +376,18 @@ class RedisBroker(Broker):
         assert self._pubsub is not None
         # Until `stop()`, not only until cancelled: a cancellation can be lost inside the
         # Redis client's read (under load: `stop()` then waited for the reader forever).
+        clock = asyncio.get_running_loop().time
+        heard = clock()
+        pinged: float | None = None  # when the PING not answered yet was sent
         while not self._stopping:
             message = await self._pubsub.get_message(timeout=1.0)
+            if message is not None:  # a message, PING's answer, a subscription's
+                heard, pinged = clock(), None
+            elif pinged is not None and clock() - pinged > PING_TIMEOUT:
+                raise ConnectionError("the broker's subscription went silent")
+            elif pinged is None and clock() - heard > QUIET_PING:
+                await self._pubsub.ping()
+                pinged = clock()
             if self._reconnected_silently:
                 # Messages published while the connection was down were missed.
                 self._reconnected_silently = False
