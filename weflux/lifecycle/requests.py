@@ -245,7 +245,7 @@ async def request_workspace_deletion(
     """Schedule the workspace's deletion after `grace`; at once end every session,
     stop sending and destroy every credential."""
     principal.require(PERMISSION)
-    organization = await session.get(Organization, principal.org_id)
+    organization = await _locked_for_update(session, principal.org_id)
     if organization is None:
         raise NotFound("Workspace not found")
     if organization.deletion_scheduled_at is not None:
@@ -258,8 +258,9 @@ async def request_workspace_deletion(
     now = utcnow()
     organization.deletion_scheduled_at = now + grace
     session.add(organization)
-    # Written first: a session being opened holds the row (sessions.open_session), so
-    # this waits for it, and the sessions listed below include it.
+    # Written first (and locked since it was read): a session being opened, a credential
+    # being stored or a mutation being committed holds the row for share
+    # (sessions.locked_workspace), so this waits for them, and what follows sees them.
     await session.flush()
     request = _new_request(
         DataRequestKind.WORKSPACE_DELETION, principal, now=now, run_after=now + grace
@@ -303,6 +304,20 @@ async def request_workspace_deletion(
     return request
 
 
+async def _locked_for_update(session: AsyncSession, org_id: uuid.UUID) -> Organization | None:
+    """The workspace's row, locked until the transaction ends: two requests (or cancels)
+    at once are one after the other, and the second sees the first's outcome
+    (PostgreSQL; SQLite writes one transaction at a time)."""
+    return (
+        await session.exec(
+            select(Organization)
+            .where(Organization.id == org_id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    ).first()
+
+
 async def _destroy_credentials(session: AsyncSession, now: datetime) -> None:
     """Every number disconnected with its secrets gone; the SMTP password gone."""
     await session.exec(
@@ -323,13 +338,16 @@ async def cancel_workspace_deletion(
 ) -> DataRequest:
     """Cancel a scheduled deletion during its grace period (credentials stay destroyed)."""
     principal.require(PERMISSION)
-    organization = await session.get(Organization, principal.org_id)
+    organization = await _locked_for_update(session, principal.org_id)
     request = (
         await session.exec(
-            select(DataRequest).where(
+            select(DataRequest)
+            .where(
                 DataRequest.kind == DataRequestKind.WORKSPACE_DELETION,
                 col(DataRequest.status) == DataRequestStatus.PENDING,
             )
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).first()
     if organization is None or request is None or organization.deletion_scheduled_at is None:
