@@ -8,9 +8,12 @@ unless it is added to `GRACE_PERIOD_OPERATIONS`.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
+from sqlalchemy import update
+from sqlmodel import col
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
@@ -24,6 +27,7 @@ from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
 from weflux.db import Database
+from weflux.models import Organization, utcnow
 
 MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
@@ -179,3 +183,51 @@ async def test_no_document_shape_gets_a_refused_mutation_past_the_grace_period(
     assert read["data"] == {"organization": {"name": "Acme"}}
     assert typename["data"] == {"__typename": "Mutation"}
     assert await snapshot(owner_db, admin.org_id) == before
+
+
+async def schedule_deletion_unseen(db: Database, org_id: uuid.UUID) -> None:
+    """A deletion as a mutation already past its checks sees it: scheduled, no session
+    ended (the request ends them; an operation already running keeps going)."""
+    async with db.session(org_id) as session:
+        await session.exec(
+            update(Organization)
+            .where(col(Organization.id) == org_id)
+            .values(deletion_scheduled_at=utcnow())
+        )
+
+
+async def test_a_mutation_judged_before_the_deletion_commits_nothing_after_it(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a session that knew of no deletion (its principal cached, as a mutation
+    running when the deletion was requested was judged), when the deletion is scheduled
+    and then its mutation commits, then FORBIDDEN and nothing changes: the rule is read
+    again, under the workspace's lock, just before the commit (committed before)."""
+    api = Api(client)
+    await api(admin, ORGANIZATION)
+    await schedule_deletion_unseen(db, admin.org_id)
+    before = await snapshot(owner_db, admin.org_id)
+
+    created = await api(admin, CREATE_LABEL)
+
+    assert refusal(created) == DELETING
+    assert await snapshot(owner_db, admin.org_id) == before
+
+
+async def test_a_socket_mutation_judged_before_the_deletion_commits_nothing_after_it(
+    broker_app: Starlette, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """The same over a socket opened before the deletion (committed before)."""
+    async with (
+        live_server(broker_app) as live,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http,
+    ):
+        socket = await GraphQLSocket.connect(live, await Api(http).token(admin))
+        await schedule_deletion_unseen(db, admin.org_id)
+        before = await snapshot(owner_db, admin.org_id)
+
+        created = await socket.next(await socket.subscribe(CREATE_LABEL))
+
+        assert refusal(created["payload"]) == DELETING
+        assert await snapshot(owner_db, admin.org_id) == before
+        await socket.close()

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -30,6 +31,8 @@ from graphql import (
     SelectionSetNode,
     get_operation_ast,
 )
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import (
     DELETING_WORKSPACE_MESSAGE,
@@ -46,6 +49,9 @@ from weflux.models import Organization
 from weflux.services.two_factor import require_recent_authentication
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
+# Mutations that commit during a grace period: the allowed ones, and the request itself
+# (it refuses a second one under the workspace's lock; weflux.lifecycle.requests).
+COMMITS_WHILE_DELETING = GRACE_PERIOD_OPERATIONS | INTROSPECTION | {"requestWorkspaceDeletion"}
 
 
 def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
@@ -114,6 +120,33 @@ async def screen(
             except (ReauthenticationRequired, Unauthenticated) as refusal:
                 return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
     return None
+
+
+async def refusal_at_commit(
+    unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
+) -> GraphQLError | None:
+    """The grace period's refusal of a mutation whose deletion came while it ran.
+
+    `screen` judged the mutation as it started; a deletion requested since (it ends every
+    session, but not the operations already running) must not see writes of it commit
+    after its own. Run last in the mutation's transaction, before its commit: the
+    workspace's row read for share (PostgreSQL; SQLite writes one transaction at a time),
+    so a deletion that wrote it first is waited for and seen, and one that comes later
+    waits for this commit and then fails what it queued, ends what it opened. A
+    mutation that opened no transaction wrote nothing: no statement.
+    """
+    if not unit.in_transaction() or not fields - COMMITS_WHILE_DELETING:
+        return None
+    scheduled = (
+        await unit.exec(
+            select(Organization.deletion_scheduled_at)
+            .where(Organization.id == org_id)
+            .with_for_update(read=True)
+        )
+    ).first()
+    if scheduled is None:
+        return None
+    return GraphQLError(DELETING_WORKSPACE_MESSAGE, extensions={"code": ErrorCode.FORBIDDEN})
 
 
 async def _deletion_scheduled(db: Database, principal: Principal) -> bool:

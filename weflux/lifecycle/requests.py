@@ -307,12 +307,14 @@ async def request_workspace_deletion(
 async def _locked_for_update(session: AsyncSession, org_id: uuid.UUID) -> Organization | None:
     """The workspace's row, locked until the transaction ends: two requests (or cancels)
     at once are one after the other, and the second sees the first's outcome
-    (PostgreSQL; SQLite writes one transaction at a time)."""
+    (PostgreSQL; SQLite writes one transaction at a time). FOR NO KEY UPDATE, as the
+    row's UPDATE would take: it waits for readers for share (`locked_workspace`), not for
+    the foreign-key checks of every insert in the workspace."""
     return (
         await session.exec(
             select(Organization)
             .where(Organization.id == org_id)
-            .with_for_update()
+            .with_for_update(key_share=True)
             .execution_options(populate_existing=True)
         )
     ).first()
