@@ -31,7 +31,7 @@ from graphql import (
     SelectionSetNode,
     get_operation_ast,
 )
-from sqlmodel import select
+from sqlalchemy import bindparam, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import (
@@ -122,6 +122,14 @@ async def screen(
     return None
 
 
+_ORGANIZATIONS = Organization.__table__  # type: ignore[attr-defined]
+_DELETION_SCHEDULED = (
+    select(_ORGANIZATIONS.c.deletion_scheduled_at)
+    .where(_ORGANIZATIONS.c.id == bindparam("org_id"))
+    .with_for_update(read=True)
+)
+
+
 async def refusal_at_commit(
     unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
 ) -> GraphQLError | None:
@@ -137,14 +145,9 @@ async def refusal_at_commit(
     """
     if not unit.in_transaction() or not fields - COMMITS_WHILE_DELETING:
         return None
-    scheduled = (
-        await unit.exec(
-            select(Organization.deletion_scheduled_at)
-            .where(Organization.id == org_id)
-            .with_for_update(read=True)
-        )
-    ).first()
-    if scheduled is None:
+    connection = await unit.connection()  # Core: the workspace's own row, by its key
+    scheduled = (await connection.execute(_DELETION_SCHEDULED, {"org_id": org_id})).first()
+    if scheduled is None or scheduled[0] is None:
         return None
     return GraphQLError(DELETING_WORKSPACE_MESSAGE, extensions={"code": ErrorCode.FORBIDDEN})
 
