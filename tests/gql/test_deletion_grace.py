@@ -8,20 +8,23 @@ unless it is added to `GRACE_PERIOD_OPERATIONS`.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import update
+from sqlalchemy import text, update
 from sqlmodel import col
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
+from tests.fixtures.databases import postgres_only, waiting_for_a_lock
 from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.inbox import Api, gid
 from tests.fixtures.isolation import snapshot
 from tests.fixtures.live import closed_with, live_server
+from tests.fixtures.outbound import Scene, all_messages
 from tests.fixtures.schema_documents import SCHEMA, document_of
 from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
@@ -231,3 +234,36 @@ async def test_a_socket_mutation_judged_before_the_deletion_commits_nothing_afte
         assert refusal(created["payload"]) == DELETING
         assert await snapshot(owner_db, admin.org_id) == before
         await socket.close()
+
+
+SEND = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id status } }"
+
+
+@postgres_only
+async def test_a_reply_running_when_the_deletion_is_requested_is_never_queued(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor, scene: Scene
+) -> None:
+    """Given an Admin's sendMessage past every check and held at its write (the
+    conversation's row locked elsewhere), when the deletion is requested and commits
+    meanwhile, then the reply answers FORBIDDEN and no message is left QUEUED (one was,
+    committed after the deletion, with the number's credentials gone: before). PostgreSQL:
+    SQLite writes one transaction at a time, and the test above pins its commit check."""
+    api = Api(client)
+    variables = {
+        "input": {"conversationId": gid("Conversation", scene.conversation.id), "text": "hi"}
+    }
+    await api.token(admin)
+    async with owner_db.engine.connect() as holder:
+        await holder.execute(
+            text("SELECT id FROM conversations WHERE id = :id FOR NO KEY UPDATE"),
+            {"id": scene.conversation.id},
+        )
+        reply = asyncio.create_task(api(admin, SEND, variables))
+        await asyncio.wait_for(waiting_for_a_lock(owner_db), 30)
+        deleted = await api(admin, DELETE)
+        await holder.rollback()
+    replied = await reply
+
+    assert "errors" not in deleted, deleted
+    assert refusal(replied) == DELETING
+    assert [m.status for m in await all_messages(db, admin.org_id)] == []
