@@ -16,13 +16,12 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
-import pytest
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 
 from tests.fixtures.databases import waiting_for_a_lock
-from tests.fixtures.factories import Actor
+from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.principals import principal_of
 from weflux.db import Database
 from weflux.errors import Conflict, NotFound
@@ -43,22 +42,26 @@ GRACE = timedelta(days=7)
 Step = Callable[[AsyncSession], Awaitable[object]]
 
 
-async def at_once(db: Database, owner_db: Database, org_id: uuid.UUID, step: Step) -> Exception:
+async def at_once(
+    db: Database, owner_db: Database, org_id: uuid.UUID, step: Step
+) -> tuple[object, object]:
     """`step` in one transaction, and again in another started while the first holds what
-    it wrote (PostgreSQL: seen waiting for it); the first commits. The second's error."""
+    it wrote (PostgreSQL: seen waiting for it); the first commits. What each answered
+    (the second's error, if it raised)."""
 
-    async def second() -> None:
+    async def second() -> object:
         async with db.session(org_id) as session:
-            await step(session)
+            return await step(session)
 
     async with db.session(org_id) as session:
-        await step(session)
+        first = await step(session)
         task = asyncio.create_task(second())
         if db.dialect == "postgresql":
             await asyncio.wait_for(waiting_for_a_lock(owner_db), 30)
-    with pytest.raises(Exception) as raised:
-        await task
-    return raised.value
+    try:
+        return first, await task
+    except Exception as error:
+        return first, error
 
 
 def deletion(app: Starlette, admin: Actor) -> Step:
@@ -106,7 +109,7 @@ async def test_two_deletion_requests_at_once_leave_one(
     """Given a deletion request not yet committed, when a second one runs meanwhile, then
     it waits and answers CONFLICT: one PENDING request, one audit event (PostgreSQL:
     two PENDING requests before)."""
-    second = await at_once(db, owner_db, admin.org_id, deletion(app, admin))
+    _, second = await at_once(db, owner_db, admin.org_id, deletion(app, admin))
 
     assert isinstance(second, Conflict), second
     assert second.message == "The workspace's deletion is already scheduled"
@@ -123,7 +126,7 @@ async def test_two_cancellations_at_once_cancel_once(
     async with db.session(admin.org_id) as session:
         await deletion(app, admin)(session)
 
-    second = await at_once(db, owner_db, admin.org_id, cancellation(admin))
+    _, second = await at_once(db, owner_db, admin.org_id, cancellation(admin))
 
     assert isinstance(second, NotFound), second
     assert await deletion_requests(db, admin.org_id) == [DataRequestStatus.CANCELLED]
@@ -153,3 +156,30 @@ async def test_a_cancellation_at_the_workers_claim_is_seen_or_refused(
         organization = await session.get(Organization, admin.org_id)
         assert organization is not None
         assert organization.deletion_scheduled_at is None
+
+
+async def test_two_erasures_of_a_contact_at_once_are_one_request(
+    db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a contact's erasure not yet committed, when a second erasure of it runs
+    meanwhile, then it waits and answers the first's request: one erasure request, one
+    audit event (PostgreSQL: two of each before)."""
+    async with db.session(admin.org_id) as session:
+        contact = await create_contact(session)
+
+    async def erase(session: AsyncSession) -> object:
+        return await lifecycle_requests.erase_contact(
+            session, principal_of(admin), RequestMeta(), contact_id=contact.id
+        )
+
+    first, second = await at_once(db, owner_db, admin.org_id, erase)
+
+    assert isinstance(first, DataRequest)
+    assert isinstance(second, DataRequest), second
+    assert second.id == first.id
+    async with db.session(admin.org_id) as session:
+        kinds = await session.exec(
+            select(DataRequest.kind).where(DataRequest.subject_id == contact.id)
+        )
+        assert kinds.all() == [DataRequestKind.CONTACT_ERASURE]
+    assert await audited(db, admin.org_id, Action.CONTACT_ERASURE_REQUESTED) == 1

@@ -116,18 +116,17 @@ async def erase_contact(
     Idempotent: erasing a contact already erased answers its erasure request.
     """
     principal.require(PERMISSION)
-    earlier = (
-        await session.exec(
-            select(DataRequest).where(
-                DataRequest.kind == DataRequestKind.CONTACT_ERASURE,
-                DataRequest.subject_id == contact_id,
-            )
-        )
-    ).first()
+    earlier = await _erasure_of(session, contact_id)
     if earlier is not None:
         return earlier
-    contact = await session.get(Contact, contact_id)
+    # Locked: a second erasure at once waits here, then finds the contact erased (hidden
+    # from this read) and answers the first's request (PostgreSQL; SQLite writes one
+    # transaction at a time).
+    contact = await session.get(Contact, contact_id, with_for_update=True, populate_existing=True)
     if contact is None:
+        erased_meanwhile = await _erasure_of(session, contact_id)
+        if erased_meanwhile is not None:
+            return erased_meanwhile
         raise NotFound("Contact not found")
     now = utcnow()
     await tombstone_contact(session, contact, now=now, broker=broker)
@@ -158,6 +157,17 @@ async def erase_contact(
         request,
     )
     return request
+
+
+async def _erasure_of(session: AsyncSession, contact_id: uuid.UUID) -> DataRequest | None:
+    return (
+        await session.exec(
+            select(DataRequest).where(
+                DataRequest.kind == DataRequestKind.CONTACT_ERASURE,
+                DataRequest.subject_id == contact_id,
+            )
+        )
+    ).first()
 
 
 async def export_contact_data(
