@@ -1,4 +1,4 @@
-"""Workspace deletion requests at once: one deletion, one cancellation, one claim.
+"""Lifecycle requests at once: one deletion, one cancellation, one claim, one erasure.
 
 Two `requestWorkspaceDeletion` calls at once used to leave two PENDING deletion requests
 on PostgreSQL (each read the workspace before the other wrote it). A leftover one is
