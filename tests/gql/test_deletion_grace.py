@@ -30,7 +30,7 @@ from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
 from weflux.db import Database
-from weflux.models import Organization, utcnow
+from weflux.models import MessageStatus, Organization, utcnow
 
 MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
@@ -240,14 +240,15 @@ SEND = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id st
 
 
 @postgres_only
-async def test_a_reply_running_when_the_deletion_is_requested_is_never_queued(
+async def test_a_reply_running_when_the_deletion_is_requested_commits_first_and_fails(
     client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor, scene: Scene
 ) -> None:
     """Given an Admin's sendMessage past every check and held at its write (the
-    conversation's row locked elsewhere), when the deletion is requested and commits
-    meanwhile, then the reply answers FORBIDDEN and no message is left QUEUED (one was,
-    committed after the deletion, with the number's credentials gone: before). PostgreSQL:
-    SQLite writes one transaction at a time, and the test above pins its commit check."""
+    conversation's row locked elsewhere), when the deletion is requested meanwhile, then
+    the request waits for the reply (the workspace's deletion lock, which every mutation
+    shares from its start), and fails it once committed: never left QUEUED (it was,
+    committed after the deletion with the number's credentials gone, before). PostgreSQL:
+    SQLite writes one transaction at a time; the test above pins its commit check."""
     api = Api(client)
     variables = {
         "input": {"conversationId": gid("Conversation", scene.conversation.id), "text": "hi"}
@@ -260,10 +261,12 @@ async def test_a_reply_running_when_the_deletion_is_requested_is_never_queued(
         )
         reply = asyncio.create_task(api(admin, SEND, variables))
         await asyncio.wait_for(waiting_for_a_lock(owner_db), 30)
-        deleted = await api(admin, DELETE)
+        deletion = asyncio.create_task(api(admin, DELETE))
+        await asyncio.wait_for(waiting_for_a_lock(owner_db, backends=2), 30)
         await holder.rollback()
-    replied = await reply
+    replied, deleted = await reply, await deletion
 
+    assert "errors" not in replied, replied
     assert "errors" not in deleted, deleted
-    assert refusal(replied) == DELETING
-    assert [m.status for m in await all_messages(db, admin.org_id)] == []
+    [message] = await all_messages(db, admin.org_id)
+    assert (message.status, message.error_title) == (MessageStatus.FAILED, "workspace deletion")

@@ -45,7 +45,7 @@ from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.nul import nul_error
 from weflux.gql.operations import operation_error
-from weflux.gql.policy import refusal_at_commit, root_fields, screen
+from weflux.gql.policy import refusal_at_commit, refusal_at_start, root_fields, screen
 from weflux.nul import holds_nul
 from weflux.throttle.leaky_bucket import Charge
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter, per_ip
@@ -188,8 +188,9 @@ def current_operation() -> OperationScope | None:
 async def refused_at_commit(
     scope: OperationScope, principal: Principal | None
 ) -> GraphQLError | None:
-    """Whether a mutation that ran without errors may commit (`policy.refusal_at_commit`):
-    the transports ask just before they settle its unit."""
+    """Whether a mutation that ran without errors may commit (`policy.refusal_at_commit`,
+    SQLite; PostgreSQL's was read as it started): the transports ask just before they
+    settle its unit."""
     if scope.operation is not OperationType.MUTATION or scope.unit is None or principal is None:
         return None
     return await refusal_at_commit(scope.unit, principal.org_id, scope.fields)
@@ -318,6 +319,8 @@ class OperationGuard(SchemaExtension):
                 unit = await scope.ensure_unit()
                 if cost.operation is OperationType.QUERY and unit is not None:
                     await begin_read_only(unit)
+                elif unit is not None and context.principal is not None:
+                    return await refusal_at_start(unit, context.principal.org_id, scope.fields)
         return None
 
     async def get_results(self) -> dict[str, Any]:

@@ -32,6 +32,7 @@ from graphql import (
     get_operation_ast,
 )
 from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import (
@@ -46,6 +47,7 @@ from weflux.auth.principal import Principal
 from weflux.db import Database
 from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
 from weflux.models import Organization
+from weflux.services.sessions import share_deletion_lock
 from weflux.services.two_factor import require_recent_authentication
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
@@ -123,29 +125,55 @@ async def screen(
 
 
 _ORGANIZATIONS = Organization.__table__  # type: ignore[attr-defined]
-_DELETION_SCHEDULED = (
-    select(_ORGANIZATIONS.c.deletion_scheduled_at)
-    .where(_ORGANIZATIONS.c.id == bindparam("org_id"))
-    .with_for_update(read=True)
+_DELETION_SCHEDULED = select(_ORGANIZATIONS.c.deletion_scheduled_at).where(
+    _ORGANIZATIONS.c.id == bindparam("org_id")
 )
+
+
+async def refusal_at_start(
+    unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
+) -> GraphQLError | None:
+    """PostgreSQL: the grace period's refusal of a mutation, read again as it starts,
+    under the workspace's deletion lock taken for share until it commits.
+
+    `screen` judged the mutation from the session; a deletion requested since (it ends
+    every session, but not the operations already running) must not see the mutation's
+    writes commit after its own. `requestWorkspaceDeletion` takes the lock alone
+    (`sessions.take_deletion_lock`) before anything else, so it waits for every mutation
+    running, and then fails what they queued and destroys what they stored; a mutation
+    that starts after it committed reads the deletion here. Taken before any row, so no
+    mutation holds a row the request needs while waiting for it (no deadlock).
+    """
+    if not _checked(unit, fields, "postgresql"):
+        return None
+    connection = await unit.connection()
+    await share_deletion_lock(connection, org_id)
+    return await _refusal(connection, org_id)
 
 
 async def refusal_at_commit(
     unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
 ) -> GraphQLError | None:
-    """The grace period's refusal of a mutation whose deletion came while it ran.
-
-    `screen` judged the mutation as it started; a deletion requested since (it ends every
-    session, but not the operations already running) must not see writes of it commit
-    after its own. Run last in the mutation's transaction, before its commit: the
-    workspace's row read for share (PostgreSQL; SQLite writes one transaction at a time),
-    so a deletion that wrote it first is waited for and seen, and one that comes later
-    waits for this commit and then fails what it queued, ends what it opened. A
-    mutation that opened no transaction wrote nothing: no statement.
-    """
-    if not unit.in_transaction() or not fields - COMMITS_WHILE_DELETING:
+    """SQLite: the same, read just before the mutation's commit, in its transaction: a
+    writer holds the database's write lock from its first statement, so the deletion
+    either committed before it (seen here) or waits for it. A mutation that opened no
+    transaction wrote nothing: no statement."""
+    if not unit.in_transaction() or not _checked(unit, fields, "sqlite"):
         return None
-    connection = await unit.connection()  # Core: the workspace's own row, by its key
+    return await _refusal(await unit.connection(), org_id)
+
+
+def _checked(unit: AsyncSession, fields: frozenset[str], dialect: str) -> bool:
+    bind = unit.bind
+    return (
+        bool(fields - COMMITS_WHILE_DELETING)
+        and bind is not None
+        and (bind.dialect.name == dialect)
+    )
+
+
+async def _refusal(connection: AsyncConnection, org_id: uuid.UUID) -> GraphQLError | None:
+    """FORBIDDEN while the workspace's deletion is scheduled (Core: one row, by its key)."""
     scheduled = (await connection.execute(_DELETION_SCHEDULED, {"org_id": org_id})).first()
     if scheduled is None or scheduled[0] is None:
         return None

@@ -255,6 +255,8 @@ async def request_workspace_deletion(
     """Schedule the workspace's deletion after `grace`; at once end every session,
     stop sending and destroy every credential."""
     principal.require(PERMISSION)
+    # First: mutations running in the workspace commit before this, or not at all.
+    await session_service.take_deletion_lock(session, principal.org_id)
     organization = await _locked_for_update(session, principal.org_id)
     if organization is None:
         raise NotFound("Workspace not found")
@@ -268,9 +270,9 @@ async def request_workspace_deletion(
     now = utcnow()
     organization.deletion_scheduled_at = now + grace
     session.add(organization)
-    # Written first (and locked since it was read): a session being opened, a credential
-    # being stored or a mutation being committed holds the row for share
-    # (sessions.locked_workspace), so this waits for them, and what follows sees them.
+    # Written first (and locked since it was read): a session being opened or a credential
+    # being stored holds the row for share (sessions.locked_workspace), so this waits for
+    # them, and what follows sees them.
     await session.flush()
     request = _new_request(
         DataRequestKind.WORKSPACE_DELETION, principal, now=now, run_after=now + grace

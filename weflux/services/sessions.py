@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -118,6 +119,31 @@ async def refuse_while_deleting(session: AsyncSession, org_id: uuid.UUID) -> Non
     the deletion was requested, past the grace period's rule (weflux.gql.policy)."""
     if (await locked_workspace(session, org_id)).deletion_scheduled_at is not None:
         raise Forbidden(DELETING_WORKSPACE_MESSAGE)
+
+
+# An advisory lock per workspace (class, hashtext of its id): every mutation that may not
+# commit during a grace period holds it for share until it commits; the deletion request
+# takes it alone, first (weflux.gql.policy.refusal_at_start). PostgreSQL only.
+DELETION_LOCK_CLASS = 1718  # FEED_LOCK_CLASS is 1717
+_SHARE_DELETION_LOCK = text("SELECT pg_advisory_xact_lock_shared(:lock_class, hashtext(:org))")
+_TAKE_DELETION_LOCK = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))")
+
+
+async def share_deletion_lock(connection: AsyncConnection, org_id: uuid.UUID) -> None:
+    """Hold off the workspace's deletion request until this transaction ends."""
+    await connection.execute(
+        _SHARE_DELETION_LOCK, {"lock_class": DELETION_LOCK_CLASS, "org": str(org_id)}
+    )
+
+
+async def take_deletion_lock(session: AsyncSession, org_id: uuid.UUID) -> None:
+    """Wait for every mutation running in the workspace (PostgreSQL), and keep new ones
+    waiting until this transaction ends: first in a deletion request, before any row."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            _TAKE_DELETION_LOCK, {"lock_class": DELETION_LOCK_CLASS, "org": str(org_id)}
+        )
 
 
 def listing_workspaces(pair: TokenPair, workspaces: Sequence[Workspace]) -> TokenPair:
