@@ -9,17 +9,16 @@ unless it is added to `GRACE_PERIOD_OPERATIONS`.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import httpx
-from sqlalchemy import text, update
-from sqlmodel import col
+from sqlalchemy import text
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import postgres_only, waiting_for_a_lock
+from tests.fixtures.deletion import schedule_deletion
 from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.inbox import Api, gid
 from tests.fixtures.isolation import snapshot
@@ -30,7 +29,7 @@ from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
 from weflux.db import Database
-from weflux.models import MessageStatus, Organization, utcnow
+from weflux.models import MessageStatus
 
 MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
@@ -188,17 +187,6 @@ async def test_no_document_shape_gets_a_refused_mutation_past_the_grace_period(
     assert await snapshot(owner_db, admin.org_id) == before
 
 
-async def schedule_deletion_unseen(db: Database, org_id: uuid.UUID) -> None:
-    """A deletion as a mutation already past its checks sees it: scheduled, no session
-    ended (the request ends them; an operation already running keeps going)."""
-    async with db.session(org_id) as session:
-        await session.exec(
-            update(Organization)
-            .where(col(Organization.id) == org_id)
-            .values(deletion_scheduled_at=utcnow())
-        )
-
-
 async def test_a_mutation_judged_before_the_deletion_commits_nothing_after_it(
     client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
 ) -> None:
@@ -208,7 +196,7 @@ async def test_a_mutation_judged_before_the_deletion_commits_nothing_after_it(
     again, under the workspace's lock, just before the commit (committed before)."""
     api = Api(client)
     await api(admin, ORGANIZATION)
-    await schedule_deletion_unseen(db, admin.org_id)
+    await schedule_deletion(db, admin.org_id)
     before = await snapshot(owner_db, admin.org_id)
 
     created = await api(admin, CREATE_LABEL)
@@ -226,7 +214,7 @@ async def test_a_socket_mutation_judged_before_the_deletion_commits_nothing_afte
         httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http,
     ):
         socket = await GraphQLSocket.connect(live, await Api(http).token(admin))
-        await schedule_deletion_unseen(db, admin.org_id)
+        await schedule_deletion(db, admin.org_id)
         before = await snapshot(owner_db, admin.org_id)
 
         created = await socket.next(await socket.subscribe(CREATE_LABEL))

@@ -9,21 +9,19 @@ The fake Cloud API holds the check while the deletion commits.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import pytest
 from sqlmodel import select
 from starlette.applications import Starlette
 
+from tests.fixtures.deletion import request_deletion
 from tests.fixtures.factories import Actor
 from tests.fixtures.meta import BUSINESS_ACCOUNT_ID, PHONE_NUMBER_ID
 from tests.fixtures.outbound import make_account
 from tests.fixtures.principals import principal_of
 from weflux.db import Database
 from weflux.errors import Forbidden
-from weflux.lifecycle import requests as lifecycle_requests
 from weflux.models import WhatsAppAccount
-from weflux.runtime import runtime_of
 from weflux.sandbox.cloud_api import FakeCloudApi
 from weflux.services import channels
 from weflux.services.audit import RequestMeta
@@ -31,18 +29,6 @@ from weflux.services.channels import Services
 
 NEW_TOKEN = "EAAGtestACCESStokenFORweflux0000000000000009"
 SECRETS = ("access_token_enc", "app_secret_enc", "webhook_verify_token_enc")
-
-
-async def request_deletion(app: Starlette, db: Database, admin: Actor) -> None:
-    async with db.session(admin.org_id) as session:
-        await lifecycle_requests.request_workspace_deletion(
-            session,
-            runtime_of(app).authenticator,
-            principal_of(admin),
-            RequestMeta(),
-            confirm_name="Acme",
-            grace=timedelta(days=7),
-        )
 
 
 async def accounts(db: Database, admin: Actor) -> list[WhatsAppAccount]:

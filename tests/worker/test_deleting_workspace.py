@@ -8,20 +8,15 @@ escapes both) must still never leave, nor wait QUEUED for ever.
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 from starlette.applications import Starlette
 
+from tests.fixtures.deletion import request_deletion
 from tests.fixtures.factories import Actor, create_message
 from tests.fixtures.outbound import Scene, load_message
-from tests.fixtures.principals import principal_of
 from weflux.config import Settings
 from weflux.db import Database
-from weflux.lifecycle import requests as lifecycle_requests
 from weflux.models import Conversation, MessageDirection, MessageStatus, utcnow
-from weflux.runtime import runtime_of
 from weflux.sandbox.cloud_api import FakeCloudApi
-from weflux.services.audit import RequestMeta
 from weflux.services.channels import Services
 from weflux.worker.delivery import deliver_due_messages
 
@@ -38,15 +33,7 @@ async def test_a_message_queued_after_the_deletion_request_fails_unsent(
     """Given a workspace whose deletion was requested, when a reply is queued after it
     (past every check), then the worker's next run fails it, "the WhatsApp number was
     disconnected", and Meta is never called."""
-    async with db.session(admin.org_id) as session:
-        await lifecycle_requests.request_workspace_deletion(
-            session,
-            runtime_of(app).authenticator,
-            principal_of(admin),
-            RequestMeta(),
-            confirm_name="Acme",
-            grace=timedelta(days=7),
-        )
+    await request_deletion(app, db, admin)
     async with db.session(admin.org_id) as session:
         conversation = await session.get(Conversation, scene.conversation.id)
         assert conversation is not None

@@ -257,9 +257,8 @@ async def request_workspace_deletion(
     principal.require(PERMISSION)
     # First: mutations running in the workspace commit before this, or not at all.
     await session_service.take_deletion_lock(session, principal.org_id)
-    organization = await _locked_for_update(session, principal.org_id)
-    if organization is None:
-        raise NotFound("Workspace not found")
+    # Locked: a second request at once waits here, then sees this one's outcome.
+    organization = await session_service.locked_workspace(session, principal.org_id, update=True)
     if organization.deletion_scheduled_at is not None:
         raise Conflict("The workspace's deletion is already scheduled")
     if confirm_name.strip() != organization.name.strip():
@@ -316,22 +315,6 @@ async def request_workspace_deletion(
     return request
 
 
-async def _locked_for_update(session: AsyncSession, org_id: uuid.UUID) -> Organization | None:
-    """The workspace's row, locked until the transaction ends: two requests (or cancels)
-    at once are one after the other, and the second sees the first's outcome
-    (PostgreSQL; SQLite writes one transaction at a time). FOR NO KEY UPDATE, as the
-    row's UPDATE would take: it waits for readers for share (`locked_workspace`), not for
-    the foreign-key checks of every insert in the workspace."""
-    return (
-        await session.exec(
-            select(Organization)
-            .where(Organization.id == org_id)
-            .with_for_update(key_share=True)
-            .execution_options(populate_existing=True)
-        )
-    ).first()
-
-
 async def _destroy_credentials(session: AsyncSession, now: datetime) -> None:
     """Every number disconnected with its secrets gone; the SMTP password gone."""
     await session.exec(
@@ -352,7 +335,7 @@ async def cancel_workspace_deletion(
 ) -> DataRequest:
     """Cancel a scheduled deletion during its grace period (credentials stay destroyed)."""
     principal.require(PERMISSION)
-    organization = await _locked_for_update(session, principal.org_id)
+    organization = await session_service.locked_workspace(session, principal.org_id, update=True)
     request = (
         await session.exec(
             select(DataRequest)
@@ -364,7 +347,7 @@ async def cancel_workspace_deletion(
             .execution_options(populate_existing=True)
         )
     ).first()
-    if organization is None or request is None or organization.deletion_scheduled_at is None:
+    if request is None or organization.deletion_scheduled_at is None:
         raise NotFound("No workspace deletion is scheduled")
     now = utcnow()
     organization.deletion_scheduled_at = None

@@ -95,19 +95,23 @@ async def open_session(
     return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
 
 
-async def locked_workspace(session: AsyncSession, org_id: uuid.UUID) -> Organization:
+async def locked_workspace(
+    session: AsyncSession, org_id: uuid.UUID, *, update: bool = False
+) -> Organization:
     """The workspace's row read again, locked for share until the transaction ends.
 
     `requestWorkspaceDeletion` writes that row first, then ends every session and destroys
     every credential: a transaction that read it here and then opens a session or stores
     a credential is waited for and its row ended or destroyed too, or it sees the
-    deletion (PostgreSQL; SQLite writes one transaction at a time).
+    deletion (PostgreSQL; SQLite writes one transaction at a time). `update`: locked as
+    its UPDATE would (FOR NO KEY UPDATE; not FOR UPDATE, which every insert's foreign-key
+    check waits for), by one that writes it after reading it (a deletion, a cancellation).
     """
     return (
         await session.exec(
             select(Organization)
             .where(Organization.id == org_id)
-            .with_for_update(read=True)
+            .with_for_update(read=not update, key_share=update)
             .execution_options(populate_existing=True)
         )
     ).one()
