@@ -11,7 +11,10 @@
    `weflux.auth.permissions`, the one list) needs an authentication of the session
    within `WEFLUX_REAUTHENTICATION_WINDOW`, else `REAUTHENTICATION_REQUIRED`.
 
-`weflux.gql.guard.OperationGuard` calls `screen` once the operation is valid.
+`weflux.gql.guard.OperationGuard` calls `screen` once the operation is valid. A mutation
+judged before a deletion was requested is judged again against the database: as it starts,
+under the workspace's deletion lock (`refusal_at_start`, PostgreSQL), or just before its
+commit (`refusal_at_commit`, SQLite).
 """
 
 from __future__ import annotations

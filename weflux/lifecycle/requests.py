@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import feed_values
+from weflux.auth.scoping import feed_values, lock_feed
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.lifecycle.erasure import tombstone_contact
 from weflux.models import (
@@ -121,7 +121,9 @@ async def erase_contact(
         return earlier
     # Locked: a second erasure at once waits here, then finds the contact erased (hidden
     # from this read) and answers the first's request (PostgreSQL; SQLite writes one
-    # transaction at a time).
+    # transaction at a time). The feed's lock first, as every writer of several feed rows
+    # takes it (webhooks: then the contact's row), so the row lock cannot deadlock.
+    await lock_feed(session)
     contact = await session.get(Contact, contact_id, with_for_update=True, populate_existing=True)
     if contact is None:
         erased_meanwhile = await _erasure_of(session, contact_id)
