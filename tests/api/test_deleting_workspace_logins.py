@@ -10,24 +10,24 @@ before the deletion was asked) must hold too.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any
 
 import httpx
 import pytest
 from sqlalchemy import update
-from sqlmodel import col, select
+from sqlmodel import select
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.databases import postgres_only
+from tests.fixtures.deletion import schedule_deletion
 from tests.fixtures.factories import PASSWORD, Actor, create_membership
 from tests.fixtures.principals import principal_of
 from tests.fixtures.two_factor import enroll, mfa_login
 from weflux.db import Database
 from weflux.errors import Forbidden
 from weflux.ids import encode_global_id
-from weflux.models import AuthSession, Membership, Organization, Role, SmtpSettings, utcnow
+from weflux.models import AuthSession, Membership, Organization, Role, SmtpSettings
 from weflux.runtime import runtime_of
 from weflux.services import sessions as session_service
 from weflux.services import smtp as smtp_service
@@ -35,16 +35,6 @@ from weflux.services.audit import RequestMeta
 
 INVITE = """mutation ($input: InviteMemberInput!) { inviteMember(input: $input) { token } }"""
 DELETING = {"code": "FORBIDDEN", "message": "This workspace is being deleted"}
-
-
-async def schedule_deletion(db: Database, org_id: uuid.UUID) -> None:
-    """What requestWorkspaceDeletion leaves on the workspace (its sessions are revoked)."""
-    async with db.session(org_id) as session:
-        await session.exec(
-            update(Organization)
-            .where(col(Organization.id) == org_id)
-            .values(deletion_scheduled_at=utcnow())
-        )
 
 
 async def test_the_second_factor_opens_no_agent_session_in_a_deleting_workspace(

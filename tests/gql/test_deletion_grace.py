@@ -8,22 +8,28 @@ unless it is added to `GRACE_PERIOD_OPERATIONS`.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from starlette.applications import Starlette
 
 from tests.fixtures.api import gql, token_for
 from tests.fixtures.app import HTTP_TIMEOUT
+from tests.fixtures.databases import postgres_only, waiting_for_a_lock
+from tests.fixtures.deletion import schedule_deletion
 from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.inbox import Api, gid
 from tests.fixtures.isolation import snapshot
 from tests.fixtures.live import closed_with, live_server
+from tests.fixtures.outbound import Scene, all_messages
 from tests.fixtures.schema_documents import SCHEMA, document_of
 from tests.fixtures.two_factor import enroll, require_two_factors
 from tests.fixtures.ws import GraphQLSocket
 from weflux.auth.permissions import DELETING_WORKSPACE_MESSAGE, GRACE_PERIOD_OPERATIONS
 from weflux.db import Database
+from weflux.models import MessageStatus
 
 MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
@@ -179,3 +185,76 @@ async def test_no_document_shape_gets_a_refused_mutation_past_the_grace_period(
     assert read["data"] == {"organization": {"name": "Acme"}}
     assert typename["data"] == {"__typename": "Mutation"}
     assert await snapshot(owner_db, admin.org_id) == before
+
+
+async def test_a_mutation_judged_before_the_deletion_commits_nothing_after_it(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """Given a session that knew of no deletion (its principal cached, as a mutation
+    running when the deletion was requested was judged), when the deletion is scheduled
+    and then its mutation commits, then FORBIDDEN and nothing changes: the rule is read
+    again, under the workspace's lock, just before the commit (committed before)."""
+    api = Api(client)
+    await api(admin, ORGANIZATION)
+    await schedule_deletion(db, admin.org_id)
+    before = await snapshot(owner_db, admin.org_id)
+
+    created = await api(admin, CREATE_LABEL)
+
+    assert refusal(created) == DELETING
+    assert await snapshot(owner_db, admin.org_id) == before
+
+
+async def test_a_socket_mutation_judged_before_the_deletion_commits_nothing_after_it(
+    broker_app: Starlette, db: Database, owner_db: Database, admin: Actor
+) -> None:
+    """The same over a socket opened before the deletion (committed before)."""
+    async with (
+        live_server(broker_app) as live,
+        httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=live) as http,
+    ):
+        socket = await GraphQLSocket.connect(live, await Api(http).token(admin))
+        await schedule_deletion(db, admin.org_id)
+        before = await snapshot(owner_db, admin.org_id)
+
+        created = await socket.next(await socket.subscribe(CREATE_LABEL))
+
+        assert refusal(created["payload"]) == DELETING
+        assert await snapshot(owner_db, admin.org_id) == before
+        await socket.close()
+
+
+SEND = "mutation($input: SendMessageInput!) { sendMessage(input: $input) { id status } }"
+
+
+@postgres_only
+async def test_a_reply_running_when_the_deletion_is_requested_commits_first_and_fails(
+    client: httpx.AsyncClient, db: Database, owner_db: Database, admin: Actor, scene: Scene
+) -> None:
+    """Given an Admin's sendMessage past every check and held at its write (the
+    conversation's row locked elsewhere), when the deletion is requested meanwhile, then
+    the request waits for the reply (the workspace's deletion lock, which every mutation
+    shares from its start), and fails it once committed: never left QUEUED (it was,
+    committed after the deletion with the number's credentials gone, before). PostgreSQL:
+    SQLite writes one transaction at a time; the test above pins its commit check."""
+    api = Api(client)
+    variables = {
+        "input": {"conversationId": gid("Conversation", scene.conversation.id), "text": "hi"}
+    }
+    await api.token(admin)
+    async with owner_db.engine.connect() as holder:
+        await holder.execute(
+            text("SELECT id FROM conversations WHERE id = :id FOR NO KEY UPDATE"),
+            {"id": scene.conversation.id},
+        )
+        reply = asyncio.create_task(api(admin, SEND, variables))
+        await asyncio.wait_for(waiting_for_a_lock(owner_db), 30)
+        deletion = asyncio.create_task(api(admin, DELETE))
+        await asyncio.wait_for(waiting_for_a_lock(owner_db, backends=2), 30)
+        await holder.rollback()
+    replied, deleted = await reply, await deletion
+
+    assert "errors" not in replied, replied
+    assert "errors" not in deleted, deleted
+    [message] = await all_messages(db, admin.org_id)
+    assert (message.status, message.error_title) == (MessageStatus.FAILED, "workspace deletion")

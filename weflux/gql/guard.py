@@ -45,7 +45,7 @@ from weflux.gql.cost import OperationCost, operation_cost
 from weflux.gql.documents import DocumentCache, validation_errors
 from weflux.gql.nul import nul_error
 from weflux.gql.operations import operation_error
-from weflux.gql.policy import screen
+from weflux.gql.policy import refusal_at_commit, refusal_at_start, root_fields, screen
 from weflux.nul import holds_nul
 from weflux.throttle.leaky_bucket import Charge
 from weflux.throttle.ratelimit import ALLOWED, RateLimitDecision, RateLimiter, per_ip
@@ -100,6 +100,7 @@ class OperationScope:
     ) -> None:
         self.unit = unit
         self.operation: OperationType | None = None  # known once validated
+        self.fields: frozenset[str] = frozenset()  # a mutation's root fields
         self.report: dict[str, Any] | None = None
         self.answered = False  # its result was sent (the socket's first `next`)
         self.expired = False
@@ -182,6 +183,17 @@ async def operation_scope(
 def current_operation() -> OperationScope | None:
     """The operation this task runs, inside `operation_scope`."""
     return _current.get()
+
+
+async def refused_at_commit(
+    scope: OperationScope, principal: Principal | None
+) -> GraphQLError | None:
+    """Whether a mutation that ran without errors may commit (`policy.refusal_at_commit`,
+    SQLite; PostgreSQL's was read as it started): the transports ask just before they
+    settle its unit."""
+    if scope.operation is not OperationType.MUTATION or scope.unit is None or principal is None:
+        return None
+    return await refusal_at_commit(scope.unit, principal.org_id, scope.fields)
 
 
 def timeout_error() -> GraphQLError:
@@ -284,6 +296,10 @@ class OperationGuard(SchemaExtension):
         self._report = cost_report(cost, charge)
         if scope is not None:
             scope.operation, scope.report = cost.operation, self._report
+            if cost.operation is OperationType.MUTATION:
+                scope.fields = frozenset(
+                    root_fields(execution.graphql_document, execution.operation_name)
+                )
         if too_complex:
             return GraphQLError(
                 f"This operation could return up to {cost.nodes:,} nodes; the limit is "
@@ -303,6 +319,8 @@ class OperationGuard(SchemaExtension):
                 unit = await scope.ensure_unit()
                 if cost.operation is OperationType.QUERY and unit is not None:
                     await begin_read_only(unit)
+                elif unit is not None and context.principal is not None:
+                    return await refusal_at_start(unit, context.principal.org_id, scope.fields)
         return None
 
     async def get_results(self) -> dict[str, Any]:

@@ -11,11 +11,15 @@
    `weflux.auth.permissions`, the one list) needs an authentication of the session
    within `WEFLUX_REAUTHENTICATION_WINDOW`, else `REAUTHENTICATION_REQUIRED`.
 
-`weflux.gql.guard.OperationGuard` calls `screen` once the operation is valid.
+`weflux.gql.guard.OperationGuard` calls `screen` once the operation is valid. A mutation
+judged before a deletion was requested is judged again against the database: as it starts,
+under the workspace's deletion lock (`refusal_at_start`, PostgreSQL), or just before its
+commit (`refusal_at_commit`, SQLite).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 
@@ -30,6 +34,9 @@ from graphql import (
     SelectionSetNode,
     get_operation_ast,
 )
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from weflux.auth.permissions import (
     DELETING_WORKSPACE_MESSAGE,
@@ -43,9 +50,13 @@ from weflux.auth.principal import Principal
 from weflux.db import Database
 from weflux.errors import ErrorCode, ReauthenticationRequired, Unauthenticated
 from weflux.models import Organization
+from weflux.services.sessions import share_deletion_lock
 from weflux.services.two_factor import require_recent_authentication
 
 INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
+# Mutations that commit during a grace period: the allowed ones, and the request itself
+# (it refuses a second one under the workspace's lock; weflux.lifecycle.requests).
+COMMITS_WHILE_DELETING = GRACE_PERIOD_OPERATIONS | INTROSPECTION | {"requestWorkspaceDeletion"}
 
 
 def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
@@ -114,6 +125,62 @@ async def screen(
             except (ReauthenticationRequired, Unauthenticated) as refusal:
                 return GraphQLError(refusal.message, extensions={"code": refusal.graphql_code})
     return None
+
+
+_ORGANIZATIONS = Organization.__table__  # type: ignore[attr-defined]
+_DELETION_SCHEDULED = select(_ORGANIZATIONS.c.deletion_scheduled_at).where(
+    _ORGANIZATIONS.c.id == bindparam("org_id")
+)
+
+
+async def refusal_at_start(
+    unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
+) -> GraphQLError | None:
+    """PostgreSQL: the grace period's refusal of a mutation, read again as it starts,
+    under the workspace's deletion lock taken for share until it commits.
+
+    `screen` judged the mutation from the session; a deletion requested since (it ends
+    every session, but not the operations already running) must not see the mutation's
+    writes commit after its own. `requestWorkspaceDeletion` takes the lock alone
+    (`sessions.take_deletion_lock`) before anything else, so it waits for every mutation
+    running, and then fails what they queued and destroys what they stored; a mutation
+    that starts after it committed reads the deletion here. Taken before any row, so no
+    mutation holds a row the request needs while waiting for it (no deadlock).
+    """
+    if not _checked(unit, fields, "postgresql"):
+        return None
+    connection = await unit.connection()
+    await share_deletion_lock(connection, org_id)
+    return await _refusal(connection, org_id)
+
+
+async def refusal_at_commit(
+    unit: AsyncSession, org_id: uuid.UUID, fields: frozenset[str]
+) -> GraphQLError | None:
+    """SQLite: the same, read just before the mutation's commit, in its transaction: a
+    writer holds the database's write lock from its first statement, so the deletion
+    either committed before it (seen here) or waits for it. A mutation that opened no
+    transaction wrote nothing: no statement."""
+    if not unit.in_transaction() or not _checked(unit, fields, "sqlite"):
+        return None
+    return await _refusal(await unit.connection(), org_id)
+
+
+def _checked(unit: AsyncSession, fields: frozenset[str], dialect: str) -> bool:
+    bind = unit.bind
+    return (
+        bool(fields - COMMITS_WHILE_DELETING)
+        and bind is not None
+        and (bind.dialect.name == dialect)
+    )
+
+
+async def _refusal(connection: AsyncConnection, org_id: uuid.UUID) -> GraphQLError | None:
+    """FORBIDDEN while the workspace's deletion is scheduled (Core: one row, by its key)."""
+    scheduled = (await connection.execute(_DELETION_SCHEDULED, {"org_id": org_id})).first()
+    if scheduled is None or scheduled[0] is None:
+        return None
+    return GraphQLError(DELETING_WORKSPACE_MESSAGE, extensions={"code": ErrorCode.FORBIDDEN})
 
 
 async def _deletion_scheduled(db: Database, principal: Principal) -> bool:

@@ -47,6 +47,7 @@ from weflux.gql.guard import (
     current_operation,
     hit_request_limits,
     operation_scope,
+    refused_at_commit,
     timeout_error,
 )
 from weflux.realtime.caps import TOO_MANY_SOCKETS_CLOSE, TooManySockets, admission_of
@@ -249,6 +250,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         ):
             scope.answered = True
             payload: dict[str, Any] = dict(message["payload"])
+            if not payload.get("errors"):
+                refusal = await refused_at_commit(scope, self.context.principal)
+                if refusal is not None:
+                    payload = {**payload, "data": None, "errors": [refusal.formatted]}
             if scope.unit is not None and not await settle(
                 scope.unit, commit=not payload.get("errors")
             ):

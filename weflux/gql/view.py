@@ -46,7 +46,13 @@ from weflux.client_ip import client_ip
 from weflux.db import settle
 from weflux.errors import ErrorCode, PayloadTooLarge, WefluxError, graphql_unauthenticated
 from weflux.gql.context import Context
-from weflux.gql.guard import DeadlineExceeded, hit_request_limits, operation_scope, timeout_error
+from weflux.gql.guard import (
+    DeadlineExceeded,
+    hit_request_limits,
+    operation_scope,
+    refused_at_commit,
+    timeout_error,
+)
 from weflux.gql.ide import graphiql_page
 from weflux.gql.socket import OperationHandler
 from weflux.realtime.caps import ADMISSION, Admission, TooManySockets
@@ -386,7 +392,7 @@ class GraphQLApp(GraphQL[Context, None]):
         scope = None
         try:
             async with operation_scope(context.session, seconds) as scope:
-                return await super().execute_single(
+                result = await super().execute_single(
                     request=request,
                     request_adapter=request_adapter,
                     sub_response=sub_response,
@@ -394,6 +400,13 @@ class GraphQLApp(GraphQL[Context, None]):
                     root_value=root_value,
                     request_data=request_data,
                 )
+                if not result.errors:
+                    refusal = await refused_at_commit(scope, context.principal)
+                    if refusal is not None:  # rolled back by `process_result`
+                        return ExecutionResult(
+                            data=None, errors=[refusal], extensions=result.extensions
+                        )
+                return result
         except DeadlineExceeded:
             report = scope.report if scope is not None else None
             return ExecutionResult(

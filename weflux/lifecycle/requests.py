@@ -18,7 +18,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from weflux.auth.authenticator import Authenticator
 from weflux.auth.permissions import Permission
 from weflux.auth.principal import Principal
-from weflux.auth.scoping import feed_values
+from weflux.auth.scoping import feed_values, lock_feed
 from weflux.errors import BadUserInput, Conflict, NotFound
 from weflux.lifecycle.erasure import tombstone_contact
 from weflux.models import (
@@ -116,18 +116,19 @@ async def erase_contact(
     Idempotent: erasing a contact already erased answers its erasure request.
     """
     principal.require(PERMISSION)
-    earlier = (
-        await session.exec(
-            select(DataRequest).where(
-                DataRequest.kind == DataRequestKind.CONTACT_ERASURE,
-                DataRequest.subject_id == contact_id,
-            )
-        )
-    ).first()
+    earlier = await _erasure_of(session, contact_id)
     if earlier is not None:
         return earlier
-    contact = await session.get(Contact, contact_id)
+    # Locked: a second erasure at once waits here, then finds the contact erased (hidden
+    # from this read) and answers the first's request (PostgreSQL; SQLite writes one
+    # transaction at a time). The feed's lock first, as every writer of several feed rows
+    # takes it (webhooks: then the contact's row), so the row lock cannot deadlock.
+    await lock_feed(session)
+    contact = await session.get(Contact, contact_id, with_for_update=True, populate_existing=True)
     if contact is None:
+        erased_meanwhile = await _erasure_of(session, contact_id)
+        if erased_meanwhile is not None:
+            return erased_meanwhile
         raise NotFound("Contact not found")
     now = utcnow()
     await tombstone_contact(session, contact, now=now, broker=broker)
@@ -158,6 +159,17 @@ async def erase_contact(
         request,
     )
     return request
+
+
+async def _erasure_of(session: AsyncSession, contact_id: uuid.UUID) -> DataRequest | None:
+    return (
+        await session.exec(
+            select(DataRequest).where(
+                DataRequest.kind == DataRequestKind.CONTACT_ERASURE,
+                DataRequest.subject_id == contact_id,
+            )
+        )
+    ).first()
 
 
 async def export_contact_data(
@@ -245,9 +257,10 @@ async def request_workspace_deletion(
     """Schedule the workspace's deletion after `grace`; at once end every session,
     stop sending and destroy every credential."""
     principal.require(PERMISSION)
-    organization = await session.get(Organization, principal.org_id)
-    if organization is None:
-        raise NotFound("Workspace not found")
+    # First: mutations running in the workspace commit before this, or not at all.
+    await session_service.take_deletion_lock(session, principal.org_id)
+    # Locked: a second request at once waits here, then sees this one's outcome.
+    organization = await session_service.locked_workspace(session, principal.org_id, update=True)
     if organization.deletion_scheduled_at is not None:
         raise Conflict("The workspace's deletion is already scheduled")
     if confirm_name.strip() != organization.name.strip():
@@ -258,8 +271,9 @@ async def request_workspace_deletion(
     now = utcnow()
     organization.deletion_scheduled_at = now + grace
     session.add(organization)
-    # Written first: a session being opened holds the row (sessions.open_session), so
-    # this waits for it, and the sessions listed below include it.
+    # Written first (and locked since it was read): a session being opened or a credential
+    # being stored holds the row for share (sessions.locked_workspace), so this waits for
+    # them, and what follows sees them.
     await session.flush()
     request = _new_request(
         DataRequestKind.WORKSPACE_DELETION, principal, now=now, run_after=now + grace
@@ -323,16 +337,19 @@ async def cancel_workspace_deletion(
 ) -> DataRequest:
     """Cancel a scheduled deletion during its grace period (credentials stay destroyed)."""
     principal.require(PERMISSION)
-    organization = await session.get(Organization, principal.org_id)
+    organization = await session_service.locked_workspace(session, principal.org_id, update=True)
     request = (
         await session.exec(
-            select(DataRequest).where(
+            select(DataRequest)
+            .where(
                 DataRequest.kind == DataRequestKind.WORKSPACE_DELETION,
                 col(DataRequest.status) == DataRequestStatus.PENDING,
             )
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
     ).first()
-    if organization is None or request is None or organization.deletion_scheduled_at is None:
+    if request is None or organization.deletion_scheduled_at is None:
         raise NotFound("No workspace deletion is scheduled")
     now = utcnow()
     organization.deletion_scheduled_at = None

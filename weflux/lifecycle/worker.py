@@ -118,7 +118,11 @@ async def _run(
     """Make an attempt at a data request; whether one was made."""
     db = lifecycle.db
     async with db.session(org_id) as session:
-        request = await session.get(DataRequest, request_id)
+        # Locked: a cancellation at once (it locks the row too) is either seen here or
+        # finds the request claimed, never overwritten by the claim.
+        request = await session.get(
+            DataRequest, request_id, with_for_update=True, populate_existing=True
+        )
         if request is None or request.status not in OPEN_STATUSES:
             return False
         if request.due_at <= now and request.overdue_reported_at is None:

@@ -191,6 +191,18 @@ class _Failure:
     www_authenticate: str | None = None
 
 
+@dataclass(eq=False)
+class Hold:
+    """A call held until `release()` (`FakeCloudApi.hold_next`): `reached` is set once it
+    arrived, so a test acts while a caller waits on Meta."""
+
+    reached: asyncio.Event = field(default_factory=asyncio.Event)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+
 class FakeCloudApi:
     """State and behaviour of the fake Cloud API; `app()` serves it over HTTP."""
 
@@ -201,6 +213,7 @@ class FakeCloudApi:
         self.sent: list[SentRecord] = []
         self._failures: deque[_Failure] = deque()
         self._delays: deque[float] = deque()
+        self._holds: deque[Hold] = deque()
         # Message templates per business account (`add_template`), in creation order.
         self.templates: dict[str, list[dict[str, Any]]] = {}
         # Media by id: received ones (`add_media`) and uploads (`POST /{number}/media`).
@@ -353,6 +366,12 @@ class FakeCloudApi:
         for _ in range(count):
             self._delays.append(seconds)
 
+    def hold_next(self) -> Hold:
+        """Hold the next call (after recording it) until the answer's `release()`."""
+        hold = Hold()
+        self._holds.append(hold)
+        return hold
+
     def reset(self) -> None:
         """Forget numbers, recorded requests, sent messages and planned failures or delays."""
         self.numbers.clear()
@@ -360,6 +379,9 @@ class FakeCloudApi:
         self.sent.clear()
         self._failures.clear()
         self._delays.clear()
+        for hold in self._holds:
+            hold.release()
+        self._holds.clear()
         self.templates.clear()
         self.media.clear()
         self.max_page_size = _MAX_PAGE_SIZE
@@ -602,6 +624,10 @@ class FakeCloudApi:
             client=(request.client.host, request.client.port) if request.client else None,
         )
         self.requests.append(record)
+        if self._holds:
+            hold = self._holds.popleft()
+            hold.reached.set()
+            await hold.released.wait()
         if self._delays:
             await _stall(request, self._delays.popleft())
         if self._failures:

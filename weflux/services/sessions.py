@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
-from sqlalchemy import update
+from sqlalchemy import text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -94,19 +95,23 @@ async def open_session(
     return TokenPair(access, refresh, organization, membership, session_id=auth_session.id)
 
 
-async def locked_workspace(session: AsyncSession, org_id: uuid.UUID) -> Organization:
+async def locked_workspace(
+    session: AsyncSession, org_id: uuid.UUID, *, update: bool = False
+) -> Organization:
     """The workspace's row read again, locked for share until the transaction ends.
 
     `requestWorkspaceDeletion` writes that row first, then ends every session and destroys
     every credential: a transaction that read it here and then opens a session or stores
     a credential is waited for and its row ended or destroyed too, or it sees the
-    deletion (PostgreSQL; SQLite writes one transaction at a time).
+    deletion (PostgreSQL; SQLite writes one transaction at a time). `update`: locked as
+    its UPDATE would (FOR NO KEY UPDATE; not FOR UPDATE, which every insert's foreign-key
+    check waits for), by one that writes it after reading it (a deletion, a cancellation).
     """
     return (
         await session.exec(
             select(Organization)
             .where(Organization.id == org_id)
-            .with_for_update(read=True)
+            .with_for_update(read=not update, key_share=update)
             .execution_options(populate_existing=True)
         )
     ).one()
@@ -118,6 +123,31 @@ async def refuse_while_deleting(session: AsyncSession, org_id: uuid.UUID) -> Non
     the deletion was requested, past the grace period's rule (weflux.gql.policy)."""
     if (await locked_workspace(session, org_id)).deletion_scheduled_at is not None:
         raise Forbidden(DELETING_WORKSPACE_MESSAGE)
+
+
+# An advisory lock per workspace (class, hashtext of its id): every mutation that may not
+# commit during a grace period holds it for share until it commits; the deletion request
+# takes it alone, first (weflux.gql.policy.refusal_at_start). PostgreSQL only.
+DELETION_LOCK_CLASS = 1718  # FEED_LOCK_CLASS is 1717
+_SHARE_DELETION_LOCK = text("SELECT pg_advisory_xact_lock_shared(:lock_class, hashtext(:org))")
+_TAKE_DELETION_LOCK = text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))")
+
+
+async def share_deletion_lock(connection: AsyncConnection, org_id: uuid.UUID) -> None:
+    """Hold off the workspace's deletion request until this transaction ends."""
+    await connection.execute(
+        _SHARE_DELETION_LOCK, {"lock_class": DELETION_LOCK_CLASS, "org": str(org_id)}
+    )
+
+
+async def take_deletion_lock(session: AsyncSession, org_id: uuid.UUID) -> None:
+    """Wait for every mutation running in the workspace (PostgreSQL), and keep new ones
+    waiting until this transaction ends: first in a deletion request, before any row."""
+    connection = await session.connection()
+    if connection.dialect.name == "postgresql":
+        await connection.execute(
+            _TAKE_DELETION_LOCK, {"lock_class": DELETION_LOCK_CLASS, "org": str(org_id)}
+        )
 
 
 def listing_workspaces(pair: TokenPair, workspaces: Sequence[Workspace]) -> TokenPair:
