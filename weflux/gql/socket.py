@@ -145,6 +145,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 )
                 return
         await super().handle_subscribe(message)
+        # As `connection_init` below: Strawberry's read loop holds this frame until the
+        # next one, for an idle socket its whole life. Its operation took what it needs
+        # (the id, the query, the variables); the rest goes.
+        cast("dict[str, object]", message).clear()
 
     async def _refuse(self, operation_id: str, message: str, extensions: dict[str, Any]) -> None:
         """Answer one operation with an `error` frame; the socket stays open."""
