@@ -61,7 +61,7 @@ async def test_a_socket_holds_none_of_the_http_middleware(
     # Then it goes from the app straight to the GraphQL view, past every HTTP layer
     assert len(served) == 1, stacks
     stack = served[0][served[0].index("WefluxApp.__call__") :]
-    assert stack[:3] == ["WefluxApp.__call__", "WefluxApp._socket", "GraphQLApp.__call__"]
+    assert stack[:2] == ["WefluxApp.__call__", "GraphQLApp.__call__"]
     assert not [name for name in stack if name.split(".")[0] in HTTP_ONLY], stack
 
 
