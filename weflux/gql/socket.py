@@ -21,7 +21,6 @@ listen on its own.
 from __future__ import annotations
 
 import asyncio
-import functools
 import weakref
 from typing import Any, cast
 
@@ -99,6 +98,20 @@ def frame_problem(frame: object) -> str | None:
             kind_of = "an object" if expected is dict else "a string"
             return f"A subscribe payload's `{key}` must be {kind_of} or null"
     return None
+
+
+class _Wake:
+    """Restarts one dormant operation (`OperationHandler._wake`): held by its sharing for
+    the socket's life, two slots (a partial over a bound method was about 0.25 KiB)."""
+
+    __slots__ = ("handler", "operation")
+
+    def __init__(self, handler: OperationHandler, operation: Operation[Context, None]) -> None:
+        self.handler = handler
+        self.operation = operation
+
+    def __call__(self) -> None:
+        self.handler._wake(self.operation)
 
 
 class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
@@ -189,7 +202,7 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                 self, operation.id, operation.query, operation.variables, operation.operation_name
             )
         if share is not None:
-            share.wake = functools.partial(self._wake, operation)
+            share.wake = _Wake(self, operation)
             if self._shares is None:
                 self._shares = {}
             self._shares[operation.id] = share
