@@ -158,15 +158,17 @@ def sharing(share: Sharing | None) -> Iterator[None]:
 
     The task is let go when the block ends: a dormant member's operation task is over
     by then, and held by its sharing it stayed in memory with its coroutine and context
-    (about 1 KiB per idle socket) for the socket's life."""
+    (about 1 KiB per idle socket) for the socket's life. Only if it is still this task:
+    a restart (`wake`) begun before this block ended has set its own."""
+    task = asyncio.current_task()
     if share is not None:
-        share.task = asyncio.current_task()
+        share.task = task
     token = _sharing.set(share)
     try:
         yield
     finally:
         _sharing.reset(token)
-        if share is not None:
+        if share is not None and share.task is task:
             share.task = None
 
 
