@@ -8,6 +8,7 @@ is executed on its own (`weflux.gql.fanout`, `weflux.realtime.hub`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from typing import Any
 
@@ -367,4 +368,46 @@ async def test_a_dormant_member_whose_role_narrows_restarts_with_its_new_scope(
     assert (await _added(*follower))["text"] == "a new customer"
     await _nothing_more(*follower)
     for pair in (lead, follower):
+        await pair[0].close()
+
+
+def _subscribe_frames() -> list[dict[str, Any]]:
+    """The decoded `subscribe` frames this process still holds (after a collection)."""
+    gc.collect()
+    dicts = [o for o in gc.get_objects() if type(o) is dict]
+    return [o for o in dicts if isinstance(kind := o.get("type"), str) and kind == "subscribe"]
+
+
+async def test_an_idle_dormant_member_holds_no_task_and_no_frame(
+    live: str, live_app: Starlette, http: httpx.AsyncClient, channel: WhatsAppAccount, admin: Actor
+) -> None:
+    """Given three Admin sockets on one live document (the first leads, two dormant),
+    when they wait for events,
+    then no member's sharing holds a task but the leader's running one, no subscribe frame
+    is held (each operation took what it needs), all listeners share one set of event
+    names, and each member's frames go to its server's own `send` (no queue of its own);
+    and a message still reaches each of them."""
+    sockets = await _subscribed(live, http, admin, 3, ONLY_TEXT)
+    await until_listening(live_app, 3)
+    assert _dormant(live_app) == 2
+    hub: Hub = runtime_of(live_app).hub
+    [group] = hub._groups.values()
+    members = [group.leader, *group.followers]
+    shares = [
+        share
+        for listener in members
+        for share in (listener.member.handler._shares or {}).values()
+        if share.listener is listener
+    ]
+    assert len(shares) == 3
+    assert shares[0].task is not None
+    assert not shares[0].task.done()
+    assert [share.task for share in shares[1:]] == [None, None]
+    assert _subscribe_frames() == []
+    assert len({id(listener.events) for listener in members}) == 1
+    assert all(listener.member._server() is not None for listener in members)
+    await inbound(http, "still live")
+    for pair in sockets:
+        assert (await _added(*pair))["text"] == "still live"
+    for pair in sockets:
         await pair[0].close()

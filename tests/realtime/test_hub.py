@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from typing import cast
 
 import pytest
 
 from tests.fixtures.services import TEST_REDIS_URL
 from weflux.realtime.broker import Broker, InProcessBroker, RedisBroker
 from weflux.realtime.events import EventName, workspace_channel
-from weflux.realtime.hub import RESYNC, Hub, next_event
+from weflux.realtime.hub import RESYNC, Hub, Member, Sharing, next_event, sharing
 from weflux.runtime import create_redis
 
 
@@ -63,3 +65,31 @@ async def test_a_listener_is_offered_only_the_events_it_handles_and_resync(hub: 
             EventName.RESYNC,
             EventName.RESYNC,
         ]
+
+
+async def test_a_sharing_lets_its_task_go_but_not_a_restarts() -> None:
+    """Given an operation's sharing block open in one task,
+    when its restart enters a block with the same sharing before the first one ends,
+    then the restart's task stays named (its listener is adopted through it) when the
+    first block ends, and none once the restart's ends (a finished task is not held)."""
+    share = Sharing(key=lambda: None, member=cast("Member", None))
+    first_inside, first_done, restart_inside = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def first() -> None:
+        with sharing(share):
+            first_inside.set()
+            await restart_inside.wait()
+        first_done.set()
+
+    async def restart() -> asyncio.Task[object] | None:
+        await first_inside.wait()
+        with sharing(share):
+            restart_inside.set()
+            await first_done.wait()
+            return share.task
+
+    ending = asyncio.create_task(first())
+    restarted = asyncio.create_task(restart())
+    assert await restarted is restarted
+    await ending
+    assert share.task is None

@@ -124,8 +124,8 @@ Server = tuple[Callable[[dict[str, Any]], Awaitable[None]], asyncio.Transport]
 
 
 def _find_server(send: Any, depth: int = 6) -> Server | None:
-    """The server's own ASGI `send` behind a socket's (through middleware closures), and
-    its transport.
+    """The server's own ASGI `send` behind a socket's (through middleware closures and
+    wrappers naming it `__wrapped__`), and its transport.
 
     Found once per socket: frames then go straight to the server (the middleware only
     acts on responses' starts), and the transport tells whether a frame can be written
@@ -137,6 +137,9 @@ def _find_server(send: Any, depth: int = 6) -> Server | None:
     transport = getattr(getattr(send, "__self__", None), "transport", None)
     if _is_transport(transport):
         return send, cast("asyncio.Transport", transport)
+    wrapped = getattr(send, "__wrapped__", None)  # a wrapper object (`weflux.app`'s)
+    if callable(wrapped):
+        return _find_server(wrapped, depth - 1)
     for cell in getattr(send, "__closure__", None) or ():
         with contextlib.suppress(ValueError):  # an empty cell
             inner = cell.cell_contents
@@ -154,22 +157,37 @@ class Sink:
         "_drainer",
         "_outbox",
         "_socket",
+        "arguments",
         "closed",
         "context",
         "handler",
+        "name",
         "prefix",
         "principal",
+        "query",
     )
 
-    def __init__(self, handler: Any, operation_id: str) -> None:
+    def __init__(
+        self, handler: Any, operation_id: str, query: str, name: Any, arguments: str
+    ) -> None:
         self.handler = handler
         self.context: Context = handler.context
         self.prefix = '{"id":' + json.dumps(operation_id) + ',"type":"next","payload":'
         self.principal: Principal | None = None  # as when it joined
+        self.query, self.name, self.arguments = query, name, arguments
         self._outbox: deque[str] | None = None
         self._drainer: asyncio.Task[None] | None = None
         self._socket: Server | bool | None = None  # False: none found
         self.closed = False
+
+    def key(self) -> Hashable | None:
+        """Its group: the visibility class of the socket's principal (kept as the one it
+        joined with), the document, the operation's name and variables; None unsigned."""
+        principal = self.context.principal
+        if principal is None:
+            return None
+        self.principal = principal
+        return (visibility_class(principal), self.query, self.name, self.arguments)
 
     @property
     def changed(self) -> bool:
@@ -241,20 +259,12 @@ def sharing_for(
         name in query for name in UNSHARED_SUBSCRIPTIONS
     ):
         return None
-    sink = Sink(handler, operation_id)
     try:
-        arguments = json.dumps(variables or {}, sort_keys=True)
+        arguments = json.dumps(variables, sort_keys=True) if variables else "{}"
     except (TypeError, ValueError):
         return None
-
-    def key() -> Hashable | None:
-        principal = sink.context.principal
-        if principal is None:
-            return None
-        sink.principal = principal
-        return (visibility_class(principal), query, name, arguments)
-
-    return Sharing(key, sink)
+    sink = Sink(handler, operation_id, query, name, arguments)
+    return Sharing(sink.key, sink)  # a method, not a closure: no cells per socket
 
 
 async def broadcast(share: Sharing, payload: dict[str, Any]) -> bool:

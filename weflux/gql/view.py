@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Coroutine
 from datetime import timedelta
 from typing import Any
 
@@ -252,23 +252,31 @@ class GraphQLApp(GraphQL[Context, None]):
         except RecursionError:
             raise json.JSONDecodeError("Nested too deeply", "", 0) from None
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Coroutine[Any, Any, None]:
+        """The socket's or the request's own coroutine: a socket holds only its small frame
+        for its life (the HTTP path's larger one, with the cells of its closure, was
+        about 0.2 KiB more per idle socket)."""
         if scope["type"] == "websocket":
-            websocket = WebSocket(scope, receive=receive, send=send)
-            admission = await _admit(websocket)
-            if admission is None:
-                return
-            scope[ADMISSION] = admission
-            try:
-                # Strawberry's view itself, not `GraphQL.__call__` and `run` below (HTTP
-                # only): each frame on the way stays for the socket's life.
-                await super().run(websocket)
-            finally:
-                admission.release()
-                context = scope.get(_WS_CONTEXT)
-                if context is not None:
-                    runtime_of(scope["app"]).sockets.unregister(context)
+            return self._socket(scope, receive, send)
+        return self._http(scope, receive, send)
+
+    async def _socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive=receive, send=send)
+        admission = await _admit(websocket)
+        if admission is None:
             return
+        scope[ADMISSION] = admission
+        try:
+            # Strawberry's view itself, not `GraphQL.__call__` and `run` below (HTTP
+            # only): each frame on the way stays for the socket's life.
+            await super().run(websocket)
+        finally:
+            admission.release()
+            context = scope.get(_WS_CONTEXT)
+            if context is not None:
+                runtime_of(scope["app"]).sockets.unregister(context)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await super().__call__(scope, receive, send)
             return

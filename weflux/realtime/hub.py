@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import uuid
 from collections import deque
@@ -102,7 +103,7 @@ class _Inbox:
         return self.get_nowait()
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Listener:
     queue: _Inbox = field(default_factory=_Inbox)
     overflowed: bool = False
@@ -134,7 +135,7 @@ class Member(Protocol):
     async def close_slow(self) -> None: ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Sharing:
     """Set around an operation: listeners with equal `key()` share one leader's frames."""
 
@@ -153,14 +154,22 @@ _sharing: ContextVar[Sharing | None] = ContextVar("weflux_hub_sharing", default=
 
 @contextlib.contextmanager
 def sharing(share: Sharing | None) -> Iterator[None]:
-    """Listeners opened in this block (this task) may join a group (see the module doc)."""
+    """Listeners opened in this block (this task) may join a group (see the module doc).
+
+    The task is let go when the block ends: a dormant member's operation task is over
+    by then, and held by its sharing it stayed in memory with its coroutine and context
+    (about 1 KiB per idle socket) for the socket's life. Only if it is still this task:
+    a restart (`wake`) begun before this block ended has set its own."""
+    task = asyncio.current_task()
     if share is not None:
-        share.task = asyncio.current_task()
+        share.task = task
     token = _sharing.set(share)
     try:
         yield
     finally:
         _sharing.reset(token)
+        if share is not None and share.task is task:
+            share.task = None
 
 
 @dataclass(eq=False)
@@ -286,8 +295,7 @@ class Hub:
             listener = woken
         else:
             listener = _Listener(
-                org_id=org_id,
-                events=None if events is None else frozenset({*events, EventName.RESYNC}),
+                org_id=org_id, events=None if events is None else _handled(frozenset(events))
             )
             async with self._lock:
                 channel = self._channels.get(org_id)
@@ -378,6 +386,13 @@ class Hub:
         for channel in self._channels.values():
             for listener in channel.listeners:
                 _offer(listener, RESYNC)
+
+
+@functools.lru_cache(maxsize=64)
+def _handled(events: frozenset[str]) -> frozenset[str]:
+    """The names a listener of `events` is queued, RESYNC with them: one set for all its
+    listeners (the names come from the code; a set each was 216 bytes per subscription)."""
+    return frozenset({*events, EventName.RESYNC})
 
 
 def _adoptable() -> _Listener | None:
