@@ -288,6 +288,20 @@ def test_production_needs_an_app_url_or_an_origin_for_links(tmp_path: Path) -> N
     assert _production(tmp_path).app_base_url == "https://app.example"
 
 
+def test_production_refuses_links_to_an_app_over_plain_http(tmp_path: Path) -> None:
+    """Given production whose emailed links (sign-up confirmations, invitations: their
+    tokens in the fragment) would open the app over plain HTTP, from WEFLUX_APP_URL or
+    from the first allowed origin it defaults to,
+    when the settings are loaded,
+    then they are refused naming the variable: before, production accepted them."""
+    with pytest.raises(ConfigError, match=r"^WEFLUX_APP_URL must be an https:// URL"):
+        _production(tmp_path, app_url="http://app.example")
+    with pytest.raises(ConfigError, match=r"^WEFLUX_ALLOWED_ORIGINS \(its first entry\)"):
+        _production(tmp_path, app_url=None, allowed_origins="http://inbox.example")
+    development = _settings(tmp_path, app_url="http://localhost:5173")
+    assert development.app_base_url == "http://localhost:5173"
+
+
 def test_an_smtp_url_needs_a_sender(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="WEFLUX_SMTP_FROM"):
         _settings(tmp_path, smtp_url="smtps://mailer:secret@smtp.example.com")

@@ -777,6 +777,14 @@ class Settings(BaseSettings):
                 "WEFLUX_APP_URL must be set in production (or WEFLUX_ALLOWED_ORIGINS, whose "
                 "first entry it defaults to): emailed links point at the app"
             )
+        elif urlsplit(self.app_base_url).scheme != "https":
+            # The links carry sign-up and invitation tokens (in the fragment): a page served
+            # over plain HTTP can be rewritten on the way to read them.
+            named = "WEFLUX_APP_URL" if self.app_url else "WEFLUX_ALLOWED_ORIGINS (its first entry)"
+            problems.append(
+                f"{named} must be an https:// URL in production: emailed links carry sign-up "
+                "and invitation tokens to the app"
+            )
         return problems
 
 
