@@ -268,6 +268,37 @@ async def test_a_multipart_request_of_the_wrong_shape_gets_400_and_no_data(
 
 
 @sqlite_only
+@pytest.mark.parametrize(
+    ("operations", "mapping", "named"),
+    [
+        (UPLOAD_OPERATIONS, {"0": ["variables.upload"]}, '"0": "variables.upload"'),
+        (json.dumps({"query": UPLOAD}), {"0": ["variables.file"]}, '"0": "variables.file"'),
+        (UPLOAD_OPERATIONS, {"1": ["variables.file"]}, '"1"'),
+    ],
+    ids=["path-to-no-variable", "path-through-nothing", "no-such-file-part"],
+)
+async def test_a_map_entry_that_points_at_nothing_gets_400_naming_it(
+    client: httpx.AsyncClient, token: str, operations: str, mapping: object, named: str
+) -> None:
+    """Given an upload whose `map` names a path that is not in `operations` (a variable
+    the operation does not have), or a file part the request does not carry,
+    when it is posted,
+    then the answer is 400 BAD_REQUEST whose message names the map's entry at fault,
+    not a library's wording about None, and nothing runs."""
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data={"operations": operations, "map": json.dumps(mapping)},
+        files={"0": ("a.txt", b"hello", "text/plain")},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    [message] = messages(response)
+    assert f"`map` entry {named}" in message, message
+    refused(response)
+
+
+@sqlite_only
 async def test_application_json_with_a_charset_is_fine(
     client: httpx.AsyncClient, token: str
 ) -> None:
