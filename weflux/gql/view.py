@@ -399,8 +399,10 @@ class GraphQLApp(GraphQL[Context, None]):
         except ValueError as error:
             raise HTTPException(400, "Unable to parse the multipart body") from error
         try:
-            operations = self.parse_json(form.form.get("operations", "{}"))
-            files_map = self.parse_json(form.form.get("map", "{}"))
+            if "operations" not in form.form or "map" not in form.form:
+                raise HTTPException(400, MULTIPART_SHAPE)
+            operations = self.parse_json(form.form["operations"])
+            files_map = self.parse_json(form.form["map"])
             if not isinstance(operations, dict) or not isinstance(files_map, dict):
                 raise HTTPException(400, MULTIPART_SHAPE)
             for name, paths in files_map.items():
