@@ -22,6 +22,7 @@ from tests.fixtures.app import ClientFactory
 from tests.fixtures.factories import Actor
 from weflux.api.security import IDE_CSP
 from weflux.config import Settings
+from weflux.gql.view import MULTIPART_SHAPE
 from weflux.services import members as member_service
 
 # Transport and limit checks do not depend on the database: SQLite is enough. Tests
@@ -264,6 +265,60 @@ async def test_a_multipart_request_of_the_wrong_shape_gets_400_and_no_data(
     )
     assert response.status_code == 400
     assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    refused(response)
+
+
+@sqlite_only
+@pytest.mark.parametrize(
+    ("operations", "mapping", "named"),
+    [
+        (UPLOAD_OPERATIONS, {"0": ["variables.upload"]}, '"0": "variables.upload"'),
+        (json.dumps({"query": UPLOAD}), {"0": ["variables.file"]}, '"0": "variables.file"'),
+        (UPLOAD_OPERATIONS, {"1": ["variables.file"]}, '"1"'),
+    ],
+    ids=["path-to-no-variable", "path-through-nothing", "no-such-file-part"],
+)
+async def test_a_map_entry_that_points_at_nothing_gets_400_naming_it(
+    client: httpx.AsyncClient, token: str, operations: str, mapping: object, named: str
+) -> None:
+    """Given an upload whose `map` names a path that is not in `operations` (a variable
+    the operation does not have), or a file part the request does not carry,
+    when it is posted,
+    then the answer is 400 BAD_REQUEST whose message names the map's entry at fault,
+    not a library's wording about None, and nothing runs."""
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data={"operations": operations, "map": json.dumps(mapping)},
+        files={"0": ("a.txt", b"hello", "text/plain")},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    [message] = messages(response)
+    assert f"`map` entry {named}" in message, message
+    refused(response)
+
+
+@sqlite_only
+@pytest.mark.parametrize("part", ["operations", "map"])
+async def test_an_upload_without_its_operations_or_its_map_gets_400(
+    client: httpx.AsyncClient, token: str, part: str
+) -> None:
+    """Given an upload as a multipart request that lacks its `operations` or its `map` part,
+    when it is posted,
+    then the answer is 400 BAD_REQUEST saying what a multipart request needs, and nothing
+    runs (without `map` the file was left out and the variable was null)."""
+    parts = {"operations": UPLOAD_OPERATIONS, "map": json.dumps({"0": ["variables.file"]})}
+    del parts[part]
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data=parts,
+        files={"0": ("a.txt", b"hello", "text/plain")},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    assert messages(response) == [MULTIPART_SHAPE]
     refused(response)
 
 

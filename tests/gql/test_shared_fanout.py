@@ -8,11 +8,14 @@ is executed on its own (`weflux.gql.fanout`, `weflux.realtime.hub`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from sqlmodel import select
 from starlette.applications import Starlette
 
@@ -22,10 +25,13 @@ from tests.fixtures.inbox import ASSIGN, Api, set_role
 from tests.fixtures.live import ADDED, closed_with, inbound, listeners, until_listening
 from tests.fixtures.ws import GraphQLSocket, acts_as
 from weflux.db import Database
+from weflux.gql import socket as socket_module
 from weflux.gql.fanout import resumes
+from weflux.gql.guard import operation_scope
 from weflux.ids import encode_global_id
 from weflux.models import Conversation, Organization, WhatsAppAccount
-from weflux.realtime.hub import Hub
+from weflux.realtime import hub as hub_module
+from weflux.realtime.hub import Dormant, Hub, Sharing
 from weflux.runtime import runtime_of
 
 NEWCOMER = "16505559876"  # another customer: a new, unassigned conversation every member sees
@@ -409,5 +415,56 @@ async def test_an_idle_dormant_member_holds_no_task_and_no_frame(
     await inbound(http, "still live")
     for pair in sockets:
         assert (await _added(*pair))["text"] == "still live"
+    for pair in sockets:
+        await pair[0].close()
+
+
+async def test_a_member_woken_while_its_dormant_task_unwinds_keeps_its_restarted_task(
+    live: str,
+    live_app: Starlette,
+    http: httpx.AsyncClient,
+    channel: WhatsAppAccount,
+    admin: Actor,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Given an Admin leading a live document and a second socket joining it as a dormant
+    member, whose operation is restarted (woken) while the task that raised `Dormant`
+    still unwinds, suspended on the way,
+    when that task ends,
+    then the operation keeps its restarted task (a dormant task lets the operation's task
+    go only while it is still that task), and completing the operation ends it."""
+    woken: list[tuple[asyncio.Task[Any] | None, Sharing]] = []
+
+    @contextlib.asynccontextmanager
+    async def suspended_after_dormant(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        try:
+            async with operation_scope(*args, **kwargs) as scope:
+                yield scope
+        except Dormant:
+            share = hub_module._sharing.get()
+            if not woken and share is not None and share.listener is not None:
+                woken.append((asyncio.current_task(), share))
+                hub_module._wake(share.listener)  # as another task's event would
+                await asyncio.sleep(0)  # the suspension between `Dormant` and its `except`
+            raise
+
+    monkeypatch.setattr(socket_module, "operation_scope", suspended_after_dormant)
+    sockets = await _subscribed(live, http, admin, 2, ONLY_TEXT)
+    async with asyncio.timeout(30):
+        while not woken:  # noqa: ASYNC110  (state the server's task changes)
+            await asyncio.sleep(0.005)
+    [(unwinding, share)] = woken
+    assert unwinding is not None
+    await asyncio.wait([unwinding], timeout=30)
+    assert unwinding.done()
+    assert share.listener is not None
+    socket, operation_id = sockets[1]
+    restarted = share.listener.member.handler.operations[operation_id].task
+    assert restarted is not None
+    assert restarted is not unwinding
+    assert not restarted.done(), "the restarted task was replaced by a finished one"
+    await socket.connection.send(json.dumps({"id": operation_id, "type": "complete"}))
+    await asyncio.wait([restarted], timeout=30)
+    assert restarted.done()
     for pair in sockets:
         await pair[0].close()

@@ -216,8 +216,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
                     await super().run_operation(operation)
         except Dormant:
             dormant = True  # it follows a group without running: `_wake` restarts it
-            # Nor does it keep this task (with its context, about 1 KiB) once it ends.
-            operation.task = _finished()
+            # Nor does it keep this task (with its context, about 1 KiB) once it ends. Only
+            # if it is still this task: a restart (`_wake`) begun meanwhile set its own.
+            if operation.task is asyncio.current_task():
+                operation.task = _finished()
         except DeadlineExceeded:
             # Its unit is rolled back (closed); answer unless the result went out already.
             if scope is not None and not scope.answered:

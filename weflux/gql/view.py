@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Coroutine
+from collections.abc import AsyncGenerator, Coroutine, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ from starlette.types import Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from strawberry.asgi import ASGIWebSocketAdapter, GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.file_uploads.utils import replace_placeholders_with_files
 from strawberry.http import GraphQLHTTPResponse, GraphQLRequestData
 from strawberry.http.exceptions import NonJsonMessageReceived, NonTextMessageReceived
 from strawberry.schema import BaseSchema
@@ -152,6 +153,33 @@ def _screen_upload(request: Request, runtime: Runtime) -> Response | None:
         else (name, value)
         for name, value in request.scope["headers"]
     ]
+    return None
+
+
+def _map_entry_problem(
+    operations: dict[str, object], name: str, paths: list[object], files: Mapping[str, object]
+) -> str | None:
+    """Why the `map` entry `name` cannot be followed, naming it, or None: each of its paths
+    must lead to a null value in `operations` (the spec's placeholder), and its file part
+    must be in the request."""
+    if isinstance(files.get(name, ""), str):  # a text part is not a file
+        return f"The `map` entry {json.dumps(name)} names a file part the request does not carry"
+    for path in paths:
+        target: object = operations
+        for key in path.split(".") if isinstance(path, str) else ():
+            if isinstance(target, dict) and key in target:
+                target = target[key]
+            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+                target = target[int(key)]
+            else:
+                break
+        else:
+            if target is None and isinstance(path, str):
+                continue
+        return (
+            f"The `map` entry {json.dumps(name)}: {json.dumps(path)} is not the path of a "
+            'null value in `operations` (e.g. "variables.file" for "variables": {"file": null})'
+        )
     return None
 
 
@@ -360,16 +388,32 @@ class GraphQLApp(GraphQL[Context, None]):
         return None, body
 
     async def parse_multipart(self, request: AsyncHTTPRequestAdapter) -> dict[str, str]:
-        """An upload's operation. Strawberry follows the `map`'s paths into `operations` as
-        given and fails with an exception on any other shape: here 400, like a JSON body
-        that is not one request."""
+        """An upload's operation: `operations` with each file at the paths `map` gives it.
+
+        Strawberry's own followed a path as given: to a key `operations` lacks it added
+        one (the variable stayed null: "... not to be None"), through one it failed with
+        "File(s) missing". Here a body of another shape is 400, like a JSON body that is
+        not one request, and a map entry that points at nothing is 400 naming it."""
         try:
-            data: object = await super().parse_multipart(request)
+            form = await request.get_form_data()
+        except ValueError as error:
+            raise HTTPException(400, "Unable to parse the multipart body") from error
+        try:
+            if "operations" not in form.form or "map" not in form.form:
+                raise HTTPException(400, MULTIPART_SHAPE)
+            operations = self.parse_json(form.form["operations"])
+            files_map = self.parse_json(form.form["map"])
+            if not isinstance(operations, dict) or not isinstance(files_map, dict):
+                raise HTTPException(400, MULTIPART_SHAPE)
+            for name, paths in files_map.items():
+                if not isinstance(paths, list):
+                    raise HTTPException(400, MULTIPART_SHAPE)
+                problem = _map_entry_problem(operations, name, paths, form.files)
+                if problem is not None:
+                    raise HTTPException(400, problem)
+            return replace_placeholders_with_files(operations, files_map, form.files)
         except (TypeError, ValueError, LookupError, AttributeError, RecursionError) as error:
             raise HTTPException(400, MULTIPART_SHAPE) from error
-        if not isinstance(data, dict):
-            raise HTTPException(400, MULTIPART_SHAPE)
-        return data
 
     async def run(  # type: ignore[override]
         self,

@@ -32,11 +32,20 @@ from weflux.services.conversations import (
 MAX_NAME = 256
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
 _E164_DIGITS = re.compile(r"^[1-9]\d{6,14}$")
+# createContact's and startConversation's one wording for a number they refuse.
+INVALID_PHONE_NUMBER = (
+    "Enter a valid phone number in international format, with its country code, "
+    "such as +16505551234"
+)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _field_error(field: str, message: str) -> BadUserInput:
     return BadUserInput(message, details=[{"field": field, "message": message}])
+
+
+def _invalid_phone_number() -> BadUserInput:
+    return _field_error("phoneNumber", INVALID_PHONE_NUMBER)
 
 
 def normalize_phone_number(value: str) -> str:
@@ -48,10 +57,7 @@ def normalize_phone_number(value: str) -> str:
     stripped = _PHONE_SEPARATORS.sub("", value)
     digits = stripped.removeprefix("+")
     if not _E164_DIGITS.match(digits):
-        raise _field_error(
-            "phoneNumber",
-            "Enter the number in international format: country code and 7 to 15 digits",
-        )
+        raise _invalid_phone_number()
     return digits
 
 
@@ -183,10 +189,7 @@ def e164(value: str) -> str:
     except phonenumbers.NumberParseException:
         parsed = None
     if parsed is None or not phonenumbers.is_valid_number(parsed):
-        raise _field_error(
-            "phoneNumber",
-            "Enter a valid phone number in international format, such as +16505551234",
-        )
+        raise _invalid_phone_number()
     return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 

@@ -10,6 +10,7 @@ from tests.fixtures.factories import Actor, create_contact
 from tests.fixtures.inbox import CONTACTS, NODE, Api, codes, gid, node_ids, workspace
 from weflux.db import Database
 from weflux.models import Contact, Organization
+from weflux.services.contacts import INVALID_PHONE_NUMBER
 
 CREATE = """
 mutation($input: CreateContactInput!) {
@@ -57,6 +58,8 @@ async def test_a_malformed_number_is_bad_user_input(api: Api, admin: Actor, type
     assert codes(body) == ["BAD_USER_INPUT"]
     (error,) = body["errors"]
     assert error["extensions"]["details"][0]["field"] == "phoneNumber"
+    # one wording for a bad number, here and in startConversation
+    assert error["message"] == INVALID_PHONE_NUMBER
 
 
 async def test_the_shortest_and_longest_numbers_pass(api: Api, admin: Actor) -> None:

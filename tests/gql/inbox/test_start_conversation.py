@@ -23,6 +23,7 @@ from weflux.models import (
     WhatsAppAccount,
 )
 from weflux.services import quotas
+from weflux.services.contacts import INVALID_PHONE_NUMBER
 
 START = """mutation($input: StartConversationInput!) { startConversation(input: $input) {
   id status assignee { id } contact { id name phoneNumber waId } lastMessage { text status } } }"""
@@ -133,6 +134,7 @@ async def test_invalid_numbers_are_refused(
     body = await api(admin, START, _input(account, phone))
     assert codes(body) == ["BAD_USER_INPUT"]
     assert body["errors"][0]["extensions"]["details"][0]["field"] == "phoneNumber"
+    assert body["errors"][0]["message"] == INVALID_PHONE_NUMBER  # createContact's too
     assert await _rows(db, admin, Contact) == []
 
 
