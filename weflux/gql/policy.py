@@ -1,7 +1,8 @@
 """Three checks of every operation before it runs, over HTTP and the WebSocket alike.
 
 1. While the workspace's deletion is scheduled (its grace period), a mutation may only
-   be one of `GRACE_PERIOD_OPERATIONS`: anything else answers `FORBIDDEN`. The session
+   be one of `GRACE_PERIOD_OPERATIONS`: anything else answers `FORBIDDEN`. The request
+   itself is refused (`BAD_USER_INPUT`) beside any other mutation but those. The session
    says whether the deletion was scheduled when it was looked up (every session ends when
    one is requested, so no older session says otherwise); a session that says so is
    checked against the database, since a cancellation may have come since.
@@ -104,6 +105,16 @@ async def screen(
     if principal is None:
         return None
     fields = root_fields(document, operation_name)
+    if kind is OperationType.MUTATION and "requestWorkspaceDeletion" in fields:
+        beside = sorted(fields - COMMITS_WHILE_DELETING)
+        if beside:
+            # The mutations after it would run inside the grace period it starts, judged
+            # before it: refused whole, before anything runs, on both engines.
+            return GraphQLError(
+                "requestWorkspaceDeletion runs alone (or beside the mutations allowed while "
+                f"a deletion is scheduled), not with {', '.join(beside)}",
+                extensions={"code": ErrorCode.BAD_USER_INPUT},
+            )
     if (
         principal.workspace_deleting
         and kind is OperationType.MUTATION
