@@ -35,7 +35,8 @@ MUTATIONS = SCHEMA.mutation_type
 assert MUTATIONS is not None
 NAMES = frozenset(MUTATIONS.fields)
 REFUSED = sorted(NAMES - GRACE_PERIOD_OPERATIONS)
-DELETE = 'mutation { requestWorkspaceDeletion(confirmOrganizationName: "Acme") { id } }'
+REQUEST = 'requestWorkspaceDeletion(confirmOrganizationName: "Acme") { id }'
+DELETE = f"mutation {{ {REQUEST} }}"
 CANCEL = "mutation { cancelWorkspaceDeletion { id status } }"
 EXPORT = "mutation { requestWorkspaceExport { kind status } }"
 EXPORT_CONTACT = "mutation($id: ID!) { exportContactData(contactId: $id) { kind status } }"
@@ -258,3 +259,26 @@ async def test_a_reply_running_when_the_deletion_is_requested_commits_first_and_
     assert "errors" not in deleted, deleted
     [message] = await all_messages(db, admin.org_id)
     assert (message.status, message.error_title) == (MessageStatus.FAILED, "workspace deletion")
+
+
+async def test_a_deletion_request_beside_another_mutation_runs_neither(
+    client: httpx.AsyncClient, owner_db: Database, admin: Actor
+) -> None:
+    """Given one document that requests the deletion and then creates a label, then
+    BAD_USER_INPUT before either runs, on both engines, and nothing changes: the request
+    runs alone, or beside the mutations a grace period allows (as an export is). It used
+    to commit with the label on PostgreSQL, the label written inside the grace period it
+    had just begun, and be refused whole at the commit check on SQLite."""
+    api = Api(client)
+    await api(admin, ORGANIZATION)
+    before = await snapshot(owner_db, admin.org_id)
+    both = f"mutation {{ {REQUEST} {LABEL} }}"
+
+    answer = await api(admin, both)
+    unchanged = await snapshot(owner_db, admin.org_id)
+    with_an_export = await api(admin, f"mutation {{ {REQUEST} requestWorkspaceExport {{ kind }} }}")
+
+    assert [code for _, code in refusal(answer)] == ["BAD_USER_INPUT"], answer
+    assert answer.get("data") is None
+    assert unchanged == before
+    assert "errors" not in with_an_export, with_an_export

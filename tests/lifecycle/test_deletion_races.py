@@ -16,13 +16,16 @@ import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
+from sqlalchemy import text, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 from starlette.applications import Starlette
 
-from tests.fixtures.databases import waiting_for_a_lock
+from tests.fixtures.databases import postgres_only, waiting_for_a_lock
 from tests.fixtures.factories import Actor, create_contact
+from tests.fixtures.outbound import Scene, all_messages, queue_text
 from tests.fixtures.principals import principal_of
+from weflux.auth.scoping import FEED_LOCK_CLASS
 from weflux.db import Database
 from weflux.errors import Conflict, NotFound
 from weflux.lifecycle import requests as lifecycle_requests
@@ -32,11 +35,14 @@ from weflux.models import (
     DataRequest,
     DataRequestKind,
     DataRequestStatus,
+    Message,
+    MessageStatus,
     Organization,
     utcnow,
 )
 from weflux.runtime import runtime_of
 from weflux.services.audit import Action, RequestMeta
+from weflux.services.channels import Services
 
 GRACE = timedelta(days=7)
 Step = Callable[[AsyncSession], Awaitable[object]]
@@ -183,3 +189,40 @@ async def test_two_erasures_of_a_contact_at_once_are_one_request(
         )
         assert kinds.all() == [DataRequestKind.CONTACT_ERASURE]
     assert await audited(db, admin.org_id, Action.CONTACT_ERASURE_REQUESTED) == 1
+
+
+@postgres_only
+async def test_a_deletion_request_and_a_webhook_holding_the_feed_do_not_deadlock(
+    app: Starlette, db: Database, owner_db: Database, services: Services, admin: Actor, scene: Scene
+) -> None:
+    """Given two queued replies and a transaction that holds the workspace's feed lock, as
+    a webhook's does from its start, when the deletion is requested meanwhile and that
+    transaction then changes the replies' rows (a status), then both commit and the
+    replies end FAILED: the request takes the feed lock before it locks a reply (it used
+    to lock the replies it fails, then wait for the feed inside the feed trigger, while the
+    webhook waited for a reply's row: PostgreSQL's deadlock detector aborted one).
+    PostgreSQL: SQLite writes one transaction at a time."""
+    replies = [await queue_text(db, services, admin, scene, text) for text in ("one", "two")]
+    ids = [reply.id for reply in replies]
+
+    async def requested() -> object:
+        async with db.session(admin.org_id) as session:
+            return await deletion(app, admin)(session)
+
+    async with owner_db.engine.connect() as webhook:
+        await webhook.execute(
+            text("SELECT pg_advisory_xact_lock(:lock_class, hashtext(:org))"),
+            {"lock_class": FEED_LOCK_CLASS, "org": str(admin.org_id)},
+        )
+        request = asyncio.create_task(requested())
+        await asyncio.wait_for(waiting_for_a_lock(owner_db), 30)
+        await webhook.execute(
+            update(Message).where(col(Message.id).in_(ids)).values(next_attempt_at=utcnow())
+        )
+        await webhook.commit()
+    await request
+
+    messages = await all_messages(db, admin.org_id)
+    assert {(m.status, m.error_title) for m in messages} == {
+        (MessageStatus.FAILED, "workspace deletion")
+    }

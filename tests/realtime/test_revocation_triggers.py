@@ -7,6 +7,7 @@ authenticated before it must not outlive it.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,7 +26,6 @@ from tests.fixtures.settings import make_settings
 from tests.fixtures.two_factor import REQUIRE, enroll
 from tests.fixtures.ws import GraphQLSocket
 from weflux.app import create_app
-from weflux.auth.tokens import TokenClaims
 from weflux.cli import _reset_two_factor
 from weflux.db import Database
 from weflux.ids import encode_global_id
@@ -172,10 +172,10 @@ async def test_a_socket_authenticating_while_its_session_is_revoked_does_not_sta
     authenticator = runtime_of(broker_app).authenticator
     read = authenticator._load
 
-    async def read_then_logged_out(claims: TokenClaims) -> object:
-        entry = await read(claims)
-        async with db.session(agent.org_id) as session:
-            await revoke(session, authenticator, [claims.session_id], reason="logout")
+    async def read_then_logged_out(org_id: uuid.UUID, session_ids: set[uuid.UUID]) -> object:
+        entry = await read(org_id, session_ids)
+        async with db.session(org_id) as session:
+            await revoke(session, authenticator, list(session_ids), reason="logout")
         return entry
 
     authenticator._load = read_then_logged_out  # type: ignore[method-assign,assignment]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 
@@ -159,15 +160,16 @@ async def test_a_recheck_of_everyone_looks_each_token_up_once(
     registry: SocketRegistry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given three sockets, two of them (two tabs) carrying one access token, when every
-    socket is re-checked (a reconnection; each second while the broker is away), then each
-    token is authenticated once, and each socket gets its answer (here: all revoked)."""
+    socket is re-checked (a reconnection; each second while the broker is away), then the
+    tokens are authenticated together, each once, and each socket gets its answer (here:
+    all revoked)."""
     looked_up: list[str | None] = []
 
-    async def revoked(token: str | None) -> Principal | None:
-        looked_up.append(token)
-        return None
+    async def revoked(tokens: Iterable[str | None]) -> dict[str | None, Principal | None]:
+        looked_up.extend(set(tokens))
+        return dict.fromkeys(looked_up)
 
-    monkeypatch.setattr(registry.authenticator, "authenticate", revoked)
+    monkeypatch.setattr(registry.authenticator, "authenticate_all", revoked)
     session = uuid.uuid4()
     sockets = [_socket(session, 3600) for _ in range(3)]
     for socket, token in zip(sockets, ["a", "a", "b"], strict=True):

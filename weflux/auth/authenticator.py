@@ -11,6 +11,7 @@ a missed message never leaves a revoked session usable.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -35,6 +36,8 @@ AUTH_CHANNEL = "weflux:auth"
 CACHE_TTL_SECONDS = 30.0
 CACHE_MAX_ENTRIES = 10_000
 TOUCH_INTERVAL = timedelta(minutes=1)
+# Sessions read by one statement (a re-check of every socket: `authenticate_all`).
+_LOAD_BATCH = 500
 # While the broker is disconnected no revocation from another process can arrive: open
 # sockets are re-checked against the database this often instead (revocation within a
 # second, Redis or not).
@@ -55,6 +58,57 @@ class _Entry:
     must_enroll: bool = False
     workspace_deleting: bool = False
     stored_at: float = field(default_factory=time.monotonic)
+
+
+def _entry(
+    auth_session: AuthSession,
+    membership: Membership,
+    user: User,
+    organization: Organization | None,
+) -> _Entry:
+    require_two_factor = organization is not None and organization.require_two_factor
+    return _Entry(
+        live=auth_session.revoked_at is None,
+        org_id=membership.org_id,
+        membership_id=membership.id,
+        user_id=membership.user_id,
+        role=membership.role,
+        session_expires_at=auth_session.expires_at,
+        last_used_at=auth_session.last_used_at,
+        must_enroll=require_two_factor and user.two_factor_enabled_at is None,
+        workspace_deleting=(
+            organization is not None and organization.deletion_scheduled_at is not None
+        ),
+    )
+
+
+def _principal(claims: TokenClaims, entry: _Entry, now: datetime) -> tuple[Principal | None, bool]:
+    """The token's principal if its session is valid now, and whether the session's last
+    use should be written (once a minute)."""
+    if (
+        not entry.live
+        or entry.org_id != claims.org_id
+        or entry.user_id != claims.user_id
+        or entry.session_expires_at is None
+        or entry.session_expires_at <= now
+        or entry.role is None
+        or entry.membership_id is None
+    ):
+        return None, False
+    touch = entry.last_used_at is None or now - entry.last_used_at > TOUCH_INTERVAL
+    if touch:
+        entry.last_used_at = now
+    principal = Principal(
+        user_id=claims.user_id,
+        org_id=claims.org_id,
+        session_id=claims.session_id,
+        membership_id=entry.membership_id,
+        role=entry.role,
+        token_expires_at=claims.expires_at,
+        must_enroll=entry.must_enroll,
+        workspace_deleting=entry.workspace_deleting,
+    )
+    return principal, touch
 
 
 class SessionCache:
@@ -157,75 +211,101 @@ class Authenticator:
             claims = self.codec.verify(token, "access")
         except InvalidTokenError:
             return None
-        entry = self.cache.get(claims.session_id) if self.broker.connected else None
-        if entry is not None and entry.org_id != claims.org_id:
-            entry = None  # looked up for another workspace: ask the database for this one
+        entry = self._cached(claims)
         if entry is None:
             generation = self.generation
-            entry = await self._load(claims)
-            if generation == self.generation:
-                # Else a revocation arrived during the read, which may predate its commit:
-                # cached, a revoked session would pass for the cache's lifetime.
-                self.cache.put(claims.session_id, entry)
+            entry = (await self._load(claims.org_id, {claims.session_id})).get(
+                claims.session_id
+            ) or _Entry(live=False, org_id=claims.org_id)
+            self._keep(claims, entry, generation)
         now = utcnow()
-        if (
-            not entry.live
-            or entry.org_id != claims.org_id
-            or entry.user_id != claims.user_id
-            or entry.session_expires_at is None
-            or entry.session_expires_at <= now
-            or entry.role is None
-            or entry.membership_id is None
-        ):
-            return None
-        if entry.last_used_at is None or now - entry.last_used_at > TOUCH_INTERVAL:
-            entry.last_used_at = now
-            await self._touch(claims, now)
-        return Principal(
-            user_id=claims.user_id,
-            org_id=claims.org_id,
-            session_id=claims.session_id,
-            membership_id=entry.membership_id,
-            role=entry.role,
-            token_expires_at=claims.expires_at,
-            must_enroll=entry.must_enroll,
-            workspace_deleting=entry.workspace_deleting,
-        )
+        principal, touch = _principal(claims, entry, now)
+        if touch:
+            await self._touch(claims.org_id, [claims.session_id], now)
+        return principal
 
-    async def _load(self, claims: TokenClaims) -> _Entry:
-        async with self.db.session(claims.org_id) as session:
-            row = (
-                await session.exec(
-                    select(AuthSession, Membership, User)
-                    .join(Membership, col(Membership.id) == col(AuthSession.membership_id))
-                    .join(User, col(User.id) == col(Membership.user_id))
-                    .where(AuthSession.id == claims.session_id)
-                )
-            ).first()
-            organization = await session.get(Organization, claims.org_id) if row else None
-        if row is None:
-            return _Entry(live=False, org_id=claims.org_id)
-        auth_session, membership, user = row
-        require_two_factor = organization is not None and organization.require_two_factor
-        return _Entry(
-            live=auth_session.revoked_at is None,
-            org_id=membership.org_id,
-            membership_id=membership.id,
-            user_id=membership.user_id,
-            role=membership.role,
-            session_expires_at=auth_session.expires_at,
-            last_used_at=auth_session.last_used_at,
-            must_enroll=require_two_factor and user.two_factor_enabled_at is None,
-            workspace_deleting=(
-                organization is not None and organization.deletion_scheduled_at is not None
-            ),
-        )
+    async def authenticate_all(
+        self, tokens: Iterable[str | None]
+    ) -> dict[str | None, Principal | None]:
+        """`authenticate` of each token, reading the database once per workspace for the
+        sessions the cache cannot answer (all of them while the broker is away: a
+        re-check of every open socket each second is one read per workspace, not one per
+        session)."""
+        answers: dict[str | None, Principal | None] = {}
+        verified: dict[str, TokenClaims] = {}
+        for token in tokens:
+            answers[token] = None
+            if token and token not in verified:
+                with contextlib.suppress(InvalidTokenError):
+                    verified[token] = self.codec.verify(token, "access")
+        entries: dict[str, _Entry] = {}
+        unknown: dict[uuid.UUID, list[tuple[str, TokenClaims]]] = {}
+        for token, claims in verified.items():
+            entry = self._cached(claims)
+            if entry is None:
+                unknown.setdefault(claims.org_id, []).append((token, claims))
+            else:
+                entries[token] = entry
+        for org_id, of_workspace in unknown.items():
+            generation = self.generation
+            loaded = await self._load(org_id, {claims.session_id for _, claims in of_workspace})
+            for token, claims in of_workspace:
+                entry = loaded.get(claims.session_id) or _Entry(live=False, org_id=org_id)
+                self._keep(claims, entry, generation)
+                entries[token] = entry
+        now = utcnow()
+        touched: dict[uuid.UUID, list[uuid.UUID]] = {}
+        for token, claims in verified.items():
+            answers[token], touch = _principal(claims, entries[token], now)
+            if touch:
+                touched.setdefault(claims.org_id, []).append(claims.session_id)
+        for org_id, session_ids in touched.items():
+            await self._touch(org_id, session_ids, now)
+        return answers
 
-    async def _touch(self, claims: TokenClaims, now: datetime) -> None:
-        async with self.db.session(claims.org_id) as session:
+    def _cached(self, claims: TokenClaims) -> _Entry | None:
+        """The cache's answer for the token's session (none while the broker is away:
+        revocations from other processes cannot reach it then)."""
+        entry = self.cache.get(claims.session_id) if self.broker.connected else None
+        if entry is not None and entry.org_id != claims.org_id:
+            return None  # looked up for another workspace: ask the database for this one
+        return entry
+
+    def _keep(self, claims: TokenClaims, entry: _Entry, generation: int) -> None:
+        if generation == self.generation:
+            # Else a revocation arrived during the read, which may predate its commit:
+            # cached, a revoked session would pass for the cache's lifetime.
+            self.cache.put(claims.session_id, entry)
+
+    async def _load(
+        self, org_id: uuid.UUID, session_ids: set[uuid.UUID]
+    ) -> dict[uuid.UUID, _Entry]:
+        """What the database says of these sessions of the workspace (a session it does
+        not hold is absent)."""
+        entries: dict[uuid.UUID, _Entry] = {}
+        async with self.db.session(org_id) as session:
+            organization: Organization | None = None
+            ids = sorted(session_ids)
+            for start in range(0, len(ids), _LOAD_BATCH):
+                rows = (
+                    await session.exec(
+                        select(AuthSession, Membership, User)
+                        .join(Membership, col(Membership.id) == col(AuthSession.membership_id))
+                        .join(User, col(User.id) == col(Membership.user_id))
+                        .where(col(AuthSession.id).in_(ids[start : start + _LOAD_BATCH]))
+                    )
+                ).all()
+                if rows and organization is None:
+                    organization = await session.get(Organization, org_id)
+                for auth_session, membership, user in rows:
+                    entries[auth_session.id] = _entry(auth_session, membership, user, organization)
+        return entries
+
+    async def _touch(self, org_id: uuid.UUID, session_ids: list[uuid.UUID], now: datetime) -> None:
+        async with self.db.session(org_id) as session:
             await session.exec(
                 update(AuthSession)
-                .where(col(AuthSession.id) == claims.session_id)
+                .where(col(AuthSession.id).in_(session_ids))
                 .values(last_used_at=now)
             )
 

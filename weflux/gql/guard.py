@@ -188,9 +188,9 @@ def current_operation() -> OperationScope | None:
 async def refused_at_commit(
     scope: OperationScope, principal: Principal | None
 ) -> GraphQLError | None:
-    """Whether a mutation that ran without errors may commit (`policy.refusal_at_commit`,
-    SQLite; PostgreSQL's was read as it started): the transports ask just before they
-    settle its unit."""
+    """Whether a mutation that ran without errors may commit (`policy.refusal_at_commit`:
+    SQLite; on PostgreSQL most were read as they started): the transports ask just
+    before they settle its unit."""
     if scope.operation is not OperationType.MUTATION or scope.unit is None or principal is None:
         return None
     return await refusal_at_commit(scope.unit, principal.org_id, scope.fields)

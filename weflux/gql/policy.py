@@ -1,7 +1,8 @@
 """Three checks of every operation before it runs, over HTTP and the WebSocket alike.
 
 1. While the workspace's deletion is scheduled (its grace period), a mutation may only
-   be one of `GRACE_PERIOD_OPERATIONS`: anything else answers `FORBIDDEN`. The session
+   be one of `GRACE_PERIOD_OPERATIONS`: anything else answers `FORBIDDEN`. The request
+   itself is refused (`BAD_USER_INPUT`) beside any other mutation but those. The session
    says whether the deletion was scheduled when it was looked up (every session ends when
    one is requested, so no older session says otherwise); a session that says so is
    checked against the database, since a cancellation may have come since.
@@ -57,6 +58,13 @@ INTROSPECTION = frozenset({"__schema", "__type", "__typename"})
 # Mutations that commit during a grace period: the allowed ones, and the request itself
 # (it refuses a second one under the workspace's lock; weflux.lifecycle.requests).
 COMMITS_WHILE_DELETING = GRACE_PERIOD_OPERATIONS | INTROSPECTION | {"requestWorkspaceDeletion"}
+# Checked just before their commit on PostgreSQL too, not as they start: an upload stores
+# its file first (seconds for a large one, and a unit of its own for the file's intent),
+# and a unit begun at its start held a connection throughout: as many uploads at once as
+# the pool's connections each waited for a second one, and every request of the process
+# with them. Its unit locks no row a deletion request takes (the file's intent, its new
+# row), so taking the lock at its commit cannot deadlock.
+CHECKED_AT_COMMIT = frozenset({"uploadMedia"})
 
 
 def root_fields(document: DocumentNode, operation_name: str | None) -> set[str]:
@@ -104,6 +112,16 @@ async def screen(
     if principal is None:
         return None
     fields = root_fields(document, operation_name)
+    if kind is OperationType.MUTATION and "requestWorkspaceDeletion" in fields:
+        beside = sorted(fields - COMMITS_WHILE_DELETING)
+        if beside:
+            # The mutations after it would run inside the grace period it starts, judged
+            # before it: refused whole, before anything runs, on both engines.
+            return GraphQLError(
+                "requestWorkspaceDeletion runs alone (or beside the mutations allowed while "
+                f"a deletion is scheduled), not with {', '.join(beside)}",
+                extensions={"code": ErrorCode.BAD_USER_INPUT},
+            )
     if (
         principal.workspace_deleting
         and kind is OperationType.MUTATION
@@ -147,7 +165,7 @@ async def refusal_at_start(
     that starts after it committed reads the deletion here. Taken before any row, so no
     mutation holds a row the request needs while waiting for it (no deadlock).
     """
-    if not _checked(unit, fields, "postgresql"):
+    if not _checked(unit, fields, "postgresql") or _at_commit(fields):
         return None
     connection = await unit.connection()
     await share_deletion_lock(connection, org_id)
@@ -160,10 +178,23 @@ async def refusal_at_commit(
     """SQLite: the same, read just before the mutation's commit, in its transaction: a
     writer holds the database's write lock from its first statement, so the deletion
     either committed before it (seen here) or waits for it. A mutation that opened no
-    transaction wrote nothing: no statement."""
-    if not unit.in_transaction() or not _checked(unit, fields, "sqlite"):
+    transaction wrote nothing: no statement.
+
+    PostgreSQL, the mutations of `CHECKED_AT_COMMIT` only: the lock taken for share, then
+    the read, just before the commit."""
+    if not unit.in_transaction():
         return None
-    return await _refusal(await unit.connection(), org_id)
+    if _checked(unit, fields, "sqlite"):
+        return await _refusal(await unit.connection(), org_id)
+    if _checked(unit, fields, "postgresql") and _at_commit(fields):
+        connection = await unit.connection()
+        await share_deletion_lock(connection, org_id)
+        return await _refusal(connection, org_id)
+    return None
+
+
+def _at_commit(fields: frozenset[str]) -> bool:
+    return fields - COMMITS_WHILE_DELETING <= CHECKED_AT_COMMIT
 
 
 def _checked(unit: AsyncSession, fields: frozenset[str], dialect: str) -> bool:

@@ -259,6 +259,9 @@ async def request_workspace_deletion(
     principal.require(PERMISSION)
     # First: mutations running in the workspace commit before this, or not at all.
     await session_service.take_deletion_lock(session, principal.org_id)
+    # Then the feed's lock, before any row: the replies failed below take feed positions,
+    # and a webhook holds the feed from its start, then a reply's row (a status).
+    await lock_feed(session)
     # Locked: a second request at once waits here, then sees this one's outcome.
     organization = await session_service.locked_workspace(session, principal.org_id, update=True)
     if organization.deletion_scheduled_at is not None:

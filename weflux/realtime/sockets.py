@@ -207,29 +207,32 @@ class SocketRegistry:
             for context in list(self._sockets.get(session_id, ())):
                 await self.close(context, "Session revoked")
         recheck_all = not sessions and not memberships
-        # One look-up per access token, however many sockets (tabs) carry it: a re-check
-        # of everyone runs each second while the broker is away.
-        looked_up: dict[str | None, Principal | None] = {}
-        for group in list(self._sockets.values()):
-            for context in list(group):
-                principal = context.principal
-                if principal is None:
-                    continue
-                if recheck_all or principal.membership_id in memberships:
-                    await self.recheck(context, looked_up)
+        rechecked = [
+            context
+            for group in list(self._sockets.values())
+            for context in group
+            if context.principal is not None
+            and (recheck_all or context.principal.membership_id in memberships)
+        ]
+        if not rechecked:
+            return
+        # One look-up per access token, however many sockets (tabs) carry it, and one
+        # read per workspace: a re-check of everyone runs each second while the broker
+        # is away.
+        looked_up = await self.authenticator.authenticate_all(_token(c) for c in rechecked)
+        for context in rechecked:
+            await self.recheck(context, looked_up)
 
     async def recheck(
         self, context: LiveSocket, looked_up: dict[str | None, Principal | None] | None = None
     ) -> bool:
         """Authenticate the socket again: closed (False) unless its session is still live.
-        `looked_up`: the principals of the tokens already authenticated in this pass."""
+        `looked_up`: the principals of the tokens authenticated for this pass."""
         token = _token(context)
         if looked_up is not None and token in looked_up:
             fresh = looked_up[token]
         else:
             fresh = await self.authenticator.authenticate(token)
-            if looked_up is not None:
-                looked_up[token] = fresh
         if fresh is None:
             await self.close(context, "Session revoked")
             return False

@@ -101,7 +101,7 @@ class LifecycleMutation:
             "every session ends, non-Admins cannot log in, numbers stop sending and credentials "
             "are destroyed; during the grace period Admins may only cancel, export and keep "
             "their own account safe (every other mutation is FORBIDDEN); after it every row "
-            "is deleted.",
+            "is deleted. Runs alone, or beside only those mutations: else BAD_USER_INPUT.",
         )
     )
     async def request_workspace_deletion(
