@@ -158,6 +158,32 @@ async def test_with_the_broker_down_every_request_checks_the_database(
     assert await authenticator.authenticate(token) is None
 
 
+async def test_a_failing_recheck_logs_one_traceback_per_run_of_failures(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a process whose Redis and database are both away (the re-check of every
+    socket runs each second and fails each time),
+    when it fails three times, succeeds, then fails again,
+    then only the first failure of each run logs a traceback, the others one line each:
+    before, every second logged a traceback for as long as the outage lasted."""
+    authenticator = Authenticator(_codec(), db, _DisconnectedBroker())
+    outcomes = iter([False, False, False, True, False])
+
+    async def listener(sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        if not next(outcomes):
+            raise ConnectionRefusedError("database away")
+
+    authenticator.add_revocation_listener(listener)
+    with caplog.at_level("WARNING", logger="weflux.auth.authenticator"):
+        for _ in range(5):
+            await authenticator._recheck_everyone()
+    records = [r for r in caplog.records if r.name == "weflux.auth.authenticator"]
+    assert [r.exc_info is not None for r in records] == [True, False, False, True]
+    assert records[1].getMessage() == (
+        "re-checking the open sockets failed again: ConnectionRefusedError"
+    )
+
+
 async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> None:
     codec = _codec()
     broker = InProcessBroker()

@@ -177,6 +177,7 @@ class Authenticator:
         # change meanwhile may have read the database before that revocation committed.
         self.generation = 0
         self._watch: asyncio.Task[None] | None = None
+        self._recheck_failing = False  # the last re-check of everyone failed
 
     async def start(self) -> None:
         self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
@@ -350,9 +351,21 @@ class Authenticator:
         await self._recheck_everyone()
 
     async def _recheck_everyone(self) -> None:
-        """Messages may have been missed: every listener re-checks all it holds."""
+        """Messages may have been missed: every listener re-checks all it holds.
+
+        While Redis is away this runs each second; with the database away too every pass
+        fails alike: the first failure of a run of them logs its traceback, the others one
+        line each, until a pass succeeds."""
         for listener in self._listeners:
             try:
                 await listener(set(), set())
-            except Exception:
-                log.exception("revocation listener failed")
+            except Exception as error:
+                if self._recheck_failing:
+                    log.warning(
+                        "re-checking the open sockets failed again: %s", type(error).__name__
+                    )
+                else:
+                    log.exception("revocation listener failed")
+                self._recheck_failing = True
+            else:
+                self._recheck_failing = False
