@@ -21,6 +21,8 @@ listen on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import weakref
 from typing import Any, cast
 
@@ -56,6 +58,22 @@ _INTERNAL = {
     "message": "Internal server error",
     "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
 }
+# A live event that could not be loaded (its database read failed): never sent as a
+# `next` without data, which the client would step over. The socket is closed with
+# 1013 (Try Again Later), which graphql-ws retries: its subscriptions resume after the
+# last event they received (docs/realtime.md#close-codes).
+TRY_AGAIN_CLOSE = 1013
+_UNDELIVERED = frozenset((ErrorCode.INTERNAL_SERVER_ERROR, ErrorCode.UPSTREAM_UNAVAILABLE))
+log = logging.getLogger(__name__)
+
+
+def undelivered(payload: Any) -> bool:
+    """Whether a subscription's `next` payload stands for an event that failed to load."""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    return any(
+        isinstance(error, dict) and (error.get("extensions") or {}).get("code") in _UNDELIVERED
+        for error in errors or ()
+    )
 
 
 def _finished() -> asyncio.Task[None]:
@@ -118,6 +136,7 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws handler, with limits and a unit per operation."""
 
     _shares: dict[str, Sharing] | None = None
+    _closing = False  # closed for an event it could not deliver: nothing more goes out
 
     async def handle_message(self, message: Message) -> None:
         """A frame of the wrong shape closes the socket 4400 (the protocol's invalid
@@ -259,7 +278,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.context.hub.forget(listener)
 
     async def send_message(self, message: Message) -> None:
-        """The first result of a query or mutation goes out once its unit is settled."""
+        """The first result of a query or mutation goes out once its unit is settled; a
+        subscription's event that failed to load closes the socket instead (1013)."""
+        if self._closing:
+            return
         scope = current_operation()
         if (
             scope is not None
@@ -278,6 +300,13 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             ):
                 payload = {"data": None, "errors": [_INTERNAL]}
             message = cast("NextMessage", {**message, "payload": payload})
+        elif message["type"] == "next" and undelivered(message["payload"]):
+            # Not broadcast either: a shared group's next leader reads the event again.
+            self._closing = True
+            log.warning("a live event could not be loaded; its socket is closed to resume")
+            with contextlib.suppress(Exception):  # gone meanwhile
+                await self.websocket.close(TRY_AGAIN_CLOSE, "Try again later: resume with after")
+            return
         elif message["type"] == "next" and self._shares is not None:
             share = self._shares.get(message["id"])
             if share is not None and await broadcast(share, dict(message["payload"])):

@@ -1,0 +1,218 @@
+"""A live event whose read fails (its PostgreSQL backend killed while it waits) is never
+stepped over: instead of a `next` without data, the socket closes with 1013 (Try Again
+Later, which graphql-ws retries), and a client that resumes from the last cursor it
+received gets the event. A shared group's next leader reads the event again."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+from sqlmodel import update
+from starlette.applications import Starlette
+from websockets.exceptions import ConnectionClosed
+
+from tests.fixtures.api import token_for
+from tests.fixtures.app import HTTP_TIMEOUT
+from tests.fixtures.databases import DatabaseUrls, killed_while_waiting, postgres_only
+from tests.fixtures.factories import Actor, create_conversation, create_message
+from tests.fixtures.inbox import gid
+from tests.fixtures.live import live_server, until_listening
+from tests.fixtures.ws import GraphQLSocket
+from weflux.db import Database
+from weflux.gql.socket import TRY_AGAIN_CLOSE
+from weflux.models import Conversation, Message, MessageStatus, Organization
+from weflux.pagination import encode_cursor, encode_update_cursor
+from weflux.realtime.events import EventName, workspace_channel
+from weflux.runtime import runtime_of
+
+pytestmark = postgres_only
+
+ADDED = """subscription($after: String) { messageAdded(after: $after) {
+  id cursor text conversation { contact { name } } } }"""
+FEEDS = {
+    "conversationUpdated": (
+        "subscription($after: String) { conversationUpdated(after: $after) { id updateCursor } }",
+        "conversations",
+    ),
+    "messageUpdated": (
+        "subscription($after: String) { messageUpdated(after: $after) { id updateCursor } }",
+        "messages",
+    ),
+}
+
+
+async def _publish(app: Starlette, org: Organization, event: EventName, **ids: uuid.UUID) -> None:
+    """The event as a committed change publishes it (ids only)."""
+    message = {"event": event, "eid": uuid.uuid4().hex, **{k: str(v) for k, v in ids.items()}}
+    await runtime_of(app).broker.publish(workspace_channel(org.id), message)
+
+
+async def _frame_or_close(socket: GraphQLSocket, operation: str) -> dict[str, Any] | None:
+    """The next frame of `operation`, or None once the server closed the socket."""
+    try:
+        return await socket.next(operation, timeout=30)
+    except ConnectionClosed:
+        return None
+
+
+async def _first_data(base: str, token: str, query: str, after: str) -> dict[str, Any]:
+    """What a client resuming with `after` receives first (a new socket)."""
+    socket = await GraphQLSocket.connect(base, token)
+    try:
+        frame = await socket.next(await socket.subscribe(query, {"after": after}))
+    finally:
+        await socket.close()
+    assert frame["type"] == "next", frame
+    assert "errors" not in frame["payload"], frame
+    data: dict[str, Any] = frame["payload"]["data"]
+    return data
+
+
+async def test_a_message_whose_frame_fails_to_load_closes_the_socket_and_is_resumed(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+) -> None:
+    """Given messageAdded resumed after a message, when the next message's frame cannot be
+    loaded (its contact's read killed), then no frame without data is sent: the socket
+    closes with 1013, and resuming after the same cursor delivers that message."""
+    async with db.session(org.id) as session:
+        conversation = await create_conversation(session)
+        zero = await create_message(session, conversation, text="zero")
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            token = await token_for(http, admin)
+        socket = await GraphQLSocket.connect(base, token)
+        operation = await socket.subscribe(ADDED, {"after": encode_cursor(zero.id)})
+        await until_listening(broker_app, 1)
+        async with db.session(org.id) as session:
+            first = await create_message(session, conversation, text="first")
+
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(
+                broker_app,
+                org,
+                EventName.MESSAGE_ADDED,
+                id=first.id,
+                conversation_id=conversation.id,
+            )
+            return await _frame_or_close(socket, operation)
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+        )
+
+        assert frame is None, frame
+        assert socket.connection.close_code == TRY_AGAIN_CLOSE
+        resumed = await _first_data(base, token, ADDED, encode_cursor(zero.id))
+        assert resumed["messageAdded"]["text"] == "first"
+
+
+async def test_a_shared_group_whose_leader_fails_hands_the_event_over(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    manager: Actor,
+) -> None:
+    """Given an Admin and a Manager sharing one live messageAdded, when the leader's frame
+    cannot be loaded, then the leader's socket closes with 1013 and the other member
+    receives the message, read again: neither steps over it."""
+    async with db.session(org.id) as session:
+        conversation = await create_conversation(session)
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            leader = await GraphQLSocket.connect(base, await token_for(http, admin))
+            follower = await GraphQLSocket.connect(base, await token_for(http, manager))
+        leading = await leader.subscribe(ADDED)
+        await until_listening(broker_app, 1)
+        following = await follower.subscribe(ADDED)
+        await follower.ping()
+        async with db.session(org.id) as session:
+            first = await create_message(session, conversation, text="first")
+
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(
+                broker_app,
+                org,
+                EventName.MESSAGE_ADDED,
+                id=first.id,
+                conversation_id=conversation.id,
+            )
+            return await _frame_or_close(leader, leading)
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+        )
+
+        assert frame is None, frame
+        assert leader.connection.close_code == TRY_AGAIN_CLOSE
+        frame = await follower.next(following)
+        assert frame is not None
+        assert frame["type"] == "next", frame
+        assert frame["payload"]["data"]["messageAdded"]["text"] == "first", frame
+        await follower.close()
+
+
+@pytest.mark.parametrize("name", list(FEEDS))
+async def test_a_feed_whose_read_fails_closes_the_socket_and_is_resumed(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    name: str,
+) -> None:
+    """Given conversationUpdated (messageUpdated) resumed from a position, when the feed's
+    read after an event is killed, then no frame without data (nor a `complete`) is
+    sent: the socket closes with 1013, and resuming from the same cursor delivers the
+    change."""
+    query, table = FEEDS[name]
+    async with db.session(org.id) as session:
+        conversation = await create_conversation(session)
+        message = await create_message(session, conversation, text="hello")
+    after = encode_update_cursor(max(conversation.update_seq, message.update_seq))
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            token = await token_for(http, admin)
+        socket = await GraphQLSocket.connect(base, token)
+        operation = await socket.subscribe(query, {"after": after})
+        await until_listening(broker_app, 1)
+        async with db.session(org.id) as session:
+            # a change of the conversation and of its message, each a new feed position
+            await session.exec(
+                update(Conversation).values(unread_count=Conversation.unread_count + 1)
+            )
+            await session.exec(update(Message).values(status=MessageStatus.DELIVERED))
+
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(broker_app, org, EventName(name), id=message.id)
+            return await _frame_or_close(socket, operation)
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+        )
+
+        assert frame is None, frame
+        assert socket.connection.close_code == TRY_AGAIN_CLOSE
+        resumed = await _first_data(base, token, query, after)
+        expected = conversation if name == "conversationUpdated" else message
+        assert resumed[name]["id"] == gid(type(expected).__name__, expected.id)
