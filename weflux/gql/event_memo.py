@@ -19,7 +19,7 @@ from graphql import ExecutionResult
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from weflux.auth.principal import Principal, visibility_class
-from weflux.gql.errors import should_mask_error
+from weflux.gql.errors import failed_to_run
 from weflux.gql.loaders import Loaders
 
 # How a live event's row is read: (the unit of work, model, id, the class's DataLoaders)
@@ -177,7 +177,7 @@ async def _execute_first(
     except BaseException:
         _unshare(future, results, key)
         raise
-    if result.errors and any(should_mask_error(error) for error in result.errors):
+    if result.errors and any(failed_to_run(error) for error in result.errors):
         # A read that failed (a killed connection): not the event as the class sees
         # it, and its subscriber will not send it (`weflux.gql.socket`). Others load
         # and execute it again, with DataLoaders that did not keep the failure.
