@@ -8,7 +8,7 @@ import asyncpg.exceptions as pg
 from graphql import GraphQLError
 from sqlalchemy import exc as sa_exc
 
-from weflux.db_errors import MESSAGE, RETRY_AFTER, is_outage
+from weflux.db_errors import MESSAGE, RETRY_AFTER, is_service_outage
 from weflux.gql.errors import CodedErrors
 
 
@@ -19,27 +19,29 @@ def _wrapped(driver: Exception, *, invalidated: bool = False) -> sa_exc.DBAPIErr
 
 def test_connection_failures_timeouts_and_a_full_pool_are_outages() -> None:
     refused = ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 5432)")
-    assert is_outage(refused)
-    assert is_outage(TimeoutError())  # silent past the answer timeout
-    assert is_outage(sa_exc.TimeoutError("QueuePool limit of size 10 overflow 0 reached"))
-    assert is_outage(_wrapped(pg.ConnectionDoesNotExistError("closed"), invalidated=True))
-    assert is_outage(_wrapped(pg.AdminShutdownError("terminating connection")))
-    assert is_outage(_wrapped(pg.CannotConnectNowError("the database system is starting up")))
-    assert is_outage(_wrapped(pg.TooManyConnectionsError("too many clients")))
+    assert is_service_outage(refused)
+    assert is_service_outage(TimeoutError())  # silent past the answer timeout
+    assert is_service_outage(sa_exc.TimeoutError("QueuePool limit of size 10 overflow 0 reached"))
+    assert is_service_outage(_wrapped(pg.ConnectionDoesNotExistError("closed"), invalidated=True))
+    assert is_service_outage(_wrapped(pg.AdminShutdownError("terminating connection")))
+    assert is_service_outage(
+        _wrapped(pg.CannotConnectNowError("the database system is starting up"))
+    )
+    assert is_service_outage(_wrapped(pg.TooManyConnectionsError("too many clients")))
     raised = RuntimeError("a call that failed")
     raised.__cause__ = refused  # `raise ... from refused`
-    assert is_outage(raised)
+    assert is_service_outage(raised)
 
 
 def test_our_faults_and_sqlite_contention_are_not_outages() -> None:
     """SQLite's busy database is contention inside the process; a constraint, a bug, a
     statement cancelled by its own timeout are ours: 500 INTERNAL_SERVER_ERROR."""
     locked = sqlite3.OperationalError("database is locked")
-    assert not is_outage(sa_exc.OperationalError("BEGIN IMMEDIATE", {}, locked))
-    assert not is_outage(_wrapped(pg.UniqueViolationError("duplicate key")))
-    assert not is_outage(_wrapped(pg.QueryCanceledError("canceling statement")))
-    assert not is_outage(ValueError("a bug"))
-    assert not is_outage(None)
+    assert not is_service_outage(sa_exc.OperationalError("BEGIN IMMEDIATE", {}, locked))
+    assert not is_service_outage(_wrapped(pg.UniqueViolationError("duplicate key")))
+    assert not is_service_outage(_wrapped(pg.QueryCanceledError("canceling statement")))
+    assert not is_service_outage(ValueError("a bug"))
+    assert not is_service_outage(None)
 
 
 def test_an_outage_in_graphql_is_coded_with_its_wait_and_shows_nothing_of_the_driver() -> None:

@@ -39,7 +39,7 @@ from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
 from weflux.db_errors import MESSAGE as OUTAGE_MESSAGE
 from weflux.db_errors import RETRY_AFTER as OUTAGE_RETRY_AFTER
-from weflux.db_errors import is_outage
+from weflux.db_errors import is_service_outage
 from weflux.errors import ErrorCode, error_response
 from weflux.gql.errors import MASKED_MESSAGE
 from weflux.gql.schema import build_schema
@@ -189,7 +189,7 @@ async def _server_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: 500 with no detail, in the route's own error shape
     (Starlette's error middleware still re-raises it, so it is logged with its trace).
     A dependency's outage (`weflux.db_errors`) is 503 with `Retry-After` instead."""
-    outage = is_outage(exc)
+    outage = is_service_outage(exc)
     status, code = (
         (503, ErrorCode.UPSTREAM_UNAVAILABLE) if outage else (500, ErrorCode.INTERNAL_SERVER_ERROR)
     )

@@ -30,7 +30,7 @@ _DRIVER_OUTAGES = (
 )
 
 
-def is_outage(error: BaseException | None) -> bool:
+def is_service_outage(error: BaseException | None) -> bool:
     """Whether `error`, or an error it was raised from or wraps, is a dependency's outage."""
     pending = [error]
     seen: set[int] = set()

@@ -46,7 +46,7 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         if isinstance(original, RateLimited | Unavailable):
             extensions["retryAfter"] = original.retry_after  # seconds, as HTTP's Retry-After
         return extensions
-    if db_errors.is_outage(original):
+    if db_errors.is_service_outage(original):
         return {"code": ErrorCode.UPSTREAM_UNAVAILABLE, "retryAfter": db_errors.RETRY_AFTER}
     if isinstance(original, GraphQLError):
         # A permission class's refusal: strawberry raises it as a GraphQLError with a code.
@@ -144,5 +144,10 @@ def log_errors(errors: list[GraphQLError], context: ExecutionContext | None) -> 
         if coded is None:
             stack = describe_exception(original) if original is not None else None
             log.error("unexpected error in a GraphQL operation", extra=fields | {"stack": stack})
+        elif db_errors.is_service_outage(original):
+            stack = describe_exception(original) if original is not None else None
+            log.warning(
+                "a service was unavailable to a GraphQL operation", extra=fields | {"stack": stack}
+            )
         else:
             log.info("GraphQL operation error", extra=fields)
