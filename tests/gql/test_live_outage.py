@@ -17,7 +17,12 @@ from websockets.exceptions import ConnectionClosed
 from tests.fixtures.api import token_for
 from tests.fixtures.app import HTTP_TIMEOUT
 from tests.fixtures.databases import DatabaseUrls, killed_while_waiting, postgres_only
-from tests.fixtures.factories import Actor, create_conversation, create_message
+from tests.fixtures.factories import (
+    Actor,
+    create_conversation,
+    create_message,
+    create_whatsapp_account,
+)
 from tests.fixtures.inbox import gid
 from tests.fixtures.live import live_server, until_listening
 from tests.fixtures.ws import GraphQLSocket
@@ -216,3 +221,87 @@ async def test_a_feed_whose_read_fails_closes_the_socket_and_is_resumed(
         resumed = await _first_data(base, token, query, after)
         expected = conversation if name == "conversationUpdated" else message
         assert resumed[name]["id"] == gid(type(expected).__name__, expected.id)
+
+
+ACCOUNT = "subscription { whatsAppAccountUpdated { id displayPhoneNumber } }"
+
+
+@pytest.mark.parametrize("kills", [1, 2])
+async def test_a_followed_row_is_read_again_once_then_the_socket_closes(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    db: Database,
+    org: Organization,
+    admin: Actor,
+    kills: int,
+) -> None:
+    """Given whatsAppAccountUpdated (an id-only event read by id, as noteAdded and
+    securityEventAdded), when its row's read is killed once, then it is read again and
+    delivered; when the read again is killed too, then no frame without data (nor a
+    `complete`) is sent: the socket closes with 1013."""
+    async with db.session(org.id) as session:
+        account = await create_whatsapp_account(session)
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            socket = await GraphQLSocket.connect(base, await token_for(http, admin))
+        operation = await socket.subscribe(ACCOUNT)
+        await until_listening(broker_app, 1)
+
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(broker_app, org, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id)
+            return await _frame_or_close(socket, operation)
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE whatsapp_accounts IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+            kills=kills,
+        )
+
+        if kills == 1:
+            assert frame is not None
+            assert frame["payload"] == {
+                "data": {
+                    "whatsAppAccountUpdated": {
+                        "id": gid("WhatsAppAccount", account.id),
+                        "displayPhoneNumber": account.display_phone_number,
+                    }
+                }
+            }
+            await socket.close()
+        else:
+            assert frame is None, frame
+            assert socket.connection.close_code == TRY_AGAIN_CLOSE
+
+
+async def test_a_removal_whose_read_fails_closes_the_socket(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    org: Organization,
+    admin: Actor,
+) -> None:
+    """Given conversationRemoved, when the removals' read after an event is killed, then
+    no frame without data (nor a `complete`) is sent: the socket closes with 1013."""
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            socket = await GraphQLSocket.connect(base, await token_for(http, admin))
+        operation = await socket.subscribe("subscription { conversationRemoved }")
+        await until_listening(broker_app, 1)
+        await socket.ping()
+
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(broker_app, org, EventName.CONVERSATION_REMOVED, id=uuid.uuid4())
+            return await _frame_or_close(socket, operation)
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE conversation_removals IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+        )
+
+        assert frame is None, frame
+        assert socket.connection.close_code == TRY_AGAIN_CLOSE
