@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlmodel import update
+from sqlmodel import select, update
 from starlette.applications import Starlette
 from websockets.exceptions import ConnectionClosed
 
@@ -24,11 +24,12 @@ from tests.fixtures.factories import (
     create_whatsapp_account,
 )
 from tests.fixtures.inbox import gid
-from tests.fixtures.live import live_server, until_listening
+from tests.fixtures.live import inbound, live_server, until_listening
+from tests.fixtures.node import node_script
 from tests.fixtures.ws import GraphQLSocket
 from weflux.db import Database
 from weflux.gql.socket import TRY_AGAIN_CLOSE
-from weflux.models import Conversation, Message, MessageStatus, Organization
+from weflux.models import Conversation, Message, MessageStatus, Organization, WhatsAppAccount
 from weflux.pagination import encode_cursor, encode_update_cursor
 from weflux.realtime.events import EventName, workspace_channel
 from weflux.runtime import runtime_of
@@ -305,3 +306,65 @@ async def test_a_removal_whose_read_fails_closes_the_socket(
 
         assert frame is None, frame
         assert socket.connection.close_code == TRY_AGAIN_CLOSE
+
+
+async def test_graphql_ws_retries_1013_and_receives_the_event_it_missed(
+    live: str,
+    http: httpx.AsyncClient,
+    live_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    db: Database,
+    org: Organization,
+    channel: WhatsAppAccount,
+    admin: Actor,
+) -> None:
+    """Given graphql-ws's client (under Node) that received a message, keeping its cursor
+    in the request (docs/realtime.md), when the next message cannot be read (its read and
+    the read again killed), then the socket closes 1013, graphql-ws retries on its own, and
+    the retry receives that message, once."""
+    token = await token_for(http, admin)
+    async with node_script("inbox_client.mjs", WEFLUX_URL=live) as script:
+        await script.send("open", name="tab", token=token)
+        await script.expect("tab", "connected")
+        await until_listening(live_app, 1)
+        await inbound(http, "first")
+        assert (await script.expect("tab", "message"))["text"] == "first"
+        async with db.session(org.id) as session:
+            conversation = (await session.exec(select(Conversation))).one()
+            second = await create_message(session, conversation, text="second")
+
+        async def publish_and_close() -> dict[str, Any]:
+            await _publish(
+                live_app,
+                org,
+                EventName.MESSAGE_ADDED,
+                id=second.id,
+                conversation_id=conversation.id,
+            )
+            return await script.expect("tab", "closed")
+
+        closed = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE messages IN ACCESS EXCLUSIVE MODE",
+            publish_and_close,
+            kills=2,
+        )
+
+        assert closed["code"] == TRY_AGAIN_CLOSE
+        await script.expect("tab", "retry-wait")
+        await script.send("retry", name="tab")
+        await script.expect("tab", "connected")
+        assert (await script.expect("tab", "message"))["text"] == "second"
+        await script.send("dispose", name="tab")
+        await script.expect("tab", "disposed")
+        assert script.of("tab") == [
+            ("connected", None),
+            ("message", "first"),
+            ("closed", TRY_AGAIN_CLOSE),
+            ("retry-wait", None),
+            ("connected", None),
+            ("message", "second"),
+            ("disposed", None),
+        ]
