@@ -6,6 +6,7 @@ received gets the event. A shared group's next leader reads the event again."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -64,6 +65,47 @@ async def _frame_or_close(socket: GraphQLSocket, operation: str) -> dict[str, An
         return None
 
 
+ReadKilled = Callable[..., Awaitable[dict[str, Any] | None]]
+
+
+@pytest.fixture
+def read_killed(
+    broker_app: Starlette, org: Organization, database_urls: DatabaseUrls, owner_db: Database
+) -> ReadKilled:
+    """`(socket, operation, table, event, kills=1, **ids)`: publish `event` while `table`
+    is locked, kill the read that waits for it (`kills` times), and answer `operation`'s
+    next frame (None: the socket closed first)."""
+
+    async def read(
+        socket: GraphQLSocket,
+        operation: str,
+        table: str,
+        event: EventName,
+        *,
+        kills: int = 1,
+        **ids: uuid.UUID,
+    ) -> dict[str, Any] | None:
+        async def publish_and_read() -> dict[str, Any] | None:
+            await _publish(broker_app, org, event, **ids)
+            return await _frame_or_close(socket, operation)
+
+        return await killed_while_waiting(
+            database_urls,
+            owner_db,
+            f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
+            publish_and_read,
+            kills=kills,
+        )
+
+    return read
+
+
+def _closed_to_resume(frame: dict[str, Any] | None, socket: GraphQLSocket) -> None:
+    """No frame for the event (nor `complete`): the socket closed with 1013."""
+    assert frame is None, frame
+    assert socket.connection.close_code == TRY_AGAIN_CLOSE
+
+
 async def _first_data(base: str, token: str, query: str, after: str) -> dict[str, Any]:
     """What a client resuming with `after` receives first (a new socket)."""
     socket = await GraphQLSocket.connect(base, token)
@@ -79,8 +121,7 @@ async def _first_data(base: str, token: str, query: str, after: str) -> dict[str
 
 async def test_a_message_whose_frame_fails_to_load_closes_the_socket_and_is_resumed(
     broker_app: Starlette,
-    database_urls: DatabaseUrls,
-    owner_db: Database,
+    read_killed: ReadKilled,
     db: Database,
     org: Organization,
     admin: Actor,
@@ -100,33 +141,23 @@ async def test_a_message_whose_frame_fails_to_load_closes_the_socket_and_is_resu
         async with db.session(org.id) as session:
             first = await create_message(session, conversation, text="first")
 
-        async def publish_and_read() -> dict[str, Any] | None:
-            await _publish(
-                broker_app,
-                org,
-                EventName.MESSAGE_ADDED,
-                id=first.id,
-                conversation_id=conversation.id,
-            )
-            return await _frame_or_close(socket, operation)
-
-        frame = await killed_while_waiting(
-            database_urls,
-            owner_db,
-            "LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE",
-            publish_and_read,
+        frame = await read_killed(
+            socket,
+            operation,
+            "contacts",
+            EventName.MESSAGE_ADDED,
+            id=first.id,
+            conversation_id=conversation.id,
         )
 
-        assert frame is None, frame
-        assert socket.connection.close_code == TRY_AGAIN_CLOSE
+        _closed_to_resume(frame, socket)
         resumed = await _first_data(base, token, ADDED, encode_cursor(zero.id))
         assert resumed["messageAdded"]["text"] == "first"
 
 
 async def test_a_shared_group_whose_leader_fails_hands_the_event_over(
     broker_app: Starlette,
-    database_urls: DatabaseUrls,
-    owner_db: Database,
+    read_killed: ReadKilled,
     db: Database,
     org: Organization,
     admin: Actor,
@@ -148,25 +179,16 @@ async def test_a_shared_group_whose_leader_fails_hands_the_event_over(
         async with db.session(org.id) as session:
             first = await create_message(session, conversation, text="first")
 
-        async def publish_and_read() -> dict[str, Any] | None:
-            await _publish(
-                broker_app,
-                org,
-                EventName.MESSAGE_ADDED,
-                id=first.id,
-                conversation_id=conversation.id,
-            )
-            return await _frame_or_close(leader, leading)
-
-        frame = await killed_while_waiting(
-            database_urls,
-            owner_db,
-            "LOCK TABLE contacts IN ACCESS EXCLUSIVE MODE",
-            publish_and_read,
+        frame = await read_killed(
+            leader,
+            leading,
+            "contacts",
+            EventName.MESSAGE_ADDED,
+            id=first.id,
+            conversation_id=conversation.id,
         )
 
-        assert frame is None, frame
-        assert leader.connection.close_code == TRY_AGAIN_CLOSE
+        _closed_to_resume(frame, leader)
         frame = await follower.next(following)
         assert frame is not None
         assert frame["type"] == "next", frame
@@ -177,8 +199,7 @@ async def test_a_shared_group_whose_leader_fails_hands_the_event_over(
 @pytest.mark.parametrize("name", list(FEEDS))
 async def test_a_feed_whose_read_fails_closes_the_socket_and_is_resumed(
     broker_app: Starlette,
-    database_urls: DatabaseUrls,
-    owner_db: Database,
+    read_killed: ReadKilled,
     db: Database,
     org: Organization,
     admin: Actor,
@@ -206,19 +227,15 @@ async def test_a_feed_whose_read_fails_closes_the_socket_and_is_resumed(
             )
             await session.exec(update(Message).values(status=MessageStatus.DELIVERED))
 
-        async def publish_and_read() -> dict[str, Any] | None:
-            await _publish(broker_app, org, EventName(name), id=message.id)
-            return await _frame_or_close(socket, operation)
-
-        frame = await killed_while_waiting(
-            database_urls,
-            owner_db,
-            f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
-            publish_and_read,
+        frame = await read_killed(
+            socket,
+            operation,
+            table,
+            EventName(name),
+            id=message.id,
         )
 
-        assert frame is None, frame
-        assert socket.connection.close_code == TRY_AGAIN_CLOSE
+        _closed_to_resume(frame, socket)
         resumed = await _first_data(base, token, query, after)
         expected = conversation if name == "conversationUpdated" else message
         assert resumed[name]["id"] == gid(type(expected).__name__, expected.id)
@@ -230,8 +247,7 @@ ACCOUNT = "subscription { whatsAppAccountUpdated { id displayPhoneNumber } }"
 @pytest.mark.parametrize("kills", [1, 2])
 async def test_a_followed_row_is_read_again_once_then_the_socket_closes(
     broker_app: Starlette,
-    database_urls: DatabaseUrls,
-    owner_db: Database,
+    read_killed: ReadKilled,
     db: Database,
     org: Organization,
     admin: Actor,
@@ -249,16 +265,13 @@ async def test_a_followed_row_is_read_again_once_then_the_socket_closes(
         operation = await socket.subscribe(ACCOUNT)
         await until_listening(broker_app, 1)
 
-        async def publish_and_read() -> dict[str, Any] | None:
-            await _publish(broker_app, org, EventName.WHATSAPP_ACCOUNT_UPDATED, id=account.id)
-            return await _frame_or_close(socket, operation)
-
-        frame = await killed_while_waiting(
-            database_urls,
-            owner_db,
-            "LOCK TABLE whatsapp_accounts IN ACCESS EXCLUSIVE MODE",
-            publish_and_read,
+        frame = await read_killed(
+            socket,
+            operation,
+            "whatsapp_accounts",
+            EventName.WHATSAPP_ACCOUNT_UPDATED,
             kills=kills,
+            id=account.id,
         )
 
         if kills == 1:
@@ -273,14 +286,12 @@ async def test_a_followed_row_is_read_again_once_then_the_socket_closes(
             }
             await socket.close()
         else:
-            assert frame is None, frame
-            assert socket.connection.close_code == TRY_AGAIN_CLOSE
+            _closed_to_resume(frame, socket)
 
 
 async def test_a_removal_whose_read_fails_closes_the_socket(
     broker_app: Starlette,
-    database_urls: DatabaseUrls,
-    owner_db: Database,
+    read_killed: ReadKilled,
     org: Organization,
     admin: Actor,
 ) -> None:
@@ -293,19 +304,15 @@ async def test_a_removal_whose_read_fails_closes_the_socket(
         await until_listening(broker_app, 1)
         await socket.ping()
 
-        async def publish_and_read() -> dict[str, Any] | None:
-            await _publish(broker_app, org, EventName.CONVERSATION_REMOVED, id=uuid.uuid4())
-            return await _frame_or_close(socket, operation)
-
-        frame = await killed_while_waiting(
-            database_urls,
-            owner_db,
-            "LOCK TABLE conversation_removals IN ACCESS EXCLUSIVE MODE",
-            publish_and_read,
+        frame = await read_killed(
+            socket,
+            operation,
+            "conversation_removals",
+            EventName.CONVERSATION_REMOVED,
+            id=uuid.uuid4(),
         )
 
-        assert frame is None, frame
-        assert socket.connection.close_code == TRY_AGAIN_CLOSE
+        _closed_to_resume(frame, socket)
 
 
 async def test_graphql_ws_retries_1013_and_receives_the_event_it_missed(
