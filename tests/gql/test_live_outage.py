@@ -375,3 +375,31 @@ async def test_graphql_ws_retries_1013_and_receives_the_event_it_missed(
             ("message", "second"),
             ("disposed", None),
         ]
+
+
+async def test_a_subscription_whose_start_fails_to_read_closes_the_socket(
+    broker_app: Starlette,
+    database_urls: DatabaseUrls,
+    owner_db: Database,
+    org: Organization,
+    admin: Actor,
+) -> None:
+    """Given conversationUpdated without after (it reads the feed's head as it starts),
+    when that read is killed, then the start's failure is no `next` without data and
+    `complete` either: the socket closes with 1013, and the client subscribes again."""
+    async with live_server(broker_app) as base:
+        async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+            socket = await GraphQLSocket.connect(base, await token_for(http, admin))
+
+        async def subscribe_and_read() -> dict[str, Any] | None:
+            query = "subscription { conversationUpdated { id } }"
+            return await _frame_or_close(socket, await socket.subscribe(query))
+
+        frame = await killed_while_waiting(
+            database_urls,
+            owner_db,
+            "LOCK TABLE conversations IN ACCESS EXCLUSIVE MODE",
+            subscribe_and_read,
+        )
+
+        _closed_to_resume(frame, socket)
