@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.engine import make_url
 from sqlmodel import select, update
 from starlette.applications import Starlette
 from websockets.exceptions import ConnectionClosed
@@ -27,7 +29,10 @@ from tests.fixtures.factories import (
 from tests.fixtures.inbox import gid
 from tests.fixtures.live import inbound, live_server, until_listening
 from tests.fixtures.node import node_script
+from tests.fixtures.settings import make_settings
+from tests.fixtures.tcp_proxy import TcpProxy
 from tests.fixtures.ws import GraphQLSocket
+from weflux.app import create_app
 from weflux.db import Database
 from weflux.gql.socket import TRY_AGAIN_CLOSE
 from weflux.models import Conversation, Message, MessageStatus, Organization, WhatsAppAccount
@@ -403,3 +408,37 @@ async def test_a_subscription_whose_start_fails_to_read_closes_the_socket(
         )
 
         _closed_to_resume(frame, socket)
+
+
+async def test_a_socket_authenticating_while_the_database_is_away_closes_1013(
+    database_urls: DatabaseUrls, tmp_path: Path, admin: Actor
+) -> None:
+    """Given a server whose PostgreSQL refuses connections, when a client's
+    `connection_init` is checked, then the socket closes with 1013 (retried by graphql-ws),
+    not dropped without a close frame (1006); once PostgreSQL is back it connects."""
+    url = make_url(database_urls.app)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    behind = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    settings = make_settings(
+        tmp_path,
+        database_url=behind,
+        database_migration_url=database_urls.owner,
+        database_connect_timeout=1.0,
+    )
+    try:
+        async with live_server(create_app(settings)) as base:
+            async with httpx.AsyncClient(timeout=HTTP_TIMEOUT, base_url=base) as http:
+                token = await token_for(http, admin)
+            await proxy.cut()
+            with pytest.raises(ConnectionClosed) as closed:
+                await GraphQLSocket.connect(base, token)
+            assert closed.value.rcvd is not None
+            assert closed.value.rcvd.code == TRY_AGAIN_CLOSE
+
+            await proxy.restore()
+            socket = await GraphQLSocket.connect(base, token)
+            await socket.ping()
+            await socket.close()
+    finally:
+        await proxy.close()

@@ -40,6 +40,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import ExecutionResult
 
 from weflux.db import settle
+from weflux.db_errors import is_service_outage
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 from weflux.gql.fanout import broadcast, sharing_for
@@ -193,7 +194,8 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         )
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        """Past the session's or the member's cap of sockets, close 4403 (`on_ws_connect`)."""
+        """Past the session's or the member's cap of sockets, close 4403 (`on_ws_connect`);
+        the database away while the token is checked, 1013 (graphql-ws retries it)."""
         admission = admission_of(self.context.request.scope)
         if admission is not None:
             admission.initialised()  # no longer waiting for it, whatever comes next
@@ -201,6 +203,12 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await super().handle_connection_init(message)
         except TooManySockets as refused:
             await self.websocket.close(code=TOO_MANY_SOCKETS_CLOSE, reason=str(refused))
+            return
+        except Exception as error:
+            if not is_service_outage(error):
+                raise
+            # Not the connection dropped without a close frame (1006).
+            await self.websocket.close(TRY_AGAIN_CLOSE, "Try again later")
             return
         # The init timeout is cancelled by now: drop it (a finished task held for the
         # socket's life is close to 1 KiB); it ends on its own.
