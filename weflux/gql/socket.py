@@ -71,9 +71,11 @@ log = logging.getLogger(__name__)
 def undelivered(payload: Any) -> bool:
     """Whether a subscription's `next` payload stands for an event that failed to load."""
     errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not errors:
+        return False  # every delivered frame: no generator made
     return any(
         isinstance(error, dict) and (error.get("extensions") or {}).get("code") in _UNDELIVERED
-        for error in errors or ()
+        for error in errors
     )
 
 
