@@ -20,7 +20,7 @@ from sqlalchemy.engine import make_url
 from sqlmodel import col, select
 
 from tests.fixtures import webhooks as wh
-from tests.fixtures.api import token_for
+from tests.fixtures.api import login, token_for
 from tests.fixtures.app import BASE_URL, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
 from tests.fixtures.factories import Actor
@@ -29,6 +29,7 @@ from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
 from weflux.app import create_app
 from weflux.db import ANSWER_MARGIN, Database
+from weflux.db_errors import RETRY_AFTER
 from weflux.models import Message, Organization, WhatsAppAccount
 
 pytestmark = postgres_only
@@ -72,6 +73,18 @@ async def partitioned(database_urls: DatabaseUrls, tmp_path: Path) -> AsyncItera
         await proxy.close()
 
 
+def assert_unavailable(answer: httpx.Response, *, graphql: bool = False) -> None:
+    """503 UPSTREAM_UNAVAILABLE with Retry-After, in the route's shape, and nothing more."""
+    assert answer.status_code == 503, answer.text
+    assert answer.headers["Retry-After"] == str(RETRY_AFTER)
+    message = "A service this request needs is unavailable; try again later"
+    if graphql:
+        extensions = {"code": "UPSTREAM_UNAVAILABLE", "retryAfter": RETRY_AFTER}
+        assert answer.json() == {"errors": [{"message": message, "extensions": extensions}]}
+    else:
+        assert answer.json() == {"error": {"code": "UPSTREAM_UNAVAILABLE", "message": message}}
+
+
 async def _viewer(client: httpx.AsyncClient, token: str) -> httpx.Response:
     return await client.post(
         "/graphql", json={"query": VIEWER}, headers={"Authorization": f"Bearer {token}"}
@@ -83,21 +96,16 @@ async def test_a_request_on_a_connection_the_server_stopped_answering_is_answere
 ) -> None:
     """Given a process whose pooled connection's server goes silent (no reset),
     when a GraphQL request draws that connection,
-    then it is answered within the statement timeout and a margin, a masked
-    INTERNAL_SERVER_ERROR (nothing of the driver's error), and once the server answers
-    again the next request is served on a new connection."""
+    then it is answered within the statement timeout and a margin, 503
+    UPSTREAM_UNAVAILABLE with Retry-After (nothing of the driver's error), and once the
+    server answers again the next request is served on a new connection."""
     client, proxy = partitioned.client, partitioned.proxy
     token = await token_for(client, admin)  # the pool's connection, in brisk use
     await proxy.partition()
 
     async with asyncio.timeout(ANSWERED_WITHIN):
         answer = await _viewer(client, token)
-    assert answer.status_code == 500
-    assert answer.json() == {
-        "errors": [
-            {"message": "Internal server error", "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
-        ]
-    }
+    assert_unavailable(answer, graphql=True)
 
     await proxy.restore()
     again = await _viewer(client, token)
@@ -137,6 +145,28 @@ async def test_a_webhook_whose_database_went_silent_is_503_and_meta_s_retry_stor
             select(Message.text).where(col(Message.text) == "during the partition")
         )
         assert list(texts) == ["during the partition"]
+
+
+async def test_a_database_refusing_connections_is_503_on_every_route(
+    partitioned: Partitioned, admin: Actor
+) -> None:
+    """Given a process whose PostgreSQL resets its connections and refuses new ones,
+    when a member logs in, asks GraphQL, or logs out, then each answer is 503
+    UPSTREAM_UNAVAILABLE with Retry-After, in the route's own error shape, naming no host,
+    driver or statement (CONTRACT §4 keeps INTERNAL_SERVER_ERROR for our own faults);
+    once it accepts again, the same requests are served."""
+    client, proxy = partitioned.client, partitioned.proxy
+    token = await token_for(client, admin)
+    await proxy.cut()
+
+    assert_unavailable(await login(client, admin.user.email))
+    assert_unavailable(await _viewer(client, token), graphql=True)
+    logout = await client.post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+    assert_unavailable(logout)
+
+    await proxy.restore()
+    assert (await _viewer(client, token)).status_code == 200
+    assert (await login(client, admin.user.email)).status_code == 200
 
 
 async def _warm(client: httpx.AsyncClient) -> None:

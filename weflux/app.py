@@ -37,6 +37,9 @@ from weflux.auth import passwords
 from weflux.client_ip import parse_trusted_proxies
 from weflux.config import ConfigError, Settings, load_settings
 from weflux.db import Database
+from weflux.db_errors import MESSAGE as OUTAGE_MESSAGE
+from weflux.db_errors import RETRY_AFTER as OUTAGE_RETRY_AFTER
+from weflux.db_errors import is_service_outage
 from weflux.errors import ErrorCode, error_response
 from weflux.gql.errors import MASKED_MESSAGE
 from weflux.gql.schema import build_schema
@@ -184,14 +187,24 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _server_error(request: Request, exc: Exception) -> Response:
     """An unexpected failure: 500 with no detail, in the route's own error shape
-    (Starlette's error middleware still re-raises it, so it is logged with its trace)."""
+    (Starlette's error middleware still re-raises it, so it is logged with its trace).
+    A dependency's outage (`weflux.db_errors`) is 503 with `Retry-After` instead."""
+    outage = is_service_outage(exc)
+    status, code = (
+        (503, ErrorCode.UPSTREAM_UNAVAILABLE) if outage else (500, ErrorCode.INTERNAL_SERVER_ERROR)
+    )
+    message = OUTAGE_MESSAGE if outage else MASKED_MESSAGE
+    headers = {**_NO_STORE, "Retry-After": str(OUTAGE_RETRY_AFTER)} if outage else _NO_STORE
     if request.url.path.startswith("/webhooks/"):
-        # Meta's servers read the status only; the webhook routes answer plain text.
-        return PlainTextResponse("Internal server error", status_code=500)
+        # Meta's servers read the status only (and retry a 503): plain text.
+        return PlainTextResponse(message, status_code=status, headers=headers)
     if request.url.path == "/graphql":
-        error = {"message": MASKED_MESSAGE, "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR}}
-        return JSONResponse({"errors": [error]}, status_code=500, headers=_NO_STORE)
-    return error_response(500, ErrorCode.INTERNAL_SERVER_ERROR, MASKED_MESSAGE, headers=_NO_STORE)
+        extensions: dict[str, object] = {"code": code}
+        if outage:
+            extensions["retryAfter"] = OUTAGE_RETRY_AFTER
+        error = {"message": message, "extensions": extensions}
+        return JSONResponse({"errors": [error]}, status_code=status, headers=headers)
+    return error_response(status, code, message, headers=headers)
 
 
 def create_app(settings: Settings | None = None) -> Starlette:

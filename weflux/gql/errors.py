@@ -12,6 +12,7 @@ from graphql import GraphQLError, ValueNode, VariableDefinitionNode, get_operati
 from strawberry.extensions import MaskErrors
 from strawberry.types import ExecutionContext
 
+from weflux import db_errors
 from weflux.errors import ErrorCode, RateLimited, Unavailable, WefluxError
 from weflux.logs import describe_exception
 
@@ -45,6 +46,8 @@ def _coded(error: GraphQLError) -> dict[str, Any] | None:
         if isinstance(original, RateLimited | Unavailable):
             extensions["retryAfter"] = original.retry_after  # seconds, as HTTP's Retry-After
         return extensions
+    if db_errors.is_service_outage(original):
+        return {"code": ErrorCode.UPSTREAM_UNAVAILABLE, "retryAfter": db_errors.RETRY_AFTER}
     if isinstance(original, GraphQLError):
         # A permission class's refusal: strawberry raises it as a GraphQLError with a code.
         code = (original.extensions or {}).get("code")
@@ -69,6 +72,12 @@ def should_mask_error(error: GraphQLError) -> bool:
     return _coded(error) is None
 
 
+def failed_to_run(error: GraphQLError) -> bool:
+    """An error of ours or a dependency's outage (not an answer: it may work next time)."""
+    extensions = _coded(error)
+    return extensions is None or extensions["code"] == ErrorCode.UPSTREAM_UNAVAILABLE
+
+
 class CodedErrors(MaskErrors):
     """MaskErrors that keeps coded errors (with `extensions.code`) and masks the rest."""
 
@@ -87,9 +96,11 @@ class CodedErrors(MaskErrors):
             if extensions is None:
                 processed.append(self.anonymise_error(error))
                 continue
+            outage = extensions["code"] == ErrorCode.UPSTREAM_UNAVAILABLE
             processed.append(
                 GraphQLError(
-                    message=error.message,
+                    # a driver's message names hosts and statements: never shown
+                    message=db_errors.MESSAGE if outage else error.message,
                     nodes=error.nodes,
                     source=error.source,
                     positions=error.positions,
@@ -133,5 +144,10 @@ def log_errors(errors: list[GraphQLError], context: ExecutionContext | None) -> 
         if coded is None:
             stack = describe_exception(original) if original is not None else None
             log.error("unexpected error in a GraphQL operation", extra=fields | {"stack": stack})
+        elif db_errors.is_service_outage(original):
+            stack = describe_exception(original) if original is not None else None
+            log.warning(
+                "a service was unavailable to a GraphQL operation", extra=fields | {"stack": stack}
+            )
         else:
             log.info("GraphQL operation error", extra=fields)

@@ -19,6 +19,7 @@ from graphql import ExecutionResult
 from strawberry.schema.schema import StrawberryGraphQLCoreExecutionContext
 
 from weflux.auth.principal import Principal, visibility_class
+from weflux.gql.errors import failed_to_run
 from weflux.gql.loaders import Loaders
 
 # How a live event's row is read: (the unit of work, model, id, the class's DataLoaders)
@@ -95,7 +96,7 @@ class EventMemo:
         """The event as `principal`'s class sees it (new, with `new_loaders()`, if unseen)."""
         key = (occurrence, str(row_id), visibility_class(principal))
         shared = self._entries.get(key)
-        if shared is None:
+        if shared is None or getattr(shared.converted, _SPOILED, False):
             shared = self._entries[key] = SharedEvent(new_loaders())
             while len(self._entries) > self.limit:
                 self._entries.popitem(last=False)
@@ -103,6 +104,7 @@ class EventMemo:
 
 
 _RESULTS = "_weflux_shared_results"
+_SPOILED = "_weflux_spoiled"  # its execution failed unexpectedly: load the event again
 
 
 def share_results(root: Any) -> None:
@@ -150,7 +152,7 @@ class SharedEventExecutionContext(StrawberryGraphQLCoreExecutionContext):
         if not self.is_awaitable(outcome):
             future.set_result(outcome)
             return _own_copy(cast("ExecutionResult", outcome))
-        return _execute_first(outcome, future, results, key)
+        return _execute_first(outcome, future, results, key, self.root_value)
 
     async def _await_shared(self, shared: asyncio.Future[Any], serially: bool | None) -> Any:
         try:
@@ -168,18 +170,32 @@ async def _execute_first(
     future: asyncio.Future[Any],
     results: dict[Any, asyncio.Future[Any]],
     key: Any,
+    root: Any,
 ) -> ExecutionResult:
     try:
         result = await outcome
     except BaseException:
-        # Those waiting execute for themselves; so does the next one to come.
-        if results.get(key) is future:
-            del results[key]
-        future.set_exception(RuntimeError("the shared execution failed"))
-        future.exception()  # retrieved: no "never retrieved" warning
+        _unshare(future, results, key)
         raise
+    if result.errors and any(failed_to_run(error) for error in result.errors):
+        # A read that failed (a killed connection): not the event as the class sees
+        # it, and its subscriber will not send it (`weflux.gql.socket`). Others load
+        # and execute it again, with DataLoaders that did not keep the failure.
+        _unshare(future, results, key)
+        object.__setattr__(root, _SPOILED, True)
+        return result
     future.set_result(result)
     return _own_copy(result)
+
+
+def _unshare(
+    future: asyncio.Future[Any], results: dict[Any, asyncio.Future[Any]], key: Any
+) -> None:
+    """Those waiting execute for themselves; so does the next one to come."""
+    if results.get(key) is future:
+        del results[key]
+    future.set_exception(RuntimeError("the shared execution failed"))
+    future.exception()  # retrieved: no "never retrieved" warning
 
 
 def _own_copy(result: ExecutionResult) -> ExecutionResult:

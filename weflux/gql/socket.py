@@ -21,6 +21,8 @@ listen on its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import weakref
 from typing import Any, cast
 
@@ -38,6 +40,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import ExecutionResult
 
 from weflux.db import settle
+from weflux.db_errors import is_service_outage
 from weflux.errors import ErrorCode
 from weflux.gql.context import Context
 from weflux.gql.fanout import broadcast, sharing_for
@@ -56,6 +59,24 @@ _INTERNAL = {
     "message": "Internal server error",
     "extensions": {"code": ErrorCode.INTERNAL_SERVER_ERROR},
 }
+# A live event that could not be loaded (its database read failed): never sent as a
+# `next` without data, which the client would step over. The socket is closed with
+# 1013 (Try Again Later), which graphql-ws retries: its subscriptions resume after the
+# last event they received (docs/realtime.md#close-codes).
+TRY_AGAIN_CLOSE = 1013
+_UNDELIVERED = frozenset((ErrorCode.INTERNAL_SERVER_ERROR, ErrorCode.UPSTREAM_UNAVAILABLE))
+log = logging.getLogger(__name__)
+
+
+def undelivered(payload: Any) -> bool:
+    """Whether a subscription's `next` payload stands for an event that failed to load."""
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not errors:
+        return False  # every delivered frame: no generator made
+    return any(
+        isinstance(error, dict) and (error.get("extensions") or {}).get("code") in _UNDELIVERED
+        for error in errors
+    )
 
 
 def _finished() -> asyncio.Task[None]:
@@ -118,6 +139,7 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
     """Strawberry's graphql-transport-ws handler, with limits and a unit per operation."""
 
     _shares: dict[str, Sharing] | None = None
+    _closing = False  # closed for an event it could not deliver: nothing more goes out
 
     async def handle_message(self, message: Message) -> None:
         """A frame of the wrong shape closes the socket 4400 (the protocol's invalid
@@ -174,7 +196,8 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
         )
 
     async def handle_connection_init(self, message: ConnectionInitMessage) -> None:
-        """Past the session's or the member's cap of sockets, close 4403 (`on_ws_connect`)."""
+        """Past the session's or the member's cap of sockets, close 4403 (`on_ws_connect`);
+        the database away while the token is checked, 1013 (graphql-ws retries it)."""
         admission = admission_of(self.context.request.scope)
         if admission is not None:
             admission.initialised()  # no longer waiting for it, whatever comes next
@@ -182,6 +205,12 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await super().handle_connection_init(message)
         except TooManySockets as refused:
             await self.websocket.close(code=TOO_MANY_SOCKETS_CLOSE, reason=str(refused))
+            return
+        except Exception as error:
+            if not is_service_outage(error):
+                raise
+            # Not the connection dropped without a close frame (1006).
+            await self.websocket.close(TRY_AGAIN_CLOSE, "Try again later")
             return
         # The init timeout is cancelled by now: drop it (a finished task held for the
         # socket's life is close to 1 KiB); it ends on its own.
@@ -259,7 +288,10 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             await self.context.hub.forget(listener)
 
     async def send_message(self, message: Message) -> None:
-        """The first result of a query or mutation goes out once its unit is settled."""
+        """The first result of a query or mutation goes out once its unit is settled; a
+        subscription's event that failed to load closes the socket instead (1013)."""
+        if self._closing:
+            return
         scope = current_operation()
         if (
             scope is not None
@@ -278,6 +310,13 @@ class OperationHandler(BaseGraphQLTransportWSHandler[Context, None]):
             ):
                 payload = {"data": None, "errors": [_INTERNAL]}
             message = cast("NextMessage", {**message, "payload": payload})
+        elif message["type"] == "next" and undelivered(message["payload"]):
+            # Not broadcast either: a shared group's next leader reads the event again.
+            self._closing = True
+            log.warning("a live event could not be loaded; its socket is closed to resume")
+            with contextlib.suppress(Exception):  # gone meanwhile
+                await self.websocket.close(TRY_AGAIN_CLOSE, "Try again later: resume with after")
+            return
         elif message["type"] == "next" and self._shares is not None:
             share = self._shares.get(message["id"])
             if share is not None and await broadcast(share, dict(message["payload"])):

@@ -1,5 +1,6 @@
-"""A mutation whose PostgreSQL connection is killed mid-transaction: a coded, masked error,
-nothing half-written, and the next request is served."""
+"""A mutation whose PostgreSQL connection is killed mid-transaction: UPSTREAM_UNAVAILABLE
+(a dependency's outage, nothing of the driver's error), nothing half-written, and the
+retry is served."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from tests.fixtures.databases import DatabaseUrls, killed_while_waiting, postgre
 from tests.fixtures.factories import Actor, create_conversation
 from tests.fixtures.inbox import ASSIGN, Api, gid
 from weflux.db import Database
+from weflux.db_errors import MESSAGE
 from weflux.models import Conversation, Message, Organization, utcnow
 
 pytestmark = postgres_only
 
 SEND = """mutation($input: SendMessageInput!) {
   sendMessage(input: $input) { id text status } }"""
-MASKED = {"message": "Internal server error", "code": "INTERNAL_SERVER_ERROR"}
+UNAVAILABLE = {"message": MESSAGE, "code": "UPSTREAM_UNAVAILABLE"}
 
 
-def _masked(body: dict[str, Any]) -> list[dict[str, Any]]:
+def _shown(body: dict[str, Any]) -> list[dict[str, Any]]:
     return [
         {"message": error["message"], "code": error["extensions"]["code"]}
         for error in body["errors"]
@@ -36,7 +38,7 @@ async def test_a_send_whose_connection_is_killed_mid_transaction_writes_nothing(
     admin: Actor,
 ) -> None:
     """Given a reply whose transaction waits on its conversation's row (locked by another
-    writer), when its backend is killed, then the answer is INTERNAL_SERVER_ERROR, masked
+    writer), when its backend is killed, then the answer is UPSTREAM_UNAVAILABLE
     (no SQL, no driver text), no message is stored, and the retry is queued."""
     async with db.session(org.id) as session:
         conversation = await create_conversation(session, last_inbound_at=utcnow())
@@ -51,7 +53,7 @@ async def test_a_send_whose_connection_is_killed_mid_transaction_writes_nothing(
         {"id": conversation.id},
     )
 
-    assert _masked(body) == [MASKED]
+    assert _shown(body) == [UNAVAILABLE]
     async with db.session(org.id) as session:
         assert list(await session.exec(select(Message.id))) == []
     again = await api(admin, SEND, variables)
@@ -68,7 +70,7 @@ async def test_an_assignment_whose_connection_is_killed_mid_transaction_changes_
     agent: Actor,
 ) -> None:
     """Given an assignment waiting on its conversation's row, when its backend is killed,
-    then the answer is INTERNAL_SERVER_ERROR, masked, the conversation stays unassigned,
+    then the answer is UPSTREAM_UNAVAILABLE, the conversation stays unassigned,
     and the retry assigns it."""
     async with db.session(org.id) as session:
         conversation = await create_conversation(session, last_inbound_at=utcnow())
@@ -88,7 +90,7 @@ async def test_an_assignment_whose_connection_is_killed_mid_transaction_changes_
         {"id": conversation.id},
     )
 
-    assert _masked(body) == [MASKED]
+    assert _shown(body) == [UNAVAILABLE]
     async with db.session(org.id) as session:
         assignee = await session.exec(
             select(Conversation.assignee_membership_id).where(

@@ -1,0 +1,55 @@
+"""Which failures are a dependency's outage (503 UPSTREAM_UNAVAILABLE), not our fault."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import asyncpg.exceptions as pg
+from graphql import GraphQLError
+from sqlalchemy import exc as sa_exc
+
+from weflux.db_errors import MESSAGE, RETRY_AFTER, is_service_outage
+from weflux.gql.errors import CodedErrors
+
+
+def _wrapped(driver: Exception, *, invalidated: bool = False) -> sa_exc.DBAPIError:
+    """The driver's error as SQLAlchemy raises it."""
+    return sa_exc.DBAPIError("SELECT 1", {}, driver, connection_invalidated=invalidated)
+
+
+def test_connection_failures_timeouts_and_a_full_pool_are_outages() -> None:
+    refused = ConnectionRefusedError(111, "Connect call failed ('10.0.0.5', 5432)")
+    assert is_service_outage(refused)
+    assert is_service_outage(TimeoutError())  # silent past the answer timeout
+    assert is_service_outage(sa_exc.TimeoutError("QueuePool limit of size 10 overflow 0 reached"))
+    assert is_service_outage(_wrapped(pg.ConnectionDoesNotExistError("closed"), invalidated=True))
+    assert is_service_outage(_wrapped(pg.AdminShutdownError("terminating connection")))
+    assert is_service_outage(
+        _wrapped(pg.CannotConnectNowError("the database system is starting up"))
+    )
+    assert is_service_outage(_wrapped(pg.TooManyConnectionsError("too many clients")))
+    raised = RuntimeError("a call that failed")
+    raised.__cause__ = refused  # `raise ... from refused`
+    assert is_service_outage(raised)
+
+
+def test_our_faults_and_sqlite_contention_are_not_outages() -> None:
+    """SQLite's busy database is contention inside the process; a constraint, a bug, a
+    statement cancelled by its own timeout are ours: 500 INTERNAL_SERVER_ERROR."""
+    locked = sqlite3.OperationalError("database is locked")
+    assert not is_service_outage(sa_exc.OperationalError("BEGIN IMMEDIATE", {}, locked))
+    assert not is_service_outage(_wrapped(pg.UniqueViolationError("duplicate key")))
+    assert not is_service_outage(_wrapped(pg.QueryCanceledError("canceling statement")))
+    assert not is_service_outage(ValueError("a bug"))
+    assert not is_service_outage(None)
+
+
+def test_an_outage_in_graphql_is_coded_with_its_wait_and_shows_nothing_of_the_driver() -> None:
+    driver = pg.ConnectionDoesNotExistError("connection to 10.0.0.5:5432 lost in SELECT secret")
+    error = GraphQLError(
+        str(driver), original_error=_wrapped(driver, invalidated=True), path=["viewer"]
+    )
+    (shown,) = CodedErrors()._process_errors([error])
+    assert shown.message == MESSAGE
+    assert shown.extensions == {"code": "UPSTREAM_UNAVAILABLE", "retryAfter": RETRY_AFTER}
+    assert shown.original_error is None
