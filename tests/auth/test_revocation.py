@@ -299,3 +299,44 @@ async def test_a_recheck_of_every_socket_reads_each_workspace_once(
     assert [tab.actor.role for tab in tabs[1:]] == [Role.AGENT] * 5 + [Role.MANAGER] * 6
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) <= 2 * 2, statements  # a workspace's sessions, and the workspace
+
+
+async def test_a_recheck_of_everyone_does_not_undo_a_role_change_that_lands_during_its_read(
+    db: Database, agent: Actor
+) -> None:
+    """Given a socket of an Agent and a re-check of every socket (the broker reconnected)
+    whose read of the workspace's sessions answers, and then the member is made Manager
+    (committed, and told: that change's own re-check runs and sets the new role) before
+    the re-check of everyone applies what it read,
+    when the re-check of everyone finishes,
+    then the socket carries the new role: before, the pass applied the role it had read,
+    and the socket kept the old one until the next change (a demoted Admin kept an
+    Admin's view of live events)."""
+    codec = _codec()
+    authenticator = Authenticator(codec, db, InProcessBroker())
+    registry = SocketRegistry(authenticator)
+    tab = await _tab(db, codec, agent)
+    registry.register(tab)
+    read = authenticator._load
+    changed = False
+
+    async def read_then_promoted(org_id: uuid.UUID, session_ids: set[uuid.UUID]) -> object:
+        nonlocal changed
+        entries = await read(org_id, session_ids)
+        if not changed:  # the re-check of everyone read the Agent: the change lands now
+            changed = True
+            async with db.session(agent.org_id) as session:
+                await session.exec(
+                    update(Membership)
+                    .where(col(Membership.id) == agent.membership.id)
+                    .values(role=Role.MANAGER)
+                )
+            await authenticator.publish_revocation(membership_ids=[agent.membership.id])
+            assert tab.actor.role == Role.MANAGER  # the change's own re-check applied it
+        return entries
+
+    authenticator._load = read_then_promoted  # type: ignore[method-assign,assignment]
+    await registry.on_revocation(set(), set())
+
+    assert tab.closed == []
+    assert tab.actor.role == Role.MANAGER
