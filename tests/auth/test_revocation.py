@@ -184,6 +184,32 @@ async def test_a_failing_recheck_logs_one_traceback_per_run_of_failures(
     )
 
 
+async def test_a_failing_recheck_beside_a_listener_that_succeeds_logs_one_traceback(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a process whose Redis and database are both away, whose socket registry's
+    re-check fails each second and whose counts feed's (the next listener: it reads
+    nothing then) succeeds,
+    when every socket is re-checked three times,
+    then one traceback is logged, then one line a pass: before, the counts feed's success
+    reset the registry's run of failures, and every pass logged a traceback again."""
+    authenticator = Authenticator(_codec(), db, _DisconnectedBroker())
+
+    async def failing(sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        raise ConnectionRefusedError("database away")
+
+    async def fine(sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        return None
+
+    authenticator.add_revocation_listener(failing)
+    authenticator.add_revocation_listener(fine)
+    with caplog.at_level("WARNING", logger="weflux.auth.authenticator"):
+        for _ in range(3):
+            await authenticator._recheck_everyone()
+    records = [r for r in caplog.records if r.name == "weflux.auth.authenticator"]
+    assert [r.exc_info is not None for r in records] == [True, False, False]
+
+
 async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> None:
     codec = _codec()
     broker = InProcessBroker()
