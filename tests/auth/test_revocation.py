@@ -366,3 +366,31 @@ async def test_a_recheck_of_everyone_does_not_undo_a_role_change_that_lands_duri
 
     assert tab.closed == []
     assert tab.actor.role == Role.MANAGER
+
+
+async def test_a_token_naming_another_workspace_s_session_reads_nothing_of_it(
+    db: Database, agent: Actor, other_org_agent: Actor
+) -> None:
+    """Given a token signed with the server's key (a leak, a bug) whose claims name
+    workspace A and a live session of workspace B,
+    when it is checked one at a time and in a re-check of every socket (one read of A's
+    sessions),
+    then it is refused, the read under A's scope finds nothing of B, and B's own token
+    still passes with B's own flags (what was cached for the forged one is A's)."""
+    codec = _codec()
+    authenticator = Authenticator(codec, db, InProcessBroker())
+    b_session, b_token = await _live_session(db, codec, other_org_agent)
+    forged = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=b_session.id
+    ).token
+    _, a_token = await _live_session(db, codec, agent)
+
+    assert await authenticator.authenticate(forged) is None
+    answers = await authenticator.authenticate_all([forged, a_token])
+    assert answers[forged] is None
+    assert answers[a_token] is not None
+    assert await authenticator._load(agent.org_id, {b_session.id}) == {}
+
+    principal = await authenticator.authenticate(b_token)
+    assert principal is not None
+    assert (principal.org_id, principal.session_id) == (other_org_agent.org_id, b_session.id)
