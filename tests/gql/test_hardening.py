@@ -360,6 +360,35 @@ async def test_a_map_entry_outside_the_variables_or_onto_another_s_path_gets_400
 
 
 @sqlite_only
+@pytest.mark.parametrize("part", ["0", "operations"])
+async def test_a_part_sent_twice_gets_400_naming_it(
+    client: httpx.AsyncClient, token: str, part: str
+) -> None:
+    """Given an upload whose multipart body carries two parts of one name (two files
+    "0", or two `operations`),
+    when it is posted,
+    then the answer is 400 BAD_REQUEST naming the part, and nothing runs: before, the
+    last one was used and the other silently left out."""
+    second: dict[str, Any] = {
+        "0": ("0", ("b.txt", b"bye", "text/plain")),
+        "operations": ("operations", (None, UPLOAD_OPERATIONS)),
+    }
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        files=[
+            ("operations", (None, UPLOAD_OPERATIONS)),
+            ("map", (None, json.dumps({"0": ["variables.file"]}))),
+            ("0", ("a.txt", b"hello", "text/plain")),
+            second[part],
+        ],
+    )
+    assert response.status_code == 400, response.text
+    assert messages(response) == [f'The part "{part}" is sent twice: one part a name']
+    refused(response)
+
+
+@sqlite_only
 async def test_one_file_at_several_paths_is_uploaded(client: httpx.AsyncClient, token: str) -> None:
     """Given an upload whose `map` lists one file at a path twice (the spec lets one file
     fill several places),

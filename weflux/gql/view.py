@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import ImmutableMultiDict, MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -162,6 +162,16 @@ def _echo(value: object) -> str:
     escaped), at most `_ECHO_CHARS` of it (the `map` part may be a megabyte)."""
     text = json.dumps(value)
     return text if len(text) <= _ECHO_CHARS else text[: _ECHO_CHARS - 1] + "…"
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name given twice, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
 
 
 def _map_entry_problem(
@@ -426,6 +436,12 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             if "operations" not in form.form or "map" not in form.form:
                 raise HTTPException(400, MULTIPART_SHAPE)
+            if isinstance(form.form, ImmutableMultiDict):
+                twice = _repeated(name for name, _ in form.form.multi_items())
+                if twice is not None:  # else one of them is silently left out
+                    raise HTTPException(
+                        400, f"The part {_echo(twice)} is sent twice: one part a name"
+                    )
             operations = self.parse_json(form.form["operations"])
             files_map = self.parse_json(form.form["map"])
             if not isinstance(operations, dict) or not isinstance(files_map, dict):
