@@ -184,6 +184,32 @@ async def test_a_failing_recheck_logs_one_traceback_per_run_of_failures(
     )
 
 
+async def test_a_failing_recheck_beside_a_listener_that_succeeds_logs_one_traceback(
+    db: Database, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Given a process whose Redis and database are both away, whose socket registry's
+    re-check fails each second and whose counts feed's (the next listener: it reads
+    nothing then) succeeds,
+    when every socket is re-checked three times,
+    then one traceback is logged, then one line a pass: before, the counts feed's success
+    reset the registry's run of failures, and every pass logged a traceback again."""
+    authenticator = Authenticator(_codec(), db, _DisconnectedBroker())
+
+    async def failing(sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        raise ConnectionRefusedError("database away")
+
+    async def fine(sessions: set[uuid.UUID], memberships: set[uuid.UUID]) -> None:
+        return None
+
+    authenticator.add_revocation_listener(failing)
+    authenticator.add_revocation_listener(fine)
+    with caplog.at_level("WARNING", logger="weflux.auth.authenticator"):
+        for _ in range(3):
+            await authenticator._recheck_everyone()
+    records = [r for r in caplog.records if r.name == "weflux.auth.authenticator"]
+    assert [r.exc_info is not None for r in records] == [True, False, False]
+
+
 async def test_reconnection_empties_the_cache(db: Database, agent: Actor) -> None:
     codec = _codec()
     broker = InProcessBroker()
@@ -299,3 +325,72 @@ async def test_a_recheck_of_every_socket_reads_each_workspace_once(
     assert [tab.actor.role for tab in tabs[1:]] == [Role.AGENT] * 5 + [Role.MANAGER] * 6
     reads = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
     assert len(reads) <= 2 * 2, statements  # a workspace's sessions, and the workspace
+
+
+async def test_a_recheck_of_everyone_does_not_undo_a_role_change_that_lands_during_its_read(
+    db: Database, agent: Actor
+) -> None:
+    """Given a socket of an Agent and a re-check of every socket (the broker reconnected)
+    whose read of the workspace's sessions answers, and then the member is made Manager
+    (committed, and told: that change's own re-check runs and sets the new role) before
+    the re-check of everyone applies what it read,
+    when the re-check of everyone finishes,
+    then the socket carries the new role: before, the pass applied the role it had read,
+    and the socket kept the old one until the next change (a demoted Admin kept an
+    Admin's view of live events)."""
+    codec = _codec()
+    authenticator = Authenticator(codec, db, InProcessBroker())
+    registry = SocketRegistry(authenticator)
+    tab = await _tab(db, codec, agent)
+    registry.register(tab)
+    read = authenticator._load
+    changed = False
+
+    async def read_then_promoted(org_id: uuid.UUID, session_ids: set[uuid.UUID]) -> object:
+        nonlocal changed
+        entries = await read(org_id, session_ids)
+        if not changed:  # the re-check of everyone read the Agent: the change lands now
+            changed = True
+            async with db.session(agent.org_id) as session:
+                await session.exec(
+                    update(Membership)
+                    .where(col(Membership.id) == agent.membership.id)
+                    .values(role=Role.MANAGER)
+                )
+            await authenticator.publish_revocation(membership_ids=[agent.membership.id])
+            assert tab.actor.role == Role.MANAGER  # the change's own re-check applied it
+        return entries
+
+    authenticator._load = read_then_promoted  # type: ignore[method-assign,assignment]
+    await registry.on_revocation(set(), set())
+
+    assert tab.closed == []
+    assert tab.actor.role == Role.MANAGER
+
+
+async def test_a_token_naming_another_workspace_s_session_reads_nothing_of_it(
+    db: Database, agent: Actor, other_org_agent: Actor
+) -> None:
+    """Given a token signed with the server's key (a leak, a bug) whose claims name
+    workspace A and a live session of workspace B,
+    when it is checked one at a time and in a re-check of every socket (one read of A's
+    sessions),
+    then it is refused, the read under A's scope finds nothing of B, and B's own token
+    still passes with B's own flags (what was cached for the forged one is A's)."""
+    codec = _codec()
+    authenticator = Authenticator(codec, db, InProcessBroker())
+    b_session, b_token = await _live_session(db, codec, other_org_agent)
+    forged = codec.issue(
+        "access", user_id=agent.user.id, org_id=agent.org_id, session_id=b_session.id
+    ).token
+    _, a_token = await _live_session(db, codec, agent)
+
+    assert await authenticator.authenticate(forged) is None
+    answers = await authenticator.authenticate_all([forged, a_token])
+    assert answers[forged] is None
+    assert answers[a_token] is not None
+    assert await authenticator._load(agent.org_id, {b_session.id}) == {}
+
+    principal = await authenticator.authenticate(b_token)
+    assert principal is not None
+    assert (principal.org_id, principal.session_id) == (other_org_agent.org_id, b_session.id)

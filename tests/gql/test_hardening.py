@@ -300,6 +300,111 @@ async def test_a_map_entry_that_points_at_nothing_gets_400_naming_it(
 
 
 @sqlite_only
+@pytest.mark.parametrize(
+    ("operations", "mapping", "named"),
+    [
+        (
+            json.dumps({"query": UPLOAD, "variables": {"file": None}, "operationName": None}),
+            {"0": ["variables.file", "operationName"]},
+            '`map` entry "0": "operationName"',
+        ),
+        (
+            json.dumps({"query": UPLOAD, "variables": {"file": None}, "other": None}),
+            {"0": ["variables.file", "other"]},
+            '`map` entry "0": "other"',
+        ),
+        (
+            json.dumps({"query": UPLOAD, "variables": None}),
+            {"0": ["variables"]},
+            '`map` entry "0": "variables"',
+        ),
+        (
+            UPLOAD_OPERATIONS,
+            {"0": ["variables.file"], "1": ["variables.file"]},
+            '`map` entries "0" and "1" both put a file at "variables.file"',
+        ),
+        (UPLOAD_OPERATIONS, {"0" * 100_000: ["variables.file"]}, '`map` entry "' + "0" * 78 + "… "),
+    ],
+    ids=[
+        "path-to-operation-name",
+        "path-outside-variables",
+        "path-to-variables",
+        "two-files-one-path",
+        "long-name",
+    ],
+)
+async def test_a_map_entry_outside_the_variables_or_onto_another_s_path_gets_400(
+    client: httpx.AsyncClient, token: str, operations: str, mapping: object, named: str
+) -> None:
+    """Given an upload whose `map` puts a file outside the operation's variables (its
+    `operationName`, a key of `operations` the server ignores, the variables object
+    itself), or two files at one path, or whose entry is named by a 100,000-character
+    name,
+    when it is posted,
+    then the answer is 400 BAD_REQUEST naming the entry, at most 80 characters of it, and
+    nothing runs (before: the file was stored with one of the two files silently dropped,
+    or the operation failed quoting the file part's headers, or the name came back
+    whole)."""
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data={"operations": operations, "map": json.dumps(mapping)},
+        files={"0": ("a.txt", b"hello", "text/plain"), "1": ("b.txt", b"bye", "text/plain")},
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["errors"][0]["extensions"]["code"] == "BAD_REQUEST"
+    [message] = messages(response)
+    assert named in message, message
+    assert len(message) < 400, len(message)
+    refused(response)
+
+
+@sqlite_only
+@pytest.mark.parametrize("part", ["0", "operations"])
+async def test_a_part_sent_twice_gets_400_naming_it(
+    client: httpx.AsyncClient, token: str, part: str
+) -> None:
+    """Given an upload whose multipart body carries two parts of one name (two files
+    "0", or two `operations`),
+    when it is posted,
+    then the answer is 400 BAD_REQUEST naming the part, and nothing runs: before, the
+    last one was used and the other silently left out."""
+    second: dict[str, Any] = {
+        "0": ("0", ("b.txt", b"bye", "text/plain")),
+        "operations": ("operations", (None, UPLOAD_OPERATIONS)),
+    }
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        files=[
+            ("operations", (None, UPLOAD_OPERATIONS)),
+            ("map", (None, json.dumps({"0": ["variables.file"]}))),
+            ("0", ("a.txt", b"hello", "text/plain")),
+            second[part],
+        ],
+    )
+    assert response.status_code == 400, response.text
+    assert messages(response) == [f'The part "{part}" is sent twice: one part a name']
+    refused(response)
+
+
+@sqlite_only
+async def test_one_file_at_several_paths_is_uploaded(client: httpx.AsyncClient, token: str) -> None:
+    """Given an upload whose `map` lists one file at a path twice (the spec lets one file
+    fill several places),
+    when it is posted,
+    then the file is stored."""
+    response = await client.post(
+        "/graphql",
+        headers=auth(token),
+        data={"operations": UPLOAD_OPERATIONS, "map": json.dumps({"0": ["variables.file"] * 2})},
+        files={"0": ("a.txt", b"hello", "text/plain")},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["data"]["uploadMedia"]["id"], response.text
+
+
+@sqlite_only
 @pytest.mark.parametrize("part", ["operations", "map"])
 async def test_an_upload_without_its_operations_or_its_map_gets_400(
     client: httpx.AsyncClient, token: str, part: str

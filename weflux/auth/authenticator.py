@@ -177,7 +177,9 @@ class Authenticator:
         # change meanwhile may have read the database before that revocation committed.
         self.generation = 0
         self._watch: asyncio.Task[None] | None = None
-        self._recheck_failing = False  # the last re-check of everyone failed
+        # The listeners whose last re-check of everyone failed (each its own run: the
+        # counts feed, which reads nothing then, succeeds beside a failing registry).
+        self._recheck_failing: set[RevocationListener] = set()
 
     async def start(self) -> None:
         self._unsubscribe = await self.broker.subscribe(AUTH_CHANNEL, self._on_broadcast)
@@ -355,17 +357,17 @@ class Authenticator:
 
         While Redis is away this runs each second; with the database away too every pass
         fails alike: the first failure of a run of them logs its traceback, the others one
-        line each, until a pass succeeds."""
+        line each, until a pass of that listener succeeds."""
         for listener in self._listeners:
             try:
                 await listener(set(), set())
             except Exception as error:
-                if self._recheck_failing:
+                if listener in self._recheck_failing:
                     log.warning(
                         "re-checking the open sockets failed again: %s", type(error).__name__
                     )
                 else:
                     log.exception("revocation listener failed")
-                self._recheck_failing = True
+                self._recheck_failing.add(listener)
             else:
-                self._recheck_failing = False
+                self._recheck_failing.discard(listener)

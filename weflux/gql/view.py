@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Coroutine, Mapping
+from collections.abc import AsyncGenerator, Coroutine, Iterable, Mapping
 from datetime import timedelta
 from typing import Any
 
 import orjson
 from cross_web import AsyncHTTPRequestAdapter, HTTPException
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import ImmutableMultiDict, MutableHeaders
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import Message, Receive, Scope, Send
@@ -73,6 +73,7 @@ MULTIPART_SHAPE = (
     "`map`, a JSON object of lists of paths to null variables (the GraphQL multipart "
     "request spec)"
 )
+_ECHO_CHARS = 80  # of a map entry's name or path quoted by a 400
 SUBSCRIPTION_OVER_HTTP = (
     "Subscriptions run over the WebSocket at /graphql (graphql-transport-ws), not over HTTP"
 )
@@ -156,29 +157,63 @@ def _screen_upload(request: Request, runtime: Runtime) -> Response | None:
     return None
 
 
+def _echo(value: object) -> str:
+    """A map entry's name or path as a message quotes it: JSON (control characters
+    escaped), at most `_ECHO_CHARS` of it (the `map` part may be a megabyte)."""
+    text = json.dumps(value)
+    return text if len(text) <= _ECHO_CHARS else text[: _ECHO_CHARS - 1] + "…"
+
+
+def _repeated(names: Iterable[str]) -> str | None:
+    """The first name given twice, or None."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            return name
+        seen.add(name)
+    return None
+
+
 def _map_entry_problem(
-    operations: dict[str, object], name: str, paths: list[object], files: Mapping[str, object]
+    operations: dict[str, object],
+    name: str,
+    paths: list[object],
+    files: Mapping[str, object],
+    taken: dict[str, str],
 ) -> str | None:
     """Why the `map` entry `name` cannot be followed, naming it, or None: each of its paths
-    must lead to a null value in `operations` (the spec's placeholder), and its file part
-    must be in the request."""
+    must lead to a null value under `operations`' variables (the spec's placeholder), no
+    other entry's file may go there too (`taken`: path -> entry, filled as they pass), and
+    its file part must be in the request."""
     if isinstance(files.get(name, ""), str):  # a text part is not a file
-        return f"The `map` entry {json.dumps(name)} names a file part the request does not carry"
+        return f"The `map` entry {_echo(name)} names a file part the request does not carry"
     for path in paths:
-        target: object = operations
-        for key in path.split(".") if isinstance(path, str) else ():
+        if isinstance(path, str) and path in taken and taken[path] != name:
+            return (
+                f"The `map` entries {_echo(taken[path])} and {_echo(name)} both put a file "
+                f"at {_echo(path)}: one file a path"
+            )
+        keys = path.split(".") if isinstance(path, str) else []
+        target: object = operations if keys[:1] == ["variables"] else None
+        for key in keys:
             if isinstance(target, dict) and key in target:
                 target = target[key]
-            elif isinstance(target, list) and key.isdigit() and int(key) < len(target):
+            elif (
+                isinstance(target, list)
+                and key.isascii()
+                and key.isdigit()
+                and int(key) < len(target)
+            ):
                 target = target[int(key)]
             else:
                 break
         else:
-            if target is None and isinstance(path, str):
+            if target is None and isinstance(path, str) and len(keys) > 1:
+                taken[path] = name
                 continue
         return (
-            f"The `map` entry {json.dumps(name)}: {json.dumps(path)} is not the path of a "
-            'null value in `operations` (e.g. "variables.file" for "variables": {"file": null})'
+            f"The `map` entry {_echo(name)}: {_echo(path)} is not the path of a null value "
+            'in `operations`\' variables (e.g. "variables.file" for "variables": {"file": null})'
         )
     return None
 
@@ -401,14 +436,21 @@ class GraphQLApp(GraphQL[Context, None]):
         try:
             if "operations" not in form.form or "map" not in form.form:
                 raise HTTPException(400, MULTIPART_SHAPE)
+            if isinstance(form.form, ImmutableMultiDict):
+                twice = _repeated(name for name, _ in form.form.multi_items())
+                if twice is not None:  # else one of them is silently left out
+                    raise HTTPException(
+                        400, f"The part {_echo(twice)} is sent twice: one part a name"
+                    )
             operations = self.parse_json(form.form["operations"])
             files_map = self.parse_json(form.form["map"])
             if not isinstance(operations, dict) or not isinstance(files_map, dict):
                 raise HTTPException(400, MULTIPART_SHAPE)
+            taken: dict[str, str] = {}
             for name, paths in files_map.items():
                 if not isinstance(paths, list):
                     raise HTTPException(400, MULTIPART_SHAPE)
-                problem = _map_entry_problem(operations, name, paths, form.files)
+                problem = _map_entry_problem(operations, name, paths, form.files, taken)
                 if problem is not None:
                     raise HTTPException(400, problem)
             return replace_placeholders_with_files(operations, files_map, form.files)

@@ -38,6 +38,9 @@ REVOKED_CLOSE = 4401
 # A timer may fire up to the loop's clock resolution early; a token this close to its
 # expiry when its session's timer fires is closed then rather than on another timer.
 EXPIRY_TOLERANCE = 0.001  # seconds
+# Reads of a re-check pass when changes keep arriving during them (each change's own pass
+# applies it too; past this many the pass applies its last read).
+_RECHECK_READS = 3
 
 
 class LiveSocket(Protocol):
@@ -218,8 +221,13 @@ class SocketRegistry:
             return
         # One look-up per access token, however many sockets (tabs) carry it, and one
         # read per workspace: a re-check of everyone runs each second while the broker
-        # is away.
-        looked_up = await self.authenticator.authenticate_all(_token(c) for c in rechecked)
+        # is away. A change told during the read (its own pass applies it) may postdate
+        # what was read: read again, lest the older answer overwrite the newer.
+        for _ in range(_RECHECK_READS):
+            generation = self.authenticator.generation
+            looked_up = await self.authenticator.authenticate_all(_token(c) for c in rechecked)
+            if generation == self.authenticator.generation:
+                break
         for context in rechecked:
             await self.recheck(context, looked_up)
 

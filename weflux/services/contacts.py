@@ -31,7 +31,10 @@ from weflux.services.conversations import (
 
 MAX_NAME = 256
 _PHONE_SEPARATORS = re.compile(r"[\s\-().]")
-_E164_DIGITS = re.compile(r"^[1-9]\d{6,14}$")
+_E164_DIGITS = re.compile(r"^[1-9][0-9]{6,14}$")
+# A digit of any script (a phone keyboard's: fullwidth, Arabic-Indic...): read as ASCII,
+# as startConversation's parser (`phonenumbers`) reads them.
+_ANY_DIGIT = re.compile(r"\d")
 # createContact's and startConversation's one wording for a number they refuse.
 INVALID_PHONE_NUMBER = (
     "Enter a valid phone number in international format, with its country code, "
@@ -54,7 +57,7 @@ def normalize_phone_number(value: str) -> str:
     Spaces, dashes, dots and parentheses are dropped, one leading `+` is optional;
     what remains must be 7 to 15 digits, not starting with 0.
     """
-    stripped = _PHONE_SEPARATORS.sub("", value)
+    stripped = _ANY_DIGIT.sub(lambda digit: str(int(digit[0])), _PHONE_SEPARATORS.sub("", value))
     digits = stripped.removeprefix("+")
     if not _E164_DIGITS.match(digits):
         raise _invalid_phone_number()

@@ -41,6 +41,31 @@ async def test_a_number_is_stored_as_e164(api: Api, manager: Actor, typed: str) 
 @pytest.mark.parametrize(
     "typed",
     [
+        "+49 \uff13\uff10 \uff11\uff12\uff13\uff14\uff15\uff16\uff17",  # fullwidth
+        "+\u0664\u0669 \u0663\u0660 \u0661\u0662\u0663\u0664\u0665\u0666\u0667",  # Arabic-Indic
+    ],
+    ids=["fullwidth", "arabic-indic"],
+)
+async def test_a_number_typed_in_other_digits_is_stored_in_ascii_digits(
+    api: Api, manager: Actor, typed: str
+) -> None:
+    """Given a number typed with another script's digits (a phone keyboard's, as
+    startConversation's parser reads them),
+    when a contact is created with it,
+    then it is stored in ASCII digits, the one contact of that number: before, the digits
+    were kept as typed (`\\d` matched them), a second contact of the same number whose
+    WhatsApp id no message could reach."""
+    body = await api(manager, CREATE, {"input": {"phoneNumber": typed}})
+    assert "errors" not in body, body
+    contact = body["data"]["createContact"]
+    assert (contact["phoneNumber"], contact["waId"]) == ("+49301234567", "49301234567")
+    again = await api(manager, CREATE, {"input": {"phoneNumber": "+49 30 1234567"}})
+    assert codes(again) == ["CONFLICT"]
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
         "",
         "+",
         "123456",
