@@ -18,6 +18,13 @@ INVALID_PHONE_NUMBER = (
     "Enter a valid phone number in international format, with its country code, "
     "such as +16505551234"
 )
+# The rule in a sentence, for the GraphQL inputs that take a typed number.
+TYPED_PHONE_NUMBER = (
+    "International format with the country code, such as +16505551234 (the + optional; "
+    "spaces, dashes, dots and parentheses ignored): a country code that exists and a length "
+    "that country dials, at most 15 digits; stored E.164. Otherwise BAD_USER_INPUT on "
+    "phoneNumber."
+)
 E164_MAX_DIGITS = 15
 _SEPARATORS = re.compile(r"[ \t\-().]")
 # A digit of any script (a phone keyboard's: fullwidth, Arabic-Indic...) reads as ASCII.
