@@ -29,6 +29,8 @@ TABLE = [
     ("+49.151.1234.5678", "+4915112345678"),
     ("+351 912 345 678", "+351912345678"),
     ("+39 06 1234 5678", "+390612345678"),  # Italy keeps its leading 0
+    # Arabic-Indic digits, as a phone keyboard types them
+    ("+\u0664\u0669 \u0663\u0660 \u0661\u0662\u0663\u0664\u0665\u0666\u0667", "+49301234567"),
     ("1234567", None),  # 7 digits, but +1 dials 10
     ("123456789012345", None),  # 15 digits, but too long for +1
     ("+1 555 0100", None),  # a local-only length
