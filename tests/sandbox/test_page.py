@@ -19,6 +19,7 @@ from tests.fixtures.settings import PRODUCTION_MAIL, make_settings
 from weflux.app import create_app
 from weflux.config import Settings
 from weflux.models import Role, WhatsAppAccount
+from weflux.services.phone_numbers import INVALID_PHONE_NUMBER
 
 pytest_plugins = ["tests.fixtures.sandbox"]
 
@@ -110,6 +111,36 @@ async def test_bad_input_is_refused(
     response = await http.post("/sandbox/messages", json=body)
     assert response.status_code == 400
     assert response.json()["error"]["code"] == "BAD_REQUEST"
+
+
+@pytest.mark.parametrize("phone", ["+1234567", "+1 555 0100", "+999 123456789"])
+async def test_a_number_the_inbox_would_refuse_is_refused_in_its_words(
+    http: httpx.AsyncClient, demo_workspace: Demo, phone: str
+) -> None:
+    """Given a number createContact and startConversation refuse (the one rule)
+    When the customer writes from it
+    Then it is 400 on `phone` with the inbox's wording (before, 6 to 21 characters went)."""
+    response = await http.post("/sandbox/messages", json={"phone": phone, "text": "Hi"})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["details"] == [{"field": "phone", "message": INVALID_PHONE_NUMBER}]
+
+
+async def test_a_number_is_the_contact_the_inbox_would_store(
+    http: httpx.AsyncClient, demo_workspace: Demo
+) -> None:
+    """Given a number typed with a trunk 0 after its country code
+    When the customer writes from it
+    Then the inbox's contact is its E.164 number (as startConversation would store it),
+    and the page reads the thread back with the number as typed."""
+    typed = "+44 (0)7700 900123"
+    written = await http.post("/sandbox/messages", json={"phone": typed, "text": "Hi"})
+    assert written.status_code == 200, written.text
+    token = await demo_token(http, demo_workspace, Role.ADMIN)
+    conversation = await inbox_conversation(http, token, "447700900123")
+    assert conversation["lastMessage"]["text"] == "Hi"
+    shown = (await http.get("/sandbox/messages", params={"phone": typed})).json()
+    assert [m["text"] for m in shown["messages"]] == ["Hi"]
 
 
 async def test_a_body_nested_past_the_json_parsers_stack_is_refused(

@@ -32,6 +32,7 @@ from weflux.models import (
     WhatsAppAccount,
 )
 from weflux.sandbox.simulate import Outcome, SimulateError, report, simulate
+from weflux.services.phone_numbers import INVALID_PHONE_NUMBER
 
 pytest_plugins = ["tests.fixtures.sandbox"]
 
@@ -267,3 +268,35 @@ async def test_a_database_without_the_channels_is_an_error_with_advice_not_a_tra
     with pytest.raises(SimulateError, match="the server's settings"):
         await simulate(args, settings)
     assert not (tmp_path / "var" / "weflux.db").exists()
+
+
+@pytest.mark.parametrize("sender", ["+1234567", "+1 555 0100", "+999 123456789"])
+async def test_a_sender_the_inbox_would_refuse_is_refused_before_sending(
+    live: str, demo_workspace: Demo, live_settings: Settings, sender: str
+) -> None:
+    """Given a `--from` that createContact and startConversation refuse (the one rule)
+    When a message from it is simulated
+    Then nothing is sent: the error has the inbox's wording (before, 5 to 20 digits went)."""
+    args = build_parser().parse_args(
+        ["simulate", "message", "--from", sender, "--text", "Hi", "--url", live]
+    )
+    with pytest.raises(SimulateError) as refused:
+        await simulate(args, live_settings)
+    assert str(refused.value) == f"`{sender}`: {INVALID_PHONE_NUMBER}"
+
+
+async def test_a_sender_becomes_the_contact_the_inbox_would_store(
+    live: str, db: Database, demo_workspace: Demo, live_settings: Settings
+) -> None:
+    """Given `--from +44 (0)7700 900123` (a trunk 0 typed after the country code)
+    When a message from it is simulated
+    Then its contact's WhatsApp id is the E.164 number startConversation would store."""
+    await _run(live, live_settings, "message", "--from", "+44 (0)7700 900123", "--text", "Hi")
+
+    async def contact() -> Contact | None:
+        async with db.session(demo_workspace.account.org_id) as session:
+            statement = select(Contact).where(Contact.profile_name == "Customer 0123")
+            return (await session.exec(statement)).first()
+
+    found: Contact = await _eventually(contact)
+    assert (found.wa_id, found.phone_number) == ("447700900123", "+447700900123")

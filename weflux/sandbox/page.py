@@ -55,6 +55,7 @@ from weflux.models import WhatsAppAccount
 from weflux.runtime import runtime_of
 from weflux.sandbox.channels import IMAGE_TYPES, Sandbox, SandboxChannel
 from weflux.sandbox.simulate import MAX_IMAGE_BYTES, ImageFile, SimulateError, customer_content
+from weflux.services.phone_numbers import INVALID_PHONE_NUMBER, e164
 
 STATIC = Path(__file__).parent / "static"
 PAGE_CSP = "; ".join(
@@ -70,6 +71,7 @@ PAGE_CSP = "; ".join(
     )
 )
 NO_STORE = {"Cache-Control": "no-store"}
+# GET reads any thread the sandbox holds (one the inbox wrote to); POST asks the one rule.
 _PHONE = re.compile(r"^\+?[0-9][0-9 ()-]{5,20}$")
 MAX_TEXT = 4096
 MAX_CAPTION = 1024  # Meta's limit for a media caption
@@ -184,7 +186,9 @@ async def messages(request: Request) -> Response:
         phone = request.query_params.get("phone", "")
         if not _PHONE.match(phone):
             return _bad("phone", "a phone number, e.g. +15551230001")
-        shown = [asdict(message) for message in sandbox.phone(phone)]
+        # As POST keys it (`+44 (0)20…` is 4420…), else as typed.
+        held = sandbox.phone(e164(phone) or phone)
+        shown = [asdict(message) for message in held]
         return JSONResponse({"messages": shown}, headers=NO_STORE)
     # JSON only: another site's page cannot post it without a CORS preflight, which fails.
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
@@ -198,9 +202,10 @@ async def messages(request: Request) -> Response:
     if not isinstance(body, dict):
         return _bad("body", 'a JSON object {"phone", "name", "text"} (or "image", …)')
     phone, name = (str(body.get(key) or "").strip() for key in ("phone", "name"))
-    if not _PHONE.match(phone):
-        return _bad("phone", "a phone number, e.g. +15551230001")
-    digits = re.sub(r"\D", "", phone)
+    number = e164(phone)  # the inbox's one rule, so the customer can be written to
+    if number is None:
+        return _bad("phone", INVALID_PHONE_NUMBER)
+    digits = number.removeprefix("+")
     content = _content(body, sandbox, digits)
     if isinstance(content, Response):
         return content

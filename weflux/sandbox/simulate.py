@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from weflux.logs import configure_logging_for, loggable_target
 from weflux.sandbox import webhooks
+from weflux.services import phone_numbers
 
 if TYPE_CHECKING:
     import httpx
@@ -98,6 +99,14 @@ class Outcome:
 
 
 # -- bodies -------------------------------------------------------------------------------
+
+
+def _customer(number: str) -> str:
+    """`--from`'s WhatsApp id: a number the inbox's one rule accepts, so it can be answered."""
+    e164 = phone_numbers.e164(number)
+    if e164 is None:
+        raise SimulateError(f"`{number}`: {phone_numbers.INVALID_PHONE_NUMBER}")
+    return e164.removeprefix("+")
 
 
 def _digits(number: str) -> str:
@@ -179,7 +188,7 @@ def message_change(
     target: Target, args: argparse.Namespace, image: ImageFile | None = None
 ) -> dict[str, Any]:
     """The `messages` change of an inbound message from `--from` (`image`: `--image`'s)."""
-    sender = _digits(args.sender)
+    sender = _customer(args.sender)
     if args.image is not None and image is None:
         image = read_image(args.image)
     kind, payload = customer_content(

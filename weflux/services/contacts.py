@@ -10,7 +10,6 @@ import re
 import uuid
 from typing import Any, Protocol
 
-import phonenumbers
 from sqlalchemy import and_, or_
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
@@ -28,18 +27,9 @@ from weflux.services.conversations import (
     matching_contact_ids,
     search_term,
 )
+from weflux.services.phone_numbers import INVALID_PHONE_NUMBER, e164
 
 MAX_NAME = 256
-_PHONE_SEPARATORS = re.compile(r"[\s\-().]")
-_E164_DIGITS = re.compile(r"^[1-9][0-9]{6,14}$")
-# A digit of any script (a phone keyboard's: fullwidth, Arabic-Indic...): read as ASCII,
-# as startConversation's parser (`phonenumbers`) reads them.
-_ANY_DIGIT = re.compile(r"\d")
-# createContact's and startConversation's one wording for a number they refuse.
-INVALID_PHONE_NUMBER = (
-    "Enter a valid phone number in international format, with its country code, "
-    "such as +16505551234"
-)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -47,21 +37,13 @@ def _field_error(field: str, message: str) -> BadUserInput:
     return BadUserInput(message, details=[{"field": field, "message": message}])
 
 
-def _invalid_phone_number() -> BadUserInput:
-    return _field_error("phoneNumber", INVALID_PHONE_NUMBER)
-
-
-def normalize_phone_number(value: str) -> str:
-    """The E.164 digits of a phone number typed by a person ("+1 (555) 010-2030").
-
-    Spaces, dashes, dots and parentheses are dropped, one leading `+` is optional;
-    what remains must be 7 to 15 digits, not starting with 0.
-    """
-    stripped = _ANY_DIGIT.sub(lambda digit: str(int(digit[0])), _PHONE_SEPARATORS.sub("", value))
-    digits = stripped.removeprefix("+")
-    if not _E164_DIGITS.match(digits):
-        raise _invalid_phone_number()
-    return digits
+def phone_number_input(value: str) -> str:
+    """A typed phone number in E.164 (weflux.services.phone_numbers.e164, the one rule),
+    else BAD_USER_INPUT on `phoneNumber` with the one wording."""
+    number = e164(value)
+    if number is None:
+        raise _field_error("phoneNumber", INVALID_PHONE_NUMBER)
+    return number
 
 
 def _clean_name(value: str | None) -> str | None:
@@ -162,8 +144,9 @@ async def create_contact(
 ) -> Contact:
     """A contact keyed by its WhatsApp id (the E.164 digits); one per number (CONFLICT)."""
     principal.require(Permission.MANAGE_CONTACTS, "Your role cannot change contacts")
-    digits = normalize_phone_number(phone_number)
-    contact = Contact(wa_id=digits, phone_number=f"+{digits}")
+    number = phone_number_input(phone_number)
+    digits = number.removeprefix("+")
+    contact = Contact(wa_id=digits, phone_number=number)
     name_by_team(contact, _clean_name(name))
     existing = (await session.exec(select(Contact.id).where(col(Contact.wa_id) == digits))).first()
     if existing is not None:
@@ -176,24 +159,6 @@ async def create_contact(
     except IntegrityError:
         raise _conflict() from None
     return contact
-
-
-def e164(value: str) -> str:
-    """A phone number checked with `phonenumbers` and formatted E.164 (`+16505551234`).
-
-    International format only (a leading `+` is added when missing): there is no
-    default region to guess from. BAD_USER_INPUT for a number no country assigns.
-    """
-    text = value.strip() if isinstance(value, str) else ""
-    if text and not text.startswith("+"):
-        text = "+" + text
-    try:
-        parsed = phonenumbers.parse(text, None)
-    except phonenumbers.NumberParseException:
-        parsed = None
-    if parsed is None or not phonenumbers.is_valid_number(parsed):
-        raise _invalid_phone_number()
-    return phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
 
 
 async def contact_to_write_to(

@@ -462,9 +462,9 @@ async def start_conversation(
     body_parameters: list[str],
     limiter: RateLimiter | None = None,
 ) -> Conversation:
-    """Write first to a customer: find or create the contact of `phone_number` (E.164,
-    checked with `phonenumbers`), open their conversation with the number and queue the
-    template in it, all in the caller's transaction.
+    """Write first to a customer: find or create the contact of `phone_number` (typed by
+    a person: weflux.services.phone_numbers' one rule), open their conversation with the
+    number and queue the template in it, all in the caller's transaction.
 
     Every role may (Permission.START_CONVERSATIONS). A new conversation is assigned to
     whoever starts it, so an Agent keeps seeing it; an existing one keeps its assignee
@@ -478,7 +478,7 @@ async def start_conversation(
         Permission.START_CONVERSATIONS, "Your role does not allow starting conversations"
     )
     name, language, parameters = _check_template(template_name, language_code, body_parameters)
-    number = contacts.e164(phone_number)
+    number = contacts.phone_number_input(phone_number)
     account = await session.get(WhatsAppAccount, account_id)
     if account is None or account.disconnected_at is not None:
         raise NotFound("WhatsApp account not found")

@@ -23,7 +23,7 @@ from weflux.models import (
     WhatsAppAccount,
 )
 from weflux.services import quotas
-from weflux.services.contacts import INVALID_PHONE_NUMBER
+from weflux.services.phone_numbers import INVALID_PHONE_NUMBER
 
 START = """mutation($input: StartConversationInput!) { startConversation(input: $input) {
   id status assignee { id } contact { id name phoneNumber waId } lastMessage { text status } } }"""

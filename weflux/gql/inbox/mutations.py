@@ -20,13 +20,12 @@ from weflux.ids import decode_global_id, decode_optional_global_id
 from weflux.models import ConversationStatus
 from weflux.services import contacts as contact_service
 from weflux.services import conversations as conversation_service
+from weflux.services.phone_numbers import TYPED_PHONE_NUMBER
 
 
 @strawberry.input(description="A new contact.")
 class CreateContactInput:
-    phone_number: str = strawberry.field(
-        description="International format; spaces, dashes, dots and parentheses are ignored."
-    )
+    phone_number: str = strawberry.field(description=TYPED_PHONE_NUMBER)
     name: str | None = strawberry.field(
         default=None,
         description="The team's name for the contact, kept whatever their WhatsApp profile "

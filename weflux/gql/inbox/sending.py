@@ -15,6 +15,7 @@ from weflux.gql.permissions import guarded
 from weflux.ids import decode_global_id
 from weflux.services import outbound, reactions
 from weflux.services.outbound import MAX_TEXT_LENGTH
+from weflux.services.phone_numbers import TYPED_PHONE_NUMBER
 
 
 @strawberry.input(description="A text reply in a conversation.")
@@ -61,9 +62,7 @@ class StartConversationInput:
     whats_app_account_id: strawberry.ID = strawberry.field(
         description="The workspace's number to write from."
     )
-    phone_number: str = strawberry.field(
-        description="The customer's number in international (E.164) format, +16505551234."
-    )
+    phone_number: str = strawberry.field(description=f"The customer's number. {TYPED_PHONE_NUMBER}")
     contact_name: str | None = strawberry.field(
         default=None, description="A name for a new contact (an existing one keeps theirs)."
     )
