@@ -129,7 +129,7 @@ async def test_an_oversized_file_is_refused(
 
 
 async def test_a_failed_download_is_retried_and_does_not_block_others(
-    media_inbox: MediaInbox,
+    media_inbox: MediaInbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Given three images received together, and the Cloud API failing the first call
     it gets (a 500),
@@ -141,6 +141,9 @@ async def test_a_failed_download_is_retried_and_does_not_block_others(
         for n in range(3)
     ]
     media_inbox.fake.fail_next_raw(1, http_status=500)
+    # The retry's delay is drawn with full jitter down to its 1 s floor: on a loaded machine
+    # the second sweep came more than a second after the failure and found it due.
+    monkeypatch.setattr("weflux.worker.delivery.MIN_RETRY_DELAY", 600.0)
 
     assert await media_inbox.download() == 3
     rows = [await media_inbox.media_of(i) for i in ids]
