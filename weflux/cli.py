@@ -136,24 +136,31 @@ async def _require_current_schema(settings: Settings) -> None:
         await db.dispose()
 
 
+def _ready_for_production(settings: Settings) -> bool:
+    """Whether the database's role and schema let a production process start; if not,
+    why on standard error (`serve` and `worker` then exit 2)."""
+    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
+
+    try:
+        asyncio.run(_require_current_schema(settings))
+    except SchemaOutOfDate as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the API under uvicorn."""
     import uvicorn  # deferred: start-up cost
-
-    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
 
     configure_logging()
     settings = _settings()
     if settings.env == "development":
         _migrate(settings)
         asyncio.run(_demo(settings, only_if_empty=True))
-    elif settings.is_production:
+    elif settings.is_production and not _ready_for_production(settings):
         # Here too, not only in the app's lifespan: uvicorn would restart failing workers.
-        try:
-            asyncio.run(_require_current_schema(settings))
-        except SchemaOutOfDate as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        return 2
     if args.workers > 1 and not settings.redis_url:
         raise ConfigError(
             "--workers above 1 needs WEFLUX_REDIS_URL: revocations and events must reach "
@@ -195,16 +202,10 @@ def _tls_options(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """Run the delivery and maintenance worker as its own process."""
-    from weflux.migrate import SchemaOutOfDate  # deferred: start-up cost
-
     settings = _settings()
-    if settings.is_production:
+    if settings.is_production and not _ready_for_production(settings):
         # As `serve` does: the worker connects as WEFLUX_DATABASE_URL too.
-        try:
-            asyncio.run(_require_current_schema(settings))
-        except SchemaOutOfDate as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+        return 2
     return asyncio.run(_run_worker(settings))
 
 
