@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 
 import asyncpg.exceptions as pg
 from sqlalchemy import exc as sa_exc
@@ -39,6 +40,16 @@ _UNREACHABLE = frozenset(
 )
 
 
+def _redis_outages() -> tuple[type[BaseException], ...]:
+    """redis-py's network errors, which are not the built-in ones (a read past
+    `socket_timeout` is raised `from None`). redis-py loads late (only with a Redis URL):
+    nothing of it was raised before it was imported."""
+    module = sys.modules.get("redis.exceptions")
+    if module is None:
+        return ()
+    return (module.ConnectionError, module.TimeoutError)
+
+
 def is_service_outage(error: BaseException | None) -> bool:
     """Whether `error`, or an error it was raised from or wraps, is a dependency's outage."""
     pending = [error]
@@ -55,6 +66,8 @@ def is_service_outage(error: BaseException | None) -> bool:
         if isinstance(current, _DRIVER_OUTAGES):
             return True
         if isinstance(current, OSError) and current.errno in _UNREACHABLE:
+            return True
+        if isinstance(current, _redis_outages()):
             return True
         original = getattr(current, "orig", None)  # SQLAlchemy's wrapper: the driver's
         if isinstance(original, BaseException):
