@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import sqlite3
+import uuid
 
 import asyncpg.exceptions as pg
+import pytest
 from graphql import GraphQLError
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
 from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from tests.fixtures.services import TEST_REDIS_URL
 from weflux.db_errors import MESSAGE, RETRY_AFTER, is_service_outage
 from weflux.gql.errors import CodedErrors
 
@@ -53,3 +60,45 @@ def test_an_outage_in_graphql_is_coded_with_its_wait_and_shows_nothing_of_the_dr
     assert shown.message == MESSAGE
     assert shown.extensions == {"code": "UPSTREAM_UNAVAILABLE", "retryAfter": RETRY_AFTER}
     assert shown.original_error is None
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "db.invalid",  # a name that does not resolve (RFC 2606): socket.gaierror
+        "[2001:db8::1]",  # documentation's addresses, no route: EHOSTUNREACH or ENETUNREACH
+    ],
+)
+async def test_a_database_host_the_network_cannot_reach_is_an_outage(host: str) -> None:
+    """Given a PostgreSQL whose name does not resolve (DNS away, a failover's record
+    missing) or whose address has no route, when a connection is opened, then what
+    the driver raises (a bare OSError, no ConnectionError) is an outage: 503 with
+    Retry-After, not a 500 of ours (it was)."""
+    engine = create_async_engine(
+        f"postgresql+asyncpg://weflux@{host}:5432/weflux", connect_args={"timeout": 5}
+    )
+    try:
+        with pytest.raises(OSError) as raised:
+            async with engine.connect():
+                pass
+    finally:
+        await engine.dispose()
+    assert is_service_outage(raised.value), repr(raised.value)
+
+
+def test_a_file_s_os_error_is_not_an_outage() -> None:
+    assert not is_service_outage(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not is_service_outage(PermissionError(errno.EACCES, "Permission denied"))
+
+
+async def test_a_redis_silent_past_its_timeout_is_an_outage(require_redis: None) -> None:
+    """Given Redis answering no command within the client's `socket_timeout`, then what
+    redis-py raises (its own TimeoutError, raised `from None`: no built-in error in its
+    chain) is an outage, as the docs say of Redis, not a 500 of ours (it was)."""
+    client = Redis.from_url(TEST_REDIS_URL, socket_timeout=0.2)
+    try:
+        with pytest.raises(RedisError) as raised:
+            await client.blpop([f"weflux-test:{uuid.uuid4().hex}"], 0)
+    finally:
+        await client.aclose()
+    assert is_service_outage(raised.value), repr(raised.value)

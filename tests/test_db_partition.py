@@ -23,7 +23,7 @@ from tests.fixtures import webhooks as wh
 from tests.fixtures.api import login, token_for
 from tests.fixtures.app import BASE_URL, lifespan
 from tests.fixtures.databases import DatabaseUrls, postgres_only
-from tests.fixtures.factories import Actor
+from tests.fixtures.factories import PASSWORD, Actor
 from tests.fixtures.live import SECRET
 from tests.fixtures.settings import make_settings
 from tests.fixtures.tcp_proxy import TcpProxy
@@ -167,6 +167,40 @@ async def test_a_database_refusing_connections_is_503_on_every_route(
     await proxy.restore()
     assert (await _viewer(client, token)).status_code == 200
     assert (await login(client, admin.user.email)).status_code == 200
+
+
+async def test_a_browser_reads_the_503_and_its_retry_after(
+    partitioned: Partitioned, admin: Actor
+) -> None:
+    """Given a frontend on an allowed origin and a database refusing connections,
+    when it logs in or asks GraphQL, then the 503 carries CORS (the origin allowed,
+    `Retry-After` and the request id exposed) beside the security headers: without
+    them a browser reads the answer as a network error, never its code or wait (the
+    error middleware answered outside CORS)."""
+    client, proxy = partitioned.client, partitioned.proxy
+    origin = {"Origin": "http://localhost:5173"}
+    token = await token_for(client, admin)
+    await proxy.cut()
+
+    answers = [
+        await client.post(
+            "/auth/login",
+            json={"email": admin.user.email, "password": PASSWORD},
+            headers=origin,
+        ),
+        await client.post(
+            "/graphql",
+            json={"query": VIEWER},
+            headers={**origin, "Authorization": f"Bearer {token}"},
+        ),
+    ]
+    for answer, graphql in zip(answers, (False, True), strict=True):
+        assert_unavailable(answer, graphql=graphql)
+        assert answer.headers["access-control-allow-origin"] == origin["Origin"]
+        exposed = answer.headers["access-control-expose-headers"].lower()
+        assert {"retry-after", "x-request-id"} <= {name.strip() for name in exposed.split(",")}
+        assert answer.headers["x-request-id"]
+        assert answer.headers["x-content-type-options"] == "nosniff"
 
 
 async def _warm(client: httpx.AsyncClient) -> None:

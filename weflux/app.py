@@ -10,6 +10,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Match, Route, WebSocketRoute
@@ -71,8 +72,10 @@ _REFUSED_STATUS = "weflux.refused_status"  # the HTTP status a refused handshake
 
 
 class WefluxApp(Starlette):
-    """Starlette with request ids and security headers outermost, so that even the
-    500 answers of Starlette's error middleware (and the 408 of a late body) carry them.
+    """Starlette with request ids, security headers and CORS outermost, so that even the
+    500 and 503 answers of Starlette's error middleware (and the 408 of a late body)
+    carry them: without CORS a browser reads such an answer as a network error, never
+    its status, code or `Retry-After`.
 
     A WebSocket is routed past the middleware: its layers act on HTTP responses only
     (security headers, body timeout, error pages, CORS; Starlette's exception handlers
@@ -84,14 +87,20 @@ class WefluxApp(Starlette):
     whose router refuses it as before.
     """
 
-    def __init__(self, *args: Any, hsts: bool, body_timeout: float, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, hsts: bool, body_timeout: float, cors: Middleware, **kwargs: Any
+    ) -> None:
         self.hsts = hsts
         self.body_timeout = body_timeout
+        self.cors = cors
         super().__init__(*args, **kwargs)
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = BodyTimeoutMiddleware(super().build_middleware_stack(), timeout=self.body_timeout)
-        return RequestContextMiddleware(SecurityHeadersMiddleware(stack, hsts=self.hsts))
+        cls, args, kwargs = self.cors
+        return RequestContextMiddleware(
+            SecurityHeadersMiddleware(cls(stack, *args, **kwargs), hsts=self.hsts)
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
@@ -260,7 +269,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
     return WefluxApp(
         routes=routes,
         exception_handlers={HTTPException: _http_error, Exception: _server_error},
-        middleware=[cors_middleware(settings.origins, settings.cors_allow_headers)],
+        cors=cors_middleware(settings.origins, settings.cors_allow_headers),
         lifespan=lifespan,
         hsts=settings.is_production,
         body_timeout=settings.request_body_timeout.total_seconds(),

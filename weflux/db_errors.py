@@ -12,6 +12,10 @@ stays a masked 500 like any other error of ours.
 
 from __future__ import annotations
 
+import errno
+import socket
+import sys
+
 import asyncpg.exceptions as pg
 from sqlalchemy import exc as sa_exc
 
@@ -27,7 +31,23 @@ _DRIVER_OUTAGES = (
     pg.TooManyConnectionsError,  # 53300: no connection slot left
     ConnectionError,  # refused or reset at the socket
     TimeoutError,  # no answer within the bound (asyncpg's command timeout, a connect)
+    socket.gaierror,  # the server's name does not resolve (DNS away, a failover's record)
 )
+# What a connect raises as a bare OSError when the network has no way to the server
+# (not a ConnectionError): a file's OSError (ENOENT, EACCES) stays ours.
+_UNREACHABLE = frozenset(
+    (errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.ETIMEDOUT)
+)
+
+
+def _redis_outages() -> tuple[type[BaseException], ...]:
+    """redis-py's network errors, which are not the built-in ones (a read past
+    `socket_timeout` is raised `from None`). redis-py loads late (only with a Redis URL):
+    nothing of it was raised before it was imported."""
+    module = sys.modules.get("redis.exceptions")
+    if module is None:
+        return ()
+    return (module.ConnectionError, module.TimeoutError)
 
 
 def is_service_outage(error: BaseException | None) -> bool:
@@ -44,6 +64,10 @@ def is_service_outage(error: BaseException | None) -> bool:
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, _DRIVER_OUTAGES):
+            return True
+        if isinstance(current, OSError) and current.errno in _UNREACHABLE:
+            return True
+        if isinstance(current, _redis_outages()):
             return True
         original = getattr(current, "orig", None)  # SQLAlchemy's wrapper: the driver's
         if isinstance(original, BaseException):

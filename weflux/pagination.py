@@ -104,6 +104,10 @@ def decode_keyset(kind: str, cursor: str, name: str = "after") -> tuple[str | No
         raise invalid_cursor(name) from None
 
 
+# The feed's positions are 64-bit integers (bigint): nothing past the largest is one.
+MAX_FEED_POSITION = 2**63 - 1
+
+
 def encode_update_cursor(position: int) -> str:
     """An `updateCursor`: a position in the workspace's change feed."""
     return _encode(f"feed:{position}".encode())
@@ -115,4 +119,7 @@ def decode_update_cursor(cursor: str, name: str = "after") -> int:
     kind, _, number = raw.partition(b":")
     if kind != b"feed" or not number.isdigit() or len(number) > 19:
         raise invalid_cursor(name)
-    return int(number)
+    position = int(number)
+    if position > MAX_FEED_POSITION:  # never handed out; PostgreSQL's bigint overflows
+        raise invalid_cursor(name)
+    return position

@@ -269,3 +269,24 @@ async def test_an_empty_after_is_an_invalid_cursor_not_a_live_start(
         assert error["extensions"]["code"] == "BAD_USER_INPUT", error
         assert error["extensions"]["details"] == [{"field": "after", "message": "Invalid"}]
     await socket.close()
+
+
+async def test_a_cursor_past_the_feed_s_integer_range_is_refused_not_a_closed_socket(
+    dialect: str, live: str, http: httpx.AsyncClient, agent: Actor
+) -> None:
+    """Given an Agent's socket,
+    when it resumes `conversationUpdated`, `messageUpdated` and `conversationRemoved`
+    from a position of 19 digits past the largest the feed can hold (a 64-bit integer),
+    then each is refused (BAD_USER_INPUT, `after` "Invalid") and the socket stays open:
+    the database's overflow was an error of ours (INTERNAL_SERVER_ERROR), so the socket
+    closed 1013 and graphql-ws resubscribed with the same cursor, closing again."""
+    socket = await GraphQLSocket.connect(live, await token_for(http, agent))
+    removed = "subscription($after: String) { conversationRemoved(after: $after) }"
+    for position in (2**63, 10**19 - 1):
+        for document in (CONVERSATIONS, MESSAGES, removed):
+            operation = await socket.subscribe(document, {"after": encode_update_cursor(position)})
+            error = await socket.refusal(operation)
+            assert error["extensions"]["code"] == "BAD_USER_INPUT", error
+            assert error["extensions"]["details"] == [{"field": "after", "message": "Invalid"}]
+    await socket.ping()
+    await socket.close()
