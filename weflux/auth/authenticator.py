@@ -208,24 +208,7 @@ class Authenticator:
         self._listeners.append(listener)
 
     async def authenticate(self, token: str | None) -> Principal | None:
-        if not token:
-            return None
-        try:
-            claims = self.codec.verify(token, "access")
-        except InvalidTokenError:
-            return None
-        entry = self._cached(claims)
-        if entry is None:
-            generation = self.generation
-            entry = (await self._load(claims.org_id, {claims.session_id})).get(
-                claims.session_id
-            ) or _Entry(live=False, org_id=claims.org_id)
-            self._keep(claims, entry, generation)
-        now = utcnow()
-        principal, touch = _principal(claims, entry, now)
-        if touch:
-            await self._touch(claims.org_id, [claims.session_id], now)
-        return principal
+        return (await self.authenticate_all((token,)))[token]
 
     async def authenticate_all(
         self, tokens: Iterable[str | None]
